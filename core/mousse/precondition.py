@@ -1,0 +1,101 @@
+"""Shampoo's Kronecker factors for Mousse: running statistics, eigen refresh, whitening.
+
+All functions act on batches: factors (B, k, k), eigenvalues (B, k), bases (B, k, k).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Looked up at call time so tests can inject failures.
+eigh = torch.linalg.eigh
+
+
+def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
+    """EMA update `F <- beta F + (1-beta) C` in place, C = G G^T (left) or G^T G (right).
+
+    A matrix whose contribution is not finite (e.g. gradients near 1e20 overflow fp32 squares)
+    keeps its previous statistics. Returns the per-matrix bool mask of skipped updates.
+    """
+    G = G.to(F.dtype)
+    C = G @ G.mT if side == "left" else G.mT @ G
+    finite = torch.isfinite(C).all(dim=(-2, -1))
+    F.copy_(torch.where(finite[:, None, None], torch.lerp(C, F, beta), F))
+    return ~finite
+
+
+def normalized(F: Tensor, step: int, beta: float, bias_correction: bool, trace_norm: bool) -> Tensor:
+    """The factor as refreshed: bias-corrected and/or scaled to mean eigenvalue 1 (a new tensor)."""
+    F = F.double()
+    if bias_correction:
+        F = F / (1.0 - beta**step)
+    if trace_norm:
+        trace = F.diagonal(dim1=-2, dim2=-1).sum(-1)
+        ok = torch.isfinite(trace) & (trace > 0)
+        scale = torch.where(ok, F.size(-1) / torch.where(ok, trace, 1.0), 1.0)
+        F = F * scale[:, None, None]
+    return F
+
+
+def _eigh_floored(F: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    eye = torch.eye(F.size(-1), dtype=F.dtype, device=F.device)
+    lam, Q = eigh(F + eps * eye)
+    lam = lam + (-lam.amin(dim=-1, keepdim=True)).clamp(min=0) + eps
+    return lam, Q
+
+
+def _all_finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def refresh(
+    F: Tensor, lam_prev: Tensor, Q_prev: Tensor, eps: float, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigen-pairs of `F + eps I`, eigenvalues floored at eps, for a batch of factors.
+
+    Tries `dtype` (fp32 or wider), retries in fp64 on failure or non-finite output, then matrix
+    by matrix; a matrix that still fails keeps its previous pair. Returns (lam, Q, failed mask).
+    The finiteness checks read the result on the host, once per refresh (CUDA's eigh syncs anyway).
+    """
+    for attempt_dtype in dict.fromkeys((dtype, torch.float64)):
+        try:
+            lam, Q = _eigh_floored(F.to(attempt_dtype), eps)
+        except RuntimeError:
+            continue
+        if _all_finite(lam, Q):
+            failed = torch.zeros(F.size(0), dtype=torch.bool, device=F.device)
+            return lam.to(lam_prev.dtype), Q.to(Q_prev.dtype), failed
+    lam, Q = lam_prev.clone(), Q_prev.clone()
+    failed = torch.ones(F.size(0), dtype=torch.bool, device=F.device)
+    for i in range(F.size(0)):
+        try:
+            lam_i, Q_i = _eigh_floored(F[i : i + 1].to(torch.float64), eps)
+        except RuntimeError:
+            continue
+        if _all_finite(lam_i, Q_i):
+            lam[i], Q[i], failed[i] = lam_i[0], Q_i[0], False
+    return lam, Q, failed
+
+
+def inverse_root_basis(lam: Tensor, Q: Tensor, alpha: float, dtype: torch.dtype) -> Tensor:
+    """P = Q diag(lam^-alpha): whitening is P_L^T M P_R, unwhitening P_L Y P_R^T."""
+    return (Q * lam.pow(-alpha).unsqueeze(-2)).to(dtype)
+
+
+def whiten(M: Tensor, P_L: Tensor | None, P_R: Tensor | None) -> Tensor:
+    """P_L^T M P_R, with a missing side being the identity."""
+    if P_L is not None:
+        M = P_L.mT @ M
+    if P_R is not None:
+        M = M @ P_R
+    return M
+
+
+def unwhiten(Y: Tensor, P_L: Tensor | None, P_R: Tensor | None) -> Tensor:
+    """P_L Y P_R^T: the same negative powers applied again (not their inverses)."""
+    if P_L is not None:
+        Y = P_L @ Y
+    if P_R is not None:
+        Y = Y @ P_R.mT
+    return Y

@@ -1,0 +1,1 @@
+"""The `mousse` command line: Typer app and Rich views over the `mousse` engine."""
