@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 import mousse
+from mousse.checkpoint import CheckpointError, find_checkpoint
+from mousse.config import ConfigError, load_config_file, resolve
+from mousse.data import DataError
+
+from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
+from .views import AblationView, TrainView, console, presets_table, results_tables
 
 app = typer.Typer(
     name="mousse",
-    help="Optimizer ablations for language models around Mousse (Muon whitened by Shampoo's factors).",
+    help="Optimizer ablations for language models around Mousse (Muon whitened by Shampoo's "
+         "Kronecker factors, arXiv 2603.09697).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 2: the user's input was wrong."""
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors():
+    try:
+        yield
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+@contextmanager
+def graceful_stop():
+    """First Ctrl-C asks the engine to stop after the current step (it checkpoints); a second one
+    interrupts at once."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("[yellow]stopping after this step (Ctrl-C again to abort)[/]")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _version(value: bool) -> None:
@@ -27,6 +80,152 @@ def root(
                                  help="Print the version and exit."),
 ) -> None:
     """Optimizer ablations for language models around Mousse."""
+
+
+@app.command()
+@with_flags(TRAIN_FLAGS)
+def train(
+    overrides: dict,
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings (flags override it; it overrides the preset)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<preset>-<optimizer>-<time>)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run dir (its latest checkpoint), a checkpoint dir, or 'auto' (latest in --run-dir)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
+) -> None:
+    """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
+    from mousse.train import Trainer, config_from_checkpoint
+
+    with user_errors():
+        settings = {**(load_config_file(config) if config else {}), **overrides}
+        ckpt = None
+        if resume is not None:
+            if resume == "auto":
+                if run_dir is None:
+                    raise ConfigError("--resume auto needs --run-dir to look in")
+                source = run_dir
+            else:
+                source = Path(resume)
+            cfg, ckpt = config_from_checkpoint(source, settings)
+            run_dir = run_dir or find_checkpoint(source).parent.parent
+        else:
+            cfg = resolve(settings)
+        with graceful_stop() as stop:
+            trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop)
+            summary = trainer.run(argv=sys.argv)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    if summary["status"] == "diverged":
+        raise typer.Exit(EXIT_DIVERGED)
+    if summary["status"] == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command()
+def presets(json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
+    """List model presets with parameter counts, recipe and memory estimate."""
+    from mousse.presets import preset_rows
+
+    rows = preset_rows()
+    if json_out:
+        typer.echo(json.dumps(rows))
+    else:
+        console.print(presets_table(rows))
+
+
+@app.command()
+@with_flags({**SWEEP_FLAGS, **BASE_FLAGS})
+def ablate(
+    overrides: dict,
+    spec: Optional[Path] = typer.Argument(None, help="Ablation spec TOML (see ablations/); flags override it."),
+    grid: bool = typer.Option(False, "--grid", help="Run the full product of the sweeps instead of one knob at a time."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the Muon baseline run."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds per variant: a count (3 = seeds 0,1,2) or a list (0,5,7)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and stop."),
+    max_runs: int = typer.Option(32, "--max-runs", help="Refuse plans with more runs than this."),
+    ablation_dir: Optional[Path] = typer.Option(None, "--ablation-dir", help="Directory of this ablation (default runs/ablate-<knobs>-<plan hash>); rerunning resumes it."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i of n of the runs, e.g. 1/2 (for several machines or GPUs)."),
+    parallel: int = typer.Option(1, "--parallel", help="Runs at a time (CPU: each gets a share of the cores)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of base settings for every run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
+) -> None:
+    """Sweep Mousse's knobs (and baselines) with the same budget and compare.
+
+    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 130 interrupted.
+    """
+    from mousse.ablation import check_max_runs, load_spec, parse_seeds, parse_sweep_values, plan_ablation, shard_runs
+    from mousse.sweep import Ablation
+
+    with user_errors():
+        sweep_flags = {k: parse_sweep_values(k, v) for k, v in overrides.items() if k in SWEEP_FLAGS}
+        base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
+        file = load_spec(spec) if spec else {}
+        base = {**(load_config_file(config) if config else {}), **file.get("base", {}), **base_flags}
+        sweeps = {**file.get("sweeps", {}), **sweep_flags}
+        plan = plan_ablation(
+            sweeps, base=base, mode="grid" if grid else file.get("mode", "one-at-a-time"),
+            seeds=parse_seeds(seeds) if seeds else file.get("seeds", [0]),
+            baseline=False if no_baseline else file.get("baseline", True))
+        check_max_runs(plan, max_runs)
+        if parallel < 1:
+            raise ConfigError("--parallel must be >= 1")
+        runs = shard_runs(plan.runs, shard) if shard else plan.runs
+        ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
+        console.print(f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
+                      f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {ablation.dir}",
+                      highlight=False, soft_wrap=True)
+        for run in runs:
+            knobs = ", ".join(f"{k}={v}" for k, v in run.knobs.items()) or "Mousse defaults"
+            console.print(f"  {run.name:<28} {knobs}{'  (baseline)' if run.is_baseline else ''}",
+                          highlight=False, soft_wrap=True)
+        if dry_run:
+            return
+        ablation.prepare()
+        baseline = next((r.name for r in plan.runs if r.is_baseline), None)
+        with graceful_stop() as stop, AblationView(runs, baseline) as view:
+            results = ablation.run(runs, view, parallel=parallel, stop=stop)
+    console.print(results_tables(results))
+    console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True)
+    if json_out:
+        typer.echo(json.dumps(results))
+    statuses = {r["status"] for r in results["runs"] if r["name"] in {run.name for run in runs}}
+    if stop.is_set():
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if "diverged" in statuses:
+        raise typer.Exit(EXIT_DIVERGED)
+
+
+@app.command()
+def report(
+    ablation_dir: Path = typer.Argument(..., help="An ablation directory (holds ablation.toml)."),
+    fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib)."),
+) -> None:
+    """Re-render an ablation's tables from disk."""
+    from mousse import tomlio
+    from mousse.ablation import AblationPlan
+    from mousse.results import render
+    from mousse.sweep import Ablation
+
+    with user_errors():
+        if fmt not in ("table", "markdown", "json", "csv"):
+            raise ConfigError(f"bad --format {fmt!r}; choose one of table, markdown, json, csv")
+        plan_file = ablation_dir / "ablation.toml"
+        if not plan_file.is_file():
+            raise ConfigError(f"{ablation_dir} is not an ablation dir (no ablation.toml); pass the "
+                              "--ablation-dir of a `mousse ablate` run")
+        try:
+            plan = AblationPlan.from_dict(tomlio.load(plan_file))
+        except (tomlio.TOMLDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{plan_file} is damaged ({exc}); rerun the ablation") from None
+        ablation = Ablation(plan, ablation_dir)
+        results = ablation.results()
+        if plot is not None:
+            from .plot import plot_curves
+            plot_curves(ablation.records(), results["baseline"], plot)
+            console.print(f"plot: {plot}", highlight=False)
+    if fmt == "table":
+        console.print(results_tables(results))
+    else:
+        typer.echo(render(results, fmt), nl=False)
 
 
 def main() -> None:

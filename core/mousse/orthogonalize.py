@@ -100,6 +100,7 @@ def newton_schulz(X: Tensor, method: NSMethod, steps: int, dtype: torch.dtype) -
 
 def polar_exact(X: Tensor) -> Tensor:
     """Exact polar factor U V^T by SVD; directions with (numerically) zero singular value map to 0."""
+    X = X / power_of_two_scale(X)  # exact; keeps singular values of huge entries from overflowing
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     tol = S.amax(dim=-1, keepdim=True) * max(X.shape[-2:]) * torch.finfo(X.dtype).eps
     keep = (S > tol).to(X.dtype)

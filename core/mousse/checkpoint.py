@@ -1,0 +1,152 @@
+"""Checkpoints as safetensors only (never pickle): model weights, the full optimizer state under
+flat names (`<part>.state.<param>.<buffer>`), and trainer state with the resolved config in the
+metadata. A checkpoint directory appears whole or not at all (written aside, then renamed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .routing import CombinedOptimizer
+
+FORMAT = "mousse-checkpoint-1"
+FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the path and the fix."""
+
+
+def _json_default(value):
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
+
+
+def _json_hook(obj: dict):
+    if set(obj) == {"__dtype__"}:
+        return getattr(torch, obj["__dtype__"])
+    return obj
+
+
+def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors keyed `<part>.state.<param name>.<buffer>`, and the rest (param groups with param
+    names, non-tensor state) as JSON metadata."""
+    tensors, groups, extra = {}, {}, {}
+    for part, sd in opt.state_dict().items():
+        params = [p for g in opt.parts[part].param_groups for p in g["params"]]
+        names = [opt.param_names[id(p)] for p in params]
+        for idx, buffers in sd["state"].items():
+            for key, value in buffers.items():
+                flat = f"{part}.state.{names[idx]}.{key}"
+                if isinstance(value, Tensor):
+                    tensors[flat] = value.detach().to("cpu").contiguous().clone()
+                else:
+                    extra[flat] = value
+        groups[part] = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    meta = {"param_groups": json.dumps(groups, default=_json_default),
+            "extra": json.dumps(extra, default=_json_default)}
+    return tensors, meta
+
+
+def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta: dict) -> dict:
+    """The inverse of `flatten_optimizer`, indexed for `opt` (whose param names must match)."""
+    groups = json.loads(meta["param_groups"], object_hook=_json_hook)
+    extra = json.loads(meta["extra"], object_hook=_json_hook)
+    if set(groups) != set(opt.parts):
+        raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run has "
+                              f"{sorted(opt.parts)}: resume with the same --optimizer")
+    out = {}
+    for part, saved_groups in groups.items():
+        current = [opt.param_names[id(p)] for g in opt.parts[part].param_groups for p in g["params"]]
+        saved = [n for g in saved_groups for n in g["params"]]
+        if saved != current:
+            raise CheckpointError("checkpoint parameters do not match this model: resume with the "
+                                  "same preset and model shape")
+        index = {n: i for i, n in enumerate(current)}
+        state: dict[int, dict] = {}
+        prefix = f"{part}.state."
+        for flat, value in [*tensors.items(), *extra.items()]:
+            if flat.startswith(prefix):
+                name, key = flat[len(prefix):].rsplit(".", 1)
+                state.setdefault(index[name], {})[key] = value
+        param_groups = [{**g, "params": [index[n] for n in g["params"]]} for g in saved_groups]
+        out[part] = {"state": state, "param_groups": param_groups}
+    return out
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: CombinedOptimizer,
+                    trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
+    """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=ckpt_root))
+    try:
+        meta = {"format": FORMAT, "step": str(step)}
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata=meta)
+        opt_tensors, opt_meta = flatten_optimizer(opt)
+        save_file(opt_tensors, tmp / "optimizer.safetensors", metadata={**meta, **opt_meta})
+        trainer = {k: v.contiguous() for k, v in trainer_tensors.items()}
+        save_file(trainer, tmp / "trainer.safetensors",
+                  metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}})
+        for f in FILES:
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint dirs under `ckpt_root`, oldest first (half-written ones are ignored)."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and all((p / f).is_file() for f in FILES)]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint dir, given either itself or a run dir (its latest checkpoint)."""
+    path = Path(path)
+    if all((path / f).is_file() for f in FILES):
+        return path
+    found = list_checkpoints(path / "checkpoints")
+    if not found:
+        raise CheckpointError(f"no checkpoint found at {path}: pass a run dir that has "
+                              "checkpoints/step-N/ or a checkpoint dir itself")
+    return found[-1]
+
+
+def read_checkpoint(ckpt: Path) -> dict:
+    """Load all three files; a truncated, corrupted or foreign checkpoint is a CheckpointError."""
+    out = {}
+    for f in FILES:
+        part = f.split(".")[0]
+        try:
+            with safe_open(ckpt / f, framework="pt") as fh:
+                out[part] = {k: fh.get_tensor(k) for k in fh.keys()}
+                out[part + "_meta"] = fh.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint file {ckpt / f} is unreadable ({exc}); it may be "
+                                  "truncated: resume from an earlier checkpoint") from None
+        if out[part + "_meta"].get("format") != FORMAT:
+            raise CheckpointError(f"{ckpt / f} is not a mousse checkpoint ({FORMAT})")
+    return out

@@ -1,0 +1,55 @@
+"""What a training run reports as it goes. The trainer emits these; views and file writers
+consume them (config -> engine -> events -> views/files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: Path
+    config: dict
+    info: dict  # n_params, device, data description, routing, resumed_from
+
+
+@dataclass(frozen=True)
+class StepLogged:
+    step: int
+    steps: int
+    train_loss: float
+    lr: float
+    step_ms: float
+    fwd_bwd_ms: float
+    opt_ms: float
+    tokens_per_s: float
+    train_seconds: float
+    eta_seconds: float
+
+    def record(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "steps"}
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    step: int
+    val_loss: float
+    best_val_loss: float
+    train_seconds: float
+    eval_seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    summary: dict = field(default_factory=dict)
+
+
+Event = RunStarted | StepLogged | EvalDone | CheckpointSaved | RunFinished

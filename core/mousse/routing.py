@@ -1,0 +1,153 @@
+"""Route a model's parameters by role and wrap the optimizers in one object.
+
+Block 2-D weights go to the matrix optimizer (Mousse, Muon or AdamW); embeddings, the output head,
+norm gains and biases go to the scalar optimizer (AdamW or Lion). Embedding and head are never sent
+to Mousse: treating them as matrices silently trains badly (spec section 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .lion import Lion
+from .optim import Mousse, Muon
+
+ROLES = ("matrix", "embedding", "head", "scalar")
+_HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
+
+
+def infer_roles(model: nn.Module) -> dict[str, str]:
+    """Role of each trainable parameter: the model's own `param_roles()` when it has one, else
+    by module type and name (embeddings by nn.Embedding, the head by name or by matching the
+    vocabulary size); anything ambiguous falls back to the scalar optimizer, never to Mousse."""
+    if hasattr(model, "param_roles"):
+        return dict(model.param_roles())
+    vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    roles = {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            leaf = mod_name.rsplit(".", 1)[-1]
+            if isinstance(module, nn.Embedding) or "embed" in name:
+                roles[name] = "embedding"
+            elif p.ndim == 2 and (leaf in _HEAD_NAMES or p.shape[0] in vocab):
+                roles[name] = "head"
+            elif p.ndim == 2:
+                roles[name] = "matrix"
+            else:
+                roles[name] = "scalar"
+    return roles
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one parameter went, for the user to check."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    optimizer: str
+    lr: float
+
+
+class CombinedOptimizer(Optimizer):
+    """Several optimizers behind one standard interface (`step`, `zero_grad`, `state_dict`,
+    `param_groups` shared with the parts, so LR schedulers drive every group)."""
+
+    def __init__(self, parts: dict[str, Optimizer], param_names: dict[int, str] | None = None):
+        self.parts = parts
+        self.param_names = param_names or {}
+        super().__init__([g for opt in parts.values() for g in opt.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.parts.values():
+            opt.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != set(self.parts):
+            raise ValueError(f"optimizer state holds parts {sorted(state_dict)}, "
+                             f"expected {sorted(self.parts)}")
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state_dict[name])
+
+    def telemetry(self) -> list[dict]:
+        return [row for opt in self.parts.values() if hasattr(opt, "telemetry")
+                for row in opt.telemetry()]
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer: str = "mousse",
+    lr: float = 0.06,
+    scalar_optimizer: str = "adamw",
+    scalar_lr: float = 0.006,
+    weight_decay: float = 0.01,
+    matrix_kwargs: dict | None = None,
+    roles: dict[str, str] | None = None,
+) -> tuple[CombinedOptimizer, list[Route]]:
+    """One optimizer for the whole model, and the routing table.
+
+    optimizer: "mousse" | "muon" | "adamw" for block matrices (`matrix_kwargs` go to it).
+    scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
+    with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
+    """
+    roles = roles or infer_roles(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, _ in named if roles.get(n) not in ROLES]
+    if missing:
+        raise ValueError(f"no role for parameters {missing}; expected one of {ROLES}")
+    matrices = [(n, p) for n, p in named if roles[n] == "matrix"]
+    others = [(n, p) for n, p in named if roles[n] != "matrix"]
+    bad = [n for n, p in matrices if p.ndim != 2]
+    if bad:
+        raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
+
+    kwargs = dict(matrix_kwargs or {})
+    if optimizer == "mousse":
+        matrix_opt = Mousse([p for _, p in matrices], lr=lr, weight_decay=weight_decay, **kwargs)
+    elif optimizer == "muon":
+        matrix_opt = Muon([p for _, p in matrices], lr=lr, weight_decay=weight_decay, **kwargs)
+    elif optimizer == "adamw":
+        matrix_opt = torch.optim.AdamW([p for _, p in matrices], lr=lr, weight_decay=weight_decay,
+                                       betas=(0.9, 0.95), **kwargs)
+    else:
+        raise ValueError(f"invalid optimizer={optimizer!r}: expected 'mousse', 'muon' or 'adamw'")
+
+    def scalar_lr_for(name: str, p) -> float:
+        if scalar_optimizer == "lion" and roles[name] == "head":
+            return scalar_lr / math.sqrt(p.shape[1])
+        return scalar_lr
+
+    groups: dict[float, list] = {}
+    for n, p in others:
+        groups.setdefault(scalar_lr_for(n, p), []).append(p)
+    scalar_groups = [{"params": ps, "lr": g_lr} for g_lr, ps in groups.items()]
+    if scalar_optimizer == "adamw":
+        scalar_opt = torch.optim.AdamW(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95),
+                                       weight_decay=0.0)
+    elif scalar_optimizer == "lion":
+        scalar_opt = Lion(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    else:
+        raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
+
+    parts = {"matrix": matrix_opt, "scalar": scalar_opt} if others else {"matrix": matrix_opt}
+    names = {id(p): n for n, p in named}
+    combined = CombinedOptimizer(parts, names)
+    routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr) for n, p in matrices]
+    routes += [Route(n, tuple(p.shape), roles[n], scalar_optimizer, scalar_lr_for(n, p))
+               for n, p in others]
+    return combined, routes

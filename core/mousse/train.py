@@ -1,0 +1,414 @@
+"""The training loop: a resolved TrainConfig in, events out, a run directory on disk.
+
+Measurements are split as users need them: forward+backward, optimizer step and the extra cost of
+a preconditioner refresh (optimizer time on refresh steps minus the median non-refresh step), with
+CUDA events on GPU read only when a log line is due, so the hot path adds no host syncs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from . import __version__, tomlio
+from .checkpoint import (CheckpointError, find_checkpoint, read_checkpoint, save_checkpoint,
+                         unflatten_optimizer)
+from .config import ConfigError, TrainConfig, coerce, resolve
+from .data import load_dataset, train_batch, val_batches
+from .events import CheckpointSaved, EvalDone, Event, RunFinished, RunStarted, StepLogged
+from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
+from .model import GPT, GPTConfig
+from .routing import build_optimizer
+
+# bf16 dense peak of common accelerators, for MFU (None where unknown).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+_MOUSSE_KNOBS = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
+                 "bias_correction")
+
+
+def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
+    """Linear warmup over the first `warmup_frac` of steps, then cosine down to `min_lr_frac`."""
+    warmup = max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0
+    if step <= warmup:
+        return step / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def git_revision() -> str | None:
+    """The source tree's git commit (with '-dirty' when modified), if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict:
+    """What a reader needs to reproduce the run: versions, machine, revision, seed, argv."""
+    env = {
+        "mousse": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "platform": platform.platform(), "device": str(device), "cpu_threads": torch.get_num_threads(),
+        "git_revision": git_revision(), "seed": cfg.seed, "argv": argv if argv is not None else sys.argv,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def matrix_kwargs(cfg: TrainConfig) -> dict:
+    """Optimizer-specific settings for the block matrices."""
+    if cfg.optimizer == "mousse":
+        kw = {k: getattr(cfg, k) for k in _MOUSSE_KNOBS}
+        return {**kw, "momentum": cfg.momentum, "nesterov": cfg.nesterov, "ns": cfg.ns,
+                "ns_steps": cfg.ns_steps, "lr_scale": cfg.lr_scale}
+    if cfg.optimizer == "muon":
+        return {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "ns": cfg.ns,
+                "ns_steps": cfg.ns_steps, "lr_scale": cfg.lr_scale}
+    return {}
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.preset}-{cfg.optimizer}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def config_from_checkpoint(path: Path, overrides: dict) -> tuple[TrainConfig, Path]:
+    """The config a checkpoint was written with, updated by explicitly given settings."""
+    ckpt = find_checkpoint(path)
+    saved = tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"])
+    return resolve({**saved, **overrides}), ckpt
+
+
+def trainer_meta(loaded: dict) -> dict:
+    """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text)."""
+    return {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+class Trainer:
+    """Runs one configured training run; `run()` returns the summary (also in summary.json)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None = None,
+                 on_event: Callable[[Event], None] | None = None, resume: Path | None = None,
+                 stop: threading.Event | None = None, argv: list[str] | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        self.emit = on_event or (lambda event: None)
+        self.stop = stop or threading.Event()
+        self.device = pick_device(cfg.device)
+        self.data = load_dataset(cfg.data, cfg.val_data)
+        torch.manual_seed(cfg.seed)
+        self.model_cfg = GPTConfig(vocab_size=self.data.vocab_size, d_model=cfg.d_model,
+                                   n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                   head_dim=cfg.head_dim, seq_len=cfg.seq_len)
+        self.model = GPT(self.model_cfg).to(self.device)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.opt, self.routes = build_optimizer(
+            self.model, optimizer=cfg.optimizer, lr=cfg.lr, scalar_optimizer=cfg.scalar_optimizer,
+            scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg))
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.step = 0
+        self.state = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
+                      "best_val_loss": math.inf, "final_val_loss": None, "first_loss": None,
+                      "target_step": None, "target_seconds": None}
+        self.curve: list[dict] = []
+        self.resumed_from = None
+        if resume is not None:
+            self._restore(find_checkpoint(resume))
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        tensors = {"rng_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"config": tomlio.dumps(self.cfg.to_dict()), "data_hash": self.data.content_hash,
+                "curve": self.curve, **self.state}
+        path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.opt,
+                               tensors, {k: json.dumps(v) for k, v in meta.items()},  # str-only
+                               self.cfg.keep_checkpoints)
+        seconds = time.perf_counter() - t0
+        self.state["checkpoint_seconds"] += seconds
+        self.emit(CheckpointSaved(self.step, path, seconds))
+
+    def _restore(self, ckpt: Path) -> None:
+        loaded = read_checkpoint(ckpt)
+        meta = trainer_meta(loaded)
+        saved_cfg = tomlio.loads(meta["config"])
+        for key in ("preset", "d_model", "n_layers", "n_heads", "head_dim", "seq_len", "optimizer",
+                    "scalar_optimizer"):
+            if coerce(key, saved_cfg.get(key)) != getattr(self.cfg, key):
+                raise CheckpointError(f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
+                                      f", this run has {getattr(self.cfg, key)!r}: resume with the "
+                                      "same setting")
+        if meta.get("data_hash") != self.data.content_hash:
+            raise CheckpointError(f"checkpoint {ckpt} was trained on other data; resume with the "
+                                  f"same --data")
+        try:
+            self.model.load_state_dict(loaded["model"])
+        except RuntimeError:
+            raise CheckpointError(f"checkpoint {ckpt} does not fit this model") from None
+        self.opt.load_state_dict(unflatten_optimizer(self.opt, loaded["optimizer"],
+                                                     loaded["optimizer_meta"]))
+        torch.set_rng_state(loaded["trainer"]["rng_cpu"])
+        if "rng_cuda" in loaded["trainer"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(loaded["trainer"]["rng_cuda"], self.device)
+        self.step = int(meta["step"])
+        self.curve = meta["curve"]
+        for key in self.state:
+            self.state[key] = meta[key]
+        self.resumed_from = self.step
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _forward_backward(self, step: int) -> torch.Tensor:
+        cfg = self.cfg
+        accum = cfg.batch_size // cfg.micro_batch_size
+        total = torch.zeros((), device=self.device)
+        for i in range(accum):
+            rows = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
+            x, y = train_batch(self.data.train, cfg.seed, step, cfg.batch_size, cfg.seq_len, rows)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+                _, loss = self.forward(x, y)
+            (loss / accum).backward()
+            total += loss.detach() / accum
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        for x, y in val_batches(self.data.val, self.cfg.eval_tokens, self.cfg.micro_batch_size,
+                                self.cfg.seq_len):
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+                _, loss = self.forward(x.to(self.device), y.to(self.device))
+            total += loss
+            count += 1
+        self.model.train()
+        return (total / max(count, 1)).item()
+
+    def _eval_and_record(self) -> float:
+        t0 = time.perf_counter()
+        val = self.evaluate()
+        seconds = time.perf_counter() - t0
+        self.state["eval_seconds"] += seconds
+        self.state["final_val_loss"] = val
+        if math.isfinite(val):
+            self.state["best_val_loss"] = min(self.state["best_val_loss"], val)
+        self.curve.append({"step": self.step, "val_loss": val,
+                           "seconds": self.state["train_seconds"]})
+        target = self.cfg.target_loss
+        if target is not None and self.state["target_step"] is None and val <= target:
+            self.state["target_step"] = self.step
+            self.state["target_seconds"] = self.state["train_seconds"]
+        append_jsonl(self.run_dir / "metrics.jsonl", {"step": self.step, "val_loss": val,
+                                                      "train_seconds": self.state["train_seconds"]})
+        self.emit(EvalDone(self.step, val, self.state["best_val_loss"],
+                           self.state["train_seconds"], seconds))
+        return val
+
+    def _prepare_run_dir(self, argv) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.toml", tomlio.dumps(self.cfg.to_dict()))
+        write_json(self.run_dir / "env.json", environment(self.cfg, self.device, argv))
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.resumed_from is not None:  # drop what was logged after the checkpoint
+            kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        elif metrics.exists():
+            metrics.unlink()
+
+    def run(self, argv: list[str] | None = None) -> dict:
+        cfg = self.cfg
+        self._prepare_run_dir(argv)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.emit(RunStarted(self.run_dir, cfg.to_dict(), {
+            "n_params": n_params, "device": str(self.device), "data": self.data.describe(),
+            "vocab_size": self.data.vocab_size, "routing": self.routes,
+            "resumed_from": self.resumed_from}))
+        timer = _StepTimer(self.device)
+        refresh_every = cfg.precond_freq if cfg.optimizer == "mousse" else None
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        status, message = "completed", None
+        pending: list[tuple[int, torch.Tensor]] = []
+        last_eval = self.curve[-1]["step"] if self.curve else None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        while self.step < cfg.steps:
+            if self.stop.is_set():
+                status = "interrupted"
+                break
+            step = self.step + 1
+            factor = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
+            for group, base in zip(self.opt.param_groups, self.base_lrs):
+                group["lr"] = base * factor
+            timer.start()
+            loss = self._forward_backward(step)
+            timer.mark()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            timer.stop(refresh=refresh_every is not None and (step - 1) % refresh_every == 0)
+            self.step = step
+            pending.append((step, loss))
+
+            due_log = step % cfg.log_every == 0 or step == cfg.steps or self.device.type == "cpu"
+            if due_log:
+                self.state["train_seconds"] += timer.flush()
+                losses = torch.stack([l for _, l in pending]).tolist()
+                for (s, _), value in zip(pending, losses):
+                    if self.state["first_loss"] is None:
+                        self.state["first_loss"] = value
+                    if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
+                        status = "diverged"
+                        message = f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
+                        break
+                    if s % cfg.log_every == 0 or s == cfg.steps:
+                        self._log_step(s, value, factor, timer, tokens_per_step)
+                pending.clear()
+                if status == "diverged":
+                    break
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val = self._eval_and_record()
+                last_eval = step
+                if not math.isfinite(val):
+                    status, message = "diverged", f"validation loss {val} at step {step}"
+                    break
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                self._checkpoint()
+
+        if status in ("completed", "interrupted") and self.step > 0:
+            if last_eval != self.step and status == "completed":
+                self._eval_and_record()
+            if not (self.run_dir / "checkpoints" / f"step-{self.step}").exists():
+                self._checkpoint()
+        summary = self._summary(status, message, timer, n_params, tokens_per_step)
+        write_json(self.run_dir / "summary.json", summary)
+        self.emit(RunFinished(summary))
+        return summary
+
+    def _log_step(self, step: int, loss: float, factor: float, timer: "_StepTimer",
+                  tokens_per_step: int) -> None:
+        step_ms = timer.last_total_ms
+        event = StepLogged(
+            step=step, steps=self.cfg.steps, train_loss=loss, lr=self.cfg.lr * factor,
+            step_ms=step_ms, fwd_bwd_ms=timer.last_fwd_bwd_ms, opt_ms=timer.last_opt_ms,
+            tokens_per_s=tokens_per_step / (step_ms / 1000) if step_ms else 0.0,
+            train_seconds=self.state["train_seconds"],
+            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000))
+        append_jsonl(self.run_dir / "metrics.jsonl", event.record())
+        self.emit(event)
+
+    def _summary(self, status: str, message: str | None, timer: "_StepTimer", n_params: int,
+                 tokens_per_step: int) -> dict:
+        cfg = self.cfg
+        step_ms = _median(timer.total_ms)
+        opt_plain = _median(timer.opt_ms_plain)
+        opt_refresh = _median(timer.opt_ms_refresh)
+        refresh_ms = (opt_refresh - opt_plain) if (opt_refresh is not None and opt_plain is not None) else None
+        summary = {
+            "run_dir": str(self.run_dir), "status": status, "message": message,
+            "steps": self.step, "planned_steps": cfg.steps,
+            "final_val_loss": self.state["final_val_loss"],
+            "best_val_loss": self.state["best_val_loss"] if math.isfinite(self.state["best_val_loss"]) else None,
+            "target_loss": cfg.target_loss, "target_step": self.state["target_step"],
+            "target_seconds": self.state["target_seconds"],
+            "step_ms_median": step_ms, "fwd_bwd_ms_median": _median(timer.fwd_bwd_ms),
+            "opt_ms_median": opt_plain if opt_plain is not None else opt_refresh,
+            "refresh_ms_median": refresh_ms,
+            "refresh_ms_amortized": refresh_ms / cfg.precond_freq if refresh_ms is not None else None,
+            "tokens_per_s": tokens_per_step / (step_ms / 1000) if step_ms else None,
+            "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
+            "checkpoint_seconds": self.state["checkpoint_seconds"],
+            "n_params": n_params, "resumed_from": self.resumed_from, "curve": self.curve,
+            "peak_mem_bytes": None, "mfu": None,
+        }
+        if self.device.type == "cuda":
+            summary["peak_mem_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            name = torch.cuda.get_device_name(self.device)
+            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+            if peak and step_ms:
+                flops = 6 * n_params + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
+                summary["mfu"] = flops * tokens_per_step / (step_ms / 1000) / peak
+        return summary
+
+
+class _StepTimer:
+    """Per-step wall time split into fwd+bwd and optimizer, without syncing in the hot path:
+    CPU uses perf_counter; CUDA records events and reads them at `flush()` (log time)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.fwd_bwd_ms: list[float] = []
+        self.total_ms: list[float] = []
+        self.opt_ms_plain: list[float] = []
+        self.opt_ms_refresh: list[float] = []
+        self._open: list[tuple] = []
+        self.last_total_ms = self.last_fwd_bwd_ms = self.last_opt_ms = 0.0
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._marks = [self._now()]
+
+    def mark(self) -> None:
+        self._marks.append(self._now())
+
+    def stop(self, refresh: bool) -> None:
+        self._marks.append(self._now())
+        self._open.append((*self._marks, refresh))
+
+    def flush(self) -> float:
+        """Resolve pending steps; returns their total seconds."""
+        total = 0.0
+        if self.cuda and self._open:
+            self._open[-1][2].synchronize()
+        for t0, t1, t2, refresh in self._open:
+            if self.cuda:
+                fb, op = t0.elapsed_time(t1), t1.elapsed_time(t2)
+            else:
+                fb, op = (t1 - t0) * 1000, (t2 - t1) * 1000
+            self.fwd_bwd_ms.append(fb)
+            self.total_ms.append(fb + op)
+            (self.opt_ms_refresh if refresh else self.opt_ms_plain).append(op)
+            self.last_total_ms, self.last_fwd_bwd_ms, self.last_opt_ms = fb + op, fb, op
+            total += (fb + op) / 1000
+        self._open.clear()
+        return total

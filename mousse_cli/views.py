@@ -1,0 +1,256 @@
+"""Rich views of training events: a live panel on a terminal, plain lines otherwise. Everything
+here goes to stderr; machine-readable results go to stdout from the commands."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mousse.events import CheckpointSaved, EvalDone, RunFinished, RunStarted, StepLogged
+
+console = Console(stderr=True)
+
+
+def fmt(value, spec: str = ".4f", none: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return format(value, spec)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def routing_summary(routes) -> str:
+    counts = Counter((r.optimizer, r.role) for r in routes)
+    return ", ".join(f"{n} {role} -> {opt}" for (opt, role), n in sorted(counts.items()))
+
+
+class TrainView:
+    """Renders one run's events: live table on a terminal, a plain line per log/eval otherwise."""
+
+    def __init__(self, live: bool | None = None):
+        self.live_enabled = console.is_terminal if live is None else live
+        self.live: Live | None = None
+        self.last: StepLogged | None = None
+        self.val: EvalDone | None = None
+        self.started = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, RunStarted):
+            self._started(event)
+        elif isinstance(event, StepLogged):
+            self.last = event
+            if not self.live:
+                console.print(f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
+                              f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
+                              f"(fwd+bwd {event.fwd_bwd_ms:.1f}, opt {event.opt_ms:.1f}) "
+                              f"{event.tokens_per_s:,.0f} tok/s eta {duration(event.eta_seconds)}",
+                              highlight=False, soft_wrap=True)
+        elif isinstance(event, EvalDone):
+            self.val = event
+            if not self.live:
+                console.print(f"eval step {event.step} val_loss {event.val_loss:.4f} "
+                              f"best {event.best_val_loss:.4f}", highlight=False)
+        elif isinstance(event, CheckpointSaved) and not self.live:
+            console.print(f"checkpoint {event.path}", highlight=False, soft_wrap=True)
+        elif isinstance(event, RunFinished):
+            self._finished(event.summary)
+        if self.live:
+            self.live.update(self._render())
+
+    def _started(self, event: RunStarted) -> None:
+        cfg, info = event.config, event.info
+        resumed = f", resumed at step {info['resumed_from']}" if info["resumed_from"] else ""
+        console.print(f"[bold]mousse train[/] {cfg['preset']} · {cfg['optimizer']} · "
+                      f"{info['n_params'] / 1e6:.2f}M params · {info['device']}{resumed}")
+        console.print(f"data: {info['data']}", highlight=False, soft_wrap=True)
+        console.print(f"routing: {routing_summary(info['routing'])}", highlight=False)
+        console.print(f"run dir: {event.run_dir}", highlight=False, soft_wrap=True)
+        if self.live_enabled:
+            self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def _render(self) -> Table:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for col in ("step", "train loss", "val loss", "best val", "lr", "step ms",
+                    "fwd+bwd", "opt", "tok/s", "elapsed", "eta"):
+            table.add_column(col, justify="right")
+        e, v = self.last, self.val
+        if e:
+            table.add_row(f"{e.step}/{e.steps}", fmt(e.train_loss), fmt(v and v.val_loss),
+                          fmt(v and v.best_val_loss), f"{e.lr:.3g}", f"{e.step_ms:.1f}",
+                          f"{e.fwd_bwd_ms:.1f}", f"{e.opt_ms:.1f}", f"{e.tokens_per_s:,.0f}",
+                          duration(time.perf_counter() - self.started), duration(e.eta_seconds))
+        return table
+
+    def _finished(self, s: dict) -> None:
+        if self.live:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+        style = {"completed": "green", "diverged": "red", "interrupted": "yellow"}.get(s["status"], "red")
+        console.print(f"[{style}]{s['status']}[/] after {s['steps']} steps: final val loss "
+                      f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
+                      f"median step {fmt(s['step_ms_median'], '.1f')} ms "
+                      f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "
+                      f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)", highlight=False)
+        if s.get("message"):
+            console.print(f"[red]{s['message']}[/]", highlight=False)
+        if s.get("target_loss") is not None:
+            console.print(f"target {s['target_loss']}: " + (
+                f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
+                if s["target_step"] is not None else "not reached"), highlight=False)
+        console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True)
+
+
+def presets_table(rows: list[dict]) -> Table:
+    table = Table(title="mousse presets", header_style="bold")
+    for col in ("preset", "params", "d_model", "layers", "heads", "seq", "batch", "steps",
+                "lr", "scalar lr", "memory (mousse)", "description"):
+        table.add_column(col, justify="left" if col in ("preset", "description") else "right")
+    for r in rows:
+        table.add_row(*[str(r[k]) for k in ("name", "params", "d_model", "n_layers", "n_heads",
+                                             "seq_len", "batch_size", "steps", "lr", "scalar_lr",
+                                             "memory", "description")])
+    return table
+
+
+class AblationView:
+    """Live convergence and step-time tables of an ablation (one row per run); plain lines per
+    run start, evaluation and finish when not a terminal."""
+
+    def __init__(self, runs, baseline: str | None, live: bool | None = None):
+        self.order = [r.name for r in runs]
+        self.baseline = baseline
+        self.rows = {name: {"status": "queued", "step": 0, "steps": None, "loss": None,
+                            "val": None, "best": None, "curve": {}, "ms": [], "fb": [], "opt": [],
+                            "tps": None} for name in self.order}
+        self.live_enabled = console.is_terminal if live is None else live
+        self.live: Live | None = None
+
+    def __enter__(self):
+        if self.live_enabled:
+            self.live = Live(self.render(), console=console, refresh_per_second=2)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.update(self.render())
+            self.live.stop()
+            self.live = None
+
+    def __call__(self, update) -> None:
+        from mousse.sweep import RunSkipped
+
+        row = self.rows.get(update.run)
+        if row is None:
+            return
+        if isinstance(update, RunSkipped):
+            s = update.summary
+            row.update(status=f"done ({s['status']})", step=s["steps"], val=s["final_val_loss"],
+                       best=s["best_val_loss"], curve={p["step"]: p["val_loss"] for p in s["curve"]},
+                       ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
+                       fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
+                       opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [], tps=s["tokens_per_s"])
+            self._plain(f"[{update.run}] already {s['status']}: final val {fmt(s['final_val_loss'])}")
+        else:
+            self._event(update.run, row, update.event)
+        if self.live:
+            self.live.update(self.render())
+
+    def _plain(self, text: str) -> None:
+        if not self.live:
+            console.print(text, highlight=False, soft_wrap=True)
+
+    def _event(self, name: str, row: dict, e) -> None:
+        if isinstance(e, RunStarted):
+            row.update(status="running", steps=e.config["steps"])
+            resumed = e.info["resumed_from"]
+            self._plain(f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "
+                        f"{e.info['n_params'] / 1e6:.2f}M params, run dir {e.run_dir}")
+        elif isinstance(e, StepLogged):
+            row.update(step=e.step, loss=e.train_loss, tps=e.tokens_per_s)
+            row["ms"].append(e.step_ms)
+            row["fb"].append(e.fwd_bwd_ms)
+            row["opt"].append(e.opt_ms)
+        elif isinstance(e, EvalDone):
+            row.update(val=e.val_loss, best=e.best_val_loss)
+            row["curve"][e.step] = e.val_loss
+            self._plain(f"[{name}] step {e.step} val_loss {e.val_loss:.4f}")
+        elif isinstance(e, RunFinished):
+            s = e.summary
+            row.update(status=s["status"], step=s["steps"])
+            for key, summary_key in (("ms", "step_ms_median"), ("fb", "fwd_bwd_ms_median"),
+                                     ("opt", "opt_ms_median")):
+                if s[summary_key] is not None:
+                    row[key] = [s[summary_key]]
+            self._plain(f"[{name}] {s['status']} after {s['steps']} steps: final val "
+                        f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)")
+
+    @staticmethod
+    def _median(xs):
+        return sorted(xs)[len(xs) // 2] if xs else None
+
+    def _delta(self, row: dict) -> float | None:
+        base = self.rows.get(self.baseline)
+        if not base or row is base or not row["curve"]:
+            return None
+        step = max(row["curve"])
+        ref = base["curve"].get(step)
+        return None if ref is None else row["curve"][step] - ref
+
+    def render(self):
+        from rich.console import Group
+
+        conv = Table(title="convergence", header_style="bold", title_justify="left")
+        for col in ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status"):
+            conv.add_column(col, justify="left" if col in ("run", "status") else "right")
+        timing = Table(title="step time (median ms)", header_style="bold", title_justify="left")
+        for col in ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline"):
+            timing.add_column(col, justify="left" if col == "run" else "right")
+        base_ms = self._median(self.rows[self.baseline]["ms"]) if self.baseline in self.rows else None
+        for name in self.order:
+            r = self.rows[name]
+            label = f"{name} (baseline)" if name == self.baseline else name
+            step = f"{r['step']}/{r['steps']}" if r["steps"] else str(r["step"] or "-")
+            conv.add_row(label, step, fmt(r["loss"]), fmt(r["val"]), fmt(r["best"]),
+                         fmt(self._delta(r), "+.4f"), r["status"])
+            ms = self._median(r["ms"])
+            overhead = (ms / base_ms - 1) * 100 if ms and base_ms and name != self.baseline else None
+            timing.add_row(label, fmt(ms, ".1f"), fmt(self._median(r["fb"]), ".1f"),
+                           fmt(self._median(r["opt"]), ".1f"), fmt(r["tps"], ",.0f"),
+                           fmt(overhead, "+.1f") + ("%" if overhead is not None else ""))
+        return Group(conv, timing)
+
+
+def results_tables(results: dict):
+    """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
+    from rich.console import Group
+
+    from mousse.results import CONVERGENCE_COLUMNS, TIMING_COLUMNS, convergence_rows, timing_rows
+
+    target = results["target_loss"]
+    caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}"
+               if target is not None else "no completed baseline: no target, deltas or overheads")
+    tables = []
+    for title, columns, rows in (("convergence", CONVERGENCE_COLUMNS, convergence_rows(results)),
+                                 ("step time", TIMING_COLUMNS, timing_rows(results))):
+        table = Table(title=title, header_style="bold", title_justify="left",
+                      caption=caption if title == "convergence" else None, caption_justify="left")
+        for col in columns:
+            table.add_column(col, justify="left" if col == columns[0] else "right")
+        for row in rows:
+            table.add_row(*[row[c] for c in columns])
+        tables.append(table)
+    return Group(*tables)
