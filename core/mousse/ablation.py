@@ -1,0 +1,277 @@
+"""Ablation planning: turn sweeps (knob -> values) into a deterministic list of named runs.
+
+Pure and fast (no training here): the CLI prints the plan, the runner executes it, and the resolved
+plan is saved as `ablation.toml` so a rerun in the same directory resumes the same runs.
+
+Knobs are TrainConfig fields. Each run stores only the knobs that differ from the centre
+configuration (TrainConfig defaults updated by the shared `base` settings), so identical runs
+collapse into one. Knobs that only matter for Mousse (`MOUSSE_ONLY`) are dropped from runs whose
+optimizer is muon or adamw: `--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config
+from .config import ConfigError, FIELD_TYPES, TrainConfig, closest, coerce
+from .optim import LR_SCALES, SIDES
+from .orthogonalize import ORTHOGONALIZERS
+
+MODES = ("one-at-a-time", "grid")
+MOUSSE_ONLY = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
+               "bias_correction")
+BASELINE_KNOBS = {"optimizer": "muon"}
+SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep")
+# Seeds are planned separately (`seeds`), so `seed` is not a knob.
+KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
+_CHOICES = {"optimizer": config.OPTIMIZERS, "scalar_optimizer": config.SCALAR_OPTIMIZERS,
+            "device": config.DEVICES, "sides": SIDES, "ns": ORTHOGONALIZERS, "lr_scale": LR_SCALES}
+_DEFAULTS = TrainConfig().to_dict()
+_FIELDS = list(FIELD_TYPES)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run; `knobs` are merged over the plan's `base` settings by the runner."""
+
+    name: str
+    variant: str
+    knobs: dict = field(hash=False)
+    seed: int
+    is_baseline: bool = False
+
+
+@dataclass
+class AblationPlan:
+    """The resolved plan: its inputs and the runs they expand to."""
+
+    base: dict
+    sweeps: dict
+    mode: str
+    seeds: list
+    baseline: bool
+    runs: list
+
+    def plan_id(self) -> str:
+        """8 hex digits identifying the plan's inputs (stable across processes and key order)."""
+        inputs = {k: v for k, v in self.to_dict().items() if k != "runs"}
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
+
+    def default_dir_name(self, name: str | None = None) -> str:
+        """Default ablation directory name, e.g. 'ablate-alpha-1a2b3c4d'."""
+        label = _safe(name) if name else "-".join(self.sweeps)
+        return f"ablate-{label}-{self.plan_id()}"
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "seeds": list(self.seeds), "baseline": self.baseline,
+                "base": dict(self.base), "sweeps": {k: list(v) for k, v in self.sweeps.items()},
+                "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed,
+                          "is_baseline": r.is_baseline, "knobs": dict(r.knobs)} for r in self.runs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AblationPlan:
+        runs = [RunSpec(r["name"], r["variant"], dict(r.get("knobs", {})), r["seed"],
+                        r.get("is_baseline", False)) for r in data["runs"]]
+        return cls(dict(data.get("base", {})), {k: list(v) for k, v in data["sweeps"].items()},
+                   data["mode"], list(data["seeds"]), data["baseline"], runs)
+
+
+def _check_knob(knob: str) -> str:
+    """The knob's field name (hyphens allowed, as in CLI flags); ConfigError if unknown."""
+    key = knob.replace("-", "_")
+    if key == "seed":
+        raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
+    if key not in KNOBS:
+        raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
+    return key
+
+
+def _value(key: str, value):
+    """`value` coerced to the knob's type and checked against its allowed choices."""
+    value = coerce(key, value)
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"bad value for '{key}': {value!r}; choose one of {', '.join(_CHOICES[key])}")
+    return value
+
+
+def _settings(table: dict) -> dict:
+    """Typed TrainConfig settings keyed by field name."""
+    out = {}
+    for knob, value in table.items():
+        key = _check_knob(knob)
+        out[key] = _value(key, value)
+    return out
+
+
+def _sweeps(table: dict) -> dict:
+    """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
+    order the flags were given in)."""
+    out = {}
+    for knob, values in table.items():
+        key = _check_knob(knob)
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"sweep '{knob}' must be a list of values, e.g. {key} = [...]")
+        out[key] = _sweep_values(key, values)
+    return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
+
+
+def _check_mode(mode) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}{closest(str(mode), MODES)}; "
+                          f"choose one of {', '.join(MODES)}")
+    return mode
+
+
+def _sweep_values(knob: str, values) -> list:
+    """Typed, de-duplicated (order kept) values; ConfigError when empty."""
+    typed = list(dict.fromkeys(_value(knob, v) for v in values))
+    if not typed:
+        raise ConfigError(f"empty sweep for '{knob}': give at least one value")
+    return typed
+
+
+def parse_sweep_values(knob: str, text: str) -> list:
+    """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
+    key = _check_knob(knob)
+    return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
+
+
+def _seed_list(value) -> list[int]:
+    """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
+        raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
+    seeds = list(range(value)) if isinstance(value, int) else list(value)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"bad seeds {value!r}: need a count >= 1 or non-negative integer seeds")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'3' -> [0, 1, 2] (a count); '0,5,7' -> [0, 5, 7]; '5,' -> [5] (a one-seed list)."""
+    try:
+        value = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
+    except ValueError:
+        raise ConfigError(f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7") from None
+    return _seed_list(value)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+
+
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _variant_name(knobs: dict, centre_optimizer: str) -> str:
+    """'mousse' for the centre, 'muon' / 'adamw' for bare optimizers, else 'k=v+k=v'."""
+    parts = [knobs["optimizer"]] if "optimizer" in knobs else []
+    parts += [f"{k}={_format(v)}" for k, v in knobs.items() if k != "optimizer"]
+    return _safe("+".join(parts) or centre_optimizer)
+
+
+def _effective(assignment: dict, centre: dict) -> dict:
+    """Knobs that differ from the centre, minus Mousse-only knobs for non-Mousse optimizers."""
+    optimizer = assignment.get("optimizer", centre["optimizer"])
+    return {k: v for k, v in assignment.items()
+            if v != centre[k] and not (optimizer != "mousse" and k in MOUSSE_ONLY)}
+
+
+def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-time",
+                  seeds=(0,), baseline: bool = True) -> AblationPlan:
+    """Expand sweeps into runs.
+
+    one-at-a-time: the centre configuration plus, for each knob, each listed value with every other
+    knob at the centre; grid: the full product. Runs with identical effective knobs collapse. The
+    Muon baseline (same budget) comes first unless `baseline` is False. Every variant runs once per
+    seed; names get '-s<seed>' when there are several seeds.
+    """
+    mode = _check_mode(mode)
+    base = _settings(base or {})
+    typed = _sweeps(sweeps)
+    if not typed:
+        raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
+    seeds = _seed_list(seeds)
+    centre = {**_DEFAULTS, **base}
+
+    if mode == "grid":
+        assignments = [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
+    else:
+        assignments = [{}] + [{k: v} for k, values in typed.items() for v in values]
+    if baseline:
+        assignments.insert(0, BASELINE_KNOBS)
+    variants: dict[str, dict] = {}  # name -> knobs, first occurrence wins
+    for assignment in assignments:
+        knobs = _effective(assignment, centre)
+        if knobs in variants.values():
+            continue
+        name = _variant_name(knobs, centre["optimizer"])
+        if name in variants:  # distinct strings that sanitize alike
+            name += "-" + hashlib.sha256(repr(knobs).encode()).hexdigest()[:6]
+        variants[name] = knobs
+    baseline_knobs = _effective(BASELINE_KNOBS, centre) if baseline else None
+
+    runs = [RunSpec(f"{name}-s{seed}" if len(seeds) > 1 else name, name, dict(knobs), seed,
+                    knobs == baseline_knobs)
+            for seed in seeds for name, knobs in variants.items()]
+    return AblationPlan(base, typed, mode, seeds, baseline, runs)
+
+
+def check_max_runs(plan: AblationPlan, max_runs: int) -> None:
+    """Guard against accidentally huge grids."""
+    if len(plan.runs) > max_runs:
+        raise ConfigError(f"the plan has {len(plan.runs)} runs, more than --max-runs {max_runs}; pass a "
+                          f"larger --max-runs (e.g. --max-runs {len(plan.runs)}) or sweep fewer values")
+
+
+def load_spec(path: str | Path) -> dict:
+    """Read an ablation spec TOML into plan_ablation's arguments (plus `name` when given).
+
+    Keys: name, mode, seeds (count or list), baseline, a [base] table of TrainConfig settings and a
+    [sweep] table knob -> list of values. Every error names the file.
+    """
+    raw = config.read_toml(path)
+    try:
+        for key in raw:
+            if key not in SPEC_KEYS:
+                raise ConfigError(f"unknown key '{key}'{closest(key, SPEC_KEYS)}; "
+                                  f"valid keys: {', '.join(SPEC_KEYS)}")
+        for key in ("base", "sweep"):
+            if not isinstance(raw.get(key, {}), dict):
+                raise ConfigError(f"'{key}' must be a table ([{key}])")
+        sweep = raw.get("sweep", {})
+        if not sweep:
+            raise ConfigError("empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]")
+        spec: dict = {"sweeps": _sweeps(sweep)}
+        if "base" in raw:
+            spec["base"] = _settings(raw["base"])
+        if "mode" in raw:
+            spec["mode"] = _check_mode(raw["mode"])
+        if "seeds" in raw:
+            spec["seeds"] = _seed_list(raw["seeds"])
+        if "baseline" in raw:
+            if not isinstance(raw["baseline"], bool):
+                raise ConfigError(f"'baseline' must be true or false, not {raw['baseline']!r}")
+            spec["baseline"] = raw["baseline"]
+        if "name" in raw:
+            spec["name"] = str(raw["name"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return spec
+
+
+def shard_runs(runs: list, shard: str) -> list:
+    """Runs of shard 'i/n' (1-based), round-robin so each shard gets a mix of variants."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(f"bad --shard {shard!r}: expected i/n with 1 <= i <= n, e.g. 1/2")
+    i, n = int(match[1]), int(match[2])
+    return runs[i - 1::n]

@@ -1,0 +1,282 @@
+"""Ablation results: statistics and tables from run records (pure functions, no I/O).
+
+A run record is the runner's dict for one run: name, variant, knobs, seed, is_baseline, status
+("completed" | "diverged" | "failed" | "pending" | "running"), final_val_loss, best_val_loss, steps,
+step_ms_median, fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_bytes
+(None on CPU) and curve, a list of {"step", "val_loss", "seconds"} eval points.
+
+The headline metric is the paper's: steps to reach the baseline's final val loss (averaged over its
+seeds), and the reduction in % of the baseline's steps. Loss statistics use completed runs only;
+diverged and failed runs are listed but never averaged. Step times average every run that reported
+them (a diverged run's step time is still a real measurement).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import Counter
+
+SIGNIFICANCE_LEVEL = 0.05
+TIMING_KEYS = ("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "refresh_ms_median",
+               "tokens_per_s")
+CONVERGENCE_COLUMNS = ("Variant", "n", "Final val loss", "Δ vs baseline", "p", "Steps to baseline loss",
+                       "Step reduction", "Status")
+TIMING_COLUMNS = ("Variant", "Step ms", "Fwd+bwd ms", "Optimizer ms", "Refresh ms", "Tokens/s",
+                  "Overhead", "Peak memory")
+CSV_COLUMNS = ("variant", "is_baseline", "n", "n_runs", "final_val_loss_mean", "final_val_loss_std",
+               "delta_vs_baseline", "p_value", "significant", "steps_to_target", "reached",
+               "step_reduction_pct", *TIMING_KEYS, "overhead_pct", "peak_mem_bytes")
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+def steps_to_target(curve: list, target: float | None) -> tuple:
+    """(step, seconds) of the first eval with val_loss <= target, or (None, None)."""
+    if target is not None:
+        for point in curve:
+            loss = point.get("val_loss")
+            if loss is not None and math.isfinite(loss) and loss <= target:
+                return point["step"], point.get("seconds")
+    return None, None
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast here; else use the symmetry
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """Two-sided p-value of Student's t with df degrees of freedom: I_{df/(df+t^2)}(df/2, 1/2)."""
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def welch_t_test(a: list, b: list) -> dict:
+    """Two-sided Welch t-test of mean(a) vs mean(b); t, df and p are None when a group has n < 2."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return {"t": None, "df": None, "p": None}
+    va, vb = statistics.variance(a) / na, statistics.variance(b) / nb
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if va + vb == 0:  # both groups constant: either identical or infinitely far apart
+        return {"t": 0.0 if diff == 0 else math.copysign(math.inf, diff), "df": float(na + nb - 2),
+                "p": 1.0 if diff == 0 else 0.0}
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
+
+
+# ---- the results object -----------------------------------------------------------------------
+
+def _finite(x):
+    """x as a float when it is a finite number, else None (results must be strict JSON)."""
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _pct_change(value, reference) -> float | None:
+    return None if value is None or not reference else (value - reference) / reference * 100.0
+
+
+def _reduction(steps, baseline_steps) -> float | None:
+    return None if steps is None or not baseline_steps else (baseline_steps - steps) / baseline_steps * 100.0
+
+
+def _variant(name: str, group: list, is_base: bool, base_losses: list, baseline_steps,
+             base_step_ms) -> dict:
+    """One variant's summary over its seeds (loss statistics from completed runs only)."""
+    done = [r for r in group if r["status"] == "completed"]
+    losses = [r["final_val_loss"] for r in done if r["final_val_loss"] is not None]
+    mean = _mean(losses)
+    target = _mean(base_losses)
+    reached = [r["steps_to_target"] for r in done if r["steps_to_target"] is not None]
+    steps = _mean(reached)
+    test = {"t": None, "df": None, "p": None} if is_base else welch_t_test(losses, base_losses)
+    p = test["p"]
+    if is_base:
+        significance = "baseline"
+    elif p is None:
+        significance = "n<2" if base_losses else "no baseline loss"
+    else:
+        significance = "significant" if p < SIGNIFICANCE_LEVEL else "not significant"
+    peak = [r["peak_mem_bytes"] for r in group if r["peak_mem_bytes"] is not None]
+    return {
+        "variant": name, "knobs": group[0]["knobs"], "is_baseline": is_base,
+        "n": len(losses), "n_runs": len(group), "statuses": dict(Counter(r["status"] for r in group)),
+        "final_val_loss_mean": mean,
+        "final_val_loss_std": statistics.stdev(losses) if len(losses) >= 2 else None,
+        "best_val_loss_mean": _mean(r["best_val_loss"] for r in done),
+        "delta_vs_baseline": None if mean is None or target is None else mean - target,
+        "t": _finite(test["t"]), "df": test["df"], "p_value": p,
+        "significant": None if p is None else p < SIGNIFICANCE_LEVEL, "significance": significance,
+        "steps_to_target": steps, "reached": len(reached),
+        "seconds_to_target": _mean(r["seconds_to_target"] for r in done),
+        "step_reduction_pct": _reduction(steps, baseline_steps),
+        **{k: _mean(r[k] for r in group) for k in TIMING_KEYS},
+        "overhead_pct": _pct_change(_mean(r["step_ms_median"] for r in group), base_step_ms),
+        "peak_mem_bytes": max(peak) if peak else None,
+    }
+
+
+def summarize(records: list, baseline_name: str | None = None) -> dict:
+    """The results object: {"baseline", "target_loss", "baseline_steps", "runs", "variants"}.
+
+    `baseline_name` is the baseline's run or variant name (default: the runs flagged is_baseline);
+    `baseline` in the result is its variant name (= run name with one seed), or None without one.
+    Target = mean final val loss of the baseline's completed runs; baseline_steps = their mean
+    step count (the baseline reaches its own final loss at the end of its budget).
+    """
+    base_variant = next((r["variant"] for r in records
+                         if baseline_name in (r["name"], r["variant"])
+                         or (baseline_name is None and r.get("is_baseline"))), None)
+    if baseline_name is not None and base_variant is None:
+        raise ValueError(f"baseline {baseline_name!r} is not among the run records")
+    base_done = [r for r in records if r["variant"] == base_variant and r["status"] == "completed"]
+    base_losses = [x for x in (_finite(r.get("final_val_loss")) for r in base_done) if x is not None]
+    target = _mean(base_losses)
+    baseline_steps = _mean(r.get("steps") for r in base_done) if target is not None else None
+    base_step_ms = _mean(_finite(r.get("step_ms_median"))
+                         for r in records if r["variant"] == base_variant)
+
+    runs = []
+    for r in records:
+        steps, seconds = steps_to_target(r.get("curve") or [], target)
+        step_ms = _finite(r.get("step_ms_median"))
+        runs.append({
+            "name": r["name"], "variant": r["variant"], "knobs": dict(r.get("knobs") or {}),
+            "seed": r.get("seed"), "is_baseline": r["variant"] == base_variant, "status": r["status"],
+            "final_val_loss": _finite(r.get("final_val_loss")),
+            "best_val_loss": _finite(r.get("best_val_loss")),
+            "steps": r.get("steps"), "steps_to_target": steps, "seconds_to_target": seconds,
+            "step_reduction_pct": _reduction(steps, baseline_steps),
+            **{k: _finite(r.get(k)) for k in TIMING_KEYS},
+            "peak_mem_bytes": r.get("peak_mem_bytes"),
+            "overhead_pct": _pct_change(step_ms, base_step_ms),
+        })
+
+    variants = [_variant(name, [r for r in runs if r["variant"] == name], name == base_variant,
+                         base_losses, baseline_steps, base_step_ms)
+                for name in dict.fromkeys(r["variant"] for r in runs)]
+    return {"baseline": base_variant, "target_loss": target, "baseline_steps": baseline_steps,
+            "runs": runs, "variants": variants}
+
+
+# ---- tables -----------------------------------------------------------------------------------
+
+_DASH = "—"
+
+
+def _num(value, spec: str, suffix: str = "") -> str:
+    return _DASH if value is None else f"{value:{spec}}{suffix}"
+
+
+def _status_text(statuses: dict) -> str:
+    if set(statuses) == {"completed"}:
+        return "completed"
+    return ", ".join(f"{count} {status}" for status, count in statuses.items())
+
+
+def _p_text(v: dict) -> str:
+    if v["p_value"] is None:
+        return _DASH if v["is_baseline"] else v["significance"]
+    text = f"{v['p_value']:.3g}"
+    return text if v["significant"] else f"{text} (not significant)"
+
+
+def _steps_text(v: dict, has_target: bool) -> str:
+    if not has_target or v["n"] == 0:
+        return _DASH
+    if v["steps_to_target"] is None:
+        return "never"
+    text = f"{v['steps_to_target']:.0f}"
+    return text if v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} reached)"
+
+
+def _loss_text(v: dict) -> str:
+    text = _num(v["final_val_loss_mean"], ".4f")
+    return text if v["final_val_loss_std"] is None else f"{text} ± {v['final_val_loss_std']:.4f}"
+
+
+def convergence_rows(results: dict) -> list[dict]:
+    """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
+    has_target = results["target_loss"] is not None
+    return [dict(zip(CONVERGENCE_COLUMNS, (
+        v["variant"], str(v["n"]), _loss_text(v),
+        _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
+        _p_text(v), _steps_text(v, has_target),
+        _DASH if v["is_baseline"] else _num(v["step_reduction_pct"], "+.1f", "%"),
+        _status_text(v["statuses"]),
+    ))) for v in results["variants"]]
+
+
+def timing_rows(results: dict) -> list[dict]:
+    """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
+    return [dict(zip(TIMING_COLUMNS, (
+        v["variant"], _num(v["step_ms_median"], ".1f"), _num(v["fwd_bwd_ms_median"], ".1f"),
+        _num(v["opt_ms_median"], ".1f"), _num(v["refresh_ms_median"], ".1f"),
+        _num(v["tokens_per_s"], ",.0f"),
+        _DASH if v["is_baseline"] else _num(v["overhead_pct"], "+.1f", "%"),
+        _DASH if v["peak_mem_bytes"] is None else f"{v['peak_mem_bytes'] / 2**30:.2f} GiB",
+    ))) for v in results["variants"]]
+
+
+def _markdown_table(columns, rows) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(results: dict, fmt: str) -> str:
+    """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
+    or 'json' (the whole results object)."""
+    if fmt == "json":
+        return json.dumps(results, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v.get(k) is None else v[k] for k in CSV_COLUMNS}
+                         for v in results["variants"])
+        return out.getvalue()
+    if fmt == "markdown":
+        target = results["target_loss"]
+        note = (f"Baseline: {results['baseline']}, final val loss {target:.4f} (the target)."
+                if target is not None else "No completed baseline run: no target, deltas or overheads.")
+        return (f"## Convergence\n\n{note}\n\n"
+                f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
+                f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n")
+    raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")

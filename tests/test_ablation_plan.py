@@ -1,0 +1,211 @@
+"""Ablation planning: sweeps -> named runs, spec files, sharding."""
+
+from pathlib import Path
+
+import pytest
+
+from mousse import tomlio
+from mousse.ablation import (AblationPlan, check_max_runs, load_spec, parse_seeds, parse_sweep_values,
+                             plan_ablation, shard_runs)
+from mousse.config import ConfigError
+
+ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
+
+
+def names(plan):
+    return [r.name for r in plan.runs]
+
+
+def test_one_at_a_time_alpha_default_once_and_baseline_first():
+    plan = plan_ablation({"alpha": [0.0, 0.125, 0.25]})
+    assert names(plan) == ["muon", "mousse", "alpha=0.0", "alpha=0.25"]
+    by_name = {r.name: r for r in plan.runs}
+    assert by_name["muon"].knobs == {"optimizer": "muon"} and by_name["muon"].is_baseline
+    assert by_name["mousse"].knobs == {} and not by_name["mousse"].is_baseline
+    assert by_name["alpha=0.25"].knobs == {"alpha": 0.25}
+    assert all(r.seed == 0 and r.variant == r.name for r in plan.runs)
+
+
+def test_one_at_a_time_varies_one_knob_per_run():
+    plan = plan_ablation({"sides": ["both", "left", "right"], "trace_norm": [True, False]})
+    assert names(plan) == ["muon", "mousse", "sides=left", "sides=right", "trace_norm=off"]
+    assert all(len(r.knobs) <= 1 for r in plan.runs)
+
+
+def test_grid_is_full_product_with_stable_names():
+    plan = plan_ablation({"sides": ["both", "left"], "alpha": [0.125, 0.25]}, mode="grid")
+    assert names(plan) == ["muon", "mousse", "sides=left", "alpha=0.25", "alpha=0.25+sides=left"]
+    # names follow TrainConfig field order, not the order the flags were given in
+    again = plan_ablation({"alpha": [0.125, 0.25], "sides": ["both", "left"]}, mode="grid")
+    assert names(again) == names(plan) and again.plan_id() == plan.plan_id()
+
+
+def test_seeds_repeat_every_variant_with_suffix():
+    plan = plan_ablation({"alpha": [0.0, 0.125]}, seeds=[0, 1])
+    assert names(plan) == ["muon-s0", "mousse-s0", "alpha=0.0-s0", "muon-s1", "mousse-s1", "alpha=0.0-s1"]
+    assert [r.seed for r in plan.runs] == [0, 0, 0, 1, 1, 1]
+    assert plan.runs[3].variant == "muon" and plan.runs[3].is_baseline
+    assert names(plan_ablation({"alpha": [0.0]}, seeds=[5])) == ["muon", "mousse", "alpha=0.0"]
+
+
+def test_no_baseline_and_swept_muon_dedupes_with_baseline():
+    plan = plan_ablation({"alpha": [0.0, 0.25]}, baseline=False)
+    assert names(plan) == ["mousse", "alpha=0.0", "alpha=0.25"] and not any(r.is_baseline for r in plan.runs)
+    plan = plan_ablation({"optimizer": ["mousse", "muon", "adamw"]})
+    assert names(plan) == ["muon", "mousse", "adamw"]
+    assert [r.is_baseline for r in plan.runs] == [True, False, False]
+
+
+def test_mousse_only_knobs_dropped_for_muon_and_adamw():
+    plan = plan_ablation({"optimizer": ["mousse", "muon", "adamw"], "alpha": [0.0, 0.25],
+                          "precond_freq": [1, 10]}, mode="grid")
+    assert names(plan) == ["muon", "alpha=0.0+precond_freq=1", "alpha=0.0", "alpha=0.25+precond_freq=1",
+                           "alpha=0.25", "adamw"]
+    assert {r.name: r.knobs for r in plan.runs}["adamw"] == {"optimizer": "adamw"}
+    # non-Mousse knobs are kept for every optimizer
+    plan = plan_ablation({"optimizer": ["muon", "adamw"], "lr": [0.01, 0.02]}, mode="grid", baseline=False)
+    assert names(plan) == ["muon+lr=0.01", "muon+lr=0.02", "adamw+lr=0.01", "adamw+lr=0.02"]
+
+
+def test_base_defines_the_centre():
+    plan = plan_ablation({"alpha": [0.125, 0.25]}, base={"preset": "tiny", "alpha": "0.25", "steps": 50})
+    assert plan.base == {"preset": "tiny", "alpha": 0.25, "steps": 50}
+    assert names(plan) == ["muon", "mousse", "alpha=0.125"]
+
+
+def test_names_unique_and_filesystem_safe():
+    plan = plan_ablation({"data": ["a/b.bin", "a_b.bin", "c d"], "eps": [1e-6]}, seeds=3)
+    runs = names(plan)
+    assert len(set(runs)) == len(runs) == 3 * 6
+    assert all("/" not in n and " " not in n for n in runs)
+
+
+def test_plan_id_stable_and_sensitive():
+    a = plan_ablation({"alpha": [0.0, 0.125, 0.25]})
+    assert a.plan_id() == plan_ablation({"alpha": ["0.0", "0.125", "0.25"]}).plan_id()
+    assert len(a.plan_id()) == 8 and a.default_dir_name() == f"ablate-alpha-{a.plan_id()}"
+    others = [plan_ablation({"alpha": [0.0, 0.25]}), plan_ablation({"alpha": [0.0, 0.125, 0.25]}, seeds=2),
+              plan_ablation({"alpha": [0.0, 0.125, 0.25]}, baseline=False),
+              plan_ablation({"alpha": [0.0, 0.125, 0.25]}, base={"steps": 10}),
+              plan_ablation({"alpha": [0.0, 0.125, 0.25]}, mode="grid")]
+    assert len({a.plan_id(), *(p.plan_id() for p in others)}) == 6
+
+
+def test_to_dict_from_dict_round_trip_via_toml():
+    plan = plan_ablation({"alpha": [0.0, 0.25], "trace_norm": [True, False], "sides": ["left"]},
+                         base={"preset": "tiny", "steps": 40}, mode="grid", seeds=[0, 3])
+    back = AblationPlan.from_dict(tomlio.loads(tomlio.dumps(plan.to_dict())))
+    assert back == plan and back.plan_id() == plan.plan_id()
+
+
+@pytest.mark.parametrize(("sweeps", "kwargs", "words"), [
+    ({"alpah": [0.1]}, {}, ["alpah", "alpha"]),
+    ({"alpha": []}, {}, ["empty", "alpha"]),
+    ({"alpha": ["high"]}, {}, ["alpha", "high"]),
+    ({"sides": ["middle"]}, {}, ["sides", "middle"]),
+    ({"seed": [1, 2]}, {}, ["seeds"]),
+    ({}, {}, ["nothing to sweep"]),
+    ({"alpha": [0.0]}, {"mode": "gird"}, ["gird", "grid"]),
+    ({"alpha": [0.0]}, {"seeds": []}, ["seeds"]),
+    ({"alpha": [0.0]}, {"base": {"stpes": 3}}, ["stpes", "steps"]),
+])
+def test_plan_errors(sweeps, kwargs, words):
+    with pytest.raises(ConfigError) as exc:
+        plan_ablation(sweeps, **kwargs)
+    assert all(w in str(exc.value) for w in words)
+
+
+def test_parse_sweep_values():
+    assert parse_sweep_values("alpha", "0.0,0.125, 0.25,0.125") == [0.0, 0.125, 0.25]
+    assert parse_sweep_values("trace-norm", "on,off") == [True, False]
+    assert parse_sweep_values("sides", "both,left,right") == ["both", "left", "right"]
+    assert parse_sweep_values("precond_freq", "1,10,100") == [1, 10, 100]
+    for knob, text in [("alpha", ""), ("alpha", "x"), ("trace_norm", "maybe"), ("optimizer", "sgd"),
+                       ("precond_freq", "1.5")]:
+        with pytest.raises(ConfigError, match=knob):
+            parse_sweep_values(knob, text)
+
+
+def test_parse_seeds():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("0,5,7") == [0, 5, 7]
+    assert parse_seeds("5,") == [5]
+    for bad in ("0", "-1", "a", "1,x", ",", "1,-2"):
+        with pytest.raises(ConfigError):
+            parse_seeds(bad)
+
+
+def test_check_max_runs():
+    plan = plan_ablation({"alpha": [0.0, 0.125, 0.25]}, seeds=3)
+    check_max_runs(plan, 12)
+    with pytest.raises(ConfigError, match="--max-runs"):
+        check_max_runs(plan, 11)
+
+
+def test_shard_runs_cover_everything_once():
+    runs = plan_ablation({"alpha": [0.0, 0.125, 0.25], "sides": ["left", "right"]}, seeds=3).runs
+    for n in (1, 2, 3, 5, len(runs) + 2):
+        shards = [shard_runs(runs, f"{i}/{n}") for i in range(1, n + 1)]
+        assert sorted(r.name for s in shards for r in s) == sorted(r.name for r in runs)
+        assert shards == [shard_runs(runs, f"{i}/{n}") for i in range(1, n + 1)]
+    for bad in ("0/2", "3/2", "1", "a/b", "1/0", ""):
+        with pytest.raises(ConfigError, match="shard"):
+            shard_runs(runs, bad)
+
+
+@pytest.mark.parametrize("path", sorted(ABLATIONS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_specs_load_and_plan(path):
+    spec = load_spec(path)
+    name = spec.pop("name")
+    plan = plan_ablation(**spec)
+    assert plan.base["preset"] == "tiny" and plan.runs[0].is_baseline
+    assert plan.default_dir_name(name).startswith(f"ablate-{name}-")
+    assert "Run:" in path.read_text() and "mousse ablate ablations/" in path.read_text()
+
+
+def test_shipped_specs_are_the_papers_studies():
+    sweeps = {p.stem: load_spec(p)["sweeps"] for p in ABLATIONS.glob("*.toml")}
+    assert sweeps == {"alpha": {"alpha": [0.0, 0.125, 0.25]}, "trace_norm": {"trace_norm": [True, False]},
+                      "sides": {"sides": ["both", "left", "right"]},
+                      "precond_freq": {"precond_freq": [1, 10, 100]},
+                      "optimizers": {"optimizer": ["mousse", "muon", "adamw"]}}
+
+
+def test_load_spec_full(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "x"\nmode = "grid"\nseeds = [1, 2]\nbaseline = false\n'
+                    '[base]\npreset = "tiny"\nsteps = 30\n'
+                    '[sweep]\nalpha = [0.0, 0.25]\ntrace-norm = [true, false]\n')
+    assert load_spec(path) == {"name": "x", "mode": "grid", "seeds": [1, 2], "baseline": False,
+                               "base": {"preset": "tiny", "steps": 30},
+                               "sweeps": {"alpha": [0.0, 0.25], "trace_norm": [True, False]}}
+    path.write_text("seeds = 2\n[sweep]\nalpha = [0.0]\n")
+    assert load_spec(path) == {"seeds": [0, 1], "sweeps": {"alpha": [0.0]}}
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[sweep]\nalpah = [0.1]\n", ["alpah", "alpha"]),
+    ("[sweep]\nalpha = ['big']\n", ["alpha", "big"]),
+    ("[sweep]\nalpha = []\n", ["empty", "alpha"]),
+    ("[sweep]\n", ["empty [sweep]"]),
+    ("mode = 'grid'\n", ["empty [sweep]"]),
+    ("sweeps = 1\n[sweep]\nalpha = [0.1]\n", ["sweeps", "'sweep'"]),
+    ("[sweep]\nalpha = 0.1\n", ["list", "alpha"]),
+    ("[base]\nstpes = 3\n[sweep]\nalpha = [0.1]\n", ["stpes", "steps"]),
+    ("mode = 'gird'\n[sweep]\nalpha = [0.1]\n", ["gird", "grid"]),
+    ("seeds = 0\n[sweep]\nalpha = [0.1]\n", ["seeds"]),
+    ("baseline = 'yes'\n[sweep]\nalpha = [0.1]\n", ["baseline"]),
+    ("[sweep\nalpha = [0.1]\n", ["not valid TOML"]),
+])
+def test_load_spec_errors_name_file_and_key(tmp_path, text, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_spec(path)
+    assert str(path) in str(exc.value)
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+
+
+def test_load_spec_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_spec(tmp_path / "nope.toml")

@@ -1,0 +1,188 @@
+"""Ablation statistics and tables on synthetic run records with known answers."""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from mousse.results import (CONVERGENCE_COLUMNS, TIMING_COLUMNS, convergence_rows, render, steps_to_target,
+                            summarize, t_two_sided_p, timing_rows, welch_t_test)
+
+
+def curve(losses, every=100, seconds_per_step=0.01):
+    return [{"step": every * (i + 1), "val_loss": loss, "seconds": every * (i + 1) * seconds_per_step}
+            for i, loss in enumerate(losses)]
+
+
+def record(name, losses, *, variant=None, seed=0, status="completed", step_ms=10.0, baseline=False,
+           knobs=None):
+    final = losses[-1] if losses else None
+    return {"name": name, "variant": variant or name, "knobs": knobs or {}, "seed": seed,
+            "is_baseline": baseline, "status": status, "final_val_loss": final,
+            "best_val_loss": min(losses) if losses else None, "steps": 100 * len(losses),
+            "step_ms_median": step_ms, "fwd_bwd_ms_median": step_ms * 0.8, "opt_ms_median": step_ms * 0.2,
+            "refresh_ms_median": step_ms * 0.1, "tokens_per_s": 4096 / step_ms * 1000,
+            "peak_mem_bytes": None, "curve": curve(losses)}
+
+
+MUON = [3.0, 2.5, 2.1, 1.8, 1.6, 1.5]  # reaches 1.5 at step 600 (its last)
+MOUSSE = [2.9, 2.4, 2.0, 1.7, 1.5, 1.45]  # crosses 1.5 at step 500
+
+
+def test_steps_to_target():
+    c = curve(MOUSSE)
+    assert steps_to_target(c, 1.5) == (500, 5.0)
+    assert steps_to_target(c, 3.0) == (100, 1.0)
+    assert steps_to_target(c, 1.0) == (None, None)
+    assert steps_to_target(c, None) == (None, None)
+    assert steps_to_target([{"step": 10, "val_loss": math.nan, "seconds": 1.0}], 5.0) == (None, None)
+
+
+@pytest.mark.parametrize(("t", "df", "p"), [
+    (2.0, 10, 0.07339),   # scipy.stats.t.sf(2, 10) * 2
+    (1.0, 3, 0.3910),
+    (2.228, 10, 0.05),    # two-sided 5% critical values from the standard t table
+    (12.706, 1, 0.05),
+    (2.776, 4, 0.05),
+    (3.169, 10, 0.01),
+    (2.042, 30, 0.05),
+    (0.0, 7, 1.0),
+])
+def test_t_distribution_table_values(t, df, p):
+    assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
+
+
+@pytest.mark.parametrize("t", [0.3, 1.7, 25.0])
+def test_t_distribution_closed_forms(t):
+    assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-12)
+    assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-12)
+    assert t_two_sided_p(t, 2.5) == pytest.approx(t_two_sided_p(-t, 2.5), rel=1e-15)
+
+
+def test_welch_t_test_known_values():
+    # by hand: means 2 and 4, variances 1 and 1, n 3 and 3 -> t = -2/sqrt(2/3), df = 4
+    res = welch_t_test([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert res["t"] == pytest.approx(-2.449490, abs=1e-6) and res["df"] == pytest.approx(4.0)
+    assert res["p"] == pytest.approx(0.070484, abs=1e-6)
+    # unequal variances: the Welch-Satterthwaite df is fractional
+    res = welch_t_test([1.0, 2.0, 3.0, 4.0], [2.0, 6.0, 10.0])
+    va, vb = (5 / 3) / 4, 16 / 3
+    assert res["df"] == pytest.approx((va + vb) ** 2 / (va**2 / 3 + vb**2 / 2))
+    assert welch_t_test([1.0], [1.0, 2.0]) == {"t": None, "df": None, "p": None}
+    assert welch_t_test([1.0, 1.0], [1.0, 1.0])["p"] == 1.0
+
+
+def test_summarize_headline_step_reduction_and_overhead():
+    results = summarize([record("muon", MUON, baseline=True, step_ms=10.0),
+                         record("mousse", MOUSSE, step_ms=10.3)], "muon")
+    assert results["baseline"] == "muon"
+    assert results["target_loss"] == 1.5 and results["baseline_steps"] == 600
+    runs = {r["name"]: r for r in results["runs"]}
+    assert runs["mousse"]["steps_to_target"] == 500 and runs["mousse"]["seconds_to_target"] == 5.0
+    assert runs["mousse"]["step_reduction_pct"] == pytest.approx(100 / 6, abs=1e-9)  # 16.7%
+    assert runs["mousse"]["overhead_pct"] == pytest.approx(3.0)
+    assert runs["muon"]["steps_to_target"] == 600 and runs["muon"]["step_reduction_pct"] == 0.0
+    for run in results["runs"]:
+        assert {"name", "knobs", "seed", "status", "final_val_loss", "best_val_loss", "steps_to_target",
+                "step_ms_median"} <= set(run)
+    variants = {v["variant"]: v for v in results["variants"]}
+    assert variants["mousse"]["delta_vs_baseline"] == pytest.approx(-0.05)
+    assert variants["mousse"]["significance"] == "n<2" and variants["mousse"]["p_value"] is None
+    assert variants["muon"]["significance"] == "baseline"
+    row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
+    assert row["Step reduction"] == "+16.7%" and row["Steps to baseline loss"] == "500"
+    assert row["Δ vs baseline"] == "-0.0500" and row["p"] == "n<2"
+    assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead"] == "+3.0%"
+
+
+def test_summarize_seeds_target_is_seed_averaged_and_significance():
+    muon = [record(f"muon-s{s}", MUON[:-1] + [1.5 + d], variant="muon", seed=s, baseline=True)
+            for s, d in enumerate((0.01, -0.01, 0.0))]
+    good = [record(f"mousse-s{s}", MOUSSE[:-1] + [1.40 + d], variant="mousse", seed=s)
+            for s, d in enumerate((0.01, -0.01, 0.0))]
+    same = [record(f"alpha=0.0-s{s}", MUON[:-1] + [1.5 + d], variant="alpha=0.0", seed=s)
+            for s, d in enumerate((0.02, -0.01, 0.0))]
+    results = summarize(muon + good + same)  # baseline found by is_baseline
+    assert results["baseline"] == "muon" and results["target_loss"] == pytest.approx(1.5)
+    variants = {v["variant"]: v for v in results["variants"]}
+    assert variants["mousse"]["n"] == 3
+    assert variants["mousse"]["final_val_loss_mean"] == pytest.approx(1.40)
+    assert variants["mousse"]["final_val_loss_std"] == pytest.approx(0.01)
+    assert variants["mousse"]["significant"] and variants["mousse"]["significance"] == "significant"
+    assert variants["mousse"]["p_value"] == pytest.approx(2.552e-4, rel=1e-3)  # t = 12.25, df = 4
+    assert variants["alpha=0.0"]["significant"] is False
+    assert variants["alpha=0.0"]["significance"] == "not significant"
+    rows = {r["Variant"]: r for r in convergence_rows(results)}
+    assert rows["alpha=0.0"]["p"].endswith("(not significant)")
+    assert rows["mousse"]["Final val loss"] == "1.4000 ± 0.0100"
+    # the seed with a final loss above the averaged target never reaches it
+    assert variants["alpha=0.0"]["reached"] == 2
+    assert "(2/3 reached)" in rows["alpha=0.0"]["Steps to baseline loss"]
+
+
+def test_diverged_runs_listed_but_not_averaged():
+    records = [record("muon-s0", MUON, variant="muon", baseline=True),
+               record("mousse-s0", MOUSSE, variant="mousse"),
+               record("mousse-s1", [2.9, math.nan], variant="mousse", seed=1, status="diverged",
+                      step_ms=12.0),
+               record("lr=1.0-s0", [math.inf], variant="lr=1.0", status="diverged")]
+    results = summarize(records, "muon")
+    runs = {r["name"]: r for r in results["runs"]}
+    assert runs["mousse-s1"]["status"] == "diverged" and runs["mousse-s1"]["final_val_loss"] is None
+    variants = {v["variant"]: v for v in results["variants"]}
+    assert variants["mousse"]["n"] == 1 and variants["mousse"]["n_runs"] == 2
+    assert variants["mousse"]["final_val_loss_mean"] == pytest.approx(1.45)
+    assert variants["mousse"]["statuses"] == {"completed": 1, "diverged": 1}
+    assert variants["mousse"]["step_ms_median"] == pytest.approx(11.0)  # timings of every run
+    assert variants["lr=1.0"]["final_val_loss_mean"] is None and variants["lr=1.0"]["n"] == 0
+    rows = {r["Variant"]: r for r in convergence_rows(results)}
+    assert rows["mousse"]["Status"] == "1 completed, 1 diverged"
+    assert rows["lr=1.0"]["Final val loss"] == "—" and rows["lr=1.0"]["Status"] == "1 diverged"
+    json.loads(render(results, "json"), parse_constant=pytest.fail)  # strict JSON: no NaN/Infinity
+
+
+def test_no_baseline_and_pending_baseline():
+    results = summarize([record("mousse", MOUSSE), record("alpha=0.0", MUON)])
+    assert results["baseline"] is None and results["target_loss"] is None
+    assert all(r["steps_to_target"] is None and r["overhead_pct"] is None for r in results["runs"])
+    assert "No completed baseline" in render(results, "markdown")
+    waiting = {**record("muon", [], status="pending", baseline=True),
+               **dict.fromkeys(["step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "refresh_ms_median",
+                                "tokens_per_s"])}
+    pending = summarize([waiting, record("mousse", MOUSSE)], "muon")
+    assert pending["baseline"] == "muon" and pending["target_loss"] is None
+    rows = {r["Variant"]: r for r in convergence_rows(pending)}
+    assert rows["mousse"]["Steps to baseline loss"] == "—" and rows["muon"]["Status"] == "1 pending"
+    assert {r["Variant"]: r for r in timing_rows(pending)}["muon"]["Step ms"] == "—"
+    with pytest.raises(ValueError, match="adamw"):
+        summarize([record("mousse", MOUSSE)], "adamw")
+
+
+def _results():
+    return summarize([record("muon", MUON, baseline=True),
+                      record("mousse", MOUSSE, step_ms=10.3, knobs={}),
+                      record("sides=left", MOUSSE[:-1] + [1.47], knobs={"sides": "left"})], "muon")
+
+
+def test_render_markdown_has_both_tables():
+    text = render(_results(), "markdown")
+    assert "## Convergence" in text and "## Step time" in text
+    assert "| " + " | ".join(CONVERGENCE_COLUMNS) + " |" in text
+    assert "| " + " | ".join(TIMING_COLUMNS) + " |" in text
+    assert "+16.7%" in text
+
+
+def test_render_csv_parses():
+    rows = list(csv.DictReader(io.StringIO(render(_results(), "csv"))))
+    assert [r["variant"] for r in rows] == ["muon", "mousse", "sides=left"]
+    assert float(rows[1]["step_reduction_pct"]) == pytest.approx(100 / 6)
+    assert rows[0]["p_value"] == "" and float(rows[2]["final_val_loss_mean"]) == pytest.approx(1.47)
+
+
+def test_render_json_loads_and_unknown_format():
+    results = _results()
+    assert json.loads(render(results, "json")) == results
+    with pytest.raises(ValueError, match="markdown"):
+        render(results, "xml")
