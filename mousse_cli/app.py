@@ -122,9 +122,13 @@ def train(
 @app.command()
 def presets(json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
     """List model presets with parameter counts, recipe and memory estimate."""
-    from mousse.presets import preset_rows
+    from mousse.presets import PRESETS, memory_estimate_bytes, param_count
 
-    rows = preset_rows()
+    rows = [{"name": p.name, "params": f"{param_count(p) / 1e6:.1f}M", "d_model": p.d_model,
+             "n_layers": p.n_layers, "n_heads": p.n_heads, "seq_len": p.seq_len,
+             "batch_size": p.batch_size, "steps": p.steps, "lr": p.lr, "scalar_lr": p.scalar_lr,
+             "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G", "description": p.description}
+            for p in PRESETS.values()]
     if json_out:
         typer.echo(json.dumps(rows))
     else:

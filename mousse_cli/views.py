@@ -113,16 +113,21 @@ class TrainView:
         console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True)
 
 
-def presets_table(rows: list[dict]) -> Table:
-    table = Table(title="mousse presets", header_style="bold")
-    for col in ("preset", "params", "d_model", "layers", "heads", "seq", "batch", "steps",
-                "lr", "scalar lr", "memory (mousse)", "description"):
-        table.add_column(col, justify="left" if col in ("preset", "description") else "right")
+def presets_table(rows: list[dict]):
+    """Presets as a compact table, with each one's description below it."""
+    from rich.console import Group
+
+    table = Table(title="mousse presets", header_style="bold underline", title_justify="left",
+                  box=None, pad_edge=False)
+    for col in ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "lr",
+                "scalar lr", "memory*"):
+        table.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in rows:
-        table.add_row(*[str(r[k]) for k in ("name", "params", "d_model", "n_layers", "n_heads",
-                                             "seq_len", "batch_size", "steps", "lr", "scalar_lr",
-                                             "memory", "description")])
-    return table
+        table.add_row(r["name"], r["params"], f"{r['d_model']}x{r['n_layers']}", str(r["n_heads"]),
+                      str(r["seq_len"]), str(r["batch_size"]), f"{r['steps']:,}", str(r["lr"]),
+                      str(r["scalar_lr"]), r["memory"])
+    notes = "\n".join(f"[bold]{r['name']}[/]: {r['description']}" for r in rows)
+    return Group(table, notes, "* weights + grads + Mousse state + activations of one micro batch, fp32")
 
 
 class AblationView:

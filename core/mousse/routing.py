@@ -23,24 +23,27 @@ _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
 
 def infer_roles(model: nn.Module) -> dict[str, str]:
     """Role of each trainable parameter: the model's own `param_roles()` when it has one, else
-    by module type and name (embeddings by nn.Embedding, the head by name or by matching the
-    vocabulary size); anything ambiguous falls back to the scalar optimizer, never to Mousse."""
+    by module: nn.Embedding weights are embeddings; the head is the Linear named like one
+    (lm_head, head, output, ...), else the last Linear whose output size is the vocabulary, else
+    the last Linear; other 2-D weights are matrices and everything else is scalar. The routing
+    table returned by `build_optimizer` shows the result, so a user can check it."""
     if hasattr(model, "param_roles"):
         return dict(model.param_roles())
     vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    named = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _HEAD_NAMES]
+    by_vocab = [n for n, m in linears if m.out_features in vocab]
+    head = (named or by_vocab or [n for n, _ in linears] or [None])[-1]
     roles = {}
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             name = f"{mod_name}.{p_name}" if mod_name else p_name
-            leaf = mod_name.rsplit(".", 1)[-1]
-            if isinstance(module, nn.Embedding) or "embed" in name:
+            if isinstance(module, nn.Embedding):
                 roles[name] = "embedding"
-            elif p.ndim == 2 and (leaf in _HEAD_NAMES or p.shape[0] in vocab):
+            elif mod_name == head and p_name == "weight":
                 roles[name] = "head"
-            elif p.ndim == 2:
-                roles[name] = "matrix"
             else:
-                roles[name] = "scalar"
+                roles[name] = "matrix" if p.ndim == 2 else "scalar"
     return roles
 
 
@@ -116,35 +119,32 @@ def build_optimizer(
     if bad:
         raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
 
-    kwargs = dict(matrix_kwargs or {})
-    if optimizer == "mousse":
-        matrix_opt = Mousse([p for _, p in matrices], lr=lr, weight_decay=weight_decay, **kwargs)
-    elif optimizer == "muon":
-        matrix_opt = Muon([p for _, p in matrices], lr=lr, weight_decay=weight_decay, **kwargs)
-    elif optimizer == "adamw":
-        matrix_opt = torch.optim.AdamW([p for _, p in matrices], lr=lr, weight_decay=weight_decay,
-                                       betas=(0.9, 0.95), **kwargs)
-    else:
+    if optimizer not in ("mousse", "muon", "adamw"):
         raise ValueError(f"invalid optimizer={optimizer!r}: expected 'mousse', 'muon' or 'adamw'")
+    if scalar_optimizer not in ("adamw", "lion"):
+        raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
 
     def scalar_lr_for(name: str, p) -> float:
         if scalar_optimizer == "lion" and roles[name] == "head":
             return scalar_lr / math.sqrt(p.shape[1])
         return scalar_lr
 
-    groups: dict[float, list] = {}
-    for n, p in others:
-        groups.setdefault(scalar_lr_for(n, p), []).append(p)
-    scalar_groups = [{"params": ps, "lr": g_lr} for g_lr, ps in groups.items()]
-    if scalar_optimizer == "adamw":
-        scalar_opt = torch.optim.AdamW(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95),
-                                       weight_decay=0.0)
-    elif scalar_optimizer == "lion":
-        scalar_opt = Lion(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    else:
-        raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
-
-    parts = {"matrix": matrix_opt, "scalar": scalar_opt} if others else {"matrix": matrix_opt}
+    parts: dict[str, Optimizer] = {}
+    if matrices:
+        params, kwargs = [p for _, p in matrices], dict(matrix_kwargs or {})
+        if optimizer == "adamw":
+            kwargs.setdefault("betas", (0.9, 0.95))
+            parts["matrix"] = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        else:
+            cls = Mousse if optimizer == "mousse" else Muon
+            parts["matrix"] = cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    if others:
+        groups: dict[float, list] = {}
+        for n, p in others:
+            groups.setdefault(scalar_lr_for(n, p), []).append(p)
+        scalar_groups = [{"params": ps, "lr": g_lr} for g_lr, ps in groups.items()]
+        cls = torch.optim.AdamW if scalar_optimizer == "adamw" else Lion
+        parts["scalar"] = cls(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95), weight_decay=0.0)
     names = {id(p): n for n, p in named}
     combined = CombinedOptimizer(parts, names)
     routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr) for n, p in matrices]
