@@ -134,7 +134,11 @@ class Mousse(Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        validate_group(self.param_groups[-1], self._sides)
+        try:
+            validate_group(self.param_groups[-1], self._sides)
+        except ValueError:
+            self.param_groups.pop()  # do not leave the rejected group in the optimizer
+            raise
         self._buckets = None
 
     # ---- state layout -------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def newton_schulz(X: Tensor, method: NSMethod, steps: int, dtype: torch.dtype) -
     transposed = X.size(-2) > X.size(-1)
     if transposed:  # iterate on the short side so the Gram matrix is the small one
         X = X.mT
-    X = normalize(X.to(dtype), method)
+    # Normalize before casting down: a narrow dtype (fp16) cannot hold large entries, nor eps.
+    X = normalize(X.to(torch.promote_types(X.dtype, dtype)), method).to(dtype)
     for a, b, c in method.schedule(steps):
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
