@@ -36,9 +36,10 @@ def lr_multiplier(rule: str, m: int, n: int) -> float:
     return LR_SCALES[rule](m, n)
 
 
-def graft(U: Tensor, gamma: Tensor) -> Tensor:
-    """Rescale each matrix of U to Frobenius norm gamma (shape (B, 1, 1)); zero stays zero."""
-    return U * (gamma / frobenius_norm(U).clamp(min=torch.finfo(U.dtype).tiny))
+def graft(U: Tensor, gamma: Tensor, norm_U: Tensor) -> Tensor:
+    """Rescale each matrix of U from Frobenius norm `norm_U` to `gamma` (shapes (B, 1, 1));
+    zero stays zero."""
+    return U * (gamma / norm_U.clamp(min=torch.finfo(U.dtype).tiny))
 
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:
@@ -253,9 +254,11 @@ class Mousse(Optimizer):
         X = pc.whiten(M_in, P.get("L"), P.get("R"))
         Y = orthogonalize(X, group["ns"], group["ns_steps"], ns_dtype)
         U = pc.unwhiten(Y, P.get("L"), P.get("R"))
+        norm_U = frobenius_norm(U)
         if group["graft"] and P:
-            U = graft(U, frobenius_norm(Y))
-        st["update_rms"].copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
+            gamma = frobenius_norm(Y)
+            U, norm_U = graft(U, gamma, norm_U), gamma
+        st["update_rms"].copy_(norm_U.flatten() / math.sqrt(m * n))
 
         lr = group["lr"]
         if group["weight_decay"]:

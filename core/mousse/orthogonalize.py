@@ -62,7 +62,7 @@ ORTHOGONALIZERS = (*NS_METHODS, "exact")
 def power_of_two_scale(X: Tensor) -> Tensor:
     """Per-matrix power of two near max|X|, shape (B, 1, 1): dividing by it is exact and keeps
     squares of the entries from overflowing."""
-    amax = X.abs().amax(dim=(-2, -1), keepdim=True)
+    amax = torch.linalg.vector_norm(X, ord=float("inf"), dim=(-2, -1), keepdim=True)
     return torch.ldexp(torch.ones_like(amax), torch.frexp(amax).exponent)
 
 

@@ -15,27 +15,30 @@ eigh = torch.linalg.eigh
 def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
     """EMA update `F <- beta F + (1-beta) C` in place, C = G G^T (left) or G^T G (right).
 
-    A matrix whose contribution is not finite (e.g. gradients near 1e20 overflow fp32 squares)
-    keeps its previous statistics. Returns the per-matrix bool mask of skipped updates.
+    A matrix whose contribution would not be finite (e.g. gradients near 1e20 overflow fp32
+    squares; |C_ij| <= ||G||_F^2 bounds every entry) keeps its previous statistics.
+    Returns the per-matrix bool mask of skipped updates.
     """
     G = G.to(F.dtype)
+    finite = torch.isfinite(G.square().sum(dim=(-2, -1)))
+    G = torch.where(finite[:, None, None], G, 0.0)
     C = G @ G.mT if side == "left" else G.mT @ G
-    finite = torch.isfinite(C).all(dim=(-2, -1))
-    F.copy_(torch.where(finite[:, None, None], torch.lerp(C, F, beta), F))
+    decay = torch.full(finite.shape, beta, dtype=F.dtype, device=F.device).masked_fill_(~finite, 1.0)
+    F.mul_(decay[:, None, None]).add_(C, alpha=1.0 - beta)
     return ~finite
 
 
 def normalized(F: Tensor, step: int, beta: float, bias_correction: bool, trace_norm: bool) -> Tensor:
-    """The factor as refreshed: bias-corrected and/or scaled to mean eigenvalue 1 (a new tensor)."""
-    F = F.double()
+    """The factor as refreshed: bias-corrected and/or scaled to mean eigenvalue 1 (a new tensor).
+    Scaled in fp64, so factors with tiny or huge traces neither under- nor overflow."""
+    scale = torch.ones(F.size(0), dtype=torch.float64, device=F.device)
     if bias_correction:
-        F = F / (1.0 - beta**step)
+        scale = scale / (1.0 - beta**step)
     if trace_norm:
-        trace = F.diagonal(dim1=-2, dim2=-1).sum(-1)
+        trace = F.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.float64) * scale
         ok = torch.isfinite(trace) & (trace > 0)
-        scale = torch.where(ok, F.size(-1) / torch.where(ok, trace, 1.0), 1.0)
-        F = F * scale[:, None, None]
-    return F
+        scale = torch.where(ok, scale * F.size(-1) / torch.where(ok, trace, 1.0), scale)
+    return (F.double() * scale[:, None, None]).to(F.dtype)
 
 
 def _eigh_floored(F: Tensor, eps: float) -> tuple[Tensor, Tensor]:

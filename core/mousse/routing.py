@@ -86,6 +86,9 @@ class CombinedOptimizer(Optimizer):
                              f"expected {sorted(self.parts)}")
         for name, opt in self.parts.items():
             opt.load_state_dict(state_dict[name])
+        # torch's load_state_dict gives each part new param-group dicts: share those again, or
+        # lr changes made through self.param_groups (the schedule) would never reach the parts
+        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
 
     def telemetry(self) -> list[dict]:
         return [row for opt in self.parts.values() if hasattr(opt, "telemetry")

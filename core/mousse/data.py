@@ -1,0 +1,290 @@
+"""Token data: the built-in standard-library corpus, plain text, and llm.c / modded-nanoGPT shards.
+
+Everything is memory-mapped read-only (torch.from_file, copy-on-write), so multi-GB shard sets cost
+no RAM up front. Batches are a pure function of (seed, step): a resumed or re-split run sees
+exactly the tokens of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import hashlib
+import os
+import struct
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+HEADER_BYTES = 4 * HEADER_INTS
+BYTE_VOCAB, GPT2_VOCAB = 256, 50304  # GPT-2's 50257 tokens padded to a multiple of 128
+FILE_SEP = b"\n\x1c\n"  # between concatenated files (0x1c is ASCII "file separator")
+VAL_MIN = 1 << 19  # a tail split holds out max(1%, 512 Ki tokens), at most 10%, as validation
+_EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the file and the fix."""
+
+
+class TokenSource:
+    """A read-only window [start, stop) onto the concatenation of 1-D token tensors."""
+
+    def __init__(self, parts: list[Tensor], name: str, start: int = 0, stop: int | None = None):
+        self.parts, self.name = parts, name
+        self._ends = [0]
+        for p in parts:
+            self._ends.append(self._ends[-1] + len(p))
+        self.start, self.stop = start, self._ends[-1] if stop is None else stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def get(self, start: int, length: int) -> Tensor:
+        """Tokens [start, start+length) of this window as int64, across part boundaries."""
+        if start < 0 or length < 0 or start + length > len(self):
+            raise IndexError(f"[{start}, {start + length}) outside a source of {len(self)} tokens")
+        lo, hi, out = self.start + start, self.start + start + length, []
+        i = bisect.bisect_right(self._ends, lo) - 1
+        while lo < hi:
+            take = min(hi, self._ends[i + 1]) - lo
+            if take > 0:
+                off = lo - self._ends[i]
+                out.append(self.parts[i][off:off + take])
+            lo, i = lo + take, i + 1
+        return torch.cat(out).long() if out else torch.empty(0, dtype=torch.long)
+
+    def split_tail(self, n: int) -> tuple[TokenSource, TokenSource]:
+        """(everything but the last n tokens, the last n tokens)."""
+        cut = self.stop - n
+        return (TokenSource(self.parts, self.name, self.start, cut),
+                TokenSource(self.parts, self.name, cut, self.stop))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: TokenSource
+    val: TokenSource
+    vocab_size: int
+    content_hash: str
+    source: str
+    description: str
+
+    def describe(self) -> str:
+        return self.description
+
+
+def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
+    """Open `spec`: "builtin", a text file or folder (bytes, vocab 256), or .bin token shards
+    (a file, folder or glob; vocab 50304). Validation comes from `val_spec` if given, else from
+    shards named *val* in a folder or glob, else from the tail of the corpus."""
+    if spec == "builtin":
+        if val_spec is not None:
+            raise DataError("a separate validation set needs a data path; the builtin corpus "
+                            "has its own split")
+        return _builtin()
+    files = _resolve(spec)
+    is_shards = _is_shards(files, spec)
+    val_files = []
+    if is_shards and (os.path.isdir(spec) or glob.has_magic(spec)):  # never train on val shards
+        val_files = [f for f in files if "val" in f.name]
+        files = [f for f in files if "val" not in f.name]
+        if not files:
+            raise DataError(f"{spec}: every shard matched is a val shard (name contains 'val'); "
+                            f"point the data path at the train shards")
+    train, h_train = (_shards if is_shards else _text)(files, spec)
+    vocab, unit = (GPT2_VOCAB, "tokens") if is_shards else (BYTE_VOCAB, "bytes")
+    if val_spec is not None:
+        vfiles = _resolve(val_spec)
+        if _is_shards(vfiles, val_spec) != is_shards:
+            raise DataError(f"{val_spec}: validation data must be the same kind as {spec} "
+                            f"(both .bin shards or both text)")
+        val, h_val = (_shards if is_shards else _text)(vfiles, val_spec)
+        how = f"val from {val_spec}"
+    elif val_files:  # used only when no explicit val_spec
+        val, h_val = _shards(val_files, spec)
+        how = f"{len(val_files)} val shard(s)"
+    else:
+        train, val = train.split_tail(_val_len(len(train)))
+        h_val, how = "tail", "val = corpus tail"
+    kind = f"{len(files)} .bin shard(s)" if is_shards else f"{len(files)} text file(s)"
+    desc = f"{kind} at {spec}, {_m(len(train))} train / {_m(len(val))} val {unit} ({how})"
+    content_hash = hashlib.sha256(f"{h_train}|{h_val}".encode()).hexdigest()
+    return Dataset(train, val, vocab, content_hash, spec, desc)
+
+
+def train_batch(source: TokenSource, seed: int, step: int, batch_size: int, seq_len: int,
+                rows: slice | None = None) -> tuple[Tensor, Tensor]:
+    """(x, y) int64 of shape (rows, seq_len), y = x shifted by one. The random offsets of the whole
+    global batch depend only on (seed, step); `rows` picks a subset (a micro batch or a rank's
+    share), so any split of the rows reproduces the same global batch."""
+    need = batch_size * (seq_len + 1)
+    if len(source) < need:
+        raise DataError(f"{source.name}: {len(source)} training tokens, fewer than one batch "
+                        f"({batch_size} x {seq_len + 1} = {need}); use more data or a smaller "
+                        f"batch size or sequence length")
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
+    offsets = torch.randint(0, len(source) - seq_len, (batch_size,), generator=g)
+    offsets = offsets[rows] if rows is not None else offsets
+    buf = torch.stack([source.get(o, seq_len + 1) for o in offsets.tolist()])
+    return buf[:, :-1], buf[:, 1:]
+
+
+def val_batches(source: TokenSource, n_tokens: int, batch_size: int,
+                seq_len: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """A fixed set of contiguous (x, y) batches from the start of `source`, about n_tokens
+    tokens in all (at least one batch, capped at what the split holds; if it holds less than one
+    batch, a single batch with as many rows as fit)."""
+    rows = min(batch_size, (len(source) - 1) // seq_len)
+    if rows < 1:
+        raise DataError(f"{source.name}: validation split has {len(source)} tokens, fewer than one "
+                        f"sequence ({seq_len + 1}); use more validation data or a shorter sequence")
+    per = rows * seq_len
+    for b in range(max(1, min(n_tokens, len(source) - 1) // per)):
+        buf = source.get(b * per, per + 1)
+        yield buf[:-1].view(rows, seq_len), buf[1:].view(rows, seq_len)
+
+
+# --- readers ---------------------------------------------------------------------------------
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+def _val_len(n: int) -> int:
+    return min(max(n // 100, VAL_MIN), n // 10)
+
+
+def _mmap(path: Path, n_bytes: int) -> Tensor:
+    """Read-only (copy-on-write) memory map of the first n_bytes of path as uint8."""
+    return torch.from_file(str(path), shared=False, size=n_bytes, dtype=torch.uint8)
+
+
+def _resolve(spec: str) -> list[Path]:
+    """The files a spec names: a file, every non-hidden file under a folder, or a glob; sorted."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file()
+                 and not any(s.startswith(".") for s in f.relative_to(p).parts)]
+        if any(f.suffix == ".bin" for f in files):
+            files = [f for f in files if f.suffix == ".bin"]
+    elif glob.has_magic(spec):
+        files = [Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True)]
+        files = [f for f in files if f.is_file()]
+    else:
+        raise DataError(f"{spec}: no such file or folder; pass 'builtin', a text file or folder, "
+                        f"or .bin token shards (file, folder or glob)")
+    if not files:
+        raise DataError(f"{spec}: matched no files; point at a text file, folder or .bin shards")
+    return sorted(files)
+
+
+def _is_shards(files: list[Path], spec: str) -> bool:
+    bins = sum(f.suffix == ".bin" for f in files)
+    if bins and bins != len(files):
+        raise DataError(f"{spec}: mixes .bin shards with other files; match only one kind")
+    return bins > 0
+
+
+def _text(files: list[Path], spec: str) -> tuple[TokenSource, str]:
+    """Text files as bytes joined by FILE_SEP; the identity is the sha256 of that byte stream."""
+    parts, h, sep = [], hashlib.sha256(), torch.frombuffer(bytearray(FILE_SEP), dtype=torch.uint8)
+    for f in files:
+        size = f.stat().st_size
+        if size == 0:
+            continue
+        if parts:
+            parts.append(sep)
+            h.update(FILE_SEP)
+        parts.append(_mmap(f, size))
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    if not parts:
+        raise DataError(f"{spec}: empty corpus (0 bytes); point the data path at non-empty text")
+    return TokenSource(parts, spec), h.hexdigest()
+
+
+def _shards(files: list[Path], spec: str) -> tuple[TokenSource, str]:
+    """Validated uint16 shards. The identity hashes each shard's name, header and first and last
+    MiB rather than every byte, so opening a multi-GB set stays instant."""
+    parts, h = [], hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        if size < HEADER_BYTES:
+            raise DataError(f"{f}: {size} bytes, shorter than the {HEADER_BYTES}-byte shard header; "
+                            f"the file is truncated or not a token shard, re-export it")
+        with open(f, "rb") as fh:
+            header = fh.read(HEADER_BYTES)
+            magic, version, n = struct.unpack("<3i", header[:12])
+            if magic != SHARD_MAGIC:
+                raise DataError(f"{f}: bad magic {magic} (expected {SHARD_MAGIC}), not an llm.c / "
+                                f"modded-nanoGPT token shard; re-export it, or drop the .bin suffix "
+                                f"to read it as text")
+            if version != SHARD_VERSION:
+                raise DataError(f"{f}: shard version {version}, only version {SHARD_VERSION} "
+                                f"(uint16 tokens) is supported; re-export it as version 1")
+            end = HEADER_BYTES + 2 * n
+            if n < 0 or size < end:
+                raise DataError(f"{f}: truncated shard: header says {n} tokens ({end} bytes) but the "
+                                f"file has {size} bytes; re-download or re-export it")
+            h.update(f"{f.name}:{n}:".encode() + header)
+            fh.seek(HEADER_BYTES)
+            h.update(fh.read(min(2 * n, 1 << 20)))
+            fh.seek(max(HEADER_BYTES, end - (1 << 20)))
+            h.update(fh.read(min(2 * n, 1 << 20)))
+        if n:
+            parts.append(_mmap(f, end)[HEADER_BYTES:].view(torch.uint16))
+    if not parts:
+        raise DataError(f"{spec}: empty corpus (0 tokens in {len(files)} shard(s)); "
+                        f"point the data path at non-empty shards")
+    return TokenSource(parts, spec), h.hexdigest()
+
+
+# --- the built-in corpus -------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOUSSE_CACHE") or Path.home() / ".cache" / "mousse")
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's *.py files, sorted by relative path, minus site-packages and tests."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rel = (f.relative_to(root) for f in root.rglob("*.py"))
+    return [root / r for r in sorted(rel, key=Path.as_posix)
+            if not _EXCLUDED_DIRS.intersection(r.parts[:-1]) and (root / r).is_file()]
+
+
+def _builtin() -> Dataset:
+    """The stdlib corpus, built once per Python version into the cache (atomically) with its
+    sha256 beside it; a cache file that no longer matches its hash is rebuilt."""
+    path = cache_dir() / f"stdlib-py{'.'.join(map(str, sys.version_info[:3]))}.bytes"
+    sha_path = path.with_suffix(".sha256")
+    data = path.read_bytes() if path.is_file() and sha_path.is_file() else None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
+    if data is None or digest != sha_path.read_text().strip():
+        files = stdlib_files()
+        data = FILE_SEP.join(f.read_bytes() for f in files)
+        if not data:
+            raise DataError(f"{sysconfig.get_paths()['stdlib']}: no standard-library sources found "
+                            f"for the builtin corpus; pass a data path instead")
+        digest = hashlib.sha256(data).hexdigest()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, content in ((path, data), (sha_path, f"{digest}\n".encode())):
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
+    source = TokenSource([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "builtin")
+    train, val = source.split_tail(_val_len(len(source)))
+    desc = f"builtin stdlib corpus, {_m(len(train))} train / {_m(len(val))} val bytes"
+    return Dataset(train, val, BYTE_VOCAB, digest, "builtin", desc)
