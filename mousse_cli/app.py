@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 import mousse
 from mousse.checkpoint import CheckpointError, find_checkpoint
@@ -37,7 +38,7 @@ EXIT_INTERRUPTED = 130
 
 def fail(message: str) -> None:
     """One line on stderr, exit code 2: the user's input was wrong."""
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -174,12 +175,12 @@ def ablate(
         runs = shard_runs(plan.runs, shard) if shard else plan.runs
         ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
         console.print(f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
-                      f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {ablation.dir}",
+                      f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {escape(str(ablation.dir))}",
                       highlight=False, soft_wrap=True)
         for run in runs:
             knobs = ", ".join(f"{k}={v}" for k, v in run.knobs.items()) or "Mousse defaults"
             console.print(f"  {run.name:<28} {knobs}{'  (baseline)' if run.is_baseline else ''}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, soft_wrap=True, markup=False)
         if dry_run:
             return
         ablation.prepare()
@@ -187,7 +188,8 @@ def ablate(
         with graceful_stop() as stop, AblationView(runs, baseline) as view:
             results = ablation.run(runs, view, parallel=parallel, stop=stop)
     console.print(results_tables(results))
-    console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True)
+    console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True,
+                  markup=False)
     if json_out:
         typer.echo(json.dumps(results))
     statuses = {r["status"] for r in results["runs"] if r["name"] in {run.name for run in runs}}
@@ -225,7 +227,7 @@ def report(
         if plot is not None:
             from .plot import plot_curves
             plot_curves(ablation.records(), results["baseline"], plot)
-            console.print(f"plot: {plot}", highlight=False)
+            console.print(f"plot: {plot}", highlight=False, markup=False)
     if fmt == "table":
         console.print(results_tables(results))
     else:

@@ -62,7 +62,7 @@ class TrainView:
                 console.print(f"eval step {event.step} val_loss {event.val_loss:.4f} "
                               f"best {event.best_val_loss:.4f}", highlight=False)
         elif isinstance(event, CheckpointSaved) and not self.live:
-            console.print(f"checkpoint {event.path}", highlight=False, soft_wrap=True)
+            console.print(f"checkpoint {event.path}", highlight=False, soft_wrap=True, markup=False)
         elif isinstance(event, RunFinished):
             self._finished(event.summary)
         if self.live:
@@ -73,9 +73,9 @@ class TrainView:
         resumed = f", resumed at step {info['resumed_from']}" if info["resumed_from"] else ""
         console.print(f"[bold]mousse train[/] {cfg['preset']} · {cfg['optimizer']} · "
                       f"{info['n_params'] / 1e6:.2f}M params · {info['device']}{resumed}")
-        console.print(f"data: {info['data']}", highlight=False, soft_wrap=True)
+        console.print(f"data: {info['data']}", highlight=False, soft_wrap=True, markup=False)
         console.print(f"routing: {routing_summary(info['routing'])}", highlight=False)
-        console.print(f"run dir: {event.run_dir}", highlight=False, soft_wrap=True)
+        console.print(f"run dir: {event.run_dir}", highlight=False, soft_wrap=True, markup=False)
         if self.live_enabled:
             self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
             self.live.start()
@@ -103,14 +103,15 @@ class TrainView:
                       f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
                       f"median step {fmt(s['step_ms_median'], '.1f')} ms "
                       f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "
-                      f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)", highlight=False)
+                      f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)", highlight=False,
+                      soft_wrap=True)
         if s.get("message"):
             console.print(f"[red]{s['message']}[/]", highlight=False)
         if s.get("target_loss") is not None:
             console.print(f"target {s['target_loss']}: " + (
                 f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
                 if s["target_step"] is not None else "not reached"), highlight=False)
-        console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True)
+        console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True, markup=False)
 
 
 def presets_table(rows: list[dict]):
@@ -176,7 +177,7 @@ class AblationView:
 
     def _plain(self, text: str) -> None:
         if not self.live:
-            console.print(text, highlight=False, soft_wrap=True)
+            console.print(text, highlight=False, soft_wrap=True, markup=False)  # "[run] ..." is literal
 
     def _event(self, name: str, row: dict, e) -> None:
         if isinstance(e, RunStarted):

@@ -138,7 +138,12 @@ def read_toml(path: str | Path) -> dict:
 def load_config_file(path: str | Path) -> dict:
     """Settings from a run TOML (flat keys, or under a [train] table), type-checked."""
     raw = read_toml(path)
-    raw = raw.get("train", raw)
+    if isinstance(raw.get("train"), dict):
+        outside = [key for key in raw if key != "train"]
+        if outside:  # would be silently ignored otherwise
+            raise ConfigError(f"{path}: '{outside[0]}' is outside the [train] table; put every "
+                              "setting under [train], or use no table at all")
+        raw = raw["train"]
     return {key: coerce(key, value) for key, value in raw.items()}
 
 

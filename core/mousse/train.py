@@ -268,7 +268,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
 
         while self.step < cfg.steps:
-            if self.stop.is_set():
+            if self.stop.is_set() and not pending:  # pending losses are checked first
                 status = "interrupted"
                 break
             step = self.step + 1
@@ -284,7 +284,10 @@ class Trainer:
             self.step = step
             pending.append((step, loss))
 
-            due_log = step % cfg.log_every == 0 or step == cfg.steps or self.device.type == "cpu"
+            # losses are checked (one host sync) before anything is written from this state
+            ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            due_log = (step % cfg.log_every == 0 or ckpt_due or self.stop.is_set()
+                       or self.device.type == "cpu")
             if due_log:
                 self.state["train_seconds"] += timer.flush()
                 losses = torch.stack([l for _, l in pending]).tolist()
@@ -306,7 +309,7 @@ class Trainer:
                 if not math.isfinite(val):
                     status, message = "diverged", f"validation loss {val} at step {step}"
                     break
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if ckpt_due:
                 self._checkpoint()
 
         if status in ("completed", "interrupted") and self.step > 0:
