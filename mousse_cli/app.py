@@ -48,6 +48,21 @@ def user_errors():
         yield
     except USER_ERRORS as exc:
         fail(str(exc))
+    except OSError as exc:  # disk full, permissions: not the user's input, still one line
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def show_results(results: dict) -> None:
+    """The convergence and step-time tables; in logs and pipes wide enough not to cut cells."""
+    if console.is_terminal:
+        console.print(results_tables(results))
+        return
+    width, console.width = console.width, 160
+    try:
+        console.print(results_tables(results))
+    finally:
+        console.width = width
 
 
 @contextmanager
@@ -174,6 +189,7 @@ def ablate(
             raise ConfigError("--parallel must be >= 1")
         runs = shard_runs(plan.runs, shard) if shard else plan.runs
         ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
+        ablation.validate()
         console.print(f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
                       f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {escape(str(ablation.dir))}",
                       highlight=False, soft_wrap=True)
@@ -187,7 +203,7 @@ def ablate(
         baseline = next((r.name for r in plan.runs if r.is_baseline), None)
         with graceful_stop() as stop, AblationView(runs, baseline) as view:
             results = ablation.run(runs, view, parallel=parallel, stop=stop)
-    console.print(results_tables(results))
+    show_results(results)
     console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True,
                   markup=False)
     if json_out:
@@ -229,7 +245,7 @@ def report(
             plot_curves(ablation.records(), results["baseline"], plot)
             console.print(f"plot: {plot}", highlight=False, markup=False)
     if fmt == "table":
-        console.print(results_tables(results))
+        show_results(results)
     else:
         typer.echo(render(results, fmt), nl=False)
 

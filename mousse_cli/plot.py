@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mousse.config import ConfigError
@@ -37,5 +38,10 @@ def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
     by_step.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
+    try:  # written aside, then renamed: an existing plot is never left half-written
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)

@@ -92,6 +92,7 @@ def test_plan_printed_first_then_plain_lines(ablation):
     assert "[muon] already completed" in err  # from the shard
     assert "[alpha=0.25] completed after 8 steps" in err
     assert "convergence" in err and "step time" in err  # the final tables, once
+    assert "completed" in err and "complet…" not in err  # not a terminal: cells are not cut
 
 
 def test_shard_runs_part_then_rerun_completes_the_rest(ablation):

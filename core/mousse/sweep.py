@@ -19,6 +19,7 @@ from . import tomlio
 from .ablation import AblationPlan, RunSpec
 from .checkpoint import list_checkpoints
 from .config import ConfigError, resolve
+from .data import load_dataset
 from .events import Event
 from .fileio import atomic_write_text, write_json
 from .results import summarize
@@ -75,17 +76,22 @@ def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None]
     return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop).run()
 
 
-def _worker(settings: dict, run_dir: str, name: str, events, stop, threads: int) -> dict:
-    """Process-pool entry: run with a share of the cores, forwarding events to the parent."""
-    torch.set_num_threads(threads)
+_WORKER: dict = {}
+
+
+def _init_worker(events, stop, threads: int) -> None:
+    """Worker start-up: a share of the cores, the parent's event queue and stop flag."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    torch.set_num_threads(threads)
+    _WORKER.update(events=events, stop=stop)
 
-    class _Stop:
-        def is_set(self):
-            return stop.is_set()
 
-    return execute_run(settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)), _Stop())
+def _worker(settings: dict, run_dir: str, name: str) -> dict:
+    """Process-pool entry: one run, its events forwarded to the parent."""
+    events = _WORKER["events"]
+    return execute_run(settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)),
+                       _WORKER["stop"])
 
 
 class Ablation:
@@ -98,18 +104,23 @@ class Ablation:
     def run_dir(self, run: RunSpec) -> Path:
         return self.dir / "runs" / run.name
 
-    def prepare(self) -> None:
-        """Create the dir and record the plan; refuse a dir that holds a different plan."""
+    def validate(self) -> None:
+        """Check every run's settings and data, and that the dir holds no other plan; writes
+        nothing, so bad input fails before anything runs."""
         plan_file = self.dir / "ablation.toml"
         if plan_file.exists():
             saved = AblationPlan.from_dict(tomlio.load(plan_file)).to_dict()
             if saved != self.plan.to_dict():
                 raise ConfigError(f"{self.dir} holds a different ablation plan; pass another "
                                   "--ablation-dir (or rerun the original command)")
-        for run in self.plan.runs:  # settings are checked once, before anything runs
-            resolve(run_settings(self.plan, run))
+        configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
+        for data, val_data in dict.fromkeys((c.data, c.val_data) for c in configs):
+            load_dataset(data, val_data)
+
+    def prepare(self) -> None:
+        """Create the dir and record the plan (after `validate`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(plan_file, tomlio.dumps(self.plan.to_dict()))
+        atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
 
     def records(self) -> list[dict]:
         return [record(run, read_summary(self.run_dir(run))) for run in self.plan.runs]
@@ -158,24 +169,23 @@ class Ablation:
 
         threads = max(1, (os.cpu_count() or 1) // parallel)
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            events, shared_stop = manager.Queue(), manager.Event()
-            with ProcessPoolExecutor(parallel, mp_context=ctx) as pool:
-                futures = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
-                                       run.name, events, shared_stop, threads): run for run in todo}
-                waiting = set(futures)
-                while waiting:
-                    if stop.is_set():
-                        shared_stop.set()
-                        for future in waiting:
-                            future.cancel()  # not started yet: leave for the next rerun
-                    done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
-                    self._drain(events, on_update)
-                    for future in done:
-                        if not future.cancelled():
-                            future.result()  # re-raise a worker's error here
-                        self.write_results()
+        events, shared_stop = ctx.Queue(), ctx.Event()
+        with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(events, shared_stop, threads)) as pool:
+            waiting = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
+                                   run.name) for run in todo}
+            while waiting:
+                if stop.is_set():
+                    shared_stop.set()
+                    for future in waiting:
+                        future.cancel()  # not started yet: left for the next rerun
+                done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
                 self._drain(events, on_update)
+                for future in done:
+                    if not future.cancelled():
+                        future.result()  # re-raise a worker's error here
+                    self.write_results()
+        self._drain(events, on_update)  # workers have exited: everything they sent has arrived
 
     @staticmethod
     def _drain(events, on_update) -> None:

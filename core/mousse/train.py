@@ -242,7 +242,13 @@ class Trainer:
     def _prepare_run_dir(self, argv) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.toml", tomlio.dumps(self.cfg.to_dict()))
-        write_json(self.run_dir / "env.json", environment(self.cfg, self.device, argv))
+        env = environment(self.cfg, self.device, argv)
+        env_file = self.run_dir / "env.json"
+        if self.resumed_from is not None and env_file.exists():  # keep the original, log the resume
+            original = json.loads(env_file.read_text())
+            env = {**original, "resumes": [*original.get("resumes", []),
+                                           {**env, "from_step": self.resumed_from}]}
+        write_json(env_file, env)
         metrics = self.run_dir / "metrics.jsonl"
         if self.resumed_from is not None:  # drop what was logged after the checkpoint
             kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
