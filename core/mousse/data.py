@@ -168,7 +168,8 @@ def _mmap(path: Path, n_bytes: int) -> Tensor:
 
 
 def _resolve(spec: str) -> list[Path]:
-    """The files a spec names: a file, every non-hidden file under a folder, or a glob; sorted."""
+    """The files a spec names, sorted: a file, a glob, or every non-hidden file under a folder
+    (only its .bin files if it holds any)."""
     p = Path(spec).expanduser()
     if p.is_file():
         return [p]
@@ -279,11 +280,14 @@ def _builtin() -> Dataset:
             raise DataError(f"{sysconfig.get_paths()['stdlib']}: no standard-library sources found "
                             f"for the builtin corpus; pass a data path instead")
         digest = hashlib.sha256(data).hexdigest()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for target, content in ((path, data), (sha_path, f"{digest}\n".encode())):
-            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, target)
+        try:  # temp file + rename: concurrent ranks never see a half-written cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for target, content in ((path, data), (sha_path, f"{digest}\n".encode())):
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(content)
+                os.replace(tmp, target)
+        except OSError:
+            pass  # unwritable cache: use the corpus uncached, rebuild next time
     source = TokenSource([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "builtin")
     train, val = source.split_tail(_val_len(len(source)))
     desc = f"builtin stdlib corpus, {_m(len(train))} train / {_m(len(val))} val bytes"

@@ -127,6 +127,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.device = pick_device(cfg.device)
         self.data = load_dataset(cfg.data, cfg.val_data)
+        train_batch(self.data.train, cfg.seed, 1, cfg.batch_size, cfg.seq_len, slice(0, 1))  # fits?
         torch.manual_seed(cfg.seed)
         self.model_cfg = GPTConfig(vocab_size=self.data.vocab_size, d_model=cfg.d_model,
                                    n_layers=cfg.n_layers, n_heads=cfg.n_heads,

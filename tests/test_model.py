@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from mousse.model import GPT, GPTConfig
+from mousse.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
+
+TINY = GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, head_dim=32, seq_len=32)
+
+
+@pytest.mark.parametrize("name, millions", [("160m", 162.2), ("250m", 247.1), ("500m", 494.3),
+                                            ("800m", 834.0)])
+def test_paper_param_counts(name, millions):
+    assert round(param_count(get_preset(name)) / 1e6, 1) == millions
+
+
+def test_cpu_presets_are_byte_level_and_consistent():
+    for p in PRESETS.values():
+        assert p.grad_accum * p.micro_batch_size == p.batch_size
+        assert p.n_heads * p.head_dim == p.d_model
+    assert get_preset("tiny").vocab_size == get_preset("small").vocab_size == 256
+    assert param_count(get_preset("tiny"), vocab_size=50304) > param_count(get_preset("tiny"))
+
+
+def test_get_preset_error_names_valid_and_closest():
+    with pytest.raises(ValueError, match=r"did you mean '160m'.*valid presets: tiny, small"):
+        get_preset("160M")
+
+
+def test_memory_estimate_orders_optimizers():
+    p = get_preset("160m")
+    mousse, muon, adamw = (memory_estimate_bytes(p, o) for o in ("mousse", "muon", "adamw"))
+    assert mousse > adamw > muon > 8 * param_count(p)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        memory_estimate_bytes(p, "sgd")
+
+
+def test_forward_backward_shapes_and_initial_loss():
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    idx = torch.randint(0, 256, (3, 32))
+    assert model(idx).shape == (3, 32, 256)
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 32, 256) and loss.dtype == torch.float32
+    assert abs(loss.item() - math.log(256)) < 1.0  # logits of unit scale: about ln V + 1/2
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="exceeds"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_param_roles_and_names():
+    model = GPT(TINY)
+    roles = model.param_roles()
+    assert roles.keys() == dict(model.named_parameters()).keys()
+    assert roles.pop("embed.weight") == "embedding" and roles.pop("lm_head.weight") == "head"
+    assert set(roles.values()) == {"matrix"} and len(roles) == 6 * TINY.n_layers
+    assert "blocks.1.attn.q.weight" in roles and "blocks.0.mlp.proj.weight" in roles
+    assert model.num_params() == 2 * 256 * 64 + 2 * 12 * 64 * 64
+
+
+def test_init_std_follows_spectral_rule():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=256, d_model=256, n_layers=1, n_heads=4, head_dim=64, seq_len=8)
+    p = dict(GPT(cfg).named_parameters())
+    for name, want in [("embed.weight", 1.0), ("blocks.0.mlp.fc.weight", 1 / 16),
+                       ("blocks.0.mlp.proj.weight", 1 / 32 * 0.5), ("lm_head.weight", 1 / 16)]:
+        assert p[name].std().item() == pytest.approx(want, rel=0.05), name
+
+
+def test_causal():
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, 256, (2, 32))
+    changed = idx.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 256
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
