@@ -194,7 +194,8 @@ def ablate(
                       f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {escape(str(ablation.dir))}",
                       highlight=False, soft_wrap=True)
         for run in runs:
-            knobs = ", ".join(f"{k}={v}" for k, v in run.knobs.items()) or "Mousse defaults"
+            knobs = ", ".join(f"{k}={({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
+                              for k, v in run.knobs.items()) or "Mousse defaults"
             console.print(f"  {run.name:<28} {knobs}{'  (baseline)' if run.is_baseline else ''}",
                           highlight=False, soft_wrap=True, markup=False)
         if dry_run:

@@ -140,7 +140,7 @@ class AblationView:
         self.baseline = baseline
         self.rows = {name: {"status": "queued", "step": 0, "steps": None, "loss": None,
                             "val": None, "best": None, "curve": {}, "ms": [], "fb": [], "opt": [],
-                            "tps": None} for name in self.order}
+                            "tps": None, "mem": None} for name in self.order}
         self.live_enabled = console.is_terminal if live is None else live
         self.live: Live | None = None
 
@@ -168,7 +168,8 @@ class AblationView:
                        best=s["best_val_loss"], curve={p["step"]: p["val_loss"] for p in s["curve"]},
                        ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
                        fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
-                       opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [], tps=s["tokens_per_s"])
+                       opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [], tps=s["tokens_per_s"],
+                       mem=s["peak_mem_bytes"])
             self._plain(f"[{update.run}] already {s['status']}: final val {fmt(s['final_val_loss'])}")
         else:
             self._event(update.run, row, update.event)
@@ -196,7 +197,7 @@ class AblationView:
             self._plain(f"[{name}] step {e.step} val_loss {e.val_loss:.4f}")
         elif isinstance(e, RunFinished):
             s = e.summary
-            row.update(status=s["status"], step=s["steps"])
+            row.update(status=s["status"], step=s["steps"], mem=s["peak_mem_bytes"])
             for key, summary_key in (("ms", "step_ms_median"), ("fb", "fwd_bwd_ms_median"),
                                      ("opt", "opt_ms_median")):
                 if s[summary_key] is not None:
@@ -223,7 +224,7 @@ class AblationView:
         for col in ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status"):
             conv.add_column(col, justify="left" if col in ("run", "status") else "right")
         timing = Table(title="step time (median ms)", header_style="bold", title_justify="left")
-        for col in ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline"):
+        for col in ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline", "peak mem"):
             timing.add_column(col, justify="left" if col == "run" else "right")
         base_ms = self._median(self.rows[self.baseline]["ms"]) if self.baseline in self.rows else None
         for name in self.order:
@@ -236,7 +237,8 @@ class AblationView:
             overhead = (ms / base_ms - 1) * 100 if ms and base_ms and name != self.baseline else None
             timing.add_row(label, fmt(ms, ".1f"), fmt(self._median(r["fb"]), ".1f"),
                            fmt(self._median(r["opt"]), ".1f"), fmt(r["tps"], ",.0f"),
-                           fmt(overhead, "+.1f") + ("%" if overhead is not None else ""))
+                           fmt(overhead, "+.1f") + ("%" if overhead is not None else ""),
+                           fmt(r["mem"] and r["mem"] / 2**30, ".2f") + (" GiB" if r["mem"] else ""))
         return Group(conv, timing)
 
 

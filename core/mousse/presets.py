@@ -68,7 +68,7 @@ def _paper(name: str, d_model: int, n_layers: int, steps: int, micro: int, scala
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(name="tiny", d_model=128, n_layers=2, n_heads=4, head_dim=32, seq_len=128,
            vocab_size=256, steps=300, batch_size=16, micro_batch_size=16, lr=0.03,
-           scalar_lr=0.01, adamw_lr=0.01, eval_every=100, eval_tokens=32_768,
+           scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
            description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores"),
     Preset(name="small", d_model=128, n_layers=4, n_heads=4, head_dim=32, seq_len=128,
            vocab_size=256, steps=600, batch_size=32, micro_batch_size=32, lr=0.03,
