@@ -24,16 +24,6 @@ from mousse import Mousse, Muon
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster, and avoids OpenMP oversubscription when the
-    2-core machine is shared (measured 2.9 ms vs 127 ms per step with a busy second core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- the reference ----------------------------------------------------------------------------
 
 LR_RULES = {

@@ -15,16 +15,6 @@ from mousse import Mousse, Muon
 SIDE_KEYS = {"both": ("L", "R"), "left": ("L",), "right": ("R",)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster, and avoids OpenMP oversubscription when the
-    2-core machine is shared (measured 2.9 ms vs 127 ms per step with a busy second core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_params(shapes, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]

@@ -74,16 +74,6 @@ TOLS = {
 SHAPES = [(40, 40), (64, 32), (32, 64)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster, and avoids OpenMP oversubscription when the
-    2-core machine is shared (measured 2.9 ms vs 127 ms per step with a busy second core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rand_orth(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
     """Random (rows x cols) matrix with orthonormal columns, fp64."""
     Q, R = torch.linalg.qr(torch.randn(rows, cols, dtype=torch.float64, generator=g))
