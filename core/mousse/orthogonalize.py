@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .kernels import gram, poly
+
 
 @dataclass(frozen=True)
 class NSMethod:
@@ -91,8 +93,8 @@ def newton_schulz(X: Tensor, method: NSMethod, steps: int, dtype: torch.dtype) -
     # Normalize before casting down: a narrow dtype (fp16) cannot hold large entries, nor eps.
     X = normalize(X.to(torch.promote_types(X.dtype, dtype)), method).to(dtype)
     for a, b, c in method.schedule(steps):
-        A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        A = gram(X)  # X X^T; torch, or a one-triangle Triton kernel on large CUDA batches
+        B = poly(A, b, c)  # b A + c A A, likewise
         X = torch.baddbmm(X, B, X, beta=a)
     if transposed:
         X = X.mT
