@@ -19,7 +19,7 @@ from mousse.config import ConfigError, load_config_file, resolve
 from mousse.data import DataError
 
 from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
-from .views import AblationView, TrainView, console, presets_table, results_tables
+from .views import AblationView, TrainView, bench_tables, console, presets_table, results_tables
 
 app = typer.Typer(
     name="mousse",
@@ -53,16 +53,21 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-def show_results(results: dict) -> None:
-    """The convergence and step-time tables; in logs and pipes wide enough not to cut cells."""
+def show_wide(renderable) -> None:
+    """Print tables to stderr; in logs and pipes wide enough not to cut cells."""
     if console.is_terminal:
-        console.print(results_tables(results))
+        console.print(renderable)
         return
     width, console.width = console.width, 160
     try:
-        console.print(results_tables(results))
+        console.print(renderable)
     finally:
         console.width = width
+
+
+def show_results(results: dict) -> None:
+    """The convergence and step-time tables."""
+    show_wide(results_tables(results))
 
 
 @contextmanager
@@ -214,6 +219,27 @@ def ablate(
         raise typer.Exit(EXIT_INTERRUPTED)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+@app.command()
+def bench(
+    preset: str = typer.Option("small", "--preset", help="Preset whose block-matrix shapes are measured (see `mousse presets`)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repeats per measurement (the median is reported), after warm-up."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    train: bool = typer.Option(False, "--train", help="Also time whole training steps, Mousse vs Muon, on the preset (builtin data)."),
+    steps: int = typer.Option(30, "--steps", help="Timed training steps per optimizer with --train (a multiple of 10 amortizes refreshes exactly)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
+) -> None:
+    """Time Mousse next to Muon, torch.optim.Muon and AdamW on a preset's matrix shapes: optimizer
+    step (refresh every step and every 10), refresh alone (eigh vs qr), Newton-Schulz throughput,
+    optimizer state memory. Threads are torch's (pin them with OMP_NUM_THREADS on a busy machine)."""
+    from mousse.bench import run_bench
+
+    with user_errors():
+        results = run_bench(preset, repeats, device, train, steps)
+    show_wide(bench_tables(results))
+    if json_out:
+        typer.echo(json.dumps(results))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from collections import Counter
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from mousse.events import CheckpointSaved, EvalDone, RunFinished, RunStarted, StepLogged
@@ -262,3 +263,62 @@ def results_tables(results: dict):
             table.add_row(*[row[c] for c in columns])
         tables.append(table)
     return Group(*tables)
+
+
+BENCH_LABELS = {
+    "adamw": "torch.optim.AdamW", "torch_muon": "torch.optim.Muon", "muon": "Muon (ours)",
+    "mousse_both_f1": "Mousse both, refresh every step",
+    "mousse_both_f10": "Mousse both, refresh every 10",
+    "mousse_left_f1": "Mousse left, refresh every step",
+    "mousse_left_f10": "Mousse left, refresh every 10",
+    "mousse_both_f10_qr": "Mousse both, qr refresh every 10",
+}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f}" if n else "-"
+
+
+def bench_tables(r: dict):
+    """`mousse bench` results: optimizer steps, per-shape Newton-Schulz and refresh, targets, and
+    the train-step comparison when measured."""
+    from rich.console import Group
+
+    head = (f"[bold]mousse bench[/] {r['preset']} on {r['device']} ({escape(r['device_name'])}, "
+            f"{r['cpu_count']} CPUs, {r['threads']} torch threads, torch {r['torch']}), "
+            f"median of {r['repeats']}")
+    steps = Table(title=f"optimizer step (ms per step, amortized over {r['cycle_steps']} steps)",
+                  header_style="bold", title_justify="left")
+    for col in ("optimizer", "ms/step", "vs our Muon", "state MiB", "P cache MiB"):
+        steps.add_column(col, justify="left" if col == "optimizer" else "right")
+    for name, ms in r["step_ms"].items():
+        steps.add_row(BENCH_LABELS.get(name, name), f"{ms:.2f}", f"{r['vs_muon'][name]:.2f}x",
+                      _mib(r["state_bytes"][name]), _mib(r["cache_bytes"][name]))
+    shapes = Table(title="per shape (batched over the shape's matrices)", header_style="bold",
+                   title_justify="left")
+    for col in ("shape", "count", "NS ms", "NS TFLOP/s", "% peak", "refresh eigh ms",
+                "refresh qr ms"):
+        shapes.add_column(col, justify="right")
+    for s in r["shapes"]:
+        shapes.add_row("x".join(map(str, s["shape"])), str(s["count"]), f"{s['ns_ms']:.2f}",
+                       f"{s['ns_tflops']:.3f}", fmt(s["ns_pct_peak"], ".1f"),
+                       f"{s['refresh_eigh_ms']:.2f}", f"{s['refresh_qr_ms']:.2f}")
+    shapes.add_row("all", "", "", "", "", f"{r['refresh_ms']['eigh']:.2f}",
+                   f"{r['refresh_ms']['qr']:.2f}", style="bold")
+    targets = "\n".join(
+        f"target {name}: {t['ratio']:.2f}x (<= {t['limit']}x) "
+        f"{'[green]met[/]' if t['met'] else '[red]not met[/]'}" for name, t in r["targets"].items())
+    parts = [head, steps, shapes, targets]
+    if r.get("train"):
+        t = r["train"]
+        train = Table(title=f"train step (ms over {t['steps']} steps after the first)",
+                      header_style="bold", title_justify="left")
+        for col in ("optimizer", "median", "mean", "fwd+bwd median", "opt mean"):
+            train.add_column(col, justify="left" if col == "optimizer" else "right")
+        for name in ("muon", "mousse"):
+            row = t[name]
+            train.add_row(name, f"{row['step_ms_median']:.1f}", f"{row['step_ms_mean']:.1f}",
+                          f"{row['fwd_bwd_ms_median']:.1f}", f"{row['opt_ms_mean']:.1f}")
+        parts += [train, f"Mousse overhead vs Muon: {t['overhead_pct_mean']:+.1f}% (mean step, "
+                         f"refreshes included), {t['overhead_pct_median']:+.1f}% (median step)"]
+    return Group(*parts)

@@ -22,16 +22,18 @@ from . import config
 from .config import ConfigError, FIELD_TYPES, TrainConfig, closest, coerce
 from .optim import LR_SCALES, SIDES
 from .orthogonalize import ORTHOGONALIZERS
+from .precondition import REFRESHES
 
 MODES = ("one-at-a-time", "grid")
 MOUSSE_ONLY = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
-               "bias_correction")
+               "bias_correction", "refresh")
 BASELINE_KNOBS = {"optimizer": "muon"}
 SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep")
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
 _CHOICES = {"optimizer": config.OPTIMIZERS, "scalar_optimizer": config.SCALAR_OPTIMIZERS,
-            "device": config.DEVICES, "sides": SIDES, "ns": ORTHOGONALIZERS, "lr_scale": LR_SCALES}
+            "device": config.DEVICES, "sides": SIDES, "ns": ORTHOGONALIZERS, "lr_scale": LR_SCALES,
+            "refresh": REFRESHES}
 _DEFAULTS = TrainConfig().to_dict()
 _FIELDS = list(FIELD_TYPES)
 

@@ -59,6 +59,7 @@ class TrainConfig:
     eps: float = 1e-5
     graft: bool = True
     bias_correction: bool = True
+    refresh: str = "eigh"
     ns: str = "you5"
     ns_steps: int = 5
     lr_scale: str = "spectral"
@@ -163,6 +164,7 @@ def resolve(overrides: dict) -> TrainConfig:
     """
     from .optim import LR_SCALES, SIDES
     from .orthogonalize import ORTHOGONALIZERS
+    from .precondition import REFRESHES
     from .presets import get_preset
 
     values = {k: coerce(k, v) for k, v in overrides.items() if v is not None}
@@ -184,15 +186,16 @@ def resolve(overrides: dict) -> TrainConfig:
     if cfg.checkpoint_every is None:
         cfg.checkpoint_every = cfg.steps
     cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.batch_size)
-    validate(cfg, SIDES, ORTHOGONALIZERS, LR_SCALES)
+    validate(cfg, SIDES, ORTHOGONALIZERS, LR_SCALES, REFRESHES)
     return cfg
 
 
-def validate(cfg: TrainConfig, sides, orthogonalizers, lr_scales) -> None:
+def validate(cfg: TrainConfig, sides, orthogonalizers, lr_scales, refreshes) -> None:
     """One ConfigError for the first inconsistent setting, naming it and what is allowed."""
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     _choice("sides", cfg.sides, sides)
+    _choice("refresh", cfg.refresh, refreshes)
     _choice("ns", cfg.ns, orthogonalizers)
     _choice("lr_scale", cfg.lr_scale, lr_scales)
     _choice("device", cfg.device, DEVICES)

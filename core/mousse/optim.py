@@ -62,6 +62,8 @@ def validate_group(group: dict, sides: Iterable[str]) -> None:
     _check(_is_number(g["alpha"]) and g["alpha"] >= 0, "alpha", g["alpha"], "a finite number >= 0")
     _check(g["sides"] in sides, "sides", g["sides"], " | ".join(map(repr, sides)))
     _check(g["ns"] in ORTHOGONALIZERS, "ns", g["ns"], " | ".join(map(repr, ORTHOGONALIZERS)))
+    _check(g["refresh"] in pc.REFRESHES, "refresh", g["refresh"],
+           " | ".join(map(repr, pc.REFRESHES)))
     for name in ("ns_steps", "precond_freq"):
         _check(isinstance(g[name], int) and not isinstance(g[name], bool) and g[name] >= 1,
                name, g[name], "an integer >= 1")
@@ -79,11 +81,13 @@ def validate_group(group: dict, sides: Iterable[str]) -> None:
 
 @dataclass
 class _Bucket:
-    """Same-shape matrices of one param group and their stacked state."""
+    """Same-shape matrices of one param group and their stacked state, plus the whitening
+    matrices P_L, P_R derived from it (state keys the parameters do not see, so never saved)."""
 
     params: list[Tensor]
     state: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    alpha: float | None = None  # the alpha the cached P_L, P_R were computed with
 
 
 class Mousse(Optimizer):
@@ -92,10 +96,12 @@ class Mousse(Optimizer):
     Per (out, in) = (m, n) matrix and step: momentum M <- mu M + G; factors L <- b L + (1-b) G G^T
     (the OUTPUT side, m x m) and R <- b R + (1-b) G^T G (the INPUT side, n x n); every
     `precond_freq` steps (from step 1) an eigen refresh of the bias-corrected, trace-normalized
-    factors; then U = P_L NS(P_L^T M P_R) P_R^T with P = Q diag(lam^-alpha), grafted to the norm of
-    NS(.) and applied as W <- W (1 - lr wd) - lr * lr_scale(m, n) * U.
+    factors; then U = P_L NS(P_L^T M P_R) P_R^T with P = Q diag(lam^-alpha) (cached at each
+    refresh), grafted to the norm of NS(.) and applied as W <- W (1 - lr wd) - lr * lr_scale(m, n) * U.
 
     sides: "both", "left" (L only, output side) or "right" (R only, input side).
+    refresh: "eigh" (exact) | "qr" (SOAP's warm start: one power iteration + QR from the previous
+    basis; the first refresh always uses eigh).
     ns: "you5" | "muon" | "polar_express" (Newton-Schulz schedules, `ns_steps` iterations) | "exact".
     lr_scale: "spectral" sqrt(m/n) | "muon" sqrt(max(1, m/n)) | "rms" 0.2 sqrt(max(m, n)) | "none".
     ns_dtype: Newton-Schulz precision; default bf16 on CUDA, fp32 (or the param's, if wider) on CPU.
@@ -119,6 +125,7 @@ class Mousse(Optimizer):
         eps: float = 1e-5,
         graft: bool = True,
         bias_correction: bool = True,
+        refresh: str = "eigh",
         ns: str = "you5",
         ns_steps: int = 5,
         lr_scale: str = "spectral",
@@ -128,7 +135,7 @@ class Mousse(Optimizer):
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, alpha=alpha,
             sides=sides, trace_norm=trace_norm, precond_freq=precond_freq,
             precond_beta=precond_beta, eps=eps, graft=graft, bias_correction=bias_correction,
-            ns=ns, ns_steps=ns_steps, lr_scale=lr_scale, ns_dtype=ns_dtype,
+            refresh=refresh, ns=ns, ns_steps=ns_steps, lr_scale=lr_scale, ns_dtype=ns_dtype,
         )
         self._buckets: list[list[_Bucket]] | None = None
         super().__init__(params, defaults)
@@ -195,6 +202,9 @@ class Mousse(Optimizer):
                 if isinstance(value, Tensor):
                     device = torch.device("cpu") if key == "step" else p.device
                     self.state[p][key] = value.to(device=device, copy=True)
+        for group in self.param_groups:  # knobs added since the state was saved
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         self._buckets = None
 
     # ---- the step -----------------------------------------------------------------------------
@@ -209,6 +219,9 @@ class Mousse(Optimizer):
             self._buckets = self._build_buckets()
         for group, group_buckets in zip(self.param_groups, self._buckets):
             for bucket in group_buckets:
+                if bucket.alpha != group["alpha"]:  # new bucket (built or loaded), or alpha changed
+                    self._cache_whitening(group, bucket.state, _SIDE_FACTORS[group["sides"]])
+                    bucket.alpha = group["alpha"]
                 has_grad = [p.grad is not None for p in bucket.params]
                 if all(has_grad):
                     self._step_bucket(group, bucket.params, bucket.state, bucket.step, None)
@@ -240,13 +253,14 @@ class Mousse(Optimizer):
 
         P = {}
         for side in _SIDE_FACTORS[group["sides"]]:
-            F, lam, Q = _FACTOR_KEYS[side]
+            F = _FACTOR_KEYS[side][0]
             skipped = pc.accumulate(st[F], G, group["precond_beta"], "left" if side == "L" else "right")
             st[f"stat_skips_{side}"] += skipped
             due = [(s - 1) % group["precond_freq"] == 0 for s in step_list]
             if any(due):
                 self._refresh(group, st, side, due, step_list)
-            P[side] = pc.inverse_root_basis(st[lam], st[Q], group["alpha"], M.dtype)
+                self._cache_whitening(group, st, (side,))
+            P[side] = st[f"P_{side}"]
 
         ns_dtype = group["ns_dtype"] or (
             torch.bfloat16 if p0.is_cuda else torch.promote_types(M.dtype, torch.float32)
@@ -266,9 +280,17 @@ class Mousse(Optimizer):
         torch._foreach_add_(params, list(U.to(p0.dtype).unbind(0)),
                             alpha=-lr * lr_multiplier(group["lr_scale"], m, n))
 
+    @staticmethod
+    def _cache_whitening(group: dict, st: dict[str, Tensor], sides: Iterable[str]) -> None:
+        """P = Q diag(lam^-alpha) for the given sides, so a step only multiplies by it."""
+        for side in sides:
+            _, lam, Q = _FACTOR_KEYS[side]
+            st[f"P_{side}"] = pc.inverse_root_basis(st[lam], st[Q], group["alpha"], st[Q].dtype)
+
     def _refresh(self, group: dict, st: dict[str, Tensor], side: str, due: list[bool],
                  step_list: list[int]) -> None:
-        """Eigen refresh of one side's factors for the matrices that are due."""
+        """Eigen refresh of one side's factors for the matrices that are due (the first refresh,
+        from the identity basis, always by eigh)."""
         F, lam, Q = _FACTOR_KEYS[side]
         rows = [i for i, d in enumerate(due) if d]
         sel = slice(None) if all(due) else torch.tensor(rows, device=st[F].device)
@@ -279,7 +301,7 @@ class Mousse(Optimizer):
             factor = pc.normalized(st[F][pick], s, group["precond_beta"],
                                    group["bias_correction"], group["trace_norm"])
             new_lam, new_Q, failed = pc.refresh(factor, st[lam][pick], st[Q][pick], group["eps"],
-                                                st[F].dtype)
+                                                st[F].dtype, group["refresh"] if s > 1 else "eigh")
             st[lam][pick] = new_lam
             st[Q][pick] = new_Q
             st[f"eigh_failures_{side}"][pick] += failed

@@ -41,11 +41,34 @@ def normalized(F: Tensor, step: int, beta: float, bias_correction: bool, trace_n
     return (F.double() * scale[:, None, None]).to(F.dtype)
 
 
+REFRESHES = ("eigh", "qr")
+
+
+def _damped(F: Tensor, eps: float) -> Tensor:
+    return F + eps * torch.eye(F.size(-1), dtype=F.dtype, device=F.device)
+
+
+def _floored(lam: Tensor, eps: float) -> Tensor:
+    return lam + (-lam.amin(dim=-1, keepdim=True)).clamp(min=0) + eps
+
+
 def _eigh_floored(F: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    eye = torch.eye(F.size(-1), dtype=F.dtype, device=F.device)
-    lam, Q = eigh(F + eps * eye)
-    lam = lam + (-lam.amin(dim=-1, keepdim=True)).clamp(min=0) + eps
-    return lam, Q
+    lam, Q = eigh(_damped(F, eps))
+    return _floored(lam, eps), Q
+
+
+def _qr_floored(F: Tensor, Q_prev: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """SOAP's warm start: one power iteration from the previous basis, re-orthonormalized by QR.
+
+    The previous basis's columns are first put in descending order of their Rayleigh quotients
+    diag(Q^T F Q), so Gram-Schmidt meets the dominant directions first (orthogonal iteration);
+    the eigenvalue estimates are the Rayleigh quotients of the new basis, floored like eigh's.
+    """
+    F = _damped(F, eps)
+    FQ = F @ Q_prev
+    order = (Q_prev * FQ).sum(-2).argsort(dim=-1, descending=True)
+    Q, _ = torch.linalg.qr(FQ.gather(-1, order.unsqueeze(-2).expand_as(FQ)))
+    return _floored((Q * (F @ Q)).sum(-2), eps), Q
 
 
 def _all_finite(*tensors: Tensor) -> bool:
@@ -53,17 +76,25 @@ def _all_finite(*tensors: Tensor) -> bool:
 
 
 def refresh(
-    F: Tensor, lam_prev: Tensor, Q_prev: Tensor, eps: float, dtype: torch.dtype
+    F: Tensor, lam_prev: Tensor, Q_prev: Tensor, eps: float, dtype: torch.dtype,
+    method: str = "eigh",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Eigen-pairs of `F + eps I`, eigenvalues floored at eps, for a batch of factors.
 
-    Tries `dtype` (fp32 or wider), retries in fp64 on failure or non-finite output, then matrix
-    by matrix; a matrix that still fails keeps its previous pair. Returns (lam, Q, failed mask).
-    The finiteness checks read the result on the host, once per refresh (CUDA's eigh syncs anyway).
+    method "eigh" decomposes exactly; "qr" refines the previous pair by one power iteration + QR
+    (two matmuls and a QR instead of an eigendecomposition; converges to the eigh pair over
+    refreshes of slowly changing factors), and falls back to eigh when its result is not finite.
+    eigh tries `dtype` (fp32 or wider), retries in fp64 on failure or non-finite output, then
+    matrix by matrix; a matrix that still fails keeps its previous pair. Returns (lam, Q, failed
+    mask). The finiteness checks read the result on the host, once per refresh (CUDA's eigh
+    syncs anyway; for qr this check is the refresh's only sync).
     """
-    for attempt_dtype in dict.fromkeys((dtype, torch.float64)):
+    attempts = [("qr", dtype)] if method == "qr" else []
+    attempts += [("eigh", d) for d in dict.fromkeys((dtype, torch.float64))]
+    for how, attempt_dtype in attempts:
         try:
-            lam, Q = _eigh_floored(F.to(attempt_dtype), eps)
+            lam, Q = (_qr_floored(F.to(attempt_dtype), Q_prev.to(attempt_dtype), eps) if how == "qr"
+                      else _eigh_floored(F.to(attempt_dtype), eps))
         except RuntimeError:
             continue
         if _all_finite(lam, Q):

@@ -34,7 +34,7 @@ from .routing import build_optimizer
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 _MOUSSE_KNOBS = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
-                 "bias_correction")
+                 "bias_correction", "refresh")
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
@@ -347,7 +347,9 @@ class Trainer:
         step_ms = _median(timer.total_ms)
         opt_plain = _median(timer.opt_ms_plain)
         opt_refresh = _median(timer.opt_ms_refresh)
-        refresh_ms = (opt_refresh - opt_plain) if (opt_refresh is not None and opt_plain is not None) else None
+        # extra cost of a refresh step; needs a few of each kind of step to be more than noise
+        enough = len(timer.opt_ms_refresh) >= 2 and len(timer.opt_ms_plain) >= 2
+        refresh_ms = max(0.0, opt_refresh - opt_plain) if enough else None
         summary = {
             "run_dir": str(self.run_dir), "status": status, "message": message,
             "steps": self.step, "planned_steps": cfg.steps,

@@ -1,0 +1,248 @@
+"""`mousse bench`: what Mousse costs next to Muon and AdamW, measured side by side in one process.
+
+For a preset's block-matrix shapes (random parameters and gradients, no model): the optimizer
+step, the factor refresh alone, Newton-Schulz throughput and optimizer state memory; optionally
+full training steps through the Trainer. Returns plain data; the CLI renders it.
+
+Optimizer steps are timed over cycles of CYCLE consecutive steps (median over repeats, divided
+by CYCLE): a refresh every 10 steps is then amortized exactly, one refresh per cycle. Repeats
+are interleaved across optimizers, so load from other processes hits every row alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import precondition as pc
+from .config import DEVICES, ConfigError
+from .model import GPT
+from .optim import Mousse, Muon
+from .orthogonalize import orthogonalize
+from .presets import get_preset
+from .train import PEAK_FLOPS, pick_device
+
+CYCLE = 10
+LR = 0.02
+WARMUP_STEPS = 2  # state allocation and the step-1 eigh refresh stay out of the timings
+# name -> optimizer over a list of matrices; every row uses its optimizer's own defaults otherwise
+OPTIMIZERS: dict[str, Callable] = {
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
+    "torch_muon": lambda ps: torch.optim.Muon(ps, lr=LR),
+    "muon": lambda ps: Muon(ps, lr=LR),
+    "mousse_both_f1": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=1),
+    "mousse_both_f10": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10),
+    "mousse_left_f1": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=1),
+    "mousse_left_f10": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=10),
+    "mousse_both_f10_qr": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10, refresh="qr"),
+}
+# The issue's targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
+TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
+           "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0)}
+
+
+def matrix_shapes(preset: str) -> dict[tuple[int, int], int]:
+    """{(out, in): count} of the preset's block matrices (the ones Mousse / Muon train)."""
+    with torch.device("meta"):
+        model = GPT(get_preset(preset).model_config())
+    params = dict(model.named_parameters())
+    shapes: dict[tuple[int, int], int] = {}
+    for name, role in model.param_roles().items():
+        if role == "matrix":
+            key = tuple(params[name].shape)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = [line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        model = []
+    return model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_ms(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    return statistics.median(_timed_ms(fn, device) for _ in range(repeats))
+
+
+def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """(state bytes, derived-cache bytes) of an optimizer, from its actual tensors. Mousse's
+    per-parameter state entries are views that tile its stacked buffers, so their sizes add up."""
+    state = sum(v.nbytes for st in opt.state.values() for v in st.values()
+                if isinstance(v, torch.Tensor))
+    cache = sum(t.nbytes for group in getattr(opt, "_buckets", None) or [] for b in group
+                for k, t in b.state.items() if k.startswith("P_"))
+    return state, cache
+
+
+def bench_steps(shapes: dict, device: torch.device, repeats: int) -> tuple[dict, dict, tuple]:
+    """Per-step ms of every optimizer in OPTIMIZERS (amortized over CYCLE steps), state and cache
+    bytes, and the Mousse-both optimizer whose factors the refresh timing reuses."""
+    g = torch.Generator().manual_seed(0)
+    master = [torch.randn(s, generator=g) / s[1] ** 0.5 for s, c in shapes.items() for _ in range(c)]
+    pool = [[torch.randn(p.shape, generator=g).to(device) for p in master] for _ in range(3)]
+    runs = {}
+    for name, make in OPTIMIZERS.items():
+        params = [torch.nn.Parameter(p.to(device, copy=True)) for p in master]
+        runs[name] = (params, make(params), [0])
+
+    def cycle(params, opt, counter, steps=CYCLE):
+        for _ in range(steps):
+            for p, grad in zip(params, pool[counter[0] % len(pool)]):
+                p.grad = grad
+            opt.step()
+            counter[0] += 1
+
+    for params, opt, counter in runs.values():
+        cycle(params, opt, counter, WARMUP_STEPS)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(_timed_ms(lambda: cycle(*run), device) / CYCLE)
+    step_ms = {name: statistics.median(ts) for name, ts in times.items()}
+    memory = {name: _nbytes(opt) for name, (_, opt, _) in runs.items()}
+    return step_ms, memory, runs["mousse_both_f10"]
+
+
+def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int) -> dict:
+    """ms of one refresh of both factors of every matrix, per shape and method, from the factors
+    and bases the optimizer has accumulated (the work of one refresh step, batched per shape)."""
+    group = opt.param_groups[0]
+    step = int(opt.state[params[0]]["step"])
+    by_shape: dict[tuple, list] = {}
+    for p in params:
+        by_shape.setdefault(tuple(p.shape), []).append(opt.state[p])
+    out = {}
+    for shape, states in by_shape.items():
+        sides = []
+        for F, lam, Q in (("L", "lam_L", "Q_L"), ("R", "lam_R", "Q_R")):
+            stack = {k: torch.stack([st[k] for st in states]) for k in (F, lam, Q)}
+            factor = pc.normalized(stack[F], step, group["precond_beta"],
+                                   group["bias_correction"], group["trace_norm"])
+            sides.append((factor, stack[lam], stack[Q]))
+        out[shape] = {method: _median_ms(
+            lambda m=method: [pc.refresh(f, lam, Q, group["eps"], f.dtype, m) for f, lam, Q in sides],
+            device, repeats) for method in pc.REFRESHES}
+    return out
+
+
+def ns_flops(m: int, n: int, steps: int = 5) -> int:
+    """Newton-Schulz flops for one (m, n) matrix: per iteration X X^T, A A and B X on the short
+    side s and long side l: 2 s^2 l + 2 s^3 + 2 s^2 l."""
+    s, l = min(m, n), max(m, n)
+    return steps * (4 * s * s * l + 2 * s**3)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, where known (train.PEAK_FLOPS); None on CPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
+    """Newton-Schulz ("you5", 5 iterations, in the optimizer's default dtype) per shape, batched
+    over the shape's matrices: ms, TFLOP/s and % of peak."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = peak_flops(device)
+    out = {}
+    for (m, n), count in shapes.items():
+        X = torch.randn(count, m, n, device=device)
+        ms = _median_ms(lambda: orthogonalize(X, "you5", 5, dtype), device, repeats)
+        tflops = count * ns_flops(m, n) / (ms / 1000) / 1e12
+        out[(m, n)] = {"ns_ms": ms, "ns_tflops": tflops,
+                       "ns_pct_peak": 100 * tflops * 1e12 / peak if peak else None}
+    return out
+
+
+def bench_train(preset: str, device: str, steps: int) -> dict:
+    """Full training steps (Trainer, builtin data, temp run dir), Muon vs Mousse: step ms over
+    `steps` steps after a first, untimed one. With steps a multiple of precond_freq (10) the
+    mean holds refreshes in their true proportion; the median shows a plain step."""
+    from .config import resolve
+    from .events import StepLogged
+    from .train import Trainer
+
+    out = {"steps": steps}
+    for optimizer in ("muon", "mousse"):
+        cfg = resolve({"preset": preset, "optimizer": optimizer, "steps": steps + 1,
+                       "device": device, "log_every": 1, "eval_every": steps + 1, "eval_tokens": 1})
+        events = []
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
+        timed = [e for e in events if isinstance(e, StepLogged) and e.step > 1]
+        out[optimizer] = {
+            "step_ms_median": statistics.median(e.step_ms for e in timed),
+            "step_ms_mean": statistics.fmean(e.step_ms for e in timed),
+            "fwd_bwd_ms_median": statistics.median(e.fwd_bwd_ms for e in timed),
+            "opt_ms_mean": statistics.fmean(e.opt_ms for e in timed)}
+    for stat in ("median", "mean"):
+        key = f"step_ms_{stat}"
+        out[f"overhead_pct_{stat}"] = 100 * (out["mousse"][key] / out["muon"][key] - 1)
+    return out
+
+
+def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", train: bool = False,
+              steps: int = 30) -> dict:
+    """Every measurement for `preset` on `device`; see the module docstring. Bad input is a
+    ConfigError naming it."""
+    for name, value in (("repeats", repeats), ("steps", steps)):
+        if value < 1:
+            raise ConfigError(f"bad value for '{name}': {value}; must be >= 1")
+    if device not in DEVICES:
+        raise ConfigError(f"bad value for 'device': {device!r}; choose one of {', '.join(DEVICES)}")
+    try:
+        shapes = matrix_shapes(preset)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    dev = pick_device(device)
+    step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats)
+    refresh = bench_refresh(mousse, params, dev, repeats)
+    ns = bench_ns(shapes, dev, repeats)
+    ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
+    targets = {}
+    for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
+        limit = cuda_limit if dev.type == "cuda" else cpu_limit
+        ratio = step_ms[row] / step_ms[ref]
+        targets[key] = {"ratio": ratio, "limit": limit, "met": ratio <= limit}
+    return {
+        "preset": preset, "device": str(dev), "device_name": device_name(dev),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "repeats": repeats,
+        "cycle_steps": CYCLE,
+        "step_ms": step_ms, "vs_muon": ratios,
+        "state_bytes": {name: m[0] for name, m in memory.items()},
+        "cache_bytes": {name: m[1] for name, m in memory.items()},
+        "refresh_ms": {method: sum(r[method] for r in refresh.values()) for method in pc.REFRESHES},
+        "shapes": [{"shape": list(s), "count": c, **ns[s],
+                    **{f"refresh_{k}_ms": v for k, v in refresh[s].items()}}
+                   for s, c in shapes.items()],
+        "targets": targets,
+        "train": bench_train(preset, device, steps) if train else None,
+    }

@@ -1,0 +1,47 @@
+"""`mousse bench`: runs on CPU, documented JSON keys, positive timings, one-line errors."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import assert_one_line_error, invoke_cli
+from mousse.bench import OPTIMIZERS, matrix_shapes, ns_flops
+
+KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "cycle_steps", "step_ms",
+        "vs_muon", "state_bytes", "cache_bytes", "refresh_ms", "shapes", "targets", "train"}
+SHAPE_KEYS = {"shape", "count", "ns_ms", "ns_tflops", "ns_pct_peak", "refresh_eigh_ms",
+              "refresh_qr_ms"}
+
+
+def test_bench_json_on_cpu():
+    t0 = time.perf_counter()
+    res = invoke_cli("bench", "--json", "--preset", "tiny", "--repeats", "1", "--device", "cpu")
+    seconds = time.perf_counter() - t0
+    assert res.exit_code == 0, res
+    r = res.json()
+    assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None
+    assert set(r["step_ms"]) == set(OPTIMIZERS) and all(ms > 0 for ms in r["step_ms"].values())
+    assert r["vs_muon"]["muon"] == 1.0
+    assert all(ms > 0 for ms in r["refresh_ms"].values()) and set(r["refresh_ms"]) == {"eigh", "qr"}
+    assert {tuple(s["shape"]): s["count"] for s in r["shapes"]} == matrix_shapes("tiny")
+    for s in r["shapes"]:
+        assert set(s) == SHAPE_KEYS and s["ns_pct_peak"] is None  # no known peak on CPU
+        assert min(s["ns_ms"], s["ns_tflops"], s["refresh_eigh_ms"], s["refresh_qr_ms"]) > 0
+    # state: Muon one momentum per matrix (fp32); Mousse adds L, Q_L, R, Q_R and eigenvalues
+    n_matrix = sum(m * n * c for (m, n), c in matrix_shapes("tiny").items())
+    assert r["state_bytes"]["torch_muon"] == 4 * n_matrix
+    assert r["state_bytes"]["mousse_both_f10"] > r["state_bytes"]["mousse_left_f10"] > 4 * n_matrix
+    assert r["cache_bytes"]["muon"] == 0 and r["cache_bytes"]["mousse_both_f10"] > 0
+    assert set(r["targets"]) == {"mousse_f10_vs_muon", "muon_vs_torch_muon"}
+    assert "optimizer step" in res.stderr  # the table goes to stderr, JSON alone to stdout
+    assert seconds < 20, f"bench took {seconds:.1f} s"
+
+
+def test_ns_flops_counts_the_short_side():
+    assert ns_flops(128, 512) == ns_flops(512, 128) == 5 * (4 * 128**2 * 512 + 2 * 128**3)
+
+
+def test_bench_bad_input_exits_2():
+    assert_one_line_error(invoke_cli("bench", "--preset", "huge"), "huge", "tiny")
+    assert_one_line_error(invoke_cli("bench", "--repeats", "0"), "repeats")
+    assert_one_line_error(invoke_cli("bench", "--device", "tpu"), "device")
