@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
+from .optim import closure_loss
+
 
 class Lion(Optimizer):
     """`u = sign(b1 m + (1 - b1) g)`, `w <- w (1 - lr wd) - lr u`, then `m <- b2 m + (1 - b2) g`."""
@@ -22,10 +24,7 @@ class Lion(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

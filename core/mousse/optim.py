@@ -42,6 +42,14 @@ def graft(U: Tensor, gamma: Tensor, norm_U: Tensor) -> Tensor:
     return U * (gamma / norm_U.clamp(min=torch.finfo(U.dtype).tiny))
 
 
+def closure_loss(closure):
+    """Evaluate an optional closure with gradients enabled (torch.optim's step convention)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _check(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
         raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
@@ -211,10 +219,7 @@ class Mousse(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if self._buckets is None:
             self._buckets = self._build_buckets()
         for group, group_buckets in zip(self.param_groups, self._buckets):

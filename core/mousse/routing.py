@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .lion import Lion
-from .optim import Mousse, Muon
+from .optim import Mousse, Muon, closure_loss
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -69,10 +69,7 @@ class CombinedOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for opt in self.parts.values():
             opt.step()
         return loss
