@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from conftest import assert_one_line_error, invoke_cli
 from mousse.bench import OPTIMIZERS, matrix_shapes, ns_flops
 
@@ -14,9 +12,7 @@ SHAPE_KEYS = {"shape", "count", "ns_ms", "ns_tflops", "ns_pct_peak", "refresh_ei
 
 
 def test_bench_json_on_cpu():
-    t0 = time.perf_counter()
     res = invoke_cli("bench", "--json", "--preset", "tiny", "--repeats", "1", "--device", "cpu")
-    seconds = time.perf_counter() - t0
     assert res.exit_code == 0, res
     r = res.json()
     assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None
@@ -34,7 +30,6 @@ def test_bench_json_on_cpu():
     assert r["cache_bytes"]["muon"] == 0 and r["cache_bytes"]["mousse_both_f10"] > 0
     assert set(r["targets"]) == {"mousse_f10_vs_muon", "muon_vs_torch_muon"}
     assert "optimizer step" in res.stderr  # the table goes to stderr, JSON alone to stdout
-    assert seconds < 20, f"bench took {seconds:.1f} s"
 
 
 def test_ns_flops_counts_the_short_side():
