@@ -107,7 +107,8 @@ def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size:
 
         4 * P (fp32 weights) + 4 * P (fp32 grads)
         + optimizer state, fp32: every matrix (m, n) holds
-            mousse: momentum m*n + L, Q_L (2 m*m) + R, Q_R (2 n*n) + eigenvalues (m + n)
+            mousse: momentum m*n + L, Q_L, P_L (3 m*m) + R, Q_R, P_R (3 n*n) + eigenvalues (m + n)
+                    (P = Q diag(lam^-alpha) is the cached whitening matrix, not checkpointed)
             muon:   momentum m*n
             adamw:  2 m*n (two moments)
           and embedding/head/scalars 2 moments each (AdamW) whatever the optimizer
@@ -115,7 +116,7 @@ def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size:
           (saved activations: about 20 d per token per block, and logits, their fp32 copy and
           gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
-    per_matrix = {"mousse": lambda m, n: m * n + 2 * m * m + 2 * n * n + m + n,
+    per_matrix = {"mousse": lambda m, n: m * n + 3 * m * m + 3 * n * n + m + n,
                   "muon": lambda m, n: m * n, "adamw": lambda m, n: 2 * m * n}
     if optimizer not in per_matrix:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(per_matrix)}")
