@@ -162,9 +162,6 @@ def resolve(overrides: dict) -> TrainConfig:
 
     `overrides` holds file settings updated by flags (flags win); unset fields come from the preset.
     """
-    from .optim import LR_SCALES, SIDES
-    from .orthogonalize import ORTHOGONALIZERS
-    from .precondition import REFRESHES
     from .presets import get_preset
 
     values = {k: coerce(k, v) for k, v in overrides.items() if v is not None}
@@ -186,12 +183,16 @@ def resolve(overrides: dict) -> TrainConfig:
     if cfg.checkpoint_every is None:
         cfg.checkpoint_every = cfg.steps
     cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.batch_size)
-    validate(cfg, SIDES, ORTHOGONALIZERS, LR_SCALES, REFRESHES)
+    validate(cfg)
     return cfg
 
 
-def validate(cfg: TrainConfig, sides, orthogonalizers, lr_scales, refreshes) -> None:
+def validate(cfg: TrainConfig) -> None:
     """One ConfigError for the first inconsistent setting, naming it and what is allowed."""
+    from .optim import LR_SCALES as lr_scales, SIDES as sides  # the engine's own choices
+    from .orthogonalize import ORTHOGONALIZERS as orthogonalizers
+    from .precondition import REFRESHES as refreshes
+
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     _choice("sides", cfg.sides, sides)

@@ -257,11 +257,11 @@ class Mousse(Optimizer):
         M_in = G + mu * M if group["nesterov"] else M
 
         P = {}
+        due = [(s - 1) % group["precond_freq"] == 0 for s in step_list]
         for side in _SIDE_FACTORS[group["sides"]]:
             F = _FACTOR_KEYS[side][0]
             skipped = pc.accumulate(st[F], G, group["precond_beta"], "left" if side == "L" else "right")
             st[f"stat_skips_{side}"] += skipped
-            due = [(s - 1) % group["precond_freq"] == 0 for s in step_list]
             if any(due):
                 self._refresh(group, st, side, due, step_list)
                 self._cache_whitening(group, st, (side,))
@@ -297,12 +297,13 @@ class Mousse(Optimizer):
         """Eigen refresh of one side's factors for the matrices that are due (the first refresh,
         from the identity basis, always by eigh)."""
         F, lam, Q = _FACTOR_KEYS[side]
-        rows = [i for i, d in enumerate(due) if d]
-        sel = slice(None) if all(due) else torch.tensor(rows, device=st[F].device)
         # Matrices of a bucket normally share one step; group by step for the bias correction.
-        for s in sorted({step_list[i] for i in rows}):
-            pick = sel if all(step_list[i] == s for i in rows) else torch.tensor(
-                [i for i in rows if step_list[i] == s], device=st[F].device)
+        by_step: dict[int, list[int]] = {}
+        for i, d in enumerate(due):
+            if d:
+                by_step.setdefault(step_list[i], []).append(i)
+        for s, rows in sorted(by_step.items()):
+            pick = slice(None) if len(rows) == len(due) else torch.tensor(rows, device=st[F].device)
             factor = pc.normalized(st[F][pick], s, group["precond_beta"],
                                    group["bias_correction"], group["trace_norm"])
             new_lam, new_Q, failed = pc.refresh(factor, st[lam][pick], st[Q][pick], group["eps"],
