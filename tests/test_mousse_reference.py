@@ -98,6 +98,22 @@ class RefMousse:
         return W * (1 - lr * c["weight_decay"]) - lr * LR_RULES[c["lr_scale"]](m, n) * U
 
 
+def knobs(cfg: dict) -> dict:
+    """The engine's knob names for a reference config (booleans become the family's choices)."""
+    out = {k: v for k, v in cfg.items() if k not in ("trace_norm", "graft", "nesterov", "ns")}
+    if "trace_norm" in cfg:
+        out["factor_norm"] = "trace" if cfg["trace_norm"] else "none"
+    if "graft" in cfg:
+        out["graft"] = "orthogonalizer" if cfg["graft"] else "none"
+    if "nesterov" in cfg:
+        out["momentum_style"] = "nesterov" if cfg["nesterov"] else "heavy_ball"
+    if cfg.get("ns") == "exact":
+        out["orthogonalizer"] = "exact"
+    elif "ns" in cfg:
+        out["ns"] = cfg["ns"]
+    return out
+
+
 BASE = dict(
     lr=0.02, momentum=0.95, nesterov=False, weight_decay=0.01, alpha=0.125, sides="both",
     trace_norm=True, precond_freq=10, precond_beta=0.95, eps=1e-5, graft=True,
@@ -152,7 +168,7 @@ def test_engine_matches_reference(config, shape):
     prob = Problem(shapes, seed=3 * list(CONFIGS).index(config) + list(SHAPES).index(shape),
                    steps=steps)
     params = [torch.nn.Parameter(W.clone()) for W in prob.W0]
-    opt = Mousse(params, ns="exact", **cfg)
+    opt = Mousse(params, **knobs({**cfg, "ns": "exact"}))
     refs = [RefMousse(s, cfg) for s in shapes]
     W_ref = [W.clone() for W in prob.W0]
     for t in range(steps):
@@ -216,8 +232,8 @@ def test_alpha_zero_is_muon(sides, ns, nesterov, freq, lr_scale):
     pb = [torch.nn.Parameter(W.clone()) for W in prob.W0]
     common = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.05, ns=ns,
                   lr_scale=lr_scale)
-    mousse = Mousse(pa, alpha=0.0, sides=sides, precond_freq=freq, **common)
-    muon = Muon(pb, **common)
+    mousse = Mousse(pa, alpha=0.0, sides=sides, precond_freq=freq, **knobs(common))
+    muon = Muon(pb, **knobs(common))
     for t in range(steps):
         for i in range(len(shapes)):
             pa[i].grad = prob.grad(i, pa[i].detach(), t)
@@ -235,7 +251,7 @@ def test_alpha_zero_is_muon_fp32():
     W0 = [torch.randn(32, 16, generator=g), torch.randn(24, 24, generator=g)]
     pa = [torch.nn.Parameter(W.clone()) for W in W0]
     pb = [torch.nn.Parameter(W.clone()) for W in W0]
-    mousse = Mousse(pa, lr=0.01, alpha=0.0, nesterov=True, ns="muon", lr_scale="muon",
+    mousse = Mousse(pa, lr=0.01, alpha=0.0, momentum_style="nesterov", ns="muon", lr_scale="muon",
                     weight_decay=0.1, precond_freq=3)
     muon = Muon(pb, lr=0.01, nesterov=True, ns="muon", lr_scale="muon", weight_decay=0.1)
     for _ in range(15):
@@ -269,7 +285,7 @@ def test_closed_form_direction(shape, first_checked):
     g = torch.Generator().manual_seed(21)
     p = torch.nn.Parameter(torch.randn(m, n, dtype=F64, generator=g))
     opt = Mousse([p], lr=lr, momentum=mu, weight_decay=0.0, alpha=0.25, precond_freq=1,
-                 trace_norm=False, graft=False, ns="exact", lr_scale="none", eps=eps,
+                 factor_norm="none", graft="none", orthogonalizer="exact", lr_scale="none", eps=eps,
                  precond_beta=b)
     M = torch.zeros(m, n, dtype=F64)
     L = torch.zeros(m, m, dtype=F64)

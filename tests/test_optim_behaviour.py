@@ -416,7 +416,7 @@ def test_per_group_knobs_match_separate_optimizers():
     steps = 7
     grads = make_grads(shapes, steps)
     knobs = [dict(alpha=0.25, sides="left", lr=0.03), dict(alpha=0.0625, sides="right",
-                                                            precond_freq=2, nesterov=True)]
+                                                            precond_freq=2, momentum_style="nesterov")]
     params = make_params(shapes)
     opt = Mousse([{"params": [params[0]], **knobs[0]}, {"params": [params[1]], **knobs[1]}],
                  precond_freq=3)
@@ -476,7 +476,7 @@ def test_param_without_grad_is_untouched():
     for t, idx in skip_step.items():
         for i in idx:
             grads[t][i] = None
-    knobs = dict(precond_freq=3, weight_decay=0.1, trace_norm=False, graft=False)
+    knobs = dict(precond_freq=3, weight_decay=0.1, factor_norm="none", graft="none")
     params = make_params(shapes)
     opt = Mousse(params, **knobs)
     for t in range(steps):
@@ -525,14 +525,16 @@ def test_defaults_are_the_released_recipe():
     """Spec section 2: mu 0.95 heavy ball, b 0.95, T 10, eps 1e-5, alpha 0.125, wd 0.01, both
     sides, trace norm, graft, bias correction, you5, lr scale sqrt(m/n); Muon = torch's."""
     d = Mousse([torch.nn.Parameter(torch.randn(3, 2))]).defaults
-    expected = dict(momentum=0.95, nesterov=False, weight_decay=0.01, alpha=0.125, sides="both",
-                    trace_norm=True, precond_freq=10, precond_beta=0.95, eps=1e-5, graft=True,
-                    bias_correction=True, ns="you5", ns_steps=5, lr_scale="spectral")
+    expected = dict(momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01, alpha=0.125,
+                    sides="both", factor_norm="trace", precond_freq=10, precond_beta=0.95,
+                    eps=1e-5, graft="orthogonalizer", bias_correction=True,
+                    orthogonalizer="newton_schulz", ns="you5", ns_steps=5, lr_scale="spectral")
     assert {k: d[k] for k in expected} == expected
     m = Muon([torch.nn.Parameter(torch.randn(3, 2))]).defaults
     t = torch.optim.Muon([torch.nn.Parameter(torch.randn(3, 2))]).defaults
-    assert (m["lr"], m["weight_decay"], m["momentum"], m["nesterov"], m["ns_steps"]) == (
-        t["lr"], t["weight_decay"], t["momentum"], t["nesterov"], t["ns_steps"])
+    assert (m["lr"], m["weight_decay"], m["momentum"], m["ns_steps"]) == (
+        t["lr"], t["weight_decay"], t["momentum"], t["ns_steps"])
+    assert (m["momentum_style"] == "nesterov") == t["nesterov"]
     assert m["ns"] == "muon" and m["lr_scale"] == "muon" and m["alpha"] == 0.0
 
 

@@ -31,7 +31,7 @@ def test_qr_refreshes_converge_to_the_eigh_pair():
     _, Q = torch.linalg.eigh(spd(k, seed=1)[0])
     lam = torch.ones(1, k, dtype=F64)
     for _ in range(80):
-        lam, Q, failed = pc.refresh(F, lam, Q, eps, F64, method="qr")
+        lam, Q, failed, _ = pc.refresh(F, lam, Q, eps, F64, method="qr")
         assert not failed.any()
     overlap = (Q[0].T @ Q_ref[0]).abs()  # a permutation matrix when the bases agree up to signs
     match = overlap.argmax(dim=1)
@@ -47,9 +47,9 @@ def test_qr_keeps_the_eps_floor_of_eigh():
     g = torch.Generator().manual_seed(0)
     G = torch.randn(1, 8, 3, generator=g, dtype=F64)
     F, eps = G @ G.mT, 1e-5
-    lam, Q, _ = pc.refresh(F, torch.ones(1, 8, dtype=F64), torch.eye(8, dtype=F64)[None], eps, F64)
+    lam, Q = pc.refresh(F, torch.ones(1, 8, dtype=F64), torch.eye(8, dtype=F64)[None], eps, F64)[:2]
     for _ in range(5):
-        lam, Q, _ = pc.refresh(F, lam, Q, eps, F64, method="qr")
+        lam, Q = pc.refresh(F, lam, Q, eps, F64, method="qr")[:2]
     assert lam.min() >= eps
     torch.testing.assert_close(lam.sort().values, torch.linalg.eigvalsh(F + eps * torch.eye(8, dtype=F64)) + eps,
                                atol=1e-9, rtol=1e-9)
@@ -59,8 +59,8 @@ def test_non_finite_qr_falls_back_to_eigh(monkeypatch):
     F, _ = spd(6)
     prev = torch.ones(1, 6, dtype=F64), torch.eye(6, dtype=F64)[None]
     expected = pc.refresh(F, *prev, 1e-5, F64)
-    monkeypatch.setattr(pc, "_qr_floored", lambda F, Q, eps: (F[..., 0] * torch.nan, Q))
-    lam, Q, failed = pc.refresh(F, *prev, 1e-5, F64, method="qr")
+    monkeypatch.setattr(pc, "_qr_floored", lambda F, Q, eps, floor: (F[..., 0] * torch.nan, Q, None))
+    lam, Q, failed, _ = pc.refresh(F, *prev, 1e-5, F64, method="qr")
     assert torch.equal(lam, expected[0]) and torch.equal(Q, expected[1]) and not failed.any()
 
 

@@ -24,7 +24,7 @@ import torch
 from . import precondition as pc
 from .config import DEVICES, ConfigError
 from .model import GPT
-from .optim import Mousse, Muon
+from .optim import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .orthogonalize import orthogonalize
 from .presets import get_preset
 from .train import PEAK_FLOPS, pick_device
@@ -42,6 +42,13 @@ OPTIMIZERS: dict[str, Callable] = {
     "mousse_left_f1": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=1),
     "mousse_left_f10": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=10),
     "mousse_both_f10_qr": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10, refresh="qr"),
+    # the rest of the family, each refreshing every 10 steps (TNT on the empirical Fisher, so the
+    # row times the optimizer alone; its sampled-label backward is a train-step cost)
+    "shampoo_f10": lambda ps: Shampoo(ps, lr=LR, precond_freq=10),
+    "soap_f10": lambda ps: SOAP(ps, lr=LR, precond_freq=10),
+    "splus_f10": lambda ps: SPlus(ps, lr=LR, precond_freq=10),
+    "tnt_f10": lambda ps: TNT(ps, lr=LR, precond_freq=10, refresh_warmup=0, fisher="empirical"),
+    "specgd": lambda ps: SpecGD(ps, lr=LR),
 }
 # The targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
 TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
@@ -140,13 +147,14 @@ def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int)
     out = {}
     for shape, states in by_shape.items():
         sides = []
-        for F, lam, Q in (("L", "lam_L", "Q_L"), ("R", "lam_R", "Q_R")):
+        for F, lam, Q, other in (("L", "lam_L", "Q_L", shape[1]), ("R", "lam_R", "Q_R", shape[0])):
             stack = {k: torch.stack([st[k] for st in states]) for k in (F, lam, Q)}
             factor = pc.normalized(stack[F], step, group["precond_beta"],
-                                   group["bias_correction"], group["trace_norm"])
+                                   group["bias_correction"], group["factor_norm"], other)
             sides.append((factor, stack[lam], stack[Q]))
         out[shape] = {method: _median_ms(
-            lambda m=method: [pc.refresh(f, lam, Q, group["eps"], f.dtype, m) for f, lam, Q in sides],
+            lambda m=method: [pc.refresh(f, lam, Q, group["eps"], f.dtype, m, group["eig_floor"])
+                              for f, lam, Q in sides],
             device, repeats) for method in pc.REFRESHES}
     return out
 

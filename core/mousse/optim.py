@@ -1,4 +1,9 @@
-"""Mousse and Muon as standard torch optimizers: a thin shell around the pure functions in
+"""The Kronecker-whitened optimizer family as one torch optimizer, and its named presets.
+
+`KroneckerOptimizer` is the engine: its knobs (docs/family.md) are a pre/post whitening exponent,
+the preconditioned sides, an orthogonalizer, a momentum style, grafting, factor normalization and
+the refresh schedule. Mousse, Muon, Shampoo, SOAP, SPlus, TNT and SpecGD are presets of those
+knobs: thin subclasses that only set defaults. The math lives in pure functions here and in
 `orthogonalize` and `precondition`.
 
 Same-shape matrices of a param group are stacked into one bucket: their state lives in batched
@@ -8,8 +13,8 @@ eigh run once per shape rather than once per matrix.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,19 +22,52 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import precondition as pc
-from .orthogonalize import ORTHOGONALIZERS, frobenius_norm, orthogonalize
+from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS, frobenius_norm, orthogonalize
 
-SIDES = ("both", "left", "right")
 LR_SCALES = {
     "spectral": lambda m, n: math.sqrt(m / n),
     "muon": lambda m, n: math.sqrt(max(1.0, m / n)),
     "rms": lambda m, n: 0.2 * math.sqrt(max(m, n)),
+    "mean_dim": lambda m, n: 2.0 / (m + n),
     "none": lambda m, n: 1.0,
 }
 _SIDE_FACTORS = {"both": ("L", "R"), "left": ("L",), "right": ("R",), "none": ()}
+SIDES = tuple(_SIDE_FACTORS)
 # State entries, by side: running factor, eigenvalues, eigenbasis.
 _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 
+# Every knob with the engine's default (Mousse's). Named presets override some of them.
+DEFAULTS: dict = dict(
+    lr=0.06, momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01,
+    weight_decay_style="decoupled", alpha=0.125, post_alpha=None, sides="both",
+    factor_norm="trace", precond_freq=10, precond_beta=0.95, stat_freq=1, refresh_warmup=0,
+    precond_start=1, eps=1e-5, eig_floor="shift", bias_correction=True, refresh="eigh",
+    refresh_after_update=False, skip_first_step=False, orthogonalizer="newton_schulz", ns="you5",
+    ns_steps=5, ns_dtype=None, graft="orthogonalizer", beta2=0.999, adam_eps=1e-8,
+    lr_scale="spectral", average_rate=0.0, fisher="empirical",
+)
+KNOBS = tuple(k for k in DEFAULTS if k != "ns_dtype")  # the ones a run config can set
+CHOICES: dict[str, tuple[str, ...]] = {
+    "momentum_style": ("heavy_ball", "nesterov", "ema"),
+    "weight_decay_style": ("decoupled", "after", "after_scaled"),
+    "sides": SIDES,
+    "factor_norm": pc.FACTOR_NORMS,
+    "eig_floor": pc.EIG_FLOORS,
+    "refresh": pc.REFRESHES,
+    "orthogonalizer": (*ORTHOGONALIZERS, "adam"),
+    "ns": NS_SCHEDULES,
+    "graft": ("orthogonalizer", "adam", "none"),
+    "lr_scale": tuple(LR_SCALES),
+    "fisher": ("empirical", "sampled"),
+}
+_UNIT = ("momentum", "precond_beta", "beta2", "average_rate")  # in [0, 1)
+_NONNEGATIVE = ("lr", "weight_decay", "alpha")
+_POSITIVE = ("eps", "adam_eps")
+_COUNTS = {"precond_freq": 1, "stat_freq": 1, "precond_start": 1, "ns_steps": 1, "refresh_warmup": 0}
+_FLAGS = ("bias_correction", "refresh_after_update", "skip_first_step")
+
+
+# ---- the math, as small pure functions ---------------------------------------------------------
 
 def lr_multiplier(rule: str, m: int, n: int) -> float:
     """Learning-rate scale for an (m, n) = (fan_out, fan_in) matrix under the named rule."""
@@ -42,13 +80,32 @@ def graft(U: Tensor, gamma: Tensor, norm_U: Tensor) -> Tensor:
     return U * (gamma / norm_U.clamp(min=torch.finfo(U.dtype).tiny))
 
 
-def closure_loss(closure):
-    """Evaluate an optional closure with gradients enabled (torch.optim's step convention)."""
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
+def momentum_step(M: Tensor, G: Tensor, mu: float, style: str, count: int) -> Tensor:
+    """Update the momentum buffer M in place and return the momentum the direction uses:
+    heavy ball M, Nesterov G + mu M, or the EMA mu M + (1-mu) G bias-corrected for `count`
+    updates."""
+    if style == "ema":
+        M.mul_(mu).add_(G, alpha=1.0 - mu)
+        return M / (1.0 - mu**count)
+    M.mul_(mu).add_(G)
+    return G + mu * M if style == "nesterov" else M
 
+
+def adam_normalize(X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, count: int) -> Tensor:
+    """Adam's elementwise step: update V <- beta2 V + (1-beta2) Xg^2 in place and return
+    X sqrt(1 - beta2^count) / (sqrt(V) + eps) (X already bias-corrected for the first moment)."""
+    V.mul_(beta2).addcmul_(Xg, Xg, value=1.0 - beta2)
+    return X * math.sqrt(1.0 - beta2**count) / (V.sqrt() + eps)
+
+
+def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
+    """State indexed by eigenbasis columns (rows for L, columns for R) put in the new order."""
+    if side == "L":
+        return V.gather(-2, order.unsqueeze(-1).expand_as(V))
+    return V.gather(-1, order.unsqueeze(-2).expand_as(V))
+
+
+# ---- validation --------------------------------------------------------------------------------
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
@@ -59,25 +116,23 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def validate_group(group: dict, sides: Iterable[str]) -> None:
+def validate_group(group: dict) -> None:
     """Raise ValueError naming the first invalid knob of a param group and its allowed values."""
     g = group
-    _check(_is_number(g["lr"]) and g["lr"] >= 0, "lr", g["lr"], "a finite number >= 0")
-    for name in ("momentum", "precond_beta"):
+    for name, allowed in CHOICES.items():
+        _check(g[name] in allowed, name, g[name], " | ".join(map(repr, allowed)))
+    for name in _NONNEGATIVE:
+        _check(_is_number(g[name]) and g[name] >= 0, name, g[name], "a finite number >= 0")
+    _check(g["post_alpha"] is None or (_is_number(g["post_alpha"]) and g["post_alpha"] >= 0),
+           "post_alpha", g["post_alpha"], "None or a finite number >= 0")
+    for name in _POSITIVE:
+        _check(_is_number(g[name]) and g[name] > 0, name, g[name], "a finite number > 0")
+    for name in _UNIT:
         _check(_is_number(g[name]) and 0 <= g[name] < 1, name, g[name], "a number in [0, 1)")
-    _check(_is_number(g["weight_decay"]) and g["weight_decay"] >= 0, "weight_decay",
-           g["weight_decay"], "a finite number >= 0")
-    _check(_is_number(g["alpha"]) and g["alpha"] >= 0, "alpha", g["alpha"], "a finite number >= 0")
-    _check(g["sides"] in sides, "sides", g["sides"], " | ".join(map(repr, sides)))
-    _check(g["ns"] in ORTHOGONALIZERS, "ns", g["ns"], " | ".join(map(repr, ORTHOGONALIZERS)))
-    _check(g["refresh"] in pc.REFRESHES, "refresh", g["refresh"],
-           " | ".join(map(repr, pc.REFRESHES)))
-    for name in ("ns_steps", "precond_freq"):
-        _check(isinstance(g[name], int) and not isinstance(g[name], bool) and g[name] >= 1,
-               name, g[name], "an integer >= 1")
-    _check(_is_number(g["eps"]) and g["eps"] > 0, "eps", g["eps"], "a finite number > 0")
-    _check(g["lr_scale"] in LR_SCALES, "lr_scale", g["lr_scale"], " | ".join(map(repr, LR_SCALES)))
-    for name in ("nesterov", "trace_norm", "graft", "bias_correction"):
+    for name, low in _COUNTS.items():
+        _check(isinstance(g[name], int) and not isinstance(g[name], bool) and g[name] >= low,
+               name, g[name], f"an integer >= {low}")
+    for name in _FLAGS:
         _check(isinstance(g[name], bool), name, g[name], "True or False")
     _check(g["ns_dtype"] is None or (isinstance(g["ns_dtype"], torch.dtype)
                                      and g["ns_dtype"].is_floating_point),
@@ -87,71 +142,73 @@ def validate_group(group: dict, sides: Iterable[str]) -> None:
                "2-D weight matrices only (route embeddings, head, gains and biases to AdamW/Lion)")
 
 
+def closure_loss(closure):
+    """Evaluate an optional closure with gradients enabled (torch.optim's step convention)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+# ---- the engine --------------------------------------------------------------------------------
+
 @dataclass
 class _Bucket:
     """Same-shape matrices of one param group and their stacked state, plus the whitening
-    matrices P_L, P_R derived from it (state keys the parameters do not see, so never saved)."""
+    matrices derived from it (state keys the parameters do not see, so never saved)."""
 
     params: list[Tensor]
     state: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    alpha: float | None = None  # the alpha the cached P_L, P_R were computed with
+    exponents: tuple | None = None  # the (alpha, post_alpha) the cached P's were computed with
 
 
-class Mousse(Optimizer):
-    """Mousse: Muon whitened by Shampoo's Kronecker factors (arXiv 2603.09697).
+def _exponents(group: dict) -> tuple[float, float]:
+    post = group["post_alpha"]
+    return group["alpha"], group["alpha"] if post is None else post
 
-    Per (out, in) = (m, n) matrix and step: momentum M <- mu M + G; factors L <- b L + (1-b) G G^T
-    (the OUTPUT side, m x m) and R <- b R + (1-b) G^T G (the INPUT side, n x n); every
-    `precond_freq` steps (from step 1) an eigen refresh of the bias-corrected, trace-normalized
-    factors; then U = P_L NS(P_L^T M P_R) P_R^T with P = Q diag(lam^-alpha) (cached at each
-    refresh), grafted to the norm of NS(.) and applied as W <- W (1 - lr wd) - lr * lr_scale(m, n) * U.
 
-    sides: "both", "left" (L only, output side) or "right" (R only, input side).
-    refresh: "eigh" (exact) | "qr" (SOAP's warm start: one power iteration + QR from the previous
-    basis; the first refresh always uses eigh).
-    ns: "you5" | "muon" | "polar_express" (Newton-Schulz schedules, `ns_steps` iterations) | "exact".
-    lr_scale: "spectral" sqrt(m/n) | "muon" sqrt(max(1, m/n)) | "rms" 0.2 sqrt(max(m, n)) | "none".
-    ns_dtype: Newton-Schulz precision; default bf16 on CUDA, fp32 (or the param's, if wider) on CPU.
-    alpha = 0 gives exactly Muon's update. Every knob can be set per param group.
-    """
+class KroneckerOptimizer(Optimizer):
+    """The family engine: per (out, in) = (m, n) matrix, Kronecker-factor statistics L (output
+    side, m x m) and R (input side, n x n), an eigen refresh every `precond_freq` steps, and the
+    update U = P_L' f(P_L^T M P_R) P_R'^T with P = Q diag(lam^-alpha), P' = Q diag(lam^-post_alpha)
+    and f the orthogonalizer, grafted and applied with decoupled weight decay. docs/family.md
+    gives each knob's exact meaning; every knob can be set per param group. Subclasses are the
+    literature's optimizers as presets: their class body's `preset` lists the knobs they change,
+    and the class attribute `preset` then holds their full knob set."""
 
-    _sides = SIDES
+    preset: dict = dict(DEFAULTS)
 
-    def __init__(
-        self,
-        params,
-        lr: float = 0.06,
-        momentum: float = 0.95,
-        nesterov: bool = False,
-        weight_decay: float = 0.01,
-        alpha: float = 0.125,
-        sides: str = "both",
-        trace_norm: bool = True,
-        precond_freq: int = 10,
-        precond_beta: float = 0.95,
-        eps: float = 1e-5,
-        graft: bool = True,
-        bias_correction: bool = True,
-        refresh: str = "eigh",
-        ns: str = "you5",
-        ns_steps: int = 5,
-        lr_scale: str = "spectral",
-        ns_dtype: torch.dtype | None = None,
-    ):
-        defaults = dict(
-            lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, alpha=alpha,
-            sides=sides, trace_norm=trace_norm, precond_freq=precond_freq,
-            precond_beta=precond_beta, eps=eps, graft=graft, bias_correction=bias_correction,
-            refresh=refresh, ns=ns, ns_steps=ns_steps, lr_scale=lr_scale, ns_dtype=ns_dtype,
-        )
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.preset = {**DEFAULTS, **cls.__dict__.get("preset", {})}
+
+    @classmethod
+    def derived(cls, knobs: dict) -> dict:
+        """Knobs whose default follows other knobs (e.g. Shampoo's precond_start)."""
+        return {}
+
+    @classmethod
+    def resolve_knobs(cls, **knobs) -> dict:
+        """This optimizer's full knob set with `knobs` applied; derived defaults follow the knobs
+        they depend on unless set explicitly. TypeError names unknown knobs."""
+        unknown = sorted(set(knobs) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unknown knobs {unknown}; "
+                            f"the knobs are {', '.join(DEFAULTS)}")
+        full = {**cls.preset, **knobs}
+        full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
+        return full
+
+    def __init__(self, params, **knobs):
         self._buckets: list[list[_Bucket]] | None = None
-        super().__init__(params, defaults)
+        self._fisher: dict[int, Tensor] = {}
+        super().__init__(params, self.resolve_knobs(**knobs))
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         try:
-            validate_group(self.param_groups[-1], self._sides)
+            validate_group(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()  # do not leave the rejected group in the optimizer
             raise
@@ -162,19 +219,25 @@ class Mousse(Optimizer):
     def _init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
         m, n = p.shape
         wide = torch.promote_types(p.dtype, torch.float32)
-        st = {
-            "step": torch.zeros((), dtype=torch.int64),
-            "momentum_buffer": torch.zeros(m, n, dtype=wide, device=p.device),
-            "update_rms": torch.zeros((), dtype=torch.float32, device=p.device),
-        }
+
+        def zeros(*shape, dtype=wide):
+            return torch.zeros(*shape, dtype=dtype, device=p.device)
+
+        st = {"step": torch.zeros((), dtype=torch.int64), "momentum_buffer": zeros(m, n),
+              "update_rms": zeros((), dtype=torch.float32)}
         for side in _SIDE_FACTORS[group["sides"]]:
             k = m if side == "L" else n
             F, lam, Q = _FACTOR_KEYS[side]
-            st[F] = torch.zeros(k, k, dtype=wide, device=p.device)
-            st[lam] = torch.ones(k, dtype=wide, device=p.device)
-            st[Q] = torch.eye(k, dtype=wide, device=p.device)
-            st[f"eigh_failures_{side}"] = torch.zeros((), dtype=torch.int64, device=p.device)
-            st[f"stat_skips_{side}"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            st[F], st[lam], st[Q] = zeros(k, k), torch.ones(k, dtype=wide, device=p.device), \
+                torch.eye(k, dtype=wide, device=p.device)
+            st[f"eigh_failures_{side}"] = zeros((), dtype=torch.int64)
+            st[f"stat_skips_{side}"] = zeros((), dtype=torch.int64)
+        if group["orthogonalizer"] == "adam":
+            st["V"] = zeros(m, n)  # second moment in the eigenbasis (SOAP)
+        if group["graft"] == "adam":
+            st["graft_v"] = zeros(m, n)  # Adam grafting's second moment (Shampoo)
+        if group["average_rate"]:
+            st["average"] = zeros(m, n)  # iterate average (SPlus)
         return st
 
     def _build_buckets(self) -> list[list[_Bucket]]:
@@ -200,6 +263,11 @@ class Mousse(Optimizer):
             buckets.append(group_buckets)
         return buckets
 
+    def _ensure_buckets(self) -> list[list[_Bucket]]:
+        if self._buckets is None:
+            self._buckets = self._build_buckets()
+        return self._buckets
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider)."""
         super().load_state_dict(state_dict)
@@ -215,102 +283,196 @@ class Mousse(Optimizer):
                 group.setdefault(key, value)
         self._buckets = None
 
+    # ---- hooks for the training loop ----------------------------------------------------------
+
+    def fisher_params(self) -> list[Tensor]:
+        """Parameters whose next `step()` needs a sampled-label gradient (fisher="sampled" on a
+        statistics step); hand them over with `set_fisher_grads` before calling `step()`."""
+        out = []
+        for group in self.param_groups:
+            if group["fisher"] != "sampled" or group["sides"] == "none":
+                continue
+            for p in group["params"]:
+                t = int(self.state[p]["step"]) + 1 if self.state.get(p) else 1
+                if (t - 1) % group["stat_freq"] == 0:
+                    out.append(p)
+        return out
+
+    def set_fisher_grads(self, grads: dict[Tensor, Tensor]) -> None:
+        """Sampled-label gradients for the coming step, keyed by parameter (used once)."""
+        self._fisher = {id(p): g for p, g in grads.items()}
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Swap in the bias-corrected iterate average (groups with average_rate > 0) and restore
+        the raw weights on exit, bit for bit; a no-op for groups without one."""
+        saved = []
+        with torch.no_grad():
+            for group, group_buckets in zip(self.param_groups, self._buckets or []):
+                rate = group["average_rate"]
+                for bucket in group_buckets if rate else ():
+                    skip = 1 if group["skip_first_step"] else 0
+                    for i, p in enumerate(bucket.params):
+                        count = int(bucket.step[i]) - skip
+                        if count >= 1:
+                            saved.append((p, p.detach().clone()))
+                            avg = bucket.state["average"][i] / (1.0 - rate**count)
+                            p.copy_(avg.to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, raw in saved:
+                    p.copy_(raw)
+
     # ---- the step -----------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        if self._buckets is None:
-            self._buckets = self._build_buckets()
-        for group, group_buckets in zip(self.param_groups, self._buckets):
+        for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
             for bucket in group_buckets:
-                if bucket.alpha != group["alpha"]:  # new bucket (built or loaded), or alpha changed
+                if bucket.exponents != _exponents(group):  # new bucket, or alpha changed
                     self._cache_whitening(group, bucket.state, _SIDE_FACTORS[group["sides"]])
-                    bucket.alpha = group["alpha"]
+                    bucket.exponents = _exponents(group)
                 has_grad = [p.grad is not None for p in bucket.params]
-                if all(has_grad):
-                    self._step_bucket(group, bucket.params, bucket.state, bucket.step, None)
-                elif any(has_grad):  # rare: update only the matrices that got a gradient
-                    idx = torch.tensor([i for i, h in enumerate(has_grad) if h])
+                steps = bucket.step.tolist()  # a CPU tensor: no device sync
+                if all(has_grad) and len(set(steps)) == 1:
+                    self._step_matrices(group, bucket.params, bucket.state, bucket.step, steps[0] + 1)
+                    continue
+                # Rare: only some matrices got a gradient, so their steps differ; step each
+                # group of equal step on copies of its rows, then write them back.
+                for s in sorted({s for s, h in zip(steps, has_grad) if h}):
+                    rows = [i for i, (si, h) in enumerate(zip(steps, has_grad)) if h and si == s]
+                    idx = torch.tensor(rows)
                     sub = {k: v[idx.to(v.device)] for k, v in bucket.state.items()}
-                    params = [bucket.params[i] for i in idx.tolist()]
-                    self._step_bucket(group, params, sub, bucket.step, idx)
+                    sub_steps = bucket.step[idx]
+                    self._step_matrices(group, [bucket.params[i] for i in rows], sub, sub_steps, s + 1)
                     for k, v in sub.items():
                         bucket.state[k][idx.to(v.device)] = v
+                    bucket.step[idx] = sub_steps
+        self._fisher = {}
         return loss
 
-    def _step_bucket(self, group: dict, params: list[Tensor], st: dict[str, Tensor],
-                     steps: Tensor, idx: Tensor | None) -> None:
-        """One Mousse step for a stack of same-shape matrices (state `st` updated in place)."""
-        if idx is None:
-            steps += 1
-            step_list = steps.tolist()
-        else:
-            steps[idx] += 1
-            step_list = steps[idx].tolist()
-        p0 = params[0]
-        m, n = p0.shape
+    def _step_matrices(self, group: dict, params: list[Tensor], st: dict[str, Tensor],
+                       steps: Tensor, t: int) -> None:
+        """Step `t` for a stack of same-shape matrices (state `st` updated in place)."""
+        g = group
+        steps += 1
+        m, n = params[0].shape
         M = st["momentum_buffer"]
         G = torch.stack([p.grad for p in params]).to(M.dtype)
-        mu = group["momentum"]
-        M.mul_(mu).add_(G)
-        M_in = G + mu * M if group["nesterov"] else M
+        sides = _SIDE_FACTORS[g["sides"]]
+        if not g["refresh_after_update"]:
+            self._statistics(g, params, st, G, t)
+        count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
+        if count >= 1:
+            M_in = momentum_step(M, G, g["momentum"], g["momentum_style"], count)
+            whiten = bool(sides) and t >= g["precond_start"]
+            pre = {s: st[f"P_{s}"] for s in sides} if whiten else {}
+            post = {s: st[f"P_{s}_post"] for s in sides} if whiten else {}
+            X = pc.whiten(M_in, pre.get("L"), pre.get("R"))
+            Y = self._direction(g, st, X, G, pre, count, params[0].is_cuda)
+            U = pc.unwhiten(Y, post.get("L"), post.get("R"))
+            U = self._graft(g, st, U, Y, M_in, G, count, whiten)
+            st["update_rms"].copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
+            self._apply(g, params, st, U, m, n)
+        if g["refresh_after_update"]:
+            self._statistics(g, params, st, G, t)
 
-        P = {}
-        due = [(s - 1) % group["precond_freq"] == 0 for s in step_list]
-        for side in _SIDE_FACTORS[group["sides"]]:
-            F = _FACTOR_KEYS[side][0]
-            skipped = pc.accumulate(st[F], G, group["precond_beta"], "left" if side == "L" else "right")
-            st[f"stat_skips_{side}"] += skipped
-            if any(due):
-                self._refresh(group, st, side, due, step_list)
-                self._cache_whitening(group, st, (side,))
-            P[side] = st[f"P_{side}"]
-
-        ns_dtype = group["ns_dtype"] or (
-            torch.bfloat16 if p0.is_cuda else torch.promote_types(M.dtype, torch.float32)
-        )
-        X = pc.whiten(M_in, P.get("L"), P.get("R"))
-        Y = orthogonalize(X, group["ns"], group["ns_steps"], ns_dtype)
-        U = pc.unwhiten(Y, P.get("L"), P.get("R"))
-        norm_U = frobenius_norm(U)
-        if group["graft"] and P:
-            gamma = frobenius_norm(Y)
-            U, norm_U = graft(U, gamma, norm_U), gamma
-        st["update_rms"].copy_(norm_U.flatten() / math.sqrt(m * n))
-
-        lr = group["lr"]
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
-        torch._foreach_add_(params, list(U.to(p0.dtype).unbind(0)),
-                            alpha=-lr * lr_multiplier(group["lr_scale"], m, n))
+    def _direction(self, g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int,
+                   cuda: bool) -> Tensor:
+        """The orthogonalizer applied to the whitened momentum X."""
+        if g["orthogonalizer"] == "adam":
+            Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
+            return adam_normalize(X, Xg, st["V"], g["beta2"], g["adam_eps"], count)
+        ns_dtype = g["ns_dtype"] or (
+            torch.bfloat16 if cuda else torch.promote_types(X.dtype, torch.float32))
+        method = g["ns"] if g["orthogonalizer"] == "newton_schulz" else g["orthogonalizer"]
+        return orthogonalize(X, method, g["ns_steps"], ns_dtype)
 
     @staticmethod
-    def _cache_whitening(group: dict, st: dict[str, Tensor], sides: Iterable[str]) -> None:
-        """P = Q diag(lam^-alpha) for the given sides, so a step only multiplies by it."""
+    def _graft(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor, count: int,
+               whitened: bool) -> Tensor:
+        """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
+        if g["graft"] == "orthogonalizer" and whitened:
+            return graft(U, frobenius_norm(Y), frobenius_norm(U))
+        if g["graft"] == "adam":
+            b2 = g["beta2"]
+            st["graft_v"].mul_(b2).addcmul_(G, G, value=1.0 - b2)
+            A = M_in / ((st["graft_v"] / (1.0 - b2**count)).sqrt() + g["adam_eps"])
+            return graft(U, frobenius_norm(A), frobenius_norm(U)) if whitened else A
+        return U
+
+    @staticmethod
+    def _apply(g: dict, params: list[Tensor], st: dict, U: Tensor, m: int, n: int) -> None:
+        """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
+        lr, wd, style = g["lr"], g["weight_decay"], g["weight_decay_style"]
+        s = lr_multiplier(g["lr_scale"], m, n)
+        if wd and style == "decoupled":
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        torch._foreach_add_(params, list(U.to(params[0].dtype).unbind(0)), alpha=-lr * s)
+        if g["average_rate"]:
+            W = torch.stack(params).to(st["average"].dtype)
+            st["average"].add_(W - st["average"], alpha=1.0 - g["average_rate"])
+        if wd and style != "decoupled":
+            torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
+
+    def _statistics(self, g: dict, params: list[Tensor], st: dict, G: Tensor, t: int) -> None:
+        """Update the factor statistics on statistics steps and refresh the eigen-pairs when due."""
+        sides = _SIDE_FACTORS[g["sides"]]
+        if not sides:
+            return
+        is_stat = (t - 1) % g["stat_freq"] == 0
+        due = (t - 1) % g["precond_freq"] == 0 or (is_stat and t <= g["refresh_warmup"])
+        if is_stat:
+            Gs = G if g["fisher"] == "empirical" else self._sampled_grads(params).to(G.dtype)
+            for side in sides:
+                skipped = pc.accumulate(st[_FACTOR_KEYS[side][0]], Gs, g["precond_beta"],
+                                        "left" if side == "L" else "right")
+                st[f"stat_skips_{side}"] += skipped
+        if due:
+            count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
+            m, n = G.shape[-2:]
+            for side in sides:
+                self._refresh(g, st, side, count, n if side == "L" else m, first=t == 1)
+            self._cache_whitening(g, st, sides)
+
+    def _sampled_grads(self, params: list[Tensor]) -> Tensor:
+        missing = [i for i, p in enumerate(params) if id(p) not in self._fisher]
+        if missing:
+            raise RuntimeError(
+                f"{type(self).__name__} with fisher='sampled' needs sampled-label gradients on "
+                "this step: pass opt.set_fisher_grads({param: grad}) for opt.fisher_params() "
+                "before opt.step() (mousse's trainer does), or use fisher='empirical'")
+        return torch.stack([self._fisher[id(p)] for p in params])
+
+    def _refresh(self, g: dict, st: dict, side: str, count: int, other_dim: int,
+                 first: bool) -> None:
+        """Eigen refresh of one side's factors (the first refresh, from the identity basis,
+        always by eigh); state kept in the eigenbasis follows a QR refresh's column order."""
+        F, lam, Q = _FACTOR_KEYS[side]
+        factor = pc.normalized(st[F], count, g["precond_beta"], g["bias_correction"],
+                               g["factor_norm"], other_dim)
+        new_lam, new_Q, failed, order = pc.refresh(
+            factor, st[lam], st[Q], g["eps"], st[F].dtype, "eigh" if first else g["refresh"],
+            g["eig_floor"])
+        st[lam].copy_(new_lam)
+        st[Q].copy_(new_Q)
+        st[f"eigh_failures_{side}"] += failed
+        if order is not None and "V" in st:
+            st["V"].copy_(permute_basis_state(st["V"], order, side))
+
+    @staticmethod
+    def _cache_whitening(group: dict, st: dict[str, Tensor], sides) -> None:
+        """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the given sides, so a step
+        only multiplies by them."""
+        alpha, post_alpha = _exponents(group)
         for side in sides:
             _, lam, Q = _FACTOR_KEYS[side]
-            st[f"P_{side}"] = pc.inverse_root_basis(st[lam], st[Q], group["alpha"], st[Q].dtype)
-
-    def _refresh(self, group: dict, st: dict[str, Tensor], side: str, due: list[bool],
-                 step_list: list[int]) -> None:
-        """Eigen refresh of one side's factors for the matrices that are due (the first refresh,
-        from the identity basis, always by eigh)."""
-        F, lam, Q = _FACTOR_KEYS[side]
-        # Matrices of a bucket normally share one step; group by step for the bias correction.
-        by_step: dict[int, list[int]] = {}
-        for i, d in enumerate(due):
-            if d:
-                by_step.setdefault(step_list[i], []).append(i)
-        for s, rows in sorted(by_step.items()):
-            pick = slice(None) if len(rows) == len(due) else torch.tensor(rows, device=st[F].device)
-            factor = pc.normalized(st[F][pick], s, group["precond_beta"],
-                                   group["bias_correction"], group["trace_norm"])
-            new_lam, new_Q, failed = pc.refresh(factor, st[lam][pick], st[Q][pick], group["eps"],
-                                                st[F].dtype, group["refresh"] if s > 1 else "eigh")
-            st[lam][pick] = new_lam
-            st[Q][pick] = new_Q
-            st[f"eigh_failures_{side}"][pick] += failed
+            st[f"P_{side}"] = pc.inverse_root_basis(st[lam], st[Q], alpha, st[Q].dtype)
+            st[f"P_{side}_post"] = (st[f"P_{side}"] if post_alpha == alpha else
+                                    pc.inverse_root_basis(st[lam], st[Q], post_alpha, st[Q].dtype))
 
     # ---- read-outs ----------------------------------------------------------------------------
 
@@ -335,30 +497,104 @@ class Mousse(Optimizer):
         return out
 
 
-class Muon(Mousse):
-    """Muon (Keller Jordan) on Mousse's code path with no preconditioning.
+# ---- the named presets -------------------------------------------------------------------------
 
-    Defaults are torch.optim.Muon's: Nesterov momentum, the (3.4445, -4.7750, 2.0315) schedule,
-    lr 1e-3, weight decay 0.1 and its LR rule sqrt(max(1, m/n)) (lr_scale="muon"; "rms" is
-    torch's "match_rms_adamw").
-    """
+class Mousse(KroneckerOptimizer):
+    """Mousse (arXiv 2603.09697): Muon whitened by Shampoo's Kronecker factors, the engine's
+    defaults. Per step: momentum M <- mu M + G; factors L, R as EMAs of G G^T, G^T G; every
+    `precond_freq` steps (from step 1) an eigh refresh of the bias-corrected, trace-normalized
+    factors; U = P_L NS(P_L^T M P_R) P_R^T with P = Q diag(lam^-alpha), grafted to ||NS(.)||_F;
+    W <- W (1 - lr wd) - lr sqrt(m/n) U. alpha = 0 is exactly Muon's update."""
 
-    _sides = ("none",)
 
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns: str = "muon",
-        ns_steps: int = 5,
-        lr_scale: str = "muon",
-        ns_dtype: torch.dtype | None = None,
-    ):
-        super().__init__(
-            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-            alpha=0.0, sides="none", graft=False, ns=ns, ns_steps=ns_steps, lr_scale=lr_scale,
-            ns_dtype=ns_dtype,
-        )
+class Muon(KroneckerOptimizer):
+    """Muon (Keller Jordan): no preconditioning. Defaults are torch.optim.Muon's: Nesterov
+    momentum 0.95, the (3.4445, -4.7750, 2.0315) schedule, lr 1e-3, weight decay 0.1 and the LR
+    rule sqrt(max(1, m/n)) (lr_scale="muon"; "rms" is torch's "match_rms_adamw").
+    `nesterov=False` selects heavy-ball momentum."""
+
+    preset = dict(lr=1e-3, weight_decay=0.1, momentum_style="nesterov", sides="none", alpha=0.0,
+                  graft="none", ns="muon", lr_scale="muon")
+
+    def __init__(self, params, nesterov: bool | None = None, **knobs):
+        if nesterov is not None:
+            knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"
+        super().__init__(params, **knobs)
+
+
+class Shampoo(KroneckerOptimizer):
+    """Shampoo as in Distributed Shampoo: EMA first moment (bias-corrected), factor EMAs with
+    beta 0.999 and bias correction, `L^-1/4 M R^-1/4` (no orthogonalization, exponent 1/8 before
+    and after; 1/4 each when one-sided, i.e. the single side's inverse square root), eigenvalues
+    of L + eps I clamped at eps = 1e-12, Adam grafting (beta2 0.999, eps 1e-8), refresh every 100
+    steps and the grafted Adam step alone before `precond_start` (default: precond_freq + 1)."""
+
+    preset = dict(lr=1e-3, momentum=0.9, momentum_style="ema", weight_decay=0.0, alpha=0.125,
+                  orthogonalizer="identity", graft="adam", factor_norm="none", precond_beta=0.999,
+                  eps=1e-12, eig_floor="clamp", precond_freq=100, precond_start=101, beta2=0.999,
+                  adam_eps=1e-8, lr_scale="none")
+
+    @classmethod
+    def derived(cls, knobs: dict) -> dict:
+        return {"precond_start": knobs["precond_freq"] + 1,
+                "alpha": 0.125 if knobs["sides"] == "both" else 0.25}
+
+
+class SOAP(KroneckerOptimizer):
+    """SOAP (Vyas et al. 2024): Adam run in Shampoo's eigenbasis. The first call only builds the
+    factors and bases; each later step rotates the gradient and EMA momentum into the basis,
+    takes Adam's step there (betas 0.95, 0.95, eps 1e-8), rotates back and applies weight decay
+    0.01 after the update; factors (EMA 0.95) update after the step and the basis is refreshed
+    every 10 steps by one power iteration + QR (the second moment follows the column order, the
+    first moment is kept in the original space so it rotates exactly)."""
+
+    preset = dict(lr=3e-3, momentum=0.95, momentum_style="ema", beta2=0.95, adam_eps=1e-8,
+                  weight_decay=0.01, weight_decay_style="after", alpha=0.0, post_alpha=0.0,
+                  orthogonalizer="adam", graft="none", factor_norm="none", bias_correction=False,
+                  precond_beta=0.95, eps=1e-30, eig_floor="clamp", precond_freq=10, refresh="qr",
+                  refresh_after_update=True, skip_first_step=True, lr_scale="none")
+
+
+class SPlus(KroneckerOptimizer):
+    """SPlus (Frans, Levine and Abbeel 2025): U = Q_L sign(Q_L^T M Q_R) Q_R^T with EMA momentum
+    (0.9), bases from the factor EMAs (0.999) recomputed on step 1 and every 100 steps after the
+    update, lr scaled by 2/(m+n), weight decay 0.01 after the update (same scale), and an
+    iterate average (rate 0.999) that `averaged_weights()` swaps in for evaluation."""
+
+    preset = dict(lr=0.1, momentum=0.9, momentum_style="ema", weight_decay=0.01,
+                  weight_decay_style="after_scaled", alpha=0.0, post_alpha=0.0,
+                  orthogonalizer="sign", graft="none", factor_norm="none", bias_correction=False,
+                  precond_beta=0.999, eps=1e-30, eig_floor="clamp", precond_freq=100,
+                  refresh_after_update=True, average_rate=0.999, lr_scale="mean_dim")
+
+
+class TNT(KroneckerOptimizer):
+    """TNT, Tensor Normal Training (Ren and Goldfarb 2021): heavy-ball momentum (0.9) on the
+    gradient, preconditioned by (Lh + eps I)^-1 M (Rh + eps I)^-1 (exponent 1/2 before and after,
+    no orthogonalization) with factors from sampled-label gradients (`fisher="sampled"`: the
+    trainer supplies them; "empirical" uses the gradient), EMA 0.9, "same-trace" normalized,
+    refreshed every statistics step during the first `precond_freq` (20) steps, then every
+    `precond_freq`. Bias correction of the factor EMA stands in for the paper's warm start."""
+
+    preset = dict(lr=1e-4, momentum=0.9, weight_decay=0.0, alpha=0.5, orthogonalizer="identity",
+                  graft="none", factor_norm="same_trace", precond_beta=0.9, eps=0.01,
+                  eig_floor="clamp", precond_freq=20, refresh_warmup=20, fisher="sampled",
+                  lr_scale="none")
+
+    @classmethod
+    def derived(cls, knobs: dict) -> dict:
+        return {"refresh_warmup": knobs["precond_freq"]}
+
+
+class SpecGD(KroneckerOptimizer):
+    """Spectral gradient descent: W <- W - lr U V^T with U S V^T the SVD of the raw gradient,
+    (near-)zero singular values dropped; no momentum, no preconditioning."""
+
+    preset = dict(lr=0.02, momentum=0.0, weight_decay=0.0, sides="none", alpha=0.0,
+                  orthogonalizer="exact", graft="none", lr_scale="none")
+
+
+OPTIMIZERS: dict[str, type[KroneckerOptimizer]] = {
+    "mousse": Mousse, "muon": Muon, "shampoo": Shampoo, "soap": SOAP, "splus": SPlus, "tnt": TNT,
+    "specgd": SpecGD,
+}

@@ -58,7 +58,10 @@ NS_METHODS: dict[str, NSMethod] = {
         norm_scale=1.02,
     ),
 }
-ORTHOGONALIZERS = (*NS_METHODS, "exact")
+NS_SCHEDULES = tuple(NS_METHODS)
+# What the family applies to the whitened momentum (docs/family.md): msign by Newton-Schulz or
+# exactly, elementwise sign (SPlus), or nothing (Shampoo, TNT).
+ORTHOGONALIZERS = ("newton_schulz", "exact", "sign", "identity")
 
 
 def power_of_two_scale(X: Tensor) -> Tensor:
@@ -111,7 +114,12 @@ def polar_exact(X: Tensor) -> Tensor:
 
 
 def orthogonalize(X: Tensor, method: str, steps: int, dtype: torch.dtype) -> Tensor:
-    """msign of each matrix in the (B, m, n) batch by the named method ("exact" or an NS schedule)."""
+    """Each matrix of the (B, m, n) batch mapped by `method`: an NS schedule name (approximate
+    msign in `dtype`), "exact" (polar factor by SVD), "sign" (elementwise) or "identity"."""
     if method == "exact":
         return polar_exact(X.to(torch.promote_types(dtype, torch.float32))).to(X.dtype)
+    if method == "sign":
+        return torch.sign(X)
+    if method == "identity":
+        return X
     return newton_schulz(X, NS_METHODS[method], steps, dtype)

@@ -1,4 +1,4 @@
-"""Shampoo's Kronecker factors for Mousse: running statistics, eigen refresh, whitening.
+"""Shampoo's Kronecker factors for the family: running statistics, eigen refresh, whitening.
 
 All functions act on batches: factors (B, k, k), eigenvalues (B, k), bases (B, k, k).
 """
@@ -28,47 +28,62 @@ def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
     return ~finite
 
 
-def normalized(F: Tensor, step: int, beta: float, bias_correction: bool, trace_norm: bool) -> Tensor:
-    """The factor as refreshed: bias-corrected and/or scaled to mean eigenvalue 1 (a new tensor).
-    Scaled in fp64, so factors with tiny or huge traces neither under- nor overflow."""
+FACTOR_NORMS = ("trace", "same_trace", "none")
+
+
+def normalized(F: Tensor, count: int, beta: float, bias_correction: bool, norm: str,
+               other_dim: int) -> Tensor:
+    """The factor as refreshed (a new tensor): bias-corrected for `count` EMA updates, then scaled
+    by `norm`: "trace" to mean eigenvalue 1 (Mousse), "same_trace" F sqrt(dim / (other_dim tr F))
+    (TNT: L and R then carry equal shares of tr(L kron R)), or "none". Scaled in fp64, so
+    factors with tiny or huge traces neither under- nor overflow."""
     scale = torch.ones(F.size(0), dtype=torch.float64, device=F.device)
     if bias_correction:
-        scale = scale / (1.0 - beta**step)
-    if trace_norm:
+        scale = scale / (1.0 - beta**count)
+    if norm != "none":
         trace = F.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.float64) * scale
         ok = torch.isfinite(trace) & (trace > 0)
-        scale = torch.where(ok, scale * F.size(-1) / torch.where(ok, trace, 1.0), scale)
+        trace = torch.where(ok, trace, 1.0)
+        dim = F.size(-1)
+        factor = dim / trace if norm == "trace" else torch.sqrt(dim / (other_dim * trace))
+        scale = torch.where(ok, scale * factor, scale)
     return (F.double() * scale[:, None, None]).to(F.dtype)
 
 
 REFRESHES = ("eigh", "qr")
+# Eigenvalue floor after eigh(F + eps I): "shift" lifts the spectrum so its minimum is eps
+# (Mousse), "clamp" raises each eigenvalue to at least eps (Shampoo, TNT).
+EIG_FLOORS = ("shift", "clamp")
 
 
 def _damped(F: Tensor, eps: float) -> Tensor:
     return F + eps * torch.eye(F.size(-1), dtype=F.dtype, device=F.device)
 
 
-def _floored(lam: Tensor, eps: float) -> Tensor:
+def _floored(lam: Tensor, eps: float, floor: str) -> Tensor:
+    if floor == "clamp":
+        return lam.clamp(min=eps)
     return lam + (-lam.amin(dim=-1, keepdim=True)).clamp(min=0) + eps
 
 
-def _eigh_floored(F: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _eigh_floored(F: Tensor, eps: float, floor: str) -> tuple[Tensor, Tensor, None]:
     lam, Q = eigh(_damped(F, eps))
-    return _floored(lam, eps), Q
+    return _floored(lam, eps, floor), Q, None
 
 
-def _qr_floored(F: Tensor, Q_prev: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _qr_floored(F: Tensor, Q_prev: Tensor, eps: float, floor: str) -> tuple[Tensor, Tensor, Tensor]:
     """SOAP's warm start: one power iteration from the previous basis, re-orthonormalized by QR.
 
     The previous basis's columns are first put in descending order of their Rayleigh quotients
     diag(Q^T F Q), so Gram-Schmidt meets the dominant directions first (orthogonal iteration);
     the eigenvalue estimates are the Rayleigh quotients of the new basis, floored like eigh's.
+    Also returns that column order (new column j continues old column order[j]).
     """
     F = _damped(F, eps)
     FQ = F @ Q_prev
     order = (Q_prev * FQ).sum(-2).argsort(dim=-1, descending=True)
     Q, _ = torch.linalg.qr(FQ.gather(-1, order.unsqueeze(-2).expand_as(FQ)))
-    return _floored((Q * (F @ Q)).sum(-2), eps), Q
+    return _floored((Q * (F @ Q)).sum(-2), eps, floor), Q, order
 
 
 def _all_finite(*tensors: Tensor) -> bool:
@@ -77,39 +92,41 @@ def _all_finite(*tensors: Tensor) -> bool:
 
 def refresh(
     F: Tensor, lam_prev: Tensor, Q_prev: Tensor, eps: float, dtype: torch.dtype,
-    method: str = "eigh",
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Eigen-pairs of `F + eps I`, eigenvalues floored at eps, for a batch of factors.
+    method: str = "eigh", floor: str = "shift",
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Eigen-pairs of `F + eps I`, eigenvalues floored at eps (`floor`), for a batch of factors.
 
     method "eigh" decomposes exactly; "qr" refines the previous pair by one power iteration + QR
     (two matmuls and a QR instead of an eigendecomposition; converges to the eigh pair over
     refreshes of slowly changing factors), and falls back to eigh when its result is not finite.
     eigh tries `dtype` (fp32 or wider), retries in fp64 on failure or non-finite output, then
     matrix by matrix; a matrix that still fails keeps its previous pair. Returns (lam, Q, failed
-    mask). The finiteness checks read the result on the host, once per refresh (CUDA's eigh
+    mask, order): order is the qr refresh's column order (None when eigh ran), so state kept in
+    the eigenbasis can follow its columns. The finiteness checks read the result on the host, once per refresh (CUDA's eigh
     syncs anyway; for qr this check is the refresh's only sync).
     """
     attempts = [("qr", dtype)] if method == "qr" else []
     attempts += [("eigh", d) for d in dict.fromkeys((dtype, torch.float64))]
     for how, attempt_dtype in attempts:
         try:
-            lam, Q = (_qr_floored(F.to(attempt_dtype), Q_prev.to(attempt_dtype), eps) if how == "qr"
-                      else _eigh_floored(F.to(attempt_dtype), eps))
+            lam, Q, order = (
+                _qr_floored(F.to(attempt_dtype), Q_prev.to(attempt_dtype), eps, floor)
+                if how == "qr" else _eigh_floored(F.to(attempt_dtype), eps, floor))
         except RuntimeError:
             continue
         if _all_finite(lam, Q):
             failed = torch.zeros(F.size(0), dtype=torch.bool, device=F.device)
-            return lam.to(lam_prev.dtype), Q.to(Q_prev.dtype), failed
+            return lam.to(lam_prev.dtype), Q.to(Q_prev.dtype), failed, order
     lam, Q = lam_prev.clone(), Q_prev.clone()
     failed = torch.ones(F.size(0), dtype=torch.bool, device=F.device)
     for i in range(F.size(0)):
         try:
-            lam_i, Q_i = _eigh_floored(F[i : i + 1].to(torch.float64), eps)
+            lam_i, Q_i, _ = _eigh_floored(F[i : i + 1].to(torch.float64), eps, floor)
         except RuntimeError:
             continue
         if _all_finite(lam_i, Q_i):
             lam[i], Q[i], failed[i] = lam_i[0], Q_i[0], False
-    return lam, Q, failed
+    return lam, Q, failed, None
 
 
 def inverse_root_basis(lam: Tensor, Q: Tensor, alpha: float, dtype: torch.dtype) -> Tensor:

@@ -1,12 +1,13 @@
 """Route a model's parameters by role and wrap the optimizers in one object.
 
-Block 2-D weights go to the matrix optimizer (Mousse, Muon or AdamW); embeddings, the output head,
+Block 2-D weights go to the matrix optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings, the output head,
 norm gains and biases go to the scalar optimizer (AdamW or Lion). Embedding and head are never sent
 to Mousse: treating them as matrices silently trains badly (spec section 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .lion import Lion
-from .optim import Mousse, Muon, closure_loss
+from .optim import OPTIMIZERS, closure_loss
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -91,6 +92,26 @@ class CombinedOptimizer(Optimizer):
         return [row for opt in self.parts.values() if hasattr(opt, "telemetry")
                 for row in opt.telemetry()]
 
+    def fisher_params(self) -> list:
+        """Parameters whose next step needs a sampled-label gradient (see KroneckerOptimizer)."""
+        return [p for opt in self.parts.values() if hasattr(opt, "fisher_params")
+                for p in opt.fisher_params()]
+
+    def set_fisher_grads(self, grads: dict) -> None:
+        for opt in self.parts.values():
+            if hasattr(opt, "set_fisher_grads"):
+                mine = {id(p) for g in opt.param_groups for p in g["params"]}
+                opt.set_fisher_grads({p: g for p, g in grads.items() if id(p) in mine})
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Every part's iterate average swapped in (where a part keeps one), raw weights after."""
+        with contextlib.ExitStack() as stack:
+            for opt in self.parts.values():
+                if hasattr(opt, "averaged_weights"):
+                    stack.enter_context(opt.averaged_weights())
+            yield
+
 
 def build_optimizer(
     model: nn.Module,
@@ -98,13 +119,15 @@ def build_optimizer(
     lr: float = 0.06,
     scalar_optimizer: str = "adamw",
     scalar_lr: float = 0.006,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = None,
     matrix_kwargs: dict | None = None,
     roles: dict[str, str] | None = None,
 ) -> tuple[CombinedOptimizer, list[Route]]:
     """One optimizer for the whole model, and the routing table.
 
-    optimizer: "mousse" | "muon" | "adamw" for block matrices (`matrix_kwargs` go to it).
+    optimizer: a name in `optim.OPTIMIZERS` (mousse, muon, shampoo, soap, splus, tnt, specgd) or
+    "adamw", for block matrices; `matrix_kwargs` (the family's knobs) go to it.
+    weight_decay: the matrix optimizer's (None: the named optimizer's own default).
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
     with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
     """
@@ -119,8 +142,9 @@ def build_optimizer(
     if bad:
         raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
 
-    if optimizer not in ("mousse", "muon", "adamw"):
-        raise ValueError(f"invalid optimizer={optimizer!r}: expected 'mousse', 'muon' or 'adamw'")
+    if optimizer not in (*OPTIMIZERS, "adamw"):
+        raise ValueError(f"invalid optimizer={optimizer!r}: expected one of "
+                         f"{', '.join((*OPTIMIZERS, 'adamw'))}")
     if scalar_optimizer not in ("adamw", "lion"):
         raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
 
@@ -132,12 +156,14 @@ def build_optimizer(
     parts: dict[str, Optimizer] = {}
     if matrices:
         params, kwargs = [p for _, p in matrices], dict(matrix_kwargs or {})
+        if weight_decay is not None:
+            kwargs["weight_decay"] = weight_decay
         if optimizer == "adamw":
             kwargs.setdefault("betas", (0.9, 0.95))
-            parts["matrix"] = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
+            kwargs.setdefault("weight_decay", 0.01)
+            parts["matrix"] = torch.optim.AdamW(params, lr=lr, **kwargs)
         else:
-            cls = Mousse if optimizer == "mousse" else Muon
-            parts["matrix"] = cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+            parts["matrix"] = OPTIMIZERS[optimizer](params, lr=lr, **kwargs)
     if others:
         groups: dict[float, list] = {}
         for n, p in others:
