@@ -26,6 +26,7 @@ class StepLogged:
     tokens_per_s: float
     train_seconds: float
     eta_seconds: float
+    fisher_ms: float = 0.0  # part of fwd_bwd_ms: TNT's sampled-label backward
 
     def record(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "steps"}

@@ -98,6 +98,13 @@ def adam_normalize(X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, c
     return X * math.sqrt(1.0 - beta2**count) / (V.sqrt() + eps)
 
 
+def refresh_due(knobs: dict, t: int) -> bool:
+    """Whether step t (1-based) refreshes the eigen-pairs: every `precond_freq` steps from step
+    1, and on every statistics step up to `refresh_warmup`."""
+    is_stat = (t - 1) % knobs["stat_freq"] == 0
+    return (t - 1) % knobs["precond_freq"] == 0 or (is_stat and t <= knobs["refresh_warmup"])
+
+
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
     """State indexed by eigenbasis columns (rows for L, columns for R) put in the new order."""
     if side == "L":
@@ -203,9 +210,14 @@ class KroneckerOptimizer(Optimizer):
     def __init__(self, params, **knobs):
         self._buckets: list[list[_Bucket]] | None = None
         self._fisher: dict[int, Tensor] = {}
+        self._explicit = set(knobs)  # derived defaults never override these
         super().__init__(params, self.resolve_knobs(**knobs))
 
     def add_param_group(self, param_group: dict) -> None:
+        # a group's derived defaults follow the group's own knobs (e.g. sides="left" in Shampoo)
+        derived = self.derived({**self.defaults, **param_group})
+        param_group.update({k: v for k, v in derived.items()
+                            if k not in param_group and k not in self._explicit})
         super().add_param_group(param_group)
         try:
             validate_group(self.param_groups[-1])
@@ -423,15 +435,13 @@ class KroneckerOptimizer(Optimizer):
         sides = _SIDE_FACTORS[g["sides"]]
         if not sides:
             return
-        is_stat = (t - 1) % g["stat_freq"] == 0
-        due = (t - 1) % g["precond_freq"] == 0 or (is_stat and t <= g["refresh_warmup"])
-        if is_stat:
+        if (t - 1) % g["stat_freq"] == 0:
             Gs = G if g["fisher"] == "empirical" else self._sampled_grads(params).to(G.dtype)
             for side in sides:
                 skipped = pc.accumulate(st[_FACTOR_KEYS[side][0]], Gs, g["precond_beta"],
                                         "left" if side == "L" else "right")
                 st[f"stat_skips_{side}"] += skipped
-        if due:
+        if refresh_due(g, t):
             count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
             m, n = G.shape[-2:]
             for side in sides:
