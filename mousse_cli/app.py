@@ -17,6 +17,7 @@ import mousse
 from mousse.checkpoint import CheckpointError, find_checkpoint
 from mousse.config import ConfigError, load_config_file, resolve
 from mousse.data import DataError
+from mousse.distributed import env_world_size, exit_on_error, is_main_process, rank_prefix
 
 from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
 from .views import AblationView, TrainView, bench_tables, console, presets_table, results_tables
@@ -37,8 +38,9 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str) -> None:
-    """One line on stderr, exit code 2: the user's input was wrong."""
-    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """One line on stderr, exit code 2: the user's input was wrong (under torchrun: which rank)."""
+    console.quiet = False  # shown even on a rank that is otherwise silent
+    console.print(f"[red]error:[/] {escape(rank_prefix() + message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -49,7 +51,9 @@ def user_errors():
     except USER_ERRORS as exc:
         fail(str(exc))
     except OSError as exc:  # disk full, permissions: not the user's input, still one line
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.quiet = False
+        console.print(f"[red]error:[/] {escape(rank_prefix() + str(exc))}", highlight=False,
+                      soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -111,11 +115,13 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<preset>-<optimizer>-<time>)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run dir (its latest checkpoint), a checkpoint dir, or 'auto' (latest in --run-dir)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
+    nproc: int = typer.Option(1, "--nproc", help="Ranks on this machine (one per GPU, or CPU processes): starts torchrun for you. Several machines: run torchrun yourself (docs/scaling.md)."),
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
     from mousse.train import Trainer, config_from_checkpoint
 
-    with user_errors():
+    with exit_on_error((typer.Exit,)), user_errors():
+        console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         settings = {**(load_config_file(config) if config else {}), **overrides}
         ckpt = None
         if resume is not None:
@@ -129,10 +135,13 @@ def train(
             run_dir = run_dir or find_checkpoint(source).parent.parent
         else:
             cfg = resolve(settings)
+        if nproc != 1:
+            from mousse.distributed import launch_train
+            raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         with graceful_stop() as stop:
             trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop)
             summary = trainer.run(argv=sys.argv)
-    if json_out:
+    if json_out and is_main_process():
         typer.echo(json.dumps(summary))
     if summary["status"] == "diverged":
         raise typer.Exit(EXIT_DIVERGED)
@@ -142,13 +151,17 @@ def train(
 
 @app.command()
 def presets(json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
-    """List model presets with parameter counts, recipe and memory estimate."""
+    """List model presets with parameter counts, recipe (the block matrices' lr for every
+    optimizer, and what it was tuned for) and memory estimate."""
+    from mousse.config import OPTIMIZERS
     from mousse.presets import PRESETS, memory_estimate_bytes, param_count
 
     rows = [{"name": p.name, "params": f"{param_count(p) / 1e6:.1f}M", "d_model": p.d_model,
              "n_layers": p.n_layers, "n_heads": p.n_heads, "seq_len": p.seq_len,
-             "batch_size": p.batch_size, "steps": p.steps, "lr": p.lr, "scalar_lr": p.scalar_lr,
-             "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G", "description": p.description}
+             "batch_size": p.batch_size, "steps": p.steps,
+             "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS}, "lr_note": p.lr_note,
+             "scalar_lr": p.scalar_lr, "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",
+             "description": p.description}
             for p in PRESETS.values()]
     if json_out:
         typer.echo(json.dumps(rows))
@@ -179,7 +192,8 @@ def ablate(
     from mousse.ablation import check_max_runs, load_spec, parse_seeds, parse_sweep_values, plan_ablation, shard_runs
     from mousse.sweep import Ablation
 
-    with user_errors():
+    with exit_on_error((typer.Exit,)), user_errors():
+        console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         sweep_flags = {k: parse_sweep_values(k, v) for k, v in overrides.items() if k in SWEEP_FLAGS}
         base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
         file = load_spec(spec) if spec else {}
@@ -192,6 +206,9 @@ def ablate(
         check_max_runs(plan, max_runs)
         if parallel < 1:
             raise ConfigError("--parallel must be >= 1")
+        if parallel > 1 and env_world_size() > 1:
+            raise ConfigError("--parallel runs single-process runs side by side; under torchrun "
+                              "each run uses every rank, one run after another: drop --parallel")
         runs = shard_runs(plan.runs, shard) if shard else plan.runs
         ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
         ablation.validate()
@@ -212,7 +229,7 @@ def ablate(
     show_results(results)
     console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True,
                   markup=False)
-    if json_out:
+    if json_out and is_main_process():
         typer.echo(json.dumps(results))
     statuses = {r["status"] for r in results["runs"] if r["name"] in {run.name for run in runs}}
     if stop.is_set():
@@ -278,4 +295,7 @@ def report(
 
 
 def main() -> None:
+    if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
+        from mousse.distributed import run_rank
+        run_rank(app)
     app()

@@ -116,20 +116,34 @@ class TrainView:
 
 
 def presets_table(rows: list[dict]):
-    """Presets as a compact table, with each one's description below it."""
+    """Presets as a compact table with each one's description below it, then the block matrices'
+    peak lr per optimizer and what those values were tuned for."""
     from rich.console import Group
 
     table = Table(title="mousse presets", header_style="bold underline", title_justify="left",
                   box=None, pad_edge=False)
-    for col in ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "lr",
-                "scalar lr", "memory*"):
+    for col in ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr",
+                "memory*"):
         table.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r["params"], f"{r['d_model']}x{r['n_layers']}", str(r["n_heads"]),
-                      str(r["seq_len"]), str(r["batch_size"]), f"{r['steps']:,}", str(r["lr"]),
+                      str(r["seq_len"]), str(r["batch_size"]), f"{r['steps']:,}",
                       str(r["scalar_lr"]), r["memory"])
-    notes = "\n".join(f"[bold]{r['name']}[/]: {r['description']}" for r in rows)
-    return Group(table, notes, "* weights + grads + Mousse state + activations of one micro batch, fp32")
+    notes = "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows)
+
+    optimizers = list(rows[0]["lrs"]) if rows else []
+    lrs = Table(title="peak lr of the block matrices, per --optimizer", header_style="bold underline",
+                title_justify="left", box=None, pad_edge=False)
+    for col in ("preset", *optimizers):
+        lrs.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
+    for r in rows:
+        lrs.add_row(r["name"], *("-" if r["lrs"][o] is None else f"{r['lrs'][o]:g}" for o in optimizers))
+    by_note: dict[str, list[str]] = {}
+    for r in rows:
+        by_note.setdefault(r["lr_note"], []).append(r["name"])
+    tuned = "\n".join(f"[bold]{', '.join(names)}[/]: {escape(note)}" for note, names in by_note.items())
+    return Group(table, notes, "* weights + grads + Mousse state + activations of one micro batch, fp32",
+                 "", lrs, tuned)
 
 
 class AblationView:

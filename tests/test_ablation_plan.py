@@ -27,8 +27,8 @@ def test_one_at_a_time_alpha_default_once_and_baseline_first():
 
 
 def test_one_at_a_time_varies_one_knob_per_run():
-    plan = plan_ablation({"sides": ["both", "left", "right"], "trace_norm": [True, False]})
-    assert names(plan) == ["muon", "mousse", "sides=left", "sides=right", "trace_norm=off"]
+    plan = plan_ablation({"sides": ["both", "left", "right"], "factor_norm": ["trace", "none"]})
+    assert names(plan) == ["muon", "mousse", "sides=left", "sides=right", "factor_norm=none"]
     assert all(len(r.knobs) <= 1 for r in plan.runs)
 
 
@@ -56,15 +56,69 @@ def test_no_baseline_and_swept_muon_dedupes_with_baseline():
     assert [r.is_baseline for r in plan.runs] == [True, False, False]
 
 
-def test_mousse_only_knobs_dropped_for_muon_and_adamw():
+def test_preconditioner_knobs_dropped_for_muon_family_knobs_for_adamw():
     plan = plan_ablation({"optimizer": ["mousse", "muon", "adamw"], "alpha": [0.0, 0.25],
                           "precond_freq": [1, 10]}, mode="grid")
     assert names(plan) == ["muon", "alpha=0.0+precond_freq=1", "alpha=0.0", "alpha=0.25+precond_freq=1",
                            "alpha=0.25", "adamw"]
     assert {r.name: r.knobs for r in plan.runs}["adamw"] == {"optimizer": "adamw"}
-    # non-Mousse knobs are kept for every optimizer
+    # lr (and weight decay) are kept for every optimizer
     plan = plan_ablation({"optimizer": ["muon", "adamw"], "lr": [0.01, 0.02]}, mode="grid", baseline=False)
     assert names(plan) == ["muon+lr=0.01", "muon+lr=0.02", "adamw+lr=0.01", "adamw+lr=0.02"]
+    plan = plan_ablation({"optimizer": ["adamw"], "weight_decay": [0.0, 0.01]}, mode="grid",
+                         baseline=False)
+    assert names(plan) == ["adamw+weight_decay=0.0", "adamw"]  # 0.01 is AdamW's own
+
+
+def test_knobs_dropped_per_optimizer_across_the_family():
+    """Which knobs each optimizer keeps follows from its resolved knobs, not from its name:
+    preconditioner knobs go from the ones that precondition no side (Muon, SpecGD), the family's
+    knobs from AdamW, and the rest (orthogonalizer, momentum, ...) stay everywhere."""
+    from mousse.optim import OPTIMIZERS
+
+    family = list(OPTIMIZERS)
+    plan = plan_ablation({"optimizer": [*family, "adamw"], "factor_norm": ["same_trace"],
+                          "momentum_style": ["nesterov"]}, mode="grid", baseline=False)
+    knobs = {r.knobs.get("optimizer", "mousse"): r.knobs for r in plan.runs}
+    assert list(knobs) == [*family, "adamw"]
+    for name in family:
+        unpreconditioned = OPTIMIZERS[name].preset["sides"] == "none"
+        assert ("factor_norm" in knobs[name]) == (not unpreconditioned and name != "tnt"), name
+        # nesterov is Muon's own momentum style: it changes every other family member
+        assert ("momentum_style" in knobs[name]) == (name != "muon"), name
+    assert {n for n in family if OPTIMIZERS[n].preset["sides"] == "none"} == {"muon", "specgd"}
+    assert knobs["adamw"] == {"optimizer": "adamw"}
+    assert knobs["tnt"] == {"optimizer": "tnt", "momentum_style": "nesterov"}  # same_trace is TNT's
+
+
+def test_knob_equal_to_the_optimizers_recipe_collapses():
+    # Muon's recipe: the you5 schedule and the spectral lr rule (the released baseline's), not
+    # torch.optim.Muon's; SOAP's lr rule is none
+    plan = plan_ablation({"optimizer": ["muon", "soap"], "ns": ["you5", "muon"],
+                          "lr_scale": ["spectral", "none"]}, mode="grid", baseline=False)
+    assert names(plan)[:4] == ["muon", "muon+lr_scale=none", "muon+ns=muon",
+                               "muon+ns=muon+lr_scale=none"]
+    assert [n for n in names(plan) if "ns=" not in n] == [
+        "muon", "muon+lr_scale=none", "soap+lr_scale=spectral", "soap"]
+
+
+def test_sides_none_drops_the_other_preconditioner_knobs_of_that_run():
+    plan = plan_ablation({"sides": ["both", "none"], "alpha": [0.125, 0.25]}, mode="grid",
+                         baseline=False)
+    assert names(plan) == ["mousse", "sides=none", "alpha=0.25"]
+    # an unpreconditioned optimizer ignores a swept sides (and with it alpha)
+    plan = plan_ablation({"optimizer": ["specgd"], "sides": ["both"], "alpha": [0.25]}, mode="grid",
+                         baseline=False)
+    assert names(plan) == ["specgd"]
+
+
+def test_whole_family_plan_with_base_optimizer():
+    plan = plan_ablation({"optimizer": ["shampoo", "soap", "splus", "tnt", "specgd"]})
+    assert names(plan) == ["muon", "mousse", "shampoo", "soap", "splus", "tnt", "specgd"]
+    # a base optimizer is the centre: its name and its own knobs
+    plan = plan_ablation({"precond_freq": [10, 100]}, base={"optimizer": "shampoo"}, baseline=False)
+    assert names(plan) == ["shampoo", "precond_freq=10"]
+    assert plan.default_dir_name().startswith("ablate-precond_freq-")
 
 
 def test_base_defines_the_centre():
@@ -92,7 +146,7 @@ def test_plan_id_stable_and_sensitive():
 
 
 def test_to_dict_from_dict_round_trip_via_toml():
-    plan = plan_ablation({"alpha": [0.0, 0.25], "trace_norm": [True, False], "sides": ["left"]},
+    plan = plan_ablation({"alpha": [0.0, 0.25], "factor_norm": ["trace", "none"], "sides": ["left"]},
                          base={"preset": "tiny", "steps": 40}, mode="grid", seeds=[0, 3])
     back = AblationPlan.from_dict(tomlio.loads(tomlio.dumps(plan.to_dict())))
     assert back == plan and back.plan_id() == plan.plan_id()
@@ -103,6 +157,10 @@ def test_to_dict_from_dict_round_trip_via_toml():
     ({"alpha": []}, {}, ["empty", "alpha"]),
     ({"alpha": ["high"]}, {}, ["alpha", "high"]),
     ({"sides": ["middle"]}, {}, ["sides", "middle"]),
+    ({"graft": [True]}, {}, ["graft", "True", "orthogonalizer, adam, none"]),
+    ({"trace_norm": [True]}, {}, ["trace_norm", "factor_norm"]),
+    ({"nesterov": [True]}, {}, ["nesterov", "momentum_style"]),
+    ({"ns": ["exact"]}, {}, ["ns", "exact", "you5"]),
     ({"seed": [1, 2]}, {}, ["seeds"]),
     ({}, {}, ["nothing to sweep"]),
     ({"alpha": [0.0]}, {"mode": "gird"}, ["gird", "grid"]),
@@ -117,11 +175,18 @@ def test_plan_errors(sweeps, kwargs, words):
 
 def test_parse_sweep_values():
     assert parse_sweep_values("alpha", "0.0,0.125, 0.25,0.125") == [0.0, 0.125, 0.25]
-    assert parse_sweep_values("trace-norm", "on,off") == [True, False]
+    assert parse_sweep_values("bias-correction", "on,off") == [True, False]
     assert parse_sweep_values("sides", "both,left,right") == ["both", "left", "right"]
+    assert parse_sweep_values("factor-norm", "trace,none") == ["trace", "none"]
+    assert parse_sweep_values("orthogonalizer", "newton_schulz,identity,sign,exact") == [
+        "newton_schulz", "identity", "sign", "exact"]
+    assert parse_sweep_values("post_alpha", "0,0.125") == [0.0, 0.125]
     assert parse_sweep_values("precond_freq", "1,10,100") == [1, 10, 100]
-    for knob, text in [("alpha", ""), ("alpha", "x"), ("trace_norm", "maybe"), ("optimizer", "sgd"),
-                       ("precond_freq", "1.5")]:
+    assert parse_sweep_values("optimizer", "shampoo,soap,splus,tnt,specgd,adamw") == [
+        "shampoo", "soap", "splus", "tnt", "specgd", "adamw"]
+    for knob, text in [("alpha", ""), ("alpha", "x"), ("bias_correction", "maybe"), ("optimizer", "sgd"),
+                       ("precond_freq", "1.5"), ("graft", "on"), ("factor_norm", "off"),
+                       ("orthogonalizer", "svd"), ("ns", "exact"), ("momentum_style", "polyak")]:
         with pytest.raises(ConfigError, match=knob):
             parse_sweep_values(knob, text)
 
@@ -165,20 +230,25 @@ def test_shipped_specs_load_and_plan(path):
 
 def test_shipped_specs_are_the_papers_studies():
     sweeps = {p.stem: load_spec(p)["sweeps"] for p in ABLATIONS.glob("*.toml")}
-    assert sweeps == {"alpha": {"alpha": [0.0, 0.125, 0.25]}, "trace_norm": {"trace_norm": [True, False]},
+    assert sweeps == {"alpha": {"alpha": [0.0, 0.125, 0.25]},
+                      "trace_norm": {"factor_norm": ["trace", "none"]},
                       "sides": {"sides": ["both", "left", "right"]},
                       "precond_freq": {"precond_freq": [1, 10, 100]},
-                      "optimizers": {"optimizer": ["mousse", "muon", "adamw"]}}
+                      "optimizers": {"optimizer": ["mousse", "muon", "adamw", "shampoo", "soap",
+                                                   "splus", "tnt", "specgd"]},
+                      "family": {"momentum_style": ["heavy_ball", "nesterov", "ema"],
+                                 "post_alpha": [0.0], "graft": ["orthogonalizer", "none"],
+                                 "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"]}}
 
 
 def test_load_spec_full(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "x"\nmode = "grid"\nseeds = [1, 2]\nbaseline = false\n'
                     '[base]\npreset = "tiny"\nsteps = 30\n'
-                    '[sweep]\nalpha = [0.0, 0.25]\ntrace-norm = [true, false]\n')
+                    '[sweep]\nalpha = [0.0, 0.25]\nfactor-norm = ["trace", "none"]\n')
     assert load_spec(path) == {"name": "x", "mode": "grid", "seeds": [1, 2], "baseline": False,
                                "base": {"preset": "tiny", "steps": 30},
-                               "sweeps": {"alpha": [0.0, 0.25], "trace_norm": [True, False]}}
+                               "sweeps": {"alpha": [0.0, 0.25], "factor_norm": ["trace", "none"]}}
     path.write_text("seeds = 2\n[sweep]\nalpha = [0.0]\n")
     assert load_spec(path) == {"seeds": [0, 1], "sweeps": {"alpha": [0.0]}}
 

@@ -1,5 +1,6 @@
-"""`mousse ablate` and `mousse report` through the CLI: plan, results, resumability (shards,
-reruns, interruption), divergence marking and exit codes, parallel workers, report formats."""
+"""`mousse ablate`, `mousse report` and `mousse presets` through the CLI: plan, results,
+resumability (shards, reruns, interruption), divergence marking and exit codes, parallel workers,
+report formats, the family's knobs per optimizer, the presets' per-optimizer lrs."""
 
 from __future__ import annotations
 
@@ -146,6 +147,31 @@ def test_dry_run_runs_nothing(cli, tmp_path, monkeypatch):
     assert again.stderr == res.stderr and "runs/ablate-alpha-" in res.stderr
 
 
+def test_dry_run_whole_family(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = cli("ablate", "--optimizer", "shampoo,soap,splus,tnt,specgd,adamw", "--dry-run")
+    assert res.exit_code == 0, res
+    lines = res.stderr_lines()
+    assert "8 runs" in lines[0] and "runs/ablate-optimizer-" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "muon", "mousse", "shampoo", "soap", "splus", "tnt", "specgd", "adamw"]
+    assert "optimizer=tnt" in lines[6]
+
+
+def test_dry_run_drops_knobs_an_optimizer_does_not_use(cli, tmp_path, monkeypatch):
+    """alpha means nothing without preconditioning (Muon, SpecGD) and nothing to AdamW; the
+    orthogonalizer changes every family member but not AdamW."""
+    monkeypatch.chdir(tmp_path)
+    res = cli("ablate", "--optimizer", "mousse,muon,specgd,adamw", "--alpha", "0.0",
+              "--orthogonalizer", "newton_schulz,sign", "--grid", "--dry-run")
+    assert res.exit_code == 0, res
+    runs = {line.split()[0]: line for line in res.stderr_lines()[1:]}
+    assert list(runs) == ["muon", "alpha=0.0", "alpha=0.0+orthogonalizer=sign",
+                          "muon+orthogonalizer=sign", "specgd+orthogonalizer=newton_schulz",
+                          "specgd+orthogonalizer=sign", "adamw"]
+    assert runs["muon"].endswith("(baseline)")
+
+
 def test_max_runs_guard(cli, tmp_path):
     res = cli("ablate", *SWEEP, "--max-runs", "3", "--ablation-dir", tmp_path / "a")
     assert_one_line_error(res, "4 runs", "--max-runs 3")
@@ -155,11 +181,18 @@ def test_max_runs_guard(cli, tmp_path):
 @pytest.mark.parametrize("args,needles", [
     (["--alpha", "0.0,x"], ["alpha", "x"]),
     (["--sides", "both,top"], ["sides", "top"]),
+    (["--optimizer", "mousse,sgd"], ["optimizer", "sgd", "specgd"]),
+    (["--graft", "on,off"], ["graft", "'on'", "orthogonalizer, adam, none"]),
+    (["--factor-norm", "trace,off"], ["factor_norm", "'off'", "trace, same_trace, none"]),
+    (["--orthogonalizer", "svd"], ["orthogonalizer", "svd", "newton_schulz"]),
+    (["--post-alpha", "0.0,x"], ["post_alpha", "x"]),
+    (["--alpha", "0.0", "--beta2", "1.5"], ["beta2", "1.5", "[0, 1)"]),
     (["--alpha", "0.0", "--shard", "3/2"], ["--shard"]),
     (["--alpha", "0.0", "--seeds", "0,-1"], ["seeds"]),
     (["--alpha", "0.0", "--parallel", "0"], ["--parallel"]),
     ([], ["nothing to sweep"]),
-], ids=["alpha-x", "sides-top", "shard", "seeds", "parallel", "no-sweep"])
+], ids=["alpha-x", "sides-top", "optimizer-sgd", "graft-on", "factor-norm-off", "orthogonalizer-svd",
+        "post-alpha-x", "beta2", "shard", "seeds", "parallel", "no-sweep"])
 def test_ablate_bad_input(cli, tmp_path, args, needles):
     res = cli("ablate", *args, "--ablation-dir", tmp_path / "a")
     assert_one_line_error(res, *needles)
@@ -321,3 +354,31 @@ def test_report_errors(cli, tmp_path, ablation):
     (tmp_path / "plain").mkdir()
     assert_one_line_error(cli("report", tmp_path / "plain"), "not an ablation dir")
     assert_one_line_error(cli("report", ablation["dir"], "--format", "yaml"), "yaml")
+
+
+# ---- presets -------------------------------------------------------------------------------------
+
+def test_presets_list_lr_per_optimizer(cli):
+    from mousse.config import OPTIMIZERS
+    from mousse.presets import PRESETS
+
+    res = cli("presets", "--json")
+    assert res.exit_code == 0, res
+    rows = {r["name"]: r for r in res.json()}
+    assert list(rows) == list(PRESETS)
+    for name, row in rows.items():
+        assert list(row["lrs"]) == list(OPTIMIZERS)
+        assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
+    assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.03
+    assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
+    assert "provisional" in rows["small"]["lr_note"].lower()
+
+    res = cli("presets")
+    assert res.exit_code == 0, res
+    text = res.stdout + res.stderr
+    header = next(line for line in text.splitlines() if line.split()[:2] == ["preset", "mousse"])
+    assert header.split() == ["preset", *OPTIMIZERS]
+    tiny = next(line for line in text.splitlines() if line.split()[:1] == ["tiny"]
+                and line.split()[1] == "0.03")
+    assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
+    assert "PROVISIONAL" in text and "released 160M recipe" in text

@@ -109,10 +109,14 @@ def test_lion_matches_its_formula():
         Lion([w], betas=(0.9, 1.0))
 
 
-def test_readme_optimizer_example_runs_as_written(capsys):
+def test_readme_optimizer_examples_run_as_written(capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"## Use the optimizer in your own loop.*?```python\n(.*?)```", readme, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+    section = re.search(r"## Use the optimizer in your own loop(.*?)\n## ", readme, re.S).group(1)
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for code in blocks:  # one session: later examples use earlier names
+        exec(compile(code, "README.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "head      -> adamw" in out and "matrix    -> mousse" in out
     assert re.search(r"loss \d+\.\d{3}", out)

@@ -17,9 +17,9 @@ from conftest import (FAST, FAST_SETTINGS, assert_one_line_error, read_metrics, 
                       train_losses, val_losses)
 from mousse import tomlio
 from mousse.checkpoint import FILES, list_checkpoints, read_checkpoint
-from mousse.config import resolve
+from mousse.config import FAMILY_KNOBS, FIELD_TYPES, resolve
 from mousse.events import StepLogged
-from mousse.train import Trainer
+from mousse.train import Trainer, matrix_kwargs
 
 TRAIN_KEYS = ("step", "train_loss", "lr", "step_ms", "tokens_per_s")
 SUMMARY_KEYS = ("run_dir", "status", "steps", "final_val_loss", "best_val_loss", "step_ms_median")
@@ -126,6 +126,88 @@ def test_flags_override_file_override_preset(cli, tmp_path):
     assert sorted(val_losses(tmp_path / "r")) == [3, 6]
 
 
+# ---- the matrix optimizer's knobs: class preset < recipe < preset lr < file < flag --------------
+
+def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypatch):
+    from mousse import presets
+    from mousse.optim import OPTIMIZERS
+
+    soap = OPTIMIZERS["soap"].preset
+    monkeypatch.setitem(presets.TRAINING_RECIPES, "soap", {"lr": 0.5, "beta2": 0.9, "adam_eps": 1e-7,
+                                                           "precond_beta": 0.8, "stat_freq": 2})
+    monkeypatch.setitem(presets.get_preset("tiny").lrs, "soap", 0.004)
+    cfg = resolve({"optimizer": "soap"})
+    assert (cfg.eig_floor, cfg.refresh, cfg.orthogonalizer) == (soap["eig_floor"], "qr", "adam")  # class
+    assert (cfg.beta2, cfg.precond_beta, cfg.stat_freq) == (0.9, 0.8, 2)  # recipe beats class preset
+    assert cfg.lr == 0.004  # the preset's lr for soap beats the recipe's
+
+    conf = tmp_path / "run.toml"
+    conf.write_text('optimizer = "soap"\nlr = 0.005\nprecond_beta = 0.7\nstat_freq = 3\n')
+    res = cli("train", "--config", conf, *FAST, "--steps", "2", "--eval-every", "2",
+              "--stat-freq", "4", "--run-dir", tmp_path / "r", "--json")
+    assert res.exit_code == 0, res
+    saved = tomlio.load(tmp_path / "r" / "config.toml")
+    assert saved["stat_freq"] == 4  # flag beats file
+    assert (saved["lr"], saved["precond_beta"]) == (0.005, 0.7)  # file beats preset lr and recipe
+    assert (saved["beta2"], saved["adam_eps"]) == (0.9, 1e-7)  # recipe
+    assert saved["skip_first_step"] is True and saved["weight_decay_style"] == "after"  # class
+
+
+def test_every_optimizer_resolves_its_full_recipe():
+    from mousse.optim import KNOBS, OPTIMIZERS
+    from mousse.presets import TRAINING_RECIPES, get_preset
+
+    assert set(KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)
+    for name, cls in OPTIMIZERS.items():
+        cfg = resolve({"optimizer": name})
+        expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": get_preset("tiny").lrs[name]}
+        assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
+        for k in KNOBS:  # the field types fit the engine's values
+            assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
+        kwargs = matrix_kwargs(cfg)
+        assert "lr" not in kwargs and "weight_decay" not in kwargs
+        assert kwargs == {k: getattr(cfg, k) for k in KNOBS
+                          if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
+
+
+def test_muon_recipe_is_the_released_baseline():
+    """`--optimizer muon` keeps what it always ran: Nesterov momentum 0.95, the you5 schedule,
+    the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr."""
+    cfg = resolve({"optimizer": "muon"})
+    assert (cfg.momentum, cfg.momentum_style, cfg.ns, cfg.ns_steps, cfg.lr_scale) == (
+        0.95, "nesterov", "you5", 5, "spectral")
+    assert (cfg.weight_decay, cfg.sides, cfg.alpha, cfg.graft, cfg.lr) == (0.01, "none", 0.0, "none", 0.03)
+    assert (cfg.orthogonalizer, cfg.weight_decay_style) == ("newton_schulz", "decoupled")
+    mousse = resolve({})
+    assert (mousse.momentum_style, mousse.alpha, mousse.sides, mousse.factor_norm, mousse.graft) == (
+        "heavy_ball", 0.125, "both", "trace", "orthogonalizer")
+
+
+def test_derived_defaults_follow_the_resolved_knobs():
+    assert resolve({"optimizer": "shampoo"}).precond_start == 101
+    cfg = resolve({"optimizer": "shampoo", "precond_freq": 10, "sides": "left"})
+    assert (cfg.precond_start, cfg.alpha) == (11, 0.25)
+    assert resolve({"optimizer": "shampoo", "precond_freq": 10, "precond_start": 3}).precond_start == 3
+    assert resolve({"optimizer": "tnt", "precond_freq": 5}).refresh_warmup == 5
+
+
+def test_adamw_keeps_only_lr_and_weight_decay():
+    cfg = resolve({"optimizer": "adamw", "alpha": 0.3, "momentum_style": "ema"})
+    assert (cfg.lr, cfg.weight_decay) == (0.01, 0.01)
+    assert all(getattr(cfg, k) is None for k in FAMILY_KNOBS if k not in ("lr", "weight_decay"))
+    assert matrix_kwargs(cfg) == {}
+
+
+def test_old_knob_names_in_saved_configs_still_resolve():
+    """Config files and checkpoints written before the family engine keep working."""
+    cfg = resolve({"trace_norm": False, "nesterov": True, "graft": False})
+    assert (cfg.factor_norm, cfg.momentum_style, cfg.graft) == ("none", "nesterov", "none")
+    old_muon = resolve({"optimizer": "muon", "trace_norm": True, "graft": True, "nesterov": True,
+                        "ns": "you5", "lr_scale": "spectral", "momentum": 0.95})
+    assert matrix_kwargs(old_muon) == matrix_kwargs(resolve({"optimizer": "muon"})) | {
+        "graft": "orthogonalizer"}  # a no-op without preconditioned sides
+
+
 def test_target_loss_step_recorded_or_null(cli, tmp_path):
     common = [*FAST, "--steps", "9", "--eval-every", "3", "--seed", "1"]
     res = cli("train", *common, "--target-loss", "0.01", "--run-dir", tmp_path / "never", "--json")
@@ -164,8 +246,8 @@ def test_huge_lr_diverges_with_exit_3(cli, tmp_path):
 def test_injected_nan_keeps_last_good_checkpoint(cli, tmp_path, monkeypatch):
     original = Trainer._forward_backward
 
-    def nan_from_step_8(self, step):
-        loss = original(self, step)
+    def nan_from_step_8(self, step, timer):
+        loss = original(self, step, timer)
         return torch.full_like(loss, float("nan")) if step >= 8 else loss
 
     monkeypatch.setattr(Trainer, "_forward_backward", nan_from_step_8)
@@ -244,6 +326,8 @@ BAD_TOML = {
     "unknown_table.toml": ("[train]\nlearning_rate = 0.1\nscalar_lrr = 1\n", ["learning_rate"]),
     "badtype.toml": ('steps = "many"\n', ["steps", "many"]),
     "badchoice.toml": ('sides = "top"\n', ["sides", "top"]),
+    "badgraft.toml": ('graft = "sometimes"\n', ["graft", "sometimes", "orthogonalizer, adam, none"]),
+    "renamed.toml": ('trace_norm = "yes"\n', ["trace_norm", "factor_norm"]),
     "outside_table.toml": ("steps = 5\n[train]\nlr = 0.01\n", ["'steps'", "[train]"]),
 }
 
@@ -253,7 +337,18 @@ BAD_FLAGS = [
     (["--preset", "smal"], ["did you mean 'small'"]),
     (["--alpha", "-1"], ["alpha", "-1"]),
     (["--sides", "top"], ["sides", "top", "both"]),
-    (["--optimizer", "sgd"], ["optimizer", "sgd"]),
+    (["--optimizer", "sgd"], ["optimizer", "sgd", "shampoo, soap, splus, tnt, specgd, adamw"]),
+    (["--factor-norm", "off"], ["factor_norm", "'off'", "trace, same_trace, none"]),
+    (["--graft", "on"], ["graft", "'on'", "orthogonalizer, adam, none"]),
+    (["--orthogonalizer", "svd"], ["orthogonalizer", "svd", "newton_schulz, exact, sign, identity, adam"]),
+    (["--ns", "exact"], ["'ns'", "exact", "you5", "orthogonalizer = exact"]),
+    (["--momentum-style", "polyak"], ["momentum_style", "polyak", "heavy_ball, nesterov, ema"]),
+    (["--optimizer", "tnt", "--fisher", "true"], ["fisher", "true", "empirical, sampled"]),
+    (["--optimizer", "shampoo", "--eps", "0"], ["eps", "0", "> 0"]),
+    (["--post-alpha", "-0.5"], ["post_alpha", "-0.5", ">= 0"]),
+    (["--beta2", "1"], ["beta2", "1", "[0, 1)"]),
+    (["--precond-start", "0"], ["precond_start", "0", ">= 1"]),
+    (["--refresh-warmup", "-1"], ["refresh_warmup", "-1", ">= 0"]),
     (["--steps", "0"], ["steps"]),
     (["--batch-size", "3", "--micro-batch-size", "2"], ["multiple"]),
     (["--momentum", "1.5"], ["momentum"]),

@@ -3,10 +3,13 @@
 Pure and fast (no training here): the CLI prints the plan, the runner executes it, and the resolved
 plan is saved as `ablation.toml` so a rerun in the same directory resumes the same runs.
 
-Knobs are TrainConfig fields. Each run stores only the knobs that differ from the centre
-configuration (TrainConfig defaults updated by the shared `base` settings), so identical runs
-collapse into one. Knobs that only matter for Mousse (`MOUSSE_ONLY`) are dropped from runs whose
-optimizer is muon or adamw: `--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
+Knobs are TrainConfig fields. Each run stores only the knobs that differ from what that run would
+get anyway (TrainConfig defaults, its optimizer's recipe, the shared `base` settings), so identical
+runs collapse into one. Knobs that cannot matter for a run's optimizer are dropped from it: the
+family's knobs from AdamW runs (except lr and weight_decay), and the preconditioner's knobs
+(`config.PRECONDITIONER_KNOBS`: alpha, sides, factor_norm, precond_*, refresh*, graft, ...) from
+runs whose optimizer preconditions no side (resolved sides "none": Muon, SpecGD). So
+`--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
 """
 
 from __future__ import annotations
@@ -18,22 +21,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
-from .config import ConfigError, FIELD_TYPES, TrainConfig, closest, coerce
-from .optim import LR_SCALES, SIDES
-from .orthogonalize import ORTHOGONALIZERS
-from .precondition import REFRESHES
+from . import config, optim
+from .config import (ADAMW_KNOBS, FAMILY_KNOBS, FIELD_TYPES, PRECONDITIONER_KNOBS, ConfigError,
+                     TrainConfig, check_choice, closest, coerce, optimizer_knobs)
 
 MODES = ("one-at-a-time", "grid")
-MOUSSE_ONLY = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
-               "bias_correction", "refresh")
 BASELINE_KNOBS = {"optimizer": "muon"}
 SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep")
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
 _CHOICES = {"optimizer": config.OPTIMIZERS, "scalar_optimizer": config.SCALAR_OPTIMIZERS,
-            "device": config.DEVICES, "sides": SIDES, "ns": ORTHOGONALIZERS, "lr_scale": LR_SCALES,
-            "refresh": REFRESHES}
+            "device": config.DEVICES, **optim.CHOICES}
 _DEFAULTS = TrainConfig().to_dict()
 _FIELDS = list(FIELD_TYPES)
 
@@ -89,6 +87,8 @@ def _check_knob(knob: str) -> str:
     key = knob.replace("-", "_")
     if key == "seed":
         raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
+    if key in config.RENAMED:
+        raise ConfigError(f"'{knob}' is now {config.RENAMED[key]}")
     if key not in KNOBS:
         raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
     return key
@@ -97,8 +97,8 @@ def _check_knob(knob: str) -> str:
 def _value(key: str, value):
     """`value` coerced to the knob's type and checked against its allowed choices."""
     value = coerce(key, value)
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"bad value for '{key}': {value!r}; choose one of {', '.join(_CHOICES[key])}")
+    if key in _CHOICES:
+        check_choice(key, value, _CHOICES[key])
     return value
 
 
@@ -180,11 +180,39 @@ def _variant_name(knobs: dict, centre_optimizer: str) -> str:
     return _safe("+".join(parts) or centre_optimizer)
 
 
-def _effective(assignment: dict, centre: dict) -> dict:
-    """Knobs that differ from the centre, minus Mousse-only knobs for non-Mousse optimizers."""
-    optimizer = assignment.get("optimizer", centre["optimizer"])
-    return {k: v for k, v in assignment.items()
-            if v != centre[k] and not (optimizer != "mousse" and k in MOUSSE_ONLY)}
+def _reference(optimizer: str, base: dict) -> dict:
+    """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
+    defaults, the optimizer's knobs (class preset < LM recipe, lr left to the model preset), then
+    the shared base settings."""
+    knobs = optimizer_knobs(optimizer, {k: v for k, v in base.items() if k in FAMILY_KNOBS})
+    knobs.pop("lr", None)
+    return {**_DEFAULTS, **knobs, **base}
+
+
+def _used(knob: str, optimizer: str, own_sides: str | None, run_sides: str | None) -> bool:
+    """Whether `knob` can change a run of `optimizer`: AdamW uses only lr and weight_decay of the
+    family's knobs; an optimizer that preconditions no side (`own_sides`, from its recipe and the
+    base: Muon, SpecGD) ignores `sides`, and a run that ends up preconditioning no side
+    (`run_sides`) ignores the other preconditioner knobs."""
+    if knob not in FAMILY_KNOBS:
+        return True
+    if optimizer == "adamw":
+        return knob in ADAMW_KNOBS
+    if knob == "sides":
+        return own_sides != "none"
+    return knob not in PRECONDITIONER_KNOBS or run_sides != "none"
+
+
+def _effective(assignment: dict, base: dict) -> dict:
+    """The knobs of `assignment` that change its run: those that differ from what the run gets
+    anyway (`_reference`; the optimizer is compared with the centre's), minus those its optimizer
+    does not use (`_used`)."""
+    optimizer = assignment.get("optimizer", base.get("optimizer", _DEFAULTS["optimizer"]))
+    reference = _reference(optimizer, base)
+    changed = {k: v for k, v in assignment.items() if v != reference[k]}
+    own_sides = reference["sides"]
+    run_sides = changed.get("sides", own_sides) if own_sides != "none" else "none"
+    return {k: v for k, v in changed.items() if _used(k, optimizer, own_sides, run_sides)}
 
 
 def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-time",
@@ -202,7 +230,7 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
     seeds = _seed_list(seeds)
-    centre = {**_DEFAULTS, **base}
+    centre_optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
 
     if mode == "grid":
         assignments = [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
@@ -212,14 +240,14 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
         assignments.insert(0, BASELINE_KNOBS)
     variants: dict[str, dict] = {}  # name -> knobs, first occurrence wins
     for assignment in assignments:
-        knobs = _effective(assignment, centre)
+        knobs = _effective(assignment, base)
         if knobs in variants.values():
             continue
-        name = _variant_name(knobs, centre["optimizer"])
+        name = _variant_name(knobs, centre_optimizer)
         if name in variants:  # distinct strings that sanitize alike
             name += "-" + hashlib.sha256(repr(knobs).encode()).hexdigest()[:6]
         variants[name] = knobs
-    baseline_knobs = _effective(BASELINE_KNOBS, centre) if baseline else None
+    baseline_knobs = _effective(BASELINE_KNOBS, base) if baseline else None
 
     runs = [RunSpec(f"{name}-s{seed}" if len(seeds) > 1 else name, name, dict(knobs), seed,
                     knobs == baseline_knobs)

@@ -21,6 +21,9 @@ from .routing import CombinedOptimizer
 FORMAT = "mousse-checkpoint-1"
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# Distributed runs (mousse.distributed) write the optimizer state as one shard per rank instead of
+# optimizer.safetensors, with this index naming the shards.
+OPTIMIZER_INDEX = "optimizer-index.json"
 
 
 class CheckpointError(ValueError):
@@ -114,19 +117,33 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
     return final
 
 
+def is_complete(ckpt: Path) -> bool:
+    """Every file present: model, trainer and the optimizer state (one file, or an index and
+    every shard it names)."""
+    if not all((ckpt / f).is_file() for f in FILES if f != "optimizer.safetensors"):
+        return False
+    if (ckpt / "optimizer.safetensors").is_file():
+        return True
+    try:
+        shards = json.loads((ckpt / OPTIMIZER_INDEX).read_text())["shards"]
+        return all((ckpt / s).is_file() for s in shards)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete checkpoint dirs under `ckpt_root`, oldest first (half-written ones are ignored)."""
     if not ckpt_root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and all((p / f).is_file() for f in FILES)]
+             if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
     return [p for _, p in sorted(found)]
 
 
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint dir, given either itself or a run dir (its latest checkpoint)."""
     path = Path(path)
-    if all((path / f).is_file() for f in FILES):
+    if is_complete(path):
         return path
     found = list_checkpoints(path / "checkpoints")
     if not found:
@@ -140,6 +157,8 @@ def read_checkpoint(ckpt: Path) -> dict:
     out = {}
     for f in FILES:
         part = f.split(".")[0]
+        if part == "optimizer" and not (ckpt / f).exists() and (ckpt / OPTIMIZER_INDEX).is_file():
+            continue  # sharded: read by name (mousse.distributed.optimizer_state_by_name)
         try:
             with safe_open(ckpt / f, framework="pt") as fh:
                 out[part] = {k: fh.get_tensor(k) for k in fh.keys()}

@@ -1,5 +1,10 @@
-"""Run configuration: one typed dataclass, resolved once (preset < TOML file < flags) and validated
-at the edge. Everything downstream trusts it."""
+"""Run configuration: one typed dataclass, resolved once and validated at the edge. Everything
+downstream trusts it.
+
+Settings resolve, later winning: the matrix optimizer's class preset (`optim.OPTIMIZERS[name]
+.preset`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
+preset's lr for that optimizer (`Preset.lrs`) < the `--config` file < flags.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,30 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import tomlio
+from . import optim, tomlio
 
-OPTIMIZERS = ("mousse", "muon", "adamw")
+OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")
 SCALAR_OPTIMIZERS = ("adamw", "lion")
 DEVICES = ("auto", "cpu", "cuda")
+# The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
+# them; the others stay None for AdamW runs.
+FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
+ADAMW_KNOBS = ("lr", "weight_decay")
+# Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
+# the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
+# SpecGD), steps 1, 4 and 5 of docs/family.md.
+PRECONDITIONER_KNOBS = tuple(k for k in (
+    "alpha", "post_alpha", "sides", "factor_norm", "precond_freq", "precond_beta", "stat_freq",
+    "refresh_warmup", "precond_start", "eps", "eig_floor", "bias_correction", "refresh",
+    "refresh_after_update", "graft", "fisher") if k in FAMILY_KNOBS)
+# Old knobs, before the family engine: still read from old config files and checkpoints.
+_LEGACY = {
+    "trace_norm": lambda v: ("factor_norm", "trace" if v else "none"),
+    "nesterov": lambda v: ("momentum_style", "nesterov" if v else "heavy_ball"),
+    "graft": lambda v: ("graft", "orthogonalizer" if v else "none"),
+}
+RENAMED = {"trace_norm": "factor_norm (trace = on, none = off)",
+            "nesterov": "momentum_style (nesterov = on, heavy_ball = off)"}
 
 
 class ConfigError(ValueError):
@@ -24,7 +48,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. `None` means "the preset's value" (see `resolve`)."""
+    """Everything one training run needs. `None` means "the preset's value", or for the matrix
+    optimizer's knobs "the chosen optimizer's recipe" (see `resolve`)."""
 
     preset: str = "tiny"
     # model shape (preset's unless overridden)
@@ -47,22 +72,35 @@ class TrainConfig:
     scalar_lr: float | None = None
     warmup_frac: float | None = None
     min_lr_frac: float = 0.0
-    momentum: float = 0.95
-    nesterov: bool | None = None
-    weight_decay: float = 0.01
-    # Mousse knobs (spec section 2)
-    alpha: float = 0.125
-    sides: str = "both"
-    trace_norm: bool = True
-    precond_freq: int = 10
-    precond_beta: float = 0.95
-    eps: float = 1e-5
-    graft: bool = True
-    bias_correction: bool = True
-    refresh: str = "eigh"
-    ns: str = "you5"
-    ns_steps: int = 5
-    lr_scale: str = "spectral"
+    # the matrix optimizer's knobs (docs/family.md); None = the optimizer's recipe
+    momentum: float | None = None
+    momentum_style: str | None = None
+    weight_decay: float | None = None
+    weight_decay_style: str | None = None
+    alpha: float | None = None
+    post_alpha: float | None = None
+    sides: str | None = None
+    factor_norm: str | None = None
+    precond_freq: int | None = None
+    precond_beta: float | None = None
+    stat_freq: int | None = None
+    refresh_warmup: int | None = None
+    precond_start: int | None = None
+    eps: float | None = None
+    eig_floor: str | None = None
+    graft: str | None = None
+    bias_correction: bool | None = None
+    refresh: str | None = None
+    refresh_after_update: bool | None = None
+    skip_first_step: bool | None = None
+    orthogonalizer: str | None = None
+    ns: str | None = None
+    ns_steps: int | None = None
+    beta2: float | None = None
+    adam_eps: float | None = None
+    lr_scale: str | None = None
+    average_rate: float | None = None
+    fisher: str | None = None
     # evaluation
     eval_every: int | None = None
     eval_tokens: int | None = None
@@ -75,6 +113,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     divergence_factor: float = 3.0
+    gather_dtype: str = "fp32"  # torchrun: dtype of the owners' all-gathered matrices / updates
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +135,8 @@ def closest(name: str, choices) -> str:
 def coerce(key: str, value):
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
     if key not in FIELD_TYPES:
+        if key in RENAMED:
+            raise ConfigError(f"'{key}' is now {RENAMED[key]}")
         raise ConfigError(f"unknown setting '{key}'{closest(key, FIELD_TYPES)}")
     kind = FIELD_TYPES[key]
     if value is None:
@@ -145,7 +186,22 @@ def load_config_file(path: str | Path) -> dict:
             raise ConfigError(f"{path}: '{outside[0]}' is outside the [train] table; put every "
                               "setting under [train], or use no table at all")
         raw = raw["train"]
-    return {key: coerce(key, value) for key, value in raw.items()}
+    return {key: coerce(key, value) for key, value in upgrade_legacy(raw).items()}
+
+
+def upgrade_legacy(settings: dict) -> dict:
+    """Settings with the knobs of the pre-family engine (config files and checkpoints written
+    before it) renamed: trace_norm -> factor_norm, nesterov -> momentum_style, graft on/off ->
+    graft orthogonalizer/none (only boolean values: a new-style value is never one). A new-style
+    setting given alongside wins. (ns = "exact" is now orthogonalizer = "exact"; `validate` says so.)"""
+    out = dict(settings)
+    for old, convert in _LEGACY.items():
+        value = out.get(old)
+        if isinstance(value, bool):  # the old knobs were all booleans
+            del out[old]
+            new, new_value = convert(value)
+            out.setdefault(new, new_value)
+    return out
 
 
 def _require(ok: bool, message: str) -> None:
@@ -153,33 +209,55 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _choice(key: str, value, allowed) -> None:
-    _require(value in allowed, f"bad value for '{key}': {value!r}; choose one of {', '.join(allowed)}")
+def check_choice(key: str, value, allowed) -> None:
+    hint = " (the SVD polar factor is now orthogonalizer = exact)" if (key, value) == ("ns", "exact") else ""
+    _require(value in allowed,
+             f"bad value for '{key}': {value!r}; choose one of {', '.join(allowed)}{hint}")
+
+
+def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
+    """The matrix optimizer's knobs for an LM run: its class preset < its training recipe
+    (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
+    other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
+    final values. AdamW: only ADAMW_KNOBS (lr None when neither the recipe nor `given` sets it)."""
+    from .presets import TRAINING_RECIPES
+
+    knobs = {**TRAINING_RECIPES.get(optimizer, {}),
+             **{k: v for k, v in (given or {}).items() if v is not None}}
+    if optimizer == "adamw":
+        return {k: knobs.get(k) for k in ADAMW_KNOBS}
+    full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
+    return {k: full[k] for k in FAMILY_KNOBS}
 
 
 def resolve(overrides: dict) -> TrainConfig:
-    """Build a validated config with every preset-derived field filled in.
+    """Build a validated config with every preset- and optimizer-derived field filled in.
 
-    `overrides` holds file settings updated by flags (flags win); unset fields come from the preset.
+    `overrides` holds file settings updated by flags (flags win). Unset model and budget fields
+    come from the preset; unset knobs of the matrix optimizer from, later winning, its class
+    preset, its LM training recipe and the preset's lr for it (`optimizer_knobs`). AdamW runs
+    keep only lr and weight_decay of those knobs; the rest stay None.
     """
     from .presets import get_preset
 
-    values = {k: coerce(k, v) for k, v in overrides.items() if v is not None}
+    values = {k: coerce(k, v) for k, v in upgrade_legacy(overrides).items() if v is not None}
     cfg = TrainConfig(**values)
     try:
         preset = get_preset(cfg.preset)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     for name in ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
                  "micro_batch_size", "warmup_frac", "eval_every", "eval_tokens"):
         if getattr(cfg, name) is None:
             setattr(cfg, name, getattr(preset, name))
     if cfg.lr is None:
-        cfg.lr = preset.adamw_lr if cfg.optimizer == "adamw" else preset.lr
+        cfg.lr = preset.matrix_lr(cfg.optimizer)
+    knobs = optimizer_knobs(cfg.optimizer, {k: getattr(cfg, k) for k in FAMILY_KNOBS})
+    for name in FAMILY_KNOBS:
+        setattr(cfg, name, knobs.get(name))
     if cfg.scalar_lr is None:
         cfg.scalar_lr = preset.adamw_lr if cfg.optimizer == "adamw" else preset.scalar_lr
-    if cfg.nesterov is None:
-        cfg.nesterov = cfg.optimizer == "muon"
     if cfg.checkpoint_every is None:
         cfg.checkpoint_every = cfg.steps
     cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.batch_size)
@@ -187,34 +265,38 @@ def resolve(overrides: dict) -> TrainConfig:
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    """One ConfigError for the first inconsistent setting, naming it and what is allowed."""
-    from .optim import LR_SCALES as lr_scales, SIDES as sides  # the engine's own choices
-    from .orthogonalize import ORTHOGONALIZERS as orthogonalizers
-    from .precondition import REFRESHES as refreshes
+_AT_LEAST_1 = ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
+               "micro_batch_size", "precond_freq", "stat_freq", "precond_start", "ns_steps",
+               "eval_every", "eval_tokens", "log_every", "checkpoint_every", "keep_checkpoints")
+# number -> (test, what is allowed), for numbers that may be fractional
+_RANGES = {
+    **dict.fromkeys(("lr", "scalar_lr", "weight_decay", "alpha", "post_alpha"),
+                    (lambda v: math.isfinite(v) and v >= 0, "must be >= 0")),
+    **dict.fromkeys(("momentum", "precond_beta", "beta2", "average_rate"),
+                    (lambda v: 0 <= v < 1, "must be in [0, 1)")),
+    **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
+    **dict.fromkeys(("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0, "must be > 0")),
+    "refresh_warmup": (lambda v: v >= 0, "must be >= 0"),
+    "divergence_factor": (lambda v: v > 1, "must be > 1"),
+}
 
-    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
-    _choice("sides", cfg.sides, sides)
-    _choice("refresh", cfg.refresh, refreshes)
-    _choice("ns", cfg.ns, orthogonalizers)
-    _choice("lr_scale", cfg.lr_scale, lr_scales)
-    _choice("device", cfg.device, DEVICES)
-    for key in ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
-                "micro_batch_size", "precond_freq", "ns_steps", "eval_every", "eval_tokens",
-                "log_every", "checkpoint_every", "keep_checkpoints"):
-        _require(getattr(cfg, key) >= 1, f"bad value for '{key}': {getattr(cfg, key)}; must be >= 1")
+
+def validate(cfg: TrainConfig) -> None:
+    """One ConfigError for the first inconsistent setting, naming it, its value and what is
+    allowed. Knobs left None (AdamW's unused ones, post_alpha = alpha) are not checked."""
+    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
+    check_choice("device", cfg.device, DEVICES)
+    check_choice("gather_dtype", cfg.gather_dtype, ("fp32", "bf16"))
+    for key, allowed in optim.CHOICES.items():  # the engine's own choices
+        if getattr(cfg, key) is not None:
+            check_choice(key, getattr(cfg, key), allowed)
+    for key in _AT_LEAST_1:
+        value = getattr(cfg, key)
+        _require(value is None or value >= 1, f"bad value for '{key}': {value}; must be >= 1")
     _require(cfg.batch_size % cfg.micro_batch_size == 0,
              f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
              f"{cfg.micro_batch_size}; pick sizes that divide")
-    for key in ("lr", "scalar_lr", "weight_decay", "alpha"):
+    for key, (ok, allowed) in _RANGES.items():
         value = getattr(cfg, key)
-        _require(math.isfinite(value) and value >= 0, f"bad value for '{key}': {value}; must be >= 0")
-    for key in ("momentum", "precond_beta"):
-        value = getattr(cfg, key)
-        _require(0 <= value < 1, f"bad value for '{key}': {value}; must be in [0, 1)")
-    for key in ("warmup_frac", "min_lr_frac"):
-        value = getattr(cfg, key)
-        _require(0 <= value <= 1, f"bad value for '{key}': {value}; must be in [0, 1]")
-    _require(cfg.eps > 0 and math.isfinite(cfg.eps), f"bad value for 'eps': {cfg.eps}; must be > 0")
-    _require(cfg.divergence_factor > 1, "bad value for 'divergence_factor': must be > 1")
+        _require(value is None or ok(value), f"bad value for '{key}': {value}; {allowed}")

@@ -2,16 +2,54 @@
 
 Only the 160M recipe was released (spec section 5); the larger presets keep its batch, lr and
 tokens per parameter, and their scalar/AdamW learning rates are the project's own choice.
+
+Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
+family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
+resolve, later winning: class preset (`optim.OPTIMIZERS[name].preset`, the method's published
+defaults) < TRAINING_RECIPES[name] < the preset's lr for it < config file < flags.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from . import optim
 from .model import GPT, GPTConfig
+
+# What `mousse train --optimizer NAME` changes from the method's published defaults to train the
+# GPT of these presets. Every method gets Mousse's weight decay 0.01 (each in its own
+# weight_decay_style); Shampoo, TNT and SpecGD publish 0. Muon is the released Mousse recipe's
+# baseline: Mousse's code path with alpha 0, Nesterov momentum, the you5 schedule and the spectral
+# lr rule sqrt(m/n), as `mousse train --optimizer muon` always ran it (the recorded results depend
+# on it); torch.optim.Muon's own defaults (ns muon, lr_scale muon, wd 0.1) stay in `optim.Muon`.
+TRAINING_RECIPES: dict[str, dict] = {
+    "mousse": {},  # the class preset is the released recipe (spec section 2)
+    "muon": {"ns": "you5", "lr_scale": "spectral", "weight_decay": 0.01},
+    "shampoo": {"weight_decay": 0.01},
+    "soap": {"weight_decay": 0.01},
+    "splus": {"weight_decay": 0.01},
+    "tnt": {"weight_decay": 0.01},
+    "specgd": {"weight_decay": 0.01},
+    "adamw": {"weight_decay": 0.01},
+}
+
+# Peak matrix lr of the CPU presets. Mousse and Muon: the project's CPU recipe (spec section 7).
+# PROVISIONAL (not yet swept on these presets, to be replaced by an LR sweep): shampoo, soap,
+# splus, tnt, specgd.
+_CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 3e-3, "soap": 3e-3, "splus": 0.03,
+            "tnt": 1e-3, "specgd": 0.02}
+_CPU_LR_NOTE = ("mousse, muon, adamw: the project's CPU recipe (spec section 7); shampoo, soap, "
+                "splus, tnt, specgd: PROVISIONAL, not yet swept on these presets")
+# The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
+# published defaults (class presets), SPlus at its README's 0.2 for transformers.
+_PAPER_LRS = {**{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
+              "mousse": 0.06, "muon": 0.06, "splus": 0.2}
+_PAPER_LR_NOTE = ("mousse, muon: the released 160M recipe (0.06); adamw: the project's choice; "
+                  "splus: its README's 0.2 for transformers; shampoo, soap, tnt, specgd: their "
+                  "published defaults, not tuned for these models")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,8 +68,10 @@ class Preset:
     steps: int
     batch_size: int
     micro_batch_size: int
-    lr: float  # matrix lr for Mousse / Muon
-    scalar_lr: float  # AdamW lr for embedding, head and scalars alongside Mousse / Muon
+    # peak lr of the block matrices, per optimizer of the family (a missing one: its class lr)
+    lrs: dict[str, float] = field(hash=False)
+    lr_note: str  # what the lrs were tuned for
+    scalar_lr: float  # AdamW lr for embedding, head and scalars alongside the family optimizers
     adamw_lr: float  # lr when AdamW trains everything
     warmup_frac: float = 0.1  # linear warmup, then cosine to 0
     eval_every: int
@@ -41,6 +81,10 @@ class Preset:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"preset {self.name}: batch_size {self.batch_size} is not a multiple "
                              f"of micro_batch_size {self.micro_batch_size}")
+
+    def matrix_lr(self, optimizer: str) -> float | None:
+        """Peak lr of the block matrices under `optimizer` (None: the optimizer's own default)."""
+        return self.adamw_lr if optimizer == "adamw" else self.lrs.get(optimizer)
 
     @property
     def grad_accum(self) -> int:
@@ -59,20 +103,20 @@ class Preset:
 def _paper(name: str, d_model: int, n_layers: int, steps: int, micro: int, scalar_lr: float,
            adamw_lr: float, note: str) -> Preset:
     return Preset(name=name, d_model=d_model, n_layers=n_layers, n_heads=d_model // 128,
-                  steps=steps, batch_size=2048, micro_batch_size=micro, lr=0.06,
-                  scalar_lr=scalar_lr, adamw_lr=adamw_lr, eval_every=125, eval_tokens=10_485_760,
+                  steps=steps, batch_size=2048, micro_batch_size=micro, lrs=dict(_PAPER_LRS),
+                  lr_note=_PAPER_LR_NOTE, scalar_lr=scalar_lr, adamw_lr=adamw_lr, eval_every=125, eval_tokens=10_485_760,
                   description=f"paper {name}: d{d_model} x {n_layers} layers, 2048 x 1024 tokens/step, "
                               f"{steps:,} steps ({note})")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(name="tiny", d_model=128, n_layers=2, n_heads=4, head_dim=32, seq_len=128,
-           vocab_size=256, steps=300, batch_size=16, micro_batch_size=16, lr=0.03,
-           scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
+           vocab_size=256, steps=300, batch_size=16, micro_batch_size=16,
+           lrs=dict(_CPU_LRS), lr_note=_CPU_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
            description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores"),
     Preset(name="small", d_model=128, n_layers=4, n_heads=4, head_dim=32, seq_len=128,
-           vocab_size=256, steps=600, batch_size=32, micro_batch_size=32, lr=0.03,
-           scalar_lr=0.01, adamw_lr=0.01, eval_every=100, eval_tokens=131_072,
+           vocab_size=256, steps=600, batch_size=32, micro_batch_size=32,
+           lrs=dict(_CPU_LRS), lr_note=_CPU_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=100, eval_tokens=131_072,
            description="CPU reference (spec section 7): byte-level d128 x 4 layers, 600 steps, "
                        "a few minutes on 2 cores"),
     _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
@@ -101,28 +145,46 @@ def param_count(preset: Preset, vocab_size: int | None = None) -> int:
     return _meta_model(preset, vocab_size).num_params()
 
 
+def matrix_state_floats(knobs: dict | None, m: int, n: int) -> int:
+    """Optimizer state of one (m, n) block matrix, in floats, under the family knobs `knobs`
+    (None: AdamW, two moments). The engine keeps: momentum m*n; per preconditioned side of size k
+    the factor, eigenbasis and cached whitening matrix P = Q diag(lam^-alpha) (3 k*k, P not
+    checkpointed), a second P' when post_alpha differs from alpha (k*k), and eigenvalues k; plus
+    m*n each for SOAP's V (orthogonalizer adam), Shampoo's graft_v (graft adam) and SPlus's
+    iterate average (average_rate > 0)."""
+    if knobs is None:
+        return 2 * m * n
+    sides = {"both": (m, n), "left": (m,), "right": (n,), "none": ()}[knobs["sides"]]
+    post = knobs["post_alpha"] is not None and knobs["post_alpha"] != knobs["alpha"]
+    floats = m * n + sum((4 if post else 3) * k * k + k for k in sides)
+    extra = (knobs["orthogonalizer"] == "adam", knobs["graft"] == "adam", knobs["average_rate"] > 0)
+    return floats + sum(extra) * m * n
+
+
 def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size: int | None = None,
                           act_bytes: int = 4) -> int:
     """Rough training memory of one replica, in bytes:
 
         4 * P (fp32 weights) + 4 * P (fp32 grads)
-        + optimizer state, fp32: every matrix (m, n) holds
+        + optimizer state, fp32: every block matrix (m, n) holds `matrix_state_floats` under the
+          optimizer's resolved LM recipe, e.g.
             mousse: momentum m*n + L, Q_L, P_L (3 m*m) + R, Q_R, P_R (3 n*n) + eigenvalues (m + n)
-                    (P = Q diag(lam^-alpha) is the cached whitening matrix, not checkpointed)
             muon:   momentum m*n
+            soap:   as mousse + V (m*n); shampoo: + graft_v (m*n); splus: + average (m*n)
             adamw:  2 m*n (two moments)
           and embedding/head/scalars 2 moments each (AdamW) whatever the optimizer
         + act_bytes * micro_batch_size * seq_len * (20 * d_model * n_layers + 3 * vocab)
           (saved activations: about 20 d per token per block, and logits, their fp32 copy and
           gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
-    per_matrix = {"mousse": lambda m, n: m * n + 3 * m * m + 3 * n * n + m + n,
-                  "muon": lambda m, n: m * n, "adamw": lambda m, n: 2 * m * n}
-    if optimizer not in per_matrix:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(per_matrix)}")
+    from .config import OPTIMIZERS, optimizer_knobs
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
     model = _meta_model(preset, vocab_size)
     params, roles = dict(model.named_parameters()), model.param_roles()
-    state = sum(per_matrix[optimizer](*params[k].shape) if r == "matrix" else 2 * params[k].numel()
+    state = sum(matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
                 for k, r in roles.items())
     vocab = model.cfg.vocab_size
     acts = preset.micro_batch_size * preset.seq_len * (20 * preset.d_model * preset.n_layers + 3 * vocab)

@@ -122,6 +122,7 @@ def build_optimizer(
     weight_decay: float | None = None,
     matrix_kwargs: dict | None = None,
     roles: dict[str, str] | None = None,
+    owned: set[str] | None = None,
 ) -> tuple[CombinedOptimizer, list[Route]]:
     """One optimizer for the whole model, and the routing table.
 
@@ -130,6 +131,9 @@ def build_optimizer(
     weight_decay: the matrix optimizer's (None: the named optimizer's own default).
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
     with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
+    owned: names of the block matrices this process's matrix optimizer gets (None: all). Under
+    torch.distributed each rank owns some (mousse.distributed.plan_ownership); the others are
+    updated by their owners. The routing table still lists every parameter.
     """
     roles = roles or infer_roles(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -154,8 +158,9 @@ def build_optimizer(
         return scalar_lr
 
     parts: dict[str, Optimizer] = {}
-    if matrices:
-        params, kwargs = [p for _, p in matrices], dict(matrix_kwargs or {})
+    mine = [p for n, p in matrices if owned is None or n in owned]
+    if mine:
+        params, kwargs = mine, dict(matrix_kwargs or {})
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
         if optimizer == "adamw":

@@ -20,6 +20,7 @@ from .ablation import AblationPlan, RunSpec
 from .checkpoint import list_checkpoints
 from .config import ConfigError, resolve
 from .data import load_dataset
+from .distributed import is_main_process
 from .events import Event
 from .fileio import atomic_write_text, write_json
 from .results import summarize
@@ -118,9 +119,10 @@ class Ablation:
             load_dataset(data, val_data)
 
     def prepare(self) -> None:
-        """Create the dir and record the plan (after `validate`)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
+        """Create the dir and record the plan (after `validate`; under torchrun rank 0 only)."""
+        if is_main_process():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
 
     def records(self) -> list[dict]:
         return [record(run, read_summary(self.run_dir(run))) for run in self.plan.runs]
@@ -133,7 +135,8 @@ class Ablation:
 
     def write_results(self) -> dict:
         results = self.results()
-        write_json(self.dir / "results.json", results)
+        if is_main_process():  # under torchrun every rank runs every run; rank 0 writes
+            write_json(self.dir / "results.json", results)
         return results
 
     def pending(self, runs: list[RunSpec]) -> list[RunSpec]:

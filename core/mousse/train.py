@@ -20,21 +20,20 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from . import __version__, tomlio
-from .checkpoint import (CheckpointError, find_checkpoint, read_checkpoint, save_checkpoint,
-                         unflatten_optimizer)
-from .config import ConfigError, TrainConfig, coerce, resolve
+from . import __version__, distributed, tomlio
+from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint
+from .config import FAMILY_KNOBS, ConfigError, TrainConfig, coerce, resolve
 from .data import load_dataset, train_batch, val_batches
 from .events import CheckpointSaved, EvalDone, Event, RunFinished, RunStarted, StepLogged
 from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
 from .model import GPT, GPTConfig
+from .optim import refresh_due
 from .routing import build_optimizer
 
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
-_MOUSSE_KNOBS = ("alpha", "sides", "trace_norm", "precond_freq", "precond_beta", "eps", "graft",
-                 "bias_correction", "refresh")
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
@@ -84,15 +83,12 @@ def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) 
 
 
 def matrix_kwargs(cfg: TrainConfig) -> dict:
-    """Optimizer-specific settings for the block matrices."""
-    if cfg.optimizer == "mousse":
-        kw = {k: getattr(cfg, k) for k in _MOUSSE_KNOBS}
-        return {**kw, "momentum": cfg.momentum, "nesterov": cfg.nesterov, "ns": cfg.ns,
-                "ns_steps": cfg.ns_steps, "lr_scale": cfg.lr_scale}
-    if cfg.optimizer == "muon":
-        return {"momentum": cfg.momentum, "nesterov": cfg.nesterov, "ns": cfg.ns,
-                "ns_steps": cfg.ns_steps, "lr_scale": cfg.lr_scale}
-    return {}
+    """The family optimizer's knobs for the block matrices: every resolved one (lr and
+    weight_decay go to build_optimizer on their own). AdamW: none."""
+    if cfg.optimizer == "adamw":
+        return {}
+    return {k: getattr(cfg, k) for k in FAMILY_KNOBS
+            if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -111,6 +107,18 @@ def trainer_meta(loaded: dict) -> dict:
     return {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
 
 
+def sampling_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
+    """The generator of a micro-batch's sampled labels: a pure function of (seed, step, micro),
+    so runs and resumes draw the same labels whatever ran before."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per position drawn from softmax(logits) (Gumbel-max), for TNT's sampled Fisher."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+    return (logits.float() - torch.log(-torch.log(u.clamp(min=1e-20)))).argmax(dim=-1)
+
+
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -126,6 +134,11 @@ class Trainer:
         self.emit = on_event or (lambda event: None)
         self.stop = stop or threading.Event()
         self.device = pick_device(cfg.device)
+        self.dist = distributed.setup(self.device)  # a world of one unless launched by torchrun
+        self.device, self.stop = self.dist.device, self.dist.agreed_stop(self.stop)
+        self.run_dir = self.dist.from_rank0(self.run_dir)  # one run dir for every rank
+        if not self.dist.is_main:
+            self.emit = lambda event: None  # only rank 0 renders
         self.data = load_dataset(cfg.data, cfg.val_data)
         train_batch(self.data.train, cfg.seed, 1, cfg.batch_size, cfg.seq_len, slice(0, 1))  # fits?
         torch.manual_seed(cfg.seed)
@@ -133,10 +146,12 @@ class Trainer:
                                    n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                                    head_dim=cfg.head_dim, seq_len=cfg.seq_len)
         self.model = GPT(self.model_cfg).to(self.device)
+        owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt, self.routes = build_optimizer(
             self.model, optimizer=cfg.optimizer, lr=cfg.lr, scalar_optimizer=cfg.scalar_optimizer,
-            scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg))
+            scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg),
+            owned=owned)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0
         self.state = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
@@ -156,9 +171,10 @@ class Trainer:
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"config": tomlio.dumps(self.cfg.to_dict()), "data_hash": self.data.content_hash,
                 "curve": self.curve, **self.state}
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.opt,
-                               tensors, {k: json.dumps(v) for k, v in meta.items()},  # str-only
-                               self.cfg.keep_checkpoints)
+        path = self.dist.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model,
+                                         self.opt, tensors,
+                                         {k: json.dumps(v) for k, v in meta.items()},  # str-only
+                                         self.cfg.keep_checkpoints)
         seconds = time.perf_counter() - t0
         self.state["checkpoint_seconds"] += seconds
         self.emit(CheckpointSaved(self.step, path, seconds))
@@ -180,8 +196,7 @@ class Trainer:
             self.model.load_state_dict(loaded["model"])
         except RuntimeError:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this model") from None
-        self.opt.load_state_dict(unflatten_optimizer(self.opt, loaded["optimizer"],
-                                                     loaded["optimizer_meta"]))
+        self.dist.load_optimizer(self.opt, ckpt, loaded)  # any world size's checkpoint
         torch.set_rng_state(loaded["trainer"]["rng_cpu"])
         if "rng_cuda" in loaded["trainer"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(loaded["trainer"]["rng_cuda"], self.device)
@@ -193,30 +208,48 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int) -> torch.Tensor:
+    def _forward_backward(self, step: int, timer: "_StepTimer") -> torch.Tensor:
         cfg = self.cfg
-        accum = cfg.batch_size // cfg.micro_batch_size
+        # this rank's micro batches of the global batch (all of them in a single process)
+        micro_batches, accum = self.dist.batch_rows(cfg.batch_size, cfg.micro_batch_size)
         total = torch.zeros((), device=self.device)
-        for i in range(accum):
-            rows = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
+        fisher = self.dist.fisher_params(self.opt)
+        fisher_sum = [torch.zeros_like(p) for p in fisher]
+        for i, rows in micro_batches:
             x, y = train_batch(self.data.train, cfg.seed, step, cfg.batch_size, cfg.seq_len, rows)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
-                _, loss = self.forward(x, y)
+                logits, loss = self.forward(x, y)
+            if fisher:
+                timer.begin_extra()
+                sampled = sample_labels(logits.detach(), sampling_generator(cfg.seed, step, i, logits.device))
+                loss_s = F.cross_entropy(logits.float().flatten(0, 1), sampled.flatten())
+                for acc, g in zip(fisher_sum, torch.autograd.grad(loss_s / accum, fisher,
+                                                                  retain_graph=True)):
+                    acc += g
+                timer.end_extra()
             (loss / accum).backward()
             total += loss.detach() / accum
-        return total
+        if fisher:
+            self.dist.set_fisher_grads(self.opt, dict(zip(fisher, fisher_sum)))
+        return self.dist.reduce_gradients(total, step)  # summed over ranks; the global mean loss
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean validation loss, on the optimizer's iterate average where it keeps one (SPlus)."""
         self.model.eval()
-        total, count = torch.zeros((), device=self.device), 0
-        for x, y in val_batches(self.data.val, self.cfg.eval_tokens, self.cfg.micro_batch_size,
-                                self.cfg.seq_len):
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
-                _, loss = self.forward(x.to(self.device), y.to(self.device))
-            total += loss
-            count += 1
+        losses = []  # per batch; ranks take turns, then the sums are made in batch order
+        with self.dist.averaged_weights(self.opt):
+            for i, (x, y) in enumerate(val_batches(self.data.val, self.cfg.eval_tokens,
+                                                   self.cfg.micro_batch_size, self.cfg.seq_len)):
+                if not self.dist.eval_share(i):
+                    losses.append(torch.zeros((), device=self.device))
+                    continue
+                with torch.autocast(self.device.type, torch.bfloat16,
+                                    enabled=self.device.type == "cuda"):
+                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                losses.append(loss)
+        total, count = self.dist.sum_in_order(losses), len(losses)
         self.model.train()
         return (total / max(count, 1)).item()
 
@@ -234,8 +267,9 @@ class Trainer:
         if target is not None and self.state["target_step"] is None and val <= target:
             self.state["target_step"] = self.step
             self.state["target_seconds"] = self.state["train_seconds"]
-        append_jsonl(self.run_dir / "metrics.jsonl", {"step": self.step, "val_loss": val,
-                                                      "train_seconds": self.state["train_seconds"]})
+        if self.dist.is_main:
+            append_jsonl(self.run_dir / "metrics.jsonl", {
+                "step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]})
         self.emit(EvalDone(self.step, val, self.state["best_val_loss"],
                            self.state["train_seconds"], seconds))
         return val
@@ -259,14 +293,16 @@ class Trainer:
 
     def run(self, argv: list[str] | None = None) -> dict:
         cfg = self.cfg
-        self._prepare_run_dir(argv)
+        if self.dist.is_main:  # only rank 0 writes the run dir's shared files
+            self._prepare_run_dir(argv)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.emit(RunStarted(self.run_dir, cfg.to_dict(), {
             "n_params": n_params, "device": str(self.device), "data": self.data.describe(),
             "vocab_size": self.data.vocab_size, "routing": self.routes,
             "resumed_from": self.resumed_from}))
         timer = _StepTimer(self.device)
-        refresh_every = cfg.precond_freq if cfg.optimizer == "mousse" else None
+        knobs = cfg.to_dict()
+        refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message = "completed", None
         pending: list[tuple[int, torch.Tensor]] = []
@@ -283,11 +319,11 @@ class Trainer:
             for group, base in zip(self.opt.param_groups, self.base_lrs):
                 group["lr"] = base * factor
             timer.start()
-            loss = self._forward_backward(step)
+            loss = self._forward_backward(step, timer)
             timer.mark()
-            self.opt.step()
+            self.dist.optimizer_step(self.opt)  # each rank its own matrices, then all-gathered
             self.opt.zero_grad(set_to_none=True)
-            timer.stop(refresh=refresh_every is not None and (step - 1) % refresh_every == 0)
+            timer.stop(refresh=refreshes and refresh_due(knobs, step))
             self.step = step
             pending.append((step, loss))
 
@@ -322,10 +358,11 @@ class Trainer:
         if status in ("completed", "interrupted") and self.step > 0:
             if last_eval != self.step and status == "completed":
                 self._eval_and_record()
-            if not (self.run_dir / "checkpoints" / f"step-{self.step}").exists():
+            if not self.dist.from_rank0((self.run_dir / "checkpoints" / f"step-{self.step}").exists()):
                 self._checkpoint()
         summary = self._summary(status, message, timer, n_params, tokens_per_step)
-        write_json(self.run_dir / "summary.json", summary)
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
         return summary
 
@@ -337,8 +374,9 @@ class Trainer:
             step_ms=step_ms, fwd_bwd_ms=timer.last_fwd_bwd_ms, opt_ms=timer.last_opt_ms,
             tokens_per_s=tokens_per_step / (step_ms / 1000) if step_ms else 0.0,
             train_seconds=self.state["train_seconds"],
-            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000))
-        append_jsonl(self.run_dir / "metrics.jsonl", event.record())
+            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000), fisher_ms=timer.last_fisher_ms)
+        if self.dist.is_main:
+            append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
 
     def _summary(self, status: str, message: str | None, timer: "_StepTimer", n_params: int,
@@ -360,12 +398,13 @@ class Trainer:
             "step_ms_median": step_ms, "fwd_bwd_ms_median": _median(timer.fwd_bwd_ms),
             "opt_ms_median": opt_plain if opt_plain is not None else opt_refresh,
             "refresh_ms_median": refresh_ms,
+            "fisher_ms_median": _median(timer.fisher_ms),
             "refresh_ms_amortized": refresh_ms / cfg.precond_freq if refresh_ms is not None else None,
             "tokens_per_s": tokens_per_step / (step_ms / 1000) if step_ms else None,
             "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
             "checkpoint_seconds": self.state["checkpoint_seconds"],
             "n_params": n_params, "resumed_from": self.resumed_from, "curve": self.curve,
-            "peak_mem_bytes": None, "mfu": None,
+            "peak_mem_bytes": None, "mfu": None, "world_size": self.dist.world_size,
         }
         if self.device.type == "cuda":
             summary["peak_mem_bytes"] = torch.cuda.max_memory_allocated(self.device)
@@ -373,16 +412,20 @@ class Trainer:
             peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
             if peak and step_ms:
                 flops = 6 * n_params + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
-                summary["mfu"] = flops * tokens_per_step / (step_ms / 1000) / peak
+                summary["mfu"] = flops * tokens_per_step / (step_ms / 1000) / (peak * self.dist.world_size)
         return summary
 
 
 class _StepTimer:
-    """Per-step wall time split into fwd+bwd and optimizer, without syncing in the hot path:
+    """Per-step wall time split into fwd+bwd (with its extra part, TNT's sampled-label
+    backward, marked by begin/end_extra) and optimizer, without syncing in the hot path:
     CPU uses perf_counter; CUDA records events and reads them at `flush()` (log time)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.fisher_ms: list[float] = []
+        self._extra: list = []
+        self.last_fisher_ms = 0.0
         self.fwd_bwd_ms: list[float] = []
         self.total_ms: list[float] = []
         self.opt_ms_plain: list[float] = []
@@ -399,24 +442,36 @@ class _StepTimer:
 
     def start(self) -> None:
         self._marks = [self._now()]
+        self._extra = []
+
+    def begin_extra(self) -> None:
+        self._extra.append(self._now())
+
+    def end_extra(self) -> None:
+        self._extra.append(self._now())
 
     def mark(self) -> None:
         self._marks.append(self._now())
 
     def stop(self, refresh: bool) -> None:
         self._marks.append(self._now())
-        self._open.append((*self._marks, refresh))
+        self._open.append((*self._marks, refresh, self._extra))
 
     def flush(self) -> float:
         """Resolve pending steps; returns their total seconds."""
         total = 0.0
         if self.cuda and self._open:
             self._open[-1][2].synchronize()
-        for t0, t1, t2, refresh in self._open:
+        for t0, t1, t2, refresh, extra in self._open:
             if self.cuda:
                 fb, op = t0.elapsed_time(t1), t1.elapsed_time(t2)
+                fisher = sum(a.elapsed_time(b) for a, b in zip(extra[::2], extra[1::2]))
             else:
                 fb, op = (t1 - t0) * 1000, (t2 - t1) * 1000
+                fisher = sum((b - a) * 1000 for a, b in zip(extra[::2], extra[1::2]))
+            if extra:
+                self.fisher_ms.append(fisher)
+            self.last_fisher_ms = fisher
             self.fwd_bwd_ms.append(fb)
             self.total_ms.append(fb + op)
             (self.opt_ms_refresh if refresh else self.opt_ms_plain).append(op)

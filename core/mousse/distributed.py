@@ -1,0 +1,893 @@
+"""Scale-out on PyTorch's own distributed stack: one process per GPU (or CPU rank), launched by
+`torchrun` (or `mousse train --nproc N`, which starts torchrun). ZeRO-1 style; the optimizers
+themselves know nothing of it.
+
+- Data: every rank reads a disjoint slice of the same global batch (`data.train_batch`'s `rows`),
+  so the global batch and the results do not depend on the number of ranks.
+- Gradients: one exchange per step. Gradients of the replicated parameters (embedding, head,
+  gains) are all-reduced; block-matrix gradients are reduce-scattered so that each matrix's owner
+  alone receives its sum. The step's loss (reported as the global mean) and the stop flag ride
+  along in a small all-reduce.
+- Optimizer: `plan_ownership` (the one place that decides) gives each block matrix to one rank,
+  balancing the cost of its refresh (~ m^3 + n^3) and Newton-Schulz / whitening flops and keeping
+  same-shape matrices in contiguous chunks, so the owner's optimizer still batches them. Each rank's
+  matrix optimizer is built over its own matrices only (`build_optimizer(owned=...)`): optimizer
+  state memory falls about N-fold. After the step the owners' new values are all-gathered (fp32,
+  or bf16 updates with `gather_dtype = "bf16"`). Every rank joins every collective on every step,
+  whichever parameters got gradients, so nothing waits on a collective that never comes.
+- Checkpoints: model and trainer state once (rank 0), the optimizer state per rank
+  (`optimizer-rank{r}.safetensors`) plus `optimizer-index.json`. Loading finds each parameter's
+  state by name, so a run resumes on any world size (ownership is recomputed, state moves).
+- Failures: collectives time out after MOUSSE_DIST_TIMEOUT seconds (default 600); an error on
+  any rank prints one line (rank and message) and ends that process with a non-zero code, and
+  torchrun then stops the other ranks.
+
+Test hook: MOUSSE_FAIL_AT="RANK:STEP" raises a RuntimeError on that rank at that step.
+
+With one process, every method is a pass-through to the single-process code, bit for bit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .checkpoint import FORMAT, CheckpointError, _json_hook, flatten_optimizer, list_checkpoints
+from .checkpoint import OPTIMIZER_INDEX as INDEX
+from .checkpoint import save_checkpoint, unflatten_optimizer
+from .config import ConfigError
+
+TIMEOUT_ENV, FAIL_ENV, TRACEBACK_ENV = "MOUSSE_DIST_TIMEOUT", "MOUSSE_FAIL_AT", "MOUSSE_TRACEBACK"
+DEFAULT_TIMEOUT_S = 600
+
+INDEX_FORMAT = "mousse-optimizer-shards-1"
+GATHER_DTYPES = ("fp32", "bf16")
+LINGER_S = 3.0  # a rank that lost a peer waits this long for torchrun to stop it
+EIGH_FLOPS = 9.0  # flops of a symmetric eigendecomposition with vectors, per k^3
+
+
+def shard_name(rank: int) -> str:
+    return f"optimizer-rank{rank}.safetensors"
+
+
+# ---- the launch environment ---------------------------------------------------------------------
+
+
+def env_world_size() -> int:
+    """Ranks in this job, from torchrun's environment (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a single process: the one that renders and writes shared files."""
+    return env_rank() == 0
+
+
+def rank_prefix() -> str:
+    """'rank R/N: ' under torchrun with more than one rank, else ''."""
+    return f"rank {env_rank()}/{env_world_size()}: " if env_world_size() > 1 else ""
+
+
+def timeout_seconds() -> float:
+    value = os.environ.get(TIMEOUT_ENV)
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+
+
+def _inject_failure(rank: int, step: int) -> None:
+    """The MOUSSE_FAIL_AT="RANK:STEP" test hook."""
+    spec = os.environ.get(FAIL_ENV)
+    if spec and spec == f"{rank}:{step}":
+        raise RuntimeError(f"injected failure at step {step} ({FAIL_ENV}={spec})")
+
+
+def _hard_exit(code: int, linger: float = 0.0) -> None:
+    """Exit now, without atexit handlers (which could wait on a dead process group)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if linger:
+        time.sleep(linger)
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_error(exit_types: tuple[type, ...] = ()) -> Iterator[None]:
+    """Under torchrun (more than one rank): an error ends this rank at once, with one line on
+    stderr naming the rank and the error and a non-zero exit code (130 for Ctrl-C), so torchrun
+    stops the other ranks instead of leaving them waiting in a collective. `exit_types` are
+    exceptions that carry an `exit_code` (a CLI's exit): non-zero codes end the process the same
+    way, without a message. A no-op in a single process. MOUSSE_TRACEBACK=1 adds the traceback."""
+    if env_world_size() <= 1:
+        yield
+        return
+    try:
+        yield
+    except exit_types as exc:
+        code = getattr(exc, "exit_code", 1)
+        if code:
+            _hard_exit(code)
+        raise
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _hard_exit(exc.code if isinstance(exc.code, int) else 1)
+        raise
+    except KeyboardInterrupt:
+        print(f"error: {rank_prefix()}interrupted", file=sys.stderr)
+        _hard_exit(130)
+    except BaseException as exc:  # noqa: BLE001 - every error must end the rank
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if _lost_peer(exc):
+            # most likely another rank failed first: say so briefly, and give torchrun a moment
+            # to see that rank's exit (and stop this one) so it reports the root cause
+            print(f"error: {rank_prefix()}stopped: a collective failed, most likely because "
+                  f"another rank stopped ({text[:160]})", file=sys.stderr)
+            _hard_exit(1, linger=LINGER_S)
+        print(f"error: {rank_prefix()}{type(exc).__name__}: {text}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            import traceback
+            traceback.print_exc()
+        _hard_exit(1)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether an error is a failed collective (a peer that exited or timed out)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("/gloo/", "Connection reset by peer", "Connection closed by peer",
+                            "NCCL", "ProcessGroup"))
+
+
+def setup(device: torch.device | str | None = None) -> Dist:
+    """This process's place in the job: joins torchrun's process group the first time (gloo on
+    CPU, NCCL on CUDA, collectives timing out after MOUSSE_DIST_TIMEOUT seconds) and, on CUDA,
+    picks the GPU LOCAL_RANK. Without torchrun (or with one rank), a world of one process."""
+    device = torch.device(device or "cpu")
+    world = env_world_size()
+    if world <= 1:
+        return Dist(device=device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        extra = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_seconds()), **extra)
+        atexit.register(teardown)
+    return Dist(dist.get_rank(), dist.get_world_size(), local, device)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_rank(entry: Callable[[], object]) -> None:
+    """Run a command-line entry point as one rank of a torchrun job and end the process the safe
+    way: wait for every rank, leave the process group, then exit without the interpreter's
+    teardown (gloo's threads can abort the process in it, after the work is done)."""
+    try:
+        entry()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    # 0, diverged and interrupted end every rank on the same step; anything else may be one
+    # rank's alone, and the others may be in a collective: leave without waiting for them
+    if code in (0, 3, 130) and dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.barrier()
+            dist.destroy_process_group()
+    _hard_exit(code)
+
+
+# ---- launching ------------------------------------------------------------------------------------
+
+
+def torchrun_main(argv: list[str] | None = None) -> None:
+    """`torchrun` with a short report: on failure one line names the first failed rank and its
+    exit code (the rank printed its own error), instead of torchrun's traceback, and the exit code
+    is that rank's."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which stopped
+        sys.exit(130)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256 else 1
+        if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
+            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else \
+                f"signal {-failure.exitcode}"
+            print(f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
+                  file=sys.stderr)
+        sys.exit(code)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
+    rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
+    CPU threads unless OMP_NUM_THREADS is set."""
+    cmd = [sys.executable, "-c", "from mousse.distributed import torchrun_main; torchrun_main()",
+           "--standalone", f"--nproc-per-node={nproc}", "-m", "mousse_cli", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # torchrun got it too and passes it on to the ranks
+            continue
+
+
+def launch_train(nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None,
+                 json_out: bool) -> int:
+    """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
+    torchrun with the resolved settings and one run dir for every rank."""
+    import tempfile
+
+    from . import tomlio
+    from .data import load_dataset
+    from .train import default_run_dir
+
+    if nproc < 1:
+        raise ConfigError(f"bad value for '--nproc': {nproc}; must be >= 1")
+    if env_world_size() > 1:
+        raise ConfigError("--nproc starts torchrun, but this process already runs under it; "
+                          "drop --nproc")
+    batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
+    load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
+    run_dir = run_dir or default_run_dir(cfg)
+    with tempfile.TemporaryDirectory(prefix="mousse-launch-") as tmp:
+        conf = Path(tmp) / "settings.toml"
+        conf.write_text(tomlio.dumps(settings))
+        args = ["train", "--config", str(conf), "--run-dir", str(run_dir)]
+        args += ["--resume", str(resume)] if resume is not None else []
+        args += ["--json"] if json_out else []
+        return launch(nproc, args)
+
+
+def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """(sequences per rank, micro batch per rank) for a global batch; ConfigError if it does not
+    split evenly. The micro batch shrinks to the rank's share when that is smaller."""
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size {batch_size} does not split over {world_size} ranks; use a "
+                          f"multiple of {world_size}")
+    share = batch_size // world_size
+    micro = min(micro_batch_size, share)
+    if share % micro:
+        raise ConfigError(f"each of {world_size} ranks gets {share} sequences of batch_size "
+                          f"{batch_size}, not a multiple of micro_batch_size {micro}; pick sizes "
+                          f"that divide")
+    return share, micro
+
+
+# ---- ownership: who computes which matrix ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatrixCost:
+    """Flops of one (m, n) matrix in the matrix optimizer: `refresh` (eigendecompositions of its
+    factors, every precond_freq steps) and `step` (statistics, whitening and orthogonalization,
+    every step)."""
+
+    refresh: float
+    step: float
+    precond_freq: int = 1
+
+    @property
+    def amortized(self) -> float:
+        return self.step + self.refresh / self.precond_freq
+
+
+def matrix_cost(shape: tuple[int, int], sides: str = "both", precond_freq: int = 10,
+                ns_steps: int = 5, orthogonalizer: str = "newton_schulz") -> MatrixCost:
+    """Cost model of one matrix: refresh ~ 9 (m^3 + n^3) for the preconditioned sides (eigh with
+    vectors); per step the factor statistics (2 m^2 n, 2 m n^2), whitening and unwhitening (twice
+    that) and Newton-Schulz, ns_steps x (4 a^2 b + 2 a^3) with a <= b the matrix's sides."""
+    m, n = shape
+    a, b = min(m, n), max(m, n)
+    left, right = sides in ("both", "left"), sides in ("both", "right")
+    refresh = EIGH_FLOPS * (m**3 * left + n**3 * right)
+    stats = 2 * m * m * n * left + 2 * m * n * n * right
+    ortho = {"newton_schulz": ns_steps * (4 * a * a * b + 2 * a**3),
+             "exact": 4 * a * a * b + 22 * a**3}.get(orthogonalizer, 2 * m * n)  # svd; elementwise
+    return MatrixCost(float(refresh), float(3 * stats + ortho), max(1, precond_freq))
+
+
+def cost_model(cfg) -> Callable[[tuple[int, int]], float]:
+    """Amortized per-step flops of a matrix under a run's matrix optimizer."""
+    if cfg.optimizer == "adamw":
+        return lambda shape: float(shape[0] * shape[1])
+    sides = getattr(cfg, "sides", None) or "none"
+    ortho = getattr(cfg, "orthogonalizer", None) or "newton_schulz"
+    freq = getattr(cfg, "precond_freq", None) or 1
+    steps = getattr(cfg, "ns_steps", None) or 5
+    return lambda shape: matrix_cost(shape, sides, freq, steps, ortho).amortized
+
+
+def plan_ownership(shapes: Mapping[str, tuple[int, int]], world_size: int,
+                   cost: Callable[[tuple[int, int]], float] | None = None) -> dict[str, int]:
+    """The owner rank of every matrix, {name: rank}; the one place that decides.
+
+    Balanced by cost: matrices are dealt heaviest shape first to the least-loaded rank (LPT, at
+    most 4/3 of the best possible maximum load). Then, per shape, the matrices a rank got are
+    renumbered into one contiguous chunk (rank 0 the first chunk, ...), which keeps every rank's
+    load and lets its optimizer batch same-shape matrices as one stack. Deterministic: a pure
+    function of the names in order, their shapes, the world size and the cost. Shapes are global
+    shapes, so the same plan serves parameters sharded by FSDP (docs/scaling.md)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    cost = cost or (lambda shape: matrix_cost(shape).amortized)
+    buckets: dict[tuple, list[str]] = {}
+    for name, shape in shapes.items():
+        buckets.setdefault(tuple(shape), []).append(name)
+    weight = {shape: float(cost(shape)) for shape in buckets}
+    load = [0.0] * world_size
+    counts = {shape: [0] * world_size for shape in buckets}
+    order = sorted(enumerate(buckets), key=lambda item: (-weight[item[1]], item[0]))
+    for _, shape in order:
+        for _ in buckets[shape]:
+            rank = min(range(world_size), key=lambda r: (load[r], r))
+            load[rank] += weight[shape]
+            counts[shape][rank] += 1
+    owners: dict[str, int] = {}
+    for shape, names in buckets.items():
+        start = 0
+        for rank, count in enumerate(counts[shape]):
+            for name in names[start:start + count]:
+                owners[name] = rank
+            start += count
+    return {name: owners[name] for name in shapes}
+
+
+def plan_loads(shapes: Mapping[str, tuple[int, int]], owners: Mapping[str, int], world_size: int,
+               cost: Callable[[tuple[int, int]], float]) -> list[float]:
+    """Each rank's summed cost under a plan."""
+    load = [0.0] * world_size
+    for name, shape in shapes.items():
+        load[owners[name]] += cost(tuple(shape))
+    return load
+
+
+class OwnerLayout:
+    """The block matrices packed by owner into one flat buffer of world_size equal slots: rank r's
+    slot holds r's matrices in plan order, then zero padding. Every rank builds the same layout, so
+    a reduce-scatter over the buffer hands each owner the summed gradients of its matrices, and an
+    all-gather of the slots hands every rank every owner's matrices."""
+
+    def __init__(self, names: list[str], numels: Mapping[str, int], owners: Mapping[str, int],
+                 world_size: int):
+        self.world_size = world_size
+        self.members = [[n for n in names if owners[n] == r] for r in range(world_size)]
+        self.numels = dict(numels)
+        self.width = max(1, max(sum(self.numels[n] for n in ms) for ms in self.members))
+
+    def slots(self, rank: int) -> Iterator[tuple[str, int, int]]:
+        """(name, offset within the slot, numel) of rank's matrices."""
+        offset = 0
+        for name in self.members[rank]:
+            yield name, offset, self.numels[name]
+            offset += self.numels[name]
+
+    def pack(self, slot: Tensor, rank: int, values: Mapping[str, Tensor | None]) -> None:
+        """Write rank's matrices (None: zeros) into its slot, a tensor of `width` elements."""
+        for name, offset, numel in self.slots(rank):
+            value = values.get(name)
+            if value is None:
+                slot[offset:offset + numel].zero_()
+            else:
+                slot[offset:offset + numel].copy_(value.reshape(-1))
+        used = sum(self.numels[n] for n in self.members[rank])
+        slot[used:].zero_()
+
+
+def _all_gather(out: Tensor, inp: Tensor, async_op: bool = False):
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, inp, async_op=async_op)
+
+
+def _reduce_scatter(out: Tensor, inp: Tensor, async_op: bool = False):
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return fn(out, inp, async_op=async_op)
+
+
+@torch.no_grad()
+def weights_digest(model: torch.nn.Module) -> list[float]:
+    """Sum and sum of squares (float64) of every tensor of a model's state: equal on every rank
+    while the replicas agree."""
+    tensors = list(model.state_dict().values())
+    if not tensors:
+        return []
+    return torch.stack([torch.stack([t.double().sum(), t.double().square().sum()])
+                        for t in tensors]).flatten().tolist()
+
+
+def optimizer_state_bytes(opt) -> int:
+    """Bytes of tensors in an optimizer's state (every part of a CombinedOptimizer)."""
+    parts = getattr(opt, "parts", None) or {"": opt}
+    return sum(v.numel() * v.element_size() for o in parts.values() for st in o.state.values()
+               for v in st.values() if isinstance(v, Tensor))
+
+
+# ---- the job as seen from one rank --------------------------------------------------------------
+
+
+class Dist:
+    """One rank's view of the job, used by the trainer at fixed points of the step. In a world of
+    one process every method is a pass-through."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0,
+                 device: torch.device | None = None):
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.device = device or torch.device("cpu")
+        self.owners: dict[str, int] | None = None  # the ownership plan, once `prepare`d
+        self._local_stop: threading.Event | None = None
+        self._agreed_stop: threading.Event | None = None
+        self._stop_seen: Tensor | None = None
+        self._stop_event = None
+        self._gather_bf16 = False
+        self._fisher = self._average = False
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"Dist(rank={self.rank}, world_size={self.world_size}, device={self.device})"
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    def from_rank0(self, obj):
+        """Rank 0's value of a picklable object, on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def agreed_stop(self, local: threading.Event) -> threading.Event:
+        """A stop flag every rank sees set on the same step: set when any rank's `local` was
+        (checked in each step's gradient exchange; `local` is then set on every rank too)."""
+        if not self.active:
+            return local
+        self._local_stop, self._agreed_stop = local, threading.Event()
+        return self._agreed_stop
+
+    def prepare(self, model: torch.nn.Module, cfg) -> set[str] | None:
+        """Check the batch splits over the ranks, give every rank rank 0's weights, plan which rank
+        owns which block matrix, and return the names this rank's matrix optimizer gets (None:
+        all of them, a single process)."""
+        if not self.active:
+            return None
+        from .routing import infer_roles
+
+        batch_split(cfg.batch_size, cfg.micro_batch_size, self.world_size)
+        gather = getattr(cfg, "gather_dtype", "fp32") or "fp32"
+        if gather not in GATHER_DTYPES:
+            raise ConfigError(f"bad value for 'gather_dtype': {gather!r}; choose one of "
+                              f"{', '.join(GATHER_DTYPES)}")
+        self._gather_bf16 = gather == "bf16"
+        self._fisher = getattr(cfg, "fisher", None) == "sampled"
+        self._average = bool(getattr(cfg, "average_rate", None))
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        roles = infer_roles(model)
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        shapes = {n: tuple(p.shape) for n, p in self.params if roles.get(n) == "matrix"}
+        self.owners = plan_ownership(shapes, self.world_size, cost_model(cfg))
+        self.layout = OwnerLayout(list(shapes), {n: p.numel() for n, p in self.params
+                                                 if n in shapes}, self.owners, self.world_size)
+        self.matrices = {n: p for n, p in self.params if n in self.owners}
+        self.replicated = [(n, p) for n, p in self.params if n not in self.owners]
+        self.owned = [(n, self.matrices[n]) for n, _, _ in self.layout.slots(self.rank)]
+        dtypes = {p.dtype for _, p in self.params}
+        self.comm_dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+        return {n for n, _ in self.owned}
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def batch_rows(self, batch_size: int, micro_batch_size: int) -> tuple[list[tuple[int, slice]], int]:
+        """This rank's micro batches as (index among the global batch's micro batches, row slice
+        of the global batch), and the global batch's number of micro batches (what each micro
+        batch's loss is divided by)."""
+        share, micro = batch_split(batch_size, micro_batch_size, self.world_size) if self.active \
+            else (batch_size, micro_batch_size)
+        start = self.rank * share
+        return ([(i // micro, slice(i, i + micro)) for i in range(start, start + share, micro)],
+                batch_size // micro)
+
+    def reduce_gradients(self, loss: Tensor, step: int) -> Tensor:
+        """Sum the step's gradients over the ranks (each rank's loss was already divided by the
+        global number of micro batches) and return the global mean loss. Replicated parameters
+        get the full sum; block matrices only on their owner (None elsewhere). A parameter that
+        no rank saw a gradient for keeps grad None, as in a single process."""
+        _inject_failure(self.rank, step)
+        if not self.active:
+            return loss
+        dev, dtype = self.device, self.comm_dtype
+        stop = self._local_stop is not None and self._local_stop.is_set()
+        local_flags = [p.grad is not None for _, p in self.params]
+        head = torch.tensor([0.0, float(stop), *map(float, local_flags)], dtype=dtype).to(dev)
+        head[0:1].copy_(loss.detach().reshape(1))
+        works = [dist.all_reduce(head, async_op=True)]
+        flat = torch.cat([p.grad.reshape(-1).to(dtype) if p.grad is not None else
+                          torch.zeros(p.numel(), dtype=dtype, device=dev)
+                          for _, p in self.replicated]) if self.replicated else None
+        if flat is not None:
+            works.append(dist.all_reduce(flat, async_op=True))
+        width = self.layout.width
+        packed = torch.empty(self.world_size * width, dtype=dtype, device=dev)
+        grads = {n: p.grad for n, p in self.matrices.items()}
+        for r in range(self.world_size):
+            self.layout.pack(packed[r * width:(r + 1) * width], r, grads)
+        mine = torch.empty(width, dtype=dtype, device=dev)
+        works.append(_reduce_scatter(mine, packed, async_op=True))
+        for work in works:
+            work.wait()
+        del packed, grads
+        # which parameters had a gradient on some rank: only needed (a host read) when this
+        # rank lacked one, since a local gradient already implies a global one
+        has = local_flags if all(local_flags) else [v > 0 for v in head[2:].tolist()]
+        has = dict(zip((n for n, _ in self.params), has))
+        offset = 0
+        for name, p in self.replicated:
+            numel = p.numel()
+            p.grad = flat[offset:offset + numel].view_as(p).to(p.dtype) if has[name] else None
+            offset += numel
+        for p in self.matrices.values():
+            p.grad = None
+        for name, offset, numel in self.layout.slots(self.rank):
+            p = self.matrices[name]
+            p.grad = mine[offset:offset + numel].view_as(p).to(p.dtype) if has[name] else None
+        self._agree_on_stop(head[1])
+        return head[0].to(loss.dtype)
+
+    def _agree_on_stop(self, flag: Tensor) -> None:
+        """Read the previous step's summed stop flag (long finished, so no stall) and this one's
+        without a host sync; every rank reads the same values at the same step."""
+        if self._stop_seen is not None:
+            if self._stop_event is not None:
+                self._stop_event.synchronize()
+            if float(self._stop_seen) > 0 and self._agreed_stop is not None:
+                self._agreed_stop.set()
+                self._local_stop.set()
+        self._stop_seen = flag.to("cpu", non_blocking=True)
+        self._stop_event = None
+        if flag.is_cuda:
+            self._stop_event = torch.cuda.Event()
+            self._stop_event.record()
+
+    def optimizer_step(self, opt) -> None:
+        """`opt.step()` on this rank's matrices (and the replicated parameters), then every
+        owner's new matrices to every rank."""
+        if not self.active:
+            opt.step()
+            return
+        old = [p.detach().clone() for _, p in self.owned] if self._gather_bf16 else None
+        opt.step()
+        self._gather(old)
+
+    @torch.no_grad()
+    def _gather(self, old: list[Tensor] | None = None) -> None:
+        """All-gather the owners' matrices: their values (fp32), or with `old` (the owned
+        matrices before the step) their updates in bf16, applied to the old values on every rank
+        including the owner, so all ranks keep the same weights."""
+        width, dev = self.layout.width, self.device
+        dtype = torch.bfloat16 if old is not None else self.comm_dtype
+        mine = torch.empty(width, dtype=dtype, device=dev)
+        if old is None:
+            values = {n: p for n, p in self.owned}
+        else:
+            values = {n: p - o for (n, p), o in zip(self.owned, old)}
+        self.layout.pack(mine, self.rank, values)
+        out = torch.empty(self.world_size * width, dtype=dtype, device=dev)
+        _all_gather(out, mine)
+        before = dict(zip((n for n, _ in self.owned), old or []))
+        for r in range(self.world_size):
+            slot = out[r * width:(r + 1) * width]
+            for name, offset, numel in self.layout.slots(r):
+                p, value = self.matrices[name], slot[offset:offset + numel].view_as(self.matrices[name])
+                if old is None:
+                    if r != self.rank:
+                        p.copy_(value)
+                elif r == self.rank:
+                    p.copy_(before[name] + value.to(p.dtype))
+                else:
+                    p.add_(value.to(p.dtype))
+
+    # ---- optimizer hooks that need every rank -----------------------------------------------------
+
+    def fisher_params(self, opt) -> list[Tensor]:
+        """The parameters whose sampled-label gradients the coming step needs (TNT): on every rank
+        the union of what the owners' optimizers ask for, since every rank holds part of the
+        batch."""
+        if not hasattr(opt, "fisher_params"):
+            return []
+        if not (self.active and self._fisher):
+            return opt.fisher_params()
+        asked = {id(p) for p in opt.fisher_params()}
+        names = list(self.matrices)
+        flags = torch.tensor([float(id(self.matrices[n]) in asked) for n in names]).to(self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return [self.matrices[n] for n, f in zip(names, flags.tolist()) if f > 0]
+
+    def set_fisher_grads(self, opt, grads: dict[Tensor, Tensor]) -> None:
+        """Sum the sampled-label gradients over the ranks and hand each owner its own."""
+        if self.active and grads:
+            flat = torch.cat([g.reshape(-1).to(self.comm_dtype) for g in grads.values()])
+            dist.all_reduce(flat)
+            out, offset = {}, 0
+            for p, g in grads.items():
+                out[p] = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+                offset += g.numel()
+            grads = out
+        opt.set_fisher_grads(grads)
+
+    @contextlib.contextmanager
+    def averaged_weights(self, opt) -> Iterator[None]:
+        """The optimizer's `averaged_weights()` (SPlus' iterate average, swapped in for evaluation)
+        on every rank: each owner swaps in its matrices' averages, which are then gathered; the
+        other ranks' raw matrices are restored on exit."""
+        swap = getattr(opt, "averaged_weights", None)
+        with swap() if swap is not None else contextlib.nullcontext():
+            if not (self.active and self._average):
+                yield
+                return
+            raw = {n: p.detach().clone() for n, p in self.matrices.items()
+                   if self.owners[n] != self.rank}
+            self._gather()
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for name, value in raw.items():
+                        self.matrices[name].copy_(value)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+
+    def eval_share(self, index: int) -> bool:
+        """Whether validation batch `index` is this rank's to compute."""
+        return index % self.world_size == self.rank
+
+    def sum_in_order(self, losses: list[Tensor]) -> Tensor:
+        """Sum per-batch losses (zeros where another rank computed the batch) over the ranks and
+        then in batch order, the same additions as a single process makes."""
+        total = torch.zeros((), device=self.device)
+        if not losses:
+            return total
+        values = torch.stack([v.float() for v in losses])
+        if self.active:
+            dist.all_reduce(values)
+        for value in values.unbind(0):
+            total += value
+        return total
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, ckpt_root: Path, step: int, model: torch.nn.Module, opt,
+                        trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
+        """`checkpoint.save_checkpoint`; with several ranks the same directory, written as a whole
+        or not at all, with the optimizer state as one shard per rank plus an index. Every rank
+        must call it; an error on any rank is raised on every rank (as an OSError)."""
+        if not self.active:
+            return save_checkpoint(ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
+        ckpt_root = Path(ckpt_root)
+        final, tmp = ckpt_root / f"step-{step}", ckpt_root / f".step-{step}-shards"
+        meta = {"format": FORMAT, "step": str(step)}
+
+        def on_main(action) -> None:  # run on rank 0, raise its error everywhere
+            error = None
+            if self.is_main:
+                try:
+                    action()
+                except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                    error = f"rank 0: {exc}"
+            self._fail_together(self.from_rank0(error), tmp)
+
+        def make_dir() -> None:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+
+        on_main(make_dir)
+        error, saved = None, []
+        try:  # every rank: its shard
+            tensors, opt_meta = self._shard(*flatten_optimizer(opt))
+            extra = json.loads(opt_meta["extra"])
+            saved = sorted({_param_of(k) for k in [*tensors, *extra]})
+            save_file(tensors, tmp / shard_name(self.rank), metadata={**meta, **opt_meta})
+            _fsync(tmp / shard_name(self.rank))
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            error = f"rank {self.rank}: {exc}"
+        infos = [None] * self.world_size
+        dist.all_gather_object(infos, (error, saved, optimizer_state_bytes(opt),
+                                       weights_digest(model)))
+        self._fail_together(next((e for e, _, _, _ in infos if e), None), tmp)
+        differ = [r for r, info in enumerate(infos) if info[3] != infos[0][3]]
+        self._fail_together(f"ranks {differ} hold other weights than rank 0 (the replicas "
+                            "drifted apart; please report this)" if differ else None, tmp)
+
+        def finish() -> None:  # rank 0: model, trainer state, index; then the rename
+            weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, tmp / "model.safetensors", metadata=meta)
+            save_file({k: v.contiguous() for k, v in trainer_tensors.items()},
+                      tmp / "trainer.safetensors",
+                      metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}})
+            index = {"format": INDEX_FORMAT, "step": step, "world_size": self.world_size,
+                     "shards": [shard_name(r) for r in range(self.world_size)],
+                     "location": {name: r for r, (_, names, _, _) in enumerate(infos)
+                                  for name in names},
+                     "owners": self.owners, "state_bytes": [b for _, _, b, _ in infos]}
+            (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+            for f in ("model.safetensors", "trainer.safetensors", INDEX):
+                _fsync(tmp / f)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(ckpt_root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+        on_main(finish)
+        return final
+
+    def _fail_together(self, error: str | None, tmp: Path) -> None:
+        """Raise `error` (the same on every rank) as an OSError, removing the partial dir."""
+        if error is not None:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(f"checkpoint not written: {error}")
+
+    def _shard(self, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+        """This rank's part of the flat optimizer state: the matrices it owns, plus (rank 0 only)
+        the replicated parameters' state, which is the same on every rank."""
+        def keep(flat: str) -> bool:
+            name = _param_of(flat)
+            return self.owners.get(name, 0) == self.rank
+
+        extra = json.loads(meta["extra"])
+        extra = {k: v for k, v in extra.items() if keep(k)}
+        return {k: v for k, v in tensors.items() if keep(k)}, {**meta, "extra": json.dumps(extra)}
+
+    def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
+        """Restore `opt` from a checkpoint, whichever world size wrote it: a single process with
+        the single-file layout loads as before; otherwise every parameter's state is read by name
+        from the file that holds it (only the tensors this rank's optimizer needs)."""
+        if not self.active and "optimizer" in loaded:
+            opt.load_state_dict(unflatten_optimizer(opt, loaded["optimizer"],
+                                                    loaded["optimizer_meta"]))
+            return
+        opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
+
+
+def _param_of(flat: str) -> str:
+    """The parameter name of a flat optimizer key `<part>.state.<param>.<buffer>`."""
+    return flat.split(".state.", 1)[1].rsplit(".", 1)[0]
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def optimizer_files(ckpt: Path) -> list[Path]:
+    """The optimizer-state files of a checkpoint: the single file, or the shards of its index."""
+    single = ckpt / "optimizer.safetensors"
+    if single.is_file():
+        return [single]
+    try:
+        index = json.loads((ckpt / INDEX).read_text())
+        return [ckpt / s for s in index["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt} has no readable optimizer state ({exc}); resume from an "
+                              "earlier checkpoint") from None
+
+
+def optimizer_state_by_name(opt, ckpt: Path) -> dict:
+    """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
+    assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
+    tensors `opt` needs. Hyperparameters come from the saved group that held each of opt's
+    groups' first parameter."""
+    with contextlib.ExitStack() as stack:
+        groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
+        where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
+        for path in optimizer_files(ckpt):
+            try:
+                fh = stack.enter_context(safe_open(path, framework="pt"))
+                meta = fh.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
+                saved = json.loads(meta["param_groups"], object_hook=_json_hook)
+                extra = json.loads(meta["extra"], object_hook=_json_hook)
+                keys = list(fh.keys())
+            except (OSError, ValueError, KeyError) as exc:
+                if isinstance(exc, CheckpointError):
+                    raise
+                raise CheckpointError(f"checkpoint file {path} is unreadable ({exc}); it may be "
+                                      "truncated: resume from an earlier checkpoint") from None
+            for part, part_groups in saved.items():
+                for g in part_groups:
+                    hyper = {k: v for k, v in g.items() if k != "params"}
+                    for name in g["params"]:
+                        groups.setdefault(part, {})[name] = hyper
+            by_param: dict[tuple[str, str], list[str]] = {}
+            for key in [*keys, *extra]:
+                part = key.split(".state.", 1)[0]
+                by_param.setdefault((part, _param_of(key)), []).append(key)
+            for (part, name), ks in by_param.items():
+                where[(part, name)] = (fh, ks, extra)
+        missing_parts = sorted(set(opt.parts) - set(groups))
+        if missing_parts:
+            raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run "
+                                  f"needs {sorted(opt.parts)}: resume with the same --optimizer")
+        out = {}
+        for part, o in opt.parts.items():
+            state, param_groups, index = {}, [], 0
+            for g in o.param_groups:
+                names = [opt.param_names[id(p)] for p in g["params"]]
+                if any(n not in groups[part] for n in names):
+                    raise CheckpointError("checkpoint parameters do not match this model: resume "
+                                          "with the same preset and model shape")
+                ids = list(range(index, index + len(names)))
+                index += len(names)
+                param_groups.append({**groups[part][names[0]], "params": ids})
+                for i, name in zip(ids, names):
+                    if (part, name) not in where:
+                        continue  # no state yet (never stepped), as in a single process
+                    fh, keys, extra = where[(part, name)]
+                    for key in keys:
+                        buffer = key.rsplit(".", 1)[1]
+                        value = extra[key] if key in extra else fh.get_tensor(key)
+                        state.setdefault(i, {})[buffer] = value
+            out[part] = {"state": state, "param_groups": param_groups}
+        return out
+
+
+def read_index(ckpt: Path) -> dict | None:
+    """A sharded checkpoint's index (None for the single-file layout)."""
+    path = Path(ckpt) / INDEX
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+__all__ = ["Dist", "MatrixCost", "OwnerLayout", "batch_split", "cost_model", "env_rank",
+           "env_world_size", "exit_on_error", "is_main_process", "launch", "launch_train", "run_rank",
+           "matrix_cost", "optimizer_state_bytes", "optimizer_state_by_name", "plan_loads",
+           "plan_ownership", "rank_prefix", "read_index", "setup", "teardown", "torchrun_main"]
