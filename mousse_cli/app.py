@@ -17,7 +17,7 @@ import mousse
 from mousse.checkpoint import CheckpointError, find_checkpoint
 from mousse.config import ConfigError, load_config_file, resolve
 from mousse.data import DataError
-from mousse.distributed import env_world_size, exit_on_error, is_main_process, rank_prefix
+from mousse.launch import env_world_size, exit_on_error, is_main_process, rank_prefix
 
 from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
 from .views import AblationView, TrainView, bench_tables, console, presets_table, results_tables
@@ -136,7 +136,7 @@ def train(
         else:
             cfg = resolve(settings)
         if nproc != 1:
-            from mousse.distributed import launch_train
+            from mousse.launch import launch_train
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         with graceful_stop() as stop:
             trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop)
@@ -217,7 +217,7 @@ def ablate(
                       highlight=False, soft_wrap=True)
         for run in runs:
             knobs = ", ".join(f"{k}={({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
-                              for k, v in run.knobs.items()) or "Mousse defaults"
+                              for k, v in run.knobs.items()) or "the shared settings"
             console.print(f"  {run.name:<28} {knobs}{'  (baseline)' if run.is_baseline else ''}",
                           highlight=False, soft_wrap=True, markup=False)
         if dry_run:
@@ -296,6 +296,6 @@ def report(
 
 def main() -> None:
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
-        from mousse.distributed import run_rank
+        from mousse.launch import run_rank
         run_rank(app)
     app()

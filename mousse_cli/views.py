@@ -202,7 +202,8 @@ class AblationView:
             self._plain(f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "
                         f"{e.info['n_params'] / 1e6:.2f}M params, run dir {e.run_dir}")
         elif isinstance(e, StepLogged):
-            row.update(step=e.step, loss=e.train_loss, tps=e.tokens_per_s)
+            row.update(step=e.step, loss=e.train_loss,
+                       tokens_per_step=e.tokens_per_s * e.step_ms / 1000)  # tps: from the median
             row["ms"].append(e.step_ms)
             row["fb"].append(e.fwd_bwd_ms)
             row["opt"].append(e.opt_ms)
@@ -249,6 +250,8 @@ class AblationView:
             conv.add_row(label, step, fmt(r["loss"]), fmt(r["val"]), fmt(r["best"]),
                          fmt(self._delta(r), "+.4f"), r["status"])
             ms = self._median(r["ms"])
+            if ms and r.get("tokens_per_step"):  # consistent with the median step time shown
+                r["tps"] = r["tokens_per_step"] / (ms / 1000)
             overhead = (ms / base_ms - 1) * 100 if ms and base_ms and name != self.baseline else None
             timing.add_row(label, fmt(ms, ".1f"), fmt(self._median(r["fb"]), ".1f"),
                            fmt(self._median(r["opt"]), ".1f"), fmt(r["tps"], ",.0f"),

@@ -22,9 +22,10 @@ from safetensors import safe_open
 from conftest import assert_one_line_error, mousse_command, read_metrics
 from mousse.checkpoint import list_checkpoints, save_checkpoint
 from mousse.config import ConfigError, resolve
-from mousse.distributed import (OwnerLayout, batch_split, matrix_cost, optimizer_state_by_name,
-                                plan_loads, plan_ownership, read_index)
+from mousse.distributed import optimizer_state_by_name, read_index
+from mousse.launch import batch_split
 from mousse.model import GPT, GPTConfig
+from mousse.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
 from mousse.presets import PRESETS, _meta_model
 from mousse.routing import build_optimizer, infer_roles
 from mousse.train import Trainer

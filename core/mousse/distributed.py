@@ -1,28 +1,24 @@
-"""Scale-out on PyTorch's own distributed stack: one process per GPU (or CPU rank), launched by
-`torchrun` (or `mousse train --nproc N`, which starts torchrun). ZeRO-1 style; the optimizers
-themselves know nothing of it.
+"""One rank's part in a torch.distributed job: joining and leaving the process group (`setup`,
+`teardown`), `Dist` (the rank's view of the job, used by the trainer at fixed points of the step)
+and the sharded optimizer checkpoints. ZeRO-1 style; the optimizers themselves know nothing of it.
+The ownership plan is in `ownership`, the torchrun process side (launching, errors, exit) in
+`launch`; design notes: docs/scaling.md.
 
-- Data: every rank reads a disjoint slice of the same global batch (`data.train_batch`'s `rows`),
-  so the global batch and the results do not depend on the number of ranks.
+- Data: every rank reads a disjoint slice of the same global batch (`data.train_batch`'s `rows`,
+  split by `launch.batch_split`), so the global batch and the results do not depend on the number
+  of ranks.
 - Gradients: one exchange per step. Gradients of the replicated parameters (embedding, head,
   gains) are all-reduced; block-matrix gradients are reduce-scattered so that each matrix's owner
   alone receives its sum. The step's loss (reported as the global mean) and the stop flag ride
   along in a small all-reduce.
-- Optimizer: `plan_ownership` (the one place that decides) gives each block matrix to one rank,
-  balancing the cost of its refresh (~ m^3 + n^3) and Newton-Schulz / whitening flops and keeping
-  same-shape matrices in contiguous chunks, so the owner's optimizer still batches them. Each rank's
-  matrix optimizer is built over its own matrices only (`build_optimizer(owned=...)`): optimizer
-  state memory falls about N-fold. After the step the owners' new values are all-gathered (fp32,
-  or bf16 updates with `gather_dtype = "bf16"`). Every rank joins every collective on every step,
+- Optimizer: `ownership.plan_ownership` gives each block matrix to one rank. Each rank's matrix
+  optimizer is built over its own matrices only (`build_optimizer(owned=...)`): optimizer state
+  memory falls about N-fold. After the step the owners' new values are all-gathered (fp32, or bf16
+  updates with `gather_dtype = "bf16"`). Every rank joins every collective on every step,
   whichever parameters got gradients, so nothing waits on a collective that never comes.
 - Checkpoints: model and trainer state once (rank 0), the optimizer state per rank
   (`optimizer-rank{r}.safetensors`) plus `optimizer-index.json`. Loading finds each parameter's
   state by name, so a run resumes on any world size (ownership is recomputed, state moves).
-- Failures: collectives time out after MOUSSE_DIST_TIMEOUT seconds (default 600); an error on
-  any rank prints one line (rank and message) and ends that process with a non-zero code, and
-  torchrun then stops the other ranks.
-
-Test hook: MOUSSE_FAIL_AT="RANK:STEP" raises a RuntimeError on that rank at that step.
 
 With one process, every method is a pass-through to the single-process code, bit for bit.
 """
@@ -32,15 +28,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import logging
 import os
 import shutil
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,114 +45,18 @@ from .checkpoint import FORMAT, CheckpointError, _json_hook, flatten_optimizer, 
 from .checkpoint import OPTIMIZER_INDEX as INDEX
 from .checkpoint import save_checkpoint, unflatten_optimizer
 from .config import ConfigError
-
-TIMEOUT_ENV, FAIL_ENV, TRACEBACK_ENV = "MOUSSE_DIST_TIMEOUT", "MOUSSE_FAIL_AT", "MOUSSE_TRACEBACK"
-DEFAULT_TIMEOUT_S = 600
+from .launch import _inject_failure, batch_split, env_world_size, timeout_seconds
+from .ownership import OwnerLayout, cost_model, plan_ownership
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
 GATHER_DTYPES = ("fp32", "bf16")
-LINGER_S = 3.0  # a rank that lost a peer waits this long for torchrun to stop it
-EIGH_FLOPS = 9.0  # flops of a symmetric eigendecomposition with vectors, per k^3
 
 
 def shard_name(rank: int) -> str:
     return f"optimizer-rank{rank}.safetensors"
 
 
-# ---- the launch environment ---------------------------------------------------------------------
-
-
-def env_world_size() -> int:
-    """Ranks in this job, from torchrun's environment (1 when not launched by it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def env_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """Rank 0, or a single process: the one that renders and writes shared files."""
-    return env_rank() == 0
-
-
-def rank_prefix() -> str:
-    """'rank R/N: ' under torchrun with more than one rank, else ''."""
-    return f"rank {env_rank()}/{env_world_size()}: " if env_world_size() > 1 else ""
-
-
-def timeout_seconds() -> float:
-    value = os.environ.get(TIMEOUT_ENV)
-    try:
-        return float(value) if value else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise ConfigError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
-
-
-def _inject_failure(rank: int, step: int) -> None:
-    """The MOUSSE_FAIL_AT="RANK:STEP" test hook."""
-    spec = os.environ.get(FAIL_ENV)
-    if spec and spec == f"{rank}:{step}":
-        raise RuntimeError(f"injected failure at step {step} ({FAIL_ENV}={spec})")
-
-
-def _hard_exit(code: int, linger: float = 0.0) -> None:
-    """Exit now, without atexit handlers (which could wait on a dead process group)."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    if linger:
-        time.sleep(linger)
-    os._exit(code)
-
-
-@contextlib.contextmanager
-def exit_on_error(exit_types: tuple[type, ...] = ()) -> Iterator[None]:
-    """Under torchrun (more than one rank): an error ends this rank at once, with one line on
-    stderr naming the rank and the error and a non-zero exit code (130 for Ctrl-C), so torchrun
-    stops the other ranks instead of leaving them waiting in a collective. `exit_types` are
-    exceptions that carry an `exit_code` (a CLI's exit): non-zero codes end the process the same
-    way, without a message. A no-op in a single process. MOUSSE_TRACEBACK=1 adds the traceback."""
-    if env_world_size() <= 1:
-        yield
-        return
-    try:
-        yield
-    except exit_types as exc:
-        code = getattr(exc, "exit_code", 1)
-        if code:
-            _hard_exit(code)
-        raise
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            _hard_exit(exc.code if isinstance(exc.code, int) else 1)
-        raise
-    except KeyboardInterrupt:
-        print(f"error: {rank_prefix()}interrupted", file=sys.stderr)
-        _hard_exit(130)
-    except BaseException as exc:  # noqa: BLE001 - every error must end the rank
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if _lost_peer(exc):
-            # most likely another rank failed first: say so briefly, and give torchrun a moment
-            # to see that rank's exit (and stop this one) so it reports the root cause
-            print(f"error: {rank_prefix()}stopped: a collective failed, most likely because "
-                  f"another rank stopped ({text[:160]})", file=sys.stderr)
-            _hard_exit(1, linger=LINGER_S)
-        print(f"error: {rank_prefix()}{type(exc).__name__}: {text}", file=sys.stderr)
-        if os.environ.get(TRACEBACK_ENV) == "1":
-            import traceback
-            traceback.print_exc()
-        _hard_exit(1)
-
-
-def _lost_peer(exc: BaseException) -> bool:
-    """Whether an error is a failed collective (a peer that exited or timed out)."""
-    if isinstance(exc, getattr(dist, "DistError", ())):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("/gloo/", "Connection reset by peer", "Connection closed by peer",
-                            "NCCL", "ProcessGroup"))
+# ---- the process group ---------------------------------------------------------------------------
 
 
 def setup(device: torch.device | str | None = None) -> Dist:
@@ -187,232 +82,6 @@ def setup(device: torch.device | str | None = None) -> Dist:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def run_rank(entry: Callable[[], object]) -> None:
-    """Run a command-line entry point as one rank of a torchrun job and end the process the safe
-    way: wait for every rank, leave the process group, then exit without the interpreter's
-    teardown (gloo's threads can abort the process in it, after the work is done)."""
-    try:
-        entry()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
-    # 0, diverged and interrupted end every rank on the same step; anything else may be one
-    # rank's alone, and the others may be in a collective: leave without waiting for them
-    if code in (0, 3, 130) and dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.barrier()
-            dist.destroy_process_group()
-    _hard_exit(code)
-
-
-# ---- launching ------------------------------------------------------------------------------------
-
-
-def torchrun_main(argv: list[str] | None = None) -> None:
-    """`torchrun` with a short report: on failure one line names the first failed rank and its
-    exit code (the rank printed its own error), instead of torchrun's traceback, and the exit code
-    is that rank's."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which stopped
-        sys.exit(130)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        code = failure.exitcode if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256 else 1
-        if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
-            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else \
-                f"signal {-failure.exitcode}"
-            print(f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
-                  file=sys.stderr)
-        sys.exit(code)
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
-    rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
-    CPU threads unless OMP_NUM_THREADS is set."""
-    cmd = [sys.executable, "-c", "from mousse.distributed import torchrun_main; torchrun_main()",
-           "--standalone", f"--nproc-per-node={nproc}", "-m", "mousse_cli", *argv]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(cmd, env=env)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # torchrun got it too and passes it on to the ranks
-            continue
-
-
-def launch_train(nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None,
-                 json_out: bool) -> int:
-    """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
-    torchrun with the resolved settings and one run dir for every rank."""
-    import tempfile
-
-    from . import tomlio
-    from .data import load_dataset
-    from .train import default_run_dir
-
-    if nproc < 1:
-        raise ConfigError(f"bad value for '--nproc': {nproc}; must be >= 1")
-    if env_world_size() > 1:
-        raise ConfigError("--nproc starts torchrun, but this process already runs under it; "
-                          "drop --nproc")
-    batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
-    load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
-    run_dir = run_dir or default_run_dir(cfg)
-    with tempfile.TemporaryDirectory(prefix="mousse-launch-") as tmp:
-        conf = Path(tmp) / "settings.toml"
-        conf.write_text(tomlio.dumps(settings))
-        args = ["train", "--config", str(conf), "--run-dir", str(run_dir)]
-        args += ["--resume", str(resume)] if resume is not None else []
-        args += ["--json"] if json_out else []
-        return launch(nproc, args)
-
-
-def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
-    """(sequences per rank, micro batch per rank) for a global batch; ConfigError if it does not
-    split evenly. The micro batch shrinks to the rank's share when that is smaller."""
-    if batch_size % world_size:
-        raise ConfigError(f"batch_size {batch_size} does not split over {world_size} ranks; use a "
-                          f"multiple of {world_size}")
-    share = batch_size // world_size
-    micro = min(micro_batch_size, share)
-    if share % micro:
-        raise ConfigError(f"each of {world_size} ranks gets {share} sequences of batch_size "
-                          f"{batch_size}, not a multiple of micro_batch_size {micro}; pick sizes "
-                          f"that divide")
-    return share, micro
-
-
-# ---- ownership: who computes which matrix ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MatrixCost:
-    """Flops of one (m, n) matrix in the matrix optimizer: `refresh` (eigendecompositions of its
-    factors, every precond_freq steps) and `step` (statistics, whitening and orthogonalization,
-    every step)."""
-
-    refresh: float
-    step: float
-    precond_freq: int = 1
-
-    @property
-    def amortized(self) -> float:
-        return self.step + self.refresh / self.precond_freq
-
-
-def matrix_cost(shape: tuple[int, int], sides: str = "both", precond_freq: int = 10,
-                ns_steps: int = 5, orthogonalizer: str = "newton_schulz") -> MatrixCost:
-    """Cost model of one matrix: refresh ~ 9 (m^3 + n^3) for the preconditioned sides (eigh with
-    vectors); per step the factor statistics (2 m^2 n, 2 m n^2), whitening and unwhitening (twice
-    that) and Newton-Schulz, ns_steps x (4 a^2 b + 2 a^3) with a <= b the matrix's sides."""
-    m, n = shape
-    a, b = min(m, n), max(m, n)
-    left, right = sides in ("both", "left"), sides in ("both", "right")
-    refresh = EIGH_FLOPS * (m**3 * left + n**3 * right)
-    stats = 2 * m * m * n * left + 2 * m * n * n * right
-    ortho = {"newton_schulz": ns_steps * (4 * a * a * b + 2 * a**3),
-             "exact": 4 * a * a * b + 22 * a**3}.get(orthogonalizer, 2 * m * n)  # svd; elementwise
-    return MatrixCost(float(refresh), float(3 * stats + ortho), max(1, precond_freq))
-
-
-def cost_model(cfg) -> Callable[[tuple[int, int]], float]:
-    """Amortized per-step flops of a matrix under a run's matrix optimizer."""
-    if cfg.optimizer == "adamw":
-        return lambda shape: float(shape[0] * shape[1])
-    sides = getattr(cfg, "sides", None) or "none"
-    ortho = getattr(cfg, "orthogonalizer", None) or "newton_schulz"
-    freq = getattr(cfg, "precond_freq", None) or 1
-    steps = getattr(cfg, "ns_steps", None) or 5
-    return lambda shape: matrix_cost(shape, sides, freq, steps, ortho).amortized
-
-
-def plan_ownership(shapes: Mapping[str, tuple[int, int]], world_size: int,
-                   cost: Callable[[tuple[int, int]], float] | None = None) -> dict[str, int]:
-    """The owner rank of every matrix, {name: rank}; the one place that decides.
-
-    Balanced by cost: matrices are dealt heaviest shape first to the least-loaded rank (LPT, at
-    most 4/3 of the best possible maximum load). Then, per shape, the matrices a rank got are
-    renumbered into one contiguous chunk (rank 0 the first chunk, ...), which keeps every rank's
-    load and lets its optimizer batch same-shape matrices as one stack. Deterministic: a pure
-    function of the names in order, their shapes, the world size and the cost. Shapes are global
-    shapes, so the same plan serves parameters sharded by FSDP (docs/scaling.md)."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    cost = cost or (lambda shape: matrix_cost(shape).amortized)
-    buckets: dict[tuple, list[str]] = {}
-    for name, shape in shapes.items():
-        buckets.setdefault(tuple(shape), []).append(name)
-    weight = {shape: float(cost(shape)) for shape in buckets}
-    load = [0.0] * world_size
-    counts = {shape: [0] * world_size for shape in buckets}
-    order = sorted(enumerate(buckets), key=lambda item: (-weight[item[1]], item[0]))
-    for _, shape in order:
-        for _ in buckets[shape]:
-            rank = min(range(world_size), key=lambda r: (load[r], r))
-            load[rank] += weight[shape]
-            counts[shape][rank] += 1
-    owners: dict[str, int] = {}
-    for shape, names in buckets.items():
-        start = 0
-        for rank, count in enumerate(counts[shape]):
-            for name in names[start:start + count]:
-                owners[name] = rank
-            start += count
-    return {name: owners[name] for name in shapes}
-
-
-def plan_loads(shapes: Mapping[str, tuple[int, int]], owners: Mapping[str, int], world_size: int,
-               cost: Callable[[tuple[int, int]], float]) -> list[float]:
-    """Each rank's summed cost under a plan."""
-    load = [0.0] * world_size
-    for name, shape in shapes.items():
-        load[owners[name]] += cost(tuple(shape))
-    return load
-
-
-class OwnerLayout:
-    """The block matrices packed by owner into one flat buffer of world_size equal slots: rank r's
-    slot holds r's matrices in plan order, then zero padding. Every rank builds the same layout, so
-    a reduce-scatter over the buffer hands each owner the summed gradients of its matrices, and an
-    all-gather of the slots hands every rank every owner's matrices."""
-
-    def __init__(self, names: list[str], numels: Mapping[str, int], owners: Mapping[str, int],
-                 world_size: int):
-        self.world_size = world_size
-        self.members = [[n for n in names if owners[n] == r] for r in range(world_size)]
-        self.numels = dict(numels)
-        self.width = max(1, max(sum(self.numels[n] for n in ms) for ms in self.members))
-
-    def slots(self, rank: int) -> Iterator[tuple[str, int, int]]:
-        """(name, offset within the slot, numel) of rank's matrices."""
-        offset = 0
-        for name in self.members[rank]:
-            yield name, offset, self.numels[name]
-            offset += self.numels[name]
-
-    def pack(self, slot: Tensor, rank: int, values: Mapping[str, Tensor | None]) -> None:
-        """Write rank's matrices (None: zeros) into its slot, a tensor of `width` elements."""
-        for name, offset, numel in self.slots(rank):
-            value = values.get(name)
-            if value is None:
-                slot[offset:offset + numel].zero_()
-            else:
-                slot[offset:offset + numel].copy_(value.reshape(-1))
-        used = sum(self.numels[n] for n in self.members[rank])
-        slot[used:].zero_()
 
 
 def _all_gather(out: Tensor, inp: Tensor, async_op: bool = False):
@@ -887,7 +556,5 @@ def read_index(ckpt: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-__all__ = ["Dist", "MatrixCost", "OwnerLayout", "batch_split", "cost_model", "env_rank",
-           "env_world_size", "exit_on_error", "is_main_process", "launch", "launch_train", "run_rank",
-           "matrix_cost", "optimizer_state_bytes", "optimizer_state_by_name", "plan_loads",
-           "plan_ownership", "rank_prefix", "read_index", "setup", "teardown", "torchrun_main"]
+__all__ = ["Dist", "optimizer_state_bytes", "optimizer_state_by_name", "read_index", "setup",
+           "teardown"]

@@ -132,7 +132,7 @@ def build_optimizer(
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
     with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
     owned: names of the block matrices this process's matrix optimizer gets (None: all). Under
-    torch.distributed each rank owns some (mousse.distributed.plan_ownership); the others are
+    torch.distributed each rank owns some (mousse.ownership.plan_ownership); the others are
     updated by their owners. The routing table still lists every parameter.
     """
     roles = roles or infer_roles(model)

@@ -20,9 +20,9 @@ from .ablation import AblationPlan, RunSpec
 from .checkpoint import list_checkpoints
 from .config import ConfigError, resolve
 from .data import load_dataset
-from .distributed import is_main_process
 from .events import Event
 from .fileio import atomic_write_text, write_json
+from .launch import is_main_process
 from .results import summarize
 
 FINISHED = ("completed", "diverged")
