@@ -73,7 +73,9 @@ class TrainView:
         cfg, info = event.config, event.info
         resumed = f", resumed at step {info['resumed_from']}" if info["resumed_from"] else ""
         console.print(f"[bold]mousse train[/] {cfg['preset']} · {cfg['optimizer']} · "
-                      f"{info['n_params'] / 1e6:.2f}M params · {info['device']}{resumed}")
+                      f"{info['n_params'] / 1e6:.2f}M params · {info['device']}"
+                      f"{f' x {ranks} ranks' if (ranks := info.get('world_size', 1)) > 1 else ''}"
+                      f"{resumed}")
         console.print(f"data: {info['data']}", highlight=False, soft_wrap=True, markup=False)
         console.print(f"routing: {routing_summary(info['routing'])}", highlight=False)
         console.print(f"run dir: {event.run_dir}", highlight=False, soft_wrap=True, markup=False)

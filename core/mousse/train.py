@@ -299,7 +299,7 @@ class Trainer:
         self.emit(RunStarted(self.run_dir, cfg.to_dict(), {
             "n_params": n_params, "device": str(self.device), "data": self.data.describe(),
             "vocab_size": self.data.vocab_size, "routing": self.routes,
-            "resumed_from": self.resumed_from}))
+            "resumed_from": self.resumed_from, "world_size": self.dist.world_size}))
         timer = _StepTimer(self.device)
         knobs = cfg.to_dict()
         refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
