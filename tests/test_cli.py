@@ -371,7 +371,7 @@ def test_presets_list_lr_per_optimizer(cli):
         assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
     assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.03
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
-    assert "provisional" in rows["small"]["lr_note"].lower()
+    assert "lr sweep on tiny" in rows["small"]["lr_note"]
 
     res = cli("presets")
     assert res.exit_code == 0, res
@@ -381,4 +381,4 @@ def test_presets_list_lr_per_optimizer(cli):
     tiny = next(line for line in text.splitlines() if line.split()[:1] == ["tiny"]
                 and line.split()[1] == "0.03")
     assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
-    assert "PROVISIONAL" in text and "released 160M recipe" in text
+    assert "benchmarks/lr-sweep" in text and "released 160M recipe" in text

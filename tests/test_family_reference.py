@@ -384,18 +384,21 @@ def ref_soap(shape, sides, freq, **kw):
                    c["weight_decay"], freq, sides, rotate_m=c.get("rotate_m", True))
 
 
+def run_sided(cls, sided, make_ref, kw, freq, seed, steps):
+    """The engine preset `cls` over matrices with per-group sides vs one reference per matrix."""
+    prob = Problem([s for s, _ in sided], seed=seed, steps=steps)
+    params = params_of(prob)
+    opt = cls(grouped(params, [s for _, s in sided]), precond_freq=freq, eps=1e-30, **kw)
+    refs = [make_ref(shape, sides, freq) for shape, sides in sided]
+    run_vs_refs(opt, params, refs, prob, steps)
+
+
 @pytest.mark.parametrize("freq", [2, 3])
 def test_soap_matches_dense_soap(freq):
     """Adam in the eigenbasis, QR refreshes every `freq` Adam steps, decay after the update."""
     from mousse import SOAP
 
-    steps = 11
-    prob = Problem([s for s, _ in SOAP_SIDED], seed=10 + freq, steps=steps)
-    params = params_of(prob)
-    opt = SOAP(grouped(params, [s for _, s in SOAP_SIDED]), precond_freq=freq, eps=1e-30,
-               **SOAP_KW)
-    refs = [ref_soap(shape, sides, freq) for shape, sides in SOAP_SIDED]
-    run_vs_refs(opt, params, refs, prob, steps)
+    run_sided(SOAP, SOAP_SIDED, ref_soap, SOAP_KW, freq, seed=10 + freq, steps=11)
 
 
 def test_soap_first_call_only_builds_the_basis():
@@ -521,13 +524,7 @@ def ref_splus(shape, sides, freq, **kw):
 def test_splus_matches_dense_splus(freq):
     from mousse import SPlus
 
-    steps = 9
-    prob = Problem([s for s, _ in SPLUS_SIDED], seed=30 + freq, steps=steps)
-    params = params_of(prob)
-    opt = SPlus(grouped(params, [s for _, s in SPLUS_SIDED]), precond_freq=freq, eps=1e-30,
-                **SPLUS_KW)
-    refs = [ref_splus(shape, sides, freq) for shape, sides in SPLUS_SIDED]
-    run_vs_refs(opt, params, refs, prob, steps)
+    run_sided(SPlus, SPLUS_SIDED, ref_splus, SPLUS_KW, freq, seed=30 + freq, steps=9)
 
 
 def test_splus_with_a_stale_basis_uses_the_basis_computed_after_the_previous_update():

@@ -37,12 +37,13 @@ TRAINING_RECIPES: dict[str, dict] = {
 }
 
 # Peak matrix lr of the CPU presets. Mousse and Muon: the project's CPU recipe (spec section 7).
-# PROVISIONAL (not yet swept on these presets, to be replaced by an LR sweep): shampoo, soap,
-# splus, tnt, specgd.
-_CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 3e-3, "soap": 3e-3, "splus": 0.03,
-            "tnt": 1e-3, "specgd": 0.02}
-_CPU_LR_NOTE = ("mousse, muon, adamw: the project's CPU recipe (spec section 7); shampoo, soap, "
-                "splus, tnt, specgd: PROVISIONAL, not yet swept on these presets")
+# The others: the best final validation loss of an lr sweep on the tiny preset
+# (benchmarks/lr-sweep/: `mousse ablate benchmarks/lr-sweep/<name>.toml`), checked to train
+# stably on small.
+_CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 0.01, "soap": 0.01, "splus": 0.3,
+            "tnt": 1e-4, "specgd": 0.1}
+_CPU_LR_NOTE = ("mousse/muon lr: the project's CPU recipe (spec section 7); shampoo, soap, splus, "
+                "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small")
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {**{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
