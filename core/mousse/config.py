@@ -21,6 +21,7 @@ from . import optim, tomlio
 OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")
 SCALAR_OPTIMIZERS = ("adamw", "lion")
 DEVICES = ("auto", "cpu", "cuda")
+GATHER_DTYPES = ("fp32", "bf16")  # what owners send in the all-gather under torchrun
 # The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
 # them; the others stay None for AdamW runs.
 FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
@@ -287,7 +288,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     check_choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     check_choice("device", cfg.device, DEVICES)
-    check_choice("gather_dtype", cfg.gather_dtype, ("fp32", "bf16"))
+    check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     for key, allowed in optim.CHOICES.items():  # the engine's own choices
         if getattr(cfg, key) is not None:
             check_choice(key, getattr(cfg, key), allowed)

@@ -44,12 +44,10 @@ from torch import Tensor
 from .checkpoint import FORMAT, CheckpointError, _json_hook, flatten_optimizer, list_checkpoints
 from .checkpoint import OPTIMIZER_INDEX as INDEX
 from .checkpoint import save_checkpoint, unflatten_optimizer
-from .config import ConfigError
 from .launch import _inject_failure, batch_split, env_world_size, timeout_seconds
 from .ownership import OwnerLayout, cost_model, plan_ownership
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
-GATHER_DTYPES = ("fp32", "bf16")
 
 
 def shard_name(rank: int) -> str:
@@ -169,11 +167,7 @@ class Dist:
         from .routing import infer_roles
 
         batch_split(cfg.batch_size, cfg.micro_batch_size, self.world_size)
-        gather = getattr(cfg, "gather_dtype", "fp32") or "fp32"
-        if gather not in GATHER_DTYPES:
-            raise ConfigError(f"bad value for 'gather_dtype': {gather!r}; choose one of "
-                              f"{', '.join(GATHER_DTYPES)}")
-        self._gather_bf16 = gather == "bf16"
+        self._gather_bf16 = getattr(cfg, "gather_dtype", None) == "bf16"  # validated by config
         self._fisher = getattr(cfg, "fisher", None) == "sampled"
         self._average = bool(getattr(cfg, "average_rate", None))
         with torch.no_grad():
