@@ -291,6 +291,9 @@ BENCH_LABELS = {
     "mousse_left_f1": "Mousse left, refresh every step",
     "mousse_left_f10": "Mousse left, refresh every 10",
     "mousse_both_f10_qr": "Mousse both, qr refresh every 10",
+    "shampoo_f10": "Shampoo, refresh every 10", "soap_f10": "SOAP, qr refresh every 10",
+    "splus_f10": "SPlus, refresh every 10", "tnt_f10": "TNT (empirical), refresh every 10",
+    "specgd": "SpecGD (SVD)",
 }
 
 

@@ -102,9 +102,9 @@ def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     per-parameter state entries are views that tile its stacked buffers, so their sizes add up."""
     state = sum(v.nbytes for st in opt.state.values() for v in st.values()
                 if isinstance(v, torch.Tensor))
-    cache = sum(t.nbytes for group in getattr(opt, "_buckets", None) or [] for b in group
-                for k, t in b.state.items() if k.startswith("P_"))
-    return state, cache
+    cached = {id(t): t for group in getattr(opt, "_buckets", None) or [] for b in group
+              for k, t in b.state.items() if k.startswith("P_")}  # P_post may be P itself
+    return state, sum(t.nbytes for t in cached.values())
 
 
 def bench_steps(shapes: dict, device: torch.device, repeats: int) -> tuple[dict, dict, tuple]:
