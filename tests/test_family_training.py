@@ -112,3 +112,22 @@ def test_short_ablation_over_the_whole_family_completes(cli, tmp_path):
         runs = list((tmp_path / "a" / "runs").glob(f"*{name}*"))
         assert runs, name
         assert all(summary(r)["status"] == "completed" for r in runs), name
+
+
+def test_averaged_weights_right_after_loading_a_state_dict():
+    """A resumed run that evaluates before its next step still sees the loaded average."""
+    from mousse import SPlus
+
+    w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    opt = SPlus([w], lr=0.1, precond_freq=2)
+    for _ in range(3):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    twin = torch.nn.Parameter(w.detach().clone())
+    loaded = SPlus([twin], lr=0.1, precond_freq=2)
+    loaded.load_state_dict(opt.state_dict())
+    with opt.averaged_weights():
+        expected = w.detach().clone()
+    with loaded.averaged_weights():
+        assert torch.equal(twin.detach(), expected)
+    assert not torch.equal(expected, w.detach()) and torch.equal(twin.detach(), w.detach())

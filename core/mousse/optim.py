@@ -320,7 +320,7 @@ class KroneckerOptimizer(Optimizer):
         the raw weights on exit, bit for bit; a no-op for groups without one."""
         saved = []
         with torch.no_grad():
-            for group, group_buckets in zip(self.param_groups, self._buckets or []):
+            for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
                 rate = group["average_rate"]
                 for bucket in group_buckets if rate else ():
                     skip = 1 if group["skip_first_step"] else 0
