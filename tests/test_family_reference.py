@@ -114,6 +114,15 @@ def far_apart(Wa, Wb, W0, rel=1e-4):
                for a, b, w in zip(Wa, Wb, W0))
 
 
+def assert_sensitive(run, changes, W0):
+    """Each change of a reference's settings (keyword arguments of `run`) moves its trajectory
+    far from the unchanged one, so the comparisons with the engine can tell them apart."""
+    base = run()
+    for change in changes:
+        assert far_apart(run(**change), base, W0), change
+    return base
+
+
 # ---- dense building blocks, written from the spec ---------------------------------------------
 
 
@@ -305,10 +314,8 @@ def test_shampoo_reference_is_sensitive():
         return run_refs([ref_shampoo(shape, sides, freq, start, **kw) for shape, sides in SIDED],
                         prob, steps)
 
-    base = run()
-    for change in [dict(momentum=0.85), dict(precond_beta=0.9), dict(beta2=0.95), dict(start=2),
-                   dict(graft=False, lr=0.002)]:
-        assert far_apart(run(**change), base, prob.W0), change
+    assert_sensitive(run, [dict(momentum=0.85), dict(precond_beta=0.9), dict(beta2=0.95),
+                           dict(start=2), dict(graft=False, lr=0.002)], prob.W0)
 
 
 # ---- SOAP ---------------------------------------------------------------------------------------
@@ -456,9 +463,8 @@ def test_soap_reference_is_sensitive():
         return run_refs([ref_soap(shape, sides, freq, **kw) for shape, sides in SOAP_SIDED],
                         prob, steps)
 
-    base = run()
-    for change in [dict(freq=3), dict(precond_beta=0.85), dict(beta2=0.9), dict(momentum=0.9)]:
-        assert far_apart(run(**change), base, prob.W0), change
+    assert_sensitive(run, [dict(freq=3), dict(precond_beta=0.85), dict(beta2=0.9),
+                           dict(momentum=0.9)], prob.W0)
 
 
 # ---- SPlus --------------------------------------------------------------------------------------
@@ -631,9 +637,8 @@ def test_splus_reference_is_sensitive():
         return run_refs([ref_splus(shape, sides, freq, **kw) for shape, sides in SPLUS_SIDED],
                         prob, steps)
 
-    base = run()
-    for change in [dict(freq=2), dict(precond_beta=0.9), dict(fresh=True), dict(weight_decay=0.5)]:
-        assert far_apart(run(**change), base, prob.W0), change
+    assert_sensitive(run, [dict(freq=2), dict(precond_beta=0.9), dict(fresh=True),
+                           dict(weight_decay=0.5)], prob.W0)
 
 
 # ---- TNT ----------------------------------------------------------------------------------------
@@ -728,9 +733,8 @@ def test_tnt_reference_is_sensitive():
     def run(T1=T1, T2=T2, **kw):
         return run_refs([ref_tnt(s, T1, T2, **kw) for s in TNT_SHAPES], prob, steps, fisher=True)
 
-    base = run()
-    for change in [dict(T2=4), dict(eps=0.06), dict(momentum=0.85), dict(precond_beta=0.8)]:
-        assert far_apart(run(**change), base, prob.W0), change
+    base = assert_sensitive(run, [dict(T2=4), dict(eps=0.06), dict(momentum=0.85),
+                                  dict(precond_beta=0.8)], prob.W0)
     # the sampled gradient matters: the empirical Fisher (Gs = G) is another trajectory
     empirical = [RefTNT(s, TNT_KW["lr"], 0.9, TNT_KW["eps"], T1, T2, TNT_KW["weight_decay"])
                  for s in TNT_SHAPES]
