@@ -76,7 +76,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "target_loss": (Optional[float], typer.Option(None, help="Record the first step and time at which val loss <= this.")),
     "seed": (Optional[int], typer.Option(None, help="Seed of init and data order (0).")),
     "device": (Optional[str], typer.Option(None, help="auto | cpu | cuda.")),
-    "compile": _switch("compile", "torch.compile the model."),
+    "compile": _switch("compile", "torch.compile the model and the matrix optimizer's update."),
     "log_every": (Optional[int], typer.Option(None, help="Log a line every N steps.")),
     "checkpoint_every": (Optional[int], typer.Option(None, help="Checkpoint every N steps (and at the end).")),
     "keep_checkpoints": (Optional[int], typer.Option(None, help="Checkpoints kept per run (2).")),

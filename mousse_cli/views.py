@@ -294,6 +294,8 @@ BENCH_LABELS = {
     "shampoo_f10": "Shampoo, refresh every 10", "soap_f10": "SOAP, qr refresh every 10",
     "splus_f10": "SPlus, refresh every 10", "tnt_f10": "TNT (empirical), refresh every 10",
     "specgd": "SpecGD (SVD)",
+    "muon_compiled": "Muon (ours), torch.compile",
+    "mousse_both_f10_compiled": "Mousse both, refresh every 10, torch.compile",
 }
 
 

@@ -4,6 +4,8 @@ The builtin corpus cache goes to a session tmp dir (MOUSSE_CACHE), never to ~. T
 call `mousse` in-process through Typer's CliRunner (`cli`) or, where the real process matters,
 through a subprocess (`mousse_proc`). Torch runs on one thread: on a shared 2-core box, two
 threads per process oversubscribe the cores and make every step several times slower.
+Triton, wherever a test reaches it, runs its interpreter (there is no GPU): set here, before any
+module imports it (torch._dynamo does, at import).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # A tiny-preset run shrunk further so that a dozen steps take well under a second.
 FAST = ["--d-model", "64", "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",

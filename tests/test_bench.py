@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from conftest import assert_one_line_error, invoke_cli
-from mousse.bench import OPTIMIZERS, matrix_shapes, ns_flops
+import torch
 
-KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "cycle_steps", "step_ms",
+from mousse import optim
+from mousse.bench import COMPILED, OPTIMIZERS, bench_steps, matrix_shapes, ns_flops
+
+KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "compiled", "cycle_steps", "step_ms",
         "vs_muon", "state_bytes", "cache_bytes", "refresh_ms", "shapes", "targets", "train"}
 SHAPE_KEYS = {"shape", "count", "ns_ms", "ns_tflops", "ns_pct_peak", "refresh_eigh_ms",
               "refresh_qr_ms"}
@@ -15,7 +18,7 @@ def test_bench_json_on_cpu():
     res = invoke_cli("bench", "--json", "--preset", "tiny", "--repeats", "1", "--device", "cpu")
     assert res.exit_code == 0, res
     r = res.json()
-    assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None
+    assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None and not r["compiled"]
     assert set(r["step_ms"]) == set(OPTIMIZERS) and all(ms > 0 for ms in r["step_ms"].values())
     assert r["vs_muon"]["muon"] == 1.0
     assert all(ms > 0 for ms in r["refresh_ms"].values()) and set(r["refresh_ms"]) == {"eigh", "qr"}
@@ -40,3 +43,13 @@ def test_bench_bad_input_exits_2():
     assert_one_line_error(invoke_cli("bench", "--preset", "huge"), "huge", "tiny")
     assert_one_line_error(invoke_cli("bench", "--repeats", "0"), "repeats")
     assert_one_line_error(invoke_cli("bench", "--device", "tpu"), "device")
+
+
+def test_bench_compiled_rows(monkeypatch):
+    """--compile adds the torch.compile rows (dynamo's capture without codegen here, for speed)."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(optim, "COMPILE_OPTIONS", {"backend": "eager", "fullgraph": True})
+    step_ms, memory, _ = bench_steps({(16, 8): 2, (8, 8): 1}, torch.device("cpu"), 1, compiled=True)
+    assert set(step_ms) == set(OPTIMIZERS) | set(COMPILED) and all(v > 0 for v in step_ms.values())
+    assert memory["mousse_both_f10_compiled"] == memory["mousse_both_f10"]
+    torch._dynamo.reset()

@@ -92,6 +92,29 @@ def test_newton_schulz_through_kernels_matches_torch(interpreted, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+
+def test_kernels_as_torch_ops(interpreted):
+    """mousse::sym_gram / mousse::sym_poly (what the dispatch calls) are the kernels, and pass
+    torch's operator checks: schema, fake (shape-only) implementation, autograd registration."""
+    X = torch.randn(2, 37, 21, generator=torch.Generator().manual_seed(5))
+    A = sym_gram(X)
+    assert torch.equal(torch.ops.mousse.sym_gram(X), A)
+    assert torch.equal(torch.ops.mousse.sym_poly(A, -4.7750, 2.0315), sym_poly(A, -4.7750, 2.0315))
+    torch.library.opcheck(torch.ops.mousse.sym_gram.default, (X,))
+    torch.library.opcheck(torch.ops.mousse.sym_poly.default, (A, -4.7750, 2.0315))
+
+
+def test_newton_schulz_through_kernels_compiles_whole(interpreted, monkeypatch):
+    """With the kernels dispatched, torch.compile still captures Newton-Schulz as one graph
+    (fullgraph: no break at the kernel launches) and computes what eager does."""
+    X = torch.randn(2, 45, 20, generator=torch.Generator().manual_seed(3))
+    method = orthogonalize.NS_METHODS["you5"]
+    monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": True)
+    ref = orthogonalize.newton_schulz(X, method, 5, torch.float32)
+    torch._dynamo.reset()
+    ns = torch.compile(orthogonalize.newton_schulz, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(ns(X, method, 5, torch.float32), ref, rtol=1e-5, atol=1e-5)
+
 # Dispatch: no triton needed (use_triton looks at the device before it imports anything).
 
 @pytest.mark.parametrize("mode", ["0", "1", "auto"])

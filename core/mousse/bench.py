@@ -50,6 +50,12 @@ OPTIMIZERS: dict[str, Callable] = {
     "tnt_f10": lambda ps: TNT(ps, lr=LR, precond_freq=10, refresh_warmup=0, fisher="empirical"),
     "specgd": lambda ps: SpecGD(ps, lr=LR),
 }
+# With compile=True: the same steps under torch.compile (`compiled=True`; compiled during warm-up)
+COMPILED = {
+    "muon_compiled": lambda ps: Muon(ps, lr=LR, compiled=True),
+    "mousse_both_f10_compiled": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10,
+                                                  compiled=True),
+}
 # The issue's targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
 TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
            "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0)}
@@ -107,14 +113,16 @@ def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     return state, sum(t.nbytes for t in cached.values())
 
 
-def bench_steps(shapes: dict, device: torch.device, repeats: int) -> tuple[dict, dict, tuple]:
-    """Per-step ms of every optimizer in OPTIMIZERS (amortized over CYCLE steps), state and cache
-    bytes, and the Mousse-both optimizer whose factors the refresh timing reuses."""
+def bench_steps(shapes: dict, device: torch.device, repeats: int,
+                compiled: bool = False) -> tuple[dict, dict, tuple]:
+    """Per-step ms of every optimizer in OPTIMIZERS (and COMPILED with `compiled`; amortized over
+    CYCLE steps), state and cache bytes, and the Mousse-both optimizer whose factors the refresh
+    timing reuses."""
     g = torch.Generator().manual_seed(0)
     master = [torch.randn(s, generator=g) / s[1] ** 0.5 for s, c in shapes.items() for _ in range(c)]
     pool = [[torch.randn(p.shape, generator=g).to(device) for p in master] for _ in range(3)]
     runs = {}
-    for name, make in OPTIMIZERS.items():
+    for name, make in {**OPTIMIZERS, **(COMPILED if compiled else {})}.items():
         params = [torch.nn.Parameter(p.to(device, copy=True)) for p in master]
         runs[name] = (params, make(params), [0])
 
@@ -217,7 +225,7 @@ def bench_train(preset: str, device: str, steps: int) -> dict:
 
 
 def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", train: bool = False,
-              steps: int = 30) -> dict:
+              steps: int = 30, compiled: bool = False) -> dict:
     """Every measurement for `preset` on `device`; see the module docstring. Bad input is a
     ConfigError naming it."""
     for name, value in (("repeats", repeats), ("steps", steps)):
@@ -230,7 +238,7 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     dev = pick_device(device)
-    step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats)
+    step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
     refresh = bench_refresh(mousse, params, dev, repeats)
     ns = bench_ns(shapes, dev, repeats)
     ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
@@ -242,7 +250,7 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     return {
         "preset": preset, "device": str(dev), "device_name": device_name(dev),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "repeats": repeats,
+        "repeats": repeats, "compiled": compiled,
         "cycle_steps": CYCLE,
         "step_ms": step_ms, "vs_muon": ratios,
         "state_bytes": {name: m[0] for name, m in memory.items()},

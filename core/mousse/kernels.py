@@ -32,14 +32,20 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 triton = tl = None  # bound by _kernel() on first use
 
 
-@functools.cache
+_TRITON_OK: bool | None = None
+
+
 def triton_available() -> bool:
-    """Whether triton imports (checked once, only when a CUDA tensor asks)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # ImportError, or a broken install (missing libs)
-        return False
-    return True
+    """Whether triton imports (checked once, only when a CUDA tensor asks; a plain global
+    rather than functools.cache, so torch.compile reads it as a guarded constant)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            import triton
+            _TRITON_OK = hasattr(triton, "jit")
+        except Exception:  # ImportError, or a broken install (missing libs)
+            _TRITON_OK = False
+    return _TRITON_OK
 
 
 def triton_mode() -> str:
@@ -62,12 +68,14 @@ def use_triton(X: Tensor, op: str = "gram") -> bool:
 
 def gram(X: Tensor) -> Tensor:
     """X @ X^T per matrix of the batch: the one-triangle kernel where it pays, else torch."""
-    return sym_gram(X) if use_triton(X, "gram") else X @ X.mT
+    return torch.ops.mousse.sym_gram(X) if use_triton(X, "gram") else X @ X.mT
 
 
 def poly(A: Tensor, b: float, c: float) -> Tensor:
     """b*A + c*(A @ A) per symmetric matrix of the batch: kernel where it pays, else torch."""
-    return sym_poly(A, b, c) if use_triton(A, "poly") else torch.baddbmm(A, A, A, beta=b, alpha=c)
+    if use_triton(A, "poly"):
+        return torch.ops.mousse.sym_poly(A, b, c)
+    return torch.baddbmm(A, A, A, beta=b, alpha=c)
 
 
 def _syrk(X, A, C, m, k, sxb, sxm, sxk, sab, sam, san, scb, scm, scn, alpha, beta,
@@ -166,3 +174,26 @@ def sym_poly(A: Tensor, b: float, c: float, *, block_m: int | None = None,
     if A.dim() != 3 or A.size(-1) != A.size(-2):
         raise ValueError(f"expected a (B, n, n) batch, got {tuple(A.shape)}")
     return _launch(A, A, c, b, block_m, block_k)
+
+
+# The kernels as torch operators (mousse::sym_gram, mousse::sym_poly), which is how `gram` and
+# `poly` call them: torch.compile then keeps each launch as one opaque node with a known output
+# shape instead of tracing the Python launcher.
+@torch.library.custom_op("mousse::sym_gram", mutates_args=())
+def _sym_gram_op(X: Tensor) -> Tensor:
+    return sym_gram(X)
+
+
+@torch.library.custom_op("mousse::sym_poly", mutates_args=())
+def _sym_poly_op(A: Tensor, b: float, c: float) -> Tensor:
+    return sym_poly(A, b, c)
+
+
+@_sym_gram_op.register_fake
+def _(X: Tensor) -> Tensor:
+    return X.new_empty(X.shape[:-1] + X.shape[-2:-1])
+
+
+@_sym_poly_op.register_fake
+def _(A: Tensor, b: float, c: float) -> Tensor:
+    return torch.empty_like(A)

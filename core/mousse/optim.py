@@ -112,6 +112,93 @@ def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
     return V.gather(-1, order.unsqueeze(-2).expand_as(V))
 
 
+def accumulate_statistics(st: dict[str, Tensor], G: Tensor, sides: tuple[str, ...],
+                          beta: float) -> None:
+    """EMA statistics of each side's factor from the gradient stack G, in place; a matrix whose
+    contribution is not finite is skipped and counted."""
+    for side in sides:
+        skipped = pc.accumulate(st[_FACTOR_KEYS[side][0]], G, beta, "left" if side == "L" else "right")
+        st[f"stat_skips_{side}"] += skipped
+
+
+def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Tensor, lr: float,
+                    count: int, whiten: bool) -> None:
+    """One update of a stack of same-shape matrices with gradients G and the group's knobs `g`:
+    momentum, whitening by the cached P's (when `whiten`), the orthogonalizer, unwhitening,
+    grafting, weight decay and the step; state in `st` is updated in place. No host syncs, so
+    torch.compile captures it whole (`KroneckerOptimizer(compiled=True)`). lr and count, the
+    values that change from step to step, are arguments of their own rather than read from `g`:
+    torch.compile then treats them as symbols instead of recompiling for each value."""
+    m, n = params[0].shape
+    sides = _SIDE_FACTORS[g["sides"]] if whiten else ()
+    M_in = momentum_step(st["momentum_buffer"], G, g["momentum"], g["momentum_style"], count)
+    pre = {s: st[f"P_{s}"] for s in sides}
+    post = {s: st[f"P_{s}_post"] for s in sides}
+    X = pc.whiten(M_in, pre.get("L"), pre.get("R"))
+    Y = direction(g, st, X, G, pre, count)
+    U = pc.unwhiten(Y, post.get("L"), post.get("R"))
+    U = graft_update(g, st, U, Y, M_in, G, count, whiten)
+    st["update_rms"].copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
+    apply_update(g, params, st, U, lr, m, n)
+
+
+def direction(g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int) -> Tensor:
+    """The orthogonalizer applied to the whitened momentum X."""
+    if g["orthogonalizer"] == "adam":
+        Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
+        return adam_normalize(X, Xg, st["V"], g["beta2"], g["adam_eps"], count)
+    ns_dtype = g["ns_dtype"] or (
+        torch.bfloat16 if X.is_cuda else torch.promote_types(X.dtype, torch.float32))
+    method = g["ns"] if g["orthogonalizer"] == "newton_schulz" else g["orthogonalizer"]
+    return orthogonalize(X, method, g["ns_steps"], ns_dtype)
+
+
+def graft_update(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor, count: int,
+                 whitened: bool) -> Tensor:
+    """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
+    if g["graft"] == "orthogonalizer" and whitened:
+        return graft(U, frobenius_norm(Y), frobenius_norm(U))
+    if g["graft"] == "adam":
+        b2 = g["beta2"]
+        st["graft_v"].mul_(b2).addcmul_(G, G, value=1.0 - b2)
+        A = M_in / ((st["graft_v"] / (1.0 - b2**count)).sqrt() + g["adam_eps"])
+        return graft(U, frobenius_norm(A), frobenius_norm(U)) if whitened else A
+    return U
+
+
+def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float, m: int,
+                 n: int) -> None:
+    """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
+    wd, style = g["weight_decay"], g["weight_decay_style"]
+    s = lr_multiplier(g["lr_scale"], m, n)
+    if wd and style == "decoupled":
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    torch._foreach_add_(params, list(U.to(params[0].dtype).unbind(0)), alpha=-lr * s)
+    if g["average_rate"]:
+        W = torch.stack(params).to(st["average"].dtype)
+        st["average"].add_(W - st["average"], alpha=1.0 - g["average_rate"])
+    if wd and style != "decoupled":
+        torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
+
+
+_COMPILED: dict = {}
+COMPILE_OPTIONS: dict = {}  # extra torch.compile arguments, e.g. a cheap backend in tests
+# Graphs one function may keep: one per bucket shape and knob set, plus the symbolic-lr variant
+# of each (torch's default of 8 would send models with several shapes back to eager).
+RECOMPILE_LIMIT = 64
+
+
+def compiled(fn):
+    """`fn` under torch.compile, one wrapper per function and COMPILE_OPTIONS. Shapes and knobs
+    are specialized; float and int arguments (lr, step counts) become symbolic after their first
+    change, so LR schedules and step counts do not recompile."""
+    key = (fn, tuple(sorted(COMPILE_OPTIONS.items())))
+    if key not in _COMPILED:
+        limit = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+        _COMPILED[key] = limit(torch.compile(fn, **COMPILE_OPTIONS))
+    return _COMPILED[key]
+
+
 # ---- validation --------------------------------------------------------------------------------
 
 def _check(ok: bool, name: str, value, allowed: str) -> None:
@@ -207,7 +294,8 @@ class KroneckerOptimizer(Optimizer):
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
         return full
 
-    def __init__(self, params, **knobs):
+    def __init__(self, params, *, compiled: bool = False, **knobs):
+        self.compiled = compiled  # run the per-bucket math under torch.compile (`compiled`)
         self._buckets: list[list[_Bucket]] | None = None
         self._fisher: dict[int, Tensor] = {}
         self._explicit = set(knobs)  # derived defaults never override these
@@ -368,67 +456,23 @@ class KroneckerOptimizer(Optimizer):
 
     def _step_matrices(self, group: dict, params: list[Tensor], st: dict[str, Tensor],
                        steps: Tensor, t: int) -> None:
-        """Step `t` for a stack of same-shape matrices (state `st` updated in place)."""
+        """Step `t` for a stack of same-shape matrices (state `st` updated in place): the
+        statistics and update run through `self._math` (compiled when asked), the eigen refresh
+        eagerly between them, since it alone needs the host (finiteness checks, fallbacks)."""
         g = group
         steps += 1
-        m, n = params[0].shape
-        M = st["momentum_buffer"]
-        G = torch.stack([p.grad for p in params]).to(M.dtype)
-        sides = _SIDE_FACTORS[g["sides"]]
+        G = torch.stack([p.grad for p in params]).to(st["momentum_buffer"].dtype)
         if not g["refresh_after_update"]:
             self._statistics(g, params, st, G, t)
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
         if count >= 1:
-            M_in = momentum_step(M, G, g["momentum"], g["momentum_style"], count)
-            whiten = bool(sides) and t >= g["precond_start"]
-            pre = {s: st[f"P_{s}"] for s in sides} if whiten else {}
-            post = {s: st[f"P_{s}_post"] for s in sides} if whiten else {}
-            X = pc.whiten(M_in, pre.get("L"), pre.get("R"))
-            Y = self._direction(g, st, X, G, pre, count, params[0].is_cuda)
-            U = pc.unwhiten(Y, post.get("L"), post.get("R"))
-            U = self._graft(g, st, U, Y, M_in, G, count, whiten)
-            st["update_rms"].copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
-            self._apply(g, params, st, U, m, n)
+            whiten = g["sides"] != "none" and t >= g["precond_start"]
+            self._math(update_matrices)(g, params, st, G, g["lr"], count, whiten)
         if g["refresh_after_update"]:
             self._statistics(g, params, st, G, t)
 
-    def _direction(self, g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int,
-                   cuda: bool) -> Tensor:
-        """The orthogonalizer applied to the whitened momentum X."""
-        if g["orthogonalizer"] == "adam":
-            Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
-            return adam_normalize(X, Xg, st["V"], g["beta2"], g["adam_eps"], count)
-        ns_dtype = g["ns_dtype"] or (
-            torch.bfloat16 if cuda else torch.promote_types(X.dtype, torch.float32))
-        method = g["ns"] if g["orthogonalizer"] == "newton_schulz" else g["orthogonalizer"]
-        return orthogonalize(X, method, g["ns_steps"], ns_dtype)
-
-    @staticmethod
-    def _graft(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor, count: int,
-               whitened: bool) -> Tensor:
-        """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
-        if g["graft"] == "orthogonalizer" and whitened:
-            return graft(U, frobenius_norm(Y), frobenius_norm(U))
-        if g["graft"] == "adam":
-            b2 = g["beta2"]
-            st["graft_v"].mul_(b2).addcmul_(G, G, value=1.0 - b2)
-            A = M_in / ((st["graft_v"] / (1.0 - b2**count)).sqrt() + g["adam_eps"])
-            return graft(U, frobenius_norm(A), frobenius_norm(U)) if whitened else A
-        return U
-
-    @staticmethod
-    def _apply(g: dict, params: list[Tensor], st: dict, U: Tensor, m: int, n: int) -> None:
-        """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
-        lr, wd, style = g["lr"], g["weight_decay"], g["weight_decay_style"]
-        s = lr_multiplier(g["lr_scale"], m, n)
-        if wd and style == "decoupled":
-            torch._foreach_mul_(params, 1.0 - lr * wd)
-        torch._foreach_add_(params, list(U.to(params[0].dtype).unbind(0)), alpha=-lr * s)
-        if g["average_rate"]:
-            W = torch.stack(params).to(st["average"].dtype)
-            st["average"].add_(W - st["average"], alpha=1.0 - g["average_rate"])
-        if wd and style != "decoupled":
-            torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
+    def _math(self, fn):
+        return compiled(fn) if self.compiled else fn
 
     def _statistics(self, g: dict, params: list[Tensor], st: dict, G: Tensor, t: int) -> None:
         """Update the factor statistics on statistics steps and refresh the eigen-pairs when due."""
@@ -437,10 +481,7 @@ class KroneckerOptimizer(Optimizer):
             return
         if (t - 1) % g["stat_freq"] == 0:
             Gs = G if g["fisher"] == "empirical" else self._sampled_grads(params).to(G.dtype)
-            for side in sides:
-                skipped = pc.accumulate(st[_FACTOR_KEYS[side][0]], Gs, g["precond_beta"],
-                                        "left" if side == "L" else "right")
-                st[f"stat_skips_{side}"] += skipped
+            self._math(accumulate_statistics)(st, Gs, sides, g["precond_beta"])
         if refresh_due(g, t):
             count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
             m, n = G.shape[-2:]
@@ -526,10 +567,10 @@ class Muon(KroneckerOptimizer):
     preset = dict(lr=1e-3, weight_decay=0.1, momentum_style="nesterov", sides="none", alpha=0.0,
                   graft="none", ns="muon", lr_scale="muon")
 
-    def __init__(self, params, nesterov: bool | None = None, **knobs):
+    def __init__(self, params, nesterov: bool | None = None, *, compiled: bool = False, **knobs):
         if nesterov is not None:
             knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"
-        super().__init__(params, **knobs)
+        super().__init__(params, compiled=compiled, **knobs)
 
 
 class Shampoo(KroneckerOptimizer):

@@ -123,6 +123,7 @@ def build_optimizer(
     matrix_kwargs: dict | None = None,
     roles: dict[str, str] | None = None,
     owned: set[str] | None = None,
+    compiled: bool = False,
 ) -> tuple[CombinedOptimizer, list[Route]]:
     """One optimizer for the whole model, and the routing table.
 
@@ -134,6 +135,7 @@ def build_optimizer(
     owned: names of the block matrices this process's matrix optimizer gets (None: all). Under
     torch.distributed each rank owns some (mousse.ownership.plan_ownership); the others are
     updated by their owners. The routing table still lists every parameter.
+    compiled: run the family optimizer's per-bucket math under torch.compile.
     """
     roles = roles or infer_roles(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -168,7 +170,7 @@ def build_optimizer(
             kwargs.setdefault("weight_decay", 0.01)
             parts["matrix"] = torch.optim.AdamW(params, lr=lr, **kwargs)
         else:
-            parts["matrix"] = OPTIMIZERS[optimizer](params, lr=lr, **kwargs)
+            parts["matrix"] = OPTIMIZERS[optimizer](params, lr=lr, compiled=compiled, **kwargs)
     if others:
         groups: dict[float, list] = {}
         for n, p in others:

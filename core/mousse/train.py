@@ -151,7 +151,7 @@ class Trainer:
         self.opt, self.routes = build_optimizer(
             self.model, optimizer=cfg.optimizer, lr=cfg.lr, scalar_optimizer=cfg.scalar_optimizer,
             scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg),
-            owned=owned)
+            owned=owned, compiled=cfg.compile)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0
         self.state = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
