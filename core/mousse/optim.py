@@ -173,7 +173,11 @@ def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float, 
     s = lr_multiplier(g["lr_scale"], m, n)
     if wd and style == "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd)
-    torch._foreach_add_(params, list(U.to(params[0].dtype).unbind(0)), alpha=-lr * s)
+    step = list(U.to(params[0].dtype).unbind(0))
+    if isinstance(lr, Tensor):  # compiled: a multiply by the lr tensor (alpha takes only numbers)
+        torch._foreach_add_(params, torch._foreach_mul(step, -lr * s))
+    else:
+        torch._foreach_add_(params, step, alpha=-lr * s)
     if g["average_rate"]:
         W = torch.stack(params).to(st["average"].dtype)
         st["average"].add_(W - st["average"], alpha=1.0 - g["average_rate"])
@@ -467,7 +471,10 @@ class KroneckerOptimizer(Optimizer):
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
         if count >= 1:
             whiten = g["sides"] != "none" and t >= g["precond_start"]
-            self._math(update_matrices)(g, params, st, G, g["lr"], count, whiten)
+            lr = g["lr"]
+            if self.compiled:  # a tensor: the graph then takes any lr without specializing on it
+                lr = torch.tensor(lr, dtype=torch.float32, device=G.device)
+            self._math(update_matrices)(g, params, st, G, lr, count, whiten)
         if g["refresh_after_update"]:
             self._statistics(g, params, st, G, t)
 
