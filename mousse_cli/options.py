@@ -66,6 +66,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "orthogonalizer": (Optional[str], typer.Option(None, help=f"{_one_of('orthogonalizer')} applied to the whitened momentum (Mousse/Muon newton_schulz, SpecGD exact, SPlus sign, Shampoo/TNT identity, SOAP adam).")),
     "ns": (Optional[str], typer.Option(None, help=f"Newton-Schulz schedule: {_one_of('ns')}.")),
     "ns_steps": (Optional[int], typer.Option(None, help="Newton-Schulz iterations (5).")),
+    "ns_dtype": (Optional[str], typer.Option(None, help="Newton-Schulz precision: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16. bf16 is faster on CPUs with native bf16 (avx512_bf16, AMX).")),
     "beta2": (Optional[float], typer.Option(None, help="Second-moment EMA rate of orthogonalizer/graft adam (SOAP 0.95, Shampoo 0.999).")),
     "adam_eps": (Optional[float], typer.Option(None, help="Epsilon of orthogonalizer/graft adam (1e-8).")),
     "lr_scale": (Optional[str], typer.Option(None, help="Per-matrix lr rule: spectral sqrt(m/n) | muon sqrt(max(1,m/n)) | rms 0.2 sqrt(max(m,n)) | mean_dim 2/(m+n) | none.")),

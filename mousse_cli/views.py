@@ -286,6 +286,7 @@ def results_tables(results: dict):
 
 BENCH_LABELS = {
     "adamw": "torch.optim.AdamW", "torch_muon": "torch.optim.Muon", "muon": "Muon (ours)",
+    "muon_bf16": "Muon (ours), bf16 Newton-Schulz",
     "mousse_both_f1": "Mousse both, refresh every step",
     "mousse_both_f10": "Mousse both, refresh every 10",
     "mousse_left_f1": "Mousse left, refresh every step",

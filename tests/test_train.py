@@ -184,7 +184,17 @@ def test_every_optimizer_resolves_its_full_recipe():
         kwargs = matrix_kwargs(cfg)
         assert "lr" not in kwargs and "weight_decay" not in kwargs
         assert kwargs == {k: getattr(cfg, k) for k in KNOBS
-                          if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
+                          if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
+                          } | {"ns_dtype": None}  # auto: the engine picks by device
+
+
+def test_ns_dtype_setting_reaches_the_optimizer(cli, tmp_path):
+    assert matrix_kwargs(resolve({"ns_dtype": "bf16"}))["ns_dtype"] is torch.bfloat16
+    assert matrix_kwargs(resolve({"ns_dtype": "fp32", "optimizer": "muon"}))["ns_dtype"] is torch.float32
+    res = cli("train", *FAST, "--steps", "2", "--ns-dtype", "bf16", "--run-dir", tmp_path / "r")
+    assert res.exit_code == 0, res
+    assert tomlio.load(tmp_path / "r" / "config.toml")["ns_dtype"] == "bf16"
+    assert_one_line_error(cli("train", "--ns-dtype", "fp8"), "ns_dtype", "fp8", "bf16")
 
 
 def test_muon_recipe_is_the_released_baseline():

@@ -37,6 +37,7 @@ OPTIMIZERS: dict[str, Callable] = {
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
     "torch_muon": lambda ps: torch.optim.Muon(ps, lr=LR),
     "muon": lambda ps: Muon(ps, lr=LR),
+    "muon_bf16": lambda ps: Muon(ps, lr=LR, ns_dtype=torch.bfloat16),  # torch.optim.Muon's precision
     "mousse_both_f1": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=1),
     "mousse_both_f10": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10),
     "mousse_left_f1": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=1),

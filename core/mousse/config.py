@@ -16,12 +16,16 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from . import optim, tomlio
 
 OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")
 SCALAR_OPTIMIZERS = ("adamw", "lion")
 DEVICES = ("auto", "cpu", "cuda")
 GATHER_DTYPES = ("fp32", "bf16")  # what owners send in the all-gather under torchrun
+# Newton-Schulz's working precision: auto = fp32 on CPU, bf16 on CUDA (the engine's default).
+NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
 # them; the others stay None for AdamW runs.
 FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
@@ -115,6 +119,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     divergence_factor: float = 3.0
     gather_dtype: str = "fp32"  # torchrun: dtype of the owners' all-gathered matrices / updates
+    ns_dtype: str = "auto"  # Newton-Schulz precision (NS_DTYPES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,6 +294,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     check_choice("device", cfg.device, DEVICES)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
+    check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
     for key, allowed in optim.CHOICES.items():  # the engine's own choices
         if getattr(cfg, key) is not None:
             check_choice(key, getattr(cfg, key), allowed)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import __version__, distributed, tomlio
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint
-from .config import FAMILY_KNOBS, ConfigError, TrainConfig, coerce, resolve
+from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
 from .data import load_dataset, train_batch, val_batches
 from .events import CheckpointSaved, EvalDone, Event, RunFinished, RunStarted, StepLogged
 from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
@@ -84,11 +84,12 @@ def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) 
 
 def matrix_kwargs(cfg: TrainConfig) -> dict:
     """The family optimizer's knobs for the block matrices: every resolved one (lr and
-    weight_decay go to build_optimizer on their own). AdamW: none."""
+    weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype. AdamW: none."""
     if cfg.optimizer == "adamw":
         return {}
-    return {k: getattr(cfg, k) for k in FAMILY_KNOBS
-            if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
+    knobs = {k: getattr(cfg, k) for k in FAMILY_KNOBS
+             if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
+    return {**knobs, "ns_dtype": NS_DTYPES[cfg.ns_dtype]}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
