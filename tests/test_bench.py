@@ -31,7 +31,8 @@ def test_bench_json_on_cpu():
     assert r["state_bytes"]["torch_muon"] == 4 * n_matrix
     assert r["state_bytes"]["mousse_both_f10"] > r["state_bytes"]["mousse_left_f10"] > 4 * n_matrix
     assert r["cache_bytes"]["muon"] == 0 and r["cache_bytes"]["mousse_both_f10"] > 0
-    assert set(r["targets"]) == {"mousse_f10_vs_muon", "muon_vs_torch_muon"}
+    assert set(r["targets"]) == {"mousse_f10_vs_muon", "muon_vs_torch_muon",
+                                 "muon_bf16_vs_torch_muon"}
     assert "optimizer step" in res.stderr  # the table goes to stderr, JSON alone to stdout
 
 

@@ -58,8 +58,10 @@ COMPILED = {
                                                   compiled=True),
 }
 # The targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
+# muon_bf16 is the like-for-like Muon row: torch.optim.Muon iterates in bf16 on every device.
 TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
-           "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0)}
+           "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0),
+           "muon_bf16_vs_torch_muon": ("muon_bf16", "torch_muon", 1.0, 1.0)}
 
 
 def matrix_shapes(preset: str) -> dict[tuple[int, int], int]:
