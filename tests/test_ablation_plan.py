@@ -112,6 +112,17 @@ def test_sides_none_drops_the_other_preconditioner_knobs_of_that_run():
     assert names(plan) == ["specgd"]
 
 
+def test_adam_graft_still_changes_an_unwhitened_run():
+    """Without whitening, graft="orthogonalizer" is a no-op like "none", but "adam" replaces the
+    step with Adam's: it is kept, and only it."""
+    plan = plan_ablation({"optimizer": ["muon"], "graft": ["orthogonalizer", "adam", "none"]},
+                         mode="grid", baseline=False)
+    assert names(plan) == ["muon", "muon+graft=adam"]
+    plan = plan_ablation({"sides": ["none"], "graft": ["adam", "orthogonalizer"]}, mode="grid",
+                         baseline=False)
+    assert names(plan) == ["sides=none+graft=adam", "sides=none"]
+
+
 def test_whole_family_plan_with_base_optimizer():
     plan = plan_ablation({"optimizer": ["shampoo", "soap", "splus", "tnt", "specgd"]})
     assert names(plan) == ["muon", "mousse", "shampoo", "soap", "splus", "tnt", "specgd"]

@@ -189,17 +189,21 @@ def _reference(optimizer: str, base: dict) -> dict:
     return {**_DEFAULTS, **knobs, **base}
 
 
-def _used(knob: str, optimizer: str, own_sides: str | None, run_sides: str | None) -> bool:
-    """Whether `knob` can change a run of `optimizer`: AdamW uses only lr and weight_decay of the
-    family's knobs; an optimizer that preconditions no side (`own_sides`, from its recipe and the
-    base: Muon, SpecGD) ignores `sides`, and a run that ends up preconditioning no side
-    (`run_sides`) ignores the other preconditioner knobs."""
+def _used(knob: str, value, reference, optimizer: str, own_sides: str | None,
+          run_sides: str | None) -> bool:
+    """Whether setting `knob` to `value` (from `reference`) can change a run of `optimizer`:
+    AdamW uses only lr and weight_decay of the family's knobs; an optimizer that preconditions no
+    side (`own_sides`, from its recipe and the base: Muon, SpecGD) ignores `sides`, and a run that
+    ends up preconditioning no side (`run_sides`) ignores the other preconditioner knobs, except
+    that Adam grafting still replaces its step with Adam's (docs/family.md, step 5)."""
     if knob not in FAMILY_KNOBS:
         return True
     if optimizer == "adamw":
         return knob in ADAMW_KNOBS
     if knob == "sides":
         return own_sides != "none"
+    if knob == "graft" and run_sides == "none":
+        return (value == "adam") != (reference == "adam")
     return knob not in PRECONDITIONER_KNOBS or run_sides != "none"
 
 
@@ -212,7 +216,8 @@ def _effective(assignment: dict, base: dict) -> dict:
     changed = {k: v for k, v in assignment.items() if v != reference[k]}
     own_sides = reference["sides"]
     run_sides = changed.get("sides", own_sides) if own_sides != "none" else "none"
-    return {k: v for k, v in changed.items() if _used(k, optimizer, own_sides, run_sides)}
+    return {k: v for k, v in changed.items()
+            if _used(k, v, reference[k], optimizer, own_sides, run_sides)}
 
 
 def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-time",
