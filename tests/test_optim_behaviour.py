@@ -101,6 +101,35 @@ def test_zero_gradient_only_decays(dtype):
         assert all_state_finite(opt)
 
 
+def test_unwhitening_runs_in_newton_schulz_precision():
+    """With bf16 Newton-Schulz the whitening stays in fp32 (bf16 input whitening is far less
+    accurate) and the unwhitening runs in bf16 with P' cached in bf16: one step equals that
+    explicit computation, and stays within bf16 error of the fp32 path."""
+    from mousse.orthogonalize import frobenius_norm, orthogonalize
+
+    g = torch.Generator().manual_seed(7)
+    W0, G = torch.randn(12, 8, generator=g) / 4, torch.randn(12, 8, generator=g)
+    out = {}
+    for ns_dtype in (torch.bfloat16, None):
+        p = torch.nn.Parameter(W0.clone())
+        opt = Mousse([p], lr=0.1, weight_decay=0.0, ns_dtype=ns_dtype)
+        p.grad = G.clone()
+        opt.step()
+        out[ns_dtype] = (p.detach().clone(), opt)
+    opt = out[torch.bfloat16][1]
+    bucket = opt._buckets[0][0]
+    P_L, P_R = bucket.state["P_L"], bucket.state["P_R"]
+    Pp_L, Pp_R = bucket.state["P_L_post"], bucket.state["P_R_post"]
+    assert P_L.dtype == P_R.dtype == torch.float32 and Pp_L.dtype == Pp_R.dtype == torch.bfloat16
+    assert torch.equal(Pp_L, P_L.to(torch.bfloat16)) and torch.equal(Pp_R, P_R.to(torch.bfloat16))
+    Y = orthogonalize(P_L.mT @ G[None] @ P_R, "you5", 5, torch.bfloat16)
+    U = (Pp_L @ Y.to(torch.bfloat16) @ Pp_R.mT).float()
+    U = U * frobenius_norm(Y) / frobenius_norm(U)
+    torch.testing.assert_close(out[torch.bfloat16][0], W0 - 0.1 * math.sqrt(12 / 8) * U[0])
+    fp32 = out[None][0]
+    assert float((out[torch.bfloat16][0] - fp32).norm() / (fp32 - W0).norm()) < 3e-2
+
+
 @pytest.mark.parametrize("ns", ["you5", "muon", "polar_express"])
 def test_fp16_newton_schulz_with_zero_and_large_gradients(ns):
     """ns_dtype=fp16 is accepted, so zero momentum (eps underflows in fp16) and entries beyond

@@ -136,7 +136,9 @@ def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Ten
     post = {s: st[f"P_{s}_post"] for s in sides}
     X = pc.whiten(M_in, pre.get("L"), pre.get("R"))
     Y = direction(g, st, X, G, pre, count)
-    U = pc.unwhiten(Y, post.get("L"), post.get("R"))
+    # unwhitening runs in its cached P's precision (unwhiten_dtype), then back to the state's
+    dtype = next(iter(post.values())).dtype if post else Y.dtype
+    U = pc.unwhiten(Y.to(dtype), post.get("L"), post.get("R")).to(M_in.dtype)
     U = graft_update(g, st, U, Y, M_in, G, count, whiten)
     st["update_rms"].copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
     apply_update(g, params, st, U, lr, m, n)
@@ -147,10 +149,22 @@ def direction(g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int) ->
     if g["orthogonalizer"] == "adam":
         Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
         return adam_normalize(X, Xg, st["V"], g["beta2"], g["adam_eps"], count)
-    ns_dtype = g["ns_dtype"] or (
-        torch.bfloat16 if X.is_cuda else torch.promote_types(X.dtype, torch.float32))
     method = g["ns"] if g["orthogonalizer"] == "newton_schulz" else g["orthogonalizer"]
-    return orthogonalize(X, method, g["ns_steps"], ns_dtype)
+    return orthogonalize(X, method, g["ns_steps"], ns_dtype(g, X))
+
+
+def ns_dtype(g: dict, like: Tensor) -> torch.dtype:
+    """Newton-Schulz's working precision: the group's `ns_dtype`, else bf16 on CUDA and fp32 (or
+    the state's, if wider) elsewhere."""
+    return g["ns_dtype"] or (
+        torch.bfloat16 if like.is_cuda else torch.promote_types(like.dtype, torch.float32))
+
+
+def unwhiten_dtype(g: dict, like: Tensor) -> torch.dtype:
+    """Precision of the unwhitening matmuls: Newton-Schulz's, whose output is already rounded to
+    it (in bf16 that adds 10% to NS's own error, where bf16 *whitening* of the input multiplies it
+    by 3-45: benchmarks/whiten_precision.py); the state's for the other orthogonalizers."""
+    return ns_dtype(g, like) if g["orthogonalizer"] == "newton_schulz" else like.dtype
 
 
 def graft_update(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor, count: int,
@@ -524,13 +538,15 @@ class KroneckerOptimizer(Optimizer):
     @staticmethod
     def _cache_whitening(group: dict, st: dict[str, Tensor], sides) -> None:
         """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the given sides, so a step
-        only multiplies by them."""
+        only multiplies by them: P in the state's precision, P' in the unwhitening's."""
         alpha, post_alpha = _exponents(group)
         for side in sides:
             _, lam, Q = _FACTOR_KEYS[side]
+            dtype = unwhiten_dtype(group, st[Q])
             st[f"P_{side}"] = pc.inverse_root_basis(st[lam], st[Q], alpha, st[Q].dtype)
-            st[f"P_{side}_post"] = (st[f"P_{side}"] if post_alpha == alpha else
-                                    pc.inverse_root_basis(st[lam], st[Q], post_alpha, st[Q].dtype))
+            st[f"P_{side}_post"] = (
+                st[f"P_{side}"] if (post_alpha, dtype) == (alpha, st[Q].dtype) else
+                pc.inverse_root_basis(st[lam], st[Q], post_alpha, dtype))
 
     # ---- read-outs ----------------------------------------------------------------------------
 
