@@ -245,7 +245,7 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     train: bool = typer.Option(False, "--train", help="Also time whole training steps, Mousse vs Muon, on the preset (builtin data)."),
     steps: int = typer.Option(30, "--steps", help="Timed training steps per optimizer with --train (a multiple of 10 amortizes refreshes exactly)."),
-    compiled: bool = typer.Option(False, "--compile", help="Also time our Muon and Mousse (both, refresh every 10) under torch.compile (compiled during warm-up)."),
+    compiled: bool = typer.Option(False, "--compile", help="Also time our Muon and Mousse (both, refresh every 10) under torch.compile (compiled during warm-up); with --train, compile the timed training runs too."),
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
 ) -> None:
     """Time Mousse next to Muon, torch.optim.Muon and AdamW on a preset's matrix shapes: optimizer

@@ -336,7 +336,8 @@ def bench_tables(r: dict):
     parts = [head, steps, shapes, targets]
     if r.get("train"):
         t = r["train"]
-        train = Table(title=f"train step (ms over {t['steps']} steps after the first)",
+        compiled = ", torch.compile" if t.get("compiled") else ""
+        train = Table(title=f"train step (ms over {t['steps']} steps after the first{compiled})",
                       header_style="bold", title_justify="left")
         for col in ("optimizer", "median", "mean", "fwd+bwd median", "opt mean"):
             train.add_column(col, justify="left" if col == "optimizer" else "right")

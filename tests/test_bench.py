@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import assert_one_line_error, invoke_cli
+import pytest
 import torch
+from conftest import assert_one_line_error, invoke_cli
 
 from mousse import optim
 from mousse.bench import COMPILED, OPTIMIZERS, bench_steps, matrix_shapes, ns_flops
@@ -54,3 +55,16 @@ def test_bench_compiled_rows(monkeypatch):
     assert set(step_ms) == set(OPTIMIZERS) | set(COMPILED) and all(v > 0 for v in step_ms.values())
     assert memory["mousse_both_f10_compiled"] == memory["mousse_both_f10"]
     torch._dynamo.reset()
+
+
+def test_bench_train_mode(builtin_data):
+    """--train: whole training steps of Muon and Mousse through the Trainer, and the overhead."""
+    from mousse.bench import bench_train
+
+    t = bench_train("tiny", "cpu", 2)
+    assert t["steps"] == 2 and t["compiled"] is False
+    for name in ("muon", "mousse"):
+        assert set(t[name]) == {"step_ms_median", "step_ms_mean", "fwd_bwd_ms_median", "opt_ms_mean"}
+        assert all(v > 0 for v in t[name].values())
+    assert t["overhead_pct_mean"] == pytest.approx(
+        100 * (t["mousse"]["step_ms_mean"] / t["muon"]["step_ms_mean"] - 1))

@@ -200,18 +200,20 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
     return out
 
 
-def bench_train(preset: str, device: str, steps: int) -> dict:
+def bench_train(preset: str, device: str, steps: int, compiled: bool = False) -> dict:
     """Full training steps (Trainer, builtin data, temp run dir), Muon vs Mousse: step ms over
-    `steps` steps after a first, untimed one. With steps a multiple of precond_freq (10) the
+    `steps` steps after a first, untimed one (which compiles, with `compiled`: model and
+    optimizer, as `mousse train --compile`). With steps a multiple of precond_freq (10) the
     mean holds refreshes in their true proportion; the median shows a plain step."""
     from .config import resolve
     from .events import StepLogged
     from .train import Trainer
 
-    out = {"steps": steps}
+    out = {"steps": steps, "compiled": compiled}
     for optimizer in ("muon", "mousse"):
         cfg = resolve({"preset": preset, "optimizer": optimizer, "steps": steps + 1,
-                       "device": device, "log_every": 1, "eval_every": steps + 1, "eval_tokens": 1})
+                       "device": device, "log_every": 1, "eval_every": steps + 1, "eval_tokens": 1,
+                       "compile": compiled})
         events = []
         with tempfile.TemporaryDirectory() as tmp:
             Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
@@ -263,5 +265,5 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
                     **{f"refresh_{k}_ms": v for k, v in refresh[s].items()}}
                    for s, c in shapes.items()],
         "targets": targets,
-        "train": bench_train(preset, device, steps) if train else None,
+        "train": bench_train(preset, device, steps, compiled) if train else None,
     }
