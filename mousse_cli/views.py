@@ -304,6 +304,28 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}" if n else "-"
 
 
+def kernel_table(k: dict) -> list:
+    """The Triton kernels against torch per size, and the dispatch thresholds that follow."""
+    table = Table(title=f"Triton kernels vs torch ({k['dtype']}, one m x m input)",
+                  header_style="bold", title_justify="left")
+    for col in ("op", "m", "kernel ms", "torch ms", "speedup", "dispatched"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for row in k["rows"]:
+        table.add_row(row["op"], str(row["size"]), f"{row['kernel_ms']:.3f}",
+                      f"{row['torch_ms']:.3f}", f"{row['speedup']:.2f}x",
+                      "yes" if row["dispatched"] else "no")
+    measured = k["measured_min_dim"]
+    lines = [f"{op} kernel faster from m = {measured[op]} (dispatch now from {k['min_dim'][op]})"
+             if measured[op] else f"{op} kernel never faster here (dispatch now from "
+             f"{k['min_dim'][op]}; MOUSSE_TRITON=0 turns it off)" for op in measured]
+    env = " ".join(f"MOUSSE_{op.upper()}_MIN_DIM={measured[op]}" for op in measured if measured[op])
+    if env:
+        lines.append(f"to dispatch by these measurements: {env}")
+    if k["dispatched_where_slower"]:
+        lines.append(f"[red]dispatched where slower: {', '.join(k['dispatched_where_slower'])}[/]")
+    return [table, "\n".join(lines)]
+
+
 def bench_tables(r: dict):
     """`mousse bench` results: optimizer steps, per-shape Newton-Schulz and refresh, targets, and
     the train-step comparison when measured."""
@@ -333,7 +355,10 @@ def bench_tables(r: dict):
     targets = "\n".join(
         f"target {name}: {t['ratio']:.2f}x (<= {t['limit']}x) "
         f"{'[green]met[/]' if t['met'] else '[red]not met[/]'}" for name, t in r["targets"].items())
-    parts = [head, steps, shapes, targets]
+    parts = [head, steps, shapes]
+    if r.get("kernels"):
+        parts += kernel_table(r["kernels"])
+    parts.append(targets)
     if r.get("train"):
         t = r["train"]
         compiled = ", torch.compile" if t.get("compiled") else ""

@@ -9,7 +9,7 @@ from conftest import assert_one_line_error, invoke_cli
 from mousse import optim
 from mousse.bench import COMPILED, OPTIMIZERS, bench_steps, matrix_shapes, ns_flops
 
-KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "compiled", "cycle_steps", "step_ms",
+KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "compiled", "cycle_steps", "step_ms", "kernels",
         "vs_muon", "state_bytes", "cache_bytes", "refresh_ms", "shapes", "targets", "train"}
 SHAPE_KEYS = {"shape", "count", "ns_ms", "ns_tflops", "ns_pct_peak", "refresh_eigh_ms",
               "refresh_qr_ms"}
@@ -20,6 +20,7 @@ def test_bench_json_on_cpu():
     assert res.exit_code == 0, res
     r = res.json()
     assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None and not r["compiled"]
+    assert r["kernels"] is None  # the kernels run on CUDA
     assert set(r["step_ms"]) == set(OPTIMIZERS) and all(ms > 0 for ms in r["step_ms"].values())
     assert r["vs_muon"]["muon"] == 1.0
     assert all(ms > 0 for ms in r["refresh_ms"].values()) and set(r["refresh_ms"]) == {"eigh", "qr"}
@@ -68,3 +69,52 @@ def test_bench_train_mode(builtin_data):
         assert all(v > 0 for v in t[name].values())
     assert t["overhead_pct_mean"] == pytest.approx(
         100 * (t["mousse"]["step_ms_mean"] / t["muon"]["step_ms_mean"] - 1))
+
+
+def test_bench_kernels_under_the_interpreter(monkeypatch):
+    """The kernel-vs-torch section runs wherever triton runs (here the interpreter, on CPU, tiny
+    sizes, where the kernels are far slower than torch): with the Gram kernel dispatched at every
+    size, each of its sizes is flagged as dispatched where slower."""
+    from rich.console import Console
+
+    from mousse import kernels
+    from mousse.bench import bench_kernels
+    from mousse_cli.views import kernel_table
+
+    monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")
+    k = bench_kernels(torch.device("cpu"), 1, sizes=(16, 32), dtype=torch.float32)
+    assert [(r["op"], r["size"], r["dispatched"]) for r in k["rows"]] == [
+        ("gram", 16, True), ("poly", 16, False), ("gram", 32, True), ("poly", 32, False)]
+    assert all(r["kernel_ms"] > 0 and r["torch_ms"] > 0 for r in k["rows"])
+    assert k["dtype"] == "float32" and k["dispatched_where_slower"] == ["gram 16", "gram 32"]
+    assert k["measured_min_dim"] == {"gram": None, "poly": None}
+    # how the table reads when a kernel was measured faster from some size on
+    k["measured_min_dim"] = {"gram": 32, "poly": None}
+    console = Console(record=True, width=120)
+    for part in kernel_table(k):
+        console.print(part)
+    text = console.export_text()
+    assert "gram kernel faster from m = 32" in text and "MOUSSE_GRAM_MIN_DIM=32" in text
+    assert "poly kernel never faster" in text and "dispatched where slower: gram 16, gram 32" in text
+
+
+def test_measured_min_dim_is_where_the_kernel_keeps_winning():
+    from mousse.bench import measured_min_dim
+
+    def rows(*speedups):
+        return [{"size": 2**(10 + i), "speedup": s} for i, s in enumerate(speedups)]
+
+    assert measured_min_dim(rows(0.5, 1.2, 0.9, 1.4, 1.6)) == 8192  # wins only from 8192 on
+    assert measured_min_dim(rows(1.1, 1.2, 1.3, 1.4)) == 1024
+    assert measured_min_dim(rows(1.5, 0.8)) is None
+
+
+def test_kernel_thresholds_from_the_environment(monkeypatch):
+    from mousse import kernels
+
+    monkeypatch.setenv("MOUSSE_GRAM_MIN_DIM", "4096")
+    monkeypatch.delenv("MOUSSE_POLY_MIN_DIM", raising=False)
+    assert kernels.min_dim("gram") == 4096 and kernels.min_dim("poly") == kernels.POLY_MIN_DIM
+    monkeypatch.setenv("MOUSSE_POLY_MIN_DIM", "lots")
+    with pytest.raises(ValueError, match="MOUSSE_POLY_MIN_DIM"):
+        kernels.min_dim("poly")

@@ -1,7 +1,8 @@
 """`mousse bench`: what Mousse costs next to Muon and AdamW, measured side by side in one process.
 
 For a preset's block-matrix shapes (random parameters and gradients, no model): the optimizer
-step, the factor refresh alone, Newton-Schulz throughput and optimizer state memory; optionally
+step, the factor refresh alone, Newton-Schulz throughput and optimizer state memory; on CUDA the
+Triton kernels against torch per size (and the dispatch thresholds that follow); optionally
 full training steps through the Trainer. Returns plain data; the CLI renders it.
 
 Optimizer steps are timed over cycles of CYCLE consecutive steps (median over repeats, divided
@@ -26,6 +27,7 @@ from .config import DEVICES, ConfigError
 from .model import GPT
 from .optim import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .orthogonalize import orthogonalize
+from .kernels import triton_available
 from .presets import get_preset
 from .train import PEAK_FLOPS, pick_device
 
@@ -200,6 +202,50 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
     return out
 
 
+KERNEL_SIZES = (1024, 2048, 4096, 8192)
+POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
+
+
+def bench_kernels(device: torch.device, repeats: int, sizes=KERNEL_SIZES,
+                  dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Each Triton kernel against the torch op it replaces, per size m (one m x m input), in
+    `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
+    size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
+    kernel that is slower there. Runs where triton runs: CUDA (or CPU under TRITON_INTERPRET=1)."""
+    from . import kernels
+
+    b, c = POLY_BC
+    rows = []
+    for m in sizes:
+        X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
+        A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
+        ops = {"gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
+               "poly": (A, lambda: kernels.sym_poly(A, b, c),
+                        lambda: torch.baddbmm(A, A, A, beta=b, alpha=c))}
+        for op, (inp, kernel, reference) in ops.items():
+            kernel_ms = _median_ms(kernel, device, repeats)
+            torch_ms = _median_ms(reference, device, repeats)
+            rows.append({"op": op, "size": m, "kernel_ms": kernel_ms, "torch_ms": torch_ms,
+                         "speedup": torch_ms / kernel_ms, "dispatched": kernels.use_triton(inp, op)})
+    return {"dtype": str(dtype).removeprefix("torch."), "rows": rows,
+            "measured_min_dim": {op: measured_min_dim([r for r in rows if r["op"] == op])
+                                 for op in kernels.MIN_DIM},
+            "min_dim": {op: kernels.min_dim(op) for op in kernels.MIN_DIM},
+            "dispatched_where_slower": [f"{r['op']} {r['size']}" for r in rows
+                                        if r["dispatched"] and r["speedup"] < 1]}
+
+
+def measured_min_dim(rows: list[dict]) -> int | None:
+    """The smallest measured size from which the kernel is faster at every larger measured size
+    (None: not faster at the largest)."""
+    best = None
+    for row in sorted(rows, key=lambda r: r["size"], reverse=True):
+        if row["speedup"] < 1:
+            break
+        best = row["size"]
+    return best
+
+
 def bench_train(preset: str, device: str, steps: int, compiled: bool = False) -> dict:
     """Full training steps (Trainer, builtin data, temp run dir), Muon vs Mousse: step ms over
     `steps` steps after a first, untimed one (which compiles, with `compiled`: model and
@@ -246,12 +292,18 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
     refresh = bench_refresh(mousse, params, dev, repeats)
     ns = bench_ns(shapes, dev, repeats)
+    kernel = bench_kernels(dev, repeats) if dev.type == "cuda" and triton_available() else None
     ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
     targets = {}
     for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
         limit = cuda_limit if dev.type == "cuda" else cpu_limit
         ratio = step_ms[row] / step_ms[ref]
         targets[key] = {"ratio": ratio, "limit": limit, "met": ratio <= limit}
+    if kernel:  # the Gram kernel at least 1.3x faster than torch at 4096^2 bf16: time ratio
+        row = next(r for r in kernel["rows"] if (r["op"], r["size"]) == ("gram", 4096))
+        limit = round(1 / 1.3, 3)
+        targets["gram_4096_vs_torch"] = {"ratio": 1 / row["speedup"], "limit": limit,
+                                         "met": 1 / row["speedup"] <= limit}
     return {
         "preset": preset, "device": str(dev), "device_name": device_name(dev),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -265,5 +317,6 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
                     **{f"refresh_{k}_ms": v for k, v in refresh[s].items()}}
                    for s, c in shapes.items()],
         "targets": targets,
+        "kernels": kernel,
         "train": bench_train(preset, device, steps, compiled) if train else None,
     }

@@ -22,7 +22,8 @@ from torch import Tensor
 
 # Smallest Gram / polynomial output side m (of an m x m result) that goes to the kernels.
 # Published: one-triangle kernels are slower than cuBLAS below ~2048^2 and 1.3-2x faster on large
-# Gram products; not yet measured on our GPUs (`mousse bench` should replace these numbers).
+# Gram products; not yet measured on our GPUs. `mousse bench --device cuda` measures both on the
+# GPU at hand and prints the thresholds to set with MOUSSE_GRAM_MIN_DIM / MOUSSE_POLY_MIN_DIM.
 GRAM_MIN_DIM = 2048
 POLY_MIN_DIM = 2048
 MIN_DIM = {"gram": "GRAM_MIN_DIM", "poly": "POLY_MIN_DIM"}  # read at call time, so patchable
@@ -56,6 +57,18 @@ def triton_mode() -> str:
     return mode
 
 
+def min_dim(op: str) -> int:
+    """The size threshold of `op` ("gram" or "poly"): MOUSSE_GRAM_MIN_DIM / MOUSSE_POLY_MIN_DIM
+    when set (e.g. to what `mousse bench` measured), else the module's default."""
+    name = MIN_DIM[op]
+    value = os.environ.get(f"MOUSSE_{name}", "").strip()
+    if not value:
+        return globals()[name]
+    if not value.isdigit():
+        raise ValueError(f"MOUSSE_{name} must be a whole number of rows, got {value!r}")
+    return int(value)
+
+
 def use_triton(X: Tensor, op: str = "gram") -> bool:
     """Whether `op` ("gram" or "poly") on the (B, m, k) batch X goes to a Triton kernel."""
     if not X.is_cuda or X.dim() != 3 or X.dtype not in DTYPES or X.size(0) > MAX_BATCH:
@@ -63,7 +76,7 @@ def use_triton(X: Tensor, op: str = "gram") -> bool:
     mode = triton_mode()
     if mode == "0" or not triton_available():
         return False
-    return mode == "1" or X.size(-2) >= globals()[MIN_DIM[op]]
+    return mode == "1" or X.size(-2) >= min_dim(op)
 
 
 def gram(X: Tensor) -> Tensor:
