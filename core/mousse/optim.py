@@ -121,14 +121,15 @@ def accumulate_statistics(st: dict[str, Tensor], G: Tensor, sides: tuple[str, ..
         st[f"stat_skips_{side}"] += skipped
 
 
-def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Tensor, lr: float,
-                    count: int, whiten: bool) -> None:
+def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
+                    lr: float | Tensor, count: int, whiten: bool) -> None:
     """One update of a stack of same-shape matrices with gradients G and the group's knobs `g`:
     momentum, whitening by the cached P's (when `whiten`), the orthogonalizer, unwhitening,
     grafting, weight decay and the step; state in `st` is updated in place. No host syncs, so
     torch.compile captures it whole (`KroneckerOptimizer(compiled=True)`). lr and count, the
-    values that change from step to step, are arguments of their own rather than read from `g`:
-    torch.compile then treats them as symbols instead of recompiling for each value."""
+    values that change from step to step, are arguments of their own rather than read from `g`,
+    so torch.compile takes them as inputs (lr as a 0-d tensor when compiled, count as a symbol)
+    instead of recompiling for each value."""
     m, n = params[0].shape
     sides = _SIDE_FACTORS[g["sides"]] if whiten else ()
     M_in = momentum_step(st["momentum_buffer"], G, g["momentum"], g["momentum_style"], count)
@@ -180,7 +181,7 @@ def graft_update(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tenso
     return U
 
 
-def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float, m: int,
+def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float | Tensor, m: int,
                  n: int) -> None:
     """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
     wd, style = g["weight_decay"], g["weight_decay_style"]
@@ -201,15 +202,15 @@ def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float, 
 
 _COMPILED: dict = {}
 COMPILE_OPTIONS: dict = {}  # extra torch.compile arguments, e.g. a cheap backend in tests
-# Graphs one function may keep: one per bucket shape and knob set, plus the symbolic-lr variant
-# of each (torch's default of 8 would send models with several shapes back to eager).
+# Graphs one function may keep: one per bucket shape and knob set, plus the symbolic-count
+# variant of each (torch's default of 8 would send models with several shapes back to eager).
 RECOMPILE_LIMIT = 64
 
 
 def compiled(fn):
     """`fn` under torch.compile, one wrapper per function and COMPILE_OPTIONS. Shapes and knobs
-    are specialized; float and int arguments (lr, step counts) become symbolic after their first
-    change, so LR schedules and step counts do not recompile."""
+    are specialized; tensor arguments (lr) are inputs and int arguments (step counts) become
+    symbolic after their first change, so LR schedules and step counts do not recompile."""
     key = (fn, tuple(sorted(COMPILE_OPTIONS.items())))
     if key not in _COMPILED:
         limit = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
