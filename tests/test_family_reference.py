@@ -79,15 +79,19 @@ def assert_on_track(p, W_ref, W0, tol, where):
     assert diff <= tol * scale, (where, diff, scale)
 
 
+def feed(opt, params, prob, t, fisher):
+    """Step t's gradients into the engine's parameters, and its sampled-label ones when `fisher`."""
+    for i, p in enumerate(params):
+        p.grad = prob.grad(i, p.detach(), t)
+    if fisher:
+        opt.set_fisher_grads({p: prob.sampled_grad(i, p.detach(), t) for i, p in enumerate(params)})
+
+
 def run_vs_refs(opt, params, refs, prob, steps, tol=1e-9, fisher=False):
     """Engine and references side by side, each on its own weights; compared after every step."""
     W_ref = [W.clone() for W in prob.W0]
     for t in range(steps):
-        for i, p in enumerate(params):
-            p.grad = prob.grad(i, p.detach(), t)
-        if fisher:
-            opt.set_fisher_grads({p: prob.sampled_grad(i, p.detach(), t)
-                                  for i, p in enumerate(params)})
+        feed(opt, params, prob, t, fisher)
         opt.step()
         for i, ref in enumerate(refs):
             G = prob.grad(i, W_ref[i], t)
@@ -704,11 +708,7 @@ def test_tnt_matches_dense_tnt(T1, T2):
         listed = list(opt.fisher_params())
         for p in params:
             assert any(q is p for q in listed) == stat_step, (t + 1, stat_step)
-        for i, p in enumerate(params):
-            p.grad = prob.grad(i, p.detach(), t)
-        if stat_step:
-            opt.set_fisher_grads({p: prob.sampled_grad(i, p.detach(), t)
-                                  for i, p in enumerate(params)})
+        feed(opt, params, prob, t, stat_step)
         opt.step()
         for i, ref in enumerate(refs):
             W_ref[i] = ref.step(W_ref[i], prob.grad(i, W_ref[i], t),

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from . import kernels
 from . import precondition as pc
 from .config import DEVICES, ConfigError
 from .model import GPT
 from .optim import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .orthogonalize import orthogonalize
-from .kernels import triton_available
 from .presets import get_preset
 from .train import PEAK_FLOPS, pick_device
 
@@ -212,8 +212,6 @@ def bench_kernels(device: torch.device, repeats: int, sizes=KERNEL_SIZES,
     `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
     size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
     kernel that is slower there. Runs where triton runs: CUDA (or CPU under TRITON_INTERPRET=1)."""
-    from . import kernels
-
     b, c = POLY_BC
     rows = []
     for m in sizes:
@@ -292,7 +290,8 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
     refresh = bench_refresh(mousse, params, dev, repeats)
     ns = bench_ns(shapes, dev, repeats)
-    kernel = bench_kernels(dev, repeats) if dev.type == "cuda" and triton_available() else None
+    kernel = (bench_kernels(dev, repeats) if dev.type == "cuda" and kernels.triton_available()
+              else None)
     ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
     targets = {}
     for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
