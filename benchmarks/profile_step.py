@@ -16,12 +16,11 @@ import statistics
 import sys
 import time
 
+import mousse.optim.precondition as pc
 import torch
-
-import mousse.precondition as pc
-from mousse.bench import matrix_shapes, ns_flops
-from mousse.optim import Mousse, Muon, graft
-from mousse.orthogonalize import frobenius_norm, orthogonalize
+from mousse.experiments.bench import matrix_shapes, ns_flops
+from mousse.optim.family import Mousse, Muon, graft
+from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
 
 
 def median_ms(fn, repeats):

@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
+from mousse.optim import precondition as pc
+from mousse.optim.family import graft
+from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
+from mousse.train.checkpoint import find_checkpoint
 from safetensors.torch import load_file
-
-from mousse import precondition as pc
-from mousse.checkpoint import find_checkpoint
-from mousse.optim import graft
-from mousse.orthogonalize import frobenius_norm, orthogonalize
 
 ALPHA = 0.125
 # (whitening, Newton-Schulz, unwhitening)

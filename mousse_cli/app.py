@@ -10,17 +10,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+import mousse
 import typer
+from mousse.dist.process import (
+    env_world_size,
+    exit_on_error,
+    is_main_process,
+    rank_prefix,
+)
+from mousse.train.checkpoint import CheckpointError, find_checkpoint
+from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.data import DataError
 from rich.markup import escape
 
-import mousse
-from mousse.checkpoint import CheckpointError, find_checkpoint
-from mousse.config import ConfigError, load_config_file, resolve
-from mousse.data import DataError
-from mousse.launch import env_world_size, exit_on_error, is_main_process, rank_prefix
-
 from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
-from .views import AblationView, TrainView, bench_tables, console, presets_table, results_tables
+from .views import (
+    AblationView,
+    TrainView,
+    bench_tables,
+    console,
+    presets_table,
+    results_tables,
+)
 
 app = typer.Typer(
     name="mousse",
@@ -118,7 +129,8 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Ranks on this machine (one per GPU, or CPU processes): starts torchrun for you. Several machines: run torchrun yourself (docs/scaling.md)."),
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
-    from mousse.train import Trainer, config_from_checkpoint
+    from mousse.dist import setup
+    from mousse.train.trainer import Trainer, config_from_checkpoint
 
     with exit_on_error((typer.Exit,)), user_errors():
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -136,10 +148,11 @@ def train(
         else:
             cfg = resolve(settings)
         if nproc != 1:
-            from mousse.launch import launch_train
+            from .launch import launch_train
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         with graceful_stop() as stop:
-            trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop)
+            trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop,
+                              world=setup)
             summary = trainer.run(argv=sys.argv)
     if json_out and is_main_process():
         typer.echo(json.dumps(summary))
@@ -153,8 +166,8 @@ def train(
 def presets(json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
     """List model presets with parameter counts, recipe (the block matrices' lr for every
     optimizer, and what it was tuned for) and memory estimate."""
-    from mousse.config import OPTIMIZERS
-    from mousse.presets import PRESETS, memory_estimate_bytes, param_count
+    from mousse.train.config import OPTIMIZERS
+    from mousse.train.presets import PRESETS, memory_estimate_bytes, param_count
 
     rows = [{"name": p.name, "params": f"{param_count(p) / 1e6:.1f}M", "d_model": p.d_model,
              "n_layers": p.n_layers, "n_heads": p.n_heads, "seq_len": p.seq_len,
@@ -189,8 +202,15 @@ def ablate(
 
     Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 130 interrupted.
     """
-    from mousse.ablation import check_max_runs, load_spec, parse_seeds, parse_sweep_values, plan_ablation, shard_runs
-    from mousse.sweep import Ablation
+    from mousse.experiments.ablation import (
+        check_max_runs,
+        load_spec,
+        parse_seeds,
+        parse_sweep_values,
+        plan_ablation,
+        shard_runs,
+    )
+    from mousse.experiments.sweep import Ablation
 
     with exit_on_error((typer.Exit,)), user_errors():
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -251,7 +271,7 @@ def bench(
     """Time Mousse next to Muon, torch.optim.Muon and AdamW on a preset's matrix shapes: optimizer
     step (refresh every step and every 10), refresh alone (eigh vs qr), Newton-Schulz throughput,
     optimizer state memory. Threads are torch's (pin them with OMP_NUM_THREADS on a busy machine)."""
-    from mousse.bench import run_bench
+    from mousse.experiments.bench import run_bench
 
     with user_errors():
         results = run_bench(preset, repeats, device, train, steps, compiled)
@@ -267,10 +287,10 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib)."),
 ) -> None:
     """Re-render an ablation's tables from disk."""
-    from mousse import tomlio
-    from mousse.ablation import AblationPlan
-    from mousse.results import render
-    from mousse.sweep import Ablation
+    from mousse.experiments.ablation import AblationPlan
+    from mousse.experiments.results import render
+    from mousse.experiments.sweep import Ablation
+    from mousse.train import tomlio
 
     with user_errors():
         if fmt not in ("table", "markdown", "json", "csv"):
@@ -297,6 +317,6 @@ def report(
 
 def main() -> None:
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
-        from mousse.launch import run_rank
+        from mousse.dist.process import run_rank
         run_rank(app)
     app()

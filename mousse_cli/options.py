@@ -7,9 +7,8 @@ import inspect
 from typing import Optional
 
 import typer
-
-from mousse.config import OPTIMIZERS
-from mousse.optim import CHOICES
+from mousse.optim.family import CHOICES
+from mousse.train.config import OPTIMIZERS
 
 
 def _one_of(knob: str) -> str:

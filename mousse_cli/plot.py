@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mousse.config import ConfigError
+from mousse.train.config import ConfigError
 
 
 def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:

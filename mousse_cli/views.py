@@ -7,12 +7,17 @@ import math
 import time
 from collections import Counter
 
+from mousse.train.events import (
+    CheckpointSaved,
+    EvalDone,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+)
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
-
-from mousse.events import CheckpointSaved, EvalDone, RunFinished, RunStarted, StepLogged
 
 console = Console(stderr=True)
 
@@ -174,7 +179,7 @@ class AblationView:
             self.live = None
 
     def __call__(self, update) -> None:
-        from mousse.sweep import RunSkipped
+        from mousse.experiments.sweep import RunSkipped
 
         row = self.rows.get(update.run)
         if row is None:
@@ -264,9 +269,13 @@ class AblationView:
 
 def results_tables(results: dict):
     """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
+    from mousse.experiments.results import (
+        CONVERGENCE_COLUMNS,
+        TIMING_COLUMNS,
+        convergence_rows,
+        timing_rows,
+    )
     from rich.console import Group
-
-    from mousse.results import CONVERGENCE_COLUMNS, TIMING_COLUMNS, convergence_rows, timing_rows
 
     target = results["target_loss"]
     caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}"

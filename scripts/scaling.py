@@ -1,4 +1,4 @@
-"""The tables of docs/scaling.md, computed from the presets' shapes and mousse.ownership's own
+"""The tables of docs/scaling.md, computed from the presets' shapes and mousse.dist.ownership's own
 ownership plan: per-step communication per GPU (Mousse as run by `mousse train` under torchrun,
 next to AdamW/DDP, Muon-style and Distributed Shampoo), and the per-rank refresh load, step load
 and optimizer state.
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from mousse.ownership import matrix_cost, plan_loads, plan_ownership
-from mousse.presets import PRESETS, _meta_model
-from mousse.routing import infer_roles
+from mousse.dist.ownership import matrix_cost, plan_loads, plan_ownership
+from mousse.optim.routing import infer_roles
+from mousse.train.presets import PRESETS, _meta_model
 
 PRESET_NAMES = ("160m", "250m", "500m", "800m")
 GPUS = (8, 64)

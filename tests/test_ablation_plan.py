@@ -3,11 +3,17 @@
 from pathlib import Path
 
 import pytest
-
-from mousse import tomlio
-from mousse.ablation import (AblationPlan, check_max_runs, load_spec, parse_seeds, parse_sweep_values,
-                             plan_ablation, shard_runs)
-from mousse.config import ConfigError
+from mousse.experiments.ablation import (
+    AblationPlan,
+    check_max_runs,
+    load_spec,
+    parse_seeds,
+    parse_sweep_values,
+    plan_ablation,
+    shard_runs,
+)
+from mousse.train import tomlio
+from mousse.train.config import ConfigError
 
 ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
 
@@ -74,7 +80,7 @@ def test_knobs_dropped_per_optimizer_across_the_family():
     """Which knobs each optimizer keeps follows from its resolved knobs, not from its name:
     preconditioner knobs go from the ones that precondition no side (Muon, SpecGD), the family's
     knobs from AdamW, and the rest (orthogonalizer, momentum, ...) stay everywhere."""
-    from mousse.optim import OPTIMIZERS
+    from mousse.optim.family import OPTIMIZERS
 
     family = list(OPTIMIZERS)
     plan = plan_ablation({"optimizer": [*family, "adamw"], "factor_norm": ["same_trace"],

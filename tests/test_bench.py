@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_one_line_error, invoke_cli
-
-from mousse import optim
-from mousse.bench import COMPILED, OPTIMIZERS, bench_steps, matrix_shapes, ns_flops
+from mousse.experiments.bench import (
+    COMPILED,
+    OPTIMIZERS,
+    bench_steps,
+    matrix_shapes,
+    ns_flops,
+)
+from mousse.optim import family as optim
 
 KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "compiled", "cycle_steps", "step_ms", "kernels",
         "vs_muon", "state_bytes", "cache_bytes", "refresh_ms", "shapes", "targets", "train"}
@@ -60,7 +65,7 @@ def test_bench_compiled_rows(monkeypatch):
 
 def test_bench_train_mode(builtin_data):
     """--train: whole training steps of Muon and Mousse through the Trainer, and the overhead."""
-    from mousse.bench import bench_train
+    from mousse.experiments.bench import bench_train
 
     t = bench_train("tiny", "cpu", 2)
     assert t["steps"] == 2 and t["compiled"] is False
@@ -75,10 +80,10 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
     """The kernel-vs-torch section runs wherever triton runs (here the interpreter, on CPU, tiny
     sizes, where the kernels are far slower than torch): with the Gram kernel dispatched at every
     size, each of its sizes is flagged as dispatched where slower."""
+    from mousse.experiments.bench import bench_kernels
+    from mousse.optim import kernels
     from rich.console import Console
 
-    from mousse import kernels
-    from mousse.bench import bench_kernels
     from mousse_cli.views import kernel_table
 
     monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")
@@ -99,7 +104,7 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
 
 
 def test_measured_min_dim_is_where_the_kernel_keeps_winning():
-    from mousse.bench import measured_min_dim
+    from mousse.experiments.bench import measured_min_dim
 
     def rows(*speedups):
         return [{"size": 2**(10 + i), "speedup": s} for i, s in enumerate(speedups)]
@@ -110,7 +115,7 @@ def test_measured_min_dim_is_where_the_kernel_keeps_winning():
 
 
 def test_kernel_thresholds_from_the_environment(monkeypatch):
-    from mousse import kernels
+    from mousse.optim import kernels
 
     monkeypatch.setenv("MOUSSE_GRAM_MIN_DIM", "4096")
     monkeypatch.delenv("MOUSSE_POLY_MIN_DIM", raising=False)

@@ -12,17 +12,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    FAST,
+    FAST_SETTINGS,
+    assert_one_line_error,
+    read_metrics,
+    summary,
+    train_losses,
+    val_losses,
+)
+from mousse.train import tomlio
+from mousse.train.checkpoint import (
+    FILES,
+    FORMAT,
+    find_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+)
+from mousse.train.config import resolve
+from mousse.train.events import CheckpointSaved
+from mousse.train.model import GPT, GPTConfig
+from mousse.train.trainer import Trainer
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from conftest import (FAST, FAST_SETTINGS, assert_one_line_error, read_metrics, summary,
-                      train_losses, val_losses)
-from mousse import tomlio
-from mousse.checkpoint import FILES, FORMAT, find_checkpoint, list_checkpoints, read_checkpoint
-from mousse.config import resolve
-from mousse.events import CheckpointSaved
-from mousse.model import GPT, GPTConfig
-from mousse.train import Trainer
 
 N = 6
 REF_SETTINGS = {**FAST_SETTINGS, "steps": 2 * N, "eval_every": N, "checkpoint_every": N,
@@ -240,7 +252,7 @@ def test_checkpoint_on_other_data_is_refused(cli, reference, tmp_path):
 # ---- interrupted writes -------------------------------------------------------------------------
 
 def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_path, monkeypatch):
-    import mousse.checkpoint as ckpt_module
+    import mousse.train.checkpoint as ckpt_module
 
     settings = {**FAST_SETTINGS, "steps": 8, "eval_every": 4, "checkpoint_every": 4,
                 "log_every": 1}

@@ -12,10 +12,9 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, assert_one_line_error, invoke_cli, summary, train_losses
-from mousse import tomlio
-from mousse.events import StepLogged
+from mousse.train import tomlio
+from mousse.train.events import StepLogged
 
 SWEEP = ["--alpha", "0.0,0.25", "--steps", "8", "--eval-every", "4", *FAST]
 RUNS = ["muon", "mousse", "alpha=0.0", "alpha=0.25"]  # baseline first, then the centre
@@ -211,8 +210,9 @@ def test_bad_spec_file_message_keeps_brackets(cli, tmp_path):
 def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     """Ctrl-C in the middle of the first run: exit 130 with that run checkpointed; rerunning the
     command resumes it from its checkpoint and runs the rest."""
+    from mousse.experiments.sweep import RunUpdate
+
     import mousse_cli.app as app_module
-    from mousse.sweep import RunUpdate
 
     class InterruptingView(app_module.AblationView):
         def __call__(self, update):
@@ -359,8 +359,8 @@ def test_report_errors(cli, tmp_path, ablation):
 # ---- presets -------------------------------------------------------------------------------------
 
 def test_presets_list_lr_per_optimizer(cli):
-    from mousse.config import OPTIMIZERS
-    from mousse.presets import PRESETS
+    from mousse.train.config import OPTIMIZERS
+    from mousse.train.presets import PRESETS
 
     res = cli("presets", "--json")
     assert res.exit_code == 0, res

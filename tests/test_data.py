@@ -2,9 +2,8 @@ import struct
 
 import pytest
 import torch
-
-from mousse import data
-from mousse.data import DataError, load_dataset, train_batch, val_batches
+from mousse.train import data
+from mousse.train.data import DataError, load_dataset, train_batch, val_batches
 
 
 def write_shard(path, tokens, magic=20240520, version=1, n=None, cut=0):

@@ -17,18 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error, mousse_command, read_metrics, run_gloo_ranks
+from mousse.dist.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
+from mousse.dist.process import batch_split
+from mousse.optim.routing import build_optimizer, infer_roles
+from mousse.train.checkpoint import (
+    list_checkpoints,
+    optimizer_state_by_name,
+    read_index,
+    save_checkpoint,
+)
+from mousse.train.config import ConfigError, resolve
+from mousse.train.model import GPT, GPTConfig
+from mousse.train.presets import PRESETS, _meta_model
+from mousse.train.trainer import Trainer
 from safetensors import safe_open
-
-from conftest import assert_one_line_error, mousse_command, read_metrics
-from mousse.checkpoint import list_checkpoints, save_checkpoint
-from mousse.config import ConfigError, resolve
-from mousse.distributed import optimizer_state_by_name, read_index
-from mousse.launch import batch_split
-from mousse.model import GPT, GPTConfig
-from mousse.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
-from mousse.presets import PRESETS, _meta_model
-from mousse.routing import build_optimizer, infer_roles
-from mousse.train import Trainer
 
 ARGS = ["--d-model", "64", "--seq-len", "64", "--batch-size", "4", "--micro-batch-size", "2",
         "--eval-tokens", "4096", "--steps", "20", "--log-every", "1", "--eval-every", "10",
@@ -285,58 +288,50 @@ def test_scaling_doc_tables_match_the_script():
 
 # ---- the gradient exchange with missing gradients (2 spawned gloo processes) --------------------
 
-def _missing_grads_worker(rank: int, store: str) -> None:
+def _missing_grads_worker(rank: int) -> None:
     """One rank: some gradients missing on one rank or on all; the exchange and the step must
     finish (no hang), give owners the summed gradients, keep None where no rank had one, and
     leave both replicas with the same weights."""
-    from datetime import timedelta
     from types import SimpleNamespace
 
     import torch.distributed as dist
 
-    from mousse.distributed import Dist, weights_digest
+    from mousse.dist.rank import Dist, weights_digest
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=30))
-    try:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4,
-                              seq_len=8))
-        cfg = SimpleNamespace(batch_size=2, micro_batch_size=1, optimizer="mousse", sides="both",
-                              precond_freq=1, ns_steps=5, gather_dtype="fp32")
-        d = Dist(rank, 2)
-        owned = d.prepare(model, cfg)
-        opt, _ = build_optimizer(model, lr=0.02, owned=owned)
-        x = torch.randint(0, 16, (1, 8), generator=torch.Generator().manual_seed(rank))
-        model(x, x)[1].backward()
-        params = dict(model.named_parameters())
-        if rank == 0:  # missing on one rank only
-            params["blocks.0.attn.q.weight"].grad = None
-            params["embed.weight"].grad = None
-        params["blocks.0.mlp.fc.weight"].grad = None  # missing on every rank
-        expected = {}
-        for name, p in params.items():  # the sums, None counting as zeros
-            g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(g)
-            expected[name] = g
-        loss = d.reduce_gradients(torch.tensor(float(rank + 1)), step=1)
-        assert loss.item() == 3.0
-        for name, p in params.items():
-            mine = d.owners.get(name, rank) == rank
-            if name == "blocks.0.mlp.fc.weight" or not mine:
-                assert p.grad is None, name
-            else:
-                assert torch.equal(p.grad, expected[name]), name
-        d.optimizer_step(opt)
-        digests = [None, None]
-        dist.all_gather_object(digests, weights_digest(model))
-        assert digests[0] == digests[1]
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4,
+                          seq_len=8))
+    cfg = SimpleNamespace(batch_size=2, micro_batch_size=1, optimizer="mousse", sides="both",
+                          precond_freq=1, ns_steps=5, gather_dtype="fp32")
+    d = Dist(rank, 2)
+    owned = d.prepare(model, cfg)
+    opt, _ = build_optimizer(model, lr=0.02, owned=owned)
+    x = torch.randint(0, 16, (1, 8), generator=torch.Generator().manual_seed(rank))
+    model(x, x)[1].backward()
+    params = dict(model.named_parameters())
+    if rank == 0:  # missing on one rank only
+        params["blocks.0.attn.q.weight"].grad = None
+        params["embed.weight"].grad = None
+    params["blocks.0.mlp.fc.weight"].grad = None  # missing on every rank
+    expected = {}
+    for name, p in params.items():  # the sums, None counting as zeros
+        g = p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+        dist.all_reduce(g)
+        expected[name] = g
+    loss = d.reduce_gradients(torch.tensor(float(rank + 1)), step=1)
+    assert loss.item() == 3.0
+    for name, p in params.items():
+        mine = d.owners.get(name, rank) == rank
+        if name == "blocks.0.mlp.fc.weight" or not mine:
+            assert p.grad is None, name
+        else:
+            assert torch.equal(p.grad, expected[name]), name
+    d.optimizer_step(opt)
+    digests = [None, None]
+    dist.all_gather_object(digests, weights_digest(model))
+    assert digests[0] == digests[1]
 
 
-def test_missing_gradients_neither_hang_nor_leak(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_missing_grads_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
+@pytest.mark.parametrize("repeat", [1, 2])  # teardown-sensitive: a cheap repeat in every CI run
+def test_missing_gradients_neither_hang_nor_leak(tmp_path, repeat):
+    run_gloo_ranks(_missing_grads_worker, 2, tmp_path)

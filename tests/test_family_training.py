@@ -7,13 +7,12 @@ import threading
 
 import torch
 import torch.nn.functional as F
-
 from conftest import FAST, FAST_SETTINGS, summary, train_losses
-from mousse.config import resolve
-from mousse.data import train_batch, val_batches
-from mousse.events import StepLogged
-from mousse.optim import OPTIMIZERS
-from mousse.train import Trainer, _StepTimer, sample_labels, sampling_generator
+from mousse.optim.family import OPTIMIZERS
+from mousse.train.config import resolve
+from mousse.train.data import train_batch, val_batches
+from mousse.train.events import StepLogged
+from mousse.train.trainer import Trainer, _StepTimer, sample_labels, sampling_generator
 
 
 def test_sampled_labels_follow_the_softmax():

@@ -2,9 +2,8 @@ import math
 
 import pytest
 import torch
-
-from mousse.model import GPT, GPTConfig
-from mousse.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
+from mousse.train.model import GPT, GPTConfig
+from mousse.train.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
 
 TINY = GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, head_dim=32, seq_len=32)
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 import copy
 import math
 
+import mousse.optim.precondition
 import pytest
 import torch
-
-import mousse.precondition
 from mousse import Mousse, Muon
 
 F64 = torch.float64
@@ -403,7 +402,7 @@ def test_refresh_steps_and_statistics(freq, monkeypatch):
         calls.append((current_step[0], tuple(A.shape)))
         return real_eigh(A, *args, **kwargs)
 
-    monkeypatch.setattr(mousse.precondition, "eigh", counting_eigh)
+    monkeypatch.setattr(mousse.optim.precondition, "eigh", counting_eigh)
     g = torch.Generator().manual_seed(41)
     shapes = [(12, 6), (12, 6), (5, 9)]  # a bucket of two, one single
     params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]

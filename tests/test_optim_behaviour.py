@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 import math
 
+import mousse.optim.precondition
 import pytest
 import torch
-
-import mousse.precondition
 from mousse import Mousse, Muon
 
 SIDE_KEYS = {"both": ("L", "R"), "left": ("L",), "right": ("R",)}
@@ -105,7 +104,7 @@ def test_unwhitening_runs_in_newton_schulz_precision():
     """With bf16 Newton-Schulz the whitening stays in fp32 (bf16 input whitening is far less
     accurate) and the unwhitening runs in bf16 with P' cached in bf16: one step equals that
     explicit computation, and stays within bf16 error of the fp32 path."""
-    from mousse.orthogonalize import frobenius_norm, orthogonalize
+    from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
 
     g = torch.Generator().manual_seed(7)
     W0, G = torch.randn(12, 8, generator=g) / 4, torch.randn(12, 8, generator=g)
@@ -203,7 +202,7 @@ def test_eigh_fp32_failure_retries_in_fp64(monkeypatch):
     run(ref, ref_params, grads)
 
     eigh, calls = _tracking_eigh(lambda A, i: A.dtype == torch.float32)
-    monkeypatch.setattr(mousse.precondition, "eigh", eigh)
+    monkeypatch.setattr(mousse.optim.precondition, "eigh", eigh)
     params = make_params(shapes)
     opt = Mousse(params, precond_freq=3)
     run(opt, params, grads)
@@ -226,7 +225,7 @@ def test_eigh_nonfinite_fp32_result_retries_in_fp64(monkeypatch):
             lam = lam * float("nan")
         return lam, Q
 
-    monkeypatch.setattr(mousse.precondition, "eigh", eigh)
+    monkeypatch.setattr(mousse.optim.precondition, "eigh", eigh)
     params = make_params([(8, 6)])
     opt = Mousse(params, precond_freq=2)
     run(opt, params, make_grads([(8, 6)], 5))
@@ -245,7 +244,7 @@ def test_eigh_always_failing_keeps_previous_basis(monkeypatch):
     kept = {p: {k: opt.state[p][k].clone() for k in ("lam_L", "Q_L", "lam_R", "Q_R")}
             for p in params}
     eigh, calls = _tracking_eigh(lambda A, i: True)
-    monkeypatch.setattr(mousse.precondition, "eigh", eigh)
+    monkeypatch.setattr(mousse.optim.precondition, "eigh", eigh)
     run(opt, params, grads[5:])  # steps 6..11: refreshes at 7 and 10 fail
     assert calls, "the refresh must have been attempted"
     for p in params:
@@ -281,7 +280,7 @@ def test_eigh_failing_for_one_matrix_of_a_batch(monkeypatch):
         return len(singles) % 2 == 0  # every second single-matrix call: matrix index 1
 
     eigh, _ = _tracking_eigh(fail)
-    monkeypatch.setattr(mousse.precondition, "eigh", eigh)
+    monkeypatch.setattr(mousse.optim.precondition, "eigh", eigh)
     params = make_params(shapes)
     opt = Mousse(params, precond_freq=2)
     run(opt, params, grads[:1])

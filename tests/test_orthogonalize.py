@@ -26,8 +26,7 @@ import math
 
 import pytest
 import torch
-
-from mousse.orthogonalize import orthogonalize
+from mousse.optim.orthogonalize import orthogonalize
 
 # The coefficients, copied from the spec (section 4), independently of the engine's table.
 SPEC_SCHEDULES = {

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import mousse.optim.precondition as pc
 import pytest
 import torch
-
-import mousse.precondition as pc
 from conftest import assert_one_line_error, invoke_cli
 from mousse import Mousse
-from mousse.config import ConfigError, resolve
+from mousse.train.config import ConfigError, resolve
 
 F64 = torch.float64
 

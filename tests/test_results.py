@@ -6,9 +6,17 @@ import json
 import math
 
 import pytest
-
-from mousse.results import (CONVERGENCE_COLUMNS, TIMING_COLUMNS, convergence_rows, render, steps_to_target,
-                            summarize, t_two_sided_p, timing_rows, welch_t_test)
+from mousse.experiments.results import (
+    CONVERGENCE_COLUMNS,
+    TIMING_COLUMNS,
+    convergence_rows,
+    render,
+    steps_to_target,
+    summarize,
+    t_two_sided_p,
+    timing_rows,
+    welch_t_test,
+)
 
 
 def curve(losses, every=100, seconds_per_step=0.01):

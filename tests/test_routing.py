@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mousse import CombinedOptimizer, Lion, Mousse, Muon, build_optimizer
-from mousse.model import GPT, GPTConfig
-from mousse.routing import infer_roles
+from mousse.optim.routing import infer_roles
+from mousse.train.model import GPT, GPTConfig
 
 
 def tiny_gpt():

@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import (FAST, FAST_SETTINGS, assert_one_line_error, read_metrics, summary,
-                      train_losses, val_losses)
-from mousse import tomlio
-from mousse.checkpoint import FILES, list_checkpoints, read_checkpoint
-from mousse.config import FAMILY_KNOBS, FIELD_TYPES, resolve
-from mousse.events import StepLogged
-from mousse.train import Trainer, matrix_kwargs
+from conftest import (
+    FAST,
+    FAST_SETTINGS,
+    assert_one_line_error,
+    read_metrics,
+    summary,
+    train_losses,
+    val_losses,
+)
+from mousse.train import tomlio
+from mousse.train.checkpoint import FILES, list_checkpoints, read_checkpoint
+from mousse.train.config import FAMILY_KNOBS, FIELD_TYPES, resolve
+from mousse.train.events import StepLogged
+from mousse.train.trainer import Trainer, matrix_kwargs
 
 TRAIN_KEYS = ("step", "train_loss", "lr", "step_ms", "tokens_per_s")
 SUMMARY_KEYS = ("run_dir", "status", "steps", "final_val_loss", "best_val_loss", "step_ms_median")
@@ -146,8 +152,8 @@ def test_flags_override_file_override_preset(cli, tmp_path):
 # ---- the matrix optimizer's knobs: class preset < recipe < preset lr < file < flag --------------
 
 def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypatch):
-    from mousse import presets
-    from mousse.optim import OPTIMIZERS
+    from mousse.optim.family import OPTIMIZERS
+    from mousse.train import presets
 
     soap = OPTIMIZERS["soap"].preset
     monkeypatch.setitem(presets.TRAINING_RECIPES, "soap", {"lr": 0.5, "beta2": 0.9, "adam_eps": 1e-7,
@@ -171,8 +177,8 @@ def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypa
 
 
 def test_every_optimizer_resolves_its_full_recipe():
-    from mousse.optim import KNOBS, OPTIMIZERS
-    from mousse.presets import TRAINING_RECIPES, get_preset
+    from mousse.optim.family import KNOBS, OPTIMIZERS
+    from mousse.train.presets import TRAINING_RECIPES, get_preset
 
     assert set(KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)
     for name, cls in OPTIMIZERS.items():

@@ -1,8 +1,24 @@
-"""mousse: Mousse (Muon whitened by Shampoo's Kronecker factors) and its baselines, as a library."""
+"""mousse: Mousse (Muon whitened by Shampoo's Kronecker factors) and its baselines, as a library.
 
-from .lion import Lion
-from .optim import SOAP, TNT, KroneckerOptimizer, Mousse, Muon, Shampoo, SpecGD, SPlus
-from .routing import CombinedOptimizer, Route, build_optimizer
+Layers, each importing only the ones before it: `mousse.optim` (the optimizer family) ->
+`mousse.train` (one training run) -> `mousse.dist` (one rank of a torchrun job) ->
+`mousse.experiments` (ablations, results, benchmarks). docs/architecture.md maps them.
+"""
+
+from mousse.optim import (
+                          SOAP,
+                          TNT,
+                          CombinedOptimizer,
+                          KroneckerOptimizer,
+                          Lion,
+                          Mousse,
+                          Muon,
+                          Route,
+                          Shampoo,
+                          SpecGD,
+                          SPlus,
+                          build_optimizer,
+)
 
 __version__ = "0.1.0"
 __all__ = ["SOAP", "TNT", "CombinedOptimizer", "KroneckerOptimizer", "Lion", "Mousse", "Muon",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from .optim import closure_loss
+from .family import closure_loss
 
 
 class Lion(Optimizer):

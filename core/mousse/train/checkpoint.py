@@ -4,6 +4,7 @@ metadata. A checkpoint directory appears whole or not at all (written aside, the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,12 +17,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .routing import CombinedOptimizer
+from mousse.optim.routing import CombinedOptimizer
 
 FORMAT = "mousse-checkpoint-1"
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-# Distributed runs (mousse.distributed) write the optimizer state as one shard per rank instead of
+# Distributed runs (mousse.dist.rank) write the optimizer state as one shard per rank instead of
 # optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
 
@@ -158,7 +159,7 @@ def read_checkpoint(ckpt: Path) -> dict:
     for f in FILES:
         part = f.split(".")[0]
         if part == "optimizer" and not (ckpt / f).exists() and (ckpt / OPTIMIZER_INDEX).is_file():
-            continue  # sharded: read by name (mousse.distributed.optimizer_state_by_name)
+            continue  # sharded: read by name (optimizer_state_by_name)
         try:
             with safe_open(ckpt / f, framework="pt") as fh:
                 out[part] = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -169,3 +170,92 @@ def read_checkpoint(ckpt: Path) -> dict:
         if out[part + "_meta"].get("format") != FORMAT:
             raise CheckpointError(f"{ckpt / f} is not a mousse checkpoint ({FORMAT})")
     return out
+
+
+# ---- sharded optimizer state (written by mousse.dist.rank), read by parameter name ----------
+
+
+def param_of(flat: str) -> str:
+    """The parameter name of a flat optimizer key `<part>.state.<param>.<buffer>`."""
+    return flat.split(".state.", 1)[1].rsplit(".", 1)[0]
+
+
+def optimizer_files(ckpt: Path) -> list[Path]:
+    """The optimizer-state files of a checkpoint: the single file, or the shards of its index."""
+    single = ckpt / "optimizer.safetensors"
+    if single.is_file():
+        return [single]
+    try:
+        index = json.loads((ckpt / OPTIMIZER_INDEX).read_text())
+        return [ckpt / s for s in index["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt} has no readable optimizer state ({exc}); resume from an "
+                              "earlier checkpoint") from None
+
+
+def optimizer_state_by_name(opt, ckpt: Path) -> dict:
+    """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
+    assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
+    tensors `opt` needs. Hyperparameters come from the saved group that held each of opt's
+    groups' first parameter."""
+    with contextlib.ExitStack() as stack:
+        groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
+        where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
+        for path in optimizer_files(ckpt):
+            try:
+                fh = stack.enter_context(safe_open(path, framework="pt"))
+                meta = fh.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
+                saved = json.loads(meta["param_groups"], object_hook=_json_hook)
+                extra = json.loads(meta["extra"], object_hook=_json_hook)
+                keys = list(fh.keys())
+            except (OSError, ValueError, KeyError) as exc:
+                if isinstance(exc, CheckpointError):
+                    raise
+                raise CheckpointError(f"checkpoint file {path} is unreadable ({exc}); it may be "
+                                      "truncated: resume from an earlier checkpoint") from None
+            for part, part_groups in saved.items():
+                for g in part_groups:
+                    hyper = {k: v for k, v in g.items() if k != "params"}
+                    for name in g["params"]:
+                        groups.setdefault(part, {})[name] = hyper
+            by_param: dict[tuple[str, str], list[str]] = {}
+            for key in [*keys, *extra]:
+                part = key.split(".state.", 1)[0]
+                by_param.setdefault((part, param_of(key)), []).append(key)
+            for (part, name), ks in by_param.items():
+                where[(part, name)] = (fh, ks, extra)
+        missing_parts = sorted(set(opt.parts) - set(groups))
+        if missing_parts:
+            raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run "
+                                  f"needs {sorted(opt.parts)}: resume with the same --optimizer")
+        out = {}
+        for part, o in opt.parts.items():
+            state, param_groups, index = {}, [], 0
+            for g in o.param_groups:
+                names = [opt.param_names[id(p)] for p in g["params"]]
+                if any(n not in groups[part] for n in names):
+                    raise CheckpointError("checkpoint parameters do not match this model: resume "
+                                          "with the same preset and model shape")
+                ids = list(range(index, index + len(names)))
+                index += len(names)
+                param_groups.append({**groups[part][names[0]], "params": ids})
+                for i, name in zip(ids, names):
+                    if (part, name) not in where:
+                        continue  # no state yet (never stepped), as in a single process
+                    fh, keys, extra = where[(part, name)]
+                    for key in keys:
+                        buffer = key.rsplit(".", 1)[1]
+                        value = extra[key] if key in extra else fh.get_tensor(key)
+                        state.setdefault(i, {})[buffer] = value
+            out[part] = {"state": state, "param_groups": param_groups}
+        return out
+
+
+def read_index(ckpt: Path) -> dict | None:
+    """A sharded checkpoint's index (None for the single-file layout)."""
+    path = Path(ckpt) / OPTIMIZER_INDEX
+    return json.loads(path.read_text()) if path.is_file() else None
+
+

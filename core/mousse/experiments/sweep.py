@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
-from . import tomlio
+from mousse.dist import setup
+from mousse.dist.process import is_main_process
+from mousse.train import tomlio
+from mousse.train.checkpoint import list_checkpoints
+from mousse.train.config import ConfigError, resolve
+from mousse.train.data import load_dataset
+from mousse.train.events import Event
+from mousse.train.fileio import atomic_write_text, write_json
+
 from .ablation import AblationPlan, RunSpec
-from .checkpoint import list_checkpoints
-from .config import ConfigError, resolve
-from .data import load_dataset
-from .events import Event
-from .fileio import atomic_write_text, write_json
-from .launch import is_main_process
 from .results import summarize
 
 FINISHED = ("completed", "diverged")
@@ -70,11 +72,11 @@ def record(run: RunSpec, summary: dict | None) -> dict:
 def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None],
                 stop: threading.Event | None = None) -> dict:
     """Train one run of the ablation, resuming from its latest checkpoint when it has one."""
-    from .train import Trainer
+    from mousse.train.trainer import Trainer
 
     cfg = resolve(settings)
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
-    return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop).run()
+    return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup).run()
 
 
 _WORKER: dict = {}

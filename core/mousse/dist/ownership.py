@@ -1,7 +1,7 @@
 """Who computes which block matrix under torch.distributed: the cost model of a matrix, the
 ownership plan (`plan_ownership`, the one place that decides) and the layout that packs the
 matrices by owner into one flat buffer (`OwnerLayout`). Pure planning: no process group, no
-collectives; `distributed.Dist` uses it, `scripts/scaling.py` tabulates it.
+collectives; `rank.Dist` uses it, `scripts/scaling.py` tabulates it.
 
 `plan_ownership` gives each block matrix to one rank, balancing the cost of its refresh
 (~ m^3 + n^3) and Newton-Schulz / whitening flops and keeping same-shape matrices in contiguous

@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import optim
+from mousse.optim import family as optim
+
 from .model import GPT, GPTConfig
+
+OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")  # the block-matrix optimizers a run can use
+ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
 
 # What `mousse train --optimizer NAME` changes from the method's published defaults to train the
 # GPT of these presets. Every method gets Mousse's weight decay 0.01 (each in its own
@@ -178,8 +182,6 @@ def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size:
           (saved activations: about 20 d per token per block, and logits, their fp32 copy and
           gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
-    from .config import OPTIMIZERS, optimizer_knobs
-
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
@@ -190,3 +192,16 @@ def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size:
     vocab = model.cfg.vocab_size
     acts = preset.micro_batch_size * preset.seq_len * (20 * preset.d_model * preset.n_layers + 3 * vocab)
     return 4 * (2 * model.num_params() + state) + act_bytes * acts
+
+
+def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
+    """The matrix optimizer's knobs for an LM run: its class preset < its training recipe
+    (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
+    other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
+    final values. AdamW: only ADAMW_KNOBS (lr None when neither the recipe nor `given` sets it)."""
+    knobs = {**TRAINING_RECIPES.get(optimizer, {}),
+             **{k: v for k, v in (given or {}).items() if v is not None}}
+    if optimizer == "adamw":
+        return {k: knobs.get(k) for k in ADAMW_KNOBS}
+    full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
+    return {k: full[k] for k in optim.KNOBS}

@@ -1,11 +1,11 @@
 """One rank's part in a torch.distributed job: joining and leaving the process group (`setup`,
 `teardown`), `Dist` (the rank's view of the job, used by the trainer at fixed points of the step)
 and the sharded optimizer checkpoints. ZeRO-1 style; the optimizers themselves know nothing of it.
-The ownership plan is in `ownership`, the torchrun process side (launching, errors, exit) in
-`launch`; design notes: docs/scaling.md.
+The ownership plan is in `ownership`, the rank's process side (environment, errors, exit) in
+`process`; design notes: docs/scaling.md.
 
 - Data: every rank reads a disjoint slice of the same global batch (`data.train_batch`'s `rows`,
-  split by `launch.batch_split`), so the global batch and the results do not depend on the number
+  split by `process.batch_split`), so the global batch and the results do not depend on the number
   of ranks.
 - Gradients: one exchange per step. Gradients of the replicated parameters (embedding, head,
   gains) are all-reduced; block-matrix gradients are reduce-scattered so that each matrix's owner
@@ -20,7 +20,7 @@ The ownership plan is in `ownership`, the torchrun process side (launching, erro
   (`optimizer-rank{r}.safetensors`) plus `optimizer-index.json`. Loading finds each parameter's
   state by name, so a run resumes on any world size (ownership is recomputed, state moves).
 
-With one process, every method is a pass-through to the single-process code, bit for bit.
+With one process `setup` returns the trainer's own single-process `World`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import FORMAT, CheckpointError, _json_hook, flatten_optimizer, list_checkpoints
-from .checkpoint import OPTIMIZER_INDEX as INDEX
-from .checkpoint import save_checkpoint, unflatten_optimizer
-from .launch import _inject_failure, batch_split, env_world_size, timeout_seconds
+from mousse.optim.routing import infer_roles
+from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
+from mousse.train.checkpoint import (FORMAT, flatten_optimizer, list_checkpoints,
+                                     optimizer_state_by_name, param_of)
+from mousse.train.world import World
+
+from .process import (_inject_failure, batch_split, env_world_size, leave_process_group,
+                      timeout_seconds)
 from .ownership import OwnerLayout, cost_model, plan_ownership
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
@@ -57,14 +60,14 @@ def shard_name(rank: int) -> str:
 # ---- the process group ---------------------------------------------------------------------------
 
 
-def setup(device: torch.device | str | None = None) -> Dist:
+def setup(device: torch.device | str | None = None) -> World:
     """This process's place in the job: joins torchrun's process group the first time (gloo on
     CPU, NCCL on CUDA, collectives timing out after MOUSSE_DIST_TIMEOUT seconds) and, on CUDA,
     picks the GPU LOCAL_RANK. Without torchrun (or with one rank), a world of one process."""
     device = torch.device(device or "cpu")
     world = env_world_size()
     if world <= 1:
-        return Dist(device=device)
+        return World(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
@@ -78,8 +81,9 @@ def setup(device: torch.device | str | None = None) -> Dist:
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: leave the process group the safe way (`process.leave_process_group`)."""
+    with contextlib.suppress(Exception):  # a peer already gone: nothing left to wait for
+        leave_process_group()
 
 
 def _all_gather(out: Tensor, inp: Tensor, async_op: bool = False):
@@ -113,14 +117,13 @@ def optimizer_state_bytes(opt) -> int:
 # ---- the job as seen from one rank --------------------------------------------------------------
 
 
-class Dist:
-    """One rank's view of the job, used by the trainer at fixed points of the step. In a world of
-    one process every method is a pass-through."""
+class Dist(World):
+    """One rank's view of a job of several ranks: the trainer's `World` hooks as collectives."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0,
                  device: torch.device | None = None):
+        super().__init__(device)
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
-        self.device = device or torch.device("cpu")
         self.owners: dict[str, int] | None = None  # the ownership plan, once `prepare`d
         self._local_stop: threading.Event | None = None
         self._agreed_stop: threading.Event | None = None
@@ -137,15 +140,10 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def __repr__(self) -> str:
-        return f"Dist(rank={self.rank}, world_size={self.world_size}, device={self.device})"
-
     # ---- set-up ---------------------------------------------------------------------------------
 
     def from_rank0(self, obj):
         """Rank 0's value of a picklable object, on every rank."""
-        if not self.active:
-            return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -153,8 +151,6 @@ class Dist:
     def agreed_stop(self, local: threading.Event) -> threading.Event:
         """A stop flag every rank sees set on the same step: set when any rank's `local` was
         (checked in each step's gradient exchange; `local` is then set on every rank too)."""
-        if not self.active:
-            return local
         self._local_stop, self._agreed_stop = local, threading.Event()
         return self._agreed_stop
 
@@ -162,9 +158,6 @@ class Dist:
         """Check the batch splits over the ranks, give every rank rank 0's weights, plan which rank
         owns which block matrix, and return the names this rank's matrix optimizer gets (None:
         all of them, a single process)."""
-        if not self.active:
-            return None
-        from .routing import infer_roles
 
         batch_split(cfg.batch_size, cfg.micro_batch_size, self.world_size)
         self._gather_bf16 = getattr(cfg, "gather_dtype", None) == "bf16"  # validated by config
@@ -192,8 +185,7 @@ class Dist:
         """This rank's micro batches as (index among the global batch's micro batches, row slice
         of the global batch), and the global batch's number of micro batches (what each micro
         batch's loss is divided by)."""
-        share, micro = batch_split(batch_size, micro_batch_size, self.world_size) if self.active \
-            else (batch_size, micro_batch_size)
+        share, micro = batch_split(batch_size, micro_batch_size, self.world_size)
         start = self.rank * share
         return ([(i // micro, slice(i, i + micro)) for i in range(start, start + share, micro)],
                 batch_size // micro)
@@ -204,8 +196,6 @@ class Dist:
         get the full sum; block matrices only on their owner (None elsewhere). A parameter that
         no rank saw a gradient for keeps grad None, as in a single process."""
         _inject_failure(self.rank, step)
-        if not self.active:
-            return loss
         dev, dtype = self.device, self.comm_dtype
         stop = self._local_stop is not None and self._local_stop.is_set()
         local_flags = [p.grad is not None for _, p in self.params]
@@ -262,9 +252,6 @@ class Dist:
     def optimizer_step(self, opt) -> None:
         """`opt.step()` on this rank's matrices (and the replicated parameters), then every
         owner's new matrices to every rank."""
-        if not self.active:
-            opt.step()
-            return
         old = [p.detach().clone() for _, p in self.owned] if self._gather_bf16 else None
         opt.step()
         self._gather(old)
@@ -305,7 +292,7 @@ class Dist:
         batch."""
         if not hasattr(opt, "fisher_params"):
             return []
-        if not (self.active and self._fisher):
+        if not self._fisher:
             return opt.fisher_params()
         asked = {id(p) for p in opt.fisher_params()}
         names = list(self.matrices)
@@ -315,7 +302,7 @@ class Dist:
 
     def set_fisher_grads(self, opt, grads: dict[Tensor, Tensor]) -> None:
         """Sum the sampled-label gradients over the ranks and hand each owner its own."""
-        if self.active and grads:
+        if grads:
             flat = torch.cat([g.reshape(-1).to(self.comm_dtype) for g in grads.values()])
             dist.all_reduce(flat)
             out, offset = {}, 0
@@ -332,7 +319,7 @@ class Dist:
         other ranks' raw matrices are restored on exit."""
         swap = getattr(opt, "averaged_weights", None)
         with swap() if swap is not None else contextlib.nullcontext():
-            if not (self.active and self._average):
+            if not self._average:
                 yield
                 return
             raw = {n: p.detach().clone() for n, p in self.matrices.items()
@@ -354,15 +341,11 @@ class Dist:
     def sum_in_order(self, losses: list[Tensor]) -> Tensor:
         """Sum per-batch losses (zeros where another rank computed the batch) over the ranks and
         then in batch order, the same additions as a single process makes."""
-        total = torch.zeros((), device=self.device)
         if not losses:
-            return total
+            return torch.zeros((), device=self.device)
         values = torch.stack([v.float() for v in losses])
-        if self.active:
-            dist.all_reduce(values)
-        for value in values.unbind(0):
-            total += value
-        return total
+        dist.all_reduce(values)
+        return super().sum_in_order(list(values.unbind(0)))
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
@@ -371,8 +354,6 @@ class Dist:
         """`checkpoint.save_checkpoint`; with several ranks the same directory, written as a whole
         or not at all, with the optimizer state as one shard per rank plus an index. Every rank
         must call it; an error on any rank is raised on every rank (as an OSError)."""
-        if not self.active:
-            return save_checkpoint(ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
         ckpt_root = Path(ckpt_root)
         final, tmp = ckpt_root / f"step-{step}", ckpt_root / f".step-{step}-shards"
         meta = {"format": FORMAT, "step": str(step)}
@@ -396,7 +377,7 @@ class Dist:
         try:  # every rank: its shard
             tensors, opt_meta = self._shard(*flatten_optimizer(opt))
             extra = json.loads(opt_meta["extra"])
-            saved = sorted({_param_of(k) for k in [*tensors, *extra]})
+            saved = sorted({param_of(k) for k in [*tensors, *extra]})
             save_file(tensors, tmp / shard_name(self.rank), metadata={**meta, **opt_meta})
             _fsync(tmp / shard_name(self.rank))
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
@@ -443,7 +424,7 @@ class Dist:
         """This rank's part of the flat optimizer state: the matrices it owns, plus (rank 0 only)
         the replicated parameters' state, which is the same on every rank."""
         def keep(flat: str) -> bool:
-            name = _param_of(flat)
+            name = param_of(flat)
             return self.owners.get(name, 0) == self.rank
 
         extra = json.loads(meta["extra"])
@@ -451,19 +432,10 @@ class Dist:
         return {k: v for k, v in tensors.items() if keep(k)}, {**meta, "extra": json.dumps(extra)}
 
     def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
-        """Restore `opt` from a checkpoint, whichever world size wrote it: a single process with
-        the single-file layout loads as before; otherwise every parameter's state is read by name
-        from the file that holds it (only the tensors this rank's optimizer needs)."""
-        if not self.active and "optimizer" in loaded:
-            opt.load_state_dict(unflatten_optimizer(opt, loaded["optimizer"],
-                                                    loaded["optimizer_meta"]))
-            return
+        """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
+        state is read by name from the file that holds it (only what this rank's optimizer
+        needs)."""
         opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
-
-
-def _param_of(flat: str) -> str:
-    """The parameter name of a flat optimizer key `<part>.state.<param>.<buffer>`."""
-    return flat.split(".state.", 1)[1].rsplit(".", 1)[0]
 
 
 def _fsync(path: Path) -> None:
@@ -471,84 +443,5 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def optimizer_files(ckpt: Path) -> list[Path]:
-    """The optimizer-state files of a checkpoint: the single file, or the shards of its index."""
-    single = ckpt / "optimizer.safetensors"
-    if single.is_file():
-        return [single]
-    try:
-        index = json.loads((ckpt / INDEX).read_text())
-        return [ckpt / s for s in index["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt} has no readable optimizer state ({exc}); resume from an "
-                              "earlier checkpoint") from None
 
-
-def optimizer_state_by_name(opt, ckpt: Path) -> dict:
-    """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
-    assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
-    tensors `opt` needs. Hyperparameters come from the saved group that held each of opt's
-    groups' first parameter."""
-    with contextlib.ExitStack() as stack:
-        groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
-        where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
-        for path in optimizer_files(ckpt):
-            try:
-                fh = stack.enter_context(safe_open(path, framework="pt"))
-                meta = fh.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
-                saved = json.loads(meta["param_groups"], object_hook=_json_hook)
-                extra = json.loads(meta["extra"], object_hook=_json_hook)
-                keys = list(fh.keys())
-            except (OSError, ValueError, KeyError) as exc:
-                if isinstance(exc, CheckpointError):
-                    raise
-                raise CheckpointError(f"checkpoint file {path} is unreadable ({exc}); it may be "
-                                      "truncated: resume from an earlier checkpoint") from None
-            for part, part_groups in saved.items():
-                for g in part_groups:
-                    hyper = {k: v for k, v in g.items() if k != "params"}
-                    for name in g["params"]:
-                        groups.setdefault(part, {})[name] = hyper
-            by_param: dict[tuple[str, str], list[str]] = {}
-            for key in [*keys, *extra]:
-                part = key.split(".state.", 1)[0]
-                by_param.setdefault((part, _param_of(key)), []).append(key)
-            for (part, name), ks in by_param.items():
-                where[(part, name)] = (fh, ks, extra)
-        missing_parts = sorted(set(opt.parts) - set(groups))
-        if missing_parts:
-            raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run "
-                                  f"needs {sorted(opt.parts)}: resume with the same --optimizer")
-        out = {}
-        for part, o in opt.parts.items():
-            state, param_groups, index = {}, [], 0
-            for g in o.param_groups:
-                names = [opt.param_names[id(p)] for p in g["params"]]
-                if any(n not in groups[part] for n in names):
-                    raise CheckpointError("checkpoint parameters do not match this model: resume "
-                                          "with the same preset and model shape")
-                ids = list(range(index, index + len(names)))
-                index += len(names)
-                param_groups.append({**groups[part][names[0]], "params": ids})
-                for i, name in zip(ids, names):
-                    if (part, name) not in where:
-                        continue  # no state yet (never stepped), as in a single process
-                    fh, keys, extra = where[(part, name)]
-                    for key in keys:
-                        buffer = key.rsplit(".", 1)[1]
-                        value = extra[key] if key in extra else fh.get_tensor(key)
-                        state.setdefault(i, {})[buffer] = value
-            out[part] = {"state": state, "param_groups": param_groups}
-        return out
-
-
-def read_index(ckpt: Path) -> dict | None:
-    """A sharded checkpoint's index (None for the single-file layout)."""
-    path = Path(ckpt) / INDEX
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-__all__ = ["Dist", "optimizer_state_bytes", "optimizer_state_by_name", "read_index", "setup",
-           "teardown"]
+__all__ = ["Dist", "optimizer_state_bytes", "setup", "teardown", "weights_digest"]

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from . import optim, tomlio
+from mousse.optim import family as optim
 
-OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")
+from . import tomlio
+from .presets import OPTIMIZERS, get_preset, optimizer_knobs
+
 SCALAR_OPTIMIZERS = ("adamw", "lion")
 DEVICES = ("auto", "cpu", "cuda")
 GATHER_DTYPES = ("fp32", "bf16")  # what owners send in the all-gather under torchrun
@@ -29,7 +31,6 @@ NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16"
 # The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
 # them; the others stay None for AdamW runs.
 FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
-ADAMW_KNOBS = ("lr", "weight_decay")
 # Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
 # the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
@@ -221,21 +222,6 @@ def check_choice(key: str, value, allowed) -> None:
              f"bad value for '{key}': {value!r}; choose one of {', '.join(allowed)}{hint}")
 
 
-def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
-    """The matrix optimizer's knobs for an LM run: its class preset < its training recipe
-    (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
-    other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
-    final values. AdamW: only ADAMW_KNOBS (lr None when neither the recipe nor `given` sets it)."""
-    from .presets import TRAINING_RECIPES
-
-    knobs = {**TRAINING_RECIPES.get(optimizer, {}),
-             **{k: v for k, v in (given or {}).items() if v is not None}}
-    if optimizer == "adamw":
-        return {k: knobs.get(k) for k in ADAMW_KNOBS}
-    full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
-    return {k: full[k] for k in FAMILY_KNOBS}
-
-
 def resolve(overrides: dict) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
@@ -244,8 +230,6 @@ def resolve(overrides: dict) -> TrainConfig:
     preset, its LM training recipe and the preset's lr for it (`optimizer_knobs`). AdamW runs
     keep only lr and weight_decay of those knobs; the rest stay None.
     """
-    from .presets import get_preset
-
     values = {k: coerce(k, v) for k, v in upgrade_legacy(overrides).items() if v is not None}
     cfg = TrainConfig(**values)
     try:

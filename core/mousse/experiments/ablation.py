@@ -21,9 +21,19 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config, optim
-from .config import (ADAMW_KNOBS, FAMILY_KNOBS, FIELD_TYPES, PRECONDITIONER_KNOBS, ConfigError,
-                     TrainConfig, check_choice, closest, coerce, optimizer_knobs)
+from mousse.optim import family as optim
+from mousse.train import config
+from mousse.train.config import (
+    FAMILY_KNOBS,
+    FIELD_TYPES,
+    PRECONDITIONER_KNOBS,
+    ConfigError,
+    TrainConfig,
+    check_choice,
+    closest,
+    coerce,
+)
+from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 MODES = ("one-at-a-time", "grid")
 BASELINE_KNOBS = {"optimizer": "muon"}

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from . import kernels
-from . import precondition as pc
-from .config import DEVICES, ConfigError
-from .model import GPT
-from .optim import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
-from .orthogonalize import orthogonalize
-from .presets import get_preset
-from .train import PEAK_FLOPS, pick_device
+from mousse.optim import kernels
+from mousse.optim import precondition as pc
+from mousse.optim.family import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
+from mousse.optim.orthogonalize import orthogonalize
+from mousse.train.config import DEVICES, ConfigError
+from mousse.train.model import GPT
+from mousse.train.presets import get_preset
+from mousse.train.trainer import PEAK_FLOPS, pick_device
 
 CYCLE = 10
 LR = 0.02
@@ -249,9 +249,9 @@ def bench_train(preset: str, device: str, steps: int, compiled: bool = False) ->
     `steps` steps after a first, untimed one (which compiles, with `compiled`: model and
     optimizer, as `mousse train --compile`). With steps a multiple of precond_freq (10) the
     mean holds refreshes in their true proportion; the median shows a plain step."""
-    from .config import resolve
-    from .events import StepLogged
-    from .train import Trainer
+    from mousse.train.config import resolve
+    from mousse.train.events import StepLogged
+    from mousse.train.trainer import Trainer
 
     out = {"steps": steps, "compiled": compiled}
     for optimizer in ("muon", "mousse"):

@@ -22,15 +22,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import __version__, distributed, tomlio
+from mousse import __version__
+from mousse.optim.family import refresh_due
+from mousse.optim.routing import build_optimizer
+
+from . import tomlio
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint
 from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
 from .data import load_dataset, train_batch, val_batches
-from .events import CheckpointSaved, EvalDone, Event, RunFinished, RunStarted, StepLogged
+from .events import (
+    CheckpointSaved,
+    EvalDone,
+    Event,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+)
 from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
 from .model import GPT, GPTConfig
-from .optim import refresh_due
-from .routing import build_optimizer
+from .world import World
 
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
@@ -129,13 +139,14 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path | None = None,
                  on_event: Callable[[Event], None] | None = None, resume: Path | None = None,
-                 stop: threading.Event | None = None, argv: list[str] | None = None):
+                 stop: threading.Event | None = None, argv: list[str] | None = None,
+                 world: Callable[[torch.device], World] = World):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.emit = on_event or (lambda event: None)
         self.stop = stop or threading.Event()
         self.device = pick_device(cfg.device)
-        self.dist = distributed.setup(self.device)  # a world of one unless launched by torchrun
+        self.dist = world(self.device)  # one process, or `mousse.dist.setup` under torchrun
         self.device, self.stop = self.dist.device, self.dist.agreed_stop(self.stop)
         self.run_dir = self.dist.from_rank0(self.run_dir)  # one run dir for every rank
         if not self.dist.is_main:

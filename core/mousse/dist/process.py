@@ -1,33 +1,32 @@
-"""The process side of a torchrun job: this process's rank from torchrun's environment, starting
-torchrun (`mousse train --nproc N`), and ending a rank promptly and cleanly.
+"""The process side of a torchrun job: this process's rank from torchrun's environment, and
+ending a rank promptly and cleanly. (Starting torchrun is the CLI's: `mousse_cli.launch`.)
 
 - Environment: `env_world_size`, `env_rank`, `is_main_process` (rank 0 renders and writes shared
   files), `rank_prefix` for messages; `batch_split`, the global batch's share per rank, checked
-  once here before launching and used by every rank (`distributed.Dist`).
+  once here before launching and used by every rank (`rank.Dist`).
 - Failures: collectives time out after MOUSSE_DIST_TIMEOUT seconds (default 600; read here, set
-  by `distributed.setup`); an error on any rank prints one line (rank and message) and ends that
+  by `rank.setup`); an error on any rank prints one line (rank and message) and ends that
   process with a non-zero code (`exit_on_error`), and torchrun then stops the other ranks.
   `run_rank` ends a rank's process after its work: every rank together, without the interpreter's
-  teardown. `torchrun_main` is torchrun with a one-line report of the first failed rank.
+  teardown. `leave_process_group` is the one way a rank leaves its process group (a barrier with
+  a timeout, then the group destroyed).
 
 Test hook: MOUSSE_FAIL_AT="RANK:STEP" raises a RuntimeError on that rank at that step (checked in
-`distributed.Dist.reduce_gradients`).
+`rank.Dist.reduce_gradients`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from datetime import timedelta
 
 import torch.distributed as dist
 
-from .config import ConfigError
+from mousse.train.config import ConfigError
 
 TIMEOUT_ENV, FAIL_ENV, TRACEBACK_ENV = "MOUSSE_DIST_TIMEOUT", "MOUSSE_FAIL_AT", "MOUSSE_TRACEBACK"
 DEFAULT_TIMEOUT_S = 600
@@ -143,82 +142,29 @@ def run_rank(entry: Callable[[], object]) -> None:
             print(exc.code, file=sys.stderr)
     # 0, diverged and interrupted end every rank on the same step; anything else may be one
     # rank's alone, and the others may be in a collective: leave without waiting for them
-    if code in (0, 3, 130) and dist.is_available() and dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.barrier()
-            dist.destroy_process_group()
+    if code in (0, 3, 130):
+        try:
+            leave_process_group()
+        except Exception as exc:  # noqa: BLE001 - the work is done; say why the exit was unclean
+            print(f"error: {rank_prefix()}leaving the process group: {exc}", file=sys.stderr)
+            code = code or 1
     _hard_exit(code)
 
 
-# ---- launching ------------------------------------------------------------------------------------
-
-
-def torchrun_main(argv: list[str] | None = None) -> None:
-    """`torchrun` with a short report: on failure one line names the first failed rank and its
-    exit code (the rank printed its own error), instead of torchrun's traceback, and the exit code
-    is that rank's."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args)
-    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which stopped
-        sys.exit(130)
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        code = failure.exitcode if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256 else 1
-        if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
-            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else \
-                f"signal {-failure.exitcode}"
-            print(f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
-                  file=sys.stderr)
-        sys.exit(code)
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
-    rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
-    CPU threads unless OMP_NUM_THREADS is set."""
-    cmd = [sys.executable, "-c", "from mousse.launch import torchrun_main; torchrun_main()",
-           "--standalone", f"--nproc-per-node={nproc}", "-m", "mousse_cli", *argv]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(cmd, env=env)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # torchrun got it too and passes it on to the ranks
-            continue
-
-
-def launch_train(nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None,
-                 json_out: bool) -> int:
-    """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
-    torchrun with the resolved settings and one run dir for every rank."""
-    import tempfile
-
-    from . import tomlio
-    from .data import load_dataset
-    from .train import default_run_dir
-
-    if nproc < 1:
-        raise ConfigError(f"bad value for '--nproc': {nproc}; must be >= 1")
-    if env_world_size() > 1:
-        raise ConfigError("--nproc starts torchrun, but this process already runs under it; "
-                          "drop --nproc")
-    batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
-    load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
-    run_dir = run_dir or default_run_dir(cfg)
-    with tempfile.TemporaryDirectory(prefix="mousse-launch-") as tmp:
-        conf = Path(tmp) / "settings.toml"
-        conf.write_text(tomlio.dumps(settings))
-        args = ["train", "--config", str(conf), "--run-dir", str(run_dir)]
-        args += ["--resume", str(resume)] if resume is not None else []
-        args += ["--json"] if json_out else []
-        return launch(nproc, args)
+def leave_process_group(timeout: float | None = None) -> None:
+    """Leave the process group the one safe way, on every rank: wait at a barrier until every
+    rank has finished its collectives, then destroy the group. Destroying it while a peer still
+    exchanges data with this rank kills that peer's gloo threads (SIGABRT, "terminate called
+    without an active exception"). A rank that does not arrive within `timeout` seconds
+    (default MOUSSE_DIST_TIMEOUT) raises a RuntimeError naming it instead of hanging."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    seconds = timeout_seconds() if timeout is None else timeout
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timedelta(seconds=seconds), wait_all_ranks=True)
+    else:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -237,4 +183,4 @@ def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tupl
 
 
 __all__ = ["batch_split", "env_rank", "env_world_size", "exit_on_error", "is_main_process",
-           "launch", "launch_train", "rank_prefix", "run_rank", "timeout_seconds", "torchrun_main"]
+           "leave_process_group", "rank_prefix", "run_rank", "timeout_seconds"]

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from .family import OPTIMIZERS, closure_loss
 from .lion import Lion
-from .optim import OPTIMIZERS, closure_loss
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -133,7 +133,7 @@ def build_optimizer(
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
     with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
     owned: names of the block matrices this process's matrix optimizer gets (None: all). Under
-    torch.distributed each rank owns some (mousse.ownership.plan_ownership); the others are
+    torch.distributed each rank owns some (mousse.dist.ownership.plan_ownership); the others are
     updated by their owners. The routing table still lists every parameter.
     compiled: run the family optimizer's per-bucket math under torch.compile.
     """

@@ -1,0 +1,78 @@
+"""Starting torchrun for `mousse train --nproc N` and reporting how its ranks ended."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mousse.dist.process import batch_split, env_world_size
+from mousse.train import tomlio
+from mousse.train.config import ConfigError
+from mousse.train.data import load_dataset
+from mousse.train.trainer import default_run_dir
+
+
+def torchrun_main(argv: list[str] | None = None) -> None:
+    """`torchrun` with a short report: on failure one line names the first failed rank and its
+    exit code (the rank printed its own error), instead of torchrun's traceback, and the exit code
+    is that rank's."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which stopped
+        sys.exit(130)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256 else 1
+        if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
+            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else \
+                f"signal {-failure.exitcode}"
+            print(f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
+                  file=sys.stderr)
+        sys.exit(code)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
+    rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
+    CPU threads unless OMP_NUM_THREADS is set."""
+    cmd = [sys.executable, "-c", "from mousse_cli.launch import torchrun_main; torchrun_main()",
+           "--standalone", f"--nproc-per-node={nproc}", "-m", "mousse_cli", *argv]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # torchrun got it too and passes it on to the ranks
+            continue
+
+
+def launch_train(nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None,
+                 json_out: bool) -> int:
+    """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
+    torchrun with the resolved settings and one run dir for every rank."""
+    if nproc < 1:
+        raise ConfigError(f"bad value for '--nproc': {nproc}; must be >= 1")
+    if env_world_size() > 1:
+        raise ConfigError("--nproc starts torchrun, but this process already runs under it; "
+                          "drop --nproc")
+    batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
+    load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
+    run_dir = run_dir or default_run_dir(cfg)
+    with tempfile.TemporaryDirectory(prefix="mousse-launch-") as tmp:
+        conf = Path(tmp) / "settings.toml"
+        conf.write_text(tomlio.dumps(settings))
+        args = ["train", "--config", str(conf), "--run-dir", str(run_dir)]
+        args += ["--resume", str(resume)] if resume is not None else []
+        args += ["--json"] if json_out else []
+        return launch(nproc, args)

@@ -1,0 +1,100 @@
+"""The package's layers: imports only go down (optim -> train -> dist -> experiments -> CLI), and
+no two modules import each other, directly or around a loop (function-level imports included)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["optim", "train", "dist", "experiments"]  # each may import only those before it
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for base, prefix in ((ROOT / "core" / "mousse", "mousse"), (ROOT / "mousse_cli", "mousse_cli")):
+        for path in base.rglob("*.py"):
+            parts = path.relative_to(base).with_suffix("").parts
+            name = ".".join((prefix, *parts))
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules a module imports (absolute or relative, at any depth in the file)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known}
+    return found - {name}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if parts[0] == "mousse_cli":
+        return len(LAYERS)
+    if len(parts) == 1:  # the top-level package re-exports the optimizer library
+        return 0
+    return LAYERS.index(parts[1])
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def test_every_engine_module_sits_in_a_layer():
+    loose = [m for m in _modules() if m.startswith("mousse.") and m.split(".")[1] not in LAYERS]
+    assert not loose, f"modules outside the layers {LAYERS}: {loose}"
+
+
+def test_imports_only_go_down():
+    upward = [f"{m} imports {t}" for m, targets in _graph().items() for t in targets
+              if t != "mousse" and _layer(t) > _layer(m)]
+    assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(upward))
+
+
+def test_optim_imports_nothing_else_of_mousse():
+    leaks = [f"{m} imports {t}" for m, targets in _graph().items() if m.startswith("mousse.optim")
+             for t in targets if not t.startswith("mousse.optim")]
+    assert not leaks, "\n".join(leaks)
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t in ts if t != "mousse" and not m.startswith(t + ".")}
+             for m, ts in _graph().items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_checker_sees_an_upward_import(tmp_path):
+    """The checker itself: a train module importing experiments is caught."""
+    path = tmp_path / "bad.py"
+    path.write_text("from mousse.experiments.results import render\n")
+    targets = _imports("mousse.train.bad", path, {"mousse.experiments.results"})
+    assert targets == {"mousse.experiments.results"}
+    assert _layer("mousse.experiments.results") > _layer("mousse.train.bad")
