@@ -45,6 +45,7 @@ app = typer.Typer(
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 EXIT_DIVERGED = 3
+EXIT_WAITING = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -196,21 +197,21 @@ def ablate(
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard i of n of the runs, e.g. 1/2 (for several machines or GPUs)."),
     parallel: int = typer.Option(1, "--parallel", help="Runs at a time (CPU: each gets a share of the cores)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of base settings for every run."),
+    tune: Optional[str] = typer.Option(None, "--tune", help="Tune these knobs per variant (baseline included) before comparing, by coordinate descent in this order: lr | lr,momentum | lr=0.01,0.02,0.04 | momentum_style=heavy_ball,nesterov. Default grid: 5 values a factor 2 apart around the variant's own value; a best value at an edge grows the grid."),
+    tune_seeds: Optional[str] = typer.Option(None, "--tune-seeds", help="Seeds each tuning run is averaged over (a count or a list; default 1)."),
+    wait: Optional[float] = typer.Option(None, "--wait", help="With --shard and --tune: when this shard needs other shards' results, poll every SECONDS instead of exiting with code 4."),
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.
 
-    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 130 interrupted.
+    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
+    other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
     """
-    from mousse.experiments.ablation import (
-        check_max_runs,
-        load_spec,
-        parse_seeds,
-        parse_sweep_values,
-        plan_ablation,
-        shard_runs,
-    )
+    from mousse.experiments.ablation import (_CHOICES, check_max_runs, load_spec, parse_seeds,
+                                             parse_shard, parse_sweep_values, plan_ablation,
+                                             shard_runs, tune_spec)
     from mousse.experiments.sweep import Ablation
+    from mousse.experiments.tuning import parse_tune
 
     with exit_on_error((typer.Exit,)), user_errors():
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -219,43 +220,100 @@ def ablate(
         file = load_spec(spec) if spec else {}
         base = {**(load_config_file(config) if config else {}), **file.get("base", {}), **base_flags}
         sweeps = {**file.get("sweeps", {}), **sweep_flags}
+        tuning = file.get("tune")
+        if tune is not None or tune_seeds is not None:
+            saved = tuning or {"knobs": [], "grids": {}, "seeds": [0]}
+            phases = parse_tune(tune, _CHOICES) if tune is not None else \
+                [(k, saved["grids"].get(k)) for k in saved["knobs"]]
+            tuning = tune_spec(phases, parse_seeds(tune_seeds) if tune_seeds else saved["seeds"],
+                               saved.get("max_extensions"))
+        if wait is not None and (wait <= 0 or shard is None or not tuning):
+            raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
         plan = plan_ablation(
             sweeps, base=base, mode="grid" if grid else file.get("mode", "one-at-a-time"),
-            seeds=parse_seeds(seeds) if seeds else file.get("seeds", [0]),
-            baseline=False if no_baseline else file.get("baseline", True))
-        check_max_runs(plan, max_runs)
+            seeds=parse_seeds(seeds) if seeds else file.get("seeds", [0, 1, 2] if tuning else [0]),
+            baseline=False if no_baseline else file.get("baseline", True), tune=tuning)
         if parallel < 1:
             raise ConfigError("--parallel must be >= 1")
         if parallel > 1 and env_world_size() > 1:
             raise ConfigError("--parallel runs single-process runs side by side; under torchrun "
                               "each run uses every rank, one run after another: drop --parallel")
-        runs = shard_runs(plan.runs, shard) if shard else plan.runs
         ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
+        if plan.tune:
+            runs = []
+            check_max_runs(plan, max_runs, ablation.upper_bound_runs())
+        else:
+            check_max_runs(plan, max_runs)
+            runs = shard_runs(plan.runs, shard) if shard else plan.runs
         ablation.validate()
-        console.print(f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
-                      f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {escape(str(ablation.dir))}",
-                      highlight=False, soft_wrap=True)
-        for run in runs:
-            knobs = ", ".join(f"{k}={({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
-                              for k, v in run.knobs.items()) or "the shared settings"
-            console.print(f"  {run.name:<28} {knobs}{'  (baseline)' if run.is_baseline else ''}",
-                          highlight=False, soft_wrap=True, markup=False)
+        show_plan(ablation, runs, shard)
         if dry_run:
             return
         ablation.prepare()
-        baseline = next((r.name for r in plan.runs if r.is_baseline), None)
+        # live deltas against the baseline only without tuning (tuning runs differ in lr)
+        baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
+        waiting = []
         with graceful_stop() as stop, AblationView(runs, baseline) as view:
-            results = ablation.run(runs, view, parallel=parallel, stop=stop)
+            if plan.tune:
+                results, waiting = ablation.run_tuned(
+                    view, parallel=parallel, stop=stop,
+                    shard=parse_shard(shard) if shard else None, wait=wait)
+            else:
+                results = ablation.run(runs, view, parallel=parallel, stop=stop)
     show_results(results)
     console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True,
                   markup=False)
     if json_out and is_main_process():
         typer.echo(json.dumps(results))
-    statuses = {r["status"] for r in results["runs"] if r["name"] in {run.name for run in runs}}
+    statuses = {r["status"] for r in results["runs"]
+                if plan.tune or r["name"] in {run.name for run in runs}}
     if stop.is_set():
         raise typer.Exit(EXIT_INTERRUPTED)
+    if waiting:
+        names = ", ".join(r.name for r in waiting[:4]) + (" ..." if len(waiting) > 4 else "")
+        console.print(f"[yellow]shard {shard} waits for {len(waiting)} runs of other shards "
+                      f"({escape(names)}); rerun it when they finish, or pass --wait 60[/]",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_WAITING)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def show_plan(ablation, runs, shard: str | None) -> None:
+    """The planned runs (when tuning: the variants, their grids and the run count), to stderr."""
+    plan, where = ablation.plan, escape(str(ablation.dir))
+    if not plan.tune:
+        console.print(f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
+                      f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in {where}",
+                      highlight=False, soft_wrap=True)
+        for run in runs:
+            console.print(f"  {run.name:<28} {knob_text(run.knobs)}"
+                          f"{'  (baseline)' if run.is_baseline else ''}",
+                          highlight=False, soft_wrap=True, markup=False)
+        return
+    from mousse.experiments.tuning import fmt_value
+
+    tune, grids = ablation.tune, ablation.grids()
+    console.print(f"[bold]mousse ablate[/]: {len(plan.variants)} variants, each tuned "
+                  f"({', '.join(tune.knobs)}; seeds {list(tune.seeds)} per tuning run), then "
+                  f"compared over seeds {plan.seeds}{f', shard {shard}' if shard else ''} in {where}",
+                  highlight=False, soft_wrap=True)
+    for name, variant in plan.variants.items():
+        phases = "; ".join(f"{k} {'/'.join(fmt_value(v) for v in grid)}"
+                           for (k, _), grid in zip(tune.phases, grids[name]))
+        console.print(f"  {name:<28} {knob_text(variant.knobs)}"
+                      f"{'  (baseline)' if variant.is_baseline else ''}  tune {phases}",
+                      highlight=False, soft_wrap=True, markup=False)
+    bound = ablation.upper_bound_runs()
+    seconds, source = ablation.estimate_seconds(bound)
+    console.print(f"at most {bound} runs, grid extensions included"
+                  + (f"; at most about {seconds / 3600:.1f} h on this machine ({source})"
+                     if seconds else ""), highlight=False, soft_wrap=True)
+
+
+def knob_text(knobs: dict) -> str:
+    return ", ".join(f"{k}={({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v)}"
+                     for k, v in knobs.items()) or "the shared settings"
 
 
 @app.command()
@@ -306,9 +364,13 @@ def report(
         ablation = Ablation(plan, ablation_dir)
         results = ablation.results()
         if plot is not None:
-            from .plot import plot_curves
+            from .plot import plot_curves, plot_tuning
             plot_curves(ablation.records(), results["baseline"], plot)
             console.print(f"plot: {plot}", highlight=False, markup=False)
+            if ablation.tune:
+                tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
+                plot_tuning(results, tuning_plot)
+                console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
     if fmt == "table":
         show_results(results)
     else:

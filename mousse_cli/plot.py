@@ -8,13 +8,18 @@ from pathlib import Path
 from mousse.train.config import ConfigError
 
 
-def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'mousse[plot]'") from None
+    return plt
+
+
+def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
+    plt = _pyplot()
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     variants = list(dict.fromkeys(r["variant"] for r in records))
     colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
@@ -36,6 +41,10 @@ def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
     by_step.legend(fontsize=8)
+    _save(fig, out, plt)
+
+
+def _save(fig, out: Path, plt) -> None:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
@@ -45,3 +54,40 @@ def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         plt.close(fig)
+
+
+def plot_tuning(results: dict, out: Path) -> None:
+    """Tuning curves: final val loss against each tuned knob (log axis for positive numbers), one
+    line per variant, its chosen value ringed."""
+    plt = _pyplot()
+    knobs = list(dict.fromkeys(p["knob"] for v in results["variants"] for p in v.get("tuning") or []))
+    fig, axes = plt.subplots(1, max(1, len(knobs)), figsize=(6 * max(1, len(knobs)), 4.5),
+                             squeeze=False)
+    for ax, knob in zip(axes[0], knobs):
+        numeric = True
+        for i, v in enumerate(results["variants"]):
+            for phase in v.get("tuning") or []:
+                if phase["knob"] != knob:
+                    continue
+                points = [(x, y) for x, y in zip(phase["grid"], phase["losses"]) if y is not None]
+                if not points:
+                    continue
+                numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                              for x, _ in points)
+                xs = [x if numeric else str(x) for x, _ in points]
+                color = plt.cm.tab10(i % 10)
+                label = v["variant"] + (" (baseline)" if v["is_baseline"] else "")
+                ax.plot(xs, [y for _, y in points], marker="o", ms=3, color=color, label=label,
+                        ls="--" if v["is_baseline"] else "-")
+                if phase["chosen"] is not None and phase["chosen"] in phase["grid"]:
+                    y = phase["losses"][phase["grid"].index(phase["chosen"])]
+                    if y is not None:
+                        ax.plot([phase["chosen"] if numeric else str(phase["chosen"])], [y],
+                                marker="o", ms=10, mfc="none", mec=color, mew=2)
+        if numeric:
+            ax.set_xscale("log")
+        ax.set(xlabel=knob, ylabel="final val loss (mean over tuning seeds)",
+               title=f"tuning {knob} (ringed: chosen)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, out, plt)

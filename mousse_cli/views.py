@@ -158,11 +158,11 @@ class AblationView:
     run start, evaluation and finish when not a terminal."""
 
     def __init__(self, runs, baseline: str | None, live: bool | None = None):
-        self.order = [r.name for r in runs]
+        self.order: list[str] = []
         self.baseline = baseline
-        self.rows = {name: {"status": "queued", "step": 0, "steps": None, "loss": None,
-                            "val": None, "best": None, "curve": {}, "ms": [], "fb": [], "opt": [],
-                            "tps": None, "mem": None} for name in self.order}
+        self.rows: dict[str, dict] = {}
+        for run in runs:
+            self._add(run.name)
         self.live_enabled = console.is_terminal if live is None else live
         self.live: Live | None = None
 
@@ -178,9 +178,27 @@ class AblationView:
             self.live.stop()
             self.live = None
 
-    def __call__(self, update) -> None:
-        from mousse.experiments.sweep import RunSkipped
+    def _add(self, name: str) -> dict:
+        self.order.append(name)
+        self.rows[name] = {"status": "queued", "step": 0, "steps": None, "loss": None, "val": None,
+                           "best": None, "curve": {}, "ms": [], "fb": [], "opt": [], "tps": None,
+                           "mem": None}
+        return self.rows[name]
 
+    def __call__(self, update) -> None:
+        from mousse.experiments.sweep import RunSkipped, RunsQueued, WaitingForShards
+
+        if isinstance(update, RunsQueued):  # tuning: the next phase's runs
+            for run in update.runs:
+                if run.name not in self.rows:
+                    self._add(run.name)
+            self._plain(f"queued {len(update.runs)} runs: {', '.join(r.name for r in update.runs)}")
+        elif isinstance(update, WaitingForShards):
+            self._plain(f"waiting for {len(update.runs)} runs of other shards")
+        if not hasattr(update, "run"):
+            if self.live:
+                self.live.update(self.render())
+            return
         row = self.rows.get(update.run)
         if row is None:
             return
@@ -277,9 +295,13 @@ def results_tables(results: dict):
     )
     from rich.console import Group
 
+    from mousse.experiments.results import protocol_notes
+
     target = results["target_loss"]
-    caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}"
+    caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}; speedup = "
+               "baseline steps / steps to reach it, 95% bootstrap interval over seeds"
                if target is not None else "no completed baseline: no target, deltas or overheads")
+    caption += "".join(f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results))
     tables = []
     for title, columns, rows in (("convergence", CONVERGENCE_COLUMNS, convergence_rows(results)),
                                  ("step time", TIMING_COLUMNS, timing_rows(results))):

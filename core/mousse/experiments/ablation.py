@@ -37,7 +37,8 @@ from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 MODES = ("one-at-a-time", "grid")
 BASELINE_KNOBS = {"optimizer": "muon"}
-SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep")
+SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
+TUNE_KEYS = ("knobs", "seeds", "max_extensions")
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
 _CHOICES = {"optimizer": config.OPTIMIZERS, "scalar_optimizer": config.SCALAR_OPTIMIZERS,
@@ -67,6 +68,7 @@ class AblationPlan:
     seeds: list
     baseline: bool
     runs: list
+    tune: dict | None = None  # TuneSpec.to_dict() when every variant is tuned first
 
     def plan_id(self) -> str:
         """8 hex digits identifying the plan's inputs (stable across processes and key order)."""
@@ -79,17 +81,28 @@ class AblationPlan:
         return f"ablate-{label}-{self.plan_id()}"
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "seeds": list(self.seeds), "baseline": self.baseline,
-                "base": dict(self.base), "sweeps": {k: list(v) for k, v in self.sweeps.items()},
-                "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed,
-                          "is_baseline": r.is_baseline, "knobs": dict(r.knobs)} for r in self.runs]}
+        out = {"mode": self.mode, "seeds": list(self.seeds), "baseline": self.baseline,
+               "base": dict(self.base), "sweeps": {k: list(v) for k, v in self.sweeps.items()},
+               "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed,
+                         "is_baseline": r.is_baseline, "knobs": dict(r.knobs)} for r in self.runs]}
+        if self.tune is not None:
+            out["tune"] = self.tune
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> AblationPlan:
         runs = [RunSpec(r["name"], r["variant"], dict(r.get("knobs", {})), r["seed"],
                         r.get("is_baseline", False)) for r in data["runs"]]
         return cls(dict(data.get("base", {})), {k: list(v) for k, v in data["sweeps"].items()},
-                   data["mode"], list(data["seeds"]), data["baseline"], runs)
+                   data["mode"], list(data["seeds"]), data["baseline"], runs, data.get("tune"))
+
+    @property
+    def variants(self) -> dict[str, RunSpec]:
+        """Each variant's first run (its knobs and baseline flag), in plan order."""
+        out: dict[str, RunSpec] = {}
+        for run in self.runs:
+            out.setdefault(run.variant, run)
+        return out
 
 
 def _check_knob(knob: str) -> str:
@@ -231,13 +244,15 @@ def _effective(assignment: dict, base: dict) -> dict:
 
 
 def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-time",
-                  seeds=(0,), baseline: bool = True) -> AblationPlan:
+                  seeds=(0,), baseline: bool = True, tune: dict | None = None) -> AblationPlan:
     """Expand sweeps into runs.
 
     one-at-a-time: the centre configuration plus, for each knob, each listed value with every other
     knob at the centre; grid: the full product. Runs with identical effective knobs collapse. The
     Muon baseline (same budget) comes first unless `baseline` is False. Every variant runs once per
-    seed; names get '-s<seed>' when there are several seeds.
+    seed; names get '-s<seed>' when there are several seeds. With `tune` (a TuneSpec dict) these
+    runs are the comparison's skeleton: each variant is tuned first (`tuning`), and its runs are
+    trained at its tuned values.
     """
     mode = _check_mode(mode)
     base = _settings(base or {})
@@ -267,14 +282,17 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
     runs = [RunSpec(f"{name}-s{seed}" if len(seeds) > 1 else name, name, dict(knobs), seed,
                     knobs == baseline_knobs)
             for seed in seeds for name, knobs in variants.items()]
-    return AblationPlan(base, typed, mode, seeds, baseline, runs)
+    return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
 
 
-def check_max_runs(plan: AblationPlan, max_runs: int) -> None:
-    """Guard against accidentally huge grids."""
-    if len(plan.runs) > max_runs:
-        raise ConfigError(f"the plan has {len(plan.runs)} runs, more than --max-runs {max_runs}; pass a "
-                          f"larger --max-runs (e.g. --max-runs {len(plan.runs)}) or sweep fewer values")
+def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) -> None:
+    """Guard against accidentally huge grids (`count`: the plan's run count when it is more than
+    its listed runs, e.g. an upper bound with tuning)."""
+    count = len(plan.runs) if count is None else count
+    if count > max_runs:
+        what = "up to " if plan.tune else ""
+        raise ConfigError(f"the plan has {what}{count} runs, more than --max-runs {max_runs}; pass a "
+                          f"larger --max-runs (e.g. --max-runs {count}) or sweep fewer values")
 
 
 def load_spec(path: str | Path) -> dict:
@@ -308,15 +326,57 @@ def load_spec(path: str | Path) -> dict:
             spec["baseline"] = raw["baseline"]
         if "name" in raw:
             spec["name"] = str(raw["name"])
+        if "tune" in raw:
+            spec["tune"] = _tune_table(raw["tune"])
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return spec
 
 
-def shard_runs(runs: list, shard: str) -> list:
-    """Runs of shard 'i/n' (1-based), round-robin so each shard gets a mix of variants."""
+def parse_shard(shard: str) -> tuple[int, int]:
+    """'i/n' (1-based) -> (i, n); ConfigError otherwise."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise ConfigError(f"bad --shard {shard!r}: expected i/n with 1 <= i <= n, e.g. 1/2")
-    i, n = int(match[1]), int(match[2])
+    return int(match[1]), int(match[2])
+
+
+def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
+    """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
+    from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
+
+    if max_extensions is not None and (isinstance(max_extensions, bool)
+                                       or not isinstance(max_extensions, int) or max_extensions < 0):
+        raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
+    spec = TuneSpec(check_phases(phases, _CHOICES), tuple(_seed_list(seeds)),
+                    MAX_EXTENSIONS if max_extensions is None else max_extensions)
+    return spec.to_dict()
+
+
+def _tune_table(table) -> dict:
+    """A spec file's [tune] table: knobs = [...] (phases in order), optional per-knob value lists,
+    seeds (tuning seeds) and max_extensions."""
+    if not isinstance(table, dict):
+        raise ConfigError("'tune' must be a table ([tune]) with knobs = [\"lr\", ...]")
+    knobs = table.get("knobs")
+    if not isinstance(knobs, list) or not knobs:
+        raise ConfigError("[tune] needs knobs = [\"lr\", ...]: the knobs to tune, in order")
+    extra = [k for k in table if k not in TUNE_KEYS and k not in knobs]
+    if extra:
+        raise ConfigError(f"[tune] has '{extra[0]}', which is not a tuned knob or one of "
+                          f"{', '.join(TUNE_KEYS)}")
+    phases = [(k, table[k] if isinstance(table.get(k), list) else None) for k in knobs]
+    return tune_spec(phases, table.get("seeds", 1), table.get("max_extensions"))
+
+
+def shard_runs(runs: list, shard: str) -> list:
+    """Runs of shard 'i/n' (1-based), round-robin so each shard gets a mix of variants."""
+    i, n = parse_shard(shard)
     return runs[i - 1::n]
+
+
+def in_shard(name: str, shard: tuple[int, int]) -> bool:
+    """Whether run `name` belongs to shard (i, n) of a plan whose runs are only known as it goes
+    (tuning): by a hash of the name, the same in every process and on every machine."""
+    i, n = shard
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % n == i - 1

@@ -17,31 +17,88 @@ import csv
 import io
 import json
 import math
+import random
 import statistics
 from collections import Counter
 
 SIGNIFICANCE_LEVEL = 0.05
+BOOTSTRAP_SAMPLES = 2000
 TIMING_KEYS = ("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "refresh_ms_median",
                "tokens_per_s")
-CONVERGENCE_COLUMNS = ("Variant", "n", "Final val loss", "Δ vs baseline", "p", "Steps to baseline loss",
-                       "Step reduction", "Status")
+CONVERGENCE_COLUMNS = ("Variant", "Tuned", "n", "Final val loss", "Δ vs baseline", "p",
+                       "Steps to baseline loss", "Speedup (95% CI)", "Time speedup (95% CI)",
+                       "Status")
 TIMING_COLUMNS = ("Variant", "Step ms", "Fwd+bwd ms", "Optimizer ms", "Refresh ms", "Tokens/s",
                   "Overhead", "Peak memory")
-CSV_COLUMNS = ("variant", "is_baseline", "n", "n_runs", "final_val_loss_mean", "final_val_loss_std",
-               "delta_vs_baseline", "p_value", "significant", "steps_to_target", "reached",
-               "step_reduction_pct", *TIMING_KEYS, "overhead_pct", "peak_mem_bytes")
+CSV_COLUMNS = ("variant", "is_baseline", "tuned", "n", "n_runs", "final_val_loss_mean",
+               "final_val_loss_std", "delta_vs_baseline", "p_value", "significant",
+               "steps_to_target", "reached", "step_reduction_pct", "speedup", "speedup_ci_low",
+               "speedup_ci_high", "speedup_time", *TIMING_KEYS, "overhead_pct", "peak_mem_bytes")
 
 
 # ---- statistics -------------------------------------------------------------------------------
 
 def steps_to_target(curve: list, target: float | None) -> tuple:
-    """(step, seconds) of the first eval with val_loss <= target, or (None, None)."""
-    if target is not None:
-        for point in curve:
-            loss = point.get("val_loss")
-            if loss is not None and math.isfinite(loss) and loss <= target:
+    """(step, seconds) at which the val loss curve first reaches `target`, linearly interpolated
+    between the last evaluation above it and the first at or below it; (None, None) if never."""
+    if target is None:
+        return None, None
+    previous = None
+    for point in curve:
+        loss = point.get("val_loss")
+        if loss is None or not math.isfinite(loss):
+            previous = None
+            continue
+        if loss <= target:
+            if previous is None or previous["val_loss"] == loss:
                 return point["step"], point.get("seconds")
+            frac = (previous["val_loss"] - target) / (previous["val_loss"] - loss)
+            step = previous["step"] + frac * (point["step"] - previous["step"])
+            t0, t1 = previous.get("seconds"), point.get("seconds")
+            return step, None if t0 is None or t1 is None else t0 + frac * (t1 - t0)
+        previous = point
     return None, None
+
+
+def speedup(baseline_finals: list[float], baseline_budget: float | None, curves: list[list],
+            key: str = "step") -> float | None:
+    """The paper's headline: the baseline's budget (steps, or seconds with key="seconds") over
+    the variant's mean steps to the baseline's mean final loss; 0 when a variant run never gets
+    there, None without a baseline."""
+    if not baseline_finals or not baseline_budget or not curves:
+        return None
+    target = statistics.fmean(baseline_finals)
+    index = 0 if key == "step" else 1
+    reached = [steps_to_target(c, target)[index] for c in curves]
+    if any(r is None for r in reached):
+        return 0.0
+    mean = statistics.fmean(reached)
+    return baseline_budget / mean if mean > 0 else None
+
+
+def bootstrap_ci(baseline_finals: list[float], baseline_budget: float | None, curves: list[list],
+                 key: str = "step", n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                 level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of `speedup` over seeds: baseline runs and variant runs
+    resampled with replacement (a fixed seed: the same interval every time); None with fewer than
+    two runs on either side."""
+    if len(baseline_finals) < 2 or len(curves) < 2 or not baseline_budget:
+        return None
+    rng = random.Random(seed)
+    values = sorted(
+        speedup([rng.choice(baseline_finals) for _ in baseline_finals], baseline_budget,
+                [rng.choice(curves) for _ in curves], key) or 0.0
+        for _ in range(n_boot))
+    low, high = (1 - level) / 2, 1 - (1 - level) / 2
+    return [_quantile(values, low), _quantile(values, high)]
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of sorted values."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -117,7 +174,7 @@ def _reduction(steps, baseline_steps) -> float | None:
 
 
 def _variant(name: str, group: list, is_base: bool, base_losses: list, baseline_steps,
-             base_step_ms) -> dict:
+             base_step_ms, curves: list[list], base_seconds) -> dict:
     """One variant's summary over its seeds (loss statistics from completed runs only)."""
     done = [r for r in group if r["status"] == "completed"]
     losses = [r["final_val_loss"] for r in done if r["final_val_loss"] is not None]
@@ -149,7 +206,21 @@ def _variant(name: str, group: list, is_base: bool, base_losses: list, baseline_
         **{k: _mean(r[k] for r in group) for k in TIMING_KEYS},
         "overhead_pct": _pct_change(_mean(r["step_ms_median"] for r in group), base_step_ms),
         "peak_mem_bytes": max(peak) if peak else None,
+        "n_seeds": len(losses),
+        **_speedups(is_base, base_losses, baseline_steps, base_seconds, curves),
     }
+
+
+def _speedups(is_base: bool, base_losses: list, baseline_steps, base_seconds,
+              curves: list[list]) -> dict:
+    """Speedup over the baseline in steps and in training seconds, each with its bootstrap
+    interval (None for the baseline itself and without a target)."""
+    out = {}
+    for suffix, key, budget in (("", "step", baseline_steps), ("_time", "seconds", base_seconds)):
+        point = None if is_base else speedup(base_losses, budget, curves, key)
+        ci = None if is_base or point is None else bootstrap_ci(base_losses, budget, curves, key)
+        out[f"speedup{suffix}"], out[f"speedup{suffix}_ci"] = point, ci
+    return out
 
 
 def summarize(records: list, baseline_name: str | None = None) -> dict:
@@ -188,11 +259,31 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "overhead_pct": _pct_change(step_ms, base_step_ms),
         })
 
+    curves: dict[str, list[list]] = {}
+    for r in records:
+        if r["status"] == "completed" and _finite(r.get("final_val_loss")) is not None:
+            curves.setdefault(r["variant"], []).append(r.get("curve") or [])
+    base_seconds = _mean(c[-1].get("seconds") for c in curves.get(base_variant, []) if c)
     variants = [_variant(name, [r for r in runs if r["variant"] == name], name == base_variant,
-                         base_losses, baseline_steps, base_step_ms)
+                         base_losses, baseline_steps, base_step_ms, curves.get(name, []),
+                         base_seconds)
                 for name in dict.fromkeys(r["variant"] for r in runs)]
     return {"baseline": base_variant, "target_loss": target, "baseline_steps": baseline_steps,
             "runs": runs, "variants": variants}
+
+
+def protocol_notes(results: dict) -> list[str]:
+    """What a comparison does not establish, in plain words: untuned lrs, a single seed."""
+    protocol = results.get("protocol") or {}
+    notes = []
+    if not protocol.get("tuned"):
+        notes.append("untuned: every variant ran at its preset lr, so a gap may only mean one lr "
+                     "suits one variant better (add --tune lr)")
+    n = [v["n_seeds"] for v in results["variants"] if v.get("n_seeds")]
+    if n and min(n) < 2:
+        notes.append("single seed: no interval or significance test, so no gap here is "
+                     "established (add --seeds 3)")
+    return notes
 
 
 # ---- tables -----------------------------------------------------------------------------------
@@ -231,14 +322,38 @@ def _loss_text(v: dict) -> str:
     return text if v["final_val_loss_std"] is None else f"{text} ± {v['final_val_loss_std']:.4f}"
 
 
+def _tuned_text(v: dict) -> str:
+    tuned = v.get("tuned")
+    if not tuned:
+        return "tuning" if v.get("tuning") else _DASH
+    edge = set(v.get("tuned_at_edge") or ())
+    return ", ".join(f"{k}={_value_text(x)}" + (" (grid edge)" if k in edge else "")
+                     for k, x in tuned.items())
+
+
+def _value_text(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _speedup_text(v: dict, suffix: str = "") -> str:
+    point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
+    if v["is_baseline"] or point is None:
+        return _DASH
+    if point == 0:
+        return "not reached"
+    if ci is None:
+        return f"{point:.2f}x"
+    text = f"{point:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text if ci[0] > 1 or ci[1] < 1 else f"{text} (not significant)"
+
+
 def convergence_rows(results: dict) -> list[dict]:
     """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
     has_target = results["target_loss"] is not None
     return [dict(zip(CONVERGENCE_COLUMNS, (
-        v["variant"], str(v["n"]), _loss_text(v),
+        v["variant"], _tuned_text(v), str(v["n"]), _loss_text(v),
         _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
-        _p_text(v), _steps_text(v, has_target),
-        _DASH if v["is_baseline"] else _num(v["step_reduction_pct"], "+.1f", "%"),
+        _p_text(v), _steps_text(v, has_target), _speedup_text(v), _speedup_text(v, "_time"),
         _status_text(v["statuses"]),
     ))) for v in results["variants"]]
 
@@ -269,13 +384,17 @@ def render(results: dict, fmt: str) -> str:
         out = io.StringIO()
         writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: "" if v.get(k) is None else v[k] for k in CSV_COLUMNS}
-                         for v in results["variants"])
+        for v in results["variants"]:
+            ci = v.get("speedup_ci") or [None, None]
+            row = {**v, "speedup_ci_low": ci[0], "speedup_ci_high": ci[1],
+                   "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items())}
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
         return out.getvalue()
     if fmt == "markdown":
         target = results["target_loss"]
         note = (f"Baseline: {results['baseline']}, final val loss {target:.4f} (the target)."
                 if target is not None else "No completed baseline run: no target, deltas or overheads.")
+        note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
         return (f"## Convergence\n\n{note}\n\n"
                 f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
                 f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n")

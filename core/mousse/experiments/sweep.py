@@ -24,8 +24,9 @@ from mousse.train.data import load_dataset
 from mousse.train.events import Event
 from mousse.train.fileio import atomic_write_text, write_json
 
-from .ablation import AblationPlan, RunSpec
+from .ablation import AblationPlan, RunSpec, in_shard
 from .results import summarize
+from .tuning import TuneSpec, TuningState, run_label, tune_variant
 
 FINISHED = ("completed", "diverged")
 _RECORD_KEYS = ("final_val_loss", "best_val_loss", "step_ms_median", "fwd_bwd_ms_median",
@@ -47,6 +48,20 @@ class RunSkipped:
 
     run: str
     summary: dict
+
+
+@dataclass(frozen=True)
+class RunsQueued:
+    """Runs the ablation will train next (tuning adds them phase by phase)."""
+
+    runs: list
+
+
+@dataclass(frozen=True)
+class WaitingForShards:
+    """This shard has nothing left it may run; these runs of other shards must finish first."""
+
+    runs: list
 
 
 def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
@@ -97,12 +112,24 @@ def _worker(settings: dict, run_dir: str, name: str) -> dict:
                        _WORKER["stop"])
 
 
+def final_loss(summary: dict | None) -> float | None:
+    """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
+    None while it has no result."""
+    if not summary or summary.get("status") not in (*FINISHED, "failed"):
+        return None
+    loss = summary.get("final_val_loss")
+    if summary["status"] != "completed" or loss is None or loss != loss:
+        return float("inf")
+    return float(loss)
+
+
 class Ablation:
     """One ablation directory: its plan, run dirs and results."""
 
     def __init__(self, plan: AblationPlan, ablation_dir: Path):
         self.plan = plan
         self.dir = Path(ablation_dir)
+        self.tune = TuneSpec.from_dict(plan.tune) if plan.tune else None
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.dir / "runs" / run.name
@@ -126,13 +153,106 @@ class Ablation:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
 
+    # ---- tuning -----------------------------------------------------------------------------
+
+    def centre(self, variant: RunSpec) -> dict:
+        """The variant's own value of each tuned knob (its default grid's centre)."""
+        cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
+        return {k: getattr(cfg, k) for k in self.tune.knobs}
+
+    def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
+        return RunSpec(f"{run_label(variant.variant, values)}-s{seed}", variant.variant,
+                       {**variant.knobs, **values}, seed, variant.is_baseline)
+
+    def tuning(self) -> dict[str, TuningState]:
+        """Every variant's tuning as far as the results on disk decide it."""
+        from .ablation import _CHOICES
+
+        states = {}
+        for name, variant in self.plan.variants.items():
+            def lookup(values, seed, variant=variant):
+                return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
+            states[name] = tune_variant(name, self.centre(variant), self.tune, lookup, _CHOICES)
+        return states
+
+    def grids(self) -> dict[str, list[list]]:
+        """Each variant's starting grid per tuned knob."""
+        from .ablation import _CHOICES
+        from .tuning import default_grid, sort_key
+
+        out = {}
+        for name, variant in self.plan.variants.items():
+            centre = self.centre(variant)
+            out[name] = [sorted(values, key=sort_key) if values else default_grid(k, centre[k], _CHOICES)
+                         for k, values in self.tune.phases]
+        return out
+
+    def upper_bound_runs(self) -> int:
+        """Most runs the plan can train: tuning (grid extensions included) plus the comparison's
+        runs on seeds that are not tuning seeds."""
+        from .tuning import upper_bound_runs
+
+        if self.tune is None:
+            return len(self.plan.runs)
+        extra = len([s for s in self.plan.seeds if s not in self.tune.seeds])
+        return sum(upper_bound_runs(self.tune, grids) + extra for grids in self.grids().values())
+
+    def finished_seconds(self) -> list[float]:
+        """Training seconds of the runs already finished in this dir."""
+        out = []
+        root = self.dir / "runs"
+        for summary_file in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
+            summary = read_summary(summary_file.parent)
+            if summary and summary.get("status") in FINISHED and summary.get("train_seconds"):
+                out.append(float(summary["train_seconds"]))
+        return out
+
+    def estimate_seconds(self, runs: int) -> tuple[float | None, str]:
+        """(seconds for `runs` runs, how it was estimated) from the runs finished here."""
+        done = self.finished_seconds()
+        if not done:
+            return None, ""
+        return runs * sum(done) / len(done), f"mean of {len(done)} finished runs here"
+
+    def final_runs(self, states: dict[str, TuningState] | None = None) -> list[RunSpec]:
+        """The comparison's runs: each variant at its tuned values once its tuning is done (the
+        plan's own runs without tuning)."""
+        if self.tune is None:
+            return list(self.plan.runs)
+        states = states or self.tuning()
+        return [self.tuned_run(run, states[run.variant].tuned, run.seed)
+                if states[run.variant].done else run for run in self.plan.runs]
+
+    def wanted(self) -> list[RunSpec]:
+        """What the ablation needs trained now: the plan's runs, or with tuning each variant's
+        current phase and, for tuned variants, the comparison's runs; without those finished."""
+        if self.tune is None:
+            return self.pending(self.plan.runs)
+        states = self.tuning()
+        runs = [self.tuned_run(self.plan.variants[name], values, seed)
+                for name, state in states.items() for values, seed in state.needed]
+        runs += [r for r in self.final_runs(states) if states[r.variant].done]
+        return self.pending(list(dict.fromkeys(runs)))
+
+    # ---- results ----------------------------------------------------------------------------
+
     def records(self) -> list[dict]:
-        return [record(run, read_summary(self.run_dir(run))) for run in self.plan.runs]
+        return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs()]
 
     def results(self) -> dict:
-        baseline = next((r.name for r in self.plan.runs if r.is_baseline), None)
+        baseline = next((r.variant for r in self.plan.runs if r.is_baseline), None)
+        states = self.tuning() if self.tune else None
         out = summarize(self.records(), baseline)
         out["ablation_dir"] = str(self.dir)
+        out["protocol"] = {"tuned": self.tune.knobs if self.tune else [],
+                           "tune_seeds": list(self.tune.seeds) if self.tune else [],
+                           "seeds": list(self.plan.seeds)}
+        if states:
+            for v in out["variants"]:
+                state = states[v["variant"]]
+                v["tuned"] = state.tuned if state.done else None
+                v["tuned_at_edge"] = state.at_edge
+                v["tuning"] = [p.to_dict() for p in state.phases]
         return out
 
     def write_results(self) -> dict:
@@ -142,12 +262,11 @@ class Ablation:
         return results
 
     def pending(self, runs: list[RunSpec]) -> list[RunSpec]:
-        done = []
-        for run in runs:
-            summary = read_summary(self.run_dir(run))
-            if summary and summary["status"] in FINISHED:
-                done.append(run)
-        return [r for r in runs if r not in done]
+        """`runs` without those that finished (a failed run counts as finished when tuning: it
+        scores as infinitely bad and is not retried)."""
+        finished = (*FINISHED, "failed") if self.tune else FINISHED
+        return [r for r in runs
+                if (read_summary(self.run_dir(r)) or {}).get("status") not in finished]
 
     def run(self, runs: list[RunSpec], on_update: Callable[[object], None], parallel: int = 1,
             stop: threading.Event | None = None) -> dict:
@@ -157,6 +276,30 @@ class Ablation:
         for run in runs:
             if run not in todo:
                 on_update(RunSkipped(run.name, read_summary(self.run_dir(run))))
+        self._train(todo, on_update, parallel, stop)
+        return self.write_results()
+
+    def run_tuned(self, on_update: Callable[[object], None], parallel: int = 1,
+                  stop: threading.Event | None = None, shard: tuple[int, int] | None = None,
+                  wait: float | None = None) -> tuple[dict, list[RunSpec]]:
+        """Tune every variant and run the comparison, phase by phase, until nothing is left that
+        this shard may run. Returns the results and the runs of other shards still needed (this
+        shard waits for them, polling every `wait` seconds, when `wait` is given)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            wanted = self.wanted()
+            mine = [r for r in wanted if shard is None or in_shard(r.name, shard)]
+            if mine:
+                on_update(RunsQueued(mine))
+                self._train(mine, on_update, parallel, stop)
+                continue
+            if not wanted or wait is None:
+                break
+            on_update(WaitingForShards(wanted))
+            stop.wait(wait)
+        return self.write_results(), ([] if stop.is_set() else self.wanted())
+
+    def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
         if parallel <= 1:
             for run in todo:
                 if stop.is_set():
@@ -166,7 +309,6 @@ class Ablation:
                 self.write_results()
         else:
             self._run_parallel(todo, on_update, parallel, stop)
-        return self.write_results()
 
     def _run_parallel(self, todo: list[RunSpec], on_update, parallel: int,
                       stop: threading.Event) -> None:

@@ -271,6 +271,14 @@ _RANGES = {
 }
 
 
+def in_range(key: str, value) -> bool:
+    """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
+    if key in _AT_LEAST_1 and value is not None and value < 1:
+        return False
+    ok = _RANGES.get(key)
+    return value is None or ok is None or bool(ok[0](value))
+
+
 def validate(cfg: TrainConfig) -> None:
     """One ConfigError for the first inconsistent setting, naming it, its value and what is
     allowed. Knobs left None (AdamW's unused ones, post_alpha = alpha) are not checked."""

@@ -1,0 +1,268 @@
+"""Tuning inside an ablation: every variant, the baseline included, gets its own best value of each
+tuned knob before the comparison (coordinate descent, one knob per phase, in the order given).
+
+Pure and deterministic: `tune_variant` replays the decisions from the results found so far (a
+lookup of final val losses by run), so a rerun after Ctrl-C, another shard or another machine
+reaches the same decisions from the same files. It returns the runs the current phase still needs;
+the runner trains them and asks again.
+
+- A phase tries every value of its grid with the knobs of earlier phases at their chosen values,
+  on the tuning seeds, at the full budget, and keeps the value with the lowest mean final val loss
+  (a diverged or failed run counts as infinitely bad). Ties go to the value nearest the grid's
+  centre, then to the smaller value.
+- Numeric grids: when the best value is at an edge, the grid grows by one step that way (the ratio
+  of the last two values when all are positive, else their difference) until the best is interior,
+  the next value would leave the knob's range, or `max_extensions` steps were added; the knob is
+  then reported as `tuned_at_edge`.
+- Default grids: 5 values a factor 2 apart centred on the variant's own value (its preset lr for
+  `lr`); `DEFAULT_GRIDS` fixes a few knobs' grids; a categorical knob tries all its choices.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from mousse.train.config import FIELD_TYPES, ConfigError, closest, coerce, in_range
+
+DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
+DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+MAX_EXTENSIONS = 3
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """What to tune: phases (knob, explicit values or None for the default grid) in order, the
+    tuning seeds and the cap on grid extensions per phase."""
+
+    phases: tuple[tuple[str, tuple | None], ...]
+    seeds: tuple[int, ...] = (0,)
+    max_extensions: int = MAX_EXTENSIONS
+
+    @property
+    def knobs(self) -> list[str]:
+        return [k for k, _ in self.phases]
+
+    def to_dict(self) -> dict:
+        return {"knobs": [k for k, _ in self.phases],
+                "grids": {k: list(v) for k, v in self.phases if v is not None},
+                "seeds": list(self.seeds), "max_extensions": self.max_extensions}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TuneSpec:
+        grids = data.get("grids", {})
+        return cls(tuple((k, tuple(grids[k]) if k in grids else None) for k in data["knobs"]),
+                   tuple(data.get("seeds", (0,))), int(data.get("max_extensions", MAX_EXTENSIONS)))
+
+
+def _key(knob: str, tunable) -> str:
+    key = knob.strip().replace("-", "_")
+    if key not in tunable:
+        raise ConfigError(f"cannot tune '{knob}'{closest(key, tunable)}: tune a knob of the run "
+                          f"config, e.g. --tune lr or --tune lr,momentum")
+    return key
+
+
+def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | None], ...]:
+    """'lr' / 'lr,weight_decay' / 'lr=0.01,0.02,0.04' / 'lr,momentum_style=heavy_ball,nesterov':
+    a token naming a knob starts a phase; 'knob=value' starts one with explicit values; any other
+    token is one more value of the phase before it."""
+    tunable = tuple(k for k in FIELD_TYPES if k != "seed")
+    phases: list[list] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        name, eq, value = token.partition("=")
+        if eq or name.replace("-", "_") in tunable:
+            phases.append([_key(name, tunable), [value] if eq else None])
+        elif phases and phases[-1][1] is not None:
+            phases[-1][1].append(token)
+        elif re.fullmatch(r"[-+.\deE]+", token):
+            raise ConfigError(f"bad --tune {text!r}: '{token}' is neither a knob nor a value after "
+                              "'knob='; e.g. --tune lr or --tune lr=0.01,0.02,0.04")
+        else:
+            _key(token, tunable)  # names the closest knob
+    return check_phases([(k, v) for k, v in phases], choices)
+
+
+def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | None], ...]:
+    """Typed, de-duplicated phases; ConfigError for an unknown knob, a bad value, a knob tuned
+    twice or a knob that has no grid to try."""
+    tunable = tuple(k for k in FIELD_TYPES if k != "seed")
+    out, seen = [], set()
+    for knob, values in phases:
+        key = _key(knob, tunable)
+        if key in seen:
+            raise ConfigError(f"--tune names '{key}' twice; give each knob once")
+        seen.add(key)
+        if values is not None:
+            typed = []
+            for v in values:
+                v = coerce(key, v)
+                if key in choices and v not in choices[key]:
+                    raise ConfigError(f"bad value {v!r} to tune '{key}'; choose from "
+                                      f"{', '.join(map(str, choices[key]))}")
+                if not in_range(key, v):
+                    raise ConfigError(f"bad value {v!r} to tune '{key}': out of its range")
+                typed.append(v)
+            values = tuple(dict.fromkeys(typed))
+            if not values:
+                raise ConfigError(f"no values to tune '{key}'")
+        elif FIELD_TYPES[key] not in (int, float) and key not in choices:
+            raise ConfigError(f"'{key}' has no default grid: list its values, e.g. --tune {key}=a,b")
+        out.append((key, values))
+    if not out:
+        raise ConfigError("nothing to tune: e.g. --tune lr")
+    return tuple(out)
+
+
+def is_numeric(knob: str) -> bool:
+    return FIELD_TYPES[knob] in (int, float)
+
+
+def default_grid(knob: str, centre, choices: dict[str, tuple]) -> list:
+    """The grid a phase starts from when none is given."""
+    if knob in DEFAULT_GRIDS:
+        return list(DEFAULT_GRIDS[knob])
+    if knob in choices or FIELD_TYPES[knob] is bool:
+        return list(choices.get(knob, (False, True)))
+    if centre is None or centre <= 0:
+        raise ConfigError(f"'{knob}' is {centre!r} for this variant, so it has no grid around it: "
+                          f"list the values, e.g. --tune {knob}=0.01,0.1")
+    exact = FIELD_TYPES[knob] is float
+    values = [coerce(knob, centre * f if exact else max(1, round(centre * f))) for f in DEFAULT_FACTORS]
+    return sorted(dict.fromkeys(values))
+
+
+def extend(grid: list, knob: str, upward: bool):
+    """The next value beyond the grid's top (or bottom), or None when the knob's range or type
+    allows none."""
+    if len(grid) < 2 or not is_numeric(knob):
+        return None
+    a, b = (grid[-2], grid[-1]) if upward else (grid[1], grid[0])
+    value = b * (b / a) if a > 0 and b > 0 else b + (b - a)
+    value = coerce(knob, round(value) if FIELD_TYPES[knob] is int else value)
+    return value if in_range(knob, value) and value not in grid else None
+
+
+def fmt_value(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def run_label(variant: str, values: dict) -> str:
+    """A tuned run's variant-and-values label, e.g. 'mousse@lr=0.015+momentum=0.9'."""
+    text = "+".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+    return re.sub(r"[^A-Za-z0-9._=+@-]", "_", f"{variant}@{text}")
+
+
+@dataclass
+class Phase:
+    """One knob's search: the grid tried so far, its mean losses, the choice once decided."""
+
+    knob: str
+    grid: list
+    losses: dict = field(default_factory=dict)  # value -> mean final val loss (inf: diverged)
+    chosen: object = None
+    at_edge: bool = False
+    extensions: int = 0
+
+    def to_dict(self) -> dict:
+        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
+        return {"knob": self.knob, "grid": list(self.grid),
+                "losses": [finite(self.losses.get(v)) for v in self.grid],
+                "chosen": self.chosen, "at_edge": self.at_edge, "extensions": self.extensions}
+
+
+@dataclass
+class TuningState:
+    """Where one variant's tuning stands: its phases, the runs still needed, and once `done` the
+    tuned values."""
+
+    variant: str
+    phases: list[Phase]
+    needed: list[tuple[dict, int]]  # (tuned values, seed) of runs without a result yet
+    done: bool
+
+    @property
+    def tuned(self) -> dict:
+        return {p.knob: p.chosen for p in self.phases if p.chosen is not None}
+
+    @property
+    def at_edge(self) -> list[str]:
+        return [p.knob for p in self.phases if p.at_edge]
+
+
+def choose(grid: list, losses: dict, centre_index: float):
+    """The value with the lowest loss; ties to the value nearest the centre, then the smaller."""
+    def rank(item):
+        index, value = item
+        return (losses[value], abs(index - centre_index), value if is_orderable(value) else index)
+    return min(enumerate(grid), key=rank)[1]
+
+
+def is_orderable(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: dict) -> TuningState:
+    """Replay the tuning of one variant. `centre` holds the variant's own value of every tuned
+    knob (the default grid's centre); `lookup(values, seed)` returns the final val loss of the run
+    with those tuned values (inf for a diverged or failed run) or None when it has no result."""
+    chosen: dict = {}
+    phases: list[Phase] = []
+    for knob, explicit in spec.phases:
+        grid = sorted(explicit, key=sort_key) if explicit else \
+            default_grid(knob, centre.get(knob), choices)
+        phase = Phase(knob, grid)
+        phases.append(phase)
+        while True:
+            needed = []
+            for value in phase.grid:
+                if value in phase.losses:
+                    continue
+                results = [lookup({**chosen, knob: value}, seed) for seed in spec.seeds]
+                missing = [(dict(chosen, **{knob: value}), s) for s, r in zip(spec.seeds, results)
+                           if r is None]
+                if missing:
+                    needed += missing
+                else:
+                    phase.losses[value] = sum(results) / len(results)
+            if needed:
+                return TuningState(variant, phases, needed, False)
+            centre_index = _centre_index(phase.grid, centre.get(knob), explicit)
+            best = choose(phase.grid, phase.losses, centre_index)
+            edge = is_numeric(knob) and best in (phase.grid[0], phase.grid[-1]) \
+                and len(phase.grid) > 1
+            if edge and phase.extensions < spec.max_extensions:
+                upward = best == phase.grid[-1]
+                value = extend(phase.grid, knob, upward)
+                if value is not None:
+                    phase.grid = phase.grid + [value] if upward else [value] + phase.grid
+                    phase.extensions += 1
+                    continue
+            phase.chosen, phase.at_edge = best, edge
+            chosen[knob] = best
+            break
+    return TuningState(variant, phases, [], True)
+
+
+def sort_key(value):
+    return (0, value) if is_orderable(value) else (1, str(value))
+
+
+def _centre_index(grid: list, centre, explicit) -> float:
+    """Where the variant's own value sits in the grid (the middle of an explicit grid that does
+    not contain it)."""
+    if centre in grid:
+        return float(grid.index(centre))
+    return (len(grid) - 1) / 2
+
+
+def upper_bound_runs(spec: TuneSpec, grids: list[list]) -> int:
+    """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
+    the extensions a numeric phase may add."""
+    return sum((len(grid) + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0))
+               * len(spec.seeds) for (knob, _), grid in zip(spec.phases, grids))

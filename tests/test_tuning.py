@@ -1,0 +1,357 @@
+"""Tuning inside an ablation (`mousse.experiments.tuning` and the runner's use of it), on synthetic
+losses and recorded run summaries: no training except one small end-to-end CLI run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+
+import pytest
+from conftest import FAST, assert_one_line_error, invoke_cli
+
+from mousse.experiments.ablation import _CHOICES, in_shard, plan_ablation, tune_spec
+from mousse.experiments.results import (_quantile, bootstrap_ci, speedup, steps_to_target,
+                                        summarize)
+from mousse.experiments.sweep import Ablation
+from mousse.experiments.tuning import (DEFAULT_GRIDS, TuneSpec, default_grid, extend, parse_tune,
+                                       tune_variant)
+from mousse.train.config import ConfigError
+
+INF = math.inf
+
+
+def spec(*phases, seeds=(0,), cap=3) -> TuneSpec:
+    return TuneSpec(tuple(phases), seeds, cap)
+
+
+def lookup_from(loss_fn, log=None):
+    """A lookup that has every result: loss_fn(values, seed)."""
+    def lookup(values, seed):
+        if log is not None:
+            log.append((dict(values), seed))
+        return loss_fn(values, seed)
+    return lookup
+
+
+# ---- parsing and grids --------------------------------------------------------------------------
+
+def test_parse_tune_forms():
+    assert parse_tune("lr", _CHOICES) == (("lr", None),)
+    assert parse_tune("lr,weight_decay", _CHOICES) == (("lr", None), ("weight_decay", None))
+    assert parse_tune("lr=0.01,0.02,0.04", _CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
+    assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", _CHOICES) == (
+        ("lr", None), ("momentum", None), ("momentum_style", ("heavy_ball", "nesterov")))
+    assert parse_tune("momentum-style", _CHOICES) == (("momentum_style", None),)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("lrr", "did you mean 'lr'"), ("seed", "cannot tune 'seed'"), ("lr,lr", "twice"),
+    ("momentum_style=sideways", "choose from"), ("momentum=1.5", "out of its range"),
+    ("0.01", "neither a knob"), ("", "nothing to tune")])
+def test_parse_tune_errors(text, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_tune(text, _CHOICES)
+
+
+def test_default_grids():
+    assert default_grid("lr", 0.03, _CHOICES) == [0.0075, 0.015, 0.03, 0.06, 0.12]
+    assert default_grid("momentum", 0.95, _CHOICES) == [0.8, 0.9, 0.95, 0.98]
+    assert DEFAULT_GRIDS["momentum"] == (0.8, 0.9, 0.95, 0.98)
+    assert default_grid("momentum_style", "nesterov", _CHOICES) == list(_CHOICES["momentum_style"])
+    assert default_grid("precond_freq", 10, _CHOICES) == [2, 5, 10, 20, 40]
+    with pytest.raises(ConfigError, match="no grid around it"):
+        default_grid("weight_decay", 0.0, _CHOICES)
+
+
+def test_extend_steps_and_bounds():
+    assert extend([0.01, 0.02, 0.04], "lr", upward=True) == 0.08
+    assert extend([0.01, 0.02, 0.04], "lr", upward=False) == 0.005
+    assert extend([0.8, 0.9, 0.95, 0.98], "momentum", upward=True) is None  # past 1: out of range
+    assert extend([0.8, 0.9, 0.95, 0.98], "momentum", upward=False) == pytest.approx(0.8 * 0.8 / 0.9)
+    assert extend(["heavy_ball", "nesterov"], "momentum_style", upward=True) is None
+
+
+# ---- the coordinate descent ---------------------------------------------------------------------
+
+def test_best_interior_value_is_chosen_without_extension():
+    losses = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.0, 0.06: 2.5, 0.12: 4.0}
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)),
+                         lookup_from(lambda v, s: losses[v["lr"]]), _CHOICES)
+    assert state.done and state.tuned == {"lr": 0.03} and state.at_edge == []
+    assert state.phases[0].grid == sorted(losses) and state.phases[0].extensions == 0
+
+
+def test_edge_grows_the_grid_until_interior():
+    loss = lambda v, s: (math.log2(v["lr"] / 0.24)) ** 2  # best at 0.24: two steps past the top
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup_from(loss), _CHOICES)
+    assert state.tuned == {"lr": 0.24} and state.at_edge == []
+    assert state.phases[0].grid[-3:] == [0.12, 0.24, 0.48] and state.phases[0].extensions == 2
+
+
+def test_edge_cap_reports_the_optimum_at_the_edge():
+    loss = lambda v, s: -v["lr"]  # always better higher up
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss),
+                         _CHOICES)
+    assert state.tuned == {"lr": 0.48} and state.at_edge == ["lr"]
+    assert state.phases[0].extensions == 2
+
+
+def test_downward_extension():
+    loss = lambda v, s: v["lr"]
+    state = tune_variant("v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1),
+                         lookup_from(loss), _CHOICES)
+    assert state.phases[0].grid == [0.005, 0.01, 0.02, 0.04] and state.tuned == {"lr": 0.005}
+
+
+def test_coordinate_descent_order_and_starting_point():
+    """Phase 2 runs with phase 1's choice; phase 1 with the variant's own value of later knobs
+    (they are not set in its runs)."""
+    log = []
+    def loss(v, s):
+        return (v["lr"] - 0.02) ** 2 + (v.get("momentum", 0.95) - 0.9) ** 2
+    state = tune_variant("v", {"lr": 0.02, "momentum": 0.95},
+                         spec(("lr", (0.01, 0.02, 0.04)), ("momentum", None)),
+                         lookup_from(loss, log), _CHOICES)
+    assert state.tuned == {"lr": 0.02, "momentum": 0.9}
+    phase1 = [v for v, _ in log if "momentum" not in v]
+    phase2 = [v for v, _ in log if "momentum" in v]
+    assert {v["lr"] for v in phase1} == {0.01, 0.02, 0.04}
+    assert phase2 and all(v["lr"] == 0.02 for v in phase2)
+    assert log.index(({"lr": 0.04}, 0)) < log.index(({"lr": 0.02, "momentum": 0.8}, 0))
+
+
+def test_categorical_phase_tries_every_value_in_order():
+    styles = {"heavy_ball": 2.0, "nesterov": 1.0, "ema": 3.0}
+    loss = lambda v, s: styles[v.get("momentum_style", "heavy_ball")] + abs(v["lr"] - 0.02)
+    state = tune_variant("v", {"lr": 0.02, "momentum_style": "heavy_ball"},
+                         spec(("lr", (0.01, 0.02, 0.04)), ("momentum_style", None)),
+                         lookup_from(loss), _CHOICES)
+    assert state.tuned == {"lr": 0.02, "momentum_style": "nesterov"} and state.at_edge == []
+    assert state.phases[1].grid == list(_CHOICES["momentum_style"])
+
+
+def test_ties_are_broken_deterministically():
+    """Equal losses: the value nearest the variant's own value, then the smaller one."""
+    flat = lookup_from(lambda v, s: 1.0)
+    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, _CHOICES).tuned == \
+        {"lr": 0.03}
+    two = {0.01: 1.0, 0.02: 0.5, 0.04: 0.5, 0.08: 1.0}
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", tuple(two))),
+                         lookup_from(lambda v, s: two[v["lr"]]), _CHOICES)
+    assert state.tuned == {"lr": 0.02}  # 0.02 and 0.04 equally near the middle: the smaller
+
+
+def test_diverged_runs_never_win_and_seeds_are_averaged():
+    table = {(0.01, 0): 2.0, (0.01, 1): 2.2, (0.02, 0): 1.0, (0.02, 1): INF, (0.04, 0): 3.0,
+             (0.04, 1): 3.0}
+    state = tune_variant("v", {"lr": 0.02}, spec(("lr", (0.01, 0.02, 0.04)), seeds=(0, 1), cap=0),
+                         lookup_from(lambda v, s: table[(v["lr"], s)]), _CHOICES)
+    assert state.tuned == {"lr": 0.01}
+    assert state.phases[0].losses[0.01] == pytest.approx(2.1)
+    assert state.phases[0].to_dict()["losses"][1] is None  # inf is not JSON: None
+
+
+def test_missing_results_pause_the_phase_and_resume_reaches_the_same_decision():
+    """Replay from partial results: the same pending runs, then the same choice."""
+    full = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.5, 0.06: 1.0, 0.12: 1.2}
+    have: dict = {}
+    lookup = lambda v, s: have.get(v["lr"])
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    assert not state.done and [v["lr"] for v, _ in state.needed] == sorted(full)
+    have.update({0.0075: 3.0, 0.015: 2.0})  # interrupted after two runs
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    assert [v["lr"] for v, _ in state.needed] == [0.03, 0.06, 0.12]
+    have.update(full)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    assert state.done and state.tuned == {"lr": 0.06}
+
+
+# ---- the runner over recorded summaries ----------------------------------------------------------
+
+def _write_summary(ablation: Ablation, run, loss: float | None, status: str = "completed",
+                   steps: int = 10) -> None:
+    d = ablation.run_dir(run)
+    d.mkdir(parents=True, exist_ok=True)
+    curve = [{"step": 5, "val_loss": (loss or 0) + 0.5, "seconds": 1.0},
+             {"step": steps, "val_loss": loss, "seconds": 2.0}]
+    (d / "summary.json").write_text(json.dumps({
+        "status": status, "final_val_loss": loss, "best_val_loss": loss, "steps": steps,
+        "curve": curve, "train_seconds": 2.0, "step_ms_median": 10.0, "fwd_bwd_ms_median": 5.0,
+        "opt_ms_median": 5.0, "refresh_ms_median": None, "tokens_per_s": 100.0,
+        "peak_mem_bytes": None}))
+
+
+def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1)) -> Ablation:
+    plan = plan_ablation({"alpha": [0.0]}, base={"preset": "tiny"}, seeds=seeds,
+                         tune=tune_spec(parse_tune(tune, _CHOICES)))
+    return Ablation(plan, tmp_path / "abl")
+
+
+def _finish_wanted(ablation: Ablation, loss_fn) -> int:
+    """Write summaries for everything wanted now; the number written."""
+    wanted = ablation.wanted()
+    for run in wanted:
+        _write_summary(ablation, run, loss_fn(run))
+    return len(wanted)
+
+
+def test_runner_tunes_then_compares_and_reuses_the_tuning_seed(tmp_path):
+    ab = _tuned_ablation(tmp_path)
+    best = {"muon": 0.04, "mousse": 0.01, "alpha=0.0": 0.02}
+    loss = lambda run: 1.0 + abs(math.log2(run.knobs["lr"] / best[run.variant])) + 0.01 * run.seed
+    first = ab.wanted()
+    assert len(first) == 9 and all(r.seed == 0 for r in first)
+    assert {r.name for r in first} >= {"muon@lr=0.01-s0", "mousse@lr=0.04-s0"}
+    while _finish_wanted(ab, loss):
+        pass
+    finals = ab.final_runs()
+    assert {r.name for r in finals} == {f"{v}@lr={best[v]}-s{s}" for v in best for s in (0, 1)}
+    results = ab.results()
+    by_name = {v["variant"]: v for v in results["variants"]}
+    assert by_name["mousse"]["tuned"] == {"lr": 0.01} and by_name["muon"]["tuned"] == {"lr": 0.04}
+    # 0.01 was the grid's bottom: the grid grew to 0.005, worse, so 0.01 is interior now
+    assert by_name["mousse"]["tuned_at_edge"] == []
+    assert by_name["mousse"]["tuning"][0]["grid"] == [0.005, 0.01, 0.02, 0.04]
+    assert by_name["mousse"]["n_seeds"] == 2
+    assert results["protocol"] == {"tuned": ["lr"], "tune_seeds": [0], "seeds": [0, 1]}
+
+
+def test_runner_resumes_in_the_middle_of_tuning(tmp_path):
+    ab = _tuned_ablation(tmp_path)
+    loss = lambda run: run.knobs["lr"]
+    wanted = ab.wanted()
+    for run in wanted[:4]:  # Ctrl-C after four runs
+        _write_summary(ab, run, loss(run))
+    again = [r.name for r in Ablation(ab.plan, ab.dir).wanted()]  # a new process, same dir
+    assert not {r.name for r in wanted[:4]} & set(again)
+    assert {r.name for r in wanted[4:]} <= set(again)
+
+
+def test_failed_and_diverged_runs_score_as_worst_and_are_not_retried(tmp_path):
+    ab = _tuned_ablation(tmp_path)
+    for run in ab.wanted():
+        status = {0.01: "diverged", 0.02: "failed"}.get(run.knobs["lr"], "completed")
+        _write_summary(ab, run, None if status != "completed" else 2.0, status)
+    states = ab.tuning()
+    assert all(s.phases[0].losses[0.01] == INF and s.phases[0].losses[0.02] == INF
+               for s in states.values())
+    assert all(r.knobs["lr"] != 0.01 for r in ab.wanted())
+
+
+def test_shards_split_tuning_runs_stably_and_cover_them_all(tmp_path):
+    ab = _tuned_ablation(tmp_path)
+    names = [r.name for r in ab.wanted()]
+    parts = [[n for n in names if in_shard(n, (i, 3))] for i in (1, 2, 3)]
+    assert sorted(itertools.chain(*parts)) == sorted(names)
+    assert all(in_shard(n, (1, 3)) == in_shard(n, (1, 3)) for n in names)
+
+
+def test_a_shard_without_runs_of_its_own_reports_what_it_waits_for(tmp_path):
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02")
+    names = {r.name for r in ab.wanted()}
+    # a shard count so large that shard 1 owns none of the first phase's runs
+    n = next(n for n in range(2, 200) if not any(in_shard(x, (1, n)) for x in names))
+    updates = []
+    ab.prepare()
+    results, waiting = ab.run_tuned(updates.append, shard=(1, n))
+    assert {r.name for r in waiting} == names and results["variants"]
+
+
+# ---- statistics against hand-computed values ----------------------------------------------------
+
+CURVE = [{"step": 100, "val_loss": 3.0, "seconds": 10.0}, {"step": 200, "val_loss": 2.0, "seconds": 20.0},
+         {"step": 300, "val_loss": 1.5, "seconds": 40.0}]
+
+
+def test_steps_to_target_interpolates_between_evaluations():
+    assert steps_to_target(CURVE, 1.75) == (250.0, 30.0)   # halfway from (200, 2.0) to (300, 1.5)
+    assert steps_to_target(CURVE, 2.75) == (125.0, 12.5)
+    assert steps_to_target(CURVE, 3.5) == (100, 10.0)      # the first evaluation is already there
+    assert steps_to_target(CURVE, 1.0) == (None, None)
+
+
+def test_speedup_point_value():
+    # target = mean(1.70, 1.80) = 1.75 -> the variant reaches it at step 250; budget 300
+    assert speedup([1.70, 1.80], 300, [CURVE]) == pytest.approx(300 / 250)
+    assert speedup([1.70, 1.80], 60.0, [CURVE], key="seconds") == pytest.approx(60 / 30)
+    assert speedup([1.0], 300, [CURVE]) == 0.0  # never reached within the budget
+    assert speedup([], 300, [CURVE]) is None
+
+
+def test_quantile_matches_linear_interpolation():
+    assert _quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert _quantile([1.0, 2.0, 3.0, 4.0], 0.025) == pytest.approx(1.075)
+    assert _quantile([5.0], 0.9) == 5.0
+
+
+def test_bootstrap_interval_is_the_exact_resampling_extremes():
+    """Two runs a side: 4 x 4 equally likely resamples (1/16 each > 2.5%), so the 95% interval's
+    ends are the smallest and largest speedups of the full enumeration."""
+    base = [1.70, 1.80]
+    curves = [CURVE, [{"step": 100, "val_loss": 2.5, "seconds": 5.0},
+                      {"step": 200, "val_loss": 1.5, "seconds": 15.0}]]
+    values = [speedup(list(b), 300, list(c)) for b in itertools.product(base, repeat=2)
+              for c in itertools.product(curves, repeat=2)]
+    low, high = bootstrap_ci(base, 300, curves)
+    assert low == pytest.approx(min(values)) and high == pytest.approx(max(values))
+    assert bootstrap_ci(base, 300, curves) == [low, high]  # fixed seed: the same interval
+    assert bootstrap_ci([1.7], 300, curves) is None
+
+
+def test_summary_fields_for_the_comparison():
+    def rec(variant, seed, loss, curve, base=False):
+        return {"name": f"{variant}-s{seed}", "variant": variant, "knobs": {}, "seed": seed,
+                "is_baseline": base, "status": "completed", "final_val_loss": loss,
+                "best_val_loss": loss, "steps": 300, "curve": curve, "step_ms_median": 1.0,
+                "fwd_bwd_ms_median": None, "opt_ms_median": None, "refresh_ms_median": None,
+                "tokens_per_s": None, "peak_mem_bytes": None}
+    base_curve = [{"step": 300, "val_loss": 1.75, "seconds": 40.0}]
+    records = [rec("muon", 0, 1.70, base_curve, True), rec("muon", 1, 1.80, base_curve, True),
+               rec("mousse", 0, 1.5, CURVE), rec("mousse", 1, 1.5, CURVE)]
+    v = summarize(records)["variants"][1]
+    assert v["final_val_loss_mean"] == 1.5 and v["n_seeds"] == 2
+    assert v["final_val_loss_std"] == 0.0
+    assert v["speedup"] == pytest.approx(300 / 250)
+    assert v["speedup_time"] == pytest.approx(40 / 30)
+    assert v["p_value"] == pytest.approx(
+        __import__("mousse.experiments.results", fromlist=["x"]).welch_t_test(
+            [1.5, 1.5], [1.70, 1.80])["p"])
+    assert statistics.fmean([1.70, 1.80]) == pytest.approx(1.75)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
+    args = ["ablate", "--optimizer", "muon", "--no-baseline", "--tune", "lr=0.01,0.02",
+            "--seeds", "2", "--steps", "4", "--eval-every", "2", *FAST,
+            "--ablation-dir", tmp_path / "a", "--max-runs", "40"]
+    first = invoke_cli(*args)
+    assert first.exit_code == 0, first.stderr
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    for v in results["variants"]:  # the centre (mousse) and muon
+        assert v["tuned"]["lr"] in (0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+        assert v["n_seeds"] == 2
+    trained = len(list((tmp_path / "a" / "runs").iterdir()))
+    second = invoke_cli(*args)
+    assert second.exit_code == 0 and "queued" not in second.stderr
+    assert len(list((tmp_path / "a" / "runs").iterdir())) == trained
+
+
+def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
+    dry = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--dry-run",
+                     "--ablation-dir", tmp_path / "a", "--max-runs", "100")
+    assert dry.exit_code == 0
+    assert "at most 30 runs" in dry.stderr  # 3 variants x (5 + 3 extensions + 2 more seeds)
+    assert "0.0075/0.015/0.03/0.06/0.12" in dry.stderr
+    refused = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--dry-run",
+                         "--ablation-dir", tmp_path / "a", "--max-runs", "20")
+    assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
+
+
+def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
+    out = invoke_cli("ablate", "--optimizer", "muon", "--no-baseline", "--steps", "2", *FAST,
+                     "--ablation-dir", tmp_path / "a")
+    assert out.exit_code == 0
+    assert "untuned" in out.stderr and "--tune lr" in out.stderr and "--seeds 3" in out.stderr
