@@ -31,6 +31,7 @@ from .views import (
     console,
     presets_table,
     results_tables,
+    scale_table,
 )
 
 app = typer.Typer(
@@ -207,11 +208,12 @@ def ablate(
     Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
     other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
     """
-    from mousse.experiments.ablation import (_CHOICES, check_max_runs, load_spec, parse_seeds,
-                                             parse_shard, parse_sweep_values, plan_ablation,
-                                             shard_runs, tune_spec)
+    from mousse.experiments.ablation import (_CHOICES, load_spec, parse_seeds, parse_shard,
+                                             parse_sweep_values, plan_ablation, tune_spec)
+    from mousse.experiments.scale import SCALE_FILE, split_presets
     from mousse.experiments.sweep import Ablation
     from mousse.experiments.tuning import parse_tune
+    from mousse.train.fileio import write_json
 
     with exit_on_error((typer.Exit,)), user_errors():
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -219,6 +221,7 @@ def ablate(
         base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
         file = load_spec(spec) if spec else {}
         base = {**(load_config_file(config) if config else {}), **file.get("base", {}), **base_flags}
+        presets = split_presets(base_flags.get("preset", file.get("presets")))
         sweeps = {**file.get("sweeps", {}), **sweep_flags}
         tuning = file.get("tune")
         if tune is not None or tune_seeds is not None:
@@ -229,44 +232,52 @@ def ablate(
                                saved.get("max_extensions"))
         if wait is not None and (wait <= 0 or shard is None or not tuning):
             raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
-        plan = plan_ablation(
-            sweeps, base=base, mode="grid" if grid else file.get("mode", "one-at-a-time"),
-            seeds=parse_seeds(seeds) if seeds else file.get("seeds", [0, 1, 2] if tuning else [0]),
-            baseline=False if no_baseline else file.get("baseline", True), tune=tuning)
         if parallel < 1:
             raise ConfigError("--parallel must be >= 1")
         if parallel > 1 and env_world_size() > 1:
             raise ConfigError("--parallel runs single-process runs side by side; under torchrun "
                               "each run uses every rank, one run after another: drop --parallel")
-        ablation = Ablation(plan, ablation_dir or Path("runs") / plan.default_dir_name(file.get("name")))
-        if plan.tune:
-            runs = []
-            check_max_runs(plan, max_runs, ablation.upper_bound_runs())
-        else:
-            check_max_runs(plan, max_runs)
-            runs = shard_runs(plan.runs, shard) if shard else plan.runs
-        ablation.validate()
-        show_plan(ablation, runs, shard)
+        plans = {preset: plan_ablation(
+            sweeps, base={**base, "preset": preset} if preset else base,
+            mode="grid" if grid else file.get("mode", "one-at-a-time"),
+            seeds=parse_seeds(seeds) if seeds else file.get("seeds", [0, 1, 2] if tuning else [0]),
+            baseline=False if no_baseline else file.get("baseline", True), tune=tuning)
+            for preset in presets or [None]}
+        first = next(iter(plans.values()))
+        root = ablation_dir or Path("runs") / first.default_dir_name(
+            (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else ""))
+        ablations = {p: Ablation(plan, root / p if presets else root) for p, plan in plans.items()}
+        check_max_runs_all(ablations.values(), max_runs)
+        for ab in ablations.values():
+            ab.validate()
+        for ab in ablations.values():
+            show_plan(ab, shard_of(ab, shard), shard)
         if dry_run:
             return
-        ablation.prepare()
-        # live deltas against the baseline only without tuning (tuning runs differ in lr)
-        baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
-        waiting = []
-        with graceful_stop() as stop, AblationView(runs, baseline) as view:
-            if plan.tune:
-                results, waiting = ablation.run_tuned(
-                    view, parallel=parallel, stop=stop,
-                    shard=parse_shard(shard) if shard else None, wait=wait)
-            else:
-                results = ablation.run(runs, view, parallel=parallel, stop=stop)
-    show_results(results)
-    console.print(f"results: {ablation.dir / 'results.json'}", highlight=False, soft_wrap=True,
-                  markup=False)
+        if presets and is_main_process():
+            root.mkdir(parents=True, exist_ok=True)
+            write_json(root / SCALE_FILE, {"presets": presets})
+        outcomes = {}
+        with graceful_stop() as stop:
+            for preset, ab in ablations.items():
+                if stop.is_set():
+                    break
+                outcomes[preset] = run_one_ablation(ab, shard, parallel, stop, wait)
+    by_preset = {p: results for p, (results, _, _) in outcomes.items()}
+    for preset, results in by_preset.items():
+        if presets:
+            console.print(f"[bold]preset {preset}[/]", highlight=False)
+        show_results(results)
+        console.print(f"results: {ablations[preset].dir / 'results.json'}", highlight=False,
+                      soft_wrap=True, markup=False)
+    if presets and len(by_preset) == len(presets):
+        show_scale(root, by_preset)
     if json_out and is_main_process():
-        typer.echo(json.dumps(results))
-    statuses = {r["status"] for r in results["runs"]
-                if plan.tune or r["name"] in {run.name for run in runs}}
+        typer.echo(json.dumps(by_preset[None] if not presets else
+                              {"presets": by_preset, "scale": scale_of(by_preset)}))
+    waiting = [run for _, wanted, _ in outcomes.values() for run in wanted]
+    statuses = {r["status"] for results, _, mine in outcomes.values() for r in results["runs"]
+                if mine is None or r["name"] in mine}
     if stop.is_set():
         raise typer.Exit(EXIT_INTERRUPTED)
     if waiting:
@@ -277,6 +288,61 @@ def ablate(
         raise typer.Exit(EXIT_WAITING)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def shard_of(ablation, shard: str | None) -> list:
+    """The listed runs this invocation trains (tuning plans list theirs as they go: none)."""
+    from mousse.experiments.ablation import shard_runs
+
+    if ablation.plan.tune:
+        return []
+    return shard_runs(ablation.plan.runs, shard) if shard else ablation.plan.runs
+
+
+def check_max_runs_all(ablations, max_runs: int) -> None:
+    """--max-runs against every preset's plan together (upper bounds when tuning)."""
+    from mousse.experiments.ablation import check_max_runs
+
+    ablations = list(ablations)
+    total = sum(ab.upper_bound_runs() for ab in ablations)
+    check_max_runs(ablations[0].plan, max_runs, total)
+
+
+def run_one_ablation(ablation, shard: str | None, parallel: int, stop, wait) -> tuple:
+    """Train one ablation dir's runs with the live view: (results, runs other shards owe, names
+    of the runs this invocation answers for, None for all)."""
+    from mousse.experiments.ablation import parse_shard
+
+    ablation.prepare()
+    plan = ablation.plan
+    runs = shard_of(ablation, shard)
+    # live deltas against the baseline only without tuning (tuning runs differ in lr)
+    baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
+    with AblationView(runs, baseline) as view:
+        if plan.tune:
+            return (*ablation.run_tuned(view, parallel=parallel, stop=stop,
+                                        shard=parse_shard(shard) if shard else None, wait=wait),
+                    None)
+        results = ablation.run(runs, view, parallel=parallel, stop=stop)
+    return results, [], {r.name for r in runs} if shard else None
+
+
+def scale_of(by_preset: dict) -> dict:
+    from mousse.experiments.scale import scale_summary
+
+    return scale_summary(by_preset)
+
+
+def show_scale(root: Path, by_preset: dict) -> None:
+    """The speedup per scale (and scale.json beside the per-preset dirs)."""
+    from mousse.experiments.scale import SCALE_FILE
+    from mousse.train.fileio import write_json
+
+    scale = scale_of(by_preset)
+    if is_main_process():
+        write_json(root / SCALE_FILE, scale)
+    show_wide(scale_table(scale))
+    console.print(f"scale: {root / SCALE_FILE}", highlight=False, soft_wrap=True, markup=False)
 
 
 def show_plan(ablation, runs, shard: str | None) -> None:
@@ -340,41 +406,72 @@ def bench(
 
 @app.command()
 def report(
-    ablation_dir: Path = typer.Argument(..., help="An ablation directory (holds ablation.toml)."),
+    ablation_dir: Path = typer.Argument(..., help="An ablation directory (holds ablation.toml), or the root of `ablate --preset a,b` (holds scale.json)."),
     fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters."),
 ) -> None:
     """Re-render an ablation's tables from disk."""
-    from mousse.experiments.ablation import AblationPlan
     from mousse.experiments.results import render
-    from mousse.experiments.sweep import Ablation
-    from mousse.train import tomlio
+    from mousse.experiments.scale import SCALE_FILE, preset_dirs
 
     with user_errors():
         if fmt not in ("table", "markdown", "json", "csv"):
             raise ConfigError(f"bad --format {fmt!r}; choose one of table, markdown, json, csv")
-        plan_file = ablation_dir / "ablation.toml"
-        if not plan_file.is_file():
-            raise ConfigError(f"{ablation_dir} is not an ablation dir (no ablation.toml); pass the "
-                              "--ablation-dir of a `mousse ablate` run")
-        try:
-            plan = AblationPlan.from_dict(tomlio.load(plan_file))
-        except (tomlio.TOMLDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{plan_file} is damaged ({exc}); rerun the ablation") from None
-        ablation = Ablation(plan, ablation_dir)
-        results = ablation.results()
-        if plot is not None:
-            from .plot import plot_curves, plot_tuning
-            plot_curves(ablation.records(), results["baseline"], plot)
-            console.print(f"plot: {plot}", highlight=False, markup=False)
-            if ablation.tune:
-                tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
-                plot_tuning(results, tuning_plot)
-                console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
-    if fmt == "table":
-        show_results(results)
+        scaled = not (ablation_dir / "ablation.toml").is_file() and \
+            (ablation_dir / SCALE_FILE).is_file()
+        dirs = preset_dirs(ablation_dir) if scaled else {None: ablation_dir}
+        by_preset = {}
+        for preset, path in dirs.items():
+            ablation = open_ablation(path)
+            by_preset[preset] = results = ablation.results()
+            if plot is not None:
+                draw_plots(ablation, results, plot if preset is None else
+                           plot.with_name(f"{plot.stem}-{preset}{plot.suffix or '.png'}"))
+        if scaled and plot is not None:
+            from .plot import plot_scale
+            plot_scale(scale_of(by_preset), plot)
+            console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
+    if scaled:
+        if fmt == "json":
+            typer.echo(json.dumps({"presets": by_preset, "scale": scale_of(by_preset)}))
+            return
+        for preset, results in by_preset.items():
+            console.print(f"[bold]preset {preset}[/]", highlight=False)
+            show_results(results) if fmt == "table" else typer.echo(render(results, fmt), nl=False)
+        show_wide(scale_table(scale_of(by_preset)))
+    elif fmt == "table":
+        show_results(by_preset[None])
     else:
-        typer.echo(render(results, fmt), nl=False)
+        typer.echo(render(by_preset[None], fmt), nl=False)
+
+
+def open_ablation(path: Path):
+    """The Ablation recorded in `path` (its ablation.toml); ConfigError when there is none."""
+    from mousse.experiments.ablation import AblationPlan
+    from mousse.experiments.sweep import Ablation
+    from mousse.train import tomlio
+
+    plan_file = path / "ablation.toml"
+    if not plan_file.is_file():
+        raise ConfigError(f"{path} is not an ablation dir (no ablation.toml); pass the "
+                          "--ablation-dir of a `mousse ablate` run")
+    try:
+        plan = AblationPlan.from_dict(tomlio.load(plan_file))
+    except (tomlio.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{plan_file} is damaged ({exc}); rerun the ablation") from None
+    return Ablation(plan, path)
+
+
+def draw_plots(ablation, results: dict, plot: Path) -> None:
+    """Loss curves, and with tuning the tuning curves beside them."""
+    from .plot import plot_curves, plot_tuning
+
+    plot_curves(ablation.records(), results["baseline"], plot)
+    console.print(f"plot: {plot}", highlight=False, markup=False)
+    if ablation.tune:
+        tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
+        plot_tuning(results, tuning_plot)
+        console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
 
 
 def main() -> None:

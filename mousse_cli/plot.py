@@ -91,3 +91,28 @@ def plot_tuning(results: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, out, plt)
+
+
+def plot_scale(scale: dict, out: Path) -> None:
+    """Speedup over the baseline against parameter count (log axis), one line per variant, with
+    the 95% bootstrap intervals as error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    variants = [v for v in dict.fromkeys(r["variant"] for r in scale["rows"])]
+    for i, variant in enumerate(variants):
+        rows = [r for r in scale["rows"] if r["variant"] == variant and not r["is_baseline"]
+                and r["speedup"] is not None and r["params"]]
+        if not rows:
+            continue
+        xs, ys = [r["params"] for r in rows], [r["speedup"] for r in rows]
+        low = [y - (r["speedup_ci"] or [y, y])[0] for y, r in zip(ys, rows)]
+        high = [(r["speedup_ci"] or [y, y])[1] - y for y, r in zip(ys, rows)]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=variant,
+                    color=plt.cm.tab10(i % 10))
+    ax.axhline(1.0, color="gray", ls="--", lw=1, label="baseline")
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters", ylabel="speedup over the baseline (steps)",
+           title="speedup vs scale (95% bootstrap intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, out, plt)

@@ -315,6 +315,28 @@ def results_tables(results: dict):
     return Group(*tables)
 
 
+def scale_table(scale: dict):
+    """Speedup over each preset's baseline, one column per preset (its parameter count)."""
+    from mousse.experiments.results import _speedup_text
+
+    presets = scale["presets"]
+    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    table = Table(title="speedup by scale (baseline steps / steps to its final loss, 95% CI)",
+                  header_style="bold", title_justify="left")
+    table.add_column("variant")
+    for p in presets:
+        table.add_column(f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p, justify="right")
+    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
+    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
+        cells = []
+        for p in presets:
+            r = by.get((p, variant))
+            cells.append("-" if r is None else "baseline" if r["is_baseline"] else
+                         _speedup_text({**r, "is_baseline": False}))
+        table.add_row(variant, *cells)
+    return table
+
+
 BENCH_LABELS = {
     "adamw": "torch.optim.AdamW", "torch_muon": "torch.optim.Muon", "muon": "Muon (ours)",
     "muon_bf16": "Muon (ours), bf16 Newton-Schulz",

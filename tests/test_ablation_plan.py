@@ -255,7 +255,25 @@ def test_shipped_specs_are_the_papers_studies():
                                                    "splus", "tnt", "specgd"]},
                       "family": {"momentum_style": ["heavy_ball", "nesterov", "ema"],
                                  "post_alpha": [0.0], "graft": ["orthogonalizer", "none"],
-                                 "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"]}}
+                                 "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"]},
+                      "paper-tuned": {"alpha": [0.0, 0.125, 0.25],
+                                      "factor_norm": ["trace", "none"],
+                                      "sides": ["both", "left", "right"],
+                                      "precond_freq": [1, 10, 100]}}
+    assert load_spec(ABLATIONS / "paper-tuned.toml")["tune"]["knobs"] == ["lr"]
+
+
+def test_load_spec_tune_table_and_preset_list(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[base]\npreset = ["tiny", "small"]\n[sweep]\nalpha = [0.0]\n'
+                    '[tune]\nknobs = ["lr", "momentum_style"]\nlr = [0.01, 0.02]\nseeds = 2\n')
+    spec = load_spec(path)
+    assert spec["presets"] == ["tiny", "small"] and spec["base"] == {}
+    assert spec["tune"] == {"knobs": ["lr", "momentum_style"], "grids": {"lr": [0.01, 0.02]},
+                            "seeds": [0, 1], "max_extensions": 3}
+    path.write_text('[sweep]\nalpha = [0.0]\n[tune]\nknobs = ["lr"]\nlrr = [0.1]\n')
+    with pytest.raises(ConfigError, match="'lrr', which is not a tuned knob"):
+        load_spec(path)
 
 
 def test_load_spec_full(tmp_path):

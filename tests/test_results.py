@@ -100,7 +100,8 @@ def test_summarize_headline_step_reduction_and_overhead():
     assert variants["mousse"]["significance"] == "n<2" and variants["mousse"]["p_value"] is None
     assert variants["muon"]["significance"] == "baseline"
     row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
-    assert row["Step reduction"] == "+16.7%" and row["Steps to baseline loss"] == "500"
+    assert row["Speedup (95% CI)"] == "1.20x" and row["Steps to baseline loss"] == "500"
+    assert variants["mousse"]["step_reduction_pct"] == pytest.approx(100 / 6)
     assert row["Δ vs baseline"] == "-0.0500" and row["p"] == "n<2"
     assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead"] == "+3.0%"
 
@@ -179,7 +180,7 @@ def test_render_markdown_has_both_tables():
     assert "## Convergence" in text and "## Step time" in text
     assert "| " + " | ".join(CONVERGENCE_COLUMNS) + " |" in text
     assert "| " + " | ".join(TIMING_COLUMNS) + " |" in text
-    assert "+16.7%" in text
+    assert "1.20x" in text
 
 
 def test_render_csv_parses():

@@ -355,3 +355,20 @@ def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
                      "--ablation-dir", tmp_path / "a")
     assert out.exit_code == 0
     assert "untuned" in out.stderr and "--tune lr" in out.stderr and "--seeds 3" in out.stderr
+
+
+def test_ablate_over_several_presets_reports_per_scale(tmp_path):
+    root = tmp_path / "scale"
+    out = invoke_cli("ablate", "--preset", "tiny,small", "--alpha", "0.0", "--steps", "2", *FAST,
+                     "--ablation-dir", root)
+    assert out.exit_code == 0, out.stderr
+    assert "speedup by scale" in out.stderr
+    assert (root / "tiny" / "results.json").is_file() and (root / "small" / "results.json").is_file()
+    scale = json.loads((root / "scale.json").read_text())
+    assert scale["presets"] == ["tiny", "small"]
+    assert {(r["preset"], r["variant"]) for r in scale["rows"]} == {
+        (p, v) for p in ("tiny", "small") for v in ("muon", "mousse", "alpha=0.0")}
+    again = invoke_cli("report", root, "--format", "json")
+    assert json.loads(again.stdout)["scale"]["presets"] == ["tiny", "small"]
+    bad = invoke_cli("ablate", "--preset", "tiny,tiny", "--alpha", "0.0", "--dry-run")
+    assert_one_line_error(bad, "names a preset twice")

@@ -315,7 +315,10 @@ def load_spec(path: str | Path) -> dict:
             raise ConfigError("empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]")
         spec: dict = {"sweeps": _sweeps(sweep)}
         if "base" in raw:
-            spec["base"] = _settings(raw["base"])
+            base = dict(raw["base"])
+            if isinstance(base.get("preset"), list):  # several scales: one ablation per preset
+                spec["presets"] = [str(p) for p in base.pop("preset")]
+            spec["base"] = _settings(base)
         if "mode" in raw:
             spec["mode"] = _check_mode(raw["mode"])
         if "seeds" in raw:

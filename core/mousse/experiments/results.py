@@ -207,6 +207,7 @@ def _variant(name: str, group: list, is_base: bool, base_losses: list, baseline_
         "overhead_pct": _pct_change(_mean(r["step_ms_median"] for r in group), base_step_ms),
         "peak_mem_bytes": max(peak) if peak else None,
         "n_seeds": len(losses),
+        "n_params": max((r["n_params"] for r in group if r.get("n_params")), default=None),
         **_speedups(is_base, base_losses, baseline_steps, base_seconds, curves),
     }
 
@@ -255,7 +256,7 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "steps": r.get("steps"), "steps_to_target": steps, "seconds_to_target": seconds,
             "step_reduction_pct": _reduction(steps, baseline_steps),
             **{k: _finite(r.get(k)) for k in TIMING_KEYS},
-            "peak_mem_bytes": r.get("peak_mem_bytes"),
+            "peak_mem_bytes": r.get("peak_mem_bytes"), "n_params": r.get("n_params"),
             "overhead_pct": _pct_change(step_ms, base_step_ms),
         })
 

@@ -31,7 +31,7 @@ from .tuning import TuneSpec, TuningState, run_label, tune_variant
 FINISHED = ("completed", "diverged")
 _RECORD_KEYS = ("final_val_loss", "best_val_loss", "step_ms_median", "fwd_bwd_ms_median",
                 "opt_ms_median", "refresh_ms_median", "tokens_per_s", "peak_mem_bytes", "steps",
-                "curve", "train_seconds")
+                "curve", "train_seconds", "n_params")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""The same ablation at several model scales (`mousse ablate --preset tiny,small`): one ablation
+dir per preset under a common root, and the speedup of each variant per scale, read back from
+those dirs (pure: the results objects in, rows out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mousse.train.config import ConfigError
+
+SCALE_FILE = "scale.json"
+
+
+def split_presets(value) -> list[str] | None:
+    """'tiny,small' or ['tiny', 'small'] -> the list; a single preset (or none) -> None."""
+    if value is None:
+        return None
+    presets = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    presets = [p for p in presets if p]
+    if not presets or not all(isinstance(p, str) for p in presets):
+        raise ConfigError(f"bad preset list {value!r}: give names, e.g. --preset tiny,small")
+    if len(set(presets)) != len(presets):
+        raise ConfigError(f"preset list {value!r} names a preset twice")
+    return presets if len(presets) > 1 else None
+
+
+def preset_dirs(root: Path) -> dict[str, Path]:
+    """The per-preset ablation dirs of a scale root, in the order the root records."""
+    import json
+
+    try:
+        order = json.loads((root / SCALE_FILE).read_text())["presets"]
+    except (OSError, ValueError, KeyError, TypeError):
+        order = sorted(p.name for p in root.iterdir() if (p / "ablation.toml").is_file()) \
+            if root.is_dir() else []
+    return {name: root / name for name in order if (root / name / "ablation.toml").is_file()}
+
+
+def scale_summary(results_by_preset: dict[str, dict]) -> dict:
+    """Per preset and variant: parameters, tuned values, final loss and the speedup over that
+    preset's baseline with its interval."""
+    rows = []
+    for preset, results in results_by_preset.items():
+        for v in results["variants"]:
+            rows.append({"preset": preset, "params": v.get("n_params"), "variant": v["variant"],
+                         "is_baseline": v["is_baseline"], "tuned": v.get("tuned"),
+                         "n_seeds": v.get("n_seeds"),
+                         "final_val_loss_mean": v["final_val_loss_mean"],
+                         "final_val_loss_std": v["final_val_loss_std"],
+                         "p_value": v["p_value"], "speedup": v.get("speedup"),
+                         "speedup_ci": v.get("speedup_ci")})
+    return {"presets": list(results_by_preset), "rows": rows}
