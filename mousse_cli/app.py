@@ -201,6 +201,8 @@ def ablate(
     tune: Optional[str] = typer.Option(None, "--tune", help="Tune these knobs per variant (baseline included) before comparing, by coordinate descent in this order: lr | lr,momentum | lr=0.01,0.02,0.04 | momentum_style=heavy_ball,nesterov. Default grid: 5 values a factor 2 apart around the variant's own value; a best value at an edge grows the grid."),
     tune_seeds: Optional[str] = typer.Option(None, "--tune-seeds", help="Seeds each tuning run is averaged over (a count or a list; default 1)."),
     wait: Optional[float] = typer.Option(None, "--wait", help="With --shard and --tune: when this shard needs other shards' results, poll every SECONDS instead of exiting with code 4."),
+    no_timing_pass: bool = typer.Option(False, "--no-timing-pass", help="Skip the side-by-side timing pass after the runs (the overhead column then needs runs timed in one invocation)."),
+    timing_budget: Optional[float] = typer.Option(None, "--timing-budget", help="Seconds for the timing pass (default: 3% of the ablation's training time, at least 10)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.
@@ -263,6 +265,9 @@ def ablate(
                 if stop.is_set():
                     break
                 outcomes[preset] = run_one_ablation(ab, shard, parallel, stop, wait)
+                if not (no_timing_pass or stop.is_set() or outcomes[preset][1]):
+                    outcomes[preset] = (timed(ab, timing_budget) or outcomes[preset][0],
+                                        *outcomes[preset][1:])
     by_preset = {p: results for p, (results, _, _) in outcomes.items()}
     for preset, results in by_preset.items():
         if presets:
@@ -288,6 +293,28 @@ def ablate(
         raise typer.Exit(EXIT_WAITING)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
+
+
+def timed(ablation, budget: float | None) -> dict | None:
+    """The side-by-side timing pass of an ablation's variants (one process, this machine), and
+    the results with its overheads; None when it does not apply (under torchrun, fewer than two
+    finished variants, or a pass already on disk and nothing trained since)."""
+    from mousse.experiments.timing import TIMING_FILE
+
+    if env_world_size() > 1:
+        return None
+    if (ablation.dir / TIMING_FILE).exists() and not ablation.trained:
+        return None
+    if budget is not None and budget <= 0:
+        raise ConfigError("--timing-budget must be > 0 seconds (or pass --no-timing-pass)")
+    console.print(f"timing pass: every variant's step side by side in this process "
+                  f"({escape(str(ablation.dir))})", highlight=False, soft_wrap=True)
+    record = ablation.retime(budget)
+    if record is None:
+        return None
+    console.print(f"timing pass: {record['rounds']} rounds of {record['steps_per_round']} steps "
+                  f"in {record['seconds']:.0f} s", highlight=False)
+    return ablation.write_results()
 
 
 def shard_of(ablation, shard: str | None) -> list:
@@ -409,6 +436,8 @@ def report(
     ablation_dir: Path = typer.Argument(..., help="An ablation directory (holds ablation.toml), or the root of `ablate --preset a,b` (holds scale.json)."),
     fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters."),
+    retime: bool = typer.Option(False, "--retime", help="Time every variant's step again, side by side in this process on this machine, and take the overheads from that pass."),
+    timing_budget: Optional[float] = typer.Option(None, "--timing-budget", help="Seconds for --retime (default: 3% of the ablation's training time, at least 10)."),
 ) -> None:
     """Re-render an ablation's tables from disk."""
     from mousse.experiments.results import render
@@ -423,6 +452,9 @@ def report(
         by_preset = {}
         for preset, path in dirs.items():
             ablation = open_ablation(path)
+            if retime:
+                ablation.trained = True
+                timed(ablation, timing_budget)
             by_preset[preset] = results = ablation.results()
             if plot is not None:
                 draw_plots(ablation, results, plot if preset is None else

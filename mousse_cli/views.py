@@ -209,7 +209,7 @@ class AblationView:
                        ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
                        fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
                        opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [], tps=s["tokens_per_s"],
-                       mem=s["peak_mem_bytes"])
+                       mem=s["peak_mem_bytes"], earlier=True)  # timed by an earlier invocation
             self._plain(f"[{update.run}] already {s['status']}: final val {fmt(s['final_val_loss'])}")
         else:
             self._event(update.run, row, update.event)
@@ -277,10 +277,14 @@ class AblationView:
             ms = self._median(r["ms"])
             if ms and r.get("tokens_per_step"):  # consistent with the median step time shown
                 r["tps"] = r["tokens_per_step"] / (ms / 1000)
-            overhead = (ms / base_ms - 1) * 100 if ms and base_ms and name != self.baseline else None
+            base = self.rows.get(self.baseline, {})
+            mixed = bool(r.get("earlier")) != bool(base.get("earlier")) or bool(r.get("earlier"))
+            overhead = (ms / base_ms - 1) * 100 if ms and base_ms and name != self.baseline \
+                and not mixed else None
             timing.add_row(label, fmt(ms, ".1f"), fmt(self._median(r["fb"]), ".1f"),
                            fmt(self._median(r["opt"]), ".1f"), fmt(r["tps"], ",.0f"),
-                           fmt(overhead, "+.1f") + ("%" if overhead is not None else ""),
+                           "not comparable" if mixed and ms and base_ms and name != self.baseline
+                           else fmt(overhead, "+.1f") + ("%" if overhead is not None else ""),
                            fmt(r["mem"] and r["mem"] / 2**30, ".2f") + (" GiB" if r["mem"] else ""))
         return Group(conv, timing)
 
@@ -295,18 +299,20 @@ def results_tables(results: dict):
     )
     from rich.console import Group
 
-    from mousse.experiments.results import protocol_notes
+    from mousse.experiments.results import protocol_notes, timing_notes
 
     target = results["target_loss"]
     caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}; speedup = "
                "baseline steps / steps to reach it, 95% bootstrap interval over seeds"
                if target is not None else "no completed baseline: no target, deltas or overheads")
     caption += "".join(f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results))
+    timing_caption = "\n".join(escape(n) for n in timing_notes(results)) or None
     tables = []
     for title, columns, rows in (("convergence", CONVERGENCE_COLUMNS, convergence_rows(results)),
                                  ("step time", TIMING_COLUMNS, timing_rows(results))):
         table = Table(title=title, header_style="bold", title_justify="left",
-                      caption=caption if title == "convergence" else None, caption_justify="left")
+                      caption=caption if title == "convergence" else timing_caption,
+                      caption_justify="left")
         for col in columns:
             table.add_column(col, justify="left" if col == columns[0] else "right")
         for row in rows:

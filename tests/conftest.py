@@ -31,11 +31,13 @@ FAST_SETTINGS = {"d_model": 64, "seq_len": 64, "batch_size": 2, "micro_batch_siz
 @pytest.fixture(scope="session", autouse=True)
 def _mousse_cache(tmp_path_factory):
     """Point the builtin-corpus cache at a session tmp dir (inherited by subprocesses and spawned
-    workers) and keep torch (and child processes) on one thread."""
-    saved = {k: os.environ.get(k) for k in ("MOUSSE_CACHE", "OMP_NUM_THREADS")}
+    workers), keep torch (and child processes) on one thread and timing passes short."""
+    saved = {k: os.environ.get(k) for k in ("MOUSSE_CACHE", "OMP_NUM_THREADS",
+                                            "MOUSSE_TIMING_BUDGET")}
     threads = torch.get_num_threads()
     os.environ["MOUSSE_CACHE"] = str(tmp_path_factory.mktemp("mousse-cache"))
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MOUSSE_TIMING_BUDGET"] = "1"  # ablations' timing passes: seconds, not minutes
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

@@ -302,7 +302,7 @@ def test_report_markdown(cli, ablation):
     assert res.exit_code == 0, res
     md = res.stdout
     assert "## Convergence" in md and "## Step time" in md
-    assert "| Variant | n | Final val loss |" in md
+    assert "| Variant | Tuned | n | Final val loss |" in md
     for name in RUNS:
         assert f"| {name} |" in md
     final = {r["name"]: r["final_val_loss"] for r in ablation["full"].json()["runs"]}

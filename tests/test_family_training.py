@@ -12,7 +12,7 @@ from mousse.optim.family import OPTIMIZERS
 from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches
 from mousse.train.events import StepLogged
-from mousse.train.trainer import Trainer, _StepTimer, sample_labels, sampling_generator
+from mousse.train.trainer import StepTimer, Trainer, sample_labels, sampling_generator
 
 
 def test_sampled_labels_follow_the_softmax():
@@ -33,7 +33,7 @@ def test_trainer_hands_tnt_the_sampled_label_gradient(builtin_data, tmp_path):
     assert fisher and all(p.ndim == 2 for p in fisher)
     handed = {}
     trainer.opt.set_fisher_grads = lambda grads: handed.update(grads)
-    trainer._forward_backward(1, _StepTimer(trainer.device))
+    trainer._forward_backward(1, StepTimer(trainer.device))
     expected = [torch.zeros_like(p) for p in fisher]
     for i in range(2):
         x, y = train_batch(trainer.data.train, cfg.seed, 1, 4, cfg.seq_len, slice(2 * i, 2 * i + 2))

@@ -32,7 +32,8 @@ def record(name, losses, *, variant=None, seed=0, status="completed", step_ms=10
             "best_val_loss": min(losses) if losses else None, "steps": 100 * len(losses),
             "step_ms_median": step_ms, "fwd_bwd_ms_median": step_ms * 0.8, "opt_ms_median": step_ms * 0.2,
             "refresh_ms_median": step_ms * 0.1, "tokens_per_s": 4096 / step_ms * 1000,
-            "peak_mem_bytes": None, "curve": curve(losses)}
+            "peak_mem_bytes": None, "curve": curve(losses),
+            "timing_context": {"host": "h", "invocation": "one", "device": "cpu", "parallel": 1}}
 
 
 MUON = [3.0, 2.5, 2.1, 1.8, 1.6, 1.5]  # reaches 1.5 at step 600 (its last)
@@ -103,7 +104,7 @@ def test_summarize_headline_step_reduction_and_overhead():
     assert row["Speedup (95% CI)"] == "1.20x" and row["Steps to baseline loss"] == "500"
     assert variants["mousse"]["step_reduction_pct"] == pytest.approx(100 / 6)
     assert row["Δ vs baseline"] == "-0.0500" and row["p"] == "n<2"
-    assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead"] == "+3.0%"
+    assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead [IQR]"] == "+3.0%"
 
 
 def test_summarize_seeds_target_is_seed_averaged_and_significance():
@@ -164,7 +165,7 @@ def test_no_baseline_and_pending_baseline():
     assert pending["baseline"] == "muon" and pending["target_loss"] is None
     rows = {r["Variant"]: r for r in convergence_rows(pending)}
     assert rows["mousse"]["Steps to baseline loss"] == "—" and rows["muon"]["Status"] == "1 pending"
-    assert {r["Variant"]: r for r in timing_rows(pending)}["muon"]["Step ms"] == "—"
+    assert {r["Variant"]: r for r in timing_rows(pending)}["muon"]["Step ms (runs)"] == "—"
     with pytest.raises(ValueError, match="adamw"):
         summarize([record("mousse", MOUSSE)], "adamw")
 

@@ -28,8 +28,8 @@ TIMING_KEYS = ("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "refresh_
 CONVERGENCE_COLUMNS = ("Variant", "Tuned", "n", "Final val loss", "Δ vs baseline", "p",
                        "Steps to baseline loss", "Speedup (95% CI)", "Time speedup (95% CI)",
                        "Status")
-TIMING_COLUMNS = ("Variant", "Step ms", "Fwd+bwd ms", "Optimizer ms", "Refresh ms", "Tokens/s",
-                  "Overhead", "Peak memory")
+TIMING_COLUMNS = ("Variant", "Step ms (runs)", "Fwd+bwd ms", "Optimizer ms", "Refresh ms",
+                  "Tokens/s", "Side by side ms [IQR]", "Overhead [IQR]", "Peak memory")
 CSV_COLUMNS = ("variant", "is_baseline", "tuned", "n", "n_runs", "final_val_loss_mean",
                "final_val_loss_std", "delta_vs_baseline", "p_value", "significant",
                "steps_to_target", "reached", "step_reduction_pct", "speedup", "speedup_ci_low",
@@ -206,6 +206,8 @@ def _variant(name: str, group: list, is_base: bool, base_losses: list, baseline_
         **{k: _mean(r[k] for r in group) for k in TIMING_KEYS},
         "overhead_pct": _pct_change(_mean(r["step_ms_median"] for r in group), base_step_ms),
         "peak_mem_bytes": max(peak) if peak else None,
+        "peak_mem_source": next((r.get("peak_mem_source") for r in group
+                                 if r.get("peak_mem_source")), None),
         "n_seeds": len(losses),
         "n_params": max((r["n_params"] for r in group if r.get("n_params")), default=None),
         **_speedups(is_base, base_losses, baseline_steps, base_seconds, curves),
@@ -241,8 +243,10 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
     base_losses = [x for x in (_finite(r.get("final_val_loss")) for r in base_done) if x is not None]
     target = _mean(base_losses)
     baseline_steps = _mean(r.get("steps") for r in base_done) if target is not None else None
+    contexts = timing_contexts(records)
+    comparable = len(contexts) == 1 and None not in contexts
     base_step_ms = _mean(_finite(r.get("step_ms_median"))
-                         for r in records if r["variant"] == base_variant)
+                         for r in records if r["variant"] == base_variant) if comparable else None
 
     runs = []
     for r in records:
@@ -257,6 +261,8 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "step_reduction_pct": _reduction(steps, baseline_steps),
             **{k: _finite(r.get(k)) for k in TIMING_KEYS},
             "peak_mem_bytes": r.get("peak_mem_bytes"), "n_params": r.get("n_params"),
+            "peak_mem_source": r.get("peak_mem_source"),
+            "timing_context": r.get("timing_context"),
             "overhead_pct": _pct_change(step_ms, base_step_ms),
         })
 
@@ -270,7 +276,58 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
                          base_seconds)
                 for name in dict.fromkeys(r["variant"] for r in runs)]
     return {"baseline": base_variant, "target_loss": target, "baseline_steps": baseline_steps,
-            "runs": runs, "variants": variants}
+            "runs": runs, "variants": variants, "timing_comparable": comparable,
+            "timing_contexts": len(contexts)}
+
+
+def _context_key(context) -> tuple | None:
+    """Where a run's timings were taken: (host, invocation, device, --parallel share)."""
+    if not context or not context.get("invocation"):
+        return None
+    return (context.get("host"), context["invocation"], context.get("device"),
+            context.get("parallel", 1))
+
+
+def timing_contexts(records: list) -> set:
+    """The distinct places the runs' timings were taken (None: a run that does not say)."""
+    return {_context_key(r.get("timing_context")) for r in records
+            if r.get("status") not in ("pending", None) and r.get("step_ms_median") is not None}
+
+
+def apply_timing_pass(results: dict, record: dict | None) -> dict:
+    """The side-by-side timings of the timing pass (`experiments.timing`) into each variant: its
+    step time with quartiles and its overhead over the baseline measured in the same pass."""
+    results = {**results, "timing_pass": record}
+    passed = (record or {}).get("variants", {})
+    for v in results["variants"]:
+        row = passed.get(v["variant"])
+        v["side_by_side"] = row
+        if row is not None and results["baseline"] and record.get("baseline") == results["baseline"]:
+            v["overhead_pct"] = row["overhead_pct"]
+            v["overhead_source"] = "timing pass"
+        elif results.get("timing_comparable") and v["overhead_pct"] is not None:
+            v["overhead_source"] = "runs"
+        else:
+            v["overhead_pct"], v["overhead_source"] = None, None
+    return results
+
+
+def timing_notes(results: dict) -> list[str]:
+    """Where the step-time table's numbers come from, and when they do not compare."""
+    notes = []
+    record = results.get("timing_pass")
+    if record:
+        notes.append(f"side by side: one process on {record['host']} ({record['device']}, "
+                     f"{record['threads']} threads), {record['rounds']} interleaved rounds of "
+                     f"{record['steps_per_round']} steps, {record['when']}; overheads are "
+                     "per-round ratios to the baseline, median [interquartile range]")
+    if not results.get("timing_comparable"):
+        n = results.get("timing_contexts", 0)
+        notes.append("the runs' own step times were taken in " + (
+            f"{n} different invocations or hosts" if n > 1 else "an unrecorded place") +
+            ": they do not compare, and no overhead is computed from them"
+            + ("" if record else " (run `mousse report DIR --retime` for a side-by-side pass)"))
+    return notes
 
 
 def protocol_notes(results: dict) -> list[str]:
@@ -359,14 +416,40 @@ def convergence_rows(results: dict) -> list[dict]:
     ))) for v in results["variants"]]
 
 
+def _side_text(v: dict) -> str:
+    row = v.get("side_by_side")
+    if not row:
+        return _DASH
+    return f"{row['step_ms_median']:.1f} [{row['step_ms_q1']:.1f}, {row['step_ms_q3']:.1f}]"
+
+
+def _overhead_text(v: dict, comparable: bool) -> str:
+    if v["is_baseline"]:
+        return _DASH
+    row = v.get("side_by_side")
+    if v.get("overhead_source") == "timing pass" and row and row["overhead_pct"] is not None:
+        text = f"{row['overhead_pct']:+.1f}% [{row['overhead_q1']:+.1f}, {row['overhead_q3']:+.1f}]"
+        return f"{text} (within noise)" if row["within_noise"] else text
+    if v.get("overhead_pct") is not None:
+        return _num(v["overhead_pct"], "+.1f", "%")
+    return _DASH if comparable else "not comparable"
+
+
+def _memory_text(v: dict) -> str:
+    if v["peak_mem_bytes"] is None:
+        return _DASH
+    source = {"rss": " RSS", "allocator": ""}.get(v.get("peak_mem_source") or "", "")
+    return f"{v['peak_mem_bytes'] / 2**30:.2f} GiB{source}"
+
+
 def timing_rows(results: dict) -> list[dict]:
     """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
+    comparable = bool(results.get("timing_comparable"))
     return [dict(zip(TIMING_COLUMNS, (
         v["variant"], _num(v["step_ms_median"], ".1f"), _num(v["fwd_bwd_ms_median"], ".1f"),
         _num(v["opt_ms_median"], ".1f"), _num(v["refresh_ms_median"], ".1f"),
-        _num(v["tokens_per_s"], ",.0f"),
-        _DASH if v["is_baseline"] else _num(v["overhead_pct"], "+.1f", "%"),
-        _DASH if v["peak_mem_bytes"] is None else f"{v['peak_mem_bytes'] / 2**30:.2f} GiB",
+        _num(v["tokens_per_s"], ",.0f"), _side_text(v), _overhead_text(v, comparable),
+        _memory_text(v),
     ))) for v in results["variants"]]
 
 
@@ -398,5 +481,6 @@ def render(results: dict, fmt: str) -> str:
         note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
         return (f"## Convergence\n\n{note}\n\n"
                 f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
-                f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n")
+                f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
+                + "".join(f"\n{n}.\n" for n in timing_notes(results)))
     raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")

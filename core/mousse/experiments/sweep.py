@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import queue
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,14 @@ from mousse.train.events import Event
 from mousse.train.fileio import atomic_write_text, write_json
 
 from .ablation import AblationPlan, RunSpec, in_shard
-from .results import summarize
+from .results import apply_timing_pass, summarize
+from .timing import TIMING_FILE, default_budget, timing_pass
 from .tuning import TuneSpec, TuningState, run_label, tune_variant
 
 FINISHED = ("completed", "diverged")
 _RECORD_KEYS = ("final_val_loss", "best_val_loss", "step_ms_median", "fwd_bwd_ms_median",
                 "opt_ms_median", "refresh_ms_median", "tokens_per_s", "peak_mem_bytes", "steps",
-                "curve", "train_seconds", "n_params")
+                "curve", "train_seconds", "n_params", "peak_mem_source", "timing_context")
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,15 @@ def record(run: RunSpec, summary: dict | None) -> dict:
 
 
 def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None],
-                stop: threading.Event | None = None) -> dict:
-    """Train one run of the ablation, resuming from its latest checkpoint when it has one."""
+                stop: threading.Event | None = None, context: dict | None = None) -> dict:
+    """Train one run of the ablation, resuming from its latest checkpoint when it has one.
+    `context` labels where its timings were taken (this invocation, the --parallel share)."""
     from mousse.train.trainer import Trainer
 
     cfg = resolve(settings)
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
-    return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup).run()
+    return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup,
+                   timing_context=context).run()
 
 
 _WORKER: dict = {}
@@ -105,11 +109,11 @@ def _init_worker(events, stop, threads: int) -> None:
     _WORKER.update(events=events, stop=stop)
 
 
-def _worker(settings: dict, run_dir: str, name: str) -> dict:
+def _worker(settings: dict, run_dir: str, name: str, context: dict) -> dict:
     """Process-pool entry: one run, its events forwarded to the parent."""
     events = _WORKER["events"]
     return execute_run(settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)),
-                       _WORKER["stop"])
+                       _WORKER["stop"], context)
 
 
 def final_loss(summary: dict | None) -> float | None:
@@ -130,6 +134,8 @@ class Ablation:
         self.plan = plan
         self.dir = Path(ablation_dir)
         self.tune = TuneSpec.from_dict(plan.tune) if plan.tune else None
+        self.invocation = uuid.uuid4().hex[:12]  # labels the timings this process takes
+        self.trained = False  # whether this process trained any run here
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.dir / "runs" / run.name
@@ -247,6 +253,7 @@ class Ablation:
         out["protocol"] = {"tuned": self.tune.knobs if self.tune else [],
                            "tune_seeds": list(self.tune.seeds) if self.tune else [],
                            "seeds": list(self.plan.seeds)}
+        out = apply_timing_pass(out, self.read_timing(out))
         if states:
             for v in out["variants"]:
                 state = states[v["variant"]]
@@ -254,6 +261,38 @@ class Ablation:
                 v["tuned_at_edge"] = state.at_edge
                 v["tuning"] = [p.to_dict() for p in state.phases]
         return out
+
+    def read_timing(self, results: dict) -> dict | None:
+        """The last timing pass, when it covers every variant of the results."""
+        try:
+            record = json.loads((self.dir / TIMING_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        names = {v["variant"] for v in results["variants"] if v["n"]}
+        return record if names <= set(record.get("variants", {})) else None
+
+    def timing_settings(self) -> dict[str, dict]:
+        """Each variant's run settings for the timing pass: those of its first completed
+        comparison run (tuned values included)."""
+        out = {}
+        for run in self.final_runs():
+            summary = read_summary(self.run_dir(run))
+            if run.variant not in out and summary and summary.get("status") == "completed":
+                out[run.variant] = run_settings(self.plan, run)
+        return out
+
+    def retime(self, budget_s: float | None = None) -> dict | None:
+        """Time every completed variant side by side (`experiments.timing`) and keep the record
+        in timing.json; None when fewer than two variants have completed runs."""
+        settings = self.timing_settings()
+        if len(settings) < 2:
+            return None
+        baseline = next((r.variant for r in self.plan.runs if r.is_baseline), None)
+        budget = budget_s if budget_s is not None else default_budget(sum(self.finished_seconds()))
+        record = timing_pass(settings, baseline if baseline in settings else None, budget)
+        if is_main_process():
+            write_json(self.dir / TIMING_FILE, record)
+        return record
 
     def write_results(self) -> dict:
         results = self.results()
@@ -299,13 +338,20 @@ class Ablation:
             stop.wait(wait)
         return self.write_results(), ([] if stop.is_set() else self.wanted())
 
+    def context(self, parallel: int) -> dict:
+        """Where a run's timings are taken: this invocation, and how many runs shared the
+        machine with it (--parallel)."""
+        return {"invocation": self.invocation, "parallel": parallel}
+
     def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
+        self.trained = self.trained or bool(todo)
         if parallel <= 1:
             for run in todo:
                 if stop.is_set():
                     break
                 execute_run(run_settings(self.plan, run), self.run_dir(run),
-                            lambda e, name=run.name: on_update(RunUpdate(name, e)), stop)
+                            lambda e, name=run.name: on_update(RunUpdate(name, e)), stop,
+                            self.context(1))
                 self.write_results()
         else:
             self._run_parallel(todo, on_update, parallel, stop)
@@ -320,7 +366,7 @@ class Ablation:
         with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker,
                                  initargs=(events, shared_stop, threads)) as pool:
             waiting = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
-                                   run.name) for run in todo}
+                                   run.name, self.context(parallel)) for run in todo}
             while waiting:
                 if stop.is_set():
                     shared_stop.set()

@@ -63,6 +63,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's memory peak: CUDA's allocator peak, or on Linux the process's peak resident
+    set (VmHWM, reset by writing 5 to /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device) -> tuple[int | None, str | None]:
+    """(bytes, source) of the peak since `reset_peak_memory`: 'allocator' on CUDA (tensors
+    only), 'rss' on Linux CPUs (the whole process: tensors, Python, libraries), None elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "allocator"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "rss"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, None
+
+
 def git_revision() -> str | None:
     """The source tree's git commit (with '-dirty' when modified), if it is a checkout."""
     here = Path(__file__).resolve().parent
@@ -140,8 +166,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path | None = None,
                  on_event: Callable[[Event], None] | None = None, resume: Path | None = None,
                  stop: threading.Event | None = None, argv: list[str] | None = None,
-                 world: Callable[[torch.device], World] = World):
+                 world: Callable[[torch.device], World] = World,
+                 timing_context: dict | None = None):
         self.cfg = cfg
+        self.timing_context = dict(timing_context or {})  # where its timings were taken
+        self.knobs = cfg.to_dict()
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.emit = on_event or (lambda event: None)
         self.stop = stop or threading.Event()
@@ -220,7 +249,7 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, timer: "_StepTimer") -> torch.Tensor:
+    def _forward_backward(self, step: int, timer: "StepTimer") -> torch.Tensor:
         cfg = self.cfg
         # this rank's micro batches of the global batch (all of them in a single process)
         micro_batches, accum = self.dist.batch_rows(cfg.batch_size, cfg.micro_batch_size)
@@ -303,6 +332,22 @@ class Trainer:
         elif metrics.exists():
             metrics.unlink()
 
+    def train_step(self, step: int, timer: StepTimer) -> tuple[torch.Tensor, float]:
+        """Optimizer step `step`: its lr from the schedule, forward and backward over the batch,
+        the update. Returns the loss (a tensor: no host sync) and the lr factor."""
+        cfg = self.cfg
+        factor = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        timer.start()
+        loss = self._forward_backward(step, timer)
+        timer.mark()
+        self.dist.optimizer_step(self.opt)  # each rank its own matrices, then all-gathered
+        self.opt.zero_grad(set_to_none=True)
+        refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
+        timer.stop(refresh=refreshes and refresh_due(self.knobs, step))
+        return loss, factor
+
     def run(self, argv: list[str] | None = None) -> dict:
         cfg = self.cfg
         if self.dist.is_main:  # only rank 0 writes the run dir's shared files
@@ -312,30 +357,19 @@ class Trainer:
             "n_params": n_params, "device": str(self.device), "data": self.data.describe(),
             "vocab_size": self.data.vocab_size, "routing": self.routes,
             "resumed_from": self.resumed_from, "world_size": self.dist.world_size}))
-        timer = _StepTimer(self.device)
-        knobs = cfg.to_dict()
-        refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
+        timer = StepTimer(self.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message = "completed", None
         pending: list[tuple[int, torch.Tensor]] = []
         last_eval = self.curve[-1]["step"] if self.curve else None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
 
         while self.step < cfg.steps:
             if self.stop.is_set() and not pending:  # pending losses are checked first
                 status = "interrupted"
                 break
             step = self.step + 1
-            factor = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
-            for group, base in zip(self.opt.param_groups, self.base_lrs):
-                group["lr"] = base * factor
-            timer.start()
-            loss = self._forward_backward(step, timer)
-            timer.mark()
-            self.dist.optimizer_step(self.opt)  # each rank its own matrices, then all-gathered
-            self.opt.zero_grad(set_to_none=True)
-            timer.stop(refresh=refreshes and refresh_due(knobs, step))
+            loss, factor = self.train_step(step, timer)
             self.step = step
             pending.append((step, loss))
 
@@ -378,7 +412,7 @@ class Trainer:
         self.emit(RunFinished(summary))
         return summary
 
-    def _log_step(self, step: int, loss: float, factor: float, timer: "_StepTimer",
+    def _log_step(self, step: int, loss: float, factor: float, timer: "StepTimer",
                   tokens_per_step: int) -> None:
         step_ms = timer.last_total_ms
         event = StepLogged(
@@ -391,7 +425,7 @@ class Trainer:
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
 
-    def _summary(self, status: str, message: str | None, timer: "_StepTimer", n_params: int,
+    def _summary(self, status: str, message: str | None, timer: "StepTimer", n_params: int,
                  tokens_per_step: int) -> dict:
         cfg = self.cfg
         step_ms = _median(timer.total_ms)
@@ -416,10 +450,12 @@ class Trainer:
             "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
             "checkpoint_seconds": self.state["checkpoint_seconds"],
             "n_params": n_params, "resumed_from": self.resumed_from, "curve": self.curve,
-            "peak_mem_bytes": None, "mfu": None, "world_size": self.dist.world_size,
+            "mfu": None, "world_size": self.dist.world_size, "timing_context": {
+                **self.timing_context, "host": platform.node(), "device": str(self.device),
+                "threads": torch.get_num_threads()},
         }
+        summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(self.device)
         if self.device.type == "cuda":
-            summary["peak_mem_bytes"] = torch.cuda.max_memory_allocated(self.device)
             name = torch.cuda.get_device_name(self.device)
             peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
             if peak and step_ms:
@@ -428,7 +464,7 @@ class Trainer:
         return summary
 
 
-class _StepTimer:
+class StepTimer:
     """Per-step wall time split into fwd+bwd (with its extra part, TNT's sampled-label
     backward, marked by begin/end_extra) and optimizer, without syncing in the hot path:
     CPU uses perf_counter; CUDA records events and reads them at `flush()` (log time)."""

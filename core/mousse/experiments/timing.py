@@ -1,0 +1,142 @@
+"""The timing pass: every variant's training step timed side by side, in one process, on this
+machine, so that step-time ratios compare like with like.
+
+Timings taken during an ablation's runs come from whatever the machine was doing then: a rerun
+after Ctrl-C, another shard's machine, `--parallel` neighbours. The pass builds each variant's real
+model and optimizer, then runs rounds: in each round every variant trains `steps_per_round` steps
+in turn (the order rotates by one each round, so no variant always goes first). Each round gives a
+mean step time per variant, and a ratio to the baseline's in the same round: drift of the machine
+between rounds cancels in the ratio. Reported: median and interquartile range over rounds.
+
+Its cost is bounded: after an untimed warm-up and a one-step probe per variant, the number of
+rounds is what fits the rest of the time budget (at least `MIN_ROUNDS`, at most `MAX_ROUNDS`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+TIMING_FILE = "timing.json"
+MIN_ROUNDS, MAX_ROUNDS = 3, 30
+STEPS_PER_ROUND = 10  # Mousse's default refresh period: each round holds one refresh
+WARMUP_STEPS = 3
+MIN_BUDGET_S, BUDGET_FRACTION = 10.0, 0.03
+
+
+BUDGET_ENV = "MOUSSE_TIMING_BUDGET"  # seconds: overrides the default (test suites, CI)
+
+
+def default_budget(train_seconds: float) -> float:
+    """A few percent of the ablation's training time, never less than MIN_BUDGET_S (or
+    MOUSSE_TIMING_BUDGET seconds when set)."""
+    if os.environ.get(BUDGET_ENV):
+        return float(os.environ[BUDGET_ENV])
+    return max(MIN_BUDGET_S, BUDGET_FRACTION * train_seconds)
+
+
+def plan_rounds(warm_ms: dict[str, float], budget_s: float, steps_per_round: int,
+                min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS) -> int:
+    """How many rounds fit the budget, given each variant's warm-up step time."""
+    per_round_s = steps_per_round * sum(warm_ms.values()) / 1000
+    fit = int(budget_s // per_round_s) if per_round_s > 0 else max_rounds
+    return max(min_rounds, min(max_rounds, fit))
+
+
+def round_order(names: list[str], rounds: int) -> list[list[str]]:
+    """Round r runs the variants starting from the r-th (mod their number)."""
+    n = len(names)
+    return [[names[(r + i) % n] for i in range(n)] for r in range(rounds)]
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[str, dict]:
+    """Per variant: median and quartiles of its per-round step time and, against the baseline,
+    of the per-round ratio (as an overhead in %). An overhead whose interquartile range spans 0
+    is within the noise."""
+    out = {}
+    base = ms.get(baseline) if baseline else None
+    for name, values in ms.items():
+        q1, med, q3 = _quartiles(values)
+        row = {"step_ms_median": med, "step_ms_q1": q1, "step_ms_q3": q3, "rounds": len(values),
+               "overhead_pct": None, "overhead_q1": None, "overhead_q3": None,
+               "within_noise": None}
+        if base is not None and name != baseline:
+            ratios = [100 * (v / b - 1) for v, b in zip(values, base)]
+            o1, om, o3 = _quartiles(ratios)
+            row.update(overhead_pct=om, overhead_q1=o1, overhead_q3=o3,
+                       within_noise=o1 <= 0 <= o3)
+        out[name] = row
+    return out
+
+
+def run_pass(runners: dict[str, Callable[[int], float]], baseline: str | None, budget_s: float,
+             steps_per_round: int = STEPS_PER_ROUND, clock: Callable[[], float] = time.perf_counter,
+             spent_s: float = 0.0) -> dict:
+    """Time `runners` (name -> run n steps, return their mean ms) side by side: an untimed
+    warm-up, a one-step probe of each, then the rounds the rest of the budget (less `spent_s`,
+    e.g. building the runners) allows, interleaved. Returns the timing record."""
+    started = clock()
+    for run in runners.values():  # untimed: first calls load libraries and fill caches
+        run(WARMUP_STEPS)
+    probe = {name: run(1) for name, run in runners.items()}
+    remaining = budget_s - spent_s - (clock() - started)
+    rounds = plan_rounds(probe, remaining, steps_per_round)
+    ms: dict[str, list[float]] = {name: [] for name in runners}
+    order = round_order(list(runners), rounds)
+    for names in order:
+        for name in names:
+            ms[name].append(runners[name](steps_per_round))
+    return {"host": platform.node(), "when": datetime.now().isoformat(timespec="seconds"),
+            "baseline": baseline, "rounds": rounds, "steps_per_round": steps_per_round,
+            "budget_s": budget_s, "seconds": spent_s + clock() - started, "order": order,
+            "threads": torch.get_num_threads(), "round_ms": ms,
+            "variants": summarize_rounds(ms, baseline)}
+
+
+def trainer_runner(settings: dict, root: Path) -> Callable[[int], float]:
+    """A variant's real training step: its model, optimizer and data, built once; each call
+    trains n more steps and returns their mean ms."""
+    from mousse.train.config import resolve
+    from mousse.train.trainer import StepTimer, Trainer
+
+    trainer = Trainer(resolve(settings), root / "run")  # nothing is written there
+    timer = StepTimer(trainer.device)
+    done = 0
+
+    def run(n: int) -> float:
+        nonlocal done
+        for step in range(done + 1, done + n + 1):
+            trainer.train_step(step, timer)
+        done += n
+        return 1000 * timer.flush() / n
+
+    run.device = str(trainer.device)  # type: ignore[attr-defined]
+    return run
+
+
+def timing_pass(settings: dict[str, dict], baseline: str | None, budget_s: float,
+                steps_per_round: int = STEPS_PER_ROUND) -> dict:
+    """The pass over real variants (name -> run settings), on this machine."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mousse-timing-") as tmp:
+        runners = {name: trainer_runner(s, Path(tmp) / str(i))
+                   for i, (name, s) in enumerate(settings.items())}
+        record = run_pass(runners, baseline, budget_s, steps_per_round,
+                          spent_s=time.perf_counter() - started)
+        device = next(iter(runners.values())).device
+    return {**record, "device": device}
