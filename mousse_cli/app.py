@@ -129,6 +129,8 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run dir (its latest checkpoint), a checkpoint dir, or 'auto' (latest in --run-dir)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
     nproc: int = typer.Option(1, "--nproc", help="Ranks on this machine (one per GPU, or CPU processes): starts torchrun for you. Several machines: run torchrun yourself (docs/scaling.md)."),
+    max_hours: Optional[float] = typer.Option(None, "--max-hours", help="Refuse (exit 2) a run estimated to take longer than this many hours here (for CI)."),
+    force: bool = typer.Option(False, "--force", help="Start even when the memory estimate exceeds what the device has free."),
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
     from mousse.dist import setup
@@ -152,6 +154,8 @@ def train(
         if nproc != 1:
             from .launch import launch_train
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
+        if env_world_size() == 1:
+            show_lines(check_cost([cfg], max_hours, force))
         with graceful_stop() as stop:
             trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop,
                               world=setup)
@@ -165,23 +169,36 @@ def train(
 
 
 @app.command()
-def presets(json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout.")) -> None:
+def presets(
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+    device: str = typer.Option("auto", "--device", help="Estimate time on this device: auto | cpu | cuda."),
+) -> None:
     """List model presets with parameter counts, recipe (the block matrices' lr for every
-    optimizer, and what it was tuned for) and memory estimate."""
+    optimizer, and what it was tuned for), memory estimate and the time a Mousse run of each
+    would take on this machine (a measured probe for the small presets, FLOPs for the others)."""
     from mousse.train.config import OPTIMIZERS
+    from mousse.train.estimate import duration, estimate
     from mousse.train.presets import PRESETS, memory_estimate_bytes, param_count
+    from mousse.train.trainer import pick_device
 
+    with user_errors():
+        where = pick_device(device)
+        costs = {name: estimate(resolve({"preset": name, "device": device}), p.vocab_size, where)
+                 for name, p in PRESETS.items()}
     rows = [{"name": p.name, "params": f"{param_count(p) / 1e6:.1f}M", "d_model": p.d_model,
              "n_layers": p.n_layers, "n_heads": p.n_heads, "seq_len": p.seq_len,
              "batch_size": p.batch_size, "steps": p.steps,
              "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS}, "lr_note": p.lr_note,
              "scalar_lr": p.scalar_lr, "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",
-             "description": p.description}
+             "step_time": duration(costs[p.name].step_seconds),
+             "run_time": duration(costs[p.name].run_seconds),
+             "step_seconds": costs[p.name].step_seconds, "estimate": costs[p.name].method,
+             "device": str(where), "description": p.description}
             for p in PRESETS.values()]
     if json_out:
         typer.echo(json.dumps(rows))
     else:
-        console.print(presets_table(rows))
+        show_wide(presets_table(rows))
 
 
 @app.command()
@@ -201,6 +218,8 @@ def ablate(
     tune: Optional[str] = typer.Option(None, "--tune", help="Tune these knobs per variant (baseline included) before comparing, by coordinate descent in this order: lr | lr,momentum | lr=0.01,0.02,0.04 | momentum_style=heavy_ball,nesterov. Default grid: 5 values a factor 2 apart around the variant's own value; a best value at an edge grows the grid."),
     tune_seeds: Optional[str] = typer.Option(None, "--tune-seeds", help="Seeds each tuning run is averaged over (a count or a list; default 1)."),
     wait: Optional[float] = typer.Option(None, "--wait", help="With --shard and --tune: when this shard needs other shards' results, poll every SECONDS instead of exiting with code 4."),
+    max_hours: Optional[float] = typer.Option(None, "--max-hours", help="Refuse (exit 2) an ablation estimated to take longer than this many hours here (for CI)."),
+    force: bool = typer.Option(False, "--force", help="Start even when a run's memory estimate exceeds what the device has free."),
     no_timing_pass: bool = typer.Option(False, "--no-timing-pass", help="Skip the side-by-side timing pass after the runs (the overhead column then needs runs timed in one invocation)."),
     timing_budget: Optional[float] = typer.Option(None, "--timing-budget", help="Seconds for the timing pass (default: 3% of the ablation's training time, at least 10)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
@@ -210,7 +229,7 @@ def ablate(
     Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
     other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
     """
-    from mousse.experiments.ablation import (_CHOICES, load_spec, parse_seeds, parse_shard,
+    from mousse.experiments.ablation import (_CHOICES, load_spec, parse_seeds,
                                              parse_sweep_values, plan_ablation, tune_spec)
     from mousse.experiments.scale import SCALE_FILE, split_presets
     from mousse.experiments.sweep import Ablation
@@ -252,8 +271,14 @@ def ablate(
         check_max_runs_all(ablations.values(), max_runs)
         for ab in ablations.values():
             ab.validate()
+        cost = []
+        if env_world_size() == 1:
+            variants = [ab.variant_configs() for ab in ablations.values()]
+            cost = check_cost([c for vs in variants for c in vs], max_hours, force,
+                              runs=sum(ab.upper_bound_runs() for ab in ablations.values()))
         for ab in ablations.values():
             show_plan(ab, shard_of(ab, shard), shard)
+        show_lines(cost)
         if dry_run:
             return
         if presets and is_main_process():
@@ -315,6 +340,54 @@ def timed(ablation, budget: float | None) -> dict | None:
     console.print(f"timing pass: {record['rounds']} rounds of {record['steps_per_round']} steps "
                   f"in {record['seconds']:.0f} s", highlight=False)
     return ablation.write_results()
+
+
+def check_cost(configs: list, max_hours: float | None, force: bool, runs: int | None = None,
+               what: str = "run") -> list[str]:
+    """Estimate the time (probe or FLOPs) and memory of `configs` (one per variant); refuse with
+    one line what exceeds --max-hours or, unless --force, the device's free memory. Returns the
+    lines to show: the estimate, and a hint when a GPU preset meets a CPU."""
+    from mousse.train.data import load_dataset
+    from mousse.train.estimate import (describe, duration, estimate, fitting_micro_batch, warning)
+    from mousse.train.trainer import pick_device
+
+    if max_hours is not None and max_hours <= 0:
+        raise ConfigError("--max-hours must be > 0")
+    estimates = []
+    for cfg in configs:
+        device = pick_device(cfg.device)
+        vocab = load_dataset(cfg.data, cfg.val_data).vocab_size
+        est = estimate(cfg, vocab, device)
+        estimates.append(est)
+        if not est.fits and not force:
+            micro = fitting_micro_batch(cfg, vocab, est.available_bytes)
+            hint = (f"--micro-batch-size {micro} fits" if micro and micro < cfg.micro_batch_size
+                    else "a smaller model or a bigger device is needed")
+            raise ConfigError(f"this run needs about {est.memory_bytes / 2**30:.1f} GiB, the "
+                              f"{est.device} has {est.available_bytes / 2**30:.1f} GiB free: "
+                              f"{hint} (or --force to try anyway)")
+    first = estimates[0]
+    if len(configs) == 1 and runs is None:
+        total = first.run_seconds
+        line = describe(first)
+    else:
+        per_variant = [e.run_seconds for e in estimates]
+        runs = runs or len(configs)
+        total = sum(per_variant) / len(per_variant) * runs
+        line = (f"about {duration(total)} for {runs} {what}s on this "
+                f"{first.device.split(':')[0].upper()} ({duration(min(per_variant))} to "
+                f"{duration(max(per_variant))} a run; "
+                f"{'measured probe' if first.method == 'probe' else 'from FLOPs'})")
+    if max_hours is not None and total > max_hours * 3600:
+        raise ConfigError(f"estimated {line}: more than --max-hours {max_hours:g}; pick a "
+                          "smaller preset or fewer steps, or raise --max-hours")
+    hint = warning(configs[0], first, pick_device(configs[0].device))
+    return [f"estimate: {escape(line)}"] + ([f"[yellow]warning: {escape(hint)}[/]"] if hint else [])
+
+
+def show_lines(lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def shard_of(ablation, shard: str | None) -> list:

@@ -10,6 +10,7 @@ from collections import Counter
 from mousse.train.events import (
     CheckpointSaved,
     EvalDone,
+    MicroBatchDone,
     RunFinished,
     RunStarted,
     StepLogged,
@@ -49,13 +50,21 @@ class TrainView:
         self.live: Live | None = None
         self.last: StepLogged | None = None
         self.val: EvalDone | None = None
+        self.micro: MicroBatchDone | None = None  # progress inside a long step
+        self.micro_printed = -math.inf
         self.started = time.perf_counter()
 
     def __call__(self, event) -> None:
         if isinstance(event, RunStarted):
             self._started(event)
+        elif isinstance(event, MicroBatchDone):
+            self.micro = event
+            now = time.perf_counter()
+            if not self.live and now - self.micro_printed >= 10:  # plain: a line every 10 s
+                self.micro_printed = now
+                console.print(self._micro_text(event), highlight=False)
         elif isinstance(event, StepLogged):
-            self.last = event
+            self.last, self.micro = event, None
             if not self.live:
                 console.print(f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
                               f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
@@ -88,8 +97,15 @@ class TrainView:
             self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
             self.live.start()
 
+    @staticmethod
+    def _micro_text(e: MicroBatchDone) -> str:
+        return (f"step {e.step}: micro batch {e.done}/{e.total}, {duration(e.seconds)} in, "
+                f"step eta {duration(e.eta_seconds)}")
+
     def _render(self) -> Table:
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False,
+                      caption=self._micro_text(self.micro) if self.micro else None,
+                      caption_justify="left")
         for col in ("step", "train loss", "val loss", "best val", "lr", "step ms",
                     "fwd+bwd", "opt", "tok/s", "elapsed", "eta"):
             table.add_column(col, justify="right")
@@ -130,12 +146,12 @@ def presets_table(rows: list[dict]):
     table = Table(title="mousse presets", header_style="bold underline", title_justify="left",
                   box=None, pad_edge=False)
     for col in ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr",
-                "memory*"):
+                "memory*", "step here**", "run here**"):
         table.add_column(col, justify="left" if col == "preset" else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r["params"], f"{r['d_model']}x{r['n_layers']}", str(r["n_heads"]),
                       str(r["seq_len"]), str(r["batch_size"]), f"{r['steps']:,}",
-                      str(r["scalar_lr"]), r["memory"])
+                      str(r["scalar_lr"]), r["memory"], r["step_time"], r["run_time"])
     notes = "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows)
 
     optimizers = list(rows[0]["lrs"]) if rows else []
@@ -149,7 +165,10 @@ def presets_table(rows: list[dict]):
     for r in rows:
         by_note.setdefault(r["lr_note"], []).append(r["name"])
     tuned = "\n".join(f"[bold]{', '.join(names)}[/]: {escape(note)}" for note, names in by_note.items())
+    device = rows[0]["device"] if rows else "cpu"
     return Group(table, notes, "* weights + grads + Mousse state + activations of one micro batch, fp32",
+                 f"** Mousse on this machine's {device}: measured for the presets a short probe "
+                 "can run, from FLOPs at the measured matmul rate for the others",
                  "", lrs, tuned)
 
 

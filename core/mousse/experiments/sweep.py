@@ -203,6 +203,10 @@ class Ablation:
         extra = len([s for s in self.plan.seeds if s not in self.tune.seeds])
         return sum(upper_bound_runs(self.tune, grids) + extra for grids in self.grids().values())
 
+    def variant_configs(self) -> list:
+        """Each variant's resolved config (its first run's), for cost estimates."""
+        return [resolve(run_settings(self.plan, run)) for run in self.plan.variants.values()]
+
     def finished_seconds(self) -> list[float]:
         """Training seconds of the runs already finished in this dir."""
         out = []

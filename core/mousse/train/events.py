@@ -33,6 +33,20 @@ class StepLogged:
 
 
 @dataclass(frozen=True)
+class MicroBatchDone:
+    """Progress inside a long optimizer step (only emitted once a step runs for seconds)."""
+
+    step: int
+    done: int
+    total: int
+    seconds: float  # since the step started
+
+    @property
+    def eta_seconds(self) -> float:
+        return self.seconds / self.done * (self.total - self.done)
+
+
+@dataclass(frozen=True)
 class EvalDone:
     step: int
     val_loss: float
@@ -53,4 +67,4 @@ class RunFinished:
     summary: dict = field(default_factory=dict)
 
 
-Event = RunStarted | StepLogged | EvalDone | CheckpointSaved | RunFinished
+Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | RunFinished

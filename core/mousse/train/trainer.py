@@ -34,6 +34,7 @@ from .events import (
     CheckpointSaved,
     EvalDone,
     Event,
+    MicroBatchDone,
     RunFinished,
     RunStarted,
     StepLogged,
@@ -43,6 +44,7 @@ from .model import GPT, GPTConfig
 from .world import World
 
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
+SLOW_STEP_S = 2.0  # a step running longer than this reports its micro batches as it goes
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
@@ -256,7 +258,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         fisher = self.dist.fisher_params(self.opt)
         fisher_sum = [torch.zeros_like(p) for p in fisher]
-        for i, rows in micro_batches:
+        started, reported = time.perf_counter(), -math.inf
+        for done, (i, rows) in enumerate(micro_batches, 1):
             x, y = train_batch(self.data.train, cfg.seed, step, cfg.batch_size, cfg.seq_len, rows)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
@@ -271,6 +274,10 @@ class Trainer:
                 timer.end_extra()
             (loss / accum).backward()
             total += loss.detach() / accum
+            elapsed = time.perf_counter() - started
+            if elapsed > SLOW_STEP_S and elapsed - reported > 1.0 and done < len(micro_batches):
+                reported = elapsed  # a long step: say how far it is, at most once a second
+                self.emit(MicroBatchDone(step, done, len(micro_batches), elapsed))
         if fisher:
             self.dist.set_fisher_grads(self.opt, dict(zip(fisher, fisher_sum)))
         return self.dist.reduce_gradients(total, step)  # summed over ranks; the global mean loss

@@ -1,0 +1,218 @@
+"""What a run will cost before it costs it: seconds per step and for the run, and memory against
+what the device has.
+
+Time comes from a measured probe of the real model and optimizer on this device (one micro
+batch forward and backward, then an optimizer step with its refresh and one without) when that
+probe is short; otherwise from the step's FLOPs at this device's measured matmul rate (a
+fraction `EFFICIENCY` of it, what training reaches of a plain matmul), so that a 160M-parameter
+preset on a laptop CPU is priced in seconds instead of after an hour-long first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mousse.optim.routing import build_optimizer
+
+from .config import TrainConfig
+from .model import GPT, GPTConfig
+from .presets import get_preset, memory_estimate_bytes
+
+PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
+EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
+MADE_FOR_CPU = ("tiny", "small")  # the presets sized for a CPU; the others for GPUs
+_RATE_CACHE: dict[str, float] = {}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A run's predicted cost on a device."""
+
+    step_seconds: float
+    steps: int
+    method: str  # "probe" (measured) or "flops" (FLOPs at the measured matmul rate)
+    memory_bytes: int
+    available_bytes: int | None
+    device: str
+
+    @property
+    def run_seconds(self) -> float:
+        return self.step_seconds * self.steps
+
+    @property
+    def fits(self) -> bool:
+        return self.available_bytes is None or self.memory_bytes <= self.available_bytes
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                     n_heads=cfg.n_heads, head_dim=cfg.head_dim, seq_len=cfg.seq_len)
+
+
+def flops_per_token(cfg: TrainConfig, n_params: int) -> float:
+    """Forward and backward FLOPs per token: 6 per parameter plus attention."""
+    return 6 * n_params + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
+
+
+def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, int]]) -> float:
+    """Rough FLOPs of one optimizer step of the family, refresh amortized: Newton-Schulz
+    (about ns_steps x (4 m^2 n + 2 m^3) with m the short side) plus an eigh of each
+    preconditioned side (about 10 n^3) every precond_freq steps."""
+    if cfg.optimizer == "adamw":
+        return sum(10.0 * m * n for m, n in shapes)
+    total = 0.0
+    for m, n in shapes:
+        short, long_ = min(m, n), max(m, n)
+        total += (cfg.ns_steps or 5) * (4 * short * short * long_ + 2 * short ** 3)
+        sides = {"both": (m, n), "left": (m,), "right": (n,)}.get(cfg.sides or "none", ())
+        total += sum(10.0 * s ** 3 for s in sides) / max(1, cfg.precond_freq or 1)
+    return total
+
+
+def matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a 1024 x 1024 fp32 matmul here (measured once per process)."""
+    key = str(device)
+    if key not in _RATE_CACHE:
+        a = torch.randn(1024, 1024, device=device)
+        b = torch.randn(1024, 1024, device=device)
+        a @ b  # warm-up
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 0.2:
+            a @ b
+            n += 1
+        _sync(device)
+        _RATE_CACHE[key] = 2 * 1024 ** 3 * n / (time.perf_counter() - start)
+    return _RATE_CACHE[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
+    """Seconds of one optimizer step, measured after a warm-up: a micro batch's forward and
+    backward (the fastest of three, times the micro batches per step), a fresh optimizer's first
+    step (with its refresh) and the fastest of two more (without), the refresh amortized over
+    precond_freq."""
+    from .trainer import matrix_kwargs  # the trainer builds its optimizer the same way
+
+    torch.manual_seed(0)
+    model = GPT(model_config(cfg, vocab_size)).to(device)
+    x = torch.randint(0, vocab_size, (cfg.micro_batch_size, cfg.seq_len), device=device)
+
+    def optimizer():
+        return build_optimizer(model, optimizer=cfg.optimizer, lr=cfg.lr or 0.0,
+                               scalar_optimizer=cfg.scalar_optimizer, scalar_lr=cfg.scalar_lr,
+                               weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg))[0]
+
+    times = []
+    for opt in (optimizer(), optimizer()):  # the first pays one-time costs (library loading)
+        for _ in range(3):
+            _sync(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                _, loss = model(x, x)
+            loss.backward()
+            _sync(device)
+            mid = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            times.append((mid - start, time.perf_counter() - mid))
+    times = times[3:]  # the second optimizer: its first step refreshes, the others do not
+    fwd_bwd = min(t for t, _ in times[1:])  # the first pays one-time costs
+    first_opt, plain_opt = times[0][1], min(t for _, t in times[1:])
+    refresh = max(0.0, first_opt - plain_opt) / max(1, cfg.precond_freq or 1)
+    return fwd_bwd * (cfg.batch_size // cfg.micro_batch_size) + plain_opt + refresh
+
+
+def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, seconds of one micro batch's forward and backward) from FLOPs."""
+    with torch.device("meta"):
+        model = GPT(model_config(cfg, vocab_size))
+    n_params = model.num_params()
+    shapes = [tuple(p.shape) for n, p in model.named_parameters()
+              if model.param_roles().get(n) == "matrix"]
+    rate = EFFICIENCY * matmul_rate(device)
+    micro = flops_per_token(cfg, n_params) * cfg.micro_batch_size * cfg.seq_len / rate
+    step = micro * (cfg.batch_size // cfg.micro_batch_size) + optimizer_flops(cfg, shapes) / rate
+    return step, micro
+
+
+def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None = None) -> int:
+    """`presets.memory_estimate_bytes` for this run's shapes and optimizer."""
+    preset = dataclasses.replace(
+        get_preset(cfg.preset), d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+        head_dim=cfg.head_dim, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+        micro_batch_size=micro_batch_size or cfg.micro_batch_size)
+    return memory_estimate_bytes(preset, cfg.optimizer, vocab_size,
+                                 act_bytes=2 if cfg.device == "cuda" else 4)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory: the GPU's, or the machine's MemAvailable on Linux (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fitting_micro_batch(cfg: TrainConfig, vocab_size: int, available: int) -> int | None:
+    """The largest micro batch dividing the batch whose estimate fits `available`."""
+    for micro in sorted((d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0),
+                        reverse=True):
+        if memory_bytes(cfg, vocab_size, micro) <= available:
+            return micro
+    return None
+
+
+def estimate(cfg: TrainConfig, vocab_size: int, device: torch.device,
+             steps: int | None = None) -> Estimate:
+    """The run's cost on `device`: measured when the probe is short, else from FLOPs."""
+    flop_step, flop_micro = _flop_estimate(cfg, vocab_size, device)
+    mem, avail = memory_bytes(cfg, vocab_size), available_bytes(device)
+    if flop_micro <= PROBE_LIMIT_S and (avail is None or mem <= avail):
+        step, method = _probe(cfg, vocab_size, device), "probe"
+    else:
+        step, method = flop_step, "flops"
+    return Estimate(step, cfg.steps if steps is None else steps, method, mem, avail, str(device))
+
+
+def duration(seconds: float) -> str:
+    """'40 ms', '12 s', '3.1 min', '3.1 h', '2.5 days', '3.5 years'."""
+    if not math.isfinite(seconds):
+        return "forever"
+    for limit, unit, scale in ((1, "ms", 1e-3), (120, "s", 1), (7200, "min", 60),
+                               (172800, "h", 3600), (86400 * 730, "days", 86400)):
+        if seconds < limit:
+            value = seconds / scale
+            return f"{value:.0f} {unit}" if unit in ("ms", "s") else f"{value:.1f} {unit}"
+    return f"{seconds / (86400 * 365):.1f} years"
+
+
+def describe(est: Estimate) -> str:
+    """'about 3.1 h per step, 3.5 years for 10,000 steps on this cpu (from FLOPs)'."""
+    how = "measured probe" if est.method == "probe" else "from FLOPs at this device's matmul rate"
+    return (f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
+            f"{est.steps:,} steps on this {est.device.split(':')[0].upper()} ({how})")
+
+
+def warning(cfg: TrainConfig, est: Estimate, device: torch.device) -> str | None:
+    """A one-line hint when a GPU preset is about to run on a CPU for more than an hour."""
+    if device.type == "cpu" and cfg.preset not in MADE_FOR_CPU and est.run_seconds > 3600:
+        return (f"preset {cfg.preset} is sized for GPUs; on this CPU it needs "
+                f"{duration(est.run_seconds)}: use --preset small (minutes here) or a GPU")
+    return None
