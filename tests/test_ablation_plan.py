@@ -256,6 +256,7 @@ def test_shipped_specs_are_the_papers_studies():
                       "family": {"momentum_style": ["heavy_ball", "nesterov", "ema"],
                                  "post_alpha": [0.0], "graft": ["orthogonalizer", "none"],
                                  "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"]},
+                      "momentum-rule": {"momentum_style": ["heavy_ball", "nesterov"]},
                       "paper-tuned": {"alpha": [0.0, 0.125, 0.25],
                                       "factor_norm": ["trace", "none"],
                                       "sides": ["both", "left", "right"],

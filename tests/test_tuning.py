@@ -372,3 +372,23 @@ def test_ablate_over_several_presets_reports_per_scale(tmp_path):
     assert json.loads(again.stdout)["scale"]["presets"] == ["tiny", "small"]
     bad = invoke_cli("ablate", "--preset", "tiny,tiny", "--alpha", "0.0", "--dry-run")
     assert_one_line_error(bad, "names a preset twice")
+
+
+def test_categorical_phase_resumes_and_shards_like_a_numeric_one(tmp_path):
+    """lr then momentum_style: the categorical phase starts only once lr is decided, from disk,
+    and its runs split over shards like any others."""
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04,momentum_style=heavy_ball,nesterov")
+    style = {"heavy_ball": 0.1, "nesterov": 0.0}
+    loss = lambda run: abs(math.log2(run.knobs["lr"] / 0.02)) + style[
+        run.knobs.get("momentum_style", "heavy_ball")]
+    assert all("momentum_style" not in r.knobs for r in ab.wanted())
+    _finish_wanted(ab, loss)
+    phase2 = Ablation(ab.plan, ab.dir).wanted()  # a fresh process reads phase 1 from disk
+    assert {r.knobs["momentum_style"] for r in phase2} == {"heavy_ball", "nesterov"}
+    assert all(r.knobs["lr"] == 0.02 for r in phase2)
+    halves = [{r.name for r in phase2 if in_shard(r.name, (i, 2))} for i in (1, 2)]
+    assert halves[0] | halves[1] == {r.name for r in phase2} and not halves[0] & halves[1]
+    while _finish_wanted(ab, loss):
+        pass
+    assert all(v["tuned"] == {"lr": 0.02, "momentum_style": "nesterov"}
+               for v in ab.results()["variants"])
