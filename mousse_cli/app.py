@@ -18,7 +18,7 @@ from mousse.dist.process import (
     is_main_process,
     rank_prefix,
 )
-from mousse.train.checkpoint import CheckpointError, find_checkpoint
+from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, load_config_file, resolve
 from mousse.train.data import DataError
 from rich.markup import escape
@@ -47,7 +47,6 @@ app = typer.Typer(
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 EXIT_DIVERGED = 3
 EXIT_WAITING = 4
-EXIT_INTERRUPTED = 130
 
 
 def fail(message: str) -> None:
@@ -89,21 +88,31 @@ def show_results(results: dict) -> None:
 
 @contextmanager
 def graceful_stop():
-    """First Ctrl-C asks the engine to stop after the current step (it checkpoints); a second one
-    interrupts at once."""
+    """Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing a job) asks the engine to
+    stop after the current step (it checkpoints); a second signal interrupts at once. The stop
+    flag's `signal` attribute says which signal came first (its exit code: 128 + number)."""
     stop = threading.Event()
+    stop.signal = None  # type: ignore[attr-defined]
 
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.signal = signum  # type: ignore[attr-defined]
         stop.set()
-        console.print("[yellow]stopping after this step (Ctrl-C again to abort)[/]")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        console.print(f"[yellow]{name}: stopping after this step (again to abort)[/]")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interrupted_code(stop) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM: the shell's codes for the two signals."""
+    return 128 + int(getattr(stop, "signal", None) or signal.SIGINT)
 
 
 def _version(value: bool) -> None:
@@ -140,32 +149,32 @@ def train(
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         settings = {**(load_config_file(config) if config else {}), **overrides}
         ckpt = None
-        if resume is not None:
-            if resume == "auto":
-                if run_dir is None:
-                    raise ConfigError("--resume auto needs --run-dir to look in")
-                source = run_dir
-            else:
-                source = Path(resume)
-            cfg, ckpt = config_from_checkpoint(source, settings)
-            run_dir = run_dir or find_checkpoint(source).parent.parent
+        restart = False
+        if resume == "auto":
+            if run_dir is None:
+                raise ConfigError("--resume auto needs --run-dir to look in")
+            restart = not list_checkpoints(run_dir / "checkpoints")  # nothing to resume: start
+        if resume is not None and not restart:
+            source = run_dir if resume == "auto" else Path(resume)
+            cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
+            run_dir = run_dir or ckpt.parent.parent
         else:
             cfg = resolve(settings)
         if nproc != 1:
             from .launch import launch_train
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
-        if env_world_size() == 1:
-            show_lines(check_cost([cfg], max_hours, force))
+        cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
         with graceful_stop() as stop:
             trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop,
-                              world=setup)
+                              world=setup, restart=restart)
+            show_lines(cost)  # after the checks a Trainer makes, so an error stays one line
             summary = trainer.run(argv=sys.argv)
     if json_out and is_main_process():
         typer.echo(json.dumps(summary))
     if summary["status"] == "diverged":
         raise typer.Exit(EXIT_DIVERGED)
     if summary["status"] == "interrupted":
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(interrupted_code(stop))
 
 
 @app.command()
@@ -309,12 +318,14 @@ def ablate(
     statuses = {r["status"] for results, _, mine in outcomes.values() for r in results["runs"]
                 if mine is None or r["name"] in mine}
     if stop.is_set():
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(interrupted_code(stop))
     if waiting:
         names = ", ".join(r.name for r in waiting[:4]) + (" ..." if len(waiting) > 4 else "")
-        console.print(f"[yellow]shard {shard} waits for {len(waiting)} runs of other shards "
-                      f"({escape(names)}); rerun it when they finish, or pass --wait 60[/]",
-                      highlight=False, soft_wrap=True)
+        who = f"shard {shard}" if shard else "this ablation"
+        console.print(f"[yellow]{who} waits for {len(waiting)} runs that other shards or "
+                      f"processes train ({escape(names)}); rerun it when they finish"
+                      f"{', or pass --wait 60' if shard else ''}[/]", highlight=False,
+                      soft_wrap=True)
         raise typer.Exit(EXIT_WAITING)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
@@ -383,6 +394,10 @@ def check_cost(configs: list, max_hours: float | None, force: bool, runs: int | 
                           "smaller preset or fewer steps, or raise --max-hours")
     hint = warning(configs[0], first, pick_device(configs[0].device))
     return [f"estimate: {escape(line)}"] + ([f"[yellow]warning: {escape(hint)}[/]"] if hint else [])
+
+
+def notice(text: str) -> None:
+    console.print(f"[yellow]warning: {escape(text)}[/]", highlight=False, soft_wrap=True)
 
 
 def show_lines(lines: list[str]) -> None:

@@ -11,6 +11,7 @@ from mousse.train.events import (
     CheckpointSaved,
     EvalDone,
     MicroBatchDone,
+    Notice,
     RunFinished,
     RunStarted,
     StepLogged,
@@ -76,6 +77,9 @@ class TrainView:
             if not self.live:
                 console.print(f"eval step {event.step} val_loss {event.val_loss:.4f} "
                               f"best {event.best_val_loss:.4f}", highlight=False)
+        elif isinstance(event, Notice):
+            console.print(f"[yellow]warning: {escape(event.text)}[/]", highlight=False,
+                          soft_wrap=True)
         elif isinstance(event, CheckpointSaved) and not self.live:
             console.print(f"checkpoint {event.path}", highlight=False, soft_wrap=True, markup=False)
         elif isinstance(event, RunFinished):
@@ -205,7 +209,7 @@ class AblationView:
         return self.rows[name]
 
     def __call__(self, update) -> None:
-        from mousse.experiments.sweep import RunSkipped, RunsQueued, WaitingForShards
+        from mousse.experiments.sweep import RunBusy, RunSkipped, RunsQueued, WaitingForShards
 
         if isinstance(update, RunsQueued):  # tuning: the next phase's runs
             for run in update.runs:
@@ -221,7 +225,10 @@ class AblationView:
         row = self.rows.get(update.run)
         if row is None:
             return
-        if isinstance(update, RunSkipped):
+        if isinstance(update, RunBusy):
+            row["status"] = "in use elsewhere"
+            self._plain(f"[{update.run}] skipped: {update.message}")
+        elif isinstance(update, RunSkipped):
             s = update.summary
             row.update(status=f"done ({s['status']})", step=s["steps"], val=s["final_val_loss"],
                        best=s["best_val_loss"], curve={p["step"]: p["val_loss"] for p in s["curve"]},
@@ -240,7 +247,9 @@ class AblationView:
             console.print(text, highlight=False, soft_wrap=True, markup=False)  # "[run] ..." is literal
 
     def _event(self, name: str, row: dict, e) -> None:
-        if isinstance(e, RunStarted):
+        if isinstance(e, Notice):
+            self._plain(f"[{name}] warning: {e.text}")
+        elif isinstance(e, RunStarted):
             row.update(status="running", steps=e.config["steps"])
             resumed = e.info["resumed_from"]
             self._plain(f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "

@@ -123,7 +123,7 @@ def test_resume_auto_and_longer_runs_continue(cli, tmp_path):
 
 def test_checkpoint_files_and_names(reference):
     ckpt = reference / "checkpoints" / f"step-{2 * N}"
-    assert sorted(p.name for p in ckpt.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted([*FILES, "checksums.json"])
     cfg = resolve(REF_SETTINGS)
     model = GPT(GPTConfig(vocab_size=256, d_model=cfg.d_model, n_layers=cfg.n_layers,
                           n_heads=cfg.n_heads, head_dim=cfg.head_dim, seq_len=cfg.seq_len))
@@ -214,12 +214,17 @@ def _foreign(path: Path) -> None:  # valid safetensors, but not written by mouss
     ("trainer.safetensors", _empty, "unreadable"),
     ("model.safetensors", _foreign, "not a mousse checkpoint"),
 ], ids=["truncated-model", "garbled-optimizer", "empty-trainer", "foreign-model"])
-def test_damaged_checkpoint_is_refused(cli, reference, tmp_path, file, damage, needle):
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "older-format"])
+def test_damaged_checkpoint_is_refused(cli, reference, tmp_path, file, damage, needle, checksums):
+    """The checksums written with a checkpoint name the damaged file; a checkpoint from before
+    checksums is still refused by the reader."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
+    if not checksums:
+        (ckpt / "checksums.json").unlink()
     damage(ckpt / file)
     res = cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new")
-    assert_one_line_error(res, str(ckpt / file), needle)
+    assert_one_line_error(res, str(ckpt / file), "is damaged" if checksums else needle)
     assert not (tmp_path / "new").exists()
 
 

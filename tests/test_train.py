@@ -36,7 +36,7 @@ def no_pickle_under(root: Path) -> None:
     for path in root.rglob("*"):
         if not path.is_file():
             continue
-        assert path.suffix in (".toml", ".json", ".jsonl", ".safetensors"), path
+        assert path.suffix in (".toml", ".json", ".jsonl", ".safetensors") or path.name == ".lock", path
         head = path.read_bytes()[:4]
         assert not head.startswith(b"\x80"), f"{path} looks like a pickle"
         assert head != b"PK\x03\x04", f"{path} looks like a torch.save zip"
@@ -94,7 +94,7 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
     assert [p.name for p in ckpts] == ["step-10", "step-12"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-10", "step-12"]
     for ckpt in ckpts:
-        assert sorted(f.name for f in ckpt.iterdir()) == sorted(FILES)
+        assert sorted(f.name for f in ckpt.iterdir()) == sorted([*FILES, "checksums.json"])
         read_checkpoint(ckpt)
     no_pickle_under(run_dir)
 

@@ -19,11 +19,12 @@ import torch
 from mousse.dist import setup
 from mousse.dist.process import is_main_process
 from mousse.train import tomlio
-from mousse.train.checkpoint import list_checkpoints
+from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import load_dataset
-from mousse.train.events import Event
+from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import atomic_write_text, write_json
+from mousse.train.rundir import RunInUse
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .results import apply_timing_pass, summarize
@@ -50,6 +51,14 @@ class RunSkipped:
 
     run: str
     summary: dict
+
+
+@dataclass(frozen=True)
+class RunBusy:
+    """A run another process is training right now (its run dir is locked): left to it."""
+
+    run: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,19 @@ def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None]
 
     cfg = resolve(settings)
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
-    return Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup,
-                   timing_context=context).run()
+    try:
+        trainer = Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup,
+                          timing_context=context, restart=True)
+    except CheckpointError as exc:  # every checkpoint damaged: this run fails, the others go on
+        summary = {"status": "failed", "message": str(exc), "steps": 0, "final_val_loss": None,
+                   "best_val_loss": None, "curve": [], "train_seconds": 0.0,
+                   **dict.fromkeys(("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median",
+                                    "refresh_ms_median", "tokens_per_s", "peak_mem_bytes"))}
+        if is_main_process():
+            write_json(run_dir / "summary.json", summary)
+        on_event(RunFinished(summary))
+        return summary
+    return trainer.run()
 
 
 _WORKER: dict = {}
@@ -136,6 +156,7 @@ class Ablation:
         self.tune = TuneSpec.from_dict(plan.tune) if plan.tune else None
         self.invocation = uuid.uuid4().hex[:12]  # labels the timings this process takes
         self.trained = False  # whether this process trained any run here
+        self.busy: set[str] = set()  # runs found locked by another process
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.dir / "runs" / run.name
@@ -331,7 +352,8 @@ class Ablation:
         stop = stop or threading.Event()
         while not stop.is_set():
             wanted = self.wanted()
-            mine = [r for r in wanted if shard is None or in_shard(r.name, shard)]
+            mine = [r for r in wanted if (shard is None or in_shard(r.name, shard))
+                    and r.name not in self.busy]
             if mine:
                 on_update(RunsQueued(mine))
                 self._train(mine, on_update, parallel, stop)
@@ -353,9 +375,13 @@ class Ablation:
             for run in todo:
                 if stop.is_set():
                     break
-                execute_run(run_settings(self.plan, run), self.run_dir(run),
-                            lambda e, name=run.name: on_update(RunUpdate(name, e)), stop,
-                            self.context(1))
+                try:
+                    execute_run(run_settings(self.plan, run), self.run_dir(run),
+                                lambda e, name=run.name: on_update(RunUpdate(name, e)), stop,
+                                self.context(1))
+                except RunInUse as exc:
+                    self.busy.add(run.name)
+                    on_update(RunBusy(run.name, str(exc)))
                 self.write_results()
         else:
             self._run_parallel(todo, on_update, parallel, stop)
@@ -369,8 +395,9 @@ class Ablation:
         events, shared_stop = ctx.Queue(), ctx.Event()
         with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker,
                                  initargs=(events, shared_stop, threads)) as pool:
-            waiting = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
-                                   run.name, self.context(parallel)) for run in todo}
+            names = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
+                                 run.name, self.context(parallel)): run.name for run in todo}
+            waiting = set(names)
             while waiting:
                 if stop.is_set():
                     shared_stop.set()
@@ -380,7 +407,12 @@ class Ablation:
                 self._drain(events, on_update)
                 for future in done:
                     if not future.cancelled():
-                        future.result()  # re-raise a worker's error here
+                        try:
+                            future.result()  # re-raise a worker's error here
+                        except RunInUse as exc:
+                            name = names[future]
+                            self.busy.add(name)
+                            on_update(RunBusy(name, str(exc)))
                     self.write_results()
         self._drain(events, on_update)  # workers have exited: everything they sent has arrived
 

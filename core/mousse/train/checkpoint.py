@@ -5,11 +5,13 @@ metadata. A checkpoint directory appears whole or not at all (written aside, the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # Distributed runs (mousse.dist.rank) write the optimizer state as one shard per rank instead of
 # optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
+CHECKSUMS = "checksums.json"  # sha256 of every file, written with the checkpoint
 
 
 class CheckpointError(ValueError):
@@ -37,9 +40,18 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
 
 
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+
 def _json_hook(obj: dict):
+    """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
-        return getattr(torch, obj["__dtype__"])
+        if obj["__dtype__"] not in _DTYPES:
+            raise CheckpointError(f"checkpoint metadata names an unknown dtype "
+                                  f"{obj['__dtype__']!r}; it is damaged or foreign")
+        return _DTYPES[obj["__dtype__"]]
     return obj
 
 
@@ -107,6 +119,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
         for f in FILES:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
+        write_checksums(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -116,6 +129,84 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> list[Path]:
+    """Move checkpoints after `step` (a trajectory abandoned by resuming from an earlier one) to
+    `abandoned/`, where pruning never reaches; returns their new paths."""
+    moved = []
+    for ckpt in list_checkpoints(ckpt_root):
+        if int(_STEP_DIR.match(ckpt.name).group(1)) > step:
+            target = ckpt_root / "abandoned" / f"{ckpt.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(ckpt, target)
+            moved.append(target)
+    return moved
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(ckpt: Path) -> None:
+    """`checksums.json`: the sha256 of every file of a checkpoint dir being written (before its
+    rename), fsynced."""
+    sums = {p.name: file_digest(p) for p in sorted(ckpt.iterdir())
+            if p.is_file() and p.name != CHECKSUMS}
+    with open(ckpt / CHECKSUMS, "w", encoding="utf-8") as fh:
+        json.dump(sums, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def verify_checksums(ckpt: Path) -> None:
+    """CheckpointError naming the first file whose bytes differ from those written (a checkpoint
+    from before checksums were kept has nothing to verify)."""
+    path = ckpt / CHECKSUMS
+    if not path.is_file():
+        return
+    try:
+        sums = json.loads(path.read_text())
+        if not isinstance(sums, dict):
+            raise ValueError("not a table")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); resume from an earlier checkpoint") \
+            from None
+    for name, expected in sums.items():
+        try:
+            actual = file_digest(ckpt / name)
+        except OSError:
+            actual = None
+        if actual != expected:
+            raise CheckpointError(f"checkpoint file {ckpt / name} is damaged (its checksum "
+                                  "differs from the one written with it); resume from an "
+                                  "earlier checkpoint")
+
+
+def latest_valid_checkpoint(path: Path, warn=None) -> Path:
+    """`find_checkpoint`, but a run dir's checkpoints that fail their checksums are skipped (each
+    reported through `warn`) for the newest that passes; CheckpointError when none does."""
+    path = Path(path)
+    if is_complete(path):
+        verify_checksums(path)
+        return path
+    found = list_checkpoints(path / "checkpoints")
+    if not found:
+        find_checkpoint(path)  # raises the 'no checkpoint' error
+    for ckpt in reversed(found):
+        try:
+            verify_checksums(ckpt)
+            return ckpt
+        except CheckpointError as exc:
+            if warn is not None:
+                warn(f"{exc}; falling back to the checkpoint before it")
+    raise CheckpointError(f"every checkpoint in {path / 'checkpoints'} is damaged; the run "
+                          "cannot resume (start it again)")
 
 
 def is_complete(ckpt: Path) -> bool:
@@ -155,6 +246,7 @@ def find_checkpoint(path: Path) -> Path:
 
 def read_checkpoint(ckpt: Path) -> dict:
     """Load all three files; a truncated, corrupted or foreign checkpoint is a CheckpointError."""
+    verify_checksums(ckpt)
     out = {}
     for f in FILES:
         part = f.split(".")[0]
@@ -165,6 +257,8 @@ def read_checkpoint(ckpt: Path) -> dict:
                 out[part] = {k: fh.get_tensor(k) for k in fh.keys()}
                 out[part + "_meta"] = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"checkpoint file {ckpt / f} is unreadable ({exc}); it may be "
                                   "truncated: resume from an earlier checkpoint") from None
         if out[part + "_meta"].get("format") != FORMAT:

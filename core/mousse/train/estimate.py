@@ -123,6 +123,8 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
             loss.backward()
             _sync(device)
             mid = time.perf_counter()
+            if getattr(opt, "fisher_params", None) and opt.fisher_params():  # TNT: labels' grads
+                opt.set_fisher_grads({p: p.grad for p in opt.fisher_params()})
             opt.step()
             opt.zero_grad(set_to_none=True)
             _sync(device)

@@ -63,8 +63,17 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the run (e.g. a damaged checkpoint
+    skipped for the one before it)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     summary: dict = field(default_factory=dict)
 
 
-Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | RunFinished
+Event = (RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice
+         | RunFinished)

@@ -27,7 +27,8 @@ from mousse.optim.family import refresh_due
 from mousse.optim.routing import build_optimizer
 
 from . import tomlio
-from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint
+from .checkpoint import (CheckpointError, latest_valid_checkpoint,
+                         read_checkpoint, set_aside_later_checkpoints)
 from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
 from .data import load_dataset, train_batch, val_batches
 from .events import (
@@ -35,12 +36,14 @@ from .events import (
     EvalDone,
     Event,
     MicroBatchDone,
+    Notice,
     RunFinished,
     RunStarted,
     StepLogged,
 )
 from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
 from .model import GPT, GPTConfig
+from .rundir import RunLock, check_free
 from .world import World
 
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
@@ -134,11 +137,25 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.preset}-{cfg.optimizer}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def config_from_checkpoint(path: Path, overrides: dict) -> tuple[TrainConfig, Path]:
-    """The config a checkpoint was written with, updated by explicitly given settings."""
-    ckpt = find_checkpoint(path)
-    saved = tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"])
-    return resolve({**saved, **overrides}), ckpt
+# Settings the optimizer's saved state brings back on resume: a new value would be recorded but
+# not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
+FIXED_ON_RESUME = tuple(k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer")
+                        if k not in ("lr",))
+
+
+def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
+    """The config a checkpoint was written with, updated by explicitly given settings; the newest
+    checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to a
+    setting the optimizer state restores is a ConfigError naming it."""
+    ckpt = latest_valid_checkpoint(path, warn)
+    saved = resolve(tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"]))
+    cfg = resolve({**saved.to_dict(), **overrides})
+    for key in FIXED_ON_RESUME:
+        if getattr(cfg, key) != getattr(saved, key):
+            raise ConfigError(f"--{key.replace('_', '-')} {getattr(cfg, key)}: the checkpoint's "
+                              f"optimizer state was made with {key}={getattr(saved, key)} and "
+                              "resuming keeps it; drop the flag, or start a new run to change it")
+    return cfg, ckpt
 
 
 def trainer_meta(loaded: dict) -> dict:
@@ -169,9 +186,10 @@ class Trainer:
                  on_event: Callable[[Event], None] | None = None, resume: Path | None = None,
                  stop: threading.Event | None = None, argv: list[str] | None = None,
                  world: Callable[[torch.device], World] = World,
-                 timing_context: dict | None = None):
+                 timing_context: dict | None = None, restart: bool = False):
         self.cfg = cfg
         self.timing_context = dict(timing_context or {})  # where its timings were taken
+        self.restart = restart  # the run dir may hold this same run's files from before a checkpoint
         self.knobs = cfg.to_dict()
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.emit = on_event or (lambda event: None)
@@ -203,7 +221,7 @@ class Trainer:
         self.curve: list[dict] = []
         self.resumed_from = None
         if resume is not None:
-            self._restore(find_checkpoint(resume))
+            self._restore(latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text))))
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -336,6 +354,7 @@ class Trainer:
         if self.resumed_from is not None:  # drop what was logged after the checkpoint
             kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
             atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            set_aside_later_checkpoints(self.run_dir / "checkpoints", self.step)
         elif metrics.exists():
             metrics.unlink()
 
@@ -356,8 +375,20 @@ class Trainer:
         return loss, factor
 
     def run(self, argv: list[str] | None = None) -> dict:
+        """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
+        lock = None
+        if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
+            check_free(self.run_dir, self.resumed_from is not None, self.restart)
+            lock = RunLock(self.run_dir).acquire()
+        try:
+            return self._run(argv)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, argv: list[str] | None) -> dict:
         cfg = self.cfg
-        if self.dist.is_main:  # only rank 0 writes the run dir's shared files
+        if self.dist.is_main:
             self._prepare_run_dir(argv)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.emit(RunStarted(self.run_dir, cfg.to_dict(), {
