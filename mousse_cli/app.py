@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ from mousse.dist.process import (
 )
 from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.fileio import dumps
 from mousse.train.data import DataError
 from rich.markup import escape
 
@@ -49,24 +49,27 @@ EXIT_DIVERGED = 3
 EXIT_WAITING = 4
 
 
-def fail(message: str) -> None:
-    """One line on stderr, exit code 2: the user's input was wrong (under torchrun: which rank)."""
+def fail(message: str, code: int = 2, json_out: bool = False) -> None:
+    """One line on stderr and the exit code (2: the user's input was wrong; under torchrun the
+    line names the rank); with --json also {"error", "exit_code"} on stdout for scripts."""
     console.quiet = False  # shown even on a rank that is otherwise silent
     console.print(f"[red]error:[/] {escape(rank_prefix() + message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    if json_out and is_main_process():
+        typer.echo(dumps({"error": message, "exit_code": code}))
+    raise typer.Exit(code)
 
 
 @contextmanager
-def user_errors():
+def user_errors(json_out: bool = False):
+    """Errors of the user's input, and of the file system the user pointed at (a directory given
+    as a file, a read-only dir, a name too long), as one line and exit 2."""
     try:
         yield
     except USER_ERRORS as exc:
-        fail(str(exc))
-    except OSError as exc:  # disk full, permissions: not the user's input, still one line
-        console.quiet = False
-        console.print(f"[red]error:[/] {escape(rank_prefix() + str(exc))}", highlight=False,
-                      soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), json_out=json_out)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", json_out=json_out)
 
 
 def show_wide(renderable) -> None:
@@ -145,7 +148,7 @@ def train(
     from mousse.dist import setup
     from mousse.train.trainer import Trainer, config_from_checkpoint
 
-    with exit_on_error((typer.Exit,)), user_errors():
+    with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         settings = {**(load_config_file(config) if config else {}), **overrides}
         ckpt = None
@@ -170,7 +173,7 @@ def train(
             show_lines(cost)  # after the checks a Trainer makes, so an error stays one line
             summary = trainer.run(argv=sys.argv)
     if json_out and is_main_process():
-        typer.echo(json.dumps(summary))
+        typer.echo(dumps(summary))
     if summary["status"] == "diverged":
         raise typer.Exit(EXIT_DIVERGED)
     if summary["status"] == "interrupted":
@@ -205,7 +208,7 @@ def presets(
              "device": str(where), "description": p.description}
             for p in PRESETS.values()]
     if json_out:
-        typer.echo(json.dumps(rows))
+        typer.echo(dumps(rows))
     else:
         show_wide(presets_table(rows))
 
@@ -245,7 +248,7 @@ def ablate(
     from mousse.experiments.tuning import parse_tune
     from mousse.train.fileio import write_json
 
-    with exit_on_error((typer.Exit,)), user_errors():
+    with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         sweep_flags = {k: parse_sweep_values(k, v) for k, v in overrides.items() if k in SWEEP_FLAGS}
         base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
@@ -312,7 +315,7 @@ def ablate(
     if presets and len(by_preset) == len(presets):
         show_scale(root, by_preset)
     if json_out and is_main_process():
-        typer.echo(json.dumps(by_preset[None] if not presets else
+        typer.echo(dumps(by_preset[None] if not presets else
                               {"presets": by_preset, "scale": scale_of(by_preset)}))
     waiting = [run for _, wanted, _ in outcomes.values() for run in wanted]
     statuses = {r["status"] for results, _, mine in outcomes.values() for r in results["runs"]
@@ -516,7 +519,7 @@ def bench(
         results = run_bench(preset, repeats, device, train, steps, compiled)
     show_wide(bench_tables(results))
     if json_out:
-        typer.echo(json.dumps(results))
+        typer.echo(dumps(results))
 
 
 @app.command()
@@ -553,7 +556,7 @@ def report(
             console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
     if scaled:
         if fmt == "json":
-            typer.echo(json.dumps({"presets": by_preset, "scale": scale_of(by_preset)}))
+            typer.echo(dumps({"presets": by_preset, "scale": scale_of(by_preset)}))
             return
         for preset, results in by_preset.items():
             console.print(f"[bold]preset {preset}[/]", highlight=False)

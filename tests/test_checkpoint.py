@@ -23,6 +23,7 @@ from conftest import (
 )
 from mousse.train import tomlio
 from mousse.train.checkpoint import (
+    CheckpointError,
     FILES,
     FORMAT,
     find_checkpoint,
@@ -276,7 +277,7 @@ def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_
             hashes[event.step] = file_hashes(event.path)
 
     monkeypatch.setattr(ckpt_module, "save_file", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left.*earlier checkpoints .* are intact"):
         Trainer(resolve(settings), run_dir, on_event=on_event).run()
     monkeypatch.setattr(ckpt_module, "save_file", real_save)
 

@@ -438,7 +438,8 @@ def test_paths_with_brackets_are_printed_not_parsed(cli, tmp_path):
 def test_bad_input_in_a_real_process(mousse_proc, tmp_path):
     res = mousse_proc("train", "--sides", "top", "--json", "--run-dir", tmp_path / "r")
     assert_one_line_error(res, "sides", "top")
-    assert res.stdout == ""
+    error = json.loads(res.stdout)  # --json: scripts read why from stdout
+    assert error["exit_code"] == 2 and "sides" in error["error"]
     assert not (tmp_path / "r").exists()
 
 

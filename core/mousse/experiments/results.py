@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import random
 import statistics
 from collections import Counter
+
+from mousse.train.fileio import dumps
 
 SIGNIFICANCE_LEVEL = 0.05
 BOOTSTRAP_SAMPLES = 2000
@@ -463,7 +464,7 @@ def render(results: dict, fmt: str) -> str:
     """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
     or 'json' (the whole results object)."""
     if fmt == "json":
-        return json.dumps(results, indent=2)
+        return dumps(results, indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")

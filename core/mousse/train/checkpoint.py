@@ -105,8 +105,10 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
                     trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
     """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(ckpt_root)
     final = ckpt_root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=ckpt_root))
+    follow_umask(tmp, directory=True)
     try:
         meta = {"format": FORMAT, "step": str(step)}
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -123,6 +125,11 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except (SafetensorError, OSError) as exc:  # disk full, quota, permissions
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"checkpoint step-{step} not written ({exc}); the earlier "
+                              f"checkpoints in {ckpt_root} are intact: free space and --resume") \
+            from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,6 +149,22 @@ def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> list[Path]:
             os.replace(ckpt, target)
             moved.append(target)
     return moved
+
+
+def remove_partial_writes(ckpt_root: Path) -> None:
+    """Delete `.step-N-*` dirs left by checkpoint writes that were killed (the run dir's lock
+    means no other writer is at work)."""
+    for stale in ckpt_root.glob(".step-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def follow_umask(path: Path, directory: bool = False) -> None:
+    """Give a file made by tempfile (0600, dirs 0700) the permissions the umask gives others, so
+    teammates on shared storage can read runs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
 
 
 def file_digest(path: Path) -> str:

@@ -49,6 +49,16 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False) -> None:
     if run_dir.is_dir() and not (resume or restart) and _holds_a_run(run_dir):
         raise RunDirError(f"run dir {run_dir} already holds a run; continue it with --resume "
                           f"{run_dir}, or pass another --run-dir")
+    ancestor = run_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(f"--run-dir {run_dir} lies inside the file {ancestor}; pass a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise RunDirError(f"run dir {run_dir} cannot be created or written ({ancestor} is not "
+                          "writable); pass a --run-dir you can write to")
+    if run_dir.is_dir():  # held by a live run now? (taken for real when training starts)
+        RunLock(run_dir).acquire().release()
 
 
 class RunLock:

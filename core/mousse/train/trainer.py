@@ -41,7 +41,7 @@ from .events import (
     RunStarted,
     StepLogged,
 )
-from .fileio import append_jsonl, atomic_write_text, read_jsonl, write_json
+from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
 from .model import GPT, GPTConfig
 from .rundir import RunLock, check_free
 from .world import World
@@ -222,6 +222,8 @@ class Trainer:
         self.resumed_from = None
         if resume is not None:
             self._restore(latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text))))
+        if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
+            check_free(self.run_dir, self.resumed_from is not None, self.restart)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -353,7 +355,7 @@ class Trainer:
         metrics = self.run_dir / "metrics.jsonl"
         if self.resumed_from is not None:  # drop what was logged after the checkpoint
             kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
-            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(metrics, "".join(dumps(r) + "\n" for r in kept))
             set_aside_later_checkpoints(self.run_dir / "checkpoints", self.step)
         elif metrics.exists():
             metrics.unlink()

@@ -1,0 +1,229 @@
+"""Never lose a run: run dirs claimed by one run, locks, honest resume, checksummed checkpoints,
+SIGTERM, and bad input as one line. Each case is a fault injected on purpose (docs/reliability.md
+lists them with what the tool promises)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import FAST, assert_one_line_error, invoke_cli, mousse_command
+
+from mousse.train.checkpoint import list_checkpoints
+from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
+
+RUN = ["--steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "3", "--eval-every", "3",
+       *FAST]
+
+
+def train(run_dir, *extra):
+    return invoke_cli("train", *RUN, "--run-dir", run_dir, *extra)
+
+
+# ---- a run dir belongs to one run -------------------------------------------------------------
+
+def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    again = train(run)
+    assert_one_line_error(again, "already holds a run", f"--resume {run}")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4", "step-6"]
+
+
+@pytest.mark.parametrize("target", ["", "file"])
+def test_the_current_dir_or_a_file_is_not_a_run_dir(tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(train(target), "--run-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_locked_run_dir_is_refused_naming_its_holder(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    lock = RunLock(run).acquire()  # another process training it
+    try:
+        res = invoke_cli("train", "--resume", run, *RUN[:2], "--steps", "8")
+        assert_one_line_error(res, "is in use by pid", str(os.getpid()))
+        with pytest.raises(RunInUse):
+            RunLock(run).acquire()
+    finally:
+        lock.release()
+    assert invoke_cli("train", "--resume", run, "--steps", "8").exit_code == 0
+
+
+def test_a_dead_processes_lock_is_taken_over(tmp_path):
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(json.dumps({"pid": 999999, "host": "gone", "since": "then"}))
+    RunLock(run).acquire().release()  # no live holder: flock is free
+    assert train(run, "--resume", "auto").exit_code == 0
+
+
+def test_two_runs_started_together_never_share_a_dir(tmp_path):
+    """Two real processes on one run dir: exactly one trains it."""
+    run = tmp_path / "R"
+    cmd = [*mousse_command(), "train", *RUN, "--steps", "40", "--run-dir", str(run)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = outs[[p.returncode for p in procs].index(2)][1]
+    assert "already holds a run" in loser or "is in use by" in loser
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # one run's log, not two interleaved
+
+
+# ---- resume is honest ---------------------------------------------------------------------------
+
+def test_resume_refuses_a_knob_the_optimizer_state_would_override(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    res = invoke_cli("train", "--resume", run, "--steps", "8", "--momentum", "0.5")
+    assert_one_line_error(res, "--momentum 0.5", "momentum=0.95", "start a new run")
+    res = invoke_cli("train", "--resume", run, "--steps", "8", "--sides", "left")
+    assert_one_line_error(res, "--sides left")
+    ok = invoke_cli("train", "--resume", run, "--steps", "8", "--lr", "0.01")
+    assert ok.exit_code == 0
+    assert "lr = 0.01" in (run / "config.toml").read_text()
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    res = invoke_cli("train", "--resume", run / "checkpoints" / "step-2", "--run-dir", run)
+    assert res.exit_code == 0, res.stderr
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4", "step-6"]
+    abandoned = sorted(p.name.split("-2")[0] for p in (run / "checkpoints" / "abandoned").iterdir())
+    assert abandoned == ["step-4", "step-6"]
+
+
+# ---- damaged checkpoints ------------------------------------------------------------------------
+
+def _flip_tensor_bytes(path):
+    """Flip bytes deep inside the tensor data (the header stays valid: it still loads)."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 64, len(data) - 32):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    _flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert res.exit_code == 0, res.stderr
+    assert "step-6/model.safetensors is damaged" in res.stderr and "falling back" in res.stderr
+    assert "resumed at step 4" in res.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] == 4
+
+
+def test_every_checkpoint_damaged_is_one_line(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        _flip_tensor_bytes(ckpt / "optimizer.safetensors")
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert "every checkpoint" in res.stderr and res.exit_code == 2
+
+
+def test_killed_checkpoint_writes_leave_no_temp_dirs(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    stale = run / "checkpoints" / ".step-7-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert invoke_cli("train", "--resume", run, "--steps", "8").exit_code == 0
+    assert not stale.exists()
+
+
+# ---- signals ------------------------------------------------------------------------------------
+
+def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
+    run = tmp_path / "R"
+    cmd = [*mousse_command(), "train", *FAST, "--steps", "400", "--log-every", "1",
+           "--checkpoint-every", "1000", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or "step" not in (run / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] < 400
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{summary['steps']}"
+    again = invoke_cli("train", "--resume", run)
+    assert again.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 400
+
+
+# ---- strict JSON and permissions ---------------------------------------------------------------
+
+def test_a_diverged_run_writes_strict_json(tmp_path):
+    run = tmp_path / "R"
+    res = invoke_cli("train", *FAST, "--steps", "6", "--lr", "1e6", "--scalar-lr", "1e6",
+                     "--run-dir", run, "--json")
+    assert res.exit_code == 3
+    for text in (res.stdout, (run / "summary.json").read_text()):
+        assert "NaN" not in text and "Infinity" not in text
+        assert json.loads(text)["status"] == "diverged"
+    metrics = run / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "R"
+        assert train(run).exit_code == 0
+    finally:
+        os.umask(old)
+    assert (run / "summary.json").stat().st_mode & 0o777 == 0o644
+    assert (run / "checkpoints" / "step-6").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "."], "Is a directory"),
+    (["--run-dir", "file/run"], "lies inside the file"),
+])
+def test_file_system_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(invoke_cli("train", *FAST, "--steps", "2", *args), needle)
+
+
+def test_resume_auto_on_an_empty_dir_starts_the_run(tmp_path):
+    run = tmp_path / "R"
+    run.mkdir()
+    res = invoke_cli("train", *RUN, "--run-dir", run, "--resume", "auto")
+    assert res.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
+    root = tmp_path / "abl"
+    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "4", "--checkpoint-every",
+            "2", *FAST, "--ablation-dir", root, "--no-timing-pass"]
+    assert invoke_cli(*args).exit_code == 0
+    victim = root / "runs" / "mousse"
+    (victim / "summary.json").unlink()  # as if killed before it finished
+    for ckpt in list_checkpoints(victim / "checkpoints"):
+        _flip_tensor_bytes(ckpt / "model.safetensors")
+    shutil.rmtree(root / "runs" / "alpha=0.0")
+    res = invoke_cli(*args)
+    summaries = {d.name: json.loads((d / "summary.json").read_text())
+                 for d in (root / "runs").iterdir()}
+    assert summaries["mousse"]["status"] == "failed" and "damaged" in summaries["mousse"]["message"]
+    assert summaries["alpha=0.0"]["status"] == "completed", res.stderr
