@@ -36,6 +36,7 @@ from mousse.train.config import (
 from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 MODES = ("one-at-a-time", "grid")
+MAX_SEEDS = 1000
 BASELINE_KNOBS = {"optimizer": "muon"}
 SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
 TUNE_KEYS = ("knobs", "seeds", "max_extensions")
@@ -171,7 +172,12 @@ def _seed_list(value) -> list[int]:
     """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
+    if isinstance(value, int) and value > MAX_SEEDS or not isinstance(value, int) and \
+            len(value) > MAX_SEEDS:
+        raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
     seeds = list(range(value)) if isinstance(value, int) else list(value)
+    if any(isinstance(s, int) and not 0 <= s < 2**63 for s in seeds):
+        raise ConfigError(f"bad seeds {value!r}: each seed must be in [0, 2^63)")
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ConfigError(f"bad seeds {value!r}: need a count >= 1 or non-negative integer seeds")
     return list(dict.fromkeys(seeds))

@@ -21,7 +21,7 @@ from mousse.dist.process import is_main_process
 from mousse.train import tomlio
 from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, resolve
-from mousse.train.data import load_dataset
+from mousse.train.data import check_fits, load_dataset
 from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import atomic_write_text, write_json
 from mousse.train.rundir import RunInUse
@@ -166,13 +166,22 @@ class Ablation:
         nothing, so bad input fails before anything runs."""
         plan_file = self.dir / "ablation.toml"
         if plan_file.exists():
-            saved = AblationPlan.from_dict(tomlio.load(plan_file)).to_dict()
+            try:
+                saved = AblationPlan.from_dict(tomlio.load(plan_file)).to_dict()
+            except (tomlio.TOMLDecodeError, UnicodeDecodeError, KeyError, TypeError,
+                    ValueError) as exc:
+                raise ConfigError(f"{plan_file} is damaged ({exc}); move it away to start this "
+                                  "ablation afresh in the same dir, or pass another "
+                                  "--ablation-dir") from None
             if saved != self.plan.to_dict():
                 raise ConfigError(f"{self.dir} holds a different ablation plan; pass another "
                                   "--ablation-dir (or rerun the original command)")
         configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
-        for data, val_data in dict.fromkeys((c.data, c.val_data) for c in configs):
-            load_dataset(data, val_data)
+        datasets = {key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data)
+                                                                     for c in configs)}
+        for c in configs:  # every run's batches fit its data, before ablation.toml is written
+            check_fits(datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size,
+                       c.seq_len, c.seed)
 
     def prepare(self) -> None:
         """Create the dir and record the plan (after `validate`; under torchrun rank 0 only)."""

@@ -598,11 +598,17 @@ class Muon(KroneckerOptimizer):
 
 
 class Shampoo(KroneckerOptimizer):
-    """Shampoo as in Distributed Shampoo: EMA first moment (bias-corrected), factor EMAs with
-    beta 0.999 and bias correction, `L^-1/4 M R^-1/4` (no orthogonalization, exponent 1/8 before
-    and after; 1/4 each when one-sided, i.e. the single side's inverse square root), eigenvalues
-    of L + eps I clamped at eps = 1e-12, Adam grafting (beta2 0.999, eps 1e-8), refresh every 100
-    steps and the grafted Adam step alone before `precond_start` (default: precond_freq + 1)."""
+    """Shampoo with Distributed Shampoo's default hyperparameters: EMA first moment
+    (bias-corrected), factor EMAs with beta 0.999 and bias correction, `L^-1/4 M R^-1/4` (no
+    orthogonalization, exponent 1/8 before and after; 1/4 each when one-sided, i.e. the single
+    side's inverse square root), eigenvalues of L + eps I clamped at eps = 1e-12, Adam grafting
+    (beta2 0.999, eps 1e-8), refresh every 100 steps and the grafted Adam step alone before
+    `precond_start` (default: precond_freq + 1).
+
+    Unlike Distributed Shampoo's defaults, every matrix is preconditioned whole: no blocking of
+    dimensions above its `max_preconditioner_dim` (1024) into blocks, and no treating of small
+    matrices (m n <= 1024) as one vector. On a matrix at most 1024 on a side with m n > 1024 the
+    two rules coincide."""
 
     preset = dict(lr=1e-3, momentum=0.9, momentum_style="ema", weight_decay=0.0, alpha=0.125,
                   orthogonalizer="identity", graft="adam", factor_norm="none", precond_beta=0.999,

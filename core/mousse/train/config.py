@@ -182,6 +182,8 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}") from None
     except tomlio.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -261,11 +263,13 @@ _AT_LEAST_1 = ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps",
 # number -> (test, what is allowed), for numbers that may be fractional
 _RANGES = {
     **dict.fromkeys(("lr", "scalar_lr", "weight_decay", "alpha", "post_alpha"),
-                    (lambda v: math.isfinite(v) and v >= 0, "must be >= 0")),
+                    (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")),
+    "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     **dict.fromkeys(("momentum", "precond_beta", "beta2", "average_rate"),
                     (lambda v: 0 <= v < 1, "must be in [0, 1)")),
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
-    **dict.fromkeys(("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0, "must be > 0")),
+    **dict.fromkeys(("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0,
+                                          "must be a finite number > 0")),
     "refresh_warmup": (lambda v: v >= 0, "must be >= 0"),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
 }

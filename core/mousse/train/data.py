@@ -136,6 +136,23 @@ def train_batch(source: TokenSource, seed: int, step: int, batch_size: int, seq_
     return buf[:, :-1], buf[:, 1:]
 
 
+def check_fits(data: Dataset, batch_size: int, micro_batch_size: int, seq_len: int,
+               seed: int) -> None:
+    """DataError before any work when a batch or a validation sequence does not fit the data."""
+    train_batch(data.train, seed, 1, batch_size, seq_len, slice(0, 1))
+    next(val_batches(data.val, 1, micro_batch_size, seq_len))
+
+
+def check_tokens(x: Tensor, vocab_size: int, source: TokenSource) -> Tensor:
+    """`x` (a CPU batch) when every token id is below the vocabulary; else a DataError (an
+    embedding lookup would fail, or read garbage on a GPU)."""
+    top = int(x.max()) if x.numel() else 0
+    if top >= vocab_size:
+        raise DataError(f"{source.name}: token id {top} is outside the vocabulary of {vocab_size}; "
+                        "the shards are not GPT-2 tokens (re-export them with the GPT-2 tokenizer)")
+    return x
+
+
 def val_batches(source: TokenSource, n_tokens: int, batch_size: int,
                 seq_len: int) -> Iterator[tuple[Tensor, Tensor]]:
     """A fixed set of contiguous (x, y) batches from the start of `source`, about n_tokens

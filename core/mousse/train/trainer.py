@@ -30,7 +30,7 @@ from . import tomlio
 from .checkpoint import (CheckpointError, latest_valid_checkpoint,
                          read_checkpoint, set_aside_later_checkpoints)
 from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
-from .data import load_dataset, train_batch, val_batches
+from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -159,8 +159,16 @@ def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[Trai
 
 
 def trainer_meta(loaded: dict) -> dict:
-    """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text)."""
-    return {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
+    """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
+    missing or undecodable metadata is a CheckpointError."""
+    try:
+        meta = {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
+        for key in ("config", "step", "data_hash", "curve"):
+            meta[key]  # noqa: B018 - a KeyError here is the error reported below
+        return meta
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
+                              "an earlier checkpoint") from None
 
 
 def sampling_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
@@ -201,7 +209,7 @@ class Trainer:
         if not self.dist.is_main:
             self.emit = lambda event: None  # only rank 0 renders
         self.data = load_dataset(cfg.data, cfg.val_data)
-        train_batch(self.data.train, cfg.seed, 1, cfg.batch_size, cfg.seq_len, slice(0, 1))  # fits?
+        check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model_cfg = GPTConfig(vocab_size=self.data.vocab_size, d_model=cfg.d_model,
                                    n_layers=cfg.n_layers, n_heads=cfg.n_heads,
@@ -281,6 +289,8 @@ class Trainer:
         started, reported = time.perf_counter(), -math.inf
         for done, (i, rows) in enumerate(micro_batches, 1):
             x, y = train_batch(self.data.train, cfg.seed, step, cfg.batch_size, cfg.seq_len, rows)
+            check_tokens(x, self.data.vocab_size, self.data.train)
+            check_tokens(y, self.data.vocab_size, self.data.train)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
                 logits, loss = self.forward(x, y)
@@ -310,6 +320,7 @@ class Trainer:
         with self.dist.averaged_weights(self.opt):
             for i, (x, y) in enumerate(val_batches(self.data.val, self.cfg.eval_tokens,
                                                    self.cfg.micro_batch_size, self.cfg.seq_len)):
+                check_tokens(y, self.data.vocab_size, self.data.val)
                 if not self.dist.eval_share(i):
                     losses.append(torch.zeros((), device=self.device))
                     continue
