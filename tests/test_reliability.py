@@ -227,3 +227,62 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
                  for d in (root / "runs").iterdir()}
     assert summaries["mousse"]["status"] == "failed" and "damaged" in summaries["mousse"]["message"]
     assert summaries["alpha=0.0"]["status"] == "completed", res.stderr
+
+
+# ---- bad input: one line, exit 2, nothing written ------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["ablate", "--alpha", "0.0", "--seeds", "99999999999999999999", "--dry-run"], "at most 1000"),
+    (["ablate", "--alpha", "0.0", "--seeds", "100000000", "--dry-run"], "at most 1000"),
+    (["train", "--seed", "99999999999999999999"], "'seed'"),
+    (["train", "--lr", "nan"], "finite number"),
+])
+def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(invoke_cli(*args), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_bytes(b"steps = 3\nname = \"\xff\xfe\"\n")
+    assert_one_line_error(invoke_cli("train", "--config", bad), "not UTF-8")
+
+
+def test_a_damaged_ablation_toml_is_one_line_and_kept(tmp_path):
+    root = tmp_path / "abl"
+    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "2", *FAST,
+            "--ablation-dir", root, "--no-timing-pass"]
+    assert invoke_cli(*args).exit_code == 0
+    (root / "ablation.toml").write_text("mode = [unclosed")
+    assert_one_line_error(invoke_cli(*args), "ablation.toml is damaged")
+    assert (root / "ablation.toml").read_text() == "mode = [unclosed"
+
+
+def test_token_ids_outside_the_vocabulary_are_one_line(tmp_path):
+    from test_data import write_shard
+
+    (tmp_path / "d").mkdir()
+    write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 60000] * 4000)
+    write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3] * 4000)
+    res = invoke_cli("train", "--data", tmp_path / "d", "--steps", "2", "--d-model", "64",
+                     "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",
+                     "--run-dir", tmp_path / "r")
+    # found when a batch holds it (shards are never scanned whole): the run's header lines, then
+    # the error as the last line, exit 2, no traceback
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    last = res.stderr_lines()[-1]
+    assert last.startswith("error:") and "token id 60000" in last and "vocabulary of 50304" in last
+
+
+def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
+    from test_data import write_shard
+
+    (tmp_path / "d").mkdir()
+    write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 3] * 4000)
+    write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3])
+    res = invoke_cli("train", "--data", tmp_path / "d", "--steps", "2", "--d-model", "64",
+                     "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",
+                     "--run-dir", tmp_path / "r")
+    assert_one_line_error(res, "validation split")
+    assert not (tmp_path / "r").exists()
