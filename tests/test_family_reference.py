@@ -1,6 +1,6 @@
 """The family's named optimizers against independent dense fp64 references of their ORIGINAL rules.
 
-Each reference below is written from ../shared/BASELINES_SPEC.md (the papers' and their released
+Each reference below is written from the rules in docs/family.md (the papers' and their released
 code's rules), not from the engine's step (docs/family.md): one matrix at a time, full matrices
 instead of cached `Q diag(lam^-a)` factors, the papers' own bookkeeping (SOAP's moments stored IN
 the eigenbasis and rotated / permuted at basis changes, SPlus's basis recomputed after the update,

@@ -1,8 +1,8 @@
-"""The engine against an independent dense fp64 reference written from the spec (sections 1-2).
+"""The engine against an independent dense fp64 reference written from the algorithm (docs/family.md).
 
 The reference below uses none of the engine's helpers: it keeps one matrix at a time in plain
 Python loops, forms the factor powers as full matrices `Q diag(lam^-alpha) Q^T` and applies them
-as explicit products, `L^-a polar(L^-a M R^-a) R^-a` (equal to the spec's rotate / scale /
+as explicit products, `L^-a polar(L^-a M R^-a) R^-a` (equal to the engine's rotate / scale /
 rotate-back form because polar(Q^T X P) = Q^T polar(X) P), with the exact polar factor by SVD.
 The engine is run with ns="exact" on fp64 parameters, so every difference is rounding: the
 tolerance (1e-9 relative to the distance travelled, over 25 steps; measured at most 4e-11) is far
@@ -39,7 +39,7 @@ def ref_polar(X: torch.Tensor) -> torch.Tensor:
 
 
 def ref_neg_power(F: torch.Tensor, step: int, cfg: dict) -> torch.Tensor:
-    """(normalized F)^(-alpha) as a dense matrix, per spec section 2 step 3."""
+    """(normalized F)^(-alpha) as a dense matrix, as in docs/family.md (the whitening step)."""
     k = F.shape[0]
     Fh = F.clone()
     if cfg["bias_correction"]:
@@ -264,7 +264,7 @@ def test_alpha_zero_is_muon_fp32():
         assert err < 1e-4, float(err)
 
 
-# ---- the closed form of section 1 -------------------------------------------------------------
+# ---- the closed form (exact polar, alpha 1/4) -------------------------------------------------------------
 
 
 def spd_power(F: torch.Tensor, p: float) -> torch.Tensor:
@@ -297,7 +297,7 @@ def test_closed_form_direction(shape, first_checked):
         W_before = p.detach().clone()
         p.grad = G
         opt.step()
-        if t < first_checked:  # rank-deficient factors at step 1 (spec, section 2)
+        if t < first_checked:  # rank-deficient factors at step 1 (docs/family.md)
             continue
         dW = (p.detach() - W_before) / lr
         Lq = spd_power(L / (1 - b**t) + 2 * eps * torch.eye(m, dtype=F64), -0.25)

@@ -194,7 +194,7 @@ def _tracking_eigh(fail):
 def test_eigh_fp32_failure_retries_in_fp64(monkeypatch):
     # Square shapes: the factors are full rank from step 1, so fp32 and fp64 eigenpairs agree to
     # fp32 accuracy. (With rank-deficient factors the eps-level eigenvalues differ by ~1% between
-    # fp32 and fp64, the rounding sensitivity the spec warns about, and weights by ~5e-4.)
+    # fp32 and fp64, the rounding sensitivity of rank-deficient factors, and weights by ~5e-4.)
     shapes = [(6, 6), (6, 6), (5, 5)]
     grads = make_grads(shapes, 7)
     ref_params = make_params(shapes)
@@ -550,7 +550,7 @@ def test_all_grads_none_is_a_no_op_and_closure_is_called():
 
 
 def test_defaults_are_the_released_recipe():
-    """Spec section 2: mu 0.95 heavy ball, b 0.95, T 10, eps 1e-5, alpha 0.125, wd 0.01, both
+    """The released recipe (docs/published.md): mu 0.95 heavy ball, b 0.95, T 10, eps 1e-5, alpha 0.125, wd 0.01, both
     sides, trace norm, graft, bias correction, you5, lr scale sqrt(m/n); Muon = torch's."""
     d = Mousse([torch.nn.Parameter(torch.randn(3, 2))]).defaults
     expected = dict(momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01, alpha=0.125,

@@ -28,7 +28,7 @@ import pytest
 import torch
 from mousse.optim.orthogonalize import orthogonalize
 
-# The coefficients, copied from the spec (section 4), independently of the engine's table.
+# The coefficients, copied from their sources (docs/published.md), independently of the engine's table.
 SPEC_SCHEDULES = {
     "muon": dict(coeffs=[(3.4445, -4.7750, 2.0315)], eps=1e-7, scale=1.0, clamp=True),
     "you5": dict(

@@ -2,7 +2,7 @@
 
 Per NS iteration `A = X X^T` and `B = b A + c A A` are symmetric, so each kernel computes only the
 tiles on and below the diagonal and writes every tile twice, at (i, j) and mirrored at (j, i): about
-half the multiply work of a general matmul (spec section 4). Both accumulate in fp32 and write the
+half the multiply work of a general matmul (docs/published.md). Both accumulate in fp32 and write the
 input's dtype; both take a batch (B, m, k) on the second grid axis and any strides (so
 `sym_gram(X.mT)` gives `X^T X` without a copy).
 

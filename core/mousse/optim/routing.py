@@ -2,7 +2,7 @@
 
 Block 2-D weights go to the matrix optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings, the output head,
 norm gains and biases go to the scalar optimizer (AdamW or Lion). Embedding and head are never sent
-to Mousse: treating them as matrices silently trains badly (spec section 3).
+to Mousse: treating them as matrices silently trains badly (docs/family.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Named model shapes and training recipes: the paper's 160M-800M family and two CPU presets.
 
-Only the 160M recipe was released (spec section 5); the larger presets keep its batch, lr and
+Only the 160M recipe was released (docs/published.md); the larger presets keep its batch, lr and
 tokens per parameter, and their scalar/AdamW learning rates are the project's own choice.
 
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
@@ -30,7 +30,7 @@ ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
 # lr rule sqrt(m/n), as `mousse train --optimizer muon` always ran it (the recorded results depend
 # on it); torch.optim.Muon's own defaults (ns muon, lr_scale muon, wd 0.1) stay in `optim.Muon`.
 TRAINING_RECIPES: dict[str, dict] = {
-    "mousse": {},  # the class preset is the released recipe (spec section 2)
+    "mousse": {},  # the class preset is the released recipe (docs/published.md)
     "muon": {"ns": "you5", "lr_scale": "spectral", "weight_decay": 0.01},
     "shampoo": {"weight_decay": 0.01},
     "soap": {"weight_decay": 0.01},
@@ -40,13 +40,13 @@ TRAINING_RECIPES: dict[str, dict] = {
     "adamw": {"weight_decay": 0.01},
 }
 
-# Peak matrix lr of the CPU presets. Mousse and Muon: the project's CPU recipe (spec section 7).
+# Peak matrix lr of the CPU presets. Mousse and Muon: the project's CPU recipe (docs/published.md).
 # The others: the best final validation loss of an lr sweep on the tiny preset
 # (benchmarks/lr-sweep/: `mousse ablate benchmarks/lr-sweep/<name>.toml`), checked to train
 # stably on small.
 _CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 0.01, "soap": 0.01, "splus": 0.3,
             "tnt": 1e-4, "specgd": 0.1}
-_CPU_LR_NOTE = ("mousse/muon lr: the project's CPU recipe (spec section 7); shampoo, soap, splus, "
+_CPU_LR_NOTE = ("mousse/muon lr: the project's CPU recipe (docs/published.md); shampoo, soap, splus, "
                 "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small")
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
@@ -122,7 +122,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(name="small", d_model=128, n_layers=4, n_heads=4, head_dim=32, seq_len=128,
            vocab_size=256, steps=600, batch_size=32, micro_batch_size=32,
            lrs=dict(_CPU_LRS), lr_note=_CPU_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=100, eval_tokens=131_072,
-           description="CPU reference (spec section 7): byte-level d128 x 4 layers, 600 steps, "
+           description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
                        "a few minutes on 2 cores"),
     _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
     _paper("250m", 768, 24, 15_000, 32, 0.006, 0.002, "steps scaled with params from 160m's 10,000"),
