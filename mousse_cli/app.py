@@ -47,6 +47,7 @@ app = typer.Typer(
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 EXIT_DIVERGED = 3
 EXIT_WAITING = 4
+EXIT_EXPECTATION = 5
 
 
 def fail(message: str, code: int = 2, json_out: bool = False) -> None:
@@ -529,8 +530,11 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters."),
     retime: bool = typer.Option(False, "--retime", help="Time every variant's step again, side by side in this process on this machine, and take the overheads from that pass."),
     timing_budget: Optional[float] = typer.Option(None, "--timing-budget", help="Seconds for --retime (default: 3% of the ablation's training time, at least 10)."),
+    expect: Optional[list[str]] = typer.Option(None, "--expect", help="A CI gate, repeatable: \"mousse < muon\" (mean final loss), \"mousse < muon significant\" (and Welch p < 0.05), \"speedup(mousse) >= 1.05\", \"speedup_low(mousse) > 1\", \"overhead(mousse) <= 10\". Exit 5 when one fails (docs/ci.md)."),
 ) -> None:
-    """Re-render an ablation's tables from disk."""
+    """Re-render an ablation's tables from disk (and check expectations, for CI).
+
+    Exit codes: 0 fine, 2 bad input, 5 an --expect failed."""
     from mousse.experiments.results import render
     from mousse.experiments.scale import SCALE_FILE, preset_dirs
 
@@ -554,10 +558,11 @@ def report(
             from .plot import plot_scale
             plot_scale(scale_of(by_preset), plot)
             console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
-    if scaled:
-        if fmt == "json":
-            typer.echo(dumps({"presets": by_preset, "scale": scale_of(by_preset)}))
-            return
+    if expect:  # a bad expression is refused before anything is printed
+        check_expressions(expect)
+    if scaled and fmt == "json":
+        typer.echo(dumps({"presets": by_preset, "scale": scale_of(by_preset)}))
+    elif scaled:
         for preset, results in by_preset.items():
             console.print(f"[bold]preset {preset}[/]", highlight=False)
             show_results(results) if fmt == "table" else typer.echo(render(results, fmt), nl=False)
@@ -566,6 +571,35 @@ def report(
         show_results(by_preset[None])
     else:
         typer.echo(render(by_preset[None], fmt), nl=False)
+    if expect:
+        gate(expect, by_preset)
+
+
+def check_expressions(expectations: list[str]) -> None:
+    from mousse.experiments.expect import parse
+
+    with user_errors():
+        for expr in expectations:
+            parse(expr)
+
+
+def gate(expectations: list[str], by_preset: dict) -> None:
+    """Check every expectation on every preset's results; one line each on stderr; exit 5 after
+    the tables when one fails (bad expressions: exit 2 at once)."""
+    from mousse.experiments.expect import check
+
+    with user_errors():
+        failed = []
+        for preset, results in by_preset.items():
+            for expr in expectations:
+                ok, reason = check(expr, results)
+                where = f"[{preset}] " if preset else ""
+                console.print(f"[{'green' if ok else 'red'}]{'ok' if ok else 'FAILED'}:[/] "
+                              f"{escape(where + reason)}", highlight=False, soft_wrap=True)
+                if not ok:
+                    failed.append(reason)
+    if failed:
+        raise typer.Exit(EXIT_EXPECTATION)
 
 
 def open_ablation(path: Path):
