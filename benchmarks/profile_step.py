@@ -16,8 +16,9 @@ import statistics
 import sys
 import time
 
-import mousse.optim.precondition as pc
 import torch
+
+import mousse.optim.precondition as pc
 from mousse.experiments.bench import matrix_shapes, ns_flops
 from mousse.optim.family import Mousse, Muon, graft
 from mousse.optim.orthogonalize import frobenius_norm, orthogonalize

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+
 from mousse.optim import precondition as pc
 from mousse.optim.family import graft
 from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
 from mousse.train.checkpoint import find_checkpoint
-from safetensors.torch import load_file
 
 ALPHA = 0.125
 # (whitening, Newton-Schulz, unwhitening)

@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import mousse
 import typer
+from rich.markup import escape
+
+import mousse
 from mousse.dist.process import (
     env_world_size,
     exit_on_error,
@@ -19,9 +21,8 @@ from mousse.dist.process import (
 )
 from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, load_config_file, resolve
-from mousse.train.fileio import dumps
 from mousse.train.data import DataError
-from rich.markup import escape
+from mousse.train.fileio import dumps
 
 from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
 from .views import (
@@ -242,8 +243,14 @@ def ablate(
     Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
     other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
     """
-    from mousse.experiments.ablation import (_CHOICES, load_spec, parse_seeds,
-                                             parse_sweep_values, plan_ablation, tune_spec)
+    from mousse.experiments.ablation import (
+        _CHOICES,
+        load_spec,
+        parse_seeds,
+        parse_sweep_values,
+        plan_ablation,
+        tune_spec,
+    )
     from mousse.experiments.scale import SCALE_FILE, split_presets
     from mousse.experiments.sweep import Ablation
     from mousse.experiments.tuning import parse_tune
@@ -363,7 +370,7 @@ def check_cost(configs: list, max_hours: float | None, force: bool, runs: int | 
     one line what exceeds --max-hours or, unless --force, the device's free memory. Returns the
     lines to show: the estimate, and a hint when a GPU preset meets a CPU."""
     from mousse.train.data import load_dataset
-    from mousse.train.estimate import (describe, duration, estimate, fitting_micro_batch, warning)
+    from mousse.train.estimate import describe, duration, estimate, fitting_micro_batch, warning
     from mousse.train.trainer import pick_device
 
     if max_hours is not None and max_hours <= 0:

@@ -7,6 +7,7 @@ import inspect
 from typing import Optional
 
 import typer
+
 from mousse.optim.family import CHOICES
 from mousse.train.config import OPTIMIZERS
 

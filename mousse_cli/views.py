@@ -7,6 +7,11 @@ import math
 import time
 from collections import Counter
 
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
 from mousse.train.events import (
     CheckpointSaved,
     EvalDone,
@@ -16,10 +21,6 @@ from mousse.train.events import (
     RunStarted,
     StepLogged,
 )
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
 
 console = Console(stderr=True)
 
@@ -319,15 +320,16 @@ class AblationView:
 
 def results_tables(results: dict):
     """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
+    from rich.console import Group
+
     from mousse.experiments.results import (
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
         convergence_rows,
+        protocol_notes,
+        timing_notes,
         timing_rows,
     )
-    from rich.console import Group
-
-    from mousse.experiments.results import protocol_notes, timing_notes
 
     target = results["target_loss"]
     caption = (f"target = baseline {results['baseline']} final val loss {target:.4f}; speedup = "

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from mousse.experiments.ablation import (
     AblationPlan,
     check_max_runs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_one_line_error, invoke_cli
+
 from mousse.experiments.bench import (
     COMPILED,
     OPTIMIZERS,
@@ -88,10 +89,10 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
     """The kernel-vs-torch section runs wherever triton runs (here the interpreter, on CPU, tiny
     sizes, where the kernels are far slower than torch): with the Gram kernel dispatched at every
     size, each of its sizes is flagged as dispatched where slower."""
-    from mousse.experiments.bench import bench_kernels
-    from mousse.optim import kernels
     from rich.console import Console
 
+    from mousse.experiments.bench import bench_kernels
+    from mousse.optim import kernels
     from mousse_cli.views import kernel_table
 
     monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")

@@ -21,11 +21,14 @@ from conftest import (
     train_losses,
     val_losses,
 )
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from mousse.train import tomlio
 from mousse.train.checkpoint import (
-    CheckpointError,
     FILES,
     FORMAT,
+    CheckpointError,
     find_checkpoint,
     list_checkpoints,
     read_checkpoint,
@@ -34,8 +37,6 @@ from mousse.train.config import resolve
 from mousse.train.events import CheckpointSaved
 from mousse.train.model import GPT, GPTConfig
 from mousse.train.trainer import Trainer
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 N = 6
 REF_SETTINGS = {**FAST_SETTINGS, "steps": 2 * N, "eval_every": N, "checkpoint_every": N,

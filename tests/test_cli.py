@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST, assert_one_line_error, invoke_cli, summary, train_losses
+
 from mousse.train import tomlio
 from mousse.train.events import StepLogged
 
@@ -213,9 +214,8 @@ def test_bad_spec_file_message_keeps_brackets(cli, tmp_path):
 def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     """Ctrl-C in the middle of the first run: exit 130 with that run checkpointed; rerunning the
     command resumes it from its checkpoint and runs the rest."""
-    from mousse.experiments.sweep import RunUpdate
-
     import mousse_cli.app as app_module
+    from mousse.experiments.sweep import RunUpdate
 
     class InterruptingView(app_module.AblationView):
         def __call__(self, update):

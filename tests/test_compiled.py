@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
+from torch._dynamo.utils import counters
+
 from mousse import build_optimizer
 from mousse.optim import family as optim
 from mousse.optim.family import OPTIMIZERS
-from torch._dynamo.utils import counters
 
 SHAPES = [(16, 16), (16, 16), (32, 16), (16, 32)]  # three buckets, one of two matrices
 

@@ -2,6 +2,7 @@ import struct
 
 import pytest
 import torch
+
 from mousse.train import data
 from mousse.train.data import DataError, load_dataset, train_batch, val_batches
 

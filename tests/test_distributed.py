@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error, mousse_command, read_metrics, run_gloo_ranks
+from safetensors import safe_open
+
 from mousse.dist.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
 from mousse.dist.process import batch_split
 from mousse.optim.routing import build_optimizer, infer_roles
@@ -31,7 +33,6 @@ from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
 from mousse.train.presets import PRESETS, _meta_model
 from mousse.train.trainer import Trainer
-from safetensors import safe_open
 
 ARGS = ["--d-model", "64", "--seq-len", "64", "--batch-size", "4", "--micro-batch-size", "2",
         "--eval-tokens", "4096", "--steps", "20", "--log-every", "1", "--eval-every", "10",

@@ -8,6 +8,7 @@ import threading
 import torch
 import torch.nn.functional as F
 from conftest import FAST, FAST_SETTINGS, summary, train_losses
+
 from mousse.optim.family import OPTIMIZERS
 from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches

@@ -15,6 +15,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (it is importe
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
 from mousse.optim import kernels, orthogonalize  # noqa: E402
 from mousse.optim.kernels import sym_gram, sym_poly, use_triton  # noqa: E402
 

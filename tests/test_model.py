@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from mousse.train.model import GPT, GPTConfig
 from mousse.train.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
 

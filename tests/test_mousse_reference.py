@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import math
 
-import mousse.optim.precondition
 import pytest
 import torch
+
+import mousse.optim.precondition
 from mousse import Mousse, Muon
 
 F64 = torch.float64

@@ -6,9 +6,10 @@ from __future__ import annotations
 import copy
 import math
 
-import mousse.optim.precondition
 import pytest
 import torch
+
+import mousse.optim.precondition
 from mousse import Mousse, Muon
 
 SIDE_KEYS = {"both": ("L", "R"), "left": ("L",), "right": ("R",)}

@@ -26,6 +26,7 @@ import math
 
 import pytest
 import torch
+
 from mousse.optim.orthogonalize import orthogonalize
 
 # The coefficients, copied from their sources (docs/published.md), independently of the engine's table.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import mousse.optim.precondition as pc
 import pytest
 import torch
 from conftest import assert_one_line_error, invoke_cli
+
+import mousse.optim.precondition as pc
 from mousse import Mousse
 from mousse.train.config import ConfigError, resolve
 

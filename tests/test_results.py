@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from mousse.experiments.results import (
     CONVERGENCE_COLUMNS,
     TIMING_COLUMNS,

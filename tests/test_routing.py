@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mousse import CombinedOptimizer, Lion, Mousse, Muon, build_optimizer
 from mousse.optim.routing import infer_roles
 from mousse.train.model import GPT, GPTConfig

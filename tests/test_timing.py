@@ -9,8 +9,13 @@ import pytest
 from conftest import FAST, invoke_cli
 
 from mousse.experiments.results import apply_timing_pass, summarize, timing_notes, timing_rows
-from mousse.experiments.timing import (MIN_ROUNDS, plan_rounds, round_order, run_pass,
-                                       summarize_rounds)
+from mousse.experiments.timing import (
+    MIN_ROUNDS,
+    plan_rounds,
+    round_order,
+    run_pass,
+    summarize_rounds,
+)
 from mousse.train.trainer import peak_memory
 
 

@@ -21,6 +21,7 @@ from conftest import (
     train_losses,
     val_losses,
 )
+
 from mousse.train import tomlio
 from mousse.train.checkpoint import FILES, list_checkpoints, read_checkpoint
 from mousse.train.config import FAMILY_KNOBS, FIELD_TYPES, resolve

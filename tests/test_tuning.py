@@ -12,11 +12,16 @@ import pytest
 from conftest import FAST, assert_one_line_error, invoke_cli
 
 from mousse.experiments.ablation import _CHOICES, in_shard, plan_ablation, tune_spec
-from mousse.experiments.results import (_quantile, bootstrap_ci, speedup, steps_to_target,
-                                        summarize)
+from mousse.experiments.results import _quantile, bootstrap_ci, speedup, steps_to_target, summarize
 from mousse.experiments.sweep import Ablation
-from mousse.experiments.tuning import (DEFAULT_GRIDS, TuneSpec, default_grid, extend, parse_tune,
-                                       tune_variant)
+from mousse.experiments.tuning import (
+    DEFAULT_GRIDS,
+    TuneSpec,
+    default_grid,
+    extend,
+    parse_tune,
+    tune_variant,
+)
 from mousse.train.config import ConfigError
 
 INF = math.inf

@@ -27,8 +27,12 @@ from mousse.optim.family import refresh_due
 from mousse.optim.routing import build_optimizer
 
 from . import tomlio
-from .checkpoint import (CheckpointError, latest_valid_checkpoint,
-                         read_checkpoint, set_aside_later_checkpoints)
+from .checkpoint import (
+    CheckpointError,
+    latest_valid_checkpoint,
+    read_checkpoint,
+    set_aside_later_checkpoints,
+)
 from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
 from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
 from .events import (
