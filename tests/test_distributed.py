@@ -115,10 +115,10 @@ def test_only_rank_0_renders_and_writes(runs):
     assert err.count("step 20/20") == 1 and err.count("run dir:") == 1  # one view, rank 0's
     assert "Traceback" not in err
     assert sorted(p.name for p in (root / "two").iterdir()) == sorted(
-        ["checkpoints", "config.toml", "env.json", "metrics.jsonl", "summary.json"])
+        [".lock", "checkpoints", "config.toml", "env.json", "metrics.jsonl", "summary.json"])
     ckpt = root / "two" / "checkpoints" / "step-20"
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(
-        ["model.safetensors", "trainer.safetensors", "optimizer-index.json",
+        ["model.safetensors", "trainer.safetensors", "optimizer-index.json", "checksums.json",
          "optimizer-rank0.safetensors", "optimizer-rank1.safetensors"])
     assert [p.name for p in list_checkpoints(root / "two" / "checkpoints")] == ["step-10", "step-20"]
     assert not [p for p in (root / "two" / "checkpoints").iterdir() if p.name.startswith(".")]

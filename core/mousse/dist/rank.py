@@ -43,7 +43,7 @@ from torch import Tensor
 from mousse.optim.routing import infer_roles
 from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
 from mousse.train.checkpoint import (FORMAT, flatten_optimizer, list_checkpoints,
-                                     optimizer_state_by_name, param_of)
+                                     optimizer_state_by_name, param_of, write_checksums)
 from mousse.train.world import World
 
 from .process import (_inject_failure, batch_split, env_world_size, leave_process_group,
@@ -404,6 +404,7 @@ class Dist(World):
             (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
             for f in ("model.safetensors", "trainer.safetensors", INDEX):
                 _fsync(tmp / f)
+            write_checksums(tmp)  # every rank's shard is in tmp by now (the all_gather above)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
