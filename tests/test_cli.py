@@ -372,7 +372,8 @@ def test_presets_list_lr_per_optimizer(cli):
     for name, row in rows.items():
         assert list(row["lrs"]) == list(OPTIMIZERS)
         assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
-    assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.03
+    assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.06  # tuned
+    assert rows["small"]["lrs"]["mousse"] == rows["small"]["lrs"]["muon"] == 0.03
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
 
@@ -382,6 +383,6 @@ def test_presets_list_lr_per_optimizer(cli):
     header = next(line for line in text.splitlines() if line.split()[:2] == ["preset", "mousse"])
     assert header.split() == ["preset", *OPTIMIZERS]
     tiny = next(line for line in text.splitlines() if line.split()[:1] == ["tiny"]
-                and line.split()[1] == "0.03")
+                and line.split()[1] == "0.06")
     assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
     assert "benchmarks/lr-sweep" in text and "released 160M recipe" in text

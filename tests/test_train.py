@@ -67,7 +67,7 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
     # config.toml: the resolved settings (flags, then the tiny preset's values filled in)
     cfg = tomlio.load(run_dir / "config.toml")
     assert cfg["preset"] == "tiny" and cfg["steps"] == 12 and cfg["seed"] == 3
-    assert cfg["d_model"] == 64 and cfg["n_layers"] == 2 and cfg["lr"] == 0.03
+    assert cfg["d_model"] == 64 and cfg["n_layers"] == 2 and cfg["lr"] == 0.06
     assert cfg["checkpoint_every"] == 5 and cfg["eval_every"] == 5
     assert resolve(cfg).to_dict() == {**resolve({}).to_dict(), **cfg}
 
@@ -210,7 +210,7 @@ def test_muon_recipe_is_the_released_baseline():
     cfg = resolve({"optimizer": "muon"})
     assert (cfg.momentum, cfg.momentum_style, cfg.ns, cfg.ns_steps, cfg.lr_scale) == (
         0.95, "nesterov", "you5", 5, "spectral")
-    assert (cfg.weight_decay, cfg.sides, cfg.alpha, cfg.graft, cfg.lr) == (0.01, "none", 0.0, "none", 0.03)
+    assert (cfg.weight_decay, cfg.sides, cfg.alpha, cfg.graft, cfg.lr) == (0.01, "none", 0.0, "none", 0.06)
     assert (cfg.orthogonalizer, cfg.weight_decay_style) == ("newton_schulz", "decoupled")
     mousse = resolve({})
     assert (mousse.momentum_style, mousse.alpha, mousse.sides, mousse.factor_norm, mousse.graft) == (

@@ -48,6 +48,11 @@ _CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 0.01, "soap": 0.01, "splus"
             "tnt": 1e-4, "specgd": 0.1}
 _CPU_LR_NOTE = ("mousse/muon lr: the project's CPU recipe (docs/published.md); shampoo, soap, splus, "
                 "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small")
+# tiny: Mousse and Muon at the lr their own tuning chose (`mousse ablate ablations/paper-tuned.toml`,
+# 5 values a factor 2 apart: both best at 0.06; benchmarks/tuned/).
+_TINY_LRS = {**_CPU_LRS, "mousse": 0.06, "muon": 0.06}
+_TINY_LR_NOTE = ("mousse/muon lr: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
+                 "specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)")
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {**{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
@@ -117,7 +122,7 @@ def _paper(name: str, d_model: int, n_layers: int, steps: int, micro: int, scala
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(name="tiny", d_model=128, n_layers=2, n_heads=4, head_dim=32, seq_len=128,
            vocab_size=256, steps=300, batch_size=16, micro_batch_size=16,
-           lrs=dict(_CPU_LRS), lr_note=_CPU_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
+           lrs=dict(_TINY_LRS), lr_note=_TINY_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
            description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores"),
     Preset(name="small", d_model=128, n_layers=4, n_heads=4, head_dim=32, seq_len=128,
            vocab_size=256, steps=600, batch_size=32, micro_batch_size=32,
