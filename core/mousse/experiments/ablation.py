@@ -288,7 +288,16 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
     runs = [RunSpec(f"{name}-s{seed}" if len(seeds) > 1 else name, name, dict(knobs), seed,
                     knobs == baseline_knobs)
             for seed in seeds for name, knobs in variants.items()]
+    if tune is not None:  # freeze each variant's default-grid centres: a later preset change
+        tune = {**tune, "centres": {  # must not change what an ablation dir replays
+            name: _centres(base, knobs, seeds[0], tune["knobs"]) for name, knobs in variants.items()}}
     return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
+
+
+def _centres(base: dict, knobs: dict, seed: int, tuned: list[str]) -> dict:
+    """A variant's own value of each tuned knob, resolved from today's presets."""
+    cfg = config.resolve({**base, **knobs, "seed": seed})
+    return {k: getattr(cfg, k) for k in tuned if getattr(cfg, k) is not None}
 
 
 def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) -> None:

@@ -192,7 +192,11 @@ class Ablation:
     # ---- tuning -----------------------------------------------------------------------------
 
     def centre(self, variant: RunSpec) -> dict:
-        """The variant's own value of each tuned knob (its default grid's centre)."""
+        """The variant's own value of each tuned knob (its default grid's centre), as frozen in
+        the plan when it was made (plans from before that: resolved from today's presets)."""
+        frozen = (self.plan.tune or {}).get("centres", {}).get(variant.variant)
+        if frozen is not None:
+            return dict(frozen)
         cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 

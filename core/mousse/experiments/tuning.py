@@ -50,7 +50,7 @@ class TuneSpec:
                 "seeds": list(self.seeds), "max_extensions": self.max_extensions}
 
     @classmethod
-    def from_dict(cls, data: dict) -> TuneSpec:
+    def from_dict(cls, data: dict) -> TuneSpec:  # "centres" (per variant) is the plan's
         grids = data.get("grids", {})
         return cls(tuple((k, tuple(grids[k]) if k in grids else None) for k in data["knobs"]),
                    tuple(data.get("seeds", (0,))), int(data.get("max_extensions", MAX_EXTENSIONS)))
