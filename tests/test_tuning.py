@@ -397,3 +397,17 @@ def test_categorical_phase_resumes_and_shards_like_a_numeric_one(tmp_path):
         pass
     assert all(v["tuned"] == {"lr": 0.02, "momentum_style": "nesterov"}
                for v in ab.results()["variants"])
+
+
+def test_a_plan_freezes_its_grid_centres_against_later_preset_changes(tmp_path, monkeypatch):
+    """The default grid is centred on each variant's own value when the plan is made; an
+    ablation dir replays that grid even after the preset's lr changes."""
+    import mousse.train.presets as presets
+
+    ab = _tuned_ablation(tmp_path, tune="lr")
+    first = {r.name for r in ab.wanted()}
+    tiny = presets.PRESETS["tiny"]
+    monkeypatch.setitem(presets.PRESETS, "tiny", __import__("dataclasses").replace(
+        tiny, lrs={**tiny.lrs, "mousse": tiny.lrs["mousse"] * 4, "muon": tiny.lrs["muon"] * 4}))
+    assert {r.name for r in Ablation(ab.plan, ab.dir).wanted()} == first
+    assert ab.plan.tune["centres"]["mousse"] == {"lr": tiny.lrs["mousse"]}
