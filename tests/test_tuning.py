@@ -349,7 +349,7 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
                      "--ablation-dir", tmp_path / "a", "--max-runs", "100")
     assert dry.exit_code == 0
     assert "at most 30 runs" in dry.stderr  # 3 variants x (5 + 3 extensions + 2 more seeds)
-    assert "0.0075/0.015/0.03/0.06/0.12" in dry.stderr
+    assert "0.015/0.03/0.06/0.12/0.24" in dry.stderr  # around tiny's lr 0.06
     refused = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--dry-run",
                          "--ablation-dir", tmp_path / "a", "--max-runs", "20")
     assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
