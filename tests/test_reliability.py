@@ -286,3 +286,17 @@ def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
                      "--run-dir", tmp_path / "r")
     assert_one_line_error(res, "validation split")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_name_too_long_for_the_file_system_is_refused_before_anything_is_written(tmp_path):
+    spec = tmp_path / "long.toml"
+    values = ", ".join(f"{0.1 + i * 1e-9!r}" for i in range(3))
+    spec.write_text(f"mode = \"grid\"\n[sweep]\nalpha = [{values}]\npost_alpha = [{values}]\n"
+                    f"precond_beta = [0.9000000001, 0.9000000002]\neps = [1.0000000001e-05]\n"
+                    f"precond_freq = [11111111]\nstat_freq = [22222222]\nns_steps = [33333333]\n"
+                    f"refresh_warmup = [44444444]\nprecond_start = [55555555]\n"
+                    f"adam_eps = [1.0000000001e-08]\nbeta2 = [0.9990000001]\n")
+    res = invoke_cli("ablate", spec, "--ablation-dir", tmp_path / "a", "--max-runs", "100",
+                     "--dry-run")
+    assert_one_line_error(res, "more than a file name may hold")
+    assert not (tmp_path / "a").exists()

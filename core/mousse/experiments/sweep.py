@@ -32,6 +32,8 @@ from .timing import TIMING_FILE, default_budget, timing_pass
 from .tuning import TuneSpec, TuningState, run_label, tune_variant
 
 FINISHED = ("completed", "diverged")
+NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
+TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
 _RECORD_KEYS = ("final_val_loss", "best_val_loss", "step_ms_median", "fwd_bwd_ms_median",
                 "opt_ms_median", "refresh_ms_median", "tokens_per_s", "peak_mem_bytes", "steps",
                 "curve", "train_seconds", "n_params", "peak_mem_source", "timing_context")
@@ -176,6 +178,12 @@ class Ablation:
             if saved != self.plan.to_dict():
                 raise ConfigError(f"{self.dir} holds a different ablation plan; pass another "
                                   "--ablation-dir (or rerun the original command)")
+        longest = max(self.plan.runs, key=lambda r: len(r.name.encode()))
+        room = NAME_MAX - (TUNED_SUFFIX if self.tune else 0)
+        if len(longest.name.encode()) > room:
+            raise ConfigError(f"run name {longest.name[:60]}... is {len(longest.name.encode())} "
+                              f"bytes, more than a file name may hold here ({room}); sweep fewer "
+                              "knobs at once (or use --grid less)")
         configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
         datasets = {key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data)
                                                                      for c in configs)}
