@@ -289,14 +289,12 @@ def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
 
 
 def test_a_run_name_too_long_for_the_file_system_is_refused_before_anything_is_written(tmp_path):
+    """A grid over many float knobs with long values: names over 255 bytes."""
     spec = tmp_path / "long.toml"
-    values = ", ".join(f"{0.1 + i * 1e-9!r}" for i in range(3))
-    spec.write_text(f"mode = \"grid\"\n[sweep]\nalpha = [{values}]\npost_alpha = [{values}]\n"
-                    f"precond_beta = [0.9000000001, 0.9000000002]\neps = [1.0000000001e-05]\n"
-                    f"precond_freq = [11111111]\nstat_freq = [22222222]\nns_steps = [33333333]\n"
-                    f"refresh_warmup = [44444444]\nprecond_start = [55555555]\n"
-                    f"adam_eps = [1.0000000001e-08]\nbeta2 = [0.9990000001]\n")
-    res = invoke_cli("ablate", spec, "--ablation-dir", tmp_path / "a", "--max-runs", "100",
-                     "--dry-run")
+    knobs = ["alpha", "post_alpha", "precond_beta", "eps", "adam_eps", "beta2", "momentum",
+             "weight_decay", "lr", "average_rate"]
+    spec.write_text("mode = \"grid\"\n[sweep]\n" + "".join(
+        f"{k} = [{0.0123456789012345 + i * 1e-15!r}]\n" for i, k in enumerate(knobs)))
+    res = invoke_cli("ablate", spec, "--ablation-dir", tmp_path / "a", "--dry-run")
     assert_one_line_error(res, "more than a file name may hold")
     assert not (tmp_path / "a").exists()
