@@ -375,10 +375,11 @@ def check_cost(configs: list, max_hours: float | None, force: bool, runs: int | 
 
     if max_hours is not None and max_hours <= 0:
         raise ConfigError("--max-hours must be > 0")
-    estimates = []
+    estimates, vocabs = [], {}
     for cfg in configs:
         device = pick_device(cfg.device)
-        vocab = load_dataset(cfg.data, cfg.val_data).vocab_size
+        key = (cfg.data, cfg.val_data)  # every variant usually shares one dataset: load it once
+        vocab = vocabs[key] = vocabs.get(key) or load_dataset(*key).vocab_size
         est = estimate(cfg, vocab, device)
         estimates.append(est)
         if not est.fits and not force:

@@ -226,12 +226,12 @@ class Ablation:
     def grids(self) -> dict[str, list[list]]:
         """Each variant's starting grid per tuned knob."""
         from .ablation import _CHOICES
-        from .tuning import default_grid, sort_key
+        from .tuning import start_grid
 
         out = {}
         for name, variant in self.plan.variants.items():
             centre = self.centre(variant)
-            out[name] = [sorted(values, key=sort_key) if values else default_grid(k, centre[k], _CHOICES)
+            out[name] = [start_grid(k, values, centre.get(k), _CHOICES)
                          for k, values in self.tune.phases]
         return out
 
@@ -288,13 +288,13 @@ class Ablation:
 
     # ---- results ----------------------------------------------------------------------------
 
-    def records(self) -> list[dict]:
-        return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs()]
+    def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
+        return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
 
     def results(self) -> dict:
         baseline = next((r.variant for r in self.plan.runs if r.is_baseline), None)
         states = self.tuning() if self.tune else None
-        out = summarize(self.records(), baseline)
+        out = summarize(self.records(states), baseline)
         out["ablation_dir"] = str(self.dir)
         out["protocol"] = {"tuned": self.tune.knobs if self.tune else [],
                            "tune_seeds": list(self.tune.seeds) if self.tune else [],

@@ -214,8 +214,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
     chosen: dict = {}
     phases: list[Phase] = []
     for knob, explicit in spec.phases:
-        grid = sorted(explicit, key=sort_key) if explicit else \
-            default_grid(knob, centre.get(knob), choices)
+        grid = start_grid(knob, explicit, centre.get(knob), choices)
         phase = Phase(knob, grid)
         phases.append(phase)
         while True:
@@ -232,7 +231,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                     phase.losses[value] = sum(results) / len(results)
             if needed:
                 return TuningState(variant, phases, needed, False)
-            centre_index = _centre_index(phase.grid, centre.get(knob), explicit)
+            centre_index = _centre_index(phase.grid, centre.get(knob))
             best = choose(phase.grid, phase.losses, centre_index)
             edge = is_numeric(knob) and best in (phase.grid[0], phase.grid[-1]) \
                 and len(phase.grid) > 1
@@ -253,7 +252,12 @@ def sort_key(value):
     return (0, value) if is_orderable(value) else (1, str(value))
 
 
-def _centre_index(grid: list, centre, explicit) -> float:
+def start_grid(knob: str, explicit, centre, choices: dict) -> list:
+    """A phase's first grid: the given values in order, or the knob's default grid."""
+    return sorted(explicit, key=sort_key) if explicit else default_grid(knob, centre, choices)
+
+
+def _centre_index(grid: list, centre) -> float:
     """Where the variant's own value sits in the grid (the middle of an explicit grid that does
     not contain it)."""
     if centre in grid:
