@@ -169,6 +169,31 @@ def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
     assert again.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 400
 
 
+def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp_path):
+    """`timeout`, Slurm and a terminal signal the whole process group, workers included: each
+    worker leaves the stopping to the parent, so every run checkpoints and the rerun resumes."""
+    root = tmp_path / "A"
+    cmd = [*mousse_command(), "ablate", *FAST, "--alpha", "0.0", "--steps", "400", "--log-every",
+           "1", "--checkpoint-every", "1000", "--parallel", "2", "--no-timing-pass",
+           "--ablation-dir", str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    metrics = [root / "runs" / name / "metrics.jsonl" for name in ("muon", "mousse", "alpha=0.0")]
+    while sum(m.exists() and '"step"' in m.read_text() for m in metrics) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    started = [m.parent for m in metrics if m.exists()]
+    for run in started:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted", (run.name, summary["status"])
+        assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{summary['steps']}"
+
+
 # ---- strict JSON and permissions ---------------------------------------------------------------
 
 def test_a_diverged_run_writes_strict_json(tmp_path):

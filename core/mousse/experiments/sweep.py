@@ -126,7 +126,10 @@ _WORKER: dict = {}
 def _init_worker(events, stop, threads: int) -> None:
     """Worker start-up: a share of the cores, the parent's event queue and stop flag."""
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # The parent decides when to stop: Ctrl-C, `timeout` and Slurm signal the whole process group,
+    # and a worker killed by its own signal would lose its run (no checkpoint, a broken pool).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORKER.update(events=events, stop=stop)
 
