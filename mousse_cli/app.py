@@ -544,13 +544,13 @@ def report(
 
     Exit codes: 0 fine, 2 bad input, 5 an --expect failed."""
     from mousse.experiments.results import render
-    from mousse.experiments.scale import SCALE_FILE, preset_dirs
+    from mousse.experiments.scale import preset_dirs
 
     with user_errors():
         if fmt not in ("table", "markdown", "json", "csv"):
             raise ConfigError(f"bad --format {fmt!r}; choose one of table, markdown, json, csv")
         scaled = not (ablation_dir / "ablation.toml").is_file() and \
-            (ablation_dir / SCALE_FILE).is_file()
+            bool(preset_dirs(ablation_dir))
         dirs = preset_dirs(ablation_dir) if scaled else {None: ablation_dir}
         by_preset = {}
         for preset, path in dirs.items():

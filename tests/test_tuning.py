@@ -375,6 +375,9 @@ def test_ablate_over_several_presets_reports_per_scale(tmp_path):
         (p, v) for p in ("tiny", "small") for v in ("muon", "mousse", "alpha=0.0")}
     again = invoke_cli("report", root, "--format", "json")
     assert json.loads(again.stdout)["scale"]["presets"] == ["tiny", "small"]
+    (root / "scale.json").unlink()  # per-preset dirs run by separate invocations: found by name
+    found = invoke_cli("report", root, "--format", "json")
+    assert sorted(json.loads(found.stdout)["scale"]["presets"]) == ["small", "tiny"]
     bad = invoke_cli("ablate", "--preset", "tiny,tiny", "--alpha", "0.0", "--dry-run")
     assert_one_line_error(bad, "names a preset twice")
 
