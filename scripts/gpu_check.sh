@@ -2,6 +2,7 @@
 # GPU verification in one call, for a machine with an NVIDIA GPU:
 #   env    the GPU, driver, torch and triton versions
 #   tests  the Triton kernels compiled for this GPU against torch (tests/test_kernels_cuda.py)
+#   kernels each kernel against torch per size, bf16 (JSON): where dispatch should send work
 #   bench  `mousse bench --device cuda --preset 160m --compile --json`: optimizer step of Mousse vs
 #          our Muon vs torch.optim.Muon, the per-size kernel table and the dispatch thresholds
 #   train  `mousse bench --device cuda --preset 160m --train --steps N`: whole 160m training steps,
@@ -10,11 +11,11 @@
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).
 #
-# Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,tests,bench,train]
+# Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,tests,kernels,bench,train]
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [SECONDS] [PARTS]}
 BUDGET=${2:-540}
-PARTS=,${3:-env,tests,bench,train},
+PARTS=,${3:-env,tests,kernels,bench,train},
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -64,6 +65,8 @@ EOF
 
 MOUSSE=("$PY" -m mousse_cli)
 part env 30 env_report
-part tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels_cuda.py
+part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider -rs tests/test_kernels_cuda.py
+part kernels 120 "$PY" -c "import json, torch; from mousse.experiments.bench import bench_kernels
+print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 2048, 3072, 4096, 8192))))"
 part bench 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --compile --repeats 5 --json
 part train 300 "${MOUSSE[@]}" bench --device cuda --preset 160m --train --steps "${GPU_CHECK_STEPS:-10}" --repeats 3 --json

@@ -5,7 +5,7 @@ call `mousse` in-process through Typer's CliRunner (`cli`) or, where the real pr
 through a subprocess (`mousse_proc`). Torch runs on one thread: on a shared 2-core box, two
 threads per process oversubscribe the cores and make every step several times slower.
 Triton, wherever a test reaches it, runs its interpreter (there is no GPU): set here, before any
-module imports it (torch._dynamo does, at import).
+module imports it (torch._dynamo does, at import), unless TRITON_INTERPRET=0 asks for the GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRITON_INTERPRET", "1")  # scripts/gpu_check.sh sets 0: the real GPU
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
