@@ -124,7 +124,9 @@ def test_dispatch_uses_the_kernels_from_the_threshold(monkeypatch):
 @pytest.mark.parametrize("triton_mode", ["0", "1"])
 def test_mousse_steps_on_gpu_match_cpu(monkeypatch, triton_mode):
     """Ten Mousse steps (two refreshes) on CUDA, with and without the kernels, follow the same
-    steps on the CPU in fp32 (fp32 Newton-Schulz on both)."""
+    steps on the CPU in fp32 (fp32 Newton-Schulz on both). fp32 eigh and products round
+    differently on the two devices and lam^-alpha amplifies it: 1.17e-3 on an H100 in both modes
+    (benchmarks/gpu), so the bound is 3e-3; a kernel bug would be orders of magnitude larger."""
     monkeypatch.setenv("MOUSSE_TRITON", triton_mode)
     shapes = [(256, 128), (128, 512), (384, 384)]
     gen = torch.Generator().manual_seed(7)
@@ -142,4 +144,4 @@ def test_mousse_steps_on_gpu_match_cpu(monkeypatch, triton_mode):
 
     for gpu, cpu in zip(run(CUDA), run(torch.device("cpu"))):
         err = (gpu - cpu).norm() / (cpu - cpu.mean()).norm()
-        assert err < 1e-3, f"relative difference {float(err):.2e}"
+        assert err < 3e-3, f"relative difference {float(err):.2e}"

@@ -202,7 +202,7 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
     return out
 
 
-KERNEL_SIZES = (1024, 2048, 4096, 8192)
+KERNEL_SIZES = (1024, 2048, 3072, 4096, 8192)
 POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
 
 

@@ -20,12 +20,13 @@ import os
 import torch
 from torch import Tensor
 
-# Smallest Gram / polynomial output side m (of an m x m result) that goes to the kernels.
-# Published: one-triangle kernels are slower than cuBLAS below ~2048^2 and 1.3-2x faster on large
-# Gram products; not yet measured on our GPUs. `mousse bench --device cuda` measures both on the
-# GPU at hand and prints the thresholds to set with MOUSSE_GRAM_MIN_DIM / MOUSSE_POLY_MIN_DIM.
-GRAM_MIN_DIM = 2048
-POLY_MIN_DIM = 2048
+# Smallest Gram / polynomial output side m (of an m x m result) that goes to the kernels: the
+# measured crossovers on an H100 in bf16 (benchmarks/gpu/README.md). There cuBLAS wins up to 2048
+# (the kernels at 0.6-0.8x); the Gram kernel breaks even at 3072 and is 1.45x at 4096, the
+# polynomial kernel 1.13x at 4096. `mousse bench --device cuda` measures both on the GPU at hand
+# and prints the thresholds to set with MOUSSE_GRAM_MIN_DIM / MOUSSE_POLY_MIN_DIM.
+GRAM_MIN_DIM = 3072
+POLY_MIN_DIM = 4096
 MIN_DIM = {"gram": "GRAM_MIN_DIM", "poly": "POLY_MIN_DIM"}  # read at call time, so patchable
 MAX_BATCH = 65535  # the batch rides on grid axis 1, limited to 2^16 - 1 programs
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
