@@ -42,7 +42,7 @@ from torch import Tensor
 
 from mousse.optim.routing import infer_roles
 from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
-from mousse.train.checkpoint import (FORMAT, flatten_optimizer, list_checkpoints,
+from mousse.train.checkpoint import (FORMAT, flatten_optimizer, list_checkpoints, model_tensors,
                                      optimizer_state_by_name, param_of, write_checksums)
 from mousse.train.world import World
 
@@ -391,8 +391,7 @@ class Dist(World):
                             "drifted apart; please report this)" if differ else None, tmp)
 
         def finish() -> None:  # rank 0: model, trainer state, index; then the rename
-            weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-            save_file(weights, tmp / "model.safetensors", metadata=meta)
+            save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
             save_file({k: v.contiguous() for k, v in trainer_tensors.items()},
                       tmp / "trainer.safetensors",
                       metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}})

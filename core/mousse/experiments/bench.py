@@ -26,10 +26,10 @@ from mousse.optim import kernels
 from mousse.optim import precondition as pc
 from mousse.optim.family import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.orthogonalize import orthogonalize
-from mousse.train.config import DEVICES, ConfigError
-from mousse.train.model import GPT
+from mousse.train.config import DEVICES, ConfigError, resolve
 from mousse.train.presets import get_preset
 from mousse.train.trainer import PEAK_FLOPS, pick_device
+from mousse.train.usermodel import build_model
 
 CYCLE = 10
 LR = 0.02
@@ -66,13 +66,15 @@ TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
            "muon_bf16_vs_torch_muon": ("muon_bf16", "torch_muon", 1.0, 1.0)}
 
 
-def matrix_shapes(preset: str) -> dict[tuple[int, int], int]:
-    """{(out, in): count} of the preset's block matrices (the ones Mousse / Muon train)."""
-    with torch.device("meta"):
-        model = GPT(get_preset(preset).model_config())
-    params = dict(model.named_parameters())
+def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, int], int]:
+    """{(out, in): count} of the block matrices (the ones Mousse / Muon train) of the preset's
+    GPT, or with `model` ({"model": ..., "model_config": ...}, as `mousse train --model`) of
+    that model at the preset's sequence length and vocabulary."""
+    cfg = resolve({**(model or {}), "preset": preset})
+    net = build_model(cfg, get_preset(preset).vocab_size, "meta")
+    params = dict(net.named_parameters())
     shapes: dict[tuple[int, int], int] = {}
-    for name, role in model.param_roles().items():
+    for name, role in net.param_roles().items():
         if role == "matrix":
             key = tuple(params[name].shape)
             shapes[key] = shapes.get(key, 0) + 1
@@ -244,20 +246,20 @@ def measured_min_dim(rows: list[dict]) -> int | None:
     return best
 
 
-def bench_train(preset: str, device: str, steps: int, compiled: bool = False) -> dict:
+def bench_train(preset: str, device: str, steps: int, compiled: bool = False,
+                model: dict | None = None) -> dict:
     """Full training steps (Trainer, builtin data, temp run dir), Muon vs Mousse: step ms over
     `steps` steps after a first, untimed one (which compiles, with `compiled`: model and
     optimizer, as `mousse train --compile`). With steps a multiple of precond_freq (10) the
     mean holds refreshes in their true proportion; the median shows a plain step."""
-    from mousse.train.config import resolve
     from mousse.train.events import StepLogged
     from mousse.train.trainer import Trainer
 
     out = {"steps": steps, "compiled": compiled}
     for optimizer in ("muon", "mousse"):
-        cfg = resolve({"preset": preset, "optimizer": optimizer, "steps": steps + 1,
-                       "device": device, "log_every": 1, "eval_every": steps + 1, "eval_tokens": 1,
-                       "compile": compiled})
+        cfg = resolve({**(model or {}), "preset": preset, "optimizer": optimizer,
+                       "steps": steps + 1, "device": device, "log_every": 1,
+                       "eval_every": steps + 1, "eval_tokens": 1, "compile": compiled})
         events = []
         with tempfile.TemporaryDirectory() as tmp:
             Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
@@ -278,16 +280,17 @@ def train_overheads(muon: dict, mousse: dict) -> dict:
 
 
 def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", train: bool = False,
-              steps: int = 30, compiled: bool = False) -> dict:
-    """Every measurement for `preset` on `device`; see the module docstring. Bad input is a
-    ConfigError naming it."""
+              steps: int = 30, compiled: bool = False, model: dict | None = None) -> dict:
+    """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
+    the preset's sizes) on `device`; see the module docstring. Bad input is a ConfigError
+    naming it."""
     for name, value in (("repeats", repeats), ("steps", steps)):
         if value < 1:
             raise ConfigError(f"bad value for '{name}': {value}; must be >= 1")
     if device not in DEVICES:
         raise ConfigError(f"bad value for 'device': {device!r}; choose one of {', '.join(DEVICES)}")
     try:
-        shapes = matrix_shapes(preset)
+        shapes = matrix_shapes(preset, model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     dev = pick_device(device)
@@ -321,5 +324,5 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
                    for s, c in shapes.items()],
         "targets": targets,
         "kernels": kernel,
-        "train": bench_train(preset, device, steps, compiled) if train else None,
+        "train": bench_train(preset, device, steps, compiled, model) if train else None,
     }

@@ -101,6 +101,18 @@ def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta
     return out
 
 
+def model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The model's state on the CPU, as safetensors takes it: it refuses tensors that share
+    memory, so a weight tied under two names (an embedding reused as the head) is copied."""
+    out, seen = {}, set()
+    for name, value in model.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        storage = value.untyped_storage().data_ptr()
+        out[name] = value.clone() if storage in seen else value
+        seen.add(storage)
+    return out
+
+
 def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: CombinedOptimizer,
                     trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
     """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
@@ -111,8 +123,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
     follow_umask(tmp, directory=True)
     try:
         meta = {"format": FORMAT, "step": str(step)}
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / "model.safetensors", metadata=meta)
+        save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
         opt_tensors, opt_meta = flatten_optimizer(opt)
         save_file(opt_tensors, tmp / "optimizer.safetensors", metadata={**meta, **opt_meta})
         trainer = {k: v.contiguous() for k, v in trainer_tensors.items()}

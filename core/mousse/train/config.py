@@ -58,7 +58,11 @@ class TrainConfig:
     optimizer's knobs "the chosen optimizer's recipe" (see `resolve`)."""
 
     preset: str = "tiny"
-    # model shape (preset's unless overridden)
+    # the user's own model instead of the built-in GPT (docs/models.md): MODULE:FUNCTION,
+    # path/to/file.py:FUNCTION or hf:ARCH, and its keyword arguments as "k=v,k=v"
+    model: str | None = None
+    model_config: str | None = None
+    # the built-in GPT's shape (preset's unless overridden; None with `model`)
     d_model: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
@@ -213,6 +217,65 @@ def upgrade_legacy(settings: dict) -> dict:
     return out
 
 
+GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's, not a --model's
+SET_BY_RUN = ("vocab_size", "seq_len")  # what a --model's function gets from the run
+
+
+def parse_model_config(text: str | None) -> dict:
+    """--model-config "k=v,k=v" as keyword arguments, each value an int, float, bool (true /
+    false) or else a string; a malformed pair is a ConfigError showing the form."""
+    out = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, raw = (s.strip() for s in pair.partition("="))
+        if not (sep and key.isidentifier() and raw):
+            raise ConfigError(f"bad --model-config {text!r}: {pair!r} is not key=value; write "
+                              "keyword arguments of the model's function, e.g. "
+                              "d_model=64,n_layers=2")
+        if key in out:
+            raise ConfigError(f"bad --model-config {text!r}: '{key}' is given twice")
+        if key in SET_BY_RUN:
+            raise ConfigError(f"--model-config sets '{key}', which the run passes to the model "
+                              "(seq_len: --seq-len; vocab_size: the data's); drop it")
+        out[key] = _scalar(raw)
+    return out
+
+
+def _scalar(raw: str):
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def format_model_config(kwargs: dict) -> str | None:
+    """The canonical --model-config text of `kwargs` (keys sorted, so equal settings compare
+    equal as text in the recorded config); None for none."""
+    text = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in sorted(kwargs.items()))
+    return text or None
+
+
+def _check_model(cfg: TrainConfig, given: dict) -> None:
+    """Settings that do not go with --model (or need it); the model itself is checked where
+    it is built (`usermodel.build_model`)."""
+    if cfg.model is None:
+        _require(cfg.model_config is None, "--model-config gives keyword arguments to --model; "
+                 "pass --model too (the built-in GPT's shape: --d-model, --n-layers)")
+        return
+    head, sep, tail = cfg.model.rpartition(":")
+    _require(bool(sep and head.strip() and tail.strip()),
+             f"bad value for 'model': {cfg.model!r}; use MODULE:FUNCTION, "
+             "path/to/file.py:FUNCTION or hf:ARCH (e.g. examples/llama.py:llama, hf:llama)")
+    for key in GPT_SHAPE:
+        _require(given.get(key) is None, f"--{key.replace('_', '-')} shapes the built-in GPT, "
+                 "not --model; give your model's sizes in --model-config")
+    cfg.model_config = format_model_config(parse_model_config(cfg.model_config))
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -228,9 +291,10 @@ def resolve(overrides: dict) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
     `overrides` holds file settings updated by flags (flags win). Unset model and budget fields
-    come from the preset; unset knobs of the matrix optimizer from, later winning, its class
-    preset, its LM training recipe and the preset's lr for it (`optimizer_knobs`). AdamW runs
-    keep only lr and weight_decay of those knobs; the rest stay None.
+    come from the preset (with the user's `model`, the GPT's shape fields stay None); unset
+    knobs of the matrix optimizer from, later winning, its class preset, its LM training recipe
+    and the preset's lr for it (`optimizer_knobs`). AdamW runs keep only lr and weight_decay of
+    those knobs; the rest stay None.
     """
     values = {k: coerce(k, v) for k, v in upgrade_legacy(overrides).items() if v is not None}
     cfg = TrainConfig(**values)
@@ -239,8 +303,11 @@ def resolve(overrides: dict) -> TrainConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_model(cfg, values)
     for name in ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
                  "micro_batch_size", "warmup_frac", "eval_every", "eval_tokens"):
+        if cfg.model is not None and name in GPT_SHAPE:
+            continue
         if getattr(cfg, name) is None:
             setattr(cfg, name, getattr(preset, name))
     if cfg.lr is None:

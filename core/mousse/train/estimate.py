@@ -20,9 +20,9 @@ import torch
 
 from mousse.optim.routing import build_optimizer
 
-from .config import TrainConfig
-from .model import GPT, GPTConfig
-from .presets import get_preset, memory_estimate_bytes
+from .config import FAMILY_KNOBS, TrainConfig
+from .presets import get_preset, matrix_state_floats, memory_estimate_bytes
+from .usermodel import build_model, flops_per_token
 
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
@@ -48,16 +48,6 @@ class Estimate:
     @property
     def fits(self) -> bool:
         return self.available_bytes is None or self.memory_bytes <= self.available_bytes
-
-
-def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                     n_heads=cfg.n_heads, head_dim=cfg.head_dim, seq_len=cfg.seq_len)
-
-
-def flops_per_token(cfg: TrainConfig, n_params: int) -> float:
-    """Forward and backward FLOPs per token: 6 per parameter plus attention."""
-    return 6 * n_params + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
 
 
 def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, int]]) -> float:
@@ -105,7 +95,7 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
     from .trainer import matrix_kwargs  # the trainer builds its optimizer the same way
 
     torch.manual_seed(0)
-    model = GPT(model_config(cfg, vocab_size)).to(device)
+    model = build_model(cfg, vocab_size, device)
     x = torch.randint(0, vocab_size, (cfg.micro_batch_size, cfg.seq_len), device=device)
 
     def optimizer():
@@ -138,11 +128,10 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
 
 def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[float, float]:
     """(seconds per step, seconds of one micro batch's forward and backward) from FLOPs."""
-    with torch.device("meta"):
-        model = GPT(model_config(cfg, vocab_size))
-    n_params = model.num_params()
-    shapes = [tuple(p.shape) for n, p in model.named_parameters()
-              if model.param_roles().get(n) == "matrix"]
+    model = build_model(cfg, vocab_size, "meta")
+    n_params = sum(p.numel() for p in model.parameters())
+    roles = model.param_roles()
+    shapes = [tuple(p.shape) for n, p in model.named_parameters() if roles.get(n) == "matrix"]
     rate = EFFICIENCY * matmul_rate(device)
     micro = flops_per_token(cfg, n_params) * cfg.micro_batch_size * cfg.seq_len / rate
     step = micro * (cfg.batch_size // cfg.micro_batch_size) + optimizer_flops(cfg, shapes) / rate
@@ -150,13 +139,34 @@ def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> t
 
 
 def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None = None) -> int:
-    """`presets.memory_estimate_bytes` for this run's shapes and optimizer."""
+    """`presets.memory_estimate_bytes` for this run's shapes and optimizer; for a --model, the
+    same sum over its own parameters (`model_memory_bytes`)."""
+    micro, act_bytes = micro_batch_size or cfg.micro_batch_size, 2 if cfg.device == "cuda" else 4
+    if cfg.model is not None:
+        return model_memory_bytes(cfg, vocab_size, micro, act_bytes)
     preset = dataclasses.replace(
         get_preset(cfg.preset), d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
         head_dim=cfg.head_dim, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-        micro_batch_size=micro_batch_size or cfg.micro_batch_size)
-    return memory_estimate_bytes(preset, cfg.optimizer, vocab_size,
-                                 act_bytes=2 if cfg.device == "cuda" else 4)
+        micro_batch_size=micro)
+    return memory_estimate_bytes(preset, cfg.optimizer, vocab_size, act_bytes=act_bytes)
+
+
+def model_memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int,
+                       act_bytes: int) -> int:
+    """Rough training memory of a --model, from its parameters (built on the meta device):
+    fp32 weights and grads, the optimizer state of each block matrix (`matrix_state_floats`
+    under this run's knobs) and two moments of every other tensor, and saved activations of
+    about m + n per token for each (m, n) block matrix (its input and output) plus 3 vocab
+    (logits, their fp32 copy, their gradient)."""
+    model = build_model(cfg, vocab_size, "meta")
+    roles = model.param_roles()
+    params = dict(model.named_parameters())
+    knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in FAMILY_KNOBS}
+    matrices = [p.shape for n, p in params.items() if roles[n] == "matrix"]
+    state = sum(matrix_state_floats(knobs, *s) for s in matrices) + \
+        sum(2 * p.numel() for n, p in params.items() if roles[n] != "matrix")
+    acts = micro_batch_size * cfg.seq_len * (sum(m + n for m, n in matrices) + 3 * vocab_size)
+    return 4 * (2 * sum(p.numel() for p in params.values()) + state) + act_bytes * acts
 
 
 def available_bytes(device: torch.device) -> int | None:

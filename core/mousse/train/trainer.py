@@ -33,7 +33,16 @@ from .checkpoint import (
     read_checkpoint,
     set_aside_later_checkpoints,
 )
-from .config import FAMILY_KNOBS, NS_DTYPES, ConfigError, TrainConfig, coerce, resolve
+from .config import (
+    FAMILY_KNOBS,
+    NS_DTYPES,
+    ConfigError,
+    TrainConfig,
+    coerce,
+    format_model_config,
+    parse_model_config,
+    resolve,
+)
 from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
 from .events import (
     CheckpointSaved,
@@ -46,8 +55,8 @@ from .events import (
     StepLogged,
 )
 from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
-from .model import GPT, GPTConfig
 from .rundir import RunLock, check_free
+from .usermodel import build_model, flops_per_token
 from .world import World
 
 # bf16 dense peak of common accelerators, for MFU (None where unknown).
@@ -138,21 +147,35 @@ def matrix_kwargs(cfg: TrainConfig) -> dict:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{cfg.preset}-{cfg.optimizer}-{datetime.now():%Y%m%d-%H%M%S}"
+    """runs/<preset, or --model's function>-<optimizer>-<time>."""
+    name = cfg.model.rpartition(":")[2].strip() if cfg.model else cfg.preset
+    return Path("runs") / f"{name}-{cfg.optimizer}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
 # not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
 FIXED_ON_RESUME = tuple(k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer")
                         if k not in ("lr",))
+MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
 
 
 def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
     """The config a checkpoint was written with, updated by explicitly given settings; the newest
-    checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to a
-    setting the optimizer state restores is a ConfigError naming it."""
+    checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
+    the model or to a setting the optimizer state restores is a ConfigError naming it."""
     ckpt = latest_valid_checkpoint(path, warn)
     saved = resolve(tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"]))
+    for key in MODEL_SETTINGS:  # first: another model's shape flags would confuse the error
+        given = coerce(key, overrides.get(key, getattr(saved, key)))
+        if key == "model_config":
+            given = format_model_config(parse_model_config(given))
+        if given != getattr(saved, key):
+            was = getattr(saved, key)
+            was = (f"{key} {was!r}" if was is not None
+                   else "the built-in GPT" if key == "model" else f"no {key}")
+            raise ConfigError(f"--{key.replace('_', '-')} {overrides[key]}: the checkpoint's "
+                              f"weights were made with {was}; drop the flag, or start a "
+                              "new run to train another model")
     cfg = resolve({**saved.to_dict(), **overrides})
     for key in FIXED_ON_RESUME:
         if getattr(cfg, key) != getattr(saved, key):
@@ -215,10 +238,7 @@ class Trainer:
         self.data = load_dataset(cfg.data, cfg.val_data)
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.model_cfg = GPTConfig(vocab_size=self.data.vocab_size, d_model=cfg.d_model,
-                                   n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                   head_dim=cfg.head_dim, seq_len=cfg.seq_len)
-        self.model = GPT(self.model_cfg).to(self.device)
+        self.model = build_model(cfg, self.data.vocab_size, self.device)  # GPT, or --model's
         owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt, self.routes = build_optimizer(
@@ -258,8 +278,8 @@ class Trainer:
         loaded = read_checkpoint(ckpt)
         meta = trainer_meta(loaded)
         saved_cfg = tomlio.loads(meta["config"])
-        for key in ("preset", "d_model", "n_layers", "n_heads", "head_dim", "seq_len", "optimizer",
-                    "scalar_optimizer"):
+        for key in ("preset", *MODEL_SETTINGS, "d_model", "n_layers", "n_heads", "head_dim",
+                    "seq_len", "optimizer", "scalar_optimizer"):
             if coerce(key, saved_cfg.get(key)) != getattr(self.cfg, key):
                 raise CheckpointError(f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
                                       f", this run has {getattr(self.cfg, key)!r}: resume with the "
@@ -514,7 +534,7 @@ class Trainer:
             name = torch.cuda.get_device_name(self.device)
             peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
             if peak and step_ms:
-                flops = 6 * n_params + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
+                flops = flops_per_token(cfg, n_params)
                 summary["mfu"] = flops * tokens_per_step / (step_ms / 1000) / (peak * self.dist.world_size)
         return summary
 
