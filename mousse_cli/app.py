@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import signal
 import sys
 import threading
@@ -42,7 +43,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # for the help panels: a literal [ in help text is written \\[
 )
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -639,8 +640,44 @@ def draw_plots(ablation, results: dict, plot: Path) -> None:
         console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
 
 
+# Click's exception classes, reached through typer's public BadParameter (newer typer vendors click).
+_clicks = sys.modules[typer.BadParameter.__module__]
+
+
+def usage_error_line(exc) -> str:
+    """A usage error as one line: what is wrong, the closest valid option or command, where the
+    help is (click prints four lines and a list of possibilities)."""
+    ctx = exc.ctx
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    if isinstance(exc, _clicks.NoSuchOption):
+        valid = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)] if ctx else []
+        close = difflib.get_close_matches(exc.option_name, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"error: no such option {exc.option_name}{hint}{where}"
+    message = exc.format_message().replace("\n", " ").rstrip(".")
+    return f"error: {message[:1].lower()}{message[1:]}{where}"
+
+
+def run_app() -> None:
+    """The app with usage errors (unknown option or command, bad value) as one line, exit 2."""
+    try:
+        code = app(standalone_mode=False)  # returns typer.Exit's code; Abort and errors raise
+    except _clicks.UsageError as exc:
+        code = 2
+        if not isinstance(exc, getattr(_clicks, "NoArgsIsHelpError", ())):  # that one: help shown
+            console.print(usage_error_line(exc), style="red", highlight=False, markup=False,
+                          soft_wrap=True)
+    except _clicks.ClickException as exc:
+        code = exc.exit_code
+        console.print(f"error: {exc.format_message()}", style="red", highlight=False,
+                      markup=False, soft_wrap=True)
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
         from mousse.dist.process import run_rank
-        run_rank(app)
-    app()
+        run_rank(run_app)
+    run_app()

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mousse.optim.family import CHOICES
+from mousse.optim.family import CHOICES, KNOBS
 from mousse.train.config import OPTIMIZERS
 
 
@@ -37,6 +37,8 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "seq_len": (Optional[int], typer.Option(None, help="Sequence length.")),
     "d_model": (Optional[int], typer.Option(None, help="Model width (overrides the preset).")),
     "n_layers": (Optional[int], typer.Option(None, help="Number of blocks (overrides the preset).")),
+    "model": (Optional[str], typer.Option(None, help="Your own model instead of the built-in GPT: MODULE:FUNCTION or path/to/file.py:FUNCTION (called with vocab_size and seq_len, returns an nn.Module mapping token ids (B, T) to logits (B, T, V)), or hf:ARCH for a Hugging Face architecture with random weights (needs `pip install mousse\\[hf]`).")),
+    "model_config": (Optional[str], typer.Option(None, help="Keyword arguments for --model, e.g. hidden_size=256,num_hidden_layers=4.")),
     "optimizer": (Optional[str], typer.Option(None, help=f"Block-matrix optimizer: {' | '.join(OPTIMIZERS)} (mousse). Each family member is a preset of one engine's knobs (docs/family.md); every knob below overrides it.")),
     "lr": (Optional[float], typer.Option(None, help="Peak lr of the block-matrix optimizer (the preset's for that optimizer by default; see `mousse presets`).")),
     "scalar_optimizer": (Optional[str], typer.Option(None, help="Optimizer for embedding, head, gains: adamw | lion.")),
@@ -85,9 +87,30 @@ TRAIN_FLAGS: dict[str, tuple] = {
 }
 
 
+# The mission's own words for a knob: trace normalization on / off is factor_norm trace / none.
+TRACE_NORM = {True: "trace", False: "none", "on": "trace", "off": "none"}
+TRAIN_FLAGS["trace_norm"] = _switch(
+    "trace_norm", "Trace-normalize the factors before eigh (the same as --factor-norm trace / none).")
+
+
+def _alias_trace_norm(overrides: dict) -> dict:
+    """--trace-norm (a switch in train, 'on,off' in ablate) -> factor_norm."""
+    value = overrides.pop("trace_norm", None)
+    if value is None:
+        return overrides
+    if "factor_norm" in overrides:
+        raise typer.BadParameter("give --trace-norm or --factor-norm, not both",
+                                 param_hint="--trace-norm")
+    words = [value] if isinstance(value, bool) else [w.strip() for w in value.split(",")]
+    if any(w not in TRACE_NORM for w in words):
+        raise typer.BadParameter(f"{value!r}: use on, off or on,off", param_hint="--trace-norm")
+    mapped = [TRACE_NORM[w] for w in words]
+    return {**overrides, "factor_norm": mapped[0] if isinstance(value, bool) else ",".join(mapped)}
+
+
 def with_flags(flags: dict[str, tuple]):
     """Add `flags` as keyword options to a Typer command; they arrive together as `overrides`
-    (only the ones the user set)."""
+    (only the ones the user set, aliases resolved)."""
 
     def decorate(func):
         sig = inspect.signature(func)
@@ -98,7 +121,8 @@ def with_flags(flags: dict[str, tuple]):
         @functools.wraps(func)
         def wrapper(**kwargs):
             overrides = {name: kwargs.pop(name) for name in flags}
-            return func(overrides={k: v for k, v in overrides.items() if v is not None}, **kwargs)
+            overrides = _alias_trace_norm({k: v for k, v in overrides.items() if v is not None})
+            return func(overrides=overrides, **kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=own + extra)
         return wrapper
@@ -132,8 +156,33 @@ SWEEP_HELP = {
     "average_rate": "Iterate-average rates, e.g. 0.0,0.999.",
     "fisher": f"Factor gradients: {','.join(CHOICES['fisher'])}.",
 }
+SWEEP_HELP["trace_norm"] = "Trace normalization: on,off (the same as --factor-norm trace,none)."
 SWEEP_FLAGS = {
     name: (Optional[str], typer.Option(None, f"--{name.replace('_', '-')}", help=text))
     for name, text in SWEEP_HELP.items()
 }
 BASE_FLAGS = {k: v for k, v in TRAIN_FLAGS.items() if k not in SWEEP_FLAGS}
+
+# Help panels, so that some 60 options read as a few groups. A flag not named here is a run or
+# output setting.
+PANELS = {
+    "Model and data": ("preset", "model", "model_config", "data", "val_data", "seq_len", "d_model",
+                       "n_layers", "device", "compile"),
+    "Budget and schedule": ("steps", "batch_size", "micro_batch_size", "warmup_frac", "lr",
+                            "scalar_optimizer", "scalar_lr", "seed", "eval_every", "eval_tokens",
+                            "target_loss"),
+    "Optimizer knobs (unset: the optimizer's recipe, docs/family.md)": (
+        "optimizer", *(k for k in TRAIN_FLAGS if k in CHOICES or k in KNOBS), "trace_norm"),
+}
+RUN_PANEL = "Run and output"
+SWEEP_PANEL = "Sweeps (comma-separated values: each one becomes a variant)"
+
+
+def _panel(name: str) -> str:
+    return next((panel for panel, names in PANELS.items() if name in names), RUN_PANEL)
+
+
+for _name, (_, _option) in TRAIN_FLAGS.items():
+    _option.rich_help_panel = _panel(_name)
+for _option in (option for _, option in SWEEP_FLAGS.values()):
+    _option.rich_help_panel = SWEEP_PANEL

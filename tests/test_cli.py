@@ -9,10 +9,19 @@ import io
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FAST, assert_one_line_error, invoke_cli, summary, train_losses
+from conftest import (
+    FAST,
+    CliResult,
+    assert_one_line_error,
+    invoke_cli,
+    mousse_command,
+    summary,
+    train_losses,
+)
 
 from mousse.train import tomlio
 from mousse.train.events import StepLogged
@@ -386,3 +395,45 @@ def test_presets_list_lr_per_optimizer(cli):
                 and line.split()[1] == "0.06")
     assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
     assert "benchmarks/lr-sweep" in text and "released 160M recipe" in text
+
+
+# ---- help a person can read ----------------------------------------------------------------------
+
+def _run_mousse(*args) -> CliResult:
+    """`mousse ARGS` as a user runs it (the console script: its one-line usage errors included)."""
+    proc = subprocess.run([*mousse_command(), *args], capture_output=True, text=True, timeout=120)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["train", "--stpes", "3"], ["no such option --stpes", "did you mean --steps?",
+                                 "mousse train --help"]),
+    (["ablate", "--alpah", "0.0"], ["no such option --alpah", "did you mean --alpha?"]),
+    (["trian"], ["no such command 'trian'", "train"]),
+    (["train", "--steps", "abc"], ["--steps", "integer"]),
+    (["ablate", "--trace-norm", "on,of", "--dry-run"], ["--trace-norm", "on,off"]),
+    (["ablate", "--trace-norm", "on", "--factor-norm", "none"], ["not both"]),
+], ids=["unknown-option", "unknown-sweep", "unknown-command", "bad-int", "bad-alias", "alias-twice"])
+def test_usage_errors_are_one_line_with_the_closest_option(args, needles):
+    assert_one_line_error(_run_mousse(*args), *needles)
+
+
+def test_help_is_grouped_into_panels():
+    train = _run_mousse("train", "--help")
+    ablate = _run_mousse("ablate", "--help")
+    assert train.exit_code == ablate.exit_code == 0
+    for panel in ("Model and data", "Budget and schedule", "Optimizer knobs", "Run and output"):
+        assert panel in train.stdout and panel in ablate.stdout
+    assert "Sweeps" in ablate.stdout and "--trace-norm" in ablate.stdout
+    assert "--no-trace-norm" in train.stdout and "mousse[hf]" in train.stdout  # [ kept literally
+
+
+def test_trace_norm_is_factor_norm_in_the_missions_words(tmp_path):
+    for flag, value in (("--trace-norm", "trace"), ("--no-trace-norm", "none")):
+        run = tmp_path / value
+        res = invoke_cli("train", *FAST, "--steps", "1", flag, "--run-dir", run)
+        assert res.exit_code == 0, res
+        assert tomlio.loads((run / "config.toml").read_text())["factor_norm"] == value
+    dry = invoke_cli("ablate", "--trace-norm", "on,off", "--dry-run", "--ablation-dir",
+                     tmp_path / "a")
+    assert dry.exit_code == 0 and "factor_norm=none" in dry.stderr
