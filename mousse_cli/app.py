@@ -518,6 +518,8 @@ def bench(
     train: bool = typer.Option(False, "--train", help="Also time whole training steps, Mousse vs Muon, on the preset (builtin data)."),
     steps: int = typer.Option(30, "--steps", help="Timed training steps per optimizer with --train (a multiple of 10 amortizes refreshes exactly)."),
     compiled: bool = typer.Option(False, "--compile", help="Also time our Muon and Mousse (both, refresh every 10) under torch.compile (compiled during warm-up); with --train, compile the timed training runs too."),
+    model: Optional[str] = TRAIN_FLAGS["model"][1],
+    model_config: Optional[str] = TRAIN_FLAGS["model_config"][1],
     json_out: bool = typer.Option(False, "--json", help="Print the results object as JSON on stdout."),
 ) -> None:
     """Time Mousse next to Muon, torch.optim.Muon and AdamW on a preset's matrix shapes: optimizer
@@ -526,7 +528,8 @@ def bench(
     from mousse.experiments.bench import run_bench
 
     with user_errors():
-        results = run_bench(preset, repeats, device, train, steps, compiled)
+        user_model = {k: v for k, v in (("model", model), ("model_config", model_config)) if v}
+        results = run_bench(preset, repeats, device, train, steps, compiled, user_model or None)
     show_wide(bench_tables(results))
     if json_out:
         typer.echo(dumps(results))

@@ -91,7 +91,9 @@ class TrainView:
     def _started(self, event: RunStarted) -> None:
         cfg, info = event.config, event.info
         resumed = f", resumed at step {info['resumed_from']}" if info["resumed_from"] else ""
-        console.print(f"[bold]mousse train[/] {cfg['preset']} · {cfg['optimizer']} · "
+        what = (f"{escape(cfg['model'])} ({cfg['preset']} recipe)" if cfg.get("model")
+                else cfg["preset"])
+        console.print(f"[bold]mousse train[/] {what} · {cfg['optimizer']} · "
                       f"{info['n_params'] / 1e6:.2f}M params · {info['device']}"
                       f"{f' x {ranks} ranks' if (ranks := info.get('world_size', 1)) > 1 else ''}"
                       f"{resumed}")

@@ -145,6 +145,13 @@ def test_cost_estimate_and_bench_shapes_use_the_model(builtin_data):
     assert shapes == {(64, 64): 4, (192, 64): 2, (64, 192): 1}
 
 
+def test_bench_command_takes_the_model(cli):
+    res = cli("bench", "--preset", "tiny", "--model", LLAMA, "--model-config",
+              "d_model=64,n_layers=1", "--repeats", "1", "--json")
+    assert res.exit_code == 0, res
+    assert {tuple(s["shape"]) for s in res.json()["shapes"]} == {(64, 64), (192, 64), (64, 192)}
+
+
 # ---- bad input: one line, exit 2 -----------------------------------------------------------------
 
 BAD_MODELS = {
