@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import time
 
 import pytest
-from conftest import FAST, assert_one_line_error, invoke_cli, mousse_command
+from conftest import FAST, assert_one_line_error, invoke_cli, mousse_command, summary
 
-from mousse.train.checkpoint import list_checkpoints
+from mousse.train.checkpoint import list_checkpoints, verify_checksums
 from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
 
 RUN = ["--steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "3", "--eval-every", "3",
@@ -136,6 +137,46 @@ def test_every_checkpoint_damaged_is_one_line(tmp_path):
         _flip_tensor_bytes(ckpt / "optimizer.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert "every checkpoint" in res.stderr and res.exit_code == 2
+
+
+def _latest_step(run) -> int:
+    ckpts = list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    return int(ckpts[-1].name.removeprefix("step-")) if ckpts else 0
+
+
+def test_kill_9_at_random_points_of_checkpoint_writes_never_loses_the_run(tmp_path):
+    """SIGKILL at random moments of a run that checkpoints every step, so most kills land in or
+    near a write: every checkpoint left in place verifies, each rerun resumes from the last one,
+    and the run ends where an uninterrupted one does, bit for bit."""
+    rng = random.Random(0)
+    settings = [*FAST, "--steps", "60", "--eval-every", "60", "--log-every", "1",
+                "--checkpoint-every", "1", "--keep-checkpoints", "2"]
+    whole = tmp_path / "whole"
+    assert invoke_cli("train", *settings, "--run-dir", whole).exit_code == 0
+    run, kills = tmp_path / "R", 0
+    cmd = [*mousse_command(), "train", *settings, "--run-dir", str(run)]
+    while kills < 6:
+        before = _latest_step(run)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while _latest_step(run) <= before and proc.poll() is None:  # past start-up: writing
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
+        if proc.poll() is not None:  # finished before the kill
+            break
+        proc.kill()
+        proc.communicate(timeout=60)
+        kills += 1
+        for ckpt in list_checkpoints(run / "checkpoints"):
+            verify_checksums(ckpt)  # raises on a damaged file
+        cmd = [*mousse_command(), "train", "--resume", str(run)]
+    assert kills >= 3
+    final = invoke_cli("train", "--resume", run)
+    assert final.exit_code == 0, final
+    assert summary(run)["status"] == "completed" and summary(run)["steps"] == 60
+    assert summary(run)["final_val_loss"] == summary(whole)["final_val_loss"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
 def test_killed_checkpoint_writes_leave_no_temp_dirs(tmp_path):
