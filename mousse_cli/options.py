@@ -54,6 +54,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "sides": (Optional[str], typer.Option(None, help="Preconditioned sides: " + SIDES_HELP)),
     "factor_norm": (Optional[str], typer.Option(None, help=f"Factor normalization before eigh: {_one_of('factor_norm')} (trace: mean eigenvalue 1, Mousse; same_trace: TNT).")),
     "precond_freq": (Optional[int], typer.Option(None, help="Eigen refresh every T steps (Mousse 10).")),
+    "refresh_schedule": (Optional[str], typer.Option(None, help=f"Refresh steps: {_one_of('refresh_schedule')} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., SPlus's authors).")),
     "precond_beta": (Optional[float], typer.Option(None, help="EMA rate of the factor statistics (Mousse 0.95).")),
     "stat_freq": (Optional[int], typer.Option(None, help="Update the factor statistics every N steps (1).")),
     "refresh_warmup": (Optional[int], typer.Option(None, help="Refresh at every statistics update during the first N steps (TNT: precond_freq; else 0).")),
@@ -84,6 +85,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "checkpoint_every": (Optional[int], typer.Option(None, help="Checkpoint every N steps (and at the end).")),
     "keep_checkpoints": (Optional[int], typer.Option(None, help="Checkpoints kept per run (2).")),
     "gather_dtype": (Optional[str], typer.Option(None, help="Under torchrun: fp32 (exact) | bf16 (updates sent in bf16, half the all-gather).")),
+    "log": (Optional[str], typer.Option(None, help="Dashboards besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none (the run dir's tb/, or an ablation's tb/<run>; needs `pip install 'mousse\\[tensorboard]'` or `'mousse\\[wandb]'`, docs/dashboards.md).")),
 }
 
 
@@ -141,6 +143,7 @@ SWEEP_HELP = {
     "sides": "Preconditioned sides, e.g. both,left,right. " + SIDES_HELP,
     "factor_norm": f"Factor normalizations, e.g. {','.join(CHOICES['factor_norm'])}.",
     "precond_freq": "Refresh frequencies, e.g. 1,10,100.",
+    "refresh_schedule": f"Refresh steps: {','.join(CHOICES['refresh_schedule'])}.",
     "precond_beta": "Factor EMA rates, e.g. 0.9,0.95,0.99.",
     "stat_freq": "Statistics update frequencies, e.g. 1,10.",
     "eig_floor": f"Eigenvalue floors: {','.join(CHOICES['eig_floor'])}.",

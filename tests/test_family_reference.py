@@ -476,9 +476,10 @@ def test_soap_reference_is_sensitive():
 
 class RefSPlus:
     """SPlus: EMA momentum in the original space, U = Q_L sign(Q_L^T M Q_R) Q_R^T with the bases
-    of the previous refresh, which happens on step 1 and every `freq` steps AFTER forming U (so a
-    step never sees a basis built from its own gradient); W -= lr 2/(m+n) U; iterate average;
-    then decay scaled the same way. `fresh=True` is the wrong variant that refreshes before U."""
+    of the previous refresh, which happens on step 1 and on every multiple of `freq` (the
+    authors' torch and JAX code: `step == 1 or step % freq == 0`) AFTER forming U (so a step
+    never sees a basis built from its own gradient); W -= lr 2/(m+n) U; iterate average; then
+    decay scaled the same way. `fresh=True` is the wrong variant that refreshes before U."""
 
     def __init__(self, shape, lr, b1, b2, rate, wd, freq, sides, fresh=False):
         m, n = shape
@@ -504,7 +505,7 @@ class RefSPlus:
             self.L = self.b2 * self.L + (1 - self.b2) * G @ G.T
         if self.use_R:
             self.R = self.b2 * self.R + (1 - self.b2) * G.T @ G
-        due = self.t == 1 or (self.t - 1) % self.freq == 0
+        due = self.t == 1 or self.t % self.freq == 0
         if due and self.fresh:
             self._refresh()
         U = self.Q_L @ torch.sign(self.Q_L.T @ self.M @ self.Q_R) @ self.Q_R.T
@@ -530,11 +531,26 @@ def ref_splus(shape, sides, freq, **kw):
                     c["weight_decay"], freq, sides, fresh=c.get("fresh", False))
 
 
-@pytest.mark.parametrize("freq", [1, 3])
+@pytest.mark.parametrize("freq", [1, 3, 4])
 def test_splus_matches_dense_splus(freq):
     from mousse import SPlus
 
     run_sided(SPlus, SPLUS_SIDED, ref_splus, SPLUS_KW, freq, seed=30 + freq, steps=9)
+
+
+def test_refresh_schedules_offset_and_multiples():
+    """'offset' (the engine's default) refreshes on 1, F+1, 2F+1; 'multiples' (SPlus) on 1, F,
+    2F; refresh_warmup adds every statistics step up to it, under either."""
+    from mousse.optim.family import DEFAULTS, refresh_due
+
+    def due(**knobs):
+        k = {**DEFAULTS, **knobs}
+        return [t for t in range(1, 13) if refresh_due(k, t)]
+
+    assert due(precond_freq=4) == [1, 5, 9]
+    assert due(precond_freq=4, refresh_schedule="multiples") == [1, 4, 8, 12]
+    assert due(precond_freq=1, refresh_schedule="multiples") == list(range(1, 13))
+    assert due(precond_freq=4, refresh_schedule="multiples", refresh_warmup=3) == [1, 2, 3, 4, 8, 12]
 
 
 def test_splus_with_a_stale_basis_uses_the_basis_computed_after_the_previous_update():

@@ -40,7 +40,8 @@ _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 DEFAULTS: dict = dict(
     lr=0.06, momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01,
     weight_decay_style="decoupled", alpha=0.125, post_alpha=None, sides="both",
-    factor_norm="trace", precond_freq=10, precond_beta=0.95, stat_freq=1, refresh_warmup=0,
+    factor_norm="trace", precond_freq=10, refresh_schedule="offset", precond_beta=0.95,
+    stat_freq=1, refresh_warmup=0,
     precond_start=1, eps=1e-5, eig_floor="shift", bias_correction=True, refresh="eigh",
     refresh_after_update=False, skip_first_step=False, orthogonalizer="newton_schulz", ns="you5",
     ns_steps=5, ns_dtype=None, graft="orthogonalizer", beta2=0.999, adam_eps=1e-8,
@@ -54,6 +55,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "factor_norm": pc.FACTOR_NORMS,
     "eig_floor": pc.EIG_FLOORS,
     "refresh": pc.REFRESHES,
+    "refresh_schedule": ("offset", "multiples"),
     "orthogonalizer": (*ORTHOGONALIZERS, "adam"),
     "ns": NS_SCHEDULES,
     "graft": ("orthogonalizer", "adam", "none"),
@@ -99,10 +101,14 @@ def adam_normalize(X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, c
 
 
 def refresh_due(knobs: dict, t: int) -> bool:
-    """Whether step t (1-based) refreshes the eigen-pairs: every `precond_freq` steps from step
-    1, and on every statistics step up to `refresh_warmup`."""
+    """Whether step t (1-based) refreshes the eigen-pairs: on step 1, then every `precond_freq`
+    steps counted from it (`refresh_schedule` "offset": 1, F+1, 2F+1, ...) or on the multiples of
+    `precond_freq` ("multiples": 1, F, 2F, ..., as SPlus's authors' code does); and on every
+    statistics step up to `refresh_warmup`."""
     is_stat = (t - 1) % knobs["stat_freq"] == 0
-    return (t - 1) % knobs["precond_freq"] == 0 or (is_stat and t <= knobs["refresh_warmup"])
+    phase = 1 if knobs["refresh_schedule"] == "offset" else 0
+    return (t == 1 or (t - phase) % knobs["precond_freq"] == 0
+            or (is_stat and t <= knobs["refresh_warmup"]))
 
 
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
@@ -638,15 +644,16 @@ class SOAP(KroneckerOptimizer):
 
 class SPlus(KroneckerOptimizer):
     """SPlus (Frans, Levine and Abbeel 2025): U = Q_L sign(Q_L^T M Q_R) Q_R^T with EMA momentum
-    (0.9), bases from the factor EMAs (0.999) recomputed on step 1 and every 100 steps after the
-    update, lr scaled by 2/(m+n), weight decay 0.01 after the update (same scale), and an
+    (0.9), bases from the factor EMAs (0.999) recomputed after the update on step 1 and on every
+    multiple of 100 (the authors' schedule), lr scaled by 2/(m+n), weight decay 0.01 after the update (same scale), and an
     iterate average (rate 0.999) that `averaged_weights()` swaps in for evaluation."""
 
     preset = dict(lr=0.1, momentum=0.9, momentum_style="ema", weight_decay=0.01,
                   weight_decay_style="after_scaled", alpha=0.0, post_alpha=0.0,
                   orthogonalizer="sign", graft="none", factor_norm="none", bias_correction=False,
                   precond_beta=0.999, eps=1e-30, eig_floor="clamp", precond_freq=100,
-                  refresh_after_update=True, average_rate=0.999, lr_scale="mean_dim")
+                  refresh_schedule="multiples", refresh_after_update=True, average_rate=0.999,
+                  lr_scale="mean_dim")
 
 
 class TNT(KroneckerOptimizer):

@@ -35,7 +35,8 @@ FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
 # the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
 PRECONDITIONER_KNOBS = tuple(k for k in (
-    "alpha", "post_alpha", "sides", "factor_norm", "precond_freq", "precond_beta", "stat_freq",
+    "alpha", "post_alpha", "sides", "factor_norm", "precond_freq", "refresh_schedule",
+    "precond_beta", "stat_freq",
     "refresh_warmup", "precond_start", "eps", "eig_floor", "bias_correction", "refresh",
     "refresh_after_update", "graft", "fisher") if k in FAMILY_KNOBS)
 # Old knobs, before the family engine: still read from old config files and checkpoints.
@@ -92,6 +93,7 @@ class TrainConfig:
     sides: str | None = None
     factor_norm: str | None = None
     precond_freq: int | None = None
+    refresh_schedule: str | None = None
     precond_beta: float | None = None
     stat_freq: int | None = None
     refresh_warmup: int | None = None
