@@ -22,6 +22,7 @@ from mousse.dist.process import (
 )
 from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.dashboards import Dashboards
 from mousse.train.data import DataError
 from mousse.train.fileio import dumps
 
@@ -166,13 +167,15 @@ def train(
             run_dir = run_dir or ckpt.parent.parent
         else:
             cfg = resolve(settings)
+        dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
         if nproc != 1:
             from .launch import launch_train
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
-        with graceful_stop() as stop:
-            trainer = Trainer(cfg, run_dir, on_event=TrainView(), resume=ckpt, stop=stop,
-                              world=setup, restart=restart)
+        with graceful_stop() as stop, dashboards:
+            view = TrainView()
+            trainer = Trainer(cfg, run_dir, on_event=lambda e: (view(e), dashboards(e)),
+                              resume=ckpt, stop=stop, world=setup, restart=restart)
             show_lines(cost)  # after the checks a Trainer makes, so an error stays one line
             summary = trainer.run(argv=sys.argv)
     if json_out and is_main_process():
@@ -292,6 +295,9 @@ def ablate(
         check_max_runs_all(ablations.values(), max_runs)
         for ab in ablations.values():
             ab.validate()
+        dashboards = {p: Dashboards(base.get("log"), notice, ab.dir,  # one group per ablation
+                                    group=f"{root.name}-{p}" if presets else None)
+                      for p, ab in ablations.items()}
         cost = []
         if env_world_size() == 1:
             variants = [ab.variant_configs() for ab in ablations.values()]
@@ -310,7 +316,8 @@ def ablate(
             for preset, ab in ablations.items():
                 if stop.is_set():
                     break
-                outcomes[preset] = run_one_ablation(ab, shard, parallel, stop, wait)
+                outcomes[preset] = run_one_ablation(ab, shard, parallel, stop, wait,
+                                                    dashboards[preset])
                 if not (no_timing_pass or stop.is_set() or outcomes[preset][1]):
                     outcomes[preset] = (timed(ab, timing_budget) or outcomes[preset][0],
                                         *outcomes[preset][1:])
@@ -436,22 +443,29 @@ def check_max_runs_all(ablations, max_runs: int) -> None:
     check_max_runs(ablations[0].plan, max_runs, total)
 
 
-def run_one_ablation(ablation, shard: str | None, parallel: int, stop, wait) -> tuple:
-    """Train one ablation dir's runs with the live view: (results, runs other shards owe, names
-    of the runs this invocation answers for, None for all)."""
+def run_one_ablation(ablation, shard: str | None, parallel: int, stop, wait,
+                     dashboards: Dashboards) -> tuple:
+    """Train one ablation dir's runs with the live view and the dashboards: (results, runs other
+    shards owe, names of the runs this invocation answers for, None for all)."""
     from mousse.experiments.ablation import parse_shard
+    from mousse.experiments.sweep import RunUpdate
 
     ablation.prepare()
     plan = ablation.plan
     runs = shard_of(ablation, shard)
     # live deltas against the baseline only without tuning (tuning runs differ in lr)
     baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
-    with AblationView(runs, baseline) as view:
+    with AblationView(runs, baseline) as view, dashboards:
+        def on_update(update) -> None:
+            view(update)
+            if isinstance(update, RunUpdate):
+                dashboards(update.event, update.run)
+
         if plan.tune:
-            return (*ablation.run_tuned(view, parallel=parallel, stop=stop,
+            return (*ablation.run_tuned(on_update, parallel=parallel, stop=stop,
                                         shard=parse_shard(shard) if shard else None, wait=wait),
                     None)
-        results = ablation.run(runs, view, parallel=parallel, stop=stop)
+        results = ablation.run(runs, on_update, parallel=parallel, stop=stop)
     return results, [], {r.name for r in runs} if shard else None
 
 

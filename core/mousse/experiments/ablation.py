@@ -27,6 +27,7 @@ from mousse.train.config import (
     FAMILY_KNOBS,
     FIELD_TYPES,
     PRECONDITIONER_KNOBS,
+    VIEW_SETTINGS,
     ConfigError,
     TrainConfig,
     check_choice,
@@ -141,6 +142,9 @@ def _sweeps(table: dict) -> dict:
     out = {}
     for knob, values in table.items():
         key = _check_knob(knob)
+        if key in VIEW_SETTINGS:
+            raise ConfigError(f"'{key}' sets where every run is shown, not a variant; set it in "
+                              f"[base] or with --{key}, not as a sweep")
         if not isinstance(values, (list, tuple)):
             raise ConfigError(f"sweep '{knob}' must be a list of values, e.g. {key} = [...]")
         out[key] = _sweep_values(key, values)
@@ -261,7 +265,8 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
     trained at its tuned values.
     """
     mode = _check_mode(mode)
-    base = _settings(base or {})
+    # view settings (--log) are left out: they change no run, so neither its name nor the plan
+    base = {k: v for k, v in _settings(base or {}).items() if k not in VIEW_SETTINGS}
     typed = _sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")

@@ -24,11 +24,19 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from mousse.train.config import FIELD_TYPES, ConfigError, closest, coerce, in_range
+from mousse.train.config import (
+    FIELD_TYPES,
+    VIEW_SETTINGS,
+    ConfigError,
+    closest,
+    coerce,
+    in_range,
+)
 
 DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 MAX_EXTENSIONS = 3
+TUNABLE = tuple(k for k in FIELD_TYPES if k != "seed" and k not in VIEW_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,10 @@ class TuneSpec:
                    tuple(data.get("seeds", (0,))), int(data.get("max_extensions", MAX_EXTENSIONS)))
 
 
-def _key(knob: str, tunable) -> str:
+def _key(knob: str) -> str:
     key = knob.strip().replace("-", "_")
-    if key not in tunable:
-        raise ConfigError(f"cannot tune '{knob}'{closest(key, tunable)}: tune a knob of the run "
+    if key not in TUNABLE:
+        raise ConfigError(f"cannot tune '{knob}'{closest(key, TUNABLE)}: tune a knob of the run "
                           f"config, e.g. --tune lr or --tune lr,momentum")
     return key
 
@@ -68,31 +76,29 @@ def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple |
     """'lr' / 'lr,weight_decay' / 'lr=0.01,0.02,0.04' / 'lr,momentum_style=heavy_ball,nesterov':
     a token naming a knob starts a phase; 'knob=value' starts one with explicit values; any other
     token is one more value of the phase before it."""
-    tunable = tuple(k for k in FIELD_TYPES if k != "seed")
     phases: list[list] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
         name, eq, value = token.partition("=")
-        if eq or name.replace("-", "_") in tunable:
-            phases.append([_key(name, tunable), [value] if eq else None])
+        if eq or name.replace("-", "_") in TUNABLE:
+            phases.append([_key(name), [value] if eq else None])
         elif phases and phases[-1][1] is not None:
             phases[-1][1].append(token)
         elif re.fullmatch(r"[-+.\deE]+", token):
             raise ConfigError(f"bad --tune {text!r}: '{token}' is neither a knob nor a value after "
                               "'knob='; e.g. --tune lr or --tune lr=0.01,0.02,0.04")
         else:
-            _key(token, tunable)  # names the closest knob
+            _key(token)  # names the closest knob
     return check_phases([(k, v) for k, v in phases], choices)
 
 
 def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | None], ...]:
     """Typed, de-duplicated phases; ConfigError for an unknown knob, a bad value, a knob tuned
     twice or a knob that has no grid to try."""
-    tunable = tuple(k for k in FIELD_TYPES if k != "seed")
     out, seen = [], set()
     for knob, values in phases:
-        key = _key(knob, tunable)
+        key = _key(knob)
         if key in seen:
             raise ConfigError(f"--tune names '{key}' twice; give each knob once")
         seen.add(key)

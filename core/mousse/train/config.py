@@ -28,6 +28,11 @@ DEVICES = ("auto", "cpu", "cuda")
 GATHER_DTYPES = ("fp32", "bf16")  # what owners send in the all-gather under torchrun
 # Newton-Schulz's working precision: auto = fp32 on CPU, bf16 on CUDA (the engine's default).
 NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dashboards a run's scalars also go to (`--log`, train.dashboards); metrics.jsonl always gets them.
+LOGGERS = ("tensorboard", "wandb")
+# Settings that choose where runs are shown, not what they compute: never an ablation's knob
+# (sweeps, tuning), a run's name or part of a plan's hash, and free to change on resume.
+VIEW_SETTINGS = ("log",)
 # The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
 # them; the others stay None for AdamW runs.
 FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
@@ -127,6 +132,7 @@ class TrainConfig:
     divergence_factor: float = 3.0
     gather_dtype: str = "fp32"  # torchrun: dtype of the owners' all-gathered matrices / updates
     ns_dtype: str = "auto"  # Newton-Schulz precision (NS_DTYPES)
+    log: str | None = None  # dashboards, comma-separated LOGGERS (None: metrics.jsonl only)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -283,6 +289,17 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def parse_log(value: str | None) -> tuple[str, ...]:
+    """The dashboards of a `log` setting: 'tensorboard', 'wandb', 'tensorboard,wandb', or 'none'
+    / empty for none; a ConfigError naming the allowed values otherwise."""
+    names = [name.strip() for name in (value or "").split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    _require(all(name in LOGGERS for name in names), f"bad value for 'log': {value!r}; choose "
+             "tensorboard, wandb, tensorboard,wandb or none")
+    return tuple(dict.fromkeys(names))
+
+
 def check_choice(key: str, value, allowed) -> None:
     hint = " (the SVD polar factor is now orthogonalizer = exact)" if (key, value) == ("ns", "exact") else ""
     _require(value in allowed,
@@ -322,6 +339,7 @@ def resolve(overrides: dict) -> TrainConfig:
     if cfg.checkpoint_every is None:
         cfg.checkpoint_every = cfg.steps
     cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.batch_size)
+    cfg.log = ",".join(parse_log(cfg.log)) or None  # one spelling of each choice
     validate(cfg)
     return cfg
 
