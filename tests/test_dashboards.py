@@ -55,6 +55,12 @@ def test_train_scalars_and_hparams_match_metrics(cli, tmp_path):
         assert tb[tag] == pytest.approx({r["step"]: r[key] for r in steps}, rel=1e-6), tag
     assert tb["val/loss"] == pytest.approx({r["step"]: r["val_loss"] for r in evals}, rel=1e-6)
     assert "time/fisher_ms" not in tb  # only TNT's sampled Fisher has that part
+    for key in ("update_rms", "lam_min", "lam_max", "cond_max", "eigh_failures"):  # telemetry
+        assert tb[f"optim/{key}"] == pytest.approx(
+            {r["step"]: r["telemetry"][key] for r in steps}, rel=1e-6), key
+    last = steps[-1]["telemetry"]
+    assert 0 < last["lam_min"] <= last["lam_max"] and last["cond_max"] >= 1
+    assert last["eigh_failures"] == 0 and last["update_rms"] > 0
     final = summary(run_dir)
     assert tb["hparams/final_val_loss"] == pytest.approx({6: final["final_val_loss"]}, rel=1e-6)
     assert tb["time/step_ms_median"] == pytest.approx({6: final["step_ms_median"]}, rel=1e-6)

@@ -142,6 +142,7 @@ class Dashboards:
             scalars = {tag: getattr(event, key) for key, tag in STEP_TAGS.items()}
             if state["fisher"]:
                 scalars[FISHER_TAG] = event.fisher_ms
+            scalars.update({f"optim/{key}": value for key, value in event.telemetry.items()})
             state["step"] = event.step
             self._each(state, "log", scalars, event.step)
         elif isinstance(event, EvalDone):

@@ -185,6 +185,29 @@ def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[Trai
     return cfg, ckpt
 
 
+def optimizer_telemetry(opt) -> dict[str, float]:
+    """The family optimizer's per-matrix read-outs summed up over its matrices (this rank's, under
+    torchrun): the factors' eigenvalue range and worst condition number, the mean update RMS, and
+    the eigh failures and skipped statistics updates so far. {} when there is nothing to read."""
+    rows = opt.telemetry() if hasattr(opt, "telemetry") else []
+    if not rows:
+        return {}
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            values.setdefault(key, []).append(float(value))
+    pick = {"lam_min": (min, "lam_L_min", "lam_R_min"), "lam_max": (max, "lam_L_max", "lam_R_max"),
+            "cond_max": (max, "cond_L", "cond_R"), "eigh_failures": (sum, "eigh_failures_L",
+                                                                     "eigh_failures_R"),
+            "stat_skips": (sum, "stat_skips_L", "stat_skips_R")}
+    out = {"update_rms": sum(values["update_rms"]) / len(values["update_rms"])}
+    for name, (reduce, *keys) in pick.items():
+        found = [v for k in keys for v in values.get(k, [])]
+        if found:
+            out[name] = float(reduce(found))
+    return out
+
+
 def trainer_meta(loaded: dict) -> dict:
     """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
     missing or undecodable metadata is a CheckpointError."""
@@ -495,7 +518,8 @@ class Trainer:
             step_ms=step_ms, fwd_bwd_ms=timer.last_fwd_bwd_ms, opt_ms=timer.last_opt_ms,
             tokens_per_s=tokens_per_step / (step_ms / 1000) if step_ms else 0.0,
             train_seconds=self.state["train_seconds"],
-            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000), fisher_ms=timer.last_fisher_ms)
+            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000), fisher_ms=timer.last_fisher_ms,
+            telemetry=optimizer_telemetry(self.opt))
         if self.dist.is_main:
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
