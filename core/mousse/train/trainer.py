@@ -192,10 +192,13 @@ def optimizer_telemetry(opt) -> dict[str, float]:
     rows = opt.telemetry() if hasattr(opt, "telemetry") else []
     if not rows:
         return {}
+    items = [(key, value) for row in rows for key, value in row.items()]
+    device = next((v.device for _, v in items if isinstance(v, torch.Tensor)), "cpu")
+    read = torch.stack([torch.as_tensor(v, device=device).double().reshape(())
+                        for _, v in items]).tolist()  # one host sync for all of them
     values: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            values.setdefault(key, []).append(float(value))
+    for (key, _), value in zip(items, read):
+        values.setdefault(key, []).append(value)
     pick = {"lam_min": (min, "lam_L_min", "lam_R_min"), "lam_max": (max, "lam_L_max", "lam_R_max"),
             "cond_max": (max, "cond_L", "cond_R"), "eigh_failures": (sum, "eigh_failures_L",
                                                                      "eigh_failures_R"),
