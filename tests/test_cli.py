@@ -53,6 +53,7 @@ def ablation(builtin_data, tmp_path_factory):
 
 # ---- the main command ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablate_json_results(ablation):
     res = ablation["full"]
     out = res.json()  # stdout holds only the JSON object
@@ -91,6 +92,7 @@ def test_ablate_json_results(ablation):
     assert tomlio.load(adir / "runs" / "muon" / "config.toml")["optimizer"] == "muon"
 
 
+@pytest.mark.slow
 def test_plan_printed_first_then_plain_lines(ablation):
     err = ablation["full"].stderr
     assert "\x1b[" not in err  # not a terminal: no colour, no live view
@@ -105,6 +107,7 @@ def test_plan_printed_first_then_plain_lines(ablation):
     assert "completed" in err and "complet…" not in err  # not a terminal: cells are not cut
 
 
+@pytest.mark.slow
 def test_shard_runs_part_then_rerun_completes_the_rest(ablation):
     shard = ablation["shard"].json()
     status = {r["name"]: r["status"] for r in shard["runs"]}
@@ -118,6 +121,7 @@ def test_shard_runs_part_then_rerun_completes_the_rest(ablation):
     assert "[alpha=0.0] started" not in ablation["full"].stderr
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_nothing(ablation):
     adir = ablation["dir"]
     before = {name: fingerprint(adir / "runs" / name) for name in RUNS}
@@ -128,6 +132,7 @@ def test_rerun_recomputes_nothing(ablation):
     assert res.json()["runs"] == ablation["full"].json()["runs"]
 
 
+@pytest.mark.slow
 def test_other_plan_in_same_dir_is_refused(ablation):
     before = (ablation["dir"] / "ablation.toml").read_text()
     res = invoke_cli("ablate", "--alpha", "0.5", "--steps", "8", *FAST,
@@ -220,6 +225,7 @@ def test_bad_spec_file_message_keeps_brackets(cli, tmp_path):
 
 # ---- interruption, divergence, parallel -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     """Ctrl-C in the middle of the first run: exit 130 with that run checkpointed; rerunning the
     command resumes it from its checkpoint and runs the rest."""
@@ -257,6 +263,7 @@ def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
         "mousse": "completed", "alpha=0.0": "completed"}
 
 
+@pytest.mark.slow
 def test_diverged_run_is_marked_and_exit_3(cli, tmp_path):
     spec = tmp_path / "blowup.toml"
     spec.write_text('name = "blowup"\nbaseline = false\n\n[base]\nsteps = 500\neval_every = 3\n'
@@ -285,6 +292,7 @@ def test_diverged_run_is_marked_and_exit_3(cli, tmp_path):
     assert fingerprint(adir / "runs" / "lr=1000000.0") == prints
 
 
+@pytest.mark.slow
 def test_parallel_workers_match_sequential(cli, ablation, tmp_path, monkeypatch):
     # one torch thread per worker (as in this process) whatever the machine, so that losses
     # can be compared bit for bit
@@ -309,6 +317,7 @@ def test_parallel_workers_match_sequential(cli, ablation, tmp_path, monkeypatch)
 
 # ---- report ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_report_markdown(cli, ablation):
     res = cli("report", ablation["dir"], "--format", "markdown")
     assert res.exit_code == 0, res
@@ -321,6 +330,7 @@ def test_report_markdown(cli, ablation):
     assert f"{final['alpha=0.25']:.4f}" in md
 
 
+@pytest.mark.slow
 def test_report_csv_and_json(cli, ablation):
     res = cli("report", ablation["dir"], "--format", "csv")
     assert res.exit_code == 0, res
@@ -336,6 +346,7 @@ def test_report_csv_and_json(cli, ablation):
     assert json.loads(res.stdout) == json.loads((ablation["dir"] / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_table(cli, ablation):
     res = cli("report", ablation["dir"])
     assert res.exit_code == 0, res
@@ -343,6 +354,7 @@ def test_report_table(cli, ablation):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_report_plot_png(cli, ablation, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "plots" / "curves.png"
@@ -351,6 +363,7 @@ def test_report_plot_png(cli, ablation, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_plot_without_matplotlib(cli, ablation, tmp_path, monkeypatch):
     import sys
 
@@ -362,6 +375,7 @@ def test_report_plot_without_matplotlib(cli, ablation, tmp_path, monkeypatch):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_report_errors(cli, tmp_path, ablation):
     (tmp_path / "plain").mkdir()
     assert_one_line_error(cli("report", tmp_path / "plain"), "not an ablation dir")

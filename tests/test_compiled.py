@@ -45,6 +45,7 @@ def run(cls, compiled: bool, steps: int, **knobs):
 KNOBS = {"tnt": {"fisher": "empirical"}}  # the sampled Fisher needs the trainer's hook
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_step_is_captured_whole_and_matches_eager(capture, name):
     cls, knobs = OPTIMIZERS[name], KNOBS.get(name, {})
@@ -65,6 +66,7 @@ def test_compiled_step_is_captured_whole_and_matches_eager(capture, name):
     assert capture.frame_count == frames
 
 
+@pytest.mark.slow
 def test_compiled_state_dict_round_trips_with_eager(capture):
     """A compiled optimizer's state, loaded into an eager one, continues the run: it is the same
     state (and the same steps) as an eager run throughout."""
@@ -100,6 +102,7 @@ def test_build_optimizer_passes_compiled_through():
     assert not opt.parts["matrix"].compiled
 
 
+@pytest.mark.slow
 def test_inductor_compiled_mousse_matches_eager():
     """The default backend (inductor: generated C++ on CPU) on one bucket, both sides whitened:
     the same steps as eager, and one graph each for the statistics and the update although the

@@ -102,6 +102,7 @@ def runs(tmp_path_factory, builtin_data):
 
 # ---- the equality of 2 ranks and 1 process --------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process(runs):
     root = runs["root"]
     assert runs["two"]["status"] == "completed" and runs["two"]["world_size"] == 2
@@ -110,6 +111,7 @@ def test_two_ranks_match_one_process(runs):
     assert runs["two"]["final_val_loss"] == pytest.approx(runs["single"]["final_val_loss"], rel=RTOL)
 
 
+@pytest.mark.slow
 def test_only_rank_0_renders_and_writes(runs):
     root, err = runs["root"], runs["two_stderr"]
     assert err.count("step 20/20") == 1 and err.count("run dir:") == 1  # one view, rank 0's
@@ -124,6 +126,7 @@ def test_only_rank_0_renders_and_writes(runs):
     assert not [p for p in (root / "two" / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_optimizer_state_per_rank_is_about_half(runs):
     root = runs["root"]
     whole = state_bytes(root / "single" / "checkpoints" / "step-20" / "optimizer.safetensors")
@@ -138,6 +141,7 @@ def test_optimizer_state_per_rank_is_about_half(runs):
 
 # ---- resuming across world sizes ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_two_ranks_checkpoint_on_one_process(runs):
     root = runs["root"]
     run_dir = resumable_copy(root / "two", root / "two-then-one")
@@ -146,6 +150,7 @@ def test_resume_two_ranks_checkpoint_on_one_process(runs):
     assert_close(metrics(run_dir), metrics(root / "single"))
 
 
+@pytest.mark.slow
 def test_resume_one_process_checkpoint_on_two_ranks(runs):
     root = runs["root"]
     run_dir = resumable_copy(root / "single", root / "one-then-two")
@@ -159,6 +164,7 @@ def test_resume_one_process_checkpoint_on_two_ranks(runs):
 
 # ---- failures -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_job_promptly(builtin_data, tmp_path):
     """100,000 steps planned, a rank failing at step 3: the job ends (the subprocess timeout
     fails the test if the other rank were left waiting in a collective)."""
@@ -182,6 +188,7 @@ def test_bad_batch_split_is_one_line_before_launching(cli, tmp_path):
 
 # ---- ablate under torchrun, bf16 all-gather ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablate_under_torchrun_with_bf16_gather(runs):
     root = runs["root"]
     res = torchrun("ablate", "--alpha", "0.125,0.0", "--no-baseline", *ARGS, "--gather-dtype",
@@ -332,6 +339,7 @@ def _missing_grads_worker(rank: int) -> None:
     assert digests[0] == digests[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repeat", [1, 2])  # teardown-sensitive: a cheap repeat in every CI run
 def test_missing_gradients_neither_hang_nor_leak(tmp_path, repeat):
     run_gloo_ranks(_missing_grads_worker, 2, tmp_path)

@@ -55,6 +55,7 @@ def test_missing_values_fail_the_gate():
     assert parse("a <= b significant")[3]
 
 
+@pytest.mark.slow
 def test_report_gate_exit_codes(tmp_path):
     root = tmp_path / "a"
     args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "2", "--d-model", "64",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FAST, FAST_SETTINGS, summary, train_losses
@@ -103,6 +104,7 @@ def test_tnt_and_splus_resume_exactly(builtin_data, tmp_path):
         assert resumed["final_val_loss"] == ref["final_val_loss"], name
 
 
+@pytest.mark.slow
 def test_short_ablation_over_the_whole_family_completes(cli, tmp_path):
     names = [*OPTIMIZERS, "adamw"]
     res = cli("ablate", "--optimizer", ",".join(names), *FAST, "--steps", "12",

@@ -206,6 +206,7 @@ for dtype, arch in [("bf16", 90), ("bf16", 80), ("fp32", 90)]:
 """
 
 
+@pytest.mark.slow
 def test_kernel_compiles_for_nvidia_gpus(interpreted, tmp_path):
     """Ahead-of-time compile for sm_90 (H100/H200) and sm_80 (A100), no GPU needed: catches what
     the interpreter does not check (types, layouts); 16-bit dots must lower to tensor-core MMA.

@@ -69,6 +69,7 @@ def test_a_dead_processes_lock_is_taken_over(tmp_path):
     assert train(run, "--resume", "auto").exit_code == 0
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_never_share_a_dir(tmp_path):
     """Two real processes on one run dir: exactly one trains it."""
     run = tmp_path / "R"
@@ -144,6 +145,7 @@ def _latest_step(run) -> int:
     return int(ckpts[-1].name.removeprefix("step-")) if ckpts else 0
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_of_checkpoint_writes_never_loses_the_run(tmp_path):
     """SIGKILL at random moments of a run that checkpoints every step, so most kills land in or
     near a write: every checkpoint left in place verifies, each rerun resumes from the last one,
@@ -191,6 +193,7 @@ def test_killed_checkpoint_writes_leave_no_temp_dirs(tmp_path):
 
 # ---- signals ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
     run = tmp_path / "R"
     cmd = [*mousse_command(), "train", *FAST, "--steps", "400", "--log-every", "1",
@@ -210,6 +213,7 @@ def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
     assert again.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 400
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp_path):
     """`timeout`, Slurm and a terminal signal the whole process group, workers included: each
     worker leaves the stopping to the parent, so every run checkpoints and the rerun resumes."""
@@ -278,6 +282,7 @@ def test_resume_auto_on_an_empty_dir_starts_the_run(tmp_path):
     assert res.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 6
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
     root = tmp_path / "abl"
     args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "4", "--checkpoint-every",
@@ -315,6 +320,7 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     assert_one_line_error(invoke_cli("train", "--config", bad), "not UTF-8")
 
 
+@pytest.mark.slow
 def test_a_damaged_ablation_toml_is_one_line_and_kept(tmp_path):
     root = tmp_path / "abl"
     args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "2", *FAST,

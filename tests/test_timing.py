@@ -115,6 +115,7 @@ def test_peak_memory_is_measured_on_cpu():
     assert source == "rss" and value > 10 * 2**20
 
 
+@pytest.mark.slow
 def test_ablate_runs_the_timing_pass_and_report_retimes(tmp_path):
     out = invoke_cli("ablate", "--alpha", "0.0", "--steps", "3", *FAST, "--ablation-dir",
                      tmp_path / "a", "--timing-budget", "3")

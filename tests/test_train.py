@@ -45,6 +45,7 @@ def no_pickle_under(root: Path) -> None:
 
 # ---- end to end through the real executable ------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_cli_end_to_end(mousse_proc, tmp_path):
     run_dir = tmp_path / "run"
     res = mousse_proc("train", *FAST, "--steps", "12", "--eval-every", "5", "--log-every", "2",
@@ -115,6 +116,7 @@ def test_same_seed_same_losses_other_seed_differs(cli, tmp_path):
     assert a[0] != c[0] and a[1] != c[1]
 
 
+@pytest.mark.slow
 def test_compile_trains_like_eager(cli, tmp_path):
     """--compile (model and optimizer under torch.compile, inductor) follows the eager run across
     refreshes and the LR schedule."""

@@ -328,6 +328,7 @@ def test_summary_fields_for_the_comparison():
 
 # ---- the command line ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
     args = ["ablate", "--optimizer", "muon", "--no-baseline", "--tune", "lr=0.01,0.02",
             "--seeds", "2", "--steps", "4", "--eval-every", "2", *FAST,
@@ -355,6 +356,7 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
     assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
 
 
+@pytest.mark.slow
 def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
     out = invoke_cli("ablate", "--optimizer", "muon", "--no-baseline", "--steps", "2", *FAST,
                      "--ablation-dir", tmp_path / "a")
@@ -362,6 +364,7 @@ def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
     assert "untuned" in out.stderr and "--tune lr" in out.stderr and "--seeds 3" in out.stderr
 
 
+@pytest.mark.slow
 def test_ablate_over_several_presets_reports_per_scale(tmp_path):
     root = tmp_path / "scale"
     out = invoke_cli("ablate", "--preset", "tiny,small", "--alpha", "0.0", "--steps", "2", *FAST,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import torch
 from torch import Tensor
@@ -24,7 +26,15 @@ from torch.optim import Optimizer
 from . import precondition as pc
 from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS, frobenius_norm, orthogonalize
 
-LR_SCALES = {
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# A param group's knobs (and "params"), or a set of knobs: name -> value.
+Knobs = dict[str, Any]
+
+LR_SCALES: dict[str, Callable[[int, int], float]] = {
     "spectral": lambda m, n: math.sqrt(m / n),
     "muon": lambda m, n: math.sqrt(max(1.0, m / n)),
     "rms": lambda m, n: 0.2 * math.sqrt(max(m, n)),
@@ -37,7 +47,7 @@ SIDES = tuple(_SIDE_FACTORS)
 _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 
 # Every knob with the engine's default (Mousse's). Named presets override some of them.
-DEFAULTS: dict = dict(
+DEFAULTS: Knobs = dict(
     lr=0.06, momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01,
     weight_decay_style="decoupled", alpha=0.125, post_alpha=None, sides="both",
     factor_norm="trace", precond_freq=10, refresh_schedule="offset", precond_beta=0.95,
@@ -100,7 +110,7 @@ def adam_normalize(X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, c
     return X * math.sqrt(1.0 - beta2**count) / (V.sqrt() + eps)
 
 
-def refresh_due(knobs: dict, t: int) -> bool:
+def refresh_due(knobs: Knobs, t: int) -> bool:
     """Whether step t (1-based) refreshes the eigen-pairs: on step 1, then every `precond_freq`
     steps counted from it (`refresh_schedule` "offset": 1, F+1, 2F+1, ...) or on the multiples of
     `precond_freq` ("multiples": 1, F, 2F, ..., as SPlus's authors' code does); and on every
@@ -127,7 +137,7 @@ def accumulate_statistics(st: dict[str, Tensor], G: Tensor, sides: tuple[str, ..
         st[f"stat_skips_{side}"] += skipped
 
 
-def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
+def update_matrices(g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
                     lr: float | Tensor, count: int, whiten: bool) -> None:
     """One update of a stack of same-shape matrices with gradients G and the group's knobs `g`:
     momentum, whitening by the cached P's (when `whiten`), the orthogonalizer, unwhitening,
@@ -151,7 +161,8 @@ def update_matrices(g: dict, params: list[Tensor], st: dict[str, Tensor], G: Ten
     apply_update(g, params, st, U, lr, m, n)
 
 
-def direction(g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int) -> Tensor:
+def direction(g: Knobs, st: dict[str, Tensor], X: Tensor, G: Tensor,
+              pre: dict[str, Tensor], count: int) -> Tensor:
     """The orthogonalizer applied to the whitened momentum X."""
     if g["orthogonalizer"] == "adam":
         Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
@@ -160,22 +171,22 @@ def direction(g: dict, st: dict, X: Tensor, G: Tensor, pre: dict, count: int) ->
     return orthogonalize(X, method, g["ns_steps"], ns_dtype(g, X))
 
 
-def ns_dtype(g: dict, like: Tensor) -> torch.dtype:
+def ns_dtype(g: Knobs, like: Tensor) -> torch.dtype:
     """Newton-Schulz's working precision: the group's `ns_dtype`, else bf16 on CUDA and fp32 (or
     the state's, if wider) elsewhere."""
     return g["ns_dtype"] or (
         torch.bfloat16 if like.is_cuda else torch.promote_types(like.dtype, torch.float32))
 
 
-def unwhiten_dtype(g: dict, like: Tensor) -> torch.dtype:
+def unwhiten_dtype(g: Knobs, like: Tensor) -> torch.dtype:
     """Precision of the unwhitening matmuls: Newton-Schulz's, whose output is already rounded to
     it (in bf16 that adds 10% to NS's own error, where bf16 *whitening* of the input multiplies it
     by 3-45: benchmarks/whiten_precision.py); the state's for the other orthogonalizers."""
     return ns_dtype(g, like) if g["orthogonalizer"] == "newton_schulz" else like.dtype
 
 
-def graft_update(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor, count: int,
-                 whitened: bool) -> Tensor:
+def graft_update(g: Knobs, st: dict[str, Tensor], U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor,
+                 count: int, whitened: bool) -> Tensor:
     """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
     if g["graft"] == "orthogonalizer" and whitened:
         return graft(U, frobenius_norm(Y), frobenius_norm(U))
@@ -187,8 +198,8 @@ def graft_update(g: dict, st: dict, U: Tensor, Y: Tensor, M_in: Tensor, G: Tenso
     return U
 
 
-def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float | Tensor, m: int,
-                 n: int) -> None:
+def apply_update(g: Knobs, params: list[Tensor], st: dict[str, Tensor], U: Tensor,
+                 lr: float | Tensor, m: int, n: int) -> None:
     """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
     wd, style = g["weight_decay"], g["weight_decay_style"]
     s = lr_multiplier(g["lr_scale"], m, n)
@@ -206,14 +217,15 @@ def apply_update(g: dict, params: list[Tensor], st: dict, U: Tensor, lr: float |
         torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
 
 
-_COMPILED: dict = {}
-COMPILE_OPTIONS: dict = {}  # extra torch.compile arguments, e.g. a cheap backend in tests
+# (function, COMPILE_OPTIONS) -> the function under torch.compile
+_COMPILED: dict[tuple[Callable[..., Any], tuple[tuple[str, Any], ...]], Callable[..., Any]] = {}
+COMPILE_OPTIONS: dict[str, Any] = {}  # extra torch.compile arguments, e.g. a cheap test backend
 # Graphs one function may keep: one per bucket shape and knob set, plus the symbolic-count
 # variant of each (torch's default of 8 would send models with several shapes back to eager).
 RECOMPILE_LIMIT = 64
 
 
-def compiled(fn):
+def compiled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """`fn` under torch.compile, one wrapper per function and COMPILE_OPTIONS. Shapes and knobs
     are specialized; tensor arguments (lr) are inputs and int arguments (step counts) become
     symbolic after their first change, so LR schedules and step counts do not recompile."""
@@ -226,16 +238,16 @@ def compiled(fn):
 
 # ---- validation --------------------------------------------------------------------------------
 
-def _check(ok: bool, name: str, value, allowed: str) -> None:
+def _check(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:
         raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
 
 
-def _is_number(x) -> bool:
+def _is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def validate_group(group: dict) -> None:
+def validate_group(group: Knobs) -> None:
     """Raise ValueError naming the first invalid knob of a param group and its allowed values."""
     g = group
     for name, allowed in CHOICES.items():
@@ -261,7 +273,7 @@ def validate_group(group: dict) -> None:
                "2-D weight matrices only (route embeddings, head, gains and biases to AdamW/Lion)")
 
 
-def closure_loss(closure):
+def closure_loss(closure: Callable[[], float] | None) -> float | None:
     """Evaluate an optional closure with gradients enabled (torch.optim's step convention)."""
     if closure is None:
         return None
@@ -279,10 +291,11 @@ class _Bucket:
     params: list[Tensor]
     state: dict[str, Tensor] = field(default_factory=dict)
     step: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    exponents: tuple | None = None  # the (alpha, post_alpha) the cached P's were computed with
+    # the (alpha, post_alpha) the cached P's were computed with
+    exponents: tuple[float, float] | None = None
 
 
-def _exponents(group: dict) -> tuple[float, float]:
+def _exponents(group: Knobs) -> tuple[float, float]:
     post = group["post_alpha"]
     return group["alpha"], group["alpha"] if post is None else post
 
@@ -296,19 +309,19 @@ class KroneckerOptimizer(Optimizer):
     literature's optimizers as presets: their class body's `preset` lists the knobs they change,
     and the class attribute `preset` then holds their full knob set."""
 
-    preset: dict = dict(DEFAULTS)
+    preset: Knobs = dict(DEFAULTS)
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.preset = {**DEFAULTS, **cls.__dict__.get("preset", {})}
 
     @classmethod
-    def derived(cls, knobs: dict) -> dict:
+    def derived(cls, knobs: Knobs) -> Knobs:
         """Knobs whose default follows other knobs (e.g. Shampoo's precond_start)."""
         return {}
 
     @classmethod
-    def resolve_knobs(cls, **knobs) -> dict:
+    def resolve_knobs(cls, **knobs: Any) -> Knobs:
         """This optimizer's full knob set with `knobs` applied; derived defaults follow the knobs
         they depend on unless set explicitly. TypeError names unknown knobs."""
         unknown = sorted(set(knobs) - set(DEFAULTS))
@@ -319,14 +332,14 @@ class KroneckerOptimizer(Optimizer):
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
         return full
 
-    def __init__(self, params, *, compiled: bool = False, **knobs):
+    def __init__(self, params: ParamsT, *, compiled: bool = False, **knobs: Any) -> None:
         self.compiled = compiled  # run the per-bucket math under torch.compile (`compiled`)
         self._buckets: list[list[_Bucket]] | None = None
         self._fisher: dict[int, Tensor] = {}
         self._explicit = set(knobs)  # derived defaults never override these
         super().__init__(params, self.resolve_knobs(**knobs))
 
-    def add_param_group(self, param_group: dict) -> None:
+    def add_param_group(self, param_group: Knobs) -> None:
         # a group's derived defaults follow the group's own knobs (e.g. sides="left" in Shampoo)
         derived = self.derived({**self.defaults, **param_group})
         param_group.update({k: v for k, v in derived.items()
@@ -341,11 +354,11 @@ class KroneckerOptimizer(Optimizer):
 
     # ---- state layout -------------------------------------------------------------------------
 
-    def _init_state(self, p: Tensor, group: dict) -> dict[str, Tensor]:
+    def _init_state(self, p: Tensor, group: Knobs) -> dict[str, Tensor]:
         m, n = p.shape
         wide = torch.promote_types(p.dtype, torch.float32)
 
-        def zeros(*shape, dtype=wide):
+        def zeros(*shape: Any, dtype: torch.dtype = wide) -> Tensor:  # dims, or a shape tuple
             return torch.zeros(*shape, dtype=dtype, device=p.device)
 
         st = {"step": torch.zeros((), dtype=torch.int64), "momentum_buffer": zeros(m, n),
@@ -369,7 +382,7 @@ class KroneckerOptimizer(Optimizer):
         """Stack every group's same-shape state into buckets; state entries become views."""
         buckets = []
         for group in self.param_groups:
-            by_key: dict[tuple, list[Tensor]] = {}
+            by_key: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[Tensor]] = {}
             for p in group["params"]:
                 by_key.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
             group_buckets = []
@@ -393,7 +406,7 @@ class KroneckerOptimizer(Optimizer):
             self._buckets = self._build_buckets()
         return self._buckets
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider)."""
         super().load_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
@@ -428,7 +441,7 @@ class KroneckerOptimizer(Optimizer):
         self._fisher = {id(p): g for p, g in grads.items()}
 
     @contextlib.contextmanager
-    def averaged_weights(self):
+    def averaged_weights(self) -> Iterator[None]:
         """Swap in the bias-corrected iterate average (groups with average_rate > 0) and restore
         the raw weights on exit, bit for bit; a no-op for groups without one."""
         saved = []
@@ -452,8 +465,13 @@ class KroneckerOptimizer(Optimizer):
 
     # ---- the step -----------------------------------------------------------------------------
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
             for bucket in group_buckets:
@@ -479,14 +497,15 @@ class KroneckerOptimizer(Optimizer):
         self._fisher = {}
         return loss
 
-    def _step_matrices(self, group: dict, params: list[Tensor], st: dict[str, Tensor],
+    def _step_matrices(self, group: Knobs, params: list[Tensor], st: dict[str, Tensor],
                        steps: Tensor, t: int) -> None:
         """Step `t` for a stack of same-shape matrices (state `st` updated in place): the
         statistics and update run through `self._math` (compiled when asked), the eigen refresh
         eagerly between them, since it alone needs the host (finiteness checks, fallbacks)."""
         g = group
         steps += 1
-        G = torch.stack([p.grad for p in params]).to(st["momentum_buffer"].dtype)
+        grads = cast("list[Tensor]", [p.grad for p in params])  # all set: step() checked
+        G = torch.stack(grads).to(st["momentum_buffer"].dtype)
         if not g["refresh_after_update"]:
             self._statistics(g, params, st, G, t)
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
@@ -499,10 +518,11 @@ class KroneckerOptimizer(Optimizer):
         if g["refresh_after_update"]:
             self._statistics(g, params, st, G, t)
 
-    def _math(self, fn):
+    def _math(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         return compiled(fn) if self.compiled else fn
 
-    def _statistics(self, g: dict, params: list[Tensor], st: dict, G: Tensor, t: int) -> None:
+    def _statistics(self, g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
+                    t: int) -> None:
         """Update the factor statistics on statistics steps and refresh the eigen-pairs when due."""
         sides = _SIDE_FACTORS[g["sides"]]
         if not sides:
@@ -526,7 +546,7 @@ class KroneckerOptimizer(Optimizer):
                 "before opt.step() (mousse's trainer does), or use fisher='empirical'")
         return torch.stack([self._fisher[id(p)] for p in params])
 
-    def _refresh(self, g: dict, st: dict, side: str, count: int, other_dim: int,
+    def _refresh(self, g: Knobs, st: dict[str, Tensor], side: str, count: int, other_dim: int,
                  first: bool) -> None:
         """Eigen refresh of one side's factors (the first refresh, from the identity basis,
         always by eigh); state kept in the eigenbasis follows a QR refresh's column order."""
@@ -543,7 +563,7 @@ class KroneckerOptimizer(Optimizer):
             st["V"].copy_(permute_basis_state(st["V"], order, side))
 
     @staticmethod
-    def _cache_whitening(group: dict, st: dict[str, Tensor], sides) -> None:
+    def _cache_whitening(group: Knobs, st: dict[str, Tensor], sides: tuple[str, ...]) -> None:
         """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the given sides, so a step
         only multiplies by them: P in the state's precision, P' in the unwhitening's."""
         alpha, post_alpha = _exponents(group)
@@ -597,7 +617,8 @@ class Muon(KroneckerOptimizer):
     preset = dict(lr=1e-3, weight_decay=0.1, momentum_style="nesterov", sides="none", alpha=0.0,
                   graft="none", ns="muon", lr_scale="muon")
 
-    def __init__(self, params, nesterov: bool | None = None, *, compiled: bool = False, **knobs):
+    def __init__(self, params: ParamsT, nesterov: bool | None = None, *, compiled: bool = False,
+                 **knobs: Any) -> None:
         if nesterov is not None:
             knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"
         super().__init__(params, compiled=compiled, **knobs)
@@ -622,7 +643,7 @@ class Shampoo(KroneckerOptimizer):
                   adam_eps=1e-8, lr_scale="none")
 
     @classmethod
-    def derived(cls, knobs: dict) -> dict:
+    def derived(cls, knobs: Knobs) -> Knobs:
         return {"precond_start": knobs["precond_freq"] + 1,
                 "alpha": 0.125 if knobs["sides"] == "both" else 0.25}
 
@@ -670,7 +691,7 @@ class TNT(KroneckerOptimizer):
                   lr_scale="none")
 
     @classmethod
-    def derived(cls, knobs: dict) -> dict:
+    def derived(cls, knobs: Knobs) -> Knobs:
         return {"refresh_warmup": knobs["precond_freq"]}
 
 

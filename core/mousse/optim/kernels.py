@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,7 +32,11 @@ MIN_DIM = {"gram": "GRAM_MIN_DIM", "poly": "POLY_MIN_DIM"}  # read at call time,
 MAX_BATCH = 65535  # the batch rides on grid axis 1, limited to 2^16 - 1 programs
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-triton = tl = None  # bound by _kernel() on first use
+if TYPE_CHECKING:  # for mypy, which sees them as Any: triton ships no type information
+    import triton
+    import triton.language as tl
+else:
+    triton = tl = None  # bound by _kernel() on first use
 
 
 _TRITON_OK: bool | None = None
@@ -64,7 +69,8 @@ def min_dim(op: str) -> int:
     name = MIN_DIM[op]
     value = os.environ.get(f"MOUSSE_{name}", "").strip()
     if not value:
-        return globals()[name]
+        default: int = globals()[name]
+        return default
     if not value.isdigit():
         raise ValueError(f"MOUSSE_{name} must be a whole number of rows, got {value!r}")
     return int(value)
@@ -82,19 +88,23 @@ def use_triton(X: Tensor, op: str = "gram") -> bool:
 
 def gram(X: Tensor) -> Tensor:
     """X @ X^T per matrix of the batch: the one-triangle kernel where it pays, else torch."""
-    return torch.ops.mousse.sym_gram(X) if use_triton(X, "gram") else X @ X.mT
+    out: Tensor = torch.ops.mousse.sym_gram(X) if use_triton(X, "gram") else X @ X.mT
+    return out
 
 
 def poly(A: Tensor, b: float, c: float) -> Tensor:
     """b*A + c*(A @ A) per symmetric matrix of the batch: kernel where it pays, else torch."""
     if use_triton(A, "poly"):
-        return torch.ops.mousse.sym_poly(A, b, c)
+        out: Tensor = torch.ops.mousse.sym_poly(A, b, c)
+        return out
     return torch.baddbmm(A, A, A, beta=b, alpha=c)
 
 
-def _syrk(X, A, C, m, k, sxb, sxm, sxk, sab, sam, san, scb, scm, scn, alpha, beta,
-          HAS_A: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
-          BK: tl.constexpr):
+# Untyped on purpose: triton.jit reads the annotations (tl.constexpr marks compile-time values).
+def _syrk(  # type: ignore[no-untyped-def]
+        X, A, C, m, k, sxb, sxm, sxk, sab, sam, san, scb, scm, scn, alpha, beta,
+        HAS_A: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
+        BK: tl.constexpr):
     """C = alpha X X^T (+ beta A), one lower-triangle tile (i, j) per program, written twice."""
     t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -133,7 +143,7 @@ def _syrk(X, A, C, m, k, sxb, sxm, sxk, sab, sam, san, scb, scm, scn, alpha, bet
 
 
 @functools.cache
-def _kernel():
+def _kernel() -> Any:
     """Import triton and jit the kernel (on first use only)."""
     global triton, tl
     import triton
@@ -142,7 +152,8 @@ def _kernel():
     return triton.jit(_syrk)
 
 
-def _launch(X: Tensor, A: Tensor | None, alpha: float, beta: float, block_m, block_k) -> Tensor:
+def _launch(X: Tensor, A: Tensor | None, alpha: float, beta: float, block_m: int | None,
+            block_k: int | None) -> Tensor:
     if X.dim() != 3 or X.dtype not in DTYPES:
         raise ValueError(f"expected a (B, m, k) batch in {DTYPES}, got {tuple(X.shape)} {X.dtype}")
     B, m, k = X.shape

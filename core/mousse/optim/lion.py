@@ -3,17 +3,23 @@ for embeddings and the output head."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, overload
+
 import torch
 from torch.optim import Optimizer
 
 from .family import closure_loss
 
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
+
 
 class Lion(Optimizer):
     """`u = sign(b1 m + (1 - b1) g)`, `w <- w (1 - lr wd) - lr u`, then `m <- b2 m + (1 - b2) g`."""
 
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.95),
-                 weight_decay: float = 0.0):
+    def __init__(self, params: ParamsT, lr: float = 1e-4,
+                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0) -> None:
         if not lr >= 0:
             raise ValueError(f"invalid lr={lr!r}: expected a number >= 0")
         if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
@@ -22,8 +28,13 @@ class Lion(Optimizer):
             raise ValueError(f"invalid weight_decay={weight_decay!r}: expected a number >= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]

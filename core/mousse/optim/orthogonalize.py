@@ -74,14 +74,15 @@ def power_of_two_scale(X: Tensor) -> Tensor:
 def frobenius_norm(X: Tensor) -> Tensor:
     """Per-matrix Frobenius norm, shape (B, 1, 1), without overflow for huge entries."""
     scale = power_of_two_scale(X)
-    return torch.linalg.vector_norm(X / scale, dim=(-2, -1), keepdim=True) * scale
+    norm: Tensor = torch.linalg.vector_norm(X / scale, dim=(-2, -1), keepdim=True)
+    return norm * scale
 
 
 def normalize(X: Tensor, method: NSMethod) -> Tensor:
     """X divided by its per-matrix norm as the schedule prescribes, computed without overflow."""
     scale = power_of_two_scale(X)
     Xs = X / scale
-    norm = torch.linalg.vector_norm(Xs, dim=(-2, -1), keepdim=True)
+    norm: Tensor = torch.linalg.vector_norm(Xs, dim=(-2, -1), keepdim=True)
     if method.clamp:
         return Xs / torch.maximum(norm, method.eps / scale)
     return Xs / (norm * method.norm_scale + method.eps / scale)
@@ -107,6 +108,9 @@ def newton_schulz(X: Tensor, method: NSMethod, steps: int, dtype: torch.dtype) -
 def polar_exact(X: Tensor) -> Tensor:
     """Exact polar factor U V^T by SVD; directions with (numerically) zero singular value map to 0."""
     X = X / power_of_two_scale(X)  # exact; keeps singular values of huge entries from overflowing
+    U: Tensor
+    S: Tensor
+    Vh: Tensor
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     tol = S.amax(dim=-1, keepdim=True) * max(X.shape[-2:]) * torch.finfo(X.dtype).eps
     keep = (S > tol).to(X.dtype)

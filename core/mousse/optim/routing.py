@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast, overload
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .family import OPTIMIZERS, closure_loss
@@ -29,7 +31,7 @@ def infer_roles(model: nn.Module) -> dict[str, str]:
     the last Linear; other 2-D weights are matrices and everything else is scalar. The routing
     table returned by `build_optimizer` shows the result, so a user can check it."""
     if hasattr(model, "param_roles"):
-        return dict(model.param_roles())
+        return dict(cast(Any, model).param_roles())  # the user's method: names -> roles
     vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     named = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _HEAD_NAMES]
@@ -68,17 +70,22 @@ class CombinedOptimizer(Optimizer):
         self.param_names = param_names or {}
         super().__init__([g for opt in parts.values() for g in opt.param_groups], {})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         for opt in self.parts.values():
             opt.step()
         return loss
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {name: opt.state_dict() for name, opt in self.parts.items()}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != set(self.parts):
             raise ValueError(f"optimizer state holds parts {sorted(state_dict)}, "
                              f"expected {sorted(self.parts)}")
@@ -88,23 +95,23 @@ class CombinedOptimizer(Optimizer):
         # lr changes made through self.param_groups (the schedule) would never reach the parts
         self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
 
-    def telemetry(self) -> list[dict]:
+    def telemetry(self) -> list[dict[str, Tensor]]:
         return [row for opt in self.parts.values() if hasattr(opt, "telemetry")
                 for row in opt.telemetry()]
 
-    def fisher_params(self) -> list:
+    def fisher_params(self) -> list[Tensor]:
         """Parameters whose next step needs a sampled-label gradient (see KroneckerOptimizer)."""
         return [p for opt in self.parts.values() if hasattr(opt, "fisher_params")
                 for p in opt.fisher_params()]
 
-    def set_fisher_grads(self, grads: dict) -> None:
+    def set_fisher_grads(self, grads: dict[Tensor, Tensor]) -> None:
         for opt in self.parts.values():
             if hasattr(opt, "set_fisher_grads"):
                 mine = {id(p) for g in opt.param_groups for p in g["params"]}
                 opt.set_fisher_grads({p: g for p, g in grads.items() if id(p) in mine})
 
     @contextlib.contextmanager
-    def averaged_weights(self):
+    def averaged_weights(self) -> Iterator[None]:
         """Every part's iterate average swapped in (where a part keeps one), raw weights after."""
         with contextlib.ExitStack() as stack:
             for opt in self.parts.values():
@@ -120,7 +127,7 @@ def build_optimizer(
     scalar_optimizer: str = "adamw",
     scalar_lr: float = 0.006,
     weight_decay: float | None = None,
-    matrix_kwargs: dict | None = None,
+    matrix_kwargs: dict[str, Any] | None = None,
     roles: dict[str, str] | None = None,
     owned: set[str] | None = None,
     compiled: bool = False,
@@ -154,7 +161,7 @@ def build_optimizer(
     if scalar_optimizer not in ("adamw", "lion"):
         raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
 
-    def scalar_lr_for(name: str, p) -> float:
+    def scalar_lr_for(name: str, p: Tensor) -> float:
         if scalar_optimizer == "lion" and roles[name] == "head":
             return scalar_lr / math.sqrt(p.shape[1])
         return scalar_lr
@@ -172,7 +179,7 @@ def build_optimizer(
         else:
             parts["matrix"] = OPTIMIZERS[optimizer](params, lr=lr, compiled=compiled, **kwargs)
     if others:
-        groups: dict[float, list] = {}
+        groups: dict[float, list[Tensor]] = {}
         for n, p in others:
             groups.setdefault(scalar_lr_for(n, p), []).append(p)
         scalar_groups = [{"params": ps, "lr": g_lr} for g_lr, ps in groups.items()]
