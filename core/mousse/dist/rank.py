@@ -86,16 +86,6 @@ def teardown() -> None:
         leave_process_group()
 
 
-def _all_gather(out: Tensor, inp: Tensor, async_op: bool = False):
-    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    return fn(out, inp, async_op=async_op)
-
-
-def _reduce_scatter(out: Tensor, inp: Tensor, async_op: bool = False):
-    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    return fn(out, inp, async_op=async_op)
-
-
 @torch.no_grad()
 def weights_digest(model: torch.nn.Module) -> list[float]:
     """Sum and sum of squares (float64) of every tensor of a model's state: equal on every rank
@@ -213,7 +203,7 @@ class Dist(World):
         for r in range(self.world_size):
             self.layout.pack(packed[r * width:(r + 1) * width], r, grads)
         mine = torch.empty(width, dtype=dtype, device=dev)
-        works.append(_reduce_scatter(mine, packed, async_op=True))
+        works.append(dist.reduce_scatter_tensor(mine, packed, async_op=True))
         for work in works:
             work.wait()
         del packed, grads
@@ -270,7 +260,7 @@ class Dist(World):
             values = {n: p - o for (n, p), o in zip(self.owned, old)}
         self.layout.pack(mine, self.rank, values)
         out = torch.empty(self.world_size * width, dtype=dtype, device=dev)
-        _all_gather(out, mine)
+        dist.all_gather_into_tensor(out, mine)
         before = dict(zip((n for n, _ in self.owned), old or []))
         for r in range(self.world_size):
             slot = out[r * width:(r + 1) * width]

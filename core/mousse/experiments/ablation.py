@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mousse.optim import family as optim
-from mousse.train import config
+from mousse.train import compat, config
 from mousse.train.config import (
     FAMILY_KNOBS,
     FIELD_TYPES,
@@ -112,8 +112,8 @@ def _check_knob(knob: str) -> str:
     key = knob.replace("-", "_")
     if key == "seed":
         raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
-    if key in config.RENAMED:
-        raise ConfigError(f"'{knob}' is now {config.RENAMED[key]}")
+    if key in compat.RENAMED:
+        raise ConfigError(f"'{knob}' is now {compat.RENAMED[key]}")
     if key not in KNOBS:
         raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
     return key

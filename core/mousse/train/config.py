@@ -20,7 +20,7 @@ import torch
 
 from mousse.optim import family as optim
 
-from . import tomlio
+from . import compat, tomlio
 from .presets import OPTIMIZERS, get_preset, optimizer_knobs
 
 SCALAR_OPTIMIZERS = ("adamw", "lion")
@@ -41,17 +41,8 @@ FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
 PRECONDITIONER_KNOBS = tuple(k for k in (
     "alpha", "post_alpha", "sides", "factor_norm", "precond_freq", "refresh_schedule",
-    "precond_beta", "stat_freq",
-    "refresh_warmup", "precond_start", "eps", "eig_floor", "bias_correction", "refresh",
-    "refresh_after_update", "graft", "fisher") if k in FAMILY_KNOBS)
-# Old knobs, before the family engine: still read from old config files and checkpoints.
-_LEGACY = {
-    "trace_norm": lambda v: ("factor_norm", "trace" if v else "none"),
-    "nesterov": lambda v: ("momentum_style", "nesterov" if v else "heavy_ball"),
-    "graft": lambda v: ("graft", "orthogonalizer" if v else "none"),
-}
-RENAMED = {"trace_norm": "factor_norm (trace = on, none = off)",
-            "nesterov": "momentum_style (nesterov = on, heavy_ball = off)"}
+    "precond_beta", "stat_freq", "refresh_warmup", "precond_start", "eps", "eig_floor",
+    "bias_correction", "refresh", "refresh_after_update", "graft", "fisher") if k in FAMILY_KNOBS)
 
 
 class ConfigError(ValueError):
@@ -154,8 +145,8 @@ def closest(name: str, choices) -> str:
 def coerce(key: str, value):
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
     if key not in FIELD_TYPES:
-        if key in RENAMED:
-            raise ConfigError(f"'{key}' is now {RENAMED[key]}")
+        if key in compat.RENAMED:
+            raise ConfigError(f"'{key}' is now {compat.RENAMED[key]}")
         raise ConfigError(f"unknown setting '{key}'{closest(key, FIELD_TYPES)}")
     kind = FIELD_TYPES[key]
     if value is None:
@@ -207,22 +198,7 @@ def load_config_file(path: str | Path) -> dict:
             raise ConfigError(f"{path}: '{outside[0]}' is outside the [train] table; put every "
                               "setting under [train], or use no table at all")
         raw = raw["train"]
-    return {key: coerce(key, value) for key, value in upgrade_legacy(raw).items()}
-
-
-def upgrade_legacy(settings: dict) -> dict:
-    """Settings with the knobs of the pre-family engine (config files and checkpoints written
-    before it) renamed: trace_norm -> factor_norm, nesterov -> momentum_style, graft on/off ->
-    graft orthogonalizer/none (only boolean values: a new-style value is never one). A new-style
-    setting given alongside wins. (ns = "exact" is now orthogonalizer = "exact"; `validate` says so.)"""
-    out = dict(settings)
-    for old, convert in _LEGACY.items():
-        value = out.get(old)
-        if isinstance(value, bool):  # the old knobs were all booleans
-            del out[old]
-            new, new_value = convert(value)
-            out.setdefault(new, new_value)
-    return out
+    return {key: coerce(key, value) for key, value in compat.upgrade(raw).items()}
 
 
 GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's, not a --model's
@@ -315,7 +291,7 @@ def resolve(overrides: dict) -> TrainConfig:
     and the preset's lr for it (`optimizer_knobs`). AdamW runs keep only lr and weight_decay of
     those knobs; the rest stay None.
     """
-    values = {k: coerce(k, v) for k, v in upgrade_legacy(overrides).items() if v is not None}
+    values = {k: coerce(k, v) for k, v in compat.upgrade(overrides).items() if v is not None}
     cfg = TrainConfig(**values)
     try:
         preset = get_preset(cfg.preset)

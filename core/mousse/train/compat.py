@@ -1,0 +1,36 @@
+"""Every name an earlier version wrote that today's code no longer knows, in one place.
+
+Config files and checkpoints from before the family engine still load: their boolean knobs are
+renamed on read (`upgrade`). Anywhere a person types a setting (flags, spec files), an old name
+is refused with its new one (`RENAMED`). The rest of the code only knows today's names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# old boolean knob -> (new knob, its value)
+_UPGRADES: dict[str, Callable[[bool], tuple[str, str]]] = {
+    "trace_norm": lambda v: ("factor_norm", "trace" if v else "none"),
+    "nesterov": lambda v: ("momentum_style", "nesterov" if v else "heavy_ball"),
+    "graft": lambda v: ("graft", "orthogonalizer" if v else "none"),
+}
+# old knob -> what to write instead, for the error a person sees
+RENAMED = {"trace_norm": "factor_norm (trace = on, none = off)",
+           "nesterov": "momentum_style (nesterov = on, heavy_ball = off)"}
+
+
+def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with the pre-family engine's knobs renamed: trace_norm -> factor_norm, nesterov ->
+    momentum_style, graft on/off -> graft orthogonalizer/none (only boolean values: a new-style
+    value is never one). A new-style setting given alongside wins. (ns = "exact" is now
+    orthogonalizer = "exact"; config validation says so.)"""
+    out = dict(settings)
+    for old, convert in _UPGRADES.items():
+        value = out.get(old)
+        if isinstance(value, bool):  # the old knobs were all booleans
+            del out[old]
+            new, new_value = convert(value)
+            out.setdefault(new, new_value)
+    return out
