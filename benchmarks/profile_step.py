@@ -42,7 +42,10 @@ def main(preset="small", repeats=20):
         G = torch.randn(c, m, n, generator=g)
         F = {side: (G @ G.mT if side == "L" else G.mT @ G) / 10 for side in ("L", "R")}
         eig = {side: torch.linalg.eigh(F[side]) for side in F}
-        P = {side: pc.inverse_root_basis(lam, Q, 0.125, torch.float32) for side, (lam, Q) in eig.items()}
+        P = {
+            side: pc.inverse_root_basis(lam, Q, 0.125, torch.float32)
+            for side, (lam, Q) in eig.items()
+        }
         buckets.append((G, F, eig, P))
 
     def each(fn):
@@ -67,6 +70,7 @@ def main(preset="small", repeats=20):
             for side in ("L", "R"):
                 factor = pc.normalized(F[side], 11, 0.95, True, True)
                 pc.refresh(factor, *eig[side], 1e-5, torch.float32, method)
+
         return run
 
     flops = {
@@ -83,10 +87,15 @@ def main(preset="small", repeats=20):
         "refresh_eigh/10": each(refresh("eigh")),
         "refresh_qr/10": each(refresh("qr")),
     }
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s, c in shapes.items() for _ in range(c)]
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=g)) for s, c in shapes.items() for _ in range(c)
+    ]
     for p in params:
         p.grad = torch.randn(p.shape, generator=g)
-    steps = {"muon_step": Muon(params, lr=0.02), "mousse_step_no_refresh": Mousse(params, lr=0.02, precond_freq=10**9)}
+    steps = {
+        "muon_step": Muon(params, lr=0.02),
+        "mousse_step_no_refresh": Mousse(params, lr=0.02, precond_freq=10**9),
+    }
     for opt in steps.values():
         opt.step()
     print(f"{preset}: {dict(shapes)}, {torch.get_num_threads()} threads, median of {repeats}")

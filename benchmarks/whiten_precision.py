@@ -26,8 +26,12 @@ from mousse.train.checkpoint import find_checkpoint
 
 ALPHA = 0.125
 # (whitening, Newton-Schulz, unwhitening)
-PRECISIONS = [("fp32", "fp32", "fp32"), ("fp32", "bf16", "fp32"), ("fp32", "bf16", "bf16"),
-              ("bf16", "bf16", "bf16")]
+PRECISIONS = [
+    ("fp32", "fp32", "fp32"),
+    ("fp32", "bf16", "fp32"),
+    ("fp32", "bf16", "bf16"),
+    ("bf16", "bf16", "bf16"),
+]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -37,15 +41,16 @@ def direction(M, lam_L, Q_L, lam_R, Q_R, whiten: str, ns: str, unwhiten: str):
 
     X = pc.whiten(M.to(DTYPES[whiten]), P(lam_L, Q_L, whiten), P(lam_R, Q_R, whiten))
     Y = orthogonalize(X, "you5", 5, DTYPES[ns])
-    U = pc.unwhiten(Y.to(DTYPES[unwhiten]), P(lam_L, Q_L, unwhiten),
-                    P(lam_R, Q_R, unwhiten)).double()
+    U = pc.unwhiten(
+        Y.to(DTYPES[unwhiten]), P(lam_L, Q_L, unwhiten), P(lam_R, Q_R, unwhiten)
+    ).double()
     return graft(U, frobenius_norm(Y.double()), frobenius_norm(U))
 
 
 def main(run_dir: str) -> None:
     state = load_file(find_checkpoint(Path(run_dir)) / "optimizer.safetensors")
     prefix = "matrix.state."
-    names = sorted({k[len(prefix):].rsplit(".", 1)[0] for k in state if k.startswith(prefix)})
+    names = sorted({k[len(prefix) :].rsplit(".", 1)[0] for k in state if k.startswith(prefix)})
     errors: dict[tuple, list[float]] = {p: [] for p in PRECISIONS}
     for name in names:
         get = lambda key: state[f"{prefix}{name}.{key}"].unsqueeze(0)  # noqa: E731
@@ -56,8 +61,7 @@ def main(run_dir: str) -> None:
     print(f"{len(names)} matrices from {run_dir}; relative error of U against fp64")
     print(f"{'whitening':>9} {'NS':>5} {'unwhitening':>11} {'median':>9} {'max':>9}")
     for (whiten, ns, unwhiten), errs in errors.items():
-        print(f"{whiten:>9} {ns:>5} {unwhiten:>11} {statistics.median(errs):9.2e} "
-              f"{max(errs):9.2e}")
+        print(f"{whiten:>9} {ns:>5} {unwhiten:>11} {statistics.median(errs):9.2e} {max(errs):9.2e}")
 
 
 if __name__ == "__main__":

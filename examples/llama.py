@@ -41,13 +41,15 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d_model, d_model, bias=False)
-                                              for _ in range(4))
+        self.wq, self.wk, self.wv, self.wo = (
+            nn.Linear(d_model, d_model, bias=False) for _ in range(4)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        q, k, v = (w(x).view(B, T, self.n_heads, -1).transpose(1, 2)
-                   for w in (self.wq, self.wk, self.wv))
+        q, k, v = (
+            w(x).view(B, T, self.n_heads, -1).transpose(1, 2) for w in (self.wq, self.wk, self.wv)
+        )
         y = F.scaled_dot_product_attention(rotate(q), rotate(k), v, is_causal=True)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))
 
@@ -94,8 +96,9 @@ class Llama(nn.Module):
         return self.output(self.norm(x))
 
 
-def llama(vocab_size: int, seq_len: int, d_model: int = 128, n_layers: int = 2,
-          n_heads: int = 4) -> Llama:
+def llama(
+    vocab_size: int, seq_len: int, d_model: int = 128, n_layers: int = 2, n_heads: int = 4
+) -> Llama:
     """The function `--model examples/llama.py:llama` names: mousse passes the data's vocab_size
     and the run's seq_len (unused: rotary embeddings work at any length), and --model-config
     the rest."""

@@ -32,12 +32,21 @@ def torchrun_main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        code = failure.exitcode if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256 else 1
+        code = (
+            failure.exitcode
+            if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256
+            else 1
+        )
         if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
-            how = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else \
-                f"signal {-failure.exitcode}"
-            print(f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
-                  file=sys.stderr)
+            how = (
+                f"exit code {failure.exitcode}"
+                if failure.exitcode >= 0
+                else f"signal {-failure.exitcode}"
+            )
+            print(
+                f"error: rank {rank} ended with {how}; torchrun stopped the other ranks",
+                file=sys.stderr,
+            )
         sys.exit(code)
 
 
@@ -45,8 +54,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
     rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
     CPU threads unless OMP_NUM_THREADS is set."""
-    cmd = [sys.executable, "-c", "from mousse_cli.launch import torchrun_main; torchrun_main()",
-           "--standalone", f"--nproc-per-node={nproc}", "-m", "mousse_cli", *argv]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from mousse_cli.launch import torchrun_main; torchrun_main()",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "mousse_cli",
+        *argv,
+    ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     proc = subprocess.Popen(cmd, env=env)
@@ -57,15 +74,17 @@ def launch(nproc: int, argv: list[str]) -> int:
             continue
 
 
-def launch_train(nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None,
-                 json_out: bool) -> int:
+def launch_train(
+    nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None, json_out: bool
+) -> int:
     """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
     torchrun with the resolved settings and one run dir for every rank."""
     if nproc < 1:
         raise ConfigError(f"bad value for '--nproc': {nproc}; must be >= 1")
     if env_world_size() > 1:
-        raise ConfigError("--nproc starts torchrun, but this process already runs under it; "
-                          "drop --nproc")
+        raise ConfigError(
+            "--nproc starts torchrun, but this process already runs under it; drop --nproc"
+        )
     batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
     load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
     run_dir = run_dir or default_run_dir(cfg)

@@ -11,6 +11,7 @@ from mousse.train.config import ConfigError
 def _pyplot():
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -30,10 +31,19 @@ def plot_curves(records: list[dict], baseline: str | None, out: Path) -> None:
         steps = [p["step"] for p in r["curve"]]
         losses = [p["val_loss"] for p in r["curve"]]
         seconds = [p["seconds"] for p in r["curve"]]
-        label = None if r["variant"] in labelled else r["variant"] + (" (baseline)" if r["is_baseline"] else "")
+        label = (
+            None
+            if r["variant"] in labelled
+            else r["variant"] + (" (baseline)" if r["is_baseline"] else "")
+        )
         labelled.add(r["variant"])
-        style = dict(color=colors[r["variant"]], lw=2.2 if r["is_baseline"] else 1.5,
-                     ls="--" if r["is_baseline"] else "-", marker="o", ms=3)
+        style = dict(
+            color=colors[r["variant"]],
+            lw=2.2 if r["is_baseline"] else 1.5,
+            ls="--" if r["is_baseline"] else "-",
+            marker="o",
+            ms=3,
+        )
         by_step.plot(steps, losses, label=label, **style)
         by_time.plot(seconds, losses, **style)
     by_step.set(xlabel="step", ylabel="validation loss", title="val loss vs step")
@@ -60,9 +70,12 @@ def plot_tuning(results: dict, out: Path) -> None:
     """Tuning curves: final val loss against each tuned knob (log axis for positive numbers), one
     line per variant, its chosen value ringed."""
     plt = _pyplot()
-    knobs = list(dict.fromkeys(p["knob"] for v in results["variants"] for p in v.get("tuning") or []))
-    fig, axes = plt.subplots(1, max(1, len(knobs)), figsize=(6 * max(1, len(knobs)), 4.5),
-                             squeeze=False)
+    knobs = list(
+        dict.fromkeys(p["knob"] for v in results["variants"] for p in v.get("tuning") or [])
+    )
+    fig, axes = plt.subplots(
+        1, max(1, len(knobs)), figsize=(6 * max(1, len(knobs)), 4.5), squeeze=False
+    )
     for ax, knob in zip(axes[0], knobs):
         numeric = True
         for i, v in enumerate(results["variants"]):
@@ -72,22 +85,40 @@ def plot_tuning(results: dict, out: Path) -> None:
                 points = [(x, y) for x, y in zip(phase["grid"], phase["losses"]) if y is not None]
                 if not points:
                     continue
-                numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                              for x, _ in points)
+                numeric = all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points
+                )
                 xs = [x if numeric else str(x) for x, _ in points]
                 color = plt.cm.tab10(i % 10)
                 label = v["variant"] + (" (baseline)" if v["is_baseline"] else "")
-                ax.plot(xs, [y for _, y in points], marker="o", ms=3, color=color, label=label,
-                        ls="--" if v["is_baseline"] else "-")
+                ax.plot(
+                    xs,
+                    [y for _, y in points],
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=label,
+                    ls="--" if v["is_baseline"] else "-",
+                )
                 if phase["chosen"] is not None and phase["chosen"] in phase["grid"]:
                     y = phase["losses"][phase["grid"].index(phase["chosen"])]
                     if y is not None:
-                        ax.plot([phase["chosen"] if numeric else str(phase["chosen"])], [y],
-                                marker="o", ms=10, mfc="none", mec=color, mew=2)
+                        ax.plot(
+                            [phase["chosen"] if numeric else str(phase["chosen"])],
+                            [y],
+                            marker="o",
+                            ms=10,
+                            mfc="none",
+                            mec=color,
+                            mew=2,
+                        )
         if numeric:
             ax.set_xscale("log")
-        ax.set(xlabel=knob, ylabel="final val loss (mean over tuning seeds)",
-               title=f"tuning {knob} (ringed: chosen)")
+        ax.set(
+            xlabel=knob,
+            ylabel="final val loss (mean over tuning seeds)",
+            title=f"tuning {knob} (ringed: chosen)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, out, plt)
@@ -100,19 +131,35 @@ def plot_scale(scale: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     variants = [v for v in dict.fromkeys(r["variant"] for r in scale["rows"])]
     for i, variant in enumerate(variants):
-        rows = [r for r in scale["rows"] if r["variant"] == variant and not r["is_baseline"]
-                and r["speedup"] is not None and r["params"]]
+        rows = [
+            r
+            for r in scale["rows"]
+            if r["variant"] == variant
+            and not r["is_baseline"]
+            and r["speedup"] is not None
+            and r["params"]
+        ]
         if not rows:
             continue
         xs, ys = [r["params"] for r in rows], [r["speedup"] for r in rows]
         low = [y - (r["speedup_ci"] or [y, y])[0] for y, r in zip(ys, rows)]
         high = [(r["speedup_ci"] or [y, y])[1] - y for y, r in zip(ys, rows)]
-        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=variant,
-                    color=plt.cm.tab10(i % 10))
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[low, high],
+            marker="o",
+            capsize=4,
+            label=variant,
+            color=plt.cm.tab10(i % 10),
+        )
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
-    ax.set(xlabel="parameters", ylabel="speedup over the baseline (steps)",
-           title="speedup vs scale (95% bootstrap intervals)")
+    ax.set(
+        xlabel="parameters",
+        ylabel="speedup over the baseline (steps)",
+        title="speedup vs scale (95% bootstrap intervals)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, out, plt)

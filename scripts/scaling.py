@@ -43,8 +43,9 @@ def communication(name: str, n: int) -> dict[str, float]:
     mat = sum(m * k for m, k in shapes.values())
     total = mat + rep
     owners = plan_ownership(shapes, n)
-    width = max(sum(shapes[x][0] * shapes[x][1] for x in shapes if owners[x] == r)
-                for r in range(n))  # the owner slots are padded to the largest
+    width = max(
+        sum(shapes[x][0] * shapes[x][1] for x in shapes if owners[x] == r) for r in range(n)
+    )  # the owner slots are padded to the largest
     ring = (n - 1) / n
     allreduce = lambda s: 2 * ring * s  # noqa: E731
     ours_grads = allreduce(4 * rep) + (n - 1) * width * 4  # all-reduce + reduce-scatter
@@ -66,20 +67,26 @@ def load_balance(name: str, n: int) -> dict[str, float]:
     state = plan_loads(shapes, owners, n, lambda s: float(state_floats(*s)))
     counts = [sum(1 for r in owners.values() if r == k) for k in range(n)]
     return {
-        "matrices": len(shapes), "min_count": min(counts), "max_count": max(counts),
-        "refresh_max": max(refresh), "refresh_total": sum(refresh),
+        "matrices": len(shapes),
+        "min_count": min(counts),
+        "max_count": max(counts),
+        "refresh_max": max(refresh),
+        "refresh_total": sum(refresh),
         "refresh_imbalance": max(refresh) / (sum(refresh) / n),
         "step_imbalance": max(step) / (sum(step) / n),
         "step_speedup": sum(step) / max(step),
-        "state_max_gb": 4 * max(state) / 1e9, "state_total_gb": 4 * sum(state) / 1e9,
+        "state_max_gb": 4 * max(state) / 1e9,
+        "state_total_gb": 4 * sum(state) / 1e9,
     }
 
 
 def tables(presets=PRESET_NAMES, gpus=GPUS) -> str:
     mb = lambda b: f"{b / 1e6:,.0f}"  # noqa: E731
-    lines = ["| preset | GPUs | AdamW + DDP | **Mousse, ours (fp32 / bf16 gather)** | "
-             "Muon-style | Distributed Shampoo | ours vs AdamW | slot padding |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | GPUs | AdamW + DDP | **Mousse, ours (fp32 / bf16 gather)** | "
+        "Muon-style | Distributed Shampoo | ours vs AdamW | slot padding |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in presets:
         for n in gpus:
             c = communication(name, n)
@@ -87,11 +94,15 @@ def tables(presets=PRESET_NAMES, gpus=GPUS) -> str:
                 f"| {name} | {n} | {mb(c['adamw_ddp'])} | **{mb(c['mousse_fp32'])} / "
                 f"{mb(c['mousse_bf16'])}** | {mb(c['muon_style'])} | {mb(c['shampoo'])} | "
                 f"{c['mousse_fp32'] / c['adamw_ddp']:.2f}x / {c['mousse_bf16'] / c['adamw_ddp']:.2f}x"
-                f" | {c['padding']:.2f}x |")
-    lines += ["", "| preset | GPUs | matrices (per rank) | refresh GFLOP per rank, max (all ranks) | "
-              "refresh max / mean | step max / mean | optimizer speed-up | "
-              "Mousse state per rank, max (unsharded) |",
-              "|---|---|---|---|---|---|---|---|"]
+                f" | {c['padding']:.2f}x |"
+            )
+    lines += [
+        "",
+        "| preset | GPUs | matrices (per rank) | refresh GFLOP per rank, max (all ranks) | "
+        "refresh max / mean | step max / mean | optimizer speed-up | "
+        "Mousse state per rank, max (unsharded) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in presets:
         for n in gpus:
             b = load_balance(name, n)
@@ -99,7 +110,8 @@ def tables(presets=PRESET_NAMES, gpus=GPUS) -> str:
                 f"| {name} | {n} | {b['matrices']} ({b['min_count']}-{b['max_count']}) | "
                 f"{b['refresh_max'] / 1e9:,.0f} ({b['refresh_total'] / 1e9:,.0f}) | "
                 f"{b['refresh_imbalance']:.2f} | {b['step_imbalance']:.2f} | "
-                f"{b['step_speedup']:.1f}x | {b['state_max_gb']:.2f} GB ({b['state_total_gb']:.2f} GB) |")
+                f"{b['step_speedup']:.1f}x | {b['state_max_gb']:.2f} GB ({b['state_total_gb']:.2f} GB) |"
+            )
     return "\n".join(lines) + "\n"
 
 

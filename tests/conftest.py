@@ -22,18 +22,34 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # A tiny-preset run shrunk further so that a dozen steps take well under a second.
-FAST = ["--d-model", "64", "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",
-        "--eval-tokens", "4096"]
-FAST_SETTINGS = {"d_model": 64, "seq_len": 64, "batch_size": 2, "micro_batch_size": 2,
-                 "eval_tokens": 4096}
+FAST = [
+    "--d-model",
+    "64",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "2",
+    "--micro-batch-size",
+    "2",
+    "--eval-tokens",
+    "4096",
+]
+FAST_SETTINGS = {
+    "d_model": 64,
+    "seq_len": 64,
+    "batch_size": 2,
+    "micro_batch_size": 2,
+    "eval_tokens": 4096,
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _mousse_cache(tmp_path_factory):
     """Point the builtin-corpus cache at a session tmp dir (inherited by subprocesses and spawned
     workers), keep torch (and child processes) on one thread and timing passes short."""
-    saved = {k: os.environ.get(k) for k in ("MOUSSE_CACHE", "OMP_NUM_THREADS",
-                                            "MOUSSE_TIMING_BUDGET")}
+    saved = {
+        k: os.environ.get(k) for k in ("MOUSSE_CACHE", "OMP_NUM_THREADS", "MOUSSE_TIMING_BUDGET")
+    }
     threads = torch.get_num_threads()
     os.environ["MOUSSE_CACHE"] = str(tmp_path_factory.mktemp("mousse-cache"))
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -60,7 +76,12 @@ class CliResult:
     """What a `mousse` invocation produced."""
 
     def __init__(self, exit_code: int, stdout: str, stderr: str, exception=None):
-        self.exit_code, self.stdout, self.stderr, self.exception = exit_code, stdout, stderr, exception
+        self.exit_code, self.stdout, self.stderr, self.exception = (
+            exit_code,
+            stdout,
+            stderr,
+            exception,
+        )
 
     def json(self):
         return json.loads(self.stdout)
@@ -69,8 +90,10 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
     def __repr__(self) -> str:
-        return (f"exit {self.exit_code}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n"
-                f"{self.stderr[-3000:]}\n--- exception ---\n{self.exception!r}")
+        return (
+            f"exit {self.exit_code}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n"
+            f"{self.stderr[-3000:]}\n--- exception ---\n{self.exception!r}"
+        )
 
 
 def invoke_cli(*args) -> CliResult:
@@ -83,7 +106,8 @@ def invoke_cli(*args) -> CliResult:
     result = CliRunner().invoke(app, [str(a) for a in args])
     exc = result.exception
     assert exc is None or isinstance(exc, SystemExit), (
-        f"mousse {' '.join(map(str, args))} raised {exc!r}\n{result.stderr}")
+        f"mousse {' '.join(map(str, args))} raised {exc!r}\n{result.stderr}"
+    )
     return CliResult(result.exit_code, result.stdout, result.stderr, exc)
 
 
@@ -102,10 +126,19 @@ def mousse_proc(builtin_data):
     """Run the installed `mousse` executable in a subprocess with pipes (not a terminal)."""
 
     def run(*args, cwd=None, timeout=120) -> CliResult:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-        proc = subprocess.run([*mousse_command(), *map(str, args)], capture_output=True,
-                              text=True, timeout=timeout, cwd=cwd, env=env)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+        }
+        proc = subprocess.run(
+            [*mousse_command(), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
@@ -154,8 +187,13 @@ def _gloo_rank(rank: int, worker, store: str, nprocs: int, timeout: float, args:
     from mousse.dist.process import leave_process_group
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=nprocs,
-                            timeout=timedelta(seconds=timeout))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=nprocs,
+        timeout=timedelta(seconds=timeout),
+    )
     worker(rank, *args)
     leave_process_group(timeout)
 
@@ -169,12 +207,19 @@ def run_gloo_ranks(worker, nprocs: int, tmp_path: Path, *args, timeout: float = 
     import torch.multiprocessing as mp
 
     store = tmp_path / f"gloo-store-{time.monotonic_ns()}"
-    ctx = mp.start_processes(_gloo_rank, args=(worker, str(store), nprocs, timeout, args),
-                             nprocs=nprocs, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _gloo_rank,
+        args=(worker, str(store), nprocs, timeout, args),
+        nprocs=nprocs,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.monotonic() + timeout + 30
     while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
         if time.monotonic() >= deadline:
             for proc in ctx.processes:
                 proc.kill()
-            pytest.fail(f"{nprocs} gloo ranks of {worker.__name__} still running after "
-                        f"{timeout + 30:.0f} s: a collective hangs")
+            pytest.fail(
+                f"{nprocs} gloo ranks of {worker.__name__} still running after "
+                f"{timeout + 30:.0f} s: a collective hangs"
+            )

@@ -15,10 +15,35 @@ from mousse.experiments.bench import (
 )
 from mousse.optim import family as optim
 
-KEYS = {"preset", "device", "device_name", "cpu_count", "threads", "torch", "repeats", "compiled", "cycle_steps", "step_ms", "kernels",
-        "vs_muon", "state_bytes", "cache_bytes", "refresh_ms", "shapes", "targets", "train"}
-SHAPE_KEYS = {"shape", "count", "ns_ms", "ns_tflops", "ns_pct_peak", "refresh_eigh_ms",
-              "refresh_qr_ms"}
+KEYS = {
+    "preset",
+    "device",
+    "device_name",
+    "cpu_count",
+    "threads",
+    "torch",
+    "repeats",
+    "compiled",
+    "cycle_steps",
+    "step_ms",
+    "kernels",
+    "vs_muon",
+    "state_bytes",
+    "cache_bytes",
+    "refresh_ms",
+    "shapes",
+    "targets",
+    "train",
+}
+SHAPE_KEYS = {
+    "shape",
+    "count",
+    "ns_ms",
+    "ns_tflops",
+    "ns_pct_peak",
+    "refresh_eigh_ms",
+    "refresh_qr_ms",
+}
 
 
 def test_bench_json_on_cpu():
@@ -39,8 +64,11 @@ def test_bench_json_on_cpu():
     assert r["state_bytes"]["torch_muon"] == 4 * n_matrix
     assert r["state_bytes"]["mousse_both_f10"] > r["state_bytes"]["mousse_left_f10"] > 4 * n_matrix
     assert r["cache_bytes"]["muon"] == 0 and r["cache_bytes"]["mousse_both_f10"] > 0
-    assert set(r["targets"]) == {"mousse_f10_vs_muon", "muon_vs_torch_muon",
-                                 "muon_bf16_vs_torch_muon"}
+    assert set(r["targets"]) == {
+        "mousse_f10_vs_muon",
+        "muon_vs_torch_muon",
+        "muon_bf16_vs_torch_muon",
+    }
     assert "optimizer step" in res.stderr  # the table goes to stderr, JSON alone to stdout
 
 
@@ -71,7 +99,12 @@ def test_bench_train_mode(builtin_data):
     t = bench_train("tiny", "cpu", 2)
     assert t["steps"] == 2 and t["compiled"] is False
     for name in ("muon", "mousse"):
-        assert set(t[name]) == {"step_ms_median", "step_ms_mean", "fwd_bwd_ms_median", "opt_ms_mean"}
+        assert set(t[name]) == {
+            "step_ms_median",
+            "step_ms_mean",
+            "fwd_bwd_ms_median",
+            "opt_ms_mean",
+        }
         assert all(v > 0 for v in t[name].values())
     assert set(t) >= {"overhead_pct_mean", "overhead_pct_median"}
 
@@ -81,8 +114,10 @@ def test_train_overheads_against_hand_computed_values():
 
     muon = {"step_ms_mean": 200.0, "step_ms_median": 190.0}
     mousse = {"step_ms_mean": 206.0, "step_ms_median": 171.0}
-    assert train_overheads(muon, mousse) == {"overhead_pct_median": pytest.approx(-10.0),
-                                             "overhead_pct_mean": pytest.approx(3.0)}
+    assert train_overheads(muon, mousse) == {
+        "overhead_pct_median": pytest.approx(-10.0),
+        "overhead_pct_mean": pytest.approx(3.0),
+    }
 
 
 def test_bench_kernels_under_the_interpreter(monkeypatch):
@@ -98,7 +133,11 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
     monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")
     k = bench_kernels(torch.device("cpu"), 1, sizes=(16, 32), dtype=torch.float32)
     assert [(r["op"], r["size"], r["dispatched"]) for r in k["rows"]] == [
-        ("gram", 16, True), ("poly", 16, False), ("gram", 32, True), ("poly", 32, False)]
+        ("gram", 16, True),
+        ("poly", 16, False),
+        ("gram", 32, True),
+        ("poly", 32, False),
+    ]
     assert all(r["kernel_ms"] > 0 and r["torch_ms"] > 0 for r in k["rows"])
     assert k["dtype"] == "float32" and k["dispatched_where_slower"] == ["gram 16", "gram 32"]
     assert k["measured_min_dim"] == {"gram": None, "poly": None}
@@ -109,14 +148,16 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
         console.print(part)
     text = console.export_text()
     assert "gram kernel faster from m = 32" in text and "MOUSSE_GRAM_MIN_DIM=32" in text
-    assert "poly kernel never faster" in text and "dispatched where slower: gram 16, gram 32" in text
+    assert (
+        "poly kernel never faster" in text and "dispatched where slower: gram 16, gram 32" in text
+    )
 
 
 def test_measured_min_dim_is_where_the_kernel_keeps_winning():
     from mousse.experiments.bench import measured_min_dim
 
     def rows(*speedups):
-        return [{"size": 2**(10 + i), "speedup": s} for i, s in enumerate(speedups)]
+        return [{"size": 2 ** (10 + i), "speedup": s} for i, s in enumerate(speedups)]
 
     assert measured_min_dim(rows(0.5, 1.2, 0.9, 1.4, 1.6)) == 8192  # wins only from 8192 on
     assert measured_min_dim(rows(1.1, 1.2, 1.3, 1.4)) == 1024

@@ -39,8 +39,15 @@ from mousse.train.model import GPT, GPTConfig
 from mousse.train.trainer import Trainer
 
 N = 6
-REF_SETTINGS = {**FAST_SETTINGS, "steps": 2 * N, "eval_every": N, "checkpoint_every": N,
-                "log_every": 1, "keep_checkpoints": 5, "precond_freq": 4}
+REF_SETTINGS = {
+    **FAST_SETTINGS,
+    "steps": 2 * N,
+    "eval_every": N,
+    "checkpoint_every": N,
+    "log_every": 1,
+    "keep_checkpoints": 5,
+    "precond_freq": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +71,7 @@ def file_hashes(ckpt: Path) -> dict[str, str]:
 
 # ---- exact resume ----------------------------------------------------------------------------------
 
+
 def test_resume_from_step_n_is_bit_exact(cli, reference, tmp_path):
     ckpt = reference / "checkpoints" / f"step-{N}"
     new = tmp_path / "resumed"
@@ -82,7 +90,8 @@ def test_resume_from_step_n_is_bit_exact(cli, reference, tmp_path):
     assert out["best_val_loss"] == ref_summary["best_val_loss"]
     # the val-loss curve carries over from the checkpoint (steps N and 2N)
     assert [(p["step"], p["val_loss"]) for p in out["curve"]] == [
-        (p["step"], p["val_loss"]) for p in ref_summary["curve"]]
+        (p["step"], p["val_loss"]) for p in ref_summary["curve"]
+    ]
     # the end states agree exactly too: weights and every optimizer buffer
     for name in ("model.safetensors", "optimizer.safetensors"):
         a = tensors(reference / "checkpoints" / f"step-{2 * N}" / name)
@@ -91,14 +100,27 @@ def test_resume_from_step_n_is_bit_exact(cli, reference, tmp_path):
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
     # the source run is untouched
-    assert [p.name for p in list_checkpoints(reference / "checkpoints")] == [f"step-{N}",
-                                                                              f"step-{2 * N}"]
+    assert [p.name for p in list_checkpoints(reference / "checkpoints")] == [
+        f"step-{N}",
+        f"step-{2 * N}",
+    ]
 
 
 def test_resume_auto_and_longer_runs_continue(cli, tmp_path):
     run_dir = tmp_path / "run"
-    res = cli("train", *FAST, "--steps", "6", "--log-every", "1", "--eval-every", "3",
-              "--run-dir", run_dir, "--json")
+    res = cli(
+        "train",
+        *FAST,
+        "--steps",
+        "6",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "3",
+        "--run-dir",
+        run_dir,
+        "--json",
+    )
     assert res.exit_code == 0, res
     first = train_losses(run_dir)
 
@@ -123,12 +145,21 @@ def test_resume_auto_and_longer_runs_continue(cli, tmp_path):
 
 # ---- layout ------------------------------------------------------------------------------------------
 
+
 def test_checkpoint_files_and_names(reference):
     ckpt = reference / "checkpoints" / f"step-{2 * N}"
     assert sorted(p.name for p in ckpt.iterdir()) == sorted([*FILES, "checksums.json"])
     cfg = resolve(REF_SETTINGS)
-    model = GPT(GPTConfig(vocab_size=256, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                          n_heads=cfg.n_heads, head_dim=cfg.head_dim, seq_len=cfg.seq_len))
+    model = GPT(
+        GPTConfig(
+            vocab_size=256,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            head_dim=cfg.head_dim,
+            seq_len=cfg.seq_len,
+        )
+    )
     params = dict(model.named_parameters())
     roles = model.param_roles()
 
@@ -149,9 +180,15 @@ def test_checkpoint_files_and_names(reference):
     for name, buffers in by_param.items():
         m, n = params[name].shape
         if roles[name] == "matrix":
-            for key, shape in (("L", (m, m)), ("Q_L", (m, m)), ("lam_L", (m,)),
-                               ("R", (n, n)), ("Q_R", (n, n)), ("lam_R", (n,)),
-                               ("momentum_buffer", (m, n))):
+            for key, shape in (
+                ("L", (m, m)),
+                ("Q_L", (m, m)),
+                ("lam_L", (m,)),
+                ("R", (n, n)),
+                ("Q_R", (n, n)),
+                ("lam_R", (n,)),
+                ("momentum_buffer", (m, n)),
+            ):
                 assert buffers[key].dtype == torch.float32, (name, key)
                 assert tuple(buffers[key].shape) == shape, (name, key)
             assert int(buffers["step"]) == 2 * N
@@ -168,7 +205,8 @@ def test_checkpoint_files_and_names(reference):
     groups = json.loads(meta["param_groups"])
     assert set(groups) == {"matrix", "scalar"}
     assert sorted(n for g in groups["matrix"] for n in g["params"]) == sorted(
-        n for n, r in roles.items() if r == "matrix")
+        n for n, r in roles.items() if r == "matrix"
+    )
 
     with safe_open(ckpt / "trainer.safetensors", framework="pt") as fh:
         meta = fh.metadata()
@@ -180,17 +218,25 @@ def test_checkpoint_files_and_names(reference):
 
 def test_keep_checkpoints_prunes_old_ones(builtin_data, tmp_path):
     saved = []
-    settings = {**FAST_SETTINGS, "steps": 6, "eval_every": 6, "checkpoint_every": 2,
-                "keep_checkpoints": 1}
-    out = Trainer(resolve(settings), tmp_path / "r",
-                  on_event=lambda e: saved.append(e.step) if isinstance(e, CheckpointSaved) else None
-                  ).run()
+    settings = {
+        **FAST_SETTINGS,
+        "steps": 6,
+        "eval_every": 6,
+        "checkpoint_every": 2,
+        "keep_checkpoints": 1,
+    }
+    out = Trainer(
+        resolve(settings),
+        tmp_path / "r",
+        on_event=lambda e: saved.append(e.step) if isinstance(e, CheckpointSaved) else None,
+    ).run()
     assert out["status"] == "completed"
     assert saved == [2, 4, 6]
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-6"]
 
 
 # ---- refused checkpoints ----------------------------------------------------------------------------
+
 
 def _truncate(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
@@ -210,12 +256,16 @@ def _foreign(path: Path) -> None:  # valid safetensors, but not written by mouss
     save_file({"x": torch.zeros(2)}, path)
 
 
-@pytest.mark.parametrize("file,damage,needle", [
-    ("model.safetensors", _truncate, "truncated"),
-    ("optimizer.safetensors", _garble_header, "unreadable"),
-    ("trainer.safetensors", _empty, "unreadable"),
-    ("model.safetensors", _foreign, "not a mousse checkpoint"),
-], ids=["truncated-model", "garbled-optimizer", "empty-trainer", "foreign-model"])
+@pytest.mark.parametrize(
+    "file,damage,needle",
+    [
+        ("model.safetensors", _truncate, "truncated"),
+        ("optimizer.safetensors", _garble_header, "unreadable"),
+        ("trainer.safetensors", _empty, "unreadable"),
+        ("model.safetensors", _foreign, "not a mousse checkpoint"),
+    ],
+    ids=["truncated-model", "garbled-optimizer", "empty-trainer", "foreign-model"],
+)
 @pytest.mark.parametrize("checksums", [True, False], ids=["checksummed", "older-format"])
 def test_damaged_checkpoint_is_refused(cli, reference, tmp_path, file, damage, needle, checksums):
     """The checksums written with a checkpoint name the damaged file; a checkpoint from before
@@ -234,16 +284,21 @@ def test_incomplete_checkpoint_dir_is_not_a_checkpoint(cli, reference, tmp_path)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
     (ckpt / "optimizer.safetensors").unlink()
-    assert_one_line_error(cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new"),
-                          "no checkpoint found")
+    assert_one_line_error(
+        cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new"), "no checkpoint found"
+    )
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--preset", "small"], "preset"),
-    (["--d-model", "32"], "d_model"),
-    (["--n-layers", "1"], "n_layers"),
-    (["--optimizer", "muon"], "optimizer"),
-], ids=["preset", "d_model", "n_layers", "optimizer"])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--preset", "small"], "preset"),
+        (["--d-model", "32"], "d_model"),
+        (["--n-layers", "1"], "n_layers"),
+        (["--optimizer", "muon"], "optimizer"),
+    ],
+    ids=["preset", "d_model", "n_layers", "optimizer"],
+)
 def test_checkpoint_of_another_shape_is_refused(cli, reference, tmp_path, flags, needle):
     res = cli("train", "--resume", reference, *flags, "--run-dir", tmp_path / "new")
     assert_one_line_error(res, needle)
@@ -258,11 +313,11 @@ def test_checkpoint_on_other_data_is_refused(cli, reference, tmp_path):
 
 # ---- interrupted writes -------------------------------------------------------------------------
 
+
 def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_path, monkeypatch):
     import mousse.train.checkpoint as ckpt_module
 
-    settings = {**FAST_SETTINGS, "steps": 8, "eval_every": 4, "checkpoint_every": 4,
-                "log_every": 1}
+    settings = {**FAST_SETTINGS, "steps": 8, "eval_every": 4, "checkpoint_every": 4, "log_every": 1}
     run_dir = tmp_path / "run"
     real_save = ckpt_module.save_file
     hashes = {}

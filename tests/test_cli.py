@@ -28,14 +28,25 @@ from mousse.train.events import StepLogged
 
 SWEEP = ["--alpha", "0.0,0.25", "--steps", "8", "--eval-every", "4", *FAST]
 RUNS = ["muon", "mousse", "alpha=0.0", "alpha=0.25"]  # baseline first, then the centre
-RUN_KEYS = ("name", "knobs", "seed", "status", "final_val_loss", "best_val_loss",
-            "steps_to_target", "step_ms_median")
+RUN_KEYS = (
+    "name",
+    "knobs",
+    "seed",
+    "status",
+    "final_val_loss",
+    "best_val_loss",
+    "steps_to_target",
+    "step_ms_median",
+)
 
 
 def fingerprint(run_dir: Path) -> dict:
     """mtime and size of every file of a run: unchanged means nothing was recomputed."""
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +63,7 @@ def ablation(builtin_data, tmp_path_factory):
 
 
 # ---- the main command ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_ablate_json_results(ablation):
@@ -111,8 +123,12 @@ def test_plan_printed_first_then_plain_lines(ablation):
 def test_shard_runs_part_then_rerun_completes_the_rest(ablation):
     shard = ablation["shard"].json()
     status = {r["name"]: r["status"] for r in shard["runs"]}
-    assert status == {"muon": "completed", "mousse": "pending", "alpha=0.0": "completed",
-                      "alpha=0.25": "pending"}
+    assert status == {
+        "muon": "completed",
+        "mousse": "pending",
+        "alpha=0.0": "completed",
+        "alpha=0.25": "pending",
+    }
     assert "shard 1/2: 2 runs" in ablation["shard"].stderr
     # the full command left the shard's finished runs alone
     for name, prints in ablation["shard_prints"].items():
@@ -135,8 +151,9 @@ def test_rerun_recomputes_nothing(ablation):
 @pytest.mark.slow
 def test_other_plan_in_same_dir_is_refused(ablation):
     before = (ablation["dir"] / "ablation.toml").read_text()
-    res = invoke_cli("ablate", "--alpha", "0.5", "--steps", "8", *FAST,
-                     "--ablation-dir", ablation["dir"])
+    res = invoke_cli(
+        "ablate", "--alpha", "0.5", "--steps", "8", *FAST, "--ablation-dir", ablation["dir"]
+    )
     assert res.exit_code == 2, res
     # the plan is listed first; the refusal is one error line after it
     lines = res.stderr_lines()
@@ -170,7 +187,15 @@ def test_dry_run_whole_family(cli, tmp_path, monkeypatch):
     lines = [line for line in res.stderr_lines() if not line.startswith("estimate:")]
     assert "8 runs" in lines[0] and "runs/ablate-optimizer-" in lines[0]
     assert [line.split()[0] for line in lines[1:]] == [
-        "muon", "mousse", "shampoo", "soap", "splus", "tnt", "specgd", "adamw"]
+        "muon",
+        "mousse",
+        "shampoo",
+        "soap",
+        "splus",
+        "tnt",
+        "specgd",
+        "adamw",
+    ]
     assert "optimizer=tnt" in lines[6]
 
 
@@ -178,14 +203,30 @@ def test_dry_run_drops_knobs_an_optimizer_does_not_use(cli, tmp_path, monkeypatc
     """alpha means nothing without preconditioning (Muon, SpecGD) and nothing to AdamW; the
     orthogonalizer changes every family member but not AdamW."""
     monkeypatch.chdir(tmp_path)
-    res = cli("ablate", "--optimizer", "mousse,muon,specgd,adamw", "--alpha", "0.0",
-              "--orthogonalizer", "newton_schulz,sign", "--grid", "--dry-run")
+    res = cli(
+        "ablate",
+        "--optimizer",
+        "mousse,muon,specgd,adamw",
+        "--alpha",
+        "0.0",
+        "--orthogonalizer",
+        "newton_schulz,sign",
+        "--grid",
+        "--dry-run",
+    )
     assert res.exit_code == 0, res
-    runs = {line.split()[0]: line for line in res.stderr_lines()[1:]
-            if not line.startswith("estimate:")}
-    assert list(runs) == ["muon", "alpha=0.0", "alpha=0.0+orthogonalizer=sign",
-                          "muon+orthogonalizer=sign", "specgd+orthogonalizer=newton_schulz",
-                          "specgd+orthogonalizer=sign", "adamw"]
+    runs = {
+        line.split()[0]: line for line in res.stderr_lines()[1:] if not line.startswith("estimate:")
+    }
+    assert list(runs) == [
+        "muon",
+        "alpha=0.0",
+        "alpha=0.0+orthogonalizer=sign",
+        "muon+orthogonalizer=sign",
+        "specgd+orthogonalizer=newton_schulz",
+        "specgd+orthogonalizer=sign",
+        "adamw",
+    ]
     assert runs["muon"].endswith("(baseline)")
 
 
@@ -195,21 +236,37 @@ def test_max_runs_guard(cli, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--alpha", "0.0,x"], ["alpha", "x"]),
-    (["--sides", "both,top"], ["sides", "top"]),
-    (["--optimizer", "mousse,sgd"], ["optimizer", "sgd", "specgd"]),
-    (["--graft", "on,off"], ["graft", "'on'", "orthogonalizer, adam, none"]),
-    (["--factor-norm", "trace,off"], ["factor_norm", "'off'", "trace, same_trace, none"]),
-    (["--orthogonalizer", "svd"], ["orthogonalizer", "svd", "newton_schulz"]),
-    (["--post-alpha", "0.0,x"], ["post_alpha", "x"]),
-    (["--alpha", "0.0", "--beta2", "1.5"], ["beta2", "1.5", "[0, 1)"]),
-    (["--alpha", "0.0", "--shard", "3/2"], ["--shard"]),
-    (["--alpha", "0.0", "--seeds", "0,-1"], ["seeds"]),
-    (["--alpha", "0.0", "--parallel", "0"], ["--parallel"]),
-    ([], ["nothing to sweep"]),
-], ids=["alpha-x", "sides-top", "optimizer-sgd", "graft-on", "factor-norm-off", "orthogonalizer-svd",
-        "post-alpha-x", "beta2", "shard", "seeds", "parallel", "no-sweep"])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--alpha", "0.0,x"], ["alpha", "x"]),
+        (["--sides", "both,top"], ["sides", "top"]),
+        (["--optimizer", "mousse,sgd"], ["optimizer", "sgd", "specgd"]),
+        (["--graft", "on,off"], ["graft", "'on'", "orthogonalizer, adam, none"]),
+        (["--factor-norm", "trace,off"], ["factor_norm", "'off'", "trace, same_trace, none"]),
+        (["--orthogonalizer", "svd"], ["orthogonalizer", "svd", "newton_schulz"]),
+        (["--post-alpha", "0.0,x"], ["post_alpha", "x"]),
+        (["--alpha", "0.0", "--beta2", "1.5"], ["beta2", "1.5", "[0, 1)"]),
+        (["--alpha", "0.0", "--shard", "3/2"], ["--shard"]),
+        (["--alpha", "0.0", "--seeds", "0,-1"], ["seeds"]),
+        (["--alpha", "0.0", "--parallel", "0"], ["--parallel"]),
+        ([], ["nothing to sweep"]),
+    ],
+    ids=[
+        "alpha-x",
+        "sides-top",
+        "optimizer-sgd",
+        "graft-on",
+        "factor-norm-off",
+        "orthogonalizer-svd",
+        "post-alpha-x",
+        "beta2",
+        "shard",
+        "seeds",
+        "parallel",
+        "no-sweep",
+    ],
+)
 def test_ablate_bad_input(cli, tmp_path, args, needles):
     res = cli("ablate", *args, "--ablation-dir", tmp_path / "a")
     assert_one_line_error(res, *needles)
@@ -218,12 +275,13 @@ def test_ablate_bad_input(cli, tmp_path, args, needles):
 
 def test_bad_spec_file_message_keeps_brackets(cli, tmp_path):
     spec = tmp_path / "spec.toml"
-    spec.write_text('base = 3\n[sweep]\nalpha = [0.0]\n')
+    spec.write_text("base = 3\n[sweep]\nalpha = [0.0]\n")
     res = cli("ablate", spec, "--ablation-dir", tmp_path / "a")
     assert_one_line_error(res, "spec.toml", "'base' must be a table ([base])")
 
 
 # ---- interruption, divergence, parallel -------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
@@ -235,13 +293,31 @@ def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     class InterruptingView(app_module.AblationView):
         def __call__(self, update):
             super().__call__(update)
-            if isinstance(update, RunUpdate) and isinstance(update.event, StepLogged) \
-                    and update.run == "mousse" and update.event.step == 3:
+            if (
+                isinstance(update, RunUpdate)
+                and isinstance(update.event, StepLogged)
+                and update.run == "mousse"
+                and update.event.step == 3
+            ):
                 os.kill(os.getpid(), signal.SIGINT)
 
     adir = tmp_path / "abl"
-    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "8", "--eval-every", "4",
-            "--log-every", "1", *FAST, "--ablation-dir", adir, "--json"]
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--log-every",
+        "1",
+        *FAST,
+        "--ablation-dir",
+        adir,
+        "--json",
+    ]
     monkeypatch.setattr(app_module, "AblationView", InterruptingView)
     res = cli(*args)
     assert res.exit_code == 130, res
@@ -260,14 +336,18 @@ def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     assert done["status"] == "completed" and done["resumed_from"] == first["steps"]
     assert sorted(train_losses(adir / "runs" / "mousse")) == list(range(1, 9))
     assert {r["name"]: r["status"] for r in res.json()["runs"]} == {
-        "mousse": "completed", "alpha=0.0": "completed"}
+        "mousse": "completed",
+        "alpha=0.0": "completed",
+    }
 
 
 @pytest.mark.slow
 def test_diverged_run_is_marked_and_exit_3(cli, tmp_path):
     spec = tmp_path / "blowup.toml"
-    spec.write_text('name = "blowup"\nbaseline = false\n\n[base]\nsteps = 500\neval_every = 3\n'
-                    '\n[sweep]\nlr = [1e6]\nalpha = [0.0]\n')
+    spec.write_text(
+        'name = "blowup"\nbaseline = false\n\n[base]\nsteps = 500\neval_every = 3\n'
+        "\n[sweep]\nlr = [1e6]\nalpha = [0.0]\n"
+    )
     adir = tmp_path / "abl"
     res = cli("ablate", spec, "--steps", "6", *FAST, "--ablation-dir", adir, "--json")
     assert res.exit_code == 3, res
@@ -298,12 +378,28 @@ def test_parallel_workers_match_sequential(cli, ablation, tmp_path, monkeypatch)
     # can be compared bit for bit
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     adir = tmp_path / "par"
-    res = cli("ablate", "--alpha", "0.0", "--no-baseline", "--steps", "8", "--eval-every", "4",
-              *FAST, "--parallel", "2", "--ablation-dir", adir, "--json")
+    res = cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "8",
+        "--eval-every",
+        "4",
+        *FAST,
+        "--parallel",
+        "2",
+        "--ablation-dir",
+        adir,
+        "--json",
+    )
     assert res.exit_code == 0, res
     out = res.json()
-    assert {r["name"]: r["status"] for r in out["runs"]} == {"mousse": "completed",
-                                                             "alpha=0.0": "completed"}
+    assert {r["name"]: r["status"] for r in out["runs"]} == {
+        "mousse": "completed",
+        "alpha=0.0": "completed",
+    }
     # events came back from the worker processes
     for name in ("mousse", "alpha=0.0"):
         assert f"[{name}] started" in res.stderr and f"[{name}] step 8 val_loss" in res.stderr
@@ -311,11 +407,13 @@ def test_parallel_workers_match_sequential(cli, ablation, tmp_path, monkeypatch)
     sequential = {r["name"]: r for r in ablation["full"].json()["runs"]}
     for r in out["runs"]:
         assert r["final_val_loss"] == sequential[r["name"]]["final_val_loss"], r["name"]
-        assert (train_losses(adir / "runs" / r["name"])
-                == train_losses(ablation["dir"] / "runs" / r["name"]))
+        assert train_losses(adir / "runs" / r["name"]) == train_losses(
+            ablation["dir"] / "runs" / r["name"]
+        )
 
 
 # ---- report ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_report_markdown(cli, ablation):
@@ -384,6 +482,7 @@ def test_report_errors(cli, tmp_path, ablation):
 
 # ---- presets -------------------------------------------------------------------------------------
 
+
 def test_presets_list_lr_per_optimizer(cli):
     from mousse.train.config import OPTIMIZERS
     from mousse.train.presets import PRESETS
@@ -405,13 +504,17 @@ def test_presets_list_lr_per_optimizer(cli):
     text = res.stdout + res.stderr
     header = next(line for line in text.splitlines() if line.split()[:2] == ["preset", "mousse"])
     assert header.split() == ["preset", *OPTIMIZERS]
-    tiny = next(line for line in text.splitlines() if line.split()[:1] == ["tiny"]
-                and line.split()[1] == "0.06")
+    tiny = next(
+        line
+        for line in text.splitlines()
+        if line.split()[:1] == ["tiny"] and line.split()[1] == "0.06"
+    )
     assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
     assert "benchmarks/lr-sweep" in text and "released 160M recipe" in text
 
 
 # ---- help a person can read ----------------------------------------------------------------------
+
 
 def _run_mousse(*args) -> CliResult:
     """`mousse ARGS` as a user runs it (the console script: its one-line usage errors included)."""
@@ -419,15 +522,28 @@ def _run_mousse(*args) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["train", "--stpes", "3"], ["no such option --stpes", "did you mean --steps?",
-                                 "mousse train --help"]),
-    (["ablate", "--alpah", "0.0"], ["no such option --alpah", "did you mean --alpha?"]),
-    (["trian"], ["no such command 'trian'", "train"]),
-    (["train", "--steps", "abc"], ["--steps", "integer"]),
-    (["ablate", "--trace-norm", "on,of", "--dry-run"], ["--trace-norm", "on,off"]),
-    (["ablate", "--trace-norm", "on", "--factor-norm", "none"], ["not both"]),
-], ids=["unknown-option", "unknown-sweep", "unknown-command", "bad-int", "bad-alias", "alias-twice"])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (
+            ["train", "--stpes", "3"],
+            ["no such option --stpes", "did you mean --steps?", "mousse train --help"],
+        ),
+        (["ablate", "--alpah", "0.0"], ["no such option --alpah", "did you mean --alpha?"]),
+        (["trian"], ["no such command 'trian'", "train"]),
+        (["train", "--steps", "abc"], ["--steps", "integer"]),
+        (["ablate", "--trace-norm", "on,of", "--dry-run"], ["--trace-norm", "on,off"]),
+        (["ablate", "--trace-norm", "on", "--factor-norm", "none"], ["not both"]),
+    ],
+    ids=[
+        "unknown-option",
+        "unknown-sweep",
+        "unknown-command",
+        "bad-int",
+        "bad-alias",
+        "alias-twice",
+    ],
+)
 def test_usage_errors_are_one_line_with_the_closest_option(args, needles):
     assert_one_line_error(_run_mousse(*args), *needles)
 
@@ -448,6 +564,7 @@ def test_trace_norm_is_factor_norm_in_the_missions_words(tmp_path):
         res = invoke_cli("train", *FAST, "--steps", "1", flag, "--run-dir", run)
         assert res.exit_code == 0, res
         assert tomlio.loads((run / "config.toml").read_text())["factor_norm"] == value
-    dry = invoke_cli("ablate", "--trace-norm", "on,off", "--dry-run", "--ablation-dir",
-                     tmp_path / "a")
+    dry = invoke_cli(
+        "ablate", "--trace-norm", "on,off", "--dry-run", "--ablation-dir", tmp_path / "a"
+    )
     assert dry.exit_code == 0 and "factor_norm=none" in dry.stderr

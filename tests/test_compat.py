@@ -11,14 +11,17 @@ from mousse.train import compat, tomlio
 from mousse.train.config import ConfigError, load_config_file, resolve
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ({"trace_norm": True}, {"factor_norm": "trace"}),
-    ({"trace_norm": False}, {"factor_norm": "none"}),
-    ({"nesterov": True}, {"momentum_style": "nesterov"}),
-    ({"nesterov": False}, {"momentum_style": "heavy_ball"}),
-    ({"graft": True}, {"graft": "orthogonalizer"}),
-    ({"graft": False}, {"graft": "none"}),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"trace_norm": True}, {"factor_norm": "trace"}),
+        ({"trace_norm": False}, {"factor_norm": "none"}),
+        ({"nesterov": True}, {"momentum_style": "nesterov"}),
+        ({"nesterov": False}, {"momentum_style": "heavy_ball"}),
+        ({"graft": True}, {"graft": "orthogonalizer"}),
+        ({"graft": False}, {"graft": "none"}),
+    ],
+)
 def test_old_boolean_knobs_are_renamed(old, new):
     assert compat.upgrade(old) == new
     cfg = resolve(old)
@@ -27,21 +30,26 @@ def test_old_boolean_knobs_are_renamed(old, new):
 
 def test_a_new_name_given_alongside_wins():
     assert compat.upgrade({"trace_norm": True, "factor_norm": "same_trace"}) == {
-        "factor_norm": "same_trace"}
+        "factor_norm": "same_trace"
+    }
     assert compat.upgrade({"graft": "adam"}) == {"graft": "adam"}  # a new-style value stays
 
 
 def test_an_old_config_file_trains(tmp_path):
     path = tmp_path / "old.toml"
-    path.write_text(tomlio.dumps({"train": {"trace_norm": False, "nesterov": True,
-                                            "graft": True, "steps": 2}}))
+    path.write_text(
+        tomlio.dumps({"train": {"trace_norm": False, "nesterov": True, "graft": True, "steps": 2}})
+    )
     assert load_config_file(path)["factor_norm"] == "none"
     run = tmp_path / "R"
     res = invoke_cli("train", *FAST, "--config", path, "--run-dir", run)
     assert res.exit_code == 0, res
     saved = tomlio.loads((run / "config.toml").read_text())
     assert (saved["factor_norm"], saved["momentum_style"], saved["graft"]) == (
-        "none", "nesterov", "orthogonalizer")
+        "none",
+        "nesterov",
+        "orthogonalizer",
+    )
     assert "trace_norm" not in saved and "nesterov" not in saved
 
 
@@ -54,5 +62,5 @@ def test_typing_an_old_name_names_the_new_one():
 
 def test_an_old_name_in_a_spec_file_is_one_line(tmp_path):
     spec = tmp_path / "old.toml"
-    spec.write_text('[sweep]\nnesterov = [true, false]\n')
+    spec.write_text("[sweep]\nnesterov = [true, false]\n")
     assert_one_line_error(invoke_cli("ablate", spec, "--dry-run"), "nesterov", "momentum_style")

@@ -94,8 +94,9 @@ def test_compiled_state_dict_round_trips_with_eager(capture):
 
 
 def test_build_optimizer_passes_compiled_through():
-    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8),
-                                torch.nn.Linear(8, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)
+    )
     opt, _ = build_optimizer(model, optimizer="muon", compiled=True)
     assert opt.parts["matrix"].compiled
     opt, _ = build_optimizer(model, optimizer="mousse")

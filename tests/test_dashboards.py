@@ -49,15 +49,21 @@ def test_train_scalars_and_hparams_match_metrics(cli, tmp_path):
     steps = [r for r in read_metrics(run_dir) if "train_loss" in r]
     evals = [r for r in read_metrics(run_dir) if "val_loss" in r]
     assert [r["step"] for r in steps] == [2, 4, 6] and [r["step"] for r in evals] == [3, 6]
-    for tag, key in (("train/loss", "train_loss"), ("train/lr", "lr"),
-                     ("time/step_ms", "step_ms"), ("time/fwd_bwd_ms", "fwd_bwd_ms"),
-                     ("time/opt_ms", "opt_ms"), ("time/tokens_per_s", "tokens_per_s")):
+    for tag, key in (
+        ("train/loss", "train_loss"),
+        ("train/lr", "lr"),
+        ("time/step_ms", "step_ms"),
+        ("time/fwd_bwd_ms", "fwd_bwd_ms"),
+        ("time/opt_ms", "opt_ms"),
+        ("time/tokens_per_s", "tokens_per_s"),
+    ):
         assert tb[tag] == pytest.approx({r["step"]: r[key] for r in steps}, rel=1e-6), tag
     assert tb["val/loss"] == pytest.approx({r["step"]: r["val_loss"] for r in evals}, rel=1e-6)
     assert "time/fisher_ms" not in tb  # only TNT's sampled Fisher has that part
     for key in ("update_rms", "lam_min", "lam_max", "cond_max", "eigh_failures"):  # telemetry
         assert tb[f"optim/{key}"] == pytest.approx(
-            {r["step"]: r["telemetry"][key] for r in steps}, rel=1e-6), key
+            {r["step"]: r["telemetry"][key] for r in steps}, rel=1e-6
+        ), key
     last = steps[-1]["telemetry"]
     assert 0 < last["lam_min"] <= last["lam_max"] and last["cond_max"] >= 1
     assert last["eigh_failures"] == 0 and last["update_rms"] > 0
@@ -74,8 +80,17 @@ def test_train_scalars_and_hparams_match_metrics(cli, tmp_path):
 def test_ablation_runs_share_one_log_dir_written_by_the_parent(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # one torch thread per worker
     adir = tmp_path / "ab"
-    args = ["ablate", "--alpha", "0.0", *FAST, "--steps", "4", "--eval-every", "2",
-            "--no-timing-pass"]
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        *FAST,
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--no-timing-pass",
+    ]
     res = cli(*args, "--log", "tensorboard", "--parallel", "2", "--ablation-dir", adir)
     assert res.exit_code == 0, res
     names = {p.name for p in (adir / "runs").iterdir()}
@@ -83,8 +98,11 @@ def test_ablation_runs_share_one_log_dir_written_by_the_parent(cli, tmp_path, mo
     assert {p.name for p in (adir / "tb").iterdir()} == names  # TensorBoard overlays them
     for name in names:
         tb = scalars(adir / "tb" / name)
-        metrics = {r["step"]: r["train_loss"] for r in read_metrics(adir / "runs" / name)
-                   if "train_loss" in r}
+        metrics = {
+            r["step"]: r["train_loss"]
+            for r in read_metrics(adir / "runs" / name)
+            if "train_loss" in r
+        }
         assert tb["train/loss"] == pytest.approx(metrics, rel=1e-6), name
         assert hparams(adir / "tb" / name)["optimizer"] == ("muon" if name == "muon" else "mousse")
     assert not any((adir / "runs" / name / "tb").exists() for name in names)
@@ -104,8 +122,10 @@ def test_log_changes_no_plan_hash_and_is_no_sweep(cli, tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text('[sweep]\nlog = ["tensorboard", "wandb"]\n')
     assert_one_line_error(cli("ablate", spec, "--dry-run"), "'log'", "[base]")
-    assert_one_line_error(cli("ablate", "--alpha", "0.0", "--tune", "log=tensorboard,wandb",
-                              "--dry-run"), "cannot tune 'log'")
+    assert_one_line_error(
+        cli("ablate", "--alpha", "0.0", "--tune", "log=tensorboard,wandb", "--dry-run"),
+        "cannot tune 'log'",
+    )
 
 
 def test_log_in_a_spec_base_and_bad_values(cli, tmp_path):
@@ -115,8 +135,9 @@ def test_log_in_a_spec_base_and_bad_values(cli, tmp_path):
     assert resolve({"log": "none"}).log is None  # turns off a config file's dashboards
     spec = tmp_path / "spec.toml"
     spec.write_text('[base]\nlog = "tensorbord"\n[sweep]\nalpha = [0.0]\n')
-    assert_one_line_error(cli("ablate", spec, "--dry-run"), "'log'",
-                          "tensorboard, wandb, tensorboard,wandb or none")
+    assert_one_line_error(
+        cli("ablate", spec, "--dry-run"), "'log'", "tensorboard, wandb, tensorboard,wandb or none"
+    )
     assert_one_line_error(cli(*TRAIN, "--log", "tensorboard,mlflow"), "'log'", "wandb")
 
 
@@ -140,8 +161,13 @@ def test_wandb_offline_run_holds_the_history(cli, tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb-files" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     history = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
-    for key in (b"train/loss", b"val/loss", b"time/step_ms", b"hparams/final_val_loss",
-                b"mousse"):  # the scalars, the hparam metric, the project
+    for key in (
+        b"train/loss",
+        b"val/loss",
+        b"time/step_ms",
+        b"hparams/final_val_loss",
+        b"mousse",
+    ):  # the scalars, the hparam metric, the project
         assert key in history, key
     assert (tmp_path / "run" / "tb").is_dir()
 
@@ -162,13 +188,21 @@ def test_failing_dashboard_only_warns(cli, tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(run_dir) if "train_loss" in r] == [2, 4, 6]
 
 
-@pytest.mark.parametrize("command, package", [
-    (TRAIN, "tensorboard"),
-    (["ablate", "--alpha", "0.0", *FAST, "--steps", "4", "--dry-run"], "wandb"),
-])
+@pytest.mark.parametrize(
+    "command, package",
+    [
+        (TRAIN, "tensorboard"),
+        (["ablate", "--alpha", "0.0", *FAST, "--steps", "4", "--dry-run"], "wandb"),
+    ],
+)
 def test_missing_package_is_one_line(cli, tmp_path, monkeypatch, command, package):
     monkeypatch.setitem(sys.modules, package, None)  # import PACKAGE -> ImportError
-    res = cli(*command, "--log", package, "--run-dir" if command is TRAIN else "--ablation-dir",
-              tmp_path / "out")
+    res = cli(
+        *command,
+        "--log",
+        package,
+        "--run-dir" if command is TRAIN else "--ablation-dir",
+        tmp_path / "out",
+    )
     assert_one_line_error(res, f"pip install 'mousse[{package}]'")
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from mousse.train.data import DataError, load_dataset, train_batch, val_batches
 def write_shard(path, tokens, magic=20240520, version=1, n=None, cut=0):
     header = struct.pack("<3i", magic, version, len(tokens) if n is None else n) + bytes(1012)
     body = struct.pack(f"<{len(tokens)}H", *tokens)
-    path.write_bytes((header + body)[:len(header + body) - cut])
+    path.write_bytes((header + body)[: len(header + body) - cut])
     return path
 
 
@@ -48,7 +48,11 @@ def test_text_file_and_folder(tmp_path):
     ds = load_dataset(str(folder), val_spec=str(f))
     expected = data.FILE_SEP.join([b"hello", b"world", b"!"])
     assert bytes(ds.train.get(0, len(ds.train)).tolist()) == expected
-    assert len(ds.val) == 10240 and "4 text file(s)" in ds.describe() and "10.2K val bytes" in ds.describe()
+    assert (
+        len(ds.val) == 10240
+        and "4 text file(s)" in ds.describe()
+        and "10.2K val bytes" in ds.describe()
+    )
     assert ds.content_hash == load_dataset(str(folder), val_spec=str(f)).content_hash
     assert ds.content_hash != load_dataset(str(folder), val_spec=str(folder)).content_hash
 
@@ -69,12 +73,15 @@ def test_shards_folder_glob_and_explicit_val(tmp_path):
     assert len(single.train) + len(single.val) == 300 and len(single.val) == 30
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(magic=123), r"bad magic 123.*re-export"),
-    (dict(version=2), r"version 2.*re-export"),
-    (dict(cut=3), r"truncated shard: header says 100 tokens.*re-download"),
-    (dict(n=-1), r"truncated shard"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(magic=123), r"bad magic 123.*re-export"),
+        (dict(version=2), r"version 2.*re-export"),
+        (dict(cut=3), r"truncated shard: header says 100 tokens.*re-download"),
+        (dict(n=-1), r"truncated shard"),
+    ],
+)
 def test_bad_shards(tmp_path, kwargs, match):
     path = write_shard(tmp_path / "x_train.bin", list(range(100)), **kwargs)
     with pytest.raises(DataError, match=match) as err:
@@ -106,7 +113,9 @@ def test_bad_corpora(tmp_path):
 
 def _source(tmp_path, n=5000):
     f = tmp_path / "t.txt"
-    f.write_bytes(bytes(torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(0)).tolist()))
+    f.write_bytes(
+        bytes(torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(0)).tolist())
+    )
     return load_dataset(str(f))
 
 
@@ -119,7 +128,9 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(tmp_path):
     assert not torch.equal(x, train_batch(ds.train, 1, 4, 8, 16)[0])
     assert not torch.equal(x, train_batch(ds.train, 2, 3, 8, 16)[0])
     for cuts in ([0, 8], [0, 3, 8], [0, 1, 2, 5, 8]):
-        parts = [train_batch(ds.train, 1, 3, 8, 16, rows=slice(a, b)) for a, b in zip(cuts, cuts[1:])]
+        parts = [
+            train_batch(ds.train, 1, 3, 8, 16, rows=slice(a, b)) for a, b in zip(cuts, cuts[1:])
+        ]
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
         assert torch.equal(torch.cat([p[1] for p in parts]), y)
     strided = train_batch(ds.train, 1, 3, 8, 16, rows=slice(1, None, 2))[0]  # a rank's share
@@ -137,7 +148,7 @@ def test_val_batches_are_fixed_and_contiguous(tmp_path):
     again = list(val_batches(ds.val, 1000, batch_size=4, seq_len=50))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
     assert len(list(val_batches(ds.val, 10**9, 4, 50))) == 9  # capped by the split
-    (x, _), = val_batches(ds.val, 1000, batch_size=64, seq_len=100)  # smaller than one batch
+    ((x, _),) = val_batches(ds.val, 1000, batch_size=64, seq_len=100)  # smaller than one batch
     assert x.shape == (19, 100)
     with pytest.raises(DataError, match="fewer than one sequence"):
         next(val_batches(ds.val, 1000, 4, 5000))

@@ -34,31 +34,72 @@ from mousse.train.model import GPT, GPTConfig
 from mousse.train.presets import PRESETS, _meta_model
 from mousse.train.trainer import Trainer
 
-ARGS = ["--d-model", "64", "--seq-len", "64", "--batch-size", "4", "--micro-batch-size", "2",
-        "--eval-tokens", "4096", "--steps", "20", "--log-every", "1", "--eval-every", "10",
-        "--checkpoint-every", "10"]
-SETTINGS = {"d_model": 64, "seq_len": 64, "batch_size": 4, "micro_batch_size": 2,
-            "eval_tokens": 4096, "steps": 20, "log_every": 1, "eval_every": 10,
-            "checkpoint_every": 10}
+ARGS = [
+    "--d-model",
+    "64",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "4",
+    "--micro-batch-size",
+    "2",
+    "--eval-tokens",
+    "4096",
+    "--steps",
+    "20",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "10",
+]
+SETTINGS = {
+    "d_model": 64,
+    "seq_len": 64,
+    "batch_size": 4,
+    "micro_batch_size": 2,
+    "eval_tokens": 4096,
+    "steps": 20,
+    "log_every": 1,
+    "eval_every": 10,
+    "checkpoint_every": 10,
+}
 RTOL = 1e-5
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    }
     return {**env, **extra}
 
 
 def torchrun(*args, nproc: int = 2, timeout: float = 120, **env) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m mousse_cli ARGS`, the way users launch it."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "mousse_cli", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "mousse_cli",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**env))
 
 
 def mousse(*args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([*mousse_command(), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=_env(**env))
+    return subprocess.run(
+        [*mousse_command(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(**env),
+    )
 
 
 def metrics(run_dir: Path) -> dict[tuple[str, int], float]:
@@ -96,11 +137,17 @@ def runs(tmp_path_factory, builtin_data):
     t0 = time.perf_counter()
     res = torchrun("train", *ARGS, "--run-dir", root / "two", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
-    return {"root": root, "single": single, "two": json.loads(res.stdout), "two_stderr": res.stderr,
-            "two_seconds": time.perf_counter() - t0}
+    return {
+        "root": root,
+        "single": single,
+        "two": json.loads(res.stdout),
+        "two_stderr": res.stderr,
+        "two_seconds": time.perf_counter() - t0,
+    }
 
 
 # ---- the equality of 2 ranks and 1 process --------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process(runs):
@@ -108,7 +155,9 @@ def test_two_ranks_match_one_process(runs):
     assert runs["two"]["status"] == "completed" and runs["two"]["world_size"] == 2
     assert runs["single"]["world_size"] == 1
     assert_close(metrics(root / "two"), metrics(root / "single"))  # train and val losses
-    assert runs["two"]["final_val_loss"] == pytest.approx(runs["single"]["final_val_loss"], rel=RTOL)
+    assert runs["two"]["final_val_loss"] == pytest.approx(
+        runs["single"]["final_val_loss"], rel=RTOL
+    )
 
 
 @pytest.mark.slow
@@ -117,12 +166,23 @@ def test_only_rank_0_renders_and_writes(runs):
     assert err.count("step 20/20") == 1 and err.count("run dir:") == 1  # one view, rank 0's
     assert "Traceback" not in err
     assert sorted(p.name for p in (root / "two").iterdir()) == sorted(
-        [".lock", "checkpoints", "config.toml", "env.json", "metrics.jsonl", "summary.json"])
+        [".lock", "checkpoints", "config.toml", "env.json", "metrics.jsonl", "summary.json"]
+    )
     ckpt = root / "two" / "checkpoints" / "step-20"
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(
-        ["model.safetensors", "trainer.safetensors", "optimizer-index.json", "checksums.json",
-         "optimizer-rank0.safetensors", "optimizer-rank1.safetensors"])
-    assert [p.name for p in list_checkpoints(root / "two" / "checkpoints")] == ["step-10", "step-20"]
+        [
+            "model.safetensors",
+            "trainer.safetensors",
+            "optimizer-index.json",
+            "checksums.json",
+            "optimizer-rank0.safetensors",
+            "optimizer-rank1.safetensors",
+        ]
+    )
+    assert [p.name for p in list_checkpoints(root / "two" / "checkpoints")] == [
+        "step-10",
+        "step-20",
+    ]
     assert not [p for p in (root / "two" / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -140,6 +200,7 @@ def test_optimizer_state_per_rank_is_about_half(runs):
 
 
 # ---- resuming across world sizes ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_resume_two_ranks_checkpoint_on_one_process(runs):
@@ -164,35 +225,68 @@ def test_resume_one_process_checkpoint_on_two_ranks(runs):
 
 # ---- failures -------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_failing_rank_ends_the_job_promptly(builtin_data, tmp_path):
     """100,000 steps planned, a rank failing at step 3: the job ends (the subprocess timeout
     fails the test if the other rank were left waiting in a collective)."""
-    res = mousse("train", *ARGS, "--steps", "100000", "--run-dir", tmp_path / "r", "--nproc", "2",
-                 MOUSSE_FAIL_AT="1:3", timeout=90)
+    res = mousse(
+        "train",
+        *ARGS,
+        "--steps",
+        "100000",
+        "--run-dir",
+        tmp_path / "r",
+        "--nproc",
+        "2",
+        MOUSSE_FAIL_AT="1:3",
+        timeout=90,
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     lines = res.stderr.splitlines()
-    assert any(line.startswith("error: rank 1/2: RuntimeError: injected failure at step 3")
-               for line in lines), res.stderr
+    assert any(
+        line.startswith("error: rank 1/2: RuntimeError: injected failure at step 3")
+        for line in lines
+    ), res.stderr
     assert lines[-1] == "error: rank 1 ended with exit code 1; torchrun stopped the other ranks"
     assert "Traceback" not in res.stderr
     assert not list_checkpoints(tmp_path / "r" / "checkpoints")
 
 
 def test_bad_batch_split_is_one_line_before_launching(cli, tmp_path):
-    res = cli("train", "--nproc", "3", "--batch-size", "4", "--micro-batch-size", "2",
-              "--run-dir", tmp_path / "r")
+    res = cli(
+        "train",
+        "--nproc",
+        "3",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert_one_line_error(res, "batch_size 4", "3 ranks")
     assert not (tmp_path / "r").exists()
 
 
 # ---- ablate under torchrun, bf16 all-gather ---------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ablate_under_torchrun_with_bf16_gather(runs):
     root = runs["root"]
-    res = torchrun("ablate", "--alpha", "0.125,0.0", "--no-baseline", *ARGS, "--gather-dtype",
-                   "bf16", "--ablation-dir", root / "ablate", "--json")
+    res = torchrun(
+        "ablate",
+        "--alpha",
+        "0.125,0.0",
+        "--no-baseline",
+        *ARGS,
+        "--gather-dtype",
+        "bf16",
+        "--ablation-dir",
+        root / "ablate",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads(res.stdout)  # one JSON object: rank 0's
     assert (root / "ablate" / "results.json").is_file()
@@ -205,6 +299,7 @@ def test_ablate_under_torchrun_with_bf16_gather(runs):
 
 
 # ---- planning and the pieces, in process ------------------------------------------------------------
+
 
 def preset_shapes(name: str) -> dict[str, tuple[int, int]]:
     model = _meta_model(PRESETS[name])
@@ -272,8 +367,10 @@ def test_optimizer_state_moves_by_name_between_ownerships(tmp_path):
         for name in mine:
             for key, value in full[name].items():
                 assert torch.equal(got[name][key], value), (name, key)
-        assert torch.equal(part.parts["scalar"].state[model.embed.weight]["exp_avg"],
-                           opt.parts["scalar"].state[model.embed.weight]["exp_avg"])
+        assert torch.equal(
+            part.parts["scalar"].state[model.embed.weight]["exp_avg"],
+            opt.parts["scalar"].state[model.embed.weight]["exp_avg"],
+        )
 
 
 def preset_shapes_of(model) -> dict[str, tuple[int, int]]:
@@ -289,11 +386,12 @@ def test_scaling_doc_tables_match_the_script():
     root = Path(__file__).resolve().parent.parent
     doc = (root / "docs" / "scaling.md").read_text()
     start, end = "<!-- scripts/scaling.py -->\n", "<!-- /scripts/scaling.py -->"
-    shown = doc[doc.index(start) + len(start):doc.index(end)]
+    shown = doc[doc.index(start) + len(start) : doc.index(end)]
     assert shown == runpy.run_path(str(root / "scripts" / "scaling.py"))["tables"]()
 
 
 # ---- the gradient exchange with missing gradients (2 spawned gloo processes) --------------------
+
 
 def _missing_grads_worker(rank: int) -> None:
     """One rank: some gradients missing on one rank or on all; the exchange and the step must
@@ -306,10 +404,16 @@ def _missing_grads_worker(rank: int) -> None:
     from mousse.dist.rank import Dist, weights_digest
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4,
-                          seq_len=8))
-    cfg = SimpleNamespace(batch_size=2, micro_batch_size=1, optimizer="mousse", sides="both",
-                          precond_freq=1, ns_steps=5, gather_dtype="fp32")
+    model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4, seq_len=8))
+    cfg = SimpleNamespace(
+        batch_size=2,
+        micro_batch_size=1,
+        optimizer="mousse",
+        sides="both",
+        precond_freq=1,
+        ns_steps=5,
+        gather_dtype="fp32",
+    )
     d = Dist(rank, 2)
     owned = d.prepare(model, cfg)
     opt, _ = build_optimizer(model, lr=0.02, owned=owned)

@@ -33,19 +33,34 @@ def test_gpu_presets_on_a_cpu_are_priced_from_flops_without_running_them():
     assert e.step_seconds > n / est.matmul_rate(CPU)
     hint = est.warning(cfg, e, CPU)
     assert "--preset small" in hint and "GPU" in hint
-    assert est.warning(resolve({"preset": "tiny"}), est.estimate(resolve({"preset": "tiny"}), 256, CPU), CPU) is None
+    assert (
+        est.warning(
+            resolve({"preset": "tiny"}), est.estimate(resolve({"preset": "tiny"}), 256, CPU), CPU
+        )
+        is None
+    )
 
 
 def test_the_estimate_scales_with_the_work():
     small = resolve({"preset": "160m", "device": "cpu", "n_layers": 2})
     big = resolve({"preset": "160m", "device": "cpu", "n_layers": 12})
-    ratio = est.estimate(big, 50304, CPU).step_seconds / est.estimate(small, 50304, CPU).step_seconds
+    ratio = (
+        est.estimate(big, 50304, CPU).step_seconds / est.estimate(small, 50304, CPU).step_seconds
+    )
     assert ratio > 1.5  # 10 more blocks of 7M parameters on top of the 77M of embedding and head
 
 
-@pytest.mark.parametrize("seconds, text", [(0.04, "40 ms"), (12, "12 s"), (186, "3.1 min"),
-                                           (11160, "3.1 h"), (3 * 86400, "3.0 days"),
-                                           (3.5 * 365 * 86400, "3.5 years")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0.04, "40 ms"),
+        (12, "12 s"),
+        (186, "3.1 min"),
+        (11160, "3.1 h"),
+        (3 * 86400, "3.0 days"),
+        (3.5 * 365 * 86400, "3.5 years"),
+    ],
+)
 def test_durations_read_naturally(seconds, text):
     assert est.duration(seconds) == text
 
@@ -61,12 +76,35 @@ def test_memory_refusal_names_both_numbers_and_a_micro_batch_that_fits(monkeypat
 
 
 def test_max_hours_refuses_with_the_estimate_in_one_line(tmp_path):
-    out = invoke_cli("train", "--preset", "160m", "--device", "cpu", "--force", "--max-hours",
-                     "1", "--run-dir", tmp_path / "r")
+    out = invoke_cli(
+        "train",
+        "--preset",
+        "160m",
+        "--device",
+        "cpu",
+        "--force",
+        "--max-hours",
+        "1",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert_one_line_error(out, "estimated about", "more than --max-hours 1")
     assert not (tmp_path / "r").exists()
-    abl = invoke_cli("ablate", "--alpha", "0.0", "--preset", "160m", "--device", "cpu",
-                     "--force", "--max-hours", "1", "--dry-run", "--ablation-dir", tmp_path / "a")
+    abl = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--preset",
+        "160m",
+        "--device",
+        "cpu",
+        "--force",
+        "--max-hours",
+        "1",
+        "--dry-run",
+        "--ablation-dir",
+        tmp_path / "a",
+    )
     assert_one_line_error(abl, "for 3 runs", "more than --max-hours 1")
 
 
@@ -88,9 +126,23 @@ def test_long_steps_report_their_micro_batches(tmp_path, monkeypatch):
     import mousse.train.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "SLOW_STEP_S", 0.0)
-    out = invoke_cli("train", "--steps", "2", "--d-model", "64", "--seq-len", "64",
-                     "--batch-size", "4", "--micro-batch-size", "1", "--eval-tokens", "4096",
-                     "--run-dir", tmp_path / "r")
+    out = invoke_cli(
+        "train",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--eval-tokens",
+        "4096",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert out.exit_code == 0
     assert "step 1: micro batch 1/4" in out.stderr and "step eta" in out.stderr
     e = MicroBatchDone(step=3, done=2, total=8, seconds=10.0)

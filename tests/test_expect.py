@@ -11,23 +11,54 @@ from mousse.experiments.expect import check, parse
 from mousse.train.config import ConfigError
 
 
-def results(mousse_losses=(1.40, 1.41, 1.39), muon_losses=(1.50, 1.52, 1.49), speedup=1.2,
-            ci=(1.1, 1.3), overhead=4.0):
-    runs = [{"variant": v, "status": "completed", "final_val_loss": x}
-            for v, xs in (("mousse", mousse_losses), ("muon", muon_losses)) for x in xs]
+def results(
+    mousse_losses=(1.40, 1.41, 1.39),
+    muon_losses=(1.50, 1.52, 1.49),
+    speedup=1.2,
+    ci=(1.1, 1.3),
+    overhead=4.0,
+):
+    runs = [
+        {"variant": v, "status": "completed", "final_val_loss": x}
+        for v, xs in (("mousse", mousse_losses), ("muon", muon_losses))
+        for x in xs
+    ]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"runs": runs, "variants": [
-        {"variant": "muon", "final_val_loss_mean": mean(muon_losses), "speedup": None,
-         "speedup_ci": None, "overhead_pct": None},
-        {"variant": "mousse", "final_val_loss_mean": mean(mousse_losses), "speedup": speedup,
-         "speedup_ci": list(ci), "overhead_pct": overhead}]}
+    return {
+        "runs": runs,
+        "variants": [
+            {
+                "variant": "muon",
+                "final_val_loss_mean": mean(muon_losses),
+                "speedup": None,
+                "speedup_ci": None,
+                "overhead_pct": None,
+            },
+            {
+                "variant": "mousse",
+                "final_val_loss_mean": mean(mousse_losses),
+                "speedup": speedup,
+                "speedup_ci": list(ci),
+                "overhead_pct": overhead,
+            },
+        ],
+    }
 
 
-@pytest.mark.parametrize("expr, ok", [
-    ("mousse < muon", True), ("muon < mousse", False), ("mousse < muon significant", True),
-    ("loss(mousse) <= 1.4", True), ("speedup(mousse) >= 1.05", True),
-    ("speedup(mousse) >= 1.25", False), ("speedup_low(mousse) > 1", True),
-    ("overhead(mousse) <= 3", False), ("overhead(mousse) < 10", True)])
+@pytest.mark.parametrize(
+    "expr, ok",
+    [
+        ("mousse < muon", True),
+        ("muon < mousse", False),
+        ("mousse < muon significant", True),
+        ("loss(mousse) <= 1.4", True),
+        ("speedup(mousse) >= 1.05", True),
+        ("speedup(mousse) >= 1.25", False),
+        ("speedup_low(mousse) > 1", True),
+        ("overhead(mousse) <= 3", False),
+        ("overhead(mousse) < 10", True),
+    ],
+)
 def test_expectations_hold_or_fail(expr, ok):
     holds, reason = check(expr, results())
     assert holds is ok and expr in reason
@@ -41,9 +72,14 @@ def test_significance_needs_seeds_and_a_real_gap():
     assert "fewer than 2 seeds" in check("mousse < muon significant", one)[1]
 
 
-@pytest.mark.parametrize("expr, words", [("mousse is better", "bad --expect"),
-                                         ("speeed(mousse) > 1", "unknown function"),
-                                         ("adam < muon", "not a variant")])
+@pytest.mark.parametrize(
+    "expr, words",
+    [
+        ("mousse is better", "bad --expect"),
+        ("speeed(mousse) > 1", "unknown function"),
+        ("adam < muon", "not a variant"),
+    ],
+)
 def test_bad_expectations_are_config_errors(expr, words):
     with pytest.raises(ConfigError, match=words):
         check(expr, results())
@@ -58,12 +94,32 @@ def test_missing_values_fail_the_gate():
 @pytest.mark.slow
 def test_report_gate_exit_codes(tmp_path):
     root = tmp_path / "a"
-    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "2", "--d-model", "64",
-            "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2", "--eval-tokens",
-            "4096", "--ablation-dir", root, "--no-timing-pass"]
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--eval-tokens",
+        "4096",
+        "--ablation-dir",
+        root,
+        "--no-timing-pass",
+    ]
     assert invoke_cli(*args).exit_code == 0
-    loss = {v["variant"]: v["final_val_loss_mean"]
-            for v in json.loads((root / "results.json").read_text())["variants"]}
+    loss = {
+        v["variant"]: v["final_val_loss_mean"]
+        for v in json.loads((root / "results.json").read_text())["variants"]
+    }
     better = min(loss, key=loss.get)
     worse = max(loss, key=loss.get)
     ok = invoke_cli("report", root, "--expect", f"{better} < {worse}")

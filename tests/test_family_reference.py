@@ -55,10 +55,14 @@ class Problem:
         for _, n in shapes:
             A = torch.randn(n, n, dtype=F64, generator=g)
             self.H.append(A @ A.T / n + 0.1 * eye(n))
-        self.noise = [[noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
-                      for _ in range(steps)]
-        self.noise_s = [[noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
-                        for _ in range(steps)]
+        self.noise = [
+            [noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
+            for _ in range(steps)
+        ]
+        self.noise_s = [
+            [noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
+            for _ in range(steps)
+        ]
 
     def grad(self, i, W, t):
         return (W - self.Wstar[i]) @ self.H[i] + self.noise[t][i]
@@ -95,8 +99,11 @@ def run_vs_refs(opt, params, refs, prob, steps, tol=1e-9, fisher=False):
         opt.step()
         for i, ref in enumerate(refs):
             G = prob.grad(i, W_ref[i], t)
-            W_ref[i] = (ref.step(W_ref[i], G, prob.sampled_grad(i, W_ref[i], t)) if fisher
-                        else ref.step(W_ref[i], G))
+            W_ref[i] = (
+                ref.step(W_ref[i], G, prob.sampled_grad(i, W_ref[i], t))
+                if fisher
+                else ref.step(W_ref[i], G)
+            )
         for i, p in enumerate(params):
             assert_on_track(p, W_ref[i], prob.W0[i], tol, (t + 1, i, prob.shapes[i]))
     return W_ref
@@ -107,15 +114,16 @@ def run_refs(refs, prob, steps, fisher=False):
     for t in range(steps):
         for i, ref in enumerate(refs):
             G = prob.grad(i, W[i], t)
-            W[i] = (ref.step(W[i], G, prob.sampled_grad(i, W[i], t)) if fisher
-                    else ref.step(W[i], G))
+            W[i] = ref.step(W[i], G, prob.sampled_grad(i, W[i], t)) if fisher else ref.step(W[i], G)
     return W
 
 
 def far_apart(Wa, Wb, W0, rel=1e-4):
     """Two reference trajectories differ by far more than the comparison tolerance."""
-    return all(float(torch.linalg.norm(a - b)) > rel * float(torch.linalg.norm(b - w))
-               for a, b, w in zip(Wa, Wb, W0))
+    return all(
+        float(torch.linalg.norm(a - b)) > rel * float(torch.linalg.norm(b - w))
+        for a, b, w in zip(Wa, Wb, W0)
+    )
 
 
 def assert_sensitive(run, changes, W0):
@@ -188,11 +196,22 @@ def uses(sides: str) -> tuple[bool, bool]:
 
 
 class RefShampoo:
-    def __init__(self, shape, lr, b1, b2, eps, freq, start, graft_beta2, graft_eps, wd, sides,
-                 graft=True):
+    def __init__(
+        self, shape, lr, b1, b2, eps, freq, start, graft_beta2, graft_eps, wd, sides, graft=True
+    ):
         m, n = shape
-        self.__dict__.update(lr=lr, b1=b1, b2=b2, eps=eps, freq=freq, start=start, gb2=graft_beta2,
-                             geps=graft_eps, wd=wd, graft=graft)
+        self.__dict__.update(
+            lr=lr,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            freq=freq,
+            start=start,
+            gb2=graft_beta2,
+            geps=graft_eps,
+            wd=wd,
+            graft=graft,
+        )
         self.use_L, self.use_R = uses(sides)
         self.p = 0.25 if sides == "both" else 0.5  # one-sided: exponent -1/2 on the single side
         self.t = 0
@@ -227,18 +246,41 @@ class RefShampoo:
         return W * (1 - self.lr * self.wd) - self.lr * P
 
 
-SHAMPOO = dict(lr=0.02, momentum=0.9, precond_beta=0.95, eps=1e-12, beta2=0.99, adam_eps=1e-8,
-               weight_decay=0.05)
+SHAMPOO = dict(
+    lr=0.02,
+    momentum=0.9,
+    precond_beta=0.95,
+    eps=1e-12,
+    beta2=0.99,
+    adam_eps=1e-8,
+    weight_decay=0.05,
+)
 
 
 def ref_shampoo(shape, sides, freq, start, graft=True, **kw):
     c = {**SHAMPOO, **kw}
-    return RefShampoo(shape, c["lr"], c["momentum"], c["precond_beta"], c["eps"], freq, start,
-                      c["beta2"], c["adam_eps"], c["weight_decay"], sides, graft=graft)
+    return RefShampoo(
+        shape,
+        c["lr"],
+        c["momentum"],
+        c["precond_beta"],
+        c["eps"],
+        freq,
+        start,
+        c["beta2"],
+        c["adam_eps"],
+        c["weight_decay"],
+        sides,
+        graft=graft,
+    )
 
 
 SIDED = [  # (shape, sides)
-    ((6, 4), "both"), ((4, 6), "both"), ((5, 5), "both"), ((6, 4), "left"), ((4, 6), "right"),
+    ((6, 4), "both"),
+    ((4, 6), "both"),
+    ((5, 5), "both"),
+    ((6, 4), "left"),
+    ((4, 6), "right"),
 ]
 
 
@@ -285,8 +327,9 @@ def test_shampoo_one_sided_param_group_uses_the_inverse_square_root():
     steps, freq, start = 6, 3, 4
     prob = Problem([s for s, _ in SIDED], seed=1, steps=steps)
     params = params_of(prob)
-    opt = Shampoo(grouped(params, [s for _, s in SIDED]), precond_freq=freq, precond_start=start,
-                  **SHAMPOO)
+    opt = Shampoo(
+        grouped(params, [s for _, s in SIDED]), precond_freq=freq, precond_start=start, **SHAMPOO
+    )
     refs = [ref_shampoo(shape, sides, freq, start) for shape, sides in SIDED]
     run_vs_refs(opt, params, refs, prob, steps)
 
@@ -303,10 +346,19 @@ def test_shampoo_without_graft_matches_dense_shampoo(freq, start):
     steps = 8
     prob = Problem([s for s, _ in SIDED], seed=2 + freq, steps=steps)
     params = params_of(prob)
-    opt = PerSides(Shampoo, params, [s for _, s in SIDED], precond_freq=freq,
-                   precond_start=start, graft="none", **{**SHAMPOO, "lr": 0.002, "eps": 1e-6})
-    refs = [ref_shampoo(shape, sides, freq, start, graft=False, lr=0.002, eps=1e-6)
-            for shape, sides in SIDED]
+    opt = PerSides(
+        Shampoo,
+        params,
+        [s for _, s in SIDED],
+        precond_freq=freq,
+        precond_start=start,
+        graft="none",
+        **{**SHAMPOO, "lr": 0.002, "eps": 1e-6},
+    )
+    refs = [
+        ref_shampoo(shape, sides, freq, start, graft=False, lr=0.002, eps=1e-6)
+        for shape, sides in SIDED
+    ]
     run_vs_refs(opt, params, refs, prob, steps)
 
 
@@ -315,11 +367,21 @@ def test_shampoo_reference_is_sensitive():
     prob = Problem([s for s, _ in SIDED], seed=1, steps=steps)
 
     def run(start=start, **kw):
-        return run_refs([ref_shampoo(shape, sides, freq, start, **kw) for shape, sides in SIDED],
-                        prob, steps)
+        return run_refs(
+            [ref_shampoo(shape, sides, freq, start, **kw) for shape, sides in SIDED], prob, steps
+        )
 
-    assert_sensitive(run, [dict(momentum=0.85), dict(precond_beta=0.9), dict(beta2=0.95),
-                           dict(start=2), dict(graft=False, lr=0.002)], prob.W0)
+    assert_sensitive(
+        run,
+        [
+            dict(momentum=0.85),
+            dict(precond_beta=0.9),
+            dict(beta2=0.95),
+            dict(start=2),
+            dict(graft=False, lr=0.002),
+        ],
+        prob.W0,
+    )
 
 
 # ---- SOAP ---------------------------------------------------------------------------------------
@@ -335,8 +397,9 @@ class RefSOAP:
 
     def __init__(self, shape, lr, b1, b2, shampoo_beta, eps, wd, freq, sides, rotate_m=True):
         m, n = shape
-        self.__dict__.update(lr=lr, b1=b1, b2=b2, sb=shampoo_beta, eps=eps, wd=wd, freq=freq,
-                             rotate_m=rotate_m)
+        self.__dict__.update(
+            lr=lr, b1=b1, b2=b2, sb=shampoo_beta, eps=eps, wd=wd, freq=freq, rotate_m=rotate_m
+        )
         self.use_L, self.use_R = uses(sides)
         self.GG_L, self.GG_R = torch.zeros(m, m, dtype=F64), torch.zeros(n, n, dtype=F64)
         self.Q_L, self.Q_R = None, None
@@ -368,13 +431,15 @@ class RefSOAP:
         if self.k % self.freq == 0:
             m_orig = self.Q_L @ self.m @ self.Q_R.T
             if self.use_L:
-                order = torch.argsort(torch.diag(self.Q_L.T @ self.GG_L @ self.Q_L),
-                                      descending=True)
+                order = torch.argsort(
+                    torch.diag(self.Q_L.T @ self.GG_L @ self.Q_L), descending=True
+                )
                 self.v = self.v[order, :]
                 self.Q_L = gram_schmidt(self.GG_L @ self.Q_L[:, order])
             if self.use_R:
-                order = torch.argsort(torch.diag(self.Q_R.T @ self.GG_R @ self.Q_R),
-                                      descending=True)
+                order = torch.argsort(
+                    torch.diag(self.Q_R.T @ self.GG_R @ self.Q_R), descending=True
+                )
                 self.v = self.v[:, order]
                 self.Q_R = gram_schmidt(self.GG_R @ self.Q_R[:, order])
             if self.rotate_m:
@@ -382,17 +447,33 @@ class RefSOAP:
         return W
 
 
-SOAP_KW = dict(lr=0.01, momentum=0.95, beta2=0.95, precond_beta=0.9, adam_eps=1e-8,
-               weight_decay=0.05)
+SOAP_KW = dict(
+    lr=0.01, momentum=0.95, beta2=0.95, precond_beta=0.9, adam_eps=1e-8, weight_decay=0.05
+)
 # Two-sided on square matrices, one-sided on the short side of non-square ones (see the header).
-SOAP_SIDED = [((5, 5), "both"), ((5, 5), "both"), ((6, 4), "right"), ((4, 6), "left"),
-              ((5, 5), "left")]
+SOAP_SIDED = [
+    ((5, 5), "both"),
+    ((5, 5), "both"),
+    ((6, 4), "right"),
+    ((4, 6), "left"),
+    ((5, 5), "left"),
+]
 
 
 def ref_soap(shape, sides, freq, **kw):
     c = {**SOAP_KW, **kw}
-    return RefSOAP(shape, c["lr"], c["momentum"], c["beta2"], c["precond_beta"], c["adam_eps"],
-                   c["weight_decay"], freq, sides, rotate_m=c.get("rotate_m", True))
+    return RefSOAP(
+        shape,
+        c["lr"],
+        c["momentum"],
+        c["beta2"],
+        c["precond_beta"],
+        c["adam_eps"],
+        c["weight_decay"],
+        freq,
+        sides,
+        rotate_m=c.get("rotate_m", True),
+    )
 
 
 def run_sided(cls, sided, make_ref, kw, freq, seed, steps):
@@ -417,8 +498,11 @@ def test_soap_first_call_only_builds_the_basis():
 
     prob = Problem([(5, 5), (6, 4)], seed=20, steps=2)
     params = params_of(prob)
-    opt = SOAP([{"params": [params[0]]}, {"params": [params[1]], "sides": "right"}],
-               precond_freq=2, **SOAP_KW)
+    opt = SOAP(
+        [{"params": [params[0]]}, {"params": [params[1]], "sides": "right"}],
+        precond_freq=2,
+        **SOAP_KW,
+    )
     for i, p in enumerate(params):
         p.grad = prob.grad(i, p.detach(), 0)
     opt.step()
@@ -454,8 +538,9 @@ def test_soap_first_moment_is_rotated_exactly_at_a_basis_change():
     opt = SOAP(grouped(params, sides), precond_freq=freq, eps=1e-30, **SOAP_KW)
     refs = [ref_soap(s, sd, freq) for s, sd in zip(shapes, sides)]
     W_ref = run_vs_refs(opt, params, refs, prob, steps)
-    unrotated = run_refs([ref_soap(s, sd, freq, rotate_m=False) for s, sd in zip(shapes, sides)],
-                         prob, steps)
+    unrotated = run_refs(
+        [ref_soap(s, sd, freq, rotate_m=False) for s, sd in zip(shapes, sides)], prob, steps
+    )
     assert far_apart(unrotated, W_ref, prob.W0)
 
 
@@ -464,11 +549,13 @@ def test_soap_reference_is_sensitive():
     prob = Problem([s for s, _ in SOAP_SIDED], seed=12, steps=steps)
 
     def run(freq=freq, **kw):
-        return run_refs([ref_soap(shape, sides, freq, **kw) for shape, sides in SOAP_SIDED],
-                        prob, steps)
+        return run_refs(
+            [ref_soap(shape, sides, freq, **kw) for shape, sides in SOAP_SIDED], prob, steps
+        )
 
-    assert_sensitive(run, [dict(freq=3), dict(precond_beta=0.85), dict(beta2=0.9),
-                           dict(momentum=0.9)], prob.W0)
+    assert_sensitive(
+        run, [dict(freq=3), dict(precond_beta=0.85), dict(beta2=0.9), dict(momentum=0.9)], prob.W0
+    )
 
 
 # ---- SPlus --------------------------------------------------------------------------------------
@@ -521,14 +608,28 @@ class RefSPlus:
 
 
 SPLUS_KW = dict(lr=0.05, momentum=0.9, precond_beta=0.99, weight_decay=0.1, average_rate=0.9)
-SPLUS_SIDED = [((5, 5), "both"), ((5, 5), "both"), ((6, 4), "right"), ((4, 6), "left"),
-               ((5, 5), "right")]
+SPLUS_SIDED = [
+    ((5, 5), "both"),
+    ((5, 5), "both"),
+    ((6, 4), "right"),
+    ((4, 6), "left"),
+    ((5, 5), "right"),
+]
 
 
 def ref_splus(shape, sides, freq, **kw):
     c = {**SPLUS_KW, **kw}
-    return RefSPlus(shape, c["lr"], c["momentum"], c["precond_beta"], c["average_rate"],
-                    c["weight_decay"], freq, sides, fresh=c.get("fresh", False))
+    return RefSPlus(
+        shape,
+        c["lr"],
+        c["momentum"],
+        c["precond_beta"],
+        c["average_rate"],
+        c["weight_decay"],
+        freq,
+        sides,
+        fresh=c.get("fresh", False),
+    )
 
 
 @pytest.mark.parametrize("freq", [1, 3, 4])
@@ -550,7 +651,14 @@ def test_refresh_schedules_offset_and_multiples():
     assert due(precond_freq=4) == [1, 5, 9]
     assert due(precond_freq=4, refresh_schedule="multiples") == [1, 4, 8, 12]
     assert due(precond_freq=1, refresh_schedule="multiples") == list(range(1, 13))
-    assert due(precond_freq=4, refresh_schedule="multiples", refresh_warmup=3) == [1, 2, 3, 4, 8, 12]
+    assert due(precond_freq=4, refresh_schedule="multiples", refresh_warmup=3) == [
+        1,
+        2,
+        3,
+        4,
+        8,
+        12,
+    ]
 
 
 def test_splus_with_a_stale_basis_uses_the_basis_computed_after_the_previous_update():
@@ -563,10 +671,12 @@ def test_splus_with_a_stale_basis_uses_the_basis_computed_after_the_previous_upd
     prob = Problem(shapes, seed=33, steps=steps)
     params = params_of(prob)
     opt = SPlus(grouped(params, sides), precond_freq=freq, eps=1e-30, **SPLUS_KW)
-    W_ref = run_vs_refs(opt, params, [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides)],
-                        prob, steps)
-    fresh = run_refs([ref_splus(s, sd, freq, fresh=True) for s, sd in zip(shapes, sides)], prob,
-                     steps)
+    W_ref = run_vs_refs(
+        opt, params, [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides)], prob, steps
+    )
+    fresh = run_refs(
+        [ref_splus(s, sd, freq, fresh=True) for s, sd in zip(shapes, sides)], prob, steps
+    )
     assert far_apart(fresh, W_ref, prob.W0)
 
 
@@ -654,11 +764,15 @@ def test_splus_reference_is_sensitive():
     prob = Problem([s for s, _ in SPLUS_SIDED], seed=33, steps=steps)
 
     def run(freq=freq, **kw):
-        return run_refs([ref_splus(shape, sides, freq, **kw) for shape, sides in SPLUS_SIDED],
-                        prob, steps)
+        return run_refs(
+            [ref_splus(shape, sides, freq, **kw) for shape, sides in SPLUS_SIDED], prob, steps
+        )
 
-    assert_sensitive(run, [dict(freq=2), dict(precond_beta=0.9), dict(fresh=True),
-                           dict(weight_decay=0.5)], prob.W0)
+    assert_sensitive(
+        run,
+        [dict(freq=2), dict(precond_beta=0.9), dict(fresh=True), dict(weight_decay=0.5)],
+        prob.W0,
+    )
 
 
 # ---- TNT ----------------------------------------------------------------------------------------
@@ -704,8 +818,16 @@ TNT_SHAPES = [(6, 4), (4, 6), (5, 5), (5, 5)]
 
 def ref_tnt(shape, T1, T2, **kw):
     c = {**TNT_KW, **kw}
-    return RefTNT(shape, c["lr"], c["momentum"], c["eps"], T1, T2, c["weight_decay"],
-                  beta=c.get("precond_beta", 0.9))
+    return RefTNT(
+        shape,
+        c["lr"],
+        c["momentum"],
+        c["eps"],
+        T1,
+        T2,
+        c["weight_decay"],
+        beta=c.get("precond_beta", 0.9),
+    )
 
 
 @pytest.mark.parametrize("T1,T2", [(1, 3), (2, 4)])
@@ -715,8 +837,7 @@ def test_tnt_matches_dense_tnt(T1, T2):
     steps = 10
     prob = Problem(TNT_SHAPES, seed=40 + T1, steps=steps)
     params = params_of(prob)
-    opt = TNT(params, stat_freq=T1, precond_freq=T2, refresh_warmup=T2, precond_beta=0.9,
-              **TNT_KW)
+    opt = TNT(params, stat_freq=T1, precond_freq=T2, refresh_warmup=T2, precond_beta=0.9, **TNT_KW)
     refs = [ref_tnt(s, T1, T2) for s in TNT_SHAPES]
     W_ref = [W.clone() for W in prob.W0]
     for t in range(steps):
@@ -727,8 +848,9 @@ def test_tnt_matches_dense_tnt(T1, T2):
         feed(opt, params, prob, t, stat_step)
         opt.step()
         for i, ref in enumerate(refs):
-            W_ref[i] = ref.step(W_ref[i], prob.grad(i, W_ref[i], t),
-                                prob.sampled_grad(i, W_ref[i], t))
+            W_ref[i] = ref.step(
+                W_ref[i], prob.grad(i, W_ref[i], t), prob.sampled_grad(i, W_ref[i], t)
+            )
             assert_on_track(params[i], W_ref[i], prob.W0[i], 1e-9, (t + 1, i))
 
 
@@ -749,11 +871,14 @@ def test_tnt_reference_is_sensitive():
     def run(T1=T1, T2=T2, **kw):
         return run_refs([ref_tnt(s, T1, T2, **kw) for s in TNT_SHAPES], prob, steps, fisher=True)
 
-    base = assert_sensitive(run, [dict(T2=4), dict(eps=0.06), dict(momentum=0.85),
-                                  dict(precond_beta=0.8)], prob.W0)
+    base = assert_sensitive(
+        run, [dict(T2=4), dict(eps=0.06), dict(momentum=0.85), dict(precond_beta=0.8)], prob.W0
+    )
     # the sampled gradient matters: the empirical Fisher (Gs = G) is another trajectory
-    empirical = [RefTNT(s, TNT_KW["lr"], 0.9, TNT_KW["eps"], T1, T2, TNT_KW["weight_decay"])
-                 for s in TNT_SHAPES]
+    empirical = [
+        RefTNT(s, TNT_KW["lr"], 0.9, TNT_KW["eps"], T1, T2, TNT_KW["weight_decay"])
+        for s in TNT_SHAPES
+    ]
     W = [W.clone() for W in prob.W0]
     for t in range(steps):
         for i, ref in enumerate(empirical):
@@ -780,8 +905,9 @@ def test_specgd_is_the_polar_factor_of_the_raw_gradient(shape):
     W = W0.clone()
     for t in range(6):
         rank = 2 if t % 2 == 0 else min(m, n)
-        G = (torch.randn(m, rank, dtype=F64, generator=g)
-             @ torch.randn(rank, n, dtype=F64, generator=g))
+        G = torch.randn(m, rank, dtype=F64, generator=g) @ torch.randn(
+            rank, n, dtype=F64, generator=g
+        )
         p.grad = G.clone()
         before = p.detach().clone()
         opt.step()
@@ -795,10 +921,14 @@ def test_specgd_is_the_polar_factor_of_the_raw_gradient(shape):
 # ---- Muon and the family's reductions -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("sides,freq,style,ns", [
-    ("both", 2, "nesterov", "muon"), ("left", 1, "heavy_ball", "you5"),
-    ("right", 3, "ema", "polar_express"),
-])
+@pytest.mark.parametrize(
+    "sides,freq,style,ns",
+    [
+        ("both", 2, "nesterov", "muon"),
+        ("left", 1, "heavy_ball", "you5"),
+        ("right", 3, "ema", "polar_express"),
+    ],
+)
 def test_alpha_zero_newton_schulz_is_muon(sides, freq, style, ns):
     """alpha = 0: X = Q_L^T M Q_R, and NS commutes with the rotations, so U = NS(M)."""
     from mousse import KroneckerOptimizer, Muon
@@ -807,11 +937,29 @@ def test_alpha_zero_newton_schulz_is_muon(sides, freq, style, ns):
     shapes = [(6, 4), (4, 6), (5, 5), (5, 5)]
     prob = Problem(shapes, seed=60 + freq, steps=steps)
     pa, pb = params_of(prob), params_of(prob)
-    common = dict(lr=0.02, momentum=0.9, momentum_style=style, weight_decay=0.05, ns=ns,
-                  ns_steps=5, ns_dtype=F64, lr_scale="muon")
-    kron = KroneckerOptimizer(pa, alpha=0.0, post_alpha=0.0, sides=sides, precond_freq=freq,
-                              orthogonalizer="newton_schulz", graft="orthogonalizer",
-                              factor_norm="trace", eps=1e-5, eig_floor="shift", **common)
+    common = dict(
+        lr=0.02,
+        momentum=0.9,
+        momentum_style=style,
+        weight_decay=0.05,
+        ns=ns,
+        ns_steps=5,
+        ns_dtype=F64,
+        lr_scale="muon",
+    )
+    kron = KroneckerOptimizer(
+        pa,
+        alpha=0.0,
+        post_alpha=0.0,
+        sides=sides,
+        precond_freq=freq,
+        orthogonalizer="newton_schulz",
+        graft="orthogonalizer",
+        factor_norm="trace",
+        eps=1e-5,
+        eig_floor="shift",
+        **common,
+    )
     muon = Muon(pb, **common)
     for t in range(steps):
         for i in range(len(shapes)):
@@ -833,11 +981,25 @@ def test_identity_orthogonalizer_at_one_eighth_is_the_shampoo_closed_form(shape)
     b, eps, lr = 0.9, 1e-10, 0.01
     g = torch.Generator().manual_seed(70 + m)
     p = torch.nn.Parameter(torch.randn(m, n, dtype=F64, generator=g))
-    opt = KroneckerOptimizer([p], lr=lr, momentum=0.0, momentum_style="heavy_ball",
-                             weight_decay=0.0, alpha=0.125, post_alpha=0.125, sides="both",
-                             orthogonalizer="identity", factor_norm="none", graft="none",
-                             eps=eps, eig_floor="clamp", precond_freq=1, precond_beta=b,
-                             bias_correction=True, lr_scale="none")
+    opt = KroneckerOptimizer(
+        [p],
+        lr=lr,
+        momentum=0.0,
+        momentum_style="heavy_ball",
+        weight_decay=0.0,
+        alpha=0.125,
+        post_alpha=0.125,
+        sides="both",
+        orthogonalizer="identity",
+        factor_norm="none",
+        graft="none",
+        eps=eps,
+        eig_floor="clamp",
+        precond_freq=1,
+        precond_beta=b,
+        bias_correction=True,
+        lr_scale="none",
+    )
     L, R = torch.zeros(m, m, dtype=F64), torch.zeros(n, n, dtype=F64)
     for t in range(1, 6):
         G = torch.randn(m, n, dtype=F64, generator=g)
@@ -860,9 +1022,19 @@ def test_sign_orthogonalizer_without_whitening_is_signsgd_of_the_momentum():
     steps, lr, mu, wd = 5, 0.01, 0.9, 0.1
     prob = Problem(shapes, seed=80, steps=steps)
     params = params_of(prob)
-    opt = KroneckerOptimizer(params, lr=lr, momentum=mu, momentum_style="heavy_ball",
-                             weight_decay=wd, weight_decay_style="decoupled", alpha=0.0,
-                             sides="none", orthogonalizer="sign", graft="none", lr_scale="none")
+    opt = KroneckerOptimizer(
+        params,
+        lr=lr,
+        momentum=mu,
+        momentum_style="heavy_ball",
+        weight_decay=wd,
+        weight_decay_style="decoupled",
+        alpha=0.0,
+        sides="none",
+        orthogonalizer="sign",
+        graft="none",
+        lr_scale="none",
+    )
     M = [torch.zeros(s, dtype=F64) for s in shapes]
     W = [W.clone() for W in prob.W0]
     for t in range(steps):
@@ -909,8 +1081,9 @@ def test_state_dict_round_trip_is_bitwise(name):
         for i, p in enumerate(params):
             p.grad = prob.grad(i, p.detach(), t)
         if fisher and list(opt.fisher_params()):
-            opt.set_fisher_grads({p: prob.sampled_grad(i, p.detach(), t)
-                                  for i, p in enumerate(params)})
+            opt.set_fisher_grads(
+                {p: prob.sampled_grad(i, p.detach(), t) for i, p in enumerate(params)}
+            )
         opt.step()
 
     for t in range(before):

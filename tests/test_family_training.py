@@ -53,8 +53,23 @@ def test_trainer_hands_tnt_the_sampled_label_gradient(builtin_data, tmp_path):
 def test_tnt_sampled_fisher_is_timed_and_differs_from_empirical(cli, tmp_path):
     runs = {}
     for fisher in ("sampled", "empirical"):
-        res = cli("train", *FAST, "--optimizer", "tnt", "--fisher", fisher, "--steps", "6",
-                  "--precond-freq", "2", "--log-every", "1", "--run-dir", tmp_path / fisher, "--json")
+        res = cli(
+            "train",
+            *FAST,
+            "--optimizer",
+            "tnt",
+            "--fisher",
+            fisher,
+            "--steps",
+            "6",
+            "--precond-freq",
+            "2",
+            "--log-every",
+            "1",
+            "--run-dir",
+            tmp_path / fisher,
+            "--json",
+        )
         assert res.exit_code == 0, res
         runs[fisher] = res.json()
     assert runs["sampled"]["fisher_ms_median"] > 0
@@ -77,8 +92,12 @@ def test_splus_evaluates_its_iterate_average_and_trains_on_raw_weights(builtin_d
         for p in matrix.param_groups[0]["params"]:
             st = matrix.state[p]
             p.copy_(st["average"] / (1 - rate ** int(st["step"])))
-        losses = [trainer.model(x, y)[1] for x, y in val_batches(
-            trainer.data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len)]
+        losses = [
+            trainer.model(x, y)[1]
+            for x, y in val_batches(
+                trainer.data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len
+            )
+        ]
     assert abs(val - float(torch.stack(losses).mean())) < 1e-6
     assert trainer.opt.parts["matrix"].state[p]["average"].abs().sum() > 0
 
@@ -87,8 +106,15 @@ def test_tnt_and_splus_resume_exactly(builtin_data, tmp_path):
     """The sampled labels and the iterate average survive a checkpoint: an interrupted run
     resumed from it repeats the uninterrupted one bit for bit."""
     for name in ("tnt", "splus"):
-        settings = {**FAST_SETTINGS, "optimizer": name, "steps": 8, "eval_every": 4,
-                    "log_every": 1, "checkpoint_every": 8, "precond_freq": 3}
+        settings = {
+            **FAST_SETTINGS,
+            "optimizer": name,
+            "steps": 8,
+            "eval_every": 4,
+            "log_every": 1,
+            "checkpoint_every": 8,
+            "precond_freq": 3,
+        }
         ref = Trainer(resolve(settings), tmp_path / f"{name}-ref").run()
         stop = threading.Event()
 
@@ -107,8 +133,18 @@ def test_tnt_and_splus_resume_exactly(builtin_data, tmp_path):
 @pytest.mark.slow
 def test_short_ablation_over_the_whole_family_completes(cli, tmp_path):
     names = [*OPTIMIZERS, "adamw"]
-    res = cli("ablate", "--optimizer", ",".join(names), *FAST, "--steps", "12",
-              "--no-baseline", "--ablation-dir", tmp_path / "a", "--json")
+    res = cli(
+        "ablate",
+        "--optimizer",
+        ",".join(names),
+        *FAST,
+        "--steps",
+        "12",
+        "--no-baseline",
+        "--ablation-dir",
+        tmp_path / "a",
+        "--json",
+    )
     assert res.exit_code == 0, res
     for name in names:
         runs = list((tmp_path / "a" / "runs").glob(f"*{name}*"))

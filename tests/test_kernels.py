@@ -20,8 +20,13 @@ from mousse.optim import kernels, orthogonalize  # noqa: E402
 from mousse.optim.kernels import sym_gram, sym_poly, use_triton  # noqa: E402
 
 # (shape, block_m): none a multiple of the block, except the one-tile (1, 64, 64) case.
-SHAPES = [((3, 37, 53), 16), ((1, 64, 64), None), ((2, 5, 130), None), ((2, 70, 40), 32),
-          ((1, 33, 17), 16)]
+SHAPES = [
+    ((3, 37, 53), 16),
+    ((1, 64, 64), None),
+    ((2, 5, 130), None),
+    ((2, 70, 40), 32),
+    ((1, 33, 17), 16),
+]
 # bf16 in, fp32 accumulation, one rounding out: relative error <= 2^-8 per entry, plus the fp32
 # accumulation error on entries near zero. fp32: accumulation order only.
 TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (2**-8, 1e-5), torch.float16: (2**-11, 1e-5)}
@@ -92,7 +97,6 @@ def test_newton_schulz_through_kernels_matches_torch(interpreted, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
-
 def test_kernels_as_torch_ops(interpreted):
     """mousse::sym_gram / mousse::sym_poly (what the dispatch calls) are the kernels, and pass
     torch's operator checks: schema, fake (shape-only) implementation, autograd registration."""
@@ -115,7 +119,9 @@ def test_newton_schulz_through_kernels_compiles_whole(interpreted, monkeypatch):
     ns = torch.compile(orthogonalize.newton_schulz, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(ns(X, method, 5, torch.float32), ref, rtol=1e-5, atol=1e-5)
 
+
 # Dispatch: no triton needed (use_triton looks at the device before it imports anything).
+
 
 @pytest.mark.parametrize("mode", ["0", "1", "auto"])
 def test_use_triton_false_on_cpu(monkeypatch, mode):
@@ -126,6 +132,7 @@ def test_use_triton_false_on_cpu(monkeypatch, mode):
 
 def test_use_triton_rules_on_a_cuda_tensor(monkeypatch):
     """The size / env rules, with a stand-in object posing as a CUDA tensor (no GPU here)."""
+
     class Fake:
         is_cuda, dtype = True, torch.bfloat16
 
@@ -171,14 +178,16 @@ def test_newton_schulz_on_cpu_is_the_torch_path(monkeypatch, mode):
 
 
 def test_import_does_not_import_triton():
-    code = ("import sys, torch, mousse, mousse.optim.family, mousse.optim.orthogonalize as o; "
-            "o.orthogonalize(torch.randn(1, 8, 4), 'muon', 5, torch.float32); "
-            "print('triton' in sys.modules)")
+    code = (
+        "import sys, torch, mousse, mousse.optim.family, mousse.optim.orthogonalize as o; "
+        "o.orthogonalize(torch.randn(1, 8, 4), 'muon', 5, torch.float32); "
+        "print('triton' in sys.modules)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert out.strip() == "False"
-
 
 
 AOT = """
@@ -213,9 +222,20 @@ def test_kernel_compiles_for_nvidia_gpus(interpreted, tmp_path):
     In a subprocess: the compiler and the interpreter do not mix in one process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env |= {"TRITON_DEFAULT_FP_FUSION": "1", "TRITON_CACHE_DIR": str(tmp_path)}  # quiet, no ~ cache
-    proc = subprocess.run([sys.executable, "-c", AOT], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", AOT], capture_output=True, text=True, env=env, timeout=300
+    )
     if proc.returncode and "SKIP no ptxas" in proc.stderr:
         pytest.skip(proc.stderr.strip())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["bf16", "90", "True", "bf16", "80", "True", "fp32", "90", "False"]
+    assert proc.stdout.split() == [
+        "bf16",
+        "90",
+        "True",
+        "bf16",
+        "80",
+        "True",
+        "fp32",
+        "90",
+        "False",
+    ]

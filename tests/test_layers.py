@@ -28,7 +28,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
@@ -57,20 +57,31 @@ def test_every_engine_module_sits_in_a_layer():
 
 
 def test_imports_only_go_down():
-    upward = [f"{m} imports {t}" for m, targets in _graph().items() for t in targets
-              if t != "mousse" and _layer(t) > _layer(m)]
+    upward = [
+        f"{m} imports {t}"
+        for m, targets in _graph().items()
+        for t in targets
+        if t != "mousse" and _layer(t) > _layer(m)
+    ]
     assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(upward))
 
 
 def test_optim_imports_nothing_else_of_mousse():
-    leaks = [f"{m} imports {t}" for m, targets in _graph().items() if m.startswith("mousse.optim")
-             for t in targets if not t.startswith("mousse.optim")]
+    leaks = [
+        f"{m} imports {t}"
+        for m, targets in _graph().items()
+        if m.startswith("mousse.optim")
+        for t in targets
+        if not t.startswith("mousse.optim")
+    ]
     assert not leaks, "\n".join(leaks)
 
 
 def test_no_import_cycles():
-    graph = {m: {t for t in ts if t != "mousse" and not m.startswith(t + ".")}
-             for m, ts in _graph().items()}
+    graph = {
+        m: {t for t in ts if t != "mousse" and not m.startswith(t + ".")}
+        for m, ts in _graph().items()
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -79,7 +90,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()

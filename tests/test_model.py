@@ -9,8 +9,9 @@ from mousse.train.presets import PRESETS, get_preset, memory_estimate_bytes, par
 TINY = GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, head_dim=32, seq_len=32)
 
 
-@pytest.mark.parametrize("name, millions", [("160m", 162.2), ("250m", 247.1), ("500m", 494.3),
-                                            ("800m", 834.0)])
+@pytest.mark.parametrize(
+    "name, millions", [("160m", 162.2), ("250m", 247.1), ("500m", 494.3), ("800m", 834.0)]
+)
 def test_paper_param_counts(name, millions):
     assert round(param_count(get_preset(name)) / 1e6, 1) == millions
 
@@ -64,8 +65,12 @@ def test_init_std_follows_spectral_rule():
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=256, d_model=256, n_layers=1, n_heads=4, head_dim=64, seq_len=8)
     p = dict(GPT(cfg).named_parameters())
-    for name, want in [("embed.weight", 1.0), ("blocks.0.mlp.fc.weight", 1 / 16),
-                       ("blocks.0.mlp.proj.weight", 1 / 32 * 0.5), ("lm_head.weight", 1 / 16)]:
+    for name, want in [
+        ("embed.weight", 1.0),
+        ("blocks.0.mlp.fc.weight", 1 / 16),
+        ("blocks.0.mlp.proj.weight", 1 / 32 * 0.5),
+        ("lm_head.weight", 1 / 16),
+    ]:
         assert p[name].std().item() == pytest.approx(want, rel=0.05), name
 
 

@@ -115,9 +115,19 @@ def knobs(cfg: dict) -> dict:
 
 
 BASE = dict(
-    lr=0.02, momentum=0.95, nesterov=False, weight_decay=0.01, alpha=0.125, sides="both",
-    trace_norm=True, precond_freq=10, precond_beta=0.95, eps=1e-5, graft=True,
-    bias_correction=True, lr_scale="spectral",
+    lr=0.02,
+    momentum=0.95,
+    nesterov=False,
+    weight_decay=0.01,
+    alpha=0.125,
+    sides="both",
+    trace_norm=True,
+    precond_freq=10,
+    precond_beta=0.95,
+    eps=1e-5,
+    graft=True,
+    bias_correction=True,
+    lr_scale="spectral",
 )
 
 
@@ -132,8 +142,10 @@ class Problem:
         for _, n in shapes:
             A = torch.randn(n, n, dtype=F64, generator=g)
             self.H.append(A @ A.T / n + 0.1 * torch.eye(n, dtype=F64))
-        self.noise = [[noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
-                      for _ in range(steps)]
+        self.noise = [
+            [noise * torch.randn(m, n, dtype=F64, generator=g) for m, n in shapes]
+            for _ in range(steps)
+        ]
 
     def grad(self, i, W, t):
         return (W - self.Wstar[i]) @ self.H[i] + self.noise[t][i]
@@ -165,8 +177,9 @@ def test_engine_matches_reference(config, shape):
     cfg = {**BASE, **CONFIGS[config]}
     steps = 25
     shapes = [SHAPES[shape], SHAPES[shape], (6, 10)]  # two batched together, one on its own
-    prob = Problem(shapes, seed=3 * list(CONFIGS).index(config) + list(SHAPES).index(shape),
-                   steps=steps)
+    prob = Problem(
+        shapes, seed=3 * list(CONFIGS).index(config) + list(SHAPES).index(shape), steps=steps
+    )
     params = [torch.nn.Parameter(W.clone()) for W in prob.W0]
     opt = Mousse(params, **knobs({**cfg, "ns": "exact"}))
     refs = [RefMousse(s, cfg) for s in shapes]
@@ -184,8 +197,10 @@ def test_engine_matches_reference(config, shape):
     # The running statistics are the spec's EMA of G G^T / G^T G, without any normalization.
     for i, p in enumerate(params):
         st = opt.state[p]
-        for key, on in (("L", cfg["sides"] in ("both", "left")),
-                        ("R", cfg["sides"] in ("both", "right"))):
+        for key, on in (
+            ("L", cfg["sides"] in ("both", "left")),
+            ("R", cfg["sides"] in ("both", "right")),
+        ):
             if on:
                 F_ref = getattr(refs[i], key)
                 assert torch.linalg.norm(st[key] - F_ref) / torch.linalg.norm(F_ref) < 1e-9
@@ -208,8 +223,15 @@ def test_reference_is_sensitive():
 
     base = run(BASE)
     travelled = torch.linalg.norm(base - prob.W0[0])
-    for change in [dict(alpha=0.13), dict(eps=2e-5), dict(precond_beta=0.94), dict(momentum=0.94),
-                   dict(sides="left"), dict(graft=False), dict(trace_norm=False)]:
+    for change in [
+        dict(alpha=0.13),
+        dict(eps=2e-5),
+        dict(precond_beta=0.94),
+        dict(momentum=0.94),
+        dict(sides="left"),
+        dict(graft=False),
+        dict(trace_norm=False),
+    ]:
         other = run({**BASE, **change})
         assert torch.linalg.norm(other - base) / travelled > 1e-6, change
 
@@ -218,20 +240,24 @@ def test_reference_is_sensitive():
 
 
 @pytest.mark.parametrize("sides", ["both", "left", "right"])
-@pytest.mark.parametrize("ns,nesterov,freq,lr_scale", [
-    ("you5", False, 10, "spectral"),
-    ("muon", True, 1, "muon"),
-    ("polar_express", True, 3, "rms"),
-    ("exact", False, 2, "none"),
-])
+@pytest.mark.parametrize(
+    "ns,nesterov,freq,lr_scale",
+    [
+        ("you5", False, 10, "spectral"),
+        ("muon", True, 1, "muon"),
+        ("polar_express", True, 3, "rms"),
+        ("exact", False, 2, "none"),
+    ],
+)
 def test_alpha_zero_is_muon(sides, ns, nesterov, freq, lr_scale):
     shapes = [(12, 12), (16, 8), (16, 8), (8, 16)]
     steps = 20
     prob = Problem(shapes, seed=11, steps=steps)
     pa = [torch.nn.Parameter(W.clone()) for W in prob.W0]
     pb = [torch.nn.Parameter(W.clone()) for W in prob.W0]
-    common = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.05, ns=ns,
-                  lr_scale=lr_scale)
+    common = dict(
+        lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.05, ns=ns, lr_scale=lr_scale
+    )
     mousse = Mousse(pa, alpha=0.0, sides=sides, precond_freq=freq, **knobs(common))
     muon = Muon(pb, **knobs(common))
     for t in range(steps):
@@ -251,8 +277,16 @@ def test_alpha_zero_is_muon_fp32():
     W0 = [torch.randn(32, 16, generator=g), torch.randn(24, 24, generator=g)]
     pa = [torch.nn.Parameter(W.clone()) for W in W0]
     pb = [torch.nn.Parameter(W.clone()) for W in W0]
-    mousse = Mousse(pa, lr=0.01, alpha=0.0, momentum_style="nesterov", ns="muon", lr_scale="muon",
-                    weight_decay=0.1, precond_freq=3)
+    mousse = Mousse(
+        pa,
+        lr=0.01,
+        alpha=0.0,
+        momentum_style="nesterov",
+        ns="muon",
+        lr_scale="muon",
+        weight_decay=0.1,
+        precond_freq=3,
+    )
     muon = Muon(pb, lr=0.01, nesterov=True, ns="muon", lr_scale="muon", weight_decay=0.1)
     for _ in range(15):
         grads = [torch.randn(W.shape, generator=g) for W in W0]
@@ -284,9 +318,20 @@ def test_closed_form_direction(shape, first_checked):
     steps = 12
     g = torch.Generator().manual_seed(21)
     p = torch.nn.Parameter(torch.randn(m, n, dtype=F64, generator=g))
-    opt = Mousse([p], lr=lr, momentum=mu, weight_decay=0.0, alpha=0.25, precond_freq=1,
-                 factor_norm="none", graft="none", orthogonalizer="exact", lr_scale="none", eps=eps,
-                 precond_beta=b)
+    opt = Mousse(
+        [p],
+        lr=lr,
+        momentum=mu,
+        weight_decay=0.0,
+        alpha=0.25,
+        precond_freq=1,
+        factor_norm="none",
+        graft="none",
+        orthogonalizer="exact",
+        lr_scale="none",
+        eps=eps,
+        precond_beta=b,
+    )
     M = torch.zeros(m, n, dtype=F64)
     L = torch.zeros(m, m, dtype=F64)
     R = torch.zeros(n, n, dtype=F64)
@@ -340,8 +385,12 @@ def _run_vs_torch(nesterov, ours_rule, torch_rule, ns_dtype, steps=30, ours_nest
     pa = [torch.nn.Parameter(W.clone()) for W in W0]
     pb = [torch.nn.Parameter(W.clone()) for W in W0]
     kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov)
-    ours = Muon(pa, lr_scale=ours_rule, ns_dtype=ns_dtype,
-                **{**kw, "nesterov": nesterov if ours_nesterov is None else ours_nesterov})
+    ours = Muon(
+        pa,
+        lr_scale=ours_rule,
+        ns_dtype=ns_dtype,
+        **{**kw, "nesterov": nesterov if ours_nesterov is None else ours_nesterov},
+    )
     ref = torch.optim.Muon(pb, adjust_lr_fn=torch_rule, **kw)
     for t in range(steps):
         for i in range(len(shapes)):
@@ -349,8 +398,10 @@ def _run_vs_torch(nesterov, ours_rule, torch_rule, ns_dtype, steps=30, ours_nest
             pb[i].grad = pb[i].detach() - Wstar[i] + noise[t][i]
         ours.step()
         ref.step()
-    return [float(torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach() - W))
-            for a, b, W in zip(pa, pb, W0)]
+    return [
+        float(torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach() - W))
+        for a, b, W in zip(pa, pb, W0)
+    ]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -425,7 +476,10 @@ def test_refresh_steps_and_statistics(freq, monkeypatch):
         due = (t - 1) % freq == 0
         this_step = sorted(shape for s, shape in calls if s == t)
         if due:  # one batched eigh per (bucket, side)
-            assert this_step == sorted([(2, 12, 12), (2, 6, 6), (1, 5, 5), (1, 9, 9)]), (t, this_step)
+            assert this_step == sorted([(2, 12, 12), (2, 6, 6), (1, 5, 5), (1, 9, 9)]), (
+                t,
+                this_step,
+            )
         else:
             assert this_step == [], (t, this_step)
         cached = [(opt.state[p]["lam_L"].clone(), opt.state[p]["Q_R"].clone()) for p in params]

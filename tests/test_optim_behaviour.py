@@ -35,7 +35,11 @@ def run(opt, params, grads):
 def all_state_finite(opt) -> bool:
     for st in opt.state.values():
         for v in st.values():
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            if (
+                isinstance(v, torch.Tensor)
+                and v.is_floating_point()
+                and not torch.isfinite(v).all()
+            ):
                 return False
     return True
 
@@ -242,8 +246,9 @@ def test_eigh_always_failing_keeps_previous_basis(monkeypatch):
     params = make_params(shapes)
     opt = Mousse(params, precond_freq=T)
     run(opt, params, grads[:5])  # refreshes at 1 and 4 succeed
-    kept = {p: {k: opt.state[p][k].clone() for k in ("lam_L", "Q_L", "lam_R", "Q_R")}
-            for p in params}
+    kept = {
+        p: {k: opt.state[p][k].clone() for k in ("lam_L", "Q_L", "lam_R", "Q_R")} for p in params
+    }
     eigh, calls = _tracking_eigh(lambda A, i: True)
     monkeypatch.setattr(mousse.optim.precondition, "eigh", eigh)
     run(opt, params, grads[5:])  # steps 6..11: refreshes at 7 and 10 fail
@@ -288,8 +293,9 @@ def test_eigh_failing_for_one_matrix_of_a_batch(monkeypatch):
     s0, s1 = opt.state[params[0]], opt.state[params[1]]
     for side in ("L", "R"):
         assert int(s0[f"eigh_failures_{side}"]) == 0 and int(s1[f"eigh_failures_{side}"]) == 1
-        torch.testing.assert_close(s0[f"lam_{side}"], ref.state[ref_params[0]][f"lam_{side}"],
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            s0[f"lam_{side}"], ref.state[ref_params[0]][f"lam_{side}"], rtol=1e-5, atol=1e-6
+        )
         assert torch.equal(s1[f"lam_{side}"], torch.ones_like(s1[f"lam_{side}"]))
     assert all(torch.isfinite(p).all() for p in params)
 
@@ -311,8 +317,9 @@ def _flatten(state_dict):
 def _unflatten(flat, meta):
     return {
         "param_groups": copy.deepcopy(meta["param_groups"]),
-        "state": {pid: {k: flat[f"state.{pid}.{k}"] for k in keys}
-                  for pid, keys in meta["state"].items()},
+        "state": {
+            pid: {k: flat[f"state.{pid}.{k}"] for k in keys} for pid, keys in meta["state"].items()
+        },
     }
 
 
@@ -323,8 +330,10 @@ def test_state_dict_round_trip_is_bit_identical(k, via, tmp_path):
     T = 4  # refreshes at 1, 5, 9, 13: continuing 2k steps crosses at least one
     grads = make_grads(shapes, 3 * k)
     params = make_params(shapes)
-    opt = Mousse([{"params": params[:3]}, {"params": params[3:], "alpha": 0.25, "sides": "left"}],
-                 precond_freq=T)
+    opt = Mousse(
+        [{"params": params[:3]}, {"params": params[3:], "alpha": 0.25, "sides": "left"}],
+        precond_freq=T,
+    )
     run(opt, params, grads[:k])
     saved = copy.deepcopy(opt.state_dict())
     saved_params = [p.detach().clone() for p in params]
@@ -338,8 +347,10 @@ def test_state_dict_round_trip_is_bit_identical(k, via, tmp_path):
         saved = _unflatten(load_file(str(tmp_path / "opt.safetensors")), meta)
 
     params2 = [torch.nn.Parameter(W.clone()) for W in saved_params]
-    opt2 = Mousse([{"params": params2[:3]}, {"params": params2[3:], "alpha": 0.25, "sides": "left"}],
-                  precond_freq=T)
+    opt2 = Mousse(
+        [{"params": params2[:3]}, {"params": params2[3:], "alpha": 0.25, "sides": "left"}],
+        precond_freq=T,
+    )
     opt2.load_state_dict(saved)
     run(opt2, params2, grads[k:])
     for p, q in zip(params, params2):
@@ -444,11 +455,14 @@ def test_per_group_knobs_match_separate_optimizers():
     shapes = [(8, 6), (8, 6)]
     steps = 7
     grads = make_grads(shapes, steps)
-    knobs = [dict(alpha=0.25, sides="left", lr=0.03), dict(alpha=0.0625, sides="right",
-                                                            precond_freq=2, momentum_style="nesterov")]
+    knobs = [
+        dict(alpha=0.25, sides="left", lr=0.03),
+        dict(alpha=0.0625, sides="right", precond_freq=2, momentum_style="nesterov"),
+    ]
     params = make_params(shapes)
-    opt = Mousse([{"params": [params[0]], **knobs[0]}, {"params": [params[1]], **knobs[1]}],
-                 precond_freq=3)
+    opt = Mousse(
+        [{"params": [params[0]], **knobs[0]}, {"params": [params[1]], **knobs[1]}], precond_freq=3
+    )
     run(opt, params, grads)
     assert set(SIDE_KEYS["left"]) <= set(opt.state[params[0]]) and "R" not in opt.state[params[0]]
     assert "R" in opt.state[params[1]] and "L" not in opt.state[params[1]]
@@ -510,8 +524,10 @@ def test_param_without_grad_is_untouched():
     opt = Mousse(params, **knobs)
     for t in range(steps):
         before = [p.detach().clone() for p in params]
-        st_before = [{k: v.clone() for k, v in opt.state[p].items()} if opt.state.get(p) else {}
-                     for p in params]
+        st_before = [
+            {k: v.clone() for k, v in opt.state[p].items()} if opt.state.get(p) else {}
+            for p in params
+        ]
         run(opt, params, [grads[t]])
         for i, p in enumerate(params):
             if grads[t][i] is None:
@@ -554,15 +570,32 @@ def test_defaults_are_the_released_recipe():
     """The released recipe (docs/published.md): mu 0.95 heavy ball, b 0.95, T 10, eps 1e-5, alpha 0.125, wd 0.01, both
     sides, trace norm, graft, bias correction, you5, lr scale sqrt(m/n); Muon = torch's."""
     d = Mousse([torch.nn.Parameter(torch.randn(3, 2))]).defaults
-    expected = dict(momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01, alpha=0.125,
-                    sides="both", factor_norm="trace", precond_freq=10, precond_beta=0.95,
-                    eps=1e-5, graft="orthogonalizer", bias_correction=True,
-                    orthogonalizer="newton_schulz", ns="you5", ns_steps=5, lr_scale="spectral")
+    expected = dict(
+        momentum=0.95,
+        momentum_style="heavy_ball",
+        weight_decay=0.01,
+        alpha=0.125,
+        sides="both",
+        factor_norm="trace",
+        precond_freq=10,
+        precond_beta=0.95,
+        eps=1e-5,
+        graft="orthogonalizer",
+        bias_correction=True,
+        orthogonalizer="newton_schulz",
+        ns="you5",
+        ns_steps=5,
+        lr_scale="spectral",
+    )
     assert {k: d[k] for k in expected} == expected
     m = Muon([torch.nn.Parameter(torch.randn(3, 2))]).defaults
     t = torch.optim.Muon([torch.nn.Parameter(torch.randn(3, 2))]).defaults
     assert (m["lr"], m["weight_decay"], m["momentum"], m["ns_steps"]) == (
-        t["lr"], t["weight_decay"], t["momentum"], t["ns_steps"])
+        t["lr"],
+        t["weight_decay"],
+        t["momentum"],
+        t["ns_steps"],
+    )
     assert (m["momentum_style"] == "nesterov") == t["nesterov"]
     assert m["ns"] == "muon" and m["lr_scale"] == "muon" and m["alpha"] == 0.0
 
@@ -570,24 +603,27 @@ def test_defaults_are_the_released_recipe():
 # ---- validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(alpha=-1.0), "alpha"),
-    (dict(alpha=float("nan")), "alpha"),
-    (dict(alpha=float("inf")), "alpha"),
-    (dict(sides="top"), "sides"),
-    (dict(ns="foo"), "ns"),
-    (dict(precond_freq=0), "precond_freq"),
-    (dict(precond_freq=2.5), "precond_freq"),
-    (dict(eps=0.0), "eps"),
-    (dict(momentum=1.0), "momentum"),
-    (dict(precond_beta=-0.1), "precond_beta"),
-    (dict(precond_beta=1.0), "precond_beta"),
-    (dict(lr_scale="x"), "lr_scale"),
-    (dict(lr=-0.1), "lr"),
-    (dict(weight_decay=-0.1), "weight_decay"),
-    (dict(ns_steps=0), "ns_steps"),
-    (dict(graft="yes"), "graft"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(alpha=float("inf")), "alpha"),
+        (dict(sides="top"), "sides"),
+        (dict(ns="foo"), "ns"),
+        (dict(precond_freq=0), "precond_freq"),
+        (dict(precond_freq=2.5), "precond_freq"),
+        (dict(eps=0.0), "eps"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(precond_beta=-0.1), "precond_beta"),
+        (dict(precond_beta=1.0), "precond_beta"),
+        (dict(lr_scale="x"), "lr_scale"),
+        (dict(lr=-0.1), "lr"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(ns_steps=0), "ns_steps"),
+        (dict(graft="yes"), "graft"),
+    ],
+)
 def test_invalid_arguments_raise_naming_them(kwargs, name):
     p = torch.nn.Parameter(torch.randn(4, 3))
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
@@ -628,8 +664,13 @@ def test_telemetry(sides):
     assert len(rows) == len(params)
     keys = {"update_rms"}
     for s in SIDE_KEYS[sides]:
-        keys |= {f"lam_{s}_min", f"lam_{s}_max", f"cond_{s}", f"eigh_failures_{s}",
-                 f"stat_skips_{s}"}
+        keys |= {
+            f"lam_{s}_min",
+            f"lam_{s}_max",
+            f"cond_{s}",
+            f"eigh_failures_{s}",
+            f"stat_skips_{s}",
+        }
     for row, p, W in zip(rows, params, before):
         assert set(row) == keys
         assert all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in row.values())

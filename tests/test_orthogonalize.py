@@ -40,7 +40,9 @@ SPEC_SCHEDULES = {
             (2.8769, -3.1427, 1.2046),
             (2.8366, -3.0525, 1.2012),
         ],
-        eps=1e-8, scale=1.0, clamp=False,
+        eps=1e-8,
+        scale=1.0,
+        clamp=False,
     ),
     "polar_express": dict(
         coeffs=[
@@ -50,7 +52,9 @@ SPEC_SCHEDULES = {
             (3.2858, -2.3681, 0.4645),
             (2.3465, -1.7098, 0.4232),
         ],
-        eps=1e-6, scale=1.02, clamp=False,
+        eps=1e-6,
+        scale=1.02,
+        clamp=False,
     ),
 }
 NS_NAMES = list(SPEC_SCHEDULES)
@@ -189,8 +193,12 @@ def test_you5_and_polar_express_tighter_than_muon_on_well_conditioned():
     X, U, V = build(48, 48, s, g)
     P = U @ V.T
     err = {
-        name: float(torch.linalg.norm(orthogonalize(X[None].float(), name, 5, torch.float32)[0]
-                                      .double() - P) / torch.linalg.norm(P))
+        name: float(
+            torch.linalg.norm(
+                orthogonalize(X[None].float(), name, 5, torch.float32)[0].double() - P
+            )
+            / torch.linalg.norm(P)
+        )
         for name in NS_NAMES
     }
     assert err["you5"] < 0.03 and err["polar_express"] < 0.15
@@ -289,8 +297,9 @@ def test_huge_and_tiny_entries_stay_finite(name, dtype):
     base = orthogonalize((X * 1e10).to(in_dtype), name, 5, dtype).double()
     # Agreement with the unscaled result: fp32/fp64 differ only by rounding; bf16 rounds the
     # scaled input differently (scale factors are not powers of two), so allow bf16 NS noise.
-    atol = {torch.float32: 5e-6, torch.bfloat16: 0.05, torch.float64: 1e-12,
-            torch.float16: 0.01}[dtype]
+    atol = {torch.float32: 5e-6, torch.bfloat16: 0.05, torch.float64: 1e-12, torch.float16: 0.01}[
+        dtype
+    ]
     # 1e20: squares overflow fp32; 3e37: so does ||X||_F. (fp16 overflows at 65504 and its
     # smallest subnormal is 6e-8, below the schedules' eps: normalization must happen first.)
     for scale in (1e20, 1e30, 3e37):

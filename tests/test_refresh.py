@@ -25,8 +25,9 @@ def spd(k: int, seed: int = 0, spread: float = 2.0) -> tuple[torch.Tensor, torch
 def test_qr_refreshes_converge_to_the_eigh_pair():
     k, eps = 12, 1e-5
     F, _ = spd(k)
-    lam_ref, Q_ref = pc.refresh(F, torch.ones(1, k, dtype=F64), torch.eye(k, dtype=F64)[None],
-                                eps, F64)[:2]
+    lam_ref, Q_ref = pc.refresh(
+        F, torch.ones(1, k, dtype=F64), torch.eye(k, dtype=F64)[None], eps, F64
+    )[:2]
     # warm start from the eigenbasis of another matrix (as after a real refresh), in eigh's order
     _, Q = torch.linalg.eigh(spd(k, seed=1)[0])
     lam = torch.ones(1, k, dtype=F64)
@@ -51,15 +52,21 @@ def test_qr_keeps_the_eps_floor_of_eigh():
     for _ in range(5):
         lam, Q = pc.refresh(F, lam, Q, eps, F64, method="qr")[:2]
     assert lam.min() >= eps
-    torch.testing.assert_close(lam.sort().values, torch.linalg.eigvalsh(F + eps * torch.eye(8, dtype=F64)) + eps,
-                               atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        lam.sort().values,
+        torch.linalg.eigvalsh(F + eps * torch.eye(8, dtype=F64)) + eps,
+        atol=1e-9,
+        rtol=1e-9,
+    )
 
 
 def test_non_finite_qr_falls_back_to_eigh(monkeypatch):
     F, _ = spd(6)
     prev = torch.ones(1, 6, dtype=F64), torch.eye(6, dtype=F64)[None]
     expected = pc.refresh(F, *prev, 1e-5, F64)
-    monkeypatch.setattr(pc, "_qr_floored", lambda F, Q, eps, floor: (F[..., 0] * torch.nan, Q, None))
+    monkeypatch.setattr(
+        pc, "_qr_floored", lambda F, Q, eps, floor: (F[..., 0] * torch.nan, Q, None)
+    )
     lam, Q, failed, _ = pc.refresh(F, *prev, 1e-5, F64, method="qr")
     assert torch.equal(lam, expected[0]) and torch.equal(Q, expected[1]) and not failed.any()
 

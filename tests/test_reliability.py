@@ -18,8 +18,17 @@ from conftest import FAST, assert_one_line_error, invoke_cli, mousse_command, su
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
 from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
 
-RUN = ["--steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "3", "--eval-every", "3",
-       *FAST]
+RUN = [
+    "--steps",
+    "6",
+    "--checkpoint-every",
+    "2",
+    "--keep-checkpoints",
+    "3",
+    "--eval-every",
+    "3",
+    *FAST,
+]
 
 
 def train(run_dir, *extra):
@@ -27,6 +36,7 @@ def train(run_dir, *extra):
 
 
 # ---- a run dir belongs to one run -------------------------------------------------------------
+
 
 def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
     run = tmp_path / "R"
@@ -74,8 +84,10 @@ def test_two_runs_started_together_never_share_a_dir(tmp_path):
     """Two real processes on one run dir: exactly one trains it."""
     run = tmp_path / "R"
     cmd = [*mousse_command(), "train", *RUN, "--steps", "40", "--run-dir", str(run)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outs
@@ -86,6 +98,7 @@ def test_two_runs_started_together_never_share_a_dir(tmp_path):
 
 
 # ---- resume is honest ---------------------------------------------------------------------------
+
 
 def test_resume_refuses_a_knob_the_optimizer_state_would_override(tmp_path):
     run = tmp_path / "R"
@@ -110,6 +123,7 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
 
 
 # ---- damaged checkpoints ------------------------------------------------------------------------
+
 
 def _flip_tensor_bytes(path):
     """Flip bytes deep inside the tensor data (the header stays valid: it still loads)."""
@@ -151,8 +165,19 @@ def test_kill_9_at_random_points_of_checkpoint_writes_never_loses_the_run(tmp_pa
     near a write: every checkpoint left in place verifies, each rerun resumes from the last one,
     and the run ends where an uninterrupted one does, bit for bit."""
     rng = random.Random(0)
-    settings = [*FAST, "--steps", "60", "--eval-every", "60", "--log-every", "1",
-                "--checkpoint-every", "1", "--keep-checkpoints", "2"]
+    settings = [
+        *FAST,
+        "--steps",
+        "60",
+        "--eval-every",
+        "60",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+    ]
     whole = tmp_path / "whole"
     assert invoke_cli("train", *settings, "--run-dir", whole).exit_code == 0
     run, kills = tmp_path / "R", 0
@@ -193,11 +218,23 @@ def test_killed_checkpoint_writes_leave_no_temp_dirs(tmp_path):
 
 # ---- signals ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
     run = tmp_path / "R"
-    cmd = [*mousse_command(), "train", *FAST, "--steps", "400", "--log-every", "1",
-           "--checkpoint-every", "1000", "--run-dir", str(run)]
+    cmd = [
+        *mousse_command(),
+        "train",
+        *FAST,
+        "--steps",
+        "400",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1000",
+        "--run-dir",
+        str(run),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() or "step" not in (run / "metrics.jsonl").read_text():
@@ -218,11 +255,27 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
     """`timeout`, Slurm and a terminal signal the whole process group, workers included: each
     worker leaves the stopping to the parent, so every run checkpoints and the rerun resumes."""
     root = tmp_path / "A"
-    cmd = [*mousse_command(), "ablate", *FAST, "--alpha", "0.0", "--steps", "400", "--log-every",
-           "1", "--checkpoint-every", "1000", "--parallel", "2", "--no-timing-pass",
-           "--ablation-dir", str(root)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        *mousse_command(),
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        "400",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1000",
+        "--parallel",
+        "2",
+        "--no-timing-pass",
+        "--ablation-dir",
+        str(root),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 180
     metrics = [root / "runs" / name / "metrics.jsonl" for name in ("muon", "mousse", "alpha=0.0")]
     while sum(m.exists() and '"step"' in m.read_text() for m in metrics) < 2:
@@ -241,10 +294,22 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
 
 # ---- strict JSON and permissions ---------------------------------------------------------------
 
+
 def test_a_diverged_run_writes_strict_json(tmp_path):
     run = tmp_path / "R"
-    res = invoke_cli("train", *FAST, "--steps", "6", "--lr", "1e6", "--scalar-lr", "1e6",
-                     "--run-dir", run, "--json")
+    res = invoke_cli(
+        "train",
+        *FAST,
+        "--steps",
+        "6",
+        "--lr",
+        "1e6",
+        "--scalar-lr",
+        "1e6",
+        "--run-dir",
+        run,
+        "--json",
+    )
     assert res.exit_code == 3
     for text in (res.stdout, (run / "summary.json").read_text()):
         assert "NaN" not in text and "Infinity" not in text
@@ -265,10 +330,13 @@ def test_run_files_follow_the_umask(tmp_path):
     assert (run / "checkpoints" / "step-6").stat().st_mode & 0o777 == 0o755
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--config", "."], "Is a directory"),
-    (["--run-dir", "file/run"], "lies inside the file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config", "."], "Is a directory"),
+        (["--run-dir", "file/run"], "lies inside the file"),
+    ],
+)
 def test_file_system_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("x")
@@ -285,8 +353,20 @@ def test_resume_auto_on_an_empty_dir_starts_the_run(tmp_path):
 @pytest.mark.slow
 def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
     root = tmp_path / "abl"
-    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "4", "--checkpoint-every",
-            "2", *FAST, "--ablation-dir", root, "--no-timing-pass"]
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        root,
+        "--no-timing-pass",
+    ]
     assert invoke_cli(*args).exit_code == 0
     victim = root / "runs" / "mousse"
     (victim / "summary.json").unlink()  # as if killed before it finished
@@ -294,20 +374,28 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
         _flip_tensor_bytes(ckpt / "model.safetensors")
     shutil.rmtree(root / "runs" / "alpha=0.0")
     res = invoke_cli(*args)
-    summaries = {d.name: json.loads((d / "summary.json").read_text())
-                 for d in (root / "runs").iterdir()}
+    summaries = {
+        d.name: json.loads((d / "summary.json").read_text()) for d in (root / "runs").iterdir()
+    }
     assert summaries["mousse"]["status"] == "failed" and "damaged" in summaries["mousse"]["message"]
     assert summaries["alpha=0.0"]["status"] == "completed", res.stderr
 
 
 # ---- bad input: one line, exit 2, nothing written ------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (["ablate", "--alpha", "0.0", "--seeds", "99999999999999999999", "--dry-run"], "at most 1000"),
-    (["ablate", "--alpha", "0.0", "--seeds", "100000000", "--dry-run"], "at most 1000"),
-    (["train", "--seed", "99999999999999999999"], "'seed'"),
-    (["train", "--lr", "nan"], "finite number"),
-])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["ablate", "--alpha", "0.0", "--seeds", "99999999999999999999", "--dry-run"],
+            "at most 1000",
+        ),
+        (["ablate", "--alpha", "0.0", "--seeds", "100000000", "--dry-run"], "at most 1000"),
+        (["train", "--seed", "99999999999999999999"], "'seed'"),
+        (["train", "--lr", "nan"], "finite number"),
+    ],
+)
 def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(invoke_cli(*args), needle)
@@ -316,15 +404,25 @@ def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     bad = tmp_path / "run.toml"
-    bad.write_bytes(b"steps = 3\nname = \"\xff\xfe\"\n")
+    bad.write_bytes(b'steps = 3\nname = "\xff\xfe"\n')
     assert_one_line_error(invoke_cli("train", "--config", bad), "not UTF-8")
 
 
 @pytest.mark.slow
 def test_a_damaged_ablation_toml_is_one_line_and_kept(tmp_path):
     root = tmp_path / "abl"
-    args = ["ablate", "--alpha", "0.0", "--no-baseline", "--steps", "2", *FAST,
-            "--ablation-dir", root, "--no-timing-pass"]
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        root,
+        "--no-timing-pass",
+    ]
     assert invoke_cli(*args).exit_code == 0
     (root / "ablation.toml").write_text("mode = [unclosed")
     assert_one_line_error(invoke_cli(*args), "ablation.toml is damaged")
@@ -337,9 +435,23 @@ def test_token_ids_outside_the_vocabulary_are_one_line(tmp_path):
     (tmp_path / "d").mkdir()
     write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 60000] * 4000)
     write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3] * 4000)
-    res = invoke_cli("train", "--data", tmp_path / "d", "--steps", "2", "--d-model", "64",
-                     "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",
-                     "--run-dir", tmp_path / "r")
+    res = invoke_cli(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "r",
+    )
     # found when a batch holds it (shards are never scanned whole): the run's header lines, then
     # the error as the last line, exit 2, no traceback
     assert res.exit_code == 2 and "Traceback" not in res.stderr
@@ -353,9 +465,23 @@ def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
     (tmp_path / "d").mkdir()
     write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 3] * 4000)
     write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3])
-    res = invoke_cli("train", "--data", tmp_path / "d", "--steps", "2", "--d-model", "64",
-                     "--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2",
-                     "--run-dir", tmp_path / "r")
+    res = invoke_cli(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "r",
+    )
     assert_one_line_error(res, "validation split")
     assert not (tmp_path / "r").exists()
 
@@ -363,10 +489,22 @@ def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
 def test_a_run_name_too_long_for_the_file_system_is_refused_before_anything_is_written(tmp_path):
     """A grid over many float knobs with long values: names over 255 bytes."""
     spec = tmp_path / "long.toml"
-    knobs = ["alpha", "post_alpha", "precond_beta", "eps", "adam_eps", "beta2", "momentum",
-             "weight_decay", "lr", "average_rate"]
-    spec.write_text("mode = \"grid\"\n[sweep]\n" + "".join(
-        f"{k} = [{0.0123456789012345 + i * 1e-15!r}]\n" for i, k in enumerate(knobs)))
+    knobs = [
+        "alpha",
+        "post_alpha",
+        "precond_beta",
+        "eps",
+        "adam_eps",
+        "beta2",
+        "momentum",
+        "weight_decay",
+        "lr",
+        "average_rate",
+    ]
+    spec.write_text(
+        'mode = "grid"\n[sweep]\n'
+        + "".join(f"{k} = [{0.0123456789012345 + i * 1e-15!r}]\n" for i, k in enumerate(knobs))
+    )
     res = invoke_cli("ablate", spec, "--ablation-dir", tmp_path / "a", "--dry-run")
     assert_one_line_error(res, "more than a file name may hold")
     assert not (tmp_path / "a").exists()

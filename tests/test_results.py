@@ -21,20 +21,43 @@ from mousse.experiments.results import (
 
 
 def curve(losses, every=100, seconds_per_step=0.01):
-    return [{"step": every * (i + 1), "val_loss": loss, "seconds": every * (i + 1) * seconds_per_step}
-            for i, loss in enumerate(losses)]
+    return [
+        {"step": every * (i + 1), "val_loss": loss, "seconds": every * (i + 1) * seconds_per_step}
+        for i, loss in enumerate(losses)
+    ]
 
 
-def record(name, losses, *, variant=None, seed=0, status="completed", step_ms=10.0, baseline=False,
-           knobs=None):
+def record(
+    name,
+    losses,
+    *,
+    variant=None,
+    seed=0,
+    status="completed",
+    step_ms=10.0,
+    baseline=False,
+    knobs=None,
+):
     final = losses[-1] if losses else None
-    return {"name": name, "variant": variant or name, "knobs": knobs or {}, "seed": seed,
-            "is_baseline": baseline, "status": status, "final_val_loss": final,
-            "best_val_loss": min(losses) if losses else None, "steps": 100 * len(losses),
-            "step_ms_median": step_ms, "fwd_bwd_ms_median": step_ms * 0.8, "opt_ms_median": step_ms * 0.2,
-            "refresh_ms_median": step_ms * 0.1, "tokens_per_s": 4096 / step_ms * 1000,
-            "peak_mem_bytes": None, "curve": curve(losses),
-            "timing_context": {"host": "h", "invocation": "one", "device": "cpu", "parallel": 1}}
+    return {
+        "name": name,
+        "variant": variant or name,
+        "knobs": knobs or {},
+        "seed": seed,
+        "is_baseline": baseline,
+        "status": status,
+        "final_val_loss": final,
+        "best_val_loss": min(losses) if losses else None,
+        "steps": 100 * len(losses),
+        "step_ms_median": step_ms,
+        "fwd_bwd_ms_median": step_ms * 0.8,
+        "opt_ms_median": step_ms * 0.2,
+        "refresh_ms_median": step_ms * 0.1,
+        "tokens_per_s": 4096 / step_ms * 1000,
+        "peak_mem_bytes": None,
+        "curve": curve(losses),
+        "timing_context": {"host": "h", "invocation": "one", "device": "cpu", "parallel": 1},
+    }
 
 
 MUON = [3.0, 2.5, 2.1, 1.8, 1.6, 1.5]  # reaches 1.5 at step 600 (its last)
@@ -47,19 +70,25 @@ def test_steps_to_target():
     assert steps_to_target(c, 3.0) == (100, 1.0)
     assert steps_to_target(c, 1.0) == (None, None)
     assert steps_to_target(c, None) == (None, None)
-    assert steps_to_target([{"step": 10, "val_loss": math.nan, "seconds": 1.0}], 5.0) == (None, None)
+    assert steps_to_target([{"step": 10, "val_loss": math.nan, "seconds": 1.0}], 5.0) == (
+        None,
+        None,
+    )
 
 
-@pytest.mark.parametrize(("t", "df", "p"), [
-    (2.0, 10, 0.07339),   # scipy.stats.t.sf(2, 10) * 2
-    (1.0, 3, 0.3910),
-    (2.228, 10, 0.05),    # two-sided 5% critical values from the standard t table
-    (12.706, 1, 0.05),
-    (2.776, 4, 0.05),
-    (3.169, 10, 0.01),
-    (2.042, 30, 0.05),
-    (0.0, 7, 1.0),
-])
+@pytest.mark.parametrize(
+    ("t", "df", "p"),
+    [
+        (2.0, 10, 0.07339),  # scipy.stats.t.sf(2, 10) * 2
+        (1.0, 3, 0.3910),
+        (2.228, 10, 0.05),  # two-sided 5% critical values from the standard t table
+        (12.706, 1, 0.05),
+        (2.776, 4, 0.05),
+        (3.169, 10, 0.01),
+        (2.042, 30, 0.05),
+        (0.0, 7, 1.0),
+    ],
+)
 def test_t_distribution_table_values(t, df, p):
     assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
 
@@ -85,8 +114,10 @@ def test_welch_t_test_known_values():
 
 
 def test_summarize_headline_step_reduction_and_overhead():
-    results = summarize([record("muon", MUON, baseline=True, step_ms=10.0),
-                         record("mousse", MOUSSE, step_ms=10.3)], "muon")
+    results = summarize(
+        [record("muon", MUON, baseline=True, step_ms=10.0), record("mousse", MOUSSE, step_ms=10.3)],
+        "muon",
+    )
     assert results["baseline"] == "muon"
     assert results["target_loss"] == 1.5 and results["baseline_steps"] == 600
     runs = {r["name"]: r for r in results["runs"]}
@@ -95,8 +126,16 @@ def test_summarize_headline_step_reduction_and_overhead():
     assert runs["mousse"]["overhead_pct"] == pytest.approx(3.0)
     assert runs["muon"]["steps_to_target"] == 600 and runs["muon"]["step_reduction_pct"] == 0.0
     for run in results["runs"]:
-        assert {"name", "knobs", "seed", "status", "final_val_loss", "best_val_loss", "steps_to_target",
-                "step_ms_median"} <= set(run)
+        assert {
+            "name",
+            "knobs",
+            "seed",
+            "status",
+            "final_val_loss",
+            "best_val_loss",
+            "steps_to_target",
+            "step_ms_median",
+        } <= set(run)
     variants = {v["variant"]: v for v in results["variants"]}
     assert variants["mousse"]["delta_vs_baseline"] == pytest.approx(-0.05)
     assert variants["mousse"]["significance"] == "n<2" and variants["mousse"]["p_value"] is None
@@ -109,12 +148,18 @@ def test_summarize_headline_step_reduction_and_overhead():
 
 
 def test_summarize_seeds_target_is_seed_averaged_and_significance():
-    muon = [record(f"muon-s{s}", MUON[:-1] + [1.5 + d], variant="muon", seed=s, baseline=True)
-            for s, d in enumerate((0.01, -0.01, 0.0))]
-    good = [record(f"mousse-s{s}", MOUSSE[:-1] + [1.40 + d], variant="mousse", seed=s)
-            for s, d in enumerate((0.01, -0.01, 0.0))]
-    same = [record(f"alpha=0.0-s{s}", MUON[:-1] + [1.5 + d], variant="alpha=0.0", seed=s)
-            for s, d in enumerate((0.02, -0.01, 0.0))]
+    muon = [
+        record(f"muon-s{s}", MUON[:-1] + [1.5 + d], variant="muon", seed=s, baseline=True)
+        for s, d in enumerate((0.01, -0.01, 0.0))
+    ]
+    good = [
+        record(f"mousse-s{s}", MOUSSE[:-1] + [1.40 + d], variant="mousse", seed=s)
+        for s, d in enumerate((0.01, -0.01, 0.0))
+    ]
+    same = [
+        record(f"alpha=0.0-s{s}", MUON[:-1] + [1.5 + d], variant="alpha=0.0", seed=s)
+        for s, d in enumerate((0.02, -0.01, 0.0))
+    ]
     results = summarize(muon + good + same)  # baseline found by is_baseline
     assert results["baseline"] == "muon" and results["target_loss"] == pytest.approx(1.5)
     variants = {v["variant"]: v for v in results["variants"]}
@@ -134,11 +179,14 @@ def test_summarize_seeds_target_is_seed_averaged_and_significance():
 
 
 def test_diverged_runs_listed_but_not_averaged():
-    records = [record("muon-s0", MUON, variant="muon", baseline=True),
-               record("mousse-s0", MOUSSE, variant="mousse"),
-               record("mousse-s1", [2.9, math.nan], variant="mousse", seed=1, status="diverged",
-                      step_ms=12.0),
-               record("lr=1.0-s0", [math.inf], variant="lr=1.0", status="diverged")]
+    records = [
+        record("muon-s0", MUON, variant="muon", baseline=True),
+        record("mousse-s0", MOUSSE, variant="mousse"),
+        record(
+            "mousse-s1", [2.9, math.nan], variant="mousse", seed=1, status="diverged", step_ms=12.0
+        ),
+        record("lr=1.0-s0", [math.inf], variant="lr=1.0", status="diverged"),
+    ]
     results = summarize(records, "muon")
     runs = {r["name"]: r for r in results["runs"]}
     assert runs["mousse-s1"]["status"] == "diverged" and runs["mousse-s1"]["final_val_loss"] is None
@@ -159,9 +207,18 @@ def test_no_baseline_and_pending_baseline():
     assert results["baseline"] is None and results["target_loss"] is None
     assert all(r["steps_to_target"] is None and r["overhead_pct"] is None for r in results["runs"])
     assert "No completed baseline" in render(results, "markdown")
-    waiting = {**record("muon", [], status="pending", baseline=True),
-               **dict.fromkeys(["step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "refresh_ms_median",
-                                "tokens_per_s"])}
+    waiting = {
+        **record("muon", [], status="pending", baseline=True),
+        **dict.fromkeys(
+            [
+                "step_ms_median",
+                "fwd_bwd_ms_median",
+                "opt_ms_median",
+                "refresh_ms_median",
+                "tokens_per_s",
+            ]
+        ),
+    }
     pending = summarize([waiting, record("mousse", MOUSSE)], "muon")
     assert pending["baseline"] == "muon" and pending["target_loss"] is None
     rows = {r["Variant"]: r for r in convergence_rows(pending)}
@@ -172,9 +229,14 @@ def test_no_baseline_and_pending_baseline():
 
 
 def _results():
-    return summarize([record("muon", MUON, baseline=True),
-                      record("mousse", MOUSSE, step_ms=10.3, knobs={}),
-                      record("sides=left", MOUSSE[:-1] + [1.47], knobs={"sides": "left"})], "muon")
+    return summarize(
+        [
+            record("muon", MUON, baseline=True),
+            record("mousse", MOUSSE, step_ms=10.3, knobs={}),
+            record("sides=left", MOUSSE[:-1] + [1.47], knobs={"sides": "left"}),
+        ],
+        "muon",
+    )
 
 
 def test_render_markdown_has_both_tables():

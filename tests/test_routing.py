@@ -22,30 +22,48 @@ def test_gpt_routing_never_sends_embedding_or_head_to_matrix_optimizer(optimizer
     model = tiny_gpt()
     opt, routes = build_optimizer(model, optimizer=optimizer, lr=0.02, scalar_lr=0.003)
     by_name = {r.name: r for r in routes}
-    assert by_name["embed.weight"].optimizer == "adamw" and by_name["embed.weight"].role == "embedding"
-    assert by_name["lm_head.weight"].optimizer == "adamw" and by_name["lm_head.weight"].role == "head"
+    assert (
+        by_name["embed.weight"].optimizer == "adamw" and by_name["embed.weight"].role == "embedding"
+    )
+    assert (
+        by_name["lm_head.weight"].optimizer == "adamw" and by_name["lm_head.weight"].role == "head"
+    )
     matrix = [r for r in routes if r.role == "matrix"]
     assert len(matrix) == 2 * 6 and all(r.optimizer == optimizer for r in matrix)
     assert set(by_name) == {n for n, _ in model.named_parameters()}
     matrix_params = {id(p) for g in opt.parts["matrix"].param_groups for p in g["params"]}
-    assert id(model.embed.weight) not in matrix_params and id(model.lm_head.weight) not in matrix_params
+    assert (
+        id(model.embed.weight) not in matrix_params
+        and id(model.lm_head.weight) not in matrix_params
+    )
     expected = {"mousse": Mousse, "muon": Muon, "adamw": torch.optim.AdamW}[optimizer]
     assert type(opt.parts["matrix"]) is expected
 
 
 def test_inferred_roles_for_a_plain_model():
-    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 16),
-                                torch.nn.LayerNorm(16), torch.nn.Linear(16, 50))
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(50, 8),
+        torch.nn.Linear(8, 16),
+        torch.nn.LayerNorm(16),
+        torch.nn.Linear(16, 50),
+    )
     roles = infer_roles(model)
-    assert roles == {"0.weight": "embedding", "1.weight": "matrix", "1.bias": "scalar",
-                     "2.weight": "scalar", "2.bias": "scalar", "3.weight": "head", "3.bias": "scalar"}
+    assert roles == {
+        "0.weight": "embedding",
+        "1.weight": "matrix",
+        "1.bias": "scalar",
+        "2.weight": "scalar",
+        "2.bias": "scalar",
+        "3.weight": "head",
+        "3.bias": "scalar",
+    }
 
 
 def test_lion_head_lr_is_scaled_by_fan_in():
     model = tiny_gpt()
     _, routes = build_optimizer(model, scalar_optimizer="lion", scalar_lr=0.06)
     by_name = {r.name: r for r in routes}
-    assert by_name["lm_head.weight"].lr == pytest.approx(0.06 / 32 ** 0.5)
+    assert by_name["lm_head.weight"].lr == pytest.approx(0.06 / 32**0.5)
     assert by_name["embed.weight"].lr == pytest.approx(0.06)
 
 
@@ -75,11 +93,11 @@ def test_combined_optimizer_trains_round_trips_and_follows_a_scheduler():
     model = tiny_gpt()
     opt, _ = build_optimizer(model, lr=0.02, scalar_lr=0.003, matrix_kwargs={"precond_freq": 3})
     assert isinstance(opt, CombinedOptimizer) and isinstance(opt, torch.optim.Optimizer)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
     losses = _train(model, opt, 4, sched)
     assert losses[-1] < losses[0]
-    assert opt.parts["matrix"].param_groups[0]["lr"] == pytest.approx(0.02 * 0.5 ** 4)
-    assert opt.parts["scalar"].param_groups[0]["lr"] == pytest.approx(0.003 * 0.5 ** 4)
+    assert opt.parts["matrix"].param_groups[0]["lr"] == pytest.approx(0.02 * 0.5**4)
+    assert opt.parts["scalar"].param_groups[0]["lr"] == pytest.approx(0.003 * 0.5**4)
 
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     ahead = _train(model, opt, 5)

@@ -20,13 +20,31 @@ from mousse.train.trainer import peak_memory
 
 
 def record(variant, invocation, step_ms, host="a", base=False, parallel=1):
-    return {"name": variant, "variant": variant, "knobs": {}, "seed": 0, "is_baseline": base,
-            "status": "completed", "final_val_loss": 1.0, "best_val_loss": 1.0, "steps": 10,
-            "curve": [], "step_ms_median": step_ms, "fwd_bwd_ms_median": None,
-            "opt_ms_median": None, "refresh_ms_median": None, "tokens_per_s": None,
-            "peak_mem_bytes": 2**30, "peak_mem_source": "rss",
-            "timing_context": {"host": host, "invocation": invocation, "device": "cpu",
-                               "parallel": parallel}}
+    return {
+        "name": variant,
+        "variant": variant,
+        "knobs": {},
+        "seed": 0,
+        "is_baseline": base,
+        "status": "completed",
+        "final_val_loss": 1.0,
+        "best_val_loss": 1.0,
+        "steps": 10,
+        "curve": [],
+        "step_ms_median": step_ms,
+        "fwd_bwd_ms_median": None,
+        "opt_ms_median": None,
+        "refresh_ms_median": None,
+        "tokens_per_s": None,
+        "peak_mem_bytes": 2**30,
+        "peak_mem_source": "rss",
+        "timing_context": {
+            "host": host,
+            "invocation": invocation,
+            "device": "cpu",
+            "parallel": parallel,
+        },
+    }
 
 
 def test_runs_of_one_invocation_compare():
@@ -40,8 +58,12 @@ def test_runs_of_one_invocation_compare():
 def test_runs_from_different_invocations_hosts_or_shares_print_no_overhead(other):
     """The issue's own table: a busy-machine baseline and quiet-machine variants."""
     kwargs = {"invocation": "x", **other}
-    results = summarize([record("muon", "x", 491.4, base=True),
-                         record("alpha=0.0", kwargs.pop("invocation"), 161.8, **kwargs)])
+    results = summarize(
+        [
+            record("muon", "x", 491.4, base=True),
+            record("alpha=0.0", kwargs.pop("invocation"), 161.8, **kwargs),
+        ]
+    )
     results = apply_timing_pass(results, None)
     assert not results["timing_comparable"]
     assert all(v["overhead_pct"] is None for v in results["variants"])
@@ -59,13 +81,23 @@ def test_runs_that_do_not_say_where_they_were_timed_do_not_compare():
 
 def test_the_timing_pass_overrides_with_its_own_ratios():
     results = summarize([record("muon", "x", 491.4, base=True), record("mousse", "y", 161.8)])
-    passed = {"host": "h", "device": "cpu", "threads": 2, "rounds": 4, "steps_per_round": 10,
-              "when": "now", "baseline": "muon",
-              "variants": summarize_rounds({"muon": [100, 101, 99, 100],
-                                            "mousse": [103, 104, 102, 103]}, "muon")}
+    passed = {
+        "host": "h",
+        "device": "cpu",
+        "threads": 2,
+        "rounds": 4,
+        "steps_per_round": 10,
+        "when": "now",
+        "baseline": "muon",
+        "variants": summarize_rounds(
+            {"muon": [100, 101, 99, 100], "mousse": [103, 104, 102, 103]}, "muon"
+        ),
+    }
     results = apply_timing_pass(results, passed)
     row = timing_rows(results)[1]
-    assert row["Overhead [IQR]"].startswith("+3.0% [") and "within noise" not in row["Overhead [IQR]"]
+    assert (
+        row["Overhead [IQR]"].startswith("+3.0% [") and "within noise" not in row["Overhead [IQR]"]
+    )
     assert row["Side by side ms [IQR]"].startswith("103.0 [")
     assert row["Peak memory"] == "1.00 GiB RSS"
     assert any(n.startswith("side by side: one process on h") for n in timing_notes(results))
@@ -78,8 +110,12 @@ def test_an_overhead_inside_the_noise_is_marked():
 
 
 def test_interleaving_order_rotates():
-    assert round_order(["a", "b", "c"], 4) == [["a", "b", "c"], ["b", "c", "a"],
-                                                ["c", "a", "b"], ["a", "b", "c"]]
+    assert round_order(["a", "b", "c"], 4) == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
 
 
 def test_rounds_fit_the_budget():
@@ -98,10 +134,16 @@ def test_pass_stays_within_its_budget_and_interleaves():
             calls.append((name, n))
             now[0] += n * ms / 1000
             return ms
+
         return run
 
-    out = run_pass({"base": runner("base", 50.0), "var": runner("var", 60.0)}, "base",
-                   budget_s=12.0, steps_per_round=10, clock=lambda: now[0])
+    out = run_pass(
+        {"base": runner("base", 50.0), "var": runner("var", 60.0)},
+        "base",
+        budget_s=12.0,
+        steps_per_round=10,
+        clock=lambda: now[0],
+    )
     assert out["seconds"] <= 12.0 and out["rounds"] == 10
     timed = [c for c in calls if c[1] == 10]
     assert timed[:4] == [("base", 10), ("var", 10), ("var", 10), ("base", 10)]
@@ -117,8 +159,18 @@ def test_peak_memory_is_measured_on_cpu():
 
 @pytest.mark.slow
 def test_ablate_runs_the_timing_pass_and_report_retimes(tmp_path):
-    out = invoke_cli("ablate", "--alpha", "0.0", "--steps", "3", *FAST, "--ablation-dir",
-                     tmp_path / "a", "--timing-budget", "3")
+    out = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--steps",
+        "3",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+        "--timing-budget",
+        "3",
+    )
     assert out.exit_code == 0, out.stderr
     timing = json.loads((tmp_path / "a" / "timing.json").read_text())
     assert set(timing["variants"]) == {"muon", "mousse", "alpha=0.0"}
@@ -128,6 +180,15 @@ def test_ablate_runs_the_timing_pass_and_report_retimes(tmp_path):
     assert all(v["peak_mem_source"] == "rss" for v in results["variants"])
     again = invoke_cli("report", tmp_path / "a", "--retime", "--timing-budget", "3")
     assert again.exit_code == 0 and "timing pass:" in again.stderr
-    skipped = invoke_cli("ablate", "--alpha", "0.0", "--steps", "3", *FAST, "--ablation-dir",
-                         tmp_path / "a", "--no-timing-pass")
+    skipped = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--steps",
+        "3",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+        "--no-timing-pass",
+    )
     assert skipped.exit_code == 0 and "timing pass:" not in skipped.stderr

@@ -37,7 +37,9 @@ def no_pickle_under(root: Path) -> None:
     for path in root.rglob("*"):
         if not path.is_file():
             continue
-        assert path.suffix in (".toml", ".json", ".jsonl", ".safetensors") or path.name == ".lock", path
+        assert (
+            path.suffix in (".toml", ".json", ".jsonl", ".safetensors") or path.name == ".lock"
+        ), path
         head = path.read_bytes()[:4]
         assert not head.startswith(b"\x80"), f"{path} looks like a pickle"
         assert head != b"PK\x03\x04", f"{path} looks like a torch.save zip"
@@ -45,11 +47,27 @@ def no_pickle_under(root: Path) -> None:
 
 # ---- end to end through the real executable ------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_train_cli_end_to_end(mousse_proc, tmp_path):
     run_dir = tmp_path / "run"
-    res = mousse_proc("train", *FAST, "--steps", "12", "--eval-every", "5", "--log-every", "2",
-                      "--checkpoint-every", "5", "--seed", "3", "--run-dir", run_dir, "--json")
+    res = mousse_proc(
+        "train",
+        *FAST,
+        "--steps",
+        "12",
+        "--eval-every",
+        "5",
+        "--log-every",
+        "2",
+        "--checkpoint-every",
+        "5",
+        "--seed",
+        "3",
+        "--run-dir",
+        run_dir,
+        "--json",
+    )
     assert res.exit_code == 0, res
     # stdout holds only the JSON object; the human lines went to stderr, plain (no ANSI codes)
     out = res.json()
@@ -61,8 +79,10 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
     assert out["step_ms_median"] > 0
     assert "\x1b[" not in res.stderr and "step 12/12" in res.stderr
     # plain lines are whole lines (no wrapping at 80 columns)
-    assert any(line.startswith("completed after 12 steps") and line.endswith("per refresh)")
-               for line in res.stderr.splitlines()), res.stderr
+    assert any(
+        line.startswith("completed after 12 steps") and line.endswith("per refresh)")
+        for line in res.stderr.splitlines()
+    ), res.stderr
     assert "Traceback" not in res.stderr
 
     # config.toml: the resolved settings (flags, then the tiny preset's values filled in)
@@ -103,10 +123,24 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
 
 # ---- determinism -----------------------------------------------------------------------------------
 
+
 def test_same_seed_same_losses_other_seed_differs(cli, tmp_path):
     def run(name, seed):
-        res = cli("train", *FAST, "--steps", "8", "--eval-every", "4", "--log-every", "1",
-                  "--seed", seed, "--run-dir", tmp_path / name, "--json")
+        res = cli(
+            "train",
+            *FAST,
+            "--steps",
+            "8",
+            "--eval-every",
+            "4",
+            "--log-every",
+            "1",
+            "--seed",
+            seed,
+            "--run-dir",
+            tmp_path / name,
+            "--json",
+        )
         assert res.exit_code == 0, res
         return train_losses(tmp_path / name), val_losses(tmp_path / name)
 
@@ -120,9 +154,24 @@ def test_same_seed_same_losses_other_seed_differs(cli, tmp_path):
 def test_compile_trains_like_eager(cli, tmp_path):
     """--compile (model and optimizer under torch.compile, inductor) follows the eager run across
     refreshes and the LR schedule."""
+
     def run(name, *flags):
-        res = cli("train", *FAST, "--steps", "12", "--eval-every", "12", "--log-every", "1",
-                  "--precond-freq", "5", "--run-dir", tmp_path / name, "--json", *flags)
+        res = cli(
+            "train",
+            *FAST,
+            "--steps",
+            "12",
+            "--eval-every",
+            "12",
+            "--log-every",
+            "1",
+            "--precond-freq",
+            "5",
+            "--run-dir",
+            tmp_path / name,
+            "--json",
+            *flags,
+        )
         assert res.exit_code == 0, res
         return train_losses(tmp_path / name)
 
@@ -136,12 +185,15 @@ def test_compile_trains_like_eager(cli, tmp_path):
 
 # ---- settings precedence and target loss ---------------------------------------------------------
 
+
 def test_flags_override_file_override_preset(cli, tmp_path):
     conf = tmp_path / "run.toml"
-    conf.write_text("[train]\nsteps = 40\neval_every = 3\nlr = 0.02\nwarmup_frac = 0.25\n"
-                    "seq_len = 32\n")
-    res = cli("train", "--config", conf, *FAST, "--steps", "6", "--run-dir", tmp_path / "r",
-              "--json")
+    conf.write_text(
+        "[train]\nsteps = 40\neval_every = 3\nlr = 0.02\nwarmup_frac = 0.25\nseq_len = 32\n"
+    )
+    res = cli(
+        "train", "--config", conf, *FAST, "--steps", "6", "--run-dir", tmp_path / "r", "--json"
+    )
     assert res.exit_code == 0, res
     cfg = tomlio.load(tmp_path / "r" / "config.toml")
     assert cfg["steps"] == 6  # flag beats file
@@ -154,23 +206,48 @@ def test_flags_override_file_override_preset(cli, tmp_path):
 
 # ---- the matrix optimizer's knobs: class preset < recipe < preset lr < file < flag --------------
 
+
 def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypatch):
     from mousse.optim.family import OPTIMIZERS
     from mousse.train import presets
 
     soap = OPTIMIZERS["soap"].preset
-    monkeypatch.setitem(presets.TRAINING_RECIPES, "soap", {"lr": 0.5, "beta2": 0.9, "adam_eps": 1e-7,
-                                                           "precond_beta": 0.8, "stat_freq": 2})
+    monkeypatch.setitem(
+        presets.TRAINING_RECIPES,
+        "soap",
+        {"lr": 0.5, "beta2": 0.9, "adam_eps": 1e-7, "precond_beta": 0.8, "stat_freq": 2},
+    )
     monkeypatch.setitem(presets.get_preset("tiny").lrs, "soap", 0.004)
     cfg = resolve({"optimizer": "soap"})
-    assert (cfg.eig_floor, cfg.refresh, cfg.orthogonalizer) == (soap["eig_floor"], "qr", "adam")  # class
-    assert (cfg.beta2, cfg.precond_beta, cfg.stat_freq) == (0.9, 0.8, 2)  # recipe beats class preset
+    assert (cfg.eig_floor, cfg.refresh, cfg.orthogonalizer) == (
+        soap["eig_floor"],
+        "qr",
+        "adam",
+    )  # class
+    assert (cfg.beta2, cfg.precond_beta, cfg.stat_freq) == (
+        0.9,
+        0.8,
+        2,
+    )  # recipe beats class preset
     assert cfg.lr == 0.004  # the preset's lr for soap beats the recipe's
 
     conf = tmp_path / "run.toml"
     conf.write_text('optimizer = "soap"\nlr = 0.005\nprecond_beta = 0.7\nstat_freq = 3\n')
-    res = cli("train", "--config", conf, *FAST, "--steps", "2", "--eval-every", "2",
-              "--stat-freq", "4", "--run-dir", tmp_path / "r", "--json")
+    res = cli(
+        "train",
+        "--config",
+        conf,
+        *FAST,
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--stat-freq",
+        "4",
+        "--run-dir",
+        tmp_path / "r",
+        "--json",
+    )
     assert res.exit_code == 0, res
     saved = tomlio.load(tmp_path / "r" / "config.toml")
     assert saved["stat_freq"] == 4  # flag beats file
@@ -192,14 +269,19 @@ def test_every_optimizer_resolves_its_full_recipe():
             assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
         kwargs = matrix_kwargs(cfg)
         assert "lr" not in kwargs and "weight_decay" not in kwargs
-        assert kwargs == {k: getattr(cfg, k) for k in KNOBS
-                          if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
-                          } | {"ns_dtype": None}  # auto: the engine picks by device
+        assert kwargs == {
+            k: getattr(cfg, k)
+            for k in KNOBS
+            if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
+        } | {"ns_dtype": None}  # auto: the engine picks by device
 
 
 def test_ns_dtype_setting_reaches_the_optimizer(cli, tmp_path):
     assert matrix_kwargs(resolve({"ns_dtype": "bf16"}))["ns_dtype"] is torch.bfloat16
-    assert matrix_kwargs(resolve({"ns_dtype": "fp32", "optimizer": "muon"}))["ns_dtype"] is torch.float32
+    assert (
+        matrix_kwargs(resolve({"ns_dtype": "fp32", "optimizer": "muon"}))["ns_dtype"]
+        is torch.float32
+    )
     res = cli("train", *FAST, "--steps", "2", "--ns-dtype", "bf16", "--run-dir", tmp_path / "r")
     assert res.exit_code == 0, res
     assert tomlio.load(tmp_path / "r" / "config.toml")["ns_dtype"] == "bf16"
@@ -211,19 +293,37 @@ def test_muon_recipe_is_the_released_baseline():
     the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr."""
     cfg = resolve({"optimizer": "muon"})
     assert (cfg.momentum, cfg.momentum_style, cfg.ns, cfg.ns_steps, cfg.lr_scale) == (
-        0.95, "nesterov", "you5", 5, "spectral")
-    assert (cfg.weight_decay, cfg.sides, cfg.alpha, cfg.graft, cfg.lr) == (0.01, "none", 0.0, "none", 0.06)
+        0.95,
+        "nesterov",
+        "you5",
+        5,
+        "spectral",
+    )
+    assert (cfg.weight_decay, cfg.sides, cfg.alpha, cfg.graft, cfg.lr) == (
+        0.01,
+        "none",
+        0.0,
+        "none",
+        0.06,
+    )
     assert (cfg.orthogonalizer, cfg.weight_decay_style) == ("newton_schulz", "decoupled")
     mousse = resolve({})
-    assert (mousse.momentum_style, mousse.alpha, mousse.sides, mousse.factor_norm, mousse.graft) == (
-        "heavy_ball", 0.125, "both", "trace", "orthogonalizer")
+    assert (
+        mousse.momentum_style,
+        mousse.alpha,
+        mousse.sides,
+        mousse.factor_norm,
+        mousse.graft,
+    ) == ("heavy_ball", 0.125, "both", "trace", "orthogonalizer")
 
 
 def test_derived_defaults_follow_the_resolved_knobs():
     assert resolve({"optimizer": "shampoo"}).precond_start == 101
     cfg = resolve({"optimizer": "shampoo", "precond_freq": 10, "sides": "left"})
     assert (cfg.precond_start, cfg.alpha) == (11, 0.25)
-    assert resolve({"optimizer": "shampoo", "precond_freq": 10, "precond_start": 3}).precond_start == 3
+    assert (
+        resolve({"optimizer": "shampoo", "precond_freq": 10, "precond_start": 3}).precond_start == 3
+    )
     assert resolve({"optimizer": "tnt", "precond_freq": 5}).refresh_warmup == 5
 
 
@@ -238,10 +338,20 @@ def test_old_knob_names_in_saved_configs_still_resolve():
     """Config files and checkpoints written before the family engine keep working."""
     cfg = resolve({"trace_norm": False, "nesterov": True, "graft": False})
     assert (cfg.factor_norm, cfg.momentum_style, cfg.graft) == ("none", "nesterov", "none")
-    old_muon = resolve({"optimizer": "muon", "trace_norm": True, "graft": True, "nesterov": True,
-                        "ns": "you5", "lr_scale": "spectral", "momentum": 0.95})
+    old_muon = resolve(
+        {
+            "optimizer": "muon",
+            "trace_norm": True,
+            "graft": True,
+            "nesterov": True,
+            "ns": "you5",
+            "lr_scale": "spectral",
+            "momentum": 0.95,
+        }
+    )
     assert matrix_kwargs(old_muon) == matrix_kwargs(resolve({"optimizer": "muon"})) | {
-        "graft": "orthogonalizer"}  # a no-op without preconditioned sides
+        "graft": "orthogonalizer"
+    }  # a no-op without preconditioned sides
 
 
 def test_target_loss_step_recorded_or_null(cli, tmp_path):
@@ -257,8 +367,9 @@ def test_target_loss_step_recorded_or_null(cli, tmp_path):
     # a target between the first and the best eval is first met at a known later step
     target = (curve[3] + min(curve[6], curve[9])) / 2
     expected = next(s for s in (3, 6, 9) if curve[s] <= target)
-    res = cli("train", *common, "--target-loss", repr(target), "--run-dir", tmp_path / "hit",
-              "--json")
+    res = cli(
+        "train", *common, "--target-loss", repr(target), "--run-dir", tmp_path / "hit", "--json"
+    )
     assert res.exit_code == 0, res
     hit = res.json()
     assert hit["target_step"] == expected > 3
@@ -268,9 +379,21 @@ def test_target_loss_step_recorded_or_null(cli, tmp_path):
 
 # ---- divergence ----------------------------------------------------------------------------------
 
+
 def test_huge_lr_diverges_with_exit_3(cli, tmp_path):
-    res = cli("train", *FAST, "--steps", "12", "--lr", "1e6", "--scalar-lr", "1e3",
-              "--run-dir", tmp_path / "r", "--json")
+    res = cli(
+        "train",
+        *FAST,
+        "--steps",
+        "12",
+        "--lr",
+        "1e6",
+        "--scalar-lr",
+        "1e3",
+        "--run-dir",
+        tmp_path / "r",
+        "--json",
+    )
     assert res.exit_code == 3, res
     out = res.json()
     assert out["status"] == "diverged" and out["steps"] < 12
@@ -288,8 +411,21 @@ def test_injected_nan_keeps_last_good_checkpoint(cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_forward_backward", nan_from_step_8)
     run_dir = tmp_path / "r"
-    res = cli("train", *FAST, "--steps", "12", "--eval-every", "3", "--checkpoint-every", "3",
-              "--log-every", "1", "--run-dir", run_dir, "--json")
+    res = cli(
+        "train",
+        *FAST,
+        "--steps",
+        "12",
+        "--eval-every",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--log-every",
+        "1",
+        "--run-dir",
+        run_dir,
+        "--json",
+    )
     assert res.exit_code == 3, res
     out = res.json()
     assert out["status"] == "diverged" and "step 8" in out["message"]
@@ -305,9 +441,15 @@ def test_injected_nan_keeps_last_good_checkpoint(cli, tmp_path, monkeypatch):
 
 # ---- graceful stop ---------------------------------------------------------------------------------
 
+
 def test_stop_event_interrupts_with_checkpoint_and_resumes_exactly(builtin_data, tmp_path):
-    settings = {**FAST_SETTINGS, "steps": 10, "eval_every": 5, "log_every": 1,
-                "checkpoint_every": 10}
+    settings = {
+        **FAST_SETTINGS,
+        "steps": 10,
+        "eval_every": 5,
+        "log_every": 1,
+        "checkpoint_every": 10,
+    }
     ref = Trainer(resolve(settings), tmp_path / "ref").run()
     assert ref["status"] == "completed"
 
@@ -362,7 +504,10 @@ BAD_TOML = {
     "unknown_table.toml": ("[train]\nlearning_rate = 0.1\nscalar_lrr = 1\n", ["learning_rate"]),
     "badtype.toml": ('steps = "many"\n', ["steps", "many"]),
     "badchoice.toml": ('sides = "top"\n', ["sides", "top"]),
-    "badgraft.toml": ('graft = "sometimes"\n', ["graft", "sometimes", "orthogonalizer, adam, none"]),
+    "badgraft.toml": (
+        'graft = "sometimes"\n',
+        ["graft", "sometimes", "orthogonalizer, adam, none"],
+    ),
     "renamed.toml": ('trace_norm = "yes"\n', ["trace_norm", "factor_norm"]),
     "outside_table.toml": ("steps = 5\n[train]\nlr = 0.01\n", ["'steps'", "[train]"]),
 }
@@ -376,7 +521,10 @@ BAD_FLAGS = [
     (["--optimizer", "sgd"], ["optimizer", "sgd", "shampoo, soap, splus, tnt, specgd, adamw"]),
     (["--factor-norm", "off"], ["factor_norm", "'off'", "trace, same_trace, none"]),
     (["--graft", "on"], ["graft", "'on'", "orthogonalizer, adam, none"]),
-    (["--orthogonalizer", "svd"], ["orthogonalizer", "svd", "newton_schulz, exact, sign, identity, adam"]),
+    (
+        ["--orthogonalizer", "svd"],
+        ["orthogonalizer", "svd", "newton_schulz, exact, sign, identity, adam"],
+    ),
     (["--ns", "exact"], ["'ns'", "exact", "you5", "orthogonalizer = exact"]),
     (["--momentum-style", "polyak"], ["momentum_style", "polyak", "heavy_ball, nesterov, ema"]),
     (["--optimizer", "tnt", "--fisher", "true"], ["fisher", "true", "empirical, sampled"]),
@@ -430,8 +578,19 @@ def test_paths_with_brackets_are_printed_not_parsed(cli, tmp_path):
     data.parent.mkdir(parents=True)
     data.write_text("def f(x):\n    return x * 2 + 1\n" * 800)
     run_dir = tmp_path / "[bold]run[/x]"
-    res = cli("train", *FAST, "--data", data, "--steps", "2", "--eval-every", "2",
-              "--run-dir", run_dir, "--json")
+    res = cli(
+        "train",
+        *FAST,
+        "--data",
+        data,
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--run-dir",
+        run_dir,
+        "--json",
+    )
     assert res.exit_code == 0, res
     assert res.json()["status"] == "completed"
     assert f"run dir: {run_dir}" in res.stderr and str(data) in res.stderr
@@ -446,10 +605,14 @@ def test_bad_input_in_a_real_process(mousse_proc, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--steps", "abc"], "--steps"),
-    (["--bogus"], "--bogus"),
-], ids=["steps-abc", "unknown-flag"])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--steps", "abc"], "--steps"),
+        (["--bogus"], "--bogus"),
+    ],
+    ids=["steps-abc", "unknown-flag"],
+)
 def test_unparseable_flags_exit_2_without_traceback(cli, tmp_path, monkeypatch, args, needle):
     """Typer's own usage errors: exit 2 with the usual usage hint, never a traceback."""
     monkeypatch.chdir(tmp_path)

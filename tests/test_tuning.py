@@ -33,28 +33,42 @@ def spec(*phases, seeds=(0,), cap=3) -> TuneSpec:
 
 def lookup_from(loss_fn, log=None):
     """A lookup that has every result: loss_fn(values, seed)."""
+
     def lookup(values, seed):
         if log is not None:
             log.append((dict(values), seed))
         return loss_fn(values, seed)
+
     return lookup
 
 
 # ---- parsing and grids --------------------------------------------------------------------------
+
 
 def test_parse_tune_forms():
     assert parse_tune("lr", _CHOICES) == (("lr", None),)
     assert parse_tune("lr,weight_decay", _CHOICES) == (("lr", None), ("weight_decay", None))
     assert parse_tune("lr=0.01,0.02,0.04", _CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
     assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", _CHOICES) == (
-        ("lr", None), ("momentum", None), ("momentum_style", ("heavy_ball", "nesterov")))
+        ("lr", None),
+        ("momentum", None),
+        ("momentum_style", ("heavy_ball", "nesterov")),
+    )
     assert parse_tune("momentum-style", _CHOICES) == (("momentum_style", None),)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("lrr", "did you mean 'lr'"), ("seed", "cannot tune 'seed'"), ("lr,lr", "twice"),
-    ("momentum_style=sideways", "choose from"), ("momentum=1.5", "out of its range"),
-    ("0.01", "neither a knob"), ("", "nothing to tune")])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("lrr", "did you mean 'lr'"),
+        ("seed", "cannot tune 'seed'"),
+        ("lr,lr", "twice"),
+        ("momentum_style=sideways", "choose from"),
+        ("momentum=1.5", "out of its range"),
+        ("0.01", "neither a knob"),
+        ("", "nothing to tune"),
+    ],
+)
 def test_parse_tune_errors(text, words):
     with pytest.raises(ConfigError, match=words):
         parse_tune(text, _CHOICES)
@@ -74,16 +88,20 @@ def test_extend_steps_and_bounds():
     assert extend([0.01, 0.02, 0.04], "lr", upward=True) == 0.08
     assert extend([0.01, 0.02, 0.04], "lr", upward=False) == 0.005
     assert extend([0.8, 0.9, 0.95, 0.98], "momentum", upward=True) is None  # past 1: out of range
-    assert extend([0.8, 0.9, 0.95, 0.98], "momentum", upward=False) == pytest.approx(0.8 * 0.8 / 0.9)
+    assert extend([0.8, 0.9, 0.95, 0.98], "momentum", upward=False) == pytest.approx(
+        0.8 * 0.8 / 0.9
+    )
     assert extend(["heavy_ball", "nesterov"], "momentum_style", upward=True) is None
 
 
 # ---- the coordinate descent ---------------------------------------------------------------------
 
+
 def test_best_interior_value_is_chosen_without_extension():
     losses = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.0, 0.06: 2.5, 0.12: 4.0}
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)),
-                         lookup_from(lambda v, s: losses[v["lr"]]), _CHOICES)
+    state = tune_variant(
+        "v", {"lr": 0.03}, spec(("lr", None)), lookup_from(lambda v, s: losses[v["lr"]]), _CHOICES
+    )
     assert state.done and state.tuned == {"lr": 0.03} and state.at_edge == []
     assert state.phases[0].grid == sorted(losses) and state.phases[0].extensions == 0
 
@@ -97,16 +115,16 @@ def test_edge_grows_the_grid_until_interior():
 
 def test_edge_cap_reports_the_optimum_at_the_edge():
     loss = lambda v, s: -v["lr"]  # always better higher up
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss),
-                         _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss), _CHOICES)
     assert state.tuned == {"lr": 0.48} and state.at_edge == ["lr"]
     assert state.phases[0].extensions == 2
 
 
 def test_downward_extension():
     loss = lambda v, s: v["lr"]
-    state = tune_variant("v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1),
-                         lookup_from(loss), _CHOICES)
+    state = tune_variant(
+        "v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1), lookup_from(loss), _CHOICES
+    )
     assert state.phases[0].grid == [0.005, 0.01, 0.02, 0.04] and state.tuned == {"lr": 0.005}
 
 
@@ -114,11 +132,17 @@ def test_coordinate_descent_order_and_starting_point():
     """Phase 2 runs with phase 1's choice; phase 1 with the variant's own value of later knobs
     (they are not set in its runs)."""
     log = []
+
     def loss(v, s):
         return (v["lr"] - 0.02) ** 2 + (v.get("momentum", 0.95) - 0.9) ** 2
-    state = tune_variant("v", {"lr": 0.02, "momentum": 0.95},
-                         spec(("lr", (0.01, 0.02, 0.04)), ("momentum", None)),
-                         lookup_from(loss, log), _CHOICES)
+
+    state = tune_variant(
+        "v",
+        {"lr": 0.02, "momentum": 0.95},
+        spec(("lr", (0.01, 0.02, 0.04)), ("momentum", None)),
+        lookup_from(loss, log),
+        _CHOICES,
+    )
     assert state.tuned == {"lr": 0.02, "momentum": 0.9}
     phase1 = [v for v, _ in log if "momentum" not in v]
     phase2 = [v for v, _ in log if "momentum" in v]
@@ -130,9 +154,13 @@ def test_coordinate_descent_order_and_starting_point():
 def test_categorical_phase_tries_every_value_in_order():
     styles = {"heavy_ball": 2.0, "nesterov": 1.0, "ema": 3.0}
     loss = lambda v, s: styles[v.get("momentum_style", "heavy_ball")] + abs(v["lr"] - 0.02)
-    state = tune_variant("v", {"lr": 0.02, "momentum_style": "heavy_ball"},
-                         spec(("lr", (0.01, 0.02, 0.04)), ("momentum_style", None)),
-                         lookup_from(loss), _CHOICES)
+    state = tune_variant(
+        "v",
+        {"lr": 0.02, "momentum_style": "heavy_ball"},
+        spec(("lr", (0.01, 0.02, 0.04)), ("momentum_style", None)),
+        lookup_from(loss),
+        _CHOICES,
+    )
     assert state.tuned == {"lr": 0.02, "momentum_style": "nesterov"} and state.at_edge == []
     assert state.phases[1].grid == list(_CHOICES["momentum_style"])
 
@@ -140,19 +168,36 @@ def test_categorical_phase_tries_every_value_in_order():
 def test_ties_are_broken_deterministically():
     """Equal losses: the value nearest the variant's own value, then the smaller one."""
     flat = lookup_from(lambda v, s: 1.0)
-    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, _CHOICES).tuned == \
-        {"lr": 0.03}
+    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, _CHOICES).tuned == {
+        "lr": 0.03
+    }
     two = {0.01: 1.0, 0.02: 0.5, 0.04: 0.5, 0.08: 1.0}
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", tuple(two))),
-                         lookup_from(lambda v, s: two[v["lr"]]), _CHOICES)
+    state = tune_variant(
+        "v",
+        {"lr": 0.03},
+        spec(("lr", tuple(two))),
+        lookup_from(lambda v, s: two[v["lr"]]),
+        _CHOICES,
+    )
     assert state.tuned == {"lr": 0.02}  # 0.02 and 0.04 equally near the middle: the smaller
 
 
 def test_diverged_runs_never_win_and_seeds_are_averaged():
-    table = {(0.01, 0): 2.0, (0.01, 1): 2.2, (0.02, 0): 1.0, (0.02, 1): INF, (0.04, 0): 3.0,
-             (0.04, 1): 3.0}
-    state = tune_variant("v", {"lr": 0.02}, spec(("lr", (0.01, 0.02, 0.04)), seeds=(0, 1), cap=0),
-                         lookup_from(lambda v, s: table[(v["lr"], s)]), _CHOICES)
+    table = {
+        (0.01, 0): 2.0,
+        (0.01, 1): 2.2,
+        (0.02, 0): 1.0,
+        (0.02, 1): INF,
+        (0.04, 0): 3.0,
+        (0.04, 1): 3.0,
+    }
+    state = tune_variant(
+        "v",
+        {"lr": 0.02},
+        spec(("lr", (0.01, 0.02, 0.04)), seeds=(0, 1), cap=0),
+        lookup_from(lambda v, s: table[(v["lr"], s)]),
+        _CHOICES,
+    )
     assert state.tuned == {"lr": 0.01}
     assert state.phases[0].losses[0.01] == pytest.approx(2.1)
     assert state.phases[0].to_dict()["losses"][1] is None  # inf is not JSON: None
@@ -175,22 +220,43 @@ def test_missing_results_pause_the_phase_and_resume_reaches_the_same_decision():
 
 # ---- the runner over recorded summaries ----------------------------------------------------------
 
-def _write_summary(ablation: Ablation, run, loss: float | None, status: str = "completed",
-                   steps: int = 10) -> None:
+
+def _write_summary(
+    ablation: Ablation, run, loss: float | None, status: str = "completed", steps: int = 10
+) -> None:
     d = ablation.run_dir(run)
     d.mkdir(parents=True, exist_ok=True)
-    curve = [{"step": 5, "val_loss": (loss or 0) + 0.5, "seconds": 1.0},
-             {"step": steps, "val_loss": loss, "seconds": 2.0}]
-    (d / "summary.json").write_text(json.dumps({
-        "status": status, "final_val_loss": loss, "best_val_loss": loss, "steps": steps,
-        "curve": curve, "train_seconds": 2.0, "step_ms_median": 10.0, "fwd_bwd_ms_median": 5.0,
-        "opt_ms_median": 5.0, "refresh_ms_median": None, "tokens_per_s": 100.0,
-        "peak_mem_bytes": None}))
+    curve = [
+        {"step": 5, "val_loss": (loss or 0) + 0.5, "seconds": 1.0},
+        {"step": steps, "val_loss": loss, "seconds": 2.0},
+    ]
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": status,
+                "final_val_loss": loss,
+                "best_val_loss": loss,
+                "steps": steps,
+                "curve": curve,
+                "train_seconds": 2.0,
+                "step_ms_median": 10.0,
+                "fwd_bwd_ms_median": 5.0,
+                "opt_ms_median": 5.0,
+                "refresh_ms_median": None,
+                "tokens_per_s": 100.0,
+                "peak_mem_bytes": None,
+            }
+        )
+    )
 
 
 def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1)) -> Ablation:
-    plan = plan_ablation({"alpha": [0.0]}, base={"preset": "tiny"}, seeds=seeds,
-                         tune=tune_spec(parse_tune(tune, _CHOICES)))
+    plan = plan_ablation(
+        {"alpha": [0.0]},
+        base={"preset": "tiny"},
+        seeds=seeds,
+        tune=tune_spec(parse_tune(tune, _CHOICES)),
+    )
     return Ablation(plan, tmp_path / "abl")
 
 
@@ -240,8 +306,9 @@ def test_failed_and_diverged_runs_score_as_worst_and_are_not_retried(tmp_path):
         status = {0.01: "diverged", 0.02: "failed"}.get(run.knobs["lr"], "completed")
         _write_summary(ab, run, None if status != "completed" else 2.0, status)
     states = ab.tuning()
-    assert all(s.phases[0].losses[0.01] == INF and s.phases[0].losses[0.02] == INF
-               for s in states.values())
+    assert all(
+        s.phases[0].losses[0.01] == INF and s.phases[0].losses[0.02] == INF for s in states.values()
+    )
     assert all(r.knobs["lr"] != 0.01 for r in ab.wanted())
 
 
@@ -266,14 +333,17 @@ def test_a_shard_without_runs_of_its_own_reports_what_it_waits_for(tmp_path):
 
 # ---- statistics against hand-computed values ----------------------------------------------------
 
-CURVE = [{"step": 100, "val_loss": 3.0, "seconds": 10.0}, {"step": 200, "val_loss": 2.0, "seconds": 20.0},
-         {"step": 300, "val_loss": 1.5, "seconds": 40.0}]
+CURVE = [
+    {"step": 100, "val_loss": 3.0, "seconds": 10.0},
+    {"step": 200, "val_loss": 2.0, "seconds": 20.0},
+    {"step": 300, "val_loss": 1.5, "seconds": 40.0},
+]
 
 
 def test_steps_to_target_interpolates_between_evaluations():
-    assert steps_to_target(CURVE, 1.75) == (250.0, 30.0)   # halfway from (200, 2.0) to (300, 1.5)
+    assert steps_to_target(CURVE, 1.75) == (250.0, 30.0)  # halfway from (200, 2.0) to (300, 1.5)
     assert steps_to_target(CURVE, 2.75) == (125.0, 12.5)
-    assert steps_to_target(CURVE, 3.5) == (100, 10.0)      # the first evaluation is already there
+    assert steps_to_target(CURVE, 3.5) == (100, 10.0)  # the first evaluation is already there
     assert steps_to_target(CURVE, 1.0) == (None, None)
 
 
@@ -295,10 +365,18 @@ def test_bootstrap_interval_is_the_exact_resampling_extremes():
     """Two runs a side: 4 x 4 equally likely resamples (1/16 each > 2.5%), so the 95% interval's
     ends are the smallest and largest speedups of the full enumeration."""
     base = [1.70, 1.80]
-    curves = [CURVE, [{"step": 100, "val_loss": 2.5, "seconds": 5.0},
-                      {"step": 200, "val_loss": 1.5, "seconds": 15.0}]]
-    values = [speedup(list(b), 300, list(c)) for b in itertools.product(base, repeat=2)
-              for c in itertools.product(curves, repeat=2)]
+    curves = [
+        CURVE,
+        [
+            {"step": 100, "val_loss": 2.5, "seconds": 5.0},
+            {"step": 200, "val_loss": 1.5, "seconds": 15.0},
+        ],
+    ]
+    values = [
+        speedup(list(b), 300, list(c))
+        for b in itertools.product(base, repeat=2)
+        for c in itertools.product(curves, repeat=2)
+    ]
     low, high = bootstrap_ci(base, 300, curves)
     assert low == pytest.approx(min(values)) and high == pytest.approx(max(values))
     assert bootstrap_ci(base, 300, curves) == [low, high]  # fixed seed: the same interval
@@ -307,14 +385,32 @@ def test_bootstrap_interval_is_the_exact_resampling_extremes():
 
 def test_summary_fields_for_the_comparison():
     def rec(variant, seed, loss, curve, base=False):
-        return {"name": f"{variant}-s{seed}", "variant": variant, "knobs": {}, "seed": seed,
-                "is_baseline": base, "status": "completed", "final_val_loss": loss,
-                "best_val_loss": loss, "steps": 300, "curve": curve, "step_ms_median": 1.0,
-                "fwd_bwd_ms_median": None, "opt_ms_median": None, "refresh_ms_median": None,
-                "tokens_per_s": None, "peak_mem_bytes": None}
+        return {
+            "name": f"{variant}-s{seed}",
+            "variant": variant,
+            "knobs": {},
+            "seed": seed,
+            "is_baseline": base,
+            "status": "completed",
+            "final_val_loss": loss,
+            "best_val_loss": loss,
+            "steps": 300,
+            "curve": curve,
+            "step_ms_median": 1.0,
+            "fwd_bwd_ms_median": None,
+            "opt_ms_median": None,
+            "refresh_ms_median": None,
+            "tokens_per_s": None,
+            "peak_mem_bytes": None,
+        }
+
     base_curve = [{"step": 300, "val_loss": 1.75, "seconds": 40.0}]
-    records = [rec("muon", 0, 1.70, base_curve, True), rec("muon", 1, 1.80, base_curve, True),
-               rec("mousse", 0, 1.5, CURVE), rec("mousse", 1, 1.5, CURVE)]
+    records = [
+        rec("muon", 0, 1.70, base_curve, True),
+        rec("muon", 1, 1.80, base_curve, True),
+        rec("mousse", 0, 1.5, CURVE),
+        rec("mousse", 1, 1.5, CURVE),
+    ]
     v = summarize(records)["variants"][1]
     assert v["final_val_loss_mean"] == 1.5 and v["n_seeds"] == 2
     assert v["final_val_loss_std"] == 0.0
@@ -322,17 +418,36 @@ def test_summary_fields_for_the_comparison():
     assert v["speedup_time"] == pytest.approx(40 / 30)
     assert v["p_value"] == pytest.approx(
         __import__("mousse.experiments.results", fromlist=["x"]).welch_t_test(
-            [1.5, 1.5], [1.70, 1.80])["p"])
+            [1.5, 1.5], [1.70, 1.80]
+        )["p"]
+    )
     assert statistics.fmean([1.70, 1.80]) == pytest.approx(1.75)
 
 
 # ---- the command line ----------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
-    args = ["ablate", "--optimizer", "muon", "--no-baseline", "--tune", "lr=0.01,0.02",
-            "--seeds", "2", "--steps", "4", "--eval-every", "2", *FAST,
-            "--ablation-dir", tmp_path / "a", "--max-runs", "40"]
+    args = [
+        "ablate",
+        "--optimizer",
+        "muon",
+        "--no-baseline",
+        "--tune",
+        "lr=0.01,0.02",
+        "--seeds",
+        "2",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+        "--max-runs",
+        "40",
+    ]
     first = invoke_cli(*args)
     assert first.exit_code == 0, first.stderr
     results = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -346,20 +461,49 @@ def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
 
 
 def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
-    dry = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--dry-run",
-                     "--ablation-dir", tmp_path / "a", "--max-runs", "100")
+    dry = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--tune",
+        "lr",
+        "--dry-run",
+        "--ablation-dir",
+        tmp_path / "a",
+        "--max-runs",
+        "100",
+    )
     assert dry.exit_code == 0
     assert "at most 30 runs" in dry.stderr  # 3 variants x (5 + 3 extensions + 2 more seeds)
     assert "0.015/0.03/0.06/0.12/0.24" in dry.stderr  # around tiny's lr 0.06
-    refused = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--dry-run",
-                         "--ablation-dir", tmp_path / "a", "--max-runs", "20")
+    refused = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--tune",
+        "lr",
+        "--dry-run",
+        "--ablation-dir",
+        tmp_path / "a",
+        "--max-runs",
+        "20",
+    )
     assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
 
 
 @pytest.mark.slow
 def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
-    out = invoke_cli("ablate", "--optimizer", "muon", "--no-baseline", "--steps", "2", *FAST,
-                     "--ablation-dir", tmp_path / "a")
+    out = invoke_cli(
+        "ablate",
+        "--optimizer",
+        "muon",
+        "--no-baseline",
+        "--steps",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+    )
     assert out.exit_code == 0
     assert "untuned" in out.stderr and "--tune lr" in out.stderr and "--seeds 3" in out.stderr
 
@@ -367,15 +511,28 @@ def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
 @pytest.mark.slow
 def test_ablate_over_several_presets_reports_per_scale(tmp_path):
     root = tmp_path / "scale"
-    out = invoke_cli("ablate", "--preset", "tiny,small", "--alpha", "0.0", "--steps", "2", *FAST,
-                     "--ablation-dir", root)
+    out = invoke_cli(
+        "ablate",
+        "--preset",
+        "tiny,small",
+        "--alpha",
+        "0.0",
+        "--steps",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        root,
+    )
     assert out.exit_code == 0, out.stderr
     assert "speedup by scale" in out.stderr
-    assert (root / "tiny" / "results.json").is_file() and (root / "small" / "results.json").is_file()
+    assert (root / "tiny" / "results.json").is_file() and (
+        root / "small" / "results.json"
+    ).is_file()
     scale = json.loads((root / "scale.json").read_text())
     assert scale["presets"] == ["tiny", "small"]
     assert {(r["preset"], r["variant"]) for r in scale["rows"]} == {
-        (p, v) for p in ("tiny", "small") for v in ("muon", "mousse", "alpha=0.0")}
+        (p, v) for p in ("tiny", "small") for v in ("muon", "mousse", "alpha=0.0")
+    }
     again = invoke_cli("report", root, "--format", "json")
     assert json.loads(again.stdout)["scale"]["presets"] == ["tiny", "small"]
     (root / "scale.json").unlink()  # per-preset dirs run by separate invocations: found by name
@@ -390,8 +547,10 @@ def test_categorical_phase_resumes_and_shards_like_a_numeric_one(tmp_path):
     and its runs split over shards like any others."""
     ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04,momentum_style=heavy_ball,nesterov")
     style = {"heavy_ball": 0.1, "nesterov": 0.0}
-    loss = lambda run: abs(math.log2(run.knobs["lr"] / 0.02)) + style[
-        run.knobs.get("momentum_style", "heavy_ball")]
+    loss = lambda run: (
+        abs(math.log2(run.knobs["lr"] / 0.02))
+        + style[run.knobs.get("momentum_style", "heavy_ball")]
+    )
     assert all("momentum_style" not in r.knobs for r in ab.wanted())
     _finish_wanted(ab, loss)
     phase2 = Ablation(ab.plan, ab.dir).wanted()  # a fresh process reads phase 1 from disk
@@ -401,8 +560,9 @@ def test_categorical_phase_resumes_and_shards_like_a_numeric_one(tmp_path):
     assert halves[0] | halves[1] == {r.name for r in phase2} and not halves[0] & halves[1]
     while _finish_wanted(ab, loss):
         pass
-    assert all(v["tuned"] == {"lr": 0.02, "momentum_style": "nesterov"}
-               for v in ab.results()["variants"])
+    assert all(
+        v["tuned"] == {"lr": 0.02, "momentum_style": "nesterov"} for v in ab.results()["variants"]
+    )
 
 
 def test_a_plan_freezes_its_grid_centres_against_later_preset_changes(tmp_path, monkeypatch):
@@ -413,7 +573,12 @@ def test_a_plan_freezes_its_grid_centres_against_later_preset_changes(tmp_path, 
     ab = _tuned_ablation(tmp_path, tune="lr")
     first = {r.name for r in ab.wanted()}
     tiny = presets.PRESETS["tiny"]
-    monkeypatch.setitem(presets.PRESETS, "tiny", __import__("dataclasses").replace(
-        tiny, lrs={**tiny.lrs, "mousse": tiny.lrs["mousse"] * 4, "muon": tiny.lrs["muon"] * 4}))
+    monkeypatch.setitem(
+        presets.PRESETS,
+        "tiny",
+        __import__("dataclasses").replace(
+            tiny, lrs={**tiny.lrs, "mousse": tiny.lrs["mousse"] * 4, "muon": tiny.lrs["muon"] * 4}
+        ),
+    )
     assert {r.name for r in Ablation(ab.plan, ab.dir).wanted()} == first
     assert ab.plan.tune["centres"]["mousse"] == {"lr": tiny.lrs["mousse"]}

@@ -25,13 +25,24 @@ LLAMA = str(ROOT / "examples" / "llama.py") + ":llama"
 SMALL = ["--model-config", "d_model=64,n_layers=1"]
 # conftest's FAST without --d-model (the built-in GPT's; --model-config sizes a --model)
 FAST = ["--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2", "--eval-tokens", "4096"]
-SETTINGS = {"model": LLAMA, "model_config": "d_model=64,n_layers=1", "seq_len": 64,
-            "batch_size": 2, "micro_batch_size": 2, "eval_tokens": 4096}
+SETTINGS = {
+    "model": LLAMA,
+    "model_config": "d_model=64,n_layers=1",
+    "seq_len": 64,
+    "batch_size": 2,
+    "micro_batch_size": 2,
+    "eval_tokens": 4096,
+}
 
 
 def test_model_config_values_are_typed():
     assert parse_model_config("d_model=64, lr=1e-3,tied=true,act=gelu,flag=False") == {
-        "d_model": 64, "lr": 0.001, "tied": True, "act": "gelu", "flag": False}
+        "d_model": 64,
+        "lr": 0.001,
+        "tied": True,
+        "act": "gelu",
+        "flag": False,
+    }
     assert parse_model_config(None) == {} and parse_model_config("") == {}
     # recorded canonically (sorted), so an equal setting compares equal on resume
     cfg = resolve({"model": LLAMA, "model_config": "n_layers=1, d_model=64"})
@@ -54,8 +65,22 @@ def test_llama_roles_are_inferred_by_module():
 
 def test_train_records_the_model_and_learns(cli, tmp_path):
     run_dir = tmp_path / "run"
-    res = cli("train", "--model", LLAMA, *SMALL, *FAST, "--steps", "8", "--eval-every", "4",
-              "--optimizer", "muon", "--run-dir", run_dir, "--json")
+    res = cli(
+        "train",
+        "--model",
+        LLAMA,
+        *SMALL,
+        *FAST,
+        "--steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--optimizer",
+        "muon",
+        "--run-dir",
+        run_dir,
+        "--json",
+    )
     assert res.exit_code == 0, res
     out = res.json()
     assert out["status"] == "completed" and out["steps"] == 8
@@ -68,8 +93,12 @@ def test_train_records_the_model_and_learns(cli, tmp_path):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_trains_a_user_model(builtin_data, tmp_path, optimizer):
-    out = Trainer(resolve({**SETTINGS, "optimizer": optimizer, "steps": 3, "eval_every": 3,
-                           "precond_freq": 2}), tmp_path / "run").run()
+    out = Trainer(
+        resolve(
+            {**SETTINGS, "optimizer": optimizer, "steps": 3, "eval_every": 3, "precond_freq": 2}
+        ),
+        tmp_path / "run",
+    ).run()
     assert out["status"] == "completed" and out["final_val_loss"] < 6, out
 
 
@@ -80,9 +109,20 @@ N = 4
 def reference(builtin_data, tmp_path_factory):
     """A 2N-step Mousse run of the Llama with checkpoints at N and 2N."""
     run_dir = tmp_path_factory.mktemp("llama") / "run"
-    out = Trainer(resolve({**SETTINGS, "steps": 2 * N, "eval_every": N, "checkpoint_every": N,
-                           "log_every": 1, "keep_checkpoints": 5, "precond_freq": 3}),
-                  run_dir).run()
+    out = Trainer(
+        resolve(
+            {
+                **SETTINGS,
+                "steps": 2 * N,
+                "eval_every": N,
+                "checkpoint_every": N,
+                "log_every": 1,
+                "keep_checkpoints": 5,
+                "precond_freq": 3,
+            }
+        ),
+        run_dir,
+    ).run()
     assert out["status"] == "completed"
     return run_dir
 
@@ -105,13 +145,22 @@ def test_resume_is_bit_exact(cli, reference, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--model-config", "d_model=32,n_layers=1"], ["--model-config", "d_model=64,n_layers=1"]),
-    (["--model", f"{ROOT / 'examples' / 'llama.py'}:Llama"], ["--model", "llama.py:llama"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model-config", "d_model=32,n_layers=1"], ["--model-config", "d_model=64,n_layers=1"]),
+        (["--model", f"{ROOT / 'examples' / 'llama.py'}:Llama"], ["--model", "llama.py:llama"]),
+    ],
+)
 def test_resume_refuses_another_model(cli, reference, tmp_path, args, needles):
-    res = cli("train", "--resume", reference / "checkpoints" / f"step-{N}", "--run-dir",
-              tmp_path / "x", *args)
+    res = cli(
+        "train",
+        "--resume",
+        reference / "checkpoints" / f"step-{N}",
+        "--run-dir",
+        tmp_path / "x",
+        *args,
+    )
     assert_one_line_error(res, *needles, "new run")
 
 
@@ -125,10 +174,13 @@ def test_resume_of_a_gpt_run_refuses_a_model(cli, tmp_path):
 
 def test_ablate_two_optimizers_on_a_user_model_from_a_spec(cli, tmp_path):
     spec, adir = tmp_path / "spec.toml", tmp_path / "ab"
-    spec.write_text(f'[base]\nmodel = "{LLAMA}"\nmodel_config = "d_model=64,n_layers=1"\n'
-                    '[sweep]\noptimizer = ["muon", "mousse"]\n')
-    res = cli("ablate", spec, *FAST, "--steps", "4", "--eval-every", "2", "--ablation-dir", adir,
-              "--json")
+    spec.write_text(
+        f'[base]\nmodel = "{LLAMA}"\nmodel_config = "d_model=64,n_layers=1"\n'
+        '[sweep]\noptimizer = ["muon", "mousse"]\n'
+    )
+    res = cli(
+        "ablate", spec, *FAST, "--steps", "4", "--eval-every", "2", "--ablation-dir", adir, "--json"
+    )
     assert res.exit_code == 0, res
     runs = res.json()["runs"]
     assert sorted(r["name"] for r in runs) == ["mousse", "muon"]
@@ -146,8 +198,18 @@ def test_cost_estimate_and_bench_shapes_use_the_model(builtin_data):
 
 
 def test_bench_command_takes_the_model(cli):
-    res = cli("bench", "--preset", "tiny", "--model", LLAMA, "--model-config",
-              "d_model=64,n_layers=1", "--repeats", "1", "--json")
+    res = cli(
+        "bench",
+        "--preset",
+        "tiny",
+        "--model",
+        LLAMA,
+        "--model-config",
+        "d_model=64,n_layers=1",
+        "--repeats",
+        "1",
+        "--json",
+    )
     assert res.exit_code == 0, res
     assert {tuple(s["shape"]) for s in res.json()["shapes"]} == {(64, 64), (192, 64), (64, 192)}
 
@@ -157,30 +219,38 @@ def test_bench_command_takes_the_model(cli):
 BAD_MODELS = {
     "not_callable.py": "make = 3\n",
     "not_module.py": "def make(vocab_size, seq_len):\n    return 3\n",
-    "bad_shape.py": ("from torch import nn\n"
-                     "def make(vocab_size, seq_len):\n    return nn.Embedding(vocab_size, 8)\n"),
-    "bad_output.py": ("from torch import nn\nclass M(nn.Module):\n"
-                      "    def __init__(self, v):\n        super().__init__()\n"
-                      "        self.e = nn.Embedding(v, v)\n"
-                      "    def forward(self, idx):\n        return self.e(idx), None\n"
-                      "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"),
+    "bad_shape.py": (
+        "from torch import nn\n"
+        "def make(vocab_size, seq_len):\n    return nn.Embedding(vocab_size, 8)\n"
+    ),
+    "bad_output.py": (
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, v)\n"
+        "    def forward(self, idx):\n        return self.e(idx), None\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    ),
     "no_seq_len.py": "def make(vocab_size):\n    return None\n",
     "crashes.py": "def make(vocab_size, seq_len):\n    raise RuntimeError('out of ideas')\n",
     "syntax.py": "def make(vocab_size, seq_len)\n    pass\n",
-    "unknown_role.py": ("import torch\nfrom torch import nn\nclass M(nn.Module):\n"
-                        "    def __init__(self, v):\n        super().__init__()\n"
-                        "        self.e = nn.Embedding(v, 8)\n"
-                        "        self.pos = nn.Parameter(torch.zeros(16, 8))\n"
-                        "        self.out = nn.Linear(8, v)\n"
-                        "    def forward(self, idx):\n"
-                        "        return self.out(self.e(idx) + self.pos[:idx.shape[1]])\n"
-                        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"),
-    "bad_roles.py": ("from torch import nn\nclass M(nn.Module):\n"
-                     "    def __init__(self, v):\n        super().__init__()\n"
-                     "        self.e = nn.Embedding(v, v)\n"
-                     "    def forward(self, idx):\n        return self.e(idx)\n"
-                     "    def param_roles(self):\n        return {}\n"
-                     "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"),
+    "unknown_role.py": (
+        "import torch\nfrom torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, 8)\n"
+        "        self.pos = nn.Parameter(torch.zeros(16, 8))\n"
+        "        self.out = nn.Linear(8, v)\n"
+        "    def forward(self, idx):\n"
+        "        return self.out(self.e(idx) + self.pos[:idx.shape[1]])\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    ),
+    "bad_roles.py": (
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, v)\n"
+        "    def forward(self, idx):\n        return self.e(idx)\n"
+        "    def param_roles(self):\n        return {}\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    ),
 }
 
 
@@ -192,28 +262,33 @@ def bad_models(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--model", "no_such_module_xyz:make"], ["no module 'no_such_module_xyz'"]),
-    (["--model", "missing/model.py:make"], ["file not found: missing/model.py"]),
-    (["--model", f"{LLAMA[:-6]}:lama"], ["has no 'lama'", "did you mean 'llama'"]),
-    (["--model", "llama"], ["MODULE:FUNCTION", "hf:ARCH"]),
-    (["--model", "{dir}/not_callable.py:make"], ["not callable"]),
-    (["--model", "{dir}/not_module.py:make"], ["returned type int, not a torch.nn.Module"]),
-    (["--model", "{dir}/bad_shape.py:make"], ["shape (1, 2, 8)", "(1, 2, 256)"]),
-    (["--model", "{dir}/bad_output.py:make"], ["returned type tuple", "logits"]),
-    (["--model", "{dir}/no_seq_len.py:make"], ["takes no argument 'seq_len'", "keywords"]),
-    (["--model", "{dir}/crashes.py:make"], ["RuntimeError: out of ideas", "crashes.py:2"]),
-    (["--model", "{dir}/syntax.py:make"], ["SyntaxError", "syntax.py:1"]),
-    (["--model", "{dir}/unknown_role.py:make"],
-     ["role of 'pos'", "param_roles()", "e.weight=embedding"]),
-    (["--model", "{dir}/bad_roles.py:make"], ["gives 'e.weight' no role"]),
-    (["--model", LLAMA, "--model-config", "d_model"], ["not key=value"]),
-    (["--model", LLAMA, "--model-config", "d_modl=64"], ["no argument 'd_modl'", "'d_model'"]),
-    (["--model", LLAMA, "--model-config", "seq_len=8"], ["--seq-len"]),
-    (["--model", LLAMA, "--model-config", "n_heads=3"], ["ValueError", "3 heads"]),
-    (["--model", LLAMA, "--d-model", "64"], ["--d-model shapes the built-in GPT"]),
-    (["--model-config", "d_model=64"], ["pass --model too"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model", "no_such_module_xyz:make"], ["no module 'no_such_module_xyz'"]),
+        (["--model", "missing/model.py:make"], ["file not found: missing/model.py"]),
+        (["--model", f"{LLAMA[:-6]}:lama"], ["has no 'lama'", "did you mean 'llama'"]),
+        (["--model", "llama"], ["MODULE:FUNCTION", "hf:ARCH"]),
+        (["--model", "{dir}/not_callable.py:make"], ["not callable"]),
+        (["--model", "{dir}/not_module.py:make"], ["returned type int, not a torch.nn.Module"]),
+        (["--model", "{dir}/bad_shape.py:make"], ["shape (1, 2, 8)", "(1, 2, 256)"]),
+        (["--model", "{dir}/bad_output.py:make"], ["returned type tuple", "logits"]),
+        (["--model", "{dir}/no_seq_len.py:make"], ["takes no argument 'seq_len'", "keywords"]),
+        (["--model", "{dir}/crashes.py:make"], ["RuntimeError: out of ideas", "crashes.py:2"]),
+        (["--model", "{dir}/syntax.py:make"], ["SyntaxError", "syntax.py:1"]),
+        (
+            ["--model", "{dir}/unknown_role.py:make"],
+            ["role of 'pos'", "param_roles()", "e.weight=embedding"],
+        ),
+        (["--model", "{dir}/bad_roles.py:make"], ["gives 'e.weight' no role"]),
+        (["--model", LLAMA, "--model-config", "d_model"], ["not key=value"]),
+        (["--model", LLAMA, "--model-config", "d_modl=64"], ["no argument 'd_modl'", "'d_model'"]),
+        (["--model", LLAMA, "--model-config", "seq_len=8"], ["--seq-len"]),
+        (["--model", LLAMA, "--model-config", "n_heads=3"], ["ValueError", "3 heads"]),
+        (["--model", LLAMA, "--d-model", "64"], ["--d-model shapes the built-in GPT"]),
+        (["--model-config", "d_model=64"], ["pass --model too"]),
+    ],
+)
 def test_bad_model_is_one_line(cli, bad_models, tmp_path, args, needles):
     args = [a.replace("{dir}", str(bad_models)) for a in args]
     res = cli("train", *args, *FAST, "--steps", "1", "--run-dir", tmp_path / "run")
@@ -229,22 +304,38 @@ def test_missing_hf_extra_names_the_install(cli, monkeypatch, tmp_path):
 
 # ---- Hugging Face --------------------------------------------------------------------------------
 
-HF_TINY = {"llama": "hidden_size=32,intermediate_size=64,num_hidden_layers=1,"
-                    "num_attention_heads=2,num_key_value_heads=2",
-           "gpt2": "n_embd=32,n_layer=1,n_head=2"}
+HF_TINY = {
+    "llama": "hidden_size=32,intermediate_size=64,num_hidden_layers=1,"
+    "num_attention_heads=2,num_key_value_heads=2",
+    "gpt2": "n_embd=32,n_layer=1,n_head=2",
+}
 
 
 @pytest.mark.parametrize("arch", HF_TINY)
 def test_hf_architectures_train_and_resume(cli, tmp_path, arch):
     pytest.importorskip("transformers")
     run_dir = tmp_path / arch
-    args = ["--model", f"hf:{arch}", "--model-config", HF_TINY[arch], *FAST, "--steps", "4",
-            "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "1"]
+    args = [
+        "--model",
+        f"hf:{arch}",
+        "--model-config",
+        HF_TINY[arch],
+        *FAST,
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+    ]
     res = cli("train", *args, "--run-dir", run_dir, "--json")
     assert res.exit_code == 0, res
     assert res.json()["status"] == "completed"
-    roles = build_model(resolve({"model": f"hf:{arch}", "model_config": HF_TINY[arch]}),
-                        256).param_roles()
+    roles = build_model(
+        resolve({"model": f"hf:{arch}", "model_config": HF_TINY[arch]}), 256
+    ).param_roles()
     embeddings = [n for n, r in roles.items() if r == "embedding"]
     assert embeddings and any(r == "matrix" for r in roles.values())
     # gpt2 ties its head to the embedding: one tensor, an embedding; llama's head is its own
@@ -255,10 +346,13 @@ def test_hf_architectures_train_and_resume(cli, tmp_path, arch):
     assert train_losses(resumed) == {s: v for s, v in train_losses(run_dir).items() if s > 2}
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--model", "hf:lama"], ["not a causal LM architecture", "did you mean 'llama'"]),
-    (["--model", "hf:gpt2", "--model-config", "n_embed=32"], ["no such setting", "'n_embd'"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model", "hf:lama"], ["not a causal LM architecture", "did you mean 'llama'"]),
+        (["--model", "hf:gpt2", "--model-config", "n_embed=32"], ["no such setting", "'n_embd'"]),
+    ],
+)
 def test_hf_bad_input_is_one_line(cli, tmp_path, args, needles):
     pytest.importorskip("transformers")
     res = cli("train", *args, *FAST, "--steps", "1", "--run-dir", tmp_path / "run")

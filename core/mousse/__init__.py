@@ -6,20 +6,33 @@ Layers, each importing only the ones before it: `mousse.optim` (the optimizer fa
 """
 
 from mousse.optim import (
-                          SOAP,
-                          TNT,
-                          CombinedOptimizer,
-                          KroneckerOptimizer,
-                          Lion,
-                          Mousse,
-                          Muon,
-                          Route,
-                          Shampoo,
-                          SpecGD,
-                          SPlus,
-                          build_optimizer,
+    SOAP,
+    TNT,
+    CombinedOptimizer,
+    KroneckerOptimizer,
+    Lion,
+    Mousse,
+    Muon,
+    Route,
+    Shampoo,
+    SpecGD,
+    SPlus,
+    build_optimizer,
 )
 
 __version__ = "0.1.0"
-__all__ = ["SOAP", "TNT", "CombinedOptimizer", "KroneckerOptimizer", "Lion", "Mousse", "Muon",
-           "Route", "Shampoo", "SPlus", "SpecGD", "build_optimizer", "__version__"]
+__all__ = [
+    "SOAP",
+    "TNT",
+    "CombinedOptimizer",
+    "KroneckerOptimizer",
+    "Lion",
+    "Mousse",
+    "Muon",
+    "Route",
+    "Shampoo",
+    "SPlus",
+    "SpecGD",
+    "build_optimizer",
+    "__version__",
+]

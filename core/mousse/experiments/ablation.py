@@ -43,8 +43,12 @@ SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
 TUNE_KEYS = ("knobs", "seeds", "max_extensions")
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
-_CHOICES = {"optimizer": config.OPTIMIZERS, "scalar_optimizer": config.SCALAR_OPTIMIZERS,
-            "device": config.DEVICES, **optim.CHOICES}
+_CHOICES = {
+    "optimizer": config.OPTIMIZERS,
+    "scalar_optimizer": config.SCALAR_OPTIMIZERS,
+    "device": config.DEVICES,
+    **optim.CHOICES,
+}
 _DEFAULTS = TrainConfig().to_dict()
 _FIELDS = list(FIELD_TYPES)
 
@@ -83,20 +87,48 @@ class AblationPlan:
         return f"ablate-{label}-{self.plan_id()}"
 
     def to_dict(self) -> dict:
-        out = {"mode": self.mode, "seeds": list(self.seeds), "baseline": self.baseline,
-               "base": dict(self.base), "sweeps": {k: list(v) for k, v in self.sweeps.items()},
-               "runs": [{"name": r.name, "variant": r.variant, "seed": r.seed,
-                         "is_baseline": r.is_baseline, "knobs": dict(r.knobs)} for r in self.runs]}
+        out = {
+            "mode": self.mode,
+            "seeds": list(self.seeds),
+            "baseline": self.baseline,
+            "base": dict(self.base),
+            "sweeps": {k: list(v) for k, v in self.sweeps.items()},
+            "runs": [
+                {
+                    "name": r.name,
+                    "variant": r.variant,
+                    "seed": r.seed,
+                    "is_baseline": r.is_baseline,
+                    "knobs": dict(r.knobs),
+                }
+                for r in self.runs
+            ],
+        }
         if self.tune is not None:
             out["tune"] = self.tune
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> AblationPlan:
-        runs = [RunSpec(r["name"], r["variant"], dict(r.get("knobs", {})), r["seed"],
-                        r.get("is_baseline", False)) for r in data["runs"]]
-        return cls(dict(data.get("base", {})), {k: list(v) for k, v in data["sweeps"].items()},
-                   data["mode"], list(data["seeds"]), data["baseline"], runs, data.get("tune"))
+        runs = [
+            RunSpec(
+                r["name"],
+                r["variant"],
+                dict(r.get("knobs", {})),
+                r["seed"],
+                r.get("is_baseline", False),
+            )
+            for r in data["runs"]
+        ]
+        return cls(
+            dict(data.get("base", {})),
+            {k: list(v) for k, v in data["sweeps"].items()},
+            data["mode"],
+            list(data["seeds"]),
+            data["baseline"],
+            runs,
+            data.get("tune"),
+        )
 
     @property
     def variants(self) -> dict[str, RunSpec]:
@@ -143,8 +175,10 @@ def _sweeps(table: dict) -> dict:
     for knob, values in table.items():
         key = _check_knob(knob)
         if key in VIEW_SETTINGS:
-            raise ConfigError(f"'{key}' sets where every run is shown, not a variant; set it in "
-                              f"[base] or with --{key}, not as a sweep")
+            raise ConfigError(
+                f"'{key}' sets where every run is shown, not a variant; set it in "
+                f"[base] or with --{key}, not as a sweep"
+            )
         if not isinstance(values, (list, tuple)):
             raise ConfigError(f"sweep '{knob}' must be a list of values, e.g. {key} = [...]")
         out[key] = _sweep_values(key, values)
@@ -153,8 +187,9 @@ def _sweeps(table: dict) -> dict:
 
 def _check_mode(mode) -> str:
     if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}{closest(str(mode), MODES)}; "
-                          f"choose one of {', '.join(MODES)}")
+        raise ConfigError(
+            f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
+        )
     return mode
 
 
@@ -176,8 +211,12 @@ def _seed_list(value) -> list[int]:
     """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
-    if isinstance(value, int) and value > MAX_SEEDS or not isinstance(value, int) and \
-            len(value) > MAX_SEEDS:
+    if (
+        isinstance(value, int)
+        and value > MAX_SEEDS
+        or not isinstance(value, int)
+        and len(value) > MAX_SEEDS
+    ):
         raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
     seeds = list(range(value)) if isinstance(value, int) else list(value)
     if any(isinstance(s, int) and not 0 <= s < 2**63 for s in seeds):
@@ -192,7 +231,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         value = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
     except ValueError:
-        raise ConfigError(f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7") from None
+        raise ConfigError(
+            f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7"
+        ) from None
     return _seed_list(value)
 
 
@@ -222,8 +263,9 @@ def _reference(optimizer: str, base: dict) -> dict:
     return {**_DEFAULTS, **knobs, **base}
 
 
-def _used(knob: str, value, reference, optimizer: str, own_sides: str | None,
-          run_sides: str | None) -> bool:
+def _used(
+    knob: str, value, reference, optimizer: str, own_sides: str | None, run_sides: str | None
+) -> bool:
     """Whether setting `knob` to `value` (from `reference`) can change a run of `optimizer`:
     AdamW uses only lr and weight_decay of the family's knobs; an optimizer that preconditions no
     side (`own_sides`, from its recipe and the base: Muon, SpecGD) ignores `sides`, and a run that
@@ -249,12 +291,21 @@ def _effective(assignment: dict, base: dict) -> dict:
     changed = {k: v for k, v in assignment.items() if v != reference[k]}
     own_sides = reference["sides"]
     run_sides = changed.get("sides", own_sides) if own_sides != "none" else "none"
-    return {k: v for k, v in changed.items()
-            if _used(k, v, reference[k], optimizer, own_sides, run_sides)}
+    return {
+        k: v
+        for k, v in changed.items()
+        if _used(k, v, reference[k], optimizer, own_sides, run_sides)
+    }
 
 
-def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-time",
-                  seeds=(0,), baseline: bool = True, tune: dict | None = None) -> AblationPlan:
+def plan_ablation(
+    sweeps: dict,
+    base: dict | None = None,
+    mode: str = "one-at-a-time",
+    seeds=(0,),
+    baseline: bool = True,
+    tune: dict | None = None,
+) -> AblationPlan:
     """Expand sweeps into runs.
 
     one-at-a-time: the centre configuration plus, for each knob, each listed value with every other
@@ -290,12 +341,25 @@ def plan_ablation(sweeps: dict, base: dict | None = None, mode: str = "one-at-a-
         variants[name] = knobs
     baseline_knobs = _effective(BASELINE_KNOBS, base) if baseline else None
 
-    runs = [RunSpec(f"{name}-s{seed}" if len(seeds) > 1 else name, name, dict(knobs), seed,
-                    knobs == baseline_knobs)
-            for seed in seeds for name, knobs in variants.items()]
+    runs = [
+        RunSpec(
+            f"{name}-s{seed}" if len(seeds) > 1 else name,
+            name,
+            dict(knobs),
+            seed,
+            knobs == baseline_knobs,
+        )
+        for seed in seeds
+        for name, knobs in variants.items()
+    ]
     if tune is not None:  # freeze each variant's default-grid centres: a later preset change
-        tune = {**tune, "centres": {  # must not change what an ablation dir replays
-            name: _centres(base, knobs, seeds[0], tune["knobs"]) for name, knobs in variants.items()}}
+        tune = {
+            **tune,
+            "centres": {  # must not change what an ablation dir replays
+                name: _centres(base, knobs, seeds[0], tune["knobs"])
+                for name, knobs in variants.items()
+            },
+        }
     return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
 
 
@@ -311,8 +375,10 @@ def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) 
     count = len(plan.runs) if count is None else count
     if count > max_runs:
         what = "up to " if plan.tune else ""
-        raise ConfigError(f"the plan has {what}{count} runs, more than --max-runs {max_runs}; pass a "
-                          f"larger --max-runs (e.g. --max-runs {count}) or sweep fewer values")
+        raise ConfigError(
+            f"the plan has {what}{count} runs, more than --max-runs {max_runs}; pass a "
+            f"larger --max-runs (e.g. --max-runs {count}) or sweep fewer values"
+        )
 
 
 def load_spec(path: str | Path) -> dict:
@@ -325,14 +391,18 @@ def load_spec(path: str | Path) -> dict:
     try:
         for key in raw:
             if key not in SPEC_KEYS:
-                raise ConfigError(f"unknown key '{key}'{closest(key, SPEC_KEYS)}; "
-                                  f"valid keys: {', '.join(SPEC_KEYS)}")
+                raise ConfigError(
+                    f"unknown key '{key}'{closest(key, SPEC_KEYS)}; "
+                    f"valid keys: {', '.join(SPEC_KEYS)}"
+                )
         for key in ("base", "sweep"):
             if not isinstance(raw.get(key, {}), dict):
                 raise ConfigError(f"'{key}' must be a table ([{key}])")
         sweep = raw.get("sweep", {})
         if not sweep:
-            raise ConfigError("empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]")
+            raise ConfigError(
+                "empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]"
+            )
         spec: dict = {"sweeps": _sweeps(sweep)}
         if "base" in raw:
             base = dict(raw["base"])
@@ -368,11 +438,17 @@ def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
     """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
     from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
 
-    if max_extensions is not None and (isinstance(max_extensions, bool)
-                                       or not isinstance(max_extensions, int) or max_extensions < 0):
+    if max_extensions is not None and (
+        isinstance(max_extensions, bool)
+        or not isinstance(max_extensions, int)
+        or max_extensions < 0
+    ):
         raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
-    spec = TuneSpec(check_phases(phases, _CHOICES), tuple(_seed_list(seeds)),
-                    MAX_EXTENSIONS if max_extensions is None else max_extensions)
+    spec = TuneSpec(
+        check_phases(phases, _CHOICES),
+        tuple(_seed_list(seeds)),
+        MAX_EXTENSIONS if max_extensions is None else max_extensions,
+    )
     return spec.to_dict()
 
 
@@ -383,11 +459,12 @@ def _tune_table(table) -> dict:
         raise ConfigError("'tune' must be a table ([tune]) with knobs = [\"lr\", ...]")
     knobs = table.get("knobs")
     if not isinstance(knobs, list) or not knobs:
-        raise ConfigError("[tune] needs knobs = [\"lr\", ...]: the knobs to tune, in order")
+        raise ConfigError('[tune] needs knobs = ["lr", ...]: the knobs to tune, in order')
     extra = [k for k in table if k not in TUNE_KEYS and k not in knobs]
     if extra:
-        raise ConfigError(f"[tune] has '{extra[0]}', which is not a tuned knob or one of "
-                          f"{', '.join(TUNE_KEYS)}")
+        raise ConfigError(
+            f"[tune] has '{extra[0]}', which is not a tuned knob or one of {', '.join(TUNE_KEYS)}"
+        )
     phases = [(k, table[k] if isinstance(table.get(k), list) else None) for k in knobs]
     return tune_spec(phases, table.get("seeds", 1), table.get("max_extensions"))
 
@@ -395,7 +472,7 @@ def _tune_table(table) -> dict:
 def shard_runs(runs: list, shard: str) -> list:
     """Runs of shard 'i/n' (1-based), round-robin so each shard gets a mix of variants."""
     i, n = parse_shard(shard)
-    return runs[i - 1::n]
+    return runs[i - 1 :: n]
 
 
 def in_shard(name: str, shard: tuple[int, int]) -> bool:

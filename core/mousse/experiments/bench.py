@@ -39,7 +39,9 @@ OPTIMIZERS: dict[str, Callable] = {
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
     "torch_muon": lambda ps: torch.optim.Muon(ps, lr=LR),
     "muon": lambda ps: Muon(ps, lr=LR),
-    "muon_bf16": lambda ps: Muon(ps, lr=LR, ns_dtype=torch.bfloat16),  # torch.optim.Muon's precision
+    "muon_bf16": lambda ps: Muon(
+        ps, lr=LR, ns_dtype=torch.bfloat16
+    ),  # torch.optim.Muon's precision
     "mousse_both_f1": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=1),
     "mousse_both_f10": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10),
     "mousse_left_f1": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=1),
@@ -56,14 +58,17 @@ OPTIMIZERS: dict[str, Callable] = {
 # With compile=True: the same steps under torch.compile (`compiled=True`; compiled during warm-up)
 COMPILED = {
     "muon_compiled": lambda ps: Muon(ps, lr=LR, compiled=True),
-    "mousse_both_f10_compiled": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10,
-                                                  compiled=True),
+    "mousse_both_f10_compiled": lambda ps: Mousse(
+        ps, lr=LR, sides="both", precond_freq=10, compiled=True
+    ),
 }
 # The issue's targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
 # muon_bf16 is the like-for-like Muon row: torch.optim.Muon iterates in bf16 on every device.
-TARGETS = {"mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
-           "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0),
-           "muon_bf16_vs_torch_muon": ("muon_bf16", "torch_muon", 1.0, 1.0)}
+TARGETS = {
+    "mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
+    "muon_vs_torch_muon": ("muon", "torch_muon", 1.0, 1.0),
+    "muon_bf16_vs_torch_muon": ("muon_bf16", "torch_muon", 1.0, 1.0),
+}
 
 
 def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, int], int]:
@@ -85,11 +90,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        model = [line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        model = [
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
     except OSError:
         model = []
-    return model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
+    return (
+        model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -113,20 +123,29 @@ def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
 def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     """(state bytes, derived-cache bytes) of an optimizer, from its actual tensors. Mousse's
     per-parameter state entries are views that tile its stacked buffers, so their sizes add up."""
-    state = sum(v.nbytes for st in opt.state.values() for v in st.values()
-                if isinstance(v, torch.Tensor))
-    cached = {id(t): t for group in getattr(opt, "_buckets", None) or [] for b in group
-              for k, t in b.state.items() if k.startswith("P_")}  # P_post may be P itself
+    state = sum(
+        v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
+    cached = {
+        id(t): t
+        for group in getattr(opt, "_buckets", None) or []
+        for b in group
+        for k, t in b.state.items()
+        if k.startswith("P_")
+    }  # P_post may be P itself
     return state, sum(t.nbytes for t in cached.values())
 
 
-def bench_steps(shapes: dict, device: torch.device, repeats: int,
-                compiled: bool = False) -> tuple[dict, dict, tuple]:
+def bench_steps(
+    shapes: dict, device: torch.device, repeats: int, compiled: bool = False
+) -> tuple[dict, dict, tuple]:
     """Per-step ms of every optimizer in OPTIMIZERS (and COMPILED with `compiled`; amortized over
     CYCLE steps), state and cache bytes, and the Mousse-both optimizer whose factors the refresh
     timing reuses."""
     g = torch.Generator().manual_seed(0)
-    master = [torch.randn(s, generator=g) / s[1] ** 0.5 for s, c in shapes.items() for _ in range(c)]
+    master = [
+        torch.randn(s, generator=g) / s[1] ** 0.5 for s, c in shapes.items() for _ in range(c)
+    ]
     pool = [[torch.randn(p.shape, generator=g).to(device) for p in master] for _ in range(3)]
     runs = {}
     for name, make in {**OPTIMIZERS, **(COMPILED if compiled else {})}.items():
@@ -164,13 +183,26 @@ def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int)
         sides = []
         for F, lam, Q, other in (("L", "lam_L", "Q_L", shape[1]), ("R", "lam_R", "Q_R", shape[0])):
             stack = {k: torch.stack([st[k] for st in states]) for k in (F, lam, Q)}
-            factor = pc.normalized(stack[F], step, group["precond_beta"],
-                                   group["bias_correction"], group["factor_norm"], other)
+            factor = pc.normalized(
+                stack[F],
+                step,
+                group["precond_beta"],
+                group["bias_correction"],
+                group["factor_norm"],
+                other,
+            )
             sides.append((factor, stack[lam], stack[Q]))
-        out[shape] = {method: _median_ms(
-            lambda m=method: [pc.refresh(f, lam, Q, group["eps"], f.dtype, m, group["eig_floor"])
-                              for f, lam, Q in sides],
-            device, repeats) for method in pc.REFRESHES}
+        out[shape] = {
+            method: _median_ms(
+                lambda m=method: [
+                    pc.refresh(f, lam, Q, group["eps"], f.dtype, m, group["eig_floor"])
+                    for f, lam, Q in sides
+                ],
+                device,
+                repeats,
+            )
+            for method in pc.REFRESHES
+        }
     return out
 
 
@@ -199,8 +231,11 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
         X = torch.randn(count, m, n, device=device)
         ms = _median_ms(lambda: orthogonalize(X, "you5", 5, dtype), device, repeats)
         tflops = count * ns_flops(m, n) / (ms / 1000) / 1e12
-        out[(m, n)] = {"ns_ms": ms, "ns_tflops": tflops,
-                       "ns_pct_peak": 100 * tflops * 1e12 / peak if peak else None}
+        out[(m, n)] = {
+            "ns_ms": ms,
+            "ns_tflops": tflops,
+            "ns_pct_peak": 100 * tflops * 1e12 / peak if peak else None,
+        }
     return out
 
 
@@ -208,8 +243,9 @@ KERNEL_SIZES = (1024, 2048, 3072, 4096, 8192)
 POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
 
 
-def bench_kernels(device: torch.device, repeats: int, sizes=KERNEL_SIZES,
-                  dtype: torch.dtype = torch.bfloat16) -> dict:
+def bench_kernels(
+    device: torch.device, repeats: int, sizes=KERNEL_SIZES, dtype: torch.dtype = torch.bfloat16
+) -> dict:
     """Each Triton kernel against the torch op it replaces, per size m (one m x m input), in
     `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
     size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
@@ -219,20 +255,38 @@ def bench_kernels(device: torch.device, repeats: int, sizes=KERNEL_SIZES,
     for m in sizes:
         X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
         A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
-        ops = {"gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
-               "poly": (A, lambda: kernels.sym_poly(A, b, c),
-                        lambda: torch.baddbmm(A, A, A, beta=b, alpha=c))}
+        ops = {
+            "gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
+            "poly": (
+                A,
+                lambda: kernels.sym_poly(A, b, c),
+                lambda: torch.baddbmm(A, A, A, beta=b, alpha=c),
+            ),
+        }
         for op, (inp, kernel, reference) in ops.items():
             kernel_ms = _median_ms(kernel, device, repeats)
             torch_ms = _median_ms(reference, device, repeats)
-            rows.append({"op": op, "size": m, "kernel_ms": kernel_ms, "torch_ms": torch_ms,
-                         "speedup": torch_ms / kernel_ms, "dispatched": kernels.use_triton(inp, op)})
-    return {"dtype": str(dtype).removeprefix("torch."), "rows": rows,
-            "measured_min_dim": {op: measured_min_dim([r for r in rows if r["op"] == op])
-                                 for op in kernels.MIN_DIM},
-            "min_dim": {op: kernels.min_dim(op) for op in kernels.MIN_DIM},
-            "dispatched_where_slower": [f"{r['op']} {r['size']}" for r in rows
-                                        if r["dispatched"] and r["speedup"] < 1]}
+            rows.append(
+                {
+                    "op": op,
+                    "size": m,
+                    "kernel_ms": kernel_ms,
+                    "torch_ms": torch_ms,
+                    "speedup": torch_ms / kernel_ms,
+                    "dispatched": kernels.use_triton(inp, op),
+                }
+            )
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "rows": rows,
+        "measured_min_dim": {
+            op: measured_min_dim([r for r in rows if r["op"] == op]) for op in kernels.MIN_DIM
+        },
+        "min_dim": {op: kernels.min_dim(op) for op in kernels.MIN_DIM},
+        "dispatched_where_slower": [
+            f"{r['op']} {r['size']}" for r in rows if r["dispatched"] and r["speedup"] < 1
+        ],
+    }
 
 
 def measured_min_dim(rows: list[dict]) -> int | None:
@@ -246,8 +300,9 @@ def measured_min_dim(rows: list[dict]) -> int | None:
     return best
 
 
-def bench_train(preset: str, device: str, steps: int, compiled: bool = False,
-                model: dict | None = None) -> dict:
+def bench_train(
+    preset: str, device: str, steps: int, compiled: bool = False, model: dict | None = None
+) -> dict:
     """Full training steps (Trainer, builtin data, temp run dir), Muon vs Mousse: step ms over
     `steps` steps after a first, untimed one (which compiles, with `compiled`: model and
     optimizer, as `mousse train --compile`). With steps a multiple of precond_freq (10) the
@@ -257,9 +312,19 @@ def bench_train(preset: str, device: str, steps: int, compiled: bool = False,
 
     out = {"steps": steps, "compiled": compiled}
     for optimizer in ("muon", "mousse"):
-        cfg = resolve({**(model or {}), "preset": preset, "optimizer": optimizer,
-                       "steps": steps + 1, "device": device, "log_every": 1,
-                       "eval_every": steps + 1, "eval_tokens": 1, "compile": compiled})
+        cfg = resolve(
+            {
+                **(model or {}),
+                "preset": preset,
+                "optimizer": optimizer,
+                "steps": steps + 1,
+                "device": device,
+                "log_every": 1,
+                "eval_every": steps + 1,
+                "eval_tokens": 1,
+                "compile": compiled,
+            }
+        )
         events = []
         with tempfile.TemporaryDirectory() as tmp:
             Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
@@ -268,19 +333,29 @@ def bench_train(preset: str, device: str, steps: int, compiled: bool = False,
             "step_ms_median": statistics.median(e.step_ms for e in timed),
             "step_ms_mean": statistics.fmean(e.step_ms for e in timed),
             "fwd_bwd_ms_median": statistics.median(e.fwd_bwd_ms for e in timed),
-            "opt_ms_mean": statistics.fmean(e.opt_ms for e in timed)}
+            "opt_ms_mean": statistics.fmean(e.opt_ms for e in timed),
+        }
     return {**out, **train_overheads(out["muon"], out["mousse"])}
 
 
 def train_overheads(muon: dict, mousse: dict) -> dict:
     """Mousse's train-step overhead over Muon in %, on the mean step (refreshes included) and
     on the median step."""
-    return {f"overhead_pct_{stat}": 100 * (mousse[f"step_ms_{stat}"] / muon[f"step_ms_{stat}"] - 1)
-            for stat in ("median", "mean")}
+    return {
+        f"overhead_pct_{stat}": 100 * (mousse[f"step_ms_{stat}"] / muon[f"step_ms_{stat}"] - 1)
+        for stat in ("median", "mean")
+    }
 
 
-def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", train: bool = False,
-              steps: int = 30, compiled: bool = False, model: dict | None = None) -> dict:
+def run_bench(
+    preset: str = "small",
+    repeats: int = 5,
+    device: str = "auto",
+    train: bool = False,
+    steps: int = 30,
+    compiled: bool = False,
+    model: dict | None = None,
+) -> dict:
     """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
     the preset's sizes) on `device`; see the module docstring. Bad input is a ConfigError
     naming it."""
@@ -297,8 +372,9 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
     refresh = bench_refresh(mousse, params, dev, repeats)
     ns = bench_ns(shapes, dev, repeats)
-    kernel = (bench_kernels(dev, repeats) if dev.type == "cuda" and kernels.triton_available()
-              else None)
+    kernel = (
+        bench_kernels(dev, repeats) if dev.type == "cuda" and kernels.triton_available() else None
+    )
     ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
     targets = {}
     for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
@@ -308,20 +384,35 @@ def run_bench(preset: str = "small", repeats: int = 5, device: str = "auto", tra
     if kernel:  # the Gram kernel at least 1.3x faster than torch at 4096^2 bf16: time ratio
         row = next(r for r in kernel["rows"] if (r["op"], r["size"]) == ("gram", 4096))
         limit = round(1 / 1.3, 3)
-        targets["gram_4096_vs_torch"] = {"ratio": 1 / row["speedup"], "limit": limit,
-                                         "met": 1 / row["speedup"] <= limit}
+        targets["gram_4096_vs_torch"] = {
+            "ratio": 1 / row["speedup"],
+            "limit": limit,
+            "met": 1 / row["speedup"] <= limit,
+        }
     return {
-        "preset": preset, "device": str(dev), "device_name": device_name(dev),
-        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "repeats": repeats, "compiled": compiled,
+        "preset": preset,
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "compiled": compiled,
         "cycle_steps": CYCLE,
-        "step_ms": step_ms, "vs_muon": ratios,
+        "step_ms": step_ms,
+        "vs_muon": ratios,
         "state_bytes": {name: m[0] for name, m in memory.items()},
         "cache_bytes": {name: m[1] for name, m in memory.items()},
         "refresh_ms": {method: sum(r[method] for r in refresh.values()) for method in pc.REFRESHES},
-        "shapes": [{"shape": list(s), "count": c, **ns[s],
-                    **{f"refresh_{k}_ms": v for k, v in refresh[s].items()}}
-                   for s, c in shapes.items()],
+        "shapes": [
+            {
+                "shape": list(s),
+                "count": c,
+                **ns[s],
+                **{f"refresh_{k}_ms": v for k, v in refresh[s].items()},
+            }
+            for s, c in shapes.items()
+        ],
         "targets": targets,
         "kernels": kernel,
         "train": bench_train(preset, device, steps, compiled, model) if train else None,

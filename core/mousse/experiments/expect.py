@@ -15,8 +15,12 @@ from dataclasses import dataclass
 
 from mousse.train.config import ConfigError
 
-OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-       ">=": lambda a, b: a >= b}
+OPS = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
 FUNCTIONS = {"loss": "final_val_loss_mean", "speedup": "speedup", "overhead": "overhead_pct"}
 _EXPR = re.compile(r"^\s*(.+?)\s*(<=|>=|<|>)\s*(.+?)\s*(\bsignificant)?\s*$")
 _CALL = re.compile(r"^([a-z_]+)\((.+)\)$")
@@ -41,8 +45,10 @@ def _term(text: str) -> Term:
         if name == "speedup_low":
             return Term(text, variant=arg, field="speedup_low")
         if name not in FUNCTIONS:
-            raise ConfigError(f"unknown function {name!r} in --expect; use loss(v), speedup(v), "
-                              "speedup_low(v) or overhead(v)")
+            raise ConfigError(
+                f"unknown function {name!r} in --expect; use loss(v), speedup(v), "
+                "speedup_low(v) or overhead(v)"
+            )
         return Term(text, variant=arg, field=FUNCTIONS[name])
     return Term(text, variant=text)
 
@@ -51,8 +57,9 @@ def parse(expr: str) -> tuple[Term, str, Term, bool]:
     """(left, op, right, significant) of an expectation; ConfigError when it does not parse."""
     match = _EXPR.match(expr)
     if not match:
-        raise ConfigError(f"bad --expect {expr!r}: write A < B, e.g. \"mousse < muon\" or "
-                          "\"speedup(mousse) >= 1.05\"")
+        raise ConfigError(
+            f'bad --expect {expr!r}: write A < B, e.g. "mousse < muon" or "speedup(mousse) >= 1.05"'
+        )
     return _term(match.group(1)), match.group(2), _term(match.group(3)), bool(match.group(4))
 
 
@@ -60,8 +67,10 @@ def _value(term: Term, variants: dict) -> float:
     if term.number is not None:
         return term.number
     if term.variant not in variants:
-        raise ConfigError(f"--expect names {term.variant!r}, not a variant of this ablation "
-                          f"({', '.join(variants)})")
+        raise ConfigError(
+            f"--expect names {term.variant!r}, not a variant of this ablation "
+            f"({', '.join(variants)})"
+        )
     v = variants[term.variant]
     value = (v.get("speedup_ci") or [None])[0] if term.field == "speedup_low" else v.get(term.field)
     return math.nan if value is None else float(value)
@@ -81,14 +90,24 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
         return False, f"{expr!r} fails: {shown}"
     if significant:
         if left.variant is None or right.variant is None or left.field != "final_val_loss_mean":
-            raise ConfigError("'significant' compares two variants' losses, e.g. "
-                              "\"mousse < muon significant\"")
-        losses = [[r["final_val_loss"] for r in results["runs"] if r["variant"] == t.variant
-                   and r["status"] == "completed" and r["final_val_loss"] is not None]
-                  for t in (left, right)]
+            raise ConfigError(
+                "'significant' compares two variants' losses, e.g. \"mousse < muon significant\""
+            )
+        losses = [
+            [
+                r["final_val_loss"]
+                for r in results["runs"]
+                if r["variant"] == t.variant
+                and r["status"] == "completed"
+                and r["final_val_loss"] is not None
+            ]
+            for t in (left, right)
+        ]
         p = welch_t_test(*losses)["p"]
         if p is None or p >= 0.05:
-            return False, (f"{expr!r} fails: {shown}, but p = "
-                           f"{'n/a (fewer than 2 seeds)' if p is None else f'{p:.3g}'} >= 0.05")
+            return False, (
+                f"{expr!r} fails: {shown}, but p = "
+                f"{'n/a (fewer than 2 seeds)' if p is None else f'{p:.3g}'} >= 0.05"
+            )
         shown += f", p = {p:.3g}"
     return True, f"{expr!r} holds: {shown}"

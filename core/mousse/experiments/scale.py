@@ -31,8 +31,11 @@ def preset_dirs(root: Path) -> dict[str, Path]:
     try:
         order = json.loads((root / SCALE_FILE).read_text())["presets"]
     except (OSError, ValueError, KeyError, TypeError):
-        order = sorted(p.name for p in root.iterdir() if (p / "ablation.toml").is_file()) \
-            if root.is_dir() else []
+        order = (
+            sorted(p.name for p in root.iterdir() if (p / "ablation.toml").is_file())
+            if root.is_dir()
+            else []
+        )
     return {name: root / name for name in order if (root / name / "ablation.toml").is_file()}
 
 
@@ -42,11 +45,19 @@ def scale_summary(results_by_preset: dict[str, dict]) -> dict:
     rows = []
     for preset, results in results_by_preset.items():
         for v in results["variants"]:
-            rows.append({"preset": preset, "params": v.get("n_params"), "variant": v["variant"],
-                         "is_baseline": v["is_baseline"], "tuned": v.get("tuned"),
-                         "n_seeds": v.get("n_seeds"),
-                         "final_val_loss_mean": v["final_val_loss_mean"],
-                         "final_val_loss_std": v["final_val_loss_std"],
-                         "p_value": v["p_value"], "speedup": v.get("speedup"),
-                         "speedup_ci": v.get("speedup_ci")})
+            rows.append(
+                {
+                    "preset": preset,
+                    "params": v.get("n_params"),
+                    "variant": v["variant"],
+                    "is_baseline": v["is_baseline"],
+                    "tuned": v.get("tuned"),
+                    "n_seeds": v.get("n_seeds"),
+                    "final_val_loss_mean": v["final_val_loss_mean"],
+                    "final_val_loss_std": v["final_val_loss_std"],
+                    "p_value": v["p_value"],
+                    "speedup": v.get("speedup"),
+                    "speedup_ci": v.get("speedup_ci"),
+                }
+            )
     return {"presets": list(results_by_preset), "rows": rows}

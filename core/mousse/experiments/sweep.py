@@ -34,9 +34,22 @@ from .tuning import TuneSpec, TuningState, run_label, tune_variant
 FINISHED = ("completed", "diverged")
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
-_RECORD_KEYS = ("final_val_loss", "best_val_loss", "step_ms_median", "fwd_bwd_ms_median",
-                "opt_ms_median", "refresh_ms_median", "tokens_per_s", "peak_mem_bytes", "steps",
-                "curve", "train_seconds", "n_params", "peak_mem_source", "timing_context")
+_RECORD_KEYS = (
+    "final_val_loss",
+    "best_val_loss",
+    "step_ms_median",
+    "fwd_bwd_ms_median",
+    "opt_ms_median",
+    "refresh_ms_median",
+    "tokens_per_s",
+    "peak_mem_bytes",
+    "steps",
+    "curve",
+    "train_seconds",
+    "n_params",
+    "peak_mem_source",
+    "timing_context",
+)
 
 
 @dataclass(frozen=True)
@@ -90,15 +103,26 @@ def read_summary(run_dir: Path) -> dict | None:
 
 def record(run: RunSpec, summary: dict | None) -> dict:
     """The run's row for `results.summarize`."""
-    row = {"name": run.name, "variant": run.variant, "knobs": run.knobs, "seed": run.seed,
-           "is_baseline": run.is_baseline, "status": summary["status"] if summary else "pending"}
+    row = {
+        "name": run.name,
+        "variant": run.variant,
+        "knobs": run.knobs,
+        "seed": run.seed,
+        "is_baseline": run.is_baseline,
+        "status": summary["status"] if summary else "pending",
+    }
     row.update({k: (summary or {}).get(k) for k in _RECORD_KEYS})
     row["curve"] = row["curve"] or []
     return row
 
 
-def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None],
-                stop: threading.Event | None = None, context: dict | None = None) -> dict:
+def execute_run(
+    settings: dict,
+    run_dir: Path,
+    on_event: Callable[[Event], None],
+    stop: threading.Event | None = None,
+    context: dict | None = None,
+) -> dict:
     """Train one run of the ablation, resuming from its latest checkpoint when it has one.
     `context` labels where its timings were taken (this invocation, the --parallel share)."""
     from mousse.train.trainer import Trainer
@@ -106,13 +130,36 @@ def execute_run(settings: dict, run_dir: Path, on_event: Callable[[Event], None]
     cfg = resolve(settings)
     resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
     try:
-        trainer = Trainer(cfg, run_dir, on_event=on_event, resume=resume, stop=stop, world=setup,
-                          timing_context=context, restart=True)
+        trainer = Trainer(
+            cfg,
+            run_dir,
+            on_event=on_event,
+            resume=resume,
+            stop=stop,
+            world=setup,
+            timing_context=context,
+            restart=True,
+        )
     except CheckpointError as exc:  # every checkpoint damaged: this run fails, the others go on
-        summary = {"status": "failed", "message": str(exc), "steps": 0, "final_val_loss": None,
-                   "best_val_loss": None, "curve": [], "train_seconds": 0.0,
-                   **dict.fromkeys(("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median",
-                                    "refresh_ms_median", "tokens_per_s", "peak_mem_bytes"))}
+        summary = {
+            "status": "failed",
+            "message": str(exc),
+            "steps": 0,
+            "final_val_loss": None,
+            "best_val_loss": None,
+            "curve": [],
+            "train_seconds": 0.0,
+            **dict.fromkeys(
+                (
+                    "step_ms_median",
+                    "fwd_bwd_ms_median",
+                    "opt_ms_median",
+                    "refresh_ms_median",
+                    "tokens_per_s",
+                    "peak_mem_bytes",
+                )
+            ),
+        }
         if is_main_process():
             write_json(run_dir / "summary.json", summary)
         on_event(RunFinished(summary))
@@ -126,6 +173,7 @@ _WORKER: dict = {}
 def _init_worker(events, stop, threads: int) -> None:
     """Worker start-up: a share of the cores, the parent's event queue and stop flag."""
     import signal
+
     # The parent decides when to stop: Ctrl-C, `timeout` and Slurm signal the whole process group,
     # and a worker killed by its own signal would lose its run (no checkpoint, a broken pool).
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -137,8 +185,9 @@ def _init_worker(events, stop, threads: int) -> None:
 def _worker(settings: dict, run_dir: str, name: str, context: dict) -> dict:
     """Process-pool entry: one run, its events forwarded to the parent."""
     events = _WORKER["events"]
-    return execute_run(settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)),
-                       _WORKER["stop"], context)
+    return execute_run(
+        settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)), _WORKER["stop"], context
+    )
 
 
 def final_loss(summary: dict | None) -> float | None:
@@ -173,26 +222,39 @@ class Ablation:
         if plan_file.exists():
             try:
                 saved = AblationPlan.from_dict(tomlio.load(plan_file)).to_dict()
-            except (tomlio.TOMLDecodeError, UnicodeDecodeError, KeyError, TypeError,
-                    ValueError) as exc:
-                raise ConfigError(f"{plan_file} is damaged ({exc}); move it away to start this "
-                                  "ablation afresh in the same dir, or pass another "
-                                  "--ablation-dir") from None
+            except (
+                tomlio.TOMLDecodeError,
+                UnicodeDecodeError,
+                KeyError,
+                TypeError,
+                ValueError,
+            ) as exc:
+                raise ConfigError(
+                    f"{plan_file} is damaged ({exc}); move it away to start this "
+                    "ablation afresh in the same dir, or pass another "
+                    "--ablation-dir"
+                ) from None
             if saved != self.plan.to_dict():
-                raise ConfigError(f"{self.dir} holds a different ablation plan; pass another "
-                                  "--ablation-dir (or rerun the original command)")
+                raise ConfigError(
+                    f"{self.dir} holds a different ablation plan; pass another "
+                    "--ablation-dir (or rerun the original command)"
+                )
         longest = max(self.plan.runs, key=lambda r: len(r.name.encode()))
         room = NAME_MAX - (TUNED_SUFFIX if self.tune else 0)
         if len(longest.name.encode()) > room:
-            raise ConfigError(f"run name {longest.name[:60]}... is {len(longest.name.encode())} "
-                              f"bytes, more than a file name may hold here ({room}); sweep fewer "
-                              "knobs at once (or use --grid less)")
+            raise ConfigError(
+                f"run name {longest.name[:60]}... is {len(longest.name.encode())} "
+                f"bytes, more than a file name may hold here ({room}); sweep fewer "
+                "knobs at once (or use --grid less)"
+            )
         configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
-        datasets = {key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data)
-                                                                     for c in configs)}
+        datasets = {
+            key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data) for c in configs)
+        }
         for c in configs:  # every run's batches fit its data, before ablation.toml is written
-            check_fits(datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size,
-                       c.seq_len, c.seed)
+            check_fits(
+                datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size, c.seq_len, c.seed
+            )
 
     def prepare(self) -> None:
         """Create the dir and record the plan (after `validate`; under torchrun rank 0 only)."""
@@ -212,8 +274,13 @@ class Ablation:
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 
     def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
-        return RunSpec(f"{run_label(variant.variant, values)}-s{seed}", variant.variant,
-                       {**variant.knobs, **values}, seed, variant.is_baseline)
+        return RunSpec(
+            f"{run_label(variant.variant, values)}-s{seed}",
+            variant.variant,
+            {**variant.knobs, **values},
+            seed,
+            variant.is_baseline,
+        )
 
     def tuning(self) -> dict[str, TuningState]:
         """Every variant's tuning as far as the results on disk decide it."""
@@ -221,8 +288,10 @@ class Ablation:
 
         states = {}
         for name, variant in self.plan.variants.items():
+
             def lookup(values, seed, variant=variant):
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
+
             states[name] = tune_variant(name, self.centre(variant), self.tune, lookup, _CHOICES)
         return states
 
@@ -234,8 +303,9 @@ class Ablation:
         out = {}
         for name, variant in self.plan.variants.items():
             centre = self.centre(variant)
-            out[name] = [start_grid(k, values, centre.get(k), _CHOICES)
-                         for k, values in self.tune.phases]
+            out[name] = [
+                start_grid(k, values, centre.get(k), _CHOICES) for k, values in self.tune.phases
+            ]
         return out
 
     def upper_bound_runs(self) -> int:
@@ -275,8 +345,12 @@ class Ablation:
         if self.tune is None:
             return list(self.plan.runs)
         states = states or self.tuning()
-        return [self.tuned_run(run, states[run.variant].tuned, run.seed)
-                if states[run.variant].done else run for run in self.plan.runs]
+        return [
+            self.tuned_run(run, states[run.variant].tuned, run.seed)
+            if states[run.variant].done
+            else run
+            for run in self.plan.runs
+        ]
 
     def wanted(self) -> list[RunSpec]:
         """What the ablation needs trained now: the plan's runs, or with tuning each variant's
@@ -284,8 +358,11 @@ class Ablation:
         if self.tune is None:
             return self.pending(self.plan.runs)
         states = self.tuning()
-        runs = [self.tuned_run(self.plan.variants[name], values, seed)
-                for name, state in states.items() for values, seed in state.needed]
+        runs = [
+            self.tuned_run(self.plan.variants[name], values, seed)
+            for name, state in states.items()
+            for values, seed in state.needed
+        ]
         runs += [r for r in self.final_runs(states) if states[r.variant].done]
         return self.pending(list(dict.fromkeys(runs)))
 
@@ -299,9 +376,11 @@ class Ablation:
         states = self.tuning() if self.tune else None
         out = summarize(self.records(states), baseline)
         out["ablation_dir"] = str(self.dir)
-        out["protocol"] = {"tuned": self.tune.knobs if self.tune else [],
-                           "tune_seeds": list(self.tune.seeds) if self.tune else [],
-                           "seeds": list(self.plan.seeds)}
+        out["protocol"] = {
+            "tuned": self.tune.knobs if self.tune else [],
+            "tune_seeds": list(self.tune.seeds) if self.tune else [],
+            "seeds": list(self.plan.seeds),
+        }
         out = apply_timing_pass(out, self.read_timing(out))
         if states:
             for v in out["variants"]:
@@ -353,11 +432,17 @@ class Ablation:
         """`runs` without those that finished (a failed run counts as finished when tuning: it
         scores as infinitely bad and is not retried)."""
         finished = (*FINISHED, "failed") if self.tune else FINISHED
-        return [r for r in runs
-                if (read_summary(self.run_dir(r)) or {}).get("status") not in finished]
+        return [
+            r for r in runs if (read_summary(self.run_dir(r)) or {}).get("status") not in finished
+        ]
 
-    def run(self, runs: list[RunSpec], on_update: Callable[[object], None], parallel: int = 1,
-            stop: threading.Event | None = None) -> dict:
+    def run(
+        self,
+        runs: list[RunSpec],
+        on_update: Callable[[object], None],
+        parallel: int = 1,
+        stop: threading.Event | None = None,
+    ) -> dict:
         """Run what is not finished of `runs` (a shard of the plan, or all of it)."""
         stop = stop or threading.Event()
         todo = self.pending(runs)
@@ -367,17 +452,25 @@ class Ablation:
         self._train(todo, on_update, parallel, stop)
         return self.write_results()
 
-    def run_tuned(self, on_update: Callable[[object], None], parallel: int = 1,
-                  stop: threading.Event | None = None, shard: tuple[int, int] | None = None,
-                  wait: float | None = None) -> tuple[dict, list[RunSpec]]:
+    def run_tuned(
+        self,
+        on_update: Callable[[object], None],
+        parallel: int = 1,
+        stop: threading.Event | None = None,
+        shard: tuple[int, int] | None = None,
+        wait: float | None = None,
+    ) -> tuple[dict, list[RunSpec]]:
         """Tune every variant and run the comparison, phase by phase, until nothing is left that
         this shard may run. Returns the results and the runs of other shards still needed (this
         shard waits for them, polling every `wait` seconds, when `wait` is given)."""
         stop = stop or threading.Event()
         while not stop.is_set():
             wanted = self.wanted()
-            mine = [r for r in wanted if (shard is None or in_shard(r.name, shard))
-                    and r.name not in self.busy]
+            mine = [
+                r
+                for r in wanted
+                if (shard is None or in_shard(r.name, shard)) and r.name not in self.busy
+            ]
             if mine:
                 on_update(RunsQueued(mine))
                 self._train(mine, on_update, parallel, stop)
@@ -400,9 +493,13 @@ class Ablation:
                 if stop.is_set():
                     break
                 try:
-                    execute_run(run_settings(self.plan, run), self.run_dir(run),
-                                lambda e, name=run.name: on_update(RunUpdate(name, e)), stop,
-                                self.context(1))
+                    execute_run(
+                        run_settings(self.plan, run),
+                        self.run_dir(run),
+                        lambda e, name=run.name: on_update(RunUpdate(name, e)),
+                        stop,
+                        self.context(1),
+                    )
                 except RunInUse as exc:
                     self.busy.add(run.name)
                     on_update(RunBusy(run.name, str(exc)))
@@ -410,17 +507,30 @@ class Ablation:
         else:
             self._run_parallel(todo, on_update, parallel, stop)
 
-    def _run_parallel(self, todo: list[RunSpec], on_update, parallel: int,
-                      stop: threading.Event) -> None:
+    def _run_parallel(
+        self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event
+    ) -> None:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         threads = max(1, (os.cpu_count() or 1) // parallel)
         ctx = mp.get_context("spawn")
         events, shared_stop = ctx.Queue(), ctx.Event()
-        with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(events, shared_stop, threads)) as pool:
-            names = {pool.submit(_worker, run_settings(self.plan, run), str(self.run_dir(run)),
-                                 run.name, self.context(parallel)): run.name for run in todo}
+        with ProcessPoolExecutor(
+            parallel,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(events, shared_stop, threads),
+        ) as pool:
+            names = {
+                pool.submit(
+                    _worker,
+                    run_settings(self.plan, run),
+                    str(self.run_dir(run)),
+                    run.name,
+                    self.context(parallel),
+                ): run.name
+                for run in todo
+            }
             waiting = set(names)
             while waiting:
                 if stop.is_set():

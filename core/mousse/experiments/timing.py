@@ -43,8 +43,13 @@ def default_budget(train_seconds: float) -> float:
     return max(MIN_BUDGET_S, BUDGET_FRACTION * train_seconds)
 
 
-def plan_rounds(warm_ms: dict[str, float], budget_s: float, steps_per_round: int,
-                min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS) -> int:
+def plan_rounds(
+    warm_ms: dict[str, float],
+    budget_s: float,
+    steps_per_round: int,
+    min_rounds: int = MIN_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
+) -> int:
     """How many rounds fit the budget, given each variant's warm-up step time."""
     per_round_s = steps_per_round * sum(warm_ms.values()) / 1000
     fit = int(budget_s // per_round_s) if per_round_s > 0 else max_rounds
@@ -72,21 +77,32 @@ def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[s
     base = ms.get(baseline) if baseline else None
     for name, values in ms.items():
         q1, med, q3 = _quartiles(values)
-        row = {"step_ms_median": med, "step_ms_q1": q1, "step_ms_q3": q3, "rounds": len(values),
-               "overhead_pct": None, "overhead_q1": None, "overhead_q3": None,
-               "within_noise": None}
+        row = {
+            "step_ms_median": med,
+            "step_ms_q1": q1,
+            "step_ms_q3": q3,
+            "rounds": len(values),
+            "overhead_pct": None,
+            "overhead_q1": None,
+            "overhead_q3": None,
+            "within_noise": None,
+        }
         if base is not None and name != baseline:
             ratios = [100 * (v / b - 1) for v, b in zip(values, base)]
             o1, om, o3 = _quartiles(ratios)
-            row.update(overhead_pct=om, overhead_q1=o1, overhead_q3=o3,
-                       within_noise=o1 <= 0 <= o3)
+            row.update(overhead_pct=om, overhead_q1=o1, overhead_q3=o3, within_noise=o1 <= 0 <= o3)
         out[name] = row
     return out
 
 
-def run_pass(runners: dict[str, Callable[[int], float]], baseline: str | None, budget_s: float,
-             steps_per_round: int = STEPS_PER_ROUND, clock: Callable[[], float] = time.perf_counter,
-             spent_s: float = 0.0) -> dict:
+def run_pass(
+    runners: dict[str, Callable[[int], float]],
+    baseline: str | None,
+    budget_s: float,
+    steps_per_round: int = STEPS_PER_ROUND,
+    clock: Callable[[], float] = time.perf_counter,
+    spent_s: float = 0.0,
+) -> dict:
     """Time `runners` (name -> run n steps, return their mean ms) side by side: an untimed
     warm-up, a one-step probe of each, then the rounds the rest of the budget (less `spent_s`,
     e.g. building the runners) allows, interleaved. Returns the timing record."""
@@ -101,11 +117,19 @@ def run_pass(runners: dict[str, Callable[[int], float]], baseline: str | None, b
     for names in order:
         for name in names:
             ms[name].append(runners[name](steps_per_round))
-    return {"host": platform.node(), "when": datetime.now().isoformat(timespec="seconds"),
-            "baseline": baseline, "rounds": rounds, "steps_per_round": steps_per_round,
-            "budget_s": budget_s, "seconds": spent_s + clock() - started, "order": order,
-            "threads": torch.get_num_threads(), "round_ms": ms,
-            "variants": summarize_rounds(ms, baseline)}
+    return {
+        "host": platform.node(),
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "baseline": baseline,
+        "rounds": rounds,
+        "steps_per_round": steps_per_round,
+        "budget_s": budget_s,
+        "seconds": spent_s + clock() - started,
+        "order": order,
+        "threads": torch.get_num_threads(),
+        "round_ms": ms,
+        "variants": summarize_rounds(ms, baseline),
+    }
 
 
 def trainer_runner(settings: dict, root: Path) -> Callable[[int], float]:
@@ -129,14 +153,21 @@ def trainer_runner(settings: dict, root: Path) -> Callable[[int], float]:
     return run
 
 
-def timing_pass(settings: dict[str, dict], baseline: str | None, budget_s: float,
-                steps_per_round: int = STEPS_PER_ROUND) -> dict:
+def timing_pass(
+    settings: dict[str, dict],
+    baseline: str | None,
+    budget_s: float,
+    steps_per_round: int = STEPS_PER_ROUND,
+) -> dict:
     """The pass over real variants (name -> run settings), on this machine."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mousse-timing-") as tmp:
-        runners = {name: trainer_runner(s, Path(tmp) / str(i))
-                   for i, (name, s) in enumerate(settings.items())}
-        record = run_pass(runners, baseline, budget_s, steps_per_round,
-                          spent_s=time.perf_counter() - started)
+        runners = {
+            name: trainer_runner(s, Path(tmp) / str(i))
+            for i, (name, s) in enumerate(settings.items())
+        }
+        record = run_pass(
+            runners, baseline, budget_s, steps_per_round, spent_s=time.perf_counter() - started
+        )
         device = next(iter(runners.values())).device
     return {**record, "device": device}

@@ -53,22 +53,30 @@ class TuneSpec:
         return [k for k, _ in self.phases]
 
     def to_dict(self) -> dict:
-        return {"knobs": [k for k, _ in self.phases],
-                "grids": {k: list(v) for k, v in self.phases if v is not None},
-                "seeds": list(self.seeds), "max_extensions": self.max_extensions}
+        return {
+            "knobs": [k for k, _ in self.phases],
+            "grids": {k: list(v) for k, v in self.phases if v is not None},
+            "seeds": list(self.seeds),
+            "max_extensions": self.max_extensions,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TuneSpec:  # "centres" (per variant) is the plan's
         grids = data.get("grids", {})
-        return cls(tuple((k, tuple(grids[k]) if k in grids else None) for k in data["knobs"]),
-                   tuple(data.get("seeds", (0,))), int(data.get("max_extensions", MAX_EXTENSIONS)))
+        return cls(
+            tuple((k, tuple(grids[k]) if k in grids else None) for k in data["knobs"]),
+            tuple(data.get("seeds", (0,))),
+            int(data.get("max_extensions", MAX_EXTENSIONS)),
+        )
 
 
 def _key(knob: str) -> str:
     key = knob.strip().replace("-", "_")
     if key not in TUNABLE:
-        raise ConfigError(f"cannot tune '{knob}'{closest(key, TUNABLE)}: tune a knob of the run "
-                          f"config, e.g. --tune lr or --tune lr,momentum")
+        raise ConfigError(
+            f"cannot tune '{knob}'{closest(key, TUNABLE)}: tune a knob of the run "
+            f"config, e.g. --tune lr or --tune lr,momentum"
+        )
     return key
 
 
@@ -86,8 +94,10 @@ def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple |
         elif phases and phases[-1][1] is not None:
             phases[-1][1].append(token)
         elif re.fullmatch(r"[-+.\deE]+", token):
-            raise ConfigError(f"bad --tune {text!r}: '{token}' is neither a knob nor a value after "
-                              "'knob='; e.g. --tune lr or --tune lr=0.01,0.02,0.04")
+            raise ConfigError(
+                f"bad --tune {text!r}: '{token}' is neither a knob nor a value after "
+                "'knob='; e.g. --tune lr or --tune lr=0.01,0.02,0.04"
+            )
         else:
             _key(token)  # names the closest knob
     return check_phases([(k, v) for k, v in phases], choices)
@@ -107,8 +117,10 @@ def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | 
             for v in values:
                 v = coerce(key, v)
                 if key in choices and v not in choices[key]:
-                    raise ConfigError(f"bad value {v!r} to tune '{key}'; choose from "
-                                      f"{', '.join(map(str, choices[key]))}")
+                    raise ConfigError(
+                        f"bad value {v!r} to tune '{key}'; choose from "
+                        f"{', '.join(map(str, choices[key]))}"
+                    )
                 if not in_range(key, v):
                     raise ConfigError(f"bad value {v!r} to tune '{key}': out of its range")
                 typed.append(v)
@@ -116,7 +128,9 @@ def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | 
             if not values:
                 raise ConfigError(f"no values to tune '{key}'")
         elif FIELD_TYPES[key] not in (int, float) and key not in choices:
-            raise ConfigError(f"'{key}' has no default grid: list its values, e.g. --tune {key}=a,b")
+            raise ConfigError(
+                f"'{key}' has no default grid: list its values, e.g. --tune {key}=a,b"
+            )
         out.append((key, values))
     if not out:
         raise ConfigError("nothing to tune: e.g. --tune lr")
@@ -134,10 +148,14 @@ def default_grid(knob: str, centre, choices: dict[str, tuple]) -> list:
     if knob in choices or FIELD_TYPES[knob] is bool:
         return list(choices.get(knob, (False, True)))
     if centre is None or centre <= 0:
-        raise ConfigError(f"'{knob}' is {centre!r} for this variant, so it has no grid around it: "
-                          f"list the values, e.g. --tune {knob}=0.01,0.1")
+        raise ConfigError(
+            f"'{knob}' is {centre!r} for this variant, so it has no grid around it: "
+            f"list the values, e.g. --tune {knob}=0.01,0.1"
+        )
     exact = FIELD_TYPES[knob] is float
-    values = [coerce(knob, centre * f if exact else max(1, round(centre * f))) for f in DEFAULT_FACTORS]
+    values = [
+        coerce(knob, centre * f if exact else max(1, round(centre * f))) for f in DEFAULT_FACTORS
+    ]
     return sorted(dict.fromkeys(values))
 
 
@@ -177,9 +195,14 @@ class Phase:
 
     def to_dict(self) -> dict:
         finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
-        return {"knob": self.knob, "grid": list(self.grid),
-                "losses": [finite(self.losses.get(v)) for v in self.grid],
-                "chosen": self.chosen, "at_edge": self.at_edge, "extensions": self.extensions}
+        return {
+            "knob": self.knob,
+            "grid": list(self.grid),
+            "losses": [finite(self.losses.get(v)) for v in self.grid],
+            "chosen": self.chosen,
+            "at_edge": self.at_edge,
+            "extensions": self.extensions,
+        }
 
 
 @dataclass
@@ -203,9 +226,11 @@ class TuningState:
 
 def choose(grid: list, losses: dict, centre_index: float):
     """The value with the lowest loss; ties to the value nearest the centre, then the smaller."""
+
     def rank(item):
         index, value = item
         return (losses[value], abs(index - centre_index), value if is_orderable(value) else index)
+
     return min(enumerate(grid), key=rank)[1]
 
 
@@ -229,8 +254,11 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                 if value in phase.losses:
                     continue
                 results = [lookup({**chosen, knob: value}, seed) for seed in spec.seeds]
-                missing = [(dict(chosen, **{knob: value}), s) for s, r in zip(spec.seeds, results)
-                           if r is None]
+                missing = [
+                    (dict(chosen, **{knob: value}), s)
+                    for s, r in zip(spec.seeds, results)
+                    if r is None
+                ]
                 if missing:
                     needed += missing
                 else:
@@ -239,8 +267,9 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                 return TuningState(variant, phases, needed, False)
             centre_index = _centre_index(phase.grid, centre.get(knob))
             best = choose(phase.grid, phase.losses, centre_index)
-            edge = is_numeric(knob) and best in (phase.grid[0], phase.grid[-1]) \
-                and len(phase.grid) > 1
+            edge = (
+                is_numeric(knob) and best in (phase.grid[0], phase.grid[-1]) and len(phase.grid) > 1
+            )
             if edge and phase.extensions < spec.max_extensions:
                 upward = best == phase.grid[-1]
                 value = extend(phase.grid, knob, upward)
@@ -274,5 +303,8 @@ def _centre_index(grid: list, centre) -> float:
 def upper_bound_runs(spec: TuneSpec, grids: list[list]) -> int:
     """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
     the extensions a numeric phase may add."""
-    return sum((len(grid) + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0))
-               * len(spec.seeds) for (knob, _), grid in zip(spec.phases, grids))
+    return sum(
+        (len(grid) + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0))
+        * len(spec.seeds)
+        for (knob, _), grid in zip(spec.phases, grids)
+    )

@@ -7,22 +7,38 @@ optimizer and a scalar one. Imports nothing else of `mousse`.
 """
 
 from .family import (
-                     CHOICES,
-                     DEFAULTS,
-                     KNOBS,
-                     OPTIMIZERS,
-                     SOAP,
-                     TNT,
-                     KroneckerOptimizer,
-                     Mousse,
-                     Muon,
-                     Shampoo,
-                     SpecGD,
-                     SPlus,
+    CHOICES,
+    DEFAULTS,
+    KNOBS,
+    OPTIMIZERS,
+    SOAP,
+    TNT,
+    KroneckerOptimizer,
+    Mousse,
+    Muon,
+    Shampoo,
+    SpecGD,
+    SPlus,
 )
 from .lion import Lion
 from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles
 
-__all__ = ["CHOICES", "DEFAULTS", "KNOBS", "OPTIMIZERS", "SOAP", "TNT", "CombinedOptimizer",
-           "KroneckerOptimizer", "Lion", "Mousse", "Muon", "Route", "Shampoo", "SPlus", "SpecGD",
-           "build_optimizer", "infer_roles"]
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "KNOBS",
+    "OPTIMIZERS",
+    "SOAP",
+    "TNT",
+    "CombinedOptimizer",
+    "KroneckerOptimizer",
+    "Lion",
+    "Mousse",
+    "Muon",
+    "Route",
+    "Shampoo",
+    "SPlus",
+    "SpecGD",
+    "build_optimizer",
+    "infer_roles",
+]

@@ -48,14 +48,37 @@ _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 
 # Every knob with the engine's default (Mousse's). Named presets override some of them.
 DEFAULTS: Knobs = dict(
-    lr=0.06, momentum=0.95, momentum_style="heavy_ball", weight_decay=0.01,
-    weight_decay_style="decoupled", alpha=0.125, post_alpha=None, sides="both",
-    factor_norm="trace", precond_freq=10, refresh_schedule="offset", precond_beta=0.95,
-    stat_freq=1, refresh_warmup=0,
-    precond_start=1, eps=1e-5, eig_floor="shift", bias_correction=True, refresh="eigh",
-    refresh_after_update=False, skip_first_step=False, orthogonalizer="newton_schulz", ns="you5",
-    ns_steps=5, ns_dtype=None, graft="orthogonalizer", beta2=0.999, adam_eps=1e-8,
-    lr_scale="spectral", average_rate=0.0, fisher="empirical",
+    lr=0.06,
+    momentum=0.95,
+    momentum_style="heavy_ball",
+    weight_decay=0.01,
+    weight_decay_style="decoupled",
+    alpha=0.125,
+    post_alpha=None,
+    sides="both",
+    factor_norm="trace",
+    precond_freq=10,
+    refresh_schedule="offset",
+    precond_beta=0.95,
+    stat_freq=1,
+    refresh_warmup=0,
+    precond_start=1,
+    eps=1e-5,
+    eig_floor="shift",
+    bias_correction=True,
+    refresh="eigh",
+    refresh_after_update=False,
+    skip_first_step=False,
+    orthogonalizer="newton_schulz",
+    ns="you5",
+    ns_steps=5,
+    ns_dtype=None,
+    graft="orthogonalizer",
+    beta2=0.999,
+    adam_eps=1e-8,
+    lr_scale="spectral",
+    average_rate=0.0,
+    fisher="empirical",
 )
 KNOBS = tuple(k for k in DEFAULTS if k != "ns_dtype")  # the ones a run config can set
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -75,11 +98,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
 _UNIT = ("momentum", "precond_beta", "beta2", "average_rate")  # in [0, 1)
 _NONNEGATIVE = ("lr", "weight_decay", "alpha")
 _POSITIVE = ("eps", "adam_eps")
-_COUNTS = {"precond_freq": 1, "stat_freq": 1, "precond_start": 1, "ns_steps": 1, "refresh_warmup": 0}
+_COUNTS = {
+    "precond_freq": 1,
+    "stat_freq": 1,
+    "precond_start": 1,
+    "ns_steps": 1,
+    "refresh_warmup": 0,
+}
 _FLAGS = ("bias_correction", "refresh_after_update", "skip_first_step")
 
 
 # ---- the math, as small pure functions ---------------------------------------------------------
+
 
 def lr_multiplier(rule: str, m: int, n: int) -> float:
     """Learning-rate scale for an (m, n) = (fan_out, fan_in) matrix under the named rule."""
@@ -103,7 +133,9 @@ def momentum_step(M: Tensor, G: Tensor, mu: float, style: str, count: int) -> Te
     return G + mu * M if style == "nesterov" else M
 
 
-def adam_normalize(X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, count: int) -> Tensor:
+def adam_normalize(
+    X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, count: int
+) -> Tensor:
     """Adam's elementwise step: update V <- beta2 V + (1-beta2) Xg^2 in place and return
     X sqrt(1 - beta2^count) / (sqrt(V) + eps) (X already bias-corrected for the first moment)."""
     V.mul_(beta2).addcmul_(Xg, Xg, value=1.0 - beta2)
@@ -117,8 +149,11 @@ def refresh_due(knobs: Knobs, t: int) -> bool:
     statistics step up to `refresh_warmup`."""
     is_stat = (t - 1) % knobs["stat_freq"] == 0
     phase = 1 if knobs["refresh_schedule"] == "offset" else 0
-    return (t == 1 or (t - phase) % knobs["precond_freq"] == 0
-            or (is_stat and t <= knobs["refresh_warmup"]))
+    return (
+        t == 1
+        or (t - phase) % knobs["precond_freq"] == 0
+        or (is_stat and t <= knobs["refresh_warmup"])
+    )
 
 
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
@@ -128,17 +163,27 @@ def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
     return V.gather(-1, order.unsqueeze(-2).expand_as(V))
 
 
-def accumulate_statistics(st: dict[str, Tensor], G: Tensor, sides: tuple[str, ...],
-                          beta: float) -> None:
+def accumulate_statistics(
+    st: dict[str, Tensor], G: Tensor, sides: tuple[str, ...], beta: float
+) -> None:
     """EMA statistics of each side's factor from the gradient stack G, in place; a matrix whose
     contribution is not finite is skipped and counted."""
     for side in sides:
-        skipped = pc.accumulate(st[_FACTOR_KEYS[side][0]], G, beta, "left" if side == "L" else "right")
+        skipped = pc.accumulate(
+            st[_FACTOR_KEYS[side][0]], G, beta, "left" if side == "L" else "right"
+        )
         st[f"stat_skips_{side}"] += skipped
 
 
-def update_matrices(g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
-                    lr: float | Tensor, count: int, whiten: bool) -> None:
+def update_matrices(
+    g: Knobs,
+    params: list[Tensor],
+    st: dict[str, Tensor],
+    G: Tensor,
+    lr: float | Tensor,
+    count: int,
+    whiten: bool,
+) -> None:
     """One update of a stack of same-shape matrices with gradients G and the group's knobs `g`:
     momentum, whitening by the cached P's (when `whiten`), the orthogonalizer, unwhitening,
     grafting, weight decay and the step; state in `st` is updated in place. No host syncs, so
@@ -161,8 +206,9 @@ def update_matrices(g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Te
     apply_update(g, params, st, U, lr, m, n)
 
 
-def direction(g: Knobs, st: dict[str, Tensor], X: Tensor, G: Tensor,
-              pre: dict[str, Tensor], count: int) -> Tensor:
+def direction(
+    g: Knobs, st: dict[str, Tensor], X: Tensor, G: Tensor, pre: dict[str, Tensor], count: int
+) -> Tensor:
     """The orthogonalizer applied to the whitened momentum X."""
     if g["orthogonalizer"] == "adam":
         Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
@@ -175,7 +221,8 @@ def ns_dtype(g: Knobs, like: Tensor) -> torch.dtype:
     """Newton-Schulz's working precision: the group's `ns_dtype`, else bf16 on CUDA and fp32 (or
     the state's, if wider) elsewhere."""
     return g["ns_dtype"] or (
-        torch.bfloat16 if like.is_cuda else torch.promote_types(like.dtype, torch.float32))
+        torch.bfloat16 if like.is_cuda else torch.promote_types(like.dtype, torch.float32)
+    )
 
 
 def unwhiten_dtype(g: Knobs, like: Tensor) -> torch.dtype:
@@ -185,8 +232,16 @@ def unwhiten_dtype(g: Knobs, like: Tensor) -> torch.dtype:
     return ns_dtype(g, like) if g["orthogonalizer"] == "newton_schulz" else like.dtype
 
 
-def graft_update(g: Knobs, st: dict[str, Tensor], U: Tensor, Y: Tensor, M_in: Tensor, G: Tensor,
-                 count: int, whitened: bool) -> Tensor:
+def graft_update(
+    g: Knobs,
+    st: dict[str, Tensor],
+    U: Tensor,
+    Y: Tensor,
+    M_in: Tensor,
+    G: Tensor,
+    count: int,
+    whitened: bool,
+) -> Tensor:
     """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
     if g["graft"] == "orthogonalizer" and whitened:
         return graft(U, frobenius_norm(Y), frobenius_norm(U))
@@ -198,8 +253,15 @@ def graft_update(g: Knobs, st: dict[str, Tensor], U: Tensor, Y: Tensor, M_in: Te
     return U
 
 
-def apply_update(g: Knobs, params: list[Tensor], st: dict[str, Tensor], U: Tensor,
-                 lr: float | Tensor, m: int, n: int) -> None:
+def apply_update(
+    g: Knobs,
+    params: list[Tensor],
+    st: dict[str, Tensor],
+    U: Tensor,
+    lr: float | Tensor,
+    m: int,
+    n: int,
+) -> None:
     """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
     wd, style = g["weight_decay"], g["weight_decay_style"]
     s = lr_multiplier(g["lr_scale"], m, n)
@@ -238,6 +300,7 @@ def compiled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 # ---- validation --------------------------------------------------------------------------------
 
+
 def _check(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:
         raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
@@ -254,23 +317,39 @@ def validate_group(group: Knobs) -> None:
         _check(g[name] in allowed, name, g[name], " | ".join(map(repr, allowed)))
     for name in _NONNEGATIVE:
         _check(_is_number(g[name]) and g[name] >= 0, name, g[name], "a finite number >= 0")
-    _check(g["post_alpha"] is None or (_is_number(g["post_alpha"]) and g["post_alpha"] >= 0),
-           "post_alpha", g["post_alpha"], "None or a finite number >= 0")
+    _check(
+        g["post_alpha"] is None or (_is_number(g["post_alpha"]) and g["post_alpha"] >= 0),
+        "post_alpha",
+        g["post_alpha"],
+        "None or a finite number >= 0",
+    )
     for name in _POSITIVE:
         _check(_is_number(g[name]) and g[name] > 0, name, g[name], "a finite number > 0")
     for name in _UNIT:
         _check(_is_number(g[name]) and 0 <= g[name] < 1, name, g[name], "a number in [0, 1)")
     for name, low in _COUNTS.items():
-        _check(isinstance(g[name], int) and not isinstance(g[name], bool) and g[name] >= low,
-               name, g[name], f"an integer >= {low}")
+        _check(
+            isinstance(g[name], int) and not isinstance(g[name], bool) and g[name] >= low,
+            name,
+            g[name],
+            f"an integer >= {low}",
+        )
     for name in _FLAGS:
         _check(isinstance(g[name], bool), name, g[name], "True or False")
-    _check(g["ns_dtype"] is None or (isinstance(g["ns_dtype"], torch.dtype)
-                                     and g["ns_dtype"].is_floating_point),
-           "ns_dtype", g["ns_dtype"], "None or a floating torch.dtype")
+    _check(
+        g["ns_dtype"] is None
+        or (isinstance(g["ns_dtype"], torch.dtype) and g["ns_dtype"].is_floating_point),
+        "ns_dtype",
+        g["ns_dtype"],
+        "None or a floating torch.dtype",
+    )
     for p in g["params"]:
-        _check(p.ndim == 2, "params", f"a tensor of shape {tuple(p.shape)}",
-               "2-D weight matrices only (route embeddings, head, gains and biases to AdamW/Lion)")
+        _check(
+            p.ndim == 2,
+            "params",
+            f"a tensor of shape {tuple(p.shape)}",
+            "2-D weight matrices only (route embeddings, head, gains and biases to AdamW/Lion)",
+        )
 
 
 def closure_loss(closure: Callable[[], float] | None) -> float | None:
@@ -282,6 +361,7 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
 
 
 # ---- the engine --------------------------------------------------------------------------------
+
 
 @dataclass
 class _Bucket:
@@ -326,8 +406,9 @@ class KroneckerOptimizer(Optimizer):
         they depend on unless set explicitly. TypeError names unknown knobs."""
         unknown = sorted(set(knobs) - set(DEFAULTS))
         if unknown:
-            raise TypeError(f"{cls.__name__} got unknown knobs {unknown}; "
-                            f"the knobs are {', '.join(DEFAULTS)}")
+            raise TypeError(
+                f"{cls.__name__} got unknown knobs {unknown}; the knobs are {', '.join(DEFAULTS)}"
+            )
         full = {**cls.preset, **knobs}
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
         return full
@@ -342,8 +423,9 @@ class KroneckerOptimizer(Optimizer):
     def add_param_group(self, param_group: Knobs) -> None:
         # a group's derived defaults follow the group's own knobs (e.g. sides="left" in Shampoo)
         derived = self.derived({**self.defaults, **param_group})
-        param_group.update({k: v for k, v in derived.items()
-                            if k not in param_group and k not in self._explicit})
+        param_group.update(
+            {k: v for k, v in derived.items() if k not in param_group and k not in self._explicit}
+        )
         super().add_param_group(param_group)
         try:
             validate_group(self.param_groups[-1])
@@ -361,13 +443,19 @@ class KroneckerOptimizer(Optimizer):
         def zeros(*shape: Any, dtype: torch.dtype = wide) -> Tensor:  # dims, or a shape tuple
             return torch.zeros(*shape, dtype=dtype, device=p.device)
 
-        st = {"step": torch.zeros((), dtype=torch.int64), "momentum_buffer": zeros(m, n),
-              "update_rms": zeros((), dtype=torch.float32)}
+        st = {
+            "step": torch.zeros((), dtype=torch.int64),
+            "momentum_buffer": zeros(m, n),
+            "update_rms": zeros((), dtype=torch.float32),
+        }
         for side in _SIDE_FACTORS[group["sides"]]:
             k = m if side == "L" else n
             F, lam, Q = _FACTOR_KEYS[side]
-            st[F], st[lam], st[Q] = zeros(k, k), torch.ones(k, dtype=wide, device=p.device), \
-                torch.eye(k, dtype=wide, device=p.device)
+            st[F], st[lam], st[Q] = (
+                zeros(k, k),
+                torch.ones(k, dtype=wide, device=p.device),
+                torch.eye(k, dtype=wide, device=p.device),
+            )
             st[f"eigh_failures_{side}"] = zeros((), dtype=torch.int64)
             st[f"stat_skips_{side}"] = zeros((), dtype=torch.int64)
         if group["orthogonalizer"] == "adam":
@@ -481,7 +569,9 @@ class KroneckerOptimizer(Optimizer):
                 has_grad = [p.grad is not None for p in bucket.params]
                 steps = bucket.step.tolist()  # a CPU tensor: no device sync
                 if all(has_grad) and len(set(steps)) == 1:
-                    self._step_matrices(group, bucket.params, bucket.state, bucket.step, steps[0] + 1)
+                    self._step_matrices(
+                        group, bucket.params, bucket.state, bucket.step, steps[0] + 1
+                    )
                     continue
                 # Rare: only some matrices got a gradient, so their steps differ; step each
                 # group of equal step on copies of its rows, then write them back.
@@ -490,15 +580,18 @@ class KroneckerOptimizer(Optimizer):
                     idx = torch.tensor(rows)
                     sub = {k: v[idx.to(v.device)] for k, v in bucket.state.items()}
                     sub_steps = bucket.step[idx]
-                    self._step_matrices(group, [bucket.params[i] for i in rows], sub, sub_steps, s + 1)
+                    self._step_matrices(
+                        group, [bucket.params[i] for i in rows], sub, sub_steps, s + 1
+                    )
                     for k, v in sub.items():
                         bucket.state[k][idx.to(v.device)] = v
                     bucket.step[idx] = sub_steps
         self._fisher = {}
         return loss
 
-    def _step_matrices(self, group: Knobs, params: list[Tensor], st: dict[str, Tensor],
-                       steps: Tensor, t: int) -> None:
+    def _step_matrices(
+        self, group: Knobs, params: list[Tensor], st: dict[str, Tensor], steps: Tensor, t: int
+    ) -> None:
         """Step `t` for a stack of same-shape matrices (state `st` updated in place): the
         statistics and update run through `self._math` (compiled when asked), the eigen refresh
         eagerly between them, since it alone needs the host (finiteness checks, fallbacks)."""
@@ -521,8 +614,9 @@ class KroneckerOptimizer(Optimizer):
     def _math(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         return compiled(fn) if self.compiled else fn
 
-    def _statistics(self, g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Tensor,
-                    t: int) -> None:
+    def _statistics(
+        self, g: Knobs, params: list[Tensor], st: dict[str, Tensor], G: Tensor, t: int
+    ) -> None:
         """Update the factor statistics on statistics steps and refresh the eigen-pairs when due."""
         sides = _SIDE_FACTORS[g["sides"]]
         if not sides:
@@ -543,19 +637,28 @@ class KroneckerOptimizer(Optimizer):
             raise RuntimeError(
                 f"{type(self).__name__} with fisher='sampled' needs sampled-label gradients on "
                 "this step: pass opt.set_fisher_grads({param: grad}) for opt.fisher_params() "
-                "before opt.step() (mousse's trainer does), or use fisher='empirical'")
+                "before opt.step() (mousse's trainer does), or use fisher='empirical'"
+            )
         return torch.stack([self._fisher[id(p)] for p in params])
 
-    def _refresh(self, g: Knobs, st: dict[str, Tensor], side: str, count: int, other_dim: int,
-                 first: bool) -> None:
+    def _refresh(
+        self, g: Knobs, st: dict[str, Tensor], side: str, count: int, other_dim: int, first: bool
+    ) -> None:
         """Eigen refresh of one side's factors (the first refresh, from the identity basis,
         always by eigh); state kept in the eigenbasis follows a QR refresh's column order."""
         F, lam, Q = _FACTOR_KEYS[side]
-        factor = pc.normalized(st[F], count, g["precond_beta"], g["bias_correction"],
-                               g["factor_norm"], other_dim)
+        factor = pc.normalized(
+            st[F], count, g["precond_beta"], g["bias_correction"], g["factor_norm"], other_dim
+        )
         new_lam, new_Q, failed, order = pc.refresh(
-            factor, st[lam], st[Q], g["eps"], st[F].dtype, "eigh" if first else g["refresh"],
-            g["eig_floor"])
+            factor,
+            st[lam],
+            st[Q],
+            g["eps"],
+            st[F].dtype,
+            "eigh" if first else g["refresh"],
+            g["eig_floor"],
+        )
         st[lam].copy_(new_lam)
         st[Q].copy_(new_Q)
         st[f"eigh_failures_{side}"] += failed
@@ -572,8 +675,10 @@ class KroneckerOptimizer(Optimizer):
             dtype = unwhiten_dtype(group, st[Q])
             st[f"P_{side}"] = pc.inverse_root_basis(st[lam], st[Q], alpha, st[Q].dtype)
             st[f"P_{side}_post"] = (
-                st[f"P_{side}"] if (post_alpha, dtype) == (alpha, st[Q].dtype) else
-                pc.inverse_root_basis(st[lam], st[Q], post_alpha, dtype))
+                st[f"P_{side}"]
+                if (post_alpha, dtype) == (alpha, st[Q].dtype)
+                else pc.inverse_root_basis(st[lam], st[Q], post_alpha, dtype)
+            )
 
     # ---- read-outs ----------------------------------------------------------------------------
 
@@ -600,6 +705,7 @@ class KroneckerOptimizer(Optimizer):
 
 # ---- the named presets -------------------------------------------------------------------------
 
+
 class Mousse(KroneckerOptimizer):
     """Mousse (arXiv 2603.09697): Muon whitened by Shampoo's Kronecker factors, the engine's
     defaults. Per step: momentum M <- mu M + G; factors L, R as EMAs of G G^T, G^T G; every
@@ -614,11 +720,20 @@ class Muon(KroneckerOptimizer):
     rule sqrt(max(1, m/n)) (lr_scale="muon"; "rms" is torch's "match_rms_adamw").
     `nesterov=False` selects heavy-ball momentum."""
 
-    preset = dict(lr=1e-3, weight_decay=0.1, momentum_style="nesterov", sides="none", alpha=0.0,
-                  graft="none", ns="muon", lr_scale="muon")
+    preset = dict(
+        lr=1e-3,
+        weight_decay=0.1,
+        momentum_style="nesterov",
+        sides="none",
+        alpha=0.0,
+        graft="none",
+        ns="muon",
+        lr_scale="muon",
+    )
 
-    def __init__(self, params: ParamsT, nesterov: bool | None = None, *, compiled: bool = False,
-                 **knobs: Any) -> None:
+    def __init__(
+        self, params: ParamsT, nesterov: bool | None = None, *, compiled: bool = False, **knobs: Any
+    ) -> None:
         if nesterov is not None:
             knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"
         super().__init__(params, compiled=compiled, **knobs)
@@ -637,15 +752,31 @@ class Shampoo(KroneckerOptimizer):
     matrices (m n <= 1024) as one vector. On a matrix at most 1024 on a side with m n > 1024 the
     two rules coincide."""
 
-    preset = dict(lr=1e-3, momentum=0.9, momentum_style="ema", weight_decay=0.0, alpha=0.125,
-                  orthogonalizer="identity", graft="adam", factor_norm="none", precond_beta=0.999,
-                  eps=1e-12, eig_floor="clamp", precond_freq=100, precond_start=101, beta2=0.999,
-                  adam_eps=1e-8, lr_scale="none")
+    preset = dict(
+        lr=1e-3,
+        momentum=0.9,
+        momentum_style="ema",
+        weight_decay=0.0,
+        alpha=0.125,
+        orthogonalizer="identity",
+        graft="adam",
+        factor_norm="none",
+        precond_beta=0.999,
+        eps=1e-12,
+        eig_floor="clamp",
+        precond_freq=100,
+        precond_start=101,
+        beta2=0.999,
+        adam_eps=1e-8,
+        lr_scale="none",
+    )
 
     @classmethod
     def derived(cls, knobs: Knobs) -> Knobs:
-        return {"precond_start": knobs["precond_freq"] + 1,
-                "alpha": 0.125 if knobs["sides"] == "both" else 0.25}
+        return {
+            "precond_start": knobs["precond_freq"] + 1,
+            "alpha": 0.125 if knobs["sides"] == "both" else 0.25,
+        }
 
 
 class SOAP(KroneckerOptimizer):
@@ -656,11 +787,29 @@ class SOAP(KroneckerOptimizer):
     every 10 steps by one power iteration + QR (the second moment follows the column order, the
     first moment is kept in the original space so it rotates exactly)."""
 
-    preset = dict(lr=3e-3, momentum=0.95, momentum_style="ema", beta2=0.95, adam_eps=1e-8,
-                  weight_decay=0.01, weight_decay_style="after", alpha=0.0, post_alpha=0.0,
-                  orthogonalizer="adam", graft="none", factor_norm="none", bias_correction=False,
-                  precond_beta=0.95, eps=1e-30, eig_floor="clamp", precond_freq=10, refresh="qr",
-                  refresh_after_update=True, skip_first_step=True, lr_scale="none")
+    preset = dict(
+        lr=3e-3,
+        momentum=0.95,
+        momentum_style="ema",
+        beta2=0.95,
+        adam_eps=1e-8,
+        weight_decay=0.01,
+        weight_decay_style="after",
+        alpha=0.0,
+        post_alpha=0.0,
+        orthogonalizer="adam",
+        graft="none",
+        factor_norm="none",
+        bias_correction=False,
+        precond_beta=0.95,
+        eps=1e-30,
+        eig_floor="clamp",
+        precond_freq=10,
+        refresh="qr",
+        refresh_after_update=True,
+        skip_first_step=True,
+        lr_scale="none",
+    )
 
 
 class SPlus(KroneckerOptimizer):
@@ -669,12 +818,27 @@ class SPlus(KroneckerOptimizer):
     multiple of 100 (the authors' schedule), lr scaled by 2/(m+n), weight decay 0.01 after the update (same scale), and an
     iterate average (rate 0.999) that `averaged_weights()` swaps in for evaluation."""
 
-    preset = dict(lr=0.1, momentum=0.9, momentum_style="ema", weight_decay=0.01,
-                  weight_decay_style="after_scaled", alpha=0.0, post_alpha=0.0,
-                  orthogonalizer="sign", graft="none", factor_norm="none", bias_correction=False,
-                  precond_beta=0.999, eps=1e-30, eig_floor="clamp", precond_freq=100,
-                  refresh_schedule="multiples", refresh_after_update=True, average_rate=0.999,
-                  lr_scale="mean_dim")
+    preset = dict(
+        lr=0.1,
+        momentum=0.9,
+        momentum_style="ema",
+        weight_decay=0.01,
+        weight_decay_style="after_scaled",
+        alpha=0.0,
+        post_alpha=0.0,
+        orthogonalizer="sign",
+        graft="none",
+        factor_norm="none",
+        bias_correction=False,
+        precond_beta=0.999,
+        eps=1e-30,
+        eig_floor="clamp",
+        precond_freq=100,
+        refresh_schedule="multiples",
+        refresh_after_update=True,
+        average_rate=0.999,
+        lr_scale="mean_dim",
+    )
 
 
 class TNT(KroneckerOptimizer):
@@ -685,10 +849,22 @@ class TNT(KroneckerOptimizer):
     refreshed every statistics step during the first `precond_freq` (20) steps, then every
     `precond_freq`. Bias correction of the factor EMA stands in for the paper's warm start."""
 
-    preset = dict(lr=1e-4, momentum=0.9, weight_decay=0.0, alpha=0.5, orthogonalizer="identity",
-                  graft="none", factor_norm="same_trace", precond_beta=0.9, eps=0.01,
-                  eig_floor="clamp", precond_freq=20, refresh_warmup=20, fisher="sampled",
-                  lr_scale="none")
+    preset = dict(
+        lr=1e-4,
+        momentum=0.9,
+        weight_decay=0.0,
+        alpha=0.5,
+        orthogonalizer="identity",
+        graft="none",
+        factor_norm="same_trace",
+        precond_beta=0.9,
+        eps=0.01,
+        eig_floor="clamp",
+        precond_freq=20,
+        refresh_warmup=20,
+        fisher="sampled",
+        lr_scale="none",
+    )
 
     @classmethod
     def derived(cls, knobs: Knobs) -> Knobs:
@@ -699,11 +875,24 @@ class SpecGD(KroneckerOptimizer):
     """Spectral gradient descent: W <- W - lr U V^T with U S V^T the SVD of the raw gradient,
     (near-)zero singular values dropped; no momentum, no preconditioning."""
 
-    preset = dict(lr=0.02, momentum=0.0, weight_decay=0.0, sides="none", alpha=0.0,
-                  orthogonalizer="exact", graft="none", lr_scale="none")
+    preset = dict(
+        lr=0.02,
+        momentum=0.0,
+        weight_decay=0.0,
+        sides="none",
+        alpha=0.0,
+        orthogonalizer="exact",
+        graft="none",
+        lr_scale="none",
+    )
 
 
 OPTIMIZERS: dict[str, type[KroneckerOptimizer]] = {
-    "mousse": Mousse, "muon": Muon, "shampoo": Shampoo, "soap": SOAP, "splus": SPlus, "tnt": TNT,
+    "mousse": Mousse,
+    "muon": Muon,
+    "shampoo": Shampoo,
+    "soap": SOAP,
+    "splus": SPlus,
+    "tnt": TNT,
     "specgd": SpecGD,
 }

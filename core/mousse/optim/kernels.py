@@ -49,6 +49,7 @@ def triton_available() -> bool:
     if _TRITON_OK is None:
         try:
             import triton
+
             _TRITON_OK = hasattr(triton, "jit")
         except Exception:  # ImportError, or a broken install (missing libs)
             _TRITON_OK = False
@@ -102,9 +103,28 @@ def poly(A: Tensor, b: float, c: float) -> Tensor:
 
 # Untyped on purpose: triton.jit reads the annotations (tl.constexpr marks compile-time values).
 def _syrk(  # type: ignore[no-untyped-def]
-        X, A, C, m, k, sxb, sxm, sxk, sab, sam, san, scb, scm, scn, alpha, beta,
-        HAS_A: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr,
-        BK: tl.constexpr):
+    X,
+    A,
+    C,
+    m,
+    k,
+    sxb,
+    sxm,
+    sxk,
+    sab,
+    sam,
+    san,
+    scb,
+    scm,
+    scn,
+    alpha,
+    beta,
+    HAS_A: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+):
     """C = alpha X X^T (+ beta A), one lower-triangle tile (i, j) per program, written twice."""
     t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -120,10 +140,16 @@ def _syrk(  # type: ignore[no-untyped-def]
     acc = tl.zeros((BM, BM), dtype=tl.float32)
     for k0 in range(0, k, BK):
         kk = k0 + rk
-        x = tl.load(X + rm[:, None] * sxm + kk[None, :] * sxk,
-                    mask=(rm[:, None] < m) & (kk[None, :] < k), other=0.0)
-        y = tl.load(X + rn[None, :] * sxm + kk[:, None] * sxk,  # X[rn, kk]^T, (BK, BM)
-                    mask=(rn[None, :] < m) & (kk[:, None] < k), other=0.0)
+        x = tl.load(
+            X + rm[:, None] * sxm + kk[None, :] * sxk,
+            mask=(rm[:, None] < m) & (kk[None, :] < k),
+            other=0.0,
+        )
+        y = tl.load(
+            X + rn[None, :] * sxm + kk[:, None] * sxk,  # X[rn, kk]^T, (BK, BM)
+            mask=(rn[None, :] < m) & (kk[:, None] < k),
+            other=0.0,
+        )
         if UPCAST:  # interpreter only, see _launch
             x, y = x.to(tl.float32), y.to(tl.float32)
         acc = tl.dot(x, y, acc, input_precision=PRECISION)
@@ -138,8 +164,11 @@ def _syrk(  # type: ignore[no-untyped-def]
     C = C + b * scb
     tl.store(C + rm[:, None] * scm + rn[None, :] * scn, out, mask=mask)
     if i != j:
-        tl.store(C + rn[:, None] * scm + rm[None, :] * scn, tl.trans(out),
-                 mask=(rn[:, None] < m) & (rm[None, :] < m))
+        tl.store(
+            C + rn[:, None] * scm + rm[None, :] * scn,
+            tl.trans(out),
+            mask=(rn[:, None] < m) & (rm[None, :] < m),
+        )
 
 
 @functools.cache
@@ -152,8 +181,9 @@ def _kernel() -> Any:
     return triton.jit(_syrk)
 
 
-def _launch(X: Tensor, A: Tensor | None, alpha: float, beta: float, block_m: int | None,
-            block_k: int | None) -> Tensor:
+def _launch(
+    X: Tensor, A: Tensor | None, alpha: float, beta: float, block_m: int | None, block_k: int | None
+) -> Tensor:
     if X.dim() != 3 or X.dtype not in DTYPES:
         raise ValueError(f"expected a (B, m, k) batch in {DTYPES}, got {tuple(X.shape)} {X.dtype}")
     B, m, k = X.shape
@@ -174,9 +204,24 @@ def _launch(X: Tensor, A: Tensor | None, alpha: float, beta: float, block_m: int
     T = -(-m // bm)
     As = A if A is not None else C  # unused when HAS_A is False
     kernel[(T * (T + 1) // 2, B)](
-        X, As, C, m, k, *X.stride(), *As.stride(), *C.stride(), float(alpha), float(beta),
-        HAS_A=A is not None, UPCAST=upcast, PRECISION="ieee" if ieee else "tf32", BM=bm, BK=bk,
-        num_warps=8 if bm >= 128 else 4, num_stages=3)
+        X,
+        As,
+        C,
+        m,
+        k,
+        *X.stride(),
+        *As.stride(),
+        *C.stride(),
+        float(alpha),
+        float(beta),
+        HAS_A=A is not None,
+        UPCAST=upcast,
+        PRECISION="ieee" if ieee else "tf32",
+        BM=bm,
+        BK=bk,
+        num_warps=8 if bm >= 128 else 4,
+        num_stages=3,
+    )
     return C.to(X.dtype)
 
 
@@ -189,8 +234,9 @@ def sym_gram(X: Tensor, *, block_m: int | None = None, block_k: int | None = Non
     return _launch(X, None, 1.0, 0.0, block_m, block_k)
 
 
-def sym_poly(A: Tensor, b: float, c: float, *, block_m: int | None = None,
-             block_k: int | None = None) -> Tensor:
+def sym_poly(
+    A: Tensor, b: float, c: float, *, block_m: int | None = None, block_k: int | None = None
+) -> Tensor:
     """b*A + c*(A @ A) for each symmetric matrix of the (B, n, n) batch A, in A's dtype.
 
     Computes A @ A as A A^T and mirrors the lower tiles, so A must be symmetric; the result is

@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 class Lion(Optimizer):
     """`u = sign(b1 m + (1 - b1) g)`, `w <- w (1 - lr wd) - lr u`, then `m <- b2 m + (1 - b2) g`."""
 
-    def __init__(self, params: ParamsT, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+    ) -> None:
         if not lr >= 0:
             raise ValueError(f"invalid lr={lr!r}: expected a number >= 0")
         if not all(0 <= b < 1 for b in betas) or len(betas) != 2:

@@ -23,7 +23,9 @@ def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
     finite = torch.isfinite(G.square().sum(dim=(-2, -1)))
     G = torch.where(finite[:, None, None], G, 0.0)
     C = G @ G.mT if side == "left" else G.mT @ G
-    decay = torch.full(finite.shape, beta, dtype=F.dtype, device=F.device).masked_fill_(~finite, 1.0)
+    decay = torch.full(finite.shape, beta, dtype=F.dtype, device=F.device).masked_fill_(
+        ~finite, 1.0
+    )
     F.mul_(decay[:, None, None]).add_(C, alpha=1.0 - beta)
     return ~finite
 
@@ -31,8 +33,9 @@ def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
 FACTOR_NORMS = ("trace", "same_trace", "none")
 
 
-def normalized(F: Tensor, count: int, beta: float, bias_correction: bool, norm: str,
-               other_dim: int) -> Tensor:
+def normalized(
+    F: Tensor, count: int, beta: float, bias_correction: bool, norm: str, other_dim: int
+) -> Tensor:
     """The factor as refreshed (a new tensor): bias-corrected for `count` EMA updates, then scaled
     by `norm`: "trace" to mean eigenvalue 1 (Mousse), "same_trace" F sqrt(dim / (other_dim tr F))
     (TNT: L and R then carry equal shares of tr(L kron R)), or "none". Scaled in fp64, so
@@ -91,8 +94,13 @@ def _all_finite(*tensors: Tensor) -> bool:
 
 
 def refresh(
-    F: Tensor, lam_prev: Tensor, Q_prev: Tensor, eps: float, dtype: torch.dtype,
-    method: str = "eigh", floor: str = "shift",
+    F: Tensor,
+    lam_prev: Tensor,
+    Q_prev: Tensor,
+    eps: float,
+    dtype: torch.dtype,
+    method: str = "eigh",
+    floor: str = "shift",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Eigen-pairs of `F + eps I`, eigenvalues floored at eps (`floor`), for a batch of factors.
 
@@ -111,7 +119,9 @@ def refresh(
         try:
             lam, Q, order = (
                 _qr_floored(F.to(attempt_dtype), Q_prev.to(attempt_dtype), eps, floor)
-                if how == "qr" else _eigh_floored(F.to(attempt_dtype), eps, floor))
+                if how == "qr"
+                else _eigh_floored(F.to(attempt_dtype), eps, floor)
+            )
         except RuntimeError:
             continue
         if _all_finite(lam, Q):

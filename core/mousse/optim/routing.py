@@ -87,8 +87,9 @@ class CombinedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != set(self.parts):
-            raise ValueError(f"optimizer state holds parts {sorted(state_dict)}, "
-                             f"expected {sorted(self.parts)}")
+            raise ValueError(
+                f"optimizer state holds parts {sorted(state_dict)}, expected {sorted(self.parts)}"
+            )
         for name, opt in self.parts.items():
             opt.load_state_dict(state_dict[name])
         # torch's load_state_dict gives each part new param-group dicts: share those again, or
@@ -96,13 +97,21 @@ class CombinedOptimizer(Optimizer):
         self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
 
     def telemetry(self) -> list[dict[str, Tensor]]:
-        return [row for opt in self.parts.values() if hasattr(opt, "telemetry")
-                for row in opt.telemetry()]
+        return [
+            row
+            for opt in self.parts.values()
+            if hasattr(opt, "telemetry")
+            for row in opt.telemetry()
+        ]
 
     def fisher_params(self) -> list[Tensor]:
         """Parameters whose next step needs a sampled-label gradient (see KroneckerOptimizer)."""
-        return [p for opt in self.parts.values() if hasattr(opt, "fisher_params")
-                for p in opt.fisher_params()]
+        return [
+            p
+            for opt in self.parts.values()
+            if hasattr(opt, "fisher_params")
+            for p in opt.fisher_params()
+        ]
 
     def set_fisher_grads(self, grads: dict[Tensor, Tensor]) -> None:
         for opt in self.parts.values():
@@ -156,10 +165,13 @@ def build_optimizer(
         raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
 
     if optimizer not in (*OPTIMIZERS, "adamw"):
-        raise ValueError(f"invalid optimizer={optimizer!r}: expected one of "
-                         f"{', '.join((*OPTIMIZERS, 'adamw'))}")
+        raise ValueError(
+            f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"
+        )
     if scalar_optimizer not in ("adamw", "lion"):
-        raise ValueError(f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'")
+        raise ValueError(
+            f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'"
+        )
 
     def scalar_lr_for(name: str, p: Tensor) -> float:
         if scalar_optimizer == "lion" and roles[name] == "head":
@@ -188,6 +200,7 @@ def build_optimizer(
     names = {id(p): n for n, p in named}
     combined = CombinedOptimizer(parts, names)
     routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr) for n, p in matrices]
-    routes += [Route(n, tuple(p.shape), roles[n], scalar_optimizer, scalar_lr_for(n, p))
-               for n, p in others]
+    routes += [
+        Route(n, tuple(p.shape), roles[n], scalar_optimizer, scalar_lr_for(n, p)) for n, p in others
+    ]
     return combined, routes

@@ -40,17 +40,31 @@ def _json_default(value):
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
 
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool)}
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
 
 
 def _json_hook(obj: dict):
     """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
         if obj["__dtype__"] not in _DTYPES:
-            raise CheckpointError(f"checkpoint metadata names an unknown dtype "
-                                  f"{obj['__dtype__']!r}; it is damaged or foreign")
+            raise CheckpointError(
+                f"checkpoint metadata names an unknown dtype "
+                f"{obj['__dtype__']!r}; it is damaged or foreign"
+            )
         return _DTYPES[obj["__dtype__"]]
     return obj
 
@@ -69,9 +83,13 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
                     tensors[flat] = value.detach().to("cpu").contiguous().clone()
                 else:
                     extra[flat] = value
-        groups[part] = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
-    meta = {"param_groups": json.dumps(groups, default=_json_default),
-            "extra": json.dumps(extra, default=_json_default)}
+        groups[part] = [
+            {**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]
+        ]
+    meta = {
+        "param_groups": json.dumps(groups, default=_json_default),
+        "extra": json.dumps(extra, default=_json_default),
+    }
     return tensors, meta
 
 
@@ -80,21 +98,27 @@ def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta
     groups = json.loads(meta["param_groups"], object_hook=_json_hook)
     extra = json.loads(meta["extra"], object_hook=_json_hook)
     if set(groups) != set(opt.parts):
-        raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run has "
-                              f"{sorted(opt.parts)}: resume with the same --optimizer")
+        raise CheckpointError(
+            f"checkpoint optimizer has parts {sorted(groups)}, this run has "
+            f"{sorted(opt.parts)}: resume with the same --optimizer"
+        )
     out = {}
     for part, saved_groups in groups.items():
-        current = [opt.param_names[id(p)] for g in opt.parts[part].param_groups for p in g["params"]]
+        current = [
+            opt.param_names[id(p)] for g in opt.parts[part].param_groups for p in g["params"]
+        ]
         saved = [n for g in saved_groups for n in g["params"]]
         if saved != current:
-            raise CheckpointError("checkpoint parameters do not match this model: resume with the "
-                                  "same preset and model shape")
+            raise CheckpointError(
+                "checkpoint parameters do not match this model: resume with the "
+                "same preset and model shape"
+            )
         index = {n: i for i, n in enumerate(current)}
         state: dict[int, dict] = {}
         prefix = f"{part}.state."
         for flat, value in [*tensors.items(), *extra.items()]:
             if flat.startswith(prefix):
-                name, key = flat[len(prefix):].rsplit(".", 1)
+                name, key = flat[len(prefix) :].rsplit(".", 1)
                 state.setdefault(index[name], {})[key] = value
         param_groups = [{**g, "params": [index[n] for n in g["params"]]} for g in saved_groups]
         out[part] = {"state": state, "param_groups": param_groups}
@@ -113,8 +137,15 @@ def model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: CombinedOptimizer,
-                    trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    opt: CombinedOptimizer,
+    trainer_tensors: dict[str, Tensor],
+    trainer_meta: dict,
+    keep: int,
+) -> Path:
     """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(ckpt_root)
@@ -127,8 +158,11 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
         opt_tensors, opt_meta = flatten_optimizer(opt)
         save_file(opt_tensors, tmp / "optimizer.safetensors", metadata={**meta, **opt_meta})
         trainer = {k: v.contiguous() for k, v in trainer_tensors.items()}
-        save_file(trainer, tmp / "trainer.safetensors",
-                  metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}})
+        save_file(
+            trainer,
+            tmp / "trainer.safetensors",
+            metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
+        )
         for f in FILES:
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -138,9 +172,10 @@ def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, opt: Com
         os.replace(tmp, final)
     except (SafetensorError, OSError) as exc:  # disk full, quota, permissions
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"checkpoint step-{step} not written ({exc}); the earlier "
-                              f"checkpoints in {ckpt_root} are intact: free space and --resume") \
-            from None
+        raise CheckpointError(
+            f"checkpoint step-{step} not written ({exc}); the earlier "
+            f"checkpoints in {ckpt_root} are intact: free space and --resume"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -190,8 +225,11 @@ def file_digest(path: Path) -> str:
 def write_checksums(ckpt: Path) -> None:
     """`checksums.json`: the sha256 of every file of a checkpoint dir being written (before its
     rename), fsynced."""
-    sums = {p.name: file_digest(p) for p in sorted(ckpt.iterdir())
-            if p.is_file() and p.name != CHECKSUMS}
+    sums = {
+        p.name: file_digest(p)
+        for p in sorted(ckpt.iterdir())
+        if p.is_file() and p.name != CHECKSUMS
+    }
     with open(ckpt / CHECKSUMS, "w", encoding="utf-8") as fh:
         json.dump(sums, fh, indent=1)
         fh.flush()
@@ -209,17 +247,20 @@ def verify_checksums(ckpt: Path) -> None:
         if not isinstance(sums, dict):
             raise ValueError("not a table")
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc}); resume from an earlier checkpoint") \
-            from None
+        raise CheckpointError(
+            f"{path} is damaged ({exc}); resume from an earlier checkpoint"
+        ) from None
     for name, expected in sums.items():
         try:
             actual = file_digest(ckpt / name)
         except OSError:
             actual = None
         if actual != expected:
-            raise CheckpointError(f"checkpoint file {ckpt / name} is damaged (its checksum "
-                                  "differs from the one written with it); resume from an "
-                                  "earlier checkpoint")
+            raise CheckpointError(
+                f"checkpoint file {ckpt / name} is damaged (its checksum "
+                "differs from the one written with it); resume from an "
+                "earlier checkpoint"
+            )
 
 
 def latest_valid_checkpoint(path: Path, warn=None) -> Path:
@@ -239,8 +280,10 @@ def latest_valid_checkpoint(path: Path, warn=None) -> Path:
         except CheckpointError as exc:
             if warn is not None:
                 warn(f"{exc}; falling back to the checkpoint before it")
-    raise CheckpointError(f"every checkpoint in {path / 'checkpoints'} is damaged; the run "
-                          "cannot resume (start it again)")
+    raise CheckpointError(
+        f"every checkpoint in {path / 'checkpoints'} is damaged; the run "
+        "cannot resume (start it again)"
+    )
 
 
 def is_complete(ckpt: Path) -> bool:
@@ -261,8 +304,11 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete checkpoint dirs under `ckpt_root`, oldest first (half-written ones are ignored)."""
     if not ckpt_root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
+    found = [
+        (int(m.group(1)), p)
+        for p in ckpt_root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and is_complete(p)
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -273,8 +319,10 @@ def find_checkpoint(path: Path) -> Path:
         return path
     found = list_checkpoints(path / "checkpoints")
     if not found:
-        raise CheckpointError(f"no checkpoint found at {path}: pass a run dir that has "
-                              "checkpoints/step-N/ or a checkpoint dir itself")
+        raise CheckpointError(
+            f"no checkpoint found at {path}: pass a run dir that has "
+            "checkpoints/step-N/ or a checkpoint dir itself"
+        )
     return found[-1]
 
 
@@ -293,8 +341,10 @@ def read_checkpoint(ckpt: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
-            raise CheckpointError(f"checkpoint file {ckpt / f} is unreadable ({exc}); it may be "
-                                  "truncated: resume from an earlier checkpoint") from None
+            raise CheckpointError(
+                f"checkpoint file {ckpt / f} is unreadable ({exc}); it may be "
+                "truncated: resume from an earlier checkpoint"
+            ) from None
         if out[part + "_meta"].get("format") != FORMAT:
             raise CheckpointError(f"{ckpt / f} is not a mousse checkpoint ({FORMAT})")
     return out
@@ -317,8 +367,9 @@ def optimizer_files(ckpt: Path) -> list[Path]:
         index = json.loads((ckpt / OPTIMIZER_INDEX).read_text())
         return [ckpt / s for s in index["shards"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt} has no readable optimizer state ({exc}); resume from an "
-                              "earlier checkpoint") from None
+        raise CheckpointError(
+            f"{ckpt} has no readable optimizer state ({exc}); resume from an earlier checkpoint"
+        ) from None
 
 
 def optimizer_state_by_name(opt, ckpt: Path) -> dict:
@@ -341,8 +392,10 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
             except (OSError, ValueError, KeyError) as exc:
                 if isinstance(exc, CheckpointError):
                     raise
-                raise CheckpointError(f"checkpoint file {path} is unreadable ({exc}); it may be "
-                                      "truncated: resume from an earlier checkpoint") from None
+                raise CheckpointError(
+                    f"checkpoint file {path} is unreadable ({exc}); it may be "
+                    "truncated: resume from an earlier checkpoint"
+                ) from None
             for part, part_groups in saved.items():
                 for g in part_groups:
                     hyper = {k: v for k, v in g.items() if k != "params"}
@@ -356,16 +409,20 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
                 where[(part, name)] = (fh, ks, extra)
         missing_parts = sorted(set(opt.parts) - set(groups))
         if missing_parts:
-            raise CheckpointError(f"checkpoint optimizer has parts {sorted(groups)}, this run "
-                                  f"needs {sorted(opt.parts)}: resume with the same --optimizer")
+            raise CheckpointError(
+                f"checkpoint optimizer has parts {sorted(groups)}, this run "
+                f"needs {sorted(opt.parts)}: resume with the same --optimizer"
+            )
         out = {}
         for part, o in opt.parts.items():
             state, param_groups, index = {}, [], 0
             for g in o.param_groups:
                 names = [opt.param_names[id(p)] for p in g["params"]]
                 if any(n not in groups[part] for n in names):
-                    raise CheckpointError("checkpoint parameters do not match this model: resume "
-                                          "with the same preset and model shape")
+                    raise CheckpointError(
+                        "checkpoint parameters do not match this model: resume "
+                        "with the same preset and model shape"
+                    )
                 ids = list(range(index, index + len(names)))
                 index += len(names)
                 param_groups.append({**groups[part][names[0]], "params": ids})
@@ -385,5 +442,3 @@ def read_index(ckpt: Path) -> dict | None:
     """A sharded checkpoint's index (None for the single-file layout)."""
     path = Path(ckpt) / OPTIMIZER_INDEX
     return json.loads(path.read_text()) if path.is_file() else None
-
-

@@ -17,8 +17,10 @@ _UPGRADES: dict[str, Callable[[bool], tuple[str, str]]] = {
     "graft": lambda v: ("graft", "orthogonalizer" if v else "none"),
 }
 # old knob -> what to write instead, for the error a person sees
-RENAMED = {"trace_norm": "factor_norm (trace = on, none = off)",
-           "nesterov": "momentum_style (nesterov = on, heavy_ball = off)"}
+RENAMED = {
+    "trace_norm": "factor_norm (trace = on, none = off)",
+    "nesterov": "momentum_style (nesterov = on, heavy_ball = off)",
+}
 
 
 def upgrade(settings: dict[str, Any]) -> dict[str, Any]:

@@ -39,10 +39,29 @@ FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
 # Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
 # the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
-PRECONDITIONER_KNOBS = tuple(k for k in (
-    "alpha", "post_alpha", "sides", "factor_norm", "precond_freq", "refresh_schedule",
-    "precond_beta", "stat_freq", "refresh_warmup", "precond_start", "eps", "eig_floor",
-    "bias_correction", "refresh", "refresh_after_update", "graft", "fisher") if k in FAMILY_KNOBS)
+PRECONDITIONER_KNOBS = tuple(
+    k
+    for k in (
+        "alpha",
+        "post_alpha",
+        "sides",
+        "factor_norm",
+        "precond_freq",
+        "refresh_schedule",
+        "precond_beta",
+        "stat_freq",
+        "refresh_warmup",
+        "precond_start",
+        "eps",
+        "eig_floor",
+        "bias_correction",
+        "refresh",
+        "refresh_after_update",
+        "graft",
+        "fisher",
+    )
+    if k in FAMILY_KNOBS
+)
 
 
 class ConfigError(ValueError):
@@ -195,8 +214,10 @@ def load_config_file(path: str | Path) -> dict:
     if isinstance(raw.get("train"), dict):
         outside = [key for key in raw if key != "train"]
         if outside:  # would be silently ignored otherwise
-            raise ConfigError(f"{path}: '{outside[0]}' is outside the [train] table; put every "
-                              "setting under [train], or use no table at all")
+            raise ConfigError(
+                f"{path}: '{outside[0]}' is outside the [train] table; put every "
+                "setting under [train], or use no table at all"
+            )
         raw = raw["train"]
     return {key: coerce(key, value) for key, value in compat.upgrade(raw).items()}
 
@@ -212,14 +233,18 @@ def parse_model_config(text: str | None) -> dict:
     for pair in filter(None, (p.strip() for p in (text or "").split(","))):
         key, sep, raw = (s.strip() for s in pair.partition("="))
         if not (sep and key.isidentifier() and raw):
-            raise ConfigError(f"bad --model-config {text!r}: {pair!r} is not key=value; write "
-                              "keyword arguments of the model's function, e.g. "
-                              "d_model=64,n_layers=2")
+            raise ConfigError(
+                f"bad --model-config {text!r}: {pair!r} is not key=value; write "
+                "keyword arguments of the model's function, e.g. "
+                "d_model=64,n_layers=2"
+            )
         if key in out:
             raise ConfigError(f"bad --model-config {text!r}: '{key}' is given twice")
         if key in SET_BY_RUN:
-            raise ConfigError(f"--model-config sets '{key}', which the run passes to the model "
-                              "(seq_len: --seq-len; vocab_size: the data's); drop it")
+            raise ConfigError(
+                f"--model-config sets '{key}', which the run passes to the model "
+                "(seq_len: --seq-len; vocab_size: the data's); drop it"
+            )
         out[key] = _scalar(raw)
     return out
 
@@ -238,8 +263,9 @@ def _scalar(raw: str):
 def format_model_config(kwargs: dict) -> str | None:
     """The canonical --model-config text of `kwargs` (keys sorted, so equal settings compare
     equal as text in the recorded config); None for none."""
-    text = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                    for k, v in sorted(kwargs.items()))
+    text = ",".join(
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(kwargs.items())
+    )
     return text or None
 
 
@@ -247,16 +273,24 @@ def _check_model(cfg: TrainConfig, given: dict) -> None:
     """Settings that do not go with --model (or need it); the model itself is checked where
     it is built (`usermodel.build_model`)."""
     if cfg.model is None:
-        _require(cfg.model_config is None, "--model-config gives keyword arguments to --model; "
-                 "pass --model too (the built-in GPT's shape: --d-model, --n-layers)")
+        _require(
+            cfg.model_config is None,
+            "--model-config gives keyword arguments to --model; "
+            "pass --model too (the built-in GPT's shape: --d-model, --n-layers)",
+        )
         return
     head, sep, tail = cfg.model.rpartition(":")
-    _require(bool(sep and head.strip() and tail.strip()),
-             f"bad value for 'model': {cfg.model!r}; use MODULE:FUNCTION, "
-             "path/to/file.py:FUNCTION or hf:ARCH (e.g. examples/llama.py:llama, hf:llama)")
+    _require(
+        bool(sep and head.strip() and tail.strip()),
+        f"bad value for 'model': {cfg.model!r}; use MODULE:FUNCTION, "
+        "path/to/file.py:FUNCTION or hf:ARCH (e.g. examples/llama.py:llama, hf:llama)",
+    )
     for key in GPT_SHAPE:
-        _require(given.get(key) is None, f"--{key.replace('_', '-')} shapes the built-in GPT, "
-                 "not --model; give your model's sizes in --model-config")
+        _require(
+            given.get(key) is None,
+            f"--{key.replace('_', '-')} shapes the built-in GPT, "
+            "not --model; give your model's sizes in --model-config",
+        )
     cfg.model_config = format_model_config(parse_model_config(cfg.model_config))
 
 
@@ -271,15 +305,23 @@ def parse_log(value: str | None) -> tuple[str, ...]:
     names = [name.strip() for name in (value or "").split(",") if name.strip()]
     if names == ["none"]:
         return ()
-    _require(all(name in LOGGERS for name in names), f"bad value for 'log': {value!r}; choose "
-             "tensorboard, wandb, tensorboard,wandb or none")
+    _require(
+        all(name in LOGGERS for name in names),
+        f"bad value for 'log': {value!r}; choose tensorboard, wandb, tensorboard,wandb or none",
+    )
     return tuple(dict.fromkeys(names))
 
 
 def check_choice(key: str, value, allowed) -> None:
-    hint = " (the SVD polar factor is now orthogonalizer = exact)" if (key, value) == ("ns", "exact") else ""
-    _require(value in allowed,
-             f"bad value for '{key}': {value!r}; choose one of {', '.join(allowed)}{hint}")
+    hint = (
+        " (the SVD polar factor is now orthogonalizer = exact)"
+        if (key, value) == ("ns", "exact")
+        else ""
+    )
+    _require(
+        value in allowed,
+        f"bad value for '{key}': {value!r}; choose one of {', '.join(allowed)}{hint}",
+    )
 
 
 def resolve(overrides: dict) -> TrainConfig:
@@ -299,8 +341,19 @@ def resolve(overrides: dict) -> TrainConfig:
         raise ConfigError(str(exc)) from None
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_model(cfg, values)
-    for name in ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
-                 "micro_batch_size", "warmup_frac", "eval_every", "eval_tokens"):
+    for name in (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "head_dim",
+        "seq_len",
+        "steps",
+        "batch_size",
+        "micro_batch_size",
+        "warmup_frac",
+        "eval_every",
+        "eval_tokens",
+    ):
         if cfg.model is not None and name in GPT_SHAPE:
             continue
         if getattr(cfg, name) is None:
@@ -320,19 +373,40 @@ def resolve(overrides: dict) -> TrainConfig:
     return cfg
 
 
-_AT_LEAST_1 = ("d_model", "n_layers", "n_heads", "head_dim", "seq_len", "steps", "batch_size",
-               "micro_batch_size", "precond_freq", "stat_freq", "precond_start", "ns_steps",
-               "eval_every", "eval_tokens", "log_every", "checkpoint_every", "keep_checkpoints")
+_AT_LEAST_1 = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "head_dim",
+    "seq_len",
+    "steps",
+    "batch_size",
+    "micro_batch_size",
+    "precond_freq",
+    "stat_freq",
+    "precond_start",
+    "ns_steps",
+    "eval_every",
+    "eval_tokens",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
 # number -> (test, what is allowed), for numbers that may be fractional
 _RANGES = {
-    **dict.fromkeys(("lr", "scalar_lr", "weight_decay", "alpha", "post_alpha"),
-                    (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0")),
+    **dict.fromkeys(
+        ("lr", "scalar_lr", "weight_decay", "alpha", "post_alpha"),
+        (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
+    ),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-    **dict.fromkeys(("momentum", "precond_beta", "beta2", "average_rate"),
-                    (lambda v: 0 <= v < 1, "must be in [0, 1)")),
+    **dict.fromkeys(
+        ("momentum", "precond_beta", "beta2", "average_rate"),
+        (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ),
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
-    **dict.fromkeys(("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0,
-                                          "must be a finite number > 0")),
+    **dict.fromkeys(
+        ("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+    ),
     "refresh_warmup": (lambda v: v >= 0, "must be >= 0"),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
 }
@@ -360,9 +434,11 @@ def validate(cfg: TrainConfig) -> None:
     for key in _AT_LEAST_1:
         value = getattr(cfg, key)
         _require(value is None or value >= 1, f"bad value for '{key}': {value}; must be >= 1")
-    _require(cfg.batch_size % cfg.micro_batch_size == 0,
-             f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-             f"{cfg.micro_batch_size}; pick sizes that divide")
+    _require(
+        cfg.batch_size % cfg.micro_batch_size == 0,
+        f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+        f"{cfg.micro_batch_size}; pick sizes that divide",
+    )
     for key, (ok, allowed) in _RANGES.items():
         value = getattr(cfg, key)
         _require(value is None or ok(value), f"bad value for '{key}': {value}; {allowed}")

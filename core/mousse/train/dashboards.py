@@ -21,17 +21,29 @@ from .config import VIEW_SETTINGS, ConfigError, parse_log
 from .events import EvalDone, RunFinished, RunStarted, StepLogged
 
 # scalar tag of each StepLogged / EvalDone field
-STEP_TAGS = {"train_loss": "train/loss", "lr": "train/lr", "step_ms": "time/step_ms",
-             "fwd_bwd_ms": "time/fwd_bwd_ms", "opt_ms": "time/opt_ms",
-             "tokens_per_s": "time/tokens_per_s"}
+STEP_TAGS = {
+    "train_loss": "train/loss",
+    "lr": "train/lr",
+    "step_ms": "time/step_ms",
+    "fwd_bwd_ms": "time/fwd_bwd_ms",
+    "opt_ms": "time/opt_ms",
+    "tokens_per_s": "time/tokens_per_s",
+}
 FISHER_TAG = "time/fisher_ms"  # TNT's sampled-label backward: only runs with fisher = sampled
 EVAL_TAGS = {"val_loss": "val/loss", "best_val_loss": "val/best_loss"}
 # written once, at the last step: what only the whole run measures (a refresh's extra cost)
-SUMMARY_TAGS = {f"{key}_median": f"time/{key}_median"
-                for key in ("step_ms", "fwd_bwd_ms", "opt_ms", "fisher_ms")}
-SUMMARY_TAGS.update({"refresh_ms_median": "time/refresh_ms",
-                     "refresh_ms_amortized": "time/refresh_ms_amortized",
-                     "peak_mem_bytes": "memory/peak_bytes", "mfu": "time/mfu"})
+SUMMARY_TAGS = {
+    f"{key}_median": f"time/{key}_median"
+    for key in ("step_ms", "fwd_bwd_ms", "opt_ms", "fisher_ms")
+}
+SUMMARY_TAGS.update(
+    {
+        "refresh_ms_median": "time/refresh_ms",
+        "refresh_ms_amortized": "time/refresh_ms_amortized",
+        "peak_mem_bytes": "memory/peak_bytes",
+        "mfu": "time/mfu",
+    }
+)
 HPARAM_METRIC = "hparams/final_val_loss"  # the hparams view's metric: the run's final val loss
 
 
@@ -42,8 +54,9 @@ def check_installed(names) -> None:
         try:
             importlib.import_module(name)
         except ImportError:
-            raise ConfigError(f"--log {name} needs the {name} package: "
-                              f"pip install 'mousse[{name}]'") from None
+            raise ConfigError(
+                f"--log {name} needs the {name} package: pip install 'mousse[{name}]'"
+            ) from None
 
 
 def hparams(config: dict) -> dict:
@@ -88,11 +101,15 @@ class WandbRun:
     def __init__(self, files: Path, name: str, started: RunStarted, group: str | None):
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "mousse", name=name,
-                              group=group, config=hparams(started.config),
-                              dir=os.environ.get("WANDB_DIR") or str(files),
-                              reinit="create_new",  # several at once under --parallel
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "mousse",
+            name=name,
+            group=group,
+            config=hparams(started.config),
+            dir=os.environ.get("WANDB_DIR") or str(files),
+            reinit="create_new",  # several at once under --parallel
+            settings=wandb.Settings(silent=True, console="off"),
+        )
 
     def log(self, scalars: dict, step: int) -> None:
         self.run.log(scalars, step=step)
@@ -112,8 +129,13 @@ class Dashboards:
     """The `log` setting's dashboards for one run or one ablation's runs: call it with each
     (event, run name); writers open on RunStarted and close on RunFinished (or `close()`)."""
 
-    def __init__(self, log: str | None, warn: Callable[[str], None], root: Path | None = None,
-                 group: str | None = None):
+    def __init__(
+        self,
+        log: str | None,
+        warn: Callable[[str], None],
+        root: Path | None = None,
+        group: str | None = None,
+    ):
         self.names = parse_log(log)
         check_installed(self.names)
         self.warn, self.root = warn, root
@@ -147,12 +169,19 @@ class Dashboards:
             self._each(state, "log", scalars, event.step)
         elif isinstance(event, EvalDone):
             state["step"] = event.step
-            self._each(state, "log", {tag: getattr(event, key) for key, tag in EVAL_TAGS.items()},
-                       event.step)
+            self._each(
+                state,
+                "log",
+                {tag: getattr(event, key) for key, tag in EVAL_TAGS.items()},
+                event.step,
+            )
         elif isinstance(event, RunFinished):
             summary = event.summary
-            final = {tag: summary[key] for key, tag in SUMMARY_TAGS.items()
-                     if isinstance(summary.get(key), (int, float))}
+            final = {
+                tag: summary[key]
+                for key, tag in SUMMARY_TAGS.items()
+                if isinstance(summary.get(key), (int, float))
+            }
             loss = summary.get("final_val_loss")
             final[HPARAM_METRIC] = loss if loss is not None else math.nan
             step = summary.get("steps") or state["step"]
@@ -172,12 +201,17 @@ class Dashboards:
         else:
             where = {"tensorboard": event.run_dir / "tb", "wandb": event.run_dir}
         writers = {}
-        self.runs[run] = {"writers": writers, "config": hparams(event.config), "step": 0,
-                          "fisher": event.config.get("fisher") == "sampled"}
+        self.runs[run] = {
+            "writers": writers,
+            "config": hparams(event.config),
+            "step": 0,
+            "fisher": event.config.get("fisher") == "sampled",
+        }
         for dashboard in self.names:
             if dashboard not in self.failed:
-                writer = self._guard(dashboard, lambda d=dashboard: WRITERS[d](
-                    where[d], name, event, self.group))
+                writer = self._guard(
+                    dashboard, lambda d=dashboard: WRITERS[d](where[d], name, event, self.group)
+                )
                 if writer is not None:
                     writers[dashboard] = writer
 
@@ -192,8 +226,10 @@ class Dashboards:
             return call()
         except Exception as exc:  # noqa: BLE001 - a dashboard never stops a run
             self.failed.add(dashboard)  # no writer of it is left to fail again: warned once
-            self.warn(f"--log {dashboard} failed ({type(exc).__name__}: {exc}); the runs go on "
-                      "without it (metrics.jsonl has every value)")
+            self.warn(
+                f"--log {dashboard} failed ({type(exc).__name__}: {exc}); the runs go on "
+                "without it (metrics.jsonl has every value)"
+            )
             for state in self.runs.values():
                 writer = state["writers"].pop(dashboard, None)
                 try:

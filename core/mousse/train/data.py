@@ -56,15 +56,17 @@ class TokenSource:
             take = min(hi, self._ends[i + 1]) - lo
             if take > 0:
                 off = lo - self._ends[i]
-                out.append(self.parts[i][off:off + take])
+                out.append(self.parts[i][off : off + take])
             lo, i = lo + take, i + 1
         return torch.cat(out).long() if out else torch.empty(0, dtype=torch.long)
 
     def split_tail(self, n: int) -> tuple[TokenSource, TokenSource]:
         """(everything but the last n tokens, the last n tokens)."""
         cut = self.stop - n
-        return (TokenSource(self.parts, self.name, self.start, cut),
-                TokenSource(self.parts, self.name, cut, self.stop))
+        return (
+            TokenSource(self.parts, self.name, self.start, cut),
+            TokenSource(self.parts, self.name, cut, self.stop),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,9 @@ def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
     shards named *val* in a folder or glob, else from the tail of the corpus."""
     if spec == "builtin":
         if val_spec is not None:
-            raise DataError("a separate validation set needs a data path; the builtin corpus "
-                            "has its own split")
+            raise DataError(
+                "a separate validation set needs a data path; the builtin corpus has its own split"
+            )
         return _builtin()
     files = _resolve(spec)
     is_shards = _is_shards(files, spec)
@@ -96,15 +99,19 @@ def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
         val_files = [f for f in files if "val" in f.name]
         files = [f for f in files if "val" not in f.name]
         if not files:
-            raise DataError(f"{spec}: every shard matched is a val shard (name contains 'val'); "
-                            f"point the data path at the train shards")
+            raise DataError(
+                f"{spec}: every shard matched is a val shard (name contains 'val'); "
+                f"point the data path at the train shards"
+            )
     train, h_train = (_shards if is_shards else _text)(files, spec)
     vocab, unit = (GPT2_VOCAB, "tokens") if is_shards else (BYTE_VOCAB, "bytes")
     if val_spec is not None:
         vfiles = _resolve(val_spec)
         if _is_shards(vfiles, val_spec) != is_shards:
-            raise DataError(f"{val_spec}: validation data must be the same kind as {spec} "
-                            f"(both .bin shards or both text)")
+            raise DataError(
+                f"{val_spec}: validation data must be the same kind as {spec} "
+                f"(both .bin shards or both text)"
+            )
         val, h_val = (_shards if is_shards else _text)(vfiles, val_spec)
         how = f"val from {val_spec}"
     elif val_files:  # used only when no explicit val_spec
@@ -119,16 +126,24 @@ def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
     return Dataset(train, val, vocab, content_hash, spec, desc)
 
 
-def train_batch(source: TokenSource, seed: int, step: int, batch_size: int, seq_len: int,
-                rows: slice | None = None) -> tuple[Tensor, Tensor]:
+def train_batch(
+    source: TokenSource,
+    seed: int,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    rows: slice | None = None,
+) -> tuple[Tensor, Tensor]:
     """(x, y) int64 of shape (rows, seq_len), y = x shifted by one. The random offsets of the whole
     global batch depend only on (seed, step); `rows` picks a subset (a micro batch or a rank's
     share), so any split of the rows reproduces the same global batch."""
     need = batch_size * (seq_len + 1)
     if len(source) < need:
-        raise DataError(f"{source.name}: {len(source)} training tokens, fewer than one batch "
-                        f"({batch_size} x {seq_len + 1} = {need}); use more data or a smaller "
-                        f"batch size or sequence length")
+        raise DataError(
+            f"{source.name}: {len(source)} training tokens, fewer than one batch "
+            f"({batch_size} x {seq_len + 1} = {need}); use more data or a smaller "
+            f"batch size or sequence length"
+        )
     g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (1 << 63))
     offsets = torch.randint(0, len(source) - seq_len, (batch_size,), generator=g)
     offsets = offsets[rows] if rows is not None else offsets
@@ -136,8 +151,9 @@ def train_batch(source: TokenSource, seed: int, step: int, batch_size: int, seq_
     return buf[:, :-1], buf[:, 1:]
 
 
-def check_fits(data: Dataset, batch_size: int, micro_batch_size: int, seq_len: int,
-               seed: int) -> None:
+def check_fits(
+    data: Dataset, batch_size: int, micro_batch_size: int, seq_len: int, seed: int
+) -> None:
     """DataError before any work when a batch or a validation sequence does not fit the data."""
     train_batch(data.train, seed, 1, batch_size, seq_len, slice(0, 1))
     next(val_batches(data.val, 1, micro_batch_size, seq_len))
@@ -148,20 +164,25 @@ def check_tokens(x: Tensor, vocab_size: int, source: TokenSource) -> Tensor:
     embedding lookup would fail, or read garbage on a GPU)."""
     top = int(x.max()) if x.numel() else 0
     if top >= vocab_size:
-        raise DataError(f"{source.name}: token id {top} is outside the vocabulary of {vocab_size}; "
-                        "the shards are not GPT-2 tokens (re-export them with the GPT-2 tokenizer)")
+        raise DataError(
+            f"{source.name}: token id {top} is outside the vocabulary of {vocab_size}; "
+            "the shards are not GPT-2 tokens (re-export them with the GPT-2 tokenizer)"
+        )
     return x
 
 
-def val_batches(source: TokenSource, n_tokens: int, batch_size: int,
-                seq_len: int) -> Iterator[tuple[Tensor, Tensor]]:
+def val_batches(
+    source: TokenSource, n_tokens: int, batch_size: int, seq_len: int
+) -> Iterator[tuple[Tensor, Tensor]]:
     """A fixed set of contiguous (x, y) batches from the start of `source`, about n_tokens
     tokens in all (at least one batch, capped at what the split holds; if it holds less than one
     batch, a single batch with as many rows as fit)."""
     rows = min(batch_size, (len(source) - 1) // seq_len)
     if rows < 1:
-        raise DataError(f"{source.name}: validation split has {len(source)} tokens, fewer than one "
-                        f"sequence ({seq_len + 1}); use more validation data or a shorter sequence")
+        raise DataError(
+            f"{source.name}: validation split has {len(source)} tokens, fewer than one "
+            f"sequence ({seq_len + 1}); use more validation data or a shorter sequence"
+        )
     per = rows * seq_len
     for b in range(max(1, min(n_tokens, len(source) - 1) // per)):
         buf = source.get(b * per, per + 1)
@@ -191,16 +212,21 @@ def _resolve(spec: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file()
-                 and not any(s.startswith(".") for s in f.relative_to(p).parts)]
+        files = [
+            f
+            for f in p.rglob("*")
+            if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts)
+        ]
         if any(f.suffix == ".bin" for f in files):
             files = [f for f in files if f.suffix == ".bin"]
     elif glob.has_magic(spec):
         files = [Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True)]
         files = [f for f in files if f.is_file()]
     else:
-        raise DataError(f"{spec}: no such file or folder; pass 'builtin', a text file or folder, "
-                        f"or .bin token shards (file, folder or glob)")
+        raise DataError(
+            f"{spec}: no such file or folder; pass 'builtin', a text file or folder, "
+            f"or .bin token shards (file, folder or glob)"
+        )
     if not files:
         raise DataError(f"{spec}: matched no files; point at a text file, folder or .bin shards")
     return sorted(files)
@@ -239,22 +265,30 @@ def _shards(files: list[Path], spec: str) -> tuple[TokenSource, str]:
     for f in files:
         size = f.stat().st_size
         if size < HEADER_BYTES:
-            raise DataError(f"{f}: {size} bytes, shorter than the {HEADER_BYTES}-byte shard header; "
-                            f"the file is truncated or not a token shard, re-export it")
+            raise DataError(
+                f"{f}: {size} bytes, shorter than the {HEADER_BYTES}-byte shard header; "
+                f"the file is truncated or not a token shard, re-export it"
+            )
         with open(f, "rb") as fh:
             header = fh.read(HEADER_BYTES)
             magic, version, n = struct.unpack("<3i", header[:12])
             if magic != SHARD_MAGIC:
-                raise DataError(f"{f}: bad magic {magic} (expected {SHARD_MAGIC}), not an llm.c / "
-                                f"modded-nanoGPT token shard; re-export it, or drop the .bin suffix "
-                                f"to read it as text")
+                raise DataError(
+                    f"{f}: bad magic {magic} (expected {SHARD_MAGIC}), not an llm.c / "
+                    f"modded-nanoGPT token shard; re-export it, or drop the .bin suffix "
+                    f"to read it as text"
+                )
             if version != SHARD_VERSION:
-                raise DataError(f"{f}: shard version {version}, only version {SHARD_VERSION} "
-                                f"(uint16 tokens) is supported; re-export it as version 1")
+                raise DataError(
+                    f"{f}: shard version {version}, only version {SHARD_VERSION} "
+                    f"(uint16 tokens) is supported; re-export it as version 1"
+                )
             end = HEADER_BYTES + 2 * n
             if n < 0 or size < end:
-                raise DataError(f"{f}: truncated shard: header says {n} tokens ({end} bytes) but the "
-                                f"file has {size} bytes; re-download or re-export it")
+                raise DataError(
+                    f"{f}: truncated shard: header says {n} tokens ({end} bytes) but the "
+                    f"file has {size} bytes; re-download or re-export it"
+                )
             h.update(f"{f.name}:{n}:".encode() + header)
             fh.seek(HEADER_BYTES)
             h.update(fh.read(min(2 * n, 1 << 20)))
@@ -263,8 +297,10 @@ def _shards(files: list[Path], spec: str) -> tuple[TokenSource, str]:
         if n:
             parts.append(_mmap(f, end)[HEADER_BYTES:].view(torch.uint16))
     if not parts:
-        raise DataError(f"{spec}: empty corpus (0 tokens in {len(files)} shard(s)); "
-                        f"point the data path at non-empty shards")
+        raise DataError(
+            f"{spec}: empty corpus (0 tokens in {len(files)} shard(s)); "
+            f"point the data path at non-empty shards"
+        )
     return TokenSource(parts, spec), h.hexdigest()
 
 
@@ -279,8 +315,11 @@ def stdlib_files() -> list[Path]:
     """The standard library's *.py files, sorted by relative path, minus site-packages and tests."""
     root = Path(sysconfig.get_paths()["stdlib"])
     rel = (f.relative_to(root) for f in root.rglob("*.py"))
-    return [root / r for r in sorted(rel, key=Path.as_posix)
-            if not _EXCLUDED_DIRS.intersection(r.parts[:-1]) and (root / r).is_file()]
+    return [
+        root / r
+        for r in sorted(rel, key=Path.as_posix)
+        if not _EXCLUDED_DIRS.intersection(r.parts[:-1]) and (root / r).is_file()
+    ]
 
 
 def _builtin() -> Dataset:
@@ -294,8 +333,10 @@ def _builtin() -> Dataset:
         files = stdlib_files()
         data = FILE_SEP.join(f.read_bytes() for f in files)
         if not data:
-            raise DataError(f"{sysconfig.get_paths()['stdlib']}: no standard-library sources found "
-                            f"for the builtin corpus; pass a data path instead")
+            raise DataError(
+                f"{sysconfig.get_paths()['stdlib']}: no standard-library sources found "
+                f"for the builtin corpus; pass a data path instead"
+            )
         digest = hashlib.sha256(data).hexdigest()
         try:  # temp file + rename: concurrent ranks never see a half-written cache
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,9 +59,9 @@ def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, int]]) -> float:
     total = 0.0
     for m, n in shapes:
         short, long_ = min(m, n), max(m, n)
-        total += (cfg.ns_steps or 5) * (4 * short * short * long_ + 2 * short ** 3)
+        total += (cfg.ns_steps or 5) * (4 * short * short * long_ + 2 * short**3)
         sides = {"both": (m, n), "left": (m,), "right": (n,)}.get(cfg.sides or "none", ())
-        total += sum(10.0 * s ** 3 for s in sides) / max(1, cfg.precond_freq or 1)
+        total += sum(10.0 * s**3 for s in sides) / max(1, cfg.precond_freq or 1)
     return total
 
 
@@ -78,7 +78,7 @@ def matmul_rate(device: torch.device) -> float:
             a @ b
             n += 1
         _sync(device)
-        _RATE_CACHE[key] = 2 * 1024 ** 3 * n / (time.perf_counter() - start)
+        _RATE_CACHE[key] = 2 * 1024**3 * n / (time.perf_counter() - start)
     return _RATE_CACHE[key]
 
 
@@ -99,9 +99,15 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
     x = torch.randint(0, vocab_size, (cfg.micro_batch_size, cfg.seq_len), device=device)
 
     def optimizer():
-        return build_optimizer(model, optimizer=cfg.optimizer, lr=cfg.lr or 0.0,
-                               scalar_optimizer=cfg.scalar_optimizer, scalar_lr=cfg.scalar_lr,
-                               weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg))[0]
+        return build_optimizer(
+            model,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr or 0.0,
+            scalar_optimizer=cfg.scalar_optimizer,
+            scalar_lr=cfg.scalar_lr,
+            weight_decay=cfg.weight_decay,
+            matrix_kwargs=matrix_kwargs(cfg),
+        )[0]
 
     times = []
     for opt in (optimizer(), optimizer()):  # the first pays one-time costs (library loading)
@@ -145,14 +151,21 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None
     if cfg.model is not None:
         return model_memory_bytes(cfg, vocab_size, micro, act_bytes)
     preset = dataclasses.replace(
-        get_preset(cfg.preset), d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-        head_dim=cfg.head_dim, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-        micro_batch_size=micro)
+        get_preset(cfg.preset),
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        head_dim=cfg.head_dim,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        micro_batch_size=micro,
+    )
     return memory_estimate_bytes(preset, cfg.optimizer, vocab_size, act_bytes=act_bytes)
 
 
-def model_memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int,
-                       act_bytes: int) -> int:
+def model_memory_bytes(
+    cfg: TrainConfig, vocab_size: int, micro_batch_size: int, act_bytes: int
+) -> int:
     """Rough training memory of a --model, from its parameters (built on the meta device):
     fp32 weights and grads, the optimizer state of each block matrix (`matrix_state_floats`
     under this run's knobs) and two moments of every other tensor, and saved activations of
@@ -163,8 +176,9 @@ def model_memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int,
     params = dict(model.named_parameters())
     knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in FAMILY_KNOBS}
     matrices = [p.shape for n, p in params.items() if roles[n] == "matrix"]
-    state = sum(matrix_state_floats(knobs, *s) for s in matrices) + \
-        sum(2 * p.numel() for n, p in params.items() if roles[n] != "matrix")
+    state = sum(matrix_state_floats(knobs, *s) for s in matrices) + sum(
+        2 * p.numel() for n, p in params.items() if roles[n] != "matrix"
+    )
     acts = micro_batch_size * cfg.seq_len * (sum(m + n for m, n in matrices) + 3 * vocab_size)
     return 4 * (2 * sum(p.numel() for p in params.values()) + state) + act_bytes * acts
 
@@ -184,15 +198,17 @@ def available_bytes(device: torch.device) -> int | None:
 
 def fitting_micro_batch(cfg: TrainConfig, vocab_size: int, available: int) -> int | None:
     """The largest micro batch dividing the batch whose estimate fits `available`."""
-    for micro in sorted((d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0),
-                        reverse=True):
+    for micro in sorted(
+        (d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0), reverse=True
+    ):
         if memory_bytes(cfg, vocab_size, micro) <= available:
             return micro
     return None
 
 
-def estimate(cfg: TrainConfig, vocab_size: int, device: torch.device,
-             steps: int | None = None) -> Estimate:
+def estimate(
+    cfg: TrainConfig, vocab_size: int, device: torch.device, steps: int | None = None
+) -> Estimate:
     """The run's cost on `device`: measured when the probe is short, else from FLOPs."""
     flop_step, flop_micro = _flop_estimate(cfg, vocab_size, device)
     mem, avail = memory_bytes(cfg, vocab_size), available_bytes(device)
@@ -207,8 +223,13 @@ def duration(seconds: float) -> str:
     """'40 ms', '12 s', '3.1 min', '3.1 h', '2.5 days', '3.5 years'."""
     if not math.isfinite(seconds):
         return "forever"
-    for limit, unit, scale in ((1, "ms", 1e-3), (120, "s", 1), (7200, "min", 60),
-                               (172800, "h", 3600), (86400 * 730, "days", 86400)):
+    for limit, unit, scale in (
+        (1, "ms", 1e-3),
+        (120, "s", 1),
+        (7200, "min", 60),
+        (172800, "h", 3600),
+        (86400 * 730, "days", 86400),
+    ):
         if seconds < limit:
             value = seconds / scale
             return f"{value:.0f} {unit}" if unit in ("ms", "s") else f"{value:.1f} {unit}"
@@ -218,13 +239,17 @@ def duration(seconds: float) -> str:
 def describe(est: Estimate) -> str:
     """'about 3.1 h per step, 3.5 years for 10,000 steps on this cpu (from FLOPs)'."""
     how = "measured probe" if est.method == "probe" else "from FLOPs at this device's matmul rate"
-    return (f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
-            f"{est.steps:,} steps on this {est.device.split(':')[0].upper()} ({how})")
+    return (
+        f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
+        f"{est.steps:,} steps on this {est.device.split(':')[0].upper()} ({how})"
+    )
 
 
 def warning(cfg: TrainConfig, est: Estimate, device: torch.device) -> str | None:
     """A one-line hint when a GPU preset is about to run on a CPU for more than an hour."""
     if device.type == "cpu" and cfg.preset not in MADE_FOR_CPU and est.run_seconds > 3600:
-        return (f"preset {cfg.preset} is sized for GPUs; on this CPU it needs "
-                f"{duration(est.run_seconds)}: use --preset small (minutes here) or a GPU")
+        return (
+            f"preset {cfg.preset} is sized for GPUs; on this CPU it needs "
+            f"{duration(est.run_seconds)}: use --preset small (minutes here) or a GPU"
+        )
     return None

@@ -77,5 +77,4 @@ class RunFinished:
     summary: dict = field(default_factory=dict)
 
 
-Event = (RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice
-         | RunFinished)
+Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice | RunFinished

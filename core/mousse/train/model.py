@@ -36,7 +36,9 @@ def norm(x: Tensor) -> Tensor:
 def rotary(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0):
     """cos/sin tables of shape (seq_len, head_dim/2), fp32, built on the fly (cheap, no buffers
     to keep in sync when a model is built on the meta device or moved)."""
-    inv_freq = base ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    inv_freq = base ** -(
+        torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    )
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -59,8 +61,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = (lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-                   for lin in (self.q, self.k, self.v))
+        q, k, v = (
+            lin(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            for lin in (self.q, self.k, self.v)
+        )
         q, k = apply_rotary(norm(q), cos, sin), apply_rotary(norm(k), cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
@@ -106,7 +110,9 @@ class GPT(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 fan_out, fan_in = m.weight.shape
-                nn.init.normal_(m.weight, std=min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in))
+                nn.init.normal_(
+                    m.weight, std=min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+                )
 
     def forward(self, idx: Tensor, targets: Tensor | None = None):
         """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean
@@ -127,12 +133,14 @@ class GPT(nn.Module):
     def param_roles(self) -> dict[str, str]:
         """{name: role}: "matrix" for 2-D block weights (Mousse/Muon), "embedding", "head", and
         "scalar" for anything else (none in this model; kept so optimizers route new params)."""
+
         def role(name: str, p: Tensor) -> str:
             if name == "embed.weight":
                 return "embedding"
             if name == "lm_head.weight":
                 return "head"
             return "matrix" if name.startswith("blocks.") and p.ndim == 2 else "scalar"
+
         return {name: role(name, p) for name, p in self.named_parameters()}
 
     def num_params(self) -> int:

@@ -44,22 +44,39 @@ TRAINING_RECIPES: dict[str, dict] = {
 # The others: the best final validation loss of an lr sweep on the tiny preset
 # (benchmarks/lr-sweep/: `mousse ablate benchmarks/lr-sweep/<name>.toml`), checked to train
 # stably on small.
-_CPU_LRS = {"mousse": 0.03, "muon": 0.03, "shampoo": 0.01, "soap": 0.01, "splus": 0.3,
-            "tnt": 1e-4, "specgd": 0.1}
-_CPU_LR_NOTE = ("mousse/muon lr: the project's CPU recipe (docs/published.md); shampoo, soap, splus, "
-                "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small")
+_CPU_LRS = {
+    "mousse": 0.03,
+    "muon": 0.03,
+    "shampoo": 0.01,
+    "soap": 0.01,
+    "splus": 0.3,
+    "tnt": 1e-4,
+    "specgd": 0.1,
+}
+_CPU_LR_NOTE = (
+    "mousse/muon lr: the project's CPU recipe (docs/published.md); shampoo, soap, splus, "
+    "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small"
+)
 # tiny: Mousse and Muon at the lr their own tuning chose (`mousse ablate ablations/paper-tuned.toml`,
 # 5 values a factor 2 apart: both best at 0.06; benchmarks/tuned/).
 _TINY_LRS = {**_CPU_LRS, "mousse": 0.06, "muon": 0.06}
-_TINY_LR_NOTE = ("mousse/muon lr: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
-                 "specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)")
+_TINY_LR_NOTE = (
+    "mousse/muon lr: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
+    "specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
+)
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
-_PAPER_LRS = {**{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
-              "mousse": 0.06, "muon": 0.06, "splus": 0.2}
-_PAPER_LR_NOTE = ("mousse, muon: the released 160M recipe (0.06); adamw: the project's choice; "
-                  "splus: its README's 0.2 for transformers; shampoo, soap, tnt, specgd: their "
-                  "published defaults, not tuned for these models")
+_PAPER_LRS = {
+    **{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
+    "mousse": 0.06,
+    "muon": 0.06,
+    "splus": 0.2,
+}
+_PAPER_LR_NOTE = (
+    "mousse, muon: the released 160M recipe (0.06); adamw: the project's choice; "
+    "splus: its README's 0.2 for transformers; shampoo, soap, tnt, specgd: their "
+    "published defaults, not tuned for these models"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +106,10 @@ class Preset:
 
     def __post_init__(self):
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"preset {self.name}: batch_size {self.batch_size} is not a multiple "
-                             f"of micro_batch_size {self.micro_batch_size}")
+            raise ValueError(
+                f"preset {self.name}: batch_size {self.batch_size} is not a multiple "
+                f"of micro_batch_size {self.micro_batch_size}"
+            )
 
     def matrix_lr(self, optimizer: str) -> float | None:
         """Peak lr of the block matrices under `optimizer` (None: the optimizer's own default)."""
@@ -105,35 +124,113 @@ class Preset:
         return self.batch_size * self.seq_len
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size or self.vocab_size, d_model=self.d_model,
-                         n_layers=self.n_layers, n_heads=self.n_heads, head_dim=self.head_dim,
-                         seq_len=self.seq_len)
+        return GPTConfig(
+            vocab_size=vocab_size or self.vocab_size,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            head_dim=self.head_dim,
+            seq_len=self.seq_len,
+        )
 
 
-def _paper(name: str, d_model: int, n_layers: int, steps: int, micro: int, scalar_lr: float,
-           adamw_lr: float, note: str) -> Preset:
-    return Preset(name=name, d_model=d_model, n_layers=n_layers, n_heads=d_model // 128,
-                  steps=steps, batch_size=2048, micro_batch_size=micro, lrs=dict(_PAPER_LRS),
-                  lr_note=_PAPER_LR_NOTE, scalar_lr=scalar_lr, adamw_lr=adamw_lr, eval_every=125, eval_tokens=10_485_760,
-                  description=f"paper {name}: d{d_model} x {n_layers} layers, 2048 x 1024 tokens/step, "
-                              f"{steps:,} steps ({note})")
+def _paper(
+    name: str,
+    d_model: int,
+    n_layers: int,
+    steps: int,
+    micro: int,
+    scalar_lr: float,
+    adamw_lr: float,
+    note: str,
+) -> Preset:
+    return Preset(
+        name=name,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=d_model // 128,
+        steps=steps,
+        batch_size=2048,
+        micro_batch_size=micro,
+        lrs=dict(_PAPER_LRS),
+        lr_note=_PAPER_LR_NOTE,
+        scalar_lr=scalar_lr,
+        adamw_lr=adamw_lr,
+        eval_every=125,
+        eval_tokens=10_485_760,
+        description=f"paper {name}: d{d_model} x {n_layers} layers, 2048 x 1024 tokens/step, "
+        f"{steps:,} steps ({note})",
+    )
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset(name="tiny", d_model=128, n_layers=2, n_heads=4, head_dim=32, seq_len=128,
-           vocab_size=256, steps=300, batch_size=16, micro_batch_size=16,
-           lrs=dict(_TINY_LRS), lr_note=_TINY_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=25, eval_tokens=32_768,
-           description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores"),
-    Preset(name="small", d_model=128, n_layers=4, n_heads=4, head_dim=32, seq_len=128,
-           vocab_size=256, steps=600, batch_size=32, micro_batch_size=32,
-           lrs=dict(_CPU_LRS), lr_note=_CPU_LR_NOTE, scalar_lr=0.01, adamw_lr=0.01, eval_every=100, eval_tokens=131_072,
-           description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
-                       "a few minutes on 2 cores"),
-    _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
-    _paper("250m", 768, 24, 15_000, 32, 0.006, 0.002, "steps scaled with params from 160m's 10,000"),
-    _paper("500m", 1536, 12, 30_000, 16, 0.004, 0.0015, "steps scaled with params from 160m's 10,000"),
-    _paper("800m", 1536, 24, 50_000, 16, 0.004, 0.001, "steps scaled with params from 160m's 10,000"),
-)}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="tiny",
+            d_model=128,
+            n_layers=2,
+            n_heads=4,
+            head_dim=32,
+            seq_len=128,
+            vocab_size=256,
+            steps=300,
+            batch_size=16,
+            micro_batch_size=16,
+            lrs=dict(_TINY_LRS),
+            lr_note=_TINY_LR_NOTE,
+            scalar_lr=0.01,
+            adamw_lr=0.01,
+            eval_every=25,
+            eval_tokens=32_768,
+            description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores",
+        ),
+        Preset(
+            name="small",
+            d_model=128,
+            n_layers=4,
+            n_heads=4,
+            head_dim=32,
+            seq_len=128,
+            vocab_size=256,
+            steps=600,
+            batch_size=32,
+            micro_batch_size=32,
+            lrs=dict(_CPU_LRS),
+            lr_note=_CPU_LR_NOTE,
+            scalar_lr=0.01,
+            adamw_lr=0.01,
+            eval_every=100,
+            eval_tokens=131_072,
+            description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
+            "a few minutes on 2 cores",
+        ),
+        _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
+        _paper(
+            "250m", 768, 24, 15_000, 32, 0.006, 0.002, "steps scaled with params from 160m's 10,000"
+        ),
+        _paper(
+            "500m",
+            1536,
+            12,
+            30_000,
+            16,
+            0.004,
+            0.0015,
+            "steps scaled with params from 160m's 10,000",
+        ),
+        _paper(
+            "800m",
+            1536,
+            24,
+            50_000,
+            16,
+            0.004,
+            0.001,
+            "steps scaled with params from 160m's 10,000",
+        ),
+    )
+}
 
 
 def get_preset(name: str) -> Preset:
@@ -171,31 +268,40 @@ def matrix_state_floats(knobs: dict | None, m: int, n: int) -> int:
     return floats + sum(extra) * m * n
 
 
-def memory_estimate_bytes(preset: Preset, optimizer: str = "mousse", vocab_size: int | None = None,
-                          act_bytes: int = 4) -> int:
+def memory_estimate_bytes(
+    preset: Preset, optimizer: str = "mousse", vocab_size: int | None = None, act_bytes: int = 4
+) -> int:
     """Rough training memory of one replica, in bytes:
 
-        4 * P (fp32 weights) + 4 * P (fp32 grads)
-        + optimizer state, fp32: every block matrix (m, n) holds `matrix_state_floats` under the
-          optimizer's resolved LM recipe, e.g.
-            mousse: momentum m*n + L, Q_L, P_L (3 m*m) + R, Q_R, P_R (3 n*n) + eigenvalues (m + n)
-            muon:   momentum m*n
-            soap:   as mousse + V (m*n); shampoo: + graft_v (m*n); splus: + average (m*n)
-            adamw:  2 m*n (two moments)
-          and embedding/head/scalars 2 moments each (AdamW) whatever the optimizer
-        + act_bytes * micro_batch_size * seq_len * (20 * d_model * n_layers + 3 * vocab)
-          (saved activations: about 20 d per token per block, and logits, their fp32 copy and
-          gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
+    4 * P (fp32 weights) + 4 * P (fp32 grads)
+    + optimizer state, fp32: every block matrix (m, n) holds `matrix_state_floats` under the
+      optimizer's resolved LM recipe, e.g.
+        mousse: momentum m*n + L, Q_L, P_L (3 m*m) + R, Q_R, P_R (3 n*n) + eigenvalues (m + n)
+        muon:   momentum m*n
+        soap:   as mousse + V (m*n); shampoo: + graft_v (m*n); splus: + average (m*n)
+        adamw:  2 m*n (two moments)
+      and embedding/head/scalars 2 moments each (AdamW) whatever the optimizer
+    + act_bytes * micro_batch_size * seq_len * (20 * d_model * n_layers + 3 * vocab)
+      (saved activations: about 20 d per token per block, and logits, their fp32 copy and
+      gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
+        )
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
     model = _meta_model(preset, vocab_size)
     params, roles = dict(model.named_parameters()), model.param_roles()
-    state = sum(matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
-                for k, r in roles.items())
+    state = sum(
+        matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
+        for k, r in roles.items()
+    )
     vocab = model.cfg.vocab_size
-    acts = preset.micro_batch_size * preset.seq_len * (20 * preset.d_model * preset.n_layers + 3 * vocab)
+    acts = (
+        preset.micro_batch_size
+        * preset.seq_len
+        * (20 * preset.d_model * preset.n_layers + 3 * vocab)
+    )
     return 4 * (2 * model.num_params() + state) + act_bytes * acts
 
 
@@ -204,8 +310,10 @@ def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
     (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
     other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
     final values. AdamW: only ADAMW_KNOBS (lr None when neither the recipe nor `given` sets it)."""
-    knobs = {**TRAINING_RECIPES.get(optimizer, {}),
-             **{k: v for k, v in (given or {}).items() if v is not None}}
+    knobs = {
+        **TRAINING_RECIPES.get(optimizer, {}),
+        **{k: v for k, v in (given or {}).items() if v is not None},
+    }
     if optimizer == "adamw":
         return {k: knobs.get(k) for k in ADAMW_KNOBS}
     full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)

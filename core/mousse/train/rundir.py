@@ -47,16 +47,20 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file; pass a directory")
     if run_dir.is_dir() and not (resume or restart) and _holds_a_run(run_dir):
-        raise RunDirError(f"run dir {run_dir} already holds a run; continue it with --resume "
-                          f"{run_dir}, or pass another --run-dir")
+        raise RunDirError(
+            f"run dir {run_dir} already holds a run; continue it with --resume "
+            f"{run_dir}, or pass another --run-dir"
+        )
     ancestor = run_dir.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RunDirError(f"--run-dir {run_dir} lies inside the file {ancestor}; pass a directory")
     if not os.access(ancestor, os.W_OK):
-        raise RunDirError(f"run dir {run_dir} cannot be created or written ({ancestor} is not "
-                          "writable); pass a --run-dir you can write to")
+        raise RunDirError(
+            f"run dir {run_dir} cannot be created or written ({ancestor} is not "
+            "writable); pass a --run-dir you can write to"
+        )
     if run_dir.is_dir():  # held by a live run now? (taken for real when training starts)
         RunLock(run_dir).acquire().release()
 
@@ -73,22 +77,35 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:
-            raise RunDirError(f"run dir {self.path.parent} is not writable; pass a --run-dir "
-                              "you can write to") from None
+            raise RunDirError(
+                f"run dir {self.path.parent} is not writable; pass a --run-dir you can write to"
+            ) from None
         except OSError as exc:
-            raise RunDirError(f"run dir {self.path.parent} cannot be used ({exc.strerror}); "
-                              "pass another --run-dir") from None
+            raise RunDirError(
+                f"run dir {self.path.parent} cannot be used ({exc.strerror}); "
+                "pass another --run-dir"
+            ) from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise RunInUse(f"run dir {self.path.parent} is in use by {holder}; wait for it "
-                               "to finish or pass another --run-dir") from None
+                raise RunInUse(
+                    f"run dir {self.path.parent} is in use by {holder}; wait for it "
+                    "to finish or pass another --run-dir"
+                ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": platform.node(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            ).encode(),
+        )
         self.fd = fd
         return self
 

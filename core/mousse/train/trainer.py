@@ -111,12 +111,18 @@ def git_revision() -> str | None:
     """The source tree's git commit (with '-dirty' when modified), if it is a checkout."""
     here = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return rev.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -125,9 +131,15 @@ def git_revision() -> str | None:
 def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict:
     """What a reader needs to reproduce the run: versions, machine, revision, seed, argv."""
     env = {
-        "mousse": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "platform": platform.platform(), "device": str(device), "cpu_threads": torch.get_num_threads(),
-        "git_revision": git_revision(), "seed": cfg.seed, "argv": argv if argv is not None else sys.argv,
+        "mousse": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "git_revision": git_revision(),
+        "seed": cfg.seed,
+        "argv": argv if argv is not None else sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     if device.type == "cuda":
@@ -141,8 +153,11 @@ def matrix_kwargs(cfg: TrainConfig) -> dict:
     weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype. AdamW: none."""
     if cfg.optimizer == "adamw":
         return {}
-    knobs = {k: getattr(cfg, k) for k in FAMILY_KNOBS
-             if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None}
+    knobs = {
+        k: getattr(cfg, k)
+        for k in FAMILY_KNOBS
+        if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
+    }
     return {**knobs, "ns_dtype": NS_DTYPES[cfg.ns_dtype]}
 
 
@@ -154,8 +169,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
 # not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
-FIXED_ON_RESUME = tuple(k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer")
-                        if k not in ("lr",))
+FIXED_ON_RESUME = tuple(
+    k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",)
+)
 MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
 
 
@@ -171,17 +187,26 @@ def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[Trai
             given = format_model_config(parse_model_config(given))
         if given != getattr(saved, key):
             was = getattr(saved, key)
-            was = (f"{key} {was!r}" if was is not None
-                   else "the built-in GPT" if key == "model" else f"no {key}")
-            raise ConfigError(f"--{key.replace('_', '-')} {overrides[key]}: the checkpoint's "
-                              f"weights were made with {was}; drop the flag, or start a "
-                              "new run to train another model")
+            was = (
+                f"{key} {was!r}"
+                if was is not None
+                else "the built-in GPT"
+                if key == "model"
+                else f"no {key}"
+            )
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {overrides[key]}: the checkpoint's "
+                f"weights were made with {was}; drop the flag, or start a "
+                "new run to train another model"
+            )
     cfg = resolve({**saved.to_dict(), **overrides})
     for key in FIXED_ON_RESUME:
         if getattr(cfg, key) != getattr(saved, key):
-            raise ConfigError(f"--{key.replace('_', '-')} {getattr(cfg, key)}: the checkpoint's "
-                              f"optimizer state was made with {key}={getattr(saved, key)} and "
-                              "resuming keeps it; drop the flag, or start a new run to change it")
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {getattr(cfg, key)}: the checkpoint's "
+                f"optimizer state was made with {key}={getattr(saved, key)} and "
+                "resuming keeps it; drop the flag, or start a new run to change it"
+            )
     return cfg, ckpt
 
 
@@ -194,15 +219,19 @@ def optimizer_telemetry(opt) -> dict[str, float]:
         return {}
     items = [(key, value) for row in rows for key, value in row.items()]
     device = next((v.device for _, v in items if isinstance(v, torch.Tensor)), "cpu")
-    read = torch.stack([torch.as_tensor(v, device=device).double().reshape(())
-                        for _, v in items]).tolist()  # one host sync for all of them
+    read = torch.stack(
+        [torch.as_tensor(v, device=device).double().reshape(()) for _, v in items]
+    ).tolist()  # one host sync for all of them
     values: dict[str, list[float]] = {}
     for (key, _), value in zip(items, read):
         values.setdefault(key, []).append(value)
-    pick = {"lam_min": (min, "lam_L_min", "lam_R_min"), "lam_max": (max, "lam_L_max", "lam_R_max"),
-            "cond_max": (max, "cond_L", "cond_R"), "eigh_failures": (sum, "eigh_failures_L",
-                                                                     "eigh_failures_R"),
-            "stat_skips": (sum, "stat_skips_L", "stat_skips_R")}
+    pick = {
+        "lam_min": (min, "lam_L_min", "lam_R_min"),
+        "lam_max": (max, "lam_L_max", "lam_R_max"),
+        "cond_max": (max, "cond_L", "cond_R"),
+        "eigh_failures": (sum, "eigh_failures_L", "eigh_failures_R"),
+        "stat_skips": (sum, "stat_skips_L", "stat_skips_R"),
+    }
     out = {"update_rms": sum(values["update_rms"]) / len(values["update_rms"])}
     for name, (reduce, *keys) in pick.items():
         found = [v for k in keys for v in values.get(k, [])]
@@ -220,8 +249,10 @@ def trainer_meta(loaded: dict) -> dict:
             meta[key]  # noqa: B018 - a KeyError here is the error reported below
         return meta
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
-                              "an earlier checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
+            "an earlier checkpoint"
+        ) from None
 
 
 def sampling_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
@@ -243,14 +274,23 @@ def _median(xs: list[float]) -> float | None:
 class Trainer:
     """Runs one configured training run; `run()` returns the summary (also in summary.json)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path | None = None,
-                 on_event: Callable[[Event], None] | None = None, resume: Path | None = None,
-                 stop: threading.Event | None = None, argv: list[str] | None = None,
-                 world: Callable[[torch.device], World] = World,
-                 timing_context: dict | None = None, restart: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        resume: Path | None = None,
+        stop: threading.Event | None = None,
+        argv: list[str] | None = None,
+        world: Callable[[torch.device], World] = World,
+        timing_context: dict | None = None,
+        restart: bool = False,
+    ):
         self.cfg = cfg
         self.timing_context = dict(timing_context or {})  # where its timings were taken
-        self.restart = restart  # the run dir may hold this same run's files from before a checkpoint
+        self.restart = (
+            restart  # the run dir may hold this same run's files from before a checkpoint
+        )
         self.knobs = cfg.to_dict()
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.emit = on_event or (lambda event: None)
@@ -268,14 +308,28 @@ class Trainer:
         owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt, self.routes = build_optimizer(
-            self.model, optimizer=cfg.optimizer, lr=cfg.lr, scalar_optimizer=cfg.scalar_optimizer,
-            scalar_lr=cfg.scalar_lr, weight_decay=cfg.weight_decay, matrix_kwargs=matrix_kwargs(cfg),
-            owned=owned, compiled=cfg.compile)
+            self.model,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            scalar_optimizer=cfg.scalar_optimizer,
+            scalar_lr=cfg.scalar_lr,
+            weight_decay=cfg.weight_decay,
+            matrix_kwargs=matrix_kwargs(cfg),
+            owned=owned,
+            compiled=cfg.compile,
+        )
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.step = 0
-        self.state = {"train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
-                      "best_val_loss": math.inf, "final_val_loss": None, "first_loss": None,
-                      "target_step": None, "target_seconds": None}
+        self.state = {
+            "train_seconds": 0.0,
+            "eval_seconds": 0.0,
+            "checkpoint_seconds": 0.0,
+            "best_val_loss": math.inf,
+            "final_val_loss": None,
+            "first_loss": None,
+            "target_step": None,
+            "target_seconds": None,
+        }
         self.curve: list[dict] = []
         self.resumed_from = None
         if resume is not None:
@@ -290,12 +344,21 @@ class Trainer:
         tensors = {"rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"config": tomlio.dumps(self.cfg.to_dict()), "data_hash": self.data.content_hash,
-                "curve": self.curve, **self.state}
-        path = self.dist.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model,
-                                         self.opt, tensors,
-                                         {k: json.dumps(v) for k, v in meta.items()},  # str-only
-                                         self.cfg.keep_checkpoints)
+        meta = {
+            "config": tomlio.dumps(self.cfg.to_dict()),
+            "data_hash": self.data.content_hash,
+            "curve": self.curve,
+            **self.state,
+        }
+        path = self.dist.save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            self.model,
+            self.opt,
+            tensors,
+            {k: json.dumps(v) for k, v in meta.items()},  # str-only
+            self.cfg.keep_checkpoints,
+        )
         seconds = time.perf_counter() - t0
         self.state["checkpoint_seconds"] += seconds
         self.emit(CheckpointSaved(self.step, path, seconds))
@@ -304,15 +367,27 @@ class Trainer:
         loaded = read_checkpoint(ckpt)
         meta = trainer_meta(loaded)
         saved_cfg = tomlio.loads(meta["config"])
-        for key in ("preset", *MODEL_SETTINGS, "d_model", "n_layers", "n_heads", "head_dim",
-                    "seq_len", "optimizer", "scalar_optimizer"):
+        for key in (
+            "preset",
+            *MODEL_SETTINGS,
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "head_dim",
+            "seq_len",
+            "optimizer",
+            "scalar_optimizer",
+        ):
             if coerce(key, saved_cfg.get(key)) != getattr(self.cfg, key):
-                raise CheckpointError(f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
-                                      f", this run has {getattr(self.cfg, key)!r}: resume with the "
-                                      "same setting")
+                raise CheckpointError(
+                    f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
+                    f", this run has {getattr(self.cfg, key)!r}: resume with the "
+                    "same setting"
+                )
         if meta.get("data_hash") != self.data.content_hash:
-            raise CheckpointError(f"checkpoint {ckpt} was trained on other data; resume with the "
-                                  f"same --data")
+            raise CheckpointError(
+                f"checkpoint {ckpt} was trained on other data; resume with the same --data"
+            )
         try:
             self.model.load_state_dict(loaded["model"])
         except RuntimeError:
@@ -342,14 +417,19 @@ class Trainer:
             check_tokens(x, self.data.vocab_size, self.data.train)
             check_tokens(y, self.data.vocab_size, self.data.train)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(
+                self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
+            ):
                 logits, loss = self.forward(x, y)
             if fisher:
                 timer.begin_extra()
-                sampled = sample_labels(logits.detach(), sampling_generator(cfg.seed, step, i, logits.device))
+                sampled = sample_labels(
+                    logits.detach(), sampling_generator(cfg.seed, step, i, logits.device)
+                )
                 loss_s = F.cross_entropy(logits.float().flatten(0, 1), sampled.flatten())
-                for acc, g in zip(fisher_sum, torch.autograd.grad(loss_s / accum, fisher,
-                                                                  retain_graph=True)):
+                for acc, g in zip(
+                    fisher_sum, torch.autograd.grad(loss_s / accum, fisher, retain_graph=True)
+                ):
                     acc += g
                 timer.end_extra()
             (loss / accum).backward()
@@ -368,14 +448,18 @@ class Trainer:
         self.model.eval()
         losses = []  # per batch; ranks take turns, then the sums are made in batch order
         with self.dist.averaged_weights(self.opt):
-            for i, (x, y) in enumerate(val_batches(self.data.val, self.cfg.eval_tokens,
-                                                   self.cfg.micro_batch_size, self.cfg.seq_len)):
+            for i, (x, y) in enumerate(
+                val_batches(
+                    self.data.val, self.cfg.eval_tokens, self.cfg.micro_batch_size, self.cfg.seq_len
+                )
+            ):
                 check_tokens(y, self.data.vocab_size, self.data.val)
                 if not self.dist.eval_share(i):
                     losses.append(torch.zeros((), device=self.device))
                     continue
-                with torch.autocast(self.device.type, torch.bfloat16,
-                                    enabled=self.device.type == "cuda"):
+                with torch.autocast(
+                    self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
+                ):
                     _, loss = self.forward(x.to(self.device), y.to(self.device))
                 losses.append(loss)
         total, count = self.dist.sum_in_order(losses), len(losses)
@@ -390,17 +474,23 @@ class Trainer:
         self.state["final_val_loss"] = val
         if math.isfinite(val):
             self.state["best_val_loss"] = min(self.state["best_val_loss"], val)
-        self.curve.append({"step": self.step, "val_loss": val,
-                           "seconds": self.state["train_seconds"]})
+        self.curve.append(
+            {"step": self.step, "val_loss": val, "seconds": self.state["train_seconds"]}
+        )
         target = self.cfg.target_loss
         if target is not None and self.state["target_step"] is None and val <= target:
             self.state["target_step"] = self.step
             self.state["target_seconds"] = self.state["train_seconds"]
         if self.dist.is_main:
-            append_jsonl(self.run_dir / "metrics.jsonl", {
-                "step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]})
-        self.emit(EvalDone(self.step, val, self.state["best_val_loss"],
-                           self.state["train_seconds"], seconds))
+            append_jsonl(
+                self.run_dir / "metrics.jsonl",
+                {"step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]},
+            )
+        self.emit(
+            EvalDone(
+                self.step, val, self.state["best_val_loss"], self.state["train_seconds"], seconds
+            )
+        )
         return val
 
     def _prepare_run_dir(self, argv) -> None:
@@ -410,8 +500,10 @@ class Trainer:
         env_file = self.run_dir / "env.json"
         if self.resumed_from is not None and env_file.exists():  # keep the original, log the resume
             original = json.loads(env_file.read_text())
-            env = {**original, "resumes": [*original.get("resumes", []),
-                                           {**env, "from_step": self.resumed_from}]}
+            env = {
+                **original,
+                "resumes": [*original.get("resumes", []), {**env, "from_step": self.resumed_from}],
+            }
         write_json(env_file, env)
         metrics = self.run_dir / "metrics.jsonl"
         if self.resumed_from is not None:  # drop what was logged after the checkpoint
@@ -454,10 +546,21 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir(argv)
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.emit(RunStarted(self.run_dir, cfg.to_dict(), {
-            "n_params": n_params, "device": str(self.device), "data": self.data.describe(),
-            "vocab_size": self.data.vocab_size, "routing": self.routes,
-            "resumed_from": self.resumed_from, "world_size": self.dist.world_size}))
+        self.emit(
+            RunStarted(
+                self.run_dir,
+                cfg.to_dict(),
+                {
+                    "n_params": n_params,
+                    "device": str(self.device),
+                    "data": self.data.describe(),
+                    "vocab_size": self.data.vocab_size,
+                    "routing": self.routes,
+                    "resumed_from": self.resumed_from,
+                    "world_size": self.dist.world_size,
+                },
+            )
+        )
         timer = StepTimer(self.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message = "completed", None
@@ -476,15 +579,22 @@ class Trainer:
 
             # losses are checked (one host sync) before anything is written from this state
             ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
-            due_log = (step % cfg.log_every == 0 or ckpt_due or self.stop.is_set()
-                       or self.device.type == "cpu")
+            due_log = (
+                step % cfg.log_every == 0
+                or ckpt_due
+                or self.stop.is_set()
+                or self.device.type == "cpu"
+            )
             if due_log:
                 self.state["train_seconds"] += timer.flush()
                 losses = torch.stack([l for _, l in pending]).tolist()
                 for (s, _), value in zip(pending, losses):
                     if self.state["first_loss"] is None:
                         self.state["first_loss"] = value
-                    if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
+                    if (
+                        not math.isfinite(value)
+                        or value > cfg.divergence_factor * self.state["first_loss"]
+                    ):
                         status = "diverged"
                         message = f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
                         break
@@ -505,7 +615,9 @@ class Trainer:
         if status in ("completed", "interrupted") and self.step > 0:
             if last_eval != self.step and status == "completed":
                 self._eval_and_record()
-            if not self.dist.from_rank0((self.run_dir / "checkpoints" / f"step-{self.step}").exists()):
+            if not self.dist.from_rank0(
+                (self.run_dir / "checkpoints" / f"step-{self.step}").exists()
+            ):
                 self._checkpoint()
         summary = self._summary(status, message, timer, n_params, tokens_per_step)
         if self.dist.is_main:
@@ -513,22 +625,36 @@ class Trainer:
         self.emit(RunFinished(summary))
         return summary
 
-    def _log_step(self, step: int, loss: float, factor: float, timer: "StepTimer",
-                  tokens_per_step: int) -> None:
+    def _log_step(
+        self, step: int, loss: float, factor: float, timer: "StepTimer", tokens_per_step: int
+    ) -> None:
         step_ms = timer.last_total_ms
         event = StepLogged(
-            step=step, steps=self.cfg.steps, train_loss=loss, lr=self.cfg.lr * factor,
-            step_ms=step_ms, fwd_bwd_ms=timer.last_fwd_bwd_ms, opt_ms=timer.last_opt_ms,
+            step=step,
+            steps=self.cfg.steps,
+            train_loss=loss,
+            lr=self.cfg.lr * factor,
+            step_ms=step_ms,
+            fwd_bwd_ms=timer.last_fwd_bwd_ms,
+            opt_ms=timer.last_opt_ms,
             tokens_per_s=tokens_per_step / (step_ms / 1000) if step_ms else 0.0,
             train_seconds=self.state["train_seconds"],
-            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000), fisher_ms=timer.last_fisher_ms,
-            telemetry=optimizer_telemetry(self.opt))
+            eta_seconds=(self.cfg.steps - step) * (step_ms / 1000),
+            fisher_ms=timer.last_fisher_ms,
+            telemetry=optimizer_telemetry(self.opt),
+        )
         if self.dist.is_main:
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
 
-    def _summary(self, status: str, message: str | None, timer: "StepTimer", n_params: int,
-                 tokens_per_step: int) -> dict:
+    def _summary(
+        self,
+        status: str,
+        message: str | None,
+        timer: "StepTimer",
+        n_params: int,
+        tokens_per_step: int,
+    ) -> dict:
         cfg = self.cfg
         step_ms = _median(timer.total_ms)
         opt_plain = _median(timer.opt_ms_plain)
@@ -537,24 +663,41 @@ class Trainer:
         enough = len(timer.opt_ms_refresh) >= 2 and len(timer.opt_ms_plain) >= 2
         refresh_ms = max(0.0, opt_refresh - opt_plain) if enough else None
         summary = {
-            "run_dir": str(self.run_dir), "status": status, "message": message,
-            "steps": self.step, "planned_steps": cfg.steps,
+            "run_dir": str(self.run_dir),
+            "status": status,
+            "message": message,
+            "steps": self.step,
+            "planned_steps": cfg.steps,
             "final_val_loss": self.state["final_val_loss"],
-            "best_val_loss": self.state["best_val_loss"] if math.isfinite(self.state["best_val_loss"]) else None,
-            "target_loss": cfg.target_loss, "target_step": self.state["target_step"],
+            "best_val_loss": self.state["best_val_loss"]
+            if math.isfinite(self.state["best_val_loss"])
+            else None,
+            "target_loss": cfg.target_loss,
+            "target_step": self.state["target_step"],
             "target_seconds": self.state["target_seconds"],
-            "step_ms_median": step_ms, "fwd_bwd_ms_median": _median(timer.fwd_bwd_ms),
+            "step_ms_median": step_ms,
+            "fwd_bwd_ms_median": _median(timer.fwd_bwd_ms),
             "opt_ms_median": opt_plain if opt_plain is not None else opt_refresh,
             "refresh_ms_median": refresh_ms,
             "fisher_ms_median": _median(timer.fisher_ms),
-            "refresh_ms_amortized": refresh_ms / cfg.precond_freq if refresh_ms is not None else None,
+            "refresh_ms_amortized": refresh_ms / cfg.precond_freq
+            if refresh_ms is not None
+            else None,
             "tokens_per_s": tokens_per_step / (step_ms / 1000) if step_ms else None,
-            "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
+            "train_seconds": self.state["train_seconds"],
+            "eval_seconds": self.state["eval_seconds"],
             "checkpoint_seconds": self.state["checkpoint_seconds"],
-            "n_params": n_params, "resumed_from": self.resumed_from, "curve": self.curve,
-            "mfu": None, "world_size": self.dist.world_size, "timing_context": {
-                **self.timing_context, "host": platform.node(), "device": str(self.device),
-                "threads": torch.get_num_threads()},
+            "n_params": n_params,
+            "resumed_from": self.resumed_from,
+            "curve": self.curve,
+            "mfu": None,
+            "world_size": self.dist.world_size,
+            "timing_context": {
+                **self.timing_context,
+                "host": platform.node(),
+                "device": str(self.device),
+                "threads": torch.get_num_threads(),
+            },
         }
         summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(self.device)
         if self.device.type == "cuda":
@@ -562,7 +705,9 @@ class Trainer:
             peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
             if peak and step_ms:
                 flops = flops_per_token(cfg, n_params)
-                summary["mfu"] = flops * tokens_per_step / (step_ms / 1000) / (peak * self.dist.world_size)
+                summary["mfu"] = (
+                    flops * tokens_per_step / (step_ms / 1000) / (peak * self.dist.world_size)
+                )
         return summary
 
 

@@ -77,6 +77,7 @@ class HFCausalLM(nn.Module):
             if head is not None and p is head.weight:
                 return "head"
             return "matrix" if p.ndim == 2 else "scalar"
+
         return {name: role(p) for name, p in self.named_parameters()}
 
 
@@ -88,11 +89,23 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device | str = 
     factory = load_factory(cfg.model) if cfg.model else None  # module-level code: never on meta
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
         if factory is None:
-            return GPT(GPTConfig(vocab_size=vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                                 n_heads=cfg.n_heads, head_dim=cfg.head_dim,
-                                 seq_len=cfg.seq_len)).to(device)
-        net = _call(cfg.model, factory, vocab_size=vocab_size, seq_len=cfg.seq_len,
-                    **parse_model_config(cfg.model_config))
+            return GPT(
+                GPTConfig(
+                    vocab_size=vocab_size,
+                    d_model=cfg.d_model,
+                    n_layers=cfg.n_layers,
+                    n_heads=cfg.n_heads,
+                    head_dim=cfg.head_dim,
+                    seq_len=cfg.seq_len,
+                )
+            ).to(device)
+        net = _call(
+            cfg.model,
+            factory,
+            vocab_size=vocab_size,
+            seq_len=cfg.seq_len,
+            **parse_model_config(cfg.model_config),
+        )
     model = UserModel(net, _roles(cfg.model, net, vocab_size)).to(device)
     if device.type != "meta":
         _check_logits(cfg.model, model, vocab_size, device)
@@ -109,19 +122,26 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
     """The function a --model names: MODULE:FUNCTION (imported from the installed packages or the
     current directory), path/to/file.py:FUNCTION, or hf:ARCH."""
     if spec.startswith(HF_PREFIX):
-        return _hf_factory(spec[len(HF_PREFIX):].strip())
+        return _hf_factory(spec[len(HF_PREFIX) :].strip())
     where, _, name = (s.strip() for s in spec.rpartition(":"))
-    module = _load_file(where) if where.endswith(".py") or "/" in where or "\\" in where \
+    module = (
+        _load_file(where)
+        if where.endswith(".py") or "/" in where or "\\" in where
         else _import(where)
+    )
     if not hasattr(module, name):
         public = [n for n in vars(module) if not n.startswith("_")]
-        raise ConfigError(f"--model {spec}: {where} has no '{name}'{closest(name, public)}; name "
-                          "the function that builds the model")
+        raise ConfigError(
+            f"--model {spec}: {where} has no '{name}'{closest(name, public)}; name "
+            "the function that builds the model"
+        )
     factory = getattr(module, name)
     if not callable(factory):
-        raise ConfigError(f"--model {spec}: '{name}' is not callable (its type: "
-                          f"{type(factory).__name__}); name the function (or class) that builds "
-                          "the model")
+        raise ConfigError(
+            f"--model {spec}: '{name}' is not callable (its type: "
+            f"{type(factory).__name__}); name the function (or class) that builds "
+            "the model"
+        )
     return factory
 
 
@@ -144,9 +164,11 @@ def _import(name: str) -> ModuleType:
             return importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-                raise ConfigError(f"--model: no module '{name}' in the current directory or the "
-                                  "installed packages; check the name, or give the file: "
-                                  f"{name.replace('.', '/')}.py:FUNCTION") from None
+                raise ConfigError(
+                    f"--model: no module '{name}' in the current directory or the "
+                    "installed packages; check the name, or give the file: "
+                    f"{name.replace('.', '/')}.py:FUNCTION"
+                ) from None
             raise ConfigError(f"--model: importing {name} failed: {_where(exc)}") from None
         except Exception as exc:  # the user's module failed: say where, on one line
             raise ConfigError(f"--model: importing {name} failed: {_where(exc)}") from None
@@ -156,8 +178,10 @@ def _load_file(path: str) -> ModuleType:
     """A Python file as a module, loaded once per process (under a name unique to its path)."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ConfigError(f"--model: file not found: {path}; give path/to/file.py:FUNCTION "
-                          "(relative to the current directory) or MODULE:FUNCTION")
+        raise ConfigError(
+            f"--model: file not found: {path}; give path/to/file.py:FUNCTION "
+            "(relative to the current directory) or MODULE:FUNCTION"
+        )
     file = file.resolve()
     name = f"mousse_model_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
     if name in sys.modules:
@@ -194,19 +218,28 @@ def _call(spec: str, factory: Callable, **kwargs) -> nn.Module:
         params = None
     if params is not None:
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = [n for n, p in params.items()
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        named = [
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         for key in kwargs:
             if key not in named and not takes_any:
-                fix = (f"it is called with {' and '.join(RUN_ARGUMENTS)} (keywords)"
-                       if key in RUN_ARGUMENTS else "fix --model-config")
-                raise ConfigError(f"--model {spec} takes no argument '{key}'{closest(key, named)}"
-                                  f" (it takes {', '.join(named) or 'none'}); {fix}")
-        missing = [n for n in named if params[n].default is inspect.Parameter.empty
-                   and n not in kwargs]
+                fix = (
+                    f"it is called with {' and '.join(RUN_ARGUMENTS)} (keywords)"
+                    if key in RUN_ARGUMENTS
+                    else "fix --model-config"
+                )
+                raise ConfigError(
+                    f"--model {spec} takes no argument '{key}'{closest(key, named)}"
+                    f" (it takes {', '.join(named) or 'none'}); {fix}"
+                )
+        missing = [
+            n for n in named if params[n].default is inspect.Parameter.empty and n not in kwargs
+        ]
         if missing:
-            raise ConfigError(f"--model {spec} needs '{missing[0]}': give it in --model-config, "
-                              f"e.g. --model-config {missing[0]}=...")
+            raise ConfigError(
+                f"--model {spec} needs '{missing[0]}': give it in --model-config, "
+                f"e.g. --model-config {missing[0]}=..."
+            )
     try:
         net = factory(**kwargs)
     except ConfigError:
@@ -214,9 +247,11 @@ def _call(spec: str, factory: Callable, **kwargs) -> nn.Module:
     except Exception as exc:  # the user's code failed: say where, on one line
         raise ConfigError(f"--model {spec} failed to build the model: {_where(exc)}") from None
     if not isinstance(net, nn.Module):
-        raise ConfigError(f"--model {spec} returned type {type(net).__name__}, not a "
-                          "torch.nn.Module; return the model (token ids (B, T) -> logits "
-                          "(B, T, vocab_size))")
+        raise ConfigError(
+            f"--model {spec} returned type {type(net).__name__}, not a "
+            "torch.nn.Module; return the model (token ids (B, T) -> logits "
+            "(B, T, vocab_size))"
+        )
     return net
 
 
@@ -231,14 +266,21 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     if hasattr(net, "param_roles"):
         for name, p in params.items():
             if roles.get(name) not in ROLES:
-                raise ConfigError(f"--model {spec}: param_roles() gives '{name}' no role; map "
-                                  f"every parameter to one of {', '.join(ROLES)}")
+                raise ConfigError(
+                    f"--model {spec}: param_roles() gives '{name}' no role; map "
+                    f"every parameter to one of {', '.join(ROLES)}"
+                )
             if roles[name] == "matrix" and p.ndim != 2:
-                raise ConfigError(f"--model {spec}: param_roles() makes '{name}' of shape "
-                                  f"{tuple(p.shape)} a matrix; only 2-D weights can be")
+                raise ConfigError(
+                    f"--model {spec}: param_roles() makes '{name}' of shape "
+                    f"{tuple(p.shape)} a matrix; only 2-D weights can be"
+                )
         return {name: roles[name] for name in params}
-    linears = {f"{n}.weight" if n else "weight": m for n, m in net.named_modules()
-               if isinstance(m, nn.Linear)}
+    linears = {
+        f"{n}.weight" if n else "weight": m
+        for n, m in net.named_modules()
+        if isinstance(m, nn.Linear)
+    }
     for name, module in linears.items():  # no vocabulary-sized output: a block's last Linear
         if roles.get(name) == "head" and module.out_features != vocab_size:
             roles[name] = "matrix"
@@ -246,10 +288,12 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     if unsure:
         table = ", ".join(f"{n}={'?' if n in unsure else roles[n]}" for n in list(params)[:12])
         more = f" and {len(params) - 12} more" if len(params) > 12 else ""
-        raise ConfigError(f"--model {spec}: cannot tell the role of '{unsure[0]}' "
-                          f"{tuple(params[unsure[0]].shape)}, a 2-D tensor that is no nn.Linear's "
-                          f"weight (routing: {table}{more}); give the model a param_roles() method "
-                          f"returning {{name: role}}, role one of {', '.join(ROLES)}")
+        raise ConfigError(
+            f"--model {spec}: cannot tell the role of '{unsure[0]}' "
+            f"{tuple(params[unsure[0]].shape)}, a 2-D tensor that is no nn.Linear's "
+            f"weight (routing: {table}{more}); give the model a param_roles() method "
+            f"returning {{name: role}}, role one of {', '.join(ROLES)}"
+        )
     return {name: roles[name] for name in params}
 
 
@@ -261,18 +305,23 @@ def _check_logits(spec: str, model: UserModel, vocab_size: int, device: torch.de
         with torch.no_grad():
             out = model(torch.zeros((1, 2), dtype=torch.long, device=device))
     except Exception as exc:
-        raise ConfigError(f"--model {spec}: its forward on token ids of shape (1, 2) failed: "
-                          f"{_where(exc)}") from None
+        raise ConfigError(
+            f"--model {spec}: its forward on token ids of shape (1, 2) failed: {_where(exc)}"
+        ) from None
     finally:
         model.train(training)
     if not isinstance(out, Tensor) or not out.is_floating_point():
         what = f"a {out.dtype} tensor" if isinstance(out, Tensor) else f"type {type(out).__name__}"
-        raise ConfigError(f"--model {spec}: its forward returned {what}; return the logits, a "
-                          "float tensor (B, T, vocab_size) (a Hugging Face model: use hf:ARCH)")
+        raise ConfigError(
+            f"--model {spec}: its forward returned {what}; return the logits, a "
+            "float tensor (B, T, vocab_size) (a Hugging Face model: use hf:ARCH)"
+        )
     if tuple(out.shape) != (1, 2, vocab_size):
-        raise ConfigError(f"--model {spec}: its forward maps token ids (1, 2) to shape "
-                          f"{tuple(out.shape)}; return logits (B, T, vocab_size) = "
-                          f"(1, 2, {vocab_size})")
+        raise ConfigError(
+            f"--model {spec}: its forward maps token ids (1, 2) to shape "
+            f"{tuple(out.shape)}; return logits (B, T, vocab_size) = "
+            f"(1, 2, {vocab_size})"
+        )
 
 
 def _hf_factory(arch: str) -> Callable[..., HFCausalLM]:
@@ -283,26 +332,34 @@ def _hf_factory(arch: str) -> Callable[..., HFCausalLM]:
         import transformers
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     except ImportError:
-        raise ConfigError(f"--model hf:{arch} needs Hugging Face transformers: "
-                          f"{HF_INSTALL}") from None
+        raise ConfigError(
+            f"--model hf:{arch} needs Hugging Face transformers: {HF_INSTALL}"
+        ) from None
     if arch not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError(f"--model hf:{arch}: not a causal LM architecture of transformers"
-                          f"{closest(arch, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)}; e.g. hf:llama, "
-                          "hf:gpt2, hf:qwen2")
+        raise ConfigError(
+            f"--model hf:{arch}: not a causal LM architecture of transformers"
+            f"{closest(arch, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)}; e.g. hf:llama, "
+            "hf:gpt2, hf:qwen2"
+        )
 
     def build(vocab_size: int, seq_len: int, **overrides) -> HFCausalLM:
         default = transformers.AutoConfig.for_model(arch)
         for key in overrides:
             if not hasattr(default, key):
-                raise ConfigError(f"--model-config {key}: hf:{arch} has no such setting"
-                                  f"{closest(key, default.to_dict())}; see transformers' "
-                                  f"{type(default).__name__}")
-        tokens = {k: None for k in ("bos_token_id", "eos_token_id", "pad_token_id")  # no warnings
-                  if isinstance(getattr(default, k, None), int)
-                  and getattr(default, k) >= vocab_size}
+                raise ConfigError(
+                    f"--model-config {key}: hf:{arch} has no such setting"
+                    f"{closest(key, default.to_dict())}; see transformers' "
+                    f"{type(default).__name__}"
+                )
+        tokens = {
+            k: None
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")  # no warnings
+            if isinstance(getattr(default, k, None), int) and getattr(default, k) >= vocab_size
+        }
         config = transformers.AutoConfig.for_model(
-            arch, **{"max_position_embeddings": seq_len, **tokens, **overrides,
-                     "vocab_size": vocab_size})
+            arch,
+            **{"max_position_embeddings": seq_len, **tokens, **overrides, "vocab_size": vocab_size},
+        )
         return HFCausalLM(transformers.AutoModelForCausalLM.from_config(config))
 
     return build

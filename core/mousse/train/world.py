@@ -39,11 +39,18 @@ class World:
         """The parameter names this process's matrix optimizer gets (None: all of them)."""
         return None
 
-    def batch_rows(self, batch_size: int, micro_batch_size: int) -> tuple[list[tuple[int, slice]], int]:
+    def batch_rows(
+        self, batch_size: int, micro_batch_size: int
+    ) -> tuple[list[tuple[int, slice]], int]:
         """This process's micro batches as (index among the global batch's micro batches, row
         slice of the global batch), and the global batch's number of micro batches."""
-        return ([(i // micro_batch_size, slice(i, i + micro_batch_size))
-                 for i in range(0, batch_size, micro_batch_size)], batch_size // micro_batch_size)
+        return (
+            [
+                (i // micro_batch_size, slice(i, i + micro_batch_size))
+                for i in range(0, batch_size, micro_batch_size)
+            ],
+            batch_size // micro_batch_size,
+        )
 
     def reduce_gradients(self, loss: Tensor, step: int) -> Tensor:
         """The step's gradients summed over the job; returns the global mean loss."""
@@ -77,14 +84,23 @@ class World:
             total += value.float()
         return total
 
-    def save_checkpoint(self, ckpt_root: Path, step: int, model: torch.nn.Module, opt,
-                        trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
+    def save_checkpoint(
+        self,
+        ckpt_root: Path,
+        step: int,
+        model: torch.nn.Module,
+        opt,
+        trainer_tensors: dict[str, Tensor],
+        trainer_meta: dict,
+        keep: int,
+    ) -> Path:
         return save_checkpoint(ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
 
     def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
         """Restore `opt` from a checkpoint written by any world size."""
         if "optimizer" in loaded:
-            opt.load_state_dict(unflatten_optimizer(opt, loaded["optimizer"],
-                                                    loaded["optimizer_meta"]))
+            opt.load_state_dict(
+                unflatten_optimizer(opt, loaded["optimizer"], loaded["optimizer_meta"])
+            )
         else:
             opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
