@@ -26,7 +26,7 @@ from mousse.train.dashboards import Dashboards
 from mousse.train.data import DataError
 from mousse.train.fileio import dumps
 
-from .options import BASE_FLAGS, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
+from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, TRAIN_FLAGS, with_flags
 from .views import (
     AblationView,
     TrainView,
@@ -144,33 +144,46 @@ def root(
 def train(
     overrides: dict,
     config: Optional[Path] = typer.Option(
-        None, "--config", help="TOML file of settings (flags override it; it overrides the preset)."
+        None,
+        "--config",
+        help="TOML file of settings (flags override it; it overrides the preset).",
+        rich_help_panel=RUN_PANEL,
     ),
     run_dir: Optional[Path] = typer.Option(
-        None, "--run-dir", help="Run directory (default runs/<preset>-<optimizer>-<time>)."
+        None,
+        "--run-dir",
+        help="Run directory (default runs/<preset>-<optimizer>-<time>).",
+        rich_help_panel=RUN_PANEL,
     ),
     resume: Optional[str] = typer.Option(
         None,
         "--resume",
         help="Continue from a run dir (its latest checkpoint), a checkpoint dir, or 'auto' (latest in --run-dir).",
+        rich_help_panel=RUN_PANEL,
     ),
     json_out: bool = typer.Option(
-        False, "--json", help="Print the final summary as JSON on stdout."
+        False,
+        "--json",
+        help="Print the final summary as JSON on stdout.",
+        rich_help_panel=RUN_PANEL,
     ),
     nproc: int = typer.Option(
         1,
         "--nproc",
         help="Ranks on this machine (one per GPU, or CPU processes): starts torchrun for you. Several machines: run torchrun yourself (docs/scaling.md).",
+        rich_help_panel=RUN_PANEL,
     ),
     max_hours: Optional[float] = typer.Option(
         None,
         "--max-hours",
         help="Refuse (exit 2) a run estimated to take longer than this many hours here (for CI).",
+        rich_help_panel=RUN_PANEL,
     ),
     force: bool = typer.Option(
         False,
         "--force",
         help="Start even when the memory estimate exceeds what the device has free.",
+        rich_help_panel=RUN_PANEL,
     ),
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
@@ -277,69 +290,97 @@ def ablate(
         None, help="Ablation spec TOML (see ablations/); flags override it."
     ),
     grid: bool = typer.Option(
-        False, "--grid", help="Run the full product of the sweeps instead of one knob at a time."
+        False,
+        "--grid",
+        help="Run the full product of the sweeps instead of one knob at a time.",
+        rich_help_panel=PLAN_PANEL,
     ),
     no_baseline: bool = typer.Option(
-        False, "--no-baseline", help="Leave out the Muon baseline run."
+        False, "--no-baseline", help="Leave out the Muon baseline run.", rich_help_panel=PLAN_PANEL
     ),
     seeds: Optional[str] = typer.Option(
-        None, "--seeds", help="Seeds per variant: a count (3 = seeds 0,1,2) or a list (0,5,7)."
+        None,
+        "--seeds",
+        help="Seeds per variant: a count (3 = seeds 0,1,2) or a list (0,5,7).",
+        rich_help_panel=PLAN_PANEL,
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned runs and stop."),
-    max_runs: int = typer.Option(32, "--max-runs", help="Refuse plans with more runs than this."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the planned runs and stop.", rich_help_panel=PLAN_PANEL
+    ),
+    max_runs: int = typer.Option(
+        32, "--max-runs", help="Refuse plans with more runs than this.", rich_help_panel=PLAN_PANEL
+    ),
     ablation_dir: Optional[Path] = typer.Option(
         None,
         "--ablation-dir",
         help="Directory of this ablation (default runs/ablate-<knobs>-<plan hash>); rerunning resumes it.",
+        rich_help_panel=RUN_PANEL,
     ),
     shard: Optional[str] = typer.Option(
         None,
         "--shard",
         help="Run only shard i of n of the runs, e.g. 1/2 (for several machines or GPUs).",
+        rich_help_panel=RUN_PANEL,
     ),
     parallel: int = typer.Option(
-        1, "--parallel", help="Runs at a time (CPU: each gets a share of the cores)."
+        1,
+        "--parallel",
+        help="Runs at a time (CPU: each gets a share of the cores).",
+        rich_help_panel=RUN_PANEL,
     ),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="TOML file of base settings for every run."
+        None,
+        "--config",
+        help="TOML file of base settings for every run.",
+        rich_help_panel=RUN_PANEL,
     ),
     tune: Optional[str] = typer.Option(
         None,
         "--tune",
         help="Tune these knobs per variant (baseline included) before comparing, by coordinate descent in this order: lr | lr,momentum | lr=0.01,0.02,0.04 | momentum_style=heavy_ball,nesterov. Default grid: 5 values a factor 2 apart around the variant's own value; a best value at an edge grows the grid.",
+        rich_help_panel=PLAN_PANEL,
     ),
     tune_seeds: Optional[str] = typer.Option(
         None,
         "--tune-seeds",
         help="Seeds each tuning run is averaged over (a count or a list; default 1).",
+        rich_help_panel=PLAN_PANEL,
     ),
     wait: Optional[float] = typer.Option(
         None,
         "--wait",
         help="With --shard and --tune: when this shard needs other shards' results, poll every SECONDS instead of exiting with code 4.",
+        rich_help_panel=RUN_PANEL,
     ),
     max_hours: Optional[float] = typer.Option(
         None,
         "--max-hours",
         help="Refuse (exit 2) an ablation estimated to take longer than this many hours here (for CI).",
+        rich_help_panel=RUN_PANEL,
     ),
     force: bool = typer.Option(
         False,
         "--force",
         help="Start even when a run's memory estimate exceeds what the device has free.",
+        rich_help_panel=RUN_PANEL,
     ),
     no_timing_pass: bool = typer.Option(
         False,
         "--no-timing-pass",
         help="Skip the side-by-side timing pass after the runs (the overhead column then needs runs timed in one invocation).",
+        rich_help_panel=RUN_PANEL,
     ),
     timing_budget: Optional[float] = typer.Option(
         None,
         "--timing-budget",
         help="Seconds for the timing pass (default: 3% of the ablation's training time, at least 10).",
+        rich_help_panel=RUN_PANEL,
     ),
     json_out: bool = typer.Option(
-        False, "--json", help="Print the results object as JSON on stdout."
+        False,
+        "--json",
+        help="Print the results object as JSON on stdout.",
+        rich_help_panel=RUN_PANEL,
     ),
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.

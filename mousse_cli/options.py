@@ -405,6 +405,7 @@ PANELS = {
     ),
 }
 RUN_PANEL = "Run and output"
+PLAN_PANEL = "Plan: variants, seeds, tuning"
 SWEEP_PANEL = "Sweeps (comma-separated values: each one becomes a variant)"
 
 
