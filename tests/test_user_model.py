@@ -4,12 +4,13 @@ Hugging Face architectures (when transformers is installed) train with random we
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, summary, train_losses, val_losses
+from conftest import assert_one_line_error, mousse_command, summary, train_losses, val_losses
 from safetensors import safe_open
 
 from mousse.experiments.bench import matrix_shapes
@@ -362,3 +363,55 @@ def test_hf_bad_input_is_one_line(cli, tmp_path, args, needles):
 def test_build_errors_are_config_errors_for_library_users():
     with pytest.raises(ConfigError, match="has no 'lama'"):
         build_model(resolve({"model": f"{LLAMA[:-6]}:lama"}), 256)
+
+
+# ---- the heavier paths: torch.compile and torchrun -----------------------------------------------
+
+
+def _user_run(run_dir, *flags):
+    return [
+        *FAST,
+        "--model",
+        LLAMA,
+        *SMALL,
+        "--batch-size",
+        "4",
+        "--steps",
+        "8",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "8",
+        "--run-dir",
+        str(run_dir),
+        *flags,
+    ]
+
+
+@pytest.mark.slow
+def test_user_model_under_compile_follows_eager(cli, tmp_path):
+    """--compile compiles a user model (and the optimizer) like the built-in GPT: same steps,
+    losses within the rounding of generated kernels (tests/test_train.py's bound)."""
+    for name, flags in (("eager", ()), ("compiled", ("--compile",))):
+        assert cli("train", *_user_run(tmp_path / name, *flags)).exit_code == 0
+    eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert list(compiled) == list(eager)
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=2e-3), step
+
+
+@pytest.mark.slow
+def test_user_model_on_two_ranks_matches_one_process(cli, tmp_path):
+    """`--nproc 2` (torchrun, gloo) trains a user model to the same losses as one process."""
+    assert cli("train", *_user_run(tmp_path / "one")).exit_code == 0
+    proc = subprocess.run(
+        [*mousse_command(), "train", *_user_run(tmp_path / "two", "--nproc", "2")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert list(two) == list(one)
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-5), step  # test_distributed.py's bound
