@@ -546,25 +546,11 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir(argv)
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.emit(
-            RunStarted(
-                self.run_dir,
-                cfg.to_dict(),
-                {
-                    "n_params": n_params,
-                    "device": str(self.device),
-                    "data": self.data.describe(),
-                    "vocab_size": self.data.vocab_size,
-                    "routing": self.routes,
-                    "resumed_from": self.resumed_from,
-                    "world_size": self.dist.world_size,
-                },
-            )
-        )
+        self._announce(n_params)
         timer = StepTimer(self.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message = "completed", None
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
         last_eval = self.curve[-1]["step"] if self.curve else None
         reset_peak_memory(self.device)
 
@@ -576,54 +562,83 @@ class Trainer:
             loss, factor = self.train_step(step, timer)
             self.step = step
             pending.append((step, loss))
-
-            # losses are checked (one host sync) before anything is written from this state
             ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
-            due_log = (
-                step % cfg.log_every == 0
-                or ckpt_due
-                or self.stop.is_set()
-                or self.device.type == "cpu"
-            )
-            if due_log:
-                self.state["train_seconds"] += timer.flush()
-                losses = torch.stack([l for _, l in pending]).tolist()
-                for (s, _), value in zip(pending, losses):
-                    if self.state["first_loss"] is None:
-                        self.state["first_loss"] = value
-                    if (
-                        not math.isfinite(value)
-                        or value > cfg.divergence_factor * self.state["first_loss"]
-                    ):
-                        status = "diverged"
-                        message = f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
-                        break
-                    if s % cfg.log_every == 0 or s == cfg.steps:
-                        self._log_step(s, value, factor, timer, tokens_per_step)
-                pending.clear()
-                if status == "diverged":
+            # losses are checked (one host sync) before anything is written from this state
+            if ckpt_due or self._read_losses_due(step):
+                message = self._check_losses(pending, factor, timer, tokens_per_step)
+                if message:
+                    status = "diverged"
                     break
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                val = self._eval_and_record()
                 last_eval = step
-                if not math.isfinite(val):
-                    status, message = "diverged", f"validation loss {val} at step {step}"
+                message = self._evaluate()
+                if message:
+                    status = "diverged"
                     break
             if ckpt_due:
                 self._checkpoint()
 
         if status in ("completed", "interrupted") and self.step > 0:
-            if last_eval != self.step and status == "completed":
-                self._eval_and_record()
-            if not self.dist.from_rank0(
-                (self.run_dir / "checkpoints" / f"step-{self.step}").exists()
-            ):
-                self._checkpoint()
+            self._close_out(evaluate=status == "completed" and last_eval != self.step)
         summary = self._summary(status, message, timer, n_params, tokens_per_step)
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
         return summary
+
+    def _announce(self, n_params: int) -> None:
+        """RunStarted: the resolved config and what the run is made of."""
+        info = {
+            "n_params": n_params,
+            "device": str(self.device),
+            "data": self.data.describe(),
+            "vocab_size": self.data.vocab_size,
+            "routing": self.routes,
+            "resumed_from": self.resumed_from,
+            "world_size": self.dist.world_size,
+        }
+        self.emit(RunStarted(self.run_dir, self.cfg.to_dict(), info))
+
+    def _read_losses_due(self, step: int) -> bool:
+        """Whether this step reads the pending losses: a log line is due, a stop was asked, or
+        on CPU (where reading costs nothing, so divergence is caught on its step)."""
+        return step % self.cfg.log_every == 0 or self.stop.is_set() or self.device.type == "cpu"
+
+    def _check_losses(
+        self,
+        pending: list[tuple[int, torch.Tensor]],
+        factor: float,
+        timer: "StepTimer",
+        tokens_per_step: int,
+    ) -> str | None:
+        """Read the pending losses (one host sync), log the due ones, and say why the run
+        diverged if one is non-finite or beyond divergence_factor x the first loss."""
+        cfg = self.cfg
+        self.state["train_seconds"] += timer.flush()
+        losses = torch.stack([l for _, l in pending]).tolist()
+        pending_steps = [s for s, _ in pending]
+        pending.clear()
+        for s, value in zip(pending_steps, losses):
+            if self.state["first_loss"] is None:
+                self.state["first_loss"] = value
+            if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
+                return f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
+            if s % cfg.log_every == 0 or s == cfg.steps:
+                self._log_step(s, value, factor, timer, tokens_per_step)
+        return None
+
+    def _evaluate(self) -> str | None:
+        """Evaluate and record; say why the run diverged if the validation loss is not finite."""
+        val = self._eval_and_record()
+        return None if math.isfinite(val) else f"validation loss {val} at step {self.step}"
+
+    def _close_out(self, evaluate: bool) -> None:
+        """A run that ends well (or is stopped) leaves its last step evaluated (when it
+        completed) and checkpointed."""
+        if evaluate:
+            self._eval_and_record()
+        if not self.dist.from_rank0((self.run_dir / "checkpoints" / f"step-{self.step}").exists()):
+            self._checkpoint()
 
     def _log_step(
         self, step: int, loss: float, factor: float, timer: "StepTimer", tokens_per_step: int
