@@ -34,8 +34,13 @@ class MatrixCost:
         return self.step + self.refresh / self.precond_freq
 
 
-def matrix_cost(shape: tuple[int, int], sides: str = "both", precond_freq: int = 10,
-                ns_steps: int = 5, orthogonalizer: str = "newton_schulz") -> MatrixCost:
+def matrix_cost(
+    shape: tuple[int, int],
+    sides: str = "both",
+    precond_freq: int = 10,
+    ns_steps: int = 5,
+    orthogonalizer: str = "newton_schulz",
+) -> MatrixCost:
     """Cost model of one matrix: refresh ~ 9 (m^3 + n^3) for the preconditioned sides (eigh with
     vectors); per step the factor statistics (2 m^2 n, 2 m n^2), whitening and unwhitening (twice
     that) and Newton-Schulz, ns_steps x (4 a^2 b + 2 a^3) with a <= b the matrix's sides."""
@@ -44,8 +49,10 @@ def matrix_cost(shape: tuple[int, int], sides: str = "both", precond_freq: int =
     left, right = sides in ("both", "left"), sides in ("both", "right")
     refresh = EIGH_FLOPS * (m**3 * left + n**3 * right)
     stats = 2 * m * m * n * left + 2 * m * n * n * right
-    ortho = {"newton_schulz": ns_steps * (4 * a * a * b + 2 * a**3),
-             "exact": 4 * a * a * b + 22 * a**3}.get(orthogonalizer, 2 * m * n)  # svd; elementwise
+    ortho = {
+        "newton_schulz": ns_steps * (4 * a * a * b + 2 * a**3),
+        "exact": 4 * a * a * b + 22 * a**3,
+    }.get(orthogonalizer, 2 * m * n)  # svd; elementwise
     return MatrixCost(float(refresh), float(3 * stats + ortho), max(1, precond_freq))
 
 
@@ -60,8 +67,11 @@ def cost_model(cfg) -> Callable[[tuple[int, int]], float]:
     return lambda shape: matrix_cost(shape, sides, freq, steps, ortho).amortized
 
 
-def plan_ownership(shapes: Mapping[str, tuple[int, int]], world_size: int,
-                   cost: Callable[[tuple[int, int]], float] | None = None) -> dict[str, int]:
+def plan_ownership(
+    shapes: Mapping[str, tuple[int, int]],
+    world_size: int,
+    cost: Callable[[tuple[int, int]], float] | None = None,
+) -> dict[str, int]:
     """The owner rank of every matrix, {name: rank}; the one place that decides.
 
     Balanced by cost: matrices are dealt heaviest shape first to the least-loaded rank (LPT, at
@@ -89,14 +99,18 @@ def plan_ownership(shapes: Mapping[str, tuple[int, int]], world_size: int,
     for shape, names in buckets.items():
         start = 0
         for rank, count in enumerate(counts[shape]):
-            for name in names[start:start + count]:
+            for name in names[start : start + count]:
                 owners[name] = rank
             start += count
     return {name: owners[name] for name in shapes}
 
 
-def plan_loads(shapes: Mapping[str, tuple[int, int]], owners: Mapping[str, int], world_size: int,
-               cost: Callable[[tuple[int, int]], float]) -> list[float]:
+def plan_loads(
+    shapes: Mapping[str, tuple[int, int]],
+    owners: Mapping[str, int],
+    world_size: int,
+    cost: Callable[[tuple[int, int]], float],
+) -> list[float]:
     """Each rank's summed cost under a plan."""
     load = [0.0] * world_size
     for name, shape in shapes.items():
@@ -110,8 +124,13 @@ class OwnerLayout:
     a reduce-scatter over the buffer hands each owner the summed gradients of its matrices, and an
     all-gather of the slots hands every rank every owner's matrices."""
 
-    def __init__(self, names: list[str], numels: Mapping[str, int], owners: Mapping[str, int],
-                 world_size: int):
+    def __init__(
+        self,
+        names: list[str],
+        numels: Mapping[str, int],
+        owners: Mapping[str, int],
+        world_size: int,
+    ):
         self.world_size = world_size
         self.members = [[n for n in names if owners[n] == r] for r in range(world_size)]
         self.numels = dict(numels)
@@ -129,12 +148,19 @@ class OwnerLayout:
         for name, offset, numel in self.slots(rank):
             value = values.get(name)
             if value is None:
-                slot[offset:offset + numel].zero_()
+                slot[offset : offset + numel].zero_()
             else:
-                slot[offset:offset + numel].copy_(value.reshape(-1))
+                slot[offset : offset + numel].copy_(value.reshape(-1))
         used = sum(self.numels[n] for n in self.members[rank])
         slot[used:].zero_()
 
 
-__all__ = ["EIGH_FLOPS", "MatrixCost", "OwnerLayout", "cost_model", "matrix_cost", "plan_loads",
-           "plan_ownership"]
+__all__ = [
+    "EIGH_FLOPS",
+    "MatrixCost",
+    "OwnerLayout",
+    "cost_model",
+    "matrix_cost",
+    "plan_loads",
+    "plan_ownership",
+]

@@ -109,12 +109,16 @@ def exit_on_error(exit_types: tuple[type, ...] = ()) -> Iterator[None]:
         if _lost_peer(exc):
             # most likely another rank failed first: say so briefly, and give torchrun a moment
             # to see that rank's exit (and stop this one) so it reports the root cause
-            print(f"error: {rank_prefix()}stopped: a collective failed, most likely because "
-                  f"another rank stopped ({text[:160]})", file=sys.stderr)
+            print(
+                f"error: {rank_prefix()}stopped: a collective failed, most likely because "
+                f"another rank stopped ({text[:160]})",
+                file=sys.stderr,
+            )
             _hard_exit(1, linger=LINGER_S)
         print(f"error: {rank_prefix()}{type(exc).__name__}: {text}", file=sys.stderr)
         if os.environ.get(TRACEBACK_ENV) == "1":
             import traceback
+
             traceback.print_exc()
         _hard_exit(1)
 
@@ -125,8 +129,15 @@ def _lost_peer(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("/gloo/", "Connection reset by peer", "Connection closed by peer",
-                            "NCCL", "ProcessGroup"))
+        s in text
+        for s in (
+            "/gloo/",
+            "Connection reset by peer",
+            "Connection closed by peer",
+            "NCCL",
+            "ProcessGroup",
+        )
+    )
 
 
 def run_rank(entry: Callable[[], object]) -> None:
@@ -171,16 +182,29 @@ def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tupl
     """(sequences per rank, micro batch per rank) for a global batch; ConfigError if it does not
     split evenly. The micro batch shrinks to the rank's share when that is smaller."""
     if batch_size % world_size:
-        raise ConfigError(f"batch_size {batch_size} does not split over {world_size} ranks; use a "
-                          f"multiple of {world_size}")
+        raise ConfigError(
+            f"batch_size {batch_size} does not split over {world_size} ranks; use a "
+            f"multiple of {world_size}"
+        )
     share = batch_size // world_size
     micro = min(micro_batch_size, share)
     if share % micro:
-        raise ConfigError(f"each of {world_size} ranks gets {share} sequences of batch_size "
-                          f"{batch_size}, not a multiple of micro_batch_size {micro}; pick sizes "
-                          f"that divide")
+        raise ConfigError(
+            f"each of {world_size} ranks gets {share} sequences of batch_size "
+            f"{batch_size}, not a multiple of micro_batch_size {micro}; pick sizes "
+            f"that divide"
+        )
     return share, micro
 
 
-__all__ = ["batch_split", "env_rank", "env_world_size", "exit_on_error", "is_main_process",
-           "leave_process_group", "rank_prefix", "run_rank", "timeout_seconds"]
+__all__ = [
+    "batch_split",
+    "env_rank",
+    "env_world_size",
+    "exit_on_error",
+    "is_main_process",
+    "leave_process_group",
+    "rank_prefix",
+    "run_rank",
+    "timeout_seconds",
+]

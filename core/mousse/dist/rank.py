@@ -41,14 +41,26 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from mousse.optim.routing import infer_roles
+from mousse.train.checkpoint import (
+    FORMAT,
+    flatten_optimizer,
+    list_checkpoints,
+    model_tensors,
+    optimizer_state_by_name,
+    param_of,
+    write_checksums,
+)
 from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
-from mousse.train.checkpoint import (FORMAT, flatten_optimizer, list_checkpoints, model_tensors,
-                                     optimizer_state_by_name, param_of, write_checksums)
 from mousse.train.world import World
 
-from .process import (_inject_failure, batch_split, env_world_size, leave_process_group,
-                      timeout_seconds)
 from .ownership import OwnerLayout, cost_model, plan_ownership
+from .process import (
+    _inject_failure,
+    batch_split,
+    env_world_size,
+    leave_process_group,
+    timeout_seconds,
+)
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
 
@@ -74,8 +86,11 @@ def setup(device: torch.device | str | None = None) -> World:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         extra = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(seconds=timeout_seconds()), **extra)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(seconds=timeout_seconds()),
+            **extra,
+        )
         atexit.register(teardown)
     return Dist(dist.get_rank(), dist.get_world_size(), local, device)
 
@@ -93,15 +108,23 @@ def weights_digest(model: torch.nn.Module) -> list[float]:
     tensors = list(model.state_dict().values())
     if not tensors:
         return []
-    return torch.stack([torch.stack([t.double().sum(), t.double().square().sum()])
-                        for t in tensors]).flatten().tolist()
+    return (
+        torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
+        .flatten()
+        .tolist()
+    )
 
 
 def optimizer_state_bytes(opt) -> int:
     """Bytes of tensors in an optimizer's state (every part of a CombinedOptimizer)."""
     parts = getattr(opt, "parts", None) or {"": opt}
-    return sum(v.numel() * v.element_size() for o in parts.values() for st in o.state.values()
-               for v in st.values() if isinstance(v, Tensor))
+    return sum(
+        v.numel() * v.element_size()
+        for o in parts.values()
+        for st in o.state.values()
+        for v in st.values()
+        if isinstance(v, Tensor)
+    )
 
 
 # ---- the job as seen from one rank --------------------------------------------------------------
@@ -110,8 +133,13 @@ def optimizer_state_bytes(opt) -> int:
 class Dist(World):
     """One rank's view of a job of several ranks: the trainer's `World` hooks as collectives."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0,
-                 device: torch.device | None = None):
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        local_rank: int = 0,
+        device: torch.device | None = None,
+    ):
         super().__init__(device)
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.owners: dict[str, int] | None = None  # the ownership plan, once `prepare`d
@@ -160,8 +188,12 @@ class Dist(World):
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         shapes = {n: tuple(p.shape) for n, p in self.params if roles.get(n) == "matrix"}
         self.owners = plan_ownership(shapes, self.world_size, cost_model(cfg))
-        self.layout = OwnerLayout(list(shapes), {n: p.numel() for n, p in self.params
-                                                 if n in shapes}, self.owners, self.world_size)
+        self.layout = OwnerLayout(
+            list(shapes),
+            {n: p.numel() for n, p in self.params if n in shapes},
+            self.owners,
+            self.world_size,
+        )
         self.matrices = {n: p for n, p in self.params if n in self.owners}
         self.replicated = [(n, p) for n, p in self.params if n not in self.owners]
         self.owned = [(n, self.matrices[n]) for n, _, _ in self.layout.slots(self.rank)]
@@ -171,14 +203,18 @@ class Dist(World):
 
     # ---- the step -------------------------------------------------------------------------------
 
-    def batch_rows(self, batch_size: int, micro_batch_size: int) -> tuple[list[tuple[int, slice]], int]:
+    def batch_rows(
+        self, batch_size: int, micro_batch_size: int
+    ) -> tuple[list[tuple[int, slice]], int]:
         """This rank's micro batches as (index among the global batch's micro batches, row slice
         of the global batch), and the global batch's number of micro batches (what each micro
         batch's loss is divided by)."""
         share, micro = batch_split(batch_size, micro_batch_size, self.world_size)
         start = self.rank * share
-        return ([(i // micro, slice(i, i + micro)) for i in range(start, start + share, micro)],
-                batch_size // micro)
+        return (
+            [(i // micro, slice(i, i + micro)) for i in range(start, start + share, micro)],
+            batch_size // micro,
+        )
 
     def reduce_gradients(self, loss: Tensor, step: int) -> Tensor:
         """Sum the step's gradients over the ranks (each rank's loss was already divided by the
@@ -192,16 +228,25 @@ class Dist(World):
         head = torch.tensor([0.0, float(stop), *map(float, local_flags)], dtype=dtype).to(dev)
         head[0:1].copy_(loss.detach().reshape(1))
         works = [dist.all_reduce(head, async_op=True)]
-        flat = torch.cat([p.grad.reshape(-1).to(dtype) if p.grad is not None else
-                          torch.zeros(p.numel(), dtype=dtype, device=dev)
-                          for _, p in self.replicated]) if self.replicated else None
+        flat = (
+            torch.cat(
+                [
+                    p.grad.reshape(-1).to(dtype)
+                    if p.grad is not None
+                    else torch.zeros(p.numel(), dtype=dtype, device=dev)
+                    for _, p in self.replicated
+                ]
+            )
+            if self.replicated
+            else None
+        )
         if flat is not None:
             works.append(dist.all_reduce(flat, async_op=True))
         width = self.layout.width
         packed = torch.empty(self.world_size * width, dtype=dtype, device=dev)
         grads = {n: p.grad for n, p in self.matrices.items()}
         for r in range(self.world_size):
-            self.layout.pack(packed[r * width:(r + 1) * width], r, grads)
+            self.layout.pack(packed[r * width : (r + 1) * width], r, grads)
         mine = torch.empty(width, dtype=dtype, device=dev)
         works.append(dist.reduce_scatter_tensor(mine, packed, async_op=True))
         for work in works:
@@ -214,13 +259,13 @@ class Dist(World):
         offset = 0
         for name, p in self.replicated:
             numel = p.numel()
-            p.grad = flat[offset:offset + numel].view_as(p).to(p.dtype) if has[name] else None
+            p.grad = flat[offset : offset + numel].view_as(p).to(p.dtype) if has[name] else None
             offset += numel
         for p in self.matrices.values():
             p.grad = None
         for name, offset, numel in self.layout.slots(self.rank):
             p = self.matrices[name]
-            p.grad = mine[offset:offset + numel].view_as(p).to(p.dtype) if has[name] else None
+            p.grad = mine[offset : offset + numel].view_as(p).to(p.dtype) if has[name] else None
         self._agree_on_stop(head[1])
         return head[0].to(loss.dtype)
 
@@ -263,9 +308,12 @@ class Dist(World):
         dist.all_gather_into_tensor(out, mine)
         before = dict(zip((n for n, _ in self.owned), old or []))
         for r in range(self.world_size):
-            slot = out[r * width:(r + 1) * width]
+            slot = out[r * width : (r + 1) * width]
             for name, offset, numel in self.layout.slots(r):
-                p, value = self.matrices[name], slot[offset:offset + numel].view_as(self.matrices[name])
+                p, value = (
+                    self.matrices[name],
+                    slot[offset : offset + numel].view_as(self.matrices[name]),
+                )
                 if old is None:
                     if r != self.rank:
                         p.copy_(value)
@@ -297,7 +345,7 @@ class Dist(World):
             dist.all_reduce(flat)
             out, offset = {}, 0
             for p, g in grads.items():
-                out[p] = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
+                out[p] = flat[offset : offset + g.numel()].view_as(g).to(g.dtype)
                 offset += g.numel()
             grads = out
         opt.set_fisher_grads(grads)
@@ -312,8 +360,11 @@ class Dist(World):
             if not self._average:
                 yield
                 return
-            raw = {n: p.detach().clone() for n, p in self.matrices.items()
-                   if self.owners[n] != self.rank}
+            raw = {
+                n: p.detach().clone()
+                for n, p in self.matrices.items()
+                if self.owners[n] != self.rank
+            }
             self._gather()
             try:
                 yield
@@ -339,8 +390,16 @@ class Dist(World):
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def save_checkpoint(self, ckpt_root: Path, step: int, model: torch.nn.Module, opt,
-                        trainer_tensors: dict[str, Tensor], trainer_meta: dict, keep: int) -> Path:
+    def save_checkpoint(
+        self,
+        ckpt_root: Path,
+        step: int,
+        model: torch.nn.Module,
+        opt,
+        trainer_tensors: dict[str, Tensor],
+        trainer_meta: dict,
+        keep: int,
+    ) -> Path:
         """`checkpoint.save_checkpoint`; with several ranks the same directory, written as a whole
         or not at all, with the optimizer state as one shard per rank plus an index. Every rank
         must call it; an error on any rank is raised on every rank (as an OSError)."""
@@ -373,23 +432,35 @@ class Dist(World):
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
             error = f"rank {self.rank}: {exc}"
         infos = [None] * self.world_size
-        dist.all_gather_object(infos, (error, saved, optimizer_state_bytes(opt),
-                                       weights_digest(model)))
+        dist.all_gather_object(
+            infos, (error, saved, optimizer_state_bytes(opt), weights_digest(model))
+        )
         self._fail_together(next((e for e, _, _, _ in infos if e), None), tmp)
         differ = [r for r, info in enumerate(infos) if info[3] != infos[0][3]]
-        self._fail_together(f"ranks {differ} hold other weights than rank 0 (the replicas "
-                            "drifted apart; please report this)" if differ else None, tmp)
+        self._fail_together(
+            f"ranks {differ} hold other weights than rank 0 (the replicas "
+            "drifted apart; please report this)"
+            if differ
+            else None,
+            tmp,
+        )
 
         def finish() -> None:  # rank 0: model, trainer state, index; then the rename
             save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
-            save_file({k: v.contiguous() for k, v in trainer_tensors.items()},
-                      tmp / "trainer.safetensors",
-                      metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}})
-            index = {"format": INDEX_FORMAT, "step": step, "world_size": self.world_size,
-                     "shards": [shard_name(r) for r in range(self.world_size)],
-                     "location": {name: r for r, (_, names, _, _) in enumerate(infos)
-                                  for name in names},
-                     "owners": self.owners, "state_bytes": [b for _, _, b, _ in infos]}
+            save_file(
+                {k: v.contiguous() for k, v in trainer_tensors.items()},
+                tmp / "trainer.safetensors",
+                metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
+            )
+            index = {
+                "format": INDEX_FORMAT,
+                "step": step,
+                "world_size": self.world_size,
+                "shards": [shard_name(r) for r in range(self.world_size)],
+                "location": {name: r for r, (_, names, _, _) in enumerate(infos) for name in names},
+                "owners": self.owners,
+                "state_bytes": [b for _, _, b, _ in infos],
+            }
             (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
             for f in ("model.safetensors", "trainer.safetensors", INDEX):
                 _fsync(tmp / f)
@@ -413,6 +484,7 @@ class Dist(World):
     def _shard(self, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
         """This rank's part of the flat optimizer state: the matrices it owns, plus (rank 0 only)
         the replicated parameters' state, which is the same on every rank."""
+
         def keep(flat: str) -> bool:
             name = param_of(flat)
             return self.owners.get(name, 0) == self.rank
@@ -431,7 +503,6 @@ class Dist(World):
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
 
 
 __all__ = ["Dist", "optimizer_state_bytes", "setup", "teardown", "weights_digest"]
