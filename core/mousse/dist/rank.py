@@ -41,16 +41,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from mousse.optim.routing import infer_roles
+from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
 from mousse.train.checkpoint import (
-    FORMAT,
+    checkpoint_meta,
+    commit_checkpoint,
     flatten_optimizer,
-    list_checkpoints,
-    model_tensors,
+    fsync,
     optimizer_state_by_name,
     param_of,
-    write_checksums,
+    write_model_and_trainer,
 )
-from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
 from mousse.train.world import World
 
 from .ownership import OwnerLayout, cost_model, plan_ownership
@@ -405,7 +405,7 @@ class Dist(World):
         must call it; an error on any rank is raised on every rank (as an OSError)."""
         ckpt_root = Path(ckpt_root)
         final, tmp = ckpt_root / f"step-{step}", ckpt_root / f".step-{step}-shards"
-        meta = {"format": FORMAT, "step": str(step)}
+        meta = checkpoint_meta(step)
 
         def on_main(action) -> None:  # run on rank 0, raise its error everywhere
             error = None
@@ -428,7 +428,7 @@ class Dist(World):
             extra = json.loads(opt_meta["extra"])
             saved = sorted({param_of(k) for k in [*tensors, *extra]})
             save_file(tensors, tmp / shard_name(self.rank), metadata={**meta, **opt_meta})
-            _fsync(tmp / shard_name(self.rank))
+            fsync(tmp / shard_name(self.rank))
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
             error = f"rank {self.rank}: {exc}"
         infos = [None] * self.world_size
@@ -446,12 +446,7 @@ class Dist(World):
         )
 
         def finish() -> None:  # rank 0: model, trainer state, index; then the rename
-            save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
-            save_file(
-                {k: v.contiguous() for k, v in trainer_tensors.items()},
-                tmp / "trainer.safetensors",
-                metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
-            )
+            write_model_and_trainer(tmp, model, trainer_tensors, trainer_meta, meta)
             index = {
                 "format": INDEX_FORMAT,
                 "step": step,
@@ -462,14 +457,8 @@ class Dist(World):
                 "state_bytes": [b for _, _, b, _ in infos],
             }
             (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-            for f in ("model.safetensors", "trainer.safetensors", INDEX):
-                _fsync(tmp / f)
-            write_checksums(tmp)  # every rank's shard is in tmp by now (the all_gather above)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in list_checkpoints(ckpt_root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            fsync(tmp / INDEX)
+            commit_checkpoint(tmp, final, keep)  # every rank's shard is in tmp (all_gather above)
 
         on_main(finish)
         return final
@@ -498,11 +487,6 @@ class Dist(World):
         state is read by name from the file that holds it (only what this rank's optimizer
         needs)."""
         opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 __all__ = ["Dist", "optimizer_state_bytes", "setup", "teardown", "weights_digest"]

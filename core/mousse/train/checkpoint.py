@@ -153,23 +153,12 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=ckpt_root))
     follow_umask(tmp, directory=True)
     try:
-        meta = {"format": FORMAT, "step": str(step)}
-        save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
+        meta = checkpoint_meta(step)
         opt_tensors, opt_meta = flatten_optimizer(opt)
         save_file(opt_tensors, tmp / "optimizer.safetensors", metadata={**meta, **opt_meta})
-        trainer = {k: v.contiguous() for k, v in trainer_tensors.items()}
-        save_file(
-            trainer,
-            tmp / "trainer.safetensors",
-            metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
-        )
-        for f in FILES:
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        write_checksums(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        fsync(tmp / "optimizer.safetensors")
+        write_model_and_trainer(tmp, model, trainer_tensors, trainer_meta, meta)
+        commit_checkpoint(tmp, final, keep)
     except (SafetensorError, OSError) as exc:  # disk full, quota, permissions
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
@@ -179,9 +168,49 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_meta(step: int) -> dict[str, str]:
+    """The metadata every file of a checkpoint carries."""
+    return {"format": FORMAT, "step": str(step)}
+
+
+def fsync(path: Path) -> None:
+    """Flush a written file to disk (before the rename that publishes it)."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_model_and_trainer(
+    tmp: Path,
+    model: torch.nn.Module,
+    trainer_tensors: dict[str, Tensor],
+    trainer_meta: dict,
+    meta: dict[str, str],
+) -> None:
+    """The model's weights and the trainer's state into a checkpoint being written (`tmp`):
+    one process's, or rank 0's beside every rank's optimizer shard."""
+    save_file(model_tensors(model), tmp / "model.safetensors", metadata=meta)
+    trainer = {k: v.contiguous() for k, v in trainer_tensors.items()}
+    save_file(
+        trainer,
+        tmp / "trainer.safetensors",
+        metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
+    )
+    for name in ("model.safetensors", "trainer.safetensors"):
+        fsync(tmp / name)
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int) -> None:
+    """Publish a fully written checkpoint: checksums of its files, the rename that makes it
+    appear whole, then only the newest `keep` checkpoints beside it are kept."""
+    write_checksums(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> list[Path]:
