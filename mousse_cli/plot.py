@@ -153,6 +153,18 @@ def plot_scale(scale: dict, out: Path) -> None:
             label=variant,
             color=plt.cm.tab10(i % 10),
         )
+        for x, y in zip(xs, ys):
+            if (
+                y == 0
+            ):  # the baseline's final loss not reached on every seed: speedup 0 by definition
+                ax.annotate(
+                    "not reached",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 6 + 10 * i),
+                    fontsize=7,
+                    color=plt.cm.tab10(i % 10),
+                )
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
     ax.set(
