@@ -264,6 +264,7 @@ def presets(
             "batch_size": p.batch_size,
             "steps": p.steps,
             "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS},
+            "momenta": dict(p.momenta),
             "lr_note": p.lr_note,
             "scalar_lr": p.scalar_lr,
             "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",

@@ -260,6 +260,15 @@ def presets_table(rows: list[dict]):
     tuned = "\n".join(
         f"[bold]{', '.join(names)}[/]: {escape(note)}" for note, names in by_note.items()
     )
+    momenta = "; ".join(
+        f"{r['name']}: " + ", ".join(f"{o} {m:g}" for o, m in r["momenta"].items())
+        for r in rows
+        if r["momenta"]
+    )
+    if momenta:
+        tuned += (
+            f"\nmomentum where a preset's tuning moved it off the optimizer's recipe: {momenta}"
+        )
     device = rows[0]["device"] if rows else "cpu"
     return Group(
         table,

@@ -498,6 +498,9 @@ def test_presets_list_lr_per_optimizer(cli):
     assert rows["small"]["lrs"]["mousse"] == rows["small"]["lrs"]["muon"] == 0.03
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
+    # tiny's own tuning moved Mousse's and Muon's momentum (benchmarks/tuned); the rest: recipes
+    assert rows["tiny"]["momenta"] == {"mousse": 0.8, "muon": 0.8}
+    assert all(not rows[name]["momenta"] for name in rows if name != "tiny")
 
     res = cli("presets")
     assert res.exit_code == 0, res

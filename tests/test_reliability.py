@@ -104,7 +104,7 @@ def test_resume_refuses_a_knob_the_optimizer_state_would_override(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0
     res = invoke_cli("train", "--resume", run, "--steps", "8", "--momentum", "0.5")
-    assert_one_line_error(res, "--momentum 0.5", "momentum=0.95", "start a new run")
+    assert_one_line_error(res, "--momentum 0.5", "momentum=0.8", "start a new run")
     res = invoke_cli("train", "--resume", run, "--steps", "8", "--sides", "left")
     assert_one_line_error(res, "--sides left")
     ok = invoke_cli("train", "--resume", run, "--steps", "8", "--lr", "0.01")

@@ -263,7 +263,9 @@ def test_every_optimizer_resolves_its_full_recipe():
     assert set(KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)
     for name, cls in OPTIMIZERS.items():
         cfg = resolve({"optimizer": name})
-        expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": get_preset("tiny").lrs[name]}
+        tiny = get_preset("tiny")
+        expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
+        expected.update({"momentum": m} if (m := tiny.matrix_momentum(name)) is not None else {})
         assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
         for k in KNOBS:  # the field types fit the engine's values
             assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
@@ -290,8 +292,10 @@ def test_ns_dtype_setting_reaches_the_optimizer(cli, tmp_path):
 
 def test_muon_recipe_is_the_released_baseline():
     """`--optimizer muon` keeps what it always ran: Nesterov momentum 0.95, the you5 schedule,
-    the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr."""
-    cfg = resolve({"optimizer": "muon"})
+    the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr (and on tiny,
+    the momentum its tuning chose: 0.8)."""
+    assert resolve({"optimizer": "muon"}).momentum == 0.8
+    cfg = resolve({"optimizer": "muon", "preset": "small"})
     assert (cfg.momentum, cfg.momentum_style, cfg.ns, cfg.ns_steps, cfg.lr_scale) == (
         0.95,
         "nesterov",
@@ -304,7 +308,7 @@ def test_muon_recipe_is_the_released_baseline():
         "none",
         0.0,
         "none",
-        0.06,
+        0.03,
     )
     assert (cfg.orthogonalizer, cfg.weight_decay_style) == ("newton_schulz", "decoupled")
     mousse = resolve({})
@@ -349,9 +353,9 @@ def test_old_knob_names_in_saved_configs_still_resolve():
             "momentum": 0.95,
         }
     )
-    assert matrix_kwargs(old_muon) == matrix_kwargs(resolve({"optimizer": "muon"})) | {
-        "graft": "orthogonalizer"
-    }  # a no-op without preconditioned sides
+    assert matrix_kwargs(old_muon) == matrix_kwargs(
+        resolve({"optimizer": "muon", "momentum": 0.95})
+    ) | {"graft": "orthogonalizer"}  # a no-op without preconditioned sides
 
 
 def test_target_loss_step_recorded_or_null(cli, tmp_path):

@@ -3,7 +3,8 @@ downstream trusts it.
 
 Settings resolve, later winning: the matrix optimizer's class preset (`optim.OPTIMIZERS[name]
 .preset`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
-preset's lr for that optimizer (`Preset.lrs`) < the `--config` file < flags.
+preset's lr and momentum for that optimizer (`Preset.lrs`, `Preset.momenta`) < the `--config`
+file < flags.
 """
 
 from __future__ import annotations
@@ -360,6 +361,8 @@ def resolve(overrides: dict) -> TrainConfig:
             setattr(cfg, name, getattr(preset, name))
     if cfg.lr is None:
         cfg.lr = preset.matrix_lr(cfg.optimizer)
+    if cfg.momentum is None:
+        cfg.momentum = preset.matrix_momentum(cfg.optimizer)
     knobs = optimizer_knobs(cfg.optimizer, {k: getattr(cfg, k) for k in FAMILY_KNOBS})
     for name in FAMILY_KNOBS:
         setattr(cfg, name, knobs.get(name))

@@ -6,7 +6,8 @@ tokens per parameter, and their scalar/AdamW learning rates are the project's ow
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
 family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
 resolve, later winning: class preset (`optim.OPTIMIZERS[name].preset`, the method's published
-defaults) < TRAINING_RECIPES[name] < the preset's lr for it < config file < flags.
+defaults) < TRAINING_RECIPES[name] < the preset's lr (and momentum, `Preset.momenta`) for it <
+config file < flags.
 """
 
 from __future__ import annotations
@@ -61,9 +62,14 @@ _CPU_LR_NOTE = (
 # 5 values a factor 2 apart: both best at 0.06; benchmarks/tuned/).
 _TINY_LRS = {**_CPU_LRS, "mousse": 0.06, "muon": 0.06}
 _TINY_LR_NOTE = (
-    "mousse/muon lr: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
+    "mousse/muon lr and momentum: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
     "specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
 )
+# tiny: Mousse's and Muon's momentum from their own tuning (`ablations/momentum-rule.toml`: lr,
+# then momentum over 0.8/0.9/0.95/0.98, then 3 seeds; benchmarks/tuned/). Muon chose 0.8, Mousse
+# 0.711 with 0.8 within 0.008 on the tuning seed; tuned, both finished 0.15 below the recipes'
+# 0.95 (seed noise 0.03). Both use 0.8, on equal footing; the released 0.95 is `--momentum 0.95`.
+_TINY_MOMENTA = {"mousse": 0.8, "muon": 0.8}
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
@@ -103,6 +109,8 @@ class Preset:
     warmup_frac: float = 0.1  # linear warmup, then cosine to 0
     eval_every: int
     eval_tokens: int
+    # momentum per optimizer where the preset's own tuning moved it off the recipe's
+    momenta: dict[str, float] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if self.batch_size % self.micro_batch_size:
@@ -114,6 +122,10 @@ class Preset:
     def matrix_lr(self, optimizer: str) -> float | None:
         """Peak lr of the block matrices under `optimizer` (None: the optimizer's own default)."""
         return self.adamw_lr if optimizer == "adamw" else self.lrs.get(optimizer)
+
+    def matrix_momentum(self, optimizer: str) -> float | None:
+        """The preset's momentum for `optimizer` (None: the optimizer's recipe's)."""
+        return self.momenta.get(optimizer)
 
     @property
     def grad_accum(self) -> int:
@@ -179,6 +191,7 @@ PRESETS: dict[str, Preset] = {
             micro_batch_size=16,
             lrs=dict(_TINY_LRS),
             lr_note=_TINY_LR_NOTE,
+            momenta=dict(_TINY_MOMENTA),
             scalar_lr=0.01,
             adamw_lr=0.01,
             eval_every=25,
