@@ -495,7 +495,8 @@ def test_presets_list_lr_per_optimizer(cli):
         assert list(row["lrs"]) == list(OPTIMIZERS)
         assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
     assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.06  # tuned
-    assert rows["small"]["lrs"]["mousse"] == rows["small"]["lrs"]["muon"] == 0.03
+    assert rows["small"]["lrs"]["mousse"] == rows["small"]["lrs"]["muon"] == 0.06  # tuned
+    assert "tuned on small" in rows["small"]["lr_note"]
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
     # tiny's own tuning moved Mousse's and Muon's momentum (benchmarks/tuned); the rest: recipes

@@ -308,7 +308,7 @@ def test_muon_recipe_is_the_released_baseline():
         "none",
         0.0,
         "none",
-        0.03,
+        0.06,
     )
     assert (cfg.orthogonalizer, cfg.weight_decay_style) == ("newton_schulz", "decoupled")
     mousse = resolve({})

@@ -41,13 +41,15 @@ TRAINING_RECIPES: dict[str, dict] = {
     "adamw": {"weight_decay": 0.01},
 }
 
-# Peak matrix lr of the CPU presets. Mousse and Muon: the project's CPU recipe (docs/published.md).
-# The others: the best final validation loss of an lr sweep on the tiny preset
-# (benchmarks/lr-sweep/: `mousse ablate benchmarks/lr-sweep/<name>.toml`), checked to train
+# Peak matrix lr of the CPU presets. Mousse and Muon: the lr their own tuning chose on each of
+# them (`mousse ablate --alpha 0.0 --tune lr --seeds 3 --preset small`, and the paper set on tiny:
+# 5 values a factor 2 apart around the project's earlier 0.03; both best at 0.06 on tiny and on
+# small; benchmarks/tuned/). The others: the best final validation loss of an lr sweep on the tiny
+# preset (benchmarks/lr-sweep/: `mousse ablate benchmarks/lr-sweep/<name>.toml`), checked to train
 # stably on small.
 _CPU_LRS = {
-    "mousse": 0.03,
-    "muon": 0.03,
+    "mousse": 0.06,
+    "muon": 0.06,
     "shampoo": 0.01,
     "soap": 0.01,
     "splus": 0.3,
@@ -55,12 +57,9 @@ _CPU_LRS = {
     "specgd": 0.1,
 }
 _CPU_LR_NOTE = (
-    "mousse/muon lr: the project's CPU recipe (docs/published.md); shampoo, soap, splus, "
-    "tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep), stable on small"
+    "mousse/muon lr: tuned on small (benchmarks/tuned); shampoo, soap, splus, tnt, specgd: best "
+    "of an lr sweep on tiny (benchmarks/lr-sweep), stable on small"
 )
-# tiny: Mousse and Muon at the lr their own tuning chose (`mousse ablate ablations/paper-tuned.toml`,
-# 5 values a factor 2 apart: both best at 0.06; benchmarks/tuned/).
-_TINY_LRS = {**_CPU_LRS, "mousse": 0.06, "muon": 0.06}
 _TINY_LR_NOTE = (
     "mousse/muon lr and momentum: tuned on tiny (benchmarks/tuned); shampoo, soap, splus, tnt, "
     "specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
@@ -189,7 +188,7 @@ PRESETS: dict[str, Preset] = {
             steps=300,
             batch_size=16,
             micro_batch_size=16,
-            lrs=dict(_TINY_LRS),
+            lrs=dict(_CPU_LRS),
             lr_note=_TINY_LR_NOTE,
             momenta=dict(_TINY_MOMENTA),
             scalar_lr=0.01,
