@@ -21,7 +21,7 @@ import torch
 from mousse.optim.routing import build_optimizer
 
 from .config import FAMILY_KNOBS, TrainConfig
-from .presets import get_preset, matrix_state_floats, memory_estimate_bytes
+from .presets import get_preset, memory_estimate_bytes, weights_and_state_bytes
 from .usermodel import build_model, flops_per_token
 
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
@@ -173,14 +173,10 @@ def model_memory_bytes(
     (logits, their fp32 copy, their gradient)."""
     model = build_model(cfg, vocab_size, "meta")
     roles = model.param_roles()
-    params = dict(model.named_parameters())
     knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in FAMILY_KNOBS}
-    matrices = [p.shape for n, p in params.items() if roles[n] == "matrix"]
-    state = sum(matrix_state_floats(knobs, *s) for s in matrices) + sum(
-        2 * p.numel() for n, p in params.items() if roles[n] != "matrix"
-    )
+    matrices = [p.shape for n, p in model.named_parameters() if roles[n] == "matrix"]
     acts = micro_batch_size * cfg.seq_len * (sum(m + n for m, n in matrices) + 3 * vocab_size)
-    return 4 * (2 * sum(p.numel() for p in params.values()) + state) + act_bytes * acts
+    return weights_and_state_bytes(model, knobs) + act_bytes * acts
 
 
 def available_bytes(device: torch.device) -> int | None:

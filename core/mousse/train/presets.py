@@ -303,18 +303,25 @@ def memory_estimate_bytes(
         )
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
     model = _meta_model(preset, vocab_size)
-    params, roles = dict(model.named_parameters()), model.param_roles()
-    state = sum(
-        matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
-        for k, r in roles.items()
-    )
     vocab = model.cfg.vocab_size
     acts = (
         preset.micro_batch_size
         * preset.seq_len
         * (20 * preset.d_model * preset.n_layers + 3 * vocab)
     )
-    return 4 * (2 * model.num_params() + state) + act_bytes * acts
+    return weights_and_state_bytes(model, knobs) + act_bytes * acts
+
+
+def weights_and_state_bytes(model: torch.nn.Module, knobs: dict | None) -> int:
+    """fp32 weights and grads of `model` (any module with `param_roles()`, on the meta device or
+    not) plus the optimizer state: `matrix_state_floats` under `knobs` for each block matrix and
+    two moments of every other tensor."""
+    params, roles = dict(model.named_parameters()), model.param_roles()
+    state = sum(
+        matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
+        for k, r in roles.items()
+    )
+    return 4 * (2 * sum(p.numel() for p in params.values()) + state)
 
 
 def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
