@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import signal
 import sys
 import threading
@@ -962,10 +961,8 @@ def usage_error_line(exc) -> str:
     help is (click prints four lines and a list of possibilities)."""
     ctx = exc.ctx
     where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-    if isinstance(exc, _clicks.NoSuchOption):
-        valid = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)] if ctx else []
-        close = difflib.get_close_matches(exc.option_name, valid, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]}?" if close else ""
+    if isinstance(exc, _clicks.NoSuchOption):  # click's possibilities: the closest first
+        hint = f"; did you mean {exc.possibilities[0]}?" if exc.possibilities else ""
         return f"error: no such option {exc.option_name}{hint}{where}"
     message = exc.format_message().replace("\n", " ").rstrip(".")
     return f"error: {message[:1].lower()}{message[1:]}{where}"
