@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 # Smallest Gram / polynomial output side m (of an m x m result) that goes to the kernels: the
-# measured crossovers on an H100 in bf16 (benchmarks/gpu/README.md). There cuBLAS wins up to 2048
-# (the kernels at 0.6-0.8x); the Gram kernel breaks even at 3072 and is 1.45x at 4096, the
+# measured crossovers on an H100 in bf16 (benchmarks/README.md, GPU). There cuBLAS wins up to 2048
+# (the kernels at 0.5-0.8x); the Gram kernel breaks even at 3072 and is 1.45x at 4096, the
 # polynomial kernel 1.13x at 4096. `mousse bench --device cuda` measures both on the GPU at hand
 # and prints the thresholds to set with MOUSSE_GRAM_MIN_DIM / MOUSSE_POLY_MIN_DIM.
 GRAM_MIN_DIM = 3072
