@@ -736,10 +736,7 @@ def show_plan(ablation, runs, shard: str | None) -> None:
         soft_wrap=True,
     )
     for name, variant in plan.variants.items():
-        phases = "; ".join(
-            f"{k} {'/'.join(fmt_value(v) for v in grid)}"
-            for (k, _), grid in zip(tune.phases, grids[name])
-        )
+        phases = "; ".join(f"{k} {'/'.join(fmt_value(v) for v in grid)}" for k, grid in grids[name])
         console.print(
             f"  {name:<28} {knob_text(variant.knobs)}"
             f"{'  (baseline)' if variant.is_baseline else ''}  tune {phases}",

@@ -11,7 +11,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -273,6 +273,12 @@ class Ablation:
         cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 
+    def tune_for(self, variant: RunSpec) -> TuneSpec:
+        """The tuning a variant gets: every phase but those of knobs the variant sets itself (a
+        `momentum_style=nesterov` variant keeps Nesterov while the others tune the style)."""
+        phases = tuple((k, v) for k, v in self.tune.phases if k not in variant.knobs)
+        return replace(self.tune, phases=phases)
+
     def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
         return RunSpec(
             f"{run_label(variant.variant, values)}-s{seed}",
@@ -292,11 +298,13 @@ class Ablation:
             def lookup(values, seed, variant=variant):
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
 
-            states[name] = tune_variant(name, self.centre(variant), self.tune, lookup, _CHOICES)
+            states[name] = tune_variant(
+                name, self.centre(variant), self.tune_for(variant), lookup, _CHOICES
+            )
         return states
 
-    def grids(self) -> dict[str, list[list]]:
-        """Each variant's starting grid per tuned knob."""
+    def grids(self) -> dict[str, list[tuple[str, list]]]:
+        """Each variant's (knob, starting grid) per phase of its tuning."""
         from .ablation import _CHOICES
         from .tuning import start_grid
 
@@ -304,7 +312,8 @@ class Ablation:
         for name, variant in self.plan.variants.items():
             centre = self.centre(variant)
             out[name] = [
-                start_grid(k, values, centre.get(k), _CHOICES) for k, values in self.tune.phases
+                (k, start_grid(k, values, centre.get(k), _CHOICES))
+                for k, values in self.tune_for(variant).phases
             ]
         return out
 
@@ -316,7 +325,11 @@ class Ablation:
         if self.tune is None:
             return len(self.plan.runs)
         extra = len([s for s in self.plan.seeds if s not in self.tune.seeds])
-        return sum(upper_bound_runs(self.tune, grids) + extra for grids in self.grids().values())
+        return sum(
+            upper_bound_runs(self.tune_for(self.plan.variants[name]), [g for _, g in phases])
+            + extra
+            for name, phases in self.grids().items()
+        )
 
     def variant_configs(self) -> list:
         """Each variant's resolved config (its first run's), for cost estimates."""
