@@ -112,8 +112,19 @@ def plot_tuning(results: dict, out: Path) -> None:
                             mec=color,
                             mew=2,
                         )
-        if numeric:
+        if numeric:  # ticks at the values tried, not log decades that overprint each other
             ax.set_xscale("log")
+            ax.minorticks_off()
+            tried = sorted(
+                {
+                    x
+                    for v in results["variants"]
+                    for p in v.get("tuning") or []
+                    if p["knob"] == knob
+                    for x in p["grid"]
+                }
+            )
+            ax.set_xticks(tried, [f"{x:.3g}" for x in tried], rotation=45 if len(tried) > 6 else 0)
         ax.set(
             xlabel=knob,
             ylabel="final val loss (mean over tuning seeds)",
