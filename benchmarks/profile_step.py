@@ -20,8 +20,9 @@ import torch
 
 import mousse.optim.precondition as pc
 from mousse.experiments.bench import matrix_shapes, ns_flops
-from mousse.optim.family import Mousse, Muon, graft
+from mousse.optim.named import Mousse, Muon
 from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
+from mousse.optim.step import graft
 
 
 def median_ms(fn, repeats):

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from mousse.optim import precondition as pc
-from mousse.optim.family import graft
 from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
+from mousse.optim.step import graft
 from mousse.train.checkpoint import find_checkpoint
 
 ALPHA = 0.125

@@ -8,18 +8,8 @@ from typing import Optional
 
 import typer
 
-from mousse.optim.family import CHOICES, KNOBS
+from mousse.optim.knobs import TABLE, Knob
 from mousse.train.config import OPTIMIZERS
-
-
-def _one_of(knob: str) -> str:
-    return " | ".join(CHOICES[knob])
-
-
-SIDES_HELP = (
-    "both | left | right | none. left = L = E[G G^T], the OUTPUT side of an (out, in) "
-    "weight (m x m); right = R = E[G^T G], the INPUT side (n x n)."
-)
 
 
 def _switch(name: str, text: str) -> tuple:
@@ -29,6 +19,19 @@ def _switch(name: str, text: str) -> tuple:
         typer.Option(None, f"--{flag}/--no-{flag}", help=text, show_default=False),
     )
 
+
+def _knob_flag(knob: Knob) -> tuple:
+    """A `train` flag from the knob table (mousse.optim.knobs)."""
+    if knob.kind is bool:
+        return _switch(knob.name, knob.text)
+    # a number's Mousse value (a choice's help names Mousse's choice itself)
+    plain = knob.choices or knob.default is None
+    note = _KNOB_NOTES.get(knob.name, "" if plain else f" (Mousse: {knob.default:g})")
+    return (Optional[knob.kind], typer.Option(None, help=knob.text + note))
+
+
+_KNOB_NOTES = {"lr": " The preset's for the chosen optimizer by default (`mousse presets`)."}
+KNOB_FLAGS = {k.name: _knob_flag(k) for k in TABLE if k.run_setting}
 
 # name -> (annotation, typer.Option). Defaults are None: unset flags fall through to file/preset,
 # and the matrix optimizer's knobs to its recipe (docs/family.md, `mousse presets`).
@@ -87,13 +90,6 @@ TRAIN_FLAGS: dict[str, tuple] = {
             help=f"Block-matrix optimizer: {' | '.join(OPTIMIZERS)} (mousse). Each family member is a preset of one engine's knobs (docs/family.md); every knob below overrides it.",
         ),
     ),
-    "lr": (
-        Optional[float],
-        typer.Option(
-            None,
-            help="Peak lr of the block-matrix optimizer (the preset's for that optimizer by default; see `mousse presets`).",
-        ),
-    ),
     "scalar_optimizer": (
         Optional[str],
         typer.Option(None, help="Optimizer for embedding, head, gains: adamw | lion."),
@@ -103,157 +99,12 @@ TRAIN_FLAGS: dict[str, tuple] = {
         Optional[float],
         typer.Option(None, help="Fraction of steps of linear warmup before the cosine decay."),
     ),
-    # the engine's knobs; unset = the chosen optimizer's recipe
-    "momentum": (
-        Optional[float],
-        typer.Option(None, help="Momentum mu in [0, 1) (Mousse/Muon 0.95)."),
-    ),
-    "momentum_style": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"{_one_of('momentum_style')}: heavy_ball M = mu M + G; nesterov uses G + mu M; ema M = mu M + (1-mu) G, bias-corrected (Mousse heavy_ball, Muon nesterov).",
-        ),
-    ),
-    "weight_decay": (
-        Optional[float],
-        typer.Option(None, help="Weight decay of the block matrices (0.01 in every recipe)."),
-    ),
-    "weight_decay_style": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"{_one_of('weight_decay_style')}: decoupled W(1 - lr wd) with the update; after: W -= lr wd W after it (SOAP); after_scaled: W *= 1 - lr s wd (SPlus).",
-        ),
-    ),
-    "alpha": (
-        Optional[float],
-        typer.Option(
-            None,
-            help="Whitening exponent: P = Q diag(lam^-alpha) before the orthogonalizer (Mousse 0.125; 0.25 untempered; 0 = Muon).",
-        ),
-    ),
-    "post_alpha": (
-        Optional[float],
-        typer.Option(
-            None, help="Exponent of the whitening after the orthogonalizer (default: = alpha)."
-        ),
-    ),
-    "sides": (Optional[str], typer.Option(None, help="Preconditioned sides: " + SIDES_HELP)),
-    "factor_norm": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Factor normalization before eigh: {_one_of('factor_norm')} (trace: mean eigenvalue 1, Mousse; same_trace: TNT).",
-        ),
-    ),
-    "precond_freq": (
-        Optional[int],
-        typer.Option(None, help="Eigen refresh every T steps (Mousse 10)."),
-    ),
-    "refresh_schedule": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Refresh steps: {_one_of('refresh_schedule')} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., SPlus's authors).",
-        ),
-    ),
-    "precond_beta": (
-        Optional[float],
-        typer.Option(None, help="EMA rate of the factor statistics (Mousse 0.95)."),
-    ),
-    "stat_freq": (
-        Optional[int],
-        typer.Option(None, help="Update the factor statistics every N steps (1)."),
-    ),
-    "refresh_warmup": (
-        Optional[int],
-        typer.Option(
-            None,
-            help="Refresh at every statistics update during the first N steps (TNT: precond_freq; else 0).",
-        ),
-    ),
-    "precond_start": (
-        Optional[int],
-        typer.Option(
-            None, help="No whitening before this step (Shampoo: precond_freq + 1; else 1)."
-        ),
-    ),
-    "eps": (Optional[float], typer.Option(None, help="Eigenvalue damping (Mousse 1e-5).")),
-    "eig_floor": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Eigenvalue floor: {_one_of('eig_floor')} (shift: Mousse; clamp: max(lam, eps)).",
-        ),
-    ),
-    "graft": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Grafting: {_one_of('graft')} (orthogonalizer: to the norm of the orthogonalized whitened momentum, Mousse; adam: Adam's norm, Shampoo).",
-        ),
-    ),
-    "bias_correction": _switch("bias_correction", "Bias-correct the factor EMA before refresh."),
-    "refresh": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Factor refresh: {_one_of('refresh')} (eigh exact; qr one power iteration + QR from the previous basis, SOAP; cheaper, approximate).",
-        ),
-    ),
-    "refresh_after_update": _switch(
-        "refresh_after_update",
-        "Update statistics and refresh after the weight update (SOAP, SPlus).",
-    ),
-    "skip_first_step": _switch(
-        "skip_first_step", "Step 1 only builds the statistics, no update (SOAP)."
-    ),
-    "orthogonalizer": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"{_one_of('orthogonalizer')} applied to the whitened momentum (Mousse/Muon newton_schulz, SpecGD exact, SPlus sign, Shampoo/TNT identity, SOAP adam).",
-        ),
-    ),
-    "ns": (Optional[str], typer.Option(None, help=f"Newton-Schulz schedule: {_one_of('ns')}.")),
-    "ns_steps": (Optional[int], typer.Option(None, help="Newton-Schulz iterations (5).")),
+    **KNOB_FLAGS,  # the engine's knobs; unset = the chosen optimizer's recipe
     "ns_dtype": (
         Optional[str],
         typer.Option(
             None,
             help="Newton-Schulz precision: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16. bf16 is faster on CPUs with native bf16 (avx512_bf16, AMX).",
-        ),
-    ),
-    "beta2": (
-        Optional[float],
-        typer.Option(
-            None,
-            help="Second-moment EMA rate of orthogonalizer/graft adam (SOAP 0.95, Shampoo 0.999).",
-        ),
-    ),
-    "adam_eps": (
-        Optional[float],
-        typer.Option(None, help="Epsilon of orthogonalizer/graft adam (1e-8)."),
-    ),
-    "lr_scale": (
-        Optional[str],
-        typer.Option(
-            None,
-            help="Per-matrix lr rule: spectral sqrt(m/n) | muon sqrt(max(1,m/n)) | rms 0.2 sqrt(max(m,n)) | mean_dim 2/(m+n) | none.",
-        ),
-    ),
-    "average_rate": (
-        Optional[float],
-        typer.Option(
-            None, help="Iterate-average rate, evaluated on the average (SPlus 0.999; 0 = off)."
-        ),
-    ),
-    "fisher": (
-        Optional[str],
-        typer.Option(
-            None,
-            help=f"Factor statistics from {_one_of('fisher')} gradients (sampled: labels drawn from the model, TNT).",
         ),
     ),
     "eval_every": (Optional[int], typer.Option(None, help="Evaluate every N steps.")),
@@ -340,28 +191,7 @@ def with_flags(flags: dict[str, tuple]):
 # file's [sweep] can list any setting; the other knobs are flags that set every run.)
 SWEEP_HELP = {
     "optimizer": f"Optimizers to compare, e.g. {','.join(OPTIMIZERS)}.",
-    "momentum_style": f"Momentum styles, e.g. {','.join(CHOICES['momentum_style'])}.",
-    "weight_decay_style": f"Weight decay styles, e.g. {','.join(CHOICES['weight_decay_style'])}.",
-    "alpha": "Whitening exponents, e.g. 0.0,0.125,0.25 (0 = Muon on Mousse's code path).",
-    "post_alpha": "Exponents after the orthogonalizer, e.g. 0.0,0.125 (default: = alpha).",
-    "sides": "Preconditioned sides, e.g. both,left,right. " + SIDES_HELP,
-    "factor_norm": f"Factor normalizations, e.g. {','.join(CHOICES['factor_norm'])}.",
-    "precond_freq": "Refresh frequencies, e.g. 1,10,100.",
-    "refresh_schedule": f"Refresh steps: {','.join(CHOICES['refresh_schedule'])}.",
-    "precond_beta": "Factor EMA rates, e.g. 0.9,0.95,0.99.",
-    "stat_freq": "Statistics update frequencies, e.g. 1,10.",
-    "eig_floor": f"Eigenvalue floors: {','.join(CHOICES['eig_floor'])}.",
-    "graft": f"Grafting: {','.join(CHOICES['graft'])}.",
-    "bias_correction": "Factor bias correction: on,off.",
-    "refresh": f"Factor refresh methods: {','.join(CHOICES['refresh'])}.",
-    "refresh_after_update": "Statistics and refresh after the update: on,off.",
-    "skip_first_step": "No update on step 1: on,off.",
-    "orthogonalizer": f"Orthogonalizers, e.g. {','.join(CHOICES['orthogonalizer'])}.",
-    "ns": f"Newton-Schulz schedules: {','.join(CHOICES['ns'])}.",
-    "ns_steps": "Newton-Schulz iterations, e.g. 3,5.",
-    "lr_scale": f"LR rules: {','.join(CHOICES['lr_scale'])}.",
-    "average_rate": "Iterate-average rates, e.g. 0.0,0.999.",
-    "fisher": f"Factor gradients: {','.join(CHOICES['fisher'])}.",
+    **{k.name: f"Values, e.g. {k.sweep}. {k.text}" for k in TABLE if k.sweep},
 }
 SWEEP_HELP["trace_norm"] = "Trace normalization: on,off (the same as --factor-norm trace,none)."
 SWEEP_FLAGS = {
@@ -400,7 +230,8 @@ PANELS = {
     ),
     "Optimizer knobs (unset: the optimizer's recipe, docs/family.md)": (
         "optimizer",
-        *(k for k in TRAIN_FLAGS if k in CHOICES or k in KNOBS),
+        *KNOB_FLAGS,
+        "ns_dtype",
         "trace_norm",
     ),
 }

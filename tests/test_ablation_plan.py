@@ -101,7 +101,7 @@ def test_knobs_dropped_per_optimizer_across_the_family():
     """Which knobs each optimizer keeps follows from its resolved knobs, not from its name:
     preconditioner knobs go from the ones that precondition no side (Muon, SpecGD), the family's
     knobs from AdamW, and the rest (orthogonalizer, momentum, ...) stay everywhere."""
-    from mousse.optim.family import OPTIMIZERS
+    from mousse.optim import OPTIMIZERS
 
     family = list(OPTIMIZERS)
     plan = plan_ablation(
@@ -338,6 +338,13 @@ def test_shipped_specs_are_the_papers_studies():
             "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"],
         },
         "momentum-rule": {"momentum_style": ["heavy_ball", "nesterov"]},
+        "paper-tuned-momentum": {
+            "alpha": [0.0, 0.125, 0.25],
+            "factor_norm": ["trace", "none"],
+            "sides": ["both", "left", "right"],
+            "precond_freq": [1, 10, 100],
+            "momentum_style": ["heavy_ball", "nesterov"],
+        },
         "paper-tuned": {
             "alpha": [0.0, 0.125, 0.25],
             "factor_norm": ["trace", "none"],

@@ -11,9 +11,9 @@ import torch._dynamo
 import torch._dynamo.testing
 from torch._dynamo.utils import counters
 
-from mousse import build_optimizer
+from mousse import Mousse, build_optimizer
 from mousse.optim import family as optim
-from mousse.optim.family import OPTIMIZERS
+from mousse.optim.named import OPTIMIZERS
 
 SHAPES = [(16, 16), (16, 16), (32, 16), (16, 32)]  # three buckets, one of two matrices
 
@@ -82,11 +82,11 @@ def test_compiled_state_dict_round_trips_with_eager(capture):
             opt.step()
 
     ref = [torch.nn.Parameter(w.clone()) for w in start]
-    steps(optim.Mousse(ref, lr=0.01, precond_freq=3), ref, 0, 8)
+    steps(Mousse(ref, lr=0.01, precond_freq=3), ref, 0, 8)
     params = [torch.nn.Parameter(w.clone()) for w in start]
-    opt = optim.Mousse(params, lr=0.01, precond_freq=3, compiled=True)
+    opt = Mousse(params, lr=0.01, precond_freq=3, compiled=True)
     steps(opt, params, 0, 5)
-    eager = optim.Mousse(params, lr=0.01, precond_freq=3)
+    eager = Mousse(params, lr=0.01, precond_freq=3)
     eager.load_state_dict(opt.state_dict())
     steps(eager, params, 5, 8)
     for p, q in zip(params, ref):
@@ -116,7 +116,7 @@ def test_inductor_compiled_mousse_matches_eager():
     out = []
     for compiled in (False, True):
         params = [torch.nn.Parameter(w.clone()) for w in start]
-        opt = optim.Mousse(params, lr=0.02, precond_freq=3, compiled=compiled)
+        opt = Mousse(params, lr=0.02, precond_freq=3, compiled=compiled)
         for step, gs in enumerate(grads):
             opt.param_groups[0]["lr"] = 0.02 / (1 + step)
             for p, grad in zip(params, gs):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST, FAST_SETTINGS, summary, train_losses
 
-from mousse.optim.family import OPTIMIZERS
+from mousse.optim import OPTIMIZERS
 from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches
 from mousse.train.events import StepLogged

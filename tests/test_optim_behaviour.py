@@ -122,8 +122,8 @@ def test_unwhitening_runs_in_newton_schulz_precision():
         out[ns_dtype] = (p.detach().clone(), opt)
     opt = out[torch.bfloat16][1]
     bucket = opt._buckets[0][0]
-    P_L, P_R = bucket.state["P_L"], bucket.state["P_R"]
-    Pp_L, Pp_R = bucket.state["P_L_post"], bucket.state["P_R_post"]
+    left, right = bucket.state.sides["L"], bucket.state.sides["R"]
+    P_L, P_R, Pp_L, Pp_R = left.P, right.P, left.P_post, right.P_post
     assert P_L.dtype == P_R.dtype == torch.float32 and Pp_L.dtype == Pp_R.dtype == torch.bfloat16
     assert torch.equal(Pp_L, P_L.to(torch.bfloat16)) and torch.equal(Pp_R, P_R.to(torch.bfloat16))
     Y = orthogonalize(P_L.mT @ G[None] @ P_R, "you5", 5, torch.bfloat16)

@@ -213,7 +213,7 @@ def test_flags_override_file_override_preset(cli, tmp_path):
 
 
 def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypatch):
-    from mousse.optim.family import OPTIMIZERS
+    from mousse.optim import OPTIMIZERS
     from mousse.train import presets
 
     soap = OPTIMIZERS["soap"].preset
@@ -262,7 +262,7 @@ def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypa
 
 
 def test_every_optimizer_resolves_its_full_recipe():
-    from mousse.optim.family import KNOBS, OPTIMIZERS
+    from mousse.optim import KNOBS, OPTIMIZERS
     from mousse.train.presets import TRAINING_RECIPES, get_preset
 
     assert set(KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mousse.optim import family as optim
+from mousse.optim import knobs as engine_knobs
 from mousse.train import compat, config
 from mousse.train.config import (
     FAMILY_KNOBS,
@@ -47,7 +47,7 @@ _CHOICES = {
     "optimizer": config.OPTIMIZERS,
     "scalar_optimizer": config.SCALAR_OPTIMIZERS,
     "device": config.DEVICES,
-    **optim.CHOICES,
+    **engine_knobs.CHOICES,
 }
 _DEFAULTS = TrainConfig().to_dict()
 _FIELDS = list(FIELD_TYPES)

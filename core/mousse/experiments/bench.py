@@ -24,7 +24,8 @@ import torch
 
 from mousse.optim import kernels
 from mousse.optim import precondition as pc
-from mousse.optim.family import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
+from mousse.optim.family import KroneckerOptimizer
+from mousse.optim.named import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.orthogonalize import orthogonalize
 from mousse.train.config import DEVICES, ConfigError, resolve
 from mousse.train.presets import get_preset
@@ -126,14 +127,8 @@ def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     state = sum(
         v.nbytes for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
     )
-    cached = {
-        id(t): t
-        for group in getattr(opt, "_buckets", None) or []
-        for b in group
-        for k, t in b.state.items()
-        if k.startswith("P_")
-    }  # P_post may be P itself
-    return state, sum(t.nbytes for t in cached.values())
+    cached = opt.whitening_cache_bytes() if isinstance(opt, KroneckerOptimizer) else 0
+    return state, cached
 
 
 def bench_steps(

@@ -1,26 +1,16 @@
 """mousse.optim: the optimizer family, importable on its own into any training loop.
 
-One engine (`KroneckerOptimizer`) whose knobs span Mousse, Muon, Shampoo, SOAP, SPlus, TNT and
+One engine (`KroneckerOptimizer`, a shell around the pure step in `step`) whose knobs (`knobs`,
+each declared once) span Mousse, Muon, Shampoo, SOAP, SPlus, TNT and
 SpecGD (each a preset class), the orthogonalizers and eigen preconditioner it is made of, the
 Triton kernels it dispatches to on CUDA, Lion, and the routing of a model's parameters to a matrix
 optimizer and a scalar one. Imports nothing else of `mousse`.
 """
 
-from .family import (
-    CHOICES,
-    DEFAULTS,
-    KNOBS,
-    OPTIMIZERS,
-    SOAP,
-    TNT,
-    KroneckerOptimizer,
-    Mousse,
-    Muon,
-    Shampoo,
-    SpecGD,
-    SPlus,
-)
+from .family import KroneckerOptimizer
+from .knobs import CHOICES, DEFAULTS, KNOBS
 from .lion import Lion
+from .named import OPTIMIZERS, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles
 
 __all__ = [

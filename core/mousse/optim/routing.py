@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .family import OPTIMIZERS, closure_loss
+from .family import closure_loss
 from .lion import Lion
+from .named import OPTIMIZERS
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")

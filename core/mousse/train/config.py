@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mousse.optim import family as optim
+from mousse.optim import knobs as table
 
 from . import compat, tomlio
 from .presets import OPTIMIZERS, get_preset, optimizer_knobs
@@ -34,35 +34,13 @@ LOGGERS = ("tensorboard", "wandb")
 # Settings that choose where runs are shown, not what they compute: never an ablation's knob
 # (sweeps, tuning), a run's name or part of a plan's hash, and free to change on resume.
 VIEW_SETTINGS = ("log",)
-# The engine's knobs (docs/family.md), each a TrainConfig field. AdamW uses only ADAMW_KNOBS of
-# them; the others stay None for AdamW runs.
-FAMILY_KNOBS: tuple[str, ...] = tuple(optim.KNOBS)
+# The engine's knobs (mousse.optim.knobs, docs/family.md), each a TrainConfig field. AdamW uses
+# only ADAMW_KNOBS of them; the others stay None for AdamW runs.
+FAMILY_KNOBS: tuple[str, ...] = table.KNOBS
 # Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
 # the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
-PRECONDITIONER_KNOBS = tuple(
-    k
-    for k in (
-        "alpha",
-        "post_alpha",
-        "sides",
-        "factor_norm",
-        "precond_freq",
-        "refresh_schedule",
-        "precond_beta",
-        "stat_freq",
-        "refresh_warmup",
-        "precond_start",
-        "eps",
-        "eig_floor",
-        "bias_correction",
-        "refresh",
-        "refresh_after_update",
-        "graft",
-        "fisher",
-    )
-    if k in FAMILY_KNOBS
-)
+PRECONDITIONER_KNOBS = tuple(k for k in table.PRECONDITIONER_KNOBS if k in FAMILY_KNOBS)
 
 
 class ConfigError(ValueError):
@@ -70,9 +48,9 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class TrainConfig:
-    """Everything one training run needs. `None` means "the preset's value", or for the matrix
-    optimizer's knobs "the chosen optimizer's recipe" (see `resolve`)."""
+class RunSettings:
+    """A run's settings besides the engine's knobs (`TrainConfig` adds those). `None` means "the
+    preset's value" (see `resolve`)."""
 
     preset: str = "tiny"
     # the user's own model instead of the built-in GPT (docs/models.md): MODULE:FUNCTION,
@@ -94,41 +72,10 @@ class TrainConfig:
     micro_batch_size: int | None = None
     # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
     optimizer: str = "mousse"
-    lr: float | None = None
     scalar_optimizer: str = "adamw"
     scalar_lr: float | None = None
     warmup_frac: float | None = None
     min_lr_frac: float = 0.0
-    # the matrix optimizer's knobs (docs/family.md); None = the optimizer's recipe
-    momentum: float | None = None
-    momentum_style: str | None = None
-    weight_decay: float | None = None
-    weight_decay_style: str | None = None
-    alpha: float | None = None
-    post_alpha: float | None = None
-    sides: str | None = None
-    factor_norm: str | None = None
-    precond_freq: int | None = None
-    refresh_schedule: str | None = None
-    precond_beta: float | None = None
-    stat_freq: int | None = None
-    refresh_warmup: int | None = None
-    precond_start: int | None = None
-    eps: float | None = None
-    eig_floor: str | None = None
-    graft: str | None = None
-    bias_correction: bool | None = None
-    refresh: str | None = None
-    refresh_after_update: bool | None = None
-    skip_first_step: bool | None = None
-    orthogonalizer: str | None = None
-    ns: str | None = None
-    ns_steps: int | None = None
-    beta2: float | None = None
-    adam_eps: float | None = None
-    lr_scale: str | None = None
-    average_rate: float | None = None
-    fisher: str | None = None
     # evaluation
     eval_every: int | None = None
     eval_tokens: int | None = None
@@ -147,6 +94,36 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _with_knobs() -> list[tuple[str, object, dataclasses.Field]]:
+    """RunSettings' fields with one field per engine knob (None: the optimizer's recipe): lr
+    after `optimizer`, the others after `min_lr_frac`, the order sweeps and run names follow."""
+    knob = {
+        k.name: (k.name, k.kind | None, dataclasses.field(default=None))
+        for k in table.TABLE
+        if k.run_setting
+    }
+    out: list[tuple[str, object, dataclasses.Field]] = []
+    for f in fields(RunSettings):
+        out.append((f.name, f.type, dataclasses.field(default=f.default)))
+        if f.name == "optimizer":
+            out.append(knob.pop("lr"))
+        if f.name == "min_lr_frac":
+            out += knob.values()
+    return out
+
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    _with_knobs(),
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Everything one training run needs: RunSettings and the engine's knobs. None "
+        'means "the preset\'s value", or for a knob "the chosen optimizer\'s recipe" (`resolve`).',
+        "to_dict": RunSettings.to_dict,
+    },
+)
 
 
 FIELD_TYPES: dict[str, type] = {}
@@ -376,6 +353,7 @@ def resolve(overrides: dict) -> TrainConfig:
     return cfg
 
 
+# Run settings that are counts; the engine's knobs carry their own ranges (mousse.optim.knobs).
 _AT_LEAST_1 = (
     "d_model",
     "n_layers",
@@ -385,42 +363,35 @@ _AT_LEAST_1 = (
     "steps",
     "batch_size",
     "micro_batch_size",
-    "precond_freq",
-    "stat_freq",
-    "precond_start",
-    "ns_steps",
     "eval_every",
     "eval_tokens",
     "log_every",
     "checkpoint_every",
     "keep_checkpoints",
 )
-# number -> (test, what is allowed), for numbers that may be fractional
+# number -> (test, what is allowed), for run settings that may be fractional
 _RANGES = {
-    **dict.fromkeys(
-        ("lr", "scalar_lr", "weight_decay", "alpha", "post_alpha"),
-        (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
-    ),
+    "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-    **dict.fromkeys(
-        ("momentum", "precond_beta", "beta2", "average_rate"),
-        (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ),
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
-    **dict.fromkeys(
-        ("eps", "adam_eps"), (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
-    ),
-    "refresh_warmup": (lambda v: v >= 0, "must be >= 0"),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
 }
 
 
+def _out_of_range(key: str, value) -> str | None:
+    """What the setting allows when `value` (typed, not None) is outside it, else None."""
+    if key in table.BY_NAME and key in FAMILY_KNOBS:
+        allowed = table.BY_NAME[key].check(value)
+        return None if allowed is None else f"must be {allowed}"
+    if key in _AT_LEAST_1 and value < 1:
+        return "must be >= 1"
+    ok = _RANGES.get(key)
+    return None if ok is None or ok[0](value) else ok[1]
+
+
 def in_range(key: str, value) -> bool:
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
-    if key in _AT_LEAST_1 and value is not None and value < 1:
-        return False
-    ok = _RANGES.get(key)
-    return value is None or ok is None or bool(ok[0](value))
+    return value is None or _out_of_range(key, value) is None
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -431,17 +402,16 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("device", cfg.device, DEVICES)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
-    for key, allowed in optim.CHOICES.items():  # the engine's own choices
-        if getattr(cfg, key) is not None:
-            check_choice(key, getattr(cfg, key), allowed)
-    for key in _AT_LEAST_1:
+    for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):
         value = getattr(cfg, key)
-        _require(value is None or value >= 1, f"bad value for '{key}': {value}; must be >= 1")
+        if value is None:
+            continue
+        if key in table.CHOICES:
+            check_choice(key, value, table.CHOICES[key])
+        problem = _out_of_range(key, value)
+        _require(problem is None, f"bad value for '{key}': {value}; {problem}")
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
         f"{cfg.micro_batch_size}; pick sizes that divide",
     )
-    for key, (ok, allowed) in _RANGES.items():
-        value = getattr(cfg, key)
-        _require(value is None or ok(value), f"bad value for '{key}': {value}; {allowed}")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mousse.optim import family as optim
+from mousse.optim import named as optim
+from mousse.optim.knobs import KNOBS
 
 from .model import GPT, GPTConfig
 
@@ -336,4 +337,4 @@ def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
     if optimizer == "adamw":
         return {k: knobs.get(k) for k in ADAMW_KNOBS}
     full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
-    return {k: full[k] for k in optim.KNOBS}
+    return {k: full[k] for k in KNOBS}

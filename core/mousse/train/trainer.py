@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mousse import __version__
-from mousse.optim.family import refresh_due
 from mousse.optim.routing import build_optimizer
+from mousse.optim.step import group_refresh_due
 
 from . import tomlio
 from .checkpoint import (
@@ -526,7 +526,7 @@ class Trainer:
         self.dist.optimizer_step(self.opt)  # each rank its own matrices, then all-gathered
         self.opt.zero_grad(set_to_none=True)
         refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
-        timer.stop(refresh=refreshes and refresh_due(self.knobs, step))
+        timer.stop(refresh=refreshes and group_refresh_due(self.knobs, step))
         return loss, factor
 
     def run(self, argv: list[str] | None = None) -> dict:

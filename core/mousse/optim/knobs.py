@@ -1,0 +1,298 @@
+"""The engine's knobs, each declared once: name, default (Mousse's), type, allowed values or range,
+one line of help, an example sweep, and whether it acts only through a preconditioned side.
+
+Everything else derives from `TABLE`: the engine's defaults and validation (`DEFAULTS`, `CHOICES`,
+`check`), the run config's fields and ranges, the `train` flags and the `ablate` sweep flags with
+their help, the ablation planner's knob classes and the knob list in docs/family.md
+(`python scripts/knob_docs.py` rewrites it). Adding a knob is one entry here plus
+its use in the step (`mousse.optim.step`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS
+from .precondition import EIG_FLOORS, FACTOR_NORMS, REFRESHES
+
+LR_SCALE_RULES = ("spectral", "muon", "rms", "mean_dim", "none")
+SIDES = ("both", "left", "right", "none")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob. `help` may name `{choices}`; `low`/`high` bound a number (`high` excluded,
+    `low` excluded too when `low_open`); `optional` allows None; `sweep` is an example value list
+    for `mousse ablate --NAME` ("" when the knob has no sweep flag)."""
+
+    name: str
+    default: Any
+    kind: type
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    optional: bool = False
+    sweep: str = ""
+    preconditioner: bool = False
+    run_setting: bool = True  # a field of the run config (ns_dtype is set there by name)
+
+    @property
+    def text(self) -> str:
+        """The help with the allowed values filled in."""
+        return self.help.format(choices=" | ".join(self.choices))
+
+    @property
+    def allowed(self) -> str:
+        """What a valid value is, in words."""
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.kind is bool:
+            return "True or False"
+        if self.kind is torch.dtype:
+            return "a floating torch.dtype"
+        if self.kind is int:
+            return f"an integer >= {self.low:g}"
+        if self.high is not None:
+            return f"a number in [{self.low:g}, {self.high:g})"
+        return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+
+    def check(self, value: Any) -> str | None:
+        """None when `value` is valid, else what is allowed (with 'None or' for optional knobs)."""
+        if value is None and self.optional:
+            return None
+        if not self._valid(value):
+            return ("None or " if self.optional else "") + self.allowed
+        return None
+
+    def _valid(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if self.kind is torch.dtype:
+            return isinstance(value, torch.dtype) and value.is_floating_point
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        low = -math.inf if self.low is None else self.low
+        above = value > low if self.low_open else value >= low
+        below = value < self.high if self.high is not None else math.isfinite(value)
+        return above and below
+
+
+def _unit(name: str, default: float, help: str, sweep: str = "", pre: bool = False) -> Knob:
+    return Knob(name, default, float, help, low=0, high=1, sweep=sweep, preconditioner=pre)
+
+
+def _count(name: str, default: int, help: str, low: int = 1, sweep: str = "") -> Knob:
+    return Knob(name, default, int, help, low=low, sweep=sweep, preconditioner=name != "ns_steps")
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...], help: str, **kw: Any) -> Knob:
+    return Knob(name, default, str, help, choices=choices, sweep=",".join(choices), **kw)
+
+
+def _switch(name: str, default: bool, help: str, pre: bool = False) -> Knob:
+    return Knob(name, default, bool, help, sweep="on,off", preconditioner=pre)
+
+
+TABLE: tuple[Knob, ...] = (
+    Knob("lr", 0.06, float, "Peak lr of the block-matrix optimizer.", low=0),
+    _unit("momentum", 0.95, "Momentum mu in [0, 1)."),
+    _choice(
+        "momentum_style",
+        "heavy_ball",
+        ("heavy_ball", "nesterov", "ema"),
+        "{choices}: heavy_ball M = mu M + G; nesterov uses G + mu M; ema M = mu M + (1-mu) G, "
+        "bias-corrected (Mousse heavy_ball, Muon nesterov).",
+    ),
+    Knob("weight_decay", 0.01, float, "Weight decay of the block matrices.", low=0),
+    _choice(
+        "weight_decay_style",
+        "decoupled",
+        ("decoupled", "after", "after_scaled"),
+        "{choices}: decoupled W(1 - lr wd) with the update; after: W -= lr wd W after it (SOAP); "
+        "after_scaled: W *= 1 - lr s wd (SPlus).",
+    ),
+    Knob(
+        "alpha",
+        0.125,
+        float,
+        "Whitening exponent: P = Q diag(lam^-alpha) before the orthogonalizer (0.25 "
+        "untempered; 0 = Muon on Mousse's code path).",
+        low=0,
+        sweep="0.0,0.125,0.25",
+        preconditioner=True,
+    ),
+    Knob(
+        "post_alpha",
+        None,
+        float,
+        "Exponent of the whitening after the orthogonalizer (default: = alpha).",
+        low=0,
+        optional=True,
+        sweep="0.0,0.125",
+        preconditioner=True,
+    ),
+    _choice(
+        "sides",
+        "both",
+        SIDES,
+        "Preconditioned sides: {choices}. left = L = E[G G^T], the OUTPUT side of an (out, in) "
+        "weight (m x m); right = R = E[G^T G], the INPUT side (n x n).",
+        preconditioner=True,
+    ),
+    _choice(
+        "factor_norm",
+        "trace",
+        FACTOR_NORMS,
+        "Factor normalization before eigh: {choices} (trace: mean eigenvalue 1, Mousse; "
+        "same_trace: TNT).",
+        preconditioner=True,
+    ),
+    _count("precond_freq", 10, "Eigen refresh every T steps.", sweep="1,10,100"),
+    _choice(
+        "refresh_schedule",
+        "offset",
+        ("offset", "multiples"),
+        "Refresh steps: {choices} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., "
+        "SPlus's authors).",
+        preconditioner=True,
+    ),
+    _unit("precond_beta", 0.95, "EMA rate of the factor statistics.", "0.9,0.95,0.99", pre=True),
+    _count("stat_freq", 1, "Update the factor statistics every N steps.", sweep="1,10"),
+    _count(
+        "refresh_warmup",
+        0,
+        "Refresh at every statistics update during the first N steps (TNT: precond_freq).",
+        low=0,
+    ),
+    _count("precond_start", 1, "No whitening before this step (Shampoo: precond_freq + 1)."),
+    Knob("eps", 1e-5, float, "Eigenvalue damping.", low=0, low_open=True, preconditioner=True),
+    _choice(
+        "eig_floor",
+        "shift",
+        EIG_FLOORS,
+        "Eigenvalue floor: {choices} (shift: Mousse; clamp: max(lam, eps)).",
+        preconditioner=True,
+    ),
+    _choice(
+        "graft",
+        "orthogonalizer",
+        ("orthogonalizer", "adam", "none"),
+        "Grafting: {choices} (orthogonalizer: to the norm of the orthogonalized whitened "
+        "momentum, Mousse; adam: Adam's norm, Shampoo).",
+        preconditioner=True,
+    ),
+    _switch("bias_correction", True, "Bias-correct the factor EMA before refresh.", pre=True),
+    _choice(
+        "refresh",
+        "eigh",
+        REFRESHES,
+        "Factor refresh: {choices} (eigh exact; qr one power iteration + QR from the previous "
+        "basis, SOAP; cheaper, approximate).",
+        preconditioner=True,
+    ),
+    _switch(
+        "refresh_after_update",
+        False,
+        "Update statistics and refresh after the weight update (SOAP, SPlus).",
+        pre=True,
+    ),
+    _switch("skip_first_step", False, "Step 1 only builds the statistics, no update (SOAP)."),
+    _choice(
+        "orthogonalizer",
+        "newton_schulz",
+        (*ORTHOGONALIZERS, "adam"),
+        "{choices} applied to the whitened momentum (Mousse/Muon newton_schulz, SpecGD exact, "
+        "SPlus sign, Shampoo/TNT identity, SOAP adam).",
+    ),
+    _choice("ns", "you5", NS_SCHEDULES, "Newton-Schulz schedule: {choices}."),
+    _count("ns_steps", 5, "Newton-Schulz iterations.", sweep="3,5"),
+    Knob(
+        "ns_dtype",
+        None,
+        torch.dtype,
+        "Newton-Schulz precision (None: bf16 on CUDA, fp32 elsewhere).",
+        optional=True,
+        run_setting=False,
+    ),
+    _unit("beta2", 0.999, "Second-moment EMA rate of orthogonalizer/graft adam."),
+    Knob("adam_eps", 1e-8, float, "Epsilon of orthogonalizer/graft adam.", low=0, low_open=True),
+    _choice(
+        "lr_scale",
+        "spectral",
+        LR_SCALE_RULES,
+        "Per-matrix lr rule: spectral sqrt(m/n) | muon sqrt(max(1,m/n)) | rms 0.2 sqrt(max(m,n)) "
+        "| mean_dim 2/(m+n) | none.",
+    ),
+    _unit(
+        "average_rate",
+        0.0,
+        "Iterate-average rate, evaluated on the average (0 = off).",
+        "0.0,0.999",
+    ),
+    _choice(
+        "fisher",
+        "empirical",
+        ("empirical", "sampled"),
+        "Factor statistics from {choices} gradients (sampled: labels drawn from the model, TNT).",
+        preconditioner=True,
+    ),
+)
+
+BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in TABLE}
+CHOICES: dict[str, tuple[str, ...]] = {k.name: k.choices for k in TABLE if k.choices}
+KNOBS: tuple[str, ...] = tuple(k.name for k in TABLE if k.run_setting)  # a run config sets these
+PRECONDITIONER_KNOBS: tuple[str, ...] = tuple(k.name for k in TABLE if k.preconditioner)
+
+
+def check(knobs: dict[str, Any]) -> None:
+    """Raise ValueError naming the first invalid knob of `knobs`, its value and what is allowed."""
+    for name, value in knobs.items():
+        if name in BY_NAME and (allowed := BY_NAME[name].check(value)) is not None:
+            raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
+
+
+# ---- the docs' knob list -----------------------------------------------------------------------
+
+BEGIN = "<!-- knobs: generated from mousse.optim.knobs by `python scripts/knob_docs.py` -->"
+END = "<!-- /knobs -->"
+
+
+def markdown() -> str:
+    """The knob list of docs/family.md: one row per knob."""
+    rows = [
+        "| knob | default | allowed | sweep | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for k in TABLE:
+        where = " (preconditioner)" if k.preconditioner else ""
+        allowed = ("None or " if k.optional else "") + k.allowed.replace(" | ", ", ")
+        rows.append(
+            f"| `{k.name}`{where} | {k.default!r} | {allowed} | "
+            f"{k.sweep and '`' + k.sweep + '`'} | {k.text.replace('|', '/')} |"
+        )
+    return "\n".join([BEGIN, *rows, END])
+
+
+def rewrite(path: Path) -> bool:
+    """Put today's knob list between the markers of `path`; whether the file changed."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path} lacks the knob list's markers {BEGIN!r} ... {END!r}")
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    new = head + markdown() + tail
+    if new != text:
+        path.write_text(new)
+    return new != text

@@ -1,0 +1,322 @@
+"""The family's step for one bucket of same-shape matrices, as small pure functions over typed
+inputs: `StepKnobs` (the group's knobs the math reads, frozen) and `BucketState` (the stacked
+state, updated in place). The engine (`family.KroneckerOptimizer`) is the shell that builds them
+and calls these, eagerly or under torch.compile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import precondition as pc
+from .orthogonalize import frobenius_norm, orthogonalize
+
+LR_SCALES: dict[str, Callable[[int, int], float]] = {
+    "spectral": lambda m, n: math.sqrt(m / n),
+    "muon": lambda m, n: math.sqrt(max(1.0, m / n)),
+    "rms": lambda m, n: 0.2 * math.sqrt(max(m, n)),
+    "mean_dim": lambda m, n: 2.0 / (m + n),
+    "none": lambda m, n: 1.0,
+}
+SIDE_FACTORS = {"both": ("L", "R"), "left": ("L",), "right": ("R",), "none": ()}
+
+
+@dataclass(frozen=True)
+class StepKnobs:
+    """The knobs of one param group that the per-bucket math reads (lr, which schedules change
+    every step, is an argument of its own). Built once per distinct set of values (`of`), so a
+    compiled step sees the same object, and the same constants, from step to step."""
+
+    momentum: float
+    momentum_style: str
+    weight_decay: float
+    weight_decay_style: str
+    sides: str
+    orthogonalizer: str
+    ns: str
+    ns_steps: int
+    ns_dtype: torch.dtype | None
+    graft: str
+    beta2: float
+    adam_eps: float
+    lr_scale: str
+    average_rate: float
+    precond_beta: float
+
+    @classmethod
+    def of(cls, group: Mapping[str, Any]) -> StepKnobs:
+        key = tuple(group[f.name] for f in _STEP_FIELDS)
+        if key not in _INTERNED:
+            _INTERNED[key] = cls(*key)
+        return _INTERNED[key]
+
+    @property
+    def factor_sides(self) -> tuple[str, ...]:
+        """The preconditioned factors: 'L' (output side), 'R' (input side)."""
+        return SIDE_FACTORS[self.sides]
+
+
+_STEP_FIELDS = fields(StepKnobs)
+_INTERNED: dict[tuple[Any, ...], StepKnobs] = {}
+
+
+@dataclass
+class SideState:
+    """One side's state for a stack of matrices: the running factor, its eigenvalues and basis,
+    counters, and the whitening matrices cached from them (P before the orthogonalizer, P' after;
+    never saved, recomputed from lam and Q)."""
+
+    factor: Tensor
+    lam: Tensor
+    Q: Tensor
+    eigh_failures: Tensor
+    stat_skips: Tensor
+    P: Tensor | None = None
+    P_post: Tensor | None = None
+
+
+@dataclass
+class BucketState:
+    """The stacked state of a bucket. Its tensors are the ones the parameters' `state` entries
+    are views of, so updating them in place is updating the optimizer's state."""
+
+    momentum_buffer: Tensor
+    update_rms: Tensor
+    sides: dict[str, SideState] = field(default_factory=dict)
+    V: Tensor | None = None  # second moment in the eigenbasis (SOAP)
+    graft_v: Tensor | None = None  # Adam grafting's second moment (Shampoo)
+    average: Tensor | None = None  # iterate average (SPlus)
+
+    # the saved state's names (torch.optim state entries) of each side's tensors
+    SAVED = {"factor": "{}", "lam": "lam_{}", "Q": "Q_{}"}
+    COUNTERS = {"eigh_failures": "eigh_failures_{}", "stat_skips": "stat_skips_{}"}
+
+    @classmethod
+    def from_saved(cls, state: Mapping[str, Tensor]) -> BucketState:
+        """The typed view of a dict with the saved state's names ('L', 'lam_L', 'Q_L', ...)."""
+        names = {**cls.SAVED, **cls.COUNTERS}
+        sides = {
+            s: SideState(**{attr: state[name.format(s)] for attr, name in names.items()})
+            for s in ("L", "R")
+            if s in state
+        }
+        return cls(
+            state["momentum_buffer"],
+            state["update_rms"],
+            sides,
+            state.get("V"),
+            state.get("graft_v"),
+            state.get("average"),
+        )
+
+    def tensors(self) -> Iterator[Tensor]:
+        """Every tensor held, cached whitening included, in a fixed order."""
+        for name in ("momentum_buffer", "update_rms", "V", "graft_v", "average"):
+            if getattr(self, name) is not None:
+                yield getattr(self, name)
+        for side in self.sides.values():
+            yield from (
+                getattr(side, f.name) for f in fields(side) if getattr(side, f.name) is not None
+            )
+
+    def rows(self, idx: Tensor) -> BucketState:
+        """A copy holding only the matrices `idx` (for a step of some of them)."""
+
+        def take(t: Tensor | None) -> Any:  # None stays None
+            return None if t is None else t[idx.to(t.device)]
+
+        sides = {
+            s: SideState(**{f.name: take(getattr(v, f.name)) for f in fields(v)})
+            for s, v in self.sides.items()
+        }
+        own = {f.name: take(getattr(self, f.name)) for f in fields(self) if f.name != "sides"}
+        return BucketState(**own, sides=sides)
+
+    def put_rows(self, idx: Tensor, sub: BucketState) -> None:
+        """Write back the rows `idx` that `rows` took and a step then changed."""
+        for tensor, new in zip(self.tensors(), sub.tensors()):
+            tensor[idx.to(new.device)] = new
+
+
+# ---- the math -----------------------------------------------------------------------------------
+
+
+def lr_multiplier(rule: str, m: int, n: int) -> float:
+    """Learning-rate scale for an (m, n) = (fan_out, fan_in) matrix under the named rule."""
+    return LR_SCALES[rule](m, n)
+
+
+def graft(U: Tensor, gamma: Tensor, norm_U: Tensor) -> Tensor:
+    """Rescale each matrix of U from Frobenius norm `norm_U` to `gamma` (shapes (B, 1, 1));
+    zero stays zero."""
+    return U * (gamma / norm_U.clamp(min=torch.finfo(U.dtype).tiny))
+
+
+def momentum_step(M: Tensor, G: Tensor, mu: float, style: str, count: int) -> Tensor:
+    """Update the momentum buffer M in place and return the momentum the direction uses:
+    heavy ball M, Nesterov G + mu M, or the EMA mu M + (1-mu) G bias-corrected for `count`
+    updates."""
+    if style == "ema":
+        M.mul_(mu).add_(G, alpha=1.0 - mu)
+        return M / (1.0 - mu**count)
+    M.mul_(mu).add_(G)
+    return G + mu * M if style == "nesterov" else M
+
+
+def adam_normalize(
+    X: Tensor, Xg: Tensor, V: Tensor, beta2: float, eps: float, count: int
+) -> Tensor:
+    """Adam's elementwise step: update V <- beta2 V + (1-beta2) Xg^2 in place and return
+    X sqrt(1 - beta2^count) / (sqrt(V) + eps) (X already bias-corrected for the first moment)."""
+    V.mul_(beta2).addcmul_(Xg, Xg, value=1.0 - beta2)
+    return X * math.sqrt(1.0 - beta2**count) / (V.sqrt() + eps)
+
+
+def refresh_due(
+    t: int, *, precond_freq: int, stat_freq: int, refresh_warmup: int, refresh_schedule: str
+) -> bool:
+    """Whether step t (1-based) refreshes the eigen-pairs: on step 1, then every `precond_freq`
+    steps counted from it (`refresh_schedule` "offset": 1, F+1, 2F+1, ...) or on the multiples of
+    `precond_freq` ("multiples": 1, F, 2F, ..., as SPlus's authors' code does); and on every
+    statistics step up to `refresh_warmup`."""
+    is_stat = (t - 1) % stat_freq == 0
+    phase = 1 if refresh_schedule == "offset" else 0
+    return t == 1 or (t - phase) % precond_freq == 0 or (is_stat and t <= refresh_warmup)
+
+
+def group_refresh_due(group: Mapping[str, Any], t: int) -> bool:
+    """`refresh_due` with a param group's (or a run config's) knobs."""
+    return refresh_due(
+        t,
+        precond_freq=group["precond_freq"],
+        stat_freq=group["stat_freq"],
+        refresh_warmup=group["refresh_warmup"],
+        refresh_schedule=group["refresh_schedule"],
+    )
+
+
+def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
+    """State indexed by eigenbasis columns (rows for L, columns for R) put in the new order."""
+    if side == "L":
+        return V.gather(-2, order.unsqueeze(-1).expand_as(V))
+    return V.gather(-1, order.unsqueeze(-2).expand_as(V))
+
+
+def accumulate_statistics(st: BucketState, G: Tensor, beta: float) -> None:
+    """EMA statistics of each side's factor from the gradient stack G, in place; a matrix whose
+    contribution is not finite is skipped and counted."""
+    for name, side in st.sides.items():
+        skipped = pc.accumulate(side.factor, G, beta, "left" if name == "L" else "right")
+        side.stat_skips.add_(skipped)
+
+
+def update_matrices(
+    k: StepKnobs,
+    params: list[Tensor],
+    st: BucketState,
+    G: Tensor,
+    lr: float | Tensor,
+    count: int,
+    whiten: bool,
+) -> None:
+    """One update of a stack of same-shape matrices with gradients G: momentum, whitening by the
+    cached P's (when `whiten`), the orthogonalizer, unwhitening, grafting, weight decay and the
+    step; `st` is updated in place. No host syncs, so torch.compile captures it whole
+    (`KroneckerOptimizer(compiled=True)`). lr and count, the values that change from step to
+    step, are arguments of their own, so torch.compile takes them as inputs (lr as a 0-d tensor
+    when compiled, count as a symbol) instead of recompiling for each value."""
+    m, n = params[0].shape
+    sides = k.factor_sides if whiten else ()
+    M_in = momentum_step(st.momentum_buffer, G, k.momentum, k.momentum_style, count)
+    pre = {s: st.sides[s].P for s in sides}
+    post = {s: st.sides[s].P_post for s in sides}
+    X = pc.whiten(M_in, pre.get("L"), pre.get("R"))
+    Y = direction(k, st, X, G, pre, count)
+    # unwhitening runs in its cached P's precision (unwhiten_dtype), then back to the state's
+    dtype = next(iter(post.values())).dtype if post else Y.dtype  # type: ignore[union-attr]
+    U = pc.unwhiten(Y.to(dtype), post.get("L"), post.get("R")).to(M_in.dtype)
+    U = graft_update(k, st, U, Y, M_in, G, count, whiten)
+    st.update_rms.copy_(frobenius_norm(U).flatten() / math.sqrt(m * n))
+    apply_update(k, params, st, U, lr, m, n)
+
+
+def direction(
+    k: StepKnobs, st: BucketState, X: Tensor, G: Tensor, pre: dict[str, Any], count: int
+) -> Tensor:
+    """The orthogonalizer applied to the whitened momentum X."""
+    if k.orthogonalizer == "adam":
+        Xg = pc.whiten(G, pre.get("L"), pre.get("R"))
+        assert st.V is not None
+        return adam_normalize(X, Xg, st.V, k.beta2, k.adam_eps, count)
+    method = k.ns if k.orthogonalizer == "newton_schulz" else k.orthogonalizer
+    return orthogonalize(X, method, k.ns_steps, ns_dtype(k, X))
+
+
+def ns_dtype(k: StepKnobs, like: Tensor) -> torch.dtype:
+    """Newton-Schulz's working precision: the group's `ns_dtype`, else bf16 on CUDA and fp32 (or
+    the state's, if wider) elsewhere."""
+    return k.ns_dtype or (
+        torch.bfloat16 if like.is_cuda else torch.promote_types(like.dtype, torch.float32)
+    )
+
+
+def unwhiten_dtype(k: StepKnobs, like: Tensor) -> torch.dtype:
+    """Precision of the unwhitening matmuls: Newton-Schulz's, whose output is already rounded to
+    it (in bf16 that adds 10% to NS's own error, where bf16 *whitening* of the input multiplies it
+    by 3-45: benchmarks/whiten_precision.py); the state's for the other orthogonalizers."""
+    return ns_dtype(k, like) if k.orthogonalizer == "newton_schulz" else like.dtype
+
+
+def graft_update(
+    k: StepKnobs,
+    st: BucketState,
+    U: Tensor,
+    Y: Tensor,
+    M_in: Tensor,
+    G: Tensor,
+    count: int,
+    whitened: bool,
+) -> Tensor:
+    """Rescale U to the norm of the orthogonalizer's output or of Adam's step."""
+    if k.graft == "orthogonalizer" and whitened:
+        return graft(U, frobenius_norm(Y), frobenius_norm(U))
+    if k.graft == "adam":
+        assert st.graft_v is not None
+        b2 = k.beta2
+        st.graft_v.mul_(b2).addcmul_(G, G, value=1.0 - b2)
+        A = M_in / ((st.graft_v / (1.0 - b2**count)).sqrt() + k.adam_eps)
+        return graft(U, frobenius_norm(A), frobenius_norm(U)) if whitened else A
+    return U
+
+
+def apply_update(
+    k: StepKnobs,
+    params: list[Tensor],
+    st: BucketState,
+    U: Tensor,
+    lr: float | Tensor,
+    m: int,
+    n: int,
+) -> None:
+    """W <- W - lr s U with decoupled weight decay before or after; the iterate average."""
+    wd, style = k.weight_decay, k.weight_decay_style
+    s = lr_multiplier(k.lr_scale, m, n)
+    if wd and style == "decoupled":
+        torch._foreach_mul_(params, 1.0 - lr * wd)
+    step = list(U.to(params[0].dtype).unbind(0))
+    if isinstance(lr, Tensor):  # compiled: a multiply by the lr tensor (alpha takes only numbers)
+        torch._foreach_add_(params, torch._foreach_mul(step, -lr * s))
+    else:
+        torch._foreach_add_(params, step, alpha=-lr * s)
+    if k.average_rate:
+        assert st.average is not None
+        W = torch.stack(params).to(st.average.dtype)
+        st.average.add_(W - st.average, alpha=1.0 - k.average_rate)
+    if wd and style != "decoupled":
+        torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))

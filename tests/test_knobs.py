@@ -1,0 +1,86 @@
+"""The knob table (mousse.optim.knobs) is the one declaration: the engine, the run config, the CLI
+flags, the planner's knob classes and docs/family.md all follow it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mousse import Mousse
+from mousse.optim import knobs
+from mousse.optim.named import OPTIMIZERS
+from mousse.train import config
+from mousse_cli import options
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "family.md"
+
+
+def test_docs_knob_list_is_the_table(tmp_path):
+    copy = tmp_path / "family.md"
+    shutil.copy(DOCS, copy)
+    assert not knobs.rewrite(copy), "docs/family.md is stale: run python scripts/knob_docs.py"
+    assert all(f"`{k.name}`" in DOCS.read_text() for k in knobs.TABLE)
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        knobs.rewrite(tmp_path / "bare.md")
+
+
+def test_run_config_has_one_typed_field_per_knob():
+    run_knobs = [k for k in knobs.TABLE if k.run_setting]
+    assert config.FAMILY_KNOBS == tuple(k.name for k in run_knobs)
+    for k in run_knobs:
+        assert config.FIELD_TYPES[k.name] is k.kind
+        assert getattr(config.TrainConfig(), k.name) is None  # None: the optimizer's recipe
+    assert set(config.PRECONDITIONER_KNOBS) == {k.name for k in run_knobs if k.preconditioner}
+    assert "ns_dtype" not in config.FAMILY_KNOBS  # a run chooses it by name (auto, bf16, ...)
+
+
+def test_every_preset_is_valid_under_the_table():
+    for cls in OPTIMIZERS.values():
+        knobs.check(cls.preset)
+        assert set(cls.preset) == set(knobs.DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad", "words"),
+    [
+        ("momentum", [0.0, 0.95], [1.0, -0.1, float("nan"), True], "a number in [0, 1)"),
+        ("alpha", [0, 0.25], [-1e-9, float("inf")], "a finite number >= 0"),
+        ("eps", [1e-30], [0.0], "a finite number > 0"),
+        ("precond_freq", [1, 100], [0, 2.0, True], "an integer >= 1"),
+        ("refresh_warmup", [0, 5], [-1], "an integer >= 0"),
+        ("post_alpha", [None, 0.5], [-0.5], "None or a finite number >= 0"),
+        ("bias_correction", [True, False], [1, "yes"], "True or False"),
+        ("sides", ["both", "none"], ["top"], "both | left | right | none"),
+        ("ns_dtype", [None, torch.bfloat16], [torch.int8, "bf16"], "None or a floating"),
+    ],
+)
+def test_each_knob_is_checked_by_its_entry(name, good, bad, words):
+    for value in good:
+        assert knobs.BY_NAME[name].check(value) is None
+    for value in bad:
+        assert words in knobs.BY_NAME[name].check(value)
+        with pytest.raises(ValueError, match=rf"invalid {name}="):
+            Mousse([torch.nn.Parameter(torch.zeros(4, 3))], **{name: value})
+
+
+def test_run_config_ranges_come_from_the_table():
+    with pytest.raises(config.ConfigError, match="'momentum': 1.5; must be a number in"):
+        config.resolve({"momentum": 1.5})
+    with pytest.raises(config.ConfigError, match="'stat_freq': 0; must be an integer >= 1"):
+        config.resolve({"stat_freq": 0})
+    assert config.in_range("precond_beta", 0.5) and not config.in_range("precond_beta", 1.0)
+    assert config.in_range("steps", 1) and not config.in_range("steps", 0)
+
+
+def test_cli_flags_and_sweeps_come_from_the_table():
+    for k in knobs.TABLE:
+        if k.run_setting:
+            assert k.name in options.TRAIN_FLAGS
+            assert k.text in options.TRAIN_FLAGS[k.name][1].help
+        assert (k.name in options.SWEEP_FLAGS) == bool(k.sweep)
+        if k.sweep:
+            assert k.sweep in options.SWEEP_FLAGS[k.name][1].help
