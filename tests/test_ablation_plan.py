@@ -4,15 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mousse.experiments.ablation import (
-    AblationPlan,
-    check_max_runs,
-    load_spec,
-    parse_seeds,
-    parse_sweep_values,
-    plan_ablation,
-    shard_runs,
-)
+from mousse.experiments.ablation import AblationPlan, check_max_runs, plan_ablation, shard_runs
+from mousse.experiments.inputs import parse_seeds, parse_sweep_values
+from mousse.experiments.spec import load_spec
 from mousse.train import tomlio
 from mousse.train.config import ConfigError
 

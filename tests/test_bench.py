@@ -126,9 +126,9 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
     size, each of its sizes is flagged as dispatched where slower."""
     from rich.console import Console
 
-    from mousse.experiments.bench import bench_kernels
+    from mousse.experiments.kernelbench import bench_kernels
     from mousse.optim import kernels
-    from mousse_cli.views import kernel_table
+    from mousse_cli.tables import kernel_table
 
     monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")
     k = bench_kernels(torch.device("cpu"), 1, sizes=(16, 32), dtype=torch.float32)
@@ -154,7 +154,7 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
 
 
 def test_measured_min_dim_is_where_the_kernel_keeps_winning():
-    from mousse.experiments.bench import measured_min_dim
+    from mousse.experiments.kernelbench import measured_min_dim
 
     def rows(*speedups):
         return [{"size": 2 ** (10 + i), "speedup": s} for i, s in enumerate(speedups)]

@@ -287,10 +287,10 @@ def test_bad_spec_file_message_keeps_brackets(cli, tmp_path):
 def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
     """Ctrl-C in the middle of the first run: exit 130 with that run checkpointed; rerunning the
     command resumes it from its checkpoint and runs the rest."""
-    import mousse_cli.app as app_module
-    from mousse.experiments.sweep import RunUpdate
+    import mousse_cli.ablate_run as ablate_run
+    from mousse.experiments.runner import RunUpdate
 
-    class InterruptingView(app_module.AblationView):
+    class InterruptingView(ablate_run.AblationView):
         def __call__(self, update):
             super().__call__(update)
             if (
@@ -318,7 +318,7 @@ def test_interrupted_ablation_resumes(cli, tmp_path, monkeypatch):
         adir,
         "--json",
     ]
-    monkeypatch.setattr(app_module, "AblationView", InterruptingView)
+    monkeypatch.setattr(ablate_run, "AblationView", InterruptingView)
     res = cli(*args)
     assert res.exit_code == 130, res
     first = summary(adir / "runs" / "mousse")
@@ -500,8 +500,8 @@ def test_presets_list_lr_per_optimizer(cli):
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
     # tiny's own tuning moved Mousse's and Muon's momentum (benchmarks/tuned); the rest: recipes
-    assert rows["tiny"]["momenta"] == {"mousse": 0.8, "muon": 0.8}
-    assert all(not rows[name]["momenta"] for name in rows if name != "tiny")
+    assert rows["tiny"]["momenta"] == rows["small"]["momenta"] == {"mousse": 0.8, "muon": 0.8}
+    assert all(not rows[name]["momenta"] for name in rows if name not in ("tiny", "small"))
 
     res = cli("presets")
     assert res.exit_code == 0, res

@@ -401,7 +401,8 @@ def _missing_grads_worker(rank: int) -> None:
 
     import torch.distributed as dist
 
-    from mousse.dist.rank import Dist, weights_digest
+    from mousse.dist.rank import Dist
+    from mousse.dist.sharded import weights_digest
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4, seq_len=8))

@@ -14,7 +14,9 @@ from mousse.optim import OPTIMIZERS
 from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches
 from mousse.train.events import StepLogged
-from mousse.train.trainer import StepTimer, Trainer, sample_labels, sampling_generator
+from mousse.train.optim_hooks import sample_labels, sampling_generator
+from mousse.train.steptimer import StepTimer
+from mousse.train.trainer import Trainer
 
 
 def test_sampled_labels_follow_the_softmax():

@@ -7,16 +7,14 @@ import math
 
 import pytest
 
-from mousse.experiments.results import (
+from mousse.experiments.results import summarize
+from mousse.experiments.stats import steps_to_target, t_two_sided_p, welch_t_test
+from mousse.experiments.tables import (
     CONVERGENCE_COLUMNS,
     TIMING_COLUMNS,
     convergence_rows,
     render,
-    steps_to_target,
-    summarize,
-    t_two_sided_p,
     timing_rows,
-    welch_t_test,
 )
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import FAST, invoke_cli
 
-from mousse.experiments.results import apply_timing_pass, summarize, timing_notes, timing_rows
+from mousse.experiments.results import apply_timing_pass, summarize
+from mousse.experiments.tables import timing_notes, timing_rows
 from mousse.experiments.timing import (
     MIN_ROUNDS,
     plan_rounds,

@@ -297,12 +297,13 @@ def test_ns_dtype_setting_reaches_the_optimizer(cli, tmp_path):
 
 def test_muon_recipe_is_the_released_baseline():
     """`--optimizer muon` keeps what it always ran: Nesterov momentum 0.95, the you5 schedule,
-    the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr (and on tiny,
-    the momentum its tuning chose: 0.8)."""
+    the spectral lr rule, weight decay 0.01, no preconditioning, the preset's lr (and on the CPU
+    presets the momentum their tuning chose: 0.8)."""
     assert resolve({"optimizer": "muon"}).momentum == 0.8
+    assert resolve({"optimizer": "muon", "preset": "160m"}).momentum == 0.95
     cfg = resolve({"optimizer": "muon", "preset": "small"})
     assert (cfg.momentum, cfg.momentum_style, cfg.ns, cfg.ns_steps, cfg.lr_scale) == (
-        0.95,
+        0.8,
         "nesterov",
         "you5",
         5,
@@ -483,15 +484,15 @@ def test_stop_event_interrupts_with_checkpoint_and_resumes_exactly(builtin_data,
 
 def test_ctrl_c_checkpoints_and_exits_130(cli, tmp_path, monkeypatch):
     """SIGINT during a run (the CLI's own handler) stops after the step, checkpoints, exits 130."""
-    import mousse_cli.app as app_module
+    import mousse_cli.train_cmd as train_cmd
 
-    class InterruptingView(app_module.TrainView):
+    class InterruptingView(train_cmd.TrainView):
         def __call__(self, event):
             super().__call__(event)
             if isinstance(event, StepLogged) and event.step == 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(app_module, "TrainView", InterruptingView)
+    monkeypatch.setattr(train_cmd, "TrainView", InterruptingView)
     handler = signal.getsignal(signal.SIGINT)
     run_dir = tmp_path / "r"
     res = cli("train", *FAST, "--steps", "50", "--log-every", "1", "--run-dir", run_dir, "--json")

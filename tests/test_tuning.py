@@ -11,8 +11,10 @@ import statistics
 import pytest
 from conftest import FAST, assert_one_line_error, invoke_cli
 
-from mousse.experiments.ablation import _CHOICES, in_shard, plan_ablation, tune_spec
-from mousse.experiments.results import _quantile, bootstrap_ci, speedup, steps_to_target, summarize
+from mousse.experiments.ablation import in_shard, plan_ablation
+from mousse.experiments.inputs import CHOICES, tune_spec
+from mousse.experiments.results import summarize
+from mousse.experiments.stats import bootstrap_ci, quantile, speedup, steps_to_target
 from mousse.experiments.sweep import Ablation
 from mousse.experiments.tuning import (
     DEFAULT_GRIDS,
@@ -46,15 +48,15 @@ def lookup_from(loss_fn, log=None):
 
 
 def test_parse_tune_forms():
-    assert parse_tune("lr", _CHOICES) == (("lr", None),)
-    assert parse_tune("lr,weight_decay", _CHOICES) == (("lr", None), ("weight_decay", None))
-    assert parse_tune("lr=0.01,0.02,0.04", _CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
-    assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", _CHOICES) == (
+    assert parse_tune("lr", CHOICES) == (("lr", None),)
+    assert parse_tune("lr,weight_decay", CHOICES) == (("lr", None), ("weight_decay", None))
+    assert parse_tune("lr=0.01,0.02,0.04", CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
+    assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", CHOICES) == (
         ("lr", None),
         ("momentum", None),
         ("momentum_style", ("heavy_ball", "nesterov")),
     )
-    assert parse_tune("momentum-style", _CHOICES) == (("momentum_style", None),)
+    assert parse_tune("momentum-style", CHOICES) == (("momentum_style", None),)
 
 
 @pytest.mark.parametrize(
@@ -71,17 +73,17 @@ def test_parse_tune_forms():
 )
 def test_parse_tune_errors(text, words):
     with pytest.raises(ConfigError, match=words):
-        parse_tune(text, _CHOICES)
+        parse_tune(text, CHOICES)
 
 
 def test_default_grids():
-    assert default_grid("lr", 0.03, _CHOICES) == [0.0075, 0.015, 0.03, 0.06, 0.12]
-    assert default_grid("momentum", 0.95, _CHOICES) == [0.8, 0.9, 0.95, 0.98]
+    assert default_grid("lr", 0.03, CHOICES) == [0.0075, 0.015, 0.03, 0.06, 0.12]
+    assert default_grid("momentum", 0.95, CHOICES) == [0.8, 0.9, 0.95, 0.98]
     assert DEFAULT_GRIDS["momentum"] == (0.8, 0.9, 0.95, 0.98)
-    assert default_grid("momentum_style", "nesterov", _CHOICES) == list(_CHOICES["momentum_style"])
-    assert default_grid("precond_freq", 10, _CHOICES) == [2, 5, 10, 20, 40]
+    assert default_grid("momentum_style", "nesterov", CHOICES) == list(CHOICES["momentum_style"])
+    assert default_grid("precond_freq", 10, CHOICES) == [2, 5, 10, 20, 40]
     with pytest.raises(ConfigError, match="no grid around it"):
-        default_grid("weight_decay", 0.0, _CHOICES)
+        default_grid("weight_decay", 0.0, CHOICES)
 
 
 def test_extend_steps_and_bounds():
@@ -100,7 +102,7 @@ def test_extend_steps_and_bounds():
 def test_best_interior_value_is_chosen_without_extension():
     losses = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.0, 0.06: 2.5, 0.12: 4.0}
     state = tune_variant(
-        "v", {"lr": 0.03}, spec(("lr", None)), lookup_from(lambda v, s: losses[v["lr"]]), _CHOICES
+        "v", {"lr": 0.03}, spec(("lr", None)), lookup_from(lambda v, s: losses[v["lr"]]), CHOICES
     )
     assert state.done and state.tuned == {"lr": 0.03} and state.at_edge == []
     assert state.phases[0].grid == sorted(losses) and state.phases[0].extensions == 0
@@ -108,14 +110,14 @@ def test_best_interior_value_is_chosen_without_extension():
 
 def test_edge_grows_the_grid_until_interior():
     loss = lambda v, s: (math.log2(v["lr"] / 0.24)) ** 2  # best at 0.24: two steps past the top
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup_from(loss), _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup_from(loss), CHOICES)
     assert state.tuned == {"lr": 0.24} and state.at_edge == []
     assert state.phases[0].grid[-3:] == [0.12, 0.24, 0.48] and state.phases[0].extensions == 2
 
 
 def test_edge_cap_reports_the_optimum_at_the_edge():
     loss = lambda v, s: -v["lr"]  # always better higher up
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss), _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss), CHOICES)
     assert state.tuned == {"lr": 0.48} and state.at_edge == ["lr"]
     assert state.phases[0].extensions == 2
 
@@ -123,7 +125,7 @@ def test_edge_cap_reports_the_optimum_at_the_edge():
 def test_downward_extension():
     loss = lambda v, s: v["lr"]
     state = tune_variant(
-        "v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1), lookup_from(loss), _CHOICES
+        "v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1), lookup_from(loss), CHOICES
     )
     assert state.phases[0].grid == [0.005, 0.01, 0.02, 0.04] and state.tuned == {"lr": 0.005}
 
@@ -141,7 +143,7 @@ def test_coordinate_descent_order_and_starting_point():
         {"lr": 0.02, "momentum": 0.95},
         spec(("lr", (0.01, 0.02, 0.04)), ("momentum", None)),
         lookup_from(loss, log),
-        _CHOICES,
+        CHOICES,
     )
     assert state.tuned == {"lr": 0.02, "momentum": 0.9}
     phase1 = [v for v, _ in log if "momentum" not in v]
@@ -159,16 +161,16 @@ def test_categorical_phase_tries_every_value_in_order():
         {"lr": 0.02, "momentum_style": "heavy_ball"},
         spec(("lr", (0.01, 0.02, 0.04)), ("momentum_style", None)),
         lookup_from(loss),
-        _CHOICES,
+        CHOICES,
     )
     assert state.tuned == {"lr": 0.02, "momentum_style": "nesterov"} and state.at_edge == []
-    assert state.phases[1].grid == list(_CHOICES["momentum_style"])
+    assert state.phases[1].grid == list(CHOICES["momentum_style"])
 
 
 def test_ties_are_broken_deterministically():
     """Equal losses: the value nearest the variant's own value, then the smaller one."""
     flat = lookup_from(lambda v, s: 1.0)
-    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, _CHOICES).tuned == {
+    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, CHOICES).tuned == {
         "lr": 0.03
     }
     two = {0.01: 1.0, 0.02: 0.5, 0.04: 0.5, 0.08: 1.0}
@@ -177,7 +179,7 @@ def test_ties_are_broken_deterministically():
         {"lr": 0.03},
         spec(("lr", tuple(two))),
         lookup_from(lambda v, s: two[v["lr"]]),
-        _CHOICES,
+        CHOICES,
     )
     assert state.tuned == {"lr": 0.02}  # 0.02 and 0.04 equally near the middle: the smaller
 
@@ -196,7 +198,7 @@ def test_diverged_runs_never_win_and_seeds_are_averaged():
         {"lr": 0.02},
         spec(("lr", (0.01, 0.02, 0.04)), seeds=(0, 1), cap=0),
         lookup_from(lambda v, s: table[(v["lr"], s)]),
-        _CHOICES,
+        CHOICES,
     )
     assert state.tuned == {"lr": 0.01}
     assert state.phases[0].losses[0.01] == pytest.approx(2.1)
@@ -208,13 +210,13 @@ def test_missing_results_pause_the_phase_and_resume_reaches_the_same_decision():
     full = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.5, 0.06: 1.0, 0.12: 1.2}
     have: dict = {}
     lookup = lambda v, s: have.get(v["lr"])
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
     assert not state.done and [v["lr"] for v, _ in state.needed] == sorted(full)
     have.update({0.0075: 3.0, 0.015: 2.0})  # interrupted after two runs
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
     assert [v["lr"] for v, _ in state.needed] == [0.03, 0.06, 0.12]
     have.update(full)
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, _CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
     assert state.done and state.tuned == {"lr": 0.06}
 
 
@@ -255,7 +257,7 @@ def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1)) -> Ablatio
         {"alpha": [0.0]},
         base={"preset": "tiny"},
         seeds=seeds,
-        tune=tune_spec(parse_tune(tune, _CHOICES)),
+        tune=tune_spec(parse_tune(tune, CHOICES)),
     )
     return Ablation(plan, tmp_path / "abl")
 
@@ -356,9 +358,9 @@ def test_speedup_point_value():
 
 
 def test_quantile_matches_linear_interpolation():
-    assert _quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert _quantile([1.0, 2.0, 3.0, 4.0], 0.025) == pytest.approx(1.075)
-    assert _quantile([5.0], 0.9) == 5.0
+    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert quantile([1.0, 2.0, 3.0, 4.0], 0.025) == pytest.approx(1.075)
+    assert quantile([5.0], 0.9) == 5.0
 
 
 def test_bootstrap_interval_is_the_exact_resampling_extremes():
@@ -417,7 +419,7 @@ def test_summary_fields_for_the_comparison():
     assert v["speedup"] == pytest.approx(300 / 250)
     assert v["speedup_time"] == pytest.approx(40 / 30)
     assert v["p_value"] == pytest.approx(
-        __import__("mousse.experiments.results", fromlist=["x"]).welch_t_test(
+        __import__("mousse.experiments.stats", fromlist=["x"]).welch_t_test(
             [1.5, 1.5], [1.70, 1.80]
         )["p"]
     )
@@ -589,7 +591,7 @@ def test_a_variant_keeps_the_knob_it_sweeps_while_the_others_tune_it(tmp_path):
         {"momentum_style": ["nesterov"]},
         base={"preset": "tiny"},
         seeds=(0,),
-        tune=tune_spec(parse_tune("lr=0.01,0.02,momentum_style", _CHOICES)),
+        tune=tune_spec(parse_tune("lr=0.01,0.02,momentum_style", CHOICES)),
     )
     ab = Ablation(plan, tmp_path / "abl")
     grids = ab.grids()

@@ -1,6 +1,6 @@
 """One rank's part in a torch.distributed job: joining and leaving the process group (`setup`,
 `teardown`), `Dist` (the rank's view of the job, used by the trainer at fixed points of the step)
-and the sharded optimizer checkpoints. ZeRO-1 style; the optimizers themselves know nothing of it.
+and its checkpoints (written by `sharded`). ZeRO-1 style; the optimizers themselves know nothing of it.
 The ownership plan is in `ownership`, the rank's process side (environment, errors, exit) in
 `process`; design notes: docs/scaling.md.
 
@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -37,19 +35,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch import Tensor
 
 from mousse.optim.routing import infer_roles
-from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
 from mousse.train.checkpoint import (
-    checkpoint_meta,
-    commit_checkpoint,
-    flatten_optimizer,
-    fsync,
     optimizer_state_by_name,
-    param_of,
-    write_model_and_trainer,
 )
 from mousse.train.world import World
 
@@ -61,13 +51,7 @@ from .process import (
     leave_process_group,
     timeout_seconds,
 )
-
-INDEX_FORMAT = "mousse-optimizer-shards-1"
-
-
-def shard_name(rank: int) -> str:
-    return f"optimizer-rank{rank}.safetensors"
-
+from .sharded import save_sharded
 
 # ---- the process group ---------------------------------------------------------------------------
 
@@ -99,32 +83,6 @@ def teardown() -> None:
     """At exit: leave the process group the safe way (`process.leave_process_group`)."""
     with contextlib.suppress(Exception):  # a peer already gone: nothing left to wait for
         leave_process_group()
-
-
-@torch.no_grad()
-def weights_digest(model: torch.nn.Module) -> list[float]:
-    """Sum and sum of squares (float64) of every tensor of a model's state: equal on every rank
-    while the replicas agree."""
-    tensors = list(model.state_dict().values())
-    if not tensors:
-        return []
-    return (
-        torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
-        .flatten()
-        .tolist()
-    )
-
-
-def optimizer_state_bytes(opt) -> int:
-    """Bytes of tensors in an optimizer's state (every part of a CombinedOptimizer)."""
-    parts = getattr(opt, "parts", None) or {"": opt}
-    return sum(
-        v.numel() * v.element_size()
-        for o in parts.values()
-        for st in o.state.values()
-        for v in st.values()
-        if isinstance(v, Tensor)
-    )
 
 
 # ---- the job as seen from one rank --------------------------------------------------------------
@@ -222,9 +180,23 @@ class Dist(World):
         get the full sum; block matrices only on their owner (None elsewhere). A parameter that
         no rank saw a gradient for keeps grad None, as in a single process."""
         _inject_failure(self.rank, step)
-        dev, dtype = self.device, self.comm_dtype
         stop = self._local_stop is not None and self._local_stop.is_set()
         local_flags = [p.grad is not None for _, p in self.params]
+        head, flat, mine = self._sum_over_ranks(loss, stop, local_flags)
+        # which parameters had a gradient on some rank: only needed (a host read) when this
+        # rank lacked one, since a local gradient already implies a global one
+        has = local_flags if all(local_flags) else [v > 0 for v in head[2:].tolist()]
+        self._set_gradients(dict(zip((n for n, _ in self.params), has)), flat, mine)
+        self._agree_on_stop(head[1])
+        return head[0].to(loss.dtype)
+
+    def _sum_over_ranks(
+        self, loss: Tensor, stop: bool, local_flags: list[bool]
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Three collectives in flight at once: (loss, stop flag, which gradients exist) and the
+        replicated gradients all-reduced, the block matrices' reduce-scattered to their owners.
+        Returns the reduced head, the replicated gradients (flat) and this rank's matrices'."""
+        dev, dtype = self.device, self.comm_dtype
         head = torch.tensor([0.0, float(stop), *map(float, local_flags)], dtype=dtype).to(dev)
         head[0:1].copy_(loss.detach().reshape(1))
         works = [dist.all_reduce(head, async_op=True)]
@@ -251,11 +223,11 @@ class Dist(World):
         works.append(dist.reduce_scatter_tensor(mine, packed, async_op=True))
         for work in works:
             work.wait()
-        del packed, grads
-        # which parameters had a gradient on some rank: only needed (a host read) when this
-        # rank lacked one, since a local gradient already implies a global one
-        has = local_flags if all(local_flags) else [v > 0 for v in head[2:].tolist()]
-        has = dict(zip((n for n, _ in self.params), has))
+        return head, flat, mine
+
+    def _set_gradients(self, has: dict[str, bool], flat: Tensor | None, mine: Tensor) -> None:
+        """The summed gradients into .grad: replicated parameters everywhere, block matrices on
+        their owner only; None where no rank had one."""
         offset = 0
         for name, p in self.replicated:
             numel = p.numel()
@@ -266,8 +238,6 @@ class Dist(World):
         for name, offset, numel in self.layout.slots(self.rank):
             p = self.matrices[name]
             p.grad = mine[offset : offset + numel].view_as(p).to(p.dtype) if has[name] else None
-        self._agree_on_stop(head[1])
-        return head[0].to(loss.dtype)
 
     def _agree_on_stop(self, flag: Tensor) -> None:
         """Read the previous step's summed stop flag (long finished, so no stall) and this one's
@@ -403,84 +373,7 @@ class Dist(World):
         """`checkpoint.save_checkpoint`; with several ranks the same directory, written as a whole
         or not at all, with the optimizer state as one shard per rank plus an index. Every rank
         must call it; an error on any rank is raised on every rank (as an OSError)."""
-        ckpt_root = Path(ckpt_root)
-        final, tmp = ckpt_root / f"step-{step}", ckpt_root / f".step-{step}-shards"
-        meta = checkpoint_meta(step)
-
-        def on_main(action) -> None:  # run on rank 0, raise its error everywhere
-            error = None
-            if self.is_main:
-                try:
-                    action()
-                except Exception as exc:  # noqa: BLE001 - reported on every rank below
-                    error = f"rank 0: {exc}"
-            self._fail_together(self.from_rank0(error), tmp)
-
-        def make_dir() -> None:
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-
-        on_main(make_dir)
-        error, saved = None, []
-        try:  # every rank: its shard
-            tensors, opt_meta = self._shard(*flatten_optimizer(opt))
-            extra = json.loads(opt_meta["extra"])
-            saved = sorted({param_of(k) for k in [*tensors, *extra]})
-            save_file(tensors, tmp / shard_name(self.rank), metadata={**meta, **opt_meta})
-            fsync(tmp / shard_name(self.rank))
-        except Exception as exc:  # noqa: BLE001 - reported on every rank below
-            error = f"rank {self.rank}: {exc}"
-        infos = [None] * self.world_size
-        dist.all_gather_object(
-            infos, (error, saved, optimizer_state_bytes(opt), weights_digest(model))
-        )
-        self._fail_together(next((e for e, _, _, _ in infos if e), None), tmp)
-        differ = [r for r, info in enumerate(infos) if info[3] != infos[0][3]]
-        self._fail_together(
-            f"ranks {differ} hold other weights than rank 0 (the replicas "
-            "drifted apart; please report this)"
-            if differ
-            else None,
-            tmp,
-        )
-
-        def finish() -> None:  # rank 0: model, trainer state, index; then the rename
-            write_model_and_trainer(tmp, model, trainer_tensors, trainer_meta, meta)
-            index = {
-                "format": INDEX_FORMAT,
-                "step": step,
-                "world_size": self.world_size,
-                "shards": [shard_name(r) for r in range(self.world_size)],
-                "location": {name: r for r, (_, names, _, _) in enumerate(infos) for name in names},
-                "owners": self.owners,
-                "state_bytes": [b for _, _, b, _ in infos],
-            }
-            (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-            fsync(tmp / INDEX)
-            commit_checkpoint(tmp, final, keep)  # every rank's shard is in tmp (all_gather above)
-
-        on_main(finish)
-        return final
-
-    def _fail_together(self, error: str | None, tmp: Path) -> None:
-        """Raise `error` (the same on every rank) as an OSError, removing the partial dir."""
-        if error is not None:
-            if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise OSError(f"checkpoint not written: {error}")
-
-    def _shard(self, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
-        """This rank's part of the flat optimizer state: the matrices it owns, plus (rank 0 only)
-        the replicated parameters' state, which is the same on every rank."""
-
-        def keep(flat: str) -> bool:
-            name = param_of(flat)
-            return self.owners.get(name, 0) == self.rank
-
-        extra = json.loads(meta["extra"])
-        extra = {k: v for k, v in extra.items() if keep(k)}
-        return {k: v for k, v in tensors.items() if keep(k)}, {**meta, "extra": json.dumps(extra)}
+        return save_sharded(self, ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
 
     def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
@@ -489,4 +382,4 @@ class Dist(World):
         opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
 
 
-__all__ = ["Dist", "optimizer_state_bytes", "setup", "teardown", "weights_digest"]
+__all__ = ["Dist", "setup", "teardown"]

@@ -10,6 +10,8 @@ family's knobs from AdamW runs (except lr and weight_decay), and the preconditio
 (`config.PRECONDITIONER_KNOBS`: alpha, sides, factor_norm, precond_*, refresh*, graft, ...) from
 runs whose optimizer preconditions no side (resolved sides "none": Muon, SpecGD). So
 `--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
+
+The inputs are checked in `inputs`; spec files are read in `spec`.
 """
 
 from __future__ import annotations
@@ -19,38 +21,21 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from mousse.optim import knobs as engine_knobs
-from mousse.train import compat, config
+from mousse.train import config
 from mousse.train.config import (
     FAMILY_KNOBS,
-    FIELD_TYPES,
     PRECONDITIONER_KNOBS,
     VIEW_SETTINGS,
     ConfigError,
     TrainConfig,
-    check_choice,
-    closest,
-    coerce,
 )
 from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
-MODES = ("one-at-a-time", "grid")
-MAX_SEEDS = 1000
+from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
+
 BASELINE_KNOBS = {"optimizer": "muon"}
-SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
-TUNE_KEYS = ("knobs", "seeds", "max_extensions")
-# Seeds are planned separately (`seeds`), so `seed` is not a knob.
-KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
-_CHOICES = {
-    "optimizer": config.OPTIMIZERS,
-    "scalar_optimizer": config.SCALAR_OPTIMIZERS,
-    "device": config.DEVICES,
-    **engine_knobs.CHOICES,
-}
 _DEFAULTS = TrainConfig().to_dict()
-_FIELDS = list(FIELD_TYPES)
 
 
 @dataclass(frozen=True)
@@ -139,109 +124,13 @@ class AblationPlan:
         return out
 
 
-def _check_knob(knob: str) -> str:
-    """The knob's field name (hyphens allowed, as in CLI flags); ConfigError if unknown."""
-    key = knob.replace("-", "_")
-    if key == "seed":
-        raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
-    if key in compat.RENAMED:
-        raise ConfigError(f"'{knob}' is now {compat.RENAMED[key]}")
-    if key not in KNOBS:
-        raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
-    return key
-
-
-def _value(key: str, value):
-    """`value` coerced to the knob's type and checked against its allowed choices."""
-    value = coerce(key, value)
-    if key in _CHOICES:
-        check_choice(key, value, _CHOICES[key])
-    return value
-
-
-def _settings(table: dict) -> dict:
-    """Typed TrainConfig settings keyed by field name."""
-    out = {}
-    for knob, value in table.items():
-        key = _check_knob(knob)
-        out[key] = _value(key, value)
-    return out
-
-
-def _sweeps(table: dict) -> dict:
-    """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
-    order the flags were given in)."""
-    out = {}
-    for knob, values in table.items():
-        key = _check_knob(knob)
-        if key in VIEW_SETTINGS:
-            raise ConfigError(
-                f"'{key}' sets where every run is shown, not a variant; set it in "
-                f"[base] or with --{key}, not as a sweep"
-            )
-        if not isinstance(values, (list, tuple)):
-            raise ConfigError(f"sweep '{knob}' must be a list of values, e.g. {key} = [...]")
-        out[key] = _sweep_values(key, values)
-    return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
-
-
-def _check_mode(mode) -> str:
-    if mode not in MODES:
-        raise ConfigError(
-            f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
-        )
-    return mode
-
-
-def _sweep_values(knob: str, values) -> list:
-    """Typed, de-duplicated (order kept) values; ConfigError when empty."""
-    typed = list(dict.fromkeys(_value(knob, v) for v in values))
-    if not typed:
-        raise ConfigError(f"empty sweep for '{knob}': give at least one value")
-    return typed
-
-
-def parse_sweep_values(knob: str, text: str) -> list:
-    """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
-    key = _check_knob(knob)
-    return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
-
-
-def _seed_list(value) -> list[int]:
-    """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
-    if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
-        raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
-    if (
-        isinstance(value, int)
-        and value > MAX_SEEDS
-        or not isinstance(value, int)
-        and len(value) > MAX_SEEDS
-    ):
-        raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
-    seeds = list(range(value)) if isinstance(value, int) else list(value)
-    if any(isinstance(s, int) and not 0 <= s < 2**63 for s in seeds):
-        raise ConfigError(f"bad seeds {value!r}: each seed must be in [0, 2^63)")
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ConfigError(f"bad seeds {value!r}: need a count >= 1 or non-negative integer seeds")
-    return list(dict.fromkeys(seeds))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2] (a count); '0,5,7' -> [0, 5, 7]; '5,' -> [5] (a one-seed list)."""
-    try:
-        value = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
-    except ValueError:
-        raise ConfigError(
-            f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7"
-        ) from None
-    return _seed_list(value)
-
-
 def _safe(text: str) -> str:
+    """`text` with every character a file name should not hold replaced by '_'."""
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
 
 
 def _format(value) -> str:
+    """A knob value as a variant name shows it: on/off for booleans, floats exactly."""
     if isinstance(value, bool):
         return "on" if value else "off"
     return repr(value) if isinstance(value, float) else str(value)
@@ -315,32 +204,15 @@ def plan_ablation(
     runs are the comparison's skeleton: each variant is tuned first (`tuning`), and its runs are
     trained at its tuned values.
     """
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     # view settings (--log) are left out: they change no run, so neither its name nor the plan
-    base = {k: v for k, v in _settings(base or {}).items() if k not in VIEW_SETTINGS}
-    typed = _sweeps(sweeps)
+    base = {k: v for k, v in typed_settings(base or {}).items() if k not in VIEW_SETTINGS}
+    typed = typed_sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
-    seeds = _seed_list(seeds)
-    centre_optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
-
-    if mode == "grid":
-        assignments = [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
-    else:
-        assignments = [{}] + [{k: v} for k, values in typed.items() for v in values]
-    if baseline:
-        assignments.insert(0, BASELINE_KNOBS)
-    variants: dict[str, dict] = {}  # name -> knobs, first occurrence wins
-    for assignment in assignments:
-        knobs = _effective(assignment, base)
-        if knobs in variants.values():
-            continue
-        name = _variant_name(knobs, centre_optimizer)
-        if name in variants:  # distinct strings that sanitize alike
-            name += "-" + hashlib.sha256(repr(knobs).encode()).hexdigest()[:6]
-        variants[name] = knobs
+    seeds = seed_list(seeds)
+    variants = _variants(_assignments(typed, mode, baseline), base)
     baseline_knobs = _effective(BASELINE_KNOBS, base) if baseline else None
-
     runs = [
         RunSpec(
             f"{name}-s{seed}" if len(seeds) > 1 else name,
@@ -352,21 +224,48 @@ def plan_ablation(
         for seed in seeds
         for name, knobs in variants.items()
     ]
-    if tune is not None:  # freeze each variant's default-grid centres: a later preset change
-        tune = {
-            **tune,
-            "centres": {  # must not change what an ablation dir replays
-                name: _centres(base, knobs, seeds[0], tune["knobs"])
-                for name, knobs in variants.items()
-            },
-        }
+    if tune is not None:
+        tune = _with_centres(tune, base, variants, seeds[0])
     return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
 
 
-def _centres(base: dict, knobs: dict, seed: int, tuned: list[str]) -> dict:
-    """A variant's own value of each tuned knob, resolved from today's presets."""
-    cfg = config.resolve({**base, **knobs, "seed": seed})
-    return {k: getattr(cfg, k) for k in tuned if getattr(cfg, k) is not None}
+def _assignments(typed: dict, mode: str, baseline: bool) -> list[dict]:
+    """The knob assignments the sweeps expand to: the centre ({}) and each value of each knob
+    alone (one-at-a-time), or every combination (grid); the baseline's first when there is one."""
+    if mode == "grid":
+        assignments = [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
+    else:
+        assignments = [{}] + [{k: v} for k, values in typed.items() for v in values]
+    if baseline:
+        assignments.insert(0, BASELINE_KNOBS)
+    return assignments
+
+
+def _variants(assignments: list[dict], base: dict) -> dict[str, dict]:
+    """Variant name -> effective knobs, one variant per distinct set of effective knobs (the first
+    assignment that gives it wins); distinct knobs whose names sanitize alike get a hash suffix."""
+    centre_optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
+    variants: dict[str, dict] = {}
+    for assignment in assignments:
+        knobs = _effective(assignment, base)
+        if knobs in variants.values():
+            continue
+        name = _variant_name(knobs, centre_optimizer)
+        if name in variants:
+            name += "-" + hashlib.sha256(repr(knobs).encode()).hexdigest()[:6]
+        variants[name] = knobs
+    return variants
+
+
+def _with_centres(tune: dict, base: dict, variants: dict[str, dict], seed: int) -> dict:
+    """`tune` with each variant's own value of each tuned knob (its default grid's centre),
+    resolved from today's presets and frozen into the plan: a later preset change must not
+    change what an ablation dir replays."""
+    centres = {}
+    for name, knobs in variants.items():
+        cfg = config.resolve({**base, **knobs, "seed": seed})
+        centres[name] = {k: getattr(cfg, k) for k in tune["knobs"] if getattr(cfg, k) is not None}
+    return {**tune, "centres": centres}
 
 
 def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) -> None:
@@ -381,92 +280,12 @@ def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) 
         )
 
 
-def load_spec(path: str | Path) -> dict:
-    """Read an ablation spec TOML into plan_ablation's arguments (plus `name` when given).
-
-    Keys: name, mode, seeds (count or list), baseline, a [base] table of TrainConfig settings and a
-    [sweep] table knob -> list of values. Every error names the file.
-    """
-    raw = config.read_toml(path)
-    try:
-        for key in raw:
-            if key not in SPEC_KEYS:
-                raise ConfigError(
-                    f"unknown key '{key}'{closest(key, SPEC_KEYS)}; "
-                    f"valid keys: {', '.join(SPEC_KEYS)}"
-                )
-        for key in ("base", "sweep"):
-            if not isinstance(raw.get(key, {}), dict):
-                raise ConfigError(f"'{key}' must be a table ([{key}])")
-        sweep = raw.get("sweep", {})
-        if not sweep:
-            raise ConfigError(
-                "empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]"
-            )
-        spec: dict = {"sweeps": _sweeps(sweep)}
-        if "base" in raw:
-            base = dict(raw["base"])
-            if isinstance(base.get("preset"), list):  # several scales: one ablation per preset
-                spec["presets"] = [str(p) for p in base.pop("preset")]
-            spec["base"] = _settings(base)
-        if "mode" in raw:
-            spec["mode"] = _check_mode(raw["mode"])
-        if "seeds" in raw:
-            spec["seeds"] = _seed_list(raw["seeds"])
-        if "baseline" in raw:
-            if not isinstance(raw["baseline"], bool):
-                raise ConfigError(f"'baseline' must be true or false, not {raw['baseline']!r}")
-            spec["baseline"] = raw["baseline"]
-        if "name" in raw:
-            spec["name"] = str(raw["name"])
-        if "tune" in raw:
-            spec["tune"] = _tune_table(raw["tune"])
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return spec
-
-
 def parse_shard(shard: str) -> tuple[int, int]:
     """'i/n' (1-based) -> (i, n); ConfigError otherwise."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise ConfigError(f"bad --shard {shard!r}: expected i/n with 1 <= i <= n, e.g. 1/2")
     return int(match[1]), int(match[2])
-
-
-def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
-    """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
-    from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
-
-    if max_extensions is not None and (
-        isinstance(max_extensions, bool)
-        or not isinstance(max_extensions, int)
-        or max_extensions < 0
-    ):
-        raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
-    spec = TuneSpec(
-        check_phases(phases, _CHOICES),
-        tuple(_seed_list(seeds)),
-        MAX_EXTENSIONS if max_extensions is None else max_extensions,
-    )
-    return spec.to_dict()
-
-
-def _tune_table(table) -> dict:
-    """A spec file's [tune] table: knobs = [...] (phases in order), optional per-knob value lists,
-    seeds (tuning seeds) and max_extensions."""
-    if not isinstance(table, dict):
-        raise ConfigError("'tune' must be a table ([tune]) with knobs = [\"lr\", ...]")
-    knobs = table.get("knobs")
-    if not isinstance(knobs, list) or not knobs:
-        raise ConfigError('[tune] needs knobs = ["lr", ...]: the knobs to tune, in order')
-    extra = [k for k in table if k not in TUNE_KEYS and k not in knobs]
-    if extra:
-        raise ConfigError(
-            f"[tune] has '{extra[0]}', which is not a tuned knob or one of {', '.join(TUNE_KEYS)}"
-        )
-    phases = [(k, table[k] if isinstance(table.get(k), list) else None) for k in knobs]
-    return tune_spec(phases, table.get("seeds", 1), table.get("max_extensions"))
 
 
 def shard_runs(runs: list, shard: str) -> list:

@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,9 +27,12 @@ from mousse.optim.family import KroneckerOptimizer
 from mousse.optim.named import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.orthogonalize import orthogonalize
 from mousse.train.config import DEVICES, ConfigError, resolve
+from mousse.train.machine import PEAK_FLOPS, pick_device
 from mousse.train.presets import get_preset
-from mousse.train.trainer import PEAK_FLOPS, pick_device
 from mousse.train.usermodel import build_model
+
+from .kernelbench import bench_kernels
+from .stopwatch import median_ms, timed_ms
 
 CYCLE = 10
 LR = 0.02
@@ -88,6 +90,7 @@ def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, int
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (else what platform reports)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -101,24 +104,6 @@ def device_name(device: torch.device) -> str:
     return (
         model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed_ms(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1000
-
-
-def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    return statistics.median(_timed_ms(fn, device) for _ in range(repeats))
 
 
 def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
@@ -159,7 +144,7 @@ def bench_steps(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            times[name].append(_timed_ms(lambda: cycle(*run), device) / CYCLE)
+            times[name].append(timed_ms(lambda: cycle(*run), device) / CYCLE)
     step_ms = {name: statistics.median(ts) for name, ts in times.items()}
     memory = {name: _nbytes(opt) for name, (_, opt, _) in runs.items()}
     return step_ms, memory, runs["mousse_both_f10"]
@@ -188,7 +173,7 @@ def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int)
             )
             sides.append((factor, stack[lam], stack[Q]))
         out[shape] = {
-            method: _median_ms(
+            method: median_ms(
                 lambda m=method: [
                     pc.refresh(f, lam, Q, group["eps"], f.dtype, m, group["eig_floor"])
                     for f, lam, Q in sides
@@ -224,7 +209,7 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
     out = {}
     for (m, n), count in shapes.items():
         X = torch.randn(count, m, n, device=device)
-        ms = _median_ms(lambda: orthogonalize(X, "you5", 5, dtype), device, repeats)
+        ms = median_ms(lambda: orthogonalize(X, "you5", 5, dtype), device, repeats)
         tflops = count * ns_flops(m, n) / (ms / 1000) / 1e12
         out[(m, n)] = {
             "ns_ms": ms,
@@ -232,67 +217,6 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
             "ns_pct_peak": 100 * tflops * 1e12 / peak if peak else None,
         }
     return out
-
-
-KERNEL_SIZES = (1024, 2048, 3072, 4096, 8192)
-POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
-
-
-def bench_kernels(
-    device: torch.device, repeats: int, sizes=KERNEL_SIZES, dtype: torch.dtype = torch.bfloat16
-) -> dict:
-    """Each Triton kernel against the torch op it replaces, per size m (one m x m input), in
-    `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
-    size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
-    kernel that is slower there. Runs where triton runs: CUDA (or CPU under TRITON_INTERPRET=1)."""
-    b, c = POLY_BC
-    rows = []
-    for m in sizes:
-        X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
-        A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
-        ops = {
-            "gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
-            "poly": (
-                A,
-                lambda: kernels.sym_poly(A, b, c),
-                lambda: torch.baddbmm(A, A, A, beta=b, alpha=c),
-            ),
-        }
-        for op, (inp, kernel, reference) in ops.items():
-            kernel_ms = _median_ms(kernel, device, repeats)
-            torch_ms = _median_ms(reference, device, repeats)
-            rows.append(
-                {
-                    "op": op,
-                    "size": m,
-                    "kernel_ms": kernel_ms,
-                    "torch_ms": torch_ms,
-                    "speedup": torch_ms / kernel_ms,
-                    "dispatched": kernels.use_triton(inp, op),
-                }
-            )
-    return {
-        "dtype": str(dtype).removeprefix("torch."),
-        "rows": rows,
-        "measured_min_dim": {
-            op: measured_min_dim([r for r in rows if r["op"] == op]) for op in kernels.MIN_DIM
-        },
-        "min_dim": {op: kernels.min_dim(op) for op in kernels.MIN_DIM},
-        "dispatched_where_slower": [
-            f"{r['op']} {r['size']}" for r in rows if r["dispatched"] and r["speedup"] < 1
-        ],
-    }
-
-
-def measured_min_dim(rows: list[dict]) -> int | None:
-    """The smallest measured size from which the kernel is faster at every larger measured size
-    (None: not faster at the largest)."""
-    best = None
-    for row in sorted(rows, key=lambda r: r["size"], reverse=True):
-        if row["speedup"] < 1:
-            break
-        best = row["size"]
-    return best
 
 
 def bench_train(
@@ -354,15 +278,7 @@ def run_bench(
     """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
     the preset's sizes) on `device`; see the module docstring. Bad input is a ConfigError
     naming it."""
-    for name, value in (("repeats", repeats), ("steps", steps)):
-        if value < 1:
-            raise ConfigError(f"bad value for '{name}': {value}; must be >= 1")
-    if device not in DEVICES:
-        raise ConfigError(f"bad value for 'device': {device!r}; choose one of {', '.join(DEVICES)}")
-    try:
-        shapes = matrix_shapes(preset, model)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    shapes = _checked_shapes(preset, repeats, device, steps, model)
     dev = pick_device(device)
     step_ms, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
     refresh = bench_refresh(mousse, params, dev, repeats)
@@ -370,20 +286,6 @@ def run_bench(
     kernel = (
         bench_kernels(dev, repeats) if dev.type == "cuda" and kernels.triton_available() else None
     )
-    ratios = {name: ms / step_ms["muon"] for name, ms in step_ms.items()}
-    targets = {}
-    for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
-        limit = cuda_limit if dev.type == "cuda" else cpu_limit
-        ratio = step_ms[row] / step_ms[ref]
-        targets[key] = {"ratio": ratio, "limit": limit, "met": ratio <= limit}
-    if kernel:  # the Gram kernel at least 1.3x faster than torch at 4096^2 bf16: time ratio
-        row = next(r for r in kernel["rows"] if (r["op"], r["size"]) == ("gram", 4096))
-        limit = round(1 / 1.3, 3)
-        targets["gram_4096_vs_torch"] = {
-            "ratio": 1 / row["speedup"],
-            "limit": limit,
-            "met": 1 / row["speedup"] <= limit,
-        }
     return {
         "preset": preset,
         "device": str(dev),
@@ -395,20 +297,60 @@ def run_bench(
         "compiled": compiled,
         "cycle_steps": CYCLE,
         "step_ms": step_ms,
-        "vs_muon": ratios,
+        "vs_muon": {name: ms / step_ms["muon"] for name, ms in step_ms.items()},
         "state_bytes": {name: m[0] for name, m in memory.items()},
         "cache_bytes": {name: m[1] for name, m in memory.items()},
         "refresh_ms": {method: sum(r[method] for r in refresh.values()) for method in pc.REFRESHES},
-        "shapes": [
-            {
-                "shape": list(s),
-                "count": c,
-                **ns[s],
-                **{f"refresh_{k}_ms": v for k, v in refresh[s].items()},
-            }
-            for s, c in shapes.items()
-        ],
-        "targets": targets,
+        "shapes": _shape_rows(shapes, ns, refresh),
+        "targets": _targets(step_ms, kernel, dev.type == "cuda"),
         "kernels": kernel,
         "train": bench_train(preset, device, steps, compiled, model) if train else None,
     }
+
+
+def _checked_shapes(
+    preset: str, repeats: int, device: str, steps: int, model: dict | None
+) -> dict[tuple[int, int], int]:
+    """The matrix shapes to bench, once every input is checked (a ConfigError naming the bad
+    one), before anything is timed."""
+    for name, value in (("repeats", repeats), ("steps", steps)):
+        if value < 1:
+            raise ConfigError(f"bad value for '{name}': {value}; must be >= 1")
+    if device not in DEVICES:
+        raise ConfigError(f"bad value for 'device': {device!r}; choose one of {', '.join(DEVICES)}")
+    try:
+        return matrix_shapes(preset, model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _shape_rows(shapes: dict, ns: dict, refresh: dict) -> list[dict]:
+    """Per matrix shape: its count, Newton-Schulz throughput and refresh ms per method."""
+    return [
+        {
+            "shape": list(s),
+            "count": c,
+            **ns[s],
+            **{f"refresh_{k}_ms": v for k, v in refresh[s].items()},
+        }
+        for s, c in shapes.items()
+    ]
+
+
+def _targets(step_ms: dict, kernel: dict | None, cuda: bool) -> dict:
+    """The issue's targets (TARGETS, and with kernel timings the Gram kernel at least 1.3x faster
+    than torch at 4096^2 bf16), each as a time ratio, its limit and whether it is met."""
+    targets = {}
+    for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
+        limit = cuda_limit if cuda else cpu_limit
+        ratio = step_ms[row] / step_ms[ref]
+        targets[key] = {"ratio": ratio, "limit": limit, "met": ratio <= limit}
+    if kernel:
+        row = next(r for r in kernel["rows"] if (r["op"], r["size"]) == ("gram", 4096))
+        limit = round(1 / 1.3, 3)
+        targets["gram_4096_vs_torch"] = {
+            "ratio": 1 / row["speedup"],
+            "limit": limit,
+            "met": 1 / row["speedup"] <= limit,
+        }
+    return targets

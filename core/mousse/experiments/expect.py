@@ -78,7 +78,7 @@ def _value(term: Term, variants: dict) -> float:
 
 def check(expr: str, results: dict) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
-    from .results import welch_t_test
+    from .stats import welch_t_test
 
     left, op, right, significant = parse(expr)
     variants = {v["variant"]: v for v in results["variants"]}

@@ -1,63 +1,33 @@
-"""Execute an ablation plan: one run directory per run under the ablation dir, finished runs
-skipped, interrupted ones resumed from their checkpoint, optionally K runs at a time in worker
-processes. Progress arrives as (run name, event) pairs; results.json is rewritten after every run."""
+"""An ablation directory: its plan (`ablation.toml`), one run dir per run under `runs/`, the
+tuning the results on disk decide, and results.json, rewritten after every run. Finished runs are
+skipped and interrupted ones resumed; `runner` trains the rest, optionally K runs at a time in
+worker processes."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
-import queue
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from mousse.dist import setup
 from mousse.dist.process import is_main_process
 from mousse.train import tomlio
-from mousse.train.checkpoint import CheckpointError, list_checkpoints
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
-from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import atomic_write_text, write_json
-from mousse.train.rundir import RunInUse
 
 from .ablation import AblationPlan, RunSpec, in_shard
+from .inputs import CHOICES
+from .records import FINISHED, final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
+from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, timing_pass
 from .tuning import TuneSpec, TuningState, run_label, tune_variant
 
-FINISHED = ("completed", "diverged")
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
-_RECORD_KEYS = (
-    "final_val_loss",
-    "best_val_loss",
-    "step_ms_median",
-    "fwd_bwd_ms_median",
-    "opt_ms_median",
-    "refresh_ms_median",
-    "tokens_per_s",
-    "peak_mem_bytes",
-    "steps",
-    "curve",
-    "train_seconds",
-    "n_params",
-    "peak_mem_source",
-    "timing_context",
-)
-
-
-@dataclass(frozen=True)
-class RunUpdate:
-    """An event of one run of the ablation."""
-
-    run: str
-    event: Event
 
 
 @dataclass(frozen=True)
@@ -66,14 +36,6 @@ class RunSkipped:
 
     run: str
     summary: dict
-
-
-@dataclass(frozen=True)
-class RunBusy:
-    """A run another process is training right now (its run dir is locked): left to it."""
-
-    run: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -91,114 +53,8 @@ class WaitingForShards:
 
 
 def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
+    """A run's full settings: the plan's base, the run's knobs and its seed."""
     return {**plan.base, **run.knobs, "seed": run.seed}
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def record(run: RunSpec, summary: dict | None) -> dict:
-    """The run's row for `results.summarize`."""
-    row = {
-        "name": run.name,
-        "variant": run.variant,
-        "knobs": run.knobs,
-        "seed": run.seed,
-        "is_baseline": run.is_baseline,
-        "status": summary["status"] if summary else "pending",
-    }
-    row.update({k: (summary or {}).get(k) for k in _RECORD_KEYS})
-    row["curve"] = row["curve"] or []
-    return row
-
-
-def execute_run(
-    settings: dict,
-    run_dir: Path,
-    on_event: Callable[[Event], None],
-    stop: threading.Event | None = None,
-    context: dict | None = None,
-) -> dict:
-    """Train one run of the ablation, resuming from its latest checkpoint when it has one.
-    `context` labels where its timings were taken (this invocation, the --parallel share)."""
-    from mousse.train.trainer import Trainer
-
-    cfg = resolve(settings)
-    resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
-    try:
-        trainer = Trainer(
-            cfg,
-            run_dir,
-            on_event=on_event,
-            resume=resume,
-            stop=stop,
-            world=setup,
-            timing_context=context,
-            restart=True,
-        )
-    except CheckpointError as exc:  # every checkpoint damaged: this run fails, the others go on
-        summary = {
-            "status": "failed",
-            "message": str(exc),
-            "steps": 0,
-            "final_val_loss": None,
-            "best_val_loss": None,
-            "curve": [],
-            "train_seconds": 0.0,
-            **dict.fromkeys(
-                (
-                    "step_ms_median",
-                    "fwd_bwd_ms_median",
-                    "opt_ms_median",
-                    "refresh_ms_median",
-                    "tokens_per_s",
-                    "peak_mem_bytes",
-                )
-            ),
-        }
-        if is_main_process():
-            write_json(run_dir / "summary.json", summary)
-        on_event(RunFinished(summary))
-        return summary
-    return trainer.run()
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(events, stop, threads: int) -> None:
-    """Worker start-up: a share of the cores, the parent's event queue and stop flag."""
-    import signal
-
-    # The parent decides when to stop: Ctrl-C, `timeout` and Slurm signal the whole process group,
-    # and a worker killed by its own signal would lose its run (no checkpoint, a broken pool).
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    _WORKER.update(events=events, stop=stop)
-
-
-def _worker(settings: dict, run_dir: str, name: str, context: dict) -> dict:
-    """Process-pool entry: one run, its events forwarded to the parent."""
-    events = _WORKER["events"]
-    return execute_run(
-        settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)), _WORKER["stop"], context
-    )
-
-
-def final_loss(summary: dict | None) -> float | None:
-    """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
-    None while it has no result."""
-    if not summary or summary.get("status") not in (*FINISHED, "failed"):
-        return None
-    loss = summary.get("final_val_loss")
-    if summary["status"] != "completed" or loss is None or loss != loss:
-        return float("inf")
-    return float(loss)
 
 
 class Ablation:
@@ -213,6 +69,7 @@ class Ablation:
         self.busy: set[str] = set()  # runs found locked by another process
 
     def run_dir(self, run: RunSpec) -> Path:
+        """Where `run` trains: runs/<its name> under the ablation dir."""
         return self.dir / "runs" / run.name
 
     def validate(self) -> None:
@@ -280,6 +137,7 @@ class Ablation:
         return replace(self.tune, phases=phases)
 
     def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
+        """The run of `variant` at the tuned knobs' `values` on `seed`, named after them."""
         return RunSpec(
             f"{run_label(variant.variant, values)}-s{seed}",
             variant.variant,
@@ -290,8 +148,6 @@ class Ablation:
 
     def tuning(self) -> dict[str, TuningState]:
         """Every variant's tuning as far as the results on disk decide it."""
-        from .ablation import _CHOICES
-
         states = {}
         for name, variant in self.plan.variants.items():
 
@@ -299,20 +155,19 @@ class Ablation:
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
 
             states[name] = tune_variant(
-                name, self.centre(variant), self.tune_for(variant), lookup, _CHOICES
+                name, self.centre(variant), self.tune_for(variant), lookup, CHOICES
             )
         return states
 
     def grids(self) -> dict[str, list[tuple[str, list]]]:
         """Each variant's (knob, starting grid) per phase of its tuning."""
-        from .ablation import _CHOICES
         from .tuning import start_grid
 
         out = {}
         for name, variant in self.plan.variants.items():
             centre = self.centre(variant)
             out[name] = [
-                (k, start_grid(k, values, centre.get(k), _CHOICES))
+                (k, start_grid(k, values, centre.get(k), CHOICES))
                 for k, values in self.tune_for(variant).phases
             ]
         return out
@@ -382,9 +237,12 @@ class Ablation:
     # ---- results ----------------------------------------------------------------------------
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
+        """The run records of the comparison's runs, as far as they got."""
         return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
 
     def results(self) -> dict:
+        """The results object of what is on disk, with the protocol, the last timing pass and
+        each variant's tuning."""
         baseline = next((r.variant for r in self.plan.runs if r.is_baseline), None)
         states = self.tuning() if self.tune else None
         out = summarize(self.records(states), baseline)
@@ -436,6 +294,7 @@ class Ablation:
         return record
 
     def write_results(self) -> dict:
+        """The results, also written to results.json."""
         results = self.results()
         if is_main_process():  # under torchrun every rank runs every run; rank 0 writes
             write_json(self.dir / "results.json", results)
@@ -500,73 +359,8 @@ class Ablation:
         return {"invocation": self.invocation, "parallel": parallel}
 
     def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
+        """Train `todo` (see `runner.train_runs`), rewriting results.json as each run ends."""
         self.trained = self.trained or bool(todo)
-        if parallel <= 1:
-            for run in todo:
-                if stop.is_set():
-                    break
-                try:
-                    execute_run(
-                        run_settings(self.plan, run),
-                        self.run_dir(run),
-                        lambda e, name=run.name: on_update(RunUpdate(name, e)),
-                        stop,
-                        self.context(1),
-                    )
-                except RunInUse as exc:
-                    self.busy.add(run.name)
-                    on_update(RunBusy(run.name, str(exc)))
-                self.write_results()
-        else:
-            self._run_parallel(todo, on_update, parallel, stop)
-
-    def _run_parallel(
-        self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event
-    ) -> None:
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        ctx = mp.get_context("spawn")
-        events, shared_stop = ctx.Queue(), ctx.Event()
-        with ProcessPoolExecutor(
-            parallel,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(events, shared_stop, threads),
-        ) as pool:
-            names = {
-                pool.submit(
-                    _worker,
-                    run_settings(self.plan, run),
-                    str(self.run_dir(run)),
-                    run.name,
-                    self.context(parallel),
-                ): run.name
-                for run in todo
-            }
-            waiting = set(names)
-            while waiting:
-                if stop.is_set():
-                    shared_stop.set()
-                    for future in waiting:
-                        future.cancel()  # not started yet: left for the next rerun
-                done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
-                self._drain(events, on_update)
-                for future in done:
-                    if not future.cancelled():
-                        try:
-                            future.result()  # re-raise a worker's error here
-                        except RunInUse as exc:
-                            name = names[future]
-                            self.busy.add(name)
-                            on_update(RunBusy(name, str(exc)))
-                    self.write_results()
-        self._drain(events, on_update)  # workers have exited: everything they sent has arrived
-
-    @staticmethod
-    def _drain(events, on_update) -> None:
-        while True:
-            try:
-                on_update(events.get_nowait())
-            except queue.Empty:
-                return
+        jobs = [Job(run.name, run_settings(self.plan, run), self.run_dir(run)) for run in todo]
+        context = self.context(max(parallel, 1))
+        train_runs(jobs, on_update, parallel, stop, context, self.write_results, self.busy)

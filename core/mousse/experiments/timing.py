@@ -136,7 +136,8 @@ def trainer_runner(settings: dict, root: Path) -> Callable[[int], float]:
     """A variant's real training step: its model, optimizer and data, built once; each call
     trains n more steps and returns their mean ms."""
     from mousse.train.config import resolve
-    from mousse.train.trainer import StepTimer, Trainer
+    from mousse.train.steptimer import StepTimer
+    from mousse.train.trainer import Trainer
 
     trainer = Trainer(resolve(settings), root / "run")  # nothing is written there
     timer = StepTimer(trainer.device)

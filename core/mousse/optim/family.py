@@ -20,15 +20,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import knobs as table
-from . import precondition as pc
 from .step import (
     SIDE_FACTORS,
     BucketState,
     StepKnobs,
     accumulate_statistics,
+    cache_whitening,
+    exponents,
     group_refresh_due,
-    permute_basis_state,
-    unwhiten_dtype,
+    refresh_side,
     update_matrices,
 )
 
@@ -94,11 +94,6 @@ class _Bucket:
     step: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     # the (alpha, post_alpha) the cached P's were computed with
     exponents: tuple[float, float] | None = None
-
-
-def _exponents(group: Knobs) -> tuple[float, float]:
-    post = group["post_alpha"]
-    return group["alpha"], group["alpha"] if post is None else post
 
 
 class KroneckerOptimizer(Optimizer):
@@ -284,9 +279,9 @@ class KroneckerOptimizer(Optimizer):
         loss = closure_loss(closure)
         for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
             for bucket in group_buckets:
-                if bucket.exponents != _exponents(group):  # new bucket, or alpha changed
-                    self._cache_whitening(group, bucket.state)
-                    bucket.exponents = _exponents(group)
+                if bucket.exponents != exponents(group):  # new bucket, or alpha changed
+                    cache_whitening(group, bucket.state)
+                    bucket.exponents = exponents(group)
                 has_grad = [p.grad is not None for p in bucket.params]
                 steps = bucket.step.tolist()  # a CPU tensor: no device sync
                 if all(has_grad) and len(set(steps)) == 1:
@@ -347,8 +342,8 @@ class KroneckerOptimizer(Optimizer):
             count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
             m, n = G.shape[-2:]
             for side in sides:
-                self._refresh(g, st, side, count, n if side == "L" else m, first=t == 1)
-            self._cache_whitening(g, st)
+                refresh_side(g, st, side, count, n if side == "L" else m, first=t == 1)
+            cache_whitening(g, st)
 
     def _sampled_grads(self, params: list[Tensor]) -> Tensor:
         missing = [i for i, p in enumerate(params) if id(p) not in self._fisher]
@@ -359,45 +354,6 @@ class KroneckerOptimizer(Optimizer):
                 "before opt.step() (mousse's trainer does), or use fisher='empirical'"
             )
         return torch.stack([self._fisher[id(p)] for p in params])
-
-    def _refresh(
-        self, g: Knobs, st: BucketState, side: str, count: int, other_dim: int, first: bool
-    ) -> None:
-        """Eigen refresh of one side's factors (the first refresh, from the identity basis,
-        always by eigh); state kept in the eigenbasis follows a QR refresh's column order."""
-        s = st.sides[side]
-        factor = pc.normalized(
-            s.factor, count, g["precond_beta"], g["bias_correction"], g["factor_norm"], other_dim
-        )
-        new_lam, new_Q, failed, order = pc.refresh(
-            factor,
-            s.lam,
-            s.Q,
-            g["eps"],
-            s.factor.dtype,
-            "eigh" if first else g["refresh"],
-            g["eig_floor"],
-        )
-        s.lam.copy_(new_lam)
-        s.Q.copy_(new_Q)
-        s.eigh_failures += failed
-        if order is not None and st.V is not None:
-            st.V.copy_(permute_basis_state(st.V, order, side))
-
-    @staticmethod
-    def _cache_whitening(group: Knobs, st: BucketState) -> None:
-        """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the group's sides, so a
-        step only multiplies by them: P in the state's precision, P' in the unwhitening's."""
-        alpha, post_alpha = _exponents(group)
-        for side in SIDE_FACTORS[group["sides"]]:
-            s = st.sides[side]
-            dtype = unwhiten_dtype(StepKnobs.of(group), s.Q)
-            s.P = pc.inverse_root_basis(s.lam, s.Q, alpha, s.Q.dtype)
-            s.P_post = (
-                s.P
-                if (post_alpha, dtype) == (alpha, s.Q.dtype)
-                else pc.inverse_root_basis(s.lam, s.Q, post_alpha, dtype)
-            )
 
     # ---- read-outs ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast, overload
 
@@ -156,23 +156,9 @@ def build_optimizer(
     """
     roles = roles or infer_roles(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    missing = [n for n, _ in named if roles.get(n) not in ROLES]
-    if missing:
-        raise ValueError(f"no role for parameters {missing}; expected one of {ROLES}")
+    _check_routing(named, roles, optimizer, scalar_optimizer)
     matrices = [(n, p) for n, p in named if roles[n] == "matrix"]
     others = [(n, p) for n, p in named if roles[n] != "matrix"]
-    bad = [n for n, p in matrices if p.ndim != 2]
-    if bad:
-        raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
-
-    if optimizer not in (*OPTIMIZERS, "adamw"):
-        raise ValueError(
-            f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"
-        )
-    if scalar_optimizer not in ("adamw", "lion"):
-        raise ValueError(
-            f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'"
-        )
 
     def scalar_lr_for(name: str, p: Tensor) -> float:
         if scalar_optimizer == "lion" and roles[name] == "head":
@@ -182,15 +168,10 @@ def build_optimizer(
     parts: dict[str, Optimizer] = {}
     mine = [p for n, p in matrices if owned is None or n in owned]
     if mine:
-        params, kwargs = mine, dict(matrix_kwargs or {})
+        kwargs = dict(matrix_kwargs or {})
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
-        if optimizer == "adamw":
-            kwargs.setdefault("betas", (0.9, 0.95))
-            kwargs.setdefault("weight_decay", 0.01)
-            parts["matrix"] = torch.optim.AdamW(params, lr=lr, **kwargs)
-        else:
-            parts["matrix"] = OPTIMIZERS[optimizer](params, lr=lr, compiled=compiled, **kwargs)
+        parts["matrix"] = _matrix_optimizer(optimizer, mine, lr, compiled, kwargs)
     if others:
         groups: dict[float, list[Tensor]] = {}
         for n, p in others:
@@ -198,10 +179,44 @@ def build_optimizer(
         scalar_groups = [{"params": ps, "lr": g_lr} for g_lr, ps in groups.items()]
         cls = torch.optim.AdamW if scalar_optimizer == "adamw" else Lion
         parts["scalar"] = cls(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    names = {id(p): n for n, p in named}
-    combined = CombinedOptimizer(parts, names)
+    combined = CombinedOptimizer(parts, {id(p): n for n, p in named})
     routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr) for n, p in matrices]
     routes += [
         Route(n, tuple(p.shape), roles[n], scalar_optimizer, scalar_lr_for(n, p)) for n, p in others
     ]
     return combined, routes
+
+
+def _check_routing(
+    named: Sequence[tuple[str, Tensor]],
+    roles: dict[str, str],
+    optimizer: str,
+    scalar_optimizer: str,
+) -> None:
+    """ValueError for a parameter without a known role, a non-2-D 'matrix', or an unknown
+    optimizer name."""
+    missing = [n for n, _ in named if roles.get(n) not in ROLES]
+    if missing:
+        raise ValueError(f"no role for parameters {missing}; expected one of {ROLES}")
+    bad = [n for n, p in named if roles[n] == "matrix" and p.ndim != 2]
+    if bad:
+        raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
+    if optimizer not in (*OPTIMIZERS, "adamw"):
+        raise ValueError(
+            f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"
+        )
+    if scalar_optimizer not in ("adamw", "lion"):
+        raise ValueError(
+            f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'"
+        )
+
+
+def _matrix_optimizer(
+    name: str, params: Sequence[Tensor], lr: float, compiled: bool, kwargs: dict[str, Any]
+) -> Optimizer:
+    """The block matrices' optimizer: a family member, or AdamW with the LM recipe's betas."""
+    if name == "adamw":
+        kwargs.setdefault("betas", (0.9, 0.95))
+        kwargs.setdefault("weight_decay", 0.01)
+        return torch.optim.AdamW(params, lr=lr, **kwargs)
+    return OPTIMIZERS[name](params, lr=lr, compiled=compiled, **kwargs)

@@ -320,3 +320,53 @@ def apply_update(
         st.average.add_(W - st.average, alpha=1.0 - k.average_rate)
     if wd and style != "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
+
+
+# ---- the refresh (eager: it needs the host for finiteness checks and fallbacks) ----------------
+
+
+def refresh_side(
+    g: Mapping[str, Any], st: BucketState, side: str, count: int, other_dim: int, first: bool
+) -> None:
+    """Eigen refresh of one side's factors from `count` statistics updates (the first refresh,
+    from the identity basis, always by eigh); state kept in the eigenbasis follows a QR
+    refresh's column order."""
+    s = st.sides[side]
+    factor = pc.normalized(
+        s.factor, count, g["precond_beta"], g["bias_correction"], g["factor_norm"], other_dim
+    )
+    new_lam, new_Q, failed, order = pc.refresh(
+        factor,
+        s.lam,
+        s.Q,
+        g["eps"],
+        s.factor.dtype,
+        "eigh" if first else g["refresh"],
+        g["eig_floor"],
+    )
+    s.lam.copy_(new_lam)
+    s.Q.copy_(new_Q)
+    s.eigh_failures += failed
+    if order is not None and st.V is not None:
+        st.V.copy_(permute_basis_state(st.V, order, side))
+
+
+def exponents(g: Mapping[str, Any]) -> tuple[float, float]:
+    """The whitening exponents (alpha, post_alpha) of a group; post_alpha None means alpha."""
+    post = g["post_alpha"]
+    return g["alpha"], g["alpha"] if post is None else post
+
+
+def cache_whitening(g: Mapping[str, Any], st: BucketState) -> None:
+    """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the group's sides, so a step
+    only multiplies by them: P in the state's precision, P' in the unwhitening's."""
+    alpha, post_alpha = exponents(g)
+    for side in SIDE_FACTORS[g["sides"]]:
+        s = st.sides[side]
+        dtype = unwhiten_dtype(StepKnobs.of(g), s.Q)
+        s.P = pc.inverse_root_basis(s.lam, s.Q, alpha, s.Q.dtype)
+        s.P_post = (
+            s.P
+            if (post_alpha, dtype) == (alpha, s.Q.dtype)
+            else pc.inverse_root_basis(s.lam, s.Q, post_alpha, dtype)
+        )

@@ -410,28 +410,14 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
         groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
         where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
         for path in optimizer_files(ckpt):
-            try:
-                fh = stack.enter_context(safe_open(path, framework="pt"))
-                meta = fh.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
-                saved = json.loads(meta["param_groups"], object_hook=_json_hook)
-                extra = json.loads(meta["extra"], object_hook=_json_hook)
-                keys = list(fh.keys())
-            except (OSError, ValueError, KeyError) as exc:
-                if isinstance(exc, CheckpointError):
-                    raise
-                raise CheckpointError(
-                    f"checkpoint file {path} is unreadable ({exc}); it may be "
-                    "truncated: resume from an earlier checkpoint"
-                ) from None
+            fh, saved, extra = _open_optimizer_file(stack, path)
             for part, part_groups in saved.items():
                 for g in part_groups:
                     hyper = {k: v for k, v in g.items() if k != "params"}
                     for name in g["params"]:
                         groups.setdefault(part, {})[name] = hyper
             by_param: dict[tuple[str, str], list[str]] = {}
-            for key in [*keys, *extra]:
+            for key in [*fh.keys(), *extra]:
                 part = key.split(".state.", 1)[0]
                 by_param.setdefault((part, param_of(key)), []).append(key)
             for (part, name), ks in by_param.items():
@@ -442,29 +428,55 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
                 f"checkpoint optimizer has parts {sorted(groups)}, this run "
                 f"needs {sorted(opt.parts)}: resume with the same --optimizer"
             )
-        out = {}
-        for part, o in opt.parts.items():
-            state, param_groups, index = {}, [], 0
-            for g in o.param_groups:
-                names = [opt.param_names[id(p)] for p in g["params"]]
-                if any(n not in groups[part] for n in names):
-                    raise CheckpointError(
-                        "checkpoint parameters do not match this model: resume "
-                        "with the same preset and model shape"
-                    )
-                ids = list(range(index, index + len(names)))
-                index += len(names)
-                param_groups.append({**groups[part][names[0]], "params": ids})
-                for i, name in zip(ids, names):
-                    if (part, name) not in where:
-                        continue  # no state yet (never stepped), as in a single process
-                    fh, keys, extra = where[(part, name)]
-                    for key in keys:
-                        buffer = key.rsplit(".", 1)[1]
-                        value = extra[key] if key in extra else fh.get_tensor(key)
-                        state.setdefault(i, {})[buffer] = value
-            out[part] = {"state": state, "param_groups": param_groups}
-        return out
+        return {
+            part: _part_state(opt, part, o, groups[part], where) for part, o in opt.parts.items()
+        }
+
+
+def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
+    """(open handle, saved param groups, non-tensor state) of one optimizer file; a damaged or
+    foreign file is a CheckpointError."""
+    try:
+        fh = stack.enter_context(safe_open(path, framework="pt"))
+        meta = fh.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
+        saved = json.loads(meta["param_groups"], object_hook=_json_hook)
+        extra = json.loads(meta["extra"], object_hook=_json_hook)
+        fh.keys()
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"checkpoint file {path} is unreadable ({exc}); it may be "
+            "truncated: resume from an earlier checkpoint"
+        ) from None
+    return fh, saved, extra
+
+
+def _part_state(opt, part: str, o, groups: dict[str, dict], where: dict) -> dict:
+    """One part's state dict, its groups and state indexed the way `o` numbers its params."""
+    state: dict[int, dict] = {}
+    param_groups, index = [], 0
+    for g in o.param_groups:
+        names = [opt.param_names[id(p)] for p in g["params"]]
+        if any(n not in groups for n in names):
+            raise CheckpointError(
+                "checkpoint parameters do not match this model: resume "
+                "with the same preset and model shape"
+            )
+        ids = list(range(index, index + len(names)))
+        index += len(names)
+        param_groups.append({**groups[names[0]], "params": ids})
+        for i, name in zip(ids, names):
+            if (part, name) not in where:
+                continue  # no state yet (never stepped), as in a single process
+            fh, keys, extra = where[(part, name)]
+            for key in keys:
+                buffer = key.rsplit(".", 1)[1]
+                value = extra[key] if key in extra else fh.get_tensor(key)
+                state.setdefault(i, {})[buffer] = value
+    return {"state": state, "param_groups": param_groups}
 
 
 def read_index(ckpt: Path) -> dict | None:

@@ -27,7 +27,7 @@ class StepLogged:
     train_seconds: float
     eta_seconds: float
     fisher_ms: float = 0.0  # part of fwd_bwd_ms: TNT's sampled-label backward
-    # the matrix optimizer's read-outs over its matrices (`optimizer_telemetry`); {} for AdamW
+    # the matrix optimizer's read-outs over its matrices (`optim_hooks.optimizer_telemetry`); {} for AdamW
     telemetry: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict:

@@ -58,7 +58,7 @@ _CPU_LRS = {
     "specgd": 0.1,
 }
 _CPU_LR_NOTE = (
-    "mousse/muon lr: tuned on small (benchmarks/tuned); shampoo, soap, splus, tnt, specgd: best "
+    "mousse/muon lr: tuned on small, momentum 0.8 from their tuning (benchmarks/tuned); shampoo, soap, splus, tnt, specgd: best "
     "of an lr sweep on tiny (benchmarks/lr-sweep), stable on small"
 )
 _TINY_LR_NOTE = (
@@ -70,6 +70,10 @@ _TINY_LR_NOTE = (
 # 0.711 with 0.8 within 0.008 on the tuning seed; tuned, both finished 0.15 below the recipes'
 # 0.95 (seed noise 0.03). Both use 0.8, on equal footing; the released 0.95 is `--momentum 0.95`.
 _TINY_MOMENTA = {"mousse": 0.8, "muon": 0.8}
+# small: the same ablation on small (an H100, bf16 autocast; benchmarks/tuned/h100-momentum-rule-
+# small): Mousse chose 0.8, Mousse with Nesterov 0.8, Muon 0.711 with 0.8 within 0.008 on the
+# tuning seed; 0.95 was 0.03-0.04 worse than 0.8 for all three (seed noise 0.005). Both use 0.8.
+_SMALL_MOMENTA = {"mousse": 0.8, "muon": 0.8}
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
@@ -211,6 +215,7 @@ PRESETS: dict[str, Preset] = {
             micro_batch_size=32,
             lrs=dict(_CPU_LRS),
             lr_note=_CPU_LR_NOTE,
+            momenta=dict(_SMALL_MOMENTA),
             scalar_lr=0.01,
             adamw_lr=0.01,
             eval_every=100,

@@ -10,19 +10,14 @@ from __future__ import annotations
 import json
 import math
 import platform
-import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mousse import __version__
 from mousse.optim.routing import build_optimizer
 from mousse.optim.step import group_refresh_due
 
@@ -36,12 +31,8 @@ from .checkpoint import (
 from .config import (
     FAMILY_KNOBS,
     NS_DTYPES,
-    ConfigError,
     TrainConfig,
     coerce,
-    format_model_config,
-    parse_model_config,
-    resolve,
 )
 from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
 from .events import (
@@ -55,13 +46,25 @@ from .events import (
     StepLogged,
 )
 from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
+from .machine import (
+    default_run_dir,
+    environment,
+    model_flops_utilization,
+    peak_memory,
+    pick_device,
+    reset_peak_memory,
+)
+from .optim_hooks import optimizer_telemetry, sample_labels, sampling_generator
+from .resume import (
+    MODEL_SETTINGS,
+    trainer_meta,
+)
 from .rundir import RunLock, check_free
+from .steptimer import StepTimer
 from .usermodel import build_model, flops_per_token
 from .world import World
 
-# bf16 dense peak of common accelerators, for MFU (None where unknown).
 SLOW_STEP_S = 2.0  # a step running longer than this reports its micro batches as it goes
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
@@ -71,81 +74,6 @@ def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> 
         return step / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a run's memory peak: CUDA's allocator peak, or on Linux the process's peak resident
-    set (VmHWM, reset by writing 5 to /proc/self/clear_refs)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory(device: torch.device) -> tuple[int | None, str | None]:
-    """(bytes, source) of the peak since `reset_peak_memory`: 'allocator' on CUDA (tensors
-    only), 'rss' on Linux CPUs (the whole process: tensors, Python, libraries), None elsewhere."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "allocator"
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024, "rss"
-    except (OSError, ValueError, IndexError):
-        pass
-    return None, None
-
-
-def git_revision() -> str | None:
-    """The source tree's git commit (with '-dirty' when modified), if it is a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return rev.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict:
-    """What a reader needs to reproduce the run: versions, machine, revision, seed, argv."""
-    env = {
-        "mousse": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "cpu_threads": torch.get_num_threads(),
-        "git_revision": git_revision(),
-        "seed": cfg.seed,
-        "argv": argv if argv is not None else sys.argv,
-        "started": datetime.now().isoformat(timespec="seconds"),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 def matrix_kwargs(cfg: TrainConfig) -> dict:
@@ -159,116 +87,6 @@ def matrix_kwargs(cfg: TrainConfig) -> dict:
         if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
     }
     return {**knobs, "ns_dtype": NS_DTYPES[cfg.ns_dtype]}
-
-
-def default_run_dir(cfg: TrainConfig) -> Path:
-    """runs/<preset, or --model's function>-<optimizer>-<time>."""
-    name = cfg.model.rpartition(":")[2].strip() if cfg.model else cfg.preset
-    return Path("runs") / f"{name}-{cfg.optimizer}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-# Settings the optimizer's saved state brings back on resume: a new value would be recorded but
-# not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
-FIXED_ON_RESUME = tuple(
-    k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",)
-)
-MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
-
-
-def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
-    """The config a checkpoint was written with, updated by explicitly given settings; the newest
-    checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
-    the model or to a setting the optimizer state restores is a ConfigError naming it."""
-    ckpt = latest_valid_checkpoint(path, warn)
-    saved = resolve(tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"]))
-    for key in MODEL_SETTINGS:  # first: another model's shape flags would confuse the error
-        given = coerce(key, overrides.get(key, getattr(saved, key)))
-        if key == "model_config":
-            given = format_model_config(parse_model_config(given))
-        if given != getattr(saved, key):
-            was = getattr(saved, key)
-            was = (
-                f"{key} {was!r}"
-                if was is not None
-                else "the built-in GPT"
-                if key == "model"
-                else f"no {key}"
-            )
-            raise ConfigError(
-                f"--{key.replace('_', '-')} {overrides[key]}: the checkpoint's "
-                f"weights were made with {was}; drop the flag, or start a "
-                "new run to train another model"
-            )
-    cfg = resolve({**saved.to_dict(), **overrides})
-    for key in FIXED_ON_RESUME:
-        if getattr(cfg, key) != getattr(saved, key):
-            raise ConfigError(
-                f"--{key.replace('_', '-')} {getattr(cfg, key)}: the checkpoint's "
-                f"optimizer state was made with {key}={getattr(saved, key)} and "
-                "resuming keeps it; drop the flag, or start a new run to change it"
-            )
-    return cfg, ckpt
-
-
-def optimizer_telemetry(opt) -> dict[str, float]:
-    """The family optimizer's per-matrix read-outs summed up over its matrices (this rank's, under
-    torchrun): the factors' eigenvalue range and worst condition number, the mean update RMS, and
-    the eigh failures and skipped statistics updates so far. {} when there is nothing to read."""
-    rows = opt.telemetry() if hasattr(opt, "telemetry") else []
-    if not rows:
-        return {}
-    items = [(key, value) for row in rows for key, value in row.items()]
-    device = next((v.device for _, v in items if isinstance(v, torch.Tensor)), "cpu")
-    read = torch.stack(
-        [torch.as_tensor(v, device=device).double().reshape(()) for _, v in items]
-    ).tolist()  # one host sync for all of them
-    values: dict[str, list[float]] = {}
-    for (key, _), value in zip(items, read):
-        values.setdefault(key, []).append(value)
-    pick = {
-        "lam_min": (min, "lam_L_min", "lam_R_min"),
-        "lam_max": (max, "lam_L_max", "lam_R_max"),
-        "cond_max": (max, "cond_L", "cond_R"),
-        "eigh_failures": (sum, "eigh_failures_L", "eigh_failures_R"),
-        "stat_skips": (sum, "stat_skips_L", "stat_skips_R"),
-    }
-    out = {"update_rms": sum(values["update_rms"]) / len(values["update_rms"])}
-    for name, (reduce, *keys) in pick.items():
-        found = [v for k in keys for v in values.get(k, [])]
-        if found:
-            out[name] = float(reduce(found))
-    return out
-
-
-def trainer_meta(loaded: dict) -> dict:
-    """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
-    missing or undecodable metadata is a CheckpointError."""
-    try:
-        meta = {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
-        for key in ("config", "step", "data_hash", "curve"):
-            meta[key]  # noqa: B018 - a KeyError here is the error reported below
-        return meta
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
-            "an earlier checkpoint"
-        ) from None
-
-
-def sampling_generator(seed: int, step: int, micro: int, device: torch.device) -> torch.Generator:
-    """The generator of a micro-batch's sampled labels: a pure function of (seed, step, micro),
-    so runs and resumes draw the same labels whatever ran before."""
-    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
-
-
-def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One label per position drawn from softmax(logits) (Gumbel-max), for TNT's sampled Fisher."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
-    return (logits.float() - torch.log(-torch.log(u.clamp(min=1e-20)))).argmax(dim=-1)
-
-
-def _median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
 
 
 class Trainer:
@@ -292,33 +110,11 @@ class Trainer:
             restart  # the run dir may hold this same run's files from before a checkpoint
         )
         self.knobs = cfg.to_dict()
-        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         self.emit = on_event or (lambda event: None)
-        self.stop = stop or threading.Event()
-        self.device = pick_device(cfg.device)
-        self.dist = world(self.device)  # one process, or `mousse.dist.setup` under torchrun
-        self.device, self.stop = self.dist.device, self.dist.agreed_stop(self.stop)
-        self.run_dir = self.dist.from_rank0(self.run_dir)  # one run dir for every rank
-        if not self.dist.is_main:
-            self.emit = lambda event: None  # only rank 0 renders
+        self._join_world(world, Path(run_dir) if run_dir else default_run_dir(cfg), stop)
         self.data = load_dataset(cfg.data, cfg.val_data)
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.data.vocab_size, self.device)  # GPT, or --model's
-        owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.opt, self.routes = build_optimizer(
-            self.model,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            scalar_optimizer=cfg.scalar_optimizer,
-            scalar_lr=cfg.scalar_lr,
-            weight_decay=cfg.weight_decay,
-            matrix_kwargs=matrix_kwargs(cfg),
-            owned=owned,
-            compiled=cfg.compile,
-        )
-        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self._build_model_and_optimizer()
         self.step = 0
         self.state = {
             "train_seconds": 0.0,
@@ -336,6 +132,39 @@ class Trainer:
             self._restore(latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text))))
         if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
             check_free(self.run_dir, self.resumed_from is not None, self.restart)
+
+    def _join_world(
+        self, world: Callable[[torch.device], World], run_dir: Path, stop: threading.Event | None
+    ) -> None:
+        """The device, the process group (one process, or `mousse.dist.setup` under torchrun),
+        the stop flag every rank agrees on and rank 0's run dir."""
+        self.dist = world(pick_device(self.cfg.device))
+        self.device, self.stop = self.dist.device, self.dist.agreed_stop(stop or threading.Event())
+        self.run_dir = self.dist.from_rank0(run_dir)  # one run dir for every rank
+        if not self.dist.is_main:
+            self.emit = lambda event: None  # only rank 0 renders
+
+    def _build_model_and_optimizer(self) -> None:
+        """The seeded model (the GPT, or --model's), compiled when asked, and its optimizers:
+        block matrices to the family optimizer (this rank's, under torchrun), the rest to the
+        scalar one."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.data.vocab_size, self.device)
+        owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.opt, self.routes = build_optimizer(
+            self.model,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            scalar_optimizer=cfg.scalar_optimizer,
+            scalar_lr=cfg.scalar_lr,
+            weight_decay=cfg.weight_decay,
+            matrix_kwargs=matrix_kwargs(cfg),
+            owned=owned,
+            compiled=cfg.compile,
+        )
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -666,46 +495,37 @@ class Trainer:
         self,
         status: str,
         message: str | None,
-        timer: "StepTimer",
+        timer: StepTimer,
         n_params: int,
         tokens_per_step: int,
     ) -> dict:
-        cfg = self.cfg
-        step_ms = _median(timer.total_ms)
-        opt_plain = _median(timer.opt_ms_plain)
-        opt_refresh = _median(timer.opt_ms_refresh)
-        # extra cost of a refresh step; needs a few of each kind of step to be more than noise
-        enough = len(timer.opt_ms_refresh) >= 2 and len(timer.opt_ms_plain) >= 2
-        refresh_ms = max(0.0, opt_refresh - opt_plain) if enough else None
+        """summary.json: the outcome, the losses, the step-time split and where it was taken."""
+        cfg, state = self.cfg, self.state
+        timing = timer.summary(cfg.precond_freq, tokens_per_step)
+        best = state["best_val_loss"]
         summary = {
             "run_dir": str(self.run_dir),
             "status": status,
             "message": message,
             "steps": self.step,
             "planned_steps": cfg.steps,
-            "final_val_loss": self.state["final_val_loss"],
-            "best_val_loss": self.state["best_val_loss"]
-            if math.isfinite(self.state["best_val_loss"])
-            else None,
+            "final_val_loss": state["final_val_loss"],
+            "best_val_loss": best if math.isfinite(best) else None,
             "target_loss": cfg.target_loss,
-            "target_step": self.state["target_step"],
-            "target_seconds": self.state["target_seconds"],
-            "step_ms_median": step_ms,
-            "fwd_bwd_ms_median": _median(timer.fwd_bwd_ms),
-            "opt_ms_median": opt_plain if opt_plain is not None else opt_refresh,
-            "refresh_ms_median": refresh_ms,
-            "fisher_ms_median": _median(timer.fisher_ms),
-            "refresh_ms_amortized": refresh_ms / cfg.precond_freq
-            if refresh_ms is not None
-            else None,
-            "tokens_per_s": tokens_per_step / (step_ms / 1000) if step_ms else None,
-            "train_seconds": self.state["train_seconds"],
-            "eval_seconds": self.state["eval_seconds"],
-            "checkpoint_seconds": self.state["checkpoint_seconds"],
+            "target_step": state["target_step"],
+            "target_seconds": state["target_seconds"],
+            **timing,
+            "train_seconds": state["train_seconds"],
+            "eval_seconds": state["eval_seconds"],
+            "checkpoint_seconds": state["checkpoint_seconds"],
             "n_params": n_params,
             "resumed_from": self.resumed_from,
             "curve": self.curve,
-            "mfu": None,
+            "mfu": model_flops_utilization(
+                self.device,
+                flops_per_token(cfg, n_params) * (timing["tokens_per_s"] or 0),
+                self.dist.world_size,
+            ),
             "world_size": self.dist.world_size,
             "timing_context": {
                 **self.timing_context,
@@ -715,77 +535,4 @@ class Trainer:
             },
         }
         summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(self.device)
-        if self.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.device)
-            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-            if peak and step_ms:
-                flops = flops_per_token(cfg, n_params)
-                summary["mfu"] = (
-                    flops * tokens_per_step / (step_ms / 1000) / (peak * self.dist.world_size)
-                )
         return summary
-
-
-class StepTimer:
-    """Per-step wall time split into fwd+bwd (with its extra part, TNT's sampled-label
-    backward, marked by begin/end_extra) and optimizer, without syncing in the hot path:
-    CPU uses perf_counter; CUDA records events and reads them at `flush()` (log time)."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.fisher_ms: list[float] = []
-        self._extra: list = []
-        self.last_fisher_ms = 0.0
-        self.fwd_bwd_ms: list[float] = []
-        self.total_ms: list[float] = []
-        self.opt_ms_plain: list[float] = []
-        self.opt_ms_refresh: list[float] = []
-        self._open: list[tuple] = []
-        self.last_total_ms = self.last_fwd_bwd_ms = self.last_opt_ms = 0.0
-
-    def _now(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self._marks = [self._now()]
-        self._extra = []
-
-    def begin_extra(self) -> None:
-        self._extra.append(self._now())
-
-    def end_extra(self) -> None:
-        self._extra.append(self._now())
-
-    def mark(self) -> None:
-        self._marks.append(self._now())
-
-    def stop(self, refresh: bool) -> None:
-        self._marks.append(self._now())
-        self._open.append((*self._marks, refresh, self._extra))
-
-    def flush(self) -> float:
-        """Resolve pending steps; returns their total seconds."""
-        total = 0.0
-        if self.cuda and self._open:
-            self._open[-1][2].synchronize()
-        for t0, t1, t2, refresh, extra in self._open:
-            if self.cuda:
-                fb, op = t0.elapsed_time(t1), t1.elapsed_time(t2)
-                fisher = sum(a.elapsed_time(b) for a, b in zip(extra[::2], extra[1::2]))
-            else:
-                fb, op = (t1 - t0) * 1000, (t2 - t1) * 1000
-                fisher = sum((b - a) * 1000 for a, b in zip(extra[::2], extra[1::2]))
-            if extra:
-                self.fisher_ms.append(fisher)
-            self.last_fisher_ms = fisher
-            self.fwd_bwd_ms.append(fb)
-            self.total_ms.append(fb + op)
-            (self.opt_ms_refresh if refresh else self.opt_ms_plain).append(op)
-            self.last_total_ms, self.last_fwd_bwd_ms, self.last_opt_ms = fb + op, fb, op
-            total += (fb + op) / 1000
-        self._open.clear()
-        return total

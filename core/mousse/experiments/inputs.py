@@ -1,0 +1,145 @@
+"""An ablation's inputs, typed and checked: knobs and their values, sweeps, seeds, mode and
+tuning. Shared by planning (`ablation`) and spec files (`spec`), with parsers for the CLI's flags;
+every error is a ConfigError that names the bad input."""
+
+from __future__ import annotations
+
+from mousse.optim import knobs as engine_knobs
+from mousse.train import compat, config
+from mousse.train.config import (
+    FIELD_TYPES,
+    VIEW_SETTINGS,
+    ConfigError,
+    check_choice,
+    closest,
+    coerce,
+)
+
+from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
+
+MODES = ("one-at-a-time", "grid")
+MAX_SEEDS = 1000
+# Seeds are planned separately (`seeds`), so `seed` is not a knob.
+KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
+CHOICES = {
+    "optimizer": config.OPTIMIZERS,
+    "scalar_optimizer": config.SCALAR_OPTIMIZERS,
+    "device": config.DEVICES,
+    **engine_knobs.CHOICES,
+}
+_FIELDS = list(FIELD_TYPES)
+
+
+def _check_knob(knob: str) -> str:
+    """The knob's field name (hyphens allowed, as in CLI flags); ConfigError if unknown."""
+    key = knob.replace("-", "_")
+    if key == "seed":
+        raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
+    if key in compat.RENAMED:
+        raise ConfigError(f"'{knob}' is now {compat.RENAMED[key]}")
+    if key not in KNOBS:
+        raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
+    return key
+
+
+def _value(key: str, value):
+    """`value` coerced to the knob's type and checked against its allowed choices."""
+    value = coerce(key, value)
+    if key in CHOICES:
+        check_choice(key, value, CHOICES[key])
+    return value
+
+
+def typed_settings(table: dict) -> dict:
+    """Typed TrainConfig settings keyed by field name."""
+    out = {}
+    for knob, value in table.items():
+        key = _check_knob(knob)
+        out[key] = _value(key, value)
+    return out
+
+
+def typed_sweeps(table: dict) -> dict:
+    """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
+    order the flags were given in)."""
+    out = {}
+    for knob, values in table.items():
+        key = _check_knob(knob)
+        if key in VIEW_SETTINGS:
+            raise ConfigError(
+                f"'{key}' sets where every run is shown, not a variant; set it in "
+                f"[base] or with --{key}, not as a sweep"
+            )
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"sweep '{knob}' must be a list of values, e.g. {key} = [...]")
+        out[key] = _sweep_values(key, values)
+    return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
+
+
+def check_mode(mode) -> str:
+    """`mode` when it is one of MODES; ConfigError otherwise."""
+    if mode not in MODES:
+        raise ConfigError(
+            f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
+        )
+    return mode
+
+
+def _sweep_values(knob: str, values) -> list:
+    """Typed, de-duplicated (order kept) values; ConfigError when empty."""
+    typed = list(dict.fromkeys(_value(knob, v) for v in values))
+    if not typed:
+        raise ConfigError(f"empty sweep for '{knob}': give at least one value")
+    return typed
+
+
+def parse_sweep_values(knob: str, text: str) -> list:
+    """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
+    key = _check_knob(knob)
+    return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
+
+
+def seed_list(value) -> list[int]:
+    """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
+        raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
+    if (
+        isinstance(value, int)
+        and value > MAX_SEEDS
+        or not isinstance(value, int)
+        and len(value) > MAX_SEEDS
+    ):
+        raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
+    seeds = list(range(value)) if isinstance(value, int) else list(value)
+    if any(isinstance(s, int) and not 0 <= s < 2**63 for s in seeds):
+        raise ConfigError(f"bad seeds {value!r}: each seed must be in [0, 2^63)")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ConfigError(f"bad seeds {value!r}: need a count >= 1 or non-negative integer seeds")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'3' -> [0, 1, 2] (a count); '0,5,7' -> [0, 5, 7]; '5,' -> [5] (a one-seed list)."""
+    try:
+        value = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
+    except ValueError:
+        raise ConfigError(
+            f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7"
+        ) from None
+    return seed_list(value)
+
+
+def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
+    """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
+    if max_extensions is not None and (
+        isinstance(max_extensions, bool)
+        or not isinstance(max_extensions, int)
+        or max_extensions < 0
+    ):
+        raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
+    spec = TuneSpec(
+        check_phases(phases, CHOICES),
+        tuple(seed_list(seeds)),
+        MAX_EXTENSIONS if max_extensions is None else max_extensions,
+    )
+    return spec.to_dict()

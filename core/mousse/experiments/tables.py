@@ -1,0 +1,299 @@
+"""Ablation tables: the results object (`results.summarize`) as formatted rows for the
+convergence and step-time tables, the notes that qualify them, and the whole rendered as markdown,
+csv or json (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from mousse.train.fileio import dumps
+
+from .records import TIMING_KEYS
+
+CONVERGENCE_COLUMNS = (
+    "Variant",
+    "Tuned",
+    "n",
+    "Final val loss",
+    "Δ vs baseline",
+    "p",
+    "Steps to baseline loss",
+    "Speedup (95% CI)",
+    "Time speedup (95% CI)",
+    "Status",
+)
+TIMING_COLUMNS = (
+    "Variant",
+    "Step ms (runs)",
+    "Fwd+bwd ms",
+    "Optimizer ms",
+    "Refresh ms",
+    "Tokens/s",
+    "Side by side ms [IQR]",
+    "Overhead [IQR]",
+    "Peak memory",
+)
+CSV_COLUMNS = (
+    "variant",
+    "is_baseline",
+    "tuned",
+    "n",
+    "n_runs",
+    "final_val_loss_mean",
+    "final_val_loss_std",
+    "delta_vs_baseline",
+    "p_value",
+    "significant",
+    "steps_to_target",
+    "reached",
+    "step_reduction_pct",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "speedup_time",
+    *TIMING_KEYS,
+    "overhead_pct",
+    "peak_mem_bytes",
+)
+
+
+def timing_notes(results: dict) -> list[str]:
+    """Where the step-time table's numbers come from, and when they do not compare."""
+    notes = []
+    record = results.get("timing_pass")
+    if record:
+        notes.append(
+            f"side by side: one process on {record['host']} ({record['device']}, "
+            f"{record['threads']} threads), {record['rounds']} interleaved rounds of "
+            f"{record['steps_per_round']} steps, {record['when']}; overheads are "
+            "per-round ratios to the baseline, median [interquartile range]"
+        )
+    if not results.get("timing_comparable"):
+        n = results.get("timing_contexts", 0)
+        notes.append(
+            "the runs' own step times were taken in "
+            + (f"{n} different invocations or hosts" if n > 1 else "an unrecorded place")
+            + ": they do not compare, and no overhead is computed from them"
+            + ("" if record else " (run `mousse report DIR --retime` for a side-by-side pass)")
+        )
+    return notes
+
+
+def protocol_notes(results: dict) -> list[str]:
+    """What a comparison does not establish, in plain words: untuned lrs, a single seed."""
+    protocol = results.get("protocol") or {}
+    notes = []
+    if not protocol.get("tuned"):
+        notes.append(
+            "untuned: every variant ran at its preset lr, so a gap may only mean one lr "
+            "suits one variant better (add --tune lr)"
+        )
+    n = [v["n_seeds"] for v in results["variants"] if v.get("n_seeds")]
+    if n and min(n) < 2:
+        notes.append(
+            "single seed: no interval or significance test, so no gap here is "
+            "established (add --seeds 3)"
+        )
+    return notes
+
+
+_DASH = "—"
+
+
+def _num(value, spec: str, suffix: str = "") -> str:
+    """`value` formatted by `spec` (and `suffix`), or a dash when missing."""
+    return _DASH if value is None else f"{value:{spec}}{suffix}"
+
+
+def _status_text(statuses: dict) -> str:
+    """How a variant's runs ended: "completed", else the count of each status."""
+    if set(statuses) == {"completed"}:
+        return "completed"
+    return ", ".join(f"{count} {status}" for status, count in statuses.items())
+
+
+def _p_text(v: dict) -> str:
+    """The Welch p-value, flagged when not significant, or why there is none."""
+    if v["p_value"] is None:
+        return _DASH if v["is_baseline"] else v["significance"]
+    text = f"{v['p_value']:.3g}"
+    return text if v["significant"] else f"{text} (not significant)"
+
+
+def _steps_text(v: dict, has_target: bool) -> str:
+    """Mean steps to the baseline's loss, and how many runs got there when not all did."""
+    if not has_target or v["n"] == 0:
+        return _DASH
+    if v["steps_to_target"] is None:
+        return "never"
+    text = f"{v['steps_to_target']:.0f}"
+    return text if v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} reached)"
+
+
+def _loss_text(v: dict) -> str:
+    """Mean final val loss ± its standard deviation over seeds."""
+    text = _num(v["final_val_loss_mean"], ".4f")
+    return text if v["final_val_loss_std"] is None else f"{text} ± {v['final_val_loss_std']:.4f}"
+
+
+def _tuned_text(v: dict) -> str:
+    """The tuned values (those at a grid edge flagged), or "tuning" while it goes on."""
+    tuned = v.get("tuned")
+    if not tuned:
+        return "tuning" if v.get("tuning") else _DASH
+    edge = set(v.get("tuned_at_edge") or ())
+    return ", ".join(
+        f"{k}={_value_text(x)}" + (" (grid edge)" if k in edge else "") for k, x in tuned.items()
+    )
+
+
+def _value_text(x) -> str:
+    """A tuned value: floats to 4 significant digits."""
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def speedup_text(v: dict, suffix: str = "") -> str:
+    """A speedup (in steps, or seconds with suffix "_time") with its 95% interval, flagged when
+    the interval holds 1."""
+    point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
+    if v["is_baseline"] or point is None:
+        return _DASH
+    if point == 0:
+        return "not reached"
+    if ci is None:
+        return f"{point:.2f}x"
+    text = f"{point:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text if ci[0] > 1 or ci[1] < 1 else f"{text} (not significant)"
+
+
+def convergence_rows(results: dict) -> list[dict]:
+    """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
+    has_target = results["target_loss"] is not None
+    return [
+        dict(
+            zip(
+                CONVERGENCE_COLUMNS,
+                (
+                    v["variant"],
+                    _tuned_text(v),
+                    str(v["n"]),
+                    _loss_text(v),
+                    _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
+                    _p_text(v),
+                    _steps_text(v, has_target),
+                    speedup_text(v),
+                    speedup_text(v, "_time"),
+                    _status_text(v["statuses"]),
+                ),
+            )
+        )
+        for v in results["variants"]
+    ]
+
+
+def _side_text(v: dict) -> str:
+    """The timing pass's median step ms [interquartile range]."""
+    row = v.get("side_by_side")
+    if not row:
+        return _DASH
+    return f"{row['step_ms_median']:.1f} [{row['step_ms_q1']:.1f}, {row['step_ms_q3']:.1f}]"
+
+
+def _overhead_text(v: dict, comparable: bool) -> str:
+    """Overhead over the baseline: the timing pass's with its range, else the runs' own when
+    their timings compare."""
+    if v["is_baseline"]:
+        return _DASH
+    row = v.get("side_by_side")
+    if v.get("overhead_source") == "timing pass" and row and row["overhead_pct"] is not None:
+        text = f"{row['overhead_pct']:+.1f}% [{row['overhead_q1']:+.1f}, {row['overhead_q3']:+.1f}]"
+        return f"{text} (within noise)" if row["within_noise"] else text
+    if v.get("overhead_pct") is not None:
+        return _num(v["overhead_pct"], "+.1f", "%")
+    return _DASH if comparable else "not comparable"
+
+
+def _memory_text(v: dict) -> str:
+    """Peak memory in GiB, marked RSS when it is the process's resident set size."""
+    if v["peak_mem_bytes"] is None:
+        return _DASH
+    source = {"rss": " RSS", "allocator": ""}.get(v.get("peak_mem_source") or "", "")
+    return f"{v['peak_mem_bytes'] / 2**30:.2f} GiB{source}"
+
+
+def timing_rows(results: dict) -> list[dict]:
+    """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
+    comparable = bool(results.get("timing_comparable"))
+    return [
+        dict(
+            zip(
+                TIMING_COLUMNS,
+                (
+                    v["variant"],
+                    _num(v["step_ms_median"], ".1f"),
+                    _num(v["fwd_bwd_ms_median"], ".1f"),
+                    _num(v["opt_ms_median"], ".1f"),
+                    _num(v["refresh_ms_median"], ".1f"),
+                    _num(v["tokens_per_s"], ",.0f"),
+                    _side_text(v),
+                    _overhead_text(v, comparable),
+                    _memory_text(v),
+                ),
+            )
+        )
+        for v in results["variants"]
+    ]
+
+
+def _markdown_table(columns, rows) -> str:
+    """A markdown table of `rows` (column -> text)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(results: dict, fmt: str) -> str:
+    """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
+    or 'json' (the whole results object)."""
+    if fmt == "json":
+        return dumps(results, indent=2)
+    if fmt == "csv":
+        return _csv(results)
+    if fmt == "markdown":
+        return _markdown(results)
+    raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")
+
+
+def _csv(results: dict) -> str:
+    """One row of raw numbers per variant (CSV_COLUMNS; empty where a value is missing)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for v in results["variants"]:
+        ci = v.get("speedup_ci") or [None, None]
+        row = {
+            **v,
+            "speedup_ci_low": ci[0],
+            "speedup_ci_high": ci[1],
+            "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
+        }
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def _markdown(results: dict) -> str:
+    """The convergence and step-time tables with their notes, as markdown sections."""
+    target = results["target_loss"]
+    note = (
+        f"Baseline: {results['baseline']}, final val loss {target:.4f} (the target)."
+        if target is not None
+        else "No completed baseline run: no target, deltas or overheads."
+    )
+    note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
+    return (
+        f"## Convergence\n\n{note}\n\n"
+        f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
+        f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
+        + "".join(f"\n{n}.\n" for n in timing_notes(results))
+    )

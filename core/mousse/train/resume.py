@@ -1,0 +1,76 @@
+"""What a resumed run takes from its checkpoint: the config it was written with (a change to the
+model or to what the optimizer state fixes is refused) and the trainer's metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import tomlio
+from .checkpoint import CheckpointError, latest_valid_checkpoint, read_checkpoint
+from .config import (
+    FAMILY_KNOBS,
+    ConfigError,
+    TrainConfig,
+    coerce,
+    format_model_config,
+    parse_model_config,
+    resolve,
+)
+
+# Settings the optimizer's saved state brings back on resume: a new value would be recorded but
+# not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
+FIXED_ON_RESUME = tuple(
+    k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",)
+)
+MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
+
+
+def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
+    """The config a checkpoint was written with, updated by explicitly given settings; the newest
+    checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
+    the model or to a setting the optimizer state restores is a ConfigError naming it."""
+    ckpt = latest_valid_checkpoint(path, warn)
+    saved = resolve(tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"]))
+    for key in MODEL_SETTINGS:  # first: another model's shape flags would confuse the error
+        given = coerce(key, overrides.get(key, getattr(saved, key)))
+        if key == "model_config":
+            given = format_model_config(parse_model_config(given))
+        if given != getattr(saved, key):
+            was = getattr(saved, key)
+            was = (
+                f"{key} {was!r}"
+                if was is not None
+                else "the built-in GPT"
+                if key == "model"
+                else f"no {key}"
+            )
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {overrides[key]}: the checkpoint's "
+                f"weights were made with {was}; drop the flag, or start a "
+                "new run to train another model"
+            )
+    cfg = resolve({**saved.to_dict(), **overrides})
+    for key in FIXED_ON_RESUME:
+        if getattr(cfg, key) != getattr(saved, key):
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {getattr(cfg, key)}: the checkpoint's "
+                f"optimizer state was made with {key}={getattr(saved, key)} and "
+                "resuming keeps it; drop the flag, or start a new run to change it"
+            )
+    return cfg, ckpt
+
+
+def trainer_meta(loaded: dict) -> dict:
+    """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
+    missing or undecodable metadata is a CheckpointError."""
+    try:
+        meta = {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
+        for key in ("config", "step", "data_hash", "curve"):
+            meta[key]  # noqa: B018 - a KeyError here is the error reported below
+        return meta
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
+            "an earlier checkpoint"
+        ) from None

@@ -1,0 +1,223 @@
+"""`mousse ablate`: sweep knobs with the same budget, tune when asked, train, compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from mousse.dist.process import exit_on_error, is_main_process
+from mousse.train.fileio import dumps
+
+from .ablate_plan import (
+    ablation_cost,
+    check_run_flags,
+    dashboards_for,
+    plan_ablations,
+    read_setup,
+    show_plans,
+)
+from .ablate_run import run_ablations
+from .console import console
+from .errors import EXIT_DIVERGED, EXIT_WAITING, user_errors
+from .interrupts import graceful_stop, interrupted_code
+from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
+from .results_out import (
+    record_presets,
+    scaled_results,
+    show_preset_title,
+    show_results,
+    show_scale,
+)
+
+# The options of `ablate` besides the sweeps and run settings, in the order --help lists them.
+SPEC = typer.Argument(None, help="Ablation spec TOML (see ablations/); flags override it.")
+GRID = typer.Option(
+    False,
+    "--grid",
+    help="Run the full product of the sweeps instead of one knob at a time.",
+    rich_help_panel=PLAN_PANEL,
+)
+NO_BASELINE = typer.Option(
+    False, "--no-baseline", help="Leave out the Muon baseline run.", rich_help_panel=PLAN_PANEL
+)
+SEEDS = typer.Option(
+    None,
+    "--seeds",
+    help="Seeds per variant: a count (3 = seeds 0,1,2) or a list (0,5,7).",
+    rich_help_panel=PLAN_PANEL,
+)
+DRY_RUN = typer.Option(
+    False, "--dry-run", help="Print the planned runs and stop.", rich_help_panel=PLAN_PANEL
+)
+MAX_RUNS = typer.Option(
+    32, "--max-runs", help="Refuse plans with more runs than this.", rich_help_panel=PLAN_PANEL
+)
+ABLATION_DIR = typer.Option(
+    None,
+    "--ablation-dir",
+    help="Directory of this ablation (default runs/ablate-<knobs>-<plan hash>); rerunning resumes it.",
+    rich_help_panel=RUN_PANEL,
+)
+SHARD = typer.Option(
+    None,
+    "--shard",
+    help="Run only shard i of n of the runs, e.g. 1/2 (for several machines or GPUs).",
+    rich_help_panel=RUN_PANEL,
+)
+PARALLEL = typer.Option(
+    1,
+    "--parallel",
+    help="Runs at a time (CPU: each gets a share of the cores).",
+    rich_help_panel=RUN_PANEL,
+)
+CONFIG = typer.Option(
+    None,
+    "--config",
+    help="TOML file of base settings for every run.",
+    rich_help_panel=RUN_PANEL,
+)
+TUNE = typer.Option(
+    None,
+    "--tune",
+    help="Tune these knobs per variant (baseline included) before comparing, by coordinate descent in this order: lr | lr,momentum | lr=0.01,0.02,0.04 | momentum_style=heavy_ball,nesterov. Default grid: 5 values a factor 2 apart around the variant's own value; a best value at an edge grows the grid.",
+    rich_help_panel=PLAN_PANEL,
+)
+TUNE_SEEDS = typer.Option(
+    None,
+    "--tune-seeds",
+    help="Seeds each tuning run is averaged over (a count or a list; default 1).",
+    rich_help_panel=PLAN_PANEL,
+)
+WAIT = typer.Option(
+    None,
+    "--wait",
+    help="With --shard and --tune: when this shard needs other shards' results, poll every SECONDS instead of exiting with code 4.",
+    rich_help_panel=RUN_PANEL,
+)
+MAX_HOURS = typer.Option(
+    None,
+    "--max-hours",
+    help="Refuse (exit 2) an ablation estimated to take longer than this many hours here (for CI).",
+    rich_help_panel=RUN_PANEL,
+)
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Start even when a run's memory estimate exceeds what the device has free.",
+    rich_help_panel=RUN_PANEL,
+)
+NO_TIMING_PASS = typer.Option(
+    False,
+    "--no-timing-pass",
+    help="Skip the side-by-side timing pass after the runs (the overhead column then needs runs timed in one invocation).",
+    rich_help_panel=RUN_PANEL,
+)
+TIMING_BUDGET = typer.Option(
+    None,
+    "--timing-budget",
+    help="Seconds for the timing pass (default: 3% of the ablation's training time, at least 10).",
+    rich_help_panel=RUN_PANEL,
+)
+JSON_OUT = typer.Option(
+    False,
+    "--json",
+    help="Print the results object as JSON on stdout.",
+    rich_help_panel=RUN_PANEL,
+)
+
+
+@with_flags({**SWEEP_FLAGS, **BASE_FLAGS})
+def ablate(
+    overrides: dict,
+    spec: Optional[Path] = SPEC,
+    grid: bool = GRID,
+    no_baseline: bool = NO_BASELINE,
+    seeds: Optional[str] = SEEDS,
+    dry_run: bool = DRY_RUN,
+    max_runs: int = MAX_RUNS,
+    ablation_dir: Optional[Path] = ABLATION_DIR,
+    shard: Optional[str] = SHARD,
+    parallel: int = PARALLEL,
+    config: Optional[Path] = CONFIG,
+    tune: Optional[str] = TUNE,
+    tune_seeds: Optional[str] = TUNE_SEEDS,
+    wait: Optional[float] = WAIT,
+    max_hours: Optional[float] = MAX_HOURS,
+    force: bool = FORCE,
+    no_timing_pass: bool = NO_TIMING_PASS,
+    timing_budget: Optional[float] = TIMING_BUDGET,
+    json_out: bool = JSON_OUT,
+) -> None:
+    """Sweep Mousse's knobs (and baselines) with the same budget and compare.
+
+    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
+    other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
+    """
+    with exit_on_error((typer.Exit,)), user_errors(json_out):
+        console.quiet = not is_main_process()  # under torchrun only rank 0 renders
+        setup = read_setup(overrides, spec, config, tune, tune_seeds)
+        check_run_flags(setup.tuning, wait, shard, parallel)
+        root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)
+        dashboards = dashboards_for(ablations, setup, root)
+        cost = ablation_cost(ablations, max_hours, force)
+        show_plans(ablations, shard, cost)
+        if dry_run:
+            return
+        record_presets(root, setup.presets)
+        with graceful_stop() as stop:
+            outcomes = run_ablations(
+                ablations, dashboards, stop, shard, parallel, wait, no_timing_pass, timing_budget
+            )
+    by_preset = show_outcomes(ablations, outcomes, setup.presets, root)
+    if json_out and is_main_process():
+        typer.echo(dumps(scaled_results(by_preset) if setup.presets else by_preset[None]))
+    exit_for(outcomes, stop, shard)
+
+
+def show_outcomes(ablations: dict, outcomes: dict, presets: list, root: Path) -> dict:
+    """Each preset's results tables and where its results.json is; once every preset has run,
+    the speedup by scale. Returns the results by preset."""
+    by_preset = {p: results for p, (results, _, _) in outcomes.items()}
+    for preset, results in by_preset.items():
+        if presets:
+            show_preset_title(preset)
+        show_results(results)
+        console.print(
+            f"results: {ablations[preset].dir / 'results.json'}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+    if presets and len(by_preset) == len(presets):
+        show_scale(root, by_preset)
+    return by_preset
+
+
+def exit_for(outcomes: dict, stop, shard: str | None) -> None:
+    """Exit 130 (143) after an interruption; 4, saying what to do, while runs that other shards
+    or processes train are missing; 3 when one of this invocation's runs diverged."""
+    waiting = [run for _, wanted, _ in outcomes.values() for run in wanted]
+    statuses = {
+        r["status"]
+        for results, _, mine in outcomes.values()
+        for r in results["runs"]
+        if mine is None or r["name"] in mine
+    }
+    if stop.is_set():
+        raise typer.Exit(interrupted_code(stop))
+    if waiting:
+        names = ", ".join(r.name for r in waiting[:4]) + (" ..." if len(waiting) > 4 else "")
+        who = f"shard {shard}" if shard else "this ablation"
+        console.print(
+            f"[yellow]{who} waits for {len(waiting)} runs that other shards or "
+            f"processes train ({escape(names)}); rerun it when they finish"
+            f"{', or pass --wait 60' if shard else ''}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_WAITING)
+    if "diverged" in statuses:
+        raise typer.Exit(EXIT_DIVERGED)

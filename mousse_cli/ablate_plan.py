@@ -1,0 +1,237 @@
+"""What `mousse ablate` will run, before anything runs: the spec file, --config and the flags
+merged, the plan of every preset checked, its dashboards and cost, and the plan printed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+
+from mousse.dist.process import env_world_size
+from mousse.train.config import ConfigError, load_config_file
+from mousse.train.dashboards import Dashboards
+
+from .console import console, notice, show_lines
+from .cost import check_cost
+from .options import SWEEP_FLAGS
+
+
+@dataclass
+class AblateSetup:
+    """The ablation the user asked for, flags over the spec file over --config."""
+
+    file: dict  # the spec file (empty without one)
+    base: dict  # the settings every run shares
+    presets: list  # several presets: one ablation each (empty: the base's preset)
+    sweeps: dict  # knob -> values
+    tuning: dict | None  # the tuning spec, or None
+
+
+def read_setup(overrides: dict, spec: Path | None, config: Path | None, tune, tune_seeds):
+    """The spec file, --config and the flags merged into an AblateSetup: sweep flags replace
+    the file's sweeps of the same knob, the other flags its base settings."""
+    from mousse.experiments.inputs import parse_sweep_values
+    from mousse.experiments.scale import split_presets
+    from mousse.experiments.spec import load_spec
+
+    sweep_flags = {k: parse_sweep_values(k, v) for k, v in overrides.items() if k in SWEEP_FLAGS}
+    base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
+    file = load_spec(spec) if spec else {}
+    base = {
+        **(load_config_file(config) if config else {}),
+        **file.get("base", {}),
+        **base_flags,
+    }
+    return AblateSetup(
+        file=file,
+        base=base,
+        presets=split_presets(base_flags.get("preset", file.get("presets"))),
+        sweeps={**file.get("sweeps", {}), **sweep_flags},
+        tuning=_tuning(file.get("tune"), tune, tune_seeds),
+    )
+
+
+def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dict | None:
+    """The spec file's tuning, with --tune replacing its knobs and --tune-seeds its seeds."""
+    from mousse.experiments.inputs import CHOICES, parse_seeds, tune_spec
+    from mousse.experiments.tuning import parse_tune
+
+    if tune is None and tune_seeds is None:
+        return saved
+    saved = saved or {"knobs": [], "grids": {}, "seeds": [0]}
+    phases = (
+        parse_tune(tune, CHOICES)
+        if tune is not None
+        else [(k, saved["grids"].get(k)) for k in saved["knobs"]]
+    )
+    return tune_spec(
+        phases,
+        parse_seeds(tune_seeds) if tune_seeds else saved["seeds"],
+        saved.get("max_extensions"),
+    )
+
+
+def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int) -> None:
+    """Refuse --wait outside a tuned shard, and --parallel below 1 or under torchrun."""
+    if wait is not None and (wait <= 0 or shard is None or not tuning):
+        raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
+    if parallel < 1:
+        raise ConfigError("--parallel must be >= 1")
+    if parallel > 1 and env_world_size() > 1:
+        raise ConfigError(
+            "--parallel runs single-process runs side by side; under torchrun "
+            "each run uses every rank, one run after another: drop --parallel"
+        )
+
+
+def plan_ablations(
+    setup: AblateSetup, grid: bool, seeds, no_baseline: bool, ablation_dir, max_runs: int
+) -> tuple[Path, dict]:
+    """(root dir, {preset: Ablation}) with every plan checked against --max-runs and validated;
+    the preset is None without --preset a,b. The default root names the knobs and the plan."""
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.inputs import parse_seeds
+    from mousse.experiments.sweep import Ablation
+
+    file, presets = setup.file, setup.presets
+    plans = {
+        preset: plan_ablation(
+            setup.sweeps,
+            base={**setup.base, "preset": preset} if preset else setup.base,
+            mode="grid" if grid else file.get("mode", "one-at-a-time"),
+            seeds=parse_seeds(seeds)
+            if seeds
+            else file.get("seeds", [0, 1, 2] if setup.tuning else [0]),
+            baseline=False if no_baseline else file.get("baseline", True),
+            tune=setup.tuning,
+        )
+        for preset in presets or [None]
+    }
+    first = next(iter(plans.values()))
+    root = ablation_dir or Path("runs") / first.default_dir_name(
+        (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else "")
+    )
+    ablations = {p: Ablation(plan, root / p if presets else root) for p, plan in plans.items()}
+    check_max_runs_all(ablations.values(), max_runs)
+    for ab in ablations.values():
+        ab.validate()
+    return root, ablations
+
+
+def check_max_runs_all(ablations, max_runs: int) -> None:
+    """--max-runs against every preset's plan together (upper bounds when tuning)."""
+    from mousse.experiments.ablation import check_max_runs
+
+    ablations = list(ablations)
+    total = sum(ab.upper_bound_runs() for ab in ablations)
+    check_max_runs(ablations[0].plan, max_runs, total)
+
+
+def shard_of(ablation, shard: str | None) -> list:
+    """The listed runs this invocation trains (tuning plans list theirs as they go: none)."""
+    from mousse.experiments.ablation import shard_runs
+
+    if ablation.plan.tune:
+        return []
+    return shard_runs(ablation.plan.runs, shard) if shard else ablation.plan.runs
+
+
+def dashboards_for(ablations: dict, setup: AblateSetup, root: Path) -> dict:
+    """The dashboards of each ablation dir (a missing package: one line, before any work); with
+    several presets, one group per preset."""
+    return {
+        p: Dashboards(
+            setup.base.get("log"),
+            notice,
+            ab.dir,  # one group per ablation
+            group=f"{root.name}-{p}" if setup.presets else None,
+        )
+        for p, ab in ablations.items()
+    }
+
+
+def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list[str]:
+    """`check_cost` over every variant of every preset (none under torchrun)."""
+    if env_world_size() != 1:
+        return []
+    variants = [ab.variant_configs() for ab in ablations.values()]
+    return check_cost(
+        [c for vs in variants for c in vs],
+        max_hours,
+        force,
+        runs=sum(ab.upper_bound_runs() for ab in ablations.values()),
+    )
+
+
+def show_plans(ablations: dict, shard: str | None, cost: list[str]) -> None:
+    """Every preset's planned runs (when tuning: the variants, their grids and the run count),
+    then the cost lines, to stderr."""
+    for ab in ablations.values():
+        if ab.plan.tune:
+            _show_tuned_plan(ab, shard)
+        else:
+            _show_runs(ab, shard_of(ab, shard), shard)
+    show_lines(cost)
+
+
+def _show_runs(ablation, runs: list, shard: str | None) -> None:
+    """A plan without tuning: the run count, then the runs this invocation trains."""
+    plan = ablation.plan
+    console.print(
+        f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
+        f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in "
+        f"{escape(str(ablation.dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for run in runs:
+        console.print(
+            f"  {run.name:<28} {knob_text(run.knobs)}{'  (baseline)' if run.is_baseline else ''}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+def _show_tuned_plan(ablation, shard: str | None) -> None:
+    """A tuned plan: the variants with the grids each tunes, and the most runs it can take."""
+    from mousse.experiments.tuning import fmt_value
+
+    plan, tune, grids = ablation.plan, ablation.tune, ablation.grids()
+    console.print(
+        f"[bold]mousse ablate[/]: {len(plan.variants)} variants, each tuned "
+        f"({', '.join(tune.knobs)}; seeds {list(tune.seeds)} per tuning run), then "
+        f"compared over seeds {plan.seeds}{f', shard {shard}' if shard else ''} in "
+        f"{escape(str(ablation.dir))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for name, variant in plan.variants.items():
+        phases = "; ".join(f"{k} {'/'.join(fmt_value(v) for v in grid)}" for k, grid in grids[name])
+        console.print(
+            f"  {name:<28} {knob_text(variant.knobs)}"
+            f"{'  (baseline)' if variant.is_baseline else ''}  tune {phases}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+    bound = ablation.upper_bound_runs()
+    seconds, source = ablation.estimate_seconds(bound)
+    console.print(
+        f"at most {bound} runs, grid extensions included"
+        + (f"; at most about {seconds / 3600:.1f} h on this machine ({source})" if seconds else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def knob_text(knobs: dict) -> str:
+    """A variant's knobs as 'k=v, ...' (switches as on/off); 'the shared settings' for none."""
+    return (
+        ", ".join(
+            f"{k}={ ({True: 'on', False: 'off'}.get(v, v) if isinstance(v, bool) else v) }"
+            for k, v in knobs.items()
+        )
+        or "the shared settings"
+    )

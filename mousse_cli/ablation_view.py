@@ -1,0 +1,208 @@
+"""The live view of an ablation: convergence and step-time tables, one row per run, on a
+terminal; plain lines per run start, evaluation and finish otherwise (on stderr)."""
+
+from __future__ import annotations
+
+from rich.live import Live
+
+from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
+
+from .console import console, duration, fmt
+from .tables import titled_table
+
+_CONVERGENCE = ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status")
+_TIMING = ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline", "peak mem")
+
+
+class AblationView:
+    """Live convergence and step-time tables of an ablation (one row per run); plain lines per
+    run start, evaluation and finish when not a terminal."""
+
+    def __init__(self, runs, baseline: str | None, live: bool | None = None):
+        self.order: list[str] = []
+        self.baseline = baseline
+        self.rows: dict[str, dict] = {}
+        for run in runs:
+            self._add(run.name)
+        self.live_enabled = console.is_terminal if live is None else live
+        self.live: Live | None = None
+
+    def __enter__(self):
+        if self.live_enabled:
+            self.live = Live(self.render(), console=console, refresh_per_second=2)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.update(self.render())
+            self.live.stop()
+            self.live = None
+
+    def _add(self, name: str) -> dict:
+        self.order.append(name)
+        self.rows[name] = {
+            "status": "queued",
+            "step": 0,
+            "steps": None,
+            "loss": None,
+            "val": None,
+            "best": None,
+            "curve": {},
+            "ms": [],
+            "fb": [],
+            "opt": [],
+            "tps": None,
+            "mem": None,
+        }
+        return self.rows[name]
+
+    def __call__(self, update) -> None:
+        from mousse.experiments.runner import RunBusy
+        from mousse.experiments.sweep import RunSkipped, RunsQueued, WaitingForShards
+
+        if isinstance(update, RunsQueued):  # tuning: the next phase's runs
+            for run in update.runs:
+                if run.name not in self.rows:
+                    self._add(run.name)
+            self._plain(f"queued {len(update.runs)} runs: {', '.join(r.name for r in update.runs)}")
+        elif isinstance(update, WaitingForShards):
+            self._plain(f"waiting for {len(update.runs)} runs of other shards")
+        if not hasattr(update, "run"):
+            if self.live:
+                self.live.update(self.render())
+            return
+        row = self.rows.get(update.run)
+        if row is None:
+            return
+        if isinstance(update, RunBusy):
+            row["status"] = "in use elsewhere"
+            self._plain(f"[{update.run}] skipped: {update.message}")
+        elif isinstance(update, RunSkipped):
+            s = update.summary
+            row.update(
+                status=f"done ({s['status']})",
+                step=s["steps"],
+                val=s["final_val_loss"],
+                best=s["best_val_loss"],
+                curve={p["step"]: p["val_loss"] for p in s["curve"]},
+                ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
+                fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
+                opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [],
+                tps=s["tokens_per_s"],
+                mem=s["peak_mem_bytes"],
+                earlier=True,
+            )  # timed by an earlier invocation
+            self._plain(
+                f"[{update.run}] already {s['status']}: final val {fmt(s['final_val_loss'])}"
+            )
+        else:
+            self._event(update.run, row, update.event)
+        if self.live:
+            self.live.update(self.render())
+
+    def _plain(self, text: str) -> None:
+        if not self.live:
+            console.print(
+                text, highlight=False, soft_wrap=True, markup=False
+            )  # "[run] ..." is literal
+
+    def _event(self, name: str, row: dict, e) -> None:
+        if isinstance(e, Notice):
+            self._plain(f"[{name}] warning: {e.text}")
+        elif isinstance(e, RunStarted):
+            row.update(status="running", steps=e.config["steps"])
+            resumed = e.info["resumed_from"]
+            self._plain(
+                f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "
+                f"{e.info['n_params'] / 1e6:.2f}M params, run dir {e.run_dir}"
+            )
+        elif isinstance(e, StepLogged):
+            row.update(
+                step=e.step, loss=e.train_loss, tokens_per_step=e.tokens_per_s * e.step_ms / 1000
+            )  # tps: from the median
+            row["ms"].append(e.step_ms)
+            row["fb"].append(e.fwd_bwd_ms)
+            row["opt"].append(e.opt_ms)
+        elif isinstance(e, EvalDone):
+            row.update(val=e.val_loss, best=e.best_val_loss)
+            row["curve"][e.step] = e.val_loss
+            self._plain(f"[{name}] step {e.step} val_loss {e.val_loss:.4f}")
+        elif isinstance(e, RunFinished):
+            s = e.summary
+            row.update(status=s["status"], step=s["steps"], mem=s["peak_mem_bytes"])
+            for key, summary_key in (
+                ("ms", "step_ms_median"),
+                ("fb", "fwd_bwd_ms_median"),
+                ("opt", "opt_ms_median"),
+            ):
+                if s[summary_key] is not None:
+                    row[key] = [s[summary_key]]
+            self._plain(
+                f"[{name}] {s['status']} after {s['steps']} steps: final val "
+                f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)"
+            )
+
+    @staticmethod
+    def _median(xs):
+        return sorted(xs)[len(xs) // 2] if xs else None
+
+    def _delta(self, row: dict) -> float | None:
+        base = self.rows.get(self.baseline)
+        if not base or row is base or not row["curve"]:
+            return None
+        step = max(row["curve"])
+        ref = base["curve"].get(step)
+        return None if ref is None else row["curve"][step] - ref
+
+    def render(self):
+        """The convergence and step-time tables, one row per run in the order they were queued."""
+        from rich.console import Group
+
+        conv = titled_table("convergence", _CONVERGENCE, left=("run", "status"))
+        timing = titled_table("step time (median ms)", _TIMING)
+        base_ms = (
+            self._median(self.rows[self.baseline]["ms"]) if self.baseline in self.rows else None
+        )
+        for name in self.order:
+            r = self.rows[name]
+            label = f"{name} (baseline)" if name == self.baseline else name
+            conv.add_row(label, *self._convergence_cells(r))
+            timing.add_row(label, *self._timing_cells(name, r, base_ms))
+        return Group(conv, timing)
+
+    def _convergence_cells(self, r: dict) -> list[str]:
+        """A run's convergence row after its label: step, losses, delta, status."""
+        step = f"{r['step']}/{r['steps']}" if r["steps"] else str(r["step"] or "-")
+        return [
+            step,
+            fmt(r["loss"]),
+            fmt(r["val"]),
+            fmt(r["best"]),
+            fmt(self._delta(r), "+.4f"),
+            r["status"],
+        ]
+
+    def _timing_cells(self, name: str, r: dict, base_ms: float | None) -> list[str]:
+        """A run's step-time row after its label. Tokens/s follow the median step shown; the
+        overhead is 'not comparable' between runs timed in different invocations."""
+        ms = self._median(r["ms"])
+        if ms and r.get("tokens_per_step"):  # consistent with the median step time shown
+            r["tps"] = r["tokens_per_step"] / (ms / 1000)
+        base = self.rows.get(self.baseline, {})
+        mixed = bool(r.get("earlier")) != bool(base.get("earlier")) or bool(r.get("earlier"))
+        overhead = (
+            (ms / base_ms - 1) * 100
+            if ms and base_ms and name != self.baseline and not mixed
+            else None
+        )
+        return [
+            fmt(ms, ".1f"),
+            fmt(self._median(r["fb"]), ".1f"),
+            fmt(self._median(r["opt"]), ".1f"),
+            fmt(r["tps"], ",.0f"),
+            "not comparable"
+            if mixed and ms and base_ms and name != self.baseline
+            else fmt(overhead, "+.1f") + ("%" if overhead is not None else ""),
+            fmt(r["mem"] and r["mem"] / 2**30, ".2f") + (" GiB" if r["mem"] else ""),
+        ]

@@ -1,0 +1,86 @@
+"""What a run or an ablation will cost here (time and memory), checked before any work starts."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+
+from mousse.train.config import ConfigError
+
+
+def check_cost(
+    configs: list, max_hours: float | None, force: bool, runs: int | None = None
+) -> list[str]:
+    """Estimate the time (probe or FLOPs) and memory of `configs` (one per variant); refuse with
+    one line what exceeds --max-hours or, unless --force, the device's free memory. Returns the
+    lines to show: the estimate, and a hint when a GPU preset meets a CPU."""
+    from mousse.train.estimate import warning
+    from mousse.train.trainer import pick_device
+
+    if max_hours is not None and max_hours <= 0:
+        raise ConfigError("--max-hours must be > 0")
+    estimates = _estimates(configs, force)
+    total, line = _total_time(configs, estimates, runs)
+    if max_hours is not None and total > max_hours * 3600:
+        raise ConfigError(
+            f"estimated {line}: more than --max-hours {max_hours:g}; pick a "
+            "smaller preset or fewer steps, or raise --max-hours"
+        )
+    hint = warning(configs[0], estimates[0], pick_device(configs[0].device))
+    return [f"estimate: {escape(line)}"] + ([f"[yellow]warning: {escape(hint)}[/]"] if hint else [])
+
+
+def _estimates(configs: list, force: bool) -> list:
+    """One estimate per config, in order; unless `force`, the first config that does not fit its
+    device's free memory is refused."""
+    from mousse.train.data import load_dataset
+    from mousse.train.estimate import estimate
+    from mousse.train.trainer import pick_device
+
+    estimates, vocabs = [], {}
+    for cfg in configs:
+        device = pick_device(cfg.device)
+        key = (cfg.data, cfg.val_data)  # every variant usually shares one dataset: load it once
+        vocab = vocabs[key] = vocabs.get(key) or load_dataset(*key).vocab_size
+        est = estimate(cfg, vocab, device)
+        estimates.append(est)
+        if not est.fits and not force:
+            _refuse_memory(cfg, vocab, est)
+    return estimates
+
+
+def _refuse_memory(cfg, vocab: int, est) -> None:
+    """ConfigError naming the memory needed, the memory free, and a micro batch size that fits
+    when a smaller one does."""
+    from mousse.train.estimate import fitting_micro_batch
+
+    micro = fitting_micro_batch(cfg, vocab, est.available_bytes)
+    hint = (
+        f"--micro-batch-size {micro} fits"
+        if micro and micro < cfg.micro_batch_size
+        else "a smaller model or a bigger device is needed"
+    )
+    raise ConfigError(
+        f"this run needs about {est.memory_bytes / 2**30:.1f} GiB, the "
+        f"{est.device} has {est.available_bytes / 2**30:.1f} GiB free: "
+        f"{hint} (or --force to try anyway)"
+    )
+
+
+def _total_time(configs: list, estimates: list, runs: int | None) -> tuple[float, str]:
+    """The seconds of all the runs and the line that says so: one run's own description, or the
+    mean over the variants times `runs` (default: one run per config)."""
+    from mousse.train.estimate import describe, duration
+
+    first = estimates[0]
+    if len(configs) == 1 and runs is None:
+        return first.run_seconds, describe(first)
+    per_variant = [e.run_seconds for e in estimates]
+    runs = runs or len(configs)
+    total = sum(per_variant) / len(per_variant) * runs
+    line = (
+        f"about {duration(total)} for {runs} runs on this "
+        f"{first.device.split(':')[0].upper()} ({duration(min(per_variant))} to "
+        f"{duration(max(per_variant))} a run; "
+        f"{'measured probe' if first.method == 'probe' else 'from FLOPs'})"
+    )
+    return total, line

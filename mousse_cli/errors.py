@@ -1,0 +1,46 @@
+"""How a command fails: its exit codes, and the user's errors as one line on stderr (exit 2)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import typer
+from rich.markup import escape
+
+from mousse.dist.process import is_main_process, rank_prefix
+from mousse.train.checkpoint import CheckpointError
+from mousse.train.config import ConfigError
+from mousse.train.data import DataError
+from mousse.train.fileio import dumps
+
+from .console import console
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+EXIT_DIVERGED = 3
+EXIT_WAITING = 4
+EXIT_EXPECTATION = 5
+
+
+def fail(message: str, code: int = 2, json_out: bool = False) -> None:
+    """One line on stderr and the exit code (2: the user's input was wrong; under torchrun the
+    line names the rank); with --json also {"error", "exit_code"} on stdout for scripts."""
+    console.quiet = False  # shown even on a rank that is otherwise silent
+    console.print(
+        f"[red]error:[/] {escape(rank_prefix() + message)}", highlight=False, soft_wrap=True
+    )
+    if json_out and is_main_process():
+        typer.echo(dumps({"error": message, "exit_code": code}))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors(json_out: bool = False):
+    """Errors of the user's input, and of the file system the user pointed at (a directory given
+    as a file, a read-only dir, a name too long), as one line and exit 2."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        fail(str(exc), json_out=json_out)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}", json_out=json_out)

@@ -1,0 +1,38 @@
+"""Ctrl-C and SIGTERM during training: stop after the current step, and the shell's exit code."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+from .console import console
+
+
+@contextmanager
+def graceful_stop():
+    """Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing a job) asks the engine to
+    stop after the current step (it checkpoints); a second signal interrupts at once. The stop
+    flag's `signal` attribute says which signal came first (its exit code: 128 + number)."""
+    stop = threading.Event()
+    stop.signal = None  # type: ignore[attr-defined]
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.signal = signum  # type: ignore[attr-defined]
+        stop.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        console.print(f"[yellow]{name}: stopping after this step (again to abort)[/]")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def interrupted_code(stop) -> int:
+    """130 after Ctrl-C, 143 after SIGTERM: the shell's codes for the two signals."""
+    return 128 + int(getattr(stop, "signal", None) or signal.SIGINT)

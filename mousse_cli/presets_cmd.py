@@ -1,0 +1,67 @@
+"""`mousse presets`: the model presets, their recipes, and what each would cost here."""
+
+from __future__ import annotations
+
+import typer
+
+from mousse.train.config import resolve
+from mousse.train.fileio import dumps
+
+from .console import show_wide
+from .errors import user_errors
+from .tables import presets_table
+
+
+def presets(
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+    device: str = typer.Option(
+        "auto", "--device", help="Estimate time on this device: auto | cpu | cuda."
+    ),
+) -> None:
+    """List model presets with parameter counts, recipe (the block matrices' lr for every
+    optimizer, and what it was tuned for), memory estimate and the time a Mousse run of each
+    would take on this machine (a measured probe for the small presets, FLOPs for the others)."""
+    from mousse.train.estimate import estimate
+    from mousse.train.presets import PRESETS
+    from mousse.train.trainer import pick_device
+
+    with user_errors():
+        where = pick_device(device)
+        costs = {
+            name: estimate(resolve({"preset": name, "device": device}), p.vocab_size, where)
+            for name, p in PRESETS.items()
+        }
+    rows = [preset_row(p, costs[p.name], where) for p in PRESETS.values()]
+    if json_out:
+        typer.echo(dumps(rows))
+    else:
+        show_wide(presets_table(rows))
+
+
+def preset_row(p, cost, where) -> dict:
+    """One preset as the JSON row (and the table's source): shape, recipe, memory, time here."""
+    from mousse.train.config import OPTIMIZERS
+    from mousse.train.estimate import duration
+    from mousse.train.presets import memory_estimate_bytes, param_count
+
+    return {
+        "name": p.name,
+        "params": f"{param_count(p) / 1e6:.1f}M",
+        "d_model": p.d_model,
+        "n_layers": p.n_layers,
+        "n_heads": p.n_heads,
+        "seq_len": p.seq_len,
+        "batch_size": p.batch_size,
+        "steps": p.steps,
+        "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS},
+        "momenta": dict(p.momenta),
+        "lr_note": p.lr_note,
+        "scalar_lr": p.scalar_lr,
+        "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",
+        "step_time": duration(cost.step_seconds),
+        "run_time": duration(cost.run_seconds),
+        "step_seconds": cost.step_seconds,
+        "estimate": cost.method,
+        "device": str(where),
+        "description": p.description,
+    }

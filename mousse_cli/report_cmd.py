@@ -1,0 +1,175 @@
+"""`mousse report`: an ablation's tables again from disk, its plots, and expectations for CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from mousse.train.config import ConfigError
+from mousse.train.fileio import dumps
+
+from .ablate_run import timed
+from .console import console, show_wide
+from .errors import EXIT_EXPECTATION, user_errors
+from .results_out import scale_of, scaled_results, show_preset_title, show_results
+from .tables import scale_table
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def report(
+    ablation_dir: Path = typer.Argument(
+        ...,
+        help="An ablation directory (holds ablation.toml), or the root of `ablate --preset a,b` (holds scale.json).",
+    ),
+    fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
+    plot: Optional[Path] = typer.Option(
+        None,
+        "--plot",
+        help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters.",
+    ),
+    retime: bool = typer.Option(
+        False,
+        "--retime",
+        help="Time every variant's step again, side by side in this process on this machine, and take the overheads from that pass.",
+    ),
+    timing_budget: Optional[float] = typer.Option(
+        None,
+        "--timing-budget",
+        help="Seconds for --retime (default: 3% of the ablation's training time, at least 10).",
+    ),
+    expect: Optional[list[str]] = typer.Option(
+        None,
+        "--expect",
+        help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10". Exit 5 when one fails (docs/ci.md).',
+    ),
+) -> None:
+    """Re-render an ablation's tables from disk (and check expectations, for CI).
+
+    Exit codes: 0 fine, 2 bad input, 5 an --expect failed."""
+    with user_errors():
+        if fmt not in FORMATS:
+            raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        scaled, by_preset = load_results(ablation_dir, plot, retime, timing_budget)
+    if expect:  # a bad expression is refused before anything is printed
+        check_expressions(expect)
+    print_results(by_preset, scaled, fmt)
+    if expect:
+        gate(expect, by_preset)
+
+
+def load_results(
+    ablation_dir: Path, plot: Path | None, retime: bool, timing_budget: float | None
+) -> tuple[bool, dict]:
+    """(whether `ablation_dir` is the root of several presets, each preset's results; None for
+    a plain ablation dir), retimed and plotted when asked."""
+    from mousse.experiments.scale import preset_dirs
+
+    scaled = not (ablation_dir / "ablation.toml").is_file() and bool(preset_dirs(ablation_dir))
+    dirs = preset_dirs(ablation_dir) if scaled else {None: ablation_dir}
+    by_preset = {}
+    for preset, path in dirs.items():
+        ablation = open_ablation(path)
+        if retime:
+            ablation.trained = True
+            timed(ablation, timing_budget)
+        by_preset[preset] = results = ablation.results()
+        if plot is not None:
+            draw_plots(
+                ablation,
+                results,
+                plot
+                if preset is None
+                else plot.with_name(f"{plot.stem}-{preset}{plot.suffix or '.png'}"),
+            )
+    if scaled and plot is not None:
+        from .plot import plot_scale
+
+        plot_scale(scale_of(by_preset), plot)
+        console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
+    return scaled, by_preset
+
+
+def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
+    """The results in `fmt`: tables on stderr, the other formats on stdout; for several presets
+    each one's under its name, then the speedup by scale (JSON: one object)."""
+    from mousse.experiments.tables import render
+
+    if scaled and fmt == "json":
+        typer.echo(dumps(scaled_results(by_preset)))
+        return
+    for preset, results in by_preset.items():
+        if scaled:
+            show_preset_title(preset)
+        if fmt == "table":
+            show_results(results)
+        else:
+            typer.echo(render(results, fmt), nl=False)
+    if scaled:
+        show_wide(scale_table(scale_of(by_preset)))
+
+
+def check_expressions(expectations: list[str]) -> None:
+    """Parse every --expect, so that a bad one is refused (exit 2) before any output."""
+    from mousse.experiments.expect import parse
+
+    with user_errors():
+        for expr in expectations:
+            parse(expr)
+
+
+def gate(expectations: list[str], by_preset: dict) -> None:
+    """Check every expectation on every preset's results; one line each on stderr; exit 5 after
+    the tables when one fails (bad expressions: exit 2 at once)."""
+    from mousse.experiments.expect import check
+
+    with user_errors():
+        failed = []
+        for preset, results in by_preset.items():
+            for expr in expectations:
+                ok, reason = check(expr, results)
+                where = f"[{preset}] " if preset else ""
+                console.print(
+                    f"[{'green' if ok else 'red'}]{'ok' if ok else 'FAILED'}:[/] "
+                    f"{escape(where + reason)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                if not ok:
+                    failed.append(reason)
+    if failed:
+        raise typer.Exit(EXIT_EXPECTATION)
+
+
+def open_ablation(path: Path):
+    """The Ablation recorded in `path` (its ablation.toml); ConfigError when there is none."""
+    from mousse.experiments.ablation import AblationPlan
+    from mousse.experiments.sweep import Ablation
+    from mousse.train import tomlio
+
+    plan_file = path / "ablation.toml"
+    if not plan_file.is_file():
+        raise ConfigError(
+            f"{path} is not an ablation dir (no ablation.toml); pass the "
+            "--ablation-dir of a `mousse ablate` run"
+        )
+    try:
+        plan = AblationPlan.from_dict(tomlio.load(plan_file))
+    except (tomlio.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{plan_file} is damaged ({exc}); rerun the ablation") from None
+    return Ablation(plan, path)
+
+
+def draw_plots(ablation, results: dict, plot: Path) -> None:
+    """Loss curves, and with tuning the tuning curves beside them."""
+    from .plot import plot_curves, plot_tuning
+
+    plot_curves(ablation.records(), plot)
+    console.print(f"plot: {plot}", highlight=False, markup=False)
+    if ablation.tune:
+        tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
+        plot_tuning(results, tuning_plot)
+        console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)

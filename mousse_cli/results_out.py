@@ -1,0 +1,55 @@
+"""Printing an ablation's results (tables on stderr), and for several presets the speedup by
+scale, which scale.json beside the per-preset dirs records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mousse.dist.process import is_main_process
+
+from .console import console, show_wide
+from .tables import results_tables, scale_table
+
+
+def show_results(results: dict) -> None:
+    """The convergence and step-time tables."""
+    show_wide(results_tables(results))
+
+
+def show_preset_title(preset: str) -> None:
+    """The line above one preset's results when an ablation covers several presets."""
+    console.print(f"[bold]preset {preset}[/]", highlight=False)
+
+
+def scale_of(by_preset: dict) -> dict:
+    """The speedup of every variant at every preset (the scale summary)."""
+    from mousse.experiments.scale import scale_summary
+
+    return scale_summary(by_preset)
+
+
+def scaled_results(by_preset: dict) -> dict:
+    """The JSON of an ablation over several presets: each preset's results and the scale."""
+    return {"presets": by_preset, "scale": scale_of(by_preset)}
+
+
+def record_presets(root: Path, presets: list[str]) -> None:
+    """Before the runs: scale.json in `root` lists the presets (`report` finds them there)."""
+    from mousse.experiments.scale import SCALE_FILE
+    from mousse.train.fileio import write_json
+
+    if presets and is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / SCALE_FILE, {"presets": presets})
+
+
+def show_scale(root: Path, by_preset: dict) -> None:
+    """The speedup per scale (and scale.json beside the per-preset dirs)."""
+    from mousse.experiments.scale import SCALE_FILE
+    from mousse.train.fileio import write_json
+
+    scale = scale_of(by_preset)
+    if is_main_process():
+        write_json(root / SCALE_FILE, scale)
+    show_wide(scale_table(scale))
+    console.print(f"scale: {root / SCALE_FILE}", highlight=False, soft_wrap=True, markup=False)

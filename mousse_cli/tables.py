@@ -1,0 +1,308 @@
+"""Rich tables of finished work: an ablation's results, the speedup by scale, the presets, and
+`mousse bench`. They are renderables; the commands print them (to stderr)."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from .console import fmt
+
+
+def titled_table(
+    title: str, columns, left: tuple[str, ...] | None = None, no_wrap: bool = False, **style
+) -> Table:
+    """An empty table with its title on the left and bold headers (`style` overrides them); the
+    `left` columns (default: the first) left-justified, the numbers right."""
+    table = Table(title=title, **{"header_style": "bold", "title_justify": "left", **style})
+    left = tuple(columns[:1]) if left is None else left
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right", no_wrap=no_wrap)
+    return table
+
+
+def results_tables(results: dict):
+    """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
+    from rich.console import Group
+
+    from mousse.experiments.tables import (
+        CONVERGENCE_COLUMNS,
+        TIMING_COLUMNS,
+        convergence_rows,
+        protocol_notes,
+        timing_notes,
+        timing_rows,
+    )
+
+    target = results["target_loss"]
+    caption = (
+        f"target = baseline {results['baseline']} final val loss {target:.4f}; speedup = "
+        "baseline steps / steps to reach it, 95% bootstrap interval over seeds"
+        if target is not None
+        else "no completed baseline: no target, deltas or overheads"
+    )
+    caption += "".join(
+        f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results)
+    )
+    timing_caption = "\n".join(escape(n) for n in timing_notes(results)) or None
+    tables = []
+    for title, columns, rows, text in (
+        ("convergence", CONVERGENCE_COLUMNS, convergence_rows(results), caption),
+        ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption),
+    ):
+        table = titled_table(title, columns, caption=text, caption_justify="left")
+        for row in rows:
+            table.add_row(*[row[c] for c in columns])
+        tables.append(table)
+    return Group(*tables)
+
+
+def scale_table(scale: dict):
+    """Speedup over each preset's baseline, one column per preset (its parameter count)."""
+    from mousse.experiments.tables import speedup_text
+
+    presets = scale["presets"]
+    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    table = titled_table(
+        "speedup by scale (baseline steps / steps to its final loss, 95% CI)",
+        ["variant", *(f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets)],
+    )
+    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
+    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
+        cells = []
+        for p in presets:
+            r = by.get((p, variant))
+            cells.append(
+                "-"
+                if r is None
+                else "baseline"
+                if r["is_baseline"]
+                else speedup_text({**r, "is_baseline": False})
+            )
+        table.add_row(variant, *cells)
+    return table
+
+
+# The two preset tables: compact, without borders.
+_PRESET_STYLE = dict(header_style="bold underline", box=None, pad_edge=False, no_wrap=True)
+
+
+def presets_table(rows: list[dict]):
+    """Presets as a compact table with each one's description below it, then the block matrices'
+    peak lr per optimizer and what those values were tuned for."""
+    from rich.console import Group
+
+    device = rows[0]["device"] if rows else "cpu"
+    return Group(
+        _presets_overview(rows),
+        "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows),
+        "* weights + grads + Mousse state + activations of one micro batch, fp32",
+        f"** Mousse on this machine's {device}: measured for the presets a short probe "
+        "can run, from FLOPs at the measured matmul rate for the others",
+        "",
+        _lr_table(rows),
+        _lr_notes(rows),
+    )
+
+
+def _presets_overview(rows: list[dict]) -> Table:
+    """One row per preset: size, shape, budget, memory and the time here."""
+    columns = ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr")
+    table = titled_table(
+        "mousse presets", (*columns, "memory*", "step here**", "run here**"), **_PRESET_STYLE
+    )
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["params"],
+            f"{r['d_model']}x{r['n_layers']}",
+            str(r["n_heads"]),
+            str(r["seq_len"]),
+            str(r["batch_size"]),
+            f"{r['steps']:,}",
+            str(r["scalar_lr"]),
+            r["memory"],
+            r["step_time"],
+            r["run_time"],
+        )
+    return table
+
+
+def _lr_table(rows: list[dict]) -> Table:
+    """The block matrices' peak lr of every preset, one column per optimizer."""
+    optimizers = list(rows[0]["lrs"]) if rows else []
+    table = titled_table(
+        "peak lr of the block matrices, per --optimizer", ("preset", *optimizers), **_PRESET_STYLE
+    )
+    for r in rows:
+        table.add_row(
+            r["name"], *("-" if r["lrs"][o] is None else f"{r['lrs'][o]:g}" for o in optimizers)
+        )
+    return table
+
+
+def _lr_notes(rows: list[dict]) -> str:
+    """What the lrs were tuned for (presets sharing a note on one line), and the momenta that
+    tuning moved off an optimizer's recipe."""
+    by_note: dict[str, list[str]] = {}
+    for r in rows:
+        by_note.setdefault(r["lr_note"], []).append(r["name"])
+    tuned = "\n".join(
+        f"[bold]{', '.join(names)}[/]: {escape(note)}" for note, names in by_note.items()
+    )
+    momenta = "; ".join(
+        f"{r['name']}: " + ", ".join(f"{o} {m:g}" for o, m in r["momenta"].items())
+        for r in rows
+        if r["momenta"]
+    )
+    if momenta:
+        tuned += (
+            f"\nmomentum where a preset's tuning moved it off the optimizer's recipe: {momenta}"
+        )
+    return tuned
+
+
+BENCH_LABELS = {
+    "adamw": "torch.optim.AdamW",
+    "torch_muon": "torch.optim.Muon",
+    "muon": "Muon (ours)",
+    "muon_bf16": "Muon (ours), bf16 Newton-Schulz",
+    "mousse_both_f1": "Mousse both, refresh every step",
+    "mousse_both_f10": "Mousse both, refresh every 10",
+    "mousse_left_f1": "Mousse left, refresh every step",
+    "mousse_left_f10": "Mousse left, refresh every 10",
+    "mousse_both_f10_qr": "Mousse both, qr refresh every 10",
+    "shampoo_f10": "Shampoo, refresh every 10",
+    "soap_f10": "SOAP, qr refresh every 10",
+    "splus_f10": "SPlus, refresh every 10",
+    "tnt_f10": "TNT (empirical), refresh every 10",
+    "specgd": "SpecGD (SVD)",
+    "muon_compiled": "Muon (ours), torch.compile",
+    "mousse_both_f10_compiled": "Mousse both, refresh every 10, torch.compile",
+}
+
+
+def _mib(n: int) -> str:
+    """Bytes as MiB with two decimals; "-" for none."""
+    return f"{n / 2**20:.2f}" if n else "-"
+
+
+def bench_tables(r: dict):
+    """`mousse bench` results: optimizer steps, per-shape Newton-Schulz and refresh, targets, and
+    the train-step comparison when measured."""
+    from rich.console import Group
+
+    head = (
+        f"[bold]mousse bench[/] {r['preset']} on {r['device']} ({escape(r['device_name'])}, "
+        f"{r['cpu_count']} CPUs, {r['threads']} torch threads, torch {r['torch']}), "
+        f"median of {r['repeats']}"
+    )
+    parts = [head, _optimizer_steps(r), _shapes(r)]
+    if r.get("kernels"):
+        parts += kernel_table(r["kernels"])
+    parts.append(
+        "\n".join(
+            f"target {name}: {t['ratio']:.2f}x (<= {t['limit']}x) "
+            f"{'[green]met[/]' if t['met'] else '[red]not met[/]'}"
+            for name, t in r["targets"].items()
+        )
+    )
+    if r.get("train"):
+        parts += _train_steps(r["train"])
+    return Group(*parts)
+
+
+def _optimizer_steps(r: dict) -> Table:
+    """Each optimizer's step time, against our Muon, and its state and cache memory."""
+    table = titled_table(
+        f"optimizer step (ms per step, amortized over {r['cycle_steps']} steps)",
+        ("optimizer", "ms/step", "vs our Muon", "state MiB", "P cache MiB"),
+    )
+    for name, ms in r["step_ms"].items():
+        table.add_row(
+            BENCH_LABELS.get(name, name),
+            f"{ms:.2f}",
+            f"{r['vs_muon'][name]:.2f}x",
+            _mib(r["state_bytes"][name]),
+            _mib(r["cache_bytes"][name]),
+        )
+    return table
+
+
+def _shapes(r: dict) -> Table:
+    """Newton-Schulz time and throughput and the refresh times per matrix shape, then the sum."""
+    columns = ("shape", "count", "NS ms", "NS TFLOP/s", "% peak")
+    table = titled_table(
+        "per shape (batched over the shape's matrices)",
+        (*columns, "refresh eigh ms", "refresh qr ms"),
+        left=(),
+    )
+    for s in r["shapes"]:
+        table.add_row(
+            "x".join(map(str, s["shape"])),
+            str(s["count"]),
+            f"{s['ns_ms']:.2f}",
+            f"{s['ns_tflops']:.3f}",
+            fmt(s["ns_pct_peak"], ".1f"),
+            f"{s['refresh_eigh_ms']:.2f}",
+            f"{s['refresh_qr_ms']:.2f}",
+        )
+    refresh = r["refresh_ms"]
+    table.add_row(
+        "all", "", "", "", "", f"{refresh['eigh']:.2f}", f"{refresh['qr']:.2f}", style="bold"
+    )
+    return table
+
+
+def kernel_table(k: dict) -> list:
+    """The Triton kernels against torch per size, and the dispatch thresholds that follow."""
+    table = titled_table(
+        f"Triton kernels vs torch ({k['dtype']}, one m x m input)",
+        ("op", "m", "kernel ms", "torch ms", "speedup", "dispatched"),
+    )
+    for row in k["rows"]:
+        table.add_row(
+            row["op"],
+            str(row["size"]),
+            f"{row['kernel_ms']:.3f}",
+            f"{row['torch_ms']:.3f}",
+            f"{row['speedup']:.2f}x",
+            "yes" if row["dispatched"] else "no",
+        )
+    measured = k["measured_min_dim"]
+    lines = [
+        f"{op} kernel faster from m = {measured[op]} (dispatch now from {k['min_dim'][op]})"
+        if measured[op]
+        else f"{op} kernel never faster here (dispatch now from "
+        f"{k['min_dim'][op]}; MOUSSE_TRITON=0 turns it off)"
+        for op in measured
+    ]
+    env = " ".join(f"MOUSSE_{op.upper()}_MIN_DIM={measured[op]}" for op in measured if measured[op])
+    if env:
+        lines.append(f"to dispatch by these measurements: {env}")
+    if k["dispatched_where_slower"]:
+        lines.append(f"[red]dispatched where slower: {', '.join(k['dispatched_where_slower'])}[/]")
+    return [table, "\n".join(lines)]
+
+
+def _train_steps(t: dict) -> list:
+    """With --train: Muon's and Mousse's whole training steps, and Mousse's overhead."""
+    compiled = ", torch.compile" if t.get("compiled") else ""
+    table = titled_table(
+        f"train step (ms over {t['steps']} steps after the first{compiled})",
+        ("optimizer", "median", "mean", "fwd+bwd median", "opt mean"),
+    )
+    for name in ("muon", "mousse"):
+        row = t[name]
+        table.add_row(
+            name,
+            f"{row['step_ms_median']:.1f}",
+            f"{row['step_ms_mean']:.1f}",
+            f"{row['fwd_bwd_ms_median']:.1f}",
+            f"{row['opt_ms_mean']:.1f}",
+        )
+    return [
+        table,
+        f"Mousse overhead vs Muon: {t['overhead_pct_mean']:+.1f}% (mean step, "
+        f"refreshes included), {t['overhead_pct_median']:+.1f}% (median step)",
+    ]

@@ -1,0 +1,136 @@
+"""`mousse train`: one training run, in this process or on several ranks under torchrun."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mousse.dist.process import env_world_size, exit_on_error, is_main_process
+from mousse.train.checkpoint import list_checkpoints
+from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.dashboards import Dashboards
+from mousse.train.fileio import dumps
+
+from .console import console, notice, show_lines
+from .cost import check_cost
+from .errors import EXIT_DIVERGED, user_errors
+from .interrupts import graceful_stop, interrupted_code
+from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
+from .train_view import TrainView
+
+# The options of `train` besides the run settings (TRAIN_FLAGS), in the order --help lists them.
+CONFIG = typer.Option(
+    None,
+    "--config",
+    help="TOML file of settings (flags override it; it overrides the preset).",
+    rich_help_panel=RUN_PANEL,
+)
+RUN_DIR = typer.Option(
+    None,
+    "--run-dir",
+    help="Run directory (default runs/<preset>-<optimizer>-<time>).",
+    rich_help_panel=RUN_PANEL,
+)
+RESUME = typer.Option(
+    None,
+    "--resume",
+    help="Continue from a run dir (its latest checkpoint), a checkpoint dir, or 'auto' (latest in --run-dir).",
+    rich_help_panel=RUN_PANEL,
+)
+JSON_OUT = typer.Option(
+    False,
+    "--json",
+    help="Print the final summary as JSON on stdout.",
+    rich_help_panel=RUN_PANEL,
+)
+NPROC = typer.Option(
+    1,
+    "--nproc",
+    help="Ranks on this machine (one per GPU, or CPU processes): starts torchrun for you. Several machines: run torchrun yourself (docs/scaling.md).",
+    rich_help_panel=RUN_PANEL,
+)
+MAX_HOURS = typer.Option(
+    None,
+    "--max-hours",
+    help="Refuse (exit 2) a run estimated to take longer than this many hours here (for CI).",
+    rich_help_panel=RUN_PANEL,
+)
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Start even when the memory estimate exceeds what the device has free.",
+    rich_help_panel=RUN_PANEL,
+)
+
+
+@with_flags(TRAIN_FLAGS)
+def train(
+    overrides: dict,
+    config: Optional[Path] = CONFIG,
+    run_dir: Optional[Path] = RUN_DIR,
+    resume: Optional[str] = RESUME,
+    json_out: bool = JSON_OUT,
+    nproc: int = NPROC,
+    max_hours: Optional[float] = MAX_HOURS,
+    force: bool = FORCE,
+) -> None:
+    """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
+    with exit_on_error((typer.Exit,)), user_errors(json_out):
+        console.quiet = not is_main_process()  # under torchrun only rank 0 renders
+        settings = {**(load_config_file(config) if config else {}), **overrides}
+        cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
+        dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
+        if nproc != 1:
+            from .launch import launch_train
+
+            raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
+        cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
+        with graceful_stop() as stop, dashboards:
+            summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost)
+    if json_out and is_main_process():
+        typer.echo(dumps(summary))
+    if summary["status"] == "diverged":
+        raise typer.Exit(EXIT_DIVERGED)
+    if summary["status"] == "interrupted":
+        raise typer.Exit(interrupted_code(stop))
+
+
+def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> tuple:
+    """(config, checkpoint or None, run dir, restart): with --resume, the checkpoint's settings
+    under the user's and its run dir by default; `--resume auto` with no checkpoint in --run-dir
+    yet starts the run afresh (restart)."""
+    from mousse.train.resume import config_from_checkpoint
+
+    restart = False
+    if resume == "auto":
+        if run_dir is None:
+            raise ConfigError("--resume auto needs --run-dir to look in")
+        restart = not list_checkpoints(run_dir / "checkpoints")  # nothing to resume: start
+    if resume is None or restart:
+        return resolve(settings), None, run_dir, restart
+    source = run_dir if resume == "auto" else Path(resume)
+    cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
+    return cfg, ckpt, run_dir or ckpt.parent.parent, restart
+
+
+def run_training(cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list[str]) -> dict:
+    """Train with the live view and the dashboards; the estimate is shown after the checks the
+    Trainer makes, so that an error stays one line. Returns the run's summary."""
+    from mousse.dist import setup
+    from mousse.train.trainer import Trainer
+
+    view = TrainView()
+    trainer = Trainer(
+        cfg,
+        run_dir,
+        on_event=lambda e: (view(e), dashboards(e)),
+        resume=ckpt,
+        stop=stop,
+        world=setup,
+        restart=restart,
+    )
+    show_lines(cost)
+    return trainer.run(argv=sys.argv)

@@ -1,0 +1,178 @@
+"""The live view of one training run: a table on a terminal, a plain line per log otherwise."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from mousse.train.events import (
+    CheckpointSaved,
+    EvalDone,
+    MicroBatchDone,
+    Notice,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+)
+
+from .console import console, duration, fmt, notice
+
+
+def routing_summary(routes) -> str:
+    """How many parameters of each role go to which optimizer, e.g. '12 matrix -> mousse'."""
+    counts = Counter((r.optimizer, r.role) for r in routes)
+    return ", ".join(f"{n} {role} -> {opt}" for (opt, role), n in sorted(counts.items()))
+
+
+class TrainView:
+    """Renders one run's events: live table on a terminal, a plain line per log/eval otherwise."""
+
+    def __init__(self, live: bool | None = None):
+        self.live_enabled = console.is_terminal if live is None else live
+        self.live: Live | None = None
+        self.last: StepLogged | None = None
+        self.val: EvalDone | None = None
+        self.micro: MicroBatchDone | None = None  # progress inside a long step
+        self.micro_printed = -math.inf
+        self.started = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, RunStarted):
+            self._started(event)
+        elif isinstance(event, MicroBatchDone):
+            self.micro = event
+            now = time.perf_counter()
+            if not self.live and now - self.micro_printed >= 10:  # plain: a line every 10 s
+                self.micro_printed = now
+                console.print(self._micro_text(event), highlight=False)
+        elif isinstance(event, StepLogged):
+            self.last, self.micro = event, None
+            if not self.live:
+                console.print(
+                    f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
+                    f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
+                    f"(fwd+bwd {event.fwd_bwd_ms:.1f}, opt {event.opt_ms:.1f}) "
+                    f"{event.tokens_per_s:,.0f} tok/s eta {duration(event.eta_seconds)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        elif isinstance(event, EvalDone):
+            self.val = event
+            if not self.live:
+                console.print(
+                    f"eval step {event.step} val_loss {event.val_loss:.4f} "
+                    f"best {event.best_val_loss:.4f}",
+                    highlight=False,
+                )
+        elif isinstance(event, Notice):
+            notice(event.text)
+        elif isinstance(event, CheckpointSaved) and not self.live:
+            console.print(f"checkpoint {event.path}", highlight=False, soft_wrap=True, markup=False)
+        elif isinstance(event, RunFinished):
+            self._finished(event.summary)
+        if self.live:
+            self.live.update(self._render())
+
+    def _started(self, event: RunStarted) -> None:
+        cfg, info = event.config, event.info
+        resumed = f", resumed at step {info['resumed_from']}" if info["resumed_from"] else ""
+        what = (
+            f"{escape(cfg['model'])} ({cfg['preset']} recipe)"
+            if cfg.get("model")
+            else cfg["preset"]
+        )
+        console.print(
+            f"[bold]mousse train[/] {what} · {cfg['optimizer']} · "
+            f"{info['n_params'] / 1e6:.2f}M params · {info['device']}"
+            f"{f' x {ranks} ranks' if (ranks := info.get('world_size', 1)) > 1 else ''}"
+            f"{resumed}"
+        )
+        console.print(f"data: {info['data']}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"routing: {routing_summary(info['routing'])}", highlight=False)
+        console.print(f"run dir: {event.run_dir}", highlight=False, soft_wrap=True, markup=False)
+        if self.live_enabled:
+            self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    @staticmethod
+    def _micro_text(e: MicroBatchDone) -> str:
+        return (
+            f"step {e.step}: micro batch {e.done}/{e.total}, {duration(e.seconds)} in, "
+            f"step eta {duration(e.eta_seconds)}"
+        )
+
+    def _render(self) -> Table:
+        table = Table(
+            show_header=True,
+            header_style="bold",
+            box=None,
+            pad_edge=False,
+            caption=self._micro_text(self.micro) if self.micro else None,
+            caption_justify="left",
+        )
+        for col in (
+            "step",
+            "train loss",
+            "val loss",
+            "best val",
+            "lr",
+            "step ms",
+            "fwd+bwd",
+            "opt",
+            "tok/s",
+            "elapsed",
+            "eta",
+        ):
+            table.add_column(col, justify="right")
+        e, v = self.last, self.val
+        if e:
+            table.add_row(
+                f"{e.step}/{e.steps}",
+                fmt(e.train_loss),
+                fmt(v and v.val_loss),
+                fmt(v and v.best_val_loss),
+                f"{e.lr:.3g}",
+                f"{e.step_ms:.1f}",
+                f"{e.fwd_bwd_ms:.1f}",
+                f"{e.opt_ms:.1f}",
+                f"{e.tokens_per_s:,.0f}",
+                duration(time.perf_counter() - self.started),
+                duration(e.eta_seconds),
+            )
+        return table
+
+    def _finished(self, s: dict) -> None:
+        if self.live:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+        style = {"completed": "green", "diverged": "red", "interrupted": "yellow"}.get(
+            s["status"], "red"
+        )
+        console.print(
+            f"[{style}]{s['status']}[/] after {s['steps']} steps: final val loss "
+            f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
+            f"median step {fmt(s['step_ms_median'], '.1f')} ms "
+            f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "
+            f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if s.get("message"):
+            console.print(f"[red]{s['message']}[/]", highlight=False)
+        if s.get("target_loss") is not None:
+            console.print(
+                f"target {s['target_loss']}: "
+                + (
+                    f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
+                    if s["target_step"] is not None
+                    else "not reached"
+                ),
+                highlight=False,
+            )
+        console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True, markup=False)
