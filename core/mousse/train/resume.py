@@ -74,3 +74,30 @@ def trainer_meta(loaded: dict) -> dict:
             f"checkpoint metadata is missing or damaged ({exc!r}); resume from "
             "an earlier checkpoint"
         ) from None
+
+
+def check_same_run(ckpt: Path, meta: dict, cfg: TrainConfig, data_hash: str) -> None:
+    """CheckpointError unless the checkpoint (its decoded `trainer_meta`) was made by this
+    model, with these optimizers, on this data."""
+    saved_cfg = tomlio.loads(meta["config"])
+    for key in (
+        "preset",
+        *MODEL_SETTINGS,
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "head_dim",
+        "seq_len",
+        "optimizer",
+        "scalar_optimizer",
+    ):
+        if coerce(key, saved_cfg.get(key)) != getattr(cfg, key):
+            raise CheckpointError(
+                f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
+                f", this run has {getattr(cfg, key)!r}: resume with the "
+                "same setting"
+            )
+    if meta.get("data_hash") != data_hash:
+        raise CheckpointError(
+            f"checkpoint {ckpt} was trained on other data; resume with the same --data"
+        )

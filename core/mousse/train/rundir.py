@@ -16,7 +16,10 @@ import platform
 import time
 from pathlib import Path
 
-from .config import ConfigError
+from . import tomlio
+from .checkpoint import set_aside_later_checkpoints
+from .config import ConfigError, TrainConfig
+from .fileio import atomic_write_text, dumps, read_jsonl, write_json
 
 LOCK_FILE = ".lock"
 
@@ -121,3 +124,28 @@ def _holder(fd: int) -> str:
         return f"pid {info['pid']} on {info['host']} (since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def prepare_run_dir(
+    run_dir: Path, cfg: TrainConfig, env: dict, resumed_from: int | None, step: int
+) -> None:
+    """A run's files before its first step: config.toml, env.json (a resume keeps the original
+    and appends itself), and metrics.jsonl cut back to the checkpoint's step on a resume
+    (checkpoints from after it set aside), or removed when the run starts over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
+    env_file = run_dir / "env.json"
+    if resumed_from is not None and env_file.exists():  # keep the original, log the resume
+        original = json.loads(env_file.read_text())
+        env = {
+            **original,
+            "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
+        }
+    write_json(env_file, env)
+    metrics = run_dir / "metrics.jsonl"
+    if resumed_from is not None:  # drop what was logged after the checkpoint
+        kept = [r for r in read_jsonl(metrics) if r["step"] <= step]
+        atomic_write_text(metrics, "".join(dumps(r) + "\n" for r in kept))
+        set_aside_later_checkpoints(run_dir / "checkpoints", step)
+    elif metrics.exists():
+        metrics.unlink()

@@ -26,13 +26,11 @@ from .checkpoint import (
     CheckpointError,
     latest_valid_checkpoint,
     read_checkpoint,
-    set_aside_later_checkpoints,
 )
 from .config import (
     FAMILY_KNOBS,
     NS_DTYPES,
     TrainConfig,
-    coerce,
 )
 from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
 from .events import (
@@ -45,7 +43,7 @@ from .events import (
     RunStarted,
     StepLogged,
 )
-from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import append_jsonl, write_json
 from .machine import (
     default_run_dir,
     environment,
@@ -56,10 +54,10 @@ from .machine import (
 )
 from .optim_hooks import optimizer_telemetry, sample_labels, sampling_generator
 from .resume import (
-    MODEL_SETTINGS,
+    check_same_run,
     trainer_meta,
 )
-from .rundir import RunLock, check_free
+from .rundir import RunLock, check_free, prepare_run_dir
 from .steptimer import StepTimer
 from .usermodel import build_model, flops_per_token
 from .world import World
@@ -195,28 +193,7 @@ class Trainer:
     def _restore(self, ckpt: Path) -> None:
         loaded = read_checkpoint(ckpt)
         meta = trainer_meta(loaded)
-        saved_cfg = tomlio.loads(meta["config"])
-        for key in (
-            "preset",
-            *MODEL_SETTINGS,
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "head_dim",
-            "seq_len",
-            "optimizer",
-            "scalar_optimizer",
-        ):
-            if coerce(key, saved_cfg.get(key)) != getattr(self.cfg, key):
-                raise CheckpointError(
-                    f"checkpoint {ckpt} was made with {key}={saved_cfg.get(key)!r}"
-                    f", this run has {getattr(self.cfg, key)!r}: resume with the "
-                    "same setting"
-                )
-        if meta.get("data_hash") != self.data.content_hash:
-            raise CheckpointError(
-                f"checkpoint {ckpt} was trained on other data; resume with the same --data"
-            )
+        check_same_run(ckpt, meta, self.cfg, self.data.content_hash)
         try:
             self.model.load_state_dict(loaded["model"])
         except RuntimeError:
@@ -323,24 +300,8 @@ class Trainer:
         return val
 
     def _prepare_run_dir(self, argv) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.toml", tomlio.dumps(self.cfg.to_dict()))
         env = environment(self.cfg, self.device, argv)
-        env_file = self.run_dir / "env.json"
-        if self.resumed_from is not None and env_file.exists():  # keep the original, log the resume
-            original = json.loads(env_file.read_text())
-            env = {
-                **original,
-                "resumes": [*original.get("resumes", []), {**env, "from_step": self.resumed_from}],
-            }
-        write_json(env_file, env)
-        metrics = self.run_dir / "metrics.jsonl"
-        if self.resumed_from is not None:  # drop what was logged after the checkpoint
-            kept = [r for r in read_jsonl(metrics) if r["step"] <= self.step]
-            atomic_write_text(metrics, "".join(dumps(r) + "\n" for r in kept))
-            set_aside_later_checkpoints(self.run_dir / "checkpoints", self.step)
-        elif metrics.exists():
-            metrics.unlink()
+        prepare_run_dir(self.run_dir, self.cfg, env, self.resumed_from, self.step)
 
     def train_step(self, step: int, timer: StepTimer) -> tuple[torch.Tensor, float]:
         """Optimizer step `step`: its lr from the schedule, forward and backward over the batch,
