@@ -23,14 +23,10 @@ from safetensors import safe_open
 from mousse.dist.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
 from mousse.dist.process import batch_split
 from mousse.optim.routing import build_optimizer, infer_roles
-from mousse.train.checkpoint import (
-    list_checkpoints,
-    optimizer_state_by_name,
-    read_index,
-    save_checkpoint,
-)
+from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
+from mousse.train.optstate import optimizer_state_by_name, read_index
 from mousse.train.presets import PRESETS, _meta_model
 from mousse.train.trainer import Trainer
 

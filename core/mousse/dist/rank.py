@@ -38,9 +38,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mousse.optim.routing import infer_roles
-from mousse.train.checkpoint import (
-    optimizer_state_by_name,
-)
+from mousse.train.optstate import optimizer_state_by_name
 from mousse.train.world import World
 
 from .ownership import OwnerLayout, cost_model, plan_ownership

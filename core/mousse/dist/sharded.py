@@ -15,15 +15,14 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import Tensor
 
-from mousse.train.checkpoint import OPTIMIZER_INDEX as INDEX
 from mousse.train.checkpoint import (
     checkpoint_meta,
     commit_checkpoint,
-    flatten_optimizer,
     fsync,
-    param_of,
     write_model_and_trainer,
 )
+from mousse.train.optstate import OPTIMIZER_INDEX as INDEX
+from mousse.train.optstate import flatten_optimizer, param_of
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import optimizer_state_by_name, save_checkpoint, unflatten_optimizer
+from .checkpoint import save_checkpoint
+from .optstate import optimizer_state_by_name, unflatten_optimizer
 
 
 class World:
