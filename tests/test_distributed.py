@@ -27,7 +27,7 @@ from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
 from mousse.train.optstate import optimizer_state_by_name, read_index
-from mousse.train.presets import PRESETS, _meta_model
+from mousse.train.presets import PRESETS, meta_model
 from mousse.train.trainer import Trainer
 
 ARGS = [
@@ -298,7 +298,7 @@ def test_ablate_under_torchrun_with_bf16_gather(runs):
 
 
 def preset_shapes(name: str) -> dict[str, tuple[int, int]]:
-    model = _meta_model(PRESETS[name])
+    model = meta_model(PRESETS[name])
     roles = infer_roles(model)
     return {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
 

@@ -109,3 +109,17 @@ def test_checker_sees_an_upward_import(tmp_path):
     targets = _imports("mousse.train.bad", path, {"mousse.experiments.results"})
     assert targets == {"mousse.experiments.results"}
     assert _layer("mousse.experiments.results") > _layer("mousse.train.bad")
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore stays in its module: what others need is public."""
+    reached = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or "mousse" in (node.module or "")):
+                reached += [
+                    f"{name}: {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert reached == []

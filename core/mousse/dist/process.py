@@ -63,7 +63,7 @@ def timeout_seconds() -> float:
         raise ConfigError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
 
 
-def _inject_failure(rank: int, step: int) -> None:
+def inject_failure(rank: int, step: int) -> None:
     """The MOUSSE_FAIL_AT="RANK:STEP" test hook."""
     spec = os.environ.get(FAIL_ENV)
     if spec and spec == f"{rank}:{step}":

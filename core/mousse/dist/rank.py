@@ -43,9 +43,9 @@ from mousse.train.world import World
 
 from .ownership import OwnerLayout, cost_model, plan_ownership
 from .process import (
-    _inject_failure,
     batch_split,
     env_world_size,
+    inject_failure,
     leave_process_group,
     timeout_seconds,
 )
@@ -177,7 +177,7 @@ class Dist(World):
         global number of micro batches) and return the global mean loss. Replicated parameters
         get the full sum; block matrices only on their owner (None elsewhere). A parameter that
         no rank saw a gradient for keeps grad None, as in a single process."""
-        _inject_failure(self.rank, step)
+        inject_failure(self.rank, step)
         stop = self._local_stop is not None and self._local_stop.is_set()
         local_flags = [p.grad is not None for _, p in self.params]
         head, flat, mine = self._sum_over_ranks(loss, stop, local_flags)

@@ -260,14 +260,14 @@ def get_preset(name: str) -> Preset:
     raise ValueError(f"unknown preset {name!r}{hint}; valid presets: {', '.join(PRESETS)}")
 
 
-def _meta_model(preset: Preset, vocab_size: int | None = None) -> GPT:
+def meta_model(preset: Preset, vocab_size: int | None = None) -> GPT:
     with torch.device("meta"):
         return GPT(preset.model_config(vocab_size))
 
 
 def param_count(preset: Preset, vocab_size: int | None = None) -> int:
     """Exact parameter count, from the model built on the meta device (no memory, no init)."""
-    return _meta_model(preset, vocab_size).num_params()
+    return meta_model(preset, vocab_size).num_params()
 
 
 def matrix_state_floats(knobs: dict | None, m: int, n: int) -> int:
@@ -308,7 +308,7 @@ def memory_estimate_bytes(
             f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
         )
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
-    model = _meta_model(preset, vocab_size)
+    model = meta_model(preset, vocab_size)
     vocab = model.cfg.vocab_size
     acts = (
         preset.micro_batch_size
