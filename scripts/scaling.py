@@ -16,7 +16,7 @@ import argparse
 
 from mousse.dist.ownership import matrix_cost, plan_loads, plan_ownership
 from mousse.optim.routing import infer_roles
-from mousse.train.presets import PRESETS, _meta_model
+from mousse.train.presets import PRESETS, meta_model
 
 PRESET_NAMES = ("160m", "250m", "500m", "800m")
 GPUS = (8, 64)
@@ -24,7 +24,7 @@ GPUS = (8, 64)
 
 def preset_params(name: str) -> tuple[dict[str, tuple[int, int]], int]:
     """(block-matrix shapes by name, number of replicated parameters: embedding, head, gains)."""
-    model = _meta_model(PRESETS[name])
+    model = meta_model(PRESETS[name])
     roles = infer_roles(model)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
     replicated = sum(p.numel() for n, p in model.named_parameters() if roles[n] != "matrix")
