@@ -55,6 +55,7 @@ def preset_row(p, cost, where) -> dict:
         "steps": p.steps,
         "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS},
         "momenta": dict(p.momenta),
+        "momentum_styles": dict(p.momentum_styles),
         "lr_note": p.lr_note,
         "scalar_lr": p.scalar_lr,
         "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",

@@ -151,7 +151,11 @@ def _lr_notes(rows: list[dict]) -> str:
         f"[bold]{', '.join(names)}[/]: {escape(note)}" for note, names in by_note.items()
     )
     momenta = "; ".join(
-        f"{r['name']}: " + ", ".join(f"{o} {m:g}" for o, m in r["momenta"].items())
+        f"{r['name']}: "
+        + ", ".join(
+            f"{o} {m:g}" + (f" {r['momentum_styles'][o]}" if o in r["momentum_styles"] else "")
+            for o, m in r["momenta"].items()
+        )
         for r in rows
         if r["momenta"]
     )

@@ -501,6 +501,12 @@ def test_presets_list_lr_per_optimizer(cli):
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
     # tiny's own tuning moved Mousse's and Muon's momentum (benchmarks/tuned); the rest: recipes
     assert rows["tiny"]["momenta"] == rows["small"]["momenta"] == {"mousse": 0.8, "muon": 0.8}
+    assert (
+        rows["tiny"]["momentum_styles"]
+        == rows["small"]["momentum_styles"]
+        == {"mousse": "nesterov"}
+    )
+    assert not rows["160m"]["momentum_styles"]
     assert all(not rows[name]["momenta"] for name in rows if name not in ("tiny", "small"))
 
     res = cli("presets")

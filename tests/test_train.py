@@ -271,6 +271,8 @@ def test_every_optimizer_resolves_its_full_recipe():
         tiny = get_preset("tiny")
         expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
         expected.update({"momentum": m} if (m := tiny.matrix_momentum(name)) is not None else {})
+        style = tiny.matrix_momentum_style(name)
+        expected.update({"momentum_style": style} if style is not None else {})
         assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
         for k in KNOBS:  # the field types fit the engine's values
             assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
@@ -324,7 +326,9 @@ def test_muon_recipe_is_the_released_baseline():
         mousse.sides,
         mousse.factor_norm,
         mousse.graft,
-    ) == ("heavy_ball", 0.125, "both", "trace", "orthogonalizer")
+    ) == ("nesterov", 0.125, "both", "trace", "orthogonalizer")  # the CPU presets' rule
+    assert resolve({"preset": "160m"}).momentum_style == "heavy_ball"  # the released one
+    assert resolve({"momentum_style": "heavy_ball"}).momentum_style == "heavy_ball"
 
 
 def test_derived_defaults_follow_the_resolved_knobs():

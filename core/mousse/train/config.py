@@ -3,7 +3,8 @@ downstream trusts it.
 
 Settings resolve, later winning: the matrix optimizer's class preset (`optim.OPTIMIZERS[name]
 .preset`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
-preset's lr and momentum for that optimizer (`Preset.lrs`, `Preset.momenta`) < the `--config`
+preset's lr, momentum and momentum rule for that optimizer (`Preset.lrs`, `Preset.momenta`,
+`Preset.momentum_styles`) < the `--config`
 file < flags.
 """
 
@@ -340,6 +341,8 @@ def resolve(overrides: dict) -> TrainConfig:
         cfg.lr = preset.matrix_lr(cfg.optimizer)
     if cfg.momentum is None:
         cfg.momentum = preset.matrix_momentum(cfg.optimizer)
+    if cfg.momentum_style is None:
+        cfg.momentum_style = preset.matrix_momentum_style(cfg.optimizer)
     knobs = optimizer_knobs(cfg.optimizer, {k: getattr(cfg, k) for k in FAMILY_KNOBS})
     for name in FAMILY_KNOBS:
         setattr(cfg, name, knobs.get(name))
