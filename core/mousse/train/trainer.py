@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,8 @@ from .config import (
     NS_DTYPES,
     TrainConfig,
 )
-from .data import check_fits, check_tokens, load_dataset, train_batch, val_batches
+from .data import check_fits, check_tokens, load_dataset, train_batch
+from .evaluation import validation_loss
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -47,8 +47,6 @@ from .fileio import append_jsonl, write_json
 from .machine import (
     default_run_dir,
     environment,
-    model_flops_utilization,
-    peak_memory,
     pick_device,
     reset_peak_memory,
 )
@@ -59,7 +57,8 @@ from .resume import (
 )
 from .rundir import RunLock, check_free, prepare_run_dir
 from .steptimer import StepTimer
-from .usermodel import build_model, flops_per_token
+from .summary import run_summary
+from .usermodel import build_model
 from .world import World
 
 SLOW_STEP_S = 2.0  # a step running longer than this reports its micro batches as it goes
@@ -251,26 +250,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean validation loss, on the optimizer's iterate average where it keeps one (SPlus)."""
-        self.model.eval()
-        losses = []  # per batch; ranks take turns, then the sums are made in batch order
-        with self.dist.averaged_weights(self.opt):
-            for i, (x, y) in enumerate(
-                val_batches(
-                    self.data.val, self.cfg.eval_tokens, self.cfg.micro_batch_size, self.cfg.seq_len
-                )
-            ):
-                check_tokens(y, self.data.vocab_size, self.data.val)
-                if not self.dist.eval_share(i):
-                    losses.append(torch.zeros((), device=self.device))
-                    continue
-                with torch.autocast(
-                    self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
-                ):
-                    _, loss = self.forward(x.to(self.device), y.to(self.device))
-                losses.append(loss)
-        total, count = self.dist.sum_in_order(losses), len(losses)
-        self.model.train()
-        return (total / max(count, 1)).item()
+        return validation_loss(
+            self.forward, self.model, self.data, self.cfg, self.device, self.dist, self.opt
+        )
 
     def _eval_and_record(self) -> float:
         t0 = time.perf_counter()
@@ -370,7 +352,9 @@ class Trainer:
 
         if status in ("completed", "interrupted") and self.step > 0:
             self._close_out(evaluate=status == "completed" and last_eval != self.step)
-        summary = self._summary(status, message, timer, n_params, tokens_per_step)
+        summary = run_summary(
+            self, status, message, timer.summary(self.cfg.precond_freq, tokens_per_step), n_params
+        )
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
@@ -451,49 +435,3 @@ class Trainer:
         if self.dist.is_main:
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
-
-    def _summary(
-        self,
-        status: str,
-        message: str | None,
-        timer: StepTimer,
-        n_params: int,
-        tokens_per_step: int,
-    ) -> dict:
-        """summary.json: the outcome, the losses, the step-time split and where it was taken."""
-        cfg, state = self.cfg, self.state
-        timing = timer.summary(cfg.precond_freq, tokens_per_step)
-        best = state["best_val_loss"]
-        summary = {
-            "run_dir": str(self.run_dir),
-            "status": status,
-            "message": message,
-            "steps": self.step,
-            "planned_steps": cfg.steps,
-            "final_val_loss": state["final_val_loss"],
-            "best_val_loss": best if math.isfinite(best) else None,
-            "target_loss": cfg.target_loss,
-            "target_step": state["target_step"],
-            "target_seconds": state["target_seconds"],
-            **timing,
-            "train_seconds": state["train_seconds"],
-            "eval_seconds": state["eval_seconds"],
-            "checkpoint_seconds": state["checkpoint_seconds"],
-            "n_params": n_params,
-            "resumed_from": self.resumed_from,
-            "curve": self.curve,
-            "mfu": model_flops_utilization(
-                self.device,
-                flops_per_token(cfg, n_params) * (timing["tokens_per_s"] or 0),
-                self.dist.world_size,
-            ),
-            "world_size": self.dist.world_size,
-            "timing_context": {
-                **self.timing_context,
-                "host": platform.node(),
-                "device": str(self.device),
-                "threads": torch.get_num_threads(),
-            },
-        }
-        summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(self.device)
-        return summary

@@ -1,0 +1,39 @@
+"""The validation pass: mean loss over the validation tokens, on the optimizer's iterate average
+where it keeps one, with ranks taking turns and summing in batch order (the same number on any
+world size)."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import TrainConfig
+from .data import Dataset, check_tokens, val_batches
+from .world import World
+
+
+def validation_loss(
+    forward,
+    model: torch.nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: World,
+    opt,
+) -> float:
+    """Mean validation loss of `model` (run through `forward`, which may be compiled)."""
+    model.eval()
+    losses = []  # per batch; ranks take turns, then the sums are made in batch order
+    with dist.averaged_weights(opt):
+        for i, (x, y) in enumerate(
+            val_batches(data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len)
+        ):
+            check_tokens(y, data.vocab_size, data.val)
+            if not dist.eval_share(i):
+                losses.append(torch.zeros((), device=device))
+                continue
+            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                _, loss = forward(x.to(device), y.to(device))
+            losses.append(loss)
+    total, count = dist.sum_in_order(losses), len(losses)
+    model.train()
+    return (total / max(count, 1)).item()

@@ -1,0 +1,51 @@
+"""summary.json: what a finished (or stopped) run reports: its outcome, its losses, the step-time
+split and where that time was taken."""
+
+from __future__ import annotations
+
+import math
+import platform
+
+import torch
+
+from .machine import model_flops_utilization, peak_memory
+from .usermodel import flops_per_token
+
+
+def run_summary(trainer, status: str, message: str | None, timing: dict, n_params: int) -> dict:
+    """The summary of `trainer`'s run (a `Trainer`), with `timing` from `StepTimer.summary`."""
+    cfg, state = trainer.cfg, trainer.state
+    best = state["best_val_loss"]
+    summary = {
+        "run_dir": str(trainer.run_dir),
+        "status": status,
+        "message": message,
+        "steps": trainer.step,
+        "planned_steps": cfg.steps,
+        "final_val_loss": state["final_val_loss"],
+        "best_val_loss": best if math.isfinite(best) else None,
+        "target_loss": cfg.target_loss,
+        "target_step": state["target_step"],
+        "target_seconds": state["target_seconds"],
+        **timing,
+        "train_seconds": state["train_seconds"],
+        "eval_seconds": state["eval_seconds"],
+        "checkpoint_seconds": state["checkpoint_seconds"],
+        "n_params": n_params,
+        "resumed_from": trainer.resumed_from,
+        "curve": trainer.curve,
+        "mfu": model_flops_utilization(
+            trainer.device,
+            flops_per_token(cfg, n_params) * (timing["tokens_per_s"] or 0),
+            trainer.dist.world_size,
+        ),
+        "world_size": trainer.dist.world_size,
+        "timing_context": {
+            **trainer.timing_context,
+            "host": platform.node(),
+            "device": str(trainer.device),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(trainer.device)
+    return summary
