@@ -17,7 +17,7 @@ from mousse.experiments.timing import (
     run_pass,
     summarize_rounds,
 )
-from mousse.train.trainer import peak_memory
+from mousse.train.machine import peak_memory
 
 
 def record(variant, invocation, step_ms, host="a", base=False, parallel=1):
