@@ -30,7 +30,12 @@ def _knob_flag(knob: Knob) -> tuple:
     return (Optional[knob.kind], typer.Option(None, help=knob.text + note))
 
 
-_KNOB_NOTES = {"lr": " The preset's for the chosen optimizer by default (`mousse presets`)."}
+_PRESET_NOTE = " Unset: the preset's for the chosen optimizer where it sets one (`mousse presets`)"
+_KNOB_NOTES = {
+    "lr": " The preset's for the chosen optimizer by default (`mousse presets`).",
+    "momentum": _PRESET_NOTE + ", else the recipe's (Mousse: 0.95).",
+    "momentum_style": _PRESET_NOTE + ", else the recipe's.",
+}
 KNOB_FLAGS = {k.name: _knob_flag(k) for k in TABLE if k.run_setting}
 
 # name -> (annotation, typer.Option). Defaults are None: unset flags fall through to file/preset,

@@ -6,6 +6,7 @@ and calls these, eagerly or under torch.compile.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -30,7 +31,7 @@ SIDE_FACTORS = {"both": ("L", "R"), "left": ("L",), "right": ("R",), "none": ()}
 @dataclass(frozen=True)
 class StepKnobs:
     """The knobs of one param group that the per-bucket math reads (lr, which schedules change
-    every step, is an argument of its own). Built once per distinct set of values (`of`), so a
+    every step, is an argument of its own). Cached per distinct set of values (`of`), so a
     compiled step sees the same object, and the same constants, from step to step."""
 
     momentum: float
@@ -51,10 +52,7 @@ class StepKnobs:
 
     @classmethod
     def of(cls, group: Mapping[str, Any]) -> StepKnobs:
-        key = tuple(group[f.name] for f in _STEP_FIELDS)
-        if key not in _INTERNED:
-            _INTERNED[key] = cls(*key)
-        return _INTERNED[key]
+        return _interned(tuple(group[f.name] for f in _STEP_FIELDS))
 
     @property
     def factor_sides(self) -> tuple[str, ...]:
@@ -63,7 +61,11 @@ class StepKnobs:
 
 
 _STEP_FIELDS = fields(StepKnobs)
-_INTERNED: dict[tuple[Any, ...], StepKnobs] = {}
+
+
+@functools.lru_cache(maxsize=256)  # bounded: a momentum schedule makes a new set every step
+def _interned(values: tuple[Any, ...]) -> StepKnobs:
+    return StepKnobs(*values)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer
 
-from .optstate import FORMAT, OPTIMIZER_INDEX, CheckpointError, flatten_optimizer
+from .optstate import FORMAT, OPTIMIZER_INDEX, CheckpointError, flatten_optimizer, unreadable
 
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -272,10 +272,7 @@ def read_checkpoint(ckpt: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
-            raise CheckpointError(
-                f"checkpoint file {ckpt / f} is unreadable ({exc}); it may be "
-                "truncated: resume from an earlier checkpoint"
-            ) from None
+            raise unreadable(ckpt / f, exc) from None
         if out[part + "_meta"].get("format") != FORMAT:
             raise CheckpointError(f"{ckpt / f} is not a mousse checkpoint ({FORMAT})")
     return out

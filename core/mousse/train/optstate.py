@@ -146,14 +146,14 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
         groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
         where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
         for path in optimizer_files(ckpt):
-            fh, saved, extra = _open_optimizer_file(stack, path)
+            fh, saved, extra, keys = _open_optimizer_file(stack, path)
             for part, part_groups in saved.items():
                 for g in part_groups:
                     hyper = {k: v for k, v in g.items() if k != "params"}
                     for name in g["params"]:
                         groups.setdefault(part, {})[name] = hyper
             by_param: dict[tuple[str, str], list[str]] = {}
-            for key in [*fh.keys(), *extra]:
+            for key in [*keys, *extra]:
                 part = key.split(".state.", 1)[0]
                 by_param.setdefault((part, param_of(key)), []).append(key)
             for (part, name), ks in by_param.items():
@@ -170,8 +170,8 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
 
 
 def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
-    """(open handle, saved param groups, non-tensor state) of one optimizer file; a damaged or
-    foreign file is a CheckpointError."""
+    """(open handle, saved param groups, non-tensor state, tensor keys) of one optimizer file; a
+    damaged or foreign file is a CheckpointError."""
     try:
         fh = stack.enter_context(safe_open(path, framework="pt"))
         meta = fh.metadata() or {}
@@ -179,15 +179,20 @@ def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
             raise CheckpointError(f"{path} is not a mousse checkpoint ({FORMAT})")
         saved = json.loads(meta["param_groups"], object_hook=json_hook)
         extra = json.loads(meta["extra"], object_hook=json_hook)
-        fh.keys()
+        keys = list(fh.keys())
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(
-            f"checkpoint file {path} is unreadable ({exc}); it may be "
-            "truncated: resume from an earlier checkpoint"
-        ) from None
-    return fh, saved, extra
+        raise unreadable(path, exc) from None
+    return fh, saved, extra, keys
+
+
+def unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a checkpoint file that cannot be read (most often a truncated write)."""
+    return CheckpointError(
+        f"checkpoint file {path} is unreadable ({exc}); it may be truncated: resume from an "
+        "earlier checkpoint"
+    )
 
 
 def _part_state(opt, part: str, o, groups: dict[str, dict], where: dict) -> dict:
