@@ -104,6 +104,7 @@ def test_knobs_dropped_per_optimizer_across_the_family():
             "factor_norm": ["same_trace"],
             "momentum_style": ["nesterov"],
         },
+        base={"preset": "160m"},  # the recipes' momentum (tiny moves Mousse's to Nesterov)
         mode="grid",
         baseline=False,
     )
@@ -139,6 +140,20 @@ def test_knob_equal_to_the_optimizers_recipe_collapses():
         "soap+lr_scale=spectral",
         "soap",
     ]
+
+
+def test_knob_equal_to_the_model_presets_momentum_collapses():
+    """tiny runs Mousse with Nesterov momentum 0.8 (its own tuning) and 160m with the released
+    heavy-ball rule at 0.95: a swept value equal to what the preset gives is the centre run, the
+    other value a variant, whichever the preset."""
+    sweeps = {"momentum_style": ["heavy_ball", "nesterov"], "momentum": [0.8, 0.95]}
+    tiny = plan_ablation(sweeps, base={"preset": "tiny"}, baseline=False)
+    assert names(tiny) == ["mousse", "momentum=0.95", "momentum_style=heavy_ball"]
+    paper = plan_ablation(sweeps, base={"preset": "160m"}, baseline=False)
+    assert names(paper) == ["mousse", "momentum=0.8", "momentum_style=nesterov"]
+    # a base setting still wins over the preset's
+    hb = plan_ablation(sweeps, base={"preset": "tiny", "momentum_style": "heavy_ball"})
+    assert names(hb) == ["muon", "mousse", "momentum=0.95", "momentum_style=nesterov"]
 
 
 def test_sides_none_drops_the_other_preconditioner_knobs_of_that_run():

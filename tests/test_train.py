@@ -270,8 +270,8 @@ def test_every_optimizer_resolves_its_full_recipe():
         cfg = resolve({"optimizer": name})
         tiny = get_preset("tiny")
         expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
-        expected.update({"momentum": m} if (m := tiny.matrix_momentum(name)) is not None else {})
-        style = tiny.matrix_momentum_style(name)
+        expected.update({"momentum": m} if (m := tiny.momenta.get(name)) is not None else {})
+        style = tiny.momentum_styles.get(name)
         expected.update({"momentum_style": style} if style is not None else {})
         assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
         for k in KNOBS:  # the field types fit the engine's values

@@ -30,7 +30,7 @@ from mousse.train.config import (
     ConfigError,
     TrainConfig,
 )
-from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
+from mousse.train.presets import ADAMW_KNOBS, get_preset, optimizer_knobs
 
 from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
 
@@ -145,9 +145,15 @@ def _variant_name(knobs: dict, centre_optimizer: str) -> str:
 
 def _reference(optimizer: str, base: dict) -> dict:
     """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
-    defaults, the optimizer's knobs (class preset < LM recipe, lr left to the model preset), then
-    the shared base settings."""
-    knobs = optimizer_knobs(optimizer, {k: v for k, v in base.items() if k in FAMILY_KNOBS})
+    defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
+    rule for it; lr left to the model preset), then the shared base settings."""
+    try:
+        preset = get_preset(base.get("preset", _DEFAULTS["preset"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    given = {k: v for k, v in preset.matrix_knobs(optimizer).items() if k != "lr"}
+    given.update((k, v) for k, v in base.items() if k in FAMILY_KNOBS)
+    knobs = optimizer_knobs(optimizer, given)
     knobs.pop("lr", None)
     return {**_DEFAULTS, **knobs, **base}
 

@@ -337,12 +337,9 @@ def resolve(overrides: dict) -> TrainConfig:
             continue
         if getattr(cfg, name) is None:
             setattr(cfg, name, getattr(preset, name))
-    if cfg.lr is None:
-        cfg.lr = preset.matrix_lr(cfg.optimizer)
-    if cfg.momentum is None:
-        cfg.momentum = preset.matrix_momentum(cfg.optimizer)
-    if cfg.momentum_style is None:
-        cfg.momentum_style = preset.matrix_momentum_style(cfg.optimizer)
+    for name, value in preset.matrix_knobs(cfg.optimizer).items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
     knobs = optimizer_knobs(cfg.optimizer, {k: getattr(cfg, k) for k in FAMILY_KNOBS})
     for name in FAMILY_KNOBS:
         setattr(cfg, name, knobs.get(name))

@@ -135,13 +135,15 @@ class Preset:
         """Peak lr of the block matrices under `optimizer` (None: the optimizer's own default)."""
         return self.adamw_lr if optimizer == "adamw" else self.lrs.get(optimizer)
 
-    def matrix_momentum(self, optimizer: str) -> float | None:
-        """The preset's momentum for `optimizer` (None: the optimizer's recipe's)."""
-        return self.momenta.get(optimizer)
-
-    def matrix_momentum_style(self, optimizer: str) -> str | None:
-        """The preset's momentum rule for `optimizer` (None: the optimizer's recipe's)."""
-        return self.momentum_styles.get(optimizer)
+    def matrix_knobs(self, optimizer: str) -> dict:
+        """The knobs this preset sets for `optimizer`'s block matrices: its lr, and its momentum
+        and momentum rule where the preset's own tuning moved them off the recipe's."""
+        knobs = {
+            "lr": self.matrix_lr(optimizer),
+            "momentum": self.momenta.get(optimizer),
+            "momentum_style": self.momentum_styles.get(optimizer),
+        }
+        return {k: v for k, v in knobs.items() if v is not None}
 
     @property
     def grad_accum(self) -> int:
