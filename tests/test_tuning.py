@@ -22,6 +22,7 @@ from mousse.experiments.tuning import (
     default_grid,
     extend,
     parse_tune,
+    same_runs,
     tune_variant,
 )
 from mousse.train.config import ConfigError
@@ -556,7 +557,9 @@ def test_categorical_phase_resumes_and_shards_like_a_numeric_one(tmp_path):
     assert all("momentum_style" not in r.knobs for r in ab.wanted())
     _finish_wanted(ab, loss)
     phase2 = Ablation(ab.plan, ab.dir).wanted()  # a fresh process reads phase 1 from disk
-    assert {r.knobs["momentum_style"] for r in phase2} == {"heavy_ball", "nesterov"}
+    # tiny runs all three with Nesterov: that value's runs are phase 1's best, trained already
+    assert {r.knobs["momentum_style"] for r in phase2} == {"heavy_ball"}
+    assert {r.variant for r in phase2} == {"muon", "mousse", "alpha=0.0"}
     assert all(r.knobs["lr"] == 0.02 for r in phase2)
     halves = [{r.name for r in phase2 if in_shard(r.name, (i, 2))} for i in (1, 2)]
     assert halves[0] | halves[1] == {r.name for r in phase2} and not halves[0] & halves[1]
@@ -597,8 +600,9 @@ def test_a_variant_keeps_the_knob_it_sweeps_while_the_others_tune_it(tmp_path):
     grids = ab.grids()
     assert [k for k, _ in grids["momentum_style=heavy_ball"]] == ["lr"]
     assert [k for k, _ in grids["mousse"]] == ["lr", "momentum_style"]
-    # lr: 2 values + 3 extensions each; the style phase: its 3 rules, for muon and mousse only
-    assert ab.upper_bound_runs() == 3 * 5 + 2 * 3
+    # lr: 2 values + 3 extensions each; the style phase, for muon and mousse only: its 3 rules
+    # but Nesterov, their own (the lr phase's runs)
+    assert ab.upper_bound_runs() == 3 * 5 + 2 * 2
     penalty = {"nesterov": 0.0, "heavy_ball": 0.05, "ema": 0.1}
     while _finish_wanted(
         ab, lambda run: run.knobs["lr"] + penalty[run.knobs.get("momentum_style", "nesterov")]
@@ -609,3 +613,48 @@ def test_a_variant_keeps_the_knob_it_sweeps_while_the_others_tune_it(tmp_path):
     assert by_name["mousse"]["tuned"]["momentum_style"] == "nesterov"
     runs = [r for r in ab.final_runs() if r.variant == "momentum_style=heavy_ball"]
     assert runs and all(r.knobs["momentum_style"] == "heavy_ball" for r in runs)
+
+
+def test_same_runs_drops_trailing_knobs_at_the_variants_own_value():
+    centre = {"lr": 0.06, "momentum": 0.8, "momentum_style": "nesterov"}
+    full = {"lr": 0.12, "momentum": 0.8, "momentum_style": "nesterov"}
+    assert same_runs(full, centre) == [full, {"lr": 0.12, "momentum": 0.8}, {"lr": 0.12}]
+    assert same_runs({"lr": 0.06}, centre) == [{"lr": 0.06}]  # the first knob stays
+    # only trailing knobs: no earlier phase ran {lr, momentum_style} without momentum
+    mid = {"lr": 0.12, "momentum": 0.8, "momentum_style": "heavy_ball"}
+    assert same_runs(mid, centre) == [mid]
+
+
+def test_a_phase_does_not_train_again_the_run_of_the_variants_own_value(tmp_path):
+    """tiny runs every variant at momentum 0.8: the momentum phase trains 0.9, 0.95 and 0.98
+    only, and a variant tuned to 0.8 compares on the lr phase's run (seed 0) and new seeds named
+    like it; a dir that trained the longer name (before this) keeps using it."""
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04,momentum")
+    best = {"muon": 0.8, "mousse": 0.9, "alpha=0.0": 0.8}
+    loss = lambda run: (
+        abs(math.log2(run.knobs["lr"] / 0.02))
+        + abs(run.knobs.get("momentum", 0.8) - best[run.variant])
+    )
+    # lr: 3 + 3 extensions; momentum: 4 + 3 extensions less 0.8's run; seed 1
+    assert ab.upper_bound_runs() == 3 * (6 + 6 + 1)
+    assert len(ab.wanted()) == 9
+    _finish_wanted(ab, loss)
+    phase2 = ab.wanted()
+    assert sorted(r.knobs["momentum"] for r in phase2) == sorted([0.9, 0.95, 0.98] * 3)
+    while _finish_wanted(ab, loss):
+        pass
+    # 3 lrs, 3 new momenta, seed 1; 0.8 at the grid's bottom adds 0.711 for muon and alpha=0.0
+    assert len(list((ab.dir / "runs").iterdir())) == 3 * (3 + 3 + 1) + 2
+    finals = {r.name for r in ab.final_runs()}
+    assert {"muon@lr=0.02-s0", "muon@lr=0.02-s1", "mousse@lr=0.02+momentum=0.9-s1"} <= finals
+    assert {v["variant"]: v["tuned"] for v in ab.results()["variants"]}["muon"] == {
+        "lr": 0.02,
+        "momentum": 0.8,
+    }
+    older = Ablation(ab.plan, tmp_path / "older")
+    muon = ab.plan.variants["muon"]
+    (older.dir / "runs" / "muon@lr=0.02+momentum=0.8-s0").mkdir(parents=True)
+    assert older.tuned_run(muon, {"lr": 0.02, "momentum": 0.8}, 0).name == (
+        "muon@lr=0.02+momentum=0.8-s0"
+    )
+    assert older.tuned_run(muon, {"lr": 0.02, "momentum": 0.8}, 1).name == "muon@lr=0.02-s1"

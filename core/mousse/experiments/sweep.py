@@ -24,7 +24,7 @@ from .records import FINISHED, final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, timing_pass
-from .tuning import TuneSpec, TuningState, run_label, tune_variant
+from .tuning import TuneSpec, TuningState, run_label, same_runs, tune_variant
 
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
@@ -137,14 +137,20 @@ class Ablation:
         return replace(self.tune, phases=phases)
 
     def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
-        """The run of `variant` at the tuned knobs' `values` on `seed`, named after them."""
-        return RunSpec(
-            f"{run_label(variant.variant, values)}-s{seed}",
-            variant.variant,
-            {**variant.knobs, **values},
-            seed,
-            variant.is_baseline,
-        )
+        """The run of `variant` at the tuned knobs' `values` on `seed`, named after them: after
+        the shortest values that give the same run (`same_runs`), so no phase trains a run again,
+        unless a longer name's run dir exists (one an ablation dir from before this kept)."""
+        specs = [
+            RunSpec(
+                f"{run_label(variant.variant, same)}-s{seed}",
+                variant.variant,
+                {**variant.knobs, **same},
+                seed,
+                variant.is_baseline,
+            )
+            for same in same_runs(values, self.centre(variant))
+        ]
+        return next((r for r in specs if self.run_dir(r).is_dir()), specs[-1])
 
     def tuning(self) -> dict[str, TuningState]:
         """Every variant's tuning as far as the results on disk decide it."""
@@ -181,7 +187,11 @@ class Ablation:
             return len(self.plan.runs)
         extra = len([s for s in self.plan.seeds if s not in self.tune.seeds])
         return sum(
-            upper_bound_runs(self.tune_for(self.plan.variants[name]), [g for _, g in phases])
+            upper_bound_runs(
+                self.tune_for(self.plan.variants[name]),
+                [g for _, g in phases],
+                self.centre(self.plan.variants[name]),
+            )
             + extra
             for name, phases in self.grids().items()
         )

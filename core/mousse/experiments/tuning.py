@@ -182,6 +182,19 @@ def run_label(variant: str, values: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._=+@-]", "_", f"{variant}@{text}")
 
 
+def same_runs(values: dict, centre: dict) -> list[dict]:
+    """`values` and the shorter assignments that name the same run, longest first: a last phase's
+    knob at the variant's own value (`centre`) changes nothing, so without it the values name the
+    run an earlier phase trained (the momentum phase's 0.8 on a preset at 0.8 is the lr phase's
+    best run). Never empty: the first phase's knob stays."""
+    out = [dict(values)]
+    keys = list(values)
+    while len(keys) > 1 and keys[-1] in centre and values[keys[-1]] == centre[keys[-1]]:
+        keys.pop()
+        out.append({k: values[k] for k in keys})
+    return out
+
+
 @dataclass
 class Phase:
     """One knob's search: the grid tried so far, its mean losses, the choice once decided."""
@@ -300,11 +313,16 @@ def _centre_index(grid: list, centre) -> float:
     return (len(grid) - 1) / 2
 
 
-def upper_bound_runs(spec: TuneSpec, grids: list[list]) -> int:
+def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict) -> int:
     """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
-    the extensions a numeric phase may add."""
+    the extensions a numeric phase may add, less the run of the variant's own value in a later
+    phase (an earlier phase trained it: `same_runs`)."""
     return sum(
-        (len(grid) + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0))
+        (
+            len(grid)
+            + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0)
+            - (i > 0 and knob in centre and centre[knob] in grid)
+        )
         * len(spec.seeds)
-        for (knob, _), grid in zip(spec.phases, grids)
+        for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids))
     )
