@@ -360,6 +360,25 @@ def test_state_dict_round_trip_is_bit_identical(k, via, tmp_path):
             assert v.dtype == opt2.state[q][key].dtype
 
 
+@pytest.mark.parametrize("cls", [Mousse, Muon])
+def test_ema_momentum_is_heavy_ball_for_an_orthogonalized_update(cls):
+    """ema's buffer is heavy-ball's times a scalar of the step; orthogonalizing the update removes
+    it, so the two rules train identically (up to Newton-Schulz's epsilon). Tuning the rule skips
+    ema for that reason (ablations/paper-tuned-momentum.toml)."""
+    finals = []
+    for style in ("heavy_ball", "ema", "nesterov"):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(32, 48, dtype=torch.float64))
+        opt = cls([p], lr=0.02, momentum=0.8, momentum_style=style)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            p.grad = torch.randn(32, 48, generator=gen, dtype=torch.float64)
+            opt.step()
+        finals.append(p.detach().clone())
+    torch.testing.assert_close(finals[0], finals[1], rtol=0, atol=1e-10)
+    assert (finals[0] - finals[2]).abs().max() > 1e-3  # the rule is not ignored
+
+
 def test_state_dict_keeps_fp32_factors_for_bf16_params():
     shapes = [(8, 6)]
     grads = make_grads(shapes, 6, dtype=torch.bfloat16)
