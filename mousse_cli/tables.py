@@ -28,10 +28,12 @@ def results_tables(results: dict):
     from mousse.experiments.tables import (
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
+        TUNING_COLUMNS,
         convergence_rows,
         protocol_notes,
         timing_notes,
         timing_rows,
+        tuning_rows,
     )
 
     target = results["target_loss"]
@@ -46,11 +48,14 @@ def results_tables(results: dict):
     )
     timing_caption = "\n".join(escape(n) for n in timing_notes(results)) or None
     tables = []
+    tuning = tuning_rows(results)
     for title, columns, rows, text in (
         ("convergence", CONVERGENCE_COLUMNS, convergence_rows(results), caption),
+        *([("tuning", TUNING_COLUMNS, tuning, None)] if tuning else []),
         ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption),
     ):
-        table = titled_table(title, columns, caption=text, caption_justify="left")
+        left = columns if columns is TUNING_COLUMNS else None  # text, not numbers
+        table = titled_table(title, columns, left, caption=text, caption_justify="left")
         for row in rows:
             table.add_row(*[row[c] for c in columns])
         tables.append(table)

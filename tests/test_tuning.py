@@ -658,3 +658,28 @@ def test_a_phase_does_not_train_again_the_run_of_the_variants_own_value(tmp_path
         "muon@lr=0.02+momentum=0.8-s0"
     )
     assert older.tuned_run(muon, {"lr": 0.02, "momentum": 0.8}, 1).name == "muon@lr=0.02-s1"
+
+
+def test_tuning_table_shows_each_phase_pending_chosen_and_diverged(tmp_path):
+    from mousse.experiments.tables import TUNING_COLUMNS, render, tuning_rows
+
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04")
+    loss = {0.01: None, 0.02: 1.5, 0.04: 1.6}
+    for run in ab.wanted():
+        if run.knobs["lr"] != 0.04:  # 0.04 still to run
+            lr = run.knobs["lr"]
+            _write_summary(ab, run, loss[lr], "diverged" if loss[lr] is None else "completed")
+    column = TUNING_COLUMNS[-1]
+    rows = tuning_rows(ab.results())
+    assert [(r["Variant"], r["Knob"]) for r in rows] == [
+        ("muon", "lr"),
+        ("mousse", "lr"),
+        ("alpha=0.0", "lr"),
+    ]
+    assert rows[0][column] == "0.01 diverged · 0.02 1.5000 · 0.04 …"
+    _finish_wanted(ab, lambda run: loss[run.knobs["lr"]])
+    results = ab.results()
+    assert tuning_rows(results)[0][column] == "0.01 diverged · 0.02* 1.5000 · 0.04 1.6000"
+    assert "## Tuning" in render(results, "markdown")
+    untuned = plan_ablation({"alpha": [0.0]}, base={"preset": "tiny"})
+    assert "## Tuning" not in render(Ablation(untuned, tmp_path / "u").results(), "markdown")

@@ -192,6 +192,30 @@ def convergence_rows(results: dict) -> list[dict]:
     ]
 
 
+TUNING_COLUMNS = ("Variant", "Knob", "Final val loss per value (* chosen)")
+
+
+def _phase_text(phase: dict) -> str:
+    """A tuning phase's grid with each value's mean final val loss: '*' marks the chosen value,
+    '…' a value still to run (or waiting for the phase before)."""
+    diverged = phase.get("diverged") or []
+    parts = []
+    for value, loss in zip(phase["grid"], phase["losses"]):
+        text = "diverged" if value in diverged else _num(loss, ".4f") if loss is not None else "…"
+        star = "*" if phase["chosen"] is not None and value == phase["chosen"] else ""
+        parts.append(f"{_value_text(value)}{star} {text}")
+    return " · ".join(parts) + (" (grid edge)" if phase.get("at_edge") else "")
+
+
+def tuning_rows(results: dict) -> list[dict]:
+    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"."""
+    return [
+        dict(zip(TUNING_COLUMNS, (v["variant"], phase["knob"], _phase_text(phase))))
+        for v in results["variants"]
+        for phase in v.get("tuning") or ()
+    ]
+
+
 def _side_text(v: dict) -> str:
     """The timing pass's median step ms [interquartile range]."""
     row = v.get("side_by_side")
@@ -291,9 +315,11 @@ def _markdown(results: dict) -> str:
         else "No completed baseline run: no target, deltas or overheads."
     )
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
+    tuning = tuning_rows(results)
     return (
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
-        f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
+        + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
+        + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
         + "".join(f"\n{n}.\n" for n in timing_notes(results))
     )

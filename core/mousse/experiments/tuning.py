@@ -212,6 +212,7 @@ class Phase:
             "knob": self.knob,
             "grid": list(self.grid),
             "losses": [finite(self.losses.get(v)) for v in self.grid],
+            "diverged": [v for v in self.grid if self.losses.get(v) == math.inf],
             "chosen": self.chosen,
             "at_edge": self.at_edge,
             "extensions": self.extensions,
