@@ -3,6 +3,8 @@ terminal; plain lines per run start, evaluation and finish otherwise (on stderr)
 
 from __future__ import annotations
 
+import statistics
+
 from rich.live import Live
 
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
@@ -145,7 +147,7 @@ class AblationView:
 
     @staticmethod
     def _median(xs):
-        return sorted(xs)[len(xs) // 2] if xs else None
+        return statistics.median(xs) if xs else None
 
     def _delta(self, row: dict) -> float | None:
         base = self.rows.get(self.baseline)

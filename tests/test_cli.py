@@ -578,3 +578,12 @@ def test_trace_norm_is_factor_norm_in_the_missions_words(tmp_path):
         "ablate", "--trace-norm", "on,off", "--dry-run", "--ablation-dir", tmp_path / "a"
     )
     assert dry.exit_code == 0 and "factor_norm=none" in dry.stderr
+
+
+def test_live_step_time_is_the_median_of_the_logged_steps():
+    """Two logged steps (a short run) show their mean, not the slower one."""
+    from mousse_cli.ablation_view import AblationView
+
+    assert AblationView._median([300.0, 3900.0]) == 2100.0
+    assert AblationView._median([3.0, 1.0, 2.0]) == 2.0
+    assert AblationView._median([]) is None
