@@ -11,6 +11,7 @@ from rich.markup import escape
 from mousse.dist.process import env_world_size
 from mousse.train.config import ConfigError, load_config_file
 from mousse.train.dashboards import Dashboards
+from mousse.train.estimate import duration
 
 from .console import console, notice, show_lines
 from .cost import check_cost
@@ -152,15 +153,27 @@ def dashboards_for(ablations: dict, setup: AblateSetup, root: Path) -> dict:
 
 
 def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list[str]:
-    """`check_cost` over every variant of every preset (none under torchrun)."""
+    """`check_cost` over every variant of every preset (none under torchrun). A resumed ablation
+    is timed by the pace of its finished runs (their own conditions, --parallel included), not
+    by a fresh probe."""
     if env_world_size() != 1:
         return []
     variants = [ab.variant_configs() for ab in ablations.values()]
+    left = [ab.time_left() for ab in ablations.values()]
+    measured = None
+    if all(x is not None for x in left):
+        seconds, runs, done = (sum(column) for column in zip(*left))
+        measured = (
+            seconds,
+            f"about {duration(seconds)} for the {runs} runs left at most, at the pace of the "
+            f"{done} finished in the ablation dir",
+        )
     return check_cost(
         [c for vs in variants for c in vs],
         max_hours,
         force,
         runs=sum(ab.upper_bound_runs() for ab in ablations.values()),
+        measured=measured,
     )
 
 
@@ -216,11 +229,8 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
             soft_wrap=True,
             markup=False,
         )
-    bound = ablation.upper_bound_runs()
-    seconds, source = ablation.estimate_seconds(bound)
     console.print(
-        f"at most {bound} runs, grid extensions included"
-        + (f"; at most about {seconds / 3600:.1f} h on this machine ({source})" if seconds else ""),
+        f"at most {ablation.upper_bound_runs()} runs, grid extensions included",
         highlight=False,
         soft_wrap=True,
     )

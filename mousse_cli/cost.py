@@ -8,18 +8,23 @@ from mousse.train.config import ConfigError
 
 
 def check_cost(
-    configs: list, max_hours: float | None, force: bool, runs: int | None = None
+    configs: list,
+    max_hours: float | None,
+    force: bool,
+    runs: int | None = None,
+    measured: tuple[float, str] | None = None,
 ) -> list[str]:
-    """Estimate the time (probe or FLOPs) and memory of `configs` (one per variant); refuse with
-    one line what exceeds --max-hours or, unless --force, the device's free memory. Returns the
-    lines to show: the estimate, and a hint when a GPU preset meets a CPU."""
+    """Estimate the time (probe or FLOPs, or `measured`: seconds and the line that says how)
+    and memory of `configs` (one per variant); refuse with one line what exceeds --max-hours
+    or, unless --force, the device's free memory. Returns the lines to show: the estimate, and a
+    hint when a GPU preset meets a CPU."""
     from mousse.train.estimate import warning
     from mousse.train.trainer import pick_device
 
     if max_hours is not None and max_hours <= 0:
         raise ConfigError("--max-hours must be > 0")
     estimates = _estimates(configs, force)
-    total, line = _total_time(configs, estimates, runs)
+    total, line = measured or _total_time(configs, estimates, runs)
     if max_hours is not None and total > max_hours * 3600:
         raise ConfigError(
             f"estimated {line}: more than --max-hours {max_hours:g}; pick a "

@@ -683,3 +683,41 @@ def test_tuning_table_shows_each_phase_pending_chosen_and_diverged(tmp_path):
     assert "## Tuning" in render(results, "markdown")
     untuned = plan_ablation({"alpha": [0.0]}, base={"preset": "tiny"})
     assert "## Tuning" not in render(Ablation(untuned, tmp_path / "u").results(), "markdown")
+
+
+def test_time_left_is_the_pace_of_the_finished_runs_shared_by_parallel(tmp_path):
+    """A resumed ablation is timed by its own finished runs: training, evaluation and checkpoint
+    seconds, divided by the runs that shared the machine, times the runs left at most."""
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04")
+    assert ab.time_left() is None
+    bound = ab.upper_bound_runs()
+    for i, run in enumerate(ab.wanted()[:2]):
+        _write_summary(ab, run, 1.0)
+        path = ab.run_dir(run) / "summary.json"
+        summary = json.loads(path.read_text())
+        summary.update(
+            train_seconds=10.0,
+            eval_seconds=2.0,
+            checkpoint_seconds=0.0,
+            timing_context={"parallel": 2 if i else 1},
+        )
+        path.write_text(json.dumps(summary))
+    seconds, runs, done = ab.time_left()
+    assert (runs, done) == (bound - 2, 2)
+    assert seconds == pytest.approx((bound - 2) * (12.0 + 6.0) / 2)
+
+
+def test_a_resumed_ablation_is_estimated_and_capped_by_its_own_pace(tmp_path):
+    ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04")
+    ab.prepare()
+    for run in ab.wanted()[:3]:
+        _write_summary(ab, run, 1.0)  # 2 s of training each
+    args = ("ablate", "--preset", "tiny", "--alpha", "0.0", "--tune", "lr=0.01,0.02,0.04")
+    args += ("--dry-run",)
+    args += ("--ablation-dir", ab.dir, "--seeds", "2", "--max-runs", "100")
+    out = invoke_cli(*args)
+    assert out.exit_code == 0, out.stderr
+    runs = ab.upper_bound_runs() - 3
+    assert f"for the {runs} runs left at most, at the pace of the 3 finished" in out.stderr
+    refused = invoke_cli(*args, "--max-hours", f"{(runs * 2 - 1) / 3600}")
+    assert_one_line_error(refused, "more than --max-hours")

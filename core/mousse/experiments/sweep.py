@@ -200,22 +200,36 @@ class Ablation:
         """Each variant's resolved config (its first run's), for cost estimates."""
         return [resolve(run_settings(self.plan, run)) for run in self.plan.variants.values()]
 
+    def _finished(self) -> list[dict]:
+        """Summaries of the runs already finished in this dir."""
+        root = self.dir / "runs"
+        summaries = [read_summary(f.parent) for f in sorted(root.glob("*/summary.json"))]
+        return [
+            s for s in summaries if s and s.get("status") in FINISHED and s.get("train_seconds")
+        ]
+
     def finished_seconds(self) -> list[float]:
         """Training seconds of the runs already finished in this dir."""
-        out = []
-        root = self.dir / "runs"
-        for summary_file in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
-            summary = read_summary(summary_file.parent)
-            if summary and summary.get("status") in FINISHED and summary.get("train_seconds"):
-                out.append(float(summary["train_seconds"]))
-        return out
+        return [float(s["train_seconds"]) for s in self._finished()]
 
-    def estimate_seconds(self, runs: int) -> tuple[float | None, str]:
-        """(seconds for `runs` runs, how it was estimated) from the runs finished here."""
-        done = self.finished_seconds()
-        if not done:
-            return None, ""
-        return runs * sum(done) / len(done), f"mean of {len(done)} finished runs here"
+    def time_left(self) -> tuple[float, int, int] | None:
+        """(seconds, runs, finished runs): the most runs still to train (the upper bound less
+        those finished) at the pace of the runs finished here, each run's training, evaluation
+        and checkpoint seconds shared among the runs it ran beside (--parallel); None before any
+        run finished."""
+        finished = self._finished()
+        if not finished:
+            return None
+        pace = [
+            sum(
+                float(s.get(k) or 0)
+                for k in ("train_seconds", "eval_seconds", "checkpoint_seconds")
+            )
+            / max(1, int((s.get("timing_context") or {}).get("parallel") or 1))
+            for s in finished
+        ]
+        runs = max(0, self.upper_bound_runs() - len(finished))
+        return runs * sum(pace) / len(pace), runs, len(finished)
 
     def final_runs(self, states: dict[str, TuningState] | None = None) -> list[RunSpec]:
         """The comparison's runs: each variant at its tuned values once its tuning is done (the
