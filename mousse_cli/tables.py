@@ -16,8 +16,10 @@ def titled_table(
     `left` columns (default: the first) left-justified, the numbers right."""
     table = Table(title=title, **{"header_style": "bold", "title_justify": "left", **style})
     left = tuple(columns[:1]) if left is None else left
-    for col in columns:
-        table.add_column(col, justify="left" if col in left else "right", no_wrap=no_wrap)
+    for col in columns:  # fold, never cut: a cut cell can hide which variant a row is
+        table.add_column(
+            col, justify="left" if col in left else "right", no_wrap=no_wrap, overflow="fold"
+        )
     return table
 
 
@@ -56,6 +58,9 @@ def results_tables(results: dict):
     ):
         left = columns if columns is TUNING_COLUMNS else None  # text, not numbers
         table = titled_table(title, columns, left, caption=text, caption_justify="left")
+        if columns is CONVERGENCE_COLUMNS:  # one tuned knob a line, wrapped after its name
+            rows = [{**row, "Tuned": row["Tuned"].replace(", ", "\n")} for row in rows]
+            table.columns[1].justify = "left"
         for row in rows:
             table.add_row(*[row[c] for c in columns])
         tables.append(table)
