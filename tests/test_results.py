@@ -257,3 +257,20 @@ def test_render_json_loads_and_unknown_format():
     assert json.loads(render(results, "json")) == results
     with pytest.raises(ValueError, match="markdown"):
         render(results, "xml")
+
+
+def test_rich_tables_fold_long_cells_and_never_cut_them():
+    """The recorded paper set at 160 columns: every cell's text is all there (folded, not cut to
+    '…'), so precond_freq=1 and precond_freq=100 stay apart and the tuned rule shows."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from mousse_cli.tables import results_tables
+
+    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "tuned"
+    results = json.loads((recorded / "cpu-2core-paper-tuned-momentum-tiny.json").read_text())
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(results_tables(results))
+    text = console.export_text()
+    assert "…" not in text and "precond_freq=" in text
