@@ -282,14 +282,17 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)
+    started = [m.parent for m in metrics if m.exists()]
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    started = [m.parent for m in metrics if m.exists()]
     for run in started:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "interrupted", (run.name, summary["status"])
         assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{summary['steps']}"
+    # the run the pool had queued does not start after the signal: no dir, no "0 steps" line
+    (queued,) = [m.parent for m in metrics if m.parent not in started]
+    assert not queued.exists() and "after 0 steps" not in err
 
 
 # ---- strict JSON and permissions ---------------------------------------------------------------

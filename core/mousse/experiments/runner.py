@@ -203,7 +203,10 @@ def _init_worker(events, stop, threads: int) -> None:
 
 
 def _worker(settings: dict, run_dir: str, name: str, context: dict) -> dict:
-    """Process-pool entry: one run, its events forwarded to the parent."""
+    """Process-pool entry: one run, its events forwarded to the parent. A run the pool had queued
+    before a stop (the pool queues more than it can cancel) is left untouched for the rerun."""
+    if _WORKER["stop"].is_set():
+        return {}
     events = _WORKER["events"]
     return execute_run(
         settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)), _WORKER["stop"], context
