@@ -5,10 +5,11 @@ plan is saved as `ablation.toml` so a rerun in the same directory resumes the sa
 
 Knobs are TrainConfig fields. Each run stores only the knobs that differ from what that run would
 get anyway (TrainConfig defaults, its optimizer's recipe, the model preset's momentum and rule for
-it, the shared `base` settings), so identical runs collapse into one. Knobs that cannot matter for a run's optimizer are dropped from it: the
-family's knobs from AdamW runs (except lr and weight_decay), and the preconditioner's knobs
-(`config.PRECONDITIONER_KNOBS`: alpha, sides, factor_norm, precond_*, refresh*, graft, ...) from
-runs whose optimizer preconditions no side (resolved sides "none": Muon, SpecGD). So
+it, the shared `base` settings), so identical runs collapse into one. Knobs that cannot matter
+for a run's optimizer are dropped from it: the family's knobs from AdamW runs (except lr and
+weight_decay), and the preconditioner's knobs (`config.PRECONDITIONER_KNOBS`: alpha, sides,
+factor_norm, precond_*, refresh*, graft, ...) from runs whose optimizer preconditions no side
+(resolved sides "none": Muon, SpecGD). So
 `--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
 
 The inputs are checked in `inputs`; spec files are read in `spec`.
