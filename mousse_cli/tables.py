@@ -49,18 +49,18 @@ def results_tables(results: dict):
         f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results)
     )
     timing_caption = "\n".join(escape(n) for n in timing_notes(results)) or None
-    tables = []
+    # one tuned knob a line
+    convergence = [
+        {**r, "Tuned": r["Tuned"].replace(", ", "\n")} for r in convergence_rows(results)
+    ]
     tuning = tuning_rows(results)
-    for title, columns, rows, text in (
-        ("convergence", CONVERGENCE_COLUMNS, convergence_rows(results), caption),
-        *([("tuning", TUNING_COLUMNS, tuning, None)] if tuning else []),
-        ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption),
+    tables = []
+    for title, columns, rows, text, left in (
+        ("convergence", CONVERGENCE_COLUMNS, convergence, caption, CONVERGENCE_COLUMNS[:2]),
+        *([("tuning", TUNING_COLUMNS, tuning, None, TUNING_COLUMNS)] if tuning else []),
+        ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption, None),
     ):
-        left = columns if columns is TUNING_COLUMNS else None  # text, not numbers
         table = titled_table(title, columns, left, caption=text, caption_justify="left")
-        if columns is CONVERGENCE_COLUMNS:  # one tuned knob a line, wrapped after its name
-            rows = [{**row, "Tuned": row["Tuned"].replace(", ", "\n")} for row in rows]
-            table.columns[1].justify = "left"
         for row in rows:
             table.add_row(*[row[c] for c in columns])
         tables.append(table)

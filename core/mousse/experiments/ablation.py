@@ -31,7 +31,7 @@ from mousse.train.config import (
     ConfigError,
     TrainConfig,
 )
-from mousse.train.presets import ADAMW_KNOBS, get_preset, optimizer_knobs
+from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
 
@@ -148,10 +148,7 @@ def _reference(optimizer: str, base: dict) -> dict:
     """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
     defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
     rule for it; lr left to the model preset), then the shared base settings."""
-    try:
-        preset = get_preset(base.get("preset", _DEFAULTS["preset"]))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    preset = config.preset_named(base.get("preset", _DEFAULTS["preset"]))
     given = {k: v for k, v in preset.matrix_knobs(optimizer).items() if k != "lr"}
     given.update((k, v) for k, v in base.items() if k in FAMILY_KNOBS)
     knobs = optimizer_knobs(optimizer, given)

@@ -23,7 +23,7 @@ import torch
 from mousse.optim import knobs as table
 
 from . import compat, tomlio
-from .presets import OPTIMIZERS, get_preset, optimizer_knobs
+from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
 
 SCALAR_OPTIMIZERS = ("adamw", "lion")
 DEVICES = ("auto", "cpu", "cuda")
@@ -303,6 +303,14 @@ def check_choice(key: str, value, allowed) -> None:
     )
 
 
+def preset_named(name: str) -> Preset:
+    """The preset called `name`; a ConfigError naming the valid ones otherwise."""
+    try:
+        return get_preset(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def resolve(overrides: dict) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
@@ -314,10 +322,7 @@ def resolve(overrides: dict) -> TrainConfig:
     """
     values = {k: coerce(k, v) for k, v in compat.upgrade(overrides).items() if v is not None}
     cfg = TrainConfig(**values)
-    try:
-        preset = get_preset(cfg.preset)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    preset = preset_named(cfg.preset)
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_model(cfg, values)
     for name in (

@@ -88,10 +88,7 @@ def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta
     groups = json.loads(meta["param_groups"], object_hook=json_hook)
     extra = json.loads(meta["extra"], object_hook=json_hook)
     if set(groups) != set(opt.parts):
-        raise CheckpointError(
-            f"checkpoint optimizer has parts {sorted(groups)}, this run has "
-            f"{sorted(opt.parts)}: resume with the same --optimizer"
-        )
+        raise _other_parts(groups, opt)
     out = {}
     for part, saved_groups in groups.items():
         current = [
@@ -99,10 +96,7 @@ def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta
         ]
         saved = [n for g in saved_groups for n in g["params"]]
         if saved != current:
-            raise CheckpointError(
-                "checkpoint parameters do not match this model: resume with the "
-                "same preset and model shape"
-            )
+            raise _other_params()
         index = {n: i for i, n in enumerate(current)}
         state: dict[int, dict] = {}
         prefix = f"{part}.state."
@@ -158,12 +152,8 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
                 by_param.setdefault((part, param_of(key)), []).append(key)
             for (part, name), ks in by_param.items():
                 where[(part, name)] = (fh, ks, extra)
-        missing_parts = sorted(set(opt.parts) - set(groups))
-        if missing_parts:
-            raise CheckpointError(
-                f"checkpoint optimizer has parts {sorted(groups)}, this run "
-                f"needs {sorted(opt.parts)}: resume with the same --optimizer"
-            )
+        if not set(opt.parts) <= set(groups):
+            raise _other_parts(groups, opt)
         return {
             part: _part_state(opt, part, o, groups[part], where) for part, o in opt.parts.items()
         }
@@ -187,6 +177,21 @@ def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
     return fh, saved, extra, keys
 
 
+def _other_parts(saved, opt) -> CheckpointError:
+    """The error for a checkpoint whose optimizer parts are not the ones this run needs."""
+    return CheckpointError(
+        f"checkpoint optimizer has parts {sorted(saved)}, this run needs {sorted(opt.parts)}: "
+        "resume with the same --optimizer"
+    )
+
+
+def _other_params() -> CheckpointError:
+    """The error for a checkpoint saved for other parameters."""
+    return CheckpointError(
+        "checkpoint parameters do not match this model: resume with the same preset and model shape"
+    )
+
+
 def unreadable(path: Path, exc: Exception) -> CheckpointError:
     """The error for a checkpoint file that cannot be read (most often a truncated write)."""
     return CheckpointError(
@@ -202,10 +207,7 @@ def _part_state(opt, part: str, o, groups: dict[str, dict], where: dict) -> dict
     for g in o.param_groups:
         names = [opt.param_names[id(p)] for p in g["params"]]
         if any(n not in groups for n in names):
-            raise CheckpointError(
-                "checkpoint parameters do not match this model: resume "
-                "with the same preset and model shape"
-            )
+            raise _other_params()
         ids = list(range(index, index + len(names)))
         index += len(names)
         param_groups.append({**groups[names[0]], "params": ids})
