@@ -154,7 +154,7 @@ def plot_scale(scale: dict, out: Path) -> None:
             and r["params"]
         ]
         if rows:
-            _speedup_line(ax, variant, rows, i, plt.cm.tab10(i % 10))
+            _speedup_line(ax, variant, rows, plt.cm.tab10(i % 10))
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
     ax.set(
@@ -167,20 +167,9 @@ def plot_scale(scale: dict, out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _speedup_line(ax, variant: str, rows: list[dict], i: int, color) -> None:
-    """One variant's speedups with their intervals; a speedup of 0 (the baseline's final loss
-    not reached on every seed) labelled, the labels of variant `i` stacked above the others'."""
+def _speedup_line(ax, variant: str, rows: list[dict], color) -> None:
+    """One variant's speedups with their 95% intervals as error bars."""
     xs, ys = [r["params"] for r in rows], [r["speedup"] for r in rows]
     low = [y - (r["speedup_ci"] or [y, y])[0] for y, r in zip(ys, rows)]
     high = [(r["speedup_ci"] or [y, y])[1] - y for y, r in zip(ys, rows)]
     ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=variant, color=color)
-    for x, y in zip(xs, ys):
-        if y == 0:
-            ax.annotate(
-                "not reached",
-                (x, y),
-                textcoords="offset points",
-                xytext=(4, 6 + 10 * i),
-                fontsize=7,
-                color=color,
-            )

@@ -40,8 +40,10 @@ def results_tables(results: dict):
 
     target = results["target_loss"]
     caption = (
-        f"target = baseline {results['baseline']} final val loss {target:.4f}; speedup = "
-        "baseline steps / steps to reach it, 95% bootstrap interval over seeds"
+        f"target = baseline {results['baseline']} final val loss {target:.4f} (seed mean); "
+        "speedup = baseline steps / steps of the seed-mean curve to reach it (below 1: the "
+        "baseline's steps to the variant's final loss / the variant's), 95% bootstrap interval "
+        "over seeds"
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )

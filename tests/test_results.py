@@ -171,9 +171,11 @@ def test_summarize_seeds_target_is_seed_averaged_and_significance():
     rows = {r["Variant"]: r for r in convergence_rows(results)}
     assert rows["alpha=0.0"]["p"].endswith("(not significant)")
     assert rows["mousse"]["Final val loss"] == "1.4000 ± 0.0100"
-    # the seed with a final loss above the averaged target never reaches it
+    # the seed with a final loss above the averaged target never reaches it, nor does the
+    # seed-mean curve (final 1.5033): the speedup is below 1 instead of "not reached"
     assert variants["alpha=0.0"]["reached"] == 2
-    assert "(2/3 reached)" in rows["alpha=0.0"]["Steps to baseline loss"]
+    assert rows["alpha=0.0"]["Steps to baseline loss"] == "never (2/3 seeds)"
+    assert 0 < variants["alpha=0.0"]["speedup"] < 1
 
 
 def test_diverged_runs_listed_but_not_averaged():

@@ -82,18 +82,7 @@ def test_runs_that_do_not_say_where_they_were_timed_do_not_compare():
 
 def test_the_timing_pass_overrides_with_its_own_ratios():
     results = summarize([record("muon", "x", 491.4, base=True), record("mousse", "y", 161.8)])
-    passed = {
-        "host": "h",
-        "device": "cpu",
-        "threads": 2,
-        "rounds": 4,
-        "steps_per_round": 10,
-        "when": "now",
-        "baseline": "muon",
-        "variants": summarize_rounds(
-            {"muon": [100, 101, 99, 100], "mousse": [103, 104, 102, 103]}, "muon"
-        ),
-    }
+    passed = _pass({"muon": [100, 101, 99, 100], "mousse": [103, 104, 102, 103]})
     results = apply_timing_pass(results, passed)
     row = timing_rows(results)[1]
     assert (
@@ -102,6 +91,51 @@ def test_the_timing_pass_overrides_with_its_own_ratios():
     assert row["Side by side ms [IQR]"].startswith("103.0 [")
     assert row["Peak memory"] == "1.00 GiB RSS"
     assert any(n.startswith("side by side: one process on h") for n in timing_notes(results))
+
+
+def _pass(variants: dict) -> dict:
+    """A timing pass record over `variants` (name -> each round's ms), baseline muon."""
+    return {
+        "host": "h",
+        "device": "cpu",
+        "threads": 2,
+        "rounds": 4,
+        "steps_per_round": 10,
+        "when": "now",
+        "baseline": "muon",
+        "variants": summarize_rounds(variants, "muon"),
+    }
+
+
+def test_time_speedups_come_from_seconds_that_compare():
+    """Mousse reaches muon's final loss 1.0 at step 10 of 20 (2x in steps) but after 4 s of
+    muon's 2 s: 0.5x in time when the runs' seconds compare; from other invocations, none; with
+    a timing pass, the step speedup over its side-by-side step-time ratio, in both cases."""
+    base = {**record("muon", "x", 100.0, base=True), "steps": 20}
+    base["curve"] = [
+        {"step": 10, "val_loss": 2.0, "seconds": 1.0},
+        {"step": 20, "val_loss": 1.0, "seconds": 2.0},
+    ]
+
+    def mousse(invocation):
+        run = {**record("mousse", invocation, 400.0), "steps": 20}
+        run["curve"] = [
+            {"step": 10, "val_loss": 1.0, "seconds": 4.0},
+            {"step": 20, "val_loss": 0.9, "seconds": 8.0},
+        ]
+        return run
+
+    same = summarize([base, mousse("x")])["variants"][1]
+    assert same["speedup"] == 2.0 and same["speedup_time"] == 0.5
+    other = summarize([base, mousse("y")])
+    assert other["variants"][1]["speedup"] == 2.0
+    assert other["variants"][1]["speedup_time"] is None
+    passed = apply_timing_pass(other, _pass({"muon": [100] * 4, "mousse": [125] * 4}))
+    timed = _pass({"muon": [100] * 4, "mousse": [125] * 4})
+    for results in (other, summarize([base, mousse("x")])):
+        passed = apply_timing_pass(results, timed)
+        assert passed["variants"][1]["speedup_time"] == pytest.approx(2.0 / 1.25)
+    assert any("time speedups are the step speedups" in n for n in timing_notes(passed))
 
 
 def test_an_overhead_inside_the_noise_is_marked():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import statistics
 
 import pytest
@@ -14,7 +15,16 @@ from conftest import FAST, assert_one_line_error, invoke_cli
 from mousse.experiments.ablation import in_shard, plan_ablation
 from mousse.experiments.inputs import CHOICES, tune_spec
 from mousse.experiments.results import summarize
-from mousse.experiments.stats import bootstrap_ci, quantile, speedup, steps_to_target
+from mousse.experiments.stats import (
+    bootstrap_ci,
+    expanded_level,
+    mean_curve,
+    quantile,
+    speedup,
+    steps_to_target,
+    t_quantile,
+    welch_t_test,
+)
 from mousse.experiments.sweep import Ablation
 from mousse.experiments.tuning import (
     DEFAULT_GRIDS,
@@ -350,12 +360,44 @@ def test_steps_to_target_interpolates_between_evaluations():
     assert steps_to_target(CURVE, 1.0) == (None, None)
 
 
+def _final(loss: float, step: int = 300, seconds: float = 60.0) -> list:
+    """A curve of one evaluation: `loss` at `step`."""
+    return [{"step": step, "val_loss": loss, "seconds": seconds}]
+
+
+def test_mean_curve_averages_the_evaluations_all_seeds_share():
+    other = [
+        {"step": 100, "val_loss": 2.0, "seconds": 20.0},
+        {"step": 250, "val_loss": 1.9, "seconds": 30.0},
+        {"step": 300, "val_loss": 1.0},
+    ]
+    assert mean_curve([CURVE, other]) == [
+        {"step": 100, "val_loss": 2.5, "seconds": 15.0},
+        {"step": 300, "val_loss": 1.25, "seconds": None},
+    ]
+    assert mean_curve([]) == []
+
+
 def test_speedup_point_value():
-    # target = mean(1.70, 1.80) = 1.75 -> the variant reaches it at step 250; budget 300
-    assert speedup([1.70, 1.80], 300, [CURVE]) == pytest.approx(300 / 250)
-    assert speedup([1.70, 1.80], 60.0, [CURVE], key="seconds") == pytest.approx(60 / 30)
-    assert speedup([1.0], 300, [CURVE]) == 0.0  # never reached within the budget
-    assert speedup([], 300, [CURVE]) is None
+    base = [_final(1.70), _final(1.80)]
+    # target = the baseline's mean final loss 1.75: the variant reaches it at step 250 (30 s)
+    assert speedup(base, [CURVE]) == pytest.approx(300 / 250)
+    assert speedup(base, [CURVE], key="seconds") == pytest.approx(60 / 30)
+    # never there: the baseline's steps (seconds) to the variant's final 2.0 over its budget
+    behind = [{"step": 100, "val_loss": 3.2, "seconds": 10.0}, *_final(2.0, seconds=40.0)]
+    assert speedup([CURVE], [behind]) == pytest.approx(200 / 300)
+    assert speedup([CURVE], [behind], key="seconds") == pytest.approx(20 / 40)
+    # a copy of the baseline is 1, not "never reached"
+    assert speedup(base, base) == 1.0 and speedup(base, base, key="seconds") == 1.0
+    assert speedup([], [CURVE]) is None and speedup(base, []) is None
+
+
+def test_speedup_averages_curves_before_it_looks_for_the_target():
+    """Per seed, the first variant curve misses the target 1.75 and the second beats it; their
+    mean curve (2.5 at 100, 1.75 at 300) reaches it at step 300: speedup 1, not 0."""
+    miss = [{"step": 100, "val_loss": 2.5}, {"step": 300, "val_loss": 1.80}]
+    beat = [{"step": 100, "val_loss": 2.5}, {"step": 300, "val_loss": 1.70}]
+    assert speedup([_final(1.75)], [miss, beat]) == 1.0
 
 
 def test_quantile_matches_linear_interpolation():
@@ -367,23 +409,56 @@ def test_quantile_matches_linear_interpolation():
 def test_bootstrap_interval_is_the_exact_resampling_extremes():
     """Two runs a side: 4 x 4 equally likely resamples (1/16 each > 2.5%), so the 95% interval's
     ends are the smallest and largest speedups of the full enumeration."""
-    base = [1.70, 1.80]
+    base = [_final(1.70), _final(1.80)]
     curves = [
         CURVE,
         [
             {"step": 100, "val_loss": 2.5, "seconds": 5.0},
-            {"step": 200, "val_loss": 1.5, "seconds": 15.0},
+            {"step": 300, "val_loss": 1.5, "seconds": 15.0},
         ],
     ]
     values = [
-        speedup(list(b), 300, list(c))
+        speedup(list(b), list(c))
         for b in itertools.product(base, repeat=2)
         for c in itertools.product(curves, repeat=2)
     ]
-    low, high = bootstrap_ci(base, 300, curves)
+    low, high = bootstrap_ci(base, curves)
     assert low == pytest.approx(min(values)) and high == pytest.approx(max(values))
-    assert bootstrap_ci(base, 300, curves) == [low, high]  # fixed seed: the same interval
-    assert bootstrap_ci([1.7], 300, curves) is None
+    assert bootstrap_ci(base, curves) == [low, high]  # fixed seed: the same interval
+    assert bootstrap_ci(base[:1], curves) is None
+
+
+def test_t_quantiles_and_the_expanded_bootstrap_level():
+    # Student's t table: 97.5% quantiles for 1, 2, 4 and 30 degrees of freedom
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    # 3 seeds: the t interval reaches 4.303 * sqrt(3/2) = 5.27 bootstrap standard errors, so the
+    # percentiles to read are the resamples' extremes; many seeds: back to about 95%
+    assert expanded_level(0.95, 3) > 1 - 1e-6
+    assert 0.95 < expanded_level(0.95, 200) < 0.952
+
+
+def test_the_interval_of_three_seeds_is_wider_than_a_plain_percentile_bootstrap():
+    """Three seeds a side that differ by more than their spread: the plain 95% percentile
+    interval excludes 1, but the t-test does not reject, and neither does the expanded interval."""
+    base = [[{"step": 100, "val_loss": 3.0}, *_final(f)] for f in (1.50, 1.55, 1.60)]
+    variant = [[{"step": 100, "val_loss": 3.0}, *_final(f)] for f in (1.59, 1.64, 1.69)]
+    assert welch_t_test([1.59, 1.64, 1.69], [1.50, 1.55, 1.60])["p"] > 0.05
+    rng = random.Random(0)
+    plain = sorted(
+        speedup([rng.choice(base) for _ in base], [rng.choice(variant) for _ in variant])
+        for _ in range(2000)
+    )
+    assert quantile(plain, 0.975) < 1.0
+    low, high = bootstrap_ci(base, variant)
+    assert low < quantile(plain, 0.025) and high >= 1.0
+
+
+def test_a_copy_of_the_baseline_has_speedup_one_inside_its_interval():
+    seeds = [[{"step": 100, "val_loss": 3.0}, *_final(f)] for f in (1.49, 1.51, 1.50)]
+    assert speedup(seeds, seeds) == 1.0
+    low, high = bootstrap_ci(seeds, seeds)
+    assert low < 1.0 < high
 
 
 def test_summary_fields_for_the_comparison():
@@ -405,6 +480,7 @@ def test_summary_fields_for_the_comparison():
             "refresh_ms_median": None,
             "tokens_per_s": None,
             "peak_mem_bytes": None,
+            "timing_context": {"host": "h", "invocation": "x", "device": "cpu", "parallel": 1},
         }
 
     base_curve = [{"step": 300, "val_loss": 1.75, "seconds": 40.0}]

@@ -1,8 +1,9 @@
 """Ablation results: the results object, summarized from run records (`records`; pure functions,
 no I/O): one row per run and one per variant, each against the baseline.
 
-The headline metric is the paper's: steps to reach the baseline's final val loss (averaged over its
-seeds), and the reduction in % of the baseline's steps. Loss statistics use completed runs only;
+The headline metric is the paper's, on seed-mean curves: the steps a variant's mean val loss curve
+takes to reach the baseline's mean final val loss, the reduction in % of the baseline's steps, and
+the speedup (`stats.speedup`). Loss statistics use completed runs only;
 diverged and failed runs are listed but never averaged. Step times average every run that reported
 them (a diverged run's step time is still a real measurement). The statistics are in `stats`, the
 tables in `tables`.
@@ -16,21 +17,28 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .records import TIMING_KEYS
-from .stats import SIGNIFICANCE_LEVEL, bootstrap_ci, speedup, steps_to_target, welch_t_test
+from .stats import (
+    SIGNIFICANCE_LEVEL,
+    bootstrap_ci,
+    mean_curve,
+    speedup,
+    steps_to_target,
+    welch_t_test,
+)
 
 
 @dataclass(frozen=True)
 class Baseline:
     """What every variant is compared with: the baseline's variant name, the final losses of its
-    completed runs (their mean is the target), their mean steps and training seconds (the budgets
-    a speedup divides) and its mean step time (None when the runs' timings do not compare)."""
+    completed runs (their mean is the target) and their val loss curves (what speedups resample),
+    their mean steps and its mean step time (None when the runs' timings do not compare)."""
 
     variant: str | None
     losses: list
+    curves: list
     target: float | None
     steps: float | None
     step_ms: float | None
-    seconds: float | None
 
 
 def _finite(x):
@@ -76,6 +84,9 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
         _variant_row(name, [r for r in runs if r["variant"] == name], base, curves.get(name, []))
         for name in dict.fromkeys(r["variant"] for r in runs)
     ]
+    if not comparable:  # the runs' seconds were counted on differently loaded machines
+        for v in variants:
+            v["speedup_time"] = v["speedup_time_ci"] = None
     return {
         "baseline": base.variant,
         "target_loss": base.target,
@@ -127,10 +138,10 @@ def _baseline(records: list, variant: str | None, comparable: bool, curves: list
     return Baseline(
         variant=variant,
         losses=losses,
+        curves=curves,
         target=target,
         steps=_mean(r.get("steps") for r in done) if target is not None else None,
         step_ms=step_ms,
-        seconds=_mean(c[-1].get("seconds") for c in curves if c),
     )
 
 
@@ -174,7 +185,7 @@ def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> 
         "n_runs": len(group),
         "statuses": dict(Counter(r["status"] for r in group)),
         **_loss_columns(done, losses, is_base, base),
-        **_target_columns(done, base),
+        **_target_columns(done, base, curves),
         **_timing_columns(group, base),
         "n_seeds": len(losses),
         "n_params": max((r["n_params"] for r in group if r.get("n_params")), default=None),
@@ -209,14 +220,14 @@ def _significance(is_base: bool, p: float | None, base_losses: list) -> str:
     return "significant" if p < SIGNIFICANCE_LEVEL else "not significant"
 
 
-def _target_columns(done: list, base: Baseline) -> dict:
-    """When a variant's completed runs reach the baseline's target, on average, and how many do."""
-    reached = [r["steps_to_target"] for r in done if r["steps_to_target"] is not None]
-    steps = _mean(reached)
+def _target_columns(done: list, base: Baseline, curves: list[list]) -> dict:
+    """When the variant's seed-mean curve reaches the baseline's target, and on how many of its
+    completed runs' own curves the target is reached."""
+    steps, seconds = steps_to_target(mean_curve(curves), base.target)
     return {
         "steps_to_target": steps,
-        "reached": len(reached),
-        "seconds_to_target": _mean(r["seconds_to_target"] for r in done),
+        "reached": sum(r["steps_to_target"] is not None for r in done),
+        "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
     }
 
@@ -239,9 +250,9 @@ def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval (None for the baseline itself and without a target)."""
     out = {}
-    for suffix, key, budget in (("", "step", base.steps), ("_time", "seconds", base.seconds)):
-        point = None if is_base else speedup(base.losses, budget, curves, key)
-        ci = None if is_base or point is None else bootstrap_ci(base.losses, budget, curves, key)
+    for suffix, key in (("", "step"), ("_time", "seconds")):
+        point = None if is_base else speedup(base.curves, curves, key)
+        ci = None if point is None else bootstrap_ci(base.curves, curves, key)
         out[f"speedup{suffix}"], out[f"speedup{suffix}_ci"] = point, ci
     return out
 
@@ -282,8 +293,20 @@ def apply_timing_pass(results: dict, record: dict | None) -> dict:
         ):
             v["overhead_pct"] = row["overhead_pct"]
             v["overhead_source"] = "timing pass"
+            _time_speedup_from_pass(v)
         elif results.get("timing_comparable") and v["overhead_pct"] is not None:
             v["overhead_source"] = "runs"
         else:
             v["overhead_pct"], v["overhead_source"] = None, None
     return results
+
+
+def _time_speedup_from_pass(v: dict) -> None:
+    """The speedup in time as the speedup in steps over the side-by-side step-time ratio (its
+    interval scaled by the same ratio): the runs' own seconds, even from one invocation, were
+    counted beside whatever else the machine ran."""
+    if v["speedup"] is None or v["overhead_pct"] is None:
+        return
+    ratio = 1 + v["overhead_pct"] / 100
+    v["speedup_time"] = v["speedup"] / ratio
+    v["speedup_time_ci"] = v["speedup_ci"] and [x / ratio for x in v["speedup_ci"]]

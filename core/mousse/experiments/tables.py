@@ -67,14 +67,15 @@ def timing_notes(results: dict) -> list[str]:
             f"side by side: one process on {record['host']} ({record['device']}, "
             f"{record['threads']} threads), {record['rounds']} interleaved rounds of "
             f"{record['steps_per_round']} steps, {record['when']}; overheads are "
-            "per-round ratios to the baseline, median [interquartile range]"
+            "per-round ratios to the baseline, median [interquartile range]; time speedups "
+            "are the step speedups over those ratios"
         )
     if not results.get("timing_comparable"):
         n = results.get("timing_contexts", 0)
         notes.append(
             "the runs' own step times were taken in "
             + (f"{n} different invocations or hosts" if n > 1 else "an unrecorded place")
-            + ": they do not compare, and no overhead is computed from them"
+            + ": they do not compare, and no overhead or time speedup is computed from them"
             + ("" if record else " (run `mousse report DIR --retime` for a side-by-side pass)")
         )
     return notes
@@ -122,13 +123,12 @@ def _p_text(v: dict) -> str:
 
 
 def _steps_text(v: dict, has_target: bool) -> str:
-    """Mean steps to the baseline's loss, and how many runs got there when not all did."""
+    """Steps of the seed-mean curve to the baseline's loss, and on how many seeds' own curves
+    the loss is reached when not all."""
     if not has_target or v["n"] == 0:
         return _DASH
-    if v["steps_to_target"] is None:
-        return "never"
-    text = f"{v['steps_to_target']:.0f}"
-    return text if v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} reached)"
+    text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
+    return text if v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
 
 
 def _loss_text(v: dict) -> str:
@@ -159,8 +159,6 @@ def speedup_text(v: dict, suffix: str = "") -> str:
     point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
     if v["is_baseline"] or point is None:
         return _DASH
-    if point == 0:
-        return "not reached"
     if ci is None:
         return f"{point:.2f}x"
     text = f"{point:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
