@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mousse.experiments.results import summarize
-from mousse.experiments.stats import steps_to_target, t_two_sided_p, welch_t_test
+from mousse.experiments.stats import holm, steps_to_target, t_two_sided_p, welch_t_test
 from mousse.experiments.tables import (
     CONVERGENCE_COLUMNS,
     TIMING_COLUMNS,
@@ -176,6 +176,38 @@ def test_summarize_seeds_target_is_seed_averaged_and_significance():
     assert variants["alpha=0.0"]["reached"] == 2
     assert rows["alpha=0.0"]["Steps to baseline loss"] == "never (2/3 seeds)"
     assert 0 < variants["alpha=0.0"]["speedup"] < 1
+
+
+def test_holm_adjustment_by_hand():
+    # ranked 0.01, 0.03, 0.04 of 3: 3 x 0.01, then max(0.03, 2 x 0.03), then max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([None]) == [None]
+
+
+def test_significance_is_holm_adjusted_over_the_variants():
+    """Three comparisons with Muon: p 0.00026 survives Holm's correction (x3), p 0.032 does not
+    (x2 = 0.063), and the table shows both numbers."""
+
+    def seeds(variant, finals, baseline=False):
+        return [
+            record(f"{variant}-s{s}", MUON[:-1] + [f], variant=variant, seed=s, baseline=baseline)
+            for s, f in enumerate(finals)
+        ]
+
+    results = summarize(
+        seeds("muon", (1.50, 1.51, 1.49), baseline=True)
+        + seeds("mousse", (1.40, 1.41, 1.39))
+        + seeds("left", (1.47, 1.48, 1.475))
+        + seeds("right", (1.50, 1.52, 1.49))
+    )
+    v = {x["variant"]: x for x in results["variants"]}
+    assert v["left"]["p_value"] < 0.05 and v["left"]["p_holm"] == pytest.approx(
+        2 * v["left"]["p_value"]
+    )
+    assert v["mousse"]["significant"] and not v["left"]["significant"]
+    assert v["left"]["significance"] == "not significant" and v["muon"]["p_holm"] is None
+    rows = {r["Variant"]: r for r in convergence_rows(results)}
+    assert rows["left"]["p"] == "0.0316, Holm 0.0631 (not significant)"
 
 
 def test_diverged_runs_listed_but_not_averaged():

@@ -20,6 +20,7 @@ from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
     bootstrap_ci,
+    holm,
     mean_curve,
     speedup,
     steps_to_target,
@@ -87,6 +88,10 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
     if not comparable:  # the runs' seconds were counted on differently loaded machines
         for v in variants:
             v["speedup_time"] = v["speedup_time_ci"] = None
+    for v, p in zip(variants, holm([v["p_value"] for v in variants])):
+        v["p_holm"] = p
+        v["significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
+        v["significance"] = _significance(v["is_baseline"], p, base.losses)
     return {
         "baseline": base.variant,
         "target_loss": base.target,
@@ -194,10 +199,10 @@ def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> 
 
 
 def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> dict:
-    """A variant's final loss against the baseline's: mean, spread, difference and Welch test."""
+    """A variant's final loss against the baseline's: mean, spread, difference and Welch test
+    (its verdict, Holm-adjusted over all the variants, is `summarize`'s)."""
     mean = _mean(losses)
     test = {"t": None, "df": None, "p": None} if is_base else welch_t_test(losses, base.losses)
-    p = test["p"]
     return {
         "final_val_loss_mean": mean,
         "final_val_loss_std": statistics.stdev(losses) if len(losses) >= 2 else None,
@@ -205,14 +210,12 @@ def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> di
         "delta_vs_baseline": None if mean is None or base.target is None else mean - base.target,
         "t": _finite(test["t"]),
         "df": test["df"],
-        "p_value": p,
-        "significant": None if p is None else p < SIGNIFICANCE_LEVEL,
-        "significance": _significance(is_base, p, base.losses),
+        "p_value": test["p"],
     }
 
 
 def _significance(is_base: bool, p: float | None, base_losses: list) -> str:
-    """The test's verdict in words, or why there is none."""
+    """The verdict of the (Holm-adjusted) p in words, or why there is none."""
     if is_base:
         return "baseline"
     if p is None:

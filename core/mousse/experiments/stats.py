@@ -179,6 +179,19 @@ def t_quantile(q: float, df: float) -> float:
     return (low + high) / 2
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: not in the family): reading
+    each adjusted p against the level bounds the chance that any of the family's tests calls a
+    difference significant that is not there, which with 9 variants at 0.05 is otherwise 37%."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - k) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def welch_t_test(a: list, b: list) -> dict:
     """Two-sided Welch t-test of mean(a) vs mean(b); t, df and p are None when a group has n < 2."""
     na, nb = len(a), len(b)

@@ -44,6 +44,7 @@ CSV_COLUMNS = (
     "final_val_loss_std",
     "delta_vs_baseline",
     "p_value",
+    "p_holm",
     "significant",
     "steps_to_target",
     "reached",
@@ -115,10 +116,12 @@ def _status_text(statuses: dict) -> str:
 
 
 def _p_text(v: dict) -> str:
-    """The Welch p-value, flagged when not significant, or why there is none."""
-    if v["p_value"] is None:
+    """The Welch p-value with its Holm adjustment when they differ, flagged when the adjusted one
+    is not significant, or why there is none."""
+    p, adjusted = v["p_value"], v.get("p_holm", v["p_value"])
+    if p is None:
         return _DASH if v["is_baseline"] else v["significance"]
-    text = f"{v['p_value']:.3g}"
+    text = f"{p:.3g}" if adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
     return text if v["significant"] else f"{text} (not significant)"
 
 
