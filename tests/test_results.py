@@ -145,6 +145,14 @@ def test_summarize_headline_step_reduction_and_overhead():
     assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead [IQR]"] == "+3.0%"
 
 
+def test_a_single_seed_that_misses_the_target_reads_never_and_below_one():
+    behind = [3.0, 2.6, 2.2, 1.9, 1.7, 1.6]  # ends at 1.6; muon passes 1.6 at step 500
+    results = summarize([record("muon", MUON, baseline=True), record("mousse", behind)])
+    row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
+    assert row["Steps to baseline loss"] == "never"
+    assert row["Speedup (95% CI)"] == "0.83x"  # 500 / 600
+
+
 def test_summarize_seeds_target_is_seed_averaged_and_significance():
     muon = [
         record(f"muon-s{s}", MUON[:-1] + [1.5 + d], variant="muon", seed=s, baseline=True)

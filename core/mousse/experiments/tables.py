@@ -131,7 +131,9 @@ def _steps_text(v: dict, has_target: bool) -> str:
     if not has_target or v["n"] == 0:
         return _DASH
     text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
-    return text if v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
+    return (
+        text if v["n"] == 1 or v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
+    )
 
 
 def _loss_text(v: dict) -> str:
