@@ -316,3 +316,16 @@ def test_rich_tables_fold_long_cells_and_never_cut_them():
     console.print(results_tables(results))
     text = console.export_text()
     assert "…" not in text and "precond_freq=" in text
+
+
+def test_recorded_tables_are_their_recorded_results_rendered():
+    """Every recorded ablation's markdown tables are what its recorded results render to today,
+    so a change to what the tables say cannot leave stale numbers in benchmarks/."""
+    from pathlib import Path
+
+    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "tuned"
+    pairs = [(j, j.with_suffix(".md")) for j in sorted(recorded.glob("*.json"))]
+    pairs = [(j, md) for j, md in pairs if md.is_file()]
+    assert len(pairs) >= 4
+    for results, tables in pairs:
+        assert render(json.loads(results.read_text()), "markdown") == tables.read_text(), tables
