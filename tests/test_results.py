@@ -319,8 +319,8 @@ def test_rich_tables_fold_long_cells_and_never_cut_them():
 
 
 def test_recorded_tables_are_their_recorded_results_rendered():
-    """Every recorded ablation's markdown tables are what its recorded results render to today,
-    so a change to what the tables say cannot leave stale numbers in benchmarks/."""
+    """Every recorded ablation's markdown tables are what its recorded results render to today:
+    a change to the tables, or results regenerated without their tables, fails here."""
     from pathlib import Path
 
     recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "tuned"
