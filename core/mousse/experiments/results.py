@@ -32,13 +32,15 @@ from .stats import (
 class Baseline:
     """What every variant is compared with: the baseline's variant name, the final losses of its
     completed runs (their mean is the target) and their val loss curves (what speedups resample),
-    their mean steps and its mean step time (None when the runs' timings do not compare)."""
+    their mean steps, whether the runs' timings compare and its mean step time (None when they
+    do not)."""
 
     variant: str | None
     losses: list
     curves: list
     target: float | None
     steps: float | None
+    comparable: bool
     step_ms: float | None
 
 
@@ -85,9 +87,6 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
         _variant_row(name, [r for r in runs if r["variant"] == name], base, curves.get(name, []))
         for name in dict.fromkeys(r["variant"] for r in runs)
     ]
-    if not comparable:  # the runs' seconds were counted on differently loaded machines
-        for v in variants:
-            v["speedup_time"] = v["speedup_time_ci"] = None
     for v, p in zip(variants, holm([v["p_value"] for v in variants])):
         v["p_holm"] = p
         v["significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
@@ -146,6 +145,7 @@ def _baseline(records: list, variant: str | None, comparable: bool, curves: list
         curves=curves,
         target=target,
         steps=_mean(r.get("steps") for r in done) if target is not None else None,
+        comparable=comparable,
         step_ms=step_ms,
     )
 
@@ -251,10 +251,12 @@ def _timing_columns(group: list, base: Baseline) -> dict:
 
 def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
-    interval (None for the baseline itself and without a target)."""
+    interval (None for the baseline itself, without a target, and in seconds when the runs'
+    seconds were counted on differently loaded machines)."""
     out = {}
     for suffix, key in (("", "step"), ("_time", "seconds")):
-        point = None if is_base else speedup(base.curves, curves, key)
+        skip = is_base or (key == "seconds" and not base.comparable)
+        point = None if skip else speedup(base.curves, curves, key)
         ci = None if point is None else bootstrap_ci(base.curves, curves, key)
         out[f"speedup{suffix}"], out[f"speedup{suffix}_ci"] = point, ci
     return out
