@@ -494,8 +494,8 @@ def test_presets_list_lr_per_optimizer(cli):
     for name, row in rows.items():
         assert list(row["lrs"]) == list(OPTIMIZERS)
         assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
-    assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.06  # tuned
-    assert rows["small"]["lrs"]["mousse"] == rows["small"]["lrs"]["muon"] == 0.06  # tuned
+    assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.12  # tuned
+    assert (rows["small"]["lrs"]["mousse"], rows["small"]["lrs"]["muon"]) == (0.12, 0.06)  # tuned
     assert "tuned on small" in rows["small"]["lr_note"]
     assert rows["160m"]["lrs"]["mousse"] == rows["160m"]["lrs"]["muon"] == 0.06
     assert "lr sweep on tiny" in rows["small"]["lr_note"]
@@ -517,7 +517,7 @@ def test_presets_list_lr_per_optimizer(cli):
     tiny = next(
         line
         for line in text.splitlines()
-        if line.split()[:1] == ["tiny"] and line.split()[1] == "0.06"
+        if line.split()[:1] == ["tiny"] and line.split()[1] == "0.12"
     )
     assert tiny.split()[1:] == [f"{lr:g}" for lr in rows["tiny"]["lrs"].values()]
     assert "benchmarks/lr-sweep" in text and "released 160M recipe" in text

@@ -93,7 +93,7 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
     # config.toml: the resolved settings (flags, then the tiny preset's values filled in)
     cfg = tomlio.load(run_dir / "config.toml")
     assert cfg["preset"] == "tiny" and cfg["steps"] == 12 and cfg["seed"] == 3
-    assert cfg["d_model"] == 64 and cfg["n_layers"] == 2 and cfg["lr"] == 0.06
+    assert cfg["d_model"] == 64 and cfg["n_layers"] == 2 and cfg["lr"] == 0.12
     assert cfg["checkpoint_every"] == 5 and cfg["eval_every"] == 5
     assert resolve(cfg).to_dict() == {**resolve({}).to_dict(), **cfg}
 

@@ -554,7 +554,7 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
     )
     assert dry.exit_code == 0
     assert "at most 30 runs" in dry.stderr  # 3 variants x (5 + 3 extensions + 2 more seeds)
-    assert "0.015/0.03/0.06/0.12/0.24" in dry.stderr  # around tiny's lr 0.06
+    assert "0.03/0.06/0.12/0.24/0.48" in dry.stderr  # around tiny's lr 0.12
     refused = invoke_cli(
         "ablate",
         "--alpha",
