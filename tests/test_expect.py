@@ -19,9 +19,9 @@ def results(
     overhead=4.0,
 ):
     runs = [
-        {"variant": v, "status": "completed", "final_val_loss": x}
+        {"variant": v, "seed": seed, "status": "completed", "final_val_loss": x}
         for v, xs in (("mousse", mousse_losses), ("muon", muon_losses))
-        for x in xs
+        for seed, x in enumerate(xs)
     ]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
@@ -39,6 +39,7 @@ def results(
                 "final_val_loss_mean": mean(mousse_losses),
                 "speedup": speedup,
                 "speedup_ci": list(ci),
+                "paired_delta_ci": [-0.12, -0.08],
                 "overhead_pct": overhead,
             },
         ],
@@ -55,6 +56,10 @@ def results(
         ("speedup(mousse) >= 1.05", True),
         ("speedup(mousse) >= 1.25", False),
         ("speedup_low(mousse) > 1", True),
+        ("paired_high(mousse) < 0", True),
+        ("paired_low(mousse) > -0.1", False),
+        ("mousse < muon paired significant", True),
+        ("mousse < muon paired  significant", True),
         ("overhead(mousse) <= 3", False),
         ("overhead(mousse) < 10", True),
     ],
@@ -62,6 +67,19 @@ def results(
 def test_expectations_hold_or_fail(expr, ok):
     holds, reason = check(expr, results())
     assert holds is ok and expr in reason
+
+
+def test_paired_significance_pairs_seeds_where_welch_sees_only_spread():
+    """Seeds 0.1 apart, mousse 0.01-0.015 below muon on each: Welch's p is large, the paired
+    test's small; a seed only one side ran is not a pair."""
+    spread = results(mousse_losses=(1.49, 1.585, 1.69, 1.0), muon_losses=(1.50, 1.60, 1.70))
+    assert not check("mousse < muon significant", spread)[0]
+    holds, reason = check("mousse < muon paired significant", spread)
+    assert holds and "p = 0.0" in reason
+    noisy = results(mousse_losses=(1.49, 1.62, 1.69), muon_losses=(1.50, 1.60, 1.70))
+    assert not check("mousse < muon paired significant", noisy)[0]
+    one = results(mousse_losses=(1.40,), muon_losses=(1.50, 1.6))
+    assert "fewer than 2 seeds" in check("mousse < muon paired significant", one)[1]
 
 
 def test_significance_needs_seeds_and_a_real_gap():
@@ -78,6 +96,7 @@ def test_significance_needs_seeds_and_a_real_gap():
         ("mousse is better", "bad --expect"),
         ("speeed(mousse) > 1", "unknown function"),
         ("adam < muon", "not a variant"),
+        ("speedup(mousse) > 1 paired significant", "compares two variants"),
     ],
 )
 def test_bad_expectations_are_config_errors(expr, words):
@@ -88,7 +107,9 @@ def test_bad_expectations_are_config_errors(expr, words):
 def test_missing_values_fail_the_gate():
     holds, reason = check("speedup(mousse) > 1", results(speedup=None))
     assert not holds and "missing" in reason
-    assert parse("a <= b significant")[3]
+    assert parse("a <= b significant")[3] == "significant"
+    assert parse("a <= b paired significant")[3] == "paired significant"
+    assert parse("a <= b")[3] is None
 
 
 @pytest.mark.slow

@@ -4,11 +4,20 @@ import csv
 import io
 import json
 import math
+import statistics
 
 import pytest
 
 from mousse.experiments.results import summarize
-from mousse.experiments.stats import holm, steps_to_target, t_two_sided_p, welch_t_test
+from mousse.experiments.stats import (
+    holm,
+    paired_bootstrap_ci,
+    paired_differences,
+    paired_t_test,
+    steps_to_target,
+    t_two_sided_p,
+    welch_t_test,
+)
 from mousse.experiments.tables import (
     CONVERGENCE_COLUMNS,
     TIMING_COLUMNS,
@@ -141,7 +150,7 @@ def test_summarize_headline_step_reduction_and_overhead():
     row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
     assert row["Speedup (95% CI)"] == "1.20x" and row["Steps to baseline loss"] == "500"
     assert variants["mousse"]["step_reduction_pct"] == pytest.approx(100 / 6)
-    assert row["Δ vs baseline"] == "-0.0500" and row["p"] == "n<2"
+    assert row["Δ vs baseline"] == "-0.0500" and row["Welch p"] == "n<2"
     assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead [IQR]"] == "+3.0%"
 
 
@@ -177,7 +186,7 @@ def test_summarize_seeds_target_is_seed_averaged_and_significance():
     assert variants["alpha=0.0"]["significant"] is False
     assert variants["alpha=0.0"]["significance"] == "not significant"
     rows = {r["Variant"]: r for r in convergence_rows(results)}
-    assert rows["alpha=0.0"]["p"].endswith("(not significant)")
+    assert rows["alpha=0.0"]["Welch p"].endswith("(not significant)")
     assert rows["mousse"]["Final val loss"] == "1.4000 ± 0.0100"
     # the seed with a final loss above the averaged target never reaches it, nor does the
     # seed-mean curve (final 1.5033): the speedup is below 1 instead of "not reached"
@@ -215,7 +224,57 @@ def test_significance_is_holm_adjusted_over_the_variants():
     assert v["mousse"]["significant"] and not v["left"]["significant"]
     assert v["left"]["significance"] == "not significant" and v["muon"]["p_holm"] is None
     rows = {r["Variant"]: r for r in convergence_rows(results)}
-    assert rows["left"]["p"] == "0.0316, Holm 0.0631 (not significant)"
+    assert rows["left"]["Welch p"] == "0.0316, Holm 0.0631 (not significant)"
+
+
+def test_paired_t_test_and_bootstrap_by_hand():
+    diffs = paired_differences({0: 1.20, 1: 1.30, 2: 1.25, 7: 9.0}, {0: 1.23, 1: 1.324, 2: 1.275})
+    assert diffs == pytest.approx([-0.03, -0.024, -0.025])  # seed 7 has no pair
+    res = paired_t_test(diffs)
+    mean, sd = -0.079 / 3, math.sqrt(sum((d + 0.079 / 3) ** 2 for d in diffs) / 2)
+    assert res["t"] == pytest.approx(mean / (sd / math.sqrt(3))) and res["df"] == 2.0
+    # Student's t with 2 df in closed form: p = 1 - |t| / sqrt(2 + t^2)
+    assert res["p"] == pytest.approx(1 - abs(res["t"]) / math.sqrt(2 + res["t"] ** 2), rel=1e-9)
+    assert paired_t_test([0.01]) == {"t": None, "df": None, "p": None}
+    assert paired_t_test([0.0, 0.0])["p"] == 1.0 and paired_t_test([0.1, 0.1])["p"] == 0.0
+    # with 3 pairs the expanded interval is the range of the resampled means: min to max pair
+    assert paired_bootstrap_ci(diffs) == pytest.approx([-0.03, -0.024])
+    low, high = paired_bootstrap_ci([0.1, -0.2, 0.05, 0.3, -0.1, 0.0, 0.15, 0.2])
+    assert -0.2 < low < statistics.fmean([0.1, -0.2, 0.05, 0.3, -0.1, 0.0, 0.15, 0.2]) < high < 0.3
+    assert paired_bootstrap_ci([0.1]) is None
+
+
+def test_paired_comparison_sees_a_per_seed_gap_welch_misses():
+    """Seeds spread 0.1 apart, the variant 0.01-0.015 below the baseline on each: Welch's test
+    sees nothing (the spread swamps the gap), the paired test sees it on every seed; a seed the
+    baseline lacks is left out of the pairs, and Holm adjusts the paired p over the variants."""
+
+    def seeds(variant, finals, baseline=False):
+        return [
+            record(f"{variant}-s{s}", MUON[:-1] + [f], variant=variant, seed=s, baseline=baseline)
+            for s, f in finals.items()
+        ]
+
+    results = summarize(
+        seeds("muon", {0: 1.50, 1: 1.60, 2: 1.70}, baseline=True)
+        + seeds("mousse", {0: 1.49, 1: 1.585, 2: 1.69, 3: 1.0})
+        + seeds("left", {0: 1.52, 1: 1.58, 2: 1.71})
+    )
+    v = {x["variant"]: x for x in results["variants"]}
+    assert v["mousse"]["p_value"] > 0.3 and not v["mousse"]["significant"]
+    assert v["mousse"]["paired_n"] == 3 and v["mousse"]["paired_delta"] == pytest.approx(-0.035 / 3)
+    assert v["mousse"]["paired_p"] == pytest.approx(paired_t_test([-0.01, -0.015, -0.01])["p"])
+    assert v["mousse"]["paired_p_holm"] == pytest.approx(2 * v["mousse"]["paired_p"])
+    assert v["mousse"]["paired_significant"] and not v["left"]["paired_significant"]
+    assert v["mousse"]["paired_delta_ci"] == pytest.approx([-0.015, -0.01])
+    assert v["muon"]["paired_p"] is None and v["muon"]["paired_significant"] is None
+    rows = {r["Variant"]: r for r in convergence_rows(results)}
+    p, holm_p = v["mousse"]["paired_p"], v["mousse"]["paired_p_holm"]
+    assert rows["mousse"]["Paired Δ [95% CI], p"] == (
+        f"-0.0117 [-0.0150, -0.0100], {p:.3g}, Holm {holm_p:.3g}"
+    )
+    assert rows["left"]["Paired Δ [95% CI], p"].endswith("(not significant)")
+    assert rows["muon"]["Paired Δ [95% CI], p"] == "—"
 
 
 def test_diverged_runs_listed_but_not_averaged():

@@ -1,10 +1,12 @@
 """Expectations on an ablation's results, for CI gates: `mousse report DIR --expect "mousse < muon"`.
 
 An expectation compares two terms with <, <=, > or >=, optionally followed by `significant`
-(then a comparison of two variants' losses also needs Welch p < 0.05). A term is a number, a
-variant name (its mean final validation loss), or a function of a variant: `loss(v)`,
-`speedup(v)` (the paper's speedup over the baseline), `speedup_low(v)` (the low end of its 95%
-interval), `overhead(v)` (step-time overhead over the baseline, in %).
+(then a comparison of two variants' losses also needs Welch p < 0.05) or `paired significant`
+(the paired t-test's p < 0.05 over the seeds both ran). A term is a number, a variant name (its
+mean final validation loss), or a function of a variant: `loss(v)`, `speedup(v)` (the paper's
+speedup over the baseline), `speedup_low(v)` (the low end of its 95% interval), `paired_low(v)`
+and `paired_high(v)` (the ends of the 95% bootstrap interval of its mean per-seed loss
+difference from the baseline), `overhead(v)` (step-time overhead over the baseline, in %).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ OPS = {
     ">=": lambda a, b: a >= b,
 }
 FUNCTIONS = {"loss": "final_val_loss_mean", "speedup": "speedup", "overhead": "overhead_pct"}
-_EXPR = re.compile(r"^\s*(.+?)\s*(<=|>=|<|>)\s*(.+?)\s*(\bsignificant)?\s*$")
+INTERVAL_ENDS = {  # function -> (the interval's field, which end)
+    "speedup_low": ("speedup_ci", 0),
+    "paired_low": ("paired_delta_ci", 0),
+    "paired_high": ("paired_delta_ci", 1),
+}
+_EXPR = re.compile(r"^\s*(.+?)\s*(<=|>=|<|>)\s*(.+?)\s*\b((?:paired\s+)?significant)?\s*$")
 _CALL = re.compile(r"^([a-z_]+)\((.+)\)$")
 
 
@@ -42,25 +49,27 @@ def _term(text: str) -> Term:
     call = _CALL.match(text)
     if call:
         name, arg = call.group(1), call.group(2).strip()
-        if name == "speedup_low":
-            return Term(text, variant=arg, field="speedup_low")
+        if name in INTERVAL_ENDS:
+            return Term(text, variant=arg, field=name)
         if name not in FUNCTIONS:
             raise ConfigError(
                 f"unknown function {name!r} in --expect; use loss(v), speedup(v), "
-                "speedup_low(v) or overhead(v)"
+                "speedup_low(v), paired_low(v), paired_high(v) or overhead(v)"
             )
         return Term(text, variant=arg, field=FUNCTIONS[name])
     return Term(text, variant=text)
 
 
-def parse(expr: str) -> tuple[Term, str, Term, bool]:
-    """(left, op, right, significant) of an expectation; ConfigError when it does not parse."""
+def parse(expr: str) -> tuple[Term, str, Term, str | None]:
+    """(left, op, right, test) of an expectation, test being None, "significant" (Welch) or
+    "paired significant"; ConfigError when it does not parse."""
     match = _EXPR.match(expr)
     if not match:
         raise ConfigError(
             f'bad --expect {expr!r}: write A < B, e.g. "mousse < muon" or "speedup(mousse) >= 1.05"'
         )
-    return _term(match.group(1)), match.group(2), _term(match.group(3)), bool(match.group(4))
+    test = " ".join(match.group(4).split()) if match.group(4) else None
+    return _term(match.group(1)), match.group(2), _term(match.group(3)), test
 
 
 def _value(term: Term, variants: dict) -> float:
@@ -72,15 +81,17 @@ def _value(term: Term, variants: dict) -> float:
             f"({', '.join(variants)})"
         )
     v = variants[term.variant]
-    value = (v.get("speedup_ci") or [None])[0] if term.field == "speedup_low" else v.get(term.field)
+    if term.field in INTERVAL_ENDS:
+        interval, end = INTERVAL_ENDS[term.field]
+        value = (v.get(interval) or [None, None])[end]
+    else:
+        value = v.get(term.field)
     return math.nan if value is None else float(value)
 
 
 def check(expr: str, results: dict) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
-    from .stats import welch_t_test
-
-    left, op, right, significant = parse(expr)
+    left, op, right, test = parse(expr)
     variants = {v["variant"]: v for v in results["variants"]}
     a, b = _value(left, variants), _value(right, variants)
     shown = f"{left.text} = {a:.4g}, {right.text} = {b:.4g}"
@@ -88,22 +99,12 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
         return False, f"{expr!r} cannot be decided: {shown} (a value is missing)"
     if not OPS[op](a, b):
         return False, f"{expr!r} fails: {shown}"
-    if significant:
+    if test:
         if left.variant is None or right.variant is None or left.field != "final_val_loss_mean":
             raise ConfigError(
-                "'significant' compares two variants' losses, e.g. \"mousse < muon significant\""
+                f"'{test}' compares two variants' losses, e.g. \"mousse < muon {test}\""
             )
-        losses = [
-            [
-                r["final_val_loss"]
-                for r in results["runs"]
-                if r["variant"] == t.variant
-                and r["status"] == "completed"
-                and r["final_val_loss"] is not None
-            ]
-            for t in (left, right)
-        ]
-        p = welch_t_test(*losses)["p"]
+        p = _p_value(test, results["runs"], left.variant, right.variant)
         if p is None or p >= 0.05:
             return False, (
                 f"{expr!r} fails: {shown}, but p = "
@@ -111,3 +112,22 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
             )
         shown += f", p = {p:.3g}"
     return True, f"{expr!r} holds: {shown}"
+
+
+def _p_value(test: str, runs: list, a: str, b: str) -> float | None:
+    """The p of `test` between variants a and b's completed runs: Welch's over all their seeds,
+    or the paired t-test over the seeds both ran ("paired significant")."""
+    from .results import seed_losses
+    from .stats import paired_differences, paired_t_test, welch_t_test
+
+    if test == "paired significant":
+        return paired_t_test(paired_differences(seed_losses(runs, a), seed_losses(runs, b)))["p"]
+    losses = [
+        [
+            r["final_val_loss"]
+            for r in runs
+            if r["variant"] == v and r["status"] == "completed" and r["final_val_loss"] is not None
+        ]
+        for v in (a, b)
+    ]
+    return welch_t_test(*losses)["p"]

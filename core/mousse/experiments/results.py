@@ -22,6 +22,9 @@ from .stats import (
     bootstrap_ci,
     holm,
     mean_curve,
+    paired_bootstrap_ci,
+    paired_differences,
+    paired_t_test,
     speedup,
     steps_to_target,
     welch_t_test,
@@ -91,15 +94,50 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
         v["p_holm"] = p
         v["significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
         v["significance"] = _significance(v["is_baseline"], p, base.losses)
+    return add_paired(
+        {
+            "baseline": base.variant,
+            "target_loss": base.target,
+            "baseline_steps": base.steps,
+            "runs": runs,
+            "variants": variants,
+            "timing_comparable": comparable,
+            "timing_contexts": len(contexts),
+        }
+    )
+
+
+def seed_losses(runs: list, variant: str) -> dict:
+    """seed -> final val loss of `variant`'s completed run rows (the pairs of a paired test)."""
     return {
-        "baseline": base.variant,
-        "target_loss": base.target,
-        "baseline_steps": base.steps,
-        "runs": runs,
-        "variants": variants,
-        "timing_comparable": comparable,
-        "timing_contexts": len(contexts),
+        r["seed"]: r["final_val_loss"]
+        for r in runs
+        if r["variant"] == variant
+        and r["status"] == "completed"
+        and r["final_val_loss"] is not None
     }
+
+
+def add_paired(results: dict) -> dict:
+    """Each variant's paired comparison with the baseline, from the results' run rows: the mean
+    per-seed difference in final loss, its bootstrap interval, the paired t-test and its p
+    Holm-adjusted over the variants (None for the baseline and without two shared seeds)."""
+    base = seed_losses(results["runs"], results["baseline"]) if results["baseline"] else {}
+    for v in results["variants"]:
+        diffs = (
+            []
+            if v["is_baseline"]
+            else paired_differences(seed_losses(results["runs"], v["variant"]), base)
+        )
+        test = paired_t_test(diffs)
+        v["paired_n"] = len(diffs)
+        v["paired_delta"] = statistics.fmean(diffs) if diffs else None
+        v["paired_delta_ci"] = paired_bootstrap_ci(diffs)
+        v["paired_t"], v["paired_p"] = _finite(test["t"]), test["p"]
+    for v, p in zip(results["variants"], holm([v["paired_p"] for v in results["variants"]])):
+        v["paired_p_holm"] = p
+        v["paired_significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
+    return results
 
 
 def _baseline_variant(records: list, baseline_name: str | None) -> str | None:

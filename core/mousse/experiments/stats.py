@@ -1,7 +1,7 @@
 """The statistics behind an ablation's comparison (pure functions, no I/O): steps to a target
 loss, seed-mean curves and the speedup they give over a baseline, its bootstrap interval over
-seeds, and Welch's t-test of final losses (with the incomplete beta function its p-value needs,
-so no scipy)."""
+seeds, Welch's t-test of final losses (with the incomplete beta function its p-value needs,
+so no scipy), and the paired t-test and bootstrap interval of per-seed differences."""
 
 from __future__ import annotations
 
@@ -208,3 +208,39 @@ def welch_t_test(a: list, b: list) -> dict:
     t = diff / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
     return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
+
+
+def paired_differences(a: dict, b: dict) -> list[float]:
+    """a[seed] - b[seed] for every seed both sides have (seed -> final loss), in seed order: in an
+    ablation every seed runs the same initialisation and data order in every arm."""
+    return [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
+
+
+def paired_t_test(diffs: list[float]) -> dict:
+    """Two-sided paired t-test: the mean of the per-seed differences against 0 (df = n - 1); t,
+    df and p are None with fewer than two pairs."""
+    n = len(diffs)
+    if n < 2:
+        return {"t": None, "df": None, "p": None}
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:  # every pair differs by the same amount: no spread to weigh it against
+        return {
+            "t": 0.0 if mean == 0 else math.copysign(math.inf, mean),
+            "df": float(n - 1),
+            "p": 1.0 if mean == 0 else 0.0,
+        }
+    t = mean / (sd / math.sqrt(n))
+    return {"t": t, "df": float(n - 1), "p": t_two_sided_p(t, n - 1)}
+
+
+def paired_bootstrap_ci(
+    diffs: list[float], n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
+) -> list[float] | None:
+    """Expanded percentile bootstrap interval of the mean per-seed difference, the pairs
+    resampled whole (a fixed seed: the same interval every time); None with fewer than two."""
+    if len(diffs) < 2:
+        return None
+    rng = random.Random(seed)
+    values = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n_boot))
+    tail = (1 - expanded_level(level, len(diffs))) / 2
+    return [quantile(values, tail), quantile(values, 1 - tail)]

@@ -17,7 +17,8 @@ CONVERGENCE_COLUMNS = (
     "n",
     "Final val loss",
     "Δ vs baseline",
-    "p",
+    "Welch p",
+    "Paired Δ [95% CI], p",
     "Steps to baseline loss",
     "Speedup (95% CI)",
     "Time speedup (95% CI)",
@@ -46,6 +47,13 @@ CSV_COLUMNS = (
     "p_value",
     "p_holm",
     "significant",
+    "paired_n",
+    "paired_delta",
+    "paired_delta_ci_low",
+    "paired_delta_ci_high",
+    "paired_p",
+    "paired_p_holm",
+    "paired_significant",
     "steps_to_target",
     "reached",
     "step_reduction_pct",
@@ -121,8 +129,28 @@ def _p_text(v: dict) -> str:
     p, adjusted = v["p_value"], v.get("p_holm", v["p_value"])
     if p is None:
         return _DASH if v["is_baseline"] else v["significance"]
-    text = f"{p:.3g}" if adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
-    return text if v["significant"] else f"{text} (not significant)"
+    return _flagged(_holm_text(p, adjusted), v["significant"])
+
+
+def _holm_text(p: float, adjusted: float) -> str:
+    """A p-value, and its Holm adjustment when that differs."""
+    return f"{p:.3g}" if adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
+
+
+def _flagged(text: str, significant: bool) -> str:
+    """`text`, marked when its verdict is not significant."""
+    return text if significant else f"{text} (not significant)"
+
+
+def _paired_text(v: dict) -> str:
+    """The mean per-seed difference from the baseline with its bootstrap interval and the paired
+    t-test's p (Holm-adjusted when that differs), flagged when the adjusted p is not significant;
+    a dash without two seeds shared with the baseline."""
+    if v.get("paired_p") is None:
+        return _DASH
+    low, high = v["paired_delta_ci"]
+    text = f"{v['paired_delta']:+.4f} [{low:+.4f}, {high:+.4f}], "
+    return _flagged(text + _holm_text(v["paired_p"], v["paired_p_holm"]), v["paired_significant"])
 
 
 def _steps_text(v: dict, has_target: bool) -> str:
@@ -184,6 +212,7 @@ def convergence_rows(results: dict) -> list[dict]:
                     _loss_text(v),
                     _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
                     _p_text(v),
+                    _paired_text(v),
                     _steps_text(v, has_target),
                     speedup_text(v),
                     speedup_text(v, "_time"),
@@ -299,10 +328,13 @@ def _csv(results: dict) -> str:
     writer.writeheader()
     for v in results["variants"]:
         ci = v.get("speedup_ci") or [None, None]
+        paired = v.get("paired_delta_ci") or [None, None]
         row = {
             **v,
             "speedup_ci_low": ci[0],
             "speedup_ci_high": ci[1],
+            "paired_delta_ci_low": paired[0],
+            "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
         }
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
