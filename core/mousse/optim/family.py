@@ -11,6 +11,7 @@ literature's optimizers are presets of these knobs (`named`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
@@ -20,15 +21,21 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import knobs as table
+from .refresher import InFlight, Worker, refresh_on_host, run_refresh, stagger_phases
 from .step import (
     SIDE_FACTORS,
     BucketState,
     StepKnobs,
     accumulate_statistics,
     cache_whitening,
+    compute_refresh,
+    delayed,
     exponents,
     group_refresh_due,
-    refresh_side,
+    held_refresh,
+    hold_refresh,
+    install_refresh,
+    refresh_input,
     update_matrices,
 )
 
@@ -65,6 +72,7 @@ def compiled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 def validate_group(group: Knobs) -> None:
     """Raise ValueError naming the first invalid knob of a param group and its allowed values."""
     table.check({k: group[k] for k in DEFAULTS})
+    table.check_together(group)
     for p in group["params"]:
         if p.ndim != 2:
             raise ValueError(
@@ -81,6 +89,16 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
         return closure()
 
 
+def _stagger(buckets: list[_Bucket], group: Knobs) -> None:
+    """Give each matrix of a group's buckets its refresh phase, balancing the eigen work (about
+    k^3 per factor of width k) over the `precond_freq` steps between refreshes."""
+    rows = [(b, i) for b in buckets for i in range(len(b.params))]
+    widths = [dict(zip("LR", b.params[i].shape)) for b, i in rows]
+    costs = [sum(w[side] ** 3 for side in SIDE_FACTORS[group["sides"]]) for w in widths]
+    for (b, i), phase in zip(rows, stagger_phases(costs, group["precond_freq"])):
+        b.refreshes.phases[i] = phase
+
+
 # ---- the engine --------------------------------------------------------------------------------
 
 
@@ -94,6 +112,25 @@ class _Bucket:
     step: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     # the (alpha, post_alpha) the cached P's were computed with
     exponents: tuple[float, float] | None = None
+    refreshes: _Refreshes = field(default_factory=lambda: _Refreshes([]))
+
+
+@dataclass
+class _Refreshes:
+    """When a bucket's matrices refresh: each one's phase (refresh_schedule="staggered"), the
+    step from which each one's pending delayed refresh is used (0: none; a CPU tensor, so
+    reading it never syncs a device; None without refresh_delay), and the delayed refreshes
+    still being computed (none when `background` is off: they are then computed at once)."""
+
+    phases: list[int]
+    pending: Tensor | None = None
+    inflight: list[InFlight] = field(default_factory=list)
+    background: bool = True
+
+    def rows(self, idx: list[int]) -> _Refreshes:
+        """The schedule of the matrices `idx`, computing delayed refreshes at once."""
+        pending = None if self.pending is None else self.pending[torch.tensor(idx)]
+        return _Refreshes([self.phases[i] for i in idx], pending, background=False)
 
 
 class KroneckerOptimizer(Optimizer):
@@ -132,6 +169,7 @@ class KroneckerOptimizer(Optimizer):
     def __init__(self, params: ParamsT, *, compiled: bool = False, **knobs: Any) -> None:
         self.compiled = compiled  # run the per-bucket math under torch.compile (`compiled`)
         self._buckets: list[list[_Bucket]] | None = None
+        self._worker = Worker()  # delayed refreshes (refresh_delay > 0)
         self._fisher: dict[int, Tensor] = {}
         self._explicit = set(knobs)  # derived defaults never override these
         super().__init__(params, self.resolve_knobs(**knobs))
@@ -180,6 +218,14 @@ class KroneckerOptimizer(Optimizer):
             st["graft_v"] = zeros(m, n)  # Adam grafting's second moment (Shampoo)
         if group["average_rate"]:
             st["average"] = zeros(m, n)  # iterate average (SPlus)
+        if group["refresh_delay"] and group["sides"] != "none":
+            st["refresh_pending"] = torch.zeros((), dtype=torch.int64)  # step it is used from
+            for side in SIDE_FACTORS[group["sides"]]:
+                k = m if side == "L" else n
+                st[f"pending_lam_{side}"] = torch.ones(k, dtype=wide, device=p.device)
+                st[f"pending_Q_{side}"] = torch.eye(k, dtype=wide, device=p.device)
+                if "V" in st:  # the qr refresh's column order, for V (SOAP)
+                    st[f"pending_order_{side}"] = torch.arange(k, device=p.device)
         return st
 
     def _build_buckets(self) -> list[list[_Bucket]]:
@@ -192,15 +238,21 @@ class KroneckerOptimizer(Optimizer):
             group_buckets = []
             for params in by_key.values():
                 for p in params:
-                    if not self.state[p]:
-                        self.state[p] = self._init_state(p, group)
+                    fresh = self._init_state(p, group)
+                    # a loaded state lacks the entries of knobs set since (refresh_delay)
+                    self.state[p] = {**fresh, **self.state[p]}
                 stacked = {}
                 for key in self.state[params[0]]:
                     stacked[key] = torch.stack([self.state[p][key] for p in params])
                     for i, p in enumerate(params):
                         self.state[p][key] = stacked[key][i]
                 step = stacked.pop("step")
-                group_buckets.append(_Bucket(params, BucketState.from_saved(stacked), step))
+                pending = stacked.pop("refresh_pending", None)
+                bucket = _Bucket(params, BucketState.from_saved(stacked), step)
+                bucket.refreshes = _Refreshes([0] * len(params), pending)
+                group_buckets.append(bucket)
+            if group["refresh_schedule"] == "staggered":
+                _stagger(group_buckets, group)
             buckets.append(group_buckets)
         return buckets
 
@@ -211,18 +263,37 @@ class KroneckerOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider)."""
+        self.finish_refreshes()  # nothing of the replaced state may still be computing
         super().load_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params):
             for key, value in state_dict["state"].get(pid, {}).items():
                 if isinstance(value, Tensor):
-                    device = torch.device("cpu") if key == "step" else p.device
+                    on_host = key in ("step", "refresh_pending")  # read every step: no sync
+                    device = torch.device("cpu") if on_host else p.device
                     self.state[p][key] = value.to(device=device, copy=True)
         for group in self.param_groups:  # knobs added since the state was saved
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._buckets = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The standard state dict; delayed refreshes still being computed are waited for and
+        saved as pending, so a resumed run uses them on the same step."""
+        self.finish_refreshes()
+        return super().state_dict()
+
+    def finish_refreshes(self) -> None:
+        """Wait for the delayed refreshes being computed and keep them as pending."""
+        for bucket in (b for group_buckets in self._buckets or [] for b in group_buckets):
+            for job in bucket.refreshes.inflight:
+                hold_refresh(bucket.state, job.side, self._worker.result(job), job.rows)
+            bucket.refreshes.inflight.clear()
+
+    def refresh_waits(self) -> tuple[int, float]:
+        """(count, seconds) of steps that waited for a delayed refresh not ready in time."""
+        return self._worker.waits, self._worker.wait_seconds
 
     # ---- hooks for the training loop ----------------------------------------------------------
 
@@ -286,25 +357,46 @@ class KroneckerOptimizer(Optimizer):
                 steps = bucket.step.tolist()  # a CPU tensor: no device sync
                 if all(has_grad) and len(set(steps)) == 1:
                     self._step_matrices(
-                        group, bucket.params, bucket.state, bucket.step, steps[0] + 1
+                        group,
+                        bucket.params,
+                        bucket.state,
+                        bucket.step,
+                        steps[0] + 1,
+                        bucket.refreshes,
                     )
                     continue
                 # Rare: only some matrices got a gradient, so their steps differ; step each
                 # group of equal step on copies of its rows, then write them back.
+                self.finish_refreshes()
                 for s in sorted({s for s, h in zip(steps, has_grad) if h}):
                     rows = [i for i, (si, h) in enumerate(zip(steps, has_grad)) if h and si == s]
                     idx = torch.tensor(rows)
                     sub, sub_steps = bucket.state.rows(idx), bucket.step[idx]
+                    sub_refreshes = bucket.refreshes.rows(rows)
                     self._step_matrices(
-                        group, [bucket.params[i] for i in rows], sub, sub_steps, s + 1
+                        group,
+                        [bucket.params[i] for i in rows],
+                        sub,
+                        sub_steps,
+                        s + 1,
+                        sub_refreshes,
                     )
                     bucket.state.put_rows(idx, sub)
                     bucket.step[idx] = sub_steps
+                    if bucket.refreshes.pending is not None:
+                        assert sub_refreshes.pending is not None
+                        bucket.refreshes.pending[idx] = sub_refreshes.pending
         self._fisher = {}
         return loss
 
     def _step_matrices(
-        self, group: Knobs, params: list[Tensor], st: BucketState, steps: Tensor, t: int
+        self,
+        group: Knobs,
+        params: list[Tensor],
+        st: BucketState,
+        steps: Tensor,
+        t: int,
+        refreshes: _Refreshes,
     ) -> None:
         """Step `t` for a stack of same-shape matrices (state `st` updated in place): the
         statistics and update run through `self._math` (compiled when asked), the eigen refresh
@@ -314,7 +406,7 @@ class KroneckerOptimizer(Optimizer):
         grads = cast("list[Tensor]", [p.grad for p in params])  # all set: step() checked
         G = torch.stack(grads).to(st.momentum_buffer.dtype)
         if not g["refresh_after_update"]:
-            self._statistics(g, params, st, G, t)
+            self._statistics(g, params, st, G, t, refreshes)
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
         if count >= 1:
             whiten = g["sides"] != "none" and t >= g["precond_start"]
@@ -323,27 +415,70 @@ class KroneckerOptimizer(Optimizer):
                 lr = torch.tensor(lr, dtype=torch.float32, device=G.device)
             self._math(update_matrices)(StepKnobs.of(g), params, st, G, lr, count, whiten)
         if g["refresh_after_update"]:
-            self._statistics(g, params, st, G, t)
+            self._statistics(g, params, st, G, t, refreshes)
 
     def _math(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         return compiled(fn) if self.compiled else fn
 
     def _statistics(
-        self, g: Knobs, params: list[Tensor], st: BucketState, G: Tensor, t: int
+        self, g: Knobs, params: list[Tensor], st: BucketState, G: Tensor, t: int, r: _Refreshes
     ) -> None:
-        """Update the factor statistics on statistics steps and refresh the eigen-pairs when due."""
+        """Use the delayed refreshes due at step t, update the factor statistics on statistics
+        steps, and refresh the matrices whose refresh is due: at once, or (`refresh_delay`) for
+        use `refresh_delay` steps later, computed in the background meanwhile."""
         sides = SIDE_FACTORS[g["sides"]]
         if not sides:
             return
+        self._use_pending(g, st, t, r)
         if (t - 1) % g["stat_freq"] == 0:
             Gs = G if g["fisher"] == "empirical" else self._sampled_grads(params).to(G.dtype)
             self._math(accumulate_statistics)(st, Gs, g["precond_beta"])
-        if group_refresh_due(g, t):
-            count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
-            m, n = G.shape[-2:]
-            for side in sides:
-                refresh_side(g, st, side, count, n if side == "L" else m, first=t == 1)
+        due = [i for i, phase in enumerate(r.phases) if group_refresh_due(g, t, phase)]
+        if not due:
+            return
+        count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
+        rows = None if len(due) == len(r.phases) else torch.tensor(due)
+        later = delayed(g, t)
+        compute = functools.partial(
+            compute_refresh,
+            method="eigh" if t == 1 else g["refresh"],  # the first from the identity basis
+            eps=g["eps"],
+            floor=g["eig_floor"],
+            alpha=g["alpha"],
+        )
+        m, n = G.shape[-2:]
+        for side in sides:
+            inputs = refresh_input(g, st.sides[side], count, n if side == "L" else m, rows)
+            on_host = refresh_on_host(G.device, m if side == "L" else n, g["refresh_device"])
+            if not later:
+                install_refresh(st, side, run_refresh(compute, inputs, on_host), rows)
+                continue
+            assert r.pending is not None  # kept when refresh_delay > 0
+            idx = torch.tensor(due)
+            use_at = t + g["refresh_delay"]
+            r.pending[idx] = use_at
+            if r.background:
+                r.inflight.append(self._worker.submit(side, idx, use_at, compute, inputs, on_host))
+            else:
+                hold_refresh(st, side, run_refresh(compute, inputs, on_host), idx)
+        if not later:
             cache_whitening(g, st)
+
+    def _use_pending(self, g: Knobs, st: BucketState, t: int, r: _Refreshes) -> None:
+        """Install the delayed refreshes whose step has come (waiting for any not ready)."""
+        if r.pending is None:
+            return
+        for job in [job for job in r.inflight if job.use_at <= t]:
+            hold_refresh(st, job.side, self._worker.result(job), job.rows)
+            r.inflight.remove(job)
+        due = (r.pending == t).nonzero().flatten()
+        if not len(due):
+            return
+        rows = None if len(due) == len(r.pending) else due
+        for side in SIDE_FACTORS[g["sides"]]:
+            install_refresh(st, side, held_refresh(st, side, due), rows)
+        r.pending[due] = 0
+        cache_whitening(g, st)
 
     def _sampled_grads(self, params: list[Tensor]) -> Tensor:
         missing = [i for i, p in enumerate(params) if id(p) not in self._fisher]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS
-from .precondition import EIG_FLOORS, FACTOR_NORMS, REFRESHES
+from .precondition import EIG_FLOORS, FACTOR_NORMS, REFRESHES, root_order
 
 LR_SCALE_RULES = ("spectral", "muon", "rms", "mean_dim", "none")
 SIDES = ("both", "left", "right", "none")
@@ -162,9 +162,25 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh_schedule",
         "offset",
-        ("offset", "multiples"),
+        ("offset", "multiples", "staggered"),
         "Refresh steps: {choices} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., "
-        "SPlus's authors).",
+        "SPlus's authors; staggered: each matrix at its own phase, about 1/T of the work a step).",
+        preconditioner=True,
+    ),
+    _count(
+        "refresh_delay",
+        0,
+        "A refresh due at step s is used from step s+k on, computed off the step's critical "
+        "path meanwhile (0: at once; the first refresh is always at once; k < precond_freq).",
+        low=0,
+        sweep="0,1,5",
+    ),
+    _choice(
+        "refresh_device",
+        "same",
+        ("same", "cpu", "auto"),
+        "Where refreshes run: {choices} (same: the factor's device; cpu: the host; auto: the "
+        "host for CUDA factors up to 512 wide).",
         preconditioner=True,
     ),
     _unit("precond_beta", 0.95, "EMA rate of the factor statistics.", "0.9,0.95,0.99", pre=True),
@@ -198,7 +214,7 @@ TABLE: tuple[Knob, ...] = (
         "eigh",
         REFRESHES,
         "Factor refresh: {choices} (eigh exact; qr one power iteration + QR from the previous "
-        "basis, SOAP; cheaper, approximate).",
+        "basis, SOAP; root: the whitening power by matmuls only, coupled Newton, alpha = 1/p).",
         preconditioner=True,
     ),
     _switch(
@@ -261,6 +277,31 @@ def check(knobs: dict[str, Any]) -> None:
     for name, value in knobs.items():
         if name in BY_NAME and (allowed := BY_NAME[name].check(value)) is not None:
             raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
+
+
+def check_together(knobs: dict[str, Any]) -> None:
+    """Raise ValueError naming the first pair of knobs that cannot go together (each valid on
+    its own): a delay that reaches the next refresh, or a matmul root it cannot compute."""
+    if knobs.get("sides") == "none":
+        return
+    if knobs["refresh_delay"] >= knobs["precond_freq"]:
+        raise ValueError(
+            f"invalid refresh_delay={knobs['refresh_delay']}: expected less than "
+            f"precond_freq={knobs['precond_freq']} (a refresh is used before the next is due)"
+        )
+    if knobs["refresh"] != "root":
+        return
+    root_order(knobs["alpha"])  # ValueError unless alpha = 1/p or 0
+    if knobs.get("post_alpha") not in (None, knobs["alpha"]):
+        raise ValueError(
+            f"invalid post_alpha={knobs['post_alpha']} with refresh='root': the matmul root "
+            "computes one power; use post_alpha=None or refresh='eigh'"
+        )
+    if knobs["orthogonalizer"] not in ("newton_schulz", "exact", "identity"):
+        raise ValueError(
+            f"invalid refresh='root' with orthogonalizer={knobs['orthogonalizer']!r}: it acts "
+            "in the eigenbasis, which the root does not compute; use refresh='eigh'"
+        )
 
 
 # ---- the docs' knob list -----------------------------------------------------------------------

@@ -53,7 +53,7 @@ def normalized(
     return (F.double() * scale[:, None, None]).to(F.dtype)
 
 
-REFRESHES = ("eigh", "qr")
+REFRESHES = ("eigh", "qr", "root")
 # Eigenvalue floor after eigh(F + eps I): "shift" lifts the spectrum so its minimum is eps
 # (Mousse), "clamp" raises each eigenvalue to at least eps (Shampoo, TNT).
 EIG_FLOORS = ("shift", "clamp")
@@ -89,6 +89,63 @@ def _qr_floored(F: Tensor, Q_prev: Tensor, eps: float, floor: str) -> tuple[Tens
     return _floored((Q * (F @ Q)).sum(-2), eps, floor), Q, order
 
 
+def root_order(alpha: float) -> int:
+    """The p of alpha = 1/p (0 for alpha = 0, where the root is the identity); ValueError when
+    alpha is not of that form, as the matmul-only root needs an integer p."""
+    if alpha == 0:
+        return 0
+    p = round(1.0 / alpha)
+    if p < 1 or abs(1.0 / alpha - p) > 1e-9:
+        raise ValueError(
+            f"refresh='root' needs alpha of the form 1/p (0.125, 0.25, 0.5, 1) or 0, got {alpha}; "
+            "use refresh='eigh' for other exponents"
+        )
+    return p
+
+
+ROOT_MAX_ITERS = 100
+ROOT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def inverse_root_newton(
+    A: Tensor, p: int, max_iters: int = ROOT_MAX_ITERS
+) -> tuple[Tensor, Tensor]:
+    """A^(-1/p) of a stack of symmetric positive definite matrices by the coupled Newton
+    iteration (Guo and Higham 2006, as Shampoo implementations use it): matmuls only, so a GPU
+    spends it in GEMMs. X -> A^(-1/p) while M = X^p A -> I; started from X = c^(1/p) I,
+    M = c A with c = (p + 1) / (2 ||A||_F), which puts the spectrum of M in (0, (p+1)/2].
+    Returns (X, converged mask): a matrix whose max |M - I| is still above the dtype's
+    tolerance after `max_iters` (or not finite) is not converged."""
+    eye = torch.eye(A.size(-1), dtype=A.dtype, device=A.device).expand_as(A)
+    c = (p + 1) / (2 * torch.linalg.matrix_norm(A).clamp(min=torch.finfo(A.dtype).tiny))
+    X = eye * c[:, None, None] ** (1.0 / p)
+    M = A * c[:, None, None]
+    tol = ROOT_TOL.get(A.dtype, 1e-4)
+    for _ in range(max_iters):
+        T = ((p + 1) * eye - M) / p
+        X = X @ T
+        M = torch.linalg.matrix_power(T, p) @ M
+        if bool((M - eye).abs().amax() <= tol):  # one host sync an iteration, on the refresh
+            break
+    error = (M - eye).abs().amax(dim=(-2, -1))
+    return X, torch.isfinite(error) & (error <= tol)
+
+
+def _root_floored(F: Tensor, eps: float, floor: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(ones, P, converged): P = (F + eps I)^-alpha after the eps floor, computed without an
+    eigendecomposition. The floor assumes F is positive semi-definite, as factor statistics are
+    (up to rounding): "shift" is then F + 2 eps I, "clamp" F + eps I. Stored as the pair
+    (lam, Q) = (1, P), so that Q diag(lam^-alpha) = P as for an eigen-pair."""
+    p = root_order(alpha)
+    lam = torch.ones(F.shape[:-1], dtype=F.dtype, device=F.device)
+    if p == 0:
+        eye = torch.eye(F.size(-1), dtype=F.dtype, device=F.device).expand_as(F).clone()
+        return lam, eye, torch.ones(F.size(0), dtype=torch.bool, device=F.device)
+    A = _damped(F, 2 * eps if floor == "shift" else eps)
+    X, converged = inverse_root_newton(A, p)
+    return lam, (X + X.mT) / 2, converged
+
+
 def _all_finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -101,18 +158,33 @@ def refresh(
     dtype: torch.dtype,
     method: str = "eigh",
     floor: str = "shift",
+    alpha: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Eigen-pairs of `F + eps I`, eigenvalues floored at eps (`floor`), for a batch of factors.
 
     method "eigh" decomposes exactly; "qr" refines the previous pair by one power iteration + QR
     (two matmuls and a QR instead of an eigendecomposition; converges to the eigh pair over
-    refreshes of slowly changing factors), and falls back to eigh when its result is not finite.
+    refreshes of slowly changing factors), and falls back to eigh when its result is not finite;
+    "root" computes the whitening matrix P = (F + eps I)^-alpha itself by matmuls
+    (`inverse_root_newton`) and returns it as the pair (1, P), falling back to eigh for the
+    matrices where the iteration does not converge.
     eigh tries `dtype` (fp32 or wider), retries in fp64 on failure or non-finite output, then
     matrix by matrix; a matrix that still fails keeps its previous pair. Returns (lam, Q, failed
     mask, order): order is the qr refresh's column order (None when eigh ran), so state kept in
-    the eigenbasis can follow its columns. The finiteness checks read the result on the host, once per refresh (CUDA's eigh
-    syncs anyway; for qr this check is the refresh's only sync).
+    the eigenbasis can follow its columns. The finiteness checks read the result on the host,
+    once per refresh (CUDA's eigh syncs anyway; for qr this check is the refresh's only sync).
     """
+    if method == "root":
+        lam, P, converged = _root_floored(F.to(dtype), eps, floor, alpha)
+        if bool(converged.all()):
+            failed = torch.zeros(F.size(0), dtype=torch.bool, device=F.device)
+            return lam.to(lam_prev.dtype), P.to(Q_prev.dtype), failed, None
+        exact = refresh(F[~converged], lam_prev[~converged], Q_prev[~converged], eps, dtype)
+        lam, P = lam.to(lam_prev.dtype), P.to(Q_prev.dtype)
+        lam[~converged], P[~converged] = exact[0], exact[1]
+        failed = torch.zeros(F.size(0), dtype=torch.bool, device=F.device)
+        failed[~converged] = exact[2]
+        return lam, P, failed, None
     attempts = [("qr", dtype)] if method == "qr" else []
     attempts += [("eigh", d) for d in dict.fromkeys((dtype, torch.float64))]
     for how, attempt_dtype in attempts:

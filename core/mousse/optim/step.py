@@ -79,6 +79,11 @@ class SideState:
     Q: Tensor
     eigh_failures: Tensor
     stat_skips: Tensor
+    # a delayed refresh computed but not yet used (refresh_delay > 0): its pair and, with state
+    # kept in the eigenbasis (SOAP's V), the qr refresh's column order
+    pending_lam: Tensor | None = None
+    pending_Q: Tensor | None = None
+    pending_order: Tensor | None = None
     P: Tensor | None = None
     P_post: Tensor | None = None
 
@@ -98,16 +103,21 @@ class BucketState:
     # the saved state's names (torch.optim state entries) of each side's tensors
     SAVED = {"factor": "{}", "lam": "lam_{}", "Q": "Q_{}"}
     COUNTERS = {"eigh_failures": "eigh_failures_{}", "stat_skips": "stat_skips_{}"}
+    PENDING = {"pending_lam": "pending_lam_{}", "pending_Q": "pending_Q_{}"}
+    PENDING_ORDER = {"pending_order": "pending_order_{}"}
 
     @classmethod
     def from_saved(cls, state: Mapping[str, Tensor]) -> BucketState:
         """The typed view of a dict with the saved state's names ('L', 'lam_L', 'Q_L', ...)."""
         names = {**cls.SAVED, **cls.COUNTERS}
-        sides = {
-            s: SideState(**{attr: state[name.format(s)] for attr, name in names.items()})
-            for s in ("L", "R")
-            if s in state
-        }
+        optional = {**cls.PENDING, **cls.PENDING_ORDER}
+
+        def side(s: str) -> SideState:
+            kept: dict[str, Any] = {attr: state[name.format(s)] for attr, name in names.items()}
+            kept.update({attr: state.get(name.format(s)) for attr, name in optional.items()})
+            return SideState(**kept)
+
+        sides = {s: side(s) for s in ("L", "R") if s in state}
         return cls(
             state["momentum_buffer"],
             state["update_rms"],
@@ -181,18 +191,25 @@ def adam_normalize(
 
 
 def refresh_due(
-    t: int, *, precond_freq: int, stat_freq: int, refresh_warmup: int, refresh_schedule: str
+    t: int,
+    *,
+    precond_freq: int,
+    stat_freq: int,
+    refresh_warmup: int,
+    refresh_schedule: str,
+    phase: int = 0,
 ) -> bool:
     """Whether step t (1-based) refreshes the eigen-pairs: on step 1, then every `precond_freq`
-    steps counted from it (`refresh_schedule` "offset": 1, F+1, 2F+1, ...) or on the multiples of
-    `precond_freq` ("multiples": 1, F, 2F, ..., as SPlus's authors' code does); and on every
+    steps counted from it (`refresh_schedule` "offset": 1, F+1, 2F+1, ...), on the multiples of
+    `precond_freq` ("multiples": 1, F, 2F, ..., as SPlus's authors' code does) or from the
+    matrix's own `phase` in [0, F) ("staggered": 1, 1+phase, 1+phase+F, ...); and on every
     statistics step up to `refresh_warmup`."""
     is_stat = (t - 1) % stat_freq == 0
-    phase = 1 if refresh_schedule == "offset" else 0
-    return t == 1 or (t - phase) % precond_freq == 0 or (is_stat and t <= refresh_warmup)
+    start = {"offset": 1, "multiples": 0}.get(refresh_schedule, 1 + phase)
+    return t == 1 or (t - start) % precond_freq == 0 or (is_stat and t <= refresh_warmup)
 
 
-def group_refresh_due(group: Mapping[str, Any], t: int) -> bool:
+def group_refresh_due(group: Mapping[str, Any], t: int, phase: int = 0) -> bool:
     """`refresh_due` with a param group's (or a run config's) knobs."""
     return refresh_due(
         t,
@@ -200,7 +217,14 @@ def group_refresh_due(group: Mapping[str, Any], t: int) -> bool:
         stat_freq=group["stat_freq"],
         refresh_warmup=group["refresh_warmup"],
         refresh_schedule=group["refresh_schedule"],
+        phase=phase,
     )
+
+
+def delayed(group: Mapping[str, Any], t: int) -> bool:
+    """Whether a refresh due at step t is used `refresh_delay` steps later rather than at once:
+    never for the first refresh nor those of `refresh_warmup`, which build the preconditioner."""
+    return group["refresh_delay"] > 0 and t > 1 and t > group["refresh_warmup"]
 
 
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
@@ -327,30 +351,86 @@ def apply_update(
 # ---- the refresh (eager: it needs the host for finiteness checks and fallbacks) ----------------
 
 
-def refresh_side(
-    g: Mapping[str, Any], st: BucketState, side: str, count: int, other_dim: int, first: bool
-) -> None:
-    """Eigen refresh of one side's factors from `count` statistics updates (the first refresh,
-    from the identity basis, always by eigh); state kept in the eigenbasis follows a QR
-    refresh's column order."""
-    s = st.sides[side]
+@dataclass
+class Refresh:
+    """A computed refresh of some matrices of one side: the new pair, which matrices failed
+    (kept their previous pair) and the qr refresh's column order (None otherwise)."""
+
+    lam: Tensor
+    Q: Tensor
+    failed: Tensor
+    order: Tensor | None
+
+
+def refresh_input(
+    g: Mapping[str, Any], side: SideState, count: int, other_dim: int, rows: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What a refresh of `rows` (None: all) reads, as new tensors: the factor normalized for
+    `count` statistics updates, and the current pair (qr's warm start, eigh's fallback). The
+    statistics may change in place while a delayed refresh works on these."""
+
+    def pick(t: Tensor) -> Tensor:
+        return t.clone() if rows is None else t[rows]
+
     factor = pc.normalized(
-        s.factor, count, g["precond_beta"], g["bias_correction"], g["factor_norm"], other_dim
+        side.factor if rows is None else side.factor[rows],  # normalized() returns a new tensor
+        count,
+        g["precond_beta"],
+        g["bias_correction"],
+        g["factor_norm"],
+        other_dim,
     )
-    new_lam, new_Q, failed, order = pc.refresh(
-        factor,
-        s.lam,
-        s.Q,
-        g["eps"],
-        s.factor.dtype,
-        "eigh" if first else g["refresh"],
-        g["eig_floor"],
-    )
-    s.lam.copy_(new_lam)
-    s.Q.copy_(new_Q)
-    s.eigh_failures += failed
-    if order is not None and st.V is not None:
-        st.V.copy_(permute_basis_state(st.V, order, side))
+    return factor, pick(side.lam), pick(side.Q)
+
+
+def compute_refresh(
+    factor: Tensor, lam: Tensor, Q: Tensor, *, method: str, eps: float, floor: str, alpha: float
+) -> Refresh:
+    """The refresh of `refresh_input`'s tensors by `method` (eigh, qr or root), on their device."""
+    return Refresh(*pc.refresh(factor, lam, Q, eps, factor.dtype, method, floor, alpha))
+
+
+def install_refresh(st: BucketState, side: str, r: Refresh, rows: Tensor | None) -> None:
+    """Put a computed refresh of `rows` (None: all) in the state: the pair, the failure count,
+    and state kept in the eigenbasis reordered after a qr refresh's columns."""
+    s = st.sides[side]
+    if rows is None:
+        s.lam.copy_(r.lam)
+        s.Q.copy_(r.Q)
+        s.eigh_failures.add_(r.failed)
+    else:
+        s.lam[rows], s.Q[rows] = r.lam, r.Q
+        s.eigh_failures[rows] += r.failed
+    if r.order is not None and st.V is not None:
+        V = st.V if rows is None else st.V[rows]
+        V = permute_basis_state(V, r.order, side)
+        if rows is None:
+            st.V.copy_(V)
+        else:
+            st.V[rows] = V
+
+
+def hold_refresh(st: BucketState, side: str, r: Refresh, rows: Tensor) -> None:
+    """Keep a computed delayed refresh of `rows` in the side's pending buffers until its step."""
+    s = st.sides[side]
+    assert s.pending_lam is not None and s.pending_Q is not None  # kept when refresh_delay > 0
+    s.pending_lam[rows], s.pending_Q[rows] = r.lam, r.Q
+    s.eigh_failures[rows] += r.failed
+    if s.pending_order is not None:
+        s.pending_order[rows] = (
+            torch.arange(s.lam.size(-1), device=s.lam.device).expand(len(rows), -1)
+            if r.order is None
+            else r.order
+        )
+
+
+def held_refresh(st: BucketState, side: str, rows: Tensor) -> Refresh:
+    """The pending refresh of `rows` as `hold_refresh` kept it (failures already counted)."""
+    s = st.sides[side]
+    assert s.pending_lam is not None and s.pending_Q is not None
+    order = None if s.pending_order is None else s.pending_order[rows]
+    failed = torch.zeros(len(rows), dtype=s.eigh_failures.dtype, device=s.lam.device)
+    return Refresh(s.pending_lam[rows], s.pending_Q[rows], failed, order)
 
 
 def exponents(g: Mapping[str, Any]) -> tuple[float, float]:

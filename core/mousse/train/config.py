@@ -420,3 +420,8 @@ def validate(cfg: TrainConfig) -> None:
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
         f"{cfg.micro_batch_size}; pick sizes that divide",
     )
+    if cfg.optimizer != "adamw":
+        try:
+            table.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
