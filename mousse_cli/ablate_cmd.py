@@ -19,7 +19,7 @@ from .ablate_plan import (
     read_setup,
     show_plans,
 )
-from .ablate_run import run_ablations
+from .ablate_run import check_timing_budget, run_ablations
 from .console import console
 from .errors import EXIT_DIVERGED, EXIT_WAITING, user_errors
 from .interrupts import graceful_stop, interrupted_code
@@ -160,6 +160,7 @@ def ablate(
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         setup = read_setup(overrides, spec, config, tune, tune_seeds)
         check_run_flags(setup.tuning, wait, shard, parallel)
+        check_timing_budget(timing_budget)
         root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)
         dashboards = dashboards_for(ablations, setup, root)
         cost = ablation_cost(ablations, max_hours, force)

@@ -75,7 +75,7 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
 
 def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int) -> None:
     """Refuse --wait outside a tuned shard, and --parallel below 1 or under torchrun."""
-    if wait is not None and (wait <= 0 or shard is None or not tuning):
+    if wait is not None and (not wait > 0 or shard is None or not tuning):
         raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
     if parallel < 1:
         raise ConfigError("--parallel must be >= 1")
@@ -110,6 +110,10 @@ def plan_ablations(
         for preset in presets or [None]
     }
     first = next(iter(plans.values()))
+    if ablation_dir is not None and str(ablation_dir) in ("", "."):
+        raise ConfigError(
+            "--ablation-dir must name a directory for this ablation, not the current one"
+        )
     root = ablation_dir or Path("runs") / first.default_dir_name(
         (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else "")
     )

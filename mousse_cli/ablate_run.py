@@ -75,6 +75,15 @@ def run_one_ablation(
     return results, [], {r.name for r in runs} if shard else None
 
 
+def check_timing_budget(budget: float | None) -> None:
+    """Refuse a --timing-budget that is not a number of seconds > 0, before any run trains."""
+    if budget is not None and not 0 < budget < float("inf"):
+        raise ConfigError(
+            f"--timing-budget must be a number of seconds > 0, not {budget}"
+            " (or pass --no-timing-pass)"
+        )
+
+
 def timed(ablation, budget: float | None) -> dict | None:
     """The side-by-side timing pass of an ablation's variants (one process, this machine), and
     the results with its overheads; None when it does not apply (under torchrun, fewer than two
@@ -85,8 +94,6 @@ def timed(ablation, budget: float | None) -> dict | None:
         return None
     if (ablation.dir / TIMING_FILE).exists() and not ablation.trained:
         return None
-    if budget is not None and budget <= 0:
-        raise ConfigError("--timing-budget must be > 0 seconds (or pass --no-timing-pass)")
     console.print(
         f"timing pass: every variant's step side by side in this process "
         f"({escape(str(ablation.dir))})",

@@ -21,8 +21,8 @@ def check_cost(
     from mousse.train.estimate import warning
     from mousse.train.trainer import pick_device
 
-    if max_hours is not None and max_hours <= 0:
-        raise ConfigError("--max-hours must be > 0")
+    if max_hours is not None and not max_hours > 0:  # NaN too
+        raise ConfigError("--max-hours must be a number > 0")
     estimates = _estimates(configs, force)
     total, line = measured or _total_time(configs, estimates, runs)
     if max_hours is not None and total > max_hours * 3600:

@@ -11,7 +11,7 @@ from rich.markup import escape
 from mousse.train.config import ConfigError
 from mousse.train.fileio import dumps
 
-from .ablate_run import timed
+from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
 from .results_out import scale_of, scaled_results, show_preset_title, show_results
@@ -53,6 +53,7 @@ def report(
     with user_errors():
         if fmt not in FORMATS:
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        check_timing_budget(timing_budget)
         scaled, by_preset = load_results(ablation_dir, plot, retime, timing_budget)
     if expect:  # a bad expression is refused before anything is printed
         check_expressions(expect)

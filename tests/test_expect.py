@@ -97,6 +97,8 @@ def test_significance_needs_seeds_and_a_real_gap():
         ("speeed(mousse) > 1", "unknown function"),
         ("adam < muon", "not a variant"),
         ("speedup(mousse) > 1 paired significant", "compares two variants"),
+        ("speedup(mousse) >= nan", "must be finite"),
+        ("mousse < -inf", "must be finite"),
     ],
 )
 def test_bad_expectations_are_config_errors(expr, words):

@@ -397,12 +397,36 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
         (["ablate", "--alpha", "0.0", "--seeds", "100000000", "--dry-run"], "at most 1000"),
         (["train", "--seed", "99999999999999999999"], "'seed'"),
         (["train", "--lr", "nan"], "finite number"),
+        (["train", "--target-loss", "nan"], "'target_loss'"),
+        (["train", "--target-loss", "-inf"], "'target_loss'"),
+        (["train", "--max-hours", "nan"], "--max-hours"),
+        (["train", "--steps", "100000000000000000000"], "at most 1,000,000,000"),
+        (["ablate", "--alpha", "0.0", "--timing-budget", "-5"], "--timing-budget"),
+        (["ablate", "--alpha", "0.0", "--timing-budget", "nan"], "--timing-budget"),
+        (["report", "nowhere", "--retime", "--timing-budget", "nan"], "--timing-budget"),
+        (["ablate", "--alpha", "0.0", "--ablation-dir", "", "--dry-run"], "--ablation-dir"),
     ],
 )
 def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(invoke_cli(*args), needle)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "line,key",
+    [
+        ("steps = true", "'steps'"),
+        ("eval_every = true", "'eval_every'"),
+        ("compile = 1", "'compile'"),
+    ],
+)
+def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, key):
+    """TOML's true is not 1 step, nor its 1 a switch: the setting's type is named."""
+    conf = tmp_path / "run.toml"
+    conf.write_text(line + "\n")
+    assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)
+    assert not (tmp_path / "R").exists()
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path):

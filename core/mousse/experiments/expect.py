@@ -43,9 +43,13 @@ class Term:
 
 def _term(text: str) -> Term:
     try:
-        return Term(text, number=float(text))
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):  # every comparison with NaN fails: a typo, not a gate
+            raise ConfigError(f"bad --expect term {text!r}: a number must be finite")
+        return Term(text, number=number)
     call = _CALL.match(text)
     if call:
         name, arg = call.group(1), call.group(2).strip()

@@ -153,14 +153,16 @@ def coerce(key: str, value):
         if kind is bool:
             if isinstance(value, bool):
                 return value
-            text = str(value).strip().lower()
+            if not isinstance(value, str):  # TOML's `compile = 1` is not on/off
+                raise ValueError
+            text = value.strip().lower()
             if text in ("1", "true", "on", "yes"):
                 return True
             if text in ("0", "false", "off", "no"):
                 return False
             raise ValueError
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value) if not isinstance(value, str) else int(value.strip())
         if kind is float:
@@ -374,12 +376,15 @@ _AT_LEAST_1 = (
     "checkpoint_every",
     "keep_checkpoints",
 )
+MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a plan
 # number -> (test, what is allowed), for run settings that may be fractional
 _RANGES = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
+    "target_loss": (math.isfinite, "must be a finite number"),
+    "steps": (lambda v: v <= MAX_STEPS, f"must be at most {MAX_STEPS:,}"),
 }
 
 
