@@ -31,6 +31,7 @@ from .results_out import (
     show_results,
     show_scale,
 )
+from .trust import TRUST_MODEL_CODE, check_trusted
 
 # The options of `ablate` besides the sweeps and run settings, in the order --help lists them.
 SPEC = typer.Argument(None, help="Ablation spec TOML (see ablations/); flags override it.")
@@ -150,6 +151,7 @@ def ablate(
     no_timing_pass: bool = NO_TIMING_PASS,
     timing_budget: Optional[float] = TIMING_BUDGET,
     json_out: bool = JSON_OUT,
+    trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.
 
@@ -159,6 +161,9 @@ def ablate(
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         setup = read_setup(overrides, spec, config, tune, tune_seeds)
+        models = {setup.base.get("model"), *setup.sweeps.get("model", [])}
+        where = str(spec) if spec else f"--config {config}"
+        check_trusted(models, overrides.get("model"), trust_model_code, where)
         check_run_flags(setup.tuning, wait, shard, parallel)
         check_timing_budget(timing_budget)
         root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)

@@ -91,7 +91,8 @@ def launch_train(
     with tempfile.TemporaryDirectory(prefix="mousse-launch-") as tmp:
         conf = Path(tmp) / "settings.toml"
         conf.write_text(tomlio.dumps(settings))
-        args = ["train", "--config", str(conf), "--run-dir", str(run_dir)]
+        # the ranks import the model this process has checked (its code named or trusted)
+        args = ["train", "--config", str(conf), "--run-dir", str(run_dir), "--trust-model-code"]
         args += ["--resume", str(resume)] if resume is not None else []
         args += ["--json"] if json_out else []
         return launch(nproc, args)

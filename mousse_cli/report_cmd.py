@@ -16,6 +16,7 @@ from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
 from .results_out import scale_of, scaled_results, show_preset_title, show_results
 from .tables import scale_table
+from .trust import TRUST_MODEL_CODE, check_trusted, plan_models
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -46,6 +47,7 @@ def report(
         "--expect",
         help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10". Exit 5 when one fails (docs/ci.md).',
     ),
+    trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
     """Re-render an ablation's tables from disk (and check expectations, for CI).
 
@@ -54,7 +56,9 @@ def report(
         if fmt not in FORMATS:
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
         check_timing_budget(timing_budget)
-        scaled, by_preset = load_results(ablation_dir, plot, retime, timing_budget)
+        scaled, by_preset = load_results(
+            ablation_dir, plot, retime, timing_budget, trust_model_code
+        )
     if expect:  # a bad expression is refused before anything is printed
         check_expressions(expect)
     print_results(by_preset, scaled, fmt)
@@ -63,17 +67,26 @@ def report(
 
 
 def load_results(
-    ablation_dir: Path, plot: Path | None, retime: bool, timing_budget: float | None
+    ablation_dir: Path,
+    plot: Path | None,
+    retime: bool,
+    timing_budget: float | None,
+    trust_model_code: bool = False,
 ) -> tuple[bool, dict]:
     """(whether `ablation_dir` is the root of several presets, each preset's results; None for
-    a plain ablation dir), retimed and plotted when asked."""
+    a plain ablation dir), retimed (model code it names imported only when trusted) and plotted
+    when asked."""
     from mousse.experiments.scale import preset_dirs
 
     scaled = not (ablation_dir / "ablation.toml").is_file() and bool(preset_dirs(ablation_dir))
     dirs = preset_dirs(ablation_dir) if scaled else {None: ablation_dir}
+    ablations = {preset: open_ablation(path) for preset, path in dirs.items()}
+    for ablation in ablations.values():  # --retime builds the models
+        if retime:
+            where = str(ablation.dir / "ablation.toml")
+            check_trusted(plan_models(ablation.plan), None, trust_model_code, where)
     by_preset = {}
-    for preset, path in dirs.items():
-        ablation = open_ablation(path)
+    for preset, ablation in ablations.items():
         if retime:
             ablation.trained = True
             timed(ablation, timing_budget)

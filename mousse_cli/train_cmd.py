@@ -20,6 +20,7 @@ from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
 from .train_view import TrainView
+from .trust import TRUST_MODEL_CODE, check_trusted
 
 # The options of `train` besides the run settings (TRAIN_FLAGS), in the order --help lists them.
 CONFIG = typer.Option(
@@ -76,12 +77,16 @@ def train(
     nproc: int = NPROC,
     max_hours: Optional[float] = MAX_HOURS,
     force: bool = FORCE,
+    trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
-        settings = {**(load_config_file(config) if config else {}), **overrides}
+        file = load_config_file(config) if config else {}
+        settings = {**file, **overrides}
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
+        where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
+        check_trusted({cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
         if nproc != 1:
             from .launch import launch_train

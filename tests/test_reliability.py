@@ -295,6 +295,59 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
     assert not queued.exists() and "after 0 steps" not in err
 
 
+# ---- model code named in a file runs only when the user says so ----------------------------------
+
+
+def _refuse_import(spec):
+    """Stands in for the model import: a refusal must come before it."""
+    raise AssertionError(f"imported {spec}")
+
+
+def test_a_run_dirs_model_code_is_imported_only_when_trusted(cli, tmp_path, monkeypatch):
+    """`train --resume R` of a run someone sent: their model file is not run unless named
+    again with --model or trusted with --trust-model-code."""
+    from test_user_model import FAST as MODEL_FAST
+    from test_user_model import LLAMA, SMALL
+
+    run = tmp_path / "R"
+    first = cli("train", "--model", LLAMA, *SMALL, *MODEL_FAST, "--steps", "2", "--run-dir", run)
+    assert first.exit_code == 0, first
+    with monkeypatch.context() as patch:  # refused before anything imports it
+        patch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+        refused = cli("train", "--resume", run, "--steps", "3")
+        assert_one_line_error(refused, "llama.py:llama", "--trust-model-code", f"--model {LLAMA}")
+    assert summary(run)["steps"] == 2
+    assert cli("train", "--resume", run, "--steps", "3", "--model", LLAMA).exit_code == 0
+    assert cli("train", "--resume", run, "--steps", "4", "--trust-model-code").exit_code == 0
+    assert summary(run)["steps"] == 4
+
+
+def test_a_spec_or_config_that_names_model_code_needs_the_flag(cli, tmp_path, monkeypatch):
+    """`ablate spec.toml --dry-run` and `train --config c.toml`: a file someone sent."""
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    spec, conf = tmp_path / "spec.toml", tmp_path / "c.toml"
+    spec.write_text('[base]\nmodel = "evil.py:make"\n[sweep]\noptimizer = ["muon"]\n')
+    conf.write_text('model = "evil.py:make"\n')
+    assert_one_line_error(cli("ablate", spec, "--dry-run"), str(spec), "evil.py:make", "--trust")
+    refused = cli("train", "--config", conf, "--run-dir", tmp_path / "R")
+    assert_one_line_error(refused, str(conf), "evil.py:make", "--trust-model-code")
+    assert not (tmp_path / "R").exists()
+
+
+def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
+    cli, tmp_path, monkeypatch
+):
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.train import tomlio
+
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    plan = plan_ablation({"alpha": [0.0]}, base={"model": "evil.py:make"})
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
+    refused = cli("report", tmp_path / "A", "--retime")
+    assert_one_line_error(refused, "ablation.toml", "evil.py:make", "--trust-model-code")
+
+
 # ---- strict JSON and permissions ---------------------------------------------------------------
 
 

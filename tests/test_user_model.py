@@ -135,7 +135,14 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_is_bit_exact(cli, reference, tmp_path):
     new = tmp_path / "resumed"
-    res = cli("train", "--resume", reference / "checkpoints" / f"step-{N}", "--run-dir", new)
+    res = cli(
+        "train",
+        "--resume",
+        reference / "checkpoints" / f"step-{N}",
+        "--run-dir",
+        new,
+        "--trust-model-code",
+    )
     assert res.exit_code == 0, res
     assert train_losses(new) == {s: v for s, v in train_losses(reference).items() if s > N}
     assert val_losses(new)[2 * N] == val_losses(reference)[2 * N]
@@ -180,7 +187,17 @@ def test_ablate_two_optimizers_on_a_user_model_from_a_spec(cli, tmp_path):
         '[sweep]\noptimizer = ["muon", "mousse"]\n'
     )
     res = cli(
-        "ablate", spec, *FAST, "--steps", "4", "--eval-every", "2", "--ablation-dir", adir, "--json"
+        "ablate",
+        spec,
+        *FAST,
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--ablation-dir",
+        adir,
+        "--json",
+        "--trust-model-code",  # the spec names the model's code
     )
     assert res.exit_code == 0, res
     runs = res.json()["runs"]

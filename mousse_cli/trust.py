@@ -1,0 +1,42 @@
+"""Model code named in a file is imported only with the user's say-so, as Hugging Face's
+`trust_remote_code`: a run dir, an ablation dir, a spec or a config file someone sent can name a
+Python file (`--model path.py:FUNCTION`), and importing it runs that file. A model named with
+`--model` on the command line, or any model with `--trust-model-code`, is imported."""
+
+from __future__ import annotations
+
+import typer
+
+from mousse.train.config import ConfigError
+from mousse.train.usermodel import HF_PREFIX
+
+from .options import RUN_PANEL
+
+TRUST_MODEL_CODE = typer.Option(
+    False,
+    "--trust-model-code",
+    help="Import the model code (--model FILE.py:FUNCTION or MODULE:FUNCTION) that a run dir, ablation dir, spec or config file names. Without it only a --model given on the command line is imported.",
+    rich_help_panel=RUN_PANEL,
+)
+
+
+def is_code(model: str | None) -> bool:
+    """Whether a model setting imports Python code (hf:ARCH builds from transformers' configs,
+    no code of the file's author)."""
+    return bool(model) and not str(model).startswith(HF_PREFIX)
+
+
+def check_trusted(models: set, named: str | None, trust: bool, where: str) -> None:
+    """ConfigError unless every model code `where` names is the --model of the command line
+    (`named`), or the user trusts it (`trust`)."""
+    untrusted = sorted(m for m in models if is_code(m) and m != named)
+    if untrusted and not trust:
+        raise ConfigError(
+            f"{where} names model code {untrusted[0]}; it is imported (and runs) only if you "
+            f"say so: pass --trust-model-code, or --model {untrusted[0]}"
+        )
+
+
+def plan_models(plan) -> set:
+    """The models an ablation plan's runs build: its base's and any its sweeps set."""
+    return {plan.base.get("model"), *(r.knobs.get("model") for r in plan.runs)}
