@@ -12,14 +12,17 @@ from .console import console
 @contextmanager
 def graceful_stop():
     """Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing a job) asks the engine to
-    stop after the current step (it checkpoints); a second signal interrupts at once. The stop
-    flag's `signal` attribute says which signal came first (its exit code: 128 + number)."""
+    stop after the current step (it checkpoints); a second signal interrupts at once, exiting
+    with its own code (130 for Ctrl-C, 143 for SIGTERM). The stop flag's `signal` attribute says
+    which signal came first (its exit code: 128 + number)."""
     stop = threading.Event()
     stop.signal = None  # type: ignore[attr-defined]
 
     def handler(signum, frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)  # not KeyboardInterrupt: the shell's code is 143
         stop.signal = signum  # type: ignore[attr-defined]
         stop.set()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

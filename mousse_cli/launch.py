@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,8 @@ from mousse.train import tomlio
 from mousse.train.config import ConfigError
 from mousse.train.data import load_dataset
 from mousse.train.trainer import default_run_dir
+
+STOP = (signal.SIGINT, signal.SIGTERM)  # the signals the ranks stop on (and checkpoint)
 
 
 def torchrun_main(argv: list[str] | None = None) -> None:
@@ -28,8 +31,8 @@ def torchrun_main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
-    except SignalException:  # Ctrl-C: torchrun passed it on to the ranks, which stopped
-        sys.exit(130)
+    except SignalException as exc:  # torchrun passed it on to the ranks, which stopped
+        sys.exit(128 + int(exc.sigval))  # the shell's code: 130 Ctrl-C, 143 SIGTERM
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = (
@@ -37,7 +40,7 @@ def torchrun_main(argv: list[str] | None = None) -> None:
             if isinstance(failure.exitcode, int) and 0 < failure.exitcode < 256
             else 1
         )
-        if code not in (2, 3, 130):  # bad input, divergence and Ctrl-C were reported by the ranks
+        if code not in (2, 3, 130, 143):  # bad input, divergence, signals: the ranks said so
             how = (
                 f"exit code {failure.exitcode}"
                 if failure.exitcode >= 0
@@ -53,7 +56,10 @@ def torchrun_main(argv: list[str] | None = None) -> None:
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `python -m mousse_cli ARGV` on `nproc` ranks of this machine under torchrun (standalone
     rendezvous on a free port); returns the job's exit code. Each rank gets an equal share of the
-    CPU threads unless OMP_NUM_THREADS is set."""
+    CPU threads unless OMP_NUM_THREADS is set. torchrun runs in a session of its own, and every
+    Ctrl-C or SIGTERM this process gets is passed on to it once (it passes it on to the ranks,
+    which checkpoint and stop): `kill PID` reaches the ranks, and a terminal's Ctrl-C, which
+    signals the whole foreground group, is not delivered twice."""
     cmd = [
         sys.executable,
         "-c",
@@ -66,12 +72,13 @@ def launch(nproc: int, argv: list[str]) -> int:
     ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    proc = subprocess.Popen(cmd, env=env)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # torchrun got it too and passes it on to the ranks
-            continue
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    previous = {s: signal.signal(s, lambda signum, _: proc.send_signal(signum)) for s in STOP}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def launch_train(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -247,6 +248,46 @@ def test_a_failing_rank_ends_the_job_promptly(builtin_data, tmp_path):
     assert lines[-1] == "error: rank 1 ended with exit code 1; torchrun stopped the other ranks"
     assert "Traceback" not in res.stderr
     assert not list_checkpoints(tmp_path / "r" / "checkpoints")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux: /proc)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [d for c in map(int, children) for d in (c, *_descendants(c))]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_reaches_torchrun_and_every_rank(builtin_data, tmp_path):
+    """`kill PID` of `mousse train --nproc 2` (only the launcher is signalled): the ranks
+    checkpoint and stop, nothing is left running, and the launcher exits 143 after them."""
+    run = tmp_path / "r"
+    proc = subprocess.Popen(
+        [*mousse_command(), "train", *ARGS, "--steps", "100000", "--run-dir", str(run)]
+        + ["--nproc", "2", "--checkpoint-every", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not (run / "metrics.jsonl").exists() or '"step"' not in (run / "metrics.jsonl").read_text()
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        time.sleep(0.2)
+    below = _descendants(proc.pid)
+    assert len(below) >= 3  # torchrun and its two ranks
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert not [pid for pid in below if Path(f"/proc/{pid}").exists()], "left running"
+    done = json.loads((run / "summary.json").read_text())
+    assert done["status"] == "interrupted" and done["steps"] < 100000
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{done['steps']}"
 
 
 def test_bad_batch_split_is_one_line_before_launching(cli, tmp_path):

@@ -295,6 +295,18 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
     assert not queued.exists() and "after 0 steps" not in err
 
 
+def test_a_second_sigterm_aborts_with_143():
+    """The second signal aborts at once, with its own shell code (143, not Ctrl-C's 130)."""
+    from mousse_cli.interrupts import graceful_stop
+
+    with pytest.raises(SystemExit) as exit_info, graceful_stop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5) and stop.signal == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+    assert exit_info.value.code == 143
+
+
 # ---- model code named in a file runs only when the user says so ----------------------------------
 
 

@@ -151,9 +151,9 @@ def run_rank(entry: Callable[[], object]) -> None:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
-    # 0, diverged and interrupted end every rank on the same step; anything else may be one
-    # rank's alone, and the others may be in a collective: leave without waiting for them
-    if code in (0, 3, 130):
+    # 0, diverged and interrupted (Ctrl-C, SIGTERM) end every rank on the same step; anything
+    # else may be one rank's alone, and the others may be in a collective: leave at once
+    if code in (0, 3, 130, 143):
         try:
             leave_process_group()
         except Exception as exc:  # noqa: BLE001 - the work is done; say why the exit was unclean
