@@ -141,7 +141,9 @@ class AblationView:
                 if s[summary_key] is not None:
                     row[key] = [s[summary_key]]
             self._plain(
-                f"[{name}] {s['status']} after {s['steps']} steps: final val "
+                f"[{name}] failed: {s.get('message')}"  # why, and what to do
+                if s["status"] == "failed"
+                else f"[{name}] {s['status']} after {s['steps']} steps: final val "
                 f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)"
             )
 

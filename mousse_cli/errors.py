@@ -19,6 +19,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError)
 EXIT_DIVERGED = 3
 EXIT_WAITING = 4
 EXIT_EXPECTATION = 5
+EXIT_RUN_FAILED = 6  # an ablation run failed (a damaged checkpoint, a killed worker)
 
 
 def fail(message: str, code: int = 2, json_out: bool = False) -> None:

@@ -295,6 +295,134 @@ def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp
     assert not queued.exists() and "after 0 steps" not in err
 
 
+def _parallel_ablation(root, steps: int) -> subprocess.Popen:
+    """`ablate --parallel 2` of three runs in a session of its own, started in the background."""
+    cmd = [
+        *mousse_command(),
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "10",
+        "--parallel",
+        "2",
+        "--no-timing-pass",
+        "--ablation-dir",
+        str(root),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _workers(parent: int) -> list[int]:
+    """The worker processes `parent` spawned (Linux: /proc)."""
+    children = open(f"/proc/{parent}/task/{parent}/children").read().split()
+    return [
+        int(pid)
+        for pid in children
+        if "spawn_main" in open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    ]
+
+
+def _wait_for_training(proc, root, runs: int) -> None:
+    """Until `runs` runs of the ablation in `root` have logged a step."""
+    deadline = time.monotonic() + 120
+    metrics = (root / "runs").glob("*/metrics.jsonl")
+    while sum('"step"' in m.read_text() for m in metrics) < runs:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+        metrics = (root / "runs").glob("*/metrics.jsonl")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return state != "Z"  # a zombie has ended; only its parent's wait is missing
+
+
+@pytest.mark.slow
+def test_workers_of_a_parallel_ablation_die_with_their_parent(tmp_path):
+    """kill -9 of the parent: no orphan trains on (the kernel's parent-death signal)."""
+    proc = _parallel_ablation(tmp_path / "A", steps=2000)
+    _wait_for_training(proc, tmp_path / "A", runs=2)
+    workers = _workers(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_run_alone(tmp_path):
+    """kill -9 of one worker (the OOM killer): its run is failed in one line, the others
+    finish, the exit code says a run failed (6), and the rerun resumes the failed run."""
+    root = tmp_path / "A"
+    proc = _parallel_ablation(root, steps=60)
+    _wait_for_training(proc, root, runs=2)
+    victim = _workers(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 6, err
+    assert "Traceback" not in err and "BrokenProcessPool" not in err
+    statuses = {d.name: summary(d)["status"] for d in (root / "runs").iterdir()}
+    assert sorted(statuses.values()) == ["completed", "completed", "failed"], statuses
+    (failed,) = [name for name, status in statuses.items() if status == "failed"]
+    assert f"[{failed}] failed: its worker process ended with signal SIGKILL" in err
+    again = invoke_cli(
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        "60",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "10",
+        "--no-timing-pass",
+        "--ablation-dir",
+        root,
+    )
+    assert again.exit_code == 0, again
+    assert summary(root / "runs" / failed)["status"] == "completed"
+
+
+def test_an_ablation_that_skipped_a_run_another_process_holds_exits_4(tmp_path):
+    """The run left to another process is missing from the results: exit 4, saying so."""
+    root = tmp_path / "A"
+    (root / "runs" / "mousse").mkdir(parents=True)
+    lock = RunLock(root / "runs" / "mousse").acquire()  # another process training it
+    try:
+        res = invoke_cli(
+            "ablate",
+            *FAST,
+            "--alpha",
+            "0.0",
+            "--no-baseline",
+            "--steps",
+            "2",
+            "--no-timing-pass",
+            "--ablation-dir",
+            root,
+        )
+    finally:
+        lock.release()
+    assert res.exit_code == 4, res
+    assert "waits for 1 runs that other shards or processes train (mousse)" in res.stderr
+
+
 def test_a_second_sigterm_aborts_with_143():
     """The second signal aborts at once, with its own shell code (143, not Ctrl-C's 130)."""
     from mousse_cli.interrupts import graceful_stop
@@ -447,6 +575,7 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
     }
     assert summaries["mousse"]["status"] == "failed" and "damaged" in summaries["mousse"]["message"]
     assert summaries["alpha=0.0"]["status"] == "completed", res.stderr
+    assert res.exit_code == 6  # a run failed: not 0
 
 
 # ---- bad input: one line, exit 2, nothing written ------------------------------------------------

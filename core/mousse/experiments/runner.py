@@ -4,12 +4,18 @@ as (run name, event) pairs."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
 import os
-import queue
+import pickle
+import signal
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
@@ -23,6 +29,8 @@ from mousse.train.fileio import write_json
 from mousse.train.rundir import RunInUse
 
 from .records import TIMING_KEYS
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -75,16 +83,17 @@ def execute_run(
             restart=True,
         )
     except CheckpointError as exc:  # every checkpoint damaged: this run fails, the others go on
-        return _checkpoints_lost(run_dir, exc, on_event)
+        return failed_run(run_dir, str(exc), on_event)
     return trainer.run()
 
 
-def _checkpoints_lost(run_dir: Path, exc: CheckpointError, on_event) -> dict:
-    """A run whose every checkpoint is damaged ends as failed: its summary written and reported
-    as a finished run's would be, so the ablation goes on with the others."""
+def failed_run(run_dir: Path, message: str, on_event) -> dict:
+    """A run that cannot go on (every checkpoint damaged, its worker killed) ends as failed: its
+    summary written and reported as a finished run's would be, so the ablation goes on with the
+    others."""
     summary = {
         "status": "failed",
-        "message": str(exc),
+        "message": message,
         "steps": 0,
         "final_val_loss": None,
         "best_val_loss": None,
@@ -142,72 +151,162 @@ def _train_here(jobs: list[Job], on_update, stop, context, after_each, busy) -> 
 
 
 def _train_pool(jobs: list[Job], on_update, parallel: int, stop, context, after_each, busy) -> None:
-    """Train the jobs `parallel` at a time in spawned worker processes, each with its share of the
-    cores; their events are forwarded here. On `stop` the workers stop their runs at the next
-    step and runs not started yet are left for the next rerun."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
+    """Train the jobs `parallel` at a time, each in a spawned worker process of its own with its
+    share of the cores; their events are forwarded here. On `stop` the workers stop their runs at
+    the next step and runs not started yet are left for the next rerun. A worker that dies (kill
+    -9, the OOM killer) fails its run alone; a worker's error (bad input) stops the others
+    cleanly, then is raised here."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    ctx = mp.get_context("spawn")
-    events, shared_stop = ctx.Queue(), ctx.Event()
-    with ProcessPoolExecutor(
-        parallel,
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(events, shared_stop, threads),
-    ) as pool:
-        names = {
-            pool.submit(_worker, job.settings, str(job.run_dir), job.name, context): job.name
-            for job in jobs
-        }
-        waiting = set(names)
-        while waiting:
-            if stop.is_set():
-                shared_stop.set()
-                for future in waiting:
-                    future.cancel()  # not started yet: left for the next rerun
-            done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(events, on_update)
-            for future in done:
-                if not future.cancelled():
-                    try:
-                        future.result()  # re-raise a worker's error here
-                    except RunInUse as exc:
-                        _report_busy(names[future], exc, on_update, busy)
-                after_each()
-    _drain(events, on_update)  # workers have exited: everything they sent has arrived
+    queued, running = list(jobs), []
+    error: BaseException | None = None
+    try:
+        while queued or running:
+            if stop.is_set() or error is not None:
+                queued.clear()  # not started: left for the next rerun
+                for worker in running:
+                    worker.stop()
+            while queued and len(running) < parallel:
+                running.append(_Worker(queued.pop(0), context, threads))
+            wait([h for w in running for h in (w.events, w.process.sentinel)], timeout=0.2)
+            for worker in list(running):
+                exited = not worker.process.is_alive()  # then every message it sent is read now
+                for message in worker.receive():
+                    raised = _take(message, on_update, busy)
+                    error = error or raised
+                if exited:
+                    running.remove(worker)
+                    worker.close(on_update)
+                    after_each()
+    except BaseException:  # a second Ctrl-C, or an error here: the workers end with this process
+        for worker in running:
+            worker.process.kill()
+            worker.process.join()
+        raise
+    if error is not None:
+        raise error
 
 
-def _drain(events, on_update) -> None:
-    """Pass on every event the workers have sent so far."""
-    while True:
+@dataclass(frozen=True)
+class _Raised:
+    """A worker's error, raised again in the parent, and its traceback there."""
+
+    run: str
+    error: BaseException
+    trace: str
+
+
+class WorkerTraceback(Exception):
+    """Where a worker's error was raised: shown under it (as its cause) when it is a bug."""
+
+
+def _take(message, on_update, busy: set[str]) -> BaseException | None:
+    """Pass a worker's message on; the error it carries, if any."""
+    if isinstance(message, _Raised):
+        message.error.__cause__ = WorkerTraceback(f"in run {message.run}:\n{message.trace}")
+        return message.error
+    if isinstance(message, RunBusy):
+        busy.add(message.run)
+    on_update(message)
+    return None
+
+
+class _Worker:
+    """One run in a spawned process: its events come on one pipe, a stop goes on another (whose
+    end of file tells the worker its parent is gone)."""
+
+    def __init__(self, job: Job, context: dict, threads: int):
+        ctx = mp.get_context("spawn")
+        self.job, self.finished = job, False
+        self.events, events_end = ctx.Pipe(duplex=False)
+        control_end, self.control = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(
+            target=_worker,
+            args=(job, context, events_end, control_end, threads, os.getpid()),
+            name=f"mousse-run-{job.name}",
+        )
+        self.process.start()
+        events_end.close()
+        control_end.close()
+
+    def receive(self) -> list:
+        """The messages the worker has sent so far (all of them once it has exited)."""
+        out = []
         try:
-            on_update(events.get_nowait())
-        except queue.Empty:
-            return
+            while self.events.poll():
+                out.append(self.events.recv())
+        except (EOFError, OSError):  # the worker has exited and everything it sent was read
+            pass
+        self.finished = self.finished or any(
+            isinstance(m, RunUpdate) and isinstance(m.event, RunFinished) for m in out
+        )
+        return out
+
+    def stop(self) -> None:
+        """Ask the worker to stop its run at the next step (it checkpoints)."""
+        with contextlib.suppress(OSError):
+            self.control.send("stop")
+
+    def close(self, on_update) -> None:
+        """After the worker exited: a run it left without an end (the worker was killed) fails."""
+        code = self.process.exitcode
+        if code and not self.finished:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            failed_run(
+                self.job.run_dir,
+                f"its worker process ended with {how}; rerun the ablation to resume the run "
+                "from its last checkpoint",
+                lambda e: on_update(RunUpdate(self.job.name, e)),
+            )
+        self.events.close()
+        self.control.close()
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(events, stop, threads: int) -> None:
-    """Worker start-up: a share of the cores, the parent's event queue and stop flag."""
-    import signal
-
-    # The parent decides when to stop: Ctrl-C, `timeout` and Slurm signal the whole process group,
-    # and a worker killed by its own signal would lose its run (no checkpoint, a broken pool).
+def _worker(job: Job, context: dict, events, control, threads: int, parent: int) -> None:
+    """Worker process: one run, its events sent to the parent. It dies with its parent, and
+    leaves Ctrl-C and SIGTERM to it: `timeout`, Slurm and a terminal signal the whole process
+    group, and a worker killed by its own signal would lose its run."""
+    _die_with_parent(parent, control)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _WORKER.update(events=events, stop=stop)
+    stop = threading.Event()
+    if control.poll():  # stopped (or orphaned) while this process started: left for the rerun
+        return
+    threading.Thread(target=_follow_parent, args=(control, stop), daemon=True).start()
+    try:
+        execute_run(
+            job.settings, job.run_dir, lambda e: events.send(RunUpdate(job.name, e)), stop, context
+        )
+    except RunInUse as exc:
+        events.send(RunBusy(job.name, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - raised again in the parent
+        events.send(_Raised(job.name, _picklable(exc), traceback.format_exc()))
 
 
-def _worker(settings: dict, run_dir: str, name: str, context: dict) -> dict:
-    """Process-pool entry: one run, its events forwarded to the parent. A run the pool had queued
-    before a stop (the pool queues more than it can cancel) is left untouched for the rerun."""
-    if _WORKER["stop"].is_set():
-        return {}
-    events = _WORKER["events"]
-    return execute_run(
-        settings, Path(run_dir), lambda e: events.put(RunUpdate(name, e)), _WORKER["stop"], context
-    )
+def _picklable(exc: Exception) -> Exception:
+    """`exc`, or a RuntimeError with its text when it cannot travel to the parent."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _follow_parent(control, stop: threading.Event) -> None:
+    """The worker's watch on its parent: a message asks the run to stop; end of file (the parent
+    died, even by kill -9) ends the worker at once."""
+    try:
+        control.recv()
+        stop.set()
+    except (EOFError, OSError):
+        os._exit(1)
+
+
+def _die_with_parent(parent: int, control) -> None:
+    """On Linux the kernel kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere
+    the control pipe's end of file does (`_follow_parent`). A parent already gone: exit now."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
