@@ -3,6 +3,7 @@ parses and validates its input, calls the engine and renders (its module: <comma
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -98,4 +99,16 @@ def main() -> None:
         from mousse.dist.process import run_rank
 
         run_rank(run_app)
-    run_app()
+    try:
+        run_app()
+    except BrokenPipeError:
+        reader_gone()
+
+
+def reader_gone() -> None:
+    """stdout's reader left (`mousse report DIR | head -1`) during a write that neither Rich nor
+    click handles: exit 1 quietly, as they do, with stdout pointed at /dev/null so that the
+    final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)

@@ -55,6 +55,6 @@ def bench(
     with user_errors():
         user_model = {k: v for k, v in (("model", model), ("model_config", model_config)) if v}
         results = run_bench(preset, repeats, device, train, steps, compiled, user_model or None)
-    show_wide(bench_tables(results))
+    show_wide(bench_tables(results), json_out)
     if json_out:
         typer.echo(dumps(results))

@@ -1,5 +1,6 @@
-"""The CLI's stderr console and the small text helpers every command and view shares. Everything
-printed through it goes to stderr; machine-readable results go to stdout from the commands."""
+"""The CLI's two streams and the small text helpers every command and view shares: `console`
+(stderr) for progress, live views, warnings and errors; `out` (stdout) for results, so that a
+pipe or a redirect gets the result alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 console = Console(stderr=True)
+out = Console()
 
 
 def fmt(value, spec: str = ".4f", none: str = "-") -> str:
@@ -30,16 +32,26 @@ def duration(seconds: float | None) -> str:
     )
 
 
-def show_wide(renderable) -> None:
-    """Print tables to stderr; in logs and pipes wide enough not to cut cells."""
-    if console.is_terminal:
-        console.print(renderable)
+def result_stream(json_out: bool = False) -> Console:
+    """Where a command's human-readable result goes: stdout, or stderr when stdout carries the
+    JSON form (--json)."""
+    return console if json_out else out
+
+
+def show_wide(renderable, json_out: bool = False) -> None:
+    """Print a result (tables) on `result_stream`; in logs and pipes wide enough not to cut
+    cells. Nothing on a rank whose console is quiet (torchrun)."""
+    stream = result_stream(json_out)
+    if console.quiet:
         return
-    width, console.width = console.width, 160
+    if stream.is_terminal:
+        stream.print(renderable)
+        return
+    width, stream.width = stream.width, 160
     try:
-        console.print(renderable)
+        stream.print(renderable)
     finally:
-        console.width = width
+        stream.width = width
 
 
 def show_lines(lines: list[str]) -> None:

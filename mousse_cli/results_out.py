@@ -1,5 +1,5 @@
-"""Printing an ablation's results (tables on stderr), and for several presets the speedup by
-scale, which scale.json beside the per-preset dirs records."""
+"""Printing an ablation's results (tables on stdout, on stderr beside --json), and for several
+presets the speedup by scale, which scale.json beside the per-preset dirs records."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ from pathlib import Path
 
 from mousse.dist.process import is_main_process
 
-from .console import console, show_wide
+from .console import console, result_stream, show_wide
 from .tables import results_tables, scale_table
 
 
-def show_results(results: dict) -> None:
+def show_results(results: dict, json_out: bool = False) -> None:
     """The convergence and step-time tables."""
-    show_wide(results_tables(results))
+    show_wide(results_tables(results), json_out)
 
 
-def show_preset_title(preset: str) -> None:
+def show_preset_title(preset: str, json_out: bool = False) -> None:
     """The line above one preset's results when an ablation covers several presets."""
-    console.print(f"[bold]preset {preset}[/]", highlight=False)
+    if not console.quiet:
+        result_stream(json_out).print(f"[bold]preset {preset}[/]", highlight=False)
 
 
 def scale_of(by_preset: dict) -> dict:
@@ -43,7 +44,7 @@ def record_presets(root: Path, presets: list[str]) -> None:
         write_json(root / SCALE_FILE, {"presets": presets})
 
 
-def show_scale(root: Path, by_preset: dict) -> None:
+def show_scale(root: Path, by_preset: dict, json_out: bool = False) -> None:
     """The speedup per scale (and scale.json beside the per-preset dirs)."""
     from mousse.experiments.scale import SCALE_FILE
     from mousse.train.fileio import write_json
@@ -51,5 +52,5 @@ def show_scale(root: Path, by_preset: dict) -> None:
     scale = scale_of(by_preset)
     if is_main_process():
         write_json(root / SCALE_FILE, scale)
-    show_wide(scale_table(scale))
+    show_wide(scale_table(scale), json_out)
     console.print(f"scale: {root / SCALE_FILE}", highlight=False, soft_wrap=True, markup=False)

@@ -19,7 +19,7 @@ from .cost import check_cost
 from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
-from .train_view import TrainView
+from .train_view import TrainView, show_summary
 from .trust import TRUST_MODEL_CODE, check_trusted
 
 # The options of `train` besides the run settings (TRAIN_FLAGS), in the order --help lists them.
@@ -95,8 +95,10 @@ def train(
         cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
         with graceful_stop() as stop, dashboards:
             summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost)
-    if json_out and is_main_process():
-        typer.echo(dumps(summary))
+    if is_main_process():
+        show_summary(summary, json_out)
+        if json_out:
+            typer.echo(dumps(summary))
     if summary["status"] == "diverged":
         raise typer.Exit(EXIT_DIVERGED)
     if summary["status"] == "interrupted":

@@ -20,7 +20,7 @@ from mousse.train.events import (
     StepLogged,
 )
 
-from .console import console, duration, fmt, notice
+from .console import console, duration, fmt, notice, result_stream
 
 
 def routing_summary(routes) -> str:
@@ -147,32 +147,40 @@ class TrainView:
         return table
 
     def _finished(self, s: dict) -> None:
+        """Stop the live table; a failure's message stays on stderr (the summary is the
+        command's result, `show_summary`)."""
         if self.live:
             self.live.update(self._render())
             self.live.stop()
             self.live = None
-        style = {"completed": "green", "diverged": "red", "interrupted": "yellow"}.get(
-            s["status"], "red"
-        )
-        console.print(
-            f"[{style}]{s['status']}[/] after {s['steps']} steps: final val loss "
-            f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
-            f"median step {fmt(s['step_ms_median'], '.1f')} ms "
-            f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "
-            f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)",
-            highlight=False,
-            soft_wrap=True,
-        )
         if s.get("message"):
-            console.print(f"[red]{s['message']}[/]", highlight=False)
-        if s.get("target_loss") is not None:
-            console.print(
-                f"target {s['target_loss']}: "
-                + (
-                    f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
-                    if s["target_step"] is not None
-                    else "not reached"
-                ),
-                highlight=False,
-            )
-        console.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True, markup=False)
+            console.print(f"[red]{escape(s['message'])}[/]", highlight=False, soft_wrap=True)
+
+
+def show_summary(s: dict, json_out: bool = False) -> None:
+    """A run's result: how it ended, its losses and step times, the target, its run dir (stdout;
+    stderr when stdout carries the JSON)."""
+    stream = result_stream(json_out)
+    style = {"completed": "green", "diverged": "red", "interrupted": "yellow"}.get(
+        s["status"], "red"
+    )
+    stream.print(
+        f"[{style}]{s['status']}[/] after {s['steps']} steps: final val loss "
+        f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
+        f"median step {fmt(s['step_ms_median'], '.1f')} ms "
+        f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "
+        f"refresh +{fmt(s['refresh_ms_median'], '.1f')} per refresh)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if s.get("target_loss") is not None:
+        stream.print(
+            f"target {s['target_loss']}: "
+            + (
+                f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
+                if s["target_step"] is not None
+                else "not reached"
+            ),
+            highlight=False,
+        )
+    stream.print(f"results in {s['run_dir']}", highlight=False, soft_wrap=True, markup=False)

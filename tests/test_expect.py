@@ -148,5 +148,5 @@ def test_report_gate_exit_codes(tmp_path):
     ok = invoke_cli("report", root, "--expect", f"{better} < {worse}")
     assert ok.exit_code == 0 and "holds" in ok.stderr
     bad = invoke_cli("report", root, "--expect", f"{worse} < {better}")
-    assert bad.exit_code == 5 and "FAILED" in bad.stderr and "convergence" in bad.stderr
+    assert bad.exit_code == 5 and "FAILED" in bad.stderr and "convergence" in bad.stdout
     assert_one_line_error(invoke_cli("report", root, "--expect", "nonsense"), "bad --expect")
