@@ -21,7 +21,7 @@ from .ablate_plan import (
 )
 from .ablate_run import check_timing_budget, run_ablations
 from .console import console
-from .errors import EXIT_DIVERGED, EXIT_WAITING, user_errors
+from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
 from .results_out import (
@@ -155,8 +155,10 @@ def ablate(
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.
 
-    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 this shard waits for
-    other shards' tuning results (rerun it later, or pass --wait), 130 interrupted.
+    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 runs are missing that
+    other shards or processes train (another process held a run dir, or this shard waits for other
+    shards' tuning results: rerun it later, or pass --wait), 6 some run failed, 130 (143)
+    interrupted by Ctrl-C (SIGTERM).
     """
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -180,7 +182,7 @@ def ablate(
     by_preset = show_outcomes(ablations, outcomes, setup.presets, root, json_out)
     if json_out and is_main_process():
         typer.echo(dumps(scaled_results(by_preset) if setup.presets else by_preset[None]))
-    exit_for(outcomes, stop, shard)
+    exit_for(outcomes, stop, shard, ablations)
 
 
 def show_outcomes(
@@ -204,10 +206,12 @@ def show_outcomes(
     return by_preset
 
 
-def exit_for(outcomes: dict, stop, shard: str | None) -> None:
+def exit_for(outcomes: dict, stop, shard: str | None, ablations: dict) -> None:
     """Exit 130 (143) after an interruption; 4, saying what to do, while runs that other shards
-    or processes train are missing; 3 when one of this invocation's runs diverged."""
+    or processes train are missing (run dirs found locked included); 6 when one of this
+    invocation's runs failed, 3 when one diverged."""
     waiting = [run for _, wanted, _ in outcomes.values() for run in wanted]
+    busy = sorted(name for ab in ablations.values() for name in ab.busy)
     statuses = {
         r["status"]
         for results, _, mine in outcomes.values()
@@ -216,16 +220,19 @@ def exit_for(outcomes: dict, stop, shard: str | None) -> None:
     }
     if stop.is_set():
         raise typer.Exit(interrupted_code(stop))
-    if waiting:
-        names = ", ".join(r.name for r in waiting[:4]) + (" ..." if len(waiting) > 4 else "")
+    if waiting or busy:
+        missing = [r.name for r in waiting] or busy
+        names = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
         who = f"shard {shard}" if shard else "this ablation"
         console.print(
-            f"[yellow]{who} waits for {len(waiting)} runs that other shards or "
+            f"[yellow]{who} waits for {len(missing)} runs that other shards or "
             f"processes train ({escape(names)}); rerun it when they finish"
             f"{', or pass --wait 60' if shard else ''}[/]",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_WAITING)
+    if "failed" in statuses:
+        raise typer.Exit(EXIT_RUN_FAILED)
     if "diverged" in statuses:
         raise typer.Exit(EXIT_DIVERGED)
