@@ -36,6 +36,11 @@ def bench(
         "--steps",
         help="Timed training steps per optimizer with --train (a multiple of 10 amortizes refreshes exactly).",
     ),
+    lean: bool = typer.Option(
+        False,
+        "--lean",
+        help="Only the training steps (as --train): Muon, Mousse and Mousse with its refresh off the critical path, p50/p99, refresh and other steps apart, peak memory. Sized for a short GPU loan (160m: --steps 10).",
+    ),
     compiled: bool = typer.Option(
         False,
         "--compile",
@@ -54,7 +59,9 @@ def bench(
 
     with user_errors():
         user_model = {k: v for k, v in (("model", model), ("model_config", model_config)) if v}
-        results = run_bench(preset, repeats, device, train, steps, compiled, user_model or None)
+        results = run_bench(
+            preset, repeats, device, train or lean, steps, compiled, user_model or None, lean
+        )
     show_wide(bench_tables(results), json_out)
     if json_out:
         typer.echo(dumps(results))

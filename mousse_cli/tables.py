@@ -188,6 +188,9 @@ BENCH_LABELS = {
     "mousse_left_f1": "Mousse left, refresh every step",
     "mousse_left_f10": "Mousse left, refresh every 10",
     "mousse_both_f10_qr": "Mousse both, qr refresh every 10",
+    "mousse_both_f10_root": "Mousse both, root refresh every 10",
+    "mousse_both_f10_staggered": "Mousse both, staggered refresh every 10",
+    "mousse_both_f10_staggered_delay1": "Mousse both, staggered every 10, 1 step late",
     "shampoo_f10": "Shampoo, refresh every 10",
     "soap_f10": "SOAP, qr refresh every 10",
     "splus_f10": "SPlus, refresh every 10",
@@ -213,6 +216,8 @@ def bench_tables(r: dict):
         f"{r['cpu_count']} CPUs, {r['threads']} torch threads, torch {r['torch']}), "
         f"median of {r['repeats']}"
     )
+    if r["lean"]:
+        return Group(head, *_train_steps(r["train"]))
     parts = [head, _optimizer_steps(r), _shapes(r)]
     if r.get("kernels"):
         parts += kernel_table(r["kernels"])
@@ -232,13 +237,15 @@ def _optimizer_steps(r: dict) -> Table:
     """Each optimizer's step time, against our Muon, and its state and cache memory."""
     table = titled_table(
         f"optimizer step (ms per step, amortized over {r['cycle_steps']} steps)",
-        ("optimizer", "ms/step", "vs our Muon", "state MiB", "P cache MiB"),
+        ("optimizer", "ms/step", "vs our Muon", "p50 ms", "p99 ms", "state MiB", "P cache MiB"),
     )
     for name, ms in r["step_ms"].items():
         table.add_row(
             BENCH_LABELS.get(name, name),
             f"{ms:.2f}",
             f"{r['vs_muon'][name]:.2f}x",
+            f"{r['step_spread'][name]['p50']:.2f}",
+            f"{r['step_spread'][name]['p99']:.2f}",
             _mib(r["state_bytes"][name]),
             _mib(r["cache_bytes"][name]),
         )
@@ -248,9 +255,10 @@ def _optimizer_steps(r: dict) -> Table:
 def _shapes(r: dict) -> Table:
     """Newton-Schulz time and throughput and the refresh times per matrix shape, then the sum."""
     columns = ("shape", "count", "NS ms", "NS TFLOP/s", "% peak")
+    methods = list(r["refresh_ms"])  # eigh, qr, root (and eigh_host on CUDA)
     table = titled_table(
         "per shape (batched over the shape's matrices)",
-        (*columns, "refresh eigh ms", "refresh qr ms"),
+        (*columns, *(f"refresh {m.replace('_', ' on ')} ms" for m in methods)),
         left=(),
     )
     for s in r["shapes"]:
@@ -260,12 +268,10 @@ def _shapes(r: dict) -> Table:
             f"{s['ns_ms']:.2f}",
             f"{s['ns_tflops']:.3f}",
             fmt(s["ns_pct_peak"], ".1f"),
-            f"{s['refresh_eigh_ms']:.2f}",
-            f"{s['refresh_qr_ms']:.2f}",
+            *(f"{s[f'refresh_{m}_ms']:.2f}" for m in methods),
         )
-    refresh = r["refresh_ms"]
     table.add_row(
-        "all", "", "", "", "", f"{refresh['eigh']:.2f}", f"{refresh['qr']:.2f}", style="bold"
+        "all", "", "", "", "", *(f"{r['refresh_ms'][m]:.2f}" for m in methods), style="bold"
     )
     return table
 
@@ -301,24 +307,49 @@ def kernel_table(k: dict) -> list:
     return [table, "\n".join(lines)]
 
 
+TRAIN_LABELS = {
+    "muon": "Muon",
+    "mousse": "Mousse",
+    "mousse_offpath": "Mousse, staggered, 1 step late",
+}
+
+
 def _train_steps(t: dict) -> list:
-    """With --train: Muon's and Mousse's whole training steps, and Mousse's overhead."""
+    """With --train (or --lean): each variant's whole training steps (p50, p99, refresh steps
+    and plain ones apart, peak memory), and Mousse's overhead over Muon."""
     compiled = ", torch.compile" if t.get("compiled") else ""
     table = titled_table(
         f"train step (ms over {t['steps']} steps after the first{compiled})",
-        ("optimizer", "median", "mean", "fwd+bwd median", "opt mean"),
+        (
+            "optimizer",
+            "mean",
+            "p50",
+            "p99",
+            "refresh steps",
+            "other steps",
+            "fwd+bwd median",
+            "opt mean",
+            "peak MiB",
+        ),
     )
-    for name in ("muon", "mousse"):
+    for name, label in TRAIN_LABELS.items():
         row = t[name]
         table.add_row(
-            name,
-            f"{row['step_ms_median']:.1f}",
+            label,
             f"{row['step_ms_mean']:.1f}",
+            f"{row['step_ms_p50']:.1f}",
+            f"{row['step_ms_p99']:.1f}",
+            fmt(row["refresh_step_ms_median"], ".1f"),
+            fmt(row["plain_step_ms_median"], ".1f"),
             f"{row['fwd_bwd_ms_median']:.1f}",
             f"{row['opt_ms_mean']:.1f}",
+            _mib(row["peak_memory_bytes"] or 0),
         )
     return [
         table,
-        f"Mousse overhead vs Muon: {t['overhead_pct_mean']:+.1f}% (mean step, "
-        f"refreshes included), {t['overhead_pct_median']:+.1f}% (median step)",
+        *(
+            f"{TRAIN_LABELS[name]} overhead vs Muon: {t['overhead_pct_mean' + key]:+.1f}% (mean "
+            f"step, refreshes included), {t['overhead_pct_median' + key]:+.1f}% (median step)"
+            for name, key in (("mousse", ""), ("mousse_offpath", "_offpath"))
+        ),
     ]

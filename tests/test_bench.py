@@ -24,8 +24,10 @@ KEYS = {
     "torch",
     "repeats",
     "compiled",
+    "lean",
     "cycle_steps",
     "step_ms",
+    "step_spread",
     "kernels",
     "vs_muon",
     "state_bytes",
@@ -43,6 +45,7 @@ SHAPE_KEYS = {
     "ns_pct_peak",
     "refresh_eigh_ms",
     "refresh_qr_ms",
+    "refresh_root_ms",
 }
 
 
@@ -54,7 +57,10 @@ def test_bench_json_on_cpu():
     assert r["kernels"] is None  # the kernels run on CUDA
     assert set(r["step_ms"]) == set(OPTIMIZERS) and all(ms > 0 for ms in r["step_ms"].values())
     assert r["vs_muon"]["muon"] == 1.0
-    assert all(ms > 0 for ms in r["refresh_ms"].values()) and set(r["refresh_ms"]) == {"eigh", "qr"}
+    assert all(ms > 0 for ms in r["refresh_ms"].values())
+    assert set(r["refresh_ms"]) == {"eigh", "qr", "root"}  # eigh on the host too, on CUDA
+    for spread in r["step_spread"].values():
+        assert 0 < spread["p50"] <= spread["p99"]
     assert {tuple(s["shape"]): s["count"] for s in r["shapes"]} == matrix_shapes("tiny")
     for s in r["shapes"]:
         assert set(s) == SHAPE_KEYS and s["ns_pct_peak"] is None  # no known peak on CPU
@@ -66,9 +72,14 @@ def test_bench_json_on_cpu():
     assert r["cache_bytes"]["muon"] == 0 and r["cache_bytes"]["mousse_both_f10"] > 0
     assert set(r["targets"]) == {
         "mousse_f10_vs_muon",
+        "mousse_f10_offpath_vs_muon",
+        "mousse_f10_staggered_p99_vs_p50",
         "muon_vs_torch_muon",
         "muon_bf16_vs_torch_muon",
     }
+    spike = r["targets"]["mousse_f10_staggered_p99_vs_p50"]
+    spread = r["step_spread"]["mousse_both_f10_staggered"]
+    assert spike["ratio"] == spread["p99"] / spread["p50"] and spike["limit"] == 1.2
     assert "optimizer step" in res.stderr  # the table goes to stderr, JSON alone to stdout
 
 
@@ -86,27 +97,54 @@ def test_bench_compiled_rows(monkeypatch):
     """--compile adds the torch.compile rows (dynamo's capture without codegen here, for speed)."""
     torch._dynamo.reset()
     monkeypatch.setattr(optim, "COMPILE_OPTIONS", {"backend": "eager", "fullgraph": True})
-    step_ms, memory, _ = bench_steps({(16, 8): 2, (8, 8): 1}, torch.device("cpu"), 1, compiled=True)
+    step_ms, _, memory, _ = bench_steps(
+        {(16, 8): 2, (8, 8): 1}, torch.device("cpu"), 1, compiled=True
+    )
     assert set(step_ms) == set(OPTIMIZERS) | set(COMPILED) and all(v > 0 for v in step_ms.values())
     assert memory["mousse_both_f10_compiled"] == memory["mousse_both_f10"]
     torch._dynamo.reset()
 
 
 def test_bench_train_mode(builtin_data):
-    """--train: whole training steps of Muon and Mousse through the Trainer, and the overhead."""
+    """--train: whole training steps of Muon, Mousse and Mousse with its refresh off the
+    critical path through the Trainer, and the overheads; refresh steps (every 10th from step
+    1: step 11 of 12) timed apart from the others."""
     from mousse.experiments.bench import bench_train
 
-    t = bench_train("tiny", "cpu", 2)
-    assert t["steps"] == 2 and t["compiled"] is False
-    for name in ("muon", "mousse"):
-        assert set(t[name]) == {
+    t = bench_train("tiny", "cpu", 11)
+    assert t["steps"] == 11 and t["compiled"] is False
+    for name in ("muon", "mousse", "mousse_offpath"):
+        row = t[name]
+        assert set(row) == {
             "step_ms_median",
             "step_ms_mean",
+            "step_ms_p50",
+            "step_ms_p99",
+            "refresh_step_ms_median",
+            "plain_step_ms_median",
             "fwd_bwd_ms_median",
             "opt_ms_mean",
+            "peak_memory_bytes",
         }
-        assert all(v > 0 for v in t[name].values())
-    assert set(t) >= {"overhead_pct_mean", "overhead_pct_median"}
+        assert row["peak_memory_bytes"] is None  # CUDA only
+        assert 0 < row["step_ms_p50"] <= row["step_ms_p99"] and row["plain_step_ms_median"] > 0
+        assert (row["refresh_step_ms_median"] is None) == (name == "muon")
+    assert set(t) >= {
+        "overhead_pct_mean",
+        "overhead_pct_median",
+        "overhead_pct_mean_offpath",
+        "overhead_pct_median_offpath",
+    }
+
+
+def test_bench_lean_times_training_steps_only(builtin_data):
+    res = invoke_cli(
+        "bench", "--lean", "--json", "--preset", "tiny", "--steps", "2", "--device", "cpu"
+    )
+    assert res.exit_code == 0, res
+    r = res.json()
+    assert r["lean"] and "step_ms" not in r and set(r["train"]) >= {"muon", "mousse"}
+    assert "train step" in res.stdout + res.stderr
 
 
 def test_train_overheads_against_hand_computed_values():

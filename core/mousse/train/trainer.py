@@ -62,6 +62,33 @@ from .usermodel import build_model
 from .world import World
 
 SLOW_STEP_S = 2.0  # a step running longer than this reports its micro batches as it goes
+STOP_WAIT_S = 5.0  # a stop waits for the rest of the step when it takes no longer than this
+
+
+class StepCut(Exception):
+    """A stop in a long step: the step is dropped at a micro-batch boundary (its gradients and
+    RNG draws undone), the model and optimizer left as the step before it made them."""
+
+    def __init__(self, step: int, done: int, total: int, left_s: float):
+        super().__init__(
+            f"stopped in step {step} after {done} of {total} micro batches (the rest would "
+            f"take about {left_s:.0f} s)"
+        )
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The RNG state a step draws from (CPU, and the device's on CUDA)."""
+    state = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["rng_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Put back an `rng_state` (a CUDA state only on CUDA)."""
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
 def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
@@ -167,9 +194,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         t0 = time.perf_counter()
-        tensors = {"rng_cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors = rng_state(self.device)
         meta = {
             "config": tomlio.dumps(self.cfg.to_dict()),
             "data_hash": self.data.content_hash,
@@ -198,9 +223,7 @@ class Trainer:
         except RuntimeError:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this model") from None
         self.dist.load_optimizer(self.opt, ckpt, loaded)  # any world size's checkpoint
-        torch.set_rng_state(loaded["trainer"]["rng_cpu"])
-        if "rng_cuda" in loaded["trainer"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(loaded["trainer"]["rng_cuda"], self.device)
+        set_rng_state(loaded["trainer"], self.device)
         self.step = int(meta["step"])
         self.curve = meta["curve"]
         for key in self.state:
@@ -217,6 +240,7 @@ class Trainer:
         fisher = self.dist.fisher_params(self.opt)
         fisher_sum = [torch.zeros_like(p) for p in fisher]
         started, reported = time.perf_counter(), -math.inf
+        rng = rng_state(self.device) if len(micro_batches) > 1 else {}
         for done, (i, rows) in enumerate(micro_batches, 1):
             x, y = train_batch(self.data.train, cfg.seed, step, cfg.batch_size, cfg.seq_len, rows)
             check_tokens(x, self.data.vocab_size, self.data.train)
@@ -240,6 +264,10 @@ class Trainer:
             (loss / accum).backward()
             total += loss.detach() / accum
             elapsed = time.perf_counter() - started
+            left = elapsed / done * (len(micro_batches) - done)
+            if self.stop.is_set() and left > STOP_WAIT_S:  # a long step: stop now, not in hours
+                set_rng_state(rng, self.device)
+                raise StepCut(step, done, len(micro_batches), left)
             if elapsed > SLOW_STEP_S and elapsed - reported > 1.0 and done < len(micro_batches):
                 reported = elapsed  # a long step: say how far it is, at most once a second
                 self.emit(MicroBatchDone(step, done, len(micro_batches), elapsed))
@@ -331,7 +359,11 @@ class Trainer:
                 status = "interrupted"
                 break
             step = self.step + 1
-            loss, factor = self.train_step(step, timer)
+            try:
+                loss, factor = self.train_step(step, timer)
+            except StepCut as cut:
+                status, message = self._cut_short(cut, pending, timer, tokens_per_step)
+                break
             self.step = step
             pending.append((step, loss))
             ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
@@ -359,6 +391,21 @@ class Trainer:
             write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
         return summary
+
+    def _cut_short(
+        self, cut: StepCut, pending: list, timer: StepTimer, tokens_per_step: int
+    ) -> tuple[str, str | None]:
+        """After a step dropped by a stop: its gradients cleared, the losses before it checked,
+        and the step the run resumes from said (its checkpoint is written on the way out, as for
+        any stop). Returns (status, why it diverged or None)."""
+        self.opt.zero_grad(set_to_none=True)
+        factor = lr_factor(self.step, self.cfg.steps, self.cfg.warmup_frac, self.cfg.min_lr_frac)
+        message = self._check_losses(pending, factor, timer, tokens_per_step) if pending else None
+        if message:
+            return "diverged", message
+        start = f"step {self.step}" if self.step else "the start (nothing was trained)"
+        self.emit(Notice(f"{cut}; the run resumes from {start}"))
+        return "interrupted", None
 
     def _announce(self, n_params: int) -> None:
         """RunStarted: the resolved config and what the run is made of."""
