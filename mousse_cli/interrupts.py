@@ -12,9 +12,11 @@ from .console import console
 @contextmanager
 def graceful_stop():
     """Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing a job) asks the engine to
-    stop after the current step (it checkpoints); a second signal interrupts at once, exiting
-    with its own code (130 for Ctrl-C, 143 for SIGTERM). The stop flag's `signal` attribute says
-    which signal came first (its exit code: 128 + number)."""
+    stop after the current step (it checkpoints), or at the next micro batch when the rest of the
+    step would take more than a few seconds (the step is dropped; the run resumes from the one
+    before); a second signal interrupts at once, exiting with its own code (130 for Ctrl-C, 143
+    for SIGTERM). The stop flag's `signal` attribute says which signal came first (its exit code:
+    128 + number)."""
     stop = threading.Event()
     stop.signal = None  # type: ignore[attr-defined]
 
@@ -26,7 +28,9 @@ def graceful_stop():
         stop.signal = signum  # type: ignore[attr-defined]
         stop.set()
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        console.print(f"[yellow]{name}: stopping after this step (again to abort)[/]")
+        console.print(
+            f"[yellow]{name}: stopping after this step, or sooner if it is long (again to abort)[/]"
+        )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -13,7 +13,15 @@ import subprocess
 import time
 
 import pytest
-from conftest import FAST, assert_one_line_error, invoke_cli, mousse_command, summary
+from conftest import (
+    FAST,
+    FAST_SETTINGS,
+    assert_one_line_error,
+    invoke_cli,
+    mousse_command,
+    summary,
+    train_losses,
+)
 
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
 from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
@@ -433,6 +441,46 @@ def test_a_second_sigterm_aborts_with_143():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises here
     assert exit_info.value.code == 143
+
+
+def test_a_stop_in_a_long_step_drops_it_and_the_run_resumes_from_the_step_before(
+    builtin_data, tmp_path, monkeypatch
+):
+    """A Ctrl-C that would wait hours for the step to end stops at the next micro batch: the
+    step is dropped, the step before is kept (checkpointed), the notice says where the run
+    resumes, and the resumed run ends where an uninterrupted one does."""
+    import threading
+
+    import mousse.train.trainer as trainer_module
+    from mousse.train.config import resolve
+    from mousse.train.events import Notice
+    from mousse.train.trainer import Trainer
+
+    settings = {**FAST_SETTINGS, "batch_size": 8, "steps": 4, "eval_every": 4, "log_every": 1}
+    whole = Trainer(resolve(settings), tmp_path / "whole").run()
+    stop, notices, batch = threading.Event(), [], trainer_module.train_batch
+
+    def stop_in_step_3(data, seed, step, *rest):
+        if step == 3:
+            stop.set()  # Ctrl-C during step 3's first micro batch (of 4)
+        return batch(data, seed, step, *rest)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "STOP_WAIT_S", 0.0)  # every step counts as long
+        patch.setattr(trainer_module, "train_batch", stop_in_step_3)
+        cut = Trainer(
+            resolve(settings),
+            tmp_path / "cut",
+            on_event=lambda e: notices.append(e.text) if isinstance(e, Notice) else None,
+            stop=stop,
+        ).run()
+    assert cut["status"] == "interrupted" and cut["steps"] == 2
+    assert len(notices) == 1 and "stopped in step 3 after 1 of 4 micro batches" in notices[0]
+    assert notices[0].endswith("the run resumes from step 2")
+    assert list_checkpoints(tmp_path / "cut" / "checkpoints")[-1].name == "step-2"
+    again = Trainer(resolve(settings), tmp_path / "cut", resume=tmp_path / "cut").run()
+    assert again["final_val_loss"] == whole["final_val_loss"]
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
 
 
 # ---- model code named in a file runs only when the user says so ----------------------------------
