@@ -1,11 +1,23 @@
-"""Validation-loss curves of an ablation, vs step and vs training time (matplotlib, optional)."""
+"""An ablation's figures (matplotlib, optional): seed-mean val loss with its band over seeds, over
+the whole run and zoomed on its last part; the forest plot of final-loss differences from the
+baseline; loss against comparable time; the tuning curves; the speedup against parameters. A
+variant keeps one colour in every figure (`variant_colors`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from mousse.experiments.stats import mean_curve
 from mousse.train.config import ConfigError
+
+ZOOM_FROM = 0.6  # the zoomed panel: the last 40% of the steps, where the variants separate
+BASELINE_COLOR = "black"
+NO_TIMING = (
+    "no side-by-side timing pass: the runs' own seconds\n"
+    "were counted under different loads, so loss against\n"
+    "time is not drawn (`mousse report DIR --retime`)"
+)
 
 
 def _pyplot():
@@ -20,46 +32,204 @@ def _pyplot():
     return plt
 
 
-def plot_curves(records: list[dict], out: Path) -> None:
-    """Every run's val loss vs step and vs training seconds, one color per variant (the
-    baseline dashed)."""
-    plt = _pyplot()
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    variants = list(dict.fromkeys(r["variant"] for r in records))
-    colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
-    labelled = set()
+def variant_colors(variants: list[str], baseline: str | None) -> dict:
+    """One colour per variant, the same in every figure of an ablation: the baseline black, the
+    others tab10 in plan order."""
+    from matplotlib import colormaps
+
+    others = [v for v in dict.fromkeys(variants) if v != baseline]
+    colors = {v: colormaps["tab10"](i % 10) for i, v in enumerate(others)}
+    return {**colors, baseline: BASELINE_COLOR} if baseline in variants else colors
+
+
+def seed_bands(records: list[dict]) -> dict[str, list[tuple]]:
+    """Per variant, (step, mean, min, max) of the val loss over its completed runs' curves at the
+    evaluation steps they all share (the mean is the results' seed-mean curve)."""
+    curves: dict[str, list[list]] = {}
     for r in records:
-        if not r["curve"]:
-            continue
-        steps = [p["step"] for p in r["curve"]]
-        losses = [p["val_loss"] for p in r["curve"]]
-        seconds = [p["seconds"] for p in r["curve"]]
-        label = (
-            None
-            if r["variant"] in labelled
-            else r["variant"] + (" (baseline)" if r["is_baseline"] else "")
+        if r["status"] == "completed" and r.get("curve"):
+            curves.setdefault(r["variant"], []).append(r["curve"])
+    bands = {}
+    for variant, group in curves.items():
+        by_step = [
+            {p["step"]: p["val_loss"] for p in c if p.get("val_loss") is not None} for c in group
+        ]
+        bands[variant] = []
+        for point in mean_curve(group):
+            losses = [c[point["step"]] for c in by_step]
+            bands[variant].append((point["step"], point["val_loss"], min(losses), max(losses)))
+    return bands
+
+
+def seconds_per_step(results: dict) -> dict[str, float]:
+    """Per variant, its step time in the side-by-side timing pass, in seconds: the only timings
+    that compare across variants (the runs' own seconds were counted under different loads)."""
+    if not results.get("timing_pass"):
+        return {}
+    return {
+        v["variant"]: v["side_by_side"]["step_ms_median"] / 1000
+        for v in results["variants"]
+        if (v.get("side_by_side") or {}).get("step_ms_median")
+    }
+
+
+def forest_rows(results: dict) -> list[dict]:
+    """The variants with a final-loss difference from the baseline, lowest first."""
+    rows = [
+        v
+        for v in results["variants"]
+        if not v["is_baseline"] and v.get("delta_vs_baseline") is not None
+    ]
+    return sorted(rows, key=lambda v: v["delta_vs_baseline"])
+
+
+def plot_curves(results: dict, records: list[dict], out: Path) -> None:
+    """The ablation's figure: seed-mean val loss with its band over seeds, over the whole run and
+    its last part; the forest plot; loss against comparable time. Without curves (a results
+    file), the forest plot alone, saying so."""
+    plt = _pyplot()
+    bands = seed_bands(records)
+    colors = variant_colors([v["variant"] for v in results["variants"]], results["baseline"])
+    if not bands:
+        fig, forest = plt.subplots(
+            figsize=(10, 1.8 + 0.42 * len(results["variants"])), layout="constrained"
         )
-        labelled.add(r["variant"])
-        style = dict(
-            color=colors[r["variant"]],
-            lw=2.2 if r["is_baseline"] else 1.5,
-            ls="--" if r["is_baseline"] else "-",
-            marker="o",
-            ms=3,
-        )
-        by_step.plot(steps, losses, label=label, **style)
-        by_time.plot(seconds, losses, **style)
-    by_step.set(xlabel="step", ylabel="validation loss", title="val loss vs step")
-    by_time.set(xlabel="training seconds", title="val loss vs wall time")
-    for ax in (by_step, by_time):
-        ax.grid(alpha=0.3)
-    by_step.legend(fontsize=8)
+        _forest(forest, results, colors)
+        fig.suptitle("(loss curves not drawn: a results file holds no curves)", fontsize=9)
+        _save(fig, out, plt)
+        return
+    fig, ((full, zoom), (forest, timed)) = plt.subplots(
+        2, 2, figsize=(15, 10.5), layout="constrained"
+    )
+    for ax in (full, zoom):
+        _bands(ax, bands, colors, results["baseline"])
+    seeds = max(
+        sum(r["variant"] == v and r["status"] == "completed" for r in records) for v in bands
+    )
+    full.set(
+        xlabel="step",
+        ylabel="validation loss",
+        title=f"val loss: mean over seeds, band min to max ({seeds} seeds)",
+    )
+    _zoom(zoom, bands)
+    _forest(forest, results, colors)
+    _timed(timed, results, bands, colors)
+    handles, labels = full.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(5, len(labels)), fontsize=9)
     _save(fig, out, plt)
+
+
+def _bands(ax, bands: dict, colors: dict, baseline: str | None, per_step: dict | None = None):
+    """Each variant's seed-mean curve, its band shaded; against steps, or against steps times
+    `per_step[variant]` seconds (variants without one are left out)."""
+    for variant, band in bands.items():
+        if per_step is not None and variant not in per_step:
+            continue
+        scale = 1.0 if per_step is None else per_step[variant]
+        xs = [b[0] * scale for b in band]
+        is_base = variant == baseline
+        ax.fill_between(
+            xs, [b[2] for b in band], [b[3] for b in band], color=colors[variant], alpha=0.15, lw=0
+        )
+        ax.plot(
+            xs,
+            [b[1] for b in band],
+            color=colors[variant],
+            lw=2.2 if is_base else 1.5,
+            ls="--" if is_base else "-",
+            label=variant + (" (baseline)" if is_base else ""),
+        )
+    ax.grid(alpha=0.3)
+
+
+def _zoom(ax, bands: dict, per_step: dict | None = None) -> None:
+    """Limit the axes to the last part of training, from ZOOM_FROM of the shortest curve's end
+    (in time, the fastest variant's) to the longest's, the loss axis to the bands there."""
+    scale = per_step or dict.fromkeys(bands, 1.0)
+    ends = [band[-1][0] * scale[v] for v, band in bands.items() if v in scale and band]
+    start, last = ZOOM_FROM * min(ends), max(ends)
+    inside = [
+        b for v, band in bands.items() if v in scale for b in band if b[0] * scale[v] >= start
+    ]
+    low, high = min(b[2] for b in inside), max(b[3] for b in inside)
+    pad = 0.08 * (high - low) or 0.01
+    ax.set_xlim(start, last + 0.01 * (last - start))
+    ax.set_ylim(low - pad, high + pad)
+    if per_step is None:
+        ax.set(
+            xlabel="step",
+            ylabel="validation loss",
+            title=f"zoom: the last {100 - 100 * ZOOM_FROM:.0f}% of the steps",
+        )
+
+
+def _forest(ax, results: dict, colors: dict) -> None:
+    """Each variant's mean final loss minus the baseline's with its 95% interval (Welch's, the
+    test the tables report), sorted; filled where the tables call it significant (Holm-adjusted
+    p < 0.05), hollow where not."""
+    rows = forest_rows(results)
+    ax.axvline(0.0, color=BASELINE_COLOR, lw=1, ls="--")
+    for y, v in enumerate(reversed(rows)):
+        delta, ci = v["delta_vs_baseline"], v.get("delta_ci")
+        color = colors[v["variant"]]
+        ax.errorbar(
+            [delta],
+            [y],
+            xerr=None if ci is None else [[delta - ci[0]], [ci[1] - delta]],
+            fmt="o",
+            ms=8,
+            capsize=4,
+            color=color,
+            mfc=color if v.get("significant") else "white",
+            mew=2,
+        )
+        ax.annotate(
+            _p_label(v),
+            (1.0, y),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(range(len(rows)), [v["variant"] for v in reversed(rows)])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.grid(alpha=0.3, axis="x")
+    ax.set(
+        xlabel=f"final val loss minus {results['baseline']}'s (mean over seeds; 95% Welch "
+        "interval, unadjusted; left is lower)",
+        title="final loss vs the baseline (filled: significant, Holm-adjusted p < 0.05)",
+    )
+
+
+def _p_label(v: dict) -> str:
+    """The p-value a forest row stands on, as the tables give it: Holm-adjusted when it differs."""
+    p, adjusted = v.get("p_value"), v.get("p_holm", v.get("p_value"))
+    if p is None:
+        return v.get("significance") or ""
+    return f"p {p:.2g}" if adjusted == p else f"p {p:.2g}, Holm {adjusted:.2g}"
+
+
+def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
+    """Loss against time from comparable timings only: steps times each variant's side-by-side
+    step time (zoomed like the step panel); a note instead when there was no timing pass."""
+    per_step = {v: s for v, s in seconds_per_step(results).items() if v in bands}
+    if not per_step:
+        ax.axis("off")
+        ax.text(0.5, 0.5, NO_TIMING, ha="center", va="center", fontsize=10, transform=ax.transAxes)
+        return
+    _bands(ax, bands, colors, results["baseline"], per_step)
+    _zoom(ax, bands, per_step)
+    record = results["timing_pass"]
+    ax.set(
+        xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
+        ylabel="validation loss",
+        title=f"val loss vs time, step times of the timing pass ({record.get('rounds', '?')} rounds)",
+    )
 
 
 def _save(fig, out: Path, plt) -> None:
     """Write the figure to `out` as a PNG, atomically, and close it."""
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
     try:  # written aside, then renamed: an existing plot is never left half-written
@@ -72,23 +242,28 @@ def _save(fig, out: Path, plt) -> None:
 
 def plot_tuning(results: dict, out: Path) -> None:
     """Tuning curves: final val loss against each tuned knob (log axis for positive numbers), one
-    line per variant, its chosen value ringed."""
+    line per variant in its colour, its chosen value ringed."""
     plt = _pyplot()
     variants = results["variants"]
+    colors = variant_colors([v["variant"] for v in variants], results["baseline"])
     knobs = list(dict.fromkeys(p["knob"] for v in variants for p in v.get("tuning") or []))
     fig, axes = plt.subplots(
-        1, max(1, len(knobs)), figsize=(6 * max(1, len(knobs)), 4.5), squeeze=False
+        1,
+        max(1, len(knobs)),
+        figsize=(6 * max(1, len(knobs)), 4.8),
+        squeeze=False,
+        layout="constrained",
     )
     for ax, knob in zip(axes[0], knobs):
-        _tuning_axis(ax, knob, variants, plt)
+        _tuning_axis(ax, knob, variants, colors)
     _save(fig, out, plt)
 
 
-def _tuning_axis(ax, knob: str, variants: list[dict], plt) -> None:
+def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
     """One knob's plot: every variant's tuning phases of that knob (the last phase plotted says
     whether the values are numbers, then shown on a log axis)."""
     numeric = True
-    for i, v in enumerate(variants):
+    for v in variants:
         for phase in v.get("tuning") or []:
             if phase["knob"] != knob:
                 continue
@@ -97,7 +272,7 @@ def _tuning_axis(ax, knob: str, variants: list[dict], plt) -> None:
                 numeric = all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points
                 )
-                _plot_phase(ax, v, phase, points, numeric, plt.cm.tab10(i % 10))
+                _plot_phase(ax, v, phase, points, numeric, colors[v["variant"]])
     if numeric:
         _tried_ticks(ax, knob, variants)
     ax.set(
@@ -140,36 +315,52 @@ def _tried_ticks(ax, knob: str, variants: list[dict]) -> None:
 
 
 def plot_scale(scale: dict, out: Path) -> None:
-    """Speedup over the baseline against parameter count (log axis), one line per variant, with
-    the 95% bootstrap intervals as error bars."""
+    """Speedup in steps over each preset's baseline against parameter count (log axis), one line
+    per variant in its colour, with the 95% intervals the scale table gives; filled where the
+    interval excludes 1 (the table's significance), hollow where not."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, variant in enumerate(dict.fromkeys(r["variant"] for r in scale["rows"])):
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    baseline = next((r["variant"] for r in scale["rows"] if r["is_baseline"]), None)
+    colors = variant_colors([r["variant"] for r in scale["rows"]], baseline)
+    others = [v for v in colors if v != baseline]
+    for i, variant in enumerate(others):
         rows = [
             r
             for r in scale["rows"]
-            if r["variant"] == variant
-            and not r["is_baseline"]
-            and r["speedup"] is not None
-            and r["params"]
+            if r["variant"] == variant and r["speedup"] is not None and r["params"]
         ]
-        if rows:
-            _speedup_line(ax, variant, rows, plt.cm.tab10(i % 10))
-    ax.axhline(1.0, color="gray", ls="--", lw=1, label="baseline")
+        # side by side around each scale, so that intervals do not hide each other
+        nudge = 1 + 0.025 * (i - (len(others) - 1) / 2)
+        _speedup_line(ax, variant, rows, colors[variant], nudge)
+    ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{baseline} (baseline)")
     ax.set_xscale("log")
+    ax.minorticks_off()
+    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    ax.set_xticks(list(params.values()), [f"{p}\n{n / 1e6:.2f}M" for p, n in params.items()])
     ax.set(
-        xlabel="parameters",
-        ylabel="speedup over the baseline (steps)",
-        title="speedup vs scale (95% bootstrap intervals)",
+        xlabel="parameters (preset)",
+        ylabel="speedup in steps (baseline steps / steps to its final loss)",
+        title="speedup vs scale, 95% intervals over seeds (hollow: interval holds 1)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, out, plt)
 
 
-def _speedup_line(ax, variant: str, rows: list[dict], color) -> None:
+def _speedup_line(ax, variant: str, rows: list[dict], color, nudge: float) -> None:
     """One variant's speedups with their 95% intervals as error bars."""
-    xs, ys = [r["params"] for r in rows], [r["speedup"] for r in rows]
-    low = [y - (r["speedup_ci"] or [y, y])[0] for y, r in zip(ys, rows)]
-    high = [(r["speedup_ci"] or [y, y])[1] - y for y, r in zip(ys, rows)]
-    ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=variant, color=color)
+    xs, ys = [r["params"] * nudge for r in rows], [r["speedup"] for r in rows]
+    cis = [r["speedup_ci"] or [y, y] for y, r in zip(ys, rows)]
+    ax.plot(xs, ys, color=color, lw=1.2, label=variant)
+    for x, y, ci in zip(xs, ys, cis):
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[y - ci[0]], [ci[1] - y]],
+            fmt="o",
+            ms=7,
+            capsize=4,
+            color=color,
+            mfc=color if ci[0] > 1 or ci[1] < 1 else "white",
+            mew=2,
+        )

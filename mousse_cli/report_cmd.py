@@ -24,7 +24,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 def report(
     ablation_dir: Path = typer.Argument(
         ...,
-        help="An ablation directory (holds ablation.toml), or the root of `ablate --preset a,b` (holds scale.json).",
+        help="An ablation directory (holds ablation.toml), the root of `ablate --preset a,b` (holds scale.json), or a results file (results.json or `ablate --json`'s output: the tables and, with --plot, the forest plot; its runs' curves are not in it).",
     ),
     fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
     plot: Optional[Path] = typer.Option(
@@ -56,9 +56,12 @@ def report(
         if fmt not in FORMATS:
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
         check_timing_budget(timing_budget)
-        scaled, by_preset = load_results(
-            ablation_dir, plot, retime, timing_budget, trust_model_code
-        )
+        if ablation_dir.is_file():
+            scaled, by_preset = load_results_file(ablation_dir, plot, retime)
+        else:
+            scaled, by_preset = load_results(
+                ablation_dir, plot, retime, timing_budget, trust_model_code
+            )
     if expect:  # a bad expression is refused before anything is printed
         check_expressions(expect)
     print_results(by_preset, scaled, fmt)
@@ -92,24 +95,58 @@ def load_results(
             timed(ablation, timing_budget)
         by_preset[preset] = results = ablation.results()
         if plot is not None:
-            draw_plots(
-                ablation,
-                results,
-                plot
-                if preset is None
-                else plot.with_name(f"{plot.stem}-{preset}{plot.suffix or '.png'}"),
-            )
+            draw_plots(ablation, results, preset_plot(plot, preset))
     if scaled and plot is not None:
-        from .plot import plot_scale
-
-        plot_scale(scale_of(by_preset), plot)
-        console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
+        draw_scale(by_preset, plot)
     return scaled, by_preset
 
 
+def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool, dict]:
+    """(whether the file holds several presets, each preset's results) from a results file, with
+    every variant's difference interval filled in for files older than it; plotted from what
+    the file holds when asked (no curves: the forest plot and the tuning curves)."""
+    import json
+
+    from mousse.experiments.results import with_delta_intervals
+
+    if retime:
+        raise ConfigError("--retime needs the ablation dir, not a results file")
+    try:
+        data = json.loads(path.read_text())
+        scaled = "scale" in data
+        by_preset = {
+            preset: with_delta_intervals(results)
+            for preset, results in (data["presets"] if scaled else {None: data}).items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(
+            f"{path} is not a results file (results.json, or what `mousse ablate --json` prints)"
+        ) from None
+    for preset, results in by_preset.items() if plot is not None else ():
+        draw_plots(None, results, preset_plot(plot, preset))
+    if scaled and plot is not None:
+        draw_scale(by_preset, plot)
+    return scaled, by_preset
+
+
+def preset_plot(plot: Path, preset: str | None) -> Path:
+    """Where one preset's figure of a multi-preset report goes: beside `plot`, named after it."""
+    return (
+        plot if preset is None else plot.with_name(f"{plot.stem}-{preset}{plot.suffix or '.png'}")
+    )
+
+
+def draw_scale(by_preset: dict, plot: Path) -> None:
+    """The speedup against parameters over the presets."""
+    from .plot import plot_scale
+
+    plot_scale(scale_of(by_preset), plot)
+    console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
+
+
 def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
-    """The results in `fmt`: tables on stderr, the other formats on stdout; for several presets
-    each one's under its name, then the speedup by scale (JSON: one object)."""
+    """The results in `fmt` on stdout; for several presets each one's under its name, then the
+    speedup by scale (JSON: one object)."""
     from mousse.experiments.tables import render
 
     if scaled and fmt == "json":
@@ -160,9 +197,7 @@ def gate(expectations: list[str], by_preset: dict) -> None:
 
 def open_ablation(path: Path):
     """The Ablation recorded in `path` (its ablation.toml); ConfigError when there is none."""
-    from mousse.experiments.ablation import AblationPlan
-    from mousse.experiments.sweep import Ablation
-    from mousse.train import tomlio
+    from mousse.experiments.sweep import Ablation, read_plan
 
     plan_file = path / "ablation.toml"
     if not plan_file.is_file():
@@ -170,20 +205,17 @@ def open_ablation(path: Path):
             f"{path} is not an ablation dir (no ablation.toml); pass the "
             "--ablation-dir of a `mousse ablate` run"
         )
-    try:
-        plan = AblationPlan.from_dict(tomlio.load(plan_file))
-    except (tomlio.TOMLDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{plan_file} is damaged ({exc}); rerun the ablation") from None
-    return Ablation(plan, path)
+    return Ablation(read_plan(plan_file, "rerun the ablation"), path)
 
 
 def draw_plots(ablation, results: dict, plot: Path) -> None:
-    """Loss curves, and with tuning the tuning curves beside them."""
+    """The loss curves (from the ablation's runs; none from a results file) and the forest plot,
+    and after tuning the tuning curves beside them."""
     from .plot import plot_curves, plot_tuning
 
-    plot_curves(ablation.records(), plot)
+    plot_curves(results, ablation.records() if ablation is not None else [], plot)
     console.print(f"plot: {plot}", highlight=False, markup=False)
-    if ablation.tune:
+    if any(v.get("tuning") for v in results["variants"]):
         tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
         plot_tuning(results, tuning_plot)
         console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)

@@ -27,6 +27,7 @@ from .stats import (
     paired_t_test,
     speedup,
     steps_to_target,
+    welch_interval,
     welch_t_test,
 )
 
@@ -237,8 +238,9 @@ def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> 
 
 
 def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> dict:
-    """A variant's final loss against the baseline's: mean, spread, difference and Welch test
-    (its verdict, Holm-adjusted over all the variants, is `summarize`'s)."""
+    """A variant's final loss against the baseline's: mean, spread, difference with the 95%
+    interval Welch's test inverts, and the test (its verdict, Holm-adjusted over all the
+    variants, is `summarize`'s)."""
     mean = _mean(losses)
     test = {"t": None, "df": None, "p": None} if is_base else welch_t_test(losses, base.losses)
     return {
@@ -246,9 +248,32 @@ def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> di
         "final_val_loss_std": statistics.stdev(losses) if len(losses) >= 2 else None,
         "best_val_loss_mean": _mean(r["best_val_loss"] for r in done),
         "delta_vs_baseline": None if mean is None or base.target is None else mean - base.target,
+        "delta_ci": None if is_base else welch_interval(losses, base.losses),
         "t": _finite(test["t"]),
         "df": test["df"],
         "p_value": test["p"],
+    }
+
+
+def with_delta_intervals(results: dict) -> dict:
+    """A results object with every variant's `delta_ci` as `summarize` computes it, from the run
+    rows' final losses: for results files written before the key existed."""
+    losses: dict[str, list] = {}
+    for r in results["runs"]:
+        if r["status"] == "completed" and r["final_val_loss"] is not None:
+            losses.setdefault(r["variant"], []).append(r["final_val_loss"])
+    base = losses.get(results["baseline"], [])
+    return {
+        **results,
+        "variants": [
+            {
+                **v,
+                "delta_ci": None
+                if v["is_baseline"]
+                else welch_interval(losses.get(v["variant"], []), base),
+            }
+            for v in results["variants"]
+        ],
     }
 
 

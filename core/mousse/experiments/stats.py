@@ -192,22 +192,44 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def welch_t_test(a: list, b: list) -> dict:
-    """Two-sided Welch t-test of mean(a) vs mean(b); t, df and p are None when a group has n < 2."""
+def _welch(a: list, b: list) -> tuple[float, float, float] | None:
+    """(mean(a) - mean(b), its standard error, Welch-Satterthwaite df); None when a group has
+    n < 2. Both groups constant: the standard error is 0 and df is na + nb - 2."""
     na, nb = len(a), len(b)
     if na < 2 or nb < 2:
-        return {"t": None, "df": None, "p": None}
+        return None
     va, vb = statistics.variance(a) / na, statistics.variance(b) / nb
     diff = statistics.fmean(a) - statistics.fmean(b)
-    if va + vb == 0:  # both groups constant: either identical or infinitely far apart
+    if va + vb == 0:
+        return diff, 0.0, float(na + nb - 2)
+    return diff, math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+
+
+def welch_t_test(a: list, b: list) -> dict:
+    """Two-sided Welch t-test of mean(a) vs mean(b); t, df and p are None when a group has n < 2."""
+    welch = _welch(a, b)
+    if welch is None:
+        return {"t": None, "df": None, "p": None}
+    diff, se, df = welch
+    if se == 0:  # both groups constant: either identical or infinitely far apart
         return {
             "t": 0.0 if diff == 0 else math.copysign(math.inf, diff),
-            "df": float(na + nb - 2),
+            "df": df,
             "p": 1.0 if diff == 0 else 0.0,
         }
-    t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    t = diff / se
     return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
+
+
+def welch_interval(a: list, b: list, level: float = 0.95) -> list[float] | None:
+    """The interval of mean(a) - mean(b) that Welch's test inverts: 0 lies outside it exactly
+    when the test's (unadjusted) p is below 1 - level. None when a group has n < 2."""
+    welch = _welch(a, b)
+    if welch is None:
+        return None
+    diff, se, df = welch
+    half = se * t_quantile(1 - (1 - level) / 2, df) if se else 0.0
+    return [diff - half, diff + half]
 
 
 def paired_differences(a: dict, b: dict) -> list[float]:
