@@ -27,6 +27,7 @@ from .step import (
     BucketState,
     StepKnobs,
     accumulate_statistics,
+    as_matrices,
     cache_whitening,
     compute_refresh,
     delayed,
@@ -35,6 +36,7 @@ from .step import (
     held_refresh,
     hold_refresh,
     install_refresh,
+    matrix_shape,
     refresh_input,
     update_matrices,
 )
@@ -74,10 +76,11 @@ def validate_group(group: Knobs) -> None:
     table.check({k: group[k] for k in DEFAULTS})
     table.check_together(group)
     for p in group["params"]:
-        if p.ndim != 2:
+        if p.ndim < 2:
             raise ValueError(
-                f"invalid params=a tensor of shape {tuple(p.shape)}: expected 2-D weight matrices "
-                "only (route embeddings, head, gains and biases to AdamW/Lion)"
+                f"invalid params=a tensor of shape {tuple(p.shape)}: expected weight matrices "
+                "or convolution weights, optimized as (out, in x kernel) matrices (route "
+                "embeddings, head, gains and biases to AdamW/Lion)"
             )
 
 
@@ -93,7 +96,7 @@ def _stagger(buckets: list[_Bucket], group: Knobs) -> None:
     """Give each matrix of a group's buckets its refresh phase, balancing the eigen work (about
     k^3 per factor of width k) over the `precond_freq` steps between refreshes."""
     rows = [(b, i) for b in buckets for i in range(len(b.params))]
-    widths = [dict(zip("LR", b.params[i].shape)) for b, i in rows]
+    widths = [dict(zip("LR", matrix_shape(b.params[i]))) for b, i in rows]
     costs = [sum(w[side] ** 3 for side in SIDE_FACTORS[group["sides"]]) for w in widths]
     for (b, i), phase in zip(rows, stagger_phases(costs, group["precond_freq"])):
         b.refreshes.phases[i] = phase
@@ -191,7 +194,7 @@ class KroneckerOptimizer(Optimizer):
     # ---- state layout -------------------------------------------------------------------------
 
     def _init_state(self, p: Tensor, group: Knobs) -> dict[str, Tensor]:
-        m, n = p.shape
+        m, n = matrix_shape(p)
         wide = torch.promote_types(p.dtype, torch.float32)
 
         def zeros(*shape: Any, dtype: torch.dtype = wide) -> Tensor:  # dims, or a shape tuple
@@ -330,7 +333,7 @@ class KroneckerOptimizer(Optimizer):
                         if count >= 1:
                             saved.append((p, p.detach().clone()))
                             avg = average[i] / (1.0 - rate**count)
-                            p.copy_(avg.to(p.dtype))
+                            p.copy_(avg.view(p.shape).to(p.dtype))
         try:
             yield
         finally:
@@ -404,7 +407,7 @@ class KroneckerOptimizer(Optimizer):
         g = group
         steps += 1
         grads = cast("list[Tensor]", [p.grad for p in params])  # all set: step() checked
-        G = torch.stack(grads).to(st.momentum_buffer.dtype)
+        G = as_matrices(grads).to(st.momentum_buffer.dtype)
         if not g["refresh_after_update"]:
             self._statistics(g, params, st, G, t, refreshes)
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
@@ -488,7 +491,7 @@ class KroneckerOptimizer(Optimizer):
                 "this step: pass opt.set_fisher_grads({param: grad}) for opt.fisher_params() "
                 "before opt.step() (mousse's trainer does), or use fisher='empirical'"
             )
-        return torch.stack([self._fisher[id(p)] for p in params])
+        return as_matrices([self._fisher[id(p)] for p in params])
 
     # ---- read-outs ----------------------------------------------------------------------------
 

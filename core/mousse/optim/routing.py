@@ -1,8 +1,10 @@
 """Route a model's parameters by role and wrap the optimizers in one object.
 
-Block 2-D weights go to the matrix optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings, the output head,
-norm gains and biases go to the scalar optimizer (AdamW or Lion). Embedding and head are never sent
-to Mousse: treating them as matrices silently trains badly (docs/family.md).
+Block 2-D weights and convolution weights (as (out, in x kernel) matrices) go to the matrix
+optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings (a first convolution,
+the patch embedding, included), the output head, norm gains and biases go to the scalar optimizer
+(AdamW or Lion). Embedding and head are never sent to Mousse: treating them as matrices silently
+trains badly (docs/family.md).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from .named import OPTIMIZERS
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def infer_roles(model: nn.Module) -> dict[str, str]:
     """Role of each trainable parameter: the model's own `param_roles()` when it has one, else
     by module: nn.Embedding weights are embeddings; the head is the Linear named like one
     (lm_head, head, output, ...), else the last Linear whose output size is the vocabulary, else
-    the last Linear; other 2-D weights are matrices and everything else is scalar. The routing
-    table returned by `build_optimizer` shows the result, so a user can check it."""
+    the last Linear; the first convolution's weight (a patch embedding: it reads the raw input)
+    is an embedding and the other convolution weights are matrices; other 2-D weights are
+    matrices and everything else is scalar. The routing table returned by `build_optimizer`
+    shows the result, so a user can check it."""
     if hasattr(model, "param_roles"):
         return dict(cast(Any, model).param_roles())  # the user's method: names -> roles
     vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -38,12 +43,15 @@ def infer_roles(model: nn.Module) -> dict[str, str]:
     named = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _HEAD_NAMES]
     by_vocab = [n for n, m in linears if m.out_features in vocab]
     head = (named or by_vocab or [n for n, _ in linears] or [None])[-1]
+    patch = next((n for n, m in model.named_modules() if isinstance(m, _CONVS)), None)
     roles = {}
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             name = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, nn.Embedding):
+            if isinstance(module, nn.Embedding) or (mod_name == patch and p_name == "weight"):
                 roles[name] = "embedding"
+            elif isinstance(module, _CONVS) and p_name == "weight":
+                roles[name] = "matrix"
             elif mod_name == head and p_name == "weight":
                 roles[name] = "head"
             else:
@@ -193,14 +201,14 @@ def _check_routing(
     optimizer: str,
     scalar_optimizer: str,
 ) -> None:
-    """ValueError for a parameter without a known role, a non-2-D 'matrix', or an unknown
-    optimizer name."""
+    """ValueError for a parameter without a known role, a 'matrix' of fewer than 2 dimensions, or
+    an unknown optimizer name."""
     missing = [n for n, _ in named if roles.get(n) not in ROLES]
     if missing:
         raise ValueError(f"no role for parameters {missing}; expected one of {ROLES}")
-    bad = [n for n, p in named if roles[n] == "matrix" and p.ndim != 2]
+    bad = [n for n, p in named if roles[n] == "matrix" and p.ndim < 2]
     if bad:
-        raise ValueError(f"parameters {bad} have role 'matrix' but are not 2-D")
+        raise ValueError(f"parameters {bad} have role 'matrix' but fewer than 2 dimensions")
     if optimizer not in (*OPTIMIZERS, "adamw"):
         raise ValueError(
             f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"

@@ -28,6 +28,17 @@ LR_SCALES: dict[str, Callable[[int, int], float]] = {
 SIDE_FACTORS = {"both": ("L", "R"), "left": ("L",), "right": ("R",), "none": ()}
 
 
+def matrix_shape(p: Tensor) -> tuple[int, int]:
+    """The (out, in) matrix a weight is optimized as: itself, or for a convolution weight
+    (out, in, k...) its (out, in x k...) flattening, as Keller Jordan's Muon does."""
+    return p.shape[0], p[0].numel()
+
+
+def as_matrices(tensors: list[Tensor]) -> Tensor:
+    """A stack of the tensors (weights or their gradients) as their `matrix_shape` matrices."""
+    return torch.stack([t.reshape(t.shape[0], -1) for t in tensors])
+
+
 @dataclass(frozen=True)
 class StepKnobs:
     """The knobs of one param group that the per-bucket math reads (lr, which schedules change
@@ -257,7 +268,7 @@ def update_matrices(
     (`KroneckerOptimizer(compiled=True)`). lr and count, the values that change from step to
     step, are arguments of their own, so torch.compile takes them as inputs (lr as a 0-d tensor
     when compiled, count as a symbol) instead of recompiling for each value."""
-    m, n = params[0].shape
+    m, n = G.shape[-2:]
     sides = k.factor_sides if whiten else ()
     M_in = momentum_step(st.momentum_buffer, G, k.momentum, k.momentum_style, count)
     pre = {s: st.sides[s].P for s in sides}
@@ -335,14 +346,14 @@ def apply_update(
     s = lr_multiplier(k.lr_scale, m, n)
     if wd and style == "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd)
-    step = list(U.to(params[0].dtype).unbind(0))
+    step = [u.view(p.shape) for u, p in zip(U.to(params[0].dtype).unbind(0), params)]
     if isinstance(lr, Tensor):  # compiled: a multiply by the lr tensor (alpha takes only numbers)
         torch._foreach_add_(params, torch._foreach_mul(step, -lr * s))
     else:
         torch._foreach_add_(params, step, alpha=-lr * s)
     if k.average_rate:
         assert st.average is not None
-        W = torch.stack(params).to(st.average.dtype)
+        W = as_matrices(params).to(st.average.dtype)
         st.average.add_(W - st.average, alpha=1.0 - k.average_rate)
     if wd and style != "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))
