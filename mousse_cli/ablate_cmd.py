@@ -20,10 +20,11 @@ from .ablate_plan import (
     show_plans,
 )
 from .ablate_run import check_timing_budget, run_ablations
-from .console import console
+from .console import console, out
 from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
+from .pipes import outliving_closed_pipes
 from .results_out import (
     record_presets,
     scaled_results,
@@ -175,7 +176,7 @@ def ablate(
         if dry_run:
             return
         record_presets(root, setup.presets)
-        with graceful_stop() as stop:
+        with graceful_stop() as stop, outliving_closed_pipes(console, out):
             outcomes = run_ablations(
                 ablations, dashboards, stop, shard, parallel, wait, no_timing_pass, timing_budget
             )

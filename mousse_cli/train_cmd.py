@@ -14,11 +14,12 @@ from mousse.train.config import ConfigError, load_config_file, resolve
 from mousse.train.dashboards import Dashboards
 from mousse.train.fileio import dumps
 
-from .console import console, notice, show_lines
+from .console import console, notice, out, show_lines
 from .cost import check_cost
 from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
+from .pipes import outliving_closed_pipes
 from .train_view import TrainView, show_summary
 from .trust import TRUST_MODEL_CODE, check_trusted
 
@@ -93,7 +94,7 @@ def train(
 
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
-        with graceful_stop() as stop, dashboards:
+        with graceful_stop() as stop, dashboards, outliving_closed_pipes(console, out):
             summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost)
     if is_main_process():
         show_summary(summary, json_out)

@@ -483,6 +483,22 @@ def test_a_stop_in_a_long_step_drops_it_and_the_run_resumes_from_the_step_before
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
 
 
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
+    """`mousse train ... 2>&1 | head -3`: head exits, and the run trains on to its summary
+    (a BrokenPipeError used to end it with exit 1, no summary and a dir that refused a rerun)."""
+    run = tmp_path / "R"
+    cmd = [*mousse_command(), "train", *FAST, "--steps", "100", "--log-every", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    for _ in range(3):
+        proc.stdout.readline()
+    proc.stdout.close()  # what head does after its lines
+    assert proc.wait(timeout=300) == 0
+    assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
+
+
 # ---- model code named in a file runs only when the user says so ----------------------------------
 
 
