@@ -499,6 +499,20 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.5])  # inside the imports, and around their end
+def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
+    proc = subprocess.Popen(
+        [*mousse_command(), "train", *FAST, "--run-dir", str(tmp_path / "R")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
 # ---- model code named in a file runs only when the user says so ----------------------------------
 
 
