@@ -701,6 +701,12 @@ def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, 
     assert not (tmp_path / "R").exists()
 
 
+def test_an_emoji_code_in_a_path_is_printed_as_typed(tmp_path):
+    """Rich turns `:llama:` into an emoji; a user's path is printed as it was typed."""
+    res = invoke_cli("train", "--model", "examples/llama.py:llama:", "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, "examples/llama.py:llama:")
+
+
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     bad = tmp_path / "run.toml"
     bad.write_bytes(b'steps = 3\nname = "\xff\xfe"\n')
