@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from mousse.dist.process import env_world_size, exit_on_error, is_main_process
-from mousse.train.checkpoint import list_checkpoints
+from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import ConfigError, load_config_file, resolve
 from mousse.train.dashboards import Dashboards
 from mousse.train.fileio import dumps
+from mousse.train.rundir import lock_before_resume
 
 from .console import console, notice, out, show_lines
 from .cost import check_cost
@@ -81,10 +83,14 @@ def train(
     trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
     """Train one model. With no arguments: the tiny preset on the builtin corpus (about a minute on CPU)."""
-    with exit_on_error((typer.Exit,)), user_errors(json_out):
+    with exit_on_error((typer.Exit,)), user_errors(json_out), ExitStack() as held:
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         file = load_config_file(config) if config else {}
         settings = {**file, **overrides}
+        # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)
+        lock = lock_before_resume(run_dir, resume) if is_main_process() and nproc == 1 else None
+        if lock is not None:
+            held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
         check_trusted({cfg.model}, overrides.get("model"), trust_model_code, where)
@@ -95,7 +101,7 @@ def train(
             raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
         cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
         with graceful_stop() as stop, dashboards, outliving_closed_pipes(console, out):
-            summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost)
+            summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost, lock)
     if is_main_process():
         show_summary(summary, json_out)
         if json_out:
@@ -116,7 +122,7 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     if resume == "auto":
         if run_dir is None:
             raise ConfigError("--resume auto needs --run-dir to look in")
-        restart = not list_checkpoints(run_dir / "checkpoints")  # nothing to resume: start
+        restart = not checkpoint_dirs(run_dir)  # nothing to resume: start
     if resume is None or restart:
         return resolve(settings), None, run_dir, restart
     source = run_dir if resume == "auto" else Path(resume)
@@ -124,9 +130,12 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     return cfg, ckpt, run_dir or ckpt.parent.parent, restart
 
 
-def run_training(cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list[str]) -> dict:
-    """Train with the live view and the dashboards; the estimate is shown after the checks the
-    Trainer makes, so that an error stays one line. Returns the run's summary."""
+def run_training(
+    cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list[str], lock=None
+) -> dict:
+    """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
+    estimate is shown after the checks the Trainer makes, so that an error stays one line.
+    Returns the run's summary."""
     from mousse.dist import setup
     from mousse.train.trainer import Trainer
 
@@ -139,6 +148,7 @@ def run_training(cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list
         stop=stop,
         world=setup,
         restart=restart,
+        lock=lock,
     )
     show_lines(cost)
     return trainer.run(argv=sys.argv)

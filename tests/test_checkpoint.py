@@ -256,6 +256,17 @@ def _foreign(path: Path) -> None:  # valid safetensors, but not written by mouss
     save_file({"x": torch.zeros(2)}, path)
 
 
+def _as_older_format(ckpt: Path) -> None:
+    """Rewrite a checkpoint as versions before checksums wrote it: no checksums.json, and no
+    file's metadata saying that one was written."""
+    (ckpt / "checksums.json").unlink()
+    for name in FILES:
+        with safe_open(ckpt / name, framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            meta = {k: v for k, v in (fh.metadata() or {}).items() if k != "checksums"}
+        save_file(tensors, ckpt / name, metadata=meta)
+
+
 @pytest.mark.parametrize(
     "file,damage,needle",
     [
@@ -273,7 +284,7 @@ def test_damaged_checkpoint_is_refused(cli, reference, tmp_path, file, damage, n
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
     if not checksums:
-        (ckpt / "checksums.json").unlink()
+        _as_older_format(ckpt)
     damage(ckpt / file)
     res = cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new")
     assert_one_line_error(res, str(ckpt / file), "is damaged" if checksums else needle)
@@ -285,7 +296,8 @@ def test_incomplete_checkpoint_dir_is_not_a_checkpoint(cli, reference, tmp_path)
     shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
     (ckpt / "optimizer.safetensors").unlink()
     assert_one_line_error(
-        cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new"), "no checkpoint found"
+        cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new"),
+        f"{ckpt} is missing optimizer.safetensors",
     )
 
 
@@ -342,11 +354,9 @@ def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_
     assert file_hashes(root / "step-4") == hashes[4]  # the previous checkpoint is intact
     read_checkpoint(root / "step-4")
 
-    # a hard kill mid-write leaves a temp dir or an incomplete step dir: neither is counted
+    # a hard kill mid-write leaves a temp dir, which is not counted
     (root / ".step-8-abc123").mkdir()
     (root / ".step-8-abc123" / "model.safetensors").write_bytes(b"partial")
-    (root / "step-8").mkdir()
-    shutil.copy(root / "step-4" / "model.safetensors", root / "step-8" / "model.safetensors")
     assert list_checkpoints(root) == [root / "step-4"]
     assert find_checkpoint(run_dir) == root / "step-4"
 

@@ -587,3 +587,57 @@ def test_live_step_time_is_the_median_of_the_logged_steps():
     assert AblationView._median([300.0, 3900.0]) == 2100.0
     assert AblationView._median([3.0, 1.0, 2.0]) == 2.0
     assert AblationView._median([]) is None
+
+
+# ---- damaged files under `report` (issue 31) -----------------------------------------------------
+
+
+def _planned_ablation(root: Path) -> Path:
+    """An ablation dir with its plan recorded and no run trained yet."""
+    from mousse.experiments.ablation import plan_ablation
+
+    root.mkdir()
+    plan = plan_ablation({"alpha": [0.0]}, {"steps": 2})
+    (root / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
+    return root
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"\xff\xfe\x00binary", "utf-8"),
+        (
+            b'mode = "one-at-a-time"\nseeds = [0]\nbaseline = true\nsweeps = {}\nruns = [1]\n',
+            "a run is int",
+        ),
+        (
+            b'mode = "one-at-a-time"\nseeds = [0]\nbaseline = true\nsweeps = {}\n'
+            b'[[runs]]\nname = 5\nvariant = "x"\nseed = 0\n',
+            "run name 5 is not a str",
+        ),
+    ],
+    ids=["binary", "a-run-not-a-table", "a-name-not-a-string"],
+)
+def test_report_on_a_damaged_ablation_toml_is_one_line(tmp_path, content, needle):
+    root = _planned_ablation(tmp_path / "A")
+    (root / "ablation.toml").write_bytes(content)
+    assert_one_line_error(invoke_cli("report", root), "ablation.toml is damaged", needle)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe binary", b"[1, 2]", b'{"steps": 3}'])
+def test_report_counts_a_damaged_summary_as_no_result(tmp_path, content):
+    root = _planned_ablation(tmp_path / "A")
+    (root / "runs" / "mousse").mkdir(parents=True)
+    (root / "runs" / "mousse" / "summary.json").write_bytes(content)
+    res = invoke_cli("report", root, "--format", "json")
+    assert res.exit_code == 0, res
+    (row,) = [r for r in res.json()["runs"] if r["name"] == "mousse"]
+    assert row["status"] == "pending"
+
+
+def test_report_in_a_narrow_output_encoding_writes_stand_ins(mousse_proc, tmp_path, monkeypatch):
+    root = _planned_ablation(tmp_path / "A")
+    monkeypatch.setenv("PYTHONIOENCODING", "latin-1")
+    res = mousse_proc("report", root, "--format", "markdown")
+    assert res.exit_code == 0 and "Traceback" not in res.stderr, res
+    assert "| ? vs baseline |" in res.stdout

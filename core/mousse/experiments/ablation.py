@@ -96,13 +96,14 @@ class AblationPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> AblationPlan:
+        """The plan recorded as `to_dict` wrote it; a run of the wrong shape is a TypeError."""
         runs = [
             RunSpec(
-                r["name"],
-                r["variant"],
-                dict(r.get("knobs", {})),
-                r["seed"],
-                r.get("is_baseline", False),
+                _typed(r, "name", str),
+                _typed(r, "variant", str),
+                dict(_typed(r, "knobs", dict, {})),
+                _typed(r, "seed", int),
+                _typed(r, "is_baseline", bool, False),
             )
             for r in data["runs"]
         ]
@@ -123,6 +124,16 @@ class AblationPlan:
         for run in self.runs:
             out.setdefault(run.variant, run)
         return out
+
+
+def _typed(run, key: str, kind: type, default=None):
+    """`run[key]` (or `default`), a TypeError naming it unless it is a `kind`."""
+    if not isinstance(run, dict):
+        raise TypeError(f"a run is {type(run).__name__}, not a table")
+    value = run.get(key, default) if default is not None else run[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"run {key} {value!r} is not a {kind.__name__}")
+    return value
 
 
 def _safe(text: str) -> str:

@@ -43,11 +43,13 @@ _RECORD_KEYS = (
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json, or None while it has none (or an unreadable one)."""
+    """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
+    UTF-8, not an object with a status)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
 
 
 def record(run: RunSpec, summary: dict | None) -> dict:

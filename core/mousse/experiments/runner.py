@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -22,11 +23,11 @@ import torch
 
 from mousse.dist import setup
 from mousse.dist.process import is_main_process
-from mousse.train.checkpoint import CheckpointError, list_checkpoints
+from mousse.train.checkpoint import CheckpointError, checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import write_json
-from mousse.train.rundir import RunInUse
+from mousse.train.rundir import RunInUse, RunLock
 
 from .records import TIMING_KEYS
 
@@ -70,21 +71,24 @@ def execute_run(
     from mousse.train.trainer import Trainer
 
     cfg = resolve(settings)
-    resume = run_dir if list_checkpoints(run_dir / "checkpoints") else None
-    try:
-        trainer = Trainer(
-            cfg,
-            run_dir,
-            on_event=on_event,
-            resume=resume,
-            stop=stop,
-            world=setup,
-            timing_context=context,
-            restart=True,
-        )
-    except CheckpointError as exc:  # every checkpoint damaged: this run fails, the others go on
-        return failed_run(run_dir, str(exc), on_event)
-    return trainer.run()
+    # locked before its checkpoint is chosen: another shard's process may be training it
+    with RunLock(run_dir).acquire() if is_main_process() else nullcontext() as lock:
+        resume = run_dir if checkpoint_dirs(run_dir) else None
+        try:
+            trainer = Trainer(
+                cfg,
+                run_dir,
+                on_event=on_event,
+                resume=resume,
+                stop=stop,
+                world=setup,
+                timing_context=context,
+                restart=True,
+                lock=lock,
+            )
+        except CheckpointError as exc:  # every checkpoint damaged: this run fails alone
+            return failed_run(run_dir, str(exc), on_event)
+        return trainer.run()
 
 
 def failed_run(run_dir: Path, message: str, on_event) -> dict:

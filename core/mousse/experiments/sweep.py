@@ -17,6 +17,7 @@ from mousse.train import tomlio
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.fileio import atomic_write_text, write_json
+from mousse.train.rundir import exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import CHOICES
@@ -28,6 +29,16 @@ from .tuning import TuneSpec, TuningState, run_label, same_runs, tune_variant
 
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
+PLAN_LOCK = ".plan.lock"  # held while ablation.toml is checked and written
+
+
+def read_plan(plan_file: Path, fix: str) -> AblationPlan:
+    """The plan an ablation.toml records; a damaged one (not TOML, not UTF-8, a field of the
+    wrong type) is a ConfigError naming it and `fix`."""
+    try:
+        return AblationPlan.from_dict(tomlio.load(plan_file))
+    except (tomlio.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{plan_file} is damaged ({exc}); {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -75,27 +86,7 @@ class Ablation:
     def validate(self) -> None:
         """Check every run's settings and data, and that the dir holds no other plan; writes
         nothing, so bad input fails before anything runs."""
-        plan_file = self.dir / "ablation.toml"
-        if plan_file.exists():
-            try:
-                saved = AblationPlan.from_dict(tomlio.load(plan_file)).to_dict()
-            except (
-                tomlio.TOMLDecodeError,
-                UnicodeDecodeError,
-                KeyError,
-                TypeError,
-                ValueError,
-            ) as exc:
-                raise ConfigError(
-                    f"{plan_file} is damaged ({exc}); move it away to start this "
-                    "ablation afresh in the same dir, or pass another "
-                    "--ablation-dir"
-                ) from None
-            if saved != self.plan.to_dict():
-                raise ConfigError(
-                    f"{self.dir} holds a different ablation plan; pass another "
-                    "--ablation-dir (or rerun the original command)"
-                )
+        self._check_plan_file()
         longest = max(self.plan.runs, key=lambda r: len(r.name.encode()))
         room = NAME_MAX - (TUNED_SUFFIX if self.tune else 0)
         if len(longest.name.encode()) > room:
@@ -113,11 +104,30 @@ class Ablation:
                 datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size, c.seq_len, c.seed
             )
 
+    def _check_plan_file(self) -> None:
+        """ConfigError unless the dir's ablation.toml, if any, records this plan."""
+        plan_file = self.dir / "ablation.toml"
+        if plan_file.exists():
+            saved = read_plan(
+                plan_file,
+                "move it away to start this ablation afresh in the same dir, or pass another "
+                "--ablation-dir",
+            ).to_dict()
+            if saved != self.plan.to_dict():
+                raise ConfigError(
+                    f"{self.dir} holds a different ablation plan; pass another "
+                    "--ablation-dir (or rerun the original command)"
+                )
+
     def prepare(self) -> None:
-        """Create the dir and record the plan (after `validate`; under torchrun rank 0 only)."""
+        """Create the dir and record the plan (after `validate`; under torchrun rank 0 only),
+        checked again under the dir's lock: another ablate started meanwhile with another plan
+        is refused, never overwritten."""
         if is_main_process():
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
+            with exclusive(self.dir / PLAN_LOCK):
+                self._check_plan_file()
+                atomic_write_text(self.dir / "ablation.toml", tomlio.dumps(self.plan.to_dict()))
 
     # ---- tuning -----------------------------------------------------------------------------
 

@@ -27,6 +27,11 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"  # sha256 of every file, written with the checkpoint
 
 
+class CheckpointUnreadable(CheckpointError):
+    """A checkpoint file this process may not read (permissions): not damage, so no earlier
+    checkpoint is taken in its place."""
+
+
 def model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     """The model's state on the CPU, as safetensors takes it: it refuses tensors that share
     memory, so a weight tied under two names (an embedding reused as the head) is copied."""
@@ -74,8 +79,9 @@ def save_checkpoint(
 
 
 def checkpoint_meta(step: int) -> dict[str, str]:
-    """The metadata every file of a checkpoint carries."""
-    return {"format": FORMAT, "step": str(step)}
+    """The metadata every file of a checkpoint carries: its step, and that a checksums.json is
+    written beside it (so a checkpoint that lost it is not read unverified)."""
+    return {"format": FORMAT, "step": str(step), "checksums": "true"}  # values: JSON text
 
 
 def fsync(path: Path) -> None:
@@ -105,11 +111,16 @@ def write_model_and_trainer(
 
 
 def commit_checkpoint(tmp: Path, final: Path, keep: int) -> None:
-    """Publish a fully written checkpoint: checksums of its files, the rename that makes it
-    appear whole, then only the newest `keep` checkpoints beside it are kept."""
+    """Publish a fully written checkpoint: its files' permissions from the umask, checksums of
+    its files, the rename that makes it appear whole, then only the newest `keep` checkpoints
+    beside it are kept."""
+    for path in tmp.iterdir():
+        follow_umask(path)  # safetensors writes 0600
     write_checksums(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # set aside under a temp name first: a kill never leaves it half deleted
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
+        os.replace(final, old)
+        shutil.rmtree(old)
     os.replace(tmp, final)
     for old in list_checkpoints(final.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -172,6 +183,11 @@ def verify_checksums(ckpt: Path) -> None:
     from before checksums were kept has nothing to verify)."""
     path = ckpt / CHECKSUMS
     if not path.is_file():
+        if _file_meta(ckpt / FILES[0]).get("checksums"):
+            raise CheckpointError(
+                f"{path} is missing (its files were written with one); resume from an "
+                "earlier checkpoint"
+            )
         return
     try:
         sums = json.loads(path.read_text())
@@ -184,6 +200,8 @@ def verify_checksums(ckpt: Path) -> None:
     for name, expected in sums.items():
         try:
             actual = file_digest(ckpt / name)
+        except PermissionError as exc:
+            raise _unreadable(ckpt / name, exc) from None
         except OSError:
             actual = None
         if actual != expected:
@@ -201,13 +219,13 @@ def latest_valid_checkpoint(path: Path, warn=None) -> Path:
     if is_complete(path):
         verify_checksums(path)
         return path
-    found = list_checkpoints(path / "checkpoints")
-    if not found:
-        find_checkpoint(path)  # raises the 'no checkpoint' error
+    found = find_checkpoints(path)
     for ckpt in reversed(found):
         try:
             verify_checksums(ckpt)
             return ckpt
+        except CheckpointUnreadable:
+            raise
         except CheckpointError as exc:
             if warn is not None:
                 warn(f"{exc}; falling back to the checkpoint before it")
@@ -217,18 +235,33 @@ def latest_valid_checkpoint(path: Path, warn=None) -> Path:
     )
 
 
-def is_complete(ckpt: Path) -> bool:
-    """Every file present: model, trainer and the optimizer state (one file, or an index and
-    every shard it names)."""
-    if not all((ckpt / f).is_file() for f in FILES if f != "optimizer.safetensors"):
-        return False
+def missing_files(ckpt: Path) -> list[str]:
+    """The files a checkpoint dir lacks: model, trainer and the optimizer state (one file, or an
+    index and every shard it names)."""
+    missing = [f for f in FILES if f != "optimizer.safetensors" and not (ckpt / f).is_file()]
     if (ckpt / "optimizer.safetensors").is_file():
-        return True
+        return missing
     try:
         shards = json.loads((ckpt / OPTIMIZER_INDEX).read_text())["shards"]
-        return all((ckpt / s).is_file() for s in shards)
+        return missing + [s for s in shards if not (ckpt / s).is_file()]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return [*missing, "optimizer.safetensors"]
+
+
+def is_complete(ckpt: Path) -> bool:
+    """Every file of a checkpoint present."""
+    return not missing_files(ckpt)
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """Whether `path` names a checkpoint dir (rather than a run dir), whole or not."""
+    return bool(_STEP_DIR.match(path.name)) or is_complete(path)
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Every published `checkpoints/step-N` dir of a run dir, whole or not."""
+    root = run_dir / "checkpoints"
+    return [p for p in root.iterdir() if _STEP_DIR.match(p.name)] if root.is_dir() else []
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -243,24 +276,58 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(path: Path) -> Path:
-    """A checkpoint dir, given either itself or a run dir (its latest checkpoint)."""
-    path = Path(path)
-    if is_complete(path):
-        return path
+def find_checkpoints(path: Path) -> list[Path]:
+    """A run dir's checkpoints, oldest first. A checkpoint dir that lost a file (published dirs
+    appear whole) is a CheckpointError naming it, never passed over: resuming before it would
+    later overwrite what is left of it. No checkpoint at all is a CheckpointError too."""
+    given = [path] if any((path / f).is_file() for f in FILES) else []  # a checkpoint dir
+    for ckpt in given + sorted(checkpoint_dirs(path)):
+        if missing := missing_files(ckpt):
+            raise CheckpointError(
+                f"checkpoint {ckpt} is missing {', '.join(missing)}; put it back, or move "
+                "the checkpoint away to resume from the one before it"
+            )
     found = list_checkpoints(path / "checkpoints")
     if not found:
         raise CheckpointError(
-            f"no checkpoint found at {path}: pass a run dir that has "
-            "checkpoints/step-N/ or a checkpoint dir itself"
+            f"no checkpoint found at {path}: pass a run dir that has checkpoints/step-N/ or "
+            "a checkpoint dir itself (a run that ended before its first checkpoint starts "
+            f"again with --resume auto --run-dir {path})"
         )
-    return found[-1]
+    return found
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint dir, given either itself or a run dir (its latest checkpoint)."""
+    path = Path(path)
+    return path if is_complete(path) else find_checkpoints(path)[-1]
+
+
+def _file_meta(path: Path) -> dict:
+    """The metadata of a checkpoint file (its header only); unreadable: a CheckpointError."""
+    try:
+        with safe_open(path, framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a checkpoint file that cannot be read: denied (CheckpointUnreadable), or
+    damaged."""
+    if isinstance(exc, PermissionError):
+        return CheckpointUnreadable(
+            f"checkpoint file {path} cannot be read ({exc.strerror}); give yourself read "
+            "permission on it (chmod u+r) and resume"
+        )
+    return unreadable(path, exc)
 
 
 def read_checkpoint(ckpt: Path) -> dict:
     """Load all three files; a truncated, corrupted or foreign checkpoint is a CheckpointError."""
     verify_checksums(ckpt)
-    out = {}
+    out: dict = {}
+    read = []
     for f in FILES:
         part = f.split(".")[0]
         if part == "optimizer" and not (ckpt / f).exists() and (ckpt / OPTIMIZER_INDEX).is_file():
@@ -272,7 +339,22 @@ def read_checkpoint(ckpt: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
-            raise unreadable(ckpt / f, exc) from None
+            raise _unreadable(ckpt / f, exc) from None
+        read.append(f)
         if out[part + "_meta"].get("format") != FORMAT:
             raise CheckpointError(f"{ckpt / f} is not a mousse checkpoint ({FORMAT})")
+    check_one_step(ckpt, {f: out[f"{f.split('.')[0]}_meta"].get("step") for f in read})
     return out
+
+
+def check_one_step(ckpt: Path, steps: dict[str, str | None]) -> None:
+    """CheckpointError unless every file (`steps`: its name -> the step in its metadata) was
+    written at one step, the one the dir is named after."""
+    named = _STEP_DIR.match(ckpt.name)
+    expected = named.group(1) if named else next(iter(steps.values()))
+    for name, step in steps.items():
+        if step != expected:
+            raise CheckpointError(
+                f"checkpoint file {ckpt / name} was written at step {step}, not {expected} "
+                "like its checkpoint; put back the right file, or resume from another checkpoint"
+            )

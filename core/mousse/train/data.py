@@ -201,8 +201,21 @@ def _val_len(n: int) -> int:
 
 
 def _mmap(path: Path, n_bytes: int) -> Tensor:
-    """Read-only (copy-on-write) memory map of the first n_bytes of path as uint8."""
-    return torch.from_file(str(path), shared=False, size=n_bytes, dtype=torch.uint8)
+    """Read-only (copy-on-write) memory map of the first n_bytes of path as uint8; a file it
+    cannot map (unreadable, a name torch cannot pass on) is a DataError."""
+    try:
+        str(path).encode("utf-8")
+        return torch.from_file(str(path), shared=False, size=n_bytes, dtype=torch.uint8)
+    except UnicodeEncodeError:
+        raise DataError(
+            f"{path}: its name is not UTF-8, which torch cannot open; rename it (or link it "
+            "under a UTF-8 name) and pass that"
+        ) from None
+    except RuntimeError as exc:  # torch's: "unable to open file <...>: Permission denied (13)"
+        raise DataError(
+            f"{path}: cannot be read ({str(exc).rpartition(': ')[2]}); make it readable, or "
+            "leave it out of the data path"
+        ) from None
 
 
 def _resolve(spec: str) -> list[Path]:

@@ -22,7 +22,7 @@ from mousse.optim.routing import build_optimizer
 
 from .config import FAMILY_KNOBS, TrainConfig
 from .presets import get_preset, memory_estimate_bytes, weights_and_state_bytes
-from .usermodel import build_model, flops_per_token
+from .usermodel import build_model, flops_per_token, model_failure
 
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
@@ -109,6 +109,22 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
             matrix_kwargs=matrix_kwargs(cfg),
         )[0]
 
+    try:
+        times = _probe_steps(model, x, optimizer, device)
+    except Exception as exc:  # the user's model may fail at the real batch shape
+        error = model_failure(cfg, exc, f"its forward and backward on a {tuple(x.shape)} batch")
+        if error is None:
+            raise
+        raise error from None
+    fwd_bwd = min(t for t, _ in times[1:])  # the first pays one-time costs
+    first_opt, plain_opt = times[0][1], min(t for _, t in times[1:])
+    refresh = max(0.0, first_opt - plain_opt) / max(1, cfg.precond_freq or 1)
+    return fwd_bwd * (cfg.batch_size // cfg.micro_batch_size) + plain_opt + refresh
+
+
+def _probe_steps(model, x: torch.Tensor, optimizer, device: torch.device) -> list:
+    """(forward+backward, optimizer) seconds of three steps of the second of two fresh
+    optimizers: its first step refreshes, the others do not."""
     times = []
     for opt in (optimizer(), optimizer()):  # the first pays one-time costs (library loading)
         for _ in range(3):
@@ -125,11 +141,7 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
             opt.zero_grad(set_to_none=True)
             _sync(device)
             times.append((mid - start, time.perf_counter() - mid))
-    times = times[3:]  # the second optimizer: its first step refreshes, the others do not
-    fwd_bwd = min(t for t, _ in times[1:])  # the first pays one-time costs
-    first_opt, plain_opt = times[0][1], min(t for _, t in times[1:])
-    refresh = max(0.0, first_opt - plain_opt) / max(1, cfg.precond_freq or 1)
-    return fwd_bwd * (cfg.batch_size // cfg.micro_batch_size) + plain_opt + refresh
+    return times[3:]
 
 
 def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[float, float]:

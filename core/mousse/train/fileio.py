@@ -49,17 +49,33 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (interrupted append) is ignored."""
+class JsonlError(ValueError):
+    """A damaged line of a JSON-lines file (the message names the file and the line)."""
+
+
+def read_jsonl(path: str | Path, key: str | None = None) -> list[dict]:
+    """Records (JSON objects, each with an integer `key` when one is named) of a JSON-lines file.
+    An unterminated last line that does not parse (an append cut short) is dropped; any other
+    damaged line is a JsonlError, never a silent truncation."""
     path = Path(path)
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            if key is not None and (type(record.get(key)) is not int):
+                raise ValueError(f"no integer {key!r}")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number == len(lines):  # no newline after it: a torn append
+                break
+            raise JsonlError(f"{path} line {number} is damaged ({exc})") from None
+        out.append(record)
     return out
 
 

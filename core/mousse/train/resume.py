@@ -24,6 +24,9 @@ FIXED_ON_RESUME = tuple(
     k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",)
 )
 MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
+# Settings the losses depend on (the batches drawn, the validation set): a run resumed with
+# another value would log losses that do not compare with those before.
+SAME_LOSSES = ("seed", "eval_tokens")
 
 
 def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
@@ -97,6 +100,18 @@ def check_same_run(ckpt: Path, meta: dict, cfg: TrainConfig, data_hash: str) -> 
                 f", this run has {getattr(cfg, key)!r}: resume with the "
                 "same setting"
             )
+    for key in SAME_LOSSES:  # (checkpoints from before a setting existed do not name it)
+        if key in saved_cfg and coerce(key, saved_cfg[key]) != getattr(cfg, key):
+            raise CheckpointError(
+                f"--{key.replace('_', '-')} {getattr(cfg, key)}: the run was trained with "
+                f"{key}={saved_cfg[key]!r} and its losses compare only under it; drop the "
+                "flag, or start a new run to change it"
+            )
+    if int(meta["step"]) > cfg.steps:
+        raise CheckpointError(
+            f"--steps {cfg.steps}: checkpoint {ckpt} is at step {meta['step']}, past that end; "
+            f"pass --steps {meta['step']} or more, or resume from an earlier checkpoint"
+        )
     if meta.get("data_hash") != data_hash:
         raise CheckpointError(
             f"checkpoint {ckpt} was trained on other data; resume with the same --data"

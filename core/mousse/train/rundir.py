@@ -2,10 +2,12 @@
 trains, and never silently reused by another run.
 
 - A new run refuses a directory that already holds files, unless it resumes the run that is
-  there (or, for an ablation's own run dir, restarts that same run when it left no checkpoint).
+  there, or restarts (`--resume auto`, an ablation's own run dir) a run that ended before its
+  first checkpoint and left nothing else.
 - The lock is `fcntl.flock` on `<run dir>/.lock`: the kernel drops it when its process ends,
   however it ends, so a dead process's lock is taken over at once; the file names the holder
-  (pid, host, start time) for the error message of whoever finds it held.
+  (pid, host, start time) for the error message of whoever finds it held. A resume takes it
+  before it chooses its checkpoint, so no other run writes a newer one meanwhile.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import tomlio
-from .checkpoint import set_aside_later_checkpoints
+from .checkpoint import checkpoint_dirs, is_checkpoint_dir, set_aside_later_checkpoints
 from .config import ConfigError, TrainConfig
-from .fileio import atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import JsonlError, atomic_write_text, dumps, read_jsonl, write_json
 
 LOCK_FILE = ".lock"
+RUN_FILES = {"config.toml", "env.json", "metrics.jsonl", "summary.json", "checkpoints", LOCK_FILE}
+FINISHED = ("completed", "diverged")  # a summary with this status is a result to keep
 
 try:
     import fcntl
@@ -41,19 +46,51 @@ def _holds_a_run(run_dir: Path) -> bool:
     return any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
-def check_free(run_dir: Path, resume: bool, restart: bool = False) -> None:
+def restartable(run_dir: Path) -> bool:
+    """Whether starting the run in `run_dir` again loses nothing: it holds only a run's files,
+    no checkpoint, and no summary of a finished run (it failed, or was stopped or killed before
+    its first checkpoint)."""
+    if any(p.name not in RUN_FILES for p in run_dir.iterdir()) or checkpoint_dirs(run_dir):
+        return False
+    try:
+        status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # a summary that cannot be read: keep it
+    return status not in FINISHED
+
+
+def _taken(run_dir: Path) -> str:
+    """Why a fresh run may not use `run_dir`, and the fix."""
+    if checkpoint_dirs(run_dir):
+        return (
+            f"already holds a run; continue it with --resume {run_dir}, or pass another --run-dir"
+        )
+    if restartable(run_dir):
+        return (
+            "holds a run that ended before its first checkpoint; start it again with "
+            f"--resume auto --run-dir {run_dir}, or pass another --run-dir"
+        )
+    return "already holds files of a finished run or of your own; pass another --run-dir"
+
+
+def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool = True) -> None:
     """Refuse, in one line, a run dir this run may not use: a file, or a directory that already
-    holds another run's files (`resume`: this run continues the one there; `restart`: it holds
-    this same run's files from before its first checkpoint)."""
+    holds other files (`resume`: this run continues the one there; `restart`: it may start a
+    `restartable` run there again). `probe`: also refuse a dir another process holds (False
+    when this process holds its lock already)."""
     if str(run_dir) in ("", "."):
         raise RunDirError("--run-dir must name a directory for this run, not the current one")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file; pass a directory")
-    if run_dir.is_dir() and not (resume or restart) and _holds_a_run(run_dir):
-        raise RunDirError(
-            f"run dir {run_dir} already holds a run; continue it with --resume "
-            f"{run_dir}, or pass another --run-dir"
-        )
+    if (
+        run_dir.is_dir()
+        and not resume
+        and _holds_a_run(run_dir)
+        and not (restart and restartable(run_dir))
+    ):
+        raise RunDirError(f"run dir {run_dir} {_taken(run_dir)}")
     ancestor = run_dir.absolute()
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -64,7 +101,7 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False) -> None:
             f"run dir {run_dir} cannot be created or written ({ancestor} is not "
             "writable); pass a --run-dir you can write to"
         )
-    if run_dir.is_dir():  # held by a live run now? (taken for real when training starts)
+    if probe and run_dir.is_dir():  # held by a live run now? (taken for real when it trains)
         RunLock(run_dir).acquire().release()
 
 
@@ -76,18 +113,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:
-            raise RunDirError(
-                f"run dir {self.path.parent} is not writable; pass a --run-dir you can write to"
-            ) from None
-        except OSError as exc:
-            raise RunDirError(
-                f"run dir {self.path.parent} cannot be used ({exc.strerror}); "
-                "pass another --run-dir"
-            ) from None
+        fd = open_lock_file(self.path)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,6 +143,59 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file `path`, created if need be; never through a symbolic link
+    (a link to a user's file would have it overwritten with the holder's details)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except PermissionError:
+        raise RunDirError(
+            f"run dir {path.parent} is not writable; pass a --run-dir you can write to"
+        ) from None
+    except OSError as exc:
+        if path.is_symlink():
+            raise RunDirError(
+                f"{path} is a symbolic link, not mousse's lock file; remove the link"
+            ) from None
+        raise RunDirError(
+            f"run dir {path.parent} cannot be used ({exc.strerror}); pass another --run-dir"
+        ) from None
+
+
+@contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive flock on `path` (waiting for it) for the block: for short
+    check-then-write sections several processes may run at once."""
+    fd = open_lock_file(path)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | None:
+    """The lock of the run dir a resume writes to, taken before its checkpoint is chosen (so a
+    run still training there is refused, not raced); None when there is no such dir yet."""
+    if resume is None:
+        return None
+    target = run_dir
+    if target is None and resume != "auto":
+        source = Path(resume)
+        target = source.parent.parent if is_checkpoint_dir(source) else source
+    if target is None or not target.is_dir():
+        return None
+    return RunLock(target).acquire()
+
 
 def _holder(fd: int) -> str:
     try:
@@ -126,26 +205,48 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
+def earlier_logs(run_dir: Path) -> tuple[dict | None, list[dict]]:
+    """The original env.json (None when there is none) and metrics.jsonl's records of the run a
+    resume continues; a damaged one is a RunDirError naming it and the fix (read before
+    anything is written, so that nothing of the run is lost)."""
+    env_file = run_dir / "env.json"
+    try:
+        env = json.loads(env_file.read_text(encoding="utf-8"))
+        if not isinstance(env, dict) or not isinstance(env.get("resumes", []), list):
+            raise ValueError("not an object with a list of resumes")
+    except FileNotFoundError:
+        env = None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RunDirError(
+            f"{env_file} is damaged ({exc}); move it away (the resume writes a new one) and resume"
+        ) from None
+    try:
+        return env, read_jsonl(run_dir / "metrics.jsonl", key="step")
+    except JsonlError as exc:
+        raise RunDirError(f"{exc}; repair or delete that line, then resume") from None
+
+
 def prepare_run_dir(
     run_dir: Path, cfg: TrainConfig, env: dict, resumed_from: int | None, step: int
 ) -> None:
     """A run's files before its first step: config.toml, env.json (a resume keeps the original
     and appends itself), and metrics.jsonl cut back to the checkpoint's step on a resume
-    (checkpoints from after it set aside), or removed when the run starts over."""
+    (checkpoints from after it set aside), or removed with any summary when the run starts
+    over."""
+    original, records = earlier_logs(run_dir) if resumed_from is not None else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
-    env_file = run_dir / "env.json"
-    if resumed_from is not None and env_file.exists():  # keep the original, log the resume
-        original = json.loads(env_file.read_text())
+    if original is not None:  # keep the original, log the resume
         env = {
             **original,
             "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
         }
-    write_json(env_file, env)
+    write_json(run_dir / "env.json", env)
     metrics = run_dir / "metrics.jsonl"
     if resumed_from is not None:  # drop what was logged after the checkpoint
-        kept = [r for r in read_jsonl(metrics) if r["step"] <= step]
+        kept = [r for r in records if r["step"] <= step]
         atomic_write_text(metrics, "".join(dumps(r) + "\n" for r in kept))
         set_aside_later_checkpoints(run_dir / "checkpoints", step)
-    elif metrics.exists():
-        metrics.unlink()
+    else:  # a restart: the earlier attempt's log and summary would describe another run
+        metrics.unlink(missing_ok=True)
+        (run_dir / "summary.json").unlink(missing_ok=True)

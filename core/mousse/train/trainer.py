@@ -29,6 +29,7 @@ from .checkpoint import (
 from .config import (
     FAMILY_KNOBS,
     NS_DTYPES,
+    ConfigError,
     TrainConfig,
 )
 from .data import check_fits, check_tokens, load_dataset, train_batch
@@ -55,10 +56,10 @@ from .resume import (
     check_same_run,
     trainer_meta,
 )
-from .rundir import RunLock, check_free, prepare_run_dir
+from .rundir import RunLock, check_free, earlier_logs, prepare_run_dir
 from .steptimer import StepTimer
 from .summary import run_summary
-from .usermodel import build_model
+from .usermodel import build_model, model_failure
 from .world import World
 
 SLOW_STEP_S = 2.0  # a step running longer than this reports its micro batches as it goes
@@ -127,6 +128,7 @@ class Trainer:
         world: Callable[[torch.device], World] = World,
         timing_context: dict | None = None,
         restart: bool = False,
+        lock: RunLock | None = None,
     ):
         self.cfg = cfg
         self.timing_context = dict(timing_context or {})  # where its timings were taken
@@ -134,6 +136,8 @@ class Trainer:
             restart  # the run dir may hold this same run's files from before a checkpoint
         )
         self.knobs = cfg.to_dict()
+        self.lock = lock  # the run dir's, when the caller took it before choosing `resume`
+        self.timer: StepTimer | None = None
         self.emit = on_event or (lambda event: None)
         self._join_world(world, Path(run_dir) if run_dir else default_run_dir(cfg), stop)
         self.data = load_dataset(cfg.data, cfg.val_data)
@@ -152,10 +156,15 @@ class Trainer:
         }
         self.curve: list[dict] = []
         self.resumed_from = None
+        self.continues_here = False  # resumes from a checkpoint of its own run dir
         if resume is not None:
-            self._restore(latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text))))
+            ckpt = latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text)))
+            self._restore(ckpt)
+            self.continues_here = ckpt.resolve().is_relative_to(self.run_dir.resolve())
         if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
-            check_free(self.run_dir, self.resumed_from is not None, self.restart)
+            check_free(self.run_dir, self.continues_here, self.restart, probe=lock is None)
+            if self.continues_here:
+                earlier_logs(self.run_dir)  # damaged logs are refused before anything is written
 
     def _join_world(
         self, world: Callable[[torch.device], World], run_dir: Path, stop: threading.Event | None
@@ -333,13 +342,32 @@ class Trainer:
         """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
         lock = None
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
-            check_free(self.run_dir, self.resumed_from is not None, self.restart)
-            lock = RunLock(self.run_dir).acquire()
+            check_free(self.run_dir, self.continues_here, self.restart, probe=self.lock is None)
+            lock = self.lock or RunLock(self.run_dir).acquire()
         try:
             return self._run(argv)
+        except Exception as exc:
+            if self.timer is None or isinstance(exc, (CheckpointError, OSError)):
+                raise  # refused before it began, or the disk's fault: the rerun resumes it
+            error = self._record_failure(exc)
+            if error is None:
+                raise
+            raise error from None
         finally:
             if lock is not None:
                 lock.release()
+
+    def _record_failure(self, exc: Exception) -> ConfigError | None:
+        """A run that raised once it began ends as failed: summary.json says why (checkpoints
+        already written stay). Returns the one-line error when the user's model raised it."""
+        error = model_failure(self.cfg, exc, f"training at step {self.step + 1}")
+        tokens_per_step = self.cfg.batch_size * self.cfg.seq_len
+        timing = self.timer.summary(self.cfg.precond_freq, tokens_per_step)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        summary = run_summary(self, "failed", str(error or exc), timing, n_params)
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return error
 
     def _run(self, argv: list[str] | None) -> dict:
         cfg = self.cfg
@@ -347,7 +375,7 @@ class Trainer:
             self._prepare_run_dir(argv)
         n_params = sum(p.numel() for p in self.model.parameters())
         self._announce(n_params)
-        timer = StepTimer(self.device)
+        timer = self.timer = StepTimer(self.device)  # set: the run has begun
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message = "completed", None
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
@@ -384,13 +412,23 @@ class Trainer:
 
         if status in ("completed", "interrupted") and self.step > 0:
             self._close_out(evaluate=status == "completed" and last_eval != self.step)
-        summary = run_summary(
-            self, status, message, timer.summary(self.cfg.precond_freq, tokens_per_step), n_params
-        )
+        summary = run_summary(self, status, message, self._timing(timer, tokens_per_step), n_params)
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
         return summary
+
+    def _timing(self, timer: StepTimer, tokens_per_step: int) -> dict:
+        """The step timings of this session; a resume that had nothing left to train keeps those
+        of the session before it (its summary.json), which timed the run's steps."""
+        timing = timer.summary(self.cfg.precond_freq, tokens_per_step)
+        if self.step != self.resumed_from or not self.continues_here:
+            return timing
+        try:
+            earlier = json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))
+            return {k: earlier.get(k, v) for k, v in timing.items()}
+        except (OSError, ValueError, AttributeError):  # none, or not a summary: nothing to keep
+            return timing
 
     def _cut_short(
         self, cut: StepCut, pending: list, timer: StepTimer, tokens_per_step: int

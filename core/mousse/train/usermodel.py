@@ -15,11 +15,13 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +185,8 @@ def _load_file(path: str) -> ModuleType:
             "(relative to the current directory) or MODULE:FUNCTION"
         )
     file = file.resolve()
-    name = f"mousse_model_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
+    stem = os.fsencode(file.stem).decode("utf-8", "replace")  # names need not be UTF-8
+    name = f"mousse_model_{stem}_{hashlib.sha1(os.fsencode(file)).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, file)
@@ -198,6 +201,14 @@ def _load_file(path: str) -> ModuleType:
         del sys.modules[name]
         raise ConfigError(f"--model: loading {path} failed: {_where(exc)}") from None
     return module
+
+
+def model_failure(cfg: TrainConfig, exc: Exception, what: str) -> ConfigError | None:
+    """The one-line error for `exc`, raised while `what` by the user's model (--model); None for
+    the built-in GPT, whose errors are mousse's own."""
+    if not cfg.model:
+        return None
+    return ConfigError(f"--model {cfg.model}: {what} failed: {_where(exc)}; fix the model")
 
 
 def _where(exc: BaseException) -> str:
@@ -262,20 +273,26 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     scalars. A 2-D tensor that is no Linear's weight cannot be told apart (a table of positions,
     or a matrix): a ConfigError with the routing so far, asking for `param_roles()`."""
     params = dict(net.named_parameters())
-    roles = infer_roles(net)
+    if not params:
+        raise ConfigError(
+            f"--model {spec}: the model has no parameters to train; give it its weights "
+            "(nn.Parameter, nn.Linear, ...)"
+        )
     if hasattr(net, "param_roles"):
+        roles = _own_roles(spec, net)
         for name, p in params.items():
             if roles.get(name) not in ROLES:
                 raise ConfigError(
                     f"--model {spec}: param_roles() gives '{name}' no role; map "
                     f"every parameter to one of {', '.join(ROLES)}"
                 )
-            if roles[name] == "matrix" and p.ndim != 2:
+            if roles[name] == "matrix" and p.ndim < 2:
                 raise ConfigError(
                     f"--model {spec}: param_roles() makes '{name}' of shape "
-                    f"{tuple(p.shape)} a matrix; only 2-D weights can be"
+                    f"{tuple(p.shape)} a matrix; only weights of 2 or more dimensions can be"
                 )
         return {name: roles[name] for name in params}
+    roles = infer_roles(net)
     linears = {
         f"{n}.weight" if n else "weight": m
         for n, m in net.named_modules()
@@ -295,6 +312,20 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
             f"returning {{name: role}}, role one of {', '.join(ROLES)}"
         )
     return {name: roles[name] for name in params}
+
+
+def _own_roles(spec: str, net: nn.Module) -> dict:
+    """What the model's own `param_roles()` returns: a ConfigError unless it is a dict."""
+    try:
+        roles = cast(Any, net).param_roles()
+    except Exception as exc:  # the user's code failed: say where, on one line
+        raise ConfigError(f"--model {spec}: its param_roles() failed: {_where(exc)}") from None
+    if not isinstance(roles, dict):
+        raise ConfigError(
+            f"--model {spec}: param_roles() returned {type(roles).__name__}; return a dict "
+            f"{{parameter name: role}}, role one of {', '.join(ROLES)}"
+        )
+    return roles
 
 
 def _check_logits(spec: str, model: UserModel, vocab_size: int, device: torch.device) -> None:
