@@ -4,6 +4,7 @@ parses and validates its input, calls the engine and renders (its module: <comma
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -70,6 +71,7 @@ def usage_error_line(exc) -> str:
 
 def run_app() -> None:
     """The app with usage errors (unknown option or command, bad value) as one line, exit 2."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up's quiet exit: done
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code; Abort and errors raise
     except _clicks.UsageError as exc:

@@ -9,8 +9,8 @@ import math
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, emoji=False)  # ":llama:" in a path is no emoji
+out = Console(emoji=False)
 
 
 def fmt(value, spec: str = ".4f", none: str = "-") -> str:
