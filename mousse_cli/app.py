@@ -97,6 +97,7 @@ def run_app() -> None:
 def main() -> None:
     """The console script `mousse` (and `python -m mousse_cli`); under torchrun each rank leaves
     its process group cleanly."""
+    tolerate_narrow_encodings()
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
         from mousse.dist.process import run_rank
 
@@ -105,6 +106,15 @@ def main() -> None:
         run_app()
     except BrokenPipeError:
         reader_gone()
+
+
+def tolerate_narrow_encodings() -> None:
+    """Where the output encoding cannot write a character of the results (Δ, ± under
+    PYTHONIOENCODING=latin-1 or ascii), write '?' instead of ending with a traceback (one
+    character for one: tables stay aligned)."""
+    for stream in (sys.stdout, sys.stderr):
+        if "utf" not in (getattr(stream, "encoding", None) or "utf").lower():
+            stream.reconfigure(errors="replace")  # type: ignore[union-attr]
 
 
 def reader_gone() -> None:
