@@ -499,6 +499,20 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.5])  # inside the imports, and around their end
+def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
+    proc = subprocess.Popen(
+        [*mousse_command(), "train", *FAST, "--run-dir", str(tmp_path / "R")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
 # ---- model code named in a file runs only when the user says so ----------------------------------
 
 
@@ -687,6 +701,12 @@ def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, 
     conf.write_text(line + "\n")
     assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)
     assert not (tmp_path / "R").exists()
+
+
+def test_an_emoji_code_in_a_path_is_printed_as_typed(tmp_path):
+    """Rich turns `:llama:` into an emoji; a user's path is printed as it was typed."""
+    res = invoke_cli("train", "--model", "examples/llama.py:llama:", "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, "examples/llama.py:llama:")
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
