@@ -507,7 +507,16 @@ def test_presets_list_lr_per_optimizer(cli):
         == {"mousse": "nesterov"}
     )
     assert not rows["160m"]["momentum_styles"]
-    assert all(not rows[name]["momenta"] for name in rows if name not in ("tiny", "small"))
+    # medium and the GPU ladder start from small's tuned momentum and rule (not tuned there yet)
+    tuned_here = ("tiny", "small", "medium", "10m", "30m")
+    for name in tuned_here[2:]:
+        assert rows[name]["momenta"] == rows["small"]["momenta"], name
+        assert rows[name]["momentum_styles"] == {"mousse": "nesterov"}, name
+    assert rows["medium"]["lrs"] == rows["small"]["lrs"]
+    assert "not tuned" in rows["medium"]["lr_note"]
+    assert rows["10m"]["lrs"]["mousse"] == rows["30m"]["lrs"]["muon"] == 0.06
+    assert all(not rows[name]["momenta"] for name in rows if name not in tuned_here)
+    assert rows["medium"]["run_time"] and rows["medium"]["estimate"] in ("probe", "flops")
 
     res = cli("presets")
     assert res.exit_code == 0, res

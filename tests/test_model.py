@@ -16,11 +16,18 @@ def test_paper_param_counts(name, millions):
     assert round(param_count(get_preset(name)) / 1e6, 1) == millions
 
 
+@pytest.mark.parametrize("name, millions", [("medium", 3.3), ("10m", 10.8), ("30m", 31.7)])
+def test_scale_ladder_param_counts(name, millions):
+    """The third CPU scale and the GPU ladder fill the gap between small (0.85M) and 160m."""
+    assert round(param_count(get_preset(name)) / 1e6, 1) == millions
+
+
 def test_cpu_presets_are_byte_level_and_consistent():
     for p in PRESETS.values():
         assert p.grad_accum * p.micro_batch_size == p.batch_size
         assert p.n_heads * p.head_dim == p.d_model
-    assert get_preset("tiny").vocab_size == get_preset("small").vocab_size == 256
+    for name in ("tiny", "small", "medium", "10m", "30m"):
+        assert get_preset(name).vocab_size == 256, name
     assert param_count(get_preset("tiny"), vocab_size=50304) > param_count(get_preset("tiny"))
 
 

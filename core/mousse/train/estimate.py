@@ -26,7 +26,7 @@ from .usermodel import build_model, flops_per_token, model_failure
 
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
-MADE_FOR_CPU = ("tiny", "small")  # the presets sized for a CPU; the others for GPUs
+MADE_FOR_CPU = ("tiny", "small", "medium")  # the presets sized for a CPU; the others for GPUs
 _RATE_CACHE: dict[str, float] = {}
 
 

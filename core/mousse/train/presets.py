@@ -77,6 +77,21 @@ _SMALL_MOMENTA = {"mousse": 0.8, "muon": 0.8}
 # whitening help?" on one rule. The paper presets keep the released rule; `--momentum-style
 # heavy_ball` restores it here.
 _CPU_MOMENTUM_STYLES = {"mousse": "nesterov"}
+# medium (about 3M parameters, the third CPU scale): small's tuned lrs, momenta and rule, not yet
+# tuned on medium itself (its decisive set, `ablations/medium-decisive.toml`, tunes lr per variant).
+_MEDIUM_LR_NOTE = (
+    "mousse/muon lr: small's tuning (benchmarks/tuned), not tuned on medium; shampoo, soap, "
+    "splus, tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
+)
+# The GPU ladder between small and 160m (docs/scaling.md, "The scale ladder"): Mousse and Muon at
+# 0.06, the released 160M recipe's lr and within a factor 2 of every lr tuned on small (CPU and
+# H100), so the tuning grid (0.015-0.24) holds all of them; momentum 0.8 and Mousse on Nesterov,
+# what small's tuning chose on the CPU and on the H100 (the released 0.95 is `--momentum 0.95`).
+_LADDER_LRS = {"mousse": 0.06, "muon": 0.06, **_SWEPT_LRS}
+_LADDER_LR_NOTE = (
+    "mousse/muon: the 160M recipe's 0.06, inside a factor 2 of small's tuned lrs (CPU and "
+    "H100), not tuned here; shampoo, soap, splus, tnt, specgd: best of an lr sweep on tiny"
+)
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
@@ -190,6 +205,36 @@ def _paper(
     )
 
 
+def _ladder(name: str, d_model: int, n_layers: int, steps: int) -> Preset:
+    """A GPU ladder preset between small and 160m: byte-level (the builtin corpus: no download),
+    64-wide heads, batches of 64 x 256 tokens, sized so that a tuned Muon-vs-Mousse comparison
+    takes minutes on one H100 (docs/scaling.md, "The scale ladder")."""
+    return Preset(
+        name=name,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=d_model // 64,
+        head_dim=64,
+        seq_len=256,
+        vocab_size=256,
+        steps=steps,
+        batch_size=64,
+        micro_batch_size=64,
+        lrs=dict(_LADDER_LRS),
+        lr_note=_LADDER_LR_NOTE,
+        momenta=dict(_SMALL_MOMENTA),
+        momentum_styles=dict(_CPU_MOMENTUM_STYLES),
+        scalar_lr=0.01,
+        adamw_lr=0.003,
+        eval_every=50,
+        eval_tokens=262_144,
+        description=f"GPU ladder: byte-level d{d_model} x {n_layers} layers, {steps} steps of "
+        "64 x 256 tokens, minutes on one GPU",
+    )
+
+
+MEDIUM_STEPS = 500  # about 10 minutes a run on 2 cores (benchmarks/tuned/README.md, "medium")
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -236,6 +281,30 @@ PRESETS: dict[str, Preset] = {
             description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
             "a few minutes on 2 cores",
         ),
+        Preset(
+            name="medium",
+            d_model=256,
+            n_layers=4,
+            n_heads=8,
+            head_dim=32,
+            seq_len=128,
+            vocab_size=256,
+            steps=MEDIUM_STEPS,
+            batch_size=32,
+            micro_batch_size=32,
+            lrs=dict(_SMALL_LRS),
+            lr_note=_MEDIUM_LR_NOTE,
+            momenta=dict(_SMALL_MOMENTA),
+            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
+            scalar_lr=0.01,
+            adamw_lr=0.01,
+            eval_every=100,
+            eval_tokens=131_072,
+            description=f"third CPU scale: byte-level d256 x 4 layers, {MEDIUM_STEPS} steps, "
+            "about 10 minutes on 2 cores",
+        ),
+        _ladder("10m", 384, 6, 300),
+        _ladder("30m", 512, 10, 200),
         _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
         _paper(
             "250m", 768, 24, 15_000, 32, 0.006, 0.002, "steps scaled with params from 160m's 10,000"
