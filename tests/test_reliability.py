@@ -1064,3 +1064,55 @@ def test_a_checkpoint_that_lost_a_file_is_refused_and_kept(tmp_path):
         res = invoke_cli("train", *args, "--steps", "8")
         assert_one_line_error(res, "step-6 is missing model.safetensors", "put it back")
     assert _files(run) == before
+
+
+def _text_data(folder):
+    folder.mkdir()
+    (folder / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    return folder
+
+
+def test_a_data_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    data = _text_data(tmp_path / "d")
+    from_file = torch.from_file
+
+    def denied(path, *args, **kwargs):  # chmod 000 does not stop root, who runs CI containers
+        if path.endswith("a.txt"):
+            raise RuntimeError(f"unable to open file <{path}> in read-only mode: Permission denied")
+        return from_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "from_file", denied)
+    res = train(tmp_path / "R", "--data", data)
+    assert_one_line_error(res, f"{data / 'a.txt'}: cannot be read (Permission denied)")
+    assert not (tmp_path / "R").exists()
+
+
+def test_non_utf8_data_and_model_paths_are_one_line_or_work(tmp_path):
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/d\xff")  # a name the file system allows
+    data = _text_data(tmp_path / odd)
+    res = train(tmp_path / "R", "--data", data)
+    assert_one_line_error(res, "its name is not UTF-8", "rename it")
+    model = tmp_path / os.fsdecode(b"m\xff.py")
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "examples", "llama.py"), model)
+    res = invoke_cli(  # a model file's name is only hashed and imported: it trains
+        "train",
+        "--model",
+        f"{model}:llama",
+        "--model-config",
+        "d_model=64,n_layers=1",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--eval-tokens",
+        "4096",
+        "--steps",
+        "2",
+        "--run-dir",
+        tmp_path / "M",
+    )
+    assert res.exit_code == 0, res

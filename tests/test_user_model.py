@@ -269,6 +269,28 @@ BAD_MODELS = {
         "    def param_roles(self):\n        return {}\n"
         "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
     ),
+    "no_params.py": (
+        "import torch\nfrom torch import nn\nclass M(nn.Module):\n"
+        "    def forward(self, idx):\n        return torch.zeros(*idx.shape, 256)\n"
+        "def make(vocab_size, seq_len):\n    return M()\n"
+    ),
+    "roles_list.py": (
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, v)\n"
+        "    def forward(self, idx):\n        return self.e(idx)\n"
+        "    def param_roles(self):\n        return ['embedding']\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    ),
+    "fails_at_batch.py": (  # passes the (1, 2) check, fails at the run's batch shape
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, v)\n"
+        "    def forward(self, idx):\n"
+        "        if idx.shape[0] > 1:\n            raise RuntimeError('no batches')\n"
+        "        return self.e(idx)\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    ),
 }
 
 
@@ -299,6 +321,12 @@ def bad_models(tmp_path_factory):
             ["role of 'pos'", "param_roles()", "e.weight=embedding"],
         ),
         (["--model", "{dir}/bad_roles.py:make"], ["gives 'e.weight' no role"]),
+        (["--model", "{dir}/no_params.py:make"], ["has no parameters"]),
+        (["--model", "{dir}/roles_list.py:make"], ["param_roles() returned list", "a dict"]),
+        (
+            ["--model", "{dir}/fails_at_batch.py:make"],
+            ["(2, 64) batch failed", "RuntimeError: no batches", "fails_at_batch.py:8"],
+        ),
         (["--model", LLAMA, "--model-config", "d_model"], ["not key=value"]),
         (["--model", LLAMA, "--model-config", "d_modl=64"], ["no argument 'd_modl'", "'d_model'"]),
         (["--model", LLAMA, "--model-config", "seq_len=8"], ["--seq-len"]),
@@ -312,6 +340,30 @@ def test_bad_model_is_one_line(cli, bad_models, tmp_path, args, needles):
     res = cli("train", *args, *FAST, "--steps", "1", "--run-dir", tmp_path / "run")
     assert_one_line_error(res, *needles)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_failing_mid_training_marks_the_run_failed(cli, tmp_path):
+    model = tmp_path / "flaky.py"
+    model.write_text(
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    calls = 0\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, v)\n"
+        "    def forward(self, idx):\n"
+        "        if self.training and idx.shape[0] > 1:\n"
+        "            M.calls += 1\n"
+        "            if M.calls > 8:  # past the cost probe's six\n"
+        "                raise RuntimeError('flaky')\n"
+        "        return self.e(idx)\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    )
+    run = tmp_path / "run"
+    res = cli("train", "--model", f"{model}:make", *FAST, "--steps", "20", "--run-dir", run)
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res
+    last = res.stderr_lines()[-1]
+    assert last.startswith("error:") and "failed: RuntimeError: flaky (" in last, res
+    written = summary(run)
+    assert written["status"] == "failed" and "RuntimeError: flaky" in written["message"]
 
 
 def test_missing_hf_extra_names_the_install(cli, monkeypatch, tmp_path):
