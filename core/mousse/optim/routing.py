@@ -25,7 +25,7 @@ from .named import OPTIMIZERS
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def infer_roles(model: nn.Module) -> dict[str, str]:
@@ -43,14 +43,14 @@ def infer_roles(model: nn.Module) -> dict[str, str]:
     named = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _HEAD_NAMES]
     by_vocab = [n for n, m in linears if m.out_features in vocab]
     head = (named or by_vocab or [n for n, _ in linears] or [None])[-1]
-    patch = next((n for n, m in model.named_modules() if isinstance(m, _CONVS)), None)
+    patch = next((n for n, m in model.named_modules() if isinstance(m, CONVOLUTIONS)), None)
     roles = {}
     for mod_name, module in model.named_modules():
         for p_name, p in module.named_parameters(recurse=False):
             name = f"{mod_name}.{p_name}" if mod_name else p_name
             if isinstance(module, nn.Embedding) or (mod_name == patch and p_name == "weight"):
                 roles[name] = "embedding"
-            elif isinstance(module, _CONVS) and p_name == "weight":
+            elif isinstance(module, CONVOLUTIONS) and p_name == "weight":
                 roles[name] = "matrix"
             elif mod_name == head and p_name == "weight":
                 roles[name] = "head"

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mousse.optim.routing import ROLES, infer_roles
+from mousse.optim.routing import CONVOLUTIONS, ROLES, infer_roles
 
 from .config import ConfigError, TrainConfig, closest, parse_model_config
 from .model import GPT, GPTConfig
@@ -301,7 +301,9 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     for name, module in linears.items():  # no vocabulary-sized output: a block's last Linear
         if roles.get(name) == "head" and module.out_features != vocab_size:
             roles[name] = "matrix"
-    unsure = [n for n, p in params.items() if roles[n] == "matrix" and n not in linears]
+    convs = {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, CONVOLUTIONS)}
+    known = linears.keys() | convs  # weights whose role their module tells
+    unsure = [n for n, p in params.items() if roles[n] == "matrix" and n not in known]
     if unsure:
         table = ", ".join(f"{n}={'?' if n in unsure else roles[n]}" for n in list(params)[:12])
         more = f" and {len(params) - 12} more" if len(params) > 12 else ""
