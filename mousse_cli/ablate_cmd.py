@@ -13,11 +13,13 @@ from mousse.train.fileio import dumps
 
 from .ablate_plan import (
     ablation_cost,
+    check_parallel,
     check_run_flags,
     dashboards_for,
     plan_ablations,
     read_setup,
     show_plans,
+    worker_gpus,
 )
 from .ablate_run import check_timing_budget, run_ablations
 from .console import console, out
@@ -72,7 +74,13 @@ SHARD = typer.Option(
 PARALLEL = typer.Option(
     1,
     "--parallel",
-    help="Runs at a time (CPU: each gets a share of the cores).",
+    help="Runs at a time (CPU: each gets a share of the cores; several GPUs: each run on its own, round-robin).",
+    rich_help_panel=RUN_PANEL,
+)
+DEVICES = typer.Option(
+    None,
+    "--devices",
+    help="GPUs to place the runs on, round-robin, e.g. 0,1,2,3 (default: every visible GPU when --parallel runs use CUDA).",
     rich_help_panel=RUN_PANEL,
 )
 CONFIG = typer.Option(
@@ -143,6 +151,7 @@ def ablate(
     ablation_dir: Optional[Path] = ABLATION_DIR,
     shard: Optional[str] = SHARD,
     parallel: int = PARALLEL,
+    devices: Optional[str] = DEVICES,
     config: Optional[Path] = CONFIG,
     tune: Optional[str] = TUNE,
     tune_seeds: Optional[str] = TUNE_SEEDS,
@@ -170,6 +179,10 @@ def ablate(
         check_run_flags(setup.tuning, wait, shard, parallel)
         check_timing_budget(timing_budget)
         root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)
+        check_parallel(parallel, ablations, shard)
+        gpus = worker_gpus(devices, ablations, parallel)
+        for ab in ablations.values():
+            ab.devices = gpus
         dashboards = dashboards_for(ablations, setup, root)
         cost = ablation_cost(ablations, max_hours, force)
         show_plans(ablations, shard, cost)

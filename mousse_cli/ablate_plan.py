@@ -86,6 +86,62 @@ def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int)
         )
 
 
+def check_parallel(parallel: int, ablations: dict, shard: str | None) -> None:
+    """Refuse --parallel above the most runs any preset's plan can take (this shard's, without
+    tuning): the extra workers could never run."""
+    most = max(
+        ab.upper_bound_runs() if ab.plan.tune else len(shard_of(ab, shard))
+        for ab in ablations.values()
+    )
+    if parallel > most:
+        raise ConfigError(
+            f"--parallel {parallel} is more than the {most} runs this ablation "
+            f"{'can take' if any(ab.plan.tune for ab in ablations.values()) else 'plans'}"
+            f"{' in this shard' if shard else ''}; pass --parallel {max(most, 1)} or fewer"
+        )
+
+
+def worker_gpus(devices: str | None, ablations: dict, parallel: int) -> list[str] | None:
+    """The GPUs the run workers go to, round-robin: those --devices names (indices among the
+    visible GPUs), else every visible GPU when the runs use CUDA, several are visible and
+    several runs go at once; None: no placement (CPU runs, one GPU)."""
+    import os
+
+    import torch
+
+    from mousse.train.machine import pick_device
+
+    on_cuda = any(
+        pick_device(c.device).type == "cuda"
+        for ab in ablations.values()
+        for c in ab.variant_configs()
+    )
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = listed.split(",")[:count] if listed else [str(i) for i in range(count)]
+    return gpu_slots(devices, visible, on_cuda, parallel)
+
+
+def gpu_slots(
+    devices: str | None, visible: list[str], on_cuda: bool, parallel: int
+) -> list[str] | None:
+    """`worker_gpus` given the visible GPUs' ids: --devices "0,2" -> their ids; ConfigError
+    naming a GPU that is not there, or --devices for runs on the CPU."""
+    if devices is None:
+        return visible if on_cuda and parallel > 1 and len(visible) > 1 else None
+    try:
+        indices = [int(d) for d in devices.split(",")]
+    except ValueError:
+        raise ConfigError(f"bad --devices {devices!r}: expected GPU indices, e.g. 0,1") from None
+    there = f"{len(visible)} visible: 0-{len(visible) - 1}" if visible else "no GPU is visible"
+    for i in indices:
+        if not 0 <= i < len(visible):
+            raise ConfigError(f"--devices {devices}: GPU {i} is not there ({there})")
+    if not on_cuda:
+        raise ConfigError("--devices places runs on GPUs, but these runs use the CPU")
+    return [visible[i] for i in indices]
+
+
 def plan_ablations(
     setup: AblateSetup, grid: bool, seeds, no_baseline: bool, ablation_dir, max_runs: int
 ) -> tuple[Path, dict]:

@@ -119,15 +119,28 @@ def train_runs(
     context: dict,
     after_each: Callable[[], None],
     busy: set[str],
+    devices: list[str] | None = None,
 ) -> None:
-    """Train `jobs` one after another here (parallel <= 1) or `parallel` at a time in worker
-    processes, until they are done or `stop` is set; `context` labels every run's timings. Calls
-    `after_each` as each run ends; a run another process holds is left to it, its name added to
-    `busy` and reported as RunBusy."""
-    if parallel <= 1:
+    """Train `jobs` one after another here (parallel <= 1, no `devices`) or `parallel` at a time
+    in worker processes, placed round-robin on the GPUs `devices` names, until they are done or
+    `stop` is set; `context` labels every run's timings. Calls `after_each` as each run ends; a
+    run another process holds is left to it, its name added to `busy` and reported as RunBusy."""
+    if parallel <= 1 and not devices:
         _train_here(jobs, on_update, stop, context, after_each, busy)
     else:
-        _train_pool(jobs, on_update, parallel, stop, context, after_each, busy)
+        _train_pool(jobs, on_update, parallel, stop, context, after_each, busy, devices)
+
+
+def worker_devices(parallel: int, devices: list[str] | None) -> list[str | None]:
+    """The GPU of each of the `parallel` worker slots, round-robin over `devices` (None: no
+    placement, a worker sees the GPUs this process sees)."""
+    return [devices[i % len(devices)] if devices else None for i in range(parallel)]
+
+
+def worker_env(device: str | None) -> dict[str, str]:
+    """The environment a worker sets before CUDA starts: only its GPU visible, so that its run's
+    `cuda` is that GPU (and its env.json says which)."""
+    return {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
 
 
 def _report_busy(name: str, exc: RunInUse, on_update, busy: set[str]) -> None:
@@ -154,14 +167,16 @@ def _train_here(jobs: list[Job], on_update, stop, context, after_each, busy) -> 
         after_each()
 
 
-def _train_pool(jobs: list[Job], on_update, parallel: int, stop, context, after_each, busy) -> None:
+def _train_pool(
+    jobs: list[Job], on_update, parallel: int, stop, context, after_each, busy, devices=None
+) -> None:
     """Train the jobs `parallel` at a time, each in a spawned worker process of its own with its
     share of the cores; their events are forwarded here. On `stop` the workers stop their runs at
     the next step and runs not started yet are left for the next rerun. A worker that dies (kill
     -9, the OOM killer) fails its run alone; a worker's error (bad input) stops the others
     cleanly, then is raised here."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    queued, running = list(jobs), []
+    queued, running, free = list(jobs), [], worker_devices(parallel, devices)
     error: BaseException | None = None
     try:
         while queued or running:
@@ -170,7 +185,7 @@ def _train_pool(jobs: list[Job], on_update, parallel: int, stop, context, after_
                 for worker in running:
                     worker.stop()
             while queued and len(running) < parallel:
-                running.append(_Worker(queued.pop(0), context, threads))
+                running.append(_Worker(queued.pop(0), context, threads, free.pop(0)))
             wait([h for w in running for h in (w.events, w.process.sentinel)], timeout=0.2)
             for worker in list(running):
                 exited = not worker.process.is_alive()  # then every message it sent is read now
@@ -179,6 +194,7 @@ def _train_pool(jobs: list[Job], on_update, parallel: int, stop, context, after_
                     error = error or raised
                 if exited:
                     running.remove(worker)
+                    free.append(worker.device)  # the next run takes this worker's GPU
                     worker.close(on_update)
                     after_each()
     except BaseException:  # a second Ctrl-C, or an error here: the workers end with this process
@@ -218,14 +234,14 @@ class _Worker:
     """One run in a spawned process: its events come on one pipe, a stop goes on another (whose
     end of file tells the worker its parent is gone)."""
 
-    def __init__(self, job: Job, context: dict, threads: int):
+    def __init__(self, job: Job, context: dict, threads: int, device: str | None = None):
         ctx = mp.get_context("spawn")
-        self.job, self.finished = job, False
+        self.job, self.finished, self.device = job, False, device
         self.events, events_end = ctx.Pipe(duplex=False)
         control_end, self.control = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_worker,
-            args=(job, context, events_end, control_end, threads, os.getpid()),
+            args=(job, context, events_end, control_end, threads, os.getpid(), worker_env(device)),
             name=f"mousse-run-{job.name}",
         )
         self.process.start()
@@ -265,10 +281,12 @@ class _Worker:
         self.control.close()
 
 
-def _worker(job: Job, context: dict, events, control, threads: int, parent: int) -> None:
-    """Worker process: one run, its events sent to the parent. It dies with its parent, and
-    leaves Ctrl-C and SIGTERM to it: `timeout`, Slurm and a terminal signal the whole process
-    group, and a worker killed by its own signal would lose its run."""
+def _worker(job: Job, context: dict, events, control, threads: int, parent: int, env: dict) -> None:
+    """Worker process: one run, on the GPU `env` leaves visible, its events sent to the parent.
+    It dies with its parent, and leaves Ctrl-C and SIGTERM to it: `timeout`, Slurm and a
+    terminal signal the whole process group, and a worker killed by its own signal would lose
+    its run."""
+    os.environ.update(env)  # before anything starts CUDA
     _die_with_parent(parent, control)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)

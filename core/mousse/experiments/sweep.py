@@ -78,6 +78,7 @@ class Ablation:
         self.invocation = uuid.uuid4().hex[:12]  # labels the timings this process takes
         self.trained = False  # whether this process trained any run here
         self.busy: set[str] = set()  # runs found locked by another process
+        self.devices: list[str] | None = None  # GPUs the --parallel workers go to, round-robin
 
     def run_dir(self, run: RunSpec) -> Path:
         """Where `run` trains: runs/<its name> under the ablation dir."""
@@ -397,4 +398,6 @@ class Ablation:
         self.trained = self.trained or bool(todo)
         jobs = [Job(run.name, run_settings(self.plan, run), self.run_dir(run)) for run in todo]
         context = self.context(max(parallel, 1))
-        train_runs(jobs, on_update, parallel, stop, context, self.write_results, self.busy)
+        train_runs(
+            jobs, on_update, parallel, stop, context, self.write_results, self.busy, self.devices
+        )

@@ -3,6 +3,7 @@ revision and machine that make a run reproducible."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) 
         "argv": argv if argv is not None else sys.argv,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # which GPU `cuda` is (--parallel places runs)
+        env["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
