@@ -9,7 +9,7 @@ from rich.live import Live
 
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
 
-from .console import console, duration, fmt
+from .console import console, duration, fit_width, fmt
 from .tables import titled_table
 
 _CONVERGENCE = ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status")
@@ -173,7 +173,7 @@ class AblationView:
             label = f"{name} (baseline)" if name == self.baseline else name
             conv.add_row(label, *self._convergence_cells(r))
             timing.add_row(label, *self._timing_cells(name, r, base_ms))
-        return Group(conv, timing)
+        return fit_width(Group(conv, timing), console)  # a narrow terminal: plain lines
 
     def _convergence_cells(self, r: dict) -> list[str]:
         """A run's convergence row after its label: step, losses, delta, status."""

@@ -45,13 +45,58 @@ def show_wide(renderable, json_out: bool = False) -> None:
     if console.quiet:
         return
     if stream.is_terminal:
-        stream.print(renderable)
+        stream.print(fit_width(renderable, stream))
         return
     width, stream.width = stream.width, 160
     try:
         stream.print(renderable)
     finally:
         stream.width = width
+
+
+# Terminal columns a table needs per column (its border and padding, and four characters of its
+# cells): narrower, its columns shrink to empty boxes, so it is printed as plain lines instead.
+MIN_COLUMN_WIDTH = 7
+
+
+def fit_width(renderable, stream: Console):
+    """`renderable` as it reads at `stream`'s width: each table (alone or in a Group) that the
+    width would squeeze below a few characters a column becomes plain lines, one cell a line."""
+    from rich.console import Group
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    if isinstance(renderable, Group):
+        return Group(*(fit_width(r, stream) for r in renderable.renderables), fit=renderable.fit)
+    if not isinstance(renderable, Table):
+        return renderable
+    need = Measurement.get(stream, stream.options.update_width(10**4), renderable).minimum
+    if stream.width >= min(need, MIN_COLUMN_WIDTH * len(renderable.columns)):
+        return renderable
+    return table_lines(renderable)
+
+
+def table_lines(table):
+    """A Rich table as plain lines: its title, then per row each non-empty cell as 'header: value',
+    the first in bold and the others indented under it, then its caption. Wraps at any width."""
+    from rich.text import Text
+
+    def markup(cell) -> str:
+        return cell.markup if isinstance(cell, Text) else str(cell)
+
+    columns = [(markup(c.header), [markup(cell) for cell in c.cells]) for c in table.columns]
+    lines = [f"[bold]{markup(table.title)}[/]"] if table.title else []
+    for row in range(table.row_count):
+        (head, first), *rest = columns
+        lines.append(f"[bold]{head}: {first[row]}[/]")
+        lines += [
+            f"  {header}: " + "\n    ".join(cells[row].splitlines())
+            for header, cells in rest
+            if cells[row].strip()
+        ]
+    if table.caption:
+        lines.append(markup(table.caption))
+    return Text.from_markup("\n".join(lines))
 
 
 def show_lines(lines: list[str]) -> None:

@@ -20,7 +20,7 @@ from mousse.train.events import (
     StepLogged,
 )
 
-from .console import console, duration, fmt, notice, result_stream
+from .console import console, duration, fit_width, fmt, notice, result_stream
 
 
 def routing_summary(routes) -> str:
@@ -106,7 +106,7 @@ class TrainView:
             f"step eta {duration(e.eta_seconds)}"
         )
 
-    def _render(self) -> Table:
+    def _render(self):
         table = Table(
             show_header=True,
             header_style="bold",
@@ -144,7 +144,7 @@ class TrainView:
                 duration(time.perf_counter() - self.started),
                 duration(e.eta_seconds),
             )
-        return table
+        return fit_width(table, console)  # a narrow terminal: plain lines
 
     def _finished(self, s: dict) -> None:
         """Stop the live table; a failure's message stays on stderr (the summary is the

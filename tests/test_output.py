@@ -207,3 +207,37 @@ def test_forest_marks_significance_as_the_tables_do(tmp_path, monkeypatch):
         filled = marker.get_markerfacecolor() != "white"
         assert filled == bool(by_variant[label]["significant"]), label
     assert [by_variant[n]["significant"] for n in labels] == [False, True]
+
+
+# ---- narrow terminals ------------------------------------------------------------------------
+
+
+def _report_on_a_terminal(tmp_path, columns: int) -> str:
+    """`mousse report results.json` as a terminal `columns` wide shows it (Rich's TTY_COMPATIBLE
+    stands in for the terminal), without its style codes."""
+    import os
+    import re
+
+    from mousse.train.fileio import dumps
+
+    path = tmp_path / "results.json"
+    path.write_text(dumps(summarize(RECORDS)))
+    env = {**os.environ, "COLUMNS": str(columns), "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    env.pop("FORCE_COLOR", None)
+    proc = subprocess.run(
+        [*mousse_command(), "report", str(path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # bold and italics
+
+
+def test_a_narrow_terminal_gets_readable_lines_not_empty_boxes(tmp_path):
+    """COLUMNS=20 squeezed every column of the results tables to nothing (empty boxes): too
+    narrow for a table, each row is printed as 'header: value' lines instead."""
+    narrow = _report_on_a_terminal(tmp_path, 20)
+    assert "┃" not in narrow and "│" not in narrow, narrow
+    for text in ("Variant: mousse", "Variant: alpha=0.0", "Final val loss:", "Tokens/s:"):
+        assert text in narrow, narrow
+    assert all(len(line) <= 20 for line in narrow.splitlines()), narrow
+    wide = _report_on_a_terminal(tmp_path, 200)  # wide enough: the tables, as before
+    assert "┃ Variant" in wide and "Variant: mousse" not in wide, wide
