@@ -7,11 +7,19 @@
 #          our Muon vs torch.optim.Muon, the per-size kernel table and the dispatch thresholds
 #   train  `mousse bench --device cuda --preset 160m --train --steps N`: whole 160m training steps,
 #          Muon vs Mousse (fwd+bwd and optimizer split, peak memory); N = $GPU_CHECK_STEPS (10)
+#   scale  (only when asked) the tuned decisive set, ablations/decisive.toml (Muon, Mousse Nesterov,
+#          Mousse heavy-ball; lr tuned, 3 seeds), on small and the GPU ladder in turn, as many as
+#          fit the time limit: OUT/scale-PRESET/ (ablation dir), OUT/scale-PRESET.md (tables of
+#          whatever finished), and a line per preset in OUT/scale.txt (done, stopped at the time
+#          limit with what finished, or not run). $GPU_CHECK_SCALE_PRESETS (small,10m,30m),
+#          $GPU_CHECK_PARALLEL (4 runs at a time), $GPU_CHECK_DEVICE (cuda) and
+#          $GPU_CHECK_SCALE_ARGS (extra `ablate` flags, e.g. fewer steps for a dry run) change it.
 # Every part writes into OUTDIR as it goes, under a share of the time limit, so whatever finished
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).
 #
 # Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,tests,kernels,bench,train]
+#        scripts/gpu_check.sh OUTDIR 540 scale
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [SECONDS] [PARTS]}
 BUDGET=${2:-540}
@@ -70,3 +78,32 @@ part kernels 120 "$PY" -c "import json, torch; from mousse.experiments.bench imp
 print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 2048, 3072, 4096, 8192))))"
 part bench 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --compile --repeats 5 --json
 part train 300 "${MOUSSE[@]}" bench --device cuda --preset 160m --train --steps "${GPU_CHECK_STEPS:-10}" --repeats 3 --json
+
+# scale_run: the decisive set on each preset while time is left; an ablation cut by the time
+# limit is stopped with SIGTERM (its runs checkpoint, results.json keeps what finished).
+scale_run() {
+  local preset left rc
+  local -a extra presets
+  read -ra extra <<<"${GPU_CHECK_SCALE_ARGS:-}"
+  IFS=, read -ra presets <<<"${GPU_CHECK_SCALE_PRESETS:-small,10m,30m}"
+  for preset in "${presets[@]}"; do
+    left=$((END - SECONDS - 20))
+    if ((left < 30)); then
+      echo "$preset: not run (out of time)" | tee -a "$OUT/scale.txt"
+      continue
+    fi
+    timeout -s TERM -k 60 "$left" "${MOUSSE[@]}" ablate ablations/decisive.toml --preset "$preset" \
+      --device "${GPU_CHECK_DEVICE:-cuda}" --parallel "${GPU_CHECK_PARALLEL:-4}" --max-runs 30 \
+      --ablation-dir "$OUT/scale-$preset" "${extra[@]}" >"$OUT/scale-$preset.json" 2>"$OUT/scale-$preset.log"
+    rc=$?
+    "${MOUSSE[@]}" report "$OUT/scale-$preset" --format markdown >"$OUT/scale-$preset.md" 2>>"$OUT/scale-$preset.log"
+    case $rc in
+      0 | 3) echo "$preset: done (exit $rc)" ;;
+      124 | 143) echo "$preset: stopped at the time limit; $OUT/scale-$preset.md has what finished" ;;
+      *) echo "$preset: failed (exit $rc, see scale-$preset.log)" ;;
+    esac | tee -a "$OUT/scale.txt"
+  done
+}
+
+part scale "$BUDGET" scale_run
+
