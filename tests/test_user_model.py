@@ -90,6 +90,7 @@ def test_train_records_the_model_and_learns(cli, tmp_path):
     assert config["model"] == LLAMA and config["model_config"] == "d_model=64,n_layers=1"
     assert "d_model" not in config and "n_layers" not in config  # the GPT's shape: unused
     assert "7 matrix -> muon" in " ".join(res.stderr.split())  # 4 attention + 3 MLP Linears
+    assert "matrix optimizer" not in res.stderr  # the warning of a model with no matrix
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -364,6 +365,26 @@ def test_a_model_failing_mid_training_marks_the_run_failed(cli, tmp_path):
     assert last.startswith("error:") and "failed: RuntimeError: flaky (" in last, res
     written = summary(run)
     assert written["status"] == "failed" and "RuntimeError: flaky" in written["message"]
+
+
+def test_a_model_with_nothing_for_the_matrix_optimizer_is_warned_about(cli, tmp_path):
+    """An embedding and a head alone: nothing goes to Mousse, so the run trains with AdamW only.
+    It trains (not an error), with one warning naming the cause and the fix."""
+    model = tmp_path / "bigram.py"
+    model.write_text(
+        "from torch import nn\nclass M(nn.Module):\n"
+        "    def __init__(self, v):\n        super().__init__()\n"
+        "        self.e = nn.Embedding(v, 8)\n        self.head = nn.Linear(8, v)\n"
+        "    def forward(self, idx):\n        return self.head(self.e(idx))\n"
+        "def make(vocab_size, seq_len):\n    return M(vocab_size)\n"
+    )
+    run = tmp_path / "run"
+    res = cli("train", "--model", f"{model}:make", *FAST, "--steps", "2", "--run-dir", run)
+    assert res.exit_code == 0, res
+    warned = [line for line in res.stderr_lines() if line.startswith("warning:")]
+    assert len(warned) == 1, res
+    for needle in ("no parameter", "matrix optimizer (mousse)", "adamw", "param_roles()"):
+        assert needle in warned[0], res
 
 
 def test_missing_hf_extra_names_the_install(cli, monkeypatch, tmp_path):

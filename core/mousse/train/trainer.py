@@ -457,6 +457,8 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
         self.emit(RunStarted(self.run_dir, self.cfg.to_dict(), info))
+        if not any(route.role == "matrix" for route in self.routes):
+            self.emit(Notice(no_matrix_text(self.cfg)))
 
     def _read_losses_due(self, step: int) -> bool:
         """Whether this step reads the pending losses: a log line is due, a stop was asked, or
@@ -520,3 +522,14 @@ class Trainer:
         if self.dist.is_main:
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
+
+
+def no_matrix_text(cfg: TrainConfig) -> str:
+    """The warning for a model of which no parameter went to the matrix optimizer: the run,
+    named after that optimizer, trains with the scalar one alone."""
+    return (
+        f"no parameter of the model went to the matrix optimizer ({cfg.optimizer}): every one "
+        f"is 1-D, an embedding or the head, so the run trains with {cfg.scalar_optimizer} "
+        "alone; give the model a param_roles() method naming its weight matrices 'matrix' "
+        "(docs/models.md, Roles)"
+    )
