@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 
 from rich.live import Live
+from rich.markup import escape
 
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
 
@@ -170,7 +171,7 @@ class AblationView:
         )
         for name in self.order:
             r = self.rows[name]
-            label = f"{name} (baseline)" if name == self.baseline else name
+            label = escape(f"{name} (baseline)" if name == self.baseline else name)
             conv.add_row(label, *self._convergence_cells(r))
             timing.add_row(label, *self._timing_cells(name, r, base_ms))
         return fit_width(Group(conv, timing), console)  # a narrow terminal: plain lines

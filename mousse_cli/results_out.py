@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from mousse.dist.process import is_main_process
 
 from .console import console, result_stream, show_wide
@@ -19,7 +21,7 @@ def show_results(results: dict, json_out: bool = False) -> None:
 def show_preset_title(preset: str, json_out: bool = False) -> None:
     """The line above one preset's results when an ablation covers several presets."""
     if not console.quiet:
-        result_stream(json_out).print(f"[bold]preset {preset}[/]", highlight=False)
+        result_stream(json_out).print(f"[bold]preset {escape(preset)}[/]", highlight=False)
 
 
 def scale_of(by_preset: dict) -> dict:

@@ -64,7 +64,7 @@ def results_tables(results: dict):
     ):
         table = titled_table(title, columns, left, caption=text, caption_justify="left")
         for row in rows:
-            table.add_row(*[row[c] for c in columns])
+            table.add_row(*[escape(row[c]) for c in columns])  # names from disk: literal
         tables.append(table)
     return Group(*tables)
 
@@ -77,7 +77,10 @@ def scale_table(scale: dict):
     params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
     table = titled_table(
         "speedup by scale (baseline steps / steps to its final loss, 95% CI)",
-        ["variant", *(f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets)],
+        [
+            "variant",
+            *(escape(f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p) for p in presets),
+        ],
     )
     by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
     for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
@@ -91,7 +94,7 @@ def scale_table(scale: dict):
                 if r["is_baseline"]
                 else speedup_text({**r, "is_baseline": False})
             )
-        table.add_row(variant, *cells)
+        table.add_row(escape(variant), *cells)
     return table
 
 

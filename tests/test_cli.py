@@ -650,3 +650,20 @@ def test_report_in_a_narrow_output_encoding_writes_stand_ins(mousse_proc, tmp_pa
     res = mousse_proc("report", root, "--format", "markdown")
     assert res.exit_code == 0 and "Traceback" not in res.stderr, res
     assert "| ? vs baseline |" in res.stdout
+
+
+def test_markup_in_a_dir_or_variant_name_is_printed_as_named(tmp_path):
+    """A preset's dir named `[red]x` in a scale root, and a variant named `[bold]v[/bold]` in
+    its ablation.toml: printed as they are named (title, tables, the scale table), never taken
+    for Rich markup."""
+    root = tmp_path / "scale"
+    root.mkdir()
+    adir = _planned_ablation(root / "[red]x")
+    toml = (adir / "ablation.toml").read_text()
+    (adir / "ablation.toml").write_text(
+        toml.replace('variant = "alpha=0.0"', 'variant = "[bold]v[/bold]"')
+    )
+    res = invoke_cli("report", root)
+    assert res.exit_code == 0, res
+    assert "preset [red]x" in res.stdout and "┃   [red]x ┃" in res.stdout, res
+    assert res.stdout.count("│ [bold]v[/bold] │") == 3, res  # convergence, step time, scale

@@ -57,9 +57,11 @@ def test_report_every_format_on_stdout(mousse_proc, ablated, fmt):
 
 def test_train_summary_on_stdout_unless_json(mousse_proc, tmp_path):
     args = ("train", *FAST, "--steps", "2", "--eval-every", "2")
-    res = mousse_proc(*args, "--run-dir", tmp_path / "a")
+    run_dir = tmp_path / "[red]a[/red]:llama:"  # markup and an emoji code: printed as named
+    res = mousse_proc(*args, "--run-dir", run_dir)
     assert res.exit_code == 0, res
-    assert res.stdout.startswith("completed after 2 steps") and "results in" in res.stdout
+    assert res.stdout.startswith("completed after 2 steps"), res
+    assert f"results in {run_dir}" in res.stdout and f"run dir: {run_dir}" in res.stderr, res
     assert "step 2/2" in res.stderr and "completed after" not in res.stderr
     as_json = mousse_proc(*args, "--run-dir", tmp_path / "b", "--json")
     assert as_json.json()["status"] == "completed"  # stdout: the JSON alone
