@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # GPU verification in one call, for a machine with an NVIDIA GPU:
 #   env    the GPU, driver, torch and triton versions
+#   lean   `mousse bench --device cuda --preset 160m --lean --steps 10`: whole 160m training
+#          steps of Muon, Mousse and Mousse with its refresh off the critical path (staggered,
+#          one step late): p50/p99, refresh steps and the others apart, peak memory (~3 minutes)
+#   small  `mousse bench --device cuda --preset small`: the optimizer step of every row side by
+#          side with its p50/p99, and each shape's refresh by eigh, qr, root and eigh on the host
+#          (where refresh_device=auto should draw its line)
 #   tests  the Triton kernels compiled for this GPU against torch (tests/test_kernels_cuda.py)
+#          and the refresh off the critical path on a GPU (tests/test_refresh_cuda.py)
 #   kernels each kernel against torch per size, bf16 (JSON): where dispatch should send work
 #   bench  `mousse bench --device cuda --preset 160m --compile --json`: optimizer step of Mousse vs
 #          our Muon vs torch.optim.Muon, the per-size kernel table and the dispatch thresholds
@@ -18,12 +25,12 @@
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).
 #
-# Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,tests,kernels,bench,train]
+# Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,lean,small,tests,kernels,bench,train]
 #        scripts/gpu_check.sh OUTDIR 540 scale
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [SECONDS] [PARTS]}
 BUDGET=${2:-540}
-PARTS=,${3:-env,tests,kernels,bench,train},
+PARTS=,${3:-env,lean,small,tests,kernels,bench,train},
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -73,7 +80,10 @@ EOF
 
 MOUSSE=("$PY" -m mousse_cli)
 part env 30 env_report
-part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider -rs tests/test_kernels_cuda.py
+part lean 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --lean --steps "${GPU_CHECK_STEPS:-10}" --json
+part small 90 "${MOUSSE[@]}" bench --device cuda --preset small --repeats 5 --json
+part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider -rs \
+  tests/test_refresh_cuda.py tests/test_kernels_cuda.py
 part kernels 120 "$PY" -c "import json, torch; from mousse.experiments.bench import bench_kernels
 print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 2048, 3072, 4096, 8192))))"
 part bench 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --compile --repeats 5 --json
