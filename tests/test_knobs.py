@@ -84,3 +84,32 @@ def test_cli_flags_and_sweeps_come_from_the_table():
         assert (k.name in options.SWEEP_FLAGS) == bool(k.sweep)
         if k.sweep:
             assert k.sweep in options.SWEEP_FLAGS[k.name][1].help
+
+
+def test_knob_args_type_every_knob_as_the_table_does():
+    """The TypedDict an editor shows for Mousse(params, **knobs) is the table, knob for knob."""
+    import typing
+
+    hints = typing.get_type_hints(knobs.KnobArgs)
+    assert list(hints) == [k.name for k in knobs.TABLE]
+    for k in knobs.TABLE:
+        hint = hints[k.name]
+        args = set(typing.get_args(hint))
+        if k.choices:
+            assert typing.get_origin(hint) is typing.Literal and args == set(k.choices), k.name
+        elif k.optional:
+            assert args == {k.kind, type(None)}, k.name
+        else:
+            assert hint is k.kind, k.name
+    assert hints["ns_dtype"] == torch.dtype | None
+
+
+def test_help_lists_every_knob_at_the_class_default():
+    import inspect
+
+    for cls in OPTIMIZERS.values():
+        params = inspect.signature(cls).parameters
+        assert "params" in params and params["compiled"].default is False
+        defaults = {n: p.default for n, p in params.items() if n in knobs.DEFAULTS}
+        assert defaults == cls.resolve_knobs(), cls.__name__
+    assert inspect.signature(OPTIMIZERS["shampoo"]).parameters["precond_start"].default == 101

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
@@ -25,14 +26,13 @@ from .refresher import InFlight, Worker, refresh_on_host, run_refresh, stagger_p
 from .step import (
     SIDE_FACTORS,
     BucketState,
+    RefreshKnobs,
     StepKnobs,
     accumulate_statistics,
     as_matrices,
     cache_whitening,
     compute_refresh,
-    delayed,
     exponents,
-    group_refresh_due,
     held_refresh,
     hold_refresh,
     install_refresh,
@@ -43,6 +43,9 @@ from .step import (
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import ParamsT
+    from typing_extensions import Unpack
+
+    from .knobs import KnobArgs
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -90,6 +93,18 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def _signature(cls: type[KroneckerOptimizer]) -> inspect.Signature:
+    """The constructor's signature with every knob a keyword argument at the class's own
+    default (derived ones resolved), so help() lists them; the code takes them as **knobs."""
+    own = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    kept = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    knobs = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+        for name, value in cls.resolve_knobs().items()
+    ]
+    return inspect.Signature([*kept, *knobs])
 
 
 def _stagger(buckets: list[_Bucket], group: Knobs) -> None:
@@ -150,6 +165,7 @@ class KroneckerOptimizer(Optimizer):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.preset = {**DEFAULTS, **cls.__dict__.get("preset", {})}
+        cls.__signature__ = _signature(cls)  # type: ignore[attr-defined]
 
     @classmethod
     def derived(cls, knobs: Knobs) -> Knobs:
@@ -169,7 +185,9 @@ class KroneckerOptimizer(Optimizer):
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
         return full
 
-    def __init__(self, params: ParamsT, *, compiled: bool = False, **knobs: Any) -> None:
+    def __init__(
+        self, params: ParamsT, *, compiled: bool = False, **knobs: Unpack[KnobArgs]
+    ) -> None:
         self.compiled = compiled  # run the per-bucket math under torch.compile (`compiled`)
         self._buckets: list[list[_Bucket]] | None = None
         self._worker = Worker()  # delayed refreshes (refresh_delay > 0)
@@ -429,36 +447,36 @@ class KroneckerOptimizer(Optimizer):
         """Use the delayed refreshes due at step t, update the factor statistics on statistics
         steps, and refresh the matrices whose refresh is due: at once, or (`refresh_delay`) for
         use `refresh_delay` steps later, computed in the background meanwhile."""
-        sides = SIDE_FACTORS[g["sides"]]
-        if not sides:
+        k = RefreshKnobs.of(g)
+        if not k.factor_sides:
             return
-        self._use_pending(g, st, t, r)
-        if (t - 1) % g["stat_freq"] == 0:
-            Gs = G if g["fisher"] == "empirical" else self._sampled_grads(params).to(G.dtype)
-            self._math(accumulate_statistics)(st, Gs, g["precond_beta"])
-        due = [i for i, phase in enumerate(r.phases) if group_refresh_due(g, t, phase)]
+        self._use_pending(g, k, st, t, r)
+        if (t - 1) % k.stat_freq == 0:
+            Gs = G if k.fisher == "empirical" else self._sampled_grads(params).to(G.dtype)
+            self._math(accumulate_statistics)(st, Gs, k.precond_beta)
+        due = [i for i, phase in enumerate(r.phases) if k.due(t, phase)]
         if not due:
             return
-        count = (t - 1) // g["stat_freq"] + 1  # statistics updates so far
+        count = (t - 1) // k.stat_freq + 1  # statistics updates so far
         rows = None if len(due) == len(r.phases) else torch.tensor(due)
-        later = delayed(g, t)
+        later = k.delayed(t)
         compute = functools.partial(
             compute_refresh,
-            method="eigh" if t == 1 else g["refresh"],  # the first from the identity basis
-            eps=g["eps"],
-            floor=g["eig_floor"],
-            alpha=g["alpha"],
+            method="eigh" if t == 1 else k.refresh,  # the first from the identity basis
+            eps=k.eps,
+            floor=k.eig_floor,
+            alpha=k.alpha,
         )
         m, n = G.shape[-2:]
-        for side in sides:
-            inputs = refresh_input(g, st.sides[side], count, n if side == "L" else m, rows)
-            on_host = refresh_on_host(G.device, m if side == "L" else n, g["refresh_device"])
+        for side in k.factor_sides:
+            inputs = refresh_input(k, st.sides[side], count, n if side == "L" else m, rows)
+            on_host = refresh_on_host(G.device, m if side == "L" else n, k.refresh_device)
             if not later:
                 install_refresh(st, side, run_refresh(compute, inputs, on_host), rows)
                 continue
             assert r.pending is not None  # kept when refresh_delay > 0
             idx = torch.tensor(due)
-            use_at = t + g["refresh_delay"]
+            use_at = t + k.refresh_delay
             r.pending[idx] = use_at
             if r.background:
                 r.inflight.append(self._worker.submit(side, idx, use_at, compute, inputs, on_host))
@@ -467,7 +485,9 @@ class KroneckerOptimizer(Optimizer):
         if not later:
             cache_whitening(g, st)
 
-    def _use_pending(self, g: Knobs, st: BucketState, t: int, r: _Refreshes) -> None:
+    def _use_pending(
+        self, g: Knobs, k: RefreshKnobs, st: BucketState, t: int, r: _Refreshes
+    ) -> None:
         """Install the delayed refreshes whose step has come (waiting for any not ready)."""
         if r.pending is None:
             return
@@ -478,7 +498,7 @@ class KroneckerOptimizer(Optimizer):
         if not len(due):
             return
         rows = None if len(due) == len(r.pending) else due
-        for side in SIDE_FACTORS[g["sides"]]:
+        for side in k.factor_sides:
             install_refresh(st, side, held_refresh(st, side, due), rows)
         r.pending[due] = 0
         cache_whitening(g, st)
@@ -527,3 +547,6 @@ class KroneckerOptimizer(Optimizer):
                     row[f"stat_skips_{side}"] = st[f"stat_skips_{side}"]
                 out.append(row)
         return out
+
+
+KroneckerOptimizer.__signature__ = _signature(KroneckerOptimizer)  # type: ignore[attr-defined]

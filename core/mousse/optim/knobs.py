@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import torch
 
@@ -264,6 +264,46 @@ TABLE: tuple[Knob, ...] = (
         preconditioner=True,
     ),
 )
+
+
+class KnobArgs(TypedDict, total=False):
+    """The knobs as keyword arguments, typed, so an editor and a type checker see them in
+    `Mousse(params, lr=..., ...)`; tests/test_knobs.py checks it against TABLE."""
+
+    lr: float
+    momentum: float
+    momentum_style: Literal["heavy_ball", "nesterov", "ema"]
+    weight_decay: float
+    weight_decay_style: Literal["decoupled", "after", "after_scaled"]
+    alpha: float
+    post_alpha: float | None
+    sides: Literal["both", "left", "right", "none"]
+    factor_norm: Literal["trace", "same_trace", "none"]
+    precond_freq: int
+    refresh_schedule: Literal["offset", "multiples", "staggered"]
+    refresh_delay: int
+    refresh_device: Literal["same", "cpu", "auto"]
+    precond_beta: float
+    stat_freq: int
+    refresh_warmup: int
+    precond_start: int
+    eps: float
+    eig_floor: Literal["shift", "clamp"]
+    graft: Literal["orthogonalizer", "adam", "none"]
+    bias_correction: bool
+    refresh: Literal["eigh", "qr", "root"]
+    refresh_after_update: bool
+    skip_first_step: bool
+    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"]
+    ns: Literal["muon", "you5", "polar_express"]
+    ns_steps: int
+    ns_dtype: torch.dtype | None
+    beta2: float
+    adam_eps: float
+    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"]
+    average_rate: float
+    fisher: Literal["empirical", "sampled"]
+
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in TABLE}

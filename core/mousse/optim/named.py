@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .family import Knobs, KroneckerOptimizer
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import ParamsT
+    from typing_extensions import Unpack
+
+    from .knobs import KnobArgs
 
 
 class Mousse(KroneckerOptimizer):
@@ -37,7 +40,12 @@ class Muon(KroneckerOptimizer):
     )
 
     def __init__(
-        self, params: ParamsT, nesterov: bool | None = None, *, compiled: bool = False, **knobs: Any
+        self,
+        params: ParamsT,
+        nesterov: bool | None = None,
+        *,
+        compiled: bool = False,
+        **knobs: Unpack[KnobArgs],
     ) -> None:
         if nesterov is not None:
             knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"

@@ -6,11 +6,10 @@ and calls these, eagerly or under torch.compile.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -63,7 +62,7 @@ class StepKnobs:
 
     @classmethod
     def of(cls, group: Mapping[str, Any]) -> StepKnobs:
-        return _interned(tuple(group[f.name] for f in _STEP_FIELDS))
+        return _interned(cls, tuple(group[f.name] for f in fields(cls)))
 
     @property
     def factor_sides(self) -> tuple[str, ...]:
@@ -71,12 +70,68 @@ class StepKnobs:
         return SIDE_FACTORS[self.sides]
 
 
-_STEP_FIELDS = fields(StepKnobs)
+@dataclass(frozen=True)
+class RefreshKnobs:
+    """The knobs of one param group that the factor statistics and the refresh read: when
+    (`due`, `delayed`), where and how. Cached per distinct set of values, like StepKnobs."""
+
+    sides: str
+    fisher: str
+    stat_freq: int
+    precond_beta: float
+    precond_freq: int
+    refresh_warmup: int
+    refresh_schedule: str
+    refresh_delay: int
+    refresh_device: str
+    refresh: str
+    bias_correction: bool
+    factor_norm: str
+    eps: float
+    eig_floor: str
+    alpha: float
+
+    @classmethod
+    def of(cls, group: Mapping[str, Any]) -> RefreshKnobs:
+        return _interned(cls, tuple(group[f.name] for f in fields(cls)))
+
+    @property
+    def factor_sides(self) -> tuple[str, ...]:
+        return SIDE_FACTORS[self.sides]
+
+    def due(self, t: int, phase: int = 0) -> bool:
+        """Whether step t refreshes a matrix of this `phase` (`refresh_due`)."""
+        return refresh_due(
+            t,
+            precond_freq=self.precond_freq,
+            stat_freq=self.stat_freq,
+            refresh_warmup=self.refresh_warmup,
+            refresh_schedule=self.refresh_schedule,
+            phase=phase,
+        )
+
+    def delayed(self, t: int) -> bool:
+        """Whether a refresh due at step t is used `refresh_delay` steps later rather than at
+        once: never the first refresh nor those of `refresh_warmup`, which build the
+        preconditioner."""
+        return self.refresh_delay > 0 and t > 1 and t > self.refresh_warmup
 
 
-@functools.lru_cache(maxsize=256)  # bounded: a momentum schedule makes a new set every step
-def _interned(values: tuple[Any, ...]) -> StepKnobs:
-    return StepKnobs(*values)
+_K = TypeVar("_K", StepKnobs, RefreshKnobs)
+
+
+_INTERNED: dict[tuple[type[Any], tuple[Any, ...]], Any] = {}
+
+
+def _interned(cls: type[_K], values: tuple[Any, ...]) -> _K:
+    """One object per knob class and values (bounded: a momentum schedule makes a new set every
+    step)."""
+    key = (cls, values)
+    if key not in _INTERNED:
+        if len(_INTERNED) >= 512:
+            _INTERNED.clear()
+        _INTERNED[key] = cls(*values)
+    return cast(_K, _INTERNED[key])
 
 
 @dataclass
@@ -222,20 +277,7 @@ def refresh_due(
 
 def group_refresh_due(group: Mapping[str, Any], t: int, phase: int = 0) -> bool:
     """`refresh_due` with a param group's (or a run config's) knobs."""
-    return refresh_due(
-        t,
-        precond_freq=group["precond_freq"],
-        stat_freq=group["stat_freq"],
-        refresh_warmup=group["refresh_warmup"],
-        refresh_schedule=group["refresh_schedule"],
-        phase=phase,
-    )
-
-
-def delayed(group: Mapping[str, Any], t: int) -> bool:
-    """Whether a refresh due at step t is used `refresh_delay` steps later rather than at once:
-    never for the first refresh nor those of `refresh_warmup`, which build the preconditioner."""
-    return group["refresh_delay"] > 0 and t > 1 and t > group["refresh_warmup"]
+    return RefreshKnobs.of(group).due(t, phase)
 
 
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
@@ -374,7 +416,7 @@ class Refresh:
 
 
 def refresh_input(
-    g: Mapping[str, Any], side: SideState, count: int, other_dim: int, rows: Tensor | None
+    k: RefreshKnobs, side: SideState, count: int, other_dim: int, rows: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """What a refresh of `rows` (None: all) reads, as new tensors: the factor normalized for
     `count` statistics updates, and the current pair (qr's warm start, eigh's fallback). The
@@ -386,9 +428,9 @@ def refresh_input(
     factor = pc.normalized(
         side.factor if rows is None else side.factor[rows],  # normalized() returns a new tensor
         count,
-        g["precond_beta"],
-        g["bias_correction"],
-        g["factor_norm"],
+        k.precond_beta,
+        k.bias_correction,
+        k.factor_norm,
         other_dim,
     )
     return factor, pick(side.lam), pick(side.Q)
