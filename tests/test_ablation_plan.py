@@ -325,7 +325,7 @@ def test_shipped_specs_load_and_plan(path):
     spec = load_spec(path)
     name = spec.pop("name")
     plan = plan_ablation(**spec)
-    assert plan.base["preset"] == "tiny" and plan.runs[0].is_baseline
+    assert plan.base["preset"] in ("tiny", "medium") and plan.runs[0].is_baseline
     assert plan.default_dir_name(name).startswith(f"ablate-{name}-")
     assert "Run:" in path.read_text() and "mousse ablate ablations/" in path.read_text()
 
@@ -347,6 +347,12 @@ def test_shipped_specs_are_the_papers_studies():
             "orthogonalizer": ["newton_schulz", "identity", "sign", "exact"],
         },
         "momentum-rule": {"momentum_style": ["heavy_ball", "nesterov"]},
+        "decisive": {"momentum_style": ["heavy_ball", "nesterov"]},
+        "refresh": {
+            "refresh": ["eigh", "qr", "root"],
+            "refresh_delay": [0, 1, 5],
+            "refresh_schedule": ["offset", "staggered"],
+        },
         "paper-tuned-momentum": {
             "alpha": [0.0, 0.125, 0.25],
             "factor_norm": ["trace", "none"],

@@ -584,7 +584,7 @@ def test_untuned_single_seed_output_says_what_it_does_not_establish(tmp_path):
         tmp_path / "a",
     )
     assert out.exit_code == 0
-    assert "untuned" in out.stderr and "--tune lr" in out.stderr and "--seeds 3" in out.stderr
+    assert "untuned" in out.stdout and "--tune lr" in out.stdout and "--seeds 3" in out.stdout
 
 
 @pytest.mark.slow
@@ -603,7 +603,7 @@ def test_ablate_over_several_presets_reports_per_scale(tmp_path):
         root,
     )
     assert out.exit_code == 0, out.stderr
-    assert "speedup by scale" in out.stderr
+    assert "speedup by scale" in out.stdout
     assert (root / "tiny" / "results.json").is_file() and (
         root / "small" / "results.json"
     ).is_file()
