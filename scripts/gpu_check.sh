@@ -7,8 +7,8 @@
 #   small  `mousse bench --device cuda --preset small`: the optimizer step of every row side by
 #          side with its p50/p99, and each shape's refresh by eigh, qr, root and eigh on the host
 #          (where refresh_device=auto should draw its line)
-#   tests  the Triton kernels compiled for this GPU against torch (tests/test_kernels_cuda.py)
-#          and the refresh off the critical path on a GPU (tests/test_refresh_cuda.py)
+#   tests  the Triton kernels compiled for this GPU against torch (tests/gpu/test_kernels_cuda.py)
+#          and the refresh off the critical path on a GPU (tests/gpu/test_refresh_cuda.py)
 #   kernels each kernel against torch per size, bf16 (JSON): where dispatch should send work
 #   bench  `mousse bench --device cuda --preset 160m --compile --json`: optimizer step of Mousse vs
 #          our Muon vs torch.optim.Muon, the per-size kernel table and the dispatch thresholds
@@ -83,7 +83,7 @@ part env 30 env_report
 part lean 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --lean --steps "${GPU_CHECK_STEPS:-10}" --json
 part small 90 "${MOUSSE[@]}" bench --device cuda --preset small --repeats 5 --json
 part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider -rs \
-  tests/test_refresh_cuda.py tests/test_kernels_cuda.py
+  tests/gpu/test_refresh_cuda.py tests/gpu/test_kernels_cuda.py
 part kernels 120 "$PY" -c "import json, torch; from mousse.experiments.bench import bench_kernels
 print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 2048, 3072, 4096, 8192))))"
 part bench 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --compile --repeats 5 --json

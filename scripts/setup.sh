@@ -19,4 +19,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 $PIP install -e ".[test,plot,hf,tensorboard,wandb]"
 .venv/bin/python -c "import triton" 2>/dev/null || $PIP install "triton>=3" \
-  || echo "setup.sh: triton not installed; tests/test_kernels.py will skip the kernel tests" >&2
+  || echo "setup.sh: triton not installed; tests/optim/test_kernels.py will skip the kernel tests" >&2

@@ -66,7 +66,21 @@ def test_imports_only_go_down():
     assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(upward))
 
 
+def _test_imports(path: Path) -> set[str]:
+    """Every module a test file imports (any depth), by its absolute name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
 def test_optim_imports_nothing_else_of_mousse():
+    """The library and its own suite: mousse.optim imports no other layer, and neither do
+    tests/optim (`pytest tests/optim` runs without the training stack) nor the tests/support
+    helpers it imports."""
     leaks = [
         f"{m} imports {t}"
         for m, targets in _graph().items()
@@ -74,6 +88,20 @@ def test_optim_imports_nothing_else_of_mousse():
         for t in targets
         if not t.startswith("mousse.optim")
     ]
+    tests = ROOT / "tests"
+    todo, seen = sorted((tests / "optim").rglob("*.py")), set()
+    while todo:
+        path = todo.pop()
+        seen.add(path)
+        for name in sorted(_test_imports(path)):
+            if name == "mousse_cli" or name.split(".")[0] == "mousse_cli":
+                leaks.append(f"{path.relative_to(ROOT)} imports {name}")
+            elif name.startswith("mousse.") and name.split(".")[1] in LAYERS[1:]:
+                leaks.append(f"{path.relative_to(ROOT)} imports {name}")
+            elif name.startswith("support."):
+                helper = tests / Path(*name.split(".")[:2]).with_suffix(".py")
+                if helper.exists() and helper not in seen:
+                    todo.append(helper)
     assert not leaks, "\n".join(leaks)
 
 

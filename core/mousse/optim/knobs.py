@@ -268,7 +268,7 @@ TABLE: tuple[Knob, ...] = (
 
 class KnobArgs(TypedDict, total=False):
     """The knobs as keyword arguments, typed, so an editor and a type checker see them in
-    `Mousse(params, lr=..., ...)`; tests/test_knobs.py checks it against TABLE."""
+    `Mousse(params, lr=..., ...)`; tests/optim/test_knobs.py checks it against TABLE."""
 
     lr: float
     momentum: float

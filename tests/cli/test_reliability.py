@@ -1,0 +1,1118 @@
+"""Never lose a run: run dirs claimed by one run, locks, honest resume, checksummed checkpoints,
+SIGTERM, and bad input as one line. Each case is a fault injected on purpose (docs/reliability.md
+lists them with what the tool promises)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from support.cli import (
+    FAST,
+    FAST_SETTINGS,
+    assert_one_line_error,
+    invoke_cli,
+    mousse_command,
+    summary,
+    train_losses,
+)
+
+from mousse.train.checkpoint import list_checkpoints, verify_checksums
+from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
+
+RUN = [
+    "--steps",
+    "6",
+    "--checkpoint-every",
+    "2",
+    "--keep-checkpoints",
+    "3",
+    "--eval-every",
+    "3",
+    *FAST,
+]
+
+
+def train(run_dir, *extra):
+    return invoke_cli("train", *RUN, "--run-dir", run_dir, *extra)
+
+
+# ---- a run dir belongs to one run -------------------------------------------------------------
+
+
+def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    again = train(run)
+    assert_one_line_error(again, "already holds a run", f"--resume {run}")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4", "step-6"]
+
+
+@pytest.mark.parametrize("target", ["", "file"])
+def test_the_current_dir_or_a_file_is_not_a_run_dir(tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(train(target), "--run-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_locked_run_dir_is_refused_naming_its_holder(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    lock = RunLock(run).acquire()  # another process training it
+    try:
+        res = invoke_cli("train", "--resume", run, *RUN[:2], "--steps", "8")
+        assert_one_line_error(res, "is in use by pid", str(os.getpid()))
+        with pytest.raises(RunInUse):
+            RunLock(run).acquire()
+    finally:
+        lock.release()
+    assert invoke_cli("train", "--resume", run, "--steps", "8").exit_code == 0
+
+
+def test_a_dead_processes_lock_is_taken_over(tmp_path):
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(json.dumps({"pid": 999999, "host": "gone", "since": "then"}))
+    RunLock(run).acquire().release()  # no live holder: flock is free
+    assert train(run, "--resume", "auto").exit_code == 0
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_never_share_a_dir(tmp_path):
+    """Two real processes on one run dir: exactly one trains it."""
+    run = tmp_path / "R"
+    cmd = [*mousse_command(), "train", *RUN, "--steps", "40", "--run-dir", str(run)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = outs[[p.returncode for p in procs].index(2)][1]
+    assert "already holds a run" in loser or "is in use by" in loser
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # one run's log, not two interleaved
+
+
+# ---- resume is honest ---------------------------------------------------------------------------
+
+
+def test_resume_refuses_a_knob_the_optimizer_state_would_override(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    res = invoke_cli("train", "--resume", run, "--steps", "8", "--momentum", "0.5")
+    assert_one_line_error(res, "--momentum 0.5", "momentum=0.8", "start a new run")
+    res = invoke_cli("train", "--resume", run, "--steps", "8", "--sides", "left")
+    assert_one_line_error(res, "--sides left")
+    ok = invoke_cli("train", "--resume", run, "--steps", "8", "--lr", "0.01")
+    assert ok.exit_code == 0
+    assert "lr = 0.01" in (run / "config.toml").read_text()
+
+
+def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    res = invoke_cli("train", "--resume", run / "checkpoints" / "step-2", "--run-dir", run)
+    assert res.exit_code == 0, res.stderr
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4", "step-6"]
+    abandoned = sorted(p.name.split("-2")[0] for p in (run / "checkpoints" / "abandoned").iterdir())
+    assert abandoned == ["step-4", "step-6"]
+
+
+# ---- damaged checkpoints ------------------------------------------------------------------------
+
+
+def _flip_tensor_bytes(path):
+    """Flip bytes deep inside the tensor data (the header stays valid: it still loads)."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 64, len(data) - 32):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    _flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert res.exit_code == 0, res.stderr
+    assert "step-6/model.safetensors is damaged" in res.stderr and "falling back" in res.stderr
+    assert "resumed at step 4" in res.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] == 4
+
+
+def test_every_checkpoint_damaged_is_one_line(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        _flip_tensor_bytes(ckpt / "optimizer.safetensors")
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert "every checkpoint" in res.stderr and res.exit_code == 2
+
+
+def _latest_step(run) -> int:
+    ckpts = list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    return int(ckpts[-1].name.removeprefix("step-")) if ckpts else 0
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_of_checkpoint_writes_never_loses_the_run(tmp_path):
+    """SIGKILL at random moments of a run that checkpoints every step, so most kills land in or
+    near a write: every checkpoint left in place verifies, each rerun resumes from the last one,
+    and the run ends where an uninterrupted one does, bit for bit."""
+    rng = random.Random(0)
+    settings = [
+        *FAST,
+        "--steps",
+        "60",
+        "--eval-every",
+        "60",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+    ]
+    whole = tmp_path / "whole"
+    assert invoke_cli("train", *settings, "--run-dir", whole).exit_code == 0
+    run, kills = tmp_path / "R", 0
+    cmd = [*mousse_command(), "train", *settings, "--run-dir", str(run)]
+    while kills < 6:
+        before = _latest_step(run)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while _latest_step(run) <= before and proc.poll() is None:  # past start-up: writing
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
+        if proc.poll() is not None:  # finished before the kill
+            break
+        proc.kill()
+        proc.communicate(timeout=60)
+        kills += 1
+        for ckpt in list_checkpoints(run / "checkpoints"):
+            verify_checksums(ckpt)  # raises on a damaged file
+        cmd = [*mousse_command(), "train", "--resume", str(run)]
+    assert kills >= 3
+    final = invoke_cli("train", "--resume", run)
+    assert final.exit_code == 0, final
+    assert summary(run)["status"] == "completed" and summary(run)["steps"] == 60
+    assert summary(run)["final_val_loss"] == summary(whole)["final_val_loss"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_killed_checkpoint_writes_leave_no_temp_dirs(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    stale = run / "checkpoints" / ".step-7-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert invoke_cli("train", "--resume", run, "--steps", "8").exit_code == 0
+    assert not stale.exists()
+
+
+# ---- signals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_143_then_resumes(tmp_path):
+    run = tmp_path / "R"
+    cmd = [
+        *mousse_command(),
+        "train",
+        *FAST,
+        "--steps",
+        "400",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1000",
+        "--run-dir",
+        str(run),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or "step" not in (run / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] < 400
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{summary['steps']}"
+    again = invoke_cli("train", "--resume", run)
+    assert again.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 400
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_ablations_process_group_checkpoints_every_run(tmp_path):
+    """`timeout`, Slurm and a terminal signal the whole process group, workers included: each
+    worker leaves the stopping to the parent, so every run checkpoints and the rerun resumes."""
+    root = tmp_path / "A"
+    cmd = [
+        *mousse_command(),
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        "400",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1000",
+        "--parallel",
+        "2",
+        "--no-timing-pass",
+        "--ablation-dir",
+        str(root),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 180
+    metrics = [root / "runs" / name / "metrics.jsonl" for name in ("muon", "mousse", "alpha=0.0")]
+    while sum(m.exists() and '"step"' in m.read_text() for m in metrics) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    started = [m.parent for m in metrics if m.exists()]
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    for run in started:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted", (run.name, summary["status"])
+        assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{summary['steps']}"
+    # the run the pool had queued does not start after the signal: no dir, no "0 steps" line
+    (queued,) = [m.parent for m in metrics if m.parent not in started]
+    assert not queued.exists() and "after 0 steps" not in err
+
+
+def _parallel_ablation(root, steps: int) -> subprocess.Popen:
+    """`ablate --parallel 2` of three runs in a session of its own, started in the background."""
+    cmd = [
+        *mousse_command(),
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "10",
+        "--parallel",
+        "2",
+        "--no-timing-pass",
+        "--ablation-dir",
+        str(root),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _workers(parent: int) -> list[int]:
+    """The worker processes `parent` spawned (Linux: /proc)."""
+    children = open(f"/proc/{parent}/task/{parent}/children").read().split()
+    return [
+        int(pid)
+        for pid in children
+        if "spawn_main" in open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    ]
+
+
+def _wait_for_training(proc, root, runs: int) -> None:
+    """Until `runs` runs of the ablation in `root` have logged a step."""
+    deadline = time.monotonic() + 120
+    metrics = (root / "runs").glob("*/metrics.jsonl")
+    while sum('"step"' in m.read_text() for m in metrics) < runs:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+        metrics = (root / "runs").glob("*/metrics.jsonl")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return state != "Z"  # a zombie has ended; only its parent's wait is missing
+
+
+@pytest.mark.slow
+def test_workers_of_a_parallel_ablation_die_with_their_parent(tmp_path):
+    """kill -9 of the parent: no orphan trains on (the kernel's parent-death signal)."""
+    proc = _parallel_ablation(tmp_path / "A", steps=2000)
+    _wait_for_training(proc, tmp_path / "A", runs=2)
+    workers = _workers(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_run_alone(tmp_path):
+    """kill -9 of one worker (the OOM killer): its run is failed in one line, the others
+    finish, the exit code says a run failed (6), and the rerun resumes the failed run."""
+    root = tmp_path / "A"
+    proc = _parallel_ablation(root, steps=60)
+    _wait_for_training(proc, root, runs=2)
+    victim = _workers(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 6, err
+    assert "Traceback" not in err and "BrokenProcessPool" not in err
+    statuses = {d.name: summary(d)["status"] for d in (root / "runs").iterdir()}
+    assert sorted(statuses.values()) == ["completed", "completed", "failed"], statuses
+    (failed,) = [name for name, status in statuses.items() if status == "failed"]
+    assert f"[{failed}] failed: its worker process ended with signal SIGKILL" in err
+    again = invoke_cli(
+        "ablate",
+        *FAST,
+        "--alpha",
+        "0.0",
+        "--steps",
+        "60",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "10",
+        "--no-timing-pass",
+        "--ablation-dir",
+        root,
+    )
+    assert again.exit_code == 0, again
+    assert summary(root / "runs" / failed)["status"] == "completed"
+
+
+def test_an_ablation_that_skipped_a_run_another_process_holds_exits_4(tmp_path):
+    """The run left to another process is missing from the results: exit 4, saying so."""
+    root = tmp_path / "A"
+    (root / "runs" / "mousse").mkdir(parents=True)
+    lock = RunLock(root / "runs" / "mousse").acquire()  # another process training it
+    try:
+        res = invoke_cli(
+            "ablate",
+            *FAST,
+            "--alpha",
+            "0.0",
+            "--no-baseline",
+            "--steps",
+            "2",
+            "--no-timing-pass",
+            "--ablation-dir",
+            root,
+        )
+    finally:
+        lock.release()
+    assert res.exit_code == 4, res
+    assert "waits for 1 runs that other shards or processes train (mousse)" in res.stderr
+
+
+def test_a_second_sigterm_aborts_with_143():
+    """The second signal aborts at once, with its own shell code (143, not Ctrl-C's 130)."""
+    from mousse_cli.interrupts import graceful_stop
+
+    with pytest.raises(SystemExit) as exit_info, graceful_stop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5) and stop.signal == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+    assert exit_info.value.code == 143
+
+
+def test_a_stop_in_a_long_step_drops_it_and_the_run_resumes_from_the_step_before(
+    builtin_data, tmp_path, monkeypatch
+):
+    """A Ctrl-C that would wait hours for the step to end stops at the next micro batch: the
+    step is dropped, the step before is kept (checkpointed), the notice says where the run
+    resumes, and the resumed run ends where an uninterrupted one does."""
+    import threading
+
+    import mousse.train.trainer as trainer_module
+    from mousse.train.config import resolve
+    from mousse.train.events import Notice
+    from mousse.train.trainer import Trainer
+
+    settings = {**FAST_SETTINGS, "batch_size": 8, "steps": 4, "eval_every": 4, "log_every": 1}
+    whole = Trainer(resolve(settings), tmp_path / "whole").run()
+    stop, notices, batch = threading.Event(), [], trainer_module.train_batch
+
+    def stop_in_step_3(data, seed, step, *rest):
+        if step == 3:
+            stop.set()  # Ctrl-C during step 3's first micro batch (of 4)
+        return batch(data, seed, step, *rest)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "STOP_WAIT_S", 0.0)  # every step counts as long
+        patch.setattr(trainer_module, "train_batch", stop_in_step_3)
+        cut = Trainer(
+            resolve(settings),
+            tmp_path / "cut",
+            on_event=lambda e: notices.append(e.text) if isinstance(e, Notice) else None,
+            stop=stop,
+        ).run()
+    assert cut["status"] == "interrupted" and cut["steps"] == 2
+    assert len(notices) == 1 and "stopped in step 3 after 1 of 4 micro batches" in notices[0]
+    assert notices[0].endswith("the run resumes from step 2")
+    assert list_checkpoints(tmp_path / "cut" / "checkpoints")[-1].name == "step-2"
+    again = Trainer(resolve(settings), tmp_path / "cut", resume=tmp_path / "cut").run()
+    assert again["final_val_loss"] == whole["final_val_loss"]
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
+    """`mousse train ... 2>&1 | head -3`: head exits, and the run trains on to its summary
+    (a BrokenPipeError used to end it with exit 1, no summary and a dir that refused a rerun)."""
+    run = tmp_path / "R"
+    cmd = [*mousse_command(), "train", *FAST, "--steps", "100", "--log-every", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    for _ in range(3):
+        proc.stdout.readline()
+    proc.stdout.close()  # what head does after its lines
+    assert proc.wait(timeout=300) == 0
+    assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])  # inside the imports, and around their end
+def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
+    proc = subprocess.Popen(
+        [*mousse_command(), "train", *FAST, "--run-dir", str(tmp_path / "R")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+# ---- model code named in a file runs only when the user says so ----------------------------------
+
+
+def _refuse_import(spec):
+    """Stands in for the model import: a refusal must come before it."""
+    raise AssertionError(f"imported {spec}")
+
+
+def test_a_run_dirs_model_code_is_imported_only_when_trusted(cli, tmp_path, monkeypatch):
+    """`train --resume R` of a run someone sent: their model file is not run unless named
+    again with --model or trusted with --trust-model-code."""
+    from support.usermodel import FAST as MODEL_FAST
+    from support.usermodel import LLAMA, SMALL
+
+    run = tmp_path / "R"
+    first = cli("train", "--model", LLAMA, *SMALL, *MODEL_FAST, "--steps", "2", "--run-dir", run)
+    assert first.exit_code == 0, first
+    with monkeypatch.context() as patch:  # refused before anything imports it
+        patch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+        refused = cli("train", "--resume", run, "--steps", "3")
+        assert_one_line_error(refused, "llama.py:llama", "--trust-model-code", f"--model {LLAMA}")
+    assert summary(run)["steps"] == 2
+    assert cli("train", "--resume", run, "--steps", "3", "--model", LLAMA).exit_code == 0
+    assert cli("train", "--resume", run, "--steps", "4", "--trust-model-code").exit_code == 0
+    assert summary(run)["steps"] == 4
+
+
+def test_a_spec_or_config_that_names_model_code_needs_the_flag(cli, tmp_path, monkeypatch):
+    """`ablate spec.toml --dry-run` and `train --config c.toml`: a file someone sent."""
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    spec, conf = tmp_path / "spec.toml", tmp_path / "c.toml"
+    spec.write_text('[base]\nmodel = "evil.py:make"\n[sweep]\noptimizer = ["muon"]\n')
+    conf.write_text('model = "evil.py:make"\n')
+    assert_one_line_error(cli("ablate", spec, "--dry-run"), str(spec), "evil.py:make", "--trust")
+    refused = cli("train", "--config", conf, "--run-dir", tmp_path / "R")
+    assert_one_line_error(refused, str(conf), "evil.py:make", "--trust-model-code")
+    assert not (tmp_path / "R").exists()
+
+
+def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
+    cli, tmp_path, monkeypatch
+):
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.train import tomlio
+
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    plan = plan_ablation({"alpha": [0.0]}, base={"model": "evil.py:make"})
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
+    refused = cli("report", tmp_path / "A", "--retime")
+    assert_one_line_error(refused, "ablation.toml", "evil.py:make", "--trust-model-code")
+
+
+# ---- strict JSON and permissions ---------------------------------------------------------------
+
+
+def test_a_diverged_run_writes_strict_json(tmp_path):
+    run = tmp_path / "R"
+    res = invoke_cli(
+        "train",
+        *FAST,
+        "--steps",
+        "6",
+        "--lr",
+        "1e6",
+        "--scalar-lr",
+        "1e6",
+        "--run-dir",
+        run,
+        "--json",
+    )
+    assert res.exit_code == 3
+    for text in (res.stdout, (run / "summary.json").read_text()):
+        assert "NaN" not in text and "Infinity" not in text
+        assert json.loads(text)["status"] == "diverged"
+    metrics = run / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "R"
+        assert train(run).exit_code == 0
+    finally:
+        os.umask(old)
+    assert (run / "summary.json").stat().st_mode & 0o777 == 0o644
+    assert (run / "checkpoints" / "step-6").stat().st_mode & 0o777 == 0o755
+    for path in (run / "checkpoints" / "step-6").iterdir():  # the tensors too
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config", "."], "Is a directory"),
+        (["--run-dir", "file/run"], "lies inside the file"),
+    ],
+)
+def test_file_system_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(invoke_cli("train", *FAST, "--steps", "2", *args), needle)
+
+
+def test_resume_auto_on_an_empty_dir_starts_the_run(tmp_path):
+    run = tmp_path / "R"
+    run.mkdir()
+    res = invoke_cli("train", *RUN, "--run-dir", run, "--resume", "auto")
+    assert res.exit_code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
+    root = tmp_path / "abl"
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        root,
+        "--no-timing-pass",
+    ]
+    assert invoke_cli(*args).exit_code == 0
+    victim = root / "runs" / "mousse"
+    (victim / "summary.json").unlink()  # as if killed before it finished
+    for ckpt in list_checkpoints(victim / "checkpoints"):
+        _flip_tensor_bytes(ckpt / "model.safetensors")
+    shutil.rmtree(root / "runs" / "alpha=0.0")
+    res = invoke_cli(*args)
+    summaries = {
+        d.name: json.loads((d / "summary.json").read_text()) for d in (root / "runs").iterdir()
+    }
+    assert summaries["mousse"]["status"] == "failed" and "damaged" in summaries["mousse"]["message"]
+    assert summaries["alpha=0.0"]["status"] == "completed", res.stderr
+    assert res.exit_code == 6  # a run failed: not 0
+
+
+# ---- bad input: one line, exit 2, nothing written ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["ablate", "--alpha", "0.0", "--seeds", "99999999999999999999", "--dry-run"],
+            "at most 1000",
+        ),
+        (["ablate", "--alpha", "0.0", "--seeds", "100000000", "--dry-run"], "at most 1000"),
+        (["train", "--seed", "99999999999999999999"], "'seed'"),
+        (["train", "--lr", "nan"], "finite number"),
+        (["train", "--target-loss", "nan"], "'target_loss'"),
+        (["train", "--target-loss", "-inf"], "'target_loss'"),
+        (["train", "--max-hours", "nan"], "--max-hours"),
+        (["train", "--steps", "100000000000000000000"], "at most 1,000,000,000"),
+        (["ablate", "--alpha", "0.0", "--timing-budget", "-5"], "--timing-budget"),
+        (["ablate", "--alpha", "0.0", "--timing-budget", "nan"], "--timing-budget"),
+        (["report", "nowhere", "--retime", "--timing-budget", "nan"], "--timing-budget"),
+        (["ablate", "--alpha", "0.0", "--ablation-dir", "", "--dry-run"], "--ablation-dir"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(invoke_cli(*args), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "line,key",
+    [
+        ("steps = true", "'steps'"),
+        ("eval_every = true", "'eval_every'"),
+        ("compile = 1", "'compile'"),
+    ],
+)
+def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, key):
+    """TOML's true is not 1 step, nor its 1 a switch: the setting's type is named."""
+    conf = tmp_path / "run.toml"
+    conf.write_text(line + "\n")
+    assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)
+    assert not (tmp_path / "R").exists()
+
+
+def test_an_emoji_code_in_a_path_is_printed_as_typed(tmp_path):
+    """Rich turns `:llama:` into an emoji; a user's path is printed as it was typed."""
+    res = invoke_cli("train", "--model", "examples/llama.py:llama:", "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, "examples/llama.py:llama:")
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_bytes(b'steps = 3\nname = "\xff\xfe"\n')
+    assert_one_line_error(invoke_cli("train", "--config", bad), "not UTF-8")
+
+
+@pytest.mark.slow
+def test_a_damaged_ablation_toml_is_one_line_and_kept(tmp_path):
+    root = tmp_path / "abl"
+    args = [
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--no-baseline",
+        "--steps",
+        "2",
+        *FAST,
+        "--ablation-dir",
+        root,
+        "--no-timing-pass",
+    ]
+    assert invoke_cli(*args).exit_code == 0
+    (root / "ablation.toml").write_text("mode = [unclosed")
+    assert_one_line_error(invoke_cli(*args), "ablation.toml is damaged")
+    assert (root / "ablation.toml").read_text() == "mode = [unclosed"
+
+
+def test_token_ids_outside_the_vocabulary_are_one_line(tmp_path):
+    from support.data import write_shard
+
+    (tmp_path / "d").mkdir()
+    write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 60000] * 4000)
+    write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3] * 4000)
+    res = invoke_cli(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "r",
+    )
+    # found when a batch holds it (shards are never scanned whole): the run's header lines, then
+    # the error as the last line, exit 2, no traceback
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    last = res.stderr_lines()[-1]
+    assert last.startswith("error:") and "token id 60000" in last and "vocabulary of 50304" in last
+
+
+def test_a_validation_split_too_small_is_refused_before_training(tmp_path):
+    from support.data import write_shard
+
+    (tmp_path / "d").mkdir()
+    write_shard(tmp_path / "d" / "train_000.bin", [1, 2, 3] * 4000)
+    write_shard(tmp_path / "d" / "val_000.bin", [1, 2, 3])
+    res = invoke_cli(
+        "train",
+        "--data",
+        tmp_path / "d",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--run-dir",
+        tmp_path / "r",
+    )
+    assert_one_line_error(res, "validation split")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_name_too_long_for_the_file_system_is_refused_before_anything_is_written(tmp_path):
+    """A grid over many float knobs with long values: names over 255 bytes."""
+    spec = tmp_path / "long.toml"
+    knobs = [
+        "alpha",
+        "post_alpha",
+        "precond_beta",
+        "eps",
+        "adam_eps",
+        "beta2",
+        "momentum",
+        "weight_decay",
+        "lr",
+        "average_rate",
+    ]
+    spec.write_text(
+        'mode = "grid"\n[sweep]\n'
+        + "".join(f"{k} = [{0.0123456789012345 + i * 1e-15!r}]\n" for i, k in enumerate(knobs))
+    )
+    res = invoke_cli("ablate", spec, "--ablation-dir", tmp_path / "a", "--dry-run")
+    assert_one_line_error(res, "more than a file name may hold")
+    assert not (tmp_path / "a").exists()
+
+
+# ---- second pass: a run is never lost (issue 31) ----------------------------------------------
+
+
+def _files(run):
+    """Every file under `run` with its bytes (what a refused command must leave as it was)."""
+    return {
+        p.relative_to(run): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE  # the lock names its last holder
+    }
+
+
+def test_resuming_into_another_run_dir_that_holds_a_run_is_refused(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert train(a).exit_code == 0 and train(b).exit_code == 0
+    before = _files(b)
+    res = invoke_cli("train", "--resume", a, "--run-dir", b, "--steps", "8")
+    assert_one_line_error(res, f"run dir {b} already holds a run")
+    assert _files(b) == before
+    fresh = invoke_cli("train", "--resume", a, "--run-dir", tmp_path / "C", "--steps", "8")
+    assert fresh.exit_code == 0 and summary(tmp_path / "C")["resumed_from"] == 6
+
+
+@pytest.mark.parametrize("holds", ["user-files", "finished-run"])
+def test_resume_auto_never_overwrites_a_dir_without_checkpoints(tmp_path, holds):
+    run = tmp_path / "R"
+    if holds == "user-files":
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+    else:
+        assert train(run).exit_code == 0
+        shutil.rmtree(run / "checkpoints")
+    before = _files(run)
+    res = train(run, "--resume", "auto")
+    assert_one_line_error(res, f"run dir {run}", "pass another --run-dir")
+    assert "--resume" not in res.stderr  # no advice that leads nowhere
+    assert _files(run) == before
+
+
+def _failed_run(run):
+    """A run dir as a run that failed before its first checkpoint leaves it."""
+    run.mkdir()
+    (run / "config.toml").write_text("steps = 6\n")
+    (run / "env.json").write_text("{}\n")
+    (run / "summary.json").write_text(json.dumps({"status": "failed", "steps": 0}))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tmp_path):
+    run = tmp_path / "R"
+    _failed_run(run)
+    assert_one_line_error(train(run), "ended before its first checkpoint", "--resume auto")
+    res = invoke_cli("train", "--resume", run)
+    assert_one_line_error(res, "no checkpoint found", f"--resume auto --run-dir {run}")
+    assert train(run, "--resume", "auto").exit_code == 0
+    assert summary(run)["status"] == "completed" and summary(run)["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    "line,why",
+    [
+        (b"{garbage", "Expecting"),
+        (b'{"step": "\xff"}', "utf-8"),
+        (b"[1, 2]", "not an object"),
+        (b'{"val_loss": 1.0}', "no integer 'step'"),
+    ],
+    ids=["not-json", "not-utf8", "a-list", "no-step"],
+)
+def test_a_damaged_metrics_line_is_refused_not_cut(tmp_path, line, why):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join([*lines[:3], line + b"\n", *lines[3:]]))
+    before = _files(run)
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert_one_line_error(res, f"{metrics} line 4 is damaged", why, "repair or delete that line")
+    assert _files(run) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    with open(run / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"step": 7, "train_lo')  # an append cut short
+    assert invoke_cli("train", "--resume", run, "--steps", "8").exit_code == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 8
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (b"{garbage", "Expecting"),
+        (b"[1, 2]", "not an object"),
+        (b'{"host": "\xff"}', "utf-8"),
+        (b'{"resumes": 5}', "list of resumes"),
+    ],
+    ids=["garbage", "a-list", "not-utf8", "resumes-5"],
+)
+def test_a_damaged_env_json_is_one_line_on_resume(tmp_path, content, why):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    (run / "env.json").write_bytes(content)
+    before = _files(run)
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert_one_line_error(res, f"{run / 'env.json'} is damaged", why, "move it away")
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-user-file", "dangling"])
+def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
+    run, target = tmp_path / "R", tmp_path / "precious.txt"
+    run.mkdir()
+    if not dangling:
+        target.write_text("mine")
+    (run / LOCK_FILE).symlink_to(target)
+    assert_one_line_error(train(run), "is a symbolic link", "remove the link")
+    assert (target.read_text() == "mine") if not dangling else not target.exists()
+
+
+def test_resuming_a_completed_run_keeps_its_timings(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    before = summary(run)
+    assert invoke_cli("train", "--resume", run).exit_code == 0
+    after = summary(run)
+    for key in ("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median", "tokens_per_s"):
+        assert after[key] == before[key] is not None, key
+    assert after["status"] == "completed" and after["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    "flags,needles",
+    [
+        (["--seed", "5"], ["--seed 5", "seed=0", "start a new run"]),
+        (["--eval-tokens", "8192"], ["--eval-tokens 8192", "eval_tokens=4096"]),
+        (["--steps", "4"], ["--steps 4", "at step 6", "--steps 6 or more"]),
+    ],
+    ids=["seed", "eval-tokens", "fewer-steps"],
+)
+def test_resume_refuses_what_would_make_its_losses_incomparable(tmp_path, flags, needles):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    before = _files(run)
+    assert_one_line_error(invoke_cli("train", "--resume", run, *flags), *needles)
+    assert _files(run) == before
+
+
+def test_resume_auto_locks_the_run_dir_before_choosing_its_checkpoint(tmp_path, monkeypatch):
+    """A `--resume auto` started while the run is still training is refused; it never resumes
+    a checkpoint the live run has since gone past (here the live run ends just after the
+    choice would have been made)."""
+    import mousse.train.resume as resume
+
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    live = RunLock(run).acquire()
+    choose = resume.latest_valid_checkpoint
+
+    def chosen_as_the_live_run_ends(path, warn=None):
+        ckpt = choose(path, warn)
+        live.release()
+        return ckpt
+
+    monkeypatch.setattr(resume, "latest_valid_checkpoint", chosen_as_the_live_run_ends)
+    before = _files(run)
+    try:
+        res = train(run, "--resume", "auto", "--steps", "8")
+    finally:
+        live.release()
+    assert_one_line_error(res, "is in use by pid")
+    assert _files(run) == before
+
+
+def test_two_ablations_with_different_plans_never_share_a_dir(tmp_path):
+    """Both checked the empty dir before either wrote its plan: the second to write is refused
+    under the dir's lock instead of replacing the first's plan."""
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.sweep import Ablation
+    from mousse.train.config import ConfigError
+
+    root = tmp_path / "A"
+    first = Ablation(plan_ablation({"alpha": [0.0]}, {"steps": 2}), root)
+    second = Ablation(plan_ablation({"alpha": [0.25]}, {"steps": 2}), root)
+    first.validate()
+    second.validate()
+    first.prepare()
+    with pytest.raises(ConfigError, match="holds a different ablation plan"):
+        second.prepare()
+    assert "0.0" in (root / "ablation.toml").read_text()
+    first.prepare()  # the same plan again (a rerun, another shard): fine
+
+
+def test_a_damaged_checkpoint_without_its_checksums_is_still_detected(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    latest = run / "checkpoints" / "step-6"
+    (latest / "checksums.json").unlink()
+    _flip_tensor_bytes(latest / "model.safetensors")
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert res.exit_code == 0, res
+    assert "checksums.json is missing" in res.stderr and "falling back" in res.stderr
+    assert summary(run)["resumed_from"] == 4 and summary(run)["status"] == "completed"
+
+
+def test_an_unreadable_checkpoint_file_is_not_taken_for_damage(tmp_path, monkeypatch):
+    import mousse.train.checkpoint as checkpoint
+
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    denied = run / "checkpoints" / "step-6" / "optimizer.safetensors"
+    digest = checkpoint.file_digest
+
+    def permission_denied(path):  # chmod 000 does not stop root, who runs CI containers
+        if path == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return digest(path)
+
+    monkeypatch.setattr(checkpoint, "file_digest", permission_denied)
+    before = _files(run)
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert_one_line_error(res, f"{denied} cannot be read", "Permission denied", "chmod u+r")
+    assert _files(run) == before  # nothing set aside, nothing resumed
+
+
+def test_a_checkpoint_file_from_another_step_is_refused(tmp_path):
+    from mousse.train.checkpoint import write_checksums
+
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    ckpts = run / "checkpoints"
+    shutil.copy(ckpts / "step-4" / "optimizer.safetensors", ckpts / "step-6")
+    (ckpts / "step-6" / "checksums.json").unlink()
+    write_checksums(ckpts / "step-6")  # checksums recomputed: they cannot tell
+    res = invoke_cli("train", "--resume", run, "--steps", "8")
+    assert_one_line_error(res, "optimizer.safetensors was written at step 4, not 6")
+
+
+def test_a_checkpoint_that_lost_a_file_is_refused_and_kept(tmp_path):
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    (run / "checkpoints" / "step-6" / "model.safetensors").unlink()
+    before = _files(run)
+    for args in (["--resume", run], ["--run-dir", run, "--resume", "auto"]):
+        res = invoke_cli("train", *args, "--steps", "8")
+        assert_one_line_error(res, "step-6 is missing model.safetensors", "put it back")
+    assert _files(run) == before
+
+
+def _text_data(folder):
+    folder.mkdir()
+    (folder / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    return folder
+
+
+def test_a_data_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    data = _text_data(tmp_path / "d")
+    from_file = torch.from_file
+
+    def denied(path, *args, **kwargs):  # chmod 000 does not stop root, who runs CI containers
+        if path.endswith("a.txt"):
+            raise RuntimeError(f"unable to open file <{path}> in read-only mode: Permission denied")
+        return from_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "from_file", denied)
+    res = train(tmp_path / "R", "--data", data)
+    assert_one_line_error(res, f"{data / 'a.txt'}: cannot be read (Permission denied)")
+    assert not (tmp_path / "R").exists()
+
+
+def test_non_utf8_data_and_model_paths_are_one_line_or_work(tmp_path):
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/d\xff")  # a name the file system allows
+    data = _text_data(tmp_path / odd)
+    res = train(tmp_path / "R", "--data", data)
+    assert_one_line_error(res, "its name is not UTF-8", "rename it")
+    model = tmp_path / os.fsdecode(b"m\xff.py")
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "llama.py"), model)
+    res = invoke_cli(  # a model file's name is only hashed and imported: it trains
+        "train",
+        "--model",
+        f"{model}:llama",
+        "--model-config",
+        "d_model=64,n_layers=1",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--eval-tokens",
+        "4096",
+        "--steps",
+        "2",
+        "--run-dir",
+        tmp_path / "M",
+    )
+    assert res.exit_code == 0, res

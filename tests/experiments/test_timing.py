@@ -1,0 +1,229 @@
+"""Step-time columns that compare like with like: the side-by-side timing pass, the labelling of
+per-run timings by where they were taken, and peak memory on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.cli import FAST, invoke_cli
+
+from mousse.experiments.results import apply_timing_pass, summarize
+from mousse.experiments.tables import timing_notes, timing_rows
+from mousse.experiments.timing import (
+    MIN_ROUNDS,
+    plan_rounds,
+    round_order,
+    run_pass,
+    summarize_rounds,
+)
+from mousse.train.machine import peak_memory
+
+
+def record(variant, invocation, step_ms, host="a", base=False, parallel=1):
+    return {
+        "name": variant,
+        "variant": variant,
+        "knobs": {},
+        "seed": 0,
+        "is_baseline": base,
+        "status": "completed",
+        "final_val_loss": 1.0,
+        "best_val_loss": 1.0,
+        "steps": 10,
+        "curve": [],
+        "step_ms_median": step_ms,
+        "fwd_bwd_ms_median": None,
+        "opt_ms_median": None,
+        "refresh_ms_median": None,
+        "tokens_per_s": None,
+        "peak_mem_bytes": 2**30,
+        "peak_mem_source": "rss",
+        "timing_context": {
+            "host": host,
+            "invocation": invocation,
+            "device": "cpu",
+            "parallel": parallel,
+        },
+    }
+
+
+def test_runs_of_one_invocation_compare():
+    results = summarize([record("muon", "x", 100.0, base=True), record("mousse", "x", 110.0)])
+    assert results["timing_comparable"]
+    assert results["variants"][1]["overhead_pct"] == pytest.approx(10.0)
+    assert timing_rows(apply_timing_pass(results, None))[1]["Overhead [IQR]"] == "+10.0%"
+
+
+@pytest.mark.parametrize("other", [dict(invocation="y"), dict(host="b"), dict(parallel=2)])
+def test_runs_from_different_invocations_hosts_or_shares_print_no_overhead(other):
+    """The issue's own table: a busy-machine baseline and quiet-machine variants."""
+    kwargs = {"invocation": "x", **other}
+    results = summarize(
+        [
+            record("muon", "x", 491.4, base=True),
+            record("alpha=0.0", kwargs.pop("invocation"), 161.8, **kwargs),
+        ]
+    )
+    results = apply_timing_pass(results, None)
+    assert not results["timing_comparable"]
+    assert all(v["overhead_pct"] is None for v in results["variants"])
+    rows = timing_rows(results)
+    assert rows[1]["Overhead [IQR]"] == "not comparable" and "%" not in rows[1]["Overhead [IQR]"]
+    assert any("2 different invocations or hosts" in n for n in timing_notes(results))
+
+
+def test_runs_that_do_not_say_where_they_were_timed_do_not_compare():
+    old = record("mousse", "x", 110.0)
+    del old["timing_context"]
+    results = summarize([record("muon", "x", 100.0, base=True), old])
+    assert not results["timing_comparable"] and results["variants"][1]["overhead_pct"] is None
+
+
+def test_the_timing_pass_overrides_with_its_own_ratios():
+    results = summarize([record("muon", "x", 491.4, base=True), record("mousse", "y", 161.8)])
+    passed = _pass({"muon": [100, 101, 99, 100], "mousse": [103, 104, 102, 103]})
+    results = apply_timing_pass(results, passed)
+    row = timing_rows(results)[1]
+    assert (
+        row["Overhead [IQR]"].startswith("+3.0% [") and "within noise" not in row["Overhead [IQR]"]
+    )
+    assert row["Side by side ms [IQR]"].startswith("103.0 [")
+    assert row["Peak memory"] == "1.00 GiB RSS"
+    assert any(n.startswith("side by side: one process on h") for n in timing_notes(results))
+
+
+def _pass(variants: dict) -> dict:
+    """A timing pass record over `variants` (name -> each round's ms), baseline muon."""
+    return {
+        "host": "h",
+        "device": "cpu",
+        "threads": 2,
+        "rounds": 4,
+        "steps_per_round": 10,
+        "when": "now",
+        "baseline": "muon",
+        "variants": summarize_rounds(variants, "muon"),
+    }
+
+
+def test_time_speedups_come_from_seconds_that_compare():
+    """Mousse reaches muon's final loss 1.0 at step 10 of 20 (2x in steps) but after 4 s of
+    muon's 2 s: 0.5x in time when the runs' seconds compare; from other invocations, none; with
+    a timing pass, the step speedup over its side-by-side step-time ratio, in both cases."""
+    base = {**record("muon", "x", 100.0, base=True), "steps": 20}
+    base["curve"] = [
+        {"step": 10, "val_loss": 2.0, "seconds": 1.0},
+        {"step": 20, "val_loss": 1.0, "seconds": 2.0},
+    ]
+
+    def mousse(invocation):
+        run = {**record("mousse", invocation, 400.0), "steps": 20}
+        run["curve"] = [
+            {"step": 10, "val_loss": 1.0, "seconds": 4.0},
+            {"step": 20, "val_loss": 0.9, "seconds": 8.0},
+        ]
+        return run
+
+    same = summarize([base, mousse("x")])["variants"][1]
+    assert same["speedup"] == 2.0 and same["speedup_time"] == 0.5
+    other = summarize([base, mousse("y")])
+    assert other["variants"][1]["speedup"] == 2.0
+    assert other["variants"][1]["speedup_time"] is None
+    passed = apply_timing_pass(other, _pass({"muon": [100] * 4, "mousse": [125] * 4}))
+    timed = _pass({"muon": [100] * 4, "mousse": [125] * 4})
+    for results in (other, summarize([base, mousse("x")])):
+        passed = apply_timing_pass(results, timed)
+        assert passed["variants"][1]["speedup_time"] == pytest.approx(2.0 / 1.25)
+    assert any("time speedups are the step speedups" in n for n in timing_notes(passed))
+
+
+def test_an_overhead_inside_the_noise_is_marked():
+    rows = summarize_rounds({"b": [100, 100, 100, 100], "v": [90, 105, 99, 110]}, "b")
+    assert rows["v"]["within_noise"] and rows["b"]["overhead_pct"] is None
+    assert rows["v"]["overhead_pct"] == pytest.approx(2.0)  # median of -10, +5, -1, +10
+
+
+def test_interleaving_order_rotates():
+    assert round_order(["a", "b", "c"], 4) == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+def test_rounds_fit_the_budget():
+    assert plan_rounds({"a": 100.0, "b": 100.0}, budget_s=20.0, steps_per_round=10) == 10
+    assert plan_rounds({"a": 100.0}, budget_s=0.1, steps_per_round=10) == MIN_ROUNDS
+    assert plan_rounds({"a": 1.0}, budget_s=1e6, steps_per_round=10) == 30
+
+
+def test_pass_stays_within_its_budget_and_interleaves():
+    """Fake runners on a fake clock: each step costs its variant's ms."""
+    now = [0.0]
+    calls = []
+
+    def runner(name, ms):
+        def run(n):
+            calls.append((name, n))
+            now[0] += n * ms / 1000
+            return ms
+
+        return run
+
+    out = run_pass(
+        {"base": runner("base", 50.0), "var": runner("var", 60.0)},
+        "base",
+        budget_s=12.0,
+        steps_per_round=10,
+        clock=lambda: now[0],
+    )
+    assert out["seconds"] <= 12.0 and out["rounds"] == 10
+    timed = [c for c in calls if c[1] == 10]
+    assert timed[:4] == [("base", 10), ("var", 10), ("var", 10), ("base", 10)]
+    assert out["variants"]["var"]["overhead_pct"] == pytest.approx(20.0)
+
+
+def test_peak_memory_is_measured_on_cpu():
+    import torch
+
+    value, source = peak_memory(torch.device("cpu"))
+    assert source == "rss" and value > 10 * 2**20
+
+
+@pytest.mark.slow
+def test_ablate_runs_the_timing_pass_and_report_retimes(tmp_path):
+    out = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--steps",
+        "3",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+        "--timing-budget",
+        "3",
+    )
+    assert out.exit_code == 0, out.stderr
+    timing = json.loads((tmp_path / "a" / "timing.json").read_text())
+    assert set(timing["variants"]) == {"muon", "mousse", "alpha=0.0"}
+    assert timing["order"][1] == ["mousse", "alpha=0.0", "muon"]
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["timing_pass"]["rounds"] == timing["rounds"]
+    assert all(v["peak_mem_source"] == "rss" for v in results["variants"])
+    again = invoke_cli("report", tmp_path / "a", "--retime", "--timing-budget", "3")
+    assert again.exit_code == 0 and "timing pass:" in again.stderr
+    skipped = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--steps",
+        "3",
+        *FAST,
+        "--ablation-dir",
+        tmp_path / "a",
+        "--no-timing-pass",
+    )
+    assert skipped.exit_code == 0 and "timing pass:" not in skipped.stderr

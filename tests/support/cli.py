@@ -1,0 +1,102 @@
+"""Driving `mousse` from a test: the settings of a fast run, an in-process invocation
+(`invoke_cli`, what the `cli` fixture hands out), the installed executable (`mousse_command`),
+what a run wrote (`read_metrics`, `train_losses`, `val_losses`, `summary`) and the one-line error
+check (`assert_one_line_error`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# A tiny-preset run shrunk further so that a dozen steps take well under a second.
+FAST = [
+    "--d-model",
+    "64",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "2",
+    "--micro-batch-size",
+    "2",
+    "--eval-tokens",
+    "4096",
+]
+FAST_SETTINGS = {
+    "d_model": 64,
+    "seq_len": 64,
+    "batch_size": 2,
+    "micro_batch_size": 2,
+    "eval_tokens": 4096,
+}
+
+
+class CliResult:
+    """What a `mousse` invocation produced."""
+
+    def __init__(self, exit_code: int, stdout: str, stderr: str, exception=None):
+        self.exit_code, self.stdout, self.stderr, self.exception = (
+            exit_code,
+            stdout,
+            stderr,
+            exception,
+        )
+
+    def json(self):
+        return json.loads(self.stdout)
+
+    def stderr_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def __repr__(self) -> str:
+        return (
+            f"exit {self.exit_code}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n"
+            f"{self.stderr[-3000:]}\n--- exception ---\n{self.exception!r}"
+        )
+
+
+def invoke_cli(*args) -> CliResult:
+    """Run `mousse ARGS...` in-process (CliRunner); only a clean exit (SystemExit) is allowed,
+    never an escaped exception."""
+    from typer.testing import CliRunner
+
+    from mousse_cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    exc = result.exception
+    assert exc is None or isinstance(exc, SystemExit), (
+        f"mousse {' '.join(map(str, args))} raised {exc!r}\n{result.stderr}"
+    )
+    return CliResult(result.exit_code, result.stdout, result.stderr, exc)
+
+
+def mousse_command() -> list[str]:
+    exe = Path(sys.executable).parent / "mousse"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mousse_cli"]
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r}
+
+
+def val_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir) if "val_loss" in r}
+
+
+def summary(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def assert_one_line_error(result: CliResult, *needles: str) -> None:
+    """Exit 2, a single 'error: ...' line on stderr naming each needle, no traceback."""
+    assert result.exit_code == 2, result
+    lines = result.stderr_lines()
+    assert len(lines) == 1, result
+    assert lines[0].startswith("error:"), result
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result
+    for needle in needles:
+        assert needle in lines[0], result

@@ -1,0 +1,41 @@
+"""Synthetic run records with known answers, for the statistics and tables tests."""
+
+
+def curve(losses, every=100, seconds_per_step=0.01):
+    return [
+        {"step": every * (i + 1), "val_loss": loss, "seconds": every * (i + 1) * seconds_per_step}
+        for i, loss in enumerate(losses)
+    ]
+
+
+def record(
+    name,
+    losses,
+    *,
+    variant=None,
+    seed=0,
+    status="completed",
+    step_ms=10.0,
+    baseline=False,
+    knobs=None,
+):
+    final = losses[-1] if losses else None
+    return {
+        "name": name,
+        "variant": variant or name,
+        "knobs": knobs or {},
+        "seed": seed,
+        "is_baseline": baseline,
+        "status": status,
+        "final_val_loss": final,
+        "best_val_loss": min(losses) if losses else None,
+        "steps": 100 * len(losses),
+        "step_ms_median": step_ms,
+        "fwd_bwd_ms_median": step_ms * 0.8,
+        "opt_ms_median": step_ms * 0.2,
+        "refresh_ms_median": step_ms * 0.1,
+        "tokens_per_s": 4096 / step_ms * 1000,
+        "peak_mem_bytes": None,
+        "curve": curve(losses),
+        "timing_context": {"host": "h", "invocation": "one", "device": "cpu", "parallel": 1},
+    }

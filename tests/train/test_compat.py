@@ -1,0 +1,66 @@
+"""Old names: files written before the family engine still load; a person typing one is told the
+new name (mousse.train.compat holds every rename)."""
+
+from __future__ import annotations
+
+import pytest
+from support.cli import FAST, assert_one_line_error, invoke_cli
+
+from mousse.experiments.ablation import plan_ablation
+from mousse.train import compat, tomlio
+from mousse.train.config import ConfigError, load_config_file, resolve
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"trace_norm": True}, {"factor_norm": "trace"}),
+        ({"trace_norm": False}, {"factor_norm": "none"}),
+        ({"nesterov": True}, {"momentum_style": "nesterov"}),
+        ({"nesterov": False}, {"momentum_style": "heavy_ball"}),
+        ({"graft": True}, {"graft": "orthogonalizer"}),
+        ({"graft": False}, {"graft": "none"}),
+    ],
+)
+def test_old_boolean_knobs_are_renamed(old, new):
+    assert compat.upgrade(old) == new
+    cfg = resolve(old)
+    assert all(getattr(cfg, k) == v for k, v in new.items())
+
+
+def test_a_new_name_given_alongside_wins():
+    assert compat.upgrade({"trace_norm": True, "factor_norm": "same_trace"}) == {
+        "factor_norm": "same_trace"
+    }
+    assert compat.upgrade({"graft": "adam"}) == {"graft": "adam"}  # a new-style value stays
+
+
+def test_an_old_config_file_trains(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(
+        tomlio.dumps({"train": {"trace_norm": False, "nesterov": True, "graft": True, "steps": 2}})
+    )
+    assert load_config_file(path)["factor_norm"] == "none"
+    run = tmp_path / "R"
+    res = invoke_cli("train", *FAST, "--config", path, "--run-dir", run)
+    assert res.exit_code == 0, res
+    saved = tomlio.loads((run / "config.toml").read_text())
+    assert (saved["factor_norm"], saved["momentum_style"], saved["graft"]) == (
+        "none",
+        "nesterov",
+        "orthogonalizer",
+    )
+    assert "trace_norm" not in saved and "nesterov" not in saved
+
+
+def test_typing_an_old_name_names_the_new_one():
+    with pytest.raises(ConfigError, match="factor_norm"):
+        plan_ablation({}, {"trace_norm": [True]})
+    with pytest.raises(ConfigError, match="'nesterov' is now momentum_style"):
+        resolve({"nesterov": "on"})  # not an old file's boolean: a person's typing
+
+
+def test_an_old_name_in_a_spec_file_is_one_line(tmp_path):
+    spec = tmp_path / "old.toml"
+    spec.write_text("[sweep]\nnesterov = [true, false]\n")
+    assert_one_line_error(invoke_cli("ablate", spec, "--dry-run"), "nesterov", "momentum_style")

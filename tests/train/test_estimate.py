@@ -1,0 +1,149 @@
+"""What a run will cost, said before it costs it: time and memory estimates, refusals, and
+progress inside long steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from support.cli import FAST, assert_one_line_error, invoke_cli
+
+from mousse.train import estimate as est
+from mousse.train.config import resolve
+from mousse.train.events import MicroBatchDone
+
+CPU = torch.device("cpu")
+
+
+def test_small_runs_are_probed_and_priced_per_step_and_run():
+    cfg = resolve({"preset": "tiny", "steps": 40})
+    e = est.estimate(cfg, 256, CPU)
+    assert e.method == "probe" and e.step_seconds > 0 and e.steps == 40
+    assert e.run_seconds == pytest.approx(40 * e.step_seconds)
+    assert e.memory_bytes > 0 and e.fits
+
+
+def test_gpu_presets_on_a_cpu_are_priced_from_flops_without_running_them():
+    cfg = resolve({"preset": "160m", "device": "cpu"})
+    e = est.estimate(cfg, 50304, CPU)
+    assert e.method == "flops"
+    # at least the forward and backward FLOPs at twice the measured matmul rate
+    n = est.flops_per_token(cfg, 124_000_000) * cfg.batch_size * cfg.seq_len
+    assert e.step_seconds > n / est.matmul_rate(CPU)
+    hint = est.warning(cfg, e, CPU)
+    assert "--preset small" in hint and "GPU" in hint
+    assert (
+        est.warning(
+            resolve({"preset": "tiny"}), est.estimate(resolve({"preset": "tiny"}), 256, CPU), CPU
+        )
+        is None
+    )
+
+
+def test_the_estimate_scales_with_the_work():
+    small = resolve({"preset": "160m", "device": "cpu", "n_layers": 2})
+    big = resolve({"preset": "160m", "device": "cpu", "n_layers": 12})
+    ratio = (
+        est.estimate(big, 50304, CPU).step_seconds / est.estimate(small, 50304, CPU).step_seconds
+    )
+    assert ratio > 1.5  # 10 more blocks of 7M parameters on top of the 77M of embedding and head
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (0.04, "40 ms"),
+        (12, "12 s"),
+        (186, "3.1 min"),
+        (11160, "3.1 h"),
+        (3 * 86400, "3.0 days"),
+        (3.5 * 365 * 86400, "3.5 years"),
+    ],
+)
+def test_durations_read_naturally(seconds, text):
+    assert est.duration(seconds) == text
+
+
+def test_memory_refusal_names_both_numbers_and_a_micro_batch_that_fits(monkeypatch):
+    cfg = resolve({"preset": "tiny", "batch_size": 16, "micro_batch_size": 16})
+    need = est.memory_bytes(cfg, 256)
+    monkeypatch.setattr(est, "available_bytes", lambda device: need - 1)
+    out = invoke_cli("train", "--steps", "2", "--run-dir", "/nonexistent/never-written")
+    assert_one_line_error(out, "needs about", "GiB free", "--micro-batch-size 8 fits", "--force")
+    fit = est.fitting_micro_batch(cfg, 256, need - 1)
+    assert fit == 8 and est.memory_bytes(cfg, 256, fit) < need
+
+
+def test_max_hours_refuses_with_the_estimate_in_one_line(tmp_path):
+    out = invoke_cli(
+        "train",
+        "--preset",
+        "160m",
+        "--device",
+        "cpu",
+        "--force",
+        "--max-hours",
+        "1",
+        "--run-dir",
+        tmp_path / "r",
+    )
+    assert_one_line_error(out, "estimated about", "more than --max-hours 1")
+    assert not (tmp_path / "r").exists()
+    abl = invoke_cli(
+        "ablate",
+        "--alpha",
+        "0.0",
+        "--preset",
+        "160m",
+        "--device",
+        "cpu",
+        "--force",
+        "--max-hours",
+        "1",
+        "--dry-run",
+        "--ablation-dir",
+        tmp_path / "a",
+    )
+    assert_one_line_error(abl, "for 3 runs", "more than --max-hours 1")
+
+
+def test_train_and_dry_run_print_the_estimate(tmp_path):
+    out = invoke_cli("train", "--steps", "2", *FAST, "--run-dir", tmp_path / "r")
+    assert out.exit_code == 0 and "estimate: about" in out.stderr and "for 2 steps" in out.stderr
+    dry = invoke_cli("ablate", "--alpha", "0.0", "--dry-run", "--ablation-dir", tmp_path / "a")
+    assert dry.exit_code == 0 and "for 3 runs on this CPU" in dry.stderr
+
+
+def test_presets_price_every_preset_here():
+    out = invoke_cli("presets", "--json")
+    rows = json.loads(out.stdout)
+    assert {r["name"]: r["estimate"] for r in rows}["160m"] == "flops"
+    assert all(r["step_seconds"] > 0 for r in rows)
+
+
+def test_long_steps_report_their_micro_batches(tmp_path, monkeypatch):
+    import mousse.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "SLOW_STEP_S", 0.0)
+    out = invoke_cli(
+        "train",
+        "--steps",
+        "2",
+        "--d-model",
+        "64",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "1",
+        "--eval-tokens",
+        "4096",
+        "--run-dir",
+        tmp_path / "r",
+    )
+    assert out.exit_code == 0
+    assert "step 1: micro batch 1/4" in out.stderr and "step eta" in out.stderr
+    e = MicroBatchDone(step=3, done=2, total=8, seconds=10.0)
+    assert e.eta_seconds == 30.0
