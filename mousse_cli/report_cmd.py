@@ -47,6 +47,11 @@ def report(
         "--expect",
         help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10". Exit 5 when one fails (docs/ci.md).',
     ),
+    against: Optional[str] = typer.Option(
+        None,
+        "--against",
+        help="Compare every variant with this variant instead of the baseline (e.g. --against mousse: what each change to Mousse costs or gains).",
+    ),
     trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
     """Re-render an ablation's tables from disk (and check expectations, for CI).
@@ -57,10 +62,12 @@ def report(
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
         check_timing_budget(timing_budget)
         if ablation_dir.is_file():
+            if against is not None:
+                raise ConfigError("--against needs the ablation dir, not a results file")
             scaled, by_preset = load_results_file(ablation_dir, plot, retime)
         else:
             scaled, by_preset = load_results(
-                ablation_dir, plot, retime, timing_budget, trust_model_code
+                ablation_dir, plot, retime, timing_budget, trust_model_code, against
             )
     if expect:  # a bad expression is refused before anything is printed
         check_expressions(expect)
@@ -75,10 +82,11 @@ def load_results(
     retime: bool,
     timing_budget: float | None,
     trust_model_code: bool = False,
+    against: str | None = None,
 ) -> tuple[bool, dict]:
     """(whether `ablation_dir` is the root of several presets, each preset's results; None for
     a plain ablation dir), retimed (model code it names imported only when trusted) and plotted
-    when asked."""
+    when asked; compared with the variant `against` instead of the baseline when given."""
     from mousse.experiments.scale import preset_dirs
 
     scaled = not (ablation_dir / "ablation.toml").is_file() and bool(preset_dirs(ablation_dir))
@@ -93,7 +101,7 @@ def load_results(
         if retime:
             ablation.trained = True
             timed(ablation, timing_budget)
-        by_preset[preset] = results = ablation.results()
+        by_preset[preset] = results = ablation.results(against)
         if plot is not None:
             draw_plots(ablation, results, preset_plot(plot, preset))
     if scaled and plot is not None:

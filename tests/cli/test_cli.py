@@ -474,6 +474,22 @@ def test_report_plot_without_matplotlib(cli, ablation, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_report_against_another_variant(cli, ablation):
+    """--against mousse: every variant compared with Mousse, its differences the baseline's
+    turned around."""
+    base = cli("report", ablation["dir"], "--format", "json").json()
+    res = cli("report", ablation["dir"], "--format", "json", "--against", "mousse")
+    assert res.exit_code == 0, res
+    mousse = res.json()
+    assert base["baseline"] == "muon" and mousse["baseline"] == "mousse"
+    delta = {v["variant"]: v["delta_vs_baseline"] for v in mousse["variants"]}
+    mean = {v["variant"]: v["final_val_loss_mean"] for v in base["variants"]}
+    assert delta["mousse"] == 0.0
+    assert delta["muon"] == pytest.approx(mean["muon"] - mean["mousse"])
+    assert_one_line_error(cli("report", ablation["dir"], "--against", "adam"), "--against")
+
+
+@pytest.mark.slow
 def test_report_errors(cli, tmp_path, ablation):
     (tmp_path / "plain").mkdir()
     assert_one_line_error(cli("report", tmp_path / "plain"), "not an ablation dir")

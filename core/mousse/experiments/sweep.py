@@ -275,10 +275,19 @@ class Ablation:
         """The run records of the comparison's runs, as far as they got."""
         return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
 
-    def results(self) -> dict:
+    def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and
-        each variant's tuning."""
+        each variant's tuning; every variant compared with the plan's baseline, or with the
+        variant `against` (ConfigError when the plan has none of that name)."""
         baseline = next((r.variant for r in self.plan.runs if r.is_baseline), None)
+        if against is not None:
+            variants = list(dict.fromkeys(r.variant for r in self.plan.runs))
+            if against not in variants:
+                raise ConfigError(
+                    f"bad --against {against!r}: not a variant of {self.dir}; choose one of "
+                    + ", ".join(variants)
+                )
+            baseline = against
         states = self.tuning() if self.tune else None
         out = summarize(self.records(states), baseline)
         out["ablation_dir"] = str(self.dir)
