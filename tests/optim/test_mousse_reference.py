@@ -17,7 +17,7 @@ import math
 
 import pytest
 import torch
-from support.mousse_ref import F64, Problem, ref_neg_power, ref_polar
+from support.mousse_ref import F64, Problem, follow_reference, ref_neg_power, ref_polar
 
 import mousse.optim.precondition
 from mousse import Mousse, Muon
@@ -143,17 +143,7 @@ def test_engine_matches_reference(config, shape):
     params = [torch.nn.Parameter(W.clone()) for W in prob.W0]
     opt = Mousse(params, **knobs({**cfg, "ns": "exact"}))
     refs = [RefMousse(s, cfg) for s in shapes]
-    W_ref = [W.clone() for W in prob.W0]
-    for t in range(steps):
-        for i, p in enumerate(params):
-            p.grad = prob.grad(i, p.detach(), t)
-        G_ref = [prob.grad(i, W_ref[i], t) for i in range(len(shapes))]
-        opt.step()
-        W_ref = [r.step(W, G) for r, W, G in zip(refs, W_ref, G_ref)]
-        for i, p in enumerate(params):
-            travelled = torch.linalg.norm(W_ref[i] - prob.W0[i])
-            err = torch.linalg.norm(p.detach() - W_ref[i]) / travelled
-            assert err < 1e-9, (t + 1, i, float(err))
+    follow_reference(opt, params, refs, prob, steps)
     # The running statistics are the spec's EMA of G G^T / G^T G, without any normalization.
     for i, p in enumerate(params):
         st = opt.state[p]

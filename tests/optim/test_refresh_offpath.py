@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from support.mousse_ref import Problem, ref_neg_power, ref_polar
+from support.mousse_ref import Problem, follow_reference, ref_neg_power, ref_polar
 
 import mousse.optim.precondition as pc
 import mousse.optim.step as step_mod
@@ -106,20 +106,8 @@ def test_delayed_and_staggered_refreshes_match_the_reference(delay, schedule):
         phases = [ph for b in opt._buckets[0] for ph in b.refreshes.phases]
         # the bucket of three 12x8 matrices and the 6x10 one: spread over the four phases
         assert sorted(phases) == [0, 1, 2, 3]
-    refs = [RefDelayed(s, cfg, ph) for s, ph in zip(SHAPES, phases)]
-    order = [p for b in opt._buckets[0] for p in b.params] if opt._buckets else params
-    W_ref = [W.clone() for W in prob.W0]
-    for t in range(steps):
-        for i, p in enumerate(params):
-            p.grad = prob.grad(i, p.detach(), t)
-        G_ref = [prob.grad(i, W_ref[i], t) for i in range(len(SHAPES))]
-        opt.step()
-        W_ref = [r.step(W, G) for r, W, G in zip(refs, W_ref, G_ref)]
-        for i, p in enumerate(params):
-            travelled = torch.linalg.norm(W_ref[i] - prob.W0[i])
-            err = torch.linalg.norm(p.detach() - W_ref[i]) / travelled
-            assert err < 1e-9, (t + 1, i, float(err))
-    assert len(order) == len(params)
+    refs = [RefDelayed(s, cfg, ph) for s, ph in zip(SHAPES, phases)]  # buckets keep this order
+    follow_reference(opt, params, refs, prob, steps)
 
 
 def test_the_reference_sees_a_delay():

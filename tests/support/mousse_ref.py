@@ -46,3 +46,20 @@ class Problem:
 
     def grad(self, i, W, t):
         return (W - self.Wstar[i]) @ self.H[i] + self.noise[t][i]
+
+
+def follow_reference(opt, params, refs, prob: Problem, steps: int, tol: float = 1e-9) -> None:
+    """Step the engine `opt` over `params` and one reference per matrix (each with a
+    `step(W, G) -> W`) on the same problem; after every step each matrix must sit within `tol`
+    of its reference, relative to the distance the reference travelled."""
+    W_ref = [W.clone() for W in prob.W0]
+    for t in range(steps):
+        for i, p in enumerate(params):
+            p.grad = prob.grad(i, p.detach(), t)
+        G_ref = [prob.grad(i, W_ref[i], t) for i in range(len(params))]
+        opt.step()
+        W_ref = [r.step(W, G) for r, W, G in zip(refs, W_ref, G_ref)]
+        for i, p in enumerate(params):
+            travelled = torch.linalg.norm(W_ref[i] - prob.W0[i])
+            err = torch.linalg.norm(p.detach() - W_ref[i]) / travelled
+            assert err < tol, (t + 1, i, float(err))

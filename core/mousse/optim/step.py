@@ -38,11 +38,37 @@ def as_matrices(tensors: list[Tensor]) -> Tensor:
     return torch.stack([t.reshape(t.shape[0], -1) for t in tensors])
 
 
+class GroupKnobs:
+    """A frozen, typed view of some of a param group's knobs (a dataclass's fields name them),
+    one object per distinct set of values (`of`), so a compiled step sees the same object, and
+    the same constants, from step to step."""
+
+    sides: str
+
+    @classmethod
+    def of(cls: type[_K], group: Mapping[str, Any]) -> _K:
+        values = tuple(group[f.name] for f in fields(cast(Any, cls)))
+        key = (cls, values)
+        if key not in _INTERNED:
+            if len(_INTERNED) >= 512:  # bounded: a momentum schedule makes a new set every step
+                _INTERNED.clear()
+            _INTERNED[key] = cls(*values)
+        return cast(_K, _INTERNED[key])
+
+    @property
+    def factor_sides(self) -> tuple[str, ...]:
+        """The preconditioned factors: 'L' (output side), 'R' (input side)."""
+        return SIDE_FACTORS[self.sides]
+
+
+_K = TypeVar("_K", bound=GroupKnobs)
+_INTERNED: dict[tuple[type[Any], tuple[Any, ...]], Any] = {}
+
+
 @dataclass(frozen=True)
-class StepKnobs:
+class StepKnobs(GroupKnobs):
     """The knobs of one param group that the per-bucket math reads (lr, which schedules change
-    every step, is an argument of its own). Cached per distinct set of values (`of`), so a
-    compiled step sees the same object, and the same constants, from step to step."""
+    every step, is an argument of its own)."""
 
     momentum: float
     momentum_style: str
@@ -60,20 +86,11 @@ class StepKnobs:
     average_rate: float
     precond_beta: float
 
-    @classmethod
-    def of(cls, group: Mapping[str, Any]) -> StepKnobs:
-        return _interned(cls, tuple(group[f.name] for f in fields(cls)))
-
-    @property
-    def factor_sides(self) -> tuple[str, ...]:
-        """The preconditioned factors: 'L' (output side), 'R' (input side)."""
-        return SIDE_FACTORS[self.sides]
-
 
 @dataclass(frozen=True)
-class RefreshKnobs:
+class RefreshKnobs(GroupKnobs):
     """The knobs of one param group that the factor statistics and the refresh read: when
-    (`due`, `delayed`), where and how. Cached per distinct set of values, like StepKnobs."""
+    (`due`, `delayed`), where and how."""
 
     sides: str
     fisher: str
@@ -91,14 +108,6 @@ class RefreshKnobs:
     eig_floor: str
     alpha: float
 
-    @classmethod
-    def of(cls, group: Mapping[str, Any]) -> RefreshKnobs:
-        return _interned(cls, tuple(group[f.name] for f in fields(cls)))
-
-    @property
-    def factor_sides(self) -> tuple[str, ...]:
-        return SIDE_FACTORS[self.sides]
-
     def due(self, t: int, phase: int = 0) -> bool:
         """Whether step t refreshes a matrix of this `phase` (`refresh_due`)."""
         return refresh_due(
@@ -115,23 +124,6 @@ class RefreshKnobs:
         once: never the first refresh nor those of `refresh_warmup`, which build the
         preconditioner."""
         return self.refresh_delay > 0 and t > 1 and t > self.refresh_warmup
-
-
-_K = TypeVar("_K", StepKnobs, RefreshKnobs)
-
-
-_INTERNED: dict[tuple[type[Any], tuple[Any, ...]], Any] = {}
-
-
-def _interned(cls: type[_K], values: tuple[Any, ...]) -> _K:
-    """One object per knob class and values (bounded: a momentum schedule makes a new set every
-    step)."""
-    key = (cls, values)
-    if key not in _INTERNED:
-        if len(_INTERNED) >= 512:
-            _INTERNED.clear()
-        _INTERNED[key] = cls(*values)
-    return cast(_K, _INTERNED[key])
 
 
 @dataclass
