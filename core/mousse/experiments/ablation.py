@@ -29,14 +29,13 @@ from mousse.train.config import (
     PRECONDITIONER_KNOBS,
     VIEW_SETTINGS,
     ConfigError,
-    TrainConfig,
 )
 from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
 
 BASELINE_KNOBS = {"optimizer": "muon"}
-_DEFAULTS = TrainConfig().to_dict()
+_DEFAULTS = dict(config.DEFAULTS)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 one line of help, an example sweep, and whether it acts only through a preconditioned side.
 
 Everything else derives from `TABLE`: the engine's defaults and validation (`DEFAULTS`, `CHOICES`,
-`check`), the run config's fields and ranges, the `train` flags and the `ablate` sweep flags with
+`check`), the run config's ranges, the `train` flags and the `ablate` sweep flags with
 their help, the ablation planner's knob classes and the knob list in docs/family.md
 (`python scripts/knob_docs.py` rewrites it). Adding a knob is one entry here plus
-its use in the step (`mousse.optim.step`).
+its use in the step (`mousse.optim.step`), and its line in the typed declarations written out
+for editors and mypy (`KnobArgs` below, the run config's `TrainConfig` and `Overrides`), which
+tests check against TABLE.
 """
 
 from __future__ import annotations

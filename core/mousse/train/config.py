@@ -1,11 +1,16 @@
-"""Run configuration: one typed dataclass, resolved once and validated at the edge. Everything
-downstream trusts it.
+"""Run configuration: the settings a run is given (`Overrides`, from flags and files) and the
+settings it runs with (`TrainConfig`), resolved once and validated at the edge. Everything
+downstream trusts the `TrainConfig`.
 
 Settings resolve, later winning: the matrix optimizer's class preset (`optim.OPTIMIZERS[name]
 .preset`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
 preset's lr, momentum and momentum rule for that optimizer (`Preset.lrs`, `Preset.momenta`,
 `Preset.momentum_styles`) < the `--config`
 file < flags.
+
+Both types are written out here, field for field in the same order (the order of config.toml,
+sweeps and run names). The engine's knobs among them follow `mousse.optim.knobs.TABLE` (names,
+order, types and allowed choices); tests/train/test_config_knobs.py checks that they do.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -25,11 +32,20 @@ from mousse.optim import knobs as table
 from . import compat, tomlio
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
 
-SCALAR_OPTIMIZERS = ("adamw", "lion")
-DEVICES = ("auto", "cpu", "cuda")
-GATHER_DTYPES = ("fp32", "bf16")  # what owners send in the all-gather under torchrun
+ScalarOptimizer = Literal["adamw", "lion"]
+Device = Literal["auto", "cpu", "cuda"]
+GatherDtype = Literal["fp32", "bf16"]  # what owners send in the all-gather under torchrun
+NsDtype = Literal["auto", "fp32", "bf16", "fp16"]
+SCALAR_OPTIMIZERS: tuple[str, ...] = typing.get_args(ScalarOptimizer)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
 # Newton-Schulz's working precision: auto = fp32 on CPU, bf16 on CUDA (the engine's default).
-NS_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
+    "auto": None,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 # Dashboards a run's scalars also go to (`--log`, train.dashboards); metrics.jsonl always gets them.
 LOGGERS = ("tensorboard", "wandb")
 # Settings that choose where runs are shown, not what they compute: never an ablation's knob
@@ -48,99 +64,210 @@ class ConfigError(ValueError):
     """Bad user configuration; the message names the problem and the fix."""
 
 
-@dataclass
-class RunSettings:
-    """A run's settings besides the engine's knobs (`TrainConfig` adds those). `None` means "the
-    preset's value" (see `resolve`)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything one training run needs, resolved (`resolve`) and validated: run settings and the
+    engine's knobs. Frozen: derive a changed copy with `dataclasses.replace` (and validate it).
+
+    None is a value only where it means something:
+    - model, model_config, val_data, target_loss, log: not used (the built-in GPT, no separate
+      validation data, no target, metrics.jsonl only);
+    - d_model, n_layers, n_heads, head_dim: None with `model` (the user's model has its own shape);
+    - the engine's knobs other than lr and weight_decay: None for AdamW runs, which use only
+      ADAMW_KNOBS; post_alpha also None for "= alpha".
+    Fields without a default come from the preset or the optimizer's recipe; `resolve` sets them.
+    """
 
     preset: str = "tiny"
     # the user's own model instead of the built-in GPT (docs/models.md): MODULE:FUNCTION,
     # path/to/file.py:FUNCTION or hf:ARCH, and its keyword arguments as "k=v,k=v"
     model: str | None = None
     model_config: str | None = None
-    # the built-in GPT's shape (preset's unless overridden; None with `model`)
+    # the built-in GPT's shape (None with `model`)
+    d_model: int | None
+    n_layers: int | None
+    n_heads: int | None
+    head_dim: int | None
+    seq_len: int
+    # data
+    data: str = "builtin"
+    val_data: str | None = None
+    # budget
+    steps: int
+    batch_size: int
+    micro_batch_size: int
+    # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
+    optimizer: str = "mousse"
+    lr: float  # peak lr of the block-matrix optimizer (its first knob)
+    scalar_optimizer: ScalarOptimizer = "adamw"
+    scalar_lr: float
+    warmup_frac: float
+    min_lr_frac: float = 0.0
+    # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
+    momentum: float | None
+    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None
+    weight_decay: float
+    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None
+    alpha: float | None
+    post_alpha: float | None  # None: = alpha
+    sides: Literal["both", "left", "right", "none"] | None
+    factor_norm: Literal["trace", "same_trace", "none"] | None
+    precond_freq: int | None
+    refresh_schedule: Literal["offset", "multiples", "staggered"] | None
+    refresh_delay: int | None
+    refresh_device: Literal["same", "cpu", "auto"] | None
+    precond_beta: float | None
+    stat_freq: int | None
+    refresh_warmup: int | None
+    precond_start: int | None
+    eps: float | None
+    eig_floor: Literal["shift", "clamp"] | None
+    graft: Literal["orthogonalizer", "adam", "none"] | None
+    bias_correction: bool | None
+    refresh: Literal["eigh", "qr", "root"] | None
+    refresh_after_update: bool | None
+    skip_first_step: bool | None
+    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None
+    ns: Literal["muon", "you5", "polar_express"] | None
+    ns_steps: int | None
+    beta2: float | None
+    adam_eps: float | None
+    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None
+    average_rate: float | None
+    fisher: Literal["empirical", "sampled"] | None
+    # evaluation
+    eval_every: int
+    eval_tokens: int
+    target_loss: float | None = None
+    # runtime
+    seed: int = 0
+    device: Device = "auto"
+    compile: bool = False
+    log_every: int = 10
+    checkpoint_every: int  # the preset's steps: a checkpoint at the end
+    keep_checkpoints: int = 2
+    divergence_factor: float = 3.0
+    gather_dtype: GatherDtype = "fp32"  # torchrun: dtype of the owners' all-gathered matrices
+    ns_dtype: NsDtype = "auto"  # Newton-Schulz precision (NS_DTYPES)
+    log: str | None = None  # dashboards, comma-separated LOGGERS (None: metrics.jsonl only)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, in field order (config.toml, run records)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overrides:
+    """The settings a run is given (flags over the `--config` file), each None when not given:
+    `resolve` fills those in from TrainConfig's defaults, the preset and the optimizer's recipe.
+    One field per TrainConfig field, in its order, of the same type or None."""
+
+    preset: str | None = None
+    model: str | None = None
+    model_config: str | None = None
     d_model: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
     head_dim: int | None = None
     seq_len: int | None = None
-    # data
-    data: str = "builtin"
+    data: str | None = None
     val_data: str | None = None
-    # budget
     steps: int | None = None
     batch_size: int | None = None
     micro_batch_size: int | None = None
-    # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
-    optimizer: str = "mousse"
-    scalar_optimizer: str = "adamw"
+    optimizer: str | None = None
+    lr: float | None = None
+    scalar_optimizer: ScalarOptimizer | None = None
     scalar_lr: float | None = None
     warmup_frac: float | None = None
-    min_lr_frac: float = 0.0
-    # evaluation
+    min_lr_frac: float | None = None
+    momentum: float | None = None
+    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
+    weight_decay: float | None = None
+    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None = None
+    alpha: float | None = None
+    post_alpha: float | None = None  # not given: the recipe's (Mousse's: None, = alpha)
+    sides: Literal["both", "left", "right", "none"] | None = None
+    factor_norm: Literal["trace", "same_trace", "none"] | None = None
+    precond_freq: int | None = None
+    refresh_schedule: Literal["offset", "multiples", "staggered"] | None = None
+    refresh_delay: int | None = None
+    refresh_device: Literal["same", "cpu", "auto"] | None = None
+    precond_beta: float | None = None
+    stat_freq: int | None = None
+    refresh_warmup: int | None = None
+    precond_start: int | None = None
+    eps: float | None = None
+    eig_floor: Literal["shift", "clamp"] | None = None
+    graft: Literal["orthogonalizer", "adam", "none"] | None = None
+    bias_correction: bool | None = None
+    refresh: Literal["eigh", "qr", "root"] | None = None
+    refresh_after_update: bool | None = None
+    skip_first_step: bool | None = None
+    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None = None
+    ns: Literal["muon", "you5", "polar_express"] | None = None
+    ns_steps: int | None = None
+    beta2: float | None = None
+    adam_eps: float | None = None
+    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None = None
+    average_rate: float | None = None
+    fisher: Literal["empirical", "sampled"] | None = None
     eval_every: int | None = None
     eval_tokens: int | None = None
     target_loss: float | None = None
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    log_every: int = 10
+    seed: int | None = None
+    device: Device | None = None
+    compile: bool | None = None
+    log_every: int | None = None
     checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
-    divergence_factor: float = 3.0
-    gather_dtype: str = "fp32"  # torchrun: dtype of the owners' all-gathered matrices / updates
-    ns_dtype: str = "auto"  # Newton-Schulz precision (NS_DTYPES)
-    log: str | None = None  # dashboards, comma-separated LOGGERS (None: metrics.jsonl only)
+    keep_checkpoints: int | None = None
+    divergence_factor: float | None = None
+    gather_dtype: GatherDtype | None = None
+    ns_dtype: NsDtype | None = None
+    log: str | None = None
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> Overrides:
+        """Settings by name (flag strings or TOML values; old names upgraded, `compat`), each
+        converted to its field's type; None values count as not given. A ConfigError names an
+        unknown setting or a value of the wrong type."""
+        given = compat.upgrade(dict(settings))
+        return cls(**{k: coerce(k, v) for k, v in given.items() if v is not None})
 
-
-def _with_knobs() -> list[tuple[str, object, dataclasses.Field]]:
-    """RunSettings' fields with one field per engine knob (None: the optimizer's recipe): lr
-    after `optimizer`, the others after `min_lr_frac`, the order sweeps and run names follow."""
-    knob = {
-        k.name: (k.name, k.kind | None, dataclasses.field(default=None))
-        for k in table.TABLE
-        if k.run_setting
-    }
-    out: list[tuple[str, object, dataclasses.Field]] = []
-    for f in fields(RunSettings):
-        out.append((f.name, f.type, dataclasses.field(default=f.default)))
-        if f.name == "optimizer":
-            out.append(knob.pop("lr"))
-        if f.name == "min_lr_frac":
-            out += knob.values()
-    return out
+    def to_dict(self) -> dict[str, Any]:
+        """The settings given (not None), by name, in field order."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig",
-    _with_knobs(),
-    namespace={
-        "__module__": __name__,
-        "__doc__": "Everything one training run needs: RunSettings and the engine's knobs. None "
-        'means "the preset\'s value", or for a knob "the chosen optimizer\'s recipe" (`resolve`).',
-        "to_dict": RunSettings.to_dict,
-    },
-)
+def _base_type(hint: object) -> type:
+    """The type a setting's values have: X for X | None, str for a Literal of strings."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _base_type(args[0])
+    if typing.get_origin(hint) is Literal:
+        return type(args[0])
+    assert isinstance(hint, type), hint
+    return hint
 
 
-FIELD_TYPES: dict[str, type] = {}
-for _f in fields(TrainConfig):
-    _t = typing.get_type_hints(TrainConfig)[_f.name]
-    _args = [a for a in typing.get_args(_t) if a is not type(None)]
-    FIELD_TYPES[_f.name] = _args[0] if isinstance(_t, types.UnionType) else _t
+# Each setting's value type (int, float, bool or str), by name, in field order.
+FIELD_TYPES: dict[str, type] = {
+    name: _base_type(hint) for name, hint in typing.get_type_hints(TrainConfig).items()
+}
+# TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
+# or the optimizer's recipe: what a run gets for a setting it is not given, before those.
+DEFAULTS: dict[str, Any] = {
+    f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
+}
 
 
-def closest(name: str, choices) -> str:
+def closest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the nearest valid name, or ''."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def coerce(key: str, value):
+def coerce(key: str, value: Any) -> Any:
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
     if key not in FIELD_TYPES:
         if key in compat.RENAMED:
@@ -176,7 +303,7 @@ def coerce(key: str, value):
         ) from None
 
 
-def read_toml(path: str | Path) -> dict:
+def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     try:
@@ -189,7 +316,7 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
 
 
-def load_config_file(path: str | Path) -> dict:
+def load_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a run TOML (flat keys, or under a [train] table), type-checked."""
     raw = read_toml(path)
     if isinstance(raw.get("train"), dict):
@@ -207,10 +334,10 @@ GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's
 SET_BY_RUN = ("vocab_size", "seq_len")  # what a --model's function gets from the run
 
 
-def parse_model_config(text: str | None) -> dict:
+def parse_model_config(text: str | None) -> dict[str, Any]:
     """--model-config "k=v,k=v" as keyword arguments, each value an int, float, bool (true /
     false) or else a string; a malformed pair is a ConfigError showing the form."""
-    out = {}
+    out: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in (text or "").split(","))):
         key, sep, raw = (s.strip() for s in pair.partition("="))
         if not (sep and key.isidentifier() and raw):
@@ -230,7 +357,7 @@ def parse_model_config(text: str | None) -> dict:
     return out
 
 
-def _scalar(raw: str):
+def _scalar(raw: str) -> Any:
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     for kind in (int, float):
@@ -241,7 +368,7 @@ def _scalar(raw: str):
     return raw
 
 
-def format_model_config(kwargs: dict) -> str | None:
+def format_model_config(kwargs: Mapping[str, Any]) -> str | None:
     """The canonical --model-config text of `kwargs` (keys sorted, so equal settings compare
     equal as text in the recorded config); None for none."""
     text = ",".join(
@@ -250,20 +377,21 @@ def format_model_config(kwargs: dict) -> str | None:
     return text or None
 
 
-def _check_model(cfg: TrainConfig, given: dict) -> None:
-    """Settings that do not go with --model (or need it); the model itself is checked where
-    it is built (`usermodel.build_model`)."""
-    if cfg.model is None:
+def _check_model(values: dict[str, Any], given: Mapping[str, Any]) -> str | None:
+    """Settings that do not go with --model (or need it); the canonical model_config. The model
+    itself is checked where it is built (`usermodel.build_model`)."""
+    model, model_config = values["model"], values["model_config"]
+    if model is None:
         _require(
-            cfg.model_config is None,
+            model_config is None,
             "--model-config gives keyword arguments to --model; "
             "pass --model too (the built-in GPT's shape: --d-model, --n-layers)",
         )
-        return
-    head, sep, tail = cfg.model.rpartition(":")
+        return None
+    head, sep, tail = model.rpartition(":")
     _require(
         bool(sep and head.strip() and tail.strip()),
-        f"bad value for 'model': {cfg.model!r}; use MODULE:FUNCTION, "
+        f"bad value for 'model': {model!r}; use MODULE:FUNCTION, "
         "path/to/file.py:FUNCTION or hf:ARCH (e.g. examples/llama.py:llama, hf:llama)",
     )
     for key in GPT_SHAPE:
@@ -272,7 +400,7 @@ def _check_model(cfg: TrainConfig, given: dict) -> None:
             f"--{key.replace('_', '-')} shapes the built-in GPT, "
             "not --model; give your model's sizes in --model-config",
         )
-    cfg.model_config = format_model_config(parse_model_config(cfg.model_config))
+    return format_model_config(parse_model_config(model_config))
 
 
 def _require(ok: bool, message: str) -> None:
@@ -293,7 +421,7 @@ def parse_log(value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_choice(key: str, value, allowed) -> None:
+def check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
     hint = (
         " (the SVD polar factor is now orthogonalizer = exact)"
         if (key, value) == ("ns", "exact")
@@ -313,49 +441,57 @@ def preset_named(name: str) -> Preset:
         raise ConfigError(str(exc)) from None
 
 
-def resolve(overrides: dict) -> TrainConfig:
+# Settings a run not given them takes from its model preset (`Preset`, same names).
+FROM_PRESET = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "head_dim",
+    "seq_len",
+    "steps",
+    "batch_size",
+    "micro_batch_size",
+    "warmup_frac",
+    "eval_every",
+    "eval_tokens",
+)
+
+
+def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
-    `overrides` holds file settings updated by flags (flags win). Unset model and budget fields
-    come from the preset (with the user's `model`, the GPT's shape fields stay None); unset
-    knobs of the matrix optimizer from, later winning, its class preset, its LM training recipe
-    and the preset's lr for it (`optimizer_knobs`). AdamW runs keep only lr and weight_decay of
-    those knobs; the rest stay None.
+    `overrides` holds file settings updated by flags (flags win): an `Overrides`, or the same by
+    name (`Overrides.from_dict`: None is not given). Unset fields take TrainConfig's defaults;
+    unset model and budget fields come from the preset (with the user's `model`, the GPT's shape
+    fields stay None); unset knobs of the matrix optimizer from, later winning, its class preset,
+    its LM training recipe and the preset's lr for it (`optimizer_knobs`). AdamW runs keep only
+    lr and weight_decay of those knobs; the rest stay None.
     """
-    values = {k: coerce(k, v) for k, v in compat.upgrade(overrides).items() if v is not None}
-    cfg = TrainConfig(**values)
-    preset = preset_named(cfg.preset)
-    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _check_model(cfg, values)
-    for name in (
-        "d_model",
-        "n_layers",
-        "n_heads",
-        "head_dim",
-        "seq_len",
-        "steps",
-        "batch_size",
-        "micro_batch_size",
-        "warmup_frac",
-        "eval_every",
-        "eval_tokens",
-    ):
-        if cfg.model is not None and name in GPT_SHAPE:
+    if not isinstance(overrides, Overrides):
+        overrides = Overrides.from_dict(overrides)
+    given = overrides.to_dict()
+    values = {**DEFAULTS, **given}
+    preset = preset_named(values["preset"])
+    check_choice("optimizer", values["optimizer"], OPTIMIZERS)
+    values["model_config"] = _check_model(values, given)
+    for name in FROM_PRESET:
+        if values["model"] is not None and name in GPT_SHAPE:
             continue
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, getattr(preset, name))
-    for name, value in preset.matrix_knobs(cfg.optimizer).items():
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, value)
-    knobs = optimizer_knobs(cfg.optimizer, {k: getattr(cfg, k) for k in FAMILY_KNOBS})
-    for name in FAMILY_KNOBS:
-        setattr(cfg, name, knobs.get(name))
-    if cfg.scalar_lr is None:
-        cfg.scalar_lr = preset.adamw_lr if cfg.optimizer == "adamw" else preset.scalar_lr
-    if cfg.checkpoint_every is None:
-        cfg.checkpoint_every = cfg.steps
-    cfg.micro_batch_size = min(cfg.micro_batch_size, cfg.batch_size)
-    cfg.log = ",".join(parse_log(cfg.log)) or None  # one spelling of each choice
+        if values[name] is None:
+            values[name] = getattr(preset, name)
+    for name, value in preset.matrix_knobs(values["optimizer"]).items():
+        if values[name] is None:
+            values[name] = value
+    knobs = optimizer_knobs(values["optimizer"], {k: values[k] for k in FAMILY_KNOBS})
+    values.update((name, knobs.get(name)) for name in FAMILY_KNOBS)
+    if values["scalar_lr"] is None:
+        adamw = values["optimizer"] == "adamw"
+        values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
+    if values["checkpoint_every"] is None:
+        values["checkpoint_every"] = values["steps"]
+    values["micro_batch_size"] = min(values["micro_batch_size"], values["batch_size"])
+    values["log"] = ",".join(parse_log(values["log"])) or None  # one spelling of each choice
+    cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
 
@@ -378,7 +514,7 @@ _AT_LEAST_1 = (
 )
 MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a plan
 # number -> (test, what is allowed), for run settings that may be fractional
-_RANGES = {
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
@@ -388,7 +524,7 @@ _RANGES = {
 }
 
 
-def _out_of_range(key: str, value) -> str | None:
+def _out_of_range(key: str, value: Any) -> str | None:
     """What the setting allows when `value` (typed, not None) is outside it, else None."""
     if key in table.BY_NAME and key in FAMILY_KNOBS:
         allowed = table.BY_NAME[key].check(value)
@@ -399,7 +535,7 @@ def _out_of_range(key: str, value) -> str | None:
     return None if ok is None or ok[0](value) else ok[1]
 
 
-def in_range(key: str, value) -> bool:
+def in_range(key: str, value: Any) -> bool:
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
     return value is None or _out_of_range(key, value) is None
 
