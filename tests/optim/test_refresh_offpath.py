@@ -155,8 +155,10 @@ def test_delay_zero_and_staggered_period_one_are_todays_refresh():
     assert "refresh_pending" not in base.state[base_p[0]]  # no pending buffers without a delay
 
 
-def test_background_refresh_equals_computing_it_at_once():
-    """The worker thread changes when the work is done, never the result."""
+def test_background_refresh_equals_computing_it_at_once(monkeypatch):
+    """The worker thread (on CPU only when switched on) changes when the work is done, never
+    the result."""
+    monkeypatch.setattr("mousse.optim.family.BACKGROUND_ON_CPU", True)
     p1, opt1 = make(refresh_delay=3)
     p2, opt2 = make(refresh_delay=3)
     run(p1, opt1, 1)
@@ -166,11 +168,13 @@ def test_background_refresh_equals_computing_it_at_once():
     run(p1, opt1, 15, start=2)
     run(p2, opt2, 15, start=2)
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))
-    assert opt1.refresh_waits()[0] >= 0
+    assert opt1._worker._pool is not None and opt2._worker._pool is None  # the thread ran
 
 
+@pytest.mark.parametrize("background", [False, True])  # in flight when saved, with the thread
 @pytest.mark.parametrize("stop", [6, 7, 8, 9])  # refresh at 6, used from 9
-def test_resume_between_a_refresh_and_its_use_is_bit_exact(stop):
+def test_resume_between_a_refresh_and_its_use_is_bit_exact(stop, background, monkeypatch):
+    monkeypatch.setattr("mousse.optim.family.BACKGROUND_ON_CPU", background)
     knobs = dict(refresh_delay=3, refresh_schedule="staggered")
     p1, opt1 = make(**knobs)
     run(p1, opt1, 14)

@@ -55,6 +55,11 @@ DEFAULTS = table.DEFAULTS
 # Saved state entries, by side: running factor, eigenvalues, eigenbasis.
 _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 
+# Delayed refreshes of CPU-resident matrices are computed at their step, in the training thread:
+# a second thread's torch work would share the training's cores, and once it has run, its
+# OpenMP team slows every later step of the process (small's plain step 2.6x, on 2 cores). The
+# result is the same either way; tests switch the thread on to check that.
+BACKGROUND_ON_CPU = False
 # (function, COMPILE_OPTIONS) -> the function under torch.compile
 _COMPILED: dict[tuple[Callable[..., Any], tuple[tuple[str, Any], ...]], Callable[..., Any]] = {}
 COMPILE_OPTIONS: dict[str, Any] = {}  # extra torch.compile arguments, e.g. a cheap test backend
@@ -478,7 +483,7 @@ class KroneckerOptimizer(Optimizer):
             idx = torch.tensor(due)
             use_at = t + k.refresh_delay
             r.pending[idx] = use_at
-            if r.background:
+            if r.background and (G.is_cuda or BACKGROUND_ON_CPU):
                 r.inflight.append(self._worker.submit(side, idx, use_at, compute, inputs, on_host))
             else:
                 hold_refresh(st, side, run_refresh(compute, inputs, on_host), idx)
