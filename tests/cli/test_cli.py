@@ -486,6 +486,12 @@ def test_report_against_another_variant(cli, ablation):
     mean = {v["variant"]: v["final_val_loss_mean"] for v in base["variants"]}
     assert delta["mousse"] == 0.0
     assert delta["muon"] == pytest.approx(mean["muon"] - mean["mousse"])
+    # the timing pass re-based on Mousse: Muon's overhead from the same rounds, opposite in sign
+    timed = {v["variant"]: v for v in base["variants"]}
+    rebased = {v["variant"]: v for v in mousse["variants"]}
+    assert rebased["muon"]["overhead_source"] == "timing pass"
+    assert rebased["mousse"]["overhead_pct"] is None
+    assert (rebased["muon"]["overhead_pct"] > 0) == (timed["mousse"]["overhead_pct"] < 0)
     assert_one_line_error(cli("report", ablation["dir"], "--against", "adam"), "--against")
 
 

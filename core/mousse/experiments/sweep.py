@@ -24,7 +24,7 @@ from .inputs import CHOICES
 from .records import FINISHED, final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
-from .timing import TIMING_FILE, default_budget, timing_pass
+from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
 from .tuning import TuneSpec, TuningState, run_label, same_runs, tune_variant
 
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
@@ -306,13 +306,23 @@ class Ablation:
         return out
 
     def read_timing(self, results: dict) -> dict | None:
-        """The last timing pass, when it covers every variant of the results."""
+        """The last timing pass, when it covers every variant of the results; its overheads
+        against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
         try:
             record = json.loads((self.dir / TIMING_FILE).read_text())
         except (OSError, ValueError):
             return None
         names = {v["variant"] for v in results["variants"] if v["n"]}
-        return record if names <= set(record.get("variants", {})) else None
+        if not names <= set(record.get("variants", {})):
+            return None
+        base = results["baseline"]
+        if base and record.get("baseline") != base and base in record.get("round_ms", {}):
+            record = {
+                **record,
+                "baseline": base,
+                "variants": summarize_rounds(record["round_ms"], base),
+            }
+        return record
 
     def timing_settings(self) -> dict[str, dict]:
         """Each variant's run settings for the timing pass: those of its first completed
