@@ -1,7 +1,7 @@
 """The Triton kernels compiled for a real NVIDIA GPU, against torch, in the dtypes the engine uses;
 Newton-Schulz and a Mousse step with the kernels dispatched, eager and under torch.compile.
 
-Skipped without CUDA (CPU CI covers the same kernels under the interpreter, tests/test_kernels.py).
+Skipped without CUDA (CPU CI covers the same kernels under the interpreter, tests/optim/test_kernels.py).
 Run in its own pytest process: test_kernels.py sets TRITON_INTERPRET=1 for the whole process.
 `scripts/gpu_check.sh` runs it on a GPU machine.
 """
