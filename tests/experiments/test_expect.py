@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.cli import assert_one_line_error, invoke_cli
+from support.cli import FAST, assert_one_line_error, invoke_cli
 
 from mousse.experiments.expect import check, parse
 from mousse.train.config import ConfigError
@@ -124,16 +124,7 @@ def test_report_gate_exit_codes(tmp_path):
         "--no-baseline",
         "--steps",
         "2",
-        "--d-model",
-        "64",
-        "--seq-len",
-        "64",
-        "--batch-size",
-        "2",
-        "--micro-batch-size",
-        "2",
-        "--eval-tokens",
-        "4096",
+        *FAST,
         "--ablation-dir",
         root,
         "--no-timing-pass",
