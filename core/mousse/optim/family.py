@@ -100,6 +100,11 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
         return closure()
 
 
+def _keeps_pending(group: Knobs) -> bool:
+    """Whether a group's state holds pending delayed refreshes (refresh_delay on a side)."""
+    return bool(group["refresh_delay"]) and group["sides"] != "none"
+
+
 def _signature(cls: type[KroneckerOptimizer]) -> inspect.Signature:
     """The constructor's signature with every knob a keyword argument at the class's own
     default (derived ones resolved), so help() lists them; the code takes them as **knobs."""
@@ -244,7 +249,7 @@ class KroneckerOptimizer(Optimizer):
             st["graft_v"] = zeros(m, n)  # Adam grafting's second moment (Shampoo)
         if group["average_rate"]:
             st["average"] = zeros(m, n)  # iterate average (SPlus)
-        if group["refresh_delay"] and group["sides"] != "none":
+        if _keeps_pending(group):
             st["refresh_pending"] = torch.zeros((), dtype=torch.int64)  # step it is used from
             for side in SIDE_FACTORS[group["sides"]]:
                 k = m if side == "L" else n
@@ -264,9 +269,11 @@ class KroneckerOptimizer(Optimizer):
             group_buckets = []
             for params in by_key.values():
                 for p in params:
-                    fresh = self._init_state(p, group)
-                    # a loaded state lacks the entries of knobs set since (refresh_delay)
-                    self.state[p] = {**fresh, **self.state[p]}
+                    if not self.state[p]:
+                        self.state[p] = self._init_state(p, group)
+                    elif _keeps_pending(group) and "refresh_pending" not in self.state[p]:
+                        # a delay set on resume: the loaded state lacks the pending buffers
+                        self.state[p] = {**self._init_state(p, group), **self.state[p]}
                 stacked = {}
                 for key in self.state[params[0]]:
                     stacked[key] = torch.stack([self.state[p][key] for p in params])
