@@ -235,6 +235,32 @@ def test_keep_checkpoints_prunes_old_ones(builtin_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-6"]
 
 
+def test_kill_while_pruning_leaves_no_half_deleted_checkpoint(builtin_data, tmp_path, monkeypatch):
+    """A process killed while deleting an old checkpoint leaves only a hidden temp dir, never a
+    `step-N` missing files (which resuming refuses)."""
+    import mousse.train.checkpoint as ckpt_module
+
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, ignore_errors=False):
+        if "step-2" not in Path(path).name:
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        next(p for p in sorted(Path(path).iterdir()) if p.is_file()).unlink()
+        raise KeyboardInterrupt  # stands in for SIGKILL: the delete stops half done
+
+    settings = {**FAST_SETTINGS, "steps": 4, "eval_every": 4, "checkpoint_every": 2}
+    settings["keep_checkpoints"] = 1
+    run_dir = tmp_path / "r"
+    monkeypatch.setattr(ckpt_module.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(resolve(settings), run_dir).run()
+    monkeypatch.setattr(ckpt_module.shutil, "rmtree", real_rmtree)
+    root = run_dir / "checkpoints"
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["step-4"]
+    assert find_checkpoint(run_dir) == root / "step-4"
+    assert sorted(p.name for p in root.iterdir())[0].startswith(".step-2-old-")
+
+
 # ---- refused checkpoints ----------------------------------------------------------------------------
 
 

@@ -117,13 +117,19 @@ def commit_checkpoint(tmp: Path, final: Path, keep: int) -> None:
     for path in tmp.iterdir():
         follow_umask(path)  # safetensors writes 0600
     write_checksums(tmp)
-    if final.exists():  # set aside under a temp name first: a kill never leaves it half deleted
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
-        os.replace(final, old)
-        shutil.rmtree(old)
+    if final.exists():
+        discard(final)
     os.replace(tmp, final)
     for old in list_checkpoints(final.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
+
+
+def discard(ckpt: Path) -> None:
+    """Delete a published checkpoint dir, renamed to a `.step-N-old-*` temp name first: a kill
+    mid-delete never leaves a half-deleted `step-N` that resuming would refuse."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{ckpt.name}-old-", dir=ckpt.parent))
+    os.replace(ckpt, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> list[Path]:
