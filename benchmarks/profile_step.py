@@ -20,8 +20,8 @@ import torch
 
 import mousse.optim.precondition as pc
 from mousse.experiments.bench import matrix_shapes, ns_flops
-from mousse.optim.named import Mousse, Muon
 from mousse.optim.orthogonalize import frobenius_norm, orthogonalize
+from mousse.optim.recipes import Mousse, Muon
 from mousse.optim.step import graft
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
 
 from .console import console, duration, fit_width, fmt
-from .tables import titled_table
+from .rich_tables import titled_table
 
 _CONVERGENCE = ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status")
 _TIMING = ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline", "peak mem")

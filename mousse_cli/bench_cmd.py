@@ -11,7 +11,7 @@ from mousse.train.fileio import dumps
 from .console import show_wide
 from .errors import user_errors
 from .options import TRAIN_FLAGS
-from .tables import bench_tables
+from .rich_tables import bench_tables
 
 
 def bench(

@@ -9,7 +9,7 @@ from mousse.train.fileio import dumps
 
 from .console import show_wide
 from .errors import user_errors
-from .tables import presets_table
+from .rich_tables import presets_table
 
 
 def presets(

@@ -15,7 +15,7 @@ from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
 from .results_out import scale_of, scaled_results, show_preset_title, show_results
-from .tables import scale_table
+from .rich_tables import scale_table
 from .trust import TRUST_MODEL_CODE, check_trusted, plan_models
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -155,7 +155,7 @@ def draw_scale(by_preset: dict, plot: Path) -> None:
 def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
     """The results in `fmt` on stdout; for several presets each one's under its name, then the
     speedup by scale (JSON: one object)."""
-    from mousse.experiments.tables import render
+    from mousse.experiments.table_rows import render
 
     if scaled and fmt == "json":
         typer.echo(dumps(scaled_results(by_preset)))

@@ -10,7 +10,7 @@ from rich.markup import escape
 from mousse.dist.process import is_main_process
 
 from .console import console, result_stream, show_wide
-from .tables import results_tables, scale_table
+from .rich_tables import results_tables, scale_table
 
 
 def show_results(results: dict, json_out: bool = False) -> None:

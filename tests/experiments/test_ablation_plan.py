@@ -111,11 +111,11 @@ def test_knobs_dropped_per_optimizer_across_the_family():
     knobs = {r.knobs.get("optimizer", "mousse"): r.knobs for r in plan.runs}
     assert list(knobs) == [*family, "adamw"]
     for name in family:
-        unpreconditioned = OPTIMIZERS[name].preset["sides"] == "none"
+        unpreconditioned = OPTIMIZERS[name].recipe["sides"] == "none"
         assert ("factor_norm" in knobs[name]) == (not unpreconditioned and name != "tnt"), name
         # nesterov is Muon's own momentum style: it changes every other family member
         assert ("momentum_style" in knobs[name]) == (name != "muon"), name
-    assert {n for n in family if OPTIMIZERS[n].preset["sides"] == "none"} == {"muon", "specgd"}
+    assert {n for n in family if OPTIMIZERS[n].recipe["sides"] == "none"} == {"muon", "specgd"}
     assert knobs["adamw"] == {"optimizer": "adamw"}
     assert knobs["tnt"] == {"optimizer": "tnt", "momentum_style": "nesterov"}  # same_trace is TNT's
 

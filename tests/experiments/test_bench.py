@@ -166,7 +166,7 @@ def test_bench_kernels_under_the_interpreter(monkeypatch):
 
     from mousse.experiments.kernelbench import bench_kernels
     from mousse.optim import kernels
-    from mousse_cli.tables import kernel_table
+    from mousse_cli.rich_tables import kernel_table
 
     monkeypatch.setattr(kernels, "use_triton", lambda X, op="gram": op == "gram")
     k = bench_kernels(torch.device("cpu"), 1, sizes=(16, 32), dtype=torch.float32)

@@ -19,7 +19,7 @@ from mousse.experiments.stats import (
     t_two_sided_p,
     welch_t_test,
 )
-from mousse.experiments.tables import (
+from mousse.experiments.table_rows import (
     CONVERGENCE_COLUMNS,
     TIMING_COLUMNS,
     convergence_rows,
@@ -327,7 +327,7 @@ def test_rich_tables_fold_long_cells_and_never_cut_them():
 
     from rich.console import Console
 
-    from mousse_cli.tables import results_tables
+    from mousse_cli.rich_tables import results_tables
 
     recorded = Path(__file__).resolve().parents[2] / "benchmarks" / "tuned"
     results = json.loads((recorded / "cpu-2core-paper-tuned-momentum-tiny.json").read_text())

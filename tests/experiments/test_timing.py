@@ -9,7 +9,7 @@ import pytest
 from support.cli import FAST, invoke_cli
 
 from mousse.experiments.results import apply_timing_pass, summarize
-from mousse.experiments.tables import timing_notes, timing_rows
+from mousse.experiments.table_rows import timing_notes, timing_rows
 from mousse.experiments.timing import (
     MIN_ROUNDS,
     plan_rounds,

@@ -737,7 +737,7 @@ def test_a_phase_does_not_train_again_the_run_of_the_variants_own_value(tmp_path
 
 
 def test_tuning_table_shows_each_phase_pending_chosen_and_diverged(tmp_path):
-    from mousse.experiments.tables import TUNING_COLUMNS, render, tuning_rows
+    from mousse.experiments.table_rows import TUNING_COLUMNS, render, tuning_rows
 
     ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04")
     loss = {0.01: None, 0.02: 1.5, 0.04: 1.6}

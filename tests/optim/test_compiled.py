@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 
 from mousse import Mousse, build_optimizer
 from mousse.optim import family as optim
-from mousse.optim.named import OPTIMIZERS
+from mousse.optim.recipes import OPTIMIZERS
 
 SHAPES = [(16, 16), (16, 16), (32, 16), (16, 32)]  # three buckets, one of two matrices
 

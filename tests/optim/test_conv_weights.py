@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mousse import build_optimizer
-from mousse.optim.named import OPTIMIZERS
+from mousse.optim.recipes import OPTIMIZERS
 from mousse.optim.routing import infer_roles
 
 CONV = (8, 3, 3, 3)  # out, in, kh, kw: the matrix is 8 x 27

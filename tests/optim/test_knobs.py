@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mousse import Mousse
-from mousse.optim import knobs
-from mousse.optim.named import OPTIMIZERS
+from mousse.optim import KroneckerOptimizer, knobs
+from mousse.optim.recipes import OPTIMIZERS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "family.md"
 
@@ -28,10 +28,29 @@ def test_docs_knob_list_is_the_table(tmp_path):
         knobs.rewrite(tmp_path / "bare.md")
 
 
-def test_every_preset_is_valid_under_the_table():
+def test_every_recipe_is_valid_under_the_table():
     for cls in OPTIMIZERS.values():
-        knobs.check(cls.preset)
-        assert set(cls.preset) == set(knobs.DEFAULTS)
+        knobs.check(cls.recipe)
+        assert set(cls.recipe) == set(knobs.DEFAULTS)
+
+
+def test_earlier_names_of_recipes_still_work():
+    """`mousse.optim.named` and the class attribute `preset` were the names of `recipes` and
+    `recipe`: user code that reads them, or subclasses with a `preset` body, keeps working."""
+    import mousse.optim.named as named
+    from mousse.optim import recipes
+
+    assert named is recipes
+    assert all(cls.preset is cls.recipe for cls in OPTIMIZERS.values())
+
+    class Old(KroneckerOptimizer):
+        preset = dict(alpha=0.5)  # noqa: RUF012 (the old name, on purpose)
+
+    class New(KroneckerOptimizer):
+        recipe = dict(alpha=0.5)  # noqa: RUF012 (no ClassVar: as a user may write it)
+
+    assert Old.recipe == New.recipe == {**knobs.DEFAULTS, "alpha": 0.5}
+    assert Old.resolve_knobs()["alpha"] == 0.5 and Old.preset is Old.recipe
 
 
 @pytest.mark.parametrize(

@@ -216,7 +216,7 @@ def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypa
     from mousse.optim import OPTIMIZERS
     from mousse.train import presets
 
-    soap = OPTIMIZERS["soap"].preset
+    soap = OPTIMIZERS["soap"].recipe
     monkeypatch.setitem(
         presets.TRAINING_RECIPES,
         "soap",
@@ -269,7 +269,7 @@ def test_every_optimizer_resolves_its_full_recipe():
     for name, cls in OPTIMIZERS.items():
         cfg = resolve({"optimizer": name})
         tiny = get_preset("tiny")
-        expected = {**cls.preset, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
+        expected = {**cls.recipe, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
         expected.update({"momentum": m} if (m := tiny.momenta.get(name)) is not None else {})
         style = tiny.momentum_styles.get(name)
         expected.update({"momentum_style": style} if style is not None else {})

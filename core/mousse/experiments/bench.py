@@ -26,8 +26,8 @@ import torch
 from mousse.optim import kernels
 from mousse.optim import precondition as pc
 from mousse.optim.family import KroneckerOptimizer
-from mousse.optim.named import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.orthogonalize import orthogonalize
+from mousse.optim.recipes import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.refresher import run_refresh
 from mousse.optim.step import compute_refresh, refresh_due
 from mousse.train.config import DEVICES, ConfigError, resolve

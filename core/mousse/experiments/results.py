@@ -6,7 +6,7 @@ takes to reach the baseline's mean final val loss, the reduction in % of the bas
 the speedup (`stats.speedup`). Loss statistics use completed runs only;
 diverged and failed runs are listed but never averaged. Step times average every run that reported
 them (a diverged run's step time is still a real measurement). The statistics are in `stats`, the
-tables in `tables`.
+tables in `table_rows`.
 """
 
 from __future__ import annotations

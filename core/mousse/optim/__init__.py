@@ -2,16 +2,21 @@
 
 One engine (`KroneckerOptimizer`, a shell around the pure step in `step`) whose knobs (`knobs`,
 each declared once) span Mousse, Muon, Shampoo, SOAP, SPlus, TNT and
-SpecGD (each a preset class), the orthogonalizers and eigen preconditioner it is made of, the
+SpecGD (each a recipe class), the orthogonalizers and eigen preconditioner it is made of, the
 Triton kernels it dispatches to on CUDA, Lion, and the routing of a model's parameters to a matrix
 optimizer and a scalar one. Imports nothing else of `mousse`.
 """
 
+import sys
+
+from . import recipes
 from .family import KroneckerOptimizer
 from .knobs import CHOICES, DEFAULTS, KNOBS
 from .lion import Lion
-from .named import OPTIMIZERS, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
+from .recipes import OPTIMIZERS, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles
+
+sys.modules[f"{__name__}.named"] = recipes  # `recipes`' earlier name, still importable
 
 __all__ = [
     "CHOICES",

@@ -5,7 +5,7 @@ orthogonalizer, a momentum style, grafting, factor normalization and the refresh
 A thin shell around the math of `step`: same-shape matrices of a param group are stacked into one
 bucket, whose state lives in batched tensors (each parameter's `state` entries are views into
 them), so whitening, Newton-Schulz and eigh run once per shape rather than once per matrix. The
-literature's optimizers are presets of these knobs (`named`).
+literature's optimizers are recipes of these knobs (`recipes`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast, overload
 
 import torch
 from torch import Tensor
@@ -167,14 +167,16 @@ class KroneckerOptimizer(Optimizer):
     update U = P_L' f(P_L^T M P_R) P_R'^T with P = Q diag(lam^-alpha), P' = Q diag(lam^-post_alpha)
     and f the orthogonalizer, grafted and applied with decoupled weight decay. docs/family.md
     gives each knob's exact meaning; every knob can be set per param group. Subclasses are the
-    literature's optimizers as presets: their class body's `preset` lists the knobs they change,
-    and the class attribute `preset` then holds their full knob set."""
+    literature's optimizers as recipes: their class body's `recipe` lists the knobs they change,
+    and the class attribute `recipe` then holds their full knob set."""
 
-    preset: Knobs = dict(DEFAULTS)
+    recipe: ClassVar[Knobs] = dict(DEFAULTS)
+    preset: ClassVar[Knobs] = recipe  # `recipe`'s earlier name, still read and written
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.preset = {**DEFAULTS, **cls.__dict__.get("preset", {})}
+        body = cls.__dict__.get("recipe", cls.__dict__.get("preset", {}))
+        cls.recipe = cls.preset = {**DEFAULTS, **body}
         cls.__signature__ = _signature(cls)  # type: ignore[attr-defined]
 
     @classmethod
@@ -191,7 +193,7 @@ class KroneckerOptimizer(Optimizer):
             raise TypeError(
                 f"{cls.__name__} got unknown knobs {unknown}; the knobs are {', '.join(DEFAULTS)}"
             )
-        full = {**cls.preset, **knobs}
+        full = {**cls.recipe, **knobs}
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
         return full
 

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 
 from .family import closure_loss
 from .lion import Lion
-from .named import OPTIMIZERS
+from .recipes import OPTIMIZERS
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")

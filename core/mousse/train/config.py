@@ -2,8 +2,8 @@
 settings it runs with (`TrainConfig`), resolved once and validated at the edge. Everything
 downstream trusts the `TrainConfig`.
 
-Settings resolve, later winning: the matrix optimizer's class preset (`optim.OPTIMIZERS[name]
-.preset`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
+Settings resolve, later winning: the matrix optimizer's class recipe (`optim.OPTIMIZERS[name]
+.recipe`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
 preset's lr, momentum and momentum rule for that optimizer (`Preset.lrs`, `Preset.momenta`,
 `Preset.momentum_styles`) < the `--config`
 file < flags.

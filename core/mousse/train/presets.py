@@ -1,11 +1,11 @@
-"""Named model shapes and training recipes: the paper's 160M-800M family and two CPU presets.
+"""Model presets: named model shapes with their training settings, CPU-sized to the paper's 800M.
 
 Only the 160M recipe was released (docs/published.md); the larger presets keep its batch, lr and
 tokens per parameter, and their scalar/AdamW learning rates are the project's own choice.
 
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
 family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
-resolve, later winning: class preset (`optim.OPTIMIZERS[name].preset`, the method's published
+resolve, later winning: class recipe (`optim.OPTIMIZERS[name].recipe`, the method's published
 defaults) < TRAINING_RECIPES[name] < the preset's lr (and momentum, `Preset.momenta`) for it <
 config file < flags.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mousse.optim import named as optim
+from mousse.optim import recipes as optim
 from mousse.optim.knobs import KNOBS
 
 from .model import GPT, GPTConfig
@@ -95,7 +95,7 @@ _LADDER_LR_NOTE = (
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
-    **{name: cls.preset["lr"] for name, cls in optim.OPTIMIZERS.items()},
+    **{name: cls.recipe["lr"] for name, cls in optim.OPTIMIZERS.items()},
     "mousse": 0.06,
     "muon": 0.06,
     "splus": 0.2,

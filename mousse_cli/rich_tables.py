@@ -27,7 +27,7 @@ def results_tables(results: dict):
     """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
     from rich.console import Group
 
-    from mousse.experiments.tables import (
+    from mousse.experiments.table_rows import (
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
         TUNING_COLUMNS,
@@ -71,7 +71,7 @@ def results_tables(results: dict):
 
 def scale_table(scale: dict):
     """Speedup over each preset's baseline, one column per preset (its parameter count)."""
-    from mousse.experiments.tables import speedup_text
+    from mousse.experiments.table_rows import speedup_text
 
     presets = scale["presets"]
     params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}

@@ -1,9 +1,9 @@
-"""The literature's optimizers as presets of the family's engine: each class only sets defaults
-(its body's `preset` lists the knobs it changes; docs/family.md compares them)."""
+"""The literature's optimizers as recipes of the family's engine: each class only sets defaults
+(its body's `recipe` lists the knobs it changes; docs/family.md compares them)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .family import Knobs, KroneckerOptimizer
 
@@ -28,7 +28,7 @@ class Muon(KroneckerOptimizer):
     rule sqrt(max(1, m/n)) (lr_scale="muon"; "rms" is torch's "match_rms_adamw").
     `nesterov=False` selects heavy-ball momentum."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=1e-3,
         weight_decay=0.1,
         momentum_style="nesterov",
@@ -65,7 +65,7 @@ class Shampoo(KroneckerOptimizer):
     matrices (m n <= 1024) as one vector. On a matrix at most 1024 on a side with m n > 1024 the
     two rules coincide."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=1e-3,
         momentum=0.9,
         momentum_style="ema",
@@ -100,7 +100,7 @@ class SOAP(KroneckerOptimizer):
     every 10 steps by one power iteration + QR (the second moment follows the column order, the
     first moment is kept in the original space so it rotates exactly)."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=3e-3,
         momentum=0.95,
         momentum_style="ema",
@@ -131,7 +131,7 @@ class SPlus(KroneckerOptimizer):
     multiple of 100 (the authors' schedule), lr scaled by 2/(m+n), weight decay 0.01 after the update (same scale), and an
     iterate average (rate 0.999) that `averaged_weights()` swaps in for evaluation."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=0.1,
         momentum=0.9,
         momentum_style="ema",
@@ -162,7 +162,7 @@ class TNT(KroneckerOptimizer):
     refreshed every statistics step during the first `precond_freq` (20) steps, then every
     `precond_freq`. Bias correction of the factor EMA stands in for the paper's warm start."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=1e-4,
         momentum=0.9,
         weight_decay=0.0,
@@ -188,7 +188,7 @@ class SpecGD(KroneckerOptimizer):
     """Spectral gradient descent: W <- W - lr U V^T with U S V^T the SVD of the raw gradient,
     (near-)zero singular values dropped; no momentum, no preconditioning."""
 
-    preset = dict(
+    recipe: ClassVar[Knobs] = dict(
         lr=0.02,
         momentum=0.0,
         weight_decay=0.0,
