@@ -35,9 +35,35 @@ def median_ms(fn, repeats):
     return statistics.median(times)
 
 
-def main(preset="small", repeats=20):
-    shapes = matrix_shapes(preset)
-    g = torch.Generator().manual_seed(0)
+def stats(G, F, eig, P):  # in place on the bench's factors: timing only
+    for side in ("L", "R"):
+        pc.accumulate(F[side], G, 0.95, "left" if side == "L" else "right")
+
+
+def whitening(G, F, eig, P):
+    pc.unwhiten(pc.whiten(G, P["L"], P["R"]), P["L"], P["R"])
+
+
+def norms(G, F, eig, P):
+    graft(G, frobenius_norm(G), frobenius_norm(G))
+
+
+def inverse_roots(G, F, eig, P):
+    for lam, Q in eig.values():
+        pc.inverse_root_basis(lam, Q, 0.125, torch.float32)
+
+
+def refresh(method):
+    def run(G, F, eig, P):
+        for side in ("L", "R"):
+            factor = pc.normalized(F[side], 11, 0.95, True, True)
+            pc.refresh(factor, *eig[side], 1e-5, torch.float32, method)
+
+    return run
+
+
+def make_buckets(shapes, g):
+    """Per shape: a stacked gradient, its two factors, their eigendecompositions and bases."""
     buckets = []
     for (m, n), c in shapes.items():
         G = torch.randn(c, m, n, generator=g)
@@ -48,31 +74,16 @@ def main(preset="small", repeats=20):
             for side, (lam, Q) in eig.items()
         }
         buckets.append((G, F, eig, P))
+    return buckets
+
+
+def main(preset="small", repeats=20):
+    shapes = matrix_shapes(preset)
+    g = torch.Generator().manual_seed(0)
+    buckets = make_buckets(shapes, g)
 
     def each(fn):
         return lambda: [fn(*b) for b in buckets]
-
-    def stats(G, F, eig, P):  # in place on the bench's factors: timing only
-        for side in ("L", "R"):
-            pc.accumulate(F[side], G, 0.95, "left" if side == "L" else "right")
-
-    def whitening(G, F, eig, P):
-        pc.unwhiten(pc.whiten(G, P["L"], P["R"]), P["L"], P["R"])
-
-    def norms(G, F, eig, P):
-        graft(G, frobenius_norm(G), frobenius_norm(G))
-
-    def inverse_roots(G, F, eig, P):
-        for lam, Q in eig.values():
-            pc.inverse_root_basis(lam, Q, 0.125, torch.float32)
-
-    def refresh(method):
-        def run(G, F, eig, P):
-            for side in ("L", "R"):
-                factor = pc.normalized(F[side], 11, 0.95, True, True)
-                pc.refresh(factor, *eig[side], 1e-5, torch.float32, method)
-
-        return run
 
     flops = {
         "newton_schulz": sum(c * ns_flops(m, n) for (m, n), c in shapes.items()),
@@ -108,4 +119,4 @@ def main(preset="small", repeats=20):
 
 
 if __name__ == "__main__":
-    main(*(f(a) for f, a in zip((str, int), sys.argv[1:])))
+    main(*(f(a) for f, a in zip((str, int), sys.argv[1:], strict=False)))  # arguments optional

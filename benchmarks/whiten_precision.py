@@ -53,8 +53,8 @@ def main(run_dir: str) -> None:
     names = sorted({k[len(prefix) :].rsplit(".", 1)[0] for k in state if k.startswith(prefix)})
     errors: dict[tuple, list[float]] = {p: [] for p in PRECISIONS}
     for name in names:
-        get = lambda key: state[f"{prefix}{name}.{key}"].unsqueeze(0)  # noqa: E731
-        args = (get("momentum_buffer"), get("lam_L"), get("Q_L"), get("lam_R"), get("Q_R"))
+        keys = ("momentum_buffer", "lam_L", "Q_L", "lam_R", "Q_R")
+        args = tuple(state[f"{prefix}{name}.{key}"].unsqueeze(0) for key in keys)
         ref = direction(*args, "fp64", "fp64", "fp64")
         for p in PRECISIONS:
             errors[p].append(float((direction(*args, *p) - ref).norm() / ref.norm()))

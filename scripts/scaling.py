@@ -47,7 +47,7 @@ def communication(name: str, n: int) -> dict[str, float]:
         sum(shapes[x][0] * shapes[x][1] for x in shapes if owners[x] == r) for r in range(n)
     )  # the owner slots are padded to the largest
     ring = (n - 1) / n
-    allreduce = lambda s: 2 * ring * s  # noqa: E731
+    allreduce = lambda s: 2 * ring * s
     ours_grads = allreduce(4 * rep) + (n - 1) * width * 4  # all-reduce + reduce-scatter
     return {
         "adamw_ddp": allreduce(4 * total),
@@ -81,7 +81,7 @@ def load_balance(name: str, n: int) -> dict[str, float]:
 
 
 def tables(presets=PRESET_NAMES, gpus=GPUS) -> str:
-    mb = lambda b: f"{b / 1e6:,.0f}"  # noqa: E731
+    mb = lambda b: f"{b / 1e6:,.0f}"
     lines = [
         "| preset | GPUs | AdamW + DDP | **Mousse, ours (fp32 / bf16 gather)** | "
         "Muon-style | Distributed Shampoo | ours vs AdamW | slot padding |",

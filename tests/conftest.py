@@ -21,9 +21,9 @@ import subprocess
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # scripts/gpu_check.sh sets 0: the real GPU
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from support.cli import CliResult, invoke_cli, mousse_command  # noqa: E402
+import pytest
+import torch
+from support.cli import CliResult, invoke_cli, mousse_command
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -94,9 +94,11 @@ def test_optim_imports_nothing_else_of_mousse():
         path = todo.pop()
         seen.add(path)
         for name in sorted(_test_imports(path)):
-            if name == "mousse_cli" or name.split(".")[0] == "mousse_cli":
-                leaks.append(f"{path.relative_to(ROOT)} imports {name}")
-            elif name.startswith("mousse.") and name.split(".")[1] in LAYERS[1:]:
+            if (
+                name == "mousse_cli"
+                or name.split(".")[0] == "mousse_cli"
+                or (name.startswith("mousse.") and name.split(".")[1] in LAYERS[1:])
+            ):
                 leaks.append(f"{path.relative_to(ROOT)} imports {name}")
             elif name.startswith("support."):
                 helper = tests / Path(*name.split(".")[:2]).with_suffix(".py")
@@ -118,7 +120,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()

@@ -175,7 +175,7 @@ def test_dry_run_runs_nothing(cli, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()  # not even the ablation dir
     # the default ablation dir is stable: derived from the plan, named after the knob
     again = cli("ablate", *SWEEP, "--dry-run")
-    plan = lambda r: [line for line in r.stderr_lines() if not line.startswith("estimate:")]  # noqa: E731
+    plan = lambda r: [line for line in r.stderr_lines() if not line.startswith("estimate:")]
     assert plan(again) == plan(res) and "runs/ablate-alpha-" in res.stderr
     assert "estimate: about" in res.stderr  # measured: differs between the two calls
 

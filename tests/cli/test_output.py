@@ -205,7 +205,7 @@ def test_forest_marks_significance_as_the_tables_do(tmp_path, monkeypatch):
     labels = [t.get_text() for t in forest.get_yticklabels()]
     assert labels == ["alpha=0.0", "mousse"]  # drawn bottom up: the lowest delta on top
     markers = [line for line in forest.get_lines() if line.get_marker() == "o"]
-    for label, marker in zip(labels, markers):
+    for label, marker in zip(labels, markers, strict=True):
         filled = marker.get_markerfacecolor() != "white"
         assert filled == bool(by_variant[label]["significant"]), label
     assert [by_variant[n]["significant"] for n in labels] == [False, True]

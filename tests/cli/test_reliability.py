@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from support.cli import (
@@ -330,11 +331,11 @@ def _parallel_ablation(root, steps: int) -> subprocess.Popen:
 
 def _workers(parent: int) -> list[int]:
     """The worker processes `parent` spawned (Linux: /proc)."""
-    children = open(f"/proc/{parent}/task/{parent}/children").read().split()
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return [
         int(pid)
         for pid in children
-        if "spawn_main" in open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
     ]
 
 
@@ -353,7 +354,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     return state != "Z"  # a zombie has ended; only its parent's wait is missing
 
 

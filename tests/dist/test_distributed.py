@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors.torch import load_file
 from support.cli import assert_one_line_error, mousse_command, read_metrics
 from support.gloo import run_gloo_ranks
 
@@ -116,8 +116,7 @@ def assert_close(got: dict, want: dict) -> None:
 
 
 def state_bytes(path: Path) -> int:
-    with safe_open(path, framework="pt") as fh:
-        return sum(fh.get_tensor(k).numel() * fh.get_tensor(k).element_size() for k in fh.keys())
+    return sum(t.numel() * t.element_size() for t in load_file(path).values())
 
 
 def resumable_copy(src: Path, dst: Path) -> Path:
@@ -266,8 +265,13 @@ def test_sigterm_to_the_launcher_reaches_torchrun_and_every_rank(builtin_data, t
     checkpoint and stop, nothing is left running, and the launcher exits 143 after them."""
     run = tmp_path / "r"
     proc = subprocess.Popen(
-        [*mousse_command(), "train", *ARGS, "--steps", "100000", "--run-dir", str(run)]
-        + ["--nproc", "2", "--checkpoint-every", "100000"],
+        [
+            *mousse_command(),
+            "train",
+            *ARGS,
+            *("--steps", "100000", "--run-dir", str(run)),
+            *("--nproc", "2", "--checkpoint-every", "100000"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -348,7 +352,7 @@ def preset_shapes(name: str) -> dict[str, tuple[int, int]]:
 @pytest.mark.parametrize("preset,world", [("160m", 8), ("800m", 64), ("tiny", 2), ("tiny", 13)])
 def test_plan_ownership_is_balanced_contiguous_and_deterministic(preset, world):
     shapes = preset_shapes(preset)
-    cost = lambda s: matrix_cost(s).amortized  # noqa: E731
+    cost = lambda s: matrix_cost(s).amortized
     owners = plan_ownership(shapes, world, cost)
     assert owners == plan_ownership(dict(shapes), world, cost)  # deterministic
     assert list(owners) == list(shapes) and set(owners.values()) <= set(range(world))

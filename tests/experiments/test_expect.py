@@ -23,7 +23,7 @@ def results(
         for v, xs in (("mousse", mousse_losses), ("muon", muon_losses))
         for seed, x in enumerate(xs)
     ]
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     return {
         "runs": runs,
         "variants": [

@@ -124,15 +124,15 @@ def test_a_single_seed_that_misses_the_target_reads_never_and_below_one():
 
 def test_summarize_seeds_target_is_seed_averaged_and_significance():
     muon = [
-        record(f"muon-s{s}", MUON[:-1] + [1.5 + d], variant="muon", seed=s, baseline=True)
+        record(f"muon-s{s}", [*MUON[:-1], 1.5 + d], variant="muon", seed=s, baseline=True)
         for s, d in enumerate((0.01, -0.01, 0.0))
     ]
     good = [
-        record(f"mousse-s{s}", MOUSSE[:-1] + [1.40 + d], variant="mousse", seed=s)
+        record(f"mousse-s{s}", [*MOUSSE[:-1], 1.4 + d], variant="mousse", seed=s)
         for s, d in enumerate((0.01, -0.01, 0.0))
     ]
     same = [
-        record(f"alpha=0.0-s{s}", MUON[:-1] + [1.5 + d], variant="alpha=0.0", seed=s)
+        record(f"alpha=0.0-s{s}", [*MUON[:-1], 1.5 + d], variant="alpha=0.0", seed=s)
         for s, d in enumerate((0.02, -0.01, 0.0))
     ]
     results = summarize(muon + good + same)  # baseline found by is_baseline
@@ -167,7 +167,7 @@ def test_significance_is_holm_adjusted_over_the_variants():
 
     def seeds(variant, finals, baseline=False):
         return [
-            record(f"{variant}-s{s}", MUON[:-1] + [f], variant=variant, seed=s, baseline=baseline)
+            record(f"{variant}-s{s}", [*MUON[:-1], f], variant=variant, seed=s, baseline=baseline)
             for s, f in enumerate(finals)
         ]
 
@@ -211,7 +211,7 @@ def test_paired_comparison_sees_a_per_seed_gap_welch_misses():
 
     def seeds(variant, finals, baseline=False):
         return [
-            record(f"{variant}-s{s}", MUON[:-1] + [f], variant=variant, seed=s, baseline=baseline)
+            record(f"{variant}-s{s}", [*MUON[:-1], f], variant=variant, seed=s, baseline=baseline)
             for s, f in finals.items()
         ]
 
@@ -292,7 +292,7 @@ def _results():
         [
             record("muon", MUON, baseline=True),
             record("mousse", MOUSSE, step_ms=10.3, knobs={}),
-            record("sides=left", MOUSSE[:-1] + [1.47], knobs={"sides": "left"}),
+            record("sides=left", [*MOUSSE[:-1], 1.47], knobs={"sides": "left"}),
         ],
         "muon",
     )

@@ -19,9 +19,9 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     pytest.skip("run without TRITON_INTERPRET (in its own pytest process)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from mousse import Mousse  # noqa: E402
-from mousse.optim import kernels, orthogonalize  # noqa: E402
-from mousse.optim.kernels import sym_gram, sym_poly  # noqa: E402
+from mousse import Mousse
+from mousse.optim import kernels, orthogonalize
+from mousse.optim.kernels import sym_gram, sym_poly
 
 CUDA = torch.device("cuda")
 # (B, m, k): ragged edges against the default tiles, one tile, a batch, and a large single matrix.
@@ -137,11 +137,11 @@ def test_mousse_steps_on_gpu_match_cpu(monkeypatch, triton_mode):
         params = [torch.nn.Parameter(p.clone().to(device)) for p in init]
         opt = Mousse(params, lr=0.02, precond_freq=5, ns_dtype=torch.float32)
         for step in grads:
-            for p, g in zip(params, step):
+            for p, g in zip(params, step, strict=True):
                 p.grad = g.to(device)
             opt.step()
         return [p.detach().cpu().double() for p in params]
 
-    for gpu, cpu in zip(run(CUDA), run(torch.device("cpu"))):
+    for gpu, cpu in zip(run(CUDA), run(torch.device("cpu")), strict=True):
         err = (gpu - cpu).norm() / (cpu - cpu.mean()).norm()
         assert err < 3e-3, f"relative difference {float(err):.2e}"

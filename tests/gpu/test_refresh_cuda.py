@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from mousse import Mousse  # noqa: E402
+from mousse import Mousse
 
 CUDA = torch.device("cuda")
 SHAPES = [(256, 64), (256, 64), (64, 256), (128, 128)]
@@ -52,7 +52,7 @@ def test_background_refresh_on_its_stream_equals_at_once():
         b.refreshes.background = False
     run(p1, opt1, 20, start=2)
     run(p2, opt2, 20, start=2)
-    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
 
 
 @pytest.mark.parametrize("knobs", [{"refresh_device": "cpu"}, {"refresh": "root"}])
@@ -61,5 +61,5 @@ def test_host_and_root_refreshes_train_like_eigh(knobs):
     p2, opt2 = make(ns_dtype=torch.float32, **knobs)
     run(p1, opt1, 12)
     run(p2, opt2, 12)
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=0)

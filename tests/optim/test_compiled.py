@@ -51,7 +51,7 @@ def test_compiled_step_is_captured_whole_and_matches_eager(capture, name):
     cls, knobs = OPTIMIZERS[name], KNOBS.get(name, {})
     eager, _ = run(cls, False, 12, **knobs)
     params, opt = run(cls, True, 12, **knobs)
-    for p, q in zip(params, eager):
+    for p, q in zip(params, eager, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     frames = capture.frame_count
     assert 0 < frames <= 16
@@ -77,7 +77,7 @@ def test_compiled_state_dict_round_trips_with_eager(capture):
     def steps(opt, params, first, last):
         for step in range(first, last):
             opt.param_groups[0]["lr"] = 0.01 / (1 + step)
-            for p, grad in zip(params, grads[step]):
+            for p, grad in zip(params, grads[step], strict=True):
                 p.grad = grad
             opt.step()
 
@@ -89,7 +89,7 @@ def test_compiled_state_dict_round_trips_with_eager(capture):
     eager = Mousse(params, lr=0.01, precond_freq=3)
     eager.load_state_dict(opt.state_dict())
     steps(eager, params, 5, 8)
-    for p, q in zip(params, ref):
+    for p, q in zip(params, ref, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -119,11 +119,11 @@ def test_inductor_compiled_mousse_matches_eager():
         opt = Mousse(params, lr=0.02, precond_freq=3, compiled=compiled)
         for step, gs in enumerate(grads):
             opt.param_groups[0]["lr"] = 0.02 / (1 + step)
-            for p, grad in zip(params, gs):
+            for p, grad in zip(params, gs, strict=True):
                 p.grad = grad
             opt.step()
         out.append(params)
-    for p, q in zip(*out):
+    for p, q in zip(*out, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 2
     torch._dynamo.reset()

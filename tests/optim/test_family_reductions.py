@@ -57,7 +57,7 @@ def test_alpha_zero_newton_schulz_is_muon(sides, freq, style, ns):
             pb[i].grad = prob.grad(i, pb[i].detach(), t)
         kron.step()
         muon.step()
-        for a, b, W0 in zip(pa, pb, prob.W0):
+        for a, b, W0 in zip(pa, pb, prob.W0, strict=True):
             assert_on_track(a, b.detach(), W0, 1e-10, t + 1)
 
 

@@ -13,11 +13,11 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (it is imported lazily, by use)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from mousse.optim import kernels, orthogonalize  # noqa: E402
-from mousse.optim.kernels import sym_gram, sym_poly, use_triton  # noqa: E402
+from mousse.optim import kernels, orthogonalize
+from mousse.optim.kernels import sym_gram, sym_poly, use_triton
 
 # (shape, block_m): none a multiple of the block, except the one-tile (1, 64, 64) case.
 SHAPES = [

@@ -216,7 +216,7 @@ def test_alpha_zero_is_muon(sides, ns, nesterov, freq, lr_scale):
             pb[i].grad = prob.grad(i, pb[i].detach(), t)
         mousse.step()
         muon.step()
-        for a, b, W0 in zip(pa, pb, prob.W0):
+        for a, b, W0 in zip(pa, pb, prob.W0, strict=True):
             err = torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach() - W0)
             assert err < 1e-10, (t + 1, float(err))
 
@@ -240,11 +240,11 @@ def test_alpha_zero_is_muon_fp32():
     muon = Muon(pb, lr=0.01, nesterov=True, ns="muon", lr_scale="muon", weight_decay=0.1)
     for _ in range(15):
         grads = [torch.randn(W.shape, generator=g) for W in W0]
-        for a, b, G in zip(pa, pb, grads):
+        for a, b, G in zip(pa, pb, grads, strict=True):
             a.grad, b.grad = G.clone(), G.clone()
         mousse.step()
         muon.step()
-    for a, b, W in zip(pa, pb, W0):
+    for a, b, W in zip(pa, pb, W0, strict=True):
         err = torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach() - W)
         assert err < 1e-4, float(err)
 
@@ -350,7 +350,7 @@ def _run_vs_torch(nesterov, ours_rule, torch_rule, ns_dtype, steps=30, ours_nest
         ref.step()
     return [
         float(torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach() - W))
-        for a, b, W in zip(pa, pb, W0)
+        for a, b, W in zip(pa, pb, W0, strict=True)
     ]
 
 
@@ -434,7 +434,7 @@ def test_refresh_steps_and_statistics(freq, monkeypatch):
             assert this_step == [], (t, this_step)
         cached = [(opt.state[p]["lam_L"].clone(), opt.state[p]["Q_R"].clone()) for p in params]
         if prev is not None:
-            for (lam, Q), (lam0, Q0) in zip(cached, prev):
+            for (lam, Q), (lam0, Q0) in zip(cached, prev, strict=True):
                 if due:
                     assert not torch.equal(lam, lam0) and not torch.equal(Q, Q0)
                 else:  # the cached basis is reused between refreshes

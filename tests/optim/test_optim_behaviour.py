@@ -27,7 +27,7 @@ def make_grads(shapes, steps, dtype=torch.float32, seed=1):
 
 def run(opt, params, grads):
     for step_grads in grads:
-        for p, G in zip(params, step_grads):
+        for p, G in zip(params, step_grads, strict=True):
             p.grad = None if G is None else G.clone()
         opt.step()
 
@@ -73,7 +73,7 @@ def test_extreme_gradients_stay_finite_and_bounded(scale, kind, sides):
         opt.step()
         assert all(torch.isfinite(p).all() for p in params)
         assert all_state_finite(opt)
-        for p, W in zip(params, before):
+        for p, W in zip(params, before, strict=True):
             # graft: ||U||_F = ||NS(X)||_F <= 1.21 sqrt(min(m, n)) whatever the gradient scale
             m, n = p.shape
             U = (W * (1 - lr * wd) - p.detach()) / (lr * math.sqrt(m / n))
@@ -97,7 +97,7 @@ def test_zero_gradient_only_decays(dtype):
     lr, wd = 0.1, 0.5
     opt = Mousse(params, lr=lr, weight_decay=wd, precond_freq=2)
     run(opt, params, [[torch.zeros_like(p) for p in params] for _ in range(3)])
-    for p, W in zip(params, W0):
+    for p, W in zip(params, W0, strict=True):
         expected = W
         for _ in range(3):
             expected = expected * (1 - lr * wd)
@@ -213,7 +213,7 @@ def test_eigh_fp32_failure_retries_in_fp64(monkeypatch):
     run(opt, params, grads)
     # the whole bucket is retried in fp64 (not only the matrix-by-matrix last resort)
     assert (torch.float32, 2) in calls and (torch.float64, 2) in calls
-    for p, q in zip(params, ref_params):
+    for p, q in zip(params, ref_params, strict=True):
         st = opt.state[p]
         assert int(st["eigh_failures_L"]) == 0 and int(st["eigh_failures_R"]) == 0
         assert st["lam_L"].dtype == torch.float32 and st["Q_L"].dtype == torch.float32
@@ -353,7 +353,7 @@ def test_state_dict_round_trip_is_bit_identical(k, via, tmp_path):
     )
     opt2.load_state_dict(saved)
     run(opt2, params2, grads[k:])
-    for p, q in zip(params, params2):
+    for p, q in zip(params, params2, strict=True):
         assert torch.equal(p, q)
         for key, v in opt.state[p].items():
             assert torch.equal(v, opt2.state[q][key]), key
@@ -410,7 +410,7 @@ def test_muon_state_dict_round_trip():
     opt2 = Muon(p2, lr=0.02)
     opt2.load_state_dict(saved)
     run(opt2, p2, grads[2:])
-    assert all(torch.equal(a, b) for a, b in zip(params, p2))
+    assert all(torch.equal(a, b) for a, b in zip(params, p2, strict=True))
 
 
 # ---- schedulers and param groups --------------------------------------------------------------
@@ -433,13 +433,13 @@ def test_lr_scheduler_drives_group_lr(sched):
     for s in range(steps):
         assert opt_a.param_groups[0]["lr"] == pytest.approx(lrs[s], rel=1e-12, abs=1e-15)
         opt_b.param_groups[0]["lr"] = opt_a.param_groups[0]["lr"]
-        for p, q, G in zip(pa, pb, grads[s]):
+        for p, q, G in zip(pa, pb, grads[s], strict=True):
             p.grad, q.grad = G.clone(), G.clone()
         before = pa[0].detach().clone()
         opt_a.step()
         opt_b.step()
         scheduler.step()
-        assert all(torch.equal(p, q) for p, q in zip(pa, pb))
+        assert all(torch.equal(p, q) for p, q in zip(pa, pb, strict=True))
         # the step size follows the lr: ||dW + decay|| / lr is ~constant (graft, lr_scale)
         lr = lrs[s]
         U = (before * (1 - lr * 0.01) - pa[0].detach()) / lr
@@ -523,7 +523,7 @@ def test_batching_matches_one_optimizer_per_matrix(dtype):
         o = Mousse([p], precond_freq=4)
         run(o, [p], [[G[i]] for G in grads])
     tol = 1e-6 if dtype == torch.float32 else 1e-12
-    for p, q in zip(params, singles):
+    for p, q in zip(params, singles, strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=tol, atol=tol)
 
 
@@ -557,7 +557,7 @@ def test_param_without_grad_is_untouched():
                 assert not torch.equal(p, before[i]), (t, i)
     # every matrix behaves as if optimized alone on its own gradients (its own step count, so its
     # own refresh schedule)
-    for i, shape in enumerate(shapes):
+    for i in range(len(shapes)):
         alone = make_params(shapes)[i : i + 1]
         o = Mousse(alone, **knobs)
         run(o, alone, [[G[i]] for G in grads if G[i] is not None])
@@ -571,7 +571,7 @@ def test_all_grads_none_is_a_no_op_and_closure_is_called():
     opt = Mousse(params, weight_decay=0.1)
     W = [p.detach().clone() for p in params]
     opt.step()  # no gradients at all
-    assert all(torch.equal(p, w) for p, w in zip(params, W))
+    assert all(torch.equal(p, w) for p, w in zip(params, W, strict=True))
     assert all(not opt.state.get(p) or int(opt.state[p]["step"]) == 0 for p in params)
 
     def closure():
@@ -582,7 +582,7 @@ def test_all_grads_none_is_a_no_op_and_closure_is_called():
 
     loss = opt.step(closure)
     assert isinstance(loss, torch.Tensor) and torch.isfinite(loss)
-    assert all(not torch.equal(p, w) for p, w in zip(params, W))
+    assert all(not torch.equal(p, w) for p, w in zip(params, W, strict=True))
 
 
 def test_defaults_are_the_released_recipe():
@@ -690,7 +690,7 @@ def test_telemetry(sides):
             f"eigh_failures_{s}",
             f"stat_skips_{s}",
         }
-    for row, p, W in zip(rows, params, before):
+    for row, p, W in zip(rows, params, before, strict=True):
         assert set(row) == keys
         assert all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in row.values())
         assert all(torch.isfinite(v.float()) for v in row.values())

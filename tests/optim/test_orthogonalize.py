@@ -144,7 +144,7 @@ def test_ns_band_and_directions(name, dtype, kind):
     thr_floor, margin, off_tol = TOLS[dtype][name]
     thr = max(thr, thr_floor)
     g = torch.Generator().manual_seed(2)
-    for seed_shift, (m, n) in enumerate(SHAPES):
+    for m, n in SHAPES:
         k = min(m, n)
         s = spectrum(kind, k)
         # A batch of three independent matrices with the same spectrum.
@@ -224,7 +224,7 @@ def test_batch_is_per_matrix(name):
 # ---- exact polar ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(1, 7), (7, 1)])
+@pytest.mark.parametrize("shape", [*SHAPES, (1, 7), (7, 1)])
 @pytest.mark.parametrize("kind", ["well", "ill4"])
 def test_exact_equals_UVt(shape, kind):
     g = torch.Generator().manual_seed(5)
@@ -257,7 +257,7 @@ def test_exact_in_fp32_close_to_fp64():
 # ---- equivariance -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NS_NAMES + ["exact"])
+@pytest.mark.parametrize("name", [*NS_NAMES, "exact"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_rotation_equivariance_fp64(name, shape):
     """NS(Q^T X P) = Q^T NS(X) P: the identity behind 'alpha = 0 is Muon'."""
@@ -276,7 +276,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float64, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp64", "fp16"]
 
 
-@pytest.mark.parametrize("name", NS_NAMES + ["exact"])
+@pytest.mark.parametrize("name", [*NS_NAMES, "exact"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_zero_matrix_maps_to_zero(name, dtype):
     in_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -287,7 +287,7 @@ def test_zero_matrix_maps_to_zero(name, dtype):
         assert torch.equal(Y, torch.zeros_like(Y))
 
 
-@pytest.mark.parametrize("name", NS_NAMES + ["exact"])
+@pytest.mark.parametrize("name", [*NS_NAMES, "exact"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_huge_and_tiny_entries_stay_finite(name, dtype):
     in_dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -92,16 +92,16 @@ def test_step_one_is_eigh_and_later_refreshes_are_qr(monkeypatch):
     for opt, params in ((opt_qr, p_qr), (opt_eigh, p_eigh)):
         grads(params, 1)
         opt.step()
-    for a, b in zip(p_qr, p_eigh):  # identical first step: both refreshed by eigh
+    for a, b in zip(p_qr, p_eigh, strict=True):  # identical first step: both refreshed by eigh
         assert torch.equal(a, b)
-    for a, b in zip(p_qr, p_eigh):
+    for a, b in zip(p_qr, p_eigh, strict=True):
         assert all(torch.equal(v, opt_eigh.state[b][k]) for k, v in opt_qr.state[a].items())
     calls.clear()
     for step in (2, 3):
         grads(p_qr, step)
         opt_qr.step()
     assert calls == []  # no eigh after step 1
-    assert not all(torch.equal(a, b) for a, b in zip(p_qr, p_eigh))
+    assert not all(torch.equal(a, b) for a, b in zip(p_qr, p_eigh, strict=True))
 
 
 def quadratic(seed=0):
@@ -112,7 +112,7 @@ def quadratic(seed=0):
 
 
 def loss_of(params, A, targets):
-    return sum(((p @ A - t) ** 2).mean() for p, t in zip(params, targets))
+    return sum(((p @ A - t) ** 2).mean() for p, t in zip(params, targets, strict=True))
 
 
 def train(opt, params, A, targets, steps):
@@ -138,7 +138,7 @@ def test_qr_trains_stays_finite_and_round_trips_bit_exact():
     opt2.load_state_dict(opt.state_dict())
     end, end2 = train(opt, params, A, targets, 10), train(opt2, twin, A, targets, 10)
     assert end == end2 and end < mid
-    for p, q in zip(params, twin):
+    for p, q in zip(params, twin, strict=True):
         assert torch.equal(p, q) and torch.isfinite(p).all()
         assert opt.state[p].keys() == opt2.state[q].keys()
         assert all(torch.equal(v, opt2.state[q][k]) for k, v in opt.state[p].items())
@@ -161,7 +161,7 @@ def test_cached_whitening_follows_alpha_changes():
         for params, opt in ((p1, opt1), (p2, opt3)):
             grads(params, step)
             opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
 
 
 def test_invalid_refresh_is_rejected():

@@ -4,6 +4,7 @@ eigendecomposition (`refresh="root"`)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -46,7 +47,7 @@ class RefDelayed:
         self.L = b * self.L + (1 - b) * G @ G.T
         self.R = b * self.R + (1 - b) * G.T @ G
         F = c["precond_freq"]
-        if self.t == 1 or (self.t - 1 - self.phase) % F == 0 and self.t > 1:
+        if self.t == 1 or ((self.t - 1 - self.phase) % F == 0 and self.t > 1):
             new = ref_neg_power(self.L, self.t, c), ref_neg_power(self.R, self.t, c)
             if self.t == 1 or c["delay"] == 0:
                 self.PL, self.PR = new
@@ -106,7 +107,9 @@ def test_delayed_and_staggered_refreshes_match_the_reference(delay, schedule):
         phases = [ph for b in opt._buckets[0] for ph in b.refreshes.phases]
         # the bucket of three 12x8 matrices and the 6x10 one: spread over the four phases
         assert sorted(phases) == [0, 1, 2, 3]
-    refs = [RefDelayed(s, cfg, ph) for s, ph in zip(SHAPES, phases)]  # buckets keep this order
+    refs = [
+        RefDelayed(s, cfg, ph) for s, ph in zip(SHAPES, phases, strict=True)
+    ]  # buckets keep this order
     follow_reference(opt, params, refs, prob, steps)
 
 
@@ -122,7 +125,7 @@ def test_the_reference_sees_a_delay():
                 p.grad = prob.grad(i, p.detach(), t)
             opt.step()
         runs.append([p.detach() for p in params])
-    assert max(float((a - b).abs().max()) for a, b in zip(*runs)) > 1e-6
+    assert max(float((a - b).abs().max()) for a, b in zip(*runs, strict=True)) > 1e-6
 
 
 def make(seed=0, **kw):
@@ -149,9 +152,9 @@ def test_delay_zero_and_staggered_period_one_are_todays_refresh():
     ref1_p, ref1 = make(precond_freq=1)
     run(base_p, base, 12)
     run(ref1_p, ref1, 12)
-    for (p, opt), ref in zip(runs, (base_p, ref1_p)):
+    for (p, opt), ref in zip(runs, (base_p, ref1_p), strict=True):
         run(p, opt, 12)
-        assert all(torch.equal(a, b) for a, b in zip(p, ref))
+        assert all(torch.equal(a, b) for a, b in zip(p, ref, strict=True))
     assert "refresh_pending" not in base.state[base_p[0]]  # no pending buffers without a delay
 
 
@@ -167,7 +170,7 @@ def test_background_refresh_equals_computing_it_at_once(monkeypatch):
         b.refreshes.background = False
     run(p1, opt1, 15, start=2)
     run(p2, opt2, 15, start=2)
-    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
     assert opt1._worker._pool is not None and opt2._worker._pool is None  # the thread ran
 
 
@@ -186,7 +189,7 @@ def test_resume_between_a_refresh_and_its_use_is_bit_exact(stop, background, mon
     opt3 = Mousse(twin, lr=0.02, precond_freq=5, **knobs)
     opt3.load_state_dict(saved)
     run(twin, opt3, 14 - stop, start=stop + 1)
-    assert all(torch.equal(a, b) for a, b in zip(p1, twin))
+    assert all(torch.equal(a, b) for a, b in zip(p1, twin, strict=True))
 
 
 def test_a_delay_set_on_resume_adds_its_buffers():
@@ -230,13 +233,13 @@ def test_staggered_refreshes_each_matrix_every_period_and_spreads_the_work(monke
         for i in rows:
             when.setdefault(i, []).append(t)
     assert sorted(when) == list(range(10))
-    assert all({b - a for a, b in zip(ts, ts[1:])} == {5} for ts in when.values())
+    assert all({b - a for a, b in itertools.pairwise(ts)} == {5} for ts in when.values())
 
 
 def test_stagger_phases_balance_the_work():
     costs = [512**3] * 4 + [128**3] * 16
     phases = stagger_phases(costs, 10)
-    loads = [sum(c for c, p in zip(costs, phases) if p == ph) for ph in range(10)]
+    loads = [sum(c for c, p in zip(costs, phases, strict=True) if p == ph) for ph in range(10)]
     assert max(loads) == 512**3 and sorted(phases[:4]) == [0, 1, 2, 3]
     assert stagger_phases(costs, 10) == phases  # deterministic
 
@@ -322,7 +325,7 @@ def test_root_trains_like_eigh():
                 p.grad = prob.grad(i, p.detach(), t)
             opt.step()
         out.append([p.detach() for p in params])
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         assert float((a - b).abs().max()) < 1e-8
 
 
@@ -333,7 +336,7 @@ def test_alpha_zero_root_is_muon():
     p2, opt2 = make(sides="none")
     run(p1, opt1, 12)
     run(p2, opt2, 12)
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
     assert torch.equal(opt1.state[p1[0]]["Q_L"], torch.eye(12))  # the root refreshes since
 

@@ -119,7 +119,7 @@ class PerSides:
 
     def __init__(self, cls, params, sides_list, **kw):
         by: dict[str, list] = {}
-        for p, s in zip(params, sides_list):
+        for p, s in zip(params, sides_list, strict=True):
             by.setdefault(s, []).append(p)
         self.opts = [cls(ps, sides=s, **kw) for s, ps in by.items()]
 

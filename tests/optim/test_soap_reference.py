@@ -137,7 +137,7 @@ def test_soap_first_call_only_builds_the_basis():
     for i, p in enumerate(params):
         p.grad = prob.grad(i, p.detach(), 0)
     opt.step()
-    for p, W0 in zip(params, prob.W0):
+    for p, W0 in zip(params, prob.W0, strict=True):
         assert torch.equal(p.detach(), W0)  # no update, no decay
     # ... but the factors and the bases are built (the eigenbasis of step 1's G G^T), and no
     # moment is updated
@@ -151,7 +151,7 @@ def test_soap_first_call_only_builds_the_basis():
     for i, p in enumerate(params):
         p.grad = prob.grad(i, p.detach(), 1)
     opt.step()
-    for p, W0 in zip(params, prob.W0):
+    for p, W0 in zip(params, prob.W0, strict=True):
         assert not torch.equal(p.detach(), W0)
 
 
@@ -167,10 +167,12 @@ def test_soap_first_moment_is_rotated_exactly_at_a_basis_change():
     prob = Problem(shapes, seed=21, steps=steps)
     params = params_of(prob)
     opt = SOAP(grouped(params, sides), precond_freq=freq, eps=1e-30, **SOAP_KW)
-    refs = [ref_soap(s, sd, freq) for s, sd in zip(shapes, sides)]
+    refs = [ref_soap(s, sd, freq) for s, sd in zip(shapes, sides, strict=True)]
     W_ref = run_vs_refs(opt, params, refs, prob, steps)
     unrotated = run_refs(
-        [ref_soap(s, sd, freq, rotate_m=False) for s, sd in zip(shapes, sides)], prob, steps
+        [ref_soap(s, sd, freq, rotate_m=False) for s, sd in zip(shapes, sides, strict=True)],
+        prob,
+        steps,
     )
     assert far_apart(unrotated, W_ref, prob.W0)
 

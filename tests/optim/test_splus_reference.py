@@ -137,10 +137,16 @@ def test_splus_with_a_stale_basis_uses_the_basis_computed_after_the_previous_upd
     params = params_of(prob)
     opt = SPlus(grouped(params, sides), precond_freq=freq, eps=1e-30, **SPLUS_KW)
     W_ref = run_vs_refs(
-        opt, params, [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides)], prob, steps
+        opt,
+        params,
+        [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides, strict=True)],
+        prob,
+        steps,
     )
     fresh = run_refs(
-        [ref_splus(s, sd, freq, fresh=True) for s, sd in zip(shapes, sides)], prob, steps
+        [ref_splus(s, sd, freq, fresh=True) for s, sd in zip(shapes, sides, strict=True)],
+        prob,
+        steps,
     )
     assert far_apart(fresh, W_ref, prob.W0)
 
@@ -164,10 +170,10 @@ def test_splus_two_sided_non_square_steps_with_a_full_rank_basis():
     checked = 0
     for t in range(steps):
         before = [p.detach().clone() for p in params]
-        for p, G in zip(params, grads[t]):
+        for p, G in zip(params, grads[t], strict=True):
             p.grad = G.clone()
         opt.step()
-        for i, (p, ref) in enumerate(zip(params, refs)):
+        for i, (p, ref) in enumerate(zip(params, refs, strict=True)):
             d_ref = ref.step(before[i], grads[t][i]) - before[i]
             if t + 1 >= 4:
                 d = p.detach() - before[i]
@@ -185,24 +191,24 @@ def test_splus_averaged_weights_are_the_bias_corrected_iterate_average():
     prob = Problem(shapes, seed=35, steps=steps)
     params = params_of(prob)
     opt = SPlus(grouped(params, sides), precond_freq=freq, eps=1e-30, **SPLUS_KW)
-    refs = [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides)]
+    refs = [ref_splus(s, sd, freq) for s, sd in zip(shapes, sides, strict=True)]
     run_vs_refs(opt, params, refs, prob, steps)
     raw = [p.detach().clone() for p in params]
     with opt.averaged_weights():
-        for p, ref in zip(params, refs):
+        for p, ref in zip(params, refs, strict=True):
             avg = ref.averaged()
             assert not torch.allclose(avg, p.detach().new_zeros(avg.shape))
             err = torch.linalg.norm(p.detach() - avg) / torch.linalg.norm(avg)
             assert err < 1e-10, float(err)
             # not the raw weights, and not the uncorrected average
             assert torch.linalg.norm(p.detach() - ref.ema) > 1e-3 * torch.linalg.norm(avg)
-    for p, W in zip(params, raw):
+    for p, W in zip(params, raw, strict=True):
         assert torch.equal(p.detach(), W)  # bitwise restored
     # training continues from the raw weights: one more step still matches the reference
     for i, p in enumerate(params):
         p.grad = prob.grad(i, p.detach(), steps - 1)
     opt.step()
-    for i, (p, ref) in enumerate(zip(params, refs)):
+    for i, (p, ref) in enumerate(zip(params, refs, strict=True)):
         W_next = ref.step(raw[i], prob.grad(i, raw[i], steps - 1))
         assert_on_track(p, W_next, prob.W0[i], 1e-9, i)
 
@@ -217,10 +223,9 @@ def test_splus_averaged_weights_restores_after_an_exception():
         params[0].grad = prob.grad(0, params[0].detach(), t)
         opt.step()
     raw = params[0].detach().clone()
-    with pytest.raises(KeyError):
-        with opt.averaged_weights():
-            assert not torch.equal(params[0].detach(), raw)
-            raise KeyError("evaluation failed")
+    with pytest.raises(KeyError), opt.averaged_weights():
+        assert not torch.equal(params[0].detach(), raw)
+        raise KeyError("evaluation failed")
     assert torch.equal(params[0].detach(), raw)
 
 

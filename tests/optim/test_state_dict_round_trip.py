@@ -58,10 +58,10 @@ def test_state_dict_round_trip_is_bitwise(name):
     for t in range(before, before + after):
         step(opt, pa, t)
         step(fresh, pb, t)
-        for a, b in zip(pa, pb):
+        for a, b in zip(pa, pb, strict=True):
             assert torch.equal(a.detach(), b.detach()), (name, t + 1)
-        assert not any(torch.equal(a.detach(), W0) for a, W0 in zip(pa, prob.W0))
+        assert not any(torch.equal(a.detach(), W0) for a, W0 in zip(pa, prob.W0, strict=True))
     if name == "SPlus":
         with opt.averaged_weights(), fresh.averaged_weights():
-            for a, b in zip(pa, pb):
+            for a, b in zip(pa, pb, strict=True):
                 assert torch.equal(a.detach(), b.detach())

@@ -107,7 +107,7 @@ def test_tnt_sampled_fisher_without_fisher_grads_is_a_clear_error():
     p = torch.nn.Parameter(torch.randn(5, 4, dtype=F64))
     opt = TNT([p], fisher="sampled", **TNT_KW)
     p.grad = torch.randn(5, 4, dtype=F64)
-    with pytest.raises((RuntimeError, ValueError), match="(?i)fisher"):
+    with pytest.raises((RuntimeError, ValueError), match=r"(?i)fisher"):
         opt.step()
 
 

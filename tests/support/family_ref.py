@@ -125,7 +125,7 @@ def far_apart(Wa, Wb, W0, rel=1e-4):
     """Two reference trajectories differ by far more than the comparison tolerance."""
     return all(
         float(torch.linalg.norm(a - b)) > rel * float(torch.linalg.norm(b - w))
-        for a, b, w in zip(Wa, Wb, W0)
+        for a, b, w in zip(Wa, Wb, W0, strict=True)
     )
 
 
@@ -199,7 +199,7 @@ def uses(sides: str) -> tuple[bool, bool]:
 
 
 def grouped(params, sides_list, **extra):
-    return [{"params": [p], "sides": s, **extra} for p, s in zip(params, sides_list)]
+    return [{"params": [p], "sides": s, **extra} for p, s in zip(params, sides_list, strict=True)]
 
 
 def run_sided(cls, sided, make_ref, kw, freq, seed, steps):

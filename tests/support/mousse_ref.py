@@ -58,7 +58,7 @@ def follow_reference(opt, params, refs, prob: Problem, steps: int, tol: float = 
             p.grad = prob.grad(i, p.detach(), t)
         G_ref = [prob.grad(i, W_ref[i], t) for i in range(len(params))]
         opt.step()
-        W_ref = [r.step(W, G) for r, W, G in zip(refs, W_ref, G_ref)]
+        W_ref = [r.step(W, G) for r, W, G in zip(refs, W_ref, G_ref, strict=True)]
         for i, p in enumerate(params):
             travelled = torch.linalg.norm(W_ref[i] - prob.W0[i])
             err = torch.linalg.norm(p.detach() - W_ref[i]) / travelled

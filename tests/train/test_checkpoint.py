@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from support.cli import (
     FAST,
     FAST_SETTINGS,
@@ -61,8 +61,7 @@ def reference(builtin_data, tmp_path_factory):
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
+    return load_file(path)
 
 
 def file_hashes(ckpt: Path) -> dict[str, str]:
@@ -210,7 +209,8 @@ def test_checkpoint_files_and_names(reference):
 
     with safe_open(ckpt / "trainer.safetensors", framework="pt") as fh:
         meta = fh.metadata()
-        assert "rng_cpu" in fh.keys()
+        names = fh.keys()
+    assert "rng_cpu" in names
     saved_cfg = tomlio.loads(json.loads(meta["config"]))
     assert saved_cfg == tomlio.load(reference / "config.toml")
     assert json.loads(meta["step"]) == 2 * N
@@ -288,7 +288,7 @@ def _as_older_format(ckpt: Path) -> None:
     (ckpt / "checksums.json").unlink()
     for name in FILES:
         with safe_open(ckpt / name, framework="pt") as fh:
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = load_file(ckpt / name)
             meta = {k: v for k, v in (fh.metadata() or {}).items() if k != "checksums"}
         save_file(tensors, ckpt / name, metadata=meta)
 
@@ -371,7 +371,7 @@ def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_
             hashes[event.step] = file_hashes(event.path)
 
     monkeypatch.setattr(ckpt_module, "save_file", failing_save)
-    with pytest.raises(CheckpointError, match="No space left.*earlier checkpoints .* are intact"):
+    with pytest.raises(CheckpointError, match=r"No space left.*earlier checkpoints .* are intact"):
         Trainer(resolve(settings), run_dir, on_event=on_event).run()
     monkeypatch.setattr(ckpt_module, "save_file", real_save)
 

@@ -26,7 +26,7 @@ def _parts(hint: object) -> tuple[object, bool]:
 
 def test_run_config_has_one_typed_field_per_knob():
     run_knobs = [k for k in knobs.TABLE if k.run_setting]
-    assert config.FAMILY_KNOBS == tuple(k.name for k in run_knobs)
+    assert tuple(k.name for k in run_knobs) == config.FAMILY_KNOBS
     for k in run_knobs:
         assert config.FIELD_TYPES[k.name] is k.kind
         assert config.DEFAULTS[k.name] is None  # None: the optimizer's recipe
@@ -91,7 +91,7 @@ def test_resolved_settings_are_concrete_and_frozen():
 
 
 def test_run_config_ranges_come_from_the_table():
-    with pytest.raises(config.ConfigError, match="'momentum': 1.5; must be a number in"):
+    with pytest.raises(config.ConfigError, match=r"'momentum': 1\.5; must be a number in"):
         config.resolve({"momentum": 1.5})
     with pytest.raises(config.ConfigError, match="'stat_freq': 0; must be an integer >= 1"):
         config.resolve({"stat_freq": 0})

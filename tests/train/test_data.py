@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from support.data import write_shard
@@ -121,7 +123,8 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(tmp_path):
     assert not torch.equal(x, train_batch(ds.train, 2, 3, 8, 16)[0])
     for cuts in ([0, 8], [0, 3, 8], [0, 1, 2, 5, 8]):
         parts = [
-            train_batch(ds.train, 1, 3, 8, 16, rows=slice(a, b)) for a, b in zip(cuts, cuts[1:])
+            train_batch(ds.train, 1, 3, 8, 16, rows=slice(a, b))
+            for a, b in itertools.pairwise(cuts)
         ]
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
         assert torch.equal(torch.cat([p[1] for p in parts]), y)
@@ -138,7 +141,10 @@ def test_val_batches_are_fixed_and_contiguous(tmp_path):
     assert torch.equal(batches[0][0][0], ds.val.get(0, 50))
     assert torch.equal(batches[1][1][0], ds.val.get(201, 50))
     again = list(val_batches(ds.val, 1000, batch_size=4, seq_len=50))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(batches, again, strict=True)
+    )
     assert len(list(val_batches(ds.val, 10**9, 4, 50))) == 9  # capped by the split
     ((x, _),) = val_batches(ds.val, 1000, batch_size=64, seq_len=100)  # smaller than one batch
     assert x.shape == (19, 100)

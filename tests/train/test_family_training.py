@@ -44,10 +44,10 @@ def test_trainer_hands_tnt_the_sampled_label_gradient(builtin_data, tmp_path):
         logits, _ = trainer.model(x, y)
         labels = sample_labels(logits.detach(), sampling_generator(cfg.seed, 1, i, logits.device))
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten()) / 2
-        for e, g in zip(expected, torch.autograd.grad(loss, fisher)):
+        for e, g in zip(expected, torch.autograd.grad(loss, fisher), strict=True):
             e += g
     assert set(map(id, handed)) == set(map(id, fisher))
-    for p, e in zip(fisher, expected):
+    for p, e in zip(fisher, expected, strict=True):
         torch.testing.assert_close(handed[p], e, rtol=1e-5, atol=1e-7)
         assert not torch.allclose(handed[p], p.grad)  # not the ordinary gradient
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors.torch import load_file
 from support.cli import assert_one_line_error, mousse_command, summary, train_losses, val_losses
 from support.usermodel import FAST, LLAMA, ROOT, SMALL
 
@@ -126,8 +126,7 @@ def reference(builtin_data, tmp_path_factory):
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(path, framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
+    return load_file(path)
 
 
 def test_resume_is_bit_exact(cli, reference, tmp_path):

@@ -121,9 +121,9 @@ def _stagger(buckets: list[_Bucket], group: Knobs) -> None:
     """Give each matrix of a group's buckets its refresh phase, balancing the eigen work (about
     k^3 per factor of width k) over the `precond_freq` steps between refreshes."""
     rows = [(b, i) for b in buckets for i in range(len(b.params))]
-    widths = [dict(zip("LR", matrix_shape(b.params[i]))) for b, i in rows]
+    widths = [dict(zip("LR", matrix_shape(b.params[i]), strict=True)) for b, i in rows]
     costs = [sum(w[side] ** 3 for side in SIDE_FACTORS[group["sides"]]) for w in widths]
-    for (b, i), phase in zip(rows, stagger_phases(costs, group["precond_freq"])):
+    for (b, i), phase in zip(rows, stagger_phases(costs, group["precond_freq"]), strict=True):
         b.refreshes.phases[i] = phase
 
 
@@ -302,7 +302,7 @@ class KroneckerOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for pid, p in zip(saved_ids, params):
+        for pid, p in zip(saved_ids, params, strict=True):
             for key, value in state_dict["state"].get(pid, {}).items():
                 if isinstance(value, Tensor):
                     on_host = key in ("step", "refresh_pending")  # read every step: no sync
@@ -355,7 +355,7 @@ class KroneckerOptimizer(Optimizer):
         the raw weights on exit, bit for bit; a no-op for groups without one."""
         saved = []
         with torch.no_grad():
-            for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
+            for group, group_buckets in zip(self.param_groups, self._ensure_buckets(), strict=True):
                 rate = group["average_rate"]
                 for bucket in group_buckets if rate else ():
                     average = cast(Tensor, bucket.state.average)  # kept when rate > 0
@@ -383,7 +383,7 @@ class KroneckerOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
-        for group, group_buckets in zip(self.param_groups, self._ensure_buckets()):
+        for group, group_buckets in zip(self.param_groups, self._ensure_buckets(), strict=True):
             for bucket in group_buckets:
                 if bucket.exponents != exponents(group):  # new bucket, or alpha changed
                     cache_whitening(group, bucket.state)
@@ -403,8 +403,12 @@ class KroneckerOptimizer(Optimizer):
                 # Rare: only some matrices got a gradient, so their steps differ; step each
                 # group of equal step on copies of its rows, then write them back.
                 self.finish_refreshes()
-                for s in sorted({s for s, h in zip(steps, has_grad) if h}):
-                    rows = [i for i, (si, h) in enumerate(zip(steps, has_grad)) if h and si == s]
+                for s in sorted({s for s, h in zip(steps, has_grad, strict=True) if h}):
+                    rows = [
+                        i
+                        for i, (si, h) in enumerate(zip(steps, has_grad, strict=True))
+                        if h and si == s
+                    ]
                     idx = torch.tensor(rows)
                     sub, sub_steps = bucket.state.rows(idx), bucket.step[idx]
                     sub_refreshes = bucket.refreshes.rows(rows)

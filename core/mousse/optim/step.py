@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -159,10 +159,16 @@ class BucketState:
     average: Tensor | None = None  # iterate average (SPlus)
 
     # the saved state's names (torch.optim state entries) of each side's tensors
-    SAVED = {"factor": "{}", "lam": "lam_{}", "Q": "Q_{}"}
-    COUNTERS = {"eigh_failures": "eigh_failures_{}", "stat_skips": "stat_skips_{}"}
-    PENDING = {"pending_lam": "pending_lam_{}", "pending_Q": "pending_Q_{}"}
-    PENDING_ORDER = {"pending_order": "pending_order_{}"}
+    SAVED: ClassVar[dict[str, str]] = {"factor": "{}", "lam": "lam_{}", "Q": "Q_{}"}
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "eigh_failures": "eigh_failures_{}",
+        "stat_skips": "stat_skips_{}",
+    }
+    PENDING: ClassVar[dict[str, str]] = {
+        "pending_lam": "pending_lam_{}",
+        "pending_Q": "pending_Q_{}",
+    }
+    PENDING_ORDER: ClassVar[dict[str, str]] = {"pending_order": "pending_order_{}"}
 
     @classmethod
     def from_saved(cls, state: Mapping[str, Tensor]) -> BucketState:
@@ -210,7 +216,7 @@ class BucketState:
 
     def put_rows(self, idx: Tensor, sub: BucketState) -> None:
         """Write back the rows `idx` that `rows` took and a step then changed."""
-        for tensor, new in zip(self.tensors(), sub.tensors()):
+        for tensor, new in zip(self.tensors(), sub.tensors(), strict=True):
             tensor[idx.to(new.device)] = new
 
 
@@ -380,7 +386,7 @@ def apply_update(
     s = lr_multiplier(k.lr_scale, m, n)
     if wd and style == "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd)
-    step = [u.view(p.shape) for u, p in zip(U.to(params[0].dtype).unbind(0), params)]
+    step = [u.view(p.shape) for u, p in zip(U.to(params[0].dtype).unbind(0), params, strict=True)]
     if isinstance(lr, Tensor):  # compiled: a multiply by the lr tensor (alpha takes only numbers)
         torch._foreach_add_(params, torch._foreach_mul(step, -lr * s))
     else:
