@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -142,24 +141,24 @@ JSON_OUT = typer.Option(
 @with_flags({**SWEEP_FLAGS, **BASE_FLAGS})
 def ablate(
     overrides: dict,
-    spec: Optional[Path] = SPEC,
+    spec: Path | None = SPEC,
     grid: bool = GRID,
     no_baseline: bool = NO_BASELINE,
-    seeds: Optional[str] = SEEDS,
+    seeds: str | None = SEEDS,
     dry_run: bool = DRY_RUN,
     max_runs: int = MAX_RUNS,
-    ablation_dir: Optional[Path] = ABLATION_DIR,
-    shard: Optional[str] = SHARD,
+    ablation_dir: Path | None = ABLATION_DIR,
+    shard: str | None = SHARD,
     parallel: int = PARALLEL,
-    devices: Optional[str] = DEVICES,
-    config: Optional[Path] = CONFIG,
-    tune: Optional[str] = TUNE,
-    tune_seeds: Optional[str] = TUNE_SEEDS,
-    wait: Optional[float] = WAIT,
-    max_hours: Optional[float] = MAX_HOURS,
+    devices: str | None = DEVICES,
+    config: Path | None = CONFIG,
+    tune: str | None = TUNE,
+    tune_seeds: str | None = TUNE_SEEDS,
+    wait: float | None = WAIT,
+    max_hours: float | None = MAX_HOURS,
     force: bool = FORCE,
     no_timing_pass: bool = NO_TIMING_PASS,
-    timing_budget: Optional[float] = TIMING_BUDGET,
+    timing_budget: float | None = TIMING_BUDGET,
     json_out: bool = JSON_OUT,
     trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:

@@ -24,7 +24,7 @@ class AblateSetup:
 
     file: dict  # the spec file (empty without one)
     base: dict  # the settings every run shares
-    presets: list  # several presets: one ablation each (empty: the base's preset)
+    presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
     sweeps: dict  # knob -> values
     tuning: dict | None  # the tuning spec, or None
 
@@ -152,6 +152,7 @@ def plan_ablations(
     from mousse.experiments.sweep import Ablation
 
     file, presets = setup.file, setup.presets
+    each: list[str | None] = [*presets] if presets else [None]  # None: the base's preset
     plans = {
         preset: plan_ablation(
             setup.sweeps,
@@ -163,7 +164,7 @@ def plan_ablations(
             baseline=False if no_baseline else file.get("baseline", True),
             tune=setup.tuning,
         )
-        for preset in presets or [None]
+        for preset in each
     }
     first = next(iter(plans.values()))
     if ablation_dir is not None and str(ablation_dir) in ("", "."):
@@ -173,7 +174,7 @@ def plan_ablations(
     root = ablation_dir or Path("runs") / first.default_dir_name(
         (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else "")
     )
-    ablations = {p: Ablation(plan, root / p if presets else root) for p, plan in plans.items()}
+    ablations = {p: Ablation(plan, root if p is None else root / p) for p, plan in plans.items()}
     check_max_runs_all(ablations.values(), max_runs)
     for ab in ablations.values():
         ab.validate()
@@ -222,7 +223,7 @@ def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list
     left = [ab.time_left() for ab in ablations.values()]
     measured = None
     if all(x is not None for x in left):
-        seconds, runs, done = (sum(column) for column in zip(*left))
+        seconds, runs, done = (sum(column) for column in zip(*left, strict=True))
         measured = (
             seconds,
             f"about {duration(seconds)} for the {runs} runs left at most, at the pace of the "

@@ -61,16 +61,12 @@ class AblationView:
         return self.rows[name]
 
     def __call__(self, update) -> None:
+        """Take one update of the ablation: a plan-wide one (`_plan_update`), or one run's
+        (busy elsewhere, finished earlier, or a training event); then redraw the tables."""
         from mousse.experiments.runner import RunBusy
-        from mousse.experiments.sweep import RunSkipped, RunsQueued, WaitingForShards
+        from mousse.experiments.sweep import RunSkipped
 
-        if isinstance(update, RunsQueued):  # tuning: the next phase's runs
-            for run in update.runs:
-                if run.name not in self.rows:
-                    self._add(run.name)
-            self._plain(f"queued {len(update.runs)} runs: {', '.join(r.name for r in update.runs)}")
-        elif isinstance(update, WaitingForShards):
-            self._plain(f"waiting for {len(update.runs)} runs of other shards")
+        self._plan_update(update)
         if not hasattr(update, "run"):
             if self.live:
                 self.live.update(self.render())
@@ -82,27 +78,42 @@ class AblationView:
             row["status"] = "in use elsewhere"
             self._plain(f"[{update.run}] skipped: {update.message}")
         elif isinstance(update, RunSkipped):
-            s = update.summary
-            row.update(
-                status=f"done ({s['status']})",
-                step=s["steps"],
-                val=s["final_val_loss"],
-                best=s["best_val_loss"],
-                curve={p["step"]: p["val_loss"] for p in s["curve"]},
-                ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
-                fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
-                opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [],
-                tps=s["tokens_per_s"],
-                mem=s["peak_mem_bytes"],
-                earlier=True,
-            )  # timed by an earlier invocation
-            self._plain(
-                f"[{update.run}] already {s['status']}: final val {fmt(s['final_val_loss'])}"
-            )
+            self._skipped(update.run, row, update.summary)
         else:
             self._event(update.run, row, update.event)
         if self.live:
             self.live.update(self.render())
+
+    def _plan_update(self, update) -> None:
+        """An update about the plan rather than one run: the runs of tuning's next phase (new
+        rows), or a wait for other shards' runs. Anything else is left to `__call__`."""
+        from mousse.experiments.sweep import RunsQueued, WaitingForShards
+
+        if isinstance(update, RunsQueued):  # tuning: the next phase's runs
+            for run in update.runs:
+                if run.name not in self.rows:
+                    self._add(run.name)
+            self._plain(f"queued {len(update.runs)} runs: {', '.join(r.name for r in update.runs)}")
+        elif isinstance(update, WaitingForShards):
+            self._plain(f"waiting for {len(update.runs)} runs of other shards")
+
+    def _skipped(self, name: str, row: dict, s: dict) -> None:
+        """A run that had finished before this invocation: its row filled from its summary `s`
+        and marked `earlier`, since its timings were taken under other conditions."""
+        row.update(
+            status=f"done ({s['status']})",
+            step=s["steps"],
+            val=s["final_val_loss"],
+            best=s["best_val_loss"],
+            curve={p["step"]: p["val_loss"] for p in s["curve"]},
+            ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
+            fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
+            opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [],
+            tps=s["tokens_per_s"],
+            mem=s["peak_mem_bytes"],
+            earlier=True,
+        )  # timed by an earlier invocation
+        self._plain(f"[{name}] already {s['status']}: final val {fmt(s['final_val_loss'])}")
 
     def _plain(self, text: str) -> None:
         if not self.live:
@@ -152,8 +163,12 @@ class AblationView:
     def _median(xs):
         return statistics.median(xs) if xs else None
 
+    def _baseline_row(self) -> dict | None:
+        """The baseline's row; None without a baseline or before its run is listed."""
+        return None if self.baseline is None else self.rows.get(self.baseline)
+
     def _delta(self, row: dict) -> float | None:
-        base = self.rows.get(self.baseline)
+        base = self._baseline_row()
         if not base or row is base or not row["curve"]:
             return None
         step = max(row["curve"])
@@ -194,7 +209,7 @@ class AblationView:
         ms = self._median(r["ms"])
         if ms and r.get("tokens_per_step"):  # consistent with the median step time shown
             r["tps"] = r["tokens_per_step"] / (ms / 1000)
-        base = self.rows.get(self.baseline, {})
+        base = self._baseline_row() or {}  # rows are never empty
         mixed = bool(r.get("earlier")) != bool(base.get("earlier")) or bool(r.get("earlier"))
         overhead = (
             (ms / base_ms - 1) * 100

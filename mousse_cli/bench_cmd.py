@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from mousse.train.fileio import dumps
@@ -46,8 +44,8 @@ def bench(
         "--compile",
         help="Also time our Muon and Mousse (both, refresh every 10) under torch.compile (compiled during warm-up); with --train, compile the timed training runs too.",
     ),
-    model: Optional[str] = TRAIN_FLAGS["model"][1],
-    model_config: Optional[str] = TRAIN_FLAGS["model_config"][1],
+    model: str | None = TRAIN_FLAGS["model"][1],
+    model_config: str | None = TRAIN_FLAGS["model_config"][1],
     json_out: bool = typer.Option(
         False, "--json", help="Print the results object as JSON on stdout."
     ),

@@ -19,7 +19,7 @@ def check_cost(
     or, unless --force, the device's free memory. Returns the lines to show: the estimate, and a
     hint when a GPU preset meets a CPU."""
     from mousse.train.estimate import warning
-    from mousse.train.trainer import pick_device
+    from mousse.train.machine import pick_device
 
     if max_hours is not None and not max_hours > 0:  # NaN too
         raise ConfigError("--max-hours must be a number > 0")
@@ -39,9 +39,10 @@ def _estimates(configs: list, force: bool) -> list:
     device's free memory is refused."""
     from mousse.train.data import load_dataset
     from mousse.train.estimate import estimate
-    from mousse.train.trainer import pick_device
+    from mousse.train.machine import pick_device
 
-    estimates, vocabs = [], {}
+    estimates: list = []
+    vocabs: dict[tuple[str, str | None], int] = {}
     for cfg in configs:
         device = pick_device(cfg.device)
         key = (cfg.data, cfg.val_data)  # every variant usually shares one dataset: load it once

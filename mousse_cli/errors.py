@@ -8,10 +8,10 @@ import typer
 from rich.markup import escape
 
 from mousse.dist.process import is_main_process, rank_prefix
-from mousse.train.checkpoint import CheckpointError
 from mousse.train.config import ConfigError
 from mousse.train.data import DataError
 from mousse.train.fileio import dumps
+from mousse.train.optstate import CheckpointError
 
 from .console import console
 

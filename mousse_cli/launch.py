@@ -14,7 +14,7 @@ from mousse.dist.process import batch_split, env_world_size
 from mousse.train import tomlio
 from mousse.train.config import ConfigError
 from mousse.train.data import load_dataset
-from mousse.train.trainer import default_run_dir
+from mousse.train.machine import default_run_dir
 
 STOP = (signal.SIGINT, signal.SIGTERM)  # the signals the ranks stop on (and checkpoint)
 

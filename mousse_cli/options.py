@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Optional
+from typing import Any, cast
 
 import typer
 
 from mousse.optim.knobs import TABLE, Knob
-from mousse.train.config import OPTIMIZERS
+from mousse.train.presets import OPTIMIZERS
 
 
 def _switch(name: str, text: str) -> tuple:
     flag = name.replace("_", "-")
     return (
-        Optional[bool],
+        bool | None,
         typer.Option(None, f"--{flag}/--no-{flag}", help=text, show_default=False),
     )
 
@@ -27,7 +27,7 @@ def _knob_flag(knob: Knob) -> tuple:
     # a number's Mousse value (a choice's help names Mousse's choice itself)
     plain = knob.choices or knob.default is None
     note = _KNOB_NOTES.get(knob.name, "" if plain else f" (Mousse: {knob.default:g})")
-    return (Optional[knob.kind], typer.Option(None, help=knob.text + note))
+    return (knob.kind | None, typer.Option(None, help=knob.text + note))
 
 
 _PRESET_NOTE = " Unset: the preset's for the chosen optimizer where it sets one (`mousse presets`)"
@@ -42,100 +42,100 @@ KNOB_FLAGS = {k.name: _knob_flag(k) for k in TABLE if k.run_setting}
 # and the matrix optimizer's knobs to its recipe (docs/family.md, `mousse presets`).
 TRAIN_FLAGS: dict[str, tuple] = {
     "preset": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="Model + recipe preset: tiny, small, 160m, 250m, 500m, 800m (see `mousse presets`).",
         ),
     ),
     "data": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="'builtin' (stdlib source bytes), a text file/folder, or .bin token shards (file, folder or glob).",
         ),
     ),
     "val_data": (
-        Optional[str],
+        str | None,
         typer.Option(
             None, help="Validation shards or text, when not picked by name ('val') from --data."
         ),
     ),
-    "steps": (Optional[int], typer.Option(None, help="Optimizer steps.")),
-    "batch_size": (Optional[int], typer.Option(None, help="Sequences per optimizer step.")),
+    "steps": (int | None, typer.Option(None, help="Optimizer steps.")),
+    "batch_size": (int | None, typer.Option(None, help="Sequences per optimizer step.")),
     "micro_batch_size": (
-        Optional[int],
+        int | None,
         typer.Option(
             None, help="Sequences per forward pass (gradient accumulation makes up the rest)."
         ),
     ),
-    "seq_len": (Optional[int], typer.Option(None, help="Sequence length.")),
-    "d_model": (Optional[int], typer.Option(None, help="Model width (overrides the preset).")),
+    "seq_len": (int | None, typer.Option(None, help="Sequence length.")),
+    "d_model": (int | None, typer.Option(None, help="Model width (overrides the preset).")),
     "n_layers": (
-        Optional[int],
+        int | None,
         typer.Option(None, help="Number of blocks (overrides the preset)."),
     ),
     "model": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="Your own model instead of the built-in GPT: MODULE:FUNCTION or path/to/file.py:FUNCTION (called with vocab_size and seq_len, returns an nn.Module mapping token ids (B, T) to logits (B, T, V)), or hf:ARCH for a Hugging Face architecture with random weights (needs `pip install mousse\\[hf]`).",
         ),
     ),
     "model_config": (
-        Optional[str],
+        str | None,
         typer.Option(
             None, help="Keyword arguments for --model, e.g. hidden_size=256,num_hidden_layers=4."
         ),
     ),
     "optimizer": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help=f"Block-matrix optimizer: {' | '.join(OPTIMIZERS)} (mousse). Each family member is a preset of one engine's knobs (docs/family.md); every knob below overrides it.",
         ),
     ),
     "scalar_optimizer": (
-        Optional[str],
+        str | None,
         typer.Option(None, help="Optimizer for embedding, head, gains: adamw | lion."),
     ),
-    "scalar_lr": (Optional[float], typer.Option(None, help="Peak lr of the scalar optimizer.")),
+    "scalar_lr": (float | None, typer.Option(None, help="Peak lr of the scalar optimizer.")),
     "warmup_frac": (
-        Optional[float],
+        float | None,
         typer.Option(None, help="Fraction of steps of linear warmup before the cosine decay."),
     ),
     **KNOB_FLAGS,  # the engine's knobs; unset = the chosen optimizer's recipe
     "ns_dtype": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="Newton-Schulz precision: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16. bf16 is faster on CPUs with native bf16 (avx512_bf16, AMX).",
         ),
     ),
-    "eval_every": (Optional[int], typer.Option(None, help="Evaluate every N steps.")),
-    "eval_tokens": (Optional[int], typer.Option(None, help="Validation tokens per evaluation.")),
+    "eval_every": (int | None, typer.Option(None, help="Evaluate every N steps.")),
+    "eval_tokens": (int | None, typer.Option(None, help="Validation tokens per evaluation.")),
     "target_loss": (
-        Optional[float],
+        float | None,
         typer.Option(None, help="Record the first step and time at which val loss <= this."),
     ),
-    "seed": (Optional[int], typer.Option(None, help="Seed of init and data order (0).")),
-    "device": (Optional[str], typer.Option(None, help="auto | cpu | cuda.")),
+    "seed": (int | None, typer.Option(None, help="Seed of init and data order (0).")),
+    "device": (str | None, typer.Option(None, help="auto | cpu | cuda.")),
     "compile": _switch("compile", "torch.compile the model and the matrix optimizer's update."),
-    "log_every": (Optional[int], typer.Option(None, help="Log a line every N steps.")),
+    "log_every": (int | None, typer.Option(None, help="Log a line every N steps.")),
     "checkpoint_every": (
-        Optional[int],
+        int | None,
         typer.Option(None, help="Checkpoint every N steps (and at the end)."),
     ),
-    "keep_checkpoints": (Optional[int], typer.Option(None, help="Checkpoints kept per run (2).")),
+    "keep_checkpoints": (int | None, typer.Option(None, help="Checkpoints kept per run (2).")),
     "gather_dtype": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="Under torchrun: fp32 (exact) | bf16 (updates sent in bf16, half the all-gather).",
         ),
     ),
     "log": (
-        Optional[str],
+        str | None,
         typer.Option(
             None,
             help="Dashboards besides metrics.jsonl: tensorboard | wandb | tensorboard,wandb | none (the run dir's tb/, or an ablation's tb/<run>; needs `pip install 'mousse\\[tensorboard]'` or `'mousse\\[wandb]'`, docs/dashboards.md).",
@@ -186,7 +186,8 @@ def with_flags(flags: dict[str, tuple]):
             overrides = _alias_trace_norm({k: v for k, v in overrides.items() if v is not None})
             return func(overrides=overrides, **kwargs)
 
-        wrapper.__signature__ = sig.replace(parameters=own + extra)
+        # what Typer reads the options from; functools' wrapper type does not declare it
+        cast(Any, wrapper).__signature__ = sig.replace(parameters=own + extra)
         return wrapper
 
     return decorate
@@ -200,7 +201,7 @@ SWEEP_HELP = {
 }
 SWEEP_HELP["trace_norm"] = "Trace normalization: on,off (the same as --factor-norm trace,none)."
 SWEEP_FLAGS = {
-    name: (Optional[str], typer.Option(None, f"--{name.replace('_', '-')}", help=text))
+    name: (str | None, typer.Option(None, f"--{name.replace('_', '-')}", help=text))
     for name, text in SWEEP_HELP.items()
 }
 BASE_FLAGS = {k: v for k, v in TRAIN_FLAGS.items() if k not in SWEEP_FLAGS}

@@ -49,7 +49,7 @@ def seed_bands(records: list[dict]) -> dict[str, list[tuple]]:
     for r in records:
         if r["status"] == "completed" and r.get("curve"):
             curves.setdefault(r["variant"], []).append(r["curve"])
-    bands = {}
+    bands: dict[str, list[tuple]] = {}
     for variant, group in curves.items():
         by_step = [
             {p["step"]: p["val_loss"] for p in c if p.get("val_loss") is not None} for c in group
@@ -254,7 +254,8 @@ def plot_tuning(results: dict, out: Path) -> None:
         squeeze=False,
         layout="constrained",
     )
-    for ax, knob in zip(axes[0], knobs):
+    # strict=False: without tuned knobs there is still one (empty) panel
+    for ax, knob in zip(axes[0], knobs, strict=False):
         _tuning_axis(ax, knob, variants, colors)
     _save(fig, out, plt)
 
@@ -267,7 +268,9 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
         for phase in v.get("tuning") or []:
             if phase["knob"] != knob:
                 continue
-            points = [(x, y) for x, y in zip(phase["grid"], phase["losses"]) if y is not None]
+            points = [
+                (x, y) for x, y in zip(phase["grid"], phase["losses"], strict=True) if y is not None
+            ]
             if points:
                 numeric = all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points
@@ -350,9 +353,9 @@ def plot_scale(scale: dict, out: Path) -> None:
 def _speedup_line(ax, variant: str, rows: list[dict], color, nudge: float) -> None:
     """One variant's speedups with their 95% intervals as error bars."""
     xs, ys = [r["params"] * nudge for r in rows], [r["speedup"] for r in rows]
-    cis = [r["speedup_ci"] or [y, y] for y, r in zip(ys, rows)]
+    cis = [r["speedup_ci"] or [y, y] for y, r in zip(ys, rows, strict=True)]
     ax.plot(xs, ys, color=color, lw=1.2, label=variant)
-    for x, y, ci in zip(xs, ys, cis):
+    for x, y, ci in zip(xs, ys, cis, strict=True):
         ax.errorbar(
             [x],
             [y],

@@ -22,8 +22,8 @@ def presets(
     optimizer, and what it was tuned for), memory estimate and the time a Mousse run of each
     would take on this machine (a measured probe for the small presets, FLOPs for the others)."""
     from mousse.train.estimate import estimate
+    from mousse.train.machine import pick_device
     from mousse.train.presets import PRESETS
-    from mousse.train.trainer import pick_device
 
     with user_errors():
         where = pick_device(device)
@@ -40,9 +40,8 @@ def presets(
 
 def preset_row(p, cost, where) -> dict:
     """One preset as the JSON row (and the table's source): shape, recipe, memory, time here."""
-    from mousse.train.config import OPTIMIZERS
     from mousse.train.estimate import duration
-    from mousse.train.presets import memory_estimate_bytes, param_count
+    from mousse.train.presets import OPTIMIZERS, memory_estimate_bytes, param_count
 
     return {
         "name": p.name,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -27,7 +26,7 @@ def report(
         help="An ablation directory (holds ablation.toml), the root of `ablate --preset a,b` (holds scale.json), or a results file (results.json or `ablate --json`'s output: the tables and, with --plot, the forest plot; its runs' curves are not in it).",
     ),
     fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
-    plot: Optional[Path] = typer.Option(
+    plot: Path | None = typer.Option(
         None,
         "--plot",
         help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters.",
@@ -37,17 +36,17 @@ def report(
         "--retime",
         help="Time every variant's step again, side by side in this process on this machine, and take the overheads from that pass.",
     ),
-    timing_budget: Optional[float] = typer.Option(
+    timing_budget: float | None = typer.Option(
         None,
         "--timing-budget",
         help="Seconds for --retime (default: 3% of the ablation's training time, at least 10).",
     ),
-    expect: Optional[list[str]] = typer.Option(
+    expect: list[str] | None = typer.Option(
         None,
         "--expect",
         help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10". Exit 5 when one fails (docs/ci.md).',
     ),
-    against: Optional[str] = typer.Option(
+    against: str | None = typer.Option(
         None,
         "--against",
         help="Compare every variant with this variant instead of the baseline (e.g. --against mousse: what each change to Mousse costs or gains).",
@@ -130,8 +129,9 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
         raise ConfigError(
             f"{path} is not a results file (results.json, or what `mousse ablate --json` prints)"
         ) from None
-    for preset, results in by_preset.items() if plot is not None else ():
-        draw_plots(None, results, preset_plot(plot, preset))
+    if plot is not None:
+        for preset, results in by_preset.items():
+            draw_plots(None, results, preset_plot(plot, preset))
     if scaled and plot is not None:
         draw_scale(by_preset, plot)
     return scaled, by_preset

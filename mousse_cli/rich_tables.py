@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rich.markup import escape
 from rich.table import Table
 
 from .console import fmt
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 
 def titled_table(
@@ -99,7 +104,9 @@ def scale_table(scale: dict):
 
 
 # The two preset tables: compact, without borders.
-_PRESET_STYLE = dict(header_style="bold underline", box=None, pad_edge=False, no_wrap=True)
+_PRESET_STYLE: dict[str, Any] = dict(
+    header_style="bold underline", box=None, pad_edge=False, no_wrap=True
+)
 
 
 def presets_table(rows: list[dict]):
@@ -221,7 +228,7 @@ def bench_tables(r: dict):
     )
     if r["lean"]:
         return Group(head, *_train_steps(r["train"]))
-    parts = [head, _optimizer_steps(r), _shapes(r)]
+    parts: list[RenderableType] = [head, _optimizer_steps(r), _shapes(r)]
     if r.get("kernels"):
         parts += kernel_table(r["kernels"])
     parts.append(

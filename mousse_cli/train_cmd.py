@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -73,12 +72,12 @@ FORCE = typer.Option(
 @with_flags(TRAIN_FLAGS)
 def train(
     overrides: dict,
-    config: Optional[Path] = CONFIG,
-    run_dir: Optional[Path] = RUN_DIR,
-    resume: Optional[str] = RESUME,
+    config: Path | None = CONFIG,
+    run_dir: Path | None = RUN_DIR,
+    resume: str | None = RESUME,
     json_out: bool = JSON_OUT,
     nproc: int = NPROC,
-    max_hours: Optional[float] = MAX_HOURS,
+    max_hours: float | None = MAX_HOURS,
     force: bool = FORCE,
     trust_model_code: bool = TRUST_MODEL_CODE,
 ) -> None:
@@ -126,6 +125,7 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     if resume is None or restart:
         return resolve(settings), None, run_dir, restart
     source = run_dir if resume == "auto" else Path(resume)
+    assert source is not None  # `--resume auto` without --run-dir was refused above
     cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
     return cfg, ckpt, run_dir or ckpt.parent.parent, restart
 
@@ -140,10 +140,15 @@ def run_training(
     from mousse.train.trainer import Trainer
 
     view = TrainView()
+
+    def on_event(e) -> None:
+        view(e)
+        dashboards(e)
+
     trainer = Trainer(
         cfg,
         run_dir,
-        on_event=lambda e: (view(e), dashboards(e)),
+        on_event=on_event,
         resume=ckpt,
         stop=stop,
         world=setup,

@@ -42,33 +42,15 @@ class TrainView:
         self.started = time.perf_counter()
 
     def __call__(self, event) -> None:
+        """Show one event of the run (each kind by its own method), then redraw the live table."""
         if isinstance(event, RunStarted):
             self._started(event)
         elif isinstance(event, MicroBatchDone):
-            self.micro = event
-            now = time.perf_counter()
-            if not self.live and now - self.micro_printed >= 10:  # plain: a line every 10 s
-                self.micro_printed = now
-                console.print(self._micro_text(event), highlight=False)
+            self._micro_batch(event)
         elif isinstance(event, StepLogged):
-            self.last, self.micro = event, None
-            if not self.live:
-                console.print(
-                    f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
-                    f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
-                    f"(fwd+bwd {event.fwd_bwd_ms:.1f}, opt {event.opt_ms:.1f}) "
-                    f"{event.tokens_per_s:,.0f} tok/s eta {duration(event.eta_seconds)}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            self._step_logged(event)
         elif isinstance(event, EvalDone):
-            self.val = event
-            if not self.live:
-                console.print(
-                    f"eval step {event.step} val_loss {event.val_loss:.4f} "
-                    f"best {event.best_val_loss:.4f}",
-                    highlight=False,
-                )
+            self._eval_done(event)
         elif isinstance(event, Notice):
             notice(event.text)
         elif isinstance(event, CheckpointSaved) and not self.live:
@@ -77,6 +59,38 @@ class TrainView:
             self._finished(event.summary)
         if self.live:
             self.live.update(self._render())
+
+    def _micro_batch(self, event: MicroBatchDone) -> None:
+        """Progress inside a long step: kept for the live table's caption; without one, a plain
+        line at most every 10 s so that a slow step still shows it is moving."""
+        self.micro = event
+        now = time.perf_counter()
+        if not self.live and now - self.micro_printed >= 10:  # plain: a line every 10 s
+            self.micro_printed = now
+            console.print(self._micro_text(event), highlight=False)
+
+    def _step_logged(self, event: StepLogged) -> None:
+        """A logged step: the table's row (its micro-batch progress done), or a plain line."""
+        self.last, self.micro = event, None
+        if not self.live:
+            console.print(
+                f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
+                f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
+                f"(fwd+bwd {event.fwd_bwd_ms:.1f}, opt {event.opt_ms:.1f}) "
+                f"{event.tokens_per_s:,.0f} tok/s eta {duration(event.eta_seconds)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def _eval_done(self, event: EvalDone) -> None:
+        """An evaluation: the table's val columns, or a plain line."""
+        self.val = event
+        if not self.live:
+            console.print(
+                f"eval step {event.step} val_loss {event.val_loss:.4f} "
+                f"best {event.best_val_loss:.4f}",
+                highlight=False,
+            )
 
     def _started(self, event: RunStarted) -> None:
         cfg, info = event.config, event.info

@@ -30,9 +30,9 @@ __all__ = [
     "Mousse",
     "Muon",
     "Route",
-    "Shampoo",
     "SPlus",
+    "Shampoo",
     "SpecGD",
-    "build_optimizer",
     "__version__",
+    "build_optimizer",
 ]

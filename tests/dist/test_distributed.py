@@ -367,6 +367,13 @@ def test_plan_ownership_is_balanced_contiguous_and_deterministic(preset, world):
     assert plan_ownership(shapes, 1) == dict.fromkeys(shapes, 0)
 
 
+def test_a_convolution_weight_costs_as_its_flattened_matrix():
+    conv, flat = (64, 3, 3, 3), (64, 27)
+    assert matrix_cost(conv) == matrix_cost(flat)
+    owners = plan_ownership({"conv": conv, "fc": (256, 64), "head": (10, 256)}, 2)
+    assert set(owners.values()) == {0, 1}
+
+
 def test_owner_layout_packs_each_rank_in_its_slot():
     owners = {"a": 1, "b": 0, "c": 1}
     layout = OwnerLayout(["a", "b", "c"], {"a": 2, "b": 3, "c": 1}, owners, 2)

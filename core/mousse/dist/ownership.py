@@ -11,6 +11,7 @@ serves parameters sharded by FSDP (docs/scaling.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class MatrixCost:
 
 
 def matrix_cost(
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     sides: str = "both",
     precond_freq: int = 10,
     ns_steps: int = 5,
@@ -43,8 +44,9 @@ def matrix_cost(
 ) -> MatrixCost:
     """Cost model of one matrix: refresh ~ 9 (m^3 + n^3) for the preconditioned sides (eigh with
     vectors); per step the factor statistics (2 m^2 n, 2 m n^2), whitening and unwhitening (twice
-    that) and Newton-Schulz, ns_steps x (4 a^2 b + 2 a^3) with a <= b the matrix's sides."""
-    m, n = shape
+    that) and Newton-Schulz, ns_steps x (4 a^2 b + 2 a^3) with a <= b the matrix's sides. A
+    convolution weight (out, in, k...) costs as the (out, in x k...) matrix it is optimized as."""
+    m, n = shape[0], math.prod(shape[1:])
     a, b = min(m, n), max(m, n)
     left, right = sides in ("both", "left"), sides in ("both", "right")
     refresh = EIGH_FLOPS * (m**3 * left + n**3 * right)
@@ -56,10 +58,10 @@ def matrix_cost(
     return MatrixCost(float(refresh), float(3 * stats + ortho), max(1, precond_freq))
 
 
-def cost_model(cfg) -> Callable[[tuple[int, int]], float]:
+def cost_model(cfg) -> Callable[[tuple[int, ...]], float]:
     """Amortized per-step flops of a matrix under a run's matrix optimizer."""
     if cfg.optimizer == "adamw":
-        return lambda shape: float(shape[0] * shape[1])
+        return lambda shape: float(math.prod(shape))
     sides = getattr(cfg, "sides", None) or "none"
     ortho = getattr(cfg, "orthogonalizer", None) or "newton_schulz"
     freq = getattr(cfg, "precond_freq", None) or 1
@@ -68,9 +70,9 @@ def cost_model(cfg) -> Callable[[tuple[int, int]], float]:
 
 
 def plan_ownership(
-    shapes: Mapping[str, tuple[int, int]],
+    shapes: Mapping[str, tuple[int, ...]],
     world_size: int,
-    cost: Callable[[tuple[int, int]], float] | None = None,
+    cost: Callable[[tuple[int, ...]], float] | None = None,
 ) -> dict[str, int]:
     """The owner rank of every matrix, {name: rank}; the one place that decides.
 
@@ -106,10 +108,10 @@ def plan_ownership(
 
 
 def plan_loads(
-    shapes: Mapping[str, tuple[int, int]],
+    shapes: Mapping[str, tuple[int, ...]],
     owners: Mapping[str, int],
     world_size: int,
-    cost: Callable[[tuple[int, int]], float],
+    cost: Callable[[tuple[int, ...]], float],
 ) -> list[float]:
     """Each rank's summed cost under a plan."""
     load = [0.0] * world_size

@@ -81,7 +81,7 @@ def _hard_exit(code: int, linger: float = 0.0) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_error(exit_types: tuple[type, ...] = ()) -> Iterator[None]:
+def exit_on_error(exit_types: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Under torchrun (more than one rank): an error ends this rank at once, with one line on
     stderr naming the rank and the error and a non-zero exit code (130 for Ctrl-C), so torchrun
     stops the other ranks instead of leaving them waiting in a collective. `exit_types` are
@@ -104,7 +104,7 @@ def exit_on_error(exit_types: tuple[type, ...] = ()) -> Iterator[None]:
     except KeyboardInterrupt:
         print(f"error: {rank_prefix()}interrupted", file=sys.stderr)
         _hard_exit(130)
-    except BaseException as exc:  # noqa: BLE001 - every error must end the rank
+    except BaseException as exc:  # every error must end the rank
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if _lost_peer(exc):
             # most likely another rank failed first: say so briefly, and give torchrun a moment
@@ -156,7 +156,7 @@ def run_rank(entry: Callable[[], object]) -> None:
     if code in (0, 3, 130, 143):
         try:
             leave_process_group()
-        except Exception as exc:  # noqa: BLE001 - the work is done; say why the exit was unclean
+        except Exception as exc:  # the work is done; say why the exit was unclean
             print(f"error: {rank_prefix()}leaving the process group: {exc}", file=sys.stderr)
             code = code or 1
     _hard_exit(code)

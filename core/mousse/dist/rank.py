@@ -32,6 +32,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,7 @@ def setup(device: torch.device | str | None = None) -> World:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        extra = {"device_id": device} if device.type == "cuda" else {}
+        extra: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             timeout=timedelta(seconds=timeout_seconds()),
@@ -98,21 +99,14 @@ class Dist(World):
     ):
         super().__init__(device)
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.active, self.is_main = world_size > 1, rank == 0
         self.owners: dict[str, int] | None = None  # the ownership plan, once `prepare`d
         self._local_stop: threading.Event | None = None
         self._agreed_stop: threading.Event | None = None
         self._stop_seen: Tensor | None = None
-        self._stop_event = None
+        self._stop_event: torch.cuda.Event | None = None
         self._gather_bf16 = False
         self._fisher = self._average = False
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -184,7 +178,7 @@ class Dist(World):
         # which parameters had a gradient on some rank: only needed (a host read) when this
         # rank lacked one, since a local gradient already implies a global one
         has = local_flags if all(local_flags) else [v > 0 for v in head[2:].tolist()]
-        self._set_gradients(dict(zip((n for n, _ in self.params), has)), flat, mine)
+        self._set_gradients(dict(zip((n for n, _ in self.params), has, strict=True)), flat, mine)
         self._agree_on_stop(head[1])
         return head[0].to(loss.dtype)
 
@@ -228,6 +222,7 @@ class Dist(World):
         their owner only; None where no rank had one."""
         offset = 0
         for name, p in self.replicated:
+            assert flat is not None  # None only when there are no replicated parameters
             numel = p.numel()
             p.grad = flat[offset : offset + numel].view_as(p).to(p.dtype) if has[name] else None
             offset += numel
@@ -244,6 +239,7 @@ class Dist(World):
             if self._stop_event is not None:
                 self._stop_event.synchronize()
             if float(self._stop_seen) > 0 and self._agreed_stop is not None:
+                assert self._local_stop is not None  # set together with _agreed_stop
                 self._agreed_stop.set()
                 self._local_stop.set()
         self._stop_seen = flag.to("cpu", non_blocking=True)
@@ -267,14 +263,15 @@ class Dist(World):
         width, dev = self.layout.width, self.device
         dtype = torch.bfloat16 if old is not None else self.comm_dtype
         mine = torch.empty(width, dtype=dtype, device=dev)
+        values: dict[str, Tensor]
         if old is None:
             values = {n: p for n, p in self.owned}
         else:
-            values = {n: p - o for (n, p), o in zip(self.owned, old)}
+            values = {n: p - o for (n, p), o in zip(self.owned, old, strict=True)}
         self.layout.pack(mine, self.rank, values)
         out = torch.empty(self.world_size * width, dtype=dtype, device=dev)
         dist.all_gather_into_tensor(out, mine)
-        before = dict(zip((n for n, _ in self.owned), old or []))
+        before = {} if old is None else dict(zip((n for n, _ in self.owned), old, strict=True))
         for r in range(self.world_size):
             slot = out[r * width : (r + 1) * width]
             for name, offset, numel in self.layout.slots(r):
@@ -304,7 +301,7 @@ class Dist(World):
         names = list(self.matrices)
         flags = torch.tensor([float(id(self.matrices[n]) in asked) for n in names]).to(self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return [self.matrices[n] for n, f in zip(names, flags.tolist()) if f > 0]
+        return [self.matrices[n] for n, f in zip(names, flags.tolist(), strict=True) if f > 0]
 
     def set_fisher_grads(self, opt, grads: dict[Tensor, Tensor]) -> None:
         """Sum the sampled-label gradients over the ranks and hand each owner its own."""
@@ -328,10 +325,10 @@ class Dist(World):
             if not self._average:
                 yield
                 return
+            owners = self.owners
+            assert owners is not None  # set by `prepare`, as _average is
             raw = {
-                n: p.detach().clone()
-                for n, p in self.matrices.items()
-                if self.owners[n] != self.rank
+                n: p.detach().clone() for n, p in self.matrices.items() if owners[n] != self.rank
             }
             self._gather()
             try:

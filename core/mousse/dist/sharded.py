@@ -98,7 +98,7 @@ def _on_main(d, action: Callable[[], None], tmp: Path) -> None:
     if d.is_main:
         try:
             action()
-        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+        except Exception as exc:  # reported on every rank below
             error = f"rank 0: {exc}"
     _fail_together(d, d.from_rank0(error), tmp)
 
@@ -114,7 +114,7 @@ def _write_shards(d, tmp: Path, model: torch.nn.Module, opt, meta: dict) -> list
         saved = sorted({param_of(k) for k in [*tensors, *extra]})
         save_file(tensors, tmp / shard_name(d.rank), metadata={**meta, **opt_meta})
         fsync(tmp / shard_name(d.rank))
-    except Exception as exc:  # noqa: BLE001 - reported on every rank below
+    except Exception as exc:  # reported on every rank below
         error = f"rank {d.rank}: {exc}"
     infos: list = [None] * d.world_size
     dist.all_gather_object(infos, (error, saved, optimizer_state_bytes(opt), weights_digest(model)))

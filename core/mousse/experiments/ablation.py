@@ -247,7 +247,9 @@ def _assignments(typed: dict, mode: str, baseline: bool) -> list[dict]:
     """The knob assignments the sweeps expand to: the centre ({}) and each value of each knob
     alone (one-at-a-time), or every combination (grid); the baseline's first when there is one."""
     if mode == "grid":
-        assignments = [dict(zip(typed, combo)) for combo in itertools.product(*typed.values())]
+        assignments = [
+            dict(zip(typed, combo, strict=True)) for combo in itertools.product(*typed.values())
+        ]
     else:
         assignments = [{}] + [{k: v} for k, values in typed.items() for v in values]
     if baseline:

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -87,15 +88,16 @@ TARGETS = {
 }
 
 
-def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, int], int]:
+def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, ...], int]:
     """{(out, in): count} of the block matrices (the ones Mousse / Muon train) of the preset's
     GPT, or with `model` ({"model": ..., "model_config": ...}, as `mousse train --model`) of
     that model at the preset's sequence length and vocabulary."""
     cfg = resolve({**(model or {}), "preset": preset})
     net = build_model(cfg, get_preset(preset).vocab_size, "meta")
     params = dict(net.named_parameters())
-    shapes: dict[tuple[int, int], int] = {}
-    for name, role in net.param_roles().items():
+    shapes: dict[tuple[int, ...], int] = {}
+    roles = cast(Any, net).param_roles()  # the built-in GPT's method, or a user model's
+    for name, role in roles.items():
         if role == "matrix":
             key = tuple(params[name].shape)
             shapes[key] = shapes.get(key, 0) + 1
@@ -150,7 +152,7 @@ def bench_steps(
         runs[name] = (params, make(params), [0])
 
     def one_step(params, opt, counter):
-        for p, grad in zip(params, pool[counter[0] % len(pool)]):
+        for p, grad in zip(params, pool[counter[0] % len(pool)], strict=True):
             p.grad = grad
         opt.step()
         counter[0] += 1
@@ -162,7 +164,7 @@ def bench_steps(
     singles: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            ms = [timed_ms(lambda run=run: one_step(*run), device) for _ in range(CYCLE)]
+            ms = [timed_ms(functools.partial(one_step, *run), device) for _ in range(CYCLE)]
             cycles[name].append(sum(ms) / CYCLE)
             singles[name] += ms
     step_ms = {name: statistics.median(ts) for name, ts in cycles.items()}
@@ -206,26 +208,31 @@ def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int)
             methods.append(("eigh", True))
         out[shape] = {
             f"{method}_host" if host else method: median_ms(
-                lambda m=method, host=host: [
-                    run_refresh(
-                        functools.partial(
-                            compute_refresh,
-                            method=m,
-                            eps=group["eps"],
-                            floor=group["eig_floor"],
-                            alpha=group["alpha"],
-                        ),
-                        side,
-                        host,
-                    )
-                    for side in sides
-                ],
-                device,
-                repeats,
+                functools.partial(_refresh_sides, sides, group, method, host), device, repeats
             )
             for method, host in methods
         }
     return out
+
+
+def _refresh_sides(sides: list, group: dict, method: str, host: bool) -> list:
+    """One refresh of every side's stacked factors by `method` (on the host with `host`): the
+    work `bench_refresh` times, bound with functools.partial so that each timing refreshes its
+    own shape's factors by its own method."""
+    return [
+        run_refresh(
+            functools.partial(
+                compute_refresh,
+                method=method,
+                eps=group["eps"],
+                floor=group["eig_floor"],
+                alpha=group["alpha"],
+            ),
+            side,
+            host,
+        )
+        for side in sides
+    ]
 
 
 def ns_flops(m: int, n: int, steps: int = 5) -> int:
@@ -251,7 +258,7 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
     out = {}
     for (m, n), count in shapes.items():
         X = torch.randn(count, m, n, device=device)
-        ms = median_ms(lambda: orthogonalize(X, "you5", 5, dtype), device, repeats)
+        ms = median_ms(functools.partial(orthogonalize, X, "you5", 5, dtype), device, repeats)
         tflops = count * ns_flops(m, n) / (ms / 1000) / 1e12
         out[(m, n)] = {
             "ns_ms": ms,
@@ -330,8 +337,8 @@ def _timed_run(cfg) -> dict:
         )
         for e in timed
     ]
-    refresh = [e.step_ms for e, d in zip(timed, due) if d]
-    plain = [e.step_ms for e, d in zip(timed, due) if not d]
+    refresh = [e.step_ms for e, d in zip(timed, due, strict=True) if d]
+    plain = [e.step_ms for e, d in zip(timed, due, strict=True) if not d]
     spread = percentiles([e.step_ms for e in timed])
     return {
         "step_ms_median": statistics.median(e.step_ms for e in timed),
@@ -409,7 +416,7 @@ def run_bench(
 
 def _checked_shapes(
     preset: str, repeats: int, device: str, steps: int, model: dict | None
-) -> dict[tuple[int, int], int]:
+) -> dict[tuple[int, ...], int]:
     """The matrix shapes to bench, once every input is checked (a ConfigError naming the bad
     one), before anything is timed."""
     for name, value in (("repeats", repeats), ("steps", steps)):

@@ -5,7 +5,7 @@ every error is a ConfigError that names the bad input."""
 from __future__ import annotations
 
 from mousse.optim import knobs as engine_knobs
-from mousse.train import compat, config
+from mousse.train import compat, config, presets
 from mousse.train.config import (
     FIELD_TYPES,
     VIEW_SETTINGS,
@@ -22,7 +22,7 @@ MAX_SEEDS = 1000
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
 CHOICES = {
-    "optimizer": config.OPTIMIZERS,
+    "optimizer": presets.OPTIMIZERS,
     "scalar_optimizer": config.SCALAR_OPTIMIZERS,
     "device": config.DEVICES,
     **engine_knobs.CHOICES,
@@ -103,11 +103,8 @@ def seed_list(value) -> list[int]:
     """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
-    if (
-        isinstance(value, int)
-        and value > MAX_SEEDS
-        or not isinstance(value, int)
-        and len(value) > MAX_SEEDS
+    if (isinstance(value, int) and value > MAX_SEEDS) or (
+        not isinstance(value, int) and len(value) > MAX_SEEDS
     ):
         raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
     seeds = list(range(value)) if isinstance(value, int) else list(value)

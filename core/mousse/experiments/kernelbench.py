@@ -3,7 +3,10 @@ whether the current dispatch thresholds (`kernels.MIN_DIM`) agree with the measu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 from mousse.optim import kernels
 
@@ -25,15 +28,7 @@ def bench_kernels(
     for m in sizes:
         X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
         A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
-        ops = {
-            "gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
-            "poly": (
-                A,
-                lambda: kernels.sym_poly(A, b, c),
-                lambda: torch.baddbmm(A, A, A, beta=b, alpha=c),
-            ),
-        }
-        for op, (inp, kernel, reference) in ops.items():
+        for op, (inp, kernel, reference) in _kernel_ops(X, A, b, c).items():
             kernel_ms = median_ms(kernel, device, repeats)
             torch_ms = median_ms(reference, device, repeats)
             rows.append(
@@ -56,6 +51,21 @@ def bench_kernels(
         "dispatched_where_slower": [
             f"{r['op']} {r['size']}" for r in rows if r["dispatched"] and r["speedup"] < 1
         ],
+    }
+
+
+def _kernel_ops(
+    X: Tensor, A: Tensor, b: float, c: float
+) -> dict[str, tuple[Tensor, Callable[[], Tensor], Callable[[], Tensor]]]:
+    """Per op: (its input, the Triton kernel's call, the torch op's call) on one size's inputs.
+    Built in a function so that each size's calls hold that size's tensors."""
+    return {
+        "gram": (X, lambda: kernels.sym_gram(X), lambda: X @ X.mT),
+        "poly": (
+            A,
+            lambda: kernels.sym_poly(A, b, c),
+            lambda: torch.baddbmm(A, A, A, beta=b, alpha=c),
+        ),
     }
 
 

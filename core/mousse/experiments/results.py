@@ -85,13 +85,14 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
     contexts = timing_contexts(records)
     comparable = len(contexts) == 1 and None not in contexts
     curves = _completed_curves(records)
-    base = _baseline(records, base_variant, comparable, curves.get(base_variant, []))
+    base_curves = curves.get(base_variant, []) if base_variant is not None else []
+    base = _baseline(records, base_variant, comparable, base_curves)
     runs = [_run_row(r, base) for r in records]
     variants = [
         _variant_row(name, [r for r in runs if r["variant"] == name], base, curves.get(name, []))
         for name in dict.fromkeys(r["variant"] for r in runs)
     ]
-    for v, p in zip(variants, holm([v["p_value"] for v in variants])):
+    for v, p in zip(variants, holm([v["p_value"] for v in variants]), strict=True):
         v["p_holm"] = p
         v["significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
         v["significance"] = _significance(v["is_baseline"], p, base.losses)
@@ -135,7 +136,8 @@ def add_paired(results: dict) -> dict:
         v["paired_delta"] = statistics.fmean(diffs) if diffs else None
         v["paired_delta_ci"] = paired_bootstrap_ci(diffs)
         v["paired_t"], v["paired_p"] = _finite(test["t"]), test["p"]
-    for v, p in zip(results["variants"], holm([v["paired_p"] for v in results["variants"]])):
+    paired_holm = holm([v["paired_p"] for v in results["variants"]])
+    for v, p in zip(results["variants"], paired_holm, strict=True):
         v["paired_p_holm"] = p
         v["paired_significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
     return results
@@ -316,7 +318,7 @@ def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval (None for the baseline itself, without a target, and in seconds when the runs'
     seconds were counted on differently loaded machines)."""
-    out = {}
+    out: dict[str, float | list[float] | None] = {}
     for suffix, key in (("", "step"), ("_time", "seconds")):
         skip = is_base or (key == "seconds" and not base.comparable)
         point = None if skip else speedup(base.curves, curves, key)
@@ -356,6 +358,7 @@ def apply_timing_pass(results: dict, record: dict | None) -> dict:
         v["side_by_side"] = row
         if (
             row is not None
+            and record is not None  # as `row` came from it
             and results["baseline"]
             and record.get("baseline") == results["baseline"]
         ):

@@ -18,15 +18,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mousse.dist import setup
 from mousse.dist.process import is_main_process
-from mousse.train.checkpoint import CheckpointError, checkpoint_dirs
+from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import write_json
+from mousse.train.optstate import CheckpointError
 from mousse.train.rundir import RunInUse, RunLock
 
 from .records import TIMING_KEYS
@@ -95,7 +97,7 @@ def failed_run(run_dir: Path, message: str, on_event) -> dict:
     """A run that cannot go on (every checkpoint damaged, its worker killed) ends as failed: its
     summary written and reported as a finished run's would be, so the ablation goes on with the
     others."""
-    summary = {
+    summary: dict[str, Any] = {
         "status": "failed",
         "message": message,
         "steps": 0,
@@ -117,7 +119,7 @@ def train_runs(
     parallel: int,
     stop: threading.Event,
     context: dict,
-    after_each: Callable[[], None],
+    after_each: Callable[[], object],
     busy: set[str],
     devices: list[str] | None = None,
 ) -> None:
@@ -158,13 +160,19 @@ def _train_here(jobs: list[Job], on_update, stop, context, after_each, busy) -> 
             execute_run(
                 job.settings,
                 job.run_dir,
-                lambda e, name=job.name: on_update(RunUpdate(name, e)),
+                _forward(job.name, on_update),
                 stop,
                 context,
             )
         except RunInUse as exc:
             _report_busy(job.name, exc, on_update, busy)
         after_each()
+
+
+def _forward(name: str, on_update: Callable[[object], None]) -> Callable[[Event], None]:
+    """The `on_event` of run `name`: its events passed on as RunUpdates. A function of its own
+    so each run's callback keeps that run's name."""
+    return lambda e: on_update(RunUpdate(name, e))
 
 
 def _train_pool(
@@ -176,27 +184,17 @@ def _train_pool(
     -9, the OOM killer) fails its run alone; a worker's error (bad input) stops the others
     cleanly, then is raised here."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    queued, running, free = list(jobs), [], worker_devices(parallel, devices)
+    queued, free = list(jobs), worker_devices(parallel, devices)
+    running: list[_Worker] = []
     error: BaseException | None = None
     try:
         while queued or running:
             if stop.is_set() or error is not None:
-                queued.clear()  # not started: left for the next rerun
-                for worker in running:
-                    worker.stop()
+                _wind_down(queued, running)
             while queued and len(running) < parallel:
                 running.append(_Worker(queued.pop(0), context, threads, free.pop(0)))
             wait([h for w in running for h in (w.events, w.process.sentinel)], timeout=0.2)
-            for worker in list(running):
-                exited = not worker.process.is_alive()  # then every message it sent is read now
-                for message in worker.receive():
-                    raised = _take(message, on_update, busy)
-                    error = error or raised
-                if exited:
-                    running.remove(worker)
-                    free.append(worker.device)  # the next run takes this worker's GPU
-                    worker.close(on_update)
-                    after_each()
+            error = _poll_workers(running, free, on_update, busy, after_each, error)
     except BaseException:  # a second Ctrl-C, or an error here: the workers end with this process
         for worker in running:
             worker.process.kill()
@@ -204,6 +202,38 @@ def _train_pool(
         raise
     if error is not None:
         raise error
+
+
+def _wind_down(queued: list[Job], running: list[_Worker]) -> None:
+    """On a stop or a worker's error: drop the runs not started yet (left for the next rerun)
+    and ask the running workers to stop theirs at the next step (they checkpoint)."""
+    queued.clear()
+    for worker in running:
+        worker.stop()
+
+
+def _poll_workers(
+    running: list[_Worker],
+    free: list[str | None],
+    on_update,
+    busy: set[str],
+    after_each: Callable[[], object],
+    error: BaseException | None,
+) -> BaseException | None:
+    """One look at every running worker: pass its messages on, and retire it (in place, from
+    `running`; its GPU back to `free`) once it has exited. Returns `error`, or else the first
+    error a worker sent, so the pool keeps the first one."""
+    for worker in list(running):
+        exited = not worker.process.is_alive()  # then every message it sent is read now
+        for message in worker.receive():
+            raised = _take(message, on_update, busy)
+            error = error or raised
+        if exited:
+            running.remove(worker)
+            free.append(worker.device)  # the next run takes this worker's GPU
+            worker.close(on_update)
+            after_each()
+    return error
 
 
 @dataclass(frozen=True)
@@ -301,7 +331,7 @@ def _worker(job: Job, context: dict, events, control, threads: int, parent: int,
         )
     except RunInUse as exc:
         events.send(RunBusy(job.name, str(exc)))
-    except Exception as exc:  # noqa: BLE001 - raised again in the parent
+    except Exception as exc:  # raised again in the parent
         events.send(_Raised(job.name, _picklable(exc), traceback.format_exc()))
 
 
@@ -310,7 +340,7 @@ def _picklable(exc: Exception) -> Exception:
     try:
         pickle.dumps(exc)
         return exc
-    except Exception:  # noqa: BLE001 - any pickling failure
+    except Exception:  # any pickling failure
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 

@@ -139,11 +139,13 @@ class Ablation:
         if frozen is not None:
             return dict(frozen)
         cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
+        assert self.tune is not None  # asked only of a plan that tunes
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 
     def tune_for(self, variant: RunSpec) -> TuneSpec:
         """The tuning a variant gets: every phase but those of knobs the variant sets itself (a
         `momentum_style=nesterov` variant keeps Nesterov while the others tune the style)."""
+        assert self.tune is not None  # asked only of a plan that tunes
         phases = tuple((k, v) for k, v in self.tune.phases if k not in variant.knobs)
         return replace(self.tune, phases=phases)
 
@@ -374,7 +376,9 @@ class Ablation:
         todo = self.pending(runs)
         for run in runs:
             if run not in todo:
-                on_update(RunSkipped(run.name, read_summary(self.run_dir(run))))
+                summary = read_summary(self.run_dir(run))
+                assert summary is not None  # a finished run's (`pending` kept the others)
+                on_update(RunSkipped(run.name, summary))
         self._train(todo, on_update, parallel, stop)
         return self.write_results()
 

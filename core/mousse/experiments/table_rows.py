@@ -218,6 +218,7 @@ def convergence_rows(results: dict) -> list[dict]:
                     speedup_text(v, "_time"),
                     _status_text(v["statuses"]),
                 ),
+                strict=True,
             )
         )
         for v in results["variants"]
@@ -232,7 +233,7 @@ def _phase_text(phase: dict) -> str:
     '…' a value still to run (or waiting for the phase before)."""
     diverged = phase.get("diverged") or []
     parts = []
-    for value, loss in zip(phase["grid"], phase["losses"]):
+    for value, loss in zip(phase["grid"], phase["losses"], strict=True):
         text = "diverged" if value in diverged else _num(loss, ".4f") if loss is not None else "…"
         star = "*" if phase["chosen"] is not None and value == phase["chosen"] else ""
         parts.append(f"{_value_text(value)}{star} {text}")
@@ -242,7 +243,7 @@ def _phase_text(phase: dict) -> str:
 def tuning_rows(results: dict) -> list[dict]:
     """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"."""
     return [
-        dict(zip(TUNING_COLUMNS, (v["variant"], phase["knob"], _phase_text(phase))))
+        dict(zip(TUNING_COLUMNS, (v["variant"], phase["knob"], _phase_text(phase)), strict=True))
         for v in results["variants"]
         for phase in v.get("tuning") or ()
     ]
@@ -296,6 +297,7 @@ def timing_rows(results: dict) -> list[dict]:
                     _overhead_text(v, comparable),
                     _memory_text(v),
                 ),
+                strict=True,
             )
         )
         for v in results["variants"]

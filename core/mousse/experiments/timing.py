@@ -19,7 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[s
             "within_noise": None,
         }
         if base is not None and name != baseline:
-            ratios = [100 * (v / b - 1) for v, b in zip(values, base)]
+            ratios = [100 * (v / b - 1) for v, b in zip(values, base, strict=True)]
             o1, om, o3 = _quartiles(ratios)
             row.update(overhead_pct=om, overhead_q1=o1, overhead_q3=o3, within_noise=o1 <= 0 <= o3)
         out[name] = row
@@ -96,7 +96,7 @@ def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[s
 
 
 def run_pass(
-    runners: dict[str, Callable[[int], float]],
+    runners: Mapping[str, Callable[[int], float]],
     baseline: str | None,
     budget_s: float,
     steps_per_round: int = STEPS_PER_ROUND,
@@ -132,26 +132,30 @@ def run_pass(
     }
 
 
-def trainer_runner(settings: dict, root: Path) -> Callable[[int], float]:
+class TrainerRunner:
     """A variant's real training step: its model, optimizer and data, built once; each call
-    trains n more steps and returns their mean ms."""
-    from mousse.train.config import resolve
-    from mousse.train.steptimer import StepTimer
-    from mousse.train.trainer import Trainer
+    trains n more steps and returns their mean ms. `device` names where it trains."""
 
-    trainer = Trainer(resolve(settings), root / "run")  # nothing is written there
-    timer = StepTimer(trainer.device)
-    done = 0
+    def __init__(self, settings: dict, root: Path):
+        from mousse.train.config import resolve
+        from mousse.train.steptimer import StepTimer
+        from mousse.train.trainer import Trainer
 
-    def run(n: int) -> float:
-        nonlocal done
-        for step in range(done + 1, done + n + 1):
-            trainer.train_step(step, timer)
-        done += n
-        return 1000 * timer.flush() / n
+        self.trainer = Trainer(resolve(settings), root / "run")  # nothing is written there
+        self.timer = StepTimer(self.trainer.device)
+        self.done = 0
+        self.device = str(self.trainer.device)
 
-    run.device = str(trainer.device)  # type: ignore[attr-defined]
-    return run
+    def __call__(self, n: int) -> float:
+        for step in range(self.done + 1, self.done + n + 1):
+            self.trainer.train_step(step, self.timer)
+        self.done += n
+        return 1000 * self.timer.flush() / n
+
+
+def trainer_runner(settings: dict, root: Path) -> TrainerRunner:
+    """A variant's real training step, as a `TrainerRunner`."""
+    return TrainerRunner(settings, root)
 
 
 def timing_pass(

@@ -207,7 +207,7 @@ class Phase:
     extensions: int = 0
 
     def to_dict(self) -> dict:
-        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
+        finite = lambda x: x if x is not None and math.isfinite(x) else None
         return {
             "knob": self.knob,
             "grid": list(self.grid),
@@ -270,7 +270,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                 results = [lookup({**chosen, knob: value}, seed) for seed in spec.seeds]
                 missing = [
                     (dict(chosen, **{knob: value}), s)
-                    for s, r in zip(spec.seeds, results)
+                    for s, r in zip(spec.seeds, results, strict=True)
                     if r is None
                 ]
                 if missing:
@@ -288,7 +288,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                 upward = best == phase.grid[-1]
                 value = extend(phase.grid, knob, upward)
                 if value is not None:
-                    phase.grid = phase.grid + [value] if upward else [value] + phase.grid
+                    phase.grid = [*phase.grid, value] if upward else [value, *phase.grid]
                     phase.extensions += 1
                     continue
             phase.chosen, phase.at_edge = best, edge
@@ -325,5 +325,5 @@ def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict) -> int:
             - (i > 0 and knob in centre and centre[knob] in grid)
         )
         * len(spec.seeds)
-        for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids))
+        for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids, strict=True))
     )

@@ -11,7 +11,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -50,7 +52,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     opt: CombinedOptimizer,
     trainer_tensors: dict[str, Tensor],
-    trainer_meta: dict,
+    trainer_meta: Mapping[str, object],
     keep: int,
 ) -> Path:
     """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
@@ -94,7 +96,7 @@ def write_model_and_trainer(
     tmp: Path,
     model: torch.nn.Module,
     trainer_tensors: dict[str, Tensor],
-    trainer_meta: dict,
+    trainer_meta: Mapping[str, object],
     meta: dict[str, str],
 ) -> None:
     """The model's weights and the trainer's state into a checkpoint being written (`tmp`):
@@ -137,7 +139,9 @@ def set_aside_later_checkpoints(ckpt_root: Path, step: int) -> list[Path]:
     `abandoned/`, where pruning never reaches; returns their new paths."""
     moved = []
     for ckpt in list_checkpoints(ckpt_root):
-        if int(_STEP_DIR.match(ckpt.name).group(1)) > step:
+        named = _STEP_DIR.match(ckpt.name)
+        assert named is not None  # list_checkpoints gives step-N dirs only
+        if int(named.group(1)) > step:
             target = ckpt_root / "abandoned" / f"{ckpt.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(ckpt, target)
@@ -218,7 +222,7 @@ def verify_checksums(ckpt: Path) -> None:
             )
 
 
-def latest_valid_checkpoint(path: Path, warn=None) -> Path:
+def latest_valid_checkpoint(path: Path, warn: Callable[[str], None] | None = None) -> Path:
     """`find_checkpoint`, but a run dir's checkpoints that fail their checksums are skipped (each
     reported through `warn`) for the newest that passes; CheckpointError when none does."""
     path = Path(path)
@@ -309,7 +313,7 @@ def find_checkpoint(path: Path) -> Path:
     return path if is_complete(path) else find_checkpoints(path)[-1]
 
 
-def _file_meta(path: Path) -> dict:
+def _file_meta(path: Path) -> dict[str, str]:
     """The metadata of a checkpoint file (its header only); unreadable: a CheckpointError."""
     try:
         with safe_open(path, framework="pt") as fh:
@@ -329,10 +333,10 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     return unreadable(path, exc)
 
 
-def read_checkpoint(ckpt: Path) -> dict:
+def read_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Load all three files; a truncated, corrupted or foreign checkpoint is a CheckpointError."""
     verify_checksums(ckpt)
-    out: dict = {}
+    out: dict[str, Any] = {}
     read = []
     for f in FILES:
         part = f.split(".")[0]
@@ -340,7 +344,7 @@ def read_checkpoint(ckpt: Path) -> dict:
             continue  # sharded: read by name (optimizer_state_by_name)
         try:
             with safe_open(ckpt / f, framework="pt") as fh:
-                out[part] = {k: fh.get_tensor(k) for k in fh.keys()}
+                out[part] = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not iterable
                 out[part + "_meta"] = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, CheckpointError):

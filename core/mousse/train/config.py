@@ -269,38 +269,56 @@ def closest(name: str, choices: Iterable[str]) -> str:
 
 def coerce(key: str, value: Any) -> Any:
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
-    if key not in FIELD_TYPES:
-        if key in compat.RENAMED:
-            raise ConfigError(f"'{key}' is now {compat.RENAMED[key]}")
-        raise ConfigError(f"unknown setting '{key}'{closest(key, FIELD_TYPES)}")
-    kind = FIELD_TYPES[key]
+    kind = _field_type(key)
     if value is None:
         return None
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if not isinstance(value, str):  # TOML's `compile = 1` is not on/off
-                raise ValueError
-            text = value.strip().lower()
-            if text in ("1", "true", "on", "yes"):
-                return True
-            if text in ("0", "false", "off", "no"):
-                return False
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
+        return _convert(kind, value)
     except (TypeError, ValueError):
         raise ConfigError(
             f"bad value for '{key}': {value!r} is not {'on/off' if kind is bool else 'a ' + kind.__name__}"
         ) from None
+
+
+def _field_type(key: str) -> type:
+    """The type of setting `key`'s values (`FIELD_TYPES`); an unknown key is a ConfigError
+    naming the closest setting, or the new name of a renamed one."""
+    if key not in FIELD_TYPES:
+        if key in compat.RENAMED:
+            raise ConfigError(f"'{key}' is now {compat.RENAMED[key]}")
+        raise ConfigError(f"unknown setting '{key}'{closest(key, FIELD_TYPES)}")
+    return FIELD_TYPES[key]
+
+
+def _convert(kind: type, value: Any) -> bool | int | float | str:
+    """`value` (a flag string or TOML value, not None) as a `kind`: int, float, bool or str.
+    TypeError or ValueError when it is not one, for `coerce` to name the key."""
+    if kind is bool:
+        return _to_bool(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value) if not isinstance(value, str) else int(value.strip())
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    return str(value)
+
+
+def _to_bool(value: Any) -> bool:
+    """An on/off setting's value: a bool as it is, or a flag string (1/true/on/yes, 0/false/off/
+    no, any case); ValueError for anything else."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, str):  # TOML's `compile = 1` is not on/off
+        raise ValueError
+    text = value.strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise ValueError
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, TypedDict, TypeVar
 
 from .config import VIEW_SETTINGS, ConfigError, parse_log
-from .events import EvalDone, RunFinished, RunStarted, StepLogged
+from .events import EvalDone, Event, RunFinished, RunStarted, StepLogged
+
+T = TypeVar("T")
 
 # scalar tag of each StepLogged / EvalDone field
 STEP_TAGS = {
@@ -47,7 +50,7 @@ SUMMARY_TAGS.update(
 HPARAM_METRIC = "hparams/final_val_loss"  # the hparams view's metric: the run's final val loss
 
 
-def check_installed(names) -> None:
+def check_installed(names: Iterable[str]) -> None:
     """A one-line ConfigError naming the install command for each dashboard whose package is
     missing (checked before any run starts)."""
     for name in names:
@@ -59,7 +62,7 @@ def check_installed(names) -> None:
             ) from None
 
 
-def hparams(config: dict) -> dict:
+def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config as hyperparameters: the settings that are set, views left out."""
     return {k: v for k, v in config.items() if v is not None and k not in VIEW_SETTINGS}
 
@@ -74,17 +77,18 @@ class TensorBoardRun:
         resumed = started.info.get("resumed_from") or 0
         self.writer = SummaryWriter(str(logdir), purge_step=resumed + 1)
 
-    def log(self, scalars: dict, step: int) -> None:
+    def log(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
 
-    def finish(self, config: dict, final: dict, step: int) -> None:
+    def finish(self, config: dict[str, Any], final: dict[str, float], step: int) -> None:
         """The hparams view's entry for this run (in its own dir, so it lines up with the
         scalars), its metric and the closing scalars."""
         from torch.utils.tensorboard.summary import hparams as hparam_summaries
 
-        for summary in hparam_summaries(config, {HPARAM_METRIC: None}):
-            self.writer.file_writer.add_summary(summary, step)
+        # torch leaves hparams unannotated, and types file_writer as None (set in __init__)
+        for summary in hparam_summaries(config, {HPARAM_METRIC: None}):  # type: ignore[no-untyped-call]
+            self.writer.file_writer.add_summary(summary, step)  # type: ignore[attr-defined]
         self.log(final, step)
         self.close()
 
@@ -111,10 +115,10 @@ class WandbRun:
             settings=wandb.Settings(silent=True, console="off"),
         )
 
-    def log(self, scalars: dict, step: int) -> None:
+    def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
-    def finish(self, config: dict, final: dict, step: int) -> None:
+    def finish(self, config: dict[str, Any], final: dict[str, float], step: int) -> None:
         self.run.log(final, step=step)
         self.close()
 
@@ -122,7 +126,18 @@ class WandbRun:
         self.run.finish()
 
 
-WRITERS = {"tensorboard": TensorBoardRun, "wandb": WandbRun}
+Writer = TensorBoardRun | WandbRun
+WRITERS: dict[str, type[Writer]] = {"tensorboard": TensorBoardRun, "wandb": WandbRun}
+
+
+class _RunState(TypedDict):
+    """One run's dashboards: its writers by dashboard, its hparams, its last step logged, and
+    whether it logs TNT's sampled-label time."""
+
+    writers: dict[str, Writer]
+    config: dict[str, Any]
+    step: int
+    fisher: bool
 
 
 class Dashboards:
@@ -140,16 +155,16 @@ class Dashboards:
         check_installed(self.names)
         self.warn, self.root = warn, root
         self.group = group or (root.name if root else None)
-        self.runs: dict[str | None, dict] = {}  # run -> its writers, config, last step
+        self.runs: dict[str | None, _RunState] = {}  # run -> its writers, config, last step
         self.failed: set[str] = set()  # dashboards dropped after an error
 
     def __enter__(self) -> Dashboards:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self, event, run: str | None = None) -> None:
+    def __call__(self, event: Event, run: str | None = None) -> None:
         """Take one event of run `run` (None for the one run of `mousse train`: it is named
         after its run dir)."""
         if not self.names:
@@ -200,7 +215,7 @@ class Dashboards:
             where = {"tensorboard": self.root / "tb" / name, "wandb": self.root}
         else:
             where = {"tensorboard": event.run_dir / "tb", "wandb": event.run_dir}
-        writers = {}
+        writers: dict[str, Writer] = {}
         self.runs[run] = {
             "writers": writers,
             "config": hparams(event.config),
@@ -215,16 +230,16 @@ class Dashboards:
                 if writer is not None:
                     writers[dashboard] = writer
 
-    def _each(self, state: dict, method: str, *args) -> None:
+    def _each(self, state: _RunState, method: str, *args: Any) -> None:
         for dashboard, writer in list(state["writers"].items()):
             self._guard(dashboard, lambda w=writer: getattr(w, method)(*args))
 
-    def _guard(self, dashboard: str, call: Callable):
+    def _guard(self, dashboard: str, call: Callable[..., T]) -> T | None:
         """One dashboard's call and its result; on any error warn (once per dashboard), drop
         the dashboard from every run (closing what it has open) and go on: None."""
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - a dashboard never stops a run
+        except Exception as exc:  # a dashboard never stops a run
             self.failed.add(dashboard)  # no writer of it is left to fail again: warned once
             self.warn(
                 f"--log {dashboard} failed ({type(exc).__name__}: {exc}); the runs go on "
@@ -235,6 +250,6 @@ class Dashboards:
                 try:
                     if writer is not None:
                         writer.close()
-                except Exception:  # noqa: BLE001 - reported once above
+                except Exception:  # reported once above
                     pass
             return None

@@ -254,7 +254,8 @@ def _is_shards(files: list[Path], spec: str) -> bool:
 
 def _text(files: list[Path], spec: str) -> tuple[TokenSource, str]:
     """Text files as bytes joined by FILE_SEP; the identity is the sha256 of that byte stream."""
-    parts, h, sep = [], hashlib.sha256(), torch.frombuffer(bytearray(FILE_SEP), dtype=torch.uint8)
+    parts: list[Tensor] = []
+    h, sep = hashlib.sha256(), torch.frombuffer(bytearray(FILE_SEP), dtype=torch.uint8)
     for f in files:
         size = f.stat().st_size
         if size == 0:

@@ -13,16 +13,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from mousse.optim.routing import build_optimizer
+from mousse.optim.routing import CombinedOptimizer, build_optimizer
 
 from .config import FAMILY_KNOBS, TrainConfig
+from .model import GPT
 from .presets import get_preset, memory_estimate_bytes, weights_and_state_bytes
-from .usermodel import build_model, flops_per_token, model_failure
+from .usermodel import UserModel, build_model, flops_per_token, model_failure
 
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
@@ -50,7 +53,7 @@ class Estimate:
         return self.available_bytes is None or self.memory_bytes <= self.available_bytes
 
 
-def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, int]]) -> float:
+def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, ...]]) -> float:
     """Rough FLOPs of one optimizer step of the family, refresh amortized: Newton-Schulz
     (about ns_steps x (4 m^2 n + 2 m^3) with m the short side) plus an eigh of each
     preconditioned side (about 10 n^3) every precond_freq steps."""
@@ -98,7 +101,7 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
     model = build_model(cfg, vocab_size, device)
     x = torch.randint(0, vocab_size, (cfg.micro_batch_size, cfg.seq_len), device=device)
 
-    def optimizer():
+    def optimizer() -> CombinedOptimizer:
         return build_optimizer(
             model,
             optimizer=cfg.optimizer,
@@ -122,10 +125,15 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
     return fwd_bwd * (cfg.batch_size // cfg.micro_batch_size) + plain_opt + refresh
 
 
-def _probe_steps(model, x: torch.Tensor, optimizer, device: torch.device) -> list:
+def _probe_steps(
+    model: GPT | UserModel,
+    x: torch.Tensor,
+    optimizer: Callable[[], CombinedOptimizer],
+    device: torch.device,
+) -> list[tuple[float, float]]:
     """(forward+backward, optimizer) seconds of three steps of the second of two fresh
     optimizers: its first step refreshes, the others do not."""
-    times = []
+    times: list[tuple[float, float]] = []
     for opt in (optimizer(), optimizer()):  # the first pays one-time costs (library loading)
         for _ in range(3):
             _sync(device)
@@ -136,7 +144,8 @@ def _probe_steps(model, x: torch.Tensor, optimizer, device: torch.device) -> lis
             _sync(device)
             mid = time.perf_counter()
             if getattr(opt, "fisher_params", None) and opt.fisher_params():  # TNT: labels' grads
-                opt.set_fisher_grads({p: p.grad for p in opt.fisher_params()})
+                # p.grad: set by the backward above (None only where the forward left p unused)
+                opt.set_fisher_grads({p: cast(torch.Tensor, p.grad) for p in opt.fisher_params()})
             opt.step()
             opt.zero_grad(set_to_none=True)
             _sync(device)
@@ -162,6 +171,9 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None
     micro, act_bytes = micro_batch_size or cfg.micro_batch_size, 2 if cfg.device == "cuda" else 4
     if cfg.model is not None:
         return model_memory_bytes(cfg, vocab_size, micro, act_bytes)
+    # `resolve` sets the GPT's shape whenever there is no --model
+    assert cfg.d_model is not None and cfg.n_layers is not None
+    assert cfg.n_heads is not None and cfg.head_dim is not None
     preset = dataclasses.replace(
         get_preset(cfg.preset),
         d_model=cfg.d_model,

@@ -4,21 +4,30 @@ world size)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
+
+from mousse.optim.routing import CombinedOptimizer
 
 from .config import TrainConfig
 from .data import Dataset, check_tokens, val_batches
 from .world import World
 
+# The model's forward with targets, (idx, targets) -> (logits, loss): the model itself, or it
+# under torch.compile.
+Forward = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
 
 def validation_loss(
-    forward,
+    forward: Forward,
     model: torch.nn.Module,
     data: Dataset,
     cfg: TrainConfig,
     device: torch.device,
     dist: World,
-    opt,
+    opt: CombinedOptimizer,
 ) -> float:
     """Mean validation loss of `model` (run through `forward`, which may be compiled)."""
     model.eval()

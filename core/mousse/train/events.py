@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
 class RunStarted:
     run_dir: Path
-    config: dict
-    info: dict  # n_params, device, data description, routing, resumed_from
+    config: dict[str, Any]
+    info: dict[str, Any]  # n_params, device, data description, routing, resumed_from
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class StepLogged:
     # the matrix optimizer's read-outs over its matrices (`optim_hooks.optimizer_telemetry`); {} for AdamW
     telemetry: dict[str, float] = field(default_factory=dict)
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "steps"}
 
 
@@ -74,7 +75,7 @@ class Notice:
 
 @dataclass(frozen=True)
 class RunFinished:
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice | RunFinished

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -28,7 +29,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def strict(obj):
+def strict(obj: object) -> object:
     """`obj` with every non-finite float (NaN, inf) as None: strict JSON, which every parser
     reads (a diverged run says so in its status)."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -40,12 +41,12 @@ def strict(obj):
     return obj
 
 
-def dumps(obj, **kwargs) -> str:
+def dumps(obj: object, **kwargs: Any) -> str:
     """Strict JSON text of `obj` (non-finite floats as null)."""
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
-def write_json(path: str | Path, obj) -> None:
+def write_json(path: str | Path, obj: object) -> None:
     atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
@@ -53,7 +54,7 @@ class JsonlError(ValueError):
     """A damaged line of a JSON-lines file (the message names the file and the line)."""
 
 
-def read_jsonl(path: str | Path, key: str | None = None) -> list[dict]:
+def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]:
     """Records (JSON objects, each with an integer `key` when one is named) of a JSON-lines file.
     An unterminated last line that does not parse (an append cut short) is dropped; any other
     damaged line is a JsonlError, never a silent truncation."""
@@ -61,7 +62,7 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict]:
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
-    out = []
+    out: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -79,6 +80,6 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict]:
     return out
 
 
-def append_jsonl(path: str | Path, obj) -> None:
+def append_jsonl(path: str | Path, obj: object) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(dumps(obj) + "\n")

@@ -3,12 +3,14 @@ revision and machine that make a run reproducible."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,10 +50,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_memory(device: torch.device) -> tuple[int | None, str | None]:
@@ -89,9 +89,9 @@ def git_revision() -> str | None:
         return None
 
 
-def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict:
+def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict[str, Any]:
     """What a reader needs to reproduce the run: versions, machine, revision, seed, argv."""
-    env = {
+    env: dict[str, Any] = {
         "mousse": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,

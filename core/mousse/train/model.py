@@ -33,7 +33,9 @@ def norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rotary(seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0):
+def rotary(
+    seq_len: int, head_dim: int, device: torch.device, base: float = 10000.0
+) -> tuple[Tensor, Tensor]:
     """cos/sin tables of shape (seq_len, head_dim/2), fp32, built on the fly (cheap, no buffers
     to keep in sync when a model is built on the meta device or moved)."""
     inv_freq = base ** -(
@@ -67,7 +69,8 @@ class CausalSelfAttention(nn.Module):
         )
         q, k = apply_rotary(norm(q), cos, sin), apply_rotary(norm(k), cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+        out: Tensor = self.o(y.transpose(1, 2).reshape(B, T, -1))
+        return out
 
 
 class MLP(nn.Module):
@@ -77,7 +80,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        out: Tensor = self.proj(F.relu(self.fc(x)).square())
+        return out
 
 
 class Block(nn.Module):
@@ -88,7 +92,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         x = x + self.attn(norm(x), cos, sin)
-        return x + self.mlp(norm(x))
+        out: Tensor = x + self.mlp(norm(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -114,17 +119,17 @@ class GPT(nn.Module):
                     m.weight, std=min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
                 )
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean
         cross-entropy, computed in fp32 whatever the autocast dtype."""
         T = idx.size(1)
-        if T > self.cfg.seq_len:
+        if self.cfg.seq_len < T:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len {self.cfg.seq_len}")
         cos, sin = rotary(T, self.cfg.head_dim, idx.device)
         x = norm(self.embed(idx))
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(norm(x))
+        logits: Tensor = self.lm_head(norm(x))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

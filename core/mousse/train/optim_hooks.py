@@ -3,10 +3,14 @@ sampled-label (Fisher) gradients, and the optimizer's telemetry read in one host
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from mousse.optim.routing import CombinedOptimizer
 
-def optimizer_telemetry(opt) -> dict[str, float]:
+
+def optimizer_telemetry(opt: CombinedOptimizer) -> dict[str, float]:
     """The family optimizer's per-matrix read-outs summed up over its matrices (this rank's, under
     torchrun): the factors' eigenvalue range and worst condition number, the mean update RMS, and
     the eigh failures and skipped statistics updates so far. {} when there is nothing to read."""
@@ -19,9 +23,9 @@ def optimizer_telemetry(opt) -> dict[str, float]:
         [torch.as_tensor(v, device=device).double().reshape(()) for _, v in items]
     ).tolist()  # one host sync for all of them
     values: dict[str, list[float]] = {}
-    for (key, _), value in zip(items, read):
+    for (key, _), value in zip(items, read, strict=True):
         values.setdefault(key, []).append(value)
-    pick = {
+    pick: dict[str, tuple[Callable[[list[float]], float], str, str]] = {
         "lam_min": (min, "lam_L_min", "lam_R_min"),
         "lam_max": (max, "lam_L_max", "lam_R_max"),
         "cond_max": (max, "cond_L", "cond_R"),

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import Tensor
+from torch.optim import Optimizer
 
 from mousse.optim.routing import CombinedOptimizer
 
@@ -18,13 +21,16 @@ FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.dist.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
+# (part, param name) -> (the open file holding its state, its flat keys there, the file's
+# non-tensor state)
+_Where = dict[tuple[str, str], tuple[safe_open, list[str], dict[str, Any]]]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the path and the fix."""
 
 
-def json_default(value):
+def json_default(value: object) -> dict[str, str]:
     if isinstance(value, torch.dtype):
         return {"__dtype__": str(value).removeprefix("torch.")}
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
@@ -47,7 +53,7 @@ _DTYPES = {
 }
 
 
-def json_hook(obj: dict):
+def json_hook(obj: dict[str, Any]) -> torch.dtype | dict[str, Any]:
     """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
         if obj["__dtype__"] not in _DTYPES:
@@ -83,7 +89,9 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
     return tensors, meta
 
 
-def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta: dict) -> dict:
+def unflatten_optimizer(
+    opt: CombinedOptimizer, tensors: dict[str, Tensor], meta: Mapping[str, str]
+) -> dict[str, Any]:
     """The inverse of `flatten_optimizer`, indexed for `opt` (whose param names must match)."""
     groups = json.loads(meta["param_groups"], object_hook=json_hook)
     extra = json.loads(meta["extra"], object_hook=json_hook)
@@ -98,7 +106,7 @@ def unflatten_optimizer(opt: CombinedOptimizer, tensors: dict[str, Tensor], meta
         if saved != current:
             raise _other_params()
         index = {n: i for i, n in enumerate(current)}
-        state: dict[int, dict] = {}
+        state: dict[int, dict[str, Any]] = {}
         prefix = f"{part}.state."
         for flat, value in [*tensors.items(), *extra.items()]:
             if flat.startswith(prefix):
@@ -131,14 +139,14 @@ def optimizer_files(ckpt: Path) -> list[Path]:
         ) from None
 
 
-def optimizer_state_by_name(opt, ckpt: Path) -> dict:
+def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> dict[str, Any]:
     """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
     assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
     tensors `opt` needs. Hyperparameters come from the saved group that held each of opt's
     groups' first parameter."""
     with contextlib.ExitStack() as stack:
-        groups: dict[str, dict[str, dict]] = {}  # part -> param name -> saved group (no params)
-        where: dict[tuple[str, str], tuple] = {}  # (part, param) -> (handle, [keys], extra)
+        groups: dict[str, dict[str, dict[str, Any]]] = {}  # part -> param name -> saved group
+        where: _Where = {}  # (part, param) -> (handle, [keys], extra)
         for path in optimizer_files(ckpt):
             fh, saved, extra, keys = _open_optimizer_file(stack, path)
             for part, part_groups in saved.items():
@@ -159,7 +167,9 @@ def optimizer_state_by_name(opt, ckpt: Path) -> dict:
         }
 
 
-def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
+def _open_optimizer_file(
+    stack: contextlib.ExitStack[bool | None], path: Path
+) -> tuple[safe_open, dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
     """(open handle, saved param groups, non-tensor state, tensor keys) of one optimizer file; a
     damaged or foreign file is a CheckpointError."""
     try:
@@ -177,7 +187,7 @@ def _open_optimizer_file(stack: contextlib.ExitStack, path: Path) -> tuple:
     return fh, saved, extra, keys
 
 
-def _other_parts(saved, opt) -> CheckpointError:
+def _other_parts(saved: Iterable[str], opt: CombinedOptimizer) -> CheckpointError:
     """The error for a checkpoint whose optimizer parts are not the ones this run needs."""
     return CheckpointError(
         f"checkpoint optimizer has parts {sorted(saved)}, this run needs {sorted(opt.parts)}: "
@@ -200,9 +210,15 @@ def unreadable(path: Path, exc: Exception) -> CheckpointError:
     )
 
 
-def _part_state(opt, part: str, o, groups: dict[str, dict], where: dict) -> dict:
+def _part_state(
+    opt: CombinedOptimizer,
+    part: str,
+    o: Optimizer,
+    groups: dict[str, dict[str, Any]],
+    where: _Where,
+) -> dict[str, Any]:
     """One part's state dict, its groups and state indexed the way `o` numbers its params."""
-    state: dict[int, dict] = {}
+    state: dict[int, dict[str, Any]] = {}
     param_groups, index = [], 0
     for g in o.param_groups:
         names = [opt.param_names[id(p)] for p in g["params"]]
@@ -211,18 +227,19 @@ def _part_state(opt, part: str, o, groups: dict[str, dict], where: dict) -> dict
         ids = list(range(index, index + len(names)))
         index += len(names)
         param_groups.append({**groups[names[0]], "params": ids})
-        for i, name in zip(ids, names):
+        for i, name in zip(ids, names, strict=True):
             if (part, name) not in where:
                 continue  # no state yet (never stepped), as in a single process
             fh, keys, extra = where[(part, name)]
             for key in keys:
                 buffer = key.rsplit(".", 1)[1]
-                value = extra[key] if key in extra else fh.get_tensor(key)
+                # safetensors leaves safe_open.get_tensor unannotated
+                value = extra[key] if key in extra else fh.get_tensor(key)  # type: ignore[no-untyped-call]
                 state.setdefault(i, {})[buffer] = value
     return {"state": state, "param_groups": param_groups}
 
 
-def read_index(ckpt: Path) -> dict | None:
+def read_index(ckpt: Path) -> dict[str, Any] | None:
     """A sharded checkpoint's index (None for the single-file layout)."""
     path = Path(ckpt) / OPTIMIZER_INDEX
     return json.loads(path.read_text()) if path.is_file() else None

@@ -13,14 +13,20 @@ config file < flags.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mousse.optim import recipes as optim
+from mousse.optim.family import Knobs
 from mousse.optim.knobs import KNOBS
 
 from .model import GPT, GPTConfig
+
+if TYPE_CHECKING:  # usermodel imports config, which imports this module
+    from .usermodel import UserModel
 
 OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")  # the block-matrix optimizers a run can use
 ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
@@ -31,7 +37,7 @@ ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
 # baseline: Mousse's code path with alpha 0, Nesterov momentum, the you5 schedule and the spectral
 # lr rule sqrt(m/n), as `mousse train --optimizer muon` always ran it (the recorded results depend
 # on it); torch.optim.Muon's own defaults (ns muon, lr_scale muon, wd 0.1) stay in `optim.Muon`.
-TRAINING_RECIPES: dict[str, dict] = {
+TRAINING_RECIPES: dict[str, Knobs] = {
     "mousse": {},  # the class preset is the released recipe (docs/published.md)
     "muon": {"ns": "you5", "lr_scale": "spectral", "weight_decay": 0.01},
     "shampoo": {"weight_decay": 0.01},
@@ -136,7 +142,7 @@ class Preset:
     momenta: dict[str, float] = field(default_factory=dict, hash=False)
     momentum_styles: dict[str, str] = field(default_factory=dict, hash=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"preset {self.name}: batch_size {self.batch_size} is not a multiple "
@@ -147,7 +153,7 @@ class Preset:
         """Peak lr of the block matrices under `optimizer` (None: the optimizer's own default)."""
         return self.adamw_lr if optimizer == "adamw" else self.lrs.get(optimizer)
 
-    def matrix_knobs(self, optimizer: str) -> dict:
+    def matrix_knobs(self, optimizer: str) -> Knobs:
         """The knobs this preset sets for `optimizer`'s block matrices: its lr, and its momentum
         and momentum rule where the preset's own tuning moved them off the recipe's."""
         knobs = {
@@ -352,7 +358,7 @@ def param_count(preset: Preset, vocab_size: int | None = None) -> int:
     return meta_model(preset, vocab_size).num_params()
 
 
-def matrix_state_floats(knobs: dict | None, m: int, n: int) -> int:
+def matrix_state_floats(knobs: Knobs | None, m: int, n: int) -> int:
     """Optimizer state of one (m, n) block matrix, in floats, under the family knobs `knobs`
     (None: AdamW, two moments). The engine keeps: momentum m*n; per preconditioned side of size k
     the factor, eigenbasis and cached whitening matrix P = Q diag(lam^-alpha) (3 k*k, P not
@@ -364,7 +370,11 @@ def matrix_state_floats(knobs: dict | None, m: int, n: int) -> int:
     sides = {"both": (m, n), "left": (m,), "right": (n,), "none": ()}[knobs["sides"]]
     post = knobs["post_alpha"] is not None and knobs["post_alpha"] != knobs["alpha"]
     floats = m * n + sum((4 if post else 3) * k * k + k for k in sides)
-    extra = (knobs["orthogonalizer"] == "adam", knobs["graft"] == "adam", knobs["average_rate"] > 0)
+    extra: tuple[bool, bool, bool] = (
+        knobs["orthogonalizer"] == "adam",
+        knobs["graft"] == "adam",
+        knobs["average_rate"] > 0,
+    )
     return floats + sum(extra) * m * n
 
 
@@ -400,7 +410,7 @@ def memory_estimate_bytes(
     return weights_and_state_bytes(model, knobs) + act_bytes * acts
 
 
-def weights_and_state_bytes(model: torch.nn.Module, knobs: dict | None) -> int:
+def weights_and_state_bytes(model: GPT | UserModel, knobs: Knobs | None) -> int:
     """fp32 weights and grads of `model` (any module with `param_roles()`, on the meta device or
     not) plus the optimizer state: `matrix_state_floats` under `knobs` for each block matrix and
     two moments of every other tensor."""
@@ -412,7 +422,7 @@ def weights_and_state_bytes(model: torch.nn.Module, knobs: dict | None) -> int:
     return 4 * (2 * sum(p.numel() for p in params.values()) + state)
 
 
-def optimizer_knobs(optimizer: str, given: dict | None = None) -> dict:
+def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> Knobs:
     """The matrix optimizer's knobs for an LM run: its class preset < its training recipe
     (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
     other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the

@@ -4,10 +4,12 @@ model or to what the optimizer state fixes is refused) and the trainer's metadat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from . import tomlio
-from .checkpoint import CheckpointError, latest_valid_checkpoint, read_checkpoint
+from .checkpoint import latest_valid_checkpoint, read_checkpoint
 from .config import (
     FAMILY_KNOBS,
     ConfigError,
@@ -17,6 +19,7 @@ from .config import (
     parse_model_config,
     resolve,
 )
+from .optstate import CheckpointError
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
 # not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
@@ -29,7 +32,9 @@ MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are th
 SAME_LOSSES = ("seed", "eval_tokens")
 
 
-def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[TrainConfig, Path]:
+def config_from_checkpoint(
+    path: Path, overrides: Mapping[str, Any], warn: Callable[[str], None] | None = None
+) -> tuple[TrainConfig, Path]:
     """The config a checkpoint was written with, updated by explicitly given settings; the newest
     checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
     the model or to a setting the optimizer state restores is a ConfigError naming it."""
@@ -64,13 +69,13 @@ def config_from_checkpoint(path: Path, overrides: dict, warn=None) -> tuple[Trai
     return cfg, ckpt
 
 
-def trainer_meta(loaded: dict) -> dict:
+def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
     """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
     missing or undecodable metadata is a CheckpointError."""
     try:
         meta = {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
         for key in ("config", "step", "data_hash", "curve"):
-            meta[key]  # noqa: B018 - a KeyError here is the error reported below
+            meta[key]  # a KeyError here is the error reported below
         return meta
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
@@ -79,7 +84,7 @@ def trainer_meta(loaded: dict) -> dict:
         ) from None
 
 
-def check_same_run(ckpt: Path, meta: dict, cfg: TrainConfig, data_hash: str) -> None:
+def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_hash: str) -> None:
     """CheckpointError unless the checkpoint (its decoded `trainer_meta`) was made by this
     model, with these optimizers, on this data."""
     saved_cfg = tomlio.loads(meta["config"])

@@ -16,8 +16,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from . import tomlio
 from .checkpoint import checkpoint_dirs, is_checkpoint_dir, set_aside_later_checkpoints
@@ -31,7 +33,7 @@ FINISHED = ("completed", "diverged")  # a summary with this status is a result t
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock, the refusal of non-empty dirs still holds
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # None: no fcntl module on this platform
 
 
 class RunDirError(ConfigError):
@@ -146,7 +148,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -171,7 +173,7 @@ def open_lock_file(path: Path) -> int:
 
 
 @contextmanager
-def exclusive(path: Path):
+def exclusive(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `path` (waiting for it) for the block: for short
     check-then-write sections several processes may run at once."""
     fd = open_lock_file(path)
@@ -205,7 +207,7 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
-def earlier_logs(run_dir: Path) -> tuple[dict | None, list[dict]]:
+def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The original env.json (None when there is none) and metrics.jsonl's records of the run a
     resume continues; a damaged one is a RunDirError naming it and the fix (read before
     anything is written, so that nothing of the run is lost)."""
@@ -227,7 +229,7 @@ def earlier_logs(run_dir: Path) -> tuple[dict | None, list[dict]]:
 
 
 def prepare_run_dir(
-    run_dir: Path, cfg: TrainConfig, env: dict, resumed_from: int | None, step: int
+    run_dir: Path, cfg: TrainConfig, env: dict[str, Any], resumed_from: int | None, step: int
 ) -> None:
     """A run's files before its first step: config.toml, env.json (a resume keeps the original
     and appends itself), and metrics.jsonl cut back to the checkpoint's step on a resume

@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .machine import model_flops_utilization, peak_memory
 from .usermodel import flops_per_token
 
+if TYPE_CHECKING:  # the trainer imports this module
+    from .trainer import Trainer
 
-def run_summary(trainer, status: str, message: str | None, timing: dict, n_params: int) -> dict:
+
+def run_summary(
+    trainer: Trainer,
+    status: str,
+    message: str | None,
+    timing: Mapping[str, float | None],
+    n_params: int,
+) -> dict[str, Any]:
     """The summary of `trainer`'s run (a `Trainer`), with `timing` from `StepTimer.summary`."""
     cfg, state = trainer.cfg, trainer.state
     best = state["best_val_loss"]
-    summary = {
+    summary: dict[str, Any] = {
         "run_dir": str(trainer.run_dir),
         "status": status,
         "message": message,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -16,16 +18,18 @@ else:  # pragma: no cover
 TOMLDecodeError = tomllib.TOMLDecodeError
 
 
-def loads(text: str) -> dict:
-    return tomllib.loads(text)
+def loads(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = tomllib.loads(text)
+    return data
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
-        return tomllib.load(fh)
+        data: dict[str, Any] = tomllib.load(fh)
+        return data
 
 
-def _value(v) -> str:
+def _value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -49,9 +53,11 @@ def _key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
-def dumps(data: dict, _prefix: str = "") -> str:
+def dumps(data: Mapping[str, Any], _prefix: str = "") -> str:
     """TOML text for `data`; None values are left out (TOML has no null)."""
-    lines, tables, arrays = [], [], []
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
     for k, v in data.items():
         if v is None:
             continue

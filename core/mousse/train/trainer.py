@@ -11,18 +11,19 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mousse.optim.family import Knobs
 from mousse.optim.routing import build_optimizer
 from mousse.optim.step import group_refresh_due
 
 from . import tomlio
 from .checkpoint import (
-    CheckpointError,
     latest_valid_checkpoint,
     read_checkpoint,
 )
@@ -33,7 +34,7 @@ from .config import (
     TrainConfig,
 )
 from .data import check_fits, check_tokens, load_dataset, train_batch
-from .evaluation import validation_loss
+from .evaluation import Forward, validation_loss
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -52,6 +53,7 @@ from .machine import (
     reset_peak_memory,
 )
 from .optim_hooks import optimizer_telemetry, sample_labels, sampling_generator
+from .optstate import CheckpointError
 from .resume import (
     check_same_run,
     trainer_meta,
@@ -101,7 +103,7 @@ def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> 
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def matrix_kwargs(cfg: TrainConfig) -> dict:
+def matrix_kwargs(cfg: TrainConfig) -> Knobs:
     """The family optimizer's knobs for the block matrices: every resolved one (lr and
     weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype. AdamW: none."""
     if cfg.optimizer == "adamw":
@@ -126,7 +128,7 @@ class Trainer:
         stop: threading.Event | None = None,
         argv: list[str] | None = None,
         world: Callable[[torch.device], World] = World,
-        timing_context: dict | None = None,
+        timing_context: Mapping[str, Any] | None = None,
         restart: bool = False,
         lock: RunLock | None = None,
     ):
@@ -144,7 +146,8 @@ class Trainer:
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
         self._build_model_and_optimizer()
         self.step = 0
-        self.state = {
+        # the run's totals and outcome so far, by name (each stored as JSON in a checkpoint)
+        self.state: dict[str, Any] = {
             "train_seconds": 0.0,
             "eval_seconds": 0.0,
             "checkpoint_seconds": 0.0,
@@ -154,8 +157,8 @@ class Trainer:
             "target_step": None,
             "target_seconds": None,
         }
-        self.curve: list[dict] = []
-        self.resumed_from = None
+        self.curve: list[dict[str, Any]] = []
+        self.resumed_from: int | None = None
         self.continues_here = False  # resumes from a checkpoint of its own run dir
         if resume is not None:
             ckpt = latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text)))
@@ -185,7 +188,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.data.vocab_size, self.device)
         owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward: Forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt, self.routes = build_optimizer(
             self.model,
             optimizer=cfg.optimizer,
@@ -241,7 +244,7 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, timer: "StepTimer") -> torch.Tensor:
+    def _forward_backward(self, step: int, timer: StepTimer) -> torch.Tensor:
         cfg = self.cfg
         # this rank's micro batches of the global batch (all of them in a single process)
         micro_batches, accum = self.dist.batch_rows(cfg.batch_size, cfg.micro_batch_size)
@@ -266,11 +269,14 @@ class Trainer:
                 )
                 loss_s = F.cross_entropy(logits.float().flatten(0, 1), sampled.flatten())
                 for acc, g in zip(
-                    fisher_sum, torch.autograd.grad(loss_s / accum, fisher, retain_graph=True)
+                    fisher_sum,
+                    torch.autograd.grad(loss_s / accum, fisher, retain_graph=True),
+                    strict=True,
                 ):
                     acc += g
                 timer.end_extra()
-            (loss / accum).backward()
+            # torch leaves Tensor.backward unannotated
+            (loss / accum).backward()  # type: ignore[no-untyped-call]
             total += loss.detach() / accum
             elapsed = time.perf_counter() - started
             left = elapsed / done * (len(micro_batches) - done)
@@ -281,7 +287,7 @@ class Trainer:
                 reported = elapsed  # a long step: say how far it is, at most once a second
                 self.emit(MicroBatchDone(step, done, len(micro_batches), elapsed))
         if fisher:
-            self.dist.set_fisher_grads(self.opt, dict(zip(fisher, fisher_sum)))
+            self.dist.set_fisher_grads(self.opt, dict(zip(fisher, fisher_sum, strict=True)))
         return self.dist.reduce_gradients(total, step)  # summed over ranks; the global mean loss
 
     @torch.no_grad()
@@ -318,7 +324,7 @@ class Trainer:
         )
         return val
 
-    def _prepare_run_dir(self, argv) -> None:
+    def _prepare_run_dir(self, argv: list[str] | None) -> None:
         env = environment(self.cfg, self.device, argv)
         prepare_run_dir(self.run_dir, self.cfg, env, self.resumed_from, self.step)
 
@@ -327,7 +333,7 @@ class Trainer:
         the update. Returns the loss (a tensor: no host sync) and the lr factor."""
         cfg = self.cfg
         factor = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
-        for group, base in zip(self.opt.param_groups, self.base_lrs):
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         timer.start()
         loss = self._forward_backward(step, timer)
@@ -338,7 +344,7 @@ class Trainer:
         timer.stop(refresh=refreshes and group_refresh_due(self.knobs, step))
         return loss, factor
 
-    def run(self, argv: list[str] | None = None) -> dict:
+    def run(self, argv: list[str] | None = None) -> dict[str, Any]:
         """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
         lock = None
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
@@ -349,7 +355,7 @@ class Trainer:
         except Exception as exc:
             if self.timer is None or isinstance(exc, (CheckpointError, OSError)):
                 raise  # refused before it began, or the disk's fault: the rerun resumes it
-            error = self._record_failure(exc)
+            error = self._record_failure(exc, self.timer)
             if error is None:
                 raise
             raise error from None
@@ -357,19 +363,20 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _record_failure(self, exc: Exception) -> ConfigError | None:
-        """A run that raised once it began ends as failed: summary.json says why (checkpoints
-        already written stay). Returns the one-line error when the user's model raised it."""
+    def _record_failure(self, exc: Exception, timer: StepTimer) -> ConfigError | None:
+        """A run that raised once it began (`timer`: its step timer) ends as failed: summary.json
+        says why (checkpoints already written stay). Returns the one-line error when the user's
+        model raised it."""
         error = model_failure(self.cfg, exc, f"training at step {self.step + 1}")
         tokens_per_step = self.cfg.batch_size * self.cfg.seq_len
-        timing = self.timer.summary(self.cfg.precond_freq, tokens_per_step)
+        timing = timer.summary(self.cfg.precond_freq, tokens_per_step)
         n_params = sum(p.numel() for p in self.model.parameters())
         summary = run_summary(self, "failed", str(error or exc), timing, n_params)
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         return error
 
-    def _run(self, argv: list[str] | None) -> dict:
+    def _run(self, argv: list[str] | None) -> dict[str, Any]:
         cfg = self.cfg
         if self.dist.is_main:
             self._prepare_run_dir(argv)
@@ -377,7 +384,25 @@ class Trainer:
         self._announce(n_params)
         timer = self.timer = StepTimer(self.device)  # set: the run has begun
         tokens_per_step = cfg.batch_size * cfg.seq_len
-        status, message = "completed", None
+        status, message, last_eval = self._train_loop(timer, tokens_per_step)
+
+        if status in ("completed", "interrupted") and self.step > 0:
+            self._close_out(evaluate=status == "completed" and last_eval != self.step)
+        summary = run_summary(self, status, message, self._timing(timer, tokens_per_step), n_params)
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        self.emit(RunFinished(summary))
+        return summary
+
+    def _train_loop(
+        self, timer: StepTimer, tokens_per_step: int
+    ) -> tuple[str, str | None, int | None]:
+        """The training loop, from the current step to the end, a stop or divergence: each step's
+        losses read, its evaluation and its checkpoint when due. Returns what `_run` ends the run
+        with: (status, why it diverged or None, the step last evaluated or None)."""
+        cfg = self.cfg
+        status = "completed"
+        message: str | None = None
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
         last_eval = self.curve[-1]["step"] if self.curve else None
         reset_peak_memory(self.device)
@@ -409,16 +434,9 @@ class Trainer:
                     break
             if ckpt_due:
                 self._checkpoint()
+        return status, message, last_eval
 
-        if status in ("completed", "interrupted") and self.step > 0:
-            self._close_out(evaluate=status == "completed" and last_eval != self.step)
-        summary = run_summary(self, status, message, self._timing(timer, tokens_per_step), n_params)
-        if self.dist.is_main:
-            write_json(self.run_dir / "summary.json", summary)
-        self.emit(RunFinished(summary))
-        return summary
-
-    def _timing(self, timer: StepTimer, tokens_per_step: int) -> dict:
+    def _timing(self, timer: StepTimer, tokens_per_step: int) -> dict[str, float | None]:
         """The step timings of this session; a resume that had nothing left to train keeps those
         of the session before it (its summary.json), which timed the run's steps."""
         timing = timer.summary(self.cfg.precond_freq, tokens_per_step)
@@ -431,7 +449,11 @@ class Trainer:
             return timing
 
     def _cut_short(
-        self, cut: StepCut, pending: list, timer: StepTimer, tokens_per_step: int
+        self,
+        cut: StepCut,
+        pending: list[tuple[int, torch.Tensor]],
+        timer: StepTimer,
+        tokens_per_step: int,
     ) -> tuple[str, str | None]:
         """After a step dropped by a stop: its gradients cleared, the losses before it checked,
         and the step the run resumes from said (its checkpoint is written on the way out, as for
@@ -469,7 +491,7 @@ class Trainer:
         self,
         pending: list[tuple[int, torch.Tensor]],
         factor: float,
-        timer: "StepTimer",
+        timer: StepTimer,
         tokens_per_step: int,
     ) -> str | None:
         """Read the pending losses (one host sync), log the due ones, and say why the run
@@ -479,7 +501,7 @@ class Trainer:
         losses = torch.stack([l for _, l in pending]).tolist()
         pending_steps = [s for s, _ in pending]
         pending.clear()
-        for s, value in zip(pending_steps, losses):
+        for s, value in zip(pending_steps, losses, strict=True):
             if self.state["first_loss"] is None:
                 self.state["first_loss"] = value
             if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
@@ -502,7 +524,7 @@ class Trainer:
             self._checkpoint()
 
     def _log_step(
-        self, step: int, loss: float, factor: float, timer: "StepTimer", tokens_per_step: int
+        self, step: int, loss: float, factor: float, timer: StepTimer, tokens_per_step: int
     ) -> None:
         step_ms = timer.last_total_ms
         event = StepLogged(

@@ -18,10 +18,10 @@ import inspect
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from mousse.optim.routing import CONVOLUTIONS, ROLES, infer_roles
 
 from .config import ConfigError, TrainConfig, closest, parse_model_config
 from .model import GPT, GPTConfig
+
+if TYPE_CHECKING:  # an optional dependency (mousse[hf])
+    from transformers import PreTrainedModel
 
 HF_PREFIX = "hf:"
 HF_INSTALL = "pip install 'mousse[hf]'"
@@ -47,8 +50,8 @@ class UserModel(nn.Module):
         self.net = net
         self.roles = {f"net.{name}": role for name, role in roles.items()}
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None):
-        logits = self.net(idx)
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        logits: Tensor = self.net(idx)
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -62,16 +65,18 @@ class HFCausalLM(nn.Module):
     cache; its embeddings (input and positions) and its output embedding (the head) go to the
     scalar optimizer, every other 2-D weight (nn.Linear or GPT-2's Conv1D) is a block matrix."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: PreTrainedModel):
         super().__init__()
         self.hf = model
 
     def forward(self, idx: Tensor) -> Tensor:
-        return self.hf(input_ids=idx, use_cache=False).logits
+        logits: Tensor = self.hf(input_ids=idx, use_cache=False).logits
+        return logits
 
     def param_roles(self) -> dict[str, str]:
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        head = self.hf.get_output_embeddings()
+        # transformers leaves get_output_embeddings unannotated
+        head = self.hf.get_output_embeddings()  # type: ignore[no-untyped-call]
 
         def role(p: Tensor) -> str:
             if id(p) in embeddings:  # a tied head is the embedding, listed once under its name
@@ -83,7 +88,9 @@ class HFCausalLM(nn.Module):
         return {name: role(p) for name, p in self.named_parameters()}
 
 
-def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device | str = "cpu") -> nn.Module:
+def build_model(
+    cfg: TrainConfig, vocab_size: int, device: torch.device | str = "cpu"
+) -> GPT | UserModel:
     """The run's model on `device`, initialized from torch's current RNG state. On the meta
     device (cost estimates: shapes only) it is made there, with no memory and no forward; on a
     real device a user's model is checked once by a forward on a (1, 2) batch."""
@@ -91,6 +98,9 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device | str = 
     factory = load_factory(cfg.model) if cfg.model else None  # module-level code: never on meta
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
         if factory is None:
+            # `resolve` sets the GPT's shape whenever there is no --model
+            assert cfg.d_model is not None and cfg.n_layers is not None
+            assert cfg.n_heads is not None and cfg.head_dim is not None
             return GPT(
                 GPTConfig(
                     vocab_size=vocab_size,
@@ -101,6 +111,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device | str = 
                     seq_len=cfg.seq_len,
                 )
             ).to(device)
+        assert cfg.model is not None  # the factory is the one it names
         net = _call(
             cfg.model,
             factory,
@@ -117,10 +128,14 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device | str = 
 def flops_per_token(cfg: TrainConfig, n_params: int) -> float:
     """Forward and backward FLOPs per token: 6 per parameter plus, for the built-in GPT, its
     attention (a --model's attention is not counted)."""
-    return 6 * n_params + (0 if cfg.model else 12 * cfg.n_layers * cfg.d_model * cfg.seq_len)
+    attention = 0
+    if not cfg.model:
+        assert cfg.n_layers is not None and cfg.d_model is not None  # `resolve` sets them
+        attention = 12 * cfg.n_layers * cfg.d_model * cfg.seq_len
+    return 6 * n_params + attention
 
 
-def load_factory(spec: str) -> Callable[..., nn.Module]:
+def load_factory(spec: str) -> Callable[..., object]:
     """The function a --model names: MODULE:FUNCTION (imported from the installed packages or the
     current directory), path/to/file.py:FUNCTION, or hf:ARCH."""
     if spec.startswith(HF_PREFIX):
@@ -137,7 +152,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
             f"--model {spec}: {where} has no '{name}'{closest(name, public)}; name "
             "the function that builds the model"
         )
-    factory = getattr(module, name)
+    factory: object = getattr(module, name)
     if not callable(factory):
         raise ConfigError(
             f"--model {spec}: '{name}' is not callable (its type: "
@@ -148,7 +163,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
 
 
 @contextlib.contextmanager
-def _on_path(folder: str):
+def _on_path(folder: str) -> Iterator[None]:
     """`folder` first on sys.path meanwhile, so the user's module finds its neighbours."""
     added = folder not in sys.path
     if added:
@@ -221,7 +236,7 @@ def _where(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{where}"
 
 
-def _call(spec: str, factory: Callable, **kwargs) -> nn.Module:
+def _call(spec: str, factory: Callable[..., object], **kwargs: Any) -> nn.Module:
     """`factory(**kwargs)` after checking it takes them; a failure inside it is one line."""
     try:
         params = inspect.signature(factory).parameters
@@ -316,7 +331,7 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     return {name: roles[name] for name in params}
 
 
-def _own_roles(spec: str, net: nn.Module) -> dict:
+def _own_roles(spec: str, net: nn.Module) -> dict[Any, Any]:
     """What the model's own `param_roles()` returns: a ConfigError unless it is a dict."""
     try:
         roles = cast(Any, net).param_roles()
@@ -375,7 +390,7 @@ def _hf_factory(arch: str) -> Callable[..., HFCausalLM]:
             "hf:gpt2, hf:qwen2"
         )
 
-    def build(vocab_size: int, seq_len: int, **overrides) -> HFCausalLM:
+    def build(vocab_size: int, seq_len: int, **overrides: Any) -> HFCausalLM:
         default = transformers.AutoConfig.for_model(arch)
         for key in overrides:
             if not hasattr(default, key):
@@ -393,6 +408,7 @@ def _hf_factory(arch: str) -> Callable[..., HFCausalLM]:
             arch,
             **{"max_position_embeddings": seq_len, **tokens, **overrides, "vocab_size": vocab_size},
         )
-        return HFCausalLM(transformers.AutoModelForCausalLM.from_config(config))
+        # transformers leaves from_config unannotated
+        return HFCausalLM(transformers.AutoModelForCausalLM.from_config(config))  # type: ignore[no-untyped-call]
 
     return build

@@ -9,12 +9,18 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from mousse.optim.routing import CombinedOptimizer
+
 from .checkpoint import save_checkpoint
+from .config import TrainConfig
 from .optstate import optimizer_state_by_name, unflatten_optimizer
+
+T = TypeVar("T")
 
 
 class World:
@@ -28,7 +34,7 @@ class World:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, device={self.device})"
 
-    def from_rank0(self, obj):
+    def from_rank0(self, obj: T) -> T:
         """Rank 0's value of a picklable object."""
         return obj
 
@@ -36,7 +42,7 @@ class World:
         """The stop flag every rank sees set on the same step."""
         return local
 
-    def prepare(self, model: torch.nn.Module, cfg) -> set[str] | None:
+    def prepare(self, model: torch.nn.Module, cfg: TrainConfig) -> set[str] | None:
         """The parameter names this process's matrix optimizer gets (None: all of them)."""
         return None
 
@@ -57,18 +63,18 @@ class World:
         """The step's gradients summed over the job; returns the global mean loss."""
         return loss
 
-    def optimizer_step(self, opt) -> None:
+    def optimizer_step(self, opt: CombinedOptimizer) -> None:
         opt.step()
 
-    def fisher_params(self, opt) -> list[Tensor]:
+    def fisher_params(self, opt: CombinedOptimizer) -> list[Tensor]:
         """The parameters whose sampled-label gradients the coming step needs (TNT)."""
         return opt.fisher_params() if hasattr(opt, "fisher_params") else []
 
-    def set_fisher_grads(self, opt, grads: dict[Tensor, Tensor]) -> None:
+    def set_fisher_grads(self, opt: CombinedOptimizer, grads: dict[Tensor, Tensor]) -> None:
         opt.set_fisher_grads(grads)
 
     @contextlib.contextmanager
-    def averaged_weights(self, opt) -> Iterator[None]:
+    def averaged_weights(self, opt: CombinedOptimizer) -> Iterator[None]:
         """The optimizer's iterate average swapped in for evaluation (SPlus), if it keeps one."""
         swap = getattr(opt, "averaged_weights", None)
         with swap() if swap is not None else contextlib.nullcontext():
@@ -90,14 +96,14 @@ class World:
         ckpt_root: Path,
         step: int,
         model: torch.nn.Module,
-        opt,
+        opt: CombinedOptimizer,
         trainer_tensors: dict[str, Tensor],
-        trainer_meta: dict,
+        trainer_meta: dict[str, str],
         keep: int,
     ) -> Path:
         return save_checkpoint(ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
 
-    def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
+    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
         """Restore `opt` from a checkpoint written by any world size."""
         if "optimizer" in loaded:
             opt.load_state_dict(
