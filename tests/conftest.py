@@ -16,6 +16,7 @@ module imports it (torch._dynamo does, at import), unless TRITON_INTERPRET=0 ask
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -53,6 +54,15 @@ def builtin_data():
     from mousse.train.data import load_dataset
 
     return load_dataset("builtin")
+
+
+@pytest.fixture(scope="session")
+def presets_rows(builtin_data) -> list[dict]:
+    """`mousse presets --json`'s rows, once per session: its probes time the CPU presets' steps
+    (tens of seconds), and the tests that read the rows only read them."""
+    res = invoke_cli("presets", "--json")
+    assert res.exit_code == 0, res
+    return json.loads(res.stdout)
 
 
 @pytest.fixture

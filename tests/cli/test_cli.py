@@ -505,13 +505,11 @@ def test_report_errors(cli, tmp_path, ablation):
 # ---- presets -------------------------------------------------------------------------------------
 
 
-def test_presets_list_lr_per_optimizer(cli):
+def test_presets_list_lr_per_optimizer(cli, presets_rows):
     from mousse.train.config import OPTIMIZERS
     from mousse.train.presets import PRESETS
 
-    res = cli("presets", "--json")
-    assert res.exit_code == 0, res
-    rows = {r["name"]: r for r in res.json()}
+    rows = {r["name"]: r for r in presets_rows}
     assert list(rows) == list(PRESETS)
     for name, row in rows.items():
         assert list(row["lrs"]) == list(OPTIMIZERS)

@@ -3,8 +3,6 @@ progress inside long steps."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from support.cli import FAST, assert_one_line_error, invoke_cli
@@ -115,9 +113,8 @@ def test_train_and_dry_run_print_the_estimate(tmp_path):
     assert dry.exit_code == 0 and "for 3 runs on this CPU" in dry.stderr
 
 
-def test_presets_price_every_preset_here():
-    out = invoke_cli("presets", "--json")
-    rows = json.loads(out.stdout)
+def test_presets_price_every_preset_here(presets_rows):
+    rows = presets_rows
     assert {r["name"]: r["estimate"] for r in rows}["160m"] == "flops"
     assert all(r["step_seconds"] > 0 for r in rows)
 

@@ -13,9 +13,9 @@ config file < flags.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,9 +24,6 @@ from mousse.optim.family import Knobs
 from mousse.optim.knobs import KNOBS
 
 from .model import GPT, GPTConfig
-
-if TYPE_CHECKING:  # usermodel imports config, which imports this module
-    from .usermodel import UserModel
 
 OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")  # the block-matrix optimizers a run can use
 ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
@@ -410,7 +407,15 @@ def memory_estimate_bytes(
     return weights_and_state_bytes(model, knobs) + act_bytes * acts
 
 
-def weights_and_state_bytes(model: GPT | UserModel, knobs: Knobs | None) -> int:
+class RoledModel(Protocol):
+    """A model that names each parameter's role (the built-in GPT, or a user's `UserModel`)."""
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
+
+    def param_roles(self) -> dict[str, str]: ...
+
+
+def weights_and_state_bytes(model: RoledModel, knobs: Knobs | None) -> int:
     """fp32 weights and grads of `model` (any module with `param_roles()`, on the meta device or
     not) plus the optimizer state: `matrix_state_floats` under `knobs` for each block matrix and
     two moments of every other tensor."""
@@ -423,7 +428,7 @@ def weights_and_state_bytes(model: GPT | UserModel, knobs: Knobs | None) -> int:
 
 
 def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> Knobs:
-    """The matrix optimizer's knobs for an LM run: its class preset < its training recipe
+    """The matrix optimizer's knobs for an LM run: its class recipe < its training recipe
     (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
     other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
     final values. AdamW: only ADAMW_KNOBS (lr None when neither the recipe nor `given` sets it)."""

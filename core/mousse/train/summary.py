@@ -6,19 +6,33 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from .config import TrainConfig
 from .machine import model_flops_utilization, peak_memory
 from .usermodel import flops_per_token
+from .world import World
 
-if TYPE_CHECKING:  # the trainer imports this module
-    from .trainer import Trainer
+
+class Run(Protocol):
+    """What a summary reads of a run (a `Trainer`)."""
+
+    cfg: TrainConfig
+    state: dict[str, Any]
+    run_dir: Path
+    step: int
+    resumed_from: int | None
+    curve: list[dict[str, Any]]
+    device: torch.device
+    dist: World
+    timing_context: dict[str, Any]
 
 
 def run_summary(
-    trainer: Trainer,
+    trainer: Run,
     status: str,
     message: str | None,
     timing: Mapping[str, float | None],
