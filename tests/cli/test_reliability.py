@@ -88,6 +88,18 @@ def test_a_dead_processes_lock_is_taken_over(tmp_path):
     assert train(run, "--resume", "auto").exit_code == 0
 
 
+def test_a_live_run_before_its_first_checkpoint_is_in_use_not_ended(tmp_path):
+    """A run dir holding a live run's first files (no checkpoint yet) is refused as in use by
+    that run, not as a run that ended before its first checkpoint."""
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "train_loss": 3.0}\n')
+    with RunLock(run).acquire():
+        res = train(run)
+    assert res.exit_code == 2 and "is in use by pid" in res.stderr, res
+    assert "ended" not in res.stderr
+
+
 @pytest.mark.slow
 def test_two_runs_started_together_never_share_a_dir(tmp_path):
     """Two real processes on one run dir: exactly one trains it."""

@@ -92,6 +92,8 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool =
         and _holds_a_run(run_dir)
         and not (restart and restartable(run_dir))
     ):
+        if holder := held_by(run_dir):  # a live run, not one that ended
+            raise _in_use(run_dir, holder)
         raise RunDirError(f"run dir {run_dir} {_taken(run_dir)}")
     ancestor = run_dir.absolute()
     while not ancestor.exists():
@@ -122,10 +124,7 @@ class RunLock:
             except OSError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise RunInUse(
-                    f"run dir {self.path.parent} is in use by {holder}; wait for it "
-                    "to finish or pass another --run-dir"
-                ) from None
+                raise _in_use(self.path.parent, holder) from None
         os.ftruncate(fd, 0)
         os.write(
             fd,
@@ -197,6 +196,27 @@ def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | No
     if target is None or not target.is_dir():
         return None
     return RunLock(target).acquire()
+
+
+def _in_use(run_dir: Path, holder: str) -> RunInUse:
+    return RunInUse(
+        f"run dir {run_dir} is in use by {holder}; wait for it to finish or pass another --run-dir"
+    )
+
+
+def held_by(run_dir: Path) -> str | None:
+    """Who holds `run_dir`'s lock now (None: nobody, or no lock file); reads, never writes."""
+    path = run_dir / LOCK_FILE
+    if fcntl is None or path.is_symlink() or not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again by the close below
+    except OSError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+    return None
 
 
 def _holder(fd: int) -> str:
