@@ -92,7 +92,7 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool =
         and _holds_a_run(run_dir)
         and not (restart and restartable(run_dir))
     ):
-        if holder := held_by(run_dir):  # a live run, not one that ended
+        if probe and (holder := held_by(run_dir)):  # a live run, not one that ended
             raise _in_use(run_dir, holder)
         raise RunDirError(f"run dir {run_dir} {_taken(run_dir)}")
     ancestor = run_dir.absolute()
