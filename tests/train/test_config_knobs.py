@@ -26,7 +26,7 @@ def _parts(hint: object) -> tuple[object, bool]:
 
 def test_run_config_has_one_typed_field_per_knob():
     run_knobs = [k for k in knobs.TABLE if k.run_setting]
-    assert tuple(k.name for k in run_knobs) == config.FAMILY_KNOBS
+    assert config.FAMILY_KNOBS == tuple(k.name for k in run_knobs)
     for k in run_knobs:
         assert config.FIELD_TYPES[k.name] is k.kind
         assert config.DEFAULTS[k.name] is None  # None: the optimizer's recipe

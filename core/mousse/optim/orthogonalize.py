@@ -113,7 +113,7 @@ def polar_exact(X: Tensor) -> Tensor:
     Vh: Tensor
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     tol = S.amax(dim=-1, keepdim=True) * max(X.shape[-2:]) * torch.finfo(X.dtype).eps
-    keep = (tol < S).to(X.dtype)
+    keep = (S > tol).to(X.dtype)
     return (U * keep.unsqueeze(-2)) @ Vh
 
 

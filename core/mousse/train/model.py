@@ -123,7 +123,7 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean
         cross-entropy, computed in fp32 whatever the autocast dtype."""
         T = idx.size(1)
-        if self.cfg.seq_len < T:
+        if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds the model's seq_len {self.cfg.seq_len}")
         cos, sin = rotary(T, self.cfg.head_dim, idx.device)
         x = norm(self.embed(idx))
