@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from mousse.dist.process import exit_on_error, is_main_process
+from mousse.experiments.scale import combine
 from mousse.train.fileio import dumps
 
 from .ablate_plan import (
@@ -28,7 +29,6 @@ from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
 from .pipes import outliving_closed_pipes
 from .results_out import (
     record_presets,
-    scaled_results,
     show_preset_title,
     show_results,
     show_scale,
@@ -194,7 +194,7 @@ def ablate(
             )
     by_preset = show_outcomes(ablations, outcomes, setup.presets, root, json_out)
     if json_out and is_main_process():
-        typer.echo(dumps(scaled_results(by_preset) if setup.presets else by_preset[None]))
+        typer.echo(dumps(combine(by_preset) if setup.presets else by_preset[None]))
     exit_for(outcomes, stop, shard, ablations)
 
 

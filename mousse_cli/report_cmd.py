@@ -13,7 +13,7 @@ from mousse.train.fileio import dumps
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
-from .results_out import scale_of, scaled_results, show_preset_title, show_results
+from .results_out import scale_of, show_preset_title, show_results
 from .rich_tables import scale_table
 from .trust import TRUST_MODEL_CODE, check_trusted, plan_models
 
@@ -158,7 +158,9 @@ def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
     from mousse.experiments.table_rows import render
 
     if scaled and fmt == "json":
-        typer.echo(dumps(scaled_results(by_preset)))
+        from mousse.experiments.scale import combine
+
+        typer.echo(dumps(combine(by_preset)))
         return
     for preset, results in by_preset.items():
         if scaled:

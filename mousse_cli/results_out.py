@@ -31,11 +31,6 @@ def scale_of(by_preset: dict) -> dict:
     return scale_summary(by_preset)
 
 
-def scaled_results(by_preset: dict) -> dict:
-    """The JSON of an ablation over several presets: each preset's results and the scale."""
-    return {"presets": by_preset, "scale": scale_of(by_preset)}
-
-
 def record_presets(root: Path, presets: list[str]) -> None:
     """Before the runs: scale.json in `root` lists the presets (`report` finds them there)."""
     from mousse.experiments.scale import SCALE_FILE

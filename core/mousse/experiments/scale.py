@@ -61,3 +61,50 @@ def scale_summary(results_by_preset: dict[str, dict]) -> dict:
                 }
             )
     return {"presets": list(results_by_preset), "rows": rows}
+
+
+def relabel(results: dict, names: dict[str, str]) -> dict:
+    """`results` with only the variants `names` lists (the baseline among them), each renamed to
+    its label, in the order `names` gives: so that ablations recorded under different variant names (a spec that swept
+    `momentum_style=nesterov` at one scale and made it the default at another) line up as one
+    comparison over scales. Every statistic stays as its own ablation computed it."""
+    if results["baseline"] not in names:
+        raise ConfigError(f"the labels must include the baseline {results['baseline']!r}")
+    missing = set(names) - {v["variant"] for v in results["variants"]}
+    if missing:
+        raise ConfigError(f"no variant {sorted(missing)[0]!r} in these results")
+
+    def by_name(d: dict) -> dict:
+        return {names[k]: v for k, v in d.items() if k in names}
+
+    timing = results.get("timing_pass")
+    if timing is not None:
+        timing = {
+            **timing,
+            "baseline": names[timing["baseline"]],
+            "order": [[names[n] for n in row if n in names] for row in timing["order"]],
+            "round_ms": by_name(timing["round_ms"]),
+            "variants": by_name(timing["variants"]),
+        }
+    return {
+        **results,
+        "baseline": names[results["baseline"]],
+        "variants": sorted(
+            (
+                {**v, "variant": names[v["variant"]]}
+                for v in results["variants"]
+                if v["variant"] in names
+            ),
+            key=lambda v: list(names.values()).index(v["variant"]),
+        ),
+        "runs": [
+            {**r, "variant": names[r["variant"]]} for r in results["runs"] if r["variant"] in names
+        ],
+        "timing_pass": timing,
+    }
+
+
+def combine(results_by_preset: dict[str, dict]) -> dict:
+    """Recorded results of one comparison at several presets as one scaled results object (what
+    `mousse ablate --preset a,b --json` prints), for `mousse report` to tabulate and plot."""
+    return {"presets": results_by_preset, "scale": scale_summary(results_by_preset)}

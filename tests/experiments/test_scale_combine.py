@@ -1,0 +1,88 @@
+"""One comparison over scales from separately recorded ablations (scripts/combine_scales.py):
+variants renamed to common labels, the others left out, every statistic as recorded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from support.cli import invoke_cli
+
+from mousse.experiments.scale import relabel
+from mousse.train.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+TUNED = ROOT / "benchmarks" / "tuned"
+SPEC = TUNED / "cpu-2core-decisive-scale.toml"
+_spec = importlib.util.spec_from_file_location(
+    "combine_scales", ROOT / "scripts" / "combine_scales.py"
+)
+assert _spec and _spec.loader
+combine_scales = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(combine_scales)
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((TUNED / name).read_text())
+
+
+def test_relabel_keeps_the_named_variants_renamed_in_order_with_their_statistics():
+    results = _recorded("cpu-2core-paper-tuned-momentum-tiny.json")
+    names = {"muon": "Muon", "momentum_style=nesterov": "Nesterov", "mousse": "HB"}
+    out = relabel(results, names)
+    assert out["baseline"] == "Muon" and out["timing_pass"]["baseline"] == "Muon"
+    assert [v["variant"] for v in out["variants"]] == ["Muon", "Nesterov", "HB"]
+    before = {v["variant"]: v for v in results["variants"]}
+    for old, new in names.items():
+        (v,) = [v for v in out["variants"] if v["variant"] == new]
+        assert {k: x for k, x in v.items() if k != "variant"} == {
+            k: x for k, x in before[old].items() if k != "variant"
+        }
+        assert out["timing_pass"]["variants"][new] == results["timing_pass"]["variants"][old]
+    assert {r["variant"] for r in out["runs"]} == {"Muon", "Nesterov", "HB"}
+    kept = sum(r["variant"] in names for r in results["runs"])
+    assert len(out["runs"]) == kept < len(results["runs"])
+    assert all(set(row) <= {"Muon", "Nesterov", "HB"} for row in out["timing_pass"]["order"])
+
+
+@pytest.mark.parametrize(
+    "names, needle",
+    [({"mousse": "Mousse"}, "baseline 'muon'"), ({"muon": "M", "adam": "A"}, "no variant 'adam'")],
+)
+def test_relabel_refuses_a_missing_baseline_or_an_unknown_variant(names, needle):
+    with pytest.raises(ConfigError, match=needle):
+        relabel(_recorded("cpu-2core-paper-tuned-momentum-tiny.json"), names)
+
+
+def test_the_recorded_scales_combine_into_one_report_with_the_recorded_speedups(tmp_path):
+    out = tmp_path / "scale.json"
+    assert combine_scales.main([str(SPEC), str(out)]) == 0
+    shown = invoke_cli("report", out, "--format", "json")
+    assert shown.exit_code == 0
+    rows = {(r["preset"], r["variant"]): r for r in shown.json()["scale"]["rows"]}
+    small = {
+        v["variant"]: v for v in _recorded("cpu-2core-paper-tuned-momentum-small.json")["variants"]
+    }
+    assert rows["small", "Mousse (Nesterov)"]["speedup"] == small["mousse"]["speedup"]
+    assert (
+        rows["small", "Mousse (heavy-ball)"]["p_value"]
+        == small["momentum_style=heavy_ball"]["p_value"]
+    )
+    assert rows["tiny", "Muon"]["is_baseline"] and rows["small", "Muon"]["is_baseline"]
+    table = invoke_cli("report", out)
+    assert (
+        table.exit_code == 0
+        and "Mousse (Nesterov)" in table.stdout
+        and "speedup by scale" in table.stdout
+    )
+
+
+def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[[point]]\npreset = "tiny"\nresults = "missing.json"\nvariants = {}\n')
+    assert combine_scales.main([str(spec), str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.json" in err[0]
+    assert not (tmp_path / "o.json").exists()
