@@ -124,7 +124,10 @@ TRAIN_FLAGS: dict[str, tuple] = {
     "log_every": (int | None, typer.Option(None, help="Log a line every N steps.")),
     "checkpoint_every": (
         int | None,
-        typer.Option(None, help="Checkpoint every N steps (and at the end)."),
+        typer.Option(
+            None,
+            help="Checkpoint every N steps, and at the end (default: the preset's: at the end only for tiny and small, every 100 steps for medium, 10m and 30m, 500 for the paper presets).",
+        ),
     ),
     "keep_checkpoints": (int | None, typer.Option(None, help="Checkpoints kept per run (2).")),
     "gather_dtype": (

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from mousse.train.config import resolve
 from mousse.train.model import GPT, GPTConfig
 from mousse.train.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
 
@@ -29,6 +30,16 @@ def test_cpu_presets_are_byte_level_and_consistent():
     for name in ("tiny", "small", "medium", "10m", "30m"):
         assert get_preset(name).vocab_size == 256, name
     assert param_count(get_preset("tiny"), vocab_size=50304) > param_count(get_preset("tiny"))
+
+
+@pytest.mark.parametrize(
+    "name, every", [("tiny", 300), ("small", 600), ("medium", 100), ("10m", 100), ("160m", 500)]
+)
+def test_long_presets_checkpoint_on_the_way_and_a_flag_overrides(name, every):
+    """Runs of minutes checkpoint at the end; longer ones every so often, so that a crash or a
+    kill -9 (a scheduler's, the OOM killer's) loses minutes of the run, not all of it."""
+    assert resolve({"preset": name}).checkpoint_every == every
+    assert resolve({"preset": name, "checkpoint_every": 7}).checkpoint_every == 7
 
 
 def test_get_preset_error_names_valid_and_closest():

@@ -144,7 +144,7 @@ class TrainConfig:
     device: Device = "auto"
     compile: bool = False
     log_every: int = 10
-    checkpoint_every: int  # the preset's steps: a checkpoint at the end
+    checkpoint_every: int  # the preset's cadence, else the run's steps (at the end only)
     keep_checkpoints: int = 2
     divergence_factor: float = 3.0
     gather_dtype: GatherDtype = "fp32"  # torchrun: dtype of the owners' all-gathered matrices
@@ -506,7 +506,7 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
         adamw = values["optimizer"] == "adamw"
         values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
     if values["checkpoint_every"] is None:
-        values["checkpoint_every"] = values["steps"]
+        values["checkpoint_every"] = preset.checkpoint_every or values["steps"]
     values["micro_batch_size"] = min(values["micro_batch_size"], values["batch_size"])
     values["log"] = ",".join(parse_log(values["log"])) or None  # one spelling of each choice
     cfg = TrainConfig(**values)

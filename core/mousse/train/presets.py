@@ -81,7 +81,7 @@ _SMALL_MOMENTA = {"mousse": 0.8, "muon": 0.8}
 # heavy_ball` restores it here.
 _CPU_MOMENTUM_STYLES = {"mousse": "nesterov"}
 # medium (about 3M parameters, the third CPU scale): small's tuned lrs, momenta and rule, not yet
-# tuned on medium itself (its decisive set, `ablations/medium-decisive.toml`, tunes lr per variant).
+# tuned on medium itself (its decisive set, `ablations/decisive.toml`, tunes lr per variant).
 _MEDIUM_LR_NOTE = (
     "mousse/muon lr: small's tuning (benchmarks/tuned), not tuned on medium; shampoo, soap, "
     "splus, tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
@@ -134,6 +134,9 @@ class Preset:
     warmup_frac: float = 0.1  # linear warmup, then cosine to 0
     eval_every: int
     eval_tokens: int
+    # steps between checkpoints (and one at the end); None: at the end only, for runs of minutes.
+    # Long runs get a cadence so that a crash or a kill -9 loses minutes, not the run.
+    checkpoint_every: int | None = None
     # momentum, and momentum rule, per optimizer where the preset's own tuning moved it off
     # the recipe's
     momenta: dict[str, float] = field(default_factory=dict, hash=False)
@@ -203,6 +206,7 @@ def _paper(
         adamw_lr=adamw_lr,
         eval_every=125,
         eval_tokens=10_485_760,
+        checkpoint_every=500,  # every 4 evaluations: tens of minutes of one H100 at 160m
         description=f"paper {name}: d{d_model} x {n_layers} layers, 2048 x 1024 tokens/step, "
         f"{steps:,} steps ({note})",
     )
@@ -231,6 +235,7 @@ def _ladder(name: str, d_model: int, n_layers: int, steps: int) -> Preset:
         adamw_lr=0.003,
         eval_every=50,
         eval_tokens=262_144,
+        checkpoint_every=100,  # on a CPU (hours) as on a GPU (minutes)
         description=f"GPU ladder: byte-level d{d_model} x {n_layers} layers, {steps} steps of "
         "64 x 256 tokens, minutes on one GPU",
     )
@@ -303,6 +308,7 @@ PRESETS: dict[str, Preset] = {
             adamw_lr=0.01,
             eval_every=100,
             eval_tokens=131_072,
+            checkpoint_every=100,  # a kill loses at most a fifth of a run of 10-15 minutes
             description=f"third CPU scale: byte-level d256 x 4 layers, {MEDIUM_STEPS} steps, "
             "about 10 minutes on 2 cores",
         ),
