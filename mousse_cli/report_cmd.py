@@ -154,21 +154,23 @@ def draw_scale(by_preset: dict, plot: Path) -> None:
 
 def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
     """The results in `fmt` on stdout; for several presets each one's under its name, then the
-    speedup by scale (JSON: one object)."""
-    from mousse.experiments.table_rows import render
+    speedup by scale (JSON: one object; csv: one table with a preset column)."""
+    from mousse.experiments.scale import combine
+    from mousse.experiments.table_rows import render, render_scaled
 
-    if scaled and fmt == "json":
-        from mousse.experiments.scale import combine
-
-        typer.echo(dumps(combine(by_preset)))
+    if fmt != "table":
+        if not scaled:
+            typer.echo(render(by_preset[None], fmt), nl=False)
+        else:
+            text = (
+                dumps(combine(by_preset)) + "\n" if fmt == "json" else render_scaled(by_preset, fmt)
+            )
+            typer.echo(text, nl=False)
         return
     for preset, results in by_preset.items():
         if scaled:
             show_preset_title(preset)
-        if fmt == "table":
-            show_results(results)
-        else:
-            typer.echo(render(results, fmt), nl=False)
+        show_results(results)
     if scaled:
         show_wide(scale_table(scale_of(by_preset)))
 

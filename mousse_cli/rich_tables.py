@@ -76,30 +76,12 @@ def results_tables(results: dict):
 
 def scale_table(scale: dict):
     """Speedup over each preset's baseline, one column per preset (its parameter count)."""
-    from mousse.experiments.table_rows import speedup_text
+    from mousse.experiments.table_rows import SCALE_TITLE, scale_rows
 
-    presets = scale["presets"]
-    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
-    table = titled_table(
-        "speedup by scale (baseline steps / steps to its final loss, 95% CI)",
-        [
-            "variant",
-            *(escape(f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p) for p in presets),
-        ],
-    )
-    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
-    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
-        cells = []
-        for p in presets:
-            r = by.get((p, variant))
-            cells.append(
-                "-"
-                if r is None
-                else "baseline"
-                if r["is_baseline"]
-                else speedup_text({**r, "is_baseline": False})
-            )
-        table.add_row(escape(variant), *cells)
+    columns, rows = scale_rows(scale)
+    table = titled_table(SCALE_TITLE, [escape(c) for c in columns])
+    for row in rows:
+        table.add_row(*[escape(row[c]) for c in columns])  # names from disk: literal
     return table
 
 

@@ -86,3 +86,20 @@ def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.json" in err[0]
     assert not (tmp_path / "o.json").exists()
+
+
+def test_several_presets_render_as_one_markdown_document_and_one_csv(tmp_path):
+    """Markdown: each preset's tables under its heading, then the speedup by scale as markdown
+    (no Rich table inside a markdown document); csv: one header, a preset column first."""
+    out = tmp_path / "scale.json"
+    assert combine_scales.main([str(SPEC), str(out)]) == 0
+    md = invoke_cli("report", out, "--format", "markdown").stdout
+    assert md.index("# preset tiny") < md.index("# preset small") < md.index("# Speedup by scale")
+    assert "| Mousse (Nesterov) | 1.21x [0.90, 1.41] (not significant) | 1.25x [1.22, 1.28] |" in md
+    assert not any(ch in md for ch in "┏┃━")
+    lines = invoke_cli("report", out, "--format", "csv").stdout.splitlines()
+    assert (
+        lines[0].startswith("preset,variant,")
+        and sum(line.startswith("preset,") for line in lines) == 1
+    )
+    assert [line.split(",")[0] for line in lines[1:]] == ["tiny"] * 3 + ["small"] * 3

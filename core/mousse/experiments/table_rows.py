@@ -323,11 +323,57 @@ def render(results: dict, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")
 
 
-def _csv(results: dict) -> str:
-    """One row of raw numbers per variant (CSV_COLUMNS; empty where a value is missing)."""
+SCALE_TITLE = "speedup by scale (baseline steps / steps to its final loss, 95% CI)"
+
+
+def scale_rows(scale: dict) -> tuple[list[str], list[dict]]:
+    """The speedup-by-scale table (`scale.scale_summary`): a column per preset, named with its
+    parameter count, and a row per variant."""
+    presets = scale["presets"]
+    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    names = [f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets]
+    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
+        row = {"Variant": variant}
+        for name, preset in zip(names, presets, strict=True):
+            r = by.get((preset, variant))
+            row[name] = (
+                _DASH
+                if r is None
+                else "baseline"
+                if r["is_baseline"]
+                else speedup_text({**r, "is_baseline": False})
+            )
+        rows.append(row)
+    return ["Variant", *names], rows
+
+
+def render_scaled(by_preset: dict[str, dict], fmt: str) -> str:
+    """Several presets' results as 'markdown' (each preset's tables under its name, then the
+    speedup by scale) or 'csv' (one table, a preset column first)."""
+    from .scale import scale_summary
+
+    if fmt == "csv":
+        return "".join(
+            _csv(results, preset, header=i == 0)
+            for i, (preset, results) in enumerate(by_preset.items())
+        )
+    columns, rows = scale_rows(scale_summary(by_preset))
+    return (
+        "".join(f"# preset {preset}\n\n{_markdown(r)}\n" for preset, r in by_preset.items())
+        + f"# Speedup by scale\n\n{SCALE_TITLE}\n\n{_markdown_table(columns, rows)}\n"
+    )
+
+
+def _csv(results: dict, preset: str | None = None, header: bool = True) -> str:
+    """One row of raw numbers per variant (CSV_COLUMNS, after a preset column when `preset` is
+    given; empty where a value is missing)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    columns = CSV_COLUMNS if preset is None else ("preset", *CSV_COLUMNS)
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    if header:
+        writer.writeheader()
     for v in results["variants"]:
         ci = v.get("speedup_ci") or [None, None]
         paired = v.get("paired_delta_ci") or [None, None]
@@ -339,7 +385,9 @@ def _csv(results: dict) -> str:
             "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
         }
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+        if preset is not None:
+            row["preset"] = preset
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     return out.getvalue()
 
 
