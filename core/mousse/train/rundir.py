@@ -80,20 +80,23 @@ def _taken(run_dir: Path) -> str:
 def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool = True) -> None:
     """Refuse, in one line, a run dir this run may not use: a file, or a directory that already
     holds other files (`resume`: this run continues the one there; `restart`: it may start a
-    `restartable` run there again). `probe`: also refuse a dir another process holds (False
-    when this process holds its lock already)."""
+    `restartable` run there again). `probe`: also refuse a dir another process holds, read
+    only (False when this process holds its lock already)."""
     if str(run_dir) in ("", "."):
         raise RunDirError("--run-dir must name a directory for this run, not the current one")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file; pass a directory")
+    if probe and run_dir.is_dir():  # held by a live run now? (taken for real when it trains)
+        if (run_dir / LOCK_FILE).is_symlink():
+            raise _lock_link(run_dir / LOCK_FILE)
+        if holder := held_by(run_dir):
+            raise _in_use(run_dir, holder)
     if (
         run_dir.is_dir()
         and not resume
         and _holds_a_run(run_dir)
         and not (restart and restartable(run_dir))
     ):
-        if probe and (holder := held_by(run_dir)):  # a live run, not one that ended
-            raise _in_use(run_dir, holder)
         raise RunDirError(f"run dir {run_dir} {_taken(run_dir)}")
     ancestor = run_dir.absolute()
     while not ancestor.exists():
@@ -105,8 +108,6 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool =
             f"run dir {run_dir} cannot be created or written ({ancestor} is not "
             "writable); pass a --run-dir you can write to"
         )
-    if probe and run_dir.is_dir():  # held by a live run now? (taken for real when it trains)
-        RunLock(run_dir).acquire().release()
 
 
 class RunLock:
@@ -163,9 +164,7 @@ def open_lock_file(path: Path) -> int:
         ) from None
     except OSError as exc:
         if path.is_symlink():
-            raise RunDirError(
-                f"{path} is a symbolic link, not mousse's lock file; remove the link"
-            ) from None
+            raise _lock_link(path) from None
         raise RunDirError(
             f"run dir {path.parent} cannot be used ({exc.strerror}); pass another --run-dir"
         ) from None
@@ -198,6 +197,10 @@ def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | No
     return RunLock(target).acquire()
 
 
+def _lock_link(path: Path) -> RunDirError:
+    return RunDirError(f"{path} is a symbolic link, not mousse's lock file; remove the link")
+
+
 def _in_use(run_dir: Path, holder: str) -> RunInUse:
     return RunInUse(
         f"run dir {run_dir} is in use by {holder}; wait for it to finish or pass another --run-dir"
@@ -209,7 +212,10 @@ def held_by(run_dir: Path) -> str | None:
     path = run_dir / LOCK_FILE
     if fcntl is None or path.is_symlink() or not path.is_file():
         return None
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # unreadable: taking the lock for real says why
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again by the close below
     except OSError:
