@@ -25,8 +25,8 @@ F64 = torch.float64
 class RefDelayed:
     """One matrix, fp64, from the definition: a refresh due at step s (1 + phase + jF, or step 1)
     is computed from the statistics after step s's update and used from step s + delay on (the
-    first at once); heavy-ball momentum, both sides, exact polar factor, grafting, decoupled
-    weight decay, spectral lr scale."""
+    first at once); heavy-ball momentum (or Nesterov's G + mu M, the CPU presets' rule), both
+    sides, exact polar factor, grafting, decoupled weight decay, spectral lr scale."""
 
     def __init__(self, shape, cfg, phase=0):
         m, n = shape
@@ -53,7 +53,8 @@ class RefDelayed:
                 self.PL, self.PR = new
             else:
                 self.queue.append((self.t + c["delay"], *new))
-        Y = ref_polar(self.PL @ self.M @ self.PR)
+        A = G + c["momentum"] * self.M if c.get("nesterov") else self.M
+        Y = ref_polar(self.PL @ A @ self.PR)
         U = self.PL @ Y @ self.PR
         U = U * (torch.linalg.norm(Y) / torch.linalg.norm(U))
         m, n = W.shape
@@ -92,15 +93,16 @@ def engine(params, cfg, **kw):
 SHAPES = [(12, 8), (12, 8), (12, 8), (6, 10)]
 
 
+@pytest.mark.parametrize("style", ["heavy_ball", "nesterov"])
 @pytest.mark.parametrize(
     ("delay", "schedule"), [(1, "offset"), (3, "offset"), (0, "staggered"), (2, "staggered")]
 )
-def test_delayed_and_staggered_refreshes_match_the_reference(delay, schedule):
-    cfg = {**CFG, "delay": delay}
+def test_delayed_and_staggered_refreshes_match_the_reference(delay, schedule, style):
+    cfg = {**CFG, "delay": delay, "nesterov": style == "nesterov"}
     steps = 17
     prob = Problem(SHAPES, seed=7 + delay, steps=steps)
     params = [torch.nn.Parameter(W.clone()) for W in prob.W0]
-    opt = engine(params, cfg, refresh_delay=delay, refresh_schedule=schedule)
+    opt = engine(params, cfg, refresh_delay=delay, refresh_schedule=schedule, momentum_style=style)
     phases = [0] * len(SHAPES)
     if schedule == "staggered":
         opt._ensure_buckets()
