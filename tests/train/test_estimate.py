@@ -3,6 +3,8 @@ progress inside long steps."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from support.cli import FAST, assert_one_line_error, invoke_cli
@@ -144,3 +146,23 @@ def test_long_steps_report_their_micro_batches(tmp_path, monkeypatch):
     assert "step 1: micro batch 1/4" in out.stderr and "step eta" in out.stderr
     e = MicroBatchDone(step=3, done=2, total=8, seconds=10.0)
     assert e.eta_seconds == 30.0
+
+
+def test_an_estimate_measured_on_a_busy_cpu_says_so():
+    """Other processes slow the probe and the matmul rate alike; the estimate then says that the
+    run alone is faster, instead of silently overstating it."""
+    hz = 100
+    # 2 cores for 1 s (200 ticks), 150 ticks busy, 0.5 s of them this process's own: 50% others
+    assert est.others_share((1000, 5000), (1150, 5200), 0.5, hz) == pytest.approx(0.5)
+    assert est.others_share((1000, 5000), (1050, 5200), 0.5, hz) == 0.0  # only this process
+    assert est.others_share((1000, 5000), (1000, 5000), 0.0, hz) is None
+    if est.cpu_jiffies() is not None:  # Linux
+        busy, total = est.cpu_jiffies()
+        assert 0 <= busy <= total
+    e = est.estimate(resolve({"preset": "tiny", "steps": 1}), 256, CPU)
+    assert e.busy is None or 0 <= e.busy <= 1
+    quiet, busy = dataclasses.replace(e, busy=0.1), dataclasses.replace(e, busy=0.62)
+    assert "for 1 step on this CPU (measured probe)" in est.describe(quiet)
+    assert est.describe(busy).endswith(
+        "(measured probe; other processes used 62% of the CPU meanwhile: alone it is faster)"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from .usermodel import UserModel, build_model, flops_per_token, model_failure
 PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by the FLOP estimate
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
 MADE_FOR_CPU = ("tiny", "small", "medium")  # the presets sized for a CPU; the others for GPUs
+BUSY_NOTE = 0.3  # share of the CPU other processes used while measuring, above which it is said
 _RATE_CACHE: dict[str, float] = {}
+_BUSY_CACHE: dict[str, float | None] = {}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Estimate:
     memory_bytes: int
     available_bytes: int | None
     device: str
+    busy: float | None = None  # share of the CPU others used while it was measured (CPU only)
 
     @property
     def run_seconds(self) -> float:
@@ -69,20 +73,58 @@ def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, ...]]) -> float:
 
 
 def matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a 1024 x 1024 fp32 matmul here (measured once per process)."""
+    """FLOP/s of a 1024 x 1024 fp32 matmul here (measured once per process, and on a CPU how
+    busy other processes kept it meanwhile: `busy_share`)."""
     key = str(device)
     if key not in _RATE_CACHE:
         a = torch.randn(1024, 1024, device=device)
         b = torch.randn(1024, 1024, device=device)
         a @ b  # warm-up
         _sync(device)
+        before, own = cpu_jiffies(), time.process_time()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < 0.2:
             a @ b
             n += 1
         _sync(device)
         _RATE_CACHE[key] = 2 * 1024**3 * n / (time.perf_counter() - start)
+        after, own = cpu_jiffies(), time.process_time() - own
+        _BUSY_CACHE[key] = (
+            others_share(before, after, own, os.sysconf("SC_CLK_TCK"))
+            if device.type == "cpu" and before and after
+            else None
+        )
     return _RATE_CACHE[key]
+
+
+def busy_share(device: torch.device) -> float | None:
+    """The share of this CPU other processes used while `matmul_rate` measured it (None: not
+    known, or not a CPU)."""
+    matmul_rate(device)
+    return _BUSY_CACHE.get(str(device))
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (None where there is
+    none)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest is in user)
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def others_share(
+    before: tuple[int, int], after: tuple[int, int], own_seconds: float, hz: int
+) -> float | None:
+    """Share of all CPUs' time between two `cpu_jiffies` readings that other processes used:
+    the busy time less this process's own CPU seconds."""
+    busy, total = (after[0] - before[0]) / hz, (after[1] - before[1]) / hz
+    if total <= 0:
+        return None
+    return min(1.0, max(0.0, (busy - own_seconds) / total))
 
 
 def _sync(device: torch.device) -> None:
@@ -236,7 +278,8 @@ def estimate(
         step, method = _probe(cfg, vocab_size, device), "probe"
     else:
         step, method = flop_step, "flops"
-    return Estimate(step, cfg.steps if steps is None else steps, method, mem, avail, str(device))
+    steps = cfg.steps if steps is None else steps
+    return Estimate(step, steps, method, mem, avail, str(device), busy_share(device))
 
 
 def duration(seconds: float) -> str:
@@ -258,11 +301,21 @@ def duration(seconds: float) -> str:
 
 def describe(est: Estimate) -> str:
     """'about 3.1 h per step, 3.5 years for 10,000 steps on this cpu (from FLOPs)'."""
-    how = "measured probe" if est.method == "probe" else "from FLOPs at this device's matmul rate"
     return (
         f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
-        f"{est.steps:,} steps on this {est.device.split(':')[0].upper()} ({how})"
+        f"{est.steps:,} step{'' if est.steps == 1 else 's'} on this {est.device.split(':')[0].upper()} ({source(est)})"
     )
+
+
+def source(est: Estimate, short: bool = False) -> str:
+    """Where the estimate comes from, and a caution when other processes kept the CPU busy
+    while it was measured (it then overstates what the run takes alone)."""
+    how = "measured probe" if est.method == "probe" else "from FLOPs"
+    if est.method != "probe" and not short:
+        how += " at this device's matmul rate"
+    if est.busy is not None and est.busy > BUSY_NOTE:
+        how += f"; other processes used {est.busy:.0%} of the CPU meanwhile: alone it is faster"
+    return how
 
 
 def warning(cfg: TrainConfig, est: Estimate, device: torch.device) -> str | None:
