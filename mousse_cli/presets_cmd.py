@@ -62,6 +62,7 @@ def preset_row(p, cost, where) -> dict:
         "run_time": duration(cost.run_seconds),
         "step_seconds": cost.step_seconds,
         "estimate": cost.method,
+        "busy": cost.busy,
         "device": str(where),
         "description": p.description,
     }
