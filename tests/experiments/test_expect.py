@@ -69,6 +69,11 @@ def test_expectations_hold_or_fail(expr, ok):
     assert holds is ok and expr in reason
 
 
+def test_the_reason_shows_the_measured_values_not_the_constants():
+    assert check("speedup(mousse) >= 1.05", results())[1].endswith("holds: speedup(mousse) = 1.2")
+    assert check("mousse < muon", results())[1].endswith("holds: mousse = 1.4, muon = 1.503")
+
+
 def test_paired_significance_pairs_seeds_where_welch_sees_only_spread():
     """Seeds 0.1 apart, mousse 0.01-0.015 below muon on each: Welch's p is large, the paired
     test's small; a seed only one side ran is not a pair."""

@@ -98,7 +98,9 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     left, op, right, test = parse(expr)
     variants = {v["variant"]: v for v in results["variants"]}
     a, b = _value(left, variants), _value(right, variants)
-    shown = f"{left.text} = {a:.4g}, {right.text} = {b:.4g}"
+    shown = ", ".join(
+        f"{term.text} = {x:.4g}" for term, x in ((left, a), (right, b)) if term.number is None
+    )
     if math.isnan(a) or math.isnan(b):
         return False, f"{expr!r} cannot be decided: {shown} (a value is missing)"
     if not OPS[op](a, b):
