@@ -687,3 +687,22 @@ def test_markup_in_a_dir_or_variant_name_is_printed_as_named(tmp_path):
     assert res.exit_code == 0, res
     assert "preset [red]x" in res.stdout and "┃   [red]x ┃" in res.stdout, res
     assert res.stdout.count("│ [bold]v[/bold] │") == 3, res  # convergence, step time, scale
+
+
+def test_a_rerun_may_change_when_runs_checkpoint_and_log(tmp_path):
+    """--checkpoint-every, --keep-checkpoints and --log-every on a rerun resume the same ablation
+    (the dir records the new values); a run resumed with another cadence goes on."""
+    adir, sweep = tmp_path / "a", ["--alpha", "0.0", "--steps", "2", "--no-baseline", *FAST]
+    assert invoke_cli("ablate", *sweep, "--ablation-dir", adir).exit_code == 0
+    again = invoke_cli(
+        "ablate", *sweep, "--checkpoint-every", "1", "--log-every", "1", "--ablation-dir", adir
+    )
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr.count("already completed") == 2
+    assert tomlio.load(adir / "ablation.toml")["base"]["checkpoint_every"] == 1
+    run = tmp_path / "r"
+    first = ["--steps", "4", "--checkpoint-every", "2", *FAST, "--run-dir", run]
+    assert invoke_cli("train", *first).exit_code == 0
+    more = invoke_cli("train", "--resume", run, "--steps", "6", "--checkpoint-every", "1")
+    assert more.exit_code == 0, more.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-5", "step-6"]

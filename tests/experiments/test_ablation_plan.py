@@ -221,6 +221,18 @@ def test_plan_id_stable_and_sensitive():
     assert len({a.plan_id(), *(p.plan_id() for p in others)}) == 6
 
 
+def test_checkpointing_and_logging_settings_make_no_other_plan():
+    """When a run checkpoints and logs never changes what it computes: a rerun may change them."""
+    a = plan_ablation({"alpha": [0.0, 0.25]}, base={"steps": 10})
+    b = plan_ablation(
+        {"alpha": [0.0, 0.25]},
+        base={"steps": 10, "checkpoint_every": 5, "keep_checkpoints": 3, "log_every": 1},
+    )
+    assert a.plan_id() == b.plan_id() and a.defining() == b.defining()
+    assert a.to_dict() != b.to_dict()  # recorded all the same
+    assert plan_ablation({"alpha": [0.0, 0.25]}, base={"steps": 11}).plan_id() != a.plan_id()
+
+
 def test_to_dict_from_dict_round_trip_via_toml():
     plan = plan_ablation(
         {"alpha": [0.0, 0.25], "factor_norm": ["trace", "none"], "sides": ["left"]},

@@ -49,6 +49,11 @@ class RunSpec:
     is_baseline: bool = False
 
 
+# Settings that never change what a run computes, only when it checkpoints and logs: a rerun may
+# change them (they apply from then on), and they neither make another plan nor name its dir.
+BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "log")
+
+
 @dataclass
 class AblationPlan:
     """The resolved plan: its inputs and the runs they expand to."""
@@ -63,13 +68,19 @@ class AblationPlan:
 
     def plan_id(self) -> str:
         """8 hex digits identifying the plan's inputs (stable across processes and key order)."""
-        inputs = {k: v for k, v in self.to_dict().items() if k != "runs"}
+        inputs = {k: v for k, v in self.defining().items() if k != "runs"}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
 
     def default_dir_name(self, name: str | None = None) -> str:
         """Default ablation directory name, e.g. 'ablate-alpha-1a2b3c4d'."""
         label = _safe(name) if name else "-".join(self.sweeps)
         return f"ablate-{label}-{self.plan_id()}"
+
+    def defining(self) -> dict:
+        """`to_dict` without the BOOKKEEPING settings: what two plans must share to be one."""
+        out = self.to_dict()
+        out["base"] = {k: v for k, v in out["base"].items() if k not in BOOKKEEPING}
+        return out
 
     def to_dict(self) -> dict:
         out = {

@@ -106,15 +106,16 @@ class Ablation:
             )
 
     def _check_plan_file(self) -> None:
-        """ConfigError unless the dir's ablation.toml, if any, records this plan."""
+        """ConfigError unless the dir's ablation.toml, if any, records this plan (its
+        checkpointing and logging settings aside: `prepare` records this run's)."""
         plan_file = self.dir / "ablation.toml"
         if plan_file.exists():
             saved = read_plan(
                 plan_file,
                 "move it away to start this ablation afresh in the same dir, or pass another "
                 "--ablation-dir",
-            ).to_dict()
-            if saved != self.plan.to_dict():
+            ).defining()
+            if saved != self.plan.defining():
                 raise ConfigError(
                     f"{self.dir} holds a different ablation plan; pass another "
                     "--ablation-dir (or rerun the original command)"
