@@ -35,6 +35,7 @@ from mousse.experiments.tuning import (
     same_runs,
     tune_variant,
 )
+from mousse.train import tomlio
 from mousse.train.config import ConfigError
 
 INF = math.inf
@@ -300,6 +301,28 @@ def test_runner_tunes_then_compares_and_reuses_the_tuning_seed(tmp_path):
     assert by_name["mousse"]["tuning"][0]["grid"] == [0.005, 0.01, 0.02, 0.04]
     assert by_name["mousse"]["n_seeds"] == 2
     assert results["protocol"] == {"tuned": ["lr"], "tune_seeds": [0], "seeds": [0, 1]}
+
+
+def test_a_finished_tuned_ablation_takes_more_seeds_in_its_own_dir(tmp_path):
+    """`--seeds 3` after `--seeds 2`: the tuning stands, only the new seed's runs are wanted, and
+    the results count 3 seeds; a plan that drops or reorders seeds is still another plan."""
+    ab = _tuned_ablation(tmp_path)
+    ab.prepare()
+    best = {"muon": 0.04, "mousse": 0.01, "alpha=0.0": 0.02}
+    loss = lambda run: 1.0 + abs(math.log2(run.knobs["lr"] / best[run.variant])) + 0.01 * run.seed
+    while _finish_wanted(ab, loss):
+        pass
+    more = _tuned_ablation(tmp_path, seeds=(0, 1, 2))
+    more.validate()
+    more.prepare()
+    assert {r.name for r in more.wanted()} == {f"{v}@lr={best[v]}-s2" for v in best}
+    while _finish_wanted(more, loss):
+        pass
+    assert all(v["n_seeds"] == 3 for v in more.results()["variants"])
+    assert tomlio.load(ab.dir / "ablation.toml")["seeds"] == [0, 1, 2]
+    for seeds in ((1, 2), (1, 0, 2)):
+        with pytest.raises(ConfigError, match=r"holds a different ablation plan.*may add seeds"):
+            _tuned_ablation(tmp_path, seeds=seeds).validate()
 
 
 def test_runner_resumes_in_the_middle_of_tuning(tmp_path):

@@ -82,6 +82,18 @@ class AblationPlan:
         out["base"] = {k: v for k, v in out["base"].items() if k not in BOOKKEEPING}
         return out
 
+    def adds_seeds_to(self, other: AblationPlan) -> bool:
+        """Whether this plan is `other` with more seeds: the same inputs (bookkeeping aside),
+        `other`'s seeds first and every run of `other` among its own, so that a finished
+        ablation takes more seeds in its own dir (its tuning, on the tuning seeds, stands)."""
+        mine, theirs = self.defining(), other.defining()
+        rest = lambda plan: {k: v for k, v in plan.items() if k not in ("seeds", "runs")}
+        return (
+            rest(mine) == rest(theirs)
+            and mine["seeds"][: len(theirs["seeds"])] == theirs["seeds"]
+            and all(run in mine["runs"] for run in theirs["runs"])
+        )
+
     def to_dict(self) -> dict:
         out = {
             "mode": self.mode,

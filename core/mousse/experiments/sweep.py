@@ -106,19 +106,20 @@ class Ablation:
             )
 
     def _check_plan_file(self) -> None:
-        """ConfigError unless the dir's ablation.toml, if any, records this plan (its
-        checkpointing and logging settings aside: `prepare` records this run's)."""
+        """ConfigError unless the dir's ablation.toml, if any, records this plan or this plan
+        with fewer seeds (its checkpointing and logging settings aside: `prepare` records this
+        run's)."""
         plan_file = self.dir / "ablation.toml"
         if plan_file.exists():
             saved = read_plan(
                 plan_file,
                 "move it away to start this ablation afresh in the same dir, or pass another "
                 "--ablation-dir",
-            ).defining()
-            if saved != self.plan.defining():
+            )
+            if saved.defining() != self.plan.defining() and not self.plan.adds_seeds_to(saved):
                 raise ConfigError(
-                    f"{self.dir} holds a different ablation plan; pass another "
-                    "--ablation-dir (or rerun the original command)"
+                    f"{self.dir} holds a different ablation plan; rerun the original command "
+                    "(it may add seeds, e.g. --seeds 5 after 3), or pass another --ablation-dir"
                 )
 
     def prepare(self) -> None:
