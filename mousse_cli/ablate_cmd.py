@@ -56,7 +56,11 @@ DRY_RUN = typer.Option(
     False, "--dry-run", help="Print the planned runs and stop.", rich_help_panel=PLAN_PANEL
 )
 MAX_RUNS = typer.Option(
-    32, "--max-runs", help="Refuse plans with more runs than this.", rich_help_panel=PLAN_PANEL
+    100,
+    "--max-runs",
+    help="Refuse plans that may take more runs than this, grid extensions counted (a guard "
+    "against an accidental --grid; --max-hours bounds the time).",
+    rich_help_panel=PLAN_PANEL,
 )
 ABLATION_DIR = typer.Option(
     None,

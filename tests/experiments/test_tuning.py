@@ -591,6 +591,9 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
         "20",
     )
     assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
+    # the README's tuned example plans up to 40 runs: within the default guard
+    readme = ("--alpha", "0.0,0.125,0.25", "--tune", "lr", "--seeds", "3", "--dry-run")
+    assert invoke_cli("ablate", *readme, "--ablation-dir", tmp_path / "b").exit_code == 0
 
 
 @pytest.mark.slow
