@@ -9,7 +9,7 @@ from typing import Any, cast
 import typer
 
 from mousse.optim.knobs import TABLE, Knob
-from mousse.train.presets import OPTIMIZERS
+from mousse.train.presets import OPTIMIZERS, PRESETS
 
 
 def _switch(name: str, text: str) -> tuple:
@@ -45,7 +45,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
         str | None,
         typer.Option(
             None,
-            help="Model + recipe preset: tiny, small, 160m, 250m, 500m, 800m (see `mousse presets`).",
+            help=f"Model + recipe preset: {', '.join(PRESETS)} (see `mousse presets`).",
         ),
     ),
     "data": (

@@ -6,8 +6,8 @@ tokens per parameter, and their scalar/AdamW learning rates are the project's ow
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
 family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
 resolve, later winning: class recipe (`optim.OPTIMIZERS[name].recipe`, the method's published
-defaults) < TRAINING_RECIPES[name] < the preset's lr (and momentum, `Preset.momenta`) for it <
-config file < flags.
+defaults) < TRAINING_RECIPES[name] < the preset's lr, momentum and momentum rule for it
+(`Preset.lrs`, `Preset.momenta`, `Preset.momentum_styles`) < config file < flags.
 """
 
 from __future__ import annotations
