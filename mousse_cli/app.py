@@ -11,6 +11,7 @@ import typer
 
 import mousse
 from mousse.dist.process import env_world_size
+from mousse.train.compat import RENAMED_FLAGS
 
 from .ablate_cmd import ablate
 from .bench_cmd import bench
@@ -63,6 +64,9 @@ def usage_error_line(exc) -> str:
     ctx = exc.ctx
     where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     if isinstance(exc, _clicks.NoSuchOption):  # click's possibilities: the closest first
+        if exc.option_name in RENAMED_FLAGS:
+            new = RENAMED_FLAGS[exc.option_name]
+            return f"error: {exc.option_name} is now {new}{where}"
         hint = f"; did you mean {exc.possibilities[0]}?" if exc.possibilities else ""
         return f"error: no such option {exc.option_name}{hint}{where}"
     message = exc.format_message().replace("\n", " ").rstrip(".")

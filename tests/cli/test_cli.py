@@ -573,6 +573,8 @@ def _run_mousse(*args) -> CliResult:
         (["train", "--steps", "abc"], ["--steps", "integer"]),
         (["ablate", "--trace-norm", "on,of", "--dry-run"], ["--trace-norm", "on,off"]),
         (["ablate", "--trace-norm", "on", "--factor-norm", "none"], ["not both"]),
+        (["train", "--nesterov"], ["--nesterov is now --momentum-style nesterov"]),
+        (["ablate", "--no-graft"], ["--no-graft is now --graft none", "mousse ablate --help"]),
     ],
     ids=[
         "unknown-option",
@@ -581,6 +583,8 @@ def _run_mousse(*args) -> CliResult:
         "bad-int",
         "bad-alias",
         "alias-twice",
+        "renamed-flag",
+        "renamed-negative-flag",
     ],
 )
 def test_usage_errors_are_one_line_with_the_closest_option(args, needles):

@@ -22,6 +22,13 @@ RENAMED = {
     "nesterov": "momentum_style (nesterov = on, heavy_ball = off)",
 }
 
+# old command-line flag -> what to type instead
+RENAMED_FLAGS = {
+    "--nesterov": "--momentum-style nesterov",
+    "--no-nesterov": "--momentum-style heavy_ball",
+    "--no-graft": "--graft none",
+}
+
 
 def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings with the pre-family engine's knobs renamed: trace_norm -> factor_norm, nesterov ->
