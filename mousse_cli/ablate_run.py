@@ -53,7 +53,7 @@ def run_one_ablation(
     runs = shard_of(ablation, shard)
     # live deltas against the baseline only without tuning (tuning runs differ in lr)
     baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
-    with AblationView(runs, baseline) as view, dashboards:
+    with AblationView(runs, baseline, progress=ablation.progress) as view, dashboards:
 
         def on_update(update) -> None:
             view(update)

@@ -4,6 +4,7 @@ terminal; plain lines per run start, evaluation and finish otherwise (on stderr)
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from rich.live import Live
 from rich.markup import escape
@@ -21,9 +22,17 @@ class AblationView:
     """Live convergence and step-time tables of an ablation (one row per run); plain lines per
     run start, evaluation and finish when not a terminal."""
 
-    def __init__(self, runs, baseline: str | None, live: bool | None = None):
+    def __init__(
+        self,
+        runs,
+        baseline: str | None,
+        live: bool | None = None,
+        progress: Callable[[], str] | None = None,
+    ):
         self.order: list[str] = []
         self.baseline = baseline
+        self.progress = progress  # "4 of at most 30 runs done", read from disk as runs end
+        self.done_text = progress() if progress else None
         self.rows: dict[str, dict] = {}
         for run in runs:
             self._add(run.name)
@@ -152,11 +161,14 @@ class AblationView:
             ):
                 if s[summary_key] is not None:
                     row[key] = [s[summary_key]]
+            if self.progress:
+                self.done_text = self.progress()
             self._plain(
                 f"[{name}] failed: {s.get('message')}"  # why, and what to do
                 if s["status"] == "failed"
                 else f"[{name}] {s['status']} after {s['steps']} steps: final val "
                 f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)"
+                + (f"; {self.done_text}" if self.done_text else "")
             )
 
     @staticmethod
@@ -179,7 +191,11 @@ class AblationView:
         """The convergence and step-time tables, one row per run in the order they were queued."""
         from rich.console import Group
 
-        conv = titled_table("convergence", _CONVERGENCE, left=("run", "status"))
+        conv = titled_table(
+            f"convergence ({self.done_text})" if self.done_text else "convergence",
+            _CONVERGENCE,
+            left=("run", "status"),
+        )
         timing = titled_table("step time (median ms)", _TIMING)
         base_ms = (
             self._median(self.rows[self.baseline]["ms"]) if self.baseline in self.rows else None

@@ -697,7 +697,11 @@ def test_a_rerun_may_change_when_runs_checkpoint_and_log(tmp_path):
     """--checkpoint-every, --keep-checkpoints and --log-every on a rerun resume the same ablation
     (the dir records the new values); a run resumed with another cadence goes on."""
     adir, sweep = tmp_path / "a", ["--alpha", "0.0", "--steps", "2", "--no-baseline", *FAST]
-    assert invoke_cli("ablate", *sweep, "--ablation-dir", adir).exit_code == 0
+    first = invoke_cli("ablate", *sweep, "--ablation-dir", adir)
+    assert first.exit_code == 0
+    # each finished run's line says how far the ablation is (read from its dir)
+    ends = [line for line in first.stderr_lines() if "completed after" in line]
+    assert [line.rsplit("; ", 1)[1] for line in ends] == ["1 of 2 runs done", "2 of 2 runs done"]
     again = invoke_cli(
         "ablate", *sweep, "--checkpoint-every", "1", "--log-every", "1", "--ablation-dir", adir
     )

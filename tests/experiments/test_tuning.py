@@ -557,6 +557,8 @@ def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
         assert v["tuned"]["lr"] in (0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
         assert v["n_seeds"] == 2
     trained = len(list((tmp_path / "a" / "runs").iterdir()))
+    last = [line for line in first.stderr_lines() if "completed after" in line][-1]
+    assert f"; {trained} of at most " in last and last.endswith(" runs done")
     second = invoke_cli(*args)
     assert second.exit_code == 0 and "queued" not in second.stderr
     assert len(list((tmp_path / "a" / "runs").iterdir())) == trained

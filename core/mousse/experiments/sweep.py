@@ -193,6 +193,16 @@ class Ablation:
             ]
         return out
 
+    def progress(self) -> str:
+        """'4 of at most 30 runs done': the runs in the dir that finished (every shard's, and
+        earlier invocations'), against all the plan can take."""
+        runs = self.dir / "runs"
+        done = sum(
+            (summary := read_summary(d)) is not None and summary.get("status") in FINISHED
+            for d in (runs.iterdir() if runs.is_dir() else ())
+        )
+        return f"{done} of {'at most ' if self.tune else ''}{self.upper_bound_runs()} runs done"
+
     def upper_bound_runs(self) -> int:
         """Most runs the plan can train: tuning (grid extensions included) plus the comparison's
         runs on seeds that are not tuning seeds."""
