@@ -47,12 +47,18 @@ def root(
     """Optimizer ablations for language models around Mousse."""
 
 
-# in the order `mousse --help` lists them
-app.command()(train)
-app.command()(presets)
-app.command()(ablate)
-app.command()(bench)
-app.command()(report)
+# in the order `mousse --help` lists them, one line each (docstrings' line breaks would show)
+app.command(
+    short_help="Train one model (no arguments: tiny preset, builtin corpus, under a minute)."
+)(train)
+app.command(short_help="The model presets: size, lrs per optimizer, memory, time here.")(presets)
+app.command(short_help="Sweep Mousse's knobs (and baselines) with the same budget and compare.")(
+    ablate
+)
+app.command(short_help="Time optimizer steps: Mousse against Muon, torch.optim.Muon and AdamW.")(
+    bench
+)
+app.command(short_help="Re-render an ablation's tables from disk (and check expectations).")(report)
 
 # Click's exception classes, reached through typer's public BadParameter (newer typer vendors click).
 _clicks = sys.modules[typer.BadParameter.__module__]

@@ -591,6 +591,19 @@ def test_usage_errors_are_one_line_with_the_closest_option(args, needles):
     assert_one_line_error(_run_mousse(*args), *needles)
 
 
+def test_top_level_help_gives_each_command_one_line():
+    out = subprocess.run(
+        [*mousse_command(), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120"},
+    ).stdout
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
+    for name in ("train", "presets", "ablate", "bench", "report"):
+        assert rows[name].rstrip(" │").endswith("."), rows[name]  # the whole sentence, one row
+
+
 def test_help_is_grouped_into_panels():
     train = _run_mousse("train", "--help")
     ablate = _run_mousse("ablate", "--help")
