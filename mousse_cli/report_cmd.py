@@ -158,14 +158,13 @@ def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
     from mousse.experiments.scale import combine
     from mousse.experiments.table_rows import render, render_scaled
 
+    if scaled and fmt == "json":
+        typer.echo(dumps(combine(by_preset)))
+        return
     if fmt != "table":
-        if not scaled:
-            typer.echo(render(by_preset[None], fmt), nl=False)
-        else:
-            text = (
-                dumps(combine(by_preset)) + "\n" if fmt == "json" else render_scaled(by_preset, fmt)
-            )
-            typer.echo(text, nl=False)
+        typer.echo(
+            render_scaled(by_preset, fmt) if scaled else render(by_preset[None], fmt), nl=False
+        )
         return
     for preset, results in by_preset.items():
         if scaled:

@@ -96,21 +96,16 @@ def presets_table(rows: list[dict]):
     peak lr per optimizer and what those values were tuned for."""
     from rich.console import Group
 
-    from mousse.train.estimate import BUSY_NOTE
+    from mousse.train.estimate import busy_note
 
     device = rows[0]["device"] if rows else "cpu"
-    busy = max((r["busy"] for r in rows if r.get("busy") is not None), default=0.0)
+    busy = max((r["busy"] for r in rows if r.get("busy") is not None), default=None)
     return Group(
         _presets_overview(rows),
         "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows),
         "* weights + grads + Mousse state + activations of one micro batch, fp32",
         f"** Mousse on this machine's {device}: measured for the presets a short probe "
-        "can run, from FLOPs at the measured matmul rate for the others"
-        + (
-            f"; other processes used {busy:.0%} of the CPU meanwhile: alone it is faster"
-            if busy > BUSY_NOTE
-            else ""
-        ),
+        "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy),
         "",
         _lr_table(rows),
         _lr_notes(rows),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mousse.experiments.results import with_delta_intervals
 from mousse.experiments.scale import combine, relabel
-from mousse.train.config import ConfigError, read_toml
+from mousse.train.config import read_toml
 from mousse.train.fileio import write_json
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         write_json(Path(argv[1]), combined(Path(argv[0])))
-    except (ConfigError, OSError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -86,6 +86,10 @@ def test_a_bad_spec_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.json" in err[0]
     assert not (tmp_path / "o.json").exists()
+    (tmp_path / "missing.json").write_text("{not json")  # damaged: one line too, no traceback
+    assert combine_scales.main([str(spec), str(tmp_path / "o.json")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_several_presets_render_as_one_markdown_document_and_one_csv(tmp_path):

@@ -65,12 +65,14 @@ def scale_summary(results_by_preset: dict[str, dict]) -> dict:
 
 def relabel(results: dict, names: dict[str, str]) -> dict:
     """`results` with only the variants `names` lists (the baseline among them), each renamed to
-    its label, in the order `names` gives: so that ablations recorded under different variant names (a spec that swept
-    `momentum_style=nesterov` at one scale and made it the default at another) line up as one
-    comparison over scales. Every statistic stays as its own ablation computed it."""
+    its label, in the order `names` gives: so that ablations recorded under different variant
+    names (a spec that swept `momentum_style=nesterov` at one scale and made it the default at
+    another) line up as one comparison over scales. Every statistic stays as its own ablation
+    computed it."""
+    variants = {v["variant"]: v for v in results["variants"]}
     if results["baseline"] not in names:
         raise ConfigError(f"the labels must include the baseline {results['baseline']!r}")
-    missing = set(names) - {v["variant"] for v in results["variants"]}
+    missing = set(names) - set(variants)
     if missing:
         raise ConfigError(f"no variant {sorted(missing)[0]!r} in these results")
 
@@ -89,14 +91,7 @@ def relabel(results: dict, names: dict[str, str]) -> dict:
     return {
         **results,
         "baseline": names[results["baseline"]],
-        "variants": sorted(
-            (
-                {**v, "variant": names[v["variant"]]}
-                for v in results["variants"]
-                if v["variant"] in names
-            ),
-            key=lambda v: list(names.values()).index(v["variant"]),
-        ),
+        "variants": [{**variants[old], "variant": new} for old, new in names.items()],
         "runs": [
             {**r, "variant": names[r["variant"]]} for r in results["runs"] if r["variant"] in names
         ],

@@ -303,7 +303,8 @@ def describe(est: Estimate) -> str:
     """'about 3.1 h per step, 3.5 years for 10,000 steps on this cpu (from FLOPs)'."""
     return (
         f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
-        f"{est.steps:,} step{'' if est.steps == 1 else 's'} on this {est.device.split(':')[0].upper()} ({source(est)})"
+        f"{est.steps:,} step{'' if est.steps == 1 else 's'} on this "
+        f"{est.device.split(':')[0].upper()} ({source(est)})"
     )
 
 
@@ -313,9 +314,14 @@ def source(est: Estimate, short: bool = False) -> str:
     how = "measured probe" if est.method == "probe" else "from FLOPs"
     if est.method != "probe" and not short:
         how += " at this device's matmul rate"
-    if est.busy is not None and est.busy > BUSY_NOTE:
-        how += f"; other processes used {est.busy:.0%} of the CPU meanwhile: alone it is faster"
-    return how
+    return how + busy_note(est.busy)
+
+
+def busy_note(busy: float | None) -> str:
+    """'; other processes used 62% of the CPU meanwhile: ...' above BUSY_NOTE, else ''."""
+    if busy is None or busy <= BUSY_NOTE:
+        return ""
+    return f"; other processes used {busy:.0%} of the CPU meanwhile: alone it is faster"
 
 
 def warning(cfg: TrainConfig, est: Estimate, device: torch.device) -> str | None:
