@@ -70,7 +70,9 @@ def test_the_recorded_scales_combine_into_one_report_with_the_recorded_speedups(
         rows["small", "Mousse (heavy-ball)"]["p_value"]
         == small["momentum_style=heavy_ball"]["p_value"]
     )
-    assert rows["tiny", "Muon"]["is_baseline"] and rows["small", "Muon"]["is_baseline"]
+    medium = {v["variant"]: v for v in _recorded("cpu-2core-decisive-medium.json")["variants"]}
+    assert rows["medium", "Mousse (Nesterov)"]["speedup"] == medium["mousse"]["speedup"]
+    assert all(rows[preset, "Muon"]["is_baseline"] for preset in ("tiny", "small", "medium"))
     table = invoke_cli("report", out)
     assert (
         table.exit_code == 0
@@ -98,12 +100,22 @@ def test_several_presets_render_as_one_markdown_document_and_one_csv(tmp_path):
     out = tmp_path / "scale.json"
     assert combine_scales.main([str(SPEC), str(out)]) == 0
     md = invoke_cli("report", out, "--format", "markdown").stdout
-    assert md.index("# preset tiny") < md.index("# preset small") < md.index("# Speedup by scale")
-    assert "| Mousse (Nesterov) | 1.21x [0.90, 1.41] (not significant) | 1.25x [1.22, 1.28] |" in md
+    assert (
+        md.index("# preset tiny")
+        < md.index("# preset small")
+        < md.index("# preset medium")
+        < md.index("# Speedup by scale")
+    )
+    assert (
+        "| Mousse (Nesterov) | 1.21x [0.90, 1.41] (not significant) | 1.25x [1.22, 1.28] "
+        "| 1.06x [0.98, 1.15] (not significant) |"
+    ) in md
     assert not any(ch in md for ch in "┏┃━")
     lines = invoke_cli("report", out, "--format", "csv").stdout.splitlines()
     assert (
         lines[0].startswith("preset,variant,")
         and sum(line.startswith("preset,") for line in lines) == 1
     )
-    assert [line.split(",")[0] for line in lines[1:]] == ["tiny"] * 3 + ["small"] * 3
+    assert [line.split(",")[0] for line in lines[1:]] == ["tiny"] * 3 + ["small"] * 3 + [
+        "medium"
+    ] * 3

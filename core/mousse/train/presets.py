@@ -80,10 +80,12 @@ _SMALL_MOMENTA = {"mousse": 0.8, "muon": 0.8}
 # whitening help?" on one rule. The paper presets keep the released rule; `--momentum-style
 # heavy_ball` restores it here.
 _CPU_MOMENTUM_STYLES = {"mousse": "nesterov"}
-# medium (about 3M parameters, the third CPU scale): small's tuned lrs, momenta and rule, not yet
-# tuned on medium itself (its decisive set, `ablations/decisive.toml`, tunes lr per variant).
+# medium (about 3M parameters, the third CPU scale): small's tuned lrs, momenta and rule. Its
+# own decisive set (`ablations/decisive.toml`: lr tuned per variant at momentum 0.8, 3 seeds;
+# benchmarks/tuned/) chose the same lrs, 0.12 for Mousse (Nesterov and heavy-ball) and 0.06 for
+# Muon; momentum was not tuned on medium.
 _MEDIUM_LR_NOTE = (
-    "mousse/muon lr: small's tuning (benchmarks/tuned), not tuned on medium; shampoo, soap, "
+    "mousse/muon lr: tuned on medium (benchmarks/tuned), as on small; shampoo, soap, "
     "splus, tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
 )
 # The GPU ladder between small and 160m (docs/scaling.md, "The scale ladder"): Mousse and Muon at
