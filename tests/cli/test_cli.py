@@ -527,13 +527,14 @@ def test_presets_list_lr_per_optimizer(cli, presets_rows):
         == {"mousse": "nesterov"}
     )
     assert not rows["160m"]["momentum_styles"]
-    # medium and the GPU ladder start from small's tuned momentum and rule (not tuned there yet)
+    # medium and the GPU ladder start from small's tuned momentum and rule (not tuned there);
+    # medium's decisive set tuned its lrs and chose small's
     tuned_here = ("tiny", "small", "medium", "10m", "30m")
     for name in tuned_here[2:]:
         assert rows[name]["momenta"] == rows["small"]["momenta"], name
         assert rows[name]["momentum_styles"] == {"mousse": "nesterov"}, name
     assert rows["medium"]["lrs"] == rows["small"]["lrs"]
-    assert "not tuned" in rows["medium"]["lr_note"]
+    assert "tuned on medium" in rows["medium"]["lr_note"]
     assert rows["10m"]["lrs"]["mousse"] == rows["30m"]["lrs"]["muon"] == 0.06
     assert all(not rows[name]["momenta"] for name in rows if name not in tuned_here)
     assert rows["medium"]["run_time"] and rows["medium"]["estimate"] in ("probe", "flops")
