@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from mousse.dist.process import exit_on_error, is_main_process
+from mousse.distributed.process import exit_on_error, is_main_process
 from mousse.experiments.scale import combine
 from mousse.train.fileio import dumps
 

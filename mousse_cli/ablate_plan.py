@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from mousse.dist.process import env_world_size
+from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError, load_config_file
 from mousse.train.dashboards import Dashboards
 from mousse.train.estimate import duration

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from mousse.dist.process import env_world_size
+from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError
 from mousse.train.dashboards import Dashboards
 

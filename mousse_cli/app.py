@@ -10,7 +10,7 @@ import sys
 import typer
 
 import mousse
-from mousse.dist.process import env_world_size
+from mousse.distributed.process import env_world_size
 from mousse.train.compat import RENAMED_FLAGS
 
 from .ablate_cmd import ablate
@@ -109,7 +109,7 @@ def main() -> None:
     its process group cleanly."""
     tolerate_narrow_encodings()
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
-        from mousse.dist.process import run_rank
+        from mousse.distributed.process import run_rank
 
         run_rank(run_app)
     try:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import typer
 from rich.markup import escape
 
-from mousse.dist.process import is_main_process, rank_prefix
+from mousse.distributed.process import is_main_process, rank_prefix
 from mousse.train.config import ConfigError
 from mousse.train.data import DataError
 from mousse.train.fileio import dumps

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mousse.dist.process import batch_split, env_world_size
+from mousse.distributed.process import batch_split, env_world_size
 from mousse.train import tomlio
 from mousse.train.config import ConfigError
 from mousse.train.data import load_dataset

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from mousse.dist.process import is_main_process
+from mousse.distributed.process import is_main_process
 
 from .console import console, result_stream, show_wide
 from .rich_tables import results_tables, scale_table

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mousse.dist.process import env_world_size, exit_on_error, is_main_process
+from mousse.distributed.process import env_world_size, exit_on_error, is_main_process
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import ConfigError, load_config_file, resolve
 from mousse.train.dashboards import Dashboards
@@ -137,7 +137,7 @@ def run_training(
     """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
     estimate is shown after the checks the Trainer makes, so that an error stays one line.
     Returns the run's summary."""
-    from mousse.dist import setup
+    from mousse.distributed import setup
     from mousse.train.trainer import Trainer
 
     view = TrainView()

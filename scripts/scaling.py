@@ -1,4 +1,4 @@
-"""The tables of docs/scaling.md, computed from the presets' shapes and mousse.dist.ownership's own
+"""The tables of docs/scaling.md, computed from the presets' shapes and mousse.distributed.ownership's own
 ownership plan: per-step communication per GPU (Mousse as run by `mousse train` under torchrun,
 next to AdamW/DDP, Muon-style and Distributed Shampoo), and the per-rank refresh load, step load
 and optimizer state.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from mousse.dist.ownership import matrix_cost, plan_loads, plan_ownership
+from mousse.distributed.ownership import matrix_cost, plan_loads, plan_ownership
 from mousse.optim.routing import infer_roles
 from mousse.train.presets import PRESETS, meta_model
 

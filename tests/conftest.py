@@ -1,7 +1,7 @@
 """Fixtures every folder of the suite shares (pytest's root conftest).
 
 The suite mirrors the package's layers: tests/optim (the optimizer library, on its own: it
-imports nothing above mousse.optim), tests/train, tests/dist, tests/experiments, tests/cli and
+imports nothing above mousse.optim), tests/train, tests/distributed, tests/experiments, tests/cli and
 tests/gpu (checks that need an NVIDIA GPU, scripts/gpu_check.sh); tests/test_layers.py checks the
 layering itself. Helpers tests import by name live in tests/support (on the path through
 pyproject's `pythonpath`); each folder's conftest.py holds the fixtures only it uses.

@@ -1,11 +1,11 @@
-"""The package's layers: imports only go down (optim -> train -> dist -> experiments -> CLI), and
+"""The package's layers: imports only go down (optim -> train -> distributed -> experiments -> CLI), and
 no two modules import each other, directly or around a loop (function-level imports included)."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["optim", "train", "dist", "experiments"]  # each may import only those before it
+LAYERS = ["optim", "train", "distributed", "experiments"]  # each may import only those before it
 
 
 def _modules() -> dict[str, Path]:

@@ -1,7 +1,7 @@
 """mousse: Mousse (Muon whitened by Shampoo's Kronecker factors) and its baselines, as a library.
 
 Layers, each importing only the ones before it: `mousse.optim` (the optimizer family) ->
-`mousse.train` (one training run) -> `mousse.dist` (one rank of a torchrun job) ->
+`mousse.train` (one training run) -> `mousse.distributed` (one rank of a torchrun job) ->
 `mousse.experiments` (ablations, results, benchmarks). docs/architecture.md maps them.
 """
 

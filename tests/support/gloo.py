@@ -1,4 +1,4 @@
-"""Gloo ranks in spawned processes, for the multi-rank tests on CPU (tests/dist)."""
+"""Gloo ranks in spawned processes, for the multi-rank tests on CPU (tests/distributed)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _gloo_rank(rank: int, worker, store: str, nprocs: int, timeout: float, args:
 
     import torch.distributed as dist
 
-    from mousse.dist.process import leave_process_group
+    from mousse.distributed.process import leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group(

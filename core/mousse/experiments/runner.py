@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from mousse.dist import setup
-from mousse.dist.process import is_main_process
+from mousse.distributed import setup
+from mousse.distributed.process import is_main_process
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished

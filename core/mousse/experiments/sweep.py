@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mousse.dist.process import is_main_process
+from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset

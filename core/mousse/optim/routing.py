@@ -158,7 +158,7 @@ def build_optimizer(
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
     with Lion the head's lr is divided by sqrt(fan_in), as in the released Mousse recipe).
     owned: names of the block matrices this process's matrix optimizer gets (None: all). Under
-    torch.distributed each rank owns some (mousse.dist.ownership.plan_ownership); the others are
+    torch.distributed each rank owns some (mousse.distributed.ownership.plan_ownership); the others are
     updated by their owners. The routing table still lists every parameter.
     compiled: run the family optimizer's per-bucket math under torch.compile.
     """

@@ -3,5 +3,5 @@
 The run's settings (`config`, `presets`), the model (`model`), the token data (`data`), the loop
 (`trainer`), its checkpoints (`checkpoint`), the events it reports (`events`) and its files
 (`fileio`, `tomlio`). `world.World` is the single-process view of the job the loop runs in;
-`mousse.dist` supplies the multi-rank one.
+`mousse.distributed` supplies the multi-rank one.
 """

@@ -1,6 +1,6 @@
 """An optimizer's state under flat names, `<part>.state.<param name>.<buffer>`, and back: what a
 checkpoint stores, and what a run on any number of ranks reads back by parameter name (from the
-single optimizer file, or from the shards `mousse.dist.sharded` wrote)."""
+single optimizer file, or from the shards `mousse.distributed.sharded` wrote)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from mousse.optim.routing import CombinedOptimizer
 
 FORMAT = "mousse-checkpoint-1"
-# Distributed runs (mousse.dist.sharded) write the optimizer state as one shard per rank instead
+# Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
 # (part, param name) -> (the open file holding its state, its flat keys there, the file's
@@ -117,7 +117,7 @@ def unflatten_optimizer(
     return out
 
 
-# ---- sharded optimizer state (written by mousse.dist.rank), read by parameter name ----------
+# ---- sharded optimizer state (written by mousse.distributed.rank), read by parameter name ----------
 
 
 def param_of(flat: str) -> str:

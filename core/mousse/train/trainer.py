@@ -172,7 +172,7 @@ class Trainer:
     def _join_world(
         self, world: Callable[[torch.device], World], run_dir: Path, stop: threading.Event | None
     ) -> None:
-        """The device, the process group (one process, or `mousse.dist.setup` under torchrun),
+        """The device, the process group (one process, or `mousse.distributed.setup` under torchrun),
         the stop flag every rank agrees on and rank 0's run dir."""
         self.dist = world(pick_device(self.cfg.device))
         self.device, self.stop = self.dist.device, self.dist.agreed_stop(stop or threading.Event())

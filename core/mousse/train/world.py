@@ -1,5 +1,5 @@
 """The trainer's view of the job it is part of. `World` is a single process: every hook is the
-plain single-process action. `mousse.dist.rank.Dist` overrides the hooks with collectives for one
+plain single-process action. `mousse.distributed.rank.Dist` overrides the hooks with collectives for one
 rank of a torchrun job; the trainer calls the same hooks at the same points either way, so one
 process and N ranks run one training loop."""
 

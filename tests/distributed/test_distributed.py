@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from support.cli import assert_one_line_error, mousse_command, read_metrics
 from support.gloo import run_gloo_ranks
 
-from mousse.dist.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
-from mousse.dist.process import batch_split
+from mousse.distributed.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
+from mousse.distributed.process import batch_split
 from mousse.optim.routing import build_optimizer, infer_roles
 from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
@@ -450,8 +450,8 @@ def _missing_grads_worker(rank: int) -> None:
 
     import torch.distributed as dist
 
-    from mousse.dist.rank import Dist
-    from mousse.dist.sharded import weights_digest
+    from mousse.distributed.rank import Dist
+    from mousse.distributed.sharded import weights_digest
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, head_dim=4, seq_len=8))
