@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import typer
 
+from mousse.train.config import Precision
 from mousse.train.fileio import dumps
 
 from .console import show_wide
@@ -44,6 +47,11 @@ def bench(
         "--compile",
         help="Also time our Muon and Mousse (both, refresh every 10) under torch.compile (compiled during warm-up); with --train, compile the timed training runs too.",
     ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (bf16 where matmuls are native in bf16) | bf16 | fp32: the training runs' autocast and every Newton-Schulz.",
+    ),
     model: str | None = TRAIN_FLAGS["model"][1],
     model_config: str | None = TRAIN_FLAGS["model_config"][1],
     json_out: bool = typer.Option(
@@ -58,7 +66,15 @@ def bench(
     with user_errors():
         user_model = {k: v for k, v in (("model", model), ("model_config", model_config)) if v}
         results = run_bench(
-            preset, repeats, device, train or lean, steps, compiled, user_model or None, lean
+            preset,
+            repeats,
+            device,
+            train or lean,
+            steps,
+            compiled,
+            user_model or None,
+            lean,
+            cast(Precision, precision),  # checked by run_bench
         )
     show_wide(bench_tables(results), json_out)
     if json_out:

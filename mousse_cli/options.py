@@ -109,7 +109,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
         str | None,
         typer.Option(
             None,
-            help="Newton-Schulz precision: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16. bf16 is faster on CPUs with native bf16 (avx512_bf16, AMX).",
+            help="Newton-Schulz precision: auto (the run's --precision) | fp32 | bf16 | fp16.",
         ),
     ),
     "eval_every": (int | None, typer.Option(None, help="Evaluate every N steps.")),
@@ -120,7 +120,20 @@ TRAIN_FLAGS: dict[str, tuple] = {
     ),
     "seed": (int | None, typer.Option(None, help="Seed of init and data order (0).")),
     "device": (str | None, typer.Option(None, help="auto | cpu | cuda.")),
-    "compile": _switch("compile", "torch.compile the model and the matrix optimizer's update."),
+    "precision": (
+        str | None,
+        typer.Option(
+            None,
+            help="Forward and backward arithmetic: auto (bf16 autocast where matmuls are native in bf16: CUDA, CPUs with AVX-512 BF16 or AMX; fp32 elsewhere) | bf16 | fp32. The loss, the optimizer's statistics and its whitening stay fp32; Newton-Schulz follows it (--ns-dtype).",
+        ),
+    ),
+    "compile": (
+        str | None,
+        typer.Option(
+            None,
+            help="torch.compile the model and the matrix optimizer's update: auto (when the run's estimated length is at least 10x the compile time measured here; docs/cli.md) | on | off.",
+        ),
+    ),
     "log_every": (int | None, typer.Option(None, help="Log a line every N steps.")),
     "checkpoint_every": (
         int | None,
@@ -222,6 +235,7 @@ PANELS = {
         "d_model",
         "n_layers",
         "device",
+        "precision",
         "compile",
     ),
     "Budget and schedule": (

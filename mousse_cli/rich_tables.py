@@ -37,6 +37,7 @@ def results_tables(results: dict):
         TIMING_COLUMNS,
         TUNING_COLUMNS,
         convergence_rows,
+        precision_note,
         protocol_notes,
         timing_notes,
         timing_rows,
@@ -52,6 +53,8 @@ def results_tables(results: dict):
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )
+    if arithmetic := precision_note(results):
+        caption += f"; {escape(arithmetic)}"
     caption += "".join(
         f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results)
     )
@@ -208,8 +211,9 @@ def bench_tables(r: dict):
 
     head = (
         f"[bold]mousse bench[/] {r['preset']} on {r['device']} ({escape(r['device_name'])}, "
-        f"{r['cpu_count']} CPUs, {r['threads']} torch threads, torch {r['torch']}), "
-        f"median of {r['repeats']}"
+        f"{r['cpu_count']} CPUs, {r['threads']} torch threads, torch {r['torch']}"
+        + (f", {r['precision']}" if r.get("precision") else "")
+        + f"), median of {r['repeats']}"
     )
     if r["lean"]:
         return Group(head, *_train_steps(r["train"]))
@@ -325,6 +329,8 @@ def _train_steps(t: dict) -> list:
             "fwd+bwd median",
             "opt mean",
             "peak MiB",
+            "tokens/s",
+            "MFU",
         ),
     )
     for name, label in TRAIN_LABELS.items():
@@ -339,6 +345,8 @@ def _train_steps(t: dict) -> list:
             f"{row['fwd_bwd_ms_median']:.1f}",
             f"{row['opt_ms_mean']:.1f}",
             _mib(row["peak_memory_bytes"] or 0),
+            fmt(row.get("tokens_per_s"), ",.0f"),
+            fmt(row["mfu"] * 100, ".1f") + "%" if row.get("mfu") is not None else "-",
         )
     return [
         table,

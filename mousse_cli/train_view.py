@@ -171,6 +171,18 @@ class TrainView:
             console.print(f"[red]{escape(s['message'])}[/]", highlight=False, soft_wrap=True)
 
 
+def speed_line(s: dict) -> str:
+    """How fast a run trained against this machine: tokens/s, model FLOP/s and MFU (summaries
+    from before these were recorded show tokens/s only)."""
+    line = f"{s['tokens_per_s']:,.0f} tokens/s"
+    if s.get("mfu") is not None:
+        line += (
+            f", {s['model_flops_per_s'] / 1e9:,.1f} model GFLOP/s, MFU {100 * s['mfu']:.1f}% of "
+            f"the {s['peak_flops'] / 1e9:,.0f} GFLOP/s matmul peak measured here"
+        )
+    return line + (f" ({s['precision']})" if s.get("precision") else "")
+
+
 def show_summary(s: dict, json_out: bool = False) -> None:
     """A run's result: how it ended, its losses and step times, the target, its run dir (stdout;
     stderr when stdout carries the JSON)."""
@@ -187,6 +199,8 @@ def show_summary(s: dict, json_out: bool = False) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if s.get("tokens_per_s"):
+        stream.print(speed_line(s), highlight=False, soft_wrap=True)
     if s.get("target_loss") is not None:
         stream.print(
             f"target {s['target_loss']}: "

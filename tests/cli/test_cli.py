@@ -576,6 +576,7 @@ def _run_mousse(*args) -> CliResult:
         (["ablate", "--trace-norm", "on", "--factor-norm", "none"], ["not both"]),
         (["train", "--nesterov"], ["--nesterov is now --momentum-style nesterov"]),
         (["ablate", "--no-graft"], ["--no-graft is now --graft none", "mousse ablate --help"]),
+        (["train", "--no-compile"], ["--no-compile is now --compile off"]),
     ],
     ids=[
         "unknown-option",
@@ -586,6 +587,7 @@ def _run_mousse(*args) -> CliResult:
         "alias-twice",
         "renamed-flag",
         "renamed-negative-flag",
+        "compile-before-auto",
     ],
 )
 def test_usage_errors_are_one_line_with_the_closest_option(args, needles):

@@ -705,7 +705,7 @@ def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
     [
         ("steps = true", "'steps'"),
         ("eval_every = true", "'eval_every'"),
-        ("compile = 1", "'compile'"),
+        ("bias_correction = 1", "'bias_correction'"),
     ],
 )
 def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, key):

@@ -25,6 +25,7 @@ KEYS = {
     "repeats",
     "compiled",
     "lean",
+    "precision",
     "cycle_steps",
     "step_ms",
     "step_spread",
@@ -63,7 +64,7 @@ def test_bench_json_on_cpu():
         assert 0 < spread["p50"] <= spread["p99"]
     assert {tuple(s["shape"]): s["count"] for s in r["shapes"]} == matrix_shapes("tiny")
     for s in r["shapes"]:
-        assert set(s) == SHAPE_KEYS and s["ns_pct_peak"] is None  # no known peak on CPU
+        assert set(s) == SHAPE_KEYS and s["ns_pct_peak"] > 0  # of the peak measured here
         assert min(s["ns_ms"], s["ns_tflops"], s["refresh_eigh_ms"], s["refresh_qr_ms"]) > 0
     # state: Muon one momentum per matrix (fp32); Mousse adds L, Q_L, R, Q_R and eigenvalues
     n_matrix = sum(m * n * c for (m, n), c in matrix_shapes("tiny").items())
@@ -125,8 +126,13 @@ def test_bench_train_mode(builtin_data):
             "fwd_bwd_ms_median",
             "opt_ms_mean",
             "peak_memory_bytes",
+            "tokens_per_s",
+            "model_flops_per_s",
+            "peak_flops",
+            "mfu",
         }
         assert row["peak_memory_bytes"] is None  # CUDA only
+        assert row["mfu"] == pytest.approx(row["model_flops_per_s"] / row["peak_flops"])
         assert 0 < row["step_ms_p50"] <= row["step_ms_p99"] and row["plain_step_ms_median"] > 0
         assert (row["refresh_step_ms_median"] is None) == (name == "muon")
     assert set(t) >= {

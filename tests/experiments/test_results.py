@@ -355,3 +355,17 @@ def test_recorded_tables_are_their_recorded_results_rendered():
             else render(recorded, "markdown")
         )
         assert shown == tables.read_text(), tables
+
+
+def test_tables_say_the_arithmetic_the_runs_trained_in():
+    def runs(*precisions):
+        rows = [record("muon", MUON, baseline=True), record("mousse", MOUSSE)]
+        return [{**r, "precision": p} for r, p in zip(rows, precisions, strict=True)]
+
+    same = summarize(runs("bf16 autocast", "bf16 autocast"))
+    assert same["precisions"] == ["bf16 autocast"]
+    assert "Arithmetic: bf16 autocast, every run." in render(same, "markdown")
+    mixed = summarize(runs("bf16 autocast", "fp32"))
+    assert "Runs differ in arithmetic (bf16 autocast, fp32)" in render(mixed, "markdown")
+    old = summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)])
+    assert old["precisions"] == [] and "rithmetic" not in render(old, "markdown")

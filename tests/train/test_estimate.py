@@ -10,8 +10,10 @@ import torch
 from support.cli import FAST, assert_one_line_error, invoke_cli
 
 from mousse.train import estimate as est
+from mousse.train import machine
 from mousse.train.config import resolve
 from mousse.train.events import MicroBatchDone
+from mousse.train.precision import peak_flops, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -28,9 +30,9 @@ def test_gpu_presets_on_a_cpu_are_priced_from_flops_without_running_them():
     cfg = resolve({"preset": "160m", "device": "cpu"})
     e = est.estimate(cfg, 50304, CPU)
     assert e.method == "flops"
-    # at least the forward and backward FLOPs at twice the measured matmul rate
+    # at least the forward and backward FLOPs at twice the measured matmul peak
     n = est.flops_per_token(cfg, 124_000_000) * cfg.batch_size * cfg.seq_len
-    assert e.step_seconds > n / est.matmul_rate(CPU)
+    assert e.step_seconds > n / peak_flops(CPU, resolve_precision("auto", CPU))
     hint = est.warning(cfg, e, CPU)
     assert "--preset small" in hint and "GPU" in hint
     assert (
@@ -153,11 +155,11 @@ def test_an_estimate_measured_on_a_busy_cpu_says_so():
     run alone is faster, instead of silently overstating it."""
     hz = 100
     # 2 cores for 1 s (200 ticks), 150 ticks busy, 0.5 s of them this process's own: 50% others
-    assert est.others_share((1000, 5000), (1150, 5200), 0.5, hz) == pytest.approx(0.5)
-    assert est.others_share((1000, 5000), (1050, 5200), 0.5, hz) == 0.0  # only this process
-    assert est.others_share((1000, 5000), (1000, 5000), 0.0, hz) is None
-    if est.cpu_jiffies() is not None:  # Linux
-        busy, total = est.cpu_jiffies()
+    assert machine.others_share((1000, 5000), (1150, 5200), 0.5, hz) == pytest.approx(0.5)
+    assert machine.others_share((1000, 5000), (1050, 5200), 0.5, hz) == 0.0  # only this process
+    assert machine.others_share((1000, 5000), (1000, 5000), 0.0, hz) is None
+    if machine.cpu_jiffies() is not None:  # Linux
+        busy, total = machine.cpu_jiffies()
         assert 0 <= busy <= total
     e = est.estimate(resolve({"preset": "tiny", "steps": 1}), 256, CPU)
     assert e.busy is None or 0 <= e.busy <= 1

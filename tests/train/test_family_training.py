@@ -15,6 +15,7 @@ from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches
 from mousse.train.events import StepLogged
 from mousse.train.optim_hooks import sample_labels, sampling_generator
+from mousse.train.precision import autocast
 from mousse.train.steptimer import StepTimer
 from mousse.train.trainer import Trainer
 
@@ -31,7 +32,9 @@ def test_sampled_labels_follow_the_softmax():
 def test_trainer_hands_tnt_the_sampled_label_gradient(builtin_data, tmp_path):
     """The Fisher gradient is the gradient of the loss on labels drawn from the model's own
     softmax, averaged over micro-batches like the ordinary gradient (recomputed here by hand)."""
-    cfg = resolve({**FAST_SETTINGS, "optimizer": "tnt", "batch_size": 4, "micro_batch_size": 2})
+    # fp32: bf16's rounding would hide a wrong label or micro batch in the comparison below
+    settings = {"optimizer": "tnt", "batch_size": 4, "micro_batch_size": 2, "precision": "fp32"}
+    cfg = resolve({**FAST_SETTINGS, **settings})
     trainer = Trainer(cfg, tmp_path / "r")
     fisher = trainer.opt.fisher_params()
     assert fisher and all(p.ndim == 2 for p in fisher)
@@ -94,12 +97,13 @@ def test_splus_evaluates_its_iterate_average_and_trains_on_raw_weights(builtin_d
         for p in matrix.param_groups[0]["params"]:
             st = matrix.state[p]
             p.copy_(st["average"] / (1 - rate ** int(st["step"])))
-        losses = [
-            trainer.model(x, y)[1]
-            for x, y in val_batches(
-                trainer.data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len
-            )
-        ]
+        with autocast(trainer.device, trainer.precision):  # as the trainer's evaluation
+            losses = [
+                trainer.model(x, y)[1]
+                for x, y in val_batches(
+                    trainer.data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len
+                )
+            ]
     assert abs(val - float(torch.stack(losses).mean())) < 1e-6
     assert trainer.opt.parts["matrix"].state[p]["average"].abs().sum() > 0
 

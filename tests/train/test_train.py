@@ -24,9 +24,9 @@ from support.cli import (
 
 from mousse.train import tomlio
 from mousse.train.checkpoint import FILES, list_checkpoints, read_checkpoint
-from mousse.train.config import FAMILY_KNOBS, FIELD_TYPES, resolve
+from mousse.train.config import FAMILY_KNOBS, FIELD_TYPES, matrix_kwargs, resolve
 from mousse.train.events import StepLogged
-from mousse.train.trainer import Trainer, matrix_kwargs
+from mousse.train.trainer import Trainer
 
 TRAIN_KEYS = ("step", "train_loss", "lr", "step_ms", "tokens_per_s")
 SUMMARY_KEYS = ("run_dir", "status", "steps", "final_val_loss", "best_val_loss", "step_ms_median")
@@ -180,12 +180,15 @@ def test_compile_trains_like_eager(cli, tmp_path):
         assert res.exit_code == 0, res
         return train_losses(tmp_path / name)
 
-    eager, compiled = run("eager"), run("compiled", "--compile")
+    eager, compiled = run("eager", "--compile", "off"), run("compiled", "--compile", "on")
     assert list(compiled) == list(eager)
     for step, loss in eager.items():
         # generated kernels round differently, and msign magnifies small gradient differences:
         # about 1e-7 at step 1, 5e-4 by step 8 (Muon and Mousse runs differ by 3-30% here)
         assert compiled[step] == pytest.approx(loss, rel=2e-3), step
+    ran = summary(tmp_path / "compiled")
+    assert ran["compiled"] is True and ran["compile_seconds"] > 0  # the first step's extra time
+    assert summary(tmp_path / "eager")["compiled"] is False
 
 
 # ---- settings precedence and target loss ---------------------------------------------------------
@@ -276,19 +279,19 @@ def test_every_optimizer_resolves_its_full_recipe():
         assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
         for k in KNOBS:  # the field types fit the engine's values
             assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
-        kwargs = matrix_kwargs(cfg)
+        kwargs = matrix_kwargs(cfg, "fp32")
         assert "lr" not in kwargs and "weight_decay" not in kwargs
         assert kwargs == {
             k: getattr(cfg, k)
             for k in KNOBS
             if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
-        } | {"ns_dtype": None}  # auto: the engine picks by device
+        } | {"ns_dtype": torch.float32}  # auto: the run's precision
 
 
 def test_ns_dtype_setting_reaches_the_optimizer(cli, tmp_path):
-    assert matrix_kwargs(resolve({"ns_dtype": "bf16"}))["ns_dtype"] is torch.bfloat16
+    assert matrix_kwargs(resolve({"ns_dtype": "bf16"}), "fp32")["ns_dtype"] is torch.bfloat16
     assert (
-        matrix_kwargs(resolve({"ns_dtype": "fp32", "optimizer": "muon"}))["ns_dtype"]
+        matrix_kwargs(resolve({"ns_dtype": "fp32", "optimizer": "muon"}), "bf16")["ns_dtype"]
         is torch.float32
     )
     res = cli("train", *FAST, "--steps", "2", "--ns-dtype", "bf16", "--run-dir", tmp_path / "r")
@@ -345,7 +348,7 @@ def test_adamw_keeps_only_lr_and_weight_decay():
     cfg = resolve({"optimizer": "adamw", "alpha": 0.3, "momentum_style": "ema"})
     assert (cfg.lr, cfg.weight_decay) == (0.01, 0.01)
     assert all(getattr(cfg, k) is None for k in FAMILY_KNOBS if k not in ("lr", "weight_decay"))
-    assert matrix_kwargs(cfg) == {}
+    assert matrix_kwargs(cfg, "bf16") == {}
 
 
 def test_old_knob_names_in_saved_configs_still_resolve():
@@ -363,8 +366,8 @@ def test_old_knob_names_in_saved_configs_still_resolve():
             "momentum": 0.95,
         }
     )
-    assert matrix_kwargs(old_muon) == matrix_kwargs(
-        resolve({"optimizer": "muon", "momentum": 0.95})
+    assert matrix_kwargs(old_muon, "fp32") == matrix_kwargs(
+        resolve({"optimizer": "muon", "momentum": 0.95}), "fp32"
     ) | {"graft": "orthogonalizer"}  # a no-op without preconditioned sides
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import platform
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -31,8 +30,17 @@ from mousse.optim.orthogonalize import orthogonalize
 from mousse.optim.recipes import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.refresher import run_refresh
 from mousse.optim.step import compute_refresh, refresh_due
-from mousse.train.config import DEVICES, ConfigError, resolve
-from mousse.train.machine import PEAK_FLOPS, pick_device
+from mousse.train.config import (
+    DEVICES,
+    PRECISIONS,
+    ConfigError,
+    Precision,
+    RunPrecision,
+    check_choice,
+    resolve,
+)
+from mousse.train.machine import device_name, label, pick_device
+from mousse.train.precision import DTYPES, peak_flops, resolve_precision
 from mousse.train.presets import get_preset
 from mousse.train.usermodel import build_model
 
@@ -42,40 +50,45 @@ from .stopwatch import median_ms, timed_ms
 CYCLE = 10
 LR = 0.02
 WARMUP_STEPS = 2  # state allocation and the step-1 eigh refresh stay out of the timings
-# name -> optimizer over a list of matrices; every row uses its optimizer's own defaults otherwise
-OPTIMIZERS: dict[str, Callable] = {
-    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
-    "torch_muon": lambda ps: torch.optim.Muon(ps, lr=LR),
-    "muon": lambda ps: Muon(ps, lr=LR),
-    "muon_bf16": lambda ps: Muon(
-        ps, lr=LR, ns_dtype=torch.bfloat16
-    ),  # torch.optim.Muon's precision
-    "mousse_both_f1": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=1),
-    "mousse_both_f10": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10),
-    "mousse_left_f1": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=1),
-    "mousse_left_f10": lambda ps: Mousse(ps, lr=LR, sides="left", precond_freq=10),
-    "mousse_both_f10_qr": lambda ps: Mousse(ps, lr=LR, sides="both", precond_freq=10, refresh="qr"),
-    "mousse_both_f10_root": lambda ps: Mousse(ps, lr=LR, precond_freq=10, refresh="root"),
-    # the refresh off the step's critical path: spread over the steps, and a step late
-    "mousse_both_f10_staggered": lambda ps: Mousse(
-        ps, lr=LR, precond_freq=10, refresh_schedule="staggered"
+# name -> optimizer over a list of matrices and a Newton-Schulz dtype (the run's precision; None:
+# the engine's default); every row uses its optimizer's own defaults otherwise
+OPTIMIZERS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer]] = {
+    "adamw": lambda ps, ns: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
+    "torch_muon": lambda ps, ns: torch.optim.Muon(ps, lr=LR),
+    "muon": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR),
+    "muon_bf16": lambda ps, ns: Muon(ps, lr=LR, ns_dtype=torch.bfloat16),  # torch.optim.Muon's
+    "mousse_both_f1": lambda ps, ns: Mousse(ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=1),
+    "mousse_both_f10": lambda ps, ns: Mousse(ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=10),
+    "mousse_left_f1": lambda ps, ns: Mousse(ps, ns_dtype=ns, lr=LR, sides="left", precond_freq=1),
+    "mousse_left_f10": lambda ps, ns: Mousse(ps, ns_dtype=ns, lr=LR, sides="left", precond_freq=10),
+    "mousse_both_f10_qr": lambda ps, ns: Mousse(
+        ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=10, refresh="qr"
     ),
-    "mousse_both_f10_staggered_delay1": lambda ps: Mousse(
-        ps, lr=LR, precond_freq=10, refresh_schedule="staggered", refresh_delay=1
+    "mousse_both_f10_root": lambda ps, ns: Mousse(
+        ps, ns_dtype=ns, lr=LR, precond_freq=10, refresh="root"
+    ),
+    # the refresh off the step's critical path: spread over the steps, and a step late
+    "mousse_both_f10_staggered": lambda ps, ns: Mousse(
+        ps, ns_dtype=ns, lr=LR, precond_freq=10, refresh_schedule="staggered"
+    ),
+    "mousse_both_f10_staggered_delay1": lambda ps, ns: Mousse(
+        ps, ns_dtype=ns, lr=LR, precond_freq=10, refresh_schedule="staggered", refresh_delay=1
     ),
     # the rest of the family, each refreshing every 10 steps (TNT on the empirical Fisher, so the
     # row times the optimizer alone; its sampled-label backward is a train-step cost)
-    "shampoo_f10": lambda ps: Shampoo(ps, lr=LR, precond_freq=10),
-    "soap_f10": lambda ps: SOAP(ps, lr=LR, precond_freq=10),
-    "splus_f10": lambda ps: SPlus(ps, lr=LR, precond_freq=10),
-    "tnt_f10": lambda ps: TNT(ps, lr=LR, precond_freq=10, refresh_warmup=0, fisher="empirical"),
-    "specgd": lambda ps: SpecGD(ps, lr=LR),
+    "shampoo_f10": lambda ps, ns: Shampoo(ps, ns_dtype=ns, lr=LR, precond_freq=10),
+    "soap_f10": lambda ps, ns: SOAP(ps, ns_dtype=ns, lr=LR, precond_freq=10),
+    "splus_f10": lambda ps, ns: SPlus(ps, ns_dtype=ns, lr=LR, precond_freq=10),
+    "tnt_f10": lambda ps, ns: TNT(
+        ps, ns_dtype=ns, lr=LR, precond_freq=10, refresh_warmup=0, fisher="empirical"
+    ),
+    "specgd": lambda ps, ns: SpecGD(ps, ns_dtype=ns, lr=LR),
 }
 # With compile=True: the same steps under torch.compile (`compiled=True`; compiled during warm-up)
 COMPILED = {
-    "muon_compiled": lambda ps: Muon(ps, lr=LR, compiled=True),
-    "mousse_both_f10_compiled": lambda ps: Mousse(
-        ps, lr=LR, sides="both", precond_freq=10, compiled=True
+    "muon_compiled": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR, compiled=True),
+    "mousse_both_f10_compiled": lambda ps, ns: Mousse(
+        ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=10, compiled=True
     ),
 }
 # The issue's targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
@@ -104,23 +117,6 @@ def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, ...
     return shapes
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo (else what platform reports)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        model = [
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-    except OSError:
-        model = []
-    return (
-        model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
-    )
-
-
 def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     """(state bytes, derived-cache bytes) of an optimizer, from its actual tensors. Mousse's
     per-parameter state entries are views that tile its stacked buffers, so their sizes add up."""
@@ -136,10 +132,14 @@ SPIKE_TARGET = ("mousse_both_f10_staggered", 1.2)
 
 
 def bench_steps(
-    shapes: dict, device: torch.device, repeats: int, compiled: bool = False
+    shapes: dict,
+    device: torch.device,
+    repeats: int,
+    compiled: bool = False,
+    ns: torch.dtype | None = None,
 ) -> tuple[dict, dict, dict, tuple]:
     """Per-step ms of every optimizer in OPTIMIZERS (and COMPILED with `compiled`; amortized over
-    CYCLE steps), the p50 and p99 of its single steps, state and cache bytes, and the
+    CYCLE steps; Newton-Schulz in `ns`), the p50 and p99 of its single steps, state and cache bytes, and the
     Mousse-both optimizer whose factors the refresh timing reuses."""
     g = torch.Generator().manual_seed(0)
     master = [
@@ -149,7 +149,7 @@ def bench_steps(
     runs = {}
     for name, make in {**OPTIMIZERS, **(COMPILED if compiled else {})}.items():
         params = [torch.nn.Parameter(p.to(device, copy=True)) for p in master]
-        runs[name] = (params, make(params), [0])
+        runs[name] = (params, make(params, ns), [0])
 
     def one_step(params, opt, counter):
         for p, grad in zip(params, pool[counter[0] % len(pool)], strict=True):
@@ -242,19 +242,11 @@ def ns_flops(m: int, n: int, steps: int = 5) -> int:
     return steps * (4 * s * s * l + 2 * s**3)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPU, where known (train.PEAK_FLOPS); None on CPU."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
-    """Newton-Schulz ("you5", 5 iterations, in the optimizer's default dtype) per shape, batched
-    over the shape's matrices: ms, TFLOP/s and % of peak."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = peak_flops(device)
+def bench_ns(shapes: dict, device: torch.device, repeats: int, precision: RunPrecision) -> dict:
+    """Newton-Schulz ("you5", 5 iterations, at the run's precision) per shape, batched over the
+    shape's matrices: ms, TFLOP/s and % of the matmul peak measured here at that precision."""
+    dtype = DTYPES[precision]
+    peak = peak_flops(device, precision)
     out = {}
     for (m, n), count in shapes.items():
         X = torch.randn(count, m, n, device=device)
@@ -263,7 +255,7 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int) -> dict:
         out[(m, n)] = {
             "ns_ms": ms,
             "ns_tflops": tflops,
-            "ns_pct_peak": 100 * tflops * 1e12 / peak if peak else None,
+            "ns_pct_peak": 100 * tflops * 1e12 / peak,
         }
     return out
 
@@ -282,13 +274,19 @@ TRAIN_VARIANTS: dict[str, dict] = {
 
 
 def bench_train(
-    preset: str, device: str, steps: int, compiled: bool = False, model: dict | None = None
+    preset: str,
+    device: str,
+    steps: int,
+    compiled: bool = False,
+    model: dict | None = None,
+    precision: Precision = "auto",
 ) -> dict:
     """Full training steps (Trainer, builtin data, temp run dir) for each of TRAIN_VARIANTS:
     step ms over `steps` steps after a first, untimed one (which compiles, with `compiled`:
     model and optimizer, as `mousse train --compile`); p50 and p99; steps on which a refresh is
     due (its schedule's phase 0) and the others apart; peak device memory on CUDA. With steps a
-    multiple of precond_freq (10) the mean holds refreshes in their true proportion."""
+    multiple of precond_freq (10) the mean holds refreshes in their true proportion. Each row
+    also has the run's tokens/s, model FLOP/s and MFU (its summary's)."""
     out: dict = {"steps": steps, "compiled": compiled}
     for name, settings in TRAIN_VARIANTS.items():
         cfg = resolve(
@@ -301,7 +299,8 @@ def bench_train(
                 "log_every": 1,
                 "eval_every": steps + 1,
                 "eval_tokens": 1,
-                "compile": compiled,
+                "compile": "on" if compiled else "off",
+                "precision": precision,
             }
         )
         out[name] = _timed_run(cfg)
@@ -322,7 +321,7 @@ def _timed_run(cfg) -> dict:
         torch.cuda.reset_peak_memory_stats()
     events: list = []
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
+        summary = Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
     timed = [e for e in events if isinstance(e, StepLogged) and e.step > 1]
     due = [
         cfg.optimizer != "muon"
@@ -350,6 +349,7 @@ def _timed_run(cfg) -> dict:
         "fwd_bwd_ms_median": statistics.median(e.fwd_bwd_ms for e in timed),
         "opt_ms_mean": statistics.fmean(e.opt_ms for e in timed),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        **{k: summary[k] for k in ("tokens_per_s", "model_flops_per_s", "peak_flops", "mfu")},
     }
 
 
@@ -372,12 +372,16 @@ def run_bench(
     compiled: bool = False,
     model: dict | None = None,
     lean: bool = False,
+    precision: Precision = "auto",
 ) -> dict:
     """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
-    the preset's sizes) on `device`; see the module docstring. `lean`: the training steps only
+    the preset's sizes) on `device` at `precision` (Newton-Schulz in it, as in a run); see the
+    module docstring. `lean`: the training steps only
     (what a short GPU loan can afford at 160m). Bad input is a ConfigError naming it."""
     shapes = _checked_shapes(preset, repeats, device, steps, model)
+    check_choice("precision", precision, PRECISIONS)
     dev = pick_device(device)
+    ran = resolve_precision(precision, dev)
     head = {
         "preset": preset,
         "device": str(dev),
@@ -388,12 +392,16 @@ def run_bench(
         "repeats": repeats,
         "compiled": compiled,
         "lean": lean,
+        "precision": label(ran),
     }
+    train_rows = functools.partial(bench_train, preset, device, steps, compiled, model, precision)
     if lean:
-        return {**head, "train": bench_train(preset, device, steps, compiled, model)}
-    step_ms, spread, memory, (params, mousse, _) = bench_steps(shapes, dev, repeats, compiled)
+        return {**head, "train": train_rows()}
+    step_ms, spread, memory, (params, mousse, _) = bench_steps(
+        shapes, dev, repeats, compiled, DTYPES[ran]
+    )
     refresh = bench_refresh(mousse, params, dev, repeats)
-    ns = bench_ns(shapes, dev, repeats)
+    ns = bench_ns(shapes, dev, repeats, ran)
     kernel = (
         bench_kernels(dev, repeats) if dev.type == "cuda" and kernels.triton_available() else None
     )
@@ -410,7 +418,7 @@ def run_bench(
         "shapes": _shape_rows(shapes, ns, refresh),
         "targets": _targets(step_ms, spread, kernel, dev.type == "cuda"),
         "kernels": kernel,
-        "train": bench_train(preset, device, steps, compiled, model) if train else None,
+        "train": train_rows() if train else None,
     }
 
 

@@ -105,6 +105,7 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "variants": variants,
             "timing_comparable": comparable,
             "timing_contexts": len(contexts),
+            "precisions": sorted({r["precision"] for r in records if r.get("precision")}),
         }
     )
 

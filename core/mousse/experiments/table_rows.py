@@ -108,6 +108,17 @@ def protocol_notes(results: dict) -> list[str]:
     return notes
 
 
+def precision_note(results: dict) -> str | None:
+    """The arithmetic the runs trained in (None for results from before runs recorded it)."""
+    precisions = results.get("precisions") or []
+    if len(precisions) > 1:
+        return (
+            f"runs differ in arithmetic ({', '.join(precisions)}): their losses differ by "
+            "rounding as well as by what varies"
+        )
+    return f"arithmetic: {precisions[0]}, every run" if precisions else None
+
+
 _DASH = "—"
 
 
@@ -399,6 +410,8 @@ def _markdown(results: dict) -> str:
         if target is not None
         else "No completed baseline run: no target, deltas or overheads."
     )
+    if arithmetic := precision_note(results):
+        note += f" {arithmetic[0].upper()}{arithmetic[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
     tuning = tuning_rows(results)
     return (

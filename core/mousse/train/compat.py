@@ -27,15 +27,18 @@ RENAMED_FLAGS = {
     "--nesterov": "--momentum-style nesterov",
     "--no-nesterov": "--momentum-style heavy_ball",
     "--no-graft": "--graft none",
+    "--no-compile": "--compile off",
 }
 
 
 def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings with the pre-family engine's knobs renamed: trace_norm -> factor_norm, nesterov ->
-    momentum_style, graft on/off -> graft orthogonalizer/none (only boolean values: a new-style
-    value is never one). A new-style setting given alongside wins. (ns = "exact" is now
+    momentum_style, graft on/off -> graft orthogonalizer/none, compile true/false -> on/off (only
+    boolean values: a new-style value is never one). A new-style setting given alongside wins. (ns = "exact" is now
     orthogonalizer = "exact"; config validation says so.)"""
     out = dict(settings)
+    if isinstance(out.get("compile"), bool):  # compile was on/off before auto
+        out["compile"] = "on" if out["compile"] else "off"
     for old, convert in _UPGRADES.items():
         value = out.get(old)
         if isinstance(value, bool):  # the old knobs were all booleans

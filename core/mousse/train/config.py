@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from mousse.optim import knobs as table
+from mousse.optim.family import Knobs
 
 from . import compat, tomlio
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
@@ -36,10 +37,17 @@ ScalarOptimizer = Literal["adamw", "lion"]
 Device = Literal["auto", "cpu", "cuda"]
 GatherDtype = Literal["fp32", "bf16"]  # what owners send in the all-gather under torchrun
 NsDtype = Literal["auto", "fp32", "bf16", "fp16"]
+# The forward's arithmetic: auto = bf16 autocast where matmuls are native in bf16 (train.precision)
+Precision = Literal["auto", "fp32", "bf16"]
+RunPrecision = Literal["fp32", "bf16"]  # what auto resolves to on a device
+# torch.compile of the model and the matrix optimizer: auto = where it pays (estimate.compile_pays)
+CompileMode = Literal["auto", "on", "off"]
 SCALAR_OPTIMIZERS: tuple[str, ...] = typing.get_args(ScalarOptimizer)
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
-# Newton-Schulz's working precision: auto = fp32 on CPU, bf16 on CUDA (the engine's default).
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
+# Newton-Schulz's working precision: auto = the run's precision (bf16 under bf16 autocast).
 NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
     "auto": None,
     "fp32": torch.float32,
@@ -142,7 +150,8 @@ class TrainConfig:
     # runtime
     seed: int = 0
     device: Device = "auto"
-    compile: bool = False
+    precision: Precision = "auto"
+    compile: CompileMode = "auto"
     log_every: int = 10
     checkpoint_every: int  # the preset's cadence, else the run's steps (at the end only)
     keep_checkpoints: int = 2
@@ -217,7 +226,8 @@ class Overrides:
     target_loss: float | None = None
     seed: int | None = None
     device: Device | None = None
-    compile: bool | None = None
+    precision: Precision | None = None
+    compile: CompileMode | None = None
     log_every: int | None = None
     checkpoint_every: int | None = None
     keep_checkpoints: int | None = None
@@ -311,7 +321,7 @@ def _to_bool(value: Any) -> bool:
     no, any case); ValueError for anything else."""
     if isinstance(value, bool):
         return value
-    if not isinstance(value, str):  # TOML's `compile = 1` is not on/off
+    if not isinstance(value, str):  # TOML's `bias_correction = 1` is not on/off
         raise ValueError
     text = value.strip().lower()
     if text in ("1", "true", "on", "yes"):
@@ -564,6 +574,8 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     check_choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     check_choice("device", cfg.device, DEVICES)
+    check_choice("precision", cfg.precision, PRECISIONS)
+    check_choice("compile", cfg.compile, COMPILE_MODES)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
     for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):
@@ -584,3 +596,18 @@ def validate(cfg: TrainConfig) -> None:
             table.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> Knobs:
+    """The family optimizer's knobs for the block matrices: every resolved one (lr and
+    weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype (auto: the
+    run's `precision`). AdamW: none."""
+    if cfg.optimizer == "adamw":
+        return {}
+    knobs = {
+        k: getattr(cfg, k)
+        for k in FAMILY_KNOBS
+        if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
+    }
+    ns = NS_DTYPES[cfg.ns_dtype] or (torch.bfloat16 if precision == "bf16" else torch.float32)
+    return {**knobs, "ns_dtype": ns}

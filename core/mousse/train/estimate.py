@@ -3,8 +3,8 @@ what the device has.
 
 Time comes from a measured probe of the real model and optimizer on this device (one micro
 batch forward and backward, then an optimizer step with its refresh and one without) when that
-probe is short; otherwise from the step's FLOPs at this device's measured matmul rate (a
-fraction `EFFICIENCY` of it, what training reaches of a plain matmul), so that a 160M-parameter
+probe is short; otherwise from the step's FLOPs at this device's measured matmul peak (a
+fraction `EFFICIENCY` of it, what training reaches of a plain matmul, at the run's precision), so that a 160M-parameter
 preset on a laptop CPU is priced in seconds instead of after an hour-long first step.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,18 @@ import torch
 
 from mousse.optim.routing import CombinedOptimizer, build_optimizer
 
-from .config import FAMILY_KNOBS, TrainConfig
+from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs
+from .machine import cpu_reading, others_busy
 from .model import GPT
+from .precision import (
+    autocast,
+    machine_key,
+    peak_flops,
+    recalled,
+    remember,
+    resolve_precision,
+    sync,
+)
 from .presets import get_preset, memory_estimate_bytes, weights_and_state_bytes
 from .usermodel import UserModel, build_model, flops_per_token, model_failure
 
@@ -32,7 +41,9 @@ PROBE_LIMIT_S = 5.0  # a probe that would take longer than this is replaced by t
 EFFICIENCY = 0.5  # training throughput as a fraction of the measured matmul rate (FLOP estimate)
 MADE_FOR_CPU = ("tiny", "small", "medium")  # the presets sized for a CPU; the others for GPUs
 BUSY_NOTE = 0.3  # share of the CPU other processes used while measuring, above which it is said
-_RATE_CACHE: dict[str, float] = {}
+COMPILE_FILE = "compile-seconds.json"  # in the cache dir: compile times measured here
+COMPILE_PAYS = 10  # --compile auto compiles a run at least this many compile times long, eager
+DEFAULT_COMPILE_S = 60.0  # the compile time assumed before one is measured here for the model
 _BUSY_CACHE: dict[str, float | None] = {}
 
 
@@ -72,64 +83,18 @@ def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, ...]]) -> float:
     return total
 
 
-def matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a 1024 x 1024 fp32 matmul here (measured once per process, and on a CPU how
-    busy other processes kept it meanwhile: `busy_share`)."""
-    key = str(device)
-    if key not in _RATE_CACHE:
-        a = torch.randn(1024, 1024, device=device)
-        b = torch.randn(1024, 1024, device=device)
-        a @ b  # warm-up
-        _sync(device)
-        before, own = cpu_jiffies(), time.process_time()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 0.2:
-            a @ b
-            n += 1
-        _sync(device)
-        _RATE_CACHE[key] = 2 * 1024**3 * n / (time.perf_counter() - start)
-        after, own = cpu_jiffies(), time.process_time() - own
-        _BUSY_CACHE[key] = (
-            others_share(before, after, own, os.sysconf("SC_CLK_TCK"))
-            if device.type == "cpu" and before and after
-            else None
-        )
-    return _RATE_CACHE[key]
-
-
 def busy_share(device: torch.device) -> float | None:
-    """The share of this CPU other processes used while `matmul_rate` measured it (None: not
-    known, or not a CPU)."""
-    matmul_rate(device)
-    return _BUSY_CACHE.get(str(device))
-
-
-def cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (None where there is
-    none)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest is in user)
-    except (OSError, ValueError):
-        return None
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return sum(ticks) - idle, sum(ticks)
-
-
-def others_share(
-    before: tuple[int, int], after: tuple[int, int], own_seconds: float, hz: int
-) -> float | None:
-    """Share of all CPUs' time between two `cpu_jiffies` readings that other processes used:
-    the busy time less this process's own CPU seconds."""
-    busy, total = (after[0] - before[0]) / hz, (after[1] - before[1]) / hz
-    if total <= 0:
-        return None
-    return min(1.0, max(0.0, (busy - own_seconds) / total))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """The share of this CPU other processes used while this one ran matmuls on all its threads
+    for 0.2 s (measured once per process; None: not known, or not a CPU)."""
+    key = str(device)
+    if key not in _BUSY_CACHE and device.type == "cpu":
+        a = torch.randn(1024, 1024)
+        a @ a  # warm-up
+        since, start = cpu_reading(), time.perf_counter()
+        while time.perf_counter() - start < 0.2:
+            a @ a
+        _BUSY_CACHE[key] = others_busy(since)
+    return _BUSY_CACHE.get(key)
 
 
 def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
@@ -137,9 +102,8 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
     backward (the fastest of three, times the micro batches per step), a fresh optimizer's first
     step (with its refresh) and the fastest of two more (without), the refresh amortized over
     precond_freq."""
-    from .trainer import matrix_kwargs  # the trainer builds its optimizer the same way
-
     torch.manual_seed(0)
+    precision = resolve_precision(cfg.precision, device)
     model = build_model(cfg, vocab_size, device)
     x = torch.randint(0, vocab_size, (cfg.micro_batch_size, cfg.seq_len), device=device)
 
@@ -151,11 +115,11 @@ def _probe(cfg: TrainConfig, vocab_size: int, device: torch.device) -> float:
             scalar_optimizer=cfg.scalar_optimizer,
             scalar_lr=cfg.scalar_lr,
             weight_decay=cfg.weight_decay,
-            matrix_kwargs=matrix_kwargs(cfg),
+            matrix_kwargs=matrix_kwargs(cfg, precision),
         )[0]
 
     try:
-        times = _probe_steps(model, x, optimizer, device)
+        times = _probe_steps(model, x, optimizer, device, precision)
     except Exception as exc:  # the user's model may fail at the real batch shape
         error = model_failure(cfg, exc, f"its forward and backward on a {tuple(x.shape)} batch")
         if error is None:
@@ -172,25 +136,26 @@ def _probe_steps(
     x: torch.Tensor,
     optimizer: Callable[[], CombinedOptimizer],
     device: torch.device,
+    precision: RunPrecision,
 ) -> list[tuple[float, float]]:
     """(forward+backward, optimizer) seconds of three steps of the second of two fresh
     optimizers: its first step refreshes, the others do not."""
     times: list[tuple[float, float]] = []
     for opt in (optimizer(), optimizer()):  # the first pays one-time costs (library loading)
         for _ in range(3):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device, precision):
                 _, loss = model(x, x)
             loss.backward()
-            _sync(device)
+            sync(device)
             mid = time.perf_counter()
             if getattr(opt, "fisher_params", None) and opt.fisher_params():  # TNT: labels' grads
                 # p.grad: set by the backward above (None only where the forward left p unused)
                 opt.set_fisher_grads({p: cast(torch.Tensor, p.grad) for p in opt.fisher_params()})
             opt.step()
             opt.zero_grad(set_to_none=True)
-            _sync(device)
+            sync(device)
             times.append((mid - start, time.perf_counter() - mid))
     return times[3:]
 
@@ -201,10 +166,35 @@ def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> t
     n_params = sum(p.numel() for p in model.parameters())
     roles = model.param_roles()
     shapes = [tuple(p.shape) for n, p in model.named_parameters() if roles.get(n) == "matrix"]
-    rate = EFFICIENCY * matmul_rate(device)
+    rate = EFFICIENCY * peak_flops(device, resolve_precision(cfg.precision, device))
     micro = flops_per_token(cfg, n_params) * cfg.micro_batch_size * cfg.seq_len / rate
     step = micro * (cfg.batch_size // cfg.micro_batch_size) + optimizer_flops(cfg, shapes) / rate
     return step, micro
+
+
+def compile_key(cfg: TrainConfig, device: torch.device, precision: RunPrecision) -> str:
+    """What a compile time is kept under: the machine (`machine_key`), the model's shape and the
+    matrix optimizer."""
+    model = cfg.model or f"gpt d{cfg.d_model} l{cfg.n_layers} h{cfg.n_heads} s{cfg.seq_len}"
+    return f"{machine_key(device, precision)}|{model} {cfg.model_config or ''}|{cfg.optimizer}"
+
+
+def compile_pays(
+    cfg: TrainConfig, vocab_size: int, device: torch.device, precision: RunPrecision
+) -> bool:
+    """--compile auto's rule: compile when the run's eager length, from its FLOPs at the matmul
+    peak measured here, is at least COMPILE_PAYS times the compile time measured here for this
+    model and optimizer (`record_compile_seconds`; DEFAULT_COMPILE_S before there is one)."""
+    step_seconds, _ = _flop_estimate(cfg, vocab_size, device)
+    measured = recalled(COMPILE_FILE, compile_key(cfg, device, precision))
+    return step_seconds * cfg.steps >= COMPILE_PAYS * (measured or DEFAULT_COMPILE_S)
+
+
+def record_compile_seconds(
+    cfg: TrainConfig, device: torch.device, precision: RunPrecision, seconds: float
+) -> None:
+    """Keep a compiled run's measured compile time for `compile_pays`."""
+    remember(COMPILE_FILE, compile_key(cfg, device, precision), seconds)
 
 
 def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None = None) -> int:

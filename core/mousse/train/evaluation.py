@@ -11,8 +11,9 @@ from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer
 
-from .config import TrainConfig
+from .config import RunPrecision, TrainConfig
 from .data import Dataset, check_tokens, val_batches
+from .precision import autocast
 from .world import World
 
 # The model's forward with targets, (idx, targets) -> (logits, loss): the model itself, or it
@@ -25,11 +26,13 @@ def validation_loss(
     model: torch.nn.Module,
     data: Dataset,
     cfg: TrainConfig,
-    device: torch.device,
+    precision: RunPrecision,
     dist: World,
     opt: CombinedOptimizer,
 ) -> float:
-    """Mean validation loss of `model` (run through `forward`, which may be compiled)."""
+    """Mean validation loss of `model` (run through `forward`, which may be compiled), under
+    the run's `precision`, on the world's device."""
+    device = dist.device
     model.eval()
     losses = []  # per batch; ranks take turns, then the sums are made in batch order
     with dist.averaged_weights(opt):
@@ -40,7 +43,7 @@ def validation_loss(
             if not dist.eval_share(i):
                 losses.append(torch.zeros((), device=device))
                 continue
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device, precision):
                 _, loss = forward(x.to(device), y.to(device))
             losses.append(loss)
     total, count = dist.sum_in_order(losses), len(losses)

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,45 @@ import torch
 
 from mousse import __version__
 
-from .config import DEVICES, ConfigError, TrainConfig, check_choice
-
-# bf16 dense peak of common accelerators, for MFU (None where unknown).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+from .config import DEVICES, ConfigError, RunPrecision, TrainConfig, check_choice
 
 
-def model_flops_utilization(
-    device: torch.device, flops_per_s: float, world_size: int
-) -> float | None:
-    """Model FLOP/s over the GPUs' bf16 peak (None off CUDA, for an unknown GPU, or without a
-    measured step time)."""
-    if device.type != "cuda" or not flops_per_s:
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (None where there is
+    none)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (guest is in user)
+    except (OSError, ValueError):
         return None
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-    return flops_per_s / (peak * world_size) if peak else None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def others_share(
+    before: tuple[int, int], after: tuple[int, int], own_seconds: float, hz: int
+) -> float | None:
+    """Share of all CPUs' time between two `cpu_jiffies` readings that other processes used:
+    the busy time less this process's own CPU seconds."""
+    busy, total = (after[0] - before[0]) / hz, (after[1] - before[1]) / hz
+    if total <= 0:
+        return None
+    return min(1.0, max(0.0, (busy - own_seconds) / total))
+
+
+def cpu_reading() -> tuple[tuple[int, int] | None, float]:
+    """All CPUs' (busy, total) ticks now (`cpu_jiffies`) and this process's CPU seconds: the
+    start of an `others_busy` measurement."""
+    return cpu_jiffies(), time.process_time()
+
+
+def others_busy(since: tuple[tuple[int, int] | None, float]) -> float | None:
+    """The share of all CPUs' time since `since` (a `cpu_reading`) that other processes used
+    (None where /proc/stat is missing)."""
+    (before, own), (after, now) = since, cpu_reading()
+    if before is None or after is None:
+        return None
+    return others_share(before, after, now - own, os.sysconf("SC_CLK_TCK"))
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,6 +92,23 @@ def peak_memory(device: torch.device) -> tuple[int | None, str | None]:
     return None, None
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (else what platform reports)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = [
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+    except OSError:
+        model = []
+    return (
+        model[0].split(":", 1)[1].strip() if model else platform.processor() or platform.machine()
+    )
+
+
 def git_revision() -> str | None:
     """The source tree's git commit (with '-dirty' when modified), if it is a checkout."""
     here = Path(__file__).resolve().parent
@@ -89,14 +130,18 @@ def git_revision() -> str | None:
         return None
 
 
-def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) -> dict[str, Any]:
-    """What a reader needs to reproduce the run: versions, machine, revision, seed, argv."""
+def environment(
+    cfg: TrainConfig, device: torch.device, precision: RunPrecision, argv: list[str] | None
+) -> dict[str, Any]:
+    """What a reader needs to reproduce the run: versions, machine, precision, revision, seed,
+    argv."""
     env: dict[str, Any] = {
         "mousse": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": str(device),
+        "precision": label(precision),
         "cpu_threads": torch.get_num_threads(),
         "git_revision": git_revision(),
         "seed": cfg.seed,
@@ -109,6 +154,15 @@ def environment(cfg: TrainConfig, device: torch.device, argv: list[str] | None) 
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def label(precision: RunPrecision) -> str:
+    """How tables, summaries and env.json name a precision."""
+    return "bf16 autocast" if precision == "bf16" else "fp32"
+
+
+# Other processes' share of the CPU below which a measurement taken here is kept for the machine.
+QUIET = 0.1
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

@@ -11,8 +11,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .config import TrainConfig
-from .machine import model_flops_utilization, peak_memory
+from .config import RunPrecision, TrainConfig
+from .machine import label, peak_memory
+from .precision import peak_flops
 from .usermodel import flops_per_token
 from .world import World
 
@@ -27,6 +28,8 @@ class Run(Protocol):
     resumed_from: int | None
     curve: list[dict[str, Any]]
     device: torch.device
+    precision: RunPrecision
+    compiled: bool
     dist: World
     timing_context: dict[str, Any]
 
@@ -59,11 +62,7 @@ def run_summary(
         "n_params": n_params,
         "resumed_from": trainer.resumed_from,
         "curve": trainer.curve,
-        "mfu": model_flops_utilization(
-            trainer.device,
-            flops_per_token(cfg, n_params) * (timing["tokens_per_s"] or 0),
-            trainer.dist.world_size,
-        ),
+        **throughput(trainer, timing["tokens_per_s"], n_params),
         "world_size": trainer.dist.world_size,
         "timing_context": {
             **trainer.timing_context,
@@ -74,3 +73,18 @@ def run_summary(
     }
     summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(trainer.device)
     return summary
+
+
+def throughput(trainer: Run, tokens_per_s: float | None, n_params: int) -> dict[str, Any]:
+    """How close to the hardware the run was: its precision, whether it compiled, model FLOP/s (`flops_per_token` a
+    token) and MFU, their share of the matmul peak measured here at that precision (per GPU
+    under torchrun). None without a measured step time."""
+    peak = peak_flops(trainer.device, trainer.precision)
+    flops = flops_per_token(trainer.cfg, n_params) * tokens_per_s if tokens_per_s else None
+    return {
+        "precision": label(trainer.precision),
+        "compiled": trainer.compiled,
+        "model_flops_per_s": flops,
+        "peak_flops": peak,
+        "mfu": flops / (peak * trainer.dist.world_size) if flops else None,
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mousse.optim.family import Knobs
 from mousse.optim.routing import build_optimizer
 from mousse.optim.step import group_refresh_due
 
@@ -27,13 +27,9 @@ from .checkpoint import (
     latest_valid_checkpoint,
     read_checkpoint,
 )
-from .config import (
-    FAMILY_KNOBS,
-    NS_DTYPES,
-    ConfigError,
-    TrainConfig,
-)
+from .config import ConfigError, TrainConfig, matrix_kwargs
 from .data import check_fits, check_tokens, load_dataset, train_batch
+from .estimate import compile_pays, record_compile_seconds
 from .evaluation import Forward, validation_loss
 from .events import (
     CheckpointSaved,
@@ -47,13 +43,17 @@ from .events import (
 )
 from .fileio import append_jsonl, write_json
 from .machine import (
+    QUIET,
+    cpu_reading,
     default_run_dir,
     environment,
+    others_busy,
     pick_device,
     reset_peak_memory,
 )
 from .optim_hooks import optimizer_telemetry, sample_labels, sampling_generator
 from .optstate import CheckpointError
+from .precision import autocast, resolve_precision, resumed_compile, resumed_precision
 from .resume import (
     check_same_run,
     trainer_meta,
@@ -103,19 +103,6 @@ def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> 
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def matrix_kwargs(cfg: TrainConfig) -> Knobs:
-    """The family optimizer's knobs for the block matrices: every resolved one (lr and
-    weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype. AdamW: none."""
-    if cfg.optimizer == "adamw":
-        return {}
-    knobs = {
-        k: getattr(cfg, k)
-        for k in FAMILY_KNOBS
-        if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
-    }
-    return {**knobs, "ns_dtype": NS_DTYPES[cfg.ns_dtype]}
-
-
 class Trainer:
     """Runs one configured training run; `run()` returns the summary (also in summary.json)."""
 
@@ -144,6 +131,11 @@ class Trainer:
         self._join_world(world, Path(run_dir) if run_dir else default_run_dir(cfg), stop)
         self.data = load_dataset(cfg.data, cfg.val_data)
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
+        ckpt = loaded = None
+        if resume is not None:
+            ckpt = latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text)))
+            loaded = read_checkpoint(ckpt)
+        self._choose_arithmetic(trainer_meta(loaded) if loaded is not None else None)
         self._build_model_and_optimizer()
         self.step = 0
         # the run's totals and outcome so far, by name (each stored as JSON in a checkpoint)
@@ -160,9 +152,8 @@ class Trainer:
         self.curve: list[dict[str, Any]] = []
         self.resumed_from: int | None = None
         self.continues_here = False  # resumes from a checkpoint of its own run dir
-        if resume is not None:
-            ckpt = latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text)))
-            self._restore(ckpt)
+        if ckpt is not None and loaded is not None:
+            self._restore(ckpt, loaded)
             self.continues_here = ckpt.resolve().is_relative_to(self.run_dir.resolve())
         if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
             check_free(self.run_dir, self.continues_here, self.restart, probe=lock is None)
@@ -180,6 +171,20 @@ class Trainer:
         if not self.dist.is_main:
             self.emit = lambda event: None  # only rank 0 renders
 
+    def _choose_arithmetic(self, resumed: Mapping[str, Any] | None) -> None:
+        """The run's precision and whether it compiles: what --precision and --compile resolve to
+        here, or, resuming (`resumed`: the checkpoint's metadata), what the run trained with."""
+        cfg = self.cfg
+        if resumed is not None:
+            self.precision = resumed_precision(cfg.precision, self.device, resumed.get("precision"))
+            self.compiled = resumed_compile(cfg.compile, resumed.get("compiled"))
+            return
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.compiled = cfg.compile == "on" or (
+            cfg.compile == "auto"
+            and compile_pays(cfg, self.data.vocab_size, self.device, self.precision)
+        )
+
     def _build_model_and_optimizer(self) -> None:
         """The seeded model (the GPT, or --model's), compiled when asked, and its optimizers:
         block matrices to the family optimizer (this rank's, under torchrun), the rest to the
@@ -188,7 +193,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.data.vocab_size, self.device)
         owned = self.dist.prepare(self.model, cfg)  # rank 0's weights; this rank's block matrices
-        self.forward: Forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward: Forward = torch.compile(self.model) if self.compiled else self.model
         self.opt, self.routes = build_optimizer(
             self.model,
             optimizer=cfg.optimizer,
@@ -196,9 +201,9 @@ class Trainer:
             scalar_optimizer=cfg.scalar_optimizer,
             scalar_lr=cfg.scalar_lr,
             weight_decay=cfg.weight_decay,
-            matrix_kwargs=matrix_kwargs(cfg),
+            matrix_kwargs=matrix_kwargs(cfg, self.precision),
             owned=owned,
-            compiled=cfg.compile,
+            compiled=self.compiled,
         )
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
 
@@ -211,6 +216,8 @@ class Trainer:
             "config": tomlio.dumps(self.cfg.to_dict()),
             "data_hash": self.data.content_hash,
             "curve": self.curve,
+            "precision": self.precision,
+            "compiled": self.compiled,
             **self.state,
         }
         path = self.dist.save_checkpoint(
@@ -226,8 +233,7 @@ class Trainer:
         self.state["checkpoint_seconds"] += seconds
         self.emit(CheckpointSaved(self.step, path, seconds))
 
-    def _restore(self, ckpt: Path) -> None:
-        loaded = read_checkpoint(ckpt)
+    def _restore(self, ckpt: Path, loaded: dict[str, Any]) -> None:
         meta = trainer_meta(loaded)
         check_same_run(ckpt, meta, self.cfg, self.data.content_hash)
         try:
@@ -258,9 +264,7 @@ class Trainer:
             check_tokens(x, self.data.vocab_size, self.data.train)
             check_tokens(y, self.data.vocab_size, self.data.train)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(
-                self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
-            ):
+            with autocast(self.device, self.precision):
                 logits, loss = self.forward(x, y)
             if fisher:
                 timer.begin_extra()
@@ -294,7 +298,7 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss, on the optimizer's iterate average where it keeps one (SPlus)."""
         return validation_loss(
-            self.forward, self.model, self.data, self.cfg, self.device, self.dist, self.opt
+            self.forward, self.model, self.data, self.cfg, self.precision, self.dist, self.opt
         )
 
     def _eval_and_record(self) -> float:
@@ -325,7 +329,7 @@ class Trainer:
         return val
 
     def _prepare_run_dir(self, argv: list[str] | None) -> None:
-        env = environment(self.cfg, self.device, argv)
+        env = environment(self.cfg, self.device, self.precision, argv)
         prepare_run_dir(self.run_dir, self.cfg, env, self.resumed_from, self.step)
 
     def train_step(self, step: int, timer: StepTimer) -> tuple[torch.Tensor, float]:
@@ -383,6 +387,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         self._announce(n_params)
         timer = self.timer = StepTimer(self.device)  # set: the run has begun
+        self.cpu_since = cpu_reading()  # how busy others keep the CPU during this session
         tokens_per_step = cfg.batch_size * cfg.seq_len
         status, message, last_eval = self._train_loop(timer, tokens_per_step)
 
@@ -440,6 +445,12 @@ class Trainer:
         """The step timings of this session; a resume that had nothing left to train keeps those
         of the session before it (its summary.json), which timed the run's steps."""
         timing = timer.summary(self.cfg.precond_freq, tokens_per_step)
+        if self.compiled and len(timer.total_ms) >= 3:  # the first step compiled: its extra time
+            seconds = (timer.total_ms[0] - statistics.median(timer.total_ms[1:])) / 1000
+            timing["compile_seconds"] = seconds
+            busy = others_busy(self.cpu_since)
+            if self.device.type != "cpu" or (busy is not None and busy < QUIET):
+                record_compile_seconds(self.cfg, self.device, self.precision, seconds)
         if self.step != self.resumed_from or not self.continues_here:
             return timing
         try:
