@@ -615,6 +615,15 @@ def test_help_is_grouped_into_panels():
     assert "--no-trace-norm" in train.stdout and "mousse[hf]" in train.stdout  # [ kept literally
 
 
+def test_help_shows_on_off_flags_without_a_type():
+    """`--json`, `--compile/--no-compile` and `--help` take no value: no `<bool>` after them."""
+    for args in (["--help"], ["train", "--help"], ["ablate", "--help"], ["presets", "--help"]):
+        res = invoke_cli(*args)
+        assert res.exit_code == 0, res
+        assert "--help" in res.stdout and "<bool>" not in res.stdout, res.stdout
+    assert "<int>" in invoke_cli("train", "--help").stdout  # options with a value keep theirs
+
+
 def test_trace_norm_is_factor_norm_in_the_missions_words(tmp_path):
     for flag, value in (("--trace-norm", "trace"), ("--no-trace-norm", "none")):
         run = tmp_path / value
