@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mousse.experiments.stats import mean_curve
 from mousse.train.config import ConfigError
+from mousse.train.estimate import counted
 
 ZOOM_FROM = 0.6  # the zoomed panel: the last 40% of the steps, where the variants separate
 BASELINE_COLOR = "black"
@@ -109,7 +110,7 @@ def plot_curves(results: dict, records: list[dict], out: Path) -> None:
     full.set(
         xlabel="step",
         ylabel="validation loss",
-        title=f"val loss: mean over seeds, band min to max ({seeds} seeds)",
+        title=f"val loss: mean over seeds, band min to max ({counted(seeds, 'seed')})",
     )
     _zoom(zoom, bands)
     _forest(forest, results, colors)
@@ -224,7 +225,8 @@ def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
-        title=f"val loss vs time, step times of the timing pass ({record.get('rounds', '?')} rounds)",
+        title="val loss vs time, step times of the timing pass"
+        + (f" ({counted(record['rounds'], 'round')})" if record.get("rounds") else ""),
     )
 
 

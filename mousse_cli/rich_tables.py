@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from mousse.train.estimate import counted
+
 from .console import fmt
 
 if TYPE_CHECKING:
@@ -231,7 +233,7 @@ def bench_tables(r: dict):
 def _optimizer_steps(r: dict) -> Table:
     """Each optimizer's step time, against our Muon, and its state and cache memory."""
     table = titled_table(
-        f"optimizer step (ms per step, amortized over {r['cycle_steps']} steps)",
+        f"optimizer step (ms per step, amortized over {counted(r['cycle_steps'], 'step')})",
         ("optimizer", "ms/step", "vs our Muon", "p50 ms", "p99 ms", "state MiB", "P cache MiB"),
     )
     for name, ms in r["step_ms"].items():
@@ -314,7 +316,7 @@ def _train_steps(t: dict) -> list:
     and plain ones apart, peak memory), and Mousse's overhead over Muon."""
     compiled = ", torch.compile" if t.get("compiled") else ""
     table = titled_table(
-        f"train step (ms over {t['steps']} steps after the first{compiled})",
+        f"train step (ms over {counted(t['steps'], 'step')} after the first{compiled})",
         (
             "optimizer",
             "mean",

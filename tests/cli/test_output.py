@@ -68,6 +68,13 @@ def test_train_summary_on_stdout_unless_json(mousse_proc, tmp_path):
     assert "completed after 2 steps" in as_json.stderr
 
 
+def test_a_one_step_run_says_step(tmp_path, builtin_data):
+    from support.cli import invoke_cli
+
+    res = invoke_cli("train", *FAST, "--steps", "1", "--run-dir", tmp_path / "r")
+    assert res.exit_code == 0 and res.stdout.startswith("completed after 1 step:"), res
+
+
 def test_presets_table_on_stdout(mousse_proc):
     res = mousse_proc("presets")
     assert res.exit_code == 0 and "tiny" in res.stdout and "tiny" not in res.stderr, res

@@ -138,6 +138,22 @@ def test_time_speedups_come_from_seconds_that_compare():
     assert any("time speedups are the step speedups" in n for n in timing_notes(passed))
 
 
+def test_notes_count_in_the_singular_when_there_is_one():
+    results = summarize([record("muon", "x", 100.0, base=True), record("mousse", "x", 110.0)])
+    one = {
+        **_pass({"muon": [100], "mousse": [110]}),
+        "threads": 1,
+        "rounds": 1,
+        "steps_per_round": 1,
+    }
+    note = timing_notes(apply_timing_pass(results, one))[0]
+    assert "1 thread)" in note and "1 interleaved round of 1 step," in note, note
+    assert (
+        "2 threads), 4 interleaved rounds of 10 steps"
+        in timing_notes(apply_timing_pass(results, _pass({"muon": [100], "mousse": [110]})))[0]
+    )
+
+
 def test_an_overhead_inside_the_noise_is_marked():
     rows = summarize_rounds({"b": [100, 100, 100, 100], "v": [90, 105, 99, 110]}, "b")
     assert rows["v"]["within_noise"] and rows["b"]["overhead_pct"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
+from mousse.train.estimate import counted
 from mousse.train.fileio import dumps
 
 from .records import TIMING_KEYS
@@ -74,8 +75,9 @@ def timing_notes(results: dict) -> list[str]:
     if record:
         notes.append(
             f"side by side: one process on {record['host']} ({record['device']}, "
-            f"{record['threads']} threads), {record['rounds']} interleaved rounds of "
-            f"{record['steps_per_round']} steps, {record['when']}; overheads are "
+            f"{counted(record['threads'], 'thread')}), "
+            f"{counted(record['rounds'], 'interleaved round')} of "
+            f"{counted(record['steps_per_round'], 'step')}, {record['when']}; overheads are "
             "per-round ratios to the baseline, median [interquartile range]; time speedups "
             "are the step speedups over those ratios"
         )
