@@ -102,24 +102,26 @@ def presets_table(rows: list[dict]):
 
     device = rows[0]["device"] if rows else "cpu"
     busy = max((r["busy"] for r in rows if r.get("busy") is not None), default=None)
+    measured = any(r["step_time"] for r in rows)
     return Group(
-        _presets_overview(rows),
+        _presets_overview(rows, measured),
         "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows),
         "* weights + grads + Mousse state + activations of one micro batch, fp32",
         f"** Mousse on this machine's {device}: measured for the presets a short probe "
-        "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy),
+        "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy)
+        if measured
+        else "time here: `mousse presets --measure` (probes this machine: tens of seconds)",
         "",
         _lr_table(rows),
         _lr_notes(rows),
     )
 
 
-def _presets_overview(rows: list[dict]) -> Table:
-    """One row per preset: size, shape, budget, memory and the time here."""
+def _presets_overview(rows: list[dict], measured: bool) -> Table:
+    """One row per preset: size, shape, budget, memory and, when `measured`, the time here."""
     columns = ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr")
-    table = titled_table(
-        "mousse presets", (*columns, "memory*", "step here**", "run here**"), **_PRESET_STYLE
-    )
+    times = ("step here**", "run here**") if measured else ()
+    table = titled_table("mousse presets", (*columns, "memory*", *times), **_PRESET_STYLE)
     for r in rows:
         table.add_row(
             r["name"],
@@ -131,8 +133,7 @@ def _presets_overview(rows: list[dict]) -> Table:
             f"{r['steps']:,}",
             str(r["scalar_lr"]),
             r["memory"],
-            r["step_time"],
-            r["run_time"],
+            *((r["step_time"], r["run_time"]) if measured else ()),
         )
     return table
 

@@ -537,7 +537,6 @@ def test_presets_list_lr_per_optimizer(cli, presets_rows):
     assert "tuned on medium" in rows["medium"]["lr_note"]
     assert rows["10m"]["lrs"]["mousse"] == rows["30m"]["lrs"]["muon"] == 0.06
     assert all(not rows[name]["momenta"] for name in rows if name not in tuned_here)
-    assert rows["medium"]["run_time"] and rows["medium"]["estimate"] in ("probe", "flops")
 
     res = cli("presets")
     assert res.exit_code == 0, res
