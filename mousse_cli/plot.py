@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mousse.experiments.stats import mean_curve
+from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
 from mousse.train.estimate import counted
 
@@ -222,11 +223,17 @@ def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
     _bands(ax, bands, colors, results["baseline"], per_step)
     _zoom(ax, bands, per_step)
     record = results["timing_pass"]
+    busy = busy_timing(results)
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
         title="val loss vs time, step times of the timing pass"
-        + (f" ({counted(record['rounds'], 'round')})" if record.get("rounds") else ""),
+        + (f" ({counted(record['rounds'], 'round')})" if record.get("rounds") else "")
+        + (
+            f"\nunreliable: others used {results['timing_busy']:.0%} of the CPU meanwhile"
+            if busy
+            else ""
+        ),
     )
 
 

@@ -81,19 +81,14 @@ def matmul_rate(device: torch.device) -> float:
         b = torch.randn(1024, 1024, device=device)
         a @ b  # warm-up
         _sync(device)
-        before, own = cpu_jiffies(), time.process_time()
+        mark = cpu_mark()
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < 0.2:
             a @ b
             n += 1
         _sync(device)
         _RATE_CACHE[key] = 2 * 1024**3 * n / (time.perf_counter() - start)
-        after, own = cpu_jiffies(), time.process_time() - own
-        _BUSY_CACHE[key] = (
-            others_share(before, after, own, os.sysconf("SC_CLK_TCK"))
-            if device.type == "cpu" and before and after
-            else None
-        )
+        _BUSY_CACHE[key] = others_since(mark) if device.type == "cpu" else None
     return _RATE_CACHE[key]
 
 
@@ -114,6 +109,25 @@ def cpu_jiffies() -> tuple[int, int] | None:
         return None
     idle = ticks[3] + ticks[4]  # idle, iowait
     return sum(ticks) - idle, sum(ticks)
+
+
+CpuMark = tuple[tuple[int, int] | None, float]
+
+
+def cpu_mark() -> CpuMark:
+    """Where all CPUs' clock ticks (`cpu_jiffies`) and this process's own CPU time stand now: the
+    start of a measurement of how busy other processes keep the machine (`others_since`)."""
+    return cpu_jiffies(), time.process_time()
+
+
+def others_since(mark: CpuMark) -> float | None:
+    """The share of all CPUs' time since `mark` that other processes used (None where /proc/stat
+    is missing)."""
+    before, own = mark
+    after = cpu_jiffies()
+    if not before or not after:
+        return None
+    return others_share(before, after, time.process_time() - own, os.sysconf("SC_CLK_TCK"))
 
 
 def others_share(
