@@ -115,6 +115,15 @@ def test_train_and_dry_run_print_the_estimate(tmp_path):
     assert dry.exit_code == 0 and "for 3 runs on this CPU" in dry.stderr
 
 
+def test_an_ablation_estimate_counts_one_run_as_one():
+    from mousse_cli.cost import _total_time
+
+    run = est.Estimate(1.0, 60, "probe", 0, None, "cpu")
+    configs = [resolve({"preset": "tiny"})] * 2
+    assert _total_time(configs, [run, run], 1)[1].startswith("about 60 s for 1 run on this CPU")
+    assert " for 3 runs on this CPU" in _total_time(configs, [run, run], 3)[1]
+
+
 def test_presets_list_at_once_without_measuring(presets_rows, monkeypatch):
     """A listing probes nothing: no estimate, no time columns, and the flag that measures named."""
 
