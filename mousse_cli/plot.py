@@ -342,7 +342,9 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
 
 
 def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, color) -> None:
-    """A variant's losses over one phase's grid, its chosen value ringed (non-numbers as text)."""
+    """A variant's losses over one phase's grid, its chosen value ringed (non-numbers as text);
+    the baseline dashed and on top, so that a variant that tunes the same (alpha 0) shows
+    through it."""
     ax.plot(
         [x if numeric else str(x) for x, _ in points],
         [y for _, y in points],
@@ -351,6 +353,7 @@ def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, col
         color=color,
         label=variant["variant"] + (" (baseline)" if variant["is_baseline"] else ""),
         ls="--" if variant["is_baseline"] else "-",
+        zorder=3 if variant["is_baseline"] else 2,
     )
     chosen = phase["chosen"]
     if chosen is None or chosen not in phase["grid"]:

@@ -229,6 +229,26 @@ def test_curves_that_coincide_stay_visible(tmp_path, monkeypatch):
     assert not drawn[-1].get_supxlabel() and plot.overlapping(plot.seed_bands(RECORDS)) == {}
 
 
+def test_a_tuning_curve_the_baseline_shares_stays_visible(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    phase = {"knob": "lr", "grid": [0.01, 0.02], "losses": [1.5, 1.4], "chosen": 0.02}
+    results = {
+        "baseline": "muon",
+        "variants": [
+            {"variant": v, "is_baseline": v == "muon", "tuning": [phase]}
+            for v in ("muon", "alpha=0.0")
+        ],
+    }
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    plot.plot_tuning(results, tmp_path / "t.png")
+    lines = {x.get_label(): x for x in drawn[-1].axes[0].get_lines() if x.get_label()[0] != "_"}
+    base, alpha0 = lines["muon (baseline)"], lines["alpha=0.0"]
+    assert base.get_linestyle() == "--" and base.get_zorder() > alpha0.get_zorder()
+
+
 def test_one_seed_is_one_seed_in_the_title(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from mousse_cli import plot
