@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from mousse.distributed.process import exit_on_error, is_main_process
 from mousse.experiments.scale import combine
+from mousse.train.estimate import counted
 from mousse.train.fileio import dumps
 
 from .ablate_plan import (
@@ -242,7 +243,7 @@ def exit_for(outcomes: dict, stop, shard: str | None, ablations: dict) -> None:
         names = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
         who = f"shard {shard}" if shard else "this ablation"
         console.print(
-            f"[yellow]{who} waits for {len(missing)} runs that other shards or "
+            f"[yellow]{who} waits for {counted(len(missing), 'run')} that other shards or "
             f"processes train ({escape(names)}); rerun it when they finish"
             f"{', or pass --wait 60' if shard else ''}[/]",
             highlight=False,

@@ -11,7 +11,7 @@ from rich.markup import escape
 from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError, load_config_file
 from mousse.train.dashboards import Dashboards
-from mousse.train.estimate import duration
+from mousse.train.estimate import counted, duration
 
 from .console import console, notice, show_lines
 from .cost import check_cost
@@ -95,7 +95,7 @@ def check_parallel(parallel: int, ablations: dict, shard: str | None) -> None:
     )
     if parallel > most:
         raise ConfigError(
-            f"--parallel {parallel} is more than the {most} runs this ablation "
+            f"--parallel {parallel} is more than the {counted(most, 'run')} this ablation "
             f"{'can take' if any(ab.plan.tune for ab in ablations.values()) else 'plans'}"
             f"{' in this shard' if shard else ''}; pass --parallel {max(most, 1)} or fewer"
         )
@@ -226,7 +226,8 @@ def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list
         seconds, runs, done = (sum(column) for column in zip(*left, strict=True))
         measured = (
             seconds,
-            f"about {duration(seconds)} for the {runs} runs left at most, at the pace of the "
+            f"about {duration(seconds)} for the {counted(runs, 'run')} left at most, at the pace "
+            "of the "
             f"{done} finished in the ablation dir",
         )
     return check_cost(
@@ -251,10 +252,10 @@ def show_plans(ablations: dict, shard: str | None, cost: list[str]) -> None:
 
 def _show_runs(ablation, runs: list, shard: str | None) -> None:
     """A plan without tuning: the run count, then the runs this invocation trains."""
-    plan = ablation.plan
+    plan, here = ablation.plan, counted(len(runs), "run")
     console.print(
-        f"[bold]mousse ablate[/]: {len(plan.runs)} runs ({plan.mode}, seeds "
-        f"{plan.seeds}){f', shard {shard}: {len(runs)} runs' if shard else ''} in "
+        f"[bold]mousse ablate[/]: {counted(len(plan.runs), 'run')} ({plan.mode}, seeds "
+        f"{plan.seeds}){f', shard {shard}: {here}' if shard else ''} in "
         f"{escape(str(ablation.dir))}",
         highlight=False,
         soft_wrap=True,
@@ -274,7 +275,7 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
 
     plan, tune, grids = ablation.plan, ablation.tune, ablation.grids()
     console.print(
-        f"[bold]mousse ablate[/]: {len(plan.variants)} variants, each tuned "
+        f"[bold]mousse ablate[/]: {counted(len(plan.variants), 'variant')}, each tuned "
         f"({', '.join(tune.knobs)}; seeds {list(tune.seeds)} per tuning run), then "
         f"compared over seeds {plan.seeds}{f', shard {shard}' if shard else ''} in "
         f"{escape(str(ablation.dir))}",
@@ -291,7 +292,7 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
             markup=False,
         )
     console.print(
-        f"at most {ablation.upper_bound_runs()} runs, grid extensions included",
+        f"at most {counted(ablation.upper_bound_runs(), 'run')}, grid extensions included",
         highlight=False,
         soft_wrap=True,
     )

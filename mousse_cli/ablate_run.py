@@ -8,6 +8,7 @@ from rich.markup import escape
 from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError
 from mousse.train.dashboards import Dashboards
+from mousse.train.estimate import counted
 
 from .ablate_plan import shard_of
 from .ablation_view import AblationView
@@ -104,7 +105,8 @@ def timed(ablation, budget: float | None) -> dict | None:
     if record is None:
         return None
     console.print(
-        f"timing pass: {record['rounds']} rounds of {record['steps_per_round']} steps "
+        f"timing pass: {counted(record['rounds'], 'round')} of "
+        f"{counted(record['steps_per_round'], 'step')} "
         f"in {record['seconds']:.0f} s",
         highlight=False,
     )

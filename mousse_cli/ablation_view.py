@@ -9,6 +9,7 @@ from collections.abc import Callable
 from rich.live import Live
 from rich.markup import escape
 
+from mousse.train.estimate import counted
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
 
 from .console import console, duration, fit_width, fmt
@@ -102,9 +103,10 @@ class AblationView:
             for run in update.runs:
                 if run.name not in self.rows:
                     self._add(run.name)
-            self._plain(f"queued {len(update.runs)} runs: {', '.join(r.name for r in update.runs)}")
+            names = ", ".join(r.name for r in update.runs)
+            self._plain(f"queued {counted(len(update.runs), 'run')}: {names}")
         elif isinstance(update, WaitingForShards):
-            self._plain(f"waiting for {len(update.runs)} runs of other shards")
+            self._plain(f"waiting for {counted(len(update.runs), 'run')} of other shards")
 
     def _skipped(self, name: str, row: dict, s: dict) -> None:
         """A run that had finished before this invocation: its row filled from its summary `s`
@@ -166,7 +168,7 @@ class AblationView:
             self._plain(
                 f"[{name}] failed: {s.get('message')}"  # why, and what to do
                 if s["status"] == "failed"
-                else f"[{name}] {s['status']} after {s['steps']} steps: final val "
+                else f"[{name}] {s['status']} after {counted(s['steps'], 'step')}: final val "
                 f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)"
                 + (f"; {self.done_text}" if self.done_text else "")
             )

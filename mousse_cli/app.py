@@ -8,6 +8,7 @@ import signal
 import sys
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 import mousse
 from mousse.distributed.process import env_world_size
@@ -20,7 +21,29 @@ from .presets_cmd import presets
 from .report_cmd import report
 from .train_cmd import train
 
+
+class _FlagsWithoutType:
+    """Help panels that show on/off flags (`--json`, `--compile/--no-compile`, `--help`) bare:
+    Typer's rich help prints a `<bool>` placeholder after them as if they took a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # what the help panel prints for its type: nothing
+        return params
+
+
+class Command(_FlagsWithoutType, TyperCommand):
+    """A `mousse` command (flags shown without a type)."""
+
+
+class Group(_FlagsWithoutType, TyperGroup):
+    """The `mousse` group (flags shown without a type)."""
+
+
 app = typer.Typer(
+    cls=Group,
     name="mousse",
     help="Optimizer ablations for language models around Mousse (Muon whitened by Shampoo's "
     "Kronecker factors, arXiv 2603.09697).",
@@ -49,16 +72,21 @@ def root(
 
 # in the order `mousse --help` lists them, one line each (docstrings' line breaks would show)
 app.command(
-    short_help="Train one model (no arguments: tiny preset, builtin corpus, under a minute)."
+    cls=Command,
+    short_help="Train one model (no arguments: tiny preset, builtin corpus, under a minute).",
 )(train)
-app.command(short_help="The model presets: size, lrs per optimizer, memory, time here.")(presets)
-app.command(short_help="Sweep Mousse's knobs (and baselines) with the same budget and compare.")(
-    ablate
-)
-app.command(short_help="Time optimizer steps: Mousse against Muon, torch.optim.Muon and AdamW.")(
-    bench
-)
-app.command(short_help="Re-render an ablation's tables from disk (and check expectations).")(report)
+app.command(
+    cls=Command, short_help="The model presets: size, lrs per optimizer, memory, time here."
+)(presets)
+app.command(
+    cls=Command, short_help="Sweep Mousse's knobs (and baselines) with the same budget and compare."
+)(ablate)
+app.command(
+    cls=Command, short_help="Time optimizer steps: Mousse against Muon, torch.optim.Muon and AdamW."
+)(bench)
+app.command(
+    cls=Command, short_help="Re-render an ablation's tables from disk (and check expectations)."
+)(report)
 
 # Click's exception classes, reached through typer's public BadParameter (newer typer vendors click).
 _clicks = sys.modules[typer.BadParameter.__module__]

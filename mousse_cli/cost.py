@@ -75,7 +75,7 @@ def _refuse_memory(cfg, vocab: int, est) -> None:
 def _total_time(configs: list, estimates: list, runs: int | None) -> tuple[float, str]:
     """The seconds of all the runs and the line that says so: one run's own description, or the
     mean over the variants times `runs` (default: one run per config)."""
-    from mousse.train.estimate import describe, duration, source
+    from mousse.train.estimate import counted, describe, duration, source
 
     first = estimates[0]
     if len(configs) == 1 and runs is None:
@@ -84,7 +84,7 @@ def _total_time(configs: list, estimates: list, runs: int | None) -> tuple[float
     runs = runs or len(configs)
     total = sum(per_variant) / len(per_variant) * runs
     line = (
-        f"about {duration(total)} for {runs} runs on this "
+        f"about {duration(total)} for {counted(runs, 'run')} on this "
         f"{first.device.split(':')[0].upper()} ({duration(min(per_variant))} to "
         f"{duration(max(per_variant))} a run; "
         f"{source(first, short=True)})"

@@ -9,10 +9,14 @@ import os
 from pathlib import Path
 
 from mousse.experiments.stats import mean_curve
+from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
+from mousse.train.estimate import counted
 
 ZOOM_FROM = 0.6  # the zoomed panel: the last 40% of the steps, where the variants separate
 BASELINE_COLOR = "black"
+MARKERS = "osD^v<>ph*"  # one per non-baseline variant, so that curves drawn over each other show
+OVERLAP_TOL = 1e-3  # seed-mean curves closer than this at every step draw as one line
 NO_TIMING = (
     "no side-by-side timing pass: the runs' own seconds\n"
     "were counted under different loads, so loss against\n"
@@ -73,6 +77,34 @@ def seconds_per_step(results: dict) -> dict[str, float]:
     }
 
 
+def overlapping(bands: dict[str, list[tuple]]) -> dict[str, list[str]]:
+    """Per variant, the other variants whose seed-mean curve coincides with its own (the same
+    evaluation steps, within OVERLAP_TOL at each): drawn, one would hide the other (Muon and
+    alpha 0, the same update on two code paths)."""
+    means = {v: {b[0]: b[1] for b in band} for v, band in bands.items()}
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(abs(a[s] - b[s]) <= OVERLAP_TOL for s in a)
+
+    return {
+        v: [w for w in means if w != v and same(means[v], means[w])]
+        for v in means
+        if any(w != v and same(means[v], means[w]) for w in means)
+    }
+
+
+def overlap_note(bands: dict[str, list[tuple]], baseline: str | None) -> str | None:
+    """A line saying which curves coincide and how they are still told apart (None: none do)."""
+    groups = {tuple(sorted([v, *others])) for v, others in overlapping(bands).items()}
+    if not groups:
+        return None
+    named = "; ".join(" and ".join(g) for g in sorted(groups))
+    return (
+        f"same curve (within {OVERLAP_TOL:g} at every step): {named}; each variant has its own "
+        f"markers{', the baseline is dashed and drawn on top' if baseline in bands else ''}"
+    )
+
+
 def forest_rows(results: dict) -> list[dict]:
     """The variants with a final-loss difference from the baseline, lowest first."""
     rows = [
@@ -109,22 +141,31 @@ def plot_curves(results: dict, records: list[dict], out: Path) -> None:
     full.set(
         xlabel="step",
         ylabel="validation loss",
-        title=f"val loss: mean over seeds, band min to max ({seeds} seeds)",
+        title=f"val loss: mean over seeds, band min to max ({counted(seeds, 'seed')})",
     )
     _zoom(zoom, bands)
     _forest(forest, results, colors)
     _timed(timed, results, bands, colors)
     handles, labels = full.get_legend_handles_labels()
+    first = sorted(range(len(labels)), key=lambda i: "(baseline)" not in labels[i])  # drawn last
+    handles, labels = [handles[i] for i in first], [labels[i] for i in first]
     fig.legend(handles, labels, loc="outside upper center", ncol=min(5, len(labels)), fontsize=9)
+    note = overlap_note(bands, results["baseline"])
+    if note:
+        fig.supxlabel(note, fontsize=9)
     _save(fig, out, plt)
 
 
 def _bands(ax, bands: dict, colors: dict, baseline: str | None, per_step: dict | None = None):
     """Each variant's seed-mean curve, its band shaded; against steps, or against steps times
-    `per_step[variant]` seconds (variants without one are left out)."""
-    for variant, band in bands.items():
-        if per_step is not None and variant not in per_step:
-            continue
+    `per_step[variant]` seconds (variants without one are left out). Curves that coincide stay
+    visible: every other variant has its own markers, staggered along the curve, and the
+    baseline is dashed and drawn last, on top; the legend names the curves each one covers."""
+    same = overlapping(bands)
+    drawn = [v for v in bands if per_step is None or v in per_step]
+    others = [v for v in drawn if v != baseline]
+    for i, variant in enumerate(others + [v for v in drawn if v == baseline]):
+        band = bands[variant]
         scale = 1.0 if per_step is None else per_step[variant]
         xs = [b[0] * scale for b in band]
         is_base = variant == baseline
@@ -137,7 +178,13 @@ def _bands(ax, bands: dict, colors: dict, baseline: str | None, per_step: dict |
             color=colors[variant],
             lw=2.2 if is_base else 1.5,
             ls="--" if is_base else "-",
-            label=variant + (" (baseline)" if is_base else ""),
+            marker=None if is_base else MARKERS[i % len(MARKERS)],
+            ms=6,
+            markevery=(i % max(1, len(others)), max(1, len(others))),
+            zorder=3 if is_base else 2,
+            label=variant
+            + (" (baseline)" if is_base else "")
+            + (f" (same curve as {', '.join(same[variant])})" if variant in same else ""),
         )
     ax.grid(alpha=0.3)
 
@@ -221,10 +268,17 @@ def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
     _bands(ax, bands, colors, results["baseline"], per_step)
     _zoom(ax, bands, per_step)
     record = results["timing_pass"]
+    busy = busy_timing(results)
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
-        title=f"val loss vs time, step times of the timing pass ({record.get('rounds', '?')} rounds)",
+        title="val loss vs time, step times of the timing pass"
+        + (f" ({counted(record['rounds'], 'round')})" if record.get("rounds") else "")
+        + (
+            f"\nunreliable: others used {results['timing_busy']:.0%} of the CPU meanwhile"
+            if busy
+            else ""
+        ),
     )
 
 
@@ -288,7 +342,9 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
 
 
 def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, color) -> None:
-    """A variant's losses over one phase's grid, its chosen value ringed (non-numbers as text)."""
+    """A variant's losses over one phase's grid, its chosen value ringed (non-numbers as text);
+    the baseline dashed and on top, so that a variant that tunes the same (alpha 0) shows
+    through it."""
     ax.plot(
         [x if numeric else str(x) for x, _ in points],
         [y for _, y in points],
@@ -297,6 +353,7 @@ def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, col
         color=color,
         label=variant["variant"] + (" (baseline)" if variant["is_baseline"] else ""),
         ls="--" if variant["is_baseline"] else "-",
+        zorder=3 if variant["is_baseline"] else 2,
     )
     chosen = phase["chosen"]
     if chosen is None or chosen not in phase["grid"]:

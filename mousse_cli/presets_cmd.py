@@ -1,4 +1,5 @@
-"""`mousse presets`: the model presets, their recipes, and what each would cost here."""
+"""`mousse presets`: the model presets and their recipes at once; with --measure, what each would
+cost here (a probe of this machine: tens of seconds)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ from .rich_tables import presets_table
 
 def presets(
     json_out: bool = typer.Option(False, "--json", help="Print as JSON on stdout."),
+    measure: bool = typer.Option(
+        False,
+        "--measure",
+        help="Also time a Mousse run of each preset on this machine: a measured probe for the "
+        "small presets, FLOPs at the measured matmul rate for the others (tens of seconds).",
+    ),
     device: str = typer.Option(
-        "auto", "--device", help="Estimate time on this device: auto | cpu | cuda."
+        "auto", "--device", help="With --measure, time on this device: auto | cpu | cuda."
     ),
 ) -> None:
     """List model presets with parameter counts, recipe (the block matrices' lr for every
-    optimizer, and what it was tuned for), memory estimate and the time a Mousse run of each
-    would take on this machine (a measured probe for the small presets, FLOPs for the others)."""
+    optimizer, and what it was tuned for) and memory estimate, at once; with --measure, also the
+    time a Mousse run of each would take on this machine."""
     from mousse.train.estimate import estimate
     from mousse.train.machine import pick_device
     from mousse.train.presets import PRESETS
@@ -30,8 +37,9 @@ def presets(
         costs = {
             name: estimate(resolve({"preset": name, "device": device}), p.vocab_size, where)
             for name, p in PRESETS.items()
+            if measure
         }
-    rows = [preset_row(p, costs[p.name], where) for p in PRESETS.values()]
+    rows = [preset_row(p, costs.get(p.name), where) for p in PRESETS.values()]
     if json_out:
         typer.echo(dumps(rows))
     else:
@@ -39,7 +47,8 @@ def presets(
 
 
 def preset_row(p, cost, where) -> dict:
-    """One preset as the JSON row (and the table's source): shape, recipe, memory, time here."""
+    """One preset as the JSON row (and the table's source): shape, recipe, memory, and the time
+    here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
     from mousse.train.presets import OPTIMIZERS, memory_estimate_bytes, param_count
 
@@ -58,11 +67,11 @@ def preset_row(p, cost, where) -> dict:
         "lr_note": p.lr_note,
         "scalar_lr": p.scalar_lr,
         "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",
-        "step_time": duration(cost.step_seconds),
-        "run_time": duration(cost.run_seconds),
-        "step_seconds": cost.step_seconds,
-        "estimate": cost.method,
-        "busy": cost.busy,
+        "step_time": cost and duration(cost.step_seconds),
+        "run_time": cost and duration(cost.run_seconds),
+        "step_seconds": cost and cost.step_seconds,
+        "estimate": cost and cost.method,
+        "busy": cost and cost.busy,
         "device": str(where),
         "description": p.description,
     }

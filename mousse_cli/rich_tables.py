@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from mousse.train.estimate import counted
+
 from .console import fmt
 
 if TYPE_CHECKING:
@@ -103,24 +105,26 @@ def presets_table(rows: list[dict]):
 
     device = rows[0]["device"] if rows else "cpu"
     busy = max((r["busy"] for r in rows if r.get("busy") is not None), default=None)
+    measured = any(r["step_time"] for r in rows)
     return Group(
-        _presets_overview(rows),
+        _presets_overview(rows, measured),
         "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows),
         "* weights + grads + Mousse state + activations of one micro batch, fp32",
         f"** Mousse on this machine's {device}: measured for the presets a short probe "
-        "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy),
+        "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy)
+        if measured
+        else "time here: `mousse presets --measure` (probes this machine: tens of seconds)",
         "",
         _lr_table(rows),
         _lr_notes(rows),
     )
 
 
-def _presets_overview(rows: list[dict]) -> Table:
-    """One row per preset: size, shape, budget, memory and the time here."""
+def _presets_overview(rows: list[dict], measured: bool) -> Table:
+    """One row per preset: size, shape, budget, memory and, when `measured`, the time here."""
     columns = ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr")
-    table = titled_table(
-        "mousse presets", (*columns, "memory*", "step here**", "run here**"), **_PRESET_STYLE
-    )
+    times = ("step here**", "run here**") if measured else ()
+    table = titled_table("mousse presets", (*columns, "memory*", *times), **_PRESET_STYLE)
     for r in rows:
         table.add_row(
             r["name"],
@@ -132,8 +136,7 @@ def _presets_overview(rows: list[dict]) -> Table:
             f"{r['steps']:,}",
             str(r["scalar_lr"]),
             r["memory"],
-            r["step_time"],
-            r["run_time"],
+            *((r["step_time"], r["run_time"]) if measured else ()),
         )
     return table
 
@@ -235,7 +238,7 @@ def bench_tables(r: dict):
 def _optimizer_steps(r: dict) -> Table:
     """Each optimizer's step time, against our Muon, and its state and cache memory."""
     table = titled_table(
-        f"optimizer step (ms per step, amortized over {r['cycle_steps']} steps)",
+        f"optimizer step (ms per step, amortized over {counted(r['cycle_steps'], 'step')})",
         ("optimizer", "ms/step", "vs our Muon", "p50 ms", "p99 ms", "state MiB", "P cache MiB"),
     )
     for name, ms in r["step_ms"].items():
@@ -318,7 +321,7 @@ def _train_steps(t: dict) -> list:
     and plain ones apart, peak memory), and Mousse's overhead over Muon."""
     compiled = ", torch.compile" if t.get("compiled") else ""
     table = titled_table(
-        f"train step (ms over {t['steps']} steps after the first{compiled})",
+        f"train step (ms over {counted(t['steps'], 'step')} after the first{compiled})",
         (
             "optimizer",
             "mean",

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from mousse.train.estimate import counted
 from mousse.train.events import (
     CheckpointSaved,
     EvalDone,
@@ -191,7 +192,7 @@ def show_summary(s: dict, json_out: bool = False) -> None:
         s["status"], "red"
     )
     stream.print(
-        f"[{style}]{s['status']}[/] after {s['steps']} steps: final val loss "
+        f"[{style}]{s['status']}[/] after {counted(s['steps'], 'step')}: final val loss "
         f"{fmt(s['final_val_loss'])}, best {fmt(s['best_val_loss'])}, "
         f"median step {fmt(s['step_ms_median'], '.1f')} ms "
         f"(fwd+bwd {fmt(s['fwd_bwd_ms_median'], '.1f')}, opt {fmt(s['opt_ms_median'], '.1f')}, "

@@ -58,8 +58,7 @@ def builtin_data():
 
 @pytest.fixture(scope="session")
 def presets_rows(builtin_data) -> list[dict]:
-    """`mousse presets --json`'s rows, once per session: its probes time the CPU presets' steps
-    (tens of seconds), and the tests that read the rows only read them."""
+    """`mousse presets --json`'s rows (the listing: nothing measured), once per session."""
     res = invoke_cli("presets", "--json")
     assert res.exit_code == 0, res
     return json.loads(res.stdout)

@@ -68,6 +68,13 @@ def test_train_summary_on_stdout_unless_json(mousse_proc, tmp_path):
     assert "completed after 2 steps" in as_json.stderr
 
 
+def test_a_one_step_run_says_step(tmp_path, builtin_data):
+    from support.cli import invoke_cli
+
+    res = invoke_cli("train", *FAST, "--steps", "1", "--run-dir", tmp_path / "r")
+    assert res.exit_code == 0 and res.stdout.startswith("completed after 1 step:"), res
+
+
 def test_presets_table_on_stdout(mousse_proc):
     res = mousse_proc("presets")
     assert res.exit_code == 0 and "tiny" in res.stdout and "tiny" not in res.stderr, res
@@ -190,6 +197,67 @@ def test_time_axis_only_from_the_timing_pass(tmp_path, monkeypatch):
     ends = {line.get_label(): line.get_xdata()[-1] for line in timed.get_lines()}
     assert ends["mousse"] == pytest.approx(300 * 0.013)  # steps x side-by-side step time
     assert ends["muon (baseline)"] == pytest.approx(300 * 0.010)
+
+
+def test_curves_that_coincide_stay_visible(tmp_path, monkeypatch):
+    """Muon and alpha 0 (the same update) draw the same curve: the baseline is dashed and drawn
+    on top, the other has markers, both legend entries and a note under the figure say so."""
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    records = (
+        _seeded("muon", [1.50, 1.52, 1.51], baseline=True)
+        + _seeded("mousse", [1.40, 1.41, 1.39])
+        + _seeded("alpha=0.0", [1.50, 1.52, 1.51])
+    )
+    bands = plot.seed_bands(records)
+    assert plot.overlapping(bands) == {"muon": ["alpha=0.0"], "alpha=0.0": ["muon"]}
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    plot.plot_curves(summarize(records), records, tmp_path / "x.png")
+    full = drawn[-1].axes[0]
+    lines = full.get_lines()
+    base, alpha0 = lines[-1], next(x for x in lines if x.get_label().startswith("alpha=0.0"))
+    assert base.get_label() == "muon (baseline) (same curve as alpha=0.0)"
+    assert base.get_linestyle() == "--" and base.get_zorder() > alpha0.get_zorder()
+    assert alpha0.get_label() == "alpha=0.0 (same curve as muon)"
+    markers = {x.get_label().split()[0]: x.get_marker() for x in lines[:-1]}
+    assert len(set(markers.values())) == 2 and "None" not in markers.values()
+    assert "alpha=0.0 and muon" in drawn[-1].get_supxlabel()
+    assert "(3 seeds)" in full.get_title()
+    plot.plot_curves(summarize(RECORDS), RECORDS, tmp_path / "x.png")  # nothing coincides
+    assert not drawn[-1].get_supxlabel() and plot.overlapping(plot.seed_bands(RECORDS)) == {}
+
+
+def test_a_tuning_curve_the_baseline_shares_stays_visible(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    phase = {"knob": "lr", "grid": [0.01, 0.02], "losses": [1.5, 1.4], "chosen": 0.02}
+    results = {
+        "baseline": "muon",
+        "variants": [
+            {"variant": v, "is_baseline": v == "muon", "tuning": [phase]}
+            for v in ("muon", "alpha=0.0")
+        ],
+    }
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    plot.plot_tuning(results, tmp_path / "t.png")
+    lines = {x.get_label(): x for x in drawn[-1].axes[0].get_lines() if x.get_label()[0] != "_"}
+    base, alpha0 = lines["muon (baseline)"], lines["alpha=0.0"]
+    assert base.get_linestyle() == "--" and base.get_zorder() > alpha0.get_zorder()
+
+
+def test_one_seed_is_one_seed_in_the_title(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    one = [r for r in RECORDS if r["seed"] == 0]
+    plot.plot_curves(summarize(one), one, tmp_path / "x.png")
+    assert drawn[-1].axes[0].get_title().endswith("(1 seed)")
 
 
 def test_forest_marks_significance_as_the_tables_do(tmp_path, monkeypatch):

@@ -441,7 +441,7 @@ def test_an_ablation_that_skipped_a_run_another_process_holds_exits_4(tmp_path):
     finally:
         lock.release()
     assert res.exit_code == 4, res
-    assert "waits for 1 runs that other shards or processes train (mousse)" in res.stderr
+    assert "waits for 1 run that other shards or processes train (mousse)" in res.stderr
 
 
 def test_a_second_sigterm_aborts_with_143():

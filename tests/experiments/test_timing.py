@@ -9,7 +9,13 @@ import pytest
 from support.cli import FAST, invoke_cli
 
 from mousse.experiments.results import apply_timing_pass, summarize
-from mousse.experiments.table_rows import timing_notes, timing_rows
+from mousse.experiments.table_rows import (
+    convergence_rows,
+    protocol_notes,
+    render,
+    timing_notes,
+    timing_rows,
+)
 from mousse.experiments.timing import (
     MIN_ROUNDS,
     plan_rounds,
@@ -136,6 +142,65 @@ def test_time_speedups_come_from_seconds_that_compare():
         passed = apply_timing_pass(results, timed)
         assert passed["variants"][1]["speedup_time"] == pytest.approx(2.0 / 1.25)
     assert any("time speedups are the step speedups" in n for n in timing_notes(passed))
+
+
+def _speedup_results():
+    """muon and mousse from one invocation: mousse reaches muon's final loss in half the steps."""
+    base = {**record("muon", "x", 100.0, base=True), "steps": 20}
+    base["curve"] = [{"step": 10, "val_loss": 2.0}, {"step": 20, "val_loss": 1.0}]
+    run = {**record("mousse", "x", 110.0), "steps": 20}
+    run["curve"] = [{"step": 10, "val_loss": 1.0}, {"step": 20, "val_loss": 0.9}]
+    return summarize([base, run])
+
+
+def test_a_timing_pass_on_a_busy_machine_says_so_and_marks_time_unreliable():
+    """The issue's ablation: others used 68% of the CPU while the pass ran."""
+    rounds = {"muon": [70, 100, 276, 90], "mousse": [80, 120, 250, 100]}
+    busy = apply_timing_pass(_speedup_results(), {**_pass(rounds), "busy": 0.68})
+    assert busy["timing_busy"] == 0.68 and busy["timing_reliable"] is False
+    timing, convergence = timing_rows(busy)[1], convergence_rows(busy)[1]
+    assert timing["Overhead [IQR]"].endswith("(unreliable)")
+    assert convergence["Time speedup (95% CI)"].endswith("(unreliable)")
+    assert not convergence["Speedup (95% CI)"].endswith("(unreliable)")  # steps: not timed
+    for notes in (timing_notes(busy), protocol_notes(busy)):
+        assert any("other processes used 68% of the CPU" in n for n in notes), notes
+    assert "68% of the CPU" in render(busy, "markdown")
+    assert render(busy, "csv").splitlines()[1].count("0.68") == 1
+    for record_ in ({**_pass(rounds), "busy": 0.1}, _pass(rounds)):  # quiet; not measured (old)
+        quiet = apply_timing_pass(_speedup_results(), record_)
+        assert quiet["timing_reliable"] is (None if "busy" not in record_ else True)
+        assert "unreliable" not in render(quiet, "markdown")
+
+
+def test_the_timing_pass_measures_how_busy_the_cpu_was(monkeypatch, tmp_path):
+    from mousse.experiments import timing
+
+    class Runner:
+        device = "cpu"
+
+        def __call__(self, n):
+            return 1.0
+
+    monkeypatch.setattr(timing, "trainer_runner", lambda settings, root: Runner())
+    monkeypatch.setattr(timing, "others_busy", lambda since: 0.68)
+    record_ = timing.timing_pass({"muon": {}, "mousse": {}}, "muon", budget_s=0.0)
+    assert record_["busy"] == 0.68 and record_["device"] == "cpu"
+
+
+def test_notes_count_in_the_singular_when_there_is_one():
+    results = summarize([record("muon", "x", 100.0, base=True), record("mousse", "x", 110.0)])
+    one = {
+        **_pass({"muon": [100], "mousse": [110]}),
+        "threads": 1,
+        "rounds": 1,
+        "steps_per_round": 1,
+    }
+    note = timing_notes(apply_timing_pass(results, one))[0]
+    assert "1 thread)" in note and "1 interleaved round of 1 step," in note, note
+    assert (
+        "2 threads), 4 interleaved rounds of 10 steps"
+        in timing_notes(apply_timing_pass(results, _pass({"muon": [100], "mousse": [110]})))[0]
+    )
 
 
 def test_an_overhead_inside_the_noise_is_marked():

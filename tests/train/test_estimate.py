@@ -117,10 +117,36 @@ def test_train_and_dry_run_print_the_estimate(tmp_path):
     assert dry.exit_code == 0 and "for 3 runs on this CPU" in dry.stderr
 
 
-def test_presets_price_every_preset_here(presets_rows):
-    rows = presets_rows
-    assert {r["name"]: r["estimate"] for r in rows}["160m"] == "flops"
-    assert all(r["step_seconds"] > 0 for r in rows)
+def test_an_ablation_estimate_counts_one_run_as_one():
+    from mousse_cli.cost import _total_time
+
+    run = est.Estimate(1.0, 60, "probe", 0, None, "cpu")
+    configs = [resolve({"preset": "tiny"})] * 2
+    assert _total_time(configs, [run, run], 1)[1].startswith("about 60 s for 1 run on this CPU")
+    assert " for 3 runs on this CPU" in _total_time(configs, [run, run], 3)[1]
+
+
+def test_presets_list_at_once_without_measuring(presets_rows, monkeypatch):
+    """A listing probes nothing: no estimate, no time columns, and the flag that measures named."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("mousse presets measured the machine without --measure")
+
+    monkeypatch.setattr(est, "estimate", refuse)
+    res = invoke_cli("presets")
+    assert res.exit_code == 0, res
+    assert "mousse presets --measure" in res.stdout and "run here" not in res.stdout
+    assert all(r["step_seconds"] is None and r["estimate"] is None for r in presets_rows)
+
+
+@pytest.mark.slow
+def test_presets_measure_prices_every_preset_here():
+    res = invoke_cli("presets", "--json", "--measure")
+    assert res.exit_code == 0, res
+    rows = {r["name"]: r for r in res.json()}
+    assert rows["160m"]["estimate"] == "flops" and rows["tiny"]["estimate"] == "probe"
+    assert all(r["step_seconds"] > 0 and r["run_time"] for r in rows.values())
+    assert "run here" in invoke_cli("presets", "--measure").stdout
 
 
 def test_long_steps_report_their_micro_batches(tmp_path, monkeypatch):

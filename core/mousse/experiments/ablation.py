@@ -30,6 +30,7 @@ from mousse.train.config import (
     VIEW_SETTINGS,
     ConfigError,
 )
+from mousse.train.estimate import counted
 from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
 from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
@@ -314,7 +315,8 @@ def check_max_runs(plan: AblationPlan, max_runs: int, count: int | None = None) 
     if count > max_runs:
         what = "up to " if plan.tune else ""
         raise ConfigError(
-            f"the plan has {what}{count} runs, more than --max-runs {max_runs}; pass a "
+            f"the plan has {what}{counted(count, 'run')}, more than --max-runs {max_runs}; "
+            "pass a "
             f"larger --max-runs (e.g. --max-runs {count}) or sweep fewer values"
         )
 

@@ -16,6 +16,8 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
+from mousse.train.estimate import BUSY_NOTE
+
 from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
@@ -351,8 +353,16 @@ def timing_contexts(records: list) -> set:
 
 def apply_timing_pass(results: dict, record: dict | None) -> dict:
     """The side-by-side timings of the timing pass (`experiments.timing`) into each variant: its
-    step time with quartiles and its overhead over the baseline measured in the same pass."""
-    results = {**results, "timing_pass": record}
+    step time with quartiles and its overhead over the baseline measured in the same pass; and
+    how busy other processes kept the CPU meanwhile (`timing_busy`), with `timing_reliable`
+    False when that was more than BUSY_NOTE of it (None: not known, or no pass)."""
+    busy = (record or {}).get("busy")
+    results = {
+        **results,
+        "timing_pass": record,
+        "timing_busy": busy,
+        "timing_reliable": None if busy is None else busy <= BUSY_NOTE,
+    }
     passed = (record or {}).get("variants", {})
     for v in results["variants"]:
         row = passed.get(v["variant"])

@@ -16,6 +16,7 @@ from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
+from mousse.train.estimate import counted
 from mousse.train.fileio import atomic_write_text, write_json
 from mousse.train.rundir import exclusive
 
@@ -201,7 +202,8 @@ class Ablation:
             (summary := read_summary(d)) is not None and summary.get("status") in FINISHED
             for d in (runs.iterdir() if runs.is_dir() else ())
         )
-        return f"{done} of {'at most ' if self.tune else ''}{self.upper_bound_runs()} runs done"
+        most = counted(self.upper_bound_runs(), "run")
+        return f"{done} of {'at most ' if self.tune else ''}{most} done"
 
     def upper_bound_runs(self) -> int:
         """Most runs the plan can train: tuning (grid extensions included) plus the comparison's

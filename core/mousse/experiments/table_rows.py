@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
+from mousse.train.estimate import counted
 from mousse.train.fileio import dumps
 
 from .records import TIMING_KEYS
@@ -61,10 +62,29 @@ CSV_COLUMNS = (
     "speedup_ci_low",
     "speedup_ci_high",
     "speedup_time",
+    "timing_busy",
     *TIMING_KEYS,
     "overhead_pct",
     "peak_mem_bytes",
 )
+
+
+UNRELIABLE = " (unreliable)"  # marks a time measured on a busy machine (`busy_timing_note`)
+
+
+def busy_timing(results: dict) -> bool:
+    """Whether the timing pass ran while other processes kept the CPU busy
+    (`results.apply_timing_pass`): its overheads and the time speedups are then unreliable."""
+    return results.get("timing_reliable") is False
+
+
+def busy_timing_note(results: dict) -> str:
+    """What the "(unreliable)" marks mean, with how busy the machine was."""
+    return (
+        f"busy machine: other processes used {results['timing_busy']:.0%} of the CPU while the "
+        "timing pass ran, so its step times, and the overheads and time speedups marked "
+        "(unreliable), may not hold on a quiet machine; rerun `mousse report DIR --retime` there"
+    )
 
 
 def timing_notes(results: dict) -> list[str]:
@@ -74,11 +94,14 @@ def timing_notes(results: dict) -> list[str]:
     if record:
         notes.append(
             f"side by side: one process on {record['host']} ({record['device']}, "
-            f"{record['threads']} threads), {record['rounds']} interleaved rounds of "
-            f"{record['steps_per_round']} steps, {record['when']}; overheads are "
+            f"{counted(record['threads'], 'thread')}), "
+            f"{counted(record['rounds'], 'interleaved round')} of "
+            f"{counted(record['steps_per_round'], 'step')}, {record['when']}; overheads are "
             "per-round ratios to the baseline, median [interquartile range]; time speedups "
             "are the step speedups over those ratios"
         )
+    if busy_timing(results):
+        notes.append(busy_timing_note(results))
     if not results.get("timing_comparable"):
         n = results.get("timing_contexts", 0)
         notes.append(
@@ -105,6 +128,8 @@ def protocol_notes(results: dict) -> list[str]:
             "single seed: no interval or significance test, so no gap here is "
             "established (add --seeds 3)"
         )
+    if busy_timing(results):
+        notes.append(busy_timing_note(results))
     return notes
 
 
@@ -209,9 +234,15 @@ def speedup_text(v: dict, suffix: str = "") -> str:
     return text if ci[0] > 1 or ci[1] < 1 else f"{text} (not significant)"
 
 
+def _marked(text: str, unreliable: bool) -> str:
+    """`text`, marked unreliable when it is a number measured on a busy machine."""
+    return text + UNRELIABLE if unreliable and text != _DASH else text
+
+
 def convergence_rows(results: dict) -> list[dict]:
     """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
     has_target = results["target_loss"] is not None
+    busy = busy_timing(results)
     return [
         dict(
             zip(
@@ -226,7 +257,7 @@ def convergence_rows(results: dict) -> list[dict]:
                     _paired_text(v),
                     _steps_text(v, has_target),
                     speedup_text(v),
-                    speedup_text(v, "_time"),
+                    _marked(speedup_text(v, "_time"), busy),
                     _status_text(v["statuses"]),
                 ),
                 strict=True,
@@ -268,15 +299,15 @@ def _side_text(v: dict) -> str:
     return f"{row['step_ms_median']:.1f} [{row['step_ms_q1']:.1f}, {row['step_ms_q3']:.1f}]"
 
 
-def _overhead_text(v: dict, comparable: bool) -> str:
-    """Overhead over the baseline: the timing pass's with its range, else the runs' own when
-    their timings compare."""
+def _overhead_text(v: dict, comparable: bool, busy: bool = False) -> str:
+    """Overhead over the baseline: the timing pass's with its range (marked unreliable when it
+    ran on a `busy` machine), else the runs' own when their timings compare."""
     if v["is_baseline"]:
         return _DASH
     row = v.get("side_by_side")
     if v.get("overhead_source") == "timing pass" and row and row["overhead_pct"] is not None:
         text = f"{row['overhead_pct']:+.1f}% [{row['overhead_q1']:+.1f}, {row['overhead_q3']:+.1f}]"
-        return f"{text} (within noise)" if row["within_noise"] else text
+        return _marked(f"{text} (within noise)" if row["within_noise"] else text, busy)
     if v.get("overhead_pct") is not None:
         return _num(v["overhead_pct"], "+.1f", "%")
     return _DASH if comparable else "not comparable"
@@ -292,7 +323,7 @@ def _memory_text(v: dict) -> str:
 
 def timing_rows(results: dict) -> list[dict]:
     """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
-    comparable = bool(results.get("timing_comparable"))
+    comparable, busy = bool(results.get("timing_comparable")), busy_timing(results)
     return [
         dict(
             zip(
@@ -305,7 +336,7 @@ def timing_rows(results: dict) -> list[dict]:
                     _num(v["refresh_ms_median"], ".1f"),
                     _num(v["tokens_per_s"], ",.0f"),
                     _side_text(v),
-                    _overhead_text(v, comparable),
+                    _overhead_text(v, comparable, busy),
                     _memory_text(v),
                 ),
                 strict=True,
@@ -395,6 +426,7 @@ def _csv(results: dict, preset: str | None = None, header: bool = True) -> str:
             "paired_delta_ci_low": paired[0],
             "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
+            "timing_busy": results.get("timing_busy"),
         }
         if preset is not None:
             row["preset"] = preset

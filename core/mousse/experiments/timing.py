@@ -8,6 +8,10 @@ in turn (the order rotates by one each round, so no variant always goes first). 
 mean step time per variant, and a ratio to the baseline's in the same round: drift of the machine
 between rounds cancels in the ratio. Reported: median and interquartile range over rounds.
 
+Other processes on the machine stretch some rounds and not others: the pass records the share of
+the CPU they used while it ran (`busy`, on a CPU), and the tables mark its numbers unreliable when
+that share is above `estimate.BUSY_NOTE`.
+
 Its cost is bounded: after an untimed warm-up and a one-step probe per variant, the number of
 rounds is what fits the rest of the time budget (at least `MIN_ROUNDS`, at most `MAX_ROUNDS`).
 """
@@ -24,6 +28,8 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+
+from mousse.train.machine import cpu_reading, others_busy
 
 TIMING_FILE = "timing.json"
 MIN_ROUNDS, MAX_ROUNDS = 3, 30
@@ -164,8 +170,9 @@ def timing_pass(
     budget_s: float,
     steps_per_round: int = STEPS_PER_ROUND,
 ) -> dict:
-    """The pass over real variants (name -> run settings), on this machine."""
-    started = time.perf_counter()
+    """The pass over real variants (name -> run settings), on this machine, with the share of the
+    CPU other processes used meanwhile (`busy`: None off a CPU or where it is not known)."""
+    started, since = time.perf_counter(), cpu_reading()
     with tempfile.TemporaryDirectory(prefix="mousse-timing-") as tmp:
         runners = {
             name: trainer_runner(s, Path(tmp) / str(i))
@@ -175,4 +182,5 @@ def timing_pass(
             runners, baseline, budget_s, steps_per_round, spent_s=time.perf_counter() - started
         )
         device = next(iter(runners.values())).device
-    return {**record, "device": device}
+    busy = others_busy(since) if device.startswith("cpu") else None
+    return {**record, "device": device, "busy": busy}

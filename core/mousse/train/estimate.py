@@ -289,11 +289,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / (86400 * 365):.1f} years"
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '3 seeds', '1,200 steps': a count with its noun, plural unless it is one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def describe(est: Estimate) -> str:
     """'about 3.1 h per step, 3.5 years for 10,000 steps on this cpu (from FLOPs)'."""
     return (
         f"about {duration(est.step_seconds)} per step, {duration(est.run_seconds)} for "
-        f"{est.steps:,} step{'' if est.steps == 1 else 's'} on this "
+        f"{counted(est.steps, 'step')} on this "
         f"{est.device.split(':')[0].upper()} ({source(est)})"
     )
 
