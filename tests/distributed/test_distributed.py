@@ -24,7 +24,7 @@ from support.gloo import run_gloo_ranks
 
 from mousse.distributed.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
 from mousse.distributed.process import batch_split
-from mousse.optim.routing import build_optimizer, infer_roles
+from mousse.optim.routing import build_optimizer, routed_shapes
 from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
@@ -343,10 +343,8 @@ def test_ablate_under_torchrun_with_bf16_gather(runs):
 # ---- planning and the pieces, in process ------------------------------------------------------------
 
 
-def preset_shapes(name: str) -> dict[str, tuple[int, int]]:
-    model = meta_model(PRESETS[name])
-    roles = infer_roles(model)
-    return {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
+def preset_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    return routed_shapes(meta_model(PRESETS[name]))
 
 
 @pytest.mark.parametrize("preset,world", [("160m", 8), ("800m", 64), ("tiny", 2), ("tiny", 13)])
@@ -404,7 +402,7 @@ def test_optimizer_state_moves_by_name_between_ownerships(tmp_path):
         opt.step()
         opt.zero_grad()
     ckpt = save_checkpoint(tmp_path, 3, model, opt, {"x": torch.zeros(1)}, {}, keep=1)
-    shapes = preset_shapes_of(model)
+    shapes = routed_shapes(model)
     owners = plan_ownership(shapes, 2)
     full = {opt.param_names[id(p)]: st for p, st in opt.parts["matrix"].state.items()}
     for rank in (0, 1):
@@ -420,11 +418,6 @@ def test_optimizer_state_moves_by_name_between_ownerships(tmp_path):
             part.parts["scalar"].state[model.embed.weight]["exp_avg"],
             opt.parts["scalar"].state[model.embed.weight]["exp_avg"],
         )
-
-
-def preset_shapes_of(model) -> dict[str, tuple[int, int]]:
-    roles = infer_roles(model)
-    return {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
 
 
 def test_scaling_doc_tables_match_the_script():
