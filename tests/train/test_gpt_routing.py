@@ -1,5 +1,6 @@
 """Routing on the built-in GPT (mousse.train.model): embedding and head to the scalar optimizer,
-the combined optimizer trains, round-trips and follows a scheduler. The routing rules on plain
+the combined optimizer trains, round-trips and follows a scheduler; an hf: GPT-2's Conv1D weights
+route as the matrices they are. The routing rules on plain
 torch models: tests/optim/test_routing.py."""
 
 import copy
@@ -87,8 +88,10 @@ def test_combined_optimizer_trains_round_trips_and_follows_a_scheduler():
     opt2, _ = build_optimizer(clone, lr=0.02, scalar_lr=0.003, matrix_kwargs={"precond_freq": 3})
     opt2.load_state_dict(saved_opt)
     assert _train(clone, opt2, 5) == ahead
-    with pytest.raises(ValueError, match="parts"):
-        opt2.load_state_dict({"matrix": saved_opt["matrix"]})
+    assert set(saved_opt) == {"state", "param_groups"}  # torch's standard form
+    assert [g["rule"] for g in saved_opt["param_groups"]] == ["matrix", "scalar"]
+    with pytest.raises(ValueError, match="parts"):  # earlier mousse's form, one part missing
+        opt2.load_state_dict({"matrix": saved_opt})
 
 
 def test_hf_gpt2_routes_its_conv1d_weights_as_the_matrices_they_are():

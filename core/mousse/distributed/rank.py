@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mousse.optim.routing import routed_shapes
-from mousse.train.optstate import optimizer_state_by_name
+from mousse.train.optstate import load_optimizer_state, optimizer_state_by_name
 from mousse.train.world import World
 
 from .ownership import OwnerLayout, cost_model, plan_ownership
@@ -373,7 +373,7 @@ class Dist(World):
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
         state is read by name from the file that holds it (only what this rank's optimizer
         needs)."""
-        opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
+        load_optimizer_state(opt, optimizer_state_by_name(opt, Path(ckpt)), Path(ckpt))
 
 
 __all__ = ["Dist", "setup", "teardown"]

@@ -119,7 +119,8 @@ def check_orientation(groups: list[Knobs], saved: list[Knobs]) -> None:
             f"the optimizer state of param groups {differ} was saved for weights of the other "
             "orientation ('transposed': weights stored (in, out), such as GPT-2's Conv1D, are "
             "optimized as the (out, in) matrices they are; older mousse optimized them as "
-            "stored), so it cannot be continued: start the run afresh"
+            "stored), so it cannot be continued: start the run afresh, or finish it with the "
+            "mousse that started it"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast, overload
@@ -107,13 +108,54 @@ class Route:
 
 
 class CombinedOptimizer(Optimizer):
-    """Several optimizers behind one standard interface (`step`, `zero_grad`, `state_dict`,
-    `param_groups` shared with the parts, so LR schedulers drive every group)."""
+    """One standard `torch.optim.Optimizer` over a whole model, as AdamW is: its `param_groups`
+    are those of the optimizer running each rule (each group's "rule": "matrix", the family
+    optimizer or AdamW, or "scalar", AdamW or Lion, which `parts` holds by rule), and its `state`
+    is theirs, one dict shared with them. So `state_dict()` has torch's `state` / `param_groups`
+    form (what torch.distributed.checkpoint, LR schedulers, GradScaler and HF Trainer read) and
+    `step()` runs each rule's optimizer on its own groups. `load_state_dict` also takes the
+    `{'matrix': ..., 'scalar': ...}` form that earlier mousse saved."""
 
     def __init__(self, parts: dict[str, Optimizer], param_names: dict[int, str] | None = None):
         self.parts = parts
         self.param_names = param_names or {}
+        for rule, opt in parts.items():
+            for group in opt.param_groups:
+                group["rule"] = rule
         super().__init__([g for opt in parts.values() for g in opt.param_groups], {})
+        self._share()
+
+    def _share(self) -> None:
+        """Give this optimizer the parts' groups (the same dicts, so what a schedule sets reaches
+        them) and one state dict, the union of theirs, that the parts use too."""
+        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for opt in self.parts.values():
+            state.update(opt.state)
+            opt.state = state
+        self.state = state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's `add_param_group`; a new group goes to the optimizer its "rule" names
+        ("matrix" or "scalar"), which fills in its defaults and checks it."""
+        rule = param_group.get("rule")
+        if rule not in self.parts:
+            raise ValueError(
+                f"invalid rule={rule!r}: a param group names the optimizer that steps it, one "
+                f"of {sorted(self.parts)}"
+            )
+        part = self.parts[rule]
+        new = not any(param_group is g for g in part.param_groups)  # not one adopted at init
+        if new:
+            part.add_param_group(param_group)
+        try:
+            super().add_param_group(param_group)  # a parameter in two groups is an error
+        except ValueError:
+            if new:
+                part.param_groups.pop()
+            raise
+        if new:
+            self._share()  # keep each rule's groups together, as state_dicts list them
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -128,18 +170,44 @@ class CombinedOptimizer(Optimizer):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.parts.items()}
+        """torch's standard state dict; delayed refreshes still being computed are waited for
+        and saved as pending (`KroneckerOptimizer.state_dict`)."""
+        for opt in self.parts.values():
+            if hasattr(opt, "finish_refreshes"):
+                opt.finish_refreshes()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if set(state_dict) != set(self.parts):
+        """torch's standard load (its hooks included): each rule's optimizer loads its groups,
+        keeping its own conventions (the family keeps each buffer's saved dtype). The earlier
+        `{'matrix': ..., 'scalar': ...}` form is taken too."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        saved = standard_state(state_dict, self.parts)
+        if len(saved["param_groups"]) != len(self.param_groups):
             raise ValueError(
-                f"optimizer state holds parts {sorted(state_dict)}, expected {sorted(self.parts)}"
+                f"optimizer state has {len(saved['param_groups'])} param groups, this optimizer "
+                f"{len(self.param_groups)}: it was saved for another model or routing"
             )
-        for name, opt in self.parts.items():
-            opt.load_state_dict(state_dict[name])
-        # torch's load_state_dict gives each part new param-group dicts: share those again, or
-        # lr changes made through self.param_groups (the schedule) would never reach the parts
-        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
+        # a standard state from elsewhere may lack the rules: its groups are taken in order
+        groups = [
+            {"rule": ours["rule"], **group}
+            for group, ours in zip(saved["param_groups"], self.param_groups, strict=True)
+        ]
+        for i, (group, ours) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if group["rule"] != ours["rule"]:
+                raise ValueError(
+                    f"optimizer state's param group {i} is for the {group['rule']} optimizer, "
+                    f"this optimizer's for the {ours['rule']} one"
+                )
+        for rule, opt in self.parts.items():
+            mine = [g for g in groups if g["rule"] == rule]
+            ids = [i for g in mine for i in g["params"]]
+            state = {i: saved["state"][i] for i in ids if i in saved["state"]}
+            opt.load_state_dict({"state": state, "param_groups": mine})
+        self._share()  # torch's load gave each part new group dicts and a new state dict
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def telemetry(self) -> list[dict[str, Tensor]]:
         return [
@@ -172,6 +240,30 @@ class CombinedOptimizer(Optimizer):
                 if hasattr(opt, "averaged_weights"):
                     stack.enter_context(opt.averaged_weights())
             yield
+
+
+def standard_state(state_dict: dict[str, Any], rules: Collection[str]) -> dict[str, Any]:
+    """A `CombinedOptimizer` state dict in torch's standard form: as it is, or converted from the
+    `{'matrix': ..., 'scalar': ...}` form of earlier mousse (each part's groups tagged with
+    its rule, in the order of `rules`, and its parameter ids moved past the earlier parts')."""
+    if "param_groups" in state_dict:
+        return state_dict
+    if set(state_dict) != set(rules):
+        raise ValueError(
+            f"optimizer state holds parts {sorted(state_dict)}, expected {sorted(rules)} (or "
+            "torch's standard 'state' and 'param_groups')"
+        )
+    state, groups, offset = {}, [], 0
+    for rule in rules:
+        part = state_dict[rule]
+        count = sum(len(g["params"]) for g in part["param_groups"])
+        groups += [
+            {**g, "rule": rule, "params": [offset + i for i in g["params"]]}
+            for g in part["param_groups"]
+        ]
+        state.update({offset + i: buffers for i, buffers in part["state"].items()})
+        offset += count
+    return {"state": state, "param_groups": groups}
 
 
 def build_optimizer(
