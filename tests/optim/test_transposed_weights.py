@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mousse import Mousse, build_optimizer
+from mousse import TNT, Mousse, build_optimizer
 from mousse.optim.recipes import OPTIMIZERS
 from mousse.optim.routing import infer_transposed
 
@@ -19,6 +19,7 @@ CASES = {
     **{name: {} for name in OPTIMIZERS},
     "mousse-left": {"sides": "left"},
     "mousse-right": {"sides": "right"},
+    "mousse-staggered": {"refresh_schedule": "staggered", "sides": "left"},  # phases by width
 }
 
 
@@ -60,6 +61,39 @@ def test_a_transposed_weight_gets_its_linear_twins_update(name):
             assert opt_stored.state[stored[0]][key].shape == opt_plain.state[plain[0]][key].shape
     with opt_plain.averaged_weights(), opt_stored.averaged_weights():  # SPlus: the average
         assert torch.equal(plain[0].detach(), stored[0].detach().T)
+
+
+def test_tnts_sampled_label_gradients_are_turned_too():
+    plain, stored = twins()
+    opts = [TNT(plain, lr=0.01), TNT(stored, lr=0.01, transposed=True)]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        for opt, params in zip(opts, (plain, stored), strict=True):
+            assert len(opt.fisher_params()) == len(params)  # every step: stat_freq 1
+        sampled = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in plain]
+        opts[0].set_fisher_grads(dict(zip(plain, sampled, strict=True)))
+        opts[1].set_fisher_grads({q: s.T for q, s in zip(stored, sampled, strict=True)})
+        step_both(plain, stored, opts, g)
+        for p, q in zip(plain, stored, strict=True):
+            assert torch.equal(p.detach(), q.detach().T)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_transposed_convolution_weight_steps_as_its_convolution_twin(name):
+    """Stored (in, out, k) (nn.ConvTranspose's layout), marked transposed: optimized as the
+    (out, in x k) flattening of its (out, in, k) twin."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(OUT, IN, 3, generator=g, dtype=torch.float64)
+    conv, stored = nn.Parameter(W.clone()), nn.Parameter(W.transpose(0, 1).clone())
+    cls = OPTIMIZERS[name]
+    opts = [cls([conv], **knobs(name)), cls([stored], transposed=True, **knobs(name))]
+    for _ in range(STEPS):
+        G = torch.randn(W.shape, generator=g, dtype=torch.float64)
+        conv.grad, stored.grad = G.clone(), G.transpose(0, 1).clone()
+        for opt in opts:
+            opt.step()
+        assert torch.equal(conv.detach(), stored.detach().transpose(0, 1))
+    assert stored.shape == (IN, OUT, 3) and not torch.equal(conv.detach(), W)
 
 
 @pytest.mark.parametrize("name", ["mousse", "muon", "mousse-left"])
