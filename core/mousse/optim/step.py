@@ -33,12 +33,16 @@ def oriented_shape(shape: Sequence[int], transposed: bool) -> tuple[int, ...]:
     return (shape[1], shape[0], *shape[2:]) if transposed else tuple(shape)
 
 
+def flat_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The (out, in x k...) matrix of an (out, in, k...) shape: a convolution weight's
+    flattening, as Keller Jordan's Muon does; a matrix's own shape."""
+    return shape[0], math.prod(shape[1:])
+
+
 def matrix_shape(p: Tensor, transposed: bool = False) -> tuple[int, int]:
     """The (out, in) matrix a weight is optimized as: itself (or its transpose, for a weight
-    stored (in, out)), or for a convolution weight (out, in, k...) its (out, in x k...)
-    flattening, as Keller Jordan's Muon does."""
-    out, *rest = oriented_shape(p.shape, transposed)
-    return out, math.prod(rest)
+    stored (in, out)), or for a convolution weight its `flat_shape`."""
+    return flat_shape(oriented_shape(p.shape, transposed))
 
 
 def as_matrices(tensors: list[Tensor], transposed: bool = False) -> Tensor:
