@@ -114,7 +114,9 @@ class CombinedOptimizer(Optimizer):
     is theirs, one dict shared with them. So `state_dict()` has torch's `state` / `param_groups`
     form (what torch.distributed.checkpoint, LR schedulers, GradScaler and HF Trainer read) and
     `step()` runs each rule's optimizer on its own groups. `load_state_dict` also takes the
-    `{'matrix': ..., 'scalar': ...}` form that earlier mousse saved."""
+    `{'matrix': ..., 'scalar': ...}` form that earlier mousse saved. The parts are this
+    optimizer's workings: save and load through it (a part's own `state_dict()` would meet the
+    other rule's parameters in the shared state)."""
 
     def __init__(self, parts: dict[str, Optimizer], param_names: dict[int, str] | None = None):
         self.parts = parts
