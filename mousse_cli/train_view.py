@@ -25,8 +25,11 @@ from .console import console, duration, fit_width, fmt, notice, result_stream
 
 
 def routing_summary(routes) -> str:
-    """How many parameters of each role go to which optimizer, e.g. '12 matrix -> mousse'."""
-    counts = Counter((r.optimizer, r.role) for r in routes)
+    """How many parameters of each role go to which optimizer, e.g. '12 matrix -> mousse', the
+    weights stored (in, out) (GPT-2's Conv1D) apart: '8 matrix stored (in, out) -> mousse'."""
+    counts = Counter(
+        (r.optimizer, r.role + (" stored (in, out)" if r.transposed else "")) for r in routes
+    )
     return ", ".join(f"{n} {role} -> {opt}" for (opt, role), n in sorted(counts.items()))
 
 

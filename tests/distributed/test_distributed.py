@@ -24,7 +24,7 @@ from support.gloo import run_gloo_ranks
 
 from mousse.distributed.ownership import OwnerLayout, matrix_cost, plan_loads, plan_ownership
 from mousse.distributed.process import batch_split
-from mousse.optim.routing import build_optimizer, infer_roles
+from mousse.optim.routing import build_optimizer, routed_shapes
 from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
@@ -343,10 +343,8 @@ def test_ablate_under_torchrun_with_bf16_gather(runs):
 # ---- planning and the pieces, in process ------------------------------------------------------------
 
 
-def preset_shapes(name: str) -> dict[str, tuple[int, int]]:
-    model = meta_model(PRESETS[name])
-    roles = infer_roles(model)
-    return {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
+def preset_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    return routed_shapes(meta_model(PRESETS[name]))
 
 
 @pytest.mark.parametrize("preset,world", [("160m", 8), ("800m", 64), ("tiny", 2), ("tiny", 13)])
@@ -404,27 +402,31 @@ def test_optimizer_state_moves_by_name_between_ownerships(tmp_path):
         opt.step()
         opt.zero_grad()
     ckpt = save_checkpoint(tmp_path, 3, model, opt, {"x": torch.zeros(1)}, {}, keep=1)
-    shapes = preset_shapes_of(model)
+    shapes = routed_shapes(model)
     owners = plan_ownership(shapes, 2)
-    full = {opt.param_names[id(p)]: st for p, st in opt.parts["matrix"].state.items()}
+    full = matrix_state(opt)
     for rank in (0, 1):
         mine = {n for n, r in owners.items() if r == rank}
         part, _ = build_optimizer(model, lr=0.02, owned=mine)
         part.load_state_dict(optimizer_state_by_name(part, ckpt))
-        got = {part.param_names[id(p)]: st for p, st in part.parts["matrix"].state.items()}
+        got = matrix_state(part)
         assert set(got) == mine
         for name in mine:
             for key, value in full[name].items():
                 assert torch.equal(got[name][key], value), (name, key)
         assert torch.equal(
-            part.parts["scalar"].state[model.embed.weight]["exp_avg"],
-            opt.parts["scalar"].state[model.embed.weight]["exp_avg"],
+            part.state[model.embed.weight]["exp_avg"], opt.state[model.embed.weight]["exp_avg"]
         )
 
 
-def preset_shapes_of(model) -> dict[str, tuple[int, int]]:
-    roles = infer_roles(model)
-    return {n: tuple(p.shape) for n, p in model.named_parameters() if roles[n] == "matrix"}
+def matrix_state(opt) -> dict[str, dict]:
+    """The state of the block matrices an optimizer steps, by parameter name."""
+    return {
+        opt.param_names[id(p)]: opt.state[p]
+        for g in opt.param_groups
+        if g["rule"] == "matrix"
+        for p in g["params"]
+    }
 
 
 def test_scaling_doc_tables_match_the_script():
@@ -497,3 +499,73 @@ def _missing_grads_worker(rank: int) -> None:
 @pytest.mark.parametrize("repeat", [1, 2])  # teardown-sensitive: a cheap repeat in every CI run
 def test_missing_gradients_neither_hang_nor_leak(tmp_path, repeat):
     run_gloo_ranks(_missing_grads_worker, 2, tmp_path)
+
+
+# ---- torch.distributed.checkpoint over ranks that own different matrices ----------------------------
+
+
+def _dcp_worker(rank: int, root: str) -> None:
+    """One rank of 2: its optimizer over the matrices it owns (as under `mousse train --nproc`),
+    3 steps, each matrix's new value sent from its owner so the replicas agree, then its state
+    (flattened by parameter, as DCP reshards) saved with torch.distributed.checkpoint and, for
+    the comparison, by name in a plain file."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    model = tiny_model()
+    owners = plan_ownership(routed_shapes(model), 2)
+    opt, _ = build_optimizer(model, lr=0.02, owned={n for n, r in owners.items() if r == rank})
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randint(0, 32, (2, 8), generator=g)
+        opt.zero_grad()
+        model(x, x)[1].backward()
+        opt.step()
+        for name, p in model.named_parameters():
+            if name in owners:
+                dist.broadcast(p.data, src=owners[name])
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    dcp.save(get_optimizer_state_dict(model, opt, options=flat), checkpoint_id=f"{root}/dcp")
+    mine = {
+        f"{opt.param_names[id(p)]}.{key}": value.contiguous()
+        for g in opt.param_groups
+        for p in g["params"]
+        for key, value in opt.state[p].items()
+    }
+    save_file(mine, f"{root}/rank{rank}.safetensors")
+
+
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, head_dim=8, seq_len=8))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process loads: meant
+def test_distributed_checkpoint_of_two_ranks_loads_into_one_process(tmp_path):
+    """Each rank saves only what it owns; one process loads all of it, every buffer by name,
+    matrices from their owner and the replicated parameters' state from rank 0."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    run_gloo_ranks(_dcp_worker, 2, tmp_path, str(tmp_path))
+    model = tiny_model()
+    opt, _ = build_optimizer(model, lr=0.02)
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    loaded = get_optimizer_state_dict(model, opt, options=flat)  # what to load into
+    dcp.load(loaded, checkpoint_id=tmp_path / "dcp")
+    set_optimizer_state_dict(model, opt, loaded, options=flat)
+    owners = plan_ownership(routed_shapes(model), 2)
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, state in opt.state.items():
+        saved = ranks[owners.get(names[id(p)], 0)]
+        for key, value in state.items():
+            assert torch.equal(value, saved[f"{names[id(p)]}.{key}"]), (names[id(p)], key)
+    assert set(names.values()) == {k.rsplit(".", 1)[0] for r in ranks for k in r}

@@ -93,6 +93,29 @@ def test_compiled_state_dict_round_trips_with_eager(capture):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_compiled_step_of_weights_stored_in_out_matches_eager(capture):
+    """Weights stored (in, out) (`transposed`): captured whole too, and the same steps as their
+    (out, in) twins in eager mode, transposed."""
+    g = torch.Generator().manual_seed(5)
+    start = [torch.randn(s, generator=g) / 4 for s in SHAPES]
+    twins = [torch.nn.Parameter(w.clone()) for w in start]
+    stored = [torch.nn.Parameter(w.T.clone()) for w in start]
+    opts = [
+        Mousse(twins, lr=0.01, precond_freq=3, sides="left"),
+        Mousse(stored, lr=0.01, precond_freq=3, sides="left", transposed=True, compiled=True),
+    ]
+    for _ in range(6):
+        for p, q in zip(twins, stored, strict=True):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.T.clone()
+        for opt in opts:
+            opt.step()
+    for p, q in zip(twins, stored, strict=True):
+        torch.testing.assert_close(p, q.T, rtol=1e-5, atol=1e-6)
+    assert capture.frame_count > 0
+
+
 def test_build_optimizer_passes_compiled_through():
     model = torch.nn.Sequential(
         torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)

@@ -36,6 +36,8 @@ from mousse.train.checkpoint import (
 from mousse.train.config import resolve
 from mousse.train.events import CheckpointSaved
 from mousse.train.model import GPT, GPTConfig
+from mousse.train.optstate import flatten_optimizer
+from mousse.train.resume import config_from_checkpoint
 from mousse.train.trainer import Trainer
 
 N = 6
@@ -398,3 +400,54 @@ def test_interrupted_checkpoint_write_keeps_previous_one(cli, builtin_data, tmp_
     assert summary(run_dir)["final_val_loss"] == clean["final_val_loss"]
     assert "step-8" in [p.name for p in list_checkpoints(root)]
     read_checkpoint(root / "step-8")
+
+
+# ---- checkpoints of earlier mousse -----------------------------------------------------------------
+
+# Step 2 of a 4-step run (d_model 8, one layer, precond_freq 3) written by mousse at commit
+# 1733ff0, whose optimizer's state_dict was {'matrix': ..., 'scalar': ...}; the files' layout
+# (`<part>.state.<param>.<buffer>`) is what checkpoints still hold.
+EARLIER = Path(__file__).parent / "data" / "mousse-1733ff0" / "step-2"
+
+
+def test_a_checkpoint_of_earlier_mousse_resumes_with_every_buffer(tmp_path):
+    ckpt = shutil.copytree(EARLIER, tmp_path / "step-2")  # the repository's copy stays as it is
+    cfg, _ = config_from_checkpoint(ckpt, {})
+    trainer = Trainer(cfg, tmp_path / "resumed", resume=ckpt)
+    assert trainer.resumed_from == 2
+    saved = load_file(ckpt / "optimizer.safetensors")
+    restored, meta = flatten_optimizer(trainer.opt)
+    assert restored.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(restored[key], value) and restored[key].dtype == value.dtype, key
+    with safe_open(ckpt / "optimizer.safetensors", "pt") as fh:
+        earlier = json.loads(fh.metadata()["param_groups"])
+    for rule, groups in json.loads(meta["param_groups"]).items():  # the same groups, and knobs
+        assert [g["params"] for g in groups] == [g["params"] for g in earlier[rule]]
+        for group, was in zip(groups, earlier[rule], strict=True):
+            assert {k: group[k] for k in was} == was
+    out = trainer.run()
+    assert out["status"] == "completed" and out["steps"] == 4
+
+
+def test_a_gpt2_checkpoint_of_before_conv1d_orientation_is_refused(cli, tmp_path):
+    """Earlier mousse optimized GPT-2's Conv1D weights as stored, (in, out): its optimizer state
+    holds the transposed matrices' buffers and cannot be continued; one line, nothing written."""
+    pytest.importorskip("transformers")
+    from support.usermodel import FAST as MODEL_FAST
+
+    run = tmp_path / "run"
+    model = ["--model", "hf:gpt2", "--model-config", "n_embd=32,n_layer=1,n_head=2"]
+    steps = ["--steps", "2", "--checkpoint-every", "2", "--eval-every", "2"]
+    assert cli("train", *model, *MODEL_FAST, *steps, "--run-dir", run).exit_code == 0
+    ckpt = run / "checkpoints" / "step-2"
+    _as_older_format(ckpt)
+    path = ckpt / "optimizer.safetensors"
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata() or {}
+    groups = json.loads(meta["param_groups"])
+    assert [g.pop("transposed") for g in groups["matrix"]] == [True]  # as earlier mousse wrote
+    save_file(load_file(path), path, metadata={**meta, "param_groups": json.dumps(groups)})
+    res = cli("train", "--resume", ckpt, "--steps", "4", "--run-dir", tmp_path / "new")
+    assert_one_line_error(res, str(ckpt), "other orientation", "start the run afresh")
+    assert not (tmp_path / "new").exists()

@@ -1,5 +1,6 @@
 """Routing on the built-in GPT (mousse.train.model): embedding and head to the scalar optimizer,
-the combined optimizer trains, round-trips and follows a scheduler. The routing rules on plain
+the combined optimizer trains, round-trips and follows a scheduler; an hf: GPT-2's Conv1D weights
+route as the matrices they are. The routing rules on plain
 torch models: tests/optim/test_routing.py."""
 
 import copy
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from mousse import CombinedOptimizer, Mousse, Muon, build_optimizer
+from mousse.optim.routing import routed_shapes
 from mousse.train.model import GPT, GPTConfig
 
 
@@ -86,5 +88,35 @@ def test_combined_optimizer_trains_round_trips_and_follows_a_scheduler():
     opt2, _ = build_optimizer(clone, lr=0.02, scalar_lr=0.003, matrix_kwargs={"precond_freq": 3})
     opt2.load_state_dict(saved_opt)
     assert _train(clone, opt2, 5) == ahead
-    with pytest.raises(ValueError, match="parts"):
-        opt2.load_state_dict({"matrix": saved_opt["matrix"]})
+    assert set(saved_opt) == {"state", "param_groups"}  # torch's standard form
+    assert [g["rule"] for g in saved_opt["param_groups"]] == ["matrix", "scalar"]
+    with pytest.raises(ValueError, match="parts"):  # earlier mousse's form, one part missing
+        opt2.load_state_dict({"matrix": saved_opt})
+
+
+def test_hf_gpt2_routes_its_conv1d_weights_as_the_matrices_they_are():
+    """GPT-2's Conv1D layers store their weights (in, out): routed to the family optimizer in a
+    group that says so, and shown so in the routing table."""
+    pytest.importorskip("transformers")
+    from mousse.train.config import resolve
+    from mousse.train.usermodel import build_model
+    from mousse_cli.train_view import routing_summary
+
+    cfg = resolve({"model": "hf:gpt2", "model_config": "n_embd=32,n_layer=1,n_head=2"})
+    model = build_model(cfg, 64)
+    opt, routes = build_optimizer(model)
+    matrix = {r.name: r for r in routes if r.role == "matrix"}
+    assert sorted(n.split(".h.0.")[1] for n in matrix) == [
+        "attn.c_attn.weight",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    ]
+    assert all(r.transposed for r in matrix.values())
+    c_fc = next(n for n in matrix if "c_fc" in n)
+    assert matrix[c_fc].shape == (32, 128)  # stored (in, out)
+    assert routed_shapes(model)[c_fc] == (128, 32)  # what ownership plans and benchmarks cost
+    assert not any(r.transposed for r in routes if r.role != "matrix")
+    groups = opt.parts["matrix"].param_groups
+    assert [(g["transposed"], len(g["params"])) for g in groups] == [(True, 4)]
+    assert "4 matrix stored (in, out) -> mousse" in routing_summary(routes)

@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mousse.optim.routing import infer_roles
-from mousse.train.optstate import optimizer_state_by_name
+from mousse.optim.routing import routed_shapes
+from mousse.train.optstate import load_optimizer_state, optimizer_state_by_name
 from mousse.train.world import World
 
 from .ownership import OwnerLayout, cost_model, plan_ownership
@@ -134,9 +134,8 @@ class Dist(World):
         with torch.no_grad():
             for tensor in model.state_dict().values():
                 dist.broadcast(tensor, src=0)
-        roles = infer_roles(model)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        shapes = {n: tuple(p.shape) for n, p in self.params if roles.get(n) == "matrix"}
+        shapes = routed_shapes(model)  # as the optimizer sees them: (in, out) weights turned
         self.owners = plan_ownership(shapes, self.world_size, cost_model(cfg))
         self.layout = OwnerLayout(
             list(shapes),
@@ -374,7 +373,7 @@ class Dist(World):
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
         state is read by name from the file that holds it (only what this rank's optimizer
         needs)."""
-        opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
+        load_optimizer_state(opt, optimizer_state_by_name(opt, Path(ckpt)), Path(ckpt))
 
 
 __all__ = ["Dist", "setup", "teardown"]

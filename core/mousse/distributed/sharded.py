@@ -46,12 +46,10 @@ def weights_digest(model: torch.nn.Module) -> list[float]:
 
 
 def optimizer_state_bytes(opt) -> int:
-    """Bytes of tensors in an optimizer's state (every part of a CombinedOptimizer)."""
-    parts = getattr(opt, "parts", None) or {"": opt}
+    """Bytes of tensors in an optimizer's state (a CombinedOptimizer's holds every rule's)."""
     return sum(
         v.numel() * v.element_size()
-        for o in parts.values()
-        for st in o.state.values()
+        for st in opt.state.values()
         for v in st.values()
         if isinstance(v, Tensor)
     )

@@ -19,7 +19,6 @@ import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
 
 import torch
 
@@ -29,6 +28,7 @@ from mousse.optim.family import KroneckerOptimizer
 from mousse.optim.orthogonalize import orthogonalize
 from mousse.optim.recipes import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.refresher import run_refresh
+from mousse.optim.routing import routed_shapes
 from mousse.optim.step import compute_refresh, refresh_due
 from mousse.train.config import (
     DEVICES,
@@ -104,16 +104,13 @@ TARGETS = {
 def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, ...], int]:
     """{(out, in): count} of the block matrices (the ones Mousse / Muon train) of the preset's
     GPT, or with `model` ({"model": ..., "model_config": ...}, as `mousse train --model`) of
-    that model at the preset's sequence length and vocabulary."""
+    that model at the preset's sequence length and vocabulary; weights stored (in, out) (GPT-2's
+    Conv1D) as the (out, in) matrices the optimizer sees."""
     cfg = resolve({**(model or {}), "preset": preset})
     net = build_model(cfg, get_preset(preset).vocab_size, "meta")
-    params = dict(net.named_parameters())
     shapes: dict[tuple[int, ...], int] = {}
-    roles = cast(Any, net).param_roles()  # the built-in GPT's method, or a user model's
-    for name, role in roles.items():
-        if role == "matrix":
-            key = tuple(params[name].shape)
-            shapes[key] = shapes.get(key, 0) + 1
+    for shape in routed_shapes(net).values():
+        shapes[shape] = shapes.get(shape, 0) + 1
     return shapes
 
 

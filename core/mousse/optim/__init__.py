@@ -14,7 +14,7 @@ from .family import KroneckerOptimizer
 from .knobs import CHOICES, DEFAULTS, KNOBS
 from .lion import Lion
 from .recipes import OPTIMIZERS, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
-from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles
+from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles, infer_transposed
 
 sys.modules[f"{__name__}.named"] = recipes  # `recipes`' earlier name, still importable
 
@@ -36,4 +36,5 @@ __all__ = [
     "SpecGD",
     "build_optimizer",
     "infer_roles",
+    "infer_transposed",
 ]

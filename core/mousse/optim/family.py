@@ -30,6 +30,7 @@ from .step import (
     StepKnobs,
     accumulate_statistics,
     as_matrices,
+    as_weight,
     cache_whitening,
     compute_refresh,
     exponents,
@@ -83,6 +84,11 @@ def validate_group(group: Knobs) -> None:
     """Raise ValueError naming the first invalid knob of a param group and its allowed values."""
     table.check({k: group[k] for k in DEFAULTS})
     table.check_together(group)
+    if not isinstance(group["transposed"], bool):
+        raise ValueError(
+            f"invalid transposed={group['transposed']!r}: expected True (the group's weights are "
+            "stored (in, out), as transformers' Conv1D stores them) or False"
+        )
     for p in group["params"]:
         if p.ndim < 2:
             raise ValueError(
@@ -98,6 +104,24 @@ def closure_loss(closure: Callable[[], float] | None) -> float | None:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def check_orientation(groups: list[Knobs], saved: list[Knobs]) -> None:
+    """ValueError when a saved state's groups hold weights of another orientation than
+    `groups` (a state saved before `transposed` existed holds (out, in) ones only)."""
+    differ = [
+        i
+        for i, (g, s) in enumerate(zip(groups, saved, strict=False))
+        if g["transposed"] != s.get("transposed", False)
+    ]
+    if differ:
+        raise ValueError(
+            f"the optimizer state of param groups {differ} was saved for weights of the other "
+            "orientation ('transposed': weights stored (in, out), such as GPT-2's Conv1D, are "
+            "optimized as the (out, in) matrices they are; older mousse optimized them as "
+            "stored), so it cannot be continued: start the run afresh, or finish it with the "
+            "mousse that started it"
+        )
 
 
 def _keeps_pending(group: Knobs) -> bool:
@@ -121,7 +145,8 @@ def _stagger(buckets: list[_Bucket], group: Knobs) -> None:
     """Give each matrix of a group's buckets its refresh phase, balancing the eigen work (about
     k^3 per factor of width k) over the `precond_freq` steps between refreshes."""
     rows = [(b, i) for b in buckets for i in range(len(b.params))]
-    widths = [dict(zip("LR", matrix_shape(b.params[i]), strict=True)) for b, i in rows]
+    shapes = [matrix_shape(b.params[i], group["transposed"]) for b, i in rows]
+    widths = [dict(zip("LR", shape, strict=True)) for shape in shapes]
     costs = [sum(w[side] ** 3 for side in SIDE_FACTORS[group["sides"]]) for w in widths]
     for (b, i), phase in zip(rows, stagger_phases(costs, group["precond_freq"]), strict=True):
         b.refreshes.phases[i] = phase
@@ -166,7 +191,10 @@ class KroneckerOptimizer(Optimizer):
     side, m x m) and R (input side, n x n), an eigen refresh every `precond_freq` steps, and the
     update U = P_L' f(P_L^T M P_R) P_R'^T with P = Q diag(lam^-alpha), P' = Q diag(lam^-post_alpha)
     and f the orthogonalizer, grafted and applied with decoupled weight decay. docs/family.md
-    gives each knob's exact meaning; every knob can be set per param group. Subclasses are the
+    gives each knob's exact meaning; every knob can be set per param group. A group whose
+    weights are stored (in, out), as transformers' GPT-2 `Conv1D` stores them, says so with
+    `"transposed": True` (or every group, with the argument `transposed=True`): each is then
+    optimized as the (out, in) matrix it is, lr scale, sides and refresh alike. Subclasses are the
     literature's optimizers as recipes: their class body's `recipe` lists the knobs they change,
     and the class attribute `recipe` then holds their full knob set."""
 
@@ -198,14 +226,19 @@ class KroneckerOptimizer(Optimizer):
         return full
 
     def __init__(
-        self, params: ParamsT, *, compiled: bool = False, **knobs: Unpack[KnobArgs]
+        self,
+        params: ParamsT,
+        *,
+        compiled: bool = False,
+        transposed: bool = False,
+        **knobs: Unpack[KnobArgs],
     ) -> None:
         self.compiled = compiled  # run the per-bucket math under torch.compile (`compiled`)
         self._buckets: list[list[_Bucket]] | None = None
         self._worker = Worker()  # delayed refreshes (refresh_delay > 0)
         self._fisher: dict[int, Tensor] = {}
         self._explicit = set(knobs)  # derived defaults never override these
-        super().__init__(params, self.resolve_knobs(**knobs))
+        super().__init__(params, {**self.resolve_knobs(**knobs), "transposed": transposed})
 
     def add_param_group(self, param_group: Knobs) -> None:
         # a group's derived defaults follow the group's own knobs (e.g. sides="left" in Shampoo)
@@ -224,7 +257,7 @@ class KroneckerOptimizer(Optimizer):
     # ---- state layout -------------------------------------------------------------------------
 
     def _init_state(self, p: Tensor, group: Knobs) -> dict[str, Tensor]:
-        m, n = matrix_shape(p)
+        m, n = matrix_shape(p, group["transposed"])
         wide = torch.promote_types(p.dtype, torch.float32)
 
         def zeros(*shape: Any, dtype: torch.dtype = wide) -> Tensor:  # dims, or a shape tuple
@@ -297,7 +330,10 @@ class KroneckerOptimizer(Optimizer):
         return self._buckets
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider)."""
+        """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider).
+        A state saved with other weight orientations (`transposed`) is refused: its buffers
+        are those of the transposed matrices."""
+        check_orientation(self.param_groups, state_dict["param_groups"])
         self.finish_refreshes()  # nothing of the replaced state may still be computing
         super().load_state_dict(state_dict)
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
@@ -365,7 +401,7 @@ class KroneckerOptimizer(Optimizer):
                         if count >= 1:
                             saved.append((p, p.detach().clone()))
                             avg = average[i] / (1.0 - rate**count)
-                            p.copy_(avg.view(p.shape).to(p.dtype))
+                            p.copy_(as_weight(avg, p, group["transposed"]).to(p.dtype))
         try:
             yield
         finally:
@@ -443,7 +479,7 @@ class KroneckerOptimizer(Optimizer):
         g = group
         steps += 1
         grads = cast("list[Tensor]", [p.grad for p in params])  # all set: step() checked
-        G = as_matrices(grads).to(st.momentum_buffer.dtype)
+        G = as_matrices(grads, g["transposed"]).to(st.momentum_buffer.dtype)
         if not g["refresh_after_update"]:
             self._statistics(g, params, st, G, t, refreshes)
         count = t - 1 if g["skip_first_step"] else t  # updates of the moments so far
@@ -470,7 +506,7 @@ class KroneckerOptimizer(Optimizer):
             return
         self._use_pending(g, k, st, t, r)
         if (t - 1) % k.stat_freq == 0:
-            Gs = G if k.fisher == "empirical" else self._sampled_grads(params).to(G.dtype)
+            Gs = G if k.fisher == "empirical" else self._sampled_grads(g, params).to(G.dtype)
             self._math(accumulate_statistics)(st, Gs, k.precond_beta)
         due = [i for i, phase in enumerate(r.phases) if k.due(t, phase)]
         if not due:
@@ -521,7 +557,7 @@ class KroneckerOptimizer(Optimizer):
         r.pending[due] = 0
         cache_whitening(g, st)
 
-    def _sampled_grads(self, params: list[Tensor]) -> Tensor:
+    def _sampled_grads(self, g: Knobs, params: list[Tensor]) -> Tensor:
         missing = [i for i, p in enumerate(params) if id(p) not in self._fisher]
         if missing:
             raise RuntimeError(
@@ -529,7 +565,7 @@ class KroneckerOptimizer(Optimizer):
                 "this step: pass opt.set_fisher_grads({param: grad}) for opt.fisher_params() "
                 "before opt.step() (mousse's trainer does), or use fisher='empirical'"
             )
-        return as_matrices([self._fisher[id(p)] for p in params])
+        return as_matrices([self._fisher[id(p)] for p in params], g["transposed"])
 
     # ---- read-outs ----------------------------------------------------------------------------
 

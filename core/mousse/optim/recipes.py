@@ -45,11 +45,12 @@ class Muon(KroneckerOptimizer):
         nesterov: bool | None = None,
         *,
         compiled: bool = False,
+        transposed: bool = False,
         **knobs: Unpack[KnobArgs],
     ) -> None:
         if nesterov is not None:
             knobs["momentum_style"] = "nesterov" if nesterov else "heavy_ball"
-        super().__init__(params, compiled=compiled, **knobs)
+        super().__init__(params, compiled=compiled, transposed=transposed, **knobs)
 
 
 class Shampoo(KroneckerOptimizer):

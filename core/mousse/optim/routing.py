@@ -4,14 +4,16 @@ Block 2-D weights and convolution weights (as (out, in x kernel) matrices) go to
 optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings (a first convolution,
 the patch embedding, included), the output head, norm gains and biases go to the scalar optimizer
 (AdamW or Lion). Embedding and head are never sent to Mousse: treating them as matrices silently
-trains badly (docs/family.md).
+trains badly (docs/family.md). Weights stored (in, out), as transformers' GPT-2 `Conv1D` stores
+them, are optimized as the (out, in) matrices they are (`infer_transposed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast, overload
 
@@ -22,6 +24,7 @@ from torch.optim import Optimizer
 from .family import closure_loss
 from .lion import Lion
 from .recipes import OPTIMIZERS
+from .step import oriented_shape
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -59,25 +62,102 @@ def infer_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
+def infer_transposed(model: nn.Module) -> set[str]:
+    """Names of the weights stored (in, out) rather than (out, in): those of transformers'
+    `Conv1D` (GPT-2's layers; recognized by class, without importing transformers) and of any
+    module that says `fan_in_fan_out = True` (the mark PEFT uses for such layers). The family
+    optimizer optimizes each as the (out, in) matrix it is."""
+    return {
+        f"{mod_name}.weight" if mod_name else "weight"
+        for mod_name, module in model.named_modules()
+        if "weight" in dict(module.named_parameters(recurse=False)) and _stores_in_out(module)
+    }
+
+
+def routed_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of each trainable block matrix (role 'matrix') as the family optimizer sees it,
+    (out, in, k...): weights stored (in, out) turned, for plans and benchmarks that cost them."""
+    roles, flipped = infer_roles(model), infer_transposed(model)
+    return {
+        n: oriented_shape(p.shape, n in flipped)
+        for n, p in model.named_parameters()
+        if p.requires_grad and roles.get(n) == "matrix"
+    }
+
+
+def _stores_in_out(module: nn.Module) -> bool:
+    """Whether a module's weight is stored (in, out): a transformers Conv1D, or marked so."""
+    hf_conv1d = any(
+        c.__name__ == "Conv1D" and c.__module__.startswith("transformers")
+        for c in type(module).__mro__
+    )
+    return hf_conv1d or getattr(module, "fan_in_fan_out", False) is True
+
+
 @dataclass(frozen=True)
 class Route:
-    """Where one parameter went, for the user to check."""
+    """Where one parameter went, for the user to check; `transposed`: the weight is stored
+    (in, out) and optimized as the (out, in) matrix it is."""
 
     name: str
     shape: tuple[int, ...]
     role: str
     optimizer: str
     lr: float
+    transposed: bool = False
 
 
 class CombinedOptimizer(Optimizer):
-    """Several optimizers behind one standard interface (`step`, `zero_grad`, `state_dict`,
-    `param_groups` shared with the parts, so LR schedulers drive every group)."""
+    """One standard `torch.optim.Optimizer` over a whole model, as AdamW is: its `param_groups`
+    are those of the optimizer running each rule (each group's "rule": "matrix", the family
+    optimizer or AdamW, or "scalar", AdamW or Lion, which `parts` holds by rule), and its `state`
+    is theirs, one dict shared with them. So `state_dict()` has torch's `state` / `param_groups`
+    form (what torch.distributed.checkpoint, LR schedulers, GradScaler and HF Trainer read) and
+    `step()` runs each rule's optimizer on its own groups. `load_state_dict` also takes the
+    `{'matrix': ..., 'scalar': ...}` form that earlier mousse saved. The parts are this
+    optimizer's workings: save and load through it (a part's own `state_dict()` would meet the
+    other rule's parameters in the shared state)."""
 
     def __init__(self, parts: dict[str, Optimizer], param_names: dict[int, str] | None = None):
         self.parts = parts
         self.param_names = param_names or {}
+        for rule, opt in parts.items():
+            for group in opt.param_groups:
+                group["rule"] = rule
         super().__init__([g for opt in parts.values() for g in opt.param_groups], {})
+        self._share()
+
+    def _share(self) -> None:
+        """Give this optimizer the parts' groups (the same dicts, so what a schedule sets reaches
+        them) and one state dict, the union of theirs, that the parts use too."""
+        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        for opt in self.parts.values():
+            state.update(opt.state)
+            opt.state = state
+        self.state = state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's `add_param_group`; a new group goes to the optimizer its "rule" names
+        ("matrix" or "scalar"), which fills in its defaults and checks it."""
+        rule = param_group.get("rule")
+        if rule not in self.parts:
+            raise ValueError(
+                f"invalid rule={rule!r}: a param group names the optimizer that steps it, one "
+                f"of {sorted(self.parts)}"
+            )
+        part = self.parts[rule]
+        new = not any(param_group is g for g in part.param_groups)  # not one adopted at init
+        if new:
+            part.add_param_group(param_group)
+        try:
+            super().add_param_group(param_group)  # a parameter in two groups is an error
+        except ValueError:
+            if new:
+                part.param_groups.pop()
+            raise
+        if new:
+            self._share()  # keep each rule's groups together, as state_dicts list them
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -92,18 +172,44 @@ class CombinedOptimizer(Optimizer):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.parts.items()}
+        """torch's standard state dict; delayed refreshes still being computed are waited for
+        and saved as pending (`KroneckerOptimizer.state_dict`)."""
+        for opt in self.parts.values():
+            if hasattr(opt, "finish_refreshes"):
+                opt.finish_refreshes()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if set(state_dict) != set(self.parts):
+        """torch's standard load (its hooks included): each rule's optimizer loads its groups,
+        keeping its own conventions (the family keeps each buffer's saved dtype). The earlier
+        `{'matrix': ..., 'scalar': ...}` form is taken too."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        saved = standard_state(state_dict, self.parts)
+        if len(saved["param_groups"]) != len(self.param_groups):
             raise ValueError(
-                f"optimizer state holds parts {sorted(state_dict)}, expected {sorted(self.parts)}"
+                f"optimizer state has {len(saved['param_groups'])} param groups, this optimizer "
+                f"{len(self.param_groups)}: it was saved for another model or routing"
             )
-        for name, opt in self.parts.items():
-            opt.load_state_dict(state_dict[name])
-        # torch's load_state_dict gives each part new param-group dicts: share those again, or
-        # lr changes made through self.param_groups (the schedule) would never reach the parts
-        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
+        # a standard state from elsewhere may lack the rules: its groups are taken in order
+        groups = [
+            {"rule": ours["rule"], **group}
+            for group, ours in zip(saved["param_groups"], self.param_groups, strict=True)
+        ]
+        for i, (group, ours) in enumerate(zip(groups, self.param_groups, strict=True)):
+            if group["rule"] != ours["rule"]:
+                raise ValueError(
+                    f"optimizer state's param group {i} is for the {group['rule']} optimizer, "
+                    f"this optimizer's for the {ours['rule']} one"
+                )
+        for rule, opt in self.parts.items():
+            mine = [g for g in groups if g["rule"] == rule]
+            ids = [i for g in mine for i in g["params"]]
+            state = {i: saved["state"][i] for i in ids if i in saved["state"]}
+            opt.load_state_dict({"state": state, "param_groups": mine})
+        self._share()  # torch's load gave each part new group dicts and a new state dict
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def telemetry(self) -> list[dict[str, Tensor]]:
         return [
@@ -138,6 +244,30 @@ class CombinedOptimizer(Optimizer):
             yield
 
 
+def standard_state(state_dict: dict[str, Any], rules: Collection[str]) -> dict[str, Any]:
+    """A `CombinedOptimizer` state dict in torch's standard form: as it is, or converted from the
+    `{'matrix': ..., 'scalar': ...}` form of earlier mousse (each part's groups tagged with
+    its rule, in the order of `rules`, and its parameter ids moved past the earlier parts')."""
+    if "param_groups" in state_dict:
+        return state_dict
+    if set(state_dict) != set(rules):
+        raise ValueError(
+            f"optimizer state holds parts {sorted(state_dict)}, expected {sorted(rules)} (or "
+            "torch's standard 'state' and 'param_groups')"
+        )
+    state, groups, offset = {}, [], 0
+    for rule in rules:
+        part = state_dict[rule]
+        count = sum(len(g["params"]) for g in part["param_groups"])
+        groups += [
+            {**g, "rule": rule, "params": [offset + i for i in g["params"]]}
+            for g in part["param_groups"]
+        ]
+        state.update({offset + i: buffers for i, buffers in part["state"].items()})
+        offset += count
+    return {"state": state, "param_groups": groups}
+
+
 def build_optimizer(
     model: nn.Module,
     optimizer: str = "mousse",
@@ -149,6 +279,7 @@ def build_optimizer(
     roles: dict[str, str] | None = None,
     owned: set[str] | None = None,
     compiled: bool = False,
+    transposed: Collection[str] | None = None,
 ) -> tuple[CombinedOptimizer, list[Route]]:
     """One optimizer for the whole model, and the routing table.
 
@@ -161,10 +292,14 @@ def build_optimizer(
     torch.distributed each rank owns some (mousse.distributed.ownership.plan_ownership); the others are
     updated by their owners. The routing table still lists every parameter.
     compiled: run the family optimizer's per-bucket math under torch.compile.
+    transposed: names of the block matrices stored (in, out) (None: `infer_transposed`, which
+    finds transformers' Conv1D and modules marked `fan_in_fan_out = True`); the family
+    optimizer optimizes each as the (out, in) matrix it is.
     """
     roles = roles or infer_roles(model)
+    flipped = set(infer_transposed(model) if transposed is None else transposed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    _check_routing(named, roles, optimizer, scalar_optimizer)
+    _check_routing(named, roles, optimizer, scalar_optimizer, flipped)
     matrices = [(n, p) for n, p in named if roles[n] == "matrix"]
     others = [(n, p) for n, p in named if roles[n] != "matrix"]
 
@@ -174,12 +309,12 @@ def build_optimizer(
         return scalar_lr
 
     parts: dict[str, Optimizer] = {}
-    mine = [p for n, p in matrices if owned is None or n in owned]
+    mine = [(n, p) for n, p in matrices if owned is None or n in owned]
     if mine:
         kwargs = dict(matrix_kwargs or {})
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
-        parts["matrix"] = _matrix_optimizer(optimizer, mine, lr, compiled, kwargs)
+        parts["matrix"] = _matrix_optimizer(optimizer, mine, flipped, lr, compiled, kwargs)
     if others:
         groups: dict[float, list[Tensor]] = {}
         for n, p in others:
@@ -188,7 +323,7 @@ def build_optimizer(
         cls = torch.optim.AdamW if scalar_optimizer == "adamw" else Lion
         parts["scalar"] = cls(scalar_groups, lr=scalar_lr, betas=(0.9, 0.95), weight_decay=0.0)
     combined = CombinedOptimizer(parts, {id(p): n for n, p in named})
-    routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr) for n, p in matrices]
+    routes = [Route(n, tuple(p.shape), roles[n], optimizer, lr, n in flipped) for n, p in matrices]
     routes += [
         Route(n, tuple(p.shape), roles[n], scalar_optimizer, scalar_lr_for(n, p)) for n, p in others
     ]
@@ -200,15 +335,22 @@ def _check_routing(
     roles: dict[str, str],
     optimizer: str,
     scalar_optimizer: str,
+    transposed: set[str],
 ) -> None:
-    """ValueError for a parameter without a known role, a 'matrix' of fewer than 2 dimensions, or
-    an unknown optimizer name."""
+    """ValueError for a parameter without a known role, a 'matrix' of fewer than 2 dimensions, a
+    weight named transposed that is no block matrix, or an unknown optimizer name."""
     missing = [n for n, _ in named if roles.get(n) not in ROLES]
     if missing:
         raise ValueError(f"no role for parameters {missing}; expected one of {ROLES}")
     bad = [n for n, p in named if roles[n] == "matrix" and p.ndim < 2]
     if bad:
         raise ValueError(f"parameters {bad} have role 'matrix' but fewer than 2 dimensions")
+    stray = sorted(transposed - {n for n, _ in named if roles[n] == "matrix"})
+    if stray:
+        raise ValueError(
+            f"transposed names {stray}, which are not block matrices of this model; name only "
+            "weights whose role is 'matrix'"
+        )
     if optimizer not in (*OPTIMIZERS, "adamw"):
         raise ValueError(
             f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"
@@ -220,11 +362,22 @@ def _check_routing(
 
 
 def _matrix_optimizer(
-    name: str, params: Sequence[Tensor], lr: float, compiled: bool, kwargs: dict[str, Any]
+    name: str,
+    named: Sequence[tuple[str, Tensor]],
+    transposed: set[str],
+    lr: float,
+    compiled: bool,
+    kwargs: dict[str, Any],
 ) -> Optimizer:
-    """The block matrices' optimizer: a family member, or AdamW with the LM recipe's betas."""
+    """The block matrices' optimizer: a family member, with the weights stored (in, out) in a
+    group of their own that says so, or AdamW (elementwise: orientation is moot) with the LM
+    recipe's betas."""
     if name == "adamw":
         kwargs.setdefault("betas", (0.9, 0.95))
         kwargs.setdefault("weight_decay", 0.01)
-        return torch.optim.AdamW(params, lr=lr, **kwargs)
-    return OPTIMIZERS[name](params, lr=lr, compiled=compiled, **kwargs)
+        return torch.optim.AdamW([p for _, p in named], lr=lr, **kwargs)
+    stored = [p for n, p in named if n not in transposed]
+    flipped = [p for n, p in named if n in transposed]
+    groups: list[dict[str, Any]] = [{"params": stored}] if stored else []
+    groups += [{"params": flipped, "transposed": True}] if flipped else []
+    return OPTIMIZERS[name](groups, lr=lr, compiled=compiled, **kwargs)

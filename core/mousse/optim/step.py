@@ -7,7 +7,7 @@ and calls these, eagerly or under torch.compile.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -27,15 +27,36 @@ LR_SCALES: dict[str, Callable[[int, int], float]] = {
 SIDE_FACTORS = {"both": ("L", "R"), "left": ("L",), "right": ("R",), "none": ()}
 
 
-def matrix_shape(p: Tensor) -> tuple[int, int]:
-    """The (out, in) matrix a weight is optimized as: itself, or for a convolution weight
-    (out, in, k...) its (out, in x k...) flattening, as Keller Jordan's Muon does."""
-    return p.shape[0], p[0].numel()
+def oriented_shape(shape: Sequence[int], transposed: bool) -> tuple[int, ...]:
+    """A weight's shape in (out, in, k...) order: as stored, or with its first two dimensions
+    swapped for a weight stored (in, out, k...), such as transformers' GPT-2 `Conv1D`."""
+    return (shape[1], shape[0], *shape[2:]) if transposed else tuple(shape)
 
 
-def as_matrices(tensors: list[Tensor]) -> Tensor:
+def flat_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The (out, in x k...) matrix of an (out, in, k...) shape: a convolution weight's
+    flattening, as Keller Jordan's Muon does; a matrix's own shape."""
+    return shape[0], math.prod(shape[1:])
+
+
+def matrix_shape(p: Tensor, transposed: bool = False) -> tuple[int, int]:
+    """The (out, in) matrix a weight is optimized as: itself (or its transpose, for a weight
+    stored (in, out)), or for a convolution weight its `flat_shape`."""
+    return flat_shape(oriented_shape(p.shape, transposed))
+
+
+def as_matrices(tensors: list[Tensor], transposed: bool = False) -> Tensor:
     """A stack of the tensors (weights or their gradients) as their `matrix_shape` matrices."""
+    if transposed:
+        tensors = [t.transpose(0, 1) for t in tensors]
     return torch.stack([t.reshape(t.shape[0], -1) for t in tensors])
+
+
+def as_weight(U: Tensor, p: Tensor, transposed: bool = False) -> Tensor:
+    """A `matrix_shape` matrix U back in the layout of the weight p (the inverse of
+    `as_matrices`): a view, transposed for a weight stored (in, out)."""
+    W = U.view(oriented_shape(p.shape, transposed))
+    return W.transpose(0, 1) if transposed else W
 
 
 class GroupKnobs:
@@ -85,6 +106,7 @@ class StepKnobs(GroupKnobs):
     lr_scale: str
     average_rate: float
     precond_beta: float
+    transposed: bool  # the group's weights are stored (in, out): see `as_matrices`
 
 
 @dataclass(frozen=True)
@@ -386,14 +408,17 @@ def apply_update(
     s = lr_multiplier(k.lr_scale, m, n)
     if wd and style == "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd)
-    step = [u.view(p.shape) for u, p in zip(U.to(params[0].dtype).unbind(0), params, strict=True)]
+    step = [
+        as_weight(u, p, k.transposed)
+        for u, p in zip(U.to(params[0].dtype).unbind(0), params, strict=True)
+    ]
     if isinstance(lr, Tensor):  # compiled: a multiply by the lr tensor (alpha takes only numbers)
         torch._foreach_add_(params, torch._foreach_mul(step, -lr * s))
     else:
         torch._foreach_add_(params, step, alpha=-lr * s)
     if k.average_rate:
         assert st.average is not None
-        W = as_matrices(params).to(st.average.dtype)
+        W = as_matrices(params, k.transposed).to(st.average.dtype)
         st.average.add_(W - st.average, alpha=1.0 - k.average_rate)
     if wd and style != "decoupled":
         torch._foreach_mul_(params, 1.0 - lr * wd * (s if style == "after_scaled" else 1.0))

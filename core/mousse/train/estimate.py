@@ -20,7 +20,8 @@ from typing import cast
 
 import torch
 
-from mousse.optim.routing import CombinedOptimizer, build_optimizer
+from mousse.optim.routing import CombinedOptimizer, build_optimizer, routed_shapes
+from mousse.optim.step import flat_shape
 
 from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs
 from .machine import cpu_reading, others_busy
@@ -68,7 +69,7 @@ class Estimate:
         return self.available_bytes is None or self.memory_bytes <= self.available_bytes
 
 
-def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, ...]]) -> float:
+def optimizer_flops(cfg: TrainConfig, shapes: list[tuple[int, int]]) -> float:
     """Rough FLOPs of one optimizer step of the family, refresh amortized: Newton-Schulz
     (about ns_steps x (4 m^2 n + 2 m^3) with m the short side) plus an eigh of each
     preconditioned side (about 10 n^3) every precond_freq steps."""
@@ -164,8 +165,7 @@ def _flop_estimate(cfg: TrainConfig, vocab_size: int, device: torch.device) -> t
     """(seconds per step, seconds of one micro batch's forward and backward) from FLOPs."""
     model = build_model(cfg, vocab_size, "meta")
     n_params = sum(p.numel() for p in model.parameters())
-    roles = model.param_roles()
-    shapes = [tuple(p.shape) for n, p in model.named_parameters() if roles.get(n) == "matrix"]
+    shapes = [flat_shape(s) for s in routed_shapes(model).values()]
     rate = EFFICIENCY * peak_flops(device, resolve_precision(cfg.precision, device))
     micro = flops_per_token(cfg, n_params) * cfg.micro_batch_size * cfg.seq_len / rate
     step = micro * (cfg.batch_size // cfg.micro_batch_size) + optimizer_flops(cfg, shapes) / rate
@@ -228,9 +228,8 @@ def model_memory_bytes(
     about m + n per token for each (m, n) block matrix (its input and output) plus 3 vocab
     (logits, their fp32 copy, their gradient)."""
     model = build_model(cfg, vocab_size, "meta")
-    roles = model.param_roles()
     knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in FAMILY_KNOBS}
-    matrices = [p.shape for n, p in model.named_parameters() if roles[n] == "matrix"]
+    matrices = [flat_shape(s) for s in routed_shapes(model).values()]
     acts = micro_batch_size * cfg.seq_len * (sum(m + n for m, n in matrices) + 3 * vocab_size)
     return weights_and_state_bytes(model, knobs) + act_bytes * acts
 

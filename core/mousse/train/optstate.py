@@ -1,19 +1,19 @@
-"""An optimizer's state under flat names, `<part>.state.<param name>.<buffer>`, and back: what a
-checkpoint stores, and what a run on any number of ranks reads back by parameter name (from the
-single optimizer file, or from the shards `mousse.distributed.sharded` wrote)."""
+"""An optimizer's state under flat names, `<rule>.state.<param name>.<buffer>` (the rule, "matrix"
+or "scalar", of the param group holding it), and back: what a checkpoint stores, and what a run on
+any number of ranks reads back by parameter name (from the single optimizer file, or from the
+shards `mousse.distributed.sharded` wrote), whatever the grouping of the run that wrote it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from torch.optim import Optimizer
 
 from mousse.optim.routing import CombinedOptimizer
 
@@ -21,9 +21,8 @@ FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
-# (part, param name) -> (the open file holding its state, its flat keys there, the file's
-# non-tensor state)
-_Where = dict[tuple[str, str], tuple[safe_open, list[str], dict[str, Any]]]
+# a param group's hyperparameters, by name
+Knobs = dict[str, Any]
 
 
 class CheckpointError(ValueError):
@@ -66,22 +65,25 @@ def json_hook(obj: dict[str, Any]) -> torch.dtype | dict[str, Any]:
 
 
 def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors keyed `<part>.state.<param name>.<buffer>`, and the rest (param groups with param
-    names, non-tensor state) as JSON metadata."""
-    tensors, groups, extra = {}, {}, {}
-    for part, sd in opt.state_dict().items():
-        params = [p for g in opt.parts[part].param_groups for p in g["params"]]
-        names = [opt.param_names[id(p)] for p in params]
-        for idx, buffers in sd["state"].items():
-            for key, value in buffers.items():
-                flat = f"{part}.state.{names[idx]}.{key}"
+    """Tensors keyed `<rule>.state.<param name>.<buffer>` (the rule, "matrix" or "scalar", of
+    the param group holding the parameter), and the rest (param groups with param names, by
+    rule, and non-tensor state) as JSON metadata: the layout mousse has always written."""
+    sd = opt.state_dict()
+    names = [opt.param_names[id(p)] for g in opt.param_groups for p in g["params"]]
+    tensors: dict[str, Tensor] = {}
+    groups: dict[str, list[Knobs]] = {}
+    extra: dict[str, Any] = {}
+    for g in sd["param_groups"]:
+        rule = g["rule"]
+        for idx in g["params"]:
+            for key, value in sd["state"].get(idx, {}).items():
+                flat = f"{rule}.state.{names[idx]}.{key}"
                 if isinstance(value, Tensor):
                     tensors[flat] = value.detach().to("cpu").contiguous().clone()
                 else:
                     extra[flat] = value
-        groups[part] = [
-            {**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]
-        ]
+        hyper = {k: v for k, v in g.items() if k not in ("params", "rule")}
+        groups.setdefault(rule, []).append({**hyper, "params": [names[i] for i in g["params"]]})
     meta = {
         "param_groups": json.dumps(groups, default=json_default),
         "extra": json.dumps(extra, default=json_default),
@@ -92,29 +94,67 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
 def unflatten_optimizer(
     opt: CombinedOptimizer, tensors: dict[str, Tensor], meta: Mapping[str, str]
 ) -> dict[str, Any]:
-    """The inverse of `flatten_optimizer`, indexed for `opt` (whose param names must match)."""
+    """The inverse of `flatten_optimizer`: a state dict for `opt`, its params found by name."""
     groups = json.loads(meta["param_groups"], object_hook=json_hook)
     extra = json.loads(meta["extra"], object_hook=json_hook)
-    if set(groups) != set(opt.parts):
-        raise _other_parts(groups, opt)
-    out = {}
-    for part, saved_groups in groups.items():
-        current = [
-            opt.param_names[id(p)] for g in opt.parts[part].param_groups for p in g["params"]
-        ]
-        saved = [n for g in saved_groups for n in g["params"]]
-        if saved != current:
-            raise _other_params()
-        index = {n: i for i, n in enumerate(current)}
-        state: dict[int, dict[str, Any]] = {}
-        prefix = f"{part}.state."
-        for flat, value in [*tensors.items(), *extra.items()]:
-            if flat.startswith(prefix):
-                name, key = flat[len(prefix) :].rsplit(".", 1)
-                state.setdefault(index[name], {})[key] = value
-        param_groups = [{**g, "params": [index[n] for n in g["params"]]} for g in saved_groups]
-        out[part] = {"state": state, "param_groups": param_groups}
+    values = {**tensors, **extra}
+    return _state_for(opt, _groups_by_name(groups), _keys_by_param(values), values.__getitem__)
+
+
+def _groups_by_name(saved: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Knobs]]:
+    """rule -> param name -> the hyperparameters of the saved group that held it."""
+    out: dict[str, dict[str, Knobs]] = {}
+    for rule, rule_groups in saved.items():
+        for g in rule_groups:
+            hyper = {k: v for k, v in g.items() if k != "params"}
+            out.setdefault(rule, {}).update(dict.fromkeys(g["params"], hyper))
     return out
+
+
+def _keys_by_param(keys: Iterable[str]) -> dict[tuple[str, str], list[str]]:
+    """(rule, param name) -> its flat keys."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for key in keys:
+        out.setdefault((key.split(".state.", 1)[0], param_of(key)), []).append(key)
+    return out
+
+
+def _state_for(
+    opt: CombinedOptimizer,
+    groups: dict[str, dict[str, Knobs]],
+    keys: Mapping[tuple[str, str], list[str]],
+    value: Callable[[str], Any],
+) -> dict[str, Any]:
+    """A standard state dict for `opt` (over all or some of a model's parameters) from a saved
+    one found by name: each of opt's groups takes the hyperparameters of the saved group that
+    held its first parameter, each parameter its buffers (`value` of its flat keys); none for
+    a parameter never stepped, as in a single process."""
+    rules = {g["rule"] for g in opt.param_groups}
+    if not rules <= set(groups):
+        raise _other_parts(groups, rules)
+    state: dict[int, dict[str, Any]] = {}
+    param_groups, index = [], 0
+    for g in opt.param_groups:
+        saved = groups[g["rule"]]
+        names = [opt.param_names[id(p)] for p in g["params"]]
+        if any(n not in saved for n in names):
+            raise _other_params()
+        ids = list(range(index, index + len(names)))
+        index += len(names)
+        param_groups.append({**saved[names[0]], "rule": g["rule"], "params": ids})
+        for i, name in zip(ids, names, strict=True):
+            for key in keys.get((g["rule"], name), []):
+                state.setdefault(i, {})[key.rsplit(".", 1)[1]] = value(key)
+    return {"state": state, "param_groups": param_groups}
+
+
+def load_optimizer_state(opt: CombinedOptimizer, state: dict[str, Any], ckpt: Path) -> None:
+    """`opt.load_state_dict(state)`, a state it refuses (e.g. saved for weights of the other
+    orientation) being a CheckpointError that names the checkpoint."""
+    try:
+        opt.load_state_dict(state)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {ckpt}: {exc}") from None
 
 
 # ---- sharded optimizer state (written by mousse.distributed.rank), read by parameter name ----------
@@ -142,29 +182,21 @@ def optimizer_files(ckpt: Path) -> list[Path]:
 def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> dict[str, Any]:
     """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
     assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
-    tensors `opt` needs. Hyperparameters come from the saved group that held each of opt's
-    groups' first parameter."""
+    tensors `opt` needs."""
     with contextlib.ExitStack() as stack:
-        groups: dict[str, dict[str, dict[str, Any]]] = {}  # part -> param name -> saved group
-        where: _Where = {}  # (part, param) -> (handle, [keys], extra)
+        saved: dict[str, list[dict[str, Any]]] = {}
+        keys: dict[tuple[str, str], list[str]] = {}
+        readers: dict[str, Callable[[str], Any]] = {}  # flat key -> how to read its value
         for path in optimizer_files(ckpt):
-            fh, saved, extra, keys = _open_optimizer_file(stack, path)
-            for part, part_groups in saved.items():
-                for g in part_groups:
-                    hyper = {k: v for k, v in g.items() if k != "params"}
-                    for name in g["params"]:
-                        groups.setdefault(part, {})[name] = hyper
-            by_param: dict[tuple[str, str], list[str]] = {}
-            for key in [*keys, *extra]:
-                part = key.split(".state.", 1)[0]
-                by_param.setdefault((part, param_of(key)), []).append(key)
-            for (part, name), ks in by_param.items():
-                where[(part, name)] = (fh, ks, extra)
-        if not set(opt.parts) <= set(groups):
-            raise _other_parts(groups, opt)
-        return {
-            part: _part_state(opt, part, o, groups[part], where) for part, o in opt.parts.items()
-        }
+            fh, groups, extra, tensor_keys = _open_optimizer_file(stack, path)
+            for rule, rule_groups in groups.items():
+                saved.setdefault(rule, []).extend(rule_groups)
+            for where, found in _keys_by_param([*tensor_keys, *extra]).items():
+                keys[where] = found
+            # safetensors leaves safe_open.get_tensor unannotated
+            readers.update(dict.fromkeys(tensor_keys, fh.get_tensor))
+            readers.update({k: extra.__getitem__ for k in extra})
+        return _state_for(opt, _groups_by_name(saved), keys, lambda k: readers[k](k))
 
 
 def _open_optimizer_file(
@@ -187,10 +219,10 @@ def _open_optimizer_file(
     return fh, saved, extra, keys
 
 
-def _other_parts(saved: Iterable[str], opt: CombinedOptimizer) -> CheckpointError:
+def _other_parts(saved: Iterable[str], rules: Iterable[str]) -> CheckpointError:
     """The error for a checkpoint whose optimizer parts are not the ones this run needs."""
     return CheckpointError(
-        f"checkpoint optimizer has parts {sorted(saved)}, this run needs {sorted(opt.parts)}: "
+        f"checkpoint optimizer has parts {sorted(saved)}, this run needs {sorted(rules)}: "
         "resume with the same --optimizer"
     )
 
@@ -208,35 +240,6 @@ def unreadable(path: Path, exc: Exception) -> CheckpointError:
         f"checkpoint file {path} is unreadable ({exc}); it may be truncated: resume from an "
         "earlier checkpoint"
     )
-
-
-def _part_state(
-    opt: CombinedOptimizer,
-    part: str,
-    o: Optimizer,
-    groups: dict[str, dict[str, Any]],
-    where: _Where,
-) -> dict[str, Any]:
-    """One part's state dict, its groups and state indexed the way `o` numbers its params."""
-    state: dict[int, dict[str, Any]] = {}
-    param_groups, index = [], 0
-    for g in o.param_groups:
-        names = [opt.param_names[id(p)] for p in g["params"]]
-        if any(n not in groups for n in names):
-            raise _other_params()
-        ids = list(range(index, index + len(names)))
-        index += len(names)
-        param_groups.append({**groups[names[0]], "params": ids})
-        for i, name in zip(ids, names, strict=True):
-            if (part, name) not in where:
-                continue  # no state yet (never stepped), as in a single process
-            fh, keys, extra = where[(part, name)]
-            for key in keys:
-                buffer = key.rsplit(".", 1)[1]
-                # safetensors leaves safe_open.get_tensor unannotated
-                value = extra[key] if key in extra else fh.get_tensor(key)  # type: ignore[no-untyped-call]
-                state.setdefault(i, {})[buffer] = value
-    return {"state": state, "param_groups": param_groups}
 
 
 def read_index(ckpt: Path) -> dict[str, Any] | None:

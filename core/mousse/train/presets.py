@@ -13,15 +13,17 @@ defaults) < TRAINING_RECIPES[name] < the preset's lr, momentum and momentum rule
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from mousse.optim import recipes as optim
 from mousse.optim.family import Knobs
 from mousse.optim.knobs import KNOBS
+from mousse.optim.routing import routed_shapes
+from mousse.optim.step import flat_shape
 
 from .model import GPT, GPTConfig
 
@@ -415,22 +417,15 @@ def memory_estimate_bytes(
     return weights_and_state_bytes(model, knobs) + act_bytes * acts
 
 
-class RoledModel(Protocol):
-    """A model that names each parameter's role (the built-in GPT, or a user's `UserModel`)."""
-
-    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
-
-    def param_roles(self) -> dict[str, str]: ...
-
-
-def weights_and_state_bytes(model: RoledModel, knobs: Knobs | None) -> int:
-    """fp32 weights and grads of `model` (any module with `param_roles()`, on the meta device or
-    not) plus the optimizer state: `matrix_state_floats` under `knobs` for each block matrix and
-    two moments of every other tensor."""
-    params, roles = dict(model.named_parameters()), model.param_roles()
+def weights_and_state_bytes(model: torch.nn.Module, knobs: Knobs | None) -> int:
+    """fp32 weights and grads of `model` (on the meta device or not) plus the optimizer state:
+    `matrix_state_floats` under `knobs` for each block matrix (as the optimizer sees it: a
+    convolution flattened, a weight stored (in, out) turned) and two moments of every other
+    tensor."""
+    params, matrices = dict(model.named_parameters()), routed_shapes(model)
     state = sum(
-        matrix_state_floats(knobs, *params[k].shape) if r == "matrix" else 2 * params[k].numel()
-        for k, r in roles.items()
+        matrix_state_floats(knobs, *flat_shape(matrices[k])) if k in matrices else 2 * p.numel()
+        for k, p in params.items()
     )
     return 4 * (2 * sum(p.numel() for p in params.values()) + state)
 

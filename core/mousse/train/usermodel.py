@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mousse.optim.routing import CONVOLUTIONS, ROLES, infer_roles
+from mousse.optim.routing import CONVOLUTIONS, ROLES, infer_roles, infer_transposed
 
 from .config import ConfigError, TrainConfig, closest, parse_model_config
 from .model import GPT, GPTConfig
@@ -284,8 +284,9 @@ def _call(spec: str, factory: Callable[..., object], **kwargs: Any) -> nn.Module
 def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     """Every parameter's role: the model's own `param_roles()` when it has one (checked), else
     by module (`infer_roles`): nn.Embedding weights are embeddings, the nn.Linear with
-    vocab_size outputs is the head, other nn.Linear weights are block matrices, 1-D tensors
-    scalars. A 2-D tensor that is no Linear's weight cannot be told apart (a table of positions,
+    vocab_size outputs is the head, other nn.Linear weights (and those of layers storing them
+    (in, out): GPT-2's Conv1D, `fan_in_fan_out = True`) are block matrices, 1-D tensors
+    scalars. A 2-D tensor that is no such layer's weight cannot be told apart (a table of positions,
     or a matrix): a ConfigError with the routing so far, asking for `param_roles()`."""
     params = dict(net.named_parameters())
     if not params:
@@ -317,7 +318,7 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
         if roles.get(name) == "head" and module.out_features != vocab_size:
             roles[name] = "matrix"
     convs = {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, CONVOLUTIONS)}
-    known = linears.keys() | convs  # weights whose role their module tells
+    known = linears.keys() | convs | infer_transposed(net)  # weights whose module tells their role
     unsure = [n for n, p in params.items() if roles[n] == "matrix" and n not in known]
     if unsure:
         table = ", ".join(f"{n}={'?' if n in unsure else roles[n]}" for n in list(params)[:12])

@@ -18,7 +18,7 @@ from mousse.optim.routing import CombinedOptimizer
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .optstate import optimizer_state_by_name, unflatten_optimizer
+from .optstate import load_optimizer_state, optimizer_state_by_name, unflatten_optimizer
 
 T = TypeVar("T")
 
@@ -106,8 +106,7 @@ class World:
     def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
         """Restore `opt` from a checkpoint written by any world size."""
         if "optimizer" in loaded:
-            opt.load_state_dict(
-                unflatten_optimizer(opt, loaded["optimizer"], loaded["optimizer_meta"])
-            )
+            state = unflatten_optimizer(opt, loaded["optimizer"], loaded["optimizer_meta"])
         else:
-            opt.load_state_dict(optimizer_state_by_name(opt, Path(ckpt)))
+            state = optimizer_state_by_name(opt, Path(ckpt))
+        load_optimizer_state(opt, state, Path(ckpt))
