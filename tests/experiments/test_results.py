@@ -369,3 +369,5 @@ def test_tables_say_the_arithmetic_the_runs_trained_in():
     assert "Runs differ in arithmetic (bf16 autocast, fp32)" in render(mixed, "markdown")
     old = summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)])
     assert old["precisions"] == [] and "rithmetic" not in render(old, "markdown")
+    grown = summarize(runs("bf16 autocast", None))  # an old ablation given new runs
+    assert "differ in arithmetic (bf16 autocast, not recorded)" in render(grown, "markdown")

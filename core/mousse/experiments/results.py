@@ -107,9 +107,16 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "variants": variants,
             "timing_comparable": comparable,
             "timing_contexts": len(contexts),
-            "precisions": sorted({r["precision"] for r in records if r.get("precision")}),
+            "precisions": _precisions(records),
         }
     )
+
+
+def _precisions(records: list) -> list[str]:
+    """The arithmetic the completed runs trained in, each once; runs from before it was recorded
+    count as 'not recorded' beside ones that say it (none when no run says it)."""
+    ran = {r.get("precision") or "not recorded" for r in records if r["status"] == "completed"}
+    return sorted(ran) if ran != {"not recorded"} else []
 
 
 def seed_losses(runs: list, variant: str) -> dict:
