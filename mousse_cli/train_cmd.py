@@ -93,7 +93,7 @@ def train(
             held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
-        check_trusted({cfg.model}, overrides.get("model"), trust_model_code, where)
+        check_trusted({"model": cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
         if nproc != 1:
             from .launch import launch_train

@@ -565,10 +565,35 @@ def test_a_spec_or_config_that_names_model_code_needs_the_flag(cli, tmp_path, mo
     assert not (tmp_path / "R").exists()
 
 
+def test_model_code_in_a_specs_tune_table_needs_the_flag(cli, tmp_path, monkeypatch):
+    """[tune] names code as [base] and [sweep] do: refused on --dry-run already."""
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[sweep]\noptimizer = ["muon"]\n'
+        '[tune]\nknobs = ["model"]\nmodel = ["evil.py:make", "evil.py:make2"]\n'
+    )
+    assert_one_line_error(cli("ablate", spec, "--dry-run"), str(spec), "evil.py:make", "--trust")
+    refused = cli("ablate", "--optimizer", "muon", "--tune", "model=evil.py:a,evil.py:b")
+    assert_one_line_error(refused, "--tune", "evil.py:a", "--trust-model-code")
+
+
+def test_named_models_finds_every_table_that_names_code():
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.inputs import tune_spec
+    from mousse_cli.trust import named_models
+
+    tune = tune_spec([("model", ["t.py:a", "t.py:b"])])
+    plan = plan_ablation({"model": ["s.py:a"]}, base={"model": "b.py:a"}, tune=tune)
+    assert named_models(plan.to_dict()) == {"t.py:a", "t.py:b", "s.py:a", "b.py:a"}
+    assert named_models({"model": None, "base": {"model_config": "model=x"}}) == set()
+
+
 def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
     cli, tmp_path, monkeypatch
 ):
     from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.inputs import tune_spec
     from mousse.train import tomlio
 
     monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
@@ -577,6 +602,11 @@ def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
     (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
     refused = cli("report", tmp_path / "A", "--retime")
     assert_one_line_error(refused, "ablation.toml", "evil.py:make", "--trust-model-code")
+    tune = tune_spec([("model", ["evil.py:t1", "evil.py:t2"])])
+    plan = plan_ablation({"alpha": [0.0]}, tune=tune)
+    (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
+    refused = cli("report", tmp_path / "A", "--retime")
+    assert_one_line_error(refused, "ablation.toml", "evil.py:t1", "--trust-model-code")
 
 
 # ---- strict JSON and permissions ---------------------------------------------------------------
