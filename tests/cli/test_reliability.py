@@ -885,11 +885,25 @@ def test_resume_auto_never_overwrites_a_dir_without_checkpoints(tmp_path, holds)
     assert _files(run) == before
 
 
+@pytest.mark.parametrize("name", ["config.toml", "metrics.jsonl"])
+def test_resume_auto_never_takes_a_users_file_for_a_runs(tmp_path, name):
+    """A user's own config.toml (even the --config of this command) or metrics.jsonl, alone in
+    the run dir, is no run that ended before its first checkpoint: refused, kept as it was."""
+    run = tmp_path / "R"
+    run.mkdir()
+    mine = "# my notes\nsteps = 2\n" if name == "config.toml" else '{"note": "mine"}\n'
+    (run / name).write_text(mine)
+    config = ["--config", run / name] if name == "config.toml" else []
+    res = invoke_cli("train", *config, *RUN[2:], "--run-dir", run, "--resume", "auto")
+    assert_one_line_error(res, f"run dir {run}", "pass another --run-dir")
+    assert _files(run) == {Path(name): mine.encode()}
+
+
 def _failed_run(run):
     """A run dir as a run that failed before its first checkpoint leaves it."""
     run.mkdir()
     (run / "config.toml").write_text("steps = 6\n")
-    (run / "env.json").write_text("{}\n")
+    (run / "env.json").write_text('{"mousse": "0.1.0"}\n')
     (run / "summary.json").write_text(json.dumps({"status": "failed", "steps": 0}))
 
 

@@ -48,11 +48,23 @@ def _holds_a_run(run_dir: Path) -> bool:
     return any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
+def _run_began(run_dir: Path) -> bool:
+    """Whether a run wrote `run_dir`'s files: its env.json, the first file a run writes, is
+    mousse's (a user's own config.toml or metrics.jsonl of the same name is not a run's)."""
+    try:
+        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(env, dict) and "mousse" in env
+
+
 def restartable(run_dir: Path) -> bool:
-    """Whether starting the run in `run_dir` again loses nothing: it holds only a run's files,
-    no checkpoint, and no summary of a finished run (it failed, or was stopped or killed before
-    its first checkpoint)."""
+    """Whether starting the run in `run_dir` again loses nothing: it holds only the files a run
+    wrote, no checkpoint, and no summary of a finished run (it failed, or was stopped or killed
+    before its first checkpoint)."""
     if any(p.name not in RUN_FILES for p in run_dir.iterdir()) or checkpoint_dirs(run_dir):
+        return False
+    if not _run_began(run_dir):
         return False
     try:
         status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
@@ -257,19 +269,19 @@ def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
 def prepare_run_dir(
     run_dir: Path, cfg: TrainConfig, env: dict[str, Any], resumed_from: int | None, step: int
 ) -> None:
-    """A run's files before its first step: config.toml, env.json (a resume keeps the original
-    and appends itself), and metrics.jsonl cut back to the checkpoint's step on a resume
-    (checkpoints from after it set aside), or removed with any summary when the run starts
-    over."""
+    """A run's files before its first step: env.json first (what marks the dir as a run's; a
+    resume keeps the original and appends itself), config.toml, and metrics.jsonl cut back to
+    the checkpoint's step on a resume (checkpoints from after it set aside), or removed with
+    any summary when the run starts over."""
     original, records = earlier_logs(run_dir) if resumed_from is not None else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     if original is not None:  # keep the original, log the resume
         env = {
             **original,
             "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
         }
     write_json(run_dir / "env.json", env)
+    atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     metrics = run_dir / "metrics.jsonl"
     if resumed_from is not None:  # drop what was logged after the checkpoint
         kept = [r for r in records if r["step"] <= step]
