@@ -20,11 +20,13 @@ from support.cli import (
     assert_one_line_error,
     invoke_cli,
     mousse_command,
+    read_metrics,
     summary,
     train_losses,
 )
 
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
+from mousse.train.events import CheckpointSaved
 from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
 
 RUN = [
@@ -86,6 +88,37 @@ def test_a_dead_processes_lock_is_taken_over(tmp_path):
     (run / LOCK_FILE).write_text(json.dumps({"pid": 999999, "host": "gone", "since": "then"}))
     RunLock(run).acquire().release()  # no live holder: flock is free
     assert train(run, "--resume", "auto").exit_code == 0
+
+
+@pytest.mark.parametrize("then", ["removed", "taken"])
+def test_a_run_whose_lock_is_removed_or_taken_stops_before_writing_more(
+    tmp_path, monkeypatch, then
+):
+    """`rm R/.lock` while R trains (and another run taking a new lock there): the run stops at
+    its next write, in one line, and writes nothing more (no metrics, checkpoint or summary
+    beside the other run's)."""
+    from mousse_cli.train_view import TrainView
+
+    run, others = tmp_path / "R", []
+
+    class LockThief(TrainView):
+        def __call__(self, event) -> None:
+            super().__call__(event)
+            if isinstance(event, CheckpointSaved) and event.step == 2:
+                (run / LOCK_FILE).unlink()
+                if then == "taken":
+                    others.append(RunLock(run).acquire())
+
+    monkeypatch.setattr("mousse_cli.train_cmd.TrainView", LockThief)
+    res = train(run, "--log-every", "1")
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res  # the error ends the log
+    last = res.stderr_lines()[-1]
+    assert last.startswith(f"error: the lock file {run / LOCK_FILE} of this run was removed")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2"]
+    assert {r["step"] for r in read_metrics(run)} == {1, 2}
+    assert not (run / "summary.json").exists()
+    for lock in others:
+        lock.release()
 
 
 def test_a_live_run_before_its_first_checkpoint_is_in_use_not_ended(tmp_path):

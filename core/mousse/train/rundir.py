@@ -44,6 +44,11 @@ class RunInUse(RunDirError):
     """Another live process holds the run dir's lock."""
 
 
+class LockLost(RunDirError):
+    """The run dir's lock file was removed or replaced while this run held it: another run may
+    write there now, so this one stops before writing anything more."""
+
+
 def _holds_a_run(run_dir: Path) -> bool:
     return any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
@@ -151,6 +156,24 @@ class RunLock:
         )
         self.fd = fd
         return self
+
+    def check(self) -> None:
+        """LockLost unless the lock file is still the one this process locked (not removed,
+        not replaced by another run's): checked before each write of the run."""
+        if self.fd is None:
+            return
+        mine = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except OSError:
+            pass  # removed: lost
+        raise LockLost(
+            f"the lock file {self.path} of this run was removed or replaced, so another run "
+            f"may be writing to {self.path.parent}; this run stopped without writing more: "
+            f"once no other run trains there, continue it with --resume {self.path.parent}"
+        )
 
     def release(self) -> None:
         if self.fd is not None:
