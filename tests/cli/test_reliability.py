@@ -763,6 +763,17 @@ def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flag", ["--data", "--val-data"])
+def test_an_empty_data_path_is_not_the_current_dir(tmp_path, monkeypatch, flag):
+    """`--data ""` named no corpus; it is refused, not read as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("the current directory holds a corpus. " * 2000)
+    other = [] if flag == "--data" else ["--data", "notes.txt"]
+    res = invoke_cli("train", *FAST, "--steps", "1", *other, flag, "", "--run-dir", "R")
+    assert_one_line_error(res, f"bad value for '{flag[2:].replace('-', '_')}': empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize(
     "line,key",
     [
