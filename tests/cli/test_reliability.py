@@ -176,6 +176,24 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
     assert abandoned == ["step-4", "step-6"]
 
 
+def test_an_abandoned_checkpoint_is_resumed_only_into_a_run_dir_of_its_own(tmp_path):
+    """`--resume R/checkpoints/abandoned/step-4-...` does not make R/checkpoints a run dir, nor
+    continue R (whose log is of another trajectory): refused, with --run-dir NEW as the way."""
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    assert invoke_cli("train", "--resume", run / "checkpoints" / "step-2").exit_code == 0
+    set_aside = sorted((run / "checkpoints" / "abandoned").iterdir())[0]
+    before = _files(run)
+    res = invoke_cli("train", "--resume", set_aside)
+    assert_one_line_error(res, f"checkpoint {set_aside} is not in a run dir", "--run-dir NEW")
+    res = invoke_cli("train", "--resume", set_aside, "--run-dir", run)
+    assert_one_line_error(res, f"run dir {run} already holds a run")
+    assert _files(run) == before
+    assert not (run / "checkpoints" / LOCK_FILE).exists()
+    res = invoke_cli("train", "--resume", set_aside, "--run-dir", tmp_path / "NEW", "--json")
+    assert res.exit_code == 0 and res.json()["resumed_from"] == 4, res
+
+
 # ---- damaged checkpoints ------------------------------------------------------------------------
 
 

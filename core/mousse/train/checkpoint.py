@@ -268,6 +268,15 @@ def is_checkpoint_dir(path: Path) -> bool:
     return bool(_STEP_DIR.match(path.name)) or is_complete(path)
 
 
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run dir whose checkpoint `ckpt` is: R for R/checkpoints/step-N; None for a
+    checkpoint anywhere else (set aside in checkpoints/abandoned/, copied elsewhere), which
+    belongs to no run dir a resume could continue."""
+    ckpt = Path(ckpt)
+    in_run = ckpt.parent.name == "checkpoints" and _STEP_DIR.match(ckpt.name)
+    return ckpt.parent.parent if in_run else None
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Every published `checkpoints/step-N` dir of a run dir, whole or not."""
     root = run_dir / "checkpoints"

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import tomlio
-from .checkpoint import checkpoint_dirs, is_checkpoint_dir, set_aside_later_checkpoints
+from .checkpoint import (
+    checkpoint_dirs,
+    is_checkpoint_dir,
+    run_dir_of,
+    set_aside_later_checkpoints,
+)
 from .config import ConfigError, TrainConfig
 from .fileio import JsonlError, atomic_write_text, dumps, read_jsonl, write_json
 
@@ -226,7 +231,7 @@ def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | No
     target = run_dir
     if target is None and resume != "auto":
         source = Path(resume)
-        target = source.parent.parent if is_checkpoint_dir(source) else source
+        target = run_dir_of(source) if is_checkpoint_dir(source) else source
     if target is None or not target.is_dir():
         return None
     return RunLock(target).acquire()

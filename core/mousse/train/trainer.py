@@ -26,6 +26,7 @@ from . import tomlio
 from .checkpoint import (
     latest_valid_checkpoint,
     read_checkpoint,
+    run_dir_of,
 )
 from .config import (
     FAMILY_KNOBS,
@@ -163,7 +164,7 @@ class Trainer:
         if resume is not None:
             ckpt = latest_valid_checkpoint(resume, lambda text: self.emit(Notice(text)))
             self._restore(ckpt)
-            self.continues_here = ckpt.resolve().is_relative_to(self.run_dir.resolve())
+            self.continues_here = run_dir_of(ckpt.resolve()) == self.run_dir.resolve()
         if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
             check_free(self.run_dir, self.continues_here, self.restart, probe=lock is None)
             if self.continues_here:
