@@ -18,6 +18,7 @@ from support.cli import (
     FAST,
     FAST_SETTINGS,
     assert_one_line_error,
+    flip_tensor_bytes,
     invoke_cli,
     mousse_command,
     read_metrics,
@@ -197,18 +198,10 @@ def test_an_abandoned_checkpoint_is_resumed_only_into_a_run_dir_of_its_own(tmp_p
 # ---- damaged checkpoints ------------------------------------------------------------------------
 
 
-def _flip_tensor_bytes(path):
-    """Flip bytes deep inside the tensor data (the header stays valid: it still loads)."""
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) - 64, len(data) - 32):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0
-    _flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
+    flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert res.exit_code == 0, res.stderr
     assert "step-6/model.safetensors is damaged" in res.stderr and "falling back" in res.stderr
@@ -221,7 +214,7 @@ def test_every_checkpoint_damaged_is_one_line(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0
     for ckpt in list_checkpoints(run / "checkpoints"):
-        _flip_tensor_bytes(ckpt / "optimizer.safetensors")
+        flip_tensor_bytes(ckpt / "optimizer.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert "every checkpoint" in res.stderr and res.exit_code == 2
 
@@ -741,7 +734,7 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
     victim = root / "runs" / "mousse"
     (victim / "summary.json").unlink()  # as if killed before it finished
     for ckpt in list_checkpoints(victim / "checkpoints"):
-        _flip_tensor_bytes(ckpt / "model.safetensors")
+        flip_tensor_bytes(ckpt / "model.safetensors")
     shutil.rmtree(root / "runs" / "alpha=0.0")
     res = invoke_cli(*args)
     summaries = {
@@ -1120,7 +1113,7 @@ def test_a_damaged_checkpoint_without_its_checksums_is_still_detected(tmp_path):
     assert train(run).exit_code == 0
     latest = run / "checkpoints" / "step-6"
     (latest / "checksums.json").unlink()
-    _flip_tensor_bytes(latest / "model.safetensors")
+    flip_tensor_bytes(latest / "model.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert res.exit_code == 0, res
     assert "checksums.json is missing" in res.stderr and "falling back" in res.stderr
