@@ -33,6 +33,7 @@ from mousse.train.checkpoint import (
     find_checkpoint,
     list_checkpoints,
     read_checkpoint,
+    run_dir_of,
     verify_checksums,
 )
 from mousse.train.config import resolve
@@ -350,6 +351,15 @@ def test_checksums_hash_only_files_inside_the_checkpoint(reference, tmp_path, en
     (ckpt / "checksums.json").write_text(json.dumps(sums))
     with pytest.raises(CheckpointError, match="which is not a file of the checkpoint"):
         verify_checksums(ckpt)
+
+
+def test_a_checkpoints_run_dir_is_the_one_whose_checkpoints_dir_holds_it(tmp_path, monkeypatch):
+    assert run_dir_of(Path("R/checkpoints/step-6")) == Path("R")
+    assert run_dir_of(Path("R/checkpoints/abandoned/step-6-20261207-101500")) is None
+    assert run_dir_of(Path("backup/step-6")) is None
+    (tmp_path / "R" / "checkpoints").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "R" / "checkpoints")
+    assert run_dir_of(Path("step-6")).resolve() == (tmp_path / "R").resolve()
 
 
 def test_incomplete_checkpoint_dir_is_not_a_checkpoint(cli, reference, tmp_path):

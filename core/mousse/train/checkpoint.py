@@ -318,9 +318,10 @@ def run_dir_of(ckpt: Path) -> Path | None:
     """The run dir whose checkpoint `ckpt` is: R for R/checkpoints/step-N; None for a
     checkpoint anywhere else (set aside in checkpoints/abandoned/, copied elsewhere), which
     belongs to no run dir a resume could continue."""
-    ckpt = Path(ckpt)
-    in_run = ckpt.parent.name == "checkpoints" and _STEP_DIR.match(ckpt.name)
-    return ckpt.parent.parent if in_run else None
+    ckpt, whole = Path(ckpt), Path(ckpt).absolute()  # `step-6` given from inside checkpoints/
+    if whole.parent.name != "checkpoints" or not _STEP_DIR.match(whole.name):
+        return None
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else whole.parent.parent
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
