@@ -7,7 +7,9 @@ trains, and never silently reused by another run.
 - The lock is `fcntl.flock` on `<run dir>/.lock`: the kernel drops it when its process ends,
   however it ends, so a dead process's lock is taken over at once; the file names the holder
   (pid, host, start time) for the error message of whoever finds it held. A resume takes it
-  before it chooses its checkpoint, so no other run writes a newer one meanwhile.
+  before it chooses its checkpoint, so no other run writes a newer one meanwhile. A run checks
+  before each write that the lock file is still the one it locked (`RunLock.check`): removed
+  or replaced, another run may hold the dir, and this one stops.
 """
 
 from __future__ import annotations
