@@ -177,9 +177,8 @@ def ablate(
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
         setup = read_setup(overrides, spec, config, tune, tune_seeds)
-        models = {setup.base.get("model"), *setup.sweeps.get("model", [])}
-        where = str(spec) if spec else f"--config {config}"
-        check_trusted(models, overrides.get("model"), trust_model_code, where)
+        where = str(spec) if spec else f"--config {config}" if config else "--tune"
+        check_trusted(vars(setup), overrides.get("model"), trust_model_code, where)
         check_run_flags(setup.tuning, wait, shard, parallel)
         check_timing_budget(timing_budget)
         root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)

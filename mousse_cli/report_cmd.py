@@ -15,7 +15,7 @@ from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
 from .results_out import scale_of, show_preset_title, show_results
 from .rich_tables import scale_table
-from .trust import TRUST_MODEL_CODE, check_trusted, plan_models
+from .trust import TRUST_MODEL_CODE, check_trusted
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -94,7 +94,7 @@ def load_results(
     for ablation in ablations.values():  # --retime builds the models
         if retime:
             where = str(ablation.dir / "ablation.toml")
-            check_trusted(plan_models(ablation.plan), None, trust_model_code, where)
+            check_trusted(ablation.plan.to_dict(), None, trust_model_code, where)
     by_preset = {}
     for preset, ablation in ablations.items():
         if retime:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from mousse.distributed.process import env_world_size, exit_on_error, is_main_process
-from mousse.train.checkpoint import checkpoint_dirs
+from mousse.train.checkpoint import checkpoint_dirs, run_dir_of
 from mousse.train.config import ConfigError, load_config_file, resolve
 from mousse.train.dashboards import Dashboards
 from mousse.train.fileio import dumps
@@ -93,7 +93,7 @@ def train(
             held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
-        check_trusted({cfg.model}, overrides.get("model"), trust_model_code, where)
+        check_trusted({"model": cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
         if nproc != 1:
             from .launch import launch_train
@@ -128,7 +128,13 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     source = run_dir if resume == "auto" else Path(resume)
     assert source is not None  # `--resume auto` without --run-dir was refused above
     cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
-    return cfg, ckpt, run_dir or ckpt.parent.parent, restart
+    run_dir = run_dir or run_dir_of(ckpt)
+    if run_dir is None:
+        raise ConfigError(
+            f"checkpoint {ckpt} is not in a run dir's checkpoints/ (set aside, or copied out); "
+            "pass --run-dir NEW to continue it in a run dir of its own"
+        )
+    return cfg, ckpt, run_dir, restart
 
 
 def run_training(

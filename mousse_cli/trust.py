@@ -26,17 +26,31 @@ def is_code(model: str | None) -> bool:
     return bool(model) and not str(model).startswith(HF_PREFIX)
 
 
-def check_trusted(models: set, named: str | None, trust: bool, where: str) -> None:
-    """ConfigError unless every model code `where` names is the --model of the command line
-    (`named`), or the user trusts it (`trust`)."""
-    untrusted = sorted(m for m in models if is_code(m) and m != named)
+def named_models(source) -> set[str]:
+    """Every model setting in `source`, however deep: the values of each `model` key of a run's
+    settings, a spec's [base], [sweep] and [tune] tables, or a saved plan (its runs and tuning
+    grids included), whether one value or a list of them. One walk, so that no table a file can
+    name code in is left out."""
+    if isinstance(source, dict):
+        found = set()
+        for key, value in source.items():
+            if key == "model":
+                values = value if isinstance(value, (list, tuple)) else [value]
+                found |= {str(v) for v in values if v is not None}
+            found |= named_models(value)
+        return found
+    if isinstance(source, (list, tuple)):
+        return set().union(*map(named_models, source))
+    return set()
+
+
+def check_trusted(source, named: str | None, trust: bool, where: str) -> None:
+    """ConfigError unless every model code that `source` (the settings, spec or plan `where`
+    came from) names is the --model of the command line (`named`), or the user trusts it
+    (`trust`)."""
+    untrusted = sorted(m for m in named_models(source) if is_code(m) and m != named)
     if untrusted and not trust:
         raise ConfigError(
             f"{where} names model code {untrusted[0]}; it is imported (and runs) only if you "
             f"say so: pass --trust-model-code, or --model {untrusted[0]}"
         )
-
-
-def plan_models(plan) -> set:
-    """The models an ablation plan's runs build: its base's and any its sweeps set."""
-    return {plan.base.get("model"), *(r.knobs.get("model") for r in plan.runs)}

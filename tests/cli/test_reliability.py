@@ -18,13 +18,16 @@ from support.cli import (
     FAST,
     FAST_SETTINGS,
     assert_one_line_error,
+    flip_tensor_bytes,
     invoke_cli,
     mousse_command,
+    read_metrics,
     summary,
     train_losses,
 )
 
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
+from mousse.train.events import CheckpointSaved
 from mousse.train.rundir import LOCK_FILE, RunInUse, RunLock
 
 RUN = [
@@ -88,6 +91,37 @@ def test_a_dead_processes_lock_is_taken_over(tmp_path):
     assert train(run, "--resume", "auto").exit_code == 0
 
 
+@pytest.mark.parametrize("then", ["removed", "taken"])
+def test_a_run_whose_lock_is_removed_or_taken_stops_before_writing_more(
+    tmp_path, monkeypatch, then
+):
+    """`rm R/.lock` while R trains (and another run taking a new lock there): the run stops at
+    its next write, in one line, and writes nothing more (no metrics, checkpoint or summary
+    beside the other run's)."""
+    from mousse_cli.train_view import TrainView
+
+    run, others = tmp_path / "R", []
+
+    class LockThief(TrainView):
+        def __call__(self, event) -> None:
+            super().__call__(event)
+            if isinstance(event, CheckpointSaved) and event.step == 2:
+                (run / LOCK_FILE).unlink()
+                if then == "taken":
+                    others.append(RunLock(run).acquire())
+
+    monkeypatch.setattr("mousse_cli.train_cmd.TrainView", LockThief)
+    res = train(run, "--log-every", "1")
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res  # the error ends the log
+    last = res.stderr_lines()[-1]
+    assert last.startswith(f"error: the lock file {run / LOCK_FILE} of this run was removed")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2"]
+    assert {r["step"] for r in read_metrics(run)} == {1, 2}
+    assert not (run / "summary.json").exists()
+    for lock in others:
+        lock.release()
+
+
 def test_a_live_run_before_its_first_checkpoint_is_in_use_not_ended(tmp_path):
     """A run dir holding a live run's first files (no checkpoint yet) is refused as in use by
     that run, not as a run that ended before its first checkpoint."""
@@ -143,21 +177,31 @@ def test_resuming_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
     assert abandoned == ["step-4", "step-6"]
 
 
+def test_an_abandoned_checkpoint_is_resumed_only_into_a_run_dir_of_its_own(tmp_path):
+    """`--resume R/checkpoints/abandoned/step-4-...` does not make R/checkpoints a run dir, nor
+    continue R (whose log is of another trajectory): refused, with --run-dir NEW as the way."""
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    assert invoke_cli("train", "--resume", run / "checkpoints" / "step-2").exit_code == 0
+    set_aside = sorted((run / "checkpoints" / "abandoned").iterdir())[0]
+    before = _files(run)
+    res = invoke_cli("train", "--resume", set_aside)
+    assert_one_line_error(res, f"checkpoint {set_aside} is not in a run dir", "--run-dir NEW")
+    res = invoke_cli("train", "--resume", set_aside, "--run-dir", run)
+    assert_one_line_error(res, f"run dir {run} already holds a run")
+    assert _files(run) == before
+    assert not (run / "checkpoints" / LOCK_FILE).exists()
+    res = invoke_cli("train", "--resume", set_aside, "--run-dir", tmp_path / "NEW", "--json")
+    assert res.exit_code == 0 and res.json()["resumed_from"] == 4, res
+
+
 # ---- damaged checkpoints ------------------------------------------------------------------------
-
-
-def _flip_tensor_bytes(path):
-    """Flip bytes deep inside the tensor data (the header stays valid: it still loads)."""
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) - 64, len(data) - 32):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0
-    _flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
+    flip_tensor_bytes(run / "checkpoints" / "step-6" / "model.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert res.exit_code == 0, res.stderr
     assert "step-6/model.safetensors is damaged" in res.stderr and "falling back" in res.stderr
@@ -170,7 +214,7 @@ def test_every_checkpoint_damaged_is_one_line(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0
     for ckpt in list_checkpoints(run / "checkpoints"):
-        _flip_tensor_bytes(ckpt / "optimizer.safetensors")
+        flip_tensor_bytes(ckpt / "optimizer.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert "every checkpoint" in res.stderr and res.exit_code == 2
 
@@ -565,10 +609,35 @@ def test_a_spec_or_config_that_names_model_code_needs_the_flag(cli, tmp_path, mo
     assert not (tmp_path / "R").exists()
 
 
+def test_model_code_in_a_specs_tune_table_needs_the_flag(cli, tmp_path, monkeypatch):
+    """[tune] names code as [base] and [sweep] do: refused on --dry-run already."""
+    monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        '[sweep]\noptimizer = ["muon"]\n'
+        '[tune]\nknobs = ["model"]\nmodel = ["evil.py:make", "evil.py:make2"]\n'
+    )
+    assert_one_line_error(cli("ablate", spec, "--dry-run"), str(spec), "evil.py:make", "--trust")
+    refused = cli("ablate", "--optimizer", "muon", "--tune", "model=evil.py:a,evil.py:b")
+    assert_one_line_error(refused, "--tune", "evil.py:a", "--trust-model-code")
+
+
+def test_named_models_finds_every_table_that_names_code():
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.inputs import tune_spec
+    from mousse_cli.trust import named_models
+
+    tune = tune_spec([("model", ["t.py:a", "t.py:b"])])
+    plan = plan_ablation({"model": ["s.py:a"]}, base={"model": "b.py:a"}, tune=tune)
+    assert named_models(plan.to_dict()) == {"t.py:a", "t.py:b", "s.py:a", "b.py:a"}
+    assert named_models({"model": None, "base": {"model_config": "model=x"}}) == set()
+
+
 def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
     cli, tmp_path, monkeypatch
 ):
     from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.inputs import tune_spec
     from mousse.train import tomlio
 
     monkeypatch.setattr("mousse.train.usermodel.load_factory", _refuse_import)
@@ -577,6 +646,11 @@ def test_report_retime_imports_an_ablations_model_code_only_when_trusted(
     (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
     refused = cli("report", tmp_path / "A", "--retime")
     assert_one_line_error(refused, "ablation.toml", "evil.py:make", "--trust-model-code")
+    tune = tune_spec([("model", ["evil.py:t1", "evil.py:t2"])])
+    plan = plan_ablation({"alpha": [0.0]}, tune=tune)
+    (tmp_path / "A" / "ablation.toml").write_text(tomlio.dumps(plan.to_dict()))
+    refused = cli("report", tmp_path / "A", "--retime")
+    assert_one_line_error(refused, "ablation.toml", "evil.py:t1", "--trust-model-code")
 
 
 # ---- strict JSON and permissions ---------------------------------------------------------------
@@ -660,7 +734,7 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
     victim = root / "runs" / "mousse"
     (victim / "summary.json").unlink()  # as if killed before it finished
     for ckpt in list_checkpoints(victim / "checkpoints"):
-        _flip_tensor_bytes(ckpt / "model.safetensors")
+        flip_tensor_bytes(ckpt / "model.safetensors")
     shutil.rmtree(root / "runs" / "alpha=0.0")
     res = invoke_cli(*args)
     summaries = {
@@ -698,6 +772,17 @@ def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(invoke_cli(*args), needle)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val-data"])
+def test_an_empty_data_path_is_not_the_current_dir(tmp_path, monkeypatch, flag):
+    """`--data ""` named no corpus; it is refused, not read as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("the current directory holds a corpus. " * 2000)
+    other = [] if flag == "--data" else ["--data", "notes.txt"]
+    res = invoke_cli("train", *FAST, "--steps", "1", *other, flag, "", "--run-dir", "R")
+    assert_one_line_error(res, f"bad value for '{flag[2:].replace('-', '_')}': empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize(
@@ -855,11 +940,25 @@ def test_resume_auto_never_overwrites_a_dir_without_checkpoints(tmp_path, holds)
     assert _files(run) == before
 
 
+@pytest.mark.parametrize("name", ["config.toml", "metrics.jsonl"])
+def test_resume_auto_never_takes_a_users_file_for_a_runs(tmp_path, name):
+    """A user's own config.toml (even the --config of this command) or metrics.jsonl, alone in
+    the run dir, is no run that ended before its first checkpoint: refused, kept as it was."""
+    run = tmp_path / "R"
+    run.mkdir()
+    mine = "# my notes\nsteps = 2\n" if name == "config.toml" else '{"note": "mine"}\n'
+    (run / name).write_text(mine)
+    config = ["--config", run / name] if name == "config.toml" else []
+    res = invoke_cli("train", *config, *RUN[2:], "--run-dir", run, "--resume", "auto")
+    assert_one_line_error(res, f"run dir {run}", "pass another --run-dir")
+    assert _files(run) == {Path(name): mine.encode()}
+
+
 def _failed_run(run):
     """A run dir as a run that failed before its first checkpoint leaves it."""
     run.mkdir()
     (run / "config.toml").write_text("steps = 6\n")
-    (run / "env.json").write_text("{}\n")
+    (run / "env.json").write_text('{"mousse": "0.1.0"}\n')
     (run / "summary.json").write_text(json.dumps({"status": "failed", "steps": 0}))
 
 
@@ -1014,7 +1113,7 @@ def test_a_damaged_checkpoint_without_its_checksums_is_still_detected(tmp_path):
     assert train(run).exit_code == 0
     latest = run / "checkpoints" / "step-6"
     (latest / "checksums.json").unlink()
-    _flip_tensor_bytes(latest / "model.safetensors")
+    flip_tensor_bytes(latest / "model.safetensors")
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert res.exit_code == 0, res
     assert "checksums.json is missing" in res.stderr and "falling back" in res.stderr

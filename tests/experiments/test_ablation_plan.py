@@ -401,6 +401,13 @@ def test_load_spec_tune_table_and_preset_list(tmp_path):
         load_spec(path)
 
 
+def test_load_spec_a_list_of_one_preset_is_the_base_preset(tmp_path):
+    """`preset = ["small"]` plans small, as `preset = "small"` does (not the default preset)."""
+    path = tmp_path / "s.toml"
+    path.write_text('[base]\npreset = ["small"]\n[sweep]\nalpha = [0.0]\n')
+    assert load_spec(path) == {"base": {"preset": "small"}, "sweeps": {"alpha": [0.0]}}
+
+
 def test_load_spec_full(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(
@@ -435,6 +442,7 @@ def test_load_spec_full(tmp_path):
         ("seeds = 0\n[sweep]\nalpha = [0.1]\n", ["seeds"]),
         ("baseline = 'yes'\n[sweep]\nalpha = [0.1]\n", ["baseline"]),
         ("[sweep\nalpha = [0.1]\n", ["not valid TOML"]),
+        ("[base]\npreset = ['../../x']\n[sweep]\nalpha = [0.1]\n", ["unknown preset", "../../x"]),
     ],
 )
 def test_load_spec_errors_name_file_and_key(tmp_path, text, words):

@@ -1,7 +1,7 @@
 """Driving `mousse` from a test: the settings of a fast run, an in-process invocation
 (`invoke_cli`, what the `cli` fixture hands out), the installed executable (`mousse_command`),
-what a run wrote (`read_metrics`, `train_losses`, `val_losses`, `summary`) and the one-line error
-check (`assert_one_line_error`)."""
+what a run wrote (`read_metrics`, `train_losses`, `val_losses`, `summary`), a checkpoint file
+damaged in place (`flip_tensor_bytes`) and the one-line error check (`assert_one_line_error`)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,15 @@ def val_losses(run_dir) -> dict[int, float]:
 
 def summary(run_dir) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def flip_tensor_bytes(path) -> None:
+    """Flip bytes deep inside a checkpoint file's tensor data (the header stays valid: it still
+    loads, on other numbers)."""
+    data = bytearray(Path(path).read_bytes())
+    for i in range(len(data) - 64, len(data) - 32):
+        data[i] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
 
 
 def assert_one_line_error(result: CliResult, *needles: str) -> None:

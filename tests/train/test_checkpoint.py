@@ -18,6 +18,7 @@ from support.cli import (
     FAST,
     FAST_SETTINGS,
     assert_one_line_error,
+    flip_tensor_bytes,
     read_metrics,
     summary,
     train_losses,
@@ -32,6 +33,8 @@ from mousse.train.checkpoint import (
     find_checkpoint,
     list_checkpoints,
     read_checkpoint,
+    run_dir_of,
+    verify_checksums,
 )
 from mousse.train.config import resolve
 from mousse.train.events import CheckpointSaved
@@ -317,6 +320,48 @@ def test_damaged_checkpoint_is_refused(cli, reference, tmp_path, file, damage, n
     res = cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new")
     assert_one_line_error(res, str(ckpt / file), "is damaged" if checksums else needle)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "checksums.json"])
+def test_checksums_that_leave_a_file_out_verify_nothing_of_it(cli, reference, tmp_path, file):
+    """A checksums.json of {}, or one without model.safetensors's entry, beside a flipped byte
+    in that file: the file it leaves out is not taken as verified."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
+    sums = json.loads((ckpt / "checksums.json").read_text())
+    del sums["model.safetensors"]
+    (ckpt / "checksums.json").write_text("{}" if file == "checksums.json" else json.dumps(sums))
+    flip_tensor_bytes(ckpt / "model.safetensors")
+    res = cli("train", "--resume", ckpt, "--run-dir", tmp_path / "new")
+    assert_one_line_error(res, f"{ckpt / 'model.safetensors'} is not covered by")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("entry", ["absolute", "/dev/null", "../outside.bin", "link"])
+def test_checksums_hash_only_files_inside_the_checkpoint(reference, tmp_path, entry):
+    """An entry naming a file elsewhere (a path, a device, a link out of the dir) is refused,
+    never opened, even when its checksum would match."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(reference / "checkpoints" / f"step-{N}", ckpt)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"not the checkpoint's")
+    name = {"absolute": str(outside), "link": "link"}.get(entry, entry)
+    if entry == "link":
+        (ckpt / "link").symlink_to(outside)
+    sums = json.loads((ckpt / "checksums.json").read_text())
+    sums[name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+    (ckpt / "checksums.json").write_text(json.dumps(sums))
+    with pytest.raises(CheckpointError, match="which is not a file of the checkpoint"):
+        verify_checksums(ckpt)
+
+
+def test_a_checkpoints_run_dir_is_the_one_whose_checkpoints_dir_holds_it(tmp_path, monkeypatch):
+    assert run_dir_of(Path("R/checkpoints/step-6")) == Path("R")
+    assert run_dir_of(Path("R/checkpoints/abandoned/step-6-20261207-101500")) is None
+    assert run_dir_of(Path("backup/step-6")) is None
+    (tmp_path / "R" / "checkpoints").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "R" / "checkpoints")
+    assert run_dir_of(Path("step-6")).resolve() == (tmp_path / "R").resolve()
 
 
 def test_incomplete_checkpoint_dir_is_not_a_checkpoint(cli, reference, tmp_path):

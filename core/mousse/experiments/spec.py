@@ -44,13 +44,12 @@ def _check_shape(raw: dict) -> None:
 
 def _spec(raw: dict) -> dict:
     """The checked arguments from a spec file's tables (`presets` from a list of presets in
-    [base]: one ablation per preset)."""
+    [base]: one ablation per preset; a list of one is the base's preset, checked as such)."""
     spec: dict = {"sweeps": typed_sweeps(raw.get("sweep", {}))}
     if "base" in raw:
-        base = dict(raw["base"])
-        if isinstance(base.get("preset"), list):  # several scales: one ablation per preset
-            spec["presets"] = [str(p) for p in base.pop("preset")]
-        spec["base"] = typed_settings(base)
+        spec["base"], presets = _base_table(raw["base"])
+        if presets is not None:
+            spec["presets"] = presets
     if "mode" in raw:
         spec["mode"] = check_mode(raw["mode"])
     if "seeds" in raw:
@@ -64,6 +63,21 @@ def _spec(raw: dict) -> dict:
     if "tune" in raw:
         spec["tune"] = _tune_table(raw["tune"])
     return spec
+
+
+def _base_table(table: dict) -> tuple[dict, list[str] | None]:
+    """(typed [base] settings, the presets to scale over or None): a list of several presets
+    is one ablation per preset; a list of one is the base's preset, as `preset = "small"`.
+    Every name is checked, so a typo or a path is refused here, naming the file."""
+    base = dict(table)
+    if not isinstance(base.get("preset"), list):
+        return typed_settings(base), None
+    presets = [str(p) for p in base.pop("preset")]
+    for name in presets:
+        config.preset_named(name)
+    if len(presets) == 1:
+        return typed_settings({**base, "preset": presets[0]}), None
+    return typed_settings(base), presets
 
 
 def _tune_table(table) -> dict:

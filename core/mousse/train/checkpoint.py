@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -189,8 +190,10 @@ def write_checksums(ckpt: Path) -> None:
 
 
 def verify_checksums(ckpt: Path) -> None:
-    """CheckpointError naming the first file whose bytes differ from those written (a checkpoint
-    from before checksums were kept has nothing to verify)."""
+    """CheckpointError naming the first file whose bytes differ from those written, or that its
+    checksums.json leaves out: every file the checkpoint is read from is covered, and only
+    files inside it are hashed. A checkpoint from before checksums were kept has nothing to
+    verify."""
     path = ckpt / CHECKSUMS
     if not path.is_file():
         if _file_meta(ckpt / FILES[0]).get("checksums"):
@@ -199,6 +202,25 @@ def verify_checksums(ckpt: Path) -> None:
                 "earlier checkpoint"
             )
         return
+    sums = _read_checksums(path)
+    for name, expected in sums.items():
+        if _digest(ckpt / name) != expected:
+            raise CheckpointError(
+                f"checkpoint file {ckpt / name} is damaged (its checksum "
+                "differs from the one written with it); resume from an "
+                "earlier checkpoint"
+            )
+    for name in checkpoint_files(ckpt):  # read after the checksums: a sharded index is verified
+        if name not in sums:
+            raise CheckpointError(
+                f"checkpoint file {ckpt / name} is not covered by {path} (which lists every "
+                "file a checkpoint is written with); resume from an earlier checkpoint"
+            )
+
+
+def _read_checksums(path: Path) -> dict[str, Any]:
+    """A checksums.json's table, file name -> sha256; CheckpointError when damaged or when it
+    names anything but a file of its checkpoint (a path elsewhere, a device)."""
     try:
         sums = json.loads(path.read_text())
         if not isinstance(sums, dict):
@@ -207,19 +229,35 @@ def verify_checksums(ckpt: Path) -> None:
         raise CheckpointError(
             f"{path} is damaged ({exc}); resume from an earlier checkpoint"
         ) from None
-    for name, expected in sums.items():
-        try:
-            actual = file_digest(ckpt / name)
-        except PermissionError as exc:
-            raise _unreadable(ckpt / name, exc) from None
-        except OSError:
-            actual = None
-        if actual != expected:
+    for name in sums:
+        if not _is_plain_file(path.parent, name):
             raise CheckpointError(
-                f"checkpoint file {ckpt / name} is damaged (its checksum "
-                "differs from the one written with it); resume from an "
+                f"{path} names {name!r}, which is not a file of the checkpoint; resume from an "
                 "earlier checkpoint"
             )
+    return sums
+
+
+def _digest(path: Path) -> str | None:
+    """`file_digest`, None when the file cannot be read (damage); CheckpointUnreadable when
+    read permission is missing."""
+    try:
+        return file_digest(path)
+    except PermissionError as exc:
+        raise _unreadable(path, exc) from None
+    except OSError:
+        return None
+
+
+def _is_plain_file(ckpt: Path, name: object) -> bool:
+    """Whether `name` is a regular file directly inside `ckpt` (not a path elsewhere, a link,
+    a device or a FIFO, which hashing would follow or block on)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return False
+    try:
+        return stat.S_ISREG(os.lstat(ckpt / name).st_mode)
+    except (OSError, ValueError):  # gone, or a name the file system cannot hold
+        return False
 
 
 def latest_valid_checkpoint(path: Path, warn: Callable[[str], None] | None = None) -> Path:
@@ -245,17 +283,25 @@ def latest_valid_checkpoint(path: Path, warn: Callable[[str], None] | None = Non
     )
 
 
+def checkpoint_files(ckpt: Path) -> list[str]:
+    """The files a checkpoint is read from: model, trainer and the optimizer state (one file, or
+    an index and every shard it names; an index that cannot be read: the one file)."""
+    if (ckpt / "optimizer.safetensors").is_file():
+        return list(FILES)
+    try:
+        shards = json.loads((ckpt / OPTIMIZER_INDEX).read_text())["shards"]
+        if not isinstance(shards, list):
+            raise TypeError("shards is not a list")
+    except (OSError, ValueError, KeyError, TypeError):
+        return list(FILES)
+    others = [f for f in FILES if f != "optimizer.safetensors"]
+    return [*others, OPTIMIZER_INDEX, *map(str, shards)]
+
+
 def missing_files(ckpt: Path) -> list[str]:
     """The files a checkpoint dir lacks: model, trainer and the optimizer state (one file, or an
     index and every shard it names)."""
-    missing = [f for f in FILES if f != "optimizer.safetensors" and not (ckpt / f).is_file()]
-    if (ckpt / "optimizer.safetensors").is_file():
-        return missing
-    try:
-        shards = json.loads((ckpt / OPTIMIZER_INDEX).read_text())["shards"]
-        return missing + [s for s in shards if not (ckpt / s).is_file()]
-    except (OSError, ValueError, KeyError, TypeError):
-        return [*missing, "optimizer.safetensors"]
+    return [f for f in checkpoint_files(ckpt) if not (ckpt / f).is_file()]
 
 
 def is_complete(ckpt: Path) -> bool:
@@ -266,6 +312,16 @@ def is_complete(ckpt: Path) -> bool:
 def is_checkpoint_dir(path: Path) -> bool:
     """Whether `path` names a checkpoint dir (rather than a run dir), whole or not."""
     return bool(_STEP_DIR.match(path.name)) or is_complete(path)
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run dir whose checkpoint `ckpt` is: R for R/checkpoints/step-N; None for a
+    checkpoint anywhere else (set aside in checkpoints/abandoned/, copied elsewhere), which
+    belongs to no run dir a resume could continue."""
+    ckpt, whole = Path(ckpt), Path(ckpt).absolute()  # `step-6` given from inside checkpoints/
+    if whole.parent.name != "checkpoints" or not _STEP_DIR.match(whole.name):
+        return None
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else whole.parent.parent
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

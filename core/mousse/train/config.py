@@ -587,6 +587,16 @@ def validate(cfg: TrainConfig) -> None:
         problem = _out_of_range(key, value)
         _require(problem is None, f"bad value for '{key}': {value}; {problem}")
     _require(
+        bool(cfg.data.strip()),
+        "bad value for 'data': empty; pass builtin, a text file or folder, or .bin token "
+        "shards (a file, folder or glob)",
+    )
+    _require(
+        cfg.val_data is None or bool(cfg.val_data.strip()),
+        "bad value for 'val_data': empty; pass a text file or folder or .bin token shards, "
+        "or leave it out (validation from the data)",
+    )
+    _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
         f"{cfg.micro_batch_size}; pick sizes that divide",

@@ -7,7 +7,9 @@ trains, and never silently reused by another run.
 - The lock is `fcntl.flock` on `<run dir>/.lock`: the kernel drops it when its process ends,
   however it ends, so a dead process's lock is taken over at once; the file names the holder
   (pid, host, start time) for the error message of whoever finds it held. A resume takes it
-  before it chooses its checkpoint, so no other run writes a newer one meanwhile.
+  before it chooses its checkpoint, so no other run writes a newer one meanwhile. A run checks
+  before each write that the lock file is still the one it locked (`RunLock.check`): removed
+  or replaced, another run may hold the dir, and this one stops.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from . import tomlio
-from .checkpoint import checkpoint_dirs, is_checkpoint_dir, set_aside_later_checkpoints
+from .checkpoint import (
+    checkpoint_dirs,
+    is_checkpoint_dir,
+    run_dir_of,
+    set_aside_later_checkpoints,
+)
 from .config import ConfigError, TrainConfig
 from .fileio import JsonlError, atomic_write_text, dumps, read_jsonl, write_json
 
@@ -44,15 +51,32 @@ class RunInUse(RunDirError):
     """Another live process holds the run dir's lock."""
 
 
+class LockLost(RunDirError):
+    """The run dir's lock file was removed or replaced while this run held it: another run may
+    write there now, so this one stops before writing anything more."""
+
+
 def _holds_a_run(run_dir: Path) -> bool:
     return any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
+def _run_began(run_dir: Path) -> bool:
+    """Whether a run wrote `run_dir`'s files: its env.json, the first file a run writes, is
+    mousse's (a user's own config.toml or metrics.jsonl of the same name is not a run's)."""
+    try:
+        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(env, dict) and "mousse" in env
+
+
 def restartable(run_dir: Path) -> bool:
-    """Whether starting the run in `run_dir` again loses nothing: it holds only a run's files,
-    no checkpoint, and no summary of a finished run (it failed, or was stopped or killed before
-    its first checkpoint)."""
+    """Whether starting the run in `run_dir` again loses nothing: it holds only the files a run
+    wrote, no checkpoint, and no summary of a finished run (it failed, or was stopped or killed
+    before its first checkpoint)."""
     if any(p.name not in RUN_FILES for p in run_dir.iterdir()) or checkpoint_dirs(run_dir):
+        return False
+    if not _run_began(run_dir):
         return False
     try:
         status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
@@ -140,6 +164,24 @@ class RunLock:
         self.fd = fd
         return self
 
+    def check(self) -> None:
+        """LockLost unless the lock file is still the one this process locked (not removed,
+        not replaced by another run's): checked before each write of the run."""
+        if self.fd is None:
+            return
+        mine = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except OSError:
+            pass  # removed: lost
+        raise LockLost(
+            f"the lock file {self.path} of this run was removed or replaced, so another run "
+            f"may be writing to {self.path.parent}; this run stopped without writing more: "
+            f"once no other run trains there, continue it with --resume {self.path.parent}"
+        )
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
@@ -191,7 +233,7 @@ def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | No
     target = run_dir
     if target is None and resume != "auto":
         source = Path(resume)
-        target = source.parent.parent if is_checkpoint_dir(source) else source
+        target = run_dir_of(source) if is_checkpoint_dir(source) else source
     if target is None or not target.is_dir():
         return None
     return RunLock(target).acquire()
@@ -257,19 +299,19 @@ def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
 def prepare_run_dir(
     run_dir: Path, cfg: TrainConfig, env: dict[str, Any], resumed_from: int | None, step: int
 ) -> None:
-    """A run's files before its first step: config.toml, env.json (a resume keeps the original
-    and appends itself), and metrics.jsonl cut back to the checkpoint's step on a resume
-    (checkpoints from after it set aside), or removed with any summary when the run starts
-    over."""
+    """A run's files before its first step: env.json first (what marks the dir as a run's; a
+    resume keeps the original and appends itself), config.toml, and metrics.jsonl cut back to
+    the checkpoint's step on a resume (checkpoints from after it set aside), or removed with
+    any summary when the run starts over."""
     original, records = earlier_logs(run_dir) if resumed_from is not None else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     if original is not None:  # keep the original, log the resume
         env = {
             **original,
             "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
         }
     write_json(run_dir / "env.json", env)
+    atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     metrics = run_dir / "metrics.jsonl"
     if resumed_from is not None:  # drop what was logged after the checkpoint
         kept = [r for r in records if r["step"] <= step]

@@ -26,6 +26,7 @@ from . import tomlio
 from .checkpoint import (
     latest_valid_checkpoint,
     read_checkpoint,
+    run_dir_of,
 )
 from .config import ConfigError, TrainConfig, matrix_kwargs
 from .data import check_fits, check_tokens, load_dataset, train_batch
@@ -58,7 +59,7 @@ from .resume import (
     check_same_run,
     trainer_meta,
 )
-from .rundir import RunLock, check_free, earlier_logs, prepare_run_dir
+from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
 from .steptimer import StepTimer
 from .summary import run_summary
 from .usermodel import build_model, model_failure
@@ -154,7 +155,7 @@ class Trainer:
         self.continues_here = False  # resumes from a checkpoint of its own run dir
         if ckpt is not None and loaded is not None:
             self._restore(ckpt, loaded)
-            self.continues_here = ckpt.resolve().is_relative_to(self.run_dir.resolve())
+            self.continues_here = run_dir_of(ckpt.resolve()) == self.run_dir.resolve()
         if self.dist.is_main:  # refused now, before any work (and again under the lock in run)
             check_free(self.run_dir, self.continues_here, self.restart, probe=lock is None)
             if self.continues_here:
@@ -209,7 +210,15 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
+    def _check_owner(self) -> None:
+        """Rank 0 still holds the run dir (LockLost otherwise): checked before each write, so
+        that a run whose lock file was removed or taken over stops instead of writing beside
+        another run."""
+        if self.dist.is_main and self.lock is not None:
+            self.lock.check()
+
     def _checkpoint(self) -> None:
+        self._check_owner()
         t0 = time.perf_counter()
         tensors = rng_state(self.device)
         meta = {
@@ -317,6 +326,7 @@ class Trainer:
             self.state["target_step"] = self.step
             self.state["target_seconds"] = self.state["train_seconds"]
         if self.dist.is_main:
+            self._check_owner()
             append_jsonl(
                 self.run_dir / "metrics.jsonl",
                 {"step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]},
@@ -353,12 +363,13 @@ class Trainer:
         lock = None
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
             check_free(self.run_dir, self.continues_here, self.restart, probe=self.lock is None)
-            lock = self.lock or RunLock(self.run_dir).acquire()
+            lock = self.lock = self.lock or RunLock(self.run_dir).acquire()
         try:
             return self._run(argv)
         except Exception as exc:
-            if self.timer is None or isinstance(exc, (CheckpointError, OSError)):
-                raise  # refused before it began, or the disk's fault: the rerun resumes it
+            if self.timer is None or isinstance(exc, (CheckpointError, OSError, LockLost)):
+                raise  # refused before it began, the disk's fault (the rerun resumes it), or
+                # the run dir another run's now (nothing more is written)
             error = self._record_failure(exc, self.timer)
             if error is None:
                 raise
@@ -377,6 +388,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         summary = run_summary(self, "failed", str(error or exc), timing, n_params)
         if self.dist.is_main:
+            self._check_owner()
             write_json(self.run_dir / "summary.json", summary)
         return error
 
@@ -395,6 +407,7 @@ class Trainer:
             self._close_out(evaluate=status == "completed" and last_eval != self.step)
         summary = run_summary(self, status, message, self._timing(timer, tokens_per_step), n_params)
         if self.dist.is_main:
+            self._check_owner()
             write_json(self.run_dir / "summary.json", summary)
         self.emit(RunFinished(summary))
         return summary
@@ -553,6 +566,7 @@ class Trainer:
             telemetry=optimizer_telemetry(self.opt),
         )
         if self.dist.is_main:
+            self._check_owner()
             append_jsonl(self.run_dir / "metrics.jsonl", event.record())
         self.emit(event)
 
