@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -576,6 +577,34 @@ def test_a_signal_once_the_run_starts_stops_it_resumably(builtin_data, tmp_path,
     assert summary(run)["status"] == "interrupted" and summary(run)["steps"] == steps
     again = invoke_cli(*SIGNALLED_RUN, "--resume", "auto", "--run-dir", run)
     assert again.exit_code == 0 and summary(run)["steps"] == 4, again
+
+
+RESULTS_FILE = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "results.json"
+COMPILERS = ("triton", "torch._dynamo", "torch._inductor", "sympy", "transformers", "matplotlib")
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["train", "--help"], ["report", str(RESULTS_FILE), "--format", "json"]]
+)
+def test_commands_that_build_no_model_import_no_compiler(args):
+    """Help and `report` (without --plot) never import triton, torch's compiler or
+    transformers: their start-up stays short and no signal can meet those imports there
+    (`train`, `ablate`, `bench` and `presets` do: torch.optim's optimizers import torch._dynamo)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mousse_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "torch" in imported  # the measure works
+    heavy = sorted(m for m in imported if m.partition(".")[0] in COMPILERS or m in COMPILERS)
+    assert not heavy
 
 
 # ---- model code named in a file runs only when the user says so ----------------------------------
