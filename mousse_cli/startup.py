@@ -100,11 +100,11 @@ def install() -> None:
 def _reached_import(name: str) -> None:
     """The import of `name` starts: the point `import:NAME`, and `import:OUTER>NAME` while
     OUTER's import is under way (a C++ extension's initialization importing `name`)."""
-    spec = os.environ.get(TEST_SIGNAL_ENV)
-    if spec:
-        outer, _, target = spec.partition("@import:")[2].rpartition(">")
+    point = os.environ.get(TEST_SIGNAL_ENV, "").partition("@")[2]
+    if point.startswith("import:"):
+        outer, _, target = point.removeprefix("import:").rpartition(">")
         if target == name and (not outer or outer in _State.importing[:-1]):
-            reached(spec.partition("@")[2])
+            reached(point)
 
 
 def reached(point: str) -> None:

@@ -537,10 +537,11 @@ TRAINING = [
 SIGNALLED_RUN = ["train", *FAST, "--steps", "4", "--log-every", "1"]
 
 
-def _train_signalled_at(tmp_path, point: str, sig: str):
-    """`mousse train` (4 fast steps) signalling itself with `sig` at `point`: checked to have
-    got there, once, and to end with the signal's exit code and no traceback or crash."""
-    args = [*SIGNALLED_RUN, "--run-dir", tmp_path / "R"]
+def _train_signalled_at(tmp_path, point: str, sig: str, *flags: str):
+    """`mousse train` (4 fast steps, and `flags`) signalling itself with `sig` at `point`:
+    checked to have got there, once, and to end with the signal's exit code and no traceback
+    or crash."""
+    args = [*SIGNALLED_RUN, *flags, "--run-dir", tmp_path / "R"]
     log = tmp_path / "signalled"
     env = {**os.environ, "MOUSSE_TEST_SIGNAL": f"{sig}@{point}", "MOUSSE_TEST_SIGNAL_LOG": str(log)}
     proc = subprocess.run(
@@ -577,6 +578,39 @@ def test_a_signal_once_the_run_starts_stops_it_resumably(builtin_data, tmp_path,
     assert summary(run)["status"] == "interrupted" and summary(run)["steps"] == steps
     again = invoke_cli(*SIGNALLED_RUN, "--resume", "auto", "--run-dir", run)
     assert again.exit_code == 0 and summary(run)["steps"] == 4, again
+
+
+def test_the_test_signal_fires_once_at_its_point_only(tmp_path, monkeypatch):
+    """MOUSSE_TEST_SIGNAL's points: an event point is not an import (a relative import's empty
+    name included), `import:E>M` fires only inside E's import, and each fires once."""
+    from mousse_cli import startup
+
+    sent: list[int] = []
+    monkeypatch.setattr(startup.os, "kill", lambda pid, sig: sent.append(sig))
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL", "SIGINT@RunStarted")
+    for name in ("", "RunStarted"):
+        startup._reached_import(name)
+    startup.reached("StepLogged")
+    assert sent == []
+    startup.reached("RunStarted")
+    startup.reached("RunStarted")
+    assert sent == [signal.SIGINT]
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL", "SIGTERM@import:torch._C>numpy")
+    monkeypatch.setattr(startup._State, "importing", ["numpy"])
+    startup._reached_import("numpy")  # not inside torch._C
+    monkeypatch.setattr(startup._State, "importing", ["torch", "torch._C", "numpy"])
+    startup._reached_import("numpy")
+    assert sent == [signal.SIGINT, signal.SIGTERM]
+    assert (tmp_path / "log").read_text() == "RunStarted\nimport:torch._C>numpy\n"
+
+
+@pytest.mark.slow  # torch.compile
+def test_a_signal_while_compiling_stops_the_run(builtin_data, tmp_path):
+    """Ctrl-C as `--compile` imports inductor (the compiler's C++ side): the run stops, 130."""
+    proc = _train_signalled_at(tmp_path, "import:torch._inductor.compile_fx", "SIGINT", "--compile")
+    assert "Ctrl-C: stopping after this step" in proc.stderr, proc.stderr
+    assert summary(tmp_path / "R")["status"] == "interrupted"
 
 
 RESULTS_FILE = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "results.json"
