@@ -35,8 +35,8 @@ class Interrupted(SystemExit):
 
 
 class _State:
-    """How deep the main thread is in imports, what waits for the outermost to return, and
-    whether a signal already ends the command (the next ones are ignored: it is on its way)."""
+    """The imports the main thread is in, what waits for the outermost to return, and whether
+    a signal already ends the command (the next ones are ignored: it is on its way)."""
 
     importing: ClassVar[list[str]] = []  # the modules being imported, outermost first
     held: BaseException | None = None
