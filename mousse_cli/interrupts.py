@@ -7,6 +7,7 @@ import threading
 from contextlib import contextmanager
 
 from .console import console
+from .startup import Interrupted, raise_when_safe, signal_name
 
 
 @contextmanager
@@ -21,15 +22,13 @@ def graceful_stop():
     stop.signal = None  # type: ignore[attr-defined]
 
     def handler(signum, frame):
-        if stop.is_set():
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)  # not KeyboardInterrupt: the shell's code is 143
+        if stop.is_set():  # not inside an import (`startup`); SIGTERM: the shell's code is 143
+            raise_when_safe(KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum))
+            return
         stop.signal = signum  # type: ignore[attr-defined]
         stop.set()
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         console.print(
-            f"[yellow]{name}: stopping after this step, or sooner if it is long (again to abort)[/]"
+            f"[yellow]{signal_name(signum)}: stopping after this step, or sooner if it is long (again to abort)[/]"
         )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -4,12 +4,14 @@ lists them with what the tool promises)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -556,18 +558,131 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])  # inside the imports, and around their end
-def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
-    proc = subprocess.Popen(
-        [*mousse_command(), "train", *FAST, "--run-dir", str(tmp_path / "R")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# (point, signal) in order of start-up; `import:M` signals as M's import begins, `import:E>M`
+# as M's does inside E's: a C++ extension's initialization (triton's aborted the process, exit
+# 134; torch's swallowed the Ctrl-C and trained on)
+START_UP = [
+    ("start", "SIGINT"),  # before any import of the command's
+    ("import:torch", "SIGTERM"),
+    ("import:torch._C>numpy", "SIGINT"),
+    *[(p, "SIGINT") for p in ("import:triton", "import:triton._C.libtriton>enum") if HAS_TRITON],
+    ("command", "SIGTERM"),  # the imports done, the command about to parse its flags
+    ("import:mousse.train.estimate", "SIGINT"),  # the cost estimate: data read, model on meta
+]
+# once the run takes the signals over: (point, signal, the steps it stops after)
+TRAINING = [
+    ("import:mousse.train.trainer", "SIGTERM", 0),  # the trainer about to read data, build
+    ("RunStarted", "SIGINT", 0),  # the run dir made, the first step next
+    ("StepLogged", "SIGTERM", 1),  # the first step done
+]
+
+
+SIGNALLED_RUN = ["train", *FAST, "--steps", "4", "--log-every", "1"]
+
+
+def _train_signalled_at(tmp_path, point: str, sig: str, *flags: str):
+    """`mousse train` (4 fast steps, and `flags`) signalling itself with `sig` at `point`:
+    checked to have got there, once, and to end with the signal's exit code and no traceback
+    or crash."""
+    args = [*SIGNALLED_RUN, *flags, "--run-dir", tmp_path / "R"]
+    log = tmp_path / "signalled"
+    env = {**os.environ, "MOUSSE_TEST_SIGNAL": f"{sig}@{point}", "MOUSSE_TEST_SIGNAL_LOG": str(log)}
+    proc = subprocess.run(
+        [*mousse_command(), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
     )
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert log.exists() and log.read_text() == f"{point}\n", proc.stderr
+    assert proc.returncode == 128 + signal.Signals[sig], proc.stderr
+    for crash in ("Traceback", "terminate called", "Error", "Aborted"):
+        assert crash not in proc.stderr + proc.stdout, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize(("point", "sig"), START_UP)
+def test_a_signal_during_start_up_is_one_line_and_its_exit_code(builtin_data, tmp_path, point, sig):
+    """Ctrl-C or SIGTERM at each named point of `mousse train`'s start-up, sent by the process
+    itself there (so the same under any load), inside the C++ extensions' imports included:
+    exit 130 or 143 with one line, nothing written."""
+    proc = _train_signalled_at(tmp_path, point, sig)
+    name = "Ctrl-C" if sig == "SIGINT" else sig
+    assert proc.stderr.splitlines()[-1] == f"interrupted by {name}", proc.stderr
+    assert proc.stderr.count("interrupted") == 1, proc.stderr
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.slow  # trains twice
+@pytest.mark.parametrize(("point", "sig", "steps"), TRAINING)
+def test_a_signal_once_the_run_starts_stops_it_resumably(builtin_data, tmp_path, point, sig, steps):
+    """The same once the run has taken the signals over: it stops after the current step (none
+    yet: before the first), exit 130 or 143, and `--resume auto` finishes it."""
+    proc = _train_signalled_at(tmp_path, point, sig)
+    name = "Ctrl-C" if sig == "SIGINT" else sig
+    assert f"{name}: stopping after this step" in proc.stderr, proc.stderr
+    run = tmp_path / "R"
+    assert summary(run)["status"] == "interrupted" and summary(run)["steps"] == steps
+    again = invoke_cli(*SIGNALLED_RUN, "--resume", "auto", "--run-dir", run)
+    assert again.exit_code == 0 and summary(run)["steps"] == 4, again
+
+
+def test_the_test_signal_fires_once_at_its_point_only(tmp_path, monkeypatch):
+    """MOUSSE_TEST_SIGNAL's points: an event point is not an import (a relative import's empty
+    name included), `import:E>M` fires only inside E's import, and each fires once."""
+    from mousse_cli import startup
+
+    sent: list[int] = []
+    monkeypatch.setattr(startup.os, "kill", lambda pid, sig: sent.append(sig))
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL", "SIGINT@RunStarted")
+    for name in ("", "RunStarted"):
+        startup._reached_import(name)
+    startup.reached("StepLogged")
+    assert sent == []
+    startup.reached("RunStarted")
+    startup.reached("RunStarted")
+    assert sent == [signal.SIGINT]
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL", "SIGTERM@import:torch._C>numpy")
+    monkeypatch.setattr(startup._State, "importing", ["numpy"])
+    startup._reached_import("numpy")  # not inside torch._C
+    monkeypatch.setattr(startup._State, "importing", ["torch", "torch._C", "numpy"])
+    startup._reached_import("numpy")
+    assert sent == [signal.SIGINT, signal.SIGTERM]
+    assert (tmp_path / "log").read_text() == "RunStarted\nimport:torch._C>numpy\n"
+
+
+@pytest.mark.slow  # torch.compile
+def test_a_signal_while_compiling_stops_the_run(builtin_data, tmp_path):
+    """Ctrl-C as `--compile` imports inductor (the compiler's C++ side): the run stops, 130."""
+    proc = _train_signalled_at(tmp_path, "import:torch._inductor.compile_fx", "SIGINT", "--compile")
+    assert "Ctrl-C: stopping after this step" in proc.stderr, proc.stderr
+    assert summary(tmp_path / "R")["status"] == "interrupted"
+
+
+RESULTS_FILE = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "results.json"
+COMPILERS = ("triton", "torch._dynamo", "torch._inductor", "sympy", "transformers", "matplotlib")
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["train", "--help"], ["report", str(RESULTS_FILE), "--format", "json"]]
+)
+def test_commands_that_build_no_model_import_no_compiler(args):
+    """Help and `report` (without --plot) never import triton, torch's compiler or
+    transformers: their start-up stays short and no signal can meet those imports there
+    (`train`, `ablate`, `bench` and `presets` do: torch.optim's optimizers import torch._dynamo)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mousse_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "torch" in imported  # the measure works
+    heavy = sorted(m for m in imported if m.partition(".")[0] in COMPILERS or m in COMPILERS)
+    assert not heavy
 
 
 # ---- model code named in a file runs only when the user says so ----------------------------------
