@@ -69,7 +69,7 @@ def report(
                 ablation_dir, plot, retime, timing_budget, trust_model_code, against
             )
     if expect:  # a bad expression is refused before anything is printed
-        check_expressions(expect)
+        check_expressions(expect, by_preset)
     print_results(by_preset, scaled, fmt)
     if expect:
         gate(expect, by_preset)
@@ -174,18 +174,20 @@ def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
         show_wide(scale_table(scale_of(by_preset)))
 
 
-def check_expressions(expectations: list[str]) -> None:
-    """Parse every --expect, so that a bad one is refused (exit 2) before any output."""
-    from mousse.experiments.expect import parse
+def check_expressions(expectations: list[str], by_preset: dict) -> None:
+    """Check every --expect against every preset's variants, so that a malformed one is
+    refused (exit 2) before any output, whatever the results."""
+    from mousse.experiments.expect import validate
 
     with user_errors():
-        for expr in expectations:
-            parse(expr)
+        for results in by_preset.values():
+            for expr in expectations:
+                validate(expr, [v["variant"] for v in results["variants"]])
 
 
 def gate(expectations: list[str], by_preset: dict) -> None:
     """Check every expectation on every preset's results; one line each on stderr; exit 5 after
-    the tables when one fails (bad expressions: exit 2 at once)."""
+    the tables when one fails (bad expressions were refused before them)."""
     from mousse.experiments.expect import check
 
     with user_errors():

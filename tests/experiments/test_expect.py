@@ -146,3 +146,34 @@ def test_report_gate_exit_codes(tmp_path):
     bad = invoke_cli("report", root, "--expect", f"{worse} < {better}")
     assert bad.exit_code == 5 and "FAILED" in bad.stderr and "convergence" in bad.stdout
     assert_one_line_error(invoke_cli("report", root, "--expect", "nonsense"), "bad --expect")
+
+
+@pytest.mark.parametrize(
+    "expr, words",
+    [
+        ("mousse < 1 significant", "compares two variants"),
+        ("mousse < 5 significant", "compares two variants"),
+        ("speedup(mousse) >= speedup(muon) significant", "compares two variants"),
+        ("adam < muon", "not a variant"),
+        ("loss(adam) < 5", "not a variant"),
+    ],
+)
+def test_a_malformed_expectation_is_exit_2_before_any_output_whatever_the_numbers(
+    tmp_path, expr, words
+):
+    """Whether the comparison would hold or fail, a malformed expectation is bad input (exit 2),
+    refused before the tables are printed."""
+    from support.results import record
+
+    from mousse.experiments.results import summarize
+
+    records = [
+        record(f"{v}-s{s}", [2.0, final], variant=v, seed=s, baseline=v == "muon")
+        for v, finals in (("muon", (1.50, 1.52)), ("mousse", (1.40, 1.41)))
+        for s, final in enumerate(finals)
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(summarize(records)))
+    res = invoke_cli("report", path, "--expect", expr)
+    assert_one_line_error(res, words)
+    assert res.stdout == ""
