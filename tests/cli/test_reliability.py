@@ -701,6 +701,27 @@ def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
 
 
 @pytest.mark.parametrize(
+    "shape,needle",
+    [
+        (["--d-model", "1000000000000"], "more than any machine holds"),
+        (["--n-layers", "1000000"], "weights and gradients alone"),
+    ],
+)
+def test_a_model_far_too_big_is_refused_before_it_is_built(tmp_path, monkeypatch, shape, needle):
+    """A shape whose sizes overflow torch's, or that takes minutes to build even on the meta
+    device, is refused from its parameter count at once: the model is never built."""
+
+    def never(*_args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("mousse.train.estimate.build_model", never)
+    monkeypatch.setattr("mousse.train.presets.meta_model", never)
+    res = invoke_cli("train", *shape, "--steps", "2", "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, needle)
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize(
     "line,key",
     [
         ("steps = true", "'steps'"),

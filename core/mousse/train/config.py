@@ -30,6 +30,7 @@ import torch
 from mousse.optim import knobs as table
 
 from . import compat, tomlio
+from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
 
 ScalarOptimizer = Literal["adamw", "lion"]
@@ -531,6 +532,7 @@ _AT_LEAST_1 = (
     "keep_checkpoints",
 )
 MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a plan
+MAX_PARAMS = 10**15  # the built-in GPT's blocks: petabytes of weights, beyond any machine
 # number -> (test, what is allowed), for run settings that may be fractional
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
@@ -574,6 +576,13 @@ def validate(cfg: TrainConfig) -> None:
             check_choice(key, value, table.CHOICES[key])
         problem = _out_of_range(key, value)
         _require(problem is None, f"bad value for '{key}': {value}; {problem}")
+    if cfg.model is None:
+        params = gpt_param_count(GPTConfig(**{k: getattr(cfg, k) for k in GPT_SHAPE}, vocab_size=0))
+        _require(
+            params <= MAX_PARAMS,
+            f"--d-model {cfg.d_model} --n-layers {cfg.n_layers} makes a GPT of {params:.1e} "
+            f"parameters, more than any machine holds (at most {MAX_PARAMS:.0e}); pick a smaller shape",
+        )
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "

@@ -24,7 +24,7 @@ import torch
 from mousse.optim.routing import CombinedOptimizer, build_optimizer
 
 from .config import FAMILY_KNOBS, TrainConfig
-from .model import GPT
+from .model import GPT, GPTConfig, gpt_param_count
 from .presets import get_preset, memory_estimate_bytes, weights_and_state_bytes
 from .usermodel import UserModel, build_model, flops_per_token, model_failure
 
@@ -227,6 +227,17 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None
         micro_batch_size=micro,
     )
     return memory_estimate_bytes(preset, cfg.optimizer, vocab_size, act_bytes=act_bytes)
+
+
+def weights_floor_bytes(cfg: TrainConfig, vocab_size: int) -> int:
+    """Less memory than the run needs, known at once: the built-in GPT's fp32 weights and
+    gradients, from its shape (a --model: 0, its size is known once it is built). Checked first,
+    so that a shape far too big is refused before `memory_bytes` builds it on the meta device
+    (minutes for 100,000 layers)."""
+    if cfg.model is not None:
+        return 0
+    shape = {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "head_dim")}
+    return 8 * gpt_param_count(GPTConfig(vocab_size=vocab_size, **shape))
 
 
 def model_memory_bytes(
