@@ -60,6 +60,10 @@ def report(
         if fmt not in FORMATS:
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
         check_timing_budget(timing_budget)
+        if plot is not None:
+            from .plot import check_plot_path
+
+            check_plot_path(plot)
         if ablation_dir.is_file():
             if against is not None:
                 raise ConfigError("--against needs the ablation dir, not a results file")

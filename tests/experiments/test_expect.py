@@ -6,6 +6,7 @@ import json
 
 import pytest
 from support.cli import FAST, assert_one_line_error, invoke_cli
+from support.results import results_file
 
 from mousse.experiments.expect import check, parse
 from mousse.train.config import ConfigError
@@ -163,17 +164,6 @@ def test_a_malformed_expectation_is_exit_2_before_any_output_whatever_the_number
 ):
     """Whether the comparison would hold or fail, a malformed expectation is bad input (exit 2),
     refused before the tables are printed."""
-    from support.results import record
-
-    from mousse.experiments.results import summarize
-
-    records = [
-        record(f"{v}-s{s}", [2.0, final], variant=v, seed=s, baseline=v == "muon")
-        for v, finals in (("muon", (1.50, 1.52)), ("mousse", (1.40, 1.41)))
-        for s, final in enumerate(finals)
-    ]
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps(summarize(records)))
-    res = invoke_cli("report", path, "--expect", expr)
+    res = invoke_cli("report", results_file(tmp_path / "results.json"), "--expect", expr)
     assert_one_line_error(res, words)
     assert res.stdout == ""
