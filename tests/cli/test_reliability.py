@@ -512,6 +512,29 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["--version", "report", "train"])
+def test_stdout_on_a_full_device_is_one_line(tmp_path, command):
+    """`mousse ... > /dev/full`: one line naming stdout, exit 2 (was a traceback, exit 1); a run
+    trains to its summary first."""
+    from support.results import results_file
+
+    args = {
+        "--version": ["--version"],
+        "report": ["report", str(results_file(tmp_path / "results.json"))],
+        "train": ["train", *FAST, "--steps", "2", "--run-dir", str(tmp_path / "R")],
+    }[command]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*mousse_command(), *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error: cannot write the output to stdout"), proc.stderr
+    if command == "train":
+        assert summary(tmp_path / "R")["status"] == "completed"
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5])  # inside the imports, and around their end
 def test_ctrl_c_during_start_up_is_no_traceback(tmp_path, delay):
     proc = subprocess.Popen(
