@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import dumps
+from mousse.train.fileio import dumps, read_json
 
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
@@ -116,14 +116,12 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
     the file holds when asked (no curves: the forest plot and the tuning curves)."""
-    import json
-
     from mousse.experiments.results import with_delta_intervals
 
     if retime:
         raise ConfigError("--retime needs the ablation dir, not a results file")
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         scaled = "scale" in data
         by_preset = {
             preset: with_delta_intervals(results)

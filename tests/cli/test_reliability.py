@@ -956,8 +956,9 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
         (b"[1, 2]", "not an object"),
         (b'{"host": "\xff"}', "utf-8"),
         (b'{"resumes": 5}', "list of resumes"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
-    ids=["garbage", "a-list", "not-utf8", "resumes-5"],
+    ids=["garbage", "a-list", "not-utf8", "resumes-5", "deep"],
 )
 def test_a_damaged_env_json_is_one_line_on_resume(tmp_path, content, why):
     run = tmp_path / "R"
@@ -967,6 +968,43 @@ def test_a_damaged_env_json_is_one_line_on_resume(tmp_path, content, why):
     res = invoke_cli("train", "--resume", run, "--steps", "8")
     assert_one_line_error(res, f"{run / 'env.json'} is damaged", why, "move it away")
     assert _files(run) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("fifo", ["metrics.jsonl", "env.json", "config"])
+def test_a_fifo_where_a_file_is_read_is_one_line_not_a_hang(tmp_path, fifo):
+    """A FIFO as a run's file or as --config would block its reader until a writer comes (and
+    SIGTERM would not end the wait): refused at once, naming it (a real process, so that a hang
+    ends in the timeout instead of stopping the suite)."""
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    args = ["train", "--resume", str(run), "--steps", "8"]
+    if fifo == "config":
+        os.mkfifo(tmp_path / "c.toml")
+        args += ["--config", str(tmp_path / "c.toml")]
+    else:
+        (run / fifo).unlink()
+        os.mkfifo(run / fifo)
+    before = _files(run)
+    proc = subprocess.run([*mousse_command(), *args], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "not a regular file" in lines[0] and (fifo in lines[0] or "c.toml" in lines[0])
+    assert _files(run) == before
+
+
+def test_json_nested_too_deeply_is_damage_not_a_traceback(tmp_path):
+    """100,000 nested brackets overflow Python's recursion: a results file so nested is one line,
+    a summary.json so nested one that cannot be read (kept, never restarted over)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "results.json").write_text(deep)
+    assert_one_line_error(invoke_cli("report", tmp_path / "results.json"), "not a results file")
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "summary.json").write_text(deep)
+    res = invoke_cli("train", "--resume", "auto", "--run-dir", run, *RUN)
+    assert_one_line_error(res, "already holds files")
+    assert (run / "summary.json").read_text() == deep
 
 
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-user-file", "dangling"])

@@ -5,7 +5,6 @@ worker processes."""
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
-from mousse.train.fileio import atomic_write_text, write_json
+from mousse.train.fileio import atomic_write_text, read_json, write_json
 from mousse.train.rundir import exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
@@ -323,7 +322,7 @@ class Ablation:
         """The last timing pass, when it covers every variant of the results; its overheads
         against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
         try:
-            record = json.loads((self.dir / TIMING_FILE).read_text())
+            record = read_json(self.dir / TIMING_FILE)
         except (OSError, ValueError):
             return None
         names = {v["variant"] for v in results["variants"] if v["n"]}

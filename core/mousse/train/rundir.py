@@ -24,7 +24,7 @@ from typing import Any
 from . import tomlio
 from .checkpoint import checkpoint_dirs, is_checkpoint_dir, set_aside_later_checkpoints
 from .config import ConfigError, TrainConfig
-from .fileio import JsonlError, atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import JsonlError, atomic_write_text, dumps, loads, read_json, read_jsonl, write_json
 
 LOCK_FILE = ".lock"
 RUN_FILES = {"config.toml", "env.json", "metrics.jsonl", "summary.json", "checkpoints", LOCK_FILE}
@@ -55,7 +55,7 @@ def restartable(run_dir: Path) -> bool:
     if any(p.name not in RUN_FILES for p in run_dir.iterdir()) or checkpoint_dirs(run_dir):
         return False
     try:
-        status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
+        status = read_json(run_dir / "summary.json")["status"]
     except FileNotFoundError:
         return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -227,7 +227,7 @@ def held_by(run_dir: Path) -> str | None:
 
 def _holder(fd: int) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        info = loads(os.pread(fd, 4096, 0) or b"{}")
         return f"pid {info['pid']} on {info['host']} (since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
@@ -239,7 +239,7 @@ def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
     anything is written, so that nothing of the run is lost)."""
     env_file = run_dir / "env.json"
     try:
-        env = json.loads(env_file.read_text(encoding="utf-8"))
+        env = read_json(env_file)
         if not isinstance(env, dict) or not isinstance(env.get("resumes", []), list):
             raise ValueError("not an object with a list of resumes")
     except FileNotFoundError:
