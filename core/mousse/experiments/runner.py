@@ -5,12 +5,10 @@ as (run name, event) pairs."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import pickle
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from typing import Any
 import torch
 
 from mousse.distributed import setup
-from mousse.distributed.process import is_main_process
+from mousse.distributed.process import is_main_process, signal_when_parent_dies
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
@@ -32,8 +30,6 @@ from mousse.train.optstate import CheckpointError
 from mousse.train.rundir import RunInUse, RunLock
 
 from .records import TIMING_KEYS
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -357,8 +353,5 @@ def _follow_parent(control, stop: threading.Event) -> None:
 def _die_with_parent(parent: int, control) -> None:
     """On Linux the kernel kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere
     the control pipe's end of file does (`_follow_parent`). A parent already gone: exit now."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
+    if not signal_when_parent_dies(parent, signal.SIGKILL):
         os._exit(1)
