@@ -85,6 +85,8 @@ def train(
     on CPU: about 35 s on 2 cores)."""
     with exit_on_error((typer.Exit,)), user_errors(json_out), ExitStack() as held:
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
+        if resume is not None and not resume.strip():
+            raise ConfigError("--resume needs a run dir, a checkpoint dir or 'auto'; it is empty")
         file = load_config_file(config) if config else {}
         settings = {**file, **overrides}
         # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)

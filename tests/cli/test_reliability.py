@@ -1018,6 +1018,28 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
     assert (target.read_text() == "mine") if not dangling else not target.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_lock_file_that_is_a_fifo_is_refused_naming_it(tmp_path):
+    fresh, done = tmp_path / "F", tmp_path / "R"
+    fresh.mkdir()
+    os.mkfifo(fresh / LOCK_FILE)
+    assert_one_line_error(train(fresh), f"{fresh / LOCK_FILE} is not a regular file", "remove it")
+    assert train(done).exit_code == 0
+    (done / LOCK_FILE).unlink()
+    os.mkfifo(done / LOCK_FILE)
+    res = invoke_cli("train", "--resume", done, "--steps", "8")
+    assert_one_line_error(res, f"{done / LOCK_FILE} is not a regular file")
+
+
+@pytest.mark.parametrize("resume, needle", [("", "it is empty"), ("E", "no checkpoint found at E")])
+def test_a_resume_with_nothing_to_resume_leaves_no_lock(tmp_path, monkeypatch, resume, needle):
+    """`--resume ""` (the current dir) and an empty dir: refused, and no `.lock` left behind."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "E").mkdir()
+    assert_one_line_error(invoke_cli("train", "--resume", resume, "--steps", "2"), needle)
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("E")]
+
+
 def test_resuming_a_completed_run_keeps_its_timings(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0

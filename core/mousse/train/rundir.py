@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,8 +88,7 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool =
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file; pass a directory")
     if probe and run_dir.is_dir():  # held by a live run now? (taken for real when it trains)
-        if (run_dir / LOCK_FILE).is_symlink():
-            raise _lock_link(run_dir / LOCK_FILE)
+        _check_lock_file(run_dir / LOCK_FILE)
         if holder := held_by(run_dir):
             raise _in_use(run_dir, holder)
     if (
@@ -157,7 +157,7 @@ def open_lock_file(path: Path) -> int:
     (a link to a user's file would have it overwritten with the holder's details)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except PermissionError:
         raise RunDirError(
             f"run dir {path.parent} is not writable; pass a --run-dir you can write to"
@@ -168,6 +168,10 @@ def open_lock_file(path: Path) -> int:
         raise RunDirError(
             f"run dir {path.parent} cannot be used ({exc.strerror}); pass another --run-dir"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO: its holder could not be written
+        os.close(fd)
+        raise _lock_not_a_file(path)
+    return fd
 
 
 @contextmanager
@@ -185,20 +189,33 @@ def exclusive(path: Path) -> Iterator[None]:
 
 def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | None:
     """The lock of the run dir a resume writes to, taken before its checkpoint is chosen (so a
-    run still training there is refused, not raced); None when there is no such dir yet."""
+    run still training there is refused, not raced); None when that dir holds no checkpoint (a
+    resume of it fails, or starts afresh and locks it then): no `.lock` left in an empty dir."""
     if resume is None:
         return None
     target = run_dir
     if target is None and resume != "auto":
         source = Path(resume)
         target = source.parent.parent if is_checkpoint_dir(source) else source
-    if target is None or not target.is_dir():
+    if target is None or not checkpoint_dirs(target):
         return None
     return RunLock(target).acquire()
 
 
 def _lock_link(path: Path) -> RunDirError:
     return RunDirError(f"{path} is a symbolic link, not mousse's lock file; remove the link")
+
+
+def _check_lock_file(path: Path) -> None:
+    """Refuse a lock file that is a symbolic link or not a regular file (a FIFO)."""
+    if path.is_symlink():
+        raise _lock_link(path)
+    if path.exists() and not path.is_file():
+        raise _lock_not_a_file(path)
+
+
+def _lock_not_a_file(path: Path) -> RunDirError:
+    return RunDirError(f"{path} is not a regular file, not mousse's lock file; remove it")
 
 
 def _in_use(run_dir: Path, holder: str) -> RunInUse:
