@@ -1018,6 +1018,23 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
     assert (target.read_text() == "mine") if not dangling else not target.exists()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_while_appending_metrics_names_the_file(tmp_path, monkeypatch):
+    """The disk fills as a run appends to metrics.jsonl (its appends go to /dev/full): one line
+    naming the file, exit 2."""
+    from mousse.train import fileio
+
+    def full_metrics(path, *args, **kwargs):
+        return open("/dev/full" if str(path).endswith("metrics.jsonl") else path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", full_metrics, raising=False)
+    run = tmp_path / "R"
+    res = train(run)
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res
+    last = res.stderr_lines()[-1]  # after the run's start-up lines
+    assert last == f"error: No space left on device ({run / 'metrics.jsonl'})", res
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_lock_file_that_is_a_fifo_is_refused_naming_it(tmp_path):
     fresh, done = tmp_path / "F", tmp_path / "R"

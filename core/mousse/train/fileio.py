@@ -118,5 +118,11 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]
 
 
 def append_jsonl(path: str | Path, obj: object) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(dumps(obj) + "\n")
+    """Append `obj` as one JSON line; a write that fails (a full disk) names the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(dumps(obj) + "\n")
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
