@@ -1018,6 +1018,25 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
     assert (target.read_text() == "mine") if not dangling else not target.exists()
 
 
+@pytest.mark.parametrize("how", ["resume", "fresh", "auto"])
+def test_a_checkpoints_link_into_another_run_names_that_run(tmp_path, how):
+    """S/checkpoints a link to R's: the advice names R and the link (it used to be `--resume S`,
+    the very command that was refused); R is untouched."""
+    run, other = tmp_path / "R", tmp_path / "S"
+    assert train(run).exit_code == 0
+    other.mkdir()
+    (other / "checkpoints").symlink_to(run / "checkpoints")
+    before = _files(run)
+    args = {
+        "resume": ["train", "--resume", other, "--steps", "8"],
+        "fresh": ["train", *RUN, "--run-dir", other],
+        "auto": ["train", *RUN, "--resume", "auto", "--run-dir", other],
+    }[how]
+    res = invoke_cli(*args)
+    assert_one_line_error(res, "link to another run's checkpoints", f"--resume {run}")
+    assert _files(run) == before
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_while_appending_metrics_names_the_file(tmp_path, monkeypatch):
     """The disk fills as a run appends to metrics.jsonl (its appends go to /dev/full): one line

@@ -67,6 +67,12 @@ def restartable(run_dir: Path) -> bool:
 def _taken(run_dir: Path) -> str:
     """Why a fresh run may not use `run_dir`, and the fix."""
     if checkpoint_dirs(run_dir):
+        found = (run_dir / "checkpoints").resolve()
+        if not found.is_relative_to(run_dir.resolve()):  # a link: the checkpoints of another run
+            return (
+                f"holds a link to another run's checkpoints ({found}); remove the link, or "
+                f"continue that run with --resume {found.parent}"
+            )
         return (
             f"already holds a run; continue it with --resume {run_dir}, or pass another --run-dir"
         )
