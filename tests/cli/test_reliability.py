@@ -442,6 +442,35 @@ def test_an_ablation_that_skipped_a_run_another_process_holds_exits_4(tmp_path):
         lock.release()
     assert res.exit_code == 4, res
     assert "waits for 1 runs that other shards or processes train (mousse)" in res.stderr
+    assert "--run-dir" not in res.stderr  # `ablate` has none
+
+
+ABLATE = ["ablate", *FAST, "--alpha", "0.0", "--no-baseline", "--steps", "2", "--no-timing-pass"]
+
+
+@pytest.mark.parametrize("target", ["file", "inside-a-file", "train-run", "user-files"])
+def test_an_ablation_dir_train_would_refuse_is_refused_before_the_plan(tmp_path, target):
+    """A file, a path inside one, a train run's dir, a dir of one's own files: one line naming
+    --ablation-dir before the plan and estimate, nothing written (as `train` refuses them)."""
+    (tmp_path / "file").write_text("x")
+    if target == "train-run":
+        assert train(tmp_path / "R").exit_code == 0
+    (tmp_path / "U").mkdir()
+    (tmp_path / "U" / "notes.txt").write_text("mine")
+    where = {"file": "file", "inside-a-file": "file/A", "train-run": "R", "user-files": "U"}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    res = invoke_cli(*ABLATE, "--ablation-dir", tmp_path / where[target], "--dry-run")
+    assert_one_line_error(res, f"--ablation-dir {tmp_path / where[target]}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_dir_of_ones_own_files_in_an_ablation_advises_the_ablation_dir(tmp_path):
+    """`ablate` has no --run-dir: a run dir it may not use says --ablation-dir."""
+    (tmp_path / "A" / "runs" / "mousse").mkdir(parents=True)
+    (tmp_path / "A" / "runs" / "mousse" / "notes.txt").write_text("mine")
+    res = invoke_cli(*ABLATE, "--ablation-dir", tmp_path / "A")
+    assert "pass another --ablation-dir" in res.stderr and "--run-dir" not in res.stderr, res
+    assert (tmp_path / "A" / "runs" / "mousse" / "notes.txt").read_text() == "mine"
 
 
 def test_a_second_sigterm_aborts_with_143():

@@ -11,7 +11,7 @@ import pickle
 import signal
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -27,7 +27,7 @@ from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import write_json
 from mousse.train.optstate import CheckpointError
-from mousse.train.rundir import RunInUse, RunLock
+from mousse.train.rundir import RunDirError, RunInUse, RunLock
 
 from .records import TIMING_KEYS
 
@@ -70,7 +70,10 @@ def execute_run(
 
     cfg = resolve(settings)
     # locked before its checkpoint is chosen: another shard's process may be training it
-    with RunLock(run_dir).acquire() if is_main_process() else nullcontext() as lock:
+    with (
+        ablation_advice(),
+        RunLock(run_dir).acquire() if is_main_process() else nullcontext() as lock,
+    ):
         resume = run_dir if checkpoint_dirs(run_dir) else None
         try:
             trainer = Trainer(
@@ -87,6 +90,16 @@ def execute_run(
         except CheckpointError as exc:  # every checkpoint damaged: this run fails alone
             return failed_run(run_dir, str(exc), on_event)
         return trainer.run()
+
+
+@contextlib.contextmanager
+def ablation_advice() -> Iterator[None]:
+    """A run dir's problem with the advice `ablate` can follow: its --ablation-dir, not the
+    --run-dir it does not have."""
+    try:
+        yield
+    except RunDirError as exc:
+        raise type(exc)(str(exc).replace("--run-dir", "--ablation-dir")) from None
 
 
 def failed_run(run_dir: Path, message: str, on_event) -> dict:
