@@ -779,10 +779,13 @@ def test_a_model_far_too_big_is_refused_before_it_is_built(tmp_path, monkeypatch
         ("steps = true", "'steps'"),
         ("eval_every = true", "'eval_every'"),
         ("compile = 1", "'compile'"),
+        ('steps = "5"', "'steps'"),
+        ('compile = "on"', "'compile'"),
+        ('lr = "0.01"', "'lr'"),
     ],
 )
 def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, key):
-    """TOML's true is not 1 step, nor its 1 a switch: the setting's type is named."""
+    """TOML's true is not 1 step, nor its 1 a switch, nor "5" a count: the setting is named."""
     conf = tmp_path / "run.toml"
     conf.write_text(line + "\n")
     assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)

@@ -346,7 +346,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 "setting under [train], or use no table at all"
             )
         raw = raw["train"]
-    return {key: coerce(key, value) for key, value in compat.upgrade(raw).items()}
+    return {key: coerce_toml(key, value) for key, value in compat.upgrade(raw).items()}
+
+
+def coerce_toml(key: str, value: Any) -> Any:
+    """A TOML file's value of setting `key`, typed: TOML has numbers and booleans, so a string
+    for a count, a number or a switch (`steps = "5"`) is a mistake, refused rather than read."""
+    if isinstance(value, str) and _field_type(key) is not str:
+        raise ConfigError(f"bad value for '{key}': {value!r} is a string; write it without quotes")
+    return coerce(key, value)
 
 
 GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's, not a --model's
