@@ -74,7 +74,12 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
 
 
 def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int) -> None:
-    """Refuse --wait outside a tuned shard, and --parallel below 1 or under torchrun."""
+    """Refuse a malformed --shard (an empty one too: not "no shard"), --wait outside a tuned
+    shard, and --parallel below 1 or under torchrun."""
+    from mousse.experiments.ablation import parse_shard
+
+    if shard is not None:
+        parse_shard(shard)
     if wait is not None and (not wait > 0 or shard is None or not tuning):
         raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
     if parallel < 1:

@@ -94,6 +94,7 @@ def train(
         if lock is not None:
             held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
+        check_knobs_used(settings, cfg)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
         check_trusted({cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
@@ -131,6 +132,20 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     assert source is not None  # `--resume auto` without --run-dir was refused above
     cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
     return cfg, ckpt, run_dir or ckpt.parent.parent, restart
+
+
+def check_knobs_used(settings: dict, cfg) -> None:
+    """Refuse a knob given for a run whose optimizer does not use it (`--optimizer muon
+    --refresh-delay 10`: Muon has no preconditioner to refresh), rather than ignore it."""
+    from mousse.experiments.ablation import unused_knobs
+
+    unused = unused_knobs({**settings, "optimizer": cfg.optimizer, "preset": cfg.preset})
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise ConfigError(
+            f"{flag} does nothing with --optimizer {cfg.optimizer}, which does not use it "
+            f"(the knobs each optimizer uses: docs/family.md); drop {flag}"
+        )
 
 
 def run_training(

@@ -744,6 +744,7 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
         (["ablate", "--alpha", "0.0", "--timing-budget", "nan"], "--timing-budget"),
         (["report", "nowhere", "--retime", "--timing-budget", "nan"], "--timing-budget"),
         (["ablate", "--alpha", "0.0", "--ablation-dir", "", "--dry-run"], "--ablation-dir"),
+        (["ablate", "--alpha", "0.0", "--shard", "", "--dry-run"], "--shard"),
     ],
 )
 def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
@@ -789,6 +790,17 @@ def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, 
     conf = tmp_path / "run.toml"
     conf.write_text(line + "\n")
     assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["muon", "--refresh-delay", "10"], ["muon", "--alpha", "0.5"], ["adamw", "--alpha", "0"]],
+)
+def test_a_knob_the_optimizer_does_not_use_is_one_line(tmp_path, args):
+    """`--optimizer muon --refresh-delay 10` would train Muon as if it were not given."""
+    res = invoke_cli("train", "--optimizer", *args, "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, f"{args[1]} does nothing with --optimizer {args[0]}")
     assert not (tmp_path / "R").exists()
 
 
