@@ -74,7 +74,12 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
 
 
 def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int) -> None:
-    """Refuse --wait outside a tuned shard, and --parallel below 1 or under torchrun."""
+    """Refuse a malformed --shard (an empty one too: not "no shard"), --wait outside a tuned
+    shard, and --parallel below 1 or under torchrun."""
+    from mousse.experiments.ablation import parse_shard
+
+    if shard is not None:
+        parse_shard(shard)
     if wait is not None and (not wait > 0 or shard is None or not tuning):
         raise ConfigError("--wait SECONDS (> 0) is for a --shard of a --tune ablation")
     if parallel < 1:
@@ -149,7 +154,8 @@ def plan_ablations(
     the preset is None without --preset a,b. The default root names the knobs and the plan."""
     from mousse.experiments.ablation import plan_ablation
     from mousse.experiments.inputs import parse_seeds
-    from mousse.experiments.sweep import Ablation
+    from mousse.experiments.scale import SCALE_FILE
+    from mousse.experiments.sweep import Ablation, check_ablation_dir
 
     file, presets = setup.file, setup.presets
     each: list[str | None] = [*presets] if presets else [None]  # None: the base's preset
@@ -174,6 +180,8 @@ def plan_ablations(
     root = ablation_dir or Path("runs") / first.default_dir_name(
         (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else "")
     )
+    if presets:  # the root of one ablation dir per preset
+        check_ablation_dir(root, SCALE_FILE, set(presets))
     ablations = {p: Ablation(plan, root if p is None else root / p) for p, plan in plans.items()}
     check_max_runs_all(ablations.values(), max_runs)
     for ab in ablations.values():

@@ -3,6 +3,7 @@ parses and validates its input, calls the engine and renders (its module: <comma
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -16,6 +17,7 @@ from mousse.train.compat import RENAMED_FLAGS
 from .ablate_cmd import ablate
 from .bench_cmd import bench
 from .console import console
+from .errors import STDOUT, os_error_line
 from .presets_cmd import presets
 from .report_cmd import report
 from .startup import reached
@@ -135,6 +137,7 @@ def run_app() -> None:
 def main() -> None:
     """The console script `mousse` (and `python -m mousse_cli`); under torchrun each rank leaves
     its process group cleanly."""
+    name_stdout_in_its_errors()
     tolerate_narrow_encodings()
     if env_world_size() > 1:  # one rank of a torchrun job: leave the process group cleanly
         from mousse.distributed.process import run_rank
@@ -144,6 +147,39 @@ def main() -> None:
         run_app()
     except BrokenPipeError:
         reader_gone()
+    except OSError as exc:  # one the commands do not catch: the final results written
+        if exc.filename != STDOUT:
+            raise
+        console.print(f"error: {os_error_line(exc)}", style="red", markup=False, soft_wrap=True)
+        stdout_to_devnull()
+        sys.exit(2)
+
+
+class NamedStdout(io.FileIO):
+    """stdout's descriptor, whose write errors name it (a full disk or `> /dev/full`: one line
+    saying so, not a traceback); a reader gone stays a BrokenPipeError."""
+
+    def write(self, data) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, STDOUT) from None
+
+
+def name_stdout_in_its_errors() -> None:
+    """sys.stdout as it was (encoding, errors, buffering), writing through `NamedStdout`."""
+    old = sys.stdout
+    if old is None or not hasattr(old, "fileno"):
+        return
+    raw = NamedStdout(old.fileno(), "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=old.encoding,
+        errors=old.errors,
+        line_buffering=bool(old.line_buffering),
+    )
 
 
 def tolerate_narrow_encodings() -> None:
@@ -159,6 +195,11 @@ def reader_gone() -> None:
     """stdout's reader left (`mousse report DIR | head -1`) during a write that neither Rich nor
     click handles: exit 1 quietly, as they do, with stdout pointed at /dev/null so that the
     final flush cannot fail again."""
+    stdout_to_devnull()
+    sys.exit(1)
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the final flush of what it could not take succeeds."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(1)

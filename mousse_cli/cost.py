@@ -47,11 +47,27 @@ def _estimates(configs: list, force: bool) -> list:
         device = pick_device(cfg.device)
         key = (cfg.data, cfg.val_data)  # every variant usually shares one dataset: load it once
         vocab = vocabs[key] = vocabs.get(key) or load_dataset(*key).vocab_size
+        if not force:
+            _refuse_far_too_big(cfg, vocab, device)
         est = estimate(cfg, vocab, device)
         estimates.append(est)
         if not est.fits and not force:
             _refuse_memory(cfg, vocab, est)
     return estimates
+
+
+def _refuse_far_too_big(cfg, vocab: int, device) -> None:
+    """ConfigError, at once, for a model whose weights and gradients alone exceed the device's
+    free memory (estimating it in full would first build it, for minutes)."""
+    from mousse.train.estimate import available_bytes, weights_floor_bytes
+
+    floor, available = weights_floor_bytes(cfg, vocab), available_bytes(device)
+    if available is not None and floor > available:
+        raise ConfigError(
+            f"this run needs more than {floor / 2**30:.1f} GiB (its weights and gradients "
+            f"alone), the {device} has {available / 2**30:.1f} GiB free: a smaller model or a "
+            "bigger device is needed (or --force to try anyway)"
+        )
 
 
 def _refuse_memory(cfg, vocab: int, est) -> None:

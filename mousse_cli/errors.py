@@ -43,5 +43,17 @@ def user_errors(json_out: bool = False):
     except USER_ERRORS as exc:
         fail(str(exc), json_out=json_out)
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        fail(f"{exc.strerror or exc}{where}", json_out=json_out)
+        fail(os_error_line(exc), json_out=json_out)
+
+
+STDOUT = "<stdout>"  # the file name of a failed write to stdout (app.NamedStdout)
+
+
+def os_error_line(exc: OSError) -> str:
+    """A file system error as one line naming its file; stdout's names the way out."""
+    if exc.filename == STDOUT:
+        return (
+            f"cannot write the output to stdout ({exc.strerror}); redirect it where there is room"
+        )
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"

@@ -36,6 +36,21 @@ def _pyplot():
     return plt
 
 
+def check_plot_path(out: Path) -> None:
+    """Refuse, before any work, a --plot that names no file or a format matplotlib cannot
+    write (no suffix: PNG)."""
+    if str(out) in ("", ".") or out.is_dir():
+        raise ConfigError(f"--plot needs a file name, e.g. --plot loss.png ({out} is a directory)")
+    _pyplot()  # matplotlib missing: that is the error
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix and out.suffix[1:].lower() not in formats:
+        raise ConfigError(
+            f"--plot {out}: matplotlib cannot write {out.suffix} files; use .png, .pdf or .svg"
+        )
+
+
 def variant_colors(variants: list[str], baseline: str | None) -> dict:
     """One colour per variant, the same in every figure of an ablation: the baseline black, the
     others tab10 in plan order."""

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import dumps
+from mousse.train.fileio import dumps, read_json
 
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
@@ -60,6 +60,10 @@ def report(
         if fmt not in FORMATS:
             raise ConfigError(f"bad --format {fmt!r}; choose one of {', '.join(FORMATS)}")
         check_timing_budget(timing_budget)
+        if plot is not None:
+            from .plot import check_plot_path
+
+            check_plot_path(plot)
         if ablation_dir.is_file():
             if against is not None:
                 raise ConfigError("--against needs the ablation dir, not a results file")
@@ -69,7 +73,7 @@ def report(
                 ablation_dir, plot, retime, timing_budget, trust_model_code, against
             )
     if expect:  # a bad expression is refused before anything is printed
-        check_expressions(expect)
+        check_expressions(expect, by_preset)
     print_results(by_preset, scaled, fmt)
     if expect:
         gate(expect, by_preset)
@@ -112,14 +116,12 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
     the file holds when asked (no curves: the forest plot and the tuning curves)."""
-    import json
-
     from mousse.experiments.results import with_delta_intervals
 
     if retime:
         raise ConfigError("--retime needs the ablation dir, not a results file")
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         scaled = "scale" in data
         by_preset = {
             preset: with_delta_intervals(results)
@@ -174,18 +176,20 @@ def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
         show_wide(scale_table(scale_of(by_preset)))
 
 
-def check_expressions(expectations: list[str]) -> None:
-    """Parse every --expect, so that a bad one is refused (exit 2) before any output."""
-    from mousse.experiments.expect import parse
+def check_expressions(expectations: list[str], by_preset: dict) -> None:
+    """Check every --expect against every preset's variants, so that a malformed one is
+    refused (exit 2) before any output, whatever the results."""
+    from mousse.experiments.expect import validate
 
     with user_errors():
-        for expr in expectations:
-            parse(expr)
+        for results in by_preset.values():
+            for expr in expectations:
+                validate(expr, [v["variant"] for v in results["variants"]])
 
 
 def gate(expectations: list[str], by_preset: dict) -> None:
     """Check every expectation on every preset's results; one line each on stderr; exit 5 after
-    the tables when one fails (bad expressions: exit 2 at once)."""
+    the tables when one fails (bad expressions were refused before them)."""
     from mousse.experiments.expect import check
 
     with user_errors():

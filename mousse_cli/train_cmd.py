@@ -86,6 +86,8 @@ def train(
     on CPU: about 35 s on 2 cores)."""
     with exit_on_error((typer.Exit,)), user_errors(json_out), ExitStack() as held:
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
+        if resume is not None and not resume.strip():
+            raise ConfigError("--resume needs a run dir, a checkpoint dir or 'auto'; it is empty")
         file = load_config_file(config) if config else {}
         settings = {**file, **overrides}
         # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)
@@ -93,6 +95,7 @@ def train(
         if lock is not None:
             held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
+        check_knobs_used(settings, cfg)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
         check_trusted({"model": cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
@@ -136,6 +139,20 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
             "pass --run-dir NEW to continue it in a run dir of its own"
         )
     return cfg, ckpt, run_dir, restart
+
+
+def check_knobs_used(settings: dict, cfg) -> None:
+    """Refuse a knob given for a run whose optimizer does not use it (`--optimizer muon
+    --refresh-delay 10`: Muon has no preconditioner to refresh), rather than ignore it."""
+    from mousse.experiments.ablation import unused_knobs
+
+    unused = unused_knobs({**settings, "optimizer": cfg.optimizer, "preset": cfg.preset})
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        raise ConfigError(
+            f"{flag} does nothing with --optimizer {cfg.optimizer}, which does not use it "
+            f"(the knobs each optimizer uses: docs/family.md); drop {flag}"
+        )
 
 
 def run_training(

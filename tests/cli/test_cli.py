@@ -22,6 +22,7 @@ from support.cli import (
     summary,
     train_losses,
 )
+from support.results import results_file
 
 from mousse.train import tomlio
 from mousse.train.events import StepLogged
@@ -471,6 +472,14 @@ def test_report_plot_without_matplotlib(cli, ablation, tmp_path, monkeypatch):
     res = cli("report", ablation["dir"], "--plot", tmp_path / "x.png")
     assert_one_line_error(res, "matplotlib")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("plot, needle", [("x.txt", "cannot write .txt"), ("", "file name")])
+def test_a_plot_matplotlib_cannot_write_is_one_line_before_any_output(tmp_path, plot, needle):
+    pytest.importorskip("matplotlib")
+    res = invoke_cli("report", results_file(tmp_path / "results.json"), "--plot", plot)
+    assert_one_line_error(res, needle)
+    assert res.stdout == ""
 
 
 @pytest.mark.slow

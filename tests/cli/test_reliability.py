@@ -488,6 +488,35 @@ def test_an_ablation_that_skipped_a_run_another_process_holds_exits_4(tmp_path):
         lock.release()
     assert res.exit_code == 4, res
     assert "waits for 1 run that other shards or processes train (mousse)" in res.stderr
+    assert "--run-dir" not in res.stderr  # `ablate` has none
+
+
+ABLATE = ["ablate", *FAST, "--alpha", "0.0", "--no-baseline", "--steps", "2", "--no-timing-pass"]
+
+
+@pytest.mark.parametrize("target", ["file", "inside-a-file", "train-run", "user-files"])
+def test_an_ablation_dir_train_would_refuse_is_refused_before_the_plan(tmp_path, target):
+    """A file, a path inside one, a train run's dir, a dir of one's own files: one line naming
+    --ablation-dir before the plan and estimate, nothing written (as `train` refuses them)."""
+    (tmp_path / "file").write_text("x")
+    if target == "train-run":
+        assert train(tmp_path / "R").exit_code == 0
+    (tmp_path / "U").mkdir()
+    (tmp_path / "U" / "notes.txt").write_text("mine")
+    where = {"file": "file", "inside-a-file": "file/A", "train-run": "R", "user-files": "U"}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    res = invoke_cli(*ABLATE, "--ablation-dir", tmp_path / where[target], "--dry-run")
+    assert_one_line_error(res, f"--ablation-dir {tmp_path / where[target]}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_dir_of_ones_own_files_in_an_ablation_advises_the_ablation_dir(tmp_path):
+    """`ablate` has no --run-dir: a run dir it may not use says --ablation-dir."""
+    (tmp_path / "A" / "runs" / "mousse").mkdir(parents=True)
+    (tmp_path / "A" / "runs" / "mousse" / "notes.txt").write_text("mine")
+    res = invoke_cli(*ABLATE, "--ablation-dir", tmp_path / "A")
+    assert "pass another --ablation-dir" in res.stderr and "--run-dir" not in res.stderr, res
+    assert (tmp_path / "A" / "runs" / "mousse" / "notes.txt").read_text() == "mine"
 
 
 def test_a_second_sigterm_aborts_with_143():
@@ -556,6 +585,29 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path):
     proc.stdout.close()  # what head does after its lines
     assert proc.wait(timeout=300) == 0
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 100
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["--version", "report", "train"])
+def test_stdout_on_a_full_device_is_one_line(tmp_path, command):
+    """`mousse ... > /dev/full`: one line naming stdout, exit 2 (was a traceback, exit 1); a run
+    trains to its summary first."""
+    from support.results import results_file
+
+    args = {
+        "--version": ["--version"],
+        "report": ["report", str(results_file(tmp_path / "results.json"))],
+        "train": ["train", *FAST, "--steps", "2", "--run-dir", str(tmp_path / "R")],
+    }[command]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*mousse_command(), *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error: cannot write the output to stdout"), proc.stderr
+    if command == "train":
+        assert summary(tmp_path / "R")["status"] == "completed"
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -881,6 +933,7 @@ def test_a_corrupt_checkpoint_fails_its_ablation_run_alone(tmp_path):
         (["ablate", "--alpha", "0.0", "--timing-budget", "nan"], "--timing-budget"),
         (["report", "nowhere", "--retime", "--timing-budget", "nan"], "--timing-budget"),
         (["ablate", "--alpha", "0.0", "--ablation-dir", "", "--dry-run"], "--ablation-dir"),
+        (["ablate", "--alpha", "0.0", "--shard", "", "--dry-run"], "--shard"),
     ],
 )
 def test_out_of_range_numbers_are_one_line(tmp_path, monkeypatch, args, needle):
@@ -901,18 +954,53 @@ def test_an_empty_data_path_is_not_the_current_dir(tmp_path, monkeypatch, flag):
 
 
 @pytest.mark.parametrize(
+    "shape,needle",
+    [
+        (["--d-model", "1000000000000"], "more than any machine holds"),
+        (["--n-layers", "1000000"], "weights and gradients alone"),
+    ],
+)
+def test_a_model_far_too_big_is_refused_before_it_is_built(tmp_path, monkeypatch, shape, needle):
+    """A shape whose sizes overflow torch's, or that takes minutes to build even on the meta
+    device, is refused from its parameter count at once: the model is never built."""
+
+    def never(*_args):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("mousse.train.estimate.build_model", never)
+    monkeypatch.setattr("mousse.train.presets.meta_model", never)
+    res = invoke_cli("train", *shape, "--steps", "2", "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, needle)
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize(
     "line,key",
     [
         ("steps = true", "'steps'"),
         ("eval_every = true", "'eval_every'"),
         ("bias_correction = 1", "'bias_correction'"),
+        ('steps = "5"', "'steps'"),
+        ('bias_correction = "on"', "'bias_correction'"),
+        ('lr = "0.01"', "'lr'"),
     ],
 )
 def test_a_bool_for_a_count_or_a_count_for_a_switch_is_one_line(tmp_path, line, key):
-    """TOML's true is not 1 step, nor its 1 a switch: the setting's type is named."""
+    """TOML's true is not 1 step, nor its 1 a switch, nor "5" a count: the setting is named."""
     conf = tmp_path / "run.toml"
     conf.write_text(line + "\n")
     assert_one_line_error(invoke_cli("train", "--config", conf, "--run-dir", tmp_path / "R"), key)
+    assert not (tmp_path / "R").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["muon", "--refresh-delay", "10"], ["muon", "--alpha", "0.5"], ["adamw", "--alpha", "0"]],
+)
+def test_a_knob_the_optimizer_does_not_use_is_one_line(tmp_path, args):
+    """`--optimizer muon --refresh-delay 10` would train Muon as if it were not given."""
+    res = invoke_cli("train", "--optimizer", *args, "--run-dir", tmp_path / "R")
+    assert_one_line_error(res, f"{args[1]} does nothing with --optimizer {args[0]}")
     assert not (tmp_path / "R").exists()
 
 
@@ -1126,8 +1214,9 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
         (b"[1, 2]", "not an object"),
         (b'{"host": "\xff"}', "utf-8"),
         (b'{"resumes": 5}', "list of resumes"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
-    ids=["garbage", "a-list", "not-utf8", "resumes-5"],
+    ids=["garbage", "a-list", "not-utf8", "resumes-5", "deep"],
 )
 def test_a_damaged_env_json_is_one_line_on_resume(tmp_path, content, why):
     run = tmp_path / "R"
@@ -1139,6 +1228,43 @@ def test_a_damaged_env_json_is_one_line_on_resume(tmp_path, content, why):
     assert _files(run) == before
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("fifo", ["metrics.jsonl", "env.json", "config"])
+def test_a_fifo_where_a_file_is_read_is_one_line_not_a_hang(tmp_path, fifo):
+    """A FIFO as a run's file or as --config would block its reader until a writer comes (and
+    SIGTERM would not end the wait): refused at once, naming it (a real process, so that a hang
+    ends in the timeout instead of stopping the suite)."""
+    run = tmp_path / "R"
+    assert train(run).exit_code == 0
+    args = ["train", "--resume", str(run), "--steps", "8"]
+    if fifo == "config":
+        os.mkfifo(tmp_path / "c.toml")
+        args += ["--config", str(tmp_path / "c.toml")]
+    else:
+        (run / fifo).unlink()
+        os.mkfifo(run / fifo)
+    before = _files(run)
+    proc = subprocess.run([*mousse_command(), *args], capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "not a regular file" in lines[0] and (fifo in lines[0] or "c.toml" in lines[0])
+    assert _files(run) == before
+
+
+def test_json_nested_too_deeply_is_damage_not_a_traceback(tmp_path):
+    """100,000 nested brackets overflow Python's recursion: a results file so nested is one line,
+    a summary.json so nested one that cannot be read (kept, never restarted over)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "results.json").write_text(deep)
+    assert_one_line_error(invoke_cli("report", tmp_path / "results.json"), "not a results file")
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "summary.json").write_text(deep)
+    res = invoke_cli("train", "--resume", "auto", "--run-dir", run, *RUN)
+    assert_one_line_error(res, "already holds files")
+    assert (run / "summary.json").read_text() == deep
+
+
 @pytest.mark.parametrize("dangling", [False, True], ids=["to-a-user-file", "dangling"])
 def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
     run, target = tmp_path / "R", tmp_path / "precious.txt"
@@ -1148,6 +1274,64 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused(tmp_path, dangling):
     (run / LOCK_FILE).symlink_to(target)
     assert_one_line_error(train(run), "is a symbolic link", "remove the link")
     assert (target.read_text() == "mine") if not dangling else not target.exists()
+
+
+@pytest.mark.parametrize("how", ["resume", "fresh", "auto"])
+def test_a_checkpoints_link_into_another_run_names_that_run(tmp_path, how):
+    """S/checkpoints a link to R's: the advice names R and the link (it used to be `--resume S`,
+    the very command that was refused); R is untouched."""
+    run, other = tmp_path / "R", tmp_path / "S"
+    assert train(run).exit_code == 0
+    other.mkdir()
+    (other / "checkpoints").symlink_to(run / "checkpoints")
+    before = _files(run)
+    args = {
+        "resume": ["train", "--resume", other, "--steps", "8"],
+        "fresh": ["train", *RUN, "--run-dir", other],
+        "auto": ["train", *RUN, "--resume", "auto", "--run-dir", other],
+    }[how]
+    res = invoke_cli(*args)
+    assert_one_line_error(res, "link to another run's checkpoints", f"--resume {run}")
+    assert _files(run) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_while_appending_metrics_names_the_file(tmp_path, monkeypatch):
+    """The disk fills as a run appends to metrics.jsonl (its appends go to /dev/full): one line
+    naming the file, exit 2."""
+    from mousse.train import fileio
+
+    def full_metrics(path, *args, **kwargs):
+        return open("/dev/full" if str(path).endswith("metrics.jsonl") else path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", full_metrics, raising=False)
+    run = tmp_path / "R"
+    res = train(run)
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res
+    last = res.stderr_lines()[-1]  # after the run's start-up lines
+    assert last == f"error: No space left on device ({run / 'metrics.jsonl'})", res
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_lock_file_that_is_a_fifo_is_refused_naming_it(tmp_path):
+    fresh, done = tmp_path / "F", tmp_path / "R"
+    fresh.mkdir()
+    os.mkfifo(fresh / LOCK_FILE)
+    assert_one_line_error(train(fresh), f"{fresh / LOCK_FILE} is not a regular file", "remove it")
+    assert train(done).exit_code == 0
+    (done / LOCK_FILE).unlink()
+    os.mkfifo(done / LOCK_FILE)
+    res = invoke_cli("train", "--resume", done, "--steps", "8")
+    assert_one_line_error(res, f"{done / LOCK_FILE} is not a regular file")
+
+
+@pytest.mark.parametrize("resume, needle", [("", "it is empty"), ("E", "no checkpoint found at E")])
+def test_a_resume_with_nothing_to_resume_leaves_no_lock(tmp_path, monkeypatch, resume, needle):
+    """`--resume ""` (the current dir) and an empty dir: refused, and no `.lock` left behind."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "E").mkdir()
+    assert_one_line_error(invoke_cli("train", "--resume", resume, "--steps", "2"), needle)
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("E")]
 
 
 def test_resuming_a_completed_run_keeps_its_timings(tmp_path):

@@ -295,6 +295,53 @@ def test_sigterm_to_the_launcher_reaches_torchrun_and_every_rank(builtin_data, t
     assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{done['steps']}"
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_stops_torchrun_and_every_rank(builtin_data, tmp_path):
+    """kill -9 of `mousse train --nproc 2` (nothing can be passed on): torchrun gets SIGTERM
+    from the kernel as its parent dies, the ranks checkpoint and stop, and the launch's temp
+    folder is removed."""
+    run, tmp = tmp_path / "r", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        [
+            *mousse_command(),
+            "train",
+            *ARGS,
+            *("--steps", "100000", "--run-dir", str(run)),
+            *("--nproc", "2", "--checkpoint-every", "100000"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(TMPDIR=str(tmp)),
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not (run / "metrics.jsonl").exists() or '"step"' not in (run / "metrics.jsonl").read_text()
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    below = _descendants(proc.pid)
+    assert len(below) >= 3 and list(tmp.glob("mousse-launch-*"))  # torchrun, 2 ranks, settings
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 120
+    while any(map(_running, below)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in below if _running(pid)], "left running"
+    assert not list(tmp.glob("mousse-launch-*"))
+    done = json.loads((run / "summary.json").read_text())
+    assert done["status"] == "interrupted" and done["steps"] < 100000
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"step-{done['steps']}"
+
+
 def test_bad_batch_split_is_one_line_before_launching(cli, tmp_path):
     res = cli(
         "train",

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from mousse.experiments.ablation import AblationPlan, check_max_runs, plan_ablation, shard_runs
+from mousse.experiments.ablation import (
+    AblationPlan,
+    check_max_runs,
+    plan_ablation,
+    shard_runs,
+    unused_knobs,
+)
 from mousse.experiments.inputs import parse_seeds, parse_sweep_values
 from mousse.experiments.spec import load_spec
 from mousse.train import tomlio
@@ -457,3 +463,18 @@ def test_load_spec_errors_name_file_and_key(tmp_path, text, words):
 def test_load_spec_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_spec(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "settings, unused",
+    [
+        ({"optimizer": "muon", "refresh_delay": 10}, ["refresh_delay"]),
+        ({"optimizer": "muon", "alpha": 0.5, "momentum": 0.9}, ["alpha"]),
+        ({"optimizer": "muon", "graft": "adam"}, []),  # Adam grafting replaces Muon's step
+        ({"optimizer": "muon", "refresh_delay": 0}, []),  # what Muon gets anyway
+        ({"optimizer": "adamw", "alpha": 0.5, "lr": 1e-3}, ["alpha"]),
+        ({"optimizer": "mousse", "refresh_delay": 3}, []),
+    ],
+)
+def test_unused_knobs_are_those_an_ablation_would_drop(settings, unused):
+    assert unused_knobs(settings) == unused

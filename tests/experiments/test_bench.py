@@ -94,6 +94,19 @@ def test_bench_bad_input_exits_2():
     assert_one_line_error(invoke_cli("bench", "--device", "tpu"), "device")
 
 
+@pytest.mark.parametrize("flag", ["--repeats", "--steps"])
+def test_bench_refuses_a_count_no_bench_ends_before_timing_anything(monkeypatch, flag):
+    """`--repeats 99999999999999999999999` would time for ever: refused before any timing."""
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the bench started timing")
+
+    monkeypatch.setattr("mousse.experiments.bench.bench_steps", never)
+    monkeypatch.setattr("mousse.experiments.bench.bench_train", never)
+    res = invoke_cli("bench", "--train", flag, "99999999999999999999999")
+    assert_one_line_error(res, flag[2:], "10,000")
+
+
 def test_bench_compiled_rows(monkeypatch):
     """--compile adds the torch.compile rows (dynamo's capture without codegen here, for speed)."""
     torch._dynamo.reset()

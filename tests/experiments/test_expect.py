@@ -6,6 +6,7 @@ import json
 
 import pytest
 from support.cli import FAST, assert_one_line_error, invoke_cli
+from support.results import results_file
 
 from mousse.experiments.expect import check, parse
 from mousse.train.config import ConfigError
@@ -146,3 +147,23 @@ def test_report_gate_exit_codes(tmp_path):
     bad = invoke_cli("report", root, "--expect", f"{worse} < {better}")
     assert bad.exit_code == 5 and "FAILED" in bad.stderr and "convergence" in bad.stdout
     assert_one_line_error(invoke_cli("report", root, "--expect", "nonsense"), "bad --expect")
+
+
+@pytest.mark.parametrize(
+    "expr, words",
+    [
+        ("mousse < 1 significant", "compares two variants"),
+        ("mousse < 5 significant", "compares two variants"),
+        ("speedup(mousse) >= speedup(muon) significant", "compares two variants"),
+        ("adam < muon", "not a variant"),
+        ("loss(adam) < 5", "not a variant"),
+    ],
+)
+def test_a_malformed_expectation_is_exit_2_before_any_output_whatever_the_numbers(
+    tmp_path, expr, words
+):
+    """Whether the comparison would hold or fail, a malformed expectation is bad input (exit 2),
+    refused before the tables are printed."""
+    res = invoke_cli("report", results_file(tmp_path / "results.json"), "--expect", expr)
+    assert_one_line_error(res, words)
+    assert res.stdout == ""

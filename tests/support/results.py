@@ -39,3 +39,19 @@ def record(
         "curve": curve(losses),
         "timing_context": {"host": "h", "invocation": "one", "device": "cpu", "parallel": 1},
     }
+
+
+def results_file(path):
+    """A results.json at `path` (what `mousse report FILE` reads): muon, the baseline, and
+    mousse, two seeds each; returns the path."""
+    import json
+
+    from mousse.experiments.results import summarize
+
+    records = [
+        record(f"{v}-s{s}", [2.0, final], variant=v, seed=s, baseline=v == "muon")
+        for v, finals in (("muon", (1.50, 1.52)), ("mousse", (1.40, 1.41)))
+        for s, final in enumerate(finals)
+    ]
+    path.write_text(json.dumps(summarize(records)))
+    return path

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mousse.train.config import resolve
-from mousse.train.model import GPT, GPTConfig
+from mousse.train.model import GPT, GPTConfig, gpt_param_count
 from mousse.train.presets import PRESETS, get_preset, memory_estimate_bytes, param_count
 
 TINY = GPTConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=2, head_dim=32, seq_len=32)
@@ -21,6 +21,12 @@ def test_paper_param_counts(name, millions):
 def test_scale_ladder_param_counts(name, millions):
     """The third CPU scale and the GPU ladder fill the gap between small (0.85M) and 160m."""
     assert round(param_count(get_preset(name)) / 1e6, 1) == millions
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "160m"])
+def test_the_param_count_from_the_shape_is_the_built_models(name):
+    cfg = get_preset(name).model_config()
+    assert gpt_param_count(cfg) == param_count(get_preset(name))
 
 
 def test_cpu_presets_are_byte_level_and_consistent():

@@ -18,6 +18,7 @@ Test hook: MOUSSE_FAIL_AT="RANK:STEP" raises a RuntimeError on that rank at that
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from mousse.train.config import ConfigError
 TIMEOUT_ENV, FAIL_ENV, TRACEBACK_ENV = "MOUSSE_DIST_TIMEOUT", "MOUSSE_FAIL_AT", "MOUSSE_TRACEBACK"
 DEFAULT_TIMEOUT_S = 600
 LINGER_S = 3.0  # a rank that lost a peer waits this long for torchrun to stop it
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 # ---- the launch environment ---------------------------------------------------------------------
@@ -176,6 +178,16 @@ def leave_process_group(timeout: float | None = None) -> None:
     else:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def signal_when_parent_dies(parent: int, signum: int) -> bool:
+    """Have the kernel send `signum` to this process when its parent dies (PR_SET_PDEATHSIG, on
+    Linux; elsewhere nothing). Returns whether the parent, pid `parent`, is still alive: one that
+    died before this call sends nothing, and the caller ends itself."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum)
+    return os.getppid() == parent
 
 
 def batch_split(batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mousse.train import config
@@ -216,13 +217,28 @@ def _effective(assignment: dict, base: dict) -> dict:
     optimizer = assignment.get("optimizer", base.get("optimizer", _DEFAULTS["optimizer"]))
     reference = _reference(optimizer, base)
     changed = {k: v for k, v in assignment.items() if v != reference[k]}
+    return {k: v for k, v in changed.items() if _used_by(optimizer, reference, changed)(k, v)}
+
+
+def _used_by(optimizer: str, reference: dict, changed: dict) -> Callable[[str, object], bool]:
+    """`_used` for a run of `optimizer` whose knobs `changed` differ from `reference`."""
     own_sides = reference["sides"]
     run_sides = changed.get("sides", own_sides) if own_sides != "none" else "none"
-    return {
-        k: v
-        for k, v in changed.items()
-        if _used(k, v, reference[k], optimizer, own_sides, run_sides)
+    return lambda k, v: _used(k, v, reference[k], optimizer, own_sides, run_sides)
+
+
+def unused_knobs(settings: dict) -> list[str]:
+    """The family's knobs set in a run's `settings` (its optimizer and preset among them) to
+    another value than the run gets anyway, which its optimizer does not use (`_used`): an
+    ablation drops them from its runs, and `train` refuses them rather than ignore them."""
+    base = {k: v for k, v in settings.items() if k not in FAMILY_KNOBS}
+    optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
+    reference = _reference(optimizer, base)
+    changed = {
+        k: v for k, v in settings.items() if k in FAMILY_KNOBS and v not in (None, reference[k])
     }
+    used = _used_by(optimizer, reference, changed)
+    return [k for k, v in changed.items() if not used(k, v)]
 
 
 def plan_ablation(

@@ -419,14 +419,17 @@ def run_bench(
     }
 
 
+MAX_REPEATS = 10_000  # of --repeats and --steps: a median over more is no better (1e20: a typo)
+
+
 def _checked_shapes(
     preset: str, repeats: int, device: str, steps: int, model: dict | None
 ) -> dict[tuple[int, ...], int]:
     """The matrix shapes to bench, once every input is checked (a ConfigError naming the bad
     one), before anything is timed."""
     for name, value in (("repeats", repeats), ("steps", steps)):
-        if value < 1:
-            raise ConfigError(f"bad value for '{name}': {value}; must be >= 1")
+        if not 1 <= value <= MAX_REPEATS:
+            raise ConfigError(f"bad value for '{name}': {value}; must be in [1, {MAX_REPEATS:,}]")
     if device not in DEVICES:
         raise ConfigError(f"bad value for 'device': {device!r}; choose one of {', '.join(DEVICES)}")
     try:

@@ -73,17 +73,26 @@ def parse(expr: str) -> tuple[Term, str, Term, str | None]:
             f'bad --expect {expr!r}: write A < B, e.g. "mousse < muon" or "speedup(mousse) >= 1.05"'
         )
     test = " ".join(match.group(4).split()) if match.group(4) else None
-    return _term(match.group(1)), match.group(2), _term(match.group(3)), test
+    left, right = _term(match.group(1)), _term(match.group(3))
+    if test and not all(t.variant and t.field == "final_val_loss_mean" for t in (left, right)):
+        raise ConfigError(f"'{test}' compares two variants' losses, e.g. \"mousse < muon {test}\"")
+    return left, match.group(2), right, test
+
+
+def validate(expr: str, variants: list[str]) -> None:
+    """Refuse `expr` (ConfigError) when it does not parse or names a variant not in `variants`:
+    a malformed expectation is bad input whatever the results, never a failed gate."""
+    for term in parse(expr)[::2]:
+        if term.variant is not None and term.variant not in variants:
+            raise ConfigError(
+                f"--expect names {term.variant!r}, not a variant of this ablation "
+                f"({', '.join(variants)})"
+            )
 
 
 def _value(term: Term, variants: dict) -> float:
     if term.number is not None:
         return term.number
-    if term.variant not in variants:
-        raise ConfigError(
-            f"--expect names {term.variant!r}, not a variant of this ablation "
-            f"({', '.join(variants)})"
-        )
     v = variants[term.variant]
     if term.field in INTERVAL_ENDS:
         interval, end = INTERVAL_ENDS[term.field]
@@ -95,8 +104,9 @@ def _value(term: Term, variants: dict) -> float:
 
 def check(expr: str, results: dict) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
-    left, op, right, test = parse(expr)
     variants = {v["variant"]: v for v in results["variants"]}
+    validate(expr, list(variants))
+    left, op, right, test = parse(expr)
     a, b = _value(left, variants), _value(right, variants)
     shown = ", ".join(
         f"{term.text} = {x:.4g}" for term, x in ((left, a), (right, b)) if term.number is None
@@ -106,10 +116,7 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     if not OPS[op](a, b):
         return False, f"{expr!r} fails: {shown}"
     if test:
-        if left.variant is None or right.variant is None or left.field != "final_val_loss_mean":
-            raise ConfigError(
-                f"'{test}' compares two variants' losses, e.g. \"mousse < muon {test}\""
-            )
+        assert left.variant is not None and right.variant is not None  # parse checked
         p = _p_value(test, results["runs"], left.variant, right.variant)
         if p is None or p >= 0.05:
             return False, (

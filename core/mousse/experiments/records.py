@@ -9,9 +9,10 @@ fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_byte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mousse.train.fileio import read_json
 
 if TYPE_CHECKING:
     from .ablation import RunSpec
@@ -47,7 +48,7 @@ def read_summary(run_dir: Path) -> dict | None:
     """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
     UTF-8, not an object with a status)."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = read_json(run_dir / "summary.json")
     except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None

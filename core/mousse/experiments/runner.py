@@ -5,15 +5,13 @@ as (run name, event) pairs."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import pickle
 import signal
-import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -23,17 +21,15 @@ from typing import Any
 import torch
 
 from mousse.distributed import setup
-from mousse.distributed.process import is_main_process
+from mousse.distributed.process import is_main_process, signal_when_parent_dies
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
 from mousse.train.fileio import write_json
 from mousse.train.optstate import CheckpointError
-from mousse.train.rundir import RunInUse, RunLock
+from mousse.train.rundir import RunDirError, RunInUse, RunLock
 
 from .records import TIMING_KEYS
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,10 @@ def execute_run(
 
     cfg = resolve(settings)
     # locked before its checkpoint is chosen: another shard's process may be training it
-    with RunLock(run_dir).acquire() if is_main_process() else nullcontext() as lock:
+    with (
+        ablation_advice(),
+        RunLock(run_dir).acquire() if is_main_process() else nullcontext() as lock,
+    ):
         resume = run_dir if checkpoint_dirs(run_dir) else None
         try:
             trainer = Trainer(
@@ -91,6 +90,16 @@ def execute_run(
         except CheckpointError as exc:  # every checkpoint damaged: this run fails alone
             return failed_run(run_dir, str(exc), on_event)
         return trainer.run()
+
+
+@contextlib.contextmanager
+def ablation_advice() -> Iterator[None]:
+    """A run dir's problem with the advice `ablate` can follow: its --ablation-dir, not the
+    --run-dir it does not have."""
+    try:
+        yield
+    except RunDirError as exc:
+        raise type(exc)(str(exc).replace("--run-dir", "--ablation-dir")) from None
 
 
 def failed_run(run_dir: Path, message: str, on_event) -> dict:
@@ -357,8 +366,5 @@ def _follow_parent(control, stop: threading.Event) -> None:
 def _die_with_parent(parent: int, control) -> None:
     """On Linux the kernel kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere
     the control pipe's end of file does (`_follow_parent`). A parent already gone: exit now."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
+    if not signal_when_parent_dies(parent, signal.SIGKILL):
         os._exit(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mousse.train.config import ConfigError
+from mousse.train.fileio import read_json
 
 SCALE_FILE = "scale.json"
 
@@ -26,10 +27,8 @@ def split_presets(value) -> list[str] | None:
 
 def preset_dirs(root: Path) -> dict[str, Path]:
     """The per-preset ablation dirs of a scale root, in the order the root records."""
-    import json
-
     try:
-        order = json.loads((root / SCALE_FILE).read_text())["presets"]
+        order = read_json(root / SCALE_FILE)["presets"]
     except (OSError, ValueError, KeyError, TypeError):
         order = (
             sorted(p.name for p in root.iterdir() if (p / "ablation.toml").is_file())

@@ -5,7 +5,6 @@ worker processes."""
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from mousse.train import tomlio
 from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
-from mousse.train.fileio import atomic_write_text, write_json
+from mousse.train.fileio import atomic_write_text, read_json, write_json
 from mousse.train.rundir import exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
@@ -31,6 +30,8 @@ from .tuning import TuneSpec, TuningState, run_label, same_runs, tune_variant
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
 PLAN_LOCK = ".plan.lock"  # held while ablation.toml is checked and written
+# what an ablation dir may hold besides its ablation.toml (moved away, its runs start afresh)
+ABLATION_FILES = {PLAN_LOCK, "runs", "results.json", TIMING_FILE, "tb", "wandb"}
 
 
 def read_plan(plan_file: Path, fix: str) -> AblationPlan:
@@ -64,6 +65,28 @@ class WaitingForShards:
     runs: list
 
 
+def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
+    """Refuse (ConfigError, before the plan is shown) an --ablation-dir that is a file, lies
+    inside one, or, without its `marker` file, holds anything but the entries `own`: a train
+    run's dir or a user's files, which `train` would refuse as a run dir too."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--ablation-dir {path} is a file; pass a directory")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(
+            f"--ablation-dir {path} lies inside the file {ancestor}; pass a directory"
+        )
+    if path.is_dir() and not (path / marker).exists():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in own)
+        if foreign:
+            raise ConfigError(
+                f"--ablation-dir {path} holds files that are not an ablation's "
+                f"({', '.join(foreign[:3])}); pass an empty or new --ablation-dir"
+            )
+
+
 def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
     """A run's full settings: the plan's base, the run's knobs and its seed."""
     return {**plan.base, **run.knobs, "seed": run.seed}
@@ -88,6 +111,7 @@ class Ablation:
     def validate(self) -> None:
         """Check every run's settings and data, and that the dir holds no other plan; writes
         nothing, so bad input fails before anything runs."""
+        check_ablation_dir(self.dir, "ablation.toml", ABLATION_FILES)
         self._check_plan_file()
         longest = max(self.plan.runs, key=lambda r: len(r.name.encode()))
         room = NAME_MAX - (TUNED_SUFFIX if self.tune else 0)
@@ -325,7 +349,7 @@ class Ablation:
         """The last timing pass, when it covers every variant of the results; its overheads
         against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
         try:
-            record = json.loads((self.dir / TIMING_FILE).read_text())
+            record = read_json(self.dir / TIMING_FILE)
         except (OSError, ValueError):
             return None
         names = {v["variant"] for v in results["variants"] if v["n"]}

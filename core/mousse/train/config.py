@@ -31,6 +31,7 @@ from mousse.optim import knobs as table
 from mousse.optim.family import Knobs
 
 from . import compat, tomlio
+from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
 
 ScalarOptimizer = Literal["adamw", "lion"]
@@ -355,7 +356,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                 "setting under [train], or use no table at all"
             )
         raw = raw["train"]
-    return {key: coerce(key, value) for key, value in compat.upgrade(raw).items()}
+    return {key: coerce_toml(key, value) for key, value in compat.upgrade(raw).items()}
+
+
+def coerce_toml(key: str, value: Any) -> Any:
+    """A TOML file's value of setting `key`, typed: TOML has numbers and booleans, so a string
+    for a count, a number or a switch (`steps = "5"`) is a mistake, refused rather than read."""
+    if isinstance(value, str) and _field_type(key) is not str:
+        raise ConfigError(f"bad value for '{key}': {value!r} is a string; write it without quotes")
+    return coerce(key, value)
 
 
 GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's, not a --model's
@@ -541,6 +550,7 @@ _AT_LEAST_1 = (
     "keep_checkpoints",
 )
 MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a plan
+MAX_PARAMS = 10**15  # the built-in GPT's blocks: petabytes of weights, beyond any machine
 # number -> (test, what is allowed), for run settings that may be fractional
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
@@ -586,6 +596,13 @@ def validate(cfg: TrainConfig) -> None:
             check_choice(key, value, table.CHOICES[key])
         problem = _out_of_range(key, value)
         _require(problem is None, f"bad value for '{key}': {value}; {problem}")
+    if cfg.model is None:
+        params = gpt_param_count(GPTConfig(**{k: getattr(cfg, k) for k in GPT_SHAPE}, vocab_size=0))
+        _require(
+            params <= MAX_PARAMS,
+            f"--d-model {cfg.d_model} --n-layers {cfg.n_layers} makes a GPT of {params:.1e} "
+            f"parameters, more than any machine holds (at most {MAX_PARAMS:.0e}); pick a smaller shape",
+        )
     _require(
         bool(cfg.data.strip()),
         "bad value for 'data': empty; pass builtin, a text file or folder, or .bin token "

@@ -25,7 +25,7 @@ from mousse.optim.step import flat_shape
 
 from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs
 from .machine import cpu_reading, others_busy
-from .model import GPT
+from .model import GPT, GPTConfig, gpt_param_count
 from .precision import (
     autocast,
     machine_key,
@@ -217,6 +217,17 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, micro_batch_size: int | None
         micro_batch_size=micro,
     )
     return memory_estimate_bytes(preset, cfg.optimizer, vocab_size, act_bytes=act_bytes)
+
+
+def weights_floor_bytes(cfg: TrainConfig, vocab_size: int) -> int:
+    """Less memory than the run needs, known at once: the built-in GPT's fp32 weights and
+    gradients, from its shape (a --model: 0, its size is known once it is built). Checked first,
+    so that a shape far too big is refused before `memory_bytes` builds it on the meta device
+    (minutes for 100,000 layers)."""
+    if cfg.model is not None:
+        return 0
+    shape = {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "head_dim")}
+    return 8 * gpt_param_count(GPTConfig(vocab_size=vocab_size, **shape))
 
 
 def model_memory_bytes(

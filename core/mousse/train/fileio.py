@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,41 @@ def write_json(path: str | Path, obj: object) -> None:
     atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of the regular file `path`: anything else (a FIFO, which would block the
+    reader forever; a device, which never ends) is an OSError naming it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO: no wait for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file; replace it with one", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of the regular file `path` (UnicodeDecodeError, a ValueError, if not)."""
+    return read_bytes(path).decode("utf-8")
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads, with JSON nested too deeply for Python's recursion limit a ValueError like
+    any other malformed JSON (not a RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in the regular file `path`; malformed or not UTF-8: ValueError."""
+    return loads(read_bytes(path))
+
+
 class JsonlError(ValueError):
     """A damaged line of a JSON-lines file (the message names the file and the line)."""
 
@@ -61,13 +98,13 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_bytes(path).split(b"\n")
     out: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = loads(line.decode("utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("not an object")
             if key is not None and (type(record.get(key)) is not int):
@@ -81,5 +118,11 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]
 
 
 def append_jsonl(path: str | Path, obj: object) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(dumps(obj) + "\n")
+    """Append `obj` as one JSON line; a write that fails (a full disk) names the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(dumps(obj) + "\n")
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None

@@ -150,3 +150,11 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def gpt_param_count(cfg: GPTConfig) -> int:
+    """GPT(cfg).num_params() without building the model (a shape too big to build, even on the
+    meta device, is refused by its count): per block q, k, v and o (4 d x inner) and the MLP's
+    two (8 d^2), plus the embedding and the head (2 vocab x d)."""
+    d, inner = cfg.d_model, cfg.n_heads * cfg.head_dim
+    return cfg.n_layers * (4 * d * inner + 8 * d * d) + 2 * cfg.vocab_size * d

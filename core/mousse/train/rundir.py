@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from .checkpoint import (
     set_aside_later_checkpoints,
 )
 from .config import ConfigError, TrainConfig
-from .fileio import JsonlError, atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import JsonlError, atomic_write_text, dumps, loads, read_json, read_jsonl, write_json
 
 LOCK_FILE = ".lock"
 RUN_FILES = {"config.toml", "env.json", "metrics.jsonl", "summary.json", "checkpoints", LOCK_FILE}
@@ -79,7 +80,7 @@ def restartable(run_dir: Path) -> bool:
     if not _run_began(run_dir):
         return False
     try:
-        status = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["status"]
+        status = read_json(run_dir / "summary.json")["status"]
     except FileNotFoundError:
         return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -90,6 +91,12 @@ def restartable(run_dir: Path) -> bool:
 def _taken(run_dir: Path) -> str:
     """Why a fresh run may not use `run_dir`, and the fix."""
     if checkpoint_dirs(run_dir):
+        found = (run_dir / "checkpoints").resolve()
+        if not found.is_relative_to(run_dir.resolve()):  # a link: the checkpoints of another run
+            return (
+                f"holds a link to another run's checkpoints ({found}); remove the link, or "
+                f"continue that run with --resume {found.parent}"
+            )
         return (
             f"already holds a run; continue it with --resume {run_dir}, or pass another --run-dir"
         )
@@ -111,8 +118,7 @@ def check_free(run_dir: Path, resume: bool, restart: bool = False, probe: bool =
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is a file; pass a directory")
     if probe and run_dir.is_dir():  # held by a live run now? (taken for real when it trains)
-        if (run_dir / LOCK_FILE).is_symlink():
-            raise _lock_link(run_dir / LOCK_FILE)
+        _check_lock_file(run_dir / LOCK_FILE)
         if holder := held_by(run_dir):
             raise _in_use(run_dir, holder)
     if (
@@ -199,7 +205,7 @@ def open_lock_file(path: Path) -> int:
     (a link to a user's file would have it overwritten with the holder's details)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except PermissionError:
         raise RunDirError(
             f"run dir {path.parent} is not writable; pass a --run-dir you can write to"
@@ -210,6 +216,10 @@ def open_lock_file(path: Path) -> int:
         raise RunDirError(
             f"run dir {path.parent} cannot be used ({exc.strerror}); pass another --run-dir"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO: its holder could not be written
+        os.close(fd)
+        raise _lock_not_a_file(path)
+    return fd
 
 
 @contextmanager
@@ -227,20 +237,33 @@ def exclusive(path: Path) -> Iterator[None]:
 
 def lock_before_resume(run_dir: Path | None, resume: str | None) -> RunLock | None:
     """The lock of the run dir a resume writes to, taken before its checkpoint is chosen (so a
-    run still training there is refused, not raced); None when there is no such dir yet."""
+    run still training there is refused, not raced); None when that dir holds no checkpoint (a
+    resume of it fails, or starts afresh and locks it then): no `.lock` left in an empty dir."""
     if resume is None:
         return None
     target = run_dir
     if target is None and resume != "auto":
         source = Path(resume)
         target = run_dir_of(source) if is_checkpoint_dir(source) else source
-    if target is None or not target.is_dir():
+    if target is None or not checkpoint_dirs(target):
         return None
     return RunLock(target).acquire()
 
 
 def _lock_link(path: Path) -> RunDirError:
     return RunDirError(f"{path} is a symbolic link, not mousse's lock file; remove the link")
+
+
+def _check_lock_file(path: Path) -> None:
+    """Refuse a lock file that is a symbolic link or not a regular file (a FIFO)."""
+    if path.is_symlink():
+        raise _lock_link(path)
+    if path.exists() and not path.is_file():
+        raise _lock_not_a_file(path)
+
+
+def _lock_not_a_file(path: Path) -> RunDirError:
+    return RunDirError(f"{path} is not a regular file, not mousse's lock file; remove it")
 
 
 def _in_use(run_dir: Path, holder: str) -> RunInUse:
@@ -269,7 +292,7 @@ def held_by(run_dir: Path) -> str | None:
 
 def _holder(fd: int) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        info = loads(os.pread(fd, 4096, 0) or b"{}")
         return f"pid {info['pid']} on {info['host']} (since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
@@ -281,7 +304,7 @@ def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
     anything is written, so that nothing of the run is lost)."""
     env_file = run_dir / "env.json"
     try:
-        env = json.loads(env_file.read_text(encoding="utf-8"))
+        env = read_json(env_file)
         if not isinstance(env, dict) or not isinstance(env.get("resumes", []), list):
             raise ValueError("not an object with a list of resumes")
     except FileNotFoundError:

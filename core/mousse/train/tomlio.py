@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .fileio import read_text
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -19,14 +21,18 @@ TOMLDecodeError = tomllib.TOMLDecodeError
 
 
 def loads(text: str) -> dict[str, Any]:
-    data: dict[str, Any] = tomllib.loads(text)
+    """The TOML document `text`; nested too deeply for Python's recursion limit: a
+    TOMLDecodeError like any other malformed TOML."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except RecursionError:
+        raise TOMLDecodeError("TOML nested too deeply") from None
     return data
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        data: dict[str, Any] = tomllib.load(fh)
-        return data
+    """The TOML file `path` (a regular file: `fileio.read_text`)."""
+    return loads(read_text(path))
 
 
 def _value(v: object) -> str:

@@ -42,7 +42,7 @@ from .events import (
     RunStarted,
     StepLogged,
 )
-from .fileio import append_jsonl, write_json
+from .fileio import append_jsonl, read_json, write_json
 from .machine import (
     QUIET,
     cpu_reading,
@@ -467,7 +467,7 @@ class Trainer:
         if self.step != self.resumed_from or not self.continues_here:
             return timing
         try:
-            earlier = json.loads((self.run_dir / "summary.json").read_text(encoding="utf-8"))
+            earlier = read_json(self.run_dir / "summary.json")
             return {k: earlier.get(k, v) for k, v in timing.items()}
         except (OSError, ValueError, AttributeError):  # none, or not a summary: nothing to keep
             return timing
