@@ -61,7 +61,14 @@ TRAIN_FLAGS: dict[str, tuple] = {
             None, help="Validation shards or text, when not picked by name ('val') from --data."
         ),
     ),
-    "steps": (int | None, typer.Option(None, help="Optimizer steps.")),
+    "steps": (int | None, typer.Option(None, help="Optimizer steps (wins over --budget).")),
+    "budget": (
+        float | None,
+        typer.Option(
+            None,
+            help="Train X x 20 tokens per non-embedding parameter (1 = compute-optimal): the steps follow from the tokens per step (batch x seq), rounded up. The built-in GPT only; `mousse presets` shows each preset's default.",
+        ),
+    ),
     "batch_size": (int | None, typer.Option(None, help="Sequences per optimizer step.")),
     "micro_batch_size": (
         int | None,
@@ -240,6 +247,7 @@ PANELS = {
     ),
     "Budget and schedule": (
         "steps",
+        "budget",
         "batch_size",
         "micro_batch_size",
         "warmup_frac",

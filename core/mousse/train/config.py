@@ -31,6 +31,8 @@ from mousse.optim import knobs as table
 from mousse.optim.family import Knobs
 
 from . import compat, tomlio
+from .budget import gpt_non_embedding_params, steps_for_budget
+from .model import GPTConfig
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
 
 ScalarOptimizer = Literal["adamw", "lion"]
@@ -100,8 +102,10 @@ class TrainConfig:
     # data
     data: str = "builtin"
     val_data: str | None = None
-    # budget
+    # budget: steps, or budget (a multiple of 20 tokens per non-embedding parameter) when steps
+    # are not given (`steps_for_budget`); given both, steps win and budget is recorded as given
     steps: int
+    budget: float | None = None
     batch_size: int
     micro_batch_size: int
     # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
@@ -182,6 +186,7 @@ class Overrides:
     data: str | None = None
     val_data: str | None = None
     steps: int | None = None
+    budget: float | None = None
     batch_size: int | None = None
     micro_batch_size: int | None = None
     optimizer: str | None = None
@@ -505,8 +510,10 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     for name in FROM_PRESET:
         if values["model"] is not None and name in GPT_SHAPE:
             continue
-        if values[name] is None:
+        if values[name] is None and not (name == "steps" and values["budget"] is not None):
             values[name] = getattr(preset, name)
+    if values["steps"] is None:
+        values["steps"] = _budget_steps(values)
     for name, value in preset.matrix_knobs(values["optimizer"]).items():
         if values[name] is None:
             values[name] = value
@@ -522,6 +529,31 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def _budget_steps(values: Mapping[str, Any]) -> int:
+    """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
+    tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
+    more than MAX_STEPS, and for --model (whose parameters are counted only once it is built)."""
+    budget = values["budget"]
+    problem = _out_of_range("budget", budget)
+    _require(problem is None, f"bad value for 'budget': {budget}; {problem}")
+    _require(
+        values["model"] is None,
+        "--budget counts the built-in GPT's parameters; with --model, give --steps instead",
+    )
+    shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
+    steps = steps_for_budget(budget, gpt_non_embedding_params(shape), _tokens_per_step(values))
+    _require(
+        1 <= steps <= MAX_STEPS,
+        f"bad value for 'budget': {budget} is {steps:,} steps of this run; a budget must make "
+        f"1 to {MAX_STEPS:,} steps (e.g. --budget 1), or give --steps",
+    )
+    return steps
+
+
+def _tokens_per_step(values: Mapping[str, Any]) -> int:
+    return int(values["batch_size"]) * int(values["seq_len"])
 
 
 # Run settings that are counts; the engine's knobs carry their own ranges (mousse.optim.knobs).
@@ -548,6 +580,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
     "target_loss": (math.isfinite, "must be a finite number"),
+    "budget": (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
     "steps": (lambda v: v <= MAX_STEPS, f"must be at most {MAX_STEPS:,}"),
 }
 

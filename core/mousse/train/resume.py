@@ -58,7 +58,7 @@ def config_from_checkpoint(
                 f"weights were made with {was}; drop the flag, or start a "
                 "new run to train another model"
             )
-    cfg = resolve({**saved.to_dict(), **overrides})
+    cfg = resolve({**_without_steps_for(overrides, saved.to_dict()), **overrides})
     for key in FIXED_ON_RESUME:
         if getattr(cfg, key) != getattr(saved, key):
             raise ConfigError(
@@ -67,6 +67,14 @@ def config_from_checkpoint(
                 "resuming keeps it; drop the flag, or start a new run to change it"
             )
     return cfg, ckpt
+
+
+def _without_steps_for(overrides: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved settings, less their steps when `overrides` give a budget and no steps: the
+    budget then sets the steps to train to (a saved steps would win over it)."""
+    if overrides.get("budget") is not None and overrides.get("steps") is None:
+        return {k: v for k, v in saved.items() if k != "steps"}
+    return saved
 
 
 def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
