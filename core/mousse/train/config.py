@@ -34,6 +34,7 @@ from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
 from .model import GPTConfig
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
+from .schedule import Schedule, cooldown_length, warmup_length
 
 ScalarOptimizer = Literal["adamw", "lion"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -49,6 +50,7 @@ DEVICES: tuple[str, ...] = typing.get_args(Device)
 GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 # Newton-Schulz's working precision: auto = the run's precision (bf16 under bf16 autocast).
 NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
     "auto": None,
@@ -113,7 +115,12 @@ class TrainConfig:
     lr: float  # peak lr of the block-matrix optimizer (its first knob)
     scalar_optimizer: ScalarOptimizer = "adamw"
     scalar_lr: float
+    # the lr's shape (train.schedule): cosine, or wsd (its last `cooldown` fraction of the steps
+    # linear to min_lr_frac); warmup: warmup_steps when set, else warmup_frac of the steps
+    schedule: Schedule = "cosine"
     warmup_frac: float
+    warmup_steps: int | None = None
+    cooldown: float = 0.2
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
@@ -193,7 +200,10 @@ class Overrides:
     lr: float | None = None
     scalar_optimizer: ScalarOptimizer | None = None
     scalar_lr: float | None = None
+    schedule: Schedule | None = None
     warmup_frac: float | None = None
+    warmup_steps: int | None = None
+    cooldown: float | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
     momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
@@ -577,7 +587,10 @@ MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a pl
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-    **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
+    **dict.fromkeys(
+        ("warmup_frac", "min_lr_frac", "cooldown"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    ),
+    "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
     "target_loss": (math.isfinite, "must be a finite number"),
     "budget": (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
@@ -609,6 +622,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("device", cfg.device, DEVICES)
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("compile", cfg.compile, COMPILE_MODES)
+    check_choice("schedule", cfg.schedule, SCHEDULES)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
     for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):
@@ -629,6 +643,7 @@ def validate(cfg: TrainConfig) -> None:
         "bad value for 'val_data': empty; pass a text file or folder or .bin token shards, "
         "or leave it out (validation from the data)",
     )
+    _check_schedule(cfg)
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
@@ -639,6 +654,24 @@ def validate(cfg: TrainConfig) -> None:
             table.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def _check_schedule(cfg: TrainConfig) -> None:
+    """The warmup fits in the run, and under WSD the cooldown after it."""
+    warmup = warmup_length(cfg.steps, cfg.warmup_frac, cfg.warmup_steps)
+    cooldown = cooldown_length(cfg.steps, cfg.cooldown) if cfg.schedule == "wsd" else 0
+    phases, flags = (
+        (
+            f"a warmup of {warmup} steps and a cooldown of {cooldown} are",
+            "--warmup-steps or --cooldown",
+        )
+        if cooldown
+        else (f"a warmup of {warmup} steps is", "--warmup-steps")
+    )
+    _require(
+        warmup + cooldown <= cfg.steps,
+        f"{phases} longer than the run's {cfg.steps} steps; shorten {flags}, or train more steps",
+    )
 
 
 def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> Knobs:
