@@ -28,14 +28,13 @@ def presets(
     """List model presets with parameter counts, recipe (the block matrices' lr for every
     optimizer, and what it was tuned for) and memory estimate, at once; with --measure, also the
     time a Mousse run of each would take on this machine."""
-    from mousse.train.data import load_dataset
     from mousse.train.estimate import estimate
     from mousse.train.machine import pick_device
     from mousse.train.presets import PRESETS
 
     with user_errors():
         where = pick_device(device)
-        builtin = len(load_dataset("builtin").train)
+        builtin = builtin_train_tokens()
         costs = {
             name: estimate(resolve({"preset": name, "device": device}), p.vocab_size, where)
             for name, p in PRESETS.items()
@@ -48,7 +47,7 @@ def presets(
         show_wide(presets_table(rows))
 
 
-def preset_row(p, cost, where, builtin_tokens: int) -> dict:
+def preset_row(p, cost, where, builtin_tokens: int | None) -> dict:
     """One preset as the JSON row (and the table's source): shape, recipe, regime, memory, and
     the time here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
@@ -80,7 +79,18 @@ def preset_row(p, cost, where, builtin_tokens: int) -> dict:
     }
 
 
-def preset_regime(p, builtin_tokens: int) -> dict:
+def builtin_train_tokens() -> int | None:
+    """The builtin corpus's train tokens (built into the cache on first use: seconds), or None
+    where it cannot be built (no standard-library sources): the listing goes on without epochs."""
+    from mousse.train.data import DataError, load_dataset
+
+    try:
+        return len(load_dataset("builtin").train)
+    except DataError:
+        return None
+
+
+def preset_regime(p, builtin_tokens: int | None) -> dict:
     """The preset's default budget (`mousse.train.budget.regime`: non-embedding parameters,
     tokens, per parameter and as a multiple of 20) and tokens per step; epochs over the builtin
     corpus (`builtin_tokens` train tokens) for the byte-level presets, None for those sized for

@@ -86,3 +86,16 @@ def test_presets_show_their_default_budget(presets_rows, builtin_data):
     assert tiny["epochs"] == 300 * 2048 / len(builtin_data.train)
     assert rows["160m"]["epochs"] is None  # sized for token shards: its corpus is --data
     assert round(rows["160m"]["budget"], 1) == 12.3  # the released recipe: about 12x
+
+
+def test_presets_list_without_epochs_where_the_builtin_corpus_cannot_be_built(cli, monkeypatch):
+    from mousse.train import data
+
+    def no_corpus(*args, **kwargs):
+        raise data.DataError("no standard-library sources found")
+
+    monkeypatch.setattr(data, "load_dataset", no_corpus)
+    res = cli("presets", "--json")
+    assert res.exit_code == 0, res
+    assert all(r["epochs"] is None for r in res.json())
+    assert res.json()[0]["non_embedding_params"] == 393_216
