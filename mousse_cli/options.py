@@ -61,7 +61,14 @@ TRAIN_FLAGS: dict[str, tuple] = {
             None, help="Validation shards or text, when not picked by name ('val') from --data."
         ),
     ),
-    "steps": (int | None, typer.Option(None, help="Optimizer steps.")),
+    "steps": (int | None, typer.Option(None, help="Optimizer steps (wins over --budget).")),
+    "budget": (
+        float | None,
+        typer.Option(
+            None,
+            help="Train X x 20 tokens per non-embedding parameter (1 = compute-optimal): the steps follow from the tokens per step (batch x seq), rounded up. The built-in GPT only; `mousse presets` shows each preset's default.",
+        ),
+    ),
     "batch_size": (int | None, typer.Option(None, help="Sequences per optimizer step.")),
     "micro_batch_size": (
         int | None,
@@ -100,9 +107,35 @@ TRAIN_FLAGS: dict[str, tuple] = {
         typer.Option(None, help="Optimizer for embedding, head, gains: adamw | lion."),
     ),
     "scalar_lr": (float | None, typer.Option(None, help="Peak lr of the scalar optimizer.")),
+    "schedule": (
+        str | None,
+        typer.Option(
+            None,
+            help="lr schedule after the warmup: cosine (every preset's) down to the end | wsd (warmup-stable-decay: the peak lr, then a linear decay over the last --cooldown of the steps).",
+        ),
+    ),
     "warmup_frac": (
         float | None,
-        typer.Option(None, help="Fraction of steps of linear warmup before the cosine decay."),
+        typer.Option(
+            None, help="Fraction of the steps of linear warmup (when --warmup-steps is not given)."
+        ),
+    ),
+    "warmup_steps": (
+        int | None,
+        typer.Option(
+            None, help="Steps of linear warmup, whatever the budget; wins over --warmup-frac."
+        ),
+    ),
+    "cooldown": (
+        float | None,
+        typer.Option(
+            None,
+            help="wsd: the last fraction of the steps, decayed linearly to --min-lr-frac's share of the peak (0) at the last step (0.2).",
+        ),
+    ),
+    "min_lr_frac": (
+        float | None,
+        typer.Option(None, help="The lr at the last step, as a fraction of the peak (0)."),
     ),
     **KNOB_FLAGS,  # the engine's knobs; unset = the chosen optimizer's recipe
     "ns_dtype": (
@@ -240,9 +273,14 @@ PANELS = {
     ),
     "Budget and schedule": (
         "steps",
+        "budget",
         "batch_size",
         "micro_batch_size",
+        "schedule",
         "warmup_frac",
+        "warmup_steps",
+        "cooldown",
+        "min_lr_frac",
         "lr",
         "scalar_optimizer",
         "scalar_lr",

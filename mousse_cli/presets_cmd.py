@@ -34,21 +34,22 @@ def presets(
 
     with user_errors():
         where = pick_device(device)
+        builtin = builtin_train_tokens()
         costs = {
             name: estimate(resolve({"preset": name, "device": device}), p.vocab_size, where)
             for name, p in PRESETS.items()
             if measure
         }
-    rows = [preset_row(p, costs.get(p.name), where) for p in PRESETS.values()]
+    rows = [preset_row(p, costs.get(p.name), where, builtin) for p in PRESETS.values()]
     if json_out:
         typer.echo(dumps(rows))
     else:
         show_wide(presets_table(rows))
 
 
-def preset_row(p, cost, where) -> dict:
-    """One preset as the JSON row (and the table's source): shape, recipe, memory, and the time
-    here when `cost` measured it (None: not measured, its time keys None)."""
+def preset_row(p, cost, where, builtin_tokens: int | None) -> dict:
+    """One preset as the JSON row (and the table's source): shape, recipe, regime, memory, and
+    the time here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
     from mousse.train.presets import OPTIMIZERS, memory_estimate_bytes, param_count
 
@@ -61,6 +62,7 @@ def preset_row(p, cost, where) -> dict:
         "seq_len": p.seq_len,
         "batch_size": p.batch_size,
         "steps": p.steps,
+        **preset_regime(p, builtin_tokens),
         "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS},
         "momenta": dict(p.momenta),
         "momentum_styles": dict(p.momentum_styles),
@@ -74,4 +76,31 @@ def preset_row(p, cost, where) -> dict:
         "busy": cost and cost.busy,
         "device": str(where),
         "description": p.description,
+    }
+
+
+def builtin_train_tokens() -> int | None:
+    """The builtin corpus's train tokens (built into the cache on first use: seconds), or None
+    where it cannot be built (no standard-library sources): the listing goes on without epochs."""
+    from mousse.train.data import DataError, load_dataset
+
+    try:
+        return len(load_dataset("builtin").train)
+    except DataError:
+        return None
+
+
+def preset_regime(p, builtin_tokens: int | None) -> dict:
+    """The preset's default budget (`mousse.train.budget.regime`: non-embedding parameters,
+    tokens, per parameter and as a multiple of 20) and tokens per step; epochs over the builtin
+    corpus (`builtin_tokens` train tokens) for the byte-level presets, None for those sized for
+    GPT-2 token shards, whose corpus is the --data they are given."""
+    from mousse.train.budget import gpt_non_embedding_params, regime
+    from mousse.train.data import BYTE_VOCAB
+
+    corpus = builtin_tokens if p.vocab_size == BYTE_VOCAB else None
+    counted = gpt_non_embedding_params(p.model_config())
+    return {
+        "tokens_per_step": p.tokens_per_step,
+        **regime(p.steps * p.tokens_per_step, counted, corpus),
     }

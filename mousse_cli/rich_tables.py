@@ -41,6 +41,7 @@ def results_tables(results: dict):
         convergence_rows,
         precision_note,
         protocol_notes,
+        regime_note,
         timing_notes,
         timing_rows,
         tuning_rows,
@@ -55,8 +56,9 @@ def results_tables(results: dict):
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )
-    if arithmetic := precision_note(results):
-        caption += f"; {escape(arithmetic)}"
+    for extra in (precision_note(results), regime_note(results)):
+        if extra:
+            caption += f"; {escape(extra)}"
     caption += "".join(
         f"\n[yellow]not established: {escape(n)}[/]" for n in protocol_notes(results)
     )
@@ -110,6 +112,9 @@ def presets_table(rows: list[dict]):
         _presets_overview(rows, measured),
         "\n".join(f"[bold]{r['name']}[/]: {escape(r['description'])}" for r in rows),
         "* weights + grads + Mousse state + activations of one micro batch, fp32",
+        "*** epochs over the builtin corpus at the preset's steps; tokens/param and x20: the "
+        "default budget, per non-embedding parameter and as a multiple of the compute-optimal "
+        "20 (`--budget X` trains X x 20); '-': sized for token shards, epochs over your --data",
         f"** Mousse on this machine's {device}: measured for the presets a short probe "
         "can run, from FLOPs at the measured matmul rate for the others" + busy_note(busy)
         if measured
@@ -122,18 +127,26 @@ def presets_table(rows: list[dict]):
 
 def _presets_overview(rows: list[dict], measured: bool) -> Table:
     """One row per preset: size, shape, budget, memory and, when `measured`, the time here."""
-    columns = ("preset", "params", "d x L", "heads", "seq", "batch", "steps", "scalar lr")
+    columns = (
+        *("preset", "params", "non-emb", "d x L", "heads", "seq", "batch", "tokens/step"),
+        *("steps", "tokens/param", "x20", "epochs***", "scalar lr"),
+    )
     times = ("step here**", "run here**") if measured else ()
     table = titled_table("mousse presets", (*columns, "memory*", *times), **_PRESET_STYLE)
     for r in rows:
         table.add_row(
             r["name"],
             r["params"],
+            f"{r['non_embedding_params'] / 1e6:.2f}M",
             f"{r['d_model']}x{r['n_layers']}",
             str(r["n_heads"]),
             str(r["seq_len"]),
             str(r["batch_size"]),
+            f"{r['tokens_per_step']:,}",
             f"{r['steps']:,}",
+            f"{r['tokens_per_param']:.3g}",
+            f"{r['budget']:.2g}x",
+            "-" if r["epochs"] is None else f"{r['epochs']:.3g}",
             str(r["scalar_lr"]),
             r["memory"],
             *((r["step_time"], r["run_time"]) if measured else ()),

@@ -4,7 +4,8 @@
 A run record is a dict: name, variant, knobs, seed, is_baseline, status ("completed" | "diverged" |
 "failed" | "pending" | "running"), final_val_loss, best_val_loss, steps, step_ms_median,
 fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_bytes (None on CPU), precision
-("bf16 autocast" or "fp32"; None for runs recorded before it was) and curve, a list of {"step", "val_loss", "seconds"} eval points.
+("bf16 autocast" or "fp32"; None for runs recorded before it was), regime (`mousse.train.budget.regime`;
+None for runs recorded before it was) and curve, a list of {"step", "val_loss", "seconds"} eval points.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _RECORD_KEYS = (
     "peak_mem_source",
     "timing_context",
     "precision",
+    "regime",
 )
 
 

@@ -108,6 +108,7 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "timing_comparable": comparable,
             "timing_contexts": len(contexts),
             "precisions": _precisions(records),
+            "regimes": _regimes(records),
         }
     )
 
@@ -117,6 +118,16 @@ def _precisions(records: list) -> list[str]:
     count as 'not recorded' beside ones that say it (none when no run says it)."""
     ran = {r.get("precision") or "not recorded" for r in records if r["status"] == "completed"}
     return sorted(ran) if ran != {"not recorded"} else []
+
+
+def _regimes(records: list) -> list[dict]:
+    """The regimes the completed runs trained in (`mousse.train.budget.regime`), each once, by
+    budget; none for runs from before they were recorded."""
+    ran: list[dict] = []
+    for r in records:
+        if r["status"] == "completed" and r.get("regime") and r["regime"] not in ran:
+            ran.append(r["regime"])
+    return sorted(ran, key=lambda regime: regime.get("budget") or 0.0)
 
 
 def seed_losses(runs: list, variant: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
+from mousse.train.budget import regime_warnings
 from mousse.train.estimate import counted
 from mousse.train.fileio import dumps
 
@@ -130,7 +131,34 @@ def protocol_notes(results: dict) -> list[str]:
         )
     if busy_timing(results):
         notes.append(busy_timing_note(results))
-    return notes
+    return notes + regime_notes(results)
+
+
+def regime_notes(results: dict) -> list[str]:
+    """What the regime of the runs does not establish (`budget.regime_warnings`): the smallest
+    budget below 1x, the most epochs beyond 4."""
+    regimes = results.get("regimes") or []
+    budgets = [r["budget"] for r in regimes if r.get("budget") is not None]
+    epochs = [r["epochs"] for r in regimes if r.get("epochs") is not None]
+    return regime_warnings(min(budgets, default=None), max(epochs, default=None))
+
+
+def regime_note(results: dict) -> str | None:
+    """The regime the runs trained in: tokens per non-embedding parameter, that as a multiple
+    of 20, and epochs over the train data (None for results from before runs recorded it)."""
+    regimes = results.get("regimes") or []
+    if not regimes:
+        return None
+    text = "; ".join(_regime_text(r) for r in regimes)
+    return f"regime: {text}" + (", every run" if len(regimes) == 1 else "")
+
+
+def _regime_text(regime: dict) -> str:
+    per_param, budget, epochs = (regime.get(k) for k in ("tokens_per_param", "budget", "epochs"))
+    return (
+        f"{_num(per_param, '.3g')} tokens per non-embedding parameter "
+        f"({_num(budget, '.3g', 'x')} of 20), {_num(epochs, '.3g')} epochs over the train data"
+    )
 
 
 def precision_note(results: dict) -> str | None:
@@ -442,8 +470,9 @@ def _markdown(results: dict) -> str:
         if target is not None
         else "No completed baseline run: no target, deltas or overheads."
     )
-    if arithmetic := precision_note(results):
-        note += f" {arithmetic[0].upper()}{arithmetic[1:]}."
+    for extra in (precision_note(results), regime_note(results)):
+        if extra:
+            note += f" {extra[0].upper()}{extra[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
     tuning = tuning_rows(results)
     return (

@@ -31,8 +31,10 @@ from mousse.optim import knobs as table
 from mousse.optim.family import Knobs
 
 from . import compat, tomlio
+from .budget import gpt_non_embedding_params, steps_for_budget
 from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
+from .schedule import Schedule, cooldown_length, warmup_length
 
 ScalarOptimizer = Literal["adamw", "lion"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,6 +50,7 @@ DEVICES: tuple[str, ...] = typing.get_args(Device)
 GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 # Newton-Schulz's working precision: auto = the run's precision (bf16 under bf16 autocast).
 NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
     "auto": None,
@@ -101,8 +104,10 @@ class TrainConfig:
     # data
     data: str = "builtin"
     val_data: str | None = None
-    # budget
+    # budget: steps, or budget (a multiple of 20 tokens per non-embedding parameter) when steps
+    # are not given (`steps_for_budget`); given both, steps win and budget is recorded as given
     steps: int
+    budget: float | None = None
     batch_size: int
     micro_batch_size: int
     # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
@@ -110,7 +115,12 @@ class TrainConfig:
     lr: float  # peak lr of the block-matrix optimizer (its first knob)
     scalar_optimizer: ScalarOptimizer = "adamw"
     scalar_lr: float
+    # the lr's shape (train.schedule): cosine, or wsd (its last `cooldown` fraction of the steps
+    # linear to min_lr_frac); warmup: warmup_steps when set, else warmup_frac of the steps
+    schedule: Schedule = "cosine"
     warmup_frac: float
+    warmup_steps: int | None = None
+    cooldown: float = 0.2
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
@@ -183,13 +193,17 @@ class Overrides:
     data: str | None = None
     val_data: str | None = None
     steps: int | None = None
+    budget: float | None = None
     batch_size: int | None = None
     micro_batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None
     scalar_optimizer: ScalarOptimizer | None = None
     scalar_lr: float | None = None
+    schedule: Schedule | None = None
     warmup_frac: float | None = None
+    warmup_steps: int | None = None
+    cooldown: float | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
     momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
@@ -514,8 +528,10 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     for name in FROM_PRESET:
         if values["model"] is not None and name in GPT_SHAPE:
             continue
-        if values[name] is None:
+        if values[name] is None and not (name == "steps" and values["budget"] is not None):
             values[name] = getattr(preset, name)
+    if values["steps"] is None:
+        values["steps"] = _budget_steps(values)
     for name, value in preset.matrix_knobs(values["optimizer"]).items():
         if values[name] is None:
             values[name] = value
@@ -531,6 +547,31 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def _budget_steps(values: Mapping[str, Any]) -> int:
+    """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
+    tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
+    more than MAX_STEPS, and for --model (whose parameters are counted only once it is built)."""
+    budget = values["budget"]
+    problem = _out_of_range("budget", budget)
+    _require(problem is None, f"bad value for 'budget': {budget}; {problem}")
+    _require(
+        values["model"] is None,
+        "--budget counts the built-in GPT's parameters; with --model, give --steps instead",
+    )
+    shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
+    steps = steps_for_budget(budget, gpt_non_embedding_params(shape), _tokens_per_step(values))
+    _require(
+        1 <= steps <= MAX_STEPS,
+        f"bad value for 'budget': {budget} is {steps:,} steps of this run; a budget must make "
+        f"1 to {MAX_STEPS:,} steps (e.g. --budget 1), or give --steps",
+    )
+    return steps
+
+
+def _tokens_per_step(values: Mapping[str, Any]) -> int:
+    return int(values["batch_size"]) * int(values["seq_len"])
 
 
 # Run settings that are counts; the engine's knobs carry their own ranges (mousse.optim.knobs).
@@ -555,9 +596,13 @@ MAX_PARAMS = 10**15  # the built-in GPT's blocks: petabytes of weights, beyond a
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-    **dict.fromkeys(("warmup_frac", "min_lr_frac"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")),
+    **dict.fromkeys(
+        ("warmup_frac", "min_lr_frac", "cooldown"), (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+    ),
+    "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
     "divergence_factor": (lambda v: v > 1, "must be > 1"),
     "target_loss": (math.isfinite, "must be a finite number"),
+    "budget": (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
     "steps": (lambda v: v <= MAX_STEPS, f"must be at most {MAX_STEPS:,}"),
 }
 
@@ -586,6 +631,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("device", cfg.device, DEVICES)
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("compile", cfg.compile, COMPILE_MODES)
+    check_choice("schedule", cfg.schedule, SCHEDULES)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
     for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):
@@ -613,6 +659,7 @@ def validate(cfg: TrainConfig) -> None:
         "bad value for 'val_data': empty; pass a text file or folder or .bin token shards, "
         "or leave it out (validation from the data)",
     )
+    _check_schedule(cfg)
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
         f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
@@ -623,6 +670,24 @@ def validate(cfg: TrainConfig) -> None:
             table.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def _check_schedule(cfg: TrainConfig) -> None:
+    """The warmup fits in the run, and under WSD the cooldown after it."""
+    warmup = warmup_length(cfg.steps, cfg.warmup_frac, cfg.warmup_steps)
+    cooldown = cooldown_length(cfg.steps, cfg.cooldown) if cfg.schedule == "wsd" else 0
+    phases, flags = (
+        (
+            f"a warmup of {warmup} steps and a cooldown of {cooldown} are",
+            "--warmup-steps or --cooldown",
+        )
+        if cooldown
+        else (f"a warmup of {warmup} steps is", "--warmup-steps")
+    )
+    _require(
+        warmup + cooldown <= cfg.steps,
+        f"{phases} longer than the run's {cfg.steps} steps; shorten {flags}, or train more steps",
+    )
 
 
 def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> Knobs:

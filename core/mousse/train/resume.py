@@ -11,6 +11,7 @@ from typing import Any
 from . import tomlio
 from .checkpoint import latest_valid_checkpoint, read_checkpoint
 from .config import (
+    DEFAULTS,
     FAMILY_KNOBS,
     ConfigError,
     TrainConfig,
@@ -30,6 +31,9 @@ MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are th
 # Settings the losses depend on (the batches drawn, the validation set): a run resumed with
 # another value would log losses that do not compare with those before.
 SAME_LOSSES = ("seed", "eval_tokens")
+# Settings the lr schedule follows: a resumed run goes on at the lr of the uninterrupted run only
+# under the same ones. Checkpoints from before they existed ran with their defaults (cosine).
+SAME_SCHEDULE = ("schedule", "cooldown", "warmup_steps")
 
 
 def config_from_checkpoint(
@@ -58,7 +62,7 @@ def config_from_checkpoint(
                 f"weights were made with {was}; drop the flag, or start a "
                 "new run to train another model"
             )
-    cfg = resolve({**saved.to_dict(), **overrides})
+    cfg = resolve({**_without_steps_for(overrides, saved.to_dict()), **overrides})
     for key in FIXED_ON_RESUME:
         if getattr(cfg, key) != getattr(saved, key):
             raise ConfigError(
@@ -67,6 +71,14 @@ def config_from_checkpoint(
                 "resuming keeps it; drop the flag, or start a new run to change it"
             )
     return cfg, ckpt
+
+
+def _without_steps_for(overrides: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved settings, less their steps when `overrides` give a budget and no steps: the
+    budget then sets the steps to train to (a saved steps would win over it)."""
+    if overrides.get("budget") is not None and overrides.get("steps") is None:
+        return {k: v for k, v in saved.items() if k != "steps"}
+    return saved
 
 
 def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,6 +124,8 @@ def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_h
                 f"{key}={saved_cfg[key]!r} and its losses compare only under it; drop the "
                 "flag, or start a new run to change it"
             )
+    for key in SAME_SCHEDULE:
+        _check_same_schedule(key, coerce(key, saved_cfg.get(key, DEFAULTS[key])), cfg)
     if int(meta["step"]) > cfg.steps:
         raise CheckpointError(
             f"--steps {cfg.steps}: checkpoint {ckpt} is at step {meta['step']}, past that end; "
@@ -121,3 +135,16 @@ def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_h
         raise CheckpointError(
             f"checkpoint {ckpt} was trained on other data; resume with the same --data"
         )
+
+
+def _check_same_schedule(key: str, saved: Any, cfg: TrainConfig) -> None:
+    """CheckpointError naming the flag to pass when the schedule setting `key` (the run's was
+    `saved`) changed on resume: the lr after it would not be the uninterrupted run's."""
+    if saved == getattr(cfg, key):
+        return
+    flag = f"--{key.replace('_', '-')}"
+    keep = f"pass {flag} {saved}" if saved is not None else f"drop {flag}"
+    raise CheckpointError(
+        f"{flag} {getattr(cfg, key)}: the run was trained with {key}={saved}, and its lr after "
+        f"resuming follows the uninterrupted run's only under it; {keep}, or start a new run"
+    )

@@ -11,7 +11,11 @@ from typing import Any, Protocol
 
 import torch
 
+from mousse.optim.routing import Route
+
+from .budget import non_embedding_count, regime
 from .config import RunPrecision, TrainConfig
+from .data import Dataset
 from .machine import label, peak_memory
 from .precision import peak_flops
 from .usermodel import flops_per_token
@@ -32,6 +36,8 @@ class Run(Protocol):
     compiled: bool
     dist: World
     timing_context: dict[str, Any]
+    data: Dataset
+    routes: list[Route]
 
 
 def run_summary(
@@ -60,6 +66,7 @@ def run_summary(
         "eval_seconds": state["eval_seconds"],
         "checkpoint_seconds": state["checkpoint_seconds"],
         "n_params": n_params,
+        "regime": run_regime(trainer),
         "resumed_from": trainer.resumed_from,
         "curve": trainer.curve,
         **throughput(trainer, timing["tokens_per_s"], n_params),
@@ -73,6 +80,15 @@ def run_summary(
     }
     summary["peak_mem_bytes"], summary["peak_mem_source"] = peak_memory(trainer.device)
     return summary
+
+
+def run_regime(trainer: Run) -> dict[str, Any]:
+    """The regime of the run as planned (`budget.regime`): the tokens of its steps per
+    non-embedding parameter of its model and epochs over its train data."""
+    cfg = trainer.cfg
+    sizes = ((r.role, math.prod(r.shape)) for r in trainer.routes)
+    tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+    return regime(tokens, non_embedding_count(sizes), len(trainer.data.train))
 
 
 def throughput(trainer: Run, tokens_per_s: float | None, n_params: int) -> dict[str, Any]:

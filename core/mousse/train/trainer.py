@@ -60,6 +60,7 @@ from .resume import (
     trainer_meta,
 )
 from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
+from .schedule import cooldown_length, cosine, warmup_length, wsd
 from .steptimer import StepTimer
 from .summary import run_summary
 from .usermodel import build_model, model_failure
@@ -95,13 +96,14 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
-def lr_factor(step: int, steps: int, warmup_frac: float, min_lr_frac: float) -> float:
-    """Linear warmup over the first `warmup_frac` of steps, then cosine down to `min_lr_frac`."""
-    warmup = max(1, round(warmup_frac * steps)) if warmup_frac > 0 else 0
-    if step <= warmup:
-        return step / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The factor of the peak lrs at optimizer step `step` under the run's schedule
+    (`mousse.train.schedule`: cosine or wsd, after the warmup)."""
+    warmup = warmup_length(cfg.steps, cfg.warmup_frac, cfg.warmup_steps)
+    if cfg.schedule == "wsd":
+        cooldown = cooldown_length(cfg.steps, cfg.cooldown)
+        return wsd(step, cfg.steps, warmup, cooldown, cfg.min_lr_frac)
+    return cosine(step, cfg.steps, warmup, cfg.min_lr_frac)
 
 
 class Trainer:
@@ -346,7 +348,7 @@ class Trainer:
         """Optimizer step `step`: its lr from the schedule, forward and backward over the batch,
         the update. Returns the loss (a tensor: no host sync) and the lr factor."""
         cfg = self.cfg
-        factor = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
+        factor = lr_factor(step, cfg)
         for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         timer.start()
@@ -431,7 +433,7 @@ class Trainer:
                 break
             step = self.step + 1
             try:
-                loss, factor = self.train_step(step, timer)
+                loss, _ = self.train_step(step, timer)
             except StepCut as cut:
                 status, message = self._cut_short(cut, pending, timer, tokens_per_step)
                 break
@@ -440,7 +442,7 @@ class Trainer:
             ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
             # losses are checked (one host sync) before anything is written from this state
             if ckpt_due or self._read_losses_due(step):
-                message = self._check_losses(pending, factor, timer, tokens_per_step)
+                message = self._check_losses(pending, timer, tokens_per_step)
                 if message:
                     status = "diverged"
                     break
@@ -483,8 +485,7 @@ class Trainer:
         and the step the run resumes from said (its checkpoint is written on the way out, as for
         any stop). Returns (status, why it diverged or None)."""
         self.opt.zero_grad(set_to_none=True)
-        factor = lr_factor(self.step, self.cfg.steps, self.cfg.warmup_frac, self.cfg.min_lr_frac)
-        message = self._check_losses(pending, factor, timer, tokens_per_step) if pending else None
+        message = self._check_losses(pending, timer, tokens_per_step) if pending else None
         if message:
             return "diverged", message
         start = f"step {self.step}" if self.step else "the start (nothing was trained)"
@@ -514,12 +515,12 @@ class Trainer:
     def _check_losses(
         self,
         pending: list[tuple[int, torch.Tensor]],
-        factor: float,
         timer: StepTimer,
         tokens_per_step: int,
     ) -> str | None:
-        """Read the pending losses (one host sync), log the due ones, and say why the run
-        diverged if one is non-finite or beyond divergence_factor x the first loss."""
+        """Read the pending losses (one host sync), log the due ones (each with its own step's
+        lr), and say why the run diverged if one is non-finite or beyond divergence_factor x the
+        first loss."""
         cfg = self.cfg
         self.state["train_seconds"] += timer.flush()
         losses = torch.stack([l for _, l in pending]).tolist()
@@ -531,7 +532,7 @@ class Trainer:
             if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
                 return f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
             if s % cfg.log_every == 0 or s == cfg.steps:
-                self._log_step(s, value, factor, timer, tokens_per_step)
+                self._log_step(s, value, lr_factor(s, cfg), timer, tokens_per_step)
         return None
 
     def _evaluate(self) -> str | None:
