@@ -5,7 +5,7 @@ tokens per parameter, and their scalar/AdamW learning rates are the project's ow
 
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
 family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
-resolve, later winning: class recipe (`optim.OPTIMIZERS[name].recipe`, the method's published
+resolve, later winning: class recipe (`OPTIMIZER_CLASSES[name].recipe`, the method's published
 defaults) < TRAINING_RECIPES[name] < the preset's lr, momentum and momentum rule for it
 (`Preset.lrs`, `Preset.momenta`, `Preset.momentum_styles`) < config file < flags.
 """
@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
-from mousse.optim import recipes as optim
 from mousse.optim.family import Knobs
-from mousse.optim.knobs import KNOBS
+from mousse.optim.knobs import RUN_KNOBS
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import routed_shapes
 from mousse.optim.step import flat_shape
 
 from .model import GPT, GPTConfig
 
-OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")  # the block-matrix optimizers a run can use
+OPTIMIZER_NAMES = (*OPTIMIZER_CLASSES, "adamw")  # the block-matrix optimizers a run can use
 ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
 
 # What `mousse train --optimizer NAME` changes from the method's published defaults to train the
@@ -102,7 +102,7 @@ _LADDER_LR_NOTE = (
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
-    **{name: cls.recipe["lr"] for name, cls in optim.OPTIMIZERS.items()},
+    **{name: cls.recipe["lr"] for name, cls in OPTIMIZER_CLASSES.items()},
     "mousse": 0.06,
     "muon": 0.06,
     "splus": 0.2,
@@ -402,9 +402,9 @@ def memory_estimate_bytes(
       (saved activations: about 20 d per token per block, and logits, their fp32 copy and
       gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in OPTIMIZER_NAMES:
         raise ValueError(
-            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
+            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
         )
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
     model = meta_model(preset, vocab_size)
@@ -441,5 +441,5 @@ def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> K
     }
     if optimizer == "adamw":
         return {k: knobs.get(k) for k in ADAMW_KNOBS}
-    full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
-    return {k: full[k] for k in KNOBS}
+    full = OPTIMIZER_CLASSES[optimizer].resolve_knobs(**knobs)
+    return {k: full[k] for k in RUN_KNOBS}
