@@ -240,9 +240,3 @@ def unreadable(path: Path, exc: Exception) -> CheckpointError:
         f"checkpoint file {path} is unreadable ({exc}); it may be truncated: resume from an "
         "earlier checkpoint"
     )
-
-
-def read_index(ckpt: Path) -> dict[str, Any] | None:
-    """A sharded checkpoint's index (None for the single-file layout)."""
-    path = Path(ckpt) / OPTIMIZER_INDEX
-    return json.loads(path.read_text()) if path.is_file() else None
