@@ -216,6 +216,47 @@ def _paper(
     )
 
 
+def _cpu(
+    name: str,
+    *,
+    d_model: int,
+    n_layers: int,
+    steps: int,
+    batch_size: int,
+    lrs: dict[str, float],
+    lr_note: str,
+    momenta: dict[str, float],
+    eval_every: int,
+    eval_tokens: int,
+    description: str,
+    checkpoint_every: int | None = None,
+) -> Preset:
+    """A CPU preset: byte-level (the builtin corpus), 32-wide heads, sequences of 128 tokens,
+    one micro batch per step, Mousse on Nesterov momentum, scalar and AdamW lr 0.01."""
+    return Preset(
+        name=name,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=d_model // 32,
+        head_dim=32,
+        seq_len=128,
+        vocab_size=256,
+        steps=steps,
+        batch_size=batch_size,
+        micro_batch_size=batch_size,
+        lrs=dict(lrs),
+        lr_note=lr_note,
+        momenta=dict(momenta),
+        momentum_styles=dict(_CPU_MOMENTUM_STYLES),
+        scalar_lr=0.01,
+        adamw_lr=0.01,
+        eval_every=eval_every,
+        eval_tokens=eval_tokens,
+        checkpoint_every=checkpoint_every,
+        description=description,
+    )
+
+
 def _ladder(name: str, d_model: int, n_layers: int, steps: int) -> Preset:
     """A GPU ladder preset between small and 160m: byte-level (the builtin corpus: no download),
     64-wide heads, batches of 64 x 256 tokens, sized so that a tuned Muon-vs-Mousse comparison
@@ -250,66 +291,42 @@ MEDIUM_STEPS = 500  # about 10 minutes a run on 2 cores (benchmarks/tuned/README
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset(
-            name="tiny",
+        _cpu(
+            "tiny",
             d_model=128,
             n_layers=2,
-            n_heads=4,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=300,
             batch_size=16,
-            micro_batch_size=16,
-            lrs=dict(_TINY_LRS),
+            lrs=_TINY_LRS,
             lr_note=_TINY_LR_NOTE,
-            momenta=dict(_TINY_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_TINY_MOMENTA,
             eval_every=25,
             eval_tokens=32_768,
             description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores",
         ),
-        Preset(
-            name="small",
+        _cpu(
+            "small",
             d_model=128,
             n_layers=4,
-            n_heads=4,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=600,
             batch_size=32,
-            micro_batch_size=32,
-            lrs=dict(_SMALL_LRS),
+            lrs=_SMALL_LRS,
             lr_note=_SMALL_LR_NOTE,
-            momenta=dict(_SMALL_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_SMALL_MOMENTA,
             eval_every=100,
             eval_tokens=131_072,
             description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
             "a few minutes on 2 cores",
         ),
-        Preset(
-            name="medium",
+        _cpu(
+            "medium",
             d_model=256,
             n_layers=4,
-            n_heads=8,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=MEDIUM_STEPS,
             batch_size=32,
-            micro_batch_size=32,
-            lrs=dict(_SMALL_LRS),
+            lrs=_SMALL_LRS,
             lr_note=_MEDIUM_LR_NOTE,
-            momenta=dict(_SMALL_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_SMALL_MOMENTA,
             eval_every=100,
             eval_tokens=131_072,
             checkpoint_every=100,  # a kill loses at most a fifth of a run of 10-15 minutes
