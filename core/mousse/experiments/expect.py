@@ -76,7 +76,7 @@ def parse(expr: str) -> tuple[Term, str, Term, str | None]:
     return _term(match.group(1)), match.group(2), _term(match.group(3)), test
 
 
-def _value(term: Term, variants: dict) -> float:
+def _term_value(term: Term, variants: dict) -> float:
     if term.number is not None:
         return term.number
     if term.variant not in variants:
@@ -97,7 +97,7 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
     left, op, right, test = parse(expr)
     variants = {v["variant"]: v for v in results["variants"]}
-    a, b = _value(left, variants), _value(right, variants)
+    a, b = _term_value(left, variants), _term_value(right, variants)
     shown = ", ".join(
         f"{term.text} = {x:.4g}" for term, x in ((left, a), (right, b)) if term.number is None
     )

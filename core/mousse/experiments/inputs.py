@@ -42,7 +42,7 @@ def _check_knob(knob: str) -> str:
     return key
 
 
-def _value(key: str, value):
+def _typed_value(key: str, value):
     """`value` coerced to the knob's type and checked against its allowed choices."""
     value = coerce(key, value)
     if key in SETTING_CHOICES:
@@ -55,7 +55,7 @@ def typed_settings(table: dict) -> dict:
     out = {}
     for knob, value in table.items():
         key = _check_knob(knob)
-        out[key] = _value(key, value)
+        out[key] = _typed_value(key, value)
     return out
 
 
@@ -87,7 +87,7 @@ def check_mode(mode) -> str:
 
 def _sweep_values(knob: str, values) -> list:
     """Typed, de-duplicated (order kept) values; ConfigError when empty."""
-    typed = list(dict.fromkeys(_value(knob, v) for v in values))
+    typed = list(dict.fromkeys(_typed_value(knob, v) for v in values))
     if not typed:
         raise ConfigError(f"empty sweep for '{knob}': give at least one value")
     return typed
