@@ -15,14 +15,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from mousse.optim.family import Knobs
 from mousse.optim.routing import CombinedOptimizer
 
 FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
-# a param group's hyperparameters, by name
-Knobs = dict[str, Any]
 
 
 class CheckpointError(ValueError):
