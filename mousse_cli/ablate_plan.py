@@ -55,14 +55,14 @@ def read_setup(overrides: dict, spec: Path | None, config: Path | None, tune, tu
 
 def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dict | None:
     """The spec file's tuning, with --tune replacing its knobs and --tune-seeds its seeds."""
-    from mousse.experiments.inputs import CHOICES, parse_seeds, tune_spec
+    from mousse.experiments.inputs import SETTING_CHOICES, parse_seeds, tune_spec
     from mousse.experiments.tuning import parse_tune
 
     if tune is None and tune_seeds is None:
         return saved
     saved = saved or {"knobs": [], "grids": {}, "seeds": [0]}
     phases = (
-        parse_tune(tune, CHOICES)
+        parse_tune(tune, SETTING_CHOICES)
         if tune is not None
         else [(k, saved["grids"].get(k)) for k in saved["knobs"]]
     )

@@ -12,7 +12,7 @@ from rich.markup import escape
 from mousse.train.estimate import counted
 from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
 
-from .console import console, duration, fit_width, fmt
+from .console import clock, console, fit_width, fmt
 from .rich_tables import titled_table
 
 _CONVERGENCE = ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status")
@@ -169,7 +169,7 @@ class AblationView:
                 f"[{name}] failed: {s.get('message')}"  # why, and what to do
                 if s["status"] == "failed"
                 else f"[{name}] {s['status']} after {counted(s['steps'], 'step')}: final val "
-                f"{fmt(s['final_val_loss'])} ({duration(s['train_seconds'])} training)"
+                f"{fmt(s['final_val_loss'])} ({clock(s['train_seconds'])} training)"
                 + (f"; {self.done_text}" if self.done_text else "")
             )
 

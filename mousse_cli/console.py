@@ -20,7 +20,7 @@ def fmt(value, spec: str = ".4f", none: str = "-") -> str:
     return format(value, spec)
 
 
-def duration(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
     """Seconds as m:ss, or h:mm:ss from an hour on; '-' when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "-"

@@ -9,10 +9,10 @@ from typing import Any, cast
 import typer
 
 from mousse.optim.knobs import TABLE, Knob
-from mousse.train.presets import OPTIMIZERS, PRESETS
+from mousse.train.presets import OPTIMIZER_NAMES, PRESETS
 
 
-def _switch(name: str, text: str) -> tuple:
+def _on_off_flag(name: str, text: str) -> tuple:
     flag = name.replace("_", "-")
     return (
         bool | None,
@@ -23,7 +23,7 @@ def _switch(name: str, text: str) -> tuple:
 def _knob_flag(knob: Knob) -> tuple:
     """A `train` flag from the knob table (mousse.optim.knobs)."""
     if knob.kind is bool:
-        return _switch(knob.name, knob.text)
+        return _on_off_flag(knob.name, knob.text)
     # a number's Mousse value (a choice's help names Mousse's choice itself)
     plain = knob.choices or knob.default is None
     note = _KNOB_NOTES.get(knob.name, "" if plain else f" (Mousse: {knob.default:g})")
@@ -99,7 +99,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
         str | None,
         typer.Option(
             None,
-            help=f"Block-matrix optimizer: {' | '.join(OPTIMIZERS)} (mousse). Each family member is a preset of one engine's knobs (docs/family.md); every knob below overrides it.",
+            help=f"Block-matrix optimizer: {' | '.join(OPTIMIZER_NAMES)} (mousse). Each family member is a preset of one engine's knobs (docs/family.md); every knob below overrides it.",
         ),
     ),
     "scalar_optimizer": (
@@ -193,9 +193,9 @@ TRAIN_FLAGS: dict[str, tuple] = {
 }
 
 
-# The mission's own words for a knob: trace normalization on / off is factor_norm trace / none.
+# Trace normalization, as the paper names it: on / off is factor_norm trace / none.
 TRACE_NORM = {True: "trace", False: "none", "on": "trace", "off": "none"}
-TRAIN_FLAGS["trace_norm"] = _switch(
+TRAIN_FLAGS["trace_norm"] = _on_off_flag(
     "trace_norm",
     "Trace-normalize the factors before eigh (the same as --factor-norm trace / none).",
 )
@@ -245,7 +245,7 @@ def with_flags(flags: dict[str, tuple]):
 # Knobs `mousse ablate` sweeps: comma-separated values; every listed value becomes a run. (A spec
 # file's [sweep] can list any setting; the other knobs are flags that set every run.)
 SWEEP_HELP = {
-    "optimizer": f"Optimizers to compare, e.g. {','.join(OPTIMIZERS)}.",
+    "optimizer": f"Optimizers to compare, e.g. {','.join(OPTIMIZER_NAMES)}.",
     **{k.name: f"Values, e.g. {k.sweep}. {k.text}" for k in TABLE if k.sweep},
 }
 SWEEP_HELP["trace_norm"] = "Trace normalization: on,off (the same as --factor-norm trace,none)."

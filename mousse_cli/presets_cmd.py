@@ -51,7 +51,7 @@ def preset_row(p, cost, where, builtin_tokens: int | None) -> dict:
     """One preset as the JSON row (and the table's source): shape, recipe, regime, memory, and
     the time here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
-    from mousse.train.presets import OPTIMIZERS, memory_estimate_bytes, param_count
+    from mousse.train.presets import OPTIMIZER_NAMES, memory_estimate_bytes, param_count
 
     return {
         "name": p.name,
@@ -63,7 +63,7 @@ def preset_row(p, cost, where, builtin_tokens: int | None) -> dict:
         "batch_size": p.batch_size,
         "steps": p.steps,
         **preset_regime(p, builtin_tokens),
-        "lrs": {o: p.matrix_lr(o) for o in OPTIMIZERS},
+        "lrs": {o: p.matrix_lr(o) for o in OPTIMIZER_NAMES},
         "momenta": dict(p.momenta),
         "momentum_styles": dict(p.momentum_styles),
         "lr_note": p.lr_note,

@@ -21,7 +21,7 @@ from mousse.train.events import (
     StepLogged,
 )
 
-from .console import console, duration, fit_width, fmt, notice, result_stream
+from .console import clock, console, fit_width, fmt, notice, result_stream
 
 
 def routing_summary(routes) -> str:
@@ -81,7 +81,7 @@ class TrainView:
                 f"step {event.step}/{event.steps} loss {event.train_loss:.4f} "
                 f"lr {event.lr:.3g} step {event.step_ms:.1f}ms "
                 f"(fwd+bwd {event.fwd_bwd_ms:.1f}, opt {event.opt_ms:.1f}) "
-                f"{event.tokens_per_s:,.0f} tok/s eta {duration(event.eta_seconds)}",
+                f"{event.tokens_per_s:,.0f} tok/s eta {clock(event.eta_seconds)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -120,8 +120,8 @@ class TrainView:
     @staticmethod
     def _micro_text(e: MicroBatchDone) -> str:
         return (
-            f"step {e.step}: micro batch {e.done}/{e.total}, {duration(e.seconds)} in, "
-            f"step eta {duration(e.eta_seconds)}"
+            f"step {e.step}: micro batch {e.done}/{e.total}, {clock(e.seconds)} in, "
+            f"step eta {clock(e.eta_seconds)}"
         )
 
     def _render(self):
@@ -159,8 +159,8 @@ class TrainView:
                 f"{e.fwd_bwd_ms:.1f}",
                 f"{e.opt_ms:.1f}",
                 f"{e.tokens_per_s:,.0f}",
-                duration(time.perf_counter() - self.started),
-                duration(e.eta_seconds),
+                clock(time.perf_counter() - self.started),
+                clock(e.eta_seconds),
             )
         return fit_width(table, console)  # a narrow terminal: plain lines
 
@@ -209,7 +209,7 @@ def show_summary(s: dict, json_out: bool = False) -> None:
         stream.print(
             f"target {s['target_loss']}: "
             + (
-                f"reached at step {s['target_step']} ({duration(s['target_seconds'])})"
+                f"reached at step {s['target_step']} ({clock(s['target_seconds'])})"
                 if s["target_step"] is not None
                 else "not reached"
             ),

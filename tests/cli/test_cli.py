@@ -515,13 +515,13 @@ def test_report_errors(cli, tmp_path, ablation):
 
 
 def test_presets_list_lr_per_optimizer(cli, presets_rows):
-    from mousse.train.config import OPTIMIZERS
+    from mousse.train.config import OPTIMIZER_NAMES
     from mousse.train.presets import PRESETS
 
     rows = {r["name"]: r for r in presets_rows}
     assert list(rows) == list(PRESETS)
     for name, row in rows.items():
-        assert list(row["lrs"]) == list(OPTIMIZERS)
+        assert list(row["lrs"]) == list(OPTIMIZER_NAMES)
         assert row["lrs"]["adamw"] == PRESETS[name].adamw_lr and row["lr_note"]
     assert rows["tiny"]["lrs"]["mousse"] == rows["tiny"]["lrs"]["muon"] == 0.12  # tuned
     assert (rows["small"]["lrs"]["mousse"], rows["small"]["lrs"]["muon"]) == (0.12, 0.06)  # tuned
@@ -551,7 +551,7 @@ def test_presets_list_lr_per_optimizer(cli, presets_rows):
     assert res.exit_code == 0, res
     text = res.stdout + res.stderr
     header = next(line for line in text.splitlines() if line.split()[:2] == ["preset", "mousse"])
-    assert header.split() == ["preset", *OPTIMIZERS]
+    assert header.split() == ["preset", *OPTIMIZER_NAMES]
     tiny = next(
         line
         for line in text.splitlines()
@@ -634,7 +634,7 @@ def test_help_shows_on_off_flags_without_a_type():
     assert "<int>" in invoke_cli("train", "--help").stdout  # options with a value keep theirs
 
 
-def test_trace_norm_is_factor_norm_in_the_missions_words(tmp_path):
+def test_trace_norm_is_factor_norm_on_or_off(tmp_path):
     for flag, value in (("--trace-norm", "trace"), ("--no-trace-norm", "none")):
         run = tmp_path / value
         res = invoke_cli("train", *FAST, "--steps", "1", flag, "--run-dir", run)

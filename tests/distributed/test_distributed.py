@@ -28,7 +28,7 @@ from mousse.optim.routing import build_optimizer, routed_shapes
 from mousse.train.checkpoint import list_checkpoints, save_checkpoint
 from mousse.train.config import ConfigError, resolve
 from mousse.train.model import GPT, GPTConfig
-from mousse.train.optstate import optimizer_state_by_name, read_index
+from mousse.train.optstate import OPTIMIZER_INDEX, optimizer_state_by_name
 from mousse.train.presets import PRESETS, meta_model
 from mousse.train.trainer import Trainer
 
@@ -115,6 +115,11 @@ def assert_close(got: dict, want: dict) -> None:
     assert worst <= RTOL, f"largest relative difference {worst:.3g}"
 
 
+def shard_index(ckpt: Path) -> dict:
+    """The index a sharded checkpoint writes beside its shards (optimizer-index.json)."""
+    return json.loads((ckpt / OPTIMIZER_INDEX).read_text())
+
+
 def state_bytes(path: Path) -> int:
     return sum(t.numel() * t.element_size() for t in load_file(path).values())
 
@@ -187,7 +192,7 @@ def test_only_rank_0_renders_and_writes(runs):
 def test_optimizer_state_per_rank_is_about_half(runs):
     root = runs["root"]
     whole = state_bytes(root / "single" / "checkpoints" / "step-20" / "optimizer.safetensors")
-    index = read_index(root / "two" / "checkpoints" / "step-20")
+    index = shard_index(root / "two" / "checkpoints" / "step-20")
     assert index["world_size"] == 2 and sorted(set(index["owners"].values())) == [0, 1]
     per_rank = index["state_bytes"]  # in memory, replicated embedding/head state included
     assert all(0.4 * whole <= b <= 0.6 * whole for b in per_rank), (per_rank, whole)
@@ -217,7 +222,7 @@ def test_resume_one_process_checkpoint_on_two_ranks(runs):
     out = json.loads(res.stdout)
     assert out["resumed_from"] == 10 and out["steps"] == 20 and out["world_size"] == 2
     assert_close(metrics(run_dir), metrics(root / "single"))
-    assert read_index(run_dir / "checkpoints" / "step-20")["world_size"] == 2
+    assert shard_index(run_dir / "checkpoints" / "step-20")["world_size"] == 2
 
 
 # ---- failures -------------------------------------------------------------------------------------

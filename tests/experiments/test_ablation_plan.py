@@ -101,9 +101,9 @@ def test_knobs_dropped_per_optimizer_across_the_family():
     """Which knobs each optimizer keeps follows from its resolved knobs, not from its name:
     preconditioner knobs go from the ones that precondition no side (Muon, SpecGD), the family's
     knobs from AdamW, and the rest (orthogonalizer, momentum, ...) stay everywhere."""
-    from mousse.optim import OPTIMIZERS
+    from mousse.optim import OPTIMIZER_CLASSES
 
-    family = list(OPTIMIZERS)
+    family = list(OPTIMIZER_CLASSES)
     plan = plan_ablation(
         {
             "optimizer": [*family, "adamw"],
@@ -117,11 +117,14 @@ def test_knobs_dropped_per_optimizer_across_the_family():
     knobs = {r.knobs.get("optimizer", "mousse"): r.knobs for r in plan.runs}
     assert list(knobs) == [*family, "adamw"]
     for name in family:
-        unpreconditioned = OPTIMIZERS[name].recipe["sides"] == "none"
+        unpreconditioned = OPTIMIZER_CLASSES[name].recipe["sides"] == "none"
         assert ("factor_norm" in knobs[name]) == (not unpreconditioned and name != "tnt"), name
         # nesterov is Muon's own momentum style: it changes every other family member
         assert ("momentum_style" in knobs[name]) == (name != "muon"), name
-    assert {n for n in family if OPTIMIZERS[n].recipe["sides"] == "none"} == {"muon", "specgd"}
+    assert {n for n in family if OPTIMIZER_CLASSES[n].recipe["sides"] == "none"} == {
+        "muon",
+        "specgd",
+    }
     assert knobs["adamw"] == {"optimizer": "adamw"}
     assert knobs["tnt"] == {"optimizer": "tnt", "momentum_style": "nesterov"}  # same_trace is TNT's
 

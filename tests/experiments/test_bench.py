@@ -7,13 +7,13 @@ import torch
 from support.cli import assert_one_line_error, invoke_cli
 
 from mousse.experiments.bench import (
-    COMPILED,
-    OPTIMIZERS,
+    BENCH_ROWS,
+    COMPILED_ROWS,
     bench_steps,
     matrix_shapes,
     ns_flops,
 )
-from mousse.optim import family as optim
+from mousse.optim import family
 
 KEYS = {
     "preset",
@@ -56,7 +56,7 @@ def test_bench_json_on_cpu():
     r = res.json()
     assert set(r) == KEYS and r["device"] == "cpu" and r["train"] is None and not r["compiled"]
     assert r["kernels"] is None  # the kernels run on CUDA
-    assert set(r["step_ms"]) == set(OPTIMIZERS) and all(ms > 0 for ms in r["step_ms"].values())
+    assert set(r["step_ms"]) == set(BENCH_ROWS) and all(ms > 0 for ms in r["step_ms"].values())
     assert r["vs_muon"]["muon"] == 1.0
     assert all(ms > 0 for ms in r["refresh_ms"].values())
     assert set(r["refresh_ms"]) == {"eigh", "qr", "root"}  # eigh on the host too, on CUDA
@@ -110,11 +110,13 @@ def test_bench_refuses_a_count_no_bench_ends_before_timing_anything(monkeypatch,
 def test_bench_compiled_rows(monkeypatch):
     """--compile adds the torch.compile rows (dynamo's capture without codegen here, for speed)."""
     torch._dynamo.reset()
-    monkeypatch.setattr(optim, "COMPILE_OPTIONS", {"backend": "eager", "fullgraph": True})
+    monkeypatch.setattr(family, "COMPILE_OPTIONS", {"backend": "eager", "fullgraph": True})
     step_ms, _, memory, _ = bench_steps(
         {(16, 8): 2, (8, 8): 1}, torch.device("cpu"), 1, compiled=True
     )
-    assert set(step_ms) == set(OPTIMIZERS) | set(COMPILED) and all(v > 0 for v in step_ms.values())
+    assert set(step_ms) == set(BENCH_ROWS) | set(COMPILED_ROWS) and all(
+        v > 0 for v in step_ms.values()
+    )
     assert memory["mousse_both_f10_compiled"] == memory["mousse_both_f10"]
     torch._dynamo.reset()
 

@@ -13,7 +13,7 @@ import pytest
 from support.cli import FAST, assert_one_line_error, invoke_cli
 
 from mousse.experiments.ablation import in_shard, plan_ablation
-from mousse.experiments.inputs import CHOICES, tune_spec
+from mousse.experiments.inputs import SETTING_CHOICES, tune_spec
 from mousse.experiments.results import summarize
 from mousse.experiments.stats import (
     bootstrap_ci,
@@ -60,15 +60,15 @@ def lookup_from(loss_fn, log=None):
 
 
 def test_parse_tune_forms():
-    assert parse_tune("lr", CHOICES) == (("lr", None),)
-    assert parse_tune("lr,weight_decay", CHOICES) == (("lr", None), ("weight_decay", None))
-    assert parse_tune("lr=0.01,0.02,0.04", CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
-    assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", CHOICES) == (
+    assert parse_tune("lr", SETTING_CHOICES) == (("lr", None),)
+    assert parse_tune("lr,weight_decay", SETTING_CHOICES) == (("lr", None), ("weight_decay", None))
+    assert parse_tune("lr=0.01,0.02,0.04", SETTING_CHOICES) == (("lr", (0.01, 0.02, 0.04)),)
+    assert parse_tune("lr,momentum,momentum_style=heavy_ball,nesterov", SETTING_CHOICES) == (
         ("lr", None),
         ("momentum", None),
         ("momentum_style", ("heavy_ball", "nesterov")),
     )
-    assert parse_tune("momentum-style", CHOICES) == (("momentum_style", None),)
+    assert parse_tune("momentum-style", SETTING_CHOICES) == (("momentum_style", None),)
 
 
 @pytest.mark.parametrize(
@@ -85,17 +85,19 @@ def test_parse_tune_forms():
 )
 def test_parse_tune_errors(text, words):
     with pytest.raises(ConfigError, match=words):
-        parse_tune(text, CHOICES)
+        parse_tune(text, SETTING_CHOICES)
 
 
 def test_default_grids():
-    assert default_grid("lr", 0.03, CHOICES) == [0.0075, 0.015, 0.03, 0.06, 0.12]
-    assert default_grid("momentum", 0.95, CHOICES) == [0.8, 0.9, 0.95, 0.98]
+    assert default_grid("lr", 0.03, SETTING_CHOICES) == [0.0075, 0.015, 0.03, 0.06, 0.12]
+    assert default_grid("momentum", 0.95, SETTING_CHOICES) == [0.8, 0.9, 0.95, 0.98]
     assert DEFAULT_GRIDS["momentum"] == (0.8, 0.9, 0.95, 0.98)
-    assert default_grid("momentum_style", "nesterov", CHOICES) == list(CHOICES["momentum_style"])
-    assert default_grid("precond_freq", 10, CHOICES) == [2, 5, 10, 20, 40]
+    assert default_grid("momentum_style", "nesterov", SETTING_CHOICES) == list(
+        SETTING_CHOICES["momentum_style"]
+    )
+    assert default_grid("precond_freq", 10, SETTING_CHOICES) == [2, 5, 10, 20, 40]
     with pytest.raises(ConfigError, match="no grid around it"):
-        default_grid("weight_decay", 0.0, CHOICES)
+        default_grid("weight_decay", 0.0, SETTING_CHOICES)
 
 
 def test_extend_steps_and_bounds():
@@ -114,7 +116,11 @@ def test_extend_steps_and_bounds():
 def test_best_interior_value_is_chosen_without_extension():
     losses = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.0, 0.06: 2.5, 0.12: 4.0}
     state = tune_variant(
-        "v", {"lr": 0.03}, spec(("lr", None)), lookup_from(lambda v, s: losses[v["lr"]]), CHOICES
+        "v",
+        {"lr": 0.03},
+        spec(("lr", None)),
+        lookup_from(lambda v, s: losses[v["lr"]]),
+        SETTING_CHOICES,
     )
     assert state.done and state.tuned == {"lr": 0.03} and state.at_edge == []
     assert state.phases[0].grid == sorted(losses) and state.phases[0].extensions == 0
@@ -122,14 +128,16 @@ def test_best_interior_value_is_chosen_without_extension():
 
 def test_edge_grows_the_grid_until_interior():
     loss = lambda v, s: (math.log2(v["lr"] / 0.24)) ** 2  # best at 0.24: two steps past the top
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup_from(loss), CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup_from(loss), SETTING_CHOICES)
     assert state.tuned == {"lr": 0.24} and state.at_edge == []
     assert state.phases[0].grid[-3:] == [0.12, 0.24, 0.48] and state.phases[0].extensions == 2
 
 
 def test_edge_cap_reports_the_optimum_at_the_edge():
     loss = lambda v, s: -v["lr"]  # always better higher up
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss), CHOICES)
+    state = tune_variant(
+        "v", {"lr": 0.03}, spec(("lr", None), cap=2), lookup_from(loss), SETTING_CHOICES
+    )
     assert state.tuned == {"lr": 0.48} and state.at_edge == ["lr"]
     assert state.phases[0].extensions == 2
 
@@ -137,7 +145,11 @@ def test_edge_cap_reports_the_optimum_at_the_edge():
 def test_downward_extension():
     loss = lambda v, s: v["lr"]
     state = tune_variant(
-        "v", {"lr": 0.04}, spec(("lr", (0.01, 0.02, 0.04)), cap=1), lookup_from(loss), CHOICES
+        "v",
+        {"lr": 0.04},
+        spec(("lr", (0.01, 0.02, 0.04)), cap=1),
+        lookup_from(loss),
+        SETTING_CHOICES,
     )
     assert state.phases[0].grid == [0.005, 0.01, 0.02, 0.04] and state.tuned == {"lr": 0.005}
 
@@ -155,7 +167,7 @@ def test_coordinate_descent_order_and_starting_point():
         {"lr": 0.02, "momentum": 0.95},
         spec(("lr", (0.01, 0.02, 0.04)), ("momentum", None)),
         lookup_from(loss, log),
-        CHOICES,
+        SETTING_CHOICES,
     )
     assert state.tuned == {"lr": 0.02, "momentum": 0.9}
     phase1 = [v for v, _ in log if "momentum" not in v]
@@ -173,25 +185,25 @@ def test_categorical_phase_tries_every_value_in_order():
         {"lr": 0.02, "momentum_style": "heavy_ball"},
         spec(("lr", (0.01, 0.02, 0.04)), ("momentum_style", None)),
         lookup_from(loss),
-        CHOICES,
+        SETTING_CHOICES,
     )
     assert state.tuned == {"lr": 0.02, "momentum_style": "nesterov"} and state.at_edge == []
-    assert state.phases[1].grid == list(CHOICES["momentum_style"])
+    assert state.phases[1].grid == list(SETTING_CHOICES["momentum_style"])
 
 
 def test_ties_are_broken_deterministically():
     """Equal losses: the value nearest the variant's own value, then the smaller one."""
     flat = lookup_from(lambda v, s: 1.0)
-    assert tune_variant("v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, CHOICES).tuned == {
-        "lr": 0.03
-    }
+    assert tune_variant(
+        "v", {"lr": 0.03}, spec(("lr", None), cap=0), flat, SETTING_CHOICES
+    ).tuned == {"lr": 0.03}
     two = {0.01: 1.0, 0.02: 0.5, 0.04: 0.5, 0.08: 1.0}
     state = tune_variant(
         "v",
         {"lr": 0.03},
         spec(("lr", tuple(two))),
         lookup_from(lambda v, s: two[v["lr"]]),
-        CHOICES,
+        SETTING_CHOICES,
     )
     assert state.tuned == {"lr": 0.02}  # 0.02 and 0.04 equally near the middle: the smaller
 
@@ -210,7 +222,7 @@ def test_diverged_runs_never_win_and_seeds_are_averaged():
         {"lr": 0.02},
         spec(("lr", (0.01, 0.02, 0.04)), seeds=(0, 1), cap=0),
         lookup_from(lambda v, s: table[(v["lr"], s)]),
-        CHOICES,
+        SETTING_CHOICES,
     )
     assert state.tuned == {"lr": 0.01}
     assert state.phases[0].losses[0.01] == pytest.approx(2.1)
@@ -222,13 +234,13 @@ def test_missing_results_pause_the_phase_and_resume_reaches_the_same_decision():
     full = {0.0075: 3.0, 0.015: 2.0, 0.03: 1.5, 0.06: 1.0, 0.12: 1.2}
     have: dict = {}
     lookup = lambda v, s: have.get(v["lr"])
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, SETTING_CHOICES)
     assert not state.done and [v["lr"] for v, _ in state.needed] == sorted(full)
     have.update({0.0075: 3.0, 0.015: 2.0})  # interrupted after two runs
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, SETTING_CHOICES)
     assert [v["lr"] for v, _ in state.needed] == [0.03, 0.06, 0.12]
     have.update(full)
-    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, CHOICES)
+    state = tune_variant("v", {"lr": 0.03}, spec(("lr", None)), lookup, SETTING_CHOICES)
     assert state.done and state.tuned == {"lr": 0.06}
 
 
@@ -269,7 +281,7 @@ def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1)) -> Ablatio
         {"alpha": [0.0]},
         base={"preset": "tiny"},
         seeds=seeds,
-        tune=tune_spec(parse_tune(tune, CHOICES)),
+        tune=tune_spec(parse_tune(tune, SETTING_CHOICES)),
     )
     return Ablation(plan, tmp_path / "abl")
 
@@ -698,7 +710,7 @@ def test_a_variant_keeps_the_knob_it_sweeps_while_the_others_tune_it(tmp_path):
         {"momentum_style": ["heavy_ball"]},
         base={"preset": "tiny", "momentum_style": "nesterov"},
         seeds=(0,),
-        tune=tune_spec(parse_tune("lr=0.01,0.02,momentum_style", CHOICES)),
+        tune=tune_spec(parse_tune("lr=0.01,0.02,momentum_style", SETTING_CHOICES)),
     )
     ab = Ablation(plan, tmp_path / "abl")
     grids = ab.grids()

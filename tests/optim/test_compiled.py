@@ -12,8 +12,8 @@ import torch._dynamo.testing
 from torch._dynamo.utils import counters
 
 from mousse import Mousse, build_optimizer
-from mousse.optim import family as optim
-from mousse.optim.recipes import OPTIMIZERS
+from mousse.optim import family
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 
 SHAPES = [(16, 16), (16, 16), (32, 16), (16, 32)]  # three buckets, one of two matrices
 
@@ -23,7 +23,7 @@ def capture(monkeypatch):
     """Compile with a frame counter as the backend, whole graphs only."""
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounter()
-    monkeypatch.setattr(optim, "COMPILE_OPTIONS", {"backend": counter, "fullgraph": True})
+    monkeypatch.setattr(family, "COMPILE_OPTIONS", {"backend": counter, "fullgraph": True})
     yield counter
     torch._dynamo.reset()
 
@@ -46,9 +46,9 @@ KNOBS = {"tnt": {"fisher": "empirical"}}  # the sampled Fisher needs the trainer
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_CLASSES))
 def test_compiled_step_is_captured_whole_and_matches_eager(capture, name):
-    cls, knobs = OPTIMIZERS[name], KNOBS.get(name, {})
+    cls, knobs = OPTIMIZER_CLASSES[name], KNOBS.get(name, {})
     eager, _ = run(cls, False, 12, **knobs)
     params, opt = run(cls, True, 12, **knobs)
     for p, q in zip(params, eager, strict=True):

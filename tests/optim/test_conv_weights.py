@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mousse import build_optimizer
-from mousse.optim.recipes import OPTIMIZERS
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import infer_roles
 
 CONV = (8, 3, 3, 3)  # out, in, kh, kw: the matrix is 8 x 27
@@ -20,14 +20,14 @@ def knobs(name: str) -> dict:
     return {"lr": 0.01, **extra}
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_CLASSES))
 def test_a_conv_weight_steps_as_its_flattened_matrix(name):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(CONV, generator=g, dtype=torch.float64)
     conv = nn.Parameter(W.clone())
     flat = nn.Parameter(W.reshape(8, -1).clone())
-    opt_conv = OPTIMIZERS[name]([conv], **knobs(name))
-    opt_flat = OPTIMIZERS[name]([flat], **knobs(name))
+    opt_conv = OPTIMIZER_CLASSES[name]([conv], **knobs(name))
+    opt_flat = OPTIMIZER_CLASSES[name]([flat], **knobs(name))
     for _ in range(12):  # past a refresh every 10
         G = torch.randn(CONV, generator=g, dtype=torch.float64)
         conv.grad, flat.grad = G.clone(), G.reshape(8, -1).clone()
@@ -76,4 +76,4 @@ def test_routing_sends_convolutions_but_the_first_to_the_matrix_optimizer():
 
 def test_a_vector_is_still_refused():
     with pytest.raises(ValueError, match="convolution weights"):
-        OPTIMIZERS["mousse"]([nn.Parameter(torch.zeros(4))])
+        OPTIMIZER_CLASSES["mousse"]([nn.Parameter(torch.zeros(4))])

@@ -13,7 +13,7 @@ import torch
 
 from mousse import Mousse
 from mousse.optim import KroneckerOptimizer, knobs
-from mousse.optim.recipes import OPTIMIZERS
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "family.md"
 
@@ -29,28 +29,20 @@ def test_docs_knob_list_is_the_table(tmp_path):
 
 
 def test_every_recipe_is_valid_under_the_table():
-    for cls in OPTIMIZERS.values():
-        knobs.check(cls.recipe)
-        assert set(cls.recipe) == set(knobs.DEFAULTS)
+    for cls in OPTIMIZER_CLASSES.values():
+        knobs.check_knobs(cls.recipe)
+        assert set(cls.recipe) == set(knobs.KNOB_DEFAULTS)
 
 
-def test_earlier_names_of_recipes_still_work():
-    """`mousse.optim.named` and the class attribute `preset` were the names of `recipes` and
-    `recipe`: user code that reads them, or subclasses with a `preset` body, keeps working."""
-    import mousse.optim.named as named
-    from mousse.optim import recipes
+def test_a_subclass_recipe_body_is_completed_from_the_defaults():
+    """A subclass's `recipe` body lists only the knobs it changes; the class attribute then holds
+    the full knob set, and `resolve_knobs` starts from it."""
 
-    assert named is recipes
-    assert all(cls.preset is cls.recipe for cls in OPTIMIZERS.values())
-
-    class Old(KroneckerOptimizer):
-        preset = dict(alpha=0.5)  # noqa: RUF012 (the old name, on purpose)
-
-    class New(KroneckerOptimizer):
+    class Half(KroneckerOptimizer):
         recipe = dict(alpha=0.5)  # noqa: RUF012 (no ClassVar: as a user may write it)
 
-    assert Old.recipe == New.recipe == {**knobs.DEFAULTS, "alpha": 0.5}
-    assert Old.resolve_knobs()["alpha"] == 0.5 and Old.preset is Old.recipe
+    assert Half.recipe == {**knobs.KNOB_DEFAULTS, "alpha": 0.5}
+    assert Half.resolve_knobs()["alpha"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -97,9 +89,11 @@ def test_knob_args_type_every_knob_as_the_table_does():
 def test_help_lists_every_knob_at_the_class_default():
     import inspect
 
-    for cls in OPTIMIZERS.values():
+    for cls in OPTIMIZER_CLASSES.values():
         params = inspect.signature(cls).parameters
         assert "params" in params and params["compiled"].default is False
-        defaults = {n: p.default for n, p in params.items() if n in knobs.DEFAULTS}
+        defaults = {n: p.default for n, p in params.items() if n in knobs.KNOB_DEFAULTS}
         assert defaults == cls.resolve_knobs(), cls.__name__
-    assert inspect.signature(OPTIMIZERS["shampoo"]).parameters["precond_start"].default == 101
+    assert (
+        inspect.signature(OPTIMIZER_CLASSES["shampoo"]).parameters["precond_start"].default == 101
+    )

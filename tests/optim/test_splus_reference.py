@@ -106,12 +106,12 @@ def test_splus_matches_dense_splus(freq):
 def test_refresh_schedules_offset_and_multiples():
     """'offset' (the engine's default) refreshes on 1, F+1, 2F+1; 'multiples' (SPlus) on 1, F,
     2F; refresh_warmup adds every statistics step up to it, under either."""
-    from mousse.optim.knobs import DEFAULTS
-    from mousse.optim.step import group_refresh_due
+    from mousse.optim.knobs import KNOB_DEFAULTS
+    from mousse.optim.step import RefreshKnobs
 
     def due(**knobs):
-        k = {**DEFAULTS, **knobs}
-        return [t for t in range(1, 13) if group_refresh_due(k, t)]
+        k = {**KNOB_DEFAULTS, **knobs}
+        return [t for t in range(1, 13) if RefreshKnobs.of(k).due(t)]
 
     assert due(precond_freq=4) == [1, 5, 9]
     assert due(precond_freq=4, refresh_schedule="multiples") == [1, 4, 8, 12]

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from mousse import TNT, Mousse, build_optimizer
-from mousse.optim.recipes import OPTIMIZERS
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import infer_transposed
 
 OUT, IN = 12, 5  # non-square, so the lr scale and each side's width tell the orientations apart
 STEPS = 12  # past a refresh every 10
 CASES = {
-    **{name: {} for name in OPTIMIZERS},
+    **{name: {} for name in OPTIMIZER_CLASSES},
     "mousse-left": {"sides": "left"},
     "mousse-right": {"sides": "right"},
     "mousse-staggered": {"refresh_schedule": "staggered", "sides": "left"},  # phases by width
@@ -46,7 +46,7 @@ def step_both(plain, stored, opts, g: torch.Generator) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_transposed_weight_gets_its_linear_twins_update(name):
-    cls = OPTIMIZERS[name.split("-")[0]]
+    cls = OPTIMIZER_CLASSES[name.split("-")[0]]
     plain, stored = twins()
     opt_plain = cls(plain, **knobs(name))
     opt_stored = cls(stored, transposed=True, **knobs(name))
@@ -78,14 +78,14 @@ def test_tnts_sampled_label_gradients_are_turned_too():
             assert torch.equal(p.detach(), q.detach().T)
 
 
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", list(OPTIMIZER_CLASSES))
 def test_a_transposed_convolution_weight_steps_as_its_convolution_twin(name):
     """Stored (in, out, k) (nn.ConvTranspose's layout), marked transposed: optimized as the
     (out, in x k) flattening of its (out, in, k) twin."""
     g = torch.Generator().manual_seed(0)
     W = torch.randn(OUT, IN, 3, generator=g, dtype=torch.float64)
     conv, stored = nn.Parameter(W.clone()), nn.Parameter(W.transpose(0, 1).clone())
-    cls = OPTIMIZERS[name]
+    cls = OPTIMIZER_CLASSES[name]
     opts = [cls([conv], **knobs(name)), cls([stored], transposed=True, **knobs(name))]
     for _ in range(STEPS):
         G = torch.randn(W.shape, generator=g, dtype=torch.float64)
@@ -100,7 +100,7 @@ def test_a_transposed_convolution_weight_steps_as_its_convolution_twin(name):
 def test_without_the_mark_a_stored_transpose_steps_otherwise(name):
     """The test above can fail: read as stored, the (in, out) weight gets another update (the
     lr scale sqrt(out/in) inverted, the one-sided preconditioner on the other side)."""
-    cls = OPTIMIZERS[name.split("-")[0]]
+    cls = OPTIMIZER_CLASSES[name.split("-")[0]]
     plain, stored = twins()
     opts = [cls(plain, **knobs(name)), cls(stored, **knobs(name))]
     step_both(plain, stored, opts, torch.Generator().manual_seed(1))

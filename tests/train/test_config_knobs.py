@@ -29,7 +29,7 @@ def test_run_config_has_one_typed_field_per_knob():
     assert config.FAMILY_KNOBS == tuple(k.name for k in run_knobs)
     for k in run_knobs:
         assert config.FIELD_TYPES[k.name] is k.kind
-        assert config.DEFAULTS[k.name] is None  # None: the optimizer's recipe
+        assert config.FIELD_DEFAULTS[k.name] is None  # None: the optimizer's recipe
         assert getattr(config.Overrides(), k.name) is None
     assert set(config.PRECONDITIONER_KNOBS) == {k.name for k in run_knobs if k.preconditioner}
     assert "ns_dtype" not in config.FAMILY_KNOBS  # a run chooses it by name (auto, bf16, ...)
@@ -60,7 +60,7 @@ def test_overrides_mirror_the_run_settings():
     """Overrides: TrainConfig's fields in its order, each its type or None, default None."""
     run = typing.get_type_hints(config.TrainConfig)
     given = typing.get_type_hints(config.Overrides)
-    assert list(given) == list(run) == list(config.FIELD_TYPES) == list(config.DEFAULTS)
+    assert list(given) == list(run) == list(config.FIELD_TYPES) == list(config.FIELD_DEFAULTS)
     for name, hint in run.items():
         base, _ = _parts(hint)
         assert _parts(given[name]) == (base, True), name

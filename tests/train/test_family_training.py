@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from support.cli import FAST, FAST_SETTINGS, summary, train_losses
 
-from mousse.optim import OPTIMIZERS
+from mousse.optim import OPTIMIZER_CLASSES
 from mousse.train.config import resolve
 from mousse.train.data import train_batch, val_batches
 from mousse.train.events import StepLogged
@@ -138,7 +138,7 @@ def test_tnt_and_splus_resume_exactly(builtin_data, tmp_path):
 
 @pytest.mark.slow
 def test_short_ablation_over_the_whole_family_completes(cli, tmp_path):
-    names = [*OPTIMIZERS, "adamw"]
+    names = [*OPTIMIZER_CLASSES, "adamw"]
     res = cli(
         "ablate",
         "--optimizer",

@@ -216,10 +216,10 @@ def test_flags_override_file_override_preset(cli, tmp_path):
 
 
 def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypatch):
-    from mousse.optim import OPTIMIZERS
+    from mousse.optim import OPTIMIZER_CLASSES
     from mousse.train import presets
 
-    soap = OPTIMIZERS["soap"].recipe
+    soap = OPTIMIZER_CLASSES["soap"].recipe
     monkeypatch.setitem(
         presets.TRAINING_RECIPES,
         "soap",
@@ -265,25 +265,25 @@ def test_knobs_resolve_preset_recipe_preset_lr_file_flag(cli, tmp_path, monkeypa
 
 
 def test_every_optimizer_resolves_its_full_recipe():
-    from mousse.optim import KNOBS, OPTIMIZERS
+    from mousse.optim import OPTIMIZER_CLASSES, RUN_KNOBS
     from mousse.train.presets import TRAINING_RECIPES, get_preset
 
-    assert set(KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)
-    for name, cls in OPTIMIZERS.items():
+    assert set(RUN_KNOBS) == set(FAMILY_KNOBS) <= set(FIELD_TYPES)
+    for name, cls in OPTIMIZER_CLASSES.items():
         cfg = resolve({"optimizer": name})
         tiny = get_preset("tiny")
         expected = {**cls.recipe, **TRAINING_RECIPES[name], "lr": tiny.lrs[name]}
         expected.update({"momentum": m} if (m := tiny.momenta.get(name)) is not None else {})
         style = tiny.momentum_styles.get(name)
         expected.update({"momentum_style": style} if style is not None else {})
-        assert {k: getattr(cfg, k) for k in KNOBS} == {k: expected[k] for k in KNOBS}, name
-        for k in KNOBS:  # the field types fit the engine's values
+        assert {k: getattr(cfg, k) for k in RUN_KNOBS} == {k: expected[k] for k in RUN_KNOBS}, name
+        for k in RUN_KNOBS:  # the field types fit the engine's values
             assert getattr(cfg, k) is None or isinstance(getattr(cfg, k), FIELD_TYPES[k]), (name, k)
         kwargs = matrix_kwargs(cfg, "fp32")
         assert "lr" not in kwargs and "weight_decay" not in kwargs
         assert kwargs == {
             k: getattr(cfg, k)
-            for k in KNOBS
+            for k in RUN_KNOBS
             if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
         } | {"ns_dtype": torch.float32}  # auto: the run's precision
 

@@ -18,7 +18,7 @@ from mousse.experiments.bench import matrix_shapes
 from mousse.train import tomlio
 from mousse.train.config import ConfigError, parse_model_config, resolve
 from mousse.train.estimate import estimate, memory_bytes
-from mousse.train.presets import OPTIMIZERS
+from mousse.train.presets import OPTIMIZER_NAMES
 from mousse.train.trainer import Trainer
 from mousse.train.usermodel import build_model
 
@@ -89,7 +89,7 @@ def test_train_records_the_model_and_learns(cli, tmp_path):
     assert "matrix optimizer" not in res.stderr  # the warning of a model with no matrix
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
 def test_every_optimizer_trains_a_user_model(builtin_data, tmp_path, optimizer):
     out = Trainer(
         resolve(

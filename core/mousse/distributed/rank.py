@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -107,6 +108,9 @@ class Dist(World):
         self._stop_event: torch.cuda.Event | None = None
         self._gather_bf16 = False
         self._fisher = self._average = False
+        # every rank calls it: one directory, written whole or not at all, with the optimizer
+        # state as one shard per rank plus an index; an error on any rank is raised on every rank
+        self.save_checkpoint = functools.partial(save_sharded, self)
 
     # ---- set-up ---------------------------------------------------------------------------------
 
@@ -353,21 +357,6 @@ class Dist(World):
         return super().sum_in_order(list(values.unbind(0)))
 
     # ---- checkpoints --------------------------------------------------------------------------------
-
-    def save_checkpoint(
-        self,
-        ckpt_root: Path,
-        step: int,
-        model: torch.nn.Module,
-        opt,
-        trainer_tensors: dict[str, Tensor],
-        trainer_meta: dict,
-        keep: int,
-    ) -> Path:
-        """`checkpoint.save_checkpoint`; with several ranks the same directory, written as a whole
-        or not at all, with the optimizer state as one shard per rank plus an index. Every rank
-        must call it; an error on any rank is raised on every rank (as an OSError)."""
-        return save_sharded(self, ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
 
     def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's

@@ -15,14 +15,15 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import Tensor
 
+from mousse.optim.routing import CombinedOptimizer
 from mousse.train.checkpoint import (
+    TrainerMeta,
     checkpoint_meta,
     commit_checkpoint,
     fsync,
     write_model_and_trainer,
 )
-from mousse.train.optstate import OPTIMIZER_INDEX as INDEX
-from mousse.train.optstate import flatten_optimizer, param_of
+from mousse.train.optstate import OPTIMIZER_INDEX, flatten_optimizer, param_of
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
 
@@ -67,9 +68,9 @@ def save_sharded(
     ckpt_root: Path,
     step: int,
     model: torch.nn.Module,
-    opt,
+    opt: CombinedOptimizer,
     trainer_tensors: dict[str, Tensor],
-    trainer_meta: dict,
+    trainer_meta: TrainerMeta,
     keep: int,
 ) -> Path:
     """A checkpoint of a multi-rank job (`d`: this rank's `Dist`): one directory written as a
@@ -140,8 +141,8 @@ def _write_index(d, tmp: Path, step: int, infos: list[tuple]) -> None:
         "owners": d.owners,
         "state_bytes": [b for _, _, b, _ in infos],
     }
-    (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-    fsync(tmp / INDEX)
+    (tmp / OPTIMIZER_INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    fsync(tmp / OPTIMIZER_INDEX)
 
 
 def _fail_together(d, error: str | None, tmp: Path) -> None:

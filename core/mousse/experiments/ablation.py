@@ -37,7 +37,6 @@ from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
 
 BASELINE_KNOBS = {"optimizer": "muon"}
-_DEFAULTS = dict(config.DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -183,12 +182,12 @@ def _reference(optimizer: str, base: dict) -> dict:
     """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
     defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
     rule for it; lr left to the model preset), then the shared base settings."""
-    preset = config.preset_named(base.get("preset", _DEFAULTS["preset"]))
+    preset = config.preset_named(base.get("preset", config.FIELD_DEFAULTS["preset"]))
     given = {k: v for k, v in preset.matrix_knobs(optimizer).items() if k != "lr"}
     given.update((k, v) for k, v in base.items() if k in FAMILY_KNOBS)
     knobs = optimizer_knobs(optimizer, given)
     knobs.pop("lr", None)
-    return {**_DEFAULTS, **knobs, **base}
+    return {**config.FIELD_DEFAULTS, **knobs, **base}
 
 
 def _used(
@@ -214,7 +213,9 @@ def _effective(assignment: dict, base: dict) -> dict:
     """The knobs of `assignment` that change its run: those that differ from what the run gets
     anyway (`_reference`; the optimizer is compared with the centre's), minus those its optimizer
     does not use (`_used`)."""
-    optimizer = assignment.get("optimizer", base.get("optimizer", _DEFAULTS["optimizer"]))
+    optimizer = assignment.get(
+        "optimizer", base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
+    )
     reference = _reference(optimizer, base)
     changed = {k: v for k, v in assignment.items() if v != reference[k]}
     return {k: v for k, v in changed.items() if _used_by(optimizer, reference, changed)(k, v)}
@@ -232,7 +233,7 @@ def unused_knobs(settings: dict) -> list[str]:
     another value than the run gets anyway, which its optimizer does not use (`_used`): an
     ablation drops them from its runs, and `train` refuses them rather than ignore them."""
     base = {k: v for k, v in settings.items() if k not in FAMILY_KNOBS}
-    optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
+    optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
     reference = _reference(optimizer, base)
     changed = {
         k: v for k, v in settings.items() if k in FAMILY_KNOBS and v not in (None, reference[k])
@@ -300,7 +301,7 @@ def _assignments(typed: dict, mode: str, baseline: bool) -> list[dict]:
 def _variants(assignments: list[dict], base: dict) -> dict[str, dict]:
     """Variant name -> effective knobs, one variant per distinct set of effective knobs (the first
     assignment that gives it wins); distinct knobs whose names sanitize alike get a hash suffix."""
-    centre_optimizer = base.get("optimizer", _DEFAULTS["optimizer"])
+    centre_optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
     variants: dict[str, dict] = {}
     for assignment in assignments:
         knobs = _effective(assignment, base)

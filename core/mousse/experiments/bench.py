@@ -40,7 +40,7 @@ from mousse.train.config import (
     resolve,
 )
 from mousse.train.machine import device_name, label, pick_device
-from mousse.train.precision import DTYPES, peak_flops, resolve_precision
+from mousse.train.precision import PRECISION_DTYPES, peak_flops, resolve_precision
 from mousse.train.presets import get_preset
 from mousse.train.usermodel import build_model
 
@@ -52,7 +52,7 @@ LR = 0.02
 WARMUP_STEPS = 2  # state allocation and the step-1 eigh refresh stay out of the timings
 # name -> optimizer over a list of matrices and a Newton-Schulz dtype (the run's precision; None:
 # the engine's default); every row uses its optimizer's own defaults otherwise
-OPTIMIZERS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer]] = {
+BENCH_ROWS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer]] = {
     "adamw": lambda ps, ns: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
     "torch_muon": lambda ps, ns: torch.optim.Muon(ps, lr=LR),
     "muon": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR),
@@ -85,13 +85,13 @@ OPTIMIZERS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer
     "specgd": lambda ps, ns: SpecGD(ps, ns_dtype=ns, lr=LR),
 }
 # With compile=True: the same steps under torch.compile (`compiled=True`; compiled during warm-up)
-COMPILED = {
+COMPILED_ROWS = {
     "muon_compiled": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR, compiled=True),
     "mousse_both_f10_compiled": lambda ps, ns: Mousse(
         ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=10, compiled=True
     ),
 }
-# The issue's targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
+# The project's step-time targets: (row, reference row, limit on CPU, limit on CUDA) for row / reference.
 # muon_bf16 is the like-for-like Muon row: torch.optim.Muon iterates in bf16 on every device.
 TARGETS = {
     "mousse_f10_vs_muon": ("mousse_both_f10", "muon", 2.0, 1.5),
@@ -124,7 +124,7 @@ def _nbytes(opt: torch.optim.Optimizer) -> tuple[int, int]:
     return state, cached
 
 
-# Spikes: a staggered refresh's p99 step over its p50 (the issue's target), on CPU and CUDA alike.
+# Spikes: a staggered refresh's p99 step over its p50 (the project's target), on CPU and CUDA alike.
 SPIKE_TARGET = ("mousse_both_f10_staggered", 1.2)
 
 
@@ -135,7 +135,7 @@ def bench_steps(
     compiled: bool = False,
     ns: torch.dtype | None = None,
 ) -> tuple[dict, dict, dict, tuple]:
-    """Per-step ms of every optimizer in OPTIMIZERS (and COMPILED with `compiled`; amortized over
+    """Per-step ms of every optimizer in BENCH_ROWS (and COMPILED_ROWS with `compiled`; amortized over
     CYCLE steps; Newton-Schulz in `ns`), the p50 and p99 of its single steps, state and cache bytes, and the
     Mousse-both optimizer whose factors the refresh timing reuses."""
     g = torch.Generator().manual_seed(0)
@@ -144,7 +144,7 @@ def bench_steps(
     ]
     pool = [[torch.randn(p.shape, generator=g).to(device) for p in master] for _ in range(3)]
     runs = {}
-    for name, make in {**OPTIMIZERS, **(COMPILED if compiled else {})}.items():
+    for name, make in {**BENCH_ROWS, **(COMPILED_ROWS if compiled else {})}.items():
         params = [torch.nn.Parameter(p.to(device, copy=True)) for p in master]
         runs[name] = (params, make(params, ns), [0])
 
@@ -242,7 +242,7 @@ def ns_flops(m: int, n: int, steps: int = 5) -> int:
 def bench_ns(shapes: dict, device: torch.device, repeats: int, precision: RunPrecision) -> dict:
     """Newton-Schulz ("you5", 5 iterations, at the run's precision) per shape, batched over the
     shape's matrices: ms, TFLOP/s and % of the matmul peak measured here at that precision."""
-    dtype = DTYPES[precision]
+    dtype = PRECISION_DTYPES[precision]
     peak = peak_flops(device, precision)
     out = {}
     for (m, n), count in shapes.items():
@@ -395,7 +395,7 @@ def run_bench(
     if lean:
         return {**head, "train": train_rows()}
     step_ms, spread, memory, (params, mousse, _) = bench_steps(
-        shapes, dev, repeats, compiled, DTYPES[ran]
+        shapes, dev, repeats, compiled, PRECISION_DTYPES[ran]
     )
     refresh = bench_refresh(mousse, params, dev, repeats)
     ns = bench_ns(shapes, dev, repeats, ran)
@@ -452,7 +452,7 @@ def _shape_rows(shapes: dict, ns: dict, refresh: dict) -> list[dict]:
 
 
 def _targets(step_ms: dict, spread: dict, kernel: dict | None, cuda: bool) -> dict:
-    """The issue's targets (TARGETS; a staggered refresh's p99 step at most SPIKE_TARGET times
+    """The step-time targets (TARGETS; a staggered refresh's p99 step at most SPIKE_TARGET times
     its p50; with kernel timings the Gram kernel at least 1.3x faster than torch at 4096^2
     bf16), each as a time ratio, its limit and whether it is met."""
     targets = {}

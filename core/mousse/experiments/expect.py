@@ -90,7 +90,7 @@ def validate(expr: str, variants: list[str]) -> None:
             )
 
 
-def _value(term: Term, variants: dict) -> float:
+def _term_value(term: Term, variants: dict) -> float:
     if term.number is not None:
         return term.number
     v = variants[term.variant]
@@ -107,7 +107,7 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     variants = {v["variant"]: v for v in results["variants"]}
     validate(expr, list(variants))
     left, op, right, test = parse(expr)
-    a, b = _value(left, variants), _value(right, variants)
+    a, b = _term_value(left, variants), _term_value(right, variants)
     shown = ", ".join(
         f"{term.text} = {x:.4g}" for term, x in ((left, a), (right, b)) if term.number is None
     )

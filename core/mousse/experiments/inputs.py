@@ -4,7 +4,7 @@ every error is a ConfigError that names the bad input."""
 
 from __future__ import annotations
 
-from mousse.optim import knobs as engine_knobs
+from mousse.optim.knobs import KNOB_CHOICES
 from mousse.train import compat, config, presets
 from mousse.train.config import (
     FIELD_TYPES,
@@ -20,12 +20,12 @@ from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
 MODES = ("one-at-a-time", "grid")
 MAX_SEEDS = 1000
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
-KNOBS = tuple(k for k in FIELD_TYPES if k != "seed")
-CHOICES = {
-    "optimizer": presets.OPTIMIZERS,
+ABLATION_SETTINGS = tuple(k for k in FIELD_TYPES if k != "seed")
+SETTING_CHOICES = {
+    "optimizer": presets.OPTIMIZER_NAMES,
     "scalar_optimizer": config.SCALAR_OPTIMIZERS,
     "device": config.DEVICES,
-    **engine_knobs.CHOICES,
+    **KNOB_CHOICES,
 }
 _FIELDS = list(FIELD_TYPES)
 
@@ -37,16 +37,16 @@ def _check_knob(knob: str) -> str:
         raise ConfigError("'seed' is not a knob; use seeds (--seeds N or a list) to repeat runs")
     if key in compat.RENAMED:
         raise ConfigError(f"'{knob}' is now {compat.RENAMED[key]}")
-    if key not in KNOBS:
-        raise ConfigError(f"unknown knob '{knob}'{closest(key, KNOBS)}")
+    if key not in ABLATION_SETTINGS:
+        raise ConfigError(f"unknown knob '{knob}'{closest(key, ABLATION_SETTINGS)}")
     return key
 
 
-def _value(key: str, value):
+def _typed_value(key: str, value):
     """`value` coerced to the knob's type and checked against its allowed choices."""
     value = coerce(key, value)
-    if key in CHOICES:
-        check_choice(key, value, CHOICES[key])
+    if key in SETTING_CHOICES:
+        check_choice(key, value, SETTING_CHOICES[key])
     return value
 
 
@@ -55,7 +55,7 @@ def typed_settings(table: dict) -> dict:
     out = {}
     for knob, value in table.items():
         key = _check_knob(knob)
-        out[key] = _value(key, value)
+        out[key] = _typed_value(key, value)
     return out
 
 
@@ -87,7 +87,7 @@ def check_mode(mode) -> str:
 
 def _sweep_values(knob: str, values) -> list:
     """Typed, de-duplicated (order kept) values; ConfigError when empty."""
-    typed = list(dict.fromkeys(_value(knob, v) for v in values))
+    typed = list(dict.fromkeys(_typed_value(knob, v) for v in values))
     if not typed:
         raise ConfigError(f"empty sweep for '{knob}': give at least one value")
     return typed
@@ -135,7 +135,7 @@ def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
     ):
         raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
     spec = TuneSpec(
-        check_phases(phases, CHOICES),
+        check_phases(phases, SETTING_CHOICES),
         tuple(seed_list(seeds)),
         MAX_EXTENSIONS if max_extensions is None else max_extensions,
     )

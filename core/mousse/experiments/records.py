@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mousse.train.fileio import read_json
+from mousse.train.rundir import FINISHED
 
 if TYPE_CHECKING:
     from .ablation import RunSpec
 
-FINISHED = ("completed", "diverged")
 TIMING_KEYS = (
     "step_ms_median",
     "fwd_bwd_ms_median",

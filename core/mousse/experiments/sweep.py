@@ -20,7 +20,7 @@ from mousse.train.fileio import atomic_write_text, read_json, write_json
 from mousse.train.rundir import exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
-from .inputs import CHOICES
+from .inputs import SETTING_CHOICES
 from .records import FINISHED, final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
@@ -201,7 +201,7 @@ class Ablation:
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
 
             states[name] = tune_variant(
-                name, self.centre(variant), self.tune_for(variant), lookup, CHOICES
+                name, self.centre(variant), self.tune_for(variant), lookup, SETTING_CHOICES
             )
         return states
 
@@ -213,7 +213,7 @@ class Ablation:
         for name, variant in self.plan.variants.items():
             centre = self.centre(variant)
             out[name] = [
-                (k, start_grid(k, values, centre.get(k), CHOICES))
+                (k, start_grid(k, values, centre.get(k), SETTING_CHOICES))
                 for k, values in self.tune_for(variant).phases
             ]
         return out

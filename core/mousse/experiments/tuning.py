@@ -70,7 +70,7 @@ class TuneSpec:
         )
 
 
-def _key(knob: str) -> str:
+def _tunable_key(knob: str) -> str:
     key = knob.strip().replace("-", "_")
     if key not in TUNABLE:
         raise ConfigError(
@@ -90,7 +90,7 @@ def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple |
             continue
         name, eq, value = token.partition("=")
         if eq or name.replace("-", "_") in TUNABLE:
-            phases.append([_key(name), [value] if eq else None])
+            phases.append([_tunable_key(name), [value] if eq else None])
         elif phases and phases[-1][1] is not None:
             phases[-1][1].append(token)
         elif re.fullmatch(r"[-+.\deE]+", token):
@@ -99,7 +99,7 @@ def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple |
                 "'knob='; e.g. --tune lr or --tune lr=0.01,0.02,0.04"
             )
         else:
-            _key(token)  # names the closest knob
+            _tunable_key(token)  # names the closest knob
     return check_phases([(k, v) for k, v in phases], choices)
 
 
@@ -108,7 +108,7 @@ def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | 
     twice or a knob that has no grid to try."""
     out, seen = [], set()
     for knob, values in phases:
-        key = _key(knob)
+        key = _tunable_key(knob)
         if key in seen:
             raise ConfigError(f"--tune names '{key}' twice; give each knob once")
         seen.add(key)

@@ -7,22 +7,17 @@ Triton kernels it dispatches to on CUDA, Lion, and the routing of a model's para
 optimizer and a scalar one. Imports nothing else of `mousse`.
 """
 
-import sys
-
-from . import recipes
 from .family import KroneckerOptimizer
-from .knobs import CHOICES, DEFAULTS, KNOBS
+from .knobs import KNOB_CHOICES, KNOB_DEFAULTS, RUN_KNOBS
 from .lion import Lion
-from .recipes import OPTIMIZERS, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
+from .recipes import OPTIMIZER_CLASSES, SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from .routing import CombinedOptimizer, Route, build_optimizer, infer_roles, infer_transposed
 
-sys.modules[f"{__name__}.named"] = recipes  # `recipes`' earlier name, still importable
-
 __all__ = [
-    "CHOICES",
-    "DEFAULTS",
-    "KNOBS",
-    "OPTIMIZERS",
+    "KNOB_CHOICES",
+    "KNOB_DEFAULTS",
+    "OPTIMIZER_CLASSES",
+    "RUN_KNOBS",
     "SOAP",
     "TNT",
     "CombinedOptimizer",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import knobs as table
+from .knobs import KNOB_DEFAULTS, check_knobs, check_together
 from .refresher import InFlight, Worker, refresh_on_host, run_refresh, stagger_phases
 from .step import (
     SIDE_FACTORS,
@@ -52,7 +52,6 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # A param group's knobs (and "params"), or a set of knobs: name -> value.
 Knobs = dict[str, Any]
-DEFAULTS = table.DEFAULTS
 # Saved state entries, by side: running factor, eigenvalues, eigenbasis.
 _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 
@@ -82,8 +81,8 @@ def compiled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 def validate_group(group: Knobs) -> None:
     """Raise ValueError naming the first invalid knob of a param group and its allowed values."""
-    table.check({k: group[k] for k in DEFAULTS})
-    table.check_together(group)
+    check_knobs({k: group[k] for k in KNOB_DEFAULTS})
+    check_together(group)
     if not isinstance(group["transposed"], bool):
         raise ValueError(
             f"invalid transposed={group['transposed']!r}: expected True (the group's weights are "
@@ -198,13 +197,11 @@ class KroneckerOptimizer(Optimizer):
     literature's optimizers as recipes: their class body's `recipe` lists the knobs they change,
     and the class attribute `recipe` then holds their full knob set."""
 
-    recipe: ClassVar[Knobs] = dict(DEFAULTS)
-    preset: ClassVar[Knobs] = recipe  # `recipe`'s earlier name, still read and written
+    recipe: ClassVar[Knobs] = dict(KNOB_DEFAULTS)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        body = cls.__dict__.get("recipe", cls.__dict__.get("preset", {}))
-        cls.recipe = cls.preset = {**DEFAULTS, **body}
+        cls.recipe = {**KNOB_DEFAULTS, **cls.__dict__.get("recipe", {})}
         cls.__signature__ = _signature(cls)  # type: ignore[attr-defined]
 
     @classmethod
@@ -216,10 +213,10 @@ class KroneckerOptimizer(Optimizer):
     def resolve_knobs(cls, **knobs: Any) -> Knobs:
         """This optimizer's full knob set with `knobs` applied; derived defaults follow the knobs
         they depend on unless set explicitly. TypeError names unknown knobs."""
-        unknown = sorted(set(knobs) - set(DEFAULTS))
+        unknown = sorted(set(knobs) - set(KNOB_DEFAULTS))
         if unknown:
             raise TypeError(
-                f"{cls.__name__} got unknown knobs {unknown}; the knobs are {', '.join(DEFAULTS)}"
+                f"{cls.__name__} got unknown knobs {unknown}; the knobs are {', '.join(KNOB_DEFAULTS)}"
             )
         full = {**cls.recipe, **knobs}
         full.update({k: v for k, v in cls.derived(full).items() if k not in knobs})
@@ -361,10 +358,6 @@ class KroneckerOptimizer(Optimizer):
             for job in bucket.refreshes.inflight:
                 hold_refresh(bucket.state, job.side, self._worker.result(job), job.rows)
             bucket.refreshes.inflight.clear()
-
-    def refresh_waits(self) -> tuple[int, float]:
-        """(count, seconds) of steps that waited for a delayed refresh not ready in time."""
-        return self._worker.waits, self._worker.wait_seconds
 
     # ---- hooks for the training loop ----------------------------------------------------------
 

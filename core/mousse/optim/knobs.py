@@ -1,8 +1,8 @@
 """The engine's knobs, each declared once: name, default (Mousse's), type, allowed values or range,
 one line of help, an example sweep, and whether it acts only through a preconditioned side.
 
-Everything else derives from `TABLE`: the engine's defaults and validation (`DEFAULTS`, `CHOICES`,
-`check`), the run config's ranges, the `train` flags and the `ablate` sweep flags with
+Everything else derives from `TABLE`: the engine's defaults and validation (`KNOB_DEFAULTS`,
+`KNOB_CHOICES`, `check_knobs`), the run config's ranges, the `train` flags and the `ablate` sweep flags with
 their help, the ablation planner's knob classes and the knob list in docs/family.md
 (`python scripts/knob_docs.py` rewrites it). Adding a knob is one entry here plus
 its use in the step (`mousse.optim.step`), and its line in the typed declarations written out
@@ -102,7 +102,7 @@ def _choice(name: str, default: str, choices: tuple[str, ...], help: str, **kw: 
     return Knob(name, default, str, help, choices=choices, sweep=",".join(choices), **kw)
 
 
-def _switch(name: str, default: bool, help: str, pre: bool = False) -> Knob:
+def _bool_knob(name: str, default: bool, help: str, pre: bool = False) -> Knob:
     return Knob(name, default, bool, help, sweep="on,off", preconditioner=pre)
 
 
@@ -210,7 +210,7 @@ TABLE: tuple[Knob, ...] = (
         "momentum, Mousse; adam: Adam's norm, Shampoo).",
         preconditioner=True,
     ),
-    _switch("bias_correction", True, "Bias-correct the factor EMA before refresh.", pre=True),
+    _bool_knob("bias_correction", True, "Bias-correct the factor EMA before refresh.", pre=True),
     _choice(
         "refresh",
         "eigh",
@@ -219,13 +219,13 @@ TABLE: tuple[Knob, ...] = (
         "basis, SOAP; root: the whitening power by matmuls only, coupled Newton, alpha = 1/p).",
         preconditioner=True,
     ),
-    _switch(
+    _bool_knob(
         "refresh_after_update",
         False,
         "Update statistics and refresh after the weight update (SOAP, SPlus).",
         pre=True,
     ),
-    _switch("skip_first_step", False, "Step 1 only builds the statistics, no update (SOAP)."),
+    _bool_knob("skip_first_step", False, "Step 1 only builds the statistics, no update (SOAP)."),
     _choice(
         "orthogonalizer",
         "newton_schulz",
@@ -308,13 +308,15 @@ class KnobArgs(TypedDict, total=False):
 
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}
-DEFAULTS: dict[str, Any] = {k.name: k.default for k in TABLE}
-CHOICES: dict[str, tuple[str, ...]] = {k.name: k.choices for k in TABLE if k.choices}
-KNOBS: tuple[str, ...] = tuple(k.name for k in TABLE if k.run_setting)  # a run config sets these
+KNOB_DEFAULTS: dict[str, Any] = {k.name: k.default for k in TABLE}
+KNOB_CHOICES: dict[str, tuple[str, ...]] = {k.name: k.choices for k in TABLE if k.choices}
+RUN_KNOBS: tuple[str, ...] = tuple(
+    k.name for k in TABLE if k.run_setting
+)  # a run config sets these
 PRECONDITIONER_KNOBS: tuple[str, ...] = tuple(k.name for k in TABLE if k.preconditioner)
 
 
-def check(knobs: dict[str, Any]) -> None:
+def check_knobs(knobs: dict[str, Any]) -> None:
     """Raise ValueError naming the first invalid knob of `knobs`, its value and what is allowed."""
     for name, value in knobs.items():
         if name in BY_NAME and (allowed := BY_NAME[name].check(value)) is not None:

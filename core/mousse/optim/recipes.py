@@ -201,7 +201,7 @@ class SpecGD(KroneckerOptimizer):
     )
 
 
-OPTIMIZERS: dict[str, type[KroneckerOptimizer]] = {
+OPTIMIZER_CLASSES: dict[str, type[KroneckerOptimizer]] = {
     "mousse": Mousse,
     "muon": Muon,
     "shampoo": Shampoo,

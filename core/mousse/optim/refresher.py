@@ -10,8 +10,6 @@ fallbacks) then block the worker, not the training loop.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,13 +60,10 @@ class InFlight:
 @dataclass
 class Worker:
     """One background thread for delayed refreshes (started on first use), with a CUDA stream
-    of its own per device. `wait_seconds` sums the time steps spent waiting for a result."""
+    of its own per device."""
 
     streams: dict[torch.device, Any] = field(default_factory=dict)
-    wait_seconds: float = 0.0
-    waits: int = 0
     _pool: ThreadPoolExecutor | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit(
         self,
@@ -102,12 +97,6 @@ class Worker:
     def result(self, job: InFlight) -> Refresh:
         """The refresh of `job`, waiting for it if needed; on CUDA the current stream is ordered
         after it and its tensors are marked as used there."""
-        if not job.future.done():
-            start = time.perf_counter()
-            job.future.result()
-            with self._lock:
-                self.wait_seconds += time.perf_counter() - start
-                self.waits += 1
         r, done = job.future.result()
         if done is not None:
             current = torch.cuda.current_stream(r.lam.device)

@@ -1,7 +1,7 @@
 """Route a model's parameters by role and wrap the optimizers in one object.
 
 Block 2-D weights and convolution weights (as (out, in x kernel) matrices) go to the matrix
-optimizer (one of the family in `optim.OPTIMIZERS`, or AdamW); embeddings (a first convolution,
+optimizer (one of the family in `optim.OPTIMIZER_CLASSES`, or AdamW); embeddings (a first convolution,
 the patch embedding, included), the output head, norm gains and biases go to the scalar optimizer
 (AdamW or Lion). Embedding and head are never sent to Mousse: treating them as matrices silently
 trains badly (docs/family.md). Weights stored (in, out), as transformers' GPT-2 `Conv1D` stores
@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from .family import closure_loss
 from .lion import Lion
-from .recipes import OPTIMIZERS
+from .recipes import OPTIMIZER_CLASSES
 from .step import oriented_shape
 
 ROLES = ("matrix", "embedding", "head", "scalar")
@@ -283,7 +283,7 @@ def build_optimizer(
 ) -> tuple[CombinedOptimizer, list[Route]]:
     """One optimizer for the whole model, and the routing table.
 
-    optimizer: a name in `optim.OPTIMIZERS` (mousse, muon, shampoo, soap, splus, tnt, specgd) or
+    optimizer: a name in `optim.OPTIMIZER_CLASSES` (mousse, muon, shampoo, soap, splus, tnt, specgd) or
     "adamw", for block matrices; `matrix_kwargs` (the family's knobs) go to it.
     weight_decay: the matrix optimizer's (None: the named optimizer's own default).
     scalar_optimizer: "adamw" | "lion" for embeddings, head, gains and biases (no weight decay;
@@ -351,9 +351,9 @@ def _check_routing(
             f"transposed names {stray}, which are not block matrices of this model; name only "
             "weights whose role is 'matrix'"
         )
-    if optimizer not in (*OPTIMIZERS, "adamw"):
+    if optimizer not in (*OPTIMIZER_CLASSES, "adamw"):
         raise ValueError(
-            f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZERS, 'adamw'))}"
+            f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZER_CLASSES, 'adamw'))}"
         )
     if scalar_optimizer not in ("adamw", "lion"):
         raise ValueError(
@@ -380,4 +380,4 @@ def _matrix_optimizer(
     flipped = [p for n, p in named if n in transposed]
     groups: list[dict[str, Any]] = [{"params": stored}] if stored else []
     groups += [{"params": flipped, "transposed": True}] if flipped else []
-    return OPTIMIZERS[name](groups, lr=lr, compiled=compiled, **kwargs)
+    return OPTIMIZER_CLASSES[name](groups, lr=lr, compiled=compiled, **kwargs)

@@ -295,11 +295,6 @@ def refresh_due(
     return t == 1 or (t - start) % precond_freq == 0 or (is_stat and t <= refresh_warmup)
 
 
-def group_refresh_due(group: Mapping[str, Any], t: int, phase: int = 0) -> bool:
-    """`refresh_due` with a param group's (or a run config's) knobs."""
-    return RefreshKnobs.of(group).due(t, phase)
-
-
 def permute_basis_state(V: Tensor, order: Tensor, side: str) -> Tensor:
     """State indexed by eigenbasis columns (rows for L, columns for R) put in the new order."""
     if side == "L":

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,6 +28,25 @@ from .optstate import FORMAT, OPTIMIZER_INDEX, CheckpointError, flatten_optimize
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"  # sha256 of every file, written with the checkpoint
+# The trainer's state as JSON text per key (safetensors metadata holds only strings).
+TrainerMeta = Mapping[str, str]
+
+
+class SaveCheckpoint(Protocol):
+    """How a world writes a checkpoint (`World.save_checkpoint`): `save_checkpoint` in one
+    process, `mousse.distributed.sharded.save_sharded` for one rank of a torchrun job. Returns
+    the checkpoint's directory, `ckpt_root/step-<step>`."""
+
+    def __call__(
+        self,
+        ckpt_root: Path,
+        step: int,
+        model: torch.nn.Module,
+        opt: CombinedOptimizer,
+        trainer_tensors: dict[str, Tensor],
+        trainer_meta: TrainerMeta,
+        keep: int,
+    ) -> Path: ...
 
 
 class CheckpointUnreadable(CheckpointError):
@@ -53,7 +72,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     opt: CombinedOptimizer,
     trainer_tensors: dict[str, Tensor],
-    trainer_meta: Mapping[str, object],
+    trainer_meta: TrainerMeta,
     keep: int,
 ) -> Path:
     """Write `ckpt_root/step-<step>/` atomically and keep only the newest `keep` checkpoints."""
@@ -97,7 +116,7 @@ def write_model_and_trainer(
     tmp: Path,
     model: torch.nn.Module,
     trainer_tensors: dict[str, Tensor],
-    trainer_meta: Mapping[str, object],
+    trainer_meta: TrainerMeta,
     meta: dict[str, str],
 ) -> None:
     """The model's weights and the trainer's state into a checkpoint being written (`tmp`):
@@ -107,7 +126,7 @@ def write_model_and_trainer(
     save_file(
         trainer,
         tmp / "trainer.safetensors",
-        metadata={**meta, **{k: str(v) for k, v in trainer_meta.items()}},
+        metadata={**meta, **trainer_meta},
     )
     for name in ("model.safetensors", "trainer.safetensors"):
         fsync(tmp / name)

@@ -2,9 +2,9 @@
 settings it runs with (`TrainConfig`), resolved once and validated at the edge. Everything
 downstream trusts the `TrainConfig`.
 
-Settings resolve, later winning: the matrix optimizer's class recipe (`optim.OPTIMIZERS[name]
-.recipe`, its published defaults) < its LM training recipe (`presets.TRAINING_RECIPES`) < the model
-preset's lr, momentum and momentum rule for that optimizer (`Preset.lrs`, `Preset.momenta`,
+Settings resolve, later winning: the matrix optimizer's class recipe
+(`optim.OPTIMIZER_CLASSES[name].recipe`, its published defaults) < its LM training recipe
+(`presets.TRAINING_RECIPES`) < the model preset's lr, momentum and momentum rule for that optimizer (`Preset.lrs`, `Preset.momenta`,
 `Preset.momentum_styles`) < the `--config`
 file < flags.
 
@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 import torch
 
-from mousse.optim import knobs as table
+from mousse.optim import knobs
 from mousse.optim.family import Knobs
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
 from .model import GPTConfig, gpt_param_count
-from .presets import OPTIMIZERS, Preset, get_preset, optimizer_knobs
+from .presets import OPTIMIZER_NAMES, Preset, get_preset, optimizer_knobs
 from .schedule import Schedule, cooldown_length, warmup_length
 
 ScalarOptimizer = Literal["adamw", "lion"]
@@ -65,11 +65,11 @@ LOGGERS = ("tensorboard", "wandb")
 VIEW_SETTINGS = ("log",)
 # The engine's knobs (mousse.optim.knobs, docs/family.md), each a TrainConfig field. AdamW uses
 # only ADAMW_KNOBS of them; the others stay None for AdamW runs.
-FAMILY_KNOBS: tuple[str, ...] = table.KNOBS
+FAMILY_KNOBS: tuple[str, ...] = knobs.RUN_KNOBS
 # Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
 # the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
 # SpecGD), steps 1, 4 and 5 of docs/family.md.
-PRECONDITIONER_KNOBS = tuple(k for k in table.PRECONDITIONER_KNOBS if k in FAMILY_KNOBS)
+PRECONDITIONER_KNOBS = tuple(k for k in knobs.PRECONDITIONER_KNOBS if k in FAMILY_KNOBS)
 
 
 class ConfigError(ValueError):
@@ -281,7 +281,7 @@ FIELD_TYPES: dict[str, type] = {
 }
 # TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
 # or the optimizer's recipe: what a run gets for a setting it is not given, before those.
-DEFAULTS: dict[str, Any] = {
+FIELD_DEFAULTS: dict[str, Any] = {
     f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
 }
 
@@ -521,9 +521,9 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     if not isinstance(overrides, Overrides):
         overrides = Overrides.from_dict(overrides)
     given = overrides.to_dict()
-    values = {**DEFAULTS, **given}
+    values = {**FIELD_DEFAULTS, **given}
     preset = preset_named(values["preset"])
-    check_choice("optimizer", values["optimizer"], OPTIMIZERS)
+    check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
     values["model_config"] = _check_model(values, given)
     for name in FROM_PRESET:
         if values["model"] is not None and name in GPT_SHAPE:
@@ -609,8 +609,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _out_of_range(key: str, value: Any) -> str | None:
     """What the setting allows when `value` (typed, not None) is outside it, else None."""
-    if key in table.BY_NAME and key in FAMILY_KNOBS:
-        allowed = table.BY_NAME[key].check(value)
+    if key in knobs.BY_NAME and key in FAMILY_KNOBS:
+        allowed = knobs.BY_NAME[key].check(value)
         return None if allowed is None else f"must be {allowed}"
     if key in _AT_LEAST_1 and value < 1:
         return "must be >= 1"
@@ -626,7 +626,7 @@ def in_range(key: str, value: Any) -> bool:
 def validate(cfg: TrainConfig) -> None:
     """One ConfigError for the first inconsistent setting, naming it, its value and what is
     allowed. Knobs left None (AdamW's unused ones, post_alpha = alpha) are not checked."""
-    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("optimizer", cfg.optimizer, OPTIMIZER_NAMES)
     check_choice("scalar_optimizer", cfg.scalar_optimizer, SCALAR_OPTIMIZERS)
     check_choice("device", cfg.device, DEVICES)
     check_choice("precision", cfg.precision, PRECISIONS)
@@ -638,8 +638,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is None:
             continue
-        if key in table.CHOICES:
-            check_choice(key, value, table.CHOICES[key])
+        if key in knobs.KNOB_CHOICES:
+            check_choice(key, value, knobs.KNOB_CHOICES[key])
         problem = _out_of_range(key, value)
         _require(problem is None, f"bad value for '{key}': {value}; {problem}")
     if cfg.model is None:
@@ -667,7 +667,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     if cfg.optimizer != "adamw":
         try:
-            table.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
+            knobs.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

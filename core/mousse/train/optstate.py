@@ -15,14 +15,13 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from mousse.optim.family import Knobs
 from mousse.optim.routing import CombinedOptimizer
 
 FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
-# a param group's hyperparameters, by name
-Knobs = dict[str, Any]
 
 
 class CheckpointError(ValueError):
@@ -240,9 +239,3 @@ def unreadable(path: Path, exc: Exception) -> CheckpointError:
         f"checkpoint file {path} is unreadable ({exc}); it may be truncated: resume from an "
         "earlier checkpoint"
     )
-
-
-def read_index(ckpt: Path) -> dict[str, Any] | None:
-    """A sharded checkpoint's index (None for the single-file layout)."""
-    path = Path(ckpt) / OPTIMIZER_INDEX
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -19,7 +19,7 @@ from .machine import QUIET, cpu_reading, device_name, others_busy
 
 PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmuls the peak probe times
 PROBE_SECONDS = 0.25  # per probe: short, and the best of its bursts
-DTYPES: dict[RunPrecision, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
+PRECISION_DTYPES: dict[RunPrecision, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -103,7 +103,7 @@ def measure_peak(device: torch.device, precision: RunPrecision) -> tuple[float, 
     says whether other processes left the CPU alone meanwhile (`machine.QUIET`): a probe that
     shared the cores with other work is not kept."""
     n = PROBE_SIZE.get(device.type, 1024)
-    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[precision]) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device, dtype=PRECISION_DTYPES[precision]) for _ in range(2))
     a @ b  # warm-up: library loading, kernel choice
     best, since, start = 0.0, cpu_reading(), time.perf_counter()
     while time.perf_counter() < start + PROBE_SECONDS:

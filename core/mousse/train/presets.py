@@ -5,7 +5,7 @@ tokens per parameter, and their scalar/AdamW learning rates are the project's ow
 
 Each preset gives the block matrices' peak lr per optimizer (`Preset.lrs`); each optimizer of the
 family also has an LM training recipe (`TRAINING_RECIPES`). A run's matrix-optimizer knobs
-resolve, later winning: class recipe (`optim.OPTIMIZERS[name].recipe`, the method's published
+resolve, later winning: class recipe (`OPTIMIZER_CLASSES[name].recipe`, the method's published
 defaults) < TRAINING_RECIPES[name] < the preset's lr, momentum and momentum rule for it
 (`Preset.lrs`, `Preset.momenta`, `Preset.momentum_styles`) < config file < flags.
 """
@@ -19,15 +19,15 @@ from typing import Any
 
 import torch
 
-from mousse.optim import recipes as optim
 from mousse.optim.family import Knobs
-from mousse.optim.knobs import KNOBS
+from mousse.optim.knobs import RUN_KNOBS
+from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import routed_shapes
 from mousse.optim.step import flat_shape
 
 from .model import GPT, GPTConfig
 
-OPTIMIZERS = (*optim.OPTIMIZERS, "adamw")  # the block-matrix optimizers a run can use
+OPTIMIZER_NAMES = (*OPTIMIZER_CLASSES, "adamw")  # the block-matrix optimizers a run can use
 ADAMW_KNOBS = ("lr", "weight_decay")  # the family knobs AdamW uses
 
 # What `mousse train --optimizer NAME` changes from the method's published defaults to train the
@@ -102,7 +102,7 @@ _LADDER_LR_NOTE = (
 # The paper presets: Mousse and Muon at the released 160M recipe's 0.06; the others at their
 # published defaults (class presets), SPlus at its README's 0.2 for transformers.
 _PAPER_LRS = {
-    **{name: cls.recipe["lr"] for name, cls in optim.OPTIMIZERS.items()},
+    **{name: cls.recipe["lr"] for name, cls in OPTIMIZER_CLASSES.items()},
     "mousse": 0.06,
     "muon": 0.06,
     "splus": 0.2,
@@ -216,6 +216,47 @@ def _paper(
     )
 
 
+def _cpu(
+    name: str,
+    *,
+    d_model: int,
+    n_layers: int,
+    steps: int,
+    batch_size: int,
+    lrs: dict[str, float],
+    lr_note: str,
+    momenta: dict[str, float],
+    eval_every: int,
+    eval_tokens: int,
+    description: str,
+    checkpoint_every: int | None = None,
+) -> Preset:
+    """A CPU preset: byte-level (the builtin corpus), 32-wide heads, sequences of 128 tokens,
+    one micro batch per step, Mousse on Nesterov momentum, scalar and AdamW lr 0.01."""
+    return Preset(
+        name=name,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=d_model // 32,
+        head_dim=32,
+        seq_len=128,
+        vocab_size=256,
+        steps=steps,
+        batch_size=batch_size,
+        micro_batch_size=batch_size,
+        lrs=dict(lrs),
+        lr_note=lr_note,
+        momenta=dict(momenta),
+        momentum_styles=dict(_CPU_MOMENTUM_STYLES),
+        scalar_lr=0.01,
+        adamw_lr=0.01,
+        eval_every=eval_every,
+        eval_tokens=eval_tokens,
+        checkpoint_every=checkpoint_every,
+        description=description,
+    )
+
+
 def _ladder(name: str, d_model: int, n_layers: int, steps: int) -> Preset:
     """A GPU ladder preset between small and 160m: byte-level (the builtin corpus: no download),
     64-wide heads, batches of 64 x 256 tokens, sized so that a tuned Muon-vs-Mousse comparison
@@ -250,66 +291,42 @@ MEDIUM_STEPS = 500  # about 10 minutes a run on 2 cores (benchmarks/tuned/README
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset(
-            name="tiny",
+        _cpu(
+            "tiny",
             d_model=128,
             n_layers=2,
-            n_heads=4,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=300,
             batch_size=16,
-            micro_batch_size=16,
-            lrs=dict(_TINY_LRS),
+            lrs=_TINY_LRS,
             lr_note=_TINY_LR_NOTE,
-            momenta=dict(_TINY_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_TINY_MOMENTA,
             eval_every=25,
             eval_tokens=32_768,
             description="CPU smoke run: byte-level d128 x 2 layers, 300 steps, about 35 s on 2 cores",
         ),
-        Preset(
-            name="small",
+        _cpu(
+            "small",
             d_model=128,
             n_layers=4,
-            n_heads=4,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=600,
             batch_size=32,
-            micro_batch_size=32,
-            lrs=dict(_SMALL_LRS),
+            lrs=_SMALL_LRS,
             lr_note=_SMALL_LR_NOTE,
-            momenta=dict(_SMALL_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_SMALL_MOMENTA,
             eval_every=100,
             eval_tokens=131_072,
             description="CPU reference (docs/published.md): byte-level d128 x 4 layers, 600 steps, "
             "a few minutes on 2 cores",
         ),
-        Preset(
-            name="medium",
+        _cpu(
+            "medium",
             d_model=256,
             n_layers=4,
-            n_heads=8,
-            head_dim=32,
-            seq_len=128,
-            vocab_size=256,
             steps=MEDIUM_STEPS,
             batch_size=32,
-            micro_batch_size=32,
-            lrs=dict(_SMALL_LRS),
+            lrs=_SMALL_LRS,
             lr_note=_MEDIUM_LR_NOTE,
-            momenta=dict(_SMALL_MOMENTA),
-            momentum_styles=dict(_CPU_MOMENTUM_STYLES),
-            scalar_lr=0.01,
-            adamw_lr=0.01,
+            momenta=_SMALL_MOMENTA,
             eval_every=100,
             eval_tokens=131_072,
             checkpoint_every=100,  # a kill loses at most a fifth of a run of 10-15 minutes
@@ -402,9 +419,9 @@ def memory_estimate_bytes(
       (saved activations: about 20 d per token per block, and logits, their fp32 copy and
       gradient; act_bytes=2 under bf16 autocast; attention scores are not stored by SDPA).
     """
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in OPTIMIZER_NAMES:
         raise ValueError(
-            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"
+            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZER_NAMES)}"
         )
     knobs = None if optimizer == "adamw" else optimizer_knobs(optimizer)
     model = meta_model(preset, vocab_size)
@@ -441,5 +458,5 @@ def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> K
     }
     if optimizer == "adamw":
         return {k: knobs.get(k) for k in ADAMW_KNOBS}
-    full = optim.OPTIMIZERS[optimizer].resolve_knobs(**knobs)
-    return {k: full[k] for k in KNOBS}
+    full = OPTIMIZER_CLASSES[optimizer].resolve_knobs(**knobs)
+    return {k: full[k] for k in RUN_KNOBS}

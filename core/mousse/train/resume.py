@@ -11,8 +11,8 @@ from typing import Any
 from . import tomlio
 from .checkpoint import latest_valid_checkpoint, read_checkpoint
 from .config import (
-    DEFAULTS,
     FAMILY_KNOBS,
+    FIELD_DEFAULTS,
     ConfigError,
     TrainConfig,
     coerce,
@@ -125,7 +125,7 @@ def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_h
                 "flag, or start a new run to change it"
             )
     for key in SAME_SCHEDULE:
-        _check_same_schedule(key, coerce(key, saved_cfg.get(key, DEFAULTS[key])), cfg)
+        _check_same_schedule(key, coerce(key, saved_cfg.get(key, FIELD_DEFAULTS[key])), cfg)
     if int(meta["step"]) > cfg.steps:
         raise CheckpointError(
             f"--steps {cfg.steps}: checkpoint {ckpt} is at step {meta['step']}, past that end; "

@@ -35,7 +35,7 @@ def load(path: str | Path) -> dict[str, Any]:
     return loads(read_text(path))
 
 
-def _value(v: object) -> str:
+def _toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -49,13 +49,13 @@ def _value(v: object) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def _key(k: str) -> str:
+def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
@@ -72,13 +72,13 @@ def dumps(data: Mapping[str, Any], _prefix: str = "") -> str:
         elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             arrays.append((k, v))
         else:
-            lines.append(f"{_key(k)} = {_value(v)}")
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for k, v in tables:
-        name = f"{_prefix}{_key(k)}"
+        name = f"{_prefix}{_toml_key(k)}"
         out += f"\n[{name}]\n" + dumps(v, name + ".")
     for k, items in arrays:
-        name = f"{_prefix}{_key(k)}"
+        name = f"{_prefix}{_toml_key(k)}"
         for item in items:
             out += f"\n[[{name}]]\n" + dumps(item, name + ".")
     return out

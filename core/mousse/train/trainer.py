@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mousse.optim.routing import build_optimizer
-from mousse.optim.step import group_refresh_due
+from mousse.optim.step import RefreshKnobs
 
 from . import tomlio
 from .checkpoint import (
@@ -127,7 +127,7 @@ class Trainer:
         self.restart = (
             restart  # the run dir may hold this same run's files from before a checkpoint
         )
-        self.knobs = cfg.to_dict()
+        self.refresh_knobs = RefreshKnobs.of(cfg.to_dict())  # which steps refresh (timed apart)
         self.lock = lock  # the run dir's, when the caller took it before choosing `resume`
         self.timer: StepTimer | None = None
         self.emit = on_event or (lambda event: None)
@@ -357,7 +357,7 @@ class Trainer:
         self.dist.optimizer_step(self.opt)  # each rank its own matrices, then all-gathered
         self.opt.zero_grad(set_to_none=True)
         refreshes = cfg.optimizer != "adamw" and cfg.sides != "none"
-        timer.stop(refresh=refreshes and group_refresh_due(self.knobs, step))
+        timer.stop(refresh=refreshes and self.refresh_knobs.due(step))
         return loss, factor
 
     def run(self, argv: list[str] | None = None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer
 
-from .checkpoint import save_checkpoint
+from .checkpoint import SaveCheckpoint, save_checkpoint
 from .config import TrainConfig
 from .optstate import load_optimizer_state, optimizer_state_by_name, unflatten_optimizer
 
@@ -30,6 +30,7 @@ class World:
 
     def __init__(self, device: torch.device | None = None):
         self.device = device or torch.device("cpu")
+        self.save_checkpoint: SaveCheckpoint = save_checkpoint  # how this world writes one
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, device={self.device})"
@@ -90,18 +91,6 @@ class World:
         for value in losses:
             total += value.float()
         return total
-
-    def save_checkpoint(
-        self,
-        ckpt_root: Path,
-        step: int,
-        model: torch.nn.Module,
-        opt: CombinedOptimizer,
-        trainer_tensors: dict[str, Tensor],
-        trainer_meta: dict[str, str],
-        keep: int,
-    ) -> Path:
-        return save_checkpoint(ckpt_root, step, model, opt, trainer_tensors, trainer_meta, keep)
 
     def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
         """Restore `opt` from a checkpoint written by any world size."""
