@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.cli import read_metrics, summary, train_losses, val_losses
+from support.cli import assert_one_line_error, read_metrics, summary, train_losses, val_losses
 
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
 
@@ -63,6 +63,24 @@ def test_an_old_run_resumes_to_the_losses_of_an_uninterrupted_run(cli, old_run, 
     assert val_losses(old_run) == pytest.approx(val_losses(fresh_run), **SAME)
     assert done["final_val_loss"] == pytest.approx(summary(fresh_run)["final_val_loss"], **SAME)
     assert done["precision"] == "fp32" and done["compiled"] is False  # as it trained
+
+
+@pytest.mark.parametrize(
+    ("flag", "trained"),
+    [
+        (["--precision", "bf16"], "--precision bf16: this run trained in fp32"),
+        (["--compile", "on"], "--compile on: this run trained eager"),
+    ],
+)
+def test_an_old_run_refuses_another_arithmetic_than_it_trained_in(cli, old_run, flag, trained):
+    """The December 2026 run records neither precision nor compile mode: it trained in fp32 on
+    a CPU, eager as its config's `compile = false` says (not as the flag given now), so asking
+    for the other is one line, and neither its checkpoint nor its log is touched."""
+    before = {p: p.read_bytes() for p in old_run.rglob("*") if p.is_file()}
+    assert_one_line_error(cli("train", "--resume", old_run, *flag), trained)
+    assert {
+        p: p.read_bytes() for p in old_run.rglob("*") if p.is_file() and p.name != ".lock"
+    } == before
 
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])

@@ -128,14 +128,20 @@ def test_compile_auto_compiles_runs_much_longer_than_the_compile_time(monkeypatc
 
 
 def test_a_resumed_run_keeps_its_compile_mode():
-    assert prec.resumed_compile("auto", True) is True
-    assert prec.resumed_compile("auto", False) is False
-    assert prec.resumed_compile("on", None) is True  # recorded before the record: its setting
-    assert prec.resumed_compile("auto", None) is False
+    assert prec.resumed_compile("auto", True, "auto") is True
+    assert prec.resumed_compile("auto", False, "auto") is False
+    # recorded before the record: as the checkpoint's config set it, never as the flag given now
+    assert prec.resumed_compile("on", None, "on") is True
+    assert prec.resumed_compile("auto", None, "on") is True
+    assert prec.resumed_compile("auto", None, "auto") is False
     with pytest.raises(prec.ConfigError, match=r"--compile off: this run trained compiled"):
-        prec.resumed_compile("off", True)
+        prec.resumed_compile("off", True, "on")
     with pytest.raises(prec.ConfigError, match=r"--compile on: this run trained eager"):
-        prec.resumed_compile("on", False)
+        prec.resumed_compile("on", False, "on")
+    with pytest.raises(prec.ConfigError, match=r"--compile on: this run trained eager"):
+        prec.resumed_compile("on", None, "off")
+    with pytest.raises(prec.ConfigError, match=r"--compile off: this run trained compiled"):
+        prec.resumed_compile("off", None, "on")
 
 
 def test_compile_settings_from_before_auto_still_read(cli, tmp_path):

@@ -61,11 +61,12 @@ def resumed_precision(
     return ran
 
 
-def resumed_compile(setting: CompileMode, recorded: bool | None) -> bool:
+def resumed_compile(setting: CompileMode, recorded: bool | None, saved: CompileMode) -> bool:
     """Whether a resumed run compiles: as it trained (`recorded`; for checkpoints from before
-    the record, as its setting says, auto meaning off). Compiled and eager steps round
-    differently, so asking for the other one is a ConfigError."""
-    ran = recorded if recorded is not None else setting == "on"
+    the record, as the setting `saved` in the checkpoint's config says, auto meaning off, and
+    never as the flag given now). Compiled and eager steps round differently, so asking for
+    the other one is a ConfigError."""
+    ran = recorded if recorded is not None else saved == "on"
     if setting != "auto" and (setting == "on") != ran:
         raise ConfigError(
             f"--compile {setting}: this run trained {'compiled' if ran else 'eager'} and resuming "

@@ -28,7 +28,7 @@ from .checkpoint import (
     read_checkpoint,
     run_dir_of,
 )
-from .config import ConfigError, TrainConfig, matrix_kwargs
+from .config import ConfigError, TrainConfig, matrix_kwargs, resolve
 from .data import check_fits, check_tokens, load_dataset, train_batch
 from .estimate import compile_pays, record_compile_seconds
 from .evaluation import Forward, validation_loss
@@ -180,7 +180,8 @@ class Trainer:
         cfg = self.cfg
         if resumed is not None:
             self.precision = resumed_precision(cfg.precision, self.device, resumed.get("precision"))
-            self.compiled = resumed_compile(cfg.compile, resumed.get("compiled"))
+            saved = resolve(tomlio.loads(resumed["config"])).compile
+            self.compiled = resumed_compile(cfg.compile, resumed.get("compiled"), saved)
             return
         self.precision = resolve_precision(cfg.precision, self.device)
         self.compiled = cfg.compile == "on" or (
