@@ -5,6 +5,8 @@ measurements behind them (the matmul peak behind MFU, compile times)."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import pytest
 import torch
@@ -72,6 +74,38 @@ def test_the_peak_is_measured_once_per_machine_and_only_kept_when_quiet(monkeypa
     monkeypatch.setattr(prec, "_PEAKS", {})
     monkeypatch.setattr(prec, "measure_peak", probe)
     assert prec.peak_flops(CPU, "bf16") == 1e12
+
+
+@pytest.mark.parametrize("kept", ["0", "-1", "NaN", "Infinity", "1e400", "true", '"1e12"', "null"])
+def test_a_kept_value_no_measurement_gives_is_measured_again(monkeypatch, tmp_path, kept):
+    """A peak of 0 would divide the cost estimate by zero, NaN or a negative one would make
+    every MFU and `--compile auto` decision meaningless: such a cache entry is not used."""
+    monkeypatch.setenv("MOUSSE_CACHE", str(tmp_path))
+    key = prec.machine_key(CPU, "fp32")
+    (tmp_path / prec.PEAK_FILE).write_text(f'{{"{key}": {kept}}}')
+    assert prec.recalled(prec.PEAK_FILE, key) is None
+    monkeypatch.setattr(prec, "_PEAKS", {})
+    monkeypatch.setattr(prec, "measure_peak", lambda device, precision: (2e11, True))
+    assert prec.peak_flops(CPU, "fp32") == 2e11
+    assert json.loads((tmp_path / prec.PEAK_FILE).read_text()) == {key: 2e11}
+
+
+@pytest.mark.parametrize("odd", ["fifo", "dir"])
+def test_a_cache_file_that_is_no_regular_file_is_passed_over(monkeypatch, tmp_path, odd):
+    """A FIFO (which blocks whoever opens it to read) or a directory in place of a cache file:
+    nothing kept, read at once; remembering leaves a directory alone and replaces a FIFO."""
+    monkeypatch.setenv("MOUSSE_CACHE", str(tmp_path))
+    path = tmp_path / est.COMPILE_FILE
+    os.mkfifo(path) if odd == "fifo" else path.mkdir()
+    got: list[float | None] = []
+    reader = threading.Thread(target=lambda: got.append(prec.recalled(path.name, "k")), daemon=True)
+    reader.start()
+    reader.join(30)  # a guard against a hang, not a timing: the read takes milliseconds
+    if reader.is_alive():  # let the blocked reader go before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert got == [None]
+    prec.remember(path.name, "k", 5.0)
+    assert path.is_dir() if odd == "dir" else json.loads(path.read_text()) == {"k": 5.0}
 
 
 def test_the_probe_measures_a_matmul():

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import platform
+import stat
 import time
 from pathlib import Path
 
@@ -137,10 +140,13 @@ def peak_flops(device: torch.device, precision: RunPrecision) -> float:
 
 
 def recalled(name: str, key: str) -> float | None:
-    """The number kept under `key` in the cache dir's JSON file `name` (`data.cache_dir`), or
-    None (none kept, or an unreadable file: measured again)."""
+    """The positive number kept under `key` in the cache dir's JSON file `name`
+    (`data.cache_dir`), or None (none kept, an unreadable file, or a value no measurement
+    gives, such as 0, NaN or `true`: measured again)."""
     value = _read_cache(cache_dir() / name).get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def remember(name: str, key: str, value: float) -> None:
@@ -154,8 +160,14 @@ def remember(name: str, key: str, value: float) -> None:
 
 
 def _read_cache(path: Path) -> dict[str, object]:
+    """The JSON object in the regular file `path`, else {} (a FIFO or a device in its place is
+    never read: opened without blocking, and left unread when it is no regular file)."""
     try:
-        data = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {}
+            data = json.loads(fh.read())
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
