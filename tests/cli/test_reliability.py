@@ -1407,6 +1407,32 @@ def test_two_ablations_with_different_plans_never_share_a_dir(tmp_path):
     first.prepare()  # the same plan again (a rerun, another shard): fine
 
 
+@pytest.mark.parametrize(
+    ("recorded", "given", "fix"),
+    [
+        ({"precision": "fp32"}, {"precision": "bf16"}, "pass --precision fp32"),
+        ({"precision": "fp32"}, {}, "pass --precision fp32"),
+        ({}, {"precision": "bf16"}, "drop --precision"),
+        ({"compile": "on"}, {"compile": "off"}, "pass --compile on"),
+    ],
+)
+def test_an_ablation_resumed_in_another_arithmetic_is_another_plan(tmp_path, recorded, given, fix):
+    """Runs of another precision or compile mode would not compare with those already trained
+    (nor resume from their checkpoints): the dir's plan refuses them, naming the flag that
+    continues it."""
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.sweep import Ablation
+    from mousse.train.config import ConfigError
+
+    root = tmp_path / "A"
+    Ablation(plan_ablation({"alpha": [0.0]}, {"steps": 2, **recorded}), root).prepare()
+    plan = (root / "ablation.toml").read_text()
+    other = Ablation(plan_ablation({"alpha": [0.0]}, {"steps": 2, **given}), root)
+    with pytest.raises(ConfigError, match=f"holds a different ablation plan .*{fix} to continue"):
+        other.validate()
+    assert (root / "ablation.toml").read_text() == plan
+
+
 def test_a_damaged_checkpoint_without_its_checksums_is_still_detected(tmp_path):
     run = tmp_path / "R"
     assert train(run).exit_code == 0

@@ -83,6 +83,22 @@ class AblationPlan:
         out["base"] = {k: v for k, v in out["base"].items() if k not in BOOKKEEPING}
         return out
 
+    def setting_change(self, saved: AblationPlan) -> str | None:
+        """The first run setting (bookkeeping aside) this plan gives otherwise than `saved`, and
+        the flag that continues `saved` (a run of another precision would not compare with
+        those trained): what the refusal of another plan in `saved`'s dir names. None when the
+        settings agree (the sweeps, seeds or tuning differ)."""
+        mine, theirs = self.defining()["base"], saved.defining()["base"]
+        for key in sorted(mine.keys() | theirs.keys()):
+            if mine.get(key) != theirs.get(key):
+                flag = "--" + key.replace("_", "-")
+                fix = f"pass {flag} {theirs[key]}" if key in theirs else f"drop {flag}"
+                return (
+                    f"its {key} is {theirs.get(key, 'unset')}, this command's "
+                    f"{mine.get(key, 'unset')}: {fix} to continue it"
+                )
+        return None
+
     def adds_seeds_to(self, other: AblationPlan) -> bool:
         """Whether this plan is `other` with more seeds: the same inputs (bookkeeping aside),
         `other`'s seeds first and every run of `other` among its own, so that a finished

@@ -142,9 +142,12 @@ class Ablation:
                 "--ablation-dir",
             )
             if saved.defining() != self.plan.defining() and not self.plan.adds_seeds_to(saved):
+                change = self.plan.setting_change(saved)
                 raise ConfigError(
-                    f"{self.dir} holds a different ablation plan; rerun the original command "
-                    "(it may add seeds, e.g. --seeds 5 after 3), or pass another --ablation-dir"
+                    f"{self.dir} holds a different ablation plan"
+                    + (f" ({change})" if change else "")
+                    + "; rerun the original command (it may add seeds, e.g. --seeds 5 after 3), "
+                    "or pass another --ablation-dir"
                 )
 
     def prepare(self) -> None:
