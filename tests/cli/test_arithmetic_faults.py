@@ -116,7 +116,8 @@ def test_a_compiled_run_killed_or_stopped_anywhere_resumes_to_the_same_losses(
     assert val_losses(run) == val_losses(whole)
     assert done["final_val_loss"] == summary(whole)["final_val_loss"]
     kept = lambda: {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p != lock}
-    lock, before = run / ".lock", kept()  # (the lock names its last holder)
+    lock = run / ".lock"  # (it names its last holder)
+    before = kept()
     for flag, refused in (
         (["--compile", "off"], "--compile off: this run trained compiled"),
         (["--precision", "bf16"], "--precision bf16: this run trained in fp32"),
