@@ -65,14 +65,31 @@ def _logged_once(run: Path) -> None:
         ("sweep", 'precision = ["bf16", "x"]', "'precision': 'x'"),
         ("sweep", "compile = [1]", "'compile': '1'"),
         ("sweep", 'precision = "bf16"', "must be a list"),
+        ("tune", "precision=bf16,x", "bad value 'x' to tune 'precision'"),
+        ("tune", "compile=on,1", "bad value '1' to tune 'compile'"),
+        ("tune", "ns_dtype=fp8", "bad value 'fp8' to tune 'ns_dtype'"),
     ],
 )
 def test_bad_precision_or_compile_values_are_one_line(cli, tmp_path, where, setting, named):
-    """On the command line, in a config file, in a spec's [base] or [sweep]: one line naming
-    the setting, exit 2, nothing written. (`compile = true` and `false` are the settings of
+    """On the command line, in a config file, in a spec's [base] or [sweep], in a grid to tune
+    (else found only when that tuning run starts): one line naming the setting, exit 2,
+    nothing written. (`compile = true` and `false` are the settings of
     before auto, and read as on and off.)"""
     out = tmp_path / "out"
-    if where == "flag":
+    if where == "tune":
+        res = cli(
+            "ablate",
+            "--alpha",
+            "0.0",
+            "--steps",
+            "2",
+            "--tune",
+            setting,
+            "--dry-run",
+            "--ablation-dir",
+            out,
+        )
+    elif where == "flag":
         res = cli("train", *FAST, "--steps", "2", "--run-dir", out, *setting)
     elif where == "config":
         (tmp_path / "c.toml").write_text(setting + "\n")

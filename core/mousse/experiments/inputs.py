@@ -25,6 +25,11 @@ SETTING_CHOICES = {
     "optimizer": presets.OPTIMIZER_NAMES,
     "scalar_optimizer": config.SCALAR_OPTIMIZERS,
     "device": config.DEVICES,
+    # checked as given, so that a bad value to tune is refused before any run trains
+    "precision": config.PRECISIONS,
+    "compile": config.COMPILE_MODES,
+    "gather_dtype": config.GATHER_DTYPES,
+    "ns_dtype": tuple(config.NS_DTYPES),
     **KNOB_CHOICES,
 }
 _FIELDS = list(FIELD_TYPES)
