@@ -55,8 +55,8 @@ def inverse_roots(G, F, eig, P):
 
 def refresh(method):
     def run(G, F, eig, P):
-        for side in ("L", "R"):
-            factor = pc.normalized(F[side], 11, 0.95, True, True)
+        for side, other in (("L", G.size(-1)), ("R", G.size(-2))):
+            factor = pc.normalized(F[side], 11, 0.95, True, "trace", other)
             pc.refresh(factor, *eig[side], 1e-5, torch.float32, method)
 
     return run
