@@ -703,8 +703,9 @@ def test_the_test_signal_fires_once_at_its_point_only(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # torch.compile
 def test_a_signal_while_compiling_stops_the_run(builtin_data, tmp_path):
-    """Ctrl-C as `--compile` imports inductor (the compiler's C++ side): the run stops, 130."""
-    proc = _train_signalled_at(tmp_path, "import:torch._inductor.compile_fx", "SIGINT", "--compile")
+    """Ctrl-C as `--compile on` imports inductor (the compiler's C++ side): the run stops, 130."""
+    point = "import:torch._inductor.compile_fx"
+    proc = _train_signalled_at(tmp_path, point, "SIGINT", "--compile", "on")
     assert "Ctrl-C: stopping after this step" in proc.stderr, proc.stderr
     assert summary(tmp_path / "R")["status"] == "interrupted"
 
