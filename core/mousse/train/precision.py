@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
-import stat
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 from .config import CompileMode, ConfigError, Precision, RunPrecision
 from .data import cache_dir
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json
 from .machine import QUIET, cpu_reading, device_name, others_busy
 
 PROBE_SIZE = {"cpu": 1024, "cuda": 8192}  # square matmuls the peak probe times
@@ -160,15 +158,11 @@ def remember(name: str, key: str, value: float) -> None:
 
 
 def _read_cache(path: Path) -> dict[str, object]:
-    """The JSON object in the regular file `path`, else {} (a FIFO or a device in its place is
-    never read: opened without blocking, and left unread when it is no regular file)."""
+    """The JSON object in the regular file `path`, else {} (none, damaged, or a FIFO or device
+    in its place, which `read_json` never blocks on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return {}
-            data = json.loads(fh.read())
-    except (OSError, ValueError, RecursionError):
+        data = read_json(path)
+    except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
