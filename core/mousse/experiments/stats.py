@@ -1,13 +1,15 @@
 """The statistics behind an ablation's comparison (pure functions, no I/O): steps to a target
 loss, seed-mean curves and the speedup they give over a baseline, its bootstrap interval over
 seeds, Welch's t-test of final losses (with the incomplete beta function its p-value needs,
-so no scipy), and the paired t-test and bootstrap interval of per-seed differences."""
+so no scipy), the paired t-test and bootstrap interval of per-seed differences, and the power
+law of final loss against training data that speedups from budgets read (`fit_power_law`)."""
 
 from __future__ import annotations
 
 import math
 import random
 import statistics
+from dataclasses import dataclass
 
 SIGNIFICANCE_LEVEL = 0.05
 BOOTSTRAP_SAMPLES = 2000
@@ -266,3 +268,89 @@ def paired_bootstrap_ci(
     values = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n_boot))
     tail = (1 - expanded_level(level, len(diffs))) / 2
     return [quantile(values, tail), quantile(values, 1 - tail)]
+
+
+MIN_FIT_POINTS = 4  # a power law with a floor has 3 parameters: 4 points leave one to check it
+_EXPONENTS = tuple(10 ** (-2 + 3 * i / 199) for i in range(200))  # b from 0.01 to 10, log-spaced
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """L(D) = a * D^(-b) + c: final loss against training data D (tokens), with a > 0, b > 0
+    and the floor 0 <= c below every fitted loss; rmse is the root mean squared residual."""
+
+    a: float
+    b: float
+    c: float
+    rmse: float
+
+    def data_for(self, loss: float) -> float:
+        """The data the law needs to reach `loss`, L^-1(loss) = (a / (loss - c))^(1/b); inf
+        when `loss` is at or below the floor c (more data never gets there)."""
+        if loss <= self.c:
+            return math.inf
+        log_data = (math.log(self.a) - math.log(loss - self.c)) / self.b
+        return math.exp(log_data) if log_data < 700 else math.inf
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "c": self.c, "rmse": self.rmse}
+
+
+def fit_power_law(data: list[float], losses: list[float]) -> PowerLaw | None:
+    """The least-squares fit of L(D) = a * D^(-b) + c to final losses at MIN_FIT_POINTS or more
+    distinct data sizes D; None with fewer, with a number that is not finite or a D that is not
+    positive, or when the loss does not fall with D (its least-squares slope against log D is not
+    negative: a law that falls would fit it only by a degenerate, flat curve).
+
+    Given b the law is linear in (a, c), so the squared error in loss space is minimised over b
+    alone (variable projection): on a log grid of b from 0.01 to 10, then by golden section
+    between the best point's neighbours, with (a, c) in closed form at each b, c held to
+    [0, min loss) (a loss floor is never negative, and one above a loss could not be reached)."""
+    points = list(zip(data, losses, strict=True))
+    if len({d for d, _ in points}) < MIN_FIT_POINTS or not all(
+        math.isfinite(d) and d > 0 and math.isfinite(y) for d, y in points
+    ):
+        return None
+    ref = math.exp(statistics.fmean(math.log(d) for d, _ in points))  # D in units of ref
+    logs, ys = [math.log(d / ref) for d, _ in points], [y for _, y in points]
+    mean = statistics.fmean(ys)
+    if math.fsum(t * (y - mean) for t, y in zip(logs, ys, strict=True)) >= 0:  # the slope
+        return None
+    grid = [(b, *_projected(b, logs, ys)) for b in _EXPONENTS]
+    best = min(range(len(grid)), key=lambda i: grid[i][1])
+    low, high = _EXPONENTS[max(best - 1, 0)], _EXPONENTS[min(best + 1, len(_EXPONENTS) - 1)]
+    for _ in range(60):  # the bracket shrinks by 0.618 a step: to 1e-12 of its width
+        m1, m2 = high - _GOLDEN * (high - low), low + _GOLDEN * (high - low)
+        if _projected(m1, logs, ys)[0] <= _projected(m2, logs, ys)[0]:
+            high = m2
+        else:
+            low = m1
+    refined = ((low + high) / 2, *_projected((low + high) / 2, logs, ys))
+    b, sse, a_ref, c = min(grid[best], refined, key=lambda fit: fit[1])
+    if a_ref <= 0:
+        return None
+    return PowerLaw(a=a_ref * ref**b, b=b, c=c, rmse=math.sqrt(sse / len(ys)))
+
+
+def _projected(b: float, logs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """(squared error, a, c) of the best y = a * x + c with x = exp(-b * log D) under a >= 0 and
+    0 <= c < min(y): the unconstrained least squares when it obeys them, else the best on the
+    edges c = 0, c just below min(y) and a = 0 (a convex problem: its optimum is on one)."""
+    xs = [math.exp(-b * t) for t in logs]
+    n, sx, sy = len(xs), math.fsum(xs), math.fsum(ys)
+    sxx, sxy = math.fsum(x * x for x in xs), math.fsum(x * y for x, y in zip(xs, ys, strict=True))
+    floor = min(ys)
+    top = floor - 1e-9 * max(max(ys) - floor, abs(floor), 1e-12)  # c stays below every loss
+    det = n * sxx - sx * sx
+    a = (n * sxy - sx * sy) / det if det > 0 else 0.0
+    c = (sy - a * sx) / n
+    if a > 0 and 0 <= c <= top:
+        candidates = [(a, c)]
+    else:
+        on_c = [(max(0.0, (sxy - edge * sx) / sxx), edge) for edge in (0.0, max(top, 0.0))]
+        candidates = [*on_c, (0.0, min(max(sy / n, 0.0), max(top, 0.0)))]
+    return min(
+        (math.fsum((a * x + c - y) ** 2 for x, y in zip(xs, ys, strict=True)), a, c)
+        for a, c in candidates
+    )
