@@ -44,7 +44,7 @@ def report(
     expect: list[str] | None = typer.Option(
         None,
         "--expect",
-        help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10". Exit 5 when one fails (docs/ci.md).',
+        help='A CI gate, repeatable: "mousse < muon" (mean final loss), "mousse < muon significant" (and Welch p < 0.05), "speedup(mousse) >= 1.05", "speedup_low(mousse) > 1", "overhead(mousse) <= 10", with --budgets "speedup_at(mousse, 1) >= 1.1" (speedup in data at 1x). Exit 5 when one fails (docs/ci.md).',
     ),
     against: str | None = typer.Option(
         None,
@@ -179,12 +179,12 @@ def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
 def check_expressions(expectations: list[str], by_preset: dict) -> None:
     """Check every --expect against every preset's variants, so that a malformed one is
     refused (exit 2) before any output, whatever the results."""
-    from mousse.experiments.expect import validate
+    from mousse.experiments.expect import budgets_of, validate
 
     with user_errors():
         for results in by_preset.values():
             for expr in expectations:
-                validate(expr, [v["variant"] for v in results["variants"]])
+                validate(expr, [v["variant"] for v in results["variants"]], budgets_of(results))
 
 
 def gate(expectations: list[str], by_preset: dict) -> None:

@@ -78,7 +78,29 @@ def results_tables(results: dict):
         for row in rows:
             table.add_row(*[escape(row[c]) for c in columns])  # names from disk: literal
         tables.append(table)
+    budgets = budget_speedup_table(results)
+    if budgets is not None:  # after convergence and tuning, before step time
+        tables.insert(-1, budgets)
     return Group(*tables)
+
+
+def budget_speedup_table(results: dict) -> Table | None:
+    """The speedup against budget, a column per budget, with how it was read below it; None
+    without budgets."""
+    from mousse.experiments.table_rows import (
+        BUDGET_SPEEDUP_TITLE,
+        budget_speedup_notes,
+        budget_speedup_rows,
+    )
+
+    columns, rows = budget_speedup_rows(results)
+    if not rows:
+        return None
+    caption = "\n".join(escape(n) for n in budget_speedup_notes(results))
+    table = titled_table(BUDGET_SPEEDUP_TITLE, columns, caption=caption, caption_justify="left")
+    for row in rows:
+        table.add_row(*[escape(row[c]) for c in columns])  # names from disk: literal
+    return table
 
 
 def scale_table(scale: dict):

@@ -167,3 +167,12 @@ def test_a_malformed_expectation_is_exit_2_before_any_output_whatever_the_number
     res = invoke_cli("report", results_file(tmp_path / "results.json"), "--expect", expr)
     assert_one_line_error(res, words)
     assert res.stdout == ""
+
+
+def test_an_expectation_that_ends_in_a_function_parses():
+    """A term ending in ')' on the right, as in comparing two variants' speedups, is no typo."""
+    assert check("1 < speedup(mousse)", results()) == (
+        True,
+        "'1 < speedup(mousse)' holds: speedup(mousse) = 1.2",
+    )
+    assert parse("loss(mousse) < loss(muon) paired significant")[3] == "paired significant"

@@ -6,7 +6,10 @@ An expectation compares two terms with <, <=, > or >=, optionally followed by `s
 mean final validation loss), or a function of a variant: `loss(v)`, `speedup(v)` (the paper's
 speedup over the baseline), `speedup_low(v)` (the low end of its 95% interval), `paired_low(v)`
 and `paired_high(v)` (the ends of the 95% bootstrap interval of its mean per-seed loss
-difference from the baseline), `overhead(v)` (step-time overhead over the baseline, in %).
+difference from the baseline), `overhead(v)` (step-time overhead over the baseline, in %); with
+`--budgets`, `speedup_at(v, D)` (the speedup in data at budget D, a multiple of 20 tokens per
+parameter, as `budget_speedup` reads it; inf where the baseline's law never reaches the loss) and
+`speedup_at_low(v, D)` (the low end of its 95% interval).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ INTERVAL_ENDS = {  # function -> (the interval's field, which end)
     "paired_low": ("paired_delta_ci", 0),
     "paired_high": ("paired_delta_ci", 1),
 }
-_EXPR = re.compile(r"^\s*(.+?)\s*(<=|>=|<|>)\s*(.+?)\s*\b((?:paired\s+)?significant)?\s*$")
+AT_BUDGET = ("speedup_at", "speedup_at_low")  # functions of a variant and a budget
+_EXPR = re.compile(r"^\s*(.+?)\s*(<=|>=|<|>)\s*(.+?)(?:\s+((?:paired\s+)?significant))?\s*$")
 _CALL = re.compile(r"^([a-z_]+)\((.+)\)$")
 
 
@@ -39,6 +43,7 @@ class Term:
     number: float | None = None
     variant: str | None = None
     field: str = "final_val_loss_mean"
+    budget: float | None = None
 
 
 def _term(text: str) -> Term:
@@ -55,13 +60,39 @@ def _term(text: str) -> Term:
         name, arg = call.group(1), call.group(2).strip()
         if name in INTERVAL_ENDS:
             return Term(text, variant=arg, field=name)
+        if name in AT_BUDGET:
+            return _budget_term(text, name, arg)
         if name not in FUNCTIONS:
             raise ConfigError(
                 f"unknown function {name!r} in --expect; use loss(v), speedup(v), "
-                "speedup_low(v), paired_low(v), paired_high(v) or overhead(v)"
+                "speedup_low(v), paired_low(v), paired_high(v), overhead(v), "
+                "speedup_at(v, D) or speedup_at_low(v, D)"
             )
         return Term(text, variant=arg, field=FUNCTIONS[name])
     return Term(text, variant=text)
+
+
+def _budget_term(text: str, name: str, args: str) -> Term:
+    """`name`(variant, budget): ConfigError unless the budget is a positive number."""
+    variant, _, budget = args.rpartition(",")
+    try:
+        value = float(budget)
+    except ValueError:
+        value = math.nan
+    if not variant.strip() or not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"bad --expect term {text!r}: {name} takes a variant and a budget (a positive "
+            f"multiple of 20 tokens per parameter), e.g. {name}(mousse, 1)"
+        )
+    return Term(text, variant=variant.strip(), field=name, budget=value)
+
+
+def budgets_of(results: dict) -> dict[str, list[float]]:
+    """Per variant, the budgets it has a speedup at (`budget_speedup`)."""
+    return {
+        v["variant"]: [row["budget"] for row in v.get("budget_speedups") or ()]
+        for v in results["variants"]
+    }
 
 
 def parse(expr: str) -> tuple[Term, str, Term, str | None]:
@@ -79,21 +110,41 @@ def parse(expr: str) -> tuple[Term, str, Term, str | None]:
     return left, match.group(2), right, test
 
 
-def validate(expr: str, variants: list[str]) -> None:
-    """Refuse `expr` (ConfigError) when it does not parse or names a variant not in `variants`:
-    a malformed expectation is bad input whatever the results, never a failed gate."""
+def validate(expr: str, variants: list[str], budgets: dict[str, list[float]] | None = None) -> None:
+    """Refuse `expr` (ConfigError) when it does not parse, names a variant not in `variants` or,
+    given each variant's `budgets` (`budgets_of`), a budget its variant has no speedup at: a
+    malformed expectation is bad input whatever the results, never a failed gate."""
     for term in parse(expr)[::2]:
         if term.variant is not None and term.variant not in variants:
             raise ConfigError(
                 f"--expect names {term.variant!r}, not a variant of this ablation "
                 f"({', '.join(variants)})"
             )
+        if term.budget is not None and budgets is not None:
+            _check_budget(term, budgets.get(term.variant or "", []))
+
+
+def _check_budget(term: Term, budgets: list[float]) -> None:
+    """ConfigError unless the term's variant has a speedup at its budget."""
+    if any(math.isclose(term.budget or 0.0, b) for b in budgets):
+        return
+    if not budgets:
+        raise ConfigError(
+            f"--expect {term.text!r}: {term.variant} has no speedups from budgets (they need "
+            "an ablation run with --budgets, and a variant that is not the baseline)"
+        )
+    raise ConfigError(
+        f"--expect {term.text!r}: {term.variant} has speedups at "
+        f"{', '.join(f'{b:g}' for b in budgets)}, not at {term.budget:g}"
+    )
 
 
 def _term_value(term: Term, variants: dict) -> float:
     if term.number is not None:
         return term.number
     v = variants[term.variant]
+    if term.budget is not None:
+        return _at_budget(term, v)
     if term.field in INTERVAL_ENDS:
         interval, end = INTERVAL_ENDS[term.field]
         value = (v.get(interval) or [None, None])[end]
@@ -102,10 +153,24 @@ def _term_value(term: Term, variants: dict) -> float:
     return math.nan if value is None else float(value)
 
 
+def _at_budget(term: Term, v: dict) -> float:
+    """The speedup at the term's budget (or its interval's low end): inf where unbounded, nan
+    where missing."""
+    row = next(
+        r for r in v.get("budget_speedups") or () if math.isclose(r["budget"], term.budget or 0.0)
+    )
+    ci = row["speedup_ci"]
+    if term.field == "speedup_at":
+        value = math.inf if row["unbounded"] else row["speedup"]
+    else:
+        value = None if ci is None else math.inf if ci[0] is None else ci[0]
+    return math.nan if value is None else float(value)
+
+
 def check(expr: str, results: dict) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
     variants = {v["variant"]: v for v in results["variants"]}
-    validate(expr, list(variants))
+    validate(expr, list(variants), budgets_of(results))
     left, op, right, test = parse(expr)
     a, b = _term_value(left, variants), _term_value(right, variants)
     shown = ", ".join(

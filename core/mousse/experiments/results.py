@@ -3,7 +3,8 @@ no I/O): one row per run and one per variant, each against the baseline.
 
 The headline metric is the paper's, on seed-mean curves: the steps a variant's mean val loss curve
 takes to reach the baseline's mean final val loss, the reduction in % of the baseline's steps, and
-the speedup (`stats.speedup`). Loss statistics use completed runs only;
+the speedup (`stats.speedup`); with `--budgets`, the speedup in data at each budget
+(`budget_speedup`). Loss statistics use completed runs only;
 diverged and failed runs are listed but never averaged. Step times average every run that reported
 them (a diverged run's step time is still a real measurement). The statistics are in `stats`, the
 tables in `table_rows`.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from mousse.train.estimate import BUSY_NOTE
 
+from .budget_speedup import add_budget_speedups
 from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
@@ -98,6 +100,7 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
         v["p_holm"] = p
         v["significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
         v["significance"] = _significance(v["is_baseline"], p, base.losses)
+    add_budget_speedups(runs, variants, base.variant)
     return add_paired(
         {
             "baseline": base.variant,
@@ -235,6 +238,7 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "peak_mem_source": r.get("peak_mem_source"),
         "timing_context": r.get("timing_context"),
         "overhead_pct": _pct_change(_finite(r.get("step_ms_median")), base.step_ms),
+        **({"budgets": r["budgets"]} if r.get("budgets") else {}),
     }
 
 

@@ -122,11 +122,12 @@ def expanded_level(level: float, n: int) -> float:
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of sorted values."""
+    """Linear-interpolation quantile (numpy's default) of sorted values; inf where an infinite
+    value takes part."""
     pos = q * (len(sorted_values) - 1)
     lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+    low, high = sorted_values[lo], sorted_values[min(lo + 1, len(sorted_values) - 1)]
+    return low if pos == lo or low == high else low + (pos - lo) * (high - low)
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -425,8 +425,9 @@ def render_scaled(by_preset: dict[str, dict], fmt: str) -> str:
     from .scale import scale_summary
 
     if fmt == "csv":
+        budgets = budget_columns(list(by_preset.values()))
         return "".join(
-            _csv(results, preset, header=i == 0)
+            _csv(results, preset, header=i == 0, budgets=budgets)
             for i, (preset, results) in enumerate(by_preset.items())
         )
     columns, rows = scale_rows(scale_summary(by_preset))
@@ -436,11 +437,18 @@ def render_scaled(by_preset: dict[str, dict], fmt: str) -> str:
     )
 
 
-def _csv(results: dict, preset: str | None = None, header: bool = True) -> str:
+def _csv(
+    results: dict, preset: str | None = None, header: bool = True, budgets: list | None = None
+) -> str:
     """One row of raw numbers per variant (CSV_COLUMNS, after a preset column when `preset` is
-    given; empty where a value is missing)."""
+    given, then the speedups at `budgets`, default the results' own; empty where a value is
+    missing)."""
     out = io.StringIO()
     columns = CSV_COLUMNS if preset is None else ("preset", *CSV_COLUMNS)
+    columns = (
+        *columns,
+        *budget_csv_columns(budget_columns([results]) if budgets is None else budgets),
+    )
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     if header:
         writer.writeheader()
@@ -455,6 +463,7 @@ def _csv(results: dict, preset: str | None = None, header: bool = True) -> str:
             "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
             "timing_busy": results.get("timing_busy"),
+            **budget_csv_cells(v),
         }
         if preset is not None:
             row["preset"] = preset
@@ -479,6 +488,136 @@ def _markdown(results: dict) -> str:
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
         + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
+        + budget_speedup_markdown(results)
         + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
         + "".join(f"\n{n}.\n" for n in timing_notes(results))
     )
+
+
+BUDGET_SPEEDUP_TITLE = "speedup vs budget"
+_INF = "∞"
+
+
+def budget_columns(by_preset: list[dict]) -> list[float]:
+    """The budgets any variant of these results has a speedup row at, ascending."""
+    return sorted(
+        {
+            row["budget"]
+            for results in by_preset
+            for v in results["variants"]
+            for row in v.get("budget_speedups") or ()
+        }
+    )
+
+
+def budget_speedup_text(row: dict | None) -> str:
+    """A speedup from budgets with its 95% interval (an unbounded end as ∞), flagged when the
+    interval holds 1 and when the baseline data it stands for lies outside the budgets run."""
+    if row is None or (row["speedup"] is None and not row["unbounded"]):
+        return _DASH
+    text = _INF if row["unbounded"] else f"{row['speedup']:.2f}x"
+    ci = row["speedup_ci"]
+    if ci is not None:
+        low, high = (_INF if end is None else f"{end:.2f}" for end in ci)
+        text += f" [{low}, {high}]"
+        if not ((ci[0] is None or ci[0] > 1) or (ci[1] is not None and ci[1] < 1)):
+            text += " (not significant)"
+    return text + (" (extrapolated)" if row["extrapolated"] else "")
+
+
+def budget_speedup_rows(results: dict) -> tuple[list[str], list[dict]]:
+    """The speedup-vs-budget table: a column per budget (a multiple of 20 tokens per
+    non-embedding parameter), a row per variant compared; no rows without budgets."""
+    budgets = budget_columns([results])
+    columns = ["Variant", *(f"{b:g}x" for b in budgets)]
+    rows = []
+    for v in results["variants"]:
+        if v["is_baseline"] or "budget_speedups" not in v:
+            continue
+        by_budget = {row["budget"]: row for row in v["budget_speedups"]}
+        cells = (budget_speedup_text(by_budget.get(b)) for b in budgets)
+        rows.append(dict(zip(columns, (v["variant"], *cells), strict=True)))
+    return columns, rows
+
+
+def budget_speedup_notes(results: dict) -> list[str]:
+    """How the speedup-vs-budget table was read: the baseline's law (or why there is none), the
+    seeds it left out, and what the interval, "(extrapolated)" and ∞ mean."""
+    fit = next((v["budget_fit"] for v in results["variants"] if v.get("budget_fit")), None)
+    if fit is None:
+        return ["no baseline with budgets: no law to read speedups from"]
+    notes = []
+    if fit["fit"] is None:
+        notes.append(f"no speedup from budgets: {fit['note']}")
+    else:
+        notes.append(_law_text(results["baseline"], fit))
+    if fit["left_out"]:
+        notes.append(
+            f"baseline seeds left out of the fit (a budget did not complete): "
+            f"{', '.join(map(str, fit['left_out']))}"
+        )
+    low, high = (f"{b:g}x" for b in (fit["budgets"][0], fit["budgets"][-1]))
+    notes.append(
+        "speedup at a budget D (a multiple of 20 tokens per non-embedding parameter) = the "
+        "tokens the baseline needs by its law to reach the variant's seed-mean loss at D, over "
+        "D's tokens (Wen et al. 2025); 95% interval: paired bootstrap over seeds, the law "
+        f"refitted on each resample; (extrapolated): that data lies outside the baseline's "
+        f"budgets ({low} to {high}), so the number rests on the law beyond its points; "
+        f"{_INF}: the loss is at or below the law's floor c, which the baseline never reaches"
+    )
+    return notes
+
+
+def _law_text(baseline: str, fit: dict) -> str:
+    """The baseline's law, L(D) = a D^-b + c, and how far b and c move from seed to seed."""
+    law = fit["fit"]
+    text = (
+        f"law of {baseline}'s seed-mean final loss over {counted(len(fit['seeds']), 'seed')} "
+        f"against tokens D: L(D) = {law['a']:.4g} D^-{law['b']:.3g} + {law['c']:.4g} "
+        f"(rms residual {law['rmse']:.2g})"
+    )
+    seeds = [s["fit"] for s in fit["per_seed"] if s["fit"]]
+    if len(seeds) > 1:
+        spans = (
+            f"{k} {min(s[k] for s in seeds):.3g} to {max(s[k] for s in seeds):.3g}"
+            for k in ("b", "c")
+        )
+        text += f"; per seed {', '.join(spans)}"
+    if len(seeds) < len(fit["per_seed"]):
+        text += f" ({len(fit['per_seed']) - len(seeds)} seeds without a fit of their own)"
+    return text
+
+
+def budget_speedup_markdown(results: dict) -> str:
+    """The speedup-vs-budget section with its notes; empty without budgets."""
+    columns, rows = budget_speedup_rows(results)
+    if not rows:
+        return ""
+    notes = "".join(f"\n{n}.\n" for n in budget_speedup_notes(results))
+    return f"## Speedup vs budget\n\n{_markdown_table(columns, rows)}\n{notes}\n"
+
+
+def budget_csv_columns(budgets: list[float]) -> list[str]:
+    """The csv's columns for speedups from budgets: per budget, the speedup, its interval and
+    whether it is extrapolated."""
+    return [
+        f"speedup_at_{b:g}x{part}"
+        for b in budgets
+        for part in ("", "_ci_low", "_ci_high", "_extrapolated")
+    ]
+
+
+def budget_csv_cells(v: dict) -> dict:
+    """A variant's speedups from budgets under `budget_csv_columns` (an unbounded one "inf")."""
+    cells: dict = {}
+    for row in v.get("budget_speedups") or ():
+        head = f"speedup_at_{row['budget']:g}x"
+        if row["speedup"] is None and not row["unbounded"]:
+            continue
+        ci = row["speedup_ci"] or [None, None]
+        cells[head] = "inf" if row["unbounded"] else row["speedup"]
+        if row["speedup_ci"]:
+            cells[f"{head}_ci_low"] = "inf" if ci[0] is None else ci[0]
+            cells[f"{head}_ci_high"] = "inf" if ci[1] is None else ci[1]
+        cells[f"{head}_extrapolated"] = row["extrapolated"]
+    return cells

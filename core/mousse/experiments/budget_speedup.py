@@ -1,0 +1,203 @@
+"""Speedup from budgets, the way Wen et al. 2025 measure it (pure functions, no I/O).
+
+With `--budgets`, every run yields a final val loss per budget (its run row's "budgets": budget,
+tokens, tokens_per_param, steps, status, final_val_loss, ascending). The baseline's final loss
+is fitted against training tokens D, L(D) = a * D^(-b) + c (`stats.fit_power_law`, at least 4
+budgets), and a variant's speedup at budget D is the data the baseline would need to reach the
+variant's loss there, L^-1(loss), over D: 1.3x means the baseline needs 30% more data for the
+same loss.
+
+The point is read from the fit to the baseline's seed-mean losses, at the variant's seed-mean
+loss, over the seeds both ran to that budget. Its 95% interval is a paired bootstrap over those
+seeds: each resample of seeds (a seed takes its baseline and its variant losses along) is
+refitted and inverted afresh, and the resampled speedups are read at expanded percentiles
+(`stats.expanded_level`), as the tables' other intervals are. Each seed's own fit is recorded
+beside (the baseline's `budget_fit`), to show how far the law moves from seed to seed.
+
+A loss at or below the fit's floor c is one the baseline never reaches: the speedup is unbounded
+(`unbounded`, its number None), as is an interval's end when resamples get there. A speedup
+whose baseline data lies outside the budgets the baseline ran is `extrapolated`: it rests on the
+law beyond its points.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable
+
+from .stats import (
+    BOOTSTRAP_SAMPLES,
+    MIN_FIT_POINTS,
+    PowerLaw,
+    expanded_level,
+    fit_power_law,
+    quantile,
+)
+
+FitOf = Callable[[tuple], PowerLaw | None]  # a (sorted) resample of seeds -> the baseline's fit
+
+
+def budget_losses(runs: list, variant: str) -> dict:
+    """seed -> {budget: (tokens, final val loss)} of `variant`'s budgets that completed with a
+    finite loss (a budget is its own result: a branch may complete where a longer one diverged)."""
+    out: dict = {}
+    for r in runs:
+        if r["variant"] != variant:
+            continue
+        for entry in r.get("budgets") or []:
+            loss = entry.get("final_val_loss")
+            if entry.get("status") == "completed" and loss is not None and math.isfinite(loss):
+                out.setdefault(r["seed"], {})[entry["budget"]] = (entry["tokens"], loss)
+    return out
+
+
+def add_budget_speedups(runs: list, variants: list, baseline: str | None) -> None:
+    """When runs trained to several budgets, give the baseline's variant row `budget_fit`
+    (`baseline_fit`) and every other variant's `budget_speedups`, one row per budget it ran
+    (`speedup_row`); rows of runs without budgets are left as they are."""
+    if not any(r.get("budgets") for r in runs):
+        return
+    base = budget_losses(runs, baseline) if baseline else {}
+    fit = baseline_fit(base)
+    fit_of = _fit_cache(base, fit)
+    for v in variants:
+        if v["is_baseline"]:
+            v["budget_fit"] = fit
+            continue
+        losses = budget_losses(runs, v["variant"])
+        budgets = sorted({b for by_budget in losses.values() for b in by_budget})
+        v["budget_speedups"] = [speedup_row(b, losses, fit, fit_of) for b in budgets]
+
+
+def baseline_fit(base: dict) -> dict:
+    """The baseline's law: its budgets and their tokens, the seeds that completed every budget,
+    the fit to their seed-mean losses, each seed's own fit, and a note saying why there is no
+    fit when there is none."""
+    budgets = sorted({b for by_budget in base.values() for b in by_budget})
+    seeds = [s for s in sorted(base) if len(base[s]) == len(budgets)]
+    tokens = [base[seeds[0]][b][0] for b in budgets] if seeds else []
+    per_seed = [
+        {"seed": s, "fit": _as_dict(fit_power_law(tokens, [base[s][b][1] for b in budgets]))}
+        for s in seeds
+    ]
+    fit = _mean_fit(base, seeds, budgets, tokens) if seeds else None
+    return {
+        "budgets": budgets,
+        "tokens": tokens,
+        "seeds": seeds,
+        "left_out": [s for s in sorted(base) if s not in seeds],
+        "fit": _as_dict(fit),
+        "per_seed": per_seed,
+        "note": None if fit else _no_fit_note(budgets, seeds),
+    }
+
+
+def _no_fit_note(budgets: list, seeds: list) -> str:
+    """Why the baseline's losses give no law."""
+    if len(budgets) < MIN_FIT_POINTS:
+        shown = ", ".join(f"{b:g}x" for b in budgets) or "none"
+        return (
+            f"the baseline completed {len(budgets)} budgets ({shown}); the fit needs at least "
+            f"{MIN_FIT_POINTS} (e.g. --budgets 0.25,0.5,1,2)"
+        )
+    if not seeds:
+        return "no baseline seed completed every budget"
+    return "the baseline's loss does not fall with its budget"
+
+
+def _mean_fit(base: dict, seeds: list | tuple, budgets: list, tokens: list) -> PowerLaw | None:
+    """The law fitted to the baseline's mean loss over `seeds` (repeats count) at each budget."""
+    means = [statistics.fmean(base[s][b][1] for s in seeds) for b in budgets]
+    return fit_power_law(tokens, means)
+
+
+def _fit_cache(base: dict, fit: dict) -> FitOf:
+    """The baseline's fit per resample of seeds, each computed once: a bootstrap of n seeds has
+    only C(2n - 1, n) distinct resamples (10 for 3 seeds), shared by every variant and budget."""
+    cache: dict[tuple, PowerLaw | None] = {}
+
+    def fit_of(seeds: tuple) -> PowerLaw | None:
+        if seeds not in cache:
+            cache[seeds] = _mean_fit(base, seeds, fit["budgets"], fit["tokens"])
+        return cache[seeds]
+
+    return fit_of
+
+
+def _as_dict(fit: PowerLaw | None) -> dict | None:
+    return None if fit is None else fit.to_dict()
+
+
+def speedup_row(budget: float, losses: dict, fit: dict, fit_of: FitOf) -> dict:
+    """A variant's speedup at one budget: over the seeds it shares with the baseline's fit, its
+    mean loss, the baseline data that loss needs, the speedup (None and `unbounded` at or below
+    the floor; None without a fit or a shared seed), its paired bootstrap interval (an end None
+    where it is unbounded; None below two seeds) and whether the inverse left the budgets
+    the baseline ran."""
+    seeds = tuple(s for s in fit["seeds"] if budget in losses.get(s, {}))
+    entry_seed = next(s for s in sorted(losses) if budget in losses[s])
+    tokens = losses[entry_seed][budget][0]
+    row = {
+        "budget": budget,
+        "tokens": tokens,
+        "n": len(seeds),
+        "loss": statistics.fmean(losses[s][budget][1] for s in seeds) if seeds else None,
+        "baseline_tokens": None,
+        "speedup": None,
+        "unbounded": False,
+        "speedup_ci": None,
+        "extrapolated": None,
+    }
+    law = fit_of(seeds) if seeds and fit["fit"] else None
+    if law is None:
+        return row
+    value = _speedup(law, seeds, losses, budget, tokens)
+    needed = value * tokens
+    return {
+        **row,
+        "baseline_tokens": needed if math.isfinite(needed) else None,
+        "speedup": value if math.isfinite(value) else None,
+        "unbounded": not math.isfinite(value),
+        "speedup_ci": _interval(seeds, losses, budget, tokens, fit_of),
+        "extrapolated": _outside(needed, fit["tokens"]),
+    }
+
+
+def _outside(needed: float, tokens: list) -> bool:
+    """Whether the baseline data `needed` lies outside the budgets it ran (beyond rounding)."""
+    return not min(tokens) * (1 - 1e-9) <= needed <= max(tokens) * (1 + 1e-9)
+
+
+def _speedup(law: PowerLaw, seeds: tuple, losses: dict, budget: float, tokens: int) -> float:
+    """L^-1(the variant's mean loss over `seeds`) / tokens; inf at or below the floor."""
+    return law.data_for(statistics.fmean(losses[s][budget][1] for s in seeds)) / tokens
+
+
+def _interval(
+    seeds: tuple, losses: dict, budget: float, tokens: int, fit_of: FitOf, level: float = 0.95
+) -> list | None:
+    """The paired bootstrap interval of the speedup: seeds resampled with replacement (a fixed
+    seed: the same interval every time), the law refitted on each resample; None below two
+    seeds or when no resample fits."""
+    if len(seeds) < 2:
+        return None
+    rng = random.Random(0)
+    values = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        sample = tuple(sorted(rng.choices(seeds, k=len(seeds))))
+        law = fit_of(sample)
+        if law is not None:
+            values.append(_speedup(law, sample, losses, budget, tokens))
+    if not values:
+        return None
+    values.sort()
+    tail = (1 - expanded_level(level, len(seeds))) / 2
+    return [_end(values, tail), _end(values, 1 - tail)]
+
+
+def _end(values: list[float], q: float) -> float | None:
+    """The q-quantile of sorted values; None where it is unbounded."""
+    end = quantile(values, q)
+    return end if math.isfinite(end) else None
