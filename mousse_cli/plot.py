@@ -1,7 +1,7 @@
 """An ablation's figures (matplotlib, optional): seed-mean val loss with its band over seeds, over
 the whole run and zoomed on its last part; the forest plot of final-loss differences from the
-baseline; loss against comparable time; the tuning curves; the speedup against parameters. A
-variant keeps one colour in every figure (`variant_colors`)."""
+baseline; loss against comparable time; the tuning curves; the speedup against parameters and
+against budget. A variant keeps one colour in every figure (`variant_colors`)."""
 
 from __future__ import annotations
 
@@ -406,7 +406,8 @@ def plot_scale(scale: dict, out: Path) -> None:
         ]
         # side by side around each scale, so that intervals do not hide each other
         nudge = 1 + 0.025 * (i - (len(others) - 1) / 2)
-        _speedup_line(ax, variant, rows, colors[variant], nudge)
+        points = [(r["params"] * nudge, r["speedup"], r["speedup_ci"], "o") for r in rows]
+        _speedup_line(ax, variant, points, colors[variant])
     ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{baseline} (baseline)")
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -422,20 +423,89 @@ def plot_scale(scale: dict, out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _speedup_line(ax, variant: str, rows: list[dict], color, nudge: float) -> None:
-    """One variant's speedups with their 95% intervals as error bars."""
-    xs, ys = [r["params"] * nudge for r in rows], [r["speedup"] for r in rows]
-    cis = [r["speedup_ci"] or [y, y] for y, r in zip(ys, rows, strict=True)]
-    ax.plot(xs, ys, color=color, lw=1.2, label=variant)
-    for x, y, ci in zip(xs, ys, cis, strict=True):
+def _speedup_line(ax, variant: str, points: list[tuple], color) -> None:
+    """One variant's speedups, (x, y, 95% interval or None, marker) each, joined by a line, the
+    intervals as error bars; filled where the interval excludes 1, hollow where not."""
+    ax.plot([p[0] for p in points], [p[1] for p in points], color=color, lw=1.2, label=variant)
+    for x, y, ci, marker in points:
+        ci = ci or [y, y]
         ax.errorbar(
             [x],
             [y],
             yerr=[[y - ci[0]], [ci[1] - y]],
-            fmt="o",
+            fmt=marker,
             ms=7,
             capsize=4,
             color=color,
             mfc=color if ci[0] > 1 or ci[1] < 1 else "white",
             mew=2,
         )
+
+
+def has_budget_speedups(results: dict) -> bool:
+    """Whether any variant has a speedup from budgets to draw."""
+    return any(
+        row["speedup"] is not None or row["unbounded"]
+        for v in results["variants"]
+        for row in v.get("budget_speedups") or ()
+    )
+
+
+def plot_budget_speedup(results: dict, out: Path) -> None:
+    """Speedup in data against budget (log axis; `budget_speedup`), one line per variant in its
+    colour with its 95% intervals: filled where the interval excludes 1, hollow where not,
+    diamonds where the baseline's law is read beyond its budgets. What lies above the axis (an
+    unbounded speedup, a loss below the law's floor, or a far extrapolation) is drawn at its top
+    as a triangle with its value, ∞ where unbounded."""
+    plt = _pyplot()
+    from mousse.experiments.table_rows import budget_speedup_notes
+
+    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    colors = variant_colors([v["variant"] for v in results["variants"]], results["baseline"])
+    drawn = [v for v in results["variants"] if not v["is_baseline"] and v.get("budget_speedups")]
+    top = 1.25 * max(
+        (row["speedup"] for v in drawn for row in v["budget_speedups"] if row["speedup"]),
+        default=1.0,
+    )
+    top = max(top, 1.25)
+    for i, v in enumerate(drawn):
+        nudge = 1 + 0.03 * (i - (len(drawn) - 1) / 2)  # intervals side by side, not on top
+        rows = [r for r in v["budget_speedups"] if r["speedup"] is not None or r["unbounded"]]
+        points = [_budget_point(row, nudge, top) for row in rows]
+        _speedup_line(ax, v["variant"], points, colors[v["variant"]])
+        for (x, y, _, marker), row in zip(points, rows, strict=True):
+            if marker == "^":
+                label = "∞" if row["unbounded"] else f"{row['speedup']:.3g}x"
+                ax.annotate(label, (x, y), xytext=(0, 7), textcoords="offset points", ha="center")
+    ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{results['baseline']} (baseline)")
+    ax.set_ylim(0, top * 1.12)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    budgets = sorted({row["budget"] for v in drawn for row in v["budget_speedups"]})
+    ax.set_xticks(budgets, [f"{b:g}x\n{20 * b:g} tok/param" for b in budgets])
+    ax.set(
+        xlabel="budget (multiple of 20 tokens per non-embedding parameter)",
+        ylabel="speedup in data (baseline tokens to the variant's loss / tokens)",
+        title="speedup vs budget, 95% intervals over seeds\n(hollow: interval holds 1; diamond: "
+        "the baseline's law extrapolated; triangle: off the axis)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.supxlabel("\n".join(_wrapped(n) for n in budget_speedup_notes(results)[:1]), fontsize=8)
+    _save(fig, out, plt)
+
+
+def _budget_point(row: dict, nudge: float, top: float) -> tuple:
+    """(x, y, interval, marker) of one budget's speedup, what lies above `top` (unbounded
+    included) drawn at it."""
+    y = top if row["unbounded"] else min(row["speedup"], top)
+    ci = row["speedup_ci"] and [top if end is None else min(end, top) for end in row["speedup_ci"]]
+    marker = "^" if y == top else "D" if row["extrapolated"] else "o"
+    return row["budget"] * nudge, y, ci, marker
+
+
+def _wrapped(text: str, width: int = 150) -> str:
+    """`text` broken into lines of at most `width` characters, at spaces."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))

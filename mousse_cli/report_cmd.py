@@ -29,7 +29,7 @@ def report(
     plot: Path | None = typer.Option(
         None,
         "--plot",
-        help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; for several scales, the speedup vs parameters.",
+        help="Also draw val loss vs step and vs time to this PNG (needs matplotlib); with tuning, the tuning curves beside it; with --budgets, the speedup vs budget; for several scales, the speedup vs parameters.",
     ),
     retime: bool = typer.Option(
         False,
@@ -225,7 +225,7 @@ def open_ablation(path: Path):
 
 def draw_plots(ablation, results: dict, plot: Path) -> None:
     """The loss curves (from the ablation's runs; none from a results file) and the forest plot,
-    and after tuning the tuning curves beside them."""
+    and beside them the tuning curves after tuning and the speedup against budget with budgets."""
     from .plot import plot_curves, plot_tuning
 
     plot_curves(results, ablation.records() if ablation is not None else [], plot)
@@ -234,3 +234,14 @@ def draw_plots(ablation, results: dict, plot: Path) -> None:
         tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
         plot_tuning(results, tuning_plot)
         console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
+    draw_budget_speedup(results, plot)
+
+
+def draw_budget_speedup(results: dict, plot: Path) -> None:
+    """With speedups from budgets, their figure beside `plot`, named after it (-budgets)."""
+    from .plot import has_budget_speedups, plot_budget_speedup
+
+    if has_budget_speedups(results):
+        budget_plot = plot.with_name(f"{plot.stem}-budgets{plot.suffix or '.png'}")
+        plot_budget_speedup(results, budget_plot)
+        console.print(f"speedup vs budget: {budget_plot}", highlight=False, markup=False)

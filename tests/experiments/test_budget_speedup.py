@@ -11,7 +11,7 @@ import random
 
 import pytest
 from support.cli import assert_one_line_error, invoke_cli
-from support.results import record
+from support.results import record, results_file
 
 from mousse.experiments.expect import check
 from mousse.experiments.results import summarize
@@ -320,3 +320,50 @@ def test_a_quantile_next_to_an_unbounded_value_is_still_the_finite_one():
     assert quantile([1.0, 2.0, math.inf], 0.5) == 2.0
     assert quantile([1.0, 2.0, math.inf], 0.75) == math.inf
     assert quantile([math.inf, math.inf], 0.3) == math.inf
+
+
+def test_the_budget_figure_draws_what_the_table_says(budget_results, tmp_path, monkeypatch):
+    """One line per variant against budget on a log axis; filled where the interval excludes 1,
+    a diamond where extrapolated, a triangle marked ∞ at the top where unbounded."""
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    results = summarize(
+        ablation(
+            ("mousse", lambda d: base_law(1.3 * d)),
+            ("copy", base_law),
+            ("deep", lambda d: base_law(d) - 0.8 * d / 4e6),
+        )
+    )
+    assert plot.has_budget_speedups(results)
+    plot.plot_budget_speedup(results, tmp_path / "b.png")
+    (ax,) = drawn[-1].axes
+    assert ax.get_xscale() == "log"
+    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["mousse", "copy", "deep", "muon (baseline)"]
+    colors = plot.variant_colors(["muon", "mousse", "copy", "deep"], "muon")
+    points = {}  # (variant, budget) -> (speedup drawn, marker, filled)
+    for line in ax.get_lines():
+        if line.get_marker() in ("o", "D", "^"):
+            variant = next(v for v, c in colors.items() if c == line.get_color())
+            budget = min(MULTIPLES, key=lambda m: abs(math.log(m / line.get_xdata()[0])))
+            filled = line.get_markerfacecolor() != "white"
+            points[variant, budget] = (line.get_ydata()[0], line.get_marker(), filled)
+    assert points["mousse", 1][0] == pytest.approx(1.3, abs=0.01)
+    assert [points["mousse", m][1:] for m in MULTIPLES] == [("o", True)] * 3 + [("D", True)]
+    assert not any(points["copy", m][2] for m in MULTIPLES)  # every interval holds 1
+    top, marker, _ = points["deep", 2]
+    assert marker == "^" and top >= max(y for y, _, _ in points.values())
+    assert [t.get_text() for t in ax.texts] == ["∞"]
+    assert "L(D) = 300 D^-0.4" in drawn[-1].get_supxlabel()
+
+
+def test_report_plot_draws_the_budget_figure_beside_the_curves(budget_results, tmp_path):
+    pytest.importorskip("matplotlib")
+    res = invoke_cli("report", budget_results, "--plot", tmp_path / "f.png")
+    assert res.exit_code == 0 and "speedup vs budget: " in res.stderr, res
+    assert (tmp_path / "f-budgets.png").stat().st_size > 0
+    res = invoke_cli("report", results_file(tmp_path / "plain.json"), "--plot", tmp_path / "g.png")
+    assert res.exit_code == 0 and not (tmp_path / "g-budgets.png").exists(), res
