@@ -16,7 +16,12 @@ from support.results import record, results_file
 from mousse.experiments.expect import check
 from mousse.experiments.results import summarize
 from mousse.experiments.stats import PowerLaw, fit_power_law, quantile
-from mousse.experiments.table_rows import budget_speedup_rows, render
+from mousse.experiments.table_rows import (
+    budget_speedup_notes,
+    budget_speedup_rows,
+    render,
+    render_scaled,
+)
 from mousse.train.fileio import dumps
 
 TOKENS = [20 * 1e5 * m for m in (0.25, 0.5, 1, 2)]  # 4 budgets of a 100k-parameter model
@@ -194,6 +199,18 @@ def test_fewer_than_four_budgets_give_a_note_and_no_speedups():
     assert "no speedup from budgets: " in render(results, "markdown")
 
 
+def test_a_baseline_without_budgets_gives_a_note_not_a_crash():
+    """Variants ran with --budgets, the baseline's runs without: no law, said so."""
+    records = ablation(("mousse", base_law))
+    for r in records[:3]:
+        del r["budgets"]
+    results = summarize(records)
+    assert results["variants"][0]["budget_fit"]["note"].startswith("the baseline completed 0")
+    notes = budget_speedup_notes(results)
+    assert len(notes) == 1 and notes[0].startswith("no speedup from budgets: ")
+    assert "| mousse | — | — | — | — |" in render(results, "markdown")
+
+
 def test_a_baseline_seed_without_every_budget_is_left_out_of_the_fit():
     records = ablation(("mousse", lambda d: base_law(1.3 * d)))
     records[2] = budget_record("muon", 2, base_law, baseline=True, failed=(0.5,))
@@ -367,3 +384,15 @@ def test_report_plot_draws_the_budget_figure_beside_the_curves(budget_results, t
     assert (tmp_path / "f-budgets.png").stat().st_size > 0
     res = invoke_cli("report", results_file(tmp_path / "plain.json"), "--plot", tmp_path / "g.png")
     assert res.exit_code == 0 and not (tmp_path / "g-budgets.png").exists(), res
+
+
+def test_several_presets_share_one_csv_header_with_every_budget():
+    """A preset without budgets beside one with them: one header, its budget cells empty."""
+    with_budgets = summarize(ablation(("mousse", lambda d: base_law(1.3 * d)), noise=(0.0,) * 3))
+    without = summarize([record("muon", [2.0, 1.5], baseline=True), record("mousse", [2.0, 1.4])])
+    table = list(
+        csv.DictReader(io.StringIO(render_scaled({"small": with_budgets, "tiny": without}, "csv")))
+    )
+    mousse = {r["preset"]: r for r in table if r["variant"] == "mousse"}
+    assert float(mousse["small"]["speedup_at_1x"]) == pytest.approx(1.3)
+    assert mousse["tiny"]["speedup_at_1x"] == ""

@@ -541,16 +541,14 @@ def budget_speedup_rows(results: dict) -> tuple[list[str], list[dict]]:
 
 
 def budget_speedup_notes(results: dict) -> list[str]:
-    """How the speedup-vs-budget table was read: the baseline's law (or why there is none), the
-    seeds it left out, and what the interval, "(extrapolated)" and ∞ mean."""
+    """How the speedup-vs-budget table was read: the baseline's law, the seeds it left out, and
+    what the interval, "(extrapolated)" and ∞ mean; or why there is no law."""
     fit = next((v["budget_fit"] for v in results["variants"] if v.get("budget_fit")), None)
     if fit is None:
         return ["no baseline with budgets: no law to read speedups from"]
-    notes = []
     if fit["fit"] is None:
-        notes.append(f"no speedup from budgets: {fit['note']}")
-    else:
-        notes.append(_law_text(results["baseline"], fit))
+        return [f"no speedup from budgets: {fit['note']}"]
+    notes = [_law_text(results["baseline"], fit)]
     if fit["left_out"]:
         notes.append(
             f"baseline seeds left out of the fit (a budget did not complete): "
