@@ -43,6 +43,24 @@ def read_plan(plan_file: Path, fix: str) -> AblationPlan:
         raise ConfigError(f"{plan_file} is damaged ({exc}); {fix}") from None
 
 
+def _shared_seeds(plan: AblationPlan) -> list[int]:
+    """The seeds a plan both tunes and compares on (only plans made before tuning seeds were
+    kept apart have any)."""
+    return sorted(set((plan.tune or {}).get("seeds", ())) & set(plan.seeds))
+
+
+def _tuned_on_compared(saved: AblationPlan) -> str | None:
+    """Why a dir's plan from before tuning seeds were kept apart is not this command's: it
+    tuned on comparison seeds (`mousse report` still reads it)."""
+    shared = _shared_seeds(saved)
+    if not shared:
+        return None
+    return (
+        f"it tunes on seeds {shared}, which it also compares on, as ablations did before "
+        "tuning seeds were kept apart; `mousse report` still reads it"
+    )
+
+
 @dataclass(frozen=True)
 class RunSkipped:
     """A run that had already finished in this ablation dir."""
@@ -142,7 +160,7 @@ class Ablation:
                 "--ablation-dir",
             )
             if saved.defining() != self.plan.defining() and not self.plan.adds_seeds_to(saved):
-                change = self.plan.setting_change(saved)
+                change = self.plan.setting_change(saved) or _tuned_on_compared(saved)
                 raise ConfigError(
                     f"{self.dir} holds a different ablation plan"
                     + (f" ({change})" if change else "")
@@ -338,6 +356,7 @@ class Ablation:
             "tuned": self.tune.knobs if self.tune else [],
             "tune_seeds": list(self.tune.seeds) if self.tune else [],
             "seeds": list(self.plan.seeds),
+            "tune_seeds_apart": None if self.tune is None else not _shared_seeds(self.plan),
         }
         out = apply_timing_pass(out, self.read_timing(out))
         if states:

@@ -8,8 +8,9 @@ the runner trains them and asks again.
 
 - A phase tries every value of its grid with the knobs of earlier phases at their chosen values,
   on the tuning seeds, at the full budget, and keeps the value with the lowest mean final val loss
-  (a diverged or failed run counts as infinitely bad). Ties go to the value nearest the grid's
-  centre, then to the smaller value.
+  (a diverged or failed run counts as infinitely bad); each value's spread over the tuning seeds
+  is recorded beside its mean. Ties go to the value nearest the grid's centre, then to the
+  smaller value. The tuning seeds are none of the comparison's (`TUNE_SEED_BASE`).
 - Numeric grids: when the best value is at an edge, the grid grows by one step that way (the ratio
   of the last two values when all are positive, else their difference) until the best is interior,
   the next value would leave the knob's range, or `max_extensions` steps were added; the knob is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 
 from mousse.train.config import (
@@ -36,6 +38,9 @@ from mousse.train.config import (
 DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 MAX_EXTENSIONS = 3
+# Tuning seeds count from here, comparison seeds from 0: a count of either (--tune-seeds 2,
+# --seeds 3) never names a seed of the other, so no comparison run is one a choice was made on.
+TUNE_SEED_BASE = 1000
 TUNABLE = tuple(k for k in FIELD_TYPES if k != "seed" and k not in VIEW_SETTINGS)
 
 
@@ -45,7 +50,7 @@ class TuneSpec:
     tuning seeds and the cap on grid extensions per phase."""
 
     phases: tuple[tuple[str, tuple | None], ...]
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (TUNE_SEED_BASE,)
     max_extensions: int = MAX_EXTENSIONS
 
     @property
@@ -202,6 +207,7 @@ class Phase:
     knob: str
     grid: list
     losses: dict = field(default_factory=dict)  # value -> mean final val loss (inf: diverged)
+    spreads: dict = field(default_factory=dict)  # value -> its standard deviation over seeds
     chosen: object = None
     at_edge: bool = False
     extensions: int = 0
@@ -212,6 +218,7 @@ class Phase:
             "knob": self.knob,
             "grid": list(self.grid),
             "losses": [finite(self.losses.get(v)) for v in self.grid],
+            "spreads": [self.spreads.get(v) for v in self.grid],
             "diverged": [v for v in self.grid if self.losses.get(v) == math.inf],
             "chosen": self.chosen,
             "at_edge": self.at_edge,
@@ -277,6 +284,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                     needed += missing
                 else:
                     phase.losses[value] = sum(results) / len(results)
+                    phase.spreads[value] = spread(results)
             if needed:
                 return TuningState(variant, phases, needed, False)
             centre_index = _centre_index(phase.grid, centre.get(knob))
@@ -295,6 +303,14 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
             chosen[knob] = best
             break
     return TuningState(variant, phases, [], True)
+
+
+def spread(losses: list[float]) -> float | None:
+    """The standard deviation of a candidate's losses over its tuning seeds: how far apart two
+    candidates must be to be told apart (None with one seed, or when a run diverged)."""
+    if len(losses) < 2 or not all(math.isfinite(x) for x in losses):
+        return None
+    return statistics.stdev(losses)
 
 
 def sort_key(value):
