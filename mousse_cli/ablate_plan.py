@@ -291,6 +291,8 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
         soft_wrap=True,
     )
     console.print(tune_seed_text(len(tune.seeds)), highlight=False, soft_wrap=True)
+    if ablation.budgets:
+        console.print(budget_tuning_text(ablation.budgets), highlight=False, soft_wrap=True)
     for name, variant in plan.variants.items():
         phases = "; ".join(f"{k} {'/'.join(fmt_value(v) for v in grid)}" for k, grid in grids[name])
         console.print(
@@ -317,6 +319,17 @@ def tune_seed_text(n: int) -> str:
         f"was made on; each candidate value scores the mean of {counted(n, 'tuning seed')} "
         "(--tune-seeds N averages N, at N times the tuning runs"
         + ("; the default 1 keeps one run per candidate)" if n == 1 else ")")
+    )
+
+
+def budget_tuning_text(budgets: list[float]) -> str:
+    """How a --budgets plan tunes: each budget's choice from the same runs, and what the
+    comparison then trains."""
+    listed = ", ".join(f"{b:g}" for b in budgets)
+    return (
+        f"each variant's values are chosen per budget ({listed}) from the same tuning runs, "
+        "each of which yields every budget; the comparison trains every variant and seed once "
+        "per distinct choice, and each budget reads the runs at its own"
     )
 
 

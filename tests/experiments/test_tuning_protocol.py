@@ -4,8 +4,10 @@ seeds, each candidate's spread over its tuning seeds, and the seeds a paired tes
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 from support.cli import assert_one_line_error, invoke_cli
@@ -17,7 +19,15 @@ from mousse.experiments.results import summarize, with_power
 from mousse.experiments.stats import seeds_for_power
 from mousse.experiments.sweep import Ablation
 from mousse.experiments.table_rows import power_note, render, tuning_rows, tuning_seed_notes
-from mousse.experiments.tuning import TUNE_SEED_BASE, TuneSpec, parse_tune, tune_variant
+from mousse.experiments.tuning import (
+    TUNE_SEED_BASE,
+    TuneSpec,
+    budget_score,
+    needed_by_budget,
+    parse_tune,
+    tune_by_budget,
+    tune_variant,
+)
 from mousse.train import tomlio
 from mousse.train.config import ConfigError
 
@@ -163,3 +173,120 @@ def test_results_and_tables_give_the_seeds_for_power_per_variant():
     assert with_power(older)["variants"] == results["variants"]
     one = summarize(_three_seeds({"muon": (1.5,), "mousse": (1.4,)}))
     assert power_note(one) is None
+
+
+# ---- lr per budget (`--budgets`), from the same tuning runs ------------------------------------
+
+BUDGETS = (0.5, 2.0)
+
+
+def _budget_summary(losses: dict[float, float | None], status: str = "completed") -> dict:
+    """A run's summary with a final loss per budget (None: that budget's branch diverged); the
+    run's own final loss is its largest budget's."""
+    final = losses[max(losses)]
+    return {
+        "status": status,
+        "final_val_loss": final,
+        "steps": 100,
+        "curve": [{"step": 100, "val_loss": final, "seconds": 1.0}],
+        "budgets": [
+            {
+                "budget": b,
+                "steps": int(50 * b),
+                "status": "completed" if loss is not None else "diverged",
+                "final_val_loss": loss,
+            }
+            for b, loss in losses.items()
+        ],
+    }
+
+
+def test_budget_score_reads_each_budgets_own_loss():
+    summary = _budget_summary({0.5: 1.4, 2.0: None})
+    assert budget_score(summary, 0.5) == 1.4
+    assert budget_score(summary, 2.0) == math.inf  # its branch diverged
+    assert budget_score(summary, 1.0) == math.inf  # the run never reached it
+    assert budget_score({**summary, "status": "running"}, 0.5) is None  # no result yet
+    assert budget_score(None, 0.5) is None
+
+
+def _loss(lr: float, budget: float, seed: int = 0) -> float:
+    """Best lr 0.04 at budget 0.5, 0.02 at budget 2 (longer runs want a smaller lr)."""
+    best = 0.04 if budget < 1 else 0.02
+    return 2.0 / budget + abs(math.log2(lr / best)) + 0.001 * seed
+
+
+def test_each_budget_chooses_its_own_lr_from_the_same_tuning_runs():
+    spec = TuneSpec((("lr", (0.01, 0.02, 0.04)),), (1000,), 3)
+    summaries = {lr: _budget_summary({b: _loss(lr, b) for b in BUDGETS}) for lr in (0.01, 0.02)}
+    summary_of = lambda values, seed: summaries.get(values["lr"])
+    states = tune_by_budget("muon", {"lr": 0.02}, spec, summary_of, SETTING_CHOICES, BUDGETS)
+    # 0.04 is missing: both budgets need it, asked once
+    assert needed_by_budget(states) == [({"lr": 0.04}, 1000)]
+    summaries[0.04] = _budget_summary({b: _loss(0.04, b) for b in BUDGETS})
+    states = tune_by_budget("muon", {"lr": 0.02}, spec, summary_of, SETTING_CHOICES, BUDGETS)
+    # at budget 0.5 the best is the grid's top: it grows to 0.08 there only
+    assert states[2.0].done and states[2.0].tuned == {"lr": 0.02}
+    assert needed_by_budget(states) == [({"lr": 0.08}, 1000)]
+    summaries[0.08] = _budget_summary({b: _loss(0.08, b) for b in BUDGETS})
+    states = tune_by_budget("muon", {"lr": 0.02}, spec, summary_of, SETTING_CHOICES, BUDGETS)
+    assert states[0.5].tuned == {"lr": 0.04} and states[2.0].tuned == {"lr": 0.02}
+    assert states[0.5].phases[0].grid == [0.01, 0.02, 0.04, 0.08]
+
+
+def _budget_ablation(tmp_path) -> Ablation:
+    """A tuned plan whose runs each yield budgets 0.5 and 2 (as `--budgets 0.5,2` plans it)."""
+    plan = plan_ablation(
+        {"alpha": [0.0]}, base={"preset": "tiny"}, seeds=2, tune=_tune("lr=0.01,0.02,0.04")
+    )
+    return Ablation(replace(plan, base={**plan.base, "budgets": list(BUDGETS)}), tmp_path / "a")
+
+
+def _write(ab: Ablation, run, losses: dict[float, float]) -> None:
+    ab.run_dir(run).mkdir(parents=True, exist_ok=True)
+    (ab.run_dir(run) / "summary.json").write_text(json.dumps(_budget_summary(losses)))
+
+
+def test_a_budgets_ablation_compares_each_budget_at_its_own_lr(tmp_path):
+    """Tuning runs yield every budget; each budget picks its lr; the comparison trains each
+    variant and seed once per distinct lr, and each budget reads the runs at its own lr."""
+    ab = _budget_ablation(tmp_path)
+    assert ab.budgets == [0.5, 2.0]
+    trained = []
+    while wanted := ab.wanted():
+        for run in wanted:
+            trained.append(run.name)
+            _write(ab, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in BUDGETS})
+    assert len(trained) == len(set(trained)) <= ab.upper_bound_runs()
+    for budget, lr in ((0.5, 0.04), (2.0, 0.02)):
+        runs = ab.budget_runs(budget)
+        assert {(r.seed, r.knobs["lr"]) for r in runs} == {(s, lr) for s in (0, 1)} and all(
+            "@" in r.name for r in runs
+        )
+    # one comparison run per variant, seed and distinct lr: 3 variants x 2 seeds x 2 lrs
+    assert len(ab.final_runs()) == 12
+    results = ab.results()
+    (mousse,) = [v for v in results["variants"] if v["variant"] == "mousse"]
+    assert mousse["tuned"] == {"lr": 0.02}  # the largest budget's, the runs' full length
+    assert [(t["budget"], t["tuned"]) for t in mousse["tuned_by_budget"]] == [
+        (0.5, {"lr": 0.04}),
+        (2.0, {"lr": 0.02}),
+    ]
+    assert {r["name"] for r in results["runs"]} == {r.name for r in ab.budget_runs(2.0)}
+
+
+def test_budgets_that_choose_alike_share_their_comparison_runs(tmp_path):
+    ab = _budget_ablation(tmp_path)
+    while wanted := ab.wanted():
+        for run in wanted:
+            _write(ab, run, {b: _loss(run.knobs["lr"], 2.0, run.seed) + b for b in BUDGETS})
+    assert ab.budget_runs(0.5) == ab.budget_runs(2.0)
+    assert len(ab.final_runs()) == 6  # 3 variants x 2 seeds
+
+
+def test_the_plan_says_how_a_budgets_ablation_tunes_and_compares():
+    from mousse_cli.ablate_plan import budget_tuning_text
+
+    text = budget_tuning_text([0.25, 0.5, 1.0, 2.0])
+    assert "chosen per budget (0.25, 0.5, 1, 2) from the same tuning runs" in text
+    assert "once per distinct choice" in text

@@ -34,6 +34,7 @@ from mousse.train.config import (
     coerce,
     in_range,
 )
+from mousse.train.rundir import FINISHED
 
 DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -330,16 +331,63 @@ def _centre_index(grid: list, centre) -> float:
     return (len(grid) - 1) / 2
 
 
-def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict) -> int:
+def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict, budgets: int = 1) -> int:
     """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
     the extensions a numeric phase may add, less the run of the variant's own value in a later
-    phase (an earlier phase trained it: `same_runs`)."""
-    return sum(
-        (
-            len(grid)
-            + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0)
-            - (i > 0 and knob in centre and centre[knob] in grid)
+    phase (an earlier phase trained it: `same_runs`). With several `budgets` chosen from the same
+    runs (`tune_by_budget`) the first phase's grid may grow both ways, one budget's choice at
+    each edge, and every later phase may run once per budget (each starts from its budget's
+    choice)."""
+    total = 0
+    for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids, strict=True)):
+        grows = spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0
+        if i == 0 and budgets > 1:
+            grows *= 2
+        runs = len(grid) + grows - (i > 0 and knob in centre and centre[knob] in grid)
+        total += runs * len(spec.seeds) * (budgets if i > 0 else 1)
+    return total
+
+
+# ---- budgets (`--budgets`) -----------------------------------------------------------------------
+
+
+def budget_score(summary: dict | None, budget: float) -> float | None:
+    """A finished run's score for tuning at one of its budgets (`--budgets`): that budget's final
+    val loss from the summary's "budgets" list, inf when its branch did not complete (diverged,
+    failed, or never reached because the run ended first), None while the run has no result."""
+    if not summary or summary.get("status") not in (*FINISHED, "failed"):
+        return None
+    entry: dict = next((b for b in summary.get("budgets") or () if b.get("budget") == budget), {})
+    loss = entry.get("final_val_loss")
+    if entry.get("status") != "completed" or loss is None or not math.isfinite(loss):
+        return math.inf
+    return float(loss)
+
+
+def tune_by_budget(
+    variant: str, centre: dict, spec: TuneSpec, summary_of, choices: dict, budgets
+) -> dict[float, TuningState]:
+    """One variant's tuning replayed once per budget over the same tuning runs: every run of a
+    `--budgets` ablation yields a final loss per budget, and each budget's choice reads its own
+    (`records.budget_score`). `summary_of(values, seed)` is the summary of the run with those
+    tuned values, or None. The runs still needed are those of every budget (`needed_by_budget`):
+    a grid may grow at one budget and not at another, and a later phase starts from each
+    budget's own choice."""
+    return {
+        b: tune_variant(
+            variant,
+            centre,
+            spec,
+            lambda values, seed, b=b: budget_score(summary_of(values, seed), b),
+            choices,
         )
-        * len(spec.seeds)
-        for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids, strict=True))
-    )
+        for b in budgets
+    }
+
+
+def needed_by_budget(states: dict[float, TuningState]) -> list[tuple[dict, int]]:
+    """The (tuned values, seed) runs any budget's tuning still needs, each once, in order."""
+    out: list[tuple[dict, int]] = []
+    for state in states.values():
+        out += [run for run in state.needed if run not in out]
+    return out
