@@ -194,6 +194,12 @@ def power_note(results: dict) -> str | None:
     )
 
 
+def _power_paragraph(results: dict) -> str:
+    """`power_note` as a markdown paragraph under the convergence table (empty without one)."""
+    note = power_note(results)
+    return f"{note[0].upper()}{note[1:]}.\n\n" if note else ""
+
+
 def precision_note(results: dict) -> str | None:
     """The arithmetic the runs trained in (None for results from before runs recorded it)."""
     precisions = results.get("precisions") or []
@@ -512,7 +518,7 @@ def _markdown(results: dict) -> str:
         if target is not None
         else "No completed baseline run: no target, deltas or overheads."
     )
-    for extra in (precision_note(results), regime_note(results), power_note(results)):
+    for extra in (precision_note(results), regime_note(results)):
         if extra:
             note += f" {extra[0].upper()}{extra[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
@@ -520,6 +526,7 @@ def _markdown(results: dict) -> str:
     return (
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
+        + _power_paragraph(results)
         + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
         + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
         + "".join(f"\n{n}.\n" for n in timing_notes(results))
