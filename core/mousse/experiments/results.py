@@ -178,25 +178,12 @@ def _seeds_for_power(diffs: list[float]) -> int | None:
 
 
 def with_power(results: dict) -> dict:
-    """A results object with every variant's `paired_seeds_for_power`, from its run rows: for
-    results files written before the key existed (those that have it are returned as they are)."""
+    """A results object with every variant's `paired_seeds_for_power` (`add_paired`, from its
+    run rows): for results files written before the key existed; those that have it are
+    returned as they are."""
     if all("paired_seeds_for_power" in v for v in results["variants"]):
         return results
-    base = seed_losses(results["runs"], results["baseline"]) if results["baseline"] else {}
-    return {
-        **results,
-        "variants": [
-            {
-                **v,
-                "paired_seeds_for_power": None
-                if v["is_baseline"]
-                else _seeds_for_power(
-                    paired_differences(seed_losses(results["runs"], v["variant"]), base)
-                ),
-            }
-            for v in results["variants"]
-        ],
-    }
+    return add_paired({**results, "variants": [dict(v) for v in results["variants"]]})
 
 
 def _baseline_variant(records: list, baseline_name: str | None) -> str | None:
