@@ -102,7 +102,7 @@ TUNE = typer.Option(
 TUNE_SEEDS = typer.Option(
     None,
     "--tune-seeds",
-    help="Seeds each tuning run is averaged over (a count or a list; default 1).",
+    help="Tuning seeds each candidate value is averaged over: a count N (seeds 1000 to 1000+N-1, apart from the comparison seeds) or a list of seeds none of which --seeds holds; default 1.",
     rich_help_panel=PLAN_PANEL,
 )
 WAIT = typer.Option(

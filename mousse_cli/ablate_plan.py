@@ -56,11 +56,11 @@ def read_setup(overrides: dict, spec: Path | None, config: Path | None, tune, tu
 def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dict | None:
     """The spec file's tuning, with --tune replacing its knobs and --tune-seeds its seeds."""
     from mousse.experiments.inputs import SETTING_CHOICES, parse_seeds, tune_spec
-    from mousse.experiments.tuning import parse_tune
+    from mousse.experiments.tuning import TUNE_SEED_BASE, parse_tune
 
     if tune is None and tune_seeds is None:
         return saved
-    saved = saved or {"knobs": [], "grids": {}, "seeds": [0]}
+    saved = saved or {"knobs": [], "grids": {}, "seeds": [TUNE_SEED_BASE]}
     phases = (
         parse_tune(tune, SETTING_CHOICES)
         if tune is not None
@@ -68,7 +68,7 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
     )
     return tune_spec(
         phases,
-        parse_seeds(tune_seeds) if tune_seeds else saved["seeds"],
+        parse_seeds(tune_seeds, TUNE_SEED_BASE, "--tune-seeds") if tune_seeds else saved["seeds"],
         saved.get("max_extensions"),
     )
 
@@ -284,12 +284,15 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
     plan, tune, grids = ablation.plan, ablation.tune, ablation.grids()
     console.print(
         f"[bold]mousse ablate[/]: {counted(len(plan.variants), 'variant')}, each tuned "
-        f"({', '.join(tune.knobs)}; seeds {list(tune.seeds)} per tuning run), then "
+        f"({', '.join(tune.knobs)}) on tuning seeds {list(tune.seeds)}, then "
         f"compared over seeds {plan.seeds}{f', shard {shard}' if shard else ''} in "
         f"{escape(str(ablation.dir))}",
         highlight=False,
         soft_wrap=True,
     )
+    console.print(tune_seed_text(len(tune.seeds)), highlight=False, soft_wrap=True)
+    if ablation.budgets:
+        console.print(budget_tuning_text(ablation.budgets), highlight=False, soft_wrap=True)
     for name, variant in plan.variants.items():
         phases = "; ".join(f"{k} {'/'.join(fmt_value(v) for v in grid)}" for k, grid in grids[name])
         console.print(
@@ -303,6 +306,30 @@ def _show_tuned_plan(ablation, shard: str | None) -> None:
         f"at most {counted(ablation.upper_bound_runs(), 'run')}, grid extensions included",
         highlight=False,
         soft_wrap=True,
+    )
+
+
+def tune_seed_text(n: int) -> str:
+    """How the plan's tuning seeds stand to its comparison seeds, and what --tune-seeds costs."""
+    from mousse.experiments.tuning import TUNE_SEED_BASE
+
+    return (
+        "tuning seeds are kept apart from the comparison seeds (a count of them starts at "
+        f"{TUNE_SEED_BASE}, comparison seeds at 0), so no comparison run is one a tuning choice "
+        f"was made on; each candidate value scores the mean of {counted(n, 'tuning seed')} "
+        "(--tune-seeds N averages N, at N times the tuning runs"
+        + ("; the default 1 keeps one run per candidate)" if n == 1 else ")")
+    )
+
+
+def budget_tuning_text(budgets: list[float]) -> str:
+    """How a --budgets plan tunes: each budget's choice from the same runs, and what the
+    comparison then trains."""
+    listed = ", ".join(f"{b:g}" for b in budgets)
+    return (
+        f"each variant's values are chosen per budget ({listed}) from the same tuning runs, "
+        "each of which yields every budget; the comparison trains every variant and seed once "
+        "per distinct choice, and each budget reads the runs at its own"
     )
 
 

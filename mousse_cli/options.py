@@ -172,7 +172,7 @@ TRAIN_FLAGS: dict[str, tuple] = {
         int | None,
         typer.Option(
             None,
-            help="Checkpoint every N steps, and at the end (default: the preset's: at the end only for tiny and small, every 100 steps for medium, 10m and 30m, 500 for the paper presets).",
+            help="Checkpoint every N steps, and at the end (default: the preset's: at the end only for tiny and small, every 100 steps for medium, 1.4m and 2.2m, 500 for the paper presets).",
         ),
     ),
     "keep_checkpoints": (int | None, typer.Option(None, help="Checkpoints kept per run (2).")),

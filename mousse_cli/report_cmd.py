@@ -116,7 +116,7 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
     the file holds when asked (no curves: the forest plot and the tuning curves)."""
-    from mousse.experiments.results import with_delta_intervals
+    from mousse.experiments.results import with_delta_intervals, with_power
 
     if retime:
         raise ConfigError("--retime needs the ablation dir, not a results file")
@@ -124,7 +124,7 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
         data = read_json(path)
         scaled = "scale" in data
         by_preset = {
-            preset: with_delta_intervals(results)
+            preset: with_power(with_delta_intervals(results))
             for preset, results in (data["presets"] if scaled else {None: data}).items()
         }
     except (ValueError, KeyError, TypeError, AttributeError):

@@ -39,6 +39,7 @@ def results_tables(results: dict):
         TIMING_COLUMNS,
         TUNING_COLUMNS,
         convergence_rows,
+        power_note,
         precision_note,
         protocol_notes,
         regime_note,
@@ -56,7 +57,7 @@ def results_tables(results: dict):
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )
-    for extra in (precision_note(results), regime_note(results)):
+    for extra in (precision_note(results), regime_note(results), power_note(results)):
         if extra:
             caption += f"; {escape(extra)}"
     caption += "".join(

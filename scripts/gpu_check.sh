@@ -15,12 +15,16 @@
 #   train  `mousse bench --device cuda --preset 160m --train --steps N`: whole 160m training steps,
 #          Muon vs Mousse (fwd+bwd and optimizer split, peak memory); N = $GPU_CHECK_STEPS (10)
 #   scale  (only when asked) the tuned decisive set, ablations/decisive.toml (Muon, Mousse Nesterov,
-#          Mousse heavy-ball; lr tuned, 3 seeds), on small and the GPU ladder in turn, as many as
-#          fit the time limit: OUT/scale-PRESET/ (ablation dir), OUT/scale-PRESET.md (tables of
-#          whatever finished), and a line per preset in OUT/scale.txt (done, stopped at the time
-#          limit with what finished, or not run). $GPU_CHECK_SCALE_PRESETS (small,10m,30m),
-#          $GPU_CHECK_PARALLEL (4 runs at a time), $GPU_CHECK_DEVICE (cuda) and
-#          $GPU_CHECK_SCALE_ARGS (extra `ablate` flags, e.g. fewer steps for a dry run) change it.
+#          Mousse heavy-ball; lr tuned per budget on its own seed, 3 comparison seeds), on the GPU
+#          ladder's rungs in turn, each run cooled down at 0.125, 0.25, 0.5 and 1 times 20 tokens
+#          per non-embedding parameter (`--budgets`), as many rungs as fit the time limit (about
+#          5 and 8 minutes, docs/scaling.md): OUT/scale-PRESET/ (ablation dir),
+#          OUT/scale-PRESET.md (tables of whatever finished), and a line per preset in
+#          OUT/scale.txt (done, stopped at the time limit with what finished, or not run).
+#          $GPU_CHECK_SCALE_PRESETS (1.4m,2.2m), $GPU_CHECK_SCALE_BUDGETS (0.125,0.25,0.5,1;
+#          empty: no --budgets, each run at its preset's 1x), $GPU_CHECK_PARALLEL (4 runs at a
+#          time), $GPU_CHECK_DEVICE (cuda) and $GPU_CHECK_SCALE_ARGS (extra `ablate` flags, e.g.
+#          --dry-run) change it.
 # Every part writes into OUTDIR as it goes, under a share of the time limit, so whatever finished
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).
@@ -95,7 +99,9 @@ scale_run() {
   local preset left rc
   local -a extra presets
   read -ra extra <<<"${GPU_CHECK_SCALE_ARGS:-}"
-  IFS=, read -ra presets <<<"${GPU_CHECK_SCALE_PRESETS:-small,10m,30m}"
+  IFS=, read -ra presets <<<"${GPU_CHECK_SCALE_PRESETS:-1.4m,2.2m}"
+  local budgets=${GPU_CHECK_SCALE_BUDGETS-0.125,0.25,0.5,1}
+  [ -n "$budgets" ] && extra=(--budgets "$budgets" "${extra[@]}")
   for preset in "${presets[@]}"; do
     left=$((END - SECONDS - 20))
     if ((left < 30)); then
@@ -103,7 +109,7 @@ scale_run() {
       continue
     fi
     timeout -s TERM -k 60 "$left" "${MOUSSE[@]}" ablate ablations/decisive.toml --preset "$preset" \
-      --device "${GPU_CHECK_DEVICE:-cuda}" --parallel "${GPU_CHECK_PARALLEL:-4}" --max-runs 30 \
+      --device "${GPU_CHECK_DEVICE:-cuda}" --parallel "${GPU_CHECK_PARALLEL:-4}" --max-runs 100 \
       --ablation-dir "$OUT/scale-$preset" "${extra[@]}" >"$OUT/scale-$preset.json" 2>"$OUT/scale-$preset.log"
     rc=$?
     "${MOUSSE[@]}" report "$OUT/scale-$preset" --format markdown >"$OUT/scale-$preset.md" 2>>"$OUT/scale-$preset.log"

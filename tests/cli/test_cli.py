@@ -538,13 +538,13 @@ def test_presets_list_lr_per_optimizer(cli, presets_rows):
     assert not rows["160m"]["momentum_styles"]
     # medium and the GPU ladder start from small's tuned momentum and rule (not tuned there);
     # medium's decisive set tuned its lrs and chose small's
-    tuned_here = ("tiny", "small", "medium", "10m", "30m")
+    tuned_here = ("tiny", "small", "medium", "1.4m", "2.2m")
     for name in tuned_here[2:]:
         assert rows[name]["momenta"] == rows["small"]["momenta"], name
         assert rows[name]["momentum_styles"] == {"mousse": "nesterov"}, name
     assert rows["medium"]["lrs"] == rows["small"]["lrs"]
     assert "tuned on medium" in rows["medium"]["lr_note"]
-    assert rows["10m"]["lrs"]["mousse"] == rows["30m"]["lrs"]["muon"] == 0.06
+    assert rows["1.4m"]["lrs"]["mousse"] == rows["2.2m"]["lrs"]["muon"] == 0.06
     assert all(not rows[name]["momenta"] for name in rows if name not in tuned_here)
 
     res = cli("presets")

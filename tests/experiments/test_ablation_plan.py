@@ -402,7 +402,7 @@ def test_load_spec_tune_table_and_preset_list(tmp_path):
     assert spec["tune"] == {
         "knobs": ["lr", "momentum_style"],
         "grids": {"lr": [0.01, 0.02]},
-        "seeds": [0, 1],
+        "seeds": [1000, 1001],  # a count of tuning seeds starts apart from the comparison's
         "max_extensions": 3,
     }
     path.write_text('[sweep]\nalpha = [0.0]\n[tune]\nknobs = ["lr"]\nlrr = [0.1]\n')

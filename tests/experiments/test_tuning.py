@@ -294,17 +294,24 @@ def _finish_wanted(ablation: Ablation, loss_fn) -> int:
     return len(wanted)
 
 
-def test_runner_tunes_then_compares_and_reuses_the_tuning_seed(tmp_path):
+def test_runner_tunes_on_its_own_seeds_then_compares_on_others(tmp_path):
+    """Tuning runs use seed 1000 only; the comparison runs seeds 0 and 1 at the tuned values,
+    none of them a run a choice was made on (no winner's curse)."""
     ab = _tuned_ablation(tmp_path)
     best = {"muon": 0.04, "mousse": 0.01, "alpha=0.0": 0.02}
     loss = lambda run: 1.0 + abs(math.log2(run.knobs["lr"] / best[run.variant])) + 0.01 * run.seed
     first = ab.wanted()
-    assert len(first) == 9 and all(r.seed == 0 for r in first)
-    assert {r.name for r in first} >= {"muon@lr=0.01-s0", "mousse@lr=0.04-s0"}
-    while _finish_wanted(ab, loss):
-        pass
+    assert len(first) == 9 and all(r.seed == 1000 for r in first)
+    assert {r.name for r in first} >= {"muon@lr=0.01-s1000", "mousse@lr=0.04-s1000"}
+    tuning_runs: set[str] = set()
+    while wanted := ab.wanted():
+        tuning_runs |= {r.name for r in wanted if r.seed == 1000}
+        _finish_wanted(ab, loss)
     finals = ab.final_runs()
     assert {r.name for r in finals} == {f"{v}@lr={best[v]}-s{s}" for v in best for s in (0, 1)}
+    assert not tuning_runs & {r.name for r in finals}
+    # 3 variants x 3 values, one extension each for mousse (0.005) and muon (0.08)
+    assert len(tuning_runs) == 11 and ab.upper_bound_runs() == 3 * (3 + 3) + 3 * 2
     results = ab.results()
     by_name = {v["variant"]: v for v in results["variants"]}
     assert by_name["mousse"]["tuned"] == {"lr": 0.01} and by_name["muon"]["tuned"] == {"lr": 0.04}
@@ -312,7 +319,12 @@ def test_runner_tunes_then_compares_and_reuses_the_tuning_seed(tmp_path):
     assert by_name["mousse"]["tuned_at_edge"] == []
     assert by_name["mousse"]["tuning"][0]["grid"] == [0.005, 0.01, 0.02, 0.04]
     assert by_name["mousse"]["n_seeds"] == 2
-    assert results["protocol"] == {"tuned": ["lr"], "tune_seeds": [0], "seeds": [0, 1]}
+    assert results["protocol"] == {
+        "tuned": ["lr"],
+        "tune_seeds": [1000],
+        "seeds": [0, 1],
+        "tune_seeds_apart": True,
+    }
 
 
 def test_a_finished_tuned_ablation_takes_more_seeds_in_its_own_dir(tmp_path):
@@ -590,7 +602,9 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
         "100",
     )
     assert dry.exit_code == 0
-    assert "at most 30 runs" in dry.stderr  # 3 variants x (5 + 3 extensions + 2 more seeds)
+    # 3 variants x (5 + 3 extensions + 3 comparison seeds, none of them a tuning seed)
+    assert "at most 33 runs" in dry.stderr
+    assert "tuning seeds [1000]" in dry.stderr and "the default 1 keeps" in dry.stderr
     assert "0.03/0.06/0.12/0.24/0.48" in dry.stderr  # around tiny's lr 0.12
     refused = invoke_cli(
         "ablate",
@@ -604,8 +618,8 @@ def test_ablate_tune_dry_run_counts_and_max_runs(tmp_path):
         "--max-runs",
         "20",
     )
-    assert_one_line_error(refused, "up to 30 runs, more than --max-runs 20")
-    # the README's tuned example plans up to 40 runs: within the default guard
+    assert_one_line_error(refused, "up to 33 runs, more than --max-runs 20")
+    # the README's tuned example plans up to 55 runs: within the default guard
     readme = ("--alpha", "0.0,0.125,0.25", "--tune", "lr", "--seeds", "3", "--dry-run")
     assert invoke_cli("ablate", *readme, "--ablation-dir", tmp_path / "b").exit_code == 0
 
@@ -717,8 +731,8 @@ def test_a_variant_keeps_the_knob_it_sweeps_while_the_others_tune_it(tmp_path):
     assert [k for k, _ in grids["momentum_style=heavy_ball"]] == ["lr"]
     assert [k for k, _ in grids["mousse"]] == ["lr", "momentum_style"]
     # lr: 2 values + 3 extensions each; the style phase, for muon and mousse only: its 3 rules
-    # but Nesterov, their own (the lr phase's runs)
-    assert ab.upper_bound_runs() == 3 * 5 + 2 * 2
+    # but Nesterov, their own (the lr phase's runs); then seed 0 at the tuned values
+    assert ab.upper_bound_runs() == 3 * 5 + 2 * 2 + 3
     penalty = {"nesterov": 0.0, "heavy_ball": 0.05, "ema": 0.1}
     while _finish_wanted(
         ab, lambda run: run.knobs["lr"] + penalty[run.knobs.get("momentum_style", "nesterov")]
@@ -743,24 +757,25 @@ def test_same_runs_drops_trailing_knobs_at_the_variants_own_value():
 
 def test_a_phase_does_not_train_again_the_run_of_the_variants_own_value(tmp_path):
     """tiny runs every variant at momentum 0.8: the momentum phase trains 0.9, 0.95 and 0.98
-    only, and a variant tuned to 0.8 compares on the lr phase's run (seed 0) and new seeds named
-    like it; a dir that trained the longer name (before this) keeps using it."""
+    only, and a variant tuned to 0.8 compares on seeds named like the lr phase's run; a dir that
+    trained the longer name (before this) keeps using it."""
     ab = _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04,momentum")
     best = {"muon": 0.8, "mousse": 0.9, "alpha=0.0": 0.8}
     loss = lambda run: (
         abs(math.log2(run.knobs["lr"] / 0.02))
         + abs(run.knobs.get("momentum", 0.8) - best[run.variant])
     )
-    # lr: 3 + 3 extensions; momentum: 4 + 3 extensions less 0.8's run; seed 1
-    assert ab.upper_bound_runs() == 3 * (6 + 6 + 1)
+    # lr: 3 + 3 extensions; momentum: 4 + 3 extensions less 0.8's run; seeds 0 and 1
+    assert ab.upper_bound_runs() == 3 * (6 + 6 + 2)
     assert len(ab.wanted()) == 9
     _finish_wanted(ab, loss)
     phase2 = ab.wanted()
     assert sorted(r.knobs["momentum"] for r in phase2) == sorted([0.9, 0.95, 0.98] * 3)
     while _finish_wanted(ab, loss):
         pass
-    # 3 lrs, 3 new momenta, seed 1; 0.8 at the grid's bottom adds 0.711 for muon and alpha=0.0
-    assert len(list((ab.dir / "runs").iterdir())) == 3 * (3 + 3 + 1) + 2
+    # 3 lrs, 3 new momenta, seeds 0 and 1; 0.8 at the grid's bottom adds 0.711 for muon and
+    # alpha=0.0
+    assert len(list((ab.dir / "runs").iterdir())) == 3 * (3 + 3 + 2) + 2
     finals = {r.name for r in ab.final_runs()}
     assert {"muon@lr=0.02-s0", "muon@lr=0.02-s1", "mousse@lr=0.02+momentum=0.9-s1"} <= finals
     assert {v["variant"]: v["tuned"] for v in ab.results()["variants"]}["muon"] == {

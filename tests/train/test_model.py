@@ -17,10 +17,32 @@ def test_paper_param_counts(name, millions):
     assert round(param_count(get_preset(name)) / 1e6, 1) == millions
 
 
-@pytest.mark.parametrize("name, millions", [("medium", 3.3), ("10m", 10.8), ("30m", 31.7)])
+@pytest.mark.parametrize("name, millions", [("medium", 3.3), ("1.4m", 1.4), ("2.2m", 2.2)])
 def test_scale_ladder_param_counts(name, millions):
-    """The third CPU scale and the GPU ladder fill the gap between small (0.85M) and 160m."""
+    """The third CPU scale and the GPU ladder's rungs above small (0.85M), each named for its
+    parameters."""
     assert round(param_count(get_preset(name)) / 1e6, 1) == millions
+
+
+@pytest.mark.parametrize("name", ["1.4m", "2.2m"])
+def test_the_gpu_ladder_trains_at_1x_within_4_epochs_of_the_builtin_corpus(name):
+    """Each rung's steps are 1x the compute-optimal budget (20 tokens per non-embedding
+    parameter, the first step that reaches it), and that stays within 4 epochs of the builtin
+    corpus (beyond 4, repeated data stops paying)."""
+    from mousse.train.budget import MAX_EPOCHS, gpt_non_embedding_params
+    from mousse.train.data import load_dataset
+
+    preset = get_preset(name)
+    tokens = 20 * gpt_non_embedding_params(preset.model_config())
+    per_step = preset.tokens_per_step
+    assert (preset.steps - 1) * per_step < tokens <= preset.steps * per_step
+    assert preset.steps * per_step < MAX_EPOCHS * len(load_dataset("builtin").train)
+
+
+def test_the_old_ladder_names_are_refused_with_the_new_ones():
+    for old in ("10m", "30m"):
+        with pytest.raises(ValueError, match=r"gone: .*--preset 1\.4m \(was 10m\)"):
+            get_preset(old)
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "160m"])
@@ -33,13 +55,13 @@ def test_cpu_presets_are_byte_level_and_consistent():
     for p in PRESETS.values():
         assert p.grad_accum * p.micro_batch_size == p.batch_size
         assert p.n_heads * p.head_dim == p.d_model
-    for name in ("tiny", "small", "medium", "10m", "30m"):
+    for name in ("tiny", "small", "medium", "1.4m", "2.2m"):
         assert get_preset(name).vocab_size == 256, name
     assert param_count(get_preset("tiny"), vocab_size=50304) > param_count(get_preset("tiny"))
 
 
 @pytest.mark.parametrize(
-    "name, every", [("tiny", 300), ("small", 600), ("medium", 100), ("10m", 100), ("160m", 500)]
+    "name, every", [("tiny", 300), ("small", 600), ("medium", 100), ("1.4m", 100), ("160m", 500)]
 )
 def test_long_presets_checkpoint_on_the_way_and_a_flag_overrides(name, every):
     """Runs of minutes checkpoint at the end; longer ones every so often, so that a crash or a

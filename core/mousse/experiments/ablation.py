@@ -34,7 +34,7 @@ from mousse.train.config import (
 from mousse.train.estimate import counted
 from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
 
-from .inputs import check_mode, seed_list, typed_settings, typed_sweeps
+from .inputs import check_mode, check_tune_seeds, seed_list, typed_settings, typed_sweeps
 
 BASELINE_KNOBS = {"optimizer": "muon"}
 
@@ -273,7 +273,7 @@ def plan_ablation(
     Muon baseline (same budget) comes first unless `baseline` is False. Every variant runs once per
     seed; names get '-s<seed>' when there are several seeds. With `tune` (a TuneSpec dict) these
     runs are the comparison's skeleton: each variant is tuned first (`tuning`), and its runs are
-    trained at its tuned values.
+    trained at its tuned values, on seeds none of its tuning runs used (`check_tune_seeds`).
     """
     mode = check_mode(mode)
     # view settings (--log) are left out: they change no run, so neither its name nor the plan
@@ -296,6 +296,7 @@ def plan_ablation(
         for name, knobs in variants.items()
     ]
     if tune is not None:
+        check_tune_seeds(seeds, tune["seeds"])
         tune = _with_centres(tune, base, variants, seeds[0])
     return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
 

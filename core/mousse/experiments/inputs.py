@@ -15,7 +15,7 @@ from mousse.train.config import (
     coerce,
 )
 
-from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
+from .tuning import MAX_EXTENSIONS, TUNE_SEED_BASE, TuneSpec, check_phases
 
 MODES = ("one-at-a-time", "grid")
 MAX_SEEDS = 1000
@@ -104,15 +104,15 @@ def parse_sweep_values(knob: str, text: str) -> list:
     return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
 
 
-def seed_list(value) -> list[int]:
-    """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
+def seed_list(value, start: int = 0) -> list[int]:
+    """An int N means seeds start..start+N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
     if (isinstance(value, int) and value > MAX_SEEDS) or (
         not isinstance(value, int) and len(value) > MAX_SEEDS
     ):
         raise ConfigError(f"bad seeds {value!r}: at most {MAX_SEEDS} seeds per variant")
-    seeds = list(range(value)) if isinstance(value, int) else list(value)
+    seeds = list(range(start, start + value)) if isinstance(value, int) else list(value)
     if any(isinstance(s, int) and not 0 <= s < 2**63 for s in seeds):
         raise ConfigError(f"bad seeds {value!r}: each seed must be in [0, 2^63)")
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
@@ -120,19 +120,33 @@ def seed_list(value) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2] (a count); '0,5,7' -> [0, 5, 7]; '5,' -> [5] (a one-seed list)."""
+def parse_seeds(text: str, start: int = 0, flag: str = "--seeds") -> list[int]:
+    """'3' -> [0, 1, 2] (a count, from `start`); '0,5,7' -> [0, 5, 7]; '5,' -> [5] (a one-seed
+    list)."""
     try:
         value = [int(p) for p in text.split(",") if p.strip()] if "," in text else int(text)
     except ValueError:
         raise ConfigError(
-            f"bad --seeds {text!r}: give a count like 3 or a list like 0,5,7"
+            f"bad {flag} {text!r}: give a count like 3 or a list like {start},{start + 5},{start + 7}"
         ) from None
-    return seed_list(value)
+    return seed_list(value, start)
 
 
-def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
-    """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
+def check_tune_seeds(seeds: list[int], tune_seeds: list[int]) -> None:
+    """Refuse tuning seeds that are comparison seeds too: a variant's tuned value would be the one
+    that did best on a seed it is then compared on, which favours it (the winner's curse)."""
+    shared = sorted(set(seeds) & set(tune_seeds))
+    if shared:
+        raise ConfigError(
+            f"tuning seeds {shared} are comparison seeds too (the tuned value would be picked "
+            "on the seeds it is compared on); leave --tune-seeds a count (seeds from "
+            f"{TUNE_SEED_BASE} up) or list seeds outside --seeds"
+        )
+
+
+def tune_spec(phases, seeds=1, max_extensions: int | None = None) -> dict:
+    """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds (a
+    count N: seeds TUNE_SEED_BASE.. TUNE_SEED_BASE+N-1, apart from every comparison seed)."""
     if max_extensions is not None and (
         isinstance(max_extensions, bool)
         or not isinstance(max_extensions, int)
@@ -141,7 +155,7 @@ def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
         raise ConfigError(f"bad max_extensions {max_extensions!r}: need an integer >= 0")
     spec = TuneSpec(
         check_phases(phases, SETTING_CHOICES),
-        tuple(seed_list(seeds)),
+        tuple(seed_list(seeds, TUNE_SEED_BASE)),
         MAX_EXTENSIONS if max_extensions is None else max_extensions,
     )
     return spec.to_dict()

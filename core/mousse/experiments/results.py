@@ -29,6 +29,7 @@ from .stats import (
     paired_bootstrap_ci,
     paired_differences,
     paired_t_test,
+    seeds_for_power,
     speedup,
     steps_to_target,
     welch_interval,
@@ -147,7 +148,8 @@ def seed_losses(runs: list, variant: str) -> dict:
 def add_paired(results: dict) -> dict:
     """Each variant's paired comparison with the baseline, from the results' run rows: the mean
     per-seed difference in final loss, its bootstrap interval, the paired t-test and its p
-    Holm-adjusted over the variants (None for the baseline and without two shared seeds)."""
+    Holm-adjusted over the variants, and the seeds the test would need for 80% power at the
+    observed difference (None for the baseline and without two shared seeds)."""
     base = seed_losses(results["runs"], results["baseline"]) if results["baseline"] else {}
     for v in results["variants"]:
         diffs = (
@@ -160,11 +162,31 @@ def add_paired(results: dict) -> dict:
         v["paired_delta"] = statistics.fmean(diffs) if diffs else None
         v["paired_delta_ci"] = paired_bootstrap_ci(diffs)
         v["paired_t"], v["paired_p"] = _finite(test["t"]), test["p"]
+        v["paired_seeds_for_power"] = _seeds_for_power(diffs)
     paired_holm = holm([v["paired_p"] for v in results["variants"]])
     for v, p in zip(results["variants"], paired_holm, strict=True):
         v["paired_p_holm"] = p
         v["paired_significant"] = None if p is None else p < SIGNIFICANCE_LEVEL
     return results
+
+
+def _seeds_for_power(diffs: list[float]) -> int | None:
+    """The seeds the paired t-test needs for 80% power at the mean and spread of `diffs` (None
+    with fewer than two)."""
+    return (
+        seeds_for_power(statistics.fmean(diffs), statistics.stdev(diffs))
+        if len(diffs) >= 2
+        else None
+    )
+
+
+def with_power(results: dict) -> dict:
+    """A results object with every variant's `paired_seeds_for_power` (`add_paired`, from its
+    run rows): for results files written before the key existed; those that have it are
+    returned as they are."""
+    if all("paired_seeds_for_power" in v for v in results["variants"]):
+        return results
+    return add_paired({**results, "variants": [dict(v) for v in results["variants"]]})
 
 
 def _baseline_variant(records: list, baseline_name: str | None) -> str | None:

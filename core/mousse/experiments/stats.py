@@ -258,6 +258,34 @@ def paired_t_test(diffs: list[float]) -> dict:
     return {"t": t, "df": float(n - 1), "p": t_two_sided_p(t, n - 1)}
 
 
+POWER = 0.8  # the chance a test should have of finding a difference that is there
+
+
+def seeds_for_power(
+    mean_diff: float,
+    sd_diff: float,
+    level: float = SIGNIFICANCE_LEVEL,
+    power: float = POWER,
+    t_correction: bool = True,
+) -> int | None:
+    """The seeds a two-sided paired t-test at `level` needs to find a true mean per-seed
+    difference `mean_diff`, whose differences spread by `sd_diff`, with probability `power`:
+    n = ((z_{1-level/2} + z_{power}) * sd_diff / mean_diff)^2, rounded up (the normal
+    approximation); with `t_correction`, the smallest n from there up at which the formula holds
+    with t quantiles of n - 1 degrees of freedom for the z ones. At least 2; None for no
+    difference (no n suffices)."""
+    if mean_diff == 0 or not math.isfinite(mean_diff) or not math.isfinite(sd_diff):
+        return None
+    ratio = (sd_diff / mean_diff) ** 2
+    normal = statistics.NormalDist()
+    z = normal.inv_cdf(1 - level / 2) + normal.inv_cdf(power)
+    n = max(2, math.ceil(round(z * z * ratio, 9)))
+    t_sum = lambda n: t_quantile(1 - level / 2, n - 1) + t_quantile(power, n - 1)
+    while t_correction and t_sum(n) ** 2 * ratio > n:
+        n += 1
+    return n
+
+
 def paired_bootstrap_ci(
     diffs: list[float], n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
 ) -> list[float] | None:

@@ -25,7 +25,15 @@ from .records import FINISHED, final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
-from .tuning import TuneSpec, TuningState, run_label, same_runs, tune_variant
+from .tuning import (
+    TuneSpec,
+    TuningState,
+    needed_by_budget,
+    run_label,
+    same_runs,
+    tune_by_budget,
+    tune_variant,
+)
 
 NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS); run dirs are named after their runs
 TUNED_SUFFIX = 64  # room a tuned run's '@knob=value+...' label may add
@@ -41,6 +49,34 @@ def read_plan(plan_file: Path, fix: str) -> AblationPlan:
         return AblationPlan.from_dict(tomlio.load(plan_file))
     except (tomlio.TOMLDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{plan_file} is damaged ({exc}); {fix}") from None
+
+
+def _tuning_columns(state: TuningState) -> dict:
+    """A variant's tuning in its results row: the tuned values once done, the knobs tuned at a
+    grid edge, and every phase's record."""
+    return {
+        "tuned": state.tuned if state.done else None,
+        "tuned_at_edge": state.at_edge,
+        "tuning": [p.to_dict() for p in state.phases],
+    }
+
+
+def _shared_seeds(plan: AblationPlan) -> list[int]:
+    """The seeds a plan both tunes and compares on (only plans made before tuning seeds were
+    kept apart have any)."""
+    return sorted(set((plan.tune or {}).get("seeds", ())) & set(plan.seeds))
+
+
+def _tuned_on_compared(saved: AblationPlan) -> str | None:
+    """Why a dir's plan from before tuning seeds were kept apart is not this command's: it
+    tuned on comparison seeds (`mousse report` still reads it)."""
+    shared = _shared_seeds(saved)
+    if not shared:
+        return None
+    return (
+        f"it tunes on seeds {shared}, which it also compares on, as ablations did before "
+        "tuning seeds were kept apart; `mousse report` still reads it"
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +123,16 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
             )
 
 
+def plan_budgets(base: dict) -> list[float] | None:
+    """The budgets each run of a plan yields (`--budgets`: a list, or '0.25,0.5,1'), ascending;
+    None without them."""
+    value = base.get("budgets")
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    return sorted({float(b) for b in parts if str(b).strip()}) or None
+
+
 def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
     """A run's full settings: the plan's base, the run's knobs and its seed."""
     return {**plan.base, **run.knobs, "seed": run.seed}
@@ -99,6 +145,7 @@ class Ablation:
         self.plan = plan
         self.dir = Path(ablation_dir)
         self.tune = TuneSpec.from_dict(plan.tune) if plan.tune else None
+        self.budgets = plan_budgets(plan.base)  # each run's budgets; None: one loss per run
         self.invocation = uuid.uuid4().hex[:12]  # labels the timings this process takes
         self.trained = False  # whether this process trained any run here
         self.busy: set[str] = set()  # runs found locked by another process
@@ -142,7 +189,7 @@ class Ablation:
                 "--ablation-dir",
             )
             if saved.defining() != self.plan.defining() and not self.plan.adds_seeds_to(saved):
-                change = self.plan.setting_change(saved)
+                change = self.plan.setting_change(saved) or _tuned_on_compared(saved)
                 raise ConfigError(
                     f"{self.dir} holds a different ablation plan"
                     + (f" ({change})" if change else "")
@@ -196,7 +243,10 @@ class Ablation:
         return next((r for r in specs if self.run_dir(r).is_dir()), specs[-1])
 
     def tuning(self) -> dict[str, TuningState]:
-        """Every variant's tuning as far as the results on disk decide it."""
+        """Every variant's tuning as far as the results on disk decide it (with budgets: at the
+        largest, each run's full length)."""
+        if self.budgets:
+            return self.budget_tuning()[self.budgets[-1]]
         states = {}
         for name, variant in self.plan.variants.items():
 
@@ -207,6 +257,48 @@ class Ablation:
                 name, self.centre(variant), self.tune_for(variant), lookup, SETTING_CHOICES
             )
         return states
+
+    def budget_tuning(self) -> dict[float, dict[str, TuningState]]:
+        """With budgets: every variant's tuning at each budget, chosen from the same tuning
+        runs (`tuning.tune_by_budget`), as {budget: {variant: state}}."""
+        assert self.budgets  # asked only of a plan with budgets
+        out: dict[float, dict[str, TuningState]] = {b: {} for b in self.budgets}
+        summaries: dict[str, dict | None] = {}  # each run dir read once
+        for name, variant in self.plan.variants.items():
+
+            def summary_of(values, seed, variant=variant):
+                run_dir = self.run_dir(self.tuned_run(variant, values, seed))
+                if run_dir.name not in summaries:
+                    summaries[run_dir.name] = read_summary(run_dir)
+                return summaries[run_dir.name]
+
+            states = tune_by_budget(
+                name,
+                self.centre(variant),
+                self.tune_for(variant),
+                summary_of,
+                SETTING_CHOICES,
+                self.budgets,
+            )
+            for budget, state in states.items():
+                out[budget][name] = state
+        return out
+
+    def budget_runs(
+        self, budget: float, by_budget: dict[float, dict[str, TuningState]] | None = None
+    ) -> list[RunSpec]:
+        """The comparison's runs that `budget`'s results are read from: each variant and seed at
+        that budget's tuned values once its tuning there is done (the plan's run until then).
+        A comparison run shares one lr over all its budgets: when the budgets' choices differ,
+        each distinct choice is a run of its own, and each budget reads the run at its own
+        choice; budgets that chose alike share their runs."""
+        states = (by_budget or self.budget_tuning())[budget]
+        return [
+            self.tuned_run(run, states[run.variant].tuned, run.seed)
+            if states[run.variant].done
+            else run
+            for run in self.plan.runs
+        ]
 
     def grids(self) -> dict[str, list[tuple[str, list]]]:
         """Each variant's (knob, starting grid) per phase of its tuning."""
@@ -239,12 +331,15 @@ class Ablation:
 
         if self.tune is None:
             return len(self.plan.runs)
-        extra = len([s for s in self.plan.seeds if s not in self.tune.seeds])
+        budgets = len(self.budgets or [None])
+        # with budgets, a variant and seed may run once per budget (each at its own choice)
+        extra = len([s for s in self.plan.seeds if s not in self.tune.seeds]) * budgets
         return sum(
             upper_bound_runs(
                 self.tune_for(self.plan.variants[name]),
                 [g for _, g in phases],
                 self.centre(self.plan.variants[name]),
+                budgets,
             )
             + extra
             for name, phases in self.grids().items()
@@ -287,9 +382,13 @@ class Ablation:
 
     def final_runs(self, states: dict[str, TuningState] | None = None) -> list[RunSpec]:
         """The comparison's runs: each variant at its tuned values once its tuning is done (the
-        plan's own runs without tuning)."""
+        plan's own runs without tuning); with budgets, those of every budget, each once."""
         if self.tune is None:
             return list(self.plan.runs)
+        if self.budgets:
+            by_budget = self.budget_tuning()
+            runs = [r for b in self.budgets for r in self.budget_runs(b, by_budget)]
+            return list(dict.fromkeys(runs))
         states = states or self.tuning()
         return [
             self.tuned_run(run, states[run.variant].tuned, run.seed)
@@ -303,20 +402,32 @@ class Ablation:
         current phase and, for tuned variants, the comparison's runs; without those finished."""
         if self.tune is None:
             return self.pending(self.plan.runs)
-        states = self.tuning()
         runs = [
             self.tuned_run(self.plan.variants[name], values, seed)
-            for name, state in states.items()
-            for values, seed in state.needed
+            for name, needed in self._tuning_needed().items()
+            for values, seed in needed
         ]
-        runs += [r for r in self.final_runs(states) if states[r.variant].done]
+        runs += [r for r in self.final_runs() if r not in self.plan.runs]  # the tuned ones
         return self.pending(list(dict.fromkeys(runs)))
+
+    def _tuning_needed(self) -> dict[str, list[tuple[dict, int]]]:
+        """Per variant, the (tuned values, seed) runs its tuning needs now (with budgets, those
+        of any budget's)."""
+        if not self.budgets:
+            return {name: state.needed for name, state in self.tuning().items()}
+        by_budget = self.budget_tuning()
+        return {
+            name: needed_by_budget({b: by_budget[b][name] for b in self.budgets})
+            for name in self.plan.variants
+        }
 
     # ---- results ----------------------------------------------------------------------------
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
-        """The run records of the comparison's runs, as far as they got."""
-        return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
+        """The run records of the comparison's runs, as far as they got (with budgets: those
+        at the largest budget's tuned values, each run's full length)."""
+        runs = self.budget_runs(self.budgets[-1]) if self.budgets else self.final_runs(states)
+        return [record(run, read_summary(self.run_dir(run))) for run in runs]
 
     def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and
@@ -338,14 +449,19 @@ class Ablation:
             "tuned": self.tune.knobs if self.tune else [],
             "tune_seeds": list(self.tune.seeds) if self.tune else [],
             "seeds": list(self.plan.seeds),
+            "tune_seeds_apart": None if self.tune is None else not _shared_seeds(self.plan),
         }
         out = apply_timing_pass(out, self.read_timing(out))
         if states:
             for v in out["variants"]:
-                state = states[v["variant"]]
-                v["tuned"] = state.tuned if state.done else None
-                v["tuned_at_edge"] = state.at_edge
-                v["tuning"] = [p.to_dict() for p in state.phases]
+                v.update(_tuning_columns(states[v["variant"]]))
+        if states and self.budgets:
+            by_budget = self.budget_tuning()
+            for v in out["variants"]:
+                v["tuned_by_budget"] = [
+                    {"budget": b, **_tuning_columns(by_budget[b][v["variant"]])}
+                    for b in self.budgets
+                ]
         return out
 
     def read_timing(self, results: dict) -> dict | None:

@@ -131,7 +131,22 @@ def protocol_notes(results: dict) -> list[str]:
         )
     if busy_timing(results):
         notes.append(busy_timing_note(results))
-    return notes + regime_notes(results)
+    return notes + tuning_seed_notes(results) + regime_notes(results)
+
+
+def tuning_seed_notes(results: dict) -> list[str]:
+    """Results tuned on seeds they also compare on (recorded before tuning seeds were kept
+    apart): each arm's mean holds the seed its tuned value won on (the winner's curse)."""
+    protocol = results.get("protocol") or {}
+    shared = sorted(set(protocol.get("tune_seeds") or ()) & set(protocol.get("seeds") or ()))
+    if not protocol.get("tuned") or not shared:
+        return []
+    return [
+        f"tuned on {'seed' if len(shared) == 1 else 'seeds'} {', '.join(map(str, shared))}, "
+        "which the comparison also averages: each arm's mean includes the seed its tuned value "
+        "was chosen for doing best on, which flatters it (the winner's curse; an ablation "
+        "made now tunes on seeds of its own)"
+    ]
 
 
 def regime_notes(results: dict) -> list[str]:
@@ -159,6 +174,30 @@ def _regime_text(regime: dict) -> str:
         f"{_num(per_param, '.3g')} tokens per non-embedding parameter "
         f"({_num(budget, '.3g', 'x')} of 20), {_num(epochs, '.3g')} epochs over the train data"
     )
+
+
+def power_note(results: dict) -> str | None:
+    """The seeds a paired t-test at 0.05 would need for 80% power at each variant's observed
+    mean difference from the baseline and its seed spread (`stats.seeds_for_power`); None
+    without any (one seed, or results from before it was computed)."""
+    needed = [
+        (v["variant"], v["paired_seeds_for_power"], v.get("paired_n"))
+        for v in results["variants"]
+        if v.get("paired_seeds_for_power") is not None
+    ]
+    if not needed:
+        return None
+    text = ", ".join(f"{name} {n} (has {ran})" for name, n, ran in needed)
+    return (
+        "seeds a paired t-test at 0.05 needs for 80% power at the observed difference from "
+        f"the baseline and its seed spread: {text}"
+    )
+
+
+def _power_paragraph(results: dict) -> str:
+    """`power_note` as a markdown paragraph under the convergence table (empty without one)."""
+    note = power_note(results)
+    return f"{note[0].upper()}{note[1:]}.\n\n" if note else ""
 
 
 def precision_note(results: dict) -> str | None:
@@ -302,12 +341,21 @@ def _phase_text(phase: dict) -> str:
     """A tuning phase's grid with each value's mean final val loss: '*' marks the chosen value,
     '…' a value still to run (or waiting for the phase before)."""
     diverged = phase.get("diverged") or []
+    spreads = phase.get("spreads") or [None] * len(phase["grid"])
     parts = []
-    for value, loss in zip(phase["grid"], phase["losses"], strict=True):
-        text = "diverged" if value in diverged else _num(loss, ".4f") if loss is not None else "…"
+    for value, loss, sd in zip(phase["grid"], phase["losses"], spreads, strict=True):
+        text = "diverged" if value in diverged else _candidate_text(loss, sd)
         star = "*" if phase["chosen"] is not None and value == phase["chosen"] else ""
         parts.append(f"{_value_text(value)}{star} {text}")
     return " · ".join(parts) + (" (grid edge)" if phase.get("at_edge") else "")
+
+
+def _candidate_text(loss: float | None, sd: float | None) -> str:
+    """A tuning candidate's mean final val loss over the tuning seeds, ± their standard deviation
+    when there are several; '…' while it has no result."""
+    if loss is None:
+        return "…"
+    return f"{loss:.4f}" if sd is None else f"{loss:.4f} ± {sd:.4f}"
 
 
 def tuning_rows(results: dict) -> list[dict]:
@@ -487,6 +535,7 @@ def _markdown(results: dict) -> str:
     return (
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
+        + _power_paragraph(results)
         + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
         + budget_speedup_markdown(results)
         + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"

@@ -8,8 +8,9 @@ the runner trains them and asks again.
 
 - A phase tries every value of its grid with the knobs of earlier phases at their chosen values,
   on the tuning seeds, at the full budget, and keeps the value with the lowest mean final val loss
-  (a diverged or failed run counts as infinitely bad). Ties go to the value nearest the grid's
-  centre, then to the smaller value.
+  (a diverged or failed run counts as infinitely bad); each value's spread over the tuning seeds
+  is recorded beside its mean. Ties go to the value nearest the grid's centre, then to the
+  smaller value. The tuning seeds are none of the comparison's (`TUNE_SEED_BASE`).
 - Numeric grids: when the best value is at an edge, the grid grows by one step that way (the ratio
   of the last two values when all are positive, else their difference) until the best is interior,
   the next value would leave the knob's range, or `max_extensions` steps were added; the knob is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 
 from mousse.train.config import (
@@ -32,10 +34,14 @@ from mousse.train.config import (
     coerce,
     in_range,
 )
+from mousse.train.rundir import FINISHED
 
 DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 MAX_EXTENSIONS = 3
+# Tuning seeds count from here, comparison seeds from 0: a count of either (--tune-seeds 2,
+# --seeds 3) never names a seed of the other, so no comparison run is one a choice was made on.
+TUNE_SEED_BASE = 1000
 TUNABLE = tuple(k for k in FIELD_TYPES if k != "seed" and k not in VIEW_SETTINGS)
 
 
@@ -45,7 +51,7 @@ class TuneSpec:
     tuning seeds and the cap on grid extensions per phase."""
 
     phases: tuple[tuple[str, tuple | None], ...]
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (TUNE_SEED_BASE,)
     max_extensions: int = MAX_EXTENSIONS
 
     @property
@@ -202,6 +208,7 @@ class Phase:
     knob: str
     grid: list
     losses: dict = field(default_factory=dict)  # value -> mean final val loss (inf: diverged)
+    spreads: dict = field(default_factory=dict)  # value -> its standard deviation over seeds
     chosen: object = None
     at_edge: bool = False
     extensions: int = 0
@@ -212,6 +219,7 @@ class Phase:
             "knob": self.knob,
             "grid": list(self.grid),
             "losses": [finite(self.losses.get(v)) for v in self.grid],
+            "spreads": [self.spreads.get(v) for v in self.grid],
             "diverged": [v for v in self.grid if self.losses.get(v) == math.inf],
             "chosen": self.chosen,
             "at_edge": self.at_edge,
@@ -277,6 +285,7 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                     needed += missing
                 else:
                     phase.losses[value] = sum(results) / len(results)
+                    phase.spreads[value] = spread(results)
             if needed:
                 return TuningState(variant, phases, needed, False)
             centre_index = _centre_index(phase.grid, centre.get(knob))
@@ -297,6 +306,14 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
     return TuningState(variant, phases, [], True)
 
 
+def spread(losses: list[float]) -> float | None:
+    """The standard deviation of a candidate's losses over its tuning seeds: how far apart two
+    candidates must be to be told apart (None with one seed, or when a run diverged)."""
+    if len(losses) < 2 or not all(math.isfinite(x) for x in losses):
+        return None
+    return statistics.stdev(losses)
+
+
 def sort_key(value):
     return (0, value) if is_orderable(value) else (1, str(value))
 
@@ -314,16 +331,63 @@ def _centre_index(grid: list, centre) -> float:
     return (len(grid) - 1) / 2
 
 
-def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict) -> int:
+def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict, budgets: int = 1) -> int:
     """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
     the extensions a numeric phase may add, less the run of the variant's own value in a later
-    phase (an earlier phase trained it: `same_runs`)."""
-    return sum(
-        (
-            len(grid)
-            + (spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0)
-            - (i > 0 and knob in centre and centre[knob] in grid)
+    phase (an earlier phase trained it: `same_runs`). With several `budgets` chosen from the same
+    runs (`tune_by_budget`) the first phase's grid may grow both ways, one budget's choice at
+    each edge, and every later phase may run once per budget (each starts from its budget's
+    choice)."""
+    total = 0
+    for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids, strict=True)):
+        grows = spec.max_extensions if is_numeric(knob) and len(grid) > 1 else 0
+        if i == 0 and budgets > 1:
+            grows *= 2
+        runs = len(grid) + grows - (i > 0 and knob in centre and centre[knob] in grid)
+        total += runs * len(spec.seeds) * (budgets if i > 0 else 1)
+    return total
+
+
+# ---- budgets (`--budgets`) -----------------------------------------------------------------------
+
+
+def budget_score(summary: dict | None, budget: float) -> float | None:
+    """A finished run's score for tuning at one of its budgets (`--budgets`): that budget's final
+    val loss from the summary's "budgets" list, inf when its branch did not complete (diverged,
+    failed, or never reached because the run ended first), None while the run has no result."""
+    if not summary or summary.get("status") not in (*FINISHED, "failed"):
+        return None
+    entry: dict = next((b for b in summary.get("budgets") or () if b.get("budget") == budget), {})
+    loss = entry.get("final_val_loss")
+    if entry.get("status") != "completed" or loss is None or not math.isfinite(loss):
+        return math.inf
+    return float(loss)
+
+
+def tune_by_budget(
+    variant: str, centre: dict, spec: TuneSpec, summary_of, choices: dict, budgets
+) -> dict[float, TuningState]:
+    """One variant's tuning replayed once per budget over the same tuning runs: every run of a
+    `--budgets` ablation yields a final loss per budget, and each budget's choice reads its own
+    (`records.budget_score`). `summary_of(values, seed)` is the summary of the run with those
+    tuned values, or None. The runs still needed are those of every budget (`needed_by_budget`):
+    a grid may grow at one budget and not at another, and a later phase starts from each
+    budget's own choice."""
+    return {
+        b: tune_variant(
+            variant,
+            centre,
+            spec,
+            lambda values, seed, b=b: budget_score(summary_of(values, seed), b),
+            choices,
         )
-        * len(spec.seeds)
-        for i, ((knob, _), grid) in enumerate(zip(spec.phases, grids, strict=True))
-    )
+        for b in budgets
+    }
+
+
+def needed_by_budget(states: dict[float, TuningState]) -> list[tuple[dict, int]]:
+    """The (tuned values, seed) runs any budget's tuning still needs, each once, in order."""
+    out: list[tuple[dict, int]] = []
+    for state in states.values():
+        out += [run for run in state.needed if run not in out]
+    return out

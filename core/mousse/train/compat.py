@@ -22,6 +22,14 @@ RENAMED = {
     "nesterov": "momentum_style (nesterov = on, heavy_ball = off)",
 }
 
+# a preset that no longer exists -> what to use instead (the GPU ladder was 10.8M and 31.7M
+# parameters at 0.02x and 0.005x the compute-optimal budget; its rungs now train at 1x)
+_LADDER = (
+    "the GPU ladder's rungs now train at 1x the compute-optimal budget and are sized for "
+    "minutes on one GPU: pass --preset 1.4m (was 10m) or 2.2m (was 30m)"
+)
+RENAMED_PRESETS = {"10m": _LADDER, "30m": _LADDER}
+
 # old command-line flag -> what to type instead
 RENAMED_FLAGS = {
     "--nesterov": "--momentum-style nesterov",

@@ -25,6 +25,8 @@ from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import routed_shapes
 from mousse.optim.step import flat_shape
 
+from .budget import steps_for_budget
+from .compat import RENAMED_PRESETS
 from .model import GPT, GPTConfig
 
 OPTIMIZER_NAMES = (*OPTIMIZER_CLASSES, "adamw")  # the block-matrix optimizers a run can use
@@ -90,9 +92,9 @@ _MEDIUM_LR_NOTE = (
     "mousse/muon lr: tuned on medium (benchmarks/tuned), as on small; shampoo, soap, "
     "splus, tnt, specgd: best of an lr sweep on tiny (benchmarks/lr-sweep)"
 )
-# The GPU ladder between small and 160m (docs/scaling.md, "The scale ladder"): Mousse and Muon at
-# 0.06, the released 160M recipe's lr and within a factor 2 of every lr tuned on small (CPU and
-# H100), so the tuning grid (0.015-0.24) holds all of them; momentum 0.8 and Mousse on Nesterov,
+# The GPU ladder above small, at 1x the compute-optimal budget (docs/scaling.md, "The scale
+# ladder"): Mousse and Muon at 0.06, the released 160M recipe's lr and within a factor 2 of every
+# lr tuned on small and medium (CPU and H100), so the tuning grid (0.015-0.24) holds all of them; momentum 0.8 and Mousse on Nesterov,
 # what small's tuning chose on the CPU and on the H100 (the released 0.95 is `--momentum 0.95`).
 _LADDER_LRS = {"mousse": 0.06, "muon": 0.06, **_SWEPT_LRS}
 _LADDER_LR_NOTE = (
@@ -257,32 +259,42 @@ def _cpu(
     )
 
 
-def _ladder(name: str, d_model: int, n_layers: int, steps: int) -> Preset:
-    """A GPU ladder preset between small and 160m: byte-level (the builtin corpus: no download),
-    64-wide heads, batches of 64 x 256 tokens, sized so that a tuned Muon-vs-Mousse comparison
-    takes minutes on one H100 (docs/scaling.md, "The scale ladder")."""
+LADDER_BATCH = 128  # sequences of 256 bytes a step on every rung: only the size changes
+
+
+def _ladder(name: str, d_model: int, n_layers: int, head_dim: int) -> Preset:
+    """A GPU ladder preset: byte-level (the builtin corpus: no download), batches of 128 x 256
+    tokens, trained to 1x the compute-optimal budget (20 tokens per non-embedding parameter)
+    and sized so that the decisive set (`ablations/decisive.toml`, `--budgets` up to 1) takes
+    minutes on one H100 and at most 4 epochs of the builtin corpus (docs/scaling.md, "The scale
+    ladder")."""
+    # the GPT's non-embedding parameters, 4 d^2 of attention and 8 d^2 of MLP a block (counted
+    # here, not on a meta model, so that importing the presets builds none; a test checks it
+    # against `budget.gpt_non_embedding_params`)
+    steps = steps_for_budget(1.0, 12 * d_model * d_model * n_layers, LADDER_BATCH * 256)
     return Preset(
         name=name,
         d_model=d_model,
         n_layers=n_layers,
-        n_heads=d_model // 64,
-        head_dim=64,
+        n_heads=d_model // head_dim,
+        head_dim=head_dim,
         seq_len=256,
         vocab_size=256,
         steps=steps,
-        batch_size=64,
-        micro_batch_size=64,
+        batch_size=LADDER_BATCH,
+        micro_batch_size=LADDER_BATCH,
         lrs=dict(_LADDER_LRS),
         lr_note=_LADDER_LR_NOTE,
         momenta=dict(_SMALL_MOMENTA),
         momentum_styles=dict(_CPU_MOMENTUM_STYLES),
         scalar_lr=0.01,
         adamw_lr=0.003,
-        eval_every=50,
+        eval_every=100,
         eval_tokens=262_144,
-        checkpoint_every=100,  # on a CPU (hours) as on a GPU (minutes)
+        checkpoint_every=100,  # on a CPU (hours) as on a GPU (a minute)
         description=f"GPU ladder: byte-level d{d_model} x {n_layers} layers, {steps} steps of "
-        "64 x 256 tokens, minutes on one GPU",
+        f"{LADDER_BATCH} x 256 tokens (1x: 20 tokens per non-embedding parameter), minutes on "
+        "one GPU",
     )
 
 
@@ -333,8 +345,8 @@ PRESETS: dict[str, Preset] = {
             description=f"third CPU scale: byte-level d256 x 4 layers, {MEDIUM_STEPS} steps, "
             "about 10 minutes on 2 cores",
         ),
-        _ladder("10m", 384, 6, 300),
-        _ladder("30m", 512, 10, 200),
+        _ladder("1.4m", 192, 3, 64),
+        _ladder("2.2m", 240, 3, 48),
         _paper("160m", 768, 12, 10_000, 32, 0.006, 0.003, "the released recipe"),
         _paper(
             "250m", 768, 24, 15_000, 32, 0.006, 0.002, "steps scaled with params from 160m's 10,000"
@@ -367,6 +379,8 @@ def get_preset(name: str) -> Preset:
     """The preset called `name`; ValueError naming the valid ones (and the closest) otherwise."""
     if name in PRESETS:
         return PRESETS[name]
+    if name in RENAMED_PRESETS:
+        raise ValueError(f"preset {name!r} is gone: {RENAMED_PRESETS[name]}")
     close = difflib.get_close_matches(name, PRESETS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"unknown preset {name!r}{hint}; valid presets: {', '.join(PRESETS)}")
