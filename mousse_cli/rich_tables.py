@@ -35,9 +35,12 @@ def results_tables(results: dict):
     from rich.console import Group
 
     from mousse.experiments.table_rows import (
+        BUDGET_COLUMNS,
+        BUDGET_TITLE,
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
         TUNING_COLUMNS,
+        budget_table_rows,
         convergence_rows,
         precision_note,
         protocol_notes,
@@ -67,10 +70,11 @@ def results_tables(results: dict):
     convergence = [
         {**r, "Tuned": r["Tuned"].replace(", ", "\n")} for r in convergence_rows(results)
     ]
-    tuning = tuning_rows(results)
+    tuning, budgets = tuning_rows(results), budget_table_rows(results)
     tables = []
     for title, columns, rows, text, left in (
         ("convergence", CONVERGENCE_COLUMNS, convergence, caption, CONVERGENCE_COLUMNS[:2]),
+        *([(BUDGET_TITLE, BUDGET_COLUMNS, budgets, None, BUDGET_COLUMNS[:2])] if budgets else []),
         *([("tuning", TUNING_COLUMNS, tuning, None, TUNING_COLUMNS)] if tuning else []),
         ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption, None),
     ):

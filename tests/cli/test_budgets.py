@@ -280,3 +280,48 @@ def test_a_signal_or_kill_9_anywhere_resumes_to_the_same_losses(
     res = invoke_cli(*[str(a).format(run=run) for a in resume])
     assert res.exit_code == 0, res
     same_run(run, whole[0])
+
+
+ABLATE = ["ablate", *ARGS, "--optimizer", "mousse", "--budgets", BUDGETS, "--no-timing-pass"]
+
+
+@pytest.fixture(scope="module")
+def whole_ablation(tmp_path_factory, builtin_data):
+    """An uninterrupted ablation over budgets (muon, the baseline, and mousse) and its results."""
+    root = tmp_path_factory.mktemp("ablation") / "A"
+    res = invoke_cli(*ABLATE, "--ablation-dir", root, "--json")
+    assert res.exit_code == 0, res
+    return root, res.json()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_an_ablation_over_budgets_stopped_and_rerun_ends_as_an_uninterrupted_one(
+    whole_ablation, tmp_path, parallel
+):
+    """SIGTERM at the 19th logged step (one at a time: inside the baseline's second branch):
+    `report` shows no budget of a cut run as a result; the rerun ends every run and budget as
+    an uninterrupted ablation does."""
+    cut = tmp_path / "B"
+    env = {**os.environ, "MOUSSE_TEST_SIGNAL": f"SIGTERM@StepLogged#{IN_BRANCH}"}
+    args = [*ABLATE, "--parallel", parallel, "--ablation-dir", cut]
+    proc = subprocess.run(
+        [*mousse_command(), *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 143, proc.stderr
+    report = invoke_cli("report", cut, "--format", "json")
+    assert report.exit_code == 0, report
+    for run in report.json()["runs"]:
+        for b in run.get("budgets", []):
+            assert (b["final_val_loss"] is not None) == (b["status"] == "completed"), run
+    if parallel == 1:
+        runs = {r["name"]: r for r in report.json()["runs"]}
+        statuses = [b["status"] for b in runs["muon"]["budgets"]]
+        assert statuses == ["completed", "interrupted", "completed"]
+        assert "budgets" not in runs["mousse"]  # not started
+        assert [b["n"] for b in report.json()["budgets"]] == [1, 0, 1, 0, 0, 0]
+    again = invoke_cli(*ABLATE, "--ablation-dir", cut, "--json")
+    assert again.exit_code == 0, again
+    assert again.json()["budgets"] == whole_ablation[1]["budgets"]
+    for name in ("muon", "mousse"):
+        same_run(cut / "runs" / name, whole_ablation[0] / "runs" / name)
