@@ -262,10 +262,10 @@ def _signalled(run_dir: Path, spec: str, *args: str) -> subprocess.CompletedProc
 @pytest.mark.parametrize(
     ("spec", "code", "resume"),
     [
-        ("SIGTERM@StepLogged#6", 143, ["--resume", "{run}"]),  # stable phase, past a fork
+        ("SIGTERM@StepLogged#6", 143, ["train", "--resume", "{run}"]),  # stable phase, past a fork
         ("SIGKILL@CheckpointSaved", -9, [*RUN, "--resume", "auto", "--run-dir", "{run}"]),  # fork
-        (f"SIGTERM@StepLogged#{IN_BRANCH}", 143, ["--resume", "{run}"]),  # in a branch
-        (f"SIGKILL@StepLogged#{IN_BRANCH}", -9, ["--resume", "{run}"]),
+        (f"SIGTERM@StepLogged#{IN_BRANCH}", 143, ["train", "--resume", "{run}"]),  # in a branch
+        (f"SIGKILL@StepLogged#{IN_BRANCH}", -9, ["train", "--resume", "{run}"]),
     ],
 )
 def test_a_signal_or_kill_9_anywhere_resumes_to_the_same_losses(

@@ -613,8 +613,9 @@ def parse_budgets(text: str) -> tuple[float, ...]:
         try:
             value = float(part)
         except ValueError:
+            where = "" if part == text else f" in {text!r}"
             raise ConfigError(
-                f"bad value for 'budgets': {part.strip()!r} in {text!r} is not a number; give "
+                f"bad value for 'budgets': {part.strip()!r}{where} is not a number; give "
                 "budgets (multiples of 20 tokens per non-embedding parameter) separated by "
                 "commas, e.g. --budgets 0.25,0.5,1,2"
             ) from None
