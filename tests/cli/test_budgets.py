@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import subprocess
+import time
 from functools import partial
 from pathlib import Path
 
@@ -25,9 +27,9 @@ from support.cli import (
 )
 
 from mousse.train.branches import train_budgets
-from mousse.train.checkpoint import list_checkpoints
+from mousse.train.checkpoint import list_checkpoints, verify_checksums
 from mousse.train.config import resolve
-from mousse.train.events import CheckpointSaved, StepLogged
+from mousse.train.events import CheckpointSaved, RunFinished, StepLogged
 from mousse.train.tomlio import load
 
 # 5, 9 and 17 steps of the FAST shape; forks at steps 4 and 7 (cooldowns of 1 and 2 steps)
@@ -184,9 +186,10 @@ class Killed(BaseException):
     """Ends a run as a kill would: nothing more written, no summary, no checkpoint on the way."""
 
 
-def train_until(run_dir: Path, when, end=Killed) -> None:
-    """Train the budgets run in this process until `when(event, count)` says so (count: the
-    StepLogged events so far), then stop it (`end` "stop": as Ctrl-C would) or raise Killed."""
+def train_until(run_dir: Path, when, end=Killed, **settings) -> None:
+    """Train the budgets run (and `settings`) in this process until `when(event, count)` says
+    so (count: the StepLogged events so far), then stop it (`end` "stop": as Ctrl-C would) or
+    raise Killed."""
     import threading
 
     from mousse.train.trainer import Trainer
@@ -202,7 +205,7 @@ def train_until(run_dir: Path, when, end=Killed) -> None:
                 raise Killed
 
     flags = {k[2:].replace("-", "_"): v for k, v in zip(ARGS[::2], ARGS[1::2], strict=True)}
-    cfg = resolve({**flags, "budgets": BUDGETS})
+    cfg = resolve({**flags, "budgets": BUDGETS, **settings})
     make = partial(Trainer, on_event=on_event, stop=stop)
     with contextlib.suppress(Killed):
         train_budgets(make, cfg, run_dir, stop)
@@ -234,6 +237,17 @@ def test_a_kill_while_a_fork_is_written_loses_no_branch(whole, tmp_path):
     assert not [p for p in branch.iterdir() if p.name.startswith(".")]
 
 
+def test_checkpoint_rotation_never_reaches_a_fork(tmp_path):
+    """Checkpointing every step, keeping one: the trunk keeps its last checkpoint and each
+    branch its fork, in its own dir, until it trains on."""
+    run = tmp_path / "R"
+    finished = lambda e, n: isinstance(e, RunFinished)  # the trunk's: stop before the branches
+    train_until(run, finished, end="stop", checkpoint_every=1, keep_checkpoints=1)
+    assert [c.name for c in list_checkpoints(run / "checkpoints")] == [f"step-{TRUNK_STEPS}"]
+    for _, _, fork, rel in SMALL:
+        assert [c.name for c in list_checkpoints(run / rel / "checkpoints")] == [f"step-{fork}"]
+
+
 def test_a_stop_in_a_branch_resumes_it_alone(whole, tmp_path):
     run = tmp_path / "R"
     train_until(run, lambda e, n: isinstance(e, StepLogged) and n == IN_BRANCH, end="stop")
@@ -249,6 +263,38 @@ def test_a_stop_in_a_branch_resumes_it_alone(whole, tmp_path):
 
 
 # ---- kills and signals from outside, through the test hook (slow: separate processes) --------
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_of_a_budgets_run_never_loses_a_budget(whole, tmp_path):
+    """SIGKILL at random moments of a budgets run checkpointing every step (forks and branch
+    checkpoints included): every checkpoint left verifies, each rerun (`--resume auto` with
+    the same flags) goes on, and every budget ends on the uninterrupted run's losses."""
+    rng = random.Random(1)
+    run, kills = tmp_path / "R", 0
+    every = ["--checkpoint-every", "1", "--keep-checkpoints", "2"]
+    cmd = [*mousse_command(), *RUN, *every, "--resume", "auto", "--run-dir", str(run)]
+    written = lambda: sorted(run.rglob("checkpoints/step-*"))
+    while kills < 6:
+        before = written()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while written() == before and proc.poll() is None:  # past start-up: writing
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:  # finished before the kill
+            break
+        proc.kill()
+        proc.communicate(timeout=60)
+        kills += 1
+        for ckpt in written():
+            verify_checksums(ckpt)  # raises on a damaged file
+    assert kills >= 3
+    final = invoke_cli(*RUN, *every, "--resume", "auto", "--run-dir", run)
+    assert final.exit_code == 0, final
+    same_run(run, whole[0])
+    assert not [p for p in run.rglob("checkpoints/.*")]
 
 
 def _signalled(run_dir: Path, spec: str, *args: str) -> subprocess.CompletedProcess:
