@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.cli import (
     FAST,
+    FAST_SETTINGS,
     assert_one_line_error,
     invoke_cli,
     mousse_command,
@@ -28,7 +29,7 @@ from support.cli import (
 
 from mousse.train.branches import train_budgets
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
-from mousse.train.config import resolve
+from mousse.train.config import ConfigError, resolve
 from mousse.train.events import CheckpointSaved, RunFinished, StepLogged
 from mousse.train.tomlio import load
 
@@ -87,6 +88,28 @@ def test_each_branch_is_its_budgets_own_wsd_run(whole, tmp_path):
         assert res.exit_code == 0, res
         assert losses(run / rel) == losses(alone)
         assert summary(run / rel)["final_val_loss"] == summary(alone)["final_val_loss"]
+
+
+def test_a_branch_has_every_evaluation_its_own_run_makes_before_its_fork(tmp_path, monkeypatch):
+    """Under an evaluation schedule that depends on a run's length (dense over its last 40%),
+    a branch's own run evaluates before its fork where the trunk does not: the trunk evaluates
+    there for it (its own losses untouched), and the branch stays its own run, bit for bit."""
+    from mousse.train import trainer
+
+    plain = trainer.eval_due
+    monkeypatch.setattr(trainer, "eval_due", lambda s, cfg: plain(s, cfg) or s > 0.6 * cfg.steps)
+    run = tmp_path / "R"
+    assert invoke_cli(*RUN, "--run-dir", run).exit_code == 0
+    for budget, _, fork, rel in SMALL:
+        alone = tmp_path / f"alone-{budget}"
+        res = invoke_cli("train", *ARGS, "--schedule", "wsd", "--budget", budget,
+                         "--warmup-steps", 1, "--run-dir", alone)  # fmt: skip
+        assert res.exit_code == 0, res
+        assert fork in val_losses(alone) and fork % 3  # an evaluation the trunk does not make
+        assert losses(run / rel) == losses(alone)
+    assert sorted(val_losses(run)) == [
+        s for s in range(1, TRUNK_STEPS + 1) if s % 3 == 0 or s > 10.2
+    ]
 
 
 def test_the_trunk_is_the_largest_budgets_run_and_lists_every_budget(whole):
@@ -371,3 +394,20 @@ def test_an_ablation_over_budgets_stopped_and_rerun_ends_as_an_uninterrupted_one
     assert again.json()["budgets"] == whole_ablation[1]["budgets"]
     for name in ("muon", "mousse"):
         same_run(cut / "runs" / name, whole_ablation[0] / "runs" / name)
+
+
+def test_a_specs_base_takes_budgets_as_a_list_and_the_plan_shows_their_steps(tmp_path):
+    from mousse.experiments.ablation import plan_ablation
+    from mousse.experiments.spec import load_spec
+    from mousse.experiments.sweep import Ablation
+    from mousse_cli.ablate_plan import budgets_text
+
+    spec = tmp_path / "spec.toml"
+    shape = "\n".join(f"{k} = {v}" for k, v in FAST_SETTINGS.items())
+    spec.write_text(f"[base]\n{shape}\nbudgets = [0.0004, 0.0002]\n[sweep]\nalpha = [0.0]\n")
+    loaded = load_spec(spec)
+    plan = plan_ablation(loaded["sweeps"], loaded["base"])
+    text = budgets_text(Ablation(plan, tmp_path / "A"))
+    assert text is not None and "0.0002x 5 steps, 0.0004x 9 steps" in text
+    with pytest.raises(ConfigError, match="drop --steps"):
+        plan_ablation(loaded["sweeps"], {**loaded["base"], "steps": 10})

@@ -7,7 +7,8 @@ from the trunk's exact state under its own config.
 
 Layout: each branch is an ordinary run dir, `<run>/branches/budget-<b>/`. When the trunk passes a
 fork step it writes the branch's env.json, config.toml and metrics.jsonl (the trunk's records up
-to there, those the branch's own run makes), then, last and atomically, the branch's first
+to there, with the evaluations the branch's own run makes: where the trunk does not evaluate, it
+evaluates for its branches, logged under SIDE_EVAL), then, last and atomically, the branch's first
 checkpoint: a branch exists once that checkpoint does, and the trunk writes its own checkpoint of
 the step only after it, so a kill never leaves the trunk past a fork that was lost. Branches
 train after the trunk, each resumed from its own latest checkpoint like any run. The trunk's
@@ -20,23 +21,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import trainer as training
 from .budget import gpt_non_embedding_params
 from .checkpoint import list_checkpoints
 from .config import GPT_SHAPE, TrainConfig, budget_steps, number_text, validate
 from .events import CheckpointSaved
-from .fileio import atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
 from .machine import default_run_dir, environment
 from .model import GPTConfig
 from .rundir import FINISHED, RunLock, prepare_run_dir, read_summary
 from .schedule import cooldown_length
-from .trainer import Trainer, eval_due
+from .trainer import Trainer
 
 BRANCHES = "branches"  # the branches' folder in the trunk's run dir
+SIDE_EVAL = "branch_val_loss"  # a trunk's metrics.jsonl key: a loss evaluated for its branches
 UNFINISHED = ("interrupted", "pending")  # a budget still to train (the run resumes it)
 
 
@@ -122,14 +126,14 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     if _went_on(branch):
         return
     cfg = branch.cfg
-    curve = [p for p in trunk.curve if eval_due(p["step"], cfg)]
+    records = read_jsonl(trunk.run_dir / "metrics.jsonl", key="step")
+    kept = [b for r in records if r["step"] <= branch.fork and (b := _branch_record(r, cfg))]
+    curve = [
+        {"step": r["step"], "val_loss": r["val_loss"], "seconds": r["train_seconds"]}
+        for r in kept
+        if "val_loss" in r
+    ]
     if trunk.dist.is_main:
-        records = read_jsonl(trunk.run_dir / "metrics.jsonl", key="step")
-        kept = [
-            r
-            for r in records
-            if r["step"] <= branch.fork and ("val_loss" not in r or eval_due(r["step"], cfg))
-        ]
         env = environment(cfg, trunk.device, trunk.precision, argv)
         prepare_run_dir(branch.run_dir, cfg, env, None, 0)
         atomic_write_text(branch.run_dir / "metrics.jsonl", "".join(dumps(r) + "\n" for r in kept))
@@ -138,6 +142,40 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     )
     trunk.state["checkpoint_seconds"] += seconds
     trunk.emit(CheckpointSaved(trunk.step, path, seconds))
+
+
+def _branch_record(record: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+    """A trunk's metrics record as the branch of config `cfg` logs it: every step's, and the
+    evaluations its own run makes (the trunk's, or one made for its branches); None for the
+    others."""
+    if "val_loss" not in record and SIDE_EVAL not in record:
+        return record
+    if not training.eval_due(record["step"], cfg):
+        return None
+    loss = record.get("val_loss", record.get(SIDE_EVAL))
+    return {"step": record["step"], "val_loss": loss, "train_seconds": record["train_seconds"]}
+
+
+def side_eval_steps(cfg: TrainConfig, branches: list[Branch]) -> set[int]:
+    """The steps up to a branch's fork where its own run evaluates and the trunk (`cfg`) does
+    not: there the trunk evaluates for its branches."""
+    due = training.eval_due
+    return {s for b in branches for s in range(1, b.fork + 1) if due(s, b.cfg) and not due(s, cfg)}
+
+
+def side_eval(trunk: Trainer) -> None:
+    """Evaluate the trunk at this step for its branches only: logged in its metrics.jsonl under
+    SIDE_EVAL (cut back with the rest on a resume), not in its own curve or losses."""
+    t0 = time.perf_counter()
+    loss = trunk.evaluate()
+    trunk.state["eval_seconds"] += time.perf_counter() - t0
+    if trunk.dist.is_main:
+        record = {
+            "step": trunk.step,
+            SIDE_EVAL: loss,
+            "train_seconds": trunk.state["train_seconds"],
+        }
+        append_jsonl(trunk.run_dir / "metrics.jsonl", record)
 
 
 def budget_results(
@@ -236,8 +274,10 @@ def train_budgets(
             trunk = make(cfg, run_dir, resume=resume, restart=restart, lock=lock)
             if lock is None:
                 own = trunk.lock = RunLock(run_dir).acquire()
-            for step in {b.fork for b in branches}:
-                trunk.forks[step] = _forks(trunk, [b for b in branches if b.fork == step], argv)
+            side = side_eval_steps(cfg, branches)
+            for step in side | {b.fork for b in branches}:
+                at = [b for b in branches if b.fork == step]
+                trunk.forks[step] = _at_step(trunk, step in side, at, argv)
             trunk.summary_file = lambda s: with_budgets(s, cfg, branches, s["status"])
             summary = trunk.run(argv)
             status = summary["status"]
@@ -263,11 +303,15 @@ def _record(
     return final
 
 
-def _forks(trunk: Trainer, branches: list[Branch], argv: list[str] | None) -> Callable[[], None]:
-    """What the trunk calls at a fork step: each branch forking there written (several budgets
-    may cool down from one step)."""
+def _at_step(
+    trunk: Trainer, evaluate: bool, branches: list[Branch], argv: list[str] | None
+) -> Callable[[], None]:
+    """What the trunk calls after a step its branches need: an evaluation for them (`evaluate`),
+    then each branch forking there (several budgets may cool down from one step)."""
 
     def write() -> None:
+        if evaluate:
+            side_eval(trunk)
         for branch in branches:
             fork(trunk, branch, argv)
 
