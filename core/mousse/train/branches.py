@@ -97,12 +97,12 @@ def fork_state(
 ) -> dict[str, Any]:
     """A branch's trainer state at its fork: the trunk's totals, with the losses of the
     evaluations its own run makes (`curve`, already kept to those)."""
-    finite = [p["val_loss"] for p in curve if math.isfinite(p["val_loss"])]
+    finite = [p for p in curve if p["val_loss"] is not None and math.isfinite(p["val_loss"])]
     target = cfg.target_loss
-    reached = next((p for p in curve if target is not None and p["val_loss"] <= target), None)
+    reached = next((p for p in finite if target is not None and p["val_loss"] <= target), None)
     return {
         **state,
-        "best_val_loss": min(finite, default=math.inf),
+        "best_val_loss": min((p["val_loss"] for p in finite), default=math.inf),
         "final_val_loss": curve[-1]["val_loss"] if curve else None,
         "target_step": reached["step"] if reached else None,
         "target_seconds": reached["seconds"] if reached else None,
