@@ -255,7 +255,26 @@ def show_plans(ablations: dict, shard: str | None, cost: list[str]) -> None:
             _show_tuned_plan(ab, shard)
         else:
             _show_runs(ab, shard_of(ab, shard), shard)
+        if (budgets := budgets_text(ab)) is not None:
+            console.print(budgets, highlight=False, soft_wrap=True, markup=False)
     show_lines(cost)
+
+
+def budgets_text(ablation) -> str | None:
+    """What every run of an ablation with budgets trains: each budget and the steps it makes
+    (the largest the run itself, the others its cooldown branches); None without budgets."""
+    from mousse.experiments.sweep import run_settings
+    from mousse.train.config import budget_steps, resolve
+
+    cfg = resolve(run_settings(ablation.plan, ablation.plan.runs[0]))
+    steps = budget_steps(cfg)
+    if not steps:
+        return None
+    listed = ", ".join(f"{b:g}x {counted(s, 'step')}" for b, s in steps)
+    return (
+        f"budgets: {listed}; each run trains the largest ({cfg.schedule}, warmup "
+        f"{counted(cfg.warmup_steps or 0, 'step')}) and cools down a branch for each smaller one"
+    )
 
 
 def _show_runs(ablation, runs: list, shard: str | None) -> None:

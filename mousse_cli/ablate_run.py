@@ -13,6 +13,7 @@ from mousse.train.estimate import counted
 from .ablate_plan import shard_of
 from .ablation_view import AblationView
 from .console import console
+from .startup import reached
 
 
 def run_ablations(
@@ -60,6 +61,7 @@ def run_one_ablation(
             view(update)
             if isinstance(update, RunUpdate):
                 dashboards(update.event, update.run)
+                reached(type(update.event).__name__)  # the test hook's points, as in train
 
         if plan.tune:
             return (

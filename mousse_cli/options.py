@@ -69,6 +69,13 @@ TRAIN_FLAGS: dict[str, tuple] = {
             help="Train X x 20 tokens per non-embedding parameter (1 = compute-optimal): the steps follow from the tokens per step (batch x seq), rounded up. The built-in GPT only; `mousse presets` shows each preset's default.",
         ),
     ),
+    "budgets": (
+        str | None,
+        typer.Option(
+            None,
+            help="Several budgets in one run, e.g. 0.25,0.5,1,2 (as --budget): a WSD run trains the largest, and each smaller budget cools down a branch from its stable phase (run dir branches/budget-B), the same losses as that budget's own `--schedule wsd --budget B` run (docs/cli.md, Budgets).",
+        ),
+    ),
     "batch_size": (int | None, typer.Option(None, help="Sequences per optimizer step.")),
     "micro_batch_size": (
         int | None,
@@ -274,6 +281,7 @@ PANELS = {
     "Budget and schedule": (
         "steps",
         "budget",
+        "budgets",
         "batch_size",
         "micro_batch_size",
         "schedule",

@@ -35,9 +35,12 @@ def results_tables(results: dict):
     from rich.console import Group
 
     from mousse.experiments.table_rows import (
+        BUDGET_COLUMNS,
+        BUDGET_TITLE,
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
         TUNING_COLUMNS,
+        budget_table_rows,
         convergence_rows,
         power_note,
         precision_note,
@@ -68,10 +71,11 @@ def results_tables(results: dict):
     convergence = [
         {**r, "Tuned": r["Tuned"].replace(", ", "\n")} for r in convergence_rows(results)
     ]
-    tuning = tuning_rows(results)
+    tuning, budgets = tuning_rows(results), budget_table_rows(results)
     tables = []
     for title, columns, rows, text, left in (
         ("convergence", CONVERGENCE_COLUMNS, convergence, caption, CONVERGENCE_COLUMNS[:2]),
+        *([(BUDGET_TITLE, BUDGET_COLUMNS, budgets, None, BUDGET_COLUMNS[:2])] if budgets else []),
         *([("tuning", TUNING_COLUMNS, tuning, None, TUNING_COLUMNS)] if tuning else []),
         ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption, None),
     ):
@@ -79,9 +83,9 @@ def results_tables(results: dict):
         for row in rows:
             table.add_row(*[escape(row[c]) for c in columns])  # names from disk: literal
         tables.append(table)
-    budgets = budget_speedup_table(results)
-    if budgets is not None:  # after convergence and tuning, before step time
-        tables.insert(-1, budgets)
+    speedups = budget_speedup_table(results)
+    if speedups is not None:  # after convergence and tuning, before step time
+        tables.insert(-1, speedups)
     return Group(*tables)
 
 

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # "SIGINT@import:triton": send SIGINT to this process at that point (`reached`), and append
-# the point's name to the file MOUSSE_TEST_SIGNAL_LOG names, so a test knows it got there
+# the point's name to the file MOUSSE_TEST_SIGNAL_LOG names, so a test knows it got there;
+# "SIGKILL@StepLogged#12": at the 12th time the point is reached
 TEST_SIGNAL_ENV, TEST_LOG_ENV = "MOUSSE_TEST_SIGNAL", "MOUSSE_TEST_SIGNAL_LOG"
 
 
@@ -35,12 +36,14 @@ class Interrupted(SystemExit):
 
 
 class _State:
-    """The imports the main thread is in, what waits for the outermost to return, and whether
-    a signal already ends the command (the next ones are ignored: it is on its way)."""
+    """The imports the main thread is in, what waits for the outermost to return, whether
+    a signal already ends the command (the next ones are ignored: it is on its way), and how
+    often the test signal's point was reached."""
 
     importing: ClassVar[list[str]] = []  # the modules being imported, outermost first
     held: BaseException | None = None
     ending = False
+    reached = 0
 
 
 def raise_when_safe(exc: BaseException) -> None:
@@ -108,10 +111,15 @@ def _reached_import(name: str) -> None:
 
 
 def reached(point: str) -> None:
-    """A named point of start-up; the MOUSSE_TEST_SIGNAL test hook signals this process there
-    (once; import points: `_reached_import`)."""
+    """A named point of start-up or of a run (an event's name); the MOUSSE_TEST_SIGNAL test
+    hook signals this process there (once: the first time, or the N-th for `POINT#N`; import
+    points: `_reached_import`)."""
     spec = os.environ.get(TEST_SIGNAL_ENV)
-    if not spec or spec.partition("@")[2] != point:
+    at, _, count = spec.partition("@")[2].partition("#") if spec else ("", "", "")
+    if not spec or at != point:
+        return
+    _State.reached += 1
+    if _State.reached < int(count or 1):
         return
     del os.environ[TEST_SIGNAL_ENV]
     log = os.environ.get(TEST_LOG_ENV)

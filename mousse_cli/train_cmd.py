@@ -10,7 +10,7 @@ import typer
 
 from mousse.distributed.process import env_world_size, exit_on_error, is_main_process
 from mousse.train.checkpoint import checkpoint_dirs, run_dir_of
-from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.config import ConfigError, load_config_file, refuse_with_budgets, resolve
 from mousse.train.dashboards import Dashboards
 from mousse.train.fileio import dumps
 from mousse.train.rundir import lock_before_resume
@@ -90,6 +90,7 @@ def train(
             raise ConfigError("--resume needs a run dir, a checkpoint dir or 'auto'; it is empty")
         file = load_config_file(config) if config else {}
         settings = {**file, **overrides}
+        refuse_with_budgets(settings)
         # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)
         lock = lock_before_resume(run_dir, resume) if is_main_process() and nproc == 1 else None
         if lock is not None:
@@ -99,6 +100,8 @@ def train(
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
         check_trusted({"model": cfg.model}, overrides.get("model"), trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
+        if nproc != 1 and cfg.budgets is not None:
+            raise ConfigError("--budgets trains its branches in one process; drop --nproc")
         if nproc != 1:
             from .launch import launch_train
 
@@ -110,7 +113,7 @@ def train(
         show_summary(summary, json_out)
         if json_out:
             typer.echo(dumps(summary))
-    if summary["status"] == "diverged":
+    if "diverged" in (summary["status"], *(b["status"] for b in summary.get("budgets", []))):
         raise typer.Exit(EXIT_DIVERGED)
     if summary["status"] == "interrupted":
         raise typer.Exit(interrupted_code(stop))
@@ -161,7 +164,10 @@ def run_training(
     """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
     estimate is shown after the checks the Trainer makes, so that an error stays one line.
     Returns the run's summary."""
+    from functools import partial
+
     from mousse.distributed import setup
+    from mousse.train.branches import train_budgets
     from mousse.train.trainer import Trainer
 
     view = TrainView()
@@ -171,15 +177,10 @@ def run_training(
         dashboards(e)
         reached(type(e).__name__)  # the test hook's points: RunStarted, StepLogged...
 
-    trainer = Trainer(
-        cfg,
-        run_dir,
-        on_event=on_event,
-        resume=ckpt,
-        stop=stop,
-        world=setup,
-        restart=restart,
-        lock=lock,
-    )
+    make = partial(Trainer, on_event=on_event, stop=stop, world=setup)
+    if cfg.budgets is not None:
+        show_lines(cost)
+        return train_budgets(make, cfg, run_dir, stop, ckpt, restart, lock, sys.argv)
+    trainer = make(cfg, run_dir, resume=ckpt, restart=restart, lock=lock)
     show_lines(cost)
     return trainer.run(argv=sys.argv)

@@ -187,6 +187,16 @@ def speed_line(s: dict) -> str:
     return line + (f" ({s['precision']})" if s.get("precision") else "")
 
 
+def budget_line(b: dict) -> str:
+    """One budget of a run with budgets: its size, how it ended and its final loss (none until
+    its branch completes), and where it trained."""
+    return (
+        f"  budget {b['budget']:g} ({counted(b['steps'], 'step')}, "
+        f"{b['tokens_per_param']:.3g} tokens per parameter): {b['status']}, final val loss "
+        f"{fmt(b['final_val_loss'])}, best {fmt(b['best_val_loss'])} in {b['run_dir']}"
+    )
+
+
 def show_summary(s: dict, json_out: bool = False) -> None:
     """A run's result: how it ended, its losses and step times, the target, its run dir (stdout;
     stderr when stdout carries the JSON)."""
@@ -203,6 +213,8 @@ def show_summary(s: dict, json_out: bool = False) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    for b in s.get("budgets", []):
+        stream.print(budget_line(b), highlight=False, soft_wrap=True, markup=False)
     if s.get("tokens_per_s"):
         stream.print(speed_line(s), highlight=False, soft_wrap=True)
     if s.get("target_loss") is not None:

@@ -701,6 +701,25 @@ def test_the_test_signal_fires_once_at_its_point_only(tmp_path, monkeypatch):
     assert (tmp_path / "log").read_text() == "RunStarted\nimport:torch._C>numpy\n"
 
 
+def test_the_test_signal_counts_its_point_when_told(tmp_path, monkeypatch):
+    """`SIG@POINT#N` fires at the N-th time POINT is reached, once (a point inside a later part
+    of a run: a budgets run's branch)."""
+    from mousse_cli import startup
+
+    sent: list[int] = []
+    monkeypatch.setattr(startup.os, "kill", lambda pid, sig: sent.append(sig))
+    monkeypatch.setattr(startup._State, "reached", 0)
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("MOUSSE_TEST_SIGNAL", "SIGKILL@StepLogged#3")
+    for point in ("StepLogged", "RunStarted", "StepLogged"):
+        startup.reached(point)
+    assert sent == []
+    for _ in range(3):
+        startup.reached("StepLogged")
+    assert sent == [signal.SIGKILL]
+    assert (tmp_path / "log").read_text() == "StepLogged\n"
+
+
 @pytest.mark.slow  # torch.compile
 def test_a_signal_while_compiling_stops_the_run(builtin_data, tmp_path):
     """Ctrl-C as `--compile on` imports inductor (the compiler's C++ side): the run stops, 130."""

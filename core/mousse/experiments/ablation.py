@@ -278,6 +278,7 @@ def plan_ablation(
     mode = check_mode(mode)
     # view settings (--log) are left out: they change no run, so neither its name nor the plan
     base = {k: v for k, v in typed_settings(base or {}).items() if k not in VIEW_SETTINGS}
+    config.refuse_with_budgets(base)
     typed = typed_sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")

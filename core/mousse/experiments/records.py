@@ -6,14 +6,15 @@ A run record is a dict: name, variant, knobs, seed, is_baseline, status ("comple
 fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_bytes (None on CPU), precision
 ("bf16 autocast" or "fp32"; None for runs recorded before it was), regime (`mousse.train.budget.regime`;
 None for runs recorded before it was) and curve, a list of {"step", "val_loss", "seconds"} eval points.
+A run with budgets (`mousse.train.branches`) also has budgets: per budget, ascending, {"budget",
+"tokens", "tokens_per_param", "steps", "status", "final_val_loss"} (the loss None unless that
+budget completed); runs without budgets have no such key.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mousse.train.fileio import read_json
 from mousse.train.rundir import FINISHED
 
 if TYPE_CHECKING:
@@ -46,16 +47,6 @@ _RECORD_KEYS = (
 )
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
-    UTF-8, not an object with a status)."""
-    try:
-        summary = read_json(run_dir / "summary.json")
-    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
-
-
 def record(run: RunSpec, summary: dict | None) -> dict:
     """The run's row for `results.summarize`."""
     row = {
@@ -68,7 +59,21 @@ def record(run: RunSpec, summary: dict | None) -> dict:
     }
     row.update({k: (summary or {}).get(k) for k in _RECORD_KEYS})
     row["curve"] = row["curve"] or []
+    if isinstance((summary or {}).get("budgets"), list):
+        row["budgets"] = [budget_record(b) for b in (summary or {})["budgets"]]
     return row
+
+
+BUDGET_KEYS = ("budget", "tokens", "tokens_per_param", "steps", "status", "final_val_loss")
+
+
+def budget_record(entry: dict) -> dict:
+    """One budget of a run record: BUDGET_KEYS of its summary's entry, its loss kept only when
+    that budget completed (a budget still training is never a result)."""
+    out = {k: entry.get(k) for k in BUDGET_KEYS}
+    if out["status"] != "completed":
+        out["final_val_loss"] = None
+    return out
 
 
 def final_loss(summary: dict | None) -> float | None:

@@ -113,8 +113,58 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "timing_contexts": len(contexts),
             "precisions": _precisions(records),
             "regimes": _regimes(records),
+            "budgets": budget_rows(runs, base.variant),
         }
     )
+
+
+def budget_losses(runs: list, variant: str | None, budget: float) -> dict:
+    """seed -> final val loss of `variant`'s runs at `budget`, for the budgets that completed
+    (runs with budgets: `records.budget_record`)."""
+    return {
+        r["seed"]: b["final_val_loss"]
+        for r in runs
+        if r["variant"] == variant
+        for b in r.get("budgets") or ()
+        if b["budget"] == budget and b["status"] == "completed" and _finite(b["final_val_loss"])
+    }
+
+
+def budget_rows(runs: list, baseline: str | None) -> list[dict]:
+    """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
+    seeds that completed it, their standard deviation, and the paired difference from the
+    baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
+    is nothing to compute; an empty list without budgets."""
+    sizes: dict[float, float] = {}
+    for r in runs:
+        for b in r.get("budgets") or ():
+            sizes.setdefault(b["budget"], b["tokens_per_param"])
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        for budget in sorted(sizes):
+            losses = budget_losses(runs, variant, budget)
+            values = list(losses.values())
+            diffs = (
+                paired_differences(losses, budget_losses(runs, baseline, budget))
+                if baseline is not None and variant != baseline
+                else []
+            )
+            rows.append(
+                {
+                    "variant": variant,
+                    "is_baseline": variant == baseline,
+                    "budget": budget,
+                    "tokens_per_param": sizes[budget],
+                    "n": len(values),
+                    "final_val_loss_mean": statistics.fmean(values) if values else None,
+                    "final_val_loss_std": statistics.stdev(values) if len(values) > 1 else None,
+                    "paired_n": len(diffs),
+                    "paired_delta": statistics.fmean(diffs) if diffs else None,
+                    "paired_delta_ci": paired_bootstrap_ci(diffs),
+                    "paired_p": paired_t_test(diffs)["p"],
+                }
+            )
+    return rows
 
 
 def _precisions(records: list) -> list[str]:
@@ -260,7 +310,7 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "peak_mem_source": r.get("peak_mem_source"),
         "timing_context": r.get("timing_context"),
         "overhead_pct": _pct_change(_finite(r.get("step_ms_median")), base.step_ms),
-        **({"budgets": r["budgets"]} if r.get("budgets") else {}),
+        **({"budgets": r["budgets"]} if r.get("budgets") is not None else {}),
     }
 
 

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,15 @@ def execute_run(
     stop: threading.Event | None = None,
     context: dict | None = None,
 ) -> dict:
-    """Train one run of the ablation, resuming from its latest checkpoint when it has one.
-    `context` labels where its timings were taken (this invocation, the --parallel share)."""
+    """Train one run of the ablation, resuming from its latest checkpoint when it has one (a
+    run with budgets: its trunk, then its branches, `mousse.train.branches`). `context` labels
+    where its timings were taken (this invocation, the --parallel share)."""
+    from mousse.train.branches import train_budgets
     from mousse.train.trainer import Trainer
 
     cfg = resolve(settings)
+    stop = stop or threading.Event()
+    make = partial(Trainer, on_event=on_event, stop=stop, world=setup, timing_context=context)
     # locked before its checkpoint is chosen: another shard's process may be training it
     with (
         ablation_advice(),
@@ -76,17 +81,9 @@ def execute_run(
     ):
         resume = run_dir if checkpoint_dirs(run_dir) else None
         try:
-            trainer = Trainer(
-                cfg,
-                run_dir,
-                on_event=on_event,
-                resume=resume,
-                stop=stop,
-                world=setup,
-                timing_context=context,
-                restart=True,
-                lock=lock,
-            )
+            if cfg.budgets is not None:
+                return train_budgets(make, cfg, run_dir, stop, resume, restart=True, lock=lock)
+            trainer = make(cfg, run_dir, resume=resume, restart=True, lock=lock)
         except CheckpointError as exc:  # every checkpoint damaged: this run fails alone
             return failed_run(run_dir, str(exc), on_event)
         return trainer.run()

@@ -335,6 +335,49 @@ def convergence_rows(results: dict) -> list[dict]:
 
 
 TUNING_COLUMNS = ("Variant", "Knob", "Final val loss per value (* chosen)")
+BUDGET_COLUMNS = (
+    "Variant",
+    "Budget",
+    "Tokens/param",
+    "n",
+    "Final val loss",
+    "Paired Δ vs baseline [95% CI], p",
+)
+BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
+
+
+def budget_table_rows(results: dict) -> list[dict]:
+    """Per variant and budget (`results.budget_rows`), BUDGET_COLUMNS -> text: its mean final
+    loss ± seed spread and the paired difference from the baseline (none without budgets)."""
+    return [
+        dict(
+            zip(
+                BUDGET_COLUMNS,
+                (
+                    b["variant"],
+                    f"{b['budget']:g}x",
+                    _num(b["tokens_per_param"], ".3g"),
+                    str(b["n"]),
+                    _loss_text(b),
+                    _DASH if b["is_baseline"] else _budget_delta_text(b),
+                ),
+                strict=True,
+            )
+        )
+        for b in results.get("budgets") or ()
+    ]
+
+
+def _budget_delta_text(b: dict) -> str:
+    """The mean per-seed difference from the baseline at one budget, with its bootstrap
+    interval and paired t-test p when two seeds or more are shared."""
+    if b["paired_delta"] is None:
+        return _DASH
+    text = f"{b['paired_delta']:+.4f}"
+    if b["paired_delta_ci"] is None:
+        return text
+    low, high = b["paired_delta_ci"]
+    return f"{text} [{low:+.4f}, {high:+.4f}], p {_num(b['paired_p'], '.3g')}"
 
 
 def _phase_text(phase: dict) -> str:
@@ -532,10 +575,17 @@ def _markdown(results: dict) -> str:
             note += f" {extra[0].upper()}{extra[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))
     tuning = tuning_rows(results)
+    budgets = budget_table_rows(results)
     return (
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
         + _power_paragraph(results)
+        + (
+            f"## Budgets\n\n{BUDGET_TITLE[0].upper()}{BUDGET_TITLE[1:]}.\n\n"
+            f"{_markdown_table(BUDGET_COLUMNS, budgets)}\n\n"
+            if budgets
+            else ""
+        )
         + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
         + budget_speedup_markdown(results)
         + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import types
 import typing
@@ -108,6 +109,9 @@ class TrainConfig:
     # are not given (`steps_for_budget`); given both, steps win and budget is recorded as given
     steps: int
     budget: float | None = None
+    # budgets: WSD cooldown branches (train.branches), ascending, comma-separated; the run
+    # trains the largest (its steps and budget), each smaller one a branch cooled down from it
+    budgets: str | None = None
     batch_size: int
     micro_batch_size: int
     # optimizers: block matrices get `optimizer`, everything else `scalar_optimizer`
@@ -194,6 +198,7 @@ class Overrides:
     val_data: str | None = None
     steps: int | None = None
     budget: float | None = None
+    budgets: str | None = None
     batch_size: int | None = None
     micro_batch_size: int | None = None
     optimizer: str | None = None
@@ -292,11 +297,17 @@ def closest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+# Settings that hold several values as comma-separated text; a TOML list is read as that text.
+LIST_SETTINGS = ("budgets",)
+
+
 def coerce(key: str, value: Any) -> Any:
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
     kind = _field_type(key)
     if value is None:
         return None
+    if key in LIST_SETTINGS and isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
     try:
         return _convert(kind, value)
     except (TypeError, ValueError):
@@ -530,8 +541,7 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
             continue
         if values[name] is None and not (name == "steps" and values["budget"] is not None):
             values[name] = getattr(preset, name)
-    if values["steps"] is None:
-        values["steps"] = _budget_steps(values)
+    _fill_steps(values, given)
     for name, value in preset.matrix_knobs(values["optimizer"]).items():
         if values[name] is None:
             values[name] = value
@@ -549,6 +559,14 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     return cfg
 
 
+def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """The steps of a run given budgets (`_apply_budgets`), or a budget and no steps."""
+    if values["budgets"] is not None:
+        _apply_budgets(values, given)
+    if values["steps"] is None:
+        values["steps"] = _budget_steps(values)
+
+
 def _budget_steps(values: Mapping[str, Any]) -> int:
     """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
     tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
@@ -560,14 +578,106 @@ def _budget_steps(values: Mapping[str, Any]) -> int:
         values["model"] is None,
         "--budget counts the built-in GPT's parameters; with --model, give --steps instead",
     )
+    return _steps_of(values, (budget,), "budget")[0]
+
+
+def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> list[int]:
+    """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
+    naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
     shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
-    steps = steps_for_budget(budget, gpt_non_embedding_params(shape), _tokens_per_step(values))
+    non_embedding, per_step = gpt_non_embedding_params(shape), _tokens_per_step(values)
+    out = []
+    for budget in budgets:
+        steps = steps_for_budget(budget, non_embedding, per_step)
+        _require(
+            1 <= steps <= MAX_STEPS,
+            f"bad value for '{key}': {number_text(budget)} is {steps:,} steps of this run; a "
+            f"budget must make 1 to {MAX_STEPS:,} steps (e.g. --{key} 1)"
+            + (", or give --steps" if key == "budget" else ""),
+        )
+        out.append(steps)
+    return out
+
+
+def number_text(value: float) -> str:
+    """A float as short as it reads back exactly: 0.25, 1, 0.002, 1e-05."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """A `budgets` setting ("0.25,0.5,1,2") as its budgets, ascending; a ConfigError naming a
+    value that is not a number, not a finite number > 0, or given twice."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            where = "" if part == text else f" in {text!r}"
+            raise ConfigError(
+                f"bad value for 'budgets': {part.strip()!r}{where} is not a number; give "
+                "budgets (multiples of 20 tokens per non-embedding parameter) separated by "
+                "commas, e.g. --budgets 0.25,0.5,1,2"
+            ) from None
+        problem = _out_of_range("budget", value)
+        _require(problem is None, f"bad value for 'budgets': {part.strip()}; each {problem}")
+        _require(value not in values, f"bad value for 'budgets': {part.strip()} is given twice")
+        values.append(value)
+    return tuple(sorted(values))
+
+
+def budget_steps(cfg: TrainConfig) -> list[tuple[float, int]]:
+    """Each budget of a run with `budgets` and the steps it makes, ascending (none without)."""
+    if cfg.budgets is None:
+        return []
+    budgets = parse_budgets(cfg.budgets)
+    return list(zip(budgets, _steps_of(cfg.to_dict(), budgets, "budgets"), strict=True))
+
+
+def trained_steps(cfg: TrainConfig) -> int:
+    """The optimizer steps a run trains: its steps, and with budgets each smaller budget's
+    cooldown branch (`branches`: it starts from the trunk's state, so only its cooldown is new)."""
+    return cfg.steps + sum(cooldown_length(s, cfg.cooldown) for _, s in budget_steps(cfg)[:-1])
+
+
+def _apply_budgets(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """A run of several budgets: WSD (unless --schedule says otherwise, which `validate`
+    refuses), the largest budget's steps and budget, and its warmup in steps: as given, else
+    warmup_frac of the smallest budget's steps, recorded so that every branch has the warmup
+    its own run would. A ConfigError for --model, and for --steps or --budget that differ from
+    the largest budget's (a resolved config read back gives the same)."""
+    budgets = parse_budgets(values["budgets"])
+    values["budgets"] = ",".join(map(number_text, budgets))
     _require(
-        1 <= steps <= MAX_STEPS,
-        f"bad value for 'budget': {budget} is {steps:,} steps of this run; a budget must make "
-        f"1 to {MAX_STEPS:,} steps (e.g. --budget 1), or give --steps",
+        values["model"] is None,
+        "--budgets counts the built-in GPT's parameters; with --model, give --steps instead "
+        "(one budget a run)",
     )
-    return steps
+    if "schedule" not in given:
+        values["schedule"] = "wsd"
+    steps = _steps_of(values, budgets, "budgets")
+    for key, want in (("steps", steps[-1]), ("budget", budgets[-1])):
+        _require(
+            given.get(key) in (None, want),
+            f"--{key} {given.get(key)}: --budgets sets the run's {key} (its largest budget's, "
+            f"{want}); drop --{key}",
+        )
+    values["steps"], values["budget"] = steps[-1], budgets[-1]
+    if values["warmup_steps"] is None:
+        values["warmup_steps"] = warmup_length(steps[0], values["warmup_frac"], None)
+
+
+def refuse_with_budgets(given: Mapping[str, Any]) -> None:
+    """A ConfigError for settings given with `budgets` that it sets itself (--steps, --budget):
+    what a user gives, before `resolve` (which accepts those a resolved config records)."""
+    if given.get("budgets") is None:
+        return
+    for key in ("steps", "budget"):
+        _require(
+            given.get(key) is None,
+            f"--{key} with --budgets: the run trains the largest budget and a branch for each "
+            f"smaller one, which sets its {key}; drop --{key}",
+        )
 
 
 def _tokens_per_step(values: Mapping[str, Any]) -> int:
@@ -659,6 +769,7 @@ def validate(cfg: TrainConfig) -> None:
         "bad value for 'val_data': empty; pass a text file or folder or .bin token shards, "
         "or leave it out (validation from the data)",
     )
+    _check_budgets(cfg)
     _check_schedule(cfg)
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,
@@ -670,6 +781,41 @@ def validate(cfg: TrainConfig) -> None:
             knobs.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def _check_budgets(cfg: TrainConfig) -> None:
+    """A run with `budgets` can cool down each budget's branch from its own stable phase,
+    exactly as that budget's own WSD run: a WSD run, budgets of distinct steps, and each
+    budget's stable phase after the warmup and not after the run's own (`branches`)."""
+    if cfg.budgets is None:
+        return
+    _require(
+        cfg.schedule == "wsd",
+        f"--schedule {cfg.schedule} with --budgets: the branches cool down from a WSD run's "
+        "stable phase, which a cosine run has not; pass --schedule wsd (or drop --schedule)",
+    )
+    plan = budget_steps(cfg)
+    for (small, steps), (large, more) in itertools.pairwise(plan):
+        _require(
+            steps != more,
+            f"bad value for 'budgets': {number_text(small)} and {number_text(large)} both make "
+            f"{steps:,} steps of this run; give budgets further apart",
+        )
+    warmup = warmup_length(cfg.steps, cfg.warmup_frac, cfg.warmup_steps)
+    last = cfg.steps - cooldown_length(cfg.steps, cfg.cooldown)
+    for budget, steps in plan:
+        stable = steps - cooldown_length(steps, cfg.cooldown)
+        _require(
+            stable >= max(warmup, 1),
+            f"a warmup of {warmup} steps leaves budget {number_text(budget)} no stable phase to "
+            f"branch from (its cooldown starts after step {stable} of {steps}); shorten "
+            "--warmup-steps or --cooldown, or raise the smallest of --budgets",
+        )
+        _require(
+            stable <= last,
+            f"--cooldown {cfg.cooldown}: budget {number_text(budget)}'s cooldown would start "
+            f"after the largest budget's (step {stable} > {last}); pass another --cooldown",
+        )
 
 
 def _check_schedule(cfg: TrainConfig) -> None:

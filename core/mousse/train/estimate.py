@@ -23,7 +23,7 @@ import torch
 from mousse.optim.routing import CombinedOptimizer, build_optimizer, routed_shapes
 from mousse.optim.step import flat_shape
 
-from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs
+from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs, trained_steps
 from .machine import cpu_reading, others_busy
 from .model import GPT, GPTConfig, gpt_param_count
 from .precision import (
@@ -278,7 +278,7 @@ def estimate(
         step, method = _probe(cfg, vocab_size, device), "probe"
     else:
         step, method = flop_step, "flops"
-    steps = cfg.steps if steps is None else steps
+    steps = trained_steps(cfg) if steps is None else steps
     return Estimate(step, steps, method, mem, avail, str(device), busy_share(device))
 
 

@@ -17,6 +17,8 @@ from .config import (
     TrainConfig,
     coerce,
     format_model_config,
+    number_text,
+    parse_budgets,
     parse_model_config,
     resolve,
 )
@@ -62,7 +64,10 @@ def config_from_checkpoint(
                 f"weights were made with {was}; drop the flag, or start a "
                 "new run to train another model"
             )
-    cfg = resolve({**_without_steps_for(overrides, saved.to_dict()), **overrides})
+    _check_same_budgets(overrides, saved)
+    cfg = resolve({**_without_steps_for(overrides, saved), **overrides})
+    for key in SAME_SCHEDULE:  # (a run with budgets whose trunk finished restores nothing)
+        _check_same_schedule(key, getattr(saved, key), cfg)
     for key in FIXED_ON_RESUME:
         if getattr(cfg, key) != getattr(saved, key):
             raise ConfigError(
@@ -73,12 +78,30 @@ def config_from_checkpoint(
     return cfg, ckpt
 
 
-def _without_steps_for(overrides: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+def _without_steps_for(overrides: Mapping[str, Any], saved: TrainConfig) -> dict[str, Any]:
     """The saved settings, less their steps when `overrides` give a budget and no steps: the
-    budget then sets the steps to train to (a saved steps would win over it)."""
+    budget then sets the steps to train to (a saved steps would win over it); a run with
+    budgets, less the steps and budget they set."""
+    settings = saved.to_dict()
+    if saved.budgets is not None:
+        return {k: v for k, v in settings.items() if k not in ("steps", "budget")}
     if overrides.get("budget") is not None and overrides.get("steps") is None:
-        return {k: v for k, v in saved.items() if k != "steps"}
-    return saved
+        return {k: v for k, v in settings.items() if k != "steps"}
+    return settings
+
+
+def _check_same_budgets(overrides: Mapping[str, Any], saved: TrainConfig) -> None:
+    """ConfigError naming --budgets when it is given other than the run recorded it: its trunk
+    and branches were planned for those budgets."""
+    given = overrides.get("budgets")
+    if given is None or ",".join(map(number_text, parse_budgets(given))) == saved.budgets:
+        return
+    keep = f"pass --budgets {saved.budgets}" if saved.budgets else "drop --budgets"
+    was = f"budgets={saved.budgets}" if saved.budgets else "no --budgets"
+    raise ConfigError(
+        f"--budgets {given}: the run was trained with {was}, and its branches were planned for "
+        f"them; {keep}, or start a new run"
+    )
 
 
 def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:

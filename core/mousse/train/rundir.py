@@ -35,7 +35,16 @@ from .config import ConfigError, TrainConfig
 from .fileio import JsonlError, atomic_write_text, dumps, loads, read_json, read_jsonl, write_json
 
 LOCK_FILE = ".lock"
-RUN_FILES = {"config.toml", "env.json", "metrics.jsonl", "summary.json", "checkpoints", LOCK_FILE}
+# the files a run writes; `branches`: the cooldown branches of a run with budgets (train.branches)
+RUN_FILES = {
+    "config.toml",
+    "env.json",
+    "metrics.jsonl",
+    "summary.json",
+    "checkpoints",
+    "branches",
+    LOCK_FILE,
+}
 FINISHED = ("completed", "diverged")  # a summary with this status is a result to keep
 
 try:
@@ -69,6 +78,16 @@ def _run_began(run_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(env, dict) and "mousse" in env
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
+    UTF-8, not an object with a status)."""
+    try:
+        summary = read_json(run_dir / "summary.json")
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
 
 
 def restartable(run_dir: Path) -> bool:

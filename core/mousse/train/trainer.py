@@ -96,6 +96,12 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
+def eval_due(step: int, cfg: TrainConfig) -> bool:
+    """Whether the run evaluates after optimizer step `step` (a branch forked from another run
+    keeps only the evaluations its own run makes: `branches`)."""
+    return step % cfg.eval_every == 0 or step == cfg.steps
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """The factor of the peak lrs at optimizer step `step` under the run's schedule
     (`mousse.train.schedule`: cosine or wsd, after the warmup)."""
@@ -153,6 +159,12 @@ class Trainer:
             "target_seconds": None,
         }
         self.curve: list[dict[str, Any]] = []
+        # steps after which another run starts from this one's state (`branches`): its losses
+        # are checked there, then the callback writes that run's first checkpoint, before this
+        # run's own checkpoint of the step (so a kill never leaves this run past a lost fork)
+        self.forks: dict[int, Callable[[], None]] = {}
+        # what summary.json holds: the run's summary (a run with budgets adds its branches')
+        self.summary_file: Callable[[dict[str, Any]], dict[str, Any]] = lambda summary: summary
         self.resumed_from: int | None = None
         self.continues_here = False  # resumes from a checkpoint of its own run dir
         if ckpt is not None and loaded is not None:
@@ -221,29 +233,36 @@ class Trainer:
             self.lock.check()
 
     def _checkpoint(self) -> None:
+        path, seconds = self.save_state(self.run_dir, self.cfg, self.curve, self.state)
+        self.state["checkpoint_seconds"] += seconds
+        self.emit(CheckpointSaved(self.step, path, seconds))
+
+    def save_state(
+        self, run_dir: Path, cfg: TrainConfig, curve: list[dict[str, Any]], state: dict[str, Any]
+    ) -> tuple[Path, float]:
+        """Checkpoint the model, optimizer and RNG state at this step into `run_dir` as a run of
+        `cfg` with `curve` and `state` (this run's own, or those of a branch forked here).
+        Returns the checkpoint's dir and the seconds it took."""
         self._check_owner()
         t0 = time.perf_counter()
-        tensors = rng_state(self.device)
         meta = {
-            "config": tomlio.dumps(self.cfg.to_dict()),
+            "config": tomlio.dumps(cfg.to_dict()),
             "data_hash": self.data.content_hash,
-            "curve": self.curve,
+            "curve": curve,
             "precision": self.precision,
             "compiled": self.compiled,
-            **self.state,
+            **state,
         }
         path = self.dist.save_checkpoint(
-            self.run_dir / "checkpoints",
+            run_dir / "checkpoints",
             self.step,
             self.model,
             self.opt,
-            tensors,
+            rng_state(self.device),
             {k: json.dumps(v) for k, v in meta.items()},  # str-only
-            self.cfg.keep_checkpoints,
+            cfg.keep_checkpoints,
         )
-        seconds = time.perf_counter() - t0
-        self.state["checkpoint_seconds"] += seconds
-        self.emit(CheckpointSaved(self.step, path, seconds))
+        return path, time.perf_counter() - t0
 
     def _restore(self, ckpt: Path, loaded: dict[str, Any]) -> None:
         meta = trainer_meta(loaded)
@@ -363,10 +382,11 @@ class Trainer:
 
     def run(self, argv: list[str] | None = None) -> dict[str, Any]:
         """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
-        lock = None
+        lock = None  # the lock this call takes (a caller's own it keeps holding)
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
             check_free(self.run_dir, self.continues_here, self.restart, probe=self.lock is None)
-            lock = self.lock = self.lock or RunLock(self.run_dir).acquire()
+            if self.lock is None:
+                lock = self.lock = RunLock(self.run_dir).acquire()
         try:
             return self._run(argv)
         except Exception as exc:
@@ -392,7 +412,7 @@ class Trainer:
         summary = run_summary(self, "failed", str(error or exc), timing, n_params)
         if self.dist.is_main:
             self._check_owner()
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / "summary.json", self.summary_file(summary))
         return error
 
     def _run(self, argv: list[str] | None) -> dict[str, Any]:
@@ -411,7 +431,7 @@ class Trainer:
         summary = run_summary(self, status, message, self._timing(timer, tokens_per_step), n_params)
         if self.dist.is_main:
             self._check_owner()
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / "summary.json", self.summary_file(summary))
         self.emit(RunFinished(summary))
         return summary
 
@@ -441,18 +461,21 @@ class Trainer:
             self.step = step
             pending.append((step, loss))
             ckpt_due = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            fork = self.forks.get(step)
             # losses are checked (one host sync) before anything is written from this state
-            if ckpt_due or self._read_losses_due(step):
+            if ckpt_due or fork or self._read_losses_due(step):
                 message = self._check_losses(pending, timer, tokens_per_step)
                 if message:
                     status = "diverged"
                     break
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if eval_due(step, cfg):
                 last_eval = step
                 message = self._evaluate()
                 if message:
                     status = "diverged"
                     break
+            if fork:
+                fork()
             if ckpt_due:
                 self._checkpoint()
         return status, message, last_eval
