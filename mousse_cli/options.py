@@ -61,6 +61,13 @@ TRAIN_FLAGS: dict[str, tuple] = {
             None, help="Validation shards or text, when not picked by name ('val') from --data."
         ),
     ),
+    "split": (
+        str | None,
+        typer.Option(
+            None,
+            help="The builtin corpus's validation: files (whole files held out across it, evaluated on a fixed sample of windows) | tail (its last 512 KB, as runs before files). Other data keep their own val files or tail.",
+        ),
+    ),
     "steps": (int | None, typer.Option(None, help="Optimizer steps (wins over --budget).")),
     "budget": (
         float | None,
@@ -264,6 +271,7 @@ PANELS = {
         "model_config",
         "data",
         "val_data",
+        "split",
         "seq_len",
         "d_model",
         "n_layers",

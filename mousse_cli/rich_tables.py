@@ -42,6 +42,7 @@ def results_tables(results: dict):
         precision_note,
         protocol_notes,
         regime_note,
+        split_note,
         timing_notes,
         timing_rows,
         tuning_rows,
@@ -56,7 +57,7 @@ def results_tables(results: dict):
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )
-    for extra in (precision_note(results), regime_note(results)):
+    for extra in (precision_note(results), regime_note(results), split_note(results)):
         if extra:
             caption += f"; {escape(extra)}"
     caption += "".join(

@@ -1351,9 +1351,10 @@ def test_resuming_a_completed_run_keeps_its_timings(tmp_path):
     [
         (["--seed", "5"], ["--seed 5", "seed=0", "start a new run"]),
         (["--eval-tokens", "8192"], ["--eval-tokens 8192", "eval_tokens=4096"]),
+        (["--split", "tail"], ["--split tail", "split='files'"]),
         (["--steps", "4"], ["--steps 4", "at step 6", "--steps 6 or more"]),
     ],
-    ids=["seed", "eval-tokens", "fewer-steps"],
+    ids=["seed", "eval-tokens", "split", "fewer-steps"],
 )
 def test_resume_refuses_what_would_make_its_losses_incomparable(tmp_path, flags, needles):
     run = tmp_path / "R"

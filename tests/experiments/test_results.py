@@ -371,3 +371,31 @@ def test_tables_say_the_arithmetic_the_runs_trained_in():
     assert old["precisions"] == [] and "rithmetic" not in render(old, "markdown")
     grown = summarize(runs("bf16 autocast", None))  # an old ablation given new runs
     assert "differ in arithmetic (bf16 autocast, not recorded)" in render(grown, "markdown")
+
+
+def test_tables_show_the_split_and_the_evaluation_se_beside_the_seed_spread():
+    """Each variant's SE is its completed runs' mean, shown beside ± the seed spread; the note
+    says where validation came from. Results from before either was recorded show neither."""
+
+    def run(variant, seed, loss, se, baseline=False):
+        row = record(f"{variant}-s{seed}", [*MUON[:-1], loss], variant=variant, seed=seed)
+        return {**row, "is_baseline": baseline, "split": "files", "val_loss_se": se}
+
+    results = summarize(
+        [
+            run("muon", 0, 1.50, 0.004, baseline=True),
+            run("muon", 1, 1.52, 0.006, baseline=True),
+            run("mousse", 0, 1.46, 0.005),
+            run("mousse", 1, 1.48, 0.007),
+        ]
+    )
+    mousse = {v["variant"]: v for v in results["variants"]}["mousse"]
+    assert results["splits"] == ["files"] and mousse["val_loss_se"] == pytest.approx(0.006)
+    assert {r["name"]: r["val_loss_se"] for r in results["runs"]}["mousse-s1"] == 0.007
+    text = render(results, "markdown")
+    assert "1.4700 ± 0.0141 (SE 0.0060)" in text
+    assert "Validation on whole files held out across the builtin corpus" in text
+    assert float(next(csv.DictReader(io.StringIO(render(results, "csv"))))["val_loss_se"]) == 0.005
+    old = summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)])
+    assert old["splits"] == [] and "SE" not in render(old, "markdown")
+    assert "alidation on" not in render(old, "markdown")

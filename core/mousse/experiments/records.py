@@ -5,7 +5,9 @@ A run record is a dict: name, variant, knobs, seed, is_baseline, status ("comple
 "failed" | "pending" | "running"), final_val_loss, best_val_loss, steps, step_ms_median,
 fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_bytes (None on CPU), precision
 ("bf16 autocast" or "fp32"; None for runs recorded before it was), regime (`mousse.train.budget.regime`;
-None for runs recorded before it was) and curve, a list of {"step", "val_loss", "seconds"} eval points.
+None for runs recorded before it was), split (where validation came from, `mousse.train.data.Dataset`)
+and val_loss_se (the standard error of the final val loss over its windows; both None for runs
+recorded before them) and curve, a list of {"step", "val_loss", "seconds"} eval points.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ _RECORD_KEYS = (
     "timing_context",
     "precision",
     "regime",
+    "split",
+    "val_loss_se",
 )
 
 

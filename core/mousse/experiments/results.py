@@ -109,14 +109,20 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "timing_contexts": len(contexts),
             "precisions": _precisions(records),
             "regimes": _regimes(records),
+            "splits": _recorded_values(records, "split"),
         }
     )
 
 
 def _precisions(records: list) -> list[str]:
-    """The arithmetic the completed runs trained in, each once; runs from before it was recorded
+    """The arithmetic the completed runs trained in (`_recorded_values`)."""
+    return _recorded_values(records, "precision")
+
+
+def _recorded_values(records: list, key: str) -> list[str]:
+    """The values of `key` among the completed runs, each once; runs from before it was recorded
     count as 'not recorded' beside ones that say it (none when no run says it)."""
-    ran = {r.get("precision") or "not recorded" for r in records if r["status"] == "completed"}
+    ran = {r.get(key) or "not recorded" for r in records if r["status"] == "completed"}
     return sorted(ran) if ran != {"not recorded"} else []
 
 
@@ -224,6 +230,7 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "is_baseline": r["variant"] == base.variant,
         "status": r["status"],
         "final_val_loss": _finite(r.get("final_val_loss")),
+        "val_loss_se": _finite(r.get("val_loss_se")),
         "best_val_loss": _finite(r.get("best_val_loss")),
         "steps": r.get("steps"),
         "steps_to_target": steps,
@@ -261,14 +268,16 @@ def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> 
 
 
 def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> dict:
-    """A variant's final loss against the baseline's: mean, spread, difference with the 95%
-    interval Welch's test inverts, and the test (its verdict, Holm-adjusted over all the
-    variants, is `summarize`'s)."""
+    """A variant's final loss against the baseline's: mean, spread over seeds, the evaluation's
+    own standard error (its runs' mean: what another sample of validation windows would move one
+    run's loss by), difference with the 95% interval Welch's test inverts, and the test (its
+    verdict, Holm-adjusted over all the variants, is `summarize`'s)."""
     mean = _mean(losses)
     test = {"t": None, "df": None, "p": None} if is_base else welch_t_test(losses, base.losses)
     return {
         "final_val_loss_mean": mean,
         "final_val_loss_std": statistics.stdev(losses) if len(losses) >= 2 else None,
+        "val_loss_se": _mean(r["val_loss_se"] for r in done),
         "best_val_loss_mean": _mean(r["best_val_loss"] for r in done),
         "delta_vs_baseline": None if mean is None or base.target is None else mean - base.target,
         "delta_ci": None if is_base else welch_interval(losses, base.losses),

@@ -122,13 +122,11 @@ class Ablation:
                 "knobs at once (or use --grid less)"
             )
         configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
-        datasets = {
-            key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data) for c in configs)
-        }
-        for c in configs:  # every run's batches fit its data, before ablation.toml is written
-            check_fits(
-                datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size, c.seq_len, c.seed
-            )
+        keys = [(c.data, c.val_data, c.split) for c in configs]
+        datasets = {key: load_dataset(*key) for key in dict.fromkeys(keys)}
+        for c, key in zip(configs, keys, strict=True):  # every run's batches fit its data,
+            # before ablation.toml is written
+            check_fits(datasets[key], c.batch_size, c.micro_batch_size, c.seq_len, c.seed)
 
     def _check_plan_file(self) -> None:
         """ConfigError unless the dir's ablation.toml, if any, records this plan or this plan

@@ -45,6 +45,7 @@ CSV_COLUMNS = (
     "n_runs",
     "final_val_loss_mean",
     "final_val_loss_std",
+    "val_loss_se",
     "delta_vs_baseline",
     "p_value",
     "p_holm",
@@ -172,6 +173,31 @@ def precision_note(results: dict) -> str | None:
     return f"arithmetic: {precisions[0]}, every run" if precisions else None
 
 
+# where validation came from (`mousse.train.data.Dataset.split`), in words
+SPLIT_TEXT = {
+    "files": "whole files held out across the builtin corpus, a fixed sample of windows",
+    "tail": "the corpus tail",
+    "val data": "validation files of the data's own",
+}
+
+
+def split_note(results: dict) -> str | None:
+    """Where the runs' validation losses were measured, and what SE means where the results
+    record it (None for results from before runs recorded their split)."""
+    splits = results.get("splits") or []
+    if not splits:
+        return None
+    text = "validation on " + "; ".join(SPLIT_TEXT.get(s, s) for s in splits)
+    if len(splits) > 1:
+        text += " (runs differ: their losses do not compare)"
+    if any(v.get("val_loss_se") is not None for v in results["variants"]):
+        text += (
+            "; SE: the evaluation's standard error of a run's final loss over those windows, "
+            "beside ± the spread over seeds"
+        )
+    return text
+
+
 _DASH = "—"
 
 
@@ -229,9 +255,12 @@ def _steps_text(v: dict, has_target: bool) -> str:
 
 
 def _loss_text(v: dict) -> str:
-    """Mean final val loss ± its standard deviation over seeds."""
+    """Mean final val loss ± its standard deviation over seeds, and beside it the evaluation's
+    standard error over its validation windows (for results that record it)."""
     text = _num(v["final_val_loss_mean"], ".4f")
-    return text if v["final_val_loss_std"] is None else f"{text} ± {v['final_val_loss_std']:.4f}"
+    if v["final_val_loss_std"] is not None:
+        text += f" ± {v['final_val_loss_std']:.4f}"
+    return text if v.get("val_loss_se") is None else f"{text} (SE {v['val_loss_se']:.4f})"
 
 
 def _tuned_text(v: dict) -> str:
@@ -470,7 +499,7 @@ def _markdown(results: dict) -> str:
         if target is not None
         else "No completed baseline run: no target, deltas or overheads."
     )
-    for extra in (precision_note(results), regime_note(results)):
+    for extra in (precision_note(results), regime_note(results), split_note(results)):
         if extra:
             note += f" {extra[0].upper()}{extra[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))

@@ -31,7 +31,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, matrix_kwargs, resolve
 from .data import check_fits, check_tokens, load_dataset, train_batch
 from .estimate import compile_pays, record_compile_seconds
-from .evaluation import Forward, validation_loss
+from .evaluation import Forward, Validation, validation_loss
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -132,7 +132,7 @@ class Trainer:
         self.timer: StepTimer | None = None
         self.emit = on_event or (lambda event: None)
         self._join_world(world, Path(run_dir) if run_dir else default_run_dir(cfg), stop)
-        self.data = load_dataset(cfg.data, cfg.val_data)
+        self.data = load_dataset(cfg.data, cfg.val_data, cfg.split)
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
         ckpt = loaded = None
         if resume is not None:
@@ -307,22 +307,29 @@ class Trainer:
         return self.dist.reduce_gradients(total, step)  # summed over ranks; the global mean loss
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss, on the optimizer's iterate average where it keeps one (SPlus)."""
+    def evaluate(self) -> Validation:
+        """Mean validation loss and its standard error, on the optimizer's iterate average where
+        it keeps one (SPlus)."""
         return validation_loss(
             self.forward, self.model, self.data, self.cfg, self.precision, self.dist, self.opt
         )
 
     def _eval_and_record(self) -> float:
         t0 = time.perf_counter()
-        val = self.evaluate()
+        result = self.evaluate()
+        val, se = result.loss, result.se
         seconds = time.perf_counter() - t0
         self.state["eval_seconds"] += seconds
         self.state["final_val_loss"] = val
         if math.isfinite(val):
             self.state["best_val_loss"] = min(self.state["best_val_loss"], val)
         self.curve.append(
-            {"step": self.step, "val_loss": val, "seconds": self.state["train_seconds"]}
+            {
+                "step": self.step,
+                "val_loss": val,
+                "val_loss_se": se,
+                "seconds": self.state["train_seconds"],
+            }
         )
         target = self.cfg.target_loss
         if target is not None and self.state["target_step"] is None and val <= target:
@@ -332,7 +339,12 @@ class Trainer:
             self._check_owner()
             append_jsonl(
                 self.run_dir / "metrics.jsonl",
-                {"step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]},
+                {
+                    "step": self.step,
+                    "val_loss": val,
+                    "val_loss_se": se,
+                    "train_seconds": self.state["train_seconds"],
+                },
             )
         self.emit(
             EvalDone(
