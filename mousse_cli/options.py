@@ -152,7 +152,13 @@ TRAIN_FLAGS: dict[str, tuple] = {
             help="Newton-Schulz precision: auto (the run's --precision) | fp32 | bf16 | fp16.",
         ),
     ),
-    "eval_every": (int | None, typer.Option(None, help="Evaluate every N steps.")),
+    "eval_every": (
+        int | None,
+        typer.Option(
+            None,
+            help="Evaluate every N steps, every N/4 over the last quarter (or a longer wsd cooldown), and at step 0 and the end (docs/cli.md).",
+        ),
+    ),
     "eval_tokens": (int | None, typer.Option(None, help="Validation tokens per evaluation.")),
     "target_loss": (
         float | None,

@@ -54,6 +54,11 @@ def results_tables(results: dict):
         "speedup = baseline steps / steps of the seed-mean curve to reach it (below 1: the "
         "baseline's steps to the variant's final loss / the variant's), 95% bootstrap interval "
         "over seeds"
+        + (
+            "; evals: the speedups the two evaluations around the crossing allow"
+            if any(v.get("speedup_bracket") for v in results["variants"])
+            else ""
+        )
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )

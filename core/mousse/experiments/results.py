@@ -28,7 +28,9 @@ from .stats import (
     paired_differences,
     paired_t_test,
     speedup,
+    speedup_bracket,
     steps_to_target,
+    target_bracket,
     welch_interval,
     welch_t_test,
 )
@@ -234,6 +236,7 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "best_val_loss": _finite(r.get("best_val_loss")),
         "steps": r.get("steps"),
         "steps_to_target": steps,
+        "steps_to_target_bracket": target_bracket(r.get("curve") or [], base.target),
         "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
         **{k: _finite(r.get(k)) for k in TIMING_KEYS},
@@ -319,11 +322,13 @@ def _significance(is_base: bool, p: float | None, base_losses: list) -> str:
 
 
 def _target_columns(done: list, base: Baseline, curves: list[list]) -> dict:
-    """When the variant's seed-mean curve reaches the baseline's target, and on how many of its
-    completed runs' own curves the target is reached."""
-    steps, seconds = steps_to_target(mean_curve(curves), base.target)
+    """When the variant's seed-mean curve reaches the baseline's target, between which two of its
+    evaluations, and on how many of its completed runs' own curves the target is reached."""
+    mean = mean_curve(curves)
+    steps, seconds = steps_to_target(mean, base.target)
     return {
         "steps_to_target": steps,
+        "steps_to_target_bracket": target_bracket(mean, base.target),
         "reached": sum(r["steps_to_target"] is not None for r in done),
         "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
@@ -346,9 +351,12 @@ def _timing_columns(group: list, base: Baseline) -> dict:
 
 def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
-    interval (None for the baseline itself, without a target, and in seconds when the runs'
-    seconds were counted on differently loaded machines)."""
-    out: dict[str, float | list[float] | None] = {}
+    interval, and the range of step speedups the evaluations' spacing allows (None for the
+    baseline itself, without a target, and in seconds when the runs' seconds were counted on
+    differently loaded machines)."""
+    out: dict[str, float | list | None] = {
+        "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
+    }
     for suffix, key in (("", "step"), ("_time", "seconds")):
         skip = is_base or (key == "seconds" and not base.comparable)
         point = None if skip else speedup(base.curves, curves, key)

@@ -58,11 +58,15 @@ CSV_COLUMNS = (
     "paired_p_holm",
     "paired_significant",
     "steps_to_target",
+    "steps_to_target_low",
+    "steps_to_target_high",
     "reached",
     "step_reduction_pct",
     "speedup",
     "speedup_ci_low",
     "speedup_ci_high",
+    "speedup_bracket_low",
+    "speedup_bracket_high",
     "speedup_time",
     "timing_busy",
     *TIMING_KEYS,
@@ -244,11 +248,14 @@ def _paired_text(v: dict) -> str:
 
 
 def _steps_text(v: dict, has_target: bool) -> str:
-    """Steps of the seed-mean curve to the baseline's loss, and on how many seeds' own curves
-    the loss is reached when not all."""
+    """Steps of the seed-mean curve to the baseline's loss with the two evaluations that bracket
+    them ("480 [400-500]", for results that record it), and on how many seeds' own curves the
+    loss is reached when not all."""
     if not has_target or v["n"] == 0:
         return _DASH
     text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
+    if v.get("steps_to_target_bracket"):
+        text += " [{}-{}]".format(*v["steps_to_target_bracket"])
     return (
         text if v["n"] == 1 or v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
     )
@@ -281,14 +288,23 @@ def _value_text(x) -> str:
 
 def speedup_text(v: dict, suffix: str = "") -> str:
     """A speedup (in steps, or seconds with suffix "_time") with its 95% interval, flagged when
-    the interval holds 1."""
+    the interval holds 1, and beside it the range its evaluations' spacing allows (steps, for
+    results that record it)."""
     point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
     if v["is_baseline"] or point is None:
         return _DASH
-    if ci is None:
-        return f"{point:.2f}x"
-    text = f"{point:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
-    return text if ci[0] > 1 or ci[1] < 1 else f"{text} (not significant)"
+    text = f"{point:.2f}x"
+    if ci is not None:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        text += "" if ci[0] > 1 or ci[1] < 1 else " (not significant)"
+    bracket = v.get(f"speedup{suffix}_bracket")
+    return text if not bracket else f"{text}, evals {_range_text(*bracket)}"
+
+
+def _range_text(low: float, high: float | None) -> str:
+    """A range of speedups; None above: unbounded (the crossing lies before the first
+    evaluation after step 0)."""
+    return f"{low:.2f} or more" if high is None else f"{low:.2f}-{high:.2f}"
 
 
 def _marked(text: str, unreliable: bool) -> str:
@@ -476,10 +492,16 @@ def _csv(results: dict, preset: str | None = None, header: bool = True) -> str:
     for v in results["variants"]:
         ci = v.get("speedup_ci") or [None, None]
         paired = v.get("paired_delta_ci") or [None, None]
+        steps = v.get("steps_to_target_bracket") or [None, None]
+        evals = v.get("speedup_bracket") or [None, None]
         row = {
             **v,
             "speedup_ci_low": ci[0],
             "speedup_ci_high": ci[1],
+            "steps_to_target_low": steps[0],
+            "steps_to_target_high": steps[1],
+            "speedup_bracket_low": evals[0],
+            "speedup_bracket_high": evals[1],
             "paired_delta_ci_low": paired[0],
             "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),

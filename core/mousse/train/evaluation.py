@@ -1,6 +1,6 @@
 """The validation pass: mean loss over the validation windows and its standard error, on the
 optimizer's iterate average where it keeps one, with ranks taking turns and summing in batch
-order (the same numbers on any world size)."""
+order (the same numbers on any world size); and when a run evaluates (`eval_due`)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,36 @@ from mousse.optim.routing import CombinedOptimizer
 from .config import RunPrecision, TrainConfig
 from .data import Dataset, check_tokens, val_batches
 from .precision import autocast
+from .schedule import cooldown_length
 from .world import World
+
+# The last part of a run is evaluated DENSE_DIVISOR times as often as eval_every: its last
+# DENSE_FRACTION of the steps, or under wsd its cooldown when that is longer.
+DENSE_FRACTION = 0.25
+DENSE_DIVISOR = 4
 
 # The model's forward with targets, (idx, targets) -> (logits, loss): the model itself, or it
 # under torch.compile.
 Forward = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def eval_due(step: int, cfg: TrainConfig) -> bool:
+    """Whether a run evaluates once optimizer step `step` is done (0: before the first step):
+    at 0 and at its last step, every eval_every steps, and over its dense part (`dense_start`)
+    every eval_every / DENSE_DIVISOR steps (at least every step). A pure function of the
+    config, so a resumed run evaluates where the uninterrupted one does."""
+    if step in (0, cfg.steps) or step % cfg.eval_every == 0:
+        return True
+    return step > dense_start(cfg) and step % max(1, cfg.eval_every // DENSE_DIVISOR) == 0
+
+
+def dense_start(cfg: TrainConfig) -> int:
+    """The step after which a run is evaluated densely: before its last DENSE_FRACTION of the
+    steps, or under wsd its cooldown when that is longer."""
+    dense = math.ceil(DENSE_FRACTION * cfg.steps)
+    if cfg.schedule == "wsd":
+        dense = max(dense, cooldown_length(cfg.steps, cfg.cooldown))
+    return cfg.steps - dense
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, matrix_kwargs, resolve
 from .data import check_fits, check_tokens, load_dataset, train_batch
 from .estimate import compile_pays, record_compile_seconds
-from .evaluation import Forward, Validation, validation_loss
+from .evaluation import Forward, Validation, eval_due, validation_loss
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -435,10 +435,13 @@ class Trainer:
         with: (status, why it diverged or None, the step last evaluated or None)."""
         cfg = self.cfg
         status = "completed"
-        message: str | None = None
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
-        last_eval = self.curve[-1]["step"] if self.curve else None
         reset_peak_memory(self.device)
+        # a fresh run: the loss it starts from
+        message = self._evaluate() if self.step == 0 and eval_due(0, cfg) else None
+        last_eval = self.curve[-1]["step"] if self.curve else None
+        if message:
+            return "diverged", message, last_eval
 
         while self.step < cfg.steps:
             if self.stop.is_set() and not pending:  # pending losses are checked first
@@ -459,7 +462,7 @@ class Trainer:
                 if message:
                     status = "diverged"
                     break
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if eval_due(step, cfg):
                 last_eval = step
                 message = self._evaluate()
                 if message:
