@@ -98,3 +98,15 @@ def test_an_old_run_resumed_on_the_other_split_is_one_line(tmp_path):
     assert_one_line_error(res, "--split files", "split='tail'")
     after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
+
+
+def test_an_ablation_dir_from_before_the_split_continues_on_the_tail(tmp_path):
+    """Its plan validated on the tail: today's command (on files) is refused naming the flag that
+    continues it, and with that flag the plan is the one recorded."""
+    old = plan_ablation({"alpha": ["0.0", "0.25"]}, base={"steps": 2}).to_dict()
+    del old["base"]["split"]  # as plans from before the split wrote it
+    (tmp_path / "ablation.toml").write_text(tomlio.dumps(old))
+    command = ("ablate", "--alpha", "0.0,0.25", "--steps", "2", "--ablation-dir", tmp_path)
+    res = invoke_cli(*command, "--dry-run")
+    assert_one_line_error(res, "its split is tail", "pass --split tail to continue it")
+    assert invoke_cli(*command, "--split", "tail", "--dry-run").exit_code == 0
