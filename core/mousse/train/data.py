@@ -91,7 +91,7 @@ class Dataset:
     content_hash: str
     source: str
     description: str
-    split: str = "tail"
+    split: str
 
     def describe(self) -> str:
         return self.description
