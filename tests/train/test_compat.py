@@ -110,3 +110,22 @@ def test_an_ablation_dir_from_before_the_split_continues_on_the_tail(tmp_path):
     res = invoke_cli(*command, "--dry-run")
     assert_one_line_error(res, "its split is tail", "pass --split tail to continue it")
     assert invoke_cli(*command, "--split", "tail", "--dry-run").exit_code == 0
+
+
+def test_a_report_of_an_ablation_dir_from_before_the_split_says_the_tail(tmp_path):
+    """Its runs' summaries do not say their split; on the builtin corpus it is their plan's."""
+    from mousse.experiments.sweep import Ablation, read_plan
+    from mousse.train.fileio import write_json
+
+    old = plan_ablation({"alpha": ["0.0"]}, base={"steps": 2}).to_dict()
+    del old["base"]["split"]
+    (tmp_path / "ablation.toml").write_text(tomlio.dumps(old))
+    plan = read_plan(tmp_path / "ablation.toml", "")
+    for run in plan.runs:
+        curve = [{"step": 2, "val_loss": 2.0, "seconds": 1.0}]
+        summary = {"status": "completed", "final_val_loss": 2.0, "steps": 2, "curve": curve}
+        write_json(tmp_path / "runs" / run.name / "summary.json", summary)
+    results = Ablation(plan, tmp_path).results()
+    assert results["splits"] == ["tail"] and {r["split"] for r in results["runs"]} == {"tail"}
+    res = invoke_cli("report", tmp_path, "--format", "markdown")
+    assert res.exit_code == 0 and "Validation on the corpus tail" in res.stdout, res

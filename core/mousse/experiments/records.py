@@ -75,6 +75,16 @@ def record(run: RunSpec, summary: dict | None) -> dict:
     return row
 
 
+def with_split(row: dict, settings: dict) -> dict:
+    """`row` (a `record`) with the split its run validated on when its summary predates saying
+    so: on the built-in corpus, the split of its settings (its plan's, `compat.recorded`: the
+    tail for plans from before), which is the only validation that data has."""
+    builtin = settings.get("data", "builtin") == "builtin" and not settings.get("val_data")
+    if row["split"] is None and row["status"] != "pending" and builtin:
+        return {**row, "split": settings["split"]}
+    return row
+
+
 def final_loss(summary: dict | None) -> float | None:
     """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
     None while it has no result."""

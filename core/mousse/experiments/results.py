@@ -233,6 +233,7 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "status": r["status"],
         "final_val_loss": _finite(r.get("final_val_loss")),
         "val_loss_se": _finite(r.get("val_loss_se")),
+        "split": r.get("split"),
         "best_val_loss": _finite(r.get("best_val_loss")),
         "steps": r.get("steps"),
         "steps_to_target": steps,

@@ -21,7 +21,7 @@ from mousse.train.rundir import exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, read_summary, record
+from .records import FINISHED, final_loss, read_summary, record, with_split
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -313,8 +313,12 @@ class Ablation:
     # ---- results ----------------------------------------------------------------------------
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
-        """The run records of the comparison's runs, as far as they got."""
-        return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
+        """The run records of the comparison's runs, as far as they got (`with_split`: the split
+        of runs from before summaries said it)."""
+        return [
+            with_split(record(run, read_summary(self.run_dir(run))), run_settings(self.plan, run))
+            for run in self.final_runs(states)
+        ]
 
     def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and
