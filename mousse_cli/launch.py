@@ -105,7 +105,7 @@ def launch_train(
             "--nproc starts torchrun, but this process already runs under it; drop --nproc"
         )
     batch_split(cfg.batch_size, cfg.micro_batch_size, nproc)
-    load_dataset(cfg.data, cfg.val_data)  # bad data: one error line here, not one per rank
+    load_dataset(cfg.data, cfg.val_data, cfg.split)  # bad data: one error line, not one per rank
     run_dir = run_dir or default_run_dir(cfg)
     # torchrun removes it when it ends, even after a kill -9 of this process
     with tempfile.TemporaryDirectory(prefix="mousse-launch-", ignore_cleanup_errors=True) as tmp:

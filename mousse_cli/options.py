@@ -61,6 +61,13 @@ TRAIN_FLAGS: dict[str, tuple] = {
             None, help="Validation shards or text, when not picked by name ('val') from --data."
         ),
     ),
+    "split": (
+        str | None,
+        typer.Option(
+            None,
+            help="The builtin corpus's validation: files (whole files held out across it, evaluated on a fixed sample of windows) | tail (its last 512 KB, as runs before files). Other data keep their own val files or tail.",
+        ),
+    ),
     "steps": (int | None, typer.Option(None, help="Optimizer steps (wins over --budget).")),
     "budget": (
         float | None,
@@ -152,7 +159,13 @@ TRAIN_FLAGS: dict[str, tuple] = {
             help="Newton-Schulz precision: auto (the run's --precision) | fp32 | bf16 | fp16.",
         ),
     ),
-    "eval_every": (int | None, typer.Option(None, help="Evaluate every N steps.")),
+    "eval_every": (
+        int | None,
+        typer.Option(
+            None,
+            help="Evaluate every N steps, every N/4 over the last quarter (or a longer wsd cooldown), and at step 0 and the end (docs/cli.md).",
+        ),
+    ),
     "eval_tokens": (int | None, typer.Option(None, help="Validation tokens per evaluation.")),
     "target_loss": (
         float | None,
@@ -271,6 +284,7 @@ PANELS = {
         "model_config",
         "data",
         "val_data",
+        "split",
         "seq_len",
         "d_model",
         "n_layers",

@@ -46,6 +46,7 @@ def results_tables(results: dict):
         precision_note,
         protocol_notes,
         regime_note,
+        split_note,
         timing_notes,
         timing_rows,
         tuning_rows,
@@ -57,10 +58,20 @@ def results_tables(results: dict):
         "speedup = baseline steps / steps of the seed-mean curve to reach it (below 1: the "
         "baseline's steps to the variant's final loss / the variant's), 95% bootstrap interval "
         "over seeds"
+        + (
+            "; evals: the speedups the two evaluations around the crossing allow"
+            if any(v.get("speedup_bracket") for v in results["variants"])
+            else ""
+        )
         if target is not None
         else "no completed baseline: no target, deltas or overheads"
     )
-    for extra in (precision_note(results), regime_note(results), power_note(results)):
+    for extra in (
+        precision_note(results),
+        regime_note(results),
+        split_note(results),
+        power_note(results),
+    ):
         if extra:
             caption += f"; {escape(extra)}"
     caption += "".join(

@@ -94,10 +94,12 @@ def test_a_branch_has_every_evaluation_its_own_run_makes_before_its_fork(tmp_pat
     """Under an evaluation schedule that depends on a run's length (dense over its last 40%),
     a branch's own run evaluates before its fork where the trunk does not: the trunk evaluates
     there for it (its own losses untouched), and the branch stays its own run, bit for bit."""
-    from mousse.train import trainer
+    from mousse.train import branches, trainer
 
     plain = trainer.eval_due
-    monkeypatch.setattr(trainer, "eval_due", lambda s, cfg: plain(s, cfg) or s > 0.6 * cfg.steps)
+    due = lambda s, cfg: plain(s, cfg) or s > 0.6 * cfg.steps
+    monkeypatch.setattr(trainer, "eval_due", due)  # the trunk's and its branches' runs
+    monkeypatch.setattr(branches, "eval_due", due)
     run = tmp_path / "R"
     assert invoke_cli(*RUN, "--run-dir", run).exit_code == 0
     for budget, _, fork, rel in SMALL:

@@ -118,7 +118,7 @@ def test_a_run_whose_lock_is_removed_or_taken_stops_before_writing_more(
     last = res.stderr_lines()[-1]
     assert last.startswith(f"error: the lock file {run / LOCK_FILE} of this run was removed")
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2"]
-    assert {r["step"] for r in read_metrics(run)} == {1, 2}
+    assert {r["step"] for r in read_metrics(run)} == {0, 1, 2}  # 0: its first evaluation
     assert not (run / "summary.json").exists()
     for lock in others:
         lock.release()
@@ -1370,9 +1370,10 @@ def test_resuming_a_completed_run_keeps_its_timings(tmp_path):
     [
         (["--seed", "5"], ["--seed 5", "seed=0", "start a new run"]),
         (["--eval-tokens", "8192"], ["--eval-tokens 8192", "eval_tokens=4096"]),
+        (["--split", "tail"], ["--split tail", "split='files'"]),
         (["--steps", "4"], ["--steps 4", "at step 6", "--steps 6 or more"]),
     ],
-    ids=["seed", "eval-tokens", "fewer-steps"],
+    ids=["seed", "eval-tokens", "split", "fewer-steps"],
 )
 def test_resume_refuses_what_would_make_its_losses_incomparable(tmp_path, flags, needles):
     run = tmp_path / "R"

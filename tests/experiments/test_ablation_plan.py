@@ -205,7 +205,7 @@ def test_base_defines_the_centre():
     plan = plan_ablation(
         {"alpha": [0.125, 0.25]}, base={"preset": "tiny", "alpha": "0.25", "steps": 50}
     )
-    assert plan.base == {"preset": "tiny", "alpha": 0.25, "steps": 50}
+    assert plan.base == {"preset": "tiny", "alpha": 0.25, "steps": 50, "split": "files"}
     assert names(plan) == ["muon", "mousse", "alpha=0.125"]
 
 

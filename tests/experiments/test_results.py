@@ -15,8 +15,11 @@ from mousse.experiments.stats import (
     paired_bootstrap_ci,
     paired_differences,
     paired_t_test,
+    speedup,
+    speedup_bracket,
     steps_to_target,
     t_two_sided_p,
+    target_bracket,
     welch_t_test,
 )
 from mousse.experiments.table_rows import (
@@ -42,6 +45,20 @@ def test_steps_to_target():
         None,
         None,
     )
+
+
+def test_the_bracket_is_the_two_evaluations_around_the_crossing():
+    """The interpolated step lies inside its bracket; with no evaluation above the target
+    before the first below it, the bracket starts at 0, and a speedup from it is unbounded."""
+    c = curve(MOUSSE)
+    assert target_bracket(c, 1.6) == [400, 500] and 400 < steps_to_target(c, 1.6)[0] < 500
+    assert target_bracket(c, 3.0) == [0, 100]  # its first evaluation is already there
+    assert target_bracket(c, 1.0) is None and target_bracket(c, None) is None
+    start = [{"step": 0, "val_loss": 5.0, "seconds": 0.0}]
+    fast = start + curve([1.4, 1.3], every=300)  # at 1.4 by its first evaluation after 0
+    muon = [start + curve(MUON)]
+    assert speedup_bracket(muon, [fast]) == [600 / 300, None]
+    assert 600 / 300 < speedup(muon, [fast]) and speedup_bracket(muon, muon) == [1.0, 1.2]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +126,12 @@ def test_summarize_headline_step_reduction_and_overhead():
     assert variants["mousse"]["significance"] == "n<2" and variants["mousse"]["p_value"] is None
     assert variants["muon"]["significance"] == "baseline"
     row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
-    assert row["Speedup (95% CI)"] == "1.20x" and row["Steps to baseline loss"] == "500"
+    # it reaches 1.5 at its evaluation at 500, after 1.7 at 400: the speedup is 600 / 500, and
+    # as far as the evaluations say anything from 600 / 500 to 600 / 400
+    assert runs["mousse"]["steps_to_target_bracket"] == [400, 500]
+    assert variants["mousse"]["speedup_bracket"] == [1.2, 1.5]
+    assert row["Speedup (95% CI)"] == "1.20x, evals 1.20-1.50"
+    assert row["Steps to baseline loss"] == "500 [400-500]"
     assert variants["mousse"]["step_reduction_pct"] == pytest.approx(100 / 6)
     assert row["Δ vs baseline"] == "-0.0500" and row["Welch p"] == "n<2"
     assert {r["Variant"]: r for r in timing_rows(results)}["mousse"]["Overhead [IQR]"] == "+3.0%"
@@ -120,7 +142,8 @@ def test_a_single_seed_that_misses_the_target_reads_never_and_below_one():
     results = summarize([record("muon", MUON, baseline=True), record("mousse", behind)])
     row = {r["Variant"]: r for r in convergence_rows(results)}["mousse"]
     assert row["Steps to baseline loss"] == "never"
-    assert row["Speedup (95% CI)"] == "0.83x"  # 500 / 600
+    # 500 / 600; muon passes 1.6 between its evaluations at 400 and 500
+    assert row["Speedup (95% CI)"] == "0.83x, evals 0.67-0.83"
 
 
 def test_summarize_seeds_target_is_seed_averaged_and_significance():
@@ -371,3 +394,31 @@ def test_tables_say_the_arithmetic_the_runs_trained_in():
     assert old["precisions"] == [] and "rithmetic" not in render(old, "markdown")
     grown = summarize(runs("bf16 autocast", None))  # an old ablation given new runs
     assert "differ in arithmetic (bf16 autocast, not recorded)" in render(grown, "markdown")
+
+
+def test_tables_show_the_split_and_the_evaluation_se_beside_the_seed_spread():
+    """Each variant's SE is its completed runs' mean, shown beside ± the seed spread; the note
+    says where validation came from. Results from before either was recorded show neither."""
+
+    def run(variant, seed, loss, se, baseline=False):
+        row = record(f"{variant}-s{seed}", [*MUON[:-1], loss], variant=variant, seed=seed)
+        return {**row, "is_baseline": baseline, "split": "files", "val_loss_se": se}
+
+    results = summarize(
+        [
+            run("muon", 0, 1.50, 0.004, baseline=True),
+            run("muon", 1, 1.52, 0.006, baseline=True),
+            run("mousse", 0, 1.46, 0.005),
+            run("mousse", 1, 1.48, 0.007),
+        ]
+    )
+    mousse = {v["variant"]: v for v in results["variants"]}["mousse"]
+    assert results["splits"] == ["files"] and mousse["val_loss_se"] == pytest.approx(0.006)
+    assert {r["name"]: r["val_loss_se"] for r in results["runs"]}["mousse-s1"] == 0.007
+    text = render(results, "markdown")
+    assert "1.4700 ± 0.0141 (SE 0.0060)" in text
+    assert "Validation on whole files held out across the builtin corpus" in text
+    assert float(next(csv.DictReader(io.StringIO(render(results, "csv"))))["val_loss_se"]) == 0.005
+    old = summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)])
+    assert old["splits"] == [] and "SE" not in render(old, "markdown")
+    assert "alidation on" not in render(old, "markdown")

@@ -1,4 +1,6 @@
 import itertools
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,19 +11,23 @@ from mousse.train.data import DataError, load_dataset, train_batch, val_batches
 
 
 def test_builtin_is_cached_deterministic_and_split(tmp_path, monkeypatch):
+    """The tail split (every run before `split`) keeps the corpus's own hash as its identity:
+    those runs' checkpoints resume on it."""
     monkeypatch.setenv("MOUSSE_CACHE", str(tmp_path / "a"))
-    first, again = load_dataset(), load_dataset()  # build, then read from the cache
+    first, again = load_dataset(split="tail"), load_dataset(split="tail")  # build, then cached
     assert first.content_hash == again.content_hash and first.vocab_size == 256
     corpus, sha = sorted((tmp_path / "a").iterdir())  # *.bytes, *.sha256
     assert sha.read_text().strip() == first.content_hash
+    assert load_dataset().content_hash not in (first.content_hash, None)  # files: another split
     assert len(first.val) == data.VAL_MIN and len(first.train) > 5_000_000
     assert torch.equal(first.val.get(0, 1000), again.val.get(0, 1000))
     assert first.describe().startswith("builtin stdlib corpus")
     size = corpus.stat().st_size
     corpus.write_bytes(b"corrupt")
-    assert load_dataset().content_hash == first.content_hash and corpus.stat().st_size == size
+    assert load_dataset(split="tail").content_hash == first.content_hash
+    assert corpus.stat().st_size == size
     monkeypatch.setenv("MOUSSE_CACHE", str(sha))  # not a folder: the corpus is used uncached
-    assert load_dataset().content_hash == first.content_hash
+    assert load_dataset(split="tail").content_hash == first.content_hash
     with pytest.raises(DataError, match="separate validation set needs a data path"):
         load_dataset("builtin", str(tmp_path))
 
@@ -136,17 +142,73 @@ def test_train_batch_is_a_pure_function_of_seed_and_step(tmp_path):
 
 def test_val_batches_are_fixed_and_contiguous(tmp_path):
     ds = _source(tmp_path, n=20000)  # val = last 2000 bytes
-    batches = list(val_batches(ds.val, 1000, batch_size=4, seq_len=50))
+    batches = list(val_batches(ds, 1000, batch_size=4, seq_len=50))
     assert len(batches) == 5 and all(x.shape == (4, 50) for x, _ in batches)
     assert torch.equal(batches[0][0][0], ds.val.get(0, 50))
     assert torch.equal(batches[1][1][0], ds.val.get(201, 50))
-    again = list(val_batches(ds.val, 1000, batch_size=4, seq_len=50))
+    again = list(val_batches(ds, 1000, batch_size=4, seq_len=50))
     assert all(
         torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         for a, b in zip(batches, again, strict=True)
     )
-    assert len(list(val_batches(ds.val, 10**9, 4, 50))) == 9  # capped by the split
-    ((x, _),) = val_batches(ds.val, 1000, batch_size=64, seq_len=100)  # smaller than one batch
+    assert len(list(val_batches(ds, 10**9, 4, 50))) == 9  # capped by the split
+    ((x, _),) = val_batches(ds, 1000, batch_size=64, seq_len=100)  # smaller than one batch
     assert x.shape == (19, 100)
     with pytest.raises(DataError, match="fewer than one sequence"):
-        next(val_batches(ds.val, 1000, 4, 5000))
+        next(val_batches(ds, 1000, 4, 5000))
+
+
+def _files(source: data.TokenSource) -> list[bytes]:
+    """The files of a source of the built-in corpus (joined by FILE_SEP)."""
+    return bytes(source.get(0, len(source)).tolist()).split(data.FILE_SEP)
+
+
+def test_builtin_holds_out_whole_files_spread_over_the_corpus(builtin_data):
+    """Every file is in train or in val, never both; val holds at least the tail split's bytes,
+    in files from many packages of the corpus's sorted order; the split is the same each time."""
+    tail = load_dataset(split="tail")
+    assert builtin_data.split == "files" and tail.split == "tail"
+    train, val = _files(builtin_data.train), _files(builtin_data.val)
+    corpus = _files(data.TokenSource(tail.train.parts, "builtin"))  # the whole corpus
+    assert sorted(train + val) == sorted(corpus) and not set(train) & set(val)
+    assert len(builtin_data.val) >= len(tail.val)
+    assert len(val) >= data.MIN_VAL_FILES
+    picked = data.held_out_files(
+        [len(f) for f in corpus], data._val_len(len(data.FILE_SEP.join(corpus)))
+    )
+    assert [corpus[i] for i in picked] == val  # in corpus order: spread, not one package
+    root = Path(sysconfig.get_paths()["stdlib"])
+    names = [f.relative_to(root).parts for f in data.stdlib_files()]
+    packages = {names[i][0] if len(names[i]) > 1 else "" for i in picked}
+    assert len(packages) >= 10, packages
+    again = load_dataset()
+    assert again.content_hash == builtin_data.content_hash
+    assert torch.equal(again.val.get(0, len(again.val)), builtin_data.val.get(0, len(again.val)))
+
+
+def test_held_out_files_by_hand():
+    """The largest k whose every k-th file (from k // 2) holds the target, at most one file in
+    MIN_VAL_FILES."""
+    sizes = [10] * 64  # k at most 64 // 16 = 4
+    assert data.held_out_files(sizes, 160) == range(2, 64, 4)  # 16 files, 160 bytes
+    assert data.held_out_files(sizes, 161) == range(1, 64, 3)  # 21 files
+    assert data.held_out_files(sizes, 10**6) == range(1, 64, 2)  # none holds it: every other
+
+
+def test_val_windows_are_a_fixed_sample_across_the_held_out_files(builtin_data):
+    """The same windows each time, whatever the global RNG (so every run and seed evaluates the
+    same ones), drawn across the whole held-out set, fewer windows a prefix of more."""
+
+    def windows(n_tokens, rows):
+        return torch.cat([x for x, _ in val_batches(builtin_data, n_tokens, rows, 64)])
+
+    torch.manual_seed(1)
+    first = windows(64 * 64, 16)
+    torch.manual_seed(2)
+    assert torch.equal(windows(64 * 64, 16), first) and first.shape == (64, 64)
+    assert torch.equal(windows(64 * 32, 8)[:32], first[:32])
+    offsets = data.window_offsets(len(builtin_data.val), 64, 64)
+    assert torch.equal(first[0], builtin_data.val.get(offsets[0], 64))
+    assert max(offsets) - min(offsets) > len(builtin_data.val) // 2  # across, not from the start
+    x, y = next(val_batches(builtin_data, 64 * 16, 16, 64))
+    assert torch.equal(x[:, 1:], y[:, :-1])

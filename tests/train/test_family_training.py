@@ -88,7 +88,7 @@ def test_splus_evaluates_its_iterate_average_and_trains_on_raw_weights(builtin_d
     trainer = Trainer(cfg, tmp_path / "r")
     trainer.run()
     raw = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    val = trainer.evaluate()
+    val = trainer.evaluate().loss
     assert all(torch.equal(raw[k], v) for k, v in trainer.model.state_dict().items())
     # by hand: matrices at avg / (1 - rate^t), everything else raw
     matrix = trainer.opt.parts["matrix"]
@@ -101,7 +101,7 @@ def test_splus_evaluates_its_iterate_average_and_trains_on_raw_weights(builtin_d
             losses = [
                 trainer.model(x, y)[1]
                 for x, y in val_batches(
-                    trainer.data.val, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len
+                    trainer.data, cfg.eval_tokens, cfg.micro_batch_size, cfg.seq_len
                 )
             ]
     assert abs(val - float(torch.stack(losses).mean())) < 1e-6

@@ -110,7 +110,7 @@ def test_train_cli_end_to_end(mousse_proc, tmp_path):
         assert all(k in r for k in TRAIN_KEYS), r
         assert math.isfinite(r["train_loss"]) and r["step_ms"] > 0 and r["tokens_per_s"] > 0
     assert train_rows[0]["lr"] > train_rows[-1]["lr"] == 0.0  # cosine down to min_lr_frac 0
-    assert sorted(r["step"] for r in rows if "val_loss" in r) == [5, 10, 12]
+    assert sorted(r["step"] for r in rows if "val_loss" in r) == [0, 5, 10, 11, 12]
     assert val_losses(run_dir)[12] == out["final_val_loss"]
 
     saved = summary(run_dir)
@@ -211,7 +211,7 @@ def test_flags_override_file_override_preset(cli, tmp_path):
     assert cfg["eval_every"] == 3 and cfg["lr"] == 0.02 and cfg["warmup_frac"] == 0.25  # file
     assert cfg["n_layers"] == 2 and cfg["scalar_lr"] == 0.01  # preset (tiny)
     assert res.json()["steps"] == 6
-    assert sorted(val_losses(tmp_path / "r")) == [3, 6]
+    assert sorted(val_losses(tmp_path / "r")) == [0, 3, 5, 6]  # 0, every 3, the last quarter
 
 
 # ---- the matrix optimizer's knobs: class preset < recipe < preset lr < file < flag --------------
@@ -380,12 +380,12 @@ def test_target_loss_step_recorded_or_null(cli, tmp_path):
     out = res.json()
     assert out["target_step"] is None and out["target_seconds"] is None
     curve = {p["step"]: p["val_loss"] for p in out["curve"]}
-    assert sorted(curve) == [3, 6, 9]
-    assert curve[9] < curve[3], curve  # it learns something in 9 steps
+    assert sorted(curve) == [0, 3, 6, 7, 8, 9]  # 0, every 3, every step of the last quarter
+    assert curve[9] < curve[3] < curve[0], curve  # it learns something in 9 steps
 
-    # a target between the first and the best eval is first met at a known later step
+    # a target between the first trained eval and the best is first met at a known later step
     target = (curve[3] + min(curve[6], curve[9])) / 2
-    expected = next(s for s in (3, 6, 9) if curve[s] <= target)
+    expected = next(s for s in sorted(curve) if curve[s] <= target)
     res = cli(
         "train", *common, "--target-loss", repr(target), "--run-dir", tmp_path / "hit", "--json"
     )

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mousse.train import config
+from mousse.train import compat, config
 from mousse.train.config import (
     FAMILY_KNOBS,
     PRECONDITIONER_KNOBS,
@@ -135,7 +135,8 @@ class AblationPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> AblationPlan:
-        """The plan recorded as `to_dict` wrote it; a run of the wrong shape is a TypeError."""
+        """The plan recorded as `to_dict` wrote it (a plan from before `split` held out the
+        corpus tail: `compat.recorded`); a run of the wrong shape is a TypeError."""
         runs = [
             RunSpec(
                 _typed(r, "name", str),
@@ -147,7 +148,7 @@ class AblationPlan:
             for r in data["runs"]
         ]
         return cls(
-            dict(data.get("base", {})),
+            compat.recorded(dict(data.get("base", {}))),
             {k: list(v) for k, v in data["sweeps"].items()},
             data["mode"],
             list(data["seeds"]),
@@ -276,9 +277,11 @@ def plan_ablation(
     trained at its tuned values, on seeds none of its tuning runs used (`check_tune_seeds`).
     """
     mode = check_mode(mode)
-    # view settings (--log) are left out: they change no run, so neither its name nor the plan
+    # view settings (--log) are left out: they change no run, so neither its name nor the plan;
+    # the split is always in: a plan on another validation set is another plan
     base = {k: v for k, v in typed_settings(base or {}).items() if k not in VIEW_SETTINGS}
     config.refuse_with_budgets(base)
+    base.setdefault("split", config.FIELD_DEFAULTS["split"])
     typed = typed_sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")

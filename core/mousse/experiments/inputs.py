@@ -30,6 +30,7 @@ SETTING_CHOICES = {
     "compile": config.COMPILE_MODES,
     "gather_dtype": config.GATHER_DTYPES,
     "ns_dtype": tuple(config.NS_DTYPES),
+    "split": config.SPLITS,
     **KNOB_CHOICES,
 }
 _FIELDS = list(FIELD_TYPES)

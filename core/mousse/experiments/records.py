@@ -5,7 +5,9 @@ A run record is a dict: name, variant, knobs, seed, is_baseline, status ("comple
 "failed" | "pending" | "running"), final_val_loss, best_val_loss, steps, step_ms_median,
 fwd_bwd_ms_median, opt_ms_median, refresh_ms_median, tokens_per_s, peak_mem_bytes (None on CPU), precision
 ("bf16 autocast" or "fp32"; None for runs recorded before it was), regime (`mousse.train.budget.regime`;
-None for runs recorded before it was) and curve, a list of {"step", "val_loss", "seconds"} eval points.
+None for runs recorded before it was), split (where validation came from, `mousse.train.data.Dataset`)
+and val_loss_se (the standard error of the final val loss over its windows; both None for runs
+recorded before them) and curve, a list of {"step", "val_loss", "seconds"} eval points.
 A run with budgets (`mousse.train.branches`) also has budgets: per budget, ascending, {"budget",
 "tokens", "tokens_per_param", "steps", "status", "final_val_loss"} (the loss None unless that
 budget completed); runs without budgets have no such key.
@@ -44,6 +46,8 @@ _RECORD_KEYS = (
     "timing_context",
     "precision",
     "regime",
+    "split",
+    "val_loss_se",
 )
 
 
@@ -74,6 +78,16 @@ def budget_record(entry: dict) -> dict:
     if out["status"] != "completed":
         out["final_val_loss"] = None
     return out
+
+
+def with_split(row: dict, settings: dict) -> dict:
+    """`row` (a `record`) with the split its run validated on when its summary predates saying
+    so: on the built-in corpus, the split of its settings (its plan's, `compat.recorded`: the
+    tail for plans from before), which is the only validation that data has."""
+    builtin = settings.get("data", "builtin") == "builtin" and not settings.get("val_data")
+    if row["split"] is None and row["status"] != "pending" and builtin:
+        return {**row, "split": settings["split"]}
+    return row
 
 
 def final_loss(summary: dict | None) -> float | None:

@@ -31,7 +31,9 @@ from .stats import (
     paired_t_test,
     seeds_for_power,
     speedup,
+    speedup_bracket,
     steps_to_target,
+    target_bracket,
     welch_interval,
     welch_t_test,
 )
@@ -114,6 +116,7 @@ def summarize(records: list, baseline_name: str | None = None) -> dict:
             "precisions": _precisions(records),
             "regimes": _regimes(records),
             "budgets": budget_rows(runs, base.variant),
+            "splits": _recorded_values(records, "split"),
         }
     )
 
@@ -168,9 +171,14 @@ def budget_rows(runs: list, baseline: str | None) -> list[dict]:
 
 
 def _precisions(records: list) -> list[str]:
-    """The arithmetic the completed runs trained in, each once; runs from before it was recorded
+    """The arithmetic the completed runs trained in (`_recorded_values`)."""
+    return _recorded_values(records, "precision")
+
+
+def _recorded_values(records: list, key: str) -> list[str]:
+    """The values of `key` among the completed runs, each once; runs from before it was recorded
     count as 'not recorded' beside ones that say it (none when no run says it)."""
-    ran = {r.get("precision") or "not recorded" for r in records if r["status"] == "completed"}
+    ran = {r.get(key) or "not recorded" for r in records if r["status"] == "completed"}
     return sorted(ran) if ran != {"not recorded"} else []
 
 
@@ -299,9 +307,12 @@ def _run_row(r: dict, base: Baseline) -> dict:
         "is_baseline": r["variant"] == base.variant,
         "status": r["status"],
         "final_val_loss": _finite(r.get("final_val_loss")),
+        "val_loss_se": _finite(r.get("val_loss_se")),
+        "split": r.get("split"),
         "best_val_loss": _finite(r.get("best_val_loss")),
         "steps": r.get("steps"),
         "steps_to_target": steps,
+        "steps_to_target_bracket": target_bracket(r.get("curve") or [], base.target),
         "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
         **{k: _finite(r.get(k)) for k in TIMING_KEYS},
@@ -337,14 +348,16 @@ def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> 
 
 
 def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> dict:
-    """A variant's final loss against the baseline's: mean, spread, difference with the 95%
-    interval Welch's test inverts, and the test (its verdict, Holm-adjusted over all the
-    variants, is `summarize`'s)."""
+    """A variant's final loss against the baseline's: mean, spread over seeds, the evaluation's
+    own standard error (its runs' mean: what another sample of validation windows would move one
+    run's loss by), difference with the 95% interval Welch's test inverts, and the test (its
+    verdict, Holm-adjusted over all the variants, is `summarize`'s)."""
     mean = _mean(losses)
     test = {"t": None, "df": None, "p": None} if is_base else welch_t_test(losses, base.losses)
     return {
         "final_val_loss_mean": mean,
         "final_val_loss_std": statistics.stdev(losses) if len(losses) >= 2 else None,
+        "val_loss_se": _mean(r["val_loss_se"] for r in done),
         "best_val_loss_mean": _mean(r["best_val_loss"] for r in done),
         "delta_vs_baseline": None if mean is None or base.target is None else mean - base.target,
         "delta_ci": None if is_base else welch_interval(losses, base.losses),
@@ -386,11 +399,13 @@ def _significance(is_base: bool, p: float | None, base_losses: list) -> str:
 
 
 def _target_columns(done: list, base: Baseline, curves: list[list]) -> dict:
-    """When the variant's seed-mean curve reaches the baseline's target, and on how many of its
-    completed runs' own curves the target is reached."""
-    steps, seconds = steps_to_target(mean_curve(curves), base.target)
+    """When the variant's seed-mean curve reaches the baseline's target, between which two of its
+    evaluations, and on how many of its completed runs' own curves the target is reached."""
+    mean = mean_curve(curves)
+    steps, seconds = steps_to_target(mean, base.target)
     return {
         "steps_to_target": steps,
+        "steps_to_target_bracket": target_bracket(mean, base.target),
         "reached": sum(r["steps_to_target"] is not None for r in done),
         "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
@@ -413,9 +428,12 @@ def _timing_columns(group: list, base: Baseline) -> dict:
 
 def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
-    interval (None for the baseline itself, without a target, and in seconds when the runs'
-    seconds were counted on differently loaded machines)."""
-    out: dict[str, float | list[float] | None] = {}
+    interval, and the range of step speedups the evaluations' spacing allows (None for the
+    baseline itself, without a target, and in seconds when the runs' seconds were counted on
+    differently loaded machines)."""
+    out: dict[str, float | list | None] = {
+        "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
+    }
     for suffix, key in (("", "step"), ("_time", "seconds")):
         skip = is_base or (key == "seconds" and not base.comparable)
         point = None if skip else speedup(base.curves, curves, key)

@@ -1,8 +1,9 @@
 """The statistics behind an ablation's comparison (pure functions, no I/O): steps to a target
-loss, seed-mean curves and the speedup they give over a baseline, its bootstrap interval over
-seeds, Welch's t-test of final losses (with the incomplete beta function its p-value needs,
-so no scipy), the paired t-test and bootstrap interval of per-seed differences, and the power
-law of final loss against training data that speedups from budgets read (`fit_power_law`)."""
+loss and the two evaluations that bracket it, seed-mean curves and the speedup they give over a
+baseline (with the range its evaluations' spacing allows), its bootstrap interval over seeds,
+Welch's t-test of final losses (with the incomplete beta function its p-value needs, so no
+scipy), the paired t-test and bootstrap interval of per-seed differences, and the power law of
+final loss against training data that speedups from budgets read (`fit_power_law`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ SIGNIFICANCE_LEVEL = 0.05
 BOOTSTRAP_SAMPLES = 2000
 
 
-def steps_to_target(curve: list, target: float | None) -> tuple:
-    """(step, seconds) at which the val loss curve first reaches `target`, linearly interpolated
-    between the last evaluation above it and the first at or below it; (None, None) if never."""
+def _crossing(curve: list, target: float | None) -> tuple[dict | None, dict] | None:
+    """(the last evaluation above `target` just before it, or None, and the first evaluation at
+    or below it) on a val loss curve; None if it never gets there."""
     if target is None:
-        return None, None
+        return None
     previous = None
     for point in curve:
         loss = point.get("val_loss")
@@ -27,14 +28,35 @@ def steps_to_target(curve: list, target: float | None) -> tuple:
             previous = None
             continue
         if loss <= target:
-            if previous is None or previous["val_loss"] == loss:
-                return point["step"], point.get("seconds")
-            frac = (previous["val_loss"] - target) / (previous["val_loss"] - loss)
-            step = previous["step"] + frac * (point["step"] - previous["step"])
-            t0, t1 = previous.get("seconds"), point.get("seconds")
-            return step, None if t0 is None or t1 is None else t0 + frac * (t1 - t0)
+            return previous, point
         previous = point
-    return None, None
+    return None
+
+
+def steps_to_target(curve: list, target: float | None) -> tuple:
+    """(step, seconds) at which the val loss curve first reaches `target`, linearly interpolated
+    between the last evaluation above it and the first at or below it; (None, None) if never."""
+    crossing = _crossing(curve, target)
+    if crossing is None:
+        return None, None
+    previous, point = crossing
+    if previous is None or previous["val_loss"] == point["val_loss"]:
+        return point["step"], point.get("seconds")
+    frac = (previous["val_loss"] - target) / (previous["val_loss"] - point["val_loss"])
+    step = previous["step"] + frac * (point["step"] - previous["step"])
+    t0, t1 = previous.get("seconds"), point.get("seconds")
+    return step, None if t0 is None or t1 is None else t0 + frac * (t1 - t0)
+
+
+def target_bracket(curve: list, target: float | None) -> list[int] | None:
+    """[the step of the last evaluation above `target`, that of the first at or below it]: where
+    the curve crosses it as far as its evaluations say (`steps_to_target` interpolates inside);
+    0 below when no evaluation before it says otherwise. None if it never gets there."""
+    crossing = _crossing(curve, target)
+    if crossing is None:
+        return None
+    previous, point = crossing
+    return [previous["step"] if previous else 0, point["step"]]
 
 
 def mean_curve(curves: list[list]) -> list[dict]:
@@ -65,14 +87,11 @@ def speedup(baseline_curves: list[list], curves: list[list], key: str = "step") 
     when the variant never gets there, the baseline's steps to the variant's final loss over the
     variant's budget (below 1). A copy of the baseline gives 1. None without curves on either
     side."""
-    base, variant = mean_curve(baseline_curves), mean_curve(curves)
-    if not base or not variant:
+    reading = _speedup_reading(baseline_curves, curves, key)
+    if reading is None:
         return None
+    base, variant, base_budget, budget, target = reading
     index = 0 if key == "step" else 1
-    base_budget, budget = base[-1].get(key), variant[-1].get(key)
-    target = base[-1]["val_loss"]
-    if not base_budget or not budget or not math.isfinite(target):
-        return None
     reached = steps_to_target(variant, target)[index]
     if reached is not None:
         return base_budget / reached if reached > 0 else None
@@ -80,6 +99,41 @@ def speedup(baseline_curves: list[list], curves: list[list], key: str = "step") 
         return 0.0
     behind = steps_to_target(base, variant[-1]["val_loss"])[index]
     return None if behind is None else behind / budget
+
+
+def _speedup_reading(
+    baseline_curves: list[list], curves: list[list], key: str
+) -> tuple[list[dict], list[dict], float, float, float] | None:
+    """What a speedup reads (`speedup`): the baseline's and the variant's seed-mean curves, their
+    budgets in `key` (steps or seconds) and the target (the baseline's final loss); None when a
+    side has no curve, no budget or no finite target."""
+    base, variant = mean_curve(baseline_curves), mean_curve(curves)
+    if not base or not variant:
+        return None
+    base_budget, budget = base[-1].get(key), variant[-1].get(key)
+    target = base[-1]["val_loss"]
+    if not base_budget or not budget or not math.isfinite(target):
+        return None
+    return base, variant, base_budget, budget, target
+
+
+def speedup_bracket(baseline_curves: list[list], curves: list[list]) -> list | None:
+    """The range of step speedups the evaluations' spacing allows (`speedup` reads a point
+    inside it by interpolation): the baseline's budget over each end of the variant's
+    `target_bracket` (None above when the bracket starts at step 0: unbounded), or for a variant
+    that never gets there the baseline's bracket to the variant's final loss over the variant's
+    budget. None where `speedup` has no value from a crossing."""
+    reading = _speedup_reading(baseline_curves, curves, "step")
+    if reading is None:
+        return None
+    base, variant, base_budget, budget, target = reading
+    bracket = target_bracket(variant, target)
+    if bracket is not None:
+        low, high = bracket
+        return [base_budget / high, base_budget / low if low else None] if high else None
+    final = variant[-1]["val_loss"]
+    behind = target_bracket(base, final) if math.isfinite(final) else None
+    return None if behind is None else [behind[0] / budget, behind[1] / budget]
 
 
 def bootstrap_ci(

@@ -21,7 +21,7 @@ from mousse.train.rundir import exclusive, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, record
+from .records import FINISHED, final_loss, record, with_split
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -169,13 +169,11 @@ class Ablation:
                 "knobs at once (or use --grid less)"
             )
         configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
-        datasets = {
-            key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data) for c in configs)
-        }
-        for c in configs:  # every run's batches fit its data, before ablation.toml is written
-            check_fits(
-                datasets[(c.data, c.val_data)], c.batch_size, c.micro_batch_size, c.seq_len, c.seed
-            )
+        keys = [(c.data, c.val_data, c.split) for c in configs]
+        datasets = {key: load_dataset(*key) for key in dict.fromkeys(keys)}
+        for c, key in zip(configs, keys, strict=True):  # every run's batches fit its data,
+            # before ablation.toml is written
+            check_fits(datasets[key], c.batch_size, c.micro_batch_size, c.seq_len, c.seed)
 
     def _check_plan_file(self) -> None:
         """ConfigError unless the dir's ablation.toml, if any, records this plan or this plan
@@ -425,9 +423,13 @@ class Ablation:
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
         """The run records of the comparison's runs, as far as they got (with budgets: those
-        at the largest budget's tuned values, each run's full length)."""
+        at the largest budget's tuned values, each run's full length; `with_split`: the split of
+        runs from before summaries said it)."""
         runs = self.budget_runs(self.budgets[-1]) if self.budgets else self.final_runs(states)
-        return [record(run, read_summary(self.run_dir(run))) for run in runs]
+        return [
+            with_split(record(run, read_summary(self.run_dir(run))), run_settings(self.plan, run))
+            for run in runs
+        ]
 
     def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and

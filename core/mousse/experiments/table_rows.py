@@ -45,6 +45,7 @@ CSV_COLUMNS = (
     "n_runs",
     "final_val_loss_mean",
     "final_val_loss_std",
+    "val_loss_se",
     "delta_vs_baseline",
     "p_value",
     "p_holm",
@@ -57,11 +58,15 @@ CSV_COLUMNS = (
     "paired_p_holm",
     "paired_significant",
     "steps_to_target",
+    "steps_to_target_low",
+    "steps_to_target_high",
     "reached",
     "step_reduction_pct",
     "speedup",
     "speedup_ci_low",
     "speedup_ci_high",
+    "speedup_bracket_low",
+    "speedup_bracket_high",
     "speedup_time",
     "timing_busy",
     *TIMING_KEYS,
@@ -211,6 +216,31 @@ def precision_note(results: dict) -> str | None:
     return f"arithmetic: {precisions[0]}, every run" if precisions else None
 
 
+# where validation came from (`mousse.train.data.Dataset.split`), in words
+SPLIT_TEXT = {
+    "files": "whole files held out across the builtin corpus, a fixed sample of windows",
+    "tail": "the corpus tail",
+    "val data": "validation files of the data's own",
+}
+
+
+def split_note(results: dict) -> str | None:
+    """Where the runs' validation losses were measured, and what SE means where the results
+    record it (None for results from before runs recorded their split)."""
+    splits = results.get("splits") or []
+    if not splits:
+        return None
+    text = "validation on " + "; ".join(SPLIT_TEXT.get(s, s) for s in splits)
+    if len(splits) > 1:
+        text += " (runs differ: their losses do not compare)"
+    if any(v.get("val_loss_se") is not None for v in results["variants"]):
+        text += (
+            "; SE: the evaluation's standard error of a run's final loss over those windows, "
+            "beside ± the spread over seeds"
+        )
+    return text
+
+
 _DASH = "—"
 
 
@@ -257,20 +287,26 @@ def _paired_text(v: dict) -> str:
 
 
 def _steps_text(v: dict, has_target: bool) -> str:
-    """Steps of the seed-mean curve to the baseline's loss, and on how many seeds' own curves
-    the loss is reached when not all."""
+    """Steps of the seed-mean curve to the baseline's loss with the two evaluations that bracket
+    them ("480 [400-500]", for results that record it), and on how many seeds' own curves the
+    loss is reached when not all."""
     if not has_target or v["n"] == 0:
         return _DASH
     text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
+    if v.get("steps_to_target_bracket"):
+        text += " [{}-{}]".format(*v["steps_to_target_bracket"])
     return (
         text if v["n"] == 1 or v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
     )
 
 
 def _loss_text(v: dict) -> str:
-    """Mean final val loss ± its standard deviation over seeds."""
+    """Mean final val loss ± its standard deviation over seeds, and beside it the evaluation's
+    standard error over its validation windows (for results that record it)."""
     text = _num(v["final_val_loss_mean"], ".4f")
-    return text if v["final_val_loss_std"] is None else f"{text} ± {v['final_val_loss_std']:.4f}"
+    if v["final_val_loss_std"] is not None:
+        text += f" ± {v['final_val_loss_std']:.4f}"
+    return text if v.get("val_loss_se") is None else f"{text} (SE {v['val_loss_se']:.4f})"
 
 
 def _tuned_text(v: dict) -> str:
@@ -291,14 +327,23 @@ def _value_text(x) -> str:
 
 def speedup_text(v: dict, suffix: str = "") -> str:
     """A speedup (in steps, or seconds with suffix "_time") with its 95% interval, flagged when
-    the interval holds 1."""
+    the interval holds 1, and beside it the range its evaluations' spacing allows (steps, for
+    results that record it)."""
     point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
     if v["is_baseline"] or point is None:
         return _DASH
-    if ci is None:
-        return f"{point:.2f}x"
-    text = f"{point:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
-    return text if ci[0] > 1 or ci[1] < 1 else f"{text} (not significant)"
+    text = f"{point:.2f}x"
+    if ci is not None:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        text += "" if ci[0] > 1 or ci[1] < 1 else " (not significant)"
+    bracket = v.get(f"speedup{suffix}_bracket")
+    return text if not bracket else f"{text}, evals {_range_text(*bracket)}"
+
+
+def _range_text(low: float, high: float | None) -> str:
+    """A range of speedups; None above: unbounded (the crossing lies before the first
+    evaluation after step 0)."""
+    return f"{low:.2f} or more" if high is None else f"{low:.2f}-{high:.2f}"
 
 
 def _marked(text: str, unreliable: bool) -> str:
@@ -546,10 +591,16 @@ def _csv(
     for v in results["variants"]:
         ci = v.get("speedup_ci") or [None, None]
         paired = v.get("paired_delta_ci") or [None, None]
+        steps = v.get("steps_to_target_bracket") or [None, None]
+        evals = v.get("speedup_bracket") or [None, None]
         row = {
             **v,
             "speedup_ci_low": ci[0],
             "speedup_ci_high": ci[1],
+            "steps_to_target_low": steps[0],
+            "steps_to_target_high": steps[1],
+            "speedup_bracket_low": evals[0],
+            "speedup_bracket_high": evals[1],
             "paired_delta_ci_low": paired[0],
             "paired_delta_ci_high": paired[1],
             "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
@@ -570,7 +621,7 @@ def _markdown(results: dict) -> str:
         if target is not None
         else "No completed baseline run: no target, deltas or overheads."
     )
-    for extra in (precision_note(results), regime_note(results)):
+    for extra in (precision_note(results), regime_note(results), split_note(results)):
         if extra:
             note += f" {extra[0].upper()}{extra[1:]}."
     note += "".join(f"\n\n**Not established:** {n}." for n in protocol_notes(results))

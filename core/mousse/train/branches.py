@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import trainer as training
 from .budget import gpt_non_embedding_params
 from .checkpoint import list_checkpoints
 from .config import GPT_SHAPE, TrainConfig, budget_steps, number_text, validate
+from .evaluation import eval_due
 from .events import CheckpointSaved
 from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
 from .machine import default_run_dir, environment
@@ -129,7 +129,12 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     records = read_jsonl(trunk.run_dir / "metrics.jsonl", key="step")
     kept = [b for r in records if r["step"] <= branch.fork and (b := _branch_record(r, cfg))]
     curve = [
-        {"step": r["step"], "val_loss": r["val_loss"], "seconds": r["train_seconds"]}
+        {
+            "step": r["step"],
+            "val_loss": r["val_loss"],
+            "val_loss_se": r["val_loss_se"],
+            "seconds": r["train_seconds"],
+        }
         for r in kept
         if "val_loss" in r
     ]
@@ -150,16 +155,20 @@ def _branch_record(record: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] |
     others."""
     if "val_loss" not in record and SIDE_EVAL not in record:
         return record
-    if not training.eval_due(record["step"], cfg):
+    if not eval_due(record["step"], cfg):
         return None
-    loss = record.get("val_loss", record.get(SIDE_EVAL))
-    return {"step": record["step"], "val_loss": loss, "train_seconds": record["train_seconds"]}
+    return {
+        "step": record["step"],
+        "val_loss": record.get("val_loss", record.get(SIDE_EVAL)),
+        "val_loss_se": record.get("val_loss_se"),
+        "train_seconds": record["train_seconds"],
+    }
 
 
 def side_eval_steps(cfg: TrainConfig, branches: list[Branch]) -> set[int]:
     """The steps up to a branch's fork where its own run evaluates and the trunk (`cfg`) does
     not: there the trunk evaluates for its branches."""
-    due = training.eval_due
+    due = eval_due
     return {s for b in branches for s in range(1, b.fork + 1) if due(s, b.cfg) and not due(s, cfg)}
 
 
@@ -167,12 +176,13 @@ def side_eval(trunk: Trainer) -> None:
     """Evaluate the trunk at this step for its branches only: logged in its metrics.jsonl under
     SIDE_EVAL (cut back with the rest on a resume), not in its own curve or losses."""
     t0 = time.perf_counter()
-    loss = trunk.evaluate()
+    result = trunk.evaluate()
     trunk.state["eval_seconds"] += time.perf_counter() - t0
     if trunk.dist.is_main:
         record = {
             "step": trunk.step,
-            SIDE_EVAL: loss,
+            SIDE_EVAL: result.loss,
+            "val_loss_se": result.se,
             "train_seconds": trunk.state["train_seconds"],
         }
         append_jsonl(trunk.run_dir / "metrics.jsonl", record)

@@ -2,7 +2,9 @@
 
 Config files and checkpoints from before the family engine still load: their boolean knobs are
 renamed on read (`upgrade`). Anywhere a person types a setting (flags, spec files), an old name
-is refused with its new one (`RENAMED`). The rest of the code only knows today's names.
+is refused with its new one (`RENAMED`). A setting whose default changed keeps, in what a run or
+a plan recorded before it existed, the value that run had (`recorded`). The rest of the code
+only knows today's names.
 """
 
 from __future__ import annotations
@@ -54,3 +56,14 @@ def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
             new, new_value = convert(value)
             out.setdefault(new, new_value)
     return out
+
+
+# setting -> the value every run recorded before the setting existed ran with
+_BEFORE = {"split": "tail"}  # the built-in corpus's tail was its validation set
+
+
+def recorded(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings a run or plan recorded (a checkpoint's config, an ablation.toml's base), with the
+    value it ran with for each setting it predates (`_BEFORE`): it then resumes, and reads, as
+    it trained. Never for settings a person gives, where a missing one means today's default."""
+    return {**_BEFORE, **settings}

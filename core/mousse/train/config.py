@@ -33,6 +33,7 @@ from mousse.optim.family import Knobs
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
+from .data import Split
 from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZER_NAMES, Preset, get_preset, optimizer_knobs
 from .schedule import Schedule, cooldown_length, warmup_length
@@ -52,6 +53,7 @@ GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+SPLITS: tuple[str, ...] = typing.get_args(Split)
 # Newton-Schulz's working precision: auto = the run's precision (bf16 under bf16 autocast).
 NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
     "auto": None,
@@ -102,9 +104,11 @@ class TrainConfig:
     n_heads: int | None
     head_dim: int | None
     seq_len: int
-    # data
+    # data; split: how the built-in corpus holds out validation (train.data): whole files across
+    # it, or its tail (every run recorded before files, `compat.recorded`); other data ignore it
     data: str = "builtin"
     val_data: str | None = None
+    split: Split = "files"
     # budget: steps, or budget (a multiple of 20 tokens per non-embedding parameter) when steps
     # are not given (`steps_for_budget`); given both, steps win and budget is recorded as given
     steps: int
@@ -196,6 +200,7 @@ class Overrides:
     seq_len: int | None = None
     data: str | None = None
     val_data: str | None = None
+    split: Split | None = None
     steps: int | None = None
     budget: float | None = None
     budgets: str | None = None
@@ -742,6 +747,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("compile", cfg.compile, COMPILE_MODES)
     check_choice("schedule", cfg.schedule, SCHEDULES)
+    check_choice("split", cfg.split, SPLITS)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
     for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):

@@ -3,6 +3,11 @@
 Everything is memory-mapped read-only (torch.from_file, copy-on-write), so multi-GB shard sets cost
 no RAM up front. Batches are a pure function of (seed, step): a resumed or re-split run sees
 exactly the tokens of an uninterrupted one.
+
+The built-in corpus holds out whole files spread over it (`split = "files"`: every k-th file of
+its sorted order, `held_out_files`) and is evaluated on a fixed sample of windows drawn across
+them (`val_batches`); runs recorded before that held out its tail (`split = "tail"`). Text and
+shard data keep their own validation files, or their tail.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +32,11 @@ HEADER_BYTES = 4 * HEADER_INTS
 BYTE_VOCAB, GPT2_VOCAB = 256, 50304  # GPT-2's 50257 tokens padded to a multiple of 128
 FILE_SEP = b"\n\x1c\n"  # between concatenated files (0x1c is ASCII "file separator")
 VAL_MIN = 1 << 19  # a tail split holds out max(1%, 512 Ki tokens), at most 10%, as validation
+MIN_VAL_FILES = 16  # held-out files of the built-in corpus: at least this many, spread over it
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
+# How the built-in corpus is split: whole files held out across it, or its tail (before files)
+Split = Literal["files", "tail"]
+VAL_WINDOW_SEED = 0x5EED  # the sampled validation windows' own generator: the same for every run
 
 
 class DataError(ValueError):
@@ -71,27 +81,35 @@ class TokenSource:
 
 @dataclass(frozen=True)
 class Dataset:
+    """Train and validation tokens; `split` says where validation came from: "files" (whole
+    files held out across the built-in corpus, evaluated on sampled windows), "tail" (the
+    corpus's tail) or "val data" (validation files or shards of their own)."""
+
     train: TokenSource
     val: TokenSource
     vocab_size: int
     content_hash: str
     source: str
     description: str
+    split: str
 
     def describe(self) -> str:
         return self.description
 
 
-def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
+def load_dataset(
+    spec: str = "builtin", val_spec: str | None = None, split: Split = "files"
+) -> Dataset:
     """Open `spec`: "builtin", a text file or folder (bytes, vocab 256), or .bin token shards
     (a file, folder or glob; vocab 50304). Validation comes from `val_spec` if given, else from
-    shards named *val* in a folder or glob, else from the tail of the corpus."""
+    shards named *val* in a folder or glob, else from the tail of the corpus; the built-in
+    corpus's from `split` (held-out files, or its tail)."""
     if spec == "builtin":
         if val_spec is not None:
             raise DataError(
                 "a separate validation set needs a data path; the builtin corpus has its own split"
             )
-        return _builtin()
+        return _builtin(split)
     files = _resolve(spec)
     is_shards = _is_shards(files, spec)
     val_files = []
@@ -123,7 +141,8 @@ def load_dataset(spec: str = "builtin", val_spec: str | None = None) -> Dataset:
     kind = f"{len(files)} .bin shard(s)" if is_shards else f"{len(files)} text file(s)"
     desc = f"{kind} at {spec}, {_m(len(train))} train / {_m(len(val))} val {unit} ({how})"
     content_hash = hashlib.sha256(f"{h_train}|{h_val}".encode()).hexdigest()
-    return Dataset(train, val, vocab, content_hash, spec, desc)
+    kept = "tail" if h_val == "tail" else "val data"
+    return Dataset(train, val, vocab, content_hash, spec, desc, kept)
 
 
 def train_batch(
@@ -156,7 +175,7 @@ def check_fits(
 ) -> None:
     """DataError before any work when a batch or a validation sequence does not fit the data."""
     train_batch(data.train, seed, 1, batch_size, seq_len, slice(0, 1))
-    next(val_batches(data.val, 1, micro_batch_size, seq_len))
+    next(val_batches(data, 1, micro_batch_size, seq_len))
 
 
 def check_tokens(x: Tensor, vocab_size: int, source: TokenSource) -> Tensor:
@@ -172,11 +191,14 @@ def check_tokens(x: Tensor, vocab_size: int, source: TokenSource) -> Tensor:
 
 
 def val_batches(
-    source: TokenSource, n_tokens: int, batch_size: int, seq_len: int
+    data: Dataset, n_tokens: int, batch_size: int, seq_len: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """A fixed set of contiguous (x, y) batches from the start of `source`, about n_tokens
-    tokens in all (at least one batch, capped at what the split holds; if it holds less than one
-    batch, a single batch with as many rows as fit)."""
+    """A fixed set of (x, y) batches of `data`'s validation tokens, about n_tokens tokens in all
+    (at least one batch, capped at what the split holds; if it holds less than one batch, a
+    single batch with as many rows as fit). Held-out files (split "files") give windows drawn
+    across them (`window_offsets`: the same for every run); any other split contiguous batches
+    from its start, as before."""
+    source = data.val
     rows = min(batch_size, (len(source) - 1) // seq_len)
     if rows < 1:
         raise DataError(
@@ -184,9 +206,26 @@ def val_batches(
             f"sequence ({seq_len + 1}); use more validation data or a shorter sequence"
         )
     per = rows * seq_len
-    for b in range(max(1, min(n_tokens, len(source) - 1) // per)):
+    n_batches = max(1, min(n_tokens, len(source) - 1) // per)
+    if data.split == "files":
+        offsets = window_offsets(len(source), seq_len, n_batches * rows)
+        for b in range(n_batches):
+            buf = torch.stack(
+                [source.get(o, seq_len + 1) for o in offsets[b * rows : (b + 1) * rows]]
+            )
+            yield buf[:, :-1], buf[:, 1:]
+        return
+    for b in range(n_batches):
         buf = source.get(b * per, per + 1)
         yield buf[:-1].view(rows, seq_len), buf[1:].view(rows, seq_len)
+
+
+def window_offsets(n_tokens: int, seq_len: int, count: int) -> list[int]:
+    """`count` start offsets of windows of seq_len + 1 tokens drawn uniformly across a source of
+    n_tokens, from a generator of their own (VAL_WINDOW_SEED: never the run's, so every run and
+    seed evaluates the same windows; fewer windows are a prefix of more)."""
+    g = torch.Generator().manual_seed(VAL_WINDOW_SEED)
+    return torch.randint(0, n_tokens - seq_len, (count,), generator=g).tolist()
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -336,9 +375,10 @@ def stdlib_files() -> list[Path]:
     ]
 
 
-def _builtin() -> Dataset:
+def _builtin(split: Split) -> Dataset:
     """The stdlib corpus, built once per Python version into the cache (atomically) with its
-    sha256 beside it; a cache file that no longer matches its hash is rebuilt."""
+    sha256 beside it (a cache file that no longer matches its hash is rebuilt), split by
+    `split`: held-out files (`_split_files`) or its tail."""
     path = cache_dir() / f"stdlib-py{'.'.join(map(str, sys.version_info[:3]))}.bytes"
     sha_path = path.with_suffix(".sha256")
     data = path.read_bytes() if path.is_file() and sha_path.is_file() else None
@@ -360,7 +400,59 @@ def _builtin() -> Dataset:
                 os.replace(tmp, target)
         except OSError:
             pass  # unwritable cache: use the corpus uncached, rebuild next time
-    source = TokenSource([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "builtin")
-    train, val = source.split_tail(_val_len(len(source)))
-    desc = f"builtin stdlib corpus, {_m(len(train))} train / {_m(len(val))} val bytes"
-    return Dataset(train, val, BYTE_VOCAB, digest, "builtin", desc)
+    corpus = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    if split == "tail":  # the content hash is the corpus's, as every run before files recorded
+        train, val = TokenSource([corpus], "builtin").split_tail(_val_len(len(corpus)))
+        how, content_hash = "the corpus tail", digest
+    else:
+        train, val, how = _split_files(corpus, file_spans(data))
+        content_hash = hashlib.sha256(f"{digest}|files".encode()).hexdigest()
+    desc = f"builtin stdlib corpus, {_m(len(train))} train / {_m(len(val))} val bytes (val: {how})"
+    return Dataset(train, val, BYTE_VOCAB, content_hash, "builtin", desc, split)
+
+
+def file_spans(corpus: bytes) -> list[tuple[int, int]]:
+    """[start, end) of each file of a corpus joined by FILE_SEP, in order."""
+    spans, start = [], 0
+    while (end := corpus.find(FILE_SEP, start)) != -1:
+        spans.append((start, end))
+        start = end + len(FILE_SEP)
+    spans.append((start, len(corpus)))
+    return spans
+
+
+def held_out_files(sizes: list[int], target: int) -> range:
+    """The indices of the files to hold out: every k-th file (from k // 2), for the largest k
+    whose files hold at least `target` bytes in all, and at most one file in MIN_VAL_FILES (so
+    that they spread over the corpus's packages); every other file when none does."""
+    n = len(sizes)
+    for k in range(max(2, n // MIN_VAL_FILES), 1, -1):
+        if sum(sizes[k // 2 :: k]) >= target:
+            return range(k // 2, n, k)
+    return range(1, n, 2)
+
+
+def _split_files(
+    corpus: Tensor, spans: list[tuple[int, int]]
+) -> tuple[TokenSource, TokenSource, str]:
+    """(train, val, how): the files `held_out_files` picks (at least the tail split's size,
+    `_val_len`) joined by FILE_SEP as val; the rest, their separators kept, as train."""
+    if len(spans) < 2:
+        raise DataError("the builtin corpus has a single file, none to hold out; pass --split tail")
+    picked = held_out_files([e - s for s, e in spans], _val_len(len(corpus)))
+    sep = torch.frombuffer(bytearray(FILE_SEP), dtype=torch.uint8)
+    val_parts: list[Tensor] = []
+    train_parts: list[Tensor] = []
+    kept_from = 0
+    for i in picked:
+        start, end = spans[i]
+        val_parts += [sep, corpus[start:end]] if val_parts else [corpus[start:end]]
+        # the file and the separator before it (after it, for the first file) leave train
+        cut_from, cut_to = (start - len(FILE_SEP), end) if i else (0, end + len(FILE_SEP))
+        if cut_from > kept_from:
+            train_parts.append(corpus[kept_from:cut_from])
+        kept_from = cut_to
+    if kept_from < len(corpus):
+        train_parts.append(corpus[kept_from:])
+    how = f"{len(picked)} of {len(spans)} files held out, one in {picked.step}"
+    return TokenSource(train_parts, "builtin"), TokenSource(val_parts, "builtin"), how

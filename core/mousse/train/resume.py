@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import tomlio
+from . import compat, tomlio
 from .checkpoint import latest_valid_checkpoint, read_checkpoint
 from .config import (
     FAMILY_KNOBS,
@@ -32,7 +32,7 @@ FIXED_ON_RESUME = tuple(
 MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
 # Settings the losses depend on (the batches drawn, the validation set): a run resumed with
 # another value would log losses that do not compare with those before.
-SAME_LOSSES = ("seed", "eval_tokens")
+SAME_LOSSES = ("seed", "eval_tokens", "split")
 # Settings the lr schedule follows: a resumed run goes on at the lr of the uninterrupted run only
 # under the same ones. Checkpoints from before they existed ran with their defaults (cosine).
 SAME_SCHEDULE = ("schedule", "cooldown", "warmup_steps")
@@ -45,7 +45,7 @@ def config_from_checkpoint(
     checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
     the model or to a setting the optimizer state restores is a ConfigError naming it."""
     ckpt = latest_valid_checkpoint(path, warn)
-    saved = resolve(tomlio.loads(trainer_meta(read_checkpoint(ckpt))["config"]))
+    saved = resolve(saved_config(trainer_meta(read_checkpoint(ckpt))))
     for key in MODEL_SETTINGS:  # first: another model's shape flags would confuse the error
         given = coerce(key, overrides.get(key, getattr(saved, key)))
         if key == "model_config":
@@ -104,6 +104,12 @@ def _check_same_budgets(overrides: Mapping[str, Any], saved: TrainConfig) -> Non
     )
 
 
+def saved_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint's decoded `trainer_meta` recorded, with the values of the
+    settings it predates (`compat.recorded`: a checkpoint from before `split` held out the tail)."""
+    return compat.recorded(tomlio.loads(meta["config"]))
+
+
 def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
     """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
     missing or undecodable metadata is a CheckpointError."""
@@ -122,7 +128,7 @@ def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
 def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_hash: str) -> None:
     """CheckpointError unless the checkpoint (its decoded `trainer_meta`) was made by this
     model, with these optimizers, on this data."""
-    saved_cfg = tomlio.loads(meta["config"])
+    saved_cfg = saved_config(meta)
     for key in (
         "preset",
         *MODEL_SETTINGS,

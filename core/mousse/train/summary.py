@@ -57,6 +57,8 @@ def run_summary(
         "steps": trainer.step,
         "planned_steps": cfg.steps,
         "final_val_loss": state["final_val_loss"],
+        "val_loss_se": trainer.curve[-1].get("val_loss_se") if trainer.curve else None,
+        "split": trainer.data.split,
         "best_val_loss": best if math.isfinite(best) else None,
         "target_loss": cfg.target_loss,
         "target_step": state["target_step"],

@@ -31,7 +31,7 @@ from .checkpoint import (
 from .config import ConfigError, TrainConfig, matrix_kwargs, resolve
 from .data import check_fits, check_tokens, load_dataset, train_batch
 from .estimate import compile_pays, record_compile_seconds
-from .evaluation import Forward, validation_loss
+from .evaluation import Forward, Validation, eval_due, validation_loss
 from .events import (
     CheckpointSaved,
     EvalDone,
@@ -96,12 +96,6 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["rng_cuda"], device)
 
 
-def eval_due(step: int, cfg: TrainConfig) -> bool:
-    """Whether the run evaluates after optimizer step `step` (a branch forked from another run
-    keeps only the evaluations its own run makes: `branches`)."""
-    return step % cfg.eval_every == 0 or step == cfg.steps
-
-
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """The factor of the peak lrs at optimizer step `step` under the run's schedule
     (`mousse.train.schedule`: cosine or wsd, after the warmup)."""
@@ -138,7 +132,7 @@ class Trainer:
         self.timer: StepTimer | None = None
         self.emit = on_event or (lambda event: None)
         self._join_world(world, Path(run_dir) if run_dir else default_run_dir(cfg), stop)
-        self.data = load_dataset(cfg.data, cfg.val_data)
+        self.data = load_dataset(cfg.data, cfg.val_data, cfg.split)
         check_fits(self.data, cfg.batch_size, cfg.micro_batch_size, cfg.seq_len, cfg.seed)
         ckpt = loaded = None
         if resume is not None:
@@ -326,22 +320,29 @@ class Trainer:
         return self.dist.reduce_gradients(total, step)  # summed over ranks; the global mean loss
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss, on the optimizer's iterate average where it keeps one (SPlus)."""
+    def evaluate(self) -> Validation:
+        """Mean validation loss and its standard error, on the optimizer's iterate average where
+        it keeps one (SPlus)."""
         return validation_loss(
             self.forward, self.model, self.data, self.cfg, self.precision, self.dist, self.opt
         )
 
     def _eval_and_record(self) -> float:
         t0 = time.perf_counter()
-        val = self.evaluate()
+        result = self.evaluate()
+        val, se = result.loss, result.se
         seconds = time.perf_counter() - t0
         self.state["eval_seconds"] += seconds
         self.state["final_val_loss"] = val
         if math.isfinite(val):
             self.state["best_val_loss"] = min(self.state["best_val_loss"], val)
         self.curve.append(
-            {"step": self.step, "val_loss": val, "seconds": self.state["train_seconds"]}
+            {
+                "step": self.step,
+                "val_loss": val,
+                "val_loss_se": se,
+                "seconds": self.state["train_seconds"],
+            }
         )
         target = self.cfg.target_loss
         if target is not None and self.state["target_step"] is None and val <= target:
@@ -351,7 +352,12 @@ class Trainer:
             self._check_owner()
             append_jsonl(
                 self.run_dir / "metrics.jsonl",
-                {"step": self.step, "val_loss": val, "train_seconds": self.state["train_seconds"]},
+                {
+                    "step": self.step,
+                    "val_loss": val,
+                    "val_loss_se": se,
+                    "train_seconds": self.state["train_seconds"],
+                },
             )
         self.emit(
             EvalDone(
@@ -424,7 +430,10 @@ class Trainer:
         timer = self.timer = StepTimer(self.device)  # set: the run has begun
         self.cpu_since = cpu_reading()  # how busy others keep the CPU during this session
         tokens_per_step = cfg.batch_size * cfg.seq_len
-        status, message, last_eval = self._train_loop(timer, tokens_per_step)
+        start = self._evaluate_start()  # a non-finite loss before training: diverged at once
+        status, message, last_eval = (
+            ("diverged", start, 0) if start else self._train_loop(timer, tokens_per_step)
+        )
 
         if status in ("completed", "interrupted") and self.step > 0:
             self._close_out(evaluate=status == "completed" and last_eval != self.step)
@@ -445,8 +454,8 @@ class Trainer:
         status = "completed"
         message: str | None = None
         pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
-        last_eval = self.curve[-1]["step"] if self.curve else None
         reset_peak_memory(self.device)
+        last_eval = self.curve[-1]["step"] if self.curve else None
 
         while self.step < cfg.steps:
             if self.stop.is_set() and not pending:  # pending losses are checked first
@@ -479,6 +488,11 @@ class Trainer:
             if ckpt_due:
                 self._checkpoint()
         return status, message, last_eval
+
+    def _evaluate_start(self) -> str | None:
+        """A fresh run evaluates the loss it starts from (`eval_due` at step 0); say why it
+        diverged if that loss is not finite."""
+        return self._evaluate() if self.step == 0 and eval_due(0, self.cfg) else None
 
     def _timing(self, timer: StepTimer, tokens_per_step: int) -> dict[str, float | None]:
         """The step timings of this session; a resume that had nothing left to train keeps those
