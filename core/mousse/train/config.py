@@ -8,9 +8,10 @@ Settings resolve, later winning: the matrix optimizer's class recipe
 `Preset.momentum_styles`) < the `--config`
 file < flags.
 
-Both types are written out here, field for field in the same order (the order of config.toml,
-sweeps and run names). The engine's knobs among them follow `mousse.optim.knobs.TABLE` (names,
-order, types and allowed choices); tests/train/test_config_knobs.py checks that they do.
+`TrainConfig` declares each setting once (its order is that of config.toml, sweeps and run
+names); `Overrides`'s lines are generated from it (`python scripts/typed_fields.py`). The engine's
+knobs among them follow `mousse.optim.knobs.TABLE` (names, order, types and allowed choices, as
+its Literal aliases); tests/train/test_config_knobs.py checks that they do.
 """
 
 from __future__ import annotations
@@ -124,36 +125,36 @@ class TrainConfig:
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None
+    momentum_style: knobs.MomentumStyle | None
     weight_decay: float
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None
+    weight_decay_style: knobs.WeightDecayStyle | None
     alpha: float | None
     post_alpha: float | None  # None: = alpha
-    sides: Literal["both", "left", "right", "none"] | None
-    factor_norm: Literal["trace", "same_trace", "none"] | None
+    sides: knobs.Sides | None
+    factor_norm: knobs.FactorNorm | None
     precond_freq: int | None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None
+    refresh_schedule: knobs.RefreshSchedule | None
     refresh_delay: int | None
-    refresh_device: Literal["same", "cpu", "auto"] | None
+    refresh_device: knobs.RefreshDevice | None
     precond_beta: float | None
     stat_freq: int | None
     refresh_warmup: int | None
     precond_start: int | None
     eps: float | None
-    eig_floor: Literal["shift", "clamp"] | None
-    graft: Literal["orthogonalizer", "adam", "none"] | None
+    eig_floor: knobs.EigFloor | None
+    graft: knobs.Graft | None
     bias_correction: bool | None
-    refresh: Literal["eigh", "qr", "root"] | None
+    refresh: knobs.Refresh | None
     refresh_after_update: bool | None
     skip_first_step: bool | None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None
-    ns: Literal["muon", "you5", "polar_express"] | None
+    orthogonalizer: knobs.Orthogonalizer | None
+    ns: knobs.NsSchedule | None
     ns_steps: int | None
     beta2: float | None
     adam_eps: float | None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None
+    lr_scale: knobs.LrScale | None
     average_rate: float | None
-    fisher: Literal["empirical", "sampled"] | None
+    fisher: knobs.Fisher | None
     # evaluation
     eval_every: int
     eval_tokens: int
@@ -180,8 +181,10 @@ class TrainConfig:
 class Overrides:
     """The settings a run is given (flags over the `--config` file), each None when not given:
     `resolve` fills those in from TrainConfig's defaults, the preset and the optimizer's recipe.
-    One field per TrainConfig field, in its order, of the same type or None."""
+    One field per TrainConfig field, in its order, of the same type or None: its lines are
+    generated from TrainConfig's."""
 
+    # generated from TrainConfig by `python scripts/typed_fields.py`; do not edit
     preset: str | None = None
     model: str | None = None
     model_config: str | None = None
@@ -206,36 +209,36 @@ class Overrides:
     cooldown: float | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
+    momentum_style: knobs.MomentumStyle | None = None
     weight_decay: float | None = None
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None = None
+    weight_decay_style: knobs.WeightDecayStyle | None = None
     alpha: float | None = None
-    post_alpha: float | None = None  # not given: the recipe's (Mousse's: None, = alpha)
-    sides: Literal["both", "left", "right", "none"] | None = None
-    factor_norm: Literal["trace", "same_trace", "none"] | None = None
+    post_alpha: float | None = None
+    sides: knobs.Sides | None = None
+    factor_norm: knobs.FactorNorm | None = None
     precond_freq: int | None = None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None = None
+    refresh_schedule: knobs.RefreshSchedule | None = None
     refresh_delay: int | None = None
-    refresh_device: Literal["same", "cpu", "auto"] | None = None
+    refresh_device: knobs.RefreshDevice | None = None
     precond_beta: float | None = None
     stat_freq: int | None = None
     refresh_warmup: int | None = None
     precond_start: int | None = None
     eps: float | None = None
-    eig_floor: Literal["shift", "clamp"] | None = None
-    graft: Literal["orthogonalizer", "adam", "none"] | None = None
+    eig_floor: knobs.EigFloor | None = None
+    graft: knobs.Graft | None = None
     bias_correction: bool | None = None
-    refresh: Literal["eigh", "qr", "root"] | None = None
+    refresh: knobs.Refresh | None = None
     refresh_after_update: bool | None = None
     skip_first_step: bool | None = None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None = None
-    ns: Literal["muon", "you5", "polar_express"] | None = None
+    orthogonalizer: knobs.Orthogonalizer | None = None
+    ns: knobs.NsSchedule | None = None
     ns_steps: int | None = None
     beta2: float | None = None
     adam_eps: float | None = None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None = None
+    lr_scale: knobs.LrScale | None = None
     average_rate: float | None = None
-    fisher: Literal["empirical", "sampled"] | None = None
+    fisher: knobs.Fisher | None = None
     eval_every: int | None = None
     eval_tokens: int | None = None
     target_loss: float | None = None
@@ -250,6 +253,7 @@ class Overrides:
     gather_dtype: GatherDtype | None = None
     ns_dtype: NsDtype | None = None
     log: str | None = None
+    # /generated
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> Overrides:
@@ -262,6 +266,14 @@ class Overrides:
     def to_dict(self) -> dict[str, Any]:
         """The settings given (not None), by name, in field order."""
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+def overrides_lines() -> list[str]:
+    """Overrides's lines: each TrainConfig field, as written there, or None, default None."""
+    return [
+        f"{name}: {hint if hint.endswith('| None') else hint + ' | None'} = None"
+        for name, hint in TrainConfig.__annotations__.items()
+    ]
 
 
 def _base_type(hint: object) -> type:
