@@ -267,6 +267,10 @@ class Overrides:
         """The settings given (not None), by name, in field order."""
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
+    def updated(self, later: Overrides) -> Overrides:
+        """These settings with `later`'s given ones winning (a file's under the flags)."""
+        return dataclasses.replace(self, **later.to_dict())
+
 
 def overrides_lines() -> list[str]:
     """Overrides's lines: each TrainConfig field, as written there, or None, default None."""
