@@ -117,3 +117,14 @@ def test_run_config_ranges_come_from_the_table():
         config.resolve({"stat_freq": 0})
     assert config.in_range("precond_beta", 0.5) and not config.in_range("precond_beta", 1.0)
     assert config.in_range("steps", 1) and not config.in_range("steps", 0)
+
+
+def test_matrix_kwargs_are_the_typed_knobs_the_optimizer_takes():
+    """What the trainer hands build_optimizer: KnobArgs's keys (lr and weight_decay apart), each
+    a value the knob allows; none for AdamW."""
+    names = set(typing.get_type_hints(knobs.KnobArgs)) - {"lr", "weight_decay"}
+    for optimizer in ("mousse", "muon", "soap"):
+        given = config.matrix_kwargs(config.resolve({"optimizer": optimizer}), "fp32")
+        assert set(given) <= names and "ns_dtype" in given, optimizer
+        knobs.check_knobs(dict(given))
+    assert config.matrix_kwargs(config.resolve({"optimizer": "adamw"}), "fp32") == {}

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .family import closure_loss
+from .knobs import KnobArgs
 from .lion import Lion
 from .recipes import OPTIMIZER_CLASSES
 from .step import oriented_shape
@@ -275,7 +276,7 @@ def build_optimizer(
     scalar_optimizer: str = "adamw",
     scalar_lr: float = 0.006,
     weight_decay: float | None = None,
-    matrix_kwargs: dict[str, Any] | None = None,
+    matrix_kwargs: KnobArgs | None = None,
     roles: dict[str, str] | None = None,
     owned: set[str] | None = None,
     compiled: bool = False,
@@ -311,7 +312,7 @@ def build_optimizer(
     parts: dict[str, Optimizer] = {}
     mine = [(n, p) for n, p in matrices if owned is None or n in owned]
     if mine:
-        kwargs = dict(matrix_kwargs or {})
+        kwargs = KnobArgs(**(matrix_kwargs or {}))
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
         parts["matrix"] = _matrix_optimizer(optimizer, mine, flipped, lr, compiled, kwargs)
@@ -367,15 +368,14 @@ def _matrix_optimizer(
     transposed: set[str],
     lr: float,
     compiled: bool,
-    kwargs: dict[str, Any],
+    kwargs: KnobArgs,
 ) -> Optimizer:
     """The block matrices' optimizer: a family member, with the weights stored (in, out) in a
     group of their own that says so, or AdamW (elementwise: orientation is moot) with the LM
     recipe's betas."""
     if name == "adamw":
-        kwargs.setdefault("betas", (0.9, 0.95))
-        kwargs.setdefault("weight_decay", 0.01)
-        return torch.optim.AdamW([p for _, p in named], lr=lr, **kwargs)
+        adamw: dict[str, Any] = {"betas": (0.9, 0.95), "weight_decay": 0.01, **kwargs}
+        return torch.optim.AdamW([p for _, p in named], lr=lr, **adamw)
     stored = [p for n, p in named if n not in transposed]
     flipped = [p for n, p in named if n in transposed]
     groups: list[dict[str, Any]] = [{"params": stored}] if stored else []

@@ -24,12 +24,11 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from mousse.optim import knobs
-from mousse.optim.family import Knobs
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
@@ -706,16 +705,18 @@ def _check_schedule(cfg: TrainConfig) -> None:
     )
 
 
-def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> Knobs:
-    """The family optimizer's knobs for the block matrices: every resolved one (lr and
+def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> knobs.KnobArgs:
+    """The family optimizer's knobs for the block matrices, typed: every resolved one (lr and
     weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype (auto: the
     run's `precision`). AdamW: none."""
     if cfg.optimizer == "adamw":
         return {}
-    knobs = {
+    given = {
         k: getattr(cfg, k)
         for k in FAMILY_KNOBS
         if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
     }
     ns = NS_DTYPES[cfg.ns_dtype] or (torch.bfloat16 if precision == "bf16" else torch.float32)
-    return {**knobs, "ns_dtype": ns}
+    # FAMILY_KNOBS are KnobArgs's keys and TrainConfig's fields have their types (or None, left
+    # out): tests/train/test_config_knobs.py checks both, which mypy cannot see through getattr
+    return cast(knobs.KnobArgs, {**given, "ns_dtype": ns})
