@@ -87,11 +87,6 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
             )
 
 
-def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
-    """A run's full settings: the plan's base, the run's knobs and its seed."""
-    return {**plan.base, **run.knobs, "seed": run.seed}
-
-
 class Ablation:
     """One ablation directory: its plan, run dirs and results."""
 
@@ -121,7 +116,7 @@ class Ablation:
                 f"bytes, more than a file name may hold here ({room}); sweep fewer "
                 "knobs at once (or use --grid less)"
             )
-        configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
+        configs = [resolve(self.plan.settings(run)) for run in self.plan.runs]
         datasets = {
             key: load_dataset(*key) for key in dict.fromkeys((c.data, c.val_data) for c in configs)
         }
@@ -168,7 +163,7 @@ class Ablation:
         frozen = (self.plan.tune or {}).get("centres", {}).get(variant.variant)
         if frozen is not None:
             return dict(frozen)
-        cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
+        cfg = resolve(self.plan.settings(variant))
         assert self.tune is not None  # asked only of a plan that tunes
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 
@@ -252,7 +247,7 @@ class Ablation:
 
     def variant_configs(self) -> list:
         """Each variant's resolved config (its first run's), for cost estimates."""
-        return [resolve(run_settings(self.plan, run)) for run in self.plan.variants.values()]
+        return [resolve(self.plan.settings(run)) for run in self.plan.variants.values()]
 
     def _finished(self) -> list[dict]:
         """Summaries of the runs already finished in this dir."""
@@ -374,7 +369,7 @@ class Ablation:
         for run in self.final_runs():
             summary = read_summary(self.run_dir(run))
             if run.variant not in out and summary and summary.get("status") == "completed":
-                out[run.variant] = run_settings(self.plan, run)
+                out[run.variant] = self.plan.settings(run)
         return out
 
     def retime(self, budget_s: float | None = None) -> dict | None:
@@ -460,7 +455,7 @@ class Ablation:
     def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
         """Train `todo` (see `runner.train_runs`), rewriting results.json as each run ends."""
         self.trained = self.trained or bool(todo)
-        jobs = [Job(run.name, run_settings(self.plan, run), self.run_dir(run)) for run in todo]
+        jobs = [Job(run.name, self.plan.settings(run), self.run_dir(run)) for run in todo]
         context = self.context(max(parallel, 1))
         train_runs(
             jobs, on_update, parallel, stop, context, self.write_results, self.busy, self.devices

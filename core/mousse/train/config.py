@@ -547,11 +547,8 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
             values[name] = getattr(preset, name)
     if values["steps"] is None:
         values["steps"] = _budget_steps(values)
-    for name, value in preset.matrix_knobs(values["optimizer"]).items():
-        if values[name] is None:
-            values[name] = value
-    knobs = optimizer_knobs(values["optimizer"], {k: values[k] for k in FAMILY_KNOBS})
-    values.update((name, knobs.get(name)) for name in FAMILY_KNOBS)
+    chosen = resolved_knobs(values["optimizer"], preset, values)
+    values.update((name, chosen.get(name)) for name in FAMILY_KNOBS)
     if values["scalar_lr"] is None:
         adamw = values["optimizer"] == "adamw"
         values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
@@ -562,6 +559,15 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The matrix optimizer's knobs a run gets, later winning: its class recipe < its LM
+    training recipe < the model `preset`'s for it (`Preset.matrix_knobs`) < the knobs among
+    `given` (the settings given, a file's under the flags; None: not given). The one statement
+    of that order, for `resolve` and the ablation planner alike."""
+    chosen = {k: v for k, v in given.items() if k in FAMILY_KNOBS and v is not None}
+    return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
 def _budget_steps(values: Mapping[str, Any]) -> int:
