@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast, overload
+from typing import Any, Literal, cast, get_args, overload
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from .knobs import KnobArgs
 from .lion import Lion
 from .recipes import OPTIMIZER_CLASSES
 from .step import oriented_shape
+
+# What the embeddings, head, gains and biases get (`build_optimizer`'s scalar_optimizer).
+ScalarOptimizer = Literal["adamw", "lion"]
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -273,7 +276,7 @@ def build_optimizer(
     model: nn.Module,
     optimizer: str = "mousse",
     lr: float = 0.06,
-    scalar_optimizer: str = "adamw",
+    scalar_optimizer: ScalarOptimizer = "adamw",
     scalar_lr: float = 0.006,
     weight_decay: float | None = None,
     matrix_kwargs: KnobArgs | None = None,
@@ -356,7 +359,7 @@ def _check_routing(
         raise ValueError(
             f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZER_CLASSES, 'adamw'))}"
         )
-    if scalar_optimizer not in ("adamw", "lion"):
+    if scalar_optimizer not in get_args(ScalarOptimizer):
         raise ValueError(
             f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'"
         )

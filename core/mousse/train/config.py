@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 import torch
 
 from mousse.optim import knobs
+from mousse.optim.routing import ScalarOptimizer
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
@@ -36,7 +37,6 @@ from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZER_NAMES, Preset, get_preset, optimizer_knobs
 from .schedule import Schedule, cooldown_length, warmup_length
 
-ScalarOptimizer = Literal["adamw", "lion"]
 Device = Literal["auto", "cpu", "cuda"]
 GatherDtype = Literal["fp32", "bf16"]  # what owners send in the all-gather under torchrun
 NsDtype = Literal["auto", "fp32", "bf16", "fp16"]
