@@ -90,6 +90,10 @@ def test_each_choice_set_is_named_once():
     """Every choice knob's choices are one Literal alias's values, in order."""
     for k in knobs.TABLE:
         if k.choices:
+            assert k.choices in knobs.CHOICE_TYPES, (
+                f"{k.name}'s choices are no Literal alias of mousse.optim.knobs: name them there "
+                "(Name = Literal[...]) and pass the alias to _choice"
+            )
             alias = getattr(knobs, knobs.CHOICE_TYPES[k.choices])
             assert typing.get_args(alias) == k.choices, k.name
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, TypedDict, get_args, get_origin
 
 import torch
 
@@ -39,24 +39,10 @@ LrScale = Literal["spectral", "muon", "rms", "mean_dim", "none"]
 Fisher = Literal["empirical", "sampled"]
 LR_SCALE_RULES: tuple[LrScale, ...] = get_args(LrScale)
 SIDES: tuple[Sides, ...] = get_args(Sides)
-# The aliases by their choices: how KnobArgs's generated lines name a choice knob's type.
+# The aliases by their choices (each alias above or imported here): how KnobArgs's generated lines
+# name a choice knob's type.
 CHOICE_TYPES: dict[tuple[str, ...], str] = {
-    get_args(alias): name
-    for name, alias in (
-        ("MomentumStyle", MomentumStyle),
-        ("WeightDecayStyle", WeightDecayStyle),
-        ("Sides", Sides),
-        ("FactorNorm", FactorNorm),
-        ("RefreshSchedule", RefreshSchedule),
-        ("RefreshDevice", RefreshDevice),
-        ("EigFloor", EigFloor),
-        ("Graft", Graft),
-        ("Refresh", Refresh),
-        ("Orthogonalizer", Orthogonalizer),
-        ("NsSchedule", NsSchedule),
-        ("LrScale", LrScale),
-        ("Fisher", Fisher),
-    )
+    get_args(alias): name for name, alias in dict(globals()).items() if get_origin(alias) is Literal
 }
 
 
