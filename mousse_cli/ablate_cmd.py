@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from mousse.distributed.process import exit_on_error, is_main_process
 from mousse.experiments.scale import combine
+from mousse.train.config import Overrides
 from mousse.train.estimate import counted
 from mousse.train.fileio import dumps
 
@@ -143,9 +144,10 @@ JSON_OUT = typer.Option(
 )
 
 
-@with_flags({**SWEEP_FLAGS, **BASE_FLAGS})
+@with_flags({**SWEEP_FLAGS, **BASE_FLAGS}, SWEEP_FLAGS)
 def ablate(
-    overrides: dict,
+    overrides: Overrides,
+    sweeps: dict[str, str],
     spec: Path | None = SPEC,
     grid: bool = GRID,
     no_baseline: bool = NO_BASELINE,
@@ -176,9 +178,9 @@ def ablate(
     """
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
-        setup = read_setup(overrides, spec, config, tune, tune_seeds)
+        setup = read_setup(overrides, sweeps, spec, config, tune, tune_seeds)
         where = str(spec) if spec else f"--config {config}" if config else "--tune"
-        check_trusted(vars(setup), overrides.get("model"), trust_model_code, where)
+        check_trusted(vars(setup), overrides.model, trust_model_code, where)
         check_run_flags(setup.tuning, wait, shard, parallel)
         check_timing_budget(timing_budget)
         root, ablations = plan_ablations(setup, grid, seeds, no_baseline, ablation_dir, max_runs)
@@ -203,7 +205,7 @@ def ablate(
 
 
 def show_outcomes(
-    ablations: dict, outcomes: dict, presets: list, root: Path, json_out: bool
+    ablations: dict, outcomes: dict, presets: list[str] | None, root: Path, json_out: bool
 ) -> dict:
     """Each preset's results tables (stdout; stderr beside --json) and where its results.json
     is; once every preset has run, the speedup by scale. Returns the results by preset."""

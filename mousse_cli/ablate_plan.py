@@ -9,13 +9,12 @@ from pathlib import Path
 from rich.markup import escape
 
 from mousse.distributed.process import env_world_size
-from mousse.train.config import ConfigError, load_config_file
+from mousse.train.config import ConfigError, Overrides, load_config_file
 from mousse.train.dashboards import Dashboards
 from mousse.train.estimate import counted, duration
 
 from .console import console, notice, show_lines
 from .cost import check_cost
-from .options import SWEEP_FLAGS
 
 
 @dataclass
@@ -29,15 +28,22 @@ class AblateSetup:
     tuning: dict | None  # the tuning spec, or None
 
 
-def read_setup(overrides: dict, spec: Path | None, config: Path | None, tune, tune_seeds):
-    """The spec file, --config and the flags merged into an AblateSetup: sweep flags replace
-    the file's sweeps of the same knob, the other flags its base settings."""
+def read_setup(
+    overrides: Overrides,
+    sweeps: dict[str, str],
+    spec: Path | None,
+    config: Path | None,
+    tune: str | None,
+    tune_seeds: str | None,
+) -> AblateSetup:
+    """The spec file, --config and the flags merged into an AblateSetup: sweep flags (`sweeps`)
+    replace the file's sweeps of the same knob, the other flags (`overrides`) its base settings."""
     from mousse.experiments.inputs import parse_sweep_values
     from mousse.experiments.scale import split_presets
     from mousse.experiments.spec import load_spec
 
-    sweep_flags = {k: parse_sweep_values(k, v) for k, v in overrides.items() if k in SWEEP_FLAGS}
-    base_flags = {k: v for k, v in overrides.items() if k not in SWEEP_FLAGS}
+    sweep_flags = {k: parse_sweep_values(k, v) for k, v in sweeps.items()}
+    base_flags = overrides.to_dict()
     file = load_spec(spec) if spec else {}
     base = {
         **(load_config_file(config) if config else {}),
@@ -263,10 +269,9 @@ def show_plans(ablations: dict, shard: str | None, cost: list[str]) -> None:
 def budgets_text(ablation) -> str | None:
     """What every run of an ablation with budgets trains: each budget and the steps it makes
     (the largest the run itself, the others its cooldown branches); None without budgets."""
-    from mousse.experiments.sweep import run_settings
     from mousse.train.config import budget_steps, resolve
 
-    cfg = resolve(run_settings(ablation.plan, ablation.plan.runs[0]))
+    cfg = resolve(ablation.plan.settings(ablation.plan.runs[0]))
     steps = budget_steps(cfg)
     if not steps:
         return None

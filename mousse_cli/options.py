@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Collection
 from typing import Any, cast
 
 import typer
 
 from mousse.optim.knobs import TABLE, Knob
+from mousse.train.config import Overrides
 from mousse.train.presets import OPTIMIZER_NAMES, PRESETS
 
 
@@ -237,13 +239,14 @@ def _alias_trace_norm(overrides: dict) -> dict:
     return {**overrides, "factor_norm": mapped[0] if isinstance(value, bool) else ",".join(mapped)}
 
 
-def with_flags(flags: dict[str, tuple]):
-    """Add `flags` as keyword options to a Typer command; they arrive together as `overrides`
-    (only the ones the user set, aliases resolved)."""
+def with_flags(flags: dict[str, tuple], sweep_flags: Collection[str] = ()):
+    """Add `flags` as keyword options to a Typer command. The run settings the user set arrive
+    typed, as `overrides` (an `Overrides`, aliases resolved); those named in `sweep_flags` as
+    `sweeps` (name -> comma-separated values, in `flags`' order)."""
 
     def decorate(func):
         sig = inspect.signature(func)
-        own = [p for p in sig.parameters.values() if p.name != "overrides"]
+        own = [p for p in sig.parameters.values() if p.name not in ("overrides", "sweeps")]
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
             for name, (ann, opt) in flags.items()
@@ -251,9 +254,12 @@ def with_flags(flags: dict[str, tuple]):
 
         @functools.wraps(func)
         def wrapper(**kwargs):
-            overrides = {name: kwargs.pop(name) for name in flags}
-            overrides = _alias_trace_norm({k: v for k, v in overrides.items() if v is not None})
-            return func(overrides=overrides, **kwargs)
+            given = {name: kwargs.pop(name) for name in flags}
+            given = _alias_trace_norm({k: v for k, v in given.items() if v is not None})
+            settings = Overrides.from_dict({k: v for k, v in given.items() if k not in sweep_flags})
+            if sweep_flags:
+                kwargs["sweeps"] = {k: v for k, v in given.items() if k in sweep_flags}
+            return func(overrides=settings, **kwargs)
 
         # what Typer reads the options from; functools' wrapper type does not declare it
         cast(Any, wrapper).__signature__ = sig.replace(parameters=own + extra)

@@ -31,7 +31,7 @@ def scale_of(by_preset: dict) -> dict:
     return scale_summary(by_preset)
 
 
-def record_presets(root: Path, presets: list[str]) -> None:
+def record_presets(root: Path, presets: list[str] | None) -> None:
     """Before the runs: scale.json in `root` lists the presets (`report` finds them there)."""
     from mousse.experiments.scale import SCALE_FILE
     from mousse.train.fileio import write_json

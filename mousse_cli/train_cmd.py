@@ -10,7 +10,13 @@ import typer
 
 from mousse.distributed.process import env_world_size, exit_on_error, is_main_process
 from mousse.train.checkpoint import checkpoint_dirs, run_dir_of
-from mousse.train.config import ConfigError, load_config_file, refuse_with_budgets, resolve
+from mousse.train.config import (
+    ConfigError,
+    Overrides,
+    load_config_file,
+    refuse_with_budgets,
+    resolve,
+)
 from mousse.train.dashboards import Dashboards
 from mousse.train.fileio import dumps
 from mousse.train.rundir import lock_before_resume
@@ -72,7 +78,7 @@ FORCE = typer.Option(
 
 @with_flags(TRAIN_FLAGS)
 def train(
-    overrides: dict,
+    overrides: Overrides,
     config: Path | None = CONFIG,
     run_dir: Path | None = RUN_DIR,
     resume: str | None = RESUME,
@@ -89,23 +95,25 @@ def train(
         if resume is not None and not resume.strip():
             raise ConfigError("--resume needs a run dir, a checkpoint dir or 'auto'; it is empty")
         file = load_config_file(config) if config else {}
-        settings = {**file, **overrides}
-        refuse_with_budgets(settings)
+        settings = Overrides.from_dict(file).updated(overrides)
+        refuse_with_budgets(settings.to_dict())
         # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)
         lock = lock_before_resume(run_dir, resume) if is_main_process() and nproc == 1 else None
         if lock is not None:
             held.callback(lock.release)
         cfg, ckpt, run_dir, restart = starting_point(settings, run_dir, resume)
-        check_knobs_used(settings, cfg)
+        check_knobs_used(settings.to_dict(), cfg)
         where = f"--config {config}" if "model" in file else f"the run of --resume {resume}"
-        check_trusted({"model": cfg.model}, overrides.get("model"), trust_model_code, where)
+        check_trusted({"model": cfg.model}, overrides.model, trust_model_code, where)
         dashboards = Dashboards(cfg.log, notice)  # a missing package: one line, before any work
         if nproc != 1 and cfg.budgets is not None:
             raise ConfigError("--budgets trains its branches in one process; drop --nproc")
         if nproc != 1:
             from .launch import launch_train
 
-            raise typer.Exit(launch_train(nproc, settings, cfg, run_dir, resume, json_out))
+            raise typer.Exit(
+                launch_train(nproc, settings.to_dict(), cfg, run_dir, resume, json_out)
+            )
         cost = check_cost([cfg], max_hours, force) if env_world_size() == 1 else []
         with graceful_stop() as stop, dashboards, outliving_closed_pipes(console, out):
             summary = run_training(cfg, run_dir, ckpt, restart, stop, dashboards, cost, lock)
@@ -119,7 +127,7 @@ def train(
         raise typer.Exit(interrupted_code(stop))
 
 
-def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> tuple:
+def starting_point(settings: Overrides, run_dir: Path | None, resume: str | None) -> tuple:
     """(config, checkpoint or None, run dir, restart): with --resume, the checkpoint's settings
     under the user's and its run dir by default; `--resume auto` with no checkpoint in --run-dir
     yet starts the run afresh (restart)."""
@@ -134,7 +142,7 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
         return resolve(settings), None, run_dir, restart
     source = run_dir if resume == "auto" else Path(resume)
     assert source is not None  # `--resume auto` without --run-dir was refused above
-    cfg, ckpt = config_from_checkpoint(source, settings, warn=notice)
+    cfg, ckpt = config_from_checkpoint(source, settings.to_dict(), warn=notice)
     run_dir = run_dir or run_dir_of(ckpt)
     if run_dir is None:
         raise ConfigError(

@@ -109,9 +109,7 @@ def test_a_branch_has_every_evaluation_its_own_run_makes_before_its_fork(tmp_pat
         assert res.exit_code == 0, res
         assert fork in val_losses(alone) and fork % 3  # an evaluation the trunk does not make
         assert losses(run / rel) == losses(alone)
-    assert sorted(val_losses(run)) == [
-        s for s in range(TRUNK_STEPS + 1) if s % 3 == 0 or s > 10.2
-    ]
+    assert sorted(val_losses(run)) == [s for s in range(TRUNK_STEPS + 1) if s % 3 == 0 or s > 10.2]
 
 
 def test_the_trunk_is_the_largest_budgets_run_and_lists_every_budget(whole):

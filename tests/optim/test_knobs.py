@@ -6,6 +6,7 @@ tests/cli/test_knob_flags.py."""
 from __future__ import annotations
 
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
@@ -68,9 +69,37 @@ def test_each_knob_is_checked_by_its_entry(name, good, bad, words):
             Mousse([torch.nn.Parameter(torch.zeros(4, 3))], **{name: value})
 
 
+def test_knob_args_lines_are_generated_from_the_table(tmp_path):
+    """KnobArgs's lines are written from TABLE; a knob added to the table alone fails here,
+    naming the knob and the script that writes its line."""
+    source = Path(knobs.__file__)
+    missing = [
+        line for line in knobs.knob_args_lines() if f"    {line}\n" not in source.read_text()
+    ]
+    assert not missing, f"knobs.KnobArgs lacks {missing}: run python scripts/typed_fields.py"
+    copy = tmp_path / "knobs.py"
+    shutil.copy(source, copy)
+    assert not knobs.rewrite_lines(copy, "TABLE", knobs.knob_args_lines()), (
+        "knobs.KnobArgs differs from knobs.TABLE: run python scripts/typed_fields.py"
+    )
+    assert knobs.rewrite_lines(copy, "TABLE", ["extra: float", *knobs.knob_args_lines()])
+    assert "    extra: float\n    lr: float\n" in copy.read_text()
+
+
+def test_each_choice_set_is_named_once():
+    """Every choice knob's choices are one Literal alias's values, in order."""
+    for k in knobs.TABLE:
+        if k.choices:
+            assert k.choices in knobs.CHOICE_TYPES, (
+                f"{k.name}'s choices are no Literal alias of mousse.optim.knobs: name them there "
+                "(Name = Literal[...]) and pass the alias to _choice"
+            )
+            alias = getattr(knobs, knobs.CHOICE_TYPES[k.choices])
+            assert typing.get_args(alias) == k.choices, k.name
+
+
 def test_knob_args_type_every_knob_as_the_table_does():
     """The TypedDict an editor shows for Mousse(params, **knobs) is the table, knob for knob."""
-    import typing
 
     hints = typing.get_type_hints(knobs.KnobArgs)
     assert list(hints) == [k.name for k in knobs.TABLE]

@@ -4,8 +4,10 @@ ranges from the table. The table itself: tests/optim/test_knobs.py."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import types
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -42,10 +44,15 @@ def test_written_out_knob_fields_match_the_table():
     hints = typing.get_type_hints(config.TrainConfig)
     own = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
     assert tuple(n for n in own if n in config.FAMILY_KNOBS) == config.FAMILY_KNOBS
-    for k in knobs.TABLE:
+    for before, k in zip((None, *knobs.TABLE), knobs.TABLE, strict=False):
         if not k.run_setting:
             assert k.name not in own or k.name == "ns_dtype", k.name
             continue
+        assert k.name in own, (
+            f"config.TrainConfig lacks the knob {k.name!r} of mousse.optim.knobs.TABLE: add "
+            f"its line after {before and before.name!r}, typed as in knobs.KnobArgs (or None), "
+            "then run python scripts/typed_fields.py"
+        )
         base, optional = _parts(hints[k.name])
         if k.choices:
             assert typing.get_origin(base) is typing.Literal, k.name
@@ -54,6 +61,19 @@ def test_written_out_knob_fields_match_the_table():
             assert base is k.kind, k.name
         assert optional == (k.name not in ADAMW_KNOBS), k.name
         assert own[k.name].default is dataclasses.MISSING, k.name
+
+
+def test_overrides_lines_are_generated_from_the_run_settings(tmp_path):
+    """Overrides's lines are written from TrainConfig's; a field added to TrainConfig alone fails
+    here, naming the field and the script that writes its line."""
+    source = Path(config.__file__)
+    missing = [
+        line for line in config.overrides_lines() if f"    {line}\n" not in source.read_text()
+    ]
+    assert not missing, f"config.Overrides lacks {missing}: run python scripts/typed_fields.py"
+    copy = tmp_path / "config.py"
+    shutil.copy(source, copy)
+    assert not knobs.rewrite_lines(copy, "TrainConfig", config.overrides_lines())
 
 
 def test_overrides_mirror_the_run_settings():
@@ -97,3 +117,14 @@ def test_run_config_ranges_come_from_the_table():
         config.resolve({"stat_freq": 0})
     assert config.in_range("precond_beta", 0.5) and not config.in_range("precond_beta", 1.0)
     assert config.in_range("steps", 1) and not config.in_range("steps", 0)
+
+
+def test_matrix_kwargs_are_the_typed_knobs_the_optimizer_takes():
+    """What the trainer hands build_optimizer: KnobArgs's keys (lr and weight_decay apart), each
+    a value the knob allows; none for AdamW."""
+    names = set(typing.get_type_hints(knobs.KnobArgs)) - {"lr", "weight_decay"}
+    for optimizer in ("mousse", "muon", "soap"):
+        given = config.matrix_kwargs(config.resolve({"optimizer": optimizer}), "fp32")
+        assert set(given) <= names and "ns_dtype" in given, optimizer
+        knobs.check_knobs(dict(given))
+    assert config.matrix_kwargs(config.resolve({"optimizer": "adamw"}), "fp32") == {}

@@ -21,8 +21,9 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mousse.train import compat, config
 from mousse.train.config import (
@@ -32,7 +33,7 @@ from mousse.train.config import (
     ConfigError,
 )
 from mousse.train.estimate import counted
-from mousse.train.presets import ADAMW_KNOBS, optimizer_knobs
+from mousse.train.presets import ADAMW_KNOBS
 
 from .inputs import check_mode, check_tune_seeds, seed_list, typed_settings, typed_sweeps
 
@@ -41,13 +42,19 @@ BASELINE_KNOBS = {"optimizer": "muon"}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One planned run; `knobs` are merged over the plan's `base` settings by the runner."""
+    """One planned run; `knobs` are merged over the plan's `base` settings (`run_settings`)."""
 
     name: str
     variant: str
-    knobs: dict = field(hash=False)
+    knobs: dict[str, Any] = field(hash=False)
     seed: int
     is_baseline: bool = False
+
+
+def run_settings(base: Mapping[str, Any], knobs: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """A run's settings by name, what `config.resolve` takes: the shared base, the run's knobs
+    over it, and its seed."""
+    return {**base, **knobs, "seed": seed}
 
 
 # Settings that never change what a run computes, only when it checkpoints and logs: a rerun may
@@ -59,13 +66,17 @@ BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "log")
 class AblationPlan:
     """The resolved plan: its inputs and the runs they expand to."""
 
-    base: dict
-    sweeps: dict
+    base: dict[str, Any]  # settings by name, shared by every run
+    sweeps: dict[str, list[Any]]  # setting -> its values
     mode: str
-    seeds: list
+    seeds: list[int]
     baseline: bool
-    runs: list
-    tune: dict | None = None  # TuneSpec.to_dict() when every variant is tuned first
+    runs: list[RunSpec]
+    tune: dict[str, Any] | None = None  # TuneSpec.to_dict() when every variant is tuned first
+
+    def settings(self, run: RunSpec) -> dict[str, Any]:
+        """The settings `run` resolves (`run_settings` over this plan's base)."""
+        return run_settings(self.base, run.knobs, run.seed)
 
     def plan_id(self) -> str:
         """8 hex digits identifying the plan's inputs (stable across processes and key order)."""
@@ -200,9 +211,7 @@ def _reference(optimizer: str, base: dict) -> dict:
     defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
     rule for it; lr left to the model preset), then the shared base settings."""
     preset = config.preset_named(base.get("preset", config.FIELD_DEFAULTS["preset"]))
-    given = {k: v for k, v in preset.matrix_knobs(optimizer).items() if k != "lr"}
-    given.update((k, v) for k, v in base.items() if k in FAMILY_KNOBS)
-    knobs = optimizer_knobs(optimizer, given)
+    knobs = config.resolved_knobs(optimizer, preset, base)
     knobs.pop("lr", None)
     return {**config.FIELD_DEFAULTS, **knobs, **base}
 
@@ -341,7 +350,7 @@ def _with_centres(tune: dict, base: dict, variants: dict[str, dict], seed: int) 
     change what an ablation dir replays."""
     centres = {}
     for name, knobs in variants.items():
-        cfg = config.resolve({**base, **knobs, "seed": seed})
+        cfg = config.resolve(run_settings(base, knobs, seed))
         centres[name] = {k: getattr(cfg, k) for k in tune["knobs"] if getattr(cfg, k) is not None}
     return {**tune, "centres": centres}
 

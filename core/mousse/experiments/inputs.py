@@ -4,6 +4,9 @@ every error is a ConfigError that names the bad input."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from mousse.optim.knobs import KNOB_CHOICES
 from mousse.train import compat, config, presets
 from mousse.train.config import (
@@ -48,7 +51,7 @@ def _check_knob(knob: str) -> str:
     return key
 
 
-def _typed_value(key: str, value):
+def _typed_value(key: str, value: Any) -> Any:
     """`value` coerced to the knob's type and checked against its allowed choices."""
     value = coerce(key, value)
     if key in SETTING_CHOICES:
@@ -56,19 +59,19 @@ def _typed_value(key: str, value):
     return value
 
 
-def typed_settings(table: dict) -> dict:
+def typed_settings(table: Mapping[str, Any]) -> dict[str, Any]:
     """Typed TrainConfig settings keyed by field name."""
-    out = {}
+    out: dict[str, Any] = {}
     for knob, value in table.items():
         key = _check_knob(knob)
         out[key] = _typed_value(key, value)
     return out
 
 
-def typed_sweeps(table: dict) -> dict:
+def typed_sweeps(table: Mapping[str, Any]) -> dict[str, list[Any]]:
     """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
     order the flags were given in)."""
-    out = {}
+    out: dict[str, list[Any]] = {}
     for knob, values in table.items():
         key = _check_knob(knob)
         if key in VIEW_SETTINGS:
@@ -91,7 +94,7 @@ def check_mode(mode) -> str:
     return mode
 
 
-def _sweep_values(knob: str, values) -> list:
+def _sweep_values(knob: str, values: Iterable[Any]) -> list[Any]:
     """Typed, de-duplicated (order kept) values; ConfigError when empty."""
     typed = list(dict.fromkeys(_typed_value(knob, v) for v in values))
     if not typed:
@@ -99,7 +102,7 @@ def _sweep_values(knob: str, values) -> list:
     return typed
 
 
-def parse_sweep_values(knob: str, text: str) -> list:
+def parse_sweep_values(knob: str, text: str) -> list[Any]:
     """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
     key = _check_knob(knob)
     return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])

@@ -133,11 +133,6 @@ def plan_budgets(base: dict) -> list[float] | None:
     return sorted({float(b) for b in parts if str(b).strip()}) or None
 
 
-def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
-    """A run's full settings: the plan's base, the run's knobs and its seed."""
-    return {**plan.base, **run.knobs, "seed": run.seed}
-
-
 class Ablation:
     """One ablation directory: its plan, run dirs and results."""
 
@@ -168,7 +163,7 @@ class Ablation:
                 f"bytes, more than a file name may hold here ({room}); sweep fewer "
                 "knobs at once (or use --grid less)"
             )
-        configs = [resolve(run_settings(self.plan, run)) for run in self.plan.runs]
+        configs = [resolve(self.plan.settings(run)) for run in self.plan.runs]
         keys = [(c.data, c.val_data, c.split) for c in configs]
         datasets = {key: load_dataset(*key) for key in dict.fromkeys(keys)}
         for c, key in zip(configs, keys, strict=True):  # every run's batches fit its data,
@@ -213,7 +208,7 @@ class Ablation:
         frozen = (self.plan.tune or {}).get("centres", {}).get(variant.variant)
         if frozen is not None:
             return dict(frozen)
-        cfg = resolve({**self.plan.base, **variant.knobs, "seed": variant.seed})
+        cfg = resolve(self.plan.settings(variant))
         assert self.tune is not None  # asked only of a plan that tunes
         return {k: getattr(cfg, k) for k in self.tune.knobs}
 
@@ -345,7 +340,7 @@ class Ablation:
 
     def variant_configs(self) -> list:
         """Each variant's resolved config (its first run's), for cost estimates."""
-        return [resolve(run_settings(self.plan, run)) for run in self.plan.variants.values()]
+        return [resolve(self.plan.settings(run)) for run in self.plan.variants.values()]
 
     def _finished(self) -> list[dict]:
         """Summaries of the runs already finished in this dir."""
@@ -427,7 +422,7 @@ class Ablation:
         runs from before summaries said it)."""
         runs = self.budget_runs(self.budgets[-1]) if self.budgets else self.final_runs(states)
         return [
-            with_split(record(run, read_summary(self.run_dir(run))), run_settings(self.plan, run))
+            with_split(record(run, read_summary(self.run_dir(run))), self.plan.settings(run))
             for run in runs
         ]
 
@@ -492,7 +487,7 @@ class Ablation:
         for run in self.final_runs():
             summary = read_summary(self.run_dir(run))
             if run.variant not in out and summary and summary.get("status") == "completed":
-                out[run.variant] = run_settings(self.plan, run)
+                out[run.variant] = self.plan.settings(run)
         return out
 
     def retime(self, budget_s: float | None = None) -> dict | None:
@@ -578,7 +573,7 @@ class Ablation:
     def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
         """Train `todo` (see `runner.train_runs`), rewriting results.json as each run ends."""
         self.trained = self.trained or bool(todo)
-        jobs = [Job(run.name, run_settings(self.plan, run), self.run_dir(run)) for run in todo]
+        jobs = [Job(run.name, self.plan.settings(run), self.run_dir(run)) for run in todo]
         context = self.context(max(parallel, 1))
         train_runs(
             jobs, on_update, parallel, stop, context, self.write_results, self.busy, self.devices

@@ -5,9 +5,10 @@ Everything else derives from `TABLE`: the engine's defaults and validation (`KNO
 `KNOB_CHOICES`, `check_knobs`), the run config's ranges, the `train` flags and the `ablate` sweep flags with
 their help, the ablation planner's knob classes and the knob list in docs/family.md
 (`python scripts/knob_docs.py` rewrites it). Adding a knob is one entry here plus
-its use in the step (`mousse.optim.step`), and its line in the typed declarations written out
-for editors and mypy (`KnobArgs` below, the run config's `TrainConfig` and `Overrides`), which
-tests check against TABLE.
+its use in the step (`mousse.optim.step`) and its one typed line in the run config's
+`TrainConfig`; `python scripts/typed_fields.py` then writes the other typed lines editors and
+mypy see (`KnobArgs` below, the run config's `Overrides`), and tests fail, naming the place,
+while any of them differs from TABLE. A choice knob's choices are a Literal alias named once.
 """
 
 from __future__ import annotations
@@ -15,15 +16,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args, get_origin
 
 import torch
 
-from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS
-from .precondition import EIG_FLOORS, FACTOR_NORMS, REFRESHES, root_order
+from .orthogonalize import NsSchedule as NsSchedule
+from .orthogonalize import Orthogonalization
+from .precondition import EigFloor as EigFloor
+from .precondition import FactorNorm as FactorNorm
+from .precondition import Refresh as Refresh
+from .precondition import root_order
 
-LR_SCALE_RULES = ("spectral", "muon", "rms", "mean_dim", "none")
-SIDES = ("both", "left", "right", "none")
+# Each knob's choices, named once: the table's choices, KnobArgs's and the run config's types.
+MomentumStyle = Literal["heavy_ball", "nesterov", "ema"]
+WeightDecayStyle = Literal["decoupled", "after", "after_scaled"]
+Sides = Literal["both", "left", "right", "none"]
+RefreshSchedule = Literal["offset", "multiples", "staggered"]
+RefreshDevice = Literal["same", "cpu", "auto"]
+Graft = Literal["orthogonalizer", "adam", "none"]
+Orthogonalizer = Literal[Orthogonalization, "adam"]
+LrScale = Literal["spectral", "muon", "rms", "mean_dim", "none"]
+Fisher = Literal["empirical", "sampled"]
+LR_SCALE_RULES: tuple[LrScale, ...] = get_args(LrScale)
+SIDES: tuple[Sides, ...] = get_args(Sides)
+# The aliases by their choices (each alias above or imported here): how KnobArgs's generated lines
+# name a choice knob's type.
+CHOICE_TYPES: dict[tuple[str, ...], str] = {
+    get_args(alias): name for name, alias in dict(globals()).items() if get_origin(alias) is Literal
+}
 
 
 @dataclass(frozen=True)
@@ -98,8 +118,10 @@ def _count(name: str, default: int, help: str, low: int = 1, sweep: str = "") ->
     return Knob(name, default, int, help, low=low, sweep=sweep, preconditioner=name != "ns_steps")
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...], help: str, **kw: Any) -> Knob:
-    return Knob(name, default, str, help, choices=choices, sweep=",".join(choices), **kw)
+def _choice(name: str, default: str, choices: Any, help: str, **kw: Any) -> Knob:
+    """A knob of one of `choices`, a Literal alias (its values, in order, are the choices)."""
+    values: tuple[str, ...] = get_args(choices)
+    return Knob(name, default, str, help, choices=values, sweep=",".join(values), **kw)
 
 
 def _bool_knob(name: str, default: bool, help: str, pre: bool = False) -> Knob:
@@ -112,7 +134,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "momentum_style",
         "heavy_ball",
-        ("heavy_ball", "nesterov", "ema"),
+        MomentumStyle,
         "{choices}: heavy_ball M = mu M + G; nesterov uses G + mu M; ema M = mu M + (1-mu) G, "
         "bias-corrected (Mousse heavy_ball, Muon nesterov).",
     ),
@@ -120,7 +142,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "weight_decay_style",
         "decoupled",
-        ("decoupled", "after", "after_scaled"),
+        WeightDecayStyle,
         "{choices}: decoupled W(1 - lr wd) with the update; after: W -= lr wd W after it (SOAP); "
         "after_scaled: W *= 1 - lr s wd (SPlus).",
     ),
@@ -147,7 +169,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "sides",
         "both",
-        SIDES,
+        Sides,
         "Preconditioned sides: {choices}. left = L = E[G G^T], the OUTPUT side of an (out, in) "
         "weight (m x m); right = R = E[G^T G], the INPUT side (n x n).",
         preconditioner=True,
@@ -155,7 +177,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "factor_norm",
         "trace",
-        FACTOR_NORMS,
+        FactorNorm,
         "Factor normalization before eigh: {choices} (trace: mean eigenvalue 1, Mousse; "
         "same_trace: TNT).",
         preconditioner=True,
@@ -164,7 +186,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh_schedule",
         "offset",
-        ("offset", "multiples", "staggered"),
+        RefreshSchedule,
         "Refresh steps: {choices} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., "
         "SPlus's authors; staggered: each matrix at its own phase, about 1/T of the work a step).",
         preconditioner=True,
@@ -180,7 +202,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh_device",
         "same",
-        ("same", "cpu", "auto"),
+        RefreshDevice,
         "Where refreshes run: {choices} (same: the factor's device; cpu: the host; auto: the "
         "host for CUDA factors up to 512 wide).",
         preconditioner=True,
@@ -198,14 +220,14 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "eig_floor",
         "shift",
-        EIG_FLOORS,
+        EigFloor,
         "Eigenvalue floor: {choices} (shift: Mousse; clamp: max(lam, eps)).",
         preconditioner=True,
     ),
     _choice(
         "graft",
         "orthogonalizer",
-        ("orthogonalizer", "adam", "none"),
+        Graft,
         "Grafting: {choices} (orthogonalizer: to the norm of the orthogonalized whitened "
         "momentum, Mousse; adam: Adam's norm, Shampoo).",
         preconditioner=True,
@@ -214,7 +236,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh",
         "eigh",
-        REFRESHES,
+        Refresh,
         "Factor refresh: {choices} (eigh exact; qr one power iteration + QR from the previous "
         "basis, SOAP; root: the whitening power by matmuls only, coupled Newton, alpha = 1/p).",
         preconditioner=True,
@@ -229,11 +251,11 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "orthogonalizer",
         "newton_schulz",
-        (*ORTHOGONALIZERS, "adam"),
+        Orthogonalizer,
         "{choices} applied to the whitened momentum (Mousse/Muon newton_schulz, SpecGD exact, "
         "SPlus sign, Shampoo/TNT identity, SOAP adam).",
     ),
-    _choice("ns", "you5", NS_SCHEDULES, "Newton-Schulz schedule: {choices}."),
+    _choice("ns", "you5", NsSchedule, "Newton-Schulz schedule: {choices}."),
     _count("ns_steps", 5, "Newton-Schulz iterations.", sweep="3,5"),
     Knob(
         "ns_dtype",
@@ -248,7 +270,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "lr_scale",
         "spectral",
-        LR_SCALE_RULES,
+        LrScale,
         "Per-matrix lr rule: spectral sqrt(m/n) | muon sqrt(max(1,m/n)) | rms 0.2 sqrt(max(m,n)) "
         "| mean_dim 2/(m+n) | none.",
     ),
@@ -261,7 +283,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "fisher",
         "empirical",
-        ("empirical", "sampled"),
+        Fisher,
         "Factor statistics from {choices} gradients (sampled: labels drawn from the model, TNT).",
         preconditioner=True,
     ),
@@ -270,41 +292,43 @@ TABLE: tuple[Knob, ...] = (
 
 class KnobArgs(TypedDict, total=False):
     """The knobs as keyword arguments, typed, so an editor and a type checker see them in
-    `Mousse(params, lr=..., ...)`; tests/optim/test_knobs.py checks it against TABLE."""
+    `Mousse(params, lr=..., ...)`. Its lines are generated from TABLE."""
 
+    # generated from TABLE by `python scripts/typed_fields.py`; do not edit
     lr: float
     momentum: float
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"]
+    momentum_style: MomentumStyle
     weight_decay: float
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"]
+    weight_decay_style: WeightDecayStyle
     alpha: float
     post_alpha: float | None
-    sides: Literal["both", "left", "right", "none"]
-    factor_norm: Literal["trace", "same_trace", "none"]
+    sides: Sides
+    factor_norm: FactorNorm
     precond_freq: int
-    refresh_schedule: Literal["offset", "multiples", "staggered"]
+    refresh_schedule: RefreshSchedule
     refresh_delay: int
-    refresh_device: Literal["same", "cpu", "auto"]
+    refresh_device: RefreshDevice
     precond_beta: float
     stat_freq: int
     refresh_warmup: int
     precond_start: int
     eps: float
-    eig_floor: Literal["shift", "clamp"]
-    graft: Literal["orthogonalizer", "adam", "none"]
+    eig_floor: EigFloor
+    graft: Graft
     bias_correction: bool
-    refresh: Literal["eigh", "qr", "root"]
+    refresh: Refresh
     refresh_after_update: bool
     skip_first_step: bool
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"]
-    ns: Literal["muon", "you5", "polar_express"]
+    orthogonalizer: Orthogonalizer
+    ns: NsSchedule
     ns_steps: int
     ns_dtype: torch.dtype | None
     beta2: float
     adam_eps: float
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"]
+    lr_scale: LrScale
     average_rate: float
-    fisher: Literal["empirical", "sampled"]
+    fisher: Fisher
+    # /generated
 
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}
@@ -370,14 +394,42 @@ def markdown() -> str:
     return "\n".join([BEGIN, *rows, END])
 
 
-def rewrite(path: Path) -> bool:
-    """Put today's knob list between the markers of `path`; whether the file changed."""
+def rewrite(path: Path, begin: str = BEGIN, end: str = END, block: str | None = None) -> bool:
+    """Put `block` (default: today's knob list) between the markers `begin` ... `end` of
+    `path`; whether the file changed."""
     text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path} lacks the knob list's markers {BEGIN!r} ... {END!r}")
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    new = head + markdown() + tail
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} lacks the knob list's markers {begin!r} ... {end!r}")
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    new = head + (markdown() if block is None else begin + block + end) + tail
     if new != text:
         path.write_text(new)
     return new != text
+
+
+# ---- typed lines written from a declaration (KnobArgs's from TABLE) ----------------------------
+
+GENERATED = "# generated from {source} by `python scripts/typed_fields.py`; do not edit\n"
+GENERATED_END = "    # /generated"
+
+
+def rewrite_lines(path: Path, source: str, lines: list[str]) -> bool:
+    """Put `lines` (a class body's, unindented) between the markers naming `source` in `path`;
+    whether the file changed."""
+    block = "".join(f"    {line}\n" for line in lines)
+    return rewrite(path, GENERATED.format(source=source), GENERATED_END, block)
+
+
+def knob_args_lines() -> list[str]:
+    """KnobArgs's lines: every knob of TABLE, typed by its choices' alias or its kind."""
+    return [f"{k.name}: {_hint(k)}" for k in TABLE]
+
+
+def _hint(k: Knob) -> str:
+    base = CHOICE_TYPES[k.choices] if k.choices else _type_name(k.kind)
+    return f"{base} | None" if k.optional else base
+
+
+def _type_name(kind: type) -> str:
+    return kind.__name__ if kind.__module__ == "builtins" else f"torch.{kind.__name__}"

@@ -6,6 +6,7 @@ Every function takes a batch of matrices shaped (B, m, n) and treats each indepe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ class NSMethod:
         return [self.coefficients[min(i, len(self.coefficients) - 1)] for i in range(steps)]
 
 
+NsSchedule = Literal["muon", "you5", "polar_express"]
 NS_METHODS: dict[str, NSMethod] = {
     # Keller Jordan's Muon: one triple repeated; what torch.optim.Muon uses.
     "muon": NSMethod(((3.4445, -4.7750, 2.0315),), eps=1e-7, clamp=True),
@@ -58,10 +60,11 @@ NS_METHODS: dict[str, NSMethod] = {
         norm_scale=1.02,
     ),
 }
-NS_SCHEDULES = tuple(NS_METHODS)
+NS_SCHEDULES: tuple[NsSchedule, ...] = get_args(NsSchedule)
 # What the family applies to the whitened momentum (docs/family.md): msign by Newton-Schulz or
 # exactly, elementwise sign (SPlus), or nothing (Shampoo, TNT).
-ORTHOGONALIZERS = ("newton_schulz", "exact", "sign", "identity")
+Orthogonalization = Literal["newton_schulz", "exact", "sign", "identity"]
+ORTHOGONALIZERS: tuple[Orthogonalization, ...] = get_args(Orthogonalization)
 
 
 def power_of_two_scale(X: Tensor) -> Tensor:

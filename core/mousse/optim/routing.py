@@ -15,16 +15,20 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast, overload
+from typing import Any, Literal, cast, get_args, overload
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .family import closure_loss
+from .knobs import KnobArgs
 from .lion import Lion
 from .recipes import OPTIMIZER_CLASSES
 from .step import oriented_shape
+
+# What the embeddings, head, gains and biases get (`build_optimizer`'s scalar_optimizer).
+ScalarOptimizer = Literal["adamw", "lion"]
 
 ROLES = ("matrix", "embedding", "head", "scalar")
 _HEAD_NAMES = ("lm_head", "head", "output", "unembed", "classifier")
@@ -272,10 +276,10 @@ def build_optimizer(
     model: nn.Module,
     optimizer: str = "mousse",
     lr: float = 0.06,
-    scalar_optimizer: str = "adamw",
+    scalar_optimizer: ScalarOptimizer = "adamw",
     scalar_lr: float = 0.006,
     weight_decay: float | None = None,
-    matrix_kwargs: dict[str, Any] | None = None,
+    matrix_kwargs: KnobArgs | None = None,
     roles: dict[str, str] | None = None,
     owned: set[str] | None = None,
     compiled: bool = False,
@@ -311,7 +315,7 @@ def build_optimizer(
     parts: dict[str, Optimizer] = {}
     mine = [(n, p) for n, p in matrices if owned is None or n in owned]
     if mine:
-        kwargs = dict(matrix_kwargs or {})
+        kwargs = KnobArgs(**(matrix_kwargs or {}))
         if weight_decay is not None:
             kwargs["weight_decay"] = weight_decay
         parts["matrix"] = _matrix_optimizer(optimizer, mine, flipped, lr, compiled, kwargs)
@@ -355,7 +359,7 @@ def _check_routing(
         raise ValueError(
             f"invalid optimizer={optimizer!r}: expected one of {', '.join((*OPTIMIZER_CLASSES, 'adamw'))}"
         )
-    if scalar_optimizer not in ("adamw", "lion"):
+    if scalar_optimizer not in get_args(ScalarOptimizer):
         raise ValueError(
             f"invalid scalar_optimizer={scalar_optimizer!r}: expected 'adamw' or 'lion'"
         )
@@ -367,17 +371,17 @@ def _matrix_optimizer(
     transposed: set[str],
     lr: float,
     compiled: bool,
-    kwargs: dict[str, Any],
+    kwargs: KnobArgs,
 ) -> Optimizer:
     """The block matrices' optimizer: a family member, with the weights stored (in, out) in a
     group of their own that says so, or AdamW (elementwise: orientation is moot) with the LM
     recipe's betas."""
     if name == "adamw":
-        kwargs.setdefault("betas", (0.9, 0.95))
-        kwargs.setdefault("weight_decay", 0.01)
-        return torch.optim.AdamW([p for _, p in named], lr=lr, **kwargs)
+        adamw: dict[str, Any] = {"betas": (0.9, 0.95), "weight_decay": 0.01, **kwargs}
+        return torch.optim.AdamW([p for _, p in named], lr=lr, **adamw)
     stored = [p for n, p in named if n not in transposed]
     flipped = [p for n, p in named if n in transposed]
     groups: list[dict[str, Any]] = [{"params": stored}] if stored else []
     groups += [{"params": flipped, "transposed": True}] if flipped else []
-    return OPTIMIZER_CLASSES[name](groups, lr=lr, compiled=compiled, **kwargs)
+    args: KnobArgs = {**kwargs, "lr": lr}  # the group's lr wins over a knob's
+    return OPTIMIZER_CLASSES[name](groups, compiled=compiled, **args)

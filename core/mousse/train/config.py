@@ -8,9 +8,10 @@ Settings resolve, later winning: the matrix optimizer's class recipe
 `Preset.momentum_styles`) < the `--config`
 file < flags.
 
-Both types are written out here, field for field in the same order (the order of config.toml,
-sweeps and run names). The engine's knobs among them follow `mousse.optim.knobs.TABLE` (names,
-order, types and allowed choices); tests/train/test_config_knobs.py checks that they do.
+`TrainConfig` declares each setting once (its order is that of config.toml, sweeps and run
+names); `Overrides`'s lines are generated from it (`python scripts/typed_fields.py`). The engine's
+knobs among them follow `mousse.optim.knobs.TABLE` (names, order, types and allowed choices, as
+its Literal aliases); tests/train/test_config_knobs.py checks that they do.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from mousse.optim import knobs
-from mousse.optim.family import Knobs
+from mousse.optim.routing import ScalarOptimizer
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
@@ -38,7 +39,6 @@ from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZER_NAMES, Preset, get_preset, optimizer_knobs
 from .schedule import Schedule, cooldown_length, warmup_length
 
-ScalarOptimizer = Literal["adamw", "lion"]
 Device = Literal["auto", "cpu", "cuda"]
 GatherDtype = Literal["fp32", "bf16"]  # what owners send in the all-gather under torchrun
 NsDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -132,36 +132,36 @@ class TrainConfig:
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None
+    momentum_style: knobs.MomentumStyle | None
     weight_decay: float
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None
+    weight_decay_style: knobs.WeightDecayStyle | None
     alpha: float | None
     post_alpha: float | None  # None: = alpha
-    sides: Literal["both", "left", "right", "none"] | None
-    factor_norm: Literal["trace", "same_trace", "none"] | None
+    sides: knobs.Sides | None
+    factor_norm: knobs.FactorNorm | None
     precond_freq: int | None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None
+    refresh_schedule: knobs.RefreshSchedule | None
     refresh_delay: int | None
-    refresh_device: Literal["same", "cpu", "auto"] | None
+    refresh_device: knobs.RefreshDevice | None
     precond_beta: float | None
     stat_freq: int | None
     refresh_warmup: int | None
     precond_start: int | None
     eps: float | None
-    eig_floor: Literal["shift", "clamp"] | None
-    graft: Literal["orthogonalizer", "adam", "none"] | None
+    eig_floor: knobs.EigFloor | None
+    graft: knobs.Graft | None
     bias_correction: bool | None
-    refresh: Literal["eigh", "qr", "root"] | None
+    refresh: knobs.Refresh | None
     refresh_after_update: bool | None
     skip_first_step: bool | None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None
-    ns: Literal["muon", "you5", "polar_express"] | None
+    orthogonalizer: knobs.Orthogonalizer | None
+    ns: knobs.NsSchedule | None
     ns_steps: int | None
     beta2: float | None
     adam_eps: float | None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None
+    lr_scale: knobs.LrScale | None
     average_rate: float | None
-    fisher: Literal["empirical", "sampled"] | None
+    fisher: knobs.Fisher | None
     # evaluation
     eval_every: int
     eval_tokens: int
@@ -188,8 +188,10 @@ class TrainConfig:
 class Overrides:
     """The settings a run is given (flags over the `--config` file), each None when not given:
     `resolve` fills those in from TrainConfig's defaults, the preset and the optimizer's recipe.
-    One field per TrainConfig field, in its order, of the same type or None."""
+    One field per TrainConfig field, in its order, of the same type or None: its lines are
+    generated from TrainConfig's."""
 
+    # generated from TrainConfig by `python scripts/typed_fields.py`; do not edit
     preset: str | None = None
     model: str | None = None
     model_config: str | None = None
@@ -216,36 +218,36 @@ class Overrides:
     cooldown: float | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
+    momentum_style: knobs.MomentumStyle | None = None
     weight_decay: float | None = None
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None = None
+    weight_decay_style: knobs.WeightDecayStyle | None = None
     alpha: float | None = None
-    post_alpha: float | None = None  # not given: the recipe's (Mousse's: None, = alpha)
-    sides: Literal["both", "left", "right", "none"] | None = None
-    factor_norm: Literal["trace", "same_trace", "none"] | None = None
+    post_alpha: float | None = None
+    sides: knobs.Sides | None = None
+    factor_norm: knobs.FactorNorm | None = None
     precond_freq: int | None = None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None = None
+    refresh_schedule: knobs.RefreshSchedule | None = None
     refresh_delay: int | None = None
-    refresh_device: Literal["same", "cpu", "auto"] | None = None
+    refresh_device: knobs.RefreshDevice | None = None
     precond_beta: float | None = None
     stat_freq: int | None = None
     refresh_warmup: int | None = None
     precond_start: int | None = None
     eps: float | None = None
-    eig_floor: Literal["shift", "clamp"] | None = None
-    graft: Literal["orthogonalizer", "adam", "none"] | None = None
+    eig_floor: knobs.EigFloor | None = None
+    graft: knobs.Graft | None = None
     bias_correction: bool | None = None
-    refresh: Literal["eigh", "qr", "root"] | None = None
+    refresh: knobs.Refresh | None = None
     refresh_after_update: bool | None = None
     skip_first_step: bool | None = None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None = None
-    ns: Literal["muon", "you5", "polar_express"] | None = None
+    orthogonalizer: knobs.Orthogonalizer | None = None
+    ns: knobs.NsSchedule | None = None
     ns_steps: int | None = None
     beta2: float | None = None
     adam_eps: float | None = None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None = None
+    lr_scale: knobs.LrScale | None = None
     average_rate: float | None = None
-    fisher: Literal["empirical", "sampled"] | None = None
+    fisher: knobs.Fisher | None = None
     eval_every: int | None = None
     eval_tokens: int | None = None
     target_loss: float | None = None
@@ -260,6 +262,7 @@ class Overrides:
     gather_dtype: GatherDtype | None = None
     ns_dtype: NsDtype | None = None
     log: str | None = None
+    # /generated
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> Overrides:
@@ -272,6 +275,18 @@ class Overrides:
     def to_dict(self) -> dict[str, Any]:
         """The settings given (not None), by name, in field order."""
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    def updated(self, later: Overrides) -> Overrides:
+        """These settings with `later`'s given ones winning (a file's under the flags)."""
+        return dataclasses.replace(self, **later.to_dict())
+
+
+def overrides_lines() -> list[str]:
+    """Overrides's lines: each TrainConfig field, as written there, or None, default None."""
+    return [
+        f"{name}: {hint if hint.endswith('| None') else hint + ' | None'} = None"
+        for name, hint in TrainConfig.__annotations__.items()
+    ]
 
 
 def _base_type(hint: object) -> type:
@@ -547,11 +562,8 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
         if values[name] is None and not (name == "steps" and values["budget"] is not None):
             values[name] = getattr(preset, name)
     _fill_steps(values, given)
-    for name, value in preset.matrix_knobs(values["optimizer"]).items():
-        if values[name] is None:
-            values[name] = value
-    knobs = optimizer_knobs(values["optimizer"], {k: values[k] for k in FAMILY_KNOBS})
-    values.update((name, knobs.get(name)) for name in FAMILY_KNOBS)
+    chosen = resolved_knobs(values["optimizer"], preset, values)
+    values.update((name, chosen.get(name)) for name in FAMILY_KNOBS)
     if values["scalar_lr"] is None:
         adamw = values["optimizer"] == "adamw"
         values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
@@ -570,6 +582,15 @@ def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         _apply_budgets(values, given)
     if values["steps"] is None:
         values["steps"] = _budget_steps(values)
+
+
+def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The matrix optimizer's knobs a run gets, later winning: its class recipe < its LM
+    training recipe < the model `preset`'s for it (`Preset.matrix_knobs`) < the knobs among
+    `given` (the settings given, a file's under the flags; None: not given). The one statement
+    of that order, for `resolve` and the ablation planner alike."""
+    chosen = {k: v for k, v in given.items() if k in FAMILY_KNOBS and v is not None}
+    return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
 def _budget_steps(values: Mapping[str, Any]) -> int:
@@ -842,16 +863,18 @@ def _check_schedule(cfg: TrainConfig) -> None:
     )
 
 
-def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> Knobs:
-    """The family optimizer's knobs for the block matrices: every resolved one (lr and
+def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> knobs.KnobArgs:
+    """The family optimizer's knobs for the block matrices, typed: every resolved one (lr and
     weight_decay go to build_optimizer on their own) and the Newton-Schulz dtype (auto: the
     run's `precision`). AdamW: none."""
     if cfg.optimizer == "adamw":
         return {}
-    knobs = {
+    given = {
         k: getattr(cfg, k)
         for k in FAMILY_KNOBS
         if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
     }
     ns = NS_DTYPES[cfg.ns_dtype] or (torch.bfloat16 if precision == "bf16" else torch.float32)
-    return {**knobs, "ns_dtype": ns}
+    # FAMILY_KNOBS are KnobArgs's keys and TrainConfig's fields have their types (or None, left
+    # out): tests/train/test_config_knobs.py checks both, which mypy cannot see through getattr
+    return cast(knobs.KnobArgs, {**given, "ns_dtype": ns})
