@@ -21,7 +21,7 @@ from mousse.train.rundir import exclusive, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, record
+from .records import FINISHED, final_loss, read_budget_from, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -424,10 +424,26 @@ class Ablation:
     # ---- results ----------------------------------------------------------------------------
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
-        """The run records of the comparison's runs, as far as they got (with budgets: those
-        at the largest budget's tuned values, each run's full length)."""
-        runs = self.budget_runs(self.budgets[-1]) if self.budgets else self.final_runs(states)
-        return [record(run, read_summary(self.run_dir(run))) for run in runs]
+        """The run records of the comparison's runs, as far as they got. With tuned budgets:
+        those at the largest budget's tuned values (each run's full length), each smaller
+        budget's entry read from the run at that budget's own choice (`budget_runs`)."""
+        if not (self.tune and self.budgets):
+            return [record(run, read_summary(self.run_dir(run))) for run in self.final_runs(states)]
+        by_budget = self.budget_tuning()
+        summaries: dict[str, dict | None] = {}
+
+        def summary(run: RunSpec) -> dict | None:
+            if run.name not in summaries:
+                summaries[run.name] = read_summary(self.run_dir(run))
+            return summaries[run.name]
+
+        runs = self.budget_runs(self.budgets[-1], by_budget)
+        rows = [record(run, summary(run)) for run in runs]
+        for budget in self.budgets[:-1]:
+            for row, run in zip(rows, self.budget_runs(budget, by_budget), strict=True):
+                if run.name != row["name"]:
+                    read_budget_from(row, budget, run.name, summary(run))
+        return rows
 
     def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and

@@ -348,13 +348,19 @@ BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
 
 def budget_table_rows(results: dict) -> list[dict]:
     """Per variant and budget (`results.budget_rows`), BUDGET_COLUMNS -> text: its mean final
-    loss ± seed spread and the paired difference from the baseline (none without budgets)."""
+    loss ± seed spread and the paired difference from the baseline (none without budgets).
+    With the values tuned per budget, the variant says those its row was read at."""
+    tuned = {
+        (v["variant"], t["budget"]): f"{v['variant']} ({_tuned_text(t)})"
+        for v in results["variants"]
+        for t in v.get("tuned_by_budget") or ()
+    }
     return [
         dict(
             zip(
                 BUDGET_COLUMNS,
                 (
-                    b["variant"],
+                    tuned.get((b["variant"], b["budget"]), b["variant"]),
                     f"{b['budget']:g}x",
                     _num(b["tokens_per_param"], ".3g"),
                     str(b["n"]),
