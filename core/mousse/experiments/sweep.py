@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
-from mousse.train.config import ConfigError, resolve
+from mousse.train.config import ConfigError, coerce, parse_budgets, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
 from mousse.train.fileio import atomic_write_text, read_json, write_json
@@ -125,12 +125,12 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
 
 def plan_budgets(base: dict) -> list[float] | None:
     """The budgets each run of a plan yields (`--budgets`: a list, or '0.25,0.5,1'), ascending;
-    None without them."""
+    None without them; a ConfigError, as `train` gives, for a value that is not budgets (a
+    spec's `budgets = "abc"` or `true`)."""
     value = base.get("budgets")
     if value is None:
         return None
-    parts = value.split(",") if isinstance(value, str) else value
-    return sorted({float(b) for b in parts if str(b).strip()}) or None
+    return list(parse_budgets(coerce("budgets", value)))
 
 
 def run_settings(plan: AblationPlan, run: RunSpec) -> dict:
