@@ -68,6 +68,18 @@ def test_tuning_seeds_that_are_comparison_seeds_are_refused():
     assert_one_line_error(refused, "tuning seeds [1000] are comparison seeds too")
 
 
+@pytest.mark.parametrize("budgets", [[], ["--budgets", "0.25,0.5"]])
+@pytest.mark.parametrize("seeds", ["", "abc", "-1", "1.5"])
+def test_bad_tune_seeds_are_one_line(tmp_path, seeds, budgets):
+    """An empty --tune-seeds too: it is not the default count."""
+    refused = invoke_cli(
+        *("ablate", "--alpha", "0.0", "--tune", "lr", "--tune-seeds", seeds, *budgets),
+        *("--dry-run", "--ablation-dir", tmp_path / "A"),
+    )
+    assert_one_line_error(refused, "seeds")
+    assert not (tmp_path / "A").exists()
+
+
 def test_dry_run_says_the_seed_rule_and_what_more_tuning_seeds_cost(tmp_path):
     dry = invoke_cli(
         "ablate",
