@@ -303,7 +303,10 @@ def test_each_budgets_results_and_speedups_read_the_runs_at_its_own_lr(tmp_path)
     assert muon["budget_fit"]["budgets"] == list(budgets) and muon["budget_fit"]["fit"]
     (run,) = [r for r in results["runs"] if r["variant"] == "mousse" and r["seed"] == 0]
     variants = [r["Variant"] for r in budget_table_rows(results) if r["Budget"] in ("0.5x", "1x")]
-    assert variants[2:4] == ["mousse (lr=0.04)", "mousse (lr=0.02)"]  # the values read at
+    assert variants[2:4] == ["mousse @ lr=0.04", "mousse @ lr=0.02"]  # the values read at
+    tuning = [(r["Knob"], r["Final val loss per value (* chosen)"]) for r in tuning_rows(results)]
+    assert [k for k, _ in tuning[:4]] == ["lr at 0.25x", "lr at 0.5x", "lr at 1x", "lr at 2x"]
+    assert "0.04*" in tuning[1][1] and "0.02*" in tuning[2][1]
     read_from = {b["budget"]: b.get("run") for b in run["budgets"]}
     assert read_from == {0.25: "mousse@lr=0.04-s0", 0.5: "mousse@lr=0.04-s0", 1.0: None, 2.0: None}
 

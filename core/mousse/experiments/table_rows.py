@@ -351,7 +351,7 @@ def budget_table_rows(results: dict) -> list[dict]:
     loss ± seed spread and the paired difference from the baseline (none without budgets).
     With the values tuned per budget, the variant says those its row was read at."""
     tuned = {
-        (v["variant"], t["budget"]): f"{v['variant']} ({_tuned_text(t)})"
+        (v["variant"], t["budget"]): f"{v['variant']} @ {_tuned_text(t)}"
         for v in results["variants"]
         for t in v.get("tuned_by_budget") or ()
     }
@@ -408,12 +408,29 @@ def _candidate_text(loss: float | None, sd: float | None) -> str:
 
 
 def tuning_rows(results: dict) -> list[dict]:
-    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"."""
-    return [
-        dict(zip(TUNING_COLUMNS, (v["variant"], phase["knob"], _phase_text(phase)), strict=True))
-        for v in results["variants"]
-        for phase in v.get("tuning") or ()
-    ]
+    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"; with
+    values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
+    differ (the largest budget's alone are "Tuned")."""
+    rows = []
+    for v in results["variants"]:
+        by_budget = v.get("tuned_by_budget")
+        tunings = (
+            [(f" at {t['budget']:g}x", t["tuning"]) for t in by_budget]
+            if by_budget
+            else [("", v.get("tuning") or ())]
+        )
+        rows += [
+            dict(
+                zip(
+                    TUNING_COLUMNS,
+                    (v["variant"], phase["knob"] + at, _phase_text(phase)),
+                    strict=True,
+                )
+            )
+            for at, tuning in tunings
+            for phase in tuning
+        ]
+    return rows
 
 
 def _side_text(v: dict) -> str:
