@@ -151,11 +151,17 @@ def tuning_seed_notes(results: dict) -> list[str]:
 
 def regime_notes(results: dict) -> list[str]:
     """What the regime of the runs does not establish (`budget.regime_warnings`): the smallest
-    budget below 1x, the most epochs beyond 4."""
+    budget below 1x, the most epochs beyond 4. Runs with budgets (whose regime is their
+    largest budget's) reach 1x by their largest budget, as `--budget` is refused with them."""
     regimes = results.get("regimes") or []
     budgets = [r["budget"] for r in regimes if r.get("budget") is not None]
     epochs = [r["epochs"] for r in regimes if r.get("epochs") is not None]
-    return regime_warnings(min(budgets, default=None), max(epochs, default=None))
+    remedy = (
+        "pass --budgets up to 1 or more, e.g. --budgets 0.25,0.5,1,2"
+        if results.get("budgets")
+        else "pass --budget 1"
+    )
+    return regime_warnings(min(budgets, default=None), max(epochs, default=None), remedy)
 
 
 def regime_note(results: dict) -> str | None:
