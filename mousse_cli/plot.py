@@ -347,10 +347,15 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
                 _plot_phase(ax, v, phase, points, numeric, colors[v["variant"]])
     if numeric:
         _tried_ticks(ax, knob, variants)
+    # with budgets tuned apart, "tuning" is the largest budget's (the tables give each budget's)
+    largest = max(
+        (t["budget"] for v in variants for t in v.get("tuned_by_budget") or ()), default=0
+    )
     ax.set(
         xlabel=knob,
         ylabel="final val loss (mean over tuning seeds)",
-        title=f"tuning {knob} (ringed: chosen)",
+        title=f"tuning {knob}{f' at {largest:g}x, the largest budget' if largest else ''} "
+        "(ringed: chosen)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

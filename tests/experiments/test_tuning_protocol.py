@@ -339,6 +339,20 @@ def test_a_budgets_ablation_compares_each_budget_at_its_own_lr(tmp_path):
     assert {r["name"] for r in results["runs"]} == {r.name for r in ab.budget_runs(2.0)}
 
 
+def test_the_tuning_curves_say_they_are_the_largest_budgets(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    ab = _budget_ablation(tmp_path)
+    while wanted := ab.wanted():
+        for run in wanted:
+            _write(ab, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in BUDGETS})
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    plot.plot_tuning(ab.results(), tmp_path / "t.png")
+    assert drawn[0].axes[0].get_title() == "tuning lr at 2x, the largest budget (ringed: chosen)"
+
+
 def test_budgets_that_choose_alike_share_their_comparison_runs(tmp_path):
     ab = _budget_ablation(tmp_path)
     while wanted := ab.wanted():
