@@ -74,7 +74,9 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
     )
     return tune_spec(
         phases,
-        parse_seeds(tune_seeds, TUNE_SEED_BASE, "--tune-seeds") if tune_seeds else saved["seeds"],
+        parse_seeds(tune_seeds, TUNE_SEED_BASE, "--tune-seeds")
+        if tune_seeds is not None  # an empty one is bad input, not the default
+        else saved["seeds"],
         saved.get("max_extensions"),
     )
 

@@ -136,7 +136,10 @@ class AblationView:
         if isinstance(e, Notice):
             self._plain(f"[{name}] warning: {e.text}")
         elif isinstance(e, RunStarted):
-            row.update(status="running", steps=e.config["steps"])
+            # a cooldown branch of a run with budgets (`--budgets`) trains after the run's own
+            # steps: its row says which, lest its loss read as the whole run's
+            branch = e.run_dir.name if e.run_dir.parent.name == "branches" else None
+            row.update(status="running", steps=e.config["steps"], branch=branch)
             resumed = e.info["resumed_from"]
             self._plain(
                 f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "
@@ -168,7 +171,7 @@ class AblationView:
             self._plain(
                 f"[{name}] failed: {s.get('message')}"  # why, and what to do
                 if s["status"] == "failed"
-                else f"[{name}] {s['status']} after {counted(s['steps'], 'step')}: final val "
+                else f"[{name}] {_status_text(row)} after {counted(s['steps'], 'step')}: final val "
                 f"{fmt(s['final_val_loss'])} ({clock(s['train_seconds'])} training)"
                 + (f"; {self.done_text}" if self.done_text else "")
             )
@@ -218,7 +221,7 @@ class AblationView:
             fmt(r["val"]),
             fmt(r["best"]),
             fmt(self._delta(r), "+.4f"),
-            r["status"],
+            _status_text(r),
         ]
 
     def _timing_cells(self, name: str, r: dict, base_ms: float | None) -> list[str]:
@@ -244,3 +247,8 @@ class AblationView:
             else fmt(overhead, "+.1f") + ("%" if overhead is not None else ""),
             fmt(r["mem"] and r["mem"] / 2**30, ".2f") + (" GiB" if r["mem"] else ""),
         ]
+
+
+def _status_text(row: dict) -> str:
+    """A run's status, naming the cooldown branch it is in (`--budgets`) when it is in one."""
+    return row["status"] + (f" ({row['branch']})" if row.get("branch") else "")

@@ -347,10 +347,15 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
                 _plot_phase(ax, v, phase, points, numeric, colors[v["variant"]])
     if numeric:
         _tried_ticks(ax, knob, variants)
+    # with budgets tuned apart, "tuning" is the largest budget's (the tables give each budget's)
+    largest = max(
+        (t["budget"] for v in variants for t in v.get("tuned_by_budget") or ()), default=0
+    )
     ax.set(
         xlabel=knob,
         ylabel="final val loss (mean over tuning seeds)",
-        title=f"tuning {knob} (ringed: chosen)",
+        title=f"tuning {knob}{f' at {largest:g}x, the largest budget' if largest else ''} "
+        "(ringed: chosen)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -474,8 +479,13 @@ def plot_budget_speedup(results: dict, out: Path) -> None:
         points = [_budget_point(row, nudge, top) for row in rows]
         _speedup_line(ax, v["variant"], points, colors[v["variant"]])
         for (x, y, _, marker), row in zip(points, rows, strict=True):
+            label = _high_end_off_axis(row, top)
             if marker == "^":
                 label = "∞" if row["unbounded"] else f"{row['speedup']:.3g}x"
+            elif label is not None:  # the error bar stops at the top: a triangle says so
+                ax.plot([x], [top], marker="^", ms=7, color=colors[v["variant"]])
+                y = top
+            if label is not None:
                 ax.annotate(label, (x, y), xytext=(0, 7), textcoords="offset points", ha="center")
     ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{results['baseline']} (baseline)")
     ax.set_ylim(0, top * 1.12)
@@ -502,6 +512,15 @@ def _budget_point(row: dict, nudge: float, top: float) -> tuple:
     ci = row["speedup_ci"] and [top if end is None else min(end, top) for end in row["speedup_ci"]]
     marker = "^" if y == top else "D" if row["extrapolated"] else "o"
     return row["budget"] * nudge, y, ci, marker
+
+
+def _high_end_off_axis(row: dict, top: float) -> str | None:
+    """The high end of a speedup's interval where it lies above `top`, the axis's top, as its
+    label (∞ where unbounded); None where it is on the axis or has none."""
+    high = (row["speedup_ci"] or [None, 0.0])[1]
+    if high is None:
+        return "∞"
+    return f"{high:.3g}x" if high > top else None
 
 
 def _wrapped(text: str, width: int = 150) -> str:

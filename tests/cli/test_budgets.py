@@ -411,3 +411,93 @@ def test_a_specs_base_takes_budgets_as_a_list_and_the_plan_shows_their_steps(tmp
     assert text is not None and "0.0002x 5 steps, 0.0004x 9 steps" in text
     with pytest.raises(ConfigError, match="drop --steps"):
         plan_ablation(loaded["sweeps"], {**loaded["base"], "steps": 10})
+
+
+FOUR = "0.0001,0.0002,0.0004,0.0008"  # 3, 5, 9 and 17 steps: the least a speedup fit takes
+
+
+@pytest.mark.slow
+def test_a_tuned_ablation_over_budgets_reads_each_budget_at_its_own_lr(tmp_path):
+    """`ablate --budgets --tune lr` end to end: each budget's row of the per-budget table and
+    of the speedup vs budget is the mean, over the comparison seeds, of that budget's loss in
+    the runs at the lr tuned for that budget; the baseline's law gets all four budgets; every
+    `report` format, the plot and a gate on the speedup read the results."""
+    root = tmp_path / "A"
+    args = [*ABLATE[:-3], "--budgets", FOUR, "--seeds", "2", "--tune", "lr=0.01,0.02"]
+    res = invoke_cli(*args, "--no-timing-pass", "--ablation-dir", root, "--json")
+    assert res.exit_code == 0, res
+    results = res.json()
+    by_variant = {v["variant"]: v for v in results["variants"]}
+    for row in results["budgets"]:
+        (tuned,) = [
+            t for t in by_variant[row["variant"]]["tuned_by_budget"] if t["budget"] == row["budget"]
+        ]
+        name = f"{row['variant']}@lr={tuned['tuned']['lr']:.6g}"
+        losses = [
+            b["final_val_loss"]
+            for seed in (0, 1)
+            for b in summary(root / "runs" / f"{name}-s{seed}")["budgets"]
+            if b["budget"] == row["budget"]
+        ]
+        assert row["n"] == 2 and row["final_val_loss_mean"] == pytest.approx(sum(losses) / 2)
+        if not row["is_baseline"]:
+            (speedup,) = [
+                s
+                for s in by_variant[row["variant"]]["budget_speedups"]
+                if s["budget"] == row["budget"]
+            ]
+            assert speedup["loss"] == pytest.approx(row["final_val_loss_mean"])
+    assert by_variant["muon"]["budget_fit"]["budgets"] == [float(b) for b in FOUR.split(",")]
+    for fmt, needle in (
+        ("table", "speedup vs budget"),
+        ("markdown", "## Speedup vs budget"),
+        ("csv", "speedup_at_0.0004x"),
+        ("json", '"budget_speedups"'),
+    ):
+        shown = invoke_cli("report", root, "--format", fmt)
+        assert shown.exit_code == 0 and needle in shown.stdout, shown
+    plot = tmp_path / "f.png"
+    gate = invoke_cli("report", root, "--plot", plot, "--expect", "speedup_at(mousse, 0.0004) > 0")
+    assert gate.exit_code in (0, 5), gate  # holds or fails on the numbers, never bad input
+    assert plot.is_file() and (tmp_path / "f-budgets.png").is_file()
+
+
+def test_the_live_ablation_view_says_when_a_row_is_a_branch(tmp_path):
+    """A run with budgets trains its branches after its own steps: the live row of a branch
+    says so, lest its loss (a smaller budget's) read as the run's."""
+    from mousse.experiments.runner import RunUpdate
+    from mousse.train.events import RunStarted
+    from mousse_cli.ablation_view import AblationView
+
+    view = AblationView([], None, live=False)
+    view._add("mousse")
+    info = {"resumed_from": 7, "n_params": 1}
+    for run_dir, status in (
+        (tmp_path, "running"),
+        (tmp_path / "branches" / "budget-0.0004", "running (budget-0.0004)"),
+    ):
+        view(RunUpdate("mousse", RunStarted(run_dir, {"steps": 9}, info)))
+        assert view._convergence_cells(view.rows["mousse"])[-1] == status
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('"abc"', "'abc' is not a number"),
+        ("true", "budgets"),
+        ("{a = 1}", "budgets"),
+        ("[[0.0002]]", "is not a number"),
+        ('[0.0002, "x"]', "'x' in"),
+        ("[0.0002, nan]", "budgets"),
+        ("[-1.0]", "budgets"),
+    ],
+)
+def test_bad_budgets_in_a_specs_base_are_one_line(tmp_path, value, needle):
+    """A spec's `budgets` of the wrong TOML type or value: one line, exit 2, no dir made."""
+    spec = tmp_path / "spec.toml"
+    shape = "\n".join(f"{k} = {v}" for k, v in FAST_SETTINGS.items())
+    spec.write_text(f"[base]\n{shape}\nbudgets = {value}\n[sweep]\noptimizer = ['mousse']\n")
+    for dry in (["--dry-run"], []):
+        res = invoke_cli("ablate", spec, *dry, "--ablation-dir", tmp_path / "A")
+        assert_one_line_error(res, needle)
+        assert not (tmp_path / "A").exists()

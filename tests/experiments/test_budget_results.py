@@ -84,3 +84,16 @@ def test_a_run_record_carries_its_budgets_without_their_run_dirs():
     ] * 2
     assert [b["final_val_loss"] for b in row["budgets"]] == [3.0, None]
     assert "budgets" not in run_record(RunSpec("m", "m", {}, 0), {"status": "completed"})
+
+
+def test_below_1x_a_budgets_ablation_is_told_to_reach_1x_by_its_budgets():
+    """`--budget 1`, the remedy of a plain run, is refused beside `--budgets`."""
+    from mousse.experiments.table_rows import protocol_notes
+
+    low = {"tokens_per_param": 10.0, "budget": 0.5, "epochs": 0.1}
+    rows = [{**r, "regime": low} for r in records()]
+    notes = [n for n in protocol_notes(summarize(rows, "muon")) if "compute-optimal" in n]
+    assert len(notes) == 1 and "pass --budgets up to 1 or more" in notes[0]
+    plain = [{**{k: v for k, v in r.items() if k != "budgets"}, "regime": low} for r in records()]
+    notes = [n for n in protocol_notes(summarize(plain, "muon")) if "compute-optimal" in n]
+    assert len(notes) == 1 and "pass --budget 1)" in notes[0]

@@ -377,6 +377,27 @@ def test_the_budget_figure_draws_what_the_table_says(budget_results, tmp_path, m
     assert "L(D) = 300 D^-0.4" in drawn[-1].get_supxlabel()
 
 
+def test_an_interval_end_above_the_budget_figure_is_a_triangle_with_its_value(
+    budget_results, tmp_path, monkeypatch
+):
+    """A bounded speedup whose interval reaches ∞ (or past the axis) ends in a triangle at the
+    top marked with that end, not in a cap that reads as the interval's end."""
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    results = summarize(ablation(("mousse", lambda d: base_law(1.3 * d))))
+    (mousse,) = [v for v in results["variants"] if v["variant"] == "mousse"]
+    mousse["budget_speedups"][0]["speedup_ci"] = [1.2, None]
+    mousse["budget_speedups"][1]["speedup_ci"] = [1.2, 50.0]
+    plot.plot_budget_speedup(results, tmp_path / "b.png")
+    (ax,) = drawn[-1].axes
+    assert [t.get_text() for t in ax.texts] == ["∞", "50x"]
+    top = max(line.get_ydata()[0] for line in ax.get_lines() if line.get_marker() == "^")
+    assert [t.xy[1] for t in ax.texts] == [top, top]
+
+
 def test_report_plot_draws_the_budget_figure_beside_the_curves(budget_results, tmp_path):
     pytest.importorskip("matplotlib")
     res = invoke_cli("report", budget_results, "--plot", tmp_path / "f.png")

@@ -18,7 +18,13 @@ from mousse.experiments.inputs import SETTING_CHOICES, parse_seeds, tune_spec
 from mousse.experiments.results import summarize, with_power
 from mousse.experiments.stats import seeds_for_power
 from mousse.experiments.sweep import Ablation
-from mousse.experiments.table_rows import power_note, render, tuning_rows, tuning_seed_notes
+from mousse.experiments.table_rows import (
+    budget_table_rows,
+    power_note,
+    render,
+    tuning_rows,
+    tuning_seed_notes,
+)
 from mousse.experiments.tuning import (
     TUNE_SEED_BASE,
     TuneSpec,
@@ -60,6 +66,18 @@ def test_tuning_seeds_that_are_comparison_seeds_are_refused():
     assert_one_line_error(refused, "tuning seeds [0] are comparison seeds too")
     refused = invoke_cli("ablate", "--alpha", "0.0", "--tune", "lr", "--seeds", "1000,")
     assert_one_line_error(refused, "tuning seeds [1000] are comparison seeds too")
+
+
+@pytest.mark.parametrize("budgets", [[], ["--budgets", "0.25,0.5"]])
+@pytest.mark.parametrize("seeds", ["", "abc", "-1", "1.5"])
+def test_bad_tune_seeds_are_one_line(tmp_path, seeds, budgets):
+    """An empty --tune-seeds too: it is not the default count."""
+    refused = invoke_cli(
+        *("ablate", "--alpha", "0.0", "--tune", "lr", "--tune-seeds", seeds, *budgets),
+        *("--dry-run", "--ablation-dir", tmp_path / "A"),
+    )
+    assert_one_line_error(refused, "seeds")
+    assert not (tmp_path / "A").exists()
 
 
 def test_dry_run_says_the_seed_rule_and_what_more_tuning_seeds_cost(tmp_path):
@@ -192,6 +210,8 @@ def _budget_summary(losses: dict[float, float | None], status: str = "completed"
         "budgets": [
             {
                 "budget": b,
+                "tokens": int(1000 * b),
+                "tokens_per_param": 20 * b,
                 "steps": int(50 * b),
                 "status": "completed" if loss is not None else "diverged",
                 "final_val_loss": loss,
@@ -234,17 +254,61 @@ def test_each_budget_chooses_its_own_lr_from_the_same_tuning_runs():
     assert states[0.5].phases[0].grid == [0.01, 0.02, 0.04, 0.08]
 
 
-def _budget_ablation(tmp_path) -> Ablation:
-    """A tuned plan whose runs each yield budgets 0.5 and 2 (as `--budgets 0.5,2` plans it)."""
+def _budget_ablation(tmp_path, budgets=BUDGETS, tune: str | None = "lr=0.01,0.02,0.04") -> Ablation:
+    """A plan (tuned unless `tune` is None) whose runs each yield `budgets` (as `--budgets
+    0.5,2` plans it)."""
     plan = plan_ablation(
-        {"alpha": [0.0]}, base={"preset": "tiny"}, seeds=2, tune=_tune("lr=0.01,0.02,0.04")
+        {"alpha": [0.0]},
+        base={"preset": "tiny"},
+        seeds=2,
+        tune=_tune(tune) if tune is not None else None,
     )
-    return Ablation(replace(plan, base={**plan.base, "budgets": list(BUDGETS)}), tmp_path / "a")
+    return Ablation(replace(plan, base={**plan.base, "budgets": list(budgets)}), tmp_path / "a")
 
 
 def _write(ab: Ablation, run, losses: dict[float, float]) -> None:
     ab.run_dir(run).mkdir(parents=True, exist_ok=True)
     (ab.run_dir(run) / "summary.json").write_text(json.dumps(_budget_summary(losses)))
+
+
+def test_an_untuned_budgets_ablation_reads_its_plans_runs(tmp_path):
+    ab = _budget_ablation(tmp_path, tune=None)
+    for run in ab.plan.runs:
+        _write(ab, run, {b: _loss(0.02, b, run.seed) for b in BUDGETS})
+    results = ab.results()
+    assert [r["name"] for r in results["runs"]] == [r.name for r in ab.plan.runs]
+    assert [b["n"] for b in results["budgets"]] == [2] * 6
+
+
+def test_each_budgets_results_and_speedups_read_the_runs_at_its_own_lr(tmp_path):
+    """The per-budget table and the speedup from budgets read each budget from the comparison
+    runs at the lr tuned for it, not from the runs at the largest budget's lr."""
+    budgets = (0.25, 0.5, 1.0, 2.0)
+    ab = _budget_ablation(tmp_path, budgets)
+    while wanted := ab.wanted():
+        for run in wanted:
+            _write(ab, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in budgets})
+    results = ab.results()
+    expected = {
+        b: statistics.fmean(_loss(0.04 if b < 1 else 0.02, b, s) for s in (0, 1)) for b in budgets
+    }
+    for variant in ("muon", "mousse"):
+        rows = [r for r in results["budgets"] if r["variant"] == variant]
+        assert [r["final_val_loss_mean"] for r in rows] == pytest.approx(list(expected.values()))
+    (mousse,) = [v for v in results["variants"] if v["variant"] == "mousse"]
+    assert [row["loss"] for row in mousse["budget_speedups"]] == pytest.approx(
+        list(expected.values())
+    )
+    (muon,) = [v for v in results["variants"] if v["is_baseline"]]
+    assert muon["budget_fit"]["budgets"] == list(budgets) and muon["budget_fit"]["fit"]
+    (run,) = [r for r in results["runs"] if r["variant"] == "mousse" and r["seed"] == 0]
+    variants = [r["Variant"] for r in budget_table_rows(results) if r["Budget"] in ("0.5x", "1x")]
+    assert variants[2:4] == ["mousse @ lr=0.04", "mousse @ lr=0.02"]  # the values read at
+    tuning = [(r["Knob"], r["Final val loss per value (* chosen)"]) for r in tuning_rows(results)]
+    assert [k for k, _ in tuning[:4]] == ["lr at 0.25x", "lr at 0.5x", "lr at 1x", "lr at 2x"]
+    assert "0.04*" in tuning[1][1] and "0.02*" in tuning[2][1]
+    read_from = {b["budget"]: b.get("run") for b in run["budgets"]}
+    assert read_from == {0.25: "mousse@lr=0.04-s0", 0.5: "mousse@lr=0.04-s0", 1.0: None, 2.0: None}
 
 
 def test_a_budgets_ablation_compares_each_budget_at_its_own_lr(tmp_path):
@@ -273,6 +337,20 @@ def test_a_budgets_ablation_compares_each_budget_at_its_own_lr(tmp_path):
         (2.0, {"lr": 0.02}),
     ]
     assert {r["name"] for r in results["runs"]} == {r.name for r in ab.budget_runs(2.0)}
+
+
+def test_the_tuning_curves_say_they_are_the_largest_budgets(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from mousse_cli import plot
+
+    ab = _budget_ablation(tmp_path)
+    while wanted := ab.wanted():
+        for run in wanted:
+            _write(ab, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in BUDGETS})
+    drawn = []
+    monkeypatch.setattr(plot, "_save", lambda fig, out, plt: drawn.append(fig))
+    plot.plot_tuning(ab.results(), tmp_path / "t.png")
+    assert drawn[0].axes[0].get_title() == "tuning lr at 2x, the largest budget (ringed: chosen)"
 
 
 def test_budgets_that_choose_alike_share_their_comparison_runs(tmp_path):

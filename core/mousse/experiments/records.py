@@ -10,7 +10,8 @@ and val_loss_se (the standard error of the final val loss over its windows; both
 recorded before them) and curve, a list of {"step", "val_loss", "seconds"} eval points.
 A run with budgets (`mousse.train.branches`) also has budgets: per budget, ascending, {"budget",
 "tokens", "tokens_per_param", "steps", "status", "final_val_loss"} (the loss None unless that
-budget completed); runs without budgets have no such key.
+budget completed), and "run" where that budget was read from another run (`read_budget_from`);
+runs without budgets have no such key.
 """
 
 from __future__ import annotations
@@ -88,6 +89,27 @@ def with_split(row: dict, settings: dict) -> dict:
     if row["split"] is None and row["status"] != "pending" and builtin:
         return {**row, "split": settings["split"]}
     return row
+
+
+def read_budget_from(row: dict, budget: float, run: str, summary: dict | None) -> None:
+    """Put in `row` its entry at `budget` as the run `run` (`summary`: its summary) gives it,
+    naming that run: with budgets tuned apart, a budget is read from the run at the values
+    chosen for it, not from the row's own run. Pending, without a loss, until that run has
+    the budget (no entry while neither run has one)."""
+    entries = {b["budget"]: b for b in row.get("budgets") or ()}
+    theirs = next(
+        (b for b in (summary or {}).get("budgets") or () if b.get("budget") == budget), None
+    )
+    if theirs is not None:
+        entries[budget] = {**budget_record(theirs), "run": run}
+    elif budget in entries:
+        entries[budget] = {
+            **entries[budget],
+            "status": "pending",
+            "final_val_loss": None,
+            "run": run,
+        }
+    row["budgets"] = [entries[b] for b in sorted(entries)]
 
 
 def final_loss(summary: dict | None) -> float | None:

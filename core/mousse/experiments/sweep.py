@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
-from mousse.train.config import ConfigError, resolve
+from mousse.train.config import ConfigError, coerce, parse_budgets, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
 from mousse.train.fileio import atomic_write_text, read_json, write_json
@@ -21,7 +21,7 @@ from mousse.train.rundir import exclusive, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, record, with_split
+from .records import FINISHED, final_loss, read_budget_from, record, with_split
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -125,12 +125,12 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
 
 def plan_budgets(base: dict) -> list[float] | None:
     """The budgets each run of a plan yields (`--budgets`: a list, or '0.25,0.5,1'), ascending;
-    None without them."""
+    None without them; a ConfigError, as `train` gives, for a value that is not budgets (a
+    spec's `budgets = "abc"` or `true`)."""
     value = base.get("budgets")
     if value is None:
         return None
-    parts = value.split(",") if isinstance(value, str) else value
-    return sorted({float(b) for b in parts if str(b).strip()}) or None
+    return list(parse_budgets(coerce("budgets", value)))
 
 
 class Ablation:
@@ -417,14 +417,34 @@ class Ablation:
     # ---- results ----------------------------------------------------------------------------
 
     def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
-        """The run records of the comparison's runs, as far as they got (with budgets: those
-        at the largest budget's tuned values, each run's full length; `with_split`: the split of
-        runs from before summaries said it)."""
-        runs = self.budget_runs(self.budgets[-1]) if self.budgets else self.final_runs(states)
-        return [
-            with_split(record(run, read_summary(self.run_dir(run))), self.plan.settings(run))
-            for run in runs
-        ]
+        """The run records of the comparison's runs, as far as they got (`with_split`: the split
+        of runs from before summaries said it). With tuned budgets: those at the largest
+        budget's tuned values (each run's full length), each smaller budget's entry read from
+        the run at that budget's own choice (`budget_runs`)."""
+        if not (self.tune and self.budgets):
+            return [
+                self._record(run, read_summary(self.run_dir(run)))
+                for run in self.final_runs(states)
+            ]
+        by_budget = self.budget_tuning()
+        summaries: dict[str, dict | None] = {}
+
+        def summary(run: RunSpec) -> dict | None:
+            if run.name not in summaries:
+                summaries[run.name] = read_summary(self.run_dir(run))
+            return summaries[run.name]
+
+        runs = self.budget_runs(self.budgets[-1], by_budget)
+        rows = [self._record(run, summary(run)) for run in runs]
+        for budget in self.budgets[:-1]:
+            for row, run in zip(rows, self.budget_runs(budget, by_budget), strict=True):
+                if run.name != row["name"]:
+                    read_budget_from(row, budget, run.name, summary(run))
+        return rows
+
+    def _record(self, run: RunSpec, summary: dict | None) -> dict:
+        """The run record of `run` (`records.record`, `with_split`)."""
+        return with_split(record(run, summary), self.plan.settings(run))
 
     def results(self, against: str | None = None) -> dict:
         """The results object of what is on disk, with the protocol, the last timing pass and

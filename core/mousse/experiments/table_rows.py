@@ -156,11 +156,17 @@ def tuning_seed_notes(results: dict) -> list[str]:
 
 def regime_notes(results: dict) -> list[str]:
     """What the regime of the runs does not establish (`budget.regime_warnings`): the smallest
-    budget below 1x, the most epochs beyond 4."""
+    budget below 1x, the most epochs beyond 4. Runs with budgets (whose regime is their
+    largest budget's) reach 1x by their largest budget, as `--budget` is refused with them."""
     regimes = results.get("regimes") or []
     budgets = [r["budget"] for r in regimes if r.get("budget") is not None]
     epochs = [r["epochs"] for r in regimes if r.get("epochs") is not None]
-    return regime_warnings(min(budgets, default=None), max(epochs, default=None))
+    remedy = (
+        "pass --budgets up to 1 or more, e.g. --budgets 0.25,0.5,1,2"
+        if results.get("budgets")
+        else "pass --budget 1"
+    )
+    return regime_warnings(min(budgets, default=None), max(epochs, default=None), remedy)
 
 
 def regime_note(results: dict) -> str | None:
@@ -393,13 +399,19 @@ BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
 
 def budget_table_rows(results: dict) -> list[dict]:
     """Per variant and budget (`results.budget_rows`), BUDGET_COLUMNS -> text: its mean final
-    loss ± seed spread and the paired difference from the baseline (none without budgets)."""
+    loss ± seed spread and the paired difference from the baseline (none without budgets).
+    With the values tuned per budget, the variant says those its row was read at."""
+    tuned = {
+        (v["variant"], t["budget"]): f"{v['variant']} @ {_tuned_text(t)}"
+        for v in results["variants"]
+        for t in v.get("tuned_by_budget") or ()
+    }
     return [
         dict(
             zip(
                 BUDGET_COLUMNS,
                 (
-                    b["variant"],
+                    tuned.get((b["variant"], b["budget"]), b["variant"]),
                     f"{b['budget']:g}x",
                     _num(b["tokens_per_param"], ".3g"),
                     str(b["n"]),
@@ -447,12 +459,29 @@ def _candidate_text(loss: float | None, sd: float | None) -> str:
 
 
 def tuning_rows(results: dict) -> list[dict]:
-    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"."""
-    return [
-        dict(zip(TUNING_COLUMNS, (v["variant"], phase["knob"], _phase_text(phase)), strict=True))
-        for v in results["variants"]
-        for phase in v.get("tuning") or ()
-    ]
+    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"; with
+    values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
+    differ (the largest budget's alone are "Tuned")."""
+    rows = []
+    for v in results["variants"]:
+        by_budget = v.get("tuned_by_budget")
+        tunings = (
+            [(f" at {t['budget']:g}x", t["tuning"]) for t in by_budget]
+            if by_budget
+            else [("", v.get("tuning") or ())]
+        )
+        rows += [
+            dict(
+                zip(
+                    TUNING_COLUMNS,
+                    (v["variant"], phase["knob"] + at, _phase_text(phase)),
+                    strict=True,
+                )
+            )
+            for at, tuning in tunings
+            for phase in tuning
+        ]
+    return rows
 
 
 def _side_text(v: dict) -> str:

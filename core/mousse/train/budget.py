@@ -56,15 +56,18 @@ def regime(tokens: int, non_embedding: int, train_tokens: int | None) -> dict[st
     }
 
 
-def regime_warnings(budget: float | None, epochs: float | None) -> list[str]:
-    """What a comparison in this regime does not establish: below the compute-optimal budget,
-    or beyond MAX_EPOCHS over its data."""
+def regime_warnings(
+    budget: float | None, epochs: float | None, remedy: str = "pass --budget 1"
+) -> list[str]:
+    """What a comparison in this regime does not establish: below the compute-optimal budget
+    (and the `remedy` for it: runs with `--budgets` take no `--budget`), or beyond MAX_EPOCHS
+    over its data."""
     notes = []
     if budget is not None and budget < 1:
         notes.append(
             f"{budget:.2g}x the compute-optimal 20 tokens per non-embedding parameter: "
             "optimizer rankings and speedups move with the data-to-model ratio (Wen et al. "
-            "2025), so a gap here may not hold at 1x (pass --budget 1)"
+            f"2025), so a gap here may not hold at 1x ({remedy})"
         )
     if epochs is not None and epochs > MAX_EPOCHS:
         notes.append(
