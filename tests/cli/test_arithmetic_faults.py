@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from support.cli import (
     invoke_cli,
     mousse_command,
     read_metrics,
+    signal_once_logged,
     summary,
     train_losses,
     val_losses,
@@ -160,23 +160,6 @@ def _parallel_bf16_ablation(root: Path) -> subprocess.Popen:
     )
 
 
-def _stop_once_logged(proc: subprocess.Popen, root: Path, sig: signal.Signals) -> str:
-    """Signal the ablation's process group (workers included) once a run has logged a step
-    more than it had (or the ablation ended first); its stderr."""
-    logged = lambda: sum(
-        m.read_text().count('"train_loss"') for m in (root / "runs").glob("*/metrics.jsonl")
-    )
-    before, deadline = logged() if (root / "runs").is_dir() else 0, time.monotonic() + 300
-    while proc.poll() is None and (not (root / "runs").is_dir() or logged() <= before):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    _, err = proc.communicate(timeout=300)
-    assert "Traceback" not in err, err
-    return err
-
-
 def _shown_as_results(root: Path) -> None:
     """`report` counts only completed runs in its results: a run cut short by a fault is
     never a variant's result."""
@@ -200,7 +183,7 @@ def test_a_parallel_bf16_ablation_killed_or_stopped_resumes_to_the_same_losses(t
     assert done.returncode == 0, err
     root = tmp_path / "A"
     for sig in (signal.SIGKILL, signal.SIGTERM):
-        _stop_once_logged(_parallel_bf16_ablation(root), root, sig)
+        signal_once_logged(_parallel_bf16_ablation(root), root, sig)
         _shown_as_results(root)
         for ckpt in (root / "runs").glob("*/checkpoints/step-*"):
             verify_checksums(ckpt)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from functools import partial
@@ -18,10 +19,12 @@ import pytest
 from support.cli import (
     FAST,
     FAST_SETTINGS,
+    CliResult,
     assert_one_line_error,
     invoke_cli,
     mousse_command,
     read_metrics,
+    signal_once_logged,
     summary,
     train_losses,
     val_losses,
@@ -378,17 +381,48 @@ def test_an_ablation_over_budgets_stopped_and_rerun_ends_as_an_uninterrupted_one
         [*mousse_command(), *map(str, args)], capture_output=True, text=True, env=env, timeout=600
     )
     assert proc.returncode == 143, proc.stderr
-    report = invoke_cli("report", cut, "--format", "json")
-    assert report.exit_code == 0, report
-    for run in report.json()["runs"]:
-        for b in run.get("budgets", []):
-            assert (b["final_val_loss"] is not None) == (b["status"] == "completed"), run
+    report = no_half_written_budget(cut)
     if parallel == 1:
         runs = {r["name"]: r for r in report.json()["runs"]}
         statuses = [b["status"] for b in runs["muon"]["budgets"]]
         assert statuses == ["completed", "interrupted", "completed"]
         assert "budgets" not in runs["mousse"]  # not started
         assert [b["n"] for b in report.json()["budgets"]] == [1, 0, 1, 0, 0, 0]
+    again = invoke_cli(*ABLATE, "--ablation-dir", cut, "--json")
+    assert again.exit_code == 0, again
+    assert again.json()["budgets"] == whole_ablation[1]["budgets"]
+    for name in ("muon", "mousse"):
+        same_run(cut / "runs" / name, whole_ablation[0] / "runs" / name)
+
+
+def no_half_written_budget(root: Path) -> CliResult:
+    """`report` of the ablation in `root`, which shows a budget's loss only once it completed."""
+    report = invoke_cli("report", root, "--format", "json")
+    assert report.exit_code == 0, report
+    for run in report.json()["runs"]:
+        for b in run.get("budgets", []):
+            assert (b["final_val_loss"] is not None) == (b["status"] == "completed"), run
+    return report
+
+
+@pytest.mark.slow
+def test_an_ablation_over_budgets_killed_at_parallel_2_ends_as_an_uninterrupted_one(
+    whole_ablation, tmp_path
+):
+    """kill -9 to the process group of `ablate --budgets --parallel 2` (its workers with it),
+    twice, each once a run has logged a step more: every checkpoint left verifies, `report`
+    never shows a half-written budget, and the rerun ends every run and budget as an
+    uninterrupted ablation does."""
+    cut = tmp_path / "K"
+    cmd = [*mousse_command(), *map(str, [*ABLATE, "--parallel", 2, "--ablation-dir", cut])]
+    for _ in range(2):
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        signal_once_logged(proc, cut, signal.SIGKILL)
+        no_half_written_budget(cut)
+        for ckpt in (cut / "runs").glob("**/checkpoints/step-*"):
+            verify_checksums(ckpt)
     again = invoke_cli(*ABLATE, "--ablation-dir", cut, "--json")
     assert again.exit_code == 0, again
     assert again.json()["budgets"] == whole_ablation[1]["budgets"]

@@ -6,7 +6,11 @@ damaged in place (`flip_tensor_bytes`) and the one-line error check (`assert_one
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 # A tiny-preset run shrunk further so that a dozen steps take well under a second.
@@ -109,3 +113,21 @@ def assert_one_line_error(result: CliResult, *needles: str) -> None:
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result
     for needle in needles:
         assert needle in lines[0], result
+
+
+def signal_once_logged(proc: subprocess.Popen, root: Path, sig: signal.Signals) -> str:
+    """Signal the process group of an ablation running in `root` (`proc`, started in a session
+    of its own; its workers included) once a run has logged a step more than it had, or the
+    ablation ended first; its stderr, which holds no traceback."""
+    logged = lambda: sum(
+        m.read_text().count('"train_loss"') for m in (root / "runs").glob("*/metrics.jsonl")
+    )
+    before, deadline = logged() if (root / "runs").is_dir() else 0, time.monotonic() + 300
+    while proc.poll() is None and (not (root / "runs").is_dir() or logged() <= before):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    return err
