@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any, cast
 
 import typer
@@ -11,8 +12,17 @@ import typer
 from mousse.optim.knobs import TABLE, Knob
 from mousse.train.presets import OPTIMIZER_NAMES, PRESETS
 
+# A flag: (its annotation, which Typer reads its type from, and its typer.Option). Any: Typer
+# types an Option as Any, so that it can stand as the default of a parameter of any type.
+Flag = tuple[object, Any]
+# The flags a user set, by name, aliases resolved (`with_flags`). Any: each value is of its own
+# flag's type, which Typer parsed from the annotation.
+FlagValues = dict[str, Any]
+# A command that takes its run settings' flags as `overrides` (`with_flags`).
+Command = Callable[..., None]
 
-def _on_off_flag(name: str, text: str) -> tuple:
+
+def _on_off_flag(name: str, text: str) -> Flag:
     flag = name.replace("_", "-")
     return (
         bool | None,
@@ -20,7 +30,7 @@ def _on_off_flag(name: str, text: str) -> tuple:
     )
 
 
-def _knob_flag(knob: Knob) -> tuple:
+def _knob_flag(knob: Knob) -> Flag:
     """A `train` flag from the knob table (mousse.optim.knobs)."""
     if knob.kind is bool:
         return _on_off_flag(knob.name, knob.text)
@@ -40,7 +50,7 @@ KNOB_FLAGS = {k.name: _knob_flag(k) for k in TABLE if k.run_setting}
 
 # name -> (annotation, typer.Option). Defaults are None: unset flags fall through to file/preset,
 # and the matrix optimizer's knobs to its recipe (docs/family.md, `mousse presets`).
-TRAIN_FLAGS: dict[str, tuple] = {
+TRAIN_FLAGS: dict[str, Flag] = {
     "preset": (
         str | None,
         typer.Option(
@@ -201,7 +211,7 @@ TRAIN_FLAGS["trace_norm"] = _on_off_flag(
 )
 
 
-def _alias_trace_norm(overrides: dict) -> dict:
+def _alias_trace_norm(overrides: FlagValues) -> FlagValues:
     """--trace-norm (a switch in train, 'on,off' in ablate) -> factor_norm."""
     value = overrides.pop("trace_norm", None)
     if value is None:
@@ -217,11 +227,11 @@ def _alias_trace_norm(overrides: dict) -> dict:
     return {**overrides, "factor_norm": mapped[0] if isinstance(value, bool) else ",".join(mapped)}
 
 
-def with_flags(flags: dict[str, tuple]):
+def with_flags(flags: dict[str, Flag]) -> Callable[[Command], Command]:
     """Add `flags` as keyword options to a Typer command; they arrive together as `overrides`
     (only the ones the user set, aliases resolved)."""
 
-    def decorate(func):
+    def decorate(func: Command) -> Command:
         sig = inspect.signature(func)
         own = [p for p in sig.parameters.values() if p.name != "overrides"]
         extra = [
@@ -230,10 +240,10 @@ def with_flags(flags: dict[str, tuple]):
         ]
 
         @functools.wraps(func)
-        def wrapper(**kwargs):
+        def wrapper(**kwargs: Any) -> None:  # Any: each flag's own type
             overrides = {name: kwargs.pop(name) for name in flags}
             overrides = _alias_trace_norm({k: v for k, v in overrides.items() if v is not None})
-            return func(overrides=overrides, **kwargs)
+            func(overrides=overrides, **kwargs)
 
         # what Typer reads the options from; functools' wrapper type does not declare it
         cast(Any, wrapper).__signature__ = sig.replace(parameters=own + extra)

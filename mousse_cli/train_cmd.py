@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mousse.distributed.process import env_world_size, exit_on_error, is_main_process
 from mousse.train.checkpoint import checkpoint_dirs, run_dir_of
-from mousse.train.config import ConfigError, load_config_file, resolve
+from mousse.train.config import ConfigError, TrainConfig, load_config_file, resolve
 from mousse.train.dashboards import Dashboards
-from mousse.train.fileio import dumps
-from mousse.train.rundir import lock_before_resume
+from mousse.train.fileio import JsonObject, dumps
+from mousse.train.rundir import RunLock, lock_before_resume
 
 from .console import console, notice, out, show_lines
 from .cost import check_cost
 from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
-from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
+from .options import RUN_PANEL, TRAIN_FLAGS, FlagValues, with_flags
 from .pipes import outliving_closed_pipes
 from .startup import reached
 from .train_view import TrainView, show_summary
 from .trust import TRUST_MODEL_CODE, check_trusted
+
+if TYPE_CHECKING:
+    from mousse.train.events import Event
 
 # The options of `train` besides the run settings (TRAIN_FLAGS), in the order --help lists them.
 CONFIG = typer.Option(
@@ -72,7 +78,7 @@ FORCE = typer.Option(
 
 @with_flags(TRAIN_FLAGS)
 def train(
-    overrides: dict,
+    overrides: FlagValues,
     config: Path | None = CONFIG,
     run_dir: Path | None = RUN_DIR,
     resume: str | None = RESUME,
@@ -116,7 +122,9 @@ def train(
         raise typer.Exit(interrupted_code(stop))
 
 
-def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> tuple:
+def starting_point(
+    settings: Mapping[str, object], run_dir: Path | None, resume: str | None
+) -> tuple[TrainConfig, Path | None, Path | None, bool]:
     """(config, checkpoint or None, run dir, restart): with --resume, the checkpoint's settings
     under the user's and its run dir by default; `--resume auto` with no checkpoint in --run-dir
     yet starts the run afresh (restart)."""
@@ -141,7 +149,7 @@ def starting_point(settings: dict, run_dir: Path | None, resume: str | None) -> 
     return cfg, ckpt, run_dir, restart
 
 
-def check_knobs_used(settings: dict, cfg) -> None:
+def check_knobs_used(settings: Mapping[str, object], cfg: TrainConfig) -> None:
     """Refuse a knob given for a run whose optimizer does not use it (`--optimizer muon
     --refresh-delay 10`: Muon has no preconditioner to refresh), rather than ignore it."""
     from mousse.experiments.ablation import unused_knobs
@@ -156,8 +164,15 @@ def check_knobs_used(settings: dict, cfg) -> None:
 
 
 def run_training(
-    cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list[str], lock=None
-) -> dict:
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    ckpt: Path | None,
+    restart: bool,
+    stop: threading.Event,
+    dashboards: Dashboards,
+    cost: list[str],
+    lock: RunLock | None = None,
+) -> JsonObject:
     """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
     estimate is shown after the checks the Trainer makes, so that an error stays one line.
     Returns the run's summary."""
@@ -166,7 +181,7 @@ def run_training(
 
     view = TrainView()
 
-    def on_event(e) -> None:
+    def on_event(e: Event) -> None:
         view(e)
         dashboards(e)
         reached(type(e).__name__)  # the test hook's points: RunStarted, StepLogged...
