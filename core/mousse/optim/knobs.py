@@ -7,7 +7,8 @@ their help, the ablation planner's knob classes and the knob list in docs/family
 (`python scripts/knob_docs.py` rewrites it). Adding a knob is one entry here plus
 its use in the step (`mousse.optim.step`), and its line in the typed declarations written out
 for editors and mypy (`KnobArgs` below, the run config's `TrainConfig` and `Overrides`), which
-tests check against TABLE.
+tests check against TABLE; a choice knob's values are one `Literal` alias (below, or beside the
+code that reads them), which TABLE's choices and those lines use.
 """
 
 from __future__ import annotations
@@ -15,15 +16,36 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 import torch
 
-from .orthogonalize import NS_SCHEDULES, ORTHOGONALIZERS
-from .precondition import EIG_FLOORS, FACTOR_NORMS, REFRESHES, root_order
+from .orthogonalize import NS_SCHEDULES, NsSchedule, OrthogonalizeMethod
+from .precondition import (
+    EIG_FLOORS,
+    FACTOR_NORMS,
+    REFRESHES,
+    EigFloor,
+    FactorNorm,
+    RefreshMethod,
+    root_order,
+)
 
-LR_SCALE_RULES = ("spectral", "muon", "rms", "mean_dim", "none")
-SIDES = ("both", "left", "right", "none")
+# The choice knobs' values as types, each named once: `KnobArgs`, the run config's TrainConfig
+# and Overrides, and TABLE's choices (below) all use these. The preconditioner's and the
+# orthogonalizer's own sets live beside their code (precondition.py, orthogonalize.py).
+MomentumStyle = Literal["heavy_ball", "nesterov", "ema"]
+WeightDecayStyle = Literal["decoupled", "after", "after_scaled"]
+Sides = Literal["both", "left", "right", "none"]
+RefreshSchedule = Literal["offset", "multiples", "staggered"]
+RefreshDevice = Literal["same", "cpu", "auto"]
+Graft = Literal["orthogonalizer", "adam", "none"]
+Orthogonalizer = Literal[OrthogonalizeMethod, "adam"]
+LrScale = Literal["spectral", "muon", "rms", "mean_dim", "none"]
+Fisher = Literal["empirical", "sampled"]
+
+LR_SCALE_RULES: tuple[str, ...] = get_args(LrScale)
+SIDES: tuple[str, ...] = get_args(Sides)
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "momentum_style",
         "heavy_ball",
-        ("heavy_ball", "nesterov", "ema"),
+        get_args(MomentumStyle),
         "{choices}: heavy_ball M = mu M + G; nesterov uses G + mu M; ema M = mu M + (1-mu) G, "
         "bias-corrected (Mousse heavy_ball, Muon nesterov).",
     ),
@@ -120,7 +142,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "weight_decay_style",
         "decoupled",
-        ("decoupled", "after", "after_scaled"),
+        get_args(WeightDecayStyle),
         "{choices}: decoupled W(1 - lr wd) with the update; after: W -= lr wd W after it (SOAP); "
         "after_scaled: W *= 1 - lr s wd (SPlus).",
     ),
@@ -164,7 +186,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh_schedule",
         "offset",
-        ("offset", "multiples", "staggered"),
+        get_args(RefreshSchedule),
         "Refresh steps: {choices} (offset: 1, T+1, 2T+1, ..., Mousse; multiples: 1, T, 2T, ..., "
         "SPlus's authors; staggered: each matrix at its own phase, about 1/T of the work a step).",
         preconditioner=True,
@@ -180,7 +202,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "refresh_device",
         "same",
-        ("same", "cpu", "auto"),
+        get_args(RefreshDevice),
         "Where refreshes run: {choices} (same: the factor's device; cpu: the host; auto: the "
         "host for CUDA factors up to 512 wide).",
         preconditioner=True,
@@ -205,7 +227,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "graft",
         "orthogonalizer",
-        ("orthogonalizer", "adam", "none"),
+        get_args(Graft),
         "Grafting: {choices} (orthogonalizer: to the norm of the orthogonalized whitened "
         "momentum, Mousse; adam: Adam's norm, Shampoo).",
         preconditioner=True,
@@ -229,7 +251,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "orthogonalizer",
         "newton_schulz",
-        (*ORTHOGONALIZERS, "adam"),
+        get_args(Orthogonalizer),
         "{choices} applied to the whitened momentum (Mousse/Muon newton_schulz, SpecGD exact, "
         "SPlus sign, Shampoo/TNT identity, SOAP adam).",
     ),
@@ -261,7 +283,7 @@ TABLE: tuple[Knob, ...] = (
     _choice(
         "fisher",
         "empirical",
-        ("empirical", "sampled"),
+        get_args(Fisher),
         "Factor statistics from {choices} gradients (sampled: labels drawn from the model, TNT).",
         preconditioner=True,
     ),
@@ -274,37 +296,37 @@ class KnobArgs(TypedDict, total=False):
 
     lr: float
     momentum: float
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"]
+    momentum_style: MomentumStyle
     weight_decay: float
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"]
+    weight_decay_style: WeightDecayStyle
     alpha: float
     post_alpha: float | None
-    sides: Literal["both", "left", "right", "none"]
-    factor_norm: Literal["trace", "same_trace", "none"]
+    sides: Sides
+    factor_norm: FactorNorm
     precond_freq: int
-    refresh_schedule: Literal["offset", "multiples", "staggered"]
+    refresh_schedule: RefreshSchedule
     refresh_delay: int
-    refresh_device: Literal["same", "cpu", "auto"]
+    refresh_device: RefreshDevice
     precond_beta: float
     stat_freq: int
     refresh_warmup: int
     precond_start: int
     eps: float
-    eig_floor: Literal["shift", "clamp"]
-    graft: Literal["orthogonalizer", "adam", "none"]
+    eig_floor: EigFloor
+    graft: Graft
     bias_correction: bool
-    refresh: Literal["eigh", "qr", "root"]
+    refresh: RefreshMethod
     refresh_after_update: bool
     skip_first_step: bool
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"]
-    ns: Literal["muon", "you5", "polar_express"]
+    orthogonalizer: Orthogonalizer
+    ns: NsSchedule
     ns_steps: int
     ns_dtype: torch.dtype | None
     beta2: float
     adam_eps: float
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"]
+    lr_scale: LrScale
     average_rate: float
-    fisher: Literal["empirical", "sampled"]
+    fisher: Fisher
 
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}

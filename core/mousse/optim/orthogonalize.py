@@ -6,6 +6,7 @@ Every function takes a batch of matrices shaped (B, m, n) and treats each indepe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -59,9 +60,12 @@ NS_METHODS: dict[str, NSMethod] = {
     ),
 }
 NS_SCHEDULES = tuple(NS_METHODS)
+# The schedules' names as a type (tests/optim/test_knobs.py checks it against NS_METHODS).
+NsSchedule = Literal["muon", "you5", "polar_express"]
 # What the family applies to the whitened momentum (docs/family.md): msign by Newton-Schulz or
 # exactly, elementwise sign (SPlus), or nothing (Shampoo, TNT).
-ORTHOGONALIZERS = ("newton_schulz", "exact", "sign", "identity")
+OrthogonalizeMethod = Literal["newton_schulz", "exact", "sign", "identity"]
+ORTHOGONALIZERS: tuple[str, ...] = get_args(OrthogonalizeMethod)
 
 
 def power_of_two_scale(X: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ All functions act on batches: factors (B, k, k), eigenvalues (B, k), bases (B, k
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -30,7 +32,8 @@ def accumulate(F: Tensor, G: Tensor, beta: float, side: str) -> Tensor:
     return ~finite
 
 
-FACTOR_NORMS = ("trace", "same_trace", "none")
+FactorNorm = Literal["trace", "same_trace", "none"]
+FACTOR_NORMS: tuple[str, ...] = get_args(FactorNorm)
 
 
 def normalized(
@@ -53,10 +56,12 @@ def normalized(
     return (F.double() * scale[:, None, None]).to(F.dtype)
 
 
-REFRESHES = ("eigh", "qr", "root")
+RefreshMethod = Literal["eigh", "qr", "root"]
+REFRESHES: tuple[str, ...] = get_args(RefreshMethod)
 # Eigenvalue floor after eigh(F + eps I): "shift" lifts the spectrum so its minimum is eps
 # (Mousse), "clamp" raises each eigenvalue to at least eps (Shampoo, TNT).
-EIG_FLOORS = ("shift", "clamp")
+EigFloor = Literal["shift", "clamp"]
+EIG_FLOORS: tuple[str, ...] = get_args(EigFloor)
 
 
 def _damped(F: Tensor, eps: float) -> Tensor:

@@ -29,6 +29,19 @@ import torch
 
 from mousse.optim import knobs
 from mousse.optim.family import Knobs
+from mousse.optim.knobs import (
+    Fisher,
+    Graft,
+    LrScale,
+    MomentumStyle,
+    Orthogonalizer,
+    RefreshDevice,
+    RefreshSchedule,
+    Sides,
+    WeightDecayStyle,
+)
+from mousse.optim.orthogonalize import NsSchedule
+from mousse.optim.precondition import EigFloor, FactorNorm, RefreshMethod
 
 from . import compat, tomlio
 from .budget import gpt_non_embedding_params, steps_for_budget
@@ -124,36 +137,36 @@ class TrainConfig:
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None
+    momentum_style: MomentumStyle | None
     weight_decay: float
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None
+    weight_decay_style: WeightDecayStyle | None
     alpha: float | None
     post_alpha: float | None  # None: = alpha
-    sides: Literal["both", "left", "right", "none"] | None
-    factor_norm: Literal["trace", "same_trace", "none"] | None
+    sides: Sides | None
+    factor_norm: FactorNorm | None
     precond_freq: int | None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None
+    refresh_schedule: RefreshSchedule | None
     refresh_delay: int | None
-    refresh_device: Literal["same", "cpu", "auto"] | None
+    refresh_device: RefreshDevice | None
     precond_beta: float | None
     stat_freq: int | None
     refresh_warmup: int | None
     precond_start: int | None
     eps: float | None
-    eig_floor: Literal["shift", "clamp"] | None
-    graft: Literal["orthogonalizer", "adam", "none"] | None
+    eig_floor: EigFloor | None
+    graft: Graft | None
     bias_correction: bool | None
-    refresh: Literal["eigh", "qr", "root"] | None
+    refresh: RefreshMethod | None
     refresh_after_update: bool | None
     skip_first_step: bool | None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None
-    ns: Literal["muon", "you5", "polar_express"] | None
+    orthogonalizer: Orthogonalizer | None
+    ns: NsSchedule | None
     ns_steps: int | None
     beta2: float | None
     adam_eps: float | None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None
+    lr_scale: LrScale | None
     average_rate: float | None
-    fisher: Literal["empirical", "sampled"] | None
+    fisher: Fisher | None
     # evaluation
     eval_every: int
     eval_tokens: int
@@ -206,36 +219,36 @@ class Overrides:
     cooldown: float | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
-    momentum_style: Literal["heavy_ball", "nesterov", "ema"] | None = None
+    momentum_style: MomentumStyle | None = None
     weight_decay: float | None = None
-    weight_decay_style: Literal["decoupled", "after", "after_scaled"] | None = None
+    weight_decay_style: WeightDecayStyle | None = None
     alpha: float | None = None
     post_alpha: float | None = None  # not given: the recipe's (Mousse's: None, = alpha)
-    sides: Literal["both", "left", "right", "none"] | None = None
-    factor_norm: Literal["trace", "same_trace", "none"] | None = None
+    sides: Sides | None = None
+    factor_norm: FactorNorm | None = None
     precond_freq: int | None = None
-    refresh_schedule: Literal["offset", "multiples", "staggered"] | None = None
+    refresh_schedule: RefreshSchedule | None = None
     refresh_delay: int | None = None
-    refresh_device: Literal["same", "cpu", "auto"] | None = None
+    refresh_device: RefreshDevice | None = None
     precond_beta: float | None = None
     stat_freq: int | None = None
     refresh_warmup: int | None = None
     precond_start: int | None = None
     eps: float | None = None
-    eig_floor: Literal["shift", "clamp"] | None = None
-    graft: Literal["orthogonalizer", "adam", "none"] | None = None
+    eig_floor: EigFloor | None = None
+    graft: Graft | None = None
     bias_correction: bool | None = None
-    refresh: Literal["eigh", "qr", "root"] | None = None
+    refresh: RefreshMethod | None = None
     refresh_after_update: bool | None = None
     skip_first_step: bool | None = None
-    orthogonalizer: Literal["newton_schulz", "exact", "sign", "identity", "adam"] | None = None
-    ns: Literal["muon", "you5", "polar_express"] | None = None
+    orthogonalizer: Orthogonalizer | None = None
+    ns: NsSchedule | None = None
     ns_steps: int | None = None
     beta2: float | None = None
     adam_eps: float | None = None
-    lr_scale: Literal["spectral", "muon", "rms", "mean_dim", "none"] | None = None
+    lr_scale: LrScale | None = None
     average_rate: float | None = None
-    fisher: Literal["empirical", "sampled"] | None = None
+    fisher: Fisher | None = None
     eval_every: int | None = None
     eval_tokens: int | None = None
     target_loss: float | None = None
