@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from mousse.train.config import ConfigError
+from mousse.train.fileio import JsonObject
 
 OPS = {
     "<": lambda a, b: a < b,
@@ -90,9 +91,10 @@ def validate(expr: str, variants: list[str]) -> None:
             )
 
 
-def _term_value(term: Term, variants: dict) -> float:
+def _term_value(term: Term, variants: dict[str, JsonObject]) -> float:
     if term.number is not None:
         return term.number
+    assert term.variant is not None  # a term is a number or a variant's value
     v = variants[term.variant]
     if term.field in INTERVAL_ENDS:
         interval, end = INTERVAL_ENDS[term.field]
@@ -102,7 +104,7 @@ def _term_value(term: Term, variants: dict) -> float:
     return math.nan if value is None else float(value)
 
 
-def check(expr: str, results: dict) -> tuple[bool, str]:
+def check(expr: str, results: JsonObject) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
     variants = {v["variant"]: v for v in results["variants"]}
     validate(expr, list(variants))
@@ -127,14 +129,17 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     return True, f"{expr!r} holds: {shown}"
 
 
-def _p_value(test: str, runs: list, a: str, b: str) -> float | None:
+def _p_value(test: str, runs: list[JsonObject], a: str, b: str) -> float | None:
     """The p of `test` between variants a and b's completed runs: Welch's over all their seeds,
     or the paired t-test over the seeds both ran ("paired significant")."""
     from .results import seed_losses
     from .stats import paired_differences, paired_t_test, welch_t_test
 
     if test == "paired significant":
-        return paired_t_test(paired_differences(seed_losses(runs, a), seed_losses(runs, b)))["p"]
+        paired: float | None = paired_t_test(
+            paired_differences(seed_losses(runs, a), seed_losses(runs, b))
+        )["p"]
+        return paired
     losses = [
         [
             r["final_val_loss"]
@@ -143,4 +148,5 @@ def _p_value(test: str, runs: list, a: str, b: str) -> float | None:
         ]
         for v in (a, b)
     ]
-    return welch_t_test(*losses)["p"]
+    welch: float | None = welch_t_test(*losses)["p"]
+    return welch

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mousse.train.fileio import read_json
+from mousse.train.fileio import JsonObject, read_json
 from mousse.train.rundir import FINISHED
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _RECORD_KEYS = (
 )
 
 
-def read_summary(run_dir: Path) -> dict | None:
+def read_summary(run_dir: Path) -> JsonObject | None:
     """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
     UTF-8, not an object with a status)."""
     try:
@@ -56,9 +56,9 @@ def read_summary(run_dir: Path) -> dict | None:
     return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
 
 
-def record(run: RunSpec, summary: dict | None) -> dict:
+def record(run: RunSpec, summary: JsonObject | None) -> JsonObject:
     """The run's row for `results.summarize`."""
-    row = {
+    row: JsonObject = {
         "name": run.name,
         "variant": run.variant,
         "knobs": run.knobs,
@@ -71,7 +71,7 @@ def record(run: RunSpec, summary: dict | None) -> dict:
     return row
 
 
-def final_loss(summary: dict | None) -> float | None:
+def final_loss(summary: JsonObject | None) -> float | None:
     """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
     None while it has no result."""
     if not summary or summary.get("status") not in (*FINISHED, "failed"):

@@ -17,11 +17,11 @@ from mousse.train.config import ConfigError, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
 from mousse.train.fileio import atomic_write_text, read_json, write_json
-from mousse.train.rundir import exclusive
+from mousse.train.rundir import FINISHED, exclusive
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, read_summary, record
+from .records import final_loss, read_summary, record
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
