@@ -4,6 +4,8 @@ every error is a ConfigError that names the bad input."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+
 from mousse.optim.knobs import KNOB_CHOICES
 from mousse.train import compat, config, presets
 from mousse.train.config import (
@@ -14,6 +16,7 @@ from mousse.train.config import (
     closest,
     coerce,
 )
+from mousse.train.fileio import JsonObject
 
 from .tuning import MAX_EXTENSIONS, TuneSpec, check_phases
 
@@ -47,7 +50,7 @@ def _check_knob(knob: str) -> str:
     return key
 
 
-def _typed_value(key: str, value):
+def _typed_value(key: str, value: object) -> object:
     """`value` coerced to the knob's type and checked against its allowed choices."""
     value = coerce(key, value)
     if key in SETTING_CHOICES:
@@ -55,19 +58,19 @@ def _typed_value(key: str, value):
     return value
 
 
-def typed_settings(table: dict) -> dict:
+def typed_settings(table: Mapping[str, object]) -> dict[str, object]:
     """Typed TrainConfig settings keyed by field name."""
-    out = {}
+    out: dict[str, object] = {}
     for knob, value in table.items():
         key = _check_knob(knob)
         out[key] = _typed_value(key, value)
     return out
 
 
-def typed_sweeps(table: dict) -> dict:
+def typed_sweeps(table: Mapping[str, object]) -> dict[str, list[object]]:
     """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
     order the flags were given in)."""
-    out = {}
+    out: dict[str, list[object]] = {}
     for knob, values in table.items():
         key = _check_knob(knob)
         if key in VIEW_SETTINGS:
@@ -81,16 +84,16 @@ def typed_sweeps(table: dict) -> dict:
     return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
 
 
-def check_mode(mode) -> str:
+def check_mode(mode: object) -> str:
     """`mode` when it is one of MODES; ConfigError otherwise."""
     if mode not in MODES:
         raise ConfigError(
             f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
         )
-    return mode
+    return str(mode)  # one of MODES
 
 
-def _sweep_values(knob: str, values) -> list:
+def _sweep_values(knob: str, values: Iterable[object]) -> list[object]:
     """Typed, de-duplicated (order kept) values; ConfigError when empty."""
     typed = list(dict.fromkeys(_typed_value(knob, v) for v in values))
     if not typed:
@@ -98,13 +101,13 @@ def _sweep_values(knob: str, values) -> list:
     return typed
 
 
-def parse_sweep_values(knob: str, text: str) -> list:
+def parse_sweep_values(knob: str, text: str) -> list[object]:
     """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
     key = _check_knob(knob)
     return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
 
 
-def seed_list(value) -> list[int]:
+def seed_list(value: object) -> list[int]:
     """An int N means seeds 0..N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
@@ -131,7 +134,11 @@ def parse_seeds(text: str) -> list[int]:
     return seed_list(value)
 
 
-def tune_spec(phases, seeds=(0,), max_extensions: int | None = None) -> dict:
+def tune_spec(
+    phases: Iterable[tuple[str, Sequence[object] | None]],
+    seeds: object = (0,),
+    max_extensions: int | None = None,
+) -> JsonObject:
     """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds."""
     if max_extensions is not None and (
         isinstance(max_extensions, bool)
