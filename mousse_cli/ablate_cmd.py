@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.markup import escape
@@ -23,19 +25,24 @@ from .ablate_plan import (
     show_plans,
     worker_gpus,
 )
-from .ablate_run import check_timing_budget, run_ablations
+from .ablate_run import Outcome, check_timing_budget, run_ablations
 from .console import console, out
 from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, user_errors
 from .interrupts import graceful_stop, interrupted_code
-from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
+from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, FlagValues, with_flags
 from .pipes import outliving_closed_pipes
 from .results_out import (
+    ByPreset,
+    named_presets,
     record_presets,
     show_preset_title,
     show_results,
     show_scale,
 )
 from .trust import TRUST_MODEL_CODE, check_trusted
+
+if TYPE_CHECKING:
+    from mousse.experiments.sweep import Ablation
 
 # The options of `ablate` besides the sweeps and run settings, in the order --help lists them.
 SPEC = typer.Argument(None, help="Ablation spec TOML (see ablations/); flags override it.")
@@ -200,7 +207,7 @@ def ablate(
             )
     by_preset = show_outcomes(ablations, outcomes, setup.presets, root, json_out)
     if json_out and is_main_process():
-        typer.echo(dumps(combine(by_preset) if setup.presets else by_preset[None]))
+        typer.echo(dumps(combine(named_presets(by_preset)) if setup.presets else by_preset[None]))
     exit_for(outcomes, stop, shard, ablations)
 
 
@@ -211,8 +218,8 @@ def show_outcomes(
     is; once every preset has run, the speedup by scale. Returns the results by preset."""
     by_preset = {p: results for p, (results, _, _) in outcomes.items()}
     for preset, results in by_preset.items():
-        if presets:
-            show_preset_title(preset, json_out)
+        if presets:  # then every key is a preset's name
+            show_preset_title(cast(str, preset), json_out)
         show_results(results, json_out)
         console.print(
             f"results: {ablations[preset].dir / 'results.json'}",
@@ -225,7 +232,12 @@ def show_outcomes(
     return by_preset
 
 
-def exit_for(outcomes: dict, stop, shard: str | None, ablations: dict) -> None:
+def exit_for(
+    outcomes: dict[str | None, Outcome],
+    stop: threading.Event,
+    shard: str | None,
+    ablations: dict[str | None, Ablation],
+) -> None:
     """Exit 130 (143) after an interruption; 4, saying what to do, while runs that other shards
     or processes train are missing (run dirs found locked included); 6 when one of this
     invocation's runs failed, 3 when one diverged."""

@@ -3,8 +3,10 @@ merged, the plan of every preset checked, its dashboards and cost, and the plan 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -19,13 +21,15 @@ from .cost import check_cost
 
 @dataclass
 class AblateSetup:
-    """The ablation the user asked for, flags over the spec file over --config."""
+    """The ablation the user asked for, flags over the spec file over --config. Any: the
+    values of each setting's own type, as the spec file and the flags give them (`resolve` and
+    the planner type them)."""
 
-    file: dict  # the spec file (empty without one)
-    base: dict  # the settings every run shares
+    file: dict[str, Any]  # the spec file (empty without one)
+    base: dict[str, Any]  # the settings every run shares
     presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
-    sweeps: dict  # knob -> values
-    tuning: dict | None  # the tuning spec, or None
+    sweeps: dict[str, list[Any]]  # knob -> values
+    tuning: dict[str, Any] | None  # the tuning spec, or None
 
 
 def read_setup(
@@ -59,7 +63,9 @@ def read_setup(
     )
 
 
-def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dict | None:
+def _tuning(
+    saved: dict[str, Any] | None, tune: str | None, tune_seeds: str | None
+) -> dict[str, Any] | None:
     """The spec file's tuning, with --tune replacing its knobs and --tune-seeds its seeds."""
     from mousse.experiments.inputs import SETTING_CHOICES, parse_seeds, tune_spec
     from mousse.experiments.tuning import TUNE_SEED_BASE, parse_tune
@@ -81,7 +87,9 @@ def _tuning(saved: dict | None, tune: str | None, tune_seeds: str | None) -> dic
     )
 
 
-def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int) -> None:
+def check_run_flags(
+    tuning: Mapping[str, object] | None, wait: float | None, shard: str | None, parallel: int
+) -> None:
     """Refuse a malformed --shard (an empty one too: not "no shard"), --wait outside a tuned
     shard, and --parallel below 1 or under torchrun."""
     from mousse.experiments.ablation import parse_shard
@@ -99,7 +107,9 @@ def check_run_flags(tuning: dict | None, wait, shard: str | None, parallel: int)
         )
 
 
-def check_parallel(parallel: int, ablations: dict, shard: str | None) -> None:
+def check_parallel(
+    parallel: int, ablations: Mapping[str | None, Ablation], shard: str | None
+) -> None:
     """Refuse --parallel above the most runs any preset's plan can take (this shard's, without
     tuning): the extra workers could never run."""
     most = max(
@@ -114,7 +124,9 @@ def check_parallel(parallel: int, ablations: dict, shard: str | None) -> None:
         )
 
 
-def worker_gpus(devices: str | None, ablations: dict, parallel: int) -> list[str] | None:
+def worker_gpus(
+    devices: str | None, ablations: Mapping[str | None, Ablation], parallel: int
+) -> list[str] | None:
     """The GPUs the run workers go to, round-robin: those --devices names (indices among the
     visible GPUs), else every visible GPU when the runs use CUDA, several are visible and
     several runs go at once; None: no placement (CPU runs, one GPU)."""
@@ -156,8 +168,13 @@ def gpu_slots(
 
 
 def plan_ablations(
-    setup: AblateSetup, grid: bool, seeds, no_baseline: bool, ablation_dir, max_runs: int
-) -> tuple[Path, dict]:
+    setup: AblateSetup,
+    grid: bool,
+    seeds: str | None,
+    no_baseline: bool,
+    ablation_dir: Path | None,
+    max_runs: int,
+) -> tuple[Path, dict[str | None, Ablation]]:
     """(root dir, {preset: Ablation}) with every plan checked against --max-runs and validated;
     the preset is None without --preset a,b. The default root names the knobs and the plan."""
     from mousse.experiments.ablation import plan_ablation
@@ -197,16 +214,16 @@ def plan_ablations(
     return root, ablations
 
 
-def check_max_runs_all(ablations, max_runs: int) -> None:
+def check_max_runs_all(ablations: Iterable[Ablation], max_runs: int) -> None:
     """--max-runs against every preset's plan together (upper bounds when tuning)."""
     from mousse.experiments.ablation import check_max_runs
 
-    ablations = list(ablations)
-    total = sum(ab.upper_bound_runs() for ab in ablations)
-    check_max_runs(ablations[0].plan, max_runs, total)
+    listed = list(ablations)
+    total = sum(ab.upper_bound_runs() for ab in listed)
+    check_max_runs(listed[0].plan, max_runs, total)
 
 
-def shard_of(ablation, shard: str | None) -> list:
+def shard_of(ablation: Ablation, shard: str | None) -> list[RunSpec]:
     """The listed runs this invocation trains (tuning plans list theirs as they go: none)."""
     from mousse.experiments.ablation import shard_runs
 
@@ -215,7 +232,9 @@ def shard_of(ablation, shard: str | None) -> list:
     return shard_runs(ablation.plan.runs, shard) if shard else ablation.plan.runs
 
 
-def dashboards_for(ablations: dict, setup: AblateSetup, root: Path) -> dict:
+def dashboards_for(
+    ablations: Mapping[str | None, Ablation], setup: AblateSetup, root: Path
+) -> dict[str | None, Dashboards]:
     """The dashboards of each ablation dir (a missing package: one line, before any work); with
     several presets, one group per preset."""
     return {
@@ -229,7 +248,9 @@ def dashboards_for(ablations: dict, setup: AblateSetup, root: Path) -> dict:
     }
 
 
-def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list[str]:
+def ablation_cost(
+    ablations: Mapping[str | None, Ablation], max_hours: float | None, force: bool
+) -> list[str]:
     """`check_cost` over every variant of every preset (none under torchrun). A resumed ablation
     is timed by the pace of its finished runs (their own conditions, --parallel included), not
     by a fresh probe."""
@@ -255,7 +276,9 @@ def ablation_cost(ablations: dict, max_hours: float | None, force: bool) -> list
     )
 
 
-def show_plans(ablations: dict, shard: str | None, cost: list[str]) -> None:
+def show_plans(
+    ablations: Mapping[str | None, Ablation], shard: str | None, cost: list[str]
+) -> None:
     """Every preset's planned runs (when tuning: the variants, their grids and the run count),
     then the cost lines, to stderr."""
     for ab in ablations.values():
@@ -303,11 +326,12 @@ def _show_runs(ablation, runs: list, shard: str | None) -> None:
         )
 
 
-def _show_tuned_plan(ablation, shard: str | None) -> None:
+def _show_tuned_plan(ablation: Ablation, shard: str | None) -> None:
     """A tuned plan: the variants with the grids each tunes, and the most runs it can take."""
     from mousse.experiments.tuning import fmt_value
 
     plan, tune, grids = ablation.plan, ablation.tune, ablation.grids()
+    assert tune is not None  # a tuned plan's
     console.print(
         f"[bold]mousse ablate[/]: {counted(len(plan.variants), 'variant')}, each tuned "
         f"({', '.join(tune.knobs)}) on tuning seeds {list(tune.seeds)}, then "

@@ -3,33 +3,45 @@ then the side-by-side timing pass (which `mousse report --retime` runs again).""
 
 from __future__ import annotations
 
+import threading
+from typing import TYPE_CHECKING
+
 from rich.markup import escape
 
 from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError
 from mousse.train.dashboards import Dashboards
 from mousse.train.estimate import counted
+from mousse.train.fileio import JsonObject
 
 from .ablate_plan import shard_of
 from .ablation_view import AblationView
 from .console import console
 from .startup import reached
 
+if TYPE_CHECKING:
+    from mousse.experiments.ablation import RunSpec
+    from mousse.experiments.sweep import Ablation
+
+# One preset's ablation as this invocation left it: its results, the runs other shards still owe
+# it, and the names of the runs this invocation answers for (None: all of them).
+Outcome = tuple[JsonObject, list["RunSpec"], set[str] | None]
+
 
 def run_ablations(
-    ablations: dict,
-    dashboards: dict,
-    stop,
+    ablations: dict[str | None, Ablation],
+    dashboards: dict[str | None, Dashboards],
+    stop: threading.Event,
     shard: str | None,
     parallel: int,
     wait: float | None,
     no_timing_pass: bool,
     timing_budget: float | None,
-) -> dict:
+) -> dict[str | None, Outcome]:
     """Each preset's ablation in turn until a stop, each followed by its timing pass (unless
     skipped, stopped, or waiting for other shards). Returns {preset: `run_one_ablation`'s
     outcome}, the results taken from the timing pass where one ran."""
-    outcomes = {}
+    outcomes: dict[str | None, Outcome] = {}
     for preset, ab in ablations.items():
         if stop.is_set():
             break
@@ -43,8 +55,13 @@ def run_ablations(
 
 
 def run_one_ablation(
-    ablation, shard: str | None, parallel: int, stop, wait, dashboards: Dashboards
-) -> tuple:
+    ablation: Ablation,
+    shard: str | None,
+    parallel: int,
+    stop: threading.Event,
+    wait: float | None,
+    dashboards: Dashboards,
+) -> Outcome:
     """Train one ablation dir's runs with the live view and the dashboards: (results, runs other
     shards owe, names of the runs this invocation answers for, None for all)."""
     from mousse.experiments.ablation import parse_shard
@@ -57,7 +74,7 @@ def run_one_ablation(
     baseline = None if plan.tune else next((r.name for r in plan.runs if r.is_baseline), None)
     with AblationView(runs, baseline, progress=ablation.progress) as view, dashboards:
 
-        def on_update(update) -> None:
+        def on_update(update: object) -> None:
             view(update)
             if isinstance(update, RunUpdate):
                 dashboards(update.event, update.run)
@@ -87,7 +104,7 @@ def check_timing_budget(budget: float | None) -> None:
         )
 
 
-def timed(ablation, budget: float | None) -> dict | None:
+def timed(ablation: Ablation, budget: float | None) -> JsonObject | None:
     """The side-by-side timing pass of an ablation's variants (one process, this machine), and
     the results with its overheads; None when it does not apply (under torchrun, fewer than two
     finished variants, or a pass already on disk and nothing trained since)."""

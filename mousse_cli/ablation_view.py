@@ -4,19 +4,45 @@ terminal; plain lines per run start, evaluation and finish otherwise (on stderr)
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from rich.live import Live
 from rich.markup import escape
 
 from mousse.train.estimate import counted
-from mousse.train.events import EvalDone, Notice, RunFinished, RunStarted, StepLogged
+from mousse.train.events import EvalDone, Event, Notice, RunFinished, RunStarted, StepLogged
+from mousse.train.fileio import JsonObject
 
 from .console import clock, console, fit_width, fmt
 from .rich_tables import titled_table
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from mousse.experiments.ablation import RunSpec
+
 _CONVERGENCE = ("run", "step", "train loss", "val loss", "best val", "Δ vs baseline", "status")
 _TIMING = ("run", "step", "fwd+bwd", "optimizer", "tok/s", "overhead vs baseline", "peak mem")
+
+
+class Row(TypedDict, total=False):
+    """One run's cells as the view keeps them (`earlier` and `tokens_per_step` once known)."""
+
+    status: str
+    step: int
+    steps: int | None
+    loss: float | None
+    val: float | None
+    best: float | None
+    curve: dict[int, float]  # val loss by step
+    ms: list[float]  # step times (one median for a finished run)
+    fb: list[float]
+    opt: list[float]
+    tps: float | None
+    mem: int | None
+    earlier: bool  # timed by an earlier invocation
+    tokens_per_step: float
 
 
 class AblationView:
@@ -25,7 +51,7 @@ class AblationView:
 
     def __init__(
         self,
-        runs,
+        runs: Iterable[RunSpec],
         baseline: str | None,
         live: bool | None = None,
         progress: Callable[[], str] | None = None,
@@ -34,25 +60,25 @@ class AblationView:
         self.baseline = baseline
         self.progress = progress  # "4 of at most 30 runs done", read from disk as runs end
         self.done_text = progress() if progress else None
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, Row] = {}
         for run in runs:
             self._add(run.name)
         self.live_enabled = console.is_terminal if live is None else live
         self.live: Live | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> AblationView:
         if self.live_enabled:
             self.live = Live(self.render(), console=console, refresh_per_second=2)
             self.live.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.live:
             self.live.update(self.render())
             self.live.stop()
             self.live = None
 
-    def _add(self, name: str) -> dict:
+    def _add(self, name: str) -> Row:
         self.order.append(name)
         self.rows[name] = {
             "status": "queued",
@@ -70,10 +96,10 @@ class AblationView:
         }
         return self.rows[name]
 
-    def __call__(self, update) -> None:
+    def __call__(self, update: object) -> None:
         """Take one update of the ablation: a plan-wide one (`_plan_update`), or one run's
         (busy elsewhere, finished earlier, or a training event); then redraw the tables."""
-        from mousse.experiments.runner import RunBusy
+        from mousse.experiments.runner import RunBusy, RunUpdate
         from mousse.experiments.sweep import RunSkipped
 
         self._plan_update(update)
@@ -90,11 +116,12 @@ class AblationView:
         elif isinstance(update, RunSkipped):
             self._skipped(update.run, row, update.summary)
         else:
+            assert isinstance(update, RunUpdate)  # the one other update that names a run
             self._event(update.run, row, update.event)
         if self.live:
             self.live.update(self.render())
 
-    def _plan_update(self, update) -> None:
+    def _plan_update(self, update: object) -> None:
         """An update about the plan rather than one run: the runs of tuning's next phase (new
         rows), or a wait for other shards' runs. Anything else is left to `__call__`."""
         from mousse.experiments.sweep import RunsQueued, WaitingForShards
@@ -108,21 +135,23 @@ class AblationView:
         elif isinstance(update, WaitingForShards):
             self._plain(f"waiting for {counted(len(update.runs), 'run')} of other shards")
 
-    def _skipped(self, name: str, row: dict, s: dict) -> None:
+    def _skipped(self, name: str, row: Row, s: JsonObject) -> None:
         """A run that had finished before this invocation: its row filled from its summary `s`
         and marked `earlier`, since its timings were taken under other conditions."""
         row.update(
-            status=f"done ({s['status']})",
-            step=s["steps"],
-            val=s["final_val_loss"],
-            best=s["best_val_loss"],
-            curve={p["step"]: p["val_loss"] for p in s["curve"]},
-            ms=[s["step_ms_median"]] if s["step_ms_median"] else [],
-            fb=[s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
-            opt=[s["opt_ms_median"]] if s["opt_ms_median"] else [],
-            tps=s["tokens_per_s"],
-            mem=s["peak_mem_bytes"],
-            earlier=True,
+            {
+                "status": f"done ({s['status']})",
+                "step": s["steps"],
+                "val": s["final_val_loss"],
+                "best": s["best_val_loss"],
+                "curve": {p["step"]: p["val_loss"] for p in s["curve"]},
+                "ms": [s["step_ms_median"]] if s["step_ms_median"] else [],
+                "fb": [s["fwd_bwd_ms_median"]] if s["fwd_bwd_ms_median"] else [],
+                "opt": [s["opt_ms_median"]] if s["opt_ms_median"] else [],
+                "tps": s["tokens_per_s"],
+                "mem": s["peak_mem_bytes"],
+                "earlier": True,
+            }
         )  # timed by an earlier invocation
         self._plain(f"[{name}] already {s['status']}: final val {fmt(s['final_val_loss'])}")
 
@@ -132,7 +161,7 @@ class AblationView:
                 text, highlight=False, soft_wrap=True, markup=False
             )  # "[run] ..." is literal
 
-    def _event(self, name: str, row: dict, e) -> None:
+    def _event(self, name: str, row: Row, e: Event) -> None:
         if isinstance(e, Notice):
             self._plain(f"[{name}] warning: {e.text}")
         elif isinstance(e, RunStarted):
@@ -147,18 +176,23 @@ class AblationView:
             )
         elif isinstance(e, StepLogged):
             row.update(
-                step=e.step, loss=e.train_loss, tokens_per_step=e.tokens_per_s * e.step_ms / 1000
+                {
+                    "step": e.step,
+                    "loss": e.train_loss,
+                    "tokens_per_step": e.tokens_per_s * e.step_ms / 1000,
+                }
             )  # tps: from the median
             row["ms"].append(e.step_ms)
             row["fb"].append(e.fwd_bwd_ms)
             row["opt"].append(e.opt_ms)
         elif isinstance(e, EvalDone):
-            row.update(val=e.val_loss, best=e.best_val_loss)
+            row.update({"val": e.val_loss, "best": e.best_val_loss})
             row["curve"][e.step] = e.val_loss
             self._plain(f"[{name}] step {e.step} val_loss {e.val_loss:.4f}")
         elif isinstance(e, RunFinished):
             s = e.summary
-            row.update(status=s["status"], step=s["steps"], mem=s["peak_mem_bytes"])
+            row.update({"status": s["status"], "step": s["steps"], "mem": s["peak_mem_bytes"]})
+            key: Literal["ms", "fb", "opt"]
             for key, summary_key in (
                 ("ms", "step_ms_median"),
                 ("fb", "fwd_bwd_ms_median"),
@@ -177,14 +211,14 @@ class AblationView:
             )
 
     @staticmethod
-    def _median(xs):
+    def _median(xs: list[float]) -> float | None:
         return statistics.median(xs) if xs else None
 
-    def _baseline_row(self) -> dict | None:
+    def _baseline_row(self) -> Row | None:
         """The baseline's row; None without a baseline or before its run is listed."""
         return None if self.baseline is None else self.rows.get(self.baseline)
 
-    def _delta(self, row: dict) -> float | None:
+    def _delta(self, row: Row) -> float | None:
         base = self._baseline_row()
         if not base or row is base or not row["curve"]:
             return None
@@ -192,7 +226,7 @@ class AblationView:
         ref = base["curve"].get(step)
         return None if ref is None else row["curve"][step] - ref
 
-    def render(self):
+    def render(self) -> RenderableType:
         """The convergence and step-time tables, one row per run in the order they were queued."""
         from rich.console import Group
 
@@ -212,7 +246,7 @@ class AblationView:
             timing.add_row(label, *self._timing_cells(name, r, base_ms))
         return fit_width(Group(conv, timing), console)  # a narrow terminal: plain lines
 
-    def _convergence_cells(self, r: dict) -> list[str]:
+    def _convergence_cells(self, r: Row) -> list[str]:
         """A run's convergence row after its label: step, losses, delta, status."""
         step = f"{r['step']}/{r['steps']}" if r["steps"] else str(r["step"] or "-")
         return [
@@ -224,7 +258,7 @@ class AblationView:
             _status_text(r),
         ]
 
-    def _timing_cells(self, name: str, r: dict, base_ms: float | None) -> list[str]:
+    def _timing_cells(self, name: str, r: Row, base_ms: float | None) -> list[str]:
         """A run's step-time row after its label. Tokens/s follow the median step shown; the
         overhead is 'not comparable' between runs timed in different invocations."""
         ms = self._median(r["ms"])

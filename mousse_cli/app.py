@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -23,13 +24,17 @@ from .report_cmd import report
 from .startup import reached
 from .train_cmd import train
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 
 class _FlagsWithoutType:
     """Help panels that show on/off flags (`--json`, `--compile/--no-compile`, `--help`) bare:
     Typer's rich help prints a `<bool>` placeholder after them as if they took a value."""
 
-    def get_params(self, ctx):
-        params = super().get_params(ctx)  # type: ignore[misc]
+    # Any: click's Context and Parameter, which typer (vendoring click) does not export
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""  # what the help panel prints for its type: nothing
@@ -94,7 +99,7 @@ app.command(
 _clicks = sys.modules[typer.BadParameter.__module__]
 
 
-def usage_error_line(exc) -> str:
+def usage_error_line(exc: Any) -> str:  # Any: click's UsageError, not exported by typer
     """A usage error as one line: what is wrong, the closest valid option or command, where the
     help is (click prints four lines and a list of possibilities)."""
     ctx = exc.ctx
@@ -159,7 +164,7 @@ class NamedStdout(io.FileIO):
     """stdout's descriptor, whose write errors name it (a full disk or `> /dev/full`: one line
     saying so, not a traceback); a reader gone stays a BrokenPipeError."""
 
-    def write(self, data) -> int:
+    def write(self, data: ReadableBuffer) -> int:
         try:
             return super().write(data)
         except BrokenPipeError:

@@ -5,15 +5,20 @@ pipe or a redirect gets the result alone."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
 
 console = Console(stderr=True, emoji=False)  # ":llama:" in a path is no emoji
 out = Console(emoji=False)
 
 
-def fmt(value, spec: str = ".4f", none: str = "-") -> str:
+def fmt(value: object, spec: str = ".4f", none: str = "-") -> str:
     """`value` formatted by `spec`; `none` for a missing value or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return none
@@ -38,7 +43,7 @@ def result_stream(json_out: bool = False) -> Console:
     return console if json_out else out
 
 
-def show_wide(renderable, json_out: bool = False) -> None:
+def show_wide(renderable: RenderableType, json_out: bool = False) -> None:
     """Print a result (tables) on `result_stream`; in logs and pipes wide enough not to cut
     cells. Nothing on a rank whose console is quiet (torchrun)."""
     stream = result_stream(json_out)
@@ -59,7 +64,7 @@ def show_wide(renderable, json_out: bool = False) -> None:
 MIN_COLUMN_WIDTH = 7
 
 
-def fit_width(renderable, stream: Console):
+def fit_width(renderable: RenderableType, stream: Console) -> RenderableType:
     """`renderable` as it reads at `stream`'s width: each table (alone or in a Group) that the
     width would squeeze below a few characters a column becomes plain lines, one cell a line."""
     from rich.console import Group
@@ -76,12 +81,12 @@ def fit_width(renderable, stream: Console):
     return table_lines(renderable)
 
 
-def table_lines(table):
+def table_lines(table: Table) -> Text:
     """A Rich table as plain lines: its title, then per row each non-empty cell as 'header: value',
     the first in bold and the others indented under it, then its caption. Wraps at any width."""
     from rich.text import Text
 
-    def markup(cell) -> str:
+    def markup(cell: RenderableType) -> str:
         return cell.markup if isinstance(cell, Text) else str(cell)
 
     columns = [(markup(c.header), [markup(cell) for cell in c.cells]) for c in table.columns]

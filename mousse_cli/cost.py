@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.markup import escape
 
-from mousse.train.config import ConfigError
+from mousse.train.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from mousse.train.estimate import Estimate
 
 
 def check_cost(
-    configs: list,
+    configs: list[TrainConfig],
     max_hours: float | None,
     force: bool,
     runs: int | None = None,
@@ -34,14 +41,14 @@ def check_cost(
     return [f"estimate: {escape(line)}"] + ([f"[yellow]warning: {escape(hint)}[/]"] if hint else [])
 
 
-def _estimates(configs: list, force: bool) -> list:
+def _estimates(configs: list[TrainConfig], force: bool) -> list[Estimate]:
     """One estimate per config, in order; unless `force`, the first config that does not fit its
     device's free memory is refused."""
     from mousse.train.data import load_dataset
     from mousse.train.estimate import estimate
     from mousse.train.machine import pick_device
 
-    estimates: list = []
+    estimates: list[Estimate] = []
     vocabs: dict[tuple[str, str | None], int] = {}
     for cfg in configs:
         device = pick_device(cfg.device)
@@ -56,7 +63,7 @@ def _estimates(configs: list, force: bool) -> list:
     return estimates
 
 
-def _refuse_far_too_big(cfg, vocab: int, device) -> None:
+def _refuse_far_too_big(cfg: TrainConfig, vocab: int, device: torch.device) -> None:
     """ConfigError, at once, for a model whose weights and gradients alone exceed the device's
     free memory (estimating it in full would first build it, for minutes)."""
     from mousse.train.estimate import available_bytes, weights_floor_bytes
@@ -70,11 +77,12 @@ def _refuse_far_too_big(cfg, vocab: int, device) -> None:
         )
 
 
-def _refuse_memory(cfg, vocab: int, est) -> None:
+def _refuse_memory(cfg: TrainConfig, vocab: int, est: Estimate) -> None:
     """ConfigError naming the memory needed, the memory free, and a micro batch size that fits
     when a smaller one does."""
     from mousse.train.estimate import fitting_micro_batch
 
+    assert est.available_bytes is not None  # known: an estimate that does not fit says so
     micro = fitting_micro_batch(cfg, vocab, est.available_bytes)
     hint = (
         f"--micro-batch-size {micro} fits"
@@ -88,7 +96,9 @@ def _refuse_memory(cfg, vocab: int, est) -> None:
     )
 
 
-def _total_time(configs: list, estimates: list, runs: int | None) -> tuple[float, str]:
+def _total_time(
+    configs: list[TrainConfig], estimates: list[Estimate], runs: int | None
+) -> tuple[float, str]:
     """The seconds of all the runs and the line that says so: one run's own description, or the
     mean over the variants times `runs` (default: one run per config)."""
     from mousse.train.estimate import counted, describe, duration, source

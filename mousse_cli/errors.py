@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
@@ -35,7 +36,7 @@ def fail(message: str, code: int = 2, json_out: bool = False) -> None:
 
 
 @contextmanager
-def user_errors(json_out: bool = False):
+def user_errors(json_out: bool = False) -> Iterator[None]:
     """Errors of the user's input, and of the file system the user pointed at (a directory given
     as a file, a read-only dir, a name too long), as one line and exit 2."""
     try:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from .console import console
 from .startup import Interrupted, raise_when_safe, signal_name
 
 
 @contextmanager
-def graceful_stop():
+def graceful_stop() -> Iterator[threading.Event]:
     """Ctrl-C or SIGTERM (what Slurm and Kubernetes send before killing a job) asks the engine to
     stop after the current step (it checkpoints), or at the next micro batch when the rest of the
     step would take more than a few seconds (the step is dropped; the run resumes from the one
@@ -21,7 +23,7 @@ def graceful_stop():
     stop = threading.Event()
     stop.signal = None  # type: ignore[attr-defined]
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():  # not inside an import (`startup`); SIGTERM: the shell's code is 143
             raise_when_safe(KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum))
             return
@@ -39,6 +41,6 @@ def graceful_stop():
             signal.signal(s, h)
 
 
-def interrupted_code(stop) -> int:
+def interrupted_code(stop: threading.Event) -> int:
     """130 after Ctrl-C, 143 after SIGTERM: the shell's codes for the two signals."""
     return 128 + int(getattr(stop, "signal", None) or signal.SIGINT)

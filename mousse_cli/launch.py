@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from mousse.distributed.process import batch_split, env_world_size, signal_when_parent_dies
 from mousse.train import tomlio
-from mousse.train.config import ConfigError
+from mousse.train.config import ConfigError, TrainConfig
 from mousse.train.data import load_dataset
 from mousse.train.machine import default_run_dir
 
@@ -33,11 +34,12 @@ def torchrun_main(
     from torch.distributed.run import parse_args, run
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # torch leaves torchrun's parse_args and run unannotated
+    args = parse_args(sys.argv[1:] if argv is None else argv)  # type: ignore[no-untyped-call]
     try:
         if launcher is not None and not signal_when_parent_dies(launcher, signal.SIGTERM):
             sys.exit(128 + signal.SIGTERM)  # the launcher is gone already
-        run(args)
+        run(args)  # type: ignore[no-untyped-call]
     except SignalException as exc:  # torchrun passed it on to the ranks, which stopped
         sys.exit(128 + int(exc.sigval))  # the shell's code: 130 Ctrl-C, 143 SIGTERM
     except ChildFailedError as exc:
@@ -94,7 +96,12 @@ def launch(nproc: int, argv: list[str], owned: str | None = None) -> int:
 
 
 def launch_train(
-    nproc: int, settings: dict, cfg, run_dir: Path | None, resume: str | None, json_out: bool
+    nproc: int,
+    settings: Mapping[str, object],
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    resume: str | None,
+    json_out: bool,
 ) -> int:
     """`mousse train --nproc N`: check what can be checked once (batch split, data), then start
     torchrun with the resolved settings and one run dir for every rank."""

@@ -13,8 +13,17 @@ from mousse.optim.knobs import TABLE, Knob
 from mousse.train.config import Overrides
 from mousse.train.presets import OPTIMIZER_NAMES, PRESETS
 
+# A flag: (its annotation, which Typer reads its type from, and its typer.Option). Any: Typer
+# types an Option as Any, so that it can stand as the default of a parameter of any type.
+Flag = tuple[object, Any]
+# The flags a user set, by name, aliases resolved (`with_flags`). Any: each value is of its own
+# flag's type, which Typer parsed from the annotation.
+FlagValues = dict[str, Any]
+# A command that takes its run settings' flags as `overrides` (`with_flags`).
+Command = Callable[..., None]
 
-def _on_off_flag(name: str, text: str) -> tuple:
+
+def _on_off_flag(name: str, text: str) -> Flag:
     flag = name.replace("_", "-")
     return (
         bool | None,
@@ -22,7 +31,7 @@ def _on_off_flag(name: str, text: str) -> tuple:
     )
 
 
-def _knob_flag(knob: Knob) -> tuple:
+def _knob_flag(knob: Knob) -> Flag:
     """A `train` flag from the knob table (mousse.optim.knobs)."""
     if knob.kind is bool:
         return _on_off_flag(knob.name, knob.text)
@@ -42,7 +51,7 @@ KNOB_FLAGS = {k.name: _knob_flag(k) for k in TABLE if k.run_setting}
 
 # name -> (annotation, typer.Option). Defaults are None: unset flags fall through to file/preset,
 # and the matrix optimizer's knobs to its recipe (docs/family.md, `mousse presets`).
-TRAIN_FLAGS: dict[str, tuple] = {
+TRAIN_FLAGS: dict[str, Flag] = {
     "preset": (
         str | None,
         typer.Option(
@@ -223,7 +232,7 @@ TRAIN_FLAGS["trace_norm"] = _on_off_flag(
 )
 
 
-def _alias_trace_norm(overrides: dict) -> dict:
+def _alias_trace_norm(overrides: FlagValues) -> FlagValues:
     """--trace-norm (a switch in train, 'on,off' in ablate) -> factor_norm."""
     value = overrides.pop("trace_norm", None)
     if value is None:
@@ -244,7 +253,7 @@ def with_flags(flags: dict[str, tuple], sweep_flags: Collection[str] = ()):
     typed, as `overrides` (an `Overrides`, aliases resolved); those named in `sweep_flags` as
     `sweeps` (name -> comma-separated values, in `flags`' order)."""
 
-    def decorate(func):
+    def decorate(func: Command) -> Command:
         sig = inspect.signature(func)
         own = [p for p in sig.parameters.values() if p.name not in ("overrides", "sweeps")]
         extra = [

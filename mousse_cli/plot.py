@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from mousse.experiments.stats import mean_curve
 from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
 from mousse.train.estimate import counted
+from mousse.train.fileio import JsonObject
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.typing import ColorType
+
+# A variant's seed-mean curve at one evaluation step: (step, mean, min, max) of the val loss.
+Band = tuple[int, float, float, float]
 
 ZOOM_FROM = 0.6  # the zoomed panel: the last 40% of the steps, where the variants separate
 BASELINE_COLOR = "black"
@@ -24,7 +35,7 @@ NO_TIMING = (
 )
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     """matplotlib's pyplot on the Agg backend (files only); ConfigError when it is missing."""
     try:
         import matplotlib
@@ -51,24 +62,26 @@ def check_plot_path(out: Path) -> None:
         )
 
 
-def variant_colors(variants: list[str], baseline: str | None) -> dict:
+def variant_colors(variants: list[str], baseline: str | None) -> dict[str, ColorType]:
     """One colour per variant, the same in every figure of an ablation: the baseline black, the
     others tab10 in plan order."""
     from matplotlib import colormaps
 
     others = [v for v in dict.fromkeys(variants) if v != baseline]
-    colors = {v: colormaps["tab10"](i % 10) for i, v in enumerate(others)}
-    return {**colors, baseline: BASELINE_COLOR} if baseline in variants else colors
+    colors: dict[str, ColorType] = {v: colormaps["tab10"](i % 10) for i, v in enumerate(others)}
+    if baseline is None or baseline not in variants:
+        return colors
+    return {**colors, baseline: BASELINE_COLOR}
 
 
-def seed_bands(records: list[dict]) -> dict[str, list[tuple]]:
+def seed_bands(records: list[JsonObject]) -> dict[str, list[Band]]:
     """Per variant, (step, mean, min, max) of the val loss over its completed runs' curves at the
     evaluation steps they all share (the mean is the results' seed-mean curve)."""
-    curves: dict[str, list[list]] = {}
+    curves: dict[str, list[list[JsonObject]]] = {}
     for r in records:
         if r["status"] == "completed" and r.get("curve"):
             curves.setdefault(r["variant"], []).append(r["curve"])
-    bands: dict[str, list[tuple]] = {}
+    bands: dict[str, list[Band]] = {}
     for variant, group in curves.items():
         by_step = [
             {p["step"]: p["val_loss"] for p in c if p.get("val_loss") is not None} for c in group
@@ -80,7 +93,7 @@ def seed_bands(records: list[dict]) -> dict[str, list[tuple]]:
     return bands
 
 
-def seconds_per_step(results: dict) -> dict[str, float]:
+def seconds_per_step(results: JsonObject) -> dict[str, float]:
     """Per variant, its step time in the side-by-side timing pass, in seconds: the only timings
     that compare across variants (the runs' own seconds were counted under different loads)."""
     if not results.get("timing_pass"):
@@ -92,13 +105,13 @@ def seconds_per_step(results: dict) -> dict[str, float]:
     }
 
 
-def overlapping(bands: dict[str, list[tuple]]) -> dict[str, list[str]]:
+def overlapping(bands: dict[str, list[Band]]) -> dict[str, list[str]]:
     """Per variant, the other variants whose seed-mean curve coincides with its own (the same
     evaluation steps, within OVERLAP_TOL at each): drawn, one would hide the other (Muon and
     alpha 0, the same update on two code paths)."""
     means = {v: {b[0]: b[1] for b in band} for v, band in bands.items()}
 
-    def same(a: dict, b: dict) -> bool:
+    def same(a: dict[int, float], b: dict[int, float]) -> bool:
         return a.keys() == b.keys() and all(abs(a[s] - b[s]) <= OVERLAP_TOL for s in a)
 
     return {
@@ -108,7 +121,7 @@ def overlapping(bands: dict[str, list[tuple]]) -> dict[str, list[str]]:
     }
 
 
-def overlap_note(bands: dict[str, list[tuple]], baseline: str | None) -> str | None:
+def overlap_note(bands: dict[str, list[Band]], baseline: str | None) -> str | None:
     """A line saying which curves coincide and how they are still told apart (None: none do)."""
     groups = {tuple(sorted([v, *others])) for v, others in overlapping(bands).items()}
     if not groups:
@@ -120,7 +133,7 @@ def overlap_note(bands: dict[str, list[tuple]], baseline: str | None) -> str | N
     )
 
 
-def forest_rows(results: dict) -> list[dict]:
+def forest_rows(results: JsonObject) -> list[JsonObject]:
     """The variants with a final-loss difference from the baseline, lowest first."""
     rows = [
         v
@@ -130,7 +143,7 @@ def forest_rows(results: dict) -> list[dict]:
     return sorted(rows, key=lambda v: v["delta_vs_baseline"])
 
 
-def plot_curves(results: dict, records: list[dict], out: Path) -> None:
+def plot_curves(results: JsonObject, records: list[JsonObject], out: Path) -> None:
     """The ablation's figure: seed-mean val loss with its band over seeds, over the whole run and
     its last part; the forest plot; loss against comparable time. Without curves (a results
     file), the forest plot alone, saying so."""
@@ -171,7 +184,13 @@ def plot_curves(results: dict, records: list[dict], out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _bands(ax, bands: dict, colors: dict, baseline: str | None, per_step: dict | None = None):
+def _bands(
+    ax: Axes,
+    bands: dict[str, list[Band]],
+    colors: dict[str, ColorType],
+    baseline: str | None,
+    per_step: dict[str, float] | None = None,
+) -> None:
     """Each variant's seed-mean curve, its band shaded; against steps, or against steps times
     `per_step[variant]` seconds (variants without one are left out). Curves that coincide stay
     visible: every other variant has its own markers, staggered along the curve, and the
@@ -204,7 +223,7 @@ def _bands(ax, bands: dict, colors: dict, baseline: str | None, per_step: dict |
     ax.grid(alpha=0.3)
 
 
-def _zoom(ax, bands: dict, per_step: dict | None = None) -> None:
+def _zoom(ax: Axes, bands: dict[str, list[Band]], per_step: dict[str, float] | None = None) -> None:
     """Limit the axes to the last part of training, from ZOOM_FROM of the shortest curve's end
     (in time, the fastest variant's) to the longest's, the loss axis to the bands there."""
     scale = per_step or dict.fromkeys(bands, 1.0)
@@ -225,7 +244,7 @@ def _zoom(ax, bands: dict, per_step: dict | None = None) -> None:
         )
 
 
-def _forest(ax, results: dict, colors: dict) -> None:
+def _forest(ax: Axes, results: JsonObject, colors: dict[str, ColorType]) -> None:
     """Each variant's mean final loss minus the baseline's with its 95% interval (Welch's, the
     test the tables report), sorted; filled where the tables call it significant (Holm-adjusted
     p < 0.05), hollow where not."""
@@ -264,7 +283,7 @@ def _forest(ax, results: dict, colors: dict) -> None:
     )
 
 
-def _p_label(v: dict) -> str:
+def _p_label(v: JsonObject) -> str:
     """The p-value a forest row stands on, as the tables give it: Holm-adjusted when it differs."""
     p, adjusted = v.get("p_value"), v.get("p_holm", v.get("p_value"))
     if p is None:
@@ -272,7 +291,12 @@ def _p_label(v: dict) -> str:
     return f"p {p:.2g}" if adjusted == p else f"p {p:.2g}, Holm {adjusted:.2g}"
 
 
-def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
+def _timed(
+    ax: Axes,
+    results: JsonObject,
+    bands: dict[str, list[Band]],
+    colors: dict[str, ColorType],
+) -> None:
     """Loss against time from comparable timings only: steps times each variant's side-by-side
     step time (zoomed like the step panel); a note instead when there was no timing pass."""
     per_step = {v: s for v, s in seconds_per_step(results).items() if v in bands}
@@ -297,7 +321,7 @@ def _timed(ax, results: dict, bands: dict, colors: dict) -> None:
     )
 
 
-def _save(fig, out: Path, plt) -> None:
+def _save(fig: Figure, out: Path, plt: ModuleType) -> None:
     """Write the figure to `out` as a PNG, atomically, and close it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
@@ -309,7 +333,7 @@ def _save(fig, out: Path, plt) -> None:
         plt.close(fig)
 
 
-def plot_tuning(results: dict, out: Path) -> None:
+def plot_tuning(results: JsonObject, out: Path) -> None:
     """Tuning curves: final val loss against each tuned knob (log axis for positive numbers), one
     line per variant in its colour, its chosen value ringed."""
     plt = _pyplot()
@@ -329,7 +353,9 @@ def plot_tuning(results: dict, out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
+def _tuning_axis(
+    ax: Axes, knob: str, variants: list[JsonObject], colors: dict[str, ColorType]
+) -> None:
     """One knob's plot: every variant's tuning phases of that knob (the last phase plotted says
     whether the values are numbers, then shown on a log axis)."""
     numeric = True
@@ -361,7 +387,14 @@ def _tuning_axis(ax, knob: str, variants: list[dict], colors: dict) -> None:
     ax.legend(fontsize=7)
 
 
-def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, color) -> None:
+def _plot_phase(
+    ax: Axes,
+    variant: JsonObject,
+    phase: JsonObject,
+    points: list[tuple[float | str, float]],
+    numeric: bool,
+    color: ColorType,
+) -> None:
     """A variant's losses over one phase's grid, its chosen value ringed (non-numbers as text);
     the baseline dashed and on top, so that a variant that tunes the same (alpha 0) shows
     through it."""
@@ -384,7 +417,7 @@ def _plot_phase(ax, variant: dict, phase: dict, points: list, numeric: bool, col
         ax.plot([x], [y], marker="o", ms=10, mfc="none", mec=color, mew=2)
 
 
-def _tried_ticks(ax, knob: str, variants: list[dict]) -> None:
+def _tried_ticks(ax: Axes, knob: str, variants: list[JsonObject]) -> None:
     """A log axis with ticks at the values tried, not log decades that overprint each other."""
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -394,7 +427,7 @@ def _tried_ticks(ax, knob: str, variants: list[dict]) -> None:
     ax.set_xticks(tried, [f"{x:.3g}" for x in tried], rotation=45 if len(tried) > 6 else 0)
 
 
-def plot_scale(scale: dict, out: Path) -> None:
+def plot_scale(scale: JsonObject, out: Path) -> None:
     """Speedup in steps over each preset's baseline against parameter count (log axis), one line
     per variant in its colour, with the 95% intervals the scale table gives; filled where the
     interval excludes 1 (the table's significance), hollow where not."""

@@ -3,10 +3,18 @@ cost here (a probe of this machine: tens of seconds)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from mousse.train.config import resolve
-from mousse.train.fileio import dumps
+from mousse.train.fileio import JsonObject, dumps
+
+if TYPE_CHECKING:
+    import torch
+
+    from mousse.train.estimate import Estimate
+    from mousse.train.presets import Preset
 
 from .console import show_wide
 from .errors import user_errors
@@ -47,7 +55,9 @@ def presets(
         show_wide(presets_table(rows))
 
 
-def preset_row(p, cost, where, builtin_tokens: int | None) -> dict:
+def preset_row(
+    p: Preset, cost: Estimate | None, where: torch.device, builtin_tokens: int | None
+) -> JsonObject:
     """One preset as the JSON row (and the table's source): shape, recipe, regime, memory, and
     the time here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
@@ -90,7 +100,7 @@ def builtin_train_tokens() -> int | None:
         return None
 
 
-def preset_regime(p, builtin_tokens: int | None) -> dict:
+def preset_regime(p: Preset, builtin_tokens: int | None) -> JsonObject:
     """The preset's default budget (`mousse.train.budget.regime`: non-embedding parameters,
     tokens, per parameter and as a multiple of 20) and tokens per step; epochs over the builtin
     corpus (`builtin_tokens` train tokens) for the byte-level presets, None for those sized for

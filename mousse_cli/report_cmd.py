@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.markup import escape
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import dumps, read_json
+from mousse.train.fileio import JsonObject, dumps, read_json
 
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
 from .errors import EXIT_EXPECTATION, user_errors
-from .results_out import scale_of, show_preset_title, show_results
+from .results_out import ByPreset, named_presets, scale_of, show_preset_title, show_results
 from .rich_tables import scale_table
 from .trust import TRUST_MODEL_CODE, check_trusted
+
+if TYPE_CHECKING:
+    from mousse.experiments.sweep import Ablation
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -86,7 +90,7 @@ def load_results(
     timing_budget: float | None,
     trust_model_code: bool = False,
     against: str | None = None,
-) -> tuple[bool, dict]:
+) -> tuple[bool, ByPreset]:
     """(whether `ablation_dir` is the root of several presets, each preset's results; None for
     a plain ablation dir), retimed (model code it names imported only when trusted) and plotted
     when asked; compared with the variant `against` instead of the baseline when given."""
@@ -99,7 +103,7 @@ def load_results(
         if retime:
             where = str(ablation.dir / "ablation.toml")
             check_trusted(ablation.plan.to_dict(), None, trust_model_code, where)
-    by_preset = {}
+    by_preset: ByPreset = {}
     for preset, ablation in ablations.items():
         if retime:
             ablation.trained = True
@@ -112,7 +116,7 @@ def load_results(
     return scaled, by_preset
 
 
-def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool, dict]:
+def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool, ByPreset]:
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
     the file holds when asked (no curves: the forest plot and the tuning curves)."""
@@ -146,7 +150,7 @@ def preset_plot(plot: Path, preset: str | None) -> Path:
     )
 
 
-def draw_scale(by_preset: dict, plot: Path) -> None:
+def draw_scale(by_preset: ByPreset, plot: Path) -> None:
     """The speedup against parameters over the presets."""
     from .plot import plot_scale
 
@@ -154,29 +158,32 @@ def draw_scale(by_preset: dict, plot: Path) -> None:
     console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
 
 
-def print_results(by_preset: dict, scaled: bool, fmt: str) -> None:
+def print_results(by_preset: ByPreset, scaled: bool, fmt: str) -> None:
     """The results in `fmt` on stdout; for several presets each one's under its name, then the
     speedup by scale (JSON: one object; csv: one table with a preset column)."""
     from mousse.experiments.scale import combine
     from mousse.experiments.table_rows import render, render_scaled
 
     if scaled and fmt == "json":
-        typer.echo(dumps(combine(by_preset)))
+        typer.echo(dumps(combine(named_presets(by_preset))))
         return
     if fmt != "table":
         typer.echo(
-            render_scaled(by_preset, fmt) if scaled else render(by_preset[None], fmt), nl=False
+            render_scaled(named_presets(by_preset), fmt)
+            if scaled
+            else render(by_preset[None], fmt),
+            nl=False,
         )
         return
     for preset, results in by_preset.items():
         if scaled:
-            show_preset_title(preset)
+            show_preset_title(cast(str, preset))  # scaled: a preset's name
         show_results(results)
     if scaled:
         show_wide(scale_table(scale_of(by_preset)))
 
 
-def check_expressions(expectations: list[str], by_preset: dict) -> None:
+def check_expressions(expectations: list[str], by_preset: ByPreset) -> None:
     """Check every --expect against every preset's variants, so that a malformed one is
     refused (exit 2) before any output, whatever the results."""
     from mousse.experiments.expect import budgets_of, validate
@@ -187,7 +194,7 @@ def check_expressions(expectations: list[str], by_preset: dict) -> None:
                 validate(expr, [v["variant"] for v in results["variants"]], budgets_of(results))
 
 
-def gate(expectations: list[str], by_preset: dict) -> None:
+def gate(expectations: list[str], by_preset: ByPreset) -> None:
     """Check every expectation on every preset's results; one line each on stderr; exit 5 after
     the tables when one fails (bad expressions were refused before them)."""
     from mousse.experiments.expect import check
@@ -210,7 +217,7 @@ def gate(expectations: list[str], by_preset: dict) -> None:
         raise typer.Exit(EXIT_EXPECTATION)
 
 
-def open_ablation(path: Path):
+def open_ablation(path: Path) -> Ablation:
     """The Ablation recorded in `path` (its ablation.toml); ConfigError when there is none."""
     from mousse.experiments.sweep import Ablation, read_plan
 
@@ -223,7 +230,7 @@ def open_ablation(path: Path):
     return Ablation(read_plan(plan_file, "rerun the ablation"), path)
 
 
-def draw_plots(ablation, results: dict, plot: Path) -> None:
+def draw_plots(ablation: Ablation | None, results: JsonObject, plot: Path) -> None:
     """The loss curves (from the ablation's runs; none from a results file) and the forest plot,
     and beside them the tuning curves after tuning and the speedup against budget with budgets."""
     from .plot import plot_curves, plot_tuning

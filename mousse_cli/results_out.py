@@ -4,16 +4,27 @@ presets the speedup by scale, which scale.json beside the per-preset dirs record
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from rich.markup import escape
 
 from mousse.distributed.process import is_main_process
+from mousse.train.fileio import JsonObject
 
 from .console import console, result_stream, show_wide
 from .rich_tables import results_tables, scale_table
 
+# Each preset's results by its name; a plain ablation's (no --preset a,b) alone, under None.
+ByPreset = dict[str | None, JsonObject]
 
-def show_results(results: dict, json_out: bool = False) -> None:
+
+def named_presets(by_preset: ByPreset) -> dict[str, JsonObject]:
+    """Several presets' results, whose keys are then all preset names (for the engine's scale
+    functions)."""
+    return cast(dict[str, JsonObject], by_preset)
+
+
+def show_results(results: JsonObject, json_out: bool = False) -> None:
     """The convergence and step-time tables."""
     show_wide(results_tables(results), json_out)
 
@@ -24,11 +35,11 @@ def show_preset_title(preset: str, json_out: bool = False) -> None:
         result_stream(json_out).print(f"[bold]preset {escape(preset)}[/]", highlight=False)
 
 
-def scale_of(by_preset: dict) -> dict:
+def scale_of(by_preset: ByPreset) -> JsonObject:
     """The speedup of every variant at every preset (the scale summary)."""
     from mousse.experiments.scale import scale_summary
 
-    return scale_summary(by_preset)
+    return scale_summary(named_presets(by_preset))
 
 
 def record_presets(root: Path, presets: list[str] | None) -> None:
@@ -41,7 +52,7 @@ def record_presets(root: Path, presets: list[str] | None) -> None:
         write_json(root / SCALE_FILE, {"presets": presets})
 
 
-def show_scale(root: Path, by_preset: dict, json_out: bool = False) -> None:
+def show_scale(root: Path, by_preset: ByPreset, json_out: bool = False) -> None:
     """The speedup per scale (and scale.json beside the per-preset dirs)."""
     from mousse.experiments.scale import SCALE_FILE
     from mousse.train.fileio import write_json

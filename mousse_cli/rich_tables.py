@@ -3,21 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from mousse.train.estimate import counted
+from mousse.train.fileio import JsonObject
 
 from .console import fmt
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import Group, RenderableType
 
 
 def titled_table(
-    title: str, columns, left: tuple[str, ...] | None = None, no_wrap: bool = False, **style
+    title: str,
+    columns: Sequence[str],
+    left: Sequence[str] | None = None,
+    no_wrap: bool = False,
+    **style: Any,  # Any: Rich's Table keyword arguments, each of its own type
 ) -> Table:
     """An empty table with its title on the left and bold headers (`style` overrides them); the
     `left` columns (default: the first) left-justified, the numbers right."""
@@ -30,7 +36,7 @@ def titled_table(
     return table
 
 
-def results_tables(results: dict):
+def results_tables(results: JsonObject) -> Group:
     """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
     from rich.console import Group
 
@@ -136,7 +142,7 @@ _PRESET_STYLE: dict[str, Any] = dict(
 )
 
 
-def presets_table(rows: list[dict]):
+def presets_table(rows: list[JsonObject]) -> Group:
     """Presets as a compact table with each one's description below it, then the block matrices'
     peak lr per optimizer and what those values were tuned for."""
     from rich.console import Group
@@ -163,7 +169,7 @@ def presets_table(rows: list[dict]):
     )
 
 
-def _presets_overview(rows: list[dict], measured: bool) -> Table:
+def _presets_overview(rows: list[JsonObject], measured: bool) -> Table:
     """One row per preset: size, shape, budget, memory and, when `measured`, the time here."""
     columns = (
         *("preset", "params", "non-emb", "d x L", "heads", "seq", "batch", "tokens/step"),
@@ -192,7 +198,7 @@ def _presets_overview(rows: list[dict], measured: bool) -> Table:
     return table
 
 
-def _lr_table(rows: list[dict]) -> Table:
+def _lr_table(rows: list[JsonObject]) -> Table:
     """The block matrices' peak lr of every preset, one column per optimizer."""
     optimizers = list(rows[0]["lrs"]) if rows else []
     table = titled_table(
@@ -205,7 +211,7 @@ def _lr_table(rows: list[dict]) -> Table:
     return table
 
 
-def _lr_notes(rows: list[dict]) -> str:
+def _lr_notes(rows: list[JsonObject]) -> str:
     """What the lrs were tuned for (presets sharing a note on one line), and the momenta that
     tuning moved off an optimizer's recipe."""
     by_note: dict[str, list[str]] = {}
@@ -258,7 +264,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}" if n else "-"
 
 
-def bench_tables(r: dict):
+def bench_tables(r: JsonObject) -> Group:
     """`mousse bench` results: optimizer steps, per-shape Newton-Schulz and refresh, targets, and
     the train-step comparison when measured."""
     from rich.console import Group
@@ -286,7 +292,7 @@ def bench_tables(r: dict):
     return Group(*parts)
 
 
-def _optimizer_steps(r: dict) -> Table:
+def _optimizer_steps(r: JsonObject) -> Table:
     """Each optimizer's step time, against our Muon, and its state and cache memory."""
     table = titled_table(
         f"optimizer step (ms per step, amortized over {counted(r['cycle_steps'], 'step')})",
@@ -305,7 +311,7 @@ def _optimizer_steps(r: dict) -> Table:
     return table
 
 
-def _shapes(r: dict) -> Table:
+def _shapes(r: JsonObject) -> Table:
     """Newton-Schulz time and throughput and the refresh times per matrix shape, then the sum."""
     columns = ("shape", "count", "NS ms", "NS TFLOP/s", "% peak")
     methods = list(r["refresh_ms"])  # eigh, qr, root (and eigh_host on CUDA)
@@ -329,7 +335,7 @@ def _shapes(r: dict) -> Table:
     return table
 
 
-def kernel_table(k: dict) -> list:
+def kernel_table(k: JsonObject) -> list[RenderableType]:
     """The Triton kernels against torch per size, and the dispatch thresholds that follow."""
     table = titled_table(
         f"Triton kernels vs torch ({k['dtype']}, one m x m input)",
@@ -367,7 +373,7 @@ TRAIN_LABELS = {
 }
 
 
-def _train_steps(t: dict) -> list:
+def _train_steps(t: JsonObject) -> list[RenderableType]:
     """With --train (or --lean): each variant's whole training steps (p50, p99, refresh steps
     and plain ones apart, peak memory), and Mousse's overhead over Muon."""
     compiled = ", torch.compile" if t.get("compiled") else ""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,18 +21,21 @@ from mousse.train.config import (
     resolve,
 )
 from mousse.train.dashboards import Dashboards
-from mousse.train.fileio import dumps
-from mousse.train.rundir import lock_before_resume
+from mousse.train.fileio import JsonObject, dumps
+from mousse.train.rundir import RunLock, lock_before_resume
 
 from .console import console, notice, out, show_lines
 from .cost import check_cost
 from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
-from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
+from .options import RUN_PANEL, TRAIN_FLAGS, FlagValues, with_flags
 from .pipes import outliving_closed_pipes
 from .startup import reached
 from .train_view import TrainView, show_summary
 from .trust import TRUST_MODEL_CODE, check_trusted
+
+if TYPE_CHECKING:
+    from mousse.train.events import Event
 
 # The options of `train` besides the run settings (TRAIN_FLAGS), in the order --help lists them.
 CONFIG = typer.Option(
@@ -152,7 +158,7 @@ def starting_point(settings: Overrides, run_dir: Path | None, resume: str | None
     return cfg, ckpt, run_dir, restart
 
 
-def check_knobs_used(settings: dict, cfg) -> None:
+def check_knobs_used(settings: Mapping[str, object], cfg: TrainConfig) -> None:
     """Refuse a knob given for a run whose optimizer does not use it (`--optimizer muon
     --refresh-delay 10`: Muon has no preconditioner to refresh), rather than ignore it."""
     from mousse.experiments.ablation import unused_knobs
@@ -167,8 +173,15 @@ def check_knobs_used(settings: dict, cfg) -> None:
 
 
 def run_training(
-    cfg, run_dir, ckpt, restart: bool, stop, dashboards, cost: list[str], lock=None
-) -> dict:
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    ckpt: Path | None,
+    restart: bool,
+    stop: threading.Event,
+    dashboards: Dashboards,
+    cost: list[str],
+    lock: RunLock | None = None,
+) -> JsonObject:
     """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
     estimate is shown after the checks the Trainer makes, so that an error stays one line.
     Returns the run's summary."""
@@ -180,7 +193,7 @@ def run_training(
 
     view = TrainView()
 
-    def on_event(e) -> None:
+    def on_event(e: Event) -> None:
         view(e)
         dashboards(e)
         reached(type(e).__name__)  # the test hook's points: RunStarted, StepLogged...

@@ -5,26 +5,31 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable
 
+from rich.console import RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from mousse.optim.routing import Route
 from mousse.train.estimate import counted
 from mousse.train.events import (
     CheckpointSaved,
     EvalDone,
+    Event,
     MicroBatchDone,
     Notice,
     RunFinished,
     RunStarted,
     StepLogged,
 )
+from mousse.train.fileio import JsonObject
 
 from .console import clock, console, fit_width, fmt, notice, result_stream
 
 
-def routing_summary(routes) -> str:
+def routing_summary(routes: Iterable[Route]) -> str:
     """How many parameters of each role go to which optimizer, e.g. '12 matrix -> mousse', the
     weights stored (in, out) (GPT-2's Conv1D) apart: '8 matrix stored (in, out) -> mousse'."""
     counts = Counter(
@@ -45,7 +50,7 @@ class TrainView:
         self.micro_printed = -math.inf
         self.started = time.perf_counter()
 
-    def __call__(self, event) -> None:
+    def __call__(self, event: Event) -> None:
         """Show one event of the run (each kind by its own method), then redraw the live table."""
         if isinstance(event, RunStarted):
             self._started(event)
@@ -124,7 +129,7 @@ class TrainView:
             f"step eta {clock(e.eta_seconds)}"
         )
 
-    def _render(self):
+    def _render(self) -> RenderableType:
         table = Table(
             show_header=True,
             header_style="bold",
@@ -164,7 +169,7 @@ class TrainView:
             )
         return fit_width(table, console)  # a narrow terminal: plain lines
 
-    def _finished(self, s: dict) -> None:
+    def _finished(self, s: JsonObject) -> None:
         """Stop the live table; a failure's message stays on stderr (the summary is the
         command's result, `show_summary`)."""
         if self.live:
@@ -175,7 +180,7 @@ class TrainView:
             console.print(f"[red]{escape(s['message'])}[/]", highlight=False, soft_wrap=True)
 
 
-def speed_line(s: dict) -> str:
+def speed_line(s: JsonObject) -> str:
     """How fast a run trained against this machine: tokens/s, model FLOP/s and MFU (summaries
     from before these were recorded show tokens/s only)."""
     line = f"{s['tokens_per_s']:,.0f} tokens/s"

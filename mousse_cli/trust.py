@@ -26,13 +26,13 @@ def is_code(model: str | None) -> bool:
     return bool(model) and not str(model).startswith(HF_PREFIX)
 
 
-def named_models(source) -> set[str]:
+def named_models(source: object) -> set[str]:
     """Every model setting in `source`, however deep: the values of each `model` key of a run's
     settings, a spec's [base], [sweep] and [tune] tables, or a saved plan (its runs and tuning
     grids included), whether one value or a list of them. One walk, so that no table a file can
     name code in is left out."""
     if isinstance(source, dict):
-        found = set()
+        found: set[str] = set()
         for key, value in source.items():
             if key == "model":
                 values = value if isinstance(value, (list, tuple)) else [value]
@@ -44,7 +44,7 @@ def named_models(source) -> set[str]:
     return set()
 
 
-def check_trusted(source, named: str | None, trust: bool, where: str) -> None:
+def check_trusted(source: object, named: str | None, trust: bool, where: str) -> None:
     """ConfigError unless every model code that `source` (the settings, spec or plan `where`
     came from) names is the --model of the command line (`named`), or the user trusts it
     (`trust`)."""

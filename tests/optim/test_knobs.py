@@ -115,6 +115,16 @@ def test_knob_args_type_every_knob_as_the_table_does():
     assert hints["ns_dtype"] == torch.dtype | None
 
 
+def test_ns_schedule_type_is_every_schedule():
+    """`NsSchedule`, the `ns` knob's type (and so its choices), names the Newton-Schulz schedules
+    NS_METHODS holds, in its order: a schedule added to one is added to the other."""
+    import typing
+
+    from mousse.optim.orthogonalize import NS_METHODS, NsSchedule
+
+    assert typing.get_args(NsSchedule) == tuple(NS_METHODS)
+
+
 def test_help_lists_every_knob_at_the_class_default():
     import inspect
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from mousse.train.config import TrainConfig
+
 EIGH_FLOPS = 9.0  # flops of a symmetric eigendecomposition with vectors, per k^3
 
 
@@ -58,7 +60,7 @@ def matrix_cost(
     return MatrixCost(float(refresh), float(3 * stats + ortho), max(1, precond_freq))
 
 
-def cost_model(cfg) -> Callable[[tuple[int, ...]], float]:
+def cost_model(cfg: TrainConfig) -> Callable[[tuple[int, ...]], float]:
     """Amortized per-step flops of a matrix under a run's matrix optimizer."""
     if cfg.optimizer == "adamw":
         return lambda shape: float(math.prod(shape))
@@ -85,7 +87,7 @@ def plan_ownership(
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     cost = cost or (lambda shape: matrix_cost(shape).amortized)
-    buckets: dict[tuple, list[str]] = {}
+    buckets: dict[tuple[int, ...], list[str]] = {}
     for name, shape in shapes.items():
         buckets.setdefault(tuple(shape), []).append(name)
     weight = {shape: float(cost(shape)) for shape in buckets}

@@ -33,13 +33,14 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mousse.optim.routing import routed_shapes
+from mousse.optim.routing import CombinedOptimizer, routed_shapes
+from mousse.train.config import TrainConfig
 from mousse.train.optstate import load_optimizer_state, optimizer_state_by_name
 from mousse.train.world import World
 
@@ -52,6 +53,8 @@ from .process import (
     timeout_seconds,
 )
 from .sharded import save_sharded
+
+T = TypeVar("T")
 
 # ---- the process group ---------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class Dist(World):
 
     # ---- set-up ---------------------------------------------------------------------------------
 
-    def from_rank0(self, obj):
+    def from_rank0(self, obj: T) -> T:
         """Rank 0's value of a picklable object, on every rank."""
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -126,7 +129,7 @@ class Dist(World):
         self._local_stop, self._agreed_stop = local, threading.Event()
         return self._agreed_stop
 
-    def prepare(self, model: torch.nn.Module, cfg) -> set[str] | None:
+    def prepare(self, model: torch.nn.Module, cfg: TrainConfig) -> set[str] | None:
         """Check the batch splits over the ranks, give every rank rank 0's weights, plan which rank
         owns which block matrix, and return the names this rank's matrix optimizer gets (None:
         all of them, a single process)."""
@@ -248,10 +251,11 @@ class Dist(World):
         self._stop_seen = flag.to("cpu", non_blocking=True)
         self._stop_event = None
         if flag.is_cuda:
-            self._stop_event = torch.cuda.Event()
+            # torch leaves torch.cuda.Event.__new__ unannotated
+            self._stop_event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self._stop_event.record()
 
-    def optimizer_step(self, opt) -> None:
+    def optimizer_step(self, opt: CombinedOptimizer) -> None:
         """`opt.step()` on this rank's matrices (and the replicated parameters), then every
         owner's new matrices to every rank."""
         old = [p.detach().clone() for _, p in self.owned] if self._gather_bf16 else None
@@ -292,7 +296,7 @@ class Dist(World):
 
     # ---- optimizer hooks that need every rank -----------------------------------------------------
 
-    def fisher_params(self, opt) -> list[Tensor]:
+    def fisher_params(self, opt: CombinedOptimizer) -> list[Tensor]:
         """The parameters whose sampled-label gradients the coming step needs (TNT): on every rank
         the union of what the owners' optimizers ask for, since every rank holds part of the
         batch."""
@@ -306,7 +310,7 @@ class Dist(World):
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         return [self.matrices[n] for n, f in zip(names, flags.tolist(), strict=True) if f > 0]
 
-    def set_fisher_grads(self, opt, grads: dict[Tensor, Tensor]) -> None:
+    def set_fisher_grads(self, opt: CombinedOptimizer, grads: dict[Tensor, Tensor]) -> None:
         """Sum the sampled-label gradients over the ranks and hand each owner its own."""
         if grads:
             flat = torch.cat([g.reshape(-1).to(self.comm_dtype) for g in grads.values()])
@@ -319,7 +323,7 @@ class Dist(World):
         opt.set_fisher_grads(grads)
 
     @contextlib.contextmanager
-    def averaged_weights(self, opt) -> Iterator[None]:
+    def averaged_weights(self, opt: CombinedOptimizer) -> Iterator[None]:
         """The optimizer's `averaged_weights()` (SPlus' iterate average, swapped in for evaluation)
         on every rank: each owner swaps in its matrices' averages, which are then gathered; the
         other ranks' raw matrices are restored on exit."""
@@ -358,7 +362,7 @@ class Dist(World):
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def load_optimizer(self, opt, ckpt: Path, loaded: dict) -> None:
+    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
         state is read by name from the file that holds it (only what this rank's optimizer
         needs)."""

@@ -9,6 +9,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,23 @@ from mousse.train.checkpoint import (
 from mousse.train.optstate import OPTIMIZER_INDEX, flatten_optimizer, param_of
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
+
+T = TypeVar("T")
+
+# One rank's part of a save, as every rank sees it: (its error, the parameters whose state its
+# shard holds, its state's bytes, its weights digest).
+ShardInfo = tuple[str | None, list[str], int, list[float]]
+
+
+class RankView(Protocol):
+    """What a sharded save reads of this rank's `rank.Dist` (which imports this module)."""
+
+    rank: int
+    world_size: int
+    is_main: bool
+    owners: dict[str, int] | None
+
+    def from_rank0(self, obj: T) -> T: ...
 
 
 def shard_name(rank: int) -> str:
@@ -46,7 +64,7 @@ def weights_digest(model: torch.nn.Module) -> list[float]:
     )
 
 
-def optimizer_state_bytes(opt) -> int:
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes of tensors in an optimizer's state (a CombinedOptimizer's holds every rule's)."""
     return sum(
         v.numel() * v.element_size()
@@ -64,7 +82,7 @@ def fresh_dir(root: Path, tmp: Path) -> None:
 
 
 def save_sharded(
-    d,
+    d: RankView,
     ckpt_root: Path,
     step: int,
     model: torch.nn.Module,
@@ -91,9 +109,9 @@ def save_sharded(
     return final
 
 
-def _on_main(d, action: Callable[[], None], tmp: Path) -> None:
+def _on_main(d: RankView, action: Callable[[], None], tmp: Path) -> None:
     """Run `action` on rank 0 and raise its error on every rank."""
-    error = None
+    error: str | None = None
     if d.is_main:
         try:
             action()
@@ -102,11 +120,14 @@ def _on_main(d, action: Callable[[], None], tmp: Path) -> None:
     _fail_together(d, d.from_rank0(error), tmp)
 
 
-def _write_shards(d, tmp: Path, model: torch.nn.Module, opt, meta: dict) -> list[tuple]:
+def _write_shards(
+    d: RankView, tmp: Path, model: torch.nn.Module, opt: CombinedOptimizer, meta: dict[str, str]
+) -> list[ShardInfo]:
     """Every rank writes its optimizer shard into `tmp`; returns each rank's (error, state
     names, state bytes, weights digest). A failed rank, or weights that drifted from rank 0's,
     is raised on every rank."""
-    error, saved = None, []
+    error: str | None = None
+    saved: list[str] = []
     try:
         tensors, opt_meta = _shard(d, *flatten_optimizer(opt))
         extra = json.loads(opt_meta["extra"])
@@ -115,7 +136,7 @@ def _write_shards(d, tmp: Path, model: torch.nn.Module, opt, meta: dict) -> list
         fsync(tmp / shard_name(d.rank))
     except Exception as exc:  # reported on every rank below
         error = f"rank {d.rank}: {exc}"
-    infos: list = [None] * d.world_size
+    infos: list[Any] = [None] * d.world_size  # Any: all_gather_object fills in every rank's
     dist.all_gather_object(infos, (error, saved, optimizer_state_bytes(opt), weights_digest(model)))
     _fail_together(d, next((e for e, _, _, _ in infos if e), None), tmp)
     differ = [r for r, info in enumerate(infos) if info[3] != infos[0][3]]
@@ -130,7 +151,7 @@ def _write_shards(d, tmp: Path, model: torch.nn.Module, opt, meta: dict) -> list
     return infos
 
 
-def _write_index(d, tmp: Path, step: int, infos: list[tuple]) -> None:
+def _write_index(d: RankView, tmp: Path, step: int, infos: list[ShardInfo]) -> None:
     """The index of a sharded checkpoint: which shard holds each parameter's state."""
     index = {
         "format": INDEX_FORMAT,
@@ -145,7 +166,7 @@ def _write_index(d, tmp: Path, step: int, infos: list[tuple]) -> None:
     fsync(tmp / OPTIMIZER_INDEX)
 
 
-def _fail_together(d, error: str | None, tmp: Path) -> None:
+def _fail_together(d: RankView, error: str | None, tmp: Path) -> None:
     """Raise `error` (the same on every rank) as an OSError, removing the partial dir."""
     if error is not None:
         if d.is_main:
@@ -153,12 +174,15 @@ def _fail_together(d, error: str | None, tmp: Path) -> None:
         raise OSError(f"checkpoint not written: {error}")
 
 
-def _shard(d, tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+def _shard(
+    d: RankView, tensors: dict[str, Tensor], meta: dict[str, str]
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     """This rank's part of the flat optimizer state: the matrices it owns, plus (rank 0 only)
     the replicated parameters' state, which is the same on every rank."""
 
     def keep(flat: str) -> bool:
         name = param_of(flat)
+        assert d.owners is not None  # planned by `Dist.prepare`, before any checkpoint
         return d.owners.get(name, 0) == d.rank
 
     extra = json.loads(meta["extra"])

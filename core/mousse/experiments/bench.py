@@ -17,8 +17,9 @@ import math
 import os
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,16 +30,19 @@ from mousse.optim.orthogonalize import orthogonalize
 from mousse.optim.recipes import SOAP, TNT, Mousse, Muon, Shampoo, SpecGD, SPlus
 from mousse.optim.refresher import run_refresh
 from mousse.optim.routing import routed_shapes
-from mousse.optim.step import compute_refresh, refresh_due
+from mousse.optim.step import Refresh, compute_refresh, refresh_due
 from mousse.train.config import (
     DEVICES,
     PRECISIONS,
     ConfigError,
     Precision,
     RunPrecision,
+    TrainConfig,
     check_choice,
     resolve,
 )
+from mousse.train.events import Event
+from mousse.train.fileio import JsonObject
 from mousse.train.machine import device_name, label, pick_device
 from mousse.train.precision import PRECISION_DTYPES, peak_flops, resolve_precision
 from mousse.train.presets import get_preset
@@ -52,7 +56,13 @@ LR = 0.02
 WARMUP_STEPS = 2  # state allocation and the step-1 eigh refresh stay out of the timings
 # name -> optimizer over a list of matrices and a Newton-Schulz dtype (the run's precision; None:
 # the engine's default); every row uses its optimizer's own defaults otherwise
-BENCH_ROWS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer]] = {
+# A matrix optimizer over its parameters and a Newton-Schulz dtype, and one built, stepped by the
+# bench: (its parameters, it, the steps taken so far).
+MakeOptimizer = Callable[[list[torch.nn.Parameter], torch.dtype | None], torch.optim.Optimizer]
+BenchRun = tuple[list[torch.nn.Parameter], torch.optim.Optimizer, list[int]]
+Shapes = dict[tuple[int, ...], int]  # {(out, in): count}
+ByShape = dict[tuple[int, ...], dict[str, float]]  # a measurement's values per matrix shape
+BENCH_ROWS: dict[str, MakeOptimizer] = {
     "adamw": lambda ps, ns: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
     "torch_muon": lambda ps, ns: torch.optim.Muon(ps, lr=LR),
     "muon": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR),
@@ -85,7 +95,7 @@ BENCH_ROWS: dict[str, Callable[[list, torch.dtype | None], torch.optim.Optimizer
     "specgd": lambda ps, ns: SpecGD(ps, ns_dtype=ns, lr=LR),
 }
 # With compile=True: the same steps under torch.compile (`compiled=True`; compiled during warm-up)
-COMPILED_ROWS = {
+COMPILED_ROWS: dict[str, MakeOptimizer] = {
     "muon_compiled": lambda ps, ns: Muon(ps, ns_dtype=ns, lr=LR, compiled=True),
     "mousse_both_f10_compiled": lambda ps, ns: Mousse(
         ps, ns_dtype=ns, lr=LR, sides="both", precond_freq=10, compiled=True
@@ -101,7 +111,7 @@ TARGETS = {
 }
 
 
-def matrix_shapes(preset: str, model: dict | None = None) -> dict[tuple[int, ...], int]:
+def matrix_shapes(preset: str, model: Mapping[str, str] | None = None) -> Shapes:
     """{(out, in): count} of the block matrices (the ones Mousse / Muon train) of the preset's
     GPT, or with `model` ({"model": ..., "model_config": ...}, as `mousse train --model`) of
     that model at the preset's sequence length and vocabulary; weights stored (in, out) (GPT-2's
@@ -129,12 +139,12 @@ SPIKE_TARGET = ("mousse_both_f10_staggered", 1.2)
 
 
 def bench_steps(
-    shapes: dict,
+    shapes: Shapes,
     device: torch.device,
     repeats: int,
     compiled: bool = False,
     ns: torch.dtype | None = None,
-) -> tuple[dict, dict, dict, tuple]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, tuple[int, int]], BenchRun]:
     """Per-step ms of every optimizer in BENCH_ROWS (and COMPILED_ROWS with `compiled`; amortized over
     CYCLE steps; Newton-Schulz in `ns`), the p50 and p99 of its single steps, state and cache bytes, and the
     Mousse-both optimizer whose factors the refresh timing reuses."""
@@ -143,12 +153,14 @@ def bench_steps(
         torch.randn(s, generator=g) / s[1] ** 0.5 for s, c in shapes.items() for _ in range(c)
     ]
     pool = [[torch.randn(p.shape, generator=g).to(device) for p in master] for _ in range(3)]
-    runs = {}
+    runs: dict[str, BenchRun] = {}
     for name, make in {**BENCH_ROWS, **(COMPILED_ROWS if compiled else {})}.items():
         params = [torch.nn.Parameter(p.to(device, copy=True)) for p in master]
         runs[name] = (params, make(params, ns), [0])
 
-    def one_step(params, opt, counter):
+    def one_step(
+        params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, counter: list[int]
+    ) -> None:
         for p, grad in zip(params, pool[counter[0] % len(pool)], strict=True):
             p.grad = grad
         opt.step()
@@ -177,18 +189,20 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(ordered), "p99": ordered[rank]}
 
 
-def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int) -> dict:
+def bench_refresh(
+    opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], device: torch.device, repeats: int
+) -> ByShape:
     """ms of one refresh of both factors of every matrix, per shape and method, from the factors
     and bases the optimizer has accumulated (the work of one refresh step, batched per shape);
     on CUDA also eigh on the host, copies included (`refresh_device="cpu"`)."""
     group = opt.param_groups[0]
     step = int(opt.state[params[0]]["step"])
-    by_shape: dict[tuple, list] = {}
+    by_shape: dict[tuple[int, ...], list[dict[str, torch.Tensor]]] = {}
     for p in params:
         by_shape.setdefault(tuple(p.shape), []).append(opt.state[p])
-    out = {}
+    out: ByShape = {}
     for shape, states in by_shape.items():
-        sides = []
+        sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for F, lam, Q, other in (("L", "lam_L", "Q_L", shape[1]), ("R", "lam_R", "Q_R", shape[0])):
             stack = {k: torch.stack([st[k] for st in states]) for k in (F, lam, Q)}
             factor = pc.normalized(
@@ -212,7 +226,12 @@ def bench_refresh(opt: Mousse, params: list, device: torch.device, repeats: int)
     return out
 
 
-def _refresh_sides(sides: list, group: dict, method: str, host: bool) -> list:
+def _refresh_sides(
+    sides: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    group: dict[str, Any],  # Any: a torch param group's values, each of its own type
+    method: str,
+    host: bool,
+) -> list[Refresh]:
     """One refresh of every side's stacked factors by `method` (on the host with `host`): the
     work `bench_refresh` times, bound with functools.partial so that each timing refreshes its
     own shape's factors by its own method."""
@@ -239,12 +258,14 @@ def ns_flops(m: int, n: int, steps: int = 5) -> int:
     return steps * (4 * s * s * l + 2 * s**3)
 
 
-def bench_ns(shapes: dict, device: torch.device, repeats: int, precision: RunPrecision) -> dict:
+def bench_ns(
+    shapes: Shapes, device: torch.device, repeats: int, precision: RunPrecision
+) -> ByShape:
     """Newton-Schulz ("you5", 5 iterations, at the run's precision) per shape, batched over the
     shape's matrices: ms, TFLOP/s and % of the matmul peak measured here at that precision."""
     dtype = PRECISION_DTYPES[precision]
     peak = peak_flops(device, precision)
-    out = {}
+    out: ByShape = {}
     for (m, n), count in shapes.items():
         X = torch.randn(count, m, n, device=device)
         ms = median_ms(functools.partial(orthogonalize, X, "you5", 5, dtype), device, repeats)
@@ -259,7 +280,7 @@ def bench_ns(shapes: dict, device: torch.device, repeats: int, precision: RunPre
 
 # --train's rows: name -> run settings over the preset's; Mousse as the preset gives it, and with
 # its refresh off the step's critical path (staggered over the steps, used a step late)
-TRAIN_VARIANTS: dict[str, dict] = {
+TRAIN_VARIANTS: dict[str, dict[str, object]] = {
     "muon": {"optimizer": "muon"},
     "mousse": {"optimizer": "mousse"},
     "mousse_offpath": {
@@ -275,16 +296,16 @@ def bench_train(
     device: str,
     steps: int,
     compiled: bool = False,
-    model: dict | None = None,
+    model: Mapping[str, str] | None = None,
     precision: Precision = "auto",
-) -> dict:
+) -> JsonObject:
     """Full training steps (Trainer, builtin data, temp run dir) for each of TRAIN_VARIANTS:
     step ms over `steps` steps after a first, untimed one (which compiles, with `compiled`:
     model and optimizer, as `mousse train --compile`); p50 and p99; steps on which a refresh is
     due (its schedule's phase 0) and the others apart; peak device memory on CUDA. With steps a
     multiple of precond_freq (10) the mean holds refreshes in their true proportion. Each row
     also has the run's tokens/s, model FLOP/s and MFU (its summary's)."""
-    out: dict = {"steps": steps, "compiled": compiled}
+    out: JsonObject = {"steps": steps, "compiled": compiled}
     for name, settings in TRAIN_VARIANTS.items():
         cfg = resolve(
             {
@@ -308,7 +329,7 @@ def bench_train(
     }
 
 
-def _timed_run(cfg) -> dict:
+def _timed_run(cfg: TrainConfig) -> JsonObject:
     """Train `cfg` in a temporary run dir; its step-time statistics and peak memory."""
     from mousse.train.events import StepLogged
     from mousse.train.trainer import Trainer
@@ -316,10 +337,13 @@ def _timed_run(cfg) -> dict:
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    events: list = []
+    events: list[Event] = []
     with tempfile.TemporaryDirectory() as tmp:
         summary = Trainer(cfg, Path(tmp) / "run", on_event=events.append).run(argv=[])
     timed = [e for e in events if isinstance(e, StepLogged) and e.step > 1]
+    # the engine's knobs are None for AdamW runs only, never one of TRAIN_VARIANTS
+    assert cfg.precond_freq is not None and cfg.stat_freq is not None
+    assert cfg.refresh_warmup is not None and cfg.refresh_schedule is not None
     due = [
         cfg.optimizer != "muon"
         and refresh_due(
@@ -350,7 +374,7 @@ def _timed_run(cfg) -> dict:
     }
 
 
-def train_overheads(muon: dict, mousse: dict, label: str = "") -> dict:
+def train_overheads(muon: JsonObject, mousse: JsonObject, label: str = "") -> dict[str, float]:
     """Mousse's train-step overhead over Muon in %, on the mean step (refreshes included) and
     on the median step."""
     return {
@@ -367,10 +391,10 @@ def run_bench(
     train: bool = False,
     steps: int = 30,
     compiled: bool = False,
-    model: dict | None = None,
+    model: Mapping[str, str] | None = None,
     lean: bool = False,
     precision: Precision = "auto",
-) -> dict:
+) -> JsonObject:
     """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
     the preset's sizes) on `device` at `precision` (Newton-Schulz in it, as in a run); see the
     module docstring. `lean`: the training steps only
@@ -423,8 +447,8 @@ MAX_REPEATS = 10_000  # of --repeats and --steps: a median over more is no bette
 
 
 def _checked_shapes(
-    preset: str, repeats: int, device: str, steps: int, model: dict | None
-) -> dict[tuple[int, ...], int]:
+    preset: str, repeats: int, device: str, steps: int, model: Mapping[str, str] | None
+) -> Shapes:
     """The matrix shapes to bench, once every input is checked (a ConfigError naming the bad
     one), before anything is timed."""
     for name, value in (("repeats", repeats), ("steps", steps)):
@@ -438,7 +462,7 @@ def _checked_shapes(
         raise ConfigError(str(exc)) from None
 
 
-def _shape_rows(shapes: dict, ns: dict, refresh: dict) -> list[dict]:
+def _shape_rows(shapes: Shapes, ns: ByShape, refresh: ByShape) -> list[JsonObject]:
     """Per matrix shape: its count, Newton-Schulz throughput and refresh ms per method."""
     return [
         {
@@ -451,11 +475,16 @@ def _shape_rows(shapes: dict, ns: dict, refresh: dict) -> list[dict]:
     ]
 
 
-def _targets(step_ms: dict, spread: dict, kernel: dict | None, cuda: bool) -> dict:
+def _targets(
+    step_ms: dict[str, float],
+    spread: dict[str, dict[str, float]],
+    kernel: JsonObject | None,
+    cuda: bool,
+) -> dict[str, JsonObject]:
     """The step-time targets (TARGETS; a staggered refresh's p99 step at most SPIKE_TARGET times
     its p50; with kernel timings the Gram kernel at least 1.3x faster than torch at 4096^2
     bf16), each as a time ratio, its limit and whether it is met."""
-    targets = {}
+    targets: dict[str, JsonObject] = {}
     for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
         limit = cuda_limit if cuda else cpu_limit
         ratio = step_ms[row] / step_ms[ref]

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from mousse.train.config import ConfigError
+from mousse.train.fileio import JsonObject
 
 OPS = {
     "<": lambda a, b: a < b,
@@ -139,9 +140,10 @@ def _check_budget(term: Term, budgets: list[float]) -> None:
     )
 
 
-def _term_value(term: Term, variants: dict) -> float:
+def _term_value(term: Term, variants: dict[str, JsonObject]) -> float:
     if term.number is not None:
         return term.number
+    assert term.variant is not None  # a term is a number or a variant's value
     v = variants[term.variant]
     if term.budget is not None:
         return _at_budget(term, v)
@@ -192,14 +194,17 @@ def check(expr: str, results: dict) -> tuple[bool, str]:
     return True, f"{expr!r} holds: {shown}"
 
 
-def _p_value(test: str, runs: list, a: str, b: str) -> float | None:
+def _p_value(test: str, runs: list[JsonObject], a: str, b: str) -> float | None:
     """The p of `test` between variants a and b's completed runs: Welch's over all their seeds,
     or the paired t-test over the seeds both ran ("paired significant")."""
     from .results import seed_losses
     from .stats import paired_differences, paired_t_test, welch_t_test
 
     if test == "paired significant":
-        return paired_t_test(paired_differences(seed_losses(runs, a), seed_losses(runs, b)))["p"]
+        paired: float | None = paired_t_test(
+            paired_differences(seed_losses(runs, a), seed_losses(runs, b))
+        )["p"]
+        return paired
     losses = [
         [
             r["final_val_loss"]
@@ -208,4 +213,5 @@ def _p_value(test: str, runs: list, a: str, b: str) -> float | None:
         ]
         for v in (a, b)
     ]
-    return welch_t_test(*losses)["p"]
+    welch: float | None = welch_t_test(*losses)["p"]
+    return welch

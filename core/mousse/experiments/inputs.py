@@ -17,6 +17,7 @@ from mousse.train.config import (
     closest,
     coerce,
 )
+from mousse.train.fileio import JsonObject
 
 from .tuning import MAX_EXTENSIONS, TUNE_SEED_BASE, TuneSpec, check_phases
 
@@ -85,13 +86,13 @@ def typed_sweeps(table: Mapping[str, Any]) -> dict[str, list[Any]]:
     return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
 
 
-def check_mode(mode) -> str:
+def check_mode(mode: object) -> str:
     """`mode` when it is one of MODES; ConfigError otherwise."""
     if mode not in MODES:
         raise ConfigError(
             f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
         )
-    return mode
+    return str(mode)  # one of MODES
 
 
 def _sweep_values(knob: str, values: Iterable[Any]) -> list[Any]:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mousse.optim import kernels
+from mousse.train.fileio import JsonObject
 
 from .stopwatch import median_ms
 
@@ -17,14 +18,17 @@ POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
 
 
 def bench_kernels(
-    device: torch.device, repeats: int, sizes=KERNEL_SIZES, dtype: torch.dtype = torch.bfloat16
-) -> dict:
+    device: torch.device,
+    repeats: int,
+    sizes: tuple[int, ...] = KERNEL_SIZES,
+    dtype: torch.dtype = torch.bfloat16,
+) -> JsonObject:
     """Each Triton kernel against the torch op it replaces, per size m (one m x m input), in
     `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
     size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
     kernel that is slower there. Runs where triton runs: CUDA (or CPU under TRITON_INTERPRET=1)."""
     b, c = POLY_BC
-    rows = []
+    rows: list[JsonObject] = []
     for m in sizes:
         X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
         A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
@@ -69,7 +73,7 @@ def _kernel_ops(
     }
 
 
-def measured_min_dim(rows: list[dict]) -> int | None:
+def measured_min_dim(rows: list[JsonObject]) -> int | None:
     """The smallest measured size from which the kernel is faster at every larger measured size
     (None: not faster at the largest)."""
     best = None

@@ -54,7 +54,7 @@ _RECORD_KEYS = (
 
 def record(run: RunSpec, summary: dict | None) -> dict:
     """The run's row for `results.summarize`."""
-    row = {
+    row: JsonObject = {
         "name": run.name,
         "variant": run.variant,
         "knobs": run.knobs,

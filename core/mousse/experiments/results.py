@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mousse.train.estimate import BUSY_NOTE
+from mousse.train.fileio import JsonObject
 
 from .budget_speedup import add_budget_speedups
 from .records import TIMING_KEYS
@@ -47,31 +49,31 @@ class Baseline:
     do not)."""
 
     variant: str | None
-    losses: list
-    curves: list
+    losses: list[float]
+    curves: list[list[JsonObject]]  # each a run's curve, its points {step, val_loss, ...}
     target: float | None
     steps: float | None
     comparable: bool
     step_ms: float | None
 
 
-def _finite(x):
+def _finite(x: object) -> float | None:
     """x as a float when it is a finite number, else None (results must be strict JSON)."""
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _mean(values) -> float | None:
+def _mean(values: Iterable[float | None]) -> float | None:
     """Mean of the values that are not None; None when there are none."""
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
 
 
-def _pct_change(value, reference) -> float | None:
+def _pct_change(value: float | None, reference: float | None) -> float | None:
     """`value` over `reference` as a change in %; None when either is missing."""
     return None if value is None or not reference else (value - reference) / reference * 100.0
 
 
-def _reduction(steps, baseline_steps) -> float | None:
+def _reduction(steps: float | None, baseline_steps: float | None) -> float | None:
     """How many fewer steps than the baseline's, in % of the baseline's."""
     return (
         None
@@ -80,7 +82,7 @@ def _reduction(steps, baseline_steps) -> float | None:
     )
 
 
-def summarize(records: list, baseline_name: str | None = None) -> dict:
+def summarize(records: list[JsonObject], baseline_name: str | None = None) -> JsonObject:
     """The results object: {"baseline", "target_loss", "baseline_steps", "runs", "variants"}.
 
     `baseline_name` is the baseline's run or variant name (default: the runs flagged is_baseline);
@@ -182,17 +184,17 @@ def _recorded_values(records: list, key: str) -> list[str]:
     return sorted(ran) if ran != {"not recorded"} else []
 
 
-def _regimes(records: list) -> list[dict]:
+def _regimes(records: list[JsonObject]) -> list[JsonObject]:
     """The regimes the completed runs trained in (`mousse.train.budget.regime`), each once, by
     budget; none for runs from before they were recorded."""
-    ran: list[dict] = []
+    ran: list[JsonObject] = []
     for r in records:
         if r["status"] == "completed" and r.get("regime") and r["regime"] not in ran:
             ran.append(r["regime"])
     return sorted(ran, key=lambda regime: regime.get("budget") or 0.0)
 
 
-def seed_losses(runs: list, variant: str) -> dict:
+def seed_losses(runs: list[JsonObject], variant: str) -> dict[int, float]:
     """seed -> final val loss of `variant`'s completed run rows (the pairs of a paired test)."""
     return {
         r["seed"]: r["final_val_loss"]
@@ -203,7 +205,7 @@ def seed_losses(runs: list, variant: str) -> dict:
     }
 
 
-def add_paired(results: dict) -> dict:
+def add_paired(results: JsonObject) -> JsonObject:
     """Each variant's paired comparison with the baseline, from the results' run rows: the mean
     per-seed difference in final loss, its bootstrap interval, the paired t-test and its p
     Holm-adjusted over the variants, and the seeds the test would need for 80% power at the
@@ -264,17 +266,19 @@ def _baseline_variant(records: list, baseline_name: str | None) -> str | None:
     return variant
 
 
-def _completed_curves(records: list) -> dict[str, list[list]]:
+def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[JsonObject]]]:
     """Per variant, the val loss curves of its completed runs with a final loss (what speedups
     resample)."""
-    curves: dict[str, list[list]] = {}
+    curves: dict[str, list[list[JsonObject]]] = {}
     for r in records:
         if r["status"] == "completed" and _finite(r.get("final_val_loss")) is not None:
             curves.setdefault(r["variant"], []).append(r.get("curve") or [])
     return curves
 
 
-def _baseline(records: list, variant: str | None, comparable: bool, curves: list[list]) -> Baseline:
+def _baseline(
+    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[JsonObject]]
+) -> Baseline:
     """The baseline's numbers from its runs (its step time only when the timings compare)."""
     done = [r for r in records if r["variant"] == variant and r["status"] == "completed"]
     losses = [x for x in (_finite(r.get("final_val_loss")) for r in done) if x is not None]
@@ -295,7 +299,7 @@ def _baseline(records: list, variant: str | None, comparable: bool, curves: list
     )
 
 
-def _run_row(r: dict, base: Baseline) -> dict:
+def _run_row(r: JsonObject, base: Baseline) -> JsonObject:
     """One run's row: its record's numbers (non-finite ones as None) and where it reaches the
     baseline's target."""
     steps, seconds = steps_to_target(r.get("curve") or [], base.target)
@@ -325,7 +329,9 @@ def _run_row(r: dict, base: Baseline) -> dict:
     }
 
 
-def _variant_row(name: str, group: list, base: Baseline, curves: list[list]) -> dict:
+def _variant_row(
+    name: str, group: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+) -> JsonObject:
     """One variant's summary over its seeds (`group`: its run rows; loss statistics from
     completed runs only)."""
     is_base = name == base.variant
@@ -367,10 +373,10 @@ def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> di
     }
 
 
-def with_delta_intervals(results: dict) -> dict:
+def with_delta_intervals(results: JsonObject) -> JsonObject:
     """A results object with every variant's `delta_ci` as `summarize` computes it, from the run
     rows' final losses: for results files written before the key existed."""
-    losses: dict[str, list] = {}
+    losses: dict[str, list[float]] = {}
     for r in results["runs"]:
         if r["status"] == "completed" and r["final_val_loss"] is not None:
             losses.setdefault(r["variant"], []).append(r["final_val_loss"])
@@ -389,7 +395,7 @@ def with_delta_intervals(results: dict) -> dict:
     }
 
 
-def _significance(is_base: bool, p: float | None, base_losses: list) -> str:
+def _significance(is_base: bool, p: float | None, base_losses: list[float]) -> str:
     """The verdict of the (Holm-adjusted) p in words, or why there is none."""
     if is_base:
         return "baseline"
@@ -412,7 +418,7 @@ def _target_columns(done: list, base: Baseline, curves: list[list]) -> dict:
     }
 
 
-def _timing_columns(group: list, base: Baseline) -> dict:
+def _timing_columns(group: list[JsonObject], base: Baseline) -> JsonObject:
     """A variant's mean step timings over all its runs, its overhead over the baseline's step
     time and its peak memory."""
     peak = [r["peak_mem_bytes"] for r in group if r["peak_mem_bytes"] is not None]
@@ -426,7 +432,9 @@ def _timing_columns(group: list, base: Baseline) -> dict:
     }
 
 
-def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
+def _speedups(
+    is_base: bool, base: Baseline, curves: list[list[JsonObject]]
+) -> dict[str, float | list[float] | None]:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval, and the range of step speedups the evaluations' spacing allows (None for the
     baseline itself, without a target, and in seconds when the runs' seconds were counted on
@@ -442,7 +450,7 @@ def _speedups(is_base: bool, base: Baseline, curves: list[list]) -> dict:
     return out
 
 
-def _context_key(context) -> tuple | None:
+def _context_key(context: JsonObject | None) -> tuple[object, ...] | None:
     """Where a run's timings were taken: (host, invocation, device, --parallel share)."""
     if not context or not context.get("invocation"):
         return None
@@ -454,7 +462,7 @@ def _context_key(context) -> tuple | None:
     )
 
 
-def timing_contexts(records: list) -> set:
+def timing_contexts(records: list[JsonObject]) -> set[tuple[object, ...] | None]:
     """The distinct places the runs' timings were taken (None: a run that does not say)."""
     return {
         _context_key(r.get("timing_context"))
@@ -463,7 +471,7 @@ def timing_contexts(records: list) -> set:
     }
 
 
-def apply_timing_pass(results: dict, record: dict | None) -> dict:
+def apply_timing_pass(results: JsonObject, record: JsonObject | None) -> JsonObject:
     """The side-by-side timings of the timing pass (`experiments.timing`) into each variant: its
     step time with quartiles and its overhead over the baseline measured in the same pass; and
     how busy other processes kept the CPU meanwhile (`timing_busy`), with `timing_reliable`
@@ -495,7 +503,7 @@ def apply_timing_pass(results: dict, record: dict | None) -> dict:
     return results
 
 
-def _time_speedup_from_pass(v: dict) -> None:
+def _time_speedup_from_pass(v: JsonObject) -> None:
     """The speedup in time as the speedup in steps over the side-by-side step-time ratio (its
     interval scaled by the same ratio): the runs' own seconds, even from one invocation, were
     counted beside whatever else the machine ran."""

@@ -4,15 +4,16 @@ those dirs (pure: the results objects in, rows out)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import read_json
+from mousse.train.fileio import JsonObject, read_json
 
 SCALE_FILE = "scale.json"
 
 
-def split_presets(value) -> list[str] | None:
+def split_presets(value: str | list[str] | None) -> list[str] | None:
     """'tiny,small' or ['tiny', 'small'] -> the list; a single preset (or none) -> None."""
     if value is None:
         return None
@@ -38,10 +39,10 @@ def preset_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in order if (root / name / "ablation.toml").is_file()}
 
 
-def scale_summary(results_by_preset: dict[str, dict]) -> dict:
+def scale_summary(results_by_preset: dict[str, JsonObject]) -> JsonObject:
     """Per preset and variant: parameters, tuned values, final loss and the speedup over that
     preset's baseline with its interval."""
-    rows = []
+    rows: list[JsonObject] = []
     for preset, results in results_by_preset.items():
         for v in results["variants"]:
             rows.append(
@@ -62,7 +63,7 @@ def scale_summary(results_by_preset: dict[str, dict]) -> dict:
     return {"presets": list(results_by_preset), "rows": rows}
 
 
-def relabel(results: dict, names: dict[str, str]) -> dict:
+def relabel(results: JsonObject, names: dict[str, str]) -> JsonObject:
     """`results` with only the variants `names` lists (the baseline among them), each renamed to
     its label, in the order `names` gives: so that ablations recorded under different variant
     names (a spec that swept `momentum_style=nesterov` at one scale and made it the default at
@@ -75,7 +76,7 @@ def relabel(results: dict, names: dict[str, str]) -> dict:
     if missing:
         raise ConfigError(f"no variant {sorted(missing)[0]!r} in these results")
 
-    def by_name(d: dict) -> dict:
+    def by_name(d: Mapping[str, object]) -> dict[str, object]:
         return {names[k]: v for k, v in d.items() if k in names}
 
     timing = results.get("timing_pass")
@@ -98,7 +99,7 @@ def relabel(results: dict, names: dict[str, str]) -> dict:
     }
 
 
-def combine(results_by_preset: dict[str, dict]) -> dict:
+def combine(results_by_preset: dict[str, JsonObject]) -> JsonObject:
     """Recorded results of one comparison at several presets as one scaled results object (what
     `mousse ablate --preset a,b --json` prints), for `mousse report` to tabulate and plot."""
     return {"presets": results_by_preset, "scale": scale_summary(results_by_preset)}

@@ -4,6 +4,7 @@ the file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mousse.train import config
 from mousse.train.config import ConfigError, closest
@@ -12,9 +13,12 @@ from .inputs import check_mode, seed_list, tune_spec, typed_settings, typed_swee
 
 SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
 TUNE_KEYS = ("knobs", "seeds", "max_extensions")
+# A TOML table as read (tomllib's own typing: Any, each key of whichever TOML type it holds), and
+# the spec's arguments built from it.
+Table = dict[str, Any]
 
 
-def load_spec(path: str | Path) -> dict:
+def load_spec(path: str | Path) -> Table:
     """Read an ablation spec TOML into plan_ablation's arguments (plus `name` when given).
 
     Keys: name, mode, seeds (count or list), baseline, a [base] table of TrainConfig settings and a
@@ -28,7 +32,7 @@ def load_spec(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _check_shape(raw: dict) -> None:
+def _check_shape(raw: Table) -> None:
     """Only known keys, [base] and [sweep] as tables, and a [sweep] with at least one knob."""
     for key in raw:
         if key not in SPEC_KEYS:
@@ -42,10 +46,10 @@ def _check_shape(raw: dict) -> None:
         raise ConfigError("empty [sweep]: add at least one knob, e.g. alpha = [0.0, 0.125, 0.25]")
 
 
-def _spec(raw: dict) -> dict:
+def _spec(raw: Table) -> Table:
     """The checked arguments from a spec file's tables (`presets` from a list of presets in
     [base]: one ablation per preset; a list of one is the base's preset, checked as such)."""
-    spec: dict = {"sweeps": typed_sweeps(raw.get("sweep", {}))}
+    spec: Table = {"sweeps": typed_sweeps(raw.get("sweep", {}))}
     if "base" in raw:
         spec["base"], presets = _base_table(raw["base"])
         if presets is not None:
@@ -65,7 +69,7 @@ def _spec(raw: dict) -> dict:
     return spec
 
 
-def _base_table(table: dict) -> tuple[dict, list[str] | None]:
+def _base_table(table: Table) -> tuple[Table, list[str] | None]:
     """(typed [base] settings, the presets to scale over or None): a list of several presets
     is one ablation per preset; a list of one is the base's preset, as `preset = "small"`.
     Every name is checked, so a typo or a path is refused here, naming the file."""
@@ -80,7 +84,7 @@ def _base_table(table: dict) -> tuple[dict, list[str] | None]:
     return typed_settings(base), presets
 
 
-def _tune_table(table) -> dict:
+def _tune_table(table: object) -> Table:
     """A spec file's [tune] table: knobs = [...] (phases in order), optional per-knob value lists,
     seeds (tuning seeds) and max_extensions."""
     if not isinstance(table, dict):

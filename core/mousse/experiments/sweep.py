@@ -84,21 +84,21 @@ class RunSkipped:
     """A run that had already finished in this ablation dir."""
 
     run: str
-    summary: dict
+    summary: JsonObject
 
 
 @dataclass(frozen=True)
 class RunsQueued:
     """Runs the ablation will train next (tuning adds them phase by phase)."""
 
-    runs: list
+    runs: list[RunSpec]
 
 
 @dataclass(frozen=True)
 class WaitingForShards:
     """This shard has nothing left it may run; these runs of other shards must finish first."""
 
-    runs: list
+    runs: list[RunSpec]
 
 
 def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
@@ -202,7 +202,7 @@ class Ablation:
 
     # ---- tuning -----------------------------------------------------------------------------
 
-    def centre(self, variant: RunSpec) -> dict:
+    def centre(self, variant: RunSpec) -> JsonObject:
         """The variant's own value of each tuned knob (its default grid's centre), as frozen in
         the plan when it was made (plans from before that: resolved from today's presets)."""
         frozen = (self.plan.tune or {}).get("centres", {}).get(variant.variant)
@@ -219,7 +219,7 @@ class Ablation:
         phases = tuple((k, v) for k, v in self.tune.phases if k not in variant.knobs)
         return replace(self.tune, phases=phases)
 
-    def tuned_run(self, variant: RunSpec, values: dict, seed: int) -> RunSpec:
+    def tuned_run(self, variant: RunSpec, values: dict[str, object], seed: int) -> RunSpec:
         """The run of `variant` at the tuned knobs' `values` on `seed`, named after them: after
         the shortest values that give the same run (`same_runs`), so no phase trains a run again,
         unless a longer name's run dir exists (one an ablation dir from before this kept)."""
@@ -243,7 +243,9 @@ class Ablation:
         states = {}
         for name, variant in self.plan.variants.items():
 
-            def lookup(values, seed, variant=variant):
+            def lookup(
+                values: dict[str, object], seed: int, variant: RunSpec = variant
+            ) -> float | None:
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
 
             states[name] = tune_variant(
@@ -338,11 +340,11 @@ class Ablation:
             for name, phases in self.grids().items()
         )
 
-    def variant_configs(self) -> list:
+    def variant_configs(self) -> list[TrainConfig]:
         """Each variant's resolved config (its first run's), for cost estimates."""
         return [resolve(self.plan.settings(run)) for run in self.plan.variants.values()]
 
-    def _finished(self) -> list[dict]:
+    def _finished(self) -> list[JsonObject]:
         """Summaries of the runs already finished in this dir."""
         root = self.dir / "runs"
         summaries = [read_summary(f.parent) for f in sorted(root.glob("*/summary.json"))]
@@ -446,7 +448,7 @@ class Ablation:
         """The run record of `run` (`records.record`, `with_split`)."""
         return with_split(record(run, summary), self.plan.settings(run))
 
-    def results(self, against: str | None = None) -> dict:
+    def results(self, against: str | None = None) -> JsonObject:
         """The results object of what is on disk, with the protocol, the last timing pass and
         each variant's tuning; every variant compared with the plan's baseline, or with the
         variant `against` (ConfigError when the plan has none of that name)."""
@@ -481,11 +483,11 @@ class Ablation:
                 ]
         return out
 
-    def read_timing(self, results: dict) -> dict | None:
+    def read_timing(self, results: JsonObject) -> JsonObject | None:
         """The last timing pass, when it covers every variant of the results; its overheads
         against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
         try:
-            record = read_json(self.dir / TIMING_FILE)
+            record: JsonObject = read_json(self.dir / TIMING_FILE)
         except (OSError, ValueError):
             return None
         names = {v["variant"] for v in results["variants"] if v["n"]}
@@ -500,7 +502,7 @@ class Ablation:
             }
         return record
 
-    def timing_settings(self) -> dict[str, dict]:
+    def timing_settings(self) -> dict[str, JsonObject]:
         """Each variant's run settings for the timing pass: those of its first completed
         comparison run (tuned values included)."""
         out = {}
@@ -510,7 +512,7 @@ class Ablation:
                 out[run.variant] = self.plan.settings(run)
         return out
 
-    def retime(self, budget_s: float | None = None) -> dict | None:
+    def retime(self, budget_s: float | None = None) -> JsonObject | None:
         """Time every completed variant side by side (`experiments.timing`) and keep the record
         in timing.json; None when fewer than two variants have completed runs."""
         settings = self.timing_settings()
@@ -523,7 +525,7 @@ class Ablation:
             write_json(self.dir / TIMING_FILE, record)
         return record
 
-    def write_results(self) -> dict:
+    def write_results(self) -> JsonObject:
         """The results, also written to results.json."""
         results = self.results()
         if is_main_process():  # under torchrun every rank runs every run; rank 0 writes
@@ -544,7 +546,7 @@ class Ablation:
         on_update: Callable[[object], None],
         parallel: int = 1,
         stop: threading.Event | None = None,
-    ) -> dict:
+    ) -> JsonObject:
         """Run what is not finished of `runs` (a shard of the plan, or all of it)."""
         stop = stop or threading.Event()
         todo = self.pending(runs)
@@ -563,7 +565,7 @@ class Ablation:
         stop: threading.Event | None = None,
         shard: tuple[int, int] | None = None,
         wait: float | None = None,
-    ) -> tuple[dict, list[RunSpec]]:
+    ) -> tuple[JsonObject, list[RunSpec]]:
         """Tune every variant and run the comparison, phase by phase, until nothing is left that
         this shard may run. Returns the results and the runs of other shards still needed (this
         shard waits for them, polling every `wait` seconds, when `wait` is given)."""
@@ -585,12 +587,18 @@ class Ablation:
             stop.wait(wait)
         return self.write_results(), ([] if stop.is_set() else self.wanted())
 
-    def context(self, parallel: int) -> dict:
+    def context(self, parallel: int) -> JsonObject:
         """Where a run's timings are taken: this invocation, and how many runs shared the
         machine with it (--parallel)."""
         return {"invocation": self.invocation, "parallel": parallel}
 
-    def _train(self, todo: list[RunSpec], on_update, parallel: int, stop: threading.Event) -> None:
+    def _train(
+        self,
+        todo: list[RunSpec],
+        on_update: Callable[[object], None],
+        parallel: int,
+        stop: threading.Event,
+    ) -> None:
         """Train `todo` (see `runner.train_runs`), rewriting results.json as each run ends."""
         self.trained = self.trained or bool(todo)
         jobs = [Job(run.name, self.plan.settings(run), self.run_dir(run)) for run in todo]

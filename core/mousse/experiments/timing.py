@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from mousse.train.fileio import JsonObject
 from mousse.train.machine import cpu_reading, others_busy
 
 TIMING_FILE = "timing.json"
@@ -75,15 +76,15 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[str, dict]:
+def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[str, JsonObject]:
     """Per variant: median and quartiles of its per-round step time and, against the baseline,
     of the per-round ratio (as an overhead in %). An overhead whose interquartile range spans 0
     is within the noise."""
-    out = {}
+    out: dict[str, JsonObject] = {}
     base = ms.get(baseline) if baseline else None
     for name, values in ms.items():
         q1, med, q3 = _quartiles(values)
-        row = {
+        row: JsonObject = {
             "step_ms_median": med,
             "step_ms_q1": q1,
             "step_ms_q3": q3,
@@ -108,7 +109,7 @@ def run_pass(
     steps_per_round: int = STEPS_PER_ROUND,
     clock: Callable[[], float] = time.perf_counter,
     spent_s: float = 0.0,
-) -> dict:
+) -> JsonObject:
     """Time `runners` (name -> run n steps, return their mean ms) side by side: an untimed
     warm-up, a one-step probe of each, then the rounds the rest of the budget (less `spent_s`,
     e.g. building the runners) allows, interleaved. Returns the timing record."""
@@ -142,7 +143,7 @@ class TrainerRunner:
     """A variant's real training step: its model, optimizer and data, built once; each call
     trains n more steps and returns their mean ms. `device` names where it trains."""
 
-    def __init__(self, settings: dict, root: Path):
+    def __init__(self, settings: Mapping[str, object], root: Path):
         from mousse.train.config import resolve
         from mousse.train.steptimer import StepTimer
         from mousse.train.trainer import Trainer
@@ -159,17 +160,17 @@ class TrainerRunner:
         return 1000 * self.timer.flush() / n
 
 
-def trainer_runner(settings: dict, root: Path) -> TrainerRunner:
+def trainer_runner(settings: Mapping[str, object], root: Path) -> TrainerRunner:
     """A variant's real training step, as a `TrainerRunner`."""
     return TrainerRunner(settings, root)
 
 
 def timing_pass(
-    settings: dict[str, dict],
+    settings: Mapping[str, Mapping[str, object]],
     baseline: str | None,
     budget_s: float,
     steps_per_round: int = STEPS_PER_ROUND,
-) -> dict:
+) -> JsonObject:
     """The pass over real variants (name -> run settings), on this machine, with the share of the
     CPU other processes used meanwhile (`busy`: None off a CPU or where it is not known)."""
     started, since = time.perf_counter(), cpu_reading()

@@ -11,6 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# A JSON object by key: results, rows and records read from JSON or built to be written as JSON.
+# Any: each key holds its own JSON type (json's own typing), until each kind has a TypedDict.
+JsonObject = dict[str, Any]
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace `path` with `text` so that readers see the old or the new file, never a mix."""
