@@ -88,7 +88,7 @@ def _budget_term(text: str, name: str, args: str) -> Term:
     return Term(text, variant=variant.strip(), field=name, budget=value)
 
 
-def budgets_of(results: dict) -> dict[str, list[float]]:
+def budgets_of(results: JsonObject) -> dict[str, list[float]]:
     """Per variant, the budgets it has a speedup at (`budget_speedup`)."""
     return {
         v["variant"]: [row["budget"] for row in v.get("budget_speedups") or ()]
@@ -155,7 +155,7 @@ def _term_value(term: Term, variants: dict[str, JsonObject]) -> float:
     return math.nan if value is None else float(value)
 
 
-def _at_budget(term: Term, v: dict) -> float:
+def _at_budget(term: Term, v: JsonObject) -> float:
     """The speedup at the term's budget (or its interval's low end): inf where unbounded, nan
     where missing."""
     row = next(
@@ -169,7 +169,7 @@ def _at_budget(term: Term, v: dict) -> float:
     return math.nan if value is None else float(value)
 
 
-def check(expr: str, results: dict) -> tuple[bool, str]:
+def check(expr: str, results: JsonObject) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
     variants = {v["variant"]: v for v in results["variants"]}
     validate(expr, list(variants), budgets_of(results))

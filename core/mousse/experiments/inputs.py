@@ -4,7 +4,7 @@ every error is a ConfigError that names the bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mousse.optim.knobs import KNOB_CHOICES
@@ -109,7 +109,7 @@ def parse_sweep_values(knob: str, text: str) -> list[Any]:
     return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
 
 
-def seed_list(value, start: int = 0) -> list[int]:
+def seed_list(value: object, start: int = 0) -> list[int]:
     """An int N means seeds start..start+N-1; a list is taken as given (de-duplicated)."""
     if isinstance(value, bool) or not isinstance(value, (int, list, tuple, range)):
         raise ConfigError(f"bad seeds {value!r}: give a count N or a list of seeds")
@@ -149,7 +149,11 @@ def check_tune_seeds(seeds: list[int], tune_seeds: list[int]) -> None:
         )
 
 
-def tune_spec(phases, seeds=1, max_extensions: int | None = None) -> dict:
+def tune_spec(
+    phases: Iterable[tuple[str, Sequence[object] | None]],
+    seeds: object = 1,
+    max_extensions: int | None = None,
+) -> JsonObject:
     """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds (a
     count N: seeds TUNE_SEED_BASE.. TUNE_SEED_BASE+N-1, apart from every comparison seed)."""
     if max_extensions is not None and (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mousse.train.fileio import JsonObject
 from mousse.train.rundir import FINISHED
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ _RECORD_KEYS = (
 )
 
 
-def record(run: RunSpec, summary: dict | None) -> dict:
+def record(run: RunSpec, summary: JsonObject | None) -> JsonObject:
     """The run's row for `results.summarize`."""
     row: JsonObject = {
         "name": run.name,
@@ -72,7 +73,7 @@ def record(run: RunSpec, summary: dict | None) -> dict:
 BUDGET_KEYS = ("budget", "tokens", "tokens_per_param", "steps", "status", "final_val_loss")
 
 
-def budget_record(entry: dict) -> dict:
+def budget_record(entry: JsonObject) -> JsonObject:
     """One budget of a run record: BUDGET_KEYS of its summary's entry, its loss kept only when
     that budget completed (a budget still training is never a result)."""
     out = {k: entry.get(k) for k in BUDGET_KEYS}
@@ -81,7 +82,7 @@ def budget_record(entry: dict) -> dict:
     return out
 
 
-def with_split(row: dict, settings: dict) -> dict:
+def with_split(row: JsonObject, settings: JsonObject) -> JsonObject:
     """`row` (a `record`) with the split its run validated on when its summary predates saying
     so: on the built-in corpus, the split of its settings (its plan's, `compat.recorded`: the
     tail for plans from before), which is the only validation that data has."""
@@ -91,7 +92,7 @@ def with_split(row: dict, settings: dict) -> dict:
     return row
 
 
-def read_budget_from(row: dict, budget: float, run: str, summary: dict | None) -> None:
+def read_budget_from(row: JsonObject, budget: float, run: str, summary: JsonObject | None) -> None:
     """Put in `row` its entry at `budget` as the run `run` (`summary`: its summary) gives it,
     naming that run: with budgets tuned apart, a budget is read from the run at the values
     chosen for it, not from the row's own run. Pending, without a loss, until that run has
@@ -112,7 +113,7 @@ def read_budget_from(row: dict, budget: float, run: str, summary: dict | None) -
     row["budgets"] = [entries[b] for b in sorted(entries)]
 
 
-def final_loss(summary: dict | None) -> float | None:
+def final_loss(summary: JsonObject | None) -> float | None:
     """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
     None while it has no result."""
     if not summary or summary.get("status") not in (*FINISHED, "failed"):

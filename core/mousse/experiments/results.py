@@ -123,7 +123,7 @@ def summarize(records: list[JsonObject], baseline_name: str | None = None) -> Js
     )
 
 
-def budget_losses(runs: list, variant: str | None, budget: float) -> dict:
+def budget_losses(runs: list[JsonObject], variant: str | None, budget: float) -> dict[int, float]:
     """seed -> final val loss of `variant`'s runs at `budget`, for the budgets that completed
     (runs with budgets: `records.budget_record`)."""
     return {
@@ -135,7 +135,7 @@ def budget_losses(runs: list, variant: str | None, budget: float) -> dict:
     }
 
 
-def budget_rows(runs: list, baseline: str | None) -> list[dict]:
+def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[JsonObject]:
     """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
     seeds that completed it, their standard deviation, and the paired difference from the
     baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
@@ -144,7 +144,7 @@ def budget_rows(runs: list, baseline: str | None) -> list[dict]:
     for r in runs:
         for b in r.get("budgets") or ():
             sizes.setdefault(b["budget"], b["tokens_per_param"])
-    rows = []
+    rows: list[JsonObject] = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         for budget in sorted(sizes):
             losses = budget_losses(runs, variant, budget)
@@ -172,12 +172,12 @@ def budget_rows(runs: list, baseline: str | None) -> list[dict]:
     return rows
 
 
-def _precisions(records: list) -> list[str]:
+def _precisions(records: list[JsonObject]) -> list[str]:
     """The arithmetic the completed runs trained in (`_recorded_values`)."""
     return _recorded_values(records, "precision")
 
 
-def _recorded_values(records: list, key: str) -> list[str]:
+def _recorded_values(records: list[JsonObject], key: str) -> list[str]:
     """The values of `key` among the completed runs, each once; runs from before it was recorded
     count as 'not recorded' beside ones that say it (none when no run says it)."""
     ran = {r.get(key) or "not recorded" for r in records if r["status"] == "completed"}
@@ -240,7 +240,7 @@ def _seeds_for_power(diffs: list[float]) -> int | None:
     )
 
 
-def with_power(results: dict) -> dict:
+def with_power(results: JsonObject) -> JsonObject:
     """A results object with every variant's `paired_seeds_for_power` (`add_paired`, from its
     run rows): for results files written before the key existed; those that have it are
     returned as they are."""
@@ -249,7 +249,7 @@ def with_power(results: dict) -> dict:
     return add_paired({**results, "variants": [dict(v) for v in results["variants"]]})
 
 
-def _baseline_variant(records: list, baseline_name: str | None) -> str | None:
+def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> str | None:
     """The baseline's variant: the one `baseline_name` names (as a run or a variant), else that of
     the runs flagged is_baseline; ValueError when `baseline_name` names no record."""
     variant = next(
@@ -353,7 +353,9 @@ def _variant_row(
     }
 
 
-def _loss_columns(done: list, losses: list, is_base: bool, base: Baseline) -> dict:
+def _loss_columns(
+    done: list[JsonObject], losses: list[float], is_base: bool, base: Baseline
+) -> JsonObject:
     """A variant's final loss against the baseline's: mean, spread over seeds, the evaluation's
     own standard error (its runs' mean: what another sample of validation windows would move one
     run's loss by), difference with the 95% interval Welch's test inverts, and the test (its
@@ -404,7 +406,9 @@ def _significance(is_base: bool, p: float | None, base_losses: list[float]) -> s
     return "significant" if p < SIGNIFICANCE_LEVEL else "not significant"
 
 
-def _target_columns(done: list, base: Baseline, curves: list[list]) -> dict:
+def _target_columns(
+    done: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+) -> JsonObject:
     """When the variant's seed-mean curve reaches the baseline's target, between which two of its
     evaluations, and on how many of its completed runs' own curves the target is reached."""
     mean = mean_curve(curves)
@@ -439,7 +443,7 @@ def _speedups(
     interval, and the range of step speedups the evaluations' spacing allows (None for the
     baseline itself, without a target, and in seconds when the runs' seconds were counted on
     differently loaded machines)."""
-    out: dict[str, float | list | None] = {
+    out: dict[str, float | list[float] | None] = {
         "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
     }
     for suffix, key in (("", "step"), ("_time", "seconds")):

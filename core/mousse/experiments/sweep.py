@@ -13,15 +13,15 @@ from pathlib import Path
 
 from mousse.distributed.process import is_main_process
 from mousse.train import tomlio
-from mousse.train.config import ConfigError, coerce, parse_budgets, resolve
+from mousse.train.config import ConfigError, TrainConfig, coerce, parse_budgets, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
-from mousse.train.fileio import atomic_write_text, read_json, write_json
-from mousse.train.rundir import exclusive, read_summary
+from mousse.train.fileio import JsonObject, atomic_write_text, read_json, write_json
+from mousse.train.rundir import FINISHED, exclusive, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import FINISHED, final_loss, read_budget_from, record, with_split
+from .records import final_loss, read_budget_from, record, with_split
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -51,7 +51,7 @@ def read_plan(plan_file: Path, fix: str) -> AblationPlan:
         raise ConfigError(f"{plan_file} is damaged ({exc}); {fix}") from None
 
 
-def _tuning_columns(state: TuningState) -> dict:
+def _tuning_columns(state: TuningState) -> JsonObject:
     """A variant's tuning in its results row: the tuned values once done, the knobs tuned at a
     grid edge, and every phase's record."""
     return {
@@ -123,7 +123,7 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
             )
 
 
-def plan_budgets(base: dict) -> list[float] | None:
+def plan_budgets(base: JsonObject) -> list[float] | None:
     """The budgets each run of a plan yields (`--budgets`: a list, or '0.25,0.5,1'), ascending;
     None without them; a ConfigError, as `train` gives, for a value that is not budgets (a
     spec's `budgets = "abc"` or `true`)."""
@@ -258,10 +258,12 @@ class Ablation:
         runs (`tuning.tune_by_budget`), as {budget: {variant: state}}."""
         assert self.budgets  # asked only of a plan with budgets
         out: dict[float, dict[str, TuningState]] = {b: {} for b in self.budgets}
-        summaries: dict[str, dict | None] = {}  # each run dir read once
+        summaries: dict[str, JsonObject | None] = {}  # each run dir read once
         for name, variant in self.plan.variants.items():
 
-            def summary_of(values, seed, variant=variant):
+            def summary_of(
+                values: dict[str, object], seed: int, variant: RunSpec = variant
+            ) -> JsonObject | None:
                 run_dir = self.run_dir(self.tuned_run(variant, values, seed))
                 if run_dir.name not in summaries:
                     summaries[run_dir.name] = read_summary(run_dir)
@@ -295,7 +297,7 @@ class Ablation:
             for run in self.plan.runs
         ]
 
-    def grids(self) -> dict[str, list[tuple[str, list]]]:
+    def grids(self) -> dict[str, list[tuple[str, list[object]]]]:
         """Each variant's (knob, starting grid) per phase of its tuning."""
         from .tuning import start_grid
 
@@ -405,7 +407,7 @@ class Ablation:
         runs += [r for r in self.final_runs() if r not in self.plan.runs]  # the tuned ones
         return self.pending(list(dict.fromkeys(runs)))
 
-    def _tuning_needed(self) -> dict[str, list[tuple[dict, int]]]:
+    def _tuning_needed(self) -> dict[str, list[tuple[dict[str, object], int]]]:
         """Per variant, the (tuned values, seed) runs its tuning needs now (with budgets, those
         of any budget's)."""
         if not self.budgets:
@@ -418,7 +420,7 @@ class Ablation:
 
     # ---- results ----------------------------------------------------------------------------
 
-    def records(self, states: dict[str, TuningState] | None = None) -> list[dict]:
+    def records(self, states: dict[str, TuningState] | None = None) -> list[JsonObject]:
         """The run records of the comparison's runs, as far as they got (`with_split`: the split
         of runs from before summaries said it). With tuned budgets: those at the largest
         budget's tuned values (each run's full length), each smaller budget's entry read from
@@ -429,9 +431,9 @@ class Ablation:
                 for run in self.final_runs(states)
             ]
         by_budget = self.budget_tuning()
-        summaries: dict[str, dict | None] = {}
+        summaries: dict[str, JsonObject | None] = {}
 
-        def summary(run: RunSpec) -> dict | None:
+        def summary(run: RunSpec) -> JsonObject | None:
             if run.name not in summaries:
                 summaries[run.name] = read_summary(self.run_dir(run))
             return summaries[run.name]
@@ -444,7 +446,7 @@ class Ablation:
                     read_budget_from(row, budget, run.name, summary(run))
         return rows
 
-    def _record(self, run: RunSpec, summary: dict | None) -> dict:
+    def _record(self, run: RunSpec, summary: JsonObject | None) -> JsonObject:
         """The run record of `run` (`records.record`, `with_split`)."""
         return with_split(record(run, summary), self.plan.settings(run))
 
