@@ -29,7 +29,7 @@ from .ablate_run import Outcome, check_timing_budget, run_ablations
 from .console import console, out
 from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, user_errors
 from .interrupts import graceful_stop, interrupted_code
-from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, FlagValues, with_flags
+from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
 from .pipes import outliving_closed_pipes
 from .results_out import (
     ByPreset,
@@ -212,8 +212,12 @@ def ablate(
 
 
 def show_outcomes(
-    ablations: dict, outcomes: dict, presets: list[str] | None, root: Path, json_out: bool
-) -> dict:
+    ablations: dict[str | None, Ablation],
+    outcomes: dict[str | None, Outcome],
+    presets: list[str] | None,
+    root: Path,
+    json_out: bool,
+) -> ByPreset:
     """Each preset's results tables (stdout; stderr beside --json) and where its results.json
     is; once every preset has run, the speedup by scale. Returns the results by preset."""
     by_preset = {p: results for p, (results, _, _) in outcomes.items()}

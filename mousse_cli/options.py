@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import typer
@@ -248,7 +248,9 @@ def _alias_trace_norm(overrides: FlagValues) -> FlagValues:
     return {**overrides, "factor_norm": mapped[0] if isinstance(value, bool) else ",".join(mapped)}
 
 
-def with_flags(flags: dict[str, tuple], sweep_flags: Collection[str] = ()):
+def with_flags(
+    flags: dict[str, Flag], sweep_flags: Collection[str] = ()
+) -> Callable[[Command], Command]:
     """Add `flags` as keyword options to a Typer command. The run settings the user set arrive
     typed, as `overrides` (an `Overrides`, aliases resolved); those named in `sweep_flags` as
     `sweeps` (name -> comma-separated values, in `flags`' order)."""
@@ -262,7 +264,7 @@ def with_flags(flags: dict[str, tuple], sweep_flags: Collection[str] = ()):
         ]
 
         @functools.wraps(func)
-        def wrapper(**kwargs):
+        def wrapper(**kwargs: Any) -> None:  # Any: each flag's own type
             given = {name: kwargs.pop(name) for name in flags}
             given = _alias_trace_norm({k: v for k, v in given.items() if v is not None})
             settings = Overrides.from_dict({k: v for k, v in given.items() if k not in sweep_flags})

@@ -244,7 +244,7 @@ def draw_plots(ablation: Ablation | None, results: JsonObject, plot: Path) -> No
     draw_budget_speedup(results, plot)
 
 
-def draw_budget_speedup(results: dict, plot: Path) -> None:
+def draw_budget_speedup(results: JsonObject, plot: Path) -> None:
     """With speedups from budgets, their figure beside `plot`, named after it (-budgets)."""
     from .plot import has_budget_speedups, plot_budget_speedup
 

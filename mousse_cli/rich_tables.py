@@ -106,7 +106,7 @@ def results_tables(results: JsonObject) -> Group:
     return Group(*tables)
 
 
-def budget_speedup_table(results: dict) -> Table | None:
+def budget_speedup_table(results: JsonObject) -> Table | None:
     """The speedup against budget, a column per budget, with how it was read below it; None
     without budgets."""
     from mousse.experiments.table_rows import (
@@ -125,7 +125,7 @@ def budget_speedup_table(results: dict) -> Table | None:
     return table
 
 
-def scale_table(scale: dict):
+def scale_table(scale: JsonObject) -> Table:
     """Speedup over each preset's baseline, one column per preset (its parameter count)."""
     from mousse.experiments.table_rows import SCALE_TITLE, scale_rows
 

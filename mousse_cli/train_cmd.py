@@ -16,6 +16,7 @@ from mousse.train.checkpoint import checkpoint_dirs, run_dir_of
 from mousse.train.config import (
     ConfigError,
     Overrides,
+    TrainConfig,
     load_config_file,
     refuse_with_budgets,
     resolve,
@@ -28,7 +29,7 @@ from .console import console, notice, out, show_lines
 from .cost import check_cost
 from .errors import EXIT_DIVERGED, user_errors
 from .interrupts import graceful_stop, interrupted_code
-from .options import RUN_PANEL, TRAIN_FLAGS, FlagValues, with_flags
+from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
 from .pipes import outliving_closed_pipes
 from .startup import reached
 from .train_view import TrainView, show_summary
@@ -133,7 +134,9 @@ def train(
         raise typer.Exit(interrupted_code(stop))
 
 
-def starting_point(settings: Overrides, run_dir: Path | None, resume: str | None) -> tuple:
+def starting_point(
+    settings: Overrides, run_dir: Path | None, resume: str | None
+) -> tuple[TrainConfig, Path | None, Path | None, bool]:
     """(config, checkpoint or None, run dir, restart): with --resume, the checkpoint's settings
     under the user's and its run dir by default; `--resume auto` with no checkpoint in --run-dir
     yet starts the run afresh (restart)."""

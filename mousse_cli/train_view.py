@@ -192,7 +192,7 @@ def speed_line(s: JsonObject) -> str:
     return line + (f" ({s['precision']})" if s.get("precision") else "")
 
 
-def budget_line(b: dict) -> str:
+def budget_line(b: JsonObject) -> str:
     """One budget of a run with budgets: its size, how it ended and its final loss (none until
     its branch completes), and where it trained."""
     return (
@@ -202,7 +202,7 @@ def budget_line(b: dict) -> str:
     )
 
 
-def show_summary(s: dict, json_out: bool = False) -> None:
+def show_summary(s: JsonObject, json_out: bool = False) -> None:
     """A run's result: how it ended, its losses and step times, the target, its run dir (stdout;
     stderr when stdout carries the JSON)."""
     stream = result_stream(json_out)
