@@ -18,6 +18,10 @@ from mousse.train.estimate import counted, duration
 from .console import console, notice, show_lines
 from .cost import check_cost
 
+if TYPE_CHECKING:
+    from mousse.experiments.ablation import RunSpec
+    from mousse.experiments.sweep import Ablation
+
 
 @dataclass
 class AblateSetup:
@@ -291,7 +295,7 @@ def show_plans(
     show_lines(cost)
 
 
-def budgets_text(ablation) -> str | None:
+def budgets_text(ablation: Ablation) -> str | None:
     """What every run of an ablation with budgets trains: each budget and the steps it makes
     (the largest the run itself, the others its cooldown branches); None without budgets."""
     from mousse.train.config import budget_steps, resolve
@@ -307,7 +311,7 @@ def budgets_text(ablation) -> str | None:
     )
 
 
-def _show_runs(ablation, runs: list, shard: str | None) -> None:
+def _show_runs(ablation: Ablation, runs: list[RunSpec], shard: str | None) -> None:
     """A plan without tuning: the run count, then the runs this invocation trains."""
     plan, here = ablation.plan, counted(len(runs), "run")
     console.print(
@@ -383,7 +387,7 @@ def budget_tuning_text(budgets: list[float]) -> str:
     )
 
 
-def knob_text(knobs: dict) -> str:
+def knob_text(knobs: Mapping[str, object]) -> str:
     """A variant's knobs as 'k=v, ...' (switches as on/off); 'the shared settings' for none."""
     return (
         ", ".join(

@@ -43,6 +43,7 @@ class Row(TypedDict, total=False):
     mem: int | None
     earlier: bool  # timed by an earlier invocation
     tokens_per_step: float
+    branch: str | None  # the cooldown branch it trains in (`--budgets`), None outside one
 
 
 class AblationView:
@@ -168,7 +169,7 @@ class AblationView:
             # a cooldown branch of a run with budgets (`--budgets`) trains after the run's own
             # steps: its row says which, lest its loss read as the whole run's
             branch = e.run_dir.name if e.run_dir.parent.name == "branches" else None
-            row.update(status="running", steps=e.config["steps"], branch=branch)
+            row.update({"status": "running", "steps": e.config["steps"], "branch": branch})
             resumed = e.info["resumed_from"]
             self._plain(
                 f"[{name}] started{f' (resumed at step {resumed})' if resumed else ''}: "
@@ -283,6 +284,6 @@ class AblationView:
         ]
 
 
-def _status_text(row: dict) -> str:
+def _status_text(row: Row) -> str:
     """A run's status, naming the cooldown branch it is in (`--budgets`) when it is in one."""
     return row["status"] + (f" ({row['branch']})" if row.get("branch") else "")

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # A variant's seed-mean curve at one evaluation step: (step, mean, min, max) of the val loss.
 Band = tuple[int, float, float, float]
+# One speedup as drawn: (x, speedup, its 95% interval or None, marker).
+SpeedupPoint = tuple[float, float, list[float] | None, str]
 
 ZOOM_FROM = 0.6  # the zoomed panel: the last 40% of the steps, where the variants separate
 BASELINE_COLOR = "black"
@@ -461,7 +463,7 @@ def plot_scale(scale: JsonObject, out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _speedup_line(ax, variant: str, points: list[tuple], color) -> None:
+def _speedup_line(ax: Axes, variant: str, points: list[SpeedupPoint], color: ColorType) -> None:
     """One variant's speedups, (x, y, 95% interval or None, marker) each, joined by a line, the
     intervals as error bars; filled where the interval excludes 1, hollow where not."""
     ax.plot([p[0] for p in points], [p[1] for p in points], color=color, lw=1.2, label=variant)
@@ -480,7 +482,7 @@ def _speedup_line(ax, variant: str, points: list[tuple], color) -> None:
         )
 
 
-def has_budget_speedups(results: dict) -> bool:
+def has_budget_speedups(results: JsonObject) -> bool:
     """Whether any variant has a speedup from budgets to draw."""
     return any(
         row["speedup"] is not None or row["unbounded"]
@@ -489,7 +491,7 @@ def has_budget_speedups(results: dict) -> bool:
     )
 
 
-def plot_budget_speedup(results: dict, out: Path) -> None:
+def plot_budget_speedup(results: JsonObject, out: Path) -> None:
     """Speedup in data against budget (log axis; `budget_speedup`), one line per variant in its
     colour with its 95% intervals: filled where the interval excludes 1, hollow where not,
     diamonds where the baseline's law is read beyond its budgets. What lies above the axis (an
@@ -538,7 +540,7 @@ def plot_budget_speedup(results: dict, out: Path) -> None:
     _save(fig, out, plt)
 
 
-def _budget_point(row: dict, nudge: float, top: float) -> tuple:
+def _budget_point(row: JsonObject, nudge: float, top: float) -> SpeedupPoint:
     """(x, y, interval, marker) of one budget's speedup, what lies above `top` (unbounded
     included) drawn at it."""
     y = top if row["unbounded"] else min(row["speedup"], top)
@@ -547,7 +549,7 @@ def _budget_point(row: dict, nudge: float, top: float) -> tuple:
     return row["budget"] * nudge, y, ci, marker
 
 
-def _high_end_off_axis(row: dict, top: float) -> str | None:
+def _high_end_off_axis(row: JsonObject, top: float) -> str | None:
     """The high end of a speedup's interval where it lies above `top`, the axis's top, as its
     label (∞ where unbounded); None where it is on the axis or has none."""
     high = (row["speedup_ci"] or [None, 0.0])[1]
