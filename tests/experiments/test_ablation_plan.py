@@ -489,11 +489,12 @@ def test_the_planners_reference_is_what_the_run_resolves(optimizer, preset):
     """The planner compares a variant's knobs with what its run would get anyway; that is what
     `config.resolve` gives the run (one precedence: recipe < LM recipe < preset < settings)."""
     from mousse.experiments.ablation import _reference
-    from mousse.train.config import FAMILY_KNOBS, resolve
+    from mousse.optim.knobs import RUN_KNOBS
+    from mousse.train.config import resolve
 
     base = {"preset": preset, "precond_freq": 7} if optimizer != "adamw" else {"preset": preset}
     cfg = resolve({**base, "optimizer": optimizer})
     reference = _reference(optimizer, base)
-    assert {k: reference[k] for k in FAMILY_KNOBS if k != "lr"} == {
-        k: getattr(cfg, k) for k in FAMILY_KNOBS if k != "lr"
+    assert {k: reference[k] for k in RUN_KNOBS if k != "lr"} == {
+        k: getattr(cfg, k) for k in RUN_KNOBS if k != "lr"
     }

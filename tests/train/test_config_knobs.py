@@ -28,13 +28,13 @@ def _parts(hint: object) -> tuple[object, bool]:
 
 def test_run_config_has_one_typed_field_per_knob():
     run_knobs = [k for k in knobs.TABLE if k.run_setting]
-    assert config.FAMILY_KNOBS == tuple(k.name for k in run_knobs)
+    assert knobs.RUN_KNOBS == tuple(k.name for k in run_knobs)
     for k in run_knobs:
         assert config.FIELD_TYPES[k.name] is k.kind
         assert config.FIELD_DEFAULTS[k.name] is None  # None: the optimizer's recipe
         assert getattr(config.Overrides(), k.name) is None
-    assert set(config.PRECONDITIONER_KNOBS) == {k.name for k in run_knobs if k.preconditioner}
-    assert "ns_dtype" not in config.FAMILY_KNOBS  # a run chooses it by name (auto, bf16, ...)
+    assert set(knobs.PRECONDITIONER_KNOBS) == {k.name for k in run_knobs if k.preconditioner}
+    assert "ns_dtype" not in knobs.RUN_KNOBS  # a run chooses it by name (auto, bf16, ...)
 
 
 def test_written_out_knob_fields_match_the_table():
@@ -43,7 +43,7 @@ def test_written_out_knob_fields_match_the_table():
     every run uses (ADAMW_KNOBS), and no default (resolve sets each)."""
     hints = typing.get_type_hints(config.TrainConfig)
     own = {f.name: f for f in dataclasses.fields(config.TrainConfig)}
-    assert tuple(n for n in own if n in config.FAMILY_KNOBS) == config.FAMILY_KNOBS
+    assert tuple(n for n in own if n in knobs.RUN_KNOBS) == knobs.RUN_KNOBS
     for before, k in zip((None, *knobs.TABLE), knobs.TABLE, strict=False):
         if not k.run_setting:
             assert k.name not in own or k.name == "ns_dtype", k.name

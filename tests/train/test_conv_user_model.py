@@ -39,14 +39,15 @@ def conv_lm(vocab_size: int, seq_len: int) -> ConvLM:
 def test_a_user_model_with_convolutions_is_priced_as_its_flattened_matrices():
     """What a run will cost counts a convolution as the (out, in x k) matrix the optimizer steps
     (a 3-D weight once stopped the estimate, so `mousse train` never started)."""
-    from mousse.train.config import FAMILY_KNOBS, resolve
+    from mousse.optim.knobs import RUN_KNOBS
+    from mousse.train.config import resolve
     from mousse.train.estimate import estimate
     from mousse.train.presets import matrix_state_floats, weights_and_state_bytes
     from mousse.train.usermodel import build_model
 
     cfg = resolve({"model": f"{__file__}:conv_lm", "sides": "left", "seq_len": 16, "steps": 1})
     model = build_model(cfg, 256, "meta")
-    knobs = {k: getattr(cfg, k) for k in FAMILY_KNOBS}
+    knobs = {k: getattr(cfg, k) for k in RUN_KNOBS}
     params = dict(model.named_parameters())
     others = sum(2 * p.numel() for n, p in params.items() if n != "net.mix.weight")
     state = others + matrix_state_floats(knobs, 16, 16 * 3)  # one side, of width out = 16

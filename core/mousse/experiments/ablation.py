@@ -7,7 +7,7 @@ Knobs are TrainConfig fields. Each run stores only the knobs that differ from wh
 get anyway (TrainConfig defaults, its optimizer's recipe, the model preset's momentum and rule for
 it, the shared `base` settings), so identical runs collapse into one. Knobs that cannot matter
 for a run's optimizer are dropped from it: the family's knobs from AdamW runs (except lr and
-weight_decay), and the preconditioner's knobs (`config.PRECONDITIONER_KNOBS`: alpha, sides,
+weight_decay), and the preconditioner's knobs (`knobs.PRECONDITIONER_KNOBS`: alpha, sides,
 factor_norm, precond_*, refresh*, graft, ...) from runs whose optimizer preconditions no side
 (resolved sides "none": Muon, SpecGD). So
 `--optimizer muon --alpha 0.0,0.25` does not run Muon three times.
@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mousse.optim.knobs import PRECONDITIONER_KNOBS, RUN_KNOBS
 from mousse.train import compat, config
 from mousse.train.config import (
-    FAMILY_KNOBS,
-    PRECONDITIONER_KNOBS,
     VIEW_SETTINGS,
     ConfigError,
 )
@@ -224,7 +223,7 @@ def _used(
     side (`own_sides`, from its recipe and the base: Muon, SpecGD) ignores `sides`, and a run that
     ends up preconditioning no side (`run_sides`) ignores the other preconditioner knobs, except
     that Adam grafting still replaces its step with Adam's (docs/family.md, step 5)."""
-    if knob not in FAMILY_KNOBS:
+    if knob not in RUN_KNOBS:
         return True
     if optimizer == "adamw":
         return knob in ADAMW_KNOBS
@@ -258,11 +257,11 @@ def unused_knobs(settings: dict) -> list[str]:
     """The family's knobs set in a run's `settings` (its optimizer and preset among them) to
     another value than the run gets anyway, which its optimizer does not use (`_used`): an
     ablation drops them from its runs, and `train` refuses them rather than ignore them."""
-    base = {k: v for k, v in settings.items() if k not in FAMILY_KNOBS}
+    base = {k: v for k, v in settings.items() if k not in RUN_KNOBS}
     optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
     reference = _reference(optimizer, base)
     changed = {
-        k: v for k, v in settings.items() if k in FAMILY_KNOBS and v not in (None, reference[k])
+        k: v for k, v in settings.items() if k in RUN_KNOBS and v not in (None, reference[k])
     }
     used = _used_by(optimizer, reference, changed)
     return [k for k, v in changed.items() if not used(k, v)]

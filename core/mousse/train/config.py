@@ -30,6 +30,7 @@ from typing import Any, Literal, cast
 import torch
 
 from mousse.optim import knobs
+from mousse.optim.knobs import RUN_KNOBS
 from mousse.optim.routing import ScalarOptimizer
 
 from . import compat, tomlio
@@ -66,13 +67,8 @@ LOGGERS = ("tensorboard", "wandb")
 # Settings that choose where runs are shown, not what they compute: never an ablation's knob
 # (sweeps, tuning), a run's name or part of a plan's hash, and free to change on resume.
 VIEW_SETTINGS = ("log",)
-# The engine's knobs (mousse.optim.knobs, docs/family.md), each a TrainConfig field. AdamW uses
-# only ADAMW_KNOBS of them; the others stay None for AdamW runs.
-FAMILY_KNOBS: tuple[str, ...] = knobs.RUN_KNOBS
-# Knobs of the Kronecker preconditioner (statistics, refresh, whitening exponents, grafting to
-# the whitened update): they do nothing when no side is preconditioned (sides = "none": Muon,
-# SpecGD), steps 1, 4 and 5 of docs/family.md.
-PRECONDITIONER_KNOBS = tuple(k for k in knobs.PRECONDITIONER_KNOBS if k in FAMILY_KNOBS)
+# The engine's knobs a run sets (`knobs.RUN_KNOBS`, docs/family.md) are each a TrainConfig
+# field; AdamW uses only ADAMW_KNOBS of them, the others stay None for AdamW runs.
 
 
 class ConfigError(ValueError):
@@ -563,7 +559,7 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
             values[name] = getattr(preset, name)
     _fill_steps(values, given)
     chosen = resolved_knobs(values["optimizer"], preset, values)
-    values.update((name, chosen.get(name)) for name in FAMILY_KNOBS)
+    values.update((name, chosen.get(name)) for name in RUN_KNOBS)
     if values["scalar_lr"] is None:
         adamw = values["optimizer"] == "adamw"
         values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
@@ -589,7 +585,7 @@ def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> 
     training recipe < the model `preset`'s for it (`Preset.matrix_knobs`) < the knobs among
     `given` (the settings given, a file's under the flags; None: not given). The one statement
     of that order, for `resolve` and the ablation planner alike."""
-    chosen = {k: v for k, v in given.items() if k in FAMILY_KNOBS and v is not None}
+    chosen = {k: v for k, v in given.items() if k in RUN_KNOBS and v is not None}
     return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
@@ -745,7 +741,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _out_of_range(key: str, value: Any) -> str | None:
     """What the setting allows when `value` (typed, not None) is outside it, else None."""
-    if key in knobs.BY_NAME and key in FAMILY_KNOBS:
+    if key in knobs.BY_NAME and key in RUN_KNOBS:
         allowed = knobs.BY_NAME[key].check(value)
         return None if allowed is None else f"must be {allowed}"
     if key in _AT_LEAST_1 and value < 1:
@@ -771,7 +767,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("split", cfg.split, SPLITS)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
-    for key in (*FAMILY_KNOBS, *_AT_LEAST_1, *_RANGES):
+    for key in (*RUN_KNOBS, *_AT_LEAST_1, *_RANGES):
         value = getattr(cfg, key)
         if value is None:
             continue
@@ -805,7 +801,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     if cfg.optimizer != "adamw":
         try:
-            knobs.check_together({k: getattr(cfg, k) for k in FAMILY_KNOBS})
+            knobs.check_together({k: getattr(cfg, k) for k in RUN_KNOBS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -871,10 +867,10 @@ def matrix_kwargs(cfg: TrainConfig, precision: RunPrecision) -> knobs.KnobArgs:
         return {}
     given = {
         k: getattr(cfg, k)
-        for k in FAMILY_KNOBS
+        for k in RUN_KNOBS
         if k not in ("lr", "weight_decay") and getattr(cfg, k) is not None
     }
     ns = NS_DTYPES[cfg.ns_dtype] or (torch.bfloat16 if precision == "bf16" else torch.float32)
-    # FAMILY_KNOBS are KnobArgs's keys and TrainConfig's fields have their types (or None, left
+    # RUN_KNOBS are KnobArgs's keys and TrainConfig's fields have their types (or None, left
     # out): tests/train/test_config_knobs.py checks both, which mypy cannot see through getattr
     return cast(knobs.KnobArgs, {**given, "ns_dtype": ns})

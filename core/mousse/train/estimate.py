@@ -20,10 +20,11 @@ from typing import cast
 
 import torch
 
+from mousse.optim.knobs import RUN_KNOBS
 from mousse.optim.routing import CombinedOptimizer, build_optimizer, routed_shapes
 from mousse.optim.step import flat_shape
 
-from .config import FAMILY_KNOBS, RunPrecision, TrainConfig, matrix_kwargs, trained_steps
+from .config import RunPrecision, TrainConfig, matrix_kwargs, trained_steps
 from .machine import cpu_reading, others_busy
 from .model import GPT, GPTConfig, gpt_param_count
 from .precision import (
@@ -239,7 +240,7 @@ def model_memory_bytes(
     about m + n per token for each (m, n) block matrix (its input and output) plus 3 vocab
     (logits, their fp32 copy, their gradient)."""
     model = build_model(cfg, vocab_size, "meta")
-    knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in FAMILY_KNOBS}
+    knobs = None if cfg.optimizer == "adamw" else {k: getattr(cfg, k) for k in RUN_KNOBS}
     matrices = [flat_shape(s) for s in routed_shapes(model).values()]
     acts = micro_batch_size * cfg.seq_len * (sum(m + n for m, n in matrices) + 3 * vocab_size)
     return weights_and_state_bytes(model, knobs) + act_bytes * acts

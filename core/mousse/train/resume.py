@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mousse.optim.knobs import RUN_KNOBS
+
 from . import compat, tomlio
 from .checkpoint import latest_valid_checkpoint, read_checkpoint
 from .config import (
-    FAMILY_KNOBS,
     FIELD_DEFAULTS,
     ConfigError,
     TrainConfig,
@@ -26,9 +27,7 @@ from .optstate import CheckpointError
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
 # not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
-FIXED_ON_RESUME = tuple(
-    k for k in (*FAMILY_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",)
-)
+FIXED_ON_RESUME = tuple(k for k in (*RUN_KNOBS, "ns_dtype", "scalar_optimizer") if k not in ("lr",))
 MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are this model's
 # Settings the losses depend on (the batches drawn, the validation set): a run resumed with
 # another value would log losses that do not compare with those before.
