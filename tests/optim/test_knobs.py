@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.generated import assert_generated
 
 from mousse import Mousse
 from mousse.optim import KroneckerOptimizer, knobs
@@ -72,15 +73,8 @@ def test_each_knob_is_checked_by_its_entry(name, good, bad, words):
 def test_knob_args_lines_are_generated_from_the_table(tmp_path):
     """KnobArgs's lines are written from TABLE; a knob added to the table alone fails here,
     naming the knob and the script that writes its line."""
-    source = Path(knobs.__file__)
-    missing = [
-        line for line in knobs.knob_args_lines() if f"    {line}\n" not in source.read_text()
-    ]
-    assert not missing, f"knobs.KnobArgs lacks {missing}: run python scripts/typed_fields.py"
-    copy = tmp_path / "knobs.py"
-    shutil.copy(source, copy)
-    assert not knobs.rewrite_lines(copy, "TABLE", knobs.knob_args_lines()), (
-        "knobs.KnobArgs differs from knobs.TABLE: run python scripts/typed_fields.py"
+    copy = assert_generated(
+        Path(knobs.__file__), "TABLE", knobs.knob_args_lines(), "knobs.KnobArgs", tmp_path
     )
     assert knobs.rewrite_lines(copy, "TABLE", ["extra: float", *knobs.knob_args_lines()])
     assert "    extra: float\n    lr: float\n" in copy.read_text()

@@ -4,12 +4,12 @@ ranges from the table. The table itself: tests/optim/test_knobs.py."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import types
 import typing
 from pathlib import Path
 
 import pytest
+from support.generated import assert_generated
 
 from mousse.optim import knobs
 from mousse.train import config
@@ -66,14 +66,9 @@ def test_written_out_knob_fields_match_the_table():
 def test_overrides_lines_are_generated_from_the_run_settings(tmp_path):
     """Overrides's lines are written from TrainConfig's; a field added to TrainConfig alone fails
     here, naming the field and the script that writes its line."""
-    source = Path(config.__file__)
-    missing = [
-        line for line in config.overrides_lines() if f"    {line}\n" not in source.read_text()
-    ]
-    assert not missing, f"config.Overrides lacks {missing}: run python scripts/typed_fields.py"
-    copy = tmp_path / "config.py"
-    shutil.copy(source, copy)
-    assert not knobs.rewrite_lines(copy, "TrainConfig", config.overrides_lines())
+    assert_generated(
+        Path(config.__file__), "TrainConfig", config.overrides_lines(), "config.Overrides", tmp_path
+    )
 
 
 def test_overrides_mirror_the_run_settings():
