@@ -21,6 +21,7 @@ from .cost import check_cost
 if TYPE_CHECKING:
     from mousse.experiments.ablation import RunSpec
     from mousse.experiments.sweep import Ablation
+    from mousse.experiments.tuning import TuneRecord
 
 
 @dataclass
@@ -33,7 +34,7 @@ class AblateSetup:
     base: dict[str, Any]  # the settings every run shares
     presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
     sweeps: dict[str, list[Any]]  # knob -> values
-    tuning: dict[str, Any] | None  # the tuning spec, or None
+    tuning: TuneRecord | None  # the tuning spec, or None
 
 
 def read_setup(
@@ -68,8 +69,8 @@ def read_setup(
 
 
 def _tuning(
-    saved: dict[str, Any] | None, tune: str | None, tune_seeds: str | None
-) -> dict[str, Any] | None:
+    saved: TuneRecord | None, tune: str | None, tune_seeds: str | None
+) -> TuneRecord | None:
     """The spec file's tuning, with --tune replacing its knobs and --tune-seeds its seeds."""
     from mousse.experiments.inputs import SETTING_CHOICES, parse_seeds, tune_spec
     from mousse.experiments.tuning import TUNE_SEED_BASE, parse_tune

@@ -21,9 +21,9 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 from mousse.optim.knobs import PRECONDITIONER_KNOBS, RUN_KNOBS
 from mousse.train import compat, config
@@ -34,9 +34,11 @@ from mousse.train.config import (
 from mousse.train.estimate import counted
 from mousse.train.presets import ADAMW_KNOBS
 
-from .inputs import check_mode, check_tune_seeds, seed_list, typed_settings, typed_sweeps
+from .inputs import Mode, check_mode, check_tune_seeds, seed_list, typed_settings, typed_sweeps
+from .settings import Settings, Sweeps, settings_of
+from .tuning import Tuned, TuneRecord
 
-BASELINE_KNOBS = {"optimizer": "muon"}
+BASELINE_KNOBS: Settings = {"optimizer": "muon"}
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,40 @@ class RunSpec:
 
     name: str
     variant: str
-    knobs: dict[str, Any] = field(hash=False)
+    knobs: Settings = field(hash=False)
     seed: int
     is_baseline: bool = False
 
 
-def run_settings(base: Mapping[str, Any], knobs: Mapping[str, Any], seed: int) -> dict[str, Any]:
+def run_settings(base: Settings, knobs: Settings, seed: int) -> Settings:
     """A run's settings by name, what `config.resolve` takes: the shared base, the run's knobs
     over it, and its seed."""
     return {**base, **knobs, "seed": seed}
+
+
+class SavedRun(TypedDict):
+    """A run as ablation.toml records it (`AblationPlan.to_dict`)."""
+
+    name: str
+    variant: str
+    seed: int
+    is_baseline: bool
+    knobs: Settings
+
+
+class _SavedInputs(TypedDict):
+    mode: Mode
+    seeds: list[int]
+    baseline: bool
+    base: Settings
+    sweeps: Sweeps
+    runs: list[SavedRun]
+
+
+class SavedPlan(_SavedInputs, total=False):
+    """A plan as ablation.toml records it (`AblationPlan.to_dict`); `tune` only when it tunes."""
+
+    tune: TuneRecord
 
 
 # Settings that never change what a run computes, only when it checkpoints and logs: a rerun may
@@ -65,15 +92,15 @@ BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "log")
 class AblationPlan:
     """The resolved plan: its inputs and the runs they expand to."""
 
-    base: dict[str, Any]  # settings by name, shared by every run
-    sweeps: dict[str, list[Any]]  # setting -> its values
-    mode: str
+    base: Settings  # shared by every run
+    sweeps: Sweeps
+    mode: Mode
     seeds: list[int]
     baseline: bool
     runs: list[RunSpec]
-    tune: dict[str, Any] | None = None  # TuneSpec.to_dict() when every variant is tuned first
+    tune: TuneRecord | None = None  # TuneSpec.to_dict() when every variant is tuned first
 
-    def settings(self, run: RunSpec) -> dict[str, Any]:
+    def settings(self, run: RunSpec) -> Settings:
         """The settings `run` resolves (`run_settings` over this plan's base)."""
         return run_settings(self.base, run.knobs, run.seed)
 
@@ -87,10 +114,10 @@ class AblationPlan:
         label = _safe(name) if name else "-".join(self.sweeps)
         return f"ablate-{label}-{self.plan_id()}"
 
-    def defining(self) -> dict:
+    def defining(self) -> SavedPlan:
         """`to_dict` without the BOOKKEEPING settings: what two plans must share to be one."""
         out = self.to_dict()
-        out["base"] = {k: v for k, v in out["base"].items() if k not in BOOKKEEPING}
+        out["base"] = _without(out["base"], BOOKKEEPING)
         return out
 
     def setting_change(self, saved: AblationPlan) -> str | None:
@@ -102,7 +129,7 @@ class AblationPlan:
         for key in sorted(mine.keys() | theirs.keys()):
             if mine.get(key) != theirs.get(key):
                 flag = "--" + key.replace("_", "-")
-                fix = f"pass {flag} {theirs[key]}" if key in theirs else f"drop {flag}"
+                fix = f"pass {flag} {theirs.get(key)}" if key in theirs else f"drop {flag}"
                 return (
                     f"its {key} is {theirs.get(key, 'unset')}, this command's "
                     f"{mine.get(key, 'unset')}: {fix} to continue it"
@@ -114,19 +141,23 @@ class AblationPlan:
         `other`'s seeds first and every run of `other` among its own, so that a finished
         ablation takes more seeds in its own dir (its tuning, on the tuning seeds, stands)."""
         mine, theirs = self.defining(), other.defining()
-        rest = lambda plan: {k: v for k, v in plan.items() if k not in ("seeds", "runs")}
+
+        def rest(plan: SavedPlan) -> dict[str, object]:
+            return {k: v for k, v in plan.items() if k not in ("seeds", "runs")}
+
         return (
             rest(mine) == rest(theirs)
             and mine["seeds"][: len(theirs["seeds"])] == theirs["seeds"]
             and all(run in mine["runs"] for run in theirs["runs"])
         )
 
-    def to_dict(self) -> dict:
-        out = {
+    def to_dict(self) -> SavedPlan:
+        """The plan as ablation.toml records it."""
+        out: SavedPlan = {
             "mode": self.mode,
             "seeds": list(self.seeds),
             "baseline": self.baseline,
-            "base": dict(self.base),
+            "base": self.base.copy(),
             "sweeps": {k: list(v) for k, v in self.sweeps.items()},
             "runs": [
                 {
@@ -134,7 +165,7 @@ class AblationPlan:
                     "variant": r.variant,
                     "seed": r.seed,
                     "is_baseline": r.is_baseline,
-                    "knobs": dict(r.knobs),
+                    "knobs": r.knobs.copy(),
                 }
                 for r in self.runs
             ],
@@ -144,21 +175,22 @@ class AblationPlan:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> AblationPlan:
+    def from_dict(cls, data: Mapping[str, Any]) -> AblationPlan:
         """The plan recorded as `to_dict` wrote it (a plan from before `split` held out the
-        corpus tail: `compat.recorded`); a run of the wrong shape is a TypeError."""
+        corpus tail: `compat.recorded`); a run of the wrong shape is a TypeError. Any: TOML as
+        read, each value of the type `to_dict` wrote (the settings are checked by `resolve`)."""
         runs = [
             RunSpec(
                 _typed(r, "name", str),
                 _typed(r, "variant", str),
-                dict(_typed(r, "knobs", dict, {})),
+                settings_of(_typed(r, "knobs", dict, {}).items()),
                 _typed(r, "seed", int),
                 _typed(r, "is_baseline", bool, False),
             )
             for r in data["runs"]
         ]
         return cls(
-            compat.recorded(dict(data.get("base", {}))),
+            settings_of(compat.recorded(dict(data.get("base", {}))).items()),
             {k: list(v) for k, v in data["sweeps"].items()},
             data["mode"],
             list(data["seeds"]),
@@ -176,7 +208,10 @@ class AblationPlan:
         return out
 
 
-def _typed(run, key: str, kind: type, default=None):
+T = TypeVar("T")
+
+
+def _typed(run: object, key: str, kind: type[T], default: T | None = None) -> T:
     """`run[key]` (or `default`), a TypeError naming it unless it is a `kind`."""
     if not isinstance(run, dict):
         raise TypeError(f"a run is {type(run).__name__}, not a table")
@@ -191,32 +226,43 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
 
 
-def _format(value) -> str:
+def _without(settings: Settings, names: Iterable[str]) -> Settings:
+    """`settings` less those `names`, in order."""
+    drop = set(names)
+    return settings_of((k, v) for k, v in settings.items() if k not in drop)
+
+
+def _format(value: object) -> str:
     """A knob value as a variant name shows it: on/off for booleans, floats exactly."""
     if isinstance(value, bool):
         return "on" if value else "off"
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _variant_name(knobs: dict, centre_optimizer: str) -> str:
+def _variant_name(knobs: Settings, centre_optimizer: str) -> str:
     """'mousse' for the centre, 'muon' / 'adamw' for bare optimizers, else 'k=v+k=v'."""
     parts = [knobs["optimizer"]] if "optimizer" in knobs else []
     parts += [f"{k}={_format(v)}" for k, v in knobs.items() if k != "optimizer"]
     return _safe("+".join(parts) or centre_optimizer)
 
 
-def _reference(optimizer: str, base: dict) -> dict:
+def _reference(optimizer: str, base: Mapping[str, object]) -> dict[str, object]:
     """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
     defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
     rule for it; lr left to the model preset), then the shared base settings."""
-    preset = config.preset_named(base.get("preset", config.FIELD_DEFAULTS["preset"]))
+    preset = config.preset_named(str(base.get("preset", config.FIELD_DEFAULTS["preset"])))
     knobs = config.resolved_knobs(optimizer, preset, base)
     knobs.pop("lr", None)
     return {**config.FIELD_DEFAULTS, **knobs, **base}
 
 
 def _used(
-    knob: str, value, reference, optimizer: str, own_sides: str | None, run_sides: str | None
+    knob: str,
+    value: object,
+    reference: object,
+    optimizer: str,
+    own_sides: object,
+    run_sides: object,
 ) -> bool:
     """Whether setting `knob` to `value` (from `reference`) can change a run of `optimizer`:
     AdamW uses only lr and weight_decay of the family's knobs; an optimizer that preconditions no
@@ -234,7 +280,7 @@ def _used(
     return knob not in PRECONDITIONER_KNOBS or run_sides != "none"
 
 
-def _effective(assignment: dict, base: dict) -> dict:
+def _effective(assignment: Settings, base: Settings) -> Settings:
     """The knobs of `assignment` that change its run: those that differ from what the run gets
     anyway (`_reference`; the optimizer is compared with the centre's), minus those its optimizer
     does not use (`_used`)."""
@@ -242,23 +288,26 @@ def _effective(assignment: dict, base: dict) -> dict:
         "optimizer", base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
     )
     reference = _reference(optimizer, base)
-    changed = {k: v for k, v in assignment.items() if v != reference[k]}
-    return {k: v for k, v in changed.items() if _used_by(optimizer, reference, changed)(k, v)}
+    changed = settings_of((k, v) for k, v in assignment.items() if v != reference[k])
+    used = _used_by(optimizer, reference, changed)
+    return settings_of((k, v) for k, v in changed.items() if used(k, v))
 
 
-def _used_by(optimizer: str, reference: dict, changed: dict) -> Callable[[str, object], bool]:
+def _used_by(
+    optimizer: str, reference: Mapping[str, object], changed: Mapping[str, object]
+) -> Callable[[str, object], bool]:
     """`_used` for a run of `optimizer` whose knobs `changed` differ from `reference`."""
     own_sides = reference["sides"]
     run_sides = changed.get("sides", own_sides) if own_sides != "none" else "none"
     return lambda k, v: _used(k, v, reference[k], optimizer, own_sides, run_sides)
 
 
-def unused_knobs(settings: dict) -> list[str]:
+def unused_knobs(settings: Mapping[str, object]) -> list[str]:
     """The family's knobs set in a run's `settings` (its optimizer and preset among them) to
     another value than the run gets anyway, which its optimizer does not use (`_used`): an
     ablation drops them from its runs, and `train` refuses them rather than ignore them."""
     base = {k: v for k, v in settings.items() if k not in RUN_KNOBS}
-    optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
+    optimizer = str(base.get("optimizer", config.FIELD_DEFAULTS["optimizer"]))
     reference = _reference(optimizer, base)
     changed = {
         k: v for k, v in settings.items() if k in RUN_KNOBS and v not in (None, reference[k])
@@ -268,70 +317,74 @@ def unused_knobs(settings: dict) -> list[str]:
 
 
 def plan_ablation(
-    sweeps: dict,
-    base: dict | None = None,
+    sweeps: Mapping[str, object],
+    base: Mapping[str, object] | None = None,
     mode: str = "one-at-a-time",
-    seeds=(0,),
+    seeds: object = (0,),
     baseline: bool = True,
-    tune: dict | None = None,
+    tune: TuneRecord | None = None,
 ) -> AblationPlan:
     """Expand sweeps into runs.
 
     one-at-a-time: the centre configuration plus, for each knob, each listed value with every other
     knob at the centre; grid: the full product. Runs with identical effective knobs collapse. The
     Muon baseline (same budget) comes first unless `baseline` is False. Every variant runs once per
-    seed; names get '-s<seed>' when there are several seeds. With `tune` (a TuneSpec dict) these
+    seed; names get '-s<seed>' when there are several seeds. `sweeps`, `base` and `seeds` are
+    the user's, typed and checked here (`inputs`). With `tune` (a TuneSpec dict) these
     runs are the comparison's skeleton: each variant is tuned first (`tuning`), and its runs are
     trained at its tuned values, on seeds none of its tuning runs used (`check_tune_seeds`).
     """
-    mode = check_mode(mode)
+    checked = check_mode(mode)
     # view settings (--log) are left out: they change no run, so neither its name nor the plan;
     # the split is always in: a plan on another validation set is another plan
-    base = {k: v for k, v in typed_settings(base or {}).items() if k not in VIEW_SETTINGS}
-    config.refuse_with_budgets(base)
-    base.setdefault("split", config.FIELD_DEFAULTS["split"])
+    shared = _without(typed_settings(base or {}), VIEW_SETTINGS)
+    config.refuse_with_budgets(shared)
+    shared.setdefault("split", config.FIELD_DEFAULTS["split"])
     typed = typed_sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
-    seeds = seed_list(seeds)
-    variants = _variants(_assignments(typed, mode, baseline), base)
-    baseline_knobs = _effective(BASELINE_KNOBS, base) if baseline else None
+    planned = seed_list(seeds)
+    variants = _variants(_assignments(typed, checked, baseline), shared)
+    baseline_knobs = _effective(BASELINE_KNOBS, shared) if baseline else None
     runs = [
         RunSpec(
-            f"{name}-s{seed}" if len(seeds) > 1 else name,
+            f"{name}-s{seed}" if len(planned) > 1 else name,
             name,
-            dict(knobs),
+            knobs.copy(),
             seed,
             knobs == baseline_knobs,
         )
-        for seed in seeds
+        for seed in planned
         for name, knobs in variants.items()
     ]
     if tune is not None:
-        check_tune_seeds(seeds, tune["seeds"])
-        tune = _with_centres(tune, base, variants, seeds[0])
-    return AblationPlan(base, typed, mode, seeds, baseline, runs, tune)
+        check_tune_seeds(planned, tune["seeds"])
+        tune = _with_centres(tune, shared, variants, planned[0])
+    return AblationPlan(shared, typed, checked, planned, baseline, runs, tune)
 
 
-def _assignments(typed: dict, mode: str, baseline: bool) -> list[dict]:
+def _assignments(typed: Sweeps, mode: Mode, baseline: bool) -> list[Settings]:
     """The knob assignments the sweeps expand to: the centre ({}) and each value of each knob
     alone (one-at-a-time), or every combination (grid); the baseline's first when there is one."""
     if mode == "grid":
         assignments = [
-            dict(zip(typed, combo, strict=True)) for combo in itertools.product(*typed.values())
+            settings_of(zip(typed, combo, strict=True))
+            for combo in itertools.product(*typed.values())
         ]
     else:
-        assignments = [{}] + [{k: v} for k, values in typed.items() for v in values]
+        assignments = [Settings()] + [
+            settings_of([(k, v)]) for k, values in typed.items() for v in values
+        ]
     if baseline:
         assignments.insert(0, BASELINE_KNOBS)
     return assignments
 
 
-def _variants(assignments: list[dict], base: dict) -> dict[str, dict]:
+def _variants(assignments: list[Settings], base: Settings) -> dict[str, Settings]:
     """Variant name -> effective knobs, one variant per distinct set of effective knobs (the first
     assignment that gives it wins); distinct knobs whose names sanitize alike get a hash suffix."""
     centre_optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
-    variants: dict[str, dict] = {}
+    variants: dict[str, Settings] = {}
     for assignment in assignments:
         knobs = _effective(assignment, base)
         if knobs in variants.values():
@@ -343,11 +396,13 @@ def _variants(assignments: list[dict], base: dict) -> dict[str, dict]:
     return variants
 
 
-def _with_centres(tune: dict, base: dict, variants: dict[str, dict], seed: int) -> dict:
+def _with_centres(
+    tune: TuneRecord, base: Settings, variants: Mapping[str, Settings], seed: int
+) -> TuneRecord:
     """`tune` with each variant's own value of each tuned knob (its default grid's centre),
     resolved from today's presets and frozen into the plan: a later preset change must not
     change what an ablation dir replays."""
-    centres = {}
+    centres: dict[str, Tuned] = {}
     for name, knobs in variants.items():
         cfg = config.resolve(run_settings(base, knobs, seed))
         centres[name] = {k: getattr(cfg, k) for k in tune["knobs"] if getattr(cfg, k) is not None}
@@ -375,7 +430,7 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def shard_runs(runs: list, shard: str) -> list:
+def shard_runs(runs: list[RunSpec], shard: str) -> list[RunSpec]:
     """Runs of shard 'i/n' (1-based), round-robin so each shard gets a mix of variants."""
     i, n = parse_shard(shard)
     return runs[i - 1 :: n]

@@ -5,7 +5,7 @@ every error is a ConfigError that names the bad input."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from mousse.optim.knobs import KNOB_CHOICES
 from mousse.train import compat, config, presets
@@ -17,11 +17,13 @@ from mousse.train.config import (
     closest,
     coerce,
 )
-from mousse.train.fileio import JsonObject
 
-from .tuning import MAX_EXTENSIONS, TUNE_SEED_BASE, TuneSpec, check_phases
+from .settings import Settings, Sweeps, Value, settings_of
+from .tuning import MAX_EXTENSIONS, TUNE_SEED_BASE, TuneRecord, TuneSpec, check_phases
 
-MODES = ("one-at-a-time", "grid")
+# How sweeps expand to variants: each value of each knob alone, or every combination.
+Mode = Literal["one-at-a-time", "grid"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 MAX_SEEDS = 1000
 # Seeds are planned separately (`seeds`), so `seed` is not a knob.
 ABLATION_SETTINGS = tuple(k for k in FIELD_TYPES if k != "seed")
@@ -60,19 +62,16 @@ def _typed_value(key: str, value: Any) -> Any:
     return value
 
 
-def typed_settings(table: Mapping[str, Any]) -> dict[str, Any]:
+def typed_settings(table: Mapping[str, object]) -> Settings:
     """Typed TrainConfig settings keyed by field name."""
-    out: dict[str, Any] = {}
-    for knob, value in table.items():
-        key = _check_knob(knob)
-        out[key] = _typed_value(key, value)
-    return out
+    named = ((_check_knob(knob), value) for knob, value in table.items())
+    return settings_of((key, _typed_value(key, value)) for key, value in named)
 
 
-def typed_sweeps(table: Mapping[str, Any]) -> dict[str, list[Any]]:
+def typed_sweeps(table: Mapping[str, object]) -> Sweeps:
     """Typed sweeps keyed by field name, in TrainConfig field order (so names do not depend on the
     order the flags were given in)."""
-    out: dict[str, list[Any]] = {}
+    out: Sweeps = {}
     for knob, values in table.items():
         key = _check_knob(knob)
         if key in VIEW_SETTINGS:
@@ -86,16 +85,16 @@ def typed_sweeps(table: Mapping[str, Any]) -> dict[str, list[Any]]:
     return dict(sorted(out.items(), key=lambda kv: _FIELDS.index(kv[0])))
 
 
-def check_mode(mode: object) -> str:
+def check_mode(mode: object) -> Mode:
     """`mode` when it is one of MODES; ConfigError otherwise."""
     if mode not in MODES:
         raise ConfigError(
             f"unknown mode {mode!r}{closest(str(mode), MODES)}; choose one of {', '.join(MODES)}"
         )
-    return str(mode)  # one of MODES
+    return MODES[MODES.index(mode)]
 
 
-def _sweep_values(knob: str, values: Iterable[Any]) -> list[Any]:
+def _sweep_values(knob: str, values: Iterable[object]) -> list[Value]:
     """Typed, de-duplicated (order kept) values; ConfigError when empty."""
     typed = list(dict.fromkeys(_typed_value(knob, v) for v in values))
     if not typed:
@@ -103,7 +102,7 @@ def _sweep_values(knob: str, values: Iterable[Any]) -> list[Any]:
     return typed
 
 
-def parse_sweep_values(knob: str, text: str) -> list[Any]:
+def parse_sweep_values(knob: str, text: str) -> list[Value]:
     """Values of a CLI sweep flag: '0.0,0.125,0.25', 'on,off', 'both,left,right'."""
     key = _check_knob(knob)
     return _sweep_values(key, [part.strip() for part in text.split(",") if part.strip()])
@@ -153,7 +152,7 @@ def tune_spec(
     phases: Iterable[tuple[str, Sequence[object] | None]],
     seeds: object = 1,
     max_extensions: int | None = None,
-) -> JsonObject:
+) -> TuneRecord:
     """A checked TuneSpec dict from phases ((knob, values or None), ...) and tuning seeds (a
     count N: seeds TUNE_SEED_BASE.. TUNE_SEED_BASE+N-1, apart from every comparison seed)."""
     if max_extensions is not None and (

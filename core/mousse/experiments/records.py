@@ -16,6 +16,7 @@ runs without budgets have no such key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from mousse.train.fileio import JsonObject
@@ -82,7 +83,7 @@ def budget_record(entry: JsonObject) -> JsonObject:
     return out
 
 
-def with_split(row: JsonObject, settings: JsonObject) -> JsonObject:
+def with_split(row: JsonObject, settings: Mapping[str, object]) -> JsonObject:
     """`row` (a `record`) with the split its run validated on when its summary predates saying
     so: on the built-in corpus, the split of its settings (its plan's, `compat.recorded`: the
     tail for plans from before), which is the only validation that data has."""

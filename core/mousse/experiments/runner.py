@@ -11,13 +11,13 @@ import pickle
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import torch
 
@@ -26,11 +26,18 @@ from mousse.distributed.process import is_main_process, signal_when_parent_dies
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
-from mousse.train.fileio import write_json
+from mousse.train.fileio import JsonObject, write_json
 from mousse.train.optstate import CheckpointError
 from mousse.train.rundir import RunDirError, RunInUse, RunLock
 
 from .records import TIMING_KEYS
+from .settings import Settings
+
+# A pipe end between the ablation's process and a run's worker: what travels is pickled, of
+# whichever kind each message has (RunUpdate, RunBusy, _Raised; "stop" the other way).
+Pipe: TypeAlias = "Connection[object, object]"  # generic to type checkers only
+# Where a run's timings were taken (`Ablation.context`), recorded in its summary.
+Context = Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -54,17 +61,17 @@ class Job:
     """One run to train: its name, its run settings and its run dir."""
 
     name: str
-    settings: dict
+    settings: Settings
     run_dir: Path
 
 
 def execute_run(
-    settings: dict,
+    settings: Settings,
     run_dir: Path,
     on_event: Callable[[Event], None],
     stop: threading.Event | None = None,
-    context: dict | None = None,
-) -> dict:
+    context: Context | None = None,
+) -> JsonObject:
     """Train one run of the ablation, resuming from its latest checkpoint when it has one (a
     run with budgets: its trunk, then its branches, `mousse.train.branches`). `context` labels
     where its timings were taken (this invocation, the --parallel share)."""
@@ -99,11 +106,11 @@ def ablation_advice() -> Iterator[None]:
         raise type(exc)(str(exc).replace("--run-dir", "--ablation-dir")) from None
 
 
-def failed_run(run_dir: Path, message: str, on_event) -> dict:
+def failed_run(run_dir: Path, message: str, on_event: Callable[[Event], None]) -> JsonObject:
     """A run that cannot go on (every checkpoint damaged, its worker killed) ends as failed: its
     summary written and reported as a finished run's would be, so the ablation goes on with the
     others."""
-    summary: dict[str, Any] = {
+    summary: JsonObject = {
         "status": "failed",
         "message": message,
         "steps": 0,
@@ -124,7 +131,7 @@ def train_runs(
     on_update: Callable[[object], None],
     parallel: int,
     stop: threading.Event,
-    context: dict,
+    context: Context,
     after_each: Callable[[], object],
     busy: set[str],
     devices: list[str] | None = None,
@@ -151,13 +158,22 @@ def worker_env(device: str | None) -> dict[str, str]:
     return {} if device is None else {"CUDA_VISIBLE_DEVICES": device}
 
 
-def _report_busy(name: str, exc: RunInUse, on_update, busy: set[str]) -> None:
+def _report_busy(
+    name: str, exc: RunInUse, on_update: Callable[[object], None], busy: set[str]
+) -> None:
     """Leave a locked run to the process that holds it, and say so."""
     busy.add(name)
     on_update(RunBusy(name, str(exc)))
 
 
-def _train_here(jobs: list[Job], on_update, stop, context, after_each, busy) -> None:
+def _train_here(
+    jobs: list[Job],
+    on_update: Callable[[object], None],
+    stop: threading.Event,
+    context: Context,
+    after_each: Callable[[], object],
+    busy: set[str],
+) -> None:
     """Train the jobs one after another in this process."""
     for job in jobs:
         if stop.is_set():
@@ -182,7 +198,14 @@ def _forward(name: str, on_update: Callable[[object], None]) -> Callable[[Event]
 
 
 def _train_pool(
-    jobs: list[Job], on_update, parallel: int, stop, context, after_each, busy, devices=None
+    jobs: list[Job],
+    on_update: Callable[[object], None],
+    parallel: int,
+    stop: threading.Event,
+    context: Context,
+    after_each: Callable[[], object],
+    busy: set[str],
+    devices: list[str] | None = None,
 ) -> None:
     """Train the jobs `parallel` at a time, each in a spawned worker process of its own with its
     share of the cores; their events are forwarded here. On `stop` the workers stop their runs at
@@ -221,7 +244,7 @@ def _wind_down(queued: list[Job], running: list[_Worker]) -> None:
 def _poll_workers(
     running: list[_Worker],
     free: list[str | None],
-    on_update,
+    on_update: Callable[[object], None],
     busy: set[str],
     after_each: Callable[[], object],
     error: BaseException | None,
@@ -255,7 +278,9 @@ class WorkerTraceback(Exception):
     """Where a worker's error was raised: shown under it (as its cause) when it is a bug."""
 
 
-def _take(message, on_update, busy: set[str]) -> BaseException | None:
+def _take(
+    message: object, on_update: Callable[[object], None], busy: set[str]
+) -> BaseException | None:
     """Pass a worker's message on; the error it carries, if any."""
     if isinstance(message, _Raised):
         message.error.__cause__ = WorkerTraceback(f"in run {message.run}:\n{message.trace}")
@@ -270,11 +295,12 @@ class _Worker:
     """One run in a spawned process: its events come on one pipe, a stop goes on another (whose
     end of file tells the worker its parent is gone)."""
 
-    def __init__(self, job: Job, context: dict, threads: int, device: str | None = None):
+    def __init__(self, job: Job, context: Context, threads: int, device: str | None = None):
         ctx = mp.get_context("spawn")
         self.job, self.finished, self.device = job, False, device
-        self.events, events_end = ctx.Pipe(duplex=False)
-        control_end, self.control = ctx.Pipe(duplex=False)
+        events: tuple[Pipe, Pipe] = ctx.Pipe(duplex=False)
+        control: tuple[Pipe, Pipe] = ctx.Pipe(duplex=False)
+        (self.events, events_end), (control_end, self.control) = events, control
         self.process = ctx.Process(
             target=_worker,
             args=(job, context, events_end, control_end, threads, os.getpid(), worker_env(device)),
@@ -284,9 +310,9 @@ class _Worker:
         events_end.close()
         control_end.close()
 
-    def receive(self) -> list:
+    def receive(self) -> list[object]:
         """The messages the worker has sent so far (all of them once it has exited)."""
-        out = []
+        out: list[object] = []
         try:
             while self.events.poll():
                 out.append(self.events.recv())
@@ -302,7 +328,7 @@ class _Worker:
         with contextlib.suppress(OSError):
             self.control.send("stop")
 
-    def close(self, on_update) -> None:
+    def close(self, on_update: Callable[[object], None]) -> None:
         """After the worker exited: a run it left without an end (the worker was killed) fails."""
         code = self.process.exitcode
         if code and not self.finished:
@@ -317,7 +343,15 @@ class _Worker:
         self.control.close()
 
 
-def _worker(job: Job, context: dict, events, control, threads: int, parent: int, env: dict) -> None:
+def _worker(
+    job: Job,
+    context: Context,
+    events: Pipe,
+    control: Pipe,
+    threads: int,
+    parent: int,
+    env: dict[str, str],
+) -> None:
     """Worker process: one run, on the GPU `env` leaves visible, its events sent to the parent.
     It dies with its parent, and leaves Ctrl-C and SIGTERM to it: `timeout`, Slurm and a
     terminal signal the whole process group, and a worker killed by its own signal would lose
@@ -350,7 +384,7 @@ def _picklable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _follow_parent(control, stop: threading.Event) -> None:
+def _follow_parent(control: Pipe, stop: threading.Event) -> None:
     """The worker's watch on its parent: a message asks the run to stop; end of file (the parent
     died, even by kill -9) ends the worker at once."""
     try:
@@ -360,7 +394,7 @@ def _follow_parent(control, stop: threading.Event) -> None:
         os._exit(1)
 
 
-def _die_with_parent(parent: int, control) -> None:
+def _die_with_parent(parent: int, control: Pipe) -> None:
     """On Linux the kernel kills this process when its parent dies (PR_SET_PDEATHSIG); elsewhere
     the control pipe's end of file does (`_follow_parent`). A parent already gone: exit now."""
     if not signal_when_parent_dies(parent, signal.SIGKILL):

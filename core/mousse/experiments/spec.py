@@ -10,6 +10,8 @@ from mousse.train import config
 from mousse.train.config import ConfigError, closest
 
 from .inputs import check_mode, seed_list, tune_spec, typed_settings, typed_sweeps
+from .settings import Settings
+from .tuning import TuneRecord
 
 SPEC_KEYS = ("name", "mode", "seeds", "baseline", "base", "sweep", "tune")
 TUNE_KEYS = ("knobs", "seeds", "max_extensions")
@@ -69,7 +71,7 @@ def _spec(raw: Table) -> Table:
     return spec
 
 
-def _base_table(table: Table) -> tuple[Table, list[str] | None]:
+def _base_table(table: Table) -> tuple[Settings, list[str] | None]:
     """(typed [base] settings, the presets to scale over or None): a list of several presets
     is one ablation per preset; a list of one is the base's preset, as `preset = "small"`.
     Every name is checked, so a typo or a path is refused here, naming the file."""
@@ -84,7 +86,7 @@ def _base_table(table: Table) -> tuple[Table, list[str] | None]:
     return typed_settings(base), presets
 
 
-def _tune_table(table: object) -> Table:
+def _tune_table(table: object) -> TuneRecord:
     """A spec file's [tune] table: knobs = [...] (phases in order), optional per-knob value lists,
     seeds (tuning seeds) and max_extensions."""
     if not isinstance(table, dict):

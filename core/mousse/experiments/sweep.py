@@ -24,8 +24,10 @@ from .inputs import SETTING_CHOICES
 from .records import final_loss, read_budget_from, record, with_split
 from .results import apply_timing_pass, summarize
 from .runner import Job, train_runs
+from .settings import Settings, Value, settings_of
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
 from .tuning import (
+    Tuned,
     TuneSpec,
     TuningState,
     needed_by_budget,
@@ -123,7 +125,7 @@ def check_ablation_dir(path: Path, marker: str, own: set[str]) -> None:
             )
 
 
-def plan_budgets(base: JsonObject) -> list[float] | None:
+def plan_budgets(base: Settings) -> list[float] | None:
     """The budgets each run of a plan yields (`--budgets`: a list, or '0.25,0.5,1'), ascending;
     None without them; a ConfigError, as `train` gives, for a value that is not budgets (a
     spec's `budgets = "abc"` or `true`)."""
@@ -202,7 +204,7 @@ class Ablation:
 
     # ---- tuning -----------------------------------------------------------------------------
 
-    def centre(self, variant: RunSpec) -> JsonObject:
+    def centre(self, variant: RunSpec) -> dict[str, Value | None]:
         """The variant's own value of each tuned knob (its default grid's centre), as frozen in
         the plan when it was made (plans from before that: resolved from today's presets)."""
         frozen = (self.plan.tune or {}).get("centres", {}).get(variant.variant)
@@ -219,7 +221,7 @@ class Ablation:
         phases = tuple((k, v) for k, v in self.tune.phases if k not in variant.knobs)
         return replace(self.tune, phases=phases)
 
-    def tuned_run(self, variant: RunSpec, values: dict[str, object], seed: int) -> RunSpec:
+    def tuned_run(self, variant: RunSpec, values: Tuned, seed: int) -> RunSpec:
         """The run of `variant` at the tuned knobs' `values` on `seed`, named after them: after
         the shortest values that give the same run (`same_runs`), so no phase trains a run again,
         unless a longer name's run dir exists (one an ablation dir from before this kept)."""
@@ -227,7 +229,7 @@ class Ablation:
             RunSpec(
                 f"{run_label(variant.variant, same)}-s{seed}",
                 variant.variant,
-                {**variant.knobs, **same},
+                settings_of([*variant.knobs.items(), *same.items()]),
                 seed,
                 variant.is_baseline,
             )
@@ -243,9 +245,7 @@ class Ablation:
         states = {}
         for name, variant in self.plan.variants.items():
 
-            def lookup(
-                values: dict[str, object], seed: int, variant: RunSpec = variant
-            ) -> float | None:
+            def lookup(values: Tuned, seed: int, variant: RunSpec = variant) -> float | None:
                 return final_loss(read_summary(self.run_dir(self.tuned_run(variant, values, seed))))
 
             states[name] = tune_variant(
@@ -262,7 +262,7 @@ class Ablation:
         for name, variant in self.plan.variants.items():
 
             def summary_of(
-                values: dict[str, object], seed: int, variant: RunSpec = variant
+                values: Tuned, seed: int, variant: RunSpec = variant
             ) -> JsonObject | None:
                 run_dir = self.run_dir(self.tuned_run(variant, values, seed))
                 if run_dir.name not in summaries:
@@ -297,7 +297,7 @@ class Ablation:
             for run in self.plan.runs
         ]
 
-    def grids(self) -> dict[str, list[tuple[str, list[object]]]]:
+    def grids(self) -> dict[str, list[tuple[str, list[Value]]]]:
         """Each variant's (knob, starting grid) per phase of its tuning."""
         from .tuning import start_grid
 
@@ -407,7 +407,7 @@ class Ablation:
         runs += [r for r in self.final_runs() if r not in self.plan.runs]  # the tuned ones
         return self.pending(list(dict.fromkeys(runs)))
 
-    def _tuning_needed(self) -> dict[str, list[tuple[dict[str, object], int]]]:
+    def _tuning_needed(self) -> dict[str, list[tuple[Tuned, int]]]:
         """Per variant, the (tuned values, seed) runs its tuning needs now (with budgets, those
         of any budget's)."""
         if not self.budgets:
@@ -504,7 +504,7 @@ class Ablation:
             }
         return record
 
-    def timing_settings(self) -> dict[str, JsonObject]:
+    def timing_settings(self) -> dict[str, Settings]:
         """Each variant's run settings for the timing pass: those of its first completed
         comparison run (tuned values included)."""
         out = {}

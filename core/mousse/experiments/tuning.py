@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, TypeGuard
 
 from mousse.train.config import (
     FIELD_TYPES,
@@ -34,15 +36,36 @@ from mousse.train.config import (
     coerce,
     in_range,
 )
+from mousse.train.fileio import JsonObject
 from mousse.train.rundir import FINISHED
 
-DEFAULT_GRIDS: dict[str, tuple] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
+from .settings import Value
+
+DEFAULT_GRIDS: dict[str, tuple[Value, ...]] = {"momentum": (0.8, 0.9, 0.95, 0.98)}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 MAX_EXTENSIONS = 3
 # Tuning seeds count from here, comparison seeds from 0: a count of either (--tune-seeds 2,
 # --seeds 3) never names a seed of the other, so no comparison run is one a choice was made on.
 TUNE_SEED_BASE = 1000
 TUNABLE = tuple(k for k in FIELD_TYPES if k != "seed" and k not in VIEW_SETTINGS)
+# Tuning phases in order: (knob, its explicit values, or None for its default grid).
+Phases = tuple[tuple[str, tuple[Value, ...] | None], ...]
+# Each choice knob's allowed values (`inputs.SETTING_CHOICES`).
+Choices = Mapping[str, tuple[str, ...]]
+# The tuned knobs' values a run trains with, by knob, in phase order.
+Tuned = dict[str, Value]
+
+
+class TuneRecord(TypedDict, total=False):
+    """A TuneSpec as a plan saves it (`TuneSpec.to_dict`), with each variant's own value of each
+    tuned knob once planned (`centres`, `ablation.plan_ablation`). Plans from before a key was
+    saved lack it (`TuneSpec.from_dict`'s defaults); `knobs` is always there."""
+
+    knobs: list[str]
+    grids: dict[str, list[Value]]
+    seeds: list[int]
+    max_extensions: int
+    centres: dict[str, Tuned]
 
 
 @dataclass(frozen=True)
@@ -50,7 +73,7 @@ class TuneSpec:
     """What to tune: phases (knob, explicit values or None for the default grid) in order, the
     tuning seeds and the cap on grid extensions per phase."""
 
-    phases: tuple[tuple[str, tuple | None], ...]
+    phases: Phases
     seeds: tuple[int, ...] = (TUNE_SEED_BASE,)
     max_extensions: int = MAX_EXTENSIONS
 
@@ -58,7 +81,7 @@ class TuneSpec:
     def knobs(self) -> list[str]:
         return [k for k, _ in self.phases]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> TuneRecord:
         return {
             "knobs": [k for k, _ in self.phases],
             "grids": {k: list(v) for k, v in self.phases if v is not None},
@@ -67,7 +90,7 @@ class TuneSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> TuneSpec:  # "centres" (per variant) is the plan's
+    def from_dict(cls, data: TuneRecord) -> TuneSpec:  # "centres" (per variant) is the plan's
         grids = data.get("grids", {})
         return cls(
             tuple((k, tuple(grids[k]) if k in grids else None) for k in data["knobs"]),
@@ -86,19 +109,20 @@ def _tunable_key(knob: str) -> str:
     return key
 
 
-def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | None], ...]:
+def parse_tune(text: str, choices: Choices) -> Phases:
     """'lr' / 'lr,weight_decay' / 'lr=0.01,0.02,0.04' / 'lr,momentum_style=heavy_ball,nesterov':
     a token naming a knob starts a phase; 'knob=value' starts one with explicit values; any other
     token is one more value of the phase before it."""
-    phases: list[list] = []
+    phases: list[tuple[str, list[str] | None]] = []
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
         name, eq, value = token.partition("=")
+        listed = phases[-1][1] if phases else None  # the values of the phase before
         if eq or name.replace("-", "_") in TUNABLE:
-            phases.append([_tunable_key(name), [value] if eq else None])
-        elif phases and phases[-1][1] is not None:
-            phases[-1][1].append(token)
+            phases.append((_tunable_key(name), [value] if eq else None))
+        elif listed is not None:
+            listed.append(token)
         elif re.fullmatch(r"[-+.\deE]+", token):
             raise ConfigError(
                 f"bad --tune {text!r}: '{token}' is neither a knob nor a value after "
@@ -106,22 +130,24 @@ def parse_tune(text: str, choices: dict[str, tuple]) -> tuple[tuple[str, tuple |
             )
         else:
             _tunable_key(token)  # names the closest knob
-    return check_phases([(k, v) for k, v in phases], choices)
+    return check_phases(phases, choices)
 
 
-def check_phases(phases, choices: dict[str, tuple]) -> tuple[tuple[str, tuple | None], ...]:
+def check_phases(phases: Iterable[tuple[str, Sequence[object] | None]], choices: Choices) -> Phases:
     """Typed, de-duplicated phases; ConfigError for an unknown knob, a bad value, a knob tuned
     twice or a knob that has no grid to try."""
-    out, seen = [], set()
-    for knob, values in phases:
+    out: list[tuple[str, tuple[Value, ...] | None]] = []
+    seen: set[str] = set()
+    for knob, given in phases:
         key = _tunable_key(knob)
         if key in seen:
             raise ConfigError(f"--tune names '{key}' twice; give each knob once")
         seen.add(key)
-        if values is not None:
-            typed = []
-            for v in values:
-                v = coerce(key, v)
+        values: tuple[Value, ...] | None = None
+        if given is not None:
+            typed: list[Value] = []
+            for raw in given:
+                v = coerce(key, raw)
                 if key in choices and v not in choices[key]:
                     raise ConfigError(
                         f"bad value {v!r} to tune '{key}'; choose from "
@@ -147,13 +173,13 @@ def is_numeric(knob: str) -> bool:
     return FIELD_TYPES[knob] in (int, float)
 
 
-def default_grid(knob: str, centre, choices: dict[str, tuple]) -> list:
+def default_grid(knob: str, centre: Value | None, choices: Choices) -> list[Value]:
     """The grid a phase starts from when none is given."""
     if knob in DEFAULT_GRIDS:
         return list(DEFAULT_GRIDS[knob])
     if knob in choices or FIELD_TYPES[knob] is bool:
         return list(choices.get(knob, (False, True)))
-    if centre is None or centre <= 0:
+    if centre is None or isinstance(centre, str) or centre <= 0:
         raise ConfigError(
             f"'{knob}' is {centre!r} for this variant, so it has no grid around it: "
             f"list the values, e.g. --tune {knob}=0.01,0.1"
@@ -165,30 +191,31 @@ def default_grid(knob: str, centre, choices: dict[str, tuple]) -> list:
     return sorted(dict.fromkeys(values))
 
 
-def extend(grid: list, knob: str, upward: bool):
+def extend(grid: list[Value], knob: str, upward: bool) -> Value | None:
     """The next value beyond the grid's top (or bottom), or None when the knob's range or type
     allows none."""
     if len(grid) < 2 or not is_numeric(knob):
         return None
     a, b = (grid[-2], grid[-1]) if upward else (grid[1], grid[0])
+    assert not isinstance(a, str) and not isinstance(b, str)  # a number knob's values
     value = b * (b / a) if a > 0 and b > 0 else b + (b - a)
-    value = coerce(knob, round(value) if FIELD_TYPES[knob] is int else value)
-    return value if in_range(knob, value) and value not in grid else None
+    typed: Value = coerce(knob, round(value) if FIELD_TYPES[knob] is int else value)
+    return typed if in_range(knob, typed) and typed not in grid else None
 
 
-def fmt_value(value) -> str:
+def fmt_value(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def run_label(variant: str, values: dict) -> str:
+def run_label(variant: str, values: Mapping[str, Value]) -> str:
     """A tuned run's variant-and-values label, e.g. 'mousse@lr=0.015+momentum=0.9'."""
     text = "+".join(f"{k}={fmt_value(v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9._=+@-]", "_", f"{variant}@{text}")
 
 
-def same_runs(values: dict, centre: dict) -> list[dict]:
+def same_runs(values: Mapping[str, Value], centre: Mapping[str, Value | None]) -> list[Tuned]:
     """`values` and the shorter assignments that name the same run, longest first: a last phase's
     knob at the variant's own value (`centre`) changes nothing, so without it the values name the
     run an earlier phase trained (the momentum phase's 0.8 on a preset at 0.8 is the lr phase's
@@ -206,15 +233,21 @@ class Phase:
     """One knob's search: the grid tried so far, its mean losses, the choice once decided."""
 
     knob: str
-    grid: list
-    losses: dict = field(default_factory=dict)  # value -> mean final val loss (inf: diverged)
-    spreads: dict = field(default_factory=dict)  # value -> its standard deviation over seeds
-    chosen: object = None
+    grid: list[Value]
+    # value -> mean final val loss (inf: diverged)
+    losses: dict[Value, float] = field(default_factory=dict)
+    # value -> its standard deviation over seeds (None: one seed, or a diverged run)
+    spreads: dict[Value, float | None] = field(default_factory=dict)
+    chosen: Value | None = None
     at_edge: bool = False
     extensions: int = 0
 
-    def to_dict(self) -> dict:
-        finite = lambda x: x if x is not None and math.isfinite(x) else None
+    def to_dict(self) -> JsonObject:
+        """The phase as a variant's results row records it (`tuning`)."""
+
+        def finite(x: float | None) -> float | None:
+            return x if x is not None and math.isfinite(x) else None
+
         return {
             "knob": self.knob,
             "grid": list(self.grid),
@@ -234,11 +267,11 @@ class TuningState:
 
     variant: str
     phases: list[Phase]
-    needed: list[tuple[dict, int]]  # (tuned values, seed) of runs without a result yet
+    needed: list[tuple[Tuned, int]]  # (tuned values, seed) of runs without a result yet
     done: bool
 
     @property
-    def tuned(self) -> dict:
+    def tuned(self) -> Tuned:
         return {p.knob: p.chosen for p in self.phases if p.chosen is not None}
 
     @property
@@ -246,32 +279,43 @@ class TuningState:
         return [p.knob for p in self.phases if p.at_edge]
 
 
-def choose(grid: list, losses: dict, centre_index: float):
+def choose(grid: list[Value], losses: Mapping[Value, float], centre_index: float) -> Value:
     """The value with the lowest loss; ties to the value nearest the centre, then the smaller."""
 
-    def rank(item):
+    def rank(item: tuple[int, Value]) -> tuple[float, float, float]:
         index, value = item
         return (losses[value], abs(index - centre_index), value if is_orderable(value) else index)
 
     return min(enumerate(grid), key=rank)[1]
 
 
-def is_orderable(value) -> bool:
+def is_orderable(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: dict) -> TuningState:
+# The final val loss of the run at some tuned values on a seed (inf: diverged or failed), or
+# None while it has no result.
+Lookup = Callable[[Tuned, int], float | None]
+
+
+def tune_variant(
+    variant: str,
+    centre: Mapping[str, Value | None],
+    spec: TuneSpec,
+    lookup: Lookup,
+    choices: Choices,
+) -> TuningState:
     """Replay the tuning of one variant. `centre` holds the variant's own value of every tuned
     knob (the default grid's centre); `lookup(values, seed)` returns the final val loss of the run
     with those tuned values (inf for a diverged or failed run) or None when it has no result."""
-    chosen: dict = {}
+    chosen: Tuned = {}
     phases: list[Phase] = []
     for knob, explicit in spec.phases:
         grid = start_grid(knob, explicit, centre.get(knob), choices)
         phase = Phase(knob, grid)
         phases.append(phase)
         while True:
-            needed = []
+            needed: list[tuple[Tuned, int]] = []
             for value in phase.grid:
                 if value in phase.losses:
                     continue
@@ -284,8 +328,9 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
                 if missing:
                     needed += missing
                 else:
-                    phase.losses[value] = sum(results) / len(results)
-                    phase.spreads[value] = spread(results)
+                    known = [r for r in results if r is not None]  # all of them
+                    phase.losses[value] = sum(known) / len(known)
+                    phase.spreads[value] = spread(known)
             if needed:
                 return TuningState(variant, phases, needed, False)
             centre_index = _centre_index(phase.grid, centre.get(knob))
@@ -295,9 +340,9 @@ def tune_variant(variant: str, centre: dict, spec: TuneSpec, lookup, choices: di
             )
             if edge and phase.extensions < spec.max_extensions:
                 upward = best == phase.grid[-1]
-                value = extend(phase.grid, knob, upward)
-                if value is not None:
-                    phase.grid = [*phase.grid, value] if upward else [value, *phase.grid]
+                beyond = extend(phase.grid, knob, upward)
+                if beyond is not None:
+                    phase.grid = [*phase.grid, beyond] if upward else [beyond, *phase.grid]
                     phase.extensions += 1
                     continue
             phase.chosen, phase.at_edge = best, edge
@@ -314,16 +359,18 @@ def spread(losses: list[float]) -> float | None:
     return statistics.stdev(losses)
 
 
-def sort_key(value):
+def sort_key(value: Value) -> tuple[int, float | str]:
     return (0, value) if is_orderable(value) else (1, str(value))
 
 
-def start_grid(knob: str, explicit, centre, choices: dict) -> list:
+def start_grid(
+    knob: str, explicit: Sequence[Value] | None, centre: Value | None, choices: Choices
+) -> list[Value]:
     """A phase's first grid: the given values in order, or the knob's default grid."""
     return sorted(explicit, key=sort_key) if explicit else default_grid(knob, centre, choices)
 
 
-def _centre_index(grid: list, centre) -> float:
+def _centre_index(grid: list[Value], centre: Value | None) -> float:
     """Where the variant's own value sits in the grid (the middle of an explicit grid that does
     not contain it)."""
     if centre in grid:
@@ -331,7 +378,12 @@ def _centre_index(grid: list, centre) -> float:
     return (len(grid) - 1) / 2
 
 
-def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict, budgets: int = 1) -> int:
+def upper_bound_runs(
+    spec: TuneSpec,
+    grids: Sequence[Sequence[Value]],
+    centre: Mapping[str, Value | None],
+    budgets: int = 1,
+) -> int:
     """Most tuning runs one variant can need: every phase's grid (`grids`, in phase order) plus
     the extensions a numeric phase may add, less the run of the variant's own value in a later
     phase (an earlier phase trained it: `same_runs`). With several `budgets` chosen from the same
@@ -351,13 +403,15 @@ def upper_bound_runs(spec: TuneSpec, grids: list[list], centre: dict, budgets: i
 # ---- budgets (`--budgets`) -----------------------------------------------------------------------
 
 
-def budget_score(summary: dict | None, budget: float) -> float | None:
+def budget_score(summary: JsonObject | None, budget: float) -> float | None:
     """A finished run's score for tuning at one of its budgets (`--budgets`): that budget's final
     val loss from the summary's "budgets" list, inf when its branch did not complete (diverged,
     failed, or never reached because the run ended first), None while the run has no result."""
     if not summary or summary.get("status") not in (*FINISHED, "failed"):
         return None
-    entry: dict = next((b for b in summary.get("budgets") or () if b.get("budget") == budget), {})
+    entry: JsonObject = next(
+        (b for b in summary.get("budgets") or () if b.get("budget") == budget), {}
+    )
     loss = entry.get("final_val_loss")
     if entry.get("status") != "completed" or loss is None or not math.isfinite(loss):
         return math.inf
@@ -365,7 +419,12 @@ def budget_score(summary: dict | None, budget: float) -> float | None:
 
 
 def tune_by_budget(
-    variant: str, centre: dict, spec: TuneSpec, summary_of, choices: dict, budgets
+    variant: str,
+    centre: Mapping[str, Value | None],
+    spec: TuneSpec,
+    summary_of: Callable[[Tuned, int], JsonObject | None],
+    choices: Choices,
+    budgets: Iterable[float],
 ) -> dict[float, TuningState]:
     """One variant's tuning replayed once per budget over the same tuning runs: every run of a
     `--budgets` ablation yields a final loss per budget, and each budget's choice reads its own
@@ -378,16 +437,21 @@ def tune_by_budget(
             variant,
             centre,
             spec,
-            lambda values, seed, b=b: budget_score(summary_of(values, seed), b),
+            _scored_at(summary_of, b),
             choices,
         )
         for b in budgets
     }
 
 
-def needed_by_budget(states: dict[float, TuningState]) -> list[tuple[dict, int]]:
+def _scored_at(summary_of: Callable[[Tuned, int], JsonObject | None], budget: float) -> Lookup:
+    """The `lookup` of `budget`'s tuning: the score at `budget` of the run's summary."""
+    return lambda values, seed: budget_score(summary_of(values, seed), budget)
+
+
+def needed_by_budget(states: Mapping[float, TuningState]) -> list[tuple[Tuned, int]]:
     """The (tuned values, seed) runs any budget's tuning still needs, each once, in order."""
-    out: list[tuple[dict, int]] = []
+    out: list[tuple[Tuned, int]] = []
     for state in states.values():
         out += [run for run in state.needed if run not in out]
     return out
