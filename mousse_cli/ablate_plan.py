@@ -20,6 +20,7 @@ from .cost import check_cost
 
 if TYPE_CHECKING:
     from mousse.experiments.ablation import RunSpec
+    from mousse.experiments.settings import Sweeps
     from mousse.experiments.sweep import Ablation
     from mousse.experiments.tuning import TuneRecord
 
@@ -33,7 +34,7 @@ class AblateSetup:
     file: dict[str, Any]  # the spec file (empty without one)
     base: dict[str, Any]  # the settings every run shares
     presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
-    sweeps: dict[str, list[Any]]  # knob -> values
+    sweeps: Sweeps  # knob -> values, typed (`inputs.typed_sweeps`, `parse_sweep_values`)
     tuning: TuneRecord | None  # the tuning spec, or None
 
 

@@ -5,7 +5,7 @@ every error is a ConfigError that names the bad input."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from mousse.optim.knobs import KNOB_CHOICES
 from mousse.train import compat, config, presets
@@ -54,12 +54,12 @@ def _check_knob(knob: str) -> str:
     return key
 
 
-def _typed_value(key: str, value: Any) -> Any:
+def _typed_value(key: str, value: object) -> Value:
     """`value` coerced to the knob's type and checked against its allowed choices."""
-    value = coerce(key, value)
+    typed: Value = coerce(key, value)
     if key in SETTING_CHOICES:
-        check_choice(key, value, SETTING_CHOICES[key])
-    return value
+        check_choice(key, typed, SETTING_CHOICES[key])
+    return typed
 
 
 def typed_settings(table: Mapping[str, object]) -> Settings:

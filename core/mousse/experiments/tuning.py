@@ -52,7 +52,7 @@ TUNABLE = tuple(k for k in FIELD_TYPES if k != "seed" and k not in VIEW_SETTINGS
 Phases = tuple[tuple[str, tuple[Value, ...] | None], ...]
 # Each choice knob's allowed values (`inputs.SETTING_CHOICES`).
 Choices = Mapping[str, tuple[str, ...]]
-# The tuned knobs' values a run trains with, by knob, in phase order.
+# Values of the tuned knobs by knob: those a run trains with, or a variant's own (its centres).
 Tuned = dict[str, Value]
 
 
