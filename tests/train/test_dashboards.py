@@ -151,13 +151,16 @@ def test_resume_with_another_log_is_allowed(cli, tmp_path):
 
 
 def test_wandb_offline_run_holds_the_history(cli, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-files"))
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     res = cli(*TRAIN, "--log", "tensorboard,wandb", "--run-dir", tmp_path / "run", "--json")
     assert res.exit_code == 0, res
     assert res.json()["status"] == "completed"  # stdout stays the summary alone
+    # W&B's service process writes the run's file after `finish` returns; what a process exit
+    # does (teardown: the service flushes and stops) makes it complete before it is read.
+    wandb.teardown()
     runs = list((tmp_path / "wandb-files" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     history = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
