@@ -25,6 +25,8 @@ from .budget_speedup import add_budget_speedups
 from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
+    CurveKey,
+    CurvePoint,
     bootstrap_ci,
     holm,
     mean_curve,
@@ -50,7 +52,7 @@ class Baseline:
 
     variant: str | None
     losses: list[float]
-    curves: list[list[JsonObject]]  # each a run's curve, its points {step, val_loss, ...}
+    curves: list[list[CurvePoint]]  # each a run's curve
     target: float | None
     steps: float | None
     comparable: bool
@@ -266,10 +268,10 @@ def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> s
     return variant
 
 
-def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[JsonObject]]]:
+def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[CurvePoint]]]:
     """Per variant, the val loss curves of its completed runs with a final loss (what speedups
     resample)."""
-    curves: dict[str, list[list[JsonObject]]] = {}
+    curves: dict[str, list[list[CurvePoint]]] = {}
     for r in records:
         if r["status"] == "completed" and _finite(r.get("final_val_loss")) is not None:
             curves.setdefault(r["variant"], []).append(r.get("curve") or [])
@@ -277,7 +279,7 @@ def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[JsonObje
 
 
 def _baseline(
-    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[JsonObject]]
+    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[CurvePoint]]
 ) -> Baseline:
     """The baseline's numbers from its runs (its step time only when the timings compare)."""
     done = [r for r in records if r["variant"] == variant and r["status"] == "completed"]
@@ -330,7 +332,7 @@ def _run_row(r: JsonObject, base: Baseline) -> JsonObject:
 
 
 def _variant_row(
-    name: str, group: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+    name: str, group: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
 ) -> JsonObject:
     """One variant's summary over its seeds (`group`: its run rows; loss statistics from
     completed runs only)."""
@@ -407,7 +409,7 @@ def _significance(is_base: bool, p: float | None, base_losses: list[float]) -> s
 
 
 def _target_columns(
-    done: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+    done: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
 ) -> JsonObject:
     """When the variant's seed-mean curve reaches the baseline's target, between which two of its
     evaluations, and on how many of its completed runs' own curves the target is reached."""
@@ -437,16 +439,17 @@ def _timing_columns(group: list[JsonObject], base: Baseline) -> JsonObject:
 
 
 def _speedups(
-    is_base: bool, base: Baseline, curves: list[list[JsonObject]]
-) -> dict[str, float | list[float] | None]:
+    is_base: bool, base: Baseline, curves: list[list[CurvePoint]]
+) -> dict[str, float | list[float] | list[float | None] | None]:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval, and the range of step speedups the evaluations' spacing allows (None for the
     baseline itself, without a target, and in seconds when the runs' seconds were counted on
     differently loaded machines)."""
-    out: dict[str, float | list[float] | None] = {
+    out: dict[str, float | list[float] | list[float | None] | None] = {
         "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
     }
-    for suffix, key in (("", "step"), ("_time", "seconds")):
+    counts: tuple[tuple[str, CurveKey], ...] = (("", "step"), ("_time", "seconds"))
+    for suffix, key in counts:
         skip = is_base or (key == "seconds" and not base.comparable)
         point = None if skip else speedup(base.curves, curves, key)
         ci = None if point is None else bootstrap_ci(base.curves, curves, key)
