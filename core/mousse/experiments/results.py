@@ -17,11 +17,12 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
 
-from .budget_speedup import add_budget_speedups
+from .budget_speedup import BudgetFit, BudgetSpeedup, add_budget_speedups
 from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
@@ -41,6 +42,94 @@ from .stats import (
     welch_interval,
     welch_t_test,
 )
+
+
+class TuningColumns(TypedDict, total=False):
+    """A variant's tuning in its row (`sweep`'s tuning columns, with --tune)."""
+
+    tuned: JsonObject | None  # knob -> its tuned value, once tuning is done
+    tuned_at_edge: list[str]  # the knobs whose tuned value is at an end of its grid
+    tuning: list[JsonObject]  # each phase's record (`tuning.Phase.to_dict`)
+
+
+class TunedAtBudget(TuningColumns, total=False):
+    """The tuning of one budget, with values tuned per budget (--budgets with --tune)."""
+
+    budget: float
+
+
+class VariantRow(TuningColumns, total=False):
+    """One variant's row of results.json's "variants": what `summarize` computes, then the
+    paired comparison (`add_paired`), the timing pass (`apply_timing_pass`) and, with --tune,
+    the tuning columns add. Not total: results files from before a key existed lack it."""
+
+    variant: str
+    knobs: JsonObject  # the settings the variant sets
+    is_baseline: bool
+    n: int  # completed runs with a final loss
+    n_runs: int
+    statuses: dict[str, int]  # run status -> how many runs ended so
+    final_val_loss_mean: float | None
+    final_val_loss_std: float | None
+    val_loss_se: float | None
+    best_val_loss_mean: float | None
+    delta_vs_baseline: float | None
+    delta_ci: list[float] | None
+    t: float | None
+    df: float | None
+    p_value: float | None
+    p_holm: float | None
+    significant: bool | None
+    significance: str
+    steps_to_target: float | None
+    steps_to_target_bracket: list[int] | None
+    reached: int
+    seconds_to_target: float | None
+    step_reduction_pct: float | None
+    step_ms_median: float | None  # TIMING_KEYS: the runs' own timings
+    fwd_bwd_ms_median: float | None
+    opt_ms_median: float | None
+    refresh_ms_median: float | None
+    tokens_per_s: float | None
+    overhead_pct: float | None
+    overhead_source: str | None  # "timing pass" or "runs"
+    peak_mem_bytes: int | None
+    peak_mem_source: str | None  # "rss" or "allocator"
+    n_seeds: int
+    n_params: int | None
+    speedup_bracket: list[float | None] | None
+    speedup: float | None
+    speedup_ci: list[float] | None
+    speedup_time: float | None
+    speedup_time_ci: list[float] | None
+    budget_fit: BudgetFit  # the baseline's, with --budgets
+    budget_speedups: list[BudgetSpeedup]  # every other variant's, with --budgets
+    paired_n: int
+    paired_delta: float | None
+    paired_delta_ci: list[float] | None
+    paired_t: float | None
+    paired_p: float | None
+    paired_p_holm: float | None
+    paired_significant: bool | None
+    paired_seeds_for_power: int | None
+    side_by_side: JsonObject | None  # its row of the timing pass (`timing.summarize_rounds`)
+    tuned_by_budget: list[TunedAtBudget]
+
+
+class BudgetRow(TypedDict):
+    """One variant's result at one budget (`budget_rows`): results.json's "budgets"."""
+
+    variant: str
+    is_baseline: bool
+    budget: float
+    tokens_per_param: float
+    n: int
+    final_val_loss_mean: float | None
+    final_val_loss_std: float | None
+    paired_n: int
+    paired_delta: float | None
+    paired_delta_ci: list[float] | None
+    paired_p: float | None
 
 
 @dataclass(frozen=True)
@@ -137,7 +226,7 @@ def budget_losses(runs: list[JsonObject], variant: str | None, budget: float) ->
     }
 
 
-def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[JsonObject]:
+def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[BudgetRow]:
     """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
     seeds that completed it, their standard deviation, and the paired difference from the
     baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
@@ -146,7 +235,7 @@ def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[JsonObject
     for r in runs:
         for b in r.get("budgets") or ():
             sizes.setdefault(b["budget"], b["tokens_per_param"])
-    rows: list[JsonObject] = []
+    rows: list[BudgetRow] = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         for budget in sorted(sizes):
             losses = budget_losses(runs, variant, budget)

@@ -14,6 +14,7 @@ from mousse.train.fileio import JsonObject, dumps
 
 from .budget_speedup import BudgetFit, BudgetSpeedup
 from .records import TIMING_KEYS
+from .results import BudgetRow, TuningColumns, VariantRow
 from .stats import PowerLawFit
 
 TextRow = dict[str, str]  # a table's row: column -> its formatted text
@@ -133,7 +134,7 @@ def protocol_notes(results: JsonObject) -> list[str]:
             "untuned: every variant ran at its preset lr, so a gap may only mean one lr "
             "suits one variant better (add --tune lr)"
         )
-    n = [v["n_seeds"] for v in results["variants"] if v.get("n_seeds")]
+    n = [v["n_seeds"] for v in _variants(results) if v.get("n_seeds")]
     if n and min(n) < 2:
         notes.append(
             "single seed: no interval or significance test, so no gap here is "
@@ -198,7 +199,7 @@ def power_note(results: JsonObject) -> str | None:
     without any (one seed, or results from before it was computed)."""
     needed = [
         (v["variant"], v["paired_seeds_for_power"], v.get("paired_n"))
-        for v in results["variants"]
+        for v in _variants(results)
         if v.get("paired_seeds_for_power") is not None
     ]
     if not needed:
@@ -244,7 +245,7 @@ def split_note(results: JsonObject) -> str | None:
     text = "validation on " + "; ".join(SPLIT_TEXT.get(s, s) for s in splits)
     if len(splits) > 1:
         text += " (runs differ: their losses do not compare)"
-    if any(v.get("val_loss_se") is not None for v in results["variants"]):
+    if any(v.get("val_loss_se") is not None for v in _variants(results)):
         text += (
             "; SE: the evaluation's standard error of a run's final loss over those windows, "
             "beside ± the spread over seeds"
@@ -253,6 +254,18 @@ def split_note(results: JsonObject) -> str | None:
 
 
 _DASH = "—"
+
+
+def _variants(results: JsonObject) -> list[VariantRow]:
+    """The results' variant rows."""
+    rows: list[VariantRow] = results["variants"]
+    return rows
+
+
+def _budget_rows(results: JsonObject) -> list[BudgetRow]:
+    """The results' rows per variant and budget (none without budgets)."""
+    rows: list[BudgetRow] = results.get("budgets") or []
+    return rows
 
 
 def _num(value: float | None, spec: str, suffix: str = "") -> str:
@@ -267,60 +280,62 @@ def _status_text(statuses: Mapping[str, int]) -> str:
     return ", ".join(f"{count} {status}" for status, count in statuses.items())
 
 
-def _p_text(v: JsonObject) -> str:
+def _p_text(v: VariantRow) -> str:
     """The Welch p-value with its Holm adjustment when they differ, flagged when the adjusted one
     is not significant, or why there is none."""
-    p: float | None = v["p_value"]
+    p = v["p_value"]
     if p is None:
         return _DASH if v["is_baseline"] else v["significance"]
     return _flagged(_holm_text(p, v.get("p_holm", p)), v["significant"])
 
 
-def _holm_text(p: float, adjusted: float) -> str:
-    """A p-value, and its Holm adjustment when that differs."""
-    return f"{p:.3g}" if adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
+def _holm_text(p: float, adjusted: float | None) -> str:
+    """A p-value, and its Holm adjustment when that differs (None: not adjusted)."""
+    return f"{p:.3g}" if adjusted is None or adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
 
 
-def _flagged(text: str, significant: bool) -> str:
+def _flagged(text: str, significant: bool | None) -> str:
     """`text`, marked when its verdict is not significant."""
     return text if significant else f"{text} (not significant)"
 
 
-def _paired_text(v: JsonObject) -> str:
+def _paired_text(v: VariantRow) -> str:
     """The mean per-seed difference from the baseline with its bootstrap interval and the paired
     t-test's p (Holm-adjusted when that differs), flagged when the adjusted p is not significant;
     a dash without two seeds shared with the baseline."""
-    if v.get("paired_p") is None:
+    p, ci = v.get("paired_p"), v.get("paired_delta_ci")
+    if p is None or ci is None:
         return _DASH
-    low, high = v["paired_delta_ci"]
+    low, high = ci
     text = f"{v['paired_delta']:+.4f} [{low:+.4f}, {high:+.4f}], "
-    return _flagged(text + _holm_text(v["paired_p"], v["paired_p_holm"]), v["paired_significant"])
+    return _flagged(text + _holm_text(p, v["paired_p_holm"]), v["paired_significant"])
 
 
-def _steps_text(v: JsonObject, has_target: bool) -> str:
+def _steps_text(v: VariantRow, has_target: bool) -> str:
     """Steps of the seed-mean curve to the baseline's loss with the two evaluations that bracket
     them ("480 [400-500]", for results that record it), and on how many seeds' own curves the
     loss is reached when not all."""
     if not has_target or v["n"] == 0:
         return _DASH
     text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
-    if v.get("steps_to_target_bracket"):
-        text += " [{}-{}]".format(*v["steps_to_target_bracket"])
+    bracket = v.get("steps_to_target_bracket")
+    if bracket:
+        text += " [{}-{}]".format(*bracket)
     return (
         text if v["n"] == 1 or v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
     )
 
 
-def _loss_text(v: JsonObject) -> str:
+def _loss_text(mean: float | None, std: float | None, se: float | None = None) -> str:
     """Mean final val loss ± its standard deviation over seeds, and beside it the evaluation's
     standard error over its validation windows (for results that record it)."""
-    text = _num(v["final_val_loss_mean"], ".4f")
-    if v["final_val_loss_std"] is not None:
-        text += f" ± {v['final_val_loss_std']:.4f}"
-    return text if v.get("val_loss_se") is None else f"{text} (SE {v['val_loss_se']:.4f})"
+    text = _num(mean, ".4f")
+    if std is not None:
+        text += f" ± {std:.4f}"
+    return text if se is None else f"{text} (SE {se:.4f})"
 
 
-def _tuned_text(v: JsonObject) -> str:
+def _tuned_text(v: TuningColumns) -> str:
     """The tuned values (those at a grid edge flagged), or "tuning" while it goes on."""
     tuned = v.get("tuned")
     if not tuned:
@@ -336,22 +351,31 @@ def _value_text(x: object) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def speedup_text(v: JsonObject, suffix: str = "") -> str:
-    """A speedup (in steps, or seconds with suffix "_time") with its 95% interval, flagged when
-    the interval holds 1, and beside it the range its evaluations' spacing allows (steps, for
-    results that record it)."""
-    point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
-    if v["is_baseline"] or point is None:
+def speedup_text(
+    point: float | None, ci: list[float] | None, bracket: list[float | None] | None = None
+) -> str:
+    """A speedup with its 95% interval, flagged when the interval holds 1, and beside it the
+    range its evaluations' spacing allows (steps, for results that record it)."""
+    if point is None:
         return _DASH
     text = f"{point:.2f}x"
     if ci is not None:
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
         text += "" if ci[0] > 1 or ci[1] < 1 else " (not significant)"
-    bracket = v.get(f"speedup{suffix}_bracket")
     return text if not bracket else f"{text}, evals {_range_text(*bracket)}"
 
 
-def _range_text(low: float, high: float | None) -> str:
+def _speedup_text(v: VariantRow, time: bool = False) -> str:
+    """A variant's speedup over the baseline in steps, or in seconds with `time`
+    (`speedup_text`); a dash for the baseline."""
+    if v["is_baseline"]:
+        return _DASH
+    if time:
+        return speedup_text(v.get("speedup_time"), v.get("speedup_time_ci"))
+    return speedup_text(v.get("speedup"), v.get("speedup_ci"), v.get("speedup_bracket"))
+
+
+def _range_text(low: float | None, high: float | None) -> str:
     """A range of speedups; None above: unbounded (the crossing lies before the first
     evaluation after step 0)."""
     return f"{low:.2f} or more" if high is None else f"{low:.2f}-{high:.2f}"
@@ -374,19 +398,21 @@ def convergence_rows(results: JsonObject) -> list[TextRow]:
                     v["variant"],
                     _tuned_text(v),
                     str(v["n"]),
-                    _loss_text(v),
+                    _loss_text(
+                        v["final_val_loss_mean"], v["final_val_loss_std"], v.get("val_loss_se")
+                    ),
                     _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
                     _p_text(v),
                     _paired_text(v),
                     _steps_text(v, has_target),
-                    speedup_text(v),
-                    _marked(speedup_text(v, "_time"), busy),
+                    _speedup_text(v),
+                    _marked(_speedup_text(v, time=True), busy),
                     _status_text(v["statuses"]),
                 ),
                 strict=True,
             )
         )
-        for v in results["variants"]
+        for v in _variants(results)
     ]
 
 
@@ -408,7 +434,7 @@ def budget_table_rows(results: JsonObject) -> list[TextRow]:
     With the values tuned per budget, the variant says those its row was read at."""
     tuned = {
         (v["variant"], t["budget"]): f"{v['variant']} @ {_tuned_text(t)}"
-        for v in results["variants"]
+        for v in _variants(results)
         for t in v.get("tuned_by_budget") or ()
     }
     return [
@@ -420,17 +446,17 @@ def budget_table_rows(results: JsonObject) -> list[TextRow]:
                     f"{b['budget']:g}x",
                     _num(b["tokens_per_param"], ".3g"),
                     str(b["n"]),
-                    _loss_text(b),
+                    _loss_text(b["final_val_loss_mean"], b["final_val_loss_std"]),
                     _DASH if b["is_baseline"] else _budget_delta_text(b),
                 ),
                 strict=True,
             )
         )
-        for b in results.get("budgets") or ()
+        for b in _budget_rows(results)
     ]
 
 
-def _budget_delta_text(b: JsonObject) -> str:
+def _budget_delta_text(b: BudgetRow) -> str:
     """The mean per-seed difference from the baseline at one budget, with its bootstrap
     interval and paired t-test p when two seeds or more are shared."""
     if b["paired_delta"] is None:
@@ -468,7 +494,7 @@ def tuning_rows(results: JsonObject) -> list[TextRow]:
     values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
     differ (the largest budget's alone are "Tuned")."""
     rows = []
-    for v in results["variants"]:
+    for v in _variants(results):
         by_budget = v.get("tuned_by_budget")
         tunings = (
             [(f" at {t['budget']:g}x", t["tuning"]) for t in by_budget]
@@ -489,7 +515,7 @@ def tuning_rows(results: JsonObject) -> list[TextRow]:
     return rows
 
 
-def _side_text(v: JsonObject) -> str:
+def _side_text(v: VariantRow) -> str:
     """The timing pass's median step ms [interquartile range]."""
     row = v.get("side_by_side")
     if not row:
@@ -497,7 +523,7 @@ def _side_text(v: JsonObject) -> str:
     return f"{row['step_ms_median']:.1f} [{row['step_ms_q1']:.1f}, {row['step_ms_q3']:.1f}]"
 
 
-def _overhead_text(v: JsonObject, comparable: bool, busy: bool = False) -> str:
+def _overhead_text(v: VariantRow, comparable: bool, busy: bool = False) -> str:
     """Overhead over the baseline: the timing pass's with its range (marked unreliable when it
     ran on a `busy` machine), else the runs' own when their timings compare."""
     if v["is_baseline"]:
@@ -511,7 +537,7 @@ def _overhead_text(v: JsonObject, comparable: bool, busy: bool = False) -> str:
     return _DASH if comparable else "not comparable"
 
 
-def _memory_text(v: JsonObject) -> str:
+def _memory_text(v: VariantRow) -> str:
     """Peak memory in GiB, marked RSS when it is the process's resident set size."""
     if v["peak_mem_bytes"] is None:
         return _DASH
@@ -540,7 +566,7 @@ def timing_rows(results: JsonObject) -> list[TextRow]:
                 strict=True,
             )
         )
-        for v in results["variants"]
+        for v in _variants(results)
     ]
 
 
@@ -583,7 +609,7 @@ def scale_rows(scale: JsonObject) -> tuple[list[str], list[TextRow]]:
                 if r is None
                 else "baseline"
                 if r["is_baseline"]
-                else speedup_text({**r, "is_baseline": False})
+                else speedup_text(r.get("speedup"), r.get("speedup_ci"))
             )
         rows.append(row)
     return ["Variant", *names], rows
@@ -625,11 +651,11 @@ def _csv(
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     if header:
         writer.writeheader()
-    for v in results["variants"]:
-        ci = v.get("speedup_ci") or [None, None]
-        paired = v.get("paired_delta_ci") or [None, None]
-        steps = v.get("steps_to_target_bracket") or [None, None]
-        evals = v.get("speedup_bracket") or [None, None]
+    for v in _variants(results):
+        ci: Sequence[float | None] = v.get("speedup_ci") or [None, None]
+        paired: Sequence[float | None] = v.get("paired_delta_ci") or [None, None]
+        steps: Sequence[int | None] = v.get("steps_to_target_bracket") or [None, None]
+        evals: Sequence[float | None] = v.get("speedup_bracket") or [None, None]
         row = {
             **v,
             "speedup_ci_low": ci[0],
@@ -691,7 +717,7 @@ def budget_columns(by_preset: Iterable[JsonObject]) -> list[float]:
         {
             row["budget"]
             for results in by_preset
-            for v in results["variants"]
+            for v in _variants(results)
             for row in v.get("budget_speedups") or ()
         }
     )
@@ -718,7 +744,7 @@ def budget_speedup_rows(results: JsonObject) -> tuple[list[str], list[TextRow]]:
     budgets = budget_columns([results])
     columns = ["Variant", *(f"{b:g}x" for b in budgets)]
     rows = []
-    for v in results["variants"]:
+    for v in _variants(results):
         if v["is_baseline"] or "budget_speedups" not in v:
             continue
         by_budget = {row["budget"]: row for row in v["budget_speedups"]}
@@ -730,7 +756,7 @@ def budget_speedup_rows(results: JsonObject) -> tuple[list[str], list[TextRow]]:
 def budget_speedup_notes(results: JsonObject) -> list[str]:
     """How the speedup-vs-budget table was read: the baseline's law, the seeds it left out, and
     what the interval, "(extrapolated)" and ∞ mean; or why there is no law."""
-    fit = next((v["budget_fit"] for v in results["variants"] if v.get("budget_fit")), None)
+    fit = next((v["budget_fit"] for v in _variants(results) if v.get("budget_fit")), None)
     if fit is None:
         return ["no baseline with budgets: no law to read speedups from"]
     law = fit["fit"]
@@ -793,7 +819,7 @@ def budget_csv_columns(budgets: list[float]) -> list[str]:
     ]
 
 
-def budget_csv_cells(v: JsonObject) -> dict[str, float | str | bool | None]:
+def budget_csv_cells(v: VariantRow) -> dict[str, float | str | bool | None]:
     """A variant's speedups from budgets under `budget_csv_columns` (an unbounded one "inf")."""
     cells: dict[str, float | str | bool | None] = {}
     for row in v.get("budget_speedups") or ():
