@@ -115,7 +115,8 @@ def add_budget_speedups(
 ) -> None:
     """When runs trained to several budgets, give the baseline's variant row `budget_fit`
     (`baseline_fit`) and every other variant's `budget_speedups`, one row per budget it ran
-    (`speedup_row`); rows of runs without budgets are left as they are."""
+    (`speedup_row`); rows of runs without budgets are left as they are. (The run and variant
+    rows are JsonObjects as `results.summarize` builds them.)"""
     if not any(r.get("budgets") for r in runs):
         return
     base = budget_losses(runs, baseline) if baseline else {}

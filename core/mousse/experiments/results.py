@@ -47,9 +47,9 @@ from .stats import (
 class TuningColumns(TypedDict, total=False):
     """A variant's tuning in its row (`sweep`'s tuning columns, with --tune)."""
 
-    tuned: JsonObject | None  # knob -> its tuned value, once tuning is done
+    tuned: JsonObject | None  # knob -> its tuned value (each its own JSON type), once done
     tuned_at_edge: list[str]  # the knobs whose tuned value is at an end of its grid
-    tuning: list[JsonObject]  # each phase's record (`tuning.Phase.to_dict`)
+    tuning: list[JsonObject]  # each phase's record (`tuning.Phase.to_dict`, untyped there)
 
 
 class TunedAtBudget(TuningColumns, total=False):
@@ -64,7 +64,7 @@ class VariantRow(TuningColumns, total=False):
     the tuning columns add. Not total: results files from before a key existed lack it."""
 
     variant: str
-    knobs: JsonObject  # the settings the variant sets
+    knobs: JsonObject  # the settings the variant sets, each its own JSON type
     is_baseline: bool
     n: int  # completed runs with a final loss
     n_runs: int
@@ -112,7 +112,7 @@ class VariantRow(TuningColumns, total=False):
     paired_p_holm: float | None
     paired_significant: bool | None
     paired_seeds_for_power: int | None
-    side_by_side: JsonObject | None  # its row of the timing pass (`timing.summarize_rounds`)
+    side_by_side: JsonObject | None  # its timing pass row (`timing.summarize_rounds`, untyped)
     tuned_by_budget: list[TunedAtBudget]
 
 

@@ -257,7 +257,8 @@ _DASH = "—"
 
 
 def _variants(results: JsonObject) -> list[VariantRow]:
-    """The results' variant rows."""
+    """The results' variant rows. The results object itself stays a JsonObject: results.json
+    read back whole, and passed so by results, sweep, expect and the command line."""
     rows: list[VariantRow] = results["variants"]
     return rows
 
