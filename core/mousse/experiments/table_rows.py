@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from mousse.train.budget import regime_warnings
 from mousse.train.estimate import counted
@@ -16,6 +17,9 @@ from .budget_speedup import BudgetFit, BudgetSpeedup
 from .records import TIMING_KEYS
 from .results import BudgetRow, TuningColumns, VariantRow
 from .stats import PowerLawFit
+
+if TYPE_CHECKING:
+    from .scale import ScaleRow
 
 TextRow = dict[str, str]  # a table's row: column -> its formatted text
 
@@ -596,12 +600,13 @@ SCALE_TITLE = "speedup by scale (baseline steps / steps to its final loss, 95% C
 def scale_rows(scale: JsonObject) -> tuple[list[str], list[TextRow]]:
     """The speedup-by-scale table (`scale.scale_summary`): a column per preset, named with its
     parameter count, and a row per variant."""
-    presets = scale["presets"]
-    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    presets: list[str] = scale["presets"]
+    by_preset: list[ScaleRow] = scale["rows"]
+    params = {r["preset"]: r["params"] for r in by_preset if r["params"]}
     names = [f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets]
-    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
+    by = {(r["preset"], r["variant"]): r for r in by_preset}
     rows = []
-    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
+    for variant in dict.fromkeys(r["variant"] for r in by_preset):
         row = {"Variant": variant}
         for name, preset in zip(names, presets, strict=True):
             r = by.get((preset, variant))
