@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from mousse.experiments.stats import mean_curve
+from mousse.experiments.stats import CurvePoint, losses_by_step, mean_curve
 from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
 from mousse.train.estimate import counted
@@ -79,18 +79,16 @@ def variant_colors(variants: list[str], baseline: str | None) -> dict[str, Color
 def seed_bands(records: list[JsonObject]) -> dict[str, list[Band]]:
     """Per variant, (step, mean, min, max) of the val loss over its completed runs' curves at the
     evaluation steps they all share (the mean is the results' seed-mean curve)."""
-    curves: dict[str, list[list[JsonObject]]] = {}
+    curves: dict[str, list[list[CurvePoint]]] = {}
     for r in records:
         if r["status"] == "completed" and r.get("curve"):
             curves.setdefault(r["variant"], []).append(r["curve"])
     bands: dict[str, list[Band]] = {}
     for variant, group in curves.items():
-        by_step = [
-            {p["step"]: p["val_loss"] for p in c if p.get("val_loss") is not None} for c in group
-        ]
+        by_step = [losses_by_step(c) for c in group]
         bands[variant] = []
         for point in mean_curve(group):
-            losses = [c[point["step"]] for c in by_step]
+            losses = [c[point["step"]][0] for c in by_step]
             bands[variant].append((point["step"], point["val_loss"], min(losses), max(losses)))
     return bands
 

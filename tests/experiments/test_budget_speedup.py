@@ -11,7 +11,7 @@ import random
 
 import pytest
 from support.cli import assert_one_line_error, invoke_cli
-from support.results import record, results_file
+from support.results import declared_keys, record, results_file
 
 from mousse.experiments.expect import check
 from mousse.experiments.results import summarize
@@ -233,6 +233,21 @@ def test_results_without_budgets_carry_no_budget_keys():
     assert not any(k.startswith("budget") for v in results["variants"] for k in v)
     assert "Speedup vs budget" not in render(results, "markdown")
     assert "speedup_at" not in render(results, "csv")
+
+
+def test_the_typed_budget_rows_declare_exactly_the_keys_results_hold():
+    """BudgetRow, BudgetFit, SeedFit and BudgetSpeedup declare the keys of what summarize
+    writes with budgets, and VariantRow every key of its variant rows."""
+    from mousse.experiments.budget_speedup import BudgetFit, BudgetSpeedup, SeedFit
+    from mousse.experiments.results import BudgetRow, VariantRow
+
+    results = summarize(ablation(("mousse", lambda d: base_law(1.3 * d))))
+    assert all(set(b) == declared_keys(BudgetRow) for b in results["budgets"])
+    base, mousse = results["variants"]
+    assert set(base["budget_fit"]) == declared_keys(BudgetFit)
+    assert all(set(s) == declared_keys(SeedFit) for s in base["budget_fit"]["per_seed"])
+    assert all(set(row) == declared_keys(BudgetSpeedup) for row in mousse["budget_speedups"])
+    assert set(base) | set(mousse) <= declared_keys(VariantRow)
 
 
 def test_the_tables_show_speedup_against_budget_with_its_marks():

@@ -7,7 +7,7 @@ import math
 import statistics
 
 import pytest
-from support.results import curve, record
+from support.results import curve, declared_keys, record
 
 from mousse.experiments.results import summarize
 from mousse.experiments.stats import (
@@ -378,6 +378,29 @@ def test_recorded_tables_are_their_recorded_results_rendered():
             else render(recorded, "markdown")
         )
         assert shown == tables.read_text(), tables
+
+
+def test_the_typed_rows_declare_every_key_results_hold():
+    """VariantRow declares every key of a variant row that summarize writes or any recorded
+    results file holds (tuned, timed, joined across scales), and ScaleRow exactly a scale row's:
+    a key added to a row without its type fails here."""
+    from pathlib import Path
+
+    from mousse.experiments.results import VariantRow
+    from mousse.experiments.scale import ScaleRow
+
+    recorded = Path(__file__).resolve().parents[2] / "benchmarks"
+    files = [json.loads(p.read_text()) for p in sorted(recorded.glob("**/*.json"))]
+    scaled = [f for f in files if isinstance(f, dict) and isinstance(f.get("presets"), dict)]
+    results = [f for f in files if isinstance(f, dict) and isinstance(f.get("variants"), list)]
+    results += [r for f in scaled for r in f["presets"].values()]
+    results.append(summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)]))
+    assert len(results) >= 10 and scaled
+    for r in results:
+        for v in r["variants"]:
+            assert set(v) <= declared_keys(VariantRow), set(v) - declared_keys(VariantRow)
+    for row in (row for f in scaled for row in f["scale"]["rows"]):
+        assert set(row) == declared_keys(ScaleRow)
 
 
 def test_tables_say_the_arithmetic_the_runs_trained_in():

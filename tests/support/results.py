@@ -55,3 +55,8 @@ def results_file(path):
     ]
     path.write_text(json.dumps(summarize(records)))
     return path
+
+
+def declared_keys(row_type):
+    """The keys a TypedDict declares, its own and inherited, required or not."""
+    return set(row_type.__required_keys__ | row_type.__optional_keys__)

@@ -25,38 +25,98 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypedDict
+
+from mousse.train.fileio import JsonObject
 
 from .stats import (
     BOOTSTRAP_SAMPLES,
     MIN_FIT_POINTS,
     PowerLaw,
+    PowerLawFit,
     expanded_level,
     fit_power_law,
     quantile,
 )
 
-FitOf = Callable[[tuple], PowerLaw | None]  # a (sorted) resample of seeds -> the baseline's fit
+
+class _BudgetResult(TypedDict):
+    budget: float
+    tokens: int
+    tokens_per_param: float
+    steps: int
+    status: str
+    final_val_loss: float | None  # None unless that budget completed
 
 
-def budget_losses(runs: list, variant: str) -> dict:
+class BudgetEntry(_BudgetResult, total=False):
+    """One budget of a run record (`records.budget_record`), as its run row carries it."""
+
+    run: str  # the run it was read from, when not the row's own (`records.read_budget_from`)
+
+
+class SeedFit(TypedDict):
+    """One baseline seed's own law (None where its losses give none)."""
+
+    seed: int
+    fit: PowerLawFit | None
+
+
+class BudgetFit(TypedDict):
+    """The baseline's law (`baseline_fit`): the baseline variant row's "budget_fit"."""
+
+    budgets: list[float]
+    tokens: list[int]
+    seeds: list[int]  # the seeds that completed every budget: the fit's
+    left_out: list[int]
+    fit: PowerLawFit | None
+    per_seed: list[SeedFit]
+    note: str | None  # why there is no fit, when there is none
+
+
+class BudgetSpeedup(TypedDict):
+    """A variant's speedup at one budget (`speedup_row`): one of its row's "budget_speedups"."""
+
+    budget: float
+    tokens: int
+    n: int
+    loss: float | None
+    baseline_tokens: float | None
+    speedup: float | None
+    unbounded: bool
+    speedup_ci: list[float | None] | None  # an end None where it is unbounded
+    extrapolated: bool | None
+
+
+Seeds = tuple[int, ...]  # a (sorted) resample of seeds, repeats counted
+FitOf = Callable[[Seeds], PowerLaw | None]  # a resample of seeds -> the baseline's fit
+# seed -> {budget: (tokens, final val loss)} (`budget_losses`)
+BudgetLosses = dict[int, dict[float, tuple[int, float]]]
+
+
+def budget_losses(runs: Sequence[JsonObject], variant: str) -> BudgetLosses:
     """seed -> {budget: (tokens, final val loss)} of `variant`'s budgets that completed with a
     finite loss (a budget is its own result: a branch may complete where a longer one diverged)."""
-    out: dict = {}
+    out: BudgetLosses = {}
     for r in runs:
         if r["variant"] != variant:
             continue
-        for entry in r.get("budgets") or []:
+        entries: list[BudgetEntry] = r.get("budgets") or []
+        for entry in entries:
             loss = entry.get("final_val_loss")
             if entry.get("status") == "completed" and loss is not None and math.isfinite(loss):
                 out.setdefault(r["seed"], {})[entry["budget"]] = (entry["tokens"], loss)
     return out
 
 
-def add_budget_speedups(runs: list, variants: list, baseline: str | None) -> None:
+def add_budget_speedups(
+    runs: Sequence[JsonObject], variants: Sequence[JsonObject], baseline: str | None
+) -> None:
     """When runs trained to several budgets, give the baseline's variant row `budget_fit`
     (`baseline_fit`) and every other variant's `budget_speedups`, one row per budget it ran
-    (`speedup_row`); rows of runs without budgets are left as they are."""
+    (`speedup_row`); rows of runs without budgets are left as they are. (The run and variant
+    rows are JsonObjects as `results.summarize` builds them.)"""
     if not any(r.get("budgets") for r in runs):
         return
     base = budget_losses(runs, baseline) if baseline else {}
@@ -71,14 +131,14 @@ def add_budget_speedups(runs: list, variants: list, baseline: str | None) -> Non
         v["budget_speedups"] = [speedup_row(b, losses, fit, fit_of) for b in budgets]
 
 
-def baseline_fit(base: dict) -> dict:
+def baseline_fit(base: BudgetLosses) -> BudgetFit:
     """The baseline's law: its budgets and their tokens, the seeds that completed every budget,
     the fit to their seed-mean losses, each seed's own fit, and a note saying why there is no
     fit when there is none."""
     budgets = sorted({b for by_budget in base.values() for b in by_budget})
     seeds = [s for s in sorted(base) if len(base[s]) == len(budgets)]
     tokens = [base[seeds[0]][b][0] for b in budgets] if seeds else []
-    per_seed = [
+    per_seed: list[SeedFit] = [
         {"seed": s, "fit": _as_dict(fit_power_law(tokens, [base[s][b][1] for b in budgets]))}
         for s in seeds
     ]
@@ -94,7 +154,7 @@ def baseline_fit(base: dict) -> dict:
     }
 
 
-def _no_fit_note(budgets: list, seeds: list) -> str:
+def _no_fit_note(budgets: Sequence[float], seeds: Sequence[int]) -> str:
     """Why the baseline's losses give no law."""
     if len(budgets) < MIN_FIT_POINTS:
         shown = ", ".join(f"{b:g}x" for b in budgets) or "none"
@@ -107,18 +167,20 @@ def _no_fit_note(budgets: list, seeds: list) -> str:
     return "the baseline's loss does not fall with its budget"
 
 
-def _mean_fit(base: dict, seeds: list | tuple, budgets: list, tokens: list) -> PowerLaw | None:
+def _mean_fit(
+    base: BudgetLosses, seeds: Sequence[int], budgets: Sequence[float], tokens: Sequence[int]
+) -> PowerLaw | None:
     """The law fitted to the baseline's mean loss over `seeds` (repeats count) at each budget."""
     means = [statistics.fmean(base[s][b][1] for s in seeds) for b in budgets]
     return fit_power_law(tokens, means)
 
 
-def _fit_cache(base: dict, fit: dict) -> FitOf:
+def _fit_cache(base: BudgetLosses, fit: BudgetFit) -> FitOf:
     """The baseline's fit per resample of seeds, each computed once: a bootstrap of n seeds has
     only C(2n - 1, n) distinct resamples (10 for 3 seeds), shared by every variant and budget."""
-    cache: dict[tuple, PowerLaw | None] = {}
+    cache: dict[Seeds, PowerLaw | None] = {}
 
-    def fit_of(seeds: tuple) -> PowerLaw | None:
+    def fit_of(seeds: Seeds) -> PowerLaw | None:
         if seeds not in cache:
             cache[seeds] = _mean_fit(base, seeds, fit["budgets"], fit["tokens"])
         return cache[seeds]
@@ -126,11 +188,13 @@ def _fit_cache(base: dict, fit: dict) -> FitOf:
     return fit_of
 
 
-def _as_dict(fit: PowerLaw | None) -> dict | None:
+def _as_dict(fit: PowerLaw | None) -> PowerLawFit | None:
     return None if fit is None else fit.to_dict()
 
 
-def speedup_row(budget: float, losses: dict, fit: dict, fit_of: FitOf) -> dict:
+def speedup_row(
+    budget: float, losses: BudgetLosses, fit: BudgetFit, fit_of: FitOf
+) -> BudgetSpeedup:
     """A variant's speedup at one budget: over the seeds it shares with the baseline's fit, its
     mean loss, the baseline data that loss needs, the speedup (None and `unbounded` at or below
     the floor; None without a fit or a shared seed), its paired bootstrap interval (an end None
@@ -139,7 +203,7 @@ def speedup_row(budget: float, losses: dict, fit: dict, fit_of: FitOf) -> dict:
     seeds = tuple(s for s in fit["seeds"] if budget in losses.get(s, {}))
     entry_seed = next(s for s in sorted(losses) if budget in losses[s])
     tokens = losses[entry_seed][budget][0]
-    row = {
+    row: BudgetSpeedup = {
         "budget": budget,
         "tokens": tokens,
         "n": len(seeds),
@@ -165,26 +229,33 @@ def speedup_row(budget: float, losses: dict, fit: dict, fit_of: FitOf) -> dict:
     }
 
 
-def _outside(needed: float, tokens: list) -> bool:
+def _outside(needed: float, tokens: Sequence[int]) -> bool:
     """Whether the baseline data `needed` lies outside the budgets it ran (beyond rounding)."""
     return not min(tokens) * (1 - 1e-9) <= needed <= max(tokens) * (1 + 1e-9)
 
 
-def _speedup(law: PowerLaw, seeds: tuple, losses: dict, budget: float, tokens: int) -> float:
+def _speedup(
+    law: PowerLaw, seeds: Seeds, losses: BudgetLosses, budget: float, tokens: int
+) -> float:
     """L^-1(the variant's mean loss over `seeds`) / tokens; inf at or below the floor."""
     return law.data_for(statistics.fmean(losses[s][budget][1] for s in seeds)) / tokens
 
 
 def _interval(
-    seeds: tuple, losses: dict, budget: float, tokens: int, fit_of: FitOf, level: float = 0.95
-) -> list | None:
+    seeds: Seeds,
+    losses: BudgetLosses,
+    budget: float,
+    tokens: int,
+    fit_of: FitOf,
+    level: float = 0.95,
+) -> list[float | None] | None:
     """The paired bootstrap interval of the speedup: seeds resampled with replacement (a fixed
     seed: the same interval every time), the law refitted on each resample; None below two
     seeds or when no resample fits."""
     if len(seeds) < 2:
         return None
     rng = random.Random(0)
-    values = []
+    values: list[float] = []
     for _ in range(BOOTSTRAP_SAMPLES):
         sample = tuple(sorted(rng.choices(seeds, k=len(seeds))))
         law = fit_of(sample)

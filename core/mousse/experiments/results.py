@@ -17,14 +17,17 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
 
-from .budget_speedup import add_budget_speedups
+from .budget_speedup import BudgetFit, BudgetSpeedup, add_budget_speedups
 from .records import TIMING_KEYS
 from .stats import (
     SIGNIFICANCE_LEVEL,
+    CurveKey,
+    CurvePoint,
     bootstrap_ci,
     holm,
     mean_curve,
@@ -41,6 +44,94 @@ from .stats import (
 )
 
 
+class TuningColumns(TypedDict, total=False):
+    """A variant's tuning in its row (`sweep`'s tuning columns, with --tune)."""
+
+    tuned: JsonObject | None  # knob -> its tuned value (each its own JSON type), once done
+    tuned_at_edge: list[str]  # the knobs whose tuned value is at an end of its grid
+    tuning: list[JsonObject]  # each phase's record (`tuning.Phase.to_dict`, untyped there)
+
+
+class TunedAtBudget(TuningColumns, total=False):
+    """The tuning of one budget, with values tuned per budget (--budgets with --tune)."""
+
+    budget: float
+
+
+class VariantRow(TuningColumns, total=False):
+    """One variant's row of results.json's "variants": what `summarize` computes, then the
+    paired comparison (`add_paired`), the timing pass (`apply_timing_pass`) and, with --tune,
+    the tuning columns add. Not total: results files from before a key existed lack it."""
+
+    variant: str
+    knobs: JsonObject  # the settings the variant sets, each its own JSON type
+    is_baseline: bool
+    n: int  # completed runs with a final loss
+    n_runs: int
+    statuses: dict[str, int]  # run status -> how many runs ended so
+    final_val_loss_mean: float | None
+    final_val_loss_std: float | None
+    val_loss_se: float | None
+    best_val_loss_mean: float | None
+    delta_vs_baseline: float | None
+    delta_ci: list[float] | None
+    t: float | None
+    df: float | None
+    p_value: float | None
+    p_holm: float | None
+    significant: bool | None
+    significance: str
+    steps_to_target: float | None
+    steps_to_target_bracket: list[int] | None
+    reached: int
+    seconds_to_target: float | None
+    step_reduction_pct: float | None
+    step_ms_median: float | None  # TIMING_KEYS: the runs' own timings
+    fwd_bwd_ms_median: float | None
+    opt_ms_median: float | None
+    refresh_ms_median: float | None
+    tokens_per_s: float | None
+    overhead_pct: float | None
+    overhead_source: str | None  # "timing pass" or "runs"
+    peak_mem_bytes: int | None
+    peak_mem_source: str | None  # "rss" or "allocator"
+    n_seeds: int
+    n_params: int | None
+    speedup_bracket: list[float | None] | None
+    speedup: float | None
+    speedup_ci: list[float] | None
+    speedup_time: float | None
+    speedup_time_ci: list[float] | None
+    budget_fit: BudgetFit  # the baseline's, with --budgets
+    budget_speedups: list[BudgetSpeedup]  # every other variant's, with --budgets
+    paired_n: int
+    paired_delta: float | None
+    paired_delta_ci: list[float] | None
+    paired_t: float | None
+    paired_p: float | None
+    paired_p_holm: float | None
+    paired_significant: bool | None
+    paired_seeds_for_power: int | None
+    side_by_side: JsonObject | None  # its timing pass row (`timing.summarize_rounds`, untyped)
+    tuned_by_budget: list[TunedAtBudget]
+
+
+class BudgetRow(TypedDict):
+    """One variant's result at one budget (`budget_rows`): results.json's "budgets"."""
+
+    variant: str
+    is_baseline: bool
+    budget: float
+    tokens_per_param: float
+    n: int
+    final_val_loss_mean: float | None
+    final_val_loss_std: float | None
+    paired_n: int
+    paired_delta: float | None
+    paired_delta_ci: list[float] | None
+    paired_p: float | None
+
+
 @dataclass(frozen=True)
 class Baseline:
     """What every variant is compared with: the baseline's variant name, the final losses of its
@@ -50,7 +141,7 @@ class Baseline:
 
     variant: str | None
     losses: list[float]
-    curves: list[list[JsonObject]]  # each a run's curve, its points {step, val_loss, ...}
+    curves: list[list[CurvePoint]]  # each a run's curve
     target: float | None
     steps: float | None
     comparable: bool
@@ -135,7 +226,7 @@ def budget_losses(runs: list[JsonObject], variant: str | None, budget: float) ->
     }
 
 
-def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[JsonObject]:
+def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[BudgetRow]:
     """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
     seeds that completed it, their standard deviation, and the paired difference from the
     baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
@@ -144,7 +235,7 @@ def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[JsonObject
     for r in runs:
         for b in r.get("budgets") or ():
             sizes.setdefault(b["budget"], b["tokens_per_param"])
-    rows: list[JsonObject] = []
+    rows: list[BudgetRow] = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         for budget in sorted(sizes):
             losses = budget_losses(runs, variant, budget)
@@ -266,10 +357,10 @@ def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> s
     return variant
 
 
-def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[JsonObject]]]:
+def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[CurvePoint]]]:
     """Per variant, the val loss curves of its completed runs with a final loss (what speedups
     resample)."""
-    curves: dict[str, list[list[JsonObject]]] = {}
+    curves: dict[str, list[list[CurvePoint]]] = {}
     for r in records:
         if r["status"] == "completed" and _finite(r.get("final_val_loss")) is not None:
             curves.setdefault(r["variant"], []).append(r.get("curve") or [])
@@ -277,7 +368,7 @@ def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[JsonObje
 
 
 def _baseline(
-    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[JsonObject]]
+    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[CurvePoint]]
 ) -> Baseline:
     """The baseline's numbers from its runs (its step time only when the timings compare)."""
     done = [r for r in records if r["variant"] == variant and r["status"] == "completed"]
@@ -330,7 +421,7 @@ def _run_row(r: JsonObject, base: Baseline) -> JsonObject:
 
 
 def _variant_row(
-    name: str, group: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+    name: str, group: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
 ) -> JsonObject:
     """One variant's summary over its seeds (`group`: its run rows; loss statistics from
     completed runs only)."""
@@ -407,7 +498,7 @@ def _significance(is_base: bool, p: float | None, base_losses: list[float]) -> s
 
 
 def _target_columns(
-    done: list[JsonObject], base: Baseline, curves: list[list[JsonObject]]
+    done: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
 ) -> JsonObject:
     """When the variant's seed-mean curve reaches the baseline's target, between which two of its
     evaluations, and on how many of its completed runs' own curves the target is reached."""
@@ -437,16 +528,17 @@ def _timing_columns(group: list[JsonObject], base: Baseline) -> JsonObject:
 
 
 def _speedups(
-    is_base: bool, base: Baseline, curves: list[list[JsonObject]]
-) -> dict[str, float | list[float] | None]:
+    is_base: bool, base: Baseline, curves: list[list[CurvePoint]]
+) -> dict[str, float | list[float] | list[float | None] | None]:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval, and the range of step speedups the evaluations' spacing allows (None for the
     baseline itself, without a target, and in seconds when the runs' seconds were counted on
     differently loaded machines)."""
-    out: dict[str, float | list[float] | None] = {
+    out: dict[str, float | list[float] | list[float | None] | None] = {
         "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
     }
-    for suffix, key in (("", "step"), ("_time", "seconds")):
+    counts: tuple[tuple[str, CurveKey], ...] = (("", "step"), ("_time", "seconds"))
+    for suffix, key in counts:
         skip = is_base or (key == "seconds" and not base.comparable)
         point = None if skip else speedup(base.curves, curves, key)
         ci = None if point is None else bootstrap_ci(base.curves, curves, key)

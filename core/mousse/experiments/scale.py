@@ -6,11 +6,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypedDict
 
 from mousse.train.config import ConfigError
 from mousse.train.fileio import JsonObject, read_json
 
 SCALE_FILE = "scale.json"
+
+
+class ScaleRow(TypedDict):
+    """One variant at one preset (`scale_summary`'s "rows"), from that preset's variant row."""
+
+    preset: str
+    params: int | None
+    variant: str
+    is_baseline: bool
+    tuned: JsonObject | None  # knob -> its tuned value, each its own JSON type
+    n_seeds: int | None
+    final_val_loss_mean: float | None
+    final_val_loss_std: float | None
+    p_value: float | None
+    speedup: float | None
+    speedup_ci: list[float] | None
 
 
 def split_presets(value: str | list[str] | None) -> list[str] | None:
@@ -42,7 +59,7 @@ def preset_dirs(root: Path) -> dict[str, Path]:
 def scale_summary(results_by_preset: dict[str, JsonObject]) -> JsonObject:
     """Per preset and variant: parameters, tuned values, final loss and the speedup over that
     preset's baseline with its interval."""
-    rows: list[JsonObject] = []
+    rows: list[ScaleRow] = []
     for preset, results in results_by_preset.items():
         for v in results["variants"]:
             rows.append(

@@ -10,13 +10,57 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, NamedTuple, TypedDict
 
 SIGNIFICANCE_LEVEL = 0.05
 BOOTSTRAP_SAMPLES = 2000
 
 
-def _crossing(curve: list, target: float | None) -> tuple[dict | None, dict] | None:
+class _Evaluated(TypedDict):
+    step: int
+    val_loss: float | None  # None: not finite (strict JSON writes NaN and inf as null)
+
+
+class CurvePoint(_Evaluated, total=False):
+    """One evaluation on a run's val loss curve (summary.json's and a run record's "curve");
+    runs recorded before the trainer counted seconds and the standard error lack them."""
+
+    seconds: float | None
+    val_loss_se: float | None
+
+
+class MeanPoint(TypedDict):
+    """One evaluation step of a seed-mean curve (`mean_curve`)."""
+
+    step: int
+    val_loss: float
+    seconds: float | None  # None when a curve lacks them
+
+
+Curve = Sequence[CurvePoint] | Sequence[MeanPoint]  # a run's curve or a seed-mean one
+Curves = Sequence[Sequence[CurvePoint]]  # runs' val loss curves (one per seed)
+CurveKey = Literal["step", "seconds"]  # what a speedup counts: steps or training seconds
+
+
+class TTest(TypedDict):
+    """A t-test's statistic, degrees of freedom and two-sided p (all None without one)."""
+
+    t: float | None
+    df: float | None
+    p: float | None
+
+
+class _Evaluation(NamedTuple):
+    """A curve point with a finite loss, as `_crossing` reads it."""
+
+    step: int
+    loss: float
+    seconds: float | None
+
+
+def _crossing(curve: Curve, target: float | None) -> tuple[_Evaluation | None, _Evaluation] | None:
     """(the last evaluation above `target` just before it, or None, and the first evaluation at
     or below it) on a val loss curve; None if it never gets there."""
     if target is None:
@@ -27,28 +71,29 @@ def _crossing(curve: list, target: float | None) -> tuple[dict | None, dict] | N
         if loss is None or not math.isfinite(loss):
             previous = None
             continue
+        here = _Evaluation(point["step"], loss, point.get("seconds"))
         if loss <= target:
-            return previous, point
-        previous = point
+            return previous, here
+        previous = here
     return None
 
 
-def steps_to_target(curve: list, target: float | None) -> tuple:
+def steps_to_target(curve: Curve, target: float | None) -> tuple[float | None, float | None]:
     """(step, seconds) at which the val loss curve first reaches `target`, linearly interpolated
     between the last evaluation above it and the first at or below it; (None, None) if never."""
     crossing = _crossing(curve, target)
-    if crossing is None:
+    if crossing is None or target is None:
         return None, None
     previous, point = crossing
-    if previous is None or previous["val_loss"] == point["val_loss"]:
-        return point["step"], point.get("seconds")
-    frac = (previous["val_loss"] - target) / (previous["val_loss"] - point["val_loss"])
-    step = previous["step"] + frac * (point["step"] - previous["step"])
-    t0, t1 = previous.get("seconds"), point.get("seconds")
+    if previous is None or previous.loss == point.loss:
+        return point.step, point.seconds
+    frac = (previous.loss - target) / (previous.loss - point.loss)
+    step = previous.step + frac * (point.step - previous.step)
+    t0, t1 = previous.seconds, point.seconds
     return step, None if t0 is None or t1 is None else t0 + frac * (t1 - t0)
 
 
-def target_bracket(curve: list, target: float | None) -> list[int] | None:
+def target_bracket(curve: Curve, target: float | None) -> list[int] | None:
     """[the step of the last evaluation above `target`, that of the first at or below it]: where
     the curve crosses it as far as its evaluations say (`steps_to_target` interpolates inside);
     0 below when no evaluation before it says otherwise. None if it never gets there."""
@@ -56,32 +101,42 @@ def target_bracket(curve: list, target: float | None) -> list[int] | None:
     if crossing is None:
         return None
     previous, point = crossing
-    return [previous["step"] if previous else 0, point["step"]]
+    return [previous.step if previous else 0, point.step]
 
 
-def mean_curve(curves: list[list]) -> list[dict]:
+def losses_by_step(curve: Sequence[CurvePoint]) -> dict[int, tuple[float, float | None]]:
+    """step -> (val loss, seconds) of a curve's evaluations that have a loss (the last one at
+    a step when several are)."""
+    return {
+        p["step"]: (loss, p.get("seconds"))
+        for p in curve
+        if (loss := p.get("val_loss")) is not None
+    }
+
+
+def mean_curve(curves: Curves) -> list[MeanPoint]:
     """The seed-mean val loss curve: at every evaluation step all the curves share, their mean
     val loss and mean seconds (None when a curve lacks them). A non-finite loss makes that
     point's mean non-finite."""
-    by_step = [{p["step"]: p for p in c if p.get("val_loss") is not None} for c in curves]
+    by_step = [losses_by_step(c) for c in curves]
     if not by_step:
         return []
     shared = sorted(set.intersection(*(set(points) for points in by_step)))
-    out = []
+    out: list[MeanPoint] = []
     for step in shared:
         points = [points[step] for points in by_step]
-        seconds = [p.get("seconds") for p in points]
+        seconds = [s for _, s in points if s is not None]
         out.append(
             {
                 "step": step,
-                "val_loss": sum(p["val_loss"] for p in points) / len(points),
-                "seconds": None if None in seconds else sum(seconds) / len(seconds),
+                "val_loss": sum(loss for loss, _ in points) / len(points),
+                "seconds": None if len(seconds) < len(points) else sum(seconds) / len(seconds),
             }
         )
     return out
 
 
-def speedup(baseline_curves: list[list], curves: list[list], key: str = "step") -> float | None:
+def speedup(baseline_curves: Curves, curves: Curves, key: CurveKey = "step") -> float | None:
     """The paper's headline over seeds, on seed-mean curves, in steps (or seconds with
     key="seconds"): the baseline's budget over the variant's steps to the baseline's final loss;
     when the variant never gets there, the baseline's steps to the variant's final loss over the
@@ -102,8 +157,8 @@ def speedup(baseline_curves: list[list], curves: list[list], key: str = "step") 
 
 
 def _speedup_reading(
-    baseline_curves: list[list], curves: list[list], key: str
-) -> tuple[list[dict], list[dict], float, float, float] | None:
+    baseline_curves: Curves, curves: Curves, key: CurveKey
+) -> tuple[list[MeanPoint], list[MeanPoint], float, float, float] | None:
     """What a speedup reads (`speedup`): the baseline's and the variant's seed-mean curves, their
     budgets in `key` (steps or seconds) and the target (the baseline's final loss); None when a
     side has no curve, no budget or no finite target."""
@@ -117,7 +172,7 @@ def _speedup_reading(
     return base, variant, base_budget, budget, target
 
 
-def speedup_bracket(baseline_curves: list[list], curves: list[list]) -> list | None:
+def speedup_bracket(baseline_curves: Curves, curves: Curves) -> list[float | None] | None:
     """The range of step speedups the evaluations' spacing allows (`speedup` reads a point
     inside it by interpolation): the baseline's budget over each end of the variant's
     `target_bracket` (None above when the bracket starts at step 0: unbounded), or for a variant
@@ -137,9 +192,9 @@ def speedup_bracket(baseline_curves: list[list], curves: list[list]) -> list | N
 
 
 def bootstrap_ci(
-    baseline_curves: list[list],
-    curves: list[list],
-    key: str = "step",
+    baseline_curves: Curves,
+    curves: Curves,
+    key: CurveKey = "step",
     n_boot: int = BOOTSTRAP_SAMPLES,
     seed: int = 0,
     level: float = 0.95,
@@ -249,7 +304,7 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def _welch(a: list, b: list) -> tuple[float, float, float] | None:
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
     """(mean(a) - mean(b), its standard error, Welch-Satterthwaite df); None when a group has
     n < 2. Both groups constant: the standard error is 0 and df is na + nb - 2."""
     na, nb = len(a), len(b)
@@ -262,7 +317,7 @@ def _welch(a: list, b: list) -> tuple[float, float, float] | None:
     return diff, math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
 
 
-def welch_t_test(a: list, b: list) -> dict:
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> TTest:
     """Two-sided Welch t-test of mean(a) vs mean(b); t, df and p are None when a group has n < 2."""
     welch = _welch(a, b)
     if welch is None:
@@ -278,7 +333,9 @@ def welch_t_test(a: list, b: list) -> dict:
     return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
 
 
-def welch_interval(a: list, b: list, level: float = 0.95) -> list[float] | None:
+def welch_interval(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95
+) -> list[float] | None:
     """The interval of mean(a) - mean(b) that Welch's test inverts: 0 lies outside it exactly
     when the test's (unadjusted) p is below 1 - level. None when a group has n < 2."""
     welch = _welch(a, b)
@@ -289,13 +346,13 @@ def welch_interval(a: list, b: list, level: float = 0.95) -> list[float] | None:
     return [diff - half, diff + half]
 
 
-def paired_differences(a: dict, b: dict) -> list[float]:
+def paired_differences(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
     """a[seed] - b[seed] for every seed both sides have (seed -> final loss), in seed order: in an
     ablation every seed runs the same initialisation and data order in every arm."""
     return [a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())]
 
 
-def paired_t_test(diffs: list[float]) -> dict:
+def paired_t_test(diffs: Sequence[float]) -> TTest:
     """Two-sided paired t-test: the mean of the per-seed differences against 0 (df = n - 1); t,
     df and p are None with fewer than two pairs."""
     n = len(diffs)
@@ -334,7 +391,10 @@ def seeds_for_power(
     normal = statistics.NormalDist()
     z = normal.inv_cdf(1 - level / 2) + normal.inv_cdf(power)
     n = max(2, math.ceil(round(z * z * ratio, 9)))
-    t_sum = lambda n: t_quantile(1 - level / 2, n - 1) + t_quantile(power, n - 1)
+
+    def t_sum(n: int) -> float:
+        return t_quantile(1 - level / 2, n - 1) + t_quantile(power, n - 1)
+
     while t_correction and t_sum(n) ** 2 * ratio > n:
         n += 1
     return n
@@ -351,6 +411,15 @@ def paired_bootstrap_ci(
     values = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n_boot))
     tail = (1 - expanded_level(level, len(diffs))) / 2
     return [quantile(values, tail), quantile(values, 1 - tail)]
+
+
+class PowerLawFit(TypedDict):
+    """A `PowerLaw` as results.json records it."""
+
+    a: float
+    b: float
+    c: float
+    rmse: float
 
 
 MIN_FIT_POINTS = 4  # a power law with a floor has 3 parameters: 4 points leave one to check it
@@ -376,11 +445,11 @@ class PowerLaw:
         log_data = (math.log(self.a) - math.log(loss - self.c)) / self.b
         return math.exp(log_data) if log_data < 700 else math.inf
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> PowerLawFit:
         return {"a": self.a, "b": self.b, "c": self.c, "rmse": self.rmse}
 
 
-def fit_power_law(data: list[float], losses: list[float]) -> PowerLaw | None:
+def fit_power_law(data: Sequence[float], losses: Sequence[float]) -> PowerLaw | None:
     """The least-squares fit of L(D) = a * D^(-b) + c to final losses at MIN_FIT_POINTS or more
     distinct data sizes D; None with fewer, with a number that is not finite or a D that is not
     positive, or when the loss does not fall with D (its least-squares slope against log D is not

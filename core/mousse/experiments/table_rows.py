@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from mousse.train.budget import regime_warnings
 from mousse.train.estimate import counted
-from mousse.train.fileio import dumps
+from mousse.train.fileio import JsonObject, dumps
 
+from .budget_speedup import BudgetFit, BudgetSpeedup
 from .records import TIMING_KEYS
+from .results import BudgetRow, TuningColumns, VariantRow
+from .stats import PowerLawFit
+
+if TYPE_CHECKING:
+    from .scale import ScaleRow
+
+TextRow = dict[str, str]  # a table's row: column -> its formatted text
 
 CONVERGENCE_COLUMNS = (
     "Variant",
@@ -78,13 +88,13 @@ CSV_COLUMNS = (
 UNRELIABLE = " (unreliable)"  # marks a time measured on a busy machine (`busy_timing_note`)
 
 
-def busy_timing(results: dict) -> bool:
+def busy_timing(results: JsonObject) -> bool:
     """Whether the timing pass ran while other processes kept the CPU busy
     (`results.apply_timing_pass`): its overheads and the time speedups are then unreliable."""
     return results.get("timing_reliable") is False
 
 
-def busy_timing_note(results: dict) -> str:
+def busy_timing_note(results: JsonObject) -> str:
     """What the "(unreliable)" marks mean, with how busy the machine was."""
     return (
         f"busy machine: other processes used {results['timing_busy']:.0%} of the CPU while the "
@@ -93,7 +103,7 @@ def busy_timing_note(results: dict) -> str:
     )
 
 
-def timing_notes(results: dict) -> list[str]:
+def timing_notes(results: JsonObject) -> list[str]:
     """Where the step-time table's numbers come from, and when they do not compare."""
     notes = []
     record = results.get("timing_pass")
@@ -119,7 +129,7 @@ def timing_notes(results: dict) -> list[str]:
     return notes
 
 
-def protocol_notes(results: dict) -> list[str]:
+def protocol_notes(results: JsonObject) -> list[str]:
     """What a comparison does not establish, in plain words: untuned lrs, a single seed."""
     protocol = results.get("protocol") or {}
     notes = []
@@ -128,7 +138,7 @@ def protocol_notes(results: dict) -> list[str]:
             "untuned: every variant ran at its preset lr, so a gap may only mean one lr "
             "suits one variant better (add --tune lr)"
         )
-    n = [v["n_seeds"] for v in results["variants"] if v.get("n_seeds")]
+    n = [v["n_seeds"] for v in _variants(results) if v.get("n_seeds")]
     if n and min(n) < 2:
         notes.append(
             "single seed: no interval or significance test, so no gap here is "
@@ -139,7 +149,7 @@ def protocol_notes(results: dict) -> list[str]:
     return notes + tuning_seed_notes(results) + regime_notes(results)
 
 
-def tuning_seed_notes(results: dict) -> list[str]:
+def tuning_seed_notes(results: JsonObject) -> list[str]:
     """Results tuned on seeds they also compare on (recorded before tuning seeds were kept
     apart): each arm's mean holds the seed its tuned value won on (the winner's curse)."""
     protocol = results.get("protocol") or {}
@@ -154,7 +164,7 @@ def tuning_seed_notes(results: dict) -> list[str]:
     ]
 
 
-def regime_notes(results: dict) -> list[str]:
+def regime_notes(results: JsonObject) -> list[str]:
     """What the regime of the runs does not establish (`budget.regime_warnings`): the smallest
     budget below 1x, the most epochs beyond 4. Runs with budgets (whose regime is their
     largest budget's) reach 1x by their largest budget, as `--budget` is refused with them."""
@@ -169,7 +179,7 @@ def regime_notes(results: dict) -> list[str]:
     return regime_warnings(min(budgets, default=None), max(epochs, default=None), remedy)
 
 
-def regime_note(results: dict) -> str | None:
+def regime_note(results: JsonObject) -> str | None:
     """The regime the runs trained in: tokens per non-embedding parameter, that as a multiple
     of 20, and epochs over the train data (None for results from before runs recorded it)."""
     regimes = results.get("regimes") or []
@@ -179,7 +189,7 @@ def regime_note(results: dict) -> str | None:
     return f"regime: {text}" + (", every run" if len(regimes) == 1 else "")
 
 
-def _regime_text(regime: dict) -> str:
+def _regime_text(regime: JsonObject) -> str:
     per_param, budget, epochs = (regime.get(k) for k in ("tokens_per_param", "budget", "epochs"))
     return (
         f"{_num(per_param, '.3g')} tokens per non-embedding parameter "
@@ -187,13 +197,13 @@ def _regime_text(regime: dict) -> str:
     )
 
 
-def power_note(results: dict) -> str | None:
+def power_note(results: JsonObject) -> str | None:
     """The seeds a paired t-test at 0.05 would need for 80% power at each variant's observed
     mean difference from the baseline and its seed spread (`stats.seeds_for_power`); None
     without any (one seed, or results from before it was computed)."""
     needed = [
         (v["variant"], v["paired_seeds_for_power"], v.get("paired_n"))
-        for v in results["variants"]
+        for v in _variants(results)
         if v.get("paired_seeds_for_power") is not None
     ]
     if not needed:
@@ -205,13 +215,13 @@ def power_note(results: dict) -> str | None:
     )
 
 
-def _power_paragraph(results: dict) -> str:
+def _power_paragraph(results: JsonObject) -> str:
     """`power_note` as a markdown paragraph under the convergence table (empty without one)."""
     note = power_note(results)
     return f"{note[0].upper()}{note[1:]}.\n\n" if note else ""
 
 
-def precision_note(results: dict) -> str | None:
+def precision_note(results: JsonObject) -> str | None:
     """The arithmetic the runs trained in (None for results from before runs recorded it)."""
     precisions = results.get("precisions") or []
     if len(precisions) > 1:
@@ -230,7 +240,7 @@ SPLIT_TEXT = {
 }
 
 
-def split_note(results: dict) -> str | None:
+def split_note(results: JsonObject) -> str | None:
     """Where the runs' validation losses were measured, and what SE means where the results
     record it (None for results from before runs recorded their split)."""
     splits = results.get("splits") or []
@@ -239,7 +249,7 @@ def split_note(results: dict) -> str | None:
     text = "validation on " + "; ".join(SPLIT_TEXT.get(s, s) for s in splits)
     if len(splits) > 1:
         text += " (runs differ: their losses do not compare)"
-    if any(v.get("val_loss_se") is not None for v in results["variants"]):
+    if any(v.get("val_loss_se") is not None for v in _variants(results)):
         text += (
             "; SE: the evaluation's standard error of a run's final loss over those windows, "
             "beside ± the spread over seeds"
@@ -250,72 +260,87 @@ def split_note(results: dict) -> str | None:
 _DASH = "—"
 
 
-def _num(value, spec: str, suffix: str = "") -> str:
+def _variants(results: JsonObject) -> list[VariantRow]:
+    """The results' variant rows. The results object itself stays a JsonObject: results.json
+    read back whole, and passed so by results, sweep, expect and the command line."""
+    rows: list[VariantRow] = results["variants"]
+    return rows
+
+
+def _budget_rows(results: JsonObject) -> list[BudgetRow]:
+    """The results' rows per variant and budget (none without budgets)."""
+    rows: list[BudgetRow] = results.get("budgets") or []
+    return rows
+
+
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
     """`value` formatted by `spec` (and `suffix`), or a dash when missing."""
     return _DASH if value is None else f"{value:{spec}}{suffix}"
 
 
-def _status_text(statuses: dict) -> str:
+def _status_text(statuses: Mapping[str, int]) -> str:
     """How a variant's runs ended: "completed", else the count of each status."""
     if set(statuses) == {"completed"}:
         return "completed"
     return ", ".join(f"{count} {status}" for status, count in statuses.items())
 
 
-def _p_text(v: dict) -> str:
+def _p_text(v: VariantRow) -> str:
     """The Welch p-value with its Holm adjustment when they differ, flagged when the adjusted one
     is not significant, or why there is none."""
-    p, adjusted = v["p_value"], v.get("p_holm", v["p_value"])
+    p = v["p_value"]
     if p is None:
         return _DASH if v["is_baseline"] else v["significance"]
-    return _flagged(_holm_text(p, adjusted), v["significant"])
+    return _flagged(_holm_text(p, v.get("p_holm", p)), v["significant"])
 
 
-def _holm_text(p: float, adjusted: float) -> str:
-    """A p-value, and its Holm adjustment when that differs."""
-    return f"{p:.3g}" if adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
+def _holm_text(p: float, adjusted: float | None) -> str:
+    """A p-value, and its Holm adjustment when that differs (None: not adjusted)."""
+    return f"{p:.3g}" if adjusted is None or adjusted == p else f"{p:.3g}, Holm {adjusted:.3g}"
 
 
-def _flagged(text: str, significant: bool) -> str:
+def _flagged(text: str, significant: bool | None) -> str:
     """`text`, marked when its verdict is not significant."""
     return text if significant else f"{text} (not significant)"
 
 
-def _paired_text(v: dict) -> str:
+def _paired_text(v: VariantRow) -> str:
     """The mean per-seed difference from the baseline with its bootstrap interval and the paired
     t-test's p (Holm-adjusted when that differs), flagged when the adjusted p is not significant;
     a dash without two seeds shared with the baseline."""
-    if v.get("paired_p") is None:
+    p, ci = v.get("paired_p"), v.get("paired_delta_ci")
+    if p is None or ci is None:
         return _DASH
-    low, high = v["paired_delta_ci"]
+    low, high = ci
     text = f"{v['paired_delta']:+.4f} [{low:+.4f}, {high:+.4f}], "
-    return _flagged(text + _holm_text(v["paired_p"], v["paired_p_holm"]), v["paired_significant"])
+    return _flagged(text + _holm_text(p, v["paired_p_holm"]), v["paired_significant"])
 
 
-def _steps_text(v: dict, has_target: bool) -> str:
+def _steps_text(v: VariantRow, has_target: bool) -> str:
     """Steps of the seed-mean curve to the baseline's loss with the two evaluations that bracket
     them ("480 [400-500]", for results that record it), and on how many seeds' own curves the
     loss is reached when not all."""
     if not has_target or v["n"] == 0:
         return _DASH
     text = "never" if v["steps_to_target"] is None else f"{v['steps_to_target']:.0f}"
-    if v.get("steps_to_target_bracket"):
-        text += " [{}-{}]".format(*v["steps_to_target_bracket"])
+    bracket = v.get("steps_to_target_bracket")
+    if bracket:
+        text += " [{}-{}]".format(*bracket)
     return (
         text if v["n"] == 1 or v["reached"] == v["n"] else f"{text} ({v['reached']}/{v['n']} seeds)"
     )
 
 
-def _loss_text(v: dict) -> str:
+def _loss_text(mean: float | None, std: float | None, se: float | None = None) -> str:
     """Mean final val loss ± its standard deviation over seeds, and beside it the evaluation's
     standard error over its validation windows (for results that record it)."""
-    text = _num(v["final_val_loss_mean"], ".4f")
-    if v["final_val_loss_std"] is not None:
-        text += f" ± {v['final_val_loss_std']:.4f}"
-    return text if v.get("val_loss_se") is None else f"{text} (SE {v['val_loss_se']:.4f})"
+    text = _num(mean, ".4f")
+    if std is not None:
+        text += f" ± {std:.4f}"
+    return text if se is None else f"{text} (SE {se:.4f})"
 
 
-def _tuned_text(v: dict) -> str:
+def _tuned_text(v: TuningColumns) -> str:
     """The tuned values (those at a grid edge flagged), or "tuning" while it goes on."""
     tuned = v.get("tuned")
     if not tuned:
@@ -326,27 +351,36 @@ def _tuned_text(v: dict) -> str:
     )
 
 
-def _value_text(x) -> str:
+def _value_text(x: object) -> str:
     """A tuned value: floats to 4 significant digits."""
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def speedup_text(v: dict, suffix: str = "") -> str:
-    """A speedup (in steps, or seconds with suffix "_time") with its 95% interval, flagged when
-    the interval holds 1, and beside it the range its evaluations' spacing allows (steps, for
-    results that record it)."""
-    point, ci = v.get(f"speedup{suffix}"), v.get(f"speedup{suffix}_ci")
-    if v["is_baseline"] or point is None:
+def speedup_text(
+    point: float | None, ci: list[float] | None, bracket: list[float | None] | None = None
+) -> str:
+    """A speedup with its 95% interval, flagged when the interval holds 1, and beside it the
+    range its evaluations' spacing allows (steps, for results that record it)."""
+    if point is None:
         return _DASH
     text = f"{point:.2f}x"
     if ci is not None:
         text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
         text += "" if ci[0] > 1 or ci[1] < 1 else " (not significant)"
-    bracket = v.get(f"speedup{suffix}_bracket")
     return text if not bracket else f"{text}, evals {_range_text(*bracket)}"
 
 
-def _range_text(low: float, high: float | None) -> str:
+def _speedup_text(v: VariantRow, time: bool = False) -> str:
+    """A variant's speedup over the baseline in steps, or in seconds with `time`
+    (`speedup_text`); a dash for the baseline."""
+    if v["is_baseline"]:
+        return _DASH
+    if time:
+        return speedup_text(v.get("speedup_time"), v.get("speedup_time_ci"))
+    return speedup_text(v.get("speedup"), v.get("speedup_ci"), v.get("speedup_bracket"))
+
+
+def _range_text(low: float | None, high: float | None) -> str:
     """A range of speedups; None above: unbounded (the crossing lies before the first
     evaluation after step 0)."""
     return f"{low:.2f} or more" if high is None else f"{low:.2f}-{high:.2f}"
@@ -357,7 +391,7 @@ def _marked(text: str, unreliable: bool) -> str:
     return text + UNRELIABLE if unreliable and text != _DASH else text
 
 
-def convergence_rows(results: dict) -> list[dict]:
+def convergence_rows(results: JsonObject) -> list[TextRow]:
     """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
     has_target = results["target_loss"] is not None
     busy = busy_timing(results)
@@ -369,19 +403,21 @@ def convergence_rows(results: dict) -> list[dict]:
                     v["variant"],
                     _tuned_text(v),
                     str(v["n"]),
-                    _loss_text(v),
+                    _loss_text(
+                        v["final_val_loss_mean"], v["final_val_loss_std"], v.get("val_loss_se")
+                    ),
                     _DASH if v["is_baseline"] else _num(v["delta_vs_baseline"], "+.4f"),
                     _p_text(v),
                     _paired_text(v),
                     _steps_text(v, has_target),
-                    speedup_text(v),
-                    _marked(speedup_text(v, "_time"), busy),
+                    _speedup_text(v),
+                    _marked(_speedup_text(v, time=True), busy),
                     _status_text(v["statuses"]),
                 ),
                 strict=True,
             )
         )
-        for v in results["variants"]
+        for v in _variants(results)
     ]
 
 
@@ -397,13 +433,13 @@ BUDGET_COLUMNS = (
 BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
 
 
-def budget_table_rows(results: dict) -> list[dict]:
+def budget_table_rows(results: JsonObject) -> list[TextRow]:
     """Per variant and budget (`results.budget_rows`), BUDGET_COLUMNS -> text: its mean final
     loss ± seed spread and the paired difference from the baseline (none without budgets).
     With the values tuned per budget, the variant says those its row was read at."""
     tuned = {
         (v["variant"], t["budget"]): f"{v['variant']} @ {_tuned_text(t)}"
-        for v in results["variants"]
+        for v in _variants(results)
         for t in v.get("tuned_by_budget") or ()
     }
     return [
@@ -415,17 +451,17 @@ def budget_table_rows(results: dict) -> list[dict]:
                     f"{b['budget']:g}x",
                     _num(b["tokens_per_param"], ".3g"),
                     str(b["n"]),
-                    _loss_text(b),
+                    _loss_text(b["final_val_loss_mean"], b["final_val_loss_std"]),
                     _DASH if b["is_baseline"] else _budget_delta_text(b),
                 ),
                 strict=True,
             )
         )
-        for b in results.get("budgets") or ()
+        for b in _budget_rows(results)
     ]
 
 
-def _budget_delta_text(b: dict) -> str:
+def _budget_delta_text(b: BudgetRow) -> str:
     """The mean per-seed difference from the baseline at one budget, with its bootstrap
     interval and paired t-test p when two seeds or more are shared."""
     if b["paired_delta"] is None:
@@ -437,7 +473,7 @@ def _budget_delta_text(b: dict) -> str:
     return f"{text} [{low:+.4f}, {high:+.4f}], p {_num(b['paired_p'], '.3g')}"
 
 
-def _phase_text(phase: dict) -> str:
+def _phase_text(phase: JsonObject) -> str:
     """A tuning phase's grid with each value's mean final val loss: '*' marks the chosen value,
     '…' a value still to run (or waiting for the phase before)."""
     diverged = phase.get("diverged") or []
@@ -458,12 +494,12 @@ def _candidate_text(loss: float | None, sd: float | None) -> str:
     return f"{loss:.4f}" if sd is None else f"{loss:.4f} ± {sd:.4f}"
 
 
-def tuning_rows(results: dict) -> list[dict]:
+def tuning_rows(results: JsonObject) -> list[TextRow]:
     """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"; with
     values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
     differ (the largest budget's alone are "Tuned")."""
     rows = []
-    for v in results["variants"]:
+    for v in _variants(results):
         by_budget = v.get("tuned_by_budget")
         tunings = (
             [(f" at {t['budget']:g}x", t["tuning"]) for t in by_budget]
@@ -484,7 +520,7 @@ def tuning_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _side_text(v: dict) -> str:
+def _side_text(v: VariantRow) -> str:
     """The timing pass's median step ms [interquartile range]."""
     row = v.get("side_by_side")
     if not row:
@@ -492,7 +528,7 @@ def _side_text(v: dict) -> str:
     return f"{row['step_ms_median']:.1f} [{row['step_ms_q1']:.1f}, {row['step_ms_q3']:.1f}]"
 
 
-def _overhead_text(v: dict, comparable: bool, busy: bool = False) -> str:
+def _overhead_text(v: VariantRow, comparable: bool, busy: bool = False) -> str:
     """Overhead over the baseline: the timing pass's with its range (marked unreliable when it
     ran on a `busy` machine), else the runs' own when their timings compare."""
     if v["is_baseline"]:
@@ -506,7 +542,7 @@ def _overhead_text(v: dict, comparable: bool, busy: bool = False) -> str:
     return _DASH if comparable else "not comparable"
 
 
-def _memory_text(v: dict) -> str:
+def _memory_text(v: VariantRow) -> str:
     """Peak memory in GiB, marked RSS when it is the process's resident set size."""
     if v["peak_mem_bytes"] is None:
         return _DASH
@@ -514,7 +550,7 @@ def _memory_text(v: dict) -> str:
     return f"{v['peak_mem_bytes'] / 2**30:.2f} GiB{source}"
 
 
-def timing_rows(results: dict) -> list[dict]:
+def timing_rows(results: JsonObject) -> list[TextRow]:
     """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
     comparable, busy = bool(results.get("timing_comparable")), busy_timing(results)
     return [
@@ -535,18 +571,18 @@ def timing_rows(results: dict) -> list[dict]:
                 strict=True,
             )
         )
-        for v in results["variants"]
+        for v in _variants(results)
     ]
 
 
-def _markdown_table(columns, rows) -> str:
+def _markdown_table(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
     """A markdown table of `rows` (column -> text)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def render(results: dict, fmt: str) -> str:
+def render(results: JsonObject, fmt: str) -> str:
     """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
     or 'json' (the whole results object)."""
     if fmt == "json":
@@ -561,15 +597,16 @@ def render(results: dict, fmt: str) -> str:
 SCALE_TITLE = "speedup by scale (baseline steps / steps to its final loss, 95% CI)"
 
 
-def scale_rows(scale: dict) -> tuple[list[str], list[dict]]:
+def scale_rows(scale: JsonObject) -> tuple[list[str], list[TextRow]]:
     """The speedup-by-scale table (`scale.scale_summary`): a column per preset, named with its
     parameter count, and a row per variant."""
-    presets = scale["presets"]
-    params = {r["preset"]: r["params"] for r in scale["rows"] if r["params"]}
+    presets: list[str] = scale["presets"]
+    by_preset: list[ScaleRow] = scale["rows"]
+    params = {r["preset"]: r["params"] for r in by_preset if r["params"]}
     names = [f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets]
-    by = {(r["preset"], r["variant"]): r for r in scale["rows"]}
+    by = {(r["preset"], r["variant"]): r for r in by_preset}
     rows = []
-    for variant in dict.fromkeys(r["variant"] for r in scale["rows"]):
+    for variant in dict.fromkeys(r["variant"] for r in by_preset):
         row = {"Variant": variant}
         for name, preset in zip(names, presets, strict=True):
             r = by.get((preset, variant))
@@ -578,13 +615,13 @@ def scale_rows(scale: dict) -> tuple[list[str], list[dict]]:
                 if r is None
                 else "baseline"
                 if r["is_baseline"]
-                else speedup_text({**r, "is_baseline": False})
+                else speedup_text(r.get("speedup"), r.get("speedup_ci"))
             )
         rows.append(row)
     return ["Variant", *names], rows
 
 
-def render_scaled(by_preset: dict[str, dict], fmt: str) -> str:
+def render_scaled(by_preset: dict[str, JsonObject], fmt: str) -> str:
     """Several presets' results as 'markdown' (each preset's tables under its name, then the
     speedup by scale) or 'csv' (one table, a preset column first)."""
     from .scale import scale_summary
@@ -603,7 +640,10 @@ def render_scaled(by_preset: dict[str, dict], fmt: str) -> str:
 
 
 def _csv(
-    results: dict, preset: str | None = None, header: bool = True, budgets: list | None = None
+    results: JsonObject,
+    preset: str | None = None,
+    header: bool = True,
+    budgets: list[float] | None = None,
 ) -> str:
     """One row of raw numbers per variant (CSV_COLUMNS, after a preset column when `preset` is
     given, then the speedups at `budgets`, default the results' own; empty where a value is
@@ -617,11 +657,11 @@ def _csv(
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     if header:
         writer.writeheader()
-    for v in results["variants"]:
-        ci = v.get("speedup_ci") or [None, None]
-        paired = v.get("paired_delta_ci") or [None, None]
-        steps = v.get("steps_to_target_bracket") or [None, None]
-        evals = v.get("speedup_bracket") or [None, None]
+    for v in _variants(results):
+        ci: Sequence[float | None] = v.get("speedup_ci") or [None, None]
+        paired: Sequence[float | None] = v.get("paired_delta_ci") or [None, None]
+        steps: Sequence[int | None] = v.get("steps_to_target_bracket") or [None, None]
+        evals: Sequence[float | None] = v.get("speedup_bracket") or [None, None]
         row = {
             **v,
             "speedup_ci_low": ci[0],
@@ -642,7 +682,7 @@ def _csv(
     return out.getvalue()
 
 
-def _markdown(results: dict) -> str:
+def _markdown(results: JsonObject) -> str:
     """The convergence and step-time tables with their notes, as markdown sections."""
     target = results["target_loss"]
     note = (
@@ -677,19 +717,19 @@ BUDGET_SPEEDUP_TITLE = "speedup vs budget"
 _INF = "∞"
 
 
-def budget_columns(by_preset: list[dict]) -> list[float]:
+def budget_columns(by_preset: Iterable[JsonObject]) -> list[float]:
     """The budgets any variant of these results has a speedup row at, ascending."""
     return sorted(
         {
             row["budget"]
             for results in by_preset
-            for v in results["variants"]
+            for v in _variants(results)
             for row in v.get("budget_speedups") or ()
         }
     )
 
 
-def budget_speedup_text(row: dict | None) -> str:
+def budget_speedup_text(row: BudgetSpeedup | None) -> str:
     """A speedup from budgets with its 95% interval (an unbounded end as ∞), flagged when the
     interval holds 1 and when the baseline data it stands for lies outside the budgets run."""
     if row is None or (row["speedup"] is None and not row["unbounded"]):
@@ -704,13 +744,13 @@ def budget_speedup_text(row: dict | None) -> str:
     return text + (" (extrapolated)" if row["extrapolated"] else "")
 
 
-def budget_speedup_rows(results: dict) -> tuple[list[str], list[dict]]:
+def budget_speedup_rows(results: JsonObject) -> tuple[list[str], list[TextRow]]:
     """The speedup-vs-budget table: a column per budget (a multiple of 20 tokens per
     non-embedding parameter), a row per variant compared; no rows without budgets."""
     budgets = budget_columns([results])
     columns = ["Variant", *(f"{b:g}x" for b in budgets)]
     rows = []
-    for v in results["variants"]:
+    for v in _variants(results):
         if v["is_baseline"] or "budget_speedups" not in v:
             continue
         by_budget = {row["budget"]: row for row in v["budget_speedups"]}
@@ -719,15 +759,16 @@ def budget_speedup_rows(results: dict) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-def budget_speedup_notes(results: dict) -> list[str]:
+def budget_speedup_notes(results: JsonObject) -> list[str]:
     """How the speedup-vs-budget table was read: the baseline's law, the seeds it left out, and
     what the interval, "(extrapolated)" and ∞ mean; or why there is no law."""
-    fit = next((v["budget_fit"] for v in results["variants"] if v.get("budget_fit")), None)
+    fit = next((v["budget_fit"] for v in _variants(results) if v.get("budget_fit")), None)
     if fit is None:
         return ["no baseline with budgets: no law to read speedups from"]
-    if fit["fit"] is None:
+    law = fit["fit"]
+    if law is None:
         return [f"no speedup from budgets: {fit['note']}"]
-    notes = [_law_text(results["baseline"], fit)]
+    notes = [_law_text(results["baseline"], law, fit)]
     if fit["left_out"]:
         notes.append(
             f"baseline seeds left out of the fit (a budget did not complete): "
@@ -745,9 +786,9 @@ def budget_speedup_notes(results: dict) -> list[str]:
     return notes
 
 
-def _law_text(baseline: str, fit: dict) -> str:
-    """The baseline's law, L(D) = a D^-b + c, and how far b and c move from seed to seed."""
-    law = fit["fit"]
+def _law_text(baseline: str, law: PowerLawFit, fit: BudgetFit) -> str:
+    """The baseline's law, L(D) = a D^-b + c (`fit`'s), and how far b and c move from seed to
+    seed."""
     text = (
         f"law of {baseline}'s seed-mean final loss over {counted(len(fit['seeds']), 'seed')} "
         f"against tokens D: L(D) = {law['a']:.4g} D^-{law['b']:.3g} + {law['c']:.4g} "
@@ -765,7 +806,7 @@ def _law_text(baseline: str, fit: dict) -> str:
     return text
 
 
-def budget_speedup_markdown(results: dict) -> str:
+def budget_speedup_markdown(results: JsonObject) -> str:
     """The speedup-vs-budget section with its notes; empty without budgets."""
     columns, rows = budget_speedup_rows(results)
     if not rows:
@@ -784,9 +825,9 @@ def budget_csv_columns(budgets: list[float]) -> list[str]:
     ]
 
 
-def budget_csv_cells(v: dict) -> dict:
+def budget_csv_cells(v: VariantRow) -> dict[str, float | str | bool | None]:
     """A variant's speedups from budgets under `budget_csv_columns` (an unbounded one "inf")."""
-    cells: dict = {}
+    cells: dict[str, float | str | bool | None] = {}
     for row in v.get("budget_speedups") or ():
         head = f"speedup_at_{row['budget']:g}x"
         if row["speedup"] is None and not row["unbounded"]:
