@@ -130,3 +130,27 @@ def test_causal():
         a, b = model(idx), model(changed)
     torch.testing.assert_close(a[:, :20], b[:, :20])
     assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+def test_attention_on_a_cpu_runs_in_fp32_under_bf16_autocast():
+    """bf16 q, k, v: the output and gradients are bf16 as autocast expects, computed as fp32
+    attention of the same inputs (the fused bf16 CPU kernel is the slower and less exact one)."""
+    import torch.nn.functional as F
+
+    from mousse.train.model import causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = causal_attention(q, k, v)
+    y.float().square().sum().backward()
+    assert y.dtype is torch.bfloat16 and q.grad is not None and q.grad.dtype is torch.bfloat16
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert torch.equal(y, exact.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.equal(fused, y)  # what autocast alone would have computed
+    x = torch.randn(2, 4, 16, 8)  # fp32 inputs outside autocast: the plain kernel
+    assert torch.equal(
+        causal_attention(x, x, x), F.scaled_dot_product_attention(x, x, x, is_causal=True)
+    )

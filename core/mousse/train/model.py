@@ -51,6 +51,17 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 
 
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal scaled dot-product attention over (B, H, T, D). On a CPU it runs in fp32 even under
+    bf16 autocast: there the fused bf16 kernel takes about twice the fp32 one's time at this
+    model's head sizes (benchmarks/README.md), and fp32 is the more exact of the two."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    return y.type_as(q)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -68,7 +79,7 @@ class CausalSelfAttention(nn.Module):
             for lin in (self.q, self.k, self.v)
         )
         q, k = apply_rotary(norm(q), cos, sin), apply_rotary(norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = causal_attention(q, k, v)
         out: Tensor = self.o(y.transpose(1, 2).reshape(B, T, -1))
         return out
 
