@@ -30,6 +30,7 @@ from typing import Any, Literal, cast
 import torch
 
 from mousse.optim import knobs
+from mousse.optim.family import Knobs
 from mousse.optim.knobs import RUN_KNOBS
 from mousse.optim.routing import ScalarOptimizer
 
@@ -460,7 +461,8 @@ def format_model_config(kwargs: Mapping[str, object]) -> str | None:
     return text or None
 
 
-def _check_model(values: dict[str, Any], given: Mapping[str, Any]) -> str | None:
+# Any: `resolve`'s settings by name (`values`)
+def _check_model(values: dict[str, Any], given: Mapping[str, object]) -> str | None:
     """Settings that do not go with --model (or need it); the canonical model_config. The model
     itself is checked where it is built (`usermodel.build_model`)."""
     model, model_config = values["model"], values["model_config"]
@@ -579,7 +581,8 @@ def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     return cfg
 
 
-def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+# Any: `resolve`'s settings by name (`values`)
+def _fill_steps(values: dict[str, Any], given: Mapping[str, object]) -> None:
     """The steps of a run given budgets (`_apply_budgets`), or a budget and no steps."""
     if values["budgets"] is not None:
         _apply_budgets(values, given)
@@ -587,7 +590,7 @@ def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         values["steps"] = _budget_steps(values)
 
 
-def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> dict[str, Any]:
+def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, object]) -> Knobs:
     """The matrix optimizer's knobs a run gets, later winning: its class recipe < its LM
     training recipe < the model `preset`'s for it (`Preset.matrix_knobs`) < the knobs among
     `given` (the settings given, a file's under the flags; None: not given). The one statement
@@ -596,6 +599,7 @@ def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> 
     return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _budget_steps(values: Mapping[str, Any]) -> int:
     """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
     tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
@@ -610,6 +614,7 @@ def _budget_steps(values: Mapping[str, Any]) -> int:
     return _steps_of(values, (budget,), "budget")[0]
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> list[int]:
     """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
     naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
@@ -669,7 +674,8 @@ def trained_steps(cfg: TrainConfig) -> int:
     return cfg.steps + sum(cooldown_length(s, cfg.cooldown) for _, s in budget_steps(cfg)[:-1])
 
 
-def _apply_budgets(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+# Any: `resolve`'s settings by name (`values`)
+def _apply_budgets(values: dict[str, Any], given: Mapping[str, object]) -> None:
     """A run of several budgets: WSD (unless --schedule says otherwise, which `validate`
     refuses), the largest budget's steps and budget, and its warmup in steps: as given, else
     warmup_frac of the smallest budget's steps, recorded so that every branch has the warmup
@@ -696,7 +702,7 @@ def _apply_budgets(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         values["warmup_steps"] = warmup_length(steps[0], values["warmup_frac"], None)
 
 
-def refuse_with_budgets(given: Mapping[str, Any]) -> None:
+def refuse_with_budgets(given: Mapping[str, object]) -> None:
     """A ConfigError for settings given with `budgets` that it sets itself (--steps, --budget):
     what a user gives, before `resolve` (which accepts those a resolved config records)."""
     if given.get("budgets") is None:
@@ -709,6 +715,7 @@ def refuse_with_budgets(given: Mapping[str, Any]) -> None:
         )
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _tokens_per_step(values: Mapping[str, Any]) -> int:
     return int(values["batch_size"]) * int(values["seq_len"])
 
