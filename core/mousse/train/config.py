@@ -178,8 +178,7 @@ class TrainConfig:
     ns_dtype: NsDtype = "auto"  # Newton-Schulz precision (NS_DTYPES)
     log: str | None = None  # dashboards, comma-separated LOGGERS (None: metrics.jsonl only)
 
-    # Any: each field's own type (dataclasses.asdict is typed so); readers take one by name
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Setting | None]:
         """Every setting by name, in field order (config.toml, run records)."""
         return dataclasses.asdict(self)
 
@@ -272,7 +271,8 @@ class Overrides:
         given = compat.upgrade(dict(settings))
         return cls(**{k: coerce(k, v) for k, v in given.items() if v is not None})
 
-    def to_dict(self) -> dict[str, Any]:  # Any: as TrainConfig.to_dict
+    # Any: each field's own type, for dataclasses.replace(**...), which checks each by name
+    def to_dict(self) -> dict[str, Any]:
         """The settings given (not None), by name, in field order."""
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
@@ -306,7 +306,8 @@ FIELD_TYPES: dict[str, type] = {
 }
 # TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
 # or the optimizer's recipe: what a run gets for a setting it is not given, before those.
-FIELD_DEFAULTS: dict[str, Any] = {  # Any: as TrainConfig.to_dict
+# Any: each field's own type; readers take one by name into a typed place
+FIELD_DEFAULTS: dict[str, Any] = {
     f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
 }
 

@@ -15,6 +15,7 @@ from .checkpoint import Loaded, latest_valid_checkpoint, read_checkpoint
 from .config import (
     FIELD_DEFAULTS,
     ConfigError,
+    Setting,
     TrainConfig,
     coerce,
     format_model_config,
@@ -80,7 +81,7 @@ def config_from_checkpoint(
 
 def _without_steps_for(
     overrides: Mapping[str, object], saved: TrainConfig
-) -> dict[str, Any]:  # Any: TrainConfig.to_dict's
+) -> dict[str, Setting | None]:
     """The saved settings, less their steps when `overrides` give a budget and no steps: the
     budget then sets the steps to train to (a saved steps would win over it); a run with
     budgets, less the steps and budget they set."""
