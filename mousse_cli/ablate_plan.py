@@ -21,6 +21,7 @@ from .cost import check_cost
 if TYPE_CHECKING:
     from mousse.experiments.ablation import RunSpec
     from mousse.experiments.settings import Sweeps
+    from mousse.experiments.spec import Table
     from mousse.experiments.sweep import Ablation
     from mousse.experiments.tuning import TuneRecord
 
@@ -31,7 +32,7 @@ class AblateSetup:
     values of each setting's own type, as the spec file and the flags give them (`resolve` and
     the planner type them)."""
 
-    file: dict[str, Any]  # the spec file (empty without one)
+    file: Table  # the spec file (empty without one)
     base: dict[str, Any]  # the settings every run shares
     presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
     sweeps: Sweeps  # knob -> values, typed (`inputs.typed_sweeps`, `parse_sweep_values`)

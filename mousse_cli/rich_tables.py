@@ -137,7 +137,7 @@ def scale_table(scale: JsonObject) -> Table:
 
 
 # The two preset tables: compact, without borders.
-_PRESET_STYLE: dict[str, Any] = dict(
+_PRESET_STYLE: dict[str, Any] = dict(  # Any: as `**style` above
     header_style="bold underline", box=None, pad_edge=False, no_wrap=True
 )
 

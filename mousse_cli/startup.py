@@ -69,6 +69,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise_when_safe(Interrupted(signum))
 
 
+# Any: wraps builtins.__import__ and importlib.import_module alike, whose typeshed signatures
+# differ; the wrapper stands in for either
 def _holding(load: Callable[..., Any]) -> Callable[..., Any]:
     """`load` (the import machinery's entry) with signals held while it runs on the main thread."""
     main = threading.main_thread().ident

@@ -33,13 +33,14 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer, routed_shapes
+from mousse.train.checkpoint import Loaded
 from mousse.train.config import TrainConfig
 from mousse.train.optstate import load_optimizer_state, optimizer_state_by_name
 from mousse.train.world import World
@@ -72,11 +73,10 @@ def setup(device: torch.device | str | None = None) -> World:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        extra: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
             timeout=timedelta(seconds=timeout_seconds()),
-            **extra,
+            device_id=device if device.type == "cuda" else None,  # None: torch's default
         )
         atexit.register(teardown)
     return Dist(dist.get_rank(), dist.get_world_size(), local, device)
@@ -362,7 +362,7 @@ class Dist(World):
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
+    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: Loaded) -> None:
         """Restore `opt` from a checkpoint, whichever world size wrote it: every parameter's
         state is read by name from the file that holds it (only what this rank's optimizer
         needs)."""

@@ -43,14 +43,15 @@ from .step import (
 )
 
 if TYPE_CHECKING:
-    from torch.optim.optimizer import ParamsT
+    from torch.optim.optimizer import ParamsT, StateDict
     from typing_extensions import Unpack
 
     from .knobs import KnobArgs
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-# A param group's knobs (and "params"), or a set of knobs: name -> value.
+# A param group's knobs (and "params"), or a set of knobs: name -> value. Any: torch types its
+# param groups so (`Optimizer.param_groups: list[dict[str, Any]]`), and the knobs' values vary.
 Knobs = dict[str, Any]
 # Saved state entries, by side: running factor, eigenvalues, eigenbasis.
 _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
@@ -60,7 +61,8 @@ _FACTOR_KEYS = {"L": ("L", "lam_L", "Q_L"), "R": ("R", "lam_R", "Q_R")}
 # OpenMP team slows every later step of the process (small's plain step 2.6x, on 2 cores). The
 # result is the same either way; tests switch the thread on to check that.
 BACKGROUND_ON_CPU = False
-# (function, COMPILE_OPTIONS) -> the function under torch.compile
+# (function, COMPILE_OPTIONS) -> the function under torch.compile. Any: functions of any
+# signature, and torch.compile's keyword arguments, whose types differ from one to the next
 _COMPILED: dict[tuple[Callable[..., Any], tuple[tuple[str, Any], ...]], Callable[..., Any]] = {}
 COMPILE_OPTIONS: dict[str, Any] = {}  # extra torch.compile arguments, e.g. a cheap test backend
 # Graphs one function may keep: one per bucket shape and knob set, plus the symbolic-count
@@ -199,7 +201,7 @@ class KroneckerOptimizer(Optimizer):
 
     recipe: ClassVar[Knobs] = dict(KNOB_DEFAULTS)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.recipe = {**KNOB_DEFAULTS, **cls.__dict__.get("recipe", {})}
         cls.__signature__ = _signature(cls)  # type: ignore[attr-defined]
@@ -210,7 +212,7 @@ class KroneckerOptimizer(Optimizer):
         return {}
 
     @classmethod
-    def resolve_knobs(cls, **knobs: Any) -> Knobs:
+    def resolve_knobs(cls, **knobs: Unpack[KnobArgs]) -> Knobs:
         """This optimizer's full knob set with `knobs` applied; derived defaults follow the knobs
         they depend on unless set explicitly. TypeError names unknown knobs."""
         unknown = sorted(set(knobs) - set(KNOB_DEFAULTS))
@@ -257,6 +259,7 @@ class KroneckerOptimizer(Optimizer):
         m, n = matrix_shape(p, group["transposed"])
         wide = torch.promote_types(p.dtype, torch.float32)
 
+        # Any: torch.zeros takes dims or one shape tuple, two overloads no single type matches
         def zeros(*shape: Any, dtype: torch.dtype = wide) -> Tensor:  # dims, or a shape tuple
             return torch.zeros(*shape, dtype=dtype, device=p.device)
 
@@ -326,7 +329,7 @@ class KroneckerOptimizer(Optimizer):
             self._buckets = self._build_buckets()
         return self._buckets
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: StateDict) -> None:
         """Standard load, but keeps each saved buffer's own dtype (factors stay fp32 or wider).
         A state saved with other weight orientations (`transposed`) is refused: its buffers
         are those of the transposed matrices."""
@@ -346,7 +349,7 @@ class KroneckerOptimizer(Optimizer):
                 group.setdefault(key, value)
         self._buckets = None
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> StateDict:
         """The standard state dict; delayed refreshes still being computed are waited for and
         saved as pending, so a resumed run uses them on the same step."""
         self.finish_refreshes()

@@ -172,7 +172,7 @@ def _syrk(  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def _kernel() -> Any:
+def _kernel() -> Any:  # Any: a triton JIT function, untyped (see above)
     """Import triton and jit the kernel (on first use only)."""
     global triton, tl
     import triton

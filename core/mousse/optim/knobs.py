@@ -14,6 +14,7 @@ while any of them differs from TABLE. A choice knob's choices are a Literal alia
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args, get_origin
@@ -39,6 +40,8 @@ LrScale = Literal["spectral", "muon", "rms", "mean_dim", "none"]
 Fisher = Literal["empirical", "sampled"]
 LR_SCALE_RULES: tuple[LrScale, ...] = get_args(LrScale)
 SIDES: tuple[Sides, ...] = get_args(Sides)
+# A knob's value: a number, a choice, a switch, a dtype, or None where the knob allows it.
+KnobValue = float | str | bool | torch.dtype | None
 # The aliases by their choices (each alias above or imported here): how KnobArgs's generated lines
 # name a choice knob's type.
 CHOICE_TYPES: dict[tuple[str, ...], str] = {
@@ -53,7 +56,7 @@ class Knob:
     for `mousse ablate --NAME` ("" when the knob has no sweep flag)."""
 
     name: str
-    default: Any
+    default: KnobValue
     kind: type
     help: str
     choices: tuple[str, ...] = ()
@@ -85,7 +88,7 @@ class Knob:
             return f"a number in [{self.low:g}, {self.high:g})"
         return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
 
-    def check(self, value: Any) -> str | None:
+    def check(self, value: object) -> str | None:
         """None when `value` is valid, else what is allowed (with 'None or' for optional knobs)."""
         if value is None and self.optional:
             return None
@@ -93,7 +96,7 @@ class Knob:
             return ("None or " if self.optional else "") + self.allowed
         return None
 
-    def _valid(self, value: Any) -> bool:
+    def _valid(self, value: object) -> bool:
         if self.choices:
             return value in self.choices
         if self.kind is bool:
@@ -118,7 +121,7 @@ def _count(name: str, default: int, help: str, low: int = 1, sweep: str = "") ->
     return Knob(name, default, int, help, low=low, sweep=sweep, preconditioner=name != "ns_steps")
 
 
-def _choice(name: str, default: str, choices: Any, help: str, **kw: Any) -> Knob:
+def _choice(name: str, default: str, choices: object, help: str, **kw: bool) -> Knob:
     """A knob of one of `choices`, a Literal alias (its values, in order, are the choices)."""
     values: tuple[str, ...] = get_args(choices)
     return Knob(name, default, str, help, choices=values, sweep=",".join(values), **kw)
@@ -332,7 +335,7 @@ class KnobArgs(TypedDict, total=False):
 
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in TABLE}
-KNOB_DEFAULTS: dict[str, Any] = {k.name: k.default for k in TABLE}
+KNOB_DEFAULTS: dict[str, KnobValue] = {k.name: k.default for k in TABLE}
 KNOB_CHOICES: dict[str, tuple[str, ...]] = {k.name: k.choices for k in TABLE if k.choices}
 RUN_KNOBS: tuple[str, ...] = tuple(
     k.name for k in TABLE if k.run_setting
@@ -340,14 +343,14 @@ RUN_KNOBS: tuple[str, ...] = tuple(
 PRECONDITIONER_KNOBS: tuple[str, ...] = tuple(k.name for k in TABLE if k.preconditioner)
 
 
-def check_knobs(knobs: dict[str, Any]) -> None:
+def check_knobs(knobs: Mapping[str, object]) -> None:
     """Raise ValueError naming the first invalid knob of `knobs`, its value and what is allowed."""
     for name, value in knobs.items():
         if name in BY_NAME and (allowed := BY_NAME[name].check(value)) is not None:
             raise ValueError(f"invalid {name}={value!r}: expected {allowed}")
 
 
-def check_together(knobs: dict[str, Any]) -> None:
+def check_together(knobs: dict[str, Any]) -> None:  # Any: a torch param group (family.Knobs)
     """Raise ValueError naming the first pair of knobs that cannot go together (each valid on
     its own): a delay that reaches the next refresh, or a matmul root it cannot compute."""
     if knobs.get("sides") == "none":

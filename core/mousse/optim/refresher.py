@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +53,7 @@ class InFlight:
     side: str
     rows: Tensor
     use_at: int
-    future: Future[tuple[Refresh, Any]]
+    future: Future[tuple[Refresh, torch.cuda.Event | None]]
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Worker:
     """One background thread for delayed refreshes (started on first use), with a CUDA stream
     of its own per device."""
 
-    streams: dict[torch.device, Any] = field(default_factory=dict)
+    streams: dict[torch.device, torch.cuda.Stream] = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = None
 
     def submit(
@@ -113,8 +112,11 @@ class Worker:
 
 
 def _on_stream(
-    work: Callable[[], Refresh], stream: Any, ready: Any, device: torch.device
-) -> tuple[Refresh, Any]:
+    work: Callable[[], Refresh],
+    stream: torch.cuda.Stream,
+    ready: torch.cuda.Event,
+    device: torch.device,
+) -> tuple[Refresh, torch.cuda.Event | None]:
     """Run `work` on `stream` after the event `ready`; the event that marks its end."""
     with torch.cuda.device(device), torch.cuda.stream(stream):
         stream.wait_event(ready)

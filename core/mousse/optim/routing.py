@@ -15,17 +15,20 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args, overload
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .family import closure_loss
+from .family import Knobs, closure_loss
 from .knobs import KnobArgs
 from .lion import Lion
 from .recipes import OPTIMIZER_CLASSES
 from .step import oriented_shape
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import StateDict
 
 # What the embeddings, head, gains and biases get (`build_optimizer`'s scalar_optimizer).
 ScalarOptimizer = Literal["adamw", "lion"]
@@ -44,7 +47,7 @@ def infer_roles(model: nn.Module) -> dict[str, str]:
     matrices and everything else is scalar. The routing table returned by `build_optimizer`
     shows the result, so a user can check it."""
     if hasattr(model, "param_roles"):
-        return dict(cast(Any, model).param_roles())  # the user's method: names -> roles
+        return dict(cast(Any, model).param_roles())  # Any: the user's own method on an nn.Module
     vocab = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     named = [n for n, _ in linears if n.rsplit(".", 1)[-1] in _HEAD_NAMES]
@@ -135,13 +138,13 @@ class CombinedOptimizer(Optimizer):
         """Give this optimizer the parts' groups (the same dicts, so what a schedule sets reaches
         them) and one state dict, the union of theirs, that the parts use too."""
         self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
-        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
+        state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)  # Any: torch's state type
         for opt in self.parts.values():
             state.update(opt.state)
             opt.state = state
         self.state = state
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
+    def add_param_group(self, param_group: Knobs) -> None:
         """torch's `add_param_group`; a new group goes to the optimizer its "rule" names
         ("matrix" or "scalar"), which fills in its defaults and checks it."""
         rule = param_group.get("rule")
@@ -175,7 +178,7 @@ class CombinedOptimizer(Optimizer):
             opt.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> StateDict:
         """torch's standard state dict; delayed refreshes still being computed are waited for
         and saved as pending (`KroneckerOptimizer.state_dict`)."""
         for opt in self.parts.values():
@@ -183,7 +186,7 @@ class CombinedOptimizer(Optimizer):
                 opt.finish_refreshes()
         return super().state_dict()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: StateDict) -> None:
         """torch's standard load (its hooks included): each rule's optimizer loads its groups,
         keeping its own conventions (the family keeps each buffer's saved dtype). The earlier
         `{'matrix': ..., 'scalar': ...}` form is taken too."""
@@ -248,7 +251,7 @@ class CombinedOptimizer(Optimizer):
             yield
 
 
-def standard_state(state_dict: dict[str, Any], rules: Collection[str]) -> dict[str, Any]:
+def standard_state(state_dict: StateDict, rules: Collection[str]) -> StateDict:
     """A `CombinedOptimizer` state dict in torch's standard form: as it is, or converted from the
     `{'matrix': ..., 'scalar': ...}` form of earlier mousse (each part's groups tagged with
     its rule, in the order of `rules`, and its parameter ids moved past the earlier parts')."""
@@ -377,11 +380,12 @@ def _matrix_optimizer(
     group of their own that says so, or AdamW (elementwise: orientation is moot) with the LM
     recipe's betas."""
     if name == "adamw":
+        # Any: torch.optim.AdamW's keyword arguments, whose types differ from one to the next
         adamw: dict[str, Any] = {"betas": (0.9, 0.95), "weight_decay": 0.01, **kwargs}
         return torch.optim.AdamW([p for _, p in named], lr=lr, **adamw)
     stored = [p for n, p in named if n not in transposed]
     flipped = [p for n, p in named if n in transposed]
-    groups: list[dict[str, Any]] = [{"params": stored}] if stored else []
+    groups: list[Knobs] = [{"params": stored}] if stored else []
     groups += [{"params": flipped, "transposed": True}] if flipped else []
     args: KnobArgs = {**kwargs, "lr": lr}  # the group's lr wins over a knob's
     return OPTIMIZER_CLASSES[name](groups, compiled=compiled, **args)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from . import precondition as pc
 from .orthogonalize import frobenius_norm, orthogonalize
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 LR_SCALES: dict[str, Callable[[int, int], float]] = {
     "spectral": lambda m, n: math.sqrt(m / n),
@@ -67,8 +70,8 @@ class GroupKnobs:
     sides: str
 
     @classmethod
-    def of(cls: type[_K], group: Mapping[str, Any]) -> _K:
-        values = tuple(group[f.name] for f in fields(cast(Any, cls)))
+    def of(cls: type[_K], group: Mapping[str, object]) -> _K:
+        values = tuple(group[f.name] for f in fields(cast("type[DataclassInstance]", cls)))
         key = (cls, values)
         if key not in _INTERNED:
             if len(_INTERNED) >= 512:  # bounded: a momentum schedule makes a new set every step
@@ -83,7 +86,7 @@ class GroupKnobs:
 
 
 _K = TypeVar("_K", bound=GroupKnobs)
-_INTERNED: dict[tuple[type[Any], tuple[Any, ...]], Any] = {}
+_INTERNED: dict[tuple[type[GroupKnobs], tuple[object, ...]], GroupKnobs] = {}
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class BucketState:
         optional = {**cls.PENDING, **cls.PENDING_ORDER}
 
         def side(s: str) -> SideState:
+            # Any: the fields are filled by name, required and optional tensors mixed in one **
             kept: dict[str, Any] = {attr: state[name.format(s)] for attr, name in names.items()}
             kept.update({attr: state.get(name.format(s)) for attr, name in optional.items()})
             return SideState(**kept)
@@ -226,6 +230,7 @@ class BucketState:
     def rows(self, idx: Tensor) -> BucketState:
         """A copy holding only the matrices `idx` (for a step of some of them)."""
 
+        # Any: fields copied by name (getattr) and rebuilt with **, as in `from_saved`
         def take(t: Tensor | None) -> Any:  # None stays None
             return None if t is None else t[idx.to(t.device)]
 
@@ -341,7 +346,7 @@ def update_matrices(
 
 
 def direction(
-    k: StepKnobs, st: BucketState, X: Tensor, G: Tensor, pre: dict[str, Any], count: int
+    k: StepKnobs, st: BucketState, X: Tensor, G: Tensor, pre: dict[str, Tensor | None], count: int
 ) -> Tensor:
     """The orthogonalizer applied to the whitened momentum X."""
     if k.orthogonalizer == "adam":
@@ -504,13 +509,13 @@ def held_refresh(st: BucketState, side: str, rows: Tensor) -> Refresh:
     return Refresh(s.pending_lam[rows], s.pending_Q[rows], failed, order)
 
 
-def exponents(g: Mapping[str, Any]) -> tuple[float, float]:
+def exponents(g: Mapping[str, Any]) -> tuple[float, float]:  # Any: a torch param group's values
     """The whitening exponents (alpha, post_alpha) of a group; post_alpha None means alpha."""
     post = g["post_alpha"]
     return g["alpha"], g["alpha"] if post is None else post
 
 
-def cache_whitening(g: Mapping[str, Any], st: BucketState) -> None:
+def cache_whitening(g: Mapping[str, Any], st: BucketState) -> None:  # Any: as `exponents`
     """P = Q diag(lam^-alpha) and P' = Q diag(lam^-post_alpha) for the group's sides, so a step
     only multiplies by them: P in the state's precision, P' in the unwhitening's."""
     alpha, post_alpha = exponents(g)

@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from .budget import gpt_non_embedding_params
 from .checkpoint import list_checkpoints
 from .config import GPT_SHAPE, TrainConfig, budget_steps, number_text, validate
 from .evaluation import eval_due
 from .events import CheckpointSaved
-from .fileio import append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
+from .fileio import JsonObject, append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
 from .machine import default_run_dir, environment
 from .model import GPTConfig
 from .rundir import FINISHED, RunLock, prepare_run_dir, read_summary
@@ -92,9 +92,7 @@ def plan_branches(cfg: TrainConfig, run_dir: Path) -> list[Branch]:
     return out
 
 
-def fork_state(
-    state: dict[str, Any], curve: list[dict[str, Any]], cfg: TrainConfig
-) -> dict[str, Any]:
+def fork_state(state: JsonObject, curve: list[JsonObject], cfg: TrainConfig) -> JsonObject:
     """A branch's trainer state at its fork: the trunk's totals, with the losses of the
     evaluations its own run makes (`curve`, already kept to those)."""
     finite = [p for p in curve if p["val_loss"] is not None and math.isfinite(p["val_loss"])]
@@ -149,7 +147,7 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     trunk.emit(CheckpointSaved(trunk.step, path, seconds))
 
 
-def _branch_record(record: dict[str, Any], cfg: TrainConfig) -> dict[str, Any] | None:
+def _branch_record(record: JsonObject, cfg: TrainConfig) -> JsonObject | None:
     """A trunk's metrics record as the branch of config `cfg` logs it: every step's, and the
     evaluations its own run makes (the trunk's, or one made for its branches); None for the
     others."""
@@ -189,8 +187,8 @@ def side_eval(trunk: Trainer) -> None:
 
 
 def budget_results(
-    cfg: TrainConfig, branches: list[Branch], trunk: dict[str, Any], trunk_status: str
-) -> list[dict[str, Any]]:
+    cfg: TrainConfig, branches: list[Branch], trunk: JsonObject, trunk_status: str
+) -> list[JsonObject]:
     """Every budget's result, ascending, the trunk's (`trunk`, its summary, and its own
     `trunk_status`) last: steps, tokens, tokens per non-embedding parameter, status and, for a
     completed one only, its losses. A branch never forked has the trunk's status when the trunk
@@ -219,14 +217,14 @@ def budget_results(
     return rows
 
 
-def _branch_status(branch: Branch, summary: dict[str, Any] | None, trunk_status: str) -> str:
+def _branch_status(branch: Branch, summary: JsonObject | None, trunk_status: str) -> str:
     if summary is not None:
         return str(summary["status"])
     forked = bool(list_checkpoints(branch.run_dir / "checkpoints"))
     return trunk_status if not forked and trunk_status in (*FINISHED, "failed") else "pending"
 
 
-def overall_status(budgets: list[dict[str, Any]]) -> str:
+def overall_status(budgets: list[JsonObject]) -> str:
     """A run with budgets is interrupted while a budget is left to train (a rerun resumes it),
     failed while one failed, else it ended as its trunk did (a branch's divergence is its
     budget's result)."""
@@ -237,8 +235,8 @@ def overall_status(budgets: list[dict[str, Any]]) -> str:
 
 
 def with_budgets(
-    summary: dict[str, Any], cfg: TrainConfig, branches: list[Branch], trunk_status: str
-) -> dict[str, Any]:
+    summary: JsonObject, cfg: TrainConfig, branches: list[Branch], trunk_status: str
+) -> JsonObject:
     """The trunk's summary as its summary.json holds it: every budget's result, and the status
     of the whole run (a message naming the budgets left, when some are)."""
     budgets = budget_results(cfg, branches, summary, trunk_status)
@@ -252,7 +250,7 @@ def with_budgets(
     return out
 
 
-def trunk_status(summary: dict[str, Any] | None) -> str | None:
+def trunk_status(summary: JsonObject | None) -> str | None:
     """The trunk's own status as its summary.json records it (None: no result of it yet)."""
     budgets = (summary or {}).get("budgets")
     return str(budgets[-1]["status"]) if isinstance(budgets, list) and budgets else None
@@ -267,7 +265,7 @@ def train_budgets(
     restart: bool = False,
     lock: RunLock | None = None,
     argv: list[str] | None = None,
-) -> dict[str, Any]:
+) -> JsonObject:
     """Train a run with budgets to its end (or a stop): the trunk unless it has finished, then
     every branch that has not, each from its latest checkpoint, holding the trunk's run dir
     throughout. Returns the trunk's summary with every budget's result (`with_budgets`)."""
@@ -305,8 +303,8 @@ def train_budgets(
 
 
 def _record(
-    run_dir: Path, summary: dict[str, Any], cfg: TrainConfig, branches: list[Branch], status: str
-) -> dict[str, Any]:
+    run_dir: Path, summary: JsonObject, cfg: TrainConfig, branches: list[Branch], status: str
+) -> JsonObject:
     """Write the trunk's summary.json with every budget's result as it stands; returns it."""
     final = with_budgets(summary, cfg, branches, status)
     write_json(run_dir / "summary.json", final)

@@ -26,6 +26,9 @@ from mousse.optim.routing import CombinedOptimizer
 from .optstate import FORMAT, OPTIMIZER_INDEX, CheckpointError, flatten_optimizer, unreadable
 
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
+# A read checkpoint by part: "model" -> its tensors by name, "model_meta" -> its metadata, ...
+# Any: safetensors gives tensors and metadata strings, mixed in one dict by part name.
+Loaded = dict[str, Any]
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"  # sha256 of every file, written with the checkpoint
 # The trainer's state as JSON text per key (safetensors metadata holds only strings).
@@ -237,7 +240,7 @@ def verify_checksums(ckpt: Path) -> None:
             )
 
 
-def _read_checksums(path: Path) -> dict[str, Any]:
+def _read_checksums(path: Path) -> dict[str, str]:
     """A checksums.json's table, file name -> sha256; CheckpointError when damaged or when it
     names anything but a file of its checkpoint (a path elsewhere, a device)."""
     try:
@@ -408,10 +411,10 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     return unreadable(path, exc)
 
 
-def read_checkpoint(ckpt: Path) -> dict[str, Any]:
+def read_checkpoint(ckpt: Path) -> Loaded:
     """Load all three files; a truncated, corrupted or foreign checkpoint is a CheckpointError."""
     verify_checksums(ckpt)
-    out: dict[str, Any] = {}
+    out: Loaded = {}
     read = []
     for f in FILES:
         part = f.split(".")[0]

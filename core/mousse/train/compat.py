@@ -9,8 +9,7 @@ only knows today's names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 # old boolean knob -> (new knob, its value)
 _UPGRADES: dict[str, Callable[[bool], tuple[str, str]]] = {
@@ -41,7 +40,7 @@ RENAMED_FLAGS = {
 }
 
 
-def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
+def upgrade(settings: Mapping[str, object]) -> dict[str, object]:
     """Settings with the pre-family engine's knobs renamed: trace_norm -> factor_norm, nesterov ->
     momentum_style, graft on/off -> graft orthogonalizer/none, compile true/false -> on/off (only
     boolean values: a new-style value is never one). A new-style setting given alongside wins. (ns = "exact" is now
@@ -62,7 +61,7 @@ def upgrade(settings: dict[str, Any]) -> dict[str, Any]:
 _BEFORE = {"split": "tail"}  # the built-in corpus's tail was its validation set
 
 
-def recorded(settings: dict[str, Any]) -> dict[str, Any]:
+def recorded(settings: Mapping[str, object]) -> dict[str, object]:
     """Settings a run or plan recorded (a checkpoint's config, an ablation.toml's base), with the
     value it ran with for each setting it predates (`_BEFORE`): it then resumes, and reads, as
     it trained. Never for settings a person gives, where a missing one means today's default."""

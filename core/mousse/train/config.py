@@ -22,7 +22,7 @@ import itertools
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -30,6 +30,7 @@ from typing import Any, Literal, cast
 import torch
 
 from mousse.optim import knobs
+from mousse.optim.family import Knobs
 from mousse.optim.knobs import RUN_KNOBS
 from mousse.optim.routing import ScalarOptimizer
 
@@ -62,6 +63,8 @@ NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+# One setting's value, as a flag or a file gives it once converted (`coerce`).
+Setting = bool | int | float | str
 # Dashboards a run's scalars also go to (`--log`, train.dashboards); metrics.jsonl always gets them.
 LOGGERS = ("tensorboard", "wandb")
 # Settings that choose where runs are shown, not what they compute: never an ablation's knob
@@ -175,7 +178,7 @@ class TrainConfig:
     ns_dtype: NsDtype = "auto"  # Newton-Schulz precision (NS_DTYPES)
     log: str | None = None  # dashboards, comma-separated LOGGERS (None: metrics.jsonl only)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Setting | None]:
         """Every setting by name, in field order (config.toml, run records)."""
         return dataclasses.asdict(self)
 
@@ -261,13 +264,14 @@ class Overrides:
     # /generated
 
     @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> Overrides:
+    def from_dict(cls, settings: Mapping[str, object]) -> Overrides:
         """Settings by name (flag strings or TOML values; old names upgraded, `compat`), each
         converted to its field's type; None values count as not given. A ConfigError names an
         unknown setting or a value of the wrong type."""
         given = compat.upgrade(dict(settings))
         return cls(**{k: coerce(k, v) for k, v in given.items() if v is not None})
 
+    # Any: each field's own type, for dataclasses.replace(**...), which checks each by name
     def to_dict(self) -> dict[str, Any]:
         """The settings given (not None), by name, in field order."""
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
@@ -302,6 +306,7 @@ FIELD_TYPES: dict[str, type] = {
 }
 # TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
 # or the optimizer's recipe: what a run gets for a setting it is not given, before those.
+# Any: each field's own type; readers take one by name into a typed place
 FIELD_DEFAULTS: dict[str, Any] = {
     f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
 }
@@ -317,6 +322,8 @@ def closest(name: str, choices: Iterable[str]) -> str:
 LIST_SETTINGS = ("budgets",)
 
 
+# Any: a TOML value (tomllib's typing) or flag string in, converted by int()/float(); out, the
+# value of the field `key` names, for Overrides(**...), which checks each against its field
 def coerce(key: str, value: Any) -> Any:
     """Convert a flag string or TOML value to the field's type; ConfigError names the key."""
     kind = _field_type(key)
@@ -342,7 +349,7 @@ def _field_type(key: str) -> type:
     return FIELD_TYPES[key]
 
 
-def _convert(kind: type, value: Any) -> bool | int | float | str:
+def _convert(kind: type, value: Any) -> Setting:  # Any: as `coerce`
     """`value` (a flag string or TOML value, not None) as a `kind`: int, float, bool or str.
     TypeError or ValueError when it is not one, for `coerce` to name the key."""
     if kind is bool:
@@ -358,7 +365,7 @@ def _convert(kind: type, value: Any) -> bool | int | float | str:
     return str(value)
 
 
-def _to_bool(value: Any) -> bool:
+def _to_bool(value: object) -> bool:
     """An on/off setting's value: a bool as it is, or a flag string (1/true/on/yes, 0/false/off/
     no, any case); ValueError for anything else."""
     if isinstance(value, bool):
@@ -373,7 +380,7 @@ def _to_bool(value: Any) -> bool:
     raise ValueError
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path) -> dict[str, Any]:  # Any: tomllib's typing (tomlio.loads)
     """Parse a TOML file; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     try:
@@ -386,7 +393,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def load_config_file(path: str | Path) -> dict[str, Setting | None]:
     """Settings from a run TOML (flat keys, or under a [train] table), type-checked."""
     raw = read_toml(path)
     if isinstance(raw.get("train"), dict):
@@ -400,7 +407,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {key: coerce_toml(key, value) for key, value in compat.upgrade(raw).items()}
 
 
-def coerce_toml(key: str, value: Any) -> Any:
+def coerce_toml(key: str, value: Any) -> Any:  # Any: as `coerce`
     """A TOML file's value of setting `key`, typed: TOML has numbers and booleans, so a string
     for a count, a number or a switch (`steps = "5"`) is a mistake, refused rather than read."""
     if isinstance(value, str) and _field_type(key) is not str:
@@ -412,10 +419,10 @@ GPT_SHAPE = ("d_model", "n_layers", "n_heads", "head_dim")  # the built-in GPT's
 SET_BY_RUN = ("vocab_size", "seq_len")  # what a --model's function gets from the run
 
 
-def parse_model_config(text: str | None) -> dict[str, Any]:
+def parse_model_config(text: str | None) -> dict[str, Setting]:
     """--model-config "k=v,k=v" as keyword arguments, each value an int, float, bool (true /
     false) or else a string; a malformed pair is a ConfigError showing the form."""
-    out: dict[str, Any] = {}
+    out: dict[str, Setting] = {}
     for pair in filter(None, (p.strip() for p in (text or "").split(","))):
         key, sep, raw = (s.strip() for s in pair.partition("="))
         if not (sep and key.isidentifier() and raw):
@@ -435,7 +442,7 @@ def parse_model_config(text: str | None) -> dict[str, Any]:
     return out
 
 
-def _scalar(raw: str) -> Any:
+def _scalar(raw: str) -> Setting:
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     for kind in (int, float):
@@ -446,7 +453,7 @@ def _scalar(raw: str) -> Any:
     return raw
 
 
-def format_model_config(kwargs: Mapping[str, Any]) -> str | None:
+def format_model_config(kwargs: Mapping[str, object]) -> str | None:
     """The canonical --model-config text of `kwargs` (keys sorted, so equal settings compare
     equal as text in the recorded config); None for none."""
     text = ",".join(
@@ -455,7 +462,8 @@ def format_model_config(kwargs: Mapping[str, Any]) -> str | None:
     return text or None
 
 
-def _check_model(values: dict[str, Any], given: Mapping[str, Any]) -> str | None:
+# Any: `resolve`'s settings by name (`values`)
+def _check_model(values: dict[str, Any], given: Mapping[str, object]) -> str | None:
     """Settings that do not go with --model (or need it); the canonical model_config. The model
     itself is checked where it is built (`usermodel.build_model`)."""
     model, model_config = values["model"], values["model_config"]
@@ -499,7 +507,7 @@ def parse_log(value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+def check_choice(key: str, value: object, allowed: Collection[str]) -> None:
     hint = (
         " (the SVD polar factor is now orthogonalizer = exact)"
         if (key, value) == ("ns", "exact")
@@ -535,7 +543,7 @@ FROM_PRESET = (
 )
 
 
-def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
+def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
     `overrides` holds file settings updated by flags (flags win): an `Overrides`, or the same by
@@ -548,7 +556,9 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     if not isinstance(overrides, Overrides):
         overrides = Overrides.from_dict(overrides)
     given = overrides.to_dict()
-    values = {**FIELD_DEFAULTS, **given}
+    # Any: the settings by name, filled in one by one until TrainConfig(**values) types them
+    # (here and in the helpers that take `values` or `given`)
+    values: dict[str, Any] = {**FIELD_DEFAULTS, **given}
     preset = preset_named(values["preset"])
     check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
     values["model_config"] = _check_model(values, given)
@@ -572,7 +582,8 @@ def resolve(overrides: Overrides | Mapping[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+# Any: `resolve`'s settings by name (`values`)
+def _fill_steps(values: dict[str, Any], given: Mapping[str, object]) -> None:
     """The steps of a run given budgets (`_apply_budgets`), or a budget and no steps."""
     if values["budgets"] is not None:
         _apply_budgets(values, given)
@@ -580,7 +591,7 @@ def _fill_steps(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         values["steps"] = _budget_steps(values)
 
 
-def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> dict[str, Any]:
+def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, object]) -> Knobs:
     """The matrix optimizer's knobs a run gets, later winning: its class recipe < its LM
     training recipe < the model `preset`'s for it (`Preset.matrix_knobs`) < the knobs among
     `given` (the settings given, a file's under the flags; None: not given). The one statement
@@ -589,6 +600,7 @@ def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, Any]) -> 
     return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _budget_steps(values: Mapping[str, Any]) -> int:
     """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
     tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
@@ -603,6 +615,7 @@ def _budget_steps(values: Mapping[str, Any]) -> int:
     return _steps_of(values, (budget,), "budget")[0]
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> list[int]:
     """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
     naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
@@ -662,7 +675,8 @@ def trained_steps(cfg: TrainConfig) -> int:
     return cfg.steps + sum(cooldown_length(s, cfg.cooldown) for _, s in budget_steps(cfg)[:-1])
 
 
-def _apply_budgets(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+# Any: `resolve`'s settings by name (`values`)
+def _apply_budgets(values: dict[str, Any], given: Mapping[str, object]) -> None:
     """A run of several budgets: WSD (unless --schedule says otherwise, which `validate`
     refuses), the largest budget's steps and budget, and its warmup in steps: as given, else
     warmup_frac of the smallest budget's steps, recorded so that every branch has the warmup
@@ -689,7 +703,7 @@ def _apply_budgets(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         values["warmup_steps"] = warmup_length(steps[0], values["warmup_frac"], None)
 
 
-def refuse_with_budgets(given: Mapping[str, Any]) -> None:
+def refuse_with_budgets(given: Mapping[str, object]) -> None:
     """A ConfigError for settings given with `budgets` that it sets itself (--steps, --budget):
     what a user gives, before `resolve` (which accepts those a resolved config records)."""
     if given.get("budgets") is None:
@@ -702,6 +716,7 @@ def refuse_with_budgets(given: Mapping[str, Any]) -> None:
         )
 
 
+# Any: `resolve`'s settings by name (`values`)
 def _tokens_per_step(values: Mapping[str, Any]) -> int:
     return int(values["batch_size"]) * int(values["seq_len"])
 
@@ -725,7 +740,7 @@ _AT_LEAST_1 = (
 MAX_STEPS = 10**9  # beyond any run a machine finishes; 1e20 is a typo, not a plan
 MAX_PARAMS = 10**15  # the built-in GPT's blocks: petabytes of weights, beyond any machine
 # number -> (test, what is allowed), for run settings that may be fractional
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "scalar_lr": (lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
     **dict.fromkeys(
@@ -739,7 +754,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _out_of_range(key: str, value: Any) -> str | None:
+def _out_of_range(key: str, value: Any) -> str | None:  # Any: a setting's value, as `values`
     """What the setting allows when `value` (typed, not None) is outside it, else None."""
     if key in knobs.BY_NAME and key in RUN_KNOBS:
         allowed = knobs.BY_NAME[key].check(value)
@@ -750,7 +765,7 @@ def _out_of_range(key: str, value: Any) -> str | None:
     return None if ok is None or ok[0](value) else ok[1]
 
 
-def in_range(key: str, value: Any) -> bool:
+def in_range(key: str, value: Any) -> bool:  # Any: as `_out_of_range`
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
     return value is None or _out_of_range(key, value) is None
 

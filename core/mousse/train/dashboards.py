@@ -16,10 +16,11 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import TypedDict, TypeVar
 
 from .config import VIEW_SETTINGS, ConfigError, parse_log
 from .events import EvalDone, Event, RunFinished, RunStarted, StepLogged
+from .fileio import JsonObject
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ def check_installed(names: Iterable[str]) -> None:
             ) from None
 
 
-def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+def hparams(config: Mapping[str, object]) -> JsonObject:
     """The resolved config as hyperparameters: the settings that are set, views left out."""
     return {k: v for k, v in config.items() if v is not None and k not in VIEW_SETTINGS}
 
@@ -81,7 +82,7 @@ class TensorBoardRun:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
 
-    def finish(self, config: dict[str, Any], final: dict[str, float], step: int) -> None:
+    def finish(self, config: JsonObject, final: dict[str, float], step: int) -> None:
         """The hparams view's entry for this run (in its own dir, so it lines up with the
         scalars), its metric and the closing scalars."""
         from torch.utils.tensorboard.summary import hparams as hparam_summaries
@@ -118,7 +119,7 @@ class WandbRun:
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
-    def finish(self, config: dict[str, Any], final: dict[str, float], step: int) -> None:
+    def finish(self, config: JsonObject, final: dict[str, float], step: int) -> None:
         self.run.log(final, step=step)
         self.close()
 
@@ -135,7 +136,7 @@ class _RunState(TypedDict):
     whether it logs TNT's sampled-label time."""
 
     writers: dict[str, Writer]
-    config: dict[str, Any]
+    config: JsonObject
     step: int
     fisher: bool
 
@@ -230,7 +231,7 @@ class Dashboards:
                 if writer is not None:
                     writers[dashboard] = writer
 
-    def _each(self, state: _RunState, method: str, *args: Any) -> None:
+    def _each(self, state: _RunState, method: str, *args: object) -> None:
         for dashboard, writer in list(state["writers"].items()):
             self._guard(dashboard, lambda w=writer: getattr(w, method)(*args))
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from .fileio import JsonObject
 
 
 @dataclass(frozen=True)
 class RunStarted:
     run_dir: Path
-    config: dict[str, Any]
-    info: dict[str, Any]  # n_params, device, data description, routing, resumed_from
+    config: JsonObject
+    info: JsonObject  # n_params, device, data description, routing, resumed_from
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class StepLogged:
     # the matrix optimizer's read-outs over its matrices (`optim_hooks.optimizer_telemetry`); {} for AdamW
     telemetry: dict[str, float] = field(default_factory=dict)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> JsonObject:
         return {k: v for k, v in self.__dict__.items() if k != "steps"}
 
 
@@ -75,7 +76,7 @@ class Notice:
 
 @dataclass(frozen=True)
 class RunFinished:
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: JsonObject = field(default_factory=dict)
 
 
 Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice | RunFinished

@@ -47,9 +47,9 @@ def strict(obj: object) -> object:
     return obj
 
 
-def dumps(obj: object, **kwargs: Any) -> str:
-    """Strict JSON text of `obj` (non-finite floats as null)."""
-    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+def dumps(obj: object, indent: int | None = None) -> str:
+    """Strict JSON text of `obj` (non-finite floats as null), on one line or indented."""
+    return json.dumps(strict(obj), allow_nan=False, indent=indent)
 
 
 def write_json(path: str | Path, obj: object) -> None:
@@ -77,7 +77,7 @@ def read_text(path: str | Path) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes) -> Any:  # Any: json.loads is typed so, the value checked by callers
     """json.loads, with JSON nested too deeply for Python's recursion limit a ValueError like
     any other malformed JSON (not a RecursionError)."""
     try:
@@ -86,7 +86,7 @@ def loads(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-def read_json(path: str | Path) -> Any:
+def read_json(path: str | Path) -> Any:  # Any: as `loads`
     """The JSON value in the regular file `path`; malformed or not UTF-8: ValueError."""
     return loads(read_bytes(path))
 
@@ -95,7 +95,7 @@ class JsonlError(ValueError):
     """A damaged line of a JSON-lines file (the message names the file and the line)."""
 
 
-def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, key: str | None = None) -> list[JsonObject]:
     """Records (JSON objects, each with an integer `key` when one is named) of a JSON-lines file.
     An unterminated last line that does not parse (an append cut short) is dropped; any other
     damaged line is a JsonlError, never a silent truncation."""
@@ -103,7 +103,7 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[dict[str, Any]]
     if not path.exists():
         return []
     lines = read_bytes(path).split(b"\n")
-    out: list[dict[str, Any]] = []
+    out: list[JsonObject] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

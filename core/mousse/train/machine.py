@@ -11,13 +11,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mousse import __version__
 
 from .config import DEVICES, ConfigError, RunPrecision, TrainConfig, check_choice
+from .fileio import JsonObject
 
 
 def cpu_jiffies() -> tuple[int, int] | None:
@@ -132,10 +132,10 @@ def git_revision() -> str | None:
 
 def environment(
     cfg: TrainConfig, device: torch.device, precision: RunPrecision, argv: list[str] | None
-) -> dict[str, Any]:
+) -> JsonObject:
     """What a reader needs to reproduce the run: versions, machine, precision, revision, seed,
     argv."""
-    env: dict[str, Any] = {
+    env: JsonObject = {
         "mousse": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -9,7 +9,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -17,6 +17,11 @@ from torch import Tensor
 
 from mousse.optim.family import Knobs
 from mousse.optim.routing import CombinedOptimizer
+
+from .fileio import JsonObject
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import StateDict
 
 FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
@@ -51,7 +56,7 @@ _DTYPES = {
 }
 
 
-def json_hook(obj: dict[str, Any]) -> torch.dtype | dict[str, Any]:
+def json_hook(obj: JsonObject) -> torch.dtype | JsonObject:
     """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
         if obj["__dtype__"] not in _DTYPES:
@@ -71,7 +76,7 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
     names = [opt.param_names[id(p)] for g in opt.param_groups for p in g["params"]]
     tensors: dict[str, Tensor] = {}
     groups: dict[str, list[Knobs]] = {}
-    extra: dict[str, Any] = {}
+    extra: JsonObject = {}
     for g in sd["param_groups"]:
         rule = g["rule"]
         for idx in g["params"]:
@@ -92,7 +97,7 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
 
 def unflatten_optimizer(
     opt: CombinedOptimizer, tensors: dict[str, Tensor], meta: Mapping[str, str]
-) -> dict[str, Any]:
+) -> StateDict:
     """The inverse of `flatten_optimizer`: a state dict for `opt`, its params found by name."""
     groups = json.loads(meta["param_groups"], object_hook=json_hook)
     extra = json.loads(meta["extra"], object_hook=json_hook)
@@ -100,7 +105,7 @@ def unflatten_optimizer(
     return _state_for(opt, _groups_by_name(groups), _keys_by_param(values), values.__getitem__)
 
 
-def _groups_by_name(saved: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Knobs]]:
+def _groups_by_name(saved: dict[str, list[Knobs]]) -> dict[str, dict[str, Knobs]]:
     """rule -> param name -> the hyperparameters of the saved group that held it."""
     out: dict[str, dict[str, Knobs]] = {}
     for rule, rule_groups in saved.items():
@@ -122,8 +127,8 @@ def _state_for(
     opt: CombinedOptimizer,
     groups: dict[str, dict[str, Knobs]],
     keys: Mapping[tuple[str, str], list[str]],
-    value: Callable[[str], Any],
-) -> dict[str, Any]:
+    value: Callable[[str], Any],  # Any: a tensor (safetensors) or a JSON value, by flat key
+) -> StateDict:
     """A standard state dict for `opt` (over all or some of a model's parameters) from a saved
     one found by name: each of opt's groups takes the hyperparameters of the saved group that
     held its first parameter, each parameter its buffers (`value` of its flat keys); none for
@@ -131,7 +136,7 @@ def _state_for(
     rules = {g["rule"] for g in opt.param_groups}
     if not rules <= set(groups):
         raise _other_parts(groups, rules)
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int, dict[str, Any]] = {}  # Any: torch's optimizer state entries
     param_groups, index = [], 0
     for g in opt.param_groups:
         saved = groups[g["rule"]]
@@ -147,7 +152,7 @@ def _state_for(
     return {"state": state, "param_groups": param_groups}
 
 
-def load_optimizer_state(opt: CombinedOptimizer, state: dict[str, Any], ckpt: Path) -> None:
+def load_optimizer_state(opt: CombinedOptimizer, state: StateDict, ckpt: Path) -> None:
     """`opt.load_state_dict(state)`, a state it refuses (e.g. saved for weights of the other
     orientation) being a CheckpointError that names the checkpoint."""
     try:
@@ -178,14 +183,15 @@ def optimizer_files(ckpt: Path) -> list[Path]:
         ) from None
 
 
-def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> dict[str, Any]:
+def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> StateDict:
     """A state dict for `opt` (a CombinedOptimizer over all or some of a model's parameters),
     assembled by parameter name from a checkpoint's optimizer file or shards, reading only the
     tensors `opt` needs."""
     with contextlib.ExitStack() as stack:
-        saved: dict[str, list[dict[str, Any]]] = {}
+        saved: dict[str, list[Knobs]] = {}
         keys: dict[tuple[str, str], list[str]] = {}
-        readers: dict[str, Callable[[str], Any]] = {}  # flat key -> how to read its value
+        # flat key -> how to read its value; Any: as `_state_for`'s `value`
+        readers: dict[str, Callable[[str], Any]] = {}
         for path in optimizer_files(ckpt):
             fh, groups, extra, tensor_keys = _open_optimizer_file(stack, path)
             for rule, rule_groups in groups.items():
@@ -200,7 +206,7 @@ def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> dict[str, Any
 
 def _open_optimizer_file(
     stack: contextlib.ExitStack[bool | None], path: Path
-) -> tuple[safe_open, dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
+) -> tuple[safe_open, dict[str, list[Knobs]], JsonObject, list[str]]:
     """(open handle, saved param groups, non-tensor state, tensor keys) of one optimizer file; a
     damaged or foreign file is a CheckpointError."""
     try:

@@ -461,6 +461,7 @@ def weights_and_state_bytes(model: torch.nn.Module, knobs: Knobs | None) -> int:
     return 4 * (2 * sum(p.numel() for p in params.values()) + state)
 
 
+# Any: settings by name, as `config.resolve`'s values, handed on to KnobArgs
 def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> Knobs:
     """The matrix optimizer's knobs for an LM run: its class recipe < its training recipe
     (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow

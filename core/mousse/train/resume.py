@@ -11,10 +11,11 @@ from typing import Any
 from mousse.optim.knobs import RUN_KNOBS
 
 from . import compat, tomlio
-from .checkpoint import latest_valid_checkpoint, read_checkpoint
+from .checkpoint import Loaded, latest_valid_checkpoint, read_checkpoint
 from .config import (
     FIELD_DEFAULTS,
     ConfigError,
+    Setting,
     TrainConfig,
     coerce,
     format_model_config,
@@ -23,6 +24,7 @@ from .config import (
     parse_model_config,
     resolve,
 )
+from .fileio import JsonObject
 from .optstate import CheckpointError
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
@@ -38,7 +40,7 @@ SAME_SCHEDULE = ("schedule", "cooldown", "warmup_steps")
 
 
 def config_from_checkpoint(
-    path: Path, overrides: Mapping[str, Any], warn: Callable[[str], None] | None = None
+    path: Path, overrides: Mapping[str, object], warn: Callable[[str], None] | None = None
 ) -> tuple[TrainConfig, Path]:
     """The config a checkpoint was written with, updated by explicitly given settings; the newest
     checkpoint that passes its checksums (`warn` hears of each damaged one skipped). A change to
@@ -77,7 +79,9 @@ def config_from_checkpoint(
     return cfg, ckpt
 
 
-def _without_steps_for(overrides: Mapping[str, Any], saved: TrainConfig) -> dict[str, Any]:
+def _without_steps_for(
+    overrides: Mapping[str, object], saved: TrainConfig
+) -> dict[str, Setting | None]:
     """The saved settings, less their steps when `overrides` give a budget and no steps: the
     budget then sets the steps to train to (a saved steps would win over it); a run with
     budgets, less the steps and budget they set."""
@@ -89,7 +93,9 @@ def _without_steps_for(overrides: Mapping[str, Any], saved: TrainConfig) -> dict
     return settings
 
 
-def _check_same_budgets(overrides: Mapping[str, Any], saved: TrainConfig) -> None:
+def _check_same_budgets(
+    overrides: Mapping[str, Any], saved: TrainConfig
+) -> None:  # Any: Overrides.to_dict
     """ConfigError naming --budgets when it is given other than the run recorded it: its trunk
     and branches were planned for those budgets."""
     given = overrides.get("budgets")
@@ -103,13 +109,13 @@ def _check_same_budgets(overrides: Mapping[str, Any], saved: TrainConfig) -> Non
     )
 
 
-def saved_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+def saved_config(meta: JsonObject) -> dict[str, Any]:  # Any: tomllib's (tomlio.loads)
     """The settings a checkpoint's decoded `trainer_meta` recorded, with the values of the
     settings it predates (`compat.recorded`: a checkpoint from before `split` held out the tail)."""
     return compat.recorded(tomlio.loads(meta["config"]))
 
 
-def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
+def trainer_meta(loaded: Loaded) -> JsonObject:
     """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
     missing or undecodable metadata is a CheckpointError."""
     try:
@@ -124,7 +130,7 @@ def trainer_meta(loaded: Mapping[str, Any]) -> dict[str, Any]:
         ) from None
 
 
-def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_hash: str) -> None:
+def check_same_run(ckpt: Path, meta: JsonObject, cfg: TrainConfig, data_hash: str) -> None:
     """CheckpointError unless the checkpoint (its decoded `trainer_meta`) was made by this
     model, with these optimizers, on this data."""
     saved_cfg = saved_config(meta)
@@ -165,7 +171,7 @@ def check_same_run(ckpt: Path, meta: Mapping[str, Any], cfg: TrainConfig, data_h
         )
 
 
-def _check_same_schedule(key: str, saved: Any, cfg: TrainConfig) -> None:
+def _check_same_schedule(key: str, saved: object, cfg: TrainConfig) -> None:
     """CheckpointError naming the flag to pass when the schedule setting `key` (the run's was
     `saved`) changed on resume: the lr after it would not be the uninterrupted run's."""
     if saved == getattr(cfg, key):

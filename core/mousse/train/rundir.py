@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from . import tomlio
 from .checkpoint import (
@@ -32,7 +31,16 @@ from .checkpoint import (
     set_aside_later_checkpoints,
 )
 from .config import ConfigError, TrainConfig
-from .fileio import JsonlError, atomic_write_text, dumps, loads, read_json, read_jsonl, write_json
+from .fileio import (
+    JsonlError,
+    JsonObject,
+    atomic_write_text,
+    dumps,
+    loads,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 
 LOCK_FILE = ".lock"
 # the files a run writes; `branches`: the cooldown branches of a run with budgets (train.branches)
@@ -80,7 +88,7 @@ def _run_began(run_dir: Path) -> bool:
     return isinstance(env, dict) and "mousse" in env
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> JsonObject | None:
     """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
     UTF-8, not an object with a status)."""
     try:
@@ -317,7 +325,7 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
-def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
     """The original env.json (None when there is none) and metrics.jsonl's records of the run a
     resume continues; a damaged one is a RunDirError naming it and the fix (read before
     anything is written, so that nothing of the run is lost)."""
@@ -339,7 +347,7 @@ def earlier_logs(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, A
 
 
 def prepare_run_dir(
-    run_dir: Path, cfg: TrainConfig, env: dict[str, Any], resumed_from: int | None, step: int
+    run_dir: Path, cfg: TrainConfig, env: JsonObject, resumed_from: int | None, step: int
 ) -> None:
     """A run's files before its first step: env.json first (what marks the dir as a run's; a
     resume keeps the original and appends itself), config.toml, and metrics.jsonl cut back to

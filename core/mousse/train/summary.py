@@ -7,7 +7,7 @@ import math
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -16,6 +16,7 @@ from mousse.optim.routing import Route
 from .budget import non_embedding_count, regime
 from .config import RunPrecision, TrainConfig
 from .data import Dataset
+from .fileio import JsonObject
 from .machine import label, peak_memory
 from .precision import peak_flops
 from .usermodel import flops_per_token
@@ -26,16 +27,16 @@ class Run(Protocol):
     """What a summary reads of a run (a `Trainer`)."""
 
     cfg: TrainConfig
-    state: dict[str, Any]
+    state: JsonObject
     run_dir: Path
     step: int
     resumed_from: int | None
-    curve: list[dict[str, Any]]
+    curve: list[JsonObject]
     device: torch.device
     precision: RunPrecision
     compiled: bool
     dist: World
-    timing_context: dict[str, Any]
+    timing_context: JsonObject
     data: Dataset
     routes: list[Route]
 
@@ -46,11 +47,11 @@ def run_summary(
     message: str | None,
     timing: Mapping[str, float | None],
     n_params: int,
-) -> dict[str, Any]:
+) -> JsonObject:
     """The summary of `trainer`'s run (a `Trainer`), with `timing` from `StepTimer.summary`."""
     cfg, state = trainer.cfg, trainer.state
     best = state["best_val_loss"]
-    summary: dict[str, Any] = {
+    summary: JsonObject = {
         "run_dir": str(trainer.run_dir),
         "status": status,
         "message": message,
@@ -84,7 +85,7 @@ def run_summary(
     return summary
 
 
-def run_regime(trainer: Run) -> dict[str, Any]:
+def run_regime(trainer: Run) -> JsonObject:
     """The regime of the run as planned (`budget.regime`): the tokens of its steps per
     non-embedding parameter of its model and epochs over its train data."""
     cfg = trainer.cfg
@@ -93,7 +94,7 @@ def run_regime(trainer: Run) -> dict[str, Any]:
     return regime(tokens, non_embedding_count(sizes), len(trainer.data.train))
 
 
-def throughput(trainer: Run, tokens_per_s: float | None, n_params: int) -> dict[str, Any]:
+def throughput(trainer: Run, tokens_per_s: float | None, n_params: int) -> JsonObject:
     """How close to the hardware the run was: its precision, whether it compiled, model FLOP/s (`flops_per_token` a
     token) and MFU, their share of the matmul peak measured here at that precision (per GPU
     under torchrun). None without a measured step time."""

@@ -20,6 +20,7 @@ else:  # pragma: no cover
 TOMLDecodeError = tomllib.TOMLDecodeError
 
 
+# Any: tomllib.loads is typed so, each value checked by its reader (config.coerce_toml)
 def loads(text: str) -> dict[str, Any]:
     """The TOML document `text`; nested too deeply for Python's recursion limit: a
     TOMLDecodeError like any other malformed TOML."""
@@ -30,7 +31,7 @@ def loads(text: str) -> dict[str, Any]:
     return data
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path) -> dict[str, Any]:  # Any: as `loads`
     """The TOML file `path` (a regular file: `fileio.read_text`)."""
     return loads(read_text(path))
 
@@ -59,11 +60,11 @@ def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
-def dumps(data: Mapping[str, Any], _prefix: str = "") -> str:
+def dumps(data: Mapping[str, object], _prefix: str = "") -> str:
     """TOML text for `data`; None values are left out (TOML has no null)."""
     lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    tables: list[tuple[str, dict[str, object]]] = []
+    arrays: list[tuple[str, list[dict[str, object]]]] = []
     for k, v in data.items():
         if v is None:
             continue

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from mousse.optim.step import RefreshKnobs
 
 from . import tomlio
 from .checkpoint import (
+    Loaded,
     latest_valid_checkpoint,
     read_checkpoint,
     run_dir_of,
@@ -42,7 +42,7 @@ from .events import (
     RunStarted,
     StepLogged,
 )
-from .fileio import append_jsonl, read_json, write_json
+from .fileio import JsonObject, append_jsonl, read_json, write_json
 from .machine import (
     QUIET,
     cpu_reading,
@@ -118,7 +118,7 @@ class Trainer:
         stop: threading.Event | None = None,
         argv: list[str] | None = None,
         world: Callable[[torch.device], World] = World,
-        timing_context: Mapping[str, Any] | None = None,
+        timing_context: Mapping[str, object] | None = None,
         restart: bool = False,
         lock: RunLock | None = None,
     ):
@@ -142,7 +142,7 @@ class Trainer:
         self._build_model_and_optimizer()
         self.step = 0
         # the run's totals and outcome so far, by name (each stored as JSON in a checkpoint)
-        self.state: dict[str, Any] = {
+        self.state: JsonObject = {
             "train_seconds": 0.0,
             "eval_seconds": 0.0,
             "checkpoint_seconds": 0.0,
@@ -152,13 +152,13 @@ class Trainer:
             "target_step": None,
             "target_seconds": None,
         }
-        self.curve: list[dict[str, Any]] = []
+        self.curve: list[JsonObject] = []
         # steps after which another run starts from this one's state (`branches`): its losses
         # are checked there, then the callback writes that run's first checkpoint, before this
         # run's own checkpoint of the step (so a kill never leaves this run past a lost fork)
         self.forks: dict[int, Callable[[], None]] = {}
         # what summary.json holds: the run's summary (a run with budgets adds its branches')
-        self.summary_file: Callable[[dict[str, Any]], dict[str, Any]] = lambda summary: summary
+        self.summary_file: Callable[[JsonObject], JsonObject] = lambda summary: summary
         self.resumed_from: int | None = None
         self.continues_here = False  # resumes from a checkpoint of its own run dir
         if ckpt is not None and loaded is not None:
@@ -180,7 +180,7 @@ class Trainer:
         if not self.dist.is_main:
             self.emit = lambda event: None  # only rank 0 renders
 
-    def _choose_arithmetic(self, resumed: Mapping[str, Any] | None) -> None:
+    def _choose_arithmetic(self, resumed: JsonObject | None) -> None:
         """The run's precision and whether it compiles: what --precision and --compile resolve to
         here, or, resuming (`resumed`: the checkpoint's metadata), what the run trained with."""
         cfg = self.cfg
@@ -232,7 +232,7 @@ class Trainer:
         self.emit(CheckpointSaved(self.step, path, seconds))
 
     def save_state(
-        self, run_dir: Path, cfg: TrainConfig, curve: list[dict[str, Any]], state: dict[str, Any]
+        self, run_dir: Path, cfg: TrainConfig, curve: list[JsonObject], state: JsonObject
     ) -> tuple[Path, float]:
         """Checkpoint the model, optimizer and RNG state at this step into `run_dir` as a run of
         `cfg` with `curve` and `state` (this run's own, or those of a branch forked here).
@@ -258,7 +258,7 @@ class Trainer:
         )
         return path, time.perf_counter() - t0
 
-    def _restore(self, ckpt: Path, loaded: dict[str, Any]) -> None:
+    def _restore(self, ckpt: Path, loaded: Loaded) -> None:
         meta = trainer_meta(loaded)
         check_same_run(ckpt, meta, self.cfg, self.data.content_hash)
         try:
@@ -386,7 +386,7 @@ class Trainer:
         timer.stop(refresh=refreshes and self.refresh_knobs.due(step))
         return loss, factor
 
-    def run(self, argv: list[str] | None = None) -> dict[str, Any]:
+    def run(self, argv: list[str] | None = None) -> JsonObject:
         """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
         lock = None  # the lock this call takes (a caller's own it keeps holding)
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
@@ -421,7 +421,7 @@ class Trainer:
             write_json(self.run_dir / "summary.json", self.summary_file(summary))
         return error
 
-    def _run(self, argv: list[str] | None) -> dict[str, Any]:
+    def _run(self, argv: list[str] | None) -> JsonObject:
         cfg = self.cfg
         if self.dist.is_main:
             self._prepare_run_dir(argv)

@@ -236,7 +236,7 @@ def _where(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{where}"
 
 
-def _call(spec: str, factory: Callable[..., object], **kwargs: Any) -> nn.Module:
+def _call(spec: str, factory: Callable[..., object], **kwargs: object) -> nn.Module:
     """`factory(**kwargs)` after checking it takes them; a failure inside it is one line."""
     try:
         params = inspect.signature(factory).parameters
@@ -332,10 +332,11 @@ def _roles(spec: str, net: nn.Module, vocab_size: int) -> dict[str, str]:
     return {name: roles[name] for name in params}
 
 
+# Any: what the user's param_roles() returns, each role then checked against ROLES
 def _own_roles(spec: str, net: nn.Module) -> dict[Any, Any]:
     """What the model's own `param_roles()` returns: a ConfigError unless it is a dict."""
     try:
-        roles = cast(Any, net).param_roles()
+        roles = cast(Any, net).param_roles()  # Any: as above
     except Exception as exc:  # the user's code failed: say where, on one line
         raise ConfigError(f"--model {spec}: its param_roles() failed: {_where(exc)}") from None
     if not isinstance(roles, dict):
@@ -391,7 +392,7 @@ def _hf_factory(arch: str) -> Callable[..., HFCausalLM]:
             "hf:gpt2, hf:qwen2"
         )
 
-    def build(vocab_size: int, seq_len: int, **overrides: Any) -> HFCausalLM:
+    def build(vocab_size: int, seq_len: int, **overrides: object) -> HFCausalLM:
         default = transformers.AutoConfig.for_model(arch)
         for key in overrides:
             if not hasattr(default, key):

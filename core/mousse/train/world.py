@@ -9,14 +9,14 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer
 
-from .checkpoint import SaveCheckpoint, save_checkpoint
+from .checkpoint import Loaded, SaveCheckpoint, save_checkpoint
 from .config import TrainConfig
 from .optstate import load_optimizer_state, optimizer_state_by_name, unflatten_optimizer
 
@@ -92,7 +92,7 @@ class World:
             total += value.float()
         return total
 
-    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: dict[str, Any]) -> None:
+    def load_optimizer(self, opt: CombinedOptimizer, ckpt: Path, loaded: Loaded) -> None:
         """Restore `opt` from a checkpoint written by any world size."""
         if "optimizer" in loaded:
             state = unflatten_optimizer(opt, loaded["optimizer"], loaded["optimizer_meta"])
