@@ -369,6 +369,7 @@ def test_shipped_specs_are_the_papers_studies():
         },
         "momentum-rule": {"momentum_style": ["heavy_ball", "nesterov"]},
         "decisive": {"momentum_style": ["heavy_ball", "nesterov"]},
+        "budgets": {"momentum_style": ["heavy_ball", "nesterov"]},
         "refresh": {
             "refresh": ["eigh", "qr", "root"],
             "refresh_delay": [0, 1, 5],
