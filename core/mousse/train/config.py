@@ -620,7 +620,8 @@ def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> 
     """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
     naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
     shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
-    non_embedding, per_step = gpt_non_embedding_params(shape), _tokens_per_step(values)
+    non_embedding = gpt_non_embedding_params(shape)
+    per_step = shape.seq_len * values["batch_size"]  # tokens a step trains on
     out = []
     for budget in budgets:
         steps = steps_for_budget(budget, non_embedding, per_step)
@@ -716,11 +717,6 @@ def refuse_with_budgets(given: Mapping[str, object]) -> None:
         )
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _tokens_per_step(values: Mapping[str, Any]) -> int:
-    return int(values["batch_size"]) * int(values["seq_len"])
-
-
 # Run settings that are counts; the engine's knobs carry their own ranges (mousse.optim.knobs).
 _AT_LEAST_1 = (
     "d_model",
@@ -754,18 +750,21 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def _out_of_range(key: str, value: Any) -> str | None:  # Any: a setting's value, as `values`
-    """What the setting allows when `value` (typed, not None) is outside it, else None."""
+def _out_of_range(key: str, value: object) -> str | None:
+    """What the setting allows when `value` (typed, not None) is outside it, else None. Run
+    settings that are not numbers have no range (their choices are checked by `check_choice`)."""
     if key in knobs.BY_NAME and key in RUN_KNOBS:
         allowed = knobs.BY_NAME[key].check(value)
         return None if allowed is None else f"must be {allowed}"
+    if not isinstance(value, (int, float)):
+        return None
     if key in _AT_LEAST_1 and value < 1:
         return "must be >= 1"
     ok = _RANGES.get(key)
     return None if ok is None or ok[0](value) else ok[1]
 
 
-def in_range(key: str, value: Any) -> bool:  # Any: as `_out_of_range`
+def in_range(key: str, value: object) -> bool:
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
     return value is None or _out_of_range(key, value) is None
 
