@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypedDict, cast
 
 import torch
 
@@ -271,10 +271,11 @@ class Overrides:
         given = compat.upgrade(dict(settings))
         return cls(**{k: coerce(k, v) for k, v in given.items() if v is not None})
 
-    # Any: each field's own type, for dataclasses.replace(**...), which checks each by name
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Settings:
         """The settings given (not None), by name, in field order."""
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        return settings_of(
+            (f.name, v) for f in fields(self) if (v := getattr(self, f.name)) is not None
+        )
 
     def updated(self, later: Overrides) -> Overrides:
         """These settings with `later`'s given ones winning (a file's under the flags)."""
@@ -287,6 +288,104 @@ def overrides_lines() -> list[str]:
         f"{name}: {hint if hint.endswith('| None') else hint + ' | None'} = None"
         for name, hint in TrainConfig.__annotations__.items()
     ]
+
+
+class Settings(TypedDict, total=False):
+    """Run settings by name, each as typed as `TrainConfig`'s field of that name, none required
+    (None is never a value: a setting not given is absent): the settings given
+    (`Overrides.to_dict`), and an ablation's base, sweeps and runs. Its lines are generated from
+    TrainConfig's."""
+
+    # generated from TrainConfig less None by `python scripts/typed_fields.py`; do not edit
+    preset: str
+    model: str
+    model_config: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    seq_len: int
+    data: str
+    val_data: str
+    split: Split
+    steps: int
+    budget: float
+    budgets: str
+    batch_size: int
+    micro_batch_size: int
+    optimizer: str
+    lr: float
+    scalar_optimizer: ScalarOptimizer
+    scalar_lr: float
+    schedule: Schedule
+    warmup_frac: float
+    warmup_steps: int
+    cooldown: float
+    min_lr_frac: float
+    momentum: float
+    momentum_style: knobs.MomentumStyle
+    weight_decay: float
+    weight_decay_style: knobs.WeightDecayStyle
+    alpha: float
+    post_alpha: float
+    sides: knobs.Sides
+    factor_norm: knobs.FactorNorm
+    precond_freq: int
+    refresh_schedule: knobs.RefreshSchedule
+    refresh_delay: int
+    refresh_device: knobs.RefreshDevice
+    precond_beta: float
+    stat_freq: int
+    refresh_warmup: int
+    precond_start: int
+    eps: float
+    eig_floor: knobs.EigFloor
+    graft: knobs.Graft
+    bias_correction: bool
+    refresh: knobs.Refresh
+    refresh_after_update: bool
+    skip_first_step: bool
+    orthogonalizer: knobs.Orthogonalizer
+    ns: knobs.NsSchedule
+    ns_steps: int
+    beta2: float
+    adam_eps: float
+    lr_scale: knobs.LrScale
+    average_rate: float
+    fisher: knobs.Fisher
+    eval_every: int
+    eval_tokens: int
+    target_loss: float
+    seed: int
+    device: Device
+    precision: Precision
+    compile: CompileMode
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    divergence_factor: float
+    gather_dtype: GatherDtype
+    ns_dtype: NsDtype
+    log: str
+    # /generated
+
+
+SETTINGS_SOURCE = "TrainConfig less None"  # Settings's lines' marker, apart from Overrides's
+
+
+def settings_lines() -> list[str]:
+    """Settings's lines: each TrainConfig field, typed as there without None."""
+    return [
+        f"{name}: {hint.removesuffix(' | None')}"
+        for name, hint in TrainConfig.__annotations__.items()
+    ]
+
+
+def settings_of(pairs: Iterable[tuple[str, object]]) -> Settings:
+    """Settings from (name, value) pairs already checked (`inputs.typed_settings`, a plan's own
+    settings, a tuned knob's values): a TypedDict has no typed way to take a name known only
+    when the code runs, so the one unchecked step from pairs to Settings is here."""
+    return cast(Settings, dict(pairs))
 
 
 def _base_type(hint: object) -> type:
