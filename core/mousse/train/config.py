@@ -405,8 +405,8 @@ FIELD_TYPES: dict[str, type] = {
 }
 # TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
 # or the optimizer's recipe: what a run gets for a setting it is not given, before those.
-# Any: each field's own type; readers take one by name into a typed place
-FIELD_DEFAULTS: dict[str, Any] = {
+# One field's default, typed, is the class's attribute (`TrainConfig.optimizer`: "mousse").
+FIELD_DEFAULTS: dict[str, Setting | None] = {
     f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
 }
 
@@ -561,11 +561,11 @@ def format_model_config(kwargs: Mapping[str, object]) -> str | None:
     return text or None
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _check_model(values: dict[str, Any], given: Mapping[str, object]) -> str | None:
+def _check_model(
+    model: str | None, model_config: str | None, given: Mapping[str, object]
+) -> str | None:
     """Settings that do not go with --model (or need it); the canonical model_config. The model
     itself is checked where it is built (`usermodel.build_model`)."""
-    model, model_config = values["model"], values["model_config"]
     if model is None:
         _require(
             model_config is None,
@@ -660,7 +660,7 @@ def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     values: dict[str, Any] = {**FIELD_DEFAULTS, **given}
     preset = preset_named(values["preset"])
     check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
-    values["model_config"] = _check_model(values, given)
+    values["model_config"] = _check_model(values["model"], values["model_config"], given)
     for name in FROM_PRESET:
         if values["model"] is not None and name in GPT_SHAPE:
             continue
