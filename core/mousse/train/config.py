@@ -655,8 +655,9 @@ def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     if not isinstance(overrides, Overrides):
         overrides = Overrides.from_dict(overrides)
     given = overrides.to_dict()
-    # Any: the settings by name, filled in one by one until TrainConfig(**values) types them
-    # (here and in the helpers that take `values` or `given`)
+    # Any: the settings by name, None until filled in one by one, then typed by
+    # TrainConfig(**values); a TypedDict cannot say "None here, set by the end" (here and in
+    # the helpers that take `values`)
     values: dict[str, Any] = {**FIELD_DEFAULTS, **given}
     preset = preset_named(values["preset"])
     check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
