@@ -250,7 +250,7 @@ def _reference(optimizer: str, base: Mapping[str, object]) -> dict[str, object]:
     """What a run with `optimizer` gets for each setting it does not set itself: TrainConfig
     defaults, the optimizer's knobs (class preset < LM recipe < the model preset's momentum and
     rule for it; lr left to the model preset), then the shared base settings."""
-    preset = config.preset_named(str(base.get("preset", config.FIELD_DEFAULTS["preset"])))
+    preset = config.preset_named(str(base.get("preset", config.TrainConfig.preset)))
     knobs = config.resolved_knobs(optimizer, preset, base)
     knobs.pop("lr", None)
     return {**config.FIELD_DEFAULTS, **knobs, **base}
@@ -284,9 +284,7 @@ def _effective(assignment: Settings, base: Settings) -> Settings:
     """The knobs of `assignment` that change its run: those that differ from what the run gets
     anyway (`_reference`; the optimizer is compared with the centre's), minus those its optimizer
     does not use (`_used`)."""
-    optimizer = assignment.get(
-        "optimizer", base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
-    )
+    optimizer = assignment.get("optimizer", base.get("optimizer", config.TrainConfig.optimizer))
     reference = _reference(optimizer, base)
     changed = settings_of((k, v) for k, v in assignment.items() if v != reference[k])
     used = _used_by(optimizer, reference, changed)
@@ -307,7 +305,7 @@ def unused_knobs(settings: Mapping[str, object]) -> list[str]:
     another value than the run gets anyway, which its optimizer does not use (`_used`): an
     ablation drops them from its runs, and `train` refuses them rather than ignore them."""
     base = {k: v for k, v in settings.items() if k not in RUN_KNOBS}
-    optimizer = str(base.get("optimizer", config.FIELD_DEFAULTS["optimizer"]))
+    optimizer = str(base.get("optimizer", config.TrainConfig.optimizer))
     reference = _reference(optimizer, base)
     changed = {
         k: v for k, v in settings.items() if k in RUN_KNOBS and v not in (None, reference[k])
@@ -339,7 +337,7 @@ def plan_ablation(
     # the split is always in: a plan on another validation set is another plan
     shared = _without(typed_settings(base or {}), VIEW_SETTINGS)
     config.refuse_with_budgets(shared)
-    shared.setdefault("split", config.FIELD_DEFAULTS["split"])
+    shared.setdefault("split", config.TrainConfig.split)
     typed = typed_sweeps(sweeps)
     if not typed:
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
@@ -383,7 +381,7 @@ def _assignments(typed: Sweeps, mode: Mode, baseline: bool) -> list[Settings]:
 def _variants(assignments: list[Settings], base: Settings) -> dict[str, Settings]:
     """Variant name -> effective knobs, one variant per distinct set of effective knobs (the first
     assignment that gives it wins); distinct knobs whose names sanitize alike get a hash suffix."""
-    centre_optimizer = base.get("optimizer", config.FIELD_DEFAULTS["optimizer"])
+    centre_optimizer = base.get("optimizer", config.TrainConfig.optimizer)
     variants: dict[str, Settings] = {}
     for assignment in assignments:
         knobs = _effective(assignment, base)

@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypedDict, cast
 
 import torch
 
@@ -271,10 +271,11 @@ class Overrides:
         given = compat.upgrade(dict(settings))
         return cls(**{k: coerce(k, v) for k, v in given.items() if v is not None})
 
-    # Any: each field's own type, for dataclasses.replace(**...), which checks each by name
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Settings:
         """The settings given (not None), by name, in field order."""
-        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        return settings_of(
+            (f.name, v) for f in fields(self) if (v := getattr(self, f.name)) is not None
+        )
 
     def updated(self, later: Overrides) -> Overrides:
         """These settings with `later`'s given ones winning (a file's under the flags)."""
@@ -287,6 +288,104 @@ def overrides_lines() -> list[str]:
         f"{name}: {hint if hint.endswith('| None') else hint + ' | None'} = None"
         for name, hint in TrainConfig.__annotations__.items()
     ]
+
+
+class Settings(TypedDict, total=False):
+    """Run settings by name, each as typed as `TrainConfig`'s field of that name, none required
+    (None is never a value: a setting not given is absent): the settings given
+    (`Overrides.to_dict`), and an ablation's base, sweeps and runs. Its lines are generated from
+    TrainConfig's."""
+
+    # generated from TrainConfig less None by `python scripts/typed_fields.py`; do not edit
+    preset: str
+    model: str
+    model_config: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    seq_len: int
+    data: str
+    val_data: str
+    split: Split
+    steps: int
+    budget: float
+    budgets: str
+    batch_size: int
+    micro_batch_size: int
+    optimizer: str
+    lr: float
+    scalar_optimizer: ScalarOptimizer
+    scalar_lr: float
+    schedule: Schedule
+    warmup_frac: float
+    warmup_steps: int
+    cooldown: float
+    min_lr_frac: float
+    momentum: float
+    momentum_style: knobs.MomentumStyle
+    weight_decay: float
+    weight_decay_style: knobs.WeightDecayStyle
+    alpha: float
+    post_alpha: float
+    sides: knobs.Sides
+    factor_norm: knobs.FactorNorm
+    precond_freq: int
+    refresh_schedule: knobs.RefreshSchedule
+    refresh_delay: int
+    refresh_device: knobs.RefreshDevice
+    precond_beta: float
+    stat_freq: int
+    refresh_warmup: int
+    precond_start: int
+    eps: float
+    eig_floor: knobs.EigFloor
+    graft: knobs.Graft
+    bias_correction: bool
+    refresh: knobs.Refresh
+    refresh_after_update: bool
+    skip_first_step: bool
+    orthogonalizer: knobs.Orthogonalizer
+    ns: knobs.NsSchedule
+    ns_steps: int
+    beta2: float
+    adam_eps: float
+    lr_scale: knobs.LrScale
+    average_rate: float
+    fisher: knobs.Fisher
+    eval_every: int
+    eval_tokens: int
+    target_loss: float
+    seed: int
+    device: Device
+    precision: Precision
+    compile: CompileMode
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    divergence_factor: float
+    gather_dtype: GatherDtype
+    ns_dtype: NsDtype
+    log: str
+    # /generated
+
+
+SETTINGS_SOURCE = "TrainConfig less None"  # Settings's lines' marker, apart from Overrides's
+
+
+def settings_lines() -> list[str]:
+    """Settings's lines: each TrainConfig field, typed as there without None."""
+    return [
+        f"{name}: {hint.removesuffix(' | None')}"
+        for name, hint in TrainConfig.__annotations__.items()
+    ]
+
+
+def settings_of(pairs: Iterable[tuple[str, object]]) -> Settings:
+    """Settings from (name, value) pairs already checked (`inputs.typed_settings`, a plan's own
+    settings, a tuned knob's values): a TypedDict has no typed way to take a name known only
+    when the code runs, so the one unchecked step from pairs to Settings is here."""
+    return cast(Settings, dict(pairs))
 
 
 def _base_type(hint: object) -> type:
@@ -306,8 +405,8 @@ FIELD_TYPES: dict[str, type] = {
 }
 # TrainConfig's own defaults by name, None for the settings that `resolve` takes from the preset
 # or the optimizer's recipe: what a run gets for a setting it is not given, before those.
-# Any: each field's own type; readers take one by name into a typed place
-FIELD_DEFAULTS: dict[str, Any] = {
+# One field's default, typed, is the class's attribute (`TrainConfig.optimizer`: "mousse").
+FIELD_DEFAULTS: dict[str, Setting | None] = {
     f.name: None if f.default is dataclasses.MISSING else f.default for f in fields(TrainConfig)
 }
 
@@ -462,11 +561,11 @@ def format_model_config(kwargs: Mapping[str, object]) -> str | None:
     return text or None
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _check_model(values: dict[str, Any], given: Mapping[str, object]) -> str | None:
+def _check_model(
+    model: str | None, model_config: str | None, given: Mapping[str, object]
+) -> str | None:
     """Settings that do not go with --model (or need it); the canonical model_config. The model
     itself is checked where it is built (`usermodel.build_model`)."""
-    model, model_config = values["model"], values["model_config"]
     if model is None:
         _require(
             model_config is None,
@@ -556,12 +655,13 @@ def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     if not isinstance(overrides, Overrides):
         overrides = Overrides.from_dict(overrides)
     given = overrides.to_dict()
-    # Any: the settings by name, filled in one by one until TrainConfig(**values) types them
-    # (here and in the helpers that take `values` or `given`)
+    # Any: the settings by name, None until filled in one by one, then typed by
+    # TrainConfig(**values); a TypedDict cannot say "None here, set by the end" (here and in
+    # the helpers that take `values`)
     values: dict[str, Any] = {**FIELD_DEFAULTS, **given}
     preset = preset_named(values["preset"])
     check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
-    values["model_config"] = _check_model(values, given)
+    values["model_config"] = _check_model(values["model"], values["model_config"], given)
     for name in FROM_PRESET:
         if values["model"] is not None and name in GPT_SHAPE:
             continue
@@ -620,7 +720,8 @@ def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> 
     """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
     naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
     shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
-    non_embedding, per_step = gpt_non_embedding_params(shape), _tokens_per_step(values)
+    non_embedding = gpt_non_embedding_params(shape)
+    per_step = shape.seq_len * values["batch_size"]  # tokens a step trains on
     out = []
     for budget in budgets:
         steps = steps_for_budget(budget, non_embedding, per_step)
@@ -716,11 +817,6 @@ def refuse_with_budgets(given: Mapping[str, object]) -> None:
         )
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _tokens_per_step(values: Mapping[str, Any]) -> int:
-    return int(values["batch_size"]) * int(values["seq_len"])
-
-
 # Run settings that are counts; the engine's knobs carry their own ranges (mousse.optim.knobs).
 _AT_LEAST_1 = (
     "d_model",
@@ -754,18 +850,21 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 
 
-def _out_of_range(key: str, value: Any) -> str | None:  # Any: a setting's value, as `values`
-    """What the setting allows when `value` (typed, not None) is outside it, else None."""
+def _out_of_range(key: str, value: object) -> str | None:
+    """What the setting allows when `value` (typed, not None) is outside it, else None. Run
+    settings that are not numbers have no range (their choices are checked by `check_choice`)."""
     if key in knobs.BY_NAME and key in RUN_KNOBS:
         allowed = knobs.BY_NAME[key].check(value)
         return None if allowed is None else f"must be {allowed}"
+    if not isinstance(value, (int, float)):
+        return None
     if key in _AT_LEAST_1 and value < 1:
         return "must be >= 1"
     ok = _RANGES.get(key)
     return None if ok is None or ok[0](value) else ok[1]
 
 
-def in_range(key: str, value: Any) -> bool:  # Any: as `_out_of_range`
+def in_range(key: str, value: object) -> bool:
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
     return value is None or _out_of_range(key, value) is None
 

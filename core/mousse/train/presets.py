@@ -15,12 +15,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 import torch
 
 from mousse.optim.family import Knobs
-from mousse.optim.knobs import RUN_KNOBS
+from mousse.optim.knobs import RUN_KNOBS, KnobArgs
 from mousse.optim.recipes import OPTIMIZER_CLASSES
 from mousse.optim.routing import routed_shapes
 from mousse.optim.step import flat_shape
@@ -461,8 +461,7 @@ def weights_and_state_bytes(model: torch.nn.Module, knobs: Knobs | None) -> int:
     return 4 * (2 * sum(p.numel() for p in params.values()) + state)
 
 
-# Any: settings by name, as `config.resolve`'s values, handed on to KnobArgs
-def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> Knobs:
+def optimizer_knobs(optimizer: str, given: Mapping[str, object] | None = None) -> Knobs:
     """The matrix optimizer's knobs for an LM run: its class recipe < its training recipe
     (`presets.TRAINING_RECIPES`) < `given` (None values count as unset). Defaults that follow
     other knobs (Shampoo's precond_start = precond_freq + 1, TNT's refresh_warmup) follow the
@@ -473,5 +472,7 @@ def optimizer_knobs(optimizer: str, given: Mapping[str, Any] | None = None) -> K
     }
     if optimizer == "adamw":
         return {k: knobs.get(k) for k in ADAMW_KNOBS}
-    full = OPTIMIZER_CLASSES[optimizer].resolve_knobs(**knobs)
+    # `given` holds settings typed by config.coerce, whose knobs have KnobArgs's types
+    # (tests/train/test_config_knobs.py checks), which mypy cannot see through a Mapping
+    full = OPTIMIZER_CLASSES[optimizer].resolve_knobs(**cast(KnobArgs, knobs))
     return {k: full[k] for k in RUN_KNOBS}

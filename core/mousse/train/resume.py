@@ -93,12 +93,10 @@ def _without_steps_for(
     return settings
 
 
-def _check_same_budgets(
-    overrides: Mapping[str, Any], saved: TrainConfig
-) -> None:  # Any: Overrides.to_dict
+def _check_same_budgets(overrides: Mapping[str, object], saved: TrainConfig) -> None:
     """ConfigError naming --budgets when it is given other than the run recorded it: its trunk
     and branches were planned for those budgets."""
-    given = overrides.get("budgets")
+    given = coerce("budgets", overrides.get("budgets"))
     if given is None or ",".join(map(number_text, parse_budgets(given))) == saved.budgets:
         return
     keep = f"pass --budgets {saved.budgets}" if saved.budgets else "drop --budgets"

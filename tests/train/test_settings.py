@@ -1,4 +1,4 @@
-"""An ablation's typed settings (mousse.experiments.settings) follow the run config's fields."""
+"""Typed run settings by name (mousse.train.config.Settings) follow the run config's fields."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from support.generated import assert_generated
 
-from mousse.experiments import settings
 from mousse.train import config
 
 
@@ -15,10 +14,10 @@ def test_settings_lines_are_generated_from_the_run_settings(tmp_path):
     """Settings's lines are written from TrainConfig's; a field added to TrainConfig alone fails
     here, naming the field and the script that writes its line."""
     assert_generated(
-        Path(settings.__file__),
-        "TrainConfig",
-        settings.settings_lines(),
-        "settings.Settings",
+        Path(config.__file__),
+        config.SETTINGS_SOURCE,
+        config.settings_lines(),
+        "config.Settings",
         tmp_path,
     )
 
@@ -26,9 +25,9 @@ def test_settings_lines_are_generated_from_the_run_settings(tmp_path):
 def test_settings_mirror_the_run_settings_without_none():
     """Settings: TrainConfig's fields in its order, each of its type less None, none required."""
     run = typing.get_type_hints(config.TrainConfig)
-    given = typing.get_type_hints(settings.Settings)
+    given = typing.get_type_hints(config.Settings)
     assert list(given) == list(run)
-    assert not settings.Settings.__required_keys__
+    assert not config.Settings.__required_keys__
     for name, hint in run.items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         own = args[0] if type(None) in typing.get_args(hint) else hint
