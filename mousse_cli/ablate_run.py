@@ -12,7 +12,6 @@ from mousse.distributed.process import env_world_size
 from mousse.train.config import ConfigError
 from mousse.train.dashboards import Dashboards
 from mousse.train.estimate import counted
-from mousse.train.fileio import JsonObject
 
 from .ablate_plan import shard_of
 from .ablation_view import AblationView
@@ -21,11 +20,12 @@ from .startup import reached
 
 if TYPE_CHECKING:
     from mousse.experiments.ablation import RunSpec
+    from mousse.experiments.results import Results
     from mousse.experiments.sweep import Ablation
 
 # One preset's ablation as this invocation left it: its results, the runs other shards still owe
 # it, and the names of the runs this invocation answers for (None: all of them).
-Outcome = tuple[JsonObject, list["RunSpec"], set[str] | None]
+Outcome = tuple["Results", list["RunSpec"], set[str] | None]
 
 
 def run_ablations(
@@ -104,7 +104,7 @@ def check_timing_budget(budget: float | None) -> None:
         )
 
 
-def timed(ablation: Ablation, budget: float | None) -> JsonObject | None:
+def timed(ablation: Ablation, budget: float | None) -> Results | None:
     """The side-by-side timing pass of an ablation's variants (one process, this machine), and
     the results with its overheads; None when it does not apply (under torchrun, fewer than two
     finished variants, or a pass already on disk and nothing trained since)."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from mousse.experiments.results import Results
 from mousse.experiments.stats import CurvePoint, losses_by_step, mean_curve
 from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
@@ -307,7 +308,7 @@ def _timed(
     _bands(ax, bands, colors, results["baseline"], per_step)
     _zoom(ax, bands, per_step)
     record = results["timing_pass"]
-    busy = busy_timing(results)
+    busy = busy_timing(cast(Results, results))  # the results `report` passes, read untyped here
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
@@ -534,7 +535,9 @@ def plot_budget_speedup(results: JsonObject, out: Path) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.supxlabel("\n".join(_wrapped(n) for n in budget_speedup_notes(results)[:1]), fontsize=8)
+    fig.supxlabel(
+        "\n".join(_wrapped(n) for n in budget_speedup_notes(cast(Results, results))[:1]), fontsize=8
+    )
     _save(fig, out, plt)
 
 

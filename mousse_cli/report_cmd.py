@@ -19,6 +19,7 @@ from .rich_tables import scale_table
 from .trust import TRUST_MODEL_CODE, check_trusted
 
 if TYPE_CHECKING:
+    from mousse.experiments.results import Results
     from mousse.experiments.sweep import Ablation
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -230,18 +231,20 @@ def open_ablation(path: Path) -> Ablation:
     return Ablation(read_plan(plan_file, "rerun the ablation"), path)
 
 
-def draw_plots(ablation: Ablation | None, results: JsonObject, plot: Path) -> None:
+def draw_plots(ablation: Ablation | None, results: Results, plot: Path) -> None:
     """The loss curves (from the ablation's runs; none from a results file) and the forest plot,
     and beside them the tuning curves after tuning and the speedup against budget with budgets."""
     from .plot import plot_curves, plot_tuning
 
-    plot_curves(results, ablation.records() if ablation is not None else [], plot)
+    # the plots read the results as the JSON they are: numbers handed to matplotlib, untyped
+    data = cast(JsonObject, results)
+    plot_curves(data, ablation.records() if ablation is not None else [], plot)
     console.print(f"plot: {plot}", highlight=False, markup=False)
     if any(v.get("tuning") for v in results["variants"]):
         tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
-        plot_tuning(results, tuning_plot)
+        plot_tuning(data, tuning_plot)
         console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
-    draw_budget_speedup(results, plot)
+    draw_budget_speedup(data, plot)
 
 
 def draw_budget_speedup(results: JsonObject, plot: Path) -> None:

@@ -4,7 +4,7 @@ presets the speedup by scale, which scale.json beside the per-preset dirs record
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from rich.markup import escape
 
@@ -14,17 +14,20 @@ from mousse.train.fileio import JsonObject
 from .console import console, result_stream, show_wide
 from .rich_tables import results_tables, scale_table
 
+if TYPE_CHECKING:
+    from mousse.experiments.results import Results
+
 # Each preset's results by its name; a plain ablation's (no --preset a,b) alone, under None.
-ByPreset = dict[str | None, JsonObject]
+ByPreset = dict[str | None, "Results"]
 
 
-def named_presets(by_preset: ByPreset) -> dict[str, JsonObject]:
+def named_presets(by_preset: ByPreset) -> dict[str, Results]:
     """Several presets' results, whose keys are then all preset names (for the engine's scale
     functions)."""
-    return cast(dict[str, JsonObject], by_preset)
+    return cast("dict[str, Results]", by_preset)
 
 
-def show_results(results: JsonObject, json_out: bool = False) -> None:
+def show_results(results: Results, json_out: bool = False) -> None:
     """The convergence and step-time tables."""
     show_wide(results_tables(results), json_out)
 

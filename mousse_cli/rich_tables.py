@@ -17,6 +17,8 @@ from .console import fmt
 if TYPE_CHECKING:
     from rich.console import Group, RenderableType
 
+    from mousse.experiments.results import Results
+
 
 def titled_table(
     title: str,
@@ -36,7 +38,7 @@ def titled_table(
     return table
 
 
-def results_tables(results: JsonObject) -> Group:
+def results_tables(results: Results) -> Group:
     """The final convergence and step-time tables of `results.summarize`, as Rich tables."""
     from rich.console import Group
 
@@ -106,7 +108,7 @@ def results_tables(results: JsonObject) -> Group:
     return Group(*tables)
 
 
-def budget_speedup_table(results: JsonObject) -> Table | None:
+def budget_speedup_table(results: Results) -> Table | None:
     """The speedup against budget, a column per budget, with how it was read below it; None
     without budgets."""
     from mousse.experiments.table_rows import (

@@ -381,12 +381,13 @@ def test_recorded_tables_are_their_recorded_results_rendered():
 
 
 def test_the_typed_rows_declare_every_key_results_hold():
-    """VariantRow declares every key of a variant row that summarize writes or any recorded
-    results file holds (tuned, timed, joined across scales), and ScaleRow exactly a scale row's:
-    a key added to a row without its type fails here."""
+    """Results, RunRow and VariantRow declare every key of the results object, a run row and a
+    variant row that summarize writes or any recorded results file holds (tuned, timed, joined
+    across scales), and ScaleRow exactly a scale row's: a key added to a row without its type
+    fails here."""
     from pathlib import Path
 
-    from mousse.experiments.results import VariantRow
+    from mousse.experiments.results import Results, RunRow, VariantRow
     from mousse.experiments.scale import ScaleRow
 
     recorded = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -397,6 +398,9 @@ def test_the_typed_rows_declare_every_key_results_hold():
     results.append(summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)]))
     assert len(results) >= 10 and scaled
     for r in results:
+        assert set(r) <= declared_keys(Results), set(r) - declared_keys(Results)
+        for run in r["runs"]:
+            assert set(run) <= declared_keys(RunRow), set(run) - declared_keys(RunRow)
         for v in r["variants"]:
             assert set(v) <= declared_keys(VariantRow), set(v) - declared_keys(VariantRow)
     for row in (row for f in scaled for row in f["scale"]["rows"]):

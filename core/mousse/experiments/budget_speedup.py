@@ -26,9 +26,7 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
-from typing import TypedDict
-
-from mousse.train.fileio import JsonObject
+from typing import TYPE_CHECKING, TypedDict
 
 from .stats import (
     BOOTSTRAP_SAMPLES,
@@ -39,6 +37,9 @@ from .stats import (
     fit_power_law,
     quantile,
 )
+
+if TYPE_CHECKING:
+    from .results import RunRow, VariantRow
 
 
 class _BudgetResult(TypedDict):
@@ -95,15 +96,14 @@ FitOf = Callable[[Seeds], PowerLaw | None]  # a resample of seeds -> the baselin
 BudgetLosses = dict[int, dict[float, tuple[int, float]]]
 
 
-def budget_losses(runs: Sequence[JsonObject], variant: str) -> BudgetLosses:
+def budget_losses(runs: Sequence[RunRow], variant: str) -> BudgetLosses:
     """seed -> {budget: (tokens, final val loss)} of `variant`'s budgets that completed with a
     finite loss (a budget is its own result: a branch may complete where a longer one diverged)."""
     out: BudgetLosses = {}
     for r in runs:
         if r["variant"] != variant:
             continue
-        entries: list[BudgetEntry] = r.get("budgets") or []
-        for entry in entries:
+        for entry in r.get("budgets") or []:
             loss = entry.get("final_val_loss")
             if entry.get("status") == "completed" and loss is not None and math.isfinite(loss):
                 out.setdefault(r["seed"], {})[entry["budget"]] = (entry["tokens"], loss)
@@ -111,12 +111,11 @@ def budget_losses(runs: Sequence[JsonObject], variant: str) -> BudgetLosses:
 
 
 def add_budget_speedups(
-    runs: Sequence[JsonObject], variants: Sequence[JsonObject], baseline: str | None
+    runs: Sequence[RunRow], variants: Sequence[VariantRow], baseline: str | None
 ) -> None:
     """When runs trained to several budgets, give the baseline's variant row `budget_fit`
     (`baseline_fit`) and every other variant's `budget_speedups`, one row per budget it ran
-    (`speedup_row`); rows of runs without budgets are left as they are. (The run and variant
-    rows are JsonObjects as `results.summarize` builds them.)"""
+    (`speedup_row`); rows of runs without budgets are left as they are."""
     if not any(r.get("budgets") for r in runs):
         return
     base = budget_losses(runs, baseline) if baseline else {}

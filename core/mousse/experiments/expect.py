@@ -17,9 +17,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from mousse.train.config import ConfigError
 from mousse.train.fileio import JsonObject
+
+if TYPE_CHECKING:
+    from .results import Results, RunRow
 
 OPS = {
     "<": lambda a, b: a < b,
@@ -88,7 +92,7 @@ def _budget_term(text: str, name: str, args: str) -> Term:
     return Term(text, variant=variant.strip(), field=name, budget=value)
 
 
-def budgets_of(results: JsonObject) -> dict[str, list[float]]:
+def budgets_of(results: Results) -> dict[str, list[float]]:
     """Per variant, the budgets it has a speedup at (`budget_speedup`)."""
     return {
         v["variant"]: [row["budget"] for row in v.get("budget_speedups") or ()]
@@ -169,9 +173,10 @@ def _at_budget(term: Term, v: JsonObject) -> float:
     return math.nan if value is None else float(value)
 
 
-def check(expr: str, results: JsonObject) -> tuple[bool, str]:
+def check(expr: str, results: Results) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
-    variants = {v["variant"]: v for v in results["variants"]}
+    # each term names its field in the expression, so its row is read as the JSON it is
+    variants = {v["variant"]: cast(JsonObject, v) for v in results["variants"]}
     validate(expr, list(variants), budgets_of(results))
     left, op, right, test = parse(expr)
     a, b = _term_value(left, variants), _term_value(right, variants)
@@ -194,7 +199,7 @@ def check(expr: str, results: JsonObject) -> tuple[bool, str]:
     return True, f"{expr!r} holds: {shown}"
 
 
-def _p_value(test: str, runs: list[JsonObject], a: str, b: str) -> float | None:
+def _p_value(test: str, runs: list[RunRow], a: str, b: str) -> float | None:
     """The p of `test` between variants a and b's completed runs: Welch's over all their seeds,
     or the paired t-test over the seeds both ran ("paired significant")."""
     from .results import seed_losses

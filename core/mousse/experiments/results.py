@@ -22,8 +22,7 @@ from typing import TypedDict
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
 
-from .budget_speedup import BudgetFit, BudgetSpeedup, add_budget_speedups
-from .records import TIMING_KEYS
+from .budget_speedup import BudgetEntry, BudgetFit, BudgetSpeedup, add_budget_speedups
 from .stats import (
     SIGNIFICANCE_LEVEL,
     CurveKey,
@@ -116,6 +115,38 @@ class VariantRow(TuningColumns, total=False):
     tuned_by_budget: list[TunedAtBudget]
 
 
+class RunRow(TypedDict, total=False):
+    """One run's row of results.json's "runs" (`_run_row`): its record's numbers and where it
+    reaches the baseline's target. Not total: results files from before a key existed lack it."""
+
+    name: str
+    variant: str
+    knobs: JsonObject  # the settings the run's variant sets, each its own JSON type
+    seed: int  # every run record has one (`records.record`)
+    is_baseline: bool
+    status: str
+    final_val_loss: float | None
+    val_loss_se: float | None
+    split: str | None
+    best_val_loss: float | None
+    steps: int | None
+    steps_to_target: float | None
+    steps_to_target_bracket: list[int] | None
+    seconds_to_target: float | None
+    step_reduction_pct: float | None
+    step_ms_median: float | None  # TIMING_KEYS
+    fwd_bwd_ms_median: float | None
+    opt_ms_median: float | None
+    refresh_ms_median: float | None
+    tokens_per_s: float | None
+    peak_mem_bytes: int | None
+    n_params: int | None
+    peak_mem_source: str | None
+    timing_context: JsonObject | None  # where its timings were taken (`runner`, untyped there)
+    overhead_pct: float | None
+    budgets: list[BudgetEntry]  # with --budgets
+
+
 class BudgetRow(TypedDict):
     """One variant's result at one budget (`budget_rows`): results.json's "budgets"."""
 
@@ -130,6 +161,29 @@ class BudgetRow(TypedDict):
     paired_delta: float | None
     paired_delta_ci: list[float] | None
     paired_p: float | None
+
+
+class Results(TypedDict, total=False):
+    """The results object (`summarize`, then `sweep.Ablation.results`'s ablation dir, protocol
+    and timing pass): what results.json holds. Not total: results files from before a key
+    existed lack it."""
+
+    baseline: str | None
+    target_loss: float | None
+    baseline_steps: float | None
+    runs: list[RunRow]
+    variants: list[VariantRow]
+    timing_comparable: bool
+    timing_contexts: int
+    precisions: list[str]
+    regimes: list[JsonObject]  # `mousse.train.budget.regime`, as the run records hold it
+    budgets: list[BudgetRow]
+    splits: list[str]
+    ablation_dir: str
+    protocol: JsonObject  # the plan's tuning and seeds (`sweep.Ablation.results`)
+    timing_pass: JsonObject | None  # the timing pass record (`timing.timing_pass`, untyped)
+    timing_busy: float | None
+    timing_reliable: bool | None
 
 
 @dataclass(frozen=True)
@@ -173,7 +227,7 @@ def _reduction(steps: float | None, baseline_steps: float | None) -> float | Non
     )
 
 
-def summarize(records: list[JsonObject], baseline_name: str | None = None) -> JsonObject:
+def summarize(records: list[JsonObject], baseline_name: str | None = None) -> Results:
     """The results object: {"baseline", "target_loss", "baseline_steps", "runs", "variants"}.
 
     `baseline_name` is the baseline's run or variant name (default: the runs flagged is_baseline);
@@ -214,19 +268,21 @@ def summarize(records: list[JsonObject], baseline_name: str | None = None) -> Js
     )
 
 
-def budget_losses(runs: list[JsonObject], variant: str | None, budget: float) -> dict[int, float]:
+def budget_losses(runs: list[RunRow], variant: str | None, budget: float) -> dict[int, float]:
     """seed -> final val loss of `variant`'s runs at `budget`, for the budgets that completed
     (runs with budgets: `records.budget_record`)."""
     return {
-        r["seed"]: b["final_val_loss"]
+        r["seed"]: loss
         for r in runs
         if r["variant"] == variant
         for b in r.get("budgets") or ()
-        if b["budget"] == budget and b["status"] == "completed" and _finite(b["final_val_loss"])
+        if b["budget"] == budget
+        and b["status"] == "completed"
+        and (loss := _finite(b["final_val_loss"]))
     }
 
 
-def budget_rows(runs: list[JsonObject], baseline: str | None) -> list[BudgetRow]:
+def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
     """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
     seeds that completed it, their standard deviation, and the paired difference from the
     baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
@@ -285,7 +341,7 @@ def _regimes(records: list[JsonObject]) -> list[JsonObject]:
     return sorted(ran, key=lambda regime: regime.get("budget") or 0.0)
 
 
-def seed_losses(runs: list[JsonObject], variant: str) -> dict[int, float]:
+def seed_losses(runs: list[RunRow], variant: str) -> dict[int, float]:
     """seed -> final val loss of `variant`'s completed run rows (the pairs of a paired test)."""
     return {
         r["seed"]: r["final_val_loss"]
@@ -296,7 +352,7 @@ def seed_losses(runs: list[JsonObject], variant: str) -> dict[int, float]:
     }
 
 
-def add_paired(results: JsonObject) -> JsonObject:
+def add_paired(results: Results) -> Results:
     """Each variant's paired comparison with the baseline, from the results' run rows: the mean
     per-seed difference in final loss, its bootstrap interval, the paired t-test and its p
     Holm-adjusted over the variants, and the seeds the test would need for 80% power at the
@@ -331,13 +387,13 @@ def _seeds_for_power(diffs: list[float]) -> int | None:
     )
 
 
-def with_power(results: JsonObject) -> JsonObject:
+def with_power(results: Results) -> Results:
     """A results object with every variant's `paired_seeds_for_power` (`add_paired`, from its
     run rows): for results files written before the key existed; those that have it are
     returned as they are."""
     if all("paired_seeds_for_power" in v for v in results["variants"]):
         return results
-    return add_paired({**results, "variants": [dict(v) for v in results["variants"]]})
+    return add_paired({**results, "variants": [VariantRow(**v) for v in results["variants"]]})
 
 
 def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> str | None:
@@ -390,15 +446,15 @@ def _baseline(
     )
 
 
-def _run_row(r: JsonObject, base: Baseline) -> JsonObject:
+def _run_row(r: JsonObject, base: Baseline) -> RunRow:
     """One run's row: its record's numbers (non-finite ones as None) and where it reaches the
     baseline's target."""
     steps, seconds = steps_to_target(r.get("curve") or [], base.target)
-    return {
+    row: RunRow = {
         "name": r["name"],
         "variant": r["variant"],
         "knobs": dict(r.get("knobs") or {}),
-        "seed": r.get("seed"),
+        "seed": r["seed"],
         "is_baseline": r["variant"] == base.variant,
         "status": r["status"],
         "final_val_loss": _finite(r.get("final_val_loss")),
@@ -410,19 +466,25 @@ def _run_row(r: JsonObject, base: Baseline) -> JsonObject:
         "steps_to_target_bracket": target_bracket(r.get("curve") or [], base.target),
         "seconds_to_target": seconds,
         "step_reduction_pct": _reduction(steps, base.steps),
-        **{k: _finite(r.get(k)) for k in TIMING_KEYS},
+        "step_ms_median": _finite(r.get("step_ms_median")),
+        "fwd_bwd_ms_median": _finite(r.get("fwd_bwd_ms_median")),
+        "opt_ms_median": _finite(r.get("opt_ms_median")),
+        "refresh_ms_median": _finite(r.get("refresh_ms_median")),
+        "tokens_per_s": _finite(r.get("tokens_per_s")),
         "peak_mem_bytes": r.get("peak_mem_bytes"),
         "n_params": r.get("n_params"),
         "peak_mem_source": r.get("peak_mem_source"),
         "timing_context": r.get("timing_context"),
         "overhead_pct": _pct_change(_finite(r.get("step_ms_median")), base.step_ms),
-        **({"budgets": r["budgets"]} if r.get("budgets") is not None else {}),
     }
+    if r.get("budgets") is not None:
+        row["budgets"] = r["budgets"]
+    return row
 
 
 def _variant_row(
-    name: str, group: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
-) -> JsonObject:
+    name: str, group: list[RunRow], base: Baseline, curves: list[list[CurvePoint]]
+) -> VariantRow:
     """One variant's summary over its seeds (`group`: its run rows; loss statistics from
     completed runs only)."""
     is_base = name == base.variant
@@ -439,14 +501,14 @@ def _variant_row(
         **_target_columns(done, base, curves),
         **_timing_columns(group, base),
         "n_seeds": len(losses),
-        "n_params": max((r["n_params"] for r in group if r.get("n_params")), default=None),
+        "n_params": max((n for r in group if (n := r.get("n_params"))), default=None),
         **_speedups(is_base, base, curves),
     }
 
 
 def _loss_columns(
-    done: list[JsonObject], losses: list[float], is_base: bool, base: Baseline
-) -> JsonObject:
+    done: list[RunRow], losses: list[float], is_base: bool, base: Baseline
+) -> VariantRow:
     """A variant's final loss against the baseline's: mean, spread over seeds, the evaluation's
     own standard error (its runs' mean: what another sample of validation windows would move one
     run's loss by), difference with the 95% interval Welch's test inverts, and the test (its
@@ -466,10 +528,10 @@ def _loss_columns(
     }
 
 
-def with_delta_intervals(results: JsonObject) -> JsonObject:
+def with_delta_intervals(results: Results) -> Results:
     """A results object with every variant's `delta_ci` as `summarize` computes it, from the run
     rows' final losses: for results files written before the key existed."""
-    losses: dict[str, list[float]] = {}
+    losses: dict[str | None, list[float]] = {}
     for r in results["runs"]:
         if r["status"] == "completed" and r["final_val_loss"] is not None:
             losses.setdefault(r["variant"], []).append(r["final_val_loss"])
@@ -498,8 +560,8 @@ def _significance(is_base: bool, p: float | None, base_losses: list[float]) -> s
 
 
 def _target_columns(
-    done: list[JsonObject], base: Baseline, curves: list[list[CurvePoint]]
-) -> JsonObject:
+    done: list[RunRow], base: Baseline, curves: list[list[CurvePoint]]
+) -> VariantRow:
     """When the variant's seed-mean curve reaches the baseline's target, between which two of its
     evaluations, and on how many of its completed runs' own curves the target is reached."""
     mean = mean_curve(curves)
@@ -513,12 +575,16 @@ def _target_columns(
     }
 
 
-def _timing_columns(group: list[JsonObject], base: Baseline) -> JsonObject:
+def _timing_columns(group: list[RunRow], base: Baseline) -> VariantRow:
     """A variant's mean step timings over all its runs, its overhead over the baseline's step
     time and its peak memory."""
     peak = [r["peak_mem_bytes"] for r in group if r["peak_mem_bytes"] is not None]
     return {
-        **{k: _mean(r[k] for r in group) for k in TIMING_KEYS},
+        "step_ms_median": _mean(r["step_ms_median"] for r in group),
+        "fwd_bwd_ms_median": _mean(r["fwd_bwd_ms_median"] for r in group),
+        "opt_ms_median": _mean(r["opt_ms_median"] for r in group),
+        "refresh_ms_median": _mean(r["refresh_ms_median"] for r in group),
+        "tokens_per_s": _mean(r["tokens_per_s"] for r in group),
         "overhead_pct": _pct_change(_mean(r["step_ms_median"] for r in group), base.step_ms),
         "peak_mem_bytes": max(peak) if peak else None,
         "peak_mem_source": next(
@@ -527,23 +593,30 @@ def _timing_columns(group: list[JsonObject], base: Baseline) -> JsonObject:
     }
 
 
-def _speedups(
-    is_base: bool, base: Baseline, curves: list[list[CurvePoint]]
-) -> dict[str, float | list[float] | list[float | None] | None]:
+def _speedups(is_base: bool, base: Baseline, curves: list[list[CurvePoint]]) -> VariantRow:
     """Speedup over the baseline in steps and in training seconds, each with its bootstrap
     interval, and the range of step speedups the evaluations' spacing allows (None for the
     baseline itself, without a target, and in seconds when the runs' seconds were counted on
     differently loaded machines)."""
-    out: dict[str, float | list[float] | list[float | None] | None] = {
-        "speedup_bracket": None if is_base else speedup_bracket(base.curves, curves)
+    bracket = None if is_base else speedup_bracket(base.curves, curves)
+    steps, steps_ci = _speedup_and_ci(base, curves, "step", is_base)
+    time, time_ci = _speedup_and_ci(base, curves, "seconds", is_base or not base.comparable)
+    return {
+        "speedup_bracket": bracket,
+        "speedup": steps,
+        "speedup_ci": steps_ci,
+        "speedup_time": time,
+        "speedup_time_ci": time_ci,
     }
-    counts: tuple[tuple[str, CurveKey], ...] = (("", "step"), ("_time", "seconds"))
-    for suffix, key in counts:
-        skip = is_base or (key == "seconds" and not base.comparable)
-        point = None if skip else speedup(base.curves, curves, key)
-        ci = None if point is None else bootstrap_ci(base.curves, curves, key)
-        out[f"speedup{suffix}"], out[f"speedup{suffix}_ci"] = point, ci
-    return out
+
+
+def _speedup_and_ci(
+    base: Baseline, curves: list[list[CurvePoint]], key: CurveKey, skip: bool
+) -> tuple[float | None, list[float] | None]:
+    """The speedup counted in `key` and its bootstrap interval (both None when `skip`, and the
+    interval when there is no speedup)."""
+    point = None if skip else speedup(base.curves, curves, key)
+    return point, None if point is None else bootstrap_ci(base.curves, curves, key)
 
 
 def _context_key(context: JsonObject | None) -> tuple[object, ...] | None:
@@ -567,7 +640,7 @@ def timing_contexts(records: list[JsonObject]) -> set[tuple[object, ...] | None]
     }
 
 
-def apply_timing_pass(results: JsonObject, record: JsonObject | None) -> JsonObject:
+def apply_timing_pass(results: Results, record: JsonObject | None) -> Results:
     """The side-by-side timings of the timing pass (`experiments.timing`) into each variant: its
     step time with quartiles and its overhead over the baseline measured in the same pass; and
     how busy other processes kept the CPU meanwhile (`timing_busy`), with `timing_reliable`
@@ -599,7 +672,7 @@ def apply_timing_pass(results: JsonObject, record: JsonObject | None) -> JsonObj
     return results
 
 
-def _time_speedup_from_pass(v: JsonObject) -> None:
+def _time_speedup_from_pass(v: VariantRow) -> None:
     """The speedup in time as the speedup in steps over the side-by-side step-time ratio (its
     interval scaled by the same ratio): the runs' own seconds, even from one invocation, were
     counted beside whatever else the machine ran."""

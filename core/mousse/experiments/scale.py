@@ -11,6 +11,8 @@ from typing import TypedDict
 from mousse.train.config import ConfigError
 from mousse.train.fileio import JsonObject, read_json
 
+from .results import Results
+
 SCALE_FILE = "scale.json"
 
 
@@ -56,7 +58,7 @@ def preset_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in order if (root / name / "ablation.toml").is_file()}
 
 
-def scale_summary(results_by_preset: dict[str, JsonObject]) -> JsonObject:
+def scale_summary(results_by_preset: Mapping[str, Results]) -> JsonObject:
     """Per preset and variant: parameters, tuned values, final loss and the speedup over that
     preset's baseline with its interval."""
     rows: list[ScaleRow] = []
@@ -116,7 +118,7 @@ def relabel(results: JsonObject, names: dict[str, str]) -> JsonObject:
     }
 
 
-def combine(results_by_preset: dict[str, JsonObject]) -> JsonObject:
+def combine(results_by_preset: Mapping[str, Results]) -> JsonObject:
     """Recorded results of one comparison at several presets as one scaled results object (what
     `mousse ablate --preset a,b --json` prints), for `mousse report` to tabulate and plot."""
     return {"presets": results_by_preset, "scale": scale_summary(results_by_preset)}

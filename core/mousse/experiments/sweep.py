@@ -22,7 +22,7 @@ from mousse.train.rundir import FINISHED, exclusive, read_summary
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
 from .records import final_loss, read_budget_from, record, with_split
-from .results import apply_timing_pass, summarize
+from .results import Results, TuningColumns, apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .settings import Settings, Value, settings_of
 from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
@@ -53,7 +53,7 @@ def read_plan(plan_file: Path, fix: str) -> AblationPlan:
         raise ConfigError(f"{plan_file} is damaged ({exc}); {fix}") from None
 
 
-def _tuning_columns(state: TuningState) -> JsonObject:
+def _tuning_columns(state: TuningState) -> TuningColumns:
     """A variant's tuning in its results row: the tuned values once done, the knobs tuned at a
     grid edge, and every phase's record."""
     return {
@@ -450,7 +450,7 @@ class Ablation:
         """The run record of `run` (`records.record`, `with_split`)."""
         return with_split(record(run, summary), self.plan.settings(run))
 
-    def results(self, against: str | None = None) -> JsonObject:
+    def results(self, against: str | None = None) -> Results:
         """The results object of what is on disk, with the protocol, the last timing pass and
         each variant's tuning; every variant compared with the plan's baseline, or with the
         variant `against` (ConfigError when the plan has none of that name)."""
@@ -475,7 +475,9 @@ class Ablation:
         out = apply_timing_pass(out, self.read_timing(out))
         if states:
             for v in out["variants"]:
-                v.update(_tuning_columns(states[v["variant"]]))
+                columns = _tuning_columns(states[v["variant"]])
+                v["tuned"], v["tuned_at_edge"] = columns["tuned"], columns["tuned_at_edge"]
+                v["tuning"] = columns["tuning"]
         if states and self.budgets:
             by_budget = self.budget_tuning()
             for v in out["variants"]:
@@ -485,7 +487,7 @@ class Ablation:
                 ]
         return out
 
-    def read_timing(self, results: JsonObject) -> JsonObject | None:
+    def read_timing(self, results: Results) -> JsonObject | None:
         """The last timing pass, when it covers every variant of the results; its overheads
         against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
         try:
@@ -527,7 +529,7 @@ class Ablation:
             write_json(self.dir / TIMING_FILE, record)
         return record
 
-    def write_results(self) -> JsonObject:
+    def write_results(self) -> Results:
         """The results, also written to results.json."""
         results = self.results()
         if is_main_process():  # under torchrun every rank runs every run; rank 0 writes
@@ -548,7 +550,7 @@ class Ablation:
         on_update: Callable[[object], None],
         parallel: int = 1,
         stop: threading.Event | None = None,
-    ) -> JsonObject:
+    ) -> Results:
         """Run what is not finished of `runs` (a shard of the plan, or all of it)."""
         stop = stop or threading.Event()
         todo = self.pending(runs)
@@ -567,7 +569,7 @@ class Ablation:
         stop: threading.Event | None = None,
         shard: tuple[int, int] | None = None,
         wait: float | None = None,
-    ) -> tuple[JsonObject, list[RunSpec]]:
+    ) -> tuple[Results, list[RunSpec]]:
         """Tune every variant and run the comparison, phase by phase, until nothing is left that
         this shard may run. Returns the results and the runs of other shards still needed (this
         shard waits for them, polling every `wait` seconds, when `wait` is given)."""

@@ -15,7 +15,7 @@ from mousse.train.fileio import JsonObject, dumps
 
 from .budget_speedup import BudgetFit, BudgetSpeedup
 from .records import TIMING_KEYS
-from .results import BudgetRow, TuningColumns, VariantRow
+from .results import BudgetRow, Results, TuningColumns, VariantRow
 from .stats import PowerLawFit
 
 if TYPE_CHECKING:
@@ -88,13 +88,13 @@ CSV_COLUMNS = (
 UNRELIABLE = " (unreliable)"  # marks a time measured on a busy machine (`busy_timing_note`)
 
 
-def busy_timing(results: JsonObject) -> bool:
+def busy_timing(results: Results) -> bool:
     """Whether the timing pass ran while other processes kept the CPU busy
     (`results.apply_timing_pass`): its overheads and the time speedups are then unreliable."""
     return results.get("timing_reliable") is False
 
 
-def busy_timing_note(results: JsonObject) -> str:
+def busy_timing_note(results: Results) -> str:
     """What the "(unreliable)" marks mean, with how busy the machine was."""
     return (
         f"busy machine: other processes used {results['timing_busy']:.0%} of the CPU while the "
@@ -103,7 +103,7 @@ def busy_timing_note(results: JsonObject) -> str:
     )
 
 
-def timing_notes(results: JsonObject) -> list[str]:
+def timing_notes(results: Results) -> list[str]:
     """Where the step-time table's numbers come from, and when they do not compare."""
     notes = []
     record = results.get("timing_pass")
@@ -129,7 +129,7 @@ def timing_notes(results: JsonObject) -> list[str]:
     return notes
 
 
-def protocol_notes(results: JsonObject) -> list[str]:
+def protocol_notes(results: Results) -> list[str]:
     """What a comparison does not establish, in plain words: untuned lrs, a single seed."""
     protocol = results.get("protocol") or {}
     notes = []
@@ -149,7 +149,7 @@ def protocol_notes(results: JsonObject) -> list[str]:
     return notes + tuning_seed_notes(results) + regime_notes(results)
 
 
-def tuning_seed_notes(results: JsonObject) -> list[str]:
+def tuning_seed_notes(results: Results) -> list[str]:
     """Results tuned on seeds they also compare on (recorded before tuning seeds were kept
     apart): each arm's mean holds the seed its tuned value won on (the winner's curse)."""
     protocol = results.get("protocol") or {}
@@ -164,7 +164,7 @@ def tuning_seed_notes(results: JsonObject) -> list[str]:
     ]
 
 
-def regime_notes(results: JsonObject) -> list[str]:
+def regime_notes(results: Results) -> list[str]:
     """What the regime of the runs does not establish (`budget.regime_warnings`): the smallest
     budget below 1x, the most epochs beyond 4. Runs with budgets (whose regime is their
     largest budget's) reach 1x by their largest budget, as `--budget` is refused with them."""
@@ -179,7 +179,7 @@ def regime_notes(results: JsonObject) -> list[str]:
     return regime_warnings(min(budgets, default=None), max(epochs, default=None), remedy)
 
 
-def regime_note(results: JsonObject) -> str | None:
+def regime_note(results: Results) -> str | None:
     """The regime the runs trained in: tokens per non-embedding parameter, that as a multiple
     of 20, and epochs over the train data (None for results from before runs recorded it)."""
     regimes = results.get("regimes") or []
@@ -197,7 +197,7 @@ def _regime_text(regime: JsonObject) -> str:
     )
 
 
-def power_note(results: JsonObject) -> str | None:
+def power_note(results: Results) -> str | None:
     """The seeds a paired t-test at 0.05 would need for 80% power at each variant's observed
     mean difference from the baseline and its seed spread (`stats.seeds_for_power`); None
     without any (one seed, or results from before it was computed)."""
@@ -215,13 +215,13 @@ def power_note(results: JsonObject) -> str | None:
     )
 
 
-def _power_paragraph(results: JsonObject) -> str:
+def _power_paragraph(results: Results) -> str:
     """`power_note` as a markdown paragraph under the convergence table (empty without one)."""
     note = power_note(results)
     return f"{note[0].upper()}{note[1:]}.\n\n" if note else ""
 
 
-def precision_note(results: JsonObject) -> str | None:
+def precision_note(results: Results) -> str | None:
     """The arithmetic the runs trained in (None for results from before runs recorded it)."""
     precisions = results.get("precisions") or []
     if len(precisions) > 1:
@@ -240,7 +240,7 @@ SPLIT_TEXT = {
 }
 
 
-def split_note(results: JsonObject) -> str | None:
+def split_note(results: Results) -> str | None:
     """Where the runs' validation losses were measured, and what SE means where the results
     record it (None for results from before runs recorded their split)."""
     splits = results.get("splits") or []
@@ -260,17 +260,14 @@ def split_note(results: JsonObject) -> str | None:
 _DASH = "—"
 
 
-def _variants(results: JsonObject) -> list[VariantRow]:
-    """The results' variant rows. The results object itself stays a JsonObject: results.json
-    read back whole, and passed so by results, sweep, expect and the command line."""
-    rows: list[VariantRow] = results["variants"]
-    return rows
+def _variants(results: Results) -> list[VariantRow]:
+    """The results' variant rows."""
+    return results["variants"]
 
 
-def _budget_rows(results: JsonObject) -> list[BudgetRow]:
+def _budget_rows(results: Results) -> list[BudgetRow]:
     """The results' rows per variant and budget (none without budgets)."""
-    rows: list[BudgetRow] = results.get("budgets") or []
-    return rows
+    return results.get("budgets") or []
 
 
 def _num(value: float | None, spec: str, suffix: str = "") -> str:
@@ -391,7 +388,7 @@ def _marked(text: str, unreliable: bool) -> str:
     return text + UNRELIABLE if unreliable and text != _DASH else text
 
 
-def convergence_rows(results: JsonObject) -> list[TextRow]:
+def convergence_rows(results: Results) -> list[TextRow]:
     """Per variant, CONVERGENCE_COLUMNS -> formatted text (for markdown and the Rich view)."""
     has_target = results["target_loss"] is not None
     busy = busy_timing(results)
@@ -433,7 +430,7 @@ BUDGET_COLUMNS = (
 BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
 
 
-def budget_table_rows(results: JsonObject) -> list[TextRow]:
+def budget_table_rows(results: Results) -> list[TextRow]:
     """Per variant and budget (`results.budget_rows`), BUDGET_COLUMNS -> text: its mean final
     loss ± seed spread and the paired difference from the baseline (none without budgets).
     With the values tuned per budget, the variant says those its row was read at."""
@@ -494,7 +491,7 @@ def _candidate_text(loss: float | None, sd: float | None) -> str:
     return f"{loss:.4f}" if sd is None else f"{loss:.4f} ± {sd:.4f}"
 
 
-def tuning_rows(results: JsonObject) -> list[TextRow]:
+def tuning_rows(results: Results) -> list[TextRow]:
     """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"; with
     values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
     differ (the largest budget's alone are "Tuned")."""
@@ -550,7 +547,7 @@ def _memory_text(v: VariantRow) -> str:
     return f"{v['peak_mem_bytes'] / 2**30:.2f} GiB{source}"
 
 
-def timing_rows(results: JsonObject) -> list[TextRow]:
+def timing_rows(results: Results) -> list[TextRow]:
     """Per variant, TIMING_COLUMNS -> formatted text (for markdown and the Rich view)."""
     comparable, busy = bool(results.get("timing_comparable")), busy_timing(results)
     return [
@@ -582,7 +579,7 @@ def _markdown_table(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -
     return "\n".join(lines)
 
 
-def render(results: JsonObject, fmt: str) -> str:
+def render(results: Results, fmt: str) -> str:
     """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
     or 'json' (the whole results object)."""
     if fmt == "json":
@@ -621,7 +618,7 @@ def scale_rows(scale: JsonObject) -> tuple[list[str], list[TextRow]]:
     return ["Variant", *names], rows
 
 
-def render_scaled(by_preset: dict[str, JsonObject], fmt: str) -> str:
+def render_scaled(by_preset: dict[str, Results], fmt: str) -> str:
     """Several presets' results as 'markdown' (each preset's tables under its name, then the
     speedup by scale) or 'csv' (one table, a preset column first)."""
     from .scale import scale_summary
@@ -640,7 +637,7 @@ def render_scaled(by_preset: dict[str, JsonObject], fmt: str) -> str:
 
 
 def _csv(
-    results: JsonObject,
+    results: Results,
     preset: str | None = None,
     header: bool = True,
     budgets: list[float] | None = None,
@@ -682,7 +679,7 @@ def _csv(
     return out.getvalue()
 
 
-def _markdown(results: JsonObject) -> str:
+def _markdown(results: Results) -> str:
     """The convergence and step-time tables with their notes, as markdown sections."""
     target = results["target_loss"]
     note = (
@@ -717,7 +714,7 @@ BUDGET_SPEEDUP_TITLE = "speedup vs budget"
 _INF = "∞"
 
 
-def budget_columns(by_preset: Iterable[JsonObject]) -> list[float]:
+def budget_columns(by_preset: Iterable[Results]) -> list[float]:
     """The budgets any variant of these results has a speedup row at, ascending."""
     return sorted(
         {
@@ -744,7 +741,7 @@ def budget_speedup_text(row: BudgetSpeedup | None) -> str:
     return text + (" (extrapolated)" if row["extrapolated"] else "")
 
 
-def budget_speedup_rows(results: JsonObject) -> tuple[list[str], list[TextRow]]:
+def budget_speedup_rows(results: Results) -> tuple[list[str], list[TextRow]]:
     """The speedup-vs-budget table: a column per budget (a multiple of 20 tokens per
     non-embedding parameter), a row per variant compared; no rows without budgets."""
     budgets = budget_columns([results])
@@ -759,7 +756,7 @@ def budget_speedup_rows(results: JsonObject) -> tuple[list[str], list[TextRow]]:
     return columns, rows
 
 
-def budget_speedup_notes(results: JsonObject) -> list[str]:
+def budget_speedup_notes(results: Results) -> list[str]:
     """How the speedup-vs-budget table was read: the baseline's law, the seeds it left out, and
     what the interval, "(extrapolated)" and ∞ mean; or why there is no law."""
     fit = next((v["budget_fit"] for v in _variants(results) if v.get("budget_fit")), None)
@@ -786,7 +783,7 @@ def budget_speedup_notes(results: JsonObject) -> list[str]:
     return notes
 
 
-def _law_text(baseline: str, law: PowerLawFit, fit: BudgetFit) -> str:
+def _law_text(baseline: str | None, law: PowerLawFit, fit: BudgetFit) -> str:
     """The baseline's law, L(D) = a D^-b + c (`fit`'s), and how far b and c move from seed to
     seed."""
     text = (
@@ -806,7 +803,7 @@ def _law_text(baseline: str, law: PowerLawFit, fit: BudgetFit) -> str:
     return text
 
 
-def budget_speedup_markdown(results: JsonObject) -> str:
+def budget_speedup_markdown(results: Results) -> str:
     """The speedup-vs-budget section with its notes; empty without budgets."""
     columns, rows = budget_speedup_rows(results)
     if not rows:
