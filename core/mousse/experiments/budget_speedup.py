@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypedDict
 
 from .stats import (
     BOOTSTRAP_SAMPLES,
@@ -37,9 +37,6 @@ from .stats import (
     fit_power_law,
     quantile,
 )
-
-if TYPE_CHECKING:
-    from .results import RunRow, VariantRow
 
 
 class _BudgetResult(TypedDict):
@@ -92,42 +89,24 @@ class BudgetSpeedup(TypedDict):
 
 Seeds = tuple[int, ...]  # a (sorted) resample of seeds, repeats counted
 FitOf = Callable[[Seeds], PowerLaw | None]  # a resample of seeds -> the baseline's fit
-# seed -> {budget: (tokens, final val loss)} (`budget_losses`)
+# seed -> {budget: (tokens, final val loss)} of one variant (`results.losses_by_budget`)
 BudgetLosses = dict[int, dict[float, tuple[int, float]]]
 
 
-def budget_losses(runs: Sequence[RunRow], variant: str) -> BudgetLosses:
-    """seed -> {budget: (tokens, final val loss)} of `variant`'s budgets that completed with a
-    finite loss (a budget is its own result: a branch may complete where a longer one diverged)."""
-    out: BudgetLosses = {}
-    for r in runs:
-        if r["variant"] != variant:
-            continue
-        for entry in r.get("budgets") or []:
-            loss = entry.get("final_val_loss")
-            if entry.get("status") == "completed" and loss is not None and math.isfinite(loss):
-                out.setdefault(r["seed"], {})[entry["budget"]] = (entry["tokens"], loss)
-    return out
-
-
-def add_budget_speedups(
-    runs: Sequence[RunRow], variants: Sequence[VariantRow], baseline: str | None
-) -> None:
-    """When runs trained to several budgets, give the baseline's variant row `budget_fit`
-    (`baseline_fit`) and every other variant's `budget_speedups`, one row per budget it ran
-    (`speedup_row`); rows of runs without budgets are left as they are."""
-    if not any(r.get("budgets") for r in runs):
-        return
-    base = budget_losses(runs, baseline) if baseline else {}
+def speedups(
+    losses: Mapping[str, BudgetLosses], baseline: str | None
+) -> tuple[BudgetFit, dict[str, list[BudgetSpeedup]]]:
+    """From each variant's losses by seed and budget: the baseline's law (`baseline_fit`) and,
+    for every other variant, one speedup row per budget it ran (`speedup_row`)."""
+    base = losses.get(baseline, {}) if baseline else {}
     fit = baseline_fit(base)
     fit_of = _fit_cache(base, fit)
-    for v in variants:
-        if v["is_baseline"]:
-            v["budget_fit"] = fit
-            continue
-        losses = budget_losses(runs, v["variant"])
-        budgets = sorted({b for by_budget in losses.values() for b in by_budget})
-        v["budget_speedups"] = [speedup_row(b, losses, fit, fit_of) for b in budgets]
+    rows: dict[str, list[BudgetSpeedup]] = {}
+    for variant, by_seed in losses.items():
+        if variant != baseline:
+            budgets = sorted({b for by_budget in by_seed.values() for b in by_budget})
+            rows[variant] = [speedup_row(b, by_seed, fit, fit_of) for b in budgets]
+    return fit, rows
 
 
 def baseline_fit(base: BudgetLosses) -> BudgetFit:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
 
-from .budget_speedup import BudgetEntry, BudgetFit, BudgetSpeedup, add_budget_speedups
+from .budget_speedup import BudgetEntry, BudgetFit, BudgetLosses, BudgetSpeedup, speedups
 from .stats import (
     SIGNIFICANCE_LEVEL,
     CurveKey,
@@ -268,18 +268,45 @@ def summarize(records: list[JsonObject], baseline_name: str | None = None) -> Re
     )
 
 
+def add_budget_speedups(
+    runs: Sequence[RunRow], variants: Sequence[VariantRow], baseline: str | None
+) -> None:
+    """When runs trained to several budgets, give the baseline's variant row `budget_fit` and
+    every other variant's `budget_speedups` (`budget_speedup.speedups`); rows of runs without
+    budgets are left as they are."""
+    if not any(r.get("budgets") for r in runs):
+        return
+    fit, rows = speedups(
+        {v["variant"]: losses_by_budget(runs, v["variant"]) for v in variants}, baseline
+    )
+    for v in variants:
+        if v["is_baseline"]:
+            v["budget_fit"] = fit
+        else:
+            v["budget_speedups"] = rows[v["variant"]]
+
+
+def losses_by_budget(runs: Sequence[RunRow], variant: str) -> BudgetLosses:
+    """seed -> {budget: (tokens, final val loss)} of `variant`'s budgets that completed with a
+    finite loss (a budget is its own result: a branch may complete where a longer one diverged)."""
+    out: BudgetLosses = {}
+    for r in runs:
+        if r["variant"] != variant:
+            continue
+        for entry in r.get("budgets") or []:
+            loss = entry.get("final_val_loss")
+            if entry.get("status") == "completed" and loss is not None and math.isfinite(loss):
+                out.setdefault(r["seed"], {})[entry["budget"]] = (entry["tokens"], loss)
+    return out
+
+
 def budget_losses(runs: list[RunRow], variant: str | None, budget: float) -> dict[int, float]:
     """seed -> final val loss of `variant`'s runs at `budget`, for the budgets that completed
     (runs with budgets: `records.budget_record`)."""
-    return {
-        r["seed"]: loss
-        for r in runs
-        if r["variant"] == variant
-        for b in r.get("budgets") or ()
-        if b["budget"] == budget
-        and b["status"] == "completed"
-        and (loss := _finite(b["final_val_loss"]))
-    }
+    if variant is None:
+        return {}
+    by_seed = losses_by_budget(runs, variant)
+    return {seed: by[budget][1] for seed, by in by_seed.items() if budget in by}
 
 
 def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
