@@ -202,10 +202,22 @@ class BucketState:
         optional = {**cls.PENDING, **cls.PENDING_ORDER}
 
         def side(s: str) -> SideState:
-            # Any: the fields are filled by name, required and optional tensors mixed in one **
-            kept: dict[str, Any] = {attr: state[name.format(s)] for attr, name in names.items()}
-            kept.update({attr: state.get(name.format(s)) for attr, name in optional.items()})
-            return SideState(**kept)
+            def saved(attr: str) -> Tensor:
+                return state[names[attr].format(s)]
+
+            def maybe(attr: str) -> Tensor | None:
+                return state.get(optional[attr].format(s))
+
+            return SideState(
+                factor=saved("factor"),
+                lam=saved("lam"),
+                Q=saved("Q"),
+                eigh_failures=saved("eigh_failures"),
+                stat_skips=saved("stat_skips"),
+                pending_lam=maybe("pending_lam"),
+                pending_Q=maybe("pending_Q"),
+                pending_order=maybe("pending_order"),
+            )
 
         sides = {s: side(s) for s in ("L", "R") if s in state}
         return cls(
@@ -230,16 +242,35 @@ class BucketState:
     def rows(self, idx: Tensor) -> BucketState:
         """A copy holding only the matrices `idx` (for a step of some of them)."""
 
-        # Any: fields copied by name (getattr) and rebuilt with **, as in `from_saved`
-        def take(t: Tensor | None) -> Any:  # None stays None
-            return None if t is None else t[idx.to(t.device)]
+        def take(t: Tensor) -> Tensor:
+            return t[idx.to(t.device)]
+
+        def maybe(t: Tensor | None) -> Tensor | None:  # None stays None
+            return None if t is None else take(t)
 
         sides = {
-            s: SideState(**{f.name: take(getattr(v, f.name)) for f in fields(v)})
+            s: SideState(
+                factor=take(v.factor),
+                lam=take(v.lam),
+                Q=take(v.Q),
+                eigh_failures=take(v.eigh_failures),
+                stat_skips=take(v.stat_skips),
+                pending_lam=maybe(v.pending_lam),
+                pending_Q=maybe(v.pending_Q),
+                pending_order=maybe(v.pending_order),
+                P=maybe(v.P),
+                P_post=maybe(v.P_post),
+            )
             for s, v in self.sides.items()
         }
-        own = {f.name: take(getattr(self, f.name)) for f in fields(self) if f.name != "sides"}
-        return BucketState(**own, sides=sides)
+        return BucketState(
+            momentum_buffer=take(self.momentum_buffer),
+            update_rms=take(self.update_rms),
+            sides=sides,
+            V=maybe(self.V),
+            graft_v=maybe(self.graft_v),
+            average=maybe(self.average),
+        )
 
     def put_rows(self, idx: Tensor, sub: BucketState) -> None:
         """Write back the rows `idx` that `rows` took and a step then changed."""
