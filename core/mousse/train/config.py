@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, TypeVar, cast
 
 import torch
 
@@ -626,22 +626,6 @@ def preset_named(name: str) -> Preset:
         raise ConfigError(str(exc)) from None
 
 
-# Settings a run not given them takes from its model preset (`Preset`, same names).
-FROM_PRESET = (
-    "d_model",
-    "n_layers",
-    "n_heads",
-    "head_dim",
-    "seq_len",
-    "steps",
-    "batch_size",
-    "micro_batch_size",
-    "warmup_frac",
-    "eval_every",
-    "eval_tokens",
-)
-
-
 def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     """Build a validated config with every preset- and optimizer-derived field filled in.
 
@@ -655,40 +639,84 @@ def resolve(overrides: Overrides | Mapping[str, object]) -> TrainConfig:
     if not isinstance(overrides, Overrides):
         overrides = Overrides.from_dict(overrides)
     given = overrides.to_dict()
-    # Any: the settings by name, None until filled in one by one, then typed by
-    # TrainConfig(**values); a TypedDict cannot say "None here, set by the end" (here and in
-    # the helpers that take `values`)
-    values: dict[str, Any] = {**FIELD_DEFAULTS, **given}
-    preset = preset_named(values["preset"])
-    check_choice("optimizer", values["optimizer"], OPTIMIZER_NAMES)
-    values["model_config"] = _check_model(values["model"], values["model_config"], given)
-    for name in FROM_PRESET:
-        if values["model"] is not None and name in GPT_SHAPE:
-            continue
-        if values[name] is None and not (name == "steps" and values["budget"] is not None):
-            values[name] = getattr(preset, name)
-    _fill_steps(values, given)
-    chosen = resolved_knobs(values["optimizer"], preset, values)
-    values.update((name, chosen.get(name)) for name in RUN_KNOBS)
-    if values["scalar_lr"] is None:
-        adamw = values["optimizer"] == "adamw"
-        values["scalar_lr"] = preset.adamw_lr if adamw else preset.scalar_lr
-    if values["checkpoint_every"] is None:
-        values["checkpoint_every"] = preset.checkpoint_every or values["steps"]
-    values["micro_batch_size"] = min(values["micro_batch_size"], values["batch_size"])
-    values["log"] = ",".join(parse_log(values["log"])) or None  # one spelling of each choice
-    cfg = TrainConfig(**values)
+    preset = preset_named(_or(overrides.preset, TrainConfig.preset))
+    optimizer = _or(overrides.optimizer, TrainConfig.optimizer)
+    check_choice("optimizer", optimizer, OPTIMIZER_NAMES)
+    # the draft: the settings given, filled in as they resolve (None: not set yet)
+    draft = dataclasses.replace(
+        overrides, model_config=_check_model(overrides.model, overrides.model_config, given)
+    )
+    draft = _fill_steps(_from_preset(draft, preset), given)
+    chosen = resolved_knobs(optimizer, preset, given)
+    adamw = optimizer == "adamw"
+    draft = dataclasses.replace(
+        draft,
+        **{name: chosen.get(name) for name in RUN_KNOBS},
+        scalar_lr=_or(draft.scalar_lr, preset.adamw_lr if adamw else preset.scalar_lr),
+        checkpoint_every=_or(draft.checkpoint_every, preset.checkpoint_every or draft.steps),
+        log=",".join(parse_log(draft.log)) or None,  # one spelling of each choice
+    )
+    cfg = _config_of(draft)
     validate(cfg)
     return cfg
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _fill_steps(values: dict[str, Any], given: Mapping[str, object]) -> None:
-    """The steps of a run given budgets (`_apply_budgets`), or a budget and no steps."""
-    if values["budgets"] is not None:
-        _apply_budgets(values, given)
-    if values["steps"] is None:
-        values["steps"] = _budget_steps(values)
+_T = TypeVar("_T")
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    """A setting's value, or `default` when it is not set (None)."""
+    return default if value is None else value
+
+
+def _filled(value: _T | None) -> _T:
+    """A setting `resolve` has filled in by now (from the preset, which holds every one it
+    takes), typed as set."""
+    assert value is not None, "resolve fills this setting in from the preset"
+    return value
+
+
+def _from_preset(draft: Overrides, preset: Preset) -> Overrides:
+    """`draft` with the settings not given that its model preset holds (`Preset`'s of the same
+    names): the built-in GPT's shape (not with --model, whose shape is its own), the sequence
+    length, the batch and micro-batch (at most the batch), the warmup, the evaluation, and the
+    steps unless a budget sets them (`_fill_steps`)."""
+    gpt = draft.model is None
+    batch_size = _or(draft.batch_size, preset.batch_size)
+    return dataclasses.replace(
+        draft,
+        d_model=_or(draft.d_model, preset.d_model if gpt else None),
+        n_layers=_or(draft.n_layers, preset.n_layers if gpt else None),
+        n_heads=_or(draft.n_heads, preset.n_heads if gpt else None),
+        head_dim=_or(draft.head_dim, preset.head_dim if gpt else None),
+        seq_len=_or(draft.seq_len, preset.seq_len),
+        steps=_or(draft.steps, preset.steps if draft.budget is None else None),
+        batch_size=batch_size,
+        micro_batch_size=min(_or(draft.micro_batch_size, preset.micro_batch_size), batch_size),
+        warmup_frac=_or(draft.warmup_frac, preset.warmup_frac),
+        eval_every=_or(draft.eval_every, preset.eval_every),
+        eval_tokens=_or(draft.eval_tokens, preset.eval_tokens),
+    )
+
+
+def _config_of(draft: Overrides) -> TrainConfig:
+    """The TrainConfig of a draft `resolve` has filled in: the settings it sets, None for each
+    one it leaves unset whose default is None (TrainConfig requires some of them: the GPT's
+    shape with --model, the knobs an AdamW run does not use), TrainConfig's defaults for the
+    others."""
+    settings = draft.to_dict()
+    unset = [k for k, default in FIELD_DEFAULTS.items() if default is None and k not in settings]
+    return TrainConfig(**settings, **dict.fromkeys(unset, None))
+
+
+def _fill_steps(draft: Overrides, given: Mapping[str, object]) -> Overrides:
+    """`draft` with the steps of a run given budgets (`_apply_budgets`), or a budget and no
+    steps (`_from_preset` leaves them to it)."""
+    if draft.budgets is not None:
+        draft = _apply_budgets(draft, parse_budgets(draft.budgets), given)
+    if draft.steps is None:
+        draft = dataclasses.replace(draft, steps=_budget_steps(draft, _filled(draft.budget)))
+    return draft
 
 
 def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, object]) -> Knobs:
@@ -700,28 +728,40 @@ def resolved_knobs(optimizer: str, preset: Preset, given: Mapping[str, object]) 
     return optimizer_knobs(optimizer, {**preset.matrix_knobs(optimizer), **chosen})
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _budget_steps(values: Mapping[str, Any]) -> int:
-    """The steps of a run given a budget and no steps: `steps_for_budget` at its shape and
+def _budget_steps(draft: Overrides, budget: float) -> int:
+    """The steps of a run given a `budget` and no steps: `steps_for_budget` at its shape and
     tokens per step. A ConfigError for a budget out of range, one that rounds to no step or to
     more than MAX_STEPS, and for --model (whose parameters are counted only once it is built)."""
-    budget = values["budget"]
     problem = _out_of_range("budget", budget)
     _require(problem is None, f"bad value for 'budget': {budget}; {problem}")
+    return _steps_of(*_counted(draft, "budget"), (budget,), "budget")[0]
+
+
+def _counted(settings: Overrides | TrainConfig, key: str) -> tuple[GPTConfig, int]:
+    """The built-in GPT's shape at the run's sequence length, and its batch size: what the
+    budgets of setting `key` (budget, budgets) count. A ConfigError for --model, whose
+    parameters are counted only once it is built."""
     _require(
-        values["model"] is None,
-        "--budget counts the built-in GPT's parameters; with --model, give --steps instead",
+        settings.model is None,
+        f"--{key} counts the built-in GPT's parameters; with --model, give --steps instead"
+        + (" (one budget a run)" if key == "budgets" else ""),
     )
-    return _steps_of(values, (budget,), "budget")[0]
+    shape = GPTConfig(
+        d_model=_filled(settings.d_model),
+        n_layers=_filled(settings.n_layers),
+        n_heads=_filled(settings.n_heads),
+        head_dim=_filled(settings.head_dim),
+        seq_len=_filled(settings.seq_len),
+    )
+    return shape, _filled(settings.batch_size)
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _steps_of(values: Mapping[str, Any], budgets: Iterable[float], key: str) -> list[int]:
-    """The steps each of `budgets` makes at the run's shape and tokens per step; a ConfigError
-    naming setting `key` for one that rounds to no step or to more than MAX_STEPS."""
-    shape = GPTConfig(**{k: values[k] for k in (*GPT_SHAPE, "seq_len")})
+def _steps_of(shape: GPTConfig, batch_size: int, budgets: Iterable[float], key: str) -> list[int]:
+    """The steps each of `budgets` makes for the built-in GPT of `shape` (`_counted`) at
+    `batch_size` sequences a step; a ConfigError naming setting `key` for one that rounds to no
+    step or to more than MAX_STEPS."""
     non_embedding = gpt_non_embedding_params(shape)
-    per_step = shape.seq_len * values["batch_size"]  # tokens a step trains on
+    per_step = shape.seq_len * batch_size  # tokens a step trains on
     out = []
     for budget in budgets:
         steps = steps_for_budget(budget, non_embedding, per_step)
@@ -767,7 +807,7 @@ def budget_steps(cfg: TrainConfig) -> list[tuple[float, int]]:
     if cfg.budgets is None:
         return []
     budgets = parse_budgets(cfg.budgets)
-    return list(zip(budgets, _steps_of(cfg.to_dict(), budgets, "budgets"), strict=True))
+    return list(zip(budgets, _steps_of(*_counted(cfg, "budgets"), budgets, "budgets"), strict=True))
 
 
 def trained_steps(cfg: TrainConfig) -> int:
@@ -776,32 +816,31 @@ def trained_steps(cfg: TrainConfig) -> int:
     return cfg.steps + sum(cooldown_length(s, cfg.cooldown) for _, s in budget_steps(cfg)[:-1])
 
 
-# Any: `resolve`'s settings by name (`values`)
-def _apply_budgets(values: dict[str, Any], given: Mapping[str, object]) -> None:
-    """A run of several budgets: WSD (unless --schedule says otherwise, which `validate`
-    refuses), the largest budget's steps and budget, and its warmup in steps: as given, else
-    warmup_frac of the smallest budget's steps, recorded so that every branch has the warmup
-    its own run would. A ConfigError for --model, and for --steps or --budget that differ from
-    the largest budget's (a resolved config read back gives the same)."""
-    budgets = parse_budgets(values["budgets"])
-    values["budgets"] = ",".join(map(number_text, budgets))
-    _require(
-        values["model"] is None,
-        "--budgets counts the built-in GPT's parameters; with --model, give --steps instead "
-        "(one budget a run)",
-    )
-    if "schedule" not in given:
-        values["schedule"] = "wsd"
-    steps = _steps_of(values, budgets, "budgets")
+def _apply_budgets(
+    draft: Overrides, budgets: tuple[float, ...], given: Mapping[str, object]
+) -> Overrides:
+    """`draft` as a run of several `budgets` (`parse_budgets`): WSD (unless --schedule says
+    otherwise, which `validate` refuses), the largest budget's steps and budget, and its warmup
+    in steps: as given, else warmup_frac of the smallest budget's steps, recorded so that every
+    branch has the warmup its own run would. A ConfigError for --model, and for --steps or
+    --budget that differ from the largest budget's (a resolved config read back gives the same)."""
+    steps = _steps_of(*_counted(draft, "budgets"), budgets, "budgets")
     for key, want in (("steps", steps[-1]), ("budget", budgets[-1])):
         _require(
             given.get(key) in (None, want),
             f"--{key} {given.get(key)}: --budgets sets the run's {key} (its largest budget's, "
             f"{want}); drop --{key}",
         )
-    values["steps"], values["budget"] = steps[-1], budgets[-1]
-    if values["warmup_steps"] is None:
-        values["warmup_steps"] = warmup_length(steps[0], values["warmup_frac"], None)
+    return dataclasses.replace(
+        draft,
+        budgets=",".join(map(number_text, budgets)),
+        schedule=_or(draft.schedule, "wsd"),
+        steps=steps[-1],
+        budget=budgets[-1],
+        warmup_steps=_or(
+            draft.warmup_steps, warmup_length(steps[0], _filled(draft.warmup_frac), None)
+        ),
+    )
 
 
 def refuse_with_budgets(given: Mapping[str, object]) -> None:
