@@ -49,3 +49,12 @@ def test_budget_steps_of_a_config_with_a_model_of_ones_own_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^--budgets counts the built-in GPT's parameters"):
         budget_steps(other)
     assert [s for _, s in budget_steps(cfg)][-1] == cfg.steps
+
+
+@pytest.mark.parametrize(
+    "key", ["d_model", "n_layers", "n_heads", "head_dim", "seq_len", "batch_size"]
+)
+@pytest.mark.parametrize("budget", [{"budget": 1.0}, {"budgets": "0.5,1"}])
+def test_a_shape_out_of_range_is_named_before_a_budget_counts_it(key, budget):
+    with pytest.raises(ConfigError, match=f"^bad value for '{key}': 0; must be >= 1$"):
+        resolve({"preset": "tiny", key: 0, **budget})

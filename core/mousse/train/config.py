@@ -746,6 +746,8 @@ def _counted(settings: Overrides | TrainConfig, key: str) -> tuple[GPTConfig, in
         f"--{key} counts the built-in GPT's parameters; with --model, give --steps instead"
         + (" (one budget a run)" if key == "budgets" else ""),
     )
+    for name in (*GPT_SHAPE, "seq_len", "batch_size"):  # counted before `validate` runs
+        _check_range(name, getattr(settings, name))
     shape = GPTConfig(
         d_model=_filled(settings.d_model),
         n_layers=_filled(settings.n_layers),
@@ -903,6 +905,12 @@ def _out_of_range(key: str, value: object) -> str | None:
     return None if ok is None or ok[0](value) else ok[1]
 
 
+def _check_range(key: str, value: object) -> None:
+    """A ConfigError naming the setting, its value and what it allows, when out of range."""
+    problem = _out_of_range(key, value)
+    _require(problem is None, f"bad value for '{key}': {value}; {problem}")
+
+
 def in_range(key: str, value: object) -> bool:
     """Whether a typed value is inside the setting's allowed range (settings without one: True)."""
     return value is None or _out_of_range(key, value) is None
@@ -926,8 +934,7 @@ def validate(cfg: TrainConfig) -> None:
             continue
         if key in knobs.KNOB_CHOICES:
             check_choice(key, value, knobs.KNOB_CHOICES[key])
-        problem = _out_of_range(key, value)
-        _require(problem is None, f"bad value for '{key}': {value}; {problem}")
+        _check_range(key, value)
     if cfg.model is None:
         params = gpt_param_count(GPTConfig(**{k: getattr(cfg, k) for k in GPT_SHAPE}, vocab_size=0))
         _require(
