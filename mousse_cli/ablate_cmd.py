@@ -27,7 +27,7 @@ from .ablate_plan import (
 )
 from .ablate_run import Outcome, check_timing_budget, run_ablations
 from .console import console, out
-from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, user_errors
+from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, diverged, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
 from .pipes import outliving_closed_pipes
@@ -178,10 +178,10 @@ def ablate(
 ) -> None:
     """Sweep Mousse's knobs (and baselines) with the same budget and compare.
 
-    Exit codes: 0 all runs completed, 3 some run diverged, 2 bad input, 4 runs are missing that
-    other shards or processes train (another process held a run dir, or this shard waits for other
-    shards' tuning results: rerun it later, or pass --wait), 6 some run failed, 130 (143)
-    interrupted by Ctrl-C (SIGTERM).
+    Exit codes: 0 all runs completed, 3 some run (or a run's cooldown branch, --budgets)
+    diverged, 2 bad input, 4 runs are missing that other shards or processes train (another
+    process held a run dir, or this shard waits for other shards' tuning results: rerun it
+    later, or pass --wait), 6 some run failed, 130 (143) interrupted by Ctrl-C (SIGTERM).
     """
     with exit_on_error((typer.Exit,)), user_errors(json_out):
         console.quiet = not is_main_process()  # under torchrun only rank 0 renders
@@ -244,15 +244,15 @@ def exit_for(
 ) -> None:
     """Exit 130 (143) after an interruption; 4, saying what to do, while runs that other shards
     or processes train are missing (run dirs found locked included); 6 when one of this
-    invocation's runs failed, 3 when one diverged."""
+    invocation's runs failed, 3 when one diverged (or one of its cooldown branches)."""
     waiting = [run for _, wanted, _ in outcomes.values() for run in wanted]
     busy = sorted(name for ab in ablations.values() for name in ab.busy)
-    statuses = {
-        r["status"]
+    runs = [
+        r
         for results, _, mine in outcomes.values()
         for r in results["runs"]
         if mine is None or r["name"] in mine
-    }
+    ]
     if stop.is_set():
         raise typer.Exit(interrupted_code(stop))
     if waiting or busy:
@@ -267,7 +267,7 @@ def exit_for(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_WAITING)
-    if "failed" in statuses:
+    if any(r["status"] == "failed" for r in runs):
         raise typer.Exit(EXIT_RUN_FAILED)
-    if "diverged" in statuses:
+    if any(map(diverged, runs)):  # a cooldown branch's divergence too
         raise typer.Exit(EXIT_DIVERGED)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -21,6 +22,12 @@ EXIT_DIVERGED = 3
 EXIT_WAITING = 4
 EXIT_EXPECTATION = 5
 EXIT_RUN_FAILED = 6  # an ablation run failed (a damaged checkpoint, a killed worker)
+
+
+def diverged(run: Mapping[str, Any]) -> bool:
+    """Whether a run (its summary, or its row of an ablation's results) diverged, or one of its
+    budgets' cooldown branches did (whose run's status is its trunk's): exit EXIT_DIVERGED."""
+    return "diverged" in (run["status"], *(b["status"] for b in run.get("budgets") or ()))
 
 
 def fail(message: str, code: int = 2, json_out: bool = False) -> None:

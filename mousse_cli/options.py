@@ -155,7 +155,7 @@ TRAIN_FLAGS: dict[str, Flag] = {
         float | None,
         typer.Option(
             None,
-            help="wsd: the last fraction of the steps, decayed linearly to --min-lr-frac's share of the peak (0) at the last step (0.2).",
+            help="--schedule wsd only (refused with cosine): the last fraction of the steps, decayed linearly to --min-lr-frac's share of the peak (0) at the last step (0.2).",
         ),
     ),
     "min_lr_frac": (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -69,16 +71,16 @@ def report(
             from .plot import check_plot_path
 
             check_plot_path(plot)
+        # a bad expression is refused before anything is retimed, plotted or printed
+        check = partial(check_expressions, expect) if expect else None
         if ablation_dir.is_file():
             if against is not None:
                 raise ConfigError("--against needs the ablation dir, not a results file")
-            scaled, by_preset = load_results_file(ablation_dir, plot, retime)
+            scaled, by_preset = load_results_file(ablation_dir, plot, retime, check)
         else:
             scaled, by_preset = load_results(
-                ablation_dir, plot, retime, timing_budget, trust_model_code, against
+                ablation_dir, plot, retime, timing_budget, trust_model_code, against, check
             )
-    if expect:  # a bad expression is refused before anything is printed
-        check_expressions(expect, by_preset)
     print_results(by_preset, scaled, fmt)
     if expect:
         gate(expect, by_preset)
@@ -91,15 +93,20 @@ def load_results(
     timing_budget: float | None,
     trust_model_code: bool = False,
     against: str | None = None,
+    check: Callable[[Results], None] | None = None,
 ) -> tuple[bool, ByPreset]:
     """(whether `ablation_dir` is the root of several presets, each preset's results; None for
     a plain ablation dir), retimed (model code it names imported only when trusted) and plotted
-    when asked; compared with the variant `against` instead of the baseline when given."""
+    when asked; compared with the variant `against` instead of the baseline when given. `check`
+    sees each preset's results first, before anything is retimed or written."""
     from mousse.experiments.scale import preset_dirs
 
     scaled = not (ablation_dir / "ablation.toml").is_file() and bool(preset_dirs(ablation_dir))
     dirs = preset_dirs(ablation_dir) if scaled else {None: ablation_dir}
     ablations = {preset: open_ablation(path) for preset, path in dirs.items()}
+    if check is not None:
+        for ablation in ablations.values():
+            check(ablation.results(against))
     for ablation in ablations.values():  # --retime builds the models
         if retime:
             where = str(ablation.dir / "ablation.toml")
@@ -117,10 +124,13 @@ def load_results(
     return scaled, by_preset
 
 
-def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool, ByPreset]:
+def load_results_file(
+    path: Path, plot: Path | None, retime: bool, check: Callable[[Results], None] | None = None
+) -> tuple[bool, ByPreset]:
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
-    the file holds when asked (no curves: the forest plot and the tuning curves)."""
+    the file holds when asked (no curves: the forest plot and the tuning curves), after `check`
+    saw each preset's results."""
     from mousse.experiments.results import with_delta_intervals, with_power
 
     if retime:
@@ -136,6 +146,9 @@ def load_results_file(path: Path, plot: Path | None, retime: bool) -> tuple[bool
         raise ConfigError(
             f"{path} is not a results file (results.json, or what `mousse ablate --json` prints)"
         ) from None
+    if check is not None:
+        for results in by_preset.values():
+            check(results)
     if plot is not None:
         for preset, results in by_preset.items():
             draw_plots(None, results, preset_plot(plot, preset))
@@ -184,15 +197,13 @@ def print_results(by_preset: ByPreset, scaled: bool, fmt: str) -> None:
         show_wide(scale_table(scale_of(by_preset)))
 
 
-def check_expressions(expectations: list[str], by_preset: ByPreset) -> None:
-    """Check every --expect against every preset's variants, so that a malformed one is
-    refused (exit 2) before any output, whatever the results."""
+def check_expressions(expectations: list[str], results: Results) -> None:
+    """Check every --expect against one preset's variants and budgets: a malformed one is a
+    ConfigError (exit 2) before anything is retimed, plotted or printed, whatever the results."""
     from mousse.experiments.expect import budgets_of, validate
 
-    with user_errors():
-        for results in by_preset.values():
-            for expr in expectations:
-                validate(expr, [v["variant"] for v in results["variants"]], budgets_of(results))
+    for expr in expectations:
+        validate(expr, [v["variant"] for v in results["variants"]], budgets_of(results))
 
 
 def gate(expectations: list[str], by_preset: ByPreset) -> None:

@@ -27,7 +27,7 @@ from mousse.train.rundir import RunLock, lock_before_resume
 
 from .console import console, notice, out, show_lines
 from .cost import check_cost
-from .errors import EXIT_DIVERGED, user_errors
+from .errors import EXIT_DIVERGED, diverged, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import RUN_PANEL, TRAIN_FLAGS, with_flags
 from .pipes import outliving_closed_pipes
@@ -128,7 +128,7 @@ def train(
         show_summary(summary, json_out)
         if json_out:
             typer.echo(dumps(summary))
-    if "diverged" in (summary["status"], *(b["status"] for b in summary.get("budgets", []))):
+    if diverged(summary):
         raise typer.Exit(EXIT_DIVERGED)
     if summary["status"] == "interrupted":
         raise typer.Exit(interrupted_code(stop))

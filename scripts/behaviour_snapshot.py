@@ -11,6 +11,7 @@ metrics of two 30-step tiny runs (Muon and Mousse) with their timing fields drop
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -123,5 +124,15 @@ def main(out: Path) -> None:
     shot("presets-json", invoke("presets", "--json"))
 
 
+def parse_out(argv: list[str] | None = None) -> Path:
+    """OUT_DIR from the command line (argparse: --help prints the usage, exit 0; a missing or
+    extra argument is its usage error, exit 2), never a flag taken for a folder."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to write one file per invocation to")
+    return parser.parse_args(argv).out_dir
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(parse_out())

@@ -30,6 +30,7 @@ from support.cli import (
     val_losses,
 )
 
+from mousse.train import trainer
 from mousse.train.branches import train_budgets
 from mousse.train.checkpoint import list_checkpoints, verify_checksums
 from mousse.train.config import ConfigError, resolve
@@ -428,6 +429,27 @@ def test_an_ablation_over_budgets_killed_at_parallel_2_ends_as_an_uninterrupted_
     assert again.json()["budgets"] == whole_ablation[1]["budgets"]
     for name in ("muon", "mousse"):
         same_run(cut / "runs" / name, whole_ablation[0] / "runs" / name)
+
+
+def test_an_ablation_whose_only_divergence_is_a_branch_exits_3_and_says_so(tmp_path, monkeypatch):
+    """The 0.0004x branch blown up after its fork (its lr a million times the schedule's) while
+    the trunk completes: the run's status is its trunk's, but the ablation exits 3, as `train`
+    does, and the convergence table's status names the budget that diverged."""
+    real = trainer.lr_factor
+
+    def blown(step, cfg):
+        branch = cfg.budgets is None and cfg.steps == SMALL[1][1]
+        return 1e6 if branch and step > SMALL[1][2] else real(step, cfg)
+
+    monkeypatch.setattr(trainer, "lr_factor", blown)
+    root = tmp_path / "A"
+    res = invoke_cli(*ABLATE, "--no-baseline", "--ablation-dir", root, "--json")
+    assert res.exit_code == 3, res
+    (run,) = res.json()["runs"]
+    assert run["status"] == "completed"
+    assert [b["status"] for b in run["budgets"]] == ["completed", "diverged", "completed"]
+    shown = invoke_cli("report", root, "--format", "markdown")
+    assert "completed; 1 budget diverged (0.0004x)" in shown.stdout, shown
 
 
 def test_a_specs_base_takes_budgets_as_a_list_and_the_plan_shows_their_steps(tmp_path):

@@ -147,6 +147,12 @@ def test_report_gate_exit_codes(tmp_path):
     bad = invoke_cli("report", root, "--expect", f"{worse} < {better}")
     assert bad.exit_code == 5 and "FAILED" in bad.stderr and "convergence" in bad.stdout
     assert_one_line_error(invoke_cli("report", root, "--expect", "nonsense"), "bad --expect")
+    # malformed: refused before the timing pass runs or a plot is written
+    plot, before = tmp_path / "f.png", (root / "results.json").read_bytes()
+    res = invoke_cli("report", root, "--retime", "--plot", plot, "--expect", "adam < 1")
+    assert_one_line_error(res, "not a variant")
+    assert not plot.exists() and not (root / "timing.json").exists()
+    assert (root / "results.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -167,6 +173,16 @@ def test_a_malformed_expectation_is_exit_2_before_any_output_whatever_the_number
     res = invoke_cli("report", results_file(tmp_path / "results.json"), "--expect", expr)
     assert_one_line_error(res, words)
     assert res.stdout == ""
+
+
+@pytest.mark.parametrize("expr, words", [("mousse <<< 1", "not a variant"), ("x", "bad --expect")])
+def test_a_malformed_expectation_is_refused_before_the_plot_is_written(tmp_path, expr, words):
+    """--plot with a malformed --expect: exit 2 and no figure, not a figure and then the error."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "f.png"
+    res = invoke_cli("report", results_file(tmp_path / "r.json"), "--plot", plot, "--expect", expr)
+    assert_one_line_error(res, words)
+    assert not plot.exists() and res.stdout == ""
 
 
 def test_an_expectation_that_ends_in_a_function_parses():

@@ -112,6 +112,32 @@ def test_ablation_runs_share_one_log_dir_written_by_the_parent(cli, tmp_path, mo
     assert tomlio.load(adir / "ablation.toml")["base"].get("log") is None
 
 
+@pytest.mark.parametrize("command", ["train", "ablate"])
+def test_each_cooldown_branch_logs_apart_from_its_trunk(cli, tmp_path, command):
+    """`--budgets 0.0002,0.0004,0.0008` (5, 9 and 17 steps; forks at 4 and 7): the trunk's
+    TensorBoard dir holds its own steps only, and each branch's dir the steps after its fork,
+    as each one's metrics.jsonl has them (`train`: in each run dir; `ablate`: tb/<run>/<b>)."""
+    budgets = ["--budgets", "0.0002,0.0004,0.0008", "--eval-every", "3", "--log", "tensorboard"]
+    if command == "train":
+        trunk = tmp_path / "run"
+        res = cli("train", *FAST, *budgets, "--run-dir", trunk)
+        tb = lambda branch: trunk / branch / "tb"
+    else:
+        root = tmp_path / "ab"
+        args = ["--optimizer", "mousse", "--no-baseline", "--no-timing-pass"]
+        res = cli("ablate", *FAST, *budgets, *args, "--ablation-dir", root)
+        trunk = root / "runs" / "mousse"
+        tb = lambda branch: root / "tb" / "mousse" / branch.removeprefix("branches/")
+    assert res.exit_code == 0, res
+    for branch, fork in ((".", 0), ("branches/budget-0.0002", 4), ("branches/budget-0.0004", 7)):
+        losses = {
+            r["step"]: r["train_loss"]
+            for r in read_metrics(trunk / branch)
+            if "train_loss" in r and r["step"] > fork
+        }
+        assert scalars(tb(branch))["train/loss"] == pytest.approx(losses, rel=1e-6), branch
+
+
 def test_log_changes_no_plan_hash_and_is_no_sweep(cli, tmp_path):
     def planned_dir(*extra) -> str:
         res = cli("ablate", "--alpha", "0.0", *FAST, "--steps", "4", "--dry-run", *extra)

@@ -4,6 +4,7 @@ and a resume that would change the lr refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -75,10 +76,10 @@ WSD_FLAGS = ["--steps", "10", "--warmup-steps", "2", "--log-every", "1", "--eval
 
 def test_wsd_lr_curve_end_to_end_and_differs_from_cosine_only_in_lr(cli, tmp_path):
     runs = {}
-    for schedule in ("wsd", "cosine"):
+    for schedule, cooldown in (("wsd", ["--cooldown", "0.4"]), ("cosine", [])):
         run_dir = tmp_path / schedule
         res = cli(
-            "train", *FAST, *WSD_FLAGS, "--schedule", schedule, "--cooldown", "0.4",
+            "train", *FAST, *WSD_FLAGS, "--schedule", schedule, *cooldown,
             "--run-dir", run_dir, "--json",
         )  # fmt: skip
         assert res.exit_code == 0, res
@@ -88,7 +89,7 @@ def test_wsd_lr_curve_end_to_end_and_differs_from_cosine_only_in_lr(cli, tmp_pat
     hand = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]  # test_wsd_by_hand's
     assert lrs == {s: pytest.approx(peak * f) for s, f in enumerate(hand, 1)}
     configs = [tomlio.load(runs[s] / "config.toml") for s in ("wsd", "cosine")]
-    assert {k for k in configs[0] if configs[0][k] != configs[1][k]} == {"schedule"}
+    assert {k for k in configs[0] if configs[0][k] != configs[1][k]} == {"schedule", "cooldown"}
     wsd_losses, cosine_losses = train_losses(runs["wsd"]), train_losses(runs["cosine"])
     # the same warmup lrs: the same losses through step 3; step 3's lr differs (1 vs 0.96)
     assert [wsd_losses[s] for s in (1, 2, 3)] == [cosine_losses[s] for s in (1, 2, 3)]
@@ -152,6 +153,11 @@ def test_resuming_with_another_schedule_is_refused(cli, tmp_path, first, again, 
     [
         (["--schedule", "linear"], ["schedule", "linear", "cosine, wsd"]),
         (["--cooldown", "1.5"], ["cooldown", "1.5", "[0, 1]"]),
+        (["--cooldown", "0.5"], ["--cooldown 0.5", "--schedule wsd", "drop --cooldown"]),
+        (
+            ["--schedule", "cosine", "--cooldown", "0.1"],
+            ["--cooldown 0.1 with --schedule cosine", "drop --cooldown"],
+        ),
         (["--warmup-steps", "-1"], ["warmup_steps", ">= 0"]),
         (
             ["--steps", "4", "--warmup-steps", "5"],
@@ -167,3 +173,30 @@ def test_bad_schedules_are_one_line(cli, tmp_path, args, needles):
     res = cli("train", *FAST, *args, "--run-dir", tmp_path / "r")
     assert_one_line_error(res, *needles)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "ablate"])
+def test_a_cooldown_for_a_cosine_run_in_a_file_is_refused(cli, tmp_path, command):
+    """A cooldown in a --config file or an ablation spec's [base], for a run that is cosine
+    (every preset's default) and so has none: refused before anything is written."""
+    spec = tmp_path / "spec.toml"
+    if command == "train":
+        spec.write_text("steps = 4\ncooldown = 0.3\n")
+        res = cli("train", *FAST, "--config", spec, "--run-dir", tmp_path / "out")
+    else:
+        spec.write_text("[base]\nsteps = 4\ncooldown = 0.3\n[sweep]\nalpha = [0.0, 0.25]\n")
+        res = cli("ablate", spec, "--ablation-dir", tmp_path / "out")
+    assert_one_line_error(res, "--cooldown 0.3", "--schedule wsd", "drop --cooldown")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cosine_run_that_recorded_a_cooldown_resumes(cli, tmp_path):
+    """A cosine run given a cooldown before one was refused recorded it; it never applied, so the
+    run resumes (as every cosine run, whose config.toml records the default cooldown)."""
+    settings = {**FAST_SETTINGS, "steps": 4, "checkpoint_every": 2, "eval_every": 2}
+    cfg = dataclasses.replace(resolve(settings), cooldown=0.3)  # what `validate` now refuses
+    Trainer(cfg, tmp_path / "r").run()
+    assert tomlio.load(tmp_path / "r" / "config.toml")["cooldown"] == 0.3
+    res = cli("train", "--resume", tmp_path / "r", "--steps", "6", "--json")
+    assert res.exit_code == 0, res
+    assert res.json()["resumed_from"] == 4

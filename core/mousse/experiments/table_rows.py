@@ -275,11 +275,29 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return _DASH if value is None else f"{value:{spec}}{suffix}"
 
 
-def _status_text(statuses: Mapping[str, int]) -> str:
-    """How a variant's runs ended: "completed", else the count of each status."""
+def _status_text(statuses: Mapping[str, int], diverged: Sequence[float] = ()) -> str:
+    """How a variant's runs ended: "completed", else the count of each status; then its budgets
+    whose cooldown branch diverged (`diverged`, one a run: the run's status is its trunk's)."""
     if set(statuses) == {"completed"}:
-        return "completed"
-    return ", ".join(f"{count} {status}" for status, count in statuses.items())
+        text = "completed"
+    else:
+        text = ", ".join(f"{count} {status}" for status, count in statuses.items())
+    if not diverged:
+        return text
+    where = ", ".join(f"{b:g}x" for b in sorted(set(diverged)))
+    return f"{text}; {counted(len(diverged), 'budget')} diverged ({where})"
+
+
+def _diverged_budgets(results: Results, variant: str) -> list[float]:
+    """The budgets of `variant`'s runs whose cooldown branch diverged, one a run and budget
+    (in a run that diverged itself, its status says so already)."""
+    return [
+        b["budget"]
+        for r in results["runs"]
+        if r["variant"] == variant and r["status"] != "diverged"
+        for b in r.get("budgets") or ()
+        if b["status"] == "diverged"
+    ]
 
 
 def _p_text(v: VariantRow) -> str:
@@ -409,7 +427,7 @@ def convergence_rows(results: Results) -> list[TextRow]:
                     _steps_text(v, has_target),
                     _speedup_text(v),
                     _marked(_speedup_text(v, time=True), busy),
-                    _status_text(v["statuses"]),
+                    _status_text(v["statuses"], _diverged_budgets(results, v["variant"])),
                 ),
                 strict=True,
             )

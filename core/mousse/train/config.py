@@ -953,6 +953,11 @@ def validate(cfg: TrainConfig) -> None:
         "or leave it out (validation from the data)",
     )
     _check_budgets(cfg)
+    _require(
+        cfg.schedule == "wsd" or cfg.cooldown == TrainConfig.cooldown,
+        f"--cooldown {cfg.cooldown} with --schedule {cfg.schedule}: --cooldown applies to "
+        "--schedule wsd (a cosine run has no cooldown); add --schedule wsd or drop --cooldown",
+    )
     _check_schedule(cfg)
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,

@@ -3,10 +3,12 @@ and/or Weights & Biases. An event sink beside the views (config -> engine -> eve
 files); metrics.jsonl stays the record. A dashboard that fails at run time warns once and is
 dropped; the runs go on.
 
-One `Dashboards` serves one run (`mousse train`: `<run dir>/tb`) or every run of an ablation
-(`root`: `<ablation dir>/tb/<run>`, so TensorBoard overlays them; W&B runs grouped by the
-ablation). It takes (event, run name) from the process that owns the log files: under
-`--parallel` the parent, which hears the workers' events through its queue.
+One `Dashboards` serves one run (`mousse train`: `<run dir>/tb`, each cooldown branch's in its
+own run dir) or every run of an ablation (`root`: `<ablation dir>/tb/<run>`, a cooldown branch's
+`<ablation dir>/tb/<run>/budget-<b>`, so TensorBoard overlays them; W&B runs grouped by the
+ablation, a branch's named `<run>/budget-<b>`). It takes (event, run name) from the process that
+owns the log files: under `--parallel` the parent, which hears the workers' events through its
+queue.
 """
 
 from __future__ import annotations
@@ -141,6 +143,15 @@ class _RunState(TypedDict):
     fisher: bool
 
 
+def dashboard_name(run: str, run_dir: Path) -> str:
+    """An ablation run's name in the dashboards: its own, or `<run>/budget-<b>` for a cooldown
+    branch of it (`--budgets`: trained under the run's name), whose TensorBoard dir is then its
+    own, lest its curves mix with the trunk's (and a branch's resume purge the trunk's steps)."""
+    from .branches import BRANCHES  # a run is starting: the trainer is loaded already
+
+    return f"{run}/{run_dir.name}" if run_dir.parent.name == BRANCHES else run
+
+
 class Dashboards:
     """The `log` setting's dashboards for one run or one ablation's runs: call it with each
     (event, run name); writers open on RunStarted and close on RunFinished (or `close()`)."""
@@ -211,7 +222,7 @@ class Dashboards:
         self.runs.clear()
 
     def _open(self, run: str | None, event: RunStarted) -> None:
-        name = run or event.run_dir.name
+        name = event.run_dir.name if run is None else dashboard_name(run, event.run_dir)
         if self.root is not None:
             where = {"tensorboard": self.root / "tb" / name, "wandb": self.root}
         else:

@@ -109,8 +109,13 @@ def _check_same_budgets(overrides: Mapping[str, object], saved: TrainConfig) -> 
 
 def saved_config(meta: JsonObject) -> dict[str, Any]:  # Any: tomllib's (tomlio.loads)
     """The settings a checkpoint's decoded `trainer_meta` recorded, with the values of the
-    settings it predates (`compat.recorded`: a checkpoint from before `split` held out the tail)."""
-    return compat.recorded(tomlio.loads(meta["config"]))
+    settings it predates (`compat.recorded`: a checkpoint from before `split` held out the tail),
+    less the cooldown of a cosine run (recorded, even one given before `validate` refused it,
+    and never used): it resumes as it trained."""
+    settings = compat.recorded(tomlio.loads(meta["config"]))
+    if settings.get("schedule") == "cosine":
+        settings.pop("cooldown", None)
+    return settings
 
 
 def trainer_meta(loaded: Loaded) -> JsonObject:

@@ -57,6 +57,7 @@ from .optstate import CheckpointError
 from .precision import autocast, resolve_precision, resumed_compile, resumed_precision
 from .resume import (
     check_same_run,
+    saved_config,
     trainer_meta,
 )
 from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
@@ -186,7 +187,7 @@ class Trainer:
         cfg = self.cfg
         if resumed is not None:
             self.precision = resumed_precision(cfg.precision, self.device, resumed.get("precision"))
-            saved = resolve(tomlio.loads(resumed["config"])).compile
+            saved = resolve(saved_config(resumed)).compile
             self.compiled = resumed_compile(cfg.compile, resumed.get("compiled"), saved)
             return
         self.precision = resolve_precision(cfg.precision, self.device)
