@@ -11,11 +11,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
 from mousse.experiments.results import Results
-from mousse.experiments.stats import CurvePoint, losses_by_step, mean_curve
+from mousse.experiments.stats import losses_by_step, mean_curve
 from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
 from mousse.train.estimate import counted
 from mousse.train.fileio import JsonObject
+from mousse.train.summary import CurvePoint
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from mousse.train.fileio import JsonObject
 from mousse.train.rundir import FINISHED
+from mousse.train.summary import BudgetResult, RunSummary
 
 if TYPE_CHECKING:
     from .ablation import RunSpec
@@ -54,27 +55,28 @@ _RECORD_KEYS = (
 )
 
 
-def record(run: RunSpec, summary: JsonObject | None) -> JsonObject:
+def record(run: RunSpec, summary: RunSummary | None) -> JsonObject:
     """The run's row for `results.summarize`."""
+    found: RunSummary = summary or {"status": "pending"}
     row: JsonObject = {
         "name": run.name,
         "variant": run.variant,
         "knobs": run.knobs,
         "seed": run.seed,
         "is_baseline": run.is_baseline,
-        "status": summary["status"] if summary else "pending",
+        "status": found["status"],
     }
-    row.update({k: (summary or {}).get(k) for k in _RECORD_KEYS})
+    row.update({k: found.get(k) for k in _RECORD_KEYS})
     row["curve"] = row["curve"] or []
-    if isinstance((summary or {}).get("budgets"), list):
-        row["budgets"] = [budget_record(b) for b in (summary or {})["budgets"]]
+    if "budgets" in found:
+        row["budgets"] = [budget_record(b) for b in found["budgets"]]
     return row
 
 
 BUDGET_KEYS = ("budget", "tokens", "tokens_per_param", "steps", "status", "final_val_loss")
 
 
-def budget_record(entry: JsonObject) -> JsonObject:
+def budget_record(entry: BudgetResult) -> JsonObject:
     """One budget of a run record: BUDGET_KEYS of its summary's entry, its loss kept only when
     that budget completed (a budget still training is never a result)."""
     out = {k: entry.get(k) for k in BUDGET_KEYS}
@@ -93,14 +95,15 @@ def with_split(row: JsonObject, settings: Mapping[str, object]) -> JsonObject:
     return row
 
 
-def read_budget_from(row: JsonObject, budget: float, run: str, summary: JsonObject | None) -> None:
+def read_budget_from(row: JsonObject, budget: float, run: str, summary: RunSummary | None) -> None:
     """Put in `row` its entry at `budget` as the run `run` (`summary`: its summary) gives it,
     naming that run: with budgets tuned apart, a budget is read from the run at the values
     chosen for it, not from the row's own run. Pending, without a loss, until that run has
     the budget (no entry while neither run has one)."""
     entries = {b["budget"]: b for b in row.get("budgets") or ()}
     theirs = next(
-        (b for b in (summary or {}).get("budgets") or () if b.get("budget") == budget), None
+        (b for b in (summary.get("budgets") if summary else None) or () if b["budget"] == budget),
+        None,
     )
     if theirs is not None:
         entries[budget] = {**budget_record(theirs), "run": run}
@@ -114,7 +117,7 @@ def read_budget_from(row: JsonObject, budget: float, run: str, summary: JsonObje
     row["budgets"] = [entries[b] for b in sorted(entries)]
 
 
-def final_loss(summary: JsonObject | None) -> float | None:
+def final_loss(summary: RunSummary | None) -> float | None:
     """A finished run's score for tuning: its final val loss, inf when it diverged or failed,
     None while it has no result."""
     if not summary or summary.get("status") not in (*FINISHED, "failed"):

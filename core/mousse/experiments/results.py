@@ -21,12 +21,12 @@ from typing import TypedDict
 
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
+from mousse.train.summary import CurvePoint
 
 from .budget_speedup import BudgetEntry, BudgetFit, BudgetLosses, BudgetSpeedup, speedups
 from .stats import (
     SIGNIFICANCE_LEVEL,
     CurveKey,
-    CurvePoint,
     bootstrap_ci,
     holm,
     mean_curve,
