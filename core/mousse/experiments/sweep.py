@@ -22,7 +22,7 @@ from mousse.train.summary import RunSummary, TimingContext, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import final_loss, read_budget_from, record, with_split
+from .records import RunRecord, final_loss, read_budget_from, record, with_split
 from .results import Results, TuningColumns, apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .settings import Settings, Value, settings_of
@@ -425,7 +425,7 @@ class Ablation:
 
     # ---- results ----------------------------------------------------------------------------
 
-    def records(self, states: dict[str, TuningState] | None = None) -> list[JsonObject]:
+    def records(self, states: dict[str, TuningState] | None = None) -> list[RunRecord]:
         """The run records of the comparison's runs, as far as they got (`with_split`: the split
         of runs from before summaries said it). With tuned budgets: those at the largest
         budget's tuned values (each run's full length), each smaller budget's entry read from
@@ -451,7 +451,7 @@ class Ablation:
                     read_budget_from(row, budget, run.name, summary(run))
         return rows
 
-    def _record(self, run: RunSpec, summary: RunSummary | None) -> JsonObject:
+    def _record(self, run: RunSpec, summary: RunSummary | None) -> RunRecord:
         """The run record of `run` (`records.record`, `with_split`)."""
         return with_split(record(run, summary), self.plan.settings(run))
 

@@ -36,7 +36,6 @@ from mousse.train.config import (
     coerce,
     in_range,
 )
-from mousse.train.fileio import JsonObject
 from mousse.train.rundir import FINISHED
 from mousse.train.summary import RunSummary
 
@@ -229,6 +228,23 @@ def same_runs(values: Mapping[str, Value], centre: Mapping[str, Value | None]) -
     return out
 
 
+class _PhaseColumns(TypedDict):
+    knob: str
+    grid: list[Value]
+    losses: list[float | None]  # mean final val loss at each grid value (None: none, or inf)
+    chosen: Value | None
+    at_edge: bool
+    extensions: int
+
+
+class PhaseRecord(_PhaseColumns, total=False):
+    """One phase as a variant's results row records it (`Phase.to_dict`); results files from
+    before a key existed lack it."""
+
+    spreads: list[float | None]  # the standard deviation over seeds at each grid value
+    diverged: list[Value]
+
+
 @dataclass
 class Phase:
     """One knob's search: the grid tried so far, its mean losses, the choice once decided."""
@@ -243,7 +259,7 @@ class Phase:
     at_edge: bool = False
     extensions: int = 0
 
-    def to_dict(self) -> JsonObject:
+    def to_dict(self) -> PhaseRecord:
         """The phase as a variant's results row records it (`tuning`)."""
 
         def finite(x: float | None) -> float | None:
