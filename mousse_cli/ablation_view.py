@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from mousse.train.estimate import counted
 from mousse.train.events import EvalDone, Event, Notice, RunFinished, RunStarted, StepLogged
-from mousse.train.fileio import JsonObject
+from mousse.train.summary import RunSummary
 
 from .console import clock, console, fit_width, fmt
 from .rich_tables import titled_table
@@ -35,7 +35,7 @@ class Row(TypedDict, total=False):
     loss: float | None
     val: float | None
     best: float | None
-    curve: dict[int, float]  # val loss by step
+    curve: dict[int, float | None]  # val loss by step (None: not finite, from a summary)
     ms: list[float]  # step times (one median for a finished run)
     fb: list[float]
     opt: list[float]
@@ -136,7 +136,7 @@ class AblationView:
         elif isinstance(update, WaitingForShards):
             self._plain(f"waiting for {counted(len(update.runs), 'run')} of other shards")
 
-    def _skipped(self, name: str, row: Row, s: JsonObject) -> None:
+    def _skipped(self, name: str, row: Row, s: RunSummary) -> None:
         """A run that had finished before this invocation: its row filled from its summary `s`
         and marked `earlier`, since its timings were taken under other conditions."""
         row.update(
@@ -194,13 +194,14 @@ class AblationView:
             s = e.summary
             row.update({"status": s["status"], "step": s["steps"], "mem": s["peak_mem_bytes"]})
             key: Literal["ms", "fb", "opt"]
+            summary_key: Literal["step_ms_median", "fwd_bwd_ms_median", "opt_ms_median"]
             for key, summary_key in (
                 ("ms", "step_ms_median"),
                 ("fb", "fwd_bwd_ms_median"),
                 ("opt", "opt_ms_median"),
             ):
-                if s[summary_key] is not None:
-                    row[key] = [s[summary_key]]
+                if (ms := s[summary_key]) is not None:
+                    row[key] = [ms]
             if self.progress:
                 self.done_text = self.progress()
             self._plain(
@@ -224,8 +225,8 @@ class AblationView:
         if not base or row is base or not row["curve"]:
             return None
         step = max(row["curve"])
-        ref = base["curve"].get(step)
-        return None if ref is None else row["curve"][step] - ref
+        own, ref = row["curve"][step], base["curve"].get(step)
+        return None if own is None or ref is None else own - ref
 
     def render(self) -> RenderableType:
         """The convergence and step-time tables, one row per run in the order they were queued."""

@@ -8,19 +8,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from mousse.experiments.results import Results
-from mousse.experiments.stats import CurvePoint, losses_by_step, mean_curve
+from mousse.experiments.stats import losses_by_step, mean_curve
 from mousse.experiments.table_rows import busy_timing
 from mousse.train.config import ConfigError
 from mousse.train.estimate import counted
-from mousse.train.fileio import JsonObject
+from mousse.train.summary import CurvePoint
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from matplotlib.typing import ColorType
+
+    from mousse.experiments.budget_speedup import BudgetSpeedup
+    from mousse.experiments.records import RunRecord
+    from mousse.experiments.results import Results, VariantRow
+    from mousse.experiments.scale import ScaleSummary
+    from mousse.experiments.tuning import PhaseRecord
 
 # A variant's seed-mean curve at one evaluation step: (step, mean, min, max) of the val loss.
 Band = tuple[int, float, float, float]
@@ -77,7 +82,7 @@ def variant_colors(variants: list[str], baseline: str | None) -> dict[str, Color
     return {**colors, baseline: BASELINE_COLOR}
 
 
-def seed_bands(records: list[JsonObject]) -> dict[str, list[Band]]:
+def seed_bands(records: list[RunRecord]) -> dict[str, list[Band]]:
     """Per variant, (step, mean, min, max) of the val loss over its completed runs' curves at the
     evaluation steps they all share (the mean is the results' seed-mean curve)."""
     curves: dict[str, list[list[CurvePoint]]] = {}
@@ -94,15 +99,15 @@ def seed_bands(records: list[JsonObject]) -> dict[str, list[Band]]:
     return bands
 
 
-def seconds_per_step(results: JsonObject) -> dict[str, float]:
+def seconds_per_step(results: Results) -> dict[str, float]:
     """Per variant, its step time in the side-by-side timing pass, in seconds: the only timings
     that compare across variants (the runs' own seconds were counted under different loads)."""
     if not results.get("timing_pass"):
         return {}
     return {
-        v["variant"]: v["side_by_side"]["step_ms_median"] / 1000
+        v["variant"]: ms / 1000
         for v in results["variants"]
-        if (v.get("side_by_side") or {}).get("step_ms_median")
+        if (ms := (v.get("side_by_side") or {}).get("step_ms_median"))
     }
 
 
@@ -134,17 +139,17 @@ def overlap_note(bands: dict[str, list[Band]], baseline: str | None) -> str | No
     )
 
 
-def forest_rows(results: JsonObject) -> list[JsonObject]:
+def forest_rows(results: Results) -> list[VariantRow]:
     """The variants with a final-loss difference from the baseline, lowest first."""
     rows = [
-        v
+        (delta, v)
         for v in results["variants"]
-        if not v["is_baseline"] and v.get("delta_vs_baseline") is not None
+        if not v["is_baseline"] and (delta := v.get("delta_vs_baseline")) is not None
     ]
-    return sorted(rows, key=lambda v: v["delta_vs_baseline"])
+    return [v for _, v in sorted(rows, key=lambda row: row[0])]
 
 
-def plot_curves(results: JsonObject, records: list[JsonObject], out: Path) -> None:
+def plot_curves(results: Results, records: list[RunRecord], out: Path) -> None:
     """The ablation's figure: seed-mean val loss with its band over seeds, over the whole run and
     its last part; the forest plot; loss against comparable time. Without curves (a results
     file), the forest plot alone, saying so."""
@@ -245,14 +250,15 @@ def _zoom(ax: Axes, bands: dict[str, list[Band]], per_step: dict[str, float] | N
         )
 
 
-def _forest(ax: Axes, results: JsonObject, colors: dict[str, ColorType]) -> None:
+def _forest(ax: Axes, results: Results, colors: dict[str, ColorType]) -> None:
     """Each variant's mean final loss minus the baseline's with its 95% interval (Welch's, the
     test the tables report), sorted; filled where the tables call it significant (Holm-adjusted
     p < 0.05), hollow where not."""
     rows = forest_rows(results)
     ax.axvline(0.0, color=BASELINE_COLOR, lw=1, ls="--")
     for y, v in enumerate(reversed(rows)):
-        delta, ci = v["delta_vs_baseline"], v.get("delta_ci")
+        delta, ci = v.get("delta_vs_baseline"), v.get("delta_ci")
+        assert delta is not None  # `forest_rows` keeps the variants with one
         color = colors[v["variant"]]
         ax.errorbar(
             [delta],
@@ -284,7 +290,7 @@ def _forest(ax: Axes, results: JsonObject, colors: dict[str, ColorType]) -> None
     )
 
 
-def _p_label(v: JsonObject) -> str:
+def _p_label(v: VariantRow) -> str:
     """The p-value a forest row stands on, as the tables give it: Holm-adjusted when it differs."""
     p, adjusted = v.get("p_value"), v.get("p_holm", v.get("p_value"))
     if p is None:
@@ -294,7 +300,7 @@ def _p_label(v: JsonObject) -> str:
 
 def _timed(
     ax: Axes,
-    results: JsonObject,
+    results: Results,
     bands: dict[str, list[Band]],
     colors: dict[str, ColorType],
 ) -> None:
@@ -307,8 +313,8 @@ def _timed(
         return
     _bands(ax, bands, colors, results["baseline"], per_step)
     _zoom(ax, bands, per_step)
-    record = results["timing_pass"]
-    busy = busy_timing(cast(Results, results))  # the results `report` passes, read untyped here
+    record = results.get("timing_pass") or {}  # there is one: `per_step` is its step times
+    busy = busy_timing(results)
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
@@ -334,7 +340,7 @@ def _save(fig: Figure, out: Path, plt: ModuleType) -> None:
         plt.close(fig)
 
 
-def plot_tuning(results: JsonObject, out: Path) -> None:
+def plot_tuning(results: Results, out: Path) -> None:
     """Tuning curves: final val loss against each tuned knob (log axis for positive numbers), one
     line per variant in its colour, its chosen value ringed."""
     plt = _pyplot()
@@ -355,7 +361,7 @@ def plot_tuning(results: JsonObject, out: Path) -> None:
 
 
 def _tuning_axis(
-    ax: Axes, knob: str, variants: list[JsonObject], colors: dict[str, ColorType]
+    ax: Axes, knob: str, variants: list[VariantRow], colors: dict[str, ColorType]
 ) -> None:
     """One knob's plot: every variant's tuning phases of that knob (the last phase plotted says
     whether the values are numbers, then shown on a log axis)."""
@@ -390,8 +396,8 @@ def _tuning_axis(
 
 def _plot_phase(
     ax: Axes,
-    variant: JsonObject,
-    phase: JsonObject,
+    variant: VariantRow,
+    phase: PhaseRecord,
     points: list[tuple[float | str, float]],
     numeric: bool,
     color: ColorType,
@@ -418,7 +424,7 @@ def _plot_phase(
         ax.plot([x], [y], marker="o", ms=10, mfc="none", mec=color, mew=2)
 
 
-def _tried_ticks(ax: Axes, knob: str, variants: list[JsonObject]) -> None:
+def _tried_ticks(ax: Axes, knob: str, variants: list[VariantRow]) -> None:
     """A log axis with ticks at the values tried, not log decades that overprint each other."""
     ax.set_xscale("log")
     ax.minorticks_off()
@@ -428,7 +434,7 @@ def _tried_ticks(ax: Axes, knob: str, variants: list[JsonObject]) -> None:
     ax.set_xticks(tried, [f"{x:.3g}" for x in tried], rotation=45 if len(tried) > 6 else 0)
 
 
-def plot_scale(scale: JsonObject, out: Path) -> None:
+def plot_scale(scale: ScaleSummary, out: Path) -> None:
     """Speedup in steps over each preset's baseline against parameter count (log axis), one line
     per variant in its colour, with the 95% intervals the scale table gives; filled where the
     interval excludes 1 (the table's significance), hollow where not."""
@@ -438,14 +444,13 @@ def plot_scale(scale: JsonObject, out: Path) -> None:
     colors = variant_colors([r["variant"] for r in scale["rows"]], baseline)
     others = [v for v in colors if v != baseline]
     for i, variant in enumerate(others):
-        rows = [
-            r
+        # side by side around each scale, so that intervals do not hide each other
+        nudge = 1 + 0.025 * (i - (len(others) - 1) / 2)
+        points: list[SpeedupPoint] = [
+            (r["params"] * nudge, r["speedup"], r["speedup_ci"], "o")
             for r in scale["rows"]
             if r["variant"] == variant and r["speedup"] is not None and r["params"]
         ]
-        # side by side around each scale, so that intervals do not hide each other
-        nudge = 1 + 0.025 * (i - (len(others) - 1) / 2)
-        points = [(r["params"] * nudge, r["speedup"], r["speedup_ci"], "o") for r in rows]
         _speedup_line(ax, variant, points, colors[variant])
     ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{baseline} (baseline)")
     ax.set_xscale("log")
@@ -481,7 +486,7 @@ def _speedup_line(ax: Axes, variant: str, points: list[SpeedupPoint], color: Col
         )
 
 
-def has_budget_speedups(results: JsonObject) -> bool:
+def has_budget_speedups(results: Results) -> bool:
     """Whether any variant has a speedup from budgets to draw."""
     return any(
         row["speedup"] is not None or row["unbounded"]
@@ -490,7 +495,7 @@ def has_budget_speedups(results: JsonObject) -> bool:
     )
 
 
-def plot_budget_speedup(results: JsonObject, out: Path) -> None:
+def plot_budget_speedup(results: Results, out: Path) -> None:
     """Speedup in data against budget (log axis; `budget_speedup`), one line per variant in its
     colour with its 95% intervals: filled where the interval excludes 1, hollow where not,
     diamonds where the baseline's law is read beyond its budgets. What lies above the axis (an
@@ -535,22 +540,21 @@ def plot_budget_speedup(results: JsonObject, out: Path) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.supxlabel(
-        "\n".join(_wrapped(n) for n in budget_speedup_notes(cast(Results, results))[:1]), fontsize=8
-    )
+    fig.supxlabel("\n".join(_wrapped(n) for n in budget_speedup_notes(results)[:1]), fontsize=8)
     _save(fig, out, plt)
 
 
-def _budget_point(row: JsonObject, nudge: float, top: float) -> SpeedupPoint:
+def _budget_point(row: BudgetSpeedup, nudge: float, top: float) -> SpeedupPoint:
     """(x, y, interval, marker) of one budget's speedup, what lies above `top` (unbounded
     included) drawn at it."""
-    y = top if row["unbounded"] else min(row["speedup"], top)
-    ci = row["speedup_ci"] and [top if end is None else min(end, top) for end in row["speedup_ci"]]
+    speedup, ends = row["speedup"], row["speedup_ci"]
+    y = top if row["unbounded"] or speedup is None else min(speedup, top)  # None: unbounded
+    ci = None if ends is None else [top if end is None else min(end, top) for end in ends]
     marker = "^" if y == top else "D" if row["extrapolated"] else "o"
     return row["budget"] * nudge, y, ci, marker
 
 
-def _high_end_off_axis(row: JsonObject, top: float) -> str | None:
+def _high_end_off_axis(row: BudgetSpeedup, top: float) -> str | None:
     """The high end of a speedup's interval where it lies above `top`, the axis's top, as its
     label (∞ where unbounded); None where it is on the axis or has none."""
     high = (row["speedup_ci"] or [None, 0.0])[1]

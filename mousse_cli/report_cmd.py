@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import JsonObject, dumps, read_json
+from mousse.train.fileio import dumps, read_json
 
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
@@ -247,18 +247,16 @@ def draw_plots(ablation: Ablation | None, results: Results, plot: Path) -> None:
     and beside them the tuning curves after tuning and the speedup against budget with budgets."""
     from .plot import plot_curves, plot_tuning
 
-    # the plots read the results as the JSON they are: numbers handed to matplotlib, untyped
-    data = cast(JsonObject, results)
-    plot_curves(data, ablation.records() if ablation is not None else [], plot)
+    plot_curves(results, ablation.records() if ablation is not None else [], plot)
     console.print(f"plot: {plot}", highlight=False, markup=False)
     if any(v.get("tuning") for v in results["variants"]):
         tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
-        plot_tuning(data, tuning_plot)
+        plot_tuning(results, tuning_plot)
         console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
-    draw_budget_speedup(data, plot)
+    draw_budget_speedup(results, plot)
 
 
-def draw_budget_speedup(results: JsonObject, plot: Path) -> None:
+def draw_budget_speedup(results: Results, plot: Path) -> None:
     """With speedups from budgets, their figure beside `plot`, named after it (-budgets)."""
     from .plot import has_budget_speedups, plot_budget_speedup
 

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, cast
 from rich.markup import escape
 
 from mousse.distributed.process import is_main_process
-from mousse.train.fileio import JsonObject
 
 from .console import console, result_stream, show_wide
 from .rich_tables import results_tables, scale_table
 
 if TYPE_CHECKING:
     from mousse.experiments.results import Results
+    from mousse.experiments.scale import ScaleSummary
 
 # Each preset's results by its name; a plain ablation's (no --preset a,b) alone, under None.
 ByPreset = dict[str | None, "Results"]
@@ -38,7 +38,7 @@ def show_preset_title(preset: str, json_out: bool = False) -> None:
         result_stream(json_out).print(f"[bold]preset {escape(preset)}[/]", highlight=False)
 
 
-def scale_of(by_preset: ByPreset) -> JsonObject:
+def scale_of(by_preset: ByPreset) -> ScaleSummary:
     """The speedup of every variant at every preset (the scale summary)."""
     from mousse.experiments.scale import scale_summary
 

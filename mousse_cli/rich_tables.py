@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.console import Group, RenderableType
 
     from mousse.experiments.results import Results
+    from mousse.experiments.scale import ScaleSummary
 
 
 def titled_table(
@@ -127,7 +128,7 @@ def budget_speedup_table(results: Results) -> Table | None:
     return table
 
 
-def scale_table(scale: JsonObject) -> Table:
+def scale_table(scale: ScaleSummary) -> Table:
     """Speedup over each preset's baseline, one column per preset (its parameter count)."""
     from mousse.experiments.table_rows import SCALE_TITLE, scale_rows
 

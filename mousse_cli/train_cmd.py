@@ -22,8 +22,9 @@ from mousse.train.config import (
     resolve,
 )
 from mousse.train.dashboards import Dashboards
-from mousse.train.fileio import JsonObject, dumps
+from mousse.train.fileio import dumps
 from mousse.train.rundir import RunLock, lock_before_resume
+from mousse.train.summary import RunSummary
 
 from .console import console, notice, out, show_lines
 from .cost import check_cost
@@ -184,7 +185,7 @@ def run_training(
     dashboards: Dashboards,
     cost: list[str],
     lock: RunLock | None = None,
-) -> JsonObject:
+) -> RunSummary:
     """Train with the live view and the dashboards (`lock`: the run dir's, already held); the
     estimate is shown after the checks the Trainer makes, so that an error stays one line.
     Returns the run's summary."""

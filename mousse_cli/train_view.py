@@ -24,7 +24,7 @@ from mousse.train.events import (
     RunStarted,
     StepLogged,
 )
-from mousse.train.fileio import JsonObject
+from mousse.train.summary import BudgetResult, RunSummary
 
 from .console import clock, console, fit_width, fmt, notice, result_stream
 
@@ -169,30 +169,31 @@ class TrainView:
             )
         return fit_width(table, console)  # a narrow terminal: plain lines
 
-    def _finished(self, s: JsonObject) -> None:
+    def _finished(self, s: RunSummary) -> None:
         """Stop the live table; a failure's message stays on stderr (the summary is the
         command's result, `show_summary`)."""
         if self.live:
             self.live.update(self._render())
             self.live.stop()
             self.live = None
-        if s.get("message"):
-            console.print(f"[red]{escape(s['message'])}[/]", highlight=False, soft_wrap=True)
+        if message := s.get("message"):
+            console.print(f"[red]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
-def speed_line(s: JsonObject) -> str:
+def speed_line(s: RunSummary, tokens_per_s: float) -> str:
     """How fast a run trained against this machine: tokens/s, model FLOP/s and MFU (summaries
     from before these were recorded show tokens/s only)."""
-    line = f"{s['tokens_per_s']:,.0f} tokens/s"
-    if s.get("mfu") is not None:
+    line = f"{tokens_per_s:,.0f} tokens/s"
+    flops, mfu, peak = s.get("model_flops_per_s"), s.get("mfu"), s.get("peak_flops")
+    if mfu is not None and flops is not None and peak is not None:  # MFU: of both
         line += (
-            f", {s['model_flops_per_s'] / 1e9:,.1f} model GFLOP/s, MFU {100 * s['mfu']:.1f}% of "
-            f"the {s['peak_flops'] / 1e9:,.0f} GFLOP/s matmul peak measured here"
+            f", {flops / 1e9:,.1f} model GFLOP/s, MFU {100 * mfu:.1f}% of "
+            f"the {peak / 1e9:,.0f} GFLOP/s matmul peak measured here"
         )
     return line + (f" ({s['precision']})" if s.get("precision") else "")
 
 
-def budget_line(b: JsonObject) -> str:
+def budget_line(b: BudgetResult) -> str:
     """One budget of a run with budgets: its size, how it ended and its final loss (none until
     its branch completes), and where it trained."""
     return (
@@ -202,7 +203,7 @@ def budget_line(b: JsonObject) -> str:
     )
 
 
-def show_summary(s: JsonObject, json_out: bool = False) -> None:
+def show_summary(s: RunSummary, json_out: bool = False) -> None:
     """A run's result: how it ended, its losses and step times, the target, its run dir (stdout;
     stderr when stdout carries the JSON)."""
     stream = result_stream(json_out)
@@ -220,8 +221,8 @@ def show_summary(s: JsonObject, json_out: bool = False) -> None:
     )
     for b in s.get("budgets", []):
         stream.print(budget_line(b), highlight=False, soft_wrap=True, markup=False)
-    if s.get("tokens_per_s"):
-        stream.print(speed_line(s), highlight=False, soft_wrap=True)
+    if tokens_per_s := s.get("tokens_per_s"):
+        stream.print(speed_line(s, tokens_per_s), highlight=False, soft_wrap=True)
     if s.get("target_loss") is not None:
         stream.print(
             f"target {s['target_loss']}: "

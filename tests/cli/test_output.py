@@ -311,3 +311,32 @@ def test_a_narrow_terminal_gets_readable_lines_not_empty_boxes(tmp_path):
     assert all(len(line) <= 20 for line in narrow.splitlines()), narrow
     wide = _report_on_a_terminal(tmp_path, 200)  # wide enough: the tables, as before
     assert "┃ Variant" in wide and "Variant: mousse" not in wide, wide
+
+
+def test_a_run_that_diverged_before_this_invocation_shows_without_a_difference():
+    """A run finished before this invocation is shown from its summary, where a diverged run's
+    last evaluation is null (strict JSON): its row has no difference from the baseline, and the
+    tables still render."""
+    from mousse.experiments.sweep import RunSkipped
+    from mousse_cli.ablation_view import AblationView
+
+    def finished(status: str, loss: float | None) -> dict:
+        timings = dict.fromkeys(("step_ms_median", "fwd_bwd_ms_median", "opt_ms_median"))
+        return {
+            "status": status,
+            "steps": 4,
+            "final_val_loss": loss,
+            "best_val_loss": 2.0,
+            "curve": [{"step": 0, "val_loss": 2.0}, {"step": 4, "val_loss": loss}],
+            **timings,
+            "tokens_per_s": None,
+            "peak_mem_bytes": None,
+        }
+
+    view = AblationView([], "muon", live=False)
+    for name in ("muon", "mousse"):
+        view._add(name)
+    view(RunSkipped("muon", finished("completed", 1.5)))
+    view(RunSkipped("mousse", finished("diverged", None)))
+    assert view._delta(view.rows["mousse"]) is None
+    view.render()

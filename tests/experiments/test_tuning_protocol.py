@@ -215,6 +215,8 @@ def _budget_summary(losses: dict[float, float | None], status: str = "completed"
                 "steps": int(50 * b),
                 "status": "completed" if loss is not None else "diverged",
                 "final_val_loss": loss,
+                "best_val_loss": loss,
+                "run_dir": ".",
             }
             for b, loss in losses.items()
         ],

@@ -92,7 +92,12 @@ def val_losses(run_dir) -> dict[int, float]:
 
 
 def summary(run_dir) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    """The run's summary.json, read as mousse reads it: of `RunSummary`'s shape, or a failure."""
+    from mousse.train.summary import read_summary
+
+    found = read_summary(Path(run_dir))
+    assert found is not None, f"{run_dir}/summary.json is missing or not of RunSummary's shape"
+    return found
 
 
 def flip_tensor_bytes(path) -> None:

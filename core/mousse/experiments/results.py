@@ -17,16 +17,18 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Literal, TypedDict
 
+from mousse.train.budget import Regime
 from mousse.train.estimate import BUSY_NOTE
 from mousse.train.fileio import JsonObject
+from mousse.train.summary import CurvePoint, TimingContext
 
 from .budget_speedup import BudgetEntry, BudgetFit, BudgetLosses, BudgetSpeedup, speedups
+from .records import RunRecord
 from .stats import (
     SIGNIFICANCE_LEVEL,
     CurveKey,
-    CurvePoint,
     bootstrap_ci,
     holm,
     mean_curve,
@@ -41,6 +43,7 @@ from .stats import (
     welch_interval,
     welch_t_test,
 )
+from .tuning import PhaseRecord
 
 
 class TuningColumns(TypedDict, total=False):
@@ -48,7 +51,7 @@ class TuningColumns(TypedDict, total=False):
 
     tuned: JsonObject | None  # knob -> its tuned value (each its own JSON type), once done
     tuned_at_edge: list[str]  # the knobs whose tuned value is at an end of its grid
-    tuning: list[JsonObject]  # each phase's record (`tuning.Phase.to_dict`, untyped there)
+    tuning: list[PhaseRecord]  # each phase's record (`tuning.Phase.to_dict`)
 
 
 class TunedAtBudget(TuningColumns, total=False):
@@ -142,7 +145,7 @@ class RunRow(TypedDict, total=False):
     peak_mem_bytes: int | None
     n_params: int | None
     peak_mem_source: str | None
-    timing_context: JsonObject | None  # where its timings were taken (`runner`, untyped there)
+    timing_context: TimingContext | None  # where its timings were taken
     overhead_pct: float | None
     budgets: list[BudgetEntry]  # with --budgets
 
@@ -176,7 +179,7 @@ class Results(TypedDict, total=False):
     timing_comparable: bool
     timing_contexts: int
     precisions: list[str]
-    regimes: list[JsonObject]  # `mousse.train.budget.regime`, as the run records hold it
+    regimes: list[Regime]  # `mousse.train.budget.regime`, as the run records hold it
     budgets: list[BudgetRow]
     splits: list[str]
     ablation_dir: str
@@ -227,7 +230,7 @@ def _reduction(steps: float | None, baseline_steps: float | None) -> float | Non
     )
 
 
-def summarize(records: list[JsonObject], baseline_name: str | None = None) -> Results:
+def summarize(records: list[RunRecord], baseline_name: str | None = None) -> Results:
     """The results object: {"baseline", "target_loss", "baseline_steps", "runs", "variants"}.
 
     `baseline_name` is the baseline's run or variant name (default: the runs flagged is_baseline);
@@ -346,25 +349,25 @@ def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
     return rows
 
 
-def _precisions(records: list[JsonObject]) -> list[str]:
+def _precisions(records: list[RunRecord]) -> list[str]:
     """The arithmetic the completed runs trained in (`_recorded_values`)."""
     return _recorded_values(records, "precision")
 
 
-def _recorded_values(records: list[JsonObject], key: str) -> list[str]:
+def _recorded_values(records: list[RunRecord], key: Literal["precision", "split"]) -> list[str]:
     """The values of `key` among the completed runs, each once; runs from before it was recorded
     count as 'not recorded' beside ones that say it (none when no run says it)."""
     ran = {r.get(key) or "not recorded" for r in records if r["status"] == "completed"}
     return sorted(ran) if ran != {"not recorded"} else []
 
 
-def _regimes(records: list[JsonObject]) -> list[JsonObject]:
+def _regimes(records: list[RunRecord]) -> list[Regime]:
     """The regimes the completed runs trained in (`mousse.train.budget.regime`), each once, by
     budget; none for runs from before they were recorded."""
-    ran: list[JsonObject] = []
+    ran: list[Regime] = []
     for r in records:
-        if r["status"] == "completed" and r.get("regime") and r["regime"] not in ran:
-            ran.append(r["regime"])
+        if r["status"] == "completed" and (regime := r.get("regime")) and regime not in ran:
+            ran.append(regime)
     return sorted(ran, key=lambda regime: regime.get("budget") or 0.0)
 
 
@@ -423,7 +426,7 @@ def with_power(results: Results) -> Results:
     return add_paired({**results, "variants": [VariantRow(**v) for v in results["variants"]]})
 
 
-def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> str | None:
+def _baseline_variant(records: list[RunRecord], baseline_name: str | None) -> str | None:
     """The baseline's variant: the one `baseline_name` names (as a run or a variant), else that of
     the runs flagged is_baseline; ValueError when `baseline_name` names no record."""
     variant = next(
@@ -440,7 +443,7 @@ def _baseline_variant(records: list[JsonObject], baseline_name: str | None) -> s
     return variant
 
 
-def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[CurvePoint]]]:
+def _completed_curves(records: list[RunRecord]) -> dict[str, list[list[CurvePoint]]]:
     """Per variant, the val loss curves of its completed runs with a final loss (what speedups
     resample)."""
     curves: dict[str, list[list[CurvePoint]]] = {}
@@ -451,7 +454,7 @@ def _completed_curves(records: list[JsonObject]) -> dict[str, list[list[CurvePoi
 
 
 def _baseline(
-    records: list[JsonObject], variant: str | None, comparable: bool, curves: list[list[CurvePoint]]
+    records: list[RunRecord], variant: str | None, comparable: bool, curves: list[list[CurvePoint]]
 ) -> Baseline:
     """The baseline's numbers from its runs (its step time only when the timings compare)."""
     done = [r for r in records if r["variant"] == variant and r["status"] == "completed"]
@@ -473,7 +476,7 @@ def _baseline(
     )
 
 
-def _run_row(r: JsonObject, base: Baseline) -> RunRow:
+def _run_row(r: RunRecord, base: Baseline) -> RunRow:
     """One run's row: its record's numbers (non-finite ones as None) and where it reaches the
     baseline's target."""
     steps, seconds = steps_to_target(r.get("curve") or [], base.target)
@@ -646,7 +649,7 @@ def _speedup_and_ci(
     return point, None if point is None else bootstrap_ci(base.curves, curves, key)
 
 
-def _context_key(context: JsonObject | None) -> tuple[object, ...] | None:
+def _context_key(context: TimingContext | None) -> tuple[object, ...] | None:
     """Where a run's timings were taken: (host, invocation, device, --parallel share)."""
     if not context or not context.get("invocation"):
         return None
@@ -658,7 +661,7 @@ def _context_key(context: JsonObject | None) -> tuple[object, ...] | None:
     )
 
 
-def timing_contexts(records: list[JsonObject]) -> set[tuple[object, ...] | None]:
+def timing_contexts(records: list[RunRecord]) -> set[tuple[object, ...] | None]:
     """The distinct places the runs' timings were taken (None: a run that does not say)."""
     return {
         _context_key(r.get("timing_context"))

@@ -11,7 +11,7 @@ import pickle
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -26,18 +26,16 @@ from mousse.distributed.process import is_main_process, signal_when_parent_dies
 from mousse.train.checkpoint import checkpoint_dirs
 from mousse.train.config import resolve
 from mousse.train.events import Event, RunFinished
-from mousse.train.fileio import JsonObject, write_json
+from mousse.train.fileio import write_json
 from mousse.train.optstate import CheckpointError
 from mousse.train.rundir import RunDirError, RunInUse, RunLock
+from mousse.train.summary import RunSummary, TimingContext
 
-from .records import TIMING_KEYS
 from .settings import Settings
 
 # A pipe end between the ablation's process and a run's worker: what travels is pickled, of
 # whichever kind each message has (RunUpdate, RunBusy, _Raised; "stop" the other way).
 Pipe: TypeAlias = "Connection[object, object]"  # generic to type checkers only
-# Where a run's timings were taken (`Ablation.context`), recorded in its summary.
-Context = Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,8 @@ def execute_run(
     run_dir: Path,
     on_event: Callable[[Event], None],
     stop: threading.Event | None = None,
-    context: Context | None = None,
-) -> JsonObject:
+    context: TimingContext | None = None,
+) -> RunSummary:
     """Train one run of the ablation, resuming from its latest checkpoint when it has one (a
     run with budgets: its trunk, then its branches, `mousse.train.branches`). `context` labels
     where its timings were taken (this invocation, the --parallel share)."""
@@ -106,11 +104,11 @@ def ablation_advice() -> Iterator[None]:
         raise type(exc)(str(exc).replace("--run-dir", "--ablation-dir")) from None
 
 
-def failed_run(run_dir: Path, message: str, on_event: Callable[[Event], None]) -> JsonObject:
+def failed_run(run_dir: Path, message: str, on_event: Callable[[Event], None]) -> RunSummary:
     """A run that cannot go on (every checkpoint damaged, its worker killed) ends as failed: its
     summary written and reported as a finished run's would be, so the ablation goes on with the
     others."""
-    summary: JsonObject = {
+    summary: RunSummary = {
         "status": "failed",
         "message": message,
         "steps": 0,
@@ -118,7 +116,12 @@ def failed_run(run_dir: Path, message: str, on_event: Callable[[Event], None]) -
         "best_val_loss": None,
         "curve": [],
         "train_seconds": 0.0,
-        **dict.fromkeys((*TIMING_KEYS, "peak_mem_bytes")),
+        "step_ms_median": None,
+        "fwd_bwd_ms_median": None,
+        "opt_ms_median": None,
+        "refresh_ms_median": None,
+        "tokens_per_s": None,
+        "peak_mem_bytes": None,
     }
     if is_main_process():
         write_json(run_dir / "summary.json", summary)
@@ -131,7 +134,7 @@ def train_runs(
     on_update: Callable[[object], None],
     parallel: int,
     stop: threading.Event,
-    context: Context,
+    context: TimingContext,
     after_each: Callable[[], object],
     busy: set[str],
     devices: list[str] | None = None,
@@ -170,7 +173,7 @@ def _train_here(
     jobs: list[Job],
     on_update: Callable[[object], None],
     stop: threading.Event,
-    context: Context,
+    context: TimingContext,
     after_each: Callable[[], object],
     busy: set[str],
 ) -> None:
@@ -202,7 +205,7 @@ def _train_pool(
     on_update: Callable[[object], None],
     parallel: int,
     stop: threading.Event,
-    context: Context,
+    context: TimingContext,
     after_each: Callable[[], object],
     busy: set[str],
     devices: list[str] | None = None,
@@ -295,7 +298,7 @@ class _Worker:
     """One run in a spawned process: its events come on one pipe, a stop goes on another (whose
     end of file tells the worker its parent is gone)."""
 
-    def __init__(self, job: Job, context: Context, threads: int, device: str | None = None):
+    def __init__(self, job: Job, context: TimingContext, threads: int, device: str | None = None):
         ctx = mp.get_context("spawn")
         self.job, self.finished, self.device = job, False, device
         events: tuple[Pipe, Pipe] = ctx.Pipe(duplex=False)
@@ -345,7 +348,7 @@ class _Worker:
 
 def _worker(
     job: Job,
-    context: Context,
+    context: TimingContext,
     events: Pipe,
     control: Pipe,
     threads: int,

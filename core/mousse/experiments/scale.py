@@ -32,6 +32,13 @@ class ScaleRow(TypedDict):
     speedup_ci: list[float] | None
 
 
+class ScaleSummary(TypedDict):
+    """The speedup of every variant at every preset (`scale_summary`): scale.json's "scale"."""
+
+    presets: list[str]
+    rows: list[ScaleRow]
+
+
 def split_presets(value: str | list[str] | None) -> list[str] | None:
     """'tiny,small' or ['tiny', 'small'] -> the list; a single preset (or none) -> None."""
     if value is None:
@@ -58,7 +65,7 @@ def preset_dirs(root: Path) -> dict[str, Path]:
     return {name: root / name for name in order if (root / name / "ablation.toml").is_file()}
 
 
-def scale_summary(results_by_preset: Mapping[str, Results]) -> JsonObject:
+def scale_summary(results_by_preset: Mapping[str, Results]) -> ScaleSummary:
     """Per preset and variant: parameters, tuned values, final loss and the speedup over that
     preset's baseline with its interval."""
     rows: list[ScaleRow] = []

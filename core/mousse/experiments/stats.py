@@ -14,21 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, TypedDict
 
+from mousse.train.summary import CurvePoint  # a run's curve, as its summary.json has it
+
 SIGNIFICANCE_LEVEL = 0.05
 BOOTSTRAP_SAMPLES = 2000
-
-
-class _Evaluated(TypedDict):
-    step: int
-    val_loss: float | None  # None: not finite (strict JSON writes NaN and inf as null)
-
-
-class CurvePoint(_Evaluated, total=False):
-    """One evaluation on a run's val loss curve (summary.json's and a run record's "curve");
-    runs recorded before the trainer counted seconds and the standard error lack them."""
-
-    seconds: float | None
-    val_loss_se: float | None
 
 
 class MeanPoint(TypedDict):

@@ -17,11 +17,12 @@ from mousse.train.config import ConfigError, TrainConfig, coerce, parse_budgets,
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
 from mousse.train.fileio import JsonObject, atomic_write_text, read_json, write_json
-from mousse.train.rundir import FINISHED, exclusive, read_summary
+from mousse.train.rundir import FINISHED, exclusive
+from mousse.train.summary import RunSummary, TimingContext, read_summary
 
 from .ablation import AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
-from .records import final_loss, read_budget_from, record, with_split
+from .records import RunRecord, final_loss, read_budget_from, record, with_split
 from .results import Results, TuningColumns, apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .settings import Settings, Value, settings_of
@@ -86,7 +87,7 @@ class RunSkipped:
     """A run that had already finished in this ablation dir."""
 
     run: str
-    summary: JsonObject
+    summary: RunSummary
 
 
 @dataclass(frozen=True)
@@ -258,12 +259,12 @@ class Ablation:
         runs (`tuning.tune_by_budget`), as {budget: {variant: state}}."""
         assert self.budgets  # asked only of a plan with budgets
         out: dict[float, dict[str, TuningState]] = {b: {} for b in self.budgets}
-        summaries: dict[str, JsonObject | None] = {}  # each run dir read once
+        summaries: dict[str, RunSummary | None] = {}  # each run dir read once
         for name, variant in self.plan.variants.items():
 
             def summary_of(
                 values: Tuned, seed: int, variant: RunSpec = variant
-            ) -> JsonObject | None:
+            ) -> RunSummary | None:
                 run_dir = self.run_dir(self.tuned_run(variant, values, seed))
                 if run_dir.name not in summaries:
                     summaries[run_dir.name] = read_summary(run_dir)
@@ -346,7 +347,7 @@ class Ablation:
         """Each variant's resolved config (its first run's), for cost estimates."""
         return [resolve(self.plan.settings(run)) for run in self.plan.variants.values()]
 
-    def _finished(self) -> list[JsonObject]:
+    def _finished(self) -> list[RunSummary]:
         """Summaries of the runs already finished in this dir."""
         root = self.dir / "runs"
         summaries = [read_summary(f.parent) for f in sorted(root.glob("*/summary.json"))]
@@ -368,10 +369,14 @@ class Ablation:
             return None
         pace = [
             sum(
-                float(s.get(k) or 0)
-                for k in ("train_seconds", "eval_seconds", "checkpoint_seconds")
+                float(seconds or 0)
+                for seconds in (
+                    s.get("train_seconds"),
+                    s.get("eval_seconds"),
+                    s.get("checkpoint_seconds"),
+                )
             )
-            / max(1, int((s.get("timing_context") or {}).get("parallel") or 1))
+            / max(1, s.get("timing_context", {}).get("parallel") or 1)
             for s in finished
         ]
         runs = max(0, self.upper_bound_runs() - len(finished))
@@ -420,7 +425,7 @@ class Ablation:
 
     # ---- results ----------------------------------------------------------------------------
 
-    def records(self, states: dict[str, TuningState] | None = None) -> list[JsonObject]:
+    def records(self, states: dict[str, TuningState] | None = None) -> list[RunRecord]:
         """The run records of the comparison's runs, as far as they got (`with_split`: the split
         of runs from before summaries said it). With tuned budgets: those at the largest
         budget's tuned values (each run's full length), each smaller budget's entry read from
@@ -431,9 +436,9 @@ class Ablation:
                 for run in self.final_runs(states)
             ]
         by_budget = self.budget_tuning()
-        summaries: dict[str, JsonObject | None] = {}
+        summaries: dict[str, RunSummary | None] = {}
 
-        def summary(run: RunSpec) -> JsonObject | None:
+        def summary(run: RunSpec) -> RunSummary | None:
             if run.name not in summaries:
                 summaries[run.name] = read_summary(self.run_dir(run))
             return summaries[run.name]
@@ -446,7 +451,7 @@ class Ablation:
                     read_budget_from(row, budget, run.name, summary(run))
         return rows
 
-    def _record(self, run: RunSpec, summary: JsonObject | None) -> JsonObject:
+    def _record(self, run: RunSpec, summary: RunSummary | None) -> RunRecord:
         """The run record of `run` (`records.record`, `with_split`)."""
         return with_split(record(run, summary), self.plan.settings(run))
 
@@ -541,7 +546,9 @@ class Ablation:
         scores as infinitely bad and is not retried)."""
         finished = (*FINISHED, "failed") if self.tune else FINISHED
         return [
-            r for r in runs if (read_summary(self.run_dir(r)) or {}).get("status") not in finished
+            r
+            for r in runs
+            if (s := read_summary(self.run_dir(r))) is None or s["status"] not in finished
         ]
 
     def run(
@@ -591,7 +598,7 @@ class Ablation:
             stop.wait(wait)
         return self.write_results(), ([] if stop.is_set() else self.wanted())
 
-    def context(self, parallel: int) -> JsonObject:
+    def context(self, parallel: int) -> TimingContext:
         """Where a run's timings are taken: this invocation, and how many runs shared the
         machine with it (--parallel)."""
         return {"invocation": self.invocation, "parallel": parallel}

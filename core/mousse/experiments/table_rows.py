@@ -9,9 +9,9 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from mousse.train.budget import regime_warnings
+from mousse.train.budget import Regime, regime_warnings
 from mousse.train.estimate import counted
-from mousse.train.fileio import JsonObject, dumps
+from mousse.train.fileio import dumps
 
 from .budget_speedup import BudgetFit, BudgetSpeedup
 from .records import TIMING_KEYS
@@ -19,7 +19,8 @@ from .results import BudgetRow, Results, TuningColumns, VariantRow
 from .stats import PowerLawFit
 
 if TYPE_CHECKING:
-    from .scale import ScaleRow
+    from .scale import ScaleSummary
+    from .tuning import PhaseRecord
 
 TextRow = dict[str, str]  # a table's row: column -> its formatted text
 
@@ -169,8 +170,8 @@ def regime_notes(results: Results) -> list[str]:
     budget below 1x, the most epochs beyond 4. Runs with budgets (whose regime is their
     largest budget's) reach 1x by their largest budget, as `--budget` is refused with them."""
     regimes = results.get("regimes") or []
-    budgets = [r["budget"] for r in regimes if r.get("budget") is not None]
-    epochs = [r["epochs"] for r in regimes if r.get("epochs") is not None]
+    budgets = [b for r in regimes if (b := r.get("budget")) is not None]
+    epochs = [e for r in regimes if (e := r.get("epochs")) is not None]
     remedy = (
         "pass --budgets up to 1 or more, e.g. --budgets 0.25,0.5,1,2"
         if results.get("budgets")
@@ -189,8 +190,12 @@ def regime_note(results: Results) -> str | None:
     return f"regime: {text}" + (", every run" if len(regimes) == 1 else "")
 
 
-def _regime_text(regime: JsonObject) -> str:
-    per_param, budget, epochs = (regime.get(k) for k in ("tokens_per_param", "budget", "epochs"))
+def _regime_text(regime: Regime) -> str:
+    per_param, budget, epochs = (
+        regime.get("tokens_per_param"),
+        regime.get("budget"),
+        regime.get("epochs"),
+    )
     return (
         f"{_num(per_param, '.3g')} tokens per non-embedding parameter "
         f"({_num(budget, '.3g', 'x')} of 20), {_num(epochs, '.3g')} epochs over the train data"
@@ -488,7 +493,7 @@ def _budget_delta_text(b: BudgetRow) -> str:
     return f"{text} [{low:+.4f}, {high:+.4f}], p {_num(b['paired_p'], '.3g')}"
 
 
-def _phase_text(phase: JsonObject) -> str:
+def _phase_text(phase: PhaseRecord) -> str:
     """A tuning phase's grid with each value's mean final val loss: '*' marks the chosen value,
     '…' a value still to run (or waiting for the phase before)."""
     diverged = phase.get("diverged") or []
@@ -612,11 +617,10 @@ def render(results: Results, fmt: str) -> str:
 SCALE_TITLE = "speedup by scale (baseline steps / steps to its final loss, 95% CI)"
 
 
-def scale_rows(scale: JsonObject) -> tuple[list[str], list[TextRow]]:
+def scale_rows(scale: ScaleSummary) -> tuple[list[str], list[TextRow]]:
     """The speedup-by-scale table (`scale.scale_summary`): a column per preset, named with its
     parameter count, and a row per variant."""
-    presets: list[str] = scale["presets"]
-    by_preset: list[ScaleRow] = scale["rows"]
+    presets, by_preset = scale["presets"], scale["rows"]
     params = {r["preset"]: r["params"] for r in by_preset if r["params"]}
     names = [f"{p} ({params[p] / 1e6:.1f}M)" if p in params else p for p in presets]
     by = {(r["preset"], r["variant"]): r for r in by_preset}

@@ -36,8 +36,8 @@ from mousse.train.config import (
     coerce,
     in_range,
 )
-from mousse.train.fileio import JsonObject
 from mousse.train.rundir import FINISHED
+from mousse.train.summary import RunSummary
 
 from .settings import Value
 
@@ -228,6 +228,23 @@ def same_runs(values: Mapping[str, Value], centre: Mapping[str, Value | None]) -
     return out
 
 
+class _PhaseColumns(TypedDict):
+    knob: str
+    grid: list[Value]
+    losses: list[float | None]  # mean final val loss at each grid value (None: none, or inf)
+    chosen: Value | None
+    at_edge: bool
+    extensions: int
+
+
+class PhaseRecord(_PhaseColumns, total=False):
+    """One phase as a variant's results row records it (`Phase.to_dict`); results files from
+    before a key existed lack it."""
+
+    spreads: list[float | None]  # the standard deviation over seeds at each grid value
+    diverged: list[Value]
+
+
 @dataclass
 class Phase:
     """One knob's search: the grid tried so far, its mean losses, the choice once decided."""
@@ -242,7 +259,7 @@ class Phase:
     at_edge: bool = False
     extensions: int = 0
 
-    def to_dict(self) -> JsonObject:
+    def to_dict(self) -> PhaseRecord:
         """The phase as a variant's results row records it (`tuning`)."""
 
         def finite(x: float | None) -> float | None:
@@ -403,17 +420,15 @@ def upper_bound_runs(
 # ---- budgets (`--budgets`) -----------------------------------------------------------------------
 
 
-def budget_score(summary: JsonObject | None, budget: float) -> float | None:
+def budget_score(summary: RunSummary | None, budget: float) -> float | None:
     """A finished run's score for tuning at one of its budgets (`--budgets`): that budget's final
     val loss from the summary's "budgets" list, inf when its branch did not complete (diverged,
     failed, or never reached because the run ended first), None while the run has no result."""
     if not summary or summary.get("status") not in (*FINISHED, "failed"):
         return None
-    entry: JsonObject = next(
-        (b for b in summary.get("budgets") or () if b.get("budget") == budget), {}
-    )
-    loss = entry.get("final_val_loss")
-    if entry.get("status") != "completed" or loss is None or not math.isfinite(loss):
+    entry = next((b for b in summary.get("budgets") or () if b["budget"] == budget), None)
+    loss = entry["final_val_loss"] if entry is not None else None
+    if entry is None or entry["status"] != "completed" or loss is None or not math.isfinite(loss):
         return math.inf
     return float(loss)
 
@@ -422,7 +437,7 @@ def tune_by_budget(
     variant: str,
     centre: Mapping[str, Value | None],
     spec: TuneSpec,
-    summary_of: Callable[[Tuned, int], JsonObject | None],
+    summary_of: Callable[[Tuned, int], RunSummary | None],
     choices: Choices,
     budgets: Iterable[float],
 ) -> dict[float, TuningState]:
@@ -444,7 +459,7 @@ def tune_by_budget(
     }
 
 
-def _scored_at(summary_of: Callable[[Tuned, int], JsonObject | None], budget: float) -> Lookup:
+def _scored_at(summary_of: Callable[[Tuned, int], RunSummary | None], budget: float) -> Lookup:
     """The `lookup` of `budget`'s tuning: the score at `budget` of the run's summary."""
     return lambda values, seed: budget_score(summary_of(values, seed), budget)
 

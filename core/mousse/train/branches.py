@@ -35,8 +35,9 @@ from .events import CheckpointSaved
 from .fileio import JsonObject, append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
 from .machine import default_run_dir, environment
 from .model import GPTConfig
-from .rundir import FINISHED, RunLock, prepare_run_dir, read_summary
+from .rundir import FINISHED, RunLock, prepare_run_dir
 from .schedule import cooldown_length
+from .summary import BudgetResult, CurvePoint, RunSummary, read_summary
 from .trainer import Trainer
 
 BRANCHES = "branches"  # the branches' folder in the trunk's run dir
@@ -92,15 +93,17 @@ def plan_branches(cfg: TrainConfig, run_dir: Path) -> list[Branch]:
     return out
 
 
-def fork_state(state: JsonObject, curve: list[JsonObject], cfg: TrainConfig) -> JsonObject:
+def fork_state(state: JsonObject, curve: list[CurvePoint], cfg: TrainConfig) -> JsonObject:
     """A branch's trainer state at its fork: the trunk's totals, with the losses of the
     evaluations its own run makes (`curve`, already kept to those)."""
-    finite = [p for p in curve if p["val_loss"] is not None and math.isfinite(p["val_loss"])]
+    finite = [
+        (p, loss) for p in curve if (loss := p["val_loss"]) is not None and math.isfinite(loss)
+    ]
     target = cfg.target_loss
-    reached = next((p for p in finite if target is not None and p["val_loss"] <= target), None)
+    reached = next((p for p, loss in finite if target is not None and loss <= target), None)
     return {
         **state,
-        "best_val_loss": min((p["val_loss"] for p in finite), default=math.inf),
+        "best_val_loss": min((loss for _, loss in finite), default=math.inf),
         "final_val_loss": curve[-1]["val_loss"] if curve else None,
         "target_step": reached["step"] if reached else None,
         "target_seconds": reached["seconds"] if reached else None,
@@ -126,7 +129,7 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     cfg = branch.cfg
     records = read_jsonl(trunk.run_dir / "metrics.jsonl", key="step")
     kept = [b for r in records if r["step"] <= branch.fork and (b := _branch_record(r, cfg))]
-    curve = [
+    curve: list[CurvePoint] = [
         {
             "step": r["step"],
             "val_loss": r["val_loss"],
@@ -187,20 +190,20 @@ def side_eval(trunk: Trainer) -> None:
 
 
 def budget_results(
-    cfg: TrainConfig, branches: list[Branch], trunk: JsonObject, trunk_status: str
-) -> list[JsonObject]:
+    cfg: TrainConfig, branches: list[Branch], trunk: RunSummary, trunk_status: str
+) -> list[BudgetResult]:
     """Every budget's result, ascending, the trunk's (`trunk`, its summary, and its own
     `trunk_status`) last: steps, tokens, tokens per non-embedding parameter, status and, for a
     completed one only, its losses. A branch never forked has the trunk's status when the trunk
     ended without reaching it, else it is pending."""
     shape = GPTConfig(**{k: getattr(cfg, k) for k in (*GPT_SHAPE, "seq_len")})
     non_embedding = gpt_non_embedding_params(shape)
-    rows = []
+    rows: list[BudgetResult] = []
     for budget, steps in budget_steps(cfg):
         branch = next((b for b in branches if b.budget == budget), None)
         summary = trunk if branch is None else read_summary(branch.run_dir)
         status = trunk_status if branch is None else _branch_status(branch, summary, trunk_status)
-        result = summary if status == "completed" and summary is not None else {}
+        result = summary if status == "completed" else None  # losses of completed ones only
         tokens = steps * cfg.batch_size * cfg.seq_len
         rows.append(
             {
@@ -209,38 +212,38 @@ def budget_results(
                 "tokens": tokens,
                 "tokens_per_param": tokens / non_embedding,
                 "status": status,
-                "final_val_loss": result.get("final_val_loss"),
-                "best_val_loss": result.get("best_val_loss"),
+                "final_val_loss": result.get("final_val_loss") if result else None,
+                "best_val_loss": result.get("best_val_loss") if result else None,
                 "run_dir": "." if branch is None else branch_dir(budget),
             }
         )
     return rows
 
 
-def _branch_status(branch: Branch, summary: JsonObject | None, trunk_status: str) -> str:
+def _branch_status(branch: Branch, summary: RunSummary | None, trunk_status: str) -> str:
     if summary is not None:
-        return str(summary["status"])
+        return summary["status"]
     forked = bool(list_checkpoints(branch.run_dir / "checkpoints"))
     return trunk_status if not forked and trunk_status in (*FINISHED, "failed") else "pending"
 
 
-def overall_status(budgets: list[JsonObject]) -> str:
+def overall_status(budgets: list[BudgetResult]) -> str:
     """A run with budgets is interrupted while a budget is left to train (a rerun resumes it),
     failed while one failed, else it ended as its trunk did (a branch's divergence is its
     budget's result)."""
     statuses = [b["status"] for b in budgets]
     if any(s in UNFINISHED for s in statuses):
         return "interrupted"
-    return "failed" if "failed" in statuses else str(statuses[-1])
+    return "failed" if "failed" in statuses else statuses[-1]
 
 
 def with_budgets(
-    summary: JsonObject, cfg: TrainConfig, branches: list[Branch], trunk_status: str
-) -> JsonObject:
+    summary: RunSummary, cfg: TrainConfig, branches: list[Branch], trunk_status: str
+) -> RunSummary:
     """The trunk's summary as its summary.json holds it: every budget's result, and the status
     of the whole run (a message naming the budgets left, when some are)."""
     budgets = budget_results(cfg, branches, summary, trunk_status)
-    out = {**summary, "status": overall_status(budgets), "budgets": budgets}
+    out: RunSummary = {**summary, "status": overall_status(budgets), "budgets": budgets}
     left = [number_text(b["budget"]) for b in budgets if b["status"] in UNFINISHED]
     if left and trunk_status == "completed":
         out["message"] = (
@@ -250,10 +253,10 @@ def with_budgets(
     return out
 
 
-def trunk_status(summary: JsonObject | None) -> str | None:
+def trunk_status(summary: RunSummary | None) -> str | None:
     """The trunk's own status as its summary.json records it (None: no result of it yet)."""
-    budgets = (summary or {}).get("budgets")
-    return str(budgets[-1]["status"]) if isinstance(budgets, list) and budgets else None
+    budgets = summary.get("budgets") if summary is not None else None
+    return budgets[-1]["status"] if budgets else None
 
 
 def train_budgets(
@@ -265,7 +268,7 @@ def train_budgets(
     restart: bool = False,
     lock: RunLock | None = None,
     argv: list[str] | None = None,
-) -> JsonObject:
+) -> RunSummary:
     """Train a run with budgets to its end (or a stop): the trunk unless it has finished, then
     every branch that has not, each from its latest checkpoint, holding the trunk's run dir
     throughout. Returns the trunk's summary with every budget's result (`with_budgets`)."""
@@ -303,8 +306,8 @@ def train_budgets(
 
 
 def _record(
-    run_dir: Path, summary: JsonObject, cfg: TrainConfig, branches: list[Branch], status: str
-) -> JsonObject:
+    run_dir: Path, summary: RunSummary, cfg: TrainConfig, branches: list[Branch], status: str
+) -> RunSummary:
     """Write the trunk's summary.json with every budget's result as it stands; returns it."""
     final = with_budgets(summary, cfg, branches, status)
     write_json(run_dir / "summary.json", final)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TypedDict
 
 import torch
 
-from .fileio import JsonObject
 from .model import GPT, GPTConfig
 
 TOKENS_PER_PARAM = 20  # the compute-optimal tokens per parameter (Chinchilla): a budget of 1
@@ -43,7 +43,17 @@ def steps_for_budget(budget: float, non_embedding: int, tokens_per_step: int) ->
     return math.ceil(round(steps, 9))
 
 
-def regime(tokens: int, non_embedding: int, train_tokens: int | None) -> JsonObject:
+class Regime(TypedDict):
+    """The regime a run trains in (`regime`), as its summary and its ablation's results say."""
+
+    tokens: int
+    non_embedding_params: int
+    tokens_per_param: float | None
+    budget: float | None
+    epochs: float | None
+
+
+def regime(tokens: int, non_embedding: int, train_tokens: int | None) -> Regime:
     """The regime of a run of `tokens` tokens: tokens per non-embedding parameter, that as a
     multiple of 20 (`budget`), and epochs over the `train_tokens` of its data (None: unknown)."""
     per_param = tokens / non_embedding if non_embedding else None

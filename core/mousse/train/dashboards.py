@@ -205,9 +205,9 @@ class Dashboards:
         elif isinstance(event, RunFinished):
             summary = event.summary
             final = {
-                tag: summary[key]
+                tag: value
                 for key, tag in SUMMARY_TAGS.items()
-                if isinstance(summary.get(key), (int, float))
+                if isinstance(value := summary.get(key), (int, float))
             }
             loss = summary.get("final_val_loss")
             final[HPARAM_METRIC] = loss if loss is not None else math.nan

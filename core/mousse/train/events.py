@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fileio import JsonObject
+from .summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Notice:
 
 @dataclass(frozen=True)
 class RunFinished:
-    summary: JsonObject = field(default_factory=dict)
+    summary: RunSummary
 
 
 Event = RunStarted | StepLogged | MicroBatchDone | EvalDone | CheckpointSaved | Notice | RunFinished

@@ -8,8 +8,22 @@ import math
 import os
 import stat
 import tempfile
+import types
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import (
+    Any,
+    Literal,
+    TypeGuard,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
+
+_T = TypeVar("_T")
 
 # A JSON object by key: results, rows and records read from JSON or built to be written as JSON.
 # Any: each key holds its own JSON type (json's own typing), until each kind has a TypedDict.
@@ -89,6 +103,49 @@ def loads(text: str | bytes) -> Any:  # Any: json.loads is typed so, the value c
 def read_json(path: str | Path) -> Any:  # Any: as `loads`
     """The JSON value in the regular file `path`; malformed or not UTF-8: ValueError."""
     return loads(read_bytes(path))
+
+
+def shaped(value: object, form: type[_T]) -> TypeGuard[_T]:
+    """Whether the JSON `value` has the shape the TypedDict `form` declares: its required keys,
+    and every declared key it has of the declared type, nested forms and lists included (a key
+    `form` does not declare is let be: a later version may write more)."""
+    return _fits(value, form)
+
+
+@cache
+def _declared(form: type) -> tuple[frozenset[str], dict[str, object]]:
+    """A TypedDict's required keys and every key's type."""
+    return frozenset(getattr(form, "__required_keys__", ())), get_type_hints(form)
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether `value` (parsed JSON) is of the type `hint` (an annotation of a JSON shape)."""
+    if hint is Any or hint is object:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is int or hint is float:  # JSON has numbers: an int is a float, a bool neither
+        numbers = (int, float) if hint is float else (int,)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if isinstance(hint, type) and is_typeddict(hint):
+        required, keys = _declared(hint)
+        return (
+            isinstance(value, dict)
+            and required <= value.keys()
+            and all(_fits(value[k], t) for k, t in keys.items() if k in value)
+        )
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union or origin is types.UnionType:
+        return any(_fits(value, t) for t in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _fits(v, args[1]) for k, v in value.items()
+        )
+    return isinstance(hint, type) and isinstance(value, hint)  # str, bool
 
 
 class JsonlError(ValueError):

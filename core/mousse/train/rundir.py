@@ -41,6 +41,7 @@ from .fileio import (
     read_jsonl,
     write_json,
 )
+from .summary import read_summary
 
 LOCK_FILE = ".lock"
 # the files a run writes; `branches`: the cooldown branches of a run with budgets (train.branches)
@@ -88,16 +89,6 @@ def _run_began(run_dir: Path) -> bool:
     return isinstance(env, dict) and "mousse" in env
 
 
-def read_summary(run_dir: Path) -> JsonObject | None:
-    """The run's summary.json, or None while it has none (or an unreadable one: not JSON, not
-    UTF-8, not an object with a status)."""
-    try:
-        summary = read_json(run_dir / "summary.json")
-    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("status"), str) else None
-
-
 def restartable(run_dir: Path) -> bool:
     """Whether starting the run in `run_dir` again loses nothing: it holds only the files a run
     wrote, no checkpoint, and no summary of a finished run (it failed, or was stopped or killed
@@ -106,13 +97,10 @@ def restartable(run_dir: Path) -> bool:
         return False
     if not _run_began(run_dir):
         return False
-    try:
-        status = read_json(run_dir / "summary.json")["status"]
-    except FileNotFoundError:
+    if not (run_dir / "summary.json").exists():
         return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # a summary that cannot be read: keep it
-    return status not in FINISHED
+    summary = read_summary(run_dir)  # None: a summary that cannot be read, kept
+    return summary is not None and summary["status"] not in FINISHED
 
 
 def _taken(run_dir: Path) -> str:

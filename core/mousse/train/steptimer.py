@@ -5,12 +5,40 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Literal, TypedDict, get_args
 
 import torch
 
 # A point in time of a step: a recorded CUDA event on GPU (read at `flush`), perf_counter seconds
 # on CPU.
 Mark = torch.cuda.Event | float
+
+
+class StepTiming(TypedDict, total=False):
+    """The step-time split of a run's session (`StepTimer.summary`), in its summary; summaries
+    from before a key existed lack it, as do those of runs that failed before training."""
+
+    step_ms_median: float | None
+    fwd_bwd_ms_median: float | None
+    opt_ms_median: float | None
+    refresh_ms_median: float | None
+    fisher_ms_median: float | None
+    refresh_ms_amortized: float | None
+    tokens_per_s: float | None
+    compile_seconds: float  # compiled runs only: the first step's extra time
+
+
+# The keys of every session's StepTiming (all but compile_seconds), in the order it has them.
+MeasuredKey = Literal[
+    "step_ms_median",
+    "fwd_bwd_ms_median",
+    "opt_ms_median",
+    "refresh_ms_median",
+    "fisher_ms_median",
+    "refresh_ms_amortized",
+    "tokens_per_s",
+]
+MEASURED_KEYS: tuple[MeasuredKey, ...] = get_args(MeasuredKey)
 
 
 class StepTimer:
@@ -79,7 +107,7 @@ class StepTimer:
         self._open.clear()
         return total
 
-    def summary(self, precond_freq: int | None, tokens_per_step: int) -> dict[str, float | None]:
+    def summary(self, precond_freq: int | None, tokens_per_step: int) -> StepTiming:
         """Medians of the split, the extra cost of a refresh step (optimizer time on refresh
         steps minus the plain steps'; None until there are two of each, as it would be noise)
         and throughput."""

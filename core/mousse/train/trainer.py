@@ -12,7 +12,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from .events import (
     RunStarted,
     StepLogged,
 )
-from .fileio import JsonObject, append_jsonl, read_json, write_json
+from .fileio import JsonObject, append_jsonl, write_json
 from .machine import (
     QUIET,
     cpu_reading,
@@ -62,8 +62,15 @@ from .resume import (
 )
 from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
 from .schedule import cooldown_length, cosine, warmup_length, wsd
-from .steptimer import StepTimer
-from .summary import run_summary
+from .steptimer import StepTimer, StepTiming
+from .summary import (
+    CurvePoint,
+    RunSummary,
+    TimingContext,
+    earlier_timing,
+    read_summary,
+    run_summary,
+)
 from .usermodel import build_model, model_failure
 from .world import World
 
@@ -119,12 +126,13 @@ class Trainer:
         stop: threading.Event | None = None,
         argv: list[str] | None = None,
         world: Callable[[torch.device], World] = World,
-        timing_context: Mapping[str, object] | None = None,
+        timing_context: TimingContext | None = None,
         restart: bool = False,
         lock: RunLock | None = None,
     ):
         self.cfg = cfg
-        self.timing_context = dict(timing_context or {})  # where its timings were taken
+        # where its timings were taken
+        self.timing_context: TimingContext = {**(timing_context or {})}
         self.restart = (
             restart  # the run dir may hold this same run's files from before a checkpoint
         )
@@ -153,13 +161,13 @@ class Trainer:
             "target_step": None,
             "target_seconds": None,
         }
-        self.curve: list[JsonObject] = []
+        self.curve: list[CurvePoint] = []
         # steps after which another run starts from this one's state (`branches`): its losses
         # are checked there, then the callback writes that run's first checkpoint, before this
         # run's own checkpoint of the step (so a kill never leaves this run past a lost fork)
         self.forks: dict[int, Callable[[], None]] = {}
         # what summary.json holds: the run's summary (a run with budgets adds its branches')
-        self.summary_file: Callable[[JsonObject], JsonObject] = lambda summary: summary
+        self.summary_file: Callable[[RunSummary], RunSummary] = lambda summary: summary
         self.resumed_from: int | None = None
         self.continues_here = False  # resumes from a checkpoint of its own run dir
         if ckpt is not None and loaded is not None:
@@ -233,7 +241,7 @@ class Trainer:
         self.emit(CheckpointSaved(self.step, path, seconds))
 
     def save_state(
-        self, run_dir: Path, cfg: TrainConfig, curve: list[JsonObject], state: JsonObject
+        self, run_dir: Path, cfg: TrainConfig, curve: list[CurvePoint], state: JsonObject
     ) -> tuple[Path, float]:
         """Checkpoint the model, optimizer and RNG state at this step into `run_dir` as a run of
         `cfg` with `curve` and `state` (this run's own, or those of a branch forked here).
@@ -387,7 +395,7 @@ class Trainer:
         timer.stop(refresh=refreshes and self.refresh_knobs.due(step))
         return loss, factor
 
-    def run(self, argv: list[str] | None = None) -> JsonObject:
+    def run(self, argv: list[str] | None = None) -> RunSummary:
         """Train to the end (or a stop, or divergence) holding the run dir's lock; the summary."""
         lock = None  # the lock this call takes (a caller's own it keeps holding)
         if self.dist.is_main:  # rank 0 claims the run dir and writes its shared files
@@ -422,7 +430,7 @@ class Trainer:
             write_json(self.run_dir / "summary.json", self.summary_file(summary))
         return error
 
-    def _run(self, argv: list[str] | None) -> JsonObject:
+    def _run(self, argv: list[str] | None) -> RunSummary:
         cfg = self.cfg
         if self.dist.is_main:
             self._prepare_run_dir(argv)
@@ -495,7 +503,7 @@ class Trainer:
         diverged if that loss is not finite."""
         return self._evaluate() if self.step == 0 and eval_due(0, self.cfg) else None
 
-    def _timing(self, timer: StepTimer, tokens_per_step: int) -> dict[str, float | None]:
+    def _timing(self, timer: StepTimer, tokens_per_step: int) -> StepTiming:
         """The step timings of this session; a resume that had nothing left to train keeps those
         of the session before it (its summary.json), which timed the run's steps."""
         timing = timer.summary(self.cfg.precond_freq, tokens_per_step)
@@ -507,11 +515,8 @@ class Trainer:
                 record_compile_seconds(self.cfg, self.device, self.precision, seconds)
         if self.step != self.resumed_from or not self.continues_here:
             return timing
-        try:
-            earlier = read_json(self.run_dir / "summary.json")
-            return {k: earlier.get(k, v) for k, v in timing.items()}
-        except (OSError, ValueError, AttributeError):  # none, or not a summary: nothing to keep
-            return timing
+        earlier = read_summary(self.run_dir)  # None: none, or not a summary: nothing to keep
+        return timing if earlier is None else earlier_timing(timing, earlier)
 
     def _cut_short(
         self,
