@@ -14,7 +14,7 @@ from mousse.experiments.ablation import (
 from mousse.experiments.inputs import parse_seeds, parse_sweep_values
 from mousse.experiments.spec import load_spec
 from mousse.train import tomlio
-from mousse.train.config import ConfigError
+from mousse.train.config import ConfigError, TrainConfig, resolve
 
 ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
 
@@ -499,3 +499,23 @@ def test_the_planners_reference_is_what_the_run_resolves(optimizer, preset):
     assert {k: reference[k] for k in RUN_KNOBS if k != "lr"} == {
         k: getattr(cfg, k) for k in RUN_KNOBS if k != "lr"
     }
+
+
+def test_a_schedule_sweep_keeps_the_base_cooldown_for_its_wsd_runs_only():
+    """cosine against WSD with a cooldown: the cooldown is the WSD arm's; the cosine arm, which
+    has none, runs without it rather than being refused."""
+    plan = plan_ablation(
+        {"schedule": ["cosine", "wsd"]}, base={"cooldown": 0.3}, mode="grid", baseline=False
+    )
+    cfgs = {run.variant: resolve(plan.settings(run)) for run in plan.runs}
+    assert {v: (c.schedule, c.cooldown) for v, c in cfgs.items()} == {
+        "mousse": ("cosine", TrainConfig.cooldown),
+        "schedule=wsd": ("wsd", 0.3),
+    }
+
+
+def test_a_base_cooldown_that_no_run_uses_is_refused():
+    with pytest.raises(ConfigError, match=r"--cooldown 0\.3: no run of this ablation is WSD"):
+        plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3})
+    plan = plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3, "schedule": "wsd"})
+    assert {resolve(plan.settings(run)).cooldown for run in plan.runs} == {0.3}

@@ -54,8 +54,17 @@ class RunSpec:
 
 def run_settings(base: Settings, knobs: Settings, seed: int) -> Settings:
     """A run's settings by name, what `config.resolve` takes: the shared base, the run's knobs
-    over it, and its seed."""
-    return {**base, **knobs, "seed": seed}
+    over it, and its seed. A run that is not WSD leaves out the base's cooldown, which is for
+    the ablation's WSD runs (a cosine run has none; `plan_ablation` refuses one that no run uses)."""
+    settings: Settings = {**base, **knobs, "seed": seed}
+    if "cooldown" in base and "cooldown" not in knobs and not _is_wsd(settings):
+        return _without(settings, ["cooldown"])
+    return settings
+
+
+def _is_wsd(settings: Settings) -> bool:
+    """Whether a run of these settings has a WSD schedule (resolved: budgets make one)."""
+    return config.resolve(_without(settings, ["cooldown"])).schedule == "wsd"
 
 
 class SavedRun(TypedDict):
@@ -343,6 +352,13 @@ def plan_ablation(
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
     planned = seed_list(seeds)
     variants = _variants(_assignments(typed, checked, baseline), shared)
+    if "cooldown" in shared and not any(
+        _is_wsd(run_settings(shared, k, planned[0])) for k in variants.values()
+    ):
+        raise ConfigError(
+            f"--cooldown {shared['cooldown']}: no run of this ablation is WSD, and a cosine run "
+            "has no cooldown; add --schedule wsd (or --budgets) or drop --cooldown"
+        )
     baseline_knobs = _effective(BASELINE_KNOBS, shared) if baseline else None
     runs = [
         RunSpec(
