@@ -519,3 +519,15 @@ def test_a_base_cooldown_that_no_run_uses_is_refused():
         plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3})
     plan = plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3, "schedule": "wsd"})
     assert {resolve(plan.settings(run)).cooldown for run in plan.runs} == {0.3}
+
+
+def test_budgets_have_one_spelling_in_a_plan_and_in_one_recorded_before():
+    plans = [
+        plan_ablation({"alpha": [0.0, 0.25]}, base={"budgets": b})
+        for b in ("1,0.5", "0.5,1", "0.50,1.0")
+    ]
+    assert {p.plan_id() for p in plans} == {plans[0].plan_id()}
+    assert plans[0].base["budgets"] == "0.5,1"
+    recorded = plans[0].to_dict()
+    recorded["base"]["budgets"] = "1.0,0.50"  # as an earlier version recorded it
+    assert AblationPlan.from_dict(recorded).plan_id() == plans[0].plan_id()

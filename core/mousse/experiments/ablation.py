@@ -62,6 +62,13 @@ def run_settings(base: Settings, knobs: Settings, seed: int) -> Settings:
     return settings
 
 
+def _spell_budgets(base: Settings) -> None:
+    """Budgets in their one spelling (`config.budgets_text`), so that "1,0.5", "0.5,1" and
+    "0.50,1.0" are one plan, with one id and one ablation dir."""
+    if base.get("budgets") is not None:
+        base["budgets"] = config.budgets_text(config.parse_budgets(base["budgets"]))
+
+
 def _is_wsd(settings: Settings) -> bool:
     """Whether a run of these settings has a WSD schedule (resolved: budgets make one)."""
     return config.resolve(_without(settings, ["cooldown"])).schedule == "wsd"
@@ -198,8 +205,10 @@ class AblationPlan:
             )
             for r in data["runs"]
         ]
+        base = settings_of(compat.recorded(dict(data.get("base", {}))).items())
+        _spell_budgets(base)  # a plan recorded before budgets had one spelling
         return cls(
-            settings_of(compat.recorded(dict(data.get("base", {}))).items()),
+            base,
             {k: list(v) for k, v in data["sweeps"].items()},
             data["mode"],
             list(data["seeds"]),
@@ -346,6 +355,7 @@ def plan_ablation(
     # the split is always in: a plan on another validation set is another plan
     shared = _without(typed_settings(base or {}), VIEW_SETTINGS)
     config.refuse_with_budgets(shared)
+    _spell_budgets(shared)
     shared.setdefault("split", config.TrainConfig.split)
     typed = typed_sweeps(sweeps)
     if not typed:

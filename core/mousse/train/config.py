@@ -783,6 +783,11 @@ def number_text(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
+def budgets_text(budgets: Iterable[float]) -> str:
+    """Budgets in the one spelling a config and a plan record: "0.25,0.5,1,2"."""
+    return ",".join(map(number_text, budgets))
+
+
 def parse_budgets(text: str) -> tuple[float, ...]:
     """A `budgets` setting ("0.25,0.5,1,2") as its budgets, ascending; a ConfigError naming a
     value that is not a number, not a finite number > 0, or given twice."""
@@ -835,7 +840,7 @@ def _apply_budgets(
         )
     return dataclasses.replace(
         draft,
-        budgets=",".join(map(number_text, budgets)),
+        budgets=budgets_text(budgets),
         schedule=_or(draft.schedule, "wsd"),
         steps=steps[-1],
         budget=budgets[-1],
