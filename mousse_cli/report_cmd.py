@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import dumps, read_json
+from mousse.train.fileio import dumps, read_json, shaped
 
 from .ablate_run import check_timing_budget, timed
 from .console import console, show_wide
@@ -22,6 +22,7 @@ from .trust import TRUST_MODEL_CODE, check_trusted
 
 if TYPE_CHECKING:
     from mousse.experiments.results import Results
+    from mousse.experiments.scale import ScaleSummary
     from mousse.experiments.sweep import Ablation
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -30,7 +31,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 def report(
     ablation_dir: Path = typer.Argument(
         ...,
-        help="An ablation directory (holds ablation.toml), the root of `ablate --preset a,b` (holds scale.json), or a results file (results.json or `ablate --json`'s output: the tables and, with --plot, the forest plot; its runs' curves are not in it).",
+        help="An ablation directory (holds ablation.toml), the root of `ablate --preset a,b` (holds scale.json), a results file (results.json or `ablate --json`'s output: the tables and, with --plot, the forest plot; its runs' curves are not in it), or a scale summary (a scale root's scale.json: the speedup-by-scale table and, with --plot, its figure).",
     ),
     fmt: str = typer.Option("table", "--format", help="table | markdown | json | csv."),
     plot: Path | None = typer.Option(
@@ -73,14 +74,17 @@ def report(
             check_plot_path(plot)
         # a bad expression is refused before anything is retimed, plotted or printed
         check = partial(check_expressions, expect) if expect else None
-        if ablation_dir.is_file():
-            if against is not None:
-                raise ConfigError("--against needs the ablation dir, not a results file")
-            scaled, by_preset = load_results_file(ablation_dir, plot, retime, check)
-        else:
-            scaled, by_preset = load_results(
+        loaded = (
+            load_results_file(ablation_dir, plot, retime, check, against)
+            if ablation_dir.is_file()
+            else load_results(
                 ablation_dir, plot, retime, timing_budget, trust_model_code, against, check
             )
+        )
+    if not isinstance(loaded, tuple):  # a scale summary alone
+        print_scale(loaded, fmt)
+        return
+    scaled, by_preset = loaded
     print_results(by_preset, scaled, fmt)
     if expect:
         gate(expect, by_preset)
@@ -120,32 +124,33 @@ def load_results(
         if plot is not None:
             draw_plots(ablation, results, preset_plot(plot, preset))
     if scaled and plot is not None:
-        draw_scale(by_preset, plot)
+        draw_scale(scale_of(by_preset), plot)
     return scaled, by_preset
 
 
 def load_results_file(
-    path: Path, plot: Path | None, retime: bool, check: Callable[[Results], None] | None = None
-) -> tuple[bool, ByPreset]:
+    path: Path,
+    plot: Path | None,
+    retime: bool,
+    check: Callable[[Results], None] | None = None,
+    against: str | None = None,
+) -> tuple[bool, ByPreset] | ScaleSummary:
     """(whether the file holds several presets, each preset's results) from a results file, with
     every variant's difference interval filled in for files older than it; plotted from what
     the file holds when asked (no curves: the forest plot and the tuning curves), after `check`
-    saw each preset's results."""
-    from mousse.experiments.results import with_delta_intervals, with_power
-
+    saw each preset's results. A scale summary alone (a scale root's scale.json) as it is,
+    its speedup against parameters plotted when asked."""
+    read = read_results_file(path)
+    if not isinstance(read, tuple):
+        refuse_per_variant_options(path, retime, check is not None, against)
+        if plot is not None:
+            draw_scale(read, plot)
+        return read
     if retime:
         raise ConfigError("--retime needs the ablation dir, not a results file")
-    try:
-        data = read_json(path)
-        scaled = "scale" in data
-        by_preset = {
-            preset: with_power(with_delta_intervals(results))
-            for preset, results in (data["presets"] if scaled else {None: data}).items()
-        }
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(
-            f"{path} is not a results file (results.json, or what `mousse ablate --json` prints)"
-        ) from None
+    if against is not None:
+        raise ConfigError("--against needs the ablation dir, not a results file")
+    scaled, by_preset = read
     if check is not None:
         for results in by_preset.values():
             check(results)
@@ -153,8 +158,45 @@ def load_results_file(
         for preset, results in by_preset.items():
             draw_plots(None, results, preset_plot(plot, preset))
     if scaled and plot is not None:
-        draw_scale(by_preset, plot)
+        draw_scale(scale_of(by_preset), plot)
     return scaled, by_preset
+
+
+def read_results_file(path: Path) -> tuple[bool, ByPreset] | ScaleSummary:
+    """What a results file holds: (whether several presets, each preset's results, every
+    variant's difference interval filled in for files older than it), or a scale summary
+    alone; ConfigError when it is neither."""
+    from mousse.experiments.results import with_delta_intervals, with_power
+    from mousse.experiments.scale import ScaleSummary
+
+    try:
+        data = read_json(path)
+        if shaped(data, ScaleSummary):
+            return data
+        scaled = "scale" in data
+        return scaled, {
+            preset: with_power(with_delta_intervals(results))
+            for preset, results in (data["presets"] if scaled else {None: data}).items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(
+            f"{path} is not a results file (results.json, what `mousse ablate --json` prints, "
+            "or a scale summary: scale.json)"
+        ) from None
+
+
+def refuse_per_variant_options(path: Path, retime: bool, expect: bool, against: str | None) -> None:
+    """A scale summary holds no variant's results: --retime, --expect and --against are refused
+    (ConfigError), naming the one given first."""
+    given = [
+        o for o, on in (("--retime", retime), ("--expect", expect), ("--against", against)) if on
+    ]
+    if given:
+        raise ConfigError(
+            f"{given[0]} needs each variant's results, and {path} is a scale summary (the "
+            "speedup by scale alone); report the ablation dir it came from instead (the root "
+            "of `mousse ablate --preset a,b`)"
+        )
 
 
 def preset_plot(plot: Path, preset: str | None) -> Path:
@@ -164,11 +206,11 @@ def preset_plot(plot: Path, preset: str | None) -> Path:
     )
 
 
-def draw_scale(by_preset: ByPreset, plot: Path) -> None:
+def draw_scale(scale: ScaleSummary, plot: Path) -> None:
     """The speedup against parameters over the presets."""
     from .plot import plot_scale
 
-    plot_scale(scale_of(by_preset), plot)
+    plot_scale(scale, plot)
     console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
 
 
@@ -195,6 +237,17 @@ def print_results(by_preset: ByPreset, scaled: bool, fmt: str) -> None:
         show_results(results)
     if scaled:
         show_wide(scale_table(scale_of(by_preset)))
+
+
+def print_scale(scale: ScaleSummary, fmt: str) -> None:
+    """A scale summary alone in `fmt` on stdout: the speedup-by-scale table (csv: one row per
+    preset and variant; json: the summary)."""
+    from mousse.experiments.table_rows import render_scale
+
+    if fmt == "table":
+        show_wide(scale_table(scale))
+    else:
+        typer.echo(render_scale(scale, fmt), nl=False)
 
 
 def check_expressions(expectations: list[str], results: Results) -> None:

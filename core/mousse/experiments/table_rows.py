@@ -85,6 +85,22 @@ CSV_COLUMNS = (
     "peak_mem_bytes",
 )
 
+# A scale summary's csv: a ScaleRow's raw numbers, its speedup interval in two columns
+SCALE_CSV_COLUMNS = (
+    "preset",
+    "params",
+    "variant",
+    "is_baseline",
+    "tuned",
+    "n_seeds",
+    "final_val_loss_mean",
+    "final_val_loss_std",
+    "p_value",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+)
+
 
 UNRELIABLE = " (unreliable)"  # marks a time measured on a busy machine (`busy_timing_note`)
 
@@ -651,11 +667,56 @@ def render_scaled(by_preset: dict[str, Results], fmt: str) -> str:
             _csv(results, preset, header=i == 0, budgets=budgets)
             for i, (preset, results) in enumerate(by_preset.items())
         )
-    columns, rows = scale_rows(scale_summary(by_preset))
-    return (
-        "".join(f"# preset {preset}\n\n{_markdown(r)}\n" for preset, r in by_preset.items())
-        + f"# Speedup by scale\n\n{SCALE_TITLE}\n\n{_markdown_table(columns, rows)}\n"
-    )
+    return "".join(
+        f"# preset {preset}\n\n{_markdown(r)}\n" for preset, r in by_preset.items()
+    ) + _scale_markdown(scale_summary(by_preset))
+
+
+def render_scale(scale: ScaleSummary, fmt: str) -> str:
+    """A scale summary alone (a scale root's scale.json) as 'markdown' (the speedup-by-scale
+    section a report of several presets ends with), 'csv' (one raw-number row per preset and
+    variant) or 'json' (the summary)."""
+    if fmt == "json":
+        return dumps(scale, indent=2)
+    if fmt == "csv":
+        return _scale_csv(scale)
+    if fmt == "markdown":
+        return _scale_markdown(scale)
+    raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")
+
+
+def _scale_markdown(scale: ScaleSummary) -> str:
+    """The speedup-by-scale table as a markdown section."""
+    columns, rows = scale_rows(scale)
+    return f"# Speedup by scale\n\n{SCALE_TITLE}\n\n{_markdown_table(columns, rows)}\n"
+
+
+def _scale_csv(scale: ScaleSummary) -> str:
+    """One row of raw numbers per preset and variant (SCALE_CSV_COLUMNS; empty where a value is
+    missing)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, SCALE_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in scale["rows"]:
+        ci: Sequence[float | None] = r["speedup_ci"] or [None, None]
+        row = {
+            **r,
+            "speedup_ci_low": ci[0],
+            "speedup_ci_high": ci[1],
+            "tuned": _tuned_cell(r["tuned"]),
+        }
+        writer.writerow(_csv_cells(row, SCALE_CSV_COLUMNS))
+    return out.getvalue()
+
+
+def _tuned_cell(tuned: Mapping[str, object] | None) -> str:
+    """Tuned values as one csv cell: 'knob=value' joined by ';'."""
+    return ";".join(f"{k}={x}" for k, x in (tuned or {}).items())
+
+
+def _csv_cells(row: Mapping[str, object], columns: Sequence[str]) -> dict[str, object]:
+    """A csv row's cells in `columns`, empty where `row` has no value."""
+    return {k: "" if row.get(k) is None else row[k] for k in columns}
 
 
 def _csv(
@@ -691,13 +752,13 @@ def _csv(
             "speedup_bracket_high": evals[1],
             "paired_delta_ci_low": paired[0],
             "paired_delta_ci_high": paired[1],
-            "tuned": ";".join(f"{k}={x}" for k, x in (v.get("tuned") or {}).items()),
+            "tuned": _tuned_cell(v.get("tuned")),
             "timing_busy": results.get("timing_busy"),
             **budget_csv_cells(v),
         }
         if preset is not None:
             row["preset"] = preset
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+        writer.writerow(_csv_cells(row, columns))
     return out.getvalue()
 
 
