@@ -166,7 +166,7 @@ def read_results_file(path: Path) -> tuple[bool, ByPreset] | ScaleSummary:
     """What a results file holds: (whether several presets, each preset's results, every
     variant's difference interval filled in for files older than it), or a scale summary
     alone; ConfigError when it is neither."""
-    from mousse.experiments.results import with_delta_intervals, with_power
+    from mousse.experiments.results import recorded
     from mousse.experiments.scale import ScaleSummary
 
     try:
@@ -175,7 +175,7 @@ def read_results_file(path: Path) -> tuple[bool, ByPreset] | ScaleSummary:
             return data
         scaled = "scale" in data
         return scaled, {
-            preset: with_power(with_delta_intervals(results))
+            preset: recorded(results)
             for preset, results in (data["presets"] if scaled else {None: data}).items()
         }
     except (ValueError, KeyError, TypeError, AttributeError):

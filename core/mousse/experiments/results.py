@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
@@ -387,13 +387,7 @@ def add_paired(results: Results) -> Results:
     per-seed difference in final loss, its bootstrap interval, the paired t-test and its p
     Holm-adjusted over the variants, and the seeds the test would need for 80% power at the
     observed difference (None for the baseline and without two shared seeds)."""
-    base = seed_losses(results["runs"], results["baseline"]) if results["baseline"] else {}
-    for v in results["variants"]:
-        diffs = (
-            []
-            if v["is_baseline"]
-            else paired_differences(seed_losses(results["runs"], v["variant"]), base)
-        )
+    for v, diffs in _paired_diffs(results):
         test = paired_t_test(diffs)
         v["paired_n"] = len(diffs)
         v["paired_delta"] = statistics.fmean(diffs) if diffs else None
@@ -407,6 +401,21 @@ def add_paired(results: Results) -> Results:
     return results
 
 
+def _paired_diffs(results: Results) -> Iterator[tuple[VariantRow, list[float]]]:
+    """Each variant with its final loss minus the baseline's, seed by seed (none for the
+    baseline)."""
+    base = seed_losses(results["runs"], results["baseline"]) if results["baseline"] else {}
+    for v in results["variants"]:
+        yield (
+            v,
+            (
+                []
+                if v["is_baseline"]
+                else paired_differences(seed_losses(results["runs"], v["variant"]), base)
+            ),
+        )
+
+
 def _seeds_for_power(diffs: list[float]) -> int | None:
     """The seeds the paired t-test needs for 80% power at the mean and spread of `diffs` (None
     with fewer than two)."""
@@ -417,13 +426,25 @@ def _seeds_for_power(diffs: list[float]) -> int | None:
     )
 
 
+def recorded(results: Results) -> Results:
+    """A results object as a file recorded it, with what was added to results since filled in
+    from its run rows (`with_delta_intervals`, `with_power`) and nothing it holds changed."""
+    return with_power(with_delta_intervals(results))
+
+
 def with_power(results: Results) -> Results:
-    """A results object with every variant's `paired_seeds_for_power` (`add_paired`, from its
-    run rows): for results files written before the key existed; those that have it are
-    returned as they are."""
+    """A results object with every variant's `paired_seeds_for_power`, from its run rows: for
+    results files written before the key existed. The paired comparison a file records stands
+    as its ablation computed it (Holm over that ablation's variants, which a file that keeps
+    some of them no longer lists); one from before the paired comparison gets it (`add_paired`)."""
     if all("paired_seeds_for_power" in v for v in results["variants"]):
         return results
-    return add_paired({**results, "variants": [VariantRow(**v) for v in results["variants"]]})
+    copy: Results = {**results, "variants": [VariantRow(**v) for v in results["variants"]]}
+    if not all("paired_p_holm" in v for v in copy["variants"]):
+        return add_paired(copy)
+    for v, diffs in _paired_diffs(copy):
+        v["paired_seeds_for_power"] = _seeds_for_power(diffs)
+    return copy
 
 
 def _baseline_variant(records: list[RunRecord], baseline_name: str | None) -> str | None:
