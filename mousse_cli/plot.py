@@ -107,7 +107,7 @@ def seconds_per_step(results: Results) -> dict[str, float]:
     return {
         v["variant"]: ms / 1000
         for v in results["variants"]
-        if (ms := (v.get("side_by_side") or {}).get("step_ms_median"))
+        if (row := v.get("side_by_side")) and (ms := row.get("step_ms_median"))
     }
 
 
@@ -313,13 +313,14 @@ def _timed(
         return
     _bands(ax, bands, colors, results["baseline"], per_step)
     _zoom(ax, bands, per_step)
-    record = results.get("timing_pass") or {}  # there is one: `per_step` is its step times
+    record = results.get("timing_pass")  # there is one: `per_step` is its step times
+    rounds = record.get("rounds") if record else None
     busy = busy_timing(results)
     ax.set(
         xlabel="steps x side-by-side step time (s): an estimate, not the runs' own seconds",
         ylabel="validation loss",
         title="val loss vs time, step times of the timing pass"
-        + (f" ({counted(record['rounds'], 'round')})" if record.get("rounds") else "")
+        + (f" ({counted(rounds, 'round')})" if rounds else "")
         + (
             f"\nunreliable: others used {results['timing_busy']:.0%} of the CPU meanwhile"
             if busy

@@ -4,6 +4,7 @@ per-run timings by where they were taken, and peak memory on CPU."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from support.cli import FAST, invoke_cli
@@ -19,6 +20,7 @@ from mousse.experiments.table_rows import (
 from mousse.experiments.timing import (
     MIN_ROUNDS,
     plan_rounds,
+    read_timing_record,
     round_order,
     run_pass,
     summarize_rounds,
@@ -52,6 +54,25 @@ def record(variant, invocation, step_ms, host="a", base=False, parallel=1):
             "parallel": parallel,
         },
     }
+
+
+RECORDED = sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("**/*-timing.json"))
+
+
+def test_the_repository_keeps_recorded_timing_passes():
+    assert len(RECORDED) >= 2
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
+def test_every_recorded_timing_pass_reads_into_the_typed_form(path):
+    assert read_timing_record(path) == json.loads(path.read_text())  # as it is: nothing dropped
+
+
+@pytest.mark.parametrize("text", ["[]", '{"rounds": 3}', "{", '{"variants": {"a": 1}}'])
+def test_a_timing_file_that_is_not_a_pass_reads_as_none(tmp_path, text):
+    (tmp_path / "timing.json").write_text(text)
+    assert read_timing_record(tmp_path / "timing.json") is None
+    assert read_timing_record(tmp_path / "absent.json") is None
 
 
 def test_runs_of_one_invocation_compare():

@@ -43,6 +43,7 @@ from .stats import (
     welch_interval,
     welch_t_test,
 )
+from .timing import TimingRecord, TimingRow
 from .tuning import PhaseRecord
 
 
@@ -114,7 +115,7 @@ class VariantRow(TuningColumns, total=False):
     paired_p_holm: float | None
     paired_significant: bool | None
     paired_seeds_for_power: int | None
-    side_by_side: JsonObject | None  # its timing pass row (`timing.summarize_rounds`, untyped)
+    side_by_side: TimingRow | None  # its timing pass row (`timing.summarize_rounds`)
     tuned_by_budget: list[TunedAtBudget]
 
 
@@ -184,7 +185,7 @@ class Results(TypedDict, total=False):
     splits: list[str]
     ablation_dir: str
     protocol: JsonObject  # the plan's tuning and seeds (`sweep.Ablation.results`)
-    timing_pass: JsonObject | None  # the timing pass record (`timing.timing_pass`, untyped)
+    timing_pass: TimingRecord | None  # the timing pass record (`timing.timing_pass`)
     timing_busy: float | None
     timing_reliable: bool | None
 
@@ -691,19 +692,19 @@ def timing_contexts(records: list[RunRecord]) -> set[tuple[object, ...] | None]:
     }
 
 
-def apply_timing_pass(results: Results, record: JsonObject | None) -> Results:
+def apply_timing_pass(results: Results, record: TimingRecord | None) -> Results:
     """The side-by-side timings of the timing pass (`experiments.timing`) into each variant: its
     step time with quartiles and its overhead over the baseline measured in the same pass; and
     how busy other processes kept the CPU meanwhile (`timing_busy`), with `timing_reliable`
     False when that was more than BUSY_NOTE of it (None: not known, or no pass)."""
-    busy = (record or {}).get("busy")
+    busy = record.get("busy") if record else None
     results = {
         **results,
         "timing_pass": record,
         "timing_busy": busy,
         "timing_reliable": None if busy is None else busy <= BUSY_NOTE,
     }
-    passed = (record or {}).get("variants", {})
+    passed = record["variants"] if record else {}
     for v in results["variants"]:
         row = passed.get(v["variant"])
         v["side_by_side"] = row

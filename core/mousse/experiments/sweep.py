@@ -16,7 +16,7 @@ from mousse.train import tomlio
 from mousse.train.config import ConfigError, TrainConfig, coerce, parse_budgets, resolve
 from mousse.train.data import check_fits, load_dataset
 from mousse.train.estimate import counted
-from mousse.train.fileio import JsonObject, atomic_write_text, read_json, write_json
+from mousse.train.fileio import atomic_write_text, write_json
 from mousse.train.rundir import FINISHED, exclusive
 from mousse.train.summary import RunSummary, TimingContext, read_summary
 
@@ -26,7 +26,14 @@ from .records import RunRecord, final_loss, read_budget_from, record, with_split
 from .results import Results, TuningColumns, apply_timing_pass, summarize
 from .runner import Job, train_runs
 from .settings import Settings, Value, settings_of
-from .timing import TIMING_FILE, default_budget, summarize_rounds, timing_pass
+from .timing import (
+    TIMING_FILE,
+    TimingRecord,
+    default_budget,
+    read_timing_record,
+    summarize_rounds,
+    timing_pass,
+)
 from .tuning import (
     Tuned,
     TuneSpec,
@@ -492,18 +499,17 @@ class Ablation:
                 ]
         return out
 
-    def read_timing(self, results: Results) -> JsonObject | None:
+    def read_timing(self, results: Results) -> TimingRecord | None:
         """The last timing pass, when it covers every variant of the results; its overheads
         against the results' baseline (recomputed from its rounds for `results(against=...)`)."""
-        try:
-            record: JsonObject = read_json(self.dir / TIMING_FILE)
-        except (OSError, ValueError):
+        record = read_timing_record(self.dir / TIMING_FILE)
+        if record is None:
             return None
         names = {v["variant"] for v in results["variants"] if v["n"]}
-        if not names <= set(record.get("variants", {})):
+        if not names <= set(record["variants"]):
             return None
         base = results["baseline"]
-        if base and record.get("baseline") != base and base in record.get("round_ms", {}):
+        if base and record["baseline"] != base and base in record["round_ms"]:
             record = {
                 **record,
                 "baseline": base,
@@ -521,7 +527,7 @@ class Ablation:
                 out[run.variant] = self.plan.settings(run)
         return out
 
-    def retime(self, budget_s: float | None = None) -> JsonObject | None:
+    def retime(self, budget_s: float | None = None) -> TimingRecord | None:
         """Time every completed variant side by side (`experiments.timing`) and keep the record
         in timing.json; None when fewer than two variants have completed runs."""
         settings = self.timing_settings()

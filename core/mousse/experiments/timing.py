@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
-from mousse.train.fileio import JsonObject
+from mousse.train.fileio import read_json, shaped
 from mousse.train.machine import cpu_reading, others_busy
 
 TIMING_FILE = "timing.json"
@@ -40,6 +41,54 @@ MIN_BUDGET_S, BUDGET_FRACTION = 10.0, 0.03
 
 
 BUDGET_ENV = "MOUSSE_TIMING_BUDGET"  # seconds: overrides the default (test suites, CI)
+
+
+class TimingRow(TypedDict):
+    """One variant's side-by-side step time (`summarize_rounds`): median and quartiles over the
+    rounds and, against the baseline, its overhead in % (None for the baseline, or without one)."""
+
+    step_ms_median: float
+    step_ms_q1: float
+    step_ms_q3: float
+    rounds: int
+    overhead_pct: float | None
+    overhead_q1: float | None
+    overhead_q3: float | None
+    within_noise: bool | None
+
+
+class TimingPass(TypedDict):
+    """The side-by-side rounds of a timing pass and their summary (`run_pass`)."""
+
+    host: str
+    when: str  # ISO date and time, to the second
+    baseline: str | None
+    rounds: int
+    steps_per_round: int
+    budget_s: float
+    seconds: float
+    order: list[list[str]]  # each round's variants, in the order they ran
+    threads: int
+    round_ms: dict[str, list[float]]  # variant -> its mean step ms in each round
+    variants: dict[str, TimingRow]
+
+
+class TimingRecord(TimingPass, total=False):
+    """A timing pass with where it ran (`timing_pass`): what timing.json holds. `busy` is
+    missing from passes recorded before it existed."""
+
+    device: str
+    busy: float | None  # the share of the CPU other processes used (None: not known)
+
+
+def read_timing_record(path: Path) -> TimingRecord | None:
+    """The timing pass recorded at `path`; None when there is none or it is not one (unreadable,
+    or not a timing pass's shape)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if shaped(record, TimingRecord) else None
 
 
 def default_budget(train_seconds: float) -> float:
@@ -76,15 +125,15 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[str, JsonObject]:
+def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[str, TimingRow]:
     """Per variant: median and quartiles of its per-round step time and, against the baseline,
     of the per-round ratio (as an overhead in %). An overhead whose interquartile range spans 0
     is within the noise."""
-    out: dict[str, JsonObject] = {}
+    out: dict[str, TimingRow] = {}
     base = ms.get(baseline) if baseline else None
     for name, values in ms.items():
         q1, med, q3 = _quartiles(values)
-        row: JsonObject = {
+        row: TimingRow = {
             "step_ms_median": med,
             "step_ms_q1": q1,
             "step_ms_q3": q3,
@@ -97,7 +146,8 @@ def summarize_rounds(ms: dict[str, list[float]], baseline: str | None) -> dict[s
         if base is not None and name != baseline:
             ratios = [100 * (v / b - 1) for v, b in zip(values, base, strict=True)]
             o1, om, o3 = _quartiles(ratios)
-            row.update(overhead_pct=om, overhead_q1=o1, overhead_q3=o3, within_noise=o1 <= 0 <= o3)
+            row["overhead_pct"], row["overhead_q1"], row["overhead_q3"] = om, o1, o3
+            row["within_noise"] = o1 <= 0 <= o3
         out[name] = row
     return out
 
@@ -109,7 +159,7 @@ def run_pass(
     steps_per_round: int = STEPS_PER_ROUND,
     clock: Callable[[], float] = time.perf_counter,
     spent_s: float = 0.0,
-) -> JsonObject:
+) -> TimingPass:
     """Time `runners` (name -> run n steps, return their mean ms) side by side: an untimed
     warm-up, a one-step probe of each, then the rounds the rest of the budget (less `spent_s`,
     e.g. building the runners) allows, interleaved. Returns the timing record."""
@@ -170,7 +220,7 @@ def timing_pass(
     baseline: str | None,
     budget_s: float,
     steps_per_round: int = STEPS_PER_ROUND,
-) -> JsonObject:
+) -> TimingRecord:
     """The pass over real variants (name -> run settings), on this machine, with the share of the
     CPU other processes used meanwhile (`busy`: None off a CPU or where it is not known)."""
     started, since = time.perf_counter(), cpu_reading()
