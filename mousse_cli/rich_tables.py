@@ -17,6 +17,7 @@ from .console import fmt
 if TYPE_CHECKING:
     from rich.console import Group, RenderableType
 
+    from mousse.experiments.kernelbench import KernelBench
     from mousse.experiments.results import Results
     from mousse.experiments.scale import ScaleSummary
 
@@ -338,7 +339,7 @@ def _shapes(r: JsonObject) -> Table:
     return table
 
 
-def kernel_table(k: JsonObject) -> list[RenderableType]:
+def kernel_table(k: KernelBench) -> list[RenderableType]:
     """The Triton kernels against torch per size, and the dispatch thresholds that follow."""
     table = titled_table(
         f"Triton kernels vs torch ({k['dtype']}, one m x m input)",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from support.cli import assert_one_line_error, invoke_cli
@@ -14,6 +17,7 @@ from mousse.experiments.bench import (
     ns_flops,
 )
 from mousse.optim import family
+from mousse.train.fileio import shaped
 
 KEYS = {
     "preset",
@@ -232,3 +236,24 @@ def test_kernel_thresholds_from_the_environment(monkeypatch):
     monkeypatch.setenv("MOUSSE_POLY_MIN_DIM", "lots")
     with pytest.raises(ValueError, match="MOUSSE_POLY_MIN_DIM"):
         kernels.min_dim("poly")
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+# every recorded `mousse bench --json` output (tests/cli/test_report_files.py's NOT_REPORTS)
+BENCH_OUTPUTS = sorted(
+    p
+    for pattern in ("cpu-1thread-small*.json", "cpu-2core-small*.json", "cpu-2core-tiny-train.json")
+    for p in BENCHMARKS.glob(pattern)
+)
+
+
+def test_every_recorded_kernel_timing_has_the_typed_form():
+    """The GPU kernel timings and every `mousse bench` output's "kernels" (None off CUDA)."""
+    from mousse.experiments.kernelbench import KernelBench
+
+    recorded = [json.loads((BENCHMARKS / "gpu" / "h100-kernels.json").read_text())]
+    for path in BENCH_OUTPUTS:
+        recorded.append(json.loads(path.read_text()).get("kernels"))
+    kernels = [k for k in recorded if k is not None]
+    assert kernels and all(shaped(k, KernelBench) for k in kernels)
+    assert not shaped({**kernels[0], "rows": [{"op": "gram"}]}, KernelBench)

@@ -4,12 +4,12 @@ whether the current dispatch thresholds (`kernels.MIN_DIM`) agree with the measu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 from torch import Tensor
 
 from mousse.optim import kernels
-from mousse.train.fileio import JsonObject
 
 from .stopwatch import median_ms
 
@@ -17,18 +17,39 @@ KERNEL_SIZES = (1024, 2048, 3072, 4096, 8192)
 POLY_BC = (-4.7750, 2.0315)  # Muon's b, c
 
 
+class KernelRow(TypedDict):
+    """One kernel against its torch op at one size (`bench_kernels`' "rows")."""
+
+    op: str  # a kernel of `kernels.MIN_DIM`: "gram" or "poly"
+    size: int  # m, of the m x m input
+    kernel_ms: float
+    torch_ms: float
+    speedup: float  # torch_ms / kernel_ms
+    dispatched: bool  # whether the current dispatch sends this size to the kernel
+
+
+class KernelBench(TypedDict):
+    """The kernel timings (`bench_kernels`): `mousse bench`'s "kernels" on CUDA."""
+
+    dtype: str
+    rows: list[KernelRow]
+    measured_min_dim: dict[str, int | None]  # op -> `measured_min_dim`
+    min_dim: dict[str, int]  # op -> the current dispatch threshold
+    dispatched_where_slower: list[str]  # "op size" of each
+
+
 def bench_kernels(
     device: torch.device,
     repeats: int,
     sizes: tuple[int, ...] = KERNEL_SIZES,
     dtype: torch.dtype = torch.bfloat16,
-) -> JsonObject:
+) -> KernelBench:
     """Each Triton kernel against the torch op it replaces, per size m (one m x m input), in
     `dtype` (Newton-Schulz's on CUDA): ms, speedup, and whether the current dispatch sends that
     size to the kernel; the measured thresholds (`measured_min_dim`) and any size dispatched to a
     kernel that is slower there. Runs where triton runs: CUDA (or CPU under TRITON_INTERPRET=1)."""
     b, c = POLY_BC
-    rows: list[JsonObject] = []
+    rows: list[KernelRow] = []
     for m in sizes:
         X = (torch.randn(1, m, m, device=device) / m**0.5).to(dtype)
         A = kernels.sym_gram(X)  # exactly symmetric, as the polynomial kernel requires
@@ -73,7 +94,7 @@ def _kernel_ops(
     }
 
 
-def measured_min_dim(rows: list[JsonObject]) -> int | None:
+def measured_min_dim(rows: list[KernelRow]) -> int | None:
     """The smallest measured size from which the kernel is faster at every larger measured size
     (None: not faster at the largest)."""
     best = None
