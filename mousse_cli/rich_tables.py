@@ -17,6 +17,7 @@ from .console import fmt
 if TYPE_CHECKING:
     from rich.console import Group, RenderableType
 
+    from mousse.experiments.bench import BenchResult, TrainBench
     from mousse.experiments.kernelbench import KernelBench
     from mousse.experiments.results import Results
     from mousse.experiments.scale import ScaleSummary
@@ -268,7 +269,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}" if n else "-"
 
 
-def bench_tables(r: JsonObject) -> Group:
+def bench_tables(r: BenchResult) -> Group:
     """`mousse bench` results: optimizer steps, per-shape Newton-Schulz and refresh, targets, and
     the train-step comparison when measured."""
     from rich.console import Group
@@ -279,11 +280,12 @@ def bench_tables(r: JsonObject) -> Group:
         + (f", {r['precision']}" if r.get("precision") else "")
         + f"), median of {r['repeats']}"
     )
-    if r["lean"]:
-        return Group(head, *_train_steps(r["train"]))
+    train = r.get("train")
+    if r["lean"] and train:
+        return Group(head, *_train_steps(train))
     parts: list[RenderableType] = [head, _optimizer_steps(r), _shapes(r)]
-    if r.get("kernels"):
-        parts += kernel_table(r["kernels"])
+    if kernels := r.get("kernels"):
+        parts += kernel_table(kernels)
     parts.append(
         "\n".join(
             f"target {name}: {t['ratio']:.2f}x (<= {t['limit']}x) "
@@ -291,12 +293,12 @@ def bench_tables(r: JsonObject) -> Group:
             for name, t in r["targets"].items()
         )
     )
-    if r.get("train"):
-        parts += _train_steps(r["train"])
+    if train:
+        parts += _train_steps(train)
     return Group(*parts)
 
 
-def _optimizer_steps(r: JsonObject) -> Table:
+def _optimizer_steps(r: BenchResult) -> Table:
     """Each optimizer's step time, against our Muon, and its state and cache memory."""
     table = titled_table(
         f"optimizer step (ms per step, amortized over {counted(r['cycle_steps'], 'step')})",
@@ -315,7 +317,7 @@ def _optimizer_steps(r: JsonObject) -> Table:
     return table
 
 
-def _shapes(r: JsonObject) -> Table:
+def _shapes(r: BenchResult) -> Table:
     """Newton-Schulz time and throughput and the refresh times per matrix shape, then the sum."""
     columns = ("shape", "count", "NS ms", "NS TFLOP/s", "% peak")
     methods = list(r["refresh_ms"])  # eigh, qr, root (and eigh_host on CUDA)
@@ -331,7 +333,7 @@ def _shapes(r: JsonObject) -> Table:
             f"{s['ns_ms']:.2f}",
             f"{s['ns_tflops']:.3f}",
             fmt(s["ns_pct_peak"], ".1f"),
-            *(f"{s[f'refresh_{m}_ms']:.2f}" for m in methods),
+            *(f"{s.get(f'refresh_{m}_ms'):.2f}" for m in methods),  # `.get`: a key by name
         )
     table.add_row(
         "all", "", "", "", "", *(f"{r['refresh_ms'][m]:.2f}" for m in methods), style="bold"
@@ -377,7 +379,7 @@ TRAIN_LABELS = {
 }
 
 
-def _train_steps(t: JsonObject) -> list[RenderableType]:
+def _train_steps(t: TrainBench) -> list[RenderableType]:
     """With --train (or --lean): each variant's whole training steps (p50, p99, refresh steps
     and plain ones apart, peak memory), and Mousse's overhead over Muon."""
     compiled = ", torch.compile" if t.get("compiled") else ""
@@ -397,8 +399,9 @@ def _train_steps(t: JsonObject) -> list[RenderableType]:
             "MFU",
         ),
     )
+    rows = {"muon": t["muon"], "mousse": t["mousse"], "mousse_offpath": t["mousse_offpath"]}
     for name, label in TRAIN_LABELS.items():
-        row = t[name]
+        row = rows[name]
         table.add_row(
             label,
             f"{row['step_ms_mean']:.1f}",
@@ -410,13 +413,20 @@ def _train_steps(t: JsonObject) -> list[RenderableType]:
             f"{row['opt_ms_mean']:.1f}",
             _mib(row["peak_memory_bytes"] or 0),
             fmt(row.get("tokens_per_s"), ",.0f"),
-            fmt(row["mfu"] * 100, ".1f") + "%" if row.get("mfu") is not None else "-",
+            fmt(mfu * 100, ".1f") + "%" if (mfu := row.get("mfu")) is not None else "-",
         )
     return [
         table,
         *(
-            f"{TRAIN_LABELS[name]} overhead vs Muon: {t['overhead_pct_mean' + key]:+.1f}% (mean "
-            f"step, refreshes included), {t['overhead_pct_median' + key]:+.1f}% (median step)"
-            for name, key in (("mousse", ""), ("mousse_offpath", "_offpath"))
+            f"{TRAIN_LABELS[name]} overhead vs Muon: {mean:+.1f}% (mean "
+            f"step, refreshes included), {median:+.1f}% (median step)"
+            for name, mean, median in (
+                ("mousse", t["overhead_pct_mean"], t["overhead_pct_median"]),
+                (
+                    "mousse_offpath",
+                    t["overhead_pct_mean_offpath"],
+                    t["overhead_pct_median_offpath"],
+                ),
+            )
         ),
     ]

@@ -257,3 +257,14 @@ def test_every_recorded_kernel_timing_has_the_typed_form():
     kernels = [k for k in recorded if k is not None]
     assert kernels and all(shaped(k, KernelBench) for k in kernels)
     assert not shaped({**kernels[0], "rows": [{"op": "gram"}]}, KernelBench)
+
+
+def test_bench_keeps_recorded_outputs():
+    assert len(BENCH_OUTPUTS) >= 5
+
+
+@pytest.mark.parametrize("path", BENCH_OUTPUTS, ids=lambda p: p.name)
+def test_every_recorded_bench_output_has_the_typed_form(path):
+    from mousse.experiments.bench import BenchResult
+
+    assert shaped(json.loads(path.read_text()), BenchResult)

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 
@@ -42,7 +42,6 @@ from mousse.train.config import (
     resolve,
 )
 from mousse.train.events import Event
-from mousse.train.fileio import JsonObject
 from mousse.train.machine import device_name, label, pick_device
 from mousse.train.precision import PRECISION_DTYPES, peak_flops, resolve_precision
 from mousse.train.presets import get_preset
@@ -291,6 +290,50 @@ TRAIN_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+class TrainRow(TypedDict):
+    """One variant's training steps (`bench_train`): what every recorded row has."""
+
+    step_ms_median: float
+    step_ms_mean: float
+    fwd_bwd_ms_median: float
+    opt_ms_mean: float
+
+
+class TrainStats(TrainRow, total=False):
+    """One variant's training steps in full (`_timed_run`): outputs from before a key existed
+    lack it."""
+
+    step_ms_p50: float
+    step_ms_p99: float
+    refresh_step_ms_median: float | None  # None: no step with a refresh due (Muon)
+    plain_step_ms_median: float | None
+    peak_memory_bytes: int | None  # None off CUDA
+    tokens_per_s: float | None  # the run's summary's
+    model_flops_per_s: float | None
+    peak_flops: float | None
+    mfu: float | None
+
+
+class TrainOverheads(TypedDict):
+    """Mousse's train-step overhead over Muon in % (`train_overheads`)."""
+
+    overhead_pct_median: float
+    overhead_pct_mean: float
+
+
+class TrainBench(TrainOverheads, total=False):
+    """`bench_train`: `mousse bench --train`'s "train" (TRAIN_VARIANTS' rows and the overheads
+    of the off-path Mousse); outputs from before a key existed lack it."""
+
+    steps: int
+    compiled: bool
+    muon: TrainStats
+    mousse: TrainStats
+    mousse_offpath: TrainStats
+    overhead_pct_median_offpath: float
+    overhead_pct_mean_offpath: float
+
+
 def bench_train(
     preset: str,
     device: str,
@@ -298,14 +341,14 @@ def bench_train(
     compiled: bool = False,
     model: Mapping[str, str] | None = None,
     precision: Precision = "auto",
-) -> JsonObject:
+) -> TrainBench:
     """Full training steps (Trainer, builtin data, temp run dir) for each of TRAIN_VARIANTS:
     step ms over `steps` steps after a first, untimed one (which compiles, with `compiled`:
     model and optimizer, as `mousse train --compile`); p50 and p99; steps on which a refresh is
     due (its schedule's phase 0) and the others apart; peak device memory on CUDA. With steps a
     multiple of precond_freq (10) the mean holds refreshes in their true proportion. Each row
     also has the run's tokens/s, model FLOP/s and MFU (its summary's)."""
-    out: JsonObject = {"steps": steps, "compiled": compiled}
+    rows: dict[str, TrainStats] = {}
     for name, settings in TRAIN_VARIANTS.items():
         cfg = resolve(
             {
@@ -321,15 +364,22 @@ def bench_train(
                 "precision": precision,
             }
         )
-        out[name] = _timed_run(cfg)
+        rows[name] = _timed_run(cfg)
+    muon, mousse, offpath = rows["muon"], rows["mousse"], rows["mousse_offpath"]
+    overheads, offpath_overheads = train_overheads(muon, mousse), train_overheads(muon, offpath)
     return {
-        **out,
-        **train_overheads(out["muon"], out["mousse"]),
-        **train_overheads(out["muon"], out["mousse_offpath"], "_offpath"),
+        "steps": steps,
+        "compiled": compiled,
+        "muon": muon,
+        "mousse": mousse,
+        "mousse_offpath": offpath,
+        **overheads,
+        "overhead_pct_median_offpath": offpath_overheads["overhead_pct_median"],
+        "overhead_pct_mean_offpath": offpath_overheads["overhead_pct_mean"],
     }
 
 
-def _timed_run(cfg: TrainConfig) -> JsonObject:
+def _timed_run(cfg: TrainConfig) -> TrainStats:
     """Train `cfg` in a temporary run dir; its step-time statistics and peak memory."""
     from mousse.train.events import StepLogged
     from mousse.train.trainer import Trainer
@@ -370,18 +420,76 @@ def _timed_run(cfg: TrainConfig) -> JsonObject:
         "fwd_bwd_ms_median": statistics.median(e.fwd_bwd_ms for e in timed),
         "opt_ms_mean": statistics.fmean(e.opt_ms for e in timed),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-        **{k: summary[k] for k in ("tokens_per_s", "model_flops_per_s", "peak_flops", "mfu")},
+        "tokens_per_s": summary["tokens_per_s"],
+        "model_flops_per_s": summary["model_flops_per_s"],
+        "peak_flops": summary["peak_flops"],
+        "mfu": summary["mfu"],
     }
 
 
-def train_overheads(muon: JsonObject, mousse: JsonObject, label: str = "") -> dict[str, float]:
-    """Mousse's train-step overhead over Muon in %, on the mean step (refreshes included) and
-    on the median step."""
+def train_overheads(muon: TrainRow, mousse: TrainRow) -> TrainOverheads:
+    """Mousse's train-step overhead over Muon in %, on the median step and on the mean step
+    (refreshes included)."""
     return {
-        f"overhead_pct_{stat}{label}": 100
-        * (mousse[f"step_ms_{stat}"] / muon[f"step_ms_{stat}"] - 1)
-        for stat in ("median", "mean")
+        "overhead_pct_median": 100 * (mousse["step_ms_median"] / muon["step_ms_median"] - 1),
+        "overhead_pct_mean": 100 * (mousse["step_ms_mean"] / muon["step_ms_mean"] - 1),
     }
+
+
+class BenchHead(TypedDict):
+    """What every `mousse bench` output starts with: what was measured, where."""
+
+    preset: str
+    device: str
+    device_name: str
+    cpu_count: int | None  # None: not known (`os.cpu_count`)
+    threads: int
+    torch: str
+    repeats: int
+
+
+class ShapeRow(TypedDict, total=False):
+    """One matrix shape's row (`_shape_rows`): its count, Newton-Schulz throughput, and one
+    refresh_<method>_ms per refresh method measured (eigh_host on CUDA only; root since it
+    was added)."""
+
+    shape: list[int]
+    count: int
+    ns_ms: float
+    ns_tflops: float
+    ns_pct_peak: float | None  # None: no known peak on the device
+    refresh_eigh_ms: float
+    refresh_qr_ms: float
+    refresh_root_ms: float
+    refresh_eigh_host_ms: float
+
+
+class Target(TypedDict):
+    """One step-time target (`_targets`): a time ratio, its limit and whether it is met."""
+
+    ratio: float
+    limit: float
+    met: bool
+
+
+class BenchResult(BenchHead, total=False):
+    """`run_bench`: what `mousse bench --json` prints (with `lean`, the head and "train"
+    only); outputs from before a key existed lack it."""
+
+    compiled: bool
+    lean: bool
+    precision: str  # `machine.label`
+    cycle_steps: int
+    step_ms: dict[str, float]  # bench row -> ms per step
+    step_spread: dict[str, dict[str, float]]  # bench row -> `percentiles` of its single steps
+    vs_muon: dict[str, float]
+    state_bytes: dict[str, int]
+    cache_bytes: dict[str, int]
+    refresh_ms: dict[str, float]  # refresh method -> ms over every shape
+    shapes: list[ShapeRow]
+    targets: dict[str, Target]
+    kernels: KernelBench | None  # None: off CUDA, or without triton
+    train: TrainBench | None  # None: without --train
 
 
 def run_bench(
@@ -394,7 +502,7 @@ def run_bench(
     model: Mapping[str, str] | None = None,
     lean: bool = False,
     precision: Precision = "auto",
-) -> JsonObject:
+) -> BenchResult:
     """Every measurement for `preset` (or for `model`, {"model": ..., "model_config": ...}, at
     the preset's sizes) on `device` at `precision` (Newton-Schulz in it, as in a run); see the
     module docstring. `lean`: the training steps only
@@ -403,7 +511,7 @@ def run_bench(
     check_choice("precision", precision, PRECISIONS)
     dev = pick_device(device)
     ran = resolve_precision(precision, dev)
-    head = {
+    head: BenchResult = {
         "preset": preset,
         "device": str(dev),
         "device_name": device_name(dev),
@@ -462,15 +570,18 @@ def _checked_shapes(
         raise ConfigError(str(exc)) from None
 
 
-def _shape_rows(shapes: Shapes, ns: ByShape, refresh: ByShape) -> list[JsonObject]:
+def _shape_rows(shapes: Shapes, ns: ByShape, refresh: ByShape) -> list[ShapeRow]:
     """Per matrix shape: its count, Newton-Schulz throughput and refresh ms per method."""
     return [
-        {
-            "shape": list(s),
-            "count": c,
-            **ns[s],
-            **{f"refresh_{k}_ms": v for k, v in refresh[s].items()},
-        }
+        cast(  # cast: the keys of `bench_ns` and of `bench_refresh`'s methods, which ShapeRow lists
+            ShapeRow,
+            {
+                "shape": list(s),
+                "count": c,
+                **ns[s],
+                **{f"refresh_{k}_ms": v for k, v in refresh[s].items()},
+            },
+        )
         for s, c in shapes.items()
     ]
 
@@ -480,11 +591,11 @@ def _targets(
     spread: dict[str, dict[str, float]],
     kernel: KernelBench | None,
     cuda: bool,
-) -> dict[str, JsonObject]:
+) -> dict[str, Target]:
     """The step-time targets (TARGETS; a staggered refresh's p99 step at most SPIKE_TARGET times
     its p50; with kernel timings the Gram kernel at least 1.3x faster than torch at 4096^2
     bf16), each as a time ratio, its limit and whether it is met."""
-    targets: dict[str, JsonObject] = {}
+    targets: dict[str, Target] = {}
     for key, (row, ref, cpu_limit, cuda_limit) in TARGETS.items():
         limit = cuda_limit if cuda else cpu_limit
         ratio = step_ms[row] / step_ms[ref]
