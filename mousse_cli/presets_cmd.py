@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mousse.train.budget import Regime
 from mousse.train.config import resolve
-from mousse.train.fileio import JsonObject, dumps
+from mousse.train.fileio import dumps
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +20,39 @@ if TYPE_CHECKING:
 from .console import show_wide
 from .errors import user_errors
 from .rich_tables import presets_table
+
+
+class PresetRegime(Regime):
+    """A preset's default budget and its tokens per step (`preset_regime`)."""
+
+    tokens_per_step: int
+
+
+class PresetRow(PresetRegime):
+    """One preset (`preset_row`): a row of `mousse presets --json` and of its tables. The time
+    keys are None unless --measure measured it."""
+
+    name: str
+    params: str  # in millions, e.g. "13.2M"
+    d_model: int
+    n_layers: int
+    n_heads: int
+    seq_len: int
+    batch_size: int
+    steps: int
+    lrs: dict[str, float | None]  # optimizer -> the block matrices' peak lr (None: no recipe)
+    momenta: dict[str, float]  # optimizer -> the momentum its tuning moved it to
+    momentum_styles: dict[str, str]
+    lr_note: str
+    scalar_lr: float
+    memory: str  # in GiB, e.g. "1.2G"
+    step_time: str | None  # `estimate.duration`
+    run_time: str | None
+    step_seconds: float | None
+    estimate: str | None  # `Estimate.method`
+    busy: float | None
+    device: str
+    description: str
 
 
 def presets(
@@ -57,7 +91,7 @@ def presets(
 
 def preset_row(
     p: Preset, cost: Estimate | None, where: torch.device, builtin_tokens: int | None
-) -> JsonObject:
+) -> PresetRow:
     """One preset as the JSON row (and the table's source): shape, recipe, regime, memory, and
     the time here when `cost` measured it (None: not measured, its time keys None)."""
     from mousse.train.estimate import duration
@@ -79,11 +113,11 @@ def preset_row(
         "lr_note": p.lr_note,
         "scalar_lr": p.scalar_lr,
         "memory": f"{memory_estimate_bytes(p) / 2**30:.1f}G",
-        "step_time": cost and duration(cost.step_seconds),
-        "run_time": cost and duration(cost.run_seconds),
-        "step_seconds": cost and cost.step_seconds,
-        "estimate": cost and cost.method,
-        "busy": cost and cost.busy,
+        "step_time": duration(cost.step_seconds) if cost else None,
+        "run_time": duration(cost.run_seconds) if cost else None,
+        "step_seconds": cost.step_seconds if cost else None,
+        "estimate": cost.method if cost else None,
+        "busy": cost.busy if cost else None,
         "device": str(where),
         "description": p.description,
     }
@@ -100,7 +134,7 @@ def builtin_train_tokens() -> int | None:
         return None
 
 
-def preset_regime(p: Preset, builtin_tokens: int | None) -> JsonObject:
+def preset_regime(p: Preset, builtin_tokens: int | None) -> PresetRegime:
     """The preset's default budget (`mousse.train.budget.regime`: non-embedding parameters,
     tokens, per parameter and as a multiple of 20) and tokens per step; epochs over the builtin
     corpus (`builtin_tokens` train tokens) for the byte-level presets, None for those sized for

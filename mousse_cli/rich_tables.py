@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from mousse.train.estimate import counted
-from mousse.train.fileio import JsonObject
 
 from .console import fmt
 
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
     from mousse.experiments.kernelbench import KernelBench
     from mousse.experiments.results import Results
     from mousse.experiments.scale import ScaleSummary
+
+    from .presets_cmd import PresetRow
 
 
 def titled_table(
@@ -147,7 +148,7 @@ _PRESET_STYLE: dict[str, Any] = dict(  # Any: as `**style` above
 )
 
 
-def presets_table(rows: list[JsonObject]) -> Group:
+def presets_table(rows: list[PresetRow]) -> Group:
     """Presets as a compact table with each one's description below it, then the block matrices'
     peak lr per optimizer and what those values were tuned for."""
     from rich.console import Group
@@ -155,7 +156,7 @@ def presets_table(rows: list[JsonObject]) -> Group:
     from mousse.train.estimate import busy_note
 
     device = rows[0]["device"] if rows else "cpu"
-    busy = max((r["busy"] for r in rows if r.get("busy") is not None), default=None)
+    busy = max((b for r in rows if (b := r["busy"]) is not None), default=None)
     measured = any(r["step_time"] for r in rows)
     return Group(
         _presets_overview(rows, measured),
@@ -174,7 +175,7 @@ def presets_table(rows: list[JsonObject]) -> Group:
     )
 
 
-def _presets_overview(rows: list[JsonObject], measured: bool) -> Table:
+def _presets_overview(rows: list[PresetRow], measured: bool) -> Table:
     """One row per preset: size, shape, budget, memory and, when `measured`, the time here."""
     columns = (
         *("preset", "params", "non-emb", "d x L", "heads", "seq", "batch", "tokens/step"),
@@ -203,7 +204,7 @@ def _presets_overview(rows: list[JsonObject], measured: bool) -> Table:
     return table
 
 
-def _lr_table(rows: list[JsonObject]) -> Table:
+def _lr_table(rows: list[PresetRow]) -> Table:
     """The block matrices' peak lr of every preset, one column per optimizer."""
     optimizers = list(rows[0]["lrs"]) if rows else []
     table = titled_table(
@@ -216,7 +217,7 @@ def _lr_table(rows: list[JsonObject]) -> Table:
     return table
 
 
-def _lr_notes(rows: list[JsonObject]) -> str:
+def _lr_notes(rows: list[PresetRow]) -> str:
     """What the lrs were tuned for (presets sharing a note on one line), and the momenta that
     tuning moved off an optimizer's recipe."""
     by_note: dict[str, list[str]] = {}

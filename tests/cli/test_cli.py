@@ -514,6 +514,14 @@ def test_report_errors(cli, tmp_path, ablation):
 # ---- presets -------------------------------------------------------------------------------------
 
 
+def test_presets_json_rows_have_the_typed_form(presets_rows):
+    from mousse.train.fileio import shaped
+    from mousse_cli.presets_cmd import PresetRow
+
+    assert presets_rows and all(shaped(r, PresetRow) for r in presets_rows)
+    assert not shaped({**presets_rows[0], "lrs": {"mousse": "0.1"}}, PresetRow)
+
+
 def test_presets_list_lr_per_optimizer(cli, presets_rows):
     from mousse.train.config import OPTIMIZER_NAMES
     from mousse.train.presets import PRESETS
