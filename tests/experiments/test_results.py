@@ -476,3 +476,34 @@ def test_tables_show_the_split_and_the_evaluation_se_beside_the_seed_spread():
     old = summarize([record("muon", MUON, baseline=True), record("mousse", MOUSSE)])
     assert old["splits"] == [] and "SE" not in render(old, "markdown")
     assert "alidation on" not in render(old, "markdown")
+
+
+def _recorded_results() -> list[tuple[str, object]]:
+    """Every results object benchmarks/ records: results files, and each preset's of a joined
+    scale (not timing passes, bench outputs or scale summaries alone)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    out: list[tuple[str, object]] = []
+    for path in sorted(root.glob("**/*.json")):
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or path.name.endswith("-timing.json"):
+            continue
+        if "scale" in data and "presets" in data:
+            out += [(f"{path.name}:{p}", r) for p, r in data["presets"].items()]
+        elif "variants" in data:
+            out.append((path.name, data))
+    return out
+
+
+def test_the_repository_keeps_recorded_results():
+    assert len(_recorded_results()) >= 10
+
+
+@pytest.mark.parametrize("name, results", _recorded_results(), ids=lambda x: str(x)[:60])
+def test_every_recorded_results_object_has_the_typed_form(name, results):
+    """Protocol, knobs, tuned values and the timing pass included."""
+    from mousse.experiments.results import Results
+    from mousse.train.fileio import shaped
+
+    assert shaped(results, Results), name

@@ -21,11 +21,11 @@ from typing import Literal, TypedDict
 
 from mousse.train.budget import Regime
 from mousse.train.estimate import BUSY_NOTE
-from mousse.train.fileio import JsonObject
 from mousse.train.summary import CurvePoint, TimingContext
 
 from .budget_speedup import BudgetEntry, BudgetFit, BudgetLosses, BudgetSpeedup, speedups
 from .records import RunRecord
+from .settings import Settings
 from .stats import (
     SIGNIFICANCE_LEVEL,
     CurveKey,
@@ -44,13 +44,13 @@ from .stats import (
     welch_t_test,
 )
 from .timing import TimingRecord, TimingRow
-from .tuning import PhaseRecord
+from .tuning import PhaseRecord, Tuned
 
 
 class TuningColumns(TypedDict, total=False):
     """A variant's tuning in its row (`sweep`'s tuning columns, with --tune)."""
 
-    tuned: JsonObject | None  # knob -> its tuned value (each its own JSON type), once done
+    tuned: Tuned | None  # knob -> its tuned value, once done
     tuned_at_edge: list[str]  # the knobs whose tuned value is at an end of its grid
     tuning: list[PhaseRecord]  # each phase's record (`tuning.Phase.to_dict`)
 
@@ -67,7 +67,7 @@ class VariantRow(TuningColumns, total=False):
     the tuning columns add. Not total: results files from before a key existed lack it."""
 
     variant: str
-    knobs: JsonObject  # the settings the variant sets, each its own JSON type
+    knobs: Settings  # the settings the variant sets
     is_baseline: bool
     n: int  # completed runs with a final loss
     n_runs: int
@@ -125,7 +125,7 @@ class RunRow(TypedDict, total=False):
 
     name: str
     variant: str
-    knobs: JsonObject  # the settings the run's variant sets, each its own JSON type
+    knobs: Settings  # the settings the run's variant sets
     seed: int  # every run record has one (`records.record`)
     is_baseline: bool
     status: str
@@ -167,6 +167,21 @@ class BudgetRow(TypedDict):
     paired_p: float | None
 
 
+class _Protocol(TypedDict):
+    """What every results file's protocol says."""
+
+    tuned: list[str]  # the knobs tuned ([] without --tune)
+    tune_seeds: list[int]  # the seeds tuning ran on ([] without --tune)
+    seeds: list[int]  # the seeds the comparison runs on
+
+
+class AblationProtocol(_Protocol, total=False):
+    """The plan's tuning and seeds (written by `sweep.Ablation.results`, which imports this
+    module): results.json's "protocol". Files from before `tune_seeds_apart` lack it."""
+
+    tune_seeds_apart: bool | None  # whether tuning had seeds of its own (None: no tuning)
+
+
 class Results(TypedDict, total=False):
     """The results object (`summarize`, then `sweep.Ablation.results`'s ablation dir, protocol
     and timing pass): what results.json holds. Not total: results files from before a key
@@ -184,7 +199,7 @@ class Results(TypedDict, total=False):
     budgets: list[BudgetRow]
     splits: list[str]
     ablation_dir: str
-    protocol: JsonObject  # the plan's tuning and seeds (`sweep.Ablation.results`)
+    protocol: AblationProtocol
     timing_pass: TimingRecord | None  # the timing pass record (`timing.timing_pass`)
     timing_busy: float | None
     timing_reliable: bool | None
@@ -505,7 +520,7 @@ def _run_row(r: RunRecord, base: Baseline) -> RunRow:
     row: RunRow = {
         "name": r["name"],
         "variant": r["variant"],
-        "knobs": dict(r.get("knobs") or {}),
+        "knobs": Settings(**(r.get("knobs") or {})),  # a copy
         "seed": r["seed"],
         "is_baseline": r["variant"] == base.variant,
         "status": r["status"],

@@ -148,9 +148,9 @@ def timing_notes(results: Results) -> list[str]:
 
 def protocol_notes(results: Results) -> list[str]:
     """What a comparison does not establish, in plain words: untuned lrs, a single seed."""
-    protocol = results.get("protocol") or {}
+    protocol = results.get("protocol")
     notes = []
-    if not protocol.get("tuned"):
+    if not (protocol and protocol.get("tuned")):
         notes.append(
             "untuned: every variant ran at its preset lr, so a gap may only mean one lr "
             "suits one variant better (add --tune lr)"
@@ -169,9 +169,11 @@ def protocol_notes(results: Results) -> list[str]:
 def tuning_seed_notes(results: Results) -> list[str]:
     """Results tuned on seeds they also compare on (recorded before tuning seeds were kept
     apart): each arm's mean holds the seed its tuned value won on (the winner's curse)."""
-    protocol = results.get("protocol") or {}
+    protocol = results.get("protocol")
+    if not (protocol and protocol.get("tuned")):
+        return []
     shared = sorted(set(protocol.get("tune_seeds") or ()) & set(protocol.get("seeds") or ()))
-    if not protocol.get("tuned") or not shared:
+    if not shared:
         return []
     return [
         f"tuned on {'seed' if len(shared) == 1 else 'seeds'} {', '.join(map(str, shared))}, "
