@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import JsonObject
 
 if TYPE_CHECKING:
-    from .results import Results, RunRow
+    from .results import Results, RunRow, VariantRow
 
 OPS = {
     "<": lambda a, b: a < b,
@@ -144,22 +144,24 @@ def _check_budget(term: Term, budgets: list[float]) -> None:
     )
 
 
-def _term_value(term: Term, variants: dict[str, JsonObject]) -> float:
+def _term_value(term: Term, variants: dict[str, VariantRow]) -> float:
     if term.number is not None:
         return term.number
     assert term.variant is not None  # a term is a number or a variant's value
     v = variants[term.variant]
     if term.budget is not None:
         return _at_budget(term, v)
+    row: Mapping[str, object] = v  # the term names its field: read by that name
     if term.field in INTERVAL_ENDS:
-        interval, end = INTERVAL_ENDS[term.field]
-        value = (v.get(interval) or [None, None])[end]
+        name, end = INTERVAL_ENDS[term.field]
+        interval = row.get(name)
+        value = interval[end] if isinstance(interval, list) and interval else None
     else:
-        value = v.get(term.field)
-    return math.nan if value is None else float(value)
+        value = row.get(term.field)
+    return float(value) if isinstance(value, int | float) else math.nan  # None: missing
 
 
-def _at_budget(term: Term, v: JsonObject) -> float:
+def _at_budget(term: Term, v: VariantRow) -> float:
     """The speedup at the term's budget (or its interval's low end): inf where unbounded, nan
     where missing."""
     row = next(
@@ -175,8 +177,7 @@ def _at_budget(term: Term, v: JsonObject) -> float:
 
 def check(expr: str, results: Results) -> tuple[bool, str]:
     """Whether `expr` holds for `results`, and a one-line reason either way."""
-    # each term names its field in the expression, so its row is read as the JSON it is
-    variants = {v["variant"]: cast(JsonObject, v) for v in results["variants"]}
+    variants = {v["variant"]: v for v in results["variants"]}
     validate(expr, list(variants), budgets_of(results))
     left, op, right, test = parse(expr)
     a, b = _term_value(left, variants), _term_value(right, variants)
