@@ -119,3 +119,21 @@ def test_several_presets_render_as_one_markdown_document_and_one_csv(tmp_path):
     assert [line.split(",")[0] for line in lines[1:]] == ["tiny"] * 3 + ["small"] * 3 + [
         "medium"
     ] * 3
+
+
+def test_every_recorded_scale_file_has_its_typed_form():
+    """Joined scales (`combine`, as `mousse ablate --preset a,b --json` prints) and scale
+    summaries alone (scale.json), every one benchmarks/ records."""
+    from mousse.experiments.scale import ScaledResults, ScaleSummary
+    from mousse.train.fileio import shaped
+
+    kinds = {"joined": 0, "summary": 0}
+    for path in sorted((ROOT / "benchmarks").glob("**/*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "scale" in data:
+            assert shaped(data, ScaledResults), path
+            kinds["joined"] += 1
+        elif isinstance(data, dict) and "rows" in data and "presets" in data:
+            assert shaped(data, ScaleSummary), path
+            kinds["summary"] += 1
+    assert min(kinds.values()) >= 1, kinds

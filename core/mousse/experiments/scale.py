@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from mousse.train.config import ConfigError
-from mousse.train.fileio import JsonObject, read_json
+from mousse.train.fileio import read_json
 
 from .results import Results
+from .tuning import Tuned
 
 SCALE_FILE = "scale.json"
 
@@ -23,7 +24,7 @@ class ScaleRow(TypedDict):
     params: int | None
     variant: str
     is_baseline: bool
-    tuned: JsonObject | None  # knob -> its tuned value, each its own JSON type
+    tuned: Tuned | None  # knob -> its tuned value
     n_seeds: int | None
     final_val_loss_mean: float | None
     final_val_loss_std: float | None
@@ -37,6 +38,14 @@ class ScaleSummary(TypedDict):
 
     presets: list[str]
     rows: list[ScaleRow]
+
+
+class ScaledResults(TypedDict):
+    """One comparison at several presets (`combine`): what `mousse ablate --preset a,b --json`
+    prints."""
+
+    presets: dict[str, Results]
+    scale: ScaleSummary
 
 
 def split_presets(value: str | list[str] | None) -> list[str] | None:
@@ -89,34 +98,41 @@ def scale_summary(results_by_preset: Mapping[str, Results]) -> ScaleSummary:
     return {"presets": list(results_by_preset), "rows": rows}
 
 
-def relabel(results: JsonObject, names: dict[str, str]) -> JsonObject:
+_V = TypeVar("_V")
+
+
+def _renamed(d: Mapping[str, _V], names: dict[str, str]) -> dict[str, _V]:
+    """`d` with only the keys `names` lists, each renamed to its label."""
+    return {names[k]: v for k, v in d.items() if k in names}
+
+
+def relabel(results: Results, names: dict[str, str]) -> Results:
     """`results` with only the variants `names` lists (the baseline among them), each renamed to
     its label, in the order `names` gives: so that ablations recorded under different variant
     names (a spec that swept `momentum_style=nesterov` at one scale and made it the default at
     another) line up as one comparison over scales. Every statistic stays as its own ablation
     computed it."""
     variants = {v["variant"]: v for v in results["variants"]}
-    if results["baseline"] not in names:
-        raise ConfigError(f"the labels must include the baseline {results['baseline']!r}")
+    base = results["baseline"]
+    if base is None or base not in names:
+        raise ConfigError(f"the labels must include the baseline {base!r}")
     missing = set(names) - set(variants)
     if missing:
         raise ConfigError(f"no variant {sorted(missing)[0]!r} in these results")
 
-    def by_name(d: Mapping[str, object]) -> dict[str, object]:
-        return {names[k]: v for k, v in d.items() if k in names}
-
     timing = results.get("timing_pass")
     if timing is not None:
+        passed = timing["baseline"]
         timing = {
             **timing,
-            "baseline": names[timing["baseline"]],
+            "baseline": None if passed is None else names[passed],
             "order": [[names[n] for n in row if n in names] for row in timing["order"]],
-            "round_ms": by_name(timing["round_ms"]),
-            "variants": by_name(timing["variants"]),
+            "round_ms": _renamed(timing["round_ms"], names),
+            "variants": _renamed(timing["variants"], names),
         }
     return {
         **results,
-        "baseline": names[results["baseline"]],
+        "baseline": names[base],
         "variants": [{**variants[old], "variant": new} for old, new in names.items()],
         "runs": [
             {**r, "variant": names[r["variant"]]} for r in results["runs"] if r["variant"] in names
@@ -125,7 +141,7 @@ def relabel(results: JsonObject, names: dict[str, str]) -> JsonObject:
     }
 
 
-def combine(results_by_preset: Mapping[str, Results]) -> JsonObject:
+def combine(results_by_preset: Mapping[str, Results]) -> ScaledResults:
     """Recorded results of one comparison at several presets as one scaled results object (what
     `mousse ablate --preset a,b --json` prints), for `mousse report` to tabulate and plot."""
-    return {"presets": results_by_preset, "scale": scale_summary(results_by_preset)}
+    return {"presets": dict(results_by_preset), "scale": scale_summary(results_by_preset)}
