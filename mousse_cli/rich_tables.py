@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mousse.experiments.results import Results
     from mousse.experiments.scale import ScaleSummary
 
-    from .presets_cmd import PresetRow
+    from .preset_rows import PresetRow
 
 
 def titled_table(

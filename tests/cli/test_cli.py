@@ -516,7 +516,7 @@ def test_report_errors(cli, tmp_path, ablation):
 
 def test_presets_json_rows_have_the_typed_form(presets_rows):
     from mousse.train.fileio import shaped
-    from mousse_cli.presets_cmd import PresetRow
+    from mousse_cli.preset_rows import PresetRow
 
     assert presets_rows and all(shaped(r, PresetRow) for r in presets_rows)
     assert not shaped({**presets_rows[0], "lrs": {"mousse": "0.1"}}, PresetRow)
