@@ -37,7 +37,7 @@ from .machine import default_run_dir, environment
 from .model import GPTConfig
 from .rundir import FINISHED, RunLock, prepare_run_dir
 from .schedule import cooldown_length
-from .summary import BudgetResult, CurvePoint, RunSummary, read_summary
+from .summary import BudgetResult, CurvePoint, RunSummary, TrainerState, read_summary
 from .trainer import Trainer
 
 BRANCHES = "branches"  # the branches' folder in the trunk's run dir
@@ -93,7 +93,7 @@ def plan_branches(cfg: TrainConfig, run_dir: Path) -> list[Branch]:
     return out
 
 
-def fork_state(state: JsonObject, curve: list[CurvePoint], cfg: TrainConfig) -> JsonObject:
+def fork_state(state: TrainerState, curve: list[CurvePoint], cfg: TrainConfig) -> TrainerState:
     """A branch's trainer state at its fork: the trunk's totals, with the losses of the
     evaluations its own run makes (`curve`, already kept to those)."""
     finite = [
