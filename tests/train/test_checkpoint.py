@@ -498,3 +498,41 @@ def test_a_gpt2_checkpoint_of_before_conv1d_orientation_is_refused(cli, tmp_path
     res = cli("train", "--resume", ckpt, "--steps", "4", "--run-dir", tmp_path / "new")
     assert_one_line_error(res, str(ckpt), "other orientation", "start the run afresh")
     assert not (tmp_path / "new").exists()
+
+
+DEC_2026_RUN = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "run"
+
+
+@pytest.mark.parametrize(
+    "key,value", [("step", '"4"'), ("curve", '[{"step": 4}]'), ("compiled", '"yes"')]
+)
+def test_checkpoint_metadata_of_another_shape_is_a_checkpoint_error(key, value):
+    """Trainer metadata whose value is not of the type the trainer writes (`CheckpointMeta`) is
+    refused when read, naming the fix, not taken in to fail later."""
+    from mousse.train.resume import trainer_meta
+
+    loaded = read_checkpoint(DEC_2026_RUN / "checkpoints" / "step-4")
+    loaded["trainer_meta"] = {**loaded["trainer_meta"], key: value}
+    with pytest.raises(CheckpointError, match=r"another type.*resume from an earlier checkpoint"):
+        trainer_meta(loaded)
+
+
+@pytest.mark.parametrize(
+    "name,edit",
+    [
+        ("metrics.jsonl", lambda text: text.replace('"lr": 0.12', '"lr": "high"', 1)),
+        ("env.json", lambda text: text.replace('"seed": 0', '"seed": "zero"')),
+        ("env.json", lambda text: text.replace('"seed": 0,', "")),
+    ],
+    ids=["metrics-str-lr", "env-str-seed", "env-no-seed"],
+)
+def test_run_logs_of_another_shape_are_refused_on_resume(tmp_path, name, edit):
+    """A metrics.jsonl line or an env.json of another shape than the trainer writes is a
+    RunDirError naming the file, read before a resume writes anything."""
+    from mousse.train.rundir import RunDirError, earlier_logs
+
+    run = Path(shutil.copytree(DEC_2026_RUN, tmp_path / "run"))
+    path = run / name
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(RunDirError, match=f"{re.escape(str(path))}.*another type"):
+        earlier_logs(run)

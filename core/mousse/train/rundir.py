@@ -31,16 +31,18 @@ from .checkpoint import (
     set_aside_later_checkpoints,
 )
 from .config import ConfigError, TrainConfig
+from .events import MetricsRecord
 from .fileio import (
     JsonlError,
-    JsonObject,
     atomic_write_text,
     dumps,
     loads,
     read_json,
     read_jsonl,
+    shaped,
     write_json,
 )
+from .machine import Environment
 from .summary import read_summary
 
 LOCK_FILE = ".lock"
@@ -313,7 +315,25 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
-def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
+class Resumed(Environment):
+    """One resume of a run as its env.json records it: where it ran, and from which step."""
+
+    from_step: int
+
+
+class RunEnv(Environment, total=False):
+    """A run's env.json: the `Environment` of its first session, and each resume's after it."""
+
+    resumes: list[Resumed]
+
+
+def read_metrics(run_dir: Path) -> list[MetricsRecord]:
+    """The run's metrics.jsonl records ([] while it has none); a damaged line, or one of
+    another shape than `MetricsRecord`, is a JsonlError naming it (`read_jsonl`)."""
+    return read_jsonl(run_dir / "metrics.jsonl", MetricsRecord, key="step")
+
+
+def earlier_logs(run_dir: Path) -> tuple[RunEnv | None, list[MetricsRecord]]:
     """The original env.json (None when there is none) and metrics.jsonl's records of the run a
     resume continues; a damaged one is a RunDirError naming it and the fix (read before
     anything is written, so that nothing of the run is lost)."""
@@ -322,6 +342,8 @@ def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
         env = read_json(env_file)
         if not isinstance(env, dict) or not isinstance(env.get("resumes", []), list):
             raise ValueError("not an object with a list of resumes")
+        if not shaped(env, RunEnv):
+            raise ValueError("a value of another type than mousse writes")
     except FileNotFoundError:
         env = None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
@@ -329,13 +351,13 @@ def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
             f"{env_file} is damaged ({exc}); move it away (the resume writes a new one) and resume"
         ) from None
     try:
-        return env, read_jsonl(run_dir / "metrics.jsonl", key="step")
+        return env, read_metrics(run_dir)
     except JsonlError as exc:
         raise RunDirError(f"{exc}; repair or delete that line, then resume") from None
 
 
 def prepare_run_dir(
-    run_dir: Path, cfg: TrainConfig, env: JsonObject, resumed_from: int | None, step: int
+    run_dir: Path, cfg: TrainConfig, env: Environment, resumed_from: int | None, step: int
 ) -> None:
     """A run's files before its first step: env.json first (what marks the dir as a run's; a
     resume keeps the original and appends itself), config.toml, and metrics.jsonl cut back to
@@ -343,12 +365,12 @@ def prepare_run_dir(
     any summary when the run starts over."""
     original, records = earlier_logs(run_dir) if resumed_from is not None else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
-    if original is not None:  # keep the original, log the resume
-        env = {
-            **original,
-            "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
-        }
-    write_json(run_dir / "env.json", env)
+    if original is not None and resumed_from is not None:  # keep the original, log the resume
+        resumes: list[Resumed] = [*original.get("resumes", []), {**env, "from_step": resumed_from}]
+        record: RunEnv = {**original, "resumes": resumes}
+        write_json(run_dir / "env.json", record)
+    else:
+        write_json(run_dir / "env.json", env)
     atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     metrics = run_dir / "metrics.jsonl"
     if resumed_from is not None:  # drop what was logged after the checkpoint
