@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from .fileio import JsonObject
+from mousse.optim.routing import Route
+
+from .config import Settings
 from .summary import RunSummary
 
 
@@ -37,11 +39,23 @@ class MetricsRecord(_Stepped, total=False):
     branch_val_loss: float | None  # `branches.SIDE_EVAL`
 
 
+class RunInfo(TypedDict):
+    """What a starting run is made of (`Trainer._announce`)."""
+
+    n_params: int
+    device: str
+    data: str  # `Dataset.describe`
+    vocab_size: int
+    routing: list[Route]
+    resumed_from: int | None
+    world_size: int
+
+
 @dataclass(frozen=True)
 class RunStarted:
     run_dir: Path
-    config: JsonObject
-    info: JsonObject  # n_params, device, data description, routing, resumed_from
+    config: Settings  # the resolved config's settings (`TrainConfig.settings`)
+    info: RunInfo
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .events import (
     MicroBatchDone,
     Notice,
     RunFinished,
+    RunInfo,
     RunStarted,
     StepLogged,
 )
@@ -541,7 +542,7 @@ class Trainer:
 
     def _announce(self, n_params: int) -> None:
         """RunStarted: the resolved config and what the run is made of."""
-        info = {
+        info: RunInfo = {
             "n_params": n_params,
             "device": str(self.device),
             "data": self.data.describe(),
@@ -550,7 +551,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "world_size": self.dist.world_size,
         }
-        self.emit(RunStarted(self.run_dir, self.cfg.to_dict(), info))
+        self.emit(RunStarted(self.run_dir, self.cfg.settings(), info))
         if not any(route.role == "matrix" for route in self.routes):
             self.emit(Notice(no_matrix_text(self.cfg)))
 
