@@ -25,8 +25,9 @@ from typing import (
 
 _T = TypeVar("_T")
 
-# A JSON object by key: results, rows and records read from JSON or built to be written as JSON.
-# Any: each key holds its own JSON type (json's own typing), until each kind has a TypedDict.
+# A JSON object by key whose keys no TypedDict can declare (torch's optimizer state, a user's
+# values). Any: each key holds its own JSON type (json's own typing). The train layer's own
+# records each have a TypedDict; the layers above still use this for some of theirs.
 JsonObject = dict[str, Any]
 
 

@@ -56,6 +56,7 @@ _DTYPES = {
 }
 
 
+# JsonObject: any object of the metadata's JSON (groups' knobs, torch's non-tensor state)
 def json_hook(obj: JsonObject) -> torch.dtype | JsonObject:
     """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
@@ -76,7 +77,7 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
     names = [opt.param_names[id(p)] for g in opt.param_groups for p in g["params"]]
     tensors: dict[str, Tensor] = {}
     groups: dict[str, list[Knobs]] = {}
-    extra: JsonObject = {}
+    extra: JsonObject = {}  # JsonObject: torch's non-tensor optimizer state, any JSON value
     for g in sd["param_groups"]:
         rule = g["rule"]
         for idx in g["params"]:
@@ -206,7 +207,7 @@ def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> StateDict:
 
 def _open_optimizer_file(
     stack: contextlib.ExitStack[bool | None], path: Path
-) -> tuple[safe_open, dict[str, list[Knobs]], JsonObject, list[str]]:
+) -> tuple[safe_open, dict[str, list[Knobs]], JsonObject, list[str]]:  # JsonObject: `extra`
     """(open handle, saved param groups, non-tensor state, tensor keys) of one optimizer file; a
     damaged or foreign file is a CheckpointError."""
     try:
