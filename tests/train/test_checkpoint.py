@@ -536,3 +536,23 @@ def test_run_logs_of_another_shape_are_refused_on_resume(tmp_path, name, edit):
     path.write_text(edit(path.read_text()))
     with pytest.raises(RunDirError, match=f"{re.escape(str(path))}.*another type"):
         earlier_logs(run)
+
+
+def test_an_optimizer_index_of_another_shape_is_a_checkpoint_error(tmp_path):
+    """A sharded checkpoint's index whose shards are not a list of file names is refused as
+    unreadable optimizer state, not read letter by letter as file names."""
+    from mousse.train.optstate import OPTIMIZER_INDEX, optimizer_files
+
+    (tmp_path / OPTIMIZER_INDEX).write_text('{"shards": "abc"}')
+    with pytest.raises(CheckpointError, match="no readable optimizer state"):
+        optimizer_files(tmp_path)
+
+
+def test_a_lock_file_that_does_not_say_who_holds_it_names_another_process(tmp_path):
+    """The lock file's holder is named only when it has the shape RunLock writes."""
+    from mousse.train.rundir import LOCK_FILE, RunLock, held_by
+
+    with RunLock(tmp_path).acquire():
+        assert held_by(tmp_path).startswith(f"pid {os.getpid()} on ")
+        (tmp_path / LOCK_FILE).write_text('{"pid": "1; rm -rf", "host": 2, "since": null}')
+        assert held_by(tmp_path) == "another process"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypedDict
 
 from . import tomlio
 from .checkpoint import (
@@ -174,16 +175,12 @@ class RunLock:
                 os.close(fd)
                 raise _in_use(self.path.parent, holder) from None
         os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": platform.node(),
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
-            ).encode(),
-        )
+        me: LockHolder = {
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        os.write(fd, json.dumps(me).encode())
         self.fd = fd
         return self
 
@@ -307,12 +304,23 @@ def held_by(run_dir: Path) -> str | None:
     return None
 
 
+class LockHolder(TypedDict):
+    """Who holds a run dir's lock, as its lock file says (`RunLock.acquire`)."""
+
+    pid: int
+    host: str
+    since: str  # local time, ISO 8601 to the second
+
+
 def _holder(fd: int) -> str:
+    """Who holds the lock whose file is open as `fd` ("another process" when it does not say)."""
     try:
         info = loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return "another process"
+    if not shaped(info, LockHolder):
+        return "another process"
+    return f"pid {info['pid']} on {info['host']} (since {info['since']})"
 
 
 class Resumed(Environment):
