@@ -498,3 +498,61 @@ def test_a_gpt2_checkpoint_of_before_conv1d_orientation_is_refused(cli, tmp_path
     res = cli("train", "--resume", ckpt, "--steps", "4", "--run-dir", tmp_path / "new")
     assert_one_line_error(res, str(ckpt), "other orientation", "start the run afresh")
     assert not (tmp_path / "new").exists()
+
+
+DEC_2026_RUN = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "run"
+
+
+@pytest.mark.parametrize(
+    "key,value", [("step", '"4"'), ("curve", '[{"step": 4}]'), ("compiled", '"yes"')]
+)
+def test_checkpoint_metadata_of_another_shape_is_a_checkpoint_error(key, value):
+    """Trainer metadata whose value is not of the type the trainer writes (`CheckpointMeta`) is
+    refused when read, naming the fix, not taken in to fail later."""
+    from mousse.train.resume import trainer_meta
+
+    loaded = read_checkpoint(DEC_2026_RUN / "checkpoints" / "step-4")
+    loaded["trainer_meta"] = {**loaded["trainer_meta"], key: value}
+    with pytest.raises(CheckpointError, match=r"another type.*resume from an earlier checkpoint"):
+        trainer_meta(loaded)
+
+
+@pytest.mark.parametrize(
+    "name,edit",
+    [
+        ("metrics.jsonl", lambda text: text.replace('"lr": 0.12', '"lr": "high"', 1)),
+        ("env.json", lambda text: text.replace('"seed": 0', '"seed": "zero"')),
+        ("env.json", lambda text: text.replace('"seed": 0,', "")),
+    ],
+    ids=["metrics-str-lr", "env-str-seed", "env-no-seed"],
+)
+def test_run_logs_of_another_shape_are_refused_on_resume(tmp_path, name, edit):
+    """A metrics.jsonl line or an env.json of another shape than the trainer writes is a
+    RunDirError naming the file, read before a resume writes anything."""
+    from mousse.train.rundir import RunDirError, earlier_logs
+
+    run = Path(shutil.copytree(DEC_2026_RUN, tmp_path / "run"))
+    path = run / name
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(RunDirError, match=f"{re.escape(str(path))}.*another type"):
+        earlier_logs(run)
+
+
+def test_an_optimizer_index_of_another_shape_is_a_checkpoint_error(tmp_path):
+    """A sharded checkpoint's index whose shards are not a list of file names is refused as
+    unreadable optimizer state, not read letter by letter as file names."""
+    from mousse.train.optstate import OPTIMIZER_INDEX, optimizer_files
+
+    (tmp_path / OPTIMIZER_INDEX).write_text('{"shards": "abc"}')
+    with pytest.raises(CheckpointError, match="no readable optimizer state"):
+        optimizer_files(tmp_path)
+
+
+def test_a_lock_file_that_does_not_say_who_holds_it_names_another_process(tmp_path):
+    """The lock file's holder is named only when it has the shape RunLock writes."""
+    from mousse.train.rundir import LOCK_FILE, RunLock, held_by
+
+    with RunLock(tmp_path).acquire():
+        assert held_by(tmp_path).startswith(f"pid {os.getpid()} on ")
+        (tmp_path / LOCK_FILE).write_text('{"pid": "1; rm -rf", "host": 2, "since": null}')
+        assert held_by(tmp_path) == "another process"

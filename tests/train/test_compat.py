@@ -11,8 +11,10 @@ from support.cli import FAST, assert_one_line_error, invoke_cli
 
 from mousse.experiments.ablation import AblationPlan, plan_ablation
 from mousse.train import compat, tomlio
+from mousse.train.checkpoint import read_checkpoint
 from mousse.train.config import ConfigError, load_config_file, resolve
-from mousse.train.resume import config_from_checkpoint
+from mousse.train.resume import config_from_checkpoint, trainer_meta
+from mousse.train.rundir import earlier_logs
 
 
 @pytest.mark.parametrize(
@@ -72,6 +74,19 @@ def test_an_old_name_in_a_spec_file_is_one_line(tmp_path):
 
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "mousse-1733ff0" / "step-2"
 DEC_2026_RUN = Path(__file__).parents[1] / "fixtures" / "format-2026-12" / "run"
+
+
+def test_old_run_files_have_the_shapes_todays_readers_check():
+    """Checkpoint metadata, env.json and metrics.jsonl that earlier versions wrote (before
+    precision, compile and the val loss's standard error were recorded) read back through the
+    readers that check their shapes, as a resume reads them."""
+    for ckpt in (OLD_CHECKPOINT, DEC_2026_RUN / "checkpoints" / "step-4"):
+        meta = trainer_meta(read_checkpoint(ckpt))
+        assert "precision" not in meta and "compiled" not in meta and meta["curve"]
+    env, records = earlier_logs(DEC_2026_RUN)
+    assert env is not None and "precision" not in env and env["seed"] == 0
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 4]
+    assert "val_loss_se" not in records[-1]
 
 
 def test_what_runs_recorded_before_the_split_resolves_to_the_tail():

@@ -24,7 +24,7 @@ from mousse.train.checkpoint import (
     fsync,
     write_model_and_trainer,
 )
-from mousse.train.optstate import OPTIMIZER_INDEX, flatten_optimizer, param_of
+from mousse.train.optstate import OPTIMIZER_INDEX, OptimizerIndex, flatten_optimizer, param_of
 
 INDEX_FORMAT = "mousse-optimizer-shards-1"
 
@@ -153,7 +153,7 @@ def _write_shards(
 
 def _write_index(d: RankView, tmp: Path, step: int, infos: list[ShardInfo]) -> None:
     """The index of a sharded checkpoint: which shard holds each parameter's state."""
-    index = {
+    index: OptimizerIndex = {
         "format": INDEX_FORMAT,
         "step": step,
         "world_size": d.world_size,

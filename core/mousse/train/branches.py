@@ -25,23 +25,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from .budget import gpt_non_embedding_params
 from .checkpoint import list_checkpoints
 from .config import GPT_SHAPE, TrainConfig, budget_steps, number_text, validate
 from .evaluation import eval_due
-from .events import CheckpointSaved
-from .fileio import JsonObject, append_jsonl, atomic_write_text, dumps, read_jsonl, write_json
+from .events import CheckpointSaved, MetricsRecord
+from .fileio import append_jsonl, atomic_write_text, dumps, write_json
 from .machine import default_run_dir, environment
 from .model import GPTConfig
-from .rundir import FINISHED, RunLock, prepare_run_dir
+from .rundir import FINISHED, RunLock, prepare_run_dir, read_metrics
 from .schedule import cooldown_length
-from .summary import BudgetResult, CurvePoint, RunSummary, read_summary
+from .summary import BudgetResult, CurvePoint, RunSummary, TrainerState, read_summary
 from .trainer import Trainer
 
 BRANCHES = "branches"  # the branches' folder in the trunk's run dir
-SIDE_EVAL = "branch_val_loss"  # a trunk's metrics.jsonl key: a loss evaluated for its branches
+SIDE_EVAL: Final = (
+    "branch_val_loss"  # a trunk's metrics.jsonl key: a loss evaluated for its branches
+)
 UNFINISHED = ("interrupted", "pending")  # a budget still to train (the run resumes it)
 
 
@@ -93,7 +95,7 @@ def plan_branches(cfg: TrainConfig, run_dir: Path) -> list[Branch]:
     return out
 
 
-def fork_state(state: JsonObject, curve: list[CurvePoint], cfg: TrainConfig) -> JsonObject:
+def fork_state(state: TrainerState, curve: list[CurvePoint], cfg: TrainConfig) -> TrainerState:
     """A branch's trainer state at its fork: the trunk's totals, with the losses of the
     evaluations its own run makes (`curve`, already kept to those)."""
     finite = [
@@ -127,7 +129,7 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     if _went_on(branch):
         return
     cfg = branch.cfg
-    records = read_jsonl(trunk.run_dir / "metrics.jsonl", key="step")
+    records = read_metrics(trunk.run_dir)
     kept = [b for r in records if r["step"] <= branch.fork and (b := _branch_record(r, cfg))]
     curve: list[CurvePoint] = [
         {
@@ -150,7 +152,7 @@ def fork(trunk: Trainer, branch: Branch, argv: list[str] | None) -> None:
     trunk.emit(CheckpointSaved(trunk.step, path, seconds))
 
 
-def _branch_record(record: JsonObject, cfg: TrainConfig) -> JsonObject | None:
+def _branch_record(record: MetricsRecord, cfg: TrainConfig) -> MetricsRecord | None:
     """A trunk's metrics record as the branch of config `cfg` logs it: every step's, and the
     evaluations its own run makes (the trunk's, or one made for its branches); None for the
     others."""
@@ -180,7 +182,7 @@ def side_eval(trunk: Trainer) -> None:
     result = trunk.evaluate()
     trunk.state["eval_seconds"] += time.perf_counter() - t0
     if trunk.dist.is_main:
-        record = {
+        record: MetricsRecord = {
             "step": trunk.step,
             SIDE_EVAL: result.loss,
             "val_loss_se": result.se,

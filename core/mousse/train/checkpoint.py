@@ -23,7 +23,14 @@ from torch import Tensor
 
 from mousse.optim.routing import CombinedOptimizer
 
-from .optstate import FORMAT, OPTIMIZER_INDEX, CheckpointError, flatten_optimizer, unreadable
+from .optstate import (
+    FORMAT,
+    OPTIMIZER_INDEX,
+    CheckpointError,
+    flatten_optimizer,
+    read_optimizer_index,
+    unreadable,
+)
 
 FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 # A read checkpoint by part: "model" -> its tensors by name, "model_meta" -> its metadata, ...
@@ -311,13 +318,11 @@ def checkpoint_files(ckpt: Path) -> list[str]:
     if (ckpt / "optimizer.safetensors").is_file():
         return list(FILES)
     try:
-        shards = json.loads((ckpt / OPTIMIZER_INDEX).read_text())["shards"]
-        if not isinstance(shards, list):
-            raise TypeError("shards is not a list")
-    except (OSError, ValueError, KeyError, TypeError):
+        shards = read_optimizer_index(ckpt)["shards"]
+    except (OSError, ValueError):
         return list(FILES)
     others = [f for f in FILES if f != "optimizer.safetensors"]
-    return [*others, OPTIMIZER_INDEX, *map(str, shards)]
+    return [*others, OPTIMIZER_INDEX, *shards]
 
 
 def missing_files(ckpt: Path) -> list[str]:

@@ -182,6 +182,10 @@ class TrainConfig:
         """Every setting by name, in field order (config.toml, run records)."""
         return dataclasses.asdict(self)
 
+    def settings(self) -> Settings:
+        """The settings that are set (not None), by name, in field order (`RunStarted`)."""
+        return settings_of((k, v) for k, v in self.to_dict().items() if v is not None)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Overrides:

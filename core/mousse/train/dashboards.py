@@ -16,13 +16,12 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypedDict, TypeVar
 
-from .config import VIEW_SETTINGS, ConfigError, parse_log
+from .config import VIEW_SETTINGS, ConfigError, Settings, parse_log, settings_of
 from .events import EvalDone, Event, RunFinished, RunStarted, StepLogged
-from .fileio import JsonObject
 
 T = TypeVar("T")
 
@@ -65,9 +64,9 @@ def check_installed(names: Iterable[str]) -> None:
             ) from None
 
 
-def hparams(config: Mapping[str, object]) -> JsonObject:
-    """The resolved config as hyperparameters: the settings that are set, views left out."""
-    return {k: v for k, v in config.items() if v is not None and k not in VIEW_SETTINGS}
+def hparams(config: Settings) -> Settings:
+    """The resolved config's settings as hyperparameters, views left out."""
+    return settings_of((k, v) for k, v in config.items() if k not in VIEW_SETTINGS)
 
 
 class TensorBoardRun:
@@ -84,7 +83,7 @@ class TensorBoardRun:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
 
-    def finish(self, config: JsonObject, final: dict[str, float], step: int) -> None:
+    def finish(self, config: Settings, final: dict[str, float], step: int) -> None:
         """The hparams view's entry for this run (in its own dir, so it lines up with the
         scalars), its metric and the closing scalars."""
         from torch.utils.tensorboard.summary import hparams as hparam_summaries
@@ -112,7 +111,7 @@ class WandbRun:
             project=os.environ.get("WANDB_PROJECT") or "mousse",
             name=name,
             group=group,
-            config=hparams(started.config),
+            config=dict(hparams(started.config)),
             dir=os.environ.get("WANDB_DIR") or str(files),
             reinit="create_new",  # several at once under --parallel
             settings=wandb.Settings(silent=True, console="off"),
@@ -121,7 +120,7 @@ class WandbRun:
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
-    def finish(self, config: JsonObject, final: dict[str, float], step: int) -> None:
+    def finish(self, config: Settings, final: dict[str, float], step: int) -> None:
         self.run.log(final, step=step)
         self.close()
 
@@ -138,7 +137,7 @@ class _RunState(TypedDict):
     whether it logs TNT's sampled-label time."""
 
     writers: dict[str, Writer]
-    config: JsonObject
+    config: Settings
     step: int
     fisher: bool
 

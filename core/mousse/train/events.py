@@ -5,16 +5,57 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
-from .fileio import JsonObject
+from mousse.optim.routing import Route
+
+from .config import Settings
 from .summary import RunSummary
+
+
+class _Stepped(TypedDict):
+    step: int
+
+
+class MetricsRecord(_Stepped, total=False):
+    """One line of a run's metrics.jsonl: a logged step (`StepLogged.record`), an evaluation
+    (`Trainer._eval_and_record`: step, val_loss, val_loss_se, train_seconds) or a trunk's
+    evaluation for its branches (`branches.side_eval`: branch_val_loss in place of val_loss).
+    Not total: each kind has its own keys, and records from before a key existed lack it; a
+    None is a value that was not finite (strict JSON writes NaN and inf as null)."""
+
+    train_loss: float
+    lr: float
+    step_ms: float
+    fwd_bwd_ms: float
+    opt_ms: float
+    tokens_per_s: float
+    train_seconds: float
+    eta_seconds: float
+    fisher_ms: float
+    telemetry: dict[str, float | None]
+    val_loss: float | None
+    val_loss_se: float | None
+    branch_val_loss: float | None  # `branches.SIDE_EVAL`
+
+
+class RunInfo(TypedDict):
+    """What a starting run is made of (`Trainer._announce`)."""
+
+    n_params: int
+    device: str
+    data: str  # `Dataset.describe`
+    vocab_size: int
+    routing: list[Route]
+    resumed_from: int | None
+    world_size: int
 
 
 @dataclass(frozen=True)
 class RunStarted:
     run_dir: Path
-    config: JsonObject
-    info: JsonObject  # n_params, device, data description, routing, resumed_from
+    config: Settings  # the resolved config's settings (`TrainConfig.settings`)
+    info: RunInfo
 
 
 @dataclass(frozen=True)
@@ -33,8 +74,21 @@ class StepLogged:
     # the matrix optimizer's read-outs over its matrices (`optim_hooks.optimizer_telemetry`); {} for AdamW
     telemetry: dict[str, float] = field(default_factory=dict)
 
-    def record(self) -> JsonObject:
-        return {k: v for k, v in self.__dict__.items() if k != "steps"}
+    def record(self) -> MetricsRecord:
+        """The step's metrics.jsonl line (all but the run's planned steps)."""
+        return {
+            "step": self.step,
+            "train_loss": self.train_loss,
+            "lr": self.lr,
+            "step_ms": self.step_ms,
+            "fwd_bwd_ms": self.fwd_bwd_ms,
+            "opt_ms": self.opt_ms,
+            "tokens_per_s": self.tokens_per_s,
+            "train_seconds": self.train_seconds,
+            "eta_seconds": self.eta_seconds,
+            "fisher_ms": self.fisher_ms,
+            "telemetry": dict(self.telemetry),
+        }
 
 
 @dataclass(frozen=True)

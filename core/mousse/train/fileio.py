@@ -25,8 +25,9 @@ from typing import (
 
 _T = TypeVar("_T")
 
-# A JSON object by key: results, rows and records read from JSON or built to be written as JSON.
-# Any: each key holds its own JSON type (json's own typing), until each kind has a TypedDict.
+# A JSON object by key whose keys no TypedDict can declare (torch's optimizer state, a user's
+# values). Any: each key holds its own JSON type (json's own typing). The train layer's own
+# records each have a TypedDict; the layers above still use this for some of theirs.
 JsonObject = dict[str, Any]
 
 
@@ -152,15 +153,16 @@ class JsonlError(ValueError):
     """A damaged line of a JSON-lines file (the message names the file and the line)."""
 
 
-def read_jsonl(path: str | Path, key: str | None = None) -> list[JsonObject]:
-    """Records (JSON objects, each with an integer `key` when one is named) of a JSON-lines file.
-    An unterminated last line that does not parse (an append cut short) is dropped; any other
-    damaged line is a JsonlError, never a silent truncation."""
+def read_jsonl(path: str | Path, form: type[_T], key: str | None = None) -> list[_T]:
+    """Records of a JSON-lines file, each a JSON object of the TypedDict `form`'s shape
+    (`shaped`; first, an integer `key` when one is named). An unterminated last line that does
+    not parse (an append cut short) is dropped; any other damaged line is a JsonlError, never a
+    silent truncation."""
     path = Path(path)
     if not path.exists():
         return []
     lines = read_bytes(path).split(b"\n")
-    out: list[JsonObject] = []
+    out: list[_T] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -170,6 +172,8 @@ def read_jsonl(path: str | Path, key: str | None = None) -> list[JsonObject]:
                 raise ValueError("not an object")
             if key is not None and (type(record.get(key)) is not int):
                 raise ValueError(f"no integer {key!r}")
+            if not shaped(record, form):
+                raise ValueError("a value of another type than mousse writes")
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if number == len(lines):  # no newline after it: a torn append
                 break

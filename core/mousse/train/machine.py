@@ -11,13 +11,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
 from mousse import __version__
 
 from .config import DEVICES, ConfigError, RunPrecision, TrainConfig, check_choice
-from .fileio import JsonObject
 
 
 def cpu_jiffies() -> tuple[int, int] | None:
@@ -130,12 +130,36 @@ def git_revision() -> str | None:
         return None
 
 
+class _Versions(TypedDict):
+    mousse: str
+    python: str
+    torch: str
+    platform: str
+    device: str
+    cpu_threads: int
+    git_revision: str | None  # None: not run from a git checkout
+    seed: int
+    argv: list[str]
+    started: str  # local time, ISO 8601 to the second
+
+
+class Environment(_Versions, total=False):
+    """What a run records of where it ran (`environment`; env.json, `rundir.RunEnv`): the keys
+    below only where they apply (a GPU, CUDA_VISIBLE_DEVICES set), precision since it was
+    recorded."""
+
+    precision: str  # `label`
+    cuda_visible_devices: str
+    gpu: str
+    cuda: str | None  # torch's CUDA version
+
+
 def environment(
     cfg: TrainConfig, device: torch.device, precision: RunPrecision, argv: list[str] | None
-) -> JsonObject:
+) -> Environment:
     """What a reader needs to reproduce the run: versions, machine, precision, revision, seed,
     argv."""
-    env: JsonObject = {
+    env: Environment = {
         "mousse": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -9,7 +9,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from safetensors import safe_open
@@ -18,7 +18,7 @@ from torch import Tensor
 from mousse.optim.family import Knobs
 from mousse.optim.routing import CombinedOptimizer
 
-from .fileio import JsonObject
+from .fileio import JsonObject, read_json, shaped
 
 if TYPE_CHECKING:
     from torch.optim.optimizer import StateDict
@@ -27,6 +27,32 @@ FORMAT = "mousse-checkpoint-1"
 # Distributed runs (mousse.distributed.sharded) write the optimizer state as one shard per rank instead
 # of optimizer.safetensors, with this index naming the shards.
 OPTIMIZER_INDEX = "optimizer-index.json"
+
+
+class _Shards(TypedDict):
+    shards: list[str]  # file names in the checkpoint, by rank
+
+
+class OptimizerIndex(_Shards, total=False):
+    """A sharded checkpoint's OPTIMIZER_INDEX (`mousse.distributed.sharded`): its shards, and
+    which rank held each parameter's state and owned each matrix; read back by
+    `read_optimizer_index`. Only the shards are read: the rest says how the run was laid out."""
+
+    format: str
+    step: int
+    world_size: int
+    location: dict[str, int]  # parameter name -> the shard holding its state
+    owners: dict[str, int] | None
+    state_bytes: list[int]
+
+
+def read_optimizer_index(ckpt: Path) -> OptimizerIndex:
+    """The checkpoint's optimizer index; missing, unreadable or of another shape: OSError or
+    ValueError."""
+    index = read_json(ckpt / OPTIMIZER_INDEX)
+    if not shaped(index, OptimizerIndex):
+        raise ValueError(f"{OPTIMIZER_INDEX} is not an optimizer index")
+    return index
 
 
 class CheckpointError(ValueError):
@@ -56,6 +82,7 @@ _DTYPES = {
 }
 
 
+# JsonObject: any object of the metadata's JSON (groups' knobs, torch's non-tensor state)
 def json_hook(obj: JsonObject) -> torch.dtype | JsonObject:
     """Decode a stored dtype by name from an allow-list (never an arbitrary attribute)."""
     if set(obj) == {"__dtype__"}:
@@ -76,7 +103,7 @@ def flatten_optimizer(opt: CombinedOptimizer) -> tuple[dict[str, Tensor], dict[s
     names = [opt.param_names[id(p)] for g in opt.param_groups for p in g["params"]]
     tensors: dict[str, Tensor] = {}
     groups: dict[str, list[Knobs]] = {}
-    extra: JsonObject = {}
+    extra: JsonObject = {}  # JsonObject: torch's non-tensor optimizer state, any JSON value
     for g in sd["param_groups"]:
         rule = g["rule"]
         for idx in g["params"]:
@@ -175,9 +202,8 @@ def optimizer_files(ckpt: Path) -> list[Path]:
     if single.is_file():
         return [single]
     try:
-        index = json.loads((ckpt / OPTIMIZER_INDEX).read_text())
-        return [ckpt / s for s in index["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [ckpt / s for s in read_optimizer_index(ckpt)["shards"]]
+    except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"{ckpt} has no readable optimizer state ({exc}); resume from an earlier checkpoint"
         ) from None
@@ -206,7 +232,7 @@ def optimizer_state_by_name(opt: CombinedOptimizer, ckpt: Path) -> StateDict:
 
 def _open_optimizer_file(
     stack: contextlib.ExitStack[bool | None], path: Path
-) -> tuple[safe_open, dict[str, list[Knobs]], JsonObject, list[str]]:
+) -> tuple[safe_open, dict[str, list[Knobs]], JsonObject, list[str]]:  # JsonObject: `extra`
     """(open handle, saved param groups, non-tensor state, tensor keys) of one optimizer file; a
     damaged or foreign file is a CheckpointError."""
     try:

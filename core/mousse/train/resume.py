@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from mousse.optim.knobs import RUN_KNOBS
 
@@ -15,6 +15,7 @@ from .checkpoint import Loaded, latest_valid_checkpoint, read_checkpoint
 from .config import (
     FIELD_DEFAULTS,
     ConfigError,
+    RunPrecision,
     Setting,
     TrainConfig,
     coerce,
@@ -24,8 +25,9 @@ from .config import (
     parse_model_config,
     resolve,
 )
-from .fileio import JsonObject
+from .fileio import shaped
 from .optstate import CheckpointError
+from .summary import CurvePoint, TrainerState
 
 # Settings the optimizer's saved state brings back on resume: a new value would be recorded but
 # not used, so changing one on resume is refused. (lr, scalar_lr and the schedule do apply.)
@@ -37,6 +39,29 @@ SAME_LOSSES = ("seed", "eval_tokens", "split")
 # Settings the lr schedule follows: a resumed run goes on at the lr of the uninterrupted run only
 # under the same ones. Checkpoints from before they existed ran with their defaults (cosine).
 SAME_SCHEDULE = ("schedule", "cooldown", "warmup_steps")
+
+
+class _Arithmetic(TypedDict, total=False):
+    """How a run computed (checkpoints from before the record lack it)."""
+
+    precision: RunPrecision
+    compiled: bool
+
+
+class RunMeta(TrainerState, _Arithmetic):
+    """What the trainer stores of a run in each checkpoint (`Trainer.save_state`), each value
+    as JSON text: its config (TOML text), data, curve and arithmetic, and its totals."""
+
+    config: str
+    data_hash: str  # `Dataset.content_hash`
+    curve: list[CurvePoint]
+
+
+class CheckpointMeta(RunMeta):
+    """A checkpoint's `RunMeta` as read back (`trainer_meta`), with the step it was taken at
+    (which the checkpoint writer records)."""
+
+    step: int
 
 
 def config_from_checkpoint(
@@ -107,7 +132,7 @@ def _check_same_budgets(overrides: Mapping[str, object], saved: TrainConfig) -> 
     )
 
 
-def saved_config(meta: JsonObject) -> dict[str, Any]:  # Any: tomllib's (tomlio.loads)
+def saved_config(meta: CheckpointMeta) -> dict[str, Any]:  # Any: tomllib's (tomlio.loads)
     """The settings a checkpoint's decoded `trainer_meta` recorded, with the values of the
     settings it predates (`compat.recorded`: a checkpoint from before `split` held out the tail),
     less the cooldown of a cosine run (recorded, even one given before `validate` refused it,
@@ -118,13 +143,15 @@ def saved_config(meta: JsonObject) -> dict[str, Any]:  # Any: tomllib's (tomlio.
     return settings
 
 
-def trainer_meta(loaded: Loaded) -> JsonObject:
+def trainer_meta(loaded: Loaded) -> CheckpointMeta:
     """The trainer's metadata of a loaded checkpoint, decoded (values are stored as JSON text);
-    missing or undecodable metadata is a CheckpointError."""
+    missing, undecodable or misshapen metadata is a CheckpointError."""
     try:
         meta = {k: json.loads(v) for k, v in loaded["trainer_meta"].items() if k != "format"}
         for key in ("config", "step", "data_hash", "curve"):
             meta[key]  # a KeyError here is the error reported below
+        if not shaped(meta, CheckpointMeta):
+            raise ValueError("a value of another type than the trainer writes")
         return meta
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
@@ -133,7 +160,21 @@ def trainer_meta(loaded: Loaded) -> JsonObject:
         ) from None
 
 
-def check_same_run(ckpt: Path, meta: JsonObject, cfg: TrainConfig, data_hash: str) -> None:
+def saved_state(meta: CheckpointMeta) -> TrainerState:
+    """The run's totals and outcome as the checkpoint (its decoded `trainer_meta`) holds them."""
+    return {
+        "train_seconds": meta["train_seconds"],
+        "eval_seconds": meta["eval_seconds"],
+        "checkpoint_seconds": meta["checkpoint_seconds"],
+        "best_val_loss": meta["best_val_loss"],
+        "final_val_loss": meta["final_val_loss"],
+        "first_loss": meta["first_loss"],
+        "target_step": meta["target_step"],
+        "target_seconds": meta["target_seconds"],
+    }
+
+
+def check_same_run(ckpt: Path, meta: CheckpointMeta, cfg: TrainConfig, data_hash: str) -> None:
     """CheckpointError unless the checkpoint (its decoded `trainer_meta`) was made by this
     model, with these optimizers, on this data."""
     saved_cfg = saved_config(meta)
@@ -163,7 +204,7 @@ def check_same_run(ckpt: Path, meta: JsonObject, cfg: TrainConfig, data_hash: st
             )
     for key in SAME_SCHEDULE:
         _check_same_schedule(key, coerce(key, saved_cfg.get(key, FIELD_DEFAULTS[key])), cfg)
-    if int(meta["step"]) > cfg.steps:
+    if meta["step"] > cfg.steps:
         raise CheckpointError(
             f"--steps {cfg.steps}: checkpoint {ckpt} is at step {meta['step']}, past that end; "
             f"pass --steps {meta['step']} or more, or resume from an earlier checkpoint"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypedDict
 
 from . import tomlio
 from .checkpoint import (
@@ -31,16 +32,18 @@ from .checkpoint import (
     set_aside_later_checkpoints,
 )
 from .config import ConfigError, TrainConfig
+from .events import MetricsRecord
 from .fileio import (
     JsonlError,
-    JsonObject,
     atomic_write_text,
     dumps,
     loads,
     read_json,
     read_jsonl,
+    shaped,
     write_json,
 )
+from .machine import Environment
 from .summary import read_summary
 
 LOCK_FILE = ".lock"
@@ -172,16 +175,12 @@ class RunLock:
                 os.close(fd)
                 raise _in_use(self.path.parent, holder) from None
         os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": platform.node(),
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                }
-            ).encode(),
-        )
+        me: LockHolder = {
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        os.write(fd, json.dumps(me).encode())
         self.fd = fd
         return self
 
@@ -305,15 +304,44 @@ def held_by(run_dir: Path) -> str | None:
     return None
 
 
+class LockHolder(TypedDict):
+    """Who holds a run dir's lock, as its lock file says (`RunLock.acquire`)."""
+
+    pid: int
+    host: str
+    since: str  # local time, ISO 8601 to the second
+
+
 def _holder(fd: int) -> str:
+    """Who holds the lock whose file is open as `fd` ("another process" when it does not say)."""
     try:
         info = loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return "another process"
+    if not shaped(info, LockHolder):
+        return "another process"
+    return f"pid {info['pid']} on {info['host']} (since {info['since']})"
 
 
-def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
+class Resumed(Environment):
+    """One resume of a run as its env.json records it: where it ran, and from which step."""
+
+    from_step: int
+
+
+class RunEnv(Environment, total=False):
+    """A run's env.json: the `Environment` of its first session, and each resume's after it."""
+
+    resumes: list[Resumed]
+
+
+def read_metrics(run_dir: Path) -> list[MetricsRecord]:
+    """The run's metrics.jsonl records ([] while it has none); a damaged line, or one of
+    another shape than `MetricsRecord`, is a JsonlError naming it (`read_jsonl`)."""
+    return read_jsonl(run_dir / "metrics.jsonl", MetricsRecord, key="step")
+
+
+def earlier_logs(run_dir: Path) -> tuple[RunEnv | None, list[MetricsRecord]]:
     """The original env.json (None when there is none) and metrics.jsonl's records of the run a
     resume continues; a damaged one is a RunDirError naming it and the fix (read before
     anything is written, so that nothing of the run is lost)."""
@@ -322,6 +350,8 @@ def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
         env = read_json(env_file)
         if not isinstance(env, dict) or not isinstance(env.get("resumes", []), list):
             raise ValueError("not an object with a list of resumes")
+        if not shaped(env, RunEnv):
+            raise ValueError("a value of another type than mousse writes")
     except FileNotFoundError:
         env = None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
@@ -329,13 +359,13 @@ def earlier_logs(run_dir: Path) -> tuple[JsonObject | None, list[JsonObject]]:
             f"{env_file} is damaged ({exc}); move it away (the resume writes a new one) and resume"
         ) from None
     try:
-        return env, read_jsonl(run_dir / "metrics.jsonl", key="step")
+        return env, read_metrics(run_dir)
     except JsonlError as exc:
         raise RunDirError(f"{exc}; repair or delete that line, then resume") from None
 
 
 def prepare_run_dir(
-    run_dir: Path, cfg: TrainConfig, env: JsonObject, resumed_from: int | None, step: int
+    run_dir: Path, cfg: TrainConfig, env: Environment, resumed_from: int | None, step: int
 ) -> None:
     """A run's files before its first step: env.json first (what marks the dir as a run's; a
     resume keeps the original and appends itself), config.toml, and metrics.jsonl cut back to
@@ -343,12 +373,12 @@ def prepare_run_dir(
     any summary when the run starts over."""
     original, records = earlier_logs(run_dir) if resumed_from is not None else (None, [])
     run_dir.mkdir(parents=True, exist_ok=True)
-    if original is not None:  # keep the original, log the resume
-        env = {
-            **original,
-            "resumes": [*original.get("resumes", []), {**env, "from_step": resumed_from}],
-        }
-    write_json(run_dir / "env.json", env)
+    if original is not None and resumed_from is not None:  # keep the original, log the resume
+        resumes: list[Resumed] = [*original.get("resumes", []), {**env, "from_step": resumed_from}]
+        record: RunEnv = {**original, "resumes": resumes}
+        write_json(run_dir / "env.json", record)
+    else:
+        write_json(run_dir / "env.json", env)
     atomic_write_text(run_dir / "config.toml", tomlio.dumps(cfg.to_dict()))
     metrics = run_dir / "metrics.jsonl"
     if resumed_from is not None:  # drop what was logged after the checkpoint

@@ -16,7 +16,7 @@ from mousse.optim.routing import Route
 from .budget import Regime, non_embedding_count, regime
 from .config import RunPrecision, TrainConfig
 from .data import Dataset
-from .fileio import JsonObject, read_json, shaped
+from .fileio import read_json, shaped
 from .machine import label, peak_memory
 from .precision import peak_flops
 from .steptimer import MEASURED_KEYS, StepTiming
@@ -35,6 +35,20 @@ class CurvePoint(_Evaluated, total=False):
 
     seconds: float | None
     val_loss_se: float | None
+
+
+class TrainerState(TypedDict):
+    """A run's totals and outcome so far (`Trainer.state`), stored key by key in each of its
+    checkpoints (`resume.CheckpointMeta`): a resume goes on from them, the summary reports them."""
+
+    train_seconds: float
+    eval_seconds: float
+    checkpoint_seconds: float
+    best_val_loss: float  # inf until an evaluation is finite
+    final_val_loss: float | None  # None: not evaluated yet
+    first_loss: float | None  # the first train loss, which divergence is measured against
+    target_step: int | None  # None: target_loss not reached (or not set)
+    target_seconds: float | None
 
 
 class TimingContext(TypedDict, total=False):
@@ -119,7 +133,7 @@ class Run(Protocol):
     """What a summary reads of a run (a `Trainer`)."""
 
     cfg: TrainConfig
-    state: JsonObject
+    state: TrainerState
     run_dir: Path
     step: int
     resumed_from: int | None

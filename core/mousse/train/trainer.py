@@ -39,10 +39,11 @@ from .events import (
     MicroBatchDone,
     Notice,
     RunFinished,
+    RunInfo,
     RunStarted,
     StepLogged,
 )
-from .fileio import JsonObject, append_jsonl, write_json
+from .fileio import append_jsonl, write_json
 from .machine import (
     QUIET,
     cpu_reading,
@@ -56,8 +57,11 @@ from .optim_hooks import optimizer_telemetry, sample_labels, sampling_generator
 from .optstate import CheckpointError
 from .precision import autocast, resolve_precision, resumed_compile, resumed_precision
 from .resume import (
+    CheckpointMeta,
+    RunMeta,
     check_same_run,
     saved_config,
+    saved_state,
     trainer_meta,
 )
 from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
@@ -67,6 +71,7 @@ from .summary import (
     CurvePoint,
     RunSummary,
     TimingContext,
+    TrainerState,
     earlier_timing,
     read_summary,
     run_summary,
@@ -151,7 +156,7 @@ class Trainer:
         self._build_model_and_optimizer()
         self.step = 0
         # the run's totals and outcome so far, by name (each stored as JSON in a checkpoint)
-        self.state: JsonObject = {
+        self.state: TrainerState = {
             "train_seconds": 0.0,
             "eval_seconds": 0.0,
             "checkpoint_seconds": 0.0,
@@ -189,7 +194,7 @@ class Trainer:
         if not self.dist.is_main:
             self.emit = lambda event: None  # only rank 0 renders
 
-    def _choose_arithmetic(self, resumed: JsonObject | None) -> None:
+    def _choose_arithmetic(self, resumed: CheckpointMeta | None) -> None:
         """The run's precision and whether it compiles: what --precision and --compile resolve to
         here, or, resuming (`resumed`: the checkpoint's metadata), what the run trained with."""
         cfg = self.cfg
@@ -241,14 +246,14 @@ class Trainer:
         self.emit(CheckpointSaved(self.step, path, seconds))
 
     def save_state(
-        self, run_dir: Path, cfg: TrainConfig, curve: list[CurvePoint], state: JsonObject
+        self, run_dir: Path, cfg: TrainConfig, curve: list[CurvePoint], state: TrainerState
     ) -> tuple[Path, float]:
         """Checkpoint the model, optimizer and RNG state at this step into `run_dir` as a run of
         `cfg` with `curve` and `state` (this run's own, or those of a branch forked here).
         Returns the checkpoint's dir and the seconds it took."""
         self._check_owner()
         t0 = time.perf_counter()
-        meta = {
+        meta: RunMeta = {
             "config": tomlio.dumps(cfg.to_dict()),
             "data_hash": self.data.content_hash,
             "curve": curve,
@@ -276,10 +281,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt} does not fit this model") from None
         self.dist.load_optimizer(self.opt, ckpt, loaded)  # any world size's checkpoint
         set_rng_state(loaded["trainer"], self.device)
-        self.step = int(meta["step"])
+        self.step = meta["step"]
         self.curve = meta["curve"]
-        for key in self.state:
-            self.state[key] = meta[key]
+        self.state = saved_state(meta)
         self.resumed_from = self.step
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -538,7 +542,7 @@ class Trainer:
 
     def _announce(self, n_params: int) -> None:
         """RunStarted: the resolved config and what the run is made of."""
-        info = {
+        info: RunInfo = {
             "n_params": n_params,
             "device": str(self.device),
             "data": self.data.describe(),
@@ -547,7 +551,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "world_size": self.dist.world_size,
         }
-        self.emit(RunStarted(self.run_dir, self.cfg.to_dict(), info))
+        self.emit(RunStarted(self.run_dir, self.cfg.settings(), info))
         if not any(route.role == "matrix" for route in self.routes):
             self.emit(Notice(no_matrix_text(self.cfg)))
 
@@ -571,10 +575,11 @@ class Trainer:
         pending_steps = [s for s, _ in pending]
         pending.clear()
         for s, value in zip(pending_steps, losses, strict=True):
-            if self.state["first_loss"] is None:
-                self.state["first_loss"] = value
-            if not math.isfinite(value) or value > cfg.divergence_factor * self.state["first_loss"]:
-                return f"loss {value:.4g} at step {s} (first loss {self.state['first_loss']:.4g})"
+            first = self.state["first_loss"]
+            if first is None:
+                first = self.state["first_loss"] = value
+            if not math.isfinite(value) or value > cfg.divergence_factor * first:
+                return f"loss {value:.4g} at step {s} (first loss {first:.4g})"
             if s % cfg.log_every == 0 or s == cfg.steps:
                 self._log_step(s, value, lr_factor(s, cfg), timer, tokens_per_step)
         return None
