@@ -538,6 +538,20 @@ def test_run_logs_of_another_shape_are_refused_on_resume(tmp_path, name, edit):
         earlier_logs(run)
 
 
+def test_a_loss_that_was_not_finite_reads_back_as_none(tmp_path):
+    """Strict JSON writes a non-finite loss as null; such a line is a run's record, not damage."""
+    from mousse.train.rundir import earlier_logs
+
+    run = Path(shutil.copytree(DEC_2026_RUN, tmp_path / "run"))
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    step = next(i for i, line in enumerate(lines) if '"train_loss"' in line)
+    lines[step] = re.sub(r'"train_loss": [^,}]+', '"train_loss": null', lines[step])
+    path.write_text("\n".join(lines) + "\n")
+    _, records = earlier_logs(run)
+    assert sum(r.get("train_loss", 0) is None for r in records) == 1
+
+
 def test_an_optimizer_index_of_another_shape_is_a_checkpoint_error(tmp_path):
     """A sharded checkpoint's index whose shards are not a list of file names is refused as
     unreadable optimizer state, not read letter by letter as file names."""

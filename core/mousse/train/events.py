@@ -24,7 +24,7 @@ class MetricsRecord(_Stepped, total=False):
     Not total: each kind has its own keys, and records from before a key existed lack it; a
     None is a value that was not finite (strict JSON writes NaN and inf as null)."""
 
-    train_loss: float
+    train_loss: float | None
     lr: float
     step_ms: float
     fwd_bwd_ms: float
