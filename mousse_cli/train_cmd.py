@@ -104,7 +104,9 @@ def train(
             raise ConfigError("--resume needs a run dir, a checkpoint dir or 'auto'; it is empty")
         file = load_config_file(config) if config else {}
         settings = Overrides.from_dict(file).updated(overrides)
-        refuse_with_budgets(settings.to_dict())
+        # --steps/--budget flags with budgets; a file's (a budgets run's config.toml records
+        # them) are checked by `resolve` against what the budgets make
+        refuse_with_budgets({**overrides.to_dict(), "budgets": settings.budgets})
         # a resume locks its run dir before it chooses the checkpoint (torchrun's ranks: rank 0)
         lock = lock_before_resume(run_dir, resume) if is_main_process() and nproc == 1 else None
         if lock is not None:

@@ -79,6 +79,18 @@ def same_run(run_dir, whole_dir) -> None:
     assert summary(run_dir)["status"] == "completed"
 
 
+def test_a_budgets_runs_recorded_config_trains_it_again(whole, tmp_path):
+    """`--config RUN/config.toml` of a run with budgets (which records its steps and budget,
+    those its budgets make) is the same run again, bit for bit; --steps given beside it is not."""
+    run, _ = whole
+    again = tmp_path / "again"
+    res = invoke_cli("train", "--config", run / "config.toml", "--run-dir", again)
+    assert res.exit_code == 0, res
+    same_run(again, run)
+    res = invoke_cli("train", "--config", run / "config.toml", "--steps", "9", "--run-dir", again)
+    assert_one_line_error(res, "--steps", "drop --steps")
+
+
 def test_each_branch_is_its_budgets_own_wsd_run(whole, tmp_path):
     run, _ = whole
     warmup = load(run / "config.toml")["warmup_steps"]
