@@ -166,23 +166,26 @@ def read_results_file(path: Path) -> tuple[bool, ByPreset] | ScaleSummary:
     """What a results file holds: (whether several presets, each preset's results, every
     variant's difference interval filled in for files older than it), or a scale summary
     alone; ConfigError when it is neither."""
-    from mousse.experiments.results import recorded
-    from mousse.experiments.scale import ScaleSummary
+    from mousse.experiments.results import Results, recorded
+    from mousse.experiments.scale import ScaledResults, ScaleSummary
 
     try:
         data = read_json(path)
-        if shaped(data, ScaleSummary):
-            return data
-        scaled = "scale" in data
-        return scaled, {
-            preset: recorded(results)
-            for preset, results in (data["presets"] if scaled else {None: data}).items()
-        }
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ConfigError(
-            f"{path} is not a results file (results.json, what `mousse ablate --json` prints, "
-            "or a scale summary: scale.json)"
-        ) from None
+    except ValueError:
+        data = None
+    if shaped(data, ScaleSummary):
+        return data
+    try:  # `recorded` reads each preset's baseline, variant rows and run rows
+        if shaped(data, ScaledResults):
+            return True, {preset: recorded(r) for preset, r in data["presets"].items()}
+        if shaped(data, Results):
+            return False, {None: recorded(data)}
+    except KeyError:
+        pass
+    raise ConfigError(
+        f"{path} is not a results file (results.json, what `mousse ablate --json` prints, "
+        "or a scale summary: scale.json)"
+    )
 
 
 def refuse_per_variant_options(path: Path, retime: bool, expect: bool, against: str | None) -> None:

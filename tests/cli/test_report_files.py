@@ -145,3 +145,19 @@ def test_every_recorded_file_for_report_reports(fmt):
         data = json.loads(path.read_text())
         kinds["joined" if "scale" in data else "summary" if "rows" in data else "results"] += 1
     assert min(kinds.values()) >= 1, kinds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"variants": [], "runs": []}',  # no baseline
+        '{"baseline": null, "variants": [{"variant": "x"}], "runs": []}',  # a row cut short
+        '{"baseline": null, "variants": "x", "runs": []}',  # rows of another type
+        '{"presets": {"tiny": {"variants": []}}, "scale": {"presets": [], "rows": []}}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_results_file_of_another_shape_is_one_line(tmp_path, text):
+    (tmp_path / "r.json").write_text(text)
+    assert_one_line_error(invoke_cli("report", tmp_path / "r.json"), "not a results file")
