@@ -26,8 +26,8 @@ from typing import (
 _T = TypeVar("_T")
 
 # A JSON object by key whose keys no TypedDict can declare (torch's optimizer state, a user's
-# values). Any: each key holds its own JSON type (json's own typing). The train layer's own
-# records each have a TypedDict; the layers above still use this for some of theirs.
+# values). Any: each key holds its own JSON type (json's own typing). Every record of our own
+# has a TypedDict instead, checked on read by `shaped`.
 JsonObject = dict[str, Any]
 
 
