@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,10 @@ from mousse.train.optstate import CheckpointError
 
 from .console import console
 
+if TYPE_CHECKING:
+    from mousse.experiments.results import RunRow
+    from mousse.train.summary import RunSummary
+
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 EXIT_DIVERGED = 3
 EXIT_WAITING = 4
@@ -24,7 +28,7 @@ EXIT_EXPECTATION = 5
 EXIT_RUN_FAILED = 6  # an ablation run failed (a damaged checkpoint, a killed worker)
 
 
-def diverged(run: Mapping[str, Any]) -> bool:
+def diverged(run: RunSummary | RunRow) -> bool:
     """Whether a run (its summary, or its row of an ablation's results) diverged, or one of its
     budgets' cooldown branches did (whose run's status is its trunk's): exit EXIT_DIVERGED."""
     return "diverged" in (run["status"], *(b["status"] for b in run.get("budgets") or ()))
