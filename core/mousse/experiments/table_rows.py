@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from mousse.train.budget import Regime, regime_warnings
 from mousse.train.estimate import counted
@@ -623,14 +623,10 @@ def _markdown_table(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -
 def render(results: Results, fmt: str) -> str:
     """The tables as 'markdown' (convergence + step time), 'csv' (one raw-number row per variant)
     or 'json' (the whole results object)."""
-    if fmt == "json":
-        return dumps(results, indent=2)
-    if fmt == "csv":
-        return _csv(results)
-    if fmt == "markdown":
-        return _markdown(results)
-    raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")
+    return _in_format(fmt, results, _markdown, _csv)
 
+
+_Rendered = TypeVar("_Rendered")  # what a format renders: results, or a scale summary
 
 SCALE_TITLE = "speedup by scale (baseline steps / steps to its final loss, 95% CI)"
 
@@ -678,12 +674,20 @@ def render_scale(scale: ScaleSummary, fmt: str) -> str:
     """A scale summary alone (a scale root's scale.json) as 'markdown' (the speedup-by-scale
     section a report of several presets ends with), 'csv' (one raw-number row per preset and
     variant) or 'json' (the summary)."""
+    return _in_format(fmt, scale, _scale_markdown, _scale_csv)
+
+
+def _in_format(
+    fmt: str,
+    data: _Rendered,
+    to_markdown: Callable[[_Rendered], str],
+    to_csv: Callable[[_Rendered], str],
+) -> str:
+    """`data` as 'markdown', 'csv' (by those functions) or 'json' (itself)."""
     if fmt == "json":
-        return dumps(scale, indent=2)
-    if fmt == "csv":
-        return _scale_csv(scale)
-    if fmt == "markdown":
-        return _scale_markdown(scale)
+        return dumps(data, indent=2)
+    if fmt in ("markdown", "csv"):
+        return to_markdown(data) if fmt == "markdown" else to_csv(data)
     raise ValueError(f"unknown format {fmt!r}; choose one of markdown, csv, json")
 
 
