@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from mousse.distributed.process import env_world_size
-from mousse.train.config import ConfigError, Overrides, load_config_file
+from mousse.train.config import ConfigError, Overrides, coerce, load_config_file
 from mousse.train.dashboards import Dashboards
 from mousse.train.estimate import counted, duration
 
@@ -28,12 +28,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class AblateSetup:
-    """The ablation the user asked for, flags over the spec file over --config. Any: the
-    values of each setting's own type, as the spec file and the flags give them (`resolve` and
-    the planner type them)."""
+    """The ablation the user asked for, flags over the spec file over --config."""
 
     file: Table  # the spec file (empty without one)
-    base: dict[str, Any]  # the settings every run shares
+    # the settings every run shares, as the spec file and the flags give them (the planner
+    # types them: `inputs.typed_settings`)
+    base: dict[str, object]
     presets: list[str] | None  # several presets: one ablation each (None: the base's preset)
     sweeps: Sweeps  # knob -> values, typed (`inputs.typed_sweeps`, `parse_sweep_values`)
     tuning: TuneRecord | None  # the tuning spec, or None
@@ -246,7 +246,7 @@ def dashboards_for(
     several presets, one group per preset."""
     return {
         p: Dashboards(
-            setup.base.get("log"),
+            coerce("log", setup.base.get("log")),  # a view setting, left out of the plan
             notice,
             ab.dir,  # one group per ablation
             group=f"{root.name}-{p}" if setup.presets else None,
