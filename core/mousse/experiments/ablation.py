@@ -362,9 +362,7 @@ def plan_ablation(
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
     planned = seed_list(seeds)
     variants = _variants(_assignments(typed, checked, baseline), shared)
-    if "cooldown" in shared and not any(
-        _is_wsd(run_settings(shared, k, planned[0])) for k in variants.values()
-    ):
+    if "cooldown" in shared and not any(_is_wsd({**shared, **k}) for k in variants.values()):
         raise ConfigError(
             f"--cooldown {shared['cooldown']}: no run of this ablation is WSD, and a cosine run "
             "has no cooldown; add --schedule wsd (or --budgets) or drop --cooldown"
