@@ -304,6 +304,15 @@ def test_a_stop_in_a_branch_resumes_it_alone(whole, tmp_path):
 # ---- kills and signals from outside, through the test hook (slow: separate processes) --------
 
 
+def _published(run: Path) -> list[Path]:
+    """The run's and its branches' checkpoint dirs, listed while a live run writes them."""
+    while True:
+        try:
+            return sorted(run.rglob("checkpoints/step-*"))
+        except FileNotFoundError:  # a temporary dir renamed away while it was listed
+            continue
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_of_a_budgets_run_never_loses_a_budget(whole, tmp_path):
     """SIGKILL at random moments of a budgets run checkpointing every step (forks and branch
@@ -313,12 +322,11 @@ def test_kill_9_at_random_moments_of_a_budgets_run_never_loses_a_budget(whole, t
     run, kills = tmp_path / "R", 0
     every = ["--checkpoint-every", "1", "--keep-checkpoints", "2"]
     cmd = [*mousse_command(), *RUN, *every, "--resume", "auto", "--run-dir", str(run)]
-    written = lambda: sorted(run.rglob("checkpoints/step-*"))
     while kills < 6:
-        before = written()
+        before = _published(run)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
-        while written() == before and proc.poll() is None:  # past start-up: writing
+        while _published(run) == before and proc.poll() is None:  # past start-up: writing
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
@@ -327,7 +335,7 @@ def test_kill_9_at_random_moments_of_a_budgets_run_never_loses_a_budget(whole, t
         proc.kill()
         proc.communicate(timeout=60)
         kills += 1
-        for ckpt in written():
+        for ckpt in _published(run):
             verify_checksums(ckpt)  # raises on a damaged file
     assert kills >= 3
     final = invoke_cli(*RUN, *every, "--resume", "auto", "--run-dir", run)

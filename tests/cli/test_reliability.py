@@ -1195,6 +1195,24 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tmp_path):
     assert summary(run)["status"] == "completed" and summary(run)["steps"] == 6
 
 
+@pytest.mark.parametrize("began", [False, True], ids=["first-file", "later-file"])
+def test_a_run_killed_in_an_atomic_write_leaves_nothing_that_blocks_it(tmp_path, began):
+    """kill -9 between an atomic write's temporary file and its rename leaves `.NAME.xxxxxxxx`:
+    not a user's file. Killed while writing its first file (env.json), the dir holds no run and
+    a plain rerun starts there; killed later, `--resume auto` starts it again. Either removes it."""
+    run = tmp_path / "R"
+    if began:
+        _failed_run(run)
+    else:
+        run.mkdir()
+    (run / ".env.json.k1ll3d_9").write_text('{"mou')
+    (run / ".lock").write_text("")
+    res = train(run, "--resume", "auto") if began else train(run)
+    assert res.exit_code == 0, res.stderr
+    assert summary(run)["status"] == "completed"
+    assert not list(run.glob(".env.json.*"))
+
+
 @pytest.mark.parametrize(
     "line,why",
     [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -57,6 +58,10 @@ RUN_FILES = {
     "branches",
     LOCK_FILE,
 }
+# what an atomic write of a run file (`fileio.atomic_write_text`: `.NAME.` and mkstemp's 8
+# characters) leaves when its process is killed before the rename: not a file of the run
+_NAMES = "|".join(map(re.escape, sorted(RUN_FILES)))
+_LEFTOVER = re.compile(rf"\.(?:{_NAMES})\.[a-z0-9_]{{8}}")
 FINISHED = ("completed", "diverged")  # a summary with this status is a result to keep
 
 try:
@@ -78,8 +83,20 @@ class LockLost(RunDirError):
     write there now, so this one stops before writing anything more."""
 
 
+def _entries(run_dir: Path) -> list[Path]:
+    """What `run_dir` holds, less its lock file and the leftovers of killed atomic writes."""
+    return [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not _LEFTOVER.fullmatch(p.name)]
+
+
 def _holds_a_run(run_dir: Path) -> bool:
-    return any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    return bool(_entries(run_dir))
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """Remove what killed atomic writes left in `run_dir` (its lock held: no write is under way)."""
+    for p in run_dir.iterdir():
+        if _LEFTOVER.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _run_began(run_dir: Path) -> bool:
@@ -96,7 +113,7 @@ def restartable(run_dir: Path) -> bool:
     """Whether starting the run in `run_dir` again loses nothing: it holds only the files a run
     wrote, no checkpoint, and no summary of a finished run (it failed, or was stopped or killed
     before its first checkpoint)."""
-    if any(p.name not in RUN_FILES for p in run_dir.iterdir()) or checkpoint_dirs(run_dir):
+    if any(p.name not in RUN_FILES for p in _entries(run_dir)) or checkpoint_dirs(run_dir):
         return False
     if not _run_began(run_dir):
         return False

@@ -64,7 +64,14 @@ from .resume import (
     saved_state,
     trainer_meta,
 )
-from .rundir import LockLost, RunLock, check_free, earlier_logs, prepare_run_dir
+from .rundir import (
+    LockLost,
+    RunLock,
+    check_free,
+    clear_leftovers,
+    earlier_logs,
+    prepare_run_dir,
+)
 from .schedule import cooldown_length, cosine, warmup_length, wsd
 from .steptimer import StepTimer, StepTiming
 from .summary import (
@@ -406,6 +413,7 @@ class Trainer:
             check_free(self.run_dir, self.continues_here, self.restart, probe=self.lock is None)
             if self.lock is None:
                 lock = self.lock = RunLock(self.run_dir).acquire()
+            clear_leftovers(self.run_dir)
         try:
             return self._run(argv)
         except Exception as exc:
