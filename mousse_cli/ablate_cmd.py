@@ -26,7 +26,7 @@ from .ablate_plan import (
     worker_gpus,
 )
 from .ablate_run import Outcome, check_timing_budget, run_ablations
-from .console import console, out
+from .console import console, out, where
 from .errors import EXIT_DIVERGED, EXIT_RUN_FAILED, EXIT_WAITING, diverged, user_errors
 from .interrupts import graceful_stop, interrupted_code
 from .options import BASE_FLAGS, PLAN_PANEL, RUN_PANEL, SWEEP_FLAGS, with_flags
@@ -225,12 +225,7 @@ def show_outcomes(
         if presets:  # then every key is a preset's name
             show_preset_title(cast(str, preset), json_out)
         show_results(results, json_out)
-        console.print(
-            f"results: {ablations[preset].dir / 'results.json'}",
-            highlight=False,
-            soft_wrap=True,
-            markup=False,
-        )
+        where("results", ablations[preset].dir / "results.json")
     if presets and len(by_preset) == len(presets):
         show_scale(root, by_preset, json_out)
     return by_preset

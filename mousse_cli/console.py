@@ -11,6 +11,8 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.table import Table
     from rich.text import Text
 
@@ -108,6 +110,11 @@ def show_lines(lines: list[str]) -> None:
     """Print lines of Rich markup (what `check_cost` returns) as they are."""
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def where(label: str, path: Path) -> None:
+    """`label: path`, on one line however narrow the terminal: a path stays copyable."""
+    console.print(f"{label}: {path}", highlight=False, soft_wrap=True, markup=False)
 
 
 def notice(text: str) -> None:

@@ -14,7 +14,7 @@ from mousse.train.config import ConfigError
 from mousse.train.fileio import dumps, read_json, shaped
 
 from .ablate_run import check_timing_budget, timed
-from .console import console, show_wide
+from .console import console, show_wide, where
 from .errors import EXIT_EXPECTATION, user_errors
 from .results_out import ByPreset, named_presets, scale_of, show_preset_title, show_results
 from .rich_tables import scale_table
@@ -214,7 +214,7 @@ def draw_scale(scale: ScaleSummary, plot: Path) -> None:
     from .plot import plot_scale
 
     plot_scale(scale, plot)
-    console.print(f"speedup vs scale: {plot}", highlight=False, markup=False)
+    where("speedup vs scale", plot)
 
 
 def print_results(by_preset: ByPreset, scaled: bool, fmt: str) -> None:
@@ -304,11 +304,11 @@ def draw_plots(ablation: Ablation | None, results: Results, plot: Path) -> None:
     from .plot import plot_curves, plot_tuning
 
     plot_curves(results, ablation.records() if ablation is not None else [], plot)
-    console.print(f"plot: {plot}", highlight=False, markup=False)
+    where("plot", plot)
     if any(v.get("tuning") for v in results["variants"]):
         tuning_plot = plot.with_name(f"{plot.stem}-tuning{plot.suffix or '.png'}")
         plot_tuning(results, tuning_plot)
-        console.print(f"tuning curves: {tuning_plot}", highlight=False, markup=False)
+        where("tuning curves", tuning_plot)
     draw_budget_speedup(results, plot)
 
 
@@ -319,4 +319,4 @@ def draw_budget_speedup(results: Results, plot: Path) -> None:
     if has_budget_speedups(results):
         budget_plot = plot.with_name(f"{plot.stem}-budgets{plot.suffix or '.png'}")
         plot_budget_speedup(results, budget_plot)
-        console.print(f"speedup vs budget: {budget_plot}", highlight=False, markup=False)
+        where("speedup vs budget", budget_plot)

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from mousse.distributed.process import is_main_process
 
-from .console import console, result_stream, show_wide
+from .console import console, result_stream, show_wide, where
 from .rich_tables import results_tables, scale_table
 
 if TYPE_CHECKING:
@@ -64,4 +64,4 @@ def show_scale(root: Path, by_preset: ByPreset, json_out: bool = False) -> None:
     if is_main_process():
         write_json(root / SCALE_FILE, scale)
     show_wide(scale_table(scale), json_out)
-    console.print(f"scale: {root / SCALE_FILE}", highlight=False, soft_wrap=True, markup=False)
+    where("scale", root / SCALE_FILE)

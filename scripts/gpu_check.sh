@@ -86,7 +86,8 @@ MOUSSE=("$PY" -m mousse_cli)
 part env 30 env_report
 part lean 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --lean --steps "${GPU_CHECK_STEPS:-10}" --json
 part small 90 "${MOUSSE[@]}" bench --device cuda --preset small --repeats 5 --json
-part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -p no:cacheprovider -rs \
+# in this process (-o addopts: no xdist workers, which the python3 without .venv may lack)
+part tests 180 env TRITON_INTERPRET=0 "$PY" -m pytest -o addopts=-q -p no:cacheprovider -rs \
   tests/gpu/test_refresh_cuda.py tests/gpu/test_kernels_cuda.py
 part kernels 120 "$PY" -c "import json, torch; from mousse.experiments.bench import bench_kernels
 print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 2048, 3072, 4096, 8192))))"

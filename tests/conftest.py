@@ -8,8 +8,9 @@ pyproject's `pythonpath`); each folder's conftest.py holds the fixtures only it 
 
 The builtin corpus cache goes to a session tmp dir (MOUSSE_CACHE), never to ~. Tests that train
 call `mousse` in-process through Typer's CliRunner (`cli`) or, where the real process matters,
-through a subprocess (`mousse_proc`). Torch runs on one thread: on a shared 2-core box, two
-threads per process oversubscribe the cores and make every step several times slower.
+through a subprocess (`mousse_proc`). Torch runs on one thread: pytest-xdist runs a worker per
+core (pyproject's addopts), and two threads per process would oversubscribe the cores and make
+every step several times slower.
 Triton, wherever a test reaches it, runs its interpreter (there is no GPU): set here, before any
 module imports it (torch._dynamo does, at import), unless TRITON_INTERPRET=0 asks for the GPU.
 """
