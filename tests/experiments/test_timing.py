@@ -107,6 +107,16 @@ def test_runs_that_do_not_say_where_they_were_timed_do_not_compare():
     assert not results["timing_comparable"] and results["variants"][1]["overhead_pct"] is None
 
 
+def test_runs_with_no_step_times_yet_say_so_not_where_they_were_timed():
+    """Runs still pending (a tuning stage under way) have no step times: nothing to place."""
+    pending = [
+        {**record(v, "x", 100.0, base=v == "muon"), "status": "pending"} for v in ("muon", "mousse")
+    ]
+    notes = timing_notes(apply_timing_pass(summarize(pending), None))
+    assert any(n.startswith("no finished run has step times yet") for n in notes)
+    assert not any("unrecorded place" in n for n in notes)
+
+
 def test_the_timing_pass_overrides_with_its_own_ratios():
     results = summarize([record("muon", "x", 491.4, base=True), record("mousse", "y", 161.8)])
     passed = _pass({"muon": [100, 101, 99, 100], "mousse": [103, 104, 102, 103]})

@@ -138,9 +138,13 @@ def timing_notes(results: Results) -> list[str]:
     if not results.get("timing_comparable"):
         n = results.get("timing_contexts", 0)
         notes.append(
-            "the runs' own step times were taken in "
-            + (f"{n} different invocations or hosts" if n > 1 else "an unrecorded place")
-            + ": they do not compare, and no overhead or time speedup is computed from them"
+            (
+                "no finished run has step times yet, so no overhead or time speedup is computed"
+                if n == 0
+                else "the runs' own step times were taken in "
+                + (f"{n} different invocations or hosts" if n > 1 else "an unrecorded place")
+                + ": they do not compare, and no overhead or time speedup is computed from them"
+            )
             + ("" if record else " (run `mousse report DIR --retime` for a side-by-side pass)")
         )
     return notes
