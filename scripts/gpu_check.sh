@@ -25,12 +25,17 @@
 #          empty: no --budgets, each run at its preset's 1x), $GPU_CHECK_PARALLEL (4 runs at a
 #          time), $GPU_CHECK_DEVICE (cuda) and $GPU_CHECK_SCALE_ARGS (extra `ablate` flags, e.g.
 #          --dry-run) change it.
+#   evidence (only when asked) the recorded evidence of docs/comparisons.md, ablations/budgets.toml
+#          (the decisive set, lr tuned per budget, WSD branches at 0.25, 0.5, 1 and 2 times 20
+#          tokens per parameter), on $GPU_CHECK_EVIDENCE_PRESETS (small,tiny) in turn, the way
+#          scale runs its rungs: OUT/evidence-PRESET/, OUT/evidence-PRESET.md, OUT/evidence.txt.
 # Every part writes into OUTDIR as it goes, under a share of the time limit, so whatever finished
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).
 #
 # Usage: scripts/gpu_check.sh OUTDIR [SECONDS=540] [PARTS=env,lean,small,tests,kernels,bench,train]
 #        scripts/gpu_check.sh OUTDIR 540 scale
+#        scripts/gpu_check.sh OUTDIR 540 evidence
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [SECONDS] [PARTS]}
 BUDGET=${2:-540}
@@ -94,33 +99,36 @@ print(json.dumps(bench_kernels(torch.device('cuda'), 10, sizes=(512, 768, 1024, 
 part bench 240 "${MOUSSE[@]}" bench --device cuda --preset 160m --compile --repeats 5 --json
 part train 300 "${MOUSSE[@]}" bench --device cuda --preset 160m --train --steps "${GPU_CHECK_STEPS:-10}" --repeats 3 --json
 
-# scale_run: the decisive set on each preset while time is left; an ablation cut by the time
-# limit is stopped with SIGTERM (its runs checkpoint, results.json keeps what finished).
+# scale_run NAME SPEC PRESETS BUDGETS: the ablation SPEC on each preset while time is left, with
+# --budgets BUDGETS unless empty; an ablation cut by the time limit is stopped with SIGTERM (its
+# runs checkpoint, results.json keeps what finished).
 scale_run() {
-  local preset left rc
+  local name=$1 spec=$2 budgets=$4 preset left rc
   local -a extra presets
   read -ra extra <<<"${GPU_CHECK_SCALE_ARGS:-}"
-  IFS=, read -ra presets <<<"${GPU_CHECK_SCALE_PRESETS:-1.4m,2.2m}"
-  local budgets=${GPU_CHECK_SCALE_BUDGETS-0.125,0.25,0.5,1}
+  IFS=, read -ra presets <<<"$3"
   [ -n "$budgets" ] && extra=(--budgets "$budgets" "${extra[@]}")
   for preset in "${presets[@]}"; do
     left=$((END - SECONDS - 20))
     if ((left < 30)); then
-      echo "$preset: not run (out of time)" | tee -a "$OUT/scale.txt"
+      echo "$preset: not run (out of time)" | tee -a "$OUT/$name.txt"
       continue
     fi
-    timeout -s TERM -k 60 "$left" "${MOUSSE[@]}" ablate ablations/decisive.toml --preset "$preset" \
+    timeout -s TERM -k 60 "$left" "${MOUSSE[@]}" ablate "$spec" --preset "$preset" \
       --device "${GPU_CHECK_DEVICE:-cuda}" --parallel "${GPU_CHECK_PARALLEL:-4}" --max-runs 100 \
-      --ablation-dir "$OUT/scale-$preset" "${extra[@]}" >"$OUT/scale-$preset.json" 2>"$OUT/scale-$preset.log"
+      --ablation-dir "$OUT/$name-$preset" "${extra[@]}" >"$OUT/$name-$preset.json" 2>"$OUT/$name-$preset.log"
     rc=$?
-    "${MOUSSE[@]}" report "$OUT/scale-$preset" --format markdown >"$OUT/scale-$preset.md" 2>>"$OUT/scale-$preset.log"
+    "${MOUSSE[@]}" report "$OUT/$name-$preset" --format markdown >"$OUT/$name-$preset.md" 2>>"$OUT/$name-$preset.log"
     case $rc in
       0 | 3) echo "$preset: done (exit $rc)" ;;
-      124 | 143) echo "$preset: stopped at the time limit; $OUT/scale-$preset.md has what finished" ;;
-      *) echo "$preset: failed (exit $rc, see scale-$preset.log)" ;;
-    esac | tee -a "$OUT/scale.txt"
+      124 | 143) echo "$preset: stopped at the time limit; $OUT/$name-$preset.md has what finished" ;;
+      *) echo "$preset: failed (exit $rc, see $name-$preset.log)" ;;
+    esac | tee -a "$OUT/$name.txt"
   done
 }
 
-part scale "$BUDGET" scale_run
+part scale "$BUDGET" scale_run scale ablations/decisive.toml "${GPU_CHECK_SCALE_PRESETS:-1.4m,2.2m}" \
+  "${GPU_CHECK_SCALE_BUDGETS-0.125,0.25,0.5,1}"
+part evidence "$BUDGET" scale_run evidence ablations/budgets.toml \
+  "${GPU_CHECK_EVIDENCE_PRESETS:-small,tiny}" ""
 
