@@ -28,7 +28,8 @@
 #   evidence (only when asked) the recorded evidence of docs/comparisons.md, ablations/budgets.toml
 #          (the decisive set, lr tuned per budget, WSD branches at 0.25, 0.5, 1 and 2 times 20
 #          tokens per parameter), on $GPU_CHECK_EVIDENCE_PRESETS (small,tiny) in turn, the way
-#          scale runs its rungs: OUT/evidence-PRESET/, OUT/evidence-PRESET.md, OUT/evidence.txt.
+#          scale runs its rungs (the same $GPU_CHECK_PARALLEL, $GPU_CHECK_DEVICE and
+#          $GPU_CHECK_SCALE_ARGS): OUT/evidence-PRESET/, OUT/evidence-PRESET.md, OUT/evidence.txt.
 # Every part writes into OUTDIR as it goes, under a share of the time limit, so whatever finished
 # is kept when a later part fails or runs out of time. Uses .venv when there is one, else the
 # python3 that holds torch with this checkout on PYTHONPATH (nothing is downloaded).

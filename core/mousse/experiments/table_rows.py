@@ -137,16 +137,15 @@ def timing_notes(results: Results) -> list[str]:
         notes.append(busy_timing_note(results))
     if not results.get("timing_comparable"):
         n = results.get("timing_contexts", 0)
-        notes.append(
-            (
-                "no finished run has step times yet, so no overhead or time speedup is computed"
-                if n == 0
-                else "the runs' own step times were taken in "
-                + (f"{n} different invocations or hosts" if n > 1 else "an unrecorded place")
-                + ": they do not compare, and no overhead or time speedup is computed from them"
-            )
-            + ("" if record else " (run `mousse report DIR --retime` for a side-by-side pass)")
+        place = f"{n} different invocations or hosts" if n > 1 else "an unrecorded place"
+        why = (
+            "no finished run has step times yet, so no overhead or time speedup is computed"
+            if n == 0
+            else f"the runs' own step times were taken in {place}: they do not compare, and no "
+            "overhead or time speedup is computed from them"
         )
+        retime = " (run `mousse report DIR --retime` for a side-by-side pass)"
+        notes.append(why + ("" if record else retime))
     return notes
 
 
