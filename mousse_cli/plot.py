@@ -525,8 +525,17 @@ def plot_budget_speedup(results: Results, out: Path) -> None:
             elif label is not None:  # the error bar stops at the top: a triangle says so
                 ax.plot([x], [top], marker="^", ms=7, color=colors[v["variant"]])
                 y = top
-            if label is not None:
-                ax.annotate(label, (x, y), xytext=(0, 7), textcoords="offset points", ha="center")
+            if label is not None:  # beside the neighbour's label, in its line's colour
+                ha = "right" if nudge < 1 else "left" if nudge > 1 else "center"
+                dx = {"right": -2, "left": 2, "center": 0}[ha]
+                ax.annotate(
+                    label,
+                    (x, y),
+                    xytext=(dx, 7),
+                    textcoords="offset points",
+                    ha=ha,
+                    color=colors[v["variant"]],
+                )
     ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{results['baseline']} (baseline)")
     ax.set_ylim(0, top * 1.12)
     ax.set_xscale("log")
