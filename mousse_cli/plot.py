@@ -515,26 +515,26 @@ def plot_budget_speedup(results: Results, out: Path) -> None:
     top = max(top, 1.25)
     for i, v in enumerate(drawn):
         nudge = 1 + 0.03 * (i - (len(drawn) - 1) / 2)  # intervals side by side, not on top
+        side = (nudge > 1) - (nudge < 1)  # off-axis labels lean the same way, not on top either
+        color = colors[v["variant"]]
         rows = [r for r in v["budget_speedups"] if r["speedup"] is not None or r["unbounded"]]
         points = [_budget_point(row, nudge, top) for row in rows]
-        _speedup_line(ax, v["variant"], points, colors[v["variant"]])
+        _speedup_line(ax, v["variant"], points, color)
         for (x, y, _, marker), row in zip(points, rows, strict=True):
             label = _high_end_off_axis(row, top)
             if marker == "^":
                 label = "∞" if row["unbounded"] else f"{row['speedup']:.3g}x"
             elif label is not None:  # the error bar stops at the top: a triangle says so
-                ax.plot([x], [top], marker="^", ms=7, color=colors[v["variant"]])
+                ax.plot([x], [top], marker="^", ms=7, color=color)
                 y = top
-            if label is not None:  # beside the neighbour's label, in its line's colour
-                ha = "right" if nudge < 1 else "left" if nudge > 1 else "center"
-                dx = {"right": -2, "left": 2, "center": 0}[ha]
+            if label is not None:
                 ax.annotate(
                     label,
                     (x, y),
-                    xytext=(dx, 7),
+                    xytext=(2 * side, 7),
                     textcoords="offset points",
-                    ha=ha,
-                    color=colors[v["variant"]],
+                    ha=("right", "center", "left")[side + 1],
+                    color=color,
                 )
     ax.axhline(1.0, color=BASELINE_COLOR, ls="--", lw=1, label=f"{results['baseline']} (baseline)")
     ax.set_ylim(0, top * 1.12)
