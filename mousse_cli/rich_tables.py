@@ -61,6 +61,7 @@ def results_tables(results: Results) -> Group:
         split_note,
         timing_notes,
         timing_rows,
+        tuning_note,
         tuning_rows,
     )
 
@@ -95,11 +96,16 @@ def results_tables(results: Results) -> Group:
         {**r, "Tuned": r["Tuned"].replace(", ", "\n")} for r in convergence_rows(results)
     ]
     tuning, budgets = tuning_rows(results), budget_table_rows(results)
+    tuning_caption = escape(tuning_note(results) or "") or None
     tables = []
     for title, columns, rows, text, left in (
         ("convergence", CONVERGENCE_COLUMNS, convergence, caption, CONVERGENCE_COLUMNS[:2]),
         *([(BUDGET_TITLE, BUDGET_COLUMNS, budgets, None, BUDGET_COLUMNS[:2])] if budgets else []),
-        *([("tuning", TUNING_COLUMNS, tuning, None, TUNING_COLUMNS)] if tuning else []),
+        *(
+            [("tuning", TUNING_COLUMNS, tuning, tuning_caption, TUNING_COLUMNS[:3])]
+            if tuning
+            else []
+        ),
         ("step time", TIMING_COLUMNS, timing_rows(results), timing_caption, None),
     ):
         table = titled_table(title, columns, left, caption=text, caption_justify="left")

@@ -22,6 +22,7 @@ from mousse.experiments.table_rows import (
     budget_table_rows,
     power_note,
     render,
+    tuning_note,
     tuning_rows,
     tuning_seed_notes,
 )
@@ -142,6 +143,97 @@ def test_each_candidate_records_its_mean_and_spread_over_the_tuning_seeds():
     two = TuneSpec((("lr", (0.01,)),), (1000, 1001), 0)
     diverged = lambda v, s: math.inf if s == 1001 else 1.0
     assert tune_variant("m", {}, two, diverged, SETTING_CHOICES).phases[0].spreads == {0.01: None}
+
+
+def _phase(losses, chosen, spreads=None, diverged=()) -> dict:
+    grid = [0.01, 0.02, 0.04][: len(losses)]
+    return {
+        "knob": "lr",
+        "grid": grid,
+        "losses": losses,
+        "spreads": spreads or [None] * len(grid),
+        "diverged": list(diverged),
+        "chosen": chosen,
+        "at_edge": False,
+        "extensions": 0,
+    }
+
+
+def test_each_tuning_choice_says_by_how_much_it_won_and_whether_that_is_noise():
+    # one tuning seed: se = the arm's sd over its comparison seeds, 0.01 for muon, 0.002 for
+    # mousse. muon chose 0.02 (1.300) over 0.04 (1.305): by 0.005 < 0.01, close; mousse chose
+    # 0.01 (1.290) over 0.02 (1.300; 0.04 diverged, not a rival): by 0.010 > 0.002, clear
+    results = {
+        "protocol": {"tuned": ["lr"], "tune_seeds": [1000], "seeds": [0, 1, 2]},
+        "variants": [
+            {
+                "variant": "muon",
+                "final_val_loss_std": 0.01,
+                "tuning": [_phase([1.31, 1.30, 1.305], 0.02)],
+            },
+            {
+                "variant": "mousse",
+                "final_val_loss_std": 0.002,
+                "tuning": [_phase([1.29, 1.30, None], 0.01, diverged=[0.04])],
+            },
+            {
+                "variant": "alpha=0.0",
+                "final_val_loss_std": 0.01,
+                "tuning": [_phase([1.29, None], None)],
+            },  # not yet chosen
+        ],
+    }
+    margins = [r["Margin"] for r in tuning_rows(results)]
+    assert margins == ["0.0050 (se 0.0100, close)", "0.0100 (se 0.0020)", "—"]
+    note = tuning_note(results)
+    assert note is not None and note.endswith(
+        "close: a margin below its se, which another tuning seed could reverse (1 of 2 here; "
+        "--tune-seeds 2 averages 2 seeds per candidate)"
+    )
+    # two tuning seeds: se = the candidates' pooled sd / sqrt(2) = sqrt((0.03^2 + 0.04^2) / 2)
+    # / sqrt(2) = 0.025, whatever the comparison seeds' sd
+    two = {
+        "protocol": {"tuned": ["lr"], "tune_seeds": [1000, 1001], "seeds": [0, 1, 2]},
+        "variants": [
+            {
+                "variant": "muon",
+                "final_val_loss_std": 0.001,
+                "tuning": [_phase([1.31, 1.30], 0.02, spreads=[0.03, 0.04])],
+            },
+        ],
+    }
+    assert [r["Margin"] for r in tuning_rows(two)] == ["0.0100 (se 0.0250, close)"]
+    assert "their pooled sd / sqrt(2)" in (tuning_note(two) or "")
+    # no seed sd (one comparison seed): the margin alone, and no note
+    alone = {**two, "protocol": {**two["protocol"], "tune_seeds": [1000]}}
+    alone["variants"] = [{**two["variants"][0], "final_val_loss_std": None}]
+    assert [r["Margin"] for r in tuning_rows(alone)] == ["0.0100"]
+    assert tuning_note(alone) is None
+
+
+def test_per_budget_choices_read_the_seed_sd_at_their_own_budget():
+    results = {
+        "protocol": {"tuned": ["lr"], "tune_seeds": [1000], "seeds": [0, 1]},
+        "budgets": [
+            {"variant": "muon", "budget": 0.5, "final_val_loss_std": 0.001},
+            {"variant": "muon", "budget": 2.0, "final_val_loss_std": 0.02},
+        ],
+        "variants": [
+            {
+                "variant": "muon",
+                "final_val_loss_std": 0.5,
+                "tuned_by_budget": [
+                    {"budget": 0.5, "tuning": [_phase([1.31, 1.30], 0.02)]},
+                    {"budget": 2.0, "tuning": [_phase([1.20, 1.21], 0.01)]},
+                ],
+            },
+        ],
+    }
+    rows = tuning_rows(results)
+    assert [(r["Knob"], r["Margin"]) for r in rows] == [
+        ("lr at 0.5x", "0.0100 (se 0.0010)"),
+        ("lr at 2x", "0.0100 (se 0.0200, close)"),
+    ]
 
 
 # ---- seeds for 80% power -----------------------------------------------------------------------
@@ -309,6 +401,8 @@ def test_each_budgets_results_and_speedups_read_the_runs_at_its_own_lr(tmp_path)
     tuning = [(r["Knob"], r["Final val loss per value (* chosen)"]) for r in tuning_rows(results)]
     assert [k for k, _ in tuning[:4]] == ["lr at 0.25x", "lr at 0.5x", "lr at 1x", "lr at 2x"]
     assert "0.04*" in tuning[1][1] and "0.02*" in tuning[2][1]
+    # each budget's choice won by 1.0 (a factor of 2 in lr) against a seed sd of 0.0007: clear
+    assert "(0 of 12 here)" in render(results, "markdown")
     read_from = {b["budget"]: b.get("run") for b in run["budgets"]}
     assert read_from == {0.25: "mousse@lr=0.04-s0", 0.5: "mousse@lr=0.04-s0", 1.0: None, 2.0: None}
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import math
+import statistics
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from mousse.train.budget import Regime, regime_warnings
@@ -241,9 +243,8 @@ def power_note(results: Results) -> str | None:
     )
 
 
-def _power_paragraph(results: Results) -> str:
-    """`power_note` as a markdown paragraph under the convergence table (empty without one)."""
-    note = power_note(results)
+def _sentence_paragraph(note: str | None) -> str:
+    """A note as a markdown paragraph of its own (empty without one)."""
     return f"{note[0].upper()}{note[1:]}.\n\n" if note else ""
 
 
@@ -462,7 +463,7 @@ def convergence_rows(results: Results) -> list[TextRow]:
     ]
 
 
-TUNING_COLUMNS = ("Variant", "Knob", "Final val loss per value (* chosen)")
+TUNING_COLUMNS = ("Variant", "Knob", "Final val loss per value (* chosen)", "Margin")
 BUDGET_COLUMNS = (
     "Variant",
     "Budget",
@@ -536,29 +537,105 @@ def _candidate_text(loss: float | None, sd: float | None) -> str:
 
 
 def tuning_rows(results: Results) -> list[TextRow]:
-    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned"; with
-    values tuned per budget, each budget's phases ('lr at 0.5x'), whose grids and choices
-    differ (the largest budget's alone are "Tuned")."""
-    rows = []
+    """Per variant and tuning phase, TUNING_COLUMNS -> text: the evidence behind "Tuned", and
+    by how much the choice won (`_margin`); with values tuned per budget, each budget's phases
+    ('lr at 0.5x'), whose grids and choices differ (the largest budget's alone are "Tuned")."""
+    n = _tune_seed_count(results)
+    return [
+        dict(
+            zip(
+                TUNING_COLUMNS,
+                (
+                    v["variant"],
+                    phase["knob"] + ("" if budget is None else f" at {budget:g}x"),
+                    _phase_text(phase),
+                    _margin_text(_margin(phase, n, sd)),
+                ),
+                strict=True,
+            )
+        )
+        for v, budget, phase, sd in _phases(results)
+    ]
+
+
+def _tune_seed_count(results: Results) -> int:
+    """How many tuning seeds each candidate averages (1 for files from before it was kept)."""
+    protocol = results.get("protocol")
+    return (len(protocol.get("tune_seeds") or ()) if protocol else 0) or 1
+
+
+def _phases(
+    results: Results,
+) -> Iterator[tuple[VariantRow, float | None, PhaseRecord, float | None]]:
+    """Each variant's tuning phases, with the budget they tuned for (None: tuned once) and the
+    arm's sd of final loss over its comparison seeds at the values they chose."""
+    comparison_sd = {
+        (b["variant"], b["budget"]): b["final_val_loss_std"] for b in _budget_rows(results)
+    }
     for v in _variants(results):
         by_budget = v.get("tuned_by_budget")
-        tunings = (
-            [(f" at {t['budget']:g}x", t["tuning"]) for t in by_budget]
-            if by_budget
-            else [("", v.get("tuning") or ())]
-        )
-        rows += [
-            dict(
-                zip(
-                    TUNING_COLUMNS,
-                    (v["variant"], phase["knob"] + at, _phase_text(phase)),
-                    strict=True,
-                )
-            )
-            for at, tuning in tunings
-            for phase in tuning
-        ]
-    return rows
+        if not by_budget:
+            for phase in v.get("tuning") or ():
+                yield v, None, phase, v.get("final_val_loss_std")
+            continue
+        for t in by_budget:
+            for phase in t["tuning"]:
+                yield v, t["budget"], phase, comparison_sd.get((v["variant"], t["budget"]))
+
+
+def _margin(
+    phase: PhaseRecord, n: int, comparison_sd: float | None
+) -> tuple[float, float | None] | None:
+    """How far a phase's chosen value beat the next best, and the standard error of a
+    candidate's mean: seed sd / sqrt(n) over n tuning seeds, where the sd is the candidates'
+    own spread over the tuning seeds (pooled) when n >= 2, else `comparison_sd`. None before
+    a choice, or with fewer than two finite candidates."""
+    diverged = phase.get("diverged") or []
+    losses = {
+        value: loss
+        for value, loss in zip(phase["grid"], phase["losses"], strict=True)
+        if loss is not None and value not in diverged
+    }
+    chosen = phase["chosen"]
+    mine = losses.pop(chosen, None) if chosen is not None else None
+    if mine is None or not losses:
+        return None
+    spreads = [s for s in phase.get("spreads") or () if s is not None]
+    sd = math.sqrt(statistics.fmean(s * s for s in spreads)) if n > 1 and spreads else comparison_sd
+    return min(losses.values()) - mine, None if sd is None else sd / math.sqrt(n)
+
+
+def _margin_text(margin: tuple[float, float | None] | None) -> str:
+    """'0.0031 (se 0.0090, close)': the margin, its se, and whether it falls short of it."""
+    if margin is None:
+        return _DASH
+    won_by, se = margin
+    if se is None:
+        return f"{won_by:.4f}"
+    return f"{won_by:.4f} (se {se:.4f}{', close' if won_by < se else ''})"
+
+
+def tuning_note(results: Results) -> str | None:
+    """What the tuning table's margins mean, and how many choices were close calls (a margin
+    below its se, which another tuning seed could reverse); None without any se."""
+    n = _tune_seed_count(results)
+    margins = [m for _, _, phase, sd in _phases(results) if (m := _margin(phase, n, sd))]
+    judged = [won_by < se for won_by, se in margins if se is not None]
+    if not judged:
+        return None
+    se = (
+        "one seed's spread (the arm's sd of final loss over its comparison seeds, at the value "
+        "chosen)"
+        if n == 1
+        else f"the standard error of a candidate's mean over its {n} tuning seeds (their "
+        f"pooled sd / sqrt({n}))"
+    )
+    remedy = f"; --tune-seeds {2 * n} averages {2 * n} seeds per candidate" if any(judged) else ""
+    return (
+        f"margin: how far the chosen value beat the next best; se: {se}; close: a margin "
+        f"below its se, which another tuning seed could reverse ({sum(judged)} of "
+        f"{len(judged)} here{remedy})"
+    )
 
 
 def _side_text(v: VariantRow) -> str:
@@ -788,7 +865,7 @@ def _markdown(results: Results) -> str:
     return (
         f"## Convergence\n\n{note}\n\n"
         f"{_markdown_table(CONVERGENCE_COLUMNS, convergence_rows(results))}\n\n"
-        + _power_paragraph(results)
+        + _sentence_paragraph(power_note(results))
         + (
             f"## Budgets\n\n{BUDGET_TITLE[0].upper()}{BUDGET_TITLE[1:]}.\n\n"
             f"{_markdown_table(BUDGET_COLUMNS, budgets)}\n\n"
@@ -796,6 +873,7 @@ def _markdown(results: Results) -> str:
             else ""
         )
         + (f"## Tuning\n\n{_markdown_table(TUNING_COLUMNS, tuning)}\n\n" if tuning else "")
+        + _sentence_paragraph(tuning_note(results))
         + budget_speedup_markdown(results)
         + f"## Step time\n\n{_markdown_table(TIMING_COLUMNS, timing_rows(results))}\n"
         + "".join(f"\n{n}.\n" for n in timing_notes(results))
