@@ -266,13 +266,18 @@ def ablation_cost(
     variants = [ab.variant_configs() for ab in ablations.values()]
     left = [ab.time_left() for ab in ablations.values()]
     measured = None
-    if all(x is not None for x in left):
-        seconds, runs, done = (sum(column) for column in zip(*left, strict=True))
+    known = [x for x in left if x is not None]
+    if len(known) == len(left):
+        seconds, runs = sum(x[0] for x in known), sum(x[1] for x in known)
+        exact = all(x[3] for x in known)
+        done = sum(x[2] for x in known)
         measured = (
             seconds,
-            f"about {duration(seconds)} for the {counted(runs, 'run')} left at most, at the pace "
-            "of the "
-            f"{done} finished in the ablation dir",
+            f"nothing left to run: the {counted(done, 'run')} in the ablation dir finished"
+            if exact and not runs
+            else f"about {duration(seconds)} for the {counted(runs, 'run')} left"
+            f"{'' if exact else ' at most'}, at the pace of the {done} finished in the "
+            "ablation dir",
         )
     return check_cost(
         [c for vs in variants for c in vs],

@@ -304,9 +304,16 @@ def test_runner_tunes_on_its_own_seeds_then_compares_on_others(tmp_path):
     assert len(first) == 9 and all(r.seed == 1000 for r in first)
     assert {r.name for r in first} >= {"muon@lr=0.01-s1000", "mousse@lr=0.04-s1000"}
     tuning_runs: set[str] = set()
+    progress = [ab.progress()]
     while wanted := ab.wanted():
         tuning_runs |= {r.name for r in wanted if r.seed == 1000}
         _finish_wanted(ab, loss)
+        progress.append(ab.progress())
+    # the upper bound while tuning decides what to run, then what it decided: 11 tuning runs
+    # and 6 comparison runs (alpha=0.0's 2 began beside the extensions of the other two)
+    assert progress[:2] == ["0 of at most 24 runs done", "9 of at most 24 runs done"]
+    assert progress[2:] == ["13 of 17 runs done", "17 of 17 runs done"]
+    assert ab.run_count() == (17, True)
     finals = ab.final_runs()
     assert {r.name for r in finals} == {f"{v}@lr={best[v]}-s{s}" for v in best for s in (0, 1)}
     assert not tuning_runs & {r.name for r in finals}
@@ -582,7 +589,7 @@ def test_ablate_tune_end_to_end_and_rerun_skips_everything(tmp_path):
         assert v["n_seeds"] == 2
     trained = len(list((tmp_path / "a" / "runs").iterdir()))
     last = [line for line in first.stderr_lines() if "completed after" in line][-1]
-    assert f"; {trained} of at most " in last and last.endswith(" runs done")
+    assert last.endswith(f"; {trained} of {trained} runs done")  # tuning decided: exact
     second = invoke_cli(*args)
     assert second.exit_code == 0 and "queued" not in second.stderr
     assert len(list((tmp_path / "a" / "runs").iterdir())) == trained
@@ -833,9 +840,14 @@ def test_time_left_is_the_pace_of_the_finished_runs_shared_by_parallel(tmp_path)
             timing_context={"parallel": 2 if i else 1},
         )
         path.write_text(json.dumps(summary))
-    seconds, runs, done = ab.time_left()
-    assert (runs, done) == (bound - 2, 2)
+    seconds, runs, done, exact = ab.time_left()
+    assert (runs, done, exact) == (bound - 2, 2, False)
     assert seconds == pytest.approx((bound - 2) * (12.0 + 6.0) / 2)
+    # once tuning has decided, the runs left are the comparison's still wanted, exactly
+    while any(r.seed == 1000 for r in ab.wanted()):
+        _finish_wanted(ab, lambda run: 1.0 + run.knobs["lr"])
+    _, runs, _, exact = ab.time_left()
+    assert exact and runs == len(ab.wanted()) > 0
 
 
 def test_a_resumed_ablation_is_estimated_and_capped_by_its_own_pace(tmp_path):
@@ -852,3 +864,14 @@ def test_a_resumed_ablation_is_estimated_and_capped_by_its_own_pace(tmp_path):
     assert f"for the {runs} runs left at most, at the pace of the 3 finished" in out.stderr
     refused = invoke_cli(*args, "--max-hours", f"{(runs * 2 - 1) / 3600}")
     assert_one_line_error(refused, "more than --max-hours")
+    exact = []  # tuning decided: the count is exact; all run: nothing is left
+    while ab.wanted():
+        if not any(r.seed == 1000 for r in ab.wanted()):
+            left = invoke_cli(*args).stderr
+            exact.append(f"for the {len(ab.wanted())} runs left, at the pace of the " in left)
+        _finish_wanted(ab, lambda run: 1.0 + run.knobs["lr"])
+    assert exact and all(exact)
+    done = len(list((ab.dir / "runs").iterdir()))
+    assert f"nothing left to run: the {done} runs in the ablation dir finished" in (
+        invoke_cli(*args).stderr
+    )

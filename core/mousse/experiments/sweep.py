@@ -319,15 +319,35 @@ class Ablation:
         return out
 
     def progress(self) -> str:
-        """'4 of at most 30 runs done': the runs in the dir that finished (every shard's, and
-        earlier invocations'), against all the plan can take."""
+        """'4 of 30 runs done', or while tuning decides what to run '4 of at most 69 runs done':
+        the runs in the dir that finished (every shard's, and earlier invocations') against
+        all the plan takes (`run_count`)."""
+        total, exact = self.run_count()
+        return (
+            f"{self._finished_count()} of {'' if exact else 'at most '}{counted(total, 'run')} done"
+        )
+
+    def run_count(self) -> tuple[int, bool]:
+        """(runs, exact): all the plan takes, exact without tuning or once every tuning is
+        decided (the runs finished here and those still wanted), else the upper bound."""
+        if self.tune is None:
+            return len(self.plan.runs), True
+        states = (
+            [s for by_variant in self.budget_tuning().values() for s in by_variant.values()]
+            if self.budgets
+            else list(self.tuning().values())
+        )
+        if all(s.done for s in states):
+            return self._finished_count() + len(self.wanted()), True
+        return self.upper_bound_runs(), False
+
+    def _finished_count(self) -> int:
+        """How many runs in the dir finished (every shard's, and earlier invocations')."""
         runs = self.dir / "runs"
-        done = sum(
+        return sum(
             (summary := read_summary(d)) is not None and summary.get("status") in FINISHED
             for d in (runs.iterdir() if runs.is_dir() else ())
         )
-        most = counted(self.upper_bound_runs(), "run")
-        return f"{done} of {'at most ' if self.tune else ''}{most} done"
 
     def upper_bound_runs(self) -> int:
         """Most runs the plan can train: tuning (grid extensions included) plus the comparison's
@@ -366,11 +386,11 @@ class Ablation:
         """Training seconds of the runs already finished in this dir."""
         return [float(s["train_seconds"]) for s in self._finished()]
 
-    def time_left(self) -> tuple[float, int, int] | None:
-        """(seconds, runs, finished runs): the most runs still to train (the upper bound less
-        those finished) at the pace of the runs finished here, each run's training, evaluation
-        and checkpoint seconds shared among the runs it ran beside (--parallel); None before any
-        run finished."""
+    def time_left(self) -> tuple[float, int, int, bool] | None:
+        """(seconds, runs, finished runs, exact): the runs still to train (`run_count` less those
+        finished: exact, or at most) at the pace of the runs finished here, each run's training,
+        evaluation and checkpoint seconds shared among the runs it ran beside (--parallel);
+        None before any run finished."""
         finished = self._finished()
         if not finished:
             return None
@@ -386,8 +406,9 @@ class Ablation:
             / max(1, s.get("timing_context", {}).get("parallel") or 1)
             for s in finished
         ]
-        runs = max(0, self.upper_bound_runs() - len(finished))
-        return runs * sum(pace) / len(pace), runs, len(finished)
+        total, exact = self.run_count()
+        runs = max(0, total - len(finished))
+        return runs * sum(pace) / len(pace), runs, len(finished), exact
 
     def final_runs(self, states: dict[str, TuningState] | None = None) -> list[RunSpec]:
         """The comparison's runs: each variant at its tuned values once its tuning is done (the
