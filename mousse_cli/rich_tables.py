@@ -48,6 +48,7 @@ def results_tables(results: Results) -> Group:
 
     from mousse.experiments.table_rows import (
         BUDGET_COLUMNS,
+        BUDGET_POWER_NOTE,
         BUDGET_TITLE,
         CONVERGENCE_COLUMNS,
         TIMING_COLUMNS,
@@ -100,7 +101,11 @@ def results_tables(results: Results) -> Group:
     tables = []
     for title, columns, rows, text, left in (
         ("convergence", CONVERGENCE_COLUMNS, convergence, caption, CONVERGENCE_COLUMNS[:2]),
-        *([(BUDGET_TITLE, BUDGET_COLUMNS, budgets, None, BUDGET_COLUMNS[:2])] if budgets else []),
+        *(
+            [(BUDGET_TITLE, BUDGET_COLUMNS, budgets, BUDGET_POWER_NOTE, BUDGET_COLUMNS[:2])]
+            if budgets
+            else []
+        ),
         *(
             [("tuning", TUNING_COLUMNS, tuning, tuning_caption, TUNING_COLUMNS[:3])]
             if tuning

@@ -8,8 +8,8 @@ import pytest
 from support.results import record
 
 from mousse.experiments.records import record as run_record
-from mousse.experiments.results import summarize
-from mousse.experiments.stats import paired_bootstrap_ci, paired_t_test
+from mousse.experiments.results import recorded, summarize
+from mousse.experiments.stats import paired_bootstrap_ci, paired_t_test, seeds_for_power
 from mousse.experiments.table_rows import BUDGET_COLUMNS, budget_table_rows, render
 
 FINALS = {  # variant -> seed -> (loss at 0.5, loss at 1)
@@ -61,13 +61,37 @@ def test_the_tables_show_a_block_per_budget_only_when_there_are_budgets():
     results = summarize(records(), "muon")
     rows = budget_table_rows(results)
     assert [r["Budget"] for r in rows] == ["0.5x", "1x", "0.5x", "1x"]
-    assert rows[0][BUDGET_COLUMNS[-1]] == "—"  # the baseline
+    delta = "Paired Δ vs baseline [95% CI], p"
+    assert delta in BUDGET_COLUMNS and rows[0][delta] == "—"  # the baseline
     assert rows[2]["Final val loss"].startswith("2.9500 ± ")
-    assert rows[2][BUDGET_COLUMNS[-1]].startswith("-0.1500 [")
+    assert rows[2][delta].startswith("-0.1500 [")
     assert "## Budgets" in render(results, "markdown")
     plain = [record("muon", [2.0, 1.5], baseline=True), record("mousse", [2.0, 1.4])]
     assert summarize(plain)["budgets"] == []
     assert "## Budgets" not in render(summarize(plain), "markdown")
+
+
+def test_each_budget_says_the_seeds_a_paired_test_needs_for_power():
+    """Per budget, the seeds for 80% power at that budget's own paired differences; a results
+    file from before the key existed gets it from its run rows, and nothing else changes."""
+    results = summarize(records(), "muon")
+    rows = {(b["variant"], b["budget"]): b for b in results["budgets"]}
+    # 0.5x: differences -0.1, -0.15, -0.2: mean -0.15, sd 0.05, (sd / mean)^2 = 1/9; with t
+    # quantiles n = 3 (df 2: 4.303 + 1.061)^2 / 9 = 3.20 > 3, n = 4 (df 3: 3.182 + 0.978)^2 / 9
+    # = 1.92 <= 4
+    assert rows[("mousse", 0.5)]["paired_seeds_for_power"] == 4
+    one_x = [2.45 - 2.5, 2.5 - 2.6]  # seed 2's 1x was cut: two pairs
+    assert rows[("mousse", 1.0)]["paired_seeds_for_power"] == seeds_for_power(
+        statistics.fmean(one_x), statistics.stdev(one_x)
+    )
+    assert rows[("muon", 0.5)]["paired_seeds_for_power"] is None  # the baseline
+    table = {(r["Variant"], r["Budget"]): r["Seeds for power"] for r in budget_table_rows(results)}
+    assert table[("mousse", "0.5x")] == "4 (has 3)" and table[("muon", "0.5x")] == "—"
+    assert "Seeds for power: the seeds a paired t-test" in render(results, "markdown")
+    older = {**results, "budgets": [dict(b) for b in results["budgets"]]}
+    for b in older["budgets"]:
+        del b["paired_seeds_for_power"]
+    assert recorded(older)["budgets"] == results["budgets"]
 
 
 def test_a_run_record_carries_its_budgets_without_their_run_dirs():

@@ -151,7 +151,13 @@ class RunRow(TypedDict, total=False):
     budgets: list[BudgetEntry]  # with --budgets
 
 
-class BudgetRow(TypedDict):
+class _BudgetRowAdded(TypedDict, total=False):
+    """What a budget row gained after files were first written (`with_power` fills it in)."""
+
+    paired_seeds_for_power: int | None
+
+
+class BudgetRow(_BudgetRowAdded):
     """One variant's result at one budget (`budget_rows`): results.json's "budgets"."""
 
     variant: str
@@ -331,8 +337,9 @@ def budget_losses(runs: list[RunRow], variant: str | None, budget: float) -> dic
 def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
     """Per variant and budget of runs with budgets, ascending: the mean final val loss over the
     seeds that completed it, their standard deviation, and the paired difference from the
-    baseline on the seeds both completed (mean, bootstrap interval, t-test p). None where there
-    is nothing to compute; an empty list without budgets."""
+    baseline on the seeds both completed (mean, bootstrap interval, t-test p, the seeds the test
+    needs for 80% power). None where there is nothing to compute; an empty list without
+    budgets."""
     sizes: dict[float, float] = {}
     for r in runs:
         for b in r.get("budgets") or ():
@@ -360,6 +367,7 @@ def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
                     "paired_delta": statistics.fmean(diffs) if diffs else None,
                     "paired_delta_ci": paired_bootstrap_ci(diffs),
                     "paired_p": paired_t_test(diffs)["p"],
+                    "paired_seeds_for_power": _seeds_for_power(diffs),
                 }
             )
     return rows
@@ -449,13 +457,19 @@ def recorded(results: Results) -> Results:
 
 
 def with_power(results: Results) -> Results:
-    """A results object with every variant's `paired_seeds_for_power`, from its run rows: for
-    results files written before the key existed. The paired comparison a file records stands
+    """A results object with every variant's and budget row's `paired_seeds_for_power`, from its
+    run rows: for results files written before the key existed. The paired comparison a file records stands
     as its ablation computed it (Holm over that ablation's variants, which a file that keeps
     some of them no longer lists); one from before the paired comparison gets it (`add_paired`)."""
-    if all("paired_seeds_for_power" in v for v in results["variants"]):
+    budgets = results.get("budgets") or []
+    if all("paired_seeds_for_power" in r for r in [*results["variants"], *budgets]):
         return results
     copy: Results = {**results, "variants": [VariantRow(**v) for v in results["variants"]]}
+    if budgets:  # each budget's from the same run rows, as `budget_rows` computes it
+        copy["budgets"] = [BudgetRow(**row) for row in budgets]
+        fresh = budget_rows(results["runs"], results["baseline"])
+        for row, again in zip(copy["budgets"], fresh, strict=True):
+            row["paired_seeds_for_power"] = again.get("paired_seeds_for_power")
     if not all("paired_p_holm" in v for v in copy["variants"]):
         return add_paired(copy)
     for v, diffs in _paired_diffs(copy):

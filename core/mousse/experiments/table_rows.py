@@ -471,6 +471,7 @@ BUDGET_COLUMNS = (
     "n",
     "Final val loss",
     "Paired Δ vs baseline [95% CI], p",
+    "Seeds for power",
 )
 BUDGET_TITLE = "final val loss per budget (WSD cooldown branches, --budgets)"
 
@@ -495,12 +496,24 @@ def budget_table_rows(results: Results) -> list[TextRow]:
                     str(b["n"]),
                     _loss_text(b["final_val_loss_mean"], b["final_val_loss_std"]),
                     _DASH if b["is_baseline"] else _budget_delta_text(b),
+                    _power_text(b.get("paired_seeds_for_power"), b["paired_n"]),
                 ),
                 strict=True,
             )
         )
         for b in _budget_rows(results)
     ]
+
+
+def _power_text(needed: int | None, has: int) -> str:
+    """'11 (has 3)': the seeds a paired t-test needs for 80% power, beside those it had."""
+    return _DASH if needed is None else f"{needed} (has {has})"
+
+
+BUDGET_POWER_NOTE = (
+    "seeds for power: the seeds a paired t-test at 0.05 needs for 80% power at each budget's "
+    "observed difference from the baseline and its seed spread"
+)
 
 
 def _budget_delta_text(b: BudgetRow) -> str:
@@ -869,6 +882,7 @@ def _markdown(results: Results) -> str:
         + (
             f"## Budgets\n\n{BUDGET_TITLE[0].upper()}{BUDGET_TITLE[1:]}.\n\n"
             f"{_markdown_table(BUDGET_COLUMNS, budgets)}\n\n"
+            + _sentence_paragraph(BUDGET_POWER_NOTE)
             if budgets
             else ""
         )
