@@ -347,13 +347,8 @@ def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
     rows: list[BudgetRow] = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         for budget in sorted(sizes):
-            losses = budget_losses(runs, variant, budget)
-            values = list(losses.values())
-            diffs = (
-                paired_differences(losses, budget_losses(runs, baseline, budget))
-                if baseline is not None and variant != baseline
-                else []
-            )
+            values = list(budget_losses(runs, variant, budget).values())
+            diffs = _budget_diffs(runs, variant, baseline, budget)
             rows.append(
                 {
                     "variant": variant,
@@ -371,6 +366,18 @@ def budget_rows(runs: list[RunRow], baseline: str | None) -> list[BudgetRow]:
                 }
             )
     return rows
+
+
+def _budget_diffs(
+    runs: list[RunRow], variant: str, baseline: str | None, budget: float
+) -> list[float]:
+    """`variant`'s final loss at `budget` minus the baseline's, seed by seed (none for the
+    baseline itself, or without one)."""
+    if baseline is None or variant == baseline:
+        return []
+    return paired_differences(
+        budget_losses(runs, variant, budget), budget_losses(runs, baseline, budget)
+    )
 
 
 def _precisions(records: list[RunRecord]) -> list[str]:
@@ -457,19 +464,20 @@ def recorded(results: Results) -> Results:
 
 
 def with_power(results: Results) -> Results:
-    """A results object with every variant's and budget row's `paired_seeds_for_power`, from its
-    run rows: for results files written before the key existed. The paired comparison a file records stands
-    as its ablation computed it (Holm over that ablation's variants, which a file that keeps
-    some of them no longer lists); one from before the paired comparison gets it (`add_paired`)."""
+    """A results object with every variant's and budget row's `paired_seeds_for_power`, from
+    its run rows: for results files written before the key existed. The paired comparison a
+    file records stands as its ablation computed it (Holm over that ablation's variants, which a
+    file that keeps some of them no longer lists); one from before the paired comparison gets
+    it (`add_paired`)."""
     budgets = results.get("budgets") or []
     if all("paired_seeds_for_power" in r for r in [*results["variants"], *budgets]):
         return results
     copy: Results = {**results, "variants": [VariantRow(**v) for v in results["variants"]]}
-    if budgets:  # each budget's from the same run rows, as `budget_rows` computes it
+    if budgets:
         copy["budgets"] = [BudgetRow(**row) for row in budgets]
-        fresh = budget_rows(results["runs"], results["baseline"])
-        for row, again in zip(copy["budgets"], fresh, strict=True):
-            row["paired_seeds_for_power"] = again.get("paired_seeds_for_power")
+    for row in copy.get("budgets") or ():  # from the same run rows `budget_rows` reads
+        diffs = _budget_diffs(results["runs"], row["variant"], results["baseline"], row["budget"])
+        row["paired_seeds_for_power"] = _seeds_for_power(diffs)
     if not all("paired_p_holm" in v for v in copy["variants"]):
         return add_paired(copy)
     for v, diffs in _paired_diffs(copy):
