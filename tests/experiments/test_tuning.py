@@ -309,9 +309,11 @@ def test_runner_tunes_on_its_own_seeds_then_compares_on_others(tmp_path):
         tuning_runs |= {r.name for r in wanted if r.seed == 1000}
         _finish_wanted(ab, loss)
         progress.append(ab.progress())
-    # the upper bound while tuning decides what to run, then what it decided: 11 tuning runs
-    # and 6 comparison runs (alpha=0.0's 2 began beside the extensions of the other two)
-    assert progress[:2] == ["0 of at most 24 runs done", "9 of at most 24 runs done"]
+    # the upper bound while tuning decides what to run, tighter as each variant decides (here
+    # alpha=0.0 after the first 9: its 3 tuning and 2 comparison runs in place of its bound of
+    # 8), then what it decided: 11 tuning runs and 6 comparison runs (alpha=0.0's 2 began beside
+    # the extensions of the other two)
+    assert progress[:2] == ["0 of at most 24 runs done", "9 of at most 21 runs done"]
     assert progress[2:] == ["13 of 17 runs done", "17 of 17 runs done"]
     assert ab.run_count() == (17, True)
     finals = ab.final_runs()
@@ -860,7 +862,10 @@ def test_a_resumed_ablation_is_estimated_and_capped_by_its_own_pace(tmp_path):
     args += ("--ablation-dir", ab.dir, "--seeds", "2", "--max-runs", "100")
     out = invoke_cli(*args)
     assert out.exit_code == 0, out.stderr
-    runs = ab.upper_bound_runs() - 3
+    # the first variant decided (a tie picks the grid's centre): its 3 tuning runs and 2
+    # comparison runs replace its bound of 8; the others still count theirs
+    assert ab.run_count() == (ab.upper_bound_runs() - 3, False)
+    runs = ab.run_count()[0] - 3
     assert f"for the {runs} runs left at most, at the pace of the 3 finished" in out.stderr
     refused = invoke_cli(*args, "--max-hours", f"{(runs * 2 - 1) / 3600}")
     assert_one_line_error(refused, "more than --max-hours")

@@ -379,12 +379,16 @@ def test_each_budgets_results_and_speedups_read_the_runs_at_its_own_lr(tmp_path)
     runs at the lr tuned for it, not from the runs at the largest budget's lr."""
     budgets = (0.25, 0.5, 1.0, 2.0)
     ab = _budget_ablation(tmp_path, budgets)
-    assert ab.run_count() == (ab.upper_bound_runs(), False)
+    counts = [ab.run_count()]
     while wanted := ab.wanted():
         for run in wanted:
             _write(ab, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in budgets})
-    # once every budget's tuning is decided the count is exact: here, all in the dir
-    assert ab.run_count() == (len(list((ab.dir / "runs").iterdir())), True)
+        counts.append(ab.run_count())
+    # the count starts at the upper bound and tightens as variants decide; once every budget's
+    # tuning is decided it is exact: here, all in the dir
+    assert counts[0] == (ab.upper_bound_runs(), False)
+    assert [n for n, _ in counts] == sorted((n for n, _ in counts), reverse=True)
+    assert counts[-1] == (len(list((ab.dir / "runs").iterdir())), True)
     results = ab.results()
     expected = {
         b: statistics.fmean(_loss(0.04 if b < 1 else 0.02, b, s) for s in (0, 1)) for b in budgets

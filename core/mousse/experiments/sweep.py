@@ -307,16 +307,16 @@ class Ablation:
 
     def grids(self) -> dict[str, list[tuple[str, list[Value]]]]:
         """Each variant's (knob, starting grid) per phase of its tuning."""
+        return {name: self._grids(variant) for name, variant in self.plan.variants.items()}
+
+    def _grids(self, variant: RunSpec) -> list[tuple[str, list[Value]]]:
         from .tuning import start_grid
 
-        out = {}
-        for name, variant in self.plan.variants.items():
-            centre = self.centre(variant)
-            out[name] = [
-                (k, start_grid(k, values, centre.get(k), SETTING_CHOICES))
-                for k, values in self.tune_for(variant).phases
-            ]
-        return out
+        centre = self.centre(variant)
+        return [
+            (k, start_grid(k, values, centre.get(k), SETTING_CHOICES))
+            for k, values in self.tune_for(variant).phases
+        ]
 
     def progress(self) -> str:
         """'4 of 30 runs done', or while tuning decides what to run '4 of at most 69 runs done':
@@ -328,18 +328,46 @@ class Ablation:
         )
 
     def run_count(self) -> tuple[int, bool]:
-        """(runs, exact): all the plan takes, exact without tuning or once every tuning is
-        decided (the runs finished here and those still wanted), else the upper bound."""
+        """(runs, exact): all the plan takes. Exact without tuning or once every tuning is
+        decided; until then each variant whose tuning is decided (at every budget) counts the
+        runs it trains, and each other one its upper bound."""
         if self.tune is None:
             return len(self.plan.runs), True
-        states = (
-            [s for by_variant in self.budget_tuning().values() for s in by_variant.values()]
-            if self.budgets
-            else list(self.tuning().values())
-        )
-        if all(s.done for s in states):
-            return self._finished_count() + len(self.wanted()), True
-        return self.upper_bound_runs(), False
+        if self.budgets:
+            by_budget = self.budget_tuning()
+            states = {n: [by_budget[b][n] for b in self.budgets] for n in self.plan.variants}
+            finals = [r for b in self.budgets for r in self.budget_runs(b, by_budget)]
+        else:
+            tuning = self.tuning()
+            states = {n: [s] for n, s in tuning.items()}
+            finals = self.final_runs(tuning)
+        counts = [
+            len(self._decided_runs(name, s, finals))
+            if all(x.done for x in s)
+            else self._variant_bound(name)
+            for name, s in states.items()
+        ]
+        return sum(counts), all(x.done for s in states.values() for x in s)
+
+    def _decided_runs(
+        self, name: str, states: list[TuningState], finals: list[RunSpec]
+    ) -> set[RunSpec]:
+        """The runs a variant whose tuning is decided trains: every phase's grid on the tuning
+        seeds (at each budget's choices of the phases before it), and its comparison runs."""
+        variant = self.plan.variants[name]
+        seeds = self.tune_for(variant).seeds
+        runs = {r for r in finals if r.variant == name}
+        for state in states:
+            chosen: Tuned = {}
+            for phase in state.phases:
+                runs |= {
+                    self.tuned_run(variant, {**chosen, phase.knob: value}, seed)
+                    for value in phase.grid
+                    for seed in seeds
+                }
+                assert phase.chosen is not None  # a decided phase chose
+                chosen[phase.knob] = phase.chosen
+        return runs
 
     def _finished_count(self) -> int:
         """How many runs in the dir finished (every shard's, and earlier invocations')."""
@@ -352,23 +380,22 @@ class Ablation:
     def upper_bound_runs(self) -> int:
         """Most runs the plan can train: tuning (grid extensions included) plus the comparison's
         runs on seeds that are not tuning seeds."""
-        from .tuning import upper_bound_runs
-
         if self.tune is None:
             return len(self.plan.runs)
+        return sum(self._variant_bound(name) for name in self.plan.variants)
+
+    def _variant_bound(self, name: str) -> int:
+        """Most runs one variant of a tuned plan can train (`upper_bound_runs`)."""
+        from .tuning import upper_bound_runs
+
+        assert self.tune is not None  # asked only of a plan that tunes
+        variant = self.plan.variants[name]
+        tune, centre = self.tune_for(variant), self.centre(variant)
         budgets = len(self.budgets or [None])
+        grids = [grid for _, grid in self._grids(variant)]
         # with budgets, a variant and seed may run once per budget (each at its own choice)
-        extra = len([s for s in self.plan.seeds if s not in self.tune.seeds]) * budgets
-        return sum(
-            upper_bound_runs(
-                self.tune_for(self.plan.variants[name]),
-                [g for _, g in phases],
-                self.centre(self.plan.variants[name]),
-                budgets,
-            )
-            + extra
-            for name, phases in self.grids().items()
-        )
+        comparison = len([s for s in self.plan.seeds if s not in self.tune.seeds]) * budgets
+        return upper_bound_runs(tune, grids, centre, budgets) + comparison
 
     def variant_configs(self) -> list[TrainConfig]:
         """Each variant's resolved config (its first run's), for cost estimates."""
