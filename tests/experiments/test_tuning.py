@@ -8,6 +8,7 @@ import json
 import math
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 from support.cli import FAST, assert_one_line_error, invoke_cli
@@ -276,12 +277,12 @@ def _write_summary(
     )
 
 
-def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1)) -> Ablation:
+def _tuned_ablation(tmp_path, tune="lr=0.01,0.02,0.04", seeds=(0, 1), tune_seeds=1) -> Ablation:
     plan = plan_ablation(
         {"alpha": [0.0]},
         base={"preset": "tiny"},
         seeds=seeds,
-        tune=tune_spec(parse_tune(tune, SETTING_CHOICES)),
+        tune=tune_spec(parse_tune(tune, SETTING_CHOICES), tune_seeds),
     )
     return Ablation(plan, tmp_path / "abl")
 
@@ -356,6 +357,57 @@ def test_a_finished_tuned_ablation_takes_more_seeds_in_its_own_dir(tmp_path):
     for seeds in ((1, 2), (1, 0, 2)):
         with pytest.raises(ConfigError, match=r"holds a different ablation plan.*may add seeds"):
             _tuned_ablation(tmp_path, seeds=seeds).validate()
+
+
+def test_more_tuning_seeds_in_its_own_dir_replay_the_tuning_over_them_all(tmp_path):
+    """`--tune-seeds 2` after 1: seed 1000's runs stand, every candidate trains on seed 1001 and
+    the choice is the mean over both. Where it overturns a choice the comparison trains at the
+    new one; the runs at the old one stay in the dir, neither read nor counted. A plan without
+    the first tuning seed is still another plan."""
+    best = {"muon": 0.04, "mousse": 0.01, "alpha=0.0": 0.02}
+
+    def loss(run):  # seed 1001 prefers mousse at 0.02, and more strongly than 1000 prefers 0.01
+        if run.variant == "mousse" and run.seed == 1001:
+            return 1.0 + 2 * abs(math.log2(run.knobs["lr"] / 0.02))
+        return 1.0 + abs(math.log2(run.knobs["lr"] / best[run.variant])) + 0.01 * run.seed
+
+    ab = _tuned_ablation(tmp_path)
+    ab.prepare()
+    while _finish_wanted(ab, loss):
+        pass
+    assert {v["variant"]: v["tuned"] for v in ab.results()["variants"]}["mousse"] == {"lr": 0.01}
+    tuned_once = {d.name for d in (ab.dir / "runs").iterdir()}
+    args = ("ablate", "--preset", "tiny", "--alpha", "0.0", "--tune", "lr=0.01,0.02,0.04")
+    args += ("--seeds", "2", "--ablation-dir", ab.dir, "--max-runs", "100", "--dry-run")
+    planned = invoke_cli(*args, "--tune-seeds", "2")
+    assert planned.exit_code == 0, planned.stderr
+    assert "on tuning seeds [1000, 1001]" in planned.stderr
+    more = _tuned_ablation(tmp_path, tune_seeds=2)
+    more.validate()
+    more.prepare()
+    # each starting grid on the second seed; extensions wait for the grid's means
+    assert {r.name for r in more.wanted()} == {
+        f"{v}@lr={lr}-s1001" for v in best for lr in (0.01, 0.02, 0.04)
+    }
+    while _finish_wanted(more, loss):
+        pass
+    results = more.results()
+    tuned = {v["variant"]: v["tuned"] for v in results["variants"]}
+    assert tuned == {"muon": {"lr": 0.04}, "mousse": {"lr": 0.02}, "alpha=0.0": {"lr": 0.02}}
+    assert results["protocol"]["tune_seeds"] == [1000, 1001]
+    assert {r["name"] for r in results["runs"] if r["variant"] == "mousse"} == {
+        "mousse@lr=0.02-s0",
+        "mousse@lr=0.02-s1",
+    }
+    # the runs of mousse's old choice stay, unread and uncounted: its comparison, and the
+    # extension that 0.01 at the grid's edge called for (the means chose inside the grid)
+    kept = {"mousse@lr=0.01-s0", "mousse@lr=0.01-s1", "mousse@lr=0.005-s1000"}
+    runs = {d.name for d in (more.dir / "runs").iterdir()}
+    assert kept <= runs and kept <= tuned_once and "muon@lr=0.08-s1001" in runs
+    n = len(runs) - len(kept)
+    assert more.progress() == f"{n} of {n} runs done"
+    with pytest.raises(ConfigError, match=r"holds a different ablation plan"):
+        Ablation(replace(more.plan, tune={**more.plan.tune, "seeds": [1001]}), more.dir).validate()
 
 
 def test_runner_resumes_in_the_middle_of_tuning(tmp_path):

@@ -154,16 +154,27 @@ class AblationPlan:
 
     def adds_seeds_to(self, other: AblationPlan) -> bool:
         """Whether this plan is `other` with more seeds: the same inputs (bookkeeping aside),
-        `other`'s seeds first and every run of `other` among its own, so that a finished
-        ablation takes more seeds in its own dir (its tuning, on the tuning seeds, stands)."""
+        `other`'s comparison and tuning seeds first and every run of `other` among its own, so
+        that an ablation takes more seeds in its own dir. Its runs stand; more tuning seeds
+        replay the tuning over them all, and where that chooses anew the comparison trains at
+        the new choice (the runs at the old one stay in the dir, unread)."""
         mine, theirs = self.defining(), other.defining()
 
         def rest(plan: SavedPlan) -> dict[str, object]:
-            return {k: v for k, v in plan.items() if k not in ("seeds", "runs")}
+            out: dict[str, object] = {k: v for k, v in plan.items() if k not in ("seeds", "runs")}
+            if "tune" in plan:
+                out["tune"] = {k: v for k, v in plan["tune"].items() if k != "seeds"}
+            return out
+
+        def extends(longer: list[int], shorter: list[int]) -> bool:
+            return longer[: len(shorter)] == shorter
 
         return (
             rest(mine) == rest(theirs)
-            and mine["seeds"][: len(theirs["seeds"])] == theirs["seeds"]
+            and extends(mine["seeds"], theirs["seeds"])
+            and extends(
+                mine.get("tune", {}).get("seeds", []), theirs.get("tune", {}).get("seeds", [])
+            )
             and all(run in mine["runs"] for run in theirs["runs"])
         )
 

@@ -196,8 +196,8 @@ class Ablation:
                 raise ConfigError(
                     f"{self.dir} holds a different ablation plan"
                     + (f" ({change})" if change else "")
-                    + "; rerun the original command (it may add seeds, e.g. --seeds 5 after 3), "
-                    "or pass another --ablation-dir"
+                    + "; rerun the original command (it may add seeds: --seeds 5 after 3, "
+                    "--tune-seeds 2 after 1), or pass another --ablation-dir"
                 )
 
     def prepare(self) -> None:
@@ -320,19 +320,29 @@ class Ablation:
 
     def progress(self) -> str:
         """'4 of 30 runs done', or while tuning decides what to run '4 of at most 69 runs done':
-        the runs in the dir that finished (every shard's, and earlier invocations') against
-        all the plan takes (`run_count`)."""
-        total, exact = self.run_count()
-        return (
-            f"{self._finished_count()} of {'' if exact else 'at most '}{counted(total, 'run')} done"
-        )
+        the plan's runs in the dir that finished (every shard's, and earlier invocations')
+        against all the plan takes (`run_count`)."""
+        done, total, exact = self.tally()
+        return f"{done} of {'' if exact else 'at most '}{counted(total, 'run')} done"
 
     def run_count(self) -> tuple[int, bool]:
-        """(runs, exact): all the plan takes. Exact without tuning or once every tuning is
-        decided; until then each variant whose tuning is decided (at every budget) counts the
-        runs it trains, and each other one its upper bound."""
+        """(runs, exact): all the plan takes (`tally`)."""
+        _, total, exact = self.tally()
+        return total, exact
+
+    def tally(self) -> tuple[int, int, bool]:
+        """(done, runs, exact): of the runs the plan uses so far (each variant's tuning runs as
+        far as its tuning got, and its comparison runs), those that finished; and all the plan
+        takes. That is exact without tuning or once every tuning is decided; until then each
+        variant whose tuning is decided (at every budget) counts the runs it trains, and each
+        other one its upper bound. Runs in the dir the plan no longer uses (the comparison at
+        a choice more tuning seeds overturned) are not counted."""
         if self.tune is None:
-            return len(self.plan.runs), True
+            return (
+                len(self.plan.runs) - len(self.pending(self.plan.runs)),
+                len(self.plan.runs),
+                True,
+            )
         if self.budgets:
             by_budget = self.budget_tuning()
             states = {n: [by_budget[b][n] for b in self.budgets] for n in self.plan.variants}
@@ -341,19 +351,21 @@ class Ablation:
             tuning = self.tuning()
             states = {n: [s] for n, s in tuning.items()}
             finals = self.final_runs(tuning)
-        counts = [
-            len(self._decided_runs(name, s, finals))
-            if all(x.done for x in s)
-            else self._variant_bound(name)
+        used = {name: self._used_runs(name, s, finals) for name, s in states.items()}
+        total = sum(
+            len(used[name]) if all(x.done for x in s) else self._variant_bound(name)
             for name, s in states.items()
-        ]
-        return sum(counts), all(x.done for s in states.values() for x in s)
+        )
+        runs = [r for by_variant in used.values() for r in by_variant]
+        exact = all(x.done for s in states.values() for x in s)
+        return len(runs) - len(self.pending(runs)), total, exact
 
-    def _decided_runs(
+    def _used_runs(
         self, name: str, states: list[TuningState], finals: list[RunSpec]
     ) -> set[RunSpec]:
-        """The runs a variant whose tuning is decided trains: every phase's grid on the tuning
-        seeds (at each budget's choices of the phases before it), and its comparison runs."""
+        """The runs a variant uses so far: every phase's grid on the tuning seeds as far as its
+        tuning got (at each budget's choices of the phases before it), and its comparison runs;
+        once its tuning is decided, all it trains."""
         variant = self.plan.variants[name]
         seeds = self.tune_for(variant).seeds
         runs = {r for r in finals if r.variant == name}
@@ -365,17 +377,10 @@ class Ablation:
                     for value in phase.grid
                     for seed in seeds
                 }
-                assert phase.chosen is not None  # a decided phase chose
+                if phase.chosen is None:  # later phases have not started
+                    break
                 chosen[phase.knob] = phase.chosen
         return runs
-
-    def _finished_count(self) -> int:
-        """How many runs in the dir finished (every shard's, and earlier invocations')."""
-        runs = self.dir / "runs"
-        return sum(
-            (summary := read_summary(d)) is not None and summary.get("status") in FINISHED
-            for d in (runs.iterdir() if runs.is_dir() else ())
-        )
 
     def upper_bound_runs(self) -> int:
         """Most runs the plan can train: tuning (grid extensions included) plus the comparison's
@@ -414,8 +419,8 @@ class Ablation:
         return [float(s["train_seconds"]) for s in self._finished()]
 
     def time_left(self) -> tuple[float, int, int, bool] | None:
-        """(seconds, runs, finished runs, exact): the runs still to train (`run_count` less those
-        finished: exact, or at most) at the pace of the runs finished here, each run's training,
+        """(seconds, runs, finished runs, exact): the runs still to train (`tally`: all the plan
+        takes less its runs done; exact, or at most) at the pace of the runs finished here, each run's training,
         evaluation and checkpoint seconds shared among the runs it ran beside (--parallel);
         None before any run finished."""
         finished = self._finished()
@@ -433,8 +438,8 @@ class Ablation:
             / max(1, s.get("timing_context", {}).get("parallel") or 1)
             for s in finished
         ]
-        total, exact = self.run_count()
-        runs = max(0, total - len(finished))
+        done, total, exact = self.tally()
+        runs = max(0, total - done)
         return runs * sum(pace) / len(pace), runs, len(finished), exact
 
     def final_runs(self, states: dict[str, TuningState] | None = None) -> list[RunSpec]:

@@ -643,7 +643,12 @@ def tuning_note(results: Results) -> str | None:
         else f"the standard error of a candidate's mean over its {n} tuning seeds (their "
         f"pooled sd / sqrt({n}))"
     )
-    remedy = f"; --tune-seeds {2 * n} averages {2 * n} seeds per candidate" if any(judged) else ""
+    remedy = (
+        f"; --tune-seeds {2 * n} averages {2 * n} seeds per candidate, and in the same "
+        "--ablation-dir trains only the new seeds"
+        if any(judged)
+        else ""
+    )
     return (
         f"margin: how far the chosen value beat the next best; se: {se}; close: a margin "
         f"below its se, which another tuning seed could reverse ({sum(judged)} of "
