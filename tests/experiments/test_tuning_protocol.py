@@ -358,7 +358,8 @@ def _budget_ablation(tmp_path, budgets=BUDGETS, tune: str | None = "lr=0.01,0.02
         seeds=2,
         tune=_tune(tune) if tune is not None else None,
     )
-    return Ablation(replace(plan, base={**plan.base, "budgets": list(budgets)}), tmp_path / "a")
+    budgets_flag = ",".join(f"{b:g}" for b in budgets)
+    return Ablation(replace(plan, base={**plan.base, "budgets": budgets_flag}), tmp_path / "a")
 
 
 def _write(ab: Ablation, run, losses: dict[float, float]) -> None:
@@ -373,6 +374,32 @@ def test_an_untuned_budgets_ablation_reads_its_plans_runs(tmp_path):
     results = ab.results()
     assert [r["name"] for r in results["runs"]] == [r.name for r in ab.plan.runs]
     assert [b["n"] for b in results["budgets"]] == [2] * 6
+
+
+def test_a_budgets_ablation_takes_more_tuning_seeds_in_its_own_dir(tmp_path):
+    """`--tune-seeds 2` after 1 with budgets: each budget's tuning is replayed over both seeds
+    from the same runs, only the new seed's runs train, and the count ends exact."""
+    ab = _budget_ablation(tmp_path)
+    ab.prepare()
+
+    def finish(ablation: Ablation) -> None:
+        while wanted := ablation.wanted():
+            for run in wanted:
+                _write(ablation, run, {b: _loss(run.knobs["lr"], b, run.seed) for b in BUDGETS})
+
+    finish(ab)
+    before = {d.name for d in (ab.dir / "runs").iterdir()}
+    more = Ablation(replace(ab.plan, tune={**ab.plan.tune, "seeds": [1000, 1001]}), ab.dir)
+    more.validate()
+    more.prepare()
+    assert {r.name.replace("-s1001", "-s1000") for r in more.wanted()} == {
+        n for n in before if n.endswith("-s1000")
+    } - {f"{v}@lr=0.08-s1000" for v in ("muon", "mousse", "alpha=0.0")}
+    finish(more)
+    n = len(list((more.dir / "runs").iterdir()))
+    assert more.run_count() == (n, True) and more.progress() == f"{n} of {n} runs done"
+    # the seeds' ranking agrees: the choices, and so the comparison runs, stand
+    assert {r["name"] for r in more.results()["runs"]} == {r["name"] for r in ab.results()["runs"]}
 
 
 def test_each_budgets_results_and_speedups_read_the_runs_at_its_own_lr(tmp_path):
