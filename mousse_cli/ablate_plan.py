@@ -187,7 +187,7 @@ def plan_ablations(
     from mousse.experiments.ablation import plan_ablation
     from mousse.experiments.inputs import parse_seeds
     from mousse.experiments.scale import SCALE_FILE
-    from mousse.experiments.sweep import Ablation, check_ablation_dir
+    from mousse.experiments.sweep import Ablation, check_ablation_dir, continued_dir
 
     file, presets = setup.file, setup.presets
     each: list[str | None] = [*presets] if presets else [None]  # None: the base's preset
@@ -209,8 +209,13 @@ def plan_ablations(
         raise ConfigError(
             "--ablation-dir must name a directory for this ablation, not the current one"
         )
-    root = ablation_dir or Path("runs") / first.default_dir_name(
-        (file.get("name") or "-".join(first.sweeps)) + ("-" + "+".join(presets) if presets else "")
+    root = ablation_dir or continued_dir(
+        Path("runs")
+        / first.default_dir_name(
+            (file.get("name") or "-".join(first.sweeps))
+            + ("-" + "+".join(presets) if presets else "")
+        ),
+        plans,
     )
     if presets:  # the root of one ablation dir per preset
         check_ablation_dir(root, SCALE_FILE, set(presets))

@@ -99,6 +99,8 @@ class SavedPlan(_SavedInputs, total=False):
     tune: TuneRecord
 
 
+PLAN_ID = 8  # hex digits of a plan's hash, which ends its default dir's name
+
 # Settings that never change what a run computes, only when it checkpoints and logs: a rerun may
 # change them (they apply from then on), and they neither make another plan nor name its dir.
 BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "log")
@@ -123,7 +125,7 @@ class AblationPlan:
     def plan_id(self) -> str:
         """8 hex digits identifying the plan's inputs (stable across processes and key order)."""
         inputs = {k: v for k, v in self.defining().items() if k != "runs"}
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:8]
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:PLAN_ID]
 
     def default_dir_name(self, name: str | None = None) -> str:
         """Default ablation directory name, e.g. 'ablate-alpha-1a2b3c4d'."""

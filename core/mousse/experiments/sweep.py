@@ -5,9 +5,10 @@ worker processes."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from mousse.train.fileio import atomic_write_text, write_json
 from mousse.train.rundir import FINISHED, exclusive
 from mousse.train.summary import RunSummary, TimingContext, read_summary
 
-from .ablation import AblationPlan, RunSpec, in_shard
+from .ablation import PLAN_ID, AblationPlan, RunSpec, in_shard
 from .inputs import SETTING_CHOICES
 from .records import RunRecord, final_loss, read_budget_from, record, with_split
 from .results import Results, TuningColumns, apply_timing_pass, summarize
@@ -87,6 +88,39 @@ def _tuned_on_compared(saved: AblationPlan) -> str | None:
         f"it tunes on seeds {shared}, which it also compares on, as ablations did before "
         "tuning seeds were kept apart; `mousse report` still reads it"
     )
+
+
+def continued_dir(default: Path, plans: Mapping[str | None, AblationPlan]) -> Path:
+    """Where a command without --ablation-dir trains: its plans' default dir (named after their
+    hash, which counts the seeds), or while that does not exist, a sibling of the same name but
+    for the hash whose plans these add seeds to (`AblationPlan.adds_seeds_to`: the same command
+    with more --seeds or --tune-seeds), so that the rerun continues it rather than training
+    every run again in a new dir. Of several, the one with the most seeds; `plans` are keyed by
+    preset (None: the dir holds one plan, no per-preset subdirs)."""
+    if default.exists():
+        return default
+    pattern = re.compile(re.escape(default.name[:-PLAN_ID]) + f"[0-9a-f]{{{PLAN_ID}}}")
+
+    def seeds_of(candidate: Path) -> int | None:
+        """How many seeds the candidate's plans hold, or None unless these plans extend them."""
+        count = 0
+        for preset, plan in plans.items():
+            plan_file = (candidate if preset is None else candidate / preset) / "ablation.toml"
+            try:
+                saved = read_plan(plan_file, "")
+            except (OSError, ConfigError):
+                return None  # not an ablation dir of this shape: not a continuation
+            if not plan.adds_seeds_to(saved):
+                return None
+            count += len(saved.seeds) + len((saved.tune or {}).get("seeds", []))
+        return count
+
+    found = [
+        (n, c.stat().st_mtime, c)
+        for c in (default.parent.iterdir() if default.parent.is_dir() else ())
+        if pattern.fullmatch(c.name) and (n := seeds_of(c)) is not None
+    ]
+    return max(found, key=lambda f: f[:2])[2] if found else default
 
 
 @dataclass(frozen=True)
