@@ -182,22 +182,29 @@ def test_dry_run_runs_nothing(cli, tmp_path, monkeypatch):
 
 
 def test_more_seeds_continue_the_default_dir(cli, tmp_path, monkeypatch):
-    """`--seeds 3` after `--seeds 2`, neither naming --ablation-dir: the default dir is named
+    """`--seeds 3` after `--seeds 1`, neither naming --ablation-dir: the default dir is named
     after the plan's hash, which counts the seeds, yet the rerun continues the dir the first
-    made (its plan adds seeds to it) and trains seed 2 only. Another plan gets a dir of its own."""
+    made (its plan adds seeds to it) and trains seeds 1 and 2 only, reading seed 0 from the
+    runs the single seed named without '-s0'. Another plan gets a dir of its own."""
     monkeypatch.chdir(tmp_path)
     args = ("ablate", "--alpha", "0.0", "--steps", "4", "--eval-every", "4", *FAST)
-    assert cli(*args, "--seeds", "2").exit_code == 0
+    assert cli(*args).exit_code == 0
     (made,) = (tmp_path / "runs").iterdir()
     planned = cli(*args, "--seeds", "3", "--dry-run")
     assert planned.exit_code == 0 and f"runs/{made.name}" in planned.stderr, planned.stderr
-    more = cli(*args, "--seeds", "3")
+    more = cli(*args, "--seeds", "3", "--json")
     assert more.exit_code == 0, more.stderr
     assert list((tmp_path / "runs").iterdir()) == [made]
-    assert more.stderr.count("already completed") == 6 and more.stderr.count("started") == 3
-    runs = sorted(d.name for d in (made / "runs").iterdir())
-    assert runs == sorted(f"{v}-s{s}" for v in ("muon", "mousse", "alpha=0.0") for s in range(3))
-    other = cli(*args, "--lr", "0.01", "--seeds", "2", "--dry-run")
+    assert more.stderr.count("already completed") == 3 and more.stderr.count("started") == 6
+    variants = ("muon", "mousse", "alpha=0.0")
+    runs = {d.name for d in (made / "runs").iterdir()}
+    assert runs == {*variants, *(f"{v}-s{s}" for v in variants for s in (1, 2))}
+    rows = more.json()["runs"]
+    assert {r["name"] for r in rows} == {f"{v}-s{s}" for v in variants for s in range(3)}
+    assert all(r["status"] == "completed" for r in rows)
+    again = cli(*args, "--seeds", "3")
+    assert again.exit_code == 0 and again.stderr.count("already completed") == 9
+    other = cli(*args, "--lr", "0.01", "--dry-run")
     assert other.exit_code == 0 and f"runs/{made.name}" not in other.stderr
 
 

@@ -157,7 +157,8 @@ class AblationPlan:
     def adds_seeds_to(self, other: AblationPlan) -> bool:
         """Whether this plan is `other` with more seeds: the same inputs (bookkeeping aside),
         `other`'s comparison and tuning seeds first and every run of `other` among its own, so
-        that an ablation takes more seeds in its own dir. Its runs stand; more tuning seeds
+        that an ablation takes more seeds in its own dir. Its runs stand (a single seed's keep
+        their dirs, named without the seed: `Ablation.run_dir`); more tuning seeds
         replay the tuning over them all, and where that chooses anew the comparison trains at
         the new choice (the runs at the old one stay in the dir, unread)."""
         mine, theirs = self.defining(), other.defining()
@@ -171,13 +172,21 @@ class AblationPlan:
         def extends(longer: list[int], shorter: list[int]) -> bool:
             return longer[: len(shorter)] == shorter
 
+        def named(run: SavedRun) -> SavedRun:  # a single seed's run is named as with several
+            if not single:
+                return run
+            out = run.copy()
+            out["name"] = f"{run['name']}-s{run['seed']}"
+            return out
+
+        single = len(theirs["seeds"]) == 1 < len(mine["seeds"])
         return (
             rest(mine) == rest(theirs)
             and extends(mine["seeds"], theirs["seeds"])
             and extends(
                 mine.get("tune", {}).get("seeds", []), theirs.get("tune", {}).get("seeds", [])
             )
-            and all(run in mine["runs"] for run in theirs["runs"])
+            and all(named(run) in mine["runs"] for run in theirs["runs"])
         )
 
     def to_dict(self) -> SavedPlan:

@@ -191,8 +191,15 @@ class Ablation:
         self.devices: list[str] | None = None  # GPUs the --parallel workers go to, round-robin
 
     def run_dir(self, run: RunSpec) -> Path:
-        """Where `run` trains: runs/<its name> under the ablation dir."""
-        return self.dir / "runs" / run.name
+        """Where `run` trains: runs/<its name> under the ablation dir, or for the first seed's
+        run of a variant, the dir named after the variant alone where that exists: this plan
+        added seeds to one of a single seed, whose runs' names had no '-s<seed>'."""
+        path = self.dir / "runs" / run.name
+        if run.seed == self.plan.seeds[0] and run.name == f"{run.variant}-s{run.seed}":
+            single = path.with_name(run.variant)
+            if not path.exists() and single.is_dir():
+                return single
+        return path
 
     def validate(self) -> None:
         """Check every run's settings and data, and that the dir holds no other plan; writes
