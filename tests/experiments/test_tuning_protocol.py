@@ -188,8 +188,7 @@ def test_each_tuning_choice_says_by_how_much_it_won_and_whether_that_is_noise():
     note = tuning_note(results)
     assert note is not None and note.endswith(
         "close: a margin below its se, which another tuning seed could reverse (1 of 2 here; "
-        "--tune-seeds 2 averages 2 seeds per candidate, and in the same --ablation-dir trains "
-        "only the new seeds)"
+        "a rerun with --tune-seeds 2 averages 2 seeds per candidate, training only the new ones)"
     )
     # two tuning seeds: se = the candidates' pooled sd / sqrt(2) = sqrt((0.03^2 + 0.04^2) / 2)
     # / sqrt(2) = 0.025, whatever the comparison seeds' sd

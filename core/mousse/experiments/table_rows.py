@@ -644,8 +644,8 @@ def tuning_note(results: Results) -> str | None:
         f"pooled sd / sqrt({n}))"
     )
     remedy = (
-        f"; --tune-seeds {2 * n} averages {2 * n} seeds per candidate, and in the same "
-        "--ablation-dir trains only the new seeds"
+        f"; a rerun with --tune-seeds {2 * n} averages {2 * n} seeds per candidate, training "
+        "only the new ones"
         if any(judged)
         else ""
     )
