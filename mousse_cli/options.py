@@ -136,7 +136,7 @@ TRAIN_FLAGS: dict[str, Flag] = {
         str | None,
         typer.Option(
             None,
-            help="lr schedule after the warmup: cosine (every preset's) down to the end | wsd (warmup-stable-decay: the peak lr, then a linear decay over the last --cooldown of the steps).",
+            help="lr schedule after the warmup: cosine (every preset's) down to the end | wsd (warmup-stable-decay: the peak lr, then a decay over the last --cooldown of the steps, --cooldown-shape linear or 1-sqrt).",
         ),
     ),
     "warmup_frac": (
@@ -155,7 +155,14 @@ TRAIN_FLAGS: dict[str, Flag] = {
         float | None,
         typer.Option(
             None,
-            help="--schedule wsd only (refused with cosine): the last fraction of the steps, decayed linearly to --min-lr-frac's share of the peak (0) at the last step (0.2).",
+            help="--schedule wsd only (refused with cosine): the last fraction of the steps, decayed to --min-lr-frac's share of the peak (0) at the last step (0.2).",
+        ),
+    ),
+    "cooldown_shape": (
+        str | None,
+        typer.Option(
+            None,
+            help="--schedule wsd only: the cooldown's decay, linear (default) | 1-sqrt (1 - sqrt of its progress: falls fast, then lingers near the floor; Hägele et al. 2024).",
         ),
     ),
     "min_lr_frac": (
@@ -319,6 +326,7 @@ PANELS = {
         "warmup_frac",
         "warmup_steps",
         "cooldown",
+        "cooldown_shape",
         "min_lr_frac",
         "lr",
         "scalar_optimizer",

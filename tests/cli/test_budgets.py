@@ -106,6 +106,28 @@ def test_each_branch_is_its_budgets_own_wsd_run(whole, tmp_path):
         assert summary(run / rel)["final_val_loss"] == summary(alone)["final_val_loss"]
 
 
+def test_a_1_sqrt_cooldown_branch_is_its_budgets_own_1_sqrt_run(whole, tmp_path):
+    """--cooldown-shape 1-sqrt holds for the branches too: the 2-step cooldown of budget 0.0004
+    is its own 1-sqrt run bit for bit, and not the linear one (its first cooldown step is at
+    1 - sqrt(1/2) of the peak, not 1/2)."""
+    run, _ = whole
+    shape = ["--cooldown-shape", "1-sqrt"]
+    curved = tmp_path / "curved"
+    assert invoke_cli(*RUN, *shape, "--run-dir", curved).exit_code == 0
+    budget, _, fork, rel = SMALL[1]
+    alone = tmp_path / "alone"
+    res = invoke_cli(
+        "train", *ARGS, *shape, "--schedule", "wsd", "--budget", budget, "--warmup-steps", "1",
+        "--run-dir", alone,
+    )  # fmt: skip
+    assert res.exit_code == 0, res
+    assert losses(curved / rel) == losses(alone)
+    lrs = lambda d: {r["step"]: r["lr"] for r in read_metrics(d) if "lr" in r}
+    peak = lrs(alone)[fork]
+    assert lrs(alone)[fork + 1] == pytest.approx(peak * (1 - 0.5**0.5))
+    assert lrs(run / rel)[fork + 1] == pytest.approx(peak * 0.5)  # the linear one
+
+
 def test_a_branch_has_every_evaluation_its_own_run_makes_before_its_fork(tmp_path, monkeypatch):
     """Under an evaluation schedule that depends on a run's length (dense over its last 40%),
     a branch's own run evaluates before its fork where the trunk does not: the trunk evaluates

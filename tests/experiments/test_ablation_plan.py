@@ -505,18 +505,23 @@ def test_a_schedule_sweep_keeps_the_base_cooldown_for_its_wsd_runs_only():
     """cosine against WSD with a cooldown: the cooldown is the WSD arm's; the cosine arm, which
     has none, runs without it rather than being refused."""
     plan = plan_ablation(
-        {"schedule": ["cosine", "wsd"]}, base={"cooldown": 0.3}, mode="grid", baseline=False
+        {"schedule": ["cosine", "wsd"]},
+        base={"cooldown": 0.3, "cooldown_shape": "1-sqrt"},
+        mode="grid",
+        baseline=False,
     )
     cfgs = {run.variant: resolve(plan.settings(run)) for run in plan.runs}
-    assert {v: (c.schedule, c.cooldown) for v, c in cfgs.items()} == {
-        "mousse": ("cosine", TrainConfig.cooldown),
-        "schedule=wsd": ("wsd", 0.3),
+    assert {v: (c.schedule, c.cooldown, c.cooldown_shape) for v, c in cfgs.items()} == {
+        "mousse": ("cosine", TrainConfig.cooldown, TrainConfig.cooldown_shape),
+        "schedule=wsd": ("wsd", 0.3, "1-sqrt"),
     }
 
 
 def test_a_base_cooldown_that_no_run_uses_is_refused():
     with pytest.raises(ConfigError, match=r"--cooldown 0\.3: no run of this ablation is WSD"):
         plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3})
+    with pytest.raises(ConfigError, match=r"--cooldown-shape 1-sqrt: no run .* drop --cooldown-sh"):
+        plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown_shape": "1-sqrt"})
     plan = plan_ablation({"alpha": [0.0, 0.25]}, base={"cooldown": 0.3, "schedule": "wsd"})
     assert {resolve(plan.settings(run)).cooldown for run in plan.runs} == {0.3}
 

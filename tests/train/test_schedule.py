@@ -5,6 +5,7 @@ and a resume that would change the lr refused."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def test_wsd_by_hand():
     assert wsd(8, 10, 2, 4, 0.1) == pytest.approx(0.55)  # decays to min_lr_frac, not to 0
     assert wsd(10, 10, 2, 4, 0.1) == pytest.approx(0.1)
     assert [wsd(s, 10, 0, 0, 0.0) for s in (1, 10)] == [1.0, 1.0]  # no cooldown: constant
+
+
+def test_a_1_sqrt_cooldown_by_hand():
+    """The same run's cooldown as 1 - sqrt(p), p its progress 1/4, 1/2, 3/4, 1 over steps 7 to
+    10: below the linear decay throughout, to the same floor."""
+    factors = [wsd(s, 10, 2, 4, 0.0, "1-sqrt") for s in range(1, 11)]
+    assert factors[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert factors[6:] == pytest.approx([1 - math.sqrt(p) for p in (0.25, 0.5, 0.75, 1.0)])
+    assert all(f < wsd(s, 10, 2, 4, 0.0) for s, f in zip(range(7, 10), factors[6:9], strict=True))
+    assert wsd(10, 10, 2, 4, 0.1, "1-sqrt") == pytest.approx(0.1)
+    assert wsd(8, 10, 2, 4, 0.1, "1-sqrt") == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)))
 
 
 def _old_configs():
@@ -135,6 +147,11 @@ def test_a_wsd_run_resumes_at_the_uninterrupted_runs_lr(builtin_data, tmp_path):
             ["--cooldown", "0.25"],
             ["pass --cooldown 0.5"],
         ),
+        (
+            ["--schedule", "wsd", "--cooldown-shape", "1-sqrt"],
+            ["--cooldown-shape", "linear"],
+            ["pass --cooldown-shape 1-sqrt"],
+        ),
         ([], ["--warmup-steps", "1"], ["--warmup-steps 1", "drop --warmup-steps"]),
     ],
 )
@@ -158,6 +175,11 @@ def test_resuming_with_another_schedule_is_refused(cli, tmp_path, first, again, 
             ["--schedule", "cosine", "--cooldown", "0.1"],
             ["--cooldown 0.1 with --schedule cosine", "drop --cooldown"],
         ),
+        (
+            ["--cooldown-shape", "1-sqrt"],
+            ["--cooldown-shape 1-sqrt", "--schedule wsd", "drop --cooldown-shape"],
+        ),
+        (["--schedule", "wsd", "--cooldown-shape", "sqrt"], ["cooldown_shape", "linear, 1-sqrt"]),
         (["--warmup-steps", "-1"], ["warmup_steps", ">= 0"]),
         (
             ["--steps", "4", "--warmup-steps", "5"],

@@ -54,11 +54,13 @@ class RunSpec:
 
 def run_settings(base: Settings, knobs: Settings, seed: int) -> Settings:
     """A run's settings by name, what `config.resolve` takes: the shared base, the run's knobs
-    over it, and its seed. A run that is not WSD leaves out the base's cooldown, which is for
-    the ablation's WSD runs (a cosine run has none; `plan_ablation` refuses one that no run uses)."""
+    over it, and its seed. A run that is not WSD leaves out the base's cooldown settings, which
+    are for the ablation's WSD runs (a cosine run has none; `plan_ablation` refuses them when no
+    run uses them)."""
     settings: Settings = {**base, **knobs, "seed": seed}
-    if "cooldown" in base and "cooldown" not in knobs and not _is_wsd(settings):
-        return _without(settings, ["cooldown"])
+    shared = [k for k in config.WSD_ONLY if k in base and k not in knobs]
+    if shared and not _is_wsd(settings):
+        return _without(settings, shared)
     return settings
 
 
@@ -71,7 +73,7 @@ def _spell_budgets(base: Settings) -> None:
 
 def _is_wsd(settings: Settings) -> bool:
     """Whether a run of these settings has a WSD schedule (resolved: budgets make one)."""
-    return config.resolve(_without(settings, ["cooldown"])).schedule == "wsd"
+    return config.resolve(_without(settings, config.WSD_ONLY)).schedule == "wsd"
 
 
 class SavedRun(TypedDict):
@@ -384,10 +386,13 @@ def plan_ablation(
         raise ConfigError("nothing to sweep: give at least one knob, e.g. --alpha 0.0,0.125,0.25")
     planned = seed_list(seeds)
     variants = _variants(_assignments(typed, checked, baseline), shared)
-    if "cooldown" in shared and not any(_is_wsd({**shared, **k}) for k in variants.values()):
+    wsd_only = [(k, v) for k, v in shared.items() if k in config.WSD_ONLY]
+    if wsd_only and not any(_is_wsd({**shared, **knobs}) for knobs in variants.values()):
+        key, value = wsd_only[0]
+        flag = "--" + key.replace("_", "-")
         raise ConfigError(
-            f"--cooldown {shared['cooldown']}: no run of this ablation is WSD, and a cosine run "
-            "has no cooldown; add --schedule wsd (or --budgets) or drop --cooldown"
+            f"{flag} {value}: no run of this ablation is WSD, and a cosine run has no cooldown; "
+            f"add --schedule wsd (or --budgets) or drop {flag}"
         )
     baseline_knobs = _effective(BASELINE_KNOBS, shared) if baseline else None
     runs = [

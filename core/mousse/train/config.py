@@ -39,7 +39,7 @@ from .budget import gpt_non_embedding_params, steps_for_budget
 from .data import Split
 from .model import GPTConfig, gpt_param_count
 from .presets import OPTIMIZER_NAMES, Preset, get_preset, optimizer_knobs
-from .schedule import Schedule, cooldown_length, warmup_length
+from .schedule import CooldownShape, Schedule, cooldown_length, warmup_length
 
 Device = Literal["auto", "cpu", "cuda"]
 GatherDtype = Literal["fp32", "bf16"]  # what owners send in the all-gather under torchrun
@@ -55,6 +55,9 @@ GATHER_DTYPES: tuple[str, ...] = typing.get_args(GatherDtype)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 COMPILE_MODES: tuple[str, ...] = typing.get_args(CompileMode)
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+COOLDOWN_SHAPES: tuple[str, ...] = typing.get_args(CooldownShape)
+# settings of a WSD run's cooldown: refused for a cosine run, which has none
+WSD_ONLY = ("cooldown", "cooldown_shape")
 SPLITS: tuple[str, ...] = typing.get_args(Split)
 # Newton-Schulz's working precision: auto = the run's precision (bf16 under bf16 autocast).
 NS_DTYPES: dict[NsDtype, torch.dtype | None] = {
@@ -123,11 +126,12 @@ class TrainConfig:
     scalar_optimizer: ScalarOptimizer = "adamw"
     scalar_lr: float
     # the lr's shape (train.schedule): cosine, or wsd (its last `cooldown` fraction of the steps
-    # linear to min_lr_frac); warmup: warmup_steps when set, else warmup_frac of the steps
+    # decayed to min_lr_frac, linear or 1-sqrt); warmup: warmup_steps when set, else warmup_frac
     schedule: Schedule = "cosine"
     warmup_frac: float
     warmup_steps: int | None = None
     cooldown: float = 0.2
+    cooldown_shape: CooldownShape = "linear"
     min_lr_frac: float = 0.0
     # the engine's other knobs, in mousse.optim.knobs.TABLE's order (help: `mousse train --help`)
     momentum: float | None
@@ -219,6 +223,7 @@ class Overrides:
     warmup_frac: float | None = None
     warmup_steps: int | None = None
     cooldown: float | None = None
+    cooldown_shape: CooldownShape | None = None
     min_lr_frac: float | None = None
     momentum: float | None = None
     momentum_style: knobs.MomentumStyle | None = None
@@ -325,6 +330,7 @@ class Settings(TypedDict, total=False):
     warmup_frac: float
     warmup_steps: int
     cooldown: float
+    cooldown_shape: CooldownShape
     min_lr_frac: float
     momentum: float
     momentum_style: knobs.MomentumStyle
@@ -934,6 +940,7 @@ def validate(cfg: TrainConfig) -> None:
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("compile", cfg.compile, COMPILE_MODES)
     check_choice("schedule", cfg.schedule, SCHEDULES)
+    check_choice("cooldown_shape", cfg.cooldown_shape, COOLDOWN_SHAPES)
     check_choice("split", cfg.split, SPLITS)
     check_choice("gather_dtype", cfg.gather_dtype, GATHER_DTYPES)
     check_choice("ns_dtype", cfg.ns_dtype, NS_DTYPES)
@@ -962,11 +969,13 @@ def validate(cfg: TrainConfig) -> None:
         "or leave it out (validation from the data)",
     )
     _check_budgets(cfg)
-    _require(
-        cfg.schedule == "wsd" or cfg.cooldown == TrainConfig.cooldown,
-        f"--cooldown {cfg.cooldown} with --schedule {cfg.schedule}: --cooldown applies to "
-        "--schedule wsd (a cosine run has no cooldown); add --schedule wsd or drop --cooldown",
-    )
+    for key in WSD_ONLY:
+        flag, value = "--" + key.replace("_", "-"), getattr(cfg, key)
+        _require(
+            cfg.schedule == "wsd" or value == getattr(TrainConfig, key),
+            f"{flag} {value} with --schedule {cfg.schedule}: {flag} applies to --schedule wsd "
+            f"(a cosine run has no cooldown); add --schedule wsd or drop {flag}",
+        )
     _check_schedule(cfg)
     _require(
         cfg.batch_size % cfg.micro_batch_size == 0,

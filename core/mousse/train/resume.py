@@ -38,7 +38,7 @@ MODEL_SETTINGS = ("model", "model_config")  # the weights in a checkpoint are th
 SAME_LOSSES = ("seed", "eval_tokens", "split")
 # Settings the lr schedule follows: a resumed run goes on at the lr of the uninterrupted run only
 # under the same ones. Checkpoints from before they existed ran with their defaults (cosine).
-SAME_SCHEDULE = ("schedule", "cooldown", "warmup_steps")
+SAME_SCHEDULE = ("schedule", "cooldown", "cooldown_shape", "warmup_steps")
 
 
 class _Arithmetic(TypedDict, total=False):

@@ -4,9 +4,11 @@ shape (steps count from 1; step `steps` is the last).
 - `cosine` (every preset's default): linear warmup, then a cosine from the peak down to
   min_lr_frac at the last step.
 - `wsd` (warmup-stable-decay; Hägele et al. 2024, arXiv 2405.18392): linear warmup, the peak lr,
-  then over the last `cooldown` fraction of the steps a linear decay to min_lr_frac (0 unless
-  set) at the last step. A run whose stable phase is stopped early and cooled down gives a fully
-  decayed loss at each budget, which is what compares across optimizers.
+  then over the last `cooldown` fraction of the steps a decay to min_lr_frac (0 unless set) at
+  the last step: linear, or `1-sqrt` (1 - sqrt of the cooldown's progress, which Hägele et al.
+  found to end lower: it falls fast at first, then lingers near the floor). A run whose stable
+  phase is stopped early and cooled down gives a fully decayed loss at each budget, which is
+  what compares across optimizers.
 
 Warmup, under either, is `warmup_steps` when that is set (a count, whatever the budget), else the
 `warmup_frac` of the steps (the presets' 0.1, and every config from before warmup_steps existed).
@@ -18,6 +20,7 @@ import math
 from typing import Literal
 
 Schedule = Literal["cosine", "wsd"]
+CooldownShape = Literal["linear", "1-sqrt"]  # a wsd cooldown's decay
 
 
 def warmup_length(steps: int, warmup_frac: float, warmup_steps: int | None) -> int:
@@ -42,11 +45,21 @@ def cosine(step: int, steps: int, warmup: int, min_lr_frac: float) -> float:
     return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def wsd(step: int, steps: int, warmup: int, cooldown: int, min_lr_frac: float) -> float:
-    """Linear warmup over `warmup` steps, the peak until step `steps - cooldown`, then a linear
-    decay reaching `min_lr_frac` at `steps`."""
+def wsd(
+    step: int,
+    steps: int,
+    warmup: int,
+    cooldown: int,
+    min_lr_frac: float,
+    shape: CooldownShape = "linear",
+) -> float:
+    """Linear warmup over `warmup` steps, the peak until step `steps - cooldown`, then a decay of
+    that `shape` reaching `min_lr_frac` at `steps`."""
     if 0 < warmup and step <= warmup:
         return step / warmup
     if step <= steps - cooldown:
         return 1.0
-    return min_lr_frac + (1 - min_lr_frac) * (steps - step) / cooldown
+    left = (steps - step) / cooldown  # the linear decay's share of the peak
+    if shape == "1-sqrt":
+        left = 1 - math.sqrt(1 - left)
+    return min_lr_frac + (1 - min_lr_frac) * left

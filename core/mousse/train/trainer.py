@@ -122,7 +122,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     warmup = warmup_length(cfg.steps, cfg.warmup_frac, cfg.warmup_steps)
     if cfg.schedule == "wsd":
         cooldown = cooldown_length(cfg.steps, cfg.cooldown)
-        return wsd(step, cfg.steps, warmup, cooldown, cfg.min_lr_frac)
+        return wsd(step, cfg.steps, warmup, cooldown, cfg.min_lr_frac, cfg.cooldown_shape)
     return cosine(step, cfg.steps, warmup, cfg.min_lr_frac)
 
 
