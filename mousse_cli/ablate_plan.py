@@ -56,6 +56,8 @@ def read_setup(
     sweep_flags = {k: parse_sweep_values(k, v) for k, v in sweeps.items()}
     base_flags = overrides.to_dict()
     file = load_spec(spec) if spec else {}
+    if not sweep_flags and not file.get("sweeps"):
+        _refuse_listed_settings(base_flags)
     base = {
         **(load_config_file(config) if config else {}),
         **file.get("base", {}),
@@ -68,6 +70,19 @@ def read_setup(
         sweeps={**file.get("sweeps", {}), **sweep_flags},
         tuning=_tuning(file.get("tune"), tune, tune_seeds),
     )
+
+
+def _refuse_listed_settings(flags: Mapping[str, object]) -> None:
+    """With nothing to sweep, a run setting given a list (`--schedule cosine,wsd`) was meant as
+    a sweep: say that it takes one value, and where a sweep of it goes."""
+    for key, value in flags.items():
+        if isinstance(value, str) and "," in value and key != "budgets":
+            values = ", ".join(f'"{v.strip()}"' for v in value.split(","))
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {value}: a run setting takes one value, and only "
+                f"the optimizer and its knobs sweep by flag; sweep it in a spec file "
+                f"([sweep] {key} = [{values}], then `mousse ablate FILE`)"
+            )
 
 
 def _tuning(

@@ -208,6 +208,20 @@ def test_more_seeds_continue_the_default_dir(cli, tmp_path, monkeypatch):
     assert other.exit_code == 0 and f"runs/{made.name}" not in other.stderr
 
 
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--schedule", "cosine,wsd"], '[sweep] schedule = ["cosine", "wsd"]'),
+        (["--schedule", "wsd", "--cooldown-shape", "linear,1-sqrt"], "cooldown_shape = ["),
+    ],
+)
+def test_a_run_setting_given_a_list_says_where_its_sweep_goes(cli, tmp_path, flags, needle):
+    """Only the optimizer and its knobs sweep by flag: a list given to another setting, with
+    nothing else to sweep, was meant as a sweep, and the error says to put it in a spec file."""
+    res = cli("ablate", *flags, "--ablation-dir", tmp_path / "a", "--dry-run")
+    assert_one_line_error(res, flags[-2], "takes one value", needle)
+
+
 def test_dry_run_whole_family(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = cli("ablate", "--optimizer", "shampoo,soap,splus,tnt,specgd,adamw", "--dry-run")
