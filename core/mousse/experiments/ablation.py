@@ -174,6 +174,8 @@ class AblationPlan:
         def extends(longer: list[int], shorter: list[int]) -> bool:
             return longer[: len(shorter)] == shorter
 
+        single = len(theirs["seeds"]) == 1 < len(mine["seeds"])
+
         def named(run: SavedRun) -> SavedRun:  # a single seed's run is named as with several
             if not single:
                 return run
@@ -181,7 +183,6 @@ class AblationPlan:
             out["name"] = f"{run['name']}-s{run['seed']}"
             return out
 
-        single = len(theirs["seeds"]) == 1 < len(mine["seeds"])
         return (
             rest(mine) == rest(theirs)
             and extends(mine["seeds"], theirs["seeds"])

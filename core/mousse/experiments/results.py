@@ -475,9 +475,11 @@ def with_power(results: Results) -> Results:
     copy: Results = {**results, "variants": [VariantRow(**v) for v in results["variants"]]}
     if budgets:
         copy["budgets"] = [BudgetRow(**row) for row in budgets]
-    for row in copy.get("budgets") or ():  # from the same run rows `budget_rows` reads
-        diffs = _budget_diffs(results["runs"], row["variant"], results["baseline"], row["budget"])
-        row["paired_seeds_for_power"] = _seeds_for_power(diffs)
+        for row in copy["budgets"]:  # from the same run rows `budget_rows` reads
+            diffs = _budget_diffs(
+                results["runs"], row["variant"], results["baseline"], row["budget"]
+            )
+            row["paired_seeds_for_power"] = _seeds_for_power(diffs)
     if not all("paired_p_holm" in v for v in copy["variants"]):
         return add_paired(copy)
     for v, diffs in _paired_diffs(copy):

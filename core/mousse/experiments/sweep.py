@@ -351,6 +351,7 @@ class Ablation:
         return {name: self._grids(variant) for name, variant in self.plan.variants.items()}
 
     def _grids(self, variant: RunSpec) -> list[tuple[str, list[Value]]]:
+        """One variant's (knob, starting grid) per phase (`grids`)."""
         from .tuning import start_grid
 
         centre = self.centre(variant)
@@ -362,7 +363,7 @@ class Ablation:
     def progress(self) -> str:
         """'4 of 30 runs done', or while tuning decides what to run '4 of at most 69 runs done':
         the plan's runs in the dir that finished (every shard's, and earlier invocations')
-        against all the plan takes (`run_count`)."""
+        against all the plan takes (`tally`)."""
         done, total, exact = self.tally()
         return f"{done} of {'' if exact else 'at most '}{counted(total, 'run')} done"
 
@@ -461,9 +462,9 @@ class Ablation:
 
     def time_left(self) -> tuple[float, int, int, bool] | None:
         """(seconds, runs, finished runs, exact): the runs still to train (`tally`: all the plan
-        takes less its runs done; exact, or at most) at the pace of the runs finished here, each run's training,
-        evaluation and checkpoint seconds shared among the runs it ran beside (--parallel);
-        None before any run finished."""
+        takes less its runs done; exact, or at most) at the pace of the runs finished here, each
+        run's training, evaluation and checkpoint seconds shared among the runs it ran beside
+        (--parallel); None before any run finished."""
         finished = self._finished()
         if not finished:
             return None
