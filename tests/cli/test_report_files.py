@@ -22,10 +22,12 @@ TUNED = BENCHMARKS / "tuned"
 SUMMARY = TUNED / "cpu-2core-scale-tuned-scale.json"  # the two presets' results are beside it
 SCALE_SECTION = "# Speedup by scale"
 SCALE_TITLE_START = "speedup by scale"
-# Written by other tools, not for `report`: an ablation's timing pass (timing.json),
-# `mousse bench --json`, benchmarks/train_speed.py and the GPU kernel timings.
+# Written by other tools, not for `report`: an ablation's timing pass (timing.json), the run
+# records of an ablation in progress, `mousse bench --json`, benchmarks/train_speed.py and the GPU
+# kernel timings.
 NOT_REPORTS = (
     "*-timing.json",
+    "tuned/*-runs/*",
     "cpu-1thread-small*.json",
     "cpu-2core-small*.json",
     "cpu-2core-tiny-train.json",

@@ -932,3 +932,24 @@ def test_a_resumed_ablation_is_estimated_and_capped_by_its_own_pace(tmp_path):
     assert f"nothing left to run: the {done} runs in the ablation dir finished" in (
         invoke_cli(*args).stderr
     )
+
+
+def test_recorded_run_records_continue_their_ablation(tmp_path):
+    """An ablation recorded in progress (benchmarks/tuned/*-runs: its ablation.toml and each
+    finished run's summary, config and env, no checkpoints) continues where it stopped when
+    copied into an ablation dir: every recorded run counts as done, none trains again."""
+    import shutil
+    from pathlib import Path
+
+    from mousse.experiments.sweep import read_plan
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "tuned"
+    records = sorted(folder.glob("*-runs"))
+    assert records
+    for root in records:
+        copy = shutil.copytree(root, tmp_path / root.name)
+        ablation = Ablation(read_plan(copy / "ablation.toml", "re-record it"), copy)
+        recorded = {p.parent.name for p in copy.glob("runs/*/summary.json")}
+        done, total, _ = ablation.tally()
+        assert recorded and done == len(recorded) <= total, root.name
+        assert not {r.name for r in ablation.wanted()} & recorded, root.name
